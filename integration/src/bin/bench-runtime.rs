@@ -1,0 +1,174 @@
+//! Benchmark of the in-sandbox runtime on loopback (not a test):
+//! exec round trip of `true` over the execd HTTP API and over gRPC, against a
+//! direct fork/exec of the same shell command measured in the same run, and
+//! the runtime's idle RSS.
+//!
+//!     cargo run --release -p sandpool-integration --bin bench-runtime
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use sandpool_integration::{Summary, free_port, rss_kib, summarize};
+use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Runtime binary (default: the release build next to this binary).
+    #[arg(long)]
+    runtime_bin: Option<PathBuf>,
+    /// Measured iterations per scenario (bounded: at most 20000).
+    #[arg(long, default_value_t = 1000)]
+    iterations: usize,
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
+    let ratio = base.map(|b| format!("{:.2}×", s.p50 / b.p50)).unwrap_or_else(|| "1.00× (baseline)".into());
+    format!(
+        "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {ratio} |",
+        s.n, s.p50, s.p90, s.p99, s.mean
+    )
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let iterations = args.iterations.clamp(1, 20_000);
+    let bin = match args.runtime_bin {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("sandpool-runtime"),
+    };
+    if !bin.exists() {
+        bail!("runtime binary {} not found; build it with `cargo build --release -p sandpool-runtime`", bin.display());
+    }
+    let port = free_port()?;
+    let data = std::env::temp_dir().join(format!("sandpool-bench-{}", std::process::id()));
+    let child = Child(
+        Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let pid = child.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if http.get(format!("{base}/ping")).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("runtime did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib(pid).unwrap_or(0);
+
+    // Baseline: fork/exec `bash -c true` directly from this process.
+    let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    let mut direct = Vec::with_capacity(iterations);
+    for i in 0..iterations + args.warmup {
+        let t = Instant::now();
+        let st = Command::new(shell).args(["-c", "true"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        if !st.status.success() {
+            bail!("baseline command failed");
+        }
+        if i >= args.warmup {
+            direct.push(t.elapsed());
+        }
+    }
+
+    // Second baseline: fork/exec the `true` binary itself (no shell).
+    let true_bin = ["/usr/bin/true", "/bin/true"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("true");
+    let mut direct_true = Vec::with_capacity(iterations);
+    for i in 0..iterations + args.warmup {
+        let t = Instant::now();
+        let st = Command::new(true_bin).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        if !st.status.success() {
+            bail!("baseline command failed");
+        }
+        if i >= args.warmup {
+            direct_true.push(t.elapsed());
+        }
+    }
+
+    // execd HTTP: POST /command {"command":"true"} and read the stream to its end.
+    let mut over_http = Vec::with_capacity(iterations);
+    for i in 0..iterations + args.warmup {
+        let t = Instant::now();
+        let resp = http.post(format!("{base}/command")).json(&serde_json::json!({"command": "true"})).send().await?;
+        let mut body = resp.bytes_stream();
+        let mut all = Vec::new();
+        while let Some(c) = body.next().await {
+            all.extend_from_slice(&c?);
+        }
+        if !all.windows(18).any(|w| w == b"execution_complete") {
+            bail!("unexpected stream: {}", String::from_utf8_lossy(&all));
+        }
+        if i >= args.warmup {
+            over_http.push(t.elapsed());
+        }
+    }
+
+    // gRPC Exec on the same port.
+    let ch = tonic::transport::Endpoint::from_shared(base.clone())?.connect().await?;
+    let mut grpc = RuntimeClient::new(ch);
+    let mut over_grpc = Vec::with_capacity(iterations);
+    for i in 0..iterations + args.warmup {
+        let t = Instant::now();
+        let start = pb::ExecInput {
+            input: Some(pb::exec_input::Input::Start(pb::ExecStart { command: "true".into(), ..Default::default() })),
+        };
+        let mut out = grpc.exec(futures_util::stream::iter(vec![start])).await?.into_inner();
+        let mut code = None;
+        while let Some(m) = out.message().await? {
+            if let Some(pb::exec_output::Output::Exited(e)) = m.output {
+                code = Some(e.exit_code);
+            }
+        }
+        if code != Some(0) {
+            bail!("gRPC exec failed: {code:?}");
+        }
+        if i >= args.warmup {
+            over_grpc.push(t.elapsed());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(pid).unwrap_or(0);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&data);
+
+    let (d, dt, h, g) = (summarize(&direct), summarize(&direct_true), summarize(&over_http), summarize(&over_grpc));
+    println!("| scenario | n | p50 µs | p90 µs | p99 µs | mean µs | p50 vs baseline |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("{}", row(&format!("baseline: fork/exec `{shell} -c true` directly"), &d, None));
+    println!("{}", row(&format!("direct fork/exec `{true_bin}` (no shell)"), &dt, Some(&d)));
+    println!("{}", row("runtime execd HTTP `POST /command` `true` (full stream)", &h, Some(&d)));
+    println!("{}", row("runtime gRPC `Exec` `true` (full stream)", &g, Some(&d)));
+    println!();
+    println!("| memory | KiB | MiB |");
+    println!("|---|---|---|");
+    println!("| runtime RSS idle after start | {rss_idle} | {:.2} |", rss_idle as f64 / 1024.0);
+    println!("| runtime RSS idle after {} execs | {rss_after} | {:.2} |", 2 * (iterations + args.warmup), rss_after as f64 / 1024.0);
+    Ok(())
+}

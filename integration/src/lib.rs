@@ -1,0 +1,69 @@
+//! Helpers shared by sandpool's benchmark commands and cross-component tests.
+
+use std::time::Duration;
+
+/// Latency summary of a sample, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub n: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Nearest-rank percentile of sorted data.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn summarize(samples: &[Duration]) -> Summary {
+    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    Summary {
+        n: v.len(),
+        p50: pct(&v, 50.0),
+        p90: pct(&v, 90.0),
+        p99: pct(&v, 99.0),
+        mean,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// Resident set size of a process in KiB (from /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A free loopback port (bind :0 and release it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        let s = summarize(&d);
+        assert_eq!((s.n, s.p50, s.p90, s.p99, s.min, s.max), (100, 50.0, 90.0, 99.0, 1.0, 100.0));
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        assert!(summarize(&[]).p50.is_nan());
+    }
+
+    #[test]
+    fn rss_of_self_is_positive() {
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+}

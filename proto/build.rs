@@ -1,0 +1,15 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/sandpool/v1/runtime.proto",
+        "proto/sandpool/v1/node_agent.proto",
+        "proto/sandpool/v1/scheduler.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Generated gRPC contracts of sandpool: `sandpool.v1`.
+//!
+//! * [`v1::runtime_server`] / [`v1::runtime_client`]: the in-sandbox runtime.
+//! * [`v1::node_agent_server`] / [`v1::node_agent_client`]: the node agent.
+//! * [`v1::scheduler_server`] / [`v1::scheduler_client`]: the scheduler.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("sandpool.v1");
+}
+
+/// Metadata key carrying a sandbox runtime's access token on gRPC calls
+/// (the same value as the HTTP `X-EXECD-ACCESS-TOKEN` header).
+pub const ACCESS_TOKEN_METADATA: &str = "x-execd-access-token";

@@ -1,0 +1,149 @@
+//! The one error type of the runtime, mapped to HTTP (`{code,message}`) and gRPC statuses.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+/// Everything that can go wrong in the runtime. Each variant maps to one HTTP
+/// status and one gRPC code; the `code` strings follow execd's error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    MissingQuery(String),
+    #[error("file not found: {0}")]
+    FileNotFound(String),
+    #[error("command not found: {0}")]
+    CommandNotFound(String),
+    #[error("{0} is a directory")]
+    IsADirectory(String),
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("range not satisfiable: {0}")]
+    RangeNotSatisfiable(String),
+    #[error("Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN")]
+    Unauthorized,
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} is not supported by sandpool-runtime yet")]
+    NotImplemented(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+impl RuntimeError {
+    /// Wrap an I/O error on `path`, turning well-known kinds into precise variants.
+    pub fn io(path: &str, source: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match source.kind() {
+            NotFound => RuntimeError::FileNotFound(path.to_string()),
+            PermissionDenied => RuntimeError::PermissionDenied(path.to_string()),
+            AlreadyExists => RuntimeError::AlreadyExists(path.to_string()),
+            IsADirectory => RuntimeError::IsADirectory(path.to_string()),
+            NotADirectory => RuntimeError::NotADirectory(path.to_string()),
+            DirectoryNotEmpty => RuntimeError::Conflict(format!("directory not empty: {path}")),
+            _ => RuntimeError::Io { context: path.to_string(), source },
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::InvalidRequest(_) => "INVALID_REQUEST_BODY",
+            RuntimeError::MissingQuery(_) => "MISSING_QUERY",
+            RuntimeError::FileNotFound(_) => "FILE_NOT_FOUND",
+            RuntimeError::CommandNotFound(_) => "COMMAND_NOT_FOUND",
+            RuntimeError::IsADirectory(_) => "IS_A_DIRECTORY",
+            RuntimeError::NotADirectory(_) => "NOT_A_DIRECTORY",
+            RuntimeError::AlreadyExists(_) => "ALREADY_EXISTS",
+            RuntimeError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            RuntimeError::RangeNotSatisfiable(_) => "RANGE_NOT_SATISFIABLE",
+            RuntimeError::Unauthorized => "UNAUTHORIZED",
+            RuntimeError::PermissionDenied(_) => "PERMISSION_DENIED",
+            RuntimeError::Conflict(_) => "CONFLICT",
+            RuntimeError::NotImplemented(_) => "NOT_IMPLEMENTED",
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) => "RUNTIME_ERROR",
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            RuntimeError::InvalidRequest(_)
+            | RuntimeError::MissingQuery(_)
+            | RuntimeError::IsADirectory(_)
+            | RuntimeError::NotADirectory(_) => StatusCode::BAD_REQUEST,
+            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::AlreadyExists(_) | RuntimeError::Conflict(_) => StatusCode::CONFLICT,
+            RuntimeError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RuntimeError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            RuntimeError::Unauthorized => StatusCode::UNAUTHORIZED,
+            RuntimeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            RuntimeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            RuntimeError::InvalidRequest(_)
+            | RuntimeError::MissingQuery(_)
+            | RuntimeError::IsADirectory(_)
+            | RuntimeError::NotADirectory(_) => Code::InvalidArgument,
+            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => Code::NotFound,
+            RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+            RuntimeError::Conflict(_) => Code::FailedPrecondition,
+            RuntimeError::PayloadTooLarge(_) => Code::ResourceExhausted,
+            RuntimeError::RangeNotSatisfiable(_) => Code::OutOfRange,
+            RuntimeError::Unauthorized => Code::Unauthenticated,
+            RuntimeError::PermissionDenied(_) => Code::PermissionDenied,
+            RuntimeError::NotImplemented(_) => Code::Unimplemented,
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// The JSON error body shared by every HTTP error: `{"code": ..., "message": ...}`.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for RuntimeError {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let body = ErrorBody { code: self.code().to_string(), message: self.to_string() };
+        // execd's own 401 body carries the message under "error"; keep both shapes.
+        if matches!(self, RuntimeError::Unauthorized) {
+            let v = serde_json::json!({"code": body.code, "message": body.message, "error": body.message});
+            return (status, Json(v)).into_response();
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<RuntimeError> for tonic::Status {
+    fn from(e: RuntimeError) -> Self {
+        tonic::Status::new(e.grpc_code(), e.to_string())
+    }
+}

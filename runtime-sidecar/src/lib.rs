@@ -1,0 +1,129 @@
+//! `sandpool-runtime`: the daemon inside every sandbox.
+//!
+//! One TCP port (44772 by default) serves both
+//! * the OpenSandbox **execd** HTTP API ([`http_api`]), and
+//! * the **`sandpool.v1.Runtime`** gRPC service ([`grpc`]),
+//!
+//! told apart by path (`/sandpool.v1.Runtime/*` is gRPC). The shared pieces are
+//! the [`commands`] registry, [`files`] operations, multipart [`upload`], the
+//! [`entrypoint`] (process injection) and the [`events`] framing.
+
+pub mod commands;
+pub mod entrypoint;
+pub mod error;
+pub mod events;
+pub mod files;
+pub mod grpc;
+pub mod http_api;
+pub mod sysmetrics;
+pub mod upload;
+
+use std::{path::PathBuf, sync::Arc, time::{Duration, Instant}};
+
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::{Result, RuntimeError};
+
+/// The default runtime port (execd's port).
+pub const DEFAULT_PORT: u16 = 44772;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Required `X-EXECD-ACCESS-TOKEN` (and gRPC `x-execd-access-token`), if any.
+    pub access_token: Option<String>,
+    /// Where background command logs and other runtime state live.
+    pub data_dir: PathBuf,
+    /// Largest JSON request body.
+    pub max_json_bytes: usize,
+    pub upload: upload::UploadLimits,
+    /// Finished commands kept for status/log queries.
+    pub max_finished_commands: usize,
+    /// Interval of `ping` events on command streams.
+    pub ping_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            access_token: None,
+            data_dir: std::env::temp_dir().join("sandpool-runtime"),
+            max_json_bytes: 10 << 20,
+            upload: upload::UploadLimits::default(),
+            max_finished_commands: 1024,
+            ping_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub commands: Arc<commands::CommandRegistry>,
+    pub entrypoint: Arc<entrypoint::Entrypoint>,
+    pub metrics: Arc<sysmetrics::MetricsSampler>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(cfg: Config) -> Result<Self> {
+        let log_dir = cfg.data_dir.join("commands");
+        std::fs::create_dir_all(&log_dir).map_err(|e| RuntimeError::io(&log_dir.to_string_lossy(), e))?;
+        Ok(AppState {
+            commands: Arc::new(commands::CommandRegistry::new(log_dir, cfg.max_finished_commands)),
+            cfg: Arc::new(cfg),
+            entrypoint: Arc::new(entrypoint::Entrypoint::default()),
+            metrics: Arc::new(sysmetrics::MetricsSampler::default()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Kill every process the runtime started (shutdown).
+    pub fn kill_all(&self) {
+        self.commands.kill_all();
+        self.entrypoint.kill();
+    }
+}
+
+/// The whole service: execd HTTP routes + gRPC, with a tracing span per
+/// request that continues the caller's W3C trace.
+pub fn app(state: AppState) -> Router {
+    let grpc = tonic::service::Routes::new(sandpool_proto::v1::runtime_server::RuntimeServer::with_interceptor(
+        grpc::RuntimeService::new(state.clone()),
+        grpc::auth_interceptor(state.cfg.access_token.clone()),
+    ))
+    .prepare();
+    let grpc_path = format!("/{}/{{*method}}", <sandpool_proto::v1::runtime_server::RuntimeServer<grpc::RuntimeService> as tonic::server::NamedService>::NAME);
+    http_api::router(state).route_service(&grpc_path, grpc).layer(TraceLayer::new_for_http().make_span_with(
+        |req: &http::Request<axum::body::Body>| {
+            let span = tracing::info_span!("runtime.request", method = %req.method(), path = %req.uri().path());
+            sandpool_telemetry::extract_parent(&span, req.headers());
+            span
+        },
+    ))
+}
+
+/// Serve on `listener` until `shutdown` resolves; then kill what was started.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small event frames must not wait for Nagle + delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let res = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown).await;
+    state.kill_all();
+    res
+}
+
+/// Compare secrets without early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

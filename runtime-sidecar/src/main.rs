@@ -1,0 +1,89 @@
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use sandpool_runtime::{AppState, Config, DEFAULT_PORT, upload::UploadLimits};
+
+/// The in-sandbox runtime of sandpool: OpenSandbox execd HTTP API and the
+/// sandpool.v1.Runtime gRPC service on one port.
+#[derive(Parser, Debug)]
+#[command(name = "sandpool-runtime", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "SANDPOOL_RUNTIME_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC).
+    #[arg(long, env = "EXECD_ACCESS_TOKEN", hide_env_values = true)]
+    access_token: Option<String>,
+    /// State directory (background command logs).
+    #[arg(long, env = "SANDPOOL_RUNTIME_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    max_json_bytes: usize,
+    /// Largest single uploaded/written file, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_file_bytes: u64,
+    /// Most files in one upload request.
+    #[arg(long, default_value_t = 1000)]
+    max_upload_files: usize,
+    /// Finished commands kept for status and log queries.
+    #[arg(long, default_value_t = 1024)]
+    max_finished_commands: usize,
+    /// Seconds between ping events on command streams.
+    #[arg(long, default_value_t = 3)]
+    ping_interval_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Two workers are plenty for one sandbox and keep idle memory small.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _telemetry = sandpool_telemetry::init("sandpool-runtime")?;
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id())));
+    let cfg = Config {
+        access_token: args.access_token.filter(|t| !t.is_empty()),
+        data_dir,
+        max_json_bytes: args.max_json_bytes,
+        upload: UploadLimits {
+            max_file_bytes: args.max_file_bytes,
+            max_files: args.max_upload_files,
+            ..UploadLimits::default()
+        },
+        max_finished_commands: args.max_finished_commands,
+        ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
+    };
+    let auth = cfg.access_token.is_some();
+    let state = AppState::new(cfg).context("preparing the runtime state")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, auth, "sandpool-runtime listening (execd HTTP + gRPC)");
+    sandpool_runtime::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    tracing::info!("sandpool-runtime stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,263 @@
+//! Streaming `multipart/form-data` upload (`POST /files/upload`).
+//!
+//! The SDK sends repeated pairs: a `metadata` part (JSON `{"path","owner",
+//! "group","mode"}`) followed by a `file` part, usually with chunked transfer
+//! encoding. Each file is streamed to a temporary file next to its target and
+//! renamed into place when complete, so neither memory nor a half-written
+//! target ever holds a partial upload. Limits produce `PAYLOAD_TOO_LARGE`.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    error::{Result, RuntimeError},
+    files::{self, Permission},
+};
+
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// Largest single file.
+    pub max_file_bytes: u64,
+    /// Largest metadata part.
+    pub max_metadata_bytes: u64,
+    /// Most files in one request.
+    pub max_files: usize,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits { max_file_bytes: 1 << 30, max_metadata_bytes: 64 << 10, max_files: 1000 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FileMetadata {
+    path: String,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    mode: Option<u32>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct UploadedFile {
+    pub path: String,
+    pub size: u64,
+}
+
+/// Removes the temp file unless the upload was committed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
+    match e {
+        multer::Error::FieldSizeExceeded { field_name, .. } => RuntimeError::PayloadTooLarge(format!(
+            "multipart field {} exceeds {} bytes",
+            field_name.unwrap_or_default(),
+            limits.max_metadata_bytes
+        )),
+        multer::Error::StreamSizeExceeded { .. } => RuntimeError::PayloadTooLarge("upload exceeds the size limit".into()),
+        other => RuntimeError::InvalidRequest(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// Receive every metadata/file pair of a multipart body.
+pub async fn receive<S, O, E>(stream: S, boundary: String, limits: &UploadLimits) -> Result<Vec<UploadedFile>>
+where
+    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
+    O: Into<Bytes> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .for_field("metadata", limits.max_metadata_bytes)
+            // whole-stream bound: every file at its max plus framing slack
+            .whole_stream(limits.max_file_bytes.saturating_mul(limits.max_files as u64).saturating_add(1 << 20)),
+    );
+    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut pending: Option<FileMetadata> = None;
+    let mut done = Vec::new();
+    while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
+        match field.name() {
+            Some("metadata") => {
+                if let Some(m) = &pending {
+                    return Err(RuntimeError::InvalidRequest(format!("metadata for {} has no file part", m.path)));
+                }
+                let raw = field.bytes().await.map_err(|e| multer_error(e, limits))?;
+                let meta: FileMetadata = serde_json::from_slice(&raw)
+                    .map_err(|e| RuntimeError::InvalidRequest(format!("invalid metadata part: {e}")))?;
+                files::require_path(&meta.path)?;
+                pending = Some(meta);
+            }
+            Some("file") => {
+                let meta = pending
+                    .take()
+                    .ok_or_else(|| RuntimeError::InvalidRequest("file part without a preceding metadata part".into()))?;
+                if done.len() >= limits.max_files {
+                    return Err(RuntimeError::PayloadTooLarge(format!("more than {} files", limits.max_files)));
+                }
+                let target = Path::new(&meta.path);
+                if target.is_dir() {
+                    return Err(RuntimeError::IsADirectory(meta.path.clone()));
+                }
+                let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                tokio::fs::create_dir_all(dir).await.map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+                let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let tmp = dir.join(format!(".{name}.sandpool-upload-{}", uuid::Uuid::new_v4().simple()));
+                let mut guard = TempGuard(Some(tmp.clone()));
+                let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
+                let mut size: u64 = 0;
+                while let Some(chunk) = field.chunk().await.map_err(|e| multer_error(e, limits))? {
+                    size += chunk.len() as u64;
+                    if size > limits.max_file_bytes {
+                        return Err(RuntimeError::PayloadTooLarge(format!(
+                            "{} exceeds the file size limit of {} bytes",
+                            meta.path, limits.max_file_bytes
+                        )));
+                    }
+                    out.write_all(&chunk).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
+                }
+                out.flush().await.map_err(|e| RuntimeError::io(&meta.path, e))?;
+                drop(out);
+                let perm = Permission { owner: meta.owner.clone(), group: meta.group.clone(), mode: meta.mode.or(Some(644)) };
+                files::set_permissions(&tmp.to_string_lossy(), &perm)?;
+                tokio::fs::rename(&tmp, target).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
+                guard.0 = None;
+                done.push(UploadedFile { path: meta.path, size });
+            }
+            other => {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "unexpected multipart field {:?}; expected 'metadata' and 'file'",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    if let Some(m) = pending {
+        return Err(RuntimeError::InvalidRequest(format!("metadata for {} has no file part", m.path)));
+    }
+    if done.is_empty() {
+        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    fn body(parts: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (name, data) in parts {
+            v.extend_from_slice(b"--B\r\n");
+            v.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n").as_bytes());
+            v.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
+            v.extend_from_slice(data);
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"--B--\r\n");
+        v
+    }
+
+    /// Feed the body in small chunks, as chunked transfer encoding would.
+    fn chunked(b: Vec<u8>) -> impl Stream<Item = std::result::Result<Bytes, Infallible>> + Send + 'static {
+        let chunks: Vec<_> = b.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    fn meta(path: &Path, mode: u32) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"path": path, "owner": null, "group": null, "mode": mode})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_pairs_and_applies_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("x/a.txt"), d.path().join("b.bin"));
+        let data = body(&[("metadata", &meta(&a, 600)), ("file", b"hello"), ("metadata", &meta(&b, 755)), ("file", &[0u8, 1, 2])]);
+        let got = receive(chunked(data), "B".into(), &UploadLimits::default()).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(std::fs::read(&a).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&b).unwrap(), [0, 1, 2]);
+        assert_eq!(files::stat(&a.to_string_lossy()).unwrap().mode, 600);
+        assert_eq!(files::stat(&b.to_string_lossy()).unwrap().mode, 755);
+    }
+
+    #[tokio::test]
+    async fn oversize_file_is_refused_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("big");
+        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 100])]);
+        let limits = UploadLimits { max_file_bytes: 99, ..Default::default() };
+        let e = receive(chunked(data), "B".into(), &limits).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "no target and no temp file left");
+    }
+
+    #[tokio::test]
+    async fn exact_limit_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("fits");
+        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 99])]);
+        let limits = UploadLimits { max_file_bytes: 99, ..Default::default() };
+        assert_eq!(receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size, 99);
+    }
+
+    #[tokio::test]
+    async fn oversize_metadata_and_too_many_files() {
+        let d = tempfile::tempdir().unwrap();
+        let big_meta = vec![b' '; 200];
+        let limits = UploadLimits { max_metadata_bytes: 100, ..Default::default() };
+        let e = receive(chunked(body(&[("metadata", &big_meta), ("file", b"x")])), "B".into(), &limits).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
+
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let limits = UploadLimits { max_files: 1, ..Default::default() };
+        let data = body(&[("metadata", &meta(&a, 644)), ("file", b"1"), ("metadata", &meta(&b, 644)), ("file", b"2")]);
+        let e = receive(chunked(data), "B".into(), &limits).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_invalid_requests() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let cases: Vec<Vec<u8>> = vec![
+            body(&[("file", b"no metadata")]),
+            body(&[("metadata", b"{not json")]),
+            body(&[("metadata", &meta(&a, 644))]),
+            body(&[("metadata", &meta(&a, 999)), ("file", b"bad mode")]),
+            body(&[("other", b"x")]),
+            body(&[]),
+            b"--B\r\ngarbage without end".to_vec(),
+        ];
+        for c in cases {
+            let e = receive(chunked(c.clone()), "B".into(), &UploadLimits::default()).await.unwrap_err();
+            assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e} for {:?}", String::from_utf8_lossy(&c));
+        }
+        assert!(!a.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn directory_target_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let data = body(&[("metadata", &meta(d.path(), 644)), ("file", b"x")]);
+        let e = receive(chunked(data), "B".into(), &UploadLimits::default()).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::IsADirectory(_)), "{e}");
+    }
+}
