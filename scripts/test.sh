@@ -12,6 +12,14 @@ log() { printf '\n==> %s\n' "$*"; }
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v bash >/dev/null 2>&1 || need+=(bash)
+# real sandbox runtimes for the node-agent tests
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v runsc >/dev/null 2>&1 || need+=(runsc)
+[[ -x /bin/busybox || -x /usr/bin/busybox ]] || need+=(busybox-static)
+[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -39,6 +47,16 @@ fi
 if [[ "${CI:-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
 log "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The runtime is bind-mounted into every sandbox, whatever its image: it must
+# be static. (This links target/debug/sandpool-runtime statically; the copy
+# keeps it when later builds relink the dynamic one.)
+log "static sandpool-runtime for sandboxes"
+cargo rustc --locked -q -p sandpool-runtime --bin sandpool-runtime -- -C target-feature=+crt-static
+cp target/debug/sandpool-runtime target/debug/sandpool-runtime-static
+export SANDPOOL_RUNTIME_STATIC_BIN="$ROOT/target/debug/sandpool-runtime-static"
+# containerd/runc/runsc tests must run here, not skip
+export SANDPOOL_REQUIRE_CONTAINERD=1
 
 log "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

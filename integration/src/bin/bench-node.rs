@@ -1,0 +1,151 @@
+//! Benchmark of the node agent on real containerd (root; not a test):
+//! warm sandbox create+start (runtime answering on its bridge IP) for runc and
+//! runsc, entrypoint injection and release, against `ctr run -d` of the same
+//! image with the same runtime, measured in the same run.
+//!
+//!     cargo build --release -p sandpool-runtime -p sandpool-integration
+//!     ./target/release/bench-node --runtime-bin <static sandpool-runtime> --iterations 20
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sandpool_integration::{Summary, summarize};
+use sandpool_node_agent::{
+    agent::{Agent, AgentConfig},
+    containerd::Ctr,
+    daemon::ContainerdDaemon,
+    image,
+    net::NetConfig,
+};
+use sandpool_proto::v1 as pb;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Static sandpool-runtime binary mounted into sandboxes.
+    #[arg(long, env = "SANDPOOL_RUNTIME_STATIC_BIN")]
+    runtime_bin: PathBuf,
+    /// Sandboxes per scenario (bounded: at most 200).
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+}
+
+fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
+    let ratio = base.map(|b| format!("{:.2}×", s.p50 / b.p50)).unwrap_or_else(|| "1.00× (baseline)".into());
+    format!("| {name} | {} | {:.1} | {:.1} | {:.1} | {ratio} |", s.n, s.p50 / 1000.0, s.p90 / 1000.0, s.max / 1000.0)
+}
+
+fn ctr(sock: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ctr").args(["-a", sock, "-n", "sandpool-bench"]).args(args).output().context("running ctr")?;
+    if !out.status.success() {
+        bail!("ctr {:?}: {}", args, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let n = args.iterations.clamp(1, 200);
+    let dir = tempfile_dir()?;
+    let mut daemon = ContainerdDaemon::start(&dir.join("containerd"))?;
+    let sock = daemon.socket.display().to_string();
+    let ctr_client = Ctr::connect(&daemon.socket, "sandpool-bench", Duration::from_secs(30)).await?;
+    let mut cfg = AgentConfig::new(dir.join("agent"), std::fs::canonicalize(&args.runtime_bin)?);
+    cfg.net = NetConfig::new(&cfg.data_dir, "spbench0", "10.213.250.0/24");
+    cfg.node_name = "bench".into();
+    let agent = Agent::start(cfg, ctr_client).await?;
+    agent.ensure_image("busybox").await?;
+    let wrapper = agent.cfg.data_dir.join("bin/runsc-sandpool").display().to_string();
+
+    let mut table = Vec::new();
+    for (class, label, runtime_flag) in [
+        (pb::RuntimeClass::Runc, "runc", None),
+        (pb::RuntimeClass::Runsc, "runsc", Some(wrapper.as_str())),
+    ] {
+        eprintln!("[{label}] ctr run baseline ×{n}");
+        let mut base = Vec::new();
+        for i in 0..n + 2 {
+            let id = format!("ctr-{label}-{i}");
+            let mut a = vec!["run", "-d", "--null-io"];
+            if let Some(bin) = runtime_flag {
+                a.extend(["--runc-binary", bin]);
+            }
+            // runsc needs a non-root netns; give ctr one too, as sandpool does
+            let ns_arg = format!("network:/var/run/netns/{id}");
+            let t = Instant::now();
+            if runtime_flag.is_some() {
+                Command::new("ip").args(["netns", "add", &id]).status()?;
+                a.extend(["--with-ns", &ns_arg]);
+            }
+            a.extend([image::BUSYBOX, &id, "sleep", "1000"]);
+            ctr(&sock, &a)?;
+            let took = t.elapsed();
+            if i >= 2 {
+                base.push(took);
+            }
+            let _ = ctr(&sock, &["task", "kill", "-s", "SIGKILL", &id]);
+            for _ in 0..100 {
+                if ctr(&sock, &["task", "delete", &id]).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ctr(&sock, &["container", "delete", &id])?;
+            if runtime_flag.is_some() {
+                Command::new("ip").args(["netns", "del", &id]).status()?;
+            }
+        }
+
+        eprintln!("[{label}] sandpool warm create ×{n}");
+        let template = pb::SandboxTemplate {
+            image: "busybox".into(),
+            resources: Some(pb::Resources { cpu: "1".into(), memory: "256Mi".into(), pids: 256 }),
+            runtime_class: class as i32,
+            ..Default::default()
+        };
+        let (mut create, mut inject, mut release) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n + 2 {
+            let t = Instant::now();
+            let sb = agent.create("bench", template.clone(), None).await?;
+            let c = t.elapsed();
+            let (_, inj) = agent
+                .inject(&sb.id, pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], env: [("A".to_string(), "1".to_string())].into(), ..Default::default() })
+                .await?;
+            let t = Instant::now();
+            agent.release(&sb.id, pb::ReleasePolicy::Delete).await?;
+            let r = t.elapsed();
+            if i >= 2 {
+                create.push(c);
+                inject.push(inj);
+                release.push(r);
+            }
+        }
+        let b = summarize(&base);
+        table.push(row(&format!("{label}: `ctr run -d` busybox `sleep` (baseline; no network, no readiness)"), &b, None));
+        table.push(row(&format!("{label}: sandpool warm create (netns+CNI IP, container, task, runtime healthy)"), &summarize(&create), Some(&b)));
+        table.push(row(&format!("{label}: inject entrypoint via runtime gRPC"), &summarize(&inject), Some(&b)));
+        table.push(row(&format!("{label}: release (kill, delete, snapshot, CNI DEL, netns)"), &summarize(&release), Some(&b)));
+    }
+    daemon.stop(Duration::from_secs(10));
+    drop(agent);
+    let _ = Command::new("ip").args(["link", "del", "spbench0"]).status();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("| scenario | n | p50 ms | p90 ms | max ms | p50 vs baseline |");
+    println!("|---|---|---|---|---|---|");
+    for r in table {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("spbench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

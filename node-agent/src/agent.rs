@@ -1,0 +1,745 @@
+//! The node agent core: warm sandboxes on containerd, injection, release,
+//! recovery from containerd labels, and a stream of node events.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use sandpool_proto::v1 as pb;
+use tokio::sync::broadcast;
+
+use crate::{
+    containerd::{Ctr, NewContainer, TaskState},
+    error::{AgentError, Result},
+    image, net::NetConfig,
+    quantity,
+    spec::{self, Limits, SandboxSpec},
+};
+
+/// Container labels that let a restarted agent rebuild its state.
+pub mod labels {
+    pub const MANAGED: &str = "sandpool.io/managed";
+    pub const POOL: &str = "sandpool.io/pool";
+    pub const STATE: &str = "sandpool.io/state";
+    pub const IP: &str = "sandpool.io/ip";
+    pub const TOKEN: &str = "sandpool.io/token";
+    pub const RUNTIME: &str = "sandpool.io/runtime-class";
+    pub const CREATED: &str = "sandpool.io/created-ms";
+    pub const TEMPLATE: &str = "sandpool.io/template";
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// Host path of the static `sandpool-runtime` bind-mounted into sandboxes.
+    pub runtime_bin: PathBuf,
+    pub runsc_bin: PathBuf,
+    pub max_sandboxes: u32,
+    pub cgroup_parent: String,
+    pub net: NetConfig,
+    /// How long a new sandbox may take to answer its runtime health check.
+    pub ready_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(data_dir: PathBuf, runtime_bin: PathBuf) -> Self {
+        AgentConfig {
+            node_name: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into()),
+            net: NetConfig::new(&data_dir, "sandpool0", "10.213.0.0/16"),
+            data_dir,
+            runtime_bin,
+            runsc_bin: PathBuf::from("runsc"),
+            max_sandboxes: 256,
+            cgroup_parent: "/sandpool".into(),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the agent knows about one sandbox.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub id: String,
+    pub pool: String,
+    pub state: pb::SandboxState,
+    pub ip: Ipv4Addr,
+    pub token: String,
+    pub runtime_class: pb::RuntimeClass,
+    pub template: pb::SandboxTemplate,
+    pub created_ms: i64,
+}
+
+impl Sandbox {
+    pub fn info(&self, node: &str) -> pb::SandboxInfo {
+        pb::SandboxInfo {
+            sandbox_id: self.id.clone(),
+            pool: self.pool.clone(),
+            node: node.to_string(),
+            state: self.state as i32,
+            ip: self.ip.to_string(),
+            runtime_port: u32::from(spec::RUNTIME_PORT),
+            runtime_class: self.runtime_class as i32,
+            access_token: self.token.clone(),
+            created_unix_ms: self.created_ms,
+            message: String::new(),
+            labels: self.template.labels.clone(),
+        }
+    }
+
+    fn label_map(&self) -> Result<HashMap<String, String>> {
+        let template = serde_json::to_string(&TemplateLabel::from(&self.template)).map_err(|e| AgentError::InvalidTemplate(e.to_string()))?;
+        Ok([
+            (labels::MANAGED, "true".to_string()),
+            (labels::POOL, self.pool.clone()),
+            (labels::STATE, state_label(self.state).to_string()),
+            (labels::IP, self.ip.to_string()),
+            (labels::TOKEN, self.token.clone()),
+            (labels::RUNTIME, runtime_label(self.runtime_class).to_string()),
+            (labels::CREATED, self.created_ms.to_string()),
+            (labels::TEMPLATE, template),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
+    }
+
+    /// Rebuild from container labels (recovery).
+    pub fn from_labels(id: &str, l: &HashMap<String, String>) -> Option<Sandbox> {
+        if l.get(labels::MANAGED).map(String::as_str) != Some("true") {
+            return None;
+        }
+        let template: pb::SandboxTemplate = l.get(labels::TEMPLATE).and_then(|t| serde_json::from_str::<TemplateLabel>(t).ok())?.into();
+        Some(Sandbox {
+            id: id.to_string(),
+            pool: l.get(labels::POOL).cloned().unwrap_or_default(),
+            state: parse_state(l.get(labels::STATE)?)?,
+            ip: l.get(labels::IP)?.parse().ok()?,
+            token: l.get(labels::TOKEN)?.clone(),
+            runtime_class: parse_runtime(l.get(labels::RUNTIME)?)?,
+            template,
+            created_ms: l.get(labels::CREATED).and_then(|c| c.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+/// The template as stored in a label (serde view of the proto message).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TemplateLabel {
+    image: String,
+    command: Vec<String>,
+    env: HashMap<String, String>,
+    cpu: String,
+    memory: String,
+    pids: u32,
+    runtime_class: i32,
+    release_policy: i32,
+    labels: HashMap<String, String>,
+}
+
+impl From<&pb::SandboxTemplate> for TemplateLabel {
+    fn from(t: &pb::SandboxTemplate) -> Self {
+        let r = t.resources.clone().unwrap_or_default();
+        TemplateLabel {
+            image: t.image.clone(),
+            command: t.command.clone(),
+            env: t.env.clone(),
+            cpu: r.cpu,
+            memory: r.memory,
+            pids: r.pids,
+            runtime_class: t.runtime_class,
+            release_policy: t.release_policy,
+            labels: t.labels.clone(),
+        }
+    }
+}
+
+impl From<TemplateLabel> for pb::SandboxTemplate {
+    fn from(t: TemplateLabel) -> Self {
+        pb::SandboxTemplate {
+            image: t.image,
+            command: t.command,
+            env: t.env,
+            resources: Some(pb::Resources { cpu: t.cpu, memory: t.memory, pids: t.pids }),
+            runtime_class: t.runtime_class,
+            release_policy: t.release_policy,
+            labels: t.labels,
+        }
+    }
+}
+
+pub fn state_label(s: pb::SandboxState) -> &'static str {
+    match s {
+        pb::SandboxState::Warm => "warm",
+        pb::SandboxState::Claimed => "claimed",
+        pb::SandboxState::Paused => "paused",
+        pb::SandboxState::Creating => "creating",
+        pb::SandboxState::Releasing => "releasing",
+        pb::SandboxState::Failed => "failed",
+        pb::SandboxState::Unspecified => "unspecified",
+    }
+}
+
+fn parse_state(s: &str) -> Option<pb::SandboxState> {
+    Some(match s {
+        "warm" => pb::SandboxState::Warm,
+        "claimed" => pb::SandboxState::Claimed,
+        "paused" => pb::SandboxState::Paused,
+        "creating" => pb::SandboxState::Creating,
+        "releasing" => pb::SandboxState::Releasing,
+        "failed" => pb::SandboxState::Failed,
+        _ => return None,
+    })
+}
+
+pub fn runtime_label(r: pb::RuntimeClass) -> &'static str {
+    match r {
+        pb::RuntimeClass::Runsc => "runsc",
+        _ => "runc",
+    }
+}
+
+fn parse_runtime(s: &str) -> Option<pb::RuntimeClass> {
+    match s {
+        "runc" => Some(pb::RuntimeClass::Runc),
+        "runsc" => Some(pb::RuntimeClass::Runsc),
+        _ => None,
+    }
+}
+
+/// A template checked and turned into what the create path needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTemplate {
+    pub image: String,
+    pub limits: Limits,
+    pub runtime_class: pb::RuntimeClass,
+    pub release_policy: pb::ReleasePolicy,
+    pub env: Vec<(String, String)>,
+}
+
+/// Pure validation of a template (image existence is checked later).
+pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
+    if t.image.trim().is_empty() {
+        return Err(AgentError::InvalidTemplate("image is required".into()));
+    }
+    let runtime_class = match pb::RuntimeClass::try_from(t.runtime_class) {
+        Ok(pb::RuntimeClass::Unspecified) | Ok(pb::RuntimeClass::Runc) => pb::RuntimeClass::Runc,
+        Ok(pb::RuntimeClass::Runsc) => pb::RuntimeClass::Runsc,
+        Err(_) => return Err(AgentError::InvalidTemplate(format!("unknown runtime class {} (use RUNC or RUNSC)", t.runtime_class))),
+    };
+    let release_policy = match pb::ReleasePolicy::try_from(t.release_policy) {
+        Ok(pb::ReleasePolicy::Unspecified) | Ok(pb::ReleasePolicy::Delete) => pb::ReleasePolicy::Delete,
+        Ok(pb::ReleasePolicy::Recycle) => pb::ReleasePolicy::Recycle,
+        Err(_) => return Err(AgentError::InvalidTemplate(format!("unknown release policy {}", t.release_policy))),
+    };
+    let r = t.resources.clone().unwrap_or_default();
+    let limits = Limits { cpu_millis: quantity::cpu_millis(&r.cpu)?, memory_bytes: quantity::memory_bytes(&r.memory)?, pids: r.pids };
+    let mut env: Vec<(String, String)> = t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.sort();
+    for (k, _) in &env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(AgentError::InvalidTemplate(format!("bad env name {k:?}")));
+        }
+    }
+    Ok(ValidTemplate { image: t.image.trim().to_string(), limits, runtime_class, release_policy, env })
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !id.starts_with('-')
+}
+
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    ctr: Ctr,
+    sandboxes: Mutex<HashMap<String, Sandbox>>,
+    events: broadcast::Sender<pb::NodeEvent>,
+    image_lock: tokio::sync::Mutex<()>,
+    runsc_wrapper: PathBuf,
+}
+
+impl Agent {
+    /// Build the agent on a connected containerd and recover existing sandboxes.
+    pub async fn start(cfg: AgentConfig, ctr: Ctr) -> Result<Arc<Agent>> {
+        for d in [&cfg.data_dir, &cfg.net.netns_dir, &cfg.data_dir.join("logs"), &cfg.data_dir.join("bin")] {
+            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
+        }
+        if !cfg.runtime_bin.is_file() {
+            return Err(AgentError::FailedPrecondition(format!("runtime binary {} not found", cfg.runtime_bin.display())));
+        }
+        // Debian's runsc (2022) refuses its own netstack on kernels that show
+        // /proc/sys/net/core/rmem_default in every netns; run it with
+        // host-network passthrough inside the sandbox's own netns instead.
+        let runsc_wrapper = cfg.data_dir.join("bin/runsc-sandpool");
+        let script = format!("#!/bin/sh\nexec {} --network=host \"$@\"\n", cfg.runsc_bin.display());
+        std::fs::write(&runsc_wrapper, script).map_err(|e| AgentError::io(runsc_wrapper.display().to_string(), e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runsc_wrapper, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| AgentError::io(runsc_wrapper.display().to_string(), e))?;
+        let (events, _) = broadcast::channel(1024);
+        let agent = Arc::new(Agent {
+            cfg,
+            ctr,
+            sandboxes: Mutex::new(HashMap::new()),
+            events,
+            image_lock: tokio::sync::Mutex::new(()),
+            runsc_wrapper,
+        });
+        agent.recover().await?;
+        Ok(agent)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Sandbox>> {
+        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ctr(&self) -> &Ctr {
+        &self.ctr
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::NodeEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, sb: &Sandbox) {
+        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::Sandbox(sb.info(&self.cfg.node_name))) });
+    }
+
+    fn emit_removed(&self, id: &str) {
+        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::RemovedSandboxId(id.to_string())) });
+        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(self.capacity())) });
+    }
+
+    pub fn capacity(&self) -> pb::NodeCapacity {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        pb::NodeCapacity {
+            node: self.cfg.node_name.clone(),
+            cpu_millis: cpus * 1000,
+            memory_bytes: mem,
+            max_sandboxes: self.cfg.max_sandboxes,
+            sandboxes: self.lock().len() as u32,
+        }
+    }
+
+    pub fn list(&self, pool: &str) -> Vec<pb::SandboxInfo> {
+        let mut v: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|s| pool.is_empty() || s.pool == pool)
+            .map(|s| s.info(&self.cfg.node_name))
+            .collect();
+        v.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Result<Sandbox> {
+        self.lock().get(id).cloned().ok_or_else(|| AgentError::NotFound(id.to_string()))
+    }
+
+    /// Make sure `name` exists in containerd, building builtin images.
+    pub async fn ensure_image(&self, name: &str) -> Result<(String, String, Vec<String>)> {
+        let resolved = image::builtin(name).unwrap_or(name).to_string();
+        if let Some((chain, env)) = self.ctr.image_rootfs(&resolved).await? {
+            return Ok((resolved, chain, env));
+        }
+        let Some(builtin) = image::builtin(name) else {
+            let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
+            return Err(AgentError::UnknownImage(name.to_string(), format!("{known} (builtin: {}, {})", image::BUSYBOX, image::PYTHON)));
+        };
+        let _g = self.image_lock.lock().await;
+        if let Some((chain, env)) = self.ctr.image_rootfs(builtin).await? {
+            return Ok((builtin.to_string(), chain, env));
+        }
+        let cache = self.cfg.data_dir.join("images");
+        let started = Instant::now();
+        let name2 = builtin.to_string();
+        let blobs = tokio::task::spawn_blocking(move || image::build_builtin(&name2, &cache))
+            .await
+            .map_err(|e| AgentError::Image(format!("image builder: {e}")))??;
+        self.ctr.import(&blobs).await?;
+        tracing::info!(image = builtin, ms = started.elapsed().as_millis() as u64, "image built and imported");
+        let (chain, env) = self
+            .ctr
+            .image_rootfs(builtin)
+            .await?
+            .ok_or_else(|| AgentError::Image(format!("{builtin} missing right after import")))?;
+        Ok((builtin.to_string(), chain, env))
+    }
+
+    /// Create and start a warm sandbox; it is ready when its runtime answers.
+    #[tracing::instrument(skip_all, fields(pool = %pool))]
+    pub async fn create(self: &Arc<Self>, pool: &str, template: pb::SandboxTemplate, id: Option<String>) -> Result<Sandbox> {
+        let valid = validate_template(&template)?;
+        let id = match id.filter(|i| !i.is_empty()) {
+            Some(i) if valid_id(&i) => i,
+            Some(i) => return Err(AgentError::InvalidTemplate(format!("bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"))),
+            None => format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
+        };
+        let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
+        {
+            let g = self.lock();
+            if g.contains_key(&id) {
+                return Err(AgentError::FailedPrecondition(format!("sandbox {id} already exists")));
+            }
+            if g.len() as u32 >= self.cfg.max_sandboxes {
+                return Err(AgentError::Exhausted(format!("{} sandboxes (max {})", g.len(), self.cfg.max_sandboxes)));
+            }
+        }
+        let net = self.cfg.net.clone();
+        let id2 = id.clone();
+        let ip = tokio::task::spawn_blocking(move || net.setup(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))??;
+        let mut sb = Sandbox {
+            id: id.clone(),
+            pool: pool.to_string(),
+            state: pb::SandboxState::Creating,
+            ip,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            runtime_class: valid.runtime_class,
+            template: template.clone(),
+            created_ms: unix_ms(),
+        };
+        match self.start_container(&sb, &image, &chain, &image_env, &valid).await {
+            Ok(()) => {}
+            Err(e) => {
+                self.cleanup(&id).await;
+                return Err(e);
+            }
+        }
+        sb.state = pb::SandboxState::Warm;
+        if let Err(e) = self.ctr.set_labels(&id, [(labels::STATE.to_string(), "warm".to_string())].into()).await {
+            self.cleanup(&id).await;
+            return Err(e);
+        }
+        self.lock().insert(id.clone(), sb.clone());
+        self.emit(&sb);
+        Ok(sb)
+    }
+
+    async fn start_container(&self, sb: &Sandbox, image: &str, chain: &str, image_env: &[String], valid: &ValidTemplate) -> Result<()> {
+        let mut env: Vec<(String, String)> =
+            image_env.iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+        env.extend(valid.env.iter().cloned());
+        let spec = SandboxSpec {
+            id: sb.id.clone(),
+            env,
+            netns_path: self.cfg.net.netns_path(&sb.id).display().to_string(),
+            runtime_bin: self.cfg.runtime_bin.display().to_string(),
+            limits: valid.limits.clone(),
+            cgroup_parent: self.cfg.cgroup_parent.clone(),
+            access_token: sb.token.clone(),
+        }
+        .to_json();
+        let binary = match sb.runtime_class {
+            pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
+            _ => String::new(),
+        };
+        let log = self.cfg.data_dir.join("logs").join(format!("{}.log", sb.id));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // A fresh snapshot key per incarnation (recycle re-creates the same id).
+            let snapshot_key = format!("{}.{}", sb.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let mounts = self
+                .ctr
+                .create_container(NewContainer {
+                    id: &sb.id,
+                    snapshot_key: &snapshot_key,
+                    image,
+                    parent_snapshot: chain,
+                    labels: sb.label_map()?,
+                    spec: &spec,
+                    runtime_binary: &binary,
+                })
+                .await?;
+            match self.ctr.start_task(&sb.id, mounts, &log).await {
+                Ok(_) => break,
+                // containerd 1.6's overlayfs cleanup can delete a snapshot
+                // directory created while a GC runs (rename before commit);
+                // such a snapshot is unusable, so make a new one.
+                Err(AgentError::Containerd { status, .. })
+                    if attempt < 4 && status.message().contains("failed to mount rootfs component") =>
+                {
+                    tracing::warn!(sandbox = %sb.id, attempt, "snapshot lost to a concurrent containerd GC; retrying");
+                    self.ctr.destroy(&sb.id).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.wait_ready(sb).await
+    }
+
+    /// Poll the runtime's gRPC health until it answers.
+    async fn wait_ready(&self, sb: &Sandbox) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.ready_timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.runtime_client(sb).await {
+                Ok(mut c) => match c.health(auth(sb, pb::HealthRequest {})).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) => last = s.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            if let Ok(Some((TaskState::Stopped, _))) = self.ctr.task_state(&sb.id).await {
+                let log = std::fs::read_to_string(self.cfg.data_dir.join("logs").join(format!("{}.log", sb.id))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(AgentError::Runtime { id: sb.id.clone(), message: format!("sandbox exited during start: {}", tail.join(" | ")) });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(AgentError::Runtime { id: sb.id.clone(), message: format!("runtime not ready after {:?}: {last}", self.cfg.ready_timeout) })
+    }
+
+    pub async fn runtime_client(&self, sb: &Sandbox) -> Result<pb::runtime_client::RuntimeClient<tonic::transport::Channel>> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, spec::RUNTIME_PORT))
+            .map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let ch = ep.connect().await.map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?;
+        Ok(pb::runtime_client::RuntimeClient::new(ch))
+    }
+
+    /// Start the claimed sandbox's entrypoint through its runtime.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn inject(&self, id: &str, mut process: pb::InjectRequest) -> Result<(pb::ProcessState, Duration)> {
+        let sb = self.get(id)?;
+        // No argv: the template's command is the default entrypoint.
+        if process.argv.is_empty() {
+            if sb.template.command.is_empty() {
+                return Err(AgentError::InvalidTemplate("inject needs argv (the template has no default command)".into()));
+            }
+            process.argv = sb.template.command.clone();
+            for (k, v) in &sb.template.env {
+                process.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        if sb.state == pb::SandboxState::Paused {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused")));
+        }
+        let t0 = Instant::now();
+        let mut c = self.runtime_client(&sb).await?;
+        let st = c.inject(auth(&sb, process)).await.map_err(|s| match s.code() {
+            tonic::Code::InvalidArgument => AgentError::InvalidTemplate(s.message().to_string()),
+            tonic::Code::AlreadyExists => AgentError::FailedPrecondition(s.message().to_string()),
+            _ => AgentError::Runtime { id: id.to_string(), message: s.to_string() },
+        })?;
+        let took = t0.elapsed();
+        self.set_state(id, pb::SandboxState::Claimed).await?;
+        Ok((st.into_inner(), took))
+    }
+
+    async fn set_state(&self, id: &str, state: pb::SandboxState) -> Result<Sandbox> {
+        self.ctr.set_labels(id, [(labels::STATE.to_string(), state_label(state).to_string())].into()).await?;
+        let sb = {
+            let mut g = self.lock();
+            let sb = g.get_mut(id).ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+            sb.state = state;
+            sb.clone()
+        };
+        self.emit(&sb);
+        Ok(sb)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<Sandbox> {
+        let sb = self.get(id)?;
+        if sb.state == pb::SandboxState::Paused {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is already paused")));
+        }
+        self.ctr.pause(id).await?;
+        self.set_state(id, pb::SandboxState::Paused).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Sandbox> {
+        let sb = self.get(id)?;
+        if sb.state != pb::SandboxState::Paused {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is not paused")));
+        }
+        self.ctr.resume(id).await?;
+        self.set_state(id, pb::SandboxState::Claimed).await
+    }
+
+    /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn release(self: &Arc<Self>, id: &str, policy: pb::ReleasePolicy) -> Result<Option<Sandbox>> {
+        let sb = self.get(id)?;
+        let policy = match policy {
+            pb::ReleasePolicy::Unspecified => validate_template(&sb.template).map(|v| v.release_policy).unwrap_or(pb::ReleasePolicy::Delete),
+            p => p,
+        };
+        if policy == pb::ReleasePolicy::Recycle {
+            let valid = validate_template(&sb.template)?;
+            self.ctr.destroy(id).await?;
+            let (image, chain, env) = self.ensure_image(&valid.image).await?;
+            let mut fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Creating, ..sb.clone() };
+            if let Err(e) = self.start_container(&fresh, &image, &chain, &env, &valid).await {
+                self.lock().remove(id);
+                self.cleanup(id).await;
+                self.emit_removed(id);
+                return Err(e);
+            }
+            fresh.state = pb::SandboxState::Warm;
+            self.ctr.set_labels(id, [(labels::STATE.to_string(), "warm".to_string())].into()).await?;
+            self.lock().insert(id.to_string(), fresh.clone());
+            self.emit(&fresh);
+            return Ok(Some(fresh));
+        }
+        {
+            let mut g = self.lock();
+            if let Some(s) = g.get_mut(id) {
+                s.state = pb::SandboxState::Releasing;
+            }
+        }
+        let res = self.destroy_all(id).await;
+        self.lock().remove(id);
+        self.emit_removed(id);
+        res.map(|_| None)
+    }
+
+    async fn destroy_all(&self, id: &str) -> Result<()> {
+        self.ctr.destroy(id).await?;
+        let net = self.cfg.net.clone();
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || net.teardown(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))?
+    }
+
+    /// Best-effort removal of everything a sandbox id may own.
+    async fn cleanup(&self, id: &str) {
+        if let Err(e) = self.destroy_all(id).await {
+            tracing::warn!(sandbox = id, error = %e, "cleanup incomplete");
+        }
+    }
+
+    /// Rebuild state from containerd: running sandboxes are adopted, dead
+    /// ones and orphaned netns/snapshots are cleaned up.
+    pub async fn recover(&self) -> Result<()> {
+        let containers = self.ctr.list_containers().await?;
+        let mut adopted = 0;
+        let mut cleaned = 0;
+        let mut known = std::collections::HashSet::new();
+        let mut known_snapshots = std::collections::HashSet::new();
+        for c in containers {
+            known_snapshots.insert(c.snapshot_key.clone());
+            let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else { continue };
+            known.insert(c.id.clone());
+            let alive = matches!(self.ctr.task_state(&c.id).await?, Some((TaskState::Running | TaskState::Paused, _)));
+            let netns_ok = self.cfg.net.netns_path(&c.id).exists();
+            if alive && netns_ok && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
+                if let Ok(Some((TaskState::Paused, _))) = self.ctr.task_state(&c.id).await {
+                    sb.state = pb::SandboxState::Paused;
+                }
+                self.lock().insert(c.id.clone(), sb);
+                adopted += 1;
+            } else {
+                self.cleanup(&c.id).await;
+                cleaned += 1;
+            }
+        }
+        for id in self.cfg.net.list() {
+            if !known.contains(&id) {
+                let net = self.cfg.net.clone();
+                let id2 = id.clone();
+                let _ = tokio::task::spawn_blocking(move || net.teardown(&id2)).await;
+                cleaned += 1;
+            }
+        }
+        for key in self.ctr.list_active_snapshots().await? {
+            // Active snapshots of no container: a crash between prepare and
+            // container create, or an interrupted image unpack.
+            if !known_snapshots.contains(&key) {
+                let _ = self.ctr.remove_snapshot(&key).await;
+            }
+        }
+        tracing::info!(adopted, cleaned, "recovered node state from containerd");
+        Ok(())
+    }
+}
+
+fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = sb.token.parse() {
+        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> pb::SandboxTemplate {
+        pb::SandboxTemplate {
+            image: "busybox".into(),
+            command: vec![],
+            env: [("A".to_string(), "1".to_string())].into(),
+            resources: Some(pb::Resources { cpu: "500m".into(), memory: "256Mi".into(), pids: 64 }),
+            runtime_class: pb::RuntimeClass::Runsc as i32,
+            release_policy: pb::ReleasePolicy::Recycle as i32,
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn validates_templates() {
+        let v = validate_template(&template()).unwrap();
+        assert_eq!(v.limits, Limits { cpu_millis: 500, memory_bytes: 256 << 20, pids: 64 });
+        assert_eq!((v.runtime_class, v.release_policy), (pb::RuntimeClass::Runsc, pb::ReleasePolicy::Recycle));
+        let mut t = template();
+        t.runtime_class = 42;
+        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("runtime class")));
+        let mut t = template();
+        t.resources = Some(pb::Resources { cpu: "fast".into(), ..Default::default() });
+        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("cpu")));
+        let mut t = template();
+        t.image = " ".into();
+        assert!(validate_template(&t).is_err());
+        let mut t = template();
+        t.env.insert("A=B".into(), "x".into());
+        assert!(validate_template(&t).is_err());
+        let mut t = template();
+        t.runtime_class = 0;
+        t.release_policy = 0;
+        let v = validate_template(&t).unwrap();
+        assert_eq!((v.runtime_class, v.release_policy), (pb::RuntimeClass::Runc, pb::ReleasePolicy::Delete));
+    }
+
+    #[test]
+    fn labels_round_trip_for_recovery() {
+        let sb = Sandbox {
+            id: "sb-1".into(),
+            pool: "p".into(),
+            state: pb::SandboxState::Claimed,
+            ip: Ipv4Addr::new(10, 213, 0, 9),
+            token: "t".into(),
+            runtime_class: pb::RuntimeClass::Runsc,
+            template: template(),
+            created_ms: 42,
+        };
+        let l = sb.label_map().unwrap();
+        assert!(l.values().all(|v| v.len() < 4096), "containerd label size limit");
+        let back = Sandbox::from_labels("sb-1", &l).unwrap();
+        assert_eq!((back.pool.as_str(), back.state, back.ip, back.created_ms), ("p", pb::SandboxState::Claimed, sb.ip, 42));
+        assert_eq!(back.template, sb.template);
+        assert!(Sandbox::from_labels("x", &HashMap::new()).is_none(), "unmanaged containers are ignored");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("sb-abc_1"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("-x"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
+}

@@ -1,0 +1,300 @@
+//! Sandbox images without a registry: build a root filesystem locally
+//! (busybox-static, or Debian minbase + python3 with debootstrap), pack it as a
+//! single-layer OCI image, and hand the blobs to containerd's content/images
+//! API (see `containerd.rs`).
+
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::{PermissionsExt, symlink},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{AgentError, Result};
+
+pub const BUSYBOX: &str = "sandpool/busybox:latest";
+pub const PYTHON: &str = "sandpool/python:3";
+
+/// The images sandpool can build by itself, by name and short alias.
+pub fn builtin(name: &str) -> Option<&'static str> {
+    match name {
+        BUSYBOX | "busybox" | "sandpool/busybox" => Some(BUSYBOX),
+        PYTHON | "python" | "python3" | "sandpool/python" => Some(PYTHON),
+        _ => None,
+    }
+}
+
+/// A single-layer OCI image ready to import.
+#[derive(Debug, Clone)]
+pub struct ImageBlobs {
+    pub name: String,
+    pub manifest: Vec<u8>,
+    pub manifest_digest: String,
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    pub layer_path: PathBuf,
+    pub layer_digest: String,
+    pub layer_size: u64,
+    pub diff_id: String,
+}
+
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Pack `rootfs` as a gzip layer in `out_dir` and describe it as an image.
+pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<ImageBlobs> {
+    fs::create_dir_all(out_dir).map_err(|e| AgentError::io(out_dir.display().to_string(), e))?;
+    let layer_path = out_dir.join("layer.tar.gz");
+    let tmp = out_dir.join("layer.tar.gz.tmp");
+    let file = fs::File::create(&tmp).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
+    let gz_hashed = HashWriter { inner: io::BufWriter::new(file), hash: Sha256::new(), count: 0 };
+    let gz = flate2::write::GzEncoder::new(gz_hashed, flate2::Compression::fast());
+    let tar_hashed = HashWriter { inner: gz, hash: Sha256::new(), count: 0 };
+    let mut builder = tar::Builder::new(tar_hashed);
+    builder.follow_symlinks(false);
+    append_tree(&mut builder, rootfs, Path::new("")).map_err(|e| AgentError::Image(format!("packing {}: {e}", rootfs.display())))?;
+    let tar_hashed = builder.into_inner().map_err(|e| AgentError::Image(e.to_string()))?;
+    let diff_id = format!("sha256:{}", hex::encode(tar_hashed.hash.finalize()));
+    let gz_hashed = tar_hashed.inner.finish().map_err(|e| AgentError::Image(e.to_string()))?;
+    let layer_digest = format!("sha256:{}", hex::encode(gz_hashed.hash.clone().finalize()));
+    let layer_size = gz_hashed.count;
+    let mut w = gz_hashed.inner;
+    w.flush().map_err(|e| AgentError::Image(e.to_string()))?;
+    drop(w);
+    fs::rename(&tmp, &layer_path).map_err(|e| AgentError::io(layer_path.display().to_string(), e))?;
+
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": env, "Cmd": ["/bin/sh"], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [{ "created_by": format!("sandpool image build {name}") }]
+    }))
+    .map_err(|e| AgentError::Image(e.to_string()))?;
+    let config_digest = sha256_digest(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": { "mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer_size }]
+    }))
+    .map_err(|e| AgentError::Image(e.to_string()))?;
+    Ok(ImageBlobs {
+        name: name.to_string(),
+        manifest_digest: sha256_digest(&manifest),
+        manifest,
+        config_digest,
+        config,
+        layer_path,
+        layer_digest,
+        layer_size,
+        diff_id,
+    })
+}
+
+/// Deterministic walk (sorted), skipping special files (device nodes and
+/// sockets are created by the runtime at start, not shipped in images).
+fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let rel_path = rel.join(e.file_name());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            b.append_path_with_name(e.path(), &rel_path)?;
+            append_tree(b, root, &rel_path)?;
+        } else if ft.is_file() || ft.is_symlink() {
+            b.append_path_with_name(e.path(), &rel_path)?;
+        }
+    }
+    Ok(())
+}
+
+fn mkdirs(root: &Path, dirs: &[(&str, u32)]) -> io::Result<()> {
+    for (d, mode) in dirs {
+        let p = root.join(d);
+        fs::create_dir_all(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
+    }
+    Ok(())
+}
+
+/// A minimal root filesystem: static busybox with its applets as symlinks.
+pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
+    let build = || -> io::Result<()> {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+        mkdirs(dir, &[("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("home", 0o755)])?;
+        fs::copy(busybox, dir.join("bin/busybox"))?;
+        fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
+        let out = Command::new(busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+            let _ = symlink("busybox", dir.join("bin").join(applet));
+        }
+        fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nsandbox:x:1000:1000:sandbox:/home:/bin/sh\n")?;
+        fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nsandbox:x:1000:\n")?;
+        fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        Ok(())
+    };
+    build().map_err(|e| AgentError::Image(format!("busybox rootfs in {}: {e}", dir.display())))
+}
+
+/// The Debian mirror this machine's apt already uses (never hard-coded).
+pub fn apt_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(s) = fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(s);
+    }
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        for e in rd.flatten() {
+            if let Ok(s) = fs::read_to_string(e.path()) {
+                texts.push(s);
+            }
+        }
+    }
+    for t in &texts {
+        for line in t.lines().map(str::trim) {
+            let rest = line.strip_prefix("URIs:").or_else(|| line.strip_prefix("deb "));
+            if let Some(rest) = rest
+                && let Some(u) = rest.split_whitespace().find(|u| u.starts_with("http") && !u.contains("security"))
+            {
+                return Some(u.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn codename() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string())))
+        .unwrap_or_else(|| "bookworm".into())
+}
+
+/// Debian minbase with python3, via debootstrap (minutes; cached by the caller).
+pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
+    let mirror = apt_mirror().ok_or_else(|| AgentError::Image("no Debian mirror found in /etc/apt sources".into()))?;
+    let tmp = dir.with_extension("partial");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
+    }
+    if let Some(parent) = tmp.parent() {
+        fs::create_dir_all(parent).map_err(|e| AgentError::io(parent.display().to_string(), e))?;
+    }
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=python3", &codename()])
+        .arg(&tmp)
+        .arg(&mirror)
+        .output()
+        .map_err(|e| AgentError::Image(format!("running debootstrap (apt-get install debootstrap): {e}")))?;
+    if !out.status.success() {
+        let tail: String = String::from_utf8_lossy(&out.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Err(AgentError::Image(format!("debootstrap failed: {tail}")));
+    }
+    // Leave out apt caches; they are large and useless in a sandbox.
+    let _ = fs::remove_dir_all(tmp.join("var/cache/apt/archives"));
+    let _ = fs::create_dir_all(tmp.join("var/cache/apt/archives/partial"));
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| AgentError::io(dir.display().to_string(), e))
+}
+
+/// Build (or reuse from `cache`) the blobs of a builtin image.
+pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
+    let dir = cache.join(name.replace(['/', ':'], "_"));
+    let rootfs = dir.join("rootfs");
+    let stamp = dir.join("rootfs.done");
+    match name {
+        BUSYBOX => {
+            let bb = ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
+                AgentError::Image("busybox not found (apt-get install busybox-static)".into())
+            })?;
+            if !stamp.exists() {
+                busybox_rootfs(&rootfs, &bb)?;
+                fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
+            }
+            pack(name, &rootfs, &dir, &["PATH=/bin"])
+        }
+        PYTHON => {
+            if !stamp.exists() {
+                debian_python_rootfs(&rootfs)?;
+                fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
+            }
+            pack(name, &rootfs, &dir, &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
+        }
+        other => Err(AgentError::UnknownImage(other.to_string(), format!("{BUSYBOX}, {PYTHON}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_a_tree_reproducibly() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::write(root.join("bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
+        symlink("hello", root.join("bin/hi")).unwrap();
+        let a = pack("t:1", &root, &d.path().join("a"), &["PATH=/bin"]).unwrap();
+        let b = pack("t:1", &root, &d.path().join("b"), &["PATH=/bin"]).unwrap();
+        assert_eq!(a.diff_id, b.diff_id, "same tree, same uncompressed digest");
+        assert_eq!(a.layer_size, fs::metadata(&a.layer_path).unwrap().len());
+        assert_eq!(sha256_digest(&fs::read(&a.layer_path).unwrap()), a.layer_digest);
+        let m: serde_json::Value = serde_json::from_slice(&a.manifest).unwrap();
+        assert_eq!(m["layers"][0]["digest"], a.layer_digest.as_str());
+        assert_eq!(m["config"]["digest"], a.config_digest.as_str());
+        let c: serde_json::Value = serde_json::from_slice(&a.config).unwrap();
+        assert_eq!(c["rootfs"]["diff_ids"][0], a.diff_id.as_str());
+        // the layer holds the symlink as a symlink
+        let gz = flate2::read::GzDecoder::new(fs::File::open(&a.layer_path).unwrap());
+        let mut ar = tar::Archive::new(gz);
+        let kinds: Vec<(String, bool)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().entry_type().is_symlink())
+            })
+            .collect();
+        assert_eq!(kinds, vec![("bin".into(), false), ("bin/hello".into(), false), ("bin/hi".into(), true)]);
+    }
+
+    #[test]
+    fn aliases() {
+        assert_eq!(builtin("busybox"), Some(BUSYBOX));
+        assert_eq!(builtin("python"), Some(PYTHON));
+        assert_eq!(builtin("nginx"), None);
+    }
+}

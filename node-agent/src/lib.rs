@@ -1,0 +1,18 @@
+//! The sandpool node agent: owns the sandboxes of one node.
+//!
+//! * [`agent`]: warm sandboxes, injection, release, recovery, node events
+//! * [`containerd`]: containerd gRPC (images, snapshots, containers, tasks)
+//! * [`daemon`]: a private containerd for the standalone mode
+//! * [`image`]: local OCI images (busybox-static, Debian + python3)
+//! * [`net`]: per-sandbox netns + CNI bridge
+//! * [`spec`], [`quantity`]: pure OCI spec / resource translation
+//! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
+pub mod agent;
+pub mod containerd;
+pub mod daemon;
+pub mod error;
+pub mod image;
+pub mod net;
+pub mod quantity;
+pub mod service;
+pub mod spec;

@@ -1,0 +1,211 @@
+//! Sandbox networking: one network namespace per sandbox (a bind-mounted
+//! nsfs file under the agent's data dir) attached to a node bridge with the
+//! CNI `bridge` + `host-local` plugins from Debian's containernetworking-plugins.
+
+use std::{
+    fs,
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde_json::{Value, json};
+
+use crate::error::{AgentError, Result};
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Where the per-sandbox netns files live.
+    pub netns_dir: PathBuf,
+    /// host-local IPAM state.
+    pub ipam_dir: PathBuf,
+    /// CNI plugin binaries.
+    pub cni_bin_dir: PathBuf,
+    pub bridge: String,
+    pub subnet: String,
+}
+
+impl NetConfig {
+    pub fn new(data_dir: &Path, bridge: &str, subnet: &str) -> Self {
+        NetConfig {
+            netns_dir: data_dir.join("netns"),
+            ipam_dir: data_dir.join("cni-ipam"),
+            cni_bin_dir: ["/usr/lib/cni", "/opt/cni/bin"].iter().map(PathBuf::from).find(|p| p.join("bridge").exists()).unwrap_or_else(|| PathBuf::from("/usr/lib/cni")),
+            bridge: bridge.to_string(),
+            subnet: subnet.to_string(),
+        }
+    }
+
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir.join(id)
+    }
+
+    fn bridge_conf(&self) -> Value {
+        json!({
+            "cniVersion": "0.4.0",
+            "name": "sandpool",
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": self.subnet }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": self.ipam_dir,
+            }
+        })
+    }
+
+    /// Create the namespace, bring up `lo`, attach `eth0` to the bridge;
+    /// returns the sandbox IP. Undoes its own steps on failure.
+    pub fn setup(&self, id: &str) -> Result<Ipv4Addr> {
+        let ns = self.netns_path(id);
+        create_netns(&ns)?;
+        let res = (|| {
+            self.cni("ADD", "loopback", id, "lo", &json!({"cniVersion": "0.4.0", "name": "lo", "type": "loopback"}))?;
+            let out = self.cni("ADD", "bridge", id, "eth0", &self.bridge_conf())?;
+            parse_ip(&out)
+        })();
+        if res.is_err() {
+            let _ = self.cni("DEL", "bridge", id, "eth0", &self.bridge_conf());
+            let _ = delete_netns(&ns);
+        }
+        res
+    }
+
+    /// Release the IP, remove the veth and the namespace (idempotent).
+    pub fn teardown(&self, id: &str) -> Result<()> {
+        let ns = self.netns_path(id);
+        let del = self.cni("DEL", "bridge", id, "eth0", &self.bridge_conf());
+        delete_netns(&ns)?;
+        del.map(|_| ())
+    }
+
+    /// Sandbox ids that have a namespace file.
+    pub fn list(&self) -> Vec<String> {
+        fs::read_dir(&self.netns_dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// IPs held by host-local IPAM (leak checks).
+    pub fn allocated_ips(&self) -> Vec<String> {
+        fs::read_dir(self.ipam_dir.join("sandpool"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn cni(&self, command: &str, plugin: &str, id: &str, ifname: &str, conf: &Value) -> Result<Value> {
+        let bin = self.cni_bin_dir.join(plugin);
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", self.netns_path(id))
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", &self.cni_bin_dir)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| AgentError::Network(format!("running CNI plugin {} (apt-get install containernetworking-plugins): {e}", bin.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(conf.to_string().as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|e| AgentError::Network(format!("CNI {plugin}: {e}")))?;
+        if !out.status.success() {
+            let msg = serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["msg"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+            return Err(AgentError::Network(format!("CNI {plugin} {command} for {id}: {msg}")));
+        }
+        if out.stdout.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| AgentError::Network(format!("CNI {plugin} output: {e}")))
+    }
+}
+
+/// First IPv4 address of a CNI result.
+pub fn parse_ip(result: &Value) -> Result<Ipv4Addr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .next()
+        .ok_or_else(|| AgentError::Network(format!("CNI result without an IPv4 address: {result}")))
+}
+
+/// A persistent network namespace at `path` (like `ip netns add`): a thread
+/// unshares its netns and bind-mounts it onto the file.
+pub fn create_netns(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
+    }
+    fs::File::create(path).map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    let target = path.to_path_buf();
+    let res = std::thread::spawn(move || -> std::result::Result<(), String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind-mounting netns to {}: {e}", target.display()))
+    })
+    .join()
+    .map_err(|_| AgentError::Network("netns thread panicked".into()))?;
+    if let Err(e) = res {
+        let _ = fs::remove_file(path);
+        return Err(AgentError::Network(e));
+    }
+    Ok(())
+}
+
+pub fn delete_netns(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(AgentError::Network(format!("unmounting {}: {e}", path.display()))),
+    }
+    fs::remove_file(path).map_err(|e| AgentError::io(path.display().to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cni_result() {
+        let v = json!({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.213.0.5/16", "gateway": "10.213.0.1"}]});
+        assert_eq!(parse_ip(&v).unwrap(), Ipv4Addr::new(10, 213, 0, 5));
+        assert!(parse_ip(&json!({"ips": []})).is_err());
+        assert!(parse_ip(&json!({})).is_err());
+    }
+
+    #[test]
+    fn bridge_conf_uses_host_local_in_data_dir() {
+        let c = NetConfig::new(Path::new("/var/lib/sp"), "sp0", "10.213.0.0/16");
+        let v = c.bridge_conf();
+        assert_eq!(v["bridge"], "sp0");
+        assert_eq!(v["ipam"]["dataDir"], "/var/lib/sp/cni-ipam");
+        assert_eq!(v["ipam"]["ranges"][0][0]["subnet"], "10.213.0.0/16");
+        assert_eq!(c.netns_path("abc"), PathBuf::from("/var/lib/sp/netns/abc"));
+    }
+}

@@ -1,0 +1,124 @@
+//! `sandpool.v1.NodeAgent` over tonic.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::Stream;
+use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
+use tonic::{Request, Response, Status};
+
+use crate::{agent::Agent, error::AgentError};
+
+pub struct NodeAgentService {
+    agent: Arc<Agent>,
+}
+
+impl NodeAgentService {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        NodeAgentService { agent }
+    }
+}
+
+fn parent_span(name: &'static str, md: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!("node_agent.rpc", rpc = name);
+    sandpool_telemetry::extract_parent(&span, &md.clone().into_headers());
+    span
+}
+
+#[tonic::async_trait]
+impl NodeAgent for NodeAgentService {
+    async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let span = parent_span("CreateSandbox", req.metadata());
+        let r = req.into_inner();
+        let t = r.template.ok_or_else(|| Status::invalid_argument("template is required"))?;
+        let sb = tracing::Instrument::instrument(self.agent.create(&r.pool, t, Some(r.sandbox_id)), span).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
+    async fn get_sandbox(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let sb = self.agent.get(&req.into_inner().sandbox_id)?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
+    async fn list_sandboxes(&self, req: Request<pb::ListSandboxesRequest>) -> Result<Response<pb::ListSandboxesResponse>, Status> {
+        Ok(Response::new(pb::ListSandboxesResponse { sandboxes: self.agent.list(&req.into_inner().pool) }))
+    }
+
+    async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Result<Response<pb::NodeInjectResponse>, Status> {
+        let span = parent_span("Inject", req.metadata());
+        let r = req.into_inner();
+        let p = r.process.ok_or_else(|| Status::invalid_argument("process is required"))?;
+        let (st, took) = tracing::Instrument::instrument(self.agent.inject(&r.sandbox_id, p), span).await?;
+        Ok(Response::new(pb::NodeInjectResponse { process: Some(st), inject_us: took.as_micros() as u64 }))
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let span = parent_span("Release", req.metadata());
+        let r = req.into_inner();
+        let policy = pb::ReleasePolicy::try_from(r.policy).map_err(|_| Status::invalid_argument(format!("unknown release policy {}", r.policy)))?;
+        let before = self.agent.get(&r.sandbox_id)?.info(&self.agent.cfg.node_name);
+        let after = tracing::Instrument::instrument(self.agent.release(&r.sandbox_id, policy), span).await?;
+        Ok(Response::new(match after {
+            Some(sb) => sb.info(&self.agent.cfg.node_name),
+            None => pb::SandboxInfo { state: pb::SandboxState::Releasing as i32, ..before },
+        }))
+    }
+
+    async fn pause(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let sb = self.agent.pause(&req.into_inner().sandbox_id).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
+    async fn resume(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let sb = self.agent.resume(&req.into_inner().sandbox_id).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Err(AgentError::Unsupported("checkpoint".into()).into())
+    }
+
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(AgentError::Unsupported("restore".into()).into())
+    }
+
+    async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(AgentError::Unsupported("dynamic mounts".into()).into())
+    }
+
+    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(AgentError::Unsupported("dynamic mounts".into()).into())
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
+
+    /// A snapshot (capacity + every sandbox), then every change. A watcher
+    /// that falls behind gets a fresh snapshot instead of a gap.
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let agent = Arc::clone(&self.agent);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::NodeEvent, Status>>(256);
+        tokio::spawn(async move {
+            let mut sub = agent.subscribe();
+            'outer: loop {
+                let mut snapshot = vec![pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(agent.capacity())) }];
+                snapshot.extend(agent.list("").into_iter().map(|s| pb::NodeEvent { event: Some(pb::node_event::Event::Sandbox(s)) }));
+                for e in snapshot {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    match sub.recv().await {
+                        Ok(e) => {
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue 'outer,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,156 @@
+//! OCI runtime spec of a sandbox (pure; the JSON containerd hands to runc/runsc).
+
+use serde_json::{Value, json};
+
+/// Where the runtime binary appears inside every sandbox (bind-mounted read-only).
+pub const RUNTIME_PATH_IN_SANDBOX: &str = "/.sandpool/sandpool-runtime";
+pub const RUNTIME_PORT: u16 = 44772;
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    /// Image config env first, then template env, then sandpool's own.
+    pub env: Vec<(String, String)>,
+    pub netns_path: String,
+    /// Host path of the (static) runtime binary.
+    pub runtime_bin: String,
+    pub limits: Limits,
+    pub cgroup_parent: String,
+    pub access_token: String,
+}
+
+const CAPS: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+pub fn runtime_args() -> Vec<String> {
+    vec![
+        RUNTIME_PATH_IN_SANDBOX.to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{RUNTIME_PORT}"),
+        "--data-dir".into(),
+        "/tmp/.sandpool-runtime".into(),
+    ]
+}
+
+impl SandboxSpec {
+    pub fn to_json(&self) -> Value {
+        let mut env: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: &str| {
+            env.retain(|e: &String| !e.starts_with(&format!("{k}=")));
+            env.push(format!("{k}={v}"));
+        };
+        push("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        for (k, v) in &self.env {
+            push(k, v);
+        }
+        push("EXECD_ACCESS_TOKEN", &self.access_token);
+        push("SANDPOOL_SANDBOX_ID", &self.id);
+
+        let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+        if self.limits.memory_bytes > 0 {
+            resources["memory"] = json!({ "limit": self.limits.memory_bytes });
+        }
+        if self.limits.cpu_millis > 0 {
+            resources["cpu"] = json!({ "quota": self.limits.cpu_millis * CPU_PERIOD_US / 1000, "period": CPU_PERIOD_US });
+        }
+        if self.limits.pids > 0 {
+            resources["pids"] = json!({ "limit": self.limits.pids });
+        }
+        let hostname: String = self.id.chars().take(12).collect();
+        json!({
+            "ociVersion": "1.0.2-dev",
+            "process": {
+                "terminal": false,
+                "user": { "uid": 0, "gid": 0 },
+                "args": runtime_args(),
+                "env": env,
+                "cwd": "/",
+                "capabilities": { "bounding": CAPS, "effective": CAPS, "permitted": CAPS },
+                "noNewPrivileges": true
+            },
+            "root": { "path": "rootfs", "readonly": false },
+            "hostname": hostname,
+            "mounts": [
+                { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+                { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+                { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+                { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+                { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+                { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+                { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"] },
+                { "destination": RUNTIME_PATH_IN_SANDBOX, "type": "bind", "source": self.runtime_bin, "options": ["rbind", "ro", "nosuid", "nodev"] }
+            ],
+            "linux": {
+                "cgroupsPath": format!("{}/{}", self.cgroup_parent.trim_end_matches('/'), self.id),
+                "resources": resources,
+                "namespaces": [
+                    { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+                    { "type": "network", "path": self.netns_path }
+                ],
+                "maskedPaths": [
+                    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"
+                ],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            id: "abcdef0123456789".into(),
+            env: vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())],
+            netns_path: "/run/sandpool/netns/x".into(),
+            runtime_bin: "/opt/sandpool-runtime".into(),
+            limits: Limits { cpu_millis: 500, memory_bytes: 256 << 20, pids: 128 },
+            cgroup_parent: "/sandpool".into(),
+            access_token: "tok".into(),
+        }
+    }
+
+    #[test]
+    fn spec_carries_limits_netns_runtime_and_env() {
+        let v = spec().to_json();
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 128);
+        assert_eq!(v["linux"]["cgroupsPath"], "/sandpool/abcdef0123456789");
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/sandpool/netns/x"));
+        assert_eq!(v["process"]["args"][0], RUNTIME_PATH_IN_SANDBOX);
+        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(env.contains(&"PATH=/bin"), "template PATH overrides the default");
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert!(env.contains(&"A=1") && env.contains(&"EXECD_ACCESS_TOKEN=tok"));
+        let m = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == RUNTIME_PATH_IN_SANDBOX).unwrap();
+        assert_eq!(m["source"], "/opt/sandpool-runtime");
+        assert!(m["options"].as_array().unwrap().contains(&json!("ro")));
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+    }
+
+    #[test]
+    fn unlimited_means_no_resource_sections() {
+        let mut s = spec();
+        s.limits = Limits::default();
+        let v = s.to_json();
+        assert!(v["linux"]["resources"].get("cpu").is_none());
+        assert!(v["linux"]["resources"].get("memory").is_none());
+        assert!(v["linux"]["resources"].get("pids").is_none());
+    }
+}
