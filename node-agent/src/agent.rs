@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub net: NetConfig,
     /// How long a new sandbox may take to answer its runtime health check.
     pub ready_timeout: Duration,
+    /// Where built image root filesystems and layers are cached.
+    pub image_cache: PathBuf,
 }
 
 impl AgentConfig {
@@ -51,6 +53,7 @@ impl AgentConfig {
         AgentConfig {
             node_name: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into()),
             net: NetConfig::new(&data_dir, "sandpool0", "10.213.0.0/16"),
+            image_cache: data_dir.join("images"),
             data_dir,
             runtime_bin,
             runsc_bin: PathBuf::from("runsc"),
@@ -362,7 +365,7 @@ impl Agent {
         if let Some((chain, env)) = self.ctr.image_rootfs(builtin).await? {
             return Ok((builtin.to_string(), chain, env));
         }
-        let cache = self.cfg.data_dir.join("images");
+        let cache = self.cfg.image_cache.clone();
         let started = Instant::now();
         let name2 = builtin.to_string();
         let blobs = tokio::task::spawn_blocking(move || image::build_builtin(&name2, &cache))

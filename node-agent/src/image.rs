@@ -28,7 +28,7 @@ pub fn builtin(name: &str) -> Option<&'static str> {
 }
 
 /// A single-layer OCI image ready to import.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImageBlobs {
     pub name: String,
     pub manifest: Vec<u8>,
@@ -167,30 +167,37 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
     build().map_err(|e| AgentError::Image(format!("busybox rootfs in {}: {e}", dir.display())))
 }
 
-/// The Debian mirror this machine's apt already uses (never hard-coded).
+/// The Debian mirror this machine's apt already uses (never hard-coded):
+/// the first `http(s)` URI of an enabled `.list`/`.sources` file that is not
+/// the security archive, preferring URIs with "debian" in them.
 pub fn apt_mirror() -> Option<String> {
     let mut texts = Vec::new();
     if let Ok(s) = fs::read_to_string("/etc/apt/sources.list") {
         texts.push(s);
     }
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        for e in rd.flatten() {
-            if let Ok(s) = fs::read_to_string(e.path()) {
-                texts.push(s);
-            }
-        }
+        let mut paths: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+            .collect();
+        paths.sort();
+        texts.extend(paths.iter().filter_map(|p| fs::read_to_string(p).ok()));
     }
+    let mut uris = Vec::new();
     for t in &texts {
         for line in t.lines().map(str::trim) {
             let rest = line.strip_prefix("URIs:").or_else(|| line.strip_prefix("deb "));
-            if let Some(rest) = rest
-                && let Some(u) = rest.split_whitespace().find(|u| u.starts_with("http") && !u.contains("security"))
-            {
-                return Some(u.to_string());
+            if let Some(rest) = rest {
+                uris.extend(
+                    rest.split_whitespace()
+                        .filter(|u| u.starts_with("http") && !u.contains("security"))
+                        .map(str::to_string),
+                );
             }
         }
     }
-    None
+    uris.iter().find(|u| u.contains("debian")).or_else(|| uris.first()).cloned()
 }
 
 fn codename() -> String {
@@ -217,8 +224,9 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
         .output()
         .map_err(|e| AgentError::Image(format!("running debootstrap (apt-get install debootstrap): {e}")))?;
     if !out.status.success() {
-        let tail: String = String::from_utf8_lossy(&out.stderr).lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        return Err(AgentError::Image(format!("debootstrap failed: {tail}")));
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).rev().take(5).collect();
+        return Err(AgentError::Image(format!("debootstrap from {mirror} failed: {}", tail.join(" | "))));
     }
     // Leave out apt caches; they are large and useless in a sandbox.
     let _ = fs::remove_dir_all(tmp.join("var/cache/apt/archives"));
@@ -232,6 +240,21 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
 /// Build (or reuse from `cache`) the blobs of a builtin image.
 pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
     let dir = cache.join(name.replace(['/', ':'], "_"));
+    let packed = dir.join("image.json");
+    if let Some(b) = fs::read(&packed).ok().and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
+        && b.name == name
+        && fs::metadata(&b.layer_path).map(|m| m.len() == b.layer_size).unwrap_or(false)
+    {
+        return Ok(b);
+    }
+    let blobs = build_uncached(name, &dir)?;
+    if let Ok(j) = serde_json::to_vec(&blobs) {
+        let _ = fs::write(&packed, j);
+    }
+    Ok(blobs)
+}
+
+fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
     let rootfs = dir.join("rootfs");
     let stamp = dir.join("rootfs.done");
     match name {
@@ -243,14 +266,14 @@ pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
                 busybox_rootfs(&rootfs, &bb)?;
                 fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
-            pack(name, &rootfs, &dir, &["PATH=/bin"])
+            pack(name, &rootfs, dir, &["PATH=/bin"])
         }
         PYTHON => {
             if !stamp.exists() {
                 debian_python_rootfs(&rootfs)?;
                 fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
-            pack(name, &rootfs, &dir, &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
+            pack(name, &rootfs, dir, &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
         }
         other => Err(AgentError::UnknownImage(other.to_string(), format!("{BUSYBOX}, {PYTHON}"))),
     }

@@ -72,6 +72,8 @@ impl Node {
         let mut cfg = AgentConfig::new(self.dir.path().join("agent"), self.runtime.clone());
         cfg.net = NetConfig::new(&cfg.data_dir, &self.bridge, &self.subnet);
         cfg.node_name = "test-node".into();
+        // Built images are cached across test runs (debootstrap takes minutes).
+        cfg.image_cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sandpool-image-cache");
         self.daemon = Some(d);
         self.agent = Some(Agent::start(cfg, ctr).await.unwrap());
     }
@@ -320,5 +322,20 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     let mut w = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();
     let first = w.message().await.unwrap().unwrap();
     assert!(matches!(first.event, Some(pb::node_event::Event::Capacity(ref cap)) if cap.max_sandboxes > 0 && cap.sandboxes == 0));
+    node.assert_no_residue().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_python_image_is_built_once_and_runs_python() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 4).await;
+    let t = pb::SandboxTemplate { image: "python".into(), ..template(pb::RuntimeClass::Runc) };
+    let sb = node.agent().create("py", t, None).await.unwrap();
+    let info = sb.info("n");
+    let (out, code) = exec(&info, "python3 -c 'import sys; print(sum(range(10)), sys.version_info.major)'").await;
+    assert_eq!((out.as_str(), code), ("45 3\n", 0));
+    let (os, _) = exec(&info, "cat /etc/debian_version").await;
+    assert!(os.trim().chars().next().is_some_and(|c| c.is_ascii_digit()), "Debian rootfs: {os:?}");
+    node.agent().release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
     node.assert_no_residue().await;
 }
