@@ -53,7 +53,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # keeps it when later builds relink the dynamic one.)
 log "static sandpool-runtime for sandboxes"
 cargo rustc --locked -q -p sandpool-runtime --bin sandpool-runtime -- -C target-feature=+crt-static
-cp target/debug/sandpool-runtime target/debug/sandpool-runtime-static
+install -m 0755 target/debug/sandpool-runtime target/debug/sandpool-runtime-static
 export SANDPOOL_RUNTIME_STATIC_BIN="$ROOT/target/debug/sandpool-runtime-static"
 # containerd/runc/runsc tests must run here, not skip
 export SANDPOOL_REQUIRE_CONTAINERD=1
@@ -67,7 +67,8 @@ fi
 
 # --- SDK compatibility tests (real opensandbox SDK against real binaries) ------
 log "building binaries for the SDK tests"
-cargo build --locked -p sandpool-runtime --bin sandpool-runtime
+cargo build --locked -p sandpool-runtime --bin sandpool-runtime -p sandpool --bin sandpool
+export SANDPOOL_BIN="$ROOT/target/debug/sandpool"
 log "opensandbox SDK tests"
 SANDPOOL_RUNTIME_BIN="$ROOT/target/debug/sandpool-runtime" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python"

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,12 +33,15 @@ from opensandbox.config import ConnectionConfigSync
 from opensandbox.models.sandboxes import SandboxEndpoint
 from opensandbox.sync.adapters.factory import AdapterFactorySync
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sandpool_pytest_helpers import free_port, log_tail, per_test_watchdog, stop_process  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "sandpool-runtime"
 TOKEN_HEADER = "X-EXECD-ACCESS-TOKEN"
 STARTUP_TIMEOUT = float(os.environ.get("SANDPOOL_RUNTIME_STARTUP_TIMEOUT", "30"))
 TEST_TIMEOUT = float(os.environ.get("SANDPOOL_TEST_TIMEOUT", "120"))
-LOG_TAIL_BYTES = 8000
 
 # Set by the ``runtime`` fixture so failing tests can show the runtime's log.
 _runtime_log_path: Path | None = None
@@ -69,16 +71,7 @@ class Runtime:
 
 
 def _log_tail(path: Path | None) -> str:
-    if path is None or not path.exists():
-        return "<no runtime log>"
-    data = path.read_bytes()
-    return data[-LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return log_tail(path, what="runtime log")
 
 
 def _resolve_binary() -> Path:
@@ -93,14 +86,7 @@ def _resolve_binary() -> Path:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    stop_process(process, grace=10)
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +102,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     log_path = base_dir / "runtime.log"
     _runtime_log_path = log_path
 
-    host, port = "127.0.0.1", _free_port()
+    host, port = "127.0.0.1", free_port()
     token = secrets.token_urlsafe(24)
     argv = [
         str(binary),
@@ -245,20 +231,7 @@ def _per_test_timeout():
     """Fail (not hang) a test whose SDK call blocks forever, e.g. on an SSE stream
     the runtime never closes. SIGALRM interrupts the blocking socket read in the
     main thread and pytest.fail() raises a BaseException the SDK cannot swallow."""
-    if not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_timeout(signum, frame):
-        pytest.fail(f"test did not finish within {TEST_TIMEOUT}s (stream never ended?)")
-
-    previous = signal.signal(signal.SIGALRM, on_timeout)
-    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    yield from per_test_watchdog(TEST_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -268,6 +241,6 @@ def _per_test_timeout():
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _runtime_log_path is not None:
+    if report.failed and _runtime_log_path is not None and "runtime" in item.fixturenames:
         report.sections.append(("sandpool-runtime log (tail)", _log_tail(_runtime_log_path)))
 

@@ -449,37 +449,21 @@ impl Agent {
             _ => String::new(),
         };
         let log = self.cfg.data_dir.join("logs").join(format!("{}.log", sb.id));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // A fresh snapshot key per incarnation (recycle re-creates the same id).
-            let snapshot_key = format!("{}.{}", sb.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
-            let mounts = self
-                .ctr
-                .create_container(NewContainer {
-                    id: &sb.id,
-                    snapshot_key: &snapshot_key,
-                    image,
-                    parent_snapshot: chain,
-                    labels: sb.label_map()?,
-                    spec: &spec,
-                    runtime_binary: &binary,
-                })
-                .await?;
-            match self.ctr.start_task(&sb.id, mounts, &log).await {
-                Ok(_) => break,
-                // containerd 1.6's overlayfs cleanup can delete a snapshot
-                // directory created while a GC runs (rename before commit);
-                // such a snapshot is unusable, so make a new one.
-                Err(AgentError::Containerd { status, .. })
-                    if attempt < 4 && status.message().contains("failed to mount rootfs component") =>
-                {
-                    tracing::warn!(sandbox = %sb.id, attempt, "snapshot lost to a concurrent containerd GC; retrying");
-                    self.ctr.destroy(&sb.id).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // A fresh snapshot key per incarnation (recycle re-creates the same id).
+        let snapshot_key = format!("{}.{}", sb.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mounts = self
+            .ctr
+            .create_container(NewContainer {
+                id: &sb.id,
+                snapshot_key: &snapshot_key,
+                image,
+                parent_snapshot: chain,
+                labels: sb.label_map()?,
+                spec: &spec,
+                runtime_binary: &binary,
+            })
+            .await?;
+        self.ctr.start_task(&sb.id, mounts, &log).await?;
         self.wait_ready(sb).await
     }
 

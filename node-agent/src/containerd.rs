@@ -267,18 +267,9 @@ impl Ctr {
 
     /// Import a single-layer image: blobs, unpacked snapshot, image record.
     pub async fn import(&self, img: &ImageBlobs) -> Result<()> {
-        let lease = format!("sandpool-import-{}", uuid::Uuid::new_v4().simple());
-        let expire = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-        self.client
-            .leases()
-            .create(self.req(api::CreateRequest {
-                id: lease.clone(),
-                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
-            }))
-            .await
-            .map_err(|s| AgentError::containerd("create lease", s))?;
+        let lease = self.lease(60).await?;
         let res = self.import_leased(img, &lease).await;
-        let _ = self.client.leases().delete(self.req(api::DeleteRequest { id: lease, sync: false })).await;
+        self.drop_lease(lease).await;
         res
     }
 
@@ -404,18 +395,47 @@ impl Ctr {
 
     // ------------------------------------------------------------ containers
 
-    /// Prepare the rootfs snapshot and create the container record.
+    /// A lease that keeps what is created under it from containerd's GC
+    /// until it is deleted (or expires, if we crash).
+    async fn lease(&self, minutes: i64) -> Result<String> {
+        let id = format!("sandpool-{}", uuid::Uuid::new_v4().simple());
+        let expire = (chrono::Utc::now() + chrono::Duration::minutes(minutes)).to_rfc3339();
+        self.client
+            .leases()
+            .create(self.req(api::CreateRequest { id: id.clone(), labels: [("containerd.io/gc.expire".to_string(), expire)].into() }))
+            .await
+            .map_err(|s| AgentError::containerd("create lease", s))?;
+        Ok(id)
+    }
+
+    async fn drop_lease(&self, id: String) {
+        let _ = self.client.leases().delete(self.req(api::DeleteRequest { id, sync: false })).await;
+    }
+
+    /// Prepare the rootfs snapshot and create the container record, under a
+    /// lease: an active snapshot is not a GC root until a container refers to
+    /// it, so without the lease a concurrent GC may delete it in between.
     pub async fn create_container(&self, c: NewContainer<'_>) -> Result<Vec<Mount>> {
+        let lease = self.lease(10).await?;
+        let res = self.create_container_leased(c, &lease).await;
+        self.drop_lease(lease).await;
+        res
+    }
+
+    async fn create_container_leased(&self, c: NewContainer<'_>, lease: &str) -> Result<Vec<Mount>> {
         let NewContainer { id, snapshot_key, image, parent_snapshot, labels, spec, runtime_binary } = c;
         let mounts = self
             .client
             .snapshots()
-            .prepare(self.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: snapshot_key.to_string(),
-                parent: parent_snapshot.to_string(),
-                labels: HashMap::new(),
-            }))
+            .prepare(self.req_lease(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: snapshot_key.to_string(),
+                    parent: parent_snapshot.to_string(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
             .await
             .map_err(|s| AgentError::containerd("prepare snapshot", s))?
             .into_inner()
@@ -440,7 +460,7 @@ impl Ctr {
             extensions: HashMap::new(),
             sandbox: String::new(),
         };
-        if let Err(s) = self.client.containers().create(self.req(api::CreateContainerRequest { container: Some(container) })).await {
+        if let Err(s) = self.client.containers().create(self.req_lease(api::CreateContainerRequest { container: Some(container) }, lease)).await {
             let _ = self.remove_snapshot(snapshot_key).await;
             return Err(AgentError::containerd("create container", s));
         }

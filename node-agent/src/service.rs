@@ -20,7 +20,7 @@ impl NodeAgentService {
 
 fn parent_span(name: &'static str, md: &tonic::metadata::MetadataMap) -> tracing::Span {
     let span = tracing::info_span!("node_agent.rpc", rpc = name);
-    sandpool_telemetry::extract_parent(&span, &md.clone().into_headers());
+    sandpool_telemetry::continue_grpc_trace(&span, md);
     span
 }
 

@@ -146,6 +146,27 @@ pub fn inject_current(headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
+/// A gRPC request carrying the current span's W3C trace context.
+pub fn grpc_request<T>(msg: T) -> tonic::Request<T> {
+    let mut h = http::HeaderMap::new();
+    inject_current(&mut h);
+    let mut r = tonic::Request::new(msg);
+    for (k, v) in h.iter() {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.as_str().as_bytes()),
+            tonic::metadata::MetadataValue::try_from(v.as_bytes()),
+        ) {
+            r.metadata_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+/// Continue the caller's trace (W3C headers in gRPC metadata) in `span`.
+pub fn continue_grpc_trace(span: &tracing::Span, md: &tonic::metadata::MetadataMap) {
+    extract_parent(span, &md.clone().into_headers());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,84 @@
+"""Small helpers shared by the conftests of the Python SDK suites.
+
+Plain functions, no fixtures: each conftest wires them into its own fixtures.
+Importable from any conftest below ``integration/python`` (they put this
+directory on ``sys.path`` before importing it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LOG_TAIL_BYTES = 8000
+
+
+def log_tail(path: Path | None, limit: int = LOG_TAIL_BYTES, what: str = "log") -> str:
+    """The last ``limit`` bytes of a process log, for failure reports."""
+    if path is None or not path.exists():
+        return f"<no {what}>"
+    data = path.read_bytes()
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the usual bind-to-0 trick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(
+    process: subprocess.Popen, grace: float = 10.0, kill_group: bool = False
+) -> None:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL.
+
+    With ``kill_group`` the SIGKILL goes to the process group the process leads
+    (it must have been started with ``start_new_session=True``), so helpers it
+    spawned (e.g. its own containerd) do not outlive it.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    if kill_group:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    else:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def per_test_watchdog(seconds: float) -> Iterator[None]:
+    """Generator body for an autouse fixture: fail (not hang) a test that blocks
+    longer than ``seconds``, e.g. on an SSE stream the server never closes.
+
+    SIGALRM interrupts the blocking socket read in the main thread and
+    pytest.fail() raises a BaseException the SDK cannot swallow.
+    """
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_timeout(signum, frame):
+        pytest.fail(f"test did not finish within {seconds}s (stream never ended?)")
+
+    previous = signal.signal(signal.SIGALRM, on_timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,43 @@
+//! sandpool's domain model and pure decision logic (no I/O).
+//!
+//! * [`pool`]: OpenSandbox pool sizing (`bufferMin/bufferMax/poolMin/poolMax`)
+//!   and O(1) warm-sandbox choice spread across nodes.
+//! * [`claim`]: the claim state machine and TTL.
+//! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
+
+pub mod batch;
+pub mod claim;
+pub mod pool;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CoreError {
+    #[error("invalid capacity: {0}")]
+    InvalidCapacity(String),
+    #[error("illegal claim transition: {from:?} on {event:?}")]
+    IllegalTransition { from: claim::ClaimState, event: claim::ClaimEvent },
+    #[error("invalid patch: {0}")]
+    InvalidPatch(String),
+}
+
+/// A sandbox template in serde form (the proto `SandboxTemplate` lives in
+/// `sandpool-proto`; services convert at their edges).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Template {
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu: String,
+    #[serde(default)]
+    pub memory: String,
+    #[serde(default)]
+    pub pids: u32,
+    /// "runc" | "runsc"
+    #[serde(default)]
+    pub runtime_class: String,
+    /// "delete" | "recycle"
+    #[serde(default)]
+    pub release_policy: String,
+}

@@ -1,0 +1,97 @@
+//! Gateway errors: HTTP status + `{"code","message"}`.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing API key header OPEN-SANDBOX-API-KEY")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("pool {0} not found")]
+    PoolNotFound(String),
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0} is not supported by sandpool")]
+    Unsupported(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingKey => "MISSING_API_KEY",
+            ApiError::InvalidKey => "INVALID_API_KEY",
+            ApiError::Invalid(_) => "INVALID_REQUEST",
+            ApiError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::PoolNotFound(_) => "POOL_NOT_FOUND",
+            ApiError::SandboxNotFound(_) => "SANDBOX_NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::Unsupported(_) => "NOT_IMPLEMENTED",
+            ApiError::BadGateway(_) => "SANDBOX_UNREACHABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PoolNotFound(_) | ApiError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Map a scheduler gRPC status; `not_found` decides what a NOT_FOUND means here.
+    pub fn from_status(s: tonic::Status, not_found: impl FnOnce(String) -> ApiError) -> ApiError {
+        use tonic::Code;
+        let m = s.message().to_string();
+        match s.code() {
+            Code::NotFound => not_found(m),
+            Code::InvalidArgument => ApiError::Invalid(m),
+            Code::ResourceExhausted => ApiError::Exhausted(m),
+            Code::FailedPrecondition | Code::AlreadyExists => ApiError::Conflict(m),
+            Code::Unavailable => ApiError::Unavailable(m),
+            Code::Unimplemented => ApiError::Unsupported(m),
+            _ => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut r = (self.status(), Json(serde_json::json!({"code": self.code(), "message": self.to_string()}))).into_response();
+        if matches!(self, ApiError::Exhausted(_)) {
+            r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        r
+    }
+}

@@ -1,0 +1,55 @@
+//! The sandpool gateway: the OpenSandbox lifecycle REST API (what the
+//! `opensandbox` Python SDK 1.1.x calls) on top of the scheduler's gRPC API,
+//! plus a proxy so SDKs outside the node network reach sandbox ports.
+
+pub mod error;
+pub mod opensandbox;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use sandpool_proto::v1::scheduler_client::SchedulerClient;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+pub struct Gateway {
+    pub scheduler: SchedulerClient<Channel>,
+    /// sha256 of each accepted API key (keys are never kept in clear).
+    key_hashes: Arc<Vec<[u8; 32]>>,
+    pub http: reqwest::Client,
+    pub max_body: usize,
+}
+
+impl Gateway {
+    pub fn new(scheduler: SchedulerClient<Channel>, api_keys: &[String]) -> Self {
+        let key_hashes = api_keys.iter().filter(|k| !k.is_empty()).map(|k| Sha256::digest(k.as_bytes()).into()).collect();
+        Gateway {
+            scheduler,
+            key_hashes: Arc::new(key_hashes),
+            http: reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default(),
+            max_body: 1 << 20,
+        }
+    }
+
+    /// Whether `key` is one of the configured API keys (constant time per key).
+    pub fn key_ok(&self, key: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.key_hashes.iter().fold(false, |acc, k| acc | (k.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0))
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        !self.key_hashes.is_empty()
+    }
+}
+
+/// The whole HTTP app.
+pub fn app(gw: Gateway) -> axum::Router {
+    opensandbox::router(gw.clone()).layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+        |req: &http::Request<axum::body::Body>| {
+            let span = tracing::info_span!("gateway.request", method = %req.method(), path = %req.uri().path());
+            sandpool_telemetry::extract_parent(&span, req.headers());
+            span
+        },
+    ))
+}

@@ -1,0 +1,378 @@
+//! OpenSandbox lifecycle API (`/v1/sandboxes`, SDK 1.1.x wire format).
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::{any, get, patch, post},
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sandpool_proto::v1 as pb;
+use sandpool_telemetry::grpc_request as traced;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Gateway, error::ApiError, proxy};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+pub const RUNTIME_PORT: u32 = 44772;
+
+pub fn router(gw: Gateway) -> Router {
+    let v1 = Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(get_one).delete(delete))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/renew-expiration", post(renew))
+        .route("/sandboxes/{id}/endpoints/{port}", get(endpoint))
+        .route("/sandboxes/{id}/metadata", patch(|| async { ApiError::Unsupported("PATCH metadata".into()) }))
+        .route("/sandboxes/{id}/snapshots", any(|| async { ApiError::Unsupported("snapshots".into()) }))
+        .route("/snapshots", any(|| async { ApiError::Unsupported("snapshots".into()) }))
+        .route("/templates", any(|| async { ApiError::Unsupported("templates".into()) }))
+        .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy_root))
+        .route("/sandboxes/{id}/proxy/{port}/{*path}", any(proxy::proxy_path))
+        .route("/metrics/events", post(|| async { StatusCode::NO_CONTENT }))
+        .route("/pools", get(list_pools))
+        .route("/pools/{name}", get(get_pool))
+        .fallback(|req: Request| async move {
+            (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": format!("no route {} {}", req.method(), req.uri().path())})))
+        })
+        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "healthy"})) }))
+        .route("/version", get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION"), "name": "sandpool"})) }))
+        .nest("/v1", v1)
+        .with_state(gw)
+}
+
+async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    if gw.auth_enabled() {
+        match req.headers().get("open-sandbox-api-key").and_then(|v| v.to_str().ok()) {
+            None | Some("") => return ApiError::MissingKey.into_response(),
+            Some(k) if !gw.key_ok(k) => return ApiError::InvalidKey.into_response(),
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(gw: &Gateway, body: Body) -> Result<T> {
+    let bytes = axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
+        } else {
+            ApiError::Invalid(format!("reading body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ImageSpec {
+    #[serde(default)]
+    uri: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Limits {
+    #[serde(default)]
+    cpu: Option<String>,
+    #[serde(default)]
+    memory: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateRequest {
+    #[serde(default)]
+    image: Option<ImageSpec>,
+    /// seconds; null/absent = no expiry
+    #[serde(default)]
+    timeout: Option<Value>,
+    #[serde(default)]
+    resource_limits: Option<Limits>,
+    #[serde(default)]
+    env: Option<HashMap<String, String>>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    extensions: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    snapshot_id: Option<String>,
+    #[serde(default)]
+    volumes: Option<Vec<Value>>,
+}
+
+fn parse_timeout(v: &Option<Value>) -> Result<u64> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(s) if s > 0 => Ok(s as u64),
+            Some(s) => Err(ApiError::Invalid(format!("timeout must be a positive number of seconds, got {s}"))),
+            None => Err(ApiError::Invalid(format!("timeout must be an integer number of seconds, got {n}"))),
+        },
+        Some(other) => Err(ApiError::Invalid(format!("timeout must be an integer number of seconds, got {other}"))),
+    }
+}
+
+/// OpenSandbox state of a claim.
+fn state_name(s: i32) -> &'static str {
+    match pb::ClaimState::try_from(s) {
+        Ok(pb::ClaimState::Pending) => "Pending",
+        Ok(pb::ClaimState::Bound) => "Running",
+        Ok(pb::ClaimState::Paused) => "Paused",
+        Ok(pb::ClaimState::Released) | Ok(pb::ClaimState::Expired) => "Terminated",
+        Ok(pb::ClaimState::Failed) => "Failed",
+        _ => "Pending",
+    }
+}
+
+fn sandbox_json(c: &pb::Claim) -> Value {
+    let mut v = json!({
+        "id": c.claim_id,
+        "status": { "state": state_name(c.state), "lastTransitionAt": rfc3339_ms(c.created_unix_ms) },
+        "entrypoint": c.entrypoint,
+        "createdAt": rfc3339_ms(c.created_unix_ms),
+        "image": { "uri": c.image },
+        "metadata": c.metadata,
+    });
+    if c.expires_unix_ms > 0 {
+        v["expiresAt"] = json!(rfc3339_ms(c.expires_unix_ms));
+    }
+    if !c.pool.is_empty() {
+        v["extensions"] = json!({ "poolRef": c.pool });
+    }
+    v
+}
+
+fn claim_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
+    move |_| ApiError::SandboxNotFound(id.to_string())
+}
+
+async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
+    let req: CreateRequest = json_body(&gw, body).await?;
+    let ttl = parse_timeout(&req.timeout)?;
+    if req.snapshot_id.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::Unsupported("creating from a snapshot".into()));
+    }
+    let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(p)) if !p.is_empty() => p.clone(),
+        Some(other) => return Err(ApiError::Invalid(format!("extensions.poolRef must be a non-empty string, got {other}"))),
+    };
+    if !pool.is_empty() && req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::Invalid("volumes are not supported with extensions.poolRef".into()));
+    }
+    let entrypoint = req.entrypoint.clone().unwrap_or_default();
+    let env = req.env.clone().unwrap_or_default();
+    let metadata = req.metadata.clone().unwrap_or_default();
+    for k in env.keys().chain(metadata.keys()) {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::Invalid(format!("bad key {k:?} in env/metadata")));
+        }
+    }
+    let template = if pool.is_empty() {
+        let image = req.image.as_ref().map(|i| i.uri.trim().to_string()).unwrap_or_default();
+        if image.is_empty() {
+            return Err(ApiError::Invalid("image.uri is required without extensions.poolRef".into()));
+        }
+        let limits = req.resource_limits.unwrap_or_default();
+        Some(pb::SandboxTemplate {
+            image,
+            resources: Some(pb::Resources { cpu: limits.cpu.unwrap_or_default(), memory: limits.memory.unwrap_or_default(), pids: 0 }),
+            runtime_class: pb::RuntimeClass::Runc as i32,
+            release_policy: pb::ReleasePolicy::Delete as i32,
+            ..Default::default()
+        })
+    } else {
+        None
+    };
+    let claim = pb::ClaimRequest {
+        pool: pool.clone(),
+        pool_only: false,
+        ttl_seconds: ttl,
+        process: Some(pb::InjectRequest { argv: entrypoint, env, ..Default::default() }),
+        metadata,
+        claim_id: String::new(),
+        template,
+    };
+    let pool2 = pool.clone();
+    let c = gw
+        .scheduler
+        .clone()
+        .create_claim(traced(claim))
+        .await
+        .map_err(|s| ApiError::from_status(s, move |m| if pool2.is_empty() { ApiError::Invalid(m) } else { ApiError::PoolNotFound(pool2) }))?
+        .into_inner();
+    Ok((StatusCode::ACCEPTED, Json(sandbox_json(&c))).into_response())
+}
+
+async fn get_one(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let c = gw.scheduler.clone().get_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(Json(sandbox_json(&c.into_inner())))
+}
+
+async fn delete(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.scheduler.clone().pause_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn resume(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.scheduler.clone().resume_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RenewRequest {
+    expires_at: String,
+}
+
+async fn renew(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<Json<Value>> {
+    let r: RenewRequest = json_body(&gw, body).await?;
+    let at = DateTime::parse_from_rfc3339(&r.expires_at)
+        .map_err(|e| ApiError::Invalid(format!("expiresAt must be RFC 3339: {e}")))?
+        .timestamp_millis();
+    let c = gw
+        .scheduler
+        .clone()
+        .renew(traced(pb::RenewRequest { claim_id: id.clone(), expires_unix_ms: at }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?
+        .into_inner();
+    Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
+}
+
+fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+async fn endpoint(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, headers: HeaderMap, req: Request) -> Result<Json<Value>> {
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
+    let q = query_pairs(req.uri());
+    let use_proxy = q.iter().any(|(k, v)| k == "use_server_proxy" && v.eq_ignore_ascii_case("true"));
+    let c = gw.scheduler.clone().get_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?.into_inner();
+    let sb = c.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    if use_proxy {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        return Ok(Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })));
+    }
+    let mut v = json!({ "endpoint": format!("{}:{port}", sb.ip) });
+    if port == RUNTIME_PORT {
+        v["headers"] = json!({ "X-EXECD-ACCESS-TOKEN": sb.access_token });
+    }
+    Ok(Json(v))
+}
+
+async fn list(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
+    let q = query_pairs(req.uri());
+    let mut states = Vec::new();
+    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+    let mut page: usize = 1;
+    let mut page_size: usize = 20;
+    for (k, v) in &q {
+        match k.as_str() {
+            "state" => states.push(v.clone()),
+            "metadata" => {
+                for (mk, mv) in form_urlencoded::parse(v.as_bytes()) {
+                    metadata.insert(mk.into_owned(), mv.into_owned());
+                }
+            }
+            "page" => page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::Invalid(format!("bad page {v}")))?,
+            "pageSize" => page_size = v.parse().ok().filter(|p| (1..=200).contains(p)).ok_or_else(|| ApiError::Invalid(format!("pageSize must be 1..=200, got {v}")))?,
+            _ => {}
+        }
+    }
+    let all = gw
+        .scheduler
+        .clone()
+        .list_claims(traced(pb::ListClaimsRequest { metadata: metadata.into_iter().collect(), ..Default::default() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
+        .into_inner()
+        .claims;
+    let filtered: Vec<&pb::Claim> =
+        all.iter().filter(|c| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state_name(c.state)))).collect();
+    let total = filtered.len();
+    let items: Vec<Value> = filtered.iter().skip((page - 1) * page_size).take(page_size).map(|c| sandbox_json(c)).collect();
+    let total_pages = total.div_ceil(page_size);
+    Ok(Json(json!({
+        "items": items,
+        "pagination": { "page": page, "pageSize": page_size, "totalItems": total, "totalPages": total_pages, "hasNextPage": page < total_pages }
+    })))
+}
+
+fn pool_json(p: &pb::Pool) -> Value {
+    let c = p.capacity.unwrap_or_default();
+    let s = p.status.unwrap_or_default();
+    json!({
+        "name": p.name,
+        "template": { "image": p.template.as_ref().map(|t| t.image.clone()).unwrap_or_default() },
+        "capacitySpec": { "bufferMin": c.buffer_min, "bufferMax": c.buffer_max, "poolMin": c.pool_min, "poolMax": c.pool_max },
+        "status": { "total": s.total, "allocated": s.allocated, "available": s.available }
+    })
+}
+
+async fn get_pool(State(gw): State<Gateway>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let p = gw.scheduler.clone().get_pool(traced(pb::PoolRef { name: name.clone() })).await.map_err(|s| ApiError::from_status(s, |_| ApiError::PoolNotFound(name.clone())))?;
+    Ok(Json(pool_json(&p.into_inner())))
+}
+
+async fn list_pools(State(gw): State<Gateway>) -> Result<Json<Value>> {
+    let r = gw.scheduler.clone().list_pools(traced(pb::ListPoolsRequest {})).await.map_err(|s| ApiError::from_status(s, ApiError::Invalid))?;
+    Ok(Json(json!({ "items": r.into_inner().pools.iter().map(pool_json).collect::<Vec<_>>() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout(&None).unwrap(), 0);
+        assert_eq!(parse_timeout(&Some(Value::Null)).unwrap(), 0);
+        assert_eq!(parse_timeout(&Some(json!(600))).unwrap(), 600);
+        for bad in [json!(-1), json!(0), json!(1.5), json!("600")] {
+            assert!(parse_timeout(&Some(bad.clone())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sandbox_shape_has_sdk_required_fields() {
+        let c = pb::Claim {
+            claim_id: "c1".into(),
+            pool: "p".into(),
+            state: pb::ClaimState::Bound as i32,
+            created_unix_ms: 1_700_000_000_000,
+            expires_unix_ms: 1_700_000_600_000,
+            entrypoint: vec!["tail".into(), "-f".into(), "/dev/null".into()],
+            ..Default::default()
+        };
+        let v = sandbox_json(&c);
+        for k in ["id", "status", "entrypoint", "createdAt"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["status"]["state"], "Running");
+        assert_eq!(v["extensions"]["poolRef"], "p");
+        assert_eq!(v["expiresAt"], "2023-11-14T22:23:20.000Z");
+    }
+}

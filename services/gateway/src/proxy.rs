@@ -1,0 +1,75 @@
+//! Sandbox traffic proxy: `/v1/sandboxes/{id}/proxy/{port}/{path}` forwards to
+//! the sandbox's `IP:port`, streaming both ways, adding the runtime access
+//! token for the runtime port (the caller authenticated with its API key).
+
+use axum::{
+    body::Body,
+    extract::{Path, Request, State},
+    response::Response,
+};
+use futures_util::TryStreamExt;
+use sandpool_proto::v1 as pb;
+use sandpool_telemetry::grpc_request as traced;
+
+use crate::{Gateway, error::ApiError, opensandbox::RUNTIME_PORT};
+
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"];
+
+pub async fn proxy_root(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, req: Request) -> Result<Response, ApiError> {
+    forward(gw, id, port, String::new(), req).await
+}
+
+pub async fn proxy_path(State(gw): State<Gateway>, Path((id, port, path)): Path<(String, String, String)>, req: Request) -> Result<Response, ApiError> {
+    forward(gw, id, port, path, req).await
+}
+
+async fn forward(gw: Gateway, id: String, port: String, path: String, req: Request) -> Result<Response, ApiError> {
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
+    let claim = gw
+        .scheduler
+        .clone()
+        .get_claim(traced(pb::ClaimRef { claim_id: id.clone() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, |_| ApiError::SandboxNotFound(id.clone())))?
+        .into_inner();
+    if claim.state == pb::ClaimState::Paused as i32 {
+        return Err(ApiError::Conflict(format!("sandbox {id} is paused; resume it first")));
+    }
+    let sb = claim.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    let mut url = format!("http://{}:{port}/{path}", sb.ip);
+    if let Some(q) = req.uri().query() {
+        url.push('?');
+        url.push_str(q);
+    }
+    let (parts, body) = req.into_parts();
+    let mut out = gw.http.request(parts.method.clone(), &url);
+    for (k, v) in parts.headers.iter() {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name) || name == "open-sandbox-api-key" {
+            continue;
+        }
+        out = out.header(k, v);
+    }
+    if port == RUNTIME_PORT {
+        out = out.header("x-execd-access-token", sb.access_token.as_str());
+    }
+    let mut h = http::HeaderMap::new();
+    sandpool_telemetry::inject_current(&mut h);
+    for (k, v) in h.iter() {
+        out = out.header(k, v);
+    }
+    let resp = out
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("sandbox {id} port {port} unreachable: {e}")))?;
+    let mut r = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers().iter() {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            r = r.header(k, v);
+        }
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    r.body(Body::from_stream(stream)).map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -1,0 +1,371 @@
+//! `sandpool`: the standalone platform and its CLI.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use sandpool_core::{Template, pool::CapacitySpec};
+use sandpool_node_agent::{
+    agent::{Agent, AgentConfig},
+    containerd::Ctr,
+    daemon::ContainerdDaemon,
+    net::NetConfig,
+    service::NodeAgentService,
+};
+use sandpool_proto::v1::{self as pb, scheduler_client::SchedulerClient};
+use sandpool_scheduler::{
+    Scheduler, SchedulerConfig,
+    scheduler::PoolRec,
+    service::SchedulerService,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "sandpool", version, about = "Sandboxes for AI agents in milliseconds")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the whole platform on this machine: containerd, node agent, scheduler, gateway.
+    Serve(ServeArgs),
+    /// Pools: `apply` or `list`.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+        #[arg(long, global = true, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        scheduler: String,
+    },
+    /// Claim a sandbox from a pool (prints its id, IP and token).
+    Claim {
+        #[arg(long)]
+        pool: String,
+        /// Seconds until the claim expires (0 = never).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Fail instead of cold-starting when the pool has no warm sandbox.
+        #[arg(long)]
+        pool_only: bool,
+        /// Entrypoint to inject (after `--`).
+        #[arg(last = true)]
+        argv: Vec<String>,
+        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        scheduler: String,
+    },
+    /// Run a command in a claimed sandbox, streaming its output.
+    Exec {
+        claim: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        scheduler: String,
+    },
+    /// List claims.
+    List {
+        #[arg(long, default_value = "")]
+        pool: String,
+        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        scheduler: String,
+    },
+    /// Release a claim (its sandbox is deleted and the pool refills).
+    Release {
+        claim: String,
+        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        scheduler: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Create or update a pool.
+    Apply {
+        name: String,
+        #[arg(long, default_value = "busybox")]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        buffer_min: u32,
+        #[arg(long, default_value_t = 2)]
+        buffer_max: u32,
+        #[arg(long, default_value_t = 0)]
+        pool_min: u32,
+        #[arg(long, default_value_t = 64)]
+        pool_max: u32,
+        /// runc or runsc
+        #[arg(long, default_value = "runc")]
+        runtime: String,
+        #[arg(long, default_value = "")]
+        cpu: String,
+        #[arg(long, default_value = "")]
+        memory: String,
+    },
+    List,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Gateway (REST) listen address.
+    #[arg(long, env = "SANDPOOL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "SANDPOOL_DATA_DIR", default_value = "/var/lib/sandpool")]
+    data_dir: PathBuf,
+    /// API key(s) for the gateway; one is generated and printed when none is given.
+    #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// Static sandpool-runtime (default: sandpool-runtime-static next to this binary).
+    #[arg(long, env = "SANDPOOL_RUNTIME_BIN")]
+    runtime_bin: Option<PathBuf>,
+    /// Use this containerd instead of starting a private one.
+    #[arg(long, env = "SANDPOOL_CONTAINERD_SOCKET")]
+    containerd_socket: Option<PathBuf>,
+    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME] (repeatable).
+    #[arg(long = "pool", default_value = "default:busybox:2:4:0:64")]
+    pools: Vec<String>,
+    #[arg(long, default_value = "sandpool0")]
+    bridge: String,
+    #[arg(long, default_value = "10.213.0.0/16")]
+    subnet: String,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    agent_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    scheduler_listen: SocketAddr,
+    #[arg(long, default_value_t = 256)]
+    max_sandboxes: u32,
+}
+
+fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
+    let f: Vec<&str> = s.split(':').collect();
+    if f.len() != 6 && f.len() != 7 {
+        bail!("--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME]");
+    }
+    let n = |i: usize| f[i].parse::<u32>().with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1));
+    Ok(PoolRec {
+        name: f[0].to_string(),
+        template: Template { image: f[1].to_string(), runtime_class: f.get(6).unwrap_or(&"runc").to_string(), ..Default::default() },
+        capacity: CapacitySpec { buffer_min: n(2)?, buffer_max: n(3)?, pool_min: n(4)?, pool_max: n(5)? },
+    })
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("sandpool: {msg}");
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let pools: Vec<PoolRec> = a.pools.iter().map(|p| parse_pool(p)).collect::<anyhow::Result<_>>()?;
+    let runtime_bin = match a.runtime_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("sandpool-runtime-static"),
+    };
+    let runtime_bin = std::fs::canonicalize(&runtime_bin)
+        .with_context(|| format!("runtime binary {} (build it static: see scripts/run.sh)", runtime_bin.display()))?;
+    let api_keys = if a.api_keys.is_empty() {
+        let k = format!("sp-{}", uuid::Uuid::new_v4().simple());
+        say(format!("generated API key: {k}"));
+        vec![k]
+    } else {
+        a.api_keys.clone()
+    };
+
+    let mut daemon = None;
+    let socket = match &a.containerd_socket {
+        Some(s) => s.clone(),
+        None => {
+            say("starting private containerd");
+            let d = ContainerdDaemon::start(&a.data_dir.join("containerd"))?;
+            let s = d.socket.clone();
+            daemon = Some(d);
+            s
+        }
+    };
+    let ctr = Ctr::connect(&socket, "sandpool", Duration::from_secs(30)).await?;
+    let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
+    cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
+    cfg.max_sandboxes = a.max_sandboxes;
+    let agent = Agent::start(cfg, ctr).await?;
+    for p in &pools {
+        say(format!("preparing image {} (first time: busybox seconds, python a few minutes)", p.template.image));
+        agent.ensure_image(&p.template.image).await.with_context(|| format!("image of pool {}", p.name))?;
+    }
+    let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&agent)));
+    let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
+    let agent_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(agent_svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener)),
+    );
+
+    let sched = Scheduler::start(SchedulerConfig {
+        store_path: a.data_dir.join("scheduler.redb"),
+        nodes: vec![format!("http://{}", a.agent_listen)],
+        max_inflight: 4,
+        tick: Duration::from_millis(500),
+    })
+    .await?;
+    for p in pools.clone() {
+        sched.apply_pool(p)?;
+    }
+    let sched_listener = tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
+    let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&sched)));
+    let sched_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(sched_svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener)),
+    );
+
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect().await?;
+    let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys);
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let gw_task = tokio::spawn(axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(shutdown_signal()).into_future());
+
+    // Progress until the pools reach their minimum buffer.
+    for _ in 0..600 {
+        let mut all = true;
+        let mut parts = Vec::new();
+        for p in &pools {
+            let (_, st) = sched.pool_status(&p.name)?;
+            parts.push(format!("{} {}/{}", p.name, st.available, p.capacity.buffer_min));
+            all &= st.available >= p.capacity.buffer_min;
+        }
+        say(format!("warming pools: {}", parts.join(", ")));
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    say(format!(
+        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}",
+        a.listen, a.scheduler_listen, a.agent_listen
+    ));
+    let _ = gw_task.await;
+    say("stopping (sandboxes keep running; they are adopted on the next start)");
+    agent_task.abort();
+    sched_task.abort();
+    if let Some(mut d) = daemon {
+        d.stop(Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+async fn scheduler(addr: &str) -> anyhow::Result<SchedulerClient<tonic::transport::Channel>> {
+    SchedulerClient::connect(addr.to_string()).await.with_context(|| format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)"))
+}
+
+fn print_claim(c: &pb::Claim) {
+    let sb = c.sandbox.clone().unwrap_or_default();
+    println!(
+        "{}\tpool={}\tsandbox={}\tip={}:{}\ttoken={}\tcold={}\tclaim_us={}",
+        c.claim_id, c.pool, sb.sandbox_id, sb.ip, sb.runtime_port, sb.access_token, c.cold_start, c.claim_us
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(a) => {
+            let _t = sandpool_telemetry::init("sandpool")?;
+            serve(a).await
+        }
+        Cmd::Pool { cmd, scheduler: addr } => {
+            let mut s = scheduler(&addr).await?;
+            match cmd {
+                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory } => {
+                    let t = Template { image, runtime_class: runtime, cpu, memory, ..Default::default() };
+                    let p = s
+                        .apply_pool(pb::Pool {
+                            name,
+                            template: Some(sandpool_scheduler::scheduler::template_to_pb(&t)),
+                            capacity: Some(pb::CapacitySpec { buffer_min, buffer_max, pool_min, pool_max }),
+                            status: None,
+                        })
+                        .await?
+                        .into_inner();
+                    println!("pool {} applied", p.name);
+                }
+                PoolCmd::List => {
+                    for p in s.list_pools(pb::ListPoolsRequest {}).await?.into_inner().pools {
+                        let st = p.status.unwrap_or_default();
+                        println!("{}\ttotal={}\tallocated={}\tavailable={}", p.name, st.total, st.allocated, st.available);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Claim { pool, ttl, pool_only, argv, scheduler: addr } => {
+            let c = scheduler(&addr)
+                .await?
+                .create_claim(pb::ClaimRequest {
+                    pool,
+                    pool_only,
+                    ttl_seconds: ttl,
+                    process: Some(pb::InjectRequest { argv, ..Default::default() }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            print_claim(&c);
+            Ok(())
+        }
+        Cmd::Exec { claim, command, scheduler: addr } => {
+            let c = scheduler(&addr).await?.get_claim(pb::ClaimRef { claim_id: claim }).await?.into_inner();
+            let sb = c.sandbox.unwrap_or_default();
+            let resp = reqwest::Client::new()
+                .post(format!("http://{}:{}/command", sb.ip, sb.runtime_port))
+                .header("x-execd-access-token", sb.access_token)
+                .json(&serde_json::json!({"command": command.join(" ")}))
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("exec failed: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+            }
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            let mut code = 0;
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk?);
+                while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..pos + 2).collect();
+                    let v: serde_json::Value = serde_json::from_slice(&frame[..pos]).unwrap_or_default();
+                    match v["type"].as_str() {
+                        Some("stdout") => print!("{}", v["text"].as_str().unwrap_or_default()),
+                        Some("stderr") => eprint!("{}", v["text"].as_str().unwrap_or_default()),
+                        Some("error") => code = v["error"]["evalue"].as_str().and_then(|s| s.parse().ok()).unwrap_or(1),
+                        _ => {}
+                    }
+                }
+            }
+            std::process::exit(code);
+        }
+        Cmd::List { pool, scheduler: addr } => {
+            for c in scheduler(&addr).await?.list_claims(pb::ListClaimsRequest { pool, ..Default::default() }).await?.into_inner().claims {
+                print_claim(&c);
+            }
+            Ok(())
+        }
+        Cmd::Release { claim, scheduler: addr } => {
+            scheduler(&addr).await?.release_claim(pb::ClaimRef { claim_id: claim.clone() }).await?;
+            println!("released {claim}");
+            Ok(())
+        }
+    }
+}

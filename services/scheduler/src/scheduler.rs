@@ -1,0 +1,775 @@
+//! Scheduler state and I/O.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use sandpool_core::{
+    Template,
+    batch,
+    claim::{ClaimEvent, ClaimState, is_expired},
+    pool::{CapacitySpec, PoolCounts, WarmSet, pick_node, scale_decision},
+};
+use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+use crate::{
+    error::{Result, SchedError},
+    store::{Store, Table},
+    traced,
+};
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub store_path: PathBuf,
+    /// gRPC addresses of node agents (`http://host:port`).
+    pub nodes: Vec<String>,
+    /// Concurrent warm creations per pool.
+    pub max_inflight: u32,
+    pub tick: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolRec {
+    pub name: String,
+    pub template: Template,
+    pub capacity: CapacitySpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxRef {
+    pub id: String,
+    pub node: String,
+    pub ip: String,
+    pub port: u32,
+    pub token: String,
+    pub runtime_class: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClaimRec {
+    pub id: String,
+    pub pool: String,
+    pub state: ClaimState,
+    pub sandbox: SandboxRef,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    #[serde(default)]
+    pub paused_remaining_ms: i64,
+    pub metadata: BTreeMap<String, String>,
+    pub cold: bool,
+    pub entrypoint: Vec<String>,
+    pub image: String,
+    pub claim_us: u64,
+    #[serde(default)]
+    pub batch: Option<String>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
+    pb::SandboxTemplate {
+        image: t.image.clone(),
+        command: t.command.clone(),
+        env: t.env.clone().into_iter().collect(),
+        resources: Some(pb::Resources { cpu: t.cpu.clone(), memory: t.memory.clone(), pids: t.pids }),
+        runtime_class: match t.runtime_class.as_str() {
+            "runsc" => pb::RuntimeClass::Runsc as i32,
+            _ => pb::RuntimeClass::Runc as i32,
+        },
+        release_policy: match t.release_policy.as_str() {
+            "recycle" => pb::ReleasePolicy::Recycle as i32,
+            _ => pb::ReleasePolicy::Delete as i32,
+        },
+        labels: Default::default(),
+    }
+}
+
+pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
+    let r = t.resources.clone().unwrap_or_default();
+    Ok(Template {
+        image: t.image.clone(),
+        command: t.command.clone(),
+        env: t.env.clone().into_iter().collect(),
+        cpu: r.cpu,
+        memory: r.memory,
+        pids: r.pids,
+        runtime_class: match pb::RuntimeClass::try_from(t.runtime_class) {
+            Ok(pb::RuntimeClass::Runsc) => "runsc".into(),
+            Ok(_) => "runc".into(),
+            Err(_) => return Err(SchedError::Invalid(format!("unknown runtime class {}", t.runtime_class))),
+        },
+        release_policy: match pb::ReleasePolicy::try_from(t.release_policy) {
+            Ok(pb::ReleasePolicy::Recycle) => "recycle".into(),
+            Ok(_) => "delete".into(),
+            Err(_) => return Err(SchedError::Invalid(format!("unknown release policy {}", t.release_policy))),
+        },
+    })
+}
+
+struct Node {
+    name: String,
+    client: NodeAgentClient<Channel>,
+    max: u32,
+}
+
+struct PoolEntry {
+    rec: PoolRec,
+    warm: WarmSet,
+    creating: u32,
+    allocated: u32,
+    last_error: Option<(Instant, String)>,
+}
+
+impl PoolEntry {
+    fn counts(&self) -> PoolCounts {
+        PoolCounts { warm: self.warm.len() as u32, creating: self.creating, allocated: self.allocated }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pools: BTreeMap<String, PoolEntry>,
+    claims: HashMap<String, ClaimRec>,
+    /// sandboxes per node (all states), for placement
+    load: HashMap<String, u32>,
+    /// warm sandbox id -> pool (to find them on watch removals)
+    warm_index: HashMap<String, String>,
+}
+
+pub struct Scheduler {
+    store: Store,
+    nodes: Vec<Node>,
+    st: Mutex<State>,
+    wake: Notify,
+    cfg: SchedulerConfig,
+}
+
+fn node_err(node: &str) -> impl Fn(tonic::Status) -> SchedError + '_ {
+    move |status| SchedError::Node { node: node.to_string(), status }
+}
+
+impl Scheduler {
+    /// Connect to the nodes, load the store and reconcile with what the nodes run.
+    pub async fn start(cfg: SchedulerConfig) -> Result<Arc<Scheduler>> {
+        let store = Store::open(&cfg.store_path)?;
+        let mut nodes = Vec::new();
+        let mut node_sandboxes = Vec::new();
+        for addr in &cfg.nodes {
+            let ch = tonic::transport::Endpoint::from_shared(addr.clone())
+                .map_err(|e| SchedError::Invalid(format!("node address {addr}: {e}")))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| SchedError::Node { node: addr.clone(), status: tonic::Status::unavailable(e.to_string()) })?;
+            let mut client = NodeAgentClient::new(ch);
+            let mut watch = client.watch(pb::WatchRequest {}).await.map_err(node_err(addr))?.into_inner();
+            let cap = match watch.message().await.map_err(node_err(addr))? {
+                Some(pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(c)) }) => c,
+                _ => return Err(SchedError::Node { node: addr.clone(), status: tonic::Status::internal("watch did not start with capacity") }),
+            };
+            let list = client.list_sandboxes(pb::ListSandboxesRequest { pool: String::new() }).await.map_err(node_err(addr))?.into_inner();
+            node_sandboxes.push((cap.node.clone(), list.sandboxes));
+            nodes.push((Node { name: cap.node.clone(), client, max: cap.max_sandboxes }, watch));
+        }
+        let (nodes, watches): (Vec<Node>, Vec<_>) = nodes.into_iter().unzip();
+        let sched = Arc::new(Scheduler { store, nodes, st: Mutex::new(State::default()), wake: Notify::new(), cfg });
+        sched.reconcile(node_sandboxes).await?;
+        for (i, w) in watches.into_iter().enumerate() {
+            let s = Arc::clone(&sched);
+            tokio::spawn(async move { s.follow_node(i, w).await });
+        }
+        let s = Arc::clone(&sched);
+        tokio::spawn(async move { s.replenish_loop().await });
+        let s = Arc::clone(&sched);
+        tokio::spawn(async move { s.reap_loop().await });
+        Ok(sched)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| SchedError::Invalid(format!("unknown node {name}")))
+    }
+
+    /// Rebuild pools/claims from the store and the nodes' sandboxes.
+    async fn reconcile(&self, node_sandboxes: Vec<(String, Vec<pb::SandboxInfo>)>) -> Result<()> {
+        let pools: Vec<PoolRec> = self.store.all(Table::Pools)?;
+        let claims: Vec<ClaimRec> = self.store.all(Table::Claims)?;
+        let mut orphans = Vec::new();
+        let mut lost_claims = Vec::new();
+        {
+            let mut st = self.lock();
+            for p in pools {
+                st.pools.insert(p.name.clone(), PoolEntry { rec: p, warm: WarmSet::default(), creating: 0, allocated: 0, last_error: None });
+            }
+            let claimed: HashMap<String, String> = claims.iter().map(|c| (c.sandbox.id.clone(), c.id.clone())).collect();
+            let mut alive = std::collections::HashSet::new();
+            for (node, sbs) in &node_sandboxes {
+                *st.load.entry(node.clone()).or_default() = sbs.len() as u32;
+                for sb in sbs {
+                    alive.insert(sb.sandbox_id.clone());
+                    let warm = sb.state == pb::SandboxState::Warm as i32;
+                    if claimed.contains_key(&sb.sandbox_id) {
+                        continue;
+                    }
+                    match st.pools.get_mut(&sb.pool) {
+                        Some(p) if warm => {
+                            p.warm.push(node, &sb.sandbox_id);
+                            st.warm_index.insert(sb.sandbox_id.clone(), sb.pool.clone());
+                        }
+                        // claimed on the node but no claim record, or a pool that no longer exists
+                        _ => orphans.push((node.clone(), sb.sandbox_id.clone())),
+                    }
+                }
+            }
+            for c in claims {
+                if alive.contains(&c.sandbox.id) && !c.state.is_terminal() {
+                    if let Some(p) = st.pools.get_mut(&c.pool) {
+                        p.allocated += 1;
+                    }
+                    st.claims.insert(c.id.clone(), c);
+                } else {
+                    lost_claims.push(c.id.clone());
+                }
+            }
+        }
+        for id in lost_claims {
+            tracing::warn!(claim = %id, "claim's sandbox is gone; dropping the claim");
+            self.store.delete(Table::Claims, &id)?;
+        }
+        for (node, id) in orphans {
+            tracing::warn!(sandbox = %id, node = %node, "releasing orphaned sandbox");
+            if let Ok(n) = self.node(&node) {
+                let _ = n.client.clone().release(pb::ReleaseRequest { sandbox_id: id, policy: pb::ReleasePolicy::Delete as i32 }).await;
+            }
+        }
+        let st = self.lock();
+        tracing::info!(pools = st.pools.len(), claims = st.claims.len(), "scheduler state recovered");
+        Ok(())
+    }
+
+    /// Track sandboxes that disappear or fail on a node behind our back.
+    async fn follow_node(&self, idx: usize, mut watch: tonic::Streaming<pb::NodeEvent>) {
+        let node = self.nodes[idx].name.clone();
+        while let Ok(Some(ev)) = watch.message().await {
+            let gone = match ev.event {
+                Some(pb::node_event::Event::RemovedSandboxId(id)) => Some(id),
+                Some(pb::node_event::Event::Sandbox(sb)) if sb.state == pb::SandboxState::Failed as i32 => Some(sb.sandbox_id),
+                _ => None,
+            };
+            if let Some(id) = gone {
+                let mut st = self.lock();
+                if let Some(pool) = st.warm_index.remove(&id)
+                    && let Some(p) = st.pools.get_mut(&pool)
+                {
+                    p.warm.remove(&id);
+                }
+            }
+        }
+        tracing::warn!(node = %node, "node watch ended");
+    }
+
+    // ----------------------------------------------------------------- pools
+
+    pub fn apply_pool(&self, rec: PoolRec) -> Result<PoolRec> {
+        if rec.name.is_empty() || rec.name.len() > 63 || !rec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(SchedError::Invalid(format!("bad pool name {:?}", rec.name)));
+        }
+        if rec.template.image.trim().is_empty() {
+            return Err(SchedError::Invalid("pool template needs an image".into()));
+        }
+        rec.capacity.validate()?;
+        self.store.put(Table::Pools, &rec.name, &rec)?;
+        {
+            let mut st = self.lock();
+            match st.pools.get_mut(&rec.name) {
+                Some(p) => p.rec = rec.clone(),
+                None => {
+                    st.pools.insert(rec.name.clone(), PoolEntry { rec: rec.clone(), warm: WarmSet::default(), creating: 0, allocated: 0, last_error: None });
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(rec)
+    }
+
+    pub fn pool_status(&self, name: &str) -> Result<(PoolRec, pb::PoolStatus)> {
+        let st = self.lock();
+        let p = st.pools.get(name).ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+        let c = p.counts();
+        Ok((p.rec.clone(), pb::PoolStatus { total: c.warm + c.allocated, allocated: c.allocated, available: c.warm }))
+    }
+
+    pub fn pools(&self) -> Vec<String> {
+        self.lock().pools.keys().cloned().collect()
+    }
+
+    /// Delete a pool: its warm sandboxes go; claimed ones stay until released.
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let warm: Vec<(String, String)> = {
+            let mut st = self.lock();
+            let mut p = st.pools.remove(name).ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+            std::iter::from_fn(|| p.warm.take()).collect()
+        };
+        self.store.delete(Table::Pools, name)?;
+        for (node, id) in warm {
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+        }
+        Ok(())
+    }
+
+    async fn release_sandbox(&self, node: &str, id: &str, policy: pb::ReleasePolicy) {
+        {
+            let mut st = self.lock();
+            st.warm_index.remove(id);
+            if policy == pb::ReleasePolicy::Delete
+                && let Some(l) = st.load.get_mut(node)
+            {
+                *l = l.saturating_sub(1);
+            }
+        }
+        if let Ok(n) = self.node(node)
+            && let Err(e) = n.client.clone().release(traced(pb::ReleaseRequest { sandbox_id: id.to_string(), policy: policy as i32 })).await
+        {
+            tracing::warn!(sandbox = id, error = %e, "release failed");
+        }
+    }
+
+    // ------------------------------------------------------------ replenish
+
+    async fn replenish_loop(self: Arc<Self>) {
+        loop {
+            self.replenish_once();
+            tokio::select! {
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.cfg.tick) => {},
+            }
+        }
+    }
+
+    /// One pass of the pool-sizing decision over every pool.
+    fn replenish_once(self: &Arc<Self>) {
+        let mut creates = Vec::new();
+        let mut deletes = Vec::new();
+        {
+            let mut st = self.lock();
+            let names: Vec<String> = st.pools.keys().cloned().collect();
+            for name in names {
+                let Some(p) = st.pools.get_mut(&name) else { continue };
+                if p.last_error.as_ref().is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2)) {
+                    continue; // back off after a failed create
+                }
+                let d = scale_decision(&p.rec.capacity, p.counts(), self.cfg.max_inflight);
+                if d > 0 {
+                    p.creating += d as u32;
+                    for _ in 0..d {
+                        creates.push((name.clone(), p.rec.template.clone()));
+                    }
+                } else if d < 0 {
+                    for _ in 0..(-d) {
+                        if let Some((node, id)) = p.warm.take_idle_for_delete() {
+                            deletes.push((node, id));
+                        }
+                    }
+                }
+            }
+        }
+        for (pool, template) in creates {
+            let s = Arc::clone(self);
+            tokio::spawn(async move { s.create_warm(&pool, &template).await });
+        }
+        for (node, id) in deletes {
+            let s = Arc::clone(self);
+            tokio::spawn(async move { s.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await });
+        }
+    }
+
+    fn place(&self) -> Result<String> {
+        let st = self.lock();
+        let loads: Vec<(&str, u32, u32)> =
+            self.nodes.iter().map(|n| (n.name.as_str(), st.load.get(&n.name).copied().unwrap_or(0), n.max)).collect();
+        pick_node(loads).map(str::to_string).ok_or(SchedError::NoCapacity)
+    }
+
+    async fn create_on_node(&self, pool: &str, template: &Template) -> Result<(String, pb::SandboxInfo)> {
+        let node = self.place()?;
+        *self.lock().load.entry(node.clone()).or_default() += 1;
+        let n = self.node(&node)?;
+        let res = n
+            .client
+            .clone()
+            .create_sandbox(traced(pb::CreateSandboxRequest { pool: pool.to_string(), template: Some(template_to_pb(template)), sandbox_id: String::new() }))
+            .await;
+        match res {
+            Ok(r) => Ok((node, r.into_inner())),
+            Err(status) => {
+                if let Some(l) = self.lock().load.get_mut(&node) {
+                    *l = l.saturating_sub(1);
+                }
+                Err(SchedError::Node { node, status })
+            }
+        }
+    }
+
+    async fn create_warm(&self, pool: &str, template: &Template) {
+        let res = self.create_on_node(pool, template).await;
+        let mut orphan = None;
+        {
+            let mut st = self.lock();
+            let State { pools, warm_index, .. } = &mut *st;
+            match (pools.get_mut(pool), res) {
+                (Some(p), Ok((node, sb))) => {
+                    p.creating = p.creating.saturating_sub(1);
+                    p.last_error = None;
+                    p.warm.push(&node, &sb.sandbox_id);
+                    warm_index.insert(sb.sandbox_id.clone(), pool.to_string());
+                }
+                (Some(p), Err(e)) => {
+                    p.creating = p.creating.saturating_sub(1);
+                    tracing::warn!(pool, error = %e, "warm create failed");
+                    p.last_error = Some((Instant::now(), e.to_string()));
+                }
+                (None, Ok((node, sb))) => orphan = Some((node, sb.sandbox_id)),
+                (None, Err(_)) => {}
+            }
+        }
+        if let Some((node, id)) = orphan {
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+        }
+        self.wake.notify_one();
+    }
+
+    // ---------------------------------------------------------------- claims
+
+    /// Assign a sandbox: a warm one from the pool in O(1), else a cold start
+    /// (unless `pool_only`); then inject the process and record the claim.
+    #[tracing::instrument(skip_all, fields(pool = %req.pool))]
+    pub async fn claim(&self, req: pb::ClaimRequest) -> Result<ClaimRec> {
+        let t0 = Instant::now();
+        if !req.claim_id.is_empty() {
+            if let Some(c) = self.lock().claims.get(&req.claim_id) {
+                return Ok(c.clone()); // idempotent retry
+            }
+            if req.claim_id.len() > 64 || !req.claim_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(SchedError::Invalid(format!("bad claim id {:?}", req.claim_id)));
+            }
+        }
+        let claim_id = if req.claim_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.claim_id.clone() };
+        let (template, taken) = if req.pool.is_empty() {
+            let t = req.template.as_ref().ok_or_else(|| SchedError::Invalid("either pool or template is required".into()))?;
+            (template_from_pb(t)?, None)
+        } else {
+            let mut st = self.lock();
+            let State { pools, warm_index, .. } = &mut *st;
+            let p = pools.get_mut(&req.pool).ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
+            let taken = p.warm.take();
+            if let Some((_, id)) = &taken {
+                warm_index.remove(id);
+            } else if req.pool_only {
+                return Err(SchedError::Exhausted(req.pool.clone()));
+            }
+            p.allocated += 1;
+            (p.rec.template.clone(), taken)
+        };
+        self.wake.notify_one();
+        let tracing_span = tracing::info_span!("scheduler.assign", warm = taken.is_some());
+        let assigned = tracing::Instrument::instrument(
+            async {
+                match taken {
+                    Some((node, id)) => {
+                        let n = self.node(&node)?;
+                        let info = n.client.clone().get_sandbox(traced(pb::SandboxRef { sandbox_id: id.clone() })).await.map_err(node_err(&node))?.into_inner();
+                        Ok::<_, SchedError>((node, info, false))
+                    }
+                    None => {
+                        let (node, info) = self.create_on_node(&req.pool, &template).await?;
+                        Ok((node, info, true))
+                    }
+                }
+            },
+            tracing_span,
+        )
+        .await;
+        let (node, info, cold) = match assigned {
+            Ok(a) => a,
+            Err(e) => {
+                self.unallocate(&req.pool);
+                return Err(e);
+            }
+        };
+        let sandbox = SandboxRef {
+            id: info.sandbox_id.clone(),
+            node: node.clone(),
+            ip: info.ip.clone(),
+            port: info.runtime_port,
+            token: info.access_token.clone(),
+            runtime_class: info.runtime_class,
+        };
+        // Inject the entrypoint (request's, else the template's default).
+        let mut process = req.process.clone().unwrap_or_default();
+        if process.argv.is_empty() {
+            process.argv = template.command.clone();
+        }
+        let entrypoint = process.argv.clone();
+        if !process.argv.is_empty() {
+            let span = tracing::info_span!("scheduler.inject");
+            let n = self.node(&node)?;
+            let res = tracing::Instrument::instrument(
+                n.client.clone().inject(traced(pb::NodeInjectRequest { sandbox_id: sandbox.id.clone(), process: Some(process) })),
+                span,
+            )
+            .await;
+            if let Err(status) = res {
+                self.unallocate(&req.pool);
+                self.release_sandbox(&node, &sandbox.id, pb::ReleasePolicy::Delete).await;
+                return Err(SchedError::Node { node, status });
+            }
+        }
+        let now = now_ms();
+        let rec = ClaimRec {
+            id: claim_id.clone(),
+            pool: req.pool.clone(),
+            state: ClaimState::Pending.on(ClaimEvent::Bind)?,
+            sandbox,
+            created_ms: now,
+            expires_ms: if req.ttl_seconds > 0 { now + (req.ttl_seconds as i64) * 1000 } else { 0 },
+            paused_remaining_ms: 0,
+            metadata: req.metadata.clone().into_iter().collect(),
+            cold,
+            entrypoint,
+            image: template.image.clone(),
+            claim_us: t0.elapsed().as_micros() as u64,
+            batch: None,
+        };
+        if let Err(e) = self.store.put(Table::Claims, &claim_id, &rec) {
+            self.unallocate(&req.pool);
+            self.release_sandbox(&node, &rec.sandbox.id, pb::ReleasePolicy::Delete).await;
+            return Err(e);
+        }
+        self.lock().claims.insert(claim_id, rec.clone());
+        Ok(rec)
+    }
+
+    fn unallocate(&self, pool: &str) {
+        if let Some(p) = self.lock().pools.get_mut(pool) {
+            p.allocated = p.allocated.saturating_sub(1);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn get_claim(&self, id: &str) -> Result<ClaimRec> {
+        self.lock().claims.get(id).cloned().ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))
+    }
+
+    /// Claims matching the filters, ordered by creation time.
+    pub fn list_claims(&self, pool: &str, states: &[ClaimState], metadata: &BTreeMap<String, String>) -> Vec<ClaimRec> {
+        let mut v: Vec<ClaimRec> = self
+            .lock()
+            .claims
+            .values()
+            .filter(|c| pool.is_empty() || c.pool == pool)
+            .filter(|c| states.is_empty() || states.contains(&c.state))
+            .filter(|c| metadata.iter().all(|(k, val)| c.metadata.get(k) == Some(val)))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    fn update_claim(&self, id: &str, f: impl FnOnce(&mut ClaimRec) -> Result<()>) -> Result<ClaimRec> {
+        let mut rec = self.get_claim(id)?;
+        f(&mut rec)?;
+        self.store.put(Table::Claims, id, &rec)?;
+        self.lock().claims.insert(id.to_string(), rec.clone());
+        Ok(rec)
+    }
+
+    pub fn renew(&self, id: &str, expires_ms: i64) -> Result<ClaimRec> {
+        if expires_ms <= now_ms() {
+            return Err(SchedError::Invalid("expiresAt must be in the future".into()));
+        }
+        self.update_claim(id, |c| {
+            if c.state == ClaimState::Paused {
+                c.paused_remaining_ms = expires_ms - now_ms();
+            } else {
+                c.expires_ms = expires_ms;
+            }
+            Ok(())
+        })
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<ClaimRec> {
+        let c = self.get_claim(id)?;
+        let next = c.state.on(ClaimEvent::Pause)?;
+        self.node(&c.sandbox.node)?.client.clone().pause(traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() })).await.map_err(node_err(&c.sandbox.node))?;
+        self.update_claim(id, |c| {
+            c.state = next;
+            // the TTL clock stops while paused
+            if c.expires_ms > 0 {
+                c.paused_remaining_ms = (c.expires_ms - now_ms()).max(1);
+            }
+            Ok(())
+        })
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<ClaimRec> {
+        let c = self.get_claim(id)?;
+        let next = c.state.on(ClaimEvent::Resume)?;
+        self.node(&c.sandbox.node)?.client.clone().resume(traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() })).await.map_err(node_err(&c.sandbox.node))?;
+        self.update_claim(id, |c| {
+            c.state = next;
+            if c.paused_remaining_ms > 0 {
+                c.expires_ms = now_ms() + c.paused_remaining_ms;
+                c.paused_remaining_ms = 0;
+            }
+            Ok(())
+        })
+    }
+
+    /// Release (or expire) a claim: the sandbox goes back per the pool's
+    /// release policy (deleted by default) and the pool refills.
+    #[tracing::instrument(skip_all, fields(claim = %id))]
+    pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
+        let c = {
+            let mut st = self.lock();
+            let c = st.claims.get(id).cloned().ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))?;
+            c.state.on(event)?;
+            st.claims.remove(id);
+            if let Some(p) = st.pools.get_mut(&c.pool) {
+                p.allocated = p.allocated.saturating_sub(1);
+            }
+            c
+        };
+        self.store.delete(Table::Claims, id)?;
+        self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete).await;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn reap_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = now_ms();
+            let due: Vec<String> =
+                self.lock().claims.values().filter(|c| is_expired(c.state, c.expires_ms, now)).map(|c| c.id.clone()).collect();
+            for id in due {
+                tracing::info!(claim = %id, "claim expired");
+                if let Err(e) = self.release(&id, ClaimEvent::Expire).await {
+                    tracing::warn!(claim = %id, error = %e, "expiry failed");
+                }
+            }
+        }
+    }
+
+    // --------------------------------------------------------------- batches
+
+    /// BatchSandbox: `replicas` claims from one pool; shard i runs the task
+    /// template with `shard_task_patches[i]` merged in.
+    pub async fn create_batch(&self, req: pb::BatchRequest) -> Result<Vec<ClaimRec>> {
+        if req.name.is_empty() {
+            return Err(SchedError::Invalid("batch name is required".into()));
+        }
+        if req.replicas == 0 || req.replicas > 1000 {
+            return Err(SchedError::Invalid(format!("replicas must be 1..=1000, got {}", req.replicas)));
+        }
+        if !self.list_claims("", &[], &BTreeMap::new()).iter().all(|c| c.batch.as_deref() != Some(req.name.as_str())) {
+            return Err(SchedError::Conflict(format!("batch {} exists", req.name)));
+        }
+        let task = req.task.clone().unwrap_or_default();
+        let task_json = serde_json::json!({ "argv": task.argv, "env": task.env, "cwd": task.cwd });
+        let mut shards = Vec::new();
+        for i in 0..req.replicas as usize {
+            let t = batch::shard_task(&task_json, &req.shard_task_patches, i)?;
+            let process = pb::InjectRequest {
+                argv: serde_json::from_value(t["argv"].clone()).unwrap_or_default(),
+                env: serde_json::from_value(t["env"].clone()).unwrap_or_default(),
+                cwd: t["cwd"].as_str().unwrap_or_default().to_string(),
+                ..Default::default()
+            };
+            shards.push(process);
+        }
+        let mut out = Vec::new();
+        for (i, process) in shards.into_iter().enumerate() {
+            let r = self
+                .claim(pb::ClaimRequest {
+                    pool: req.pool.clone(),
+                    ttl_seconds: req.ttl_seconds,
+                    process: Some(process),
+                    metadata: [("batch".to_string(), req.name.clone()), ("shard".to_string(), i.to_string())].into(),
+                    claim_id: format!("{}-{i}", req.name),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(c) => {
+                    let c = self.update_claim(&c.id, |c| {
+                        c.batch = Some(req.name.clone());
+                        Ok(())
+                    })?;
+                    out.push(c);
+                }
+                Err(e) => {
+                    for c in &out {
+                        let _ = self.release(&c.id, ClaimEvent::Release).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn batch_claims(&self, name: &str) -> Vec<ClaimRec> {
+        let mut v: Vec<ClaimRec> = self.lock().claims.values().filter(|c| c.batch.as_deref() == Some(name)).cloned().collect();
+        v.sort_by_key(|c| c.id.clone());
+        v
+    }
+
+    /// Task states of a batch (entrypoint status from each sandbox).
+    pub async fn batch_tasks(&self, name: &str) -> Result<(Vec<ClaimRec>, batch::TaskCounts)> {
+        let claims = self.batch_claims(name);
+        if claims.is_empty() {
+            return Err(SchedError::ClaimNotFound(format!("batch {name}")));
+        }
+        let mut states = Vec::new();
+        for c in &claims {
+            let st = self.entrypoint_state(c).await;
+            states.push(st);
+        }
+        Ok((claims, batch::count_tasks(states)))
+    }
+
+    async fn entrypoint_state(&self, c: &ClaimRec) -> Option<Option<i32>> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", c.sandbox.ip, c.sandbox.port)).ok()?.connect().await.ok()?;
+        let mut client = pb::runtime_client::RuntimeClient::new(ch);
+        let mut r = tonic::Request::new(pb::EntrypointStatusRequest {});
+        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, c.sandbox.token.parse().ok()?);
+        let s = client.entrypoint_status(r).await.ok()?.into_inner();
+        match pb::ProcessPhase::try_from(s.phase).ok()? {
+            pb::ProcessPhase::Running => Some(None),
+            pb::ProcessPhase::Exited => Some(s.exit_code),
+            _ => None,
+        }
+    }
+
+    pub async fn delete_batch(&self, name: &str) -> Result<()> {
+        let claims = self.batch_claims(name);
+        if claims.is_empty() {
+            return Err(SchedError::ClaimNotFound(format!("batch {name}")));
+        }
+        for c in claims {
+            self.release(&c.id, ClaimEvent::Release).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! `sandpool.v1.Scheduler` over tonic.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use sandpool_core::{claim::{ClaimEvent, ClaimState}, pool::CapacitySpec};
+use sandpool_proto::v1::{self as pb, scheduler_server};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    continue_trace,
+    scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb},
+};
+
+pub struct SchedulerService {
+    s: Arc<Scheduler>,
+}
+
+impl SchedulerService {
+    pub fn new(s: Arc<Scheduler>) -> Self {
+        SchedulerService { s }
+    }
+}
+
+pub fn claim_state_pb(s: ClaimState) -> pb::ClaimState {
+    match s {
+        ClaimState::Pending => pb::ClaimState::Pending,
+        ClaimState::Bound => pb::ClaimState::Bound,
+        ClaimState::Paused => pb::ClaimState::Paused,
+        ClaimState::Released => pb::ClaimState::Released,
+        ClaimState::Expired => pb::ClaimState::Expired,
+        ClaimState::Failed => pb::ClaimState::Failed,
+    }
+}
+
+pub fn claim_state_from_pb(s: i32) -> Result<ClaimState, Status> {
+    Ok(match pb::ClaimState::try_from(s).map_err(|_| Status::invalid_argument(format!("unknown claim state {s}")))? {
+        pb::ClaimState::Pending => ClaimState::Pending,
+        pb::ClaimState::Bound => ClaimState::Bound,
+        pb::ClaimState::Paused => ClaimState::Paused,
+        pb::ClaimState::Released => ClaimState::Released,
+        pb::ClaimState::Expired => ClaimState::Expired,
+        pb::ClaimState::Failed => ClaimState::Failed,
+        pb::ClaimState::Unspecified => return Err(Status::invalid_argument("unspecified claim state")),
+    })
+}
+
+pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
+    pb::Claim {
+        claim_id: c.id.clone(),
+        pool: c.pool.clone(),
+        state: claim_state_pb(c.state) as i32,
+        sandbox: Some(pb::SandboxInfo {
+            sandbox_id: c.sandbox.id.clone(),
+            pool: c.pool.clone(),
+            node: c.sandbox.node.clone(),
+            state: if c.state == ClaimState::Paused { pb::SandboxState::Paused } else { pb::SandboxState::Claimed } as i32,
+            ip: c.sandbox.ip.clone(),
+            runtime_port: c.sandbox.port,
+            runtime_class: c.sandbox.runtime_class,
+            access_token: c.sandbox.token.clone(),
+            created_unix_ms: c.created_ms,
+            message: String::new(),
+            labels: Default::default(),
+        }),
+        created_unix_ms: c.created_ms,
+        expires_unix_ms: if c.state == ClaimState::Paused && c.paused_remaining_ms > 0 {
+            crate::scheduler::now_ms() + c.paused_remaining_ms
+        } else {
+            c.expires_ms
+        },
+        metadata: c.metadata.clone().into_iter().collect(),
+        cold_start: c.cold,
+        message: String::new(),
+        entrypoint: c.entrypoint.clone(),
+        image: c.image.clone(),
+        claim_us: c.claim_us,
+    }
+}
+
+fn pool_pb(s: &Scheduler, name: &str) -> Result<pb::Pool, Status> {
+    let (rec, status) = s.pool_status(name)?;
+    Ok(pb::Pool {
+        name: rec.name.clone(),
+        template: Some(template_to_pb(&rec.template)),
+        capacity: Some(pb::CapacitySpec {
+            buffer_min: rec.capacity.buffer_min,
+            buffer_max: rec.capacity.buffer_max,
+            pool_min: rec.capacity.pool_min,
+            pool_max: rec.capacity.pool_max,
+        }),
+        status: Some(status),
+    })
+}
+
+#[tonic::async_trait]
+impl scheduler_server::Scheduler for SchedulerService {
+    async fn apply_pool(&self, req: Request<pb::Pool>) -> Result<Response<pb::Pool>, Status> {
+        let p = req.into_inner();
+        let t = p.template.ok_or_else(|| Status::invalid_argument("template is required"))?;
+        let c = p.capacity.ok_or_else(|| Status::invalid_argument("capacity is required"))?;
+        let rec = PoolRec {
+            name: p.name.clone(),
+            template: template_from_pb(&t)?,
+            capacity: CapacitySpec { buffer_min: c.buffer_min, buffer_max: c.buffer_max, pool_min: c.pool_min, pool_max: c.pool_max },
+        };
+        self.s.apply_pool(rec)?;
+        Ok(Response::new(pool_pb(&self.s, &p.name)?))
+    }
+
+    async fn get_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::Pool>, Status> {
+        Ok(Response::new(pool_pb(&self.s, &req.into_inner().name)?))
+    }
+
+    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self.s.pools().iter().filter_map(|n| pool_pb(&self.s, n).ok()).collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn delete_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        self.s.delete_pool(&req.into_inner().name).await?;
+        Ok(Response::new(pb::DeletePoolResponse {}))
+    }
+
+    async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
+        let span = tracing::info_span!("scheduler.claim");
+        continue_trace(&span, req.metadata());
+        let c = tracing::Instrument::instrument(self.s.claim(req.into_inner()), span).await?;
+        Ok(Response::new(claim_pb(&c)))
+    }
+
+    async fn get_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        Ok(Response::new(claim_pb(&self.s.get_claim(&req.into_inner().claim_id)?)))
+    }
+
+    async fn list_claims(&self, req: Request<pb::ListClaimsRequest>) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        let r = req.into_inner();
+        let states = r.states.iter().map(|s| claim_state_from_pb(*s)).collect::<Result<Vec<_>, _>>()?;
+        let md: BTreeMap<String, String> = r.metadata.into_iter().collect();
+        let all = self.s.list_claims(&r.pool, &states, &md);
+        let total = all.len() as u32;
+        let start: usize = if r.page_token.is_empty() { 0 } else { r.page_token.parse().map_err(|_| Status::invalid_argument("bad page token"))? };
+        let size = if r.page_size == 0 { all.len().max(1) } else { r.page_size as usize };
+        let page: Vec<pb::Claim> = all.iter().skip(start).take(size).map(claim_pb).collect();
+        let next = if start + page.len() < all.len() { (start + page.len()).to_string() } else { String::new() };
+        Ok(Response::new(pb::ListClaimsResponse { claims: page, next_page_token: next, total }))
+    }
+
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Claim>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(claim_pb(&self.s.renew(&r.claim_id, r.expires_unix_ms)?)))
+    }
+
+    async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        Ok(Response::new(claim_pb(&self.s.pause(&req.into_inner().claim_id).await?)))
+    }
+
+    async fn resume_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        Ok(Response::new(claim_pb(&self.s.resume(&req.into_inner().claim_id).await?)))
+    }
+
+    async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
+        let span = tracing::info_span!("scheduler.release");
+        continue_trace(&span, req.metadata());
+        tracing::Instrument::instrument(self.s.release(&req.into_inner().claim_id, ClaimEvent::Release), span).await?;
+        Ok(Response::new(pb::ReleaseClaimResponse {}))
+    }
+
+    async fn create_batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::Batch>, Status> {
+        let r = req.into_inner();
+        let name = r.name.clone();
+        self.s.create_batch(r).await?;
+        self.get_batch(Request::new(pb::BatchRef { name })).await
+    }
+
+    async fn get_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::Batch>, Status> {
+        let name = req.into_inner().name;
+        let (claims, counts) = self.s.batch_tasks(&name).await?;
+        Ok(Response::new(pb::Batch {
+            name,
+            pool: claims.first().map(|c| c.pool.clone()).unwrap_or_default(),
+            replicas: claims.len() as u32,
+            allocated: claims.len() as u32,
+            ready: claims.iter().filter(|c| c.state == ClaimState::Bound).count() as u32,
+            tasks: Some(pb::TaskCounts { running: counts.running, succeeded: counts.succeeded, failed: counts.failed, unknown: counts.unknown }),
+            claims: claims.iter().map(claim_pb).collect(),
+        }))
+    }
+
+    async fn delete_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+        self.s.delete_batch(&req.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteBatchResponse {}))
+    }
+}
