@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The run command of sandpool (README), standalone on this machine (root).
-# Installs what it needs, builds release binaries, then starts the node agent
-# with its own private containerd (state in ${SANDPOOL_DATA_DIR:-/var/lib/sandpool}),
-# builds/imports the busybox sandbox image and serves sandpool.v1.NodeAgent on
-# ${SANDPOOL_AGENT_LISTEN:-127.0.0.1:7701}. Ctrl-C stops it; sandboxes survive
-# restarts. The scheduler and gateway (REST APIs for SDKs) join this command
-# with the scheduler/gateway issue.
+# The run command of sandpool (README): the whole platform on this machine
+# (root, Debian 12). Installs what it needs, builds release binaries, then runs
+# `sandpool serve`: a private containerd, the node agent, the scheduler (state
+# in ${SANDPOOL_DATA_DIR:-/var/lib/sandpool}/scheduler.redb) and the gateway
+# (OpenSandbox REST API) on ${SANDPOOL_LISTEN:-127.0.0.1:8080}, with a default
+# busybox pool. Set SANDPOOL_API_KEY (else one is generated and printed).
+# Extra arguments go to `sandpool serve` (see `sandpool serve --help`).
+# Ctrl-C stops it; sandboxes survive and are adopted by the next start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -16,6 +17,7 @@ command -v runsc >/dev/null 2>&1 || need+=(runsc)
 [[ -x /bin/busybox || -x /usr/bin/busybox ]] || need+=(busybox-static)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -25,9 +27,5 @@ export PROTOC="${PROTOC:-$(command -v protoc)}"
 echo "building release binaries (first time: a few minutes)" >&2
 cargo rustc --release --locked -q -p sandpool-runtime --bin sandpool-runtime -- -C target-feature=+crt-static
 install -m 0755 target/release/sandpool-runtime target/release/sandpool-runtime-static
-cargo build --release --locked -q -p sandpool-node-agent
-DATA="${SANDPOOL_DATA_DIR:-/var/lib/sandpool}"
-LISTEN="${SANDPOOL_AGENT_LISTEN:-127.0.0.1:7701}"
-echo "sandpool node agent: gRPC sandpool.v1.NodeAgent on $LISTEN, data in $DATA" >&2
-exec ./target/release/sandpool-node-agent --listen "$LISTEN" --data-dir "$DATA" \
-  --runtime-bin target/release/sandpool-runtime-static "$@"
+cargo build --release --locked -q -p sandpool
+exec ./target/release/sandpool serve "$@"

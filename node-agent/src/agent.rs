@@ -263,6 +263,8 @@ pub struct Agent {
     pub cfg: AgentConfig,
     ctr: Ctr,
     sandboxes: Mutex<HashMap<String, Sandbox>>,
+    /// Open gRPC channels to sandbox runtimes (HTTP/2, reused by inject).
+    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     events: broadcast::Sender<pb::NodeEvent>,
     image_lock: tokio::sync::Mutex<()>,
     runsc_wrapper: PathBuf,
@@ -291,6 +293,7 @@ impl Agent {
             cfg,
             ctr,
             sandboxes: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
             events,
             image_lock: tokio::sync::Mutex::new(()),
             runsc_wrapper,
@@ -489,13 +492,23 @@ impl Agent {
         Err(AgentError::Runtime { id: sb.id.clone(), message: format!("runtime not ready after {:?}: {last}", self.cfg.ready_timeout) })
     }
 
+    /// A client for the sandbox's runtime, on a cached channel when there is one.
     pub async fn runtime_client(&self, sb: &Sandbox) -> Result<pb::runtime_client::RuntimeClient<tonic::transport::Channel>> {
+        let cached = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(&sb.id).cloned();
+        if let Some(ch) = cached {
+            return Ok(pb::runtime_client::RuntimeClient::new(ch));
+        }
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, spec::RUNTIME_PORT))
             .map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
         let ch = ep.connect().await.map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?;
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone(), ch.clone());
         Ok(pb::runtime_client::RuntimeClient::new(ch))
+    }
+
+    fn forget_channel(&self, id: &str) {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Start the claimed sandbox's entrypoint through its runtime.
@@ -520,10 +533,29 @@ impl Agent {
         let st = c.inject(auth(&sb, process)).await.map_err(|s| match s.code() {
             tonic::Code::InvalidArgument => AgentError::InvalidTemplate(s.message().to_string()),
             tonic::Code::AlreadyExists => AgentError::FailedPrecondition(s.message().to_string()),
-            _ => AgentError::Runtime { id: id.to_string(), message: s.to_string() },
+            _ => {
+                self.forget_channel(id);
+                AgentError::Runtime { id: id.to_string(), message: s.to_string() }
+            }
         })?;
         let took = t0.elapsed();
-        self.set_state(id, pb::SandboxState::Claimed).await?;
+        // In memory now; the recovery label (a containerd metadata write with
+        // fsync) follows off the claim's critical path. The scheduler's store
+        // is the durable record of the claim.
+        let sb = {
+            let mut g = self.lock();
+            let sb = g.get_mut(id).ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+            sb.state = pb::SandboxState::Claimed;
+            sb.clone()
+        };
+        self.emit(&sb);
+        let ctr = self.ctr.clone();
+        let id2 = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = ctr.set_labels(&id2, [(labels::STATE.to_string(), "claimed".to_string())].into()).await {
+                tracing::warn!(sandbox = %id2, error = %e, "recording claimed state failed");
+            }
+        });
         Ok((st.into_inner(), took))
     }
 
@@ -567,6 +599,7 @@ impl Agent {
         };
         if policy == pb::ReleasePolicy::Recycle {
             let valid = validate_template(&sb.template)?;
+            self.forget_channel(id);
             self.ctr.destroy(id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
             let mut fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Creating, ..sb.clone() };
@@ -595,6 +628,7 @@ impl Agent {
     }
 
     async fn destroy_all(&self, id: &str) -> Result<()> {
+        self.forget_channel(id);
         self.ctr.destroy(id).await?;
         let net = self.cfg.net.clone();
         let id2 = id.to_string();

@@ -16,3 +16,4 @@ pub mod net;
 pub mod quantity;
 pub mod service;
 pub mod spec;
+pub mod testkit;

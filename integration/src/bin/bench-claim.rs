@@ -34,13 +34,13 @@ struct Platform(std::process::Child);
 impl Drop for Platform {
     fn drop(&mut self) {
         if let Ok(pid) = i32::try_from(self.0.id()) {
-            unsafe_free_kill(pid);
+            terminate(pid);
         }
         let _ = self.0.wait();
     }
 }
 
-fn unsafe_free_kill(pid: i32) {
+fn terminate(pid: i32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
 }
 
@@ -77,12 +77,14 @@ async fn available(http: &reqwest::Client, base: &str) -> u64 {
     v["status"]["available"].as_u64().unwrap_or(0)
 }
 
-async fn scenario(http: &reqwest::Client, base: &str, body: &Value, conc: usize, rounds: usize, warm: bool) -> anyhow::Result<Vec<Duration>> {
+/// `wait_for`: before each round, wait until the pool has this many warm
+/// sandboxes (0 = don't wait).
+async fn scenario(http: &reqwest::Client, base: &str, body: &Value, conc: usize, rounds: usize, wait_for: u64) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::new();
     for _ in 0..rounds {
-        if warm {
+        if wait_for > 0 {
             let t = Instant::now();
-            while available(http, base).await < conc as u64 {
+            while available(http, base).await < wait_for {
                 if t.elapsed() > Duration::from_secs(120) {
                     bail!("pool did not refill");
                 }
@@ -120,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("spbench-claim-{}", std::process::id()));
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(&a.sandpool)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool", "bench:busybox:16:16:0:80"])
+        .args(["serve", "--cleanup-on-exit", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool", "bench:busybox:16:16:0:80"])
         .args(["--bridge", "spbench1", "--subnet", "10.213.251.0/24", "--agent-listen", &format!("127.0.0.1:{}", free_port()?)])
         .args(["--scheduler-listen", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--data-dir")
@@ -144,21 +146,24 @@ async fn main() -> anyhow::Result<()> {
     let warm = json!({"image": {"uri": "busybox"}, "timeout": 600, "entrypoint": ["tail", "-f", "/dev/null"], "extensions": {"poolRef": "bench"}});
     let cold = json!({"image": {"uri": "busybox"}, "timeout": 600, "entrypoint": ["tail", "-f", "/dev/null"], "resourceLimits": {"cpu": "1", "memory": "256Mi"}});
     eprintln!("cold c=1");
-    let cold1 = summarize(&scenario(&http, &base, &cold, 1, rounds * 2, false).await?);
-    eprintln!("warm c=1");
-    let warm1 = summarize(&scenario(&http, &base, &warm, 1, rounds * 4, true).await?);
+    let cold1 = summarize(&scenario(&http, &base, &cold, 1, rounds * 2, 0).await?);
+    eprintln!("warm c=1, pool full before each claim");
+    let warm1 = summarize(&scenario(&http, &base, &warm, 1, rounds * 4, 16).await?);
+    eprintln!("warm c=1, back to back");
+    let warm1b = summarize(&scenario(&http, &base, &warm, 1, rounds * 4, 1).await?);
     eprintln!("cold c=16");
-    let cold16 = summarize(&scenario(&http, &base, &cold, 16, rounds.div_ceil(2), false).await?);
+    let cold16 = summarize(&scenario(&http, &base, &cold, 16, rounds.div_ceil(2), 0).await?);
     eprintln!("warm c=16");
-    let warm16 = summarize(&scenario(&http, &base, &warm, 16, rounds, true).await?);
-    drop(_p);
-    std::thread::sleep(Duration::from_secs(2));
+    let warm16 = summarize(&scenario(&http, &base, &warm, 16, rounds, 16).await?);
+    drop(_p); // SIGTERM; --cleanup-on-exit deletes every sandbox before exiting
+    let _ = std::fs::remove_dir_all(&data);
     let _ = Command::new("ip").args(["link", "del", "spbench1"]).status();
     println!("| scenario | n | p50 ms | p90 ms | p99 ms | cold p50 / this p50 |");
     println!("|---|---|---|---|---|---|");
     println!("{}", row("cold start, concurrency 1 (baseline)", &cold1, &cold1));
-    println!("{}", row("warm claim, concurrency 1", &warm1, &cold1));
+    println!("{}", row("warm claim, concurrency 1 (pool refilled between claims)", &warm1, &cold1));
+    println!("{}", row("warm claim, concurrency 1 (back to back: refills compete for the CPUs)", &warm1b, &cold1));
     println!("{}", row("cold start, concurrency 16 (baseline)", &cold16, &cold16));
-    println!("{}", row("warm claim, concurrency 16", &warm16, &cold16));
+    println!("{}", row("warm claim, concurrency 16 (16 at once from a full pool)", &warm16, &cold16));
     Ok(())
 }

@@ -132,6 +132,10 @@ struct ServeArgs {
     scheduler_listen: SocketAddr,
     #[arg(long, default_value_t = 256)]
     max_sandboxes: u32,
+    /// On shutdown release every claim and delete every pool's sandboxes
+    /// (default: leave them running for the next start to adopt).
+    #[arg(long)]
+    cleanup_on_exit: bool,
 }
 
 fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
@@ -257,7 +261,24 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         a.listen, a.scheduler_listen, a.agent_listen
     ));
     let _ = gw_task.await;
-    say("stopping (sandboxes keep running; they are adopted on the next start)");
+    if a.cleanup_on_exit {
+        say("cleaning up: releasing claims and deleting pools");
+        for c in sched.list_claims("", &[], &Default::default()) {
+            if let Err(e) = sched.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await {
+                say(format!("release {}: {e}", c.id));
+            }
+        }
+        for p in sched.pools() {
+            if let Err(e) = sched.delete_pool(&p).await {
+                say(format!("delete pool {p}: {e}"));
+            }
+        }
+        for sb in agent.list("") {
+            let _ = agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
+        }
+    } else {
+        say("stopping (sandboxes keep running; they are adopted on the next start)");
+    }
     agent_task.abort();
     sched_task.abort();
     if let Some(mut d) = daemon {

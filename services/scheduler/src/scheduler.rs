@@ -142,10 +142,12 @@ struct State {
     load: HashMap<String, u32>,
     /// warm sandbox id -> pool (to find them on watch removals)
     warm_index: HashMap<String, String>,
+    /// what the node said about each warm sandbox (saves a round trip per claim)
+    warm_info: HashMap<String, pb::SandboxInfo>,
 }
 
 pub struct Scheduler {
-    store: Store,
+    store: Arc<Store>,
     nodes: Vec<Node>,
     st: Mutex<State>,
     wake: Notify,
@@ -159,7 +161,7 @@ fn node_err(node: &str) -> impl Fn(tonic::Status) -> SchedError + '_ {
 impl Scheduler {
     /// Connect to the nodes, load the store and reconcile with what the nodes run.
     pub async fn start(cfg: SchedulerConfig) -> Result<Arc<Scheduler>> {
-        let store = Store::open(&cfg.store_path)?;
+        let store = Arc::new(Store::open(&cfg.store_path)?);
         let mut nodes = Vec::new();
         let mut node_sandboxes = Vec::new();
         for addr in &cfg.nodes {
@@ -226,6 +228,7 @@ impl Scheduler {
                         Some(p) if warm => {
                             p.warm.push(node, &sb.sandbox_id);
                             st.warm_index.insert(sb.sandbox_id.clone(), sb.pool.clone());
+                            st.warm_info.insert(sb.sandbox_id.clone(), sb.clone());
                         }
                         // claimed on the node but no claim record, or a pool that no longer exists
                         _ => orphans.push((node.clone(), sb.sandbox_id.clone())),
@@ -269,6 +272,7 @@ impl Scheduler {
             };
             if let Some(id) = gone {
                 let mut st = self.lock();
+                st.warm_info.remove(&id);
                 if let Some(pool) = st.warm_index.remove(&id)
                     && let Some(p) = st.pools.get_mut(&pool)
                 {
@@ -332,6 +336,7 @@ impl Scheduler {
         {
             let mut st = self.lock();
             st.warm_index.remove(id);
+            st.warm_info.remove(id);
             if policy == pb::ReleasePolicy::Delete
                 && let Some(l) = st.load.get_mut(node)
             {
@@ -426,13 +431,14 @@ impl Scheduler {
         let mut orphan = None;
         {
             let mut st = self.lock();
-            let State { pools, warm_index, .. } = &mut *st;
+            let State { pools, warm_index, warm_info, .. } = &mut *st;
             match (pools.get_mut(pool), res) {
                 (Some(p), Ok((node, sb))) => {
                     p.creating = p.creating.saturating_sub(1);
                     p.last_error = None;
                     p.warm.push(&node, &sb.sandbox_id);
                     warm_index.insert(sb.sandbox_id.clone(), pool.to_string());
+                    warm_info.insert(sb.sandbox_id.clone(), sb);
                 }
                 (Some(p), Err(e)) => {
                     p.creating = p.creating.saturating_sub(1);
@@ -470,12 +476,14 @@ impl Scheduler {
             (template_from_pb(t)?, None)
         } else {
             let mut st = self.lock();
-            let State { pools, warm_index, .. } = &mut *st;
+            let State { pools, warm_index, warm_info, .. } = &mut *st;
             let p = pools.get_mut(&req.pool).ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
-            let taken = p.warm.take();
-            if let Some((_, id)) = &taken {
-                warm_index.remove(id);
-            } else if req.pool_only {
+            let taken = p.warm.take().map(|(node, id)| {
+                warm_index.remove(&id);
+                let info = warm_info.remove(&id);
+                (node, id, info)
+            });
+            if taken.is_none() && req.pool_only {
                 return Err(SchedError::Exhausted(req.pool.clone()));
             }
             p.allocated += 1;
@@ -486,7 +494,8 @@ impl Scheduler {
         let assigned = tracing::Instrument::instrument(
             async {
                 match taken {
-                    Some((node, id)) => {
+                    Some((node, _, Some(info))) => Ok::<_, SchedError>((node, info, false)),
+                    Some((node, id, None)) => {
                         let n = self.node(&node)?;
                         let info = n.client.clone().get_sandbox(traced(pb::SandboxRef { sandbox_id: id.clone() })).await.map_err(node_err(&node))?.into_inner();
                         Ok::<_, SchedError>((node, info, false))
@@ -515,25 +524,11 @@ impl Scheduler {
             token: info.access_token.clone(),
             runtime_class: info.runtime_class,
         };
-        // Inject the entrypoint (request's, else the template's default).
+        // Inject the entrypoint (request's, else the template's default),
+        // while the claim record is written durably in parallel.
         let mut process = req.process.clone().unwrap_or_default();
         if process.argv.is_empty() {
             process.argv = template.command.clone();
-        }
-        let entrypoint = process.argv.clone();
-        if !process.argv.is_empty() {
-            let span = tracing::info_span!("scheduler.inject");
-            let n = self.node(&node)?;
-            let res = tracing::Instrument::instrument(
-                n.client.clone().inject(traced(pb::NodeInjectRequest { sandbox_id: sandbox.id.clone(), process: Some(process) })),
-                span,
-            )
-            .await;
-            if let Err(status) = res {
-                self.unallocate(&req.pool);
-                self.release_sandbox(&node, &sandbox.id, pb::ReleasePolicy::Delete).await;
-                return Err(SchedError::Node { node, status });
-            }
         }
         let now = now_ms();
         let rec = ClaimRec {
@@ -546,16 +541,39 @@ impl Scheduler {
             paused_remaining_ms: 0,
             metadata: req.metadata.clone().into_iter().collect(),
             cold,
-            entrypoint,
+            entrypoint: process.argv.clone(),
             image: template.image.clone(),
-            claim_us: t0.elapsed().as_micros() as u64,
+            claim_us: 0,
             batch: None,
         };
-        if let Err(e) = self.store.put(Table::Claims, &claim_id, &rec) {
+        let inject = async {
+            if process.argv.is_empty() {
+                return Ok(());
+            }
+            let n = self.node(&node)?;
+            let span = tracing::info_span!("scheduler.inject");
+            tracing::Instrument::instrument(
+                n.client.clone().inject(traced(pb::NodeInjectRequest { sandbox_id: rec.sandbox.id.clone(), process: Some(process) })),
+                span,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|status| SchedError::Node { node: node.clone(), status })
+        };
+        let persist = {
+            let s = Arc::clone(&self.store);
+            let r = rec.clone();
+            async move { tokio::task::spawn_blocking(move || s.put(Table::Claims, &r.id, &r)).await.map_err(|e| SchedError::Store(e.to_string()))? }
+        };
+        let (injected, persisted) = tokio::join!(inject, persist);
+        if let Err(e) = injected.and(persisted) {
+            let _ = self.store.delete(Table::Claims, &claim_id);
             self.unallocate(&req.pool);
             self.release_sandbox(&node, &rec.sandbox.id, pb::ReleasePolicy::Delete).await;
             return Err(e);
         }
+        let mut rec = rec;
+        rec.claim_us = t0.elapsed().as_micros() as u64;
         self.lock().claims.insert(claim_id, rec.clone());
         Ok(rec)
     }

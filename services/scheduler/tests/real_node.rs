@@ -1,0 +1,169 @@
+//! The scheduler against a real node agent (private containerd + runc):
+//! pool_only exhaustion, TTL expiry, batches with shard patches and task
+//! counts, pool deletion. Gated like the node-agent tests
+//! (`SANDPOOL_REQUIRE_CONTAINERD=1` in CI makes a missing prerequisite fail).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use sandpool_core::{Template, pool::CapacitySpec};
+use sandpool_node_agent::{
+    service::NodeAgentService,
+    testkit::{TestNode, gate},
+};
+use sandpool_proto::v1 as pb;
+use sandpool_scheduler::{SchedError, Scheduler, SchedulerConfig, scheduler::PoolRec};
+
+async fn platform(n: u8) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
+    let runtime = gate()?;
+    let node = TestNode::start(runtime, n).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(node.agent())));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let sched = Scheduler::start(SchedulerConfig {
+        store_path: store.path().join("s.redb"),
+        nodes: vec![format!("http://{addr}")],
+        max_inflight: 4,
+        tick: Duration::from_millis(100),
+    })
+    .await
+    .unwrap();
+    Some((node, sched, store))
+}
+
+fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
+    PoolRec {
+        name: name.into(),
+        template: Template { image: "busybox".into(), ..Default::default() },
+        capacity: CapacitySpec { buffer_min: bmin, buffer_max: bmax, pool_min: 0, pool_max: pmax },
+    }
+}
+
+async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
+    for _ in 0..300 {
+        if s.pool_status(pool).unwrap().1.available >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pool {pool} never reached {n} warm sandboxes");
+}
+
+async fn wait_node_empty(node: &TestNode) {
+    for _ in 0..100 {
+        if node.agent().list("").is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_only_ttl_and_pool_deletion() {
+    let Some((node, s, _store)) = platform(11).await else { return };
+    s.apply_pool(pool("one", 1, 1, 1)).unwrap();
+    wait_available(&s, "one", 1).await;
+    let req = |ttl: u64| pb::ClaimRequest { pool: "one".into(), pool_only: true, ttl_seconds: ttl, ..Default::default() };
+    let c = s.claim(req(1)).await.unwrap();
+    assert!(!c.cold);
+    // poolMax 1 is reached: nothing refills, and pool_only fails fast.
+    let e = s.claim(req(0)).await.unwrap_err();
+    assert!(matches!(e, SchedError::Exhausted(_)), "{e}");
+    assert_eq!(s.pool_status("one").unwrap().1.allocated, 1, "a refused claim allocates nothing");
+    // The 1 s TTL expires the claim and deletes its sandbox; the pool refills.
+    for _ in 0..100 {
+        if s.get_claim(&c.id).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(s.get_claim(&c.id), Err(SchedError::ClaimNotFound(_))), "claim expired");
+    for _ in 0..100 {
+        if node.agent().get(&c.sandbox.id).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.agent().get(&c.sandbox.id).is_err(), "expired claim's sandbox released");
+    wait_available(&s, "one", 1).await;
+    let e = s.claim(pb::ClaimRequest { pool: "nope".into(), ..Default::default() }).await.unwrap_err();
+    assert!(matches!(e, SchedError::PoolNotFound(_)));
+    s.delete_pool("one").await.unwrap();
+    wait_node_empty(&node).await;
+    node.assert_no_residue().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_with_shard_patches_and_task_counts() {
+    let Some((node, s, _store)) = platform(12).await else { return };
+    s.apply_pool(pool("b", 3, 3, 10)).unwrap();
+    wait_available(&s, "b", 3).await;
+    let task = pb::InjectRequest {
+        argv: vec!["sh".into(), "-c".into(), "echo $SHARD > /tmp/shard; exit $CODE".into()],
+        env: [("CODE".to_string(), "0".to_string()), ("SHARD".to_string(), "template".to_string())].into(),
+        ..Default::default()
+    };
+    let claims = s
+        .create_batch(pb::BatchRequest {
+            name: "job".into(),
+            pool: "b".into(),
+            replicas: 3,
+            ttl_seconds: 0,
+            task: Some(task),
+            shard_task_patches: vec![r#"{"env":{"SHARD":"s0"}}"#.into(), r#"{"env":{"SHARD":"s1","CODE":"3"}}"#.into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    let mut ids: Vec<&str> = claims.iter().map(|c| c.sandbox.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct sandboxes");
+    let mut counts = None;
+    for _ in 0..100 {
+        let (_, c) = s.batch_tasks("job").await.unwrap();
+        if c.running == 0 && c.unknown == 0 {
+            counts = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = counts.expect("tasks finished");
+    assert_eq!((c.succeeded, c.failed), (2, 1), "shard 1 exits 3 through its patch");
+    // Each shard ran its own patched task.
+    for (i, want) in ["s0", "s1", "template"].iter().enumerate() {
+        let claim = claims.iter().find(|c| c.metadata.get("shard") == Some(&i.to_string())).unwrap();
+        let out = reqwest::Client::new()
+            .get(format!("http://{}:{}/files/download", claim.sandbox.ip, claim.sandbox.port))
+            .query(&[("path", "/tmp/shard")])
+            .header("x-execd-access-token", &claim.sandbox.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(out.trim(), *want);
+    }
+    let e = s
+        .create_batch(pb::BatchRequest {
+            name: "bad".into(),
+            pool: "b".into(),
+            replicas: 1,
+            shard_task_patches: vec!["[1]".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SchedError::Invalid(_)), "{e}");
+    s.delete_batch("job").await.unwrap();
+    assert!(s.list_claims("", &[], &BTreeMap::new()).is_empty());
+    s.delete_pool("b").await.unwrap();
+    wait_node_empty(&node).await;
+    node.assert_no_residue().await;
+}
