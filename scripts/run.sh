@@ -9,21 +9,8 @@
 # Ctrl-C stops it; sandboxes survive and are adopted by the next start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-command -v containerd >/dev/null 2>&1 || need+=(containerd)
-command -v runc >/dev/null 2>&1 || need+=(runc)
-command -v runsc >/dev/null 2>&1 || need+=(runsc)
-[[ -x /bin/busybox || -x /usr/bin/busybox ]] || need+=(busybox-static)
-[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
-command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
-if ((${#need[@]})); then
-  echo "installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-export PROTOC="${PROTOC:-$(command -v protoc)}"
+# shellcheck source=install-deps.sh
+source scripts/install-deps.sh
 echo "building release binaries (first time: a few minutes)" >&2
 cargo rustc --release --locked -q -p sandpool-runtime --bin sandpool-runtime -- -C target-feature=+crt-static
 install -m 0755 target/release/sandpool-runtime target/release/sandpool-runtime-static

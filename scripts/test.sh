@@ -9,24 +9,8 @@ ROOT=$(pwd)
 log() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-command -v bash >/dev/null 2>&1 || need+=(bash)
-# real sandbox runtimes for the node-agent tests
-command -v containerd >/dev/null 2>&1 || need+=(containerd)
-command -v runc >/dev/null 2>&1 || need+=(runc)
-command -v runsc >/dev/null 2>&1 || need+=(runsc)
-[[ -x /bin/busybox || -x /usr/bin/busybox ]] || need+=(busybox-static)
-[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-export PROTOC="${PROTOC:-$(command -v protoc)}"
+# shellcheck source=install-deps.sh
+source scripts/install-deps.sh
 
 # --- Python venv with the real SDKs ----------------------------------------
 VENV="$ROOT/.venv"

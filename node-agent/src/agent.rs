@@ -687,8 +687,9 @@ impl Agent {
     }
 }
 
+/// A runtime request with the sandbox's token and the current trace context.
 fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
+    let mut r = sandpool_telemetry::grpc_request(msg);
     if let Ok(v) = sb.token.parse() {
         r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
     }

@@ -51,14 +51,18 @@ async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
     (out, code)
 }
 
+/// 0 when nothing answers (a released sandbox's IP has no host: fail fast).
 async fn ping(info: &pb::SandboxInfo) -> u16 {
-    reqwest::get(format!("http://{}:{}/ping", info.ip, info.runtime_port)).await.map(|r| r.status().as_u16()).unwrap_or(0)
+    let c = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().unwrap();
+    c.get(format!("http://{}:{}/ping", info.ip, info.runtime_port)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     let Some(runtime) = gate() else { return };
+    let t0 = std::time::Instant::now();
     let mut node = Node::start(runtime, 1).await;
+    eprintln!("[{:?}] node started", t0.elapsed());
     let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap().trim().to_string();
 
     let mut infos = Vec::new();
@@ -85,9 +89,16 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        // Orphaned grandchildren are reaped: the runtime runs as the
+        // sandbox's init and keeps no zombies around.
+        exec(&info, "sleep 0.2 & exit 0").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (zombies, _) = exec(&info, "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z").await;
+        assert_eq!(zombies.trim(), "0", "zombies in a {class:?} sandbox");
         infos.push(info);
     }
 
+    eprintln!("[{:?}] sandboxes created", t0.elapsed());
     // Inject an entrypoint with env into each; it writes a marker and keeps running.
     for info in &infos {
         let (st, took) = node
@@ -116,12 +127,15 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         assert_eq!(node.agent().get(&info.sandbox_id).unwrap().state, pb::SandboxState::Claimed);
     }
 
+    eprintln!("[{:?}] injected", t0.elapsed());
     // Restart the agent and its containerd: nothing is lost.
     node.stop();
+    eprintln!("[{:?}] stopped", t0.elapsed());
     for info in &infos {
         assert_eq!(ping(info).await, 200, "sandbox keeps running while the agent is down");
     }
     node.boot().await;
+    eprintln!("[{:?}] rebooted", t0.elapsed());
     let listed = node.agent().list("pool-a");
     assert_eq!(listed.len(), 2, "both sandboxes recovered");
     for info in &infos {
@@ -131,10 +145,12 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         assert_eq!(exec(again, "cat /tmp/greeting").await.0, "hello agent\n");
     }
 
+    eprintln!("[{:?}] checked after restart", t0.elapsed());
     for info in &infos {
         node.agent().release(&info.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
         assert_eq!(ping(info).await, 0, "released sandbox is gone");
     }
+    eprintln!("[{:?}] released", t0.elapsed());
     node.assert_no_residue().await;
 }
 

@@ -37,6 +37,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::process::id() == 1 {
+        // Container init: orphaned grandchildren of commands are re-parented
+        // to PID 1 and must be reaped, but reaping them from the server
+        // process would steal its own children's exit statuses. So PID 1
+        // becomes a tiny init that reaps everything and forwards signals, and
+        // the server runs in a child (the parent of its commands).
+        init::run_as_init()?;
+    }
     // Two workers are plenty for one sandbox and keep idle memory small.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -45,6 +53,53 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(run(args))
+}
+
+mod init {
+    use nix::{
+        sys::{
+            signal::{Signal, kill, sigaction, SaFlags, SigAction, SigHandler, SigSet},
+            wait::{WaitStatus, waitpid},
+        },
+        unistd::{ForkResult, Pid, fork},
+    };
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static CHILD: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn forward(sig: i32) {
+        let child = CHILD.load(Ordering::Relaxed);
+        if child > 0
+            && let Ok(s) = Signal::try_from(sig)
+        {
+            let _ = kill(Pid::from_raw(child), s);
+        }
+    }
+
+    /// Returns in the child (which goes on to serve); the parent never returns.
+    pub fn run_as_init() -> anyhow::Result<()> {
+        // SAFETY: called first thing in main, before any thread exists.
+        match unsafe { fork() }? {
+            ForkResult::Child => Ok(()),
+            ForkResult::Parent { child } => {
+                CHILD.store(child.as_raw(), Ordering::Relaxed);
+                let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+                for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+                    // SAFETY: the handler only reads an atomic and calls kill(2), both async-signal-safe.
+                    let _ = unsafe { sigaction(sig, &action) };
+                }
+                loop {
+                    match waitpid(None, None) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => std::process::exit(code),
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => std::process::exit(128 + sig as i32),
+                        Ok(_) => {}
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => std::process::exit(1),
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

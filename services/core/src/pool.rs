@@ -99,20 +99,16 @@ impl WarmSet {
     /// (spreads claims across nodes), oldest first. Never returns the same
     /// sandbox twice.
     pub fn take(&mut self) -> Option<(String, String)> {
-        let node = self.by_node.iter().max_by_key(|(_, q)| q.len()).filter(|(_, q)| !q.is_empty())?.0.clone();
-        let q = self.by_node.get_mut(&node)?;
-        let id = q.pop_front()?;
-        if q.is_empty() {
-            self.by_node.remove(&node);
-        }
-        self.members.remove(&id);
-        Some((node, id))
+        self.take_from_fullest_node(false)
     }
     /// Take the newest one (for scale-down), preferring the node with most.
     pub fn take_idle_for_delete(&mut self) -> Option<(String, String)> {
+        self.take_from_fullest_node(true)
+    }
+    fn take_from_fullest_node(&mut self, newest: bool) -> Option<(String, String)> {
         let node = self.by_node.iter().max_by_key(|(_, q)| q.len()).filter(|(_, q)| !q.is_empty())?.0.clone();
         let q = self.by_node.get_mut(&node)?;
-        let id = q.pop_back()?;
+        let id = if newest { q.pop_back() } else { q.pop_front() }?;
         if q.is_empty() {
             self.by_node.remove(&node);
         }

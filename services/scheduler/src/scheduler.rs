@@ -626,27 +626,31 @@ impl Scheduler {
         })
     }
 
+    /// Pause: freeze the sandbox; the TTL clock stops (the remaining time is kept).
     pub async fn pause(&self, id: &str) -> Result<ClaimRec> {
-        let c = self.get_claim(id)?;
-        let next = c.state.on(ClaimEvent::Pause)?;
-        self.node(&c.sandbox.node)?.client.clone().pause(traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() })).await.map_err(node_err(&c.sandbox.node))?;
-        self.update_claim(id, |c| {
-            c.state = next;
-            // the TTL clock stops while paused
-            if c.expires_ms > 0 {
-                c.paused_remaining_ms = (c.expires_ms - now_ms()).max(1);
-            }
-            Ok(())
-        })
+        self.freeze_or_thaw(id, ClaimEvent::Pause).await
     }
 
+    /// Resume: thaw the sandbox; the TTL clock restarts with what was left.
     pub async fn resume(&self, id: &str) -> Result<ClaimRec> {
+        self.freeze_or_thaw(id, ClaimEvent::Resume).await
+    }
+
+    async fn freeze_or_thaw(&self, id: &str, event: ClaimEvent) -> Result<ClaimRec> {
         let c = self.get_claim(id)?;
-        let next = c.state.on(ClaimEvent::Resume)?;
-        self.node(&c.sandbox.node)?.client.clone().resume(traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() })).await.map_err(node_err(&c.sandbox.node))?;
+        let next = c.state.on(event)?;
+        let mut node = self.node(&c.sandbox.node)?.client.clone();
+        let sb = traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() });
+        match event {
+            ClaimEvent::Pause => node.pause(sb).await,
+            _ => node.resume(sb).await,
+        }
+        .map_err(node_err(&c.sandbox.node))?;
         self.update_claim(id, |c| {
             c.state = next;
-            if c.paused_remaining_ms > 0 {
+            if event == ClaimEvent::Pause && c.expires_ms > 0 {
+                c.paused_remaining_ms = (c.expires_ms - now_ms()).max(1);
+            } else if event == ClaimEvent::Resume && c.paused_remaining_ms > 0 {
                 c.expires_ms = now_ms() + c.paused_remaining_ms;
                 c.paused_remaining_ms = 0;
             }
