@@ -299,6 +299,8 @@ impl Agent {
             runsc_wrapper,
         });
         agent.recover().await?;
+        let me = Arc::clone(&agent);
+        tokio::spawn(async move { me.watch_exits().await });
         Ok(agent)
     }
 
@@ -599,6 +601,9 @@ impl Agent {
         };
         if policy == pb::ReleasePolicy::Recycle {
             let valid = validate_template(&sb.template)?;
+            if let Some(s) = self.lock().get_mut(id) {
+                s.state = pb::SandboxState::Releasing;
+            }
             self.forget_channel(id);
             self.ctr.destroy(id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -639,6 +644,37 @@ impl Agent {
     async fn cleanup(&self, id: &str) {
         if let Err(e) = self.destroy_all(id).await {
             tracing::warn!(sandbox = id, error = %e, "cleanup incomplete");
+        }
+    }
+
+    /// A sandbox whose init (the runtime) exits on its own — killed, OOM,
+    /// crashed — is marked FAILED and reported, so no one is handed a dead
+    /// sandbox. Exits the agent caused itself (release) find no live entry.
+    async fn watch_exits(self: Arc<Self>) {
+        let mut exits = self.ctr.task_exits();
+        while let Some((id, pid, status)) = exits.recv().await {
+            // an exit of an earlier incarnation (recycle) while a new one runs
+            if let Ok(Some((TaskState::Running | TaskState::Paused, current))) = self.ctr.task_state(&id).await
+                && current != pid
+            {
+                continue;
+            }
+            let failed = {
+                let mut g = self.lock();
+                match g.get_mut(&id) {
+                    Some(sb) if !matches!(sb.state, pb::SandboxState::Releasing | pb::SandboxState::Creating | pb::SandboxState::Failed) => {
+                        sb.state = pb::SandboxState::Failed;
+                        Some(sb.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(sb) = failed {
+                tracing::warn!(sandbox = %id, pid, status, "sandbox init exited; marked failed");
+                self.forget_channel(&id);
+                let _ = self.ctr.set_labels(&id, [(labels::STATE.to_string(), "failed".to_string())].into()).await;
+                self.emit(&sb);
+            }
         }
     }
 

@@ -619,6 +619,35 @@ impl Ctr {
         Ok(out)
     }
 
+    /// Task exits in this namespace: (container id, exited pid, exit status).
+    /// The subscription is made in the returned task: containerd answers a
+    /// Subscribe only when the first event arrives.
+    pub fn task_exits(&self) -> tokio::sync::mpsc::Receiver<(String, u32, u32)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
+            let req = me.req(api::SubscribeRequest { filters: vec![filter] });
+            let mut stream = match me.client.events().subscribe(req).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to containerd task exits failed");
+                    return;
+                }
+            };
+            while let Some(Ok(env)) = stream.next().await {
+                let Some(any) = env.event else { continue };
+                if let Ok(exit) = <containerd_client::events::TaskExit as prost::Message>::decode(any.value.as_slice())
+                    && tx.send((exit.container_id, exit.pid, exit.exit_status)).await.is_err()
+                {
+                    return;
+                }
+            }
+            tracing::warn!("containerd event stream ended");
+        });
+        rx
+    }
+
     /// Set (merge) container labels.
     pub async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<()> {
         let paths = labels.keys().map(|k| format!("labels.{k}")).collect();

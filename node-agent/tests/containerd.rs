@@ -155,6 +155,33 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 5).await;
+    let mut events = node.agent().subscribe();
+    let sb = node.agent().create("pool-f", template(pb::RuntimeClass::Runc), None).await.unwrap();
+    let (_, pid) = node.agent().ctr().task_state(&sb.id).await.unwrap().expect("task");
+    // Kill the sandbox's init from the host, as the OOM killer would.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(pb::NodeEvent { event: Some(pb::node_event::Event::Sandbox(info)) }) = events.recv().await
+                && info.sandbox_id == sb.id
+                && info.state == pb::SandboxState::Failed as i32
+            {
+                return info;
+            }
+        }
+    })
+    .await
+    .expect("FAILED event");
+    assert_eq!(failed.pool, "pool-f");
+    assert_eq!(node.agent().get(&sb.id).unwrap().state, pb::SandboxState::Failed);
+    node.agent().release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
+    node.assert_no_residue().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycle_resets_and_returns_to_warm() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 2).await;

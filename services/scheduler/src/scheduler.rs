@@ -265,19 +265,38 @@ impl Scheduler {
     async fn follow_node(&self, idx: usize, mut watch: tonic::Streaming<pb::NodeEvent>) {
         let node = self.nodes[idx].name.clone();
         while let Ok(Some(ev)) = watch.message().await {
-            let gone = match ev.event {
-                Some(pb::node_event::Event::RemovedSandboxId(id)) => Some(id),
-                Some(pb::node_event::Event::Sandbox(sb)) if sb.state == pb::SandboxState::Failed as i32 => Some(sb.sandbox_id),
-                _ => None,
+            let (gone, failed) = match ev.event {
+                Some(pb::node_event::Event::RemovedSandboxId(id)) => (Some(id), false),
+                Some(pb::node_event::Event::Sandbox(sb)) if sb.state == pb::SandboxState::Failed as i32 => (Some(sb.sandbox_id), true),
+                _ => (None, false),
             };
-            if let Some(id) = gone {
+            let Some(id) = gone else { continue };
+            let (was_warm, failed_claim) = {
                 let mut st = self.lock();
                 st.warm_info.remove(&id);
+                let mut was_warm = false;
                 if let Some(pool) = st.warm_index.remove(&id)
                     && let Some(p) = st.pools.get_mut(&pool)
                 {
-                    p.warm.remove(&id);
+                    was_warm = p.warm.remove(&id);
                 }
+                let claim =
+                    if failed { st.claims.values().find(|c| c.sandbox.id == id && !c.state.is_terminal()).map(|c| c.id.clone()) } else { None };
+                (was_warm, claim)
+            };
+            if failed && was_warm {
+                // a dead warm sandbox only takes a slot: delete it, the pool refills
+                self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+            }
+            if let Some(cid) = failed_claim {
+                tracing::warn!(claim = %cid, sandbox = %id, "claimed sandbox failed");
+                let _ = self.update_claim(&cid, |c| {
+                    c.state = c.state.on(ClaimEvent::Fail)?;
+                    Ok(())
+                });
+            }
+            if failed {
+                self.wake.notify_one();
             }
         }
         tracing::warn!(node = %node, "node watch ended");
@@ -665,7 +684,10 @@ impl Scheduler {
         let c = {
             let mut st = self.lock();
             let c = st.claims.get(id).cloned().ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))?;
-            c.state.on(event)?;
+            // a failed claim can always be cleaned up
+            if c.state != ClaimState::Failed {
+                c.state.on(event)?;
+            }
             st.claims.remove(id);
             if let Some(p) = st.pools.get_mut(&c.pool) {
                 p.allocated = p.allocated.saturating_sub(1);

@@ -167,3 +167,46 @@ async fn batch_with_shard_patches_and_task_counts() {
     wait_node_empty(&node).await;
     node.assert_no_residue().await;
 }
+
+async fn kill_init(node: &TestNode, sandbox: &str) {
+    let (_, pid) = node.agent().ctr().task_state(sandbox).await.unwrap().expect("task");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
+    let Some((node, s, _store)) = platform(13).await else { return };
+    s.apply_pool(pool("f", 2, 2, 10)).unwrap();
+    wait_available(&s, "f", 2).await;
+    // A claimed sandbox dies: its claim turns Failed and can still be released.
+    let c = s.claim(pb::ClaimRequest { pool: "f".into(), ..Default::default() }).await.unwrap();
+    kill_init(&node, &c.sandbox.id).await;
+    let mut state = None;
+    for _ in 0..100 {
+        state = Some(s.get_claim(&c.id).unwrap().state);
+        if state == Some(sandpool_core::claim::ClaimState::Failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, Some(sandpool_core::claim::ClaimState::Failed));
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await.unwrap();
+    // A warm sandbox dies: it is deleted and the pool refills to its buffer.
+    wait_available(&s, "f", 2).await;
+    let warm: Vec<String> = node.agent().list("f").into_iter().map(|i| i.sandbox_id).collect();
+    kill_init(&node, &warm[0]).await;
+    for _ in 0..200 {
+        let ids: Vec<String> = node.agent().list("f").into_iter().map(|i| i.sandbox_id).collect();
+        if !ids.contains(&warm[0]) && s.pool_status("f").unwrap().1.available == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = node.agent().list("f");
+    assert!(after.iter().all(|i| i.sandbox_id != warm[0]), "dead warm sandbox deleted");
+    assert!(after.iter().all(|i| i.state == pb::SandboxState::Warm as i32));
+    assert_eq!(s.pool_status("f").unwrap().1.available, 2, "pool refilled");
+    s.delete_pool("f").await.unwrap();
+    wait_node_empty(&node).await;
+    node.assert_no_residue().await;
+}
