@@ -2,6 +2,7 @@
 //! `opensandbox` Python SDK 1.1.x calls) on top of the scheduler's gRPC API,
 //! plus a proxy so SDKs outside the node network reach sandbox ports.
 
+pub mod e2b;
 pub mod error;
 pub mod opensandbox;
 pub mod proxy;
@@ -43,9 +44,13 @@ impl Gateway {
     }
 }
 
-/// The whole HTTP app.
+/// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
+/// E2B sandbox traffic routed by header or host before anything else.
 pub fn app(gw: Gateway) -> axum::Router {
-    opensandbox::router(gw.clone()).layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+    opensandbox::router(gw.clone())
+        .merge(e2b::router(gw.clone()))
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
         |req: &http::Request<axum::body::Body>| {
             let span = tracing::info_span!("gateway.request", method = %req.method(), path = %req.uri().path());
             sandpool_telemetry::extract_parent(&span, req.headers());

@@ -16,15 +16,25 @@ use crate::{Gateway, error::ApiError, opensandbox::RUNTIME_PORT};
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"];
 
+/// How the proxied request authenticates to the sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// The caller proved its API key; add the runtime token for the runtime port.
+    RuntimeToken,
+    /// Pass the caller's headers as they are (E2B: the SDK sends envd's token).
+    Passthrough,
+}
+
 pub async fn proxy_root(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, req: Request) -> Result<Response, ApiError> {
-    forward(gw, id, port, String::new(), req).await
+    forward(gw, id, port, String::new(), req, Auth::RuntimeToken).await
 }
 
 pub async fn proxy_path(State(gw): State<Gateway>, Path((id, port, path)): Path<(String, String, String)>, req: Request) -> Result<Response, ApiError> {
-    forward(gw, id, port, path, req).await
+    forward(gw, id, port, path, req, Auth::RuntimeToken).await
 }
 
-async fn forward(gw: Gateway, id: String, port: String, path: String, req: Request) -> Result<Response, ApiError> {
+/// Forward `req` to `path` on the sandbox's `port`, streaming both ways.
+pub async fn forward(gw: Gateway, id: String, port: String, path: String, req: Request, auth: Auth) -> Result<Response, ApiError> {
     let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
     let claim = gw
         .scheduler
@@ -51,7 +61,7 @@ async fn forward(gw: Gateway, id: String, port: String, path: String, req: Reque
         }
         out = out.header(k, v);
     }
-    if port == RUNTIME_PORT {
+    if auth == Auth::RuntimeToken && port == RUNTIME_PORT {
         out = out.header("x-execd-access-token", sb.access_token.as_str());
     }
     let mut h = http::HeaderMap::new();

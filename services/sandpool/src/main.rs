@@ -179,7 +179,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let runtime_bin = std::fs::canonicalize(&runtime_bin)
         .with_context(|| format!("runtime binary {} (build it static: see scripts/run.sh)", runtime_bin.display()))?;
     let api_keys = if a.api_keys.is_empty() {
-        let k = format!("sp-{}", uuid::Uuid::new_v4().simple());
+        // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
+        let hex = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let k = format!("e2b_{}", &hex[..40]);
         say(format!("generated API key: {k}"));
         vec![k]
     } else {

@@ -1,0 +1,425 @@
+//! E2B control-plane REST API (the paths the `e2b` Python SDK 2.x calls, both
+//! path generations), on the scheduler. A template name is a pool name; the
+//! sandbox id is the claim id. Errors are E2B's `{"code": int, "message"}`.
+//!
+//! Sandbox traffic for E2B (envd on 49983, code interpreter on 49999) is
+//! routed by [`route_by_e2b_headers`]: `E2b-Sandbox-Id`/`E2b-Sandbox-Port`
+//! headers or a `{port}-{sandboxID}.{domain}` host.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sandpool_proto::v1 as pb;
+use sandpool_telemetry::grpc_request as traced;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Gateway, error::ApiError};
+
+/// The envd protocol version sandpool's runtime answers for (see README).
+pub const ENVD_VERSION: &str = "0.1.0";
+pub const DEFAULT_TIMEOUT_S: u64 = 300;
+
+/// E2B's error body: numeric code.
+pub struct E2bError(ApiError);
+
+impl From<ApiError> for E2bError {
+    fn from(e: ApiError) -> Self {
+        E2bError(e)
+    }
+}
+
+impl IntoResponse for E2bError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let mut r = (status, Json(json!({"code": status.as_u16(), "message": self.0.to_string(), "error_code": self.0.code()})))
+            .into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+type Result<T> = std::result::Result<T, E2bError>;
+
+pub fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(info).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key))
+        .with_state(gw)
+}
+
+async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    if gw.auth_enabled() {
+        let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        match key {
+            None | Some("") => return E2bError(ApiError::MissingKey).into_response(),
+            Some(k) if !gw.key_ok(k) => return E2bError(ApiError::InvalidKey).into_response(),
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+async fn json_body<T: serde::de::DeserializeOwned + Default>(gw: &Gateway, body: Body) -> Result<T> {
+    let bytes = axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
+        } else {
+            ApiError::Invalid(format!("reading body: {e}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    Ok(serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID", default)]
+    template_id: String,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, String>>,
+}
+
+fn claim_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
+    move |_| ApiError::SandboxNotFound(id.to_string())
+}
+
+async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
+    Ok(gw
+        .scheduler
+        .clone()
+        .get_claim(traced(pb::ClaimRef { claim_id: id.to_string() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?
+        .into_inner())
+}
+
+fn domain_of(headers: &HeaderMap) -> Value {
+    headers.get("host").and_then(|h| h.to_str().ok()).map(|h| json!(h)).unwrap_or(Value::Null)
+}
+
+fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
+    let sb = c.sandbox.clone().unwrap_or_default();
+    json!({
+        "templateID": c.pool,
+        "sandboxID": c.claim_id,
+        "clientID": sb.node,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": sb.access_token,
+        "trafficAccessToken": null,
+        "domain": domain_of(headers),
+    })
+}
+
+fn state(c: &pb::Claim) -> &'static str {
+    if c.state == pb::ClaimState::Paused as i32 { "paused" } else { "running" }
+}
+
+fn detail_json(c: &pb::Claim) -> Value {
+    json!({
+        "templateID": c.pool,
+        "sandboxID": c.claim_id,
+        "clientID": c.sandbox.as_ref().map(|s| s.node.clone()).unwrap_or_default(),
+        "startedAt": rfc3339_ms(c.created_unix_ms),
+        "endAt": rfc3339_ms(if c.expires_unix_ms > 0 { c.expires_unix_ms } else { c.created_unix_ms + 100 * 365 * 86_400_000 }),
+        "envdVersion": ENVD_VERSION,
+        "cpuCount": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memoryMB": 0,
+        "diskSizeMB": 0,
+        "state": state(c),
+        "metadata": c.metadata,
+    })
+}
+
+async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let req: NewSandbox = json_body(&gw, body).await?;
+    if req.template_id.trim().is_empty() {
+        return Err(ApiError::Invalid("templateID is required".into()).into());
+    }
+    let timeout = match req.timeout {
+        None => DEFAULT_TIMEOUT_S,
+        Some(t) if t > 0 => t as u64,
+        Some(t) => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}")).into()),
+    };
+    // "name:tag" and "ns/name" templates map to the pool named by the last name part.
+    let pool = req.template_id.rsplit('/').next().unwrap_or_default().split(':').next().unwrap_or_default().to_string();
+    let pool2 = pool.clone();
+    let c = gw
+        .scheduler
+        .clone()
+        .create_claim(traced(pb::ClaimRequest {
+            pool: pool.clone(),
+            ttl_seconds: timeout,
+            metadata: req.metadata.unwrap_or_default().into_iter().collect(),
+            process: Some(pb::InjectRequest {
+                // keep the sandbox's default process; E2B envs apply to envd processes
+                argv: vec!["sleep".into(), "infinity".into()],
+                env: req.env_vars.unwrap_or_default().into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, move |_| ApiError::PoolNotFound(format!("template {pool2}"))))?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())
+}
+
+async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(detail_json(&get_claim(&gw, &id).await?)))
+}
+
+async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.scheduler
+        .clone()
+        .release_claim(traced(pb::ClaimRef { claim_id: id.clone() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct Timeout {
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    duration: Option<i64>,
+}
+
+async fn renew_for(gw: &Gateway, id: &str, seconds: i64) -> Result<()> {
+    if seconds <= 0 {
+        return Err(ApiError::Invalid(format!("timeout must be positive, got {seconds}")).into());
+    }
+    gw.scheduler
+        .clone()
+        .renew(traced(pb::RenewRequest { claim_id: id.to_string(), expires_unix_ms: Utc::now().timestamp_millis() + seconds * 1000 }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?;
+    Ok(())
+}
+
+async fn set_timeout(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<StatusCode> {
+    let t: Timeout = json_body(&gw, body).await?;
+    let secs = t.timeout.ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
+    renew_for(&gw, &id, secs).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<StatusCode> {
+    let t: Timeout = json_body(&gw, body).await?;
+    renew_for(&gw, &id, t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    let c = get_claim(&gw, &id).await?;
+    if c.state == pb::ClaimState::Paused as i32 {
+        return Err(ApiError::Conflict(format!("sandbox {id} is already paused")).into());
+    }
+    gw.scheduler.clone().pause_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resume a paused sandbox (201) or confirm a running one (200), then apply
+/// the requested timeout.
+async fn connect(State(gw): State<Gateway>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let t: Timeout = json_body(&gw, body).await?;
+    let c = get_claim(&gw, &id).await?;
+    let resumed = c.state == pb::ClaimState::Paused as i32;
+    if resumed {
+        gw.scheduler.clone().resume_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    }
+    if let Some(secs) = t.timeout {
+        renew_for(&gw, &id, secs).await?;
+    }
+    let c = get_claim(&gw, &id).await?;
+    let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(sandbox_json(&c, &headers))).into_response())
+}
+
+async fn resume(State(gw): State<Gateway>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let c = get_claim(&gw, &id).await?;
+    if c.state != pb::ClaimState::Paused as i32 {
+        return Err(ApiError::Conflict(format!("sandbox {id} is not paused")).into());
+    }
+    let r = connect(State(gw), Path(id), headers, body).await?;
+    Ok(r)
+}
+
+async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let c = get_claim(&gw, &id).await?;
+    let sb = c.sandbox.unwrap_or_default();
+    let m: Value = gw
+        .http
+        .get(format!("http://{}:{}/metrics", sb.ip, sb.runtime_port))
+        .header("x-execd-access-token", sb.access_token)
+        .send()
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?
+        .json()
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?;
+    let now = Utc::now();
+    let mib = |k: &str| (m[k].as_f64().unwrap_or(0.0) * 1048576.0) as u64;
+    Ok(Json(json!([{
+        "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "timestampUnix": now.timestamp(),
+        "cpuCount": m["cpu_count"].as_f64().unwrap_or(0.0) as u64,
+        "cpuUsedPct": m["cpu_used_pct"].as_f64().unwrap_or(0.0),
+        "memUsed": mib("mem_used_mib"),
+        "memTotal": mib("mem_total_mib"),
+        "memCache": 0,
+        "diskUsed": 0,
+        "diskTotal": 0,
+    }])))
+}
+
+fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// Filtered claims: `metadata` (url-encoded `k=v&k2=v2`), `state` (comma list).
+async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>> {
+    let mut metadata = BTreeMap::new();
+    let mut states: Vec<String> = Vec::new();
+    for (k, v) in q {
+        match k.as_str() {
+            "metadata" | "query" => {
+                for (mk, mv) in form_urlencoded::parse(v.as_bytes()) {
+                    metadata.insert(mk.into_owned(), mv.into_owned());
+                }
+            }
+            "state" => states.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty())),
+            _ => {}
+        }
+    }
+    for s in &states {
+        if s != "running" && s != "paused" {
+            return Err(ApiError::Invalid(format!("unknown state {s:?} (running, paused)")).into());
+        }
+    }
+    let claims = gw
+        .scheduler
+        .clone()
+        .list_claims(traced(pb::ListClaimsRequest { metadata: metadata.into_iter().collect(), ..Default::default() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
+        .into_inner()
+        .claims;
+    Ok(claims.into_iter().filter(|c| states.is_empty() || states.iter().any(|s| s == state(c))).collect())
+}
+
+async fn list_v1(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
+    let q = query_pairs(req.uri());
+    let claims = filtered(&gw, &q).await?;
+    Ok(Json(Value::Array(claims.iter().map(detail_json).collect())))
+}
+
+async fn list_v2(State(gw): State<Gateway>, req: Request) -> Result<Response> {
+    let q = query_pairs(req.uri());
+    let limit: usize = match q.iter().find(|(k, _)| k == "limit") {
+        Some((_, v)) => v.parse().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::Invalid(format!("limit must be 1..=1000, got {v}")))?,
+        None => 100,
+    };
+    let start: usize = match q.iter().find(|(k, _)| k == "nextToken") {
+        Some((_, v)) if !v.is_empty() => v.parse().map_err(|_| ApiError::Invalid(format!("bad nextToken {v}")))?,
+        _ => 0,
+    };
+    let claims = filtered(&gw, &q).await?;
+    let page: Vec<Value> = claims.iter().skip(start).take(limit).map(detail_json).collect();
+    let next = start + page.len();
+    let mut r = Json(Value::Array(page)).into_response();
+    if next < claims.len()
+        && let Ok(v) = HeaderValue::from_str(&next.to_string())
+    {
+        r.headers_mut().insert("x-next-token", v);
+    }
+    Ok(r)
+}
+
+/// `{port}-{sandboxID}.{domain}` → (port, sandbox id).
+pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
+    let first = host.split('.').next()?;
+    let (port, id) = first.split_once('-')?;
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
+    if id.is_empty() || !host.contains('.') || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return None;
+    }
+    Some((port, id.to_string()))
+}
+
+/// Route E2B sandbox traffic (by headers, then by host) to the sandbox.
+pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let by_header = match (h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()), h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok())) {
+        (Some(id), Some(port)) => port.parse::<u32>().ok().map(|p| (p, id.to_string())),
+        _ => None,
+    };
+    let target = by_header.or_else(|| h.get("host").and_then(|v| v.to_str().ok()).and_then(parse_sandbox_host));
+    match target {
+        Some((port, id)) => {
+            let path = req.uri().path().trim_start_matches('/').to_string();
+            match crate::proxy::forward(gw, id, port.to_string(), path, req, crate::proxy::Auth::Passthrough).await {
+                Ok(r) => r,
+                Err(e) => E2bError(e).into_response(),
+            }
+        }
+        None => next.run(req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_hosts() {
+        assert_eq!(parse_sandbox_host("49983-abc-123.sandpool.local"), Some((49983, "abc-123".into())));
+        assert_eq!(parse_sandbox_host("49983-abc.localhost:8080"), Some((49983, "abc".into())));
+        assert_eq!(parse_sandbox_host("127.0.0.1:8080"), None);
+        assert_eq!(parse_sandbox_host("api.sandpool.local"), None);
+        assert_eq!(parse_sandbox_host("99999-abc.x"), None);
+        assert_eq!(parse_sandbox_host("49983-abc"), None);
+    }
+
+    #[test]
+    fn detail_has_sdk_required_fields() {
+        let c = pb::Claim { claim_id: "c".into(), pool: "base".into(), created_unix_ms: 1_700_000_000_000, ..Default::default() };
+        let v = detail_json(&c);
+        for k in ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "envdVersion", "cpuCount", "memoryMB", "diskSizeMB", "state"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(DateTime::parse_from_rfc3339(v["endAt"].as_str().unwrap()).is_ok());
+    }
+}
