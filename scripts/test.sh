@@ -12,20 +12,25 @@ log() { printf '\n==> %s\n' "$*"; }
 # shellcheck source=install-deps.sh
 source scripts/install-deps.sh
 
-# --- Python venv with the real SDKs ----------------------------------------
+# --- Python venvs with the real SDKs ----------------------------------------
+# .venv: latest opensandbox, e2b, e2b-code-interpreter; .venv-e2b237: the
+# older e2b 2.37.1 (v1 API paths, e2b_<hex> key check).
+venv() { # venv DIR REQUIREMENTS
+  local dir="$1" req="$2" stamp="$1/.requirements.sha256" want
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [[ ! -x "$dir/bin/python" ]]; then
+    log "creating $dir"
+    python3 -m venv "$dir"
+  fi
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "installing $(basename "$req") into $dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$req"
+    echo "$want" >"$stamp"
+  fi
+}
 VENV="$ROOT/.venv"
-REQ="$ROOT/integration/python/requirements.txt"
-stamp="$VENV/.requirements.sha256"
-want=$(sha256sum "$REQ" | cut -d' ' -f1)
-if [[ ! -x "$VENV/bin/python" ]]; then
-  log "creating $VENV"
-  python3 -m venv "$VENV"
-fi
-if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  log "installing Python test requirements"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-  echo "$want" >"$stamp"
-fi
+venv "$VENV" "$ROOT/integration/python/requirements.txt"
+venv "$ROOT/.venv-e2b237" "$ROOT/integration/python/requirements-e2b237.txt"
 
 # --- Rust ---------------------------------------------------------------------
 if [[ "${CI:-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
@@ -53,6 +58,8 @@ fi
 log "building binaries for the SDK tests"
 cargo build --locked -p sandpool-runtime --bin sandpool-runtime -p sandpool --bin sandpool
 export SANDPOOL_BIN="$ROOT/target/debug/sandpool"
-log "opensandbox SDK tests"
+log "SDK tests: opensandbox 1.1.1, e2b 2.63.0, e2b-code-interpreter 2.11.5"
 SANDPOOL_RUNTIME_BIN="$ROOT/target/debug/sandpool-runtime" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python"
+log "SDK tests: e2b 2.37.1"
+"$ROOT/.venv-e2b237/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python/lifecycle/test_e2b_sdk.py"

@@ -162,6 +162,10 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
         fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nsandbox:x:1000:1000:sandbox:/home:/bin/sh\n")?;
         fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nsandbox:x:1000:\n")?;
         fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        // E2B's SDK runs commands with `/bin/bash -l -c`; busybox has no bash
+        // applet, so bash here is busybox's ash (POSIX sh, not GNU bash).
+        fs::write(dir.join("bin/bash"), "#!/bin/sh\nexec /bin/sh \"$@\"\n")?;
+        fs::set_permissions(dir.join("bin/bash"), fs::Permissions::from_mode(0o755))?;
         Ok(())
     };
     build().map_err(|e| AgentError::Image(format!("busybox rootfs in {}: {e}", dir.display())))
@@ -239,7 +243,9 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
 
 /// Build (or reuse from `cache`) the blobs of a builtin image.
 pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
-    let dir = cache.join(name.replace(['/', ':'], "_"));
+    // bump when what a builtin image contains changes, so caches rebuild
+    const FORMAT: u32 = 2;
+    let dir = cache.join(format!("{}-v{FORMAT}", name.replace(['/', ':'], "_")));
     let packed = dir.join("image.json");
     if let Some(b) = fs::read(&packed).ok().and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
         && b.name == name

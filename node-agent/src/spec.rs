@@ -5,6 +5,10 @@ use serde_json::{Value, json};
 /// Where the runtime binary appears inside every sandbox (bind-mounted read-only).
 pub const RUNTIME_PATH_IN_SANDBOX: &str = "/.sandpool/sandpool-runtime";
 pub const RUNTIME_PORT: u16 = 44772;
+/// E2B's envd port, served by the same runtime.
+pub const ENVD_PORT: u16 = 49983;
+/// E2B's code interpreter port, served by the same runtime.
+pub const INTERP_PORT: u16 = 49999;
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +44,10 @@ pub fn runtime_args() -> Vec<String> {
         format!("0.0.0.0:{RUNTIME_PORT}"),
         "--data-dir".into(),
         "/tmp/.sandpool-runtime".into(),
+        "--envd-listen".into(),
+        format!("0.0.0.0:{ENVD_PORT}"),
+        "--interp-listen".into(),
+        format!("0.0.0.0:{INTERP_PORT}"),
     ]
 }
 

@@ -233,6 +233,12 @@ impl CommandRegistry {
         self.spawn(spec, false, tx, true)
     }
 
+    /// Start a command whose output goes to `tx` and which keeps running when
+    /// the receiver goes away (the caller must keep draining `tx`'s receiver).
+    pub fn start_detached(self: &Arc<Self>, spec: CommandSpec, tx: mpsc::Sender<Output>) -> Result<Arc<CommandRecord>> {
+        self.spawn(spec, false, tx, false)
+    }
+
     /// Start a background command; its combined output goes to a log file.
     pub fn start_background(self: &Arc<Self>, spec: CommandSpec) -> Result<Arc<CommandRecord>> {
         let (tx, mut rx) = mpsc::channel::<Output>(32);

@@ -10,6 +10,8 @@
 
 pub mod commands;
 pub mod entrypoint;
+pub mod envd;
+pub mod interp;
 pub mod error;
 pub mod events;
 pub mod files;
@@ -104,18 +106,49 @@ pub fn app(state: AppState) -> Router {
     ))
 }
 
+/// The E2B envd service (port 49983), sharing the runtime's state and token.
+pub fn envd_app(state: AppState) -> Router {
+    envd::router(envd::EnvdState { app: state, envd: envd::Envd::default() }).layer(TraceLayer::new_for_http().make_span_with(
+        |req: &http::Request<axum::body::Body>| {
+            let span = tracing::info_span!("envd.request", method = %req.method(), path = %req.uri().path());
+            sandpool_telemetry::extract_parent(&span, req.headers());
+            span
+        },
+    ))
+}
+
+/// The code interpreter (port 49999), sharing the runtime's token.
+pub fn interp_app(state: AppState) -> Router {
+    interp::router(interp::InterpState::new(state)).layer(TraceLayer::new_for_http().make_span_with(
+        |req: &http::Request<axum::body::Body>| {
+            let span = tracing::info_span!("interp.request", method = %req.method(), path = %req.uri().path());
+            sandpool_telemetry::extract_parent(&span, req.headers());
+            span
+        },
+    ))
+}
+
+/// Serve `app` on `listener` (TCP_NODELAY) until `shutdown` resolves.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
 /// Serve on `listener` until `shutdown` resolves; then kill what was started.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     // Small event frames must not wait for Nagle + delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let res = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown).await;
+    let res = serve_app(listener, app(state.clone()), shutdown).await;
     state.kill_all();
     res
 }

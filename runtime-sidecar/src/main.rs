@@ -12,7 +12,14 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "SANDPOOL_RUNTIME_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     listen: SocketAddr,
-    /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC).
+    /// Also serve E2B's envd protocol on this address (e.g. 0.0.0.0:49983).
+    #[arg(long, env = "SANDPOOL_ENVD_LISTEN")]
+    envd_listen: Option<SocketAddr>,
+    /// Also serve the code interpreter on this address (e.g. 0.0.0.0:49999).
+    #[arg(long, env = "SANDPOOL_INTERP_LISTEN")]
+    interp_listen: Option<SocketAddr>,
+    /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC)
+    /// and, for envd, X-Access-Token.
     #[arg(long, env = "EXECD_ACCESS_TOKEN", hide_env_values = true)]
     access_token: Option<String>,
     /// State directory (background command logs).
@@ -126,6 +133,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth, "sandpool-runtime listening (execd HTTP + gRPC)");
+    let extra = [
+        (args.envd_listen, "envd", sandpool_runtime::envd_app(state.clone())),
+        (args.interp_listen, "code interpreter", sandpool_runtime::interp_app(state.clone())),
+    ];
+    for (addr, what, app) in extra {
+        let Some(addr) = addr else { continue };
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for {what}"))?;
+        tracing::info!(addr = %l.local_addr()?, "{what} listening");
+        tokio::spawn(async move {
+            if let Err(e) = sandpool_runtime::serve_app(l, app, shutdown_signal()).await {
+                tracing::error!(error = %e, "{what} server failed");
+            }
+        });
+    }
     sandpool_runtime::serve(listener, state, shutdown_signal()).await.context("serving")?;
     tracing::info!("sandpool-runtime stopped");
     Ok(())

@@ -74,6 +74,120 @@ fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
     }
 }
 
+/// Stream one multipart field into `path` (temp file + rename).
+async fn write_field(field: &mut multer::Field<'static>, path: &str, perm: &Permission, limits: &UploadLimits) -> Result<UploadedFile> {
+    write_stream(field, path, perm, limits, |e| multer_error(e, limits)).await
+}
+
+/// Write a stream of chunks to `path` through a temp file next to it,
+/// enforcing the file size limit; nothing is left behind on error.
+async fn write_stream<S, E>(chunks: &mut S, path: &str, perm: &Permission, limits: &UploadLimits, map_err: impl Fn(E) -> RuntimeError) -> Result<UploadedFile>
+where
+    S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    use futures_util::StreamExt;
+    files::require_path(path)?;
+    let target = Path::new(path);
+    if target.is_dir() {
+        return Err(RuntimeError::IsADirectory(path.to_string()));
+    }
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir).await.map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.sandpool-upload-{}", uuid::Uuid::new_v4().simple()));
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| RuntimeError::io(path, e))?;
+    let mut size: u64 = 0;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(&map_err)?;
+        size += chunk.len() as u64;
+        if size > limits.max_file_bytes {
+            return Err(RuntimeError::PayloadTooLarge(format!("{path} exceeds the file size limit of {} bytes", limits.max_file_bytes)));
+        }
+        out.write_all(&chunk).await.map_err(|e| RuntimeError::io(path, e))?;
+    }
+    out.flush().await.map_err(|e| RuntimeError::io(path, e))?;
+    drop(out);
+    files::set_permissions(&tmp.to_string_lossy(), perm)?;
+    tokio::fs::rename(&tmp, target).await.map_err(|e| RuntimeError::io(path, e))?;
+    guard.0 = None;
+    Ok(UploadedFile { path: path.to_string(), size })
+}
+
+/// E2B's `POST /files` multipart: every `file` part is written to its
+/// filename (a full path), or to `single_path` when given for one file.
+/// Relative paths resolve against `home`.
+pub async fn receive_named<S, O, E>(stream: S, boundary: String, limits: &UploadLimits, single_path: Option<String>, home: &str) -> Result<Vec<UploadedFile>>
+where
+    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
+    O: Into<Bytes> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let constraints = multer::Constraints::new()
+        .size_limit(multer::SizeLimit::new().whole_stream(limits.max_file_bytes.saturating_mul(limits.max_files as u64).saturating_add(1 << 20)));
+    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut done = Vec::new();
+    while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
+        if field.name() != Some("file") {
+            return Err(RuntimeError::InvalidRequest(format!("unexpected multipart field {:?}; expected 'file'", field.name().unwrap_or(""))));
+        }
+        if done.len() >= limits.max_files {
+            return Err(RuntimeError::PayloadTooLarge(format!("more than {} files", limits.max_files)));
+        }
+        let named = field.file_name().map(str::to_string).filter(|n| !n.is_empty());
+        let path = match (&single_path, named) {
+            (Some(p), _) if !p.is_empty() => p.clone(),
+            (_, Some(n)) => n,
+            _ => return Err(RuntimeError::InvalidRequest("file part without a filename (the destination path)".into())),
+        };
+        let path = resolve(&path, home);
+        done.push(write_field(&mut field, &path, &Permission { mode: Some(644), ..Default::default() }, limits).await?);
+    }
+    if done.is_empty() {
+        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
+    }
+    Ok(done)
+}
+
+/// E2B's `POST /files` octet-stream body (optionally gzip-encoded) to `path`.
+pub async fn receive_raw<S, E>(stream: S, path: &str, limits: &UploadLimits, gzip: bool, home: &str) -> Result<UploadedFile>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let path = resolve(path, home);
+    let perm = Permission { mode: Some(644), ..Default::default() };
+    let mut s = stream;
+    let written = write_stream(&mut s, &path, &perm, limits, |e| RuntimeError::InvalidRequest(format!("reading upload: {e}"))).await?;
+    if !gzip {
+        return Ok(written);
+    }
+    let (p2, max) = (path.clone(), limits.max_file_bytes);
+    tokio::task::spawn_blocking(move || gunzip_in_place(&p2, max)).await.map_err(|e| RuntimeError::Internal(e.to_string()))?
+}
+
+fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
+    use std::io::Read;
+    let src = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    let tmp = format!("{path}.sandpool-gunzip-{}", uuid::Uuid::new_v4().simple());
+    let mut guard = TempGuard(Some(PathBuf::from(&tmp)));
+    let mut out = std::fs::File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
+    let mut dec = flate2::read::GzDecoder::new(src).take(max + 1);
+    let n = std::io::copy(&mut dec, &mut out).map_err(|e| RuntimeError::InvalidRequest(format!("{path}: bad gzip body: {e}")))?;
+    if n > max {
+        let _ = std::fs::remove_file(path);
+        return Err(RuntimeError::PayloadTooLarge(format!("{path} exceeds the file size limit of {max} bytes once decompressed")));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| RuntimeError::io(path, e))?;
+    guard.0 = None;
+    Ok(UploadedFile { path: path.to_string(), size: n })
+}
+
+/// Relative paths are relative to the user's home, as in E2B.
+pub fn resolve(path: &str, home: &str) -> String {
+    if path.starts_with('/') { path.to_string() } else { format!("{}/{}", home.trim_end_matches('/'), path) }
+}
+
 /// Receive every metadata/file pair of a multipart body.
 pub async fn receive<S, O, E>(stream: S, boundary: String, limits: &UploadLimits) -> Result<Vec<UploadedFile>>
 where
@@ -109,34 +223,8 @@ where
                 if done.len() >= limits.max_files {
                     return Err(RuntimeError::PayloadTooLarge(format!("more than {} files", limits.max_files)));
                 }
-                let target = Path::new(&meta.path);
-                if target.is_dir() {
-                    return Err(RuntimeError::IsADirectory(meta.path.clone()));
-                }
-                let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                tokio::fs::create_dir_all(dir).await.map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
-                let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let tmp = dir.join(format!(".{name}.sandpool-upload-{}", uuid::Uuid::new_v4().simple()));
-                let mut guard = TempGuard(Some(tmp.clone()));
-                let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
-                let mut size: u64 = 0;
-                while let Some(chunk) = field.chunk().await.map_err(|e| multer_error(e, limits))? {
-                    size += chunk.len() as u64;
-                    if size > limits.max_file_bytes {
-                        return Err(RuntimeError::PayloadTooLarge(format!(
-                            "{} exceeds the file size limit of {} bytes",
-                            meta.path, limits.max_file_bytes
-                        )));
-                    }
-                    out.write_all(&chunk).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
-                }
-                out.flush().await.map_err(|e| RuntimeError::io(&meta.path, e))?;
-                drop(out);
                 let perm = Permission { owner: meta.owner.clone(), group: meta.group.clone(), mode: meta.mode.or(Some(644)) };
-                files::set_permissions(&tmp.to_string_lossy(), &perm)?;
-                tokio::fs::rename(&tmp, target).await.map_err(|e| RuntimeError::io(&meta.path, e))?;
-                guard.0 = None;
-                done.push(UploadedFile { path: meta.path, size });
+                done.push(write_field(&mut field, &meta.path, &perm, limits).await?);
             }
             other => {
                 return Err(RuntimeError::InvalidRequest(format!(

@@ -43,6 +43,9 @@ API_KEY_HEADER = "OPEN-SANDBOX-API-KEY"
 
 # The pool every test allocates from (--pool NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX).
 POOL_NAME = "test-pool"
+# A Debian + python3 pool for the code-interpreter tests (image cached across runs).
+PY_POOL_NAME = "py-pool"
+IMAGE_CACHE = REPO_ROOT / "target" / "sandpool-image-cache"
 POOL_IMAGE = "busybox"
 POOL_BUFFER_MIN, POOL_BUFFER_MAX, POOL_MIN, POOL_MAX = 10, 10, 0, 60
 BRIDGE = "sptestpy"
@@ -137,7 +140,8 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None) -
         data_dir = base_dir / "data"
         data_dir.mkdir()
         host, port = "127.0.0.1", free_port()
-        api_key = secrets.token_urlsafe(24)
+        # E2B SDKs 2.25-2.45 accept only keys shaped e2b_<hex>
+        api_key = "e2b_" + secrets.token_hex(20)
     else:
         base_dir, host, port, api_key = restart_of.base_dir, restart_of.host, restart_of.port, restart_of.api_key
         data_dir = base_dir / "data"
@@ -152,6 +156,8 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None) -
         "--bridge", BRIDGE,
         "--subnet", SUBNET,
         "--pool", pool,
+        "--pool", f"{PY_POOL_NAME}:python:1:1:0:4",
+        "--image-cache", str(IMAGE_CACHE),
         # internal gRPC listeners: free ports, so a running dev instance does not collide
         "--agent-listen", f"{host}:{free_port()}",
         "--scheduler-listen", f"{host}:{free_port()}",

@@ -25,9 +25,11 @@ use serde_json::{Value, json};
 
 use crate::{Gateway, error::ApiError};
 
-/// The envd protocol version sandpool's runtime answers for (see README).
-pub const ENVD_VERSION: &str = "0.1.0";
+/// The envd protocol version sandpool's runtime answers for
+/// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
+pub const ENVD_VERSION: &str = "0.5.7";
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
+pub const ENVD_PORT: u16 = 49983;
 
 /// E2B's error body: numeric code.
 pub struct E2bError(ApiError);
@@ -182,17 +184,27 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
             pool: pool.clone(),
             ttl_seconds: timeout,
             metadata: req.metadata.unwrap_or_default().into_iter().collect(),
-            process: Some(pb::InjectRequest {
-                // keep the sandbox's default process; E2B envs apply to envd processes
-                argv: vec!["sleep".into(), "infinity".into()],
-                env: req.env_vars.unwrap_or_default().into_iter().collect(),
-                ..Default::default()
-            }),
             ..Default::default()
         }))
         .await
         .map_err(|s| ApiError::from_status(s, move |_| ApiError::PoolNotFound(format!("template {pool2}"))))?
         .into_inner();
+    // E2B env vars are the defaults of every envd process: hand them to envd.
+    let envs = req.env_vars.unwrap_or_default();
+    if !envs.is_empty() {
+        let sb = c.sandbox.clone().unwrap_or_default();
+        let sent = gw
+            .http
+            .post(format!("http://{}:{ENVD_PORT}/init", sb.ip))
+            .header("x-access-token", &sb.access_token)
+            .json(&json!({"envVars": envs}))
+            .send()
+            .await;
+        if let Err(e) = sent.map_err(|e| e.to_string()).and_then(|r| if r.status().is_success() { Ok(()) } else { Err(r.status().to_string()) }) {
+            let _ = gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: c.claim_id.clone() })).await;
+            return Err(ApiError::BadGateway(format!("setting env vars in sandbox: {e}")).into());
+        }
+    }
     Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())
 }
 
@@ -402,6 +414,11 @@ pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_envd_version_is_the_runtimes() {
+        assert_eq!(ENVD_VERSION, sandpool_runtime::envd::ENVD_VERSION);
+    }
 
     #[test]
     fn sandbox_hosts() {

@@ -132,6 +132,9 @@ struct ServeArgs {
     scheduler_listen: SocketAddr,
     #[arg(long, default_value_t = 256)]
     max_sandboxes: u32,
+    /// Where built images are cached (default: under the data dir).
+    #[arg(long, env = "SANDPOOL_IMAGE_CACHE")]
+    image_cache: Option<PathBuf>,
     /// On shutdown release every claim and delete every pool's sandboxes
     /// (default: leave them running for the next start to adopt).
     #[arg(long)]
@@ -203,6 +206,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
     cfg.max_sandboxes = a.max_sandboxes;
+    if let Some(c) = &a.image_cache {
+        cfg.image_cache = c.clone();
+    }
     let agent = Agent::start(cfg, ctr).await?;
     for p in &pools {
         say(format!("preparing image {} (first time: busybox seconds, python a few minutes)", p.template.image));

@@ -1,0 +1,74 @@
+# sandpool code-interpreter driver: one Python process per context.
+# Reads one JSON request per line on stdin ({"code": ...}), runs it in a
+# persistent namespace like a notebook cell (the value of a final expression
+# is the result), and writes JSON lines to the original stdout:
+#   {"type": "stdout"|"stderr", "text": ...}
+#   {"type": "result", "text": repr(value), "is_main_result": true}
+#   {"type": "error", "name": ..., "value": ..., "traceback": ...}
+#   {"type": "end", "execution_count": n}
+import ast, json, os, sys, traceback
+
+_out = os.fdopen(os.dup(1), "w", buffering=1)
+_null = open(os.devnull, "r")
+
+
+def _emit(obj):
+    _out.write(json.dumps(obj) + "\n")
+    _out.flush()
+
+
+class _Stream:
+    """Line-buffered: print("x") is one "x\n" event, as in Jupyter."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.buf = ""
+
+    def write(self, s):
+        self.buf += s
+        cut = self.buf.rfind("\n")
+        if cut >= 0:
+            _emit({"type": self.kind, "text": self.buf[: cut + 1]})
+            self.buf = self.buf[cut + 1 :]
+        return len(s)
+
+    def flush(self):
+        if self.buf:
+            _emit({"type": self.kind, "text": self.buf})
+            self.buf = ""
+
+    def isatty(self):
+        return False
+
+
+_ns = {"__name__": "__main__"}
+_count = 0
+sys.stdin = _null
+sys.stdout = _Stream("stdout")
+sys.stderr = _Stream("stderr")
+
+for line in os.fdopen(0, "r"):
+    try:
+        req = json.loads(line)
+    except ValueError:
+        continue
+    _count += 1
+    for k, v in (req.get("env") or {}).items():
+        os.environ[str(k)] = str(v)
+    code = req.get("code", "")
+    try:
+        tree = ast.parse(code, "<cell>", "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, "<cell>", "exec"), _ns)
+        if last is not None:
+            value = eval(compile(last, "<cell>", "eval"), _ns)
+            if value is not None:
+                _emit({"type": "result", "text": repr(value), "is_main_result": True})
+    except BaseException as e:  # noqa: BLE001 - report everything, like a notebook
+        tb = traceback.format_exception(type(e), e, e.__traceback__)
+        _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _emit({"type": "end", "execution_count": _count})

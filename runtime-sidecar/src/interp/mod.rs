@@ -1,0 +1,246 @@
+//! A code interpreter compatible with `e2b-code-interpreter` (port 49999):
+//! `POST /execute` streams JSON lines (stdout, stderr, result, error,
+//! number_of_executions); `/contexts` manages contexts. Each context is one
+//! real Python process (`driver.py`) whose namespace persists between calls.
+
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    sync::{Arc, Mutex as StdMutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin, ChildStdout},
+    sync::{Mutex, mpsc},
+};
+
+use crate::AppState;
+
+const DRIVER: &str = include_str!("driver.py");
+
+struct Kernel {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+struct Context {
+    id: String,
+    language: String,
+    cwd: String,
+    kernel: Mutex<Option<Kernel>>,
+}
+
+#[derive(Clone)]
+pub struct InterpState {
+    pub app: AppState,
+    contexts: Arc<StdMutex<HashMap<String, Arc<Context>>>>,
+}
+
+impl InterpState {
+    pub fn new(app: AppState) -> Self {
+        InterpState { app, contexts: Arc::new(StdMutex::new(HashMap::new())) }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+pub fn router(st: InterpState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/execute", post(execute))
+        .route("/contexts", post(create_context).get(list_contexts))
+        .route("/contexts/{id}", axum::routing::delete(delete_context))
+        .route("/contexts/{id}/restart", post(restart_context))
+        .route_layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
+        .with_state(st)
+}
+
+/// The token guards code execution. The SDK sends it only on `/execute`
+/// (E2B's own interpreter server checks no token on `/contexts`), so
+/// context management stays open to whoever can reach the sandbox port.
+async fn require_token(State(st): State<InterpState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = st.app.cfg.access_token.as_ref().filter(|_| req.uri().path() == "/execute") {
+        let ok = req.headers().get("x-access-token").map(|v| crate::constant_time_eq(v.as_bytes(), expected.as_bytes())).unwrap_or(false);
+        if !ok {
+            return err(StatusCode::UNAUTHORIZED, "invalid or missing X-Access-Token");
+        }
+    }
+    next.run(req).await
+}
+
+fn python() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"].into_iter().find(|p| std::path::Path::new(p).exists())
+}
+
+async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
+    let py = python().ok_or("python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)")?;
+    let mut child = tokio::process::Command::new(py)
+        .args(["-u", "-c", DRIVER])
+        .current_dir(if std::path::Path::new(cwd).is_dir() { cwd } else { "/" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {py}: {e}"))?;
+    let stdin = child.stdin.take().ok_or("no stdin")?;
+    let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    Ok(Kernel { _child: child, stdin, stdout })
+}
+
+fn new_context(language: &str, cwd: &str) -> Arc<Context> {
+    Arc::new(Context {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        language: language.to_string(),
+        cwd: cwd.to_string(),
+        kernel: Mutex::new(None),
+    })
+}
+
+fn context_json(c: &Context) -> Value {
+    json!({"id": c.id, "language": c.language, "cwd": c.cwd})
+}
+
+/// `None` when the language is supported, else the 400 to answer.
+fn unsupported_language(lang: &str) -> Option<Response> {
+    match lang {
+        "python" | "python3" | "" => None,
+        other => Some(err(StatusCode::BAD_REQUEST, format!("language {other:?} is not supported (python only)"))),
+    }
+}
+
+async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
+    let v: Value = match axum::body::to_bytes(body, 1 << 20).await.ok().and_then(|b| if b.is_empty() { Some(json!({})) } else { serde_json::from_slice(&b).ok() }) {
+        Some(v) => v,
+        None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
+    };
+    let lang = v["language"].as_str().unwrap_or("python");
+    if let Some(r) = unsupported_language(lang) {
+        return r;
+    }
+    let c = new_context("python", v["cwd"].as_str().unwrap_or("/home/user"));
+    st.lock().insert(c.id.clone(), c.clone());
+    Json(context_json(&c)).into_response()
+}
+
+async fn list_contexts(State(st): State<InterpState>) -> Json<Value> {
+    Json(Value::Array(st.lock().values().map(|c| context_json(c)).collect()))
+}
+
+async fn delete_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
+    match st.lock().remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")),
+    }
+}
+
+async fn restart_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
+    let c = st.lock().get(&id).cloned();
+    match c {
+        Some(c) => {
+            c.kernel.lock().await.take();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")),
+    }
+}
+
+/// `POST /execute`: run code in a context (the default Python one when none
+/// is named), streaming JSON lines as the code produces output.
+async fn execute(State(st): State<InterpState>, body: Body) -> Response {
+    let v: Value = match axum::body::to_bytes(body, st.app.cfg.max_json_bytes).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(v) => v,
+        None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
+    };
+    let Some(code) = v["code"].as_str().map(str::to_string) else {
+        return err(StatusCode::BAD_REQUEST, "code is required");
+    };
+    if let Some(r) = unsupported_language(v["language"].as_str().unwrap_or("")) {
+        return r;
+    }
+    let ctx = match v["context_id"].as_str().filter(|s| !s.is_empty()) {
+        Some(id) => match st.lock().get(id).cloned() {
+            Some(c) => c,
+            None => return err(StatusCode::NOT_FOUND, format!("context {id} not found")),
+        },
+        None => st.lock().entry("default-python".into()).or_insert_with(|| {
+            let mut c = new_context("python", "/home/user");
+            if let Some(c) = Arc::get_mut(&mut c) {
+                c.id = "default-python".into();
+            }
+            c
+        }).clone(),
+    };
+    let env = v["env_vars"].clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        let line = |v: Value| {
+            let mut s = serde_json::to_vec(&v).unwrap_or_default();
+            s.push(b'\n');
+            Bytes::from(s)
+        };
+        let mut guard = ctx.kernel.lock().await;
+        if guard.is_none() {
+            match spawn_kernel(&ctx.cwd).await {
+                Ok(k) => *guard = Some(k),
+                Err(e) => {
+                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": e, "traceback": ""}))).await;
+                    return;
+                }
+            }
+        }
+        let Some(k) = guard.as_mut() else { return };
+        let req = json!({"code": code, "env": if env.is_object() { env } else { json!({}) }});
+        let mut msg = serde_json::to_vec(&req).unwrap_or_default();
+        msg.push(b'\n');
+        if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
+            guard.take();
+            let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process died; it restarts on the next call", "traceback": ""}))).await;
+            return;
+        }
+        loop {
+            match k.stdout.next_line().await {
+                Ok(Some(l)) => {
+                    let Ok(mut ev) = serde_json::from_str::<Value>(&l) else { continue };
+                    if ev["type"] == "end" {
+                        let n = ev["execution_count"].clone();
+                        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": n}))).await;
+                        return;
+                    }
+                    ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
+                    if tx.send(line(ev)).await.is_err() {
+                        // the client left; let the cell finish so the kernel stays in sync
+                    }
+                }
+                _ => {
+                    guard.take();
+                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process exited", "traceback": ""}))).await;
+                    return;
+                }
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r
+}
