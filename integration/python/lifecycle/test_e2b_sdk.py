@@ -218,3 +218,25 @@ def test_envd_refuses_bad_input_clearly(e2b_env: Sandpool):
         assert sbx.commands.run("echo ok").stdout == "ok\n"
     finally:
         sbx.kill()
+
+
+def test_watch_dir_reports_changes(e2b_env: Sandpool):
+    import time
+
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    try:
+        sbx.files.make_dir("/tmp/watched")
+        handle = sbx.files.watch_dir("/tmp/watched")
+        sbx.files.write("/tmp/watched/new.txt", "x")
+        sbx.files.remove("/tmp/watched/new.txt")
+        seen = []
+        for _ in range(50):
+            seen += [(e.name, e.type.name) for e in handle.get_new_events()]
+            if ("new.txt", "REMOVE") in seen:
+                break
+            time.sleep(0.1)
+        assert ("new.txt", "CREATE") in seen
+        assert ("new.txt", "REMOVE") in seen
+        handle.stop()
+    finally:
+        sbx.kill()

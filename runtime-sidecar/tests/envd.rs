@@ -1,0 +1,104 @@
+//! envd's Connect streams on a loopback port: Start with stdin fed through
+//! the client-streaming StreamInput, CloseStdin, and the end event.
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sandpool_runtime::{AppState, Config, envd::envelope};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "envd-token";
+
+async fn serve() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config { access_token: Some(TOKEN.into()), data_dir: dir.path().join("d"), ..Config::default() };
+    let state = AppState::new(cfg).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(sandpool_runtime::serve_app(l, sandpool_runtime::envd_app(state), std::future::pending()));
+    (base, dir)
+}
+
+/// Split a Connect stream body into (flags, json) envelopes.
+fn envelopes(mut b: &[u8]) -> Vec<(u8, Value)> {
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let n = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        out.push((b[0], serde_json::from_slice(&b[5..5 + n]).unwrap()));
+        b = &b[5 + n..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn start_with_streamed_stdin() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let start = envelope(0, &json!({"process": {"cmd": "cat", "args": []}, "stdin": true}));
+    let resp = c
+        .post(format!("{base}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .header("x-access-token", TOKEN)
+        .body(start)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    let pid = envelopes(&first)[0].1["event"]["start"]["pid"].as_u64().expect("start event first");
+
+    let input: Vec<Bytes> = vec![
+        envelope(0, &json!({"start": {"process": {"pid": pid}}})),
+        envelope(0, &json!({"data": {"input": {"stdin": B64.encode("hello ")}}})),
+        envelope(0, &json!({"keepalive": {}})),
+        envelope(0, &json!({"data": {"input": {"stdin": B64.encode("envd")}}})),
+    ];
+    let r = c
+        .post(format!("{base}/process.Process/StreamInput"))
+        .header("content-type", "application/connect+json")
+        .header("x-access-token", TOKEN)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(input.into_iter().map(Ok::<_, std::io::Error>))))
+        .send()
+        .await
+        .unwrap();
+    let ev = envelopes(&r.bytes().await.unwrap());
+    assert_eq!(ev.last().unwrap().0, 2, "end of stream");
+    assert!(ev.last().unwrap().1.get("error").is_none(), "{ev:?}");
+
+    let r = c
+        .post(format!("{base}/process.Process/CloseStdin"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"process": {"pid": pid}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let ev = envelopes(&rest);
+    let out: Vec<u8> = ev
+        .iter()
+        .filter_map(|(_, v)| v["event"]["data"]["stdout"].as_str())
+        .flat_map(|s| B64.decode(s).unwrap())
+        .collect();
+    assert_eq!(out, b"hello envd");
+    let end = ev.iter().find_map(|(_, v)| v["event"].get("end").cloned()).expect("end event");
+    assert_eq!(end["exitCode"], 0);
+    assert_eq!(ev.last().unwrap().0, 2);
+
+    // StreamInput to a process that is gone: a clear not_found, no crash
+    let r = c
+        .post(format!("{base}/process.Process/StreamInput"))
+        .header("content-type", "application/connect+json")
+        .header("x-access-token", TOKEN)
+        .body(envelope(0, &json!({"start": {"process": {"pid": pid}}})))
+        .send()
+        .await
+        .unwrap();
+    let ev = envelopes(&r.bytes().await.unwrap());
+    assert_eq!(ev.last().unwrap().1["error"]["code"], "not_found");
+}
