@@ -246,6 +246,11 @@ pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
     // bump when what a builtin image contains changes, so caches rebuild
     const FORMAT: u32 = 2;
     let dir = cache.join(format!("{}-v{FORMAT}", name.replace(['/', ':'], "_")));
+    fs::create_dir_all(&dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
+    // One builder at a time per image (agents, tests and benches may share a cache).
+    let lock_file = fs::File::create(dir.with_extension("lock")).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| AgentError::Image(format!("locking the image cache {}: {e}", dir.display())))?;
     let packed = dir.join("image.json");
     if let Some(b) = fs::read(&packed).ok().and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
         && b.name == name

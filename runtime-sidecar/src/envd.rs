@@ -222,15 +222,8 @@ pub fn router(st: EnvdState) -> Router {
 }
 
 async fn require_token(State(st): State<EnvdState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = st.app.cfg.access_token.as_ref().filter(|_| req.uri().path() != "/health") {
-        let ok = req
-            .headers()
-            .get("x-access-token")
-            .map(|v| crate::constant_time_eq(v.as_bytes(), expected.as_bytes()))
-            .unwrap_or(false);
-        if !ok {
-            return ConnectError::new("unauthenticated", "invalid or missing X-Access-Token").into_response();
-        }
+    if req.uri().path() != "/health" && !crate::token_ok(req.headers(), "x-access-token", st.app.cfg.access_token.as_ref()) {
+        return ConnectError::new("unauthenticated", "invalid or missing X-Access-Token").into_response();
     }
     next.run(req).await
 }

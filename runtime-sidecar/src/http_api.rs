@@ -76,15 +76,8 @@ pub fn router(state: AppState) -> Router {
 /// `X-EXECD-ACCESS-TOKEN` check, when a token is configured.
 /// `/ping` stays open (as upstream execd does) so health probes need no secret.
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = st.cfg.access_token.as_ref().filter(|_| req.uri().path() != "/ping") {
-        let ok = req
-            .headers()
-            .get("x-execd-access-token")
-            .map(|v| crate::constant_time_eq(v.as_bytes(), expected.as_bytes()))
-            .unwrap_or(false);
-        if !ok {
-            return RuntimeError::Unauthorized.into_response();
-        }
+    if req.uri().path() != "/ping" && !crate::token_ok(req.headers(), "x-execd-access-token", st.cfg.access_token.as_ref()) {
+        return RuntimeError::Unauthorized.into_response();
     }
     next.run(req).await
 }

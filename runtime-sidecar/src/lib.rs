@@ -153,6 +153,14 @@ pub async fn serve(
     res
 }
 
+/// Whether `header` carries `expected` (constant-time), or no token is configured.
+pub fn token_ok(headers: &http::HeaderMap, header: &str, expected: Option<&String>) -> bool {
+    match expected {
+        None => true,
+        Some(e) => headers.get(header).map(|v| constant_time_eq(v.as_bytes(), e.as_bytes())).unwrap_or(false),
+    }
+}
+
 /// Compare secrets without early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

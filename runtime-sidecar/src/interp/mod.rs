@@ -77,11 +77,8 @@ pub fn router(st: InterpState) -> Router {
 /// (E2B's own interpreter server checks no token on `/contexts`), so
 /// context management stays open to whoever can reach the sandbox port.
 async fn require_token(State(st): State<InterpState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = st.app.cfg.access_token.as_ref().filter(|_| req.uri().path() == "/execute") {
-        let ok = req.headers().get("x-access-token").map(|v| crate::constant_time_eq(v.as_bytes(), expected.as_bytes())).unwrap_or(false);
-        if !ok {
-            return err(StatusCode::UNAUTHORIZED, "invalid or missing X-Access-Token");
-        }
+    if req.uri().path() == "/execute" && !crate::token_ok(req.headers(), "x-access-token", st.app.cfg.access_token.as_ref()) {
+        return err(StatusCode::UNAUTHORIZED, "invalid or missing X-Access-Token");
     }
     next.run(req).await
 }

@@ -17,13 +17,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 use sandpool_proto::v1 as pb;
 use sandpool_telemetry::grpc_request as traced;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Gateway, error::ApiError};
+use crate::{Gateway, error::ApiError, query_pairs, rfc3339_ms};
 
 /// The envd protocol version sandpool's runtime answers for
 /// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
@@ -82,22 +82,13 @@ async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
+/// E2B bodies may be empty (`{}` is implied).
 async fn json_body<T: serde::de::DeserializeOwned + Default>(gw: &Gateway, body: Body) -> Result<T> {
-    let bytes = axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
-        } else {
-            ApiError::Invalid(format!("reading body: {e}"))
-        }
-    })?;
+    let bytes = crate::read_body(gw, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    Ok(serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))?)
+    Ok(crate::parse_json(&bytes)?)
 }
 
 #[derive(Deserialize, Default)]
@@ -317,10 +308,6 @@ async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Js
     }])))
 }
 
-fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
-}
-
 /// Filtered claims: `metadata` (url-encoded `k=v&k2=v2`), `state` (comma list).
 async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>> {
     let mut metadata = BTreeMap::new();
@@ -341,14 +328,7 @@ async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>
             return Err(ApiError::Invalid(format!("unknown state {s:?} (running, paused)")).into());
         }
     }
-    let claims = gw
-        .scheduler
-        .clone()
-        .list_claims(traced(pb::ListClaimsRequest { metadata: metadata.into_iter().collect(), ..Default::default() }))
-        .await
-        .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
-        .into_inner()
-        .claims;
+    let claims = crate::claims_with_metadata(gw, metadata).await?;
     Ok(claims.into_iter().filter(|c| states.is_empty() || states.iter().any(|s| s == state(c))).collect())
 }
 
@@ -437,6 +417,6 @@ mod tests {
         for k in ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "envdVersion", "cpuCount", "memoryMB", "diskSizeMB", "state"] {
             assert!(v.get(k).is_some(), "{k}");
         }
-        assert!(DateTime::parse_from_rfc3339(v["endAt"].as_str().unwrap()).is_ok());
+        assert!(chrono::DateTime::parse_from_rfc3339(v["endAt"].as_str().unwrap()).is_ok());
     }
 }

@@ -11,13 +11,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{any, get, patch, post},
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use sandpool_proto::v1 as pb;
 use sandpool_telemetry::grpc_request as traced;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Gateway, error::ApiError, proxy};
+use crate::{Gateway, error::ApiError, proxy, query_pairs, rfc3339_ms};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -63,18 +63,7 @@ async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Res
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(gw: &Gateway, body: Body) -> Result<T> {
-    let bytes = axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
-        } else {
-            ApiError::Invalid(format!("reading body: {e}"))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::parse_json(&crate::read_body(gw, body).await?)
 }
 
 #[derive(Deserialize, Default)]
@@ -262,10 +251,6 @@ async fn renew(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) ->
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
 }
 
-fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
-}
-
 async fn endpoint(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, headers: HeaderMap, req: Request) -> Result<Json<Value>> {
     let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
     let q = query_pairs(req.uri());
@@ -302,14 +287,7 @@ async fn list(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
             _ => {}
         }
     }
-    let all = gw
-        .scheduler
-        .clone()
-        .list_claims(traced(pb::ListClaimsRequest { metadata: metadata.into_iter().collect(), ..Default::default() }))
-        .await
-        .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
-        .into_inner()
-        .claims;
+    let all = crate::claims_with_metadata(&gw, metadata).await?;
     let filtered: Vec<&pb::Claim> =
         all.iter().filter(|c| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state_name(c.state)))).collect();
     let total = filtered.len();
