@@ -324,13 +324,16 @@ async fn grpc_inject_entrypoint_and_files() {
     assert_eq!(st.phase, pb::ProcessPhase::Running as i32);
     let again = c.inject(authed(pb::InjectRequest { argv: vec!["true".into()], ..Default::default() })).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    // the shell creates the file before it writes to it: wait for the content
+    let mut content = String::new();
     for _ in 0..200 {
-        if marker.exists() {
+        content = std::fs::read_to_string(&marker).unwrap_or_default();
+        if content.ends_with('\n') {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "agent\n");
+    assert_eq!(content, "agent\n");
     let status = c.entrypoint_status(authed(pb::EntrypointStatusRequest {})).await.unwrap().into_inner();
     assert_eq!((status.phase, status.pid), (pb::ProcessPhase::Running as i32, st.pid));
 
