@@ -103,7 +103,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     _runtime_log_path = log_path
 
     host, port = "127.0.0.1", free_port()
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_hex(16)
     argv = [
         str(binary),
         "--listen", f"{host}:{port}",

@@ -19,6 +19,7 @@ struct Args {
     #[arg(long, env = "SANDPOOL_INTERP_LISTEN")]
     interp_listen: Option<SocketAddr>,
     /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC)
+    /// (write `--access-token=VALUE` for a value that starts with `-`)
     /// and, for envd, X-Access-Token.
     #[arg(long, env = "EXECD_ACCESS_TOKEN", hide_env_values = true)]
     access_token: Option<String>,
