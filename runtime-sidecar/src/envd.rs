@@ -556,7 +556,7 @@ fn permissions_string(kind: FileKind, bits: u32) -> String {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> CResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ConnectError::new("internal", e.to_string()))?.map_err(ConnectError::from)
+    crate::blocking(f).await.map_err(ConnectError::from)
 }
 
 fn path_of(v: &Value) -> CResult<String> {

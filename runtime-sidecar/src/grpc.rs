@@ -84,7 +84,7 @@ pub fn process_state(s: EntrypointState) -> pb::ProcessState {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::error::Result<T> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?.map_err(Status::from)
+    crate::blocking(f).await.map_err(Status::from)
 }
 
 fn mode_bits(mode: u32, default: u32) -> u32 {

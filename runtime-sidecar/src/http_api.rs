@@ -136,9 +136,7 @@ async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> 
     serde_json::from_slice(&bytes).map_err(|e| RuntimeError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
-}
+use crate::blocking;
 
 async fn ping() -> StatusCode {
     StatusCode::OK

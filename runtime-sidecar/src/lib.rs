@@ -153,6 +153,11 @@ pub async fn serve(
     res
 }
 
+/// Run blocking filesystem work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
+}
+
 /// Whether `header` carries `expected` (constant-time), or no token is configured.
 pub fn token_ok(headers: &http::HeaderMap, header: &str, expected: Option<&String>) -> bool {
     match expected {
