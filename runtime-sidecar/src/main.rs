@@ -41,10 +41,21 @@ struct Args {
     /// Seconds between ping events on command streams.
     #[arg(long, default_value_t = 3)]
     ping_interval_secs: u64,
+    /// Copy this binary to PATH (mode 0755) and exit: how Kubernetes pool
+    /// pods get the runtime (an init container copies it into a shared volume).
+    #[arg(long, value_name = "PATH")]
+    install_to: Option<PathBuf>,
+    /// The sandbox's own entrypoint, started once the server listens
+    /// (as if injected): `sandpool-runtime [options] -- sleep infinity`.
+    #[arg(last = true)]
+    entrypoint: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dest) = &args.install_to {
+        return install_to(dest);
+    }
     if std::process::id() == 1 {
         // Container init: orphaned grandchildren of commands are re-parented
         // to PID 1 and must be reaped, but reaping them from the server
@@ -61,6 +72,18 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(run(args))
+}
+
+fn install_to(dest: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().context("locating this binary")?;
+    // copy to a temporary name and rename, so a reader never sees half a file
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(&me, &tmp).with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("installing {}", dest.display()))?;
+    println!("installed {}", dest.display());
+    Ok(())
 }
 
 mod init {
@@ -147,6 +170,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "{what} server failed");
             }
         });
+    }
+    if !args.entrypoint.is_empty() {
+        let spec = sandpool_runtime::entrypoint::InjectSpec { argv: args.entrypoint.clone(), ..Default::default() };
+        let st = state.entrypoint.inject(spec).await.context("starting the entrypoint")?;
+        tracing::info!(pid = st.pid, argv = ?args.entrypoint, "entrypoint started");
     }
     sandpool_runtime::serve(listener, state, shutdown_signal()).await.context("serving")?;
     tracing::info!("sandpool-runtime stopped");

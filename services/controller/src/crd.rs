@@ -1,0 +1,463 @@
+//! Custom resources, generated into CRDs by `crdgen` (committed under
+//! `deploy/helm/sandpool/files/crds/`; a test keeps them equal).
+//!
+//! * OpenSandbox `sandbox.opensandbox.io/v1alpha1`: [`Pool`], [`BatchSandbox`].
+//! * agent-sandbox `agents.x-k8s.io/v1alpha1`: [`Sandbox`]; and
+//!   `extensions.agents.x-k8s.io/v1alpha1`: [`SandboxTemplate`],
+//!   [`SandboxClaim`], [`SandboxWarmPool`].
+//!
+//! Pod templates are typed in Rust (`PodTemplateSpec`) but their CRD schema
+//! is kept small: containers (name, image, command, args) are validated and
+//! the rest of the pod spec is preserved for the apiserver to validate when
+//! the controller creates the pod — the full PodSpec schema would make every
+//! CRD ~0.5 MB.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+pub const OPENSANDBOX_GROUP: &str = "sandbox.opensandbox.io";
+/// BatchSandbox annotation with the JSON list of delivered sandbox IPs.
+pub const ENDPOINTS_ANNOTATION: &str = "sandbox.opensandbox.io/endpoints";
+/// Pod label naming its Pool.
+pub const POOL_LABEL: &str = "sandbox.opensandbox.io/pool";
+/// Pod label naming the BatchSandbox it is allocated to (absent = available).
+pub const ALLOCATED_TO_LABEL: &str = "sandbox.opensandbox.io/allocated-to";
+/// Pod annotation: the name of the BatchSandbox it is allocated to.
+pub const BATCH_NAME_ANNOTATION: &str = "sandbox.opensandbox.io/batch";
+/// Pod annotation: the shard index inside its BatchSandbox.
+pub const SHARD_ANNOTATION: &str = "sandbox.opensandbox.io/shard";
+/// Pod annotation: the batch task was started in this pod.
+pub const TASK_ANNOTATION: &str = "sandbox.opensandbox.io/task";
+pub const BATCH_FINALIZER: &str = "sandbox.opensandbox.io/release-pods";
+
+/// agent-sandbox: the pod a Sandbox runs in (set when adopted from a warm pool).
+pub const POD_NAME_ANNOTATION: &str = "agents.x-k8s.io/pod-name";
+/// agent-sandbox: warm pod label, the hash of the warm pool.
+pub const WARM_POOL_LABEL: &str = "agents.x-k8s.io/pool";
+pub const TEMPLATE_HASH_LABEL: &str = "agents.x-k8s.io/sandbox-template-ref-hash";
+/// agent-sandbox: label of a claimed pod, the hash of its Sandbox name.
+pub const SANDBOX_NAME_HASH_LABEL: &str = "agents.x-k8s.io/sandbox-name-hash";
+pub const CLAIM_FINALIZER: &str = "extensions.agents.x-k8s.io/release-sandbox";
+
+/// The schema of an embedded pod template (see the module docs).
+pub fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "A pod template (core/v1 PodTemplateSpec). Containers are validated here; the rest of the pod spec is validated by the apiserver when the pod is created.",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "required": ["spec"],
+        "properties": {
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "required": ["containers"],
+                "properties": {
+                    "containers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "image": {"type": "string"},
+                                "command": {"type": "array", "items": {"type": "string"}},
+                                "args": {"type": "array", "items": {"type": "string"}}
+                            }
+                        }
+                    },
+                    "runtimeClassName": {"type": "string"}
+                }
+            }
+        }
+    })
+}
+
+fn optional_pod_template_schema(g: &mut SchemaGenerator) -> Schema {
+    pod_template_schema(g)
+}
+
+fn free_object_list_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+// ---------------------------------------------------------------- OpenSandbox
+
+/// OpenSandbox `capacitySpec`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySpec {
+    #[schemars(range(min = 0))]
+    pub buffer_min: i32,
+    #[schemars(range(min = 0))]
+    pub buffer_max: i32,
+    #[schemars(range(min = 0))]
+    pub pool_min: i32,
+    #[schemars(range(min = 1))]
+    pub pool_max: i32,
+}
+
+impl CapacitySpec {
+    /// Into the domain type (negative values were refused by the schema; clamp anyway).
+    pub fn to_core(self) -> sandpool_core::pool::CapacitySpec {
+        let u = |v: i32| u32::try_from(v).unwrap_or(0);
+        sandpool_core::pool::CapacitySpec {
+            buffer_min: u(self.buffer_min),
+            buffer_max: u(self.buffer_max),
+            pool_min: u(self.pool_min),
+            pool_max: u(self.pool_max),
+        }
+    }
+}
+
+/// A pool of warm pods, kept between `bufferMin..bufferMax` idle and
+/// `poolMin..poolMax` in total.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "sandbox.opensandbox.io",
+    version = "v1alpha1",
+    kind = "Pool",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    status = "PoolStatus",
+    doc = "A pool of pre-warmed sandbox pods (OpenSandbox API).",
+    printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.total"),
+    printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
+    printcolumn(name = "AVAILABLE", type_ = "integer", json_path = ".status.available"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// The pod template of the pool's sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_pod_template_schema")]
+    pub template: Option<PodTemplateSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_spec: Option<CapacitySpec>,
+    /// Deprecated (older OpenSandbox chart docs): `capacitySpec.bufferMin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_buffer_size: Option<i32>,
+    /// Deprecated: `capacitySpec.bufferMax`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_buffer_size: Option<i32>,
+    /// Deprecated: `capacitySpec.poolMax`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub capacity: Option<i32>,
+    /// Deprecated: a single-container template (`spec.image`, `spec.command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_template: Option<LegacySandboxTemplate>,
+}
+
+/// The older OpenSandbox single-container template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LegacySandboxTemplate {
+    pub spec: LegacySandboxTemplateSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LegacySandboxTemplateSpec {
+    #[schemars(length(min = 1))]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+impl LegacySandboxTemplate {
+    pub fn to_pod_template(&self) -> PodTemplateSpec {
+        use k8s_openapi::api::core::v1::{Container, PodSpec};
+        PodTemplateSpec {
+            metadata: None,
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "sandbox".into(),
+                    image: Some(self.spec.image.clone()),
+                    command: (!self.spec.command.is_empty()).then(|| self.spec.command.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+impl PoolSpec {
+    /// `template`, else the deprecated `sandboxTemplate`.
+    pub fn pod_template(&self) -> Option<PodTemplateSpec> {
+        self.template.clone().or_else(|| self.sandbox_template.as_ref().map(LegacySandboxTemplate::to_pod_template))
+    }
+
+    /// `capacitySpec`, else one from the deprecated fields.
+    pub fn capacity(&self) -> Option<CapacitySpec> {
+        self.capacity_spec.or_else(|| {
+            let max = self.capacity?;
+            let bmin = self.min_buffer_size.unwrap_or(0);
+            Some(CapacitySpec { buffer_min: bmin, buffer_max: self.max_buffer_size.unwrap_or(bmin), pool_min: 0, pool_max: max })
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub total: i32,
+    pub allocated: i32,
+    pub available: i32,
+}
+
+/// A process task run in each sandbox of a batch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessTask {
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessTask>,
+    /// Kill the task after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct TaskTemplateSpec {
+    #[serde(default)]
+    pub spec: TaskSpec,
+}
+
+/// N sandboxes, from a pool (`poolRef`) or created from `template`, with an
+/// optional task each.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "sandbox.opensandbox.io",
+    version = "v1alpha1",
+    kind = "BatchSandbox",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    status = "BatchSandboxStatus",
+    shortname = "bsbx",
+    doc = "A batch of sandboxes, optionally from a Pool, optionally running a task each (OpenSandbox API).",
+    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
+    printcolumn(name = "READY", type_ = "integer", json_path = ".status.ready"),
+    printcolumn(name = "TASK_RUNNING", type_ = "integer", json_path = ".status.taskRunning", priority = "1"),
+    printcolumn(name = "TASK_SUCCEED", type_ = "integer", json_path = ".status.taskSucceed", priority = "1"),
+    printcolumn(name = "TASK_FAILED", type_ = "integer", json_path = ".status.taskFailed", priority = "1"),
+    printcolumn(name = "TASK_UNKNOWN", type_ = "integer", json_path = ".status.taskUnknown", priority = "1"),
+    printcolumn(name = "EXPIRE", type_ = "string", json_path = ".spec.expireTime"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSandboxSpec {
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Take warm pods from this Pool (in the same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ref: Option<String>,
+    /// The pod template (required without `poolRef`; with `poolRef` the
+    /// pool's template is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_pod_template_schema")]
+    pub template: Option<PodTemplateSpec>,
+    /// Deprecated: a single-container template (`spec.image`, `spec.command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_template: Option<LegacySandboxTemplate>,
+    /// The batch is deleted (its pods released) at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<Time>,
+    /// Delete the batch this long after all its tasks finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_template: Option<TaskTemplateSpec>,
+    /// Per-shard JSON merge patches over `taskTemplate` (shard i gets patch i).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_object_list_schema")]
+    pub shard_task_patches: Vec<serde_json::Value>,
+}
+
+impl BatchSandboxSpec {
+    /// `template`, else the deprecated `sandboxTemplate`.
+    pub fn pod_template(&self) -> Option<PodTemplateSpec> {
+        self.template.clone().or_else(|| self.sandbox_template.as_ref().map(LegacySandboxTemplate::to_pod_template))
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSandboxStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub replicas: i32,
+    pub allocated: i32,
+    pub ready: i32,
+    pub task_running: i32,
+    pub task_succeed: i32,
+    pub task_failed: i32,
+    pub task_unknown: i32,
+    /// When all tasks had finished (for `ttlSecondsAfterFinished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+// ---------------------------------------------------------------- agent-sandbox
+
+/// A single sandbox pod (agent-sandbox API).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "agents.x-k8s.io",
+    version = "v1alpha1",
+    kind = "Sandbox",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    status = "SandboxStatus",
+    doc = "A single isolated sandbox pod (agent-sandbox API).",
+    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "POD", type_ = "string", json_path = ".status.podName"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: PodTemplateSpec,
+    /// The sandbox is deleted at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_time: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct TemplateRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// A reusable sandbox blueprint (agent-sandbox extensions API).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "extensions.agents.x-k8s.io",
+    version = "v1alpha1",
+    kind = "SandboxTemplate",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    doc = "A reusable sandbox blueprint (agent-sandbox API).",
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxTemplateSpec {
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: PodTemplateSpec,
+}
+
+/// A request for a sandbox from a template; served from a warm pool when one
+/// holds a ready pod of that template.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "extensions.agents.x-k8s.io",
+    version = "v1alpha1",
+    kind = "SandboxClaim",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    status = "SandboxClaimStatus",
+    doc = "A claim for a sandbox from a template (agent-sandbox API).",
+    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "SANDBOX", type_ = "string", json_path = ".status.sandbox.name"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxClaimSpec {
+    pub sandbox_template_ref: TemplateRef,
+    /// The claim (and its sandbox) is deleted at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_time: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxClaimStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<TemplateRef>,
+}
+
+/// Pre-warmed pods of one template.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "extensions.agents.x-k8s.io",
+    version = "v1alpha1",
+    kind = "SandboxWarmPool",
+    namespaced,
+    annotation("helm.sh/resource-policy", "keep"),
+    status = "SandboxWarmPoolStatus",
+    doc = "Pre-warmed pods of one SandboxTemplate (agent-sandbox API).",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "READY", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxWarmPoolSpec {
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    pub sandbox_template_ref: TemplateRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxWarmPoolStatus {
+    pub replicas: i32,
+    pub ready_replicas: i32,
+}
+
+/// Every CRD, in a stable order.
+pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![
+        Pool::crd(),
+        BatchSandbox::crd(),
+        Sandbox::crd(),
+        SandboxTemplate::crd(),
+        SandboxClaim::crd(),
+        SandboxWarmPool::crd(),
+    ]
+}

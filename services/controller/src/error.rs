@@ -1,0 +1,53 @@
+use kube::runtime::finalizer;
+
+/// Errors of the Kubernetes controllers and the CRD-backed scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("invalid {kind} {name}: {reason}")]
+    Invalid { kind: &'static str, name: String, reason: String },
+    #[error("{kind} {name} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("runtime of pod {pod}: {reason}")]
+    Runtime { pod: String, reason: String },
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(kind: &'static str, name: &str, reason: impl Into<String>) -> Self {
+        Error::Invalid { kind, name: name.to_string(), reason: reason.into() }
+    }
+
+    /// A short label for metrics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Invalid { .. } => "invalid",
+            Error::NotFound { .. } => "not_found",
+            Error::Runtime { .. } => "runtime",
+            Error::Json(_) => "json",
+        }
+    }
+}
+
+/// True when a kube call failed with 409 Conflict (optimistic concurrency lost).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_conflict())
+}
+
+/// True when a kube call failed with 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+/// True when a create failed with 409 AlreadyExists.
+pub fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_already_exists() || s.code == 409)
+}

@@ -1,0 +1,452 @@
+//! `sandpool.v1.Scheduler` backed by CRDs: the gateway speaks the same gRPC
+//! API in both modes, and in Kubernetes mode a claim is a one-replica
+//! `BatchSandbox` (label `sandpool.io/claim`) that the batch controller fills
+//! from the pool; pools are `Pool` resources.
+//!
+//! Waiting for allocation polls the BatchSandbox (kept simple and testable
+//! against the mock API; a watch would shave a few milliseconds).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use crate::context::{TaskRunner, list_pods};
+use crate::crd::*;
+use crate::error::{is_already_exists, is_not_found};
+use crate::pods::{self, RUNTIME_PORT};
+
+pub const CLAIM_LABEL: &str = "sandpool.io/claim";
+pub const CLAIM_POOL_LABEL: &str = "sandpool.io/pool";
+const METADATA_ANNOTATION: &str = "sandpool.io/metadata";
+const ENTRYPOINT_ANNOTATION: &str = "sandpool.io/entrypoint";
+
+pub struct KubeScheduler {
+    client: Client,
+    ns: String,
+    tasks: Arc<dyn TaskRunner>,
+    /// Longest wait for a claim to be allocated and ready.
+    pub claim_timeout: Duration,
+    /// Poll interval while waiting.
+    pub poll: Duration,
+}
+
+fn kube_status(e: kube::Error) -> Status {
+    match &e {
+        kube::Error::Api(s) if s.is_not_found() => Status::not_found(s.message.clone()),
+        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => Status::already_exists(s.message.clone()),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => Status::invalid_argument(s.message.clone()),
+        kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
+        _ => Status::unavailable(format!("kubernetes API: {e}")),
+    }
+}
+
+fn ms(t: &Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+/// A pod template from the proto template (one container).
+pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> {
+    if t.image.is_empty() {
+        return Err(Status::invalid_argument("template.image is required"));
+    }
+    let mut limits = BTreeMap::new();
+    if let Some(r) = &t.resources {
+        if !r.cpu.is_empty() {
+            limits.insert("cpu".to_string(), Quantity(r.cpu.clone()));
+        }
+        if !r.memory.is_empty() {
+            limits.insert("memory".to_string(), Quantity(r.memory.clone()));
+        }
+    }
+    let env: Vec<EnvVar> = t.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() }).collect();
+    let runtime_class = match pb::RuntimeClass::try_from(t.runtime_class) {
+        Ok(pb::RuntimeClass::Runsc) => Some("gvisor".to_string()),
+        _ => None,
+    };
+    Ok(PodTemplateSpec {
+        metadata: (!t.labels.is_empty()).then(|| ObjectMeta { labels: Some(t.labels.clone().into_iter().collect()), ..Default::default() }),
+        spec: Some(PodSpec {
+            runtime_class_name: runtime_class,
+            containers: vec![Container {
+                name: "sandbox".into(),
+                image: Some(t.image.clone()),
+                command: (!t.command.is_empty()).then(|| t.command.clone()),
+                env: (!env.is_empty()).then_some(env),
+                resources: (!limits.is_empty()).then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    })
+}
+
+fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
+    let c = t.spec.as_ref().and_then(|s| s.containers.first());
+    pb::SandboxTemplate {
+        image: c.and_then(|c| c.image.clone()).unwrap_or_default(),
+        command: c.and_then(|c| c.command.clone()).unwrap_or_default(),
+        env: c.and_then(|c| c.env.clone()).unwrap_or_default().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect(),
+        runtime_class: match t.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) {
+            Some("gvisor" | "runsc") => pb::RuntimeClass::Runsc as i32,
+            _ => pb::RuntimeClass::Runc as i32,
+        },
+        ..Default::default()
+    }
+}
+
+fn pool_to_pb(p: &Pool) -> pb::Pool {
+    let cap = p.spec.capacity().unwrap_or_default().to_core();
+    let st = p.status.clone().unwrap_or_default();
+    pb::Pool {
+        name: p.name_any(),
+        template: p.spec.pod_template().as_ref().map(template_of),
+        capacity: Some(pb::CapacitySpec { buffer_min: cap.buffer_min, buffer_max: cap.buffer_max, pool_min: cap.pool_min, pool_max: cap.pool_max }),
+        status: Some(pb::PoolStatus {
+            total: u32::try_from(st.total).unwrap_or(0),
+            allocated: u32::try_from(st.allocated).unwrap_or(0),
+            available: u32::try_from(st.available).unwrap_or(0),
+        }),
+    }
+}
+
+fn task_of(p: &pb::InjectRequest) -> ProcessTask {
+    ProcessTask {
+        command: p.argv.clone(),
+        args: Vec::new(),
+        env: p.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() }).collect(),
+        working_dir: (!p.cwd.is_empty()).then(|| p.cwd.clone()),
+    }
+}
+
+impl KubeScheduler {
+    pub fn new(client: Client, ns: &str, tasks: Arc<dyn TaskRunner>) -> Self {
+        KubeScheduler { client, ns: ns.to_string(), tasks, claim_timeout: Duration::from_secs(120), poll: Duration::from_millis(50) }
+    }
+
+    fn batches(&self) -> Api<BatchSandbox> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn pools(&self) -> Api<Pool> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn pod_of(&self, b: &BatchSandbox) -> Result<Option<Pod>, Status> {
+        let uid = b.uid().unwrap_or_default();
+        let pods = list_pods(&self.pods(), &format!("{ALLOCATED_TO_LABEL}={uid}")).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(pods.into_iter().find(|p| !pods::is_terminating(p)))
+    }
+
+    async fn claim_of(&self, b: &BatchSandbox) -> Result<pb::Claim, Status> {
+        let pod = self.pod_of(b).await?;
+        let ready = pod.as_ref().is_some_and(pods::is_ready);
+        let state = if b.metadata.deletion_timestamp.is_some() {
+            pb::ClaimState::Released
+        } else if ready {
+            pb::ClaimState::Bound
+        } else {
+            pb::ClaimState::Pending
+        };
+        let metadata: BTreeMap<String, String> =
+            b.annotations().get(METADATA_ANNOTATION).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+        let entrypoint: Vec<String> =
+            b.annotations().get(ENTRYPOINT_ANNOTATION).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+        let pool = b.spec.pool_ref.clone().unwrap_or_default();
+        let sandbox = pod.as_ref().map(|p| pb::SandboxInfo {
+            sandbox_id: p.name_any(),
+            pool: pool.clone(),
+            node: pods::node_name(p).to_string(),
+            state: if ready { pb::SandboxState::Claimed as i32 } else { pb::SandboxState::Creating as i32 },
+            ip: pods::pod_ip(p).unwrap_or_default().to_string(),
+            runtime_port: RUNTIME_PORT as u32,
+            access_token: pods::access_token(p).unwrap_or_default().to_string(),
+            created_unix_ms: p.metadata.creation_timestamp.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            ..Default::default()
+        });
+        Ok(pb::Claim {
+            claim_id: b.name_any(),
+            pool,
+            state: state as i32,
+            sandbox,
+            created_unix_ms: b.metadata.creation_timestamp.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            expires_unix_ms: b.spec.expire_time.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            metadata: metadata.into_iter().collect(),
+            cold_start: b.spec.pool_ref.is_none(),
+            entrypoint,
+            image: b.spec.pod_template().as_ref().map(|t| template_of(t).image).unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    async fn get_claim_batch(&self, id: &str) -> Result<BatchSandbox, Status> {
+        let b = self.batches().get(id).await.map_err(kube_status)?;
+        if b.labels().get(CLAIM_LABEL).map(String::as_str) != Some("true") {
+            return Err(Status::not_found(format!("claim {id} not found")));
+        }
+        Ok(b)
+    }
+
+    /// Poll until the claim's pod is ready (or the timeout).
+    async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let b = self.batches().get(id).await.map_err(kube_status)?;
+            if let Some(p) = self.pod_of(&b).await?
+                && pods::is_ready(&p)
+            {
+                return Ok((b, p));
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::resource_exhausted(format!("claim {id}: no sandbox became ready within {timeout:?}")));
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for KubeScheduler {
+    async fn apply_pool(&self, req: Request<pb::Pool>) -> Result<Response<pb::Pool>, Status> {
+        let p = req.into_inner();
+        if p.name.is_empty() {
+            return Err(Status::invalid_argument("pool name is required"));
+        }
+        let template = pod_template(p.template.as_ref().ok_or_else(|| Status::invalid_argument("template is required"))?)?;
+        let c = p.capacity.unwrap_or_default();
+        let cap = sandpool_core::pool::CapacitySpec { buffer_min: c.buffer_min, buffer_max: c.buffer_max, pool_min: c.pool_min, pool_max: c.pool_max };
+        cap.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let i = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        let spec = PoolSpec {
+            template: Some(template),
+            capacity_spec: Some(CapacitySpec { buffer_min: i(c.buffer_min), buffer_max: i(c.buffer_max), pool_min: i(c.pool_min), pool_max: i(c.pool_max) }),
+            min_buffer_size: None,
+            max_buffer_size: None,
+            capacity: None,
+            sandbox_template: None,
+        };
+        let obj = Pool::new(&p.name, spec.clone());
+        let out = match self.pools().create(&PostParams::default(), &obj).await {
+            Ok(o) => o,
+            Err(e) if is_already_exists(&e) => {
+                let patch = json!({"spec": serde_json::to_value(&spec).map_err(|e| Status::internal(e.to_string()))?});
+                self.pools().patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_status)?
+            }
+            Err(e) => return Err(kube_status(e)),
+        };
+        Ok(Response::new(pool_to_pb(&out)))
+    }
+
+    async fn get_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::Pool>, Status> {
+        let p = self.pools().get(&req.into_inner().name).await.map_err(kube_status)?;
+        Ok(Response::new(pool_to_pb(&p)))
+    }
+
+    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self.pools().list(&ListParams::default()).await.map_err(kube_status)?;
+        Ok(Response::new(pb::ListPoolsResponse { pools: pools.items.iter().map(pool_to_pb).collect() }))
+    }
+
+    async fn delete_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        let name = req.into_inner().name;
+        self.pools().delete(&name, &Default::default()).await.map_err(kube_status)?;
+        Ok(Response::new(pb::DeletePoolResponse {}))
+    }
+
+    async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let id = if r.claim_id.is_empty() { format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]) } else { r.claim_id.clone() };
+        // idempotency: an existing claim of that id is returned as is
+        if let Ok(b) = self.get_claim_batch(&id).await {
+            return Ok(Response::new(self.claim_of(&b).await?));
+        }
+        let mut labels = BTreeMap::from([(CLAIM_LABEL.to_string(), "true".to_string())]);
+        let (pool_ref, template) = if r.pool.is_empty() {
+            let t = r.template.as_ref().ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
+            (None, Some(pod_template(t)?))
+        } else {
+            self.pools().get(&r.pool).await.map_err(|e| if is_not_found(&e) { Status::not_found(format!("pool {} not found", r.pool)) } else { kube_status(e) })?;
+            labels.insert(CLAIM_POOL_LABEL.to_string(), r.pool.clone());
+            (Some(r.pool.clone()), None)
+        };
+        let mut annotations = BTreeMap::new();
+        if !r.metadata.is_empty() {
+            let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
+            annotations.insert(METADATA_ANNOTATION.to_string(), serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?);
+        }
+        if let Some(p) = &r.process {
+            annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?);
+        }
+        let expire = (r.ttl_seconds > 0)
+            .then(|| Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX))).ok())
+            .flatten()
+            .map(Time);
+        let mut b = BatchSandbox::new(
+            &id,
+            BatchSandboxSpec {
+                replicas: 1,
+                pool_ref,
+                template,
+                sandbox_template: None,
+                expire_time: expire,
+                ttl_seconds_after_finished: None,
+                task_template: None,
+                shard_task_patches: Vec::new(),
+            },
+        );
+        b.metadata.labels = Some(labels);
+        b.metadata.annotations = Some(annotations);
+        match self.batches().create(&PostParams::default(), &b).await {
+            Ok(_) => {}
+            Err(e) if is_already_exists(&e) => {}
+            Err(e) => return Err(kube_status(e)),
+        }
+        let timeout = if r.pool_only { self.claim_timeout.min(Duration::from_secs(5)) } else { self.claim_timeout };
+        let (b, pod) = match self.wait_ready(&id, timeout).await {
+            Ok(x) => x,
+            Err(s) => {
+                // give the pod back rather than leak a half-made claim
+                let _ = self.batches().delete(&id, &Default::default()).await;
+                return Err(s);
+            }
+        };
+        if let Some(p) = &r.process
+            && !p.argv.is_empty()
+            && let Err(e) = self.tasks.start(&pod, &task_of(p)).await
+        {
+            let _ = self.batches().delete(&id, &Default::default()).await;
+            return Err(Status::unavailable(format!("starting the entrypoint: {e}")));
+        }
+        let mut claim = self.claim_of(&b).await?;
+        claim.claim_us = started.elapsed().as_micros() as u64;
+        Ok(Response::new(claim))
+    }
+
+    async fn get_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        let b = self.get_claim_batch(&req.into_inner().claim_id).await?;
+        Ok(Response::new(self.claim_of(&b).await?))
+    }
+
+    async fn list_claims(&self, req: Request<pb::ListClaimsRequest>) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        let r = req.into_inner();
+        let mut sel = format!("{CLAIM_LABEL}=true");
+        if !r.pool.is_empty() {
+            sel.push_str(&format!(",{CLAIM_POOL_LABEL}={}", r.pool));
+        }
+        let mut items = self.batches().list(&ListParams::default().labels(&sel)).await.map_err(kube_status)?.items;
+        items.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then(a.name_any().cmp(&b.name_any())));
+        let mut claims = Vec::new();
+        for b in &items {
+            let c = self.claim_of(b).await?;
+            let state_ok = r.states.is_empty() || r.states.contains(&c.state);
+            let meta_ok = r.metadata.iter().all(|(k, v)| c.metadata.get(k) == Some(v));
+            if state_ok && meta_ok {
+                claims.push(c);
+            }
+        }
+        let total = claims.len() as u32;
+        let start: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| Status::invalid_argument("bad page_token"))?
+        };
+        let size = if r.page_size == 0 { claims.len() } else { r.page_size as usize };
+        let page: Vec<pb::Claim> = claims.into_iter().skip(start).take(size).collect();
+        let next = if start + page.len() < total as usize { (start + page.len()).to_string() } else { String::new() };
+        Ok(Response::new(pb::ListClaimsResponse { claims: page, next_page_token: next, total }))
+    }
+
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Claim>, Status> {
+        let r = req.into_inner();
+        self.get_claim_batch(&r.claim_id).await?;
+        let t = Timestamp::from_millisecond(r.expires_unix_ms).map_err(|e| Status::invalid_argument(format!("expires_unix_ms: {e}")))?;
+        let patch = json!({"spec": {"expireTime": Time(t)}});
+        let b = self.batches().patch(&r.claim_id, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_status)?;
+        Ok(Response::new(self.claim_of(&b).await?))
+    }
+
+    async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        Err(Status::unimplemented("pause is not supported in Kubernetes mode yet"))
+    }
+
+    async fn resume_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        Err(Status::unimplemented("resume is not supported in Kubernetes mode yet"))
+    }
+
+    async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
+        let id = req.into_inner().claim_id;
+        self.get_claim_batch(&id).await?;
+        self.batches().delete(&id, &Default::default()).await.map_err(kube_status)?;
+        Ok(Response::new(pb::ReleaseClaimResponse {}))
+    }
+
+    async fn create_batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::Batch>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() || r.pool.is_empty() {
+            return Err(Status::invalid_argument("name and pool are required"));
+        }
+        let patches = r
+            .shard_task_patches
+            .iter()
+            .enumerate()
+            .map(|(i, p)| serde_json::from_str::<serde_json::Value>(p).map_err(|e| Status::invalid_argument(format!("shard_task_patches[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let expire = (r.ttl_seconds > 0)
+            .then(|| Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX))).ok())
+            .flatten()
+            .map(Time);
+        let b = BatchSandbox::new(
+            &r.name,
+            BatchSandboxSpec {
+                replicas: i32::try_from(r.replicas).unwrap_or(i32::MAX),
+                pool_ref: Some(r.pool.clone()),
+                template: None,
+                sandbox_template: None,
+                expire_time: expire,
+                ttl_seconds_after_finished: None,
+                task_template: r.task.as_ref().map(|t| TaskTemplateSpec { spec: TaskSpec { process: Some(task_of(t)), timeout_seconds: None } }),
+                shard_task_patches: patches,
+            },
+        );
+        let b = self.batches().create(&PostParams::default(), &b).await.map_err(kube_status)?;
+        Ok(Response::new(batch_to_pb(&b)))
+    }
+
+    async fn get_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::Batch>, Status> {
+        let b = self.batches().get(&req.into_inner().name).await.map_err(kube_status)?;
+        Ok(Response::new(batch_to_pb(&b)))
+    }
+
+    async fn delete_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+        self.batches().delete(&req.into_inner().name, &Default::default()).await.map_err(kube_status)?;
+        Ok(Response::new(pb::DeleteBatchResponse {}))
+    }
+}
+
+fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
+    let st = b.status.clone().unwrap_or_default();
+    let u = |v: i32| u32::try_from(v).unwrap_or(0);
+    pb::Batch {
+        name: b.name_any(),
+        pool: b.spec.pool_ref.clone().unwrap_or_default(),
+        replicas: u(b.spec.replicas),
+        allocated: u(st.allocated),
+        ready: u(st.ready),
+        tasks: Some(pb::TaskCounts { running: u(st.task_running), succeeded: u(st.task_succeed), failed: u(st.task_failed), unknown: u(st.task_unknown) }),
+        claims: Vec::new(),
+    }
+}

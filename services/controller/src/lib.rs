@@ -1,0 +1,32 @@
+//! sandpool's Kubernetes mode.
+//!
+//! * [`crd`]: the custom resources (OpenSandbox `Pool`/`BatchSandbox`,
+//!   agent-sandbox `Sandbox`/`SandboxTemplate`/`SandboxClaim`/`SandboxWarmPool`).
+//! * [`structural`]: an offline checker of the CRD structural-schema rules.
+
+pub mod agent_sandbox;
+pub mod batch;
+pub mod context;
+pub mod kube_scheduler;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod pods;
+pub mod pool;
+pub mod run;
+pub mod structural;
+pub mod tasks;
+
+pub use error::{Error, Result};
+
+/// CRDs as a multi-document YAML per CRD: `(file name, yaml)`.
+pub fn crd_files() -> Vec<(String, String)> {
+    crd::all_crds()
+        .into_iter()
+        .map(|c| {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let yaml = serde_saphyr::to_string(&c).unwrap_or_default();
+            (format!("{name}.yaml"), yaml)
+        })
+        .collect()
+}

@@ -1,0 +1,128 @@
+//! Pool controller: keeps warm pods within the capacity spec (the same
+//! `scale_decision` as the standalone scheduler) and reports status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use sandpool_core::pool::{PoolCounts, scale_decision};
+use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, patch_status};
+use crate::crd::{ALLOCATED_TO_LABEL, POOL_LABEL, Pool, PoolStatus};
+use crate::error::Result;
+use crate::pods::{self, controller_ref, runtime_pod};
+
+/// Pods of one pool, sorted by what they are doing.
+#[derive(Debug, Default)]
+pub struct PoolPods {
+    pub warm: Vec<Pod>,
+    pub creating: u32,
+    pub allocated: u32,
+    /// Ended pods, to delete.
+    pub finished: Vec<Pod>,
+}
+
+pub fn classify(pods: Vec<Pod>) -> PoolPods {
+    let mut out = PoolPods::default();
+    for p in pods {
+        if pods::is_terminating(&p) {
+            continue;
+        }
+        if pods::is_finished(&p) {
+            out.finished.push(p);
+        } else if pods::labels_of(&p).contains_key(ALLOCATED_TO_LABEL) {
+            out.allocated += 1;
+        } else if pods::is_ready(&p) {
+            out.warm.push(p);
+        } else {
+            out.creating += 1;
+        }
+    }
+    out
+}
+
+pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(pool.as_ref())?;
+    let name = pool.name_any();
+    if pool.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change()); // pods go with it (owner references)
+    }
+    let (Some(template), Some(cap)) = (pool.spec.pod_template(), pool.spec.capacity()) else {
+        let msg = "spec.template (or sandboxTemplate) and spec.capacitySpec (or capacity) are required".to_string();
+        ctx.event(pool.as_ref(), true, "InvalidSpec", msg).await;
+        return Ok(Action::await_change());
+    };
+    let cap = cap.to_core();
+    if let Err(e) = cap.validate() {
+        ctx.event(pool.as_ref(), true, "InvalidCapacity", e.to_string()).await;
+        return Ok(Action::await_change());
+    }
+    let api: Api<Pod> = ctx.api(&ns);
+    let PoolPods { mut warm, creating, allocated, finished } = classify(list_pods(&api, &format!("{POOL_LABEL}={name}")).await?);
+    for p in &finished {
+        delete_ignoring_missing(&api, &p.name_any()).await?;
+    }
+    let counts = PoolCounts { warm: warm.len() as u32, creating, allocated };
+    let delta = scale_decision(&cap, counts, cap.pool_max);
+    let mut created = 0u32;
+    if delta > 0 {
+        let owner = controller_ref("sandbox.opensandbox.io/v1alpha1", "Pool", &name, &pool.uid().unwrap_or_default());
+        for _ in 0..delta {
+            let meta = ObjectMeta {
+                generate_name: Some(format!("{name}-")),
+                namespace: Some(ns.clone()),
+                labels: Some([(POOL_LABEL.to_string(), name.clone())].into()),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            };
+            let pod = runtime_pod(&template, &ctx.injection, meta, &pods::new_token())?;
+            api.create(&PostParams::default(), &pod).await?;
+            created += 1;
+        }
+        ctx.event(pool.as_ref(), false, "ScaledUp", format!("created {created} warm pods")).await;
+    } else if delta < 0 {
+        // drop the newest idle pods first (older ones have warmed caches)
+        warm.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
+        let n = delta.unsigned_abs() as usize;
+        for p in warm.split_off(warm.len().saturating_sub(n)) {
+            delete_ignoring_missing(&api, &p.name_any()).await?;
+        }
+        ctx.event(pool.as_ref(), false, "ScaledDown", format!("deleted {n} idle pods")).await;
+    }
+    let status = PoolStatus {
+        observed_generation: pool.metadata.generation,
+        total: (warm.len() as u32 + creating + created + allocated) as i32,
+        allocated: allocated as i32,
+        available: warm.len() as i32,
+    };
+    if pool.status.as_ref() != Some(&status) {
+        patch_status(&ctx.api::<Pool>(&ns), &name, serde_json::to_value(&status)?).await?;
+    }
+    // pod changes wake us through the watch; this is the resync
+    let settling = creating + created > 0 || delta != 0;
+    Ok(Action::requeue(if settling { ctx.settle } else { Duration::from_secs(60) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn classify_sorts_pods() {
+        let ready = serde_json::json!({"metadata": {"name": "w"}, "status": {"phase": "Running", "podIP": "10.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        let mut taken = ready.clone();
+        taken["metadata"]["labels"] = json!({ALLOCATED_TO_LABEL: "u"});
+        let pending = json!({"metadata": {"name": "c"}, "status": {"phase": "Pending"}});
+        let failed = json!({"metadata": {"name": "f"}, "status": {"phase": "Failed"}});
+        let mut gone = ready.clone();
+        gone["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let pods: Vec<Pod> = [ready, taken, pending, failed, gone].into_iter().map(|v| serde_json::from_value(v).expect("pod")).collect();
+        let c = classify(pods);
+        assert_eq!((c.warm.len(), c.creating, c.allocated, c.finished.len()), (1, 1, 1, 1));
+    }
+}

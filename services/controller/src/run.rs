@@ -1,0 +1,132 @@
+//! Wiring: the five controllers on kube-rs `Controller`, behind leader election.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::context::{Context, TaskRunner};
+use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox, Pool, Sandbox, SandboxClaim, SandboxWarmPool};
+use crate::error::Error;
+use crate::leader::{self, LeaseConfig};
+use crate::pods::RuntimeInjection;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub namespace: String,
+    pub injection: RuntimeInjection,
+    pub leader_elect: bool,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+}
+
+/// Readiness as seen by `/readyz`: true while this replica runs the controllers.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub leading: AtomicBool,
+}
+
+fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, kind = err.kind(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn drain<K, S>(what: &'static str, stream: S)
+where
+    K: Resource,
+    S: futures_util::Stream<Item = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, watcher::Error>>>,
+{
+    stream
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(controller = what, object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(controller = what, error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+/// Run the controllers until the lease is lost (with leader election) or forever.
+pub async fn run(client: Client, cfg: ControllerConfig, tasks: Arc<dyn TaskRunner>, health: Arc<Health>) -> Result<(), Error> {
+    let ns = cfg.namespace.clone();
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease = LeaseConfig { name: cfg.lease_name.clone(), identity: cfg.identity.clone(), duration: cfg.lease_duration };
+    if cfg.leader_elect {
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for leadership");
+        leader::acquire(&lease_api, &lease).await?;
+        tracing::info!("leading");
+    }
+    health.leading.store(true, Ordering::Relaxed);
+    let ctx = Arc::new(Context::new(client.clone(), cfg.injection.clone(), tasks, Some(cfg.identity.clone())));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let wc = watcher::Config::default();
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sandpool");
+
+    let pools = Controller::new(Api::<Pool>::namespaced(client.clone(), &ns), wc.clone())
+        .owns(pods.clone(), managed.clone())
+        .shutdown_on_signal()
+        .run(crate::pool::reconcile, error_policy, ctx.clone());
+    // a batch hears about its pods through the allocation label (pool pods
+    // are owned by their Pool, not by the batch)
+    let batch_store_ns = ns.clone();
+    let batches = Controller::new(Api::<BatchSandbox>::namespaced(client.clone(), &ns), wc.clone())
+        .watches(pods.clone(), managed.clone(), move |pod: Pod| {
+            let uid = pod.labels().get(ALLOCATED_TO_LABEL).cloned();
+            let owner = pod.annotations().get(crate::crd::BATCH_NAME_ANNOTATION).cloned();
+            let ns = batch_store_ns.clone();
+            uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
+        })
+        .shutdown_on_signal()
+        .run(crate::batch::reconcile, error_policy, ctx.clone());
+    let sb_ns = ns.clone();
+    let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
+        .owns(pods.clone(), managed.clone())
+        // adopted pods are owned by the claim of the same name
+        .watches(pods.clone(), managed.clone(), move |pod: Pod| {
+            pod.owner_references()
+                .iter()
+                .find(|o| o.kind == "SandboxClaim")
+                .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
+        })
+        .shutdown_on_signal()
+        .run(crate::agent_sandbox::reconcile_sandbox, error_policy, ctx.clone());
+    let warm = Controller::new(Api::<SandboxWarmPool>::namespaced(client.clone(), &ns), wc.clone())
+        .owns(pods.clone(), managed.clone())
+        .shutdown_on_signal()
+        .run(crate::agent_sandbox::reconcile_warm_pool, error_policy, ctx.clone());
+    let claims = Controller::new(Api::<SandboxClaim>::namespaced(client.clone(), &ns), wc.clone())
+        .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
+        .shutdown_on_signal()
+        .run(crate::agent_sandbox::reconcile_claim, error_policy, ctx.clone());
+    let controllers = async {
+        tokio::join!(
+            drain("pool", pools),
+            drain("batchsandbox", batches),
+            drain("sandbox", sandboxes),
+            drain("sandboxwarmpool", warm),
+            drain("sandboxclaim", claims),
+        );
+    };
+    if cfg.leader_elect {
+        tokio::select! {
+            _ = controllers => {}
+            _ = leader::hold(&lease_api, &lease) => {
+                tracing::error!("lost the leader lease; stopping");
+            }
+        }
+    } else {
+        controllers.await;
+    }
+    health.leading.store(false, Ordering::Relaxed);
+    Ok(())
+}

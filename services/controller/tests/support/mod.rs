@@ -1,0 +1,411 @@
+//! A stateful fake kube-apiserver behind kube-rs's `tower-test` mock
+//! service. There is no real apiserver on these machines, so the controllers
+//! are tested against this: objects with uid, resourceVersion (409 on stale
+//! writes), generateName, label selectors, merge and JSON patches, the status
+//! subresource, finalizers with deletionTimestamp, and owner-reference garbage
+//! collection. Every request is logged so tests can assert what was sent.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+pub type Hook = Box<dyn FnMut(&Method, &str, &mut Store) + Send>;
+
+#[derive(Default)]
+pub struct Store {
+    /// collection path (e.g. `/api/v1/namespaces/ns/pods`) -> name -> object
+    pub objects: BTreeMap<String, BTreeMap<String, Value>>,
+    rv: u64,
+    names: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+    pub status: u16,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    pub store: Arc<Mutex<Store>>,
+    pub log: Arc<Mutex<Vec<Logged>>>,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+}
+
+pub fn pods_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/pods")
+}
+
+pub fn cr_path(group: &str, plural: &str, ns: &str) -> String {
+    format!("/apis/{group}/v1alpha1/namespaces/{ns}/{plural}")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn kind_of_plural(plural: &str) -> &'static str {
+    match plural {
+        "pods" => "Pod",
+        "pools" => "Pool",
+        "batchsandboxes" => "BatchSandbox",
+        "sandboxes" => "Sandbox",
+        "sandboxtemplates" => "SandboxTemplate",
+        "sandboxclaims" => "SandboxClaim",
+        "sandboxwarmpools" => "SandboxWarmPool",
+        "leases" => "Lease",
+        "events" => "Event",
+        _ => "Unknown",
+    }
+}
+
+/// `a=b`, `a!=b`, `a`, `!a`, comma-separated.
+pub fn selector_matches(selector: &str, labels: &serde_json::Map<String, Value>) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let get = |k: &str| labels.get(k).and_then(Value::as_str);
+        if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v)
+        } else if let Some((k, v)) = term.split_once('=') {
+            get(k) == Some(v.trim_start_matches('='))
+        } else {
+            get(term).is_some()
+        }
+    })
+}
+
+fn pointer_parts(path: &str) -> Vec<String> {
+    path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect()
+}
+
+/// RFC 6902 subset: test, add, remove, replace.
+fn json_patch(target: &mut Value, ops: &[Value]) -> Result<(), String> {
+    for op in ops {
+        let path = op["path"].as_str().ok_or("op without path")?;
+        let parts = pointer_parts(path);
+        let (last, parent_parts) = parts.split_last().ok_or("empty path")?;
+        let mut parent = &mut *target;
+        for p in parent_parts {
+            parent = match parent {
+                Value::Object(m) => m.get_mut(p).ok_or(format!("missing {p}"))?,
+                Value::Array(a) => a.get_mut(p.parse::<usize>().map_err(|e| e.to_string())?).ok_or("bad index")?,
+                _ => return Err(format!("cannot walk into {p}")),
+            };
+        }
+        let current = match &*parent {
+            Value::Object(m) => m.get(last).cloned(),
+            Value::Array(a) => last.parse::<usize>().ok().and_then(|i| a.get(i).cloned()),
+            _ => None,
+        };
+        match op["op"].as_str() {
+            Some("test") => {
+                if current.unwrap_or(Value::Null) != op["value"] {
+                    return Err(format!("test failed at {path}"));
+                }
+            }
+            Some("add") | Some("replace") => match parent {
+                Value::Object(m) => {
+                    m.insert(last.clone(), op["value"].clone());
+                }
+                Value::Array(a) if last == "-" => a.push(op["value"].clone()),
+                Value::Array(a) => {
+                    let i: usize = last.parse().map_err(|_| "bad index")?;
+                    if op["op"] == "add" { a.insert(i, op["value"].clone()) } else { a[i] = op["value"].clone() }
+                }
+                _ => return Err("bad parent".into()),
+            },
+            Some("remove") => match parent {
+                Value::Object(m) => {
+                    m.remove(last).ok_or("nothing to remove")?;
+                }
+                Value::Array(a) => {
+                    let i: usize = last.parse().map_err(|_| "bad index")?;
+                    if i >= a.len() {
+                        return Err("nothing to remove".into());
+                    }
+                    a.remove(i);
+                }
+                _ => return Err("bad parent".into()),
+            },
+            other => return Err(format!("unsupported op {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    fn next_rv(&mut self) -> String {
+        self.rv += 1;
+        self.rv.to_string()
+    }
+
+    pub fn get(&self, coll: &str, name: &str) -> Option<&Value> {
+        self.objects.get(coll)?.get(name)
+    }
+
+    pub fn list(&self, coll: &str) -> Vec<Value> {
+        self.objects.get(coll).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Insert or overwrite an object as a test fixture (fills uid/rv).
+    pub fn put(&mut self, coll: &str, mut obj: Value) -> Value {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let ns = coll.split('/').skip_while(|s| *s != "namespaces").nth(1).unwrap_or_default().to_string();
+        let meta = &mut obj["metadata"];
+        if meta.get("uid").is_none() {
+            meta["uid"] = json!(format!("uid-{name}"));
+        }
+        meta["namespace"] = json!(ns);
+        meta["resourceVersion"] = json!(self.next_rv());
+        if meta.get("creationTimestamp").is_none() {
+            meta["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
+        }
+        if meta.get("generation").is_none() {
+            meta["generation"] = json!(1);
+        }
+        self.objects.entry(coll.to_string()).or_default().insert(name, obj.clone());
+        obj
+    }
+
+    /// Change an object in place (bumps its resourceVersion), as another
+    /// client would.
+    pub fn mutate(&mut self, coll: &str, name: &str, f: impl FnOnce(&mut Value)) {
+        let rv = self.next_rv();
+        if let Some(o) = self.objects.get_mut(coll).and_then(|m| m.get_mut(name)) {
+            f(o);
+            o["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+
+    fn remove_with_dependents(&mut self, coll: &str, name: &str) {
+        let Some(obj) = self.objects.get_mut(coll).and_then(|m| m.remove(name)) else { return };
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let mut dependents = Vec::new();
+        for (c, m) in &self.objects {
+            for (n, o) in m {
+                let owned = o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()));
+                if owned {
+                    dependents.push((c.clone(), n.clone()));
+                }
+            }
+        }
+        for (c, n) in dependents {
+            self.delete(&c, &n);
+        }
+    }
+
+    /// DELETE semantics: finalizers hold the object with a deletionTimestamp.
+    pub fn delete(&mut self, coll: &str, name: &str) -> Option<Value> {
+        let obj = self.objects.get_mut(coll)?.get_mut(name)?;
+        let has_finalizers = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if obj["metadata"].get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!("2026-11-26T00:00:01Z");
+                let rv = self.next_rv();
+                if let Some(o) = self.objects.get_mut(coll).and_then(|m| m.get_mut(name)) {
+                    o["metadata"]["resourceVersion"] = json!(rv);
+                }
+            }
+            return self.get(coll, name).cloned();
+        }
+        let out = obj.clone();
+        self.remove_with_dependents(coll, name);
+        Some(out)
+    }
+
+    /// After a write: a deleting object whose finalizers are all gone goes away.
+    fn maybe_finish_deletion(&mut self, coll: &str, name: &str) {
+        let done = self.get(coll, name).is_some_and(|o| {
+            o["metadata"].get("deletionTimestamp").is_some() && o["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+        });
+        if done {
+            self.remove_with_dependents(coll, name);
+        }
+    }
+}
+
+impl FakeApi {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A kube client served by this fake (the server task runs until the
+    /// client and all its clones are dropped).
+    pub fn client(&self) -> kube::Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let resp = me.handle(req).await;
+                send.send_response(resp);
+            }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    /// Run `hook` before every request (to simulate other writers).
+    pub fn on_request(&self, hook: Hook) {
+        self.hooks.lock().expect("hooks").push(hook);
+    }
+
+    pub fn requests(&self) -> Vec<Logged> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.store.lock().expect("store"))
+    }
+
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let content_type =
+            req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let (code, out) = {
+            let mut store = self.store.lock().expect("store");
+            for h in self.hooks.lock().expect("hooks").iter_mut() {
+                h(&method, &path, &mut store);
+            }
+            serve(&mut store, &method, &path, &query, &content_type, body.clone())
+        };
+        self.log.lock().expect("log").push(Logged { method, path, query, content_type, body, status: code });
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&out).unwrap_or_default()))
+            .unwrap_or_else(|_| Response::new(Body::empty()))
+    }
+}
+
+fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, body: Value) -> (u16, Value) {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let base = match segs.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return (404, status(404, "NotFound", "unknown path")),
+    };
+    if segs.get(base) != Some(&"namespaces") || segs.len() < base + 3 {
+        return (404, status(404, "NotFound", "only namespaced resources are served"));
+    }
+    let plural = segs[base + 2];
+    let coll = format!("/{}", segs[..base + 3].join("/"));
+    let name = segs.get(base + 3).map(|s| s.to_string());
+    let sub = segs.get(base + 4).copied();
+    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let sel = params.get("labelSelector").cloned().unwrap_or_default();
+            let empty = serde_json::Map::new();
+            let items: Vec<Value> = store
+                .list(&coll)
+                .into_iter()
+                .filter(|o| selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty)))
+                .collect();
+            let rv = store.rv.to_string();
+            (200, json!({"kind": format!("{}List", kind_of_plural(plural)), "apiVersion": "v1",
+                         "metadata": {"resourceVersion": rv}, "items": items}))
+        }
+        (Method::GET, Some(n)) => match store.get(&coll, &n) {
+            Some(o) => (200, o.clone()),
+            None => (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found"))),
+        },
+        (Method::POST, None) => {
+            let mut obj = body;
+            if plural == "events" {
+                store.names += 1;
+                obj["metadata"]["name"] = json!(format!("event-{}", store.names));
+            }
+            let name = match (obj["metadata"]["name"].as_str(), obj["metadata"]["generateName"].as_str()) {
+                (Some(n), _) if !n.is_empty() => n.to_string(),
+                (_, Some(g)) => {
+                    store.names += 1;
+                    format!("{g}{:05}", store.names)
+                }
+                _ => return (422, status(422, "Invalid", "name or generateName is required")),
+            };
+            if store.get(&coll, &name).is_some() {
+                return (409, status(409, "AlreadyExists", &format!("{plural} \"{name}\" already exists")));
+            }
+            obj["metadata"]["name"] = json!(name);
+            if obj["metadata"].get("uid").is_none() {
+                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+            }
+            let obj = store.put(&coll, obj);
+            (201, obj)
+        }
+        (Method::PATCH, Some(n)) => {
+            let Some(mut obj) = store.get(&coll, &n).cloned() else {
+                return (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found")));
+            };
+            let current_rv = obj["metadata"]["resourceVersion"].clone();
+            if ct.contains("json-patch") {
+                let ops = body.as_array().cloned().unwrap_or_default();
+                if let Err(e) = json_patch(&mut obj, &ops) {
+                    return (422, status(422, "Invalid", &e));
+                }
+            } else {
+                let mut patch = body;
+                if let Some(rv) = patch["metadata"].get("resourceVersion").cloned() {
+                    if rv != current_rv {
+                        return (409, status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"));
+                    }
+                    if let Some(m) = patch["metadata"].as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                }
+                if sub == Some("status") {
+                    patch = json!({"status": patch.get("status").cloned().unwrap_or(Value::Null)});
+                } else if let Some(m) = patch.as_object_mut() {
+                    m.remove("status");
+                }
+                sandpool_core::batch::merge_patch(&mut obj, &patch);
+            }
+            let rv = store.next_rv();
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            store.objects.entry(coll.clone()).or_default().insert(n.clone(), obj.clone());
+            store.maybe_finish_deletion(&coll, &n);
+            (200, obj)
+        }
+        (Method::PUT, Some(n)) => {
+            let Some(cur) = store.get(&coll, &n).cloned() else {
+                return (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found")));
+            };
+            if body["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
+                return (409, status(409, "Conflict", "the object has been modified"));
+            }
+            let mut obj = body;
+            obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
+            let rv = store.next_rv();
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            store.objects.entry(coll.clone()).or_default().insert(n, obj.clone());
+            (200, obj)
+        }
+        (Method::DELETE, Some(n)) => match store.delete(&coll, &n) {
+            Some(o) => (200, o),
+            None => (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found"))),
+        },
+        _ => (405, status(405, "MethodNotAllowed", "not supported by the fake")),
+    }
+}
+
+/// Make a pod Running and Ready with an IP on a node.
+pub fn make_ready(store: &mut Store, ns: &str, name: &str, ip: &str, node: &str) {
+    store.mutate(&pods_path(ns), name, |p| {
+        p["spec"]["nodeName"] = json!(node);
+        p["status"] = json!({"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]});
+    });
+}
