@@ -102,6 +102,21 @@ render() { # render NAME HELM-ARGS... ; validates, keeps output in $SCRATCH/NAME
 expect() { # expect NAME PATTERN: the rendering of case NAME matches the extended regex
   grep -Eq -- "$2" "$SCRATCH/$1.yaml" || die "[$1] rendering lacks /$2/"
 }
+pools_of() { # pools_of NAME: "name bufferMin bufferMax poolMin poolMax" per pool in the pools ConfigMap
+  "$VENV/bin/python" - "$SCRATCH/$1.yaml" <<'PY'
+import json, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"].endswith("-pools"):
+        for p in json.loads(doc["data"]["pools.json"]):
+            c = p["capacitySpec"]
+            assert p["template"]["spec"]["containers"], p
+            print(p["name"], c["bufferMin"], c["bufferMax"], c["poolMin"], c["poolMax"])
+PY
+}
+expect_pools() { # expect_pools NAME EXPECTED-LINES
+  local got; got=$(pools_of "$1")
+  [[ "$got" == "$2" ]] || die "[$1] pools: got '$got', want '$2'"
+}
 expect_not() {
   if grep -Eq -- "$2" "$SCRATCH/$1.yaml"; then die "[$1] rendering unexpectedly has /$2/"; fi
 }
@@ -109,7 +124,8 @@ expect_not() {
 render defaults
 expect defaults '^kind: CustomResourceDefinition$'
 expect defaults '^  name: pools\.sandbox\.opensandbox\.io$'
-expect defaults '^kind: Pool$'
+expect_pools defaults "agent-pool 2 5 2 20"
+expect_not defaults '^kind: Pool$'
 expect defaults '^kind: DaemonSet$'
 expect defaults 'name: sandpool-server$'
 expect_not defaults '^kind: ServiceMonitor$'
@@ -144,7 +160,7 @@ expect_not existing-secret '^kind: Secret$'
 expect existing-secret 'name: my-key$'
 
 render no-pool --set 'pools[0].enabled=false'
-expect_not no-pool '^kind: Pool$'
+expect_pools no-pool ""
 
 # `--set pools[0].x=y` replaces the whole list with [{x: y}]; the chart's
 # built-in default pool (_helpers.tpl) must then equal pools[0] of values.yaml.
@@ -158,16 +174,15 @@ render two-pools \
   --set 'pools[1].name=gpu' \
   --set 'pools[1].template.spec.containers[0].name=sandbox-container' \
   --set 'pools[1].template.spec.containers[0].image=busybox:1.36'
-expect two-pools '^  name: small$'
-expect two-pools '^  name: gpu$'
-expect two-pools 'poolMin: 0$'
+expect_pools two-pools "small 2 5 0 20
+gpu 2 5 2 20"
 
 render big-pool \
   --set 'pools[0].capacitySpec.bufferMin=50' \
   --set 'pools[0].capacitySpec.bufferMax=100' \
   --set 'pools[0].capacitySpec.poolMin=50' \
   --set 'pools[0].capacitySpec.poolMax=300'
-expect big-pool 'poolMax: 300$'
+expect_pools big-pool "agent-pool 50 100 50 300"
 
 render minimal --set nodeAgent.enabled=false --set server.enabled=false
 expect_not minimal '^kind: DaemonSet$'

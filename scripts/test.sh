@@ -47,6 +47,12 @@ export SANDPOOL_RUNTIME_STATIC_BIN="$ROOT/target/debug/sandpool-runtime-static"
 # containerd/runc/runsc tests must run here, not skip
 export SANDPOOL_REQUIRE_CONTAINERD=1
 
+# Kubernetes manifests: real helm (lint --strict, template) and
+# kubernetes-validate --strict on every rendering; the CRDs themselves are
+# checked (structural rules, equal to the generated ones) by the Rust suite.
+log "Helm chart and manifests"
+bash scripts/k8s-check.sh
+
 log "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

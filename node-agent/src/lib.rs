@@ -9,6 +9,7 @@
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod image;

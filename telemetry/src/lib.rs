@@ -51,6 +51,8 @@ impl Drop for TelemetryGuard {
 }
 
 /// Whether the standard OTEL variables ask for trace export.
+pub mod metrics;
+
 pub fn otlp_requested(get: impl Fn(&str) -> Option<String>) -> bool {
     let truthy = |k: &str| get(k).map(|v| v.trim().eq_ignore_ascii_case("true")).unwrap_or(false);
     if truthy("OTEL_SDK_DISABLED") {
@@ -66,8 +68,16 @@ pub fn otlp_requested(get: impl Fn(&str) -> Option<String>) -> bool {
 
 /// Install the global subscriber and propagator. Call once from `main`.
 pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_level(service_name, None)
+}
+
+/// [`init`] with a default log filter (`RUST_LOG` still wins when set).
+pub fn init_with_level(service_name: &str, level: Option<&str>) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .ok()
+        .or_else(|| level.and_then(|l| EnvFilter::try_new(l.to_lowercase()).ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -12,6 +12,9 @@
 //! the controller creates the pod — the full PodSpec schema would make every
 //! CRD ~0.5 MB.
 
+// kube's `printcolumn(...)` lists repeat keys by design
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;

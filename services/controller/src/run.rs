@@ -38,6 +38,7 @@ pub struct Health {
 
 fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, kind = err.kind(), "reconcile failed; retrying");
+    sandpool_telemetry::metrics::error("controller", err.kind());
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -49,8 +50,14 @@ where
     stream
         .for_each(|r| async move {
             match r {
-                Ok((obj, _)) => tracing::debug!(controller = what, object = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(controller = what, error = %e, "reconcile error"),
+                Ok((obj, _)) => {
+                    sandpool_telemetry::metrics::reconciled(what, "ok");
+                    tracing::debug!(controller = what, object = %obj.name, "reconciled");
+                }
+                Err(e) => {
+                    sandpool_telemetry::metrics::reconciled(what, "error");
+                    tracing::debug!(controller = what, error = %e, "reconcile error");
+                }
             }
         })
         .await;

@@ -1,5 +1,7 @@
 //! `sandpool`: the standalone platform and its CLI.
 
+mod cluster;
+
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
@@ -31,6 +33,12 @@ struct Cli {
 enum Cmd {
     /// Run the whole platform on this machine: containerd, node agent, scheduler, gateway.
     Serve(ServeArgs),
+    /// Kubernetes mode: the controllers and the CRD-backed scheduler.
+    Controller(cluster::ControllerArgs),
+    /// Kubernetes mode: the REST gateway (OpenSandbox + E2B APIs) in front of a scheduler.
+    Gateway(cluster::GatewayArgs),
+    /// Kubernetes mode: the node agent (DaemonSet) for pods on this node's containerd.
+    NodeAgent(cluster::NodeAgentArgs),
     /// Pools: `apply` or `list`.
     Pool {
         #[command(subcommand)]
@@ -314,6 +322,18 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => {
             let _t = sandpool_telemetry::init("sandpool")?;
             serve(a).await
+        }
+        Cmd::Controller(a) => {
+            let _t = sandpool_telemetry::init_with_level("sandpool-controller", a.log_level.as_deref())?;
+            cluster::controller(a).await
+        }
+        Cmd::Gateway(a) => {
+            let _t = sandpool_telemetry::init_with_level("sandpool-gateway", a.log_level.as_deref())?;
+            cluster::gateway(a).await
+        }
+        Cmd::NodeAgent(a) => {
+            let _t = sandpool_telemetry::init_with_level("sandpool-node-agent", a.log_level.as_deref())?;
+            cluster::node_agent(a).await
         }
         Cmd::Pool { cmd, scheduler: addr } => {
             let mut s = scheduler(&addr).await?;

@@ -1,0 +1,233 @@
+//! Kubernetes mode (the node agent as a DaemonSet): pods are created by the
+//! kubelet through CRI, so the agent does not create sandboxes; it finds a
+//! pod's containers in containerd's `k8s.io` namespace by their CRI labels
+//! and serves pause / resume (and state) for them. Sandbox id = `<namespace>/<pod>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
+use tonic::{Request, Response, Status};
+
+use crate::containerd::{Ctr, TaskState};
+use crate::error::{AgentError, Result};
+
+pub const POD_NAME: &str = "io.kubernetes.pod.name";
+pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const POD_UID: &str = "io.kubernetes.pod.uid";
+pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// `sandbox` (the pod's pause container) or `container`.
+pub const CRI_KIND: &str = "io.cri-containerd.kind";
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CriPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// (container id, container name) of the pod's app containers.
+    pub containers: Vec<(String, String)>,
+}
+
+impl CriPod {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Group containerd containers (id, labels) into pods; the pod's own sandbox
+/// (pause) container is left out (freezing it would be pointless).
+pub fn group_pods<'a>(containers: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>) -> Vec<CriPod> {
+    let mut pods: BTreeMap<(String, String), CriPod> = BTreeMap::new();
+    for (id, labels) in containers {
+        let (Some(ns), Some(name)) = (labels.get(POD_NAMESPACE), labels.get(POD_NAME)) else { continue };
+        let pod = pods.entry((ns.clone(), name.clone())).or_insert_with(|| CriPod {
+            namespace: ns.clone(),
+            name: name.clone(),
+            uid: labels.get(POD_UID).cloned().unwrap_or_default(),
+            containers: Vec::new(),
+        });
+        if labels.get(CRI_KIND).map(String::as_str) == Some("sandbox") {
+            continue;
+        }
+        pod.containers.push((id.to_string(), labels.get(CONTAINER_NAME).cloned().unwrap_or_default()));
+    }
+    pods.into_values().collect()
+}
+
+/// Pause/resume of Kubernetes pods on this node.
+pub struct CriNode {
+    ctr: Ctr,
+    node: String,
+}
+
+impl CriNode {
+    pub fn new(ctr: Ctr, node: &str) -> Self {
+        CriNode { ctr, node: node.to_string() }
+    }
+
+    pub async fn pods(&self) -> Result<Vec<CriPod>> {
+        let cs = self.ctr.list_containers().await?;
+        Ok(group_pods(cs.iter().map(|c| (c.id.as_str(), &c.labels))))
+    }
+
+    pub async fn pod(&self, id: &str) -> Result<CriPod> {
+        let Some((ns, name)) = id.split_once('/') else {
+            return Err(AgentError::InvalidTemplate(format!("sandbox id {id:?}: expected <namespace>/<pod>")));
+        };
+        self.pods()
+            .await?
+            .into_iter()
+            .find(|p| p.namespace == ns && p.name == name && !p.containers.is_empty())
+            .ok_or_else(|| AgentError::NotFound(format!("pod {id} has no containers on node {}", self.node)))
+    }
+
+    /// Paused when any app container's task is paused.
+    pub async fn state(&self, pod: &CriPod) -> Result<pb::SandboxState> {
+        let mut running = false;
+        for (id, _) in &pod.containers {
+            match self.ctr.task_state(id).await? {
+                Some((TaskState::Paused, _)) => return Ok(pb::SandboxState::Paused),
+                Some((TaskState::Running, _)) => running = true,
+                _ => {}
+            }
+        }
+        Ok(if running { pb::SandboxState::Claimed } else { pb::SandboxState::Failed })
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<CriPod> {
+        let pod = self.pod(id).await?;
+        match self.state(&pod).await? {
+            pb::SandboxState::Paused => return Err(AgentError::FailedPrecondition(format!("pod {id} is already paused"))),
+            pb::SandboxState::Failed => return Err(AgentError::FailedPrecondition(format!("pod {id} has no running container"))),
+            _ => {}
+        }
+        for (c, _) in &pod.containers {
+            if matches!(self.ctr.task_state(c).await?, Some((TaskState::Running, _))) {
+                self.ctr.pause(c).await?;
+            }
+        }
+        Ok(pod)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<CriPod> {
+        let pod = self.pod(id).await?;
+        if self.state(&pod).await? != pb::SandboxState::Paused {
+            return Err(AgentError::FailedPrecondition(format!("pod {id} is not paused")));
+        }
+        for (c, _) in &pod.containers {
+            if matches!(self.ctr.task_state(c).await?, Some((TaskState::Paused, _))) {
+                self.ctr.resume(c).await?;
+            }
+        }
+        Ok(pod)
+    }
+
+    async fn info(&self, pod: &CriPod) -> Result<pb::SandboxInfo> {
+        Ok(pb::SandboxInfo {
+            sandbox_id: pod.id(),
+            node: self.node.clone(),
+            state: self.state(pod).await? as i32,
+            labels: [(POD_UID.to_string(), pod.uid.clone())].into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// The NodeAgent gRPC API over [`CriNode`]. Creating, injecting and
+/// releasing belong to the controller and kubelet in this mode.
+pub struct CriNodeService(pub Arc<CriNode>);
+
+fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available in Kubernetes mode (pods are managed by the controller)"))
+}
+
+#[tonic::async_trait]
+impl NodeAgent for CriNodeService {
+    async fn create_sandbox(&self, _: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(unsupported("CreateSandbox"))
+    }
+
+    async fn get_sandbox(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let pod = self.0.pod(&req.into_inner().sandbox_id).await?;
+        Ok(Response::new(self.0.info(&pod).await?))
+    }
+
+    async fn list_sandboxes(&self, _: Request<pb::ListSandboxesRequest>) -> Result<Response<pb::ListSandboxesResponse>, Status> {
+        let mut out = Vec::new();
+        for p in self.0.pods().await?.iter().filter(|p| !p.containers.is_empty()) {
+            out.push(self.0.info(p).await?);
+        }
+        Ok(Response::new(pb::ListSandboxesResponse { sandboxes: out }))
+    }
+
+    async fn inject(&self, _: Request<pb::NodeInjectRequest>) -> Result<Response<pb::NodeInjectResponse>, Status> {
+        Err(unsupported("Inject (call the pod's runtime on port 44772)"))
+    }
+
+    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(unsupported("Release"))
+    }
+
+    async fn pause(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let pod = self.0.pause(&req.into_inner().sandbox_id).await?;
+        Ok(Response::new(self.0.info(&pod).await?))
+    }
+
+    async fn resume(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let pod = self.0.resume(&req.into_inner().sandbox_id).await?;
+        Ok(Response::new(self.0.info(&pod).await?))
+    }
+
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Err(Status::unimplemented("checkpoint is not implemented yet"))
+    }
+
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented("restore is not implemented yet"))
+    }
+
+    async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented("dynamic mounts are not implemented yet"))
+    }
+
+    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented("dynamic mounts are not implemented yet"))
+    }
+
+    type WatchStream = futures_util::stream::Empty<Result<pb::NodeEvent, Status>>;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(unsupported("Watch (watch pods through the Kubernetes API)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(ns: &str, pod: &str, container: &str, kind: &str) -> HashMap<String, String> {
+        [
+            (POD_NAMESPACE.to_string(), ns.to_string()),
+            (POD_NAME.to_string(), pod.to_string()),
+            (POD_UID.to_string(), format!("uid-{pod}")),
+            (CONTAINER_NAME.to_string(), container.to_string()),
+            (CRI_KIND.to_string(), kind.to_string()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn containers_group_into_pods_without_their_pause_container() {
+        let a = labels("sandpool", "agent-pool-1", "", "sandbox");
+        let b = labels("sandpool", "agent-pool-1", "sandbox-container", "container");
+        let c = labels("sandpool", "agent-pool-1", "task-executor", "container");
+        let d = labels("other", "web", "nginx", "container");
+        let plain: HashMap<String, String> = HashMap::new();
+        let pods = group_pods([("s1", &a), ("c1", &b), ("c2", &c), ("c3", &d), ("x", &plain)]);
+        assert_eq!(pods.len(), 2);
+        let p = pods.iter().find(|p| p.name == "agent-pool-1").expect("pod");
+        assert_eq!(p.id(), "sandpool/agent-pool-1");
+        assert_eq!(p.uid, "uid-agent-pool-1");
+        assert_eq!(p.containers, [("c1".to_string(), "sandbox-container".to_string()), ("c2".to_string(), "task-executor".to_string())]);
+    }
+}

@@ -1,0 +1,232 @@
+//! Kubernetes mode: `sandpool controller`, `sandpool gateway`, `sandpool node-agent`
+//! (one image, three Deployments/DaemonSets; see deploy/helm/sandpool).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use sandpool_controller::crd::{CapacitySpec, Pool, PoolSpec};
+use sandpool_controller::kube_scheduler::KubeScheduler;
+use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::run::{ControllerConfig, Health};
+use sandpool_controller::tasks::GrpcTaskRunner;
+use sandpool_node_agent::containerd::Ctr;
+use sandpool_node_agent::cri::{CriNode, CriNodeService};
+use sandpool_proto::v1 as pb;
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Log filter (`info`, `debug`, or a RUST_LOG directive); RUST_LOG wins when set.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Namespace of the pools, batches and their pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Run the controllers only while holding the leader lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// gRPC `sandpool.v1.Scheduler` (backed by the CRDs) for the gateway.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    scheduler_listen: SocketAddr,
+    /// Prometheus `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    metrics_listen: SocketAddr,
+    /// `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_listen: SocketAddr,
+    /// Image holding `/sandpool-runtime`, copied into every pool pod.
+    #[arg(long, env = "SANDPOOL_RUNTIME_IMAGE")]
+    runtime_image: String,
+    #[arg(long)]
+    runtime_image_pull_policy: Option<String>,
+    /// JSON list of pools to create at start: `[{"name", "template", "capacitySpec"}]`.
+    #[arg(long)]
+    pools_file: Option<PathBuf>,
+    /// This replica's identity for leader election.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, default_value = "sandpool-controller")]
+    lease_name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// Log filter (`info`, `debug`, or a RUST_LOG directive); RUST_LOG wins when set.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    #[arg(long, env = "SANDPOOL_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// The scheduler (the controller's gRPC service in Kubernetes mode).
+    #[arg(long, env = "SANDPOOL_SCHEDULER")]
+    scheduler: String,
+    /// API key(s); without any, the gateway serves without authentication.
+    #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    api_keys: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeAgentArgs {
+    /// Log filter (`info`, `debug`, or a RUST_LOG directive); RUST_LOG wins when set.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// The node's containerd.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// containerd namespace of the kubelet's containers.
+    #[arg(long, default_value = "k8s.io")]
+    containerd_namespace: String,
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    listen: SocketAddr,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// State directory (reserved for checkpoints and mounts).
+    #[arg(long, default_value = "/var/lib/sandpool")]
+    data_dir: PathBuf,
+}
+
+/// One pool of `--pools-file` (the chart's `pools[]`).
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct PoolEntry {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    capacity_spec: CapacitySpec,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Create the configured pools, or bring their spec back to the configuration.
+async fn ensure_pools(client: &kube::Client, ns: &str, file: &PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let entries: Vec<PoolEntry> = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let api: Api<Pool> = Api::namespaced(client.clone(), ns);
+    for e in entries.into_iter().filter(|e| e.enabled) {
+        let spec = PoolSpec {
+            template: Some(e.template),
+            capacity_spec: Some(e.capacity_spec),
+            min_buffer_size: None,
+            max_buffer_size: None,
+            capacity: None,
+            sandbox_template: None,
+        };
+        let mut pool = Pool::new(&e.name, spec.clone());
+        pool.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "sandpool".to_string())].into());
+        match api.create(&PostParams::default(), &pool).await {
+            Ok(p) => tracing::info!(pool = %p.name_any(), "created pool"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                api.patch(&e.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": spec }))).await?;
+                tracing::info!(pool = %e.name, "pool spec updated from the configuration");
+            }
+            Err(err) => return Err(err).with_context(|| format!("creating pool {}", e.name)),
+        }
+    }
+    Ok(())
+}
+
+async fn serve_grpc<S>(addr: SocketAddr, svc: S) -> anyhow::Result<()>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+        + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let identity = a.identity.clone().unwrap_or_else(|| format!("sandpool-controller-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    if let Some(f) = &a.pools_file {
+        ensure_pools(&client, &a.namespace, f).await?;
+    }
+    let tasks: Arc<dyn sandpool_controller::context::TaskRunner> = Arc::new(GrpcTaskRunner);
+    let health = Arc::new(Health::default());
+
+    // health + metrics
+    let h = health.clone();
+    let health_app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    if h.leading.load(Ordering::Relaxed) {
+                        (http::StatusCode::OK, "leading")
+                    } else {
+                        // a standby replica still serves the scheduler API
+                        (http::StatusCode::OK, "standby")
+                    }
+                }
+            }),
+        );
+    let hl = tokio::net::TcpListener::bind(a.health_listen).await.with_context(|| format!("binding {}", a.health_listen))?;
+    tokio::spawn(async move { axum::serve(hl, health_app).await });
+    let metrics_app = axum::Router::new().route("/metrics", get(|| async { sandpool_telemetry::metrics::render() }));
+    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
+    tokio::spawn(async move { axum::serve(ml, metrics_app).await });
+
+    // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
+    let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
+    let sched_task = tokio::spawn(serve_grpc(a.scheduler_listen, pb::scheduler_server::SchedulerServer::new(sched)));
+
+    let cfg = ControllerConfig {
+        namespace: a.namespace.clone(),
+        injection: RuntimeInjection { image: a.runtime_image.clone(), image_pull_policy: a.runtime_image_pull_policy.clone() },
+        leader_elect: a.leader_elect,
+        identity,
+        lease_name: a.lease_name.clone(),
+        lease_duration: Duration::from_secs(15),
+    };
+    tracing::info!(namespace = %a.namespace, "sandpool controller starting");
+    tokio::select! {
+        r = sandpool_controller::run::run(client, cfg, tasks, health) => r?,
+        r = sched_task => r??,
+    }
+    Ok(())
+}
+
+pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
+    let keys: Vec<String> = a.api_keys.into_iter().filter(|k| !k.is_empty()).collect();
+    if keys.is_empty() {
+        tracing::warn!("no API key configured: the gateway accepts every request");
+    }
+    let ch = tonic::transport::Endpoint::from_shared(a.scheduler.clone())
+        .with_context(|| format!("scheduler address {:?}", a.scheduler))?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys);
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
+    axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn node_agent(a: NodeAgentArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let ctr = Ctr::connect(&a.containerd_socket, &a.containerd_namespace, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("connecting to containerd at {}", a.containerd_socket.display()))?;
+    let node = Arc::new(CriNode::new(ctr, &a.node_name));
+    tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
+    serve_grpc(a.listen, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
+}
