@@ -197,6 +197,9 @@ render names --set fullnameOverride=sp
 expect names 'name: sp-controller-metrics$'
 expect names '"http://sp-controller:9090"$'
 
+render otel --set otel.endpoint=http://otel-collector:4317
+expect otel "value: \"http://otel-collector:4317\"$"
+
 render ns-override --set namespaceOverride=sandbox-system
 expect_not ns-override 'namespace: "?'"$NAMESPACE"'"?$'
 
@@ -246,6 +249,10 @@ reject-render servicemonitor-without-metrics 'needs metrics.enabled' --set metri
 # --- artifact ------------------------------------------------------------------
 mkdir -p target
 cp "$SCRATCH/defaults.yaml" target/helm-rendered.yaml
+
+# --- observability artifacts -----------------------------------------------------
+log "deploy/observability: Grafana dashboard and OpenTelemetry Collector config"
+"$VENV/bin/python" deploy/observability/check.py
 
 log "summary"
 echo "helm lint --strict: ok"

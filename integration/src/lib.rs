@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
-/// Latency summary of a sample, in microseconds.
+pub mod platform;
+
+/// Summary of a sample: microseconds from [`summarize`], the input unit from [`summarize_values`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     pub n: usize,
     pub p50: f64,
     pub p90: f64,
+    pub p95: f64,
     pub p99: f64,
     pub mean: f64,
     pub min: f64,
@@ -23,14 +26,22 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Latency summary in microseconds.
 pub fn summarize(samples: &[Duration]) -> Summary {
-    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    let v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    summarize_values(&v)
+}
+
+/// Summary of a sample in its own unit (KiB, ms, ...).
+pub fn summarize_values(values: &[f64]) -> Summary {
+    let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     Summary {
         n: v.len(),
         p50: pct(&v, 50.0),
         p90: pct(&v, 90.0),
+        p95: pct(&v, 95.0),
         p99: pct(&v, 99.0),
         mean,
         min: v.first().copied().unwrap_or(f64::NAN),
@@ -40,8 +51,14 @@ pub fn summarize(samples: &[Duration]) -> Summary {
 
 /// Resident set size of a process in KiB (from /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB field of /proc/PID/status (`VmRSS`, `VmHWM`, ...).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    let value = s.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// A free loopback port (bind :0 and release it).
@@ -57,13 +74,16 @@ mod tests {
     fn percentiles_nearest_rank() {
         let d: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
         let s = summarize(&d);
-        assert_eq!((s.n, s.p50, s.p90, s.p99, s.min, s.max), (100, 50.0, 90.0, 99.0, 1.0, 100.0));
+        assert_eq!((s.n, s.p50, s.p90, s.p95, s.p99, s.min, s.max), (100, 50.0, 90.0, 95.0, 99.0, 1.0, 100.0));
         assert!((s.mean - 50.5).abs() < 1e-9);
         assert!(summarize(&[]).p50.is_nan());
+        assert_eq!(summarize_values(&[3.0, 1.0, 2.0]).p50, 2.0);
     }
 
     #[test]
     fn rss_of_self_is_positive() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+        assert!(status_kib(std::process::id(), "VmHWM").unwrap() > 0);
+        assert_eq!(status_kib(std::process::id(), "NoSuchField"), None);
     }
 }

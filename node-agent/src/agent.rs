@@ -439,6 +439,7 @@ impl Agent {
         let mut env: Vec<(String, String)> =
             image_env.iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
         env.extend(valid.env.iter().cloned());
+        env.extend(crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), self.cfg.net.gateway_ip()));
         let spec = SandboxSpec {
             id: sb.id.clone(),
             env,

@@ -37,6 +37,15 @@ impl NetConfig {
         }
     }
 
+    /// The bridge's IP (the sandboxes' gateway): the first host of the subnet.
+    pub fn gateway_ip(&self) -> Option<std::net::Ipv4Addr> {
+        let (net, bits) = self.subnet.split_once('/')?;
+        let net: std::net::Ipv4Addr = net.parse().ok()?;
+        let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
+        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+    }
+
     pub fn netns_path(&self, id: &str) -> PathBuf {
         self.netns_dir.join(id)
     }
@@ -190,6 +199,16 @@ pub fn delete_netns(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_is_the_first_host_of_the_subnet() {
+        let c = |subnet: &str| NetConfig::new(Path::new("/x"), "b", subnet).gateway_ip().map(|i| i.to_string());
+        assert_eq!(c("10.213.0.0/16").as_deref(), Some("10.213.0.1"));
+        assert_eq!(c("10.213.7.0/24").as_deref(), Some("10.213.7.1"));
+        assert_eq!(c("10.213.7.9/24").as_deref(), Some("10.213.7.1"));
+        assert_eq!(c("bogus"), None);
+        assert_eq!(c("10.0.0.0/31"), None);
+    }
 
     #[test]
     fn parses_cni_result() {

@@ -51,6 +51,38 @@ pub fn runtime_args() -> Vec<String> {
     ]
 }
 
+/// OpenTelemetry settings handed to the sandbox runtime so its spans join the
+/// claim's trace: the agent's own `OTEL_*` exporter variables, with a
+/// loopback collector address rewritten to the node bridge's gateway IP
+/// (the sandbox's loopback is its own).
+pub fn sandbox_otel_env(get: impl Fn(&str) -> Option<String>, bridge_gateway: Option<std::net::Ipv4Addr>) -> Vec<(String, String)> {
+    const KEYS: [&str; 7] = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_TRACES_EXPORTER",
+    ];
+    let mut out = Vec::new();
+    for k in KEYS {
+        let Some(mut v) = get(k).filter(|v| !v.trim().is_empty()) else { continue };
+        if k.ends_with("ENDPOINT")
+            && let Some(gw) = bridge_gateway
+        {
+            for lo in ["127.0.0.1", "localhost", "[::1]"] {
+                v = v.replacen(&format!("//{lo}:"), &format!("//{gw}:"), 1);
+            }
+        }
+        out.push((k.to_string(), v));
+    }
+    if !out.is_empty() {
+        out.push(("OTEL_SERVICE_NAME".into(), "sandpool-runtime".into()));
+    }
+    out
+}
+
 impl SandboxSpec {
     pub fn to_json(&self) -> Value {
         let mut env: Vec<String> = Vec::new();
@@ -130,6 +162,22 @@ mod tests {
             cgroup_parent: "/sandpool".into(),
             access_token: "tok".into(),
         }
+    }
+
+    #[test]
+    fn otel_env_follows_the_agent_and_reaches_the_host_over_the_bridge() {
+        let vars = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4317".to_string()),
+            "OTEL_BSP_SCHEDULE_DELAY" => Some("200".to_string()),
+            _ => None,
+        };
+        let env = sandbox_otel_env(vars, Some("10.213.0.1".parse().unwrap()));
+        assert!(env.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://10.213.0.1:4317".into())));
+        assert!(env.contains(&("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into())));
+        assert!(env.contains(&("OTEL_SERVICE_NAME".into(), "sandpool-runtime".into())));
+        assert!(sandbox_otel_env(|_| None, None).is_empty(), "off by default");
+        let remote = sandbox_otel_env(|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://otel:4317".to_string()), None);
+        assert_eq!(remote[0].1, "http://otel:4317");
     }
 
     #[test]

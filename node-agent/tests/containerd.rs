@@ -295,11 +295,21 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     let pods = cri.pods().await.unwrap();
     assert!(pods.iter().any(|p| p.id() == "sandpool/agent-pool-abcde"), "{pods:?}");
 
-    // a counter ticking every 50 ms
-    let (_, code) = exec(&info, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.05; done) >/dev/null 2>&1 &").await;
+    // a counter ticking every 50 ms (written with a rename: never seen half-written)
+    let (_, code) =
+        exec(&info, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c.t && mv /tmp/c.t /tmp/c; sleep 0.05; done) >/dev/null 2>&1 &").await;
     assert_eq!(code, 0);
+    let counter = || async {
+        for _ in 0..100 {
+            if let Ok(v) = exec(&info, "cat /tmp/c 2>/dev/null").await.0.trim().parse::<u64>() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the counter never started");
+    };
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let before: u64 = exec(&info, "cat /tmp/c").await.0.trim().parse().unwrap();
+    let before = counter().await;
     assert!(before > 0);
     let err = cri.resume("sandpool/agent-pool-abcde").await.unwrap_err();
     assert!(err.to_string().contains("not paused"), "{err}");
@@ -309,12 +319,12 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert_eq!(ping(&info).await, 0, "a frozen sandbox does not answer");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cri.resume("sandpool/agent-pool-abcde").await.unwrap();
-    let after: u64 = exec(&info, "cat /tmp/c").await.0.trim().parse().unwrap();
+    let after = counter().await;
     // ~20 ticks would have happened in the frozen second; the counter went on
     // from where it was instead (a few ticks of slack for the exec itself)
     assert!(after >= before && after < before + 12, "before {before}, right after resume {after}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let later: u64 = exec(&info, "cat /tmp/c").await.0.trim().parse().unwrap();
+    let later = counter().await;
     assert!(later > after, "it runs again: {after} -> {later}");
     let err = cri.pause("sandpool/unknown").await.unwrap_err();
     assert!(err.to_string().contains("no containers"), "{err}");

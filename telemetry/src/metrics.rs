@@ -24,7 +24,8 @@ pub struct Metrics {
     pub pool_sandboxes: Family<Labels, Gauge>,
     /// Sandboxes created to refill a pool.
     pub pool_refills: Family<Labels, Counter>,
-    /// Command round trips inside sandboxes, by API (`execd`, `grpc`, `envd`).
+    /// Command start latency through the gateway proxy (request sent to
+    /// response head), by API (`execd`, `envd`, `interpreter`).
     pub exec_seconds: HistogramFamily,
     /// Errors by service and kind.
     pub errors: Family<Labels, Counter>,
@@ -54,7 +55,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("claim_duration_seconds", "Time from a claim request to a ready sandbox", m.claim_seconds.clone());
     registry.register("pool_sandboxes", "Sandboxes of a pool by state", m.pool_sandboxes.clone());
     registry.register("pool_refills", "Sandboxes created to refill a pool", m.pool_refills.clone());
-    registry.register("exec_duration_seconds", "Command round trip inside a sandbox", m.exec_seconds.clone());
+    registry.register("exec_duration_seconds", "Command start latency through the gateway (request to response head)", m.exec_seconds.clone());
     registry.register("errors", "Errors by service and kind", m.errors.clone());
     registry.register("reconciles", "Kubernetes controller reconciles by result", m.reconciles.clone());
     registry.register("http_requests", "HTTP requests by service and status class", m.http_requests.clone());

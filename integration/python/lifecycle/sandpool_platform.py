@@ -64,6 +64,7 @@ class Sandpool:
     base_dir: Path  # holds data/ and the log
     log_path: Path
     process: subprocess.Popen
+    metrics_port: int = 0
 
     @property
     def domain(self) -> str:
@@ -130,9 +131,10 @@ def check_prerequisites() -> tuple[Path, Path]:
     return binary, runtime_bin
 
 
-def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None) -> Sandpool:
+def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, extra_env: dict[str, str] | None = None) -> Sandpool:
     """Launch ``sandpool serve`` in a fresh state dir (or, with ``restart_of``,
-    again on that instance's state dir, port and key) and wait until healthy."""
+    again on that instance's state dir, port and key) and wait until healthy.
+    ``extra_env`` is added to its environment (e.g. ``OTEL_*``)."""
     if restart_of is None:
         # A short private dir, not pytest's tmp_path: unix socket paths must stay
         # short, and pytest's cleanup of old temp dirs must never meet a leftover mount.
@@ -161,6 +163,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None) -
         # internal gRPC listeners: free ports, so a running dev instance does not collide
         "--agent-listen", f"{host}:{free_port()}",
         "--scheduler-listen", f"{host}:{free_port()}",
+        "--metrics-listen", f"{host}:{(metrics_port := free_port())}",
     ]
     with open(log_path, "ab") as log:
         shown = argv[:7] + ["<api-key>"] + argv[8:]
@@ -173,9 +176,10 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None) -
             stdin=subprocess.DEVNULL,
             cwd=base_dir,
             start_new_session=True,
+            env={**os.environ, **(extra_env or {})},
         )
 
-    platform = Sandpool(host, port, api_key, base_dir, log_path, process)
+    platform = Sandpool(host, port, api_key, base_dir, log_path, process, metrics_port)
     try:
         _wait_until_healthy(platform)
     except BaseException:

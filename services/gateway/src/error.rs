@@ -88,6 +88,7 @@ impl IntoResponse for ApiError {
         if self.status().is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
+        sandpool_telemetry::metrics::error("gateway", &self.code().to_ascii_lowercase());
         let mut r = (self.status(), Json(serde_json::json!({"code": self.code(), "message": self.to_string()}))).into_response();
         if matches!(self, ApiError::Exhausted(_)) {
             r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));

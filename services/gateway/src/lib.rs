@@ -89,10 +89,20 @@ pub async fn claims_with_metadata(
 
 /// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
 /// E2B sandbox traffic routed by header or host before anything else.
+/// Prometheus metrics of this process (served on its own listener, not
+/// behind the API key: keep it off public interfaces).
+pub fn metrics_app() -> axum::Router {
+    axum::Router::new().route("/metrics", axum::routing::get(|| async { sandpool_telemetry::metrics::response() }))
+}
+
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
+        .layer(axum::middleware::map_response(|r: axum::response::Response| async move {
+            sandpool_telemetry::metrics::http_request("gateway", r.status().as_u16());
+            r
+        }))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
         |req: &http::Request<axum::body::Body>| {
             let span = tracing::info_span!("gateway.request", method = %req.method(), path = %req.uri().path());

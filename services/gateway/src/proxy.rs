@@ -69,11 +69,23 @@ pub async fn forward(gw: Gateway, id: String, port: String, path: String, req: R
     for (k, v) in h.iter() {
         out = out.header(k, v);
     }
+    // exec latency as the gateway sees it: request sent to response head
+    // (commands stream their output after that)
+    let exec_api = match path.as_str() {
+        "command" => Some("execd"),
+        "process.Process/Start" => Some("envd"),
+        "execute" => Some("interpreter"),
+        _ => None,
+    };
+    let t0 = std::time::Instant::now();
     let resp = out
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
         .map_err(|e| ApiError::BadGateway(format!("sandbox {id} port {port} unreachable: {e}")))?;
+    if let Some(api) = exec_api {
+        sandpool_telemetry::metrics::observe_exec(api, t0.elapsed());
+    }
     let mut r = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers().iter() {
         if !HOP_BY_HOP.contains(&k.as_str()) {

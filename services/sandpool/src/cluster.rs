@@ -65,6 +65,9 @@ pub struct GatewayArgs {
     /// The scheduler (the controller's gRPC service in Kubernetes mode).
     #[arg(long, env = "SANDPOOL_SCHEDULER")]
     scheduler: String,
+    /// Prometheus `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    metrics_listen: SocketAddr,
     /// API key(s); without any, the gateway serves without authentication.
     #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',', hide_env_values = true)]
     api_keys: Vec<String>,
@@ -181,7 +184,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         );
     let hl = tokio::net::TcpListener::bind(a.health_listen).await.with_context(|| format!("binding {}", a.health_listen))?;
     tokio::spawn(async move { axum::serve(hl, health_app).await });
-    let metrics_app = axum::Router::new().route("/metrics", get(|| async { sandpool_telemetry::metrics::render() }));
+    let metrics_app = sandpool_gateway::metrics_app();
     let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
     tokio::spawn(async move { axum::serve(ml, metrics_app).await });
 
@@ -216,6 +219,8 @@ pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         .connect_lazy();
     let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
+    tokio::spawn(async move { axum::serve(ml, sandpool_gateway::metrics_app()).await });
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
     axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(crate::shutdown_signal()).await?;
     Ok(())

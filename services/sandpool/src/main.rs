@@ -138,6 +138,9 @@ struct ServeArgs {
     agent_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7702")]
     scheduler_listen: SocketAddr,
+    /// Prometheus `/metrics` of the whole platform (no auth: keep it local).
+    #[arg(long, env = "SANDPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
     #[arg(long, default_value_t = 256)]
     max_sandboxes: u32,
     /// Where built images are cached (default: under the data dir).
@@ -256,6 +259,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     let gw_task = tokio::spawn(axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(shutdown_signal()).into_future());
+    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
+    let metrics_task = tokio::spawn(axum::serve(ml, sandpool_gateway::metrics_app()).into_future());
 
     // Progress until the pools reach their minimum buffer.
     for _ in 0..600 {
@@ -273,8 +278,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     say(format!(
-        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}",
-        a.listen, a.scheduler_listen, a.agent_listen
+        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics http://{}/metrics",
+        a.listen, a.scheduler_listen, a.agent_listen, a.metrics_listen
     ));
     let _ = gw_task.await;
     if a.cleanup_on_exit {
@@ -297,6 +302,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     agent_task.abort();
     sched_task.abort();
+    metrics_task.abort();
     if let Some(mut d) = daemon {
         d.stop(Duration::from_secs(10));
     }

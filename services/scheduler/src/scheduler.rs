@@ -393,8 +393,11 @@ impl Scheduler {
                 if p.last_error.as_ref().is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2)) {
                     continue; // back off after a failed create
                 }
-                let d = scale_decision(&p.rec.capacity, p.counts(), self.cfg.max_inflight);
+                let c = p.counts();
+                sandpool_telemetry::metrics::set_pool(&name, c.total(), c.allocated, c.warm);
+                let d = scale_decision(&p.rec.capacity, c, self.cfg.max_inflight);
                 if d > 0 {
+                    sandpool_telemetry::metrics::refilled(&name, d as u64);
                     p.creating += d as u32;
                     for _ in 0..d {
                         creates.push((name.clone(), p.rec.template.clone()));
@@ -478,9 +481,25 @@ impl Scheduler {
 
     /// Assign a sandbox: a warm one from the pool in O(1), else a cold start
     /// (unless `pool_only`); then inject the process and record the claim.
-    #[tracing::instrument(skip_all, fields(pool = %req.pool))]
+    #[tracing::instrument(name = "claim", skip_all, fields(pool = %req.pool))]
     pub async fn claim(&self, req: pb::ClaimRequest) -> Result<ClaimRec> {
         let t0 = Instant::now();
+        let pool = if req.pool.is_empty() { "-".to_string() } else { req.pool.clone() };
+        let res = self.claim_inner(req, t0).await;
+        let outcome = match &res {
+            Ok(c) if c.cold => "cold",
+            Ok(_) => "warm",
+            Err(SchedError::Exhausted(_)) => "exhausted",
+            Err(_) => "error",
+        };
+        sandpool_telemetry::metrics::observe_claim(&pool, outcome, t0.elapsed());
+        if let Err(e) = &res {
+            sandpool_telemetry::metrics::error("scheduler", e.kind());
+        }
+        res
+    }
+
+    async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
         if !req.claim_id.is_empty() {
             if let Some(c) = self.lock().claims.get(&req.claim_id) {
                 return Ok(c.clone()); // idempotent retry

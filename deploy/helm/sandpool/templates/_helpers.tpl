@@ -220,3 +220,19 @@ with the defaults above applied, disabled entries left out.
 {{- end }}
 {{- toYaml (dict "pools" $pools) }}
 {{- end }}
+
+{{/* OTEL_* env of every sandpool container (nothing when export is off). */}}
+{{- define "sandpool.otelEnv" -}}
+{{- with .Values.otel }}
+{{- if .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .endpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | default "parentbased_always_on" | quote }}
+{{- if .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
