@@ -288,6 +288,13 @@ impl Agent {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&runsc_wrapper, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| AgentError::io(runsc_wrapper.display().to_string(), e))?;
+        let mut cfg = cfg;
+        if cfg.net.isolate {
+            // the runtimes' trace exporter may reach a collector on the host
+            let otel = crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
+            cfg.net.allow_host_ports.extend(crate::spec::host_ports(&otel, cfg.net.gateway_ip()));
+            cfg.net.ensure_isolation()?;
+        }
         let (events, _) = broadcast::channel(1024);
         let agent = Arc::new(Agent {
             cfg,

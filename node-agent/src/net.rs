@@ -24,6 +24,11 @@ pub struct NetConfig {
     pub cni_bin_dir: PathBuf,
     pub bridge: String,
     pub subnet: String,
+    /// Keep sandboxes apart: no sandbox-to-sandbox traffic on the bridge and
+    /// no connections from sandboxes to the host (see [`NetConfig::ensure_isolation`]).
+    pub isolate: bool,
+    /// Host TCP ports sandboxes may still connect to (e.g. an OTLP collector).
+    pub allow_host_ports: Vec<u16>,
 }
 
 impl NetConfig {
@@ -34,7 +39,55 @@ impl NetConfig {
             cni_bin_dir: ["/usr/lib/cni", "/opt/cni/bin"].iter().map(PathBuf::from).find(|p| p.join("bridge").exists()).unwrap_or_else(|| PathBuf::from("/usr/lib/cni")),
             bridge: bridge.to_string(),
             subnet: subnet.to_string(),
+            isolate: true,
+            allow_host_ports: Vec::new(),
         }
+    }
+
+    /// The iptables chain guarding the host from this bridge's sandboxes.
+    pub fn chain(&self) -> String {
+        format!("SANDPOOL-{}", self.bridge)
+    }
+
+    /// Sandboxes may not open connections to the host — node agent,
+    /// scheduler, gateway, metrics, anything listening on any host address —
+    /// except on `allow_host_ports`; replies to connections the host opened
+    /// (the agent and gateway talking to runtimes) pass. TCP is refused with a
+    /// reset, the rest with ICMP port-unreachable, so callers fail fast.
+    /// Idempotent (the chain is rebuilt).
+    pub fn ensure_isolation(&self) -> Result<()> {
+        let chain = self.chain();
+        let _ = iptables(&["-N", &chain]); // exists already: fine
+        iptables(&["-F", &chain])?;
+        iptables(&["-A", &chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])?;
+        for port in &self.allow_host_ports {
+            iptables(&["-A", &chain, "-p", "tcp", "--dport", &port.to_string(), "-j", "ACCEPT"])?;
+        }
+        iptables(&["-A", &chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])?;
+        iptables(&["-A", &chain, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"])?;
+        if iptables(&["-C", "INPUT", "-i", &self.bridge, "-j", &chain]).is_err() {
+            iptables(&["-I", "INPUT", "1", "-i", &self.bridge, "-j", &chain])?;
+        }
+        Ok(())
+    }
+
+    /// Remove what [`NetConfig::ensure_isolation`] installed (idempotent).
+    pub fn remove_isolation(&self) {
+        let chain = self.chain();
+        while iptables(&["-D", "INPUT", "-i", &self.bridge, "-j", &chain]).is_ok() {}
+        let _ = iptables(&["-F", &chain]);
+        let _ = iptables(&["-X", &chain]);
+    }
+
+    /// Mark the sandbox's bridge port isolated: isolated ports cannot talk to
+    /// each other (the host, not a port, is still reachable — and guarded by
+    /// the INPUT chain).
+    fn isolate_port(&self, cni_result: &Value) -> Result<()> {
+        let Some(veth) = host_veth(cni_result, &self.bridge) else {
+            return Err(AgentError::Network("CNI result names no host veth".into()));
+        };
+        let path = format!("/sys/class/net/{veth}/brport/isolated");
+        fs::write(&path, "1").map_err(|e| AgentError::Network(format!("isolating bridge port {veth} ({path}): {e}")))
     }
 
     /// The bridge's IP (the sandboxes' gateway): the first host of the subnet.
@@ -76,6 +129,9 @@ impl NetConfig {
         let res = (|| {
             self.cni("ADD", "loopback", id, "lo", &json!({"cniVersion": "0.4.0", "name": "lo", "type": "loopback"}))?;
             let out = self.cni("ADD", "bridge", id, "eth0", &self.bridge_conf())?;
+            if self.isolate {
+                self.isolate_port(&out)?;
+            }
             parse_ip(&out)
         })();
         if res.is_err() {
@@ -145,6 +201,30 @@ impl NetConfig {
     }
 }
 
+fn iptables(args: &[&str]) -> Result<()> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| AgentError::Network(format!("running iptables (apt-get install iptables): {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::Network(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// The host side of the sandbox's veth in a CNI bridge result: the interface
+/// that is neither the bridge nor inside the sandbox.
+pub fn host_veth(result: &Value, bridge: &str) -> Option<String> {
+    result["interfaces"]
+        .as_array()?
+        .iter()
+        .find(|i| i.get("sandbox").is_none_or(|s| s.as_str().unwrap_or("").is_empty()) && i["name"] != bridge)
+        .and_then(|i| i["name"].as_str())
+        .map(str::to_string)
+}
+
 /// First IPv4 address of a CNI result.
 pub fn parse_ip(result: &Value) -> Result<Ipv4Addr> {
     result["ips"]
@@ -199,6 +279,17 @@ pub fn delete_netns(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_veth_is_the_non_sandbox_non_bridge_interface() {
+        let v = json!({"interfaces": [
+            {"name": "sandpool0", "mac": "aa"},
+            {"name": "veth1234", "mac": "bb"},
+            {"name": "eth0", "mac": "cc", "sandbox": "/var/run/netns/x"}
+        ]});
+        assert_eq!(host_veth(&v, "sandpool0").as_deref(), Some("veth1234"));
+        assert_eq!(host_veth(&json!({}), "sandpool0"), None);
+    }
 
     #[test]
     fn gateway_is_the_first_host_of_the_subnet() {

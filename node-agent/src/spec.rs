@@ -83,6 +83,19 @@ pub fn sandbox_otel_env(get: impl Fn(&str) -> Option<String>, bridge_gateway: Op
     out
 }
 
+/// Host ports named by endpoint URLs that point at the bridge gateway.
+pub fn host_ports(env: &[(String, String)], bridge_gateway: Option<std::net::Ipv4Addr>) -> Vec<u16> {
+    let Some(gw) = bridge_gateway else { return Vec::new() };
+    let prefix = format!("//{gw}:");
+    env.iter()
+        .filter(|(k, _)| k.ends_with("ENDPOINT"))
+        .filter_map(|(_, v)| {
+            let rest = &v[v.find(&prefix)? + prefix.len()..];
+            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .collect()
+}
+
 impl SandboxSpec {
     pub fn to_json(&self) -> Value {
         let mut env: Vec<String> = Vec::new();
@@ -176,6 +189,8 @@ mod tests {
         assert!(env.contains(&("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into())));
         assert!(env.contains(&("OTEL_SERVICE_NAME".into(), "sandpool-runtime".into())));
         assert!(sandbox_otel_env(|_| None, None).is_empty(), "off by default");
+        assert_eq!(host_ports(&env, Some("10.213.0.1".parse().unwrap())), [4317]);
+        assert!(host_ports(&env, Some("10.9.9.1".parse().unwrap())).is_empty());
         let remote = sandbox_otel_env(|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://otel:4317".to_string()), None);
         assert_eq!(remote[0].1, "http://otel:4317");
     }

@@ -123,6 +123,7 @@ impl Drop for TestNode {
             d.stop(Duration::from_secs(10));
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        crate::net::NetConfig::new(self.dir.path(), &self.bridge, &self.subnet).remove_isolation();
     }
 }
 

@@ -333,3 +333,53 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     node.agent().release(&info.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
     node.assert_no_residue().await;
 }
+
+/// Tenants kept apart on the node bridge: a sandbox cannot open connections
+/// to another sandbox's runtime, nor to anything on the host (node agent,
+/// scheduler, gateway...); the host still reaches every runtime; a runtime
+/// token of one sandbox is refused by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_cannot_reach_each_other_or_the_host() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 8).await;
+    let a = node.agent().create("pool-n", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let b = node.agent().create("pool-n", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    // something listening on the host, on every address (like an agent or gateway would)
+    let host_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((_s, _)) = host_listener.accept().await {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let gateway = node.agent().cfg.net.gateway_ip().unwrap();
+    // from inside A: its own runtime answers (control); B's runtime and the host do not
+    let probe = |target: String| format!("if nc -w 2 {target} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi");
+    let (own, _) = exec(&a, &probe(format!("127.0.0.1 {}", a.runtime_port))).await;
+    assert_eq!(own.trim(), "open", "control: a sandbox reaches its own runtime");
+    let (other, _) = exec(&a, &probe(format!("{} {}", b.ip, b.runtime_port))).await;
+    assert_eq!(other.trim(), "closed", "sandbox A reached sandbox B's runtime");
+    let (host, _) = exec(&a, &probe(format!("{gateway} {host_port}"))).await;
+    assert_eq!(host.trim(), "closed", "sandbox A reached a host port");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the host accepted a connection from a sandbox");
+    // the host still reaches both runtimes
+    assert_eq!(ping(&a).await, 200);
+    assert_eq!(ping(&b).await, 200);
+    // B's runtime refuses A's token
+    let r = reqwest::Client::new()
+        .post(format!("http://{}:{}/command", b.ip, b.runtime_port))
+        .header("x-execd-access-token", &a.access_token)
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token of one sandbox works on another");
+    assert_ne!(a.access_token, b.access_token);
+    server.abort();
+    for sb in [&a, &b] {
+        node.agent().release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    }
+    node.assert_no_residue().await;
+}

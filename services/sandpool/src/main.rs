@@ -297,6 +297,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         for sb in agent.list("") {
             let _ = agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
         }
+        agent.cfg.net.remove_isolation();
     } else {
         say("stopping (sandboxes keep running; they are adopted on the next start)");
     }
