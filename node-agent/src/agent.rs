@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub ready_timeout: Duration,
     /// Where built image root filesystems and layers are cached.
     pub image_cache: PathBuf,
+    /// Host directories whose contents may be mounted into sandboxes.
+    pub mount_roots: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -54,6 +56,7 @@ impl AgentConfig {
             node_name: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into()),
             net: NetConfig::new(&data_dir, "sandpool0", "10.213.0.0/16"),
             image_cache: data_dir.join("images"),
+            mount_roots: vec![data_dir.join("volumes")],
             data_dir,
             runtime_bin,
             runsc_bin: PathBuf::from("runsc"),
@@ -273,7 +276,7 @@ pub struct Agent {
 impl Agent {
     /// Build the agent on a connected containerd and recover existing sandboxes.
     pub async fn start(cfg: AgentConfig, ctr: Ctr) -> Result<Arc<Agent>> {
-        for d in [&cfg.data_dir, &cfg.net.netns_dir, &cfg.data_dir.join("logs"), &cfg.data_dir.join("bin")] {
+        for d in [&cfg.data_dir, &cfg.net.netns_dir, &cfg.data_dir.join("logs"), &cfg.data_dir.join("bin")].into_iter().chain(&cfg.mount_roots) {
             std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
         }
         if !cfg.runtime_bin.is_file() {
@@ -597,6 +600,50 @@ impl Agent {
         }
         self.ctr.resume(id).await?;
         self.set_state(id, pb::SandboxState::Claimed).await
+    }
+
+    /// Mount a host directory or file (under a mount root) into a running runc
+    /// sandbox. Mounts live in the sandbox's mount namespace, so they end with
+    /// the container on release (recycle starts a fresh one).
+    pub async fn mount(&self, id: &str, host_path: &str, mount_path: &str, read_only: bool) -> Result<Sandbox> {
+        let (sb, pid, source) = self.mount_target(id, Some(host_path), mount_path).await?;
+        let target = mount_path.to_string();
+        tokio::task::spawn_blocking(move || crate::mounts::mount_into(pid, &source.unwrap_or_default(), &target, read_only))
+            .await
+            .map_err(|e| AgentError::Network(format!("mount worker: {e}")))??;
+        tracing::info!(sandbox = %id, host_path, mount_path, read_only, "mounted");
+        Ok(sb)
+    }
+
+    pub async fn unmount(&self, id: &str, mount_path: &str) -> Result<Sandbox> {
+        let (sb, pid, _) = self.mount_target(id, None, mount_path).await?;
+        let target = mount_path.to_string();
+        tokio::task::spawn_blocking(move || crate::mounts::unmount_from(pid, &target))
+            .await
+            .map_err(|e| AgentError::Network(format!("unmount worker: {e}")))?
+            .map_err(|e| AgentError::FailedPrecondition(format!("{mount_path} is not a mount in sandbox {id}: {e}")))?;
+        Ok(sb)
+    }
+
+    async fn mount_target(&self, id: &str, host_path: Option<&str>, mount_path: &str) -> Result<(Sandbox, u32, Option<PathBuf>)> {
+        let sb = self.get(id)?;
+        if sb.runtime_class == pb::RuntimeClass::Runsc {
+            return Err(AgentError::Unsupported("dynamic mounts need a runc sandbox (gVisor keeps its own file system)".into()));
+        }
+        if sb.state == pb::SandboxState::Paused {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused")));
+        }
+        let source = match host_path {
+            Some(h) => Some(crate::mounts::validate(h, mount_path, &self.cfg.mount_roots)?),
+            None => {
+                crate::mounts::validate_target(mount_path)?;
+                None
+            }
+        };
+        match self.ctr.task_state(id).await? {
+            Some((crate::containerd::TaskState::Running, pid)) => Ok((sb, pid, source)),
+            _ => Err(AgentError::FailedPrecondition(format!("sandbox {id} is not running"))),
+        }
     }
 
     /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.

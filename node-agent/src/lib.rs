@@ -13,6 +13,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod image;
+pub mod mounts;
 pub mod net;
 pub mod quantity;
 pub mod service;

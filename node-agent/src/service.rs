@@ -81,12 +81,18 @@ impl NodeAgent for NodeAgentService {
         Err(AgentError::Unsupported("restore".into()).into())
     }
 
-    async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(AgentError::Unsupported("dynamic mounts".into()).into())
+    async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let span = parent_span("mount", req.metadata());
+        let r = req.into_inner();
+        let sb = tracing::Instrument::instrument(self.agent.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only), span).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
-    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(AgentError::Unsupported("dynamic mounts".into()).into())
+    async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let span = parent_span("unmount", req.metadata());
+        let r = req.into_inner();
+        let sb = tracing::Instrument::instrument(self.agent.unmount(&r.sandbox_id, &r.mount_path), span).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;

@@ -383,3 +383,59 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     }
     node.assert_no_residue().await;
 }
+
+/// Dynamic mounts: a host directory under the mount root appears inside a
+/// running sandbox (read-only or read-write), is gone after unmount, and bad
+/// requests get clear errors; nothing is left after release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 9).await;
+    let agent = node.agent();
+    let a = agent.create("pool-m", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let root = agent.cfg.mount_roots[0].clone();
+    let (ro, rw) = (root.join("dataset"), root.join("results"));
+    for d in [&ro, &rw] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(ro.join("hello.txt"), "from the host\n").unwrap();
+
+    agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap();
+    agent.mount(&a.sandbox_id, rw.to_str().unwrap(), "/work/out", false).await.unwrap();
+    let (out, code) = exec(&a, "cat /mnt/data/hello.txt").await;
+    assert_eq!((out.as_str(), code), ("from the host\n", 0));
+    let (_, code) = exec(&a, "touch /mnt/data/new 2>/dev/null").await;
+    assert_ne!(code, 0, "a read-only mount refuses writes");
+    let (_, code) = exec(&a, "echo written-inside > /work/out/result.txt").await;
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(rw.join("result.txt")).unwrap(), "written-inside\n", "writes reach the host");
+
+    agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap();
+    let (out, _) = exec(&a, "cat /mnt/data/hello.txt 2>/dev/null || echo gone").await;
+    assert_eq!(out.trim(), "gone", "unmounted");
+
+    // clear errors
+    let e = agent.mount(&a.sandbox_id, "/etc", "/mnt/etc", true).await.unwrap_err();
+    assert!(e.to_string().contains("not under a mount root"), "{e}");
+    let e = agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true).await.unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    let e = agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap_err();
+    assert!(e.to_string().contains("not a mount"), "{e}");
+    let g = agent.create("pool-m", template(pb::RuntimeClass::Runsc), None).await.unwrap().info("test-node");
+    let e = agent.mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap_err();
+    assert!(e.to_string().contains("need a runc sandbox"), "{e}");
+    agent.pause(&a.sandbox_id).await.unwrap();
+    let e = agent.pause(&a.sandbox_id).await.unwrap_err();
+    assert!(e.to_string().contains("already paused"), "{e}");
+    let e = agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true).await.unwrap_err();
+    assert!(e.to_string().contains("paused"), "{e}");
+    agent.resume(&a.sandbox_id).await.unwrap();
+    let e = agent.resume(&a.sandbox_id).await.unwrap_err();
+    assert!(e.to_string().contains("not paused"), "{e}");
+
+    for sb in [&a, &g] {
+        agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(ro.join("hello.txt")).unwrap(), "from the host\n", "the host data is untouched");
+    node.assert_no_residue().await;
+}
