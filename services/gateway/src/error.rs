@@ -32,6 +32,8 @@ pub enum ApiError {
     BadGateway(String),
     #[error("{0}")]
     Internal(String),
+    #[error("too many requests; retry in {0:?}")]
+    RateLimited(std::time::Duration),
 }
 
 impl ApiError {
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::Unsupported(_) => "NOT_IMPLEMENTED",
             ApiError::BadGateway(_) => "SANDBOX_UNREACHABLE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::RateLimited(_) => "RATE_LIMITED",
         }
     }
 
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -90,8 +94,17 @@ impl IntoResponse for ApiError {
         }
         sandpool_telemetry::metrics::error("gateway", &self.code().to_ascii_lowercase());
         let mut r = (self.status(), Json(serde_json::json!({"code": self.code(), "message": self.to_string()}))).into_response();
-        if matches!(self, ApiError::Exhausted(_)) {
-            r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        match &self {
+            ApiError::Exhausted(_) => {
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                    r.headers_mut().insert("retry-after", v);
+                }
+            }
+            _ => {}
         }
         r
     }

@@ -4,6 +4,7 @@
 
 pub mod e2b;
 pub mod error;
+pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
 
@@ -20,6 +21,8 @@ pub struct Gateway {
     key_hashes: Arc<Vec<[u8; 32]>>,
     pub http: reqwest::Client,
     pub max_body: usize,
+    /// Per-client request rate limit (None = off).
+    pub limiter: Option<Arc<limit::RateLimiter>>,
 }
 
 impl Gateway {
@@ -30,7 +33,14 @@ impl Gateway {
             key_hashes: Arc::new(key_hashes),
             http: reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default(),
             max_body: 1 << 20,
+            limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST).map(Arc::new),
         }
+    }
+
+    /// Set the per-client limit (`per_sec` 0 = off).
+    pub fn with_rate_limit(mut self, per_sec: f64, burst: f64) -> Self {
+        self.limiter = limit::RateLimiter::new(per_sec, burst).map(Arc::new);
+        self
     }
 
     /// Whether `key` is one of the configured API keys (constant time per key).
@@ -95,10 +105,38 @@ pub fn metrics_app() -> axum::Router {
     axum::Router::new().route("/metrics", axum::routing::get(|| async { sandpool_telemetry::metrics::response() }))
 }
 
+/// Defaults: generous for one agent framework, a wall against runaway loops.
+pub const DEFAULT_RATE_PER_SEC: f64 = 1000.0;
+pub const DEFAULT_RATE_BURST: f64 = 2000.0;
+
+/// 429 once a client (API key, else peer address) exceeds its rate.
+async fn rate_limit(
+    axum::extract::State(gw): axum::extract::State<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(l) = &gw.limiter {
+        let h = req.headers();
+        let client = h
+            .get("open-sandbox-api-key")
+            .or_else(|| h.get("x-api-key"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()))
+            .unwrap_or_default();
+        if let Err(wait) = l.check(&client, std::time::Instant::now()) {
+            return error::ApiError::RateLimited(wait).into_response();
+        }
+    }
+    next.run(req).await
+}
+
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit))
         .layer(axum::middleware::map_response(|r: axum::response::Response| async move {
             sandpool_telemetry::metrics::http_request("gateway", r.status().as_u16());
             r
@@ -110,4 +148,44 @@ pub fn app(gw: Gateway) -> axum::Router {
             span
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn gateway() -> Gateway {
+        // never dialled: /health does not reach the scheduler
+        let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Gateway::new(SchedulerClient::new(ch), &["k1".to_string()])
+    }
+
+    async fn health(app: &axum::Router, key: &str) -> axum::response::Response {
+        let req = http::Request::get("/health").header("OPEN-SANDBOX-API-KEY", key).body(axum::body::Body::empty()).expect("request");
+        app.clone().oneshot(req).await.expect("response")
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_a_client_gets_429_with_retry_after() {
+        let app = app(gateway().with_rate_limit(1.0, 2.0));
+        assert_eq!(health(&app, "k1").await.status(), 200);
+        assert_eq!(health(&app, "k1").await.status(), 200);
+        let r = health(&app, "k1").await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["code"], "RATE_LIMITED");
+        assert_eq!(health(&app, "other").await.status(), 200, "another client is not affected");
+        // off
+        let app = app_off();
+        for _ in 0..50 {
+            assert_eq!(health(&app, "k1").await.status(), 200);
+        }
+    }
+
+    fn app_off() -> axum::Router {
+        app(gateway().with_rate_limit(0.0, 0.0))
+    }
 }

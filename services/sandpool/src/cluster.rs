@@ -68,6 +68,11 @@ pub struct GatewayArgs {
     /// Prometheus `/metrics`.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_listen: SocketAddr,
+    /// Requests per second allowed per API key (0 = no limit); 429 beyond.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
+    rate_limit: f64,
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
+    rate_burst: f64,
     /// API key(s); without any, the gateway serves without authentication.
     #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',', hide_env_values = true)]
     api_keys: Vec<String>,
@@ -86,6 +91,9 @@ pub struct NodeAgentArgs {
     containerd_namespace: String,
     #[arg(long, default_value = "0.0.0.0:9091")]
     listen: SocketAddr,
+    /// Prometheus `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    metrics_listen: SocketAddr,
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
     /// State directory (reserved for checkpoints and mounts).
@@ -217,12 +225,13 @@ pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("scheduler address {:?}", a.scheduler))?
         .tcp_nodelay(true)
         .connect_lazy();
-    let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys);
+    let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys).with_rate_limit(a.rate_limit, a.rate_burst);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
     tokio::spawn(async move { axum::serve(ml, sandpool_gateway::metrics_app()).await });
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
-    axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(crate::shutdown_signal()).await?;
+    let app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -232,6 +241,8 @@ pub async fn node_agent(a: NodeAgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to containerd at {}", a.containerd_socket.display()))?;
     let node = Arc::new(CriNode::new(ctr, &a.node_name));
+    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
+    tokio::spawn(async move { axum::serve(ml, sandpool_gateway::metrics_app()).await });
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
     serve_grpc(a.listen, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
 }

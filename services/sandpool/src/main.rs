@@ -138,6 +138,12 @@ struct ServeArgs {
     agent_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7702")]
     scheduler_listen: SocketAddr,
+    /// Requests per second allowed per API key (0 = no limit); 429 beyond.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
+    rate_limit: f64,
+    /// Burst allowance of the rate limit.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
+    rate_burst: f64,
     /// Prometheus `/metrics` of the whole platform (no auth: keep it local).
     #[arg(long, env = "SANDPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: SocketAddr,
@@ -252,13 +258,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
 
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect().await?;
-    let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys);
+    let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let gw_task = tokio::spawn(axum::serve(listener, sandpool_gateway::app(gw)).with_graceful_shutdown(shutdown_signal()).into_future());
+    // peer addresses key the rate limit of requests without an API key
+    let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
+    let gw_task = tokio::spawn(axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).into_future());
     let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
     let metrics_task = tokio::spawn(axum::serve(ml, sandpool_gateway::metrics_app()).into_future());
 
