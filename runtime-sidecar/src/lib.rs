@@ -66,6 +66,8 @@ pub struct AppState {
     pub entrypoint: Arc<entrypoint::Entrypoint>,
     pub metrics: Arc<sysmetrics::MetricsSampler>,
     pub started: Instant,
+    /// Milliseconds after `started` of the last request served (activity).
+    pub last_activity_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -78,7 +80,24 @@ impl AppState {
             entrypoint: Arc::new(entrypoint::Entrypoint::default()),
             metrics: Arc::new(sysmetrics::MetricsSampler::default()),
             started: Instant::now(),
+            last_activity_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// Note a request (anything but a health check) as activity.
+    pub fn touch(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the sandbox has been idle: 0 while a command runs (the
+    /// entrypoint, a long-lived process by nature, does not count).
+    pub fn idle_ms(&self) -> u64 {
+        if self.commands.running_count() > 0 {
+            return 0;
+        }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(self.last_activity_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Kill every process the runtime started (shutdown).
@@ -86,6 +105,18 @@ impl AppState {
         self.commands.kill_all();
         self.entrypoint.kill();
     }
+}
+
+/// Every request but a health check counts as activity (idle auto-pause).
+async fn note_activity(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !req.uri().path().ends_with("/Health") {
+        state.touch();
+    }
+    next.run(req).await
 }
 
 /// The whole service: execd HTTP routes + gRPC, with a tracing span per
@@ -97,7 +128,7 @@ pub fn app(state: AppState) -> Router {
     ))
     .prepare();
     let grpc_path = format!("/{}/{{*method}}", <sandpool_proto::v1::runtime_server::RuntimeServer<grpc::RuntimeService> as tonic::server::NamedService>::NAME);
-    http_api::router(state).route_service(&grpc_path, grpc).layer(TraceLayer::new_for_http().make_span_with(
+    http_api::router(state.clone()).route_service(&grpc_path, grpc).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
         |req: &http::Request<axum::body::Body>| {
             let span = tracing::info_span!("runtime.request", method = %req.method(), path = %req.uri().path());
             sandpool_telemetry::extract_parent(&span, req.headers());
@@ -108,7 +139,7 @@ pub fn app(state: AppState) -> Router {
 
 /// The E2B envd service (port 49983), sharing the runtime's state and token.
 pub fn envd_app(state: AppState) -> Router {
-    envd::router(envd::EnvdState { app: state, envd: envd::Envd::default() }).layer(TraceLayer::new_for_http().make_span_with(
+    envd::router(envd::EnvdState { app: state.clone(), envd: envd::Envd::default() }).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
         |req: &http::Request<axum::body::Body>| {
             let span = tracing::info_span!("envd.request", method = %req.method(), path = %req.uri().path());
             sandpool_telemetry::extract_parent(&span, req.headers());
@@ -119,7 +150,7 @@ pub fn envd_app(state: AppState) -> Router {
 
 /// The code interpreter (port 49999), sharing the runtime's token.
 pub fn interp_app(state: AppState) -> Router {
-    interp::router(interp::InterpState::new(state)).layer(TraceLayer::new_for_http().make_span_with(
+    interp::router(interp::InterpState::new(state.clone())).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
         |req: &http::Request<axum::body::Body>| {
             let span = tracing::info_span!("interp.request", method = %req.method(), path = %req.uri().path());
             sandpool_telemetry::extract_parent(&span, req.headers());

@@ -138,6 +138,10 @@ struct ServeArgs {
     agent_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7702")]
     scheduler_listen: SocketAddr,
+    /// Pause a claimed sandbox after this many seconds without runtime
+    /// activity (0 = never); resume it with the API (OpenSandbox `resume`, E2B `connect`).
+    #[arg(long, default_value_t = 0)]
+    idle_pause_after: u64,
     /// Requests per second allowed per API key (0 = no limit); 429 beyond.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
     rate_limit: f64,
@@ -244,6 +248,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         nodes: vec![format!("http://{}", a.agent_listen)],
         max_inflight: 4,
         tick: Duration::from_millis(500),
+        idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
     })
     .await?;
     for p in pools.clone() {

@@ -14,6 +14,10 @@ use sandpool_proto::v1 as pb;
 use sandpool_scheduler::{SchedError, Scheduler, SchedulerConfig, scheduler::PoolRec};
 
 async fn platform(n: u8) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
+    platform_with(n, None).await
+}
+
+async fn platform_with(n: u8, idle_pause: Option<Duration>) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
     let runtime = gate()?;
     let node = TestNode::start(runtime, n).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -30,6 +34,7 @@ async fn platform(n: u8) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)
         nodes: vec![format!("http://{addr}")],
         max_inflight: 4,
         tick: Duration::from_millis(100),
+        idle_pause,
     })
     .await
     .unwrap();
@@ -207,6 +212,52 @@ async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
     assert!(after.iter().all(|i| i.state == pb::SandboxState::Warm as i32));
     assert_eq!(s.pool_status("f").unwrap().1.available, 2, "pool refilled");
     s.delete_pool("f").await.unwrap();
+    wait_node_empty(&node).await;
+    node.assert_no_residue().await;
+}
+
+/// Idle auto-pause: a claim whose runtime serves nothing for the idle limit is
+/// paused (its TTL stops); while a command runs it is not; resume brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_claims_are_paused_and_busy_ones_are_not() {
+    let Some((node, s, _store)) = platform_with(14, Some(Duration::from_secs(2))).await else { return };
+    s.apply_pool(pool("idle", 2, 2, 4)).unwrap();
+    wait_available(&s, "idle", 2).await;
+    let claim = |ttl: u64| pb::ClaimRequest { pool: "idle".into(), ttl_seconds: ttl, ..Default::default() };
+    let idle = s.claim(claim(600)).await.unwrap();
+    let busy = s.claim(claim(600)).await.unwrap();
+    // the busy one runs a command for the whole test
+    let url = format!("http://{}:{}/command", busy.sandbox.ip, busy.sandbox.port);
+    let http = reqwest::Client::new();
+    let bg = http
+        .post(&url)
+        .header("x-execd-access-token", &busy.sandbox.token)
+        .json(&serde_json::json!({"command": "sleep 6", "background": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bg.status(), 200);
+    let state = |id: String| {
+        let s = s.clone();
+        async move { s.get_claim(&id).map(|c| c.state).unwrap() }
+    };
+    for _ in 0..80 {
+        if state(idle.id.clone()).await == sandpool_core::claim::ClaimState::Paused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(idle.id.clone()).await, sandpool_core::claim::ClaimState::Paused, "idle claim paused");
+    assert_eq!(node.agent().get(&idle.sandbox.id).unwrap().state, pb::SandboxState::Paused);
+    assert_eq!(state(busy.id.clone()).await, sandpool_core::claim::ClaimState::Bound, "a running command keeps it awake");
+    let paused = s.get_claim(&idle.id).unwrap();
+    assert!(paused.paused_remaining_ms > 0, "TTL stopped while paused");
+    s.resume(&idle.id).await.unwrap();
+    assert_eq!(state(idle.id.clone()).await, sandpool_core::claim::ClaimState::Bound);
+    for c in [&idle, &busy] {
+        s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await.unwrap();
+    }
+    s.delete_pool("idle").await.unwrap();
     wait_node_empty(&node).await;
     node.assert_no_residue().await;
 }
