@@ -646,6 +646,22 @@ impl Agent {
         }
     }
 
+    /// Checkpoint (memory state). Neither path works on every node, so the
+    /// answer names what this node lacks: runc needs a CRIU that passes
+    /// `criu check`; runsc sandboxes here use gVisor's host networking inside
+    /// their netns, which gVisor cannot checkpoint (google/gvisor#6243).
+    pub async fn checkpoint(&self, id: &str) -> Result<pb::CheckpointInfo> {
+        let sb = self.get(id)?;
+        let reason = match sb.runtime_class {
+            pb::RuntimeClass::Runsc => "runsc sandboxes on this node run with gVisor host networking (--network=host: this runsc cannot use its netstack on this kernel), and gVisor cannot checkpoint host-network sandboxes (google/gvisor#6243)".to_string(),
+            _ => match criu_check().await {
+                Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
+                Ok(()) => "runc checkpoint through containerd is not implemented yet (CRIU works on this node)".to_string(),
+            },
+        };
+        Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} is unsupported on this node: {reason}")))
+    }
+
     /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
     pub async fn release(self: &Arc<Self>, id: &str, policy: pb::ReleasePolicy) -> Result<Option<Sandbox>> {
@@ -785,6 +801,25 @@ fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
         r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
     }
     r
+}
+
+/// Whether CRIU can work here (`criu check`), answered once per process.
+async fn criu_check() -> std::result::Result<(), String> {
+    static RESULT: tokio::sync::OnceCell<std::result::Result<(), String>> = tokio::sync::OnceCell::const_new();
+    RESULT
+        .get_or_init(|| async {
+            match tokio::process::Command::new("criu").arg("check").output().await {
+                Err(e) => Err(format!("criu is not installed ({e})")),
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => {
+                    let err = String::from_utf8_lossy(&o.stderr);
+                    let first = err.lines().next().unwrap_or("no output").trim().to_string();
+                    Err(format!("`criu check` fails on this kernel: {first}"))
+                }
+            }
+        })
+        .await
+        .clone()
 }
 
 #[cfg(test)]

@@ -73,12 +73,13 @@ impl NodeAgent for NodeAgentService {
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
-    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(AgentError::Unsupported("checkpoint".into()).into())
+    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Ok(Response::new(self.agent.checkpoint(&req.into_inner().sandbox_id).await?))
     }
 
-    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(AgentError::Unsupported("restore".into()).into())
+    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        // no checkpoint can exist on a node that cannot make one
+        Err(AgentError::NotFound(format!("checkpoint {} not found on this node", req.into_inner().checkpoint_id)).into())
     }
 
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {

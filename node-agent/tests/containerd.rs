@@ -424,6 +424,12 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let g = agent.create("pool-m", template(pb::RuntimeClass::Runsc), None).await.unwrap().info("test-node");
     let e = agent.mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap_err();
     assert!(e.to_string().contains("need a runc sandbox"), "{e}");
+    // checkpoint: this node has no working path, and says which and why
+    let e = agent.checkpoint(&g.sandbox_id).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"), "{e}");
+    let e = agent.checkpoint(&a.sandbox_id).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"), "{e}");
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
     agent.pause(&a.sandbox_id).await.unwrap();
     let e = agent.pause(&a.sandbox_id).await.unwrap_err();
     assert!(e.to_string().contains("already paused"), "{e}");
