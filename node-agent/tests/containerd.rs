@@ -247,7 +247,9 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     let e = c.release(pb::ReleaseRequest { sandbox_id: "nope".into(), policy: 0 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     let e = c.checkpoint(pb::CheckpointRequest { sandbox_id: "nope".into(), leave_running: false }).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::NotFound, "an unknown sandbox is not found (support is checked per sandbox)");
+    let e = c.restore(pb::RestoreRequest { checkpoint_id: "nope".into(), sandbox_id: String::new() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 
     // The watch stream starts with a capacity snapshot.
     let mut w = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();

@@ -217,7 +217,8 @@ def stop(platform: Sandpool, keep_log: bool = True) -> None:
     """SIGTERM, 30 s grace, then SIGKILL to its process group. ``sandpool serve``
     leaves its sandboxes running on purpose (the next start adopts them), but
     nothing restarts on this state dir: kill what it left, unmount, delete it,
-    and drop the test bridge. The log stays (in base_dir) if ``keep_log``."""
+    and drop the test bridge and its isolation chain. The log stays (in
+    base_dir) if ``keep_log``."""
     stop_process(platform.process, grace=STOP_GRACE, kill_group=True)
     data_dir = platform.base_dir / "data"
     leftovers = cleanup_leftovers(data_dir)
@@ -228,6 +229,11 @@ def stop(platform: Sandpool, keep_log: bool = True) -> None:
     if keep_log:
         print(f"\nsandpool log kept: {platform.log_path}", file=sys.stderr)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    chain = f"SANDPOOL-{BRIDGE}"
+    while subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", BRIDGE, "-j", chain], capture_output=True).returncode == 0:
+        pass
+    subprocess.run(["iptables", "-w", "-F", chain], capture_output=True)
+    subprocess.run(["iptables", "-w", "-X", chain], capture_output=True)
 
 
 def cleanup_leftovers(data_dir: Path) -> list[str]:
