@@ -634,6 +634,18 @@ impl Agent {
             return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused")));
         }
         let source = match host_path {
+            Some(h) if !h.starts_with('/') => {
+                // a volume name: a directory under the first mount root
+                if h.is_empty() || h.contains('/') || h == "." || h == ".." {
+                    return Err(AgentError::InvalidTemplate(format!("bad volume name {h:?}")));
+                }
+                let root = self.cfg.mount_roots.first().ok_or_else(|| AgentError::FailedPrecondition("no mount root configured".into()))?;
+                let path = root.join(h);
+                if !path.is_dir() {
+                    return Err(AgentError::NotFound(format!("volume {h} not found on node {} (no directory {})", self.cfg.node_name, path.display())));
+                }
+                Some(crate::mounts::validate(&path.to_string_lossy(), mount_path, &self.cfg.mount_roots)?)
+            }
             Some(h) => Some(crate::mounts::validate(h, mount_path, &self.cfg.mount_roots)?),
             None => {
                 crate::mounts::validate_target(mount_path)?;

@@ -66,6 +66,29 @@ def test_pause_and_connect_resumes(e2b_env: Sandpool):
         sbx.kill()
 
 
+def test_kruise_csi_volume_metadata_mounts_a_node_volume(e2b_env: Sandpool):
+    """OpenKruise Agents' metadata keys: the named volume (a directory under
+    the node agent's mount root) appears at the mount point; writes reach it."""
+    volume = "vol-" + uuid.uuid4().hex[:8]
+    host_dir = e2b_env.base_dir / "data" / "agent" / "volumes" / volume
+    host_dir.mkdir(parents=True)
+    (host_dir / "hello.txt").write_text("from the node\n")
+    meta = {"e2b.agents.kruise.io/csi-volume-name": volume, "e2b.agents.kruise.io/csi-mount-point": "/mnt/shared"}
+    sbx = Sandbox.create(POOL_NAME, metadata=meta, timeout=120)
+    try:
+        assert sbx.commands.run("cat /mnt/shared/hello.txt").stdout == "from the node\n"
+        sbx.commands.run("echo from-the-sandbox > /mnt/shared/out.txt")
+        assert (host_dir / "out.txt").read_text() == "from-the-sandbox\n"
+    finally:
+        sbx.kill()
+    assert (host_dir / "hello.txt").exists(), "the volume outlives the sandbox"
+    # a volume the node does not have, and half of the pair, are refused
+    with pytest.raises(SandboxException):
+        Sandbox.create(POOL_NAME, metadata={**meta, "e2b.agents.kruise.io/csi-volume-name": "no-such-volume"}, timeout=60)
+    with pytest.raises(SandboxException):
+        Sandbox.create(POOL_NAME, metadata={"e2b.agents.kruise.io/csi-volume-name": volume}, timeout=60)
+
+
 def test_unknown_template_and_bad_key(e2b_env: Sandpool, monkeypatch):
     with pytest.raises(SandboxException):
         Sandbox.create("no-such-template", timeout=60)

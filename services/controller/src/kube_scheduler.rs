@@ -269,6 +269,9 @@ impl Scheduler for KubeScheduler {
     async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
         let started = Instant::now();
         let r = req.into_inner();
+        if !r.mounts.is_empty() {
+            return Err(Status::unimplemented("volume mounts are not supported in Kubernetes mode yet"));
+        }
         let id = if r.claim_id.is_empty() { format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]) } else { r.claim_id.clone() };
         // idempotency: an existing claim of that id is returned as is
         if let Ok(b) = self.get_claim_batch(&id).await {

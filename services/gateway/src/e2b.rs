@@ -168,13 +168,16 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
     // "name:tag" and "ns/name" templates map to the pool named by the last name part.
     let pool = req.template_id.rsplit('/').next().unwrap_or_default().split(':').next().unwrap_or_default().to_string();
     let pool2 = pool.clone();
+    let metadata = req.metadata.unwrap_or_default();
+    let mounts = kruise_mounts(&metadata)?;
     let c = gw
         .scheduler
         .clone()
         .create_claim(traced(pb::ClaimRequest {
             pool: pool.clone(),
             ttl_seconds: timeout,
-            metadata: req.metadata.unwrap_or_default().into_iter().collect(),
+            metadata: metadata.into_iter().collect(),
+            mounts,
             ..Default::default()
         }))
         .await
@@ -306,6 +309,21 @@ async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Js
         "diskUsed": 0,
         "diskTotal": 0,
     }])))
+}
+
+/// OpenKruise Agents' CSI volume metadata: `e2b.agents.kruise.io/csi-volume-name`
+/// (a volume of the node) mounted at `e2b.agents.kruise.io/csi-mount-point`.
+pub const CSI_VOLUME_KEY: &str = "e2b.agents.kruise.io/csi-volume-name";
+pub const CSI_MOUNT_POINT_KEY: &str = "e2b.agents.kruise.io/csi-mount-point";
+
+fn kruise_mounts(metadata: &BTreeMap<String, String>) -> std::result::Result<Vec<pb::VolumeMount>, ApiError> {
+    match (metadata.get(CSI_VOLUME_KEY), metadata.get(CSI_MOUNT_POINT_KEY)) {
+        (None, None) => Ok(Vec::new()),
+        (Some(v), Some(p)) if !v.is_empty() && p.starts_with('/') => {
+            Ok(vec![pb::VolumeMount { volume: v.clone(), mount_path: p.clone(), read_only: false }])
+        }
+        _ => Err(ApiError::Invalid(format!("{CSI_VOLUME_KEY} and {CSI_MOUNT_POINT_KEY} (an absolute path) go together"))),
+    }
 }
 
 /// Filtered claims: `metadata` (url-encoded `k=v&k2=v2`), `state` (comma list).

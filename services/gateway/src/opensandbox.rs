@@ -198,6 +198,7 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
         metadata,
         claim_id: String::new(),
         template,
+        mounts: Vec::new(),
     };
     let pool2 = pool.clone();
     let c = gw

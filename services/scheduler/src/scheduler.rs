@@ -607,7 +607,23 @@ impl Scheduler {
             async move { tokio::task::spawn_blocking(move || s.put(Table::Claims, &r.id, &r)).await.map_err(|e| SchedError::Store(e.to_string()))? }
         };
         let (injected, persisted) = tokio::join!(inject, persist);
-        if let Err(e) = injected.and(persisted) {
+        let mut result = injected.and(persisted);
+        if result.is_ok() && !req.mounts.is_empty() {
+            let n = self.node(&node)?;
+            for m in &req.mounts {
+                let mr = pb::MountRequest {
+                    sandbox_id: rec.sandbox.id.clone(),
+                    host_path: m.volume.clone(),
+                    mount_path: m.mount_path.clone(),
+                    read_only: m.read_only,
+                };
+                if let Err(status) = n.client.clone().mount(traced(mr)).await {
+                    result = Err(SchedError::Node { node: node.clone(), status });
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
             let _ = self.store.delete(Table::Claims, &claim_id);
             self.unallocate(&req.pool);
             self.release_sandbox(&node, &rec.sandbox.id, pb::ReleasePolicy::Delete).await;
