@@ -144,6 +144,12 @@ async fn ensure_pools(client: &kube::Client, ns: &str, file: &PathBuf) -> anyhow
     Ok(())
 }
 
+/// Bind `addr` (errors here stop the command) and serve `app` in the background.
+pub async fn spawn_http(addr: SocketAddr, app: axum::Router) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    Ok(tokio::spawn(async move { axum::serve(l, app).await }))
+}
+
 async fn serve_grpc<S>(addr: SocketAddr, svc: S) -> anyhow::Result<()>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
@@ -190,11 +196,8 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
                 }
             }),
         );
-    let hl = tokio::net::TcpListener::bind(a.health_listen).await.with_context(|| format!("binding {}", a.health_listen))?;
-    tokio::spawn(async move { axum::serve(hl, health_app).await });
-    let metrics_app = sandpool_gateway::metrics_app();
-    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
-    tokio::spawn(async move { axum::serve(ml, metrics_app).await });
+    spawn_http(a.health_listen, health_app).await?;
+    spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
@@ -227,8 +230,7 @@ pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         .connect_lazy();
     let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys).with_rate_limit(a.rate_limit, a.rate_burst);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
-    tokio::spawn(async move { axum::serve(ml, sandpool_gateway::metrics_app()).await });
+    spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
     let app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal()).await?;
@@ -241,8 +243,7 @@ pub async fn node_agent(a: NodeAgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to containerd at {}", a.containerd_socket.display()))?;
     let node = Arc::new(CriNode::new(ctr, &a.node_name));
-    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
-    tokio::spawn(async move { axum::serve(ml, sandpool_gateway::metrics_app()).await });
+    spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
     serve_grpc(a.listen, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
 }

@@ -272,8 +272,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // peer addresses key the rate limit of requests without an API key
     let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
     let gw_task = tokio::spawn(axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).into_future());
-    let ml = tokio::net::TcpListener::bind(a.metrics_listen).await.with_context(|| format!("binding {}", a.metrics_listen))?;
-    let metrics_task = tokio::spawn(axum::serve(ml, sandpool_gateway::metrics_app()).into_future());
+    let metrics_task = cluster::spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
 
     // Progress until the pools reach their minimum buffer.
     for _ in 0..600 {
