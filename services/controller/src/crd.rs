@@ -195,6 +195,18 @@ impl LegacySandboxTemplate {
 }
 
 impl PoolSpec {
+    /// A pool in the current shape (no deprecated fields).
+    pub fn new(template: PodTemplateSpec, capacity: CapacitySpec) -> Self {
+        PoolSpec {
+            template: Some(template),
+            capacity_spec: Some(capacity),
+            min_buffer_size: None,
+            max_buffer_size: None,
+            capacity: None,
+            sandbox_template: None,
+        }
+    }
+
     /// `template`, else the deprecated `sandboxTemplate`.
     pub fn pod_template(&self) -> Option<PodTemplateSpec> {
         self.template.clone().or_else(|| self.sandbox_template.as_ref().map(LegacySandboxTemplate::to_pod_template))

@@ -119,6 +119,15 @@ fn pool_to_pb(p: &Pool) -> pb::Pool {
     }
 }
 
+/// `ttl_seconds` from now (0 = never).
+fn expire_after(ttl_seconds: u64) -> Option<Time> {
+    if ttl_seconds == 0 {
+        return None;
+    }
+    let ttl = k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(ttl_seconds).unwrap_or(i64::MAX));
+    Timestamp::now().checked_add(ttl).ok().map(Time)
+}
+
 fn task_of(p: &pb::InjectRequest) -> ProcessTask {
     ProcessTask {
         command: p.argv.clone(),
@@ -230,14 +239,10 @@ impl Scheduler for KubeScheduler {
         let cap = sandpool_core::pool::CapacitySpec { buffer_min: c.buffer_min, buffer_max: c.buffer_max, pool_min: c.pool_min, pool_max: c.pool_max };
         cap.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let i = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        let spec = PoolSpec {
-            template: Some(template),
-            capacity_spec: Some(CapacitySpec { buffer_min: i(c.buffer_min), buffer_max: i(c.buffer_max), pool_min: i(c.pool_min), pool_max: i(c.pool_max) }),
-            min_buffer_size: None,
-            max_buffer_size: None,
-            capacity: None,
-            sandbox_template: None,
-        };
+        let spec = PoolSpec::new(
+            template,
+            CapacitySpec { buffer_min: i(c.buffer_min), buffer_max: i(c.buffer_max), pool_min: i(c.pool_min), pool_max: i(c.pool_max) },
+        );
         let obj = Pool::new(&p.name, spec.clone());
         let out = match self.pools().create(&PostParams::default(), &obj).await {
             Ok(o) => o,
@@ -294,10 +299,7 @@ impl Scheduler for KubeScheduler {
         if let Some(p) = &r.process {
             annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?);
         }
-        let expire = (r.ttl_seconds > 0)
-            .then(|| Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX))).ok())
-            .flatten()
-            .map(Time);
+        let expire = expire_after(r.ttl_seconds);
         let mut b = BatchSandbox::new(
             &id,
             BatchSandboxSpec {
@@ -408,10 +410,7 @@ impl Scheduler for KubeScheduler {
             .enumerate()
             .map(|(i, p)| serde_json::from_str::<serde_json::Value>(p).map_err(|e| Status::invalid_argument(format!("shard_task_patches[{i}]: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let expire = (r.ttl_seconds > 0)
-            .then(|| Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX))).ok())
-            .flatten()
-            .map(Time);
+        let expire = expire_after(r.ttl_seconds);
         let b = BatchSandbox::new(
             &r.name,
             BatchSandboxSpec {

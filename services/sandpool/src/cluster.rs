@@ -122,14 +122,7 @@ async fn ensure_pools(client: &kube::Client, ns: &str, file: &PathBuf) -> anyhow
     let entries: Vec<PoolEntry> = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
     let api: Api<Pool> = Api::namespaced(client.clone(), ns);
     for e in entries.into_iter().filter(|e| e.enabled) {
-        let spec = PoolSpec {
-            template: Some(e.template),
-            capacity_spec: Some(e.capacity_spec),
-            min_buffer_size: None,
-            max_buffer_size: None,
-            capacity: None,
-            sandbox_template: None,
-        };
+        let spec = PoolSpec::new(e.template, e.capacity_spec);
         let mut pool = Pool::new(&e.name, spec.clone());
         pool.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "sandpool".to_string())].into());
         match api.create(&PostParams::default(), &pool).await {
