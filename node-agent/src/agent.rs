@@ -13,7 +13,7 @@ use sandpool_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 use crate::{
-    containerd::{Ctr, NewContainer, TaskState},
+    containerd::{Ctr, NewContainer, TaskEvent, TaskState},
     error::{AgentError, Result},
     image, net::NetConfig,
     quantity,
@@ -271,7 +271,24 @@ pub struct Agent {
     events: broadcast::Sender<pb::NodeEvent>,
     image_lock: tokio::sync::Mutex<()>,
     runsc_wrapper: PathBuf,
+    /// ids a create or release is working on: the sweep leaves them alone
+    busy: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Marks a sandbox id busy until dropped.
+struct Busy<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// How often the agent sweeps resources no sandbox owns.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// Build the agent on a connected containerd and recover existing sandboxes.
@@ -307,15 +324,76 @@ impl Agent {
             events,
             image_lock: tokio::sync::Mutex::new(()),
             runsc_wrapper,
+            busy: Mutex::new(Default::default()),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);
         tokio::spawn(async move { me.watch_exits().await });
+        let me = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(a) = me.upgrade() else { return };
+                if let Err(e) = a.sweep().await {
+                    tracing::debug!(error = %e, "sweep failed");
+                }
+            }
+        });
         Ok(agent)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Sandbox>> {
         self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy(&self, id: &str) -> Busy<'_> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+        Busy { set: &self.busy, id: id.to_string() }
+    }
+
+    /// Whether `id` is a sandbox, or one being created or released.
+    fn owned(&self, id: &str) -> bool {
+        self.lock().contains_key(id) || self.busy.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Remove what no sandbox owns: containers, netns and snapshots left by a
+    /// create or release that failed half-way (containerd restarting, say).
+    /// Returns how many were removed.
+    pub async fn sweep(&self) -> Result<usize> {
+        let containers = self.ctr.list_containers().await?;
+        let mut removed = 0;
+        let mut in_use = std::collections::HashSet::new();
+        let mut container_ids = std::collections::HashSet::new();
+        for c in containers {
+            container_ids.insert(c.id.clone());
+            if Sandbox::from_labels(&c.id, &c.labels).is_none() || self.owned(&c.id) {
+                in_use.insert(c.snapshot_key.clone());
+                continue;
+            }
+            tracing::warn!(sandbox = %c.id, "sweeping a container no sandbox owns");
+            self.cleanup(&c.id).await;
+            removed += 1;
+        }
+        for id in self.cfg.net.list() {
+            if !container_ids.contains(&id) && !self.owned(&id) {
+                tracing::warn!(sandbox = %id, "sweeping a network namespace no sandbox owns");
+                let net = self.cfg.net.clone();
+                let _ = tokio::task::spawn_blocking(move || net.teardown(&id)).await;
+                removed += 1;
+            }
+        }
+        // image unpacks hold active snapshots of their own: not while one runs
+        if let Ok(_images) = self.image_lock.try_lock() {
+            for key in self.ctr.list_active_snapshots().await? {
+                let owner = key.split('.').next().unwrap_or_default();
+                if !in_use.contains(&key) && !self.owned(owner) {
+                    tracing::warn!(snapshot = %key, "sweeping a snapshot no sandbox owns");
+                    let _ = self.ctr.remove_snapshot(&key).await;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub fn ctr(&self) -> &Ctr {
@@ -405,6 +483,7 @@ impl Agent {
             Some(i) => return Err(AgentError::InvalidTemplate(format!("bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"))),
             None => format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
         };
+        let _busy = self.busy(&id);
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
         {
             let g = self.lock();
@@ -678,6 +757,7 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
     pub async fn release(self: &Arc<Self>, id: &str, policy: pb::ReleasePolicy) -> Result<Option<Sandbox>> {
         let sb = self.get(id)?;
+        let _busy = self.busy(id);
         let policy = match policy {
             pb::ReleasePolicy::Unspecified => validate_template(&sb.template).map(|v| v.release_policy).unwrap_or(pb::ReleasePolicy::Delete),
             p => p,
@@ -734,30 +814,51 @@ impl Agent {
     /// crashed — is marked FAILED and reported, so no one is handed a dead
     /// sandbox. Exits the agent caused itself (release) find no live entry.
     async fn watch_exits(self: Arc<Self>) {
-        let mut exits = self.ctr.task_exits();
-        while let Some((id, pid, status)) = exits.recv().await {
-            // an exit of an earlier incarnation (recycle) while a new one runs
-            if let Ok(Some((TaskState::Running | TaskState::Paused, current))) = self.ctr.task_state(&id).await
-                && current != pid
-            {
-                continue;
-            }
-            let failed = {
-                let mut g = self.lock();
-                match g.get_mut(&id) {
-                    Some(sb) if !matches!(sb.state, pb::SandboxState::Releasing | pb::SandboxState::Creating | pb::SandboxState::Failed) => {
-                        sb.state = pb::SandboxState::Failed;
-                        Some(sb.clone())
+        let mut events = self.ctr.task_exits();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                TaskEvent::Exit { id, pid, status } => self.on_exit(&id, Some(pid), status).await,
+                TaskEvent::Resubscribed => {
+                    // containerd restarted: exits in the gap were not seen,
+                    // and creates or releases it broke left debris
+                    let ids: Vec<String> = self.lock().keys().cloned().collect();
+                    for id in ids {
+                        if let Ok(None | Some((TaskState::Stopped, _))) = self.ctr.task_state(&id).await {
+                            self.on_exit(&id, None, 0).await;
+                        }
                     }
-                    _ => None,
+                    if let Err(e) = self.sweep().await {
+                        tracing::warn!(error = %e, "sweep after containerd restart failed");
+                    }
                 }
-            };
-            if let Some(sb) = failed {
-                tracing::warn!(sandbox = %id, pid, status, "sandbox init exited; marked failed");
-                self.forget_channel(&id);
-                let _ = self.ctr.set_labels(&id, [(labels::STATE.to_string(), "failed".to_string())].into()).await;
-                self.emit(&sb);
             }
+        }
+    }
+
+    /// A sandbox's init exited (`pid` from the event, if any): mark it failed.
+    async fn on_exit(&self, id: &str, pid: Option<u32>, status: u32) {
+        // an exit of an earlier incarnation (recycle) while a new one runs
+        if let Some(pid) = pid
+            && let Ok(Some((TaskState::Running | TaskState::Paused, current))) = self.ctr.task_state(id).await
+            && current != pid
+        {
+            return;
+        }
+        let failed = {
+            let mut g = self.lock();
+            match g.get_mut(id) {
+                Some(sb) if !matches!(sb.state, pb::SandboxState::Releasing | pb::SandboxState::Creating | pb::SandboxState::Failed) => {
+                    sb.state = pb::SandboxState::Failed;
+                    Some(sb.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(sb) = failed {
+            tracing::warn!(sandbox = %id, ?pid, status, "sandbox init exited; marked failed");
+            self.forget_channel(id);
+            let _ = self.ctr.set_labels(id, [(labels::STATE.to_string(), "failed".to_string())].into()).await;
+            self.emit(&sb);
         }
     }
 

@@ -79,6 +79,14 @@ pub fn chain_id(diff_ids: &[String]) -> Option<String> {
     Some(chain)
 }
 
+/// What [`Ctr::task_exits`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    Exit { id: String, pid: u32, status: u32 },
+    /// The event stream was renewed after a break: exits may have been missed.
+    Resubscribed,
+}
+
 #[derive(Clone)]
 pub struct Ctr {
     client: std::sync::Arc<Client>,
@@ -622,28 +630,49 @@ impl Ctr {
     /// Task exits in this namespace: (container id, exited pid, exit status).
     /// The subscription is made in the returned task: containerd answers a
     /// Subscribe only when the first event arrives.
-    pub fn task_exits(&self) -> tokio::sync::mpsc::Receiver<(String, u32, u32)> {
+    /// Task exits of this namespace, for as long as the receiver lives. The
+    /// subscription is renewed when containerd goes away and comes back
+    /// (restart); exits in between are missed, so each renewal is announced
+    /// with [`TaskEvent::Resubscribed`] for the caller to re-check its tasks.
+    pub fn task_exits(&self) -> tokio::sync::mpsc::Receiver<TaskEvent> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let me = self.clone();
         tokio::spawn(async move {
             let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
-            let req = me.req(api::SubscribeRequest { filters: vec![filter] });
-            let mut stream = match me.client.events().subscribe(req).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to containerd task exits failed");
-                    return;
+            let mut first = true;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let req = me.req(api::SubscribeRequest { filters: vec![filter.clone()] });
+                let mut stream = match me.client.events().subscribe(req).await {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "subscribing to containerd task exits failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        if tx.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(100);
+                if !first {
+                    tracing::info!("containerd event stream re-established");
+                    if tx.send(TaskEvent::Resubscribed).await.is_err() {
+                        return;
+                    }
                 }
-            };
-            while let Some(Ok(env)) = stream.next().await {
-                let Some(any) = env.event else { continue };
-                if let Ok(exit) = <containerd_client::events::TaskExit as prost::Message>::decode(any.value.as_slice())
-                    && tx.send((exit.container_id, exit.pid, exit.exit_status)).await.is_err()
-                {
-                    return;
+                first = false;
+                while let Some(Ok(env)) = stream.next().await {
+                    let Some(any) = env.event else { continue };
+                    if let Ok(exit) = <containerd_client::events::TaskExit as prost::Message>::decode(any.value.as_slice())
+                        && tx.send(TaskEvent::Exit { id: exit.container_id, pid: exit.pid, status: exit.exit_status }).await.is_err()
+                    {
+                        return;
+                    }
                 }
+                tracing::warn!("containerd event stream ended (containerd restarting?); resubscribing");
             }
-            tracing::warn!("containerd event stream ended");
         });
         rx
     }

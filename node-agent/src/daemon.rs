@@ -1,17 +1,23 @@
 //! A private containerd for the standalone mode: root, state and socket under
-//! the agent's data dir, CRI disabled; stopped when the agent stops. Tasks
-//! survive (their shims outlive containerd) and are found again on restart.
+//! the agent's data dir, CRI disabled; restarted if it dies, stopped when the
+//! agent stops. Tasks survive (their shims outlive containerd) and are found
+//! again on restart.
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use crate::error::{AgentError, Result};
 
 pub struct ContainerdDaemon {
-    child: Option<Child>,
+    child: Arc<Mutex<Option<Child>>>,
+    stopping: Arc<AtomicBool>,
     pub socket: PathBuf,
     pub dir: PathBuf,
 }
@@ -25,38 +31,69 @@ pub fn config_toml(dir: &Path) -> String {
     )
 }
 
+fn spawn(dir: &Path) -> Result<Child> {
+    let cfg = dir.join("config.toml");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(|e| AgentError::io("containerd.log", e))?;
+    let log2 = log.try_clone().map_err(|e| AgentError::io("containerd.log", e))?;
+    let socket = dir.join("containerd.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(&cfg).stdin(Stdio::null()).stdout(log).stderr(log2);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // containerd goes when its owner does (the spawning thread is the
+    // supervisor, which lives as long as the process): a restarted agent must
+    // not meet a stale containerd holding the same root.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from));
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| AgentError::Connect {
+            path: socket.display().to_string(),
+            message: format!("starting containerd (apt-get install containerd runc): {e}"),
+        })?;
+    tracing::info!(pid = child.id(), socket = %socket.display(), "started private containerd");
+    Ok(child)
+}
+
 impl ContainerdDaemon {
-    /// Start `containerd` with private paths under `dir`.
+    /// Start `containerd` with private paths under `dir`, and keep it running:
+    /// if it dies it is started again (its tasks' shims live on and are
+    /// reconnected; clients reconnect by themselves).
     pub fn start(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config_toml(dir)).map_err(|e| AgentError::io(cfg.display().to_string(), e))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("containerd.log"))
-            .map_err(|e| AgentError::io("containerd.log", e))?;
-        let log2 = log.try_clone().map_err(|e| AgentError::io("containerd.log", e))?;
-        let socket = dir.join("containerd.sock");
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| AgentError::Connect {
-                path: socket.display().to_string(),
-                message: format!("starting containerd (apt-get install containerd runc): {e}"),
-            })?;
-        tracing::info!(pid = child.id(), socket = %socket.display(), "started private containerd");
-        Ok(ContainerdDaemon { child: Some(child), socket, dir: dir.to_path_buf() })
+        let child = Arc::new(Mutex::new(None));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (c, stop, d) = (Arc::clone(&child), Arc::clone(&stopping), dir.to_path_buf());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("containerd-supervisor".into())
+            .spawn(move || match spawn(&d) {
+                Ok(first) => {
+                    *c.lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
+                    let _ = tx.send(Ok(()));
+                    supervise(&c, &stop, &d);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
+        rx.recv().map_err(|_| AgentError::Connect { path: dir.display().to_string(), message: "containerd supervisor died".into() })??;
+        Ok(ContainerdDaemon { child, stopping, socket: dir.join("containerd.sock"), dir: dir.to_path_buf() })
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        self.stopping.store(true, Ordering::SeqCst);
+        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         if let Ok(pid) = i32::try_from(child.id()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
@@ -70,6 +107,35 @@ impl ContainerdDaemon {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// Restart containerd whenever it exits, until stopped; backs off when it
+/// keeps dying.
+fn supervise(child: &Mutex<Option<Child>>, stopping: &AtomicBool, dir: &Path) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut g = child.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = g.as_mut() else { return };
+        let Ok(Some(status)) = c.try_wait() else {
+            backoff = Duration::from_millis(100);
+            continue;
+        };
+        tracing::warn!(%status, "private containerd exited; restarting it");
+        drop(g);
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match spawn(dir) {
+            Ok(new) => *child.lock().unwrap_or_else(|p| p.into_inner()) = Some(new),
+            Err(e) => tracing::error!(error = %e, "restarting containerd failed"),
+        }
     }
 }
 

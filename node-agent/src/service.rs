@@ -18,6 +18,12 @@ impl NodeAgentService {
     }
 }
 
+/// Run a node change to completion even if the caller (scheduler) goes away
+/// mid-call: a dropped request must not leave a half-made sandbox behind.
+async fn detached<T: Send + 'static>(f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static) -> Result<T, Status> {
+    tokio::spawn(f).await.map_err(|e| Status::internal(format!("node agent task failed: {e}")))?.map_err(Status::from)
+}
+
 fn parent_span(name: &'static str, md: &tonic::metadata::MetadataMap) -> tracing::Span {
     let span = tracing::info_span!("node_agent.rpc", rpc = name);
     sandpool_telemetry::continue_grpc_trace(&span, md);
@@ -30,7 +36,8 @@ impl NodeAgent for NodeAgentService {
         let span = parent_span("CreateSandbox", req.metadata());
         let r = req.into_inner();
         let t = r.template.ok_or_else(|| Status::invalid_argument("template is required"))?;
-        let sb = tracing::Instrument::instrument(self.agent.create(&r.pool, t, Some(r.sandbox_id)), span).await?;
+        let a = Arc::clone(&self.agent);
+        let sb = detached(tracing::Instrument::instrument(async move { a.create(&r.pool, t, Some(r.sandbox_id)).await }, span)).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
@@ -47,7 +54,8 @@ impl NodeAgent for NodeAgentService {
         let span = parent_span("Inject", req.metadata());
         let r = req.into_inner();
         let p = r.process.ok_or_else(|| Status::invalid_argument("process is required"))?;
-        let (st, took) = tracing::Instrument::instrument(self.agent.inject(&r.sandbox_id, p), span).await?;
+        let a = Arc::clone(&self.agent);
+        let (st, took) = detached(tracing::Instrument::instrument(async move { a.inject(&r.sandbox_id, p).await }, span)).await?;
         Ok(Response::new(pb::NodeInjectResponse { process: Some(st), inject_us: took.as_micros() as u64 }))
     }
 
@@ -56,7 +64,9 @@ impl NodeAgent for NodeAgentService {
         let r = req.into_inner();
         let policy = pb::ReleasePolicy::try_from(r.policy).map_err(|_| Status::invalid_argument(format!("unknown release policy {}", r.policy)))?;
         let before = self.agent.get(&r.sandbox_id)?.info(&self.agent.cfg.node_name);
-        let after = tracing::Instrument::instrument(self.agent.release(&r.sandbox_id, policy), span).await?;
+        let a = Arc::clone(&self.agent);
+        let id = r.sandbox_id.clone();
+        let after = detached(tracing::Instrument::instrument(async move { a.release(&id, policy).await }, span)).await?;
         Ok(Response::new(match after {
             Some(sb) => sb.info(&self.agent.cfg.node_name),
             None => pb::SandboxInfo { state: pb::SandboxState::Releasing as i32, ..before },
@@ -64,12 +74,16 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn pause(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.agent.pause(&req.into_inner().sandbox_id).await?;
+        let a = Arc::clone(&self.agent);
+        let id = req.into_inner().sandbox_id;
+        let sb = detached(async move { a.pause(&id).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn resume(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.agent.resume(&req.into_inner().sandbox_id).await?;
+        let a = Arc::clone(&self.agent);
+        let id = req.into_inner().sandbox_id;
+        let sb = detached(async move { a.resume(&id).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
@@ -85,14 +99,16 @@ impl NodeAgent for NodeAgentService {
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
         let span = parent_span("mount", req.metadata());
         let r = req.into_inner();
-        let sb = tracing::Instrument::instrument(self.agent.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only), span).await?;
+        let a = Arc::clone(&self.agent);
+        let sb = detached(tracing::Instrument::instrument(async move { a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only).await }, span)).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
         let span = parent_span("unmount", req.metadata());
         let r = req.into_inner();
-        let sb = tracing::Instrument::instrument(self.agent.unmount(&r.sandbox_id, &r.mount_path), span).await?;
+        let a = Arc::clone(&self.agent);
+        let sb = detached(tracing::Instrument::instrument(async move { a.unmount(&r.sandbox_id, &r.mount_path).await }, span)).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 

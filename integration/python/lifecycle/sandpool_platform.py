@@ -228,9 +228,15 @@ def stop(platform: Sandpool, keep_log: bool = True) -> None:
         shutil.rmtree(platform.base_dir if not keep_log else data_dir, ignore_errors=True)
     if keep_log:
         print(f"\nsandpool log kept: {platform.log_path}", file=sys.stderr)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-    chain = f"SANDPOOL-{BRIDGE}"
-    while subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", BRIDGE, "-j", chain], capture_output=True).returncode == 0:
+    drop_bridge(BRIDGE)
+
+
+def drop_bridge(bridge: str) -> None:
+    """Delete a test bridge and its isolation chain (sandpool keeps both on
+    purpose across restarts)."""
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    chain = f"SANDPOOL-{bridge}"
+    while subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", chain], capture_output=True).returncode == 0:
         pass
     subprocess.run(["iptables", "-w", "-F", chain], capture_output=True)
     subprocess.run(["iptables", "-w", "-X", chain], capture_output=True)

@@ -4,9 +4,11 @@
 //!   and O(1) warm-sandbox choice spread across nodes.
 //! * [`claim`]: the claim state machine and TTL.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
+//! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 
 pub mod batch;
 pub mod claim;
+pub mod node_sync;
 pub mod pool;
 
 #[derive(Debug, thiserror::Error, PartialEq)]

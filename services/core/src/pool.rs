@@ -89,6 +89,10 @@ impl WarmSet {
     pub fn contains(&self, id: &str) -> bool {
         self.members.contains(id)
     }
+    /// The members on `node`.
+    pub fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a String> + 'a {
+        self.by_node.get(node).into_iter().flatten()
+    }
     /// Add a ready sandbox (ignored if already present).
     pub fn push(&mut self, node: &str, id: &str) {
         if self.members.insert(id.to_string()) {

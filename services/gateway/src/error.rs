@@ -75,6 +75,11 @@ impl ApiError {
     pub fn from_status(s: tonic::Status, not_found: impl FnOnce(String) -> ApiError) -> ApiError {
         use tonic::Code;
         let m = s.message().to_string();
+        // A status the scheduler sent carries no source; one with a source was
+        // made locally from a broken connection (scheduler restarting): retryable.
+        if std::error::Error::source(&s).is_some() && matches!(s.code(), Code::Unknown | Code::Internal | Code::Cancelled) {
+            return ApiError::Unavailable(format!("scheduler connection lost: {m}"));
+        }
         match s.code() {
             Code::NotFound => not_found(m),
             Code::InvalidArgument => ApiError::Invalid(m),

@@ -160,6 +160,19 @@ struct ServeArgs {
     /// (default: leave them running for the next start to adopt).
     #[arg(long)]
     cleanup_on_exit: bool,
+    /// Run only these parts in this process (default: all). Split, each part
+    /// can fail and restart on its own: `node-agent` (with containerd) serves
+    /// `--agent-listen`, `scheduler` serves `--scheduler-listen` and uses the
+    /// agent there, `gateway` serves `--listen` and uses the scheduler.
+    #[arg(long = "role", value_enum, value_delimiter = ',')]
+    roles: Vec<Role>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    NodeAgent,
+    Scheduler,
+    Gateway,
 }
 
 fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
@@ -173,6 +186,16 @@ fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
         template: Template { image: f[1].to_string(), runtime_class: f.get(6).unwrap_or(&"runc").to_string(), ..Default::default() },
         capacity: CapacitySpec { buffer_min: n(2)?, buffer_max: n(3)?, pool_min: n(4)?, pool_max: n(5)? },
     })
+}
+
+/// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
+/// each word quoted unless it is plainly safe, so `-- sh -c 'a | b'` keeps its words.
+fn shell_join(argv: &[String]) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    argv.iter()
+        .map(|a| if !a.is_empty() && a.chars().all(safe) { a.clone() } else { format!("'{}'", a.replace('\'', "'\\''")) })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn say(msg: impl std::fmt::Display) {
@@ -196,126 +219,149 @@ async fn shutdown_signal() {
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let pools: Vec<PoolRec> = a.pools.iter().map(|p| parse_pool(p)).collect::<anyhow::Result<_>>()?;
-    let runtime_bin = match a.runtime_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("sandpool-runtime-static"),
-    };
-    let runtime_bin = std::fs::canonicalize(&runtime_bin)
-        .with_context(|| format!("runtime binary {} (build it static: see scripts/run.sh)", runtime_bin.display()))?;
+    let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
     let api_keys = if a.api_keys.is_empty() {
         // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
         let hex = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let k = format!("e2b_{}", &hex[..40]);
-        say(format!("generated API key: {k}"));
+        if runs(Role::Gateway) {
+            say(format!("generated API key: {k}"));
+        }
         vec![k]
     } else {
         a.api_keys.clone()
     };
 
     let mut daemon = None;
-    let socket = match &a.containerd_socket {
-        Some(s) => s.clone(),
-        None => {
-            say("starting private containerd");
-            let d = ContainerdDaemon::start(&a.data_dir.join("containerd"))?;
-            let s = d.socket.clone();
-            daemon = Some(d);
-            s
+    let mut agent = None;
+    let mut tasks = Vec::new();
+    if runs(Role::NodeAgent) {
+        let runtime_bin = match &a.runtime_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("sandpool-runtime-static"),
+        };
+        let runtime_bin = std::fs::canonicalize(&runtime_bin)
+            .with_context(|| format!("runtime binary {} (build it static: see scripts/run.sh)", runtime_bin.display()))?;
+        let socket = match &a.containerd_socket {
+            Some(s) => s.clone(),
+            None => {
+                say("starting private containerd");
+                let d = ContainerdDaemon::start(&a.data_dir.join("containerd"))?;
+                let s = d.socket.clone();
+                daemon = Some(d);
+                s
+            }
+        };
+        let ctr = Ctr::connect(&socket, "sandpool", Duration::from_secs(30)).await?;
+        let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
+        cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
+        cfg.max_sandboxes = a.max_sandboxes;
+        if let Some(c) = &a.image_cache {
+            cfg.image_cache = c.clone();
         }
-    };
-    let ctr = Ctr::connect(&socket, "sandpool", Duration::from_secs(30)).await?;
-    let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
-    cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
-    cfg.max_sandboxes = a.max_sandboxes;
-    if let Some(c) = &a.image_cache {
-        cfg.image_cache = c.clone();
-    }
-    let agent = Agent::start(cfg, ctr).await?;
-    for p in &pools {
-        say(format!("preparing image {} (first time: busybox seconds, python a few minutes)", p.template.image));
-        agent.ensure_image(&p.template.image).await.with_context(|| format!("image of pool {}", p.name))?;
-    }
-    let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&agent)));
-    let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
-    let agent_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(agent_svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener)),
-    );
-
-    let sched = Scheduler::start(SchedulerConfig {
-        store_path: a.data_dir.join("scheduler.redb"),
-        nodes: vec![format!("http://{}", a.agent_listen)],
-        max_inflight: 4,
-        tick: Duration::from_millis(500),
-        idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
-    })
-    .await?;
-    for p in pools.clone() {
-        sched.apply_pool(p)?;
-    }
-    let sched_listener = tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
-    let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&sched)));
-    let sched_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sched_svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener)),
-    );
-
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect().await?;
-    let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // peer addresses key the rate limit of requests without an API key
-    let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
-    let gw_task = tokio::spawn(axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).into_future());
-    let metrics_task = cluster::spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
-
-    // Progress until the pools reach their minimum buffer.
-    for _ in 0..600 {
-        let mut all = true;
-        let mut parts = Vec::new();
+        let ag = Agent::start(cfg, ctr).await?;
         for p in &pools {
-            let (_, st) = sched.pool_status(&p.name)?;
-            parts.push(format!("{} {}/{}", p.name, st.available, p.capacity.buffer_min));
-            all &= st.available >= p.capacity.buffer_min;
+            say(format!("preparing image {} (first time: busybox seconds, python a few minutes)", p.template.image));
+            ag.ensure_image(&p.template.image).await.with_context(|| format!("image of pool {}", p.name))?;
         }
-        say(format!("warming pools: {}", parts.join(", ")));
-        if all {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&ag)));
+        let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
+        let server = tonic::transport::Server::builder()
+            .add_service(agent_svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener));
+        tasks.push(tokio::spawn(server).abort_handle());
+        say(format!("node agent: grpc://{}", a.agent_listen));
+        agent = Some(ag);
     }
-    say(format!(
-        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics http://{}/metrics",
-        a.listen, a.scheduler_listen, a.agent_listen, a.metrics_listen
-    ));
-    let _ = gw_task.await;
+
+    let mut sched = None;
+    if runs(Role::Scheduler) {
+        let s = Scheduler::start(SchedulerConfig {
+            store_path: a.data_dir.join("scheduler.redb"),
+            nodes: vec![format!("http://{}", a.agent_listen)],
+            max_inflight: 4,
+            tick: Duration::from_millis(500),
+            idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
+        })
+        .await?;
+        for p in pools.clone() {
+            s.apply_pool(p)?;
+        }
+        let sched_listener =
+            tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
+        let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
+        let server = tonic::transport::Server::builder()
+            .add_service(sched_svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener));
+        tasks.push(tokio::spawn(server).abort_handle());
+        say(format!("scheduler: grpc://{}", a.scheduler_listen));
+        sched = Some(s);
+    }
+
+    tasks.push(cluster::spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?.abort_handle());
+    if let Some(s) = &sched {
+        // Progress until the pools reach their minimum buffer.
+        for _ in 0..600 {
+            let mut all = true;
+            let mut parts = Vec::new();
+            for p in &pools {
+                let (_, st) = s.pool_status(&p.name)?;
+                parts.push(format!("{} {}/{}", p.name, st.available, p.capacity.buffer_min));
+                all &= st.available >= p.capacity.buffer_min;
+            }
+            say(format!("warming pools: {}", parts.join(", ")));
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if runs(Role::Gateway) {
+        // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect_lazy();
+        let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
+        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        // peer addresses key the rate limit of requests without an API key
+        let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
+        say(format!(
+            "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics http://{}/metrics",
+            a.listen, a.scheduler_listen, a.agent_listen, a.metrics_listen
+        ));
+        let _ = axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).await;
+    } else {
+        say(format!("ready: metrics http://{}/metrics", a.metrics_listen));
+        shutdown_signal().await;
+    }
     if a.cleanup_on_exit {
         say("cleaning up: releasing claims and deleting pools");
-        for c in sched.list_claims("", &[], &Default::default()) {
-            if let Err(e) = sched.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await {
-                say(format!("release {}: {e}", c.id));
+        if let Some(s) = &sched {
+            for c in s.list_claims("", &[], &Default::default()) {
+                if let Err(e) = s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await {
+                    say(format!("release {}: {e}", c.id));
+                }
+            }
+            for p in s.pools() {
+                if let Err(e) = s.delete_pool(&p).await {
+                    say(format!("delete pool {p}: {e}"));
+                }
             }
         }
-        for p in sched.pools() {
-            if let Err(e) = sched.delete_pool(&p).await {
-                say(format!("delete pool {p}: {e}"));
+        if let Some(ag) = &agent {
+            for sb in ag.list("") {
+                let _ = ag.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
             }
+            ag.cfg.net.remove_isolation();
         }
-        for sb in agent.list("") {
-            let _ = agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
-        }
-        agent.cfg.net.remove_isolation();
     } else {
         say("stopping (sandboxes keep running; they are adopted on the next start)");
     }
-    agent_task.abort();
-    sched_task.abort();
-    metrics_task.abort();
+    for t in tasks {
+        t.abort();
+    }
     if let Some(mut d) = daemon {
         d.stop(Duration::from_secs(10));
     }
@@ -400,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
             let resp = reqwest::Client::new()
                 .post(format!("http://{}:{}/command", sb.ip, sb.runtime_port))
                 .header("x-execd-access-token", sb.access_token)
-                .json(&serde_json::json!({"command": command.join(" ")}))
+                .json(&serde_json::json!({"command": shell_join(&command)}))
                 .send()
                 .await?;
             if !resp.status().is_success() {
@@ -435,5 +481,16 @@ async fn main() -> anyhow::Result<()> {
             println!("released {claim}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_join_keeps_words() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::shell_join(&v(&["echo", "hi"])), "echo hi");
+        assert_eq!(super::shell_join(&v(&["sh", "-c", "a | b"])), "sh -c 'a | b'");
+        assert_eq!(super::shell_join(&v(&["printf", "it's", ""])), "printf 'it'\\''s' ''");
     }
 }

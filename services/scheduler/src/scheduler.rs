@@ -1,7 +1,7 @@
 //! Scheduler state and I/O.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -11,6 +11,7 @@ use sandpool_core::{
     Template,
     batch,
     claim::{ClaimEvent, ClaimState, is_expired},
+    node_sync::{self, NodeSandbox, NodeState},
     pool::{CapacitySpec, PoolCounts, WarmSet, pick_node, scale_decision},
 };
 use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
@@ -147,6 +148,34 @@ struct State {
     warm_index: HashMap<String, String>,
     /// what the node said about each warm sandbox (saves a round trip per claim)
     warm_info: HashMap<String, pb::SandboxInfo>,
+    /// sandboxes an in-flight claim, create or release is working on: a
+    /// node resync leaves them alone
+    busy: HashSet<String>,
+}
+
+/// Marks a sandbox busy until dropped.
+struct Busy<'a> {
+    st: &'a Mutex<State>,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.st.lock().unwrap_or_else(|p| p.into_inner()).busy.remove(&self.id);
+    }
+}
+
+fn new_sandbox_id() -> String {
+    format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20])
+}
+
+fn node_state(state: i32) -> NodeState {
+    match pb::SandboxState::try_from(state) {
+        Ok(pb::SandboxState::Creating) => NodeState::Creating,
+        Ok(pb::SandboxState::Warm) => NodeState::Warm,
+        Ok(pb::SandboxState::Claimed | pb::SandboxState::Paused) => NodeState::Claimed,
+        _ => NodeState::Dead,
+    }
 }
 
 pub struct Scheduler {
@@ -264,8 +293,100 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Follow a node's events for ever: when the watch breaks (node agent
+    /// restart, network), reconnect with backoff and resync the node's list.
+    async fn follow_node(&self, idx: usize, first: tonic::Streaming<pb::NodeEvent>) {
+        let node = self.nodes[idx].name.clone();
+        let mut watch = Some(first);
+        loop {
+            if let Some(w) = watch.take() {
+                self.follow_events(idx, w).await;
+                tracing::warn!(node = %node, "node watch ended; reconnecting");
+            }
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let Ok(r) = self.nodes[idx].client.clone().watch(pb::WatchRequest {}).await else { continue };
+                let mut w = r.into_inner();
+                if !matches!(w.message().await, Ok(Some(_))) {
+                    continue;
+                }
+                match self.resync_node(idx).await {
+                    Ok(()) => {
+                        tracing::info!(node = %node, "node watch re-established");
+                        watch = Some(w);
+                        break;
+                    }
+                    Err(e) => tracing::warn!(node = %node, error = %e, "node resync failed"),
+                }
+            }
+        }
+    }
+
+    /// Bring the books in line with what a node runs (see [`node_sync::plan`]).
+    async fn resync_node(&self, idx: usize) -> Result<()> {
+        let n = &self.nodes[idx];
+        let listed_at = now_ms();
+        let list = n.client.clone().list_sandboxes(pb::ListSandboxesRequest { pool: String::new() }).await.map_err(node_err(&n.name))?.into_inner().sandboxes;
+        let plan = {
+            let mut st = self.lock();
+            st.load.insert(n.name.clone(), list.len() as u32);
+            let plan = {
+                let node: Vec<NodeSandbox<'_>> =
+                    list.iter().map(|s| NodeSandbox { id: &s.sandbox_id, pool: &s.pool, state: node_state(s.state) }).collect();
+                let books = node_sync::Books {
+                    pools: st.pools.keys().map(String::as_str).collect(),
+                    warm: st.pools.values().flat_map(|p| p.warm.on_node(&n.name)).map(String::as_str).collect(),
+                    claimed: st
+                        .claims
+                        .values()
+                        .filter(|c| c.sandbox.node == n.name)
+                        .map(|c| (c.sandbox.id.as_str(), (c.id.as_str(), c.created_ms)))
+                        .collect(),
+                    busy: st.busy.iter().map(String::as_str).collect(),
+                };
+                node_sync::plan(&node, &books, listed_at)
+            };
+            let State { pools, warm_index, warm_info, .. } = &mut *st;
+            for (pool, id) in &plan.adopt {
+                if let (Some(p), Some(info)) = (pools.get_mut(pool), list.iter().find(|s| &s.sandbox_id == id)) {
+                    tracing::info!(sandbox = %id, pool = %pool, "adopting a warm sandbox found on the node");
+                    p.warm.push(&n.name, id);
+                    warm_index.insert(id.clone(), pool.clone());
+                    warm_info.insert(id.clone(), info.clone());
+                }
+            }
+            for id in &plan.forget_warm {
+                tracing::warn!(sandbox = %id, "warm sandbox is gone from its node");
+                if let Some(pool) = warm_index.remove(id)
+                    && let Some(p) = pools.get_mut(&pool)
+                {
+                    p.warm.remove(id);
+                }
+                warm_info.remove(id);
+            }
+            plan
+        };
+        for cid in &plan.fail_claims {
+            tracing::warn!(claim = %cid, "claim's sandbox is gone from its node");
+            let _ = self.update_claim(cid, |c| {
+                c.state = c.state.on(ClaimEvent::Fail)?;
+                Ok(())
+            });
+        }
+        for id in &plan.delete {
+            tracing::warn!(sandbox = %id, node = %n.name, "deleting a sandbox no claim or pool owns");
+            self.release_sandbox(&n.name, id, pb::ReleasePolicy::Delete).await;
+        }
+        if plan != node_sync::Plan::default() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Track sandboxes that disappear or fail on a node behind our back.
-    async fn follow_node(&self, idx: usize, mut watch: tonic::Streaming<pb::NodeEvent>) {
+    async fn follow_events(&self, idx: usize, mut watch: tonic::Streaming<pb::NodeEvent>) {
         let node = self.nodes[idx].name.clone();
         while let Ok(Some(ev)) = watch.message().await {
             let (gone, failed) = match ev.event {
@@ -302,7 +423,13 @@ impl Scheduler {
                 self.wake.notify_one();
             }
         }
-        tracing::warn!(node = %node, "node watch ended");
+        tracing::debug!(node = %node, "node event stream closed");
+    }
+
+    /// Mark `id` busy (see [`State::busy`]) until the guard drops.
+    fn busy(&self, id: &str) -> Busy<'_> {
+        self.lock().busy.insert(id.to_string());
+        Busy { st: &self.st, id: id.to_string() }
     }
 
     // ----------------------------------------------------------------- pools
@@ -355,6 +482,7 @@ impl Scheduler {
     }
 
     async fn release_sandbox(&self, node: &str, id: &str, policy: pb::ReleasePolicy) {
+        let _busy = self.busy(id);
         {
             let mut st = self.lock();
             st.warm_index.remove(id);
@@ -431,14 +559,16 @@ impl Scheduler {
         pick_node(loads).map(str::to_string).ok_or(SchedError::NoCapacity)
     }
 
-    async fn create_on_node(&self, pool: &str, template: &Template) -> Result<(String, pb::SandboxInfo)> {
+    /// Create a sandbox on the least loaded node. Its id is chosen here and
+    /// marked busy by the caller's guard, so no resync adopts it half-way.
+    async fn create_on_node(&self, pool: &str, template: &Template, id: &str) -> Result<(String, pb::SandboxInfo)> {
         let node = self.place()?;
         *self.lock().load.entry(node.clone()).or_default() += 1;
         let n = self.node(&node)?;
         let res = n
             .client
             .clone()
-            .create_sandbox(traced(pb::CreateSandboxRequest { pool: pool.to_string(), template: Some(template_to_pb(template)), sandbox_id: String::new() }))
+            .create_sandbox(traced(pb::CreateSandboxRequest { pool: pool.to_string(), template: Some(template_to_pb(template)), sandbox_id: id.to_string() }))
             .await;
         match res {
             Ok(r) => Ok((node, r.into_inner())),
@@ -452,7 +582,9 @@ impl Scheduler {
     }
 
     async fn create_warm(&self, pool: &str, template: &Template) {
-        let res = self.create_on_node(pool, template).await;
+        let id = new_sandbox_id();
+        let _busy = self.busy(&id);
+        let res = self.create_on_node(pool, template, &id).await;
         let mut orphan = None;
         {
             let mut st = self.lock();
@@ -517,9 +649,10 @@ impl Scheduler {
             (template_from_pb(t)?, None)
         } else {
             let mut st = self.lock();
-            let State { pools, warm_index, warm_info, .. } = &mut *st;
+            let State { pools, warm_index, warm_info, busy, .. } = &mut *st;
             let p = pools.get_mut(&req.pool).ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
             let taken = p.warm.take().map(|(node, id)| {
+                busy.insert(id.clone());
                 warm_index.remove(&id);
                 let info = warm_info.remove(&id);
                 (node, id, info)
@@ -531,6 +664,12 @@ impl Scheduler {
             (p.rec.template.clone(), taken)
         };
         self.wake.notify_one();
+        // the sandbox stays busy (no resync touches it) until the claim is booked
+        let cold_id = new_sandbox_id();
+        let _busy = match &taken {
+            Some((_, id, _)) => Busy { st: &self.st, id: id.clone() },
+            None => self.busy(&cold_id),
+        };
         let tracing_span = tracing::info_span!("scheduler.assign", warm = taken.is_some());
         let assigned = tracing::Instrument::instrument(
             async {
@@ -542,7 +681,7 @@ impl Scheduler {
                         Ok::<_, SchedError>((node, info, false))
                     }
                     None => {
-                        let (node, info) = self.create_on_node(&req.pool, &template).await?;
+                        let (node, info) = self.create_on_node(&req.pool, &template, &cold_id).await?;
                         Ok((node, info, true))
                     }
                 }
@@ -743,6 +882,14 @@ impl Scheduler {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             round += 1;
+            if round.is_multiple_of(40) {
+                // every 10 s: creates that finished while nobody listened, lost sandboxes
+                for idx in 0..self.nodes.len() {
+                    if let Err(e) = self.resync_node(idx).await {
+                        tracing::debug!(error = %e, "periodic node resync failed");
+                    }
+                }
+            }
             if let Some(limit) = self.cfg.idle_pause
                 && round.is_multiple_of(4)
             {

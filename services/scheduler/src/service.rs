@@ -21,6 +21,16 @@ impl SchedulerService {
     }
 }
 
+/// Run a state-changing call to completion even if the caller goes away: a
+/// dropped gRPC request must not leave a claim half-made (a sandbox taken, an
+/// allocation counted). What completes for a caller who left is an ordinary
+/// claim: listed, and expired by its TTL.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(f).await.map_err(|e| Status::internal(format!("scheduler task failed: {e}")))?.map_err(Status::from)
+}
+
 pub fn claim_state_pb(s: ClaimState) -> pb::ClaimState {
     match s {
         ClaimState::Pending => pb::ClaimState::Pending,
@@ -117,14 +127,18 @@ impl scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn delete_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::DeletePoolResponse>, Status> {
-        self.s.delete_pool(&req.into_inner().name).await?;
+        let s = Arc::clone(&self.s);
+        let name = req.into_inner().name;
+        detached(async move { s.delete_pool(&name).await }).await?;
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
     async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
         let span = tracing::info_span!("scheduler.claim");
         continue_trace(&span, req.metadata());
-        let c = tracing::Instrument::instrument(self.s.claim(req.into_inner()), span).await?;
+        let s = Arc::clone(&self.s);
+        let r = req.into_inner();
+        let c = detached(tracing::Instrument::instrument(async move { s.claim(r).await }, span)).await?;
         Ok(Response::new(claim_pb(&c)))
     }
 
@@ -151,24 +165,32 @@ impl scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Ok(Response::new(claim_pb(&self.s.pause(&req.into_inner().claim_id).await?)))
+        let s = Arc::clone(&self.s);
+        let id = req.into_inner().claim_id;
+        Ok(Response::new(claim_pb(&detached(async move { s.pause(&id).await }).await?)))
     }
 
     async fn resume_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Ok(Response::new(claim_pb(&self.s.resume(&req.into_inner().claim_id).await?)))
+        let s = Arc::clone(&self.s);
+        let id = req.into_inner().claim_id;
+        Ok(Response::new(claim_pb(&detached(async move { s.resume(&id).await }).await?)))
     }
 
     async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
         continue_trace(&span, req.metadata());
-        tracing::Instrument::instrument(self.s.release(&req.into_inner().claim_id, ClaimEvent::Release), span).await?;
+        let s = Arc::clone(&self.s);
+        let id = req.into_inner().claim_id;
+        detached(tracing::Instrument::instrument(async move { s.release(&id, ClaimEvent::Release).await }, span)).await?;
         Ok(Response::new(pb::ReleaseClaimResponse {}))
     }
 
     async fn create_batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::Batch>, Status> {
         let r = req.into_inner();
         let name = r.name.clone();
-        self.s.create_batch(r).await?;
+        let s = Arc::clone(&self.s);
+        let r2 = r.clone();
+        detached(async move { s.create_batch(r2).await }).await?;
         self.get_batch(Request::new(pb::BatchRef { name })).await
     }
 
@@ -187,7 +209,9 @@ impl scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn delete_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
-        self.s.delete_batch(&req.into_inner().name).await?;
+        let s = Arc::clone(&self.s);
+        let name = req.into_inner().name;
+        detached(async move { s.delete_batch(&name).await }).await?;
         Ok(Response::new(pb::DeleteBatchResponse {}))
     }
 }

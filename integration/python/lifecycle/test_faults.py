@@ -1,0 +1,300 @@
+"""Fault injection: the platform split into its parts (``sandpool serve --role``:
+node agent with its private containerd, scheduler, gateway), each part killed
+with SIGKILL in turn during a burst of claims, then started again.
+
+After every fault the test asserts:
+  * no lost claim: every create that answered 202 is listed, Running, and its
+    sandbox answers an exec;
+  * no double assignment: every listed claim runs in its own sandbox (the id the
+    sandbox itself reports, ``SANDPOOL_SANDBOX_ID`` of its init, distinct and equal to the
+    scheduler's record);
+  * clear retryable errors for the callers in flight: 502/503/504 with a JSON
+    ``{code, message}`` (a broken connection only when the gateway itself died),
+    and the same request succeeds once the part is back;
+  * no leak once every claim is deleted: containerd containers, active
+    snapshots, netns files and bridge ports all equal the pool's warm sandboxes.
+Plus: a claim's TTL still expires when the scheduler was down at the time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+import sandpool_platform
+from sandpool_pytest_helpers import free_port, log_tail, stop_process
+
+POOL = "fault-pool"
+BUFFER = 4
+BURST = 12
+BRIDGE = "sptestflt"
+SUBNET = "10.213.78.0/24"
+ROLES = ("node-agent", "scheduler", "gateway")
+RETRYABLE = {502, 503, 504}
+CREATED = {200, 202}
+READY_TIMEOUT = 120.0
+# the sandbox's own id, from its init's environment (the node agent sets it)
+IDENTITY = "tr '\\0' '\\n' < /proc/1/environ | sed -n 's/^SANDPOOL_SANDBOX_ID=//p'"
+
+
+@dataclass
+class Split:
+    """``sandpool serve`` as three processes sharing one state dir."""
+
+    binary: Path
+    runtime: Path
+    base: Path
+    api_key: str
+    ports: dict[str, int]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def log(self, role: str) -> Path:
+        return self.base / f"{role}.log"
+
+    def argv(self, role: str) -> list[str]:
+        return [
+            str(self.binary), "serve", "--role", role,
+            "--data-dir", str(self.data),
+            "--listen", f"127.0.0.1:{self.ports['gateway']}",
+            "--api-key", self.api_key,
+            "--runtime-bin", str(self.runtime),
+            "--bridge", BRIDGE, "--subnet", SUBNET,
+            "--pool", f"{POOL}:busybox:{BUFFER}:{BUFFER}:0:40",
+            "--image-cache", str(sandpool_platform.IMAGE_CACHE),
+            "--agent-listen", f"127.0.0.1:{self.ports['node-agent']}",
+            "--scheduler-listen", f"127.0.0.1:{self.ports['scheduler']}",
+            "--metrics-listen", f"127.0.0.1:{self.ports['metrics-' + role]}",
+        ]
+
+    def start(self, role: str) -> None:
+        log = self.log(role)
+        offset = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as f:
+            self.procs[role] = subprocess.Popen(
+                self.argv(role), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.base, start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.procs[role].poll() is not None:
+                pytest.fail(f"{role} exited with {self.procs[role].returncode}:\n{log_tail(log)}", pytrace=False)
+            if b"sandpool: ready:" in log.read_bytes()[offset:]:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"{role} not ready within {READY_TIMEOUT}s:\n{log_tail(log)}", pytrace=False)
+
+    def kill(self, role: str) -> None:
+        if role == "containerd":
+            pid = self.containerd_pid()
+            assert pid, "the node agent's containerd is not running"
+            os.kill(pid, signal.SIGKILL)
+            return
+        p = self.procs[role]
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+
+    def wait_containerd_back(self, timeout: float = 60.0) -> None:
+        """Until the node agent has started a new containerd that answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.SubprocessError):
+                if self.containerd_pid():
+                    self.ctr("version")
+                    return
+            time.sleep(0.2)
+        pytest.fail(f"containerd not restarted within {timeout}s:\n{log_tail(self.log('node-agent'))}", pytrace=False)
+
+    def containerd_pid(self) -> int | None:
+        config = str(self.data / "containerd" / "config.toml")
+        for pid, argv in sandpool_platform._processes():
+            if argv and Path(argv[0]).name == "containerd" and config in argv:
+                return pid
+        return None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"OPEN-SANDBOX-API-KEY": self.api_key}, timeout=60)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [str(self.binary), args[0], "--scheduler", f"http://127.0.0.1:{self.ports['scheduler']}", *args[1:]],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, f"sandpool {' '.join(args)}: {out.stderr}"
+        return out.stdout
+
+    def ctr(self, *args: str) -> str:
+        sock = str(self.data / "containerd" / "containerd.sock")
+        return subprocess.run(["ctr", "--address", sock, "-n", "sandpool", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+    def node_resources(self) -> dict[str, int]:
+        """What the node holds: containers, active snapshots, netns, bridge ports."""
+        containers = self.ctr("containers", "ls", "-q").split()
+        active = [line for line in self.ctr("snapshots", "ls").splitlines()[1:] if line.split()[-1:] == ["Active"]]
+        netns_dir = self.data / "agent" / "netns"
+        netns = [p for p in netns_dir.iterdir()] if netns_dir.exists() else []
+        ports = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True).stdout.splitlines()
+        return {"containers": len(containers), "snapshots": len(active), "netns": len(netns), "bridge_ports": len(ports)}
+
+
+@pytest.fixture(scope="module")
+def split(request: pytest.FixtureRequest):
+    binary, runtime = sandpool_platform.check_prerequisites()
+    base = Path(tempfile.mkdtemp(prefix="sandpool-flt-")).resolve()
+    (base / "data").mkdir()
+    ports = {r: free_port() for r in ("gateway", "node-agent", "scheduler")}
+    ports.update({f"metrics-{r}": free_port() for r in ROLES})
+    s = Split(binary, runtime, base, "e2b_" + secrets.token_hex(20), ports)
+    failed_before = request.session.testsfailed
+    try:
+        for role in ROLES:
+            s.start(role)
+        yield s
+    finally:
+        for role in reversed(ROLES):
+            if role in s.procs:
+                stop_process(s.procs[role], grace=15, kill_group=True)
+        leftovers = sandpool_platform.cleanup_leftovers(s.data)
+        sandpool_platform.drop_bridge(BRIDGE)
+        if request.session.testsfailed == failed_before and not leftovers:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"\nfault suite logs kept in {base}")
+
+
+def create(s: Split, tag: str, n: int, timeout: int = 600) -> tuple[object, object]:
+    """One OpenSandbox create; (status, body) or ("transport", error)."""
+    body = {
+        "image": {"uri": "busybox"},
+        "timeout": timeout,
+        "entrypoint": ["tail", "-f", "/dev/null"],
+        "metadata": {"fault": tag, "n": str(n)},
+        "extensions": {"poolRef": POOL},
+    }
+    try:
+        with s.client() as c:
+            r = c.post("/v1/sandboxes", json=body)
+    except httpx.TransportError as e:
+        return "transport", repr(e)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+def listed(s: Split, tag: str) -> dict[str, dict]:
+    with s.client() as c:
+        r = c.get("/v1/sandboxes", params={"metadata": f"fault={tag}", "pageSize": 200})
+    assert r.status_code == 200, r.text
+    return {item["id"]: item for item in r.json()["items"]}
+
+
+def wait_settled(s: Split, timeout: float = 90.0) -> dict[str, int]:
+    """Until the pool holds exactly its warm buffer and the node exactly that."""
+    deadline = time.monotonic() + timeout
+    last = {}
+    while time.monotonic() < deadline:
+        with s.client() as c:
+            st = c.get(f"/v1/pools/{POOL}").json()["status"]
+        res = s.node_resources()
+        last = {"pool": st, **res}
+        if st["allocated"] == 0 and st["total"] == BUFFER and set(res.values()) == {BUFFER}:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"node did not settle to {BUFFER} warm sandboxes with nothing else: {last}", pytrace=False)
+
+
+@pytest.mark.parametrize("victim", ["gateway", "scheduler", "node-agent", "containerd"])
+def test_kill_during_claim_burst(split: Split, victim: str):
+    wait_settled(split)
+    tag = f"{victim}-{uuid.uuid4().hex[:8]}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=BURST) as pool:
+        futures = [pool.submit(create, split, tag, i) for i in range(BURST)]
+        deadline = time.monotonic() + 30
+        while sum(f.done() for f in futures) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        split.kill(victim)
+        in_flight = sum(not f.done() for f in futures)
+        if victim == "containerd":
+            split.wait_containerd_back()  # the node agent restarts it itself
+        else:
+            time.sleep(0.5)
+            split.start(victim)
+        results = [f.result(timeout=120) for f in futures]
+    assert in_flight > 0, "the kill hit no claim in flight: the burst finished too early"
+
+    ok = {body["id"]: n for n, (status, body) in enumerate(results) if status in CREATED}
+    failed = [(n, status, body) for n, (status, body) in enumerate(results) if status not in CREATED]
+    for n, status, body in failed:
+        if status == "transport":
+            assert victim == "gateway", f"create {n}: connection failed though the gateway lived: {body}"
+        else:
+            assert status in RETRYABLE, f"create {n}: {status} {body} is not a retryable error"
+            assert isinstance(body, dict) and body.get("code") and body.get("message"), f"create {n}: no {{code,message}}: {body}"
+    print(f"\n{victim}: {in_flight} of {BURST} in flight at the kill; {len(ok)} ok, {len(failed)} failed")
+
+    # callers retry; the part is back
+    for n, _, _ in failed:
+        status, body = create(split, tag, n)
+        assert status in CREATED, f"retry of create {n} after the {victim} restart: {status} {body}"
+        ok[body["id"]] = n
+
+    claims = listed(split, tag)
+    missing = set(ok) - set(claims)
+    assert not missing, f"claims answered 202 but lost: {missing}"
+    # claims the scheduler made for callers that never heard back (gateway
+    # died mid-answer) are listed too; they are ordinary claims with a TTL
+    sandbox_of = {}
+    for line in split.cli("list", "--pool", POOL).splitlines():
+        cid, _, sb = line.split("\t")[:3]
+        sandbox_of[cid] = sb.removeprefix("sandbox=")
+    seen = {}
+    for cid, item in claims.items():
+        assert item["status"]["state"] == "Running", item
+        reported = split.cli("exec", cid, "--", "sh", "-c", IDENTITY).strip()
+        assert reported == sandbox_of[cid], f"claim {cid}: scheduler says {sandbox_of[cid]}, the sandbox says {reported}"
+        assert reported not in seen, f"sandbox {reported} assigned to claims {seen.get(reported)} and {cid}"
+        seen[reported] = cid
+
+    with split.client() as c:
+        for cid in claims:
+            r = c.delete(f"/v1/sandboxes/{cid}")
+            assert r.status_code in (200, 204), r.text
+    settled = wait_settled(split)
+    print(f"{victim}: settled {settled}")
+
+
+def test_ttl_expires_across_a_scheduler_outage(split: Split):
+    wait_settled(split)
+    tag = f"ttl-{uuid.uuid4().hex[:8]}"
+    status, body = create(split, tag, 0, timeout=3)
+    assert status in CREATED, body
+    split.kill("scheduler")
+    time.sleep(4)  # the claim expires while nobody is watching
+    split.start("scheduler")
+    deadline = time.monotonic() + 20
+    with split.client() as c:
+        while c.get(f"/v1/sandboxes/{body['id']}").status_code != 404:
+            assert time.monotonic() < deadline, "expired claim still there 20 s after the scheduler came back"
+            time.sleep(0.25)
+    wait_settled(split)
