@@ -120,6 +120,46 @@ expect_pools() { # expect_pools NAME EXPECTED-LINES
 expect_not() {
   if grep -Eq -- "$2" "$SCRATCH/$1.yaml"; then die "[$1] rendering unexpectedly has /$2/"; fi
 }
+objects_of() { # objects_of NAME: "Kind/name" per object
+  "$VENV/bin/python" - "$SCRATCH/$1.yaml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc:
+        print(f"{doc['kind']}/{doc['metadata']['name']}")
+PY
+}
+expect_object() { # expect_object NAME KIND/NAME
+  local objs; objs=$(objects_of "$1")
+  grep -qx -- "$2" <<<"$objs" || die "[$1] rendering lacks $2"
+}
+expect_no_object() {
+  local objs; objs=$(objects_of "$1")
+  if grep -qx -- "$2" <<<"$objs"; then die "[$1] rendering unexpectedly has $2"; fi
+}
+service_token_of() { # service_token_of NAME: "Secret name length" of a generated token, "container secret/key" per sandpool container
+  "$VENV/bin/python" - "$SCRATCH/$1.yaml" <<'PY'
+import base64, sys, yaml
+out = []
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not doc:
+        continue
+    if doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-service-token"):
+        token = base64.b64decode(doc["data"]["token"]).decode()
+        assert token.isascii() and token.isalnum(), token
+        out.append(f"Secret {doc['metadata']['name']} {len(token)}")
+    if doc["kind"] in ("Deployment", "DaemonSet"):
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if c.get("command") != ["sandpool"]:
+                continue
+            refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if e["name"] == "SANDPOOL_SERVICE_TOKEN"]
+            out += [f"{c['name']} {r['name']}/{r['key']}" for r in refs] or [f"{c['name']} none"]
+print("\n".join(sorted(out)))
+PY
+}
+expect_service_token() { # expect_service_token NAME EXPECTED-LINES
+  local got; got=$(service_token_of "$1")
+  [[ "$got" == "$2" ]] || die "[$1] service token: got '$got', want '$2'"
+}
 
 render defaults
 expect defaults '^kind: CustomResourceDefinition$'
@@ -130,6 +170,16 @@ expect defaults '^kind: DaemonSet$'
 expect defaults 'name: sandpool-server$'
 expect_not defaults '^kind: ServiceMonitor$'
 expect_not defaults '^kind: Ingress$'
+expect_service_token defaults "Secret sandpool-service-token 48
+controller sandpool-service-token/token
+gateway sandpool-service-token/token
+node-agent sandpool-service-token/token"
+
+render service-token-existing --set serviceToken.existingSecret=my-token --set serviceToken.existingSecretKey=tok
+expect_service_token service-token-existing "controller my-token/tok
+gateway my-token/tok
+node-agent my-token/tok"
+expect_no_object service-token-existing 'Secret/sandpool-service-token'
 
 render no-crds --set crds.install=false
 expect_not no-crds '^kind: CustomResourceDefinition$'
@@ -152,11 +202,11 @@ render nodeport --set server.service.type=NodePort --set server.service.nodePort
 expect nodeport 'nodePort: 30080$'
 
 render api-key --set server.config.server.apiKey=s3cret
-expect api-key '^kind: Secret$'
+expect_object api-key 'Secret/sandpool-server'
 expect api-key 'name: SANDPOOL_API_KEY$'
 
 render existing-secret --set server.config.server.existingSecret=my-key
-expect_not existing-secret '^kind: Secret$'
+expect_no_object existing-secret 'Secret/sandpool-server'
 expect existing-secret 'name: my-key$'
 
 render no-pool --set 'pools[0].enabled=false'
@@ -164,10 +214,13 @@ expect_pools no-pool ""
 
 # `--set pools[0].x=y` replaces the whole list with [{x: y}]; the chart's
 # built-in default pool (_helpers.tpl) must then equal pools[0] of values.yaml.
+# (The generated service token differs between renderings: masked.)
 render pool-fallback --set 'pools[0].enabled=true'
-cmp -s "$SCRATCH/defaults.yaml" "$SCRATCH/pool-fallback.yaml" ||
+mask_token() { sed -E 's/^(  token: ).*/\1<generated>/' "$SCRATCH/$1.yaml" >"$SCRATCH/$1.masked"; }
+mask_token defaults; mask_token pool-fallback
+cmp -s "$SCRATCH/defaults.masked" "$SCRATCH/pool-fallback.masked" ||
   die "sandpool.defaultPool (_helpers.tpl) and pools[0] (values.yaml) disagree:
-$(diff "$SCRATCH/defaults.yaml" "$SCRATCH/pool-fallback.yaml")"
+$(diff "$SCRATCH/defaults.masked" "$SCRATCH/pool-fallback.masked")"
 
 render two-pools \
   --set 'pools[0].name=small' --set 'pools[0].capacitySpec.poolMin=0' \
@@ -187,6 +240,8 @@ expect_pools big-pool "agent-pool 50 100 50 300"
 render minimal --set nodeAgent.enabled=false --set server.enabled=false
 expect_not minimal '^kind: DaemonSet$'
 expect_not minimal 'name: sandpool-server$'
+expect_service_token minimal "Secret sandpool-service-token 48
+controller sandpool-service-token/token"
 
 render no-rbac --set rbac.create=false --set rbac.serviceAccount.create=false \
   --set 'extraRoles.batchsandboxEditor.enabled=false' --set 'extraRoles.batchsandboxViewer.enabled=false' \
@@ -196,6 +251,7 @@ expect_not no-rbac '^kind: (Role|RoleBinding|ClusterRole|ServiceAccount)$'
 render names --set fullnameOverride=sp
 expect names 'name: sp-controller-metrics$'
 expect names '"http://sp-controller:9090"$'
+expect_object names 'Secret/sp-service-token'
 
 render otel --set otel.endpoint=http://otel-collector:4317
 expect otel "value: \"http://otel-collector:4317\"$"
@@ -240,6 +296,9 @@ reject-schema pool-capacity-string --set 'pools[0].capacitySpec.poolMax=lots'
 reject-schema leader-elect-string --set-string controllerManager.leaderElect=yes
 reject-schema unknown-key --set controllerManager.replica=2
 reject-schema ingress-no-host --set server.ingress.enabled=true
+reject-schema service-token-secret-name --set serviceToken.existingSecret=My_Token
+reject-schema service-token-empty-key --set serviceToken.existingSecret=my-token --set serviceToken.existingSecretKey=
+reject-schema service-token-unknown-key --set serviceToken.token=abcdefghijklmnop
 reject-render buffer-order 'bufferMin \(9\) > bufferMax' --set 'pools[0].capacitySpec.bufferMin=9' --set 'pools[0].capacitySpec.bufferMax=3'
 reject-render pool-no-name 'pools\[1\]: name is required' --set 'pools[0].name=a' --set 'pools[1].capacitySpec.poolMax=3'
 reject-render pool-duplicate 'duplicate pool name' --set 'pools[0].name=a' --set 'pools[1].name=a' \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of sandpool (README). Installs what the tests need,
 # idempotently, then runs clippy (warnings denied), the Rust test suite and
-# the Python SDK compatibility tests against real binaries.
+# the Python SDK compatibility tests against real binaries, then the fuzz
+# targets for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -70,3 +71,7 @@ SANDPOOL_RUNTIME_BIN="$ROOT/target/debug/sandpool-runtime" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python"
 log "SDK tests: e2b 2.37.1"
 "$ROOT/.venv-e2b237/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python/lifecycle/test_e2b_sdk.py"
+
+# --- fuzzing (bounded; longer runs: scripts/fuzz.sh 600, see docs/reliability.md)
+log "fuzz targets, ${SANDPOOL_FUZZ_SECONDS:-30}s each"
+bash scripts/fuzz.sh "${SANDPOOL_FUZZ_SECONDS:-30}"

@@ -145,6 +145,8 @@ struct TemplateLabel {
     runtime_class: i32,
     release_policy: i32,
     labels: HashMap<String, String>,
+    #[serde(default)]
+    run_as_root: bool,
 }
 
 impl From<&pb::SandboxTemplate> for TemplateLabel {
@@ -160,6 +162,7 @@ impl From<&pb::SandboxTemplate> for TemplateLabel {
             runtime_class: t.runtime_class,
             release_policy: t.release_policy,
             labels: t.labels.clone(),
+            run_as_root: t.run_as_root,
         }
     }
 }
@@ -174,6 +177,7 @@ impl From<TemplateLabel> for pb::SandboxTemplate {
             runtime_class: t.runtime_class,
             release_policy: t.release_policy,
             labels: t.labels,
+            run_as_root: t.run_as_root,
         }
     }
 }
@@ -225,6 +229,7 @@ pub struct ValidTemplate {
     pub runtime_class: pb::RuntimeClass,
     pub release_policy: pb::ReleasePolicy,
     pub env: Vec<(String, String)>,
+    pub run_as_root: bool,
 }
 
 /// Pure validation of a template (image existence is checked later).
@@ -251,7 +256,7 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
             return Err(AgentError::InvalidTemplate(format!("bad env name {k:?}")));
         }
     }
-    Ok(ValidTemplate { image: t.image.trim().to_string(), limits, runtime_class, release_policy, env })
+    Ok(ValidTemplate { image: t.image.trim().to_string(), limits, runtime_class, release_policy, env, run_as_root: t.run_as_root })
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -537,6 +542,7 @@ impl Agent {
             limits: valid.limits.clone(),
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             access_token: sb.token.clone(),
+            user: if valid.run_as_root { None } else { Some(spec::SANDBOX_USER) },
         }
         .to_json();
         let binary = match sb.runtime_class {
@@ -948,6 +954,7 @@ mod tests {
             runtime_class: pb::RuntimeClass::Runsc as i32,
             release_policy: pb::ReleasePolicy::Recycle as i32,
             labels: HashMap::new(),
+            run_as_root: false,
         }
     }
 

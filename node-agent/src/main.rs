@@ -72,7 +72,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let svc = sandpool_proto::v1::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&agent)));
     tracing::info!(listen = %args.listen, "node agent serving");
+    // SANDPOOL_SERVICE_TOKEN: the bearer token callers must present
+    let token = std::env::var("SANDPOOL_SERVICE_TOKEN").ok().filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::warn!("no SANDPOOL_SERVICE_TOKEN: the node agent API accepts unauthenticated calls");
+    }
+    let auth = sandpool_proto::auth::RequireToken::new(token.as_deref())?;
     tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(svc)
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;

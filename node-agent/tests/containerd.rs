@@ -23,6 +23,7 @@ fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
         runtime_class: runtime as i32,
         release_policy: pb::ReleasePolicy::Delete as i32,
         labels: Default::default(),
+        run_as_root: false,
     }
 }
 
@@ -386,6 +387,42 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     node.assert_no_residue().await;
 }
 
+/// Process hardening: a default sandbox runs as the unprivileged `user`
+/// (uid 1000, home /home/user) with no capabilities, no new privileges and the
+/// seccomp profile; a root pool keeps root but not user namespaces (seccomp,
+/// not capabilities, refuses them: the host allows `unshare -U` to anyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_run_unprivileged_under_seccomp() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 6).await;
+    let probe = "id -u; id -g; echo $HOME; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\t ' ' '; \
+                 if unshare -U true 2>/dev/null; then echo userns-allowed; else echo userns-denied; fi; \
+                 if touch /etc/probe 2>/dev/null; then echo etc-writable; else echo etc-denied; fi; \
+                 if touch $HOME/probe; then echo home-writable; fi; \
+                 if echo x >> /.sandpool/sandpool-runtime 2>/dev/null; then echo runtime-writable; else echo runtime-readonly; fi";
+    let user = node.agent().create("pool-h", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let (out, code) = exec(&user, probe).await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(&lines[..3], ["1000", "1000", "/home/user"], "{out}");
+    for want in ["Seccomp: 2", "NoNewPrivs: 1", "CapEff: 0000000000000000", "userns-denied", "etc-denied", "home-writable", "runtime-readonly"] {
+        assert!(lines.contains(&want), "{want:?} not in {out}");
+    }
+    let root_t = pb::SandboxTemplate { run_as_root: true, ..template(pb::RuntimeClass::Runc) };
+    let root = node.agent().create("pool-h", root_t, None).await.unwrap().info("test-node");
+    let (out, _) = exec(&root, probe).await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "0", "{out}");
+    for want in ["Seccomp: 2", "NoNewPrivs: 1", "userns-denied", "etc-writable", "runtime-readonly"] {
+        assert!(lines.contains(&want), "{want:?} not in {out}");
+    }
+    assert!(!lines.contains(&"CapEff: 0000000000000000"), "root keeps its reduced capability set: {out}");
+    for sb in [&user, &root] {
+        node.agent().release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    }
+    node.assert_no_residue().await;
+}
+
 /// Dynamic mounts: a host directory under the mount root appears inside a
 /// running sandbox (read-only or read-write), is gone after unmount, and bad
 /// requests get clear errors; nothing is left after release.
@@ -401,6 +438,9 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::write(ro.join("hello.txt"), "from the host\n").unwrap();
+    // sandboxes run as uid 1000: a volume they write to is theirs (as with fsGroup)
+    let (uid, gid) = sandpool_node_agent::spec::SANDBOX_USER;
+    std::os::unix::fs::chown(&rw, Some(uid), Some(gid)).unwrap();
 
     agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap();
     agent.mount(&a.sandbox_id, rw.to_str().unwrap(), "/work/out", false).await.unwrap();

@@ -12,3 +12,5 @@ pub mod v1 {
 /// Metadata key carrying a sandbox runtime's access token on gRPC calls
 /// (the same value as the HTTP `X-EXECD-ACCESS-TOKEN` header).
 pub const ACCESS_TOKEN_METADATA: &str = "x-execd-access-token";
+
+pub mod auth;

@@ -8,6 +8,7 @@ output, exit codes, background processes, files) and the code interpreter
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import httpx
@@ -73,6 +74,7 @@ def test_kruise_csi_volume_metadata_mounts_a_node_volume(e2b_env: Sandpool):
     host_dir = e2b_env.base_dir / "data" / "agent" / "volumes" / volume
     host_dir.mkdir(parents=True)
     (host_dir / "hello.txt").write_text("from the node\n")
+    os.chown(host_dir, 1000, 1000)  # sandboxes run as `user` (uid 1000): its volume is its own
     meta = {"e2b.agents.kruise.io/csi-volume-name": volume, "e2b.agents.kruise.io/csi-mount-point": "/mnt/shared"}
     sbx = Sandbox.create(POOL_NAME, metadata=meta, timeout=120)
     try:

@@ -135,11 +135,20 @@ class Split:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"OPEN-SANDBOX-API-KEY": self.api_key}, timeout=60)
 
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
+    def cli_run(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+        """The sandpool CLI against this scheduler; it finds the service token
+        in the platform's data dir, unless ``token`` says otherwise."""
+        env = {k: v for k, v in os.environ.items() if k != "SANDPOOL_SERVICE_TOKEN"}
+        env["SANDPOOL_DATA_DIR"] = str(self.data)
+        if token is not None:
+            env["SANDPOOL_SERVICE_TOKEN"] = token
+        return subprocess.run(
             [str(self.binary), args[0], "--scheduler", f"http://127.0.0.1:{self.ports['scheduler']}", *args[1:]],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env=env,
         )
+
+    def cli(self, *args: str) -> str:
+        out = self.cli_run(*args)
         assert out.returncode == 0, f"sandpool {' '.join(args)}: {out.stderr}"
         return out.stdout
 
@@ -298,3 +307,84 @@ def test_ttl_expires_across_a_scheduler_outage(split: Split):
             assert time.monotonic() < deadline, "expired claim still there 20 s after the scheduler came back"
             time.sleep(0.25)
     wait_settled(split)
+
+
+def test_internal_grpc_requires_the_service_token(split: Split):
+    """The scheduler and node agent gRPC APIs refuse callers without the
+    platform's service token (the gateway and CLI present it)."""
+    token_file = split.data / "service-token"
+    assert token_file.stat().st_mode & 0o077 == 0, "the token file is private to root"
+    assert split.cli_run("list").returncode == 0
+    wrong = split.cli_run("list", token="not-the-platform-token-0000")
+    assert wrong.returncode != 0 and "wrong service token" in wrong.stderr, wrong.stderr
+    # a bare client: the CLI with the token file out of reach and none given
+    env = {k: v for k, v in os.environ.items() if k != "SANDPOOL_SERVICE_TOKEN"}
+    env["SANDPOOL_DATA_DIR"] = str(split.base / "nowhere")
+    for port in (split.ports["scheduler"], split.ports["node-agent"]):
+        bare = subprocess.run(
+            [str(split.binary), "list", "--scheduler", f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert bare.returncode != 0 and "missing service token" in bare.stderr, bare.stderr
+
+
+SOAK_WORKERS = 4
+# create + exec + delete cycles, spread over the workers (longer runs for
+# docs/reliability.md: SANDPOOL_SOAK_CYCLES=600 SANDPOOL_SOAK_DEADLINE=900)
+SOAK_CYCLES = int(os.environ.get("SANDPOOL_SOAK_CYCLES", "48"))
+SOAK_DEADLINE = float(os.environ.get("SANDPOOL_SOAK_DEADLINE", "240"))
+
+
+def test_bounded_soak_of_mixed_create_exec_kill(split: Split):
+    """Bounded soak (loopback only): workers create, exec in and delete
+    sandboxes, some killed mid-command; reports error counts and latency, and
+    asserts no errors and no leaks."""
+    wait_settled(split)
+    tag = f"soak-{uuid.uuid4().hex[:8]}"
+    errors: list[str] = []
+    timings: list[float] = []
+    start = time.monotonic()
+
+    def cycle(n: int) -> None:
+        if time.monotonic() - start > SOAK_DEADLINE:
+            return
+        t0 = time.monotonic()
+        status, body = create(split, tag, n)
+        if status not in CREATED:
+            errors.append(f"create {n}: {status} {body}")
+            return
+        cid = body["id"]
+        try:
+            with split.client() as c:
+                ep = c.get(f"/v1/sandboxes/{cid}/endpoints/44772").json()
+                # every third cycle deletes while a command still runs
+                cmd = "sleep 30" if n % 3 == 0 else f"echo cycle-{n}"
+                with httpx.Client(timeout=30) as rt:
+                    if n % 3 == 0:
+                        with contextlib.suppress(httpx.TimeoutException):
+                            rt.post(f"http://{ep['endpoint']}/command", headers=ep["headers"], json={"command": cmd}, timeout=0.3)
+                    else:
+                        r = rt.post(f"http://{ep['endpoint']}/command", headers=ep["headers"], json={"command": cmd})
+                        if r.status_code != 200 or f"cycle-{n}" not in r.text:
+                            errors.append(f"exec {n}: {r.status_code} {r.text[:200]}")
+        except httpx.HTTPError as e:
+            errors.append(f"exec {n}: {e!r}")
+        finally:
+            with split.client() as c:
+                r = c.delete(f"/v1/sandboxes/{cid}")
+                if r.status_code not in (200, 204):
+                    errors.append(f"delete {n}: {r.status_code} {r.text[:200]}")
+        timings.append(time.monotonic() - t0)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=SOAK_WORKERS) as pool:
+        list(pool.map(cycle, range(SOAK_CYCLES)))
+    elapsed = time.monotonic() - start
+    settled = wait_settled(split)
+    timings.sort()
+    p50 = timings[len(timings) // 2] if timings else 0
+    p95 = timings[int(len(timings) * 0.95)] if timings else 0
+    print(f"\nsoak: {len(timings)} cycles by {SOAK_WORKERS} workers in {elapsed:.1f}s, "
+          f"cycle p50 {p50 * 1000:.0f} ms p95 {p95 * 1000:.0f} ms, {len(errors)} errors; after: {settled}")
+    assert not errors, errors[:5]
+    assert len(timings) == SOAK_CYCLES, f"only {len(timings)} of {SOAK_CYCLES} cycles within {SOAK_DEADLINE}s"
+    assert listed(split, tag) == {}, "claims left after the soak"

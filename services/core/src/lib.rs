@@ -42,4 +42,7 @@ pub struct Template {
     /// "delete" | "recycle"
     #[serde(default)]
     pub release_policy: String,
+    /// Run as root instead of the default unprivileged user (uid 1000).
+    #[serde(default)]
+    pub run_as_root: bool,
 }

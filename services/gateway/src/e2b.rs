@@ -155,36 +155,40 @@ fn detail_json(c: &pb::Claim) -> Value {
     })
 }
 
-async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let req: NewSandbox = json_body(&gw, body).await?;
+/// An E2B create body as the claim it asks for plus the env vars for envd
+/// (pure: the gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
+pub fn parse_create(body: &[u8]) -> std::result::Result<(pb::ClaimRequest, BTreeMap<String, String>), ApiError> {
+    let req: NewSandbox = if body.iter().all(u8::is_ascii_whitespace) { NewSandbox::default() } else { crate::parse_json(body)? };
     if req.template_id.trim().is_empty() {
-        return Err(ApiError::Invalid("templateID is required".into()).into());
+        return Err(ApiError::Invalid("templateID is required".into()));
     }
     let timeout = match req.timeout {
         None => DEFAULT_TIMEOUT_S,
         Some(t) if t > 0 => t as u64,
-        Some(t) => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}")).into()),
+        Some(t) => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}"))),
     };
     // "name:tag" and "ns/name" templates map to the pool named by the last name part.
     let pool = req.template_id.rsplit('/').next().unwrap_or_default().split(':').next().unwrap_or_default().to_string();
-    let pool2 = pool.clone();
+    if pool.is_empty() {
+        return Err(ApiError::Invalid(format!("templateID {:?} names no template", req.template_id)));
+    }
     let metadata = req.metadata.unwrap_or_default();
     let mounts = kruise_mounts(&metadata)?;
+    let claim = pb::ClaimRequest { pool, ttl_seconds: timeout, metadata: metadata.into_iter().collect(), mounts, ..Default::default() };
+    Ok((claim, req.env_vars.unwrap_or_default()))
+}
+
+async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let (claim, envs) = parse_create(&crate::read_body(&gw, body).await?)?;
+    let pool2 = claim.pool.clone();
     let c = gw
         .scheduler
         .clone()
-        .create_claim(traced(pb::ClaimRequest {
-            pool: pool.clone(),
-            ttl_seconds: timeout,
-            metadata: metadata.into_iter().collect(),
-            mounts,
-            ..Default::default()
-        }))
+        .create_claim(traced(claim))
         .await
         .map_err(|s| ApiError::from_status(s, move |_| ApiError::PoolNotFound(format!("template {pool2}"))))?
         .into_inner();
     // E2B env vars are the defaults of every envd process: hand them to envd.
-    let envs = req.env_vars.unwrap_or_default();
     if !envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();
         let sent = gw

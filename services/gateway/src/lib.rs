@@ -10,13 +10,13 @@ pub mod proxy;
 
 use std::sync::Arc;
 
-use sandpool_proto::v1::scheduler_client::SchedulerClient;
+use sandpool_proto::{auth::AuthChannel, v1::scheduler_client::SchedulerClient};
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 #[derive(Clone)]
 pub struct Gateway {
-    pub scheduler: SchedulerClient<Channel>,
+    /// the scheduler, with this process's service token on every call
+    pub scheduler: SchedulerClient<AuthChannel>,
     /// sha256 of each accepted API key (keys are never kept in clear).
     key_hashes: Arc<Vec<[u8; 32]>>,
     pub http: reqwest::Client,
@@ -26,7 +26,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(scheduler: SchedulerClient<Channel>, api_keys: &[String]) -> Self {
+    pub fn new(scheduler: SchedulerClient<AuthChannel>, api_keys: &[String]) -> Self {
         let key_hashes = api_keys.iter().filter(|k| !k.is_empty()).map(|k| Sha256::digest(k.as_bytes()).into()).collect();
         Gateway {
             scheduler,
@@ -158,7 +158,7 @@ mod tests {
     fn gateway() -> Gateway {
         // never dialled: /health does not reach the scheduler
         let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        Gateway::new(SchedulerClient::new(ch), &["k1".to_string()])
+        Gateway::new(SchedulerClient::with_interceptor(ch, Default::default()), &["k1".to_string()])
     }
 
     async fn health(app: &axum::Router, key: &str) -> axum::response::Response {

@@ -152,8 +152,10 @@ fn claim_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
     move |_| ApiError::SandboxNotFound(id.to_string())
 }
 
-async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
-    let req: CreateRequest = json_body(&gw, body).await?;
+/// An OpenSandbox create body as the claim it asks for (pure: the gateway's
+/// whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
+pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
+    let req: CreateRequest = crate::parse_json(body)?;
     let ttl = parse_timeout(&req.timeout)?;
     if req.snapshot_id.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::Unsupported("creating from a snapshot".into()));
@@ -190,8 +192,8 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
     } else {
         None
     };
-    let claim = pb::ClaimRequest {
-        pool: pool.clone(),
+    Ok(pb::ClaimRequest {
+        pool,
         pool_only: false,
         ttl_seconds: ttl,
         process: Some(pb::InjectRequest { argv: entrypoint, env, ..Default::default() }),
@@ -199,8 +201,12 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
         claim_id: String::new(),
         template,
         mounts: Vec::new(),
-    };
-    let pool2 = pool.clone();
+    })
+}
+
+async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
+    let claim = parse_create(&crate::read_body(&gw, body).await?)?;
+    let pool2 = claim.pool.clone();
     let c = gw
         .scheduler
         .clone()

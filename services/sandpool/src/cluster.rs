@@ -18,6 +18,7 @@ use sandpool_controller::run::{ControllerConfig, Health};
 use sandpool_controller::tasks::GrpcTaskRunner;
 use sandpool_node_agent::containerd::Ctr;
 use sandpool_node_agent::cri::{CriNode, CriNodeService};
+use sandpool_proto::auth::{RequireToken, ServiceToken};
 use sandpool_proto::v1 as pb;
 
 #[derive(clap::Args, Debug)]
@@ -143,7 +144,15 @@ pub async fn spawn_http(addr: SocketAddr, app: axum::Router) -> anyhow::Result<t
     Ok(tokio::spawn(async move { axum::serve(l, app).await }))
 }
 
-async fn serve_grpc<S>(addr: SocketAddr, svc: S) -> anyhow::Result<()>
+/// The server-side check of the service token (`SANDPOOL_SERVICE_TOKEN`).
+fn require_token(token: Option<&str>, what: &str) -> anyhow::Result<RequireToken> {
+    if token.is_none() {
+        tracing::warn!("no service token (SANDPOOL_SERVICE_TOKEN): the {what} gRPC API accepts unauthenticated calls");
+    }
+    Ok(RequireToken::new(token)?)
+}
+
+async fn serve_grpc<S>(addr: SocketAddr, auth: RequireToken, svc: S) -> anyhow::Result<()>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
         + tonic::server::NamedService
@@ -156,13 +165,15 @@ where
 {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(svc)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::shutdown_signal())
         .await?;
     Ok(())
 }
 
-pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
+pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> anyhow::Result<()> {
+    let auth = require_token(service_token.as_deref(), "scheduler")?;
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let identity = a.identity.clone().unwrap_or_else(|| format!("sandpool-controller-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     if let Some(f) = &a.pools_file {
@@ -194,7 +205,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
-    let sched_task = tokio::spawn(serve_grpc(a.scheduler_listen, pb::scheduler_server::SchedulerServer::new(sched)));
+    let sched_task = tokio::spawn(serve_grpc(a.scheduler_listen, auth, pb::scheduler_server::SchedulerServer::new(sched)));
 
     let cfg = ControllerConfig {
         namespace: a.namespace.clone(),
@@ -212,7 +223,7 @@ pub async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
+pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let keys: Vec<String> = a.api_keys.into_iter().filter(|k| !k.is_empty()).collect();
     if keys.is_empty() {
         tracing::warn!("no API key configured: the gateway accepts every request");
@@ -221,7 +232,8 @@ pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("scheduler address {:?}", a.scheduler))?
         .tcp_nodelay(true)
         .connect_lazy();
-    let gw = sandpool_gateway::Gateway::new(pb::scheduler_client::SchedulerClient::new(ch), &keys).with_rate_limit(a.rate_limit, a.rate_burst);
+    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, ServiceToken::new(service_token.as_deref())?);
+    let gw = sandpool_gateway::Gateway::new(client, &keys).with_rate_limit(a.rate_limit, a.rate_burst);
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
@@ -230,7 +242,7 @@ pub async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn node_agent(a: NodeAgentArgs) -> anyhow::Result<()> {
+pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
     let ctr = Ctr::connect(&a.containerd_socket, &a.containerd_namespace, Duration::from_secs(30))
         .await
@@ -238,5 +250,5 @@ pub async fn node_agent(a: NodeAgentArgs) -> anyhow::Result<()> {
     let node = Arc::new(CriNode::new(ctr, &a.node_name));
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
-    serve_grpc(a.listen, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
+    serve_grpc(a.listen, require_token(service_token.as_deref(), "node agent")?, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
 }

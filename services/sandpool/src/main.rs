@@ -15,7 +15,10 @@ use sandpool_node_agent::{
     net::NetConfig,
     service::NodeAgentService,
 };
-use sandpool_proto::v1::{self as pb, scheduler_client::SchedulerClient};
+use sandpool_proto::{
+    auth::{AuthChannel, RequireToken, ServiceToken},
+    v1::{self as pb, scheduler_client::SchedulerClient},
+};
 use sandpool_scheduler::{
     Scheduler, SchedulerConfig,
     scheduler::PoolRec,
@@ -27,6 +30,11 @@ use sandpool_scheduler::{
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Bearer token of gRPC calls between sandpool's services. `serve`
+    /// without one uses (or creates) DATA_DIR/service-token; the CLI reads
+    /// that file ($SANDPOOL_DATA_DIR, default /var/lib/sandpool) when unset.
+    #[arg(long, global = true, env = "SANDPOOL_SERVICE_TOKEN", hide_env_values = true)]
+    service_token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +115,9 @@ enum PoolCmd {
         cpu: String,
         #[arg(long, default_value = "")]
         memory: String,
+        /// Run the pool's sandboxes as root (default: the unprivileged `user`, uid 1000).
+        #[arg(long)]
+        run_as_root: bool,
     },
     List,
 }
@@ -217,8 +228,51 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+/// The service token of a platform on `data_dir`: the given one, else the
+/// one in DATA_DIR/service-token, else a new one written there (0600), so
+/// the parts of a split platform (`--role`) share it.
+fn platform_service_token(given: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("service-token");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(mut f) => {
+            let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            f.write_all(t.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // a part starting at the same moment may still be writing it
+            for _ in 0..50 {
+                let t = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                if !t.trim().is_empty() {
+                    return Ok(t.trim().to_string());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            bail!("{} is empty", path.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// The CLI's token: given, else the local platform's file if readable.
+fn cli_service_token(given: Option<String>) -> anyhow::Result<ServiceToken> {
+    let from_file = || {
+        let dir = std::env::var("SANDPOOL_DATA_DIR").unwrap_or_else(|_| "/var/lib/sandpool".into());
+        std::fs::read_to_string(std::path::Path::new(&dir).join("service-token")).ok().map(|t| t.trim().to_string())
+    };
+    Ok(ServiceToken::new(given.or_else(from_file).as_deref())?)
+}
+
+async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let pools: Vec<PoolRec> = a.pools.iter().map(|p| parse_pool(p)).collect::<anyhow::Result<_>>()?;
+    let service_token = platform_service_token(service_token, &a.data_dir)?;
+    let require_token = tonic::service::InterceptorLayer::new(RequireToken::new(Some(&service_token))?);
     let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
     let api_keys = if a.api_keys.is_empty() {
         // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
@@ -267,6 +321,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&ag)));
         let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
         let server = tonic::transport::Server::builder()
+            .layer(require_token.clone())
             .add_service(agent_svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener));
         tasks.push(tokio::spawn(server).abort_handle());
@@ -282,6 +337,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             max_inflight: 4,
             tick: Duration::from_millis(500),
             idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
+            service_token: Some(service_token.clone()),
         })
         .await?;
         for p in pools.clone() {
@@ -291,6 +347,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
         let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
         let server = tonic::transport::Server::builder()
+            .layer(require_token.clone())
             .add_service(sched_svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener));
         tasks.push(tokio::spawn(server).abort_handle());
@@ -319,7 +376,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if runs(Role::Gateway) {
         // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect_lazy();
-        let gw = sandpool_gateway::Gateway::new(SchedulerClient::new(ch), &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
+        let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(&service_token))?);
+        let gw = sandpool_gateway::Gateway::new(client, &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -368,8 +426,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scheduler(addr: &str) -> anyhow::Result<SchedulerClient<tonic::transport::Channel>> {
-    SchedulerClient::connect(addr.to_string()).await.with_context(|| format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)"))
+async fn scheduler(addr: &str, token: &ServiceToken) -> anyhow::Result<SchedulerClient<AuthChannel>> {
+    let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("scheduler address {addr:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)"))?;
+    Ok(SchedulerClient::with_interceptor(ch, token.clone()))
 }
 
 fn print_claim(c: &pb::Claim) {
@@ -383,28 +446,32 @@ fn print_claim(c: &pb::Claim) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let token = match &cli.cmd {
+        Cmd::Serve(_) | Cmd::Controller(_) | Cmd::Gateway(_) | Cmd::NodeAgent(_) => ServiceToken::default(),
+        _ => cli_service_token(cli.service_token.clone())?,
+    };
     match cli.cmd {
         Cmd::Serve(a) => {
             let _t = sandpool_telemetry::init("sandpool")?;
-            serve(a).await
+            serve(a, cli.service_token).await
         }
         Cmd::Controller(a) => {
             let _t = sandpool_telemetry::init_with_level("sandpool-controller", a.log_level.as_deref())?;
-            cluster::controller(a).await
+            cluster::controller(a, cli.service_token).await
         }
         Cmd::Gateway(a) => {
             let _t = sandpool_telemetry::init_with_level("sandpool-gateway", a.log_level.as_deref())?;
-            cluster::gateway(a).await
+            cluster::gateway(a, cli.service_token).await
         }
         Cmd::NodeAgent(a) => {
             let _t = sandpool_telemetry::init_with_level("sandpool-node-agent", a.log_level.as_deref())?;
-            cluster::node_agent(a).await
+            cluster::node_agent(a, cli.service_token).await
         }
         Cmd::Pool { cmd, scheduler: addr } => {
-            let mut s = scheduler(&addr).await?;
+            let mut s = scheduler(&addr, &token).await?;
             match cmd {
-                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory } => {
-                    let t = Template { image, runtime_class: runtime, cpu, memory, ..Default::default() };
+                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory, run_as_root } => {
+                    let t = Template { image, runtime_class: runtime, cpu, memory, run_as_root, ..Default::default() };
                     let p = s
                         .apply_pool(pb::Pool {
                             name,
@@ -426,7 +493,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Claim { pool, ttl, pool_only, argv, scheduler: addr } => {
-            let c = scheduler(&addr)
+            let c = scheduler(&addr, &token)
                 .await?
                 .create_claim(pb::ClaimRequest {
                     pool,
@@ -441,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Exec { claim, command, scheduler: addr } => {
-            let c = scheduler(&addr).await?.get_claim(pb::ClaimRef { claim_id: claim }).await?.into_inner();
+            let c = scheduler(&addr, &token).await?.get_claim(pb::ClaimRef { claim_id: claim }).await?.into_inner();
             let sb = c.sandbox.unwrap_or_default();
             let resp = reqwest::Client::new()
                 .post(format!("http://{}:{}/command", sb.ip, sb.runtime_port))
@@ -471,13 +538,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Cmd::List { pool, scheduler: addr } => {
-            for c in scheduler(&addr).await?.list_claims(pb::ListClaimsRequest { pool, ..Default::default() }).await?.into_inner().claims {
+            for c in scheduler(&addr, &token).await?.list_claims(pb::ListClaimsRequest { pool, ..Default::default() }).await?.into_inner().claims {
                 print_claim(&c);
             }
             Ok(())
         }
         Cmd::Release { claim, scheduler: addr } => {
-            scheduler(&addr).await?.release_claim(pb::ClaimRef { claim_id: claim.clone() }).await?;
+            scheduler(&addr, &token).await?.release_claim(pb::ClaimRef { claim_id: claim.clone() }).await?;
             println!("released {claim}");
             Ok(())
         }

@@ -14,10 +14,12 @@ use sandpool_core::{
     node_sync::{self, NodeSandbox, NodeState},
     pool::{CapacitySpec, PoolCounts, WarmSet, pick_node, scale_decision},
 };
-use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
+use sandpool_proto::{
+    auth::{AuthChannel, ServiceToken},
+    v1::{self as pb, node_agent_client::NodeAgentClient},
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 
 use crate::{
     error::{Result, SchedError},
@@ -36,6 +38,8 @@ pub struct SchedulerConfig {
     /// Pause a bound claim whose runtime has served no request (and runs no
     /// command) for this long; `None` = never.
     pub idle_pause: Option<Duration>,
+    /// Bearer token for the node agents (`None`: they require none).
+    pub service_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +97,7 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
             _ => pb::ReleasePolicy::Delete as i32,
         },
         labels: Default::default(),
+        run_as_root: t.run_as_root,
     }
 }
 
@@ -115,12 +120,13 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
             Ok(_) => "delete".into(),
             Err(_) => return Err(SchedError::Invalid(format!("unknown release policy {}", t.release_policy))),
         },
+        run_as_root: t.run_as_root,
     })
 }
 
 struct Node {
     name: String,
-    client: NodeAgentClient<Channel>,
+    client: NodeAgentClient<AuthChannel>,
     max: u32,
 }
 
@@ -194,6 +200,7 @@ impl Scheduler {
     /// Connect to the nodes, load the store and reconcile with what the nodes run.
     pub async fn start(cfg: SchedulerConfig) -> Result<Arc<Scheduler>> {
         let store = Arc::new(Store::open(&cfg.store_path)?);
+        let token = ServiceToken::new(cfg.service_token.as_deref()).map_err(|e| SchedError::Invalid(e.to_string()))?;
         let mut nodes = Vec::new();
         let mut node_sandboxes = Vec::new();
         for addr in &cfg.nodes {
@@ -203,7 +210,7 @@ impl Scheduler {
                 .connect()
                 .await
                 .map_err(|e| SchedError::Node { node: addr.clone(), status: tonic::Status::unavailable(e.to_string()) })?;
-            let mut client = NodeAgentClient::new(ch);
+            let mut client = NodeAgentClient::with_interceptor(ch, token.clone());
             let mut watch = client.watch(pb::WatchRequest {}).await.map_err(node_err(addr))?.into_inner();
             let cap = match watch.message().await.map_err(node_err(addr))? {
                 Some(pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(c)) }) => c,

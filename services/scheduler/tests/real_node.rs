@@ -17,28 +17,55 @@ async fn platform(n: u8) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)
     platform_with(n, None).await
 }
 
-async fn platform_with(n: u8, idle_pause: Option<Duration>) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
-    let runtime = gate()?;
-    let node = TestNode::start(runtime, n).await;
+const SERVICE_TOKEN: &str = "test-service-token-0123456789";
+
+/// A real node agent behind the service-token check, as `sandpool serve` runs it.
+async fn serve_node(node: &TestNode) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(node.agent())));
+    let auth = sandpool_proto::auth::RequireToken::new(Some(SERVICE_TOKEN)).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(auth))
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let store = tempfile::tempdir().unwrap();
-    let sched = Scheduler::start(SchedulerConfig {
+    addr
+}
+
+fn config(store: &tempfile::TempDir, addr: std::net::SocketAddr, token: &str) -> SchedulerConfig {
+    SchedulerConfig {
         store_path: store.path().join("s.redb"),
         nodes: vec![format!("http://{addr}")],
         max_inflight: 4,
         tick: Duration::from_millis(100),
-        idle_pause,
-    })
-    .await
-    .unwrap();
+        idle_pause: None,
+        service_token: Some(token.to_string()),
+    }
+}
+
+async fn platform_with(n: u8, idle_pause: Option<Duration>) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
+    let runtime = gate()?;
+    let node = TestNode::start(runtime, n).await;
+    let addr = serve_node(&node).await;
+    let store = tempfile::tempdir().unwrap();
+    let sched = Scheduler::start(SchedulerConfig { idle_pause, ..config(&store, addr, SERVICE_TOKEN) }).await.unwrap();
     Some((node, sched, store))
+}
+
+#[tokio::test]
+async fn node_agents_refuse_a_scheduler_without_the_service_token() {
+    let Some(runtime) = gate() else { return };
+    let node = TestNode::start(runtime, 15).await;
+    let addr = serve_node(&node).await;
+    let store = tempfile::tempdir().unwrap();
+    let wrong = Scheduler::start(config(&store, addr, "not-the-service-token-42")).await.err().expect("a wrong token is refused");
+    assert!(matches!(&wrong, SchedError::Node { status, .. } if status.code() == tonic::Code::Unauthenticated), "{wrong}");
+    let mut none = config(&store, addr, SERVICE_TOKEN);
+    none.service_token = None;
+    let missing = Scheduler::start(none).await.err().expect("no token is refused");
+    assert!(missing.to_string().contains("missing service token"), "{missing}");
 }
 
 fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {

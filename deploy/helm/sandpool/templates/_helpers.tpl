@@ -131,6 +131,41 @@ Key of the API key in that Secret.
 {{- end }}
 
 {{/*
+Secret holding the service token, the bearer token of sandpool's internal gRPC
+calls (gateway -> controller -> node agent): serviceToken.existingSecret, else
+<fullname>-service-token, created by the chart (service-token-secret.yaml).
+*/}}
+{{- define "sandpool.serviceToken.secretName" -}}
+{{- $st := .Values.serviceToken | default dict }}
+{{- if $st.existingSecret }}
+{{- $st.existingSecret }}
+{{- else }}
+{{- printf "%s-service-token" (include "sandpool.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the service token in that Secret.
+*/}}
+{{- define "sandpool.serviceToken.secretKey" -}}
+{{- $st := .Values.serviceToken | default dict }}
+{{- if $st.existingSecret }}
+{{- $st.existingSecretKey | default "token" }}
+{{- else }}
+{{- "token" }}
+{{- end }}
+{{- end }}
+
+{{/* SANDPOOL_SERVICE_TOKEN env of every sandpool container. */}}
+{{- define "sandpool.serviceTokenEnv" -}}
+- name: SANDPOOL_SERVICE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sandpool.serviceToken.secretName" . }}
+      key: {{ include "sandpool.serviceToken.secretKey" . }}
+{{- end }}
+
+{{/*
 Pod securityContext of the non-privileged components (controller, gateway).
 */}}
 {{- define "sandpool.podSecurityContext" -}}

@@ -1,0 +1,50 @@
+//! The runtime's streaming multipart upload (`POST /files/upload`): any body,
+//! cut into chunks anywhere, is refused with a clear error or written within
+//! the limits; never a panic. Runs chrooted into a fresh temp dir, so the
+//! absolute paths a fuzzed metadata part names land there, not on the host.
+#![no_main]
+
+use std::sync::Once;
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use sandpool_runtime::upload::{UploadLimits, receive};
+
+static JAIL: Once = Once::new();
+
+/// chroot into a fresh dir, in a private mount namespace where the fuzz
+/// project (corpus, artifacts) is bind-mounted at its own path, so libFuzzer
+/// still finds its files and nothing the target writes reaches the host.
+fn jail() {
+    use nix::mount::{MsFlags, mount};
+    JAIL.call_once(|| {
+        let exe = std::env::current_exe().expect("exe path");
+        let project = exe.ancestors().find(|p| p.join("fuzz_targets").is_dir()).expect("fuzz project dir").to_path_buf();
+        let dir = std::env::temp_dir().join(format!("sandpool-fuzz-upload-{}", std::process::id()));
+        let inner = dir.join(project.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&inner).expect("jail dirs");
+        std::fs::create_dir_all(dir.join("tmp")).expect("/tmp in the jail");
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("mount namespace (the fuzz target runs as root)");
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).expect("private mounts");
+        mount(Some(&project), &inner, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).expect("bind the fuzz project");
+        nix::unistd::chroot(&dir).expect("chroot");
+        std::env::set_current_dir("/").expect("chdir /");
+    });
+}
+
+fuzz_target!(|data: &[u8]| {
+    jail();
+    // first byte: chunk size, so the parser meets every split point
+    let Some((&cut, body)) = data.split_first() else { return };
+    let cut = usize::from(cut).max(1);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = body.chunks(cut).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let limits = UploadLimits { max_file_bytes: 4096, max_metadata_bytes: 1024, max_files: 8 };
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let res = rt.block_on(receive(futures_util::stream::iter(chunks), "XBOUNDARY".to_string(), &limits));
+    if let Ok(files) = res {
+        for f in files {
+            assert!(f.size <= limits.max_file_bytes);
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
+});
