@@ -31,7 +31,8 @@ for t in connect_envelope claim_json multipart_upload; do
   echo "==> fuzz $t for ${SECS}s"
   log="target/fuzz-$t.log"
   status=0
-  "${FUZZ[@]}" run -s none "$t" "corpus/$t" "seeds/$t" -- \
+  # absolute corpus paths: multipart_upload runs chrooted (see its jail())
+  "${FUZZ[@]}" run -s none "$t" "$PWD/corpus/$t" "$PWD/seeds/$t" -- \
     -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=$?
   grep -E '^(#[0-9]+ +DONE|Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
   if [[ $status -ne 0 ]]; then
@@ -40,3 +41,5 @@ for t in connect_envelope claim_json multipart_upload; do
     exit 1
   fi
 done
+# the upload target's jails (their bind mounts died with the fuzzer's mount namespace)
+rm -rf --one-file-system "${TMPDIR:-/tmp}"/sandpool-fuzz-upload-* 2>/dev/null || true

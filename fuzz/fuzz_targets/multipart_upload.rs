@@ -12,21 +12,26 @@ use sandpool_runtime::upload::{UploadLimits, receive};
 
 static JAIL: Once = Once::new();
 
-/// chroot into a fresh dir, in a private mount namespace where the fuzz
-/// project (corpus, artifacts) is bind-mounted at its own path, so libFuzzer
-/// still finds its files and nothing the target writes reaches the host.
+/// chroot into a fresh dir, in a private mount namespace where only the
+/// fuzz project's `corpus/` and `artifacts/` are bind-mounted (at their own
+/// paths, where libFuzzer writes; pass them as absolute paths), so nothing a
+/// fuzzed upload names — absolute or relative — reaches the host elsewhere.
 fn jail() {
     use nix::mount::{MsFlags, mount};
     JAIL.call_once(|| {
         let exe = std::env::current_exe().expect("exe path");
         let project = exe.ancestors().find(|p| p.join("fuzz_targets").is_dir()).expect("fuzz project dir").to_path_buf();
         let dir = std::env::temp_dir().join(format!("sandpool-fuzz-upload-{}", std::process::id()));
-        let inner = dir.join(project.strip_prefix("/").expect("absolute"));
-        std::fs::create_dir_all(&inner).expect("jail dirs");
         std::fs::create_dir_all(dir.join("tmp")).expect("/tmp in the jail");
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("mount namespace (the fuzz target runs as root)");
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).expect("private mounts");
-        mount(Some(&project), &inner, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).expect("bind the fuzz project");
+        for sub in ["corpus", "artifacts"] {
+            let outside = project.join(sub);
+            std::fs::create_dir_all(&outside).expect("fuzz project dirs");
+            let inside = dir.join(outside.strip_prefix("/").expect("absolute"));
+            std::fs::create_dir_all(&inside).expect("jail dirs");
+            mount(Some(&outside), &inside, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).expect("bind");
+        }
         nix::unistd::chroot(&dir).expect("chroot");
         std::env::set_current_dir("/").expect("chdir /");
     });
