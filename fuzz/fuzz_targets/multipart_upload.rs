@@ -12,7 +12,7 @@ use sandpool_runtime::upload::{UploadLimits, receive};
 
 static JAIL: Once = Once::new();
 
-/// chroot into a fresh dir, in a private mount namespace where only the
+/// chroot into a fresh tmpfs, in a private mount namespace where only the
 /// fuzz project's `corpus/` and `artifacts/` are bind-mounted (at their own
 /// paths, where libFuzzer writes; pass them as absolute paths), so nothing a
 /// fuzzed upload names — absolute or relative — reaches the host elsewhere.
@@ -21,10 +21,13 @@ fn jail() {
     JAIL.call_once(|| {
         let exe = std::env::current_exe().expect("exe path");
         let project = exe.ancestors().find(|p| p.join("fuzz_targets").is_dir()).expect("fuzz project dir").to_path_buf();
-        let dir = std::env::temp_dir().join(format!("sandpool-fuzz-upload-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("tmp")).expect("/tmp in the jail");
+        // a fresh 0700 dir (mkdtemp: never an existing path or a symlink)
+        // with a tmpfs of this namespace on it: nothing written stays on disk
+        let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("sandpool-fuzz-upload-XXXXXX")).expect("mkdtemp");
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("mount namespace (the fuzz target runs as root)");
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).expect("private mounts");
+        mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("size=256m,mode=0700")).expect("tmpfs jail");
+        std::fs::create_dir_all(dir.join("tmp")).expect("/tmp in the jail");
         for sub in ["corpus", "artifacts"] {
             let outside = project.join(sub);
             std::fs::create_dir_all(&outside).expect("fuzz project dirs");

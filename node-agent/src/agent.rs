@@ -339,6 +339,7 @@ impl Agent {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
                 let Some(a) = me.upgrade() else { return };
+                a.recheck_tasks().await;
                 if let Err(e) = a.sweep().await {
                     tracing::debug!(error = %e, "sweep failed");
                 }
@@ -566,6 +567,13 @@ impl Agent {
             .await?;
         self.ctr.start_task(&sb.id, mounts, &log).await?;
         self.wait_ready(sb).await
+    }
+
+    /// Wait until sandbox `id`'s runtime answers its health check (after a
+    /// resume, say).
+    pub async fn runtime_health(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        self.wait_ready(&sb).await
     }
 
     /// Poll the runtime's gRPC health until it answers.
@@ -827,16 +835,22 @@ impl Agent {
                 TaskEvent::Resubscribed => {
                     // containerd restarted: exits in the gap were not seen,
                     // and creates or releases it broke left debris
-                    let ids: Vec<String> = self.lock().keys().cloned().collect();
-                    for id in ids {
-                        if let Ok(None | Some((TaskState::Stopped, _))) = self.ctr.task_state(&id).await {
-                            self.on_exit(&id, None, 0).await;
-                        }
-                    }
+                    self.recheck_tasks().await;
                     if let Err(e) = self.sweep().await {
                         tracing::warn!(error = %e, "sweep after containerd restart failed");
                     }
                 }
+            }
+        }
+    }
+
+    /// Mark failed every sandbox whose task is gone or stopped (exits not
+    /// seen as events).
+    async fn recheck_tasks(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            if let Ok(None | Some((TaskState::Stopped, _))) = self.ctr.task_state(&id).await {
+                self.on_exit(&id, None, 0).await;
             }
         }
     }
@@ -885,6 +899,27 @@ impl Agent {
             if alive && netns_ok && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
                 if let Ok(Some((TaskState::Paused, _))) = self.ctr.task_state(&c.id).await {
                     sb.state = pb::SandboxState::Paused;
+                }
+                if sb.state == pb::SandboxState::Warm {
+                    // The claimed label is written after the inject (off the
+                    // claim's critical path): a crash in between leaves a used
+                    // sandbox labelled warm. Its runtime knows; never hand it out again.
+                    let health = async {
+                        let mut c = self.runtime_client(&sb).await?;
+                        c.health(auth(&sb, pb::HealthRequest {})).await.map_err(|s| AgentError::Runtime { id: sb.id.clone(), message: s.to_string() })
+                    };
+                    match tokio::time::timeout(Duration::from_secs(3), health).await {
+                        Ok(Ok(h)) if !h.get_ref().used => {}
+                        Ok(Ok(_)) => {
+                            tracing::warn!(sandbox = %c.id, "sandbox labelled warm was used (crash before its claimed label): not warm");
+                            sb.state = pb::SandboxState::Claimed;
+                            let _ = self.ctr.set_labels(&c.id, [(labels::STATE.to_string(), "claimed".to_string())].into()).await;
+                        }
+                        _ => {
+                            tracing::warn!(sandbox = %c.id, "warm sandbox's runtime does not answer: marked failed");
+                            sb.state = pb::SandboxState::Failed;
+                        }
+                    }
                 }
                 self.lock().insert(c.id.clone(), sb);
                 adopted += 1;

@@ -639,7 +639,6 @@ impl Ctr {
         let me = self.clone();
         tokio::spawn(async move {
             let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
-            let mut first = true;
             let mut backoff = Duration::from_millis(100);
             loop {
                 let req = me.req(api::SubscribeRequest { filters: vec![filter.clone()] });
@@ -656,13 +655,6 @@ impl Ctr {
                     }
                 };
                 backoff = Duration::from_millis(100);
-                if !first {
-                    tracing::info!("containerd event stream re-established");
-                    if tx.send(TaskEvent::Resubscribed).await.is_err() {
-                        return;
-                    }
-                }
-                first = false;
                 while let Some(Ok(env)) = stream.next().await {
                     let Some(any) = env.event else { continue };
                     if let Ok(exit) = <containerd_client::events::TaskExit as prost::Message>::decode(any.value.as_slice())
@@ -672,6 +664,18 @@ impl Ctr {
                     }
                 }
                 tracing::warn!("containerd event stream ended (containerd restarting?); resubscribing");
+                // announce the gap as soon as containerd answers again (a new
+                // subscription only answers at its first event)
+                while me.client.version().version(()).await.is_err() {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tracing::info!("containerd is back");
+                if tx.send(TaskEvent::Resubscribed).await.is_err() {
+                    return;
+                }
             }
         });
         rx

@@ -92,8 +92,12 @@ impl ContainerdDaemon {
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
+        // the supervisor checks the flag under the lock before it restarts
         self.stopping.store(true, Ordering::SeqCst);
         let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return; // already gone (and reaped: its pid may be someone else's now)
+        }
         if let Ok(pid) = i32::try_from(child.id()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
@@ -129,11 +133,12 @@ fn supervise(child: &Mutex<Option<Child>>, stopping: &AtomicBool, dir: &Path) {
         drop(g);
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(5));
-        if stopping.load(Ordering::SeqCst) {
+        let mut g = child.lock().unwrap_or_else(|p| p.into_inner());
+        if stopping.load(Ordering::SeqCst) || g.is_none() {
             return;
         }
         match spawn(dir) {
-            Ok(new) => *child.lock().unwrap_or_else(|p| p.into_inner()) = Some(new),
+            Ok(new) => *g = Some(new),
             Err(e) => tracing::error!(error = %e, "restarting containerd failed"),
         }
     }

@@ -147,8 +147,8 @@ fn mkdirs(root: &Path, dirs: &[(&str, u32)]) -> io::Result<()> {
 }
 
 /// The unprivileged user sandboxes run as (`spec::SANDBOX_USER`): `user`,
-/// uid/gid 1000, home /home/user, as in E2B. Appended to passwd/group when
-/// absent (busybox writes its own files afterwards, with the same entry).
+/// uid/gid 61000, home /home/user, as in E2B. Appended to passwd/group when
+/// absent.
 fn add_sandbox_user(root: &Path, shell: &str) -> io::Result<()> {
     let (uid, gid) = crate::spec::SANDBOX_USER;
     let home = root.join(crate::spec::SANDBOX_HOME.trim_start_matches('/'));
@@ -177,15 +177,15 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
             fs::remove_dir_all(dir)?;
         }
         mkdirs(dir, &[("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("home", 0o755)])?;
-        add_sandbox_user(dir, "/bin/sh")?;
         fs::copy(busybox, dir.join("bin/busybox"))?;
         fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
         let out = Command::new(busybox).arg("--list").output()?;
         for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
             let _ = symlink("busybox", dir.join("bin").join(applet));
         }
-        fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nuser:x:1000:1000:user:/home/user:/bin/sh\n")?;
-        fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n")?;
+        fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")?;
+        fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        add_sandbox_user(dir, "/bin/sh")?;
         fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
         // E2B's SDK runs commands with `/bin/bash -l -c`; busybox has no bash
         // applet, so bash here is busybox's ash (POSIX sh, not GNU bash).
@@ -270,7 +270,7 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
 /// Build (or reuse from `cache`) the blobs of a builtin image.
 pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
     // bump when what a builtin image contains changes, so caches rebuild
-    const FORMAT: u32 = 3;
+    const FORMAT: u32 = 4;
     let dir = cache.join(format!("{}-v{FORMAT}", name.replace(['/', ':'], "_")));
     fs::create_dir_all(&dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
     // One builder at a time per image (agents, tests and benches may share a cache).

@@ -33,9 +33,12 @@ pub struct SandboxSpec {
     pub user: Option<(u32, u32)>,
 }
 
-/// The default unprivileged sandbox user, as in E2B: `user`, uid/gid 1000,
-/// home `/home/user` (the built-in images have it).
-pub const SANDBOX_USER: (u32, u32) = (1000, 1000);
+/// The default unprivileged sandbox user: `user` with home `/home/user`, as
+/// in E2B (the built-in images have it). Without a user namespace a sandbox
+/// uid is a host uid, so it is one from Debian's reserved 60000-64999 range,
+/// never a host login's (a host uid 1000 could signal the sandbox's processes
+/// or read its runtime token from /proc).
+pub const SANDBOX_USER: (u32, u32) = (61000, 61000);
 pub const SANDBOX_HOME: &str = "/home/user";
 
 /// Syscalls no sandbox needs that widen the kernel's attack surface: kernel
@@ -235,7 +238,7 @@ mod tests {
     #[test]
     fn unprivileged_by_default_with_seccomp() {
         let v = spec().to_json();
-        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(v["process"]["user"]["uid"], SANDBOX_USER.0);
         assert_eq!(v["process"]["capabilities"]["effective"], json!([]));
         assert!(v["process"]["env"].as_array().unwrap().contains(&json!("HOME=/home/user")));
         let sc = &v["linux"]["seccomp"];

@@ -130,6 +130,11 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     }
 
     eprintln!("[{:?}] injected", t0.elapsed());
+    // Two more warm ones: one untouched, one whose runtime served a request
+    // but whose claimed label never got written (a crash right after inject).
+    let fresh = node.agent().create("pool-a", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let used = node.agent().create("pool-a", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    assert_eq!(exec(&used, "echo someone-was-here").await.1, 0);
     // Restart the agent and its containerd: nothing is lost.
     node.stop();
     eprintln!("[{:?}] stopped", t0.elapsed());
@@ -139,7 +144,10 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     node.boot().await;
     eprintln!("[{:?}] rebooted", t0.elapsed());
     let listed = node.agent().list("pool-a");
-    assert_eq!(listed.len(), 2, "both sandboxes recovered");
+    assert_eq!(listed.len(), 4, "all sandboxes recovered");
+    let state_of = |id: &str| listed.iter().find(|s| s.sandbox_id == id).map(|s| s.state);
+    assert_eq!(state_of(&fresh.sandbox_id), Some(pb::SandboxState::Warm as i32), "an untouched warm sandbox stays warm");
+    assert_eq!(state_of(&used.sandbox_id), Some(pb::SandboxState::Claimed as i32), "a used sandbox is never warm again");
     for info in &infos {
         let again = listed.iter().find(|s| s.sandbox_id == info.sandbox_id).expect("recovered");
         assert_eq!((again.ip.as_str(), again.state, again.access_token.as_str()), (info.ip.as_str(), pb::SandboxState::Claimed as i32, info.access_token.as_str()));
@@ -148,7 +156,7 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     }
 
     eprintln!("[{:?}] checked after restart", t0.elapsed());
-    for info in &infos {
+    for info in infos.iter().chain([&fresh, &used]) {
         node.agent().release(&info.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
         assert_eq!(ping(info).await, 0, "released sandbox is gone");
     }
@@ -388,7 +396,7 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
 }
 
 /// Process hardening: a default sandbox runs as the unprivileged `user`
-/// (uid 1000, home /home/user) with no capabilities, no new privileges and the
+/// (uid 61000, home /home/user) with no capabilities, no new privileges and the
 /// seccomp profile; a root pool keeps root but not user namespaces (seccomp,
 /// not capabilities, refuses them: the host allows `unshare -U` to anyone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +412,8 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
     let (out, code) = exec(&user, probe).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    assert_eq!(&lines[..3], ["1000", "1000", "/home/user"], "{out}");
+    let (uid, gid) = sandpool_node_agent::spec::SANDBOX_USER;
+    assert_eq!(&lines[..3], [uid.to_string().as_str(), gid.to_string().as_str(), "/home/user"], "{out}");
     for want in ["Seccomp: 2", "NoNewPrivs: 1", "CapEff: 0000000000000000", "userns-denied", "etc-denied", "home-writable", "runtime-readonly"] {
         assert!(lines.contains(&want), "{want:?} not in {out}");
     }
@@ -438,7 +447,7 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::write(ro.join("hello.txt"), "from the host\n").unwrap();
-    // sandboxes run as uid 1000: a volume they write to is theirs (as with fsGroup)
+    // sandboxes run as uid 61000: a volume they write to is theirs (as with fsGroup)
     let (uid, gid) = sandpool_node_agent::spec::SANDBOX_USER;
     std::os::unix::fs::chown(&rw, Some(uid), Some(gid)).unwrap();
 

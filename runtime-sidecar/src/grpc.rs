@@ -100,6 +100,7 @@ impl Runtime for RuntimeService {
             uptime_ms: u64::try_from(self.st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             running_commands: u32::try_from(self.st.commands.running_count()).unwrap_or(u32::MAX),
             idle_ms: self.st.idle_ms(),
+            used: self.st.used.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -68,6 +68,8 @@ pub struct AppState {
     pub started: Instant,
     /// Milliseconds after `started` of the last request served (activity).
     pub last_activity_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Set by the first request that is not a health check.
+    pub used: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             metrics: Arc::new(sysmetrics::MetricsSampler::default()),
             started: Instant::now(),
             last_activity_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            used: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -88,6 +91,7 @@ impl AppState {
     pub fn touch(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long the sandbox has been idle: 0 while a command runs (the

@@ -74,7 +74,7 @@ def test_kruise_csi_volume_metadata_mounts_a_node_volume(e2b_env: Sandpool):
     host_dir = e2b_env.base_dir / "data" / "agent" / "volumes" / volume
     host_dir.mkdir(parents=True)
     (host_dir / "hello.txt").write_text("from the node\n")
-    os.chown(host_dir, 1000, 1000)  # sandboxes run as `user` (uid 1000): its volume is its own
+    os.chown(host_dir, 61000, 61000)  # sandboxes run as `user` (uid 61000): its volume is its own
     meta = {"e2b.agents.kruise.io/csi-volume-name": volume, "e2b.agents.kruise.io/csi-mount-point": "/mnt/shared"}
     sbx = Sandbox.create(POOL_NAME, metadata=meta, timeout=120)
     try:

@@ -1,7 +1,9 @@
 //! Benchmark of the node agent on real containerd (root; not a test):
 //! warm sandbox create+start (runtime answering on its bridge IP) for runc and
-//! runsc, entrypoint injection and release, against `ctr run -d` of the same
-//! image with the same runtime, measured in the same run.
+//! runsc, entrypoint injection, pause and resume (cgroup freezer) and release,
+//! against `ctr run -d` / `ctr task pause|resume` of the same image with the
+//! same runtime, measured in the same run. Checkpoint is reported as what this
+//! node answers.
 //!
 //!     cargo build --release -p sandpool-runtime -p sandpool-integration
 //!     ./target/release/bench-node --runtime-bin <static sandpool-runtime> --iterations 20
@@ -63,12 +65,13 @@ async fn main() -> anyhow::Result<()> {
     let wrapper = agent.cfg.data_dir.join("bin/runsc-sandpool").display().to_string();
 
     let mut table = Vec::new();
+    let mut notes = Vec::new();
     for (class, label, runtime_flag) in [
         (pb::RuntimeClass::Runc, "runc", None),
         (pb::RuntimeClass::Runsc, "runsc", Some(wrapper.as_str())),
     ] {
         eprintln!("[{label}] ctr run baseline ×{n}");
-        let mut base = Vec::new();
+        let (mut base, mut base_pause, mut base_resume) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n + 2 {
             let id = format!("ctr-{label}-{i}");
             let mut a = vec!["run", "-d", "--null-io"];
@@ -85,8 +88,16 @@ async fn main() -> anyhow::Result<()> {
             a.extend([image::BUSYBOX, &id, "sleep", "1000"]);
             ctr(&sock, &a)?;
             let took = t.elapsed();
+            let t = Instant::now();
+            ctr(&sock, &["task", "pause", &id])?;
+            let paused = t.elapsed();
+            let t = Instant::now();
+            ctr(&sock, &["task", "resume", &id])?;
+            let resumed = t.elapsed();
             if i >= 2 {
                 base.push(took);
+                base_pause.push(paused);
+                base_resume.push(resumed);
             }
             let _ = ctr(&sock, &["task", "kill", "-s", "SIGKILL", &id]);
             for _ in 0..100 {
@@ -109,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let (mut create, mut inject, mut release) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pause, mut resume, mut answering) = (Vec::new(), Vec::new(), Vec::new());
+        let mut checkpoint = String::new();
         for i in 0..n + 2 {
             let t = Instant::now();
             let sb = agent.create("bench", template.clone(), None).await?;
@@ -117,12 +130,30 @@ async fn main() -> anyhow::Result<()> {
                 .inject(&sb.id, pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], env: [("A".to_string(), "1".to_string())].into(), ..Default::default() })
                 .await?;
             let t = Instant::now();
+            agent.pause(&sb.id).await?;
+            let p = t.elapsed();
+            let t = Instant::now();
+            agent.resume(&sb.id).await?;
+            let rs = t.elapsed();
+            // until the thawed runtime serves a request again
+            agent.runtime_health(&sb.id).await?;
+            let ans = t.elapsed();
+            if checkpoint.is_empty() {
+                checkpoint = match agent.checkpoint(&sb.id).await {
+                    Ok(c) => format!("ok ({} bytes)", c.size_bytes),
+                    Err(e) => e.to_string(),
+                };
+            }
+            let t = Instant::now();
             agent.release(&sb.id, pb::ReleasePolicy::Delete).await?;
             let r = t.elapsed();
             if i >= 2 {
                 create.push(c);
                 inject.push(inj);
                 release.push(r);
+                pause.push(p);
+                resume.push(rs);
+                answering.push(ans);
             }
         }
         let b = summarize(&base);
@@ -130,6 +161,14 @@ async fn main() -> anyhow::Result<()> {
         table.push(row(&format!("{label}: sandpool warm create (netns+CNI IP, container, task, runtime healthy)"), &summarize(&create), Some(&b)));
         table.push(row(&format!("{label}: inject entrypoint via runtime gRPC"), &summarize(&inject), Some(&b)));
         table.push(row(&format!("{label}: release (kill, delete, snapshot, CNI DEL, netns)"), &summarize(&release), Some(&b)));
+        let bp = summarize(&base_pause);
+        let br = summarize(&base_resume);
+        table.push(row(&format!("{label}: `ctr task pause` (baseline, includes the ctr process)"), &bp, None));
+        table.push(row(&format!("{label}: sandpool pause (freeze via containerd)"), &summarize(&pause), Some(&bp)));
+        table.push(row(&format!("{label}: `ctr task resume` (baseline, includes the ctr process)"), &br, None));
+        table.push(row(&format!("{label}: sandpool resume (thaw via containerd)"), &summarize(&resume), Some(&br)));
+        table.push(row(&format!("{label}: sandpool resume until the runtime answers"), &summarize(&answering), Some(&br)));
+        notes.push(format!("{label} checkpoint on this node: {checkpoint}"));
     }
     daemon.stop(Duration::from_secs(10));
     drop(agent);
@@ -140,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for r in table {
         println!("{r}");
+    }
+    println!();
+    for n in notes {
+        println!("- {n}");
     }
     Ok(())
 }

@@ -239,23 +239,20 @@ fn platform_service_token(given: Option<String>, data_dir: &std::path::Path) -> 
     let path = data_dir.join("service-token");
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-        Ok(mut f) => {
-            let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-            f.write_all(t.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-            Ok(t)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // a part starting at the same moment may still be writing it
-            for _ in 0..50 {
-                let t = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                if !t.trim().is_empty() {
-                    return Ok(t.trim().to_string());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            bail!("{} is empty", path.display())
-        }
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    // written whole under a temporary name, then linked into place: a crash
+    // never leaves an empty token, and of two parts starting at once one wins
+    let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let tmp = data_dir.join(format!(".service-token.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(t.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string()),
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }

@@ -157,6 +157,17 @@ struct State {
     /// sandboxes an in-flight claim, create or release is working on: a
     /// node resync leaves them alone
     busy: HashSet<String>,
+    /// when the books last changed for a sandbox (ms): a resync ignores
+    /// sandboxes changed after its node list was taken (the list is stale for them)
+    touched: HashMap<String, i64>,
+    /// caller-chosen claim ids being made (a retry must not make a second one)
+    claiming: HashSet<String>,
+}
+
+impl State {
+    fn touch(&mut self, id: &str) {
+        self.touched.insert(id.to_string(), now_ms());
+    }
 }
 
 /// Marks a sandbox busy until dropped.
@@ -167,7 +178,21 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.st.lock().unwrap_or_else(|p| p.into_inner()).busy.remove(&self.id);
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        st.busy.remove(&self.id);
+        st.touch(&self.id);
+    }
+}
+
+/// A caller-chosen claim id being made, until dropped.
+struct Claiming<'a> {
+    st: &'a Mutex<State>,
+    id: String,
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.st.lock().unwrap_or_else(|p| p.into_inner()).claiming.remove(&self.id);
     }
 }
 
@@ -207,6 +232,10 @@ impl Scheduler {
             let ch = tonic::transport::Endpoint::from_shared(addr.clone())
                 .map_err(|e| SchedError::Invalid(format!("node address {addr}: {e}")))?
                 .tcp_nodelay(true)
+                // a dead peer breaks calls and the watch instead of hanging them
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
                 .connect()
                 .await
                 .map_err(|e| SchedError::Node { node: addr.clone(), status: tonic::Status::unavailable(e.to_string()) })?;
@@ -339,6 +368,7 @@ impl Scheduler {
         let plan = {
             let mut st = self.lock();
             st.load.insert(n.name.clone(), list.len() as u32);
+            st.touched.retain(|_, at| *at > listed_at - 60_000);
             let plan = {
                 let node: Vec<NodeSandbox<'_>> =
                     list.iter().map(|s| NodeSandbox { id: &s.sandbox_id, pool: &s.pool, state: node_state(s.state) }).collect();
@@ -351,7 +381,13 @@ impl Scheduler {
                         .filter(|c| c.sandbox.node == n.name)
                         .map(|c| (c.sandbox.id.as_str(), (c.id.as_str(), c.created_ms)))
                         .collect(),
-                    busy: st.busy.iter().map(String::as_str).collect(),
+                    // the list is stale for sandboxes the books changed since it was taken
+                    busy: st
+                        .busy
+                        .iter()
+                        .map(String::as_str)
+                        .chain(st.touched.iter().filter(|(_, at)| **at >= listed_at).map(|(id, _)| id.as_str()))
+                        .collect(),
                 };
                 node_sync::plan(&node, &books, listed_at)
             };
@@ -435,7 +471,10 @@ impl Scheduler {
 
     /// Mark `id` busy (see [`State::busy`]) until the guard drops.
     fn busy(&self, id: &str) -> Busy<'_> {
-        self.lock().busy.insert(id.to_string());
+        let mut st = self.lock();
+        st.busy.insert(id.to_string());
+        st.touch(id);
+        drop(st);
         Busy { st: &self.st, id: id.to_string() }
     }
 
@@ -479,7 +518,10 @@ impl Scheduler {
         let warm: Vec<(String, String)> = {
             let mut st = self.lock();
             let mut p = st.pools.remove(name).ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
-            std::iter::from_fn(|| p.warm.take()).collect()
+            let warm: Vec<(String, String)> = std::iter::from_fn(|| p.warm.take()).collect();
+            // busy from this moment (release_sandbox clears it when done)
+            st.busy.extend(warm.iter().map(|(_, id)| id.clone()));
+            warm
         };
         self.store.delete(Table::Pools, name)?;
         for (node, id) in warm {
@@ -492,6 +534,7 @@ impl Scheduler {
         let _busy = self.busy(id);
         {
             let mut st = self.lock();
+            st.touch(id);
             st.warm_index.remove(id);
             st.warm_info.remove(id);
             if policy == pb::ReleasePolicy::Delete
@@ -525,6 +568,7 @@ impl Scheduler {
         let mut deletes = Vec::new();
         {
             let mut st = self.lock();
+            let mut st_busy_ids = Vec::new();
             let names: Vec<String> = st.pools.keys().cloned().collect();
             for name in names {
                 let Some(p) = st.pools.get_mut(&name) else { continue };
@@ -543,11 +587,13 @@ impl Scheduler {
                 } else if d < 0 {
                     for _ in 0..(-d) {
                         if let Some((node, id)) = p.warm.take_idle_for_delete() {
+                            st_busy_ids.push(id.clone());
                             deletes.push((node, id));
                         }
                     }
                 }
             }
+            st.busy.extend(st_busy_ids);
         }
         for (pool, template) in creates {
             let s = Arc::clone(self);
@@ -642,13 +688,20 @@ impl Scheduler {
     }
 
     async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
+        let mut _claiming = None;
         if !req.claim_id.is_empty() {
-            if let Some(c) = self.lock().claims.get(&req.claim_id) {
-                return Ok(c.clone()); // idempotent retry
-            }
             if req.claim_id.len() > 64 || !req.claim_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(SchedError::Invalid(format!("bad claim id {:?}", req.claim_id)));
             }
+            let mut st = self.lock();
+            if let Some(c) = st.claims.get(&req.claim_id) {
+                return Ok(c.clone()); // idempotent retry
+            }
+            // a retry while the first attempt is still running must not make a second claim
+            if !st.claiming.insert(req.claim_id.clone()) {
+                return Err(SchedError::Conflict(format!("claim {} is still being made; retry", req.claim_id)));
+            }
+            _claiming = Some(Claiming { st: &self.st, id: req.claim_id.clone() });
         }
         let claim_id = if req.claim_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.claim_id.clone() };
         let (template, taken) = if req.pool.is_empty() {
@@ -656,10 +709,11 @@ impl Scheduler {
             (template_from_pb(t)?, None)
         } else {
             let mut st = self.lock();
-            let State { pools, warm_index, warm_info, busy, .. } = &mut *st;
+            let State { pools, warm_index, warm_info, busy, touched, .. } = &mut *st;
             let p = pools.get_mut(&req.pool).ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
             let taken = p.warm.take().map(|(node, id)| {
                 busy.insert(id.clone());
+                touched.insert(id.clone(), now_ms());
                 warm_index.remove(&id);
                 let info = warm_info.remove(&id);
                 (node, id, info)
@@ -876,6 +930,8 @@ impl Scheduler {
             if let Some(p) = st.pools.get_mut(&c.pool) {
                 p.allocated = p.allocated.saturating_sub(1);
             }
+            // busy from this moment (release_sandbox clears it when done)
+            st.busy.insert(c.sandbox.id.clone());
             c
         };
         self.store.delete(Table::Claims, id)?;
@@ -892,8 +948,11 @@ impl Scheduler {
             if round.is_multiple_of(40) {
                 // every 10 s: creates that finished while nobody listened, lost sandboxes
                 for idx in 0..self.nodes.len() {
-                    if let Err(e) = self.resync_node(idx).await {
-                        tracing::debug!(error = %e, "periodic node resync failed");
+                    // a hung node must not stall expiry and idle pauses
+                    match tokio::time::timeout(Duration::from_secs(5), self.resync_node(idx)).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "periodic node resync failed"),
+                        Err(_) => tracing::warn!(node = %self.nodes[idx].name, "periodic node resync timed out"),
+                        Ok(Ok(())) => {}
                     }
                 }
             }
