@@ -758,13 +758,15 @@ impl Agent {
     pub async fn checkpoint(&self, id: &str) -> Result<pb::CheckpointInfo> {
         let sb = self.get(id)?;
         let reason = match sb.runtime_class {
-            pb::RuntimeClass::Runsc => "runsc sandboxes on this node run with gVisor host networking (--network=host: this runsc cannot use its netstack on this kernel), and gVisor cannot checkpoint host-network sandboxes (google/gvisor#6243)".to_string(),
+            // (a network-less runsc sandbox would checkpoint here, but its runtime
+            // is then unreachable over the bridge; not implemented yet)
+            pb::RuntimeClass::Runsc => "runsc sandboxes here use gVisor host networking inside their netns (this runsc cannot attach its netstack to the sandbox's veth on this kernel), and gVisor cannot checkpoint host-network sandboxes (google/gvisor#6243)".to_string(),
             _ => match criu_check().await {
                 Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
                 Ok(()) => "runc checkpoint through containerd is not implemented yet (CRIU works on this node)".to_string(),
             },
         };
-        Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} is unsupported on this node: {reason}")))
+        Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} (unsupported on this node: {reason})")))
     }
 
     /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
