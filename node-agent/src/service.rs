@@ -3,7 +3,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures_util::Stream;
-use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
+use sandpool_proto::{detached, v1::{self as pb, node_agent_server::NodeAgent}};
 use tonic::{Request, Response, Status};
 
 use crate::{agent::Agent, error::AgentError};
@@ -18,11 +18,6 @@ impl NodeAgentService {
     }
 }
 
-/// Run a node change to completion even if the caller (scheduler) goes away
-/// mid-call: a dropped request must not leave a half-made sandbox behind.
-async fn detached<T: Send + 'static>(f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static) -> Result<T, Status> {
-    tokio::spawn(f).await.map_err(|e| Status::internal(format!("node agent task failed: {e}")))?.map_err(Status::from)
-}
 
 fn parent_span(name: &'static str, md: &tonic::metadata::MetadataMap) -> tracing::Span {
     let span = tracing::info_span!("node_agent.rpc", rpc = name);

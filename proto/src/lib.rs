@@ -14,3 +14,14 @@ pub mod v1 {
 pub const ACCESS_TOKEN_METADATA: &str = "x-execd-access-token";
 
 pub mod auth;
+
+/// Run a state-changing gRPC call to completion even if the caller goes away
+/// (tonic drops a handler's future when its client disconnects): a dropped
+/// request must not leave a claim or a sandbox half-made.
+pub async fn detached<T, E>(f: impl std::future::Future<Output = Result<T, E>> + Send + 'static) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    E: Into<tonic::Status> + Send + 'static,
+{
+    tokio::spawn(f).await.map_err(|e| tonic::Status::internal(format!("request task failed: {e}")))?.map_err(Into::into)
+}

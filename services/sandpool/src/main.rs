@@ -160,8 +160,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
     rate_burst: f64,
     /// Prometheus `/metrics` of the whole platform (no auth: keep it local).
-    #[arg(long, env = "SANDPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    metrics_listen: SocketAddr,
+    /// (Default 127.0.0.1:9464; with `--role` only where the gateway runs:
+    /// give each other part its own address to expose its metrics.)
+    #[arg(long, env = "SANDPOOL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[arg(long, default_value_t = 256)]
     max_sandboxes: u32,
     /// Where built images are cached (default: under the data dir).
@@ -352,7 +354,11 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         sched = Some(s);
     }
 
-    tasks.push(cluster::spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?.abort_handle());
+    let metrics = a.metrics_listen.or_else(|| runs(Role::Gateway).then(|| SocketAddr::from(([127, 0, 0, 1], 9464))));
+    if let Some(addr) = metrics {
+        tasks.push(cluster::spawn_http(addr, sandpool_gateway::metrics_app()).await?.abort_handle());
+    }
+    let metrics_url = metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_else(|| "off (--metrics-listen)".into());
     if let Some(s) = &sched {
         // Progress until the pools reach their minimum buffer.
         for _ in 0..600 {
@@ -383,12 +389,12 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         // peer addresses key the rate limit of requests without an API key
         let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
         say(format!(
-            "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics http://{}/metrics",
-            a.listen, a.scheduler_listen, a.agent_listen, a.metrics_listen
+            "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics {}",
+            a.listen, a.scheduler_listen, a.agent_listen, metrics_url
         ));
         let _ = axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).await;
     } else {
-        say(format!("ready: metrics http://{}/metrics", a.metrics_listen));
+        say(format!("ready: metrics {metrics_url}"));
         shutdown_signal().await;
     }
     if a.cleanup_on_exit {

@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use sandpool_core::{claim::{ClaimEvent, ClaimState}, pool::CapacitySpec};
-use sandpool_proto::v1::{self as pb, scheduler_server};
+// State changes run `detached`: a claim completed for a caller who left is
+// an ordinary claim (listed, expired by its TTL).
+use sandpool_proto::{detached, v1::{self as pb, scheduler_server}};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -21,15 +23,6 @@ impl SchedulerService {
     }
 }
 
-/// Run a state-changing call to completion even if the caller goes away: a
-/// dropped gRPC request must not leave a claim half-made (a sandbox taken, an
-/// allocation counted). What completes for a caller who left is an ordinary
-/// claim: listed, and expired by its TTL.
-async fn detached<T: Send + 'static>(
-    f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(f).await.map_err(|e| Status::internal(format!("scheduler task failed: {e}")))?.map_err(Status::from)
-}
 
 pub fn claim_state_pb(s: ClaimState) -> pb::ClaimState {
     match s {
