@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         notes.push(format!("{label} checkpoint on this node: {checkpoint}"));
     }
     daemon.stop(Duration::from_secs(10));
+    agent.cfg.net.remove_isolation();
     drop(agent);
     let _ = Command::new("ip").args(["link", "del", "spbench0"]).status();
     let _ = std::fs::remove_dir_all(&dir);
