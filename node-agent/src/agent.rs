@@ -890,12 +890,8 @@ impl Agent {
         let containers = self.ctr.list_containers().await?;
         let mut adopted = 0;
         let mut cleaned = 0;
-        let mut known = std::collections::HashSet::new();
-        let mut known_snapshots = std::collections::HashSet::new();
         for c in containers {
-            known_snapshots.insert(c.snapshot_key.clone());
             let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else { continue };
-            known.insert(c.id.clone());
             let alive = matches!(self.ctr.task_state(&c.id).await?, Some((TaskState::Running | TaskState::Paused, _)));
             let netns_ok = self.cfg.net.netns_path(&c.id).exists();
             if alive && netns_ok && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
@@ -930,21 +926,9 @@ impl Agent {
                 cleaned += 1;
             }
         }
-        for id in self.cfg.net.list() {
-            if !known.contains(&id) {
-                let net = self.cfg.net.clone();
-                let id2 = id.clone();
-                let _ = tokio::task::spawn_blocking(move || net.teardown(&id2)).await;
-                cleaned += 1;
-            }
-        }
-        for key in self.ctr.list_active_snapshots().await? {
-            // Active snapshots of no container: a crash between prepare and
-            // container create, or an interrupted image unpack.
-            if !known_snapshots.contains(&key) {
-                let _ = self.ctr.remove_snapshot(&key).await;
-            }
-        }
+        // orphaned netns and snapshots (a crash between netns setup or
+        // snapshot prepare and container create, an interrupted image unpack)
+        cleaned += self.sweep().await?;
         tracing::info!(adopted, cleaned, "recovered node state from containerd");
         Ok(())
     }

@@ -115,7 +115,7 @@ enum PoolCmd {
         cpu: String,
         #[arg(long, default_value = "")]
         memory: String,
-        /// Run the pool's sandboxes as root (default: the unprivileged `user`, uid 1000).
+        /// Run the pool's sandboxes as root (default: the unprivileged `user`, uid 61000).
         #[arg(long)]
         run_as_root: bool,
     },
