@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -30,6 +30,8 @@ pub mod labels {
     pub const RUNTIME: &str = "sandpool.io/runtime-class";
     pub const CREATED: &str = "sandpool.io/created-ms";
     pub const TEMPLATE: &str = "sandpool.io/template";
+    /// The host port of a network-less sandbox's runtime tunnel.
+    pub const PORT: &str = "sandpool.io/runtime-port";
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,9 @@ pub struct Sandbox {
     pub pool: String,
     pub state: pb::SandboxState,
     pub ip: Ipv4Addr,
+    /// Where its runtime answers: 44772 on the sandbox's ip, or the agent's
+    /// tunnel port (on 127.0.0.1) for a network-less sandbox.
+    pub port: u16,
     pub token: String,
     pub runtime_class: pb::RuntimeClass,
     pub template: pb::SandboxTemplate,
@@ -88,7 +93,7 @@ impl Sandbox {
             node: node.to_string(),
             state: self.state as i32,
             ip: self.ip.to_string(),
-            runtime_port: u32::from(spec::RUNTIME_PORT),
+            runtime_port: u32::from(self.port),
             runtime_class: self.runtime_class as i32,
             access_token: self.token.clone(),
             created_unix_ms: self.created_ms,
@@ -108,6 +113,7 @@ impl Sandbox {
             (labels::RUNTIME, runtime_label(self.runtime_class).to_string()),
             (labels::CREATED, self.created_ms.to_string()),
             (labels::TEMPLATE, template),
+            (labels::PORT, self.port.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -125,6 +131,7 @@ impl Sandbox {
             pool: l.get(labels::POOL).cloned().unwrap_or_default(),
             state: parse_state(l.get(labels::STATE)?)?,
             ip: l.get(labels::IP)?.parse().ok()?,
+            port: l.get(labels::PORT).and_then(|p| p.parse().ok()).unwrap_or(spec::RUNTIME_PORT),
             token: l.get(labels::TOKEN)?.clone(),
             runtime_class: parse_runtime(l.get(labels::RUNTIME)?)?,
             template,
@@ -135,7 +142,7 @@ impl Sandbox {
 
 /// The template as stored in a label (serde view of the proto message).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct TemplateLabel {
+pub(crate) struct TemplateLabel {
     image: String,
     command: Vec<String>,
     env: HashMap<String, String>,
@@ -147,6 +154,8 @@ struct TemplateLabel {
     labels: HashMap<String, String>,
     #[serde(default)]
     run_as_root: bool,
+    #[serde(default)]
+    checkpointable: bool,
 }
 
 impl From<&pb::SandboxTemplate> for TemplateLabel {
@@ -163,6 +172,7 @@ impl From<&pb::SandboxTemplate> for TemplateLabel {
             release_policy: t.release_policy,
             labels: t.labels.clone(),
             run_as_root: t.run_as_root,
+            checkpointable: t.checkpointable,
         }
     }
 }
@@ -178,6 +188,7 @@ impl From<TemplateLabel> for pb::SandboxTemplate {
             release_policy: t.release_policy,
             labels: t.labels,
             run_as_root: t.run_as_root,
+            checkpointable: t.checkpointable,
         }
     }
 }
@@ -230,6 +241,7 @@ pub struct ValidTemplate {
     pub release_policy: pb::ReleasePolicy,
     pub env: Vec<(String, String)>,
     pub run_as_root: bool,
+    pub checkpointable: bool,
 }
 
 /// Pure validation of a template (image existence is checked later).
@@ -256,7 +268,59 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
             return Err(AgentError::InvalidTemplate(format!("bad env name {k:?}")));
         }
     }
-    Ok(ValidTemplate { image: t.image.trim().to_string(), limits, runtime_class, release_policy, env, run_as_root: t.run_as_root })
+    if t.checkpointable && runtime_class != pb::RuntimeClass::Runsc {
+        return Err(AgentError::InvalidTemplate(
+            "checkpointable sandboxes need runtime class RUNSC (runc checkpoint needs a CRIU that works on this kernel)".into(),
+        ));
+    }
+    Ok(ValidTemplate {
+        image: t.image.trim().to_string(),
+        limits,
+        runtime_class,
+        release_policy,
+        env,
+        run_as_root: t.run_as_root,
+        checkpointable: t.checkpointable,
+    })
+}
+
+/// The requested sandbox id, or a fresh one.
+fn new_id(id: Option<String>) -> Result<String> {
+    match id.filter(|i| !i.is_empty()) {
+        Some(i) if valid_id(&i) => Ok(i),
+        Some(i) => Err(AgentError::InvalidTemplate(format!("bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"))),
+        None => Ok(format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20])),
+    }
+}
+
+/// Write `path`: a shell wrapper running `runsc FLAG "$@"`.
+fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!("#!/bin/sh\nexec {} {flag} \"$@\"\n", runsc.display());
+    std::fs::write(path, script).map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    Ok(path.to_path_buf())
+}
+
+/// `cp -a FROM/. TO/` (ownership, modes, xattrs and overlay whiteouts kept).
+async fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| AgentError::io(to.display().to_string(), e))?;
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .await
+        .map_err(|e| AgentError::io("running cp", e))?;
+    if !out.status.success() {
+        return Err(AgentError::Checkpoint(format!(
+            "copying {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -276,6 +340,11 @@ pub struct Agent {
     events: broadcast::Sender<pb::NodeEvent>,
     image_lock: tokio::sync::Mutex<()>,
     runsc_wrapper: PathBuf,
+    /// runsc with `--network=none`: checkpointable sandboxes
+    runsc_nonet: PathBuf,
+    /// runtime tunnels of network-less sandboxes, by sandbox id
+    tunnels: Mutex<HashMap<String, crate::tunnel::Tunnel>>,
+    checkpoints: crate::checkpoint::Store,
     /// ids a create or release is working on: the sweep leaves them alone
     busy: Mutex<std::collections::HashSet<String>>,
 }
@@ -307,12 +376,16 @@ impl Agent {
         // Debian's runsc (2022) refuses its own netstack on kernels that show
         // /proc/sys/net/core/rmem_default in every netns; run it with
         // host-network passthrough inside the sandbox's own netns instead.
-        let runsc_wrapper = cfg.data_dir.join("bin/runsc-sandpool");
-        let script = format!("#!/bin/sh\nexec {} --network=host \"$@\"\n", cfg.runsc_bin.display());
-        std::fs::write(&runsc_wrapper, script).map_err(|e| AgentError::io(runsc_wrapper.display().to_string(), e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runsc_wrapper, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| AgentError::io(runsc_wrapper.display().to_string(), e))?;
+        let runsc_wrapper = write_wrapper(&cfg.data_dir.join("bin/runsc-sandpool"), &cfg.runsc_bin, "--network=host")?;
+        // Checkpointable sandboxes: gVisor's loopback-only netstack, which
+        // (unlike host networking) gVisor can checkpoint.
+        let runsc_nonet = write_wrapper(&cfg.data_dir.join("bin/runsc-sandpool-nonet"), &cfg.runsc_bin, "--network=none")?;
+        let checkpoints = crate::checkpoint::Store::new(cfg.data_dir.join("checkpoints"));
+        std::fs::create_dir_all(checkpoints.root()).map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
+        for half in checkpoints.incomplete() {
+            tracing::warn!(dir = %half.display(), "removing a checkpoint that did not complete");
+            let _ = std::fs::remove_dir_all(&half);
+        }
         let mut cfg = cfg;
         if cfg.net.isolate {
             // the runtimes' trace exporter may reach a collector on the host
@@ -329,6 +402,9 @@ impl Agent {
             events,
             image_lock: tokio::sync::Mutex::new(()),
             runsc_wrapper,
+            runsc_nonet,
+            tunnels: Mutex::new(HashMap::new()),
+            checkpoints,
             busy: Mutex::new(Default::default()),
         });
         agent.recover().await?;
@@ -484,36 +560,29 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(pool = %pool))]
     pub async fn create(self: &Arc<Self>, pool: &str, template: pb::SandboxTemplate, id: Option<String>) -> Result<Sandbox> {
         let valid = validate_template(&template)?;
-        let id = match id.filter(|i| !i.is_empty()) {
-            Some(i) if valid_id(&i) => i,
-            Some(i) => return Err(AgentError::InvalidTemplate(format!("bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"))),
-            None => format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
-        };
+        let id = new_id(id)?;
         let _busy = self.busy(&id);
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
-        {
-            let g = self.lock();
-            if g.contains_key(&id) {
-                return Err(AgentError::FailedPrecondition(format!("sandbox {id} already exists")));
-            }
-            if g.len() as u32 >= self.cfg.max_sandboxes {
-                return Err(AgentError::Exhausted(format!("{} sandboxes (max {})", g.len(), self.cfg.max_sandboxes)));
-            }
-        }
-        let net = self.cfg.net.clone();
-        let id2 = id.clone();
-        let ip = tokio::task::spawn_blocking(move || net.setup(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))??;
+        self.check_room(&id)?;
+        let (ip, port) = if valid.checkpointable {
+            (Ipv4Addr::LOCALHOST, self.open_tunnel(&id, 0, valid.run_as_root).await?)
+        } else {
+            let net = self.cfg.net.clone();
+            let id2 = id.clone();
+            (tokio::task::spawn_blocking(move || net.setup(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))??, spec::RUNTIME_PORT)
+        };
         let mut sb = Sandbox {
             id: id.clone(),
             pool: pool.to_string(),
             state: pb::SandboxState::Creating,
             ip,
+            port,
             token: uuid::Uuid::new_v4().simple().to_string(),
             runtime_class: valid.runtime_class,
             template: template.clone(),
             created_ms: unix_ms(),
         };
-        match self.start_container(&sb, &image, &chain, &image_env, &valid).await {
+        match self.start_container(&sb, &image, &chain, &image_env, &valid, None).await {
             Ok(()) => {}
             Err(e) => {
                 self.cleanup(&id).await;
@@ -530,7 +599,79 @@ impl Agent {
         Ok(sb)
     }
 
-    async fn start_container(&self, sb: &Sandbox, image: &str, chain: &str, image_env: &[String], valid: &ValidTemplate) -> Result<()> {
+    /// Refuse a second sandbox `id` or one past the node's maximum.
+    fn check_room(&self, id: &str) -> Result<()> {
+        let g = self.lock();
+        if g.contains_key(id) {
+            return Err(AgentError::FailedPrecondition(format!("sandbox {id} already exists")));
+        }
+        if g.len() as u32 >= self.cfg.max_sandboxes {
+            return Err(AgentError::Exhausted(format!("{} sandboxes (max {})", g.len(), self.cfg.max_sandboxes)));
+        }
+        Ok(())
+    }
+
+    /// Listen for sandbox `id`'s runtime on 127.0.0.1:`port` (0: any port).
+    async fn open_tunnel(&self, id: &str, port: u16, as_root: bool) -> Result<u16> {
+        let argv = self.runtime_exec_argv(id, as_root, &["--tunnel", &spec::RUNTIME_PORT.to_string()]);
+        let t = crate::tunnel::Tunnel::open((Ipv4Addr::LOCALHOST, port).into(), argv)
+            .await
+            .map_err(|e| AgentError::io(format!("runtime tunnel of sandbox {id} on 127.0.0.1:{port}"), e))?;
+        let port = t.port;
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), t);
+        Ok(port)
+    }
+
+    /// `runsc exec` of the runtime binary with `args` in network-less sandbox `id`.
+    fn runtime_exec_argv(&self, id: &str, as_root: bool, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![self.runsc_nonet.display().to_string(), "--root".into(), self.ctr.runtime_root(), "exec".into()];
+        if !as_root {
+            argv.extend(["--user".into(), format!("{}:{}", spec::SANDBOX_USER.0, spec::SANDBOX_USER.1)]);
+        }
+        argv.extend([id.to_string(), spec::RUNTIME_PATH_IN_SANDBOX.into()]);
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv
+    }
+
+    /// Ask the runtime in network-less sandbox `id` to let go of its TCP
+    /// sockets (`quiesce`, before a checkpoint: gVisor cannot save sockets
+    /// that something waits on) or to listen again (after a restore).
+    async fn runtime_sockets(&self, id: &str, as_root: bool, quiesce: bool) -> Result<()> {
+        let what = if quiesce { "--checkpoint-prepare" } else { "--checkpoint-resume" };
+        let argv = self.runtime_exec_argv(id, as_root, &["--data-dir", spec::RUNTIME_DATA_DIR, what]);
+        let run = tokio::process::Command::new(&argv[0]).args(&argv[1..]).kill_on_drop(true).output();
+        let out = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .map_err(|_| AgentError::Checkpoint(format!("{what} in sandbox {id} took over 20 s")))?
+            .map_err(|e| AgentError::io("running runsc exec", e))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(AgentError::Checkpoint(format!("{what} in sandbox {id}: {}", err.trim())));
+        }
+        Ok(())
+    }
+
+    /// Stop sandbox `id`'s tunnel and end its connections; whether it had one.
+    async fn close_tunnel(&self, id: &str) -> bool {
+        let t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        match t {
+            Some(t) => {
+                t.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn start_container(
+        &self,
+        sb: &Sandbox,
+        image: &str,
+        chain: &str,
+        image_env: &[String],
+        valid: &ValidTemplate,
+        restore: Option<&Path>,
+    ) -> Result<()> {
         let mut env: Vec<(String, String)> =
             image_env.iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
         env.extend(valid.env.iter().cloned());
@@ -538,7 +679,7 @@ impl Agent {
         let spec = SandboxSpec {
             id: sb.id.clone(),
             env,
-            netns_path: self.cfg.net.netns_path(&sb.id).display().to_string(),
+            netns_path: if valid.checkpointable { String::new() } else { self.cfg.net.netns_path(&sb.id).display().to_string() },
             runtime_bin: self.cfg.runtime_bin.display().to_string(),
             limits: valid.limits.clone(),
             cgroup_parent: self.cfg.cgroup_parent.clone(),
@@ -547,6 +688,7 @@ impl Agent {
         }
         .to_json();
         let binary = match sb.runtime_class {
+            pb::RuntimeClass::Runsc if valid.checkpointable => self.runsc_nonet.display().to_string(),
             pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
             _ => String::new(),
         };
@@ -565,7 +707,22 @@ impl Agent {
                 runtime_binary: &binary,
             })
             .await?;
-        self.ctr.start_task(&sb.id, mounts, &log).await?;
+        let image_dir = match restore {
+            Some(dir) => {
+                // the restored kernel re-opens files by path: give it the
+                // root file system it had at the checkpoint
+                let upper = crate::containerd::upperdir(&mounts)
+                    .ok_or_else(|| AgentError::Checkpoint(format!("sandbox {}'s rootfs has no overlay upper directory", sb.id)))?;
+                copy_tree(&dir.join("fs"), &upper).await?;
+                Some(dir.join("image"))
+            }
+            None => None,
+        };
+        self.ctr.start_task(&sb.id, mounts, &log, image_dir.as_deref().map(|d| (binary.as_str(), d))).await?;
+        if restore.is_some() {
+            // it was checkpointed without sockets: listen again
+            self.runtime_sockets(&sb.id, valid.run_as_root, false).await?;
+        }
         self.wait_ready(sb).await
     }
 
@@ -604,7 +761,7 @@ impl Agent {
         if let Some(ch) = cached {
             return Ok(pb::runtime_client::RuntimeClient::new(ch));
         }
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, spec::RUNTIME_PORT))
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, sb.port))
             .map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
@@ -751,22 +908,211 @@ impl Agent {
         }
     }
 
-    /// Checkpoint (memory state). Neither path works on every node, so the
-    /// answer names what this node lacks: runc needs a CRIU that passes
-    /// `criu check`; runsc sandboxes here use gVisor's host networking inside
-    /// their netns, which gVisor cannot checkpoint (google/gvisor#6243).
-    pub async fn checkpoint(&self, id: &str) -> Result<pb::CheckpointInfo> {
+    /// Checkpoint sandbox `id`'s memory and file system into the node's
+    /// checkpoint store. Only checkpointable (network-less runsc) sandboxes
+    /// can; for others the answer names what this node lacks. The checkpoint
+    /// stops the sandbox; with `leave_running` it is restored in place right
+    /// after (same id, port and token).
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn checkpoint(self: &Arc<Self>, id: &str, leave_running: bool) -> Result<pb::CheckpointInfo> {
         let sb = self.get(id)?;
-        let reason = match sb.runtime_class {
-            // (a network-less runsc sandbox would checkpoint here, but its runtime
-            // is then unreachable over the bridge; not implemented yet)
-            pb::RuntimeClass::Runsc => "runsc sandboxes here use gVisor host networking inside their netns (this runsc cannot attach its netstack to the sandbox's veth on this kernel), and gVisor cannot checkpoint host-network sandboxes (google/gvisor#6243)".to_string(),
-            _ => match criu_check().await {
-                Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
-                Ok(()) => "runc checkpoint through containerd is not implemented yet (CRIU works on this node)".to_string(),
-            },
+        if !sb.template.checkpointable {
+            let reason = match sb.runtime_class {
+                pb::RuntimeClass::Runsc => "this runsc sandbox uses gVisor host networking inside its netns (this runsc cannot attach its netstack to a veth on this kernel), and gVisor cannot checkpoint host networking (google/gvisor#6243); create it from a checkpointable template (runsc without a network)".to_string(),
+                _ => match criu_check().await {
+                    Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
+                    Ok(()) => "runc checkpoint through CRIU is not implemented yet (CRIU works on this node); use a checkpointable runsc template".to_string(),
+                },
+            };
+            return Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} (unsupported on this node: {reason})")));
+        }
+        let prior = sb.state;
+        match prior {
+            pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
+            pb::SandboxState::Paused => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused: resume it before a checkpoint"))),
+            s => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is {}: only a running sandbox can be checkpointed", state_label(s)))),
+        }
+        let _busy = self.busy(id);
+        // its exit is ours: on_exit leaves a releasing sandbox alone
+        if let Some(s) = self.lock().get_mut(id) {
+            s.state = pb::SandboxState::Releasing;
+        }
+        let back_to_prior = |me: &Self| {
+            if let Some(s) = me.lock().get_mut(id) {
+                s.state = prior;
+            }
         };
-        Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} (unsupported on this node: {reason})")))
+        self.forget_channel(id);
+        self.close_tunnel(id).await;
+        let checkpoint_id = format!("ck-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+        let dir = self.checkpoints.dir(&checkpoint_id)?;
+        let t0 = Instant::now();
+        let made = match self.runtime_sockets(id, sb.template.run_as_root, true).await {
+            Ok(()) => self.checkpoint_to(&sb, &dir).await,
+            Err(e) => Err(e),
+        };
+        let meta = match made {
+            Ok(size) => crate::checkpoint::Meta {
+                checkpoint_id: checkpoint_id.clone(),
+                sandbox_id: id.to_string(),
+                pool: sb.pool.clone(),
+                template: serde_json::to_string(&TemplateLabel::from(&sb.template)).map_err(|e| AgentError::Checkpoint(e.to_string()))?,
+                token: sb.token.clone(),
+                image: sb.template.image.clone(),
+                created_unix_ms: unix_ms(),
+                size_bytes: size,
+            },
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                // still running if runsc refused before stopping it
+                if let Ok(Some((TaskState::Running, _))) = self.ctr.task_state(id).await
+                    && self.runtime_sockets(id, sb.template.run_as_root, false).await.is_ok()
+                    && self.open_tunnel(id, sb.port, sb.template.run_as_root).await.is_ok()
+                {
+                    back_to_prior(self);
+                } else {
+                    self.lock().remove(id);
+                    self.cleanup(id).await;
+                    self.emit_removed(id);
+                }
+                return Err(e);
+            }
+        };
+        self.checkpoints.write(&meta)?;
+        tracing::info!(checkpoint = %checkpoint_id, size = meta.size_bytes, ms = t0.elapsed().as_millis() as u64, "checkpointed");
+        self.ctr.destroy(id).await?;
+        if leave_running {
+            if let Err(e) = self.restore_into(&meta, id, sb.port, prior).await {
+                self.lock().remove(id);
+                self.emit_removed(id);
+                return Err(AgentError::Checkpoint(format!(
+                    "checkpoint {checkpoint_id} was made, but sandbox {id} did not come back from it: {e}"
+                )));
+            }
+        } else {
+            self.lock().remove(id);
+            self.emit_removed(id);
+        }
+        Ok(checkpoint_info(&meta))
+    }
+
+    /// `runsc checkpoint` into `dir/image`, then the rootfs changes into
+    /// `dir/fs`; returns the bytes stored.
+    async fn checkpoint_to(&self, sb: &Sandbox, dir: &Path) -> Result<u64> {
+        let image = dir.join("image");
+        std::fs::create_dir_all(&image).map_err(|e| AgentError::io(image.display().to_string(), e))?;
+        let run = tokio::process::Command::new(&self.runsc_nonet)
+            .args(["--root", &self.ctr.runtime_root(), "checkpoint", "--image-path"])
+            .arg(&image)
+            .arg(&sb.id)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .map_err(|_| AgentError::Checkpoint(format!("runsc checkpoint of {} took over 120 s", sb.id)))?
+            .map_err(|e| AgentError::io("running runsc checkpoint", e))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(AgentError::Checkpoint(format!("runsc checkpoint of {}: {}", sb.id, err.trim())));
+        }
+        // the sandbox stops once its state is saved
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(Some((TaskState::Running | TaskState::Paused | TaskState::Created, _))) = self.ctr.task_state(&sb.id).await {
+            if Instant::now() > deadline {
+                return Err(AgentError::Checkpoint(format!("sandbox {} still runs after its checkpoint", sb.id)));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let upper = self.ctr.rootfs_upperdir(&sb.id).await?;
+        copy_tree(&upper, &dir.join("fs")).await?;
+        let d = dir.to_path_buf();
+        Ok(tokio::task::spawn_blocking(move || crate::checkpoint::disk_usage(&d)).await.unwrap_or(0))
+    }
+
+    /// A new sandbox `id` from checkpoint `meta`, its runtime on `port` (0:
+    /// any), left in `state`. The caller holds `id` busy.
+    async fn restore_into(&self, meta: &crate::checkpoint::Meta, id: &str, port: u16, state: pb::SandboxState) -> Result<Sandbox> {
+        let template: pb::SandboxTemplate = serde_json::from_str::<TemplateLabel>(&meta.template)
+            .map_err(|e| AgentError::Checkpoint(format!("{}: unreadable template: {e}", meta.checkpoint_id)))?
+            .into();
+        let valid = validate_template(&template)?;
+        let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
+        let port = self.open_tunnel(id, port, valid.run_as_root).await?;
+        let mut sb = Sandbox {
+            id: id.to_string(),
+            pool: meta.pool.clone(),
+            state: pb::SandboxState::Creating,
+            ip: Ipv4Addr::LOCALHOST,
+            port,
+            token: meta.token.clone(),
+            runtime_class: valid.runtime_class,
+            template,
+            created_ms: unix_ms(),
+        };
+        let dir = self.checkpoints.dir(&meta.checkpoint_id)?;
+        if let Err(e) = self.start_container(&sb, &image, &chain, &image_env, &valid, Some(&dir)).await {
+            self.cleanup(id).await;
+            return Err(e);
+        }
+        sb.state = state;
+        if let Err(e) = self.ctr.set_labels(id, [(labels::STATE.to_string(), state_label(state).to_string())].into()).await {
+            self.cleanup(id).await;
+            return Err(e);
+        }
+        self.lock().insert(id.to_string(), sb.clone());
+        self.emit(&sb);
+        Ok(sb)
+    }
+
+    /// Restore checkpoint `checkpoint_id` into a new (claimed) sandbox.
+    #[tracing::instrument(skip_all, fields(checkpoint = %checkpoint_id))]
+    pub async fn restore(&self, checkpoint_id: &str, id: Option<String>) -> Result<Sandbox> {
+        let meta = self.checkpoints.read(checkpoint_id)?;
+        let id = new_id(id)?;
+        let _busy = self.busy(&id);
+        self.check_room(&id)?;
+        self.restore_into(&meta, &id, 0, pb::SandboxState::Claimed).await
+    }
+
+    /// Restore one checkpoint into `count` sandboxes at once (RL branching);
+    /// all or none.
+    #[tracing::instrument(skip_all, fields(checkpoint = %checkpoint_id, count))]
+    pub async fn fork(self: &Arc<Self>, checkpoint_id: &str, count: u32) -> Result<Vec<Sandbox>> {
+        if count == 0 || count > MAX_FORK {
+            return Err(AgentError::InvalidTemplate(format!("fork count {count}: use 1 to {MAX_FORK}")));
+        }
+        self.checkpoints.read(checkpoint_id)?;
+        let results = futures_util::future::join_all((0..count).map(|_| self.restore(checkpoint_id, None))).await;
+        let mut made = Vec::new();
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(sb) => made.push(sb),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            for sb in &made {
+                let _ = self.release(&sb.id, pb::ReleasePolicy::Delete).await;
+            }
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    /// Host ports of the open runtime tunnels (network-less sandboxes).
+    pub fn tunnel_ports(&self) -> Vec<u16> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.port).collect()
+    }
+
+    pub fn list_checkpoints(&self) -> Vec<pb::CheckpointInfo> {
+        self.checkpoints.list().iter().map(checkpoint_info).collect()
+    }
+
+    pub fn delete_checkpoint(&self, checkpoint_id: &str) -> Result<()> {
+        self.checkpoints.delete(checkpoint_id)
     }
 
     /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
@@ -787,7 +1133,7 @@ impl Agent {
             self.ctr.destroy(id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
             let mut fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Creating, ..sb.clone() };
-            if let Err(e) = self.start_container(&fresh, &image, &chain, &env, &valid).await {
+            if let Err(e) = self.start_container(&fresh, &image, &chain, &env, &valid, None).await {
                 self.lock().remove(id);
                 self.cleanup(id).await;
                 self.emit_removed(id);
@@ -813,6 +1159,10 @@ impl Agent {
 
     async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
+        if self.close_tunnel(id).await {
+            // a network-less sandbox: no netns, no address
+            return self.ctr.destroy(id).await;
+        }
         self.ctr.destroy(id).await?;
         let net = self.cfg.net.clone();
         let id2 = id.to_string();
@@ -894,7 +1244,20 @@ impl Agent {
             let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else { continue };
             let alive = matches!(self.ctr.task_state(&c.id).await?, Some((TaskState::Running | TaskState::Paused, _)));
             let netns_ok = self.cfg.net.netns_path(&c.id).exists();
-            if alive && netns_ok && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
+            let reachable = if sb.template.checkpointable && alive {
+                // a new tunnel, on the same port when it is free
+                match self.open_tunnel(&c.id, sb.port, sb.template.run_as_root).await {
+                    Ok(p) if p == sb.port => true,
+                    Ok(p) => {
+                        sb.port = p;
+                        self.ctr.set_labels(&c.id, [(labels::PORT.to_string(), p.to_string())].into()).await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            } else {
+                netns_ok
+            };
+            if alive && reachable && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
                 if let Ok(Some((TaskState::Paused, _))) = self.ctr.task_state(&c.id).await {
                     sb.state = pb::SandboxState::Paused;
                 }
@@ -943,6 +1306,21 @@ fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
     r
 }
 
+/// Most sandboxes one fork makes.
+pub const MAX_FORK: u32 = 64;
+
+fn checkpoint_info(m: &crate::checkpoint::Meta) -> pb::CheckpointInfo {
+    pb::CheckpointInfo {
+        checkpoint_id: m.checkpoint_id.clone(),
+        sandbox_id: m.sandbox_id.clone(),
+        size_bytes: m.size_bytes,
+        created_unix_ms: m.created_unix_ms,
+        runtime_class: pb::RuntimeClass::Runsc as i32,
+        pool: m.pool.clone(),
+        image: m.image.clone(),
+    }
+}
+
 /// Whether CRIU can work here (`criu check`), answered once per process.
 async fn criu_check() -> std::result::Result<(), String> {
     static RESULT: tokio::sync::OnceCell<std::result::Result<(), String>> = tokio::sync::OnceCell::const_new();
@@ -976,6 +1354,7 @@ mod tests {
             release_policy: pb::ReleasePolicy::Recycle as i32,
             labels: HashMap::new(),
             run_as_root: false,
+            checkpointable: false,
         }
     }
 
@@ -1001,6 +1380,11 @@ mod tests {
         t.release_policy = 0;
         let v = validate_template(&t).unwrap();
         assert_eq!((v.runtime_class, v.release_policy), (pb::RuntimeClass::Runc, pb::ReleasePolicy::Delete));
+        // checkpointable needs runsc
+        t.checkpointable = true;
+        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("RUNSC")));
+        t.runtime_class = pb::RuntimeClass::Runsc as i32;
+        assert!(validate_template(&t).unwrap().checkpointable);
     }
 
     #[test]
@@ -1009,16 +1393,17 @@ mod tests {
             id: "sb-1".into(),
             pool: "p".into(),
             state: pb::SandboxState::Claimed,
-            ip: Ipv4Addr::new(10, 213, 0, 9),
+            ip: Ipv4Addr::LOCALHOST,
+            port: 40123,
             token: "t".into(),
             runtime_class: pb::RuntimeClass::Runsc,
-            template: template(),
+            template: pb::SandboxTemplate { checkpointable: true, ..template() },
             created_ms: 42,
         };
         let l = sb.label_map().unwrap();
         assert!(l.values().all(|v| v.len() < 4096), "containerd label size limit");
         let back = Sandbox::from_labels("sb-1", &l).unwrap();
-        assert_eq!((back.pool.as_str(), back.state, back.ip, back.created_ms), ("p", pb::SandboxState::Claimed, sb.ip, 42));
+        assert_eq!((back.pool.as_str(), back.state, back.ip, back.port, back.created_ms), ("p", pb::SandboxState::Claimed, sb.ip, 40123, 42));
         assert_eq!(back.template, sb.template);
         assert!(Sandbox::from_labels("x", &HashMap::new()).is_none(), "unmanaged containers are ignored");
     }

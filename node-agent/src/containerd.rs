@@ -2,13 +2,17 @@
 //! content/images/diff/snapshots services, containers and tasks. Nothing here
 //! shells out to `ctr`.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use containerd_client::{
     Client,
     services::v1::{
         self as api, Container, container::Runtime,
-        snapshots::{CommitSnapshotRequest, ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest},
+        snapshots::{CommitSnapshotRequest, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest},
     },
     types::{Descriptor, Mount, v1::Status as TaskStatus},
 };
@@ -36,6 +40,15 @@ pub struct RuncOptions {
     pub binary_name: String,
     #[prost(string, tag = "7")]
     pub root: String,
+    /// Restore the task from this checkpoint image directory (containerd
+    /// passes it to the shim, which runs `<binary> restore --image-path`).
+    #[prost(string, tag = "10")]
+    pub criu_image_path: String,
+}
+
+/// The `upperdir=` of an overlay mount list.
+pub fn upperdir(mounts: &[Mount]) -> Option<PathBuf> {
+    mounts.iter().flat_map(|m| m.options.iter()).find_map(|o| o.strip_prefix("upperdir=")).map(PathBuf::from)
 }
 
 /// Everything needed to create a container.
@@ -448,7 +461,7 @@ impl Ctr {
             .map_err(|s| AgentError::containerd("prepare snapshot", s))?
             .into_inner()
             .mounts;
-        let opts = RuncOptions { binary_name: runtime_binary.to_string(), root: String::new() };
+        let opts = RuncOptions { binary_name: runtime_binary.to_string(), ..Default::default() };
         let container = Container {
             id: id.to_string(),
             labels,
@@ -475,8 +488,19 @@ impl Ctr {
         Ok(mounts)
     }
 
-    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, log: &Path) -> Result<u32> {
+    /// Create and start the container's task; with `restore` = (runtime
+    /// binary, checkpoint image directory) the task is restored from that
+    /// image instead of started fresh.
+    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, log: &Path, restore: Option<(&str, &Path)>) -> Result<u32> {
         let uri = format!("file://{}", log.display());
+        let options = restore.map(|(binary, image)| Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: prost::Message::encode_to_vec(&RuncOptions {
+                binary_name: binary.to_string(),
+                criu_image_path: image.display().to_string(),
+                ..Default::default()
+            }),
+        });
         let created = self
             .client
             .tasks()
@@ -488,7 +512,7 @@ impl Ctr {
                 stderr: uri,
                 terminal: false,
                 checkpoint: None,
-                options: None,
+                options,
                 runtime_path: String::new(),
             }))
             .await
@@ -565,6 +589,21 @@ impl Ctr {
                     Err(s) => return Err(AgentError::containerd("kill task", s)),
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+                // A runsc sandbox restored under a new id keeps the old id
+                // inside, so `runsc kill` finds nothing to signal: kill the
+                // sandbox's host process itself.
+                if let Some((TaskState::Running | TaskState::Paused | TaskState::Created, pid)) = self.task_state(id).await?
+                    && let Ok(pid) = i32::try_from(pid)
+                    && pid > 1
+                {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while let Some((TaskState::Running | TaskState::Paused | TaskState::Created, _)) = self.task_state(id).await?
+                        && std::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
             }
             match self.client.tasks().delete(self.req(api::DeleteTaskRequest { container_id: id.to_string() })).await {
                 Ok(_) => {}
@@ -581,6 +620,30 @@ impl Ctr {
             Some(k) if !k.is_empty() => self.remove_snapshot(&k).await,
             _ => Ok(()),
         }
+    }
+
+    /// The runc root the shim gives runc/runsc for this namespace (no `root`
+    /// option is set): where `runsc checkpoint` finds the sandbox.
+    pub fn runtime_root(&self) -> String {
+        format!("/run/containerd/runc/{}", self.ns)
+    }
+
+    /// The overlay upper directory of container `id`'s rootfs snapshot: what
+    /// the sandbox wrote to its root file system.
+    pub async fn rootfs_upperdir(&self, id: &str) -> Result<PathBuf> {
+        let key = match self.client.containers().get(self.req(api::GetContainerRequest { id: id.to_string() })).await {
+            Ok(r) => r.into_inner().container.map(|c| c.snapshot_key).unwrap_or_default(),
+            Err(s) => return Err(AgentError::containerd("get container", s)),
+        };
+        let mounts = self
+            .client
+            .snapshots()
+            .mounts(self.req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key }))
+            .await
+            .map_err(|s| AgentError::containerd("snapshot mounts", s))?
+            .into_inner()
+            .mounts;
+        upperdir(&mounts).ok_or_else(|| AgentError::FailedPrecondition(format!("sandbox {id}'s rootfs has no overlay upper directory")))
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
@@ -711,7 +774,10 @@ mod tests {
 
     #[test]
     fn runc_options_encode_binary_name_as_field_6() {
-        let v = prost::Message::encode_to_vec(&RuncOptions { binary_name: "runsc".into(), root: String::new() });
+        let v = prost::Message::encode_to_vec(&RuncOptions { binary_name: "runsc".into(), ..Default::default() });
         assert_eq!(v, [0x32, 5, b'r', b'u', b'n', b's', b'c']);
+        // containerd.runc.v1.Options.criu_image_path: a task restored from it
+        let v = prost::Message::encode_to_vec(&RuncOptions { criu_image_path: "/c".into(), ..Default::default() });
+        assert_eq!(v, [0x52, 2, b'/', b'c']);
     }
 }

@@ -141,6 +141,9 @@ fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available in Kubernetes mode (pods are managed by the controller)"))
 }
 
+/// Pods belong to the kubelet: checkpoints are the standalone agent's.
+const CRI_CHECKPOINT: &str = "checkpoint/restore/fork of Kubernetes pool pods is not supported yet (the standalone node agent supports them for checkpointable runsc sandboxes)";
+
 #[tonic::async_trait]
 impl NodeAgent for CriNodeService {
     async fn create_sandbox(&self, _: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
@@ -179,11 +182,23 @@ impl NodeAgent for CriNodeService {
     }
 
     async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented("checkpoint is not implemented yet"))
+        Err(Status::unimplemented(CRI_CHECKPOINT))
     }
 
     async fn restore(&self, _: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented("restore is not implemented yet"))
+        Err(Status::unimplemented(CRI_CHECKPOINT))
+    }
+
+    async fn fork(&self, _: Request<pb::ForkRequest>) -> Result<Response<pb::ForkResponse>, Status> {
+        Err(Status::unimplemented(CRI_CHECKPOINT))
+    }
+
+    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Ok(Response::new(pb::ListCheckpointsResponse::default()))
+    }
+
+    async fn delete_checkpoint(&self, r: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        Err(Status::not_found(format!("checkpoint {} not found", r.into_inner().checkpoint_id)))
     }
 
     async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {

@@ -34,6 +34,10 @@ pub enum AgentError {
     },
     #[error("{0} is not supported yet")]
     Unsupported(String),
+    #[error("checkpoint {0} not found")]
+    CheckpointNotFound(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -60,6 +64,8 @@ impl AgentError {
             AgentError::Runtime { .. } => "runtime",
             AgentError::Io { .. } => "io",
             AgentError::Unsupported(_) => "unsupported",
+            AgentError::CheckpointNotFound(_) => "not_found",
+            AgentError::Checkpoint(_) => "checkpoint",
         }
     }
 }
@@ -69,7 +75,7 @@ impl From<AgentError> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             AgentError::InvalidTemplate(_) | AgentError::UnknownImage(..) => Code::InvalidArgument,
-            AgentError::NotFound(_) => Code::NotFound,
+            AgentError::NotFound(_) | AgentError::CheckpointNotFound(_) => Code::NotFound,
             AgentError::FailedPrecondition(_) => Code::FailedPrecondition,
             AgentError::Exhausted(_) => Code::ResourceExhausted,
             AgentError::Connect { .. } => Code::Unavailable,
@@ -80,7 +86,7 @@ impl From<AgentError> for tonic::Status {
             },
             AgentError::Runtime { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
-            AgentError::Network(_) | AgentError::Image(_) | AgentError::Io { .. } => Code::Internal,
+            AgentError::Network(_) | AgentError::Image(_) | AgentError::Io { .. } | AgentError::Checkpoint(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -6,8 +6,10 @@
 //! * [`image`]: local OCI images (busybox-static, Debian + python3)
 //! * [`net`]: per-sandbox netns + CNI bridge
 //! * [`spec`], [`quantity`]: pure OCI spec / resource translation
+//! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
+pub mod checkpoint;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
@@ -19,3 +21,4 @@ pub mod quantity;
 pub mod service;
 pub mod spec;
 pub mod testkit;
+pub mod tunnel;

@@ -6,7 +6,7 @@ use futures_util::Stream;
 use sandpool_proto::{detached, v1::{self as pb, node_agent_server::NodeAgent}};
 use tonic::{Request, Response, Status};
 
-use crate::{agent::Agent, error::AgentError};
+use crate::agent::Agent;
 
 pub struct NodeAgentService {
     agent: Arc<Agent>,
@@ -83,12 +83,35 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Ok(Response::new(self.agent.checkpoint(&req.into_inner().sandbox_id).await?))
+        let span = parent_span("checkpoint", req.metadata());
+        let r = req.into_inner();
+        let a = Arc::clone(&self.agent);
+        Ok(Response::new(detached(tracing::Instrument::instrument(async move { a.checkpoint(&r.sandbox_id, r.leave_running).await }, span)).await?))
     }
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        // no checkpoint can exist on a node that cannot make one
-        Err(AgentError::NotFound(format!("checkpoint {} not found on this node", req.into_inner().checkpoint_id)).into())
+        let span = parent_span("restore", req.metadata());
+        let r = req.into_inner();
+        let a = Arc::clone(&self.agent);
+        let sb = detached(tracing::Instrument::instrument(async move { a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await }, span)).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
+    async fn fork(&self, req: Request<pb::ForkRequest>) -> Result<Response<pb::ForkResponse>, Status> {
+        let span = parent_span("fork", req.metadata());
+        let r = req.into_inner();
+        let a = Arc::clone(&self.agent);
+        let made = detached(tracing::Instrument::instrument(async move { a.fork(&r.checkpoint_id, r.count).await }, span)).await?;
+        Ok(Response::new(pb::ForkResponse { sandboxes: made.iter().map(|s| s.info(&self.agent.cfg.node_name)).collect() }))
+    }
+
+    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints: self.agent.list_checkpoints() }))
+    }
+
+    async fn delete_checkpoint(&self, req: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        self.agent.delete_checkpoint(&req.into_inner().checkpoint_id)?;
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {

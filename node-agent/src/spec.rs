@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 /// Where the runtime binary appears inside every sandbox (bind-mounted read-only).
 pub const RUNTIME_PATH_IN_SANDBOX: &str = "/.sandpool/sandpool-runtime";
 pub const RUNTIME_PORT: u16 = 44772;
+/// The runtime's state directory inside the sandbox.
+pub const RUNTIME_DATA_DIR: &str = "/tmp/.sandpool-runtime";
 /// E2B's envd port, served by the same runtime.
 pub const ENVD_PORT: u16 = 49983;
 /// E2B's code interpreter port, served by the same runtime.
@@ -91,7 +93,7 @@ pub fn runtime_args() -> Vec<String> {
         "--listen".into(),
         format!("0.0.0.0:{RUNTIME_PORT}"),
         "--data-dir".into(),
-        "/tmp/.sandpool-runtime".into(),
+        RUNTIME_DATA_DIR.into(),
         "--envd-listen".into(),
         format!("0.0.0.0:{ENVD_PORT}"),
         "--interp-listen".into(),
@@ -177,6 +179,8 @@ impl SandboxSpec {
             resources["pids"] = json!({ "limit": self.limits.pids });
         }
         let hostname: String = self.id.chars().take(12).collect();
+        // no path: a fresh namespace (network-less runsc sandboxes)
+        let network = if self.netns_path.is_empty() { json!({ "type": "network" }) } else { json!({ "type": "network", "path": self.netns_path }) };
         json!({
             "ociVersion": "1.0.2-dev",
             "process": {
@@ -206,7 +210,7 @@ impl SandboxSpec {
                 "resources": resources,
                 "namespaces": [
                     { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
-                    { "type": "network", "path": self.netns_path }
+                    network
                 ],
                 "maskedPaths": [
                     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",

@@ -100,6 +100,7 @@ impl TestNode {
         assert!(a.cfg.net.allocated_ips().is_empty(), "leaked IPs: {:?}", a.cfg.net.allocated_ips());
         let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge)).map(|r| r.count()).unwrap_or(0);
         assert_eq!(brif, 0, "veths still attached to {}", self.bridge);
+        assert!(a.tunnel_ports().is_empty(), "runtime tunnels still listen: {:?}", a.tunnel_ports());
     }
 }
 

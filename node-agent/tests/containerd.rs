@@ -24,6 +24,7 @@ fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
         release_policy: pb::ReleasePolicy::Delete as i32,
         labels: Default::default(),
         run_as_root: false,
+        checkpointable: false,
     }
 }
 
@@ -476,9 +477,9 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let e = agent.mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap_err();
     assert!(e.to_string().contains("need a runc sandbox"), "{e}");
     // checkpoint: this node has no working path, and says which and why
-    let e = agent.checkpoint(&g.sandbox_id).await.unwrap_err();
+    let e = agent.checkpoint(&g.sandbox_id, false).await.unwrap_err();
     assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"), "{e}");
-    let e = agent.checkpoint(&a.sandbox_id).await.unwrap_err();
+    let e = agent.checkpoint(&a.sandbox_id, false).await.unwrap_err();
     assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"), "{e}");
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
     agent.pause(&a.sandbox_id).await.unwrap();
@@ -494,5 +495,121 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
         agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
     }
     assert_eq!(std::fs::read_to_string(ro.join("hello.txt")).unwrap(), "from the host\n", "the host data is untouched");
+    node.assert_no_residue().await;
+}
+
+/// Python code run by the in-memory REPL started by [`start_repl`]: its
+/// printed output.
+async fn py(info: &pb::SandboxInfo, src: &str) -> String {
+    let cmd = format!(
+        "printf '%s' '{src}' > /tmp/in.tmp && mv /tmp/in.tmp /tmp/in.py && \
+         for i in $(seq 1000); do [ -f /tmp/out ] && break; sleep 0.01; done; cat /tmp/out && rm -f /tmp/out"
+    );
+    let (out, code) = exec(info, &cmd).await;
+    assert_eq!(code, 0, "{src}: {out}");
+    out
+}
+
+/// A Python process whose only state is in its memory: it runs what
+/// /tmp/in.py holds in one namespace and leaves what it printed in /tmp/out.
+async fn start_repl(info: &pb::SandboxInfo) {
+    let prog = "import contextlib, io, os, time\n\
+                g = {}\n\
+                while True:\n\
+                \x20   try:\n\
+                \x20       src = open('/tmp/in.py').read()\n\
+                \x20       os.remove('/tmp/in.py')\n\
+                \x20   except FileNotFoundError:\n\
+                \x20       time.sleep(0.01)\n\
+                \x20       continue\n\
+                \x20   buf = io.StringIO()\n\
+                \x20   with contextlib.redirect_stdout(buf):\n\
+                \x20       exec(src, g)\n\
+                \x20   open('/tmp/out.tmp', 'w').write(buf.getvalue())\n\
+                \x20   os.rename('/tmp/out.tmp', '/tmp/out')\n";
+    let hex: String = prog.bytes().map(|b| format!("{b:02x}")).collect();
+    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("x-execd-access-token", &info.access_token)
+        .json(&json!({"command": format!("exec python3 -u -c \"exec(bytes.fromhex('{hex}'))\""), "background": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(py(info, "print(40 + 2)").await, "42\n", "the REPL answers");
+}
+
+/// Checkpointable runsc sandboxes (gVisor without a network, runtime reached
+/// through the agent's tunnel): Python state survives checkpoint, kill and
+/// restore; one checkpoint forks into 3 sandboxes that go on independently;
+/// clear errors; nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 10).await;
+    let agent = node.agent();
+    let t = pb::SandboxTemplate { image: "python".into(), checkpointable: true, ..template(pb::RuntimeClass::Runsc) };
+    let sb = agent.create("pool-ck", t.clone(), None).await.unwrap().info("test-node");
+    assert_eq!(sb.ip, "127.0.0.1", "reached through the agent");
+    assert_ne!(sb.runtime_port, 44772);
+    let (nics, _) = exec(&sb, "python3 -c 'import socket; print(*[n for _, n in socket.if_nameindex()])'").await;
+    assert_eq!(nics.trim(), "lo", "loopback only");
+    start_repl(&sb).await;
+    assert_eq!(py(&sb, "a = 1").await, "");
+
+    // leave running: the sandbox goes on from its checkpoint, same address
+    let ck = agent.checkpoint(&sb.sandbox_id, true).await.unwrap();
+    assert!(ck.size_bytes > 0 && ck.sandbox_id == sb.sandbox_id && ck.image == "python", "{ck:?}");
+    let after = agent.get(&sb.sandbox_id).unwrap().info("test-node");
+    assert_eq!((after.state, after.runtime_port), (pb::SandboxState::Warm as i32, sb.runtime_port));
+    assert_eq!(py(&sb, "a += 1; print(a)").await, "2\n");
+    // killed; the checkpoint brings back a = 1
+    agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    assert_eq!(ping(&sb).await, 0, "gone");
+    let r = agent.restore(&ck.checkpoint_id, None).await.unwrap().info("test-node");
+    assert_eq!(r.state, pb::SandboxState::Claimed as i32);
+    assert_eq!(py(&r, "print(a)").await, "1\n");
+
+    // fork: three sandboxes from one checkpoint, each on its own from there
+    let forks: Vec<pb::SandboxInfo> = agent.fork(&ck.checkpoint_id, 3).await.unwrap().iter().map(|s| s.info("test-node")).collect();
+    assert_eq!(forks.len(), 3);
+    for (i, f) in forks.iter().enumerate() {
+        assert_eq!(py(f, &format!("a += {}; print(a)", 10 * (i + 1))).await, format!("{}\n", 1 + 10 * (i + 1)));
+    }
+    for (i, f) in forks.iter().enumerate() {
+        assert_eq!(py(f, "print(a)").await, format!("{}\n", 1 + 10 * (i + 1)), "fork {i} kept its own state");
+    }
+    assert_eq!(py(&r, "print(a)").await, "1\n", "the first restore is untouched by the forks");
+
+    // a checkpoint without leave_running stops the sandbox
+    let ck2 = agent.checkpoint(&r.sandbox_id, false).await.unwrap();
+    assert!(agent.get(&r.sandbox_id).is_err(), "stopped and removed by its checkpoint");
+    let ids: Vec<String> = agent.list_checkpoints().into_iter().map(|c| c.checkpoint_id).collect();
+    assert!(ids.contains(&ck.checkpoint_id) && ids.contains(&ck2.checkpoint_id), "{ids:?}");
+
+    // clear errors
+    agent.pause(&forks[0].sandbox_id).await.unwrap();
+    let e = agent.checkpoint(&forks[0].sandbox_id, false).await.unwrap_err();
+    assert!(e.to_string().contains("paused"), "{e}");
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::FailedPrecondition);
+    agent.resume(&forks[0].sandbox_id).await.unwrap();
+    let e = agent.restore("ck-nope", None).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
+    let e = agent.restore("../etc", None).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    let e = agent.create("pool-ck", pb::SandboxTemplate { checkpointable: true, ..template(pb::RuntimeClass::Runc) }, None).await.unwrap_err();
+    assert!(e.to_string().contains("RUNSC"), "{e}");
+
+    for f in &forks {
+        agent.release(&f.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    }
+    for c in [&ck, &ck2] {
+        agent.delete_checkpoint(&c.checkpoint_id).unwrap();
+    }
+    assert!(agent.list_checkpoints().is_empty());
+    assert_eq!(std::fs::read_dir(agent.cfg.data_dir.join("checkpoints")).unwrap().count(), 0, "checkpoint store empty");
     node.assert_no_residue().await;
 }

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::Parser;
 use sandpool_runtime::{AppState, Config, DEFAULT_PORT, upload::UploadLimits};
 
+mod listening;
+
 /// The in-sandbox runtime of sandpool: OpenSandbox execd HTTP API and the
 /// sandpool.v1.Runtime gRPC service on one port.
 #[derive(Parser, Debug)]
@@ -45,6 +47,19 @@ struct Args {
     /// pods get the runtime (an init container copies it into a shared volume).
     #[arg(long, value_name = "PATH")]
     install_to: Option<PathBuf>,
+    /// Join standard input and output to 127.0.0.1:PORT and exit when the
+    /// connection ends: how the node agent reaches the runtime of a sandbox
+    /// without a network (checkpointable runsc sandboxes), one exec per
+    /// connection.
+    #[arg(long, value_name = "PORT")]
+    tunnel: Option<u16>,
+    /// Ask the runtime serving in this sandbox to let go of its TCP sockets
+    /// (before a gVisor checkpoint) and wait until it has; uses --data-dir.
+    #[arg(long, conflicts_with = "checkpoint_resume")]
+    checkpoint_prepare: bool,
+    /// Ask the runtime serving in this sandbox to listen again (after a restore).
+    #[arg(long)]
+    checkpoint_resume: bool,
     /// The sandbox's own entrypoint, started once the server listens
     /// (as if injected): `sandpool-runtime [options] -- sleep infinity`.
     #[arg(last = true)]
@@ -55,6 +70,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(dest) = &args.install_to {
         return install_to(dest);
+    }
+    if let Some(port) = args.tunnel {
+        return tunnel(port);
+    }
+    if args.checkpoint_prepare || args.checkpoint_resume {
+        let dir = args.data_dir.as_deref().context("--checkpoint-prepare/--checkpoint-resume need --data-dir")?;
+        return listening::request(dir, args.checkpoint_prepare);
     }
     if std::process::id() == 1 {
         // Container init: orphaned grandchildren of commands are re-parented
@@ -133,6 +155,25 @@ mod init {
     }
 }
 
+fn tunnel(port: u16) -> anyhow::Result<()> {
+    use std::{io::Write, os::fd::AsFd};
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    sock.set_nodelay(true)?;
+    // raw descriptors: Stdout is line-buffered, which would hold binary frames
+    let mut input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let mut up = sock.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut input, &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = sock;
+    let _ = std::io::copy(&mut down, &mut output);
+    let _ = output.flush();
+    // the copy up may still block on standard input: the connection is over
+    std::process::exit(0)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = sandpool_telemetry::init("sandpool-runtime")?;
     let data_dir = args
@@ -140,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id())));
     let cfg = Config {
         access_token: args.access_token.filter(|t| !t.is_empty()),
-        data_dir,
+        data_dir: data_dir.clone(),
         max_json_bytes: args.max_json_bytes,
         upload: UploadLimits {
             max_file_bytes: args.max_file_bytes,
@@ -157,6 +198,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth, "sandpool-runtime listening (execd HTTP + gRPC)");
+    let switches = listening::Switches::new();
+    switches.handle_signals(data_dir)?;
     let extra = [
         (args.envd_listen, "envd", sandpool_runtime::envd_app(state.clone())),
         (args.interp_listen, "code interpreter", sandpool_runtime::interp_app(state.clone())),
@@ -165,8 +208,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let Some(addr) = addr else { continue };
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for {what}"))?;
         tracing::info!(addr = %l.local_addr()?, "{what} listening");
+        let sw = switches.clone();
         tokio::spawn(async move {
-            if let Err(e) = sandpool_runtime::serve_app(l, app, shutdown_signal()).await {
+            if let Err(e) = sw.serve(l, app).await {
                 tracing::error!(error = %e, "{what} server failed");
             }
         });
@@ -176,7 +220,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let st = state.entrypoint.inject(spec).await.context("starting the entrypoint")?;
         tracing::info!(pid = st.pid, argv = ?args.entrypoint, "entrypoint started");
     }
-    sandpool_runtime::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    let sw = switches.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        sw.shutdown.send_replace(true);
+    });
+    let res = switches.serve(listener, sandpool_runtime::app(state.clone())).await;
+    state.kill_all();
+    res.context("serving")?;
     tracing::info!("sandpool-runtime stopped");
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! warm sandbox create+start (runtime answering on its bridge IP) for runc and
 //! runsc, entrypoint injection, pause and resume (cgroup freezer) and release,
 //! against `ctr run -d` / `ctr task pause|resume` of the same image with the
-//! same runtime, measured in the same run. Checkpoint is reported as what this
-//! node answers.
+//! same runtime, measured in the same run. Checkpoint, restore and fork of a
+//! checkpointable (network-less) runsc sandbox on the Python image, against a
+//! fresh warm create of the same template in the same run.
 //!
 //!     cargo build --release -p sandpool-runtime -p sandpool-integration
 //!     ./target/release/bench-node --runtime-bin <static sandpool-runtime> --iterations 20
@@ -139,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             agent.runtime_health(&sb.id).await?;
             let ans = t.elapsed();
             if checkpoint.is_empty() {
-                checkpoint = match agent.checkpoint(&sb.id).await {
+                checkpoint = match agent.checkpoint(&sb.id, false).await {
                     Ok(c) => format!("ok ({} bytes)", c.size_bytes),
                     Err(e) => e.to_string(),
                 };
@@ -170,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         table.push(row(&format!("{label}: sandpool resume until the runtime answers"), &summarize(&answering), Some(&br)));
         notes.push(format!("{label} checkpoint on this node: {checkpoint}"));
     }
+    checkpoint_rows(&agent, n.min(10), &mut table, &mut notes).await?;
     daemon.stop(Duration::from_secs(10));
     agent.cfg.net.remove_isolation();
     drop(agent);
@@ -185,6 +187,63 @@ async fn main() -> anyhow::Result<()> {
     for n in notes {
         println!("- {n}");
     }
+    Ok(())
+}
+
+/// Checkpointable runsc + Python: a process holding ~40 MB of Python objects
+/// is checkpointed (stopping the sandbox), restored, and forked into 3.
+async fn checkpoint_rows(agent: &std::sync::Arc<Agent>, m: usize, table: &mut Vec<String>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    eprintln!("[runsc checkpointable, python] ×{m}");
+    agent.ensure_image("python").await?;
+    let template = pb::SandboxTemplate {
+        image: "python".into(),
+        resources: Some(pb::Resources { cpu: "1".into(), memory: "512Mi".into(), pids: 256 }),
+        runtime_class: pb::RuntimeClass::Runsc as i32,
+        checkpointable: true,
+        ..Default::default()
+    };
+    let state = "import time\nx = [str(i) for i in range(500000)]\ntime.sleep(1e6)\n";
+    let (mut create, mut ck, mut restore, mut fork, mut sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..m + 1 {
+        let t = Instant::now();
+        let sb = agent.create("bench-ck", template.clone(), None).await?;
+        let c = t.elapsed();
+        agent
+            .inject(&sb.id, pb::InjectRequest { argv: vec!["python3".into(), "-c".into(), state.into()], ..Default::default() })
+            .await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await; // the list is built
+        let t = Instant::now();
+        let info = agent.checkpoint(&sb.id, false).await?;
+        let k = t.elapsed();
+        let t = Instant::now();
+        let r = agent.restore(&info.checkpoint_id, None).await?;
+        let rs = t.elapsed();
+        let t = Instant::now();
+        let forks = agent.fork(&info.checkpoint_id, 3).await?;
+        let f = t.elapsed();
+        for s in forks.iter().chain([&r]) {
+            agent.release(&s.id, pb::ReleasePolicy::Delete).await?;
+        }
+        agent.delete_checkpoint(&info.checkpoint_id)?;
+        if i >= 1 {
+            create.push(c);
+            ck.push(k);
+            restore.push(rs);
+            fork.push(f);
+            sizes.push(info.size_bytes);
+        }
+    }
+    let b = summarize(&create);
+    table.push(row("runsc checkpointable, python image: warm create (baseline: a fresh sandbox until its runtime answers)", &b, None));
+    table.push(row("runsc checkpointable, python: checkpoint (quiesce sockets, `runsc checkpoint`, rootfs copy)", &summarize(&ck), Some(&b)));
+    table.push(row("runsc checkpointable, python: restore into a new sandbox until its runtime answers", &summarize(&restore), Some(&b)));
+    table.push(row("runsc checkpointable, python: fork into 3 sandboxes (all answering)", &summarize(&fork), Some(&b)));
+    sizes.sort_unstable();
+    notes.push(format!(
+        "checkpoint size (python process holding 500k strings; memory image + rootfs changes): median {:.1} MB, max {:.1} MB",
+        sizes[sizes.len() / 2] as f64 / 1e6,
+        sizes[sizes.len() - 1] as f64 / 1e6
+    ));
     Ok(())
 }
 

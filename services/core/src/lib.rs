@@ -45,4 +45,7 @@ pub struct Template {
     /// Run as root instead of the default unprivileged user (uid 1000).
     #[serde(default)]
     pub run_as_root: bool,
+    /// runsc without a network, so it can be checkpointed, restored, forked.
+    #[serde(default)]
+    pub checkpointable: bool,
 }

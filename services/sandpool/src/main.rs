@@ -118,6 +118,10 @@ enum PoolCmd {
         /// Run the pool's sandboxes as root (default: the unprivileged `user`, uid 61000).
         #[arg(long)]
         run_as_root: bool,
+        /// runsc sandboxes without a network (loopback only) that can be
+        /// checkpointed, restored and forked (needs --runtime runsc).
+        #[arg(long)]
+        checkpointable: bool,
     },
     List,
 }
@@ -473,8 +477,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Pool { cmd, scheduler: addr } => {
             let mut s = scheduler(&addr, &token).await?;
             match cmd {
-                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory, run_as_root } => {
-                    let t = Template { image, runtime_class: runtime, cpu, memory, run_as_root, ..Default::default() };
+                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory, run_as_root, checkpointable } => {
+                    let t = Template { image, runtime_class: runtime, cpu, memory, run_as_root, checkpointable, ..Default::default() };
                     let p = s
                         .apply_pool(pb::Pool {
                             name,

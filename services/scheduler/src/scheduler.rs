@@ -98,6 +98,7 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
         },
         labels: Default::default(),
         run_as_root: t.run_as_root,
+        checkpointable: t.checkpointable,
     }
 }
 
@@ -121,6 +122,7 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
             Err(_) => return Err(SchedError::Invalid(format!("unknown release policy {}", t.release_policy))),
         },
         run_as_root: t.run_as_root,
+        checkpointable: t.checkpointable,
     })
 }
 
