@@ -15,6 +15,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(e.status().is_client_error() || e.status().as_u16() == 501, "bad input is a 4xx (or 501 unsupported): {e}"),
     }
+    match opensandbox::parse_restore(data) {
+        Ok(Some(r)) => {
+            assert!(!r.checkpoint_id.is_empty() && r.count == 1);
+            assert!(r.metadata.keys().all(|k| !k.is_empty() && k.len() <= 256));
+        }
+        Ok(None) => {}
+        Err(e) => assert!(e.status().is_client_error(), "bad input is a 4xx: {e}"),
+    }
     match e2b::parse_create(data) {
         Ok((c, _envs)) => {
             assert!(!c.pool.is_empty(), "an E2B claim names a template");

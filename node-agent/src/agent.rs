@@ -914,7 +914,10 @@ impl Agent {
     /// stops the sandbox; with `leave_running` it is restored in place right
     /// after (same id, port and token).
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn checkpoint(self: &Arc<Self>, id: &str, leave_running: bool) -> Result<pb::CheckpointInfo> {
+    pub async fn checkpoint(self: &Arc<Self>, id: &str, leave_running: bool, owner: &str, name: &str) -> Result<pb::CheckpointInfo> {
+        if owner.len() > 256 || name.len() > 256 {
+            return Err(AgentError::InvalidTemplate("checkpoint owner and name: at most 256 bytes".into()));
+        }
         let sb = self.get(id)?;
         if !sb.template.checkpointable {
             let reason = match sb.runtime_class {
@@ -961,6 +964,8 @@ impl Agent {
                 image: sb.template.image.clone(),
                 created_unix_ms: unix_ms(),
                 size_bytes: size,
+                owner: owner.to_string(),
+                name: name.to_string(),
             },
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -1318,6 +1323,8 @@ fn checkpoint_info(m: &crate::checkpoint::Meta) -> pb::CheckpointInfo {
         runtime_class: pb::RuntimeClass::Runsc as i32,
         pool: m.pool.clone(),
         image: m.image.clone(),
+        owner: m.owner.clone(),
+        name: m.name.clone(),
     }
 }
 

@@ -25,6 +25,11 @@ pub struct Meta {
     pub image: String,
     pub created_unix_ms: i64,
     pub size_bytes: u64,
+    /// the caller's (the scheduler's claim id)
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +127,8 @@ mod tests {
             image: "sandpool/python:3".into(),
             created_unix_ms: at,
             size_bytes: 12,
+            owner: "claim-1".into(),
+            name: String::new(),
         }
     }
 

@@ -86,7 +86,7 @@ impl NodeAgent for NodeAgentService {
         let span = parent_span("checkpoint", req.metadata());
         let r = req.into_inner();
         let a = Arc::clone(&self.agent);
-        Ok(Response::new(detached(tracing::Instrument::instrument(async move { a.checkpoint(&r.sandbox_id, r.leave_running).await }, span)).await?))
+        Ok(Response::new(detached(tracing::Instrument::instrument(async move { a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name).await }, span)).await?))
     }
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {

@@ -256,7 +256,7 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = c.release(pb::ReleaseRequest { sandbox_id: "nope".into(), policy: 0 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = c.checkpoint(pb::CheckpointRequest { sandbox_id: "nope".into(), leave_running: false }).await.unwrap_err();
+    let e = c.checkpoint(pb::CheckpointRequest { sandbox_id: "nope".into(), leave_running: false, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "an unknown sandbox is not found (support is checked per sandbox)");
     let e = c.restore(pb::RestoreRequest { checkpoint_id: "nope".into(), sandbox_id: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
@@ -477,9 +477,9 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let e = agent.mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap_err();
     assert!(e.to_string().contains("need a runc sandbox"), "{e}");
     // checkpoint: this node has no working path, and says which and why
-    let e = agent.checkpoint(&g.sandbox_id, false).await.unwrap_err();
+    let e = agent.checkpoint(&g.sandbox_id, false, "", "").await.unwrap_err();
     assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"), "{e}");
-    let e = agent.checkpoint(&a.sandbox_id, false).await.unwrap_err();
+    let e = agent.checkpoint(&a.sandbox_id, false, "", "").await.unwrap_err();
     assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"), "{e}");
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
     agent.pause(&a.sandbox_id).await.unwrap();
@@ -559,7 +559,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     assert_eq!(py(&sb, "a = 1").await, "");
 
     // leave running: the sandbox goes on from its checkpoint, same address
-    let ck = agent.checkpoint(&sb.sandbox_id, true).await.unwrap();
+    let ck = agent.checkpoint(&sb.sandbox_id, true, "", "").await.unwrap();
     assert!(ck.size_bytes > 0 && ck.sandbox_id == sb.sandbox_id && ck.image == "python", "{ck:?}");
     let after = agent.get(&sb.sandbox_id).unwrap().info("test-node");
     assert_eq!((after.state, after.runtime_port), (pb::SandboxState::Warm as i32, sb.runtime_port));
@@ -583,14 +583,14 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     assert_eq!(py(&r, "print(a)").await, "1\n", "the first restore is untouched by the forks");
 
     // a checkpoint without leave_running stops the sandbox
-    let ck2 = agent.checkpoint(&r.sandbox_id, false).await.unwrap();
+    let ck2 = agent.checkpoint(&r.sandbox_id, false, "", "").await.unwrap();
     assert!(agent.get(&r.sandbox_id).is_err(), "stopped and removed by its checkpoint");
     let ids: Vec<String> = agent.list_checkpoints().into_iter().map(|c| c.checkpoint_id).collect();
     assert!(ids.contains(&ck.checkpoint_id) && ids.contains(&ck2.checkpoint_id), "{ids:?}");
 
     // clear errors
     agent.pause(&forks[0].sandbox_id).await.unwrap();
-    let e = agent.checkpoint(&forks[0].sandbox_id, false).await.unwrap_err();
+    let e = agent.checkpoint(&forks[0].sandbox_id, false, "", "").await.unwrap_err();
     assert!(e.to_string().contains("paused"), "{e}");
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::FailedPrecondition);
     agent.resume(&forks[0].sandbox_id).await.unwrap();

@@ -45,6 +45,8 @@ API_KEY_HEADER = "OPEN-SANDBOX-API-KEY"
 POOL_NAME = "test-pool"
 # A Debian + python3 pool for the code-interpreter tests (image cached across runs).
 PY_POOL_NAME = "py-pool"
+# Checkpointable runsc sandboxes on the Python image (snapshots); cold-started.
+CK_POOL_NAME = "ck-pool"
 IMAGE_CACHE = REPO_ROOT / "target" / "sandpool-image-cache"
 POOL_IMAGE = "busybox"
 POOL_BUFFER_MIN, POOL_BUFFER_MAX, POOL_MIN, POOL_MAX = 10, 10, 0, 60
@@ -159,6 +161,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         "--subnet", SUBNET,
         "--pool", pool,
         "--pool", f"{PY_POOL_NAME}:python:1:1:0:4",
+        "--pool", f"{CK_POOL_NAME}:python:0:0:0:8:runsc:checkpointable",
         "--image-cache", str(IMAGE_CACHE),
         # internal gRPC listeners: free ports, so a running dev instance does not collide
         "--agent-listen", f"{host}:{free_port()}",

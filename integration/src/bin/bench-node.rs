@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             agent.runtime_health(&sb.id).await?;
             let ans = t.elapsed();
             if checkpoint.is_empty() {
-                checkpoint = match agent.checkpoint(&sb.id, false).await {
+                checkpoint = match agent.checkpoint(&sb.id, false, "", "").await {
                     Ok(c) => format!("ok ({} bytes)", c.size_bytes),
                     Err(e) => e.to_string(),
                 };
@@ -213,7 +213,7 @@ async fn checkpoint_rows(agent: &std::sync::Arc<Agent>, m: usize, table: &mut Ve
             .await?;
         tokio::time::sleep(Duration::from_millis(1500)).await; // the list is built
         let t = Instant::now();
-        let info = agent.checkpoint(&sb.id, false).await?;
+        let info = agent.checkpoint(&sb.id, false, "", "").await?;
         let k = t.elapsed();
         let t = Instant::now();
         let r = agent.restore(&info.checkpoint_id, None).await?;

@@ -392,6 +392,22 @@ impl Scheduler for KubeScheduler {
         Err(Status::unimplemented("resume is not supported in Kubernetes mode yet"))
     }
 
+    async fn checkpoint_claim(&self, _: Request<pb::CheckpointClaimRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Err(Status::unimplemented("checkpoints (snapshots) are not supported in Kubernetes mode yet"))
+    }
+
+    async fn restore_checkpoint(&self, _: Request<pb::RestoreCheckpointRequest>) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+        Err(Status::unimplemented("checkpoints (snapshots) are not supported in Kubernetes mode yet"))
+    }
+
+    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Ok(Response::new(pb::ListCheckpointsResponse::default()))
+    }
+
+    async fn delete_checkpoint(&self, r: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        Err(Status::not_found(format!("checkpoint {} not found", r.into_inner().checkpoint_id)))
+    }
+
     async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let id = req.into_inner().claim_id;
         self.get_claim_batch(&id).await?;

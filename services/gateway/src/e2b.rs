@@ -66,8 +66,19 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/fork", post(no_snapshots))
+        .route("/sandboxes/{id}/snapshots", post(no_snapshots))
+        .route("/snapshots", get(no_snapshots))
         .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key))
         .with_state(gw)
+}
+
+/// E2B fork and snapshots: sandpool snapshots only network-less sandboxes,
+/// and E2B SDKs need envd's port, which those do not expose (yet).
+async fn no_snapshots() -> E2bError {
+    E2bError(ApiError::Unsupported(
+        "E2B fork and snapshots (E2B SDKs drive envd, which snapshot-capable sandboxes do not expose yet; the OpenSandbox snapshot API works)".into(),
+    ))
 }
 
 async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Response {

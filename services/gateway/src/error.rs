@@ -20,6 +20,8 @@ pub enum ApiError {
     PoolNotFound(String),
     #[error("sandbox {0} not found")]
     SandboxNotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::PoolNotFound(_) => "POOL_NOT_FOUND",
             ApiError::SandboxNotFound(_) => "SANDBOX_NOT_FOUND",
+            ApiError::SnapshotNotFound(_) => "SNAPSHOT_NOT_FOUND",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
             ApiError::Unavailable(_) => "UNAVAILABLE",
@@ -60,7 +63,7 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::PoolNotFound(_) | ApiError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PoolNotFound(_) | ApiError::SandboxNotFound(_) | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

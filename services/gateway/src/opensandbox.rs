@@ -23,6 +23,12 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 pub const RUNTIME_PORT: u32 = 44772;
 
+/// Where a sandbox's `port` answers: the runtime port of a network-less
+/// (checkpointable) sandbox is the node agent's tunnel, not 44772.
+pub fn sandbox_port(sb: &pb::SandboxInfo, port: u32) -> u32 {
+    if port == RUNTIME_PORT && sb.runtime_port != 0 { sb.runtime_port } else { port }
+}
+
 pub fn router(gw: Gateway) -> Router {
     let v1 = Router::new()
         .route("/sandboxes", post(create).get(list))
@@ -32,8 +38,9 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/renew-expiration", post(renew))
         .route("/sandboxes/{id}/endpoints/{port}", get(endpoint))
         .route("/sandboxes/{id}/metadata", patch(|| async { ApiError::Unsupported("PATCH metadata".into()) }))
-        .route("/sandboxes/{id}/snapshots", any(|| async { ApiError::Unsupported("snapshots".into()) }))
-        .route("/snapshots", any(|| async { ApiError::Unsupported("snapshots".into()) }))
+        .route("/sandboxes/{id}/snapshots", post(create_snapshot))
+        .route("/snapshots", get(list_snapshots))
+        .route("/snapshots/{id}", get(get_snapshot).delete(delete_snapshot))
         .route("/templates", any(|| async { ApiError::Unsupported("templates".into()) }))
         .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy_root))
         .route("/sandboxes/{id}/proxy/{port}/{*path}", any(proxy::proxy_path))
@@ -152,13 +159,41 @@ fn claim_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
     move |_| ApiError::SandboxNotFound(id.to_string())
 }
 
+fn check_keys<'a>(keys: impl Iterator<Item = &'a String>) -> Result<()> {
+    for k in keys {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::Invalid(format!("bad key {k:?} in env/metadata")));
+        }
+    }
+    Ok(())
+}
+
+/// An OpenSandbox create body with a `snapshotId`: the restore it asks for
+/// (`None` for any other create; pure, fuzzed with [`parse_create`]).
+pub fn parse_restore(body: &[u8]) -> Result<Option<pb::RestoreCheckpointRequest>> {
+    let req: CreateRequest = crate::parse_json(body)?;
+    let Some(snapshot) = req.snapshot_id.filter(|s| !s.is_empty()) else { return Ok(None) };
+    if req.image.as_ref().is_some_and(|i| !i.uri.is_empty()) {
+        return Err(ApiError::Invalid("give either image or snapshotId, not both".into()));
+    }
+    if req.extensions.as_ref().is_some_and(|e| e.contains_key("poolRef")) {
+        return Err(ApiError::Invalid("a restore from snapshotId goes to the snapshot's own pool: drop extensions.poolRef".into()));
+    }
+    if req.env.as_ref().is_some_and(|e| !e.is_empty()) || req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::Invalid("env and volumes cannot change on a restore from snapshotId (the processes keep theirs)".into()));
+    }
+    let metadata = req.metadata.unwrap_or_default();
+    check_keys(metadata.keys())?;
+    Ok(Some(pb::RestoreCheckpointRequest { checkpoint_id: snapshot, count: 1, ttl_seconds: parse_timeout(&req.timeout)?, metadata }))
+}
+
 /// An OpenSandbox create body as the claim it asks for (pure: the gateway's
 /// whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
 pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
     let req: CreateRequest = crate::parse_json(body)?;
     let ttl = parse_timeout(&req.timeout)?;
     if req.snapshot_id.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::Unsupported("creating from a snapshot".into()));
+        return Err(ApiError::Invalid("a body with snapshotId is a restore (parse_restore), not a claim".into()));
     }
     let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
         None | Some(Value::Null) => String::new(),
@@ -171,11 +206,7 @@ pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
     let metadata = req.metadata.clone().unwrap_or_default();
-    for k in env.keys().chain(metadata.keys()) {
-        if k.is_empty() || k.len() > 256 {
-            return Err(ApiError::Invalid(format!("bad key {k:?} in env/metadata")));
-        }
-    }
+    check_keys(env.keys().chain(metadata.keys()))?;
     let template = if pool.is_empty() {
         let image = req.image.as_ref().map(|i| i.uri.trim().to_string()).unwrap_or_default();
         if image.is_empty() {
@@ -205,7 +236,24 @@ pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
 }
 
 async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
-    let claim = parse_create(&crate::read_body(&gw, body).await?)?;
+    let body = crate::read_body(&gw, body).await?;
+    if let Some(restore) = parse_restore(&body)? {
+        let id = restore.checkpoint_id.clone();
+        let snapshot = id.clone();
+        let mut claims = gw
+            .scheduler
+            .clone()
+            .restore_checkpoint(traced(restore))
+            .await
+            .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?
+            .into_inner()
+            .claims;
+        let c = claims.pop().ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
+        let mut v = sandbox_json(&c);
+        v["snapshotId"] = json!(snapshot);
+        return Ok((StatusCode::ACCEPTED, Json(v)).into_response());
+    }
+    let claim = parse_create(&body)?;
     let pool2 = claim.pool.clone();
     let c = gw
         .scheduler
@@ -215,6 +263,112 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
         .map_err(|s| ApiError::from_status(s, move |m| if pool2.is_empty() { ApiError::Invalid(m) } else { ApiError::PoolNotFound(pool2) }))?
         .into_inner();
     Ok((StatusCode::ACCEPTED, Json(sandbox_json(&c))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct SnapshotRequest {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn snapshot_json(c: &pb::CheckpointInfo) -> Value {
+    let mut v = json!({
+        "id": c.checkpoint_id,
+        "sandboxId": if c.owner.is_empty() { &c.sandbox_id } else { &c.owner },
+        "status": { "state": "Ready", "lastTransitionAt": rfc3339_ms(c.created_unix_ms) },
+        "createdAt": rfc3339_ms(c.created_unix_ms),
+        "sizeBytes": c.size_bytes,
+        "image": { "uri": c.image },
+    });
+    if !c.name.is_empty() {
+        v["name"] = json!(c.name);
+    }
+    if !c.pool.is_empty() {
+        v["extensions"] = json!({ "poolRef": c.pool });
+    }
+    v
+}
+
+/// `POST /sandboxes/{id}/snapshots`: a checkpoint of the running sandbox
+/// (memory and files), which goes on running.
+async fn create_snapshot(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<Response> {
+    let bytes = crate::read_body(&gw, body).await?;
+    let r: SnapshotRequest = if bytes.iter().all(u8::is_ascii_whitespace) { SnapshotRequest::default() } else { crate::parse_json(&bytes)? };
+    let req = pb::CheckpointClaimRequest { claim_id: id.clone(), leave_running: true, name: r.name.unwrap_or_default() };
+    let info = gw.scheduler.clone().checkpoint_claim(traced(req)).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?.into_inner();
+    Ok((StatusCode::ACCEPTED, Json(snapshot_json(&info))).into_response())
+}
+
+async fn all_snapshots(gw: &Gateway) -> Result<Vec<pb::CheckpointInfo>> {
+    let r = gw.scheduler.clone().list_checkpoints(traced(pb::ListCheckpointsRequest {})).await.map_err(|s| ApiError::from_status(s, ApiError::Internal))?;
+    Ok(r.into_inner().checkpoints)
+}
+
+async fn get_snapshot(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let all = all_snapshots(&gw).await?;
+    all.iter().find(|c| c.checkpoint_id == id).map(|c| Json(snapshot_json(c))).ok_or(ApiError::SnapshotNotFound(id))
+}
+
+async fn list_snapshots(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
+    let (mut sandbox, mut name, mut state) = (None, None, None);
+    let mut pages = Paging::default();
+    for (k, v) in query_pairs(req.uri()) {
+        match k.as_str() {
+            "sandboxId" => sandbox = Some(v),
+            "name" => name = Some(v),
+            "state" => state = Some(v),
+            _ => pages.param(&k, &v)?,
+        }
+    }
+    let items: Vec<Value> = all_snapshots(&gw)
+        .await?
+        .iter()
+        .map(snapshot_json)
+        .filter(|s| sandbox.as_ref().is_none_or(|x| s["sandboxId"] == x.as_str()))
+        .filter(|s| name.as_ref().is_none_or(|x| s["name"] == x.as_str()))
+        .filter(|_| state.as_ref().is_none_or(|x| x.eq_ignore_ascii_case("Ready")))
+        .collect();
+    Ok(Json(pages.json(items)))
+}
+
+async fn delete_snapshot(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    let r = pb::CheckpointRef { checkpoint_id: id.clone() };
+    gw.scheduler.clone().delete_checkpoint(traced(r)).await.map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `page` / `pageSize` of an OpenSandbox list.
+struct Paging {
+    page: usize,
+    size: usize,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging { page: 1, size: 20 }
+    }
+}
+
+impl Paging {
+    /// Take `k=v` if it is a paging parameter; others are ignored.
+    fn param(&mut self, k: &str, v: &str) -> Result<()> {
+        match k {
+            "page" => self.page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::Invalid(format!("bad page {v}")))?,
+            "pageSize" => self.size = v.parse().ok().filter(|p| (1..=200).contains(p)).ok_or_else(|| ApiError::Invalid(format!("pageSize must be 1..=200, got {v}")))?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn json(&self, all: Vec<Value>) -> Value {
+        let total = all.len();
+        let items: Vec<Value> = all.into_iter().skip((self.page - 1) * self.size).take(self.size).collect();
+        let total_pages = total.div_ceil(self.size);
+        json!({
+            "items": items,
+            "pagination": { "page": self.page, "pageSize": self.size, "totalItems": total, "totalPages": total_pages, "hasNextPage": self.page < total_pages }
+        })
+    }
 }
 
 async fn get_one(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
@@ -268,7 +422,7 @@ async fn endpoint(State(gw): State<Gateway>, Path((id, port)): Path<(String, Str
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
         return Ok(Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })));
     }
-    let mut v = json!({ "endpoint": format!("{}:{port}", sb.ip) });
+    let mut v = json!({ "endpoint": format!("{}:{}", sb.ip, sandbox_port(&sb, port)) });
     if port == RUNTIME_PORT {
         v["headers"] = json!({ "X-EXECD-ACCESS-TOKEN": sb.access_token });
     }
@@ -279,8 +433,7 @@ async fn list(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
     let q = query_pairs(req.uri());
     let mut states = Vec::new();
     let mut metadata: BTreeMap<String, String> = BTreeMap::new();
-    let mut page: usize = 1;
-    let mut page_size: usize = 20;
+    let mut pages = Paging::default();
     for (k, v) in &q {
         match k.as_str() {
             "state" => states.push(v.clone()),
@@ -289,21 +442,16 @@ async fn list(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
                     metadata.insert(mk.into_owned(), mv.into_owned());
                 }
             }
-            "page" => page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::Invalid(format!("bad page {v}")))?,
-            "pageSize" => page_size = v.parse().ok().filter(|p| (1..=200).contains(p)).ok_or_else(|| ApiError::Invalid(format!("pageSize must be 1..=200, got {v}")))?,
-            _ => {}
+            _ => pages.param(k, v)?,
         }
     }
     let all = crate::claims_with_metadata(&gw, metadata).await?;
-    let filtered: Vec<&pb::Claim> =
-        all.iter().filter(|c| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state_name(c.state)))).collect();
-    let total = filtered.len();
-    let items: Vec<Value> = filtered.iter().skip((page - 1) * page_size).take(page_size).map(|c| sandbox_json(c)).collect();
-    let total_pages = total.div_ceil(page_size);
-    Ok(Json(json!({
-        "items": items,
-        "pagination": { "page": page, "pageSize": page_size, "totalItems": total, "totalPages": total_pages, "hasNextPage": page < total_pages }
-    })))
+    let items: Vec<Value> = all
+        .iter()
+        .filter(|c| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state_name(c.state))))
+        .map(sandbox_json)
+        .collect();
+    Ok(Json(pages.json(items)))
 }
 
 fn pool_json(p: &pb::Pool) -> Value {
@@ -359,5 +507,53 @@ mod tests {
         assert_eq!(v["status"]["state"], "Running");
         assert_eq!(v["extensions"]["poolRef"], "p");
         assert_eq!(v["expiresAt"], "2023-11-14T22:23:20.000Z");
+    }
+
+    #[test]
+    fn restores_parse_from_snapshot_id_and_refuse_what_cannot_change() {
+        let r = parse_restore(br#"{"snapshotId":"ck-1","timeout":600,"metadata":{"a":"b"},"entrypoint":["tail","-f","/dev/null"]}"#).unwrap().unwrap();
+        assert_eq!((r.checkpoint_id.as_str(), r.count, r.ttl_seconds), ("ck-1", 1, 600));
+        assert_eq!(r.metadata.get("a").map(String::as_str), Some("b"));
+        assert!(parse_restore(br#"{"image":{"uri":"python"}}"#).unwrap().is_none(), "not a restore");
+        for bad in [
+            &br#"{"snapshotId":"ck-1","image":{"uri":"python"}}"#[..],
+            br#"{"snapshotId":"ck-1","extensions":{"poolRef":"p"}}"#,
+            br#"{"snapshotId":"ck-1","env":{"A":"1"}}"#,
+            br#"{"snapshotId":"ck-1","timeout":-5}"#,
+        ] {
+            let e = parse_restore(bad).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        }
+        // a claim parser never takes a restore body for a claim
+        assert!(parse_create(br#"{"snapshotId":"ck-1"}"#).is_err());
+    }
+
+    #[test]
+    fn snapshot_shape_has_sdk_required_fields() {
+        let c = pb::CheckpointInfo {
+            checkpoint_id: "ck-1".into(),
+            sandbox_id: "sb-1".into(),
+            owner: "claim-1".into(),
+            created_unix_ms: 1_700_000_000_000,
+            name: "before-step-3".into(),
+            ..Default::default()
+        };
+        let v = snapshot_json(&c);
+        for k in ["id", "sandboxId", "status", "createdAt"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!((v["sandboxId"].as_str(), v["status"]["state"].as_str(), v["name"].as_str()), (Some("claim-1"), Some("Ready"), Some("before-step-3")));
+    }
+
+    #[test]
+    fn paging() {
+        let mut p = Paging::default();
+        p.param("page", "2").unwrap();
+        p.param("pageSize", "2").unwrap();
+        p.param("other", "x").unwrap();
+        let v = p.json((0..5).map(|i| json!(i)).collect());
+        assert_eq!(v["items"], json!([2, 3]));
+        assert_eq!((v["pagination"]["totalPages"].as_u64(), v["pagination"]["hasNextPage"].as_bool()), (Some(3), Some(true)));
+        assert!(p.param("pageSize", "0").is_err() && p.param("page", "x").is_err());
     }
 }

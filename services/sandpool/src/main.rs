@@ -142,7 +142,8 @@ struct ServeArgs {
     /// Use this containerd instead of starting a private one.
     #[arg(long, env = "SANDPOOL_CONTAINERD_SOCKET")]
     containerd_socket: Option<PathBuf>,
-    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME] (repeatable).
+    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]
+    /// (repeatable; `checkpointable`: runsc without a network, for snapshots).
     #[arg(long = "pool", default_value = "default:busybox:2:4:0:64")]
     pools: Vec<String>,
     #[arg(long, default_value = "sandpool0")]
@@ -194,13 +195,18 @@ enum Role {
 
 fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
     let f: Vec<&str> = s.split(':').collect();
-    if f.len() != 6 && f.len() != 7 {
-        bail!("--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME]");
+    if !(6..=8).contains(&f.len()) {
+        bail!("--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]");
     }
+    let checkpointable = match f.get(7) {
+        None => false,
+        Some(&"checkpointable") => true,
+        Some(other) => bail!("--pool {s:?}: field 8 is {other:?}; the only flag is `checkpointable` (runsc without a network)"),
+    };
     let n = |i: usize| f[i].parse::<u32>().with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1));
     Ok(PoolRec {
         name: f[0].to_string(),
-        template: Template { image: f[1].to_string(), runtime_class: f.get(6).unwrap_or(&"runc").to_string(), ..Default::default() },
+        template: Template { image: f[1].to_string(), runtime_class: f.get(6).unwrap_or(&"runc").to_string(), checkpointable, ..Default::default() },
         capacity: CapacitySpec { buffer_min: n(2)?, buffer_max: n(3)?, pool_min: n(4)?, pool_max: n(5)? },
     })
 }

@@ -6,6 +6,8 @@ pub enum SchedError {
     PoolNotFound(String),
     #[error("claim {0} not found")]
     ClaimNotFound(String),
+    #[error("checkpoint {0} not found on any node")]
+    CheckpointNotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("pool {0} has no warm sandbox (pool_only requested)")]
@@ -27,6 +29,7 @@ impl SchedError {
         match self {
             SchedError::PoolNotFound(_) => "pool_not_found",
             SchedError::ClaimNotFound(_) => "claim_not_found",
+            SchedError::CheckpointNotFound(_) => "checkpoint_not_found",
             SchedError::Invalid(_) => "invalid",
             SchedError::Exhausted(_) => "exhausted",
             SchedError::NoCapacity => "no_capacity",
@@ -50,7 +53,7 @@ impl From<SchedError> for tonic::Status {
     fn from(e: SchedError) -> Self {
         use tonic::Code;
         let code = match &e {
-            SchedError::PoolNotFound(_) | SchedError::ClaimNotFound(_) => Code::NotFound,
+            SchedError::PoolNotFound(_) | SchedError::ClaimNotFound(_) | SchedError::CheckpointNotFound(_) => Code::NotFound,
             SchedError::Invalid(_) => Code::InvalidArgument,
             SchedError::Exhausted(_) | SchedError::NoCapacity => Code::ResourceExhausted,
             SchedError::Conflict(_) => Code::FailedPrecondition,
@@ -59,6 +62,7 @@ impl From<SchedError> for tonic::Status {
                 Code::NotFound => Code::NotFound,
                 Code::ResourceExhausted => Code::ResourceExhausted,
                 Code::FailedPrecondition => Code::FailedPrecondition,
+                Code::Unimplemented => Code::Unimplemented,
                 _ => Code::Unavailable,
             },
             SchedError::Store(_) => Code::Internal,

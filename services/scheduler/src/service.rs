@@ -169,6 +169,37 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(claim_pb(&detached(async move { s.resume(&id).await }).await?)))
     }
 
+    async fn checkpoint_claim(&self, req: Request<pb::CheckpointClaimRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+        let span = tracing::info_span!("scheduler.checkpoint");
+        continue_trace(&span, req.metadata());
+        let r = req.into_inner();
+        let s = Arc::clone(&self.s);
+        let info = detached(tracing::Instrument::instrument(async move { s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name).await }, span)).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn restore_checkpoint(&self, req: Request<pb::RestoreCheckpointRequest>) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+        let span = tracing::info_span!("scheduler.restore");
+        continue_trace(&span, req.metadata());
+        let r = req.into_inner();
+        let s = Arc::clone(&self.s);
+        let recs = detached(tracing::Instrument::instrument(
+            async move { s.restore_checkpoint(&r.checkpoint_id, r.count, r.ttl_seconds, r.metadata.into_iter().collect()).await },
+            span,
+        ))
+        .await?;
+        Ok(Response::new(pb::RestoreCheckpointResponse { claims: recs.iter().map(claim_pb).collect() }))
+    }
+
+    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints: self.s.list_checkpoints().await }))
+    }
+
+    async fn delete_checkpoint(&self, req: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        self.s.delete_checkpoint(&req.into_inner().checkpoint_id).await?;
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
+    }
+
     async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
         continue_trace(&span, req.metadata());
