@@ -1130,25 +1130,8 @@ impl Agent {
             p => p,
         };
         if policy == pb::ReleasePolicy::Recycle {
-            let valid = validate_template(&sb.template)?;
-            if let Some(s) = self.lock().get_mut(id) {
-                s.state = pb::SandboxState::Releasing;
-            }
-            self.forget_channel(id);
-            self.ctr.destroy(id).await?;
-            let (image, chain, env) = self.ensure_image(&valid.image).await?;
-            let mut fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Creating, ..sb.clone() };
-            if let Err(e) = self.start_container(&fresh, &image, &chain, &env, &valid, None).await {
-                self.lock().remove(id);
-                self.cleanup(id).await;
-                self.emit_removed(id);
-                return Err(e);
-            }
-            fresh.state = pb::SandboxState::Warm;
-            self.ctr.set_labels(id, [(labels::STATE.to_string(), "warm".to_string())].into()).await?;
-            self.lock().insert(id.to_string(), fresh.clone());
-            self.emit(&fresh);
-            return Ok(Some(fresh));
+            let fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Warm, ..sb };
+            return self.restart_as(fresh).await.map(Some);
         }
         {
             let mut g = self.lock();
@@ -1160,6 +1143,55 @@ impl Agent {
         self.lock().remove(id);
         self.emit_removed(id);
         res.map(|_| None)
+    }
+
+    /// In-place image upgrade: restart sandbox `id` on `image`, keeping its
+    /// id, address, token and state (its processes start over). The caller
+    /// holds nothing busy.
+    #[tracing::instrument(skip_all, fields(sandbox = %id, image))]
+    pub async fn upgrade(&self, id: &str, image: &str) -> Result<Sandbox> {
+        let sb = self.get(id)?;
+        match sb.state {
+            pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
+            s => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is {}: only a running sandbox can change its image", state_label(s)))),
+        }
+        let image = image.trim();
+        if image.is_empty() {
+            return Err(AgentError::InvalidTemplate("the new image is empty".into()));
+        }
+        // an unknown image is refused before the sandbox is touched
+        self.ensure_image(image).await?;
+        let _busy = self.busy(id);
+        let template = pb::SandboxTemplate { image: image.to_string(), ..sb.template.clone() };
+        self.restart_as(Sandbox { template, ..sb }).await
+    }
+
+    /// Start `sb` afresh (same id, netns or tunnel): its container is
+    /// replaced by one from `sb.template`, and it ends in `sb.state`. A
+    /// sandbox that fails to come back is removed.
+    async fn restart_as(&self, sb: Sandbox) -> Result<Sandbox> {
+        let id = sb.id.clone();
+        let valid = validate_template(&sb.template)?;
+        if let Some(s) = self.lock().get_mut(&id) {
+            s.state = pb::SandboxState::Releasing;
+        }
+        self.forget_channel(&id);
+        let started = async {
+            self.ctr.destroy(&id).await?;
+            let (image, chain, env) = self.ensure_image(&valid.image).await?;
+            let creating = Sandbox { state: pb::SandboxState::Creating, ..sb.clone() };
+            self.start_container(&creating, &image, &chain, &env, &valid, None).await?;
+            self.ctr.set_labels(&id, [(labels::STATE.to_string(), state_label(sb.state).to_string())].into()).await
+        };
+        if let Err(e) = started.await {
+            self.lock().remove(&id);
+            self.cleanup(&id).await;
+            self.emit_removed(&id);
+            return Err(e);
+        }
+        self.lock().insert(id, sb.clone());
+        self.emit(&sb);
+        Ok(sb)
     }
 
     async fn destroy_all(&self, id: &str) -> Result<()> {

@@ -201,6 +201,10 @@ impl NodeAgent for CriNodeService {
         Err(Status::not_found(format!("checkpoint {} not found", r.into_inner().checkpoint_id)))
     }
 
+    async fn upgrade(&self, _: Request<pb::UpgradeRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented("in-place image upgrade of Kubernetes pool pods is not supported yet"))
+    }
+
     async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
         Err(Status::unimplemented("dynamic mounts are not implemented yet"))
     }

@@ -114,6 +114,14 @@ impl NodeAgent for NodeAgentService {
         Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
+    async fn upgrade(&self, req: Request<pb::UpgradeRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+        let span = parent_span("upgrade", req.metadata());
+        let r = req.into_inner();
+        let a = Arc::clone(&self.agent);
+        let sb = detached(tracing::Instrument::instrument(async move { a.upgrade(&r.sandbox_id, &r.image).await }, span)).await?;
+        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    }
+
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
         let span = parent_span("mount", req.metadata());
         let r = req.into_inner();

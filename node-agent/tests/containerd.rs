@@ -222,6 +222,38 @@ async fn recycle_resets_and_returns_to_warm() {
     node.assert_no_residue().await;
 }
 
+/// In-place image upgrade: a claimed busybox sandbox restarts on the Python
+/// image keeping its id, address, token and state; bad upgrades are refused
+/// without touching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 11).await;
+    let agent = node.agent();
+    let sb = agent.create("pool-u", template(pb::RuntimeClass::Runc), None).await.unwrap();
+    agent.inject(&sb.id, pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], ..Default::default() }).await.unwrap();
+    let info = sb.info("n");
+    let (host, _) = exec(&info, "hostname").await;
+    assert_eq!(exec(&info, "command -v python3 || echo none").await.0.trim(), "none", "busybox has no python");
+
+    let e = agent.upgrade(&sb.id, "no-such-image:1").await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    assert_eq!(ping(&info).await, 200, "a refused upgrade leaves the sandbox running");
+
+    let up = agent.upgrade(&sb.id, "python").await.unwrap();
+    assert_eq!((up.id.as_str(), up.ip, up.token.as_str(), up.state), (sb.id.as_str(), sb.ip, sb.token.as_str(), pb::SandboxState::Claimed));
+    assert_eq!(up.template.image, "python");
+    let (out, code) = exec(&info, "python3 -c 'print(6 * 7)'").await;
+    assert_eq!((out.as_str(), code), ("42\n", 0), "same address and token, new image");
+    assert_eq!(exec(&info, "hostname").await.0, host, "same sandbox identity");
+
+    agent.pause(&sb.id).await.unwrap();
+    let e = agent.upgrade(&sb.id, "busybox").await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::FailedPrecondition);
+    agent.release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
+    node.assert_no_residue().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     let Some(runtime) = gate() else { return };

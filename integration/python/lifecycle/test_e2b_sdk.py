@@ -91,6 +91,22 @@ def test_kruise_csi_volume_metadata_mounts_a_node_volume(e2b_env: Sandpool):
         Sandbox.create(POOL_NAME, metadata={"e2b.agents.kruise.io/csi-volume-name": volume}, timeout=60)
 
 
+def test_kruise_image_metadata_upgrades_the_claimed_sandbox_in_place(e2b_env: Sandpool):
+    """OpenKruise Agents' ``e2b.agents.kruise.io/image``: the warm busybox
+    sandbox claimed from the pool restarts on the Python image before it is
+    handed out; an unknown image is refused."""
+    key = "e2b.agents.kruise.io/image"
+    sbx = Sandbox.create(POOL_NAME, metadata={key: "python"}, timeout=120)
+    try:
+        assert sbx.commands.run("python3 -c 'print(6 * 7)'").stdout == "42\n"
+        assert sbx.commands.run("cat /etc/debian_version").exit_code == 0, "the Debian-based image"
+        assert Sandbox.get_info(sbx.sandbox_id).metadata[key] == "python"
+    finally:
+        sbx.kill()
+    with pytest.raises(SandboxException):
+        Sandbox.create(POOL_NAME, metadata={key: "no-such-image:1"}, timeout=60)
+
+
 def test_unknown_template_and_bad_key(e2b_env: Sandpool, monkeypatch):
     with pytest.raises(SandboxException):
         Sandbox.create("no-such-template", timeout=60)

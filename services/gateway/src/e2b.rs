@@ -185,7 +185,12 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<(pb::ClaimRequest, BTree
     }
     let metadata = req.metadata.unwrap_or_default();
     let mounts = kruise_mounts(&metadata)?;
-    let claim = pb::ClaimRequest { pool, ttl_seconds: timeout, metadata: metadata.into_iter().collect(), mounts, ..Default::default() };
+    let image = match metadata.get(IMAGE_KEY).map(|i| i.trim()) {
+        Some("") => return Err(ApiError::Invalid(format!("metadata {IMAGE_KEY} is empty"))),
+        Some(i) => i.to_string(),
+        None => String::new(),
+    };
+    let claim = pb::ClaimRequest { pool, ttl_seconds: timeout, metadata: metadata.into_iter().collect(), mounts, image, ..Default::default() };
     Ok((claim, req.env_vars.unwrap_or_default()))
 }
 
@@ -330,6 +335,9 @@ async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Js
 /// (a volume of the node) mounted at `e2b.agents.kruise.io/csi-mount-point`.
 pub const CSI_VOLUME_KEY: &str = "e2b.agents.kruise.io/csi-volume-name";
 pub const CSI_MOUNT_POINT_KEY: &str = "e2b.agents.kruise.io/csi-mount-point";
+/// OpenKruise Agents' in-place image upgrade on claim: the claimed sandbox
+/// restarts on this image, keeping its identity.
+pub const IMAGE_KEY: &str = "e2b.agents.kruise.io/image";
 
 fn kruise_mounts(metadata: &BTreeMap<String, String>) -> std::result::Result<Vec<pb::VolumeMount>, ApiError> {
     match (metadata.get(CSI_VOLUME_KEY), metadata.get(CSI_MOUNT_POINT_KEY)) {
@@ -431,6 +439,16 @@ mod tests {
     #[test]
     fn reported_envd_version_is_the_runtimes() {
         assert_eq!(ENVD_VERSION, sandpool_runtime::envd::ENVD_VERSION);
+    }
+
+    #[test]
+    fn kruise_image_key_asks_for_an_in_place_upgrade() {
+        let (c, _) = parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":" python "}}"#).unwrap();
+        assert_eq!((c.pool.as_str(), c.image.as_str()), ("base", "python"));
+        let (c, _) = parse_create(br#"{"templateID":"base"}"#).unwrap();
+        assert!(c.image.is_empty());
+        let e = parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
     }
 
     #[test]

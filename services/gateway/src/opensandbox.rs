@@ -232,6 +232,7 @@ pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
         claim_id: String::new(),
         template,
         mounts: Vec::new(),
+        image: String::new(),
     })
 }
 

@@ -762,6 +762,25 @@ impl Scheduler {
                 return Err(e);
             }
         };
+        // in-place image upgrade: the same sandbox, restarted on another image
+        let (info, image) = if req.image.is_empty() || req.image == template.image {
+            (info, template.image.clone())
+        } else {
+            let upgrade = async {
+                let n = self.node(&node)?;
+                let span = tracing::info_span!("scheduler.upgrade", image = %req.image);
+                let up = pb::UpgradeRequest { sandbox_id: info.sandbox_id.clone(), image: req.image.clone() };
+                tracing::Instrument::instrument(n.client.clone().upgrade(traced(up)), span).await.map_err(node_err(&node))
+            };
+            match upgrade.await {
+                Ok(r) => (r.into_inner(), req.image.clone()),
+                Err(e) => {
+                    self.unallocate(&req.pool);
+                    self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete).await;
+                    return Err(e);
+                }
+            }
+        };
         let sandbox = SandboxRef {
             id: info.sandbox_id.clone(),
             node: node.clone(),
@@ -788,7 +807,7 @@ impl Scheduler {
             metadata: req.metadata.clone().into_iter().collect(),
             cold,
             entrypoint: process.argv.clone(),
-            image: template.image.clone(),
+            image,
             claim_us: 0,
             batch: None,
         };
