@@ -382,6 +382,9 @@ impl Agent {
         let runsc_nonet = write_wrapper(&cfg.data_dir.join("bin/runsc-sandpool-nonet"), &cfg.runsc_bin, "--network=none")?;
         let checkpoints = crate::checkpoint::Store::new(cfg.data_dir.join("checkpoints"));
         std::fs::create_dir_all(checkpoints.root()).map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
+        // sandbox memory and runtime tokens: root only
+        std::fs::set_permissions(checkpoints.root(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
         for half in checkpoints.incomplete() {
             tracing::warn!(dir = %half.display(), "removing a checkpoint that did not complete");
             let _ = std::fs::remove_dir_all(&half);

@@ -207,9 +207,16 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();
+        let envd = match crate::opensandbox::sandbox_port(&sb, u32::from(ENVD_PORT)) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: c.claim_id.clone() })).await;
+                return Err(e.into());
+            }
+        };
         let sent = gw
             .http
-            .post(format!("http://{}:{ENVD_PORT}/init", sb.ip))
+            .post(format!("http://{}:{envd}/init", sb.ip))
             .header("x-access-token", &sb.access_token)
             .json(&json!({"envVars": envs}))
             .send()

@@ -23,10 +23,20 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 pub const RUNTIME_PORT: u32 = 44772;
 
-/// Where a sandbox's `port` answers: the runtime port of a network-less
-/// (checkpointable) sandbox is the node agent's tunnel, not 44772.
-pub fn sandbox_port(sb: &pb::SandboxInfo, port: u32) -> u32 {
-    if port == RUNTIME_PORT && sb.runtime_port != 0 { sb.runtime_port } else { port }
+/// Where a sandbox's `port` answers. A network-less (checkpointable)
+/// sandbox is reached only through the node agent's tunnel to its runtime
+/// (`runtime_port` on the agent's host, not 44772): any other port would be
+/// the host's own, so it is refused.
+pub fn sandbox_port(sb: &pb::SandboxInfo, port: u32) -> Result<u32> {
+    let tunnelled = sb.runtime_port != 0 && sb.runtime_port != RUNTIME_PORT;
+    match (port == RUNTIME_PORT, tunnelled) {
+        (true, true) => Ok(sb.runtime_port),
+        (false, true) => Err(ApiError::Unsupported(format!(
+            "port {port} of sandbox {} (it has no network, so only its runtime, port {RUNTIME_PORT}, is reachable)",
+            sb.sandbox_id
+        ))),
+        (_, false) => Ok(port),
+    }
 }
 
 pub fn router(gw: Gateway) -> Router {
@@ -419,11 +429,14 @@ async fn endpoint(State(gw): State<Gateway>, Path((id, port)): Path<(String, Str
     let use_proxy = q.iter().any(|(k, v)| k == "use_server_proxy" && v.eq_ignore_ascii_case("true"));
     let c = gw.scheduler.clone().get_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?.into_inner();
     let sb = c.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
-    if use_proxy {
+    // a port a network-less sandbox does not expose resolves to the proxy,
+    // which answers 501 with the reason when used
+    let direct = sandbox_port(&sb, port).ok();
+    let Some(direct) = direct.filter(|_| !use_proxy) else {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
         return Ok(Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })));
-    }
-    let mut v = json!({ "endpoint": format!("{}:{}", sb.ip, sandbox_port(&sb, port)) });
+    };
+    let mut v = json!({ "endpoint": format!("{}:{direct}", sb.ip) });
     if port == RUNTIME_PORT {
         v["headers"] = json!({ "X-EXECD-ACCESS-TOKEN": sb.access_token });
     }
@@ -544,6 +557,16 @@ mod tests {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!((v["sandboxId"].as_str(), v["status"]["state"].as_str(), v["name"].as_str()), (Some("claim-1"), Some("Ready"), Some("before-step-3")));
+    }
+
+    #[test]
+    fn network_less_sandboxes_expose_only_their_runtime() {
+        let tunnelled = pb::SandboxInfo { sandbox_id: "sb".into(), ip: "127.0.0.1".into(), runtime_port: 40001, ..Default::default() };
+        assert_eq!(sandbox_port(&tunnelled, RUNTIME_PORT).unwrap(), 40001);
+        let e = sandbox_port(&tunnelled, 49983).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "never the host's own port 49983");
+        let bridged = pb::SandboxInfo { ip: "10.213.0.5".into(), runtime_port: RUNTIME_PORT, ..Default::default() };
+        assert_eq!((sandbox_port(&bridged, RUNTIME_PORT).unwrap(), sandbox_port(&bridged, 49983).unwrap()), (RUNTIME_PORT, 49983));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub async fn forward(gw: Gateway, id: String, port: String, path: String, req: R
         return Err(ApiError::Conflict(format!("sandbox {id} is paused; resume it first")));
     }
     let sb = claim.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
-    let mut url = format!("http://{}:{}/{path}", sb.ip, crate::opensandbox::sandbox_port(&sb, port));
+    let mut url = format!("http://{}:{}/{path}", sb.ip, crate::opensandbox::sandbox_port(&sb, port)?);
     if let Some(q) = req.uri().query() {
         url.push('?');
         url.push_str(q);

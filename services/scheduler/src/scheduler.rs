@@ -62,6 +62,20 @@ pub struct SandboxRef {
     pub runtime_class: i32,
 }
 
+impl SandboxRef {
+    /// Where node `node`'s sandbox `info` is reached.
+    pub fn of(node: &str, info: &pb::SandboxInfo) -> SandboxRef {
+        SandboxRef {
+            id: info.sandbox_id.clone(),
+            node: node.to_string(),
+            ip: info.ip.clone(),
+            port: info.runtime_port,
+            token: info.access_token.clone(),
+            runtime_class: info.runtime_class,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClaimRec {
     pub id: String,
@@ -781,14 +795,7 @@ impl Scheduler {
                 }
             }
         };
-        let sandbox = SandboxRef {
-            id: info.sandbox_id.clone(),
-            node: node.clone(),
-            ip: info.ip.clone(),
-            port: info.runtime_port,
-            token: info.access_token.clone(),
-            runtime_class: info.runtime_class,
-        };
+        let sandbox = SandboxRef::of(&node, &info);
         // Inject the entrypoint (request's, else the template's default),
         // while the claim record is written durably in parallel.
         let mut process = req.process.clone().unwrap_or_default();
@@ -1062,14 +1069,7 @@ impl Scheduler {
                 id: uuid::Uuid::new_v4().to_string(),
                 pool: ck.pool.clone(),
                 state: ClaimState::Bound,
-                sandbox: SandboxRef {
-                    id: info.sandbox_id.clone(),
-                    node: node.clone(),
-                    ip: info.ip.clone(),
-                    port: info.runtime_port,
-                    token: info.access_token.clone(),
-                    runtime_class: info.runtime_class,
-                },
+                sandbox: SandboxRef::of(&node, info),
                 created_ms: now,
                 expires_ms: if ttl_seconds > 0 { now + (ttl_seconds as i64) * 1000 } else { 0 },
                 paused_remaining_ms: 0,
