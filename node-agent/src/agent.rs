@@ -943,11 +943,6 @@ impl Agent {
         if let Some(s) = self.lock().get_mut(id) {
             s.state = pb::SandboxState::Releasing;
         }
-        let back_to_prior = |me: &Self| {
-            if let Some(s) = me.lock().get_mut(id) {
-                s.state = prior;
-            }
-        };
         self.forget_channel(id);
         self.close_tunnel(id).await;
         let checkpoint_id = format!("ck-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
@@ -976,8 +971,9 @@ impl Agent {
                 if let Ok(Some((TaskState::Running, _))) = self.ctr.task_state(id).await
                     && self.runtime_sockets(id, sb.template.run_as_root, false).await.is_ok()
                     && self.open_tunnel(id, sb.port, sb.template.run_as_root).await.is_ok()
+                    && let Some(s) = self.lock().get_mut(id)
                 {
-                    back_to_prior(self);
+                    s.state = prior;
                 } else {
                     self.lock().remove(id);
                     self.cleanup(id).await;

@@ -178,11 +178,28 @@ fn check_keys<'a>(keys: impl Iterator<Item = &'a String>) -> Result<()> {
     Ok(())
 }
 
-/// An OpenSandbox create body with a `snapshotId`: the restore it asks for
-/// (`None` for any other create; pure, fuzzed with [`parse_create`]).
-pub fn parse_restore(body: &[u8]) -> Result<Option<pb::RestoreCheckpointRequest>> {
+/// What an OpenSandbox create body asks for.
+#[derive(Debug)]
+pub enum Create {
+    /// a sandbox from a pool or an image
+    Claim(Box<pb::ClaimRequest>),
+    /// a sandbox from a snapshot (`snapshotId`)
+    Restore(pb::RestoreCheckpointRequest),
+}
+
+/// An OpenSandbox create body as the claim or restore it asks for (pure: the
+/// gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
+pub fn parse_create(body: &[u8]) -> Result<Create> {
     let req: CreateRequest = crate::parse_json(body)?;
-    let Some(snapshot) = req.snapshot_id.filter(|s| !s.is_empty()) else { return Ok(None) };
+    match req.snapshot_id.as_deref() {
+        Some(s) if !s.is_empty() => restore_of(req).map(Create::Restore),
+        _ => claim_of(req).map(|c| Create::Claim(Box::new(c))),
+    }
+}
+
+/// A create body with a `snapshotId`.
+fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
+    let snapshot = req.snapshot_id.unwrap_or_default();
     if req.image.as_ref().is_some_and(|i| !i.uri.is_empty()) {
         return Err(ApiError::Invalid("give either image or snapshotId, not both".into()));
     }
@@ -194,17 +211,12 @@ pub fn parse_restore(body: &[u8]) -> Result<Option<pb::RestoreCheckpointRequest>
     }
     let metadata = req.metadata.unwrap_or_default();
     check_keys(metadata.keys())?;
-    Ok(Some(pb::RestoreCheckpointRequest { checkpoint_id: snapshot, count: 1, ttl_seconds: parse_timeout(&req.timeout)?, metadata }))
+    Ok(pb::RestoreCheckpointRequest { checkpoint_id: snapshot, count: 1, ttl_seconds: parse_timeout(&req.timeout)?, metadata })
 }
 
-/// An OpenSandbox create body as the claim it asks for (pure: the gateway's
-/// whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
-pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
-    let req: CreateRequest = crate::parse_json(body)?;
+/// A create body without a `snapshotId`.
+fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
     let ttl = parse_timeout(&req.timeout)?;
-    if req.snapshot_id.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::Invalid("a body with snapshotId is a restore (parse_restore), not a claim".into()));
-    }
     let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(p)) if !p.is_empty() => p.clone(),
@@ -247,24 +259,10 @@ pub fn parse_create(body: &[u8]) -> Result<pb::ClaimRequest> {
 }
 
 async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
-    let body = crate::read_body(&gw, body).await?;
-    if let Some(restore) = parse_restore(&body)? {
-        let id = restore.checkpoint_id.clone();
-        let snapshot = id.clone();
-        let mut claims = gw
-            .scheduler
-            .clone()
-            .restore_checkpoint(traced(restore))
-            .await
-            .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?
-            .into_inner()
-            .claims;
-        let c = claims.pop().ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
-        let mut v = sandbox_json(&c);
-        v["snapshotId"] = json!(snapshot);
-        return Ok((StatusCode::ACCEPTED, Json(v)).into_response());
-    }
-    let claim = parse_create(&body)?;
+    let claim = match parse_create(&crate::read_body(&gw, body).await?)? {
+        Create::Claim(c) => *c,
+        Create::Restore(restore) => return create_from_snapshot(&gw, restore).await,
+    };
     let pool2 = claim.pool.clone();
     let c = gw
         .scheduler
@@ -274,6 +272,23 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
         .map_err(|s| ApiError::from_status(s, move |m| if pool2.is_empty() { ApiError::Invalid(m) } else { ApiError::PoolNotFound(pool2) }))?
         .into_inner();
     Ok((StatusCode::ACCEPTED, Json(sandbox_json(&c))).into_response())
+}
+
+async fn create_from_snapshot(gw: &Gateway, restore: pb::RestoreCheckpointRequest) -> Result<Response> {
+    let id = restore.checkpoint_id.clone();
+    let snapshot = id.clone();
+    let mut claims = gw
+        .scheduler
+        .clone()
+        .restore_checkpoint(traced(restore))
+        .await
+        .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?
+        .into_inner()
+        .claims;
+    let c = claims.pop().ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
+    let mut v = sandbox_json(&c);
+    v["snapshotId"] = json!(snapshot);
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -525,21 +540,22 @@ mod tests {
 
     #[test]
     fn restores_parse_from_snapshot_id_and_refuse_what_cannot_change() {
-        let r = parse_restore(br#"{"snapshotId":"ck-1","timeout":600,"metadata":{"a":"b"},"entrypoint":["tail","-f","/dev/null"]}"#).unwrap().unwrap();
+        let Ok(Create::Restore(r)) = parse_create(br#"{"snapshotId":"ck-1","timeout":600,"metadata":{"a":"b"},"entrypoint":["tail","-f","/dev/null"]}"#) else {
+            panic!("a restore")
+        };
         assert_eq!((r.checkpoint_id.as_str(), r.count, r.ttl_seconds), ("ck-1", 1, 600));
         assert_eq!(r.metadata.get("a").map(String::as_str), Some("b"));
-        assert!(parse_restore(br#"{"image":{"uri":"python"}}"#).unwrap().is_none(), "not a restore");
+        assert!(matches!(parse_create(br#"{"image":{"uri":"python"}}"#), Ok(Create::Claim(_))), "not a restore");
+        assert!(matches!(parse_create(br#"{"image":{"uri":"python"},"snapshotId":""}"#), Ok(Create::Claim(_))), "empty snapshotId");
         for bad in [
             &br#"{"snapshotId":"ck-1","image":{"uri":"python"}}"#[..],
             br#"{"snapshotId":"ck-1","extensions":{"poolRef":"p"}}"#,
             br#"{"snapshotId":"ck-1","env":{"A":"1"}}"#,
             br#"{"snapshotId":"ck-1","timeout":-5}"#,
         ] {
-            let e = parse_restore(bad).unwrap_err();
+            let e = parse_create(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
         }
-        // a claim parser never takes a restore body for a claim
-        assert!(parse_create(br#"{"snapshotId":"ck-1"}"#).is_err());
     }
 
     #[test]
