@@ -305,20 +305,20 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
 /// `cp -a FROM/. TO/` (ownership, modes, xattrs and overlay whiteouts kept).
 async fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| AgentError::io(to.display().to_string(), e))?;
-    let out = tokio::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(format!("{}/", to.display()))
-        .output()
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.arg("-a").arg(format!("{}/.", from.display())).arg(format!("{}/", to.display()));
+    run_checked(cmd, &format!("copying {} to {}", from.display(), to.display()), Duration::from_secs(600)).await
+}
+
+/// Run `cmd` to completion within `limit` (killed after); a failure is a
+/// checkpoint error naming `what` and carrying its stderr.
+async fn run_checked(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> Result<()> {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
         .await
-        .map_err(|e| AgentError::io("running cp", e))?;
+        .map_err(|_| AgentError::Checkpoint(format!("{what} took over {} s", limit.as_secs())))?
+        .map_err(|e| AgentError::io(format!("running {what}"), e))?;
     if !out.status.success() {
-        return Err(AgentError::Checkpoint(format!(
-            "copying {} to {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(AgentError::Checkpoint(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -642,16 +642,9 @@ impl Agent {
     async fn runtime_sockets(&self, id: &str, as_root: bool, quiesce: bool) -> Result<()> {
         let what = if quiesce { "--checkpoint-prepare" } else { "--checkpoint-resume" };
         let argv = self.runtime_exec_argv(id, as_root, &["--data-dir", spec::RUNTIME_DATA_DIR, what]);
-        let run = tokio::process::Command::new(&argv[0]).args(&argv[1..]).kill_on_drop(true).output();
-        let out = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .map_err(|_| AgentError::Checkpoint(format!("{what} in sandbox {id} took over 20 s")))?
-            .map_err(|e| AgentError::io("running runsc exec", e))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(AgentError::Checkpoint(format!("{what} in sandbox {id}: {}", err.trim())));
-        }
-        Ok(())
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        run_checked(cmd, &format!("{what} in sandbox {id}"), Duration::from_secs(20)).await
     }
 
     /// Stop sandbox `id`'s tunnel and end its connections; whether it had one.
@@ -1005,27 +998,12 @@ impl Agent {
     async fn checkpoint_to(&self, sb: &Sandbox, dir: &Path) -> Result<u64> {
         let image = dir.join("image");
         std::fs::create_dir_all(&image).map_err(|e| AgentError::io(image.display().to_string(), e))?;
-        let run = tokio::process::Command::new(&self.runsc_nonet)
-            .args(["--root", &self.ctr.runtime_root(), "checkpoint", "--image-path"])
-            .arg(&image)
-            .arg(&sb.id)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), run)
-            .await
-            .map_err(|_| AgentError::Checkpoint(format!("runsc checkpoint of {} took over 120 s", sb.id)))?
-            .map_err(|e| AgentError::io("running runsc checkpoint", e))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(AgentError::Checkpoint(format!("runsc checkpoint of {}: {}", sb.id, err.trim())));
-        }
+        let mut cmd = tokio::process::Command::new(&self.runsc_nonet);
+        cmd.args(["--root", &self.ctr.runtime_root(), "checkpoint", "--image-path"]).arg(&image).arg(&sb.id);
+        run_checked(cmd, &format!("runsc checkpoint of {}", sb.id), Duration::from_secs(120)).await?;
         // the sandbox stops once its state is saved
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(Some((TaskState::Running | TaskState::Paused | TaskState::Created, _))) = self.ctr.task_state(&sb.id).await {
-            if Instant::now() > deadline {
-                return Err(AgentError::Checkpoint(format!("sandbox {} still runs after its checkpoint", sb.id)));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if !self.ctr.wait_stopped(&sb.id, Duration::from_secs(10)).await? {
+            return Err(AgentError::Checkpoint(format!("sandbox {} still runs after its checkpoint", sb.id)));
         }
         let upper = self.ctr.rootfs_upperdir(&sb.id).await?;
         copy_tree(&upper, &dir.join("fs")).await?;

@@ -597,12 +597,7 @@ impl Ctr {
                     && pid > 1
                 {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while let Some((TaskState::Running | TaskState::Paused | TaskState::Created, _)) = self.task_state(id).await?
-                        && std::time::Instant::now() < deadline
-                    {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+                    self.wait_stopped(id, Duration::from_secs(10)).await?;
                 }
             }
             match self.client.tasks().delete(self.req(api::DeleteTaskRequest { container_id: id.to_string() })).await {
@@ -620,6 +615,19 @@ impl Ctr {
             Some(k) if !k.is_empty() => self.remove_snapshot(&k).await,
             _ => Ok(()),
         }
+    }
+
+    /// Wait up to `within` until `id`'s task no longer runs (stopped or
+    /// gone); whether it stopped in time.
+    pub async fn wait_stopped(&self, id: &str, within: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + within;
+        while let Some((TaskState::Running | TaskState::Paused | TaskState::Created, _)) = self.task_state(id).await? {
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(true)
     }
 
     /// The runc root the shim gives runc/runsc for this namespace (no `root`

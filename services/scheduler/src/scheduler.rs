@@ -987,15 +987,9 @@ impl Scheduler {
             node.checkpoint(req).await.map_err(node_err(&c.sandbox.node))?.into_inner()
         };
         if !leave_running {
-            {
-                let mut st = self.lock();
-                st.claims.remove(id);
-                if let Some(p) = st.pools.get_mut(&c.pool) {
-                    p.allocated = p.allocated.saturating_sub(1);
-                }
-            }
+            self.lock().claims.remove(id);
+            self.unallocate(&c.pool);
             self.store.delete(Table::Claims, id)?;
-            self.wake.notify_one();
         }
         Ok(info)
     }
