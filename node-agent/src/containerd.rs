@@ -544,13 +544,24 @@ impl Ctr {
         }
     }
 
+    /// Freeze the task. On cgroup v1, runc's freezer gives up ("unable to
+    /// freeze") when the cgroup keeps forking while it freezes, and thaws the
+    /// cgroup again; that is transient, so it is retried a few times with a
+    /// growing pause before the error is returned.
     pub async fn pause(&self, id: &str) -> Result<()> {
-        self.client
-            .tasks()
-            .pause(self.req(api::PauseTaskRequest { container_id: id.to_string() }))
-            .await
-            .map_err(|s| AgentError::containerd("pause task", s))?;
-        Ok(())
+        const ATTEMPTS: u32 = 6;
+        let mut attempt = 1;
+        loop {
+            match self.client.tasks().pause(self.req(api::PauseTaskRequest { container_id: id.to_string() })).await {
+                Ok(_) => return Ok(()),
+                Err(s) if attempt < ATTEMPTS && s.message().contains("unable to freeze") => {
+                    tracing::debug!(sandbox = %id, attempt, "freezer did not settle, retrying pause");
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(s) => return Err(AgentError::containerd("pause task", s)),
+            }
+        }
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
