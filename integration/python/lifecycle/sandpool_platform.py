@@ -13,6 +13,7 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -51,6 +52,8 @@ IMAGE_CACHE = REPO_ROOT / "target" / "sandpool-image-cache"
 POOL_IMAGE = "busybox"
 POOL_BUFFER_MIN, POOL_BUFFER_MAX, POOL_MIN, POOL_MAX = 10, 10, 0, 60
 BRIDGE = "sptestpy"
+# the runc root the containerd runc v2 shim uses (per namespace below it)
+RUNC_ROOT = "/run/containerd/runc"
 SUBNET = "10.213.77.0/24"
 
 _OWN_KEY = object()
@@ -257,9 +260,21 @@ def cleanup_leftovers(data_dir: Path) -> list[str]:
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in shims) and time.monotonic() < deadline:
         time.sleep(0.1)
+    _drop_runc_state(set(children))
     for mount_point in sorted(_mounts_under(data_dir), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount_point], capture_output=True)
     return _mounts_under(data_dir)
+
+
+def _drop_runc_state(killed: set[int]) -> None:
+    """A shim killed with its container cannot ``runc delete`` it: remove the
+    runc state directories (under the shim's runc root) whose init process was
+    one of the killed containers, and nothing else."""
+    for state in Path(RUNC_ROOT).glob("*/*/state.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            pid = json.loads(state.read_text()).get("init_process_pid")
+            if pid in killed and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(state.parent, ignore_errors=True)
 
 
 def _processes() -> list[tuple[int, list[str]]]:
