@@ -16,6 +16,17 @@ impl NodeAgentService {
     pub fn new(agent: Arc<Agent>) -> Self {
         NodeAgentService { agent }
     }
+
+    /// Run `work(agent, request)` as its own task (a dropped RPC does not
+    /// cancel it halfway) in an `rpc` span that continues the caller's trace.
+    async fn traced<Req, T, Fut>(&self, rpc: &'static str, req: Request<Req>, work: impl FnOnce(Arc<Agent>, Req) -> Fut) -> Result<T, Status>
+    where
+        Fut: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let span = parent_span(rpc, req.metadata());
+        detached(tracing::Instrument::instrument(work(Arc::clone(&self.agent), req.into_inner()), span)).await
+    }
 }
 
 
@@ -83,25 +94,17 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        let span = parent_span("checkpoint", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        Ok(Response::new(detached(tracing::Instrument::instrument(async move { a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name).await }, span)).await?))
+        let info = self.traced("checkpoint", req, |a, r| async move { a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name).await }).await?;
+        Ok(Response::new(info))
     }
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("restore", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        let sb = detached(tracing::Instrument::instrument(async move { a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await }, span)).await?;
+        let sb = self.traced("restore", req, |a, r| async move { a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn fork(&self, req: Request<pb::ForkRequest>) -> Result<Response<pb::ForkResponse>, Status> {
-        let span = parent_span("fork", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        let made = detached(tracing::Instrument::instrument(async move { a.fork(&r.checkpoint_id, r.count).await }, span)).await?;
+        let made = self.traced("fork", req, |a, r| async move { a.fork(&r.checkpoint_id, r.count).await }).await?;
         Ok(Response::new(pb::ForkResponse { sandboxes: made.iter().map(|s| s.info(&self.agent.cfg.node_name)).collect() }))
     }
 
@@ -115,26 +118,17 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn upgrade(&self, req: Request<pb::UpgradeRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("upgrade", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        let sb = detached(tracing::Instrument::instrument(async move { a.upgrade(&r.sandbox_id, &r.image).await }, span)).await?;
+        let sb = self.traced("upgrade", req, |a, r| async move { a.upgrade(&r.sandbox_id, &r.image).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("mount", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        let sb = detached(tracing::Instrument::instrument(async move { a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only).await }, span)).await?;
+        let sb = self.traced("mount", req, |a, r| async move { a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("unmount", req.metadata());
-        let r = req.into_inner();
-        let a = Arc::clone(&self.agent);
-        let sb = detached(tracing::Instrument::instrument(async move { a.unmount(&r.sandbox_id, &r.mount_path).await }, span)).await?;
+        let sb = self.traced("unmount", req, |a, r| async move { a.unmount(&r.sandbox_id, &r.mount_path).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
