@@ -62,6 +62,16 @@ pub struct SandboxRef {
     pub runtime_class: i32,
 }
 
+/// When a claim made at `now_ms` with a TTL of `ttl_seconds` expires (0: no
+/// TTL, never). A TTL too long for the clock saturates to never as well
+/// instead of overflowing.
+pub fn expiry_ms(now_ms: i64, ttl_seconds: u64) -> i64 {
+    if ttl_seconds == 0 {
+        return 0;
+    }
+    i64::try_from(ttl_seconds).map_or(i64::MAX, |t| now_ms.saturating_add(t.saturating_mul(1000)))
+}
+
 impl SandboxRef {
     /// Where node `node`'s sandbox `info` is reached.
     pub fn of(node: &str, info: &pb::SandboxInfo) -> SandboxRef {
@@ -809,7 +819,7 @@ impl Scheduler {
             state: ClaimState::Pending.on(ClaimEvent::Bind)?,
             sandbox,
             created_ms: now,
-            expires_ms: if req.ttl_seconds > 0 { now + (req.ttl_seconds as i64) * 1000 } else { 0 },
+            expires_ms: expiry_ms(now, req.ttl_seconds),
             paused_remaining_ms: 0,
             metadata: req.metadata.clone().into_iter().collect(),
             cold,
@@ -939,7 +949,7 @@ impl Scheduler {
             if event == ClaimEvent::Pause && c.expires_ms > 0 {
                 c.paused_remaining_ms = (c.expires_ms - now_ms()).max(1);
             } else if event == ClaimEvent::Resume && c.paused_remaining_ms > 0 {
-                c.expires_ms = now_ms() + c.paused_remaining_ms;
+                c.expires_ms = now_ms().saturating_add(c.paused_remaining_ms);
                 c.paused_remaining_ms = 0;
             }
             Ok(())
@@ -1065,7 +1075,7 @@ impl Scheduler {
                 state: ClaimState::Bound,
                 sandbox: SandboxRef::of(&node, info),
                 created_ms: now,
-                expires_ms: if ttl_seconds > 0 { now + (ttl_seconds as i64) * 1000 } else { 0 },
+                expires_ms: expiry_ms(now, ttl_seconds),
                 paused_remaining_ms: 0,
                 metadata: metadata.clone(),
                 cold: true,
@@ -1264,5 +1274,20 @@ impl Scheduler {
             self.release(&c.id, ClaimEvent::Release).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_ms;
+
+    #[test]
+    fn expiry_is_now_plus_ttl_and_never_overflows() {
+        assert_eq!(expiry_ms(1_000, 0), 0, "no TTL: never");
+        assert_eq!(expiry_ms(1_000, 5), 6_000);
+        // TTLs past the clock's range mean never, not a wrapped (past) time
+        assert_eq!(expiry_ms(1_000, u64::MAX), i64::MAX);
+        assert_eq!(expiry_ms(1_000, i64::MAX as u64), i64::MAX);
+        assert_eq!(expiry_ms(1_000, (i64::MAX / 1000) as u64 + 1), i64::MAX);
     }
 }

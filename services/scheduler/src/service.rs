@@ -67,7 +67,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         }),
         created_unix_ms: c.created_ms,
         expires_unix_ms: if c.state == ClaimState::Paused && c.paused_remaining_ms > 0 {
-            crate::scheduler::now_ms() + c.paused_remaining_ms
+            crate::scheduler::now_ms().saturating_add(c.paused_remaining_ms)
         } else {
             c.expires_ms
         },
