@@ -8,6 +8,7 @@ directory on ``sys.path`` before importing it).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,11 +28,38 @@ def log_tail(path: Path | None, limit: int = LOG_TAIL_BYTES, what: str = "log") 
     return data[-limit:].decode("utf-8", errors="replace")
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the usual bind-to-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that is free now and stays free until a server binds it.
+
+    Below the kernel's ephemeral range: a port from bind-to-0 can be taken
+    again by any outgoing connection (an OTLP export, a gRPC client) before
+    the server under test binds it, which then fails with "address in use".
+    Ports are never handed out twice in one test session.
+    """
+    low = min(_ephemeral_low(), 65536)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(10000, low) if low > 10000 else rng.randrange(1024, 65536)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def stop_process(

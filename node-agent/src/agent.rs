@@ -1283,7 +1283,7 @@ impl Agent {
                         let mut c = self.runtime_client(&sb).await?;
                         c.health(auth(&sb, pb::HealthRequest {})).await.map_err(|s| AgentError::Runtime { id: sb.id.clone(), message: s.to_string() })
                     };
-                    match tokio::time::timeout(Duration::from_secs(3), health).await {
+                    match tokio::time::timeout(Duration::from_secs(10), health).await {
                         Ok(Ok(h)) if !h.get_ref().used => {}
                         Ok(Ok(_)) => {
                             tracing::warn!(sandbox = %c.id, "sandbox labelled warm was used (crash before its claimed label): not warm");

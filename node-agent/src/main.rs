@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let auth = sandpool_proto::auth::RequireToken::new(token.as_deref())?;
     tonic::transport::Server::builder()
+        .trace_fn(sandpool_telemetry::grpc_server_span)
         .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(svc)
         .serve_with_shutdown(args.listen, async {

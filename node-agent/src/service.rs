@@ -18,28 +18,27 @@ impl NodeAgentService {
     }
 
     /// Run `work(agent, request)` as its own task (a dropped RPC does not
-    /// cancel it halfway) in an `rpc` span that continues the caller's trace.
+    /// cancel it halfway) in an `rpc` span, inside the server's span of the
+    /// call (which continues the caller's trace).
     async fn traced<Req, T, Fut>(&self, rpc: &'static str, req: Request<Req>, work: impl FnOnce(Arc<Agent>, Req) -> Fut) -> Result<T, Status>
     where
         Fut: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let span = parent_span(rpc, req.metadata());
+        let span = rpc_span(rpc);
         detached(tracing::Instrument::instrument(work(Arc::clone(&self.agent), req.into_inner()), span)).await
     }
 }
 
 
-fn parent_span(name: &'static str, md: &tonic::metadata::MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!("node_agent.rpc", rpc = name);
-    sandpool_telemetry::continue_grpc_trace(&span, md);
-    span
+fn rpc_span(name: &'static str) -> tracing::Span {
+    tracing::info_span!("node_agent.rpc", rpc = name)
 }
 
 #[tonic::async_trait]
 impl NodeAgent for NodeAgentService {
     async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("CreateSandbox", req.metadata());
+        let span = rpc_span("CreateSandbox");
         let r = req.into_inner();
         let t = r.template.ok_or_else(|| Status::invalid_argument("template is required"))?;
         let a = Arc::clone(&self.agent);
@@ -57,7 +56,7 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Result<Response<pb::NodeInjectResponse>, Status> {
-        let span = parent_span("Inject", req.metadata());
+        let span = rpc_span("Inject");
         let r = req.into_inner();
         let p = r.process.ok_or_else(|| Status::invalid_argument("process is required"))?;
         let a = Arc::clone(&self.agent);
@@ -66,7 +65,7 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = parent_span("Release", req.metadata());
+        let span = rpc_span("Release");
         let r = req.into_inner();
         let policy = pb::ReleasePolicy::try_from(r.policy).map_err(|_| Status::invalid_argument(format!("unknown release policy {}", r.policy)))?;
         let before = self.agent.get(&r.sandbox_id)?.info(&self.agent.cfg.node_name);
@@ -80,31 +79,27 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn pause(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let a = Arc::clone(&self.agent);
-        let id = req.into_inner().sandbox_id;
-        let sb = detached(async move { a.pause(&id).await }).await?;
+        let sb = self.traced("Pause", req, |a, r| async move { a.pause(&r.sandbox_id).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn resume(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let a = Arc::clone(&self.agent);
-        let id = req.into_inner().sandbox_id;
-        let sb = detached(async move { a.resume(&id).await }).await?;
+        let sb = self.traced("Resume", req, |a, r| async move { a.resume(&r.sandbox_id).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        let info = self.traced("checkpoint", req, |a, r| async move { a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name).await }).await?;
+        let info = self.traced("Checkpoint", req, |a, r| async move { a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name).await }).await?;
         Ok(Response::new(info))
     }
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.traced("restore", req, |a, r| async move { a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await }).await?;
+        let sb = self.traced("Restore", req, |a, r| async move { a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn fork(&self, req: Request<pb::ForkRequest>) -> Result<Response<pb::ForkResponse>, Status> {
-        let made = self.traced("fork", req, |a, r| async move { a.fork(&r.checkpoint_id, r.count).await }).await?;
+        let made = self.traced("Fork", req, |a, r| async move { a.fork(&r.checkpoint_id, r.count).await }).await?;
         Ok(Response::new(pb::ForkResponse { sandboxes: made.iter().map(|s| s.info(&self.agent.cfg.node_name)).collect() }))
     }
 
@@ -118,17 +113,17 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn upgrade(&self, req: Request<pb::UpgradeRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.traced("upgrade", req, |a, r| async move { a.upgrade(&r.sandbox_id, &r.image).await }).await?;
+        let sb = self.traced("Upgrade", req, |a, r| async move { a.upgrade(&r.sandbox_id, &r.image).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.traced("mount", req, |a, r| async move { a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only).await }).await?;
+        let sb = self.traced("Mount", req, |a, r| async move { a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 
     async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self.traced("unmount", req, |a, r| async move { a.unmount(&r.sandbox_id, &r.mount_path).await }).await?;
+        let sb = self.traced("Unmount", req, |a, r| async move { a.unmount(&r.sandbox_id, &r.mount_path).await }).await?;
         Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
     }
 

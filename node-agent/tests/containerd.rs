@@ -94,10 +94,24 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         assert_eq!(r.status(), 401);
         // Orphaned grandchildren are reaped: the runtime runs as the
         // sandbox's init and keeps no zombies around.
-        exec(&info, "sleep 0.2 & exit 0").await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let (zombies, _) = exec(&info, "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z").await;
+        let (orphan, _) = exec(&info, "sleep 0.2 & echo $!; exit 0").await;
+        let orphan = orphan.trim().to_string();
+        assert!(orphan.parse::<u32>().is_ok(), "pid of the orphan: {orphan:?}");
+        // Poll (up to 5 s) until the orphan has exited and been reaped (its
+        // /proc entry is gone, so a zero count below is not vacuous) and no
+        // zombie is left.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (mut reaped, mut zombies);
+        loop {
+            reaped = exec(&info, &format!("[ -e /proc/{orphan} ] || echo reaped")).await.0;
+            zombies = exec(&info, "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z").await.0;
+            if (reaped.trim() == "reaped" && zombies.trim() == "0") || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(zombies.trim(), "0", "zombies in a {class:?} sandbox");
+        assert_eq!(reaped.trim(), "reaped", "the orphan {orphan} in a {class:?} sandbox exited and was reaped within 5 s");
         infos.push(info);
     }
 
@@ -355,21 +369,37 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before = counter().await;
     assert!(before > 0);
+    // While frozen nothing inside answers (an exec would hang): read the
+    // counter from the host, through the sandbox init's root.
+    let (_, pid) = node.agent().ctr().task_state(&info.sandbox_id).await.unwrap().expect("task");
+    let on_host = format!("/proc/{pid}/root/tmp/c");
+    let host_counter = || -> u64 {
+        let text = std::fs::read_to_string(&on_host).unwrap_or_else(|e| panic!("read {on_host}: {e}"));
+        text.trim().parse().unwrap_or_else(|e| panic!("{on_host} holds {text:?}: {e}"))
+    };
+    assert!(host_counter() >= before, "the host path sees the same counter");
     let err = cri.resume("sandpool/agent-pool-abcde").await.unwrap_err();
     assert!(err.to_string().contains("not paused"), "{err}");
     cri.pause("sandpool/agent-pool-abcde").await.unwrap();
     let err = cri.pause("sandpool/agent-pool-abcde").await.unwrap_err();
     assert!(err.to_string().contains("already paused"), "{err}");
     assert_eq!(ping(&info).await, 0, "a frozen sandbox does not answer");
+    // frozen: ~20 ticks would happen in a running second, none happen here
+    let frozen = host_counter();
+    assert!(frozen >= before, "before {before}, frozen at {frozen}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(host_counter(), frozen, "the counter stands still while the pod is paused");
     cri.resume("sandpool/agent-pool-abcde").await.unwrap();
     let after = counter().await;
-    // ~20 ticks would have happened in the frozen second; the counter went on
-    // from where it was instead (a few ticks of slack for the exec itself)
-    assert!(after >= before && after < before + 12, "before {before}, right after resume {after}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let later = counter().await;
-    assert!(later > after, "it runs again: {after} -> {later}");
+    // state kept: it goes on from where it was frozen, not from scratch
+    assert!(after >= frozen, "frozen at {frozen}, right after resume {after}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut later = after;
+    while later <= after && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        later = counter().await;
+    }
+    assert!(later > after, "it runs again within 10 s of resume: {after} -> {later}");
     let err = cri.pause("sandpool/unknown").await.unwrap_err();
     assert!(err.to_string().contains("no containers"), "{err}");
     let err = cri.pause("no-slash").await.unwrap_err();

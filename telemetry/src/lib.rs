@@ -172,9 +172,22 @@ pub fn grpc_request<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-/// Continue the caller's trace (W3C headers in gRPC metadata) in `span`.
-pub fn continue_grpc_trace(span: &tracing::Span, md: &tonic::metadata::MetadataMap) {
-    extract_parent(span, &md.clone().into_headers());
+/// The server span of one gRPC call (for tonic's `Server::trace_fn`): named
+/// after the method (`/sandpool.v1.Scheduler/PauseClaim`) and continuing the
+/// caller's W3C trace. Every RPC of every sandpool server runs in one.
+pub fn grpc_server_span(req: &http::Request<()>) -> tracing::Span {
+    let path = req.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    extract_parent(&span, req.headers());
+    span
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 import sandpool_platform
-from sandpool_pytest_helpers import free_port, log_tail, stop_process
+from sandpool_pytest_helpers import free_port, log_tail, per_test_watchdog, stop_process
 
 POOL = "fault-pool"
 BUFFER = 4
@@ -175,9 +175,11 @@ def split(request: pytest.FixtureRequest):
     ports.update({f"metrics-{r}": free_port() for r in ROLES})
     s = Split(binary, runtime, base, "e2b_" + secrets.token_hex(20), ports)
     failed_before = request.session.testsfailed
+    started = False
     try:
         for role in ROLES:
             s.start(role)
+        started = True
         yield s
     finally:
         for role in reversed(ROLES):
@@ -185,7 +187,7 @@ def split(request: pytest.FixtureRequest):
                 stop_process(s.procs[role], grace=15, kill_group=True)
         leftovers = sandpool_platform.cleanup_leftovers(s.data)
         sandpool_platform.drop_bridge(BRIDGE)
-        if request.session.testsfailed == failed_before and not leftovers:
+        if started and request.session.testsfailed == failed_before and not leftovers:
             shutil.rmtree(base, ignore_errors=True)
         else:
             print(f"\nfault suite logs kept in {base}")
@@ -211,11 +213,39 @@ def create(s: Split, tag: str, n: int, timeout: int = 600) -> tuple[object, obje
         return r.status_code, r.text
 
 
+def create_retrying(s: Split, tag: str, n: int, within: float = 60.0) -> tuple[object, object]:
+    """A caller's retry: create again while the answer is retryable (the part
+    is back, but its peers may still be reconnecting with backoff)."""
+    deadline = time.monotonic() + within
+    while True:
+        status, body = create(s, tag, n)
+        if status in CREATED or (status != "transport" and status not in RETRYABLE) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.5)
+
+
 def listed(s: Split, tag: str) -> dict[str, dict]:
     with s.client() as c:
         r = c.get("/v1/sandboxes", params={"metadata": f"fault={tag}", "pageSize": 200})
     assert r.status_code == 200, r.text
     return {item["id"]: item for item in r.json()["items"]}
+
+
+@pytest.fixture(autouse=True)
+def _per_test_timeout():
+    """The soak's own bounds (settle 90 s + 240 s + settle 90 s) exceed the
+    platform suite's 300 s watchdog; this module gets 600 s."""
+    yield from per_test_watchdog(600)
+
+
+@pytest.fixture(autouse=True)
+def parts_alive(split: Split):
+    """Every part runs at the start of a test, even if an earlier test failed
+    before it restarted the part it killed."""
+    for role in ROLES:
+        if split.procs[role].poll() is not None:
+            split.start(role)
+    yield
 
 
 @pytest.fixture
@@ -279,7 +309,7 @@ def test_kill_during_claim_burst(split: Split, victim: str, tag: str):
 
     # callers retry; the part is back
     for n, _, _ in failed:
-        status, body = create(split, tag, n)
+        status, body = create_retrying(split, tag, n)
         assert status in CREATED, f"retry of create {n} after the {victim} restart: {status} {body}"
         ok[body["id"]] = n
 

@@ -4,7 +4,8 @@ An OTLP/gRPC receiver runs in this process; ``sandpool serve`` and the
 runtimes inside its sandboxes export to it (``OTEL_EXPORTER_OTLP_ENDPOINT``;
 the node agent points sandboxes at the node bridge). One ``SandboxSync.create``
 carrying a W3C ``traceparent`` must come back as a single trace with spans of
-the gateway, the scheduler, the node agent and the runtime; and ``/metrics``
+the gateway, the scheduler, the node agent and the runtime; a pause and a
+resume each one trace through the gRPC server spans of every hop; and ``/metrics``
 must show the claim in the latency histogram.
 """
 
@@ -89,32 +90,73 @@ def _wait_pool_warm(platform, minimum: int = 1, timeout: float = 120.0) -> None:
     pytest.fail(f"pool {POOL_NAME} did not warm up")
 
 
+def _whole_trace(receiver, trace_id: str, parent_id: str, want: set[str], timeout: float = 20.0) -> list[dict]:
+    """The spans of `trace_id` once every name in `want` is among them and they
+    form one tree: every span's parent is in the trace, or is the caller's
+    span `parent_id`. Spans are exported in batches as they end (a parent
+    ends after its children), so both are awaited, not checked once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = receiver.of_trace(trace_id)
+        missing = want - {s["name"] for s in spans}
+        ids = {s["span_id"] for s in spans} | {parent_id}
+        orphans = [s for s in spans if s["parent_id"] not in ids]
+        if not missing and not orphans:
+            return spans
+        assert time.monotonic() < deadline, (
+            f"trace {trace_id} after {timeout}s: missing {sorted(missing)}, spans outside the tree {orphans}; "
+            f"got {sorted({s['name'] for s in spans})}"
+        )
+        time.sleep(0.2)
+
+
 def test_one_sdk_create_is_one_trace_across_all_services(traced_platform, receiver):
     _wait_pool_warm(traced_platform)
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
     cfg = traced_platform.config(headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
     sb = SandboxSync.create("busybox", connection_config=cfg, extensions={"poolRef": POOL_NAME}, entrypoint=["sleep", "600"])
     try:
-        want = {"gateway": "gateway.request", "scheduler": "claim", "node agent": "node_agent.rpc", "runtime": "runtime.request"}
-        deadline = time.monotonic() + 20
-        while True:
-            spans = receiver.of_trace(trace_id)
-            names = {s["name"] for s in spans}
-            missing = [hop for hop, name in want.items() if name not in names]
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert not missing, f"no spans of {missing} in trace {trace_id}; got {sorted(names)}"
+        # gateway, scheduler, node agent and runtime hops, as one tree
+        want = {"gateway.request", "claim", "scheduler.assign", "scheduler.inject", "node_agent.rpc", "runtime.request", "runtime.inject"}
+        spans = _whole_trace(receiver, trace_id, parent_id, want)
         # the runtime's span came from inside the sandbox, over the bridge
         assert any(s["service"] == "sandpool-runtime" for s in spans), {s["service"] for s in spans}
-        assert {"scheduler.assign", "scheduler.inject", "runtime.inject"} <= names, sorted(names)
-        # one tree: every span's parent is in the trace, or is the SDK's span
-        ids = {s["span_id"] for s in spans} | {parent_id}
-        orphans = [s for s in spans if s["parent_id"] not in ids]
-        assert not orphans, f"spans outside the tree: {orphans}"
         # and nothing of this claim went to another trace
         other = [s for s in receiver.spans if s["name"] == "claim" and s["trace_id"] != trace_id and s["parent_id"] == ""]
         assert not other, other
+    finally:
+        sb.kill()
+
+
+def test_pause_and_resume_are_traced_through_every_grpc_hop(traced_platform, receiver):
+    """Every gRPC call runs in a server span named after its method that
+    continues the caller's trace: a pause and a resume through the SDK each
+    come back as one tree from the gateway through the scheduler to the node
+    agent."""
+    _wait_pool_warm(traced_platform)
+    sb = SandboxSync.create("busybox", connection_config=traced_platform.config(), extensions={"poolRef": POOL_NAME}, entrypoint=["sleep", "600"])
+    try:
+        for action, scheduler_rpc, agent_rpc in (("pause", "PauseClaim", "Pause"), ("resume", "ResumeClaim", "Resume")):
+            trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+            cfg = traced_platform.config(headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+            if action == "pause":
+                SandboxSync.connect(sb.id, connection_config=cfg).pause()
+            else:
+                SandboxSync.resume(sb.id, connection_config=cfg)
+            spans = _whole_trace(receiver, trace_id, parent_id, {
+                "gateway.request",
+                f"/sandpool.v1.Scheduler/{scheduler_rpc}",
+                f"/sandpool.v1.NodeAgent/{agent_rpc}",
+                "node_agent.rpc",
+            })
+            by_id = {s["span_id"]: s for s in spans}
+            agent = next(s for s in spans if s["name"] == f"/sandpool.v1.NodeAgent/{agent_rpc}")
+            # the node agent's server span hangs under the scheduler's
+            chain, cur = [], agent
+            while cur["parent_id"] in by_id:
+                cur = by_id[cur["parent_id"]]
+                chain.append(cur["name"])
+            assert f"/sandpool.v1.Scheduler/{scheduler_rpc}" in chain and "gateway.request" in chain, f"{action}: {chain}"
     finally:
         sb.kill()
 

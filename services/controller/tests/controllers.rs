@@ -546,7 +546,8 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
 
     // release returns the pod to the pool
     sched.release_claim(tonic::Request::new(pb::ClaimRef { claim_id: claim.claim_id.clone() })).await.expect("release");
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         if api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()) {
             break;
         }

@@ -165,6 +165,7 @@ where
 {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tonic::transport::Server::builder()
+        .trace_fn(sandpool_telemetry::grpc_server_span)
         .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(svc)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::shutdown_signal())

@@ -330,6 +330,7 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&ag)));
         let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
         let server = tonic::transport::Server::builder()
+            .trace_fn(sandpool_telemetry::grpc_server_span)
             .layer(require_token.clone())
             .add_service(agent_svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener));
@@ -356,6 +357,7 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
             tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
         let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
         let server = tonic::transport::Server::builder()
+            .trace_fn(sandpool_telemetry::grpc_server_span)
             .layer(require_token.clone())
             .add_service(sched_svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener));

@@ -13,4 +13,4 @@ pub mod store;
 pub use error::{Result, SchedError};
 pub use scheduler::{Scheduler, SchedulerConfig};
 
-pub use sandpool_telemetry::{continue_grpc_trace as continue_trace, grpc_request as traced};
+pub use sandpool_telemetry::grpc_request as traced;

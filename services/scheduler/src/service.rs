@@ -9,7 +9,6 @@ use sandpool_proto::{detached, v1::{self as pb, scheduler_server}};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    continue_trace,
     scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb},
 };
 
@@ -128,7 +127,6 @@ impl scheduler_server::Scheduler for SchedulerService {
 
     async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
         let span = tracing::info_span!("scheduler.claim");
-        continue_trace(&span, req.metadata());
         let s = Arc::clone(&self.s);
         let r = req.into_inner();
         let c = detached(tracing::Instrument::instrument(async move { s.claim(r).await }, span)).await?;
@@ -171,7 +169,6 @@ impl scheduler_server::Scheduler for SchedulerService {
 
     async fn checkpoint_claim(&self, req: Request<pb::CheckpointClaimRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
         let span = tracing::info_span!("scheduler.checkpoint");
-        continue_trace(&span, req.metadata());
         let r = req.into_inner();
         let s = Arc::clone(&self.s);
         let info = detached(tracing::Instrument::instrument(async move { s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name).await }, span)).await?;
@@ -180,7 +177,6 @@ impl scheduler_server::Scheduler for SchedulerService {
 
     async fn restore_checkpoint(&self, req: Request<pb::RestoreCheckpointRequest>) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
         let span = tracing::info_span!("scheduler.restore");
-        continue_trace(&span, req.metadata());
         let r = req.into_inner();
         let s = Arc::clone(&self.s);
         let recs = detached(tracing::Instrument::instrument(
@@ -202,7 +198,6 @@ impl scheduler_server::Scheduler for SchedulerService {
 
     async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
-        continue_trace(&span, req.metadata());
         let s = Arc::clone(&self.s);
         let id = req.into_inner().claim_id;
         detached(tracing::Instrument::instrument(async move { s.release(&id, ClaimEvent::Release).await }, span)).await?;

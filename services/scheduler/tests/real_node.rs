@@ -76,23 +76,21 @@ fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
     }
 }
 
-async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
-    for _ in 0..300 {
-        if s.pool_status(pool).unwrap().1.available >= n {
-            return;
-        }
+/// Poll `done` every 50 ms; panic naming `what` if it does not hold within 30 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after 30 s waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("pool {pool} never reached {n} warm sandboxes");
+}
+
+async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
+    wait_until(&format!("pool {pool} to reach {n} warm sandboxes"), || s.pool_status(pool).unwrap().1.available >= n).await;
 }
 
 async fn wait_node_empty(node: &TestNode) {
-    for _ in 0..100 {
-        if node.agent().list("").is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the node agent to have no sandboxes left", || node.agent().list("").is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,19 +106,9 @@ async fn pool_only_ttl_and_pool_deletion() {
     assert!(matches!(e, SchedError::Exhausted(_)), "{e}");
     assert_eq!(s.pool_status("one").unwrap().1.allocated, 1, "a refused claim allocates nothing");
     // The 1 s TTL expires the claim and deletes its sandbox; the pool refills.
-    for _ in 0..100 {
-        if s.get_claim(&c.id).is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(&format!("claim {} to expire after its 1 s TTL", c.id), || s.get_claim(&c.id).is_err()).await;
     assert!(matches!(s.get_claim(&c.id), Err(SchedError::ClaimNotFound(_))), "claim expired");
-    for _ in 0..100 {
-        if node.agent().get(&c.sandbox.id).is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(&format!("the expired claim's sandbox {} to be released", c.sandbox.id), || node.agent().get(&c.sandbox.id).is_err()).await;
     assert!(node.agent().get(&c.sandbox.id).is_err(), "expired claim's sandbox released");
     wait_available(&s, "one", 1).await;
     let e = s.claim(pb::ClaimRequest { pool: "nope".into(), ..Default::default() }).await.unwrap_err();
@@ -157,7 +145,7 @@ async fn batch_with_shard_patches_and_task_counts() {
     ids.dedup();
     assert_eq!(ids.len(), 3, "three distinct sandboxes");
     let mut counts = None;
-    for _ in 0..100 {
+    for _ in 0..600 {
         let (_, c) = s.batch_tasks("job").await.unwrap();
         if c.running == 0 && c.unknown == 0 {
             counts = Some(c);
@@ -195,6 +183,8 @@ async fn batch_with_shard_patches_and_task_counts() {
     assert!(matches!(e, SchedError::Invalid(_)), "{e}");
     s.delete_batch("job").await.unwrap();
     assert!(s.list_claims("", &[], &BTreeMap::new()).is_empty());
+    // no refill still in flight when the pool goes
+    wait_available(&s, "b", 3).await;
     s.delete_pool("b").await.unwrap();
     wait_node_empty(&node).await;
     node.assert_no_residue().await;
@@ -213,27 +203,16 @@ async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
     // A claimed sandbox dies: its claim turns Failed and can still be released.
     let c = s.claim(pb::ClaimRequest { pool: "f".into(), ..Default::default() }).await.unwrap();
     kill_init(&node, &c.sandbox.id).await;
-    let mut state = None;
-    for _ in 0..100 {
-        state = Some(s.get_claim(&c.id).unwrap().state);
-        if state == Some(sandpool_core::claim::ClaimState::Failed) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, Some(sandpool_core::claim::ClaimState::Failed));
+    wait_until("the dead sandbox's claim to turn Failed", || s.get_claim(&c.id).unwrap().state == sandpool_core::claim::ClaimState::Failed).await;
     s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await.unwrap();
     // A warm sandbox dies: it is deleted and the pool refills to its buffer.
     wait_available(&s, "f", 2).await;
     let warm: Vec<String> = node.agent().list("f").into_iter().map(|i| i.sandbox_id).collect();
     kill_init(&node, &warm[0]).await;
-    for _ in 0..200 {
-        let ids: Vec<String> = node.agent().list("f").into_iter().map(|i| i.sandbox_id).collect();
-        if !ids.contains(&warm[0]) && s.pool_status("f").unwrap().1.available == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the dead warm sandbox to be replaced", || {
+        node.agent().list("f").iter().all(|i| i.sandbox_id != warm[0]) && s.pool_status("f").unwrap().1.available == 2
+    })
+    .await;
     let after = node.agent().list("f");
     assert!(after.iter().all(|i| i.sandbox_id != warm[0]), "dead warm sandbox deleted");
     assert!(after.iter().all(|i| i.state == pb::SandboxState::Warm as i32));
@@ -259,7 +238,7 @@ async fn idle_claims_are_paused_and_busy_ones_are_not() {
     let bg = http
         .post(&url)
         .header("x-execd-access-token", &busy.sandbox.token)
-        .json(&serde_json::json!({"command": "sleep 6", "background": true}))
+        .json(&serde_json::json!({"command": "sleep 600", "background": true}))
         .send()
         .await
         .unwrap();
@@ -268,7 +247,7 @@ async fn idle_claims_are_paused_and_busy_ones_are_not() {
         let s = s.clone();
         async move { s.get_claim(&id).map(|c| c.state).unwrap() }
     };
-    for _ in 0..80 {
+    for _ in 0..300 {
         if state(idle.id.clone()).await == sandpool_core::claim::ClaimState::Paused {
             break;
         }
