@@ -61,14 +61,55 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     value.split_whitespace().next()?.parse().ok()
 }
 
-/// A free loopback port (bind :0 and release it).
+/// A loopback port that is free now, taken below the kernel's ephemeral
+/// range: a port from bind :0 can be taken again by any outgoing connection
+/// before the server under test binds it. Never the same port twice in one
+/// process.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .min(65_536);
+    if low <= FLOOR {
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    let width = low - FLOOR;
+    for _ in 0..1000 {
+        // a stride that is prime to nearly every width walks distinct ports
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FLOOR + seed.wrapping_add(n.wrapping_mul(7919)) % width;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free loopback port below the ephemeral range"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..20).map(|_| free_port().expect("a free port")).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for p in ports {
+            assert!(low <= 10_000 || (10_000..low).contains(&p), "port {p} in the ephemeral range from {low}");
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
+        }
+    }
 
     #[test]
     fn percentiles_nearest_rank() {

@@ -314,7 +314,7 @@ async fn grpc_inject_entrypoint_and_files() {
     let marker = s.work.join("injected");
     let st = c
         .inject(authed(pb::InjectRequest {
-            argv: vec!["sh".into(), "-c".into(), format!("echo $ROLE > {}; sleep 30", marker.display())],
+            argv: vec!["sh".into(), "-c".into(), format!("echo $ROLE > {}; exec sleep 30", marker.display())],
             env: [("ROLE".to_string(), "agent".to_string())].into(),
             ..Default::default()
         }))
@@ -363,4 +363,7 @@ async fn grpc_inject_entrypoint_and_files() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     c.remove(authed(pb::RemoveRequest { path: s.work.join("sub").to_string_lossy().into(), recursive: true })).await.unwrap();
     assert!(!s.work.join("sub").exists());
+    // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the entrypoint");
 }
