@@ -261,6 +261,7 @@ def cleanup_leftovers(data_dir: Path) -> list[str]:
     while any(Path(f"/proc/{pid}").exists() for pid in shims) and time.monotonic() < deadline:
         time.sleep(0.1)
     _drop_runc_state(set(children))
+    drop_half_created_runc_state()
     for mount_point in sorted(_mounts_under(data_dir), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount_point], capture_output=True)
     return _mounts_under(data_dir)
@@ -275,6 +276,36 @@ def _drop_runc_state(killed: set[int]) -> None:
             pid = json.loads(state.read_text()).get("init_process_pid")
             if pid in killed and not Path(f"/proc/{pid}").exists():
                 shutil.rmtree(state.parent, ignore_errors=True)
+
+
+def drop_half_created_runc_state(settle: float = 2.0) -> list[Path]:
+    """Remove the state directories a ``runc create`` left when it was killed
+    in the middle (the harness SIGKILLs containerd and its shims, often while
+    the pool refills): nothing in them but ``exec.fifo``, so no ``state.json``
+    and no pid to match, and nothing runc or containerd will ever clean. One
+    is only removed when no process names its container or holds its fifo
+    open and it is ``settle`` seconds old, so a create in progress elsewhere is
+    left alone. Returns what it removed."""
+    candidates = []
+    for d in Path(RUNC_ROOT).glob("sandpool*/*"):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and {p.name for p in d.iterdir()} <= {"exec.fifo"} and time.time() - d.stat().st_mtime > settle:
+                candidates.append(d)
+    if not candidates:
+        return []
+    busy = set()
+    for pid, argv in _processes():
+        busy.update(a for a in argv if a)
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    busy.add(os.readlink(fd))
+    removed = []
+    for d in candidates:
+        if d.name not in busy and str(d / "exec.fifo") not in busy:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _processes() -> list[tuple[int, list[str]]]:

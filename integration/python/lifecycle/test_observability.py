@@ -68,7 +68,8 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def traced_platform(receiver):
+def traced_platform(receiver, request: pytest.FixtureRequest):
+    failed_before = request.session.testsfailed
     binary, runtime_bin = sandpool_platform.check_prerequisites()
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
@@ -76,7 +77,7 @@ def traced_platform(receiver):
     }
     platform = sandpool_platform.start(binary, runtime_bin, extra_env=env)
     yield platform
-    sandpool_platform.stop(platform)
+    sandpool_platform.stop(platform, keep_log=request.session.testsfailed > failed_before)
 
 
 def _wait_pool_warm(platform, minimum: int = 1, timeout: float = 120.0) -> None:

@@ -19,6 +19,7 @@ def test_restart_loses_no_claim():
     binary, runtime = sandpool_platform.check_prerequisites()
     first = sandpool_platform.start(binary, runtime)
     second = None
+    passed = False
     suite = uuid.uuid4().hex
     try:
         ids = []
@@ -56,5 +57,6 @@ def test_restart_loses_no_claim():
             assert c.get(f"/v1/sandboxes/{ids[0]}").status_code == 404
             status = c.get(f"/v1/pools/{sandpool_platform.POOL_NAME}").json()["status"]
         assert status["allocated"] == 0
+        passed = True
     finally:
-        sandpool_platform.stop(second or first)
+        sandpool_platform.stop(second or first, keep_log=not passed)
