@@ -61,6 +61,14 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     value.split_whitespace().next()?.parse().ok()
 }
 
+/// The first port of the kernel's ephemeral range (outgoing connections).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
 /// A loopback port that is free now, taken below the kernel's ephemeral
 /// range: a port from bind :0 can be taken again by any outgoing connection
 /// before the server under test binds it. Never the same port twice in one
@@ -69,11 +77,7 @@ pub fn free_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FLOOR: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
-        .min(65_536);
+    let low = ephemeral_low().min(65_536);
     if low <= FLOOR {
         return Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
     }
@@ -98,15 +102,12 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32_768);
+        let low = ephemeral_low();
         let ports: Vec<u16> = (0..20).map(|_| free_port().expect("a free port")).collect();
         let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
         for p in ports {
-            assert!(low <= 10_000 || (10_000..low).contains(&p), "port {p} in the ephemeral range from {low}");
+            assert!(low <= 10_000 || (10_000..low).contains(&u32::from(p)), "port {p} in the ephemeral range from {low}");
             std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
         }
     }

@@ -257,9 +257,8 @@ def tag(split: Split, request: pytest.FixtureRequest):
     value = f"{name.id if name else 'claim'}-{uuid.uuid4().hex[:8]}"
     yield value
     with contextlib.suppress(Exception), split.client() as c:
-        r = c.get("/v1/sandboxes", params={"metadata": f"fault={value}", "pageSize": 200})
-        for item in r.json().get("items", []):
-            c.delete(f"/v1/sandboxes/{item['id']}")
+        for cid in listed(split, value):
+            c.delete(f"/v1/sandboxes/{cid}")
 
 
 def wait_settled(s: Split, timeout: float = 90.0) -> dict[str, int]:
