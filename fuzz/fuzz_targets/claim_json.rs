@@ -9,15 +9,28 @@ use sandpool_gateway::{e2b, opensandbox};
 fuzz_target!(|data: &[u8]| {
     match opensandbox::parse_create(data) {
         Ok(opensandbox::Create::Claim(c)) => {
-            let image = c.template.as_ref().map(|t| t.image.as_str()).unwrap_or_default();
-            assert!(!c.pool.is_empty() || !image.is_empty(), "a claim names a pool or an image");
+            let image = c
+                .template
+                .as_ref()
+                .map(|t| t.image.as_str())
+                .unwrap_or_default();
+            assert!(
+                !c.pool.is_empty() || !image.is_empty(),
+                "a claim names a pool or an image"
+            );
             assert!(c.metadata.keys().all(|k| !k.is_empty() && k.len() <= 256));
         }
         Ok(opensandbox::Create::Restore(r)) => {
-            assert!(!r.checkpoint_id.is_empty() && r.count == 1, "a restore names its snapshot");
+            assert!(
+                !r.checkpoint_id.is_empty() && r.count == 1,
+                "a restore names its snapshot"
+            );
             assert!(r.metadata.keys().all(|k| !k.is_empty() && k.len() <= 256));
         }
-        Err(e) => assert!(e.status().is_client_error() || e.status().as_u16() == 501, "bad input is a 4xx (or 501 unsupported): {e}"),
+        Err(e) => assert!(
+            e.status().is_client_error() || e.status().as_u16() == 501,
+            "bad input is a 4xx (or 501 unsupported): {e}"
+        ),
     }
     match e2b::parse_create(data) {
         Ok((c, _envs)) => {
@@ -25,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(c.ttl_seconds > 0);
             assert!(c.mounts.iter().all(|m| m.mount_path.starts_with('/')));
         }
-        Err(e) => assert!(e.status().is_client_error() || e.status().as_u16() == 501, "bad input is a 4xx (or 501 unsupported): {e}"),
+        Err(e) => assert!(
+            e.status().is_client_error() || e.status().as_u16() == 501,
+            "bad input is a 4xx (or 501 unsupported): {e}"
+        ),
     }
 });

@@ -36,7 +36,11 @@ pub fn summarize(samples: &[Duration]) -> Summary {
 pub fn summarize_values(values: &[f64]) -> Summary {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mean = if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    };
     Summary {
         n: v.len(),
         p50: pct(&v, 50.0),
@@ -57,7 +61,9 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// A KiB field of /proc/PID/status (`VmRSS`, `VmHWM`, ...).
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let value = s.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let value = s
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
     value.split_whitespace().next()?.parse().ok()
 }
 
@@ -79,21 +85,31 @@ pub fn free_port() -> std::io::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let low = ephemeral_low().min(65_536);
     if low <= FLOOR {
-        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let seed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
     let width = low - FLOOR;
     for _ in 0..1000 {
         // a stride that is prime to nearly every width walks distinct ports
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = FLOOR + seed.wrapping_add(n.wrapping_mul(7919)) % width;
-        let Ok(port) = u16::try_from(port) else { continue };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free loopback port below the ephemeral range"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port below the ephemeral range",
+    ))
 }
 
 #[cfg(test)]
@@ -107,7 +123,10 @@ mod tests {
         let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
         for p in ports {
-            assert!(low <= 10_000 || (10_000..low).contains(&u32::from(p)), "port {p} in the ephemeral range from {low}");
+            assert!(
+                low <= 10_000 || (10_000..low).contains(&u32::from(p)),
+                "port {p} in the ephemeral range from {low}"
+            );
             std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
         }
     }
@@ -116,7 +135,10 @@ mod tests {
     fn percentiles_nearest_rank() {
         let d: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
         let s = summarize(&d);
-        assert_eq!((s.n, s.p50, s.p90, s.p95, s.p99, s.min, s.max), (100, 50.0, 90.0, 95.0, 99.0, 1.0, 100.0));
+        assert_eq!(
+            (s.n, s.p50, s.p90, s.p95, s.p99, s.min, s.max),
+            (100, 50.0, 90.0, 95.0, 99.0, 1.0, 100.0)
+        );
         assert!((s.mean - 50.5).abs() < 1e-9);
         assert!(summarize(&[]).p50.is_nan());
         assert_eq!(summarize_values(&[3.0, 1.0, 2.0]).p50, 2.0);

@@ -53,7 +53,10 @@ struct Ports {
 /// `sandpool serve` arguments (after the program name).
 fn serve_args(spec: &PlatformSpec, ports: Ports, data_dir: &Path) -> Vec<OsString> {
     let loopback = |port: u16| OsString::from(format!("127.0.0.1:{port}"));
-    let runtime = spec.runtime_bin.clone().unwrap_or_else(|| spec.sandpool.with_file_name("sandpool-runtime-static"));
+    let runtime = spec
+        .runtime_bin
+        .clone()
+        .unwrap_or_else(|| spec.sandpool.with_file_name("sandpool-runtime-static"));
     let mut args: Vec<OsString> = vec!["serve".into(), "--cleanup-on-exit".into()];
     let mut opt = |flag: &str, value: OsString| args.extend([flag.into(), value]);
     opt("--listen", loopback(ports.gateway));
@@ -84,10 +87,19 @@ pub struct Platform {
 impl Platform {
     /// Start `sandpool serve` (its stderr goes to `serve.log` in the data dir).
     pub fn start(spec: &PlatformSpec) -> anyhow::Result<Platform> {
-        let ports = Ports { gateway: free_port()?, agent: free_port()?, scheduler: free_port()?, metrics: free_port()? };
-        let api = Api::new(format!("http://127.0.0.1:{}", ports.gateway), format!("http://127.0.0.1:{}/metrics", ports.metrics))?;
+        let ports = Ports {
+            gateway: free_port()?,
+            agent: free_port()?,
+            scheduler: free_port()?,
+            metrics: free_port()?,
+        };
+        let api = Api::new(
+            format!("http://127.0.0.1:{}", ports.gateway),
+            format!("http://127.0.0.1:{}/metrics", ports.metrics),
+        )?;
         let data_dir = std::env::temp_dir().join(format!("{}-{}", spec.name, std::process::id()));
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let log = File::create(data_dir.join("serve.log")).context("creating serve.log")?;
         let child = Command::new(&spec.sandpool)
             .args(serve_args(spec, ports, &data_dir))
@@ -96,7 +108,12 @@ impl Platform {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {} serve", spec.sandpool.display()))?;
-        Ok(Platform { child, data_dir, bridge: spec.bridge.clone(), api })
+        Ok(Platform {
+            child,
+            data_dir,
+            bridge: spec.bridge.clone(),
+            api,
+        })
     }
 
     pub fn api(&self) -> &Api {
@@ -113,16 +130,30 @@ impl Platform {
     }
 
     /// Wait until `pool` has `n` warm sandboxes; fails early when serve exits.
-    pub async fn wait_ready(&mut self, pool: &str, n: u64, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(
+        &mut self,
+        pool: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let t = Instant::now();
         loop {
             self.check_running()?;
             // Connection errors are expected while serve is starting.
-            if self.api.pool_status(pool).await.is_ok_and(|s| s.available >= n) {
+            if self
+                .api
+                .pool_status(pool)
+                .await
+                .is_ok_and(|s| s.available >= n)
+            {
                 return Ok(());
             }
             if t.elapsed() > timeout {
-                bail!("platform did not become ready in {} s{}", timeout.as_secs(), self.log_tail());
+                bail!(
+                    "platform did not become ready in {} s{}",
+                    timeout.as_secs(),
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -130,7 +161,11 @@ impl Platform {
 
     /// An error (with the end of serve's log) when `sandpool serve` has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait().context("waiting for sandpool serve")? {
+        match self
+            .child
+            .try_wait()
+            .context("waiting for sandpool serve")?
+        {
             None => Ok(()),
             Some(status) => bail!("sandpool serve exited ({status}){}", self.log_tail()),
         }
@@ -141,7 +176,10 @@ impl Platform {
         let lines: Vec<&str> = log.lines().collect();
         match lines.len() {
             0 => String::new(),
-            n => format!("; end of its log:\n{}", lines[n.saturating_sub(20)..].join("\n")),
+            n => format!(
+                "; end of its log:\n{}",
+                lines[n.saturating_sub(20)..].join("\n")
+            ),
         }
     }
 }
@@ -156,18 +194,26 @@ impl Drop for Platform {
             std::thread::sleep(Duration::from_millis(100));
         }
         if matches!(self.child.try_wait(), Ok(None)) {
-            eprintln!("sandpool serve did not stop in {} s; killing it", STOP_GRACE.as_secs());
+            eprintln!(
+                "sandpool serve did not stop in {} s; killing it",
+                STOP_GRACE.as_secs()
+            );
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 /// SIGTERM (lets serve run its shutdown; `Child::kill` would be SIGKILL).
 fn terminate(pid: i32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// Claim body for a warm sandbox from `pool`.
@@ -205,26 +251,60 @@ pub struct Api {
 
 impl Api {
     fn new(base: String, metrics: String) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder().tcp_nodelay(true).timeout(REQUEST_TIMEOUT).build()?;
-        Ok(Api { http, base, metrics })
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Api {
+            http,
+            base,
+            metrics,
+        })
     }
 
     /// `POST /v1/sandboxes`; the sandbox id.
     pub async fn create(&self, body: &Value) -> anyhow::Result<String> {
-        let r = self.http.post(format!("{}/v1/sandboxes", self.base)).header(KEY_HEADER, API_KEY).json(body).send().await?;
+        let r = self
+            .http
+            .post(format!("{}/v1/sandboxes", self.base))
+            .header(KEY_HEADER, API_KEY)
+            .json(body)
+            .send()
+            .await?;
         if r.status().as_u16() != 202 {
-            bail!("create: {} {}", r.status(), r.text().await.unwrap_or_default());
+            bail!(
+                "create: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
         }
         let v: Value = r.json().await.context("create: response")?;
-        Ok(v["id"].as_str().context("create: response without an id")?.to_string())
+        Ok(v["id"]
+            .as_str()
+            .context("create: response without an id")?
+            .to_string())
     }
 
     /// `GET /v1/sandboxes/{id}/endpoints/44772`: where execd is, and its token.
     pub async fn execd(&self, id: &str) -> anyhow::Result<Execd> {
         let url = format!("{}/v1/sandboxes/{id}/endpoints/{EXECD_PORT}", self.base);
-        let ep: Value = self.http.get(url).header(KEY_HEADER, API_KEY).send().await?.json().await.context("endpoint: response")?;
-        let endpoint = ep["endpoint"].as_str().context("endpoint: no endpoint")?.to_string();
-        let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"].as_str().unwrap_or_default().to_string();
+        let ep: Value = self
+            .http
+            .get(url)
+            .header(KEY_HEADER, API_KEY)
+            .send()
+            .await?
+            .json()
+            .await
+            .context("endpoint: response")?;
+        let endpoint = ep["endpoint"]
+            .as_str()
+            .context("endpoint: no endpoint")?
+            .to_string();
+        let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Ok(Execd { endpoint, token })
     }
 
@@ -250,7 +330,12 @@ impl Api {
 
     /// `DELETE /v1/sandboxes/{id}`.
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
-        let r = self.http.delete(format!("{}/v1/sandboxes/{id}", self.base)).header(KEY_HEADER, API_KEY).send().await?;
+        let r = self
+            .http
+            .delete(format!("{}/v1/sandboxes/{id}", self.base))
+            .header(KEY_HEADER, API_KEY)
+            .send()
+            .await?;
         if r.status().as_u16() != 204 {
             bail!("delete {id}: {}", r.status());
         }
@@ -277,18 +362,43 @@ impl Api {
 
     /// `GET /v1/pools/{pool}`.
     pub async fn pool_status(&self, pool: &str) -> anyhow::Result<PoolStatus> {
-        let r = self.http.get(format!("{}/v1/pools/{pool}", self.base)).header(KEY_HEADER, API_KEY).send().await?;
-        let v: Value = r.error_for_status()?.json().await.context("pool: response")?;
-        let field = |k: &str| v["status"][k].as_u64().with_context(|| format!("pool {pool}: no status.{k}"));
-        Ok(PoolStatus { total: field("total")?, allocated: field("allocated")?, available: field("available")? })
+        let r = self
+            .http
+            .get(format!("{}/v1/pools/{pool}", self.base))
+            .header(KEY_HEADER, API_KEY)
+            .send()
+            .await?;
+        let v: Value = r
+            .error_for_status()?
+            .json()
+            .await
+            .context("pool: response")?;
+        let field = |k: &str| {
+            v["status"][k]
+                .as_u64()
+                .with_context(|| format!("pool {pool}: no status.{k}"))
+        };
+        Ok(PoolStatus {
+            total: field("total")?,
+            allocated: field("allocated")?,
+            available: field("available")?,
+        })
     }
 
     /// Wait until `pool` has `n` warm sandboxes.
-    pub async fn wait_available(&self, pool: &str, n: u64, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_available(
+        &self,
+        pool: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let t = Instant::now();
         while self.pool_status(pool).await?.available < n {
             if t.elapsed() > timeout {
-                bail!("pool {pool} did not refill to {n} in {} s", timeout.as_secs());
+                bail!(
+                    "pool {pool} did not refill to {n} in {} s",
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -298,8 +408,19 @@ impl Api {
     /// How many claims of `pool` ended with `outcome` (`warm`, `cold`, ...),
     /// from the platform's Prometheus `/metrics`.
     pub async fn claim_count(&self, pool: &str, outcome: &str) -> anyhow::Result<u64> {
-        let text = self.http.get(&self.metrics).send().await?.error_for_status()?.text().await?;
-        let n = counter_value(&text, "sandpool_claim_duration_seconds_count", &[("pool", pool), ("outcome", outcome)]);
+        let text = self
+            .http
+            .get(&self.metrics)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let n = counter_value(
+            &text,
+            "sandpool_claim_duration_seconds_count",
+            &[("pool", pool), ("outcome", outcome)],
+        );
         Ok(n as u64)
     }
 }
@@ -309,7 +430,11 @@ impl Api {
 fn counter_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{')?.split_once('}'))
-        .filter(|(set, _)| labels.iter().all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\""))))
+        .filter(|(set, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        })
         .filter_map(|(_, value)| value.split_whitespace().next()?.parse::<f64>().ok())
         .sum()
 }
@@ -328,9 +453,23 @@ mod tests {
             subnet: "10.0.9.0/24".into(),
             pools: vec!["a:busybox:1:2:0:4".into(), "b:busybox:1:1:0:2".into()],
         };
-        let args = serve_args(&spec, Ports { gateway: 1, agent: 2, scheduler: 3, metrics: 4 }, Path::new("/d"));
+        let args = serve_args(
+            &spec,
+            Ports {
+                gateway: 1,
+                agent: 2,
+                scheduler: 3,
+                metrics: 4,
+            },
+            Path::new("/d"),
+        );
         let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
-        let value = |flag: &str| args.windows(2).filter(|w| w[0] == flag).map(|w| w[1]).collect::<Vec<_>>();
+        let value = |flag: &str| {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1])
+                .collect::<Vec<_>>()
+        };
         assert_eq!(&args[..2], ["serve", "--cleanup-on-exit"]);
         assert_eq!(value("--listen"), ["127.0.0.1:1"]);
         assert_eq!(value("--metrics-listen"), ["127.0.0.1:4"]);
@@ -347,7 +486,10 @@ mod tests {
             sandpool_claim_duration_seconds_count{pool=\"bench2\",outcome=\"cold\"} 5\n\
             sandpool_claim_duration_seconds_sum{pool=\"bench\",outcome=\"cold\"} 0.9\n";
         let m = "sandpool_claim_duration_seconds_count";
-        assert_eq!(counter_value(text, m, &[("pool", "bench"), ("outcome", "cold")]), 3.0);
+        assert_eq!(
+            counter_value(text, m, &[("pool", "bench"), ("outcome", "cold")]),
+            3.0
+        );
         assert_eq!(counter_value(text, m, &[("outcome", "cold")]), 8.0);
         assert_eq!(counter_value(text, m, &[("pool", "none")]), 0.0);
     }

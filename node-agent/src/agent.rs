@@ -15,7 +15,8 @@ use tokio::sync::broadcast;
 use crate::{
     containerd::{Ctr, NewContainer, TaskEvent, TaskState},
     error::{AgentError, Result},
-    image, net::NetConfig,
+    image,
+    net::NetConfig,
     quantity,
     spec::{self, Limits, SandboxSpec},
 };
@@ -55,7 +56,10 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn new(data_dir: PathBuf, runtime_bin: PathBuf) -> Self {
         AgentConfig {
-            node_name: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into()),
+            node_name: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "node".into()),
             net: NetConfig::new(&data_dir, "sandpool0", "10.213.0.0/16"),
             image_cache: data_dir.join("images"),
             mount_roots: vec![data_dir.join("volumes")],
@@ -103,14 +107,18 @@ impl Sandbox {
     }
 
     fn label_map(&self) -> Result<HashMap<String, String>> {
-        let template = serde_json::to_string(&TemplateLabel::from(&self.template)).map_err(|e| AgentError::InvalidTemplate(e.to_string()))?;
+        let template = serde_json::to_string(&TemplateLabel::from(&self.template))
+            .map_err(|e| AgentError::InvalidTemplate(e.to_string()))?;
         Ok([
             (labels::MANAGED, "true".to_string()),
             (labels::POOL, self.pool.clone()),
             (labels::STATE, state_label(self.state).to_string()),
             (labels::IP, self.ip.to_string()),
             (labels::TOKEN, self.token.clone()),
-            (labels::RUNTIME, runtime_label(self.runtime_class).to_string()),
+            (
+                labels::RUNTIME,
+                runtime_label(self.runtime_class).to_string(),
+            ),
             (labels::CREATED, self.created_ms.to_string()),
             (labels::TEMPLATE, template),
             (labels::PORT, self.port.to_string()),
@@ -125,17 +133,26 @@ impl Sandbox {
         if l.get(labels::MANAGED).map(String::as_str) != Some("true") {
             return None;
         }
-        let template: pb::SandboxTemplate = l.get(labels::TEMPLATE).and_then(|t| serde_json::from_str::<TemplateLabel>(t).ok())?.into();
+        let template: pb::SandboxTemplate = l
+            .get(labels::TEMPLATE)
+            .and_then(|t| serde_json::from_str::<TemplateLabel>(t).ok())?
+            .into();
         Some(Sandbox {
             id: id.to_string(),
             pool: l.get(labels::POOL).cloned().unwrap_or_default(),
             state: parse_state(l.get(labels::STATE)?)?,
             ip: l.get(labels::IP)?.parse().ok()?,
-            port: l.get(labels::PORT).and_then(|p| p.parse().ok()).unwrap_or(spec::RUNTIME_PORT),
+            port: l
+                .get(labels::PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(spec::RUNTIME_PORT),
             token: l.get(labels::TOKEN)?.clone(),
             runtime_class: parse_runtime(l.get(labels::RUNTIME)?)?,
             template,
-            created_ms: l.get(labels::CREATED).and_then(|c| c.parse().ok()).unwrap_or(0),
+            created_ms: l
+                .get(labels::CREATED)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
         })
     }
 }
@@ -183,7 +200,11 @@ impl From<TemplateLabel> for pb::SandboxTemplate {
             image: t.image,
             command: t.command,
             env: t.env,
-            resources: Some(pb::Resources { cpu: t.cpu, memory: t.memory, pids: t.pids }),
+            resources: Some(pb::Resources {
+                cpu: t.cpu,
+                memory: t.memory,
+                pids: t.pids,
+            }),
             runtime_class: t.runtime_class,
             release_policy: t.release_policy,
             labels: t.labels,
@@ -252,16 +273,33 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
     let runtime_class = match pb::RuntimeClass::try_from(t.runtime_class) {
         Ok(pb::RuntimeClass::Unspecified) | Ok(pb::RuntimeClass::Runc) => pb::RuntimeClass::Runc,
         Ok(pb::RuntimeClass::Runsc) => pb::RuntimeClass::Runsc,
-        Err(_) => return Err(AgentError::InvalidTemplate(format!("unknown runtime class {} (use RUNC or RUNSC)", t.runtime_class))),
+        Err(_) => {
+            return Err(AgentError::InvalidTemplate(format!(
+                "unknown runtime class {} (use RUNC or RUNSC)",
+                t.runtime_class
+            )));
+        }
     };
     let release_policy = match pb::ReleasePolicy::try_from(t.release_policy) {
-        Ok(pb::ReleasePolicy::Unspecified) | Ok(pb::ReleasePolicy::Delete) => pb::ReleasePolicy::Delete,
+        Ok(pb::ReleasePolicy::Unspecified) | Ok(pb::ReleasePolicy::Delete) => {
+            pb::ReleasePolicy::Delete
+        }
         Ok(pb::ReleasePolicy::Recycle) => pb::ReleasePolicy::Recycle,
-        Err(_) => return Err(AgentError::InvalidTemplate(format!("unknown release policy {}", t.release_policy))),
+        Err(_) => {
+            return Err(AgentError::InvalidTemplate(format!(
+                "unknown release policy {}",
+                t.release_policy
+            )));
+        }
     };
     let r = t.resources.clone().unwrap_or_default();
-    let limits = Limits { cpu_millis: quantity::cpu_millis(&r.cpu)?, memory_bytes: quantity::memory_bytes(&r.memory)?, pids: r.pids };
-    let mut env: Vec<(String, String)> = t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let limits = Limits {
+        cpu_millis: quantity::cpu_millis(&r.cpu)?,
+        memory_bytes: quantity::memory_bytes(&r.memory)?,
+        pids: r.pids,
+    };
+    let mut env: Vec<(String, String)> =
+        t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.sort();
     for (k, _) in &env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -288,8 +326,13 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
 fn new_id(id: Option<String>) -> Result<String> {
     match id.filter(|i| !i.is_empty()) {
         Some(i) if valid_id(&i) => Ok(i),
-        Some(i) => Err(AgentError::InvalidTemplate(format!("bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"))),
-        None => Ok(format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..20])),
+        Some(i) => Err(AgentError::InvalidTemplate(format!(
+            "bad sandbox id {i:?}: use [A-Za-z0-9_-], at most 64"
+        ))),
+        None => Ok(format!(
+            "sb-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..20]
+        )),
     }
 }
 
@@ -298,7 +341,8 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let script = format!("#!/bin/sh\nexec {} {flag} \"$@\"\n", runsc.display());
     std::fs::write(path, script).map_err(|e| AgentError::io(path.display().to_string(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| AgentError::io(path.display().to_string(), e))?;
     Ok(path.to_path_buf())
 }
 
@@ -306,8 +350,15 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
 async fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| AgentError::io(to.display().to_string(), e))?;
     let mut cmd = tokio::process::Command::new("cp");
-    cmd.arg("-a").arg(format!("{}/.", from.display())).arg(format!("{}/", to.display()));
-    run_checked(cmd, &format!("copying {} to {}", from.display(), to.display()), Duration::from_secs(600)).await
+    cmd.arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(format!("{}/", to.display()));
+    run_checked(
+        cmd,
+        &format!("copying {} to {}", from.display(), to.display()),
+        Duration::from_secs(600),
+    )
+    .await
 }
 
 /// Run `cmd` to completion within `limit` (killed after); a failure is a
@@ -318,13 +369,21 @@ async fn run_checked(mut cmd: tokio::process::Command, what: &str, limit: Durati
         .map_err(|_| AgentError::Checkpoint(format!("{what} took over {} s", limit.as_secs())))?
         .map_err(|e| AgentError::io(format!("running {what}"), e))?;
     if !out.status.success() {
-        return Err(AgentError::Checkpoint(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(AgentError::Checkpoint(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
 
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !id.starts_with('-')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !id.starts_with('-')
 }
 
 fn unix_ms() -> i64 {
@@ -357,7 +416,10 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -367,24 +429,47 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 impl Agent {
     /// Build the agent on a connected containerd and recover existing sandboxes.
     pub async fn start(cfg: AgentConfig, ctr: Ctr) -> Result<Arc<Agent>> {
-        for d in [&cfg.data_dir, &cfg.net.netns_dir, &cfg.data_dir.join("logs"), &cfg.data_dir.join("bin")].into_iter().chain(&cfg.mount_roots) {
+        for d in [
+            &cfg.data_dir,
+            &cfg.net.netns_dir,
+            &cfg.data_dir.join("logs"),
+            &cfg.data_dir.join("bin"),
+        ]
+        .into_iter()
+        .chain(&cfg.mount_roots)
+        {
             std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
         }
         if !cfg.runtime_bin.is_file() {
-            return Err(AgentError::FailedPrecondition(format!("runtime binary {} not found", cfg.runtime_bin.display())));
+            return Err(AgentError::FailedPrecondition(format!(
+                "runtime binary {} not found",
+                cfg.runtime_bin.display()
+            )));
         }
         // Debian's runsc (2022) refuses its own netstack on kernels that show
         // /proc/sys/net/core/rmem_default in every netns; run it with
         // host-network passthrough inside the sandbox's own netns instead.
-        let runsc_wrapper = write_wrapper(&cfg.data_dir.join("bin/runsc-sandpool"), &cfg.runsc_bin, "--network=host")?;
+        let runsc_wrapper = write_wrapper(
+            &cfg.data_dir.join("bin/runsc-sandpool"),
+            &cfg.runsc_bin,
+            "--network=host",
+        )?;
         // Checkpointable sandboxes: gVisor's loopback-only netstack, which
         // (unlike host networking) gVisor can checkpoint.
-        let runsc_nonet = write_wrapper(&cfg.data_dir.join("bin/runsc-sandpool-nonet"), &cfg.runsc_bin, "--network=none")?;
+        let runsc_nonet = write_wrapper(
+            &cfg.data_dir.join("bin/runsc-sandpool-nonet"),
+            &cfg.runsc_bin,
+            "--network=none",
+        )?;
         let checkpoints = crate::checkpoint::Store::new(cfg.data_dir.join("checkpoints"));
-        std::fs::create_dir_all(checkpoints.root()).map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
-        // sandbox memory and runtime tokens: root only
-        std::fs::set_permissions(checkpoints.root(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        std::fs::create_dir_all(checkpoints.root())
             .map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
+        // sandbox memory and runtime tokens: root only
+        std::fs::set_permissions(
+            checkpoints.root(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
         for half in checkpoints.incomplete() {
             tracing::warn!(dir = %half.display(), "removing a checkpoint that did not complete");
             let _ = std::fs::remove_dir_all(&half);
@@ -392,8 +477,11 @@ impl Agent {
         let mut cfg = cfg;
         if cfg.net.isolate {
             // the runtimes' trace exporter may reach a collector on the host
-            let otel = crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
-            cfg.net.allow_host_ports.extend(crate::spec::host_ports(&otel, cfg.net.gateway_ip()));
+            let otel =
+                crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
+            cfg.net
+                .allow_host_ports
+                .extend(crate::spec::host_ports(&otel, cfg.net.gateway_ip()));
             cfg.net.ensure_isolation()?;
         }
         let (events, _) = broadcast::channel(1024);
@@ -432,13 +520,24 @@ impl Agent {
     }
 
     fn busy(&self, id: &str) -> Busy<'_> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
-        Busy { set: &self.busy, id: id.to_string() }
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        Busy {
+            set: &self.busy,
+            id: id.to_string(),
+        }
     }
 
     /// Whether `id` is a sandbox, or one being created or released.
     fn owned(&self, id: &str) -> bool {
-        self.lock().contains_key(id) || self.busy.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+        self.lock().contains_key(id)
+            || self
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
     }
 
     /// Remove what no sandbox owns: containers, netns and snapshots left by a
@@ -490,19 +589,34 @@ impl Agent {
     }
 
     fn emit(&self, sb: &Sandbox) {
-        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::Sandbox(sb.info(&self.cfg.node_name))) });
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::Sandbox(sb.info(&self.cfg.node_name))),
+        });
     }
 
     fn emit_removed(&self, id: &str) {
-        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::RemovedSandboxId(id.to_string())) });
-        let _ = self.events.send(pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(self.capacity())) });
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::RemovedSandboxId(id.to_string())),
+        });
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::Capacity(self.capacity())),
+        });
     }
 
     pub fn capacity(&self) -> pb::NodeCapacity {
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
         let mem = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0)
             * 1024;
         pb::NodeCapacity {
@@ -526,7 +640,10 @@ impl Agent {
     }
 
     pub fn get(&self, id: &str) -> Result<Sandbox> {
-        self.lock().get(id).cloned().ok_or_else(|| AgentError::NotFound(id.to_string()))
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(id.to_string()))
     }
 
     /// Make sure `name` exists in containerd, building builtin images.
@@ -537,7 +654,10 @@ impl Agent {
         }
         let Some(builtin) = image::builtin(name) else {
             let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
-            return Err(AgentError::UnknownImage(name.to_string(), format!("{known} (builtin: {}, {})", image::BUSYBOX, image::PYTHON)));
+            return Err(AgentError::UnknownImage(
+                name.to_string(),
+                format!("{known} (builtin: {}, {})", image::BUSYBOX, image::PYTHON),
+            ));
         };
         let _g = self.image_lock.lock().await;
         if let Some((chain, env)) = self.ctr.image_rootfs(builtin).await? {
@@ -550,29 +670,45 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Image(format!("image builder: {e}")))??;
         self.ctr.import(&blobs).await?;
-        tracing::info!(image = builtin, ms = started.elapsed().as_millis() as u64, "image built and imported");
-        let (chain, env) = self
-            .ctr
-            .image_rootfs(builtin)
-            .await?
-            .ok_or_else(|| AgentError::Image(format!("{builtin} missing right after import")))?;
+        tracing::info!(
+            image = builtin,
+            ms = started.elapsed().as_millis() as u64,
+            "image built and imported"
+        );
+        let (chain, env) =
+            self.ctr.image_rootfs(builtin).await?.ok_or_else(|| {
+                AgentError::Image(format!("{builtin} missing right after import"))
+            })?;
         Ok((builtin.to_string(), chain, env))
     }
 
     /// Create and start a warm sandbox; it is ready when its runtime answers.
     #[tracing::instrument(skip_all, fields(pool = %pool))]
-    pub async fn create(self: &Arc<Self>, pool: &str, template: pb::SandboxTemplate, id: Option<String>) -> Result<Sandbox> {
+    pub async fn create(
+        self: &Arc<Self>,
+        pool: &str,
+        template: pb::SandboxTemplate,
+        id: Option<String>,
+    ) -> Result<Sandbox> {
         let valid = validate_template(&template)?;
         let id = new_id(id)?;
         let _busy = self.busy(&id);
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
         self.check_room(&id)?;
         let (ip, port) = if valid.checkpointable {
-            (Ipv4Addr::LOCALHOST, self.open_tunnel(&id, 0, valid.run_as_root).await?)
+            (
+                Ipv4Addr::LOCALHOST,
+                self.open_tunnel(&id, 0, valid.run_as_root).await?,
+            )
         } else {
             let net = self.cfg.net.clone();
             let id2 = id.clone();
-            (tokio::task::spawn_blocking(move || net.setup(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))??, spec::RUNTIME_PORT)
+            (
+                tokio::task::spawn_blocking(move || net.setup(&id2))
+                    .await
+                    .map_err(|e| AgentError::Network(e.to_string()))??,
+                spec::RUNTIME_PORT,
+            )
         };
         let mut sb = Sandbox {
             id: id.clone(),
@@ -585,7 +721,10 @@ impl Agent {
             template: template.clone(),
             created_ms: unix_ms(),
         };
-        match self.start_container(&sb, &image, &chain, &image_env, &valid, None).await {
+        match self
+            .start_container(&sb, &image, &chain, &image_env, &valid, None)
+            .await
+        {
             Ok(()) => {}
             Err(e) => {
                 self.cleanup(&id).await;
@@ -593,7 +732,14 @@ impl Agent {
             }
         }
         sb.state = pb::SandboxState::Warm;
-        if let Err(e) = self.ctr.set_labels(&id, [(labels::STATE.to_string(), "warm".to_string())].into()).await {
+        if let Err(e) = self
+            .ctr
+            .set_labels(
+                &id,
+                [(labels::STATE.to_string(), "warm".to_string())].into(),
+            )
+            .await
+        {
             self.cleanup(&id).await;
             return Err(e);
         }
@@ -606,30 +752,53 @@ impl Agent {
     fn check_room(&self, id: &str) -> Result<()> {
         let g = self.lock();
         if g.contains_key(id) {
-            return Err(AgentError::FailedPrecondition(format!("sandbox {id} already exists")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} already exists"
+            )));
         }
         if g.len() as u32 >= self.cfg.max_sandboxes {
-            return Err(AgentError::Exhausted(format!("{} sandboxes (max {})", g.len(), self.cfg.max_sandboxes)));
+            return Err(AgentError::Exhausted(format!(
+                "{} sandboxes (max {})",
+                g.len(),
+                self.cfg.max_sandboxes
+            )));
         }
         Ok(())
     }
 
     /// Listen for sandbox `id`'s runtime on 127.0.0.1:`port` (0: any port).
     async fn open_tunnel(&self, id: &str, port: u16, as_root: bool) -> Result<u16> {
-        let argv = self.runtime_exec_argv(id, as_root, &["--tunnel", &spec::RUNTIME_PORT.to_string()]);
+        let argv =
+            self.runtime_exec_argv(id, as_root, &["--tunnel", &spec::RUNTIME_PORT.to_string()]);
         let t = crate::tunnel::Tunnel::open((Ipv4Addr::LOCALHOST, port).into(), argv)
             .await
-            .map_err(|e| AgentError::io(format!("runtime tunnel of sandbox {id} on 127.0.0.1:{port}"), e))?;
+            .map_err(|e| {
+                AgentError::io(
+                    format!("runtime tunnel of sandbox {id} on 127.0.0.1:{port}"),
+                    e,
+                )
+            })?;
         let port = t.port;
-        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), t);
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), t);
         Ok(port)
     }
 
     /// `runsc exec` of the runtime binary with `args` in network-less sandbox `id`.
     fn runtime_exec_argv(&self, id: &str, as_root: bool, args: &[&str]) -> Vec<String> {
-        let mut argv = vec![self.runsc_nonet.display().to_string(), "--root".into(), self.ctr.runtime_root(), "exec".into()];
+        let mut argv = vec![
+            self.runsc_nonet.display().to_string(),
+            "--root".into(),
+            self.ctr.runtime_root(),
+            "exec".into(),
+        ];
         if !as_root {
-            argv.extend(["--user".into(), format!("{}:{}", spec::SANDBOX_USER.0, spec::SANDBOX_USER.1)]);
+            argv.extend([
+                "--user".into(),
+                format!("{}:{}", spec::SANDBOX_USER.0, spec::SANDBOX_USER.1),
+            ]);
         }
         argv.extend([id.to_string(), spec::RUNTIME_PATH_IN_SANDBOX.into()]);
         argv.extend(args.iter().map(|a| a.to_string()));
@@ -640,16 +809,30 @@ impl Agent {
     /// sockets (`quiesce`, before a checkpoint: gVisor cannot save sockets
     /// that something waits on) or to listen again (after a restore).
     async fn runtime_sockets(&self, id: &str, as_root: bool, quiesce: bool) -> Result<()> {
-        let what = if quiesce { "--checkpoint-prepare" } else { "--checkpoint-resume" };
-        let argv = self.runtime_exec_argv(id, as_root, &["--data-dir", spec::RUNTIME_DATA_DIR, what]);
+        let what = if quiesce {
+            "--checkpoint-prepare"
+        } else {
+            "--checkpoint-resume"
+        };
+        let argv =
+            self.runtime_exec_argv(id, as_root, &["--data-dir", spec::RUNTIME_DATA_DIR, what]);
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        run_checked(cmd, &format!("{what} in sandbox {id}"), Duration::from_secs(20)).await
+        run_checked(
+            cmd,
+            &format!("{what} in sandbox {id}"),
+            Duration::from_secs(20),
+        )
+        .await
     }
 
     /// Stop sandbox `id`'s tunnel and end its connections; whether it had one.
     async fn close_tunnel(&self, id: &str) -> bool {
-        let t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let t = self
+            .tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         match t {
             Some(t) => {
                 t.close().await;
@@ -668,29 +851,55 @@ impl Agent {
         valid: &ValidTemplate,
         restore: Option<&Path>,
     ) -> Result<()> {
-        let mut env: Vec<(String, String)> =
-            image_env.iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+        let mut env: Vec<(String, String)> = image_env
+            .iter()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
         env.extend(valid.env.iter().cloned());
-        env.extend(crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), self.cfg.net.gateway_ip()));
+        env.extend(crate::spec::sandbox_otel_env(
+            |k| std::env::var(k).ok(),
+            self.cfg.net.gateway_ip(),
+        ));
         let spec = SandboxSpec {
             id: sb.id.clone(),
             env,
-            netns_path: if valid.checkpointable { String::new() } else { self.cfg.net.netns_path(&sb.id).display().to_string() },
+            netns_path: if valid.checkpointable {
+                String::new()
+            } else {
+                self.cfg.net.netns_path(&sb.id).display().to_string()
+            },
             runtime_bin: self.cfg.runtime_bin.display().to_string(),
             limits: valid.limits.clone(),
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             access_token: sb.token.clone(),
-            user: if valid.run_as_root { None } else { Some(spec::SANDBOX_USER) },
+            user: if valid.run_as_root {
+                None
+            } else {
+                Some(spec::SANDBOX_USER)
+            },
         }
         .to_json();
         let binary = match sb.runtime_class {
-            pb::RuntimeClass::Runsc if valid.checkpointable => self.runsc_nonet.display().to_string(),
+            pb::RuntimeClass::Runsc if valid.checkpointable => {
+                self.runsc_nonet.display().to_string()
+            }
             pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
             _ => String::new(),
         };
-        let log = self.cfg.data_dir.join("logs").join(format!("{}.log", sb.id));
+        let log = self
+            .cfg
+            .data_dir
+            .join("logs")
+            .join(format!("{}.log", sb.id));
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
-        let snapshot_key = format!("{}.{}", sb.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let snapshot_key = format!(
+            "{}.{}",
+            sb.id,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let mounts = self
             .ctr
             .create_container(NewContainer {
@@ -707,17 +916,29 @@ impl Agent {
             Some(dir) => {
                 // the restored kernel re-opens files by path: give it the
                 // root file system it had at the checkpoint
-                let upper = crate::containerd::upperdir(&mounts)
-                    .ok_or_else(|| AgentError::Checkpoint(format!("sandbox {}'s rootfs has no overlay upper directory", sb.id)))?;
+                let upper = crate::containerd::upperdir(&mounts).ok_or_else(|| {
+                    AgentError::Checkpoint(format!(
+                        "sandbox {}'s rootfs has no overlay upper directory",
+                        sb.id
+                    ))
+                })?;
                 copy_tree(&dir.join("fs"), &upper).await?;
                 Some(dir.join("image"))
             }
             None => None,
         };
-        self.ctr.start_task(&sb.id, mounts, &log, image_dir.as_deref().map(|d| (binary.as_str(), d))).await?;
+        self.ctr
+            .start_task(
+                &sb.id,
+                mounts,
+                &log,
+                image_dir.as_deref().map(|d| (binary.as_str(), d)),
+            )
+            .await?;
         if restore.is_some() {
             // it was checkpointed without sockets: listen again
-            self.runtime_sockets(&sb.id, valid.run_as_root, false).await?;
+            self.runtime_sockets(&sb.id, valid.run_as_root, false)
+                .await?;
         }
         self.wait_ready(sb).await
     }
@@ -742,42 +963,83 @@ impl Agent {
                 Err(e) => last = e.to_string(),
             }
             if let Ok(Some((TaskState::Stopped, _))) = self.ctr.task_state(&sb.id).await {
-                let log = std::fs::read_to_string(self.cfg.data_dir.join("logs").join(format!("{}.log", sb.id))).unwrap_or_default();
+                let log = std::fs::read_to_string(
+                    self.cfg
+                        .data_dir
+                        .join("logs")
+                        .join(format!("{}.log", sb.id)),
+                )
+                .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(AgentError::Runtime { id: sb.id.clone(), message: format!("sandbox exited during start: {}", tail.join(" | ")) });
+                return Err(AgentError::Runtime {
+                    id: sb.id.clone(),
+                    message: format!("sandbox exited during start: {}", tail.join(" | ")),
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Err(AgentError::Runtime { id: sb.id.clone(), message: format!("runtime not ready after {:?}: {last}", self.cfg.ready_timeout) })
+        Err(AgentError::Runtime {
+            id: sb.id.clone(),
+            message: format!(
+                "runtime not ready after {:?}: {last}",
+                self.cfg.ready_timeout
+            ),
+        })
     }
 
     /// A client for the sandbox's runtime, on a cached channel when there is one.
-    pub async fn runtime_client(&self, sb: &Sandbox) -> Result<pb::runtime_client::RuntimeClient<tonic::transport::Channel>> {
-        let cached = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(&sb.id).cloned();
+    pub async fn runtime_client(
+        &self,
+        sb: &Sandbox,
+    ) -> Result<pb::runtime_client::RuntimeClient<tonic::transport::Channel>> {
+        let cached = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sb.id)
+            .cloned();
         if let Some(ch) = cached {
             return Ok(pb::runtime_client::RuntimeClient::new(ch));
         }
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, sb.port))
-            .map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?
+            .map_err(|e| AgentError::Runtime {
+                id: sb.id.clone(),
+                message: e.to_string(),
+            })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-        let ch = ep.connect().await.map_err(|e| AgentError::Runtime { id: sb.id.clone(), message: e.to_string() })?;
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone(), ch.clone());
+        let ch = ep.connect().await.map_err(|e| AgentError::Runtime {
+            id: sb.id.clone(),
+            message: e.to_string(),
+        })?;
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sb.id.clone(), ch.clone());
         Ok(pb::runtime_client::RuntimeClient::new(ch))
     }
 
     fn forget_channel(&self, id: &str) {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Start the claimed sandbox's entrypoint through its runtime.
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn inject(&self, id: &str, mut process: pb::InjectRequest) -> Result<(pb::ProcessState, Duration)> {
+    pub async fn inject(
+        &self,
+        id: &str,
+        mut process: pb::InjectRequest,
+    ) -> Result<(pb::ProcessState, Duration)> {
         let sb = self.get(id)?;
         // No argv: the template's command is the default entrypoint.
         if process.argv.is_empty() {
             if sb.template.command.is_empty() {
-                return Err(AgentError::InvalidTemplate("inject needs argv (the template has no default command)".into()));
+                return Err(AgentError::InvalidTemplate(
+                    "inject needs argv (the template has no default command)".into(),
+                ));
             }
             process.argv = sb.template.command.clone();
             for (k, v) in &sb.template.env {
@@ -785,25 +1047,39 @@ impl Agent {
             }
         }
         if sb.state == pb::SandboxState::Paused {
-            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is paused"
+            )));
         }
         let t0 = Instant::now();
         let mut c = self.runtime_client(&sb).await?;
-        let st = c.inject(auth(&sb, process)).await.map_err(|s| match s.code() {
-            tonic::Code::InvalidArgument => AgentError::InvalidTemplate(s.message().to_string()),
-            tonic::Code::AlreadyExists => AgentError::FailedPrecondition(s.message().to_string()),
-            _ => {
-                self.forget_channel(id);
-                AgentError::Runtime { id: id.to_string(), message: s.to_string() }
-            }
-        })?;
+        let st = c
+            .inject(auth(&sb, process))
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument => {
+                    AgentError::InvalidTemplate(s.message().to_string())
+                }
+                tonic::Code::AlreadyExists => {
+                    AgentError::FailedPrecondition(s.message().to_string())
+                }
+                _ => {
+                    self.forget_channel(id);
+                    AgentError::Runtime {
+                        id: id.to_string(),
+                        message: s.to_string(),
+                    }
+                }
+            })?;
         let took = t0.elapsed();
         // In memory now; the recovery label (a containerd metadata write with
         // fsync) follows off the claim's critical path. The scheduler's store
         // is the durable record of the claim.
         let sb = {
             let mut g = self.lock();
-            let sb = g.get_mut(id).ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+            let sb = g
+                .get_mut(id)
+                .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
             sb.state = pb::SandboxState::Claimed;
             sb.clone()
         };
@@ -811,7 +1087,13 @@ impl Agent {
         let ctr = self.ctr.clone();
         let id2 = id.to_string();
         tokio::spawn(async move {
-            if let Err(e) = ctr.set_labels(&id2, [(labels::STATE.to_string(), "claimed".to_string())].into()).await {
+            if let Err(e) = ctr
+                .set_labels(
+                    &id2,
+                    [(labels::STATE.to_string(), "claimed".to_string())].into(),
+                )
+                .await
+            {
                 tracing::warn!(sandbox = %id2, error = %e, "recording claimed state failed");
             }
         });
@@ -819,10 +1101,17 @@ impl Agent {
     }
 
     async fn set_state(&self, id: &str, state: pb::SandboxState) -> Result<Sandbox> {
-        self.ctr.set_labels(id, [(labels::STATE.to_string(), state_label(state).to_string())].into()).await?;
+        self.ctr
+            .set_labels(
+                id,
+                [(labels::STATE.to_string(), state_label(state).to_string())].into(),
+            )
+            .await?;
         let sb = {
             let mut g = self.lock();
-            let sb = g.get_mut(id).ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+            let sb = g
+                .get_mut(id)
+                .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
             sb.state = state;
             sb.clone()
         };
@@ -833,7 +1122,9 @@ impl Agent {
     pub async fn pause(&self, id: &str) -> Result<Sandbox> {
         let sb = self.get(id)?;
         if sb.state == pb::SandboxState::Paused {
-            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is already paused")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is already paused"
+            )));
         }
         self.ctr.pause(id).await?;
         self.set_state(id, pb::SandboxState::Paused).await
@@ -842,7 +1133,9 @@ impl Agent {
     pub async fn resume(&self, id: &str) -> Result<Sandbox> {
         let sb = self.get(id)?;
         if sb.state != pb::SandboxState::Paused {
-            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is not paused")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is not paused"
+            )));
         }
         self.ctr.resume(id).await?;
         self.set_state(id, pb::SandboxState::Claimed).await
@@ -851,12 +1144,20 @@ impl Agent {
     /// Mount a host directory or file (under a mount root) into a running runc
     /// sandbox. Mounts live in the sandbox's mount namespace, so they end with
     /// the container on release (recycle starts a fresh one).
-    pub async fn mount(&self, id: &str, host_path: &str, mount_path: &str, read_only: bool) -> Result<Sandbox> {
+    pub async fn mount(
+        &self,
+        id: &str,
+        host_path: &str,
+        mount_path: &str,
+        read_only: bool,
+    ) -> Result<Sandbox> {
         let (sb, pid, source) = self.mount_target(id, Some(host_path), mount_path).await?;
         let target = mount_path.to_string();
-        tokio::task::spawn_blocking(move || crate::mounts::mount_into(pid, &source.unwrap_or_default(), &target, read_only))
-            .await
-            .map_err(|e| AgentError::Network(format!("mount worker: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            crate::mounts::mount_into(pid, &source.unwrap_or_default(), &target, read_only)
+        })
+        .await
+        .map_err(|e| AgentError::Network(format!("mount worker: {e}")))??;
         tracing::info!(sandbox = %id, host_path, mount_path, read_only, "mounted");
         Ok(sb)
     }
@@ -867,32 +1168,61 @@ impl Agent {
         tokio::task::spawn_blocking(move || crate::mounts::unmount_from(pid, &target))
             .await
             .map_err(|e| AgentError::Network(format!("unmount worker: {e}")))?
-            .map_err(|e| AgentError::FailedPrecondition(format!("{mount_path} is not a mount in sandbox {id}: {e}")))?;
+            .map_err(|e| {
+                AgentError::FailedPrecondition(format!(
+                    "{mount_path} is not a mount in sandbox {id}: {e}"
+                ))
+            })?;
         Ok(sb)
     }
 
-    async fn mount_target(&self, id: &str, host_path: Option<&str>, mount_path: &str) -> Result<(Sandbox, u32, Option<PathBuf>)> {
+    async fn mount_target(
+        &self,
+        id: &str,
+        host_path: Option<&str>,
+        mount_path: &str,
+    ) -> Result<(Sandbox, u32, Option<PathBuf>)> {
         let sb = self.get(id)?;
         if sb.runtime_class == pb::RuntimeClass::Runsc {
-            return Err(AgentError::Unsupported("dynamic mounts need a runc sandbox (gVisor keeps its own file system)".into()));
+            return Err(AgentError::Unsupported(
+                "dynamic mounts need a runc sandbox (gVisor keeps its own file system)".into(),
+            ));
         }
         if sb.state == pb::SandboxState::Paused {
-            return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is paused"
+            )));
         }
         let source = match host_path {
             Some(h) if !h.starts_with('/') => {
                 // a volume name: a directory under the first mount root
                 if h.is_empty() || h.contains('/') || h == "." || h == ".." {
-                    return Err(AgentError::InvalidTemplate(format!("bad volume name {h:?}")));
+                    return Err(AgentError::InvalidTemplate(format!(
+                        "bad volume name {h:?}"
+                    )));
                 }
-                let root = self.cfg.mount_roots.first().ok_or_else(|| AgentError::FailedPrecondition("no mount root configured".into()))?;
+                let root = self.cfg.mount_roots.first().ok_or_else(|| {
+                    AgentError::FailedPrecondition("no mount root configured".into())
+                })?;
                 let path = root.join(h);
                 if !path.is_dir() {
-                    return Err(AgentError::NotFound(format!("volume {h} not found on node {} (no directory {})", self.cfg.node_name, path.display())));
+                    return Err(AgentError::NotFound(format!(
+                        "volume {h} not found on node {} (no directory {})",
+                        self.cfg.node_name,
+                        path.display()
+                    )));
                 }
-                Some(crate::mounts::validate(&path.to_string_lossy(), mount_path, &self.cfg.mount_roots)?)
+                Some(crate::mounts::validate(
+                    &path.to_string_lossy(),
+                    mount_path,
+                    &self.cfg.mount_roots,
+                )?)
             }
-            Some(h) => Some(crate::mounts::validate(h, mount_path, &self.cfg.mount_roots)?),
+            Some(h) => Some(crate::mounts::validate(
+                h,
+                mount_path,
+                &self.cfg.mount_roots,
+            )?),
             None => {
                 crate::mounts::validate_target(mount_path)?;
                 None
@@ -900,7 +1230,9 @@ impl Agent {
         };
         match self.ctr.task_state(id).await? {
             Some((crate::containerd::TaskState::Running, pid)) => Ok((sb, pid, source)),
-            _ => Err(AgentError::FailedPrecondition(format!("sandbox {id} is not running"))),
+            _ => Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is not running"
+            ))),
         }
     }
 
@@ -910,9 +1242,17 @@ impl Agent {
     /// stops the sandbox; with `leave_running` it is restored in place right
     /// after (same id, port and token).
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn checkpoint(self: &Arc<Self>, id: &str, leave_running: bool, owner: &str, name: &str) -> Result<pb::CheckpointInfo> {
+    pub async fn checkpoint(
+        self: &Arc<Self>,
+        id: &str,
+        leave_running: bool,
+        owner: &str,
+        name: &str,
+    ) -> Result<pb::CheckpointInfo> {
         if owner.len() > 256 || name.len() > 256 {
-            return Err(AgentError::InvalidTemplate("checkpoint owner and name: at most 256 bytes".into()));
+            return Err(AgentError::InvalidTemplate(
+                "checkpoint owner and name: at most 256 bytes".into(),
+            ));
         }
         let sb = self.get(id)?;
         if !sb.template.checkpointable {
@@ -923,13 +1263,24 @@ impl Agent {
                     Ok(()) => "runc checkpoint through CRIU is not implemented yet (CRIU works on this node); use a checkpointable runsc template".to_string(),
                 },
             };
-            return Err(AgentError::Unsupported(format!("checkpoint of sandbox {id} (unsupported on this node: {reason})")));
+            return Err(AgentError::Unsupported(format!(
+                "checkpoint of sandbox {id} (unsupported on this node: {reason})"
+            )));
         }
         let prior = sb.state;
         match prior {
             pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
-            pb::SandboxState::Paused => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is paused: resume it before a checkpoint"))),
-            s => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is {}: only a running sandbox can be checkpointed", state_label(s)))),
+            pb::SandboxState::Paused => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "sandbox {id} is paused: resume it before a checkpoint"
+                )));
+            }
+            s => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "sandbox {id} is {}: only a running sandbox can be checkpointed",
+                    state_label(s)
+                )));
+            }
         }
         let _busy = self.busy(id);
         // its exit is ours: on_exit leaves a releasing sandbox alone
@@ -941,7 +1292,10 @@ impl Agent {
         let checkpoint_id = format!("ck-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
         let dir = self.checkpoints.dir(&checkpoint_id)?;
         let t0 = Instant::now();
-        let made = match self.runtime_sockets(id, sb.template.run_as_root, true).await {
+        let made = match self
+            .runtime_sockets(id, sb.template.run_as_root, true)
+            .await
+        {
             Ok(()) => self.checkpoint_to(&sb, &dir).await,
             Err(e) => Err(e),
         };
@@ -950,7 +1304,8 @@ impl Agent {
                 checkpoint_id: checkpoint_id.clone(),
                 sandbox_id: id.to_string(),
                 pool: sb.pool.clone(),
-                template: serde_json::to_string(&TemplateLabel::from(&sb.template)).map_err(|e| AgentError::Checkpoint(e.to_string()))?,
+                template: serde_json::to_string(&TemplateLabel::from(&sb.template))
+                    .map_err(|e| AgentError::Checkpoint(e.to_string()))?,
                 token: sb.token.clone(),
                 image: sb.template.image.clone(),
                 created_unix_ms: unix_ms(),
@@ -962,8 +1317,14 @@ impl Agent {
                 let _ = std::fs::remove_dir_all(&dir);
                 // still running if runsc refused before stopping it
                 if let Ok(Some((TaskState::Running, _))) = self.ctr.task_state(id).await
-                    && self.runtime_sockets(id, sb.template.run_as_root, false).await.is_ok()
-                    && self.open_tunnel(id, sb.port, sb.template.run_as_root).await.is_ok()
+                    && self
+                        .runtime_sockets(id, sb.template.run_as_root, false)
+                        .await
+                        .is_ok()
+                    && self
+                        .open_tunnel(id, sb.port, sb.template.run_as_root)
+                        .await
+                        .is_ok()
                     && let Some(s) = self.lock().get_mut(id)
                 {
                     s.state = prior;
@@ -997,25 +1358,57 @@ impl Agent {
     /// `dir/fs`; returns the bytes stored.
     async fn checkpoint_to(&self, sb: &Sandbox, dir: &Path) -> Result<u64> {
         let image = dir.join("image");
-        std::fs::create_dir_all(&image).map_err(|e| AgentError::io(image.display().to_string(), e))?;
+        std::fs::create_dir_all(&image)
+            .map_err(|e| AgentError::io(image.display().to_string(), e))?;
         let mut cmd = tokio::process::Command::new(&self.runsc_nonet);
-        cmd.args(["--root", &self.ctr.runtime_root(), "checkpoint", "--image-path"]).arg(&image).arg(&sb.id);
-        run_checked(cmd, &format!("runsc checkpoint of {}", sb.id), Duration::from_secs(120)).await?;
+        cmd.args([
+            "--root",
+            &self.ctr.runtime_root(),
+            "checkpoint",
+            "--image-path",
+        ])
+        .arg(&image)
+        .arg(&sb.id);
+        run_checked(
+            cmd,
+            &format!("runsc checkpoint of {}", sb.id),
+            Duration::from_secs(120),
+        )
+        .await?;
         // the sandbox stops once its state is saved
-        if !self.ctr.wait_stopped(&sb.id, Duration::from_secs(10)).await? {
-            return Err(AgentError::Checkpoint(format!("sandbox {} still runs after its checkpoint", sb.id)));
+        if !self
+            .ctr
+            .wait_stopped(&sb.id, Duration::from_secs(10))
+            .await?
+        {
+            return Err(AgentError::Checkpoint(format!(
+                "sandbox {} still runs after its checkpoint",
+                sb.id
+            )));
         }
         let upper = self.ctr.rootfs_upperdir(&sb.id).await?;
         copy_tree(&upper, &dir.join("fs")).await?;
         let d = dir.to_path_buf();
-        Ok(tokio::task::spawn_blocking(move || crate::checkpoint::disk_usage(&d)).await.unwrap_or(0))
+        Ok(
+            tokio::task::spawn_blocking(move || crate::checkpoint::disk_usage(&d))
+                .await
+                .unwrap_or(0),
+        )
     }
 
     /// A new sandbox `id` from checkpoint `meta`, its runtime on `port` (0:
     /// any), left in `state`. The caller holds `id` busy.
-    async fn restore_into(&self, meta: &crate::checkpoint::Meta, id: &str, port: u16, state: pb::SandboxState) -> Result<Sandbox> {
+    async fn restore_into(
+        &self,
+        meta: &crate::checkpoint::Meta,
+        id: &str,
+        port: u16,
+        state: pb::SandboxState,
+    ) -> Result<Sandbox> {
         let template: pb::SandboxTemplate = serde_json::from_str::<TemplateLabel>(&meta.template)
-            .map_err(|e| AgentError::Checkpoint(format!("{}: unreadable template: {e}", meta.checkpoint_id)))?
+            .map_err(|e| {
+                AgentError::Checkpoint(format!("{}: unreadable template: {e}", meta.checkpoint_id))
+            })?
             .into();
         let valid = validate_template(&template)?;
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
@@ -1032,12 +1425,22 @@ impl Agent {
             created_ms: unix_ms(),
         };
         let dir = self.checkpoints.dir(&meta.checkpoint_id)?;
-        if let Err(e) = self.start_container(&sb, &image, &chain, &image_env, &valid, Some(&dir)).await {
+        if let Err(e) = self
+            .start_container(&sb, &image, &chain, &image_env, &valid, Some(&dir))
+            .await
+        {
             self.cleanup(id).await;
             return Err(e);
         }
         sb.state = state;
-        if let Err(e) = self.ctr.set_labels(id, [(labels::STATE.to_string(), state_label(state).to_string())].into()).await {
+        if let Err(e) = self
+            .ctr
+            .set_labels(
+                id,
+                [(labels::STATE.to_string(), state_label(state).to_string())].into(),
+            )
+            .await
+        {
             self.cleanup(id).await;
             return Err(e);
         }
@@ -1053,7 +1456,8 @@ impl Agent {
         let id = new_id(id)?;
         let _busy = self.busy(&id);
         self.check_room(&id)?;
-        self.restore_into(&meta, &id, 0, pb::SandboxState::Claimed).await
+        self.restore_into(&meta, &id, 0, pb::SandboxState::Claimed)
+            .await
     }
 
     /// Restore one checkpoint into `count` sandboxes at once (RL branching);
@@ -1061,10 +1465,14 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(checkpoint = %checkpoint_id, count))]
     pub async fn fork(self: &Arc<Self>, checkpoint_id: &str, count: u32) -> Result<Vec<Sandbox>> {
         if count == 0 || count > MAX_FORK {
-            return Err(AgentError::InvalidTemplate(format!("fork count {count}: use 1 to {MAX_FORK}")));
+            return Err(AgentError::InvalidTemplate(format!(
+                "fork count {count}: use 1 to {MAX_FORK}"
+            )));
         }
         self.checkpoints.read(checkpoint_id)?;
-        let results = futures_util::future::join_all((0..count).map(|_| self.restore(checkpoint_id, None))).await;
+        let results =
+            futures_util::future::join_all((0..count).map(|_| self.restore(checkpoint_id, None)))
+                .await;
         let mut made = Vec::new();
         let mut first_err = None;
         for r in results {
@@ -1086,11 +1494,20 @@ impl Agent {
 
     /// Host ports of the open runtime tunnels (network-less sandboxes).
     pub fn tunnel_ports(&self) -> Vec<u16> {
-        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.port).collect()
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|t| t.port)
+            .collect()
     }
 
     pub fn list_checkpoints(&self) -> Vec<pb::CheckpointInfo> {
-        self.checkpoints.list().iter().map(checkpoint_info).collect()
+        self.checkpoints
+            .list()
+            .iter()
+            .map(checkpoint_info)
+            .collect()
     }
 
     pub fn delete_checkpoint(&self, checkpoint_id: &str) -> Result<()> {
@@ -1099,15 +1516,25 @@ impl Agent {
 
     /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn release(self: &Arc<Self>, id: &str, policy: pb::ReleasePolicy) -> Result<Option<Sandbox>> {
+    pub async fn release(
+        self: &Arc<Self>,
+        id: &str,
+        policy: pb::ReleasePolicy,
+    ) -> Result<Option<Sandbox>> {
         let sb = self.get(id)?;
         let _busy = self.busy(id);
         let policy = match policy {
-            pb::ReleasePolicy::Unspecified => validate_template(&sb.template).map(|v| v.release_policy).unwrap_or(pb::ReleasePolicy::Delete),
+            pb::ReleasePolicy::Unspecified => validate_template(&sb.template)
+                .map(|v| v.release_policy)
+                .unwrap_or(pb::ReleasePolicy::Delete),
             p => p,
         };
         if policy == pb::ReleasePolicy::Recycle {
-            let fresh = Sandbox { token: uuid::Uuid::new_v4().simple().to_string(), state: pb::SandboxState::Warm, ..sb };
+            let fresh = Sandbox {
+                token: uuid::Uuid::new_v4().simple().to_string(),
+                state: pb::SandboxState::Warm,
+                ..sb
+            };
             return self.restart_as(fresh).await.map(Some);
         }
         {
@@ -1130,7 +1557,12 @@ impl Agent {
         let sb = self.get(id)?;
         match sb.state {
             pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
-            s => return Err(AgentError::FailedPrecondition(format!("sandbox {id} is {}: only a running sandbox can change its image", state_label(s)))),
+            s => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "sandbox {id} is {}: only a running sandbox can change its image",
+                    state_label(s)
+                )));
+            }
         }
         let image = image.trim();
         if image.is_empty() {
@@ -1139,7 +1571,10 @@ impl Agent {
         // an unknown image is refused before the sandbox is touched
         self.ensure_image(image).await?;
         let _busy = self.busy(id);
-        let template = pb::SandboxTemplate { image: image.to_string(), ..sb.template.clone() };
+        let template = pb::SandboxTemplate {
+            image: image.to_string(),
+            ..sb.template.clone()
+        };
         self.restart_as(Sandbox { template, ..sb }).await
     }
 
@@ -1156,9 +1591,18 @@ impl Agent {
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
-            let creating = Sandbox { state: pb::SandboxState::Creating, ..sb.clone() };
-            self.start_container(&creating, &image, &chain, &env, &valid, None).await?;
-            self.ctr.set_labels(&id, [(labels::STATE.to_string(), state_label(sb.state).to_string())].into()).await
+            let creating = Sandbox {
+                state: pb::SandboxState::Creating,
+                ..sb.clone()
+            };
+            self.start_container(&creating, &image, &chain, &env, &valid, None)
+                .await?;
+            self.ctr
+                .set_labels(
+                    &id,
+                    [(labels::STATE.to_string(), state_label(sb.state).to_string())].into(),
+                )
+                .await
         };
         if let Err(e) = started.await {
             self.lock().remove(&id);
@@ -1180,7 +1624,9 @@ impl Agent {
         self.ctr.destroy(id).await?;
         let net = self.cfg.net.clone();
         let id2 = id.to_string();
-        tokio::task::spawn_blocking(move || net.teardown(&id2)).await.map_err(|e| AgentError::Network(e.to_string()))?
+        tokio::task::spawn_blocking(move || net.teardown(&id2))
+            .await
+            .map_err(|e| AgentError::Network(e.to_string()))?
     }
 
     /// Best-effort removal of everything a sandbox id may own.
@@ -1225,7 +1671,8 @@ impl Agent {
     async fn on_exit(&self, id: &str, pid: Option<u32>, status: u32) {
         // an exit of an earlier incarnation (recycle) while a new one runs
         if let Some(pid) = pid
-            && let Ok(Some((TaskState::Running | TaskState::Paused, current))) = self.ctr.task_state(id).await
+            && let Ok(Some((TaskState::Running | TaskState::Paused, current))) =
+                self.ctr.task_state(id).await
             && current != pid
         {
             return;
@@ -1233,7 +1680,14 @@ impl Agent {
         let failed = {
             let mut g = self.lock();
             match g.get_mut(id) {
-                Some(sb) if !matches!(sb.state, pb::SandboxState::Releasing | pb::SandboxState::Creating | pb::SandboxState::Failed) => {
+                Some(sb)
+                    if !matches!(
+                        sb.state,
+                        pb::SandboxState::Releasing
+                            | pb::SandboxState::Creating
+                            | pb::SandboxState::Failed
+                    ) =>
+                {
                     sb.state = pb::SandboxState::Failed;
                     Some(sb.clone())
                 }
@@ -1243,7 +1697,13 @@ impl Agent {
         if let Some(sb) = failed {
             tracing::warn!(sandbox = %id, ?pid, status, "sandbox init exited; marked failed");
             self.forget_channel(id);
-            let _ = self.ctr.set_labels(id, [(labels::STATE.to_string(), "failed".to_string())].into()).await;
+            let _ = self
+                .ctr
+                .set_labels(
+                    id,
+                    [(labels::STATE.to_string(), "failed".to_string())].into(),
+                )
+                .await;
             self.emit(&sb);
         }
     }
@@ -1255,23 +1715,40 @@ impl Agent {
         let mut adopted = 0;
         let mut cleaned = 0;
         for c in containers {
-            let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else { continue };
-            let alive = matches!(self.ctr.task_state(&c.id).await?, Some((TaskState::Running | TaskState::Paused, _)));
+            let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else {
+                continue;
+            };
+            let alive = matches!(
+                self.ctr.task_state(&c.id).await?,
+                Some((TaskState::Running | TaskState::Paused, _))
+            );
             let netns_ok = self.cfg.net.netns_path(&c.id).exists();
             let reachable = if sb.template.checkpointable && alive {
                 // a new tunnel, on the same port when it is free
-                match self.open_tunnel(&c.id, sb.port, sb.template.run_as_root).await {
+                match self
+                    .open_tunnel(&c.id, sb.port, sb.template.run_as_root)
+                    .await
+                {
                     Ok(p) if p == sb.port => true,
                     Ok(p) => {
                         sb.port = p;
-                        self.ctr.set_labels(&c.id, [(labels::PORT.to_string(), p.to_string())].into()).await.is_ok()
+                        self.ctr
+                            .set_labels(&c.id, [(labels::PORT.to_string(), p.to_string())].into())
+                            .await
+                            .is_ok()
                     }
                     Err(_) => false,
                 }
             } else {
                 netns_ok
             };
-            if alive && reachable && matches!(sb.state, pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused) {
+            if alive
+                && reachable
+                && matches!(
+                    sb.state,
+                    pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused
+                )
+            {
                 if let Ok(Some((TaskState::Paused, _))) = self.ctr.task_state(&c.id).await {
                     sb.state = pb::SandboxState::Paused;
                 }
@@ -1281,14 +1758,25 @@ impl Agent {
                     // sandbox labelled warm. Its runtime knows; never hand it out again.
                     let health = async {
                         let mut c = self.runtime_client(&sb).await?;
-                        c.health(auth(&sb, pb::HealthRequest {})).await.map_err(|s| AgentError::Runtime { id: sb.id.clone(), message: s.to_string() })
+                        c.health(auth(&sb, pb::HealthRequest {}))
+                            .await
+                            .map_err(|s| AgentError::Runtime {
+                                id: sb.id.clone(),
+                                message: s.to_string(),
+                            })
                     };
                     match tokio::time::timeout(Duration::from_secs(10), health).await {
                         Ok(Ok(h)) if !h.get_ref().used => {}
                         Ok(Ok(_)) => {
                             tracing::warn!(sandbox = %c.id, "sandbox labelled warm was used (crash before its claimed label): not warm");
                             sb.state = pb::SandboxState::Claimed;
-                            let _ = self.ctr.set_labels(&c.id, [(labels::STATE.to_string(), "claimed".to_string())].into()).await;
+                            let _ = self
+                                .ctr
+                                .set_labels(
+                                    &c.id,
+                                    [(labels::STATE.to_string(), "claimed".to_string())].into(),
+                                )
+                                .await;
                         }
                         _ => {
                             tracing::warn!(sandbox = %c.id, "warm sandbox's runtime does not answer: marked failed");
@@ -1315,7 +1803,8 @@ impl Agent {
 fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
     let mut r = sandpool_telemetry::grpc_request(msg);
     if let Ok(v) = sb.token.parse() {
-        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
+        r.metadata_mut()
+            .insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
     }
     r
 }
@@ -1339,10 +1828,15 @@ fn checkpoint_info(m: &crate::checkpoint::Meta) -> pb::CheckpointInfo {
 
 /// Whether CRIU can work here (`criu check`), answered once per process.
 async fn criu_check() -> std::result::Result<(), String> {
-    static RESULT: tokio::sync::OnceCell<std::result::Result<(), String>> = tokio::sync::OnceCell::const_new();
+    static RESULT: tokio::sync::OnceCell<std::result::Result<(), String>> =
+        tokio::sync::OnceCell::const_new();
     RESULT
         .get_or_init(|| async {
-            match tokio::process::Command::new("criu").arg("check").output().await {
+            match tokio::process::Command::new("criu")
+                .arg("check")
+                .output()
+                .await
+            {
                 Err(e) => Err(format!("criu is not installed ({e})")),
                 Ok(o) if o.status.success() => Ok(()),
                 Ok(o) => {
@@ -1365,7 +1859,11 @@ mod tests {
             image: "busybox".into(),
             command: vec![],
             env: [("A".to_string(), "1".to_string())].into(),
-            resources: Some(pb::Resources { cpu: "500m".into(), memory: "256Mi".into(), pids: 64 }),
+            resources: Some(pb::Resources {
+                cpu: "500m".into(),
+                memory: "256Mi".into(),
+                pids: 64,
+            }),
             runtime_class: pb::RuntimeClass::Runsc as i32,
             release_policy: pb::ReleasePolicy::Recycle as i32,
             labels: HashMap::new(),
@@ -1377,14 +1875,31 @@ mod tests {
     #[test]
     fn validates_templates() {
         let v = validate_template(&template()).unwrap();
-        assert_eq!(v.limits, Limits { cpu_millis: 500, memory_bytes: 256 << 20, pids: 64 });
-        assert_eq!((v.runtime_class, v.release_policy), (pb::RuntimeClass::Runsc, pb::ReleasePolicy::Recycle));
+        assert_eq!(
+            v.limits,
+            Limits {
+                cpu_millis: 500,
+                memory_bytes: 256 << 20,
+                pids: 64
+            }
+        );
+        assert_eq!(
+            (v.runtime_class, v.release_policy),
+            (pb::RuntimeClass::Runsc, pb::ReleasePolicy::Recycle)
+        );
         let mut t = template();
         t.runtime_class = 42;
-        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("runtime class")));
+        assert!(
+            matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("runtime class"))
+        );
         let mut t = template();
-        t.resources = Some(pb::Resources { cpu: "fast".into(), ..Default::default() });
-        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("cpu")));
+        t.resources = Some(pb::Resources {
+            cpu: "fast".into(),
+            ..Default::default()
+        });
+        assert!(
+            matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("cpu"))
+        );
         let mut t = template();
         t.image = " ".into();
         assert!(validate_template(&t).is_err());
@@ -1395,10 +1910,15 @@ mod tests {
         t.runtime_class = 0;
         t.release_policy = 0;
         let v = validate_template(&t).unwrap();
-        assert_eq!((v.runtime_class, v.release_policy), (pb::RuntimeClass::Runc, pb::ReleasePolicy::Delete));
+        assert_eq!(
+            (v.runtime_class, v.release_policy),
+            (pb::RuntimeClass::Runc, pb::ReleasePolicy::Delete)
+        );
         // checkpointable needs runsc
         t.checkpointable = true;
-        assert!(matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("RUNSC")));
+        assert!(
+            matches!(validate_template(&t), Err(AgentError::InvalidTemplate(m)) if m.contains("RUNSC"))
+        );
         t.runtime_class = pb::RuntimeClass::Runsc as i32;
         assert!(validate_template(&t).unwrap().checkpointable);
     }
@@ -1413,15 +1933,33 @@ mod tests {
             port: 40123,
             token: "t".into(),
             runtime_class: pb::RuntimeClass::Runsc,
-            template: pb::SandboxTemplate { checkpointable: true, ..template() },
+            template: pb::SandboxTemplate {
+                checkpointable: true,
+                ..template()
+            },
             created_ms: 42,
         };
         let l = sb.label_map().unwrap();
-        assert!(l.values().all(|v| v.len() < 4096), "containerd label size limit");
+        assert!(
+            l.values().all(|v| v.len() < 4096),
+            "containerd label size limit"
+        );
         let back = Sandbox::from_labels("sb-1", &l).unwrap();
-        assert_eq!((back.pool.as_str(), back.state, back.ip, back.port, back.created_ms), ("p", pb::SandboxState::Claimed, sb.ip, 40123, 42));
+        assert_eq!(
+            (
+                back.pool.as_str(),
+                back.state,
+                back.ip,
+                back.port,
+                back.created_ms
+            ),
+            ("p", pb::SandboxState::Claimed, sb.ip, 40123, 42)
+        );
         assert_eq!(back.template, sb.template);
-        assert!(Sandbox::from_labels("x", &HashMap::new()).is_none(), "unmanaged containers are ignored");
+        assert!(
+            Sandbox::from_labels("x", &HashMap::new()).is_none(),
+            "unmanaged containers are ignored"
+        );
     }
 
     #[test]

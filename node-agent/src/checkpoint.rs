@@ -49,7 +49,9 @@ impl Store {
     /// The directory of checkpoint `id`; the id must be one we could have made.
     pub fn dir(&self, id: &str) -> Result<PathBuf> {
         if !crate::agent::valid_id(id) {
-            return Err(AgentError::InvalidTemplate(format!("bad checkpoint id {id:?}: use [A-Za-z0-9_-], at most 64")));
+            return Err(AgentError::InvalidTemplate(format!(
+                "bad checkpoint id {id:?}: use [A-Za-z0-9_-], at most 64"
+            )));
         }
         Ok(self.root.join(id))
     }
@@ -58,10 +60,13 @@ impl Store {
         let path = self.dir(id)?.join(META);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(AgentError::CheckpointNotFound(id.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AgentError::CheckpointNotFound(id.to_string()));
+            }
             Err(e) => return Err(AgentError::io(path.display().to_string(), e)),
         };
-        serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint(format!("{id}: unreadable {META}: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| AgentError::Checkpoint(format!("{id}: unreadable {META}: {e}")))
     }
 
     /// Write `meta.json` last and atomically: a checkpoint without it is
@@ -69,20 +74,26 @@ impl Store {
     pub fn write(&self, meta: &Meta) -> Result<()> {
         let dir = self.dir(&meta.checkpoint_id)?;
         let tmp = dir.join(format!("{META}.tmp"));
-        let body = serde_json::to_vec_pretty(meta).map_err(|e| AgentError::Checkpoint(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(meta).map_err(|e| AgentError::Checkpoint(e.to_string()))?;
         std::fs::write(&tmp, body).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
-        std::fs::rename(&tmp, dir.join(META)).map_err(|e| AgentError::io(dir.display().to_string(), e))
+        std::fs::rename(&tmp, dir.join(META))
+            .map_err(|e| AgentError::io(dir.display().to_string(), e))
     }
 
     /// Complete checkpoints, oldest first.
     pub fn list(&self) -> Vec<Meta> {
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return vec![];
+        };
         let mut v: Vec<Meta> = rd
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter_map(|id| self.read(&id).ok())
             .collect();
-        v.sort_by(|a, b| (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id)));
+        v.sort_by(|a, b| {
+            (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id))
+        });
         v
     }
 
@@ -96,16 +107,25 @@ impl Store {
 
     /// Directories without `meta.json` (a checkpoint that failed half-way).
     pub fn incomplete(&self) -> Vec<PathBuf> {
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return vec![] };
-        rd.flatten().map(|e| e.path()).filter(|p| p.is_dir() && !p.join(META).exists()).collect()
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return vec![];
+        };
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && !p.join(META).exists())
+            .collect()
     }
 }
 
 /// Bytes in regular files under `path` (symlinks not followed).
 pub fn disk_usage(path: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(path) else { return 0 };
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
     if md.is_dir() {
-        std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum()).unwrap_or(0)
+        std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0)
     } else if md.is_file() {
         md.len()
     } else {
@@ -146,17 +166,32 @@ mod tests {
         assert_eq!(ids, ["ck-a", "ck-b"], "complete ones, oldest first");
         assert_eq!(s.incomplete(), vec![s.dir("ck-half").unwrap()]);
         s.delete("ck-a").unwrap();
-        assert!(matches!(s.read("ck-a"), Err(AgentError::CheckpointNotFound(_))));
-        assert!(matches!(s.delete("ck-a"), Err(AgentError::CheckpointNotFound(_))));
-        assert!(matches!(s.delete("ck-half"), Err(AgentError::CheckpointNotFound(_))), "incomplete ones are not checkpoints");
+        assert!(matches!(
+            s.read("ck-a"),
+            Err(AgentError::CheckpointNotFound(_))
+        ));
+        assert!(matches!(
+            s.delete("ck-a"),
+            Err(AgentError::CheckpointNotFound(_))
+        ));
+        assert!(
+            matches!(s.delete("ck-half"), Err(AgentError::CheckpointNotFound(_))),
+            "incomplete ones are not checkpoints"
+        );
     }
 
     #[test]
     fn ids_cannot_leave_the_store() {
         let s = Store::new("/var/lib/sandpool/checkpoints".into());
         for bad in ["", "..", "../etc", "a/b", "x y", &"a".repeat(65)] {
-            assert!(matches!(s.dir(bad), Err(AgentError::InvalidTemplate(_))), "{bad:?}");
-            assert!(matches!(s.read(bad), Err(AgentError::InvalidTemplate(_))), "{bad:?}");
+            assert!(
+                matches!(s.dir(bad), Err(AgentError::InvalidTemplate(_))),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(s.read(bad), Err(AgentError::InvalidTemplate(_))),
+                "{bad:?}"
+            );
         }
     }
 

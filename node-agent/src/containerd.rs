@@ -11,8 +11,12 @@ use std::{
 use containerd_client::{
     Client,
     services::v1::{
-        self as api, Container, container::Runtime,
-        snapshots::{CommitSnapshotRequest, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest},
+        self as api, Container,
+        container::Runtime,
+        snapshots::{
+            CommitSnapshotRequest, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
+            RemoveSnapshotRequest, StatSnapshotRequest,
+        },
     },
     types::{Descriptor, Mount, v1::Status as TaskStatus},
 };
@@ -48,7 +52,11 @@ pub struct RuncOptions {
 
 /// The `upperdir=` of an overlay mount list.
 pub fn upperdir(mounts: &[Mount]) -> Option<PathBuf> {
-    mounts.iter().flat_map(|m| m.options.iter()).find_map(|o| o.strip_prefix("upperdir=")).map(PathBuf::from)
+    mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
 }
 
 /// Everything needed to create a container.
@@ -87,7 +95,10 @@ pub fn chain_id(diff_ids: &[String]) -> Option<String> {
     let mut it = diff_ids.iter();
     let mut chain = it.next()?.clone();
     for d in it {
-        chain = format!("sha256:{}", hex::encode(Sha256::digest(format!("{chain} {d}").as_bytes())));
+        chain = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{chain} {d}").as_bytes()))
+        );
     }
     Some(chain)
 }
@@ -95,7 +106,11 @@ pub fn chain_id(diff_ids: &[String]) -> Option<String> {
 /// What [`Ctr::task_exits`] reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskEvent {
-    Exit { id: String, pid: u32, status: u32 },
+    Exit {
+        id: String,
+        pid: u32,
+        status: u32,
+    },
     /// The event stream was renewed after a break: exits may have been missed.
     Resubscribed,
 }
@@ -118,12 +133,18 @@ impl Ctr {
             };
             match attempt.await {
                 Ok(c) => {
-                    let me = Ctr { client: std::sync::Arc::new(c), ns: ns.to_string() };
+                    let me = Ctr {
+                        client: std::sync::Arc::new(c),
+                        ns: ns.to_string(),
+                    };
                     me.ensure_namespace().await?;
                     return Ok(me);
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(AgentError::Connect { path: socket.display().to_string(), message: e });
+                    return Err(AgentError::Connect {
+                        path: socket.display().to_string(),
+                        message: e,
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -151,13 +172,21 @@ impl Ctr {
     }
 
     pub async fn version(&self) -> Result<String> {
-        let v = self.client.version().version(()).await.map_err(|s| AgentError::containerd("version", s))?;
+        let v = self
+            .client
+            .version()
+            .version(())
+            .await
+            .map_err(|s| AgentError::containerd("version", s))?;
         Ok(v.into_inner().version)
     }
 
     async fn ensure_namespace(&self) -> Result<()> {
         let r = self.req(api::CreateNamespaceRequest {
-            namespace: Some(api::Namespace { name: self.ns.clone(), labels: HashMap::new() }),
+            namespace: Some(api::Namespace {
+                name: self.ns.clone(),
+                labels: HashMap::new(),
+            }),
         });
         match self.client.namespaces().create(r).await {
             Ok(_) => Ok(()),
@@ -169,7 +198,14 @@ impl Ctr {
     // ---------------------------------------------------------------- images
 
     pub async fn image(&self, name: &str) -> Result<Option<api::Image>> {
-        match self.client.images().get(self.req(api::GetImageRequest { name: name.to_string() })).await {
+        match self
+            .client
+            .images()
+            .get(self.req(api::GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
             Ok(r) => Ok(r.into_inner().image),
             Err(s) if is_not_found(&s) => Ok(None),
             Err(s) => Err(AgentError::containerd("get image", s)),
@@ -187,7 +223,14 @@ impl Ctr {
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool> {
-        match self.client.content().info(self.req(api::InfoRequest { digest: digest.to_string() })).await {
+        match self
+            .client
+            .content()
+            .info(self.req(api::InfoRequest {
+                digest: digest.to_string(),
+            }))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(s) if is_not_found(&s) => Ok(false),
             Err(s) => Err(AgentError::containerd("content info", s)),
@@ -198,13 +241,21 @@ impl Ctr {
         let mut s = self
             .client
             .content()
-            .read(self.req(api::ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }))
+            .read(self.req(api::ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
             .await
             .map_err(|s| AgentError::containerd("read content", s))?
             .into_inner();
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
-            out.extend(chunk.map_err(|s| AgentError::containerd("read content", s))?.data);
+            out.extend(
+                chunk
+                    .map_err(|s| AgentError::containerd("read content", s))?
+                    .data,
+            );
         }
         Ok(out)
     }
@@ -231,7 +282,10 @@ impl Ctr {
         let mut buf = vec![0u8; 1 << 20];
         let send_err = || AgentError::Image("containerd closed the content write stream".into());
         loop {
-            let n = reader.read(&mut buf).await.map_err(|e| AgentError::io("reading blob", e))?;
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| AgentError::io("reading blob", e))?;
             if n == 0 {
                 break;
             }
@@ -274,11 +328,16 @@ impl Ctr {
                 Err(s) => return Err(AgentError::containerd("content write", s)),
             }
         }
-        Err(AgentError::Image(format!("content write of {digest} ended without commit")))
+        Err(AgentError::Image(format!(
+            "content write of {digest} ended without commit"
+        )))
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        let r = self.req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() });
+        let r = self.req(StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_string(),
+        });
         match self.client.snapshots().stat(r).await {
             Ok(_) => Ok(true),
             Err(s) if is_not_found(&s) => Ok(false),
@@ -296,16 +355,49 @@ impl Ctr {
 
     async fn import_leased(&self, img: &ImageBlobs, lease: &str) -> Result<()> {
         let chain = img.diff_id.clone();
-        let layer = tokio::fs::File::open(&img.layer_path).await.map_err(|e| AgentError::io(img.layer_path.display().to_string(), e))?;
-        self.write_content(lease, &img.layer_digest, img.layer_size, layer, HashMap::new()).await?;
-        let cfg_labels: HashMap<String, String> = [(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), chain.clone())].into();
-        self.write_content(lease, &img.config_digest, img.config.len() as u64, img.config.as_slice(), cfg_labels).await?;
+        let layer = tokio::fs::File::open(&img.layer_path)
+            .await
+            .map_err(|e| AgentError::io(img.layer_path.display().to_string(), e))?;
+        self.write_content(
+            lease,
+            &img.layer_digest,
+            img.layer_size,
+            layer,
+            HashMap::new(),
+        )
+        .await?;
+        let cfg_labels: HashMap<String, String> = [(
+            format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+            chain.clone(),
+        )]
+        .into();
+        self.write_content(
+            lease,
+            &img.config_digest,
+            img.config.len() as u64,
+            img.config.as_slice(),
+            cfg_labels,
+        )
+        .await?;
         let man_labels: HashMap<String, String> = [
-            ("containerd.io/gc.ref.content.config".to_string(), img.config_digest.clone()),
-            ("containerd.io/gc.ref.content.l.0".to_string(), img.layer_digest.clone()),
+            (
+                "containerd.io/gc.ref.content.config".to_string(),
+                img.config_digest.clone(),
+            ),
+            (
+                "containerd.io/gc.ref.content.l.0".to_string(),
+                img.layer_digest.clone(),
+            ),
         ]
         .into();
-        self.write_content(lease, &img.manifest_digest, img.manifest.len() as u64, img.manifest.as_slice(), man_labels).await?;
+        self.write_content(
+            lease,
+            &img.manifest_digest,
+            img.manifest.len() as u64,
+            img.manifest.as_slice(),
+            man_labels,
+        )
+        .await?;
 
         if !self.snapshot_exists(&chain).await? {
             let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
@@ -313,7 +405,12 @@ impl Ctr {
                 .client
                 .snapshots()
                 .prepare(self.req_lease(
-                    PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone(), parent: String::new(), labels: HashMap::new() },
+                    PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: key.clone(),
+                        parent: String::new(),
+                        labels: HashMap::new(),
+                    },
                     lease,
                 ))
                 .await
@@ -346,7 +443,12 @@ impl Ctr {
                 .client
                 .snapshots()
                 .commit(self.req_lease(
-                    CommitSnapshotRequest { snapshotter: SNAPSHOTTER.into(), name: chain.clone(), key: key.clone(), labels: HashMap::new() },
+                    CommitSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        name: chain.clone(),
+                        key: key.clone(),
+                        labels: HashMap::new(),
+                    },
                     lease,
                 ))
                 .await;
@@ -374,12 +476,24 @@ impl Ctr {
             created_at: None,
             updated_at: None,
         };
-        match self.client.images().create(self.req(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None })).await {
+        match self
+            .client
+            .images()
+            .create(self.req(api::CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if is_exists(&s) => {
                 self.client
                     .images()
-                    .update(self.req(api::UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None }))
+                    .update(self.req(api::UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    }))
                     .await
                     .map_err(|s| AgentError::containerd("update image", s))?;
                 Ok(())
@@ -390,26 +504,45 @@ impl Ctr {
 
     /// chainID of the image's rootfs and its config env.
     pub async fn image_rootfs(&self, name: &str) -> Result<Option<(String, Vec<String>)>> {
-        let Some(img) = self.image(name).await? else { return Ok(None) };
-        let target = img.target.ok_or_else(|| AgentError::Image(format!("image {name} has no target")))?;
-        let manifest: serde_json::Value = serde_json::from_slice(&self.read_content(&target.digest).await?)
-            .map_err(|e| AgentError::Image(format!("manifest of {name}: {e}")))?;
-        let cfg_digest = manifest["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| AgentError::Image(format!("image {name}: manifest without config (index images are not supported)")))?;
-        let config: serde_json::Value = serde_json::from_slice(&self.read_content(cfg_digest).await?)
-            .map_err(|e| AgentError::Image(format!("config of {name}: {e}")))?;
+        let Some(img) = self.image(name).await? else {
+            return Ok(None);
+        };
+        let target = img
+            .target
+            .ok_or_else(|| AgentError::Image(format!("image {name} has no target")))?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.read_content(&target.digest).await?)
+                .map_err(|e| AgentError::Image(format!("manifest of {name}: {e}")))?;
+        let cfg_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
+            AgentError::Image(format!(
+                "image {name}: manifest without config (index images are not supported)"
+            ))
+        })?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&self.read_content(cfg_digest).await?)
+                .map_err(|e| AgentError::Image(format!("config of {name}: {e}")))?;
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        let chain = chain_id(&diff_ids).ok_or_else(|| AgentError::Image(format!("image {name} has no layers")))?;
+        let chain = chain_id(&diff_ids)
+            .ok_or_else(|| AgentError::Image(format!("image {name} has no layers")))?;
         if !self.snapshot_exists(&chain).await? {
-            return Err(AgentError::Image(format!("image {name} is not unpacked for {SNAPSHOTTER}")));
+            return Err(AgentError::Image(format!(
+                "image {name} is not unpacked for {SNAPSHOTTER}"
+            )));
         }
         let env = config["config"]["Env"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Some((chain, env)))
     }
@@ -423,14 +556,21 @@ impl Ctr {
         let expire = (chrono::Utc::now() + chrono::Duration::minutes(minutes)).to_rfc3339();
         self.client
             .leases()
-            .create(self.req(api::CreateRequest { id: id.clone(), labels: [("containerd.io/gc.expire".to_string(), expire)].into() }))
+            .create(self.req(api::CreateRequest {
+                id: id.clone(),
+                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
+            }))
             .await
             .map_err(|s| AgentError::containerd("create lease", s))?;
         Ok(id)
     }
 
     async fn drop_lease(&self, id: String) {
-        let _ = self.client.leases().delete(self.req(api::DeleteRequest { id, sync: false })).await;
+        let _ = self
+            .client
+            .leases()
+            .delete(self.req(api::DeleteRequest { id, sync: false }))
+            .await;
     }
 
     /// Prepare the rootfs snapshot and create the container record, under a
@@ -443,8 +583,20 @@ impl Ctr {
         res
     }
 
-    async fn create_container_leased(&self, c: NewContainer<'_>, lease: &str) -> Result<Vec<Mount>> {
-        let NewContainer { id, snapshot_key, image, parent_snapshot, labels, spec, runtime_binary } = c;
+    async fn create_container_leased(
+        &self,
+        c: NewContainer<'_>,
+        lease: &str,
+    ) -> Result<Vec<Mount>> {
+        let NewContainer {
+            id,
+            snapshot_key,
+            image,
+            parent_snapshot,
+            labels,
+            spec,
+            runtime_binary,
+        } = c;
         let mounts = self
             .client
             .snapshots()
@@ -461,14 +613,20 @@ impl Ctr {
             .map_err(|s| AgentError::containerd("prepare snapshot", s))?
             .into_inner()
             .mounts;
-        let opts = RuncOptions { binary_name: runtime_binary.to_string(), ..Default::default() };
+        let opts = RuncOptions {
+            binary_name: runtime_binary.to_string(),
+            ..Default::default()
+        };
         let container = Container {
             id: id.to_string(),
             labels,
             image: image.to_string(),
             runtime: Some(Runtime {
                 name: RUNC_SHIM.into(),
-                options: Some(Any { type_url: RUNC_OPTIONS_TYPE_URL.into(), value: prost::Message::encode_to_vec(&opts) }),
+                options: Some(Any {
+                    type_url: RUNC_OPTIONS_TYPE_URL.into(),
+                    value: prost::Message::encode_to_vec(&opts),
+                }),
             }),
             spec: Some(Any {
                 type_url: SPEC_TYPE_URL.into(),
@@ -481,7 +639,17 @@ impl Ctr {
             extensions: HashMap::new(),
             sandbox: String::new(),
         };
-        if let Err(s) = self.client.containers().create(self.req_lease(api::CreateContainerRequest { container: Some(container) }, lease)).await {
+        if let Err(s) = self
+            .client
+            .containers()
+            .create(self.req_lease(
+                api::CreateContainerRequest {
+                    container: Some(container),
+                },
+                lease,
+            ))
+            .await
+        {
             let _ = self.remove_snapshot(snapshot_key).await;
             return Err(AgentError::containerd("create container", s));
         }
@@ -491,7 +659,13 @@ impl Ctr {
     /// Create and start the container's task; with `restore` = (runtime
     /// binary, checkpoint image directory) the task is restored from that
     /// image instead of started fresh.
-    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, log: &Path, restore: Option<(&str, &Path)>) -> Result<u32> {
+    pub async fn start_task(
+        &self,
+        id: &str,
+        rootfs: Vec<Mount>,
+        log: &Path,
+        restore: Option<(&str, &Path)>,
+    ) -> Result<u32> {
         let uri = format!("file://{}", log.display());
         let options = restore.map(|(binary, image)| Any {
             type_url: RUNC_OPTIONS_TYPE_URL.into(),
@@ -520,14 +694,25 @@ impl Ctr {
             .into_inner();
         self.client
             .tasks()
-            .start(self.req(api::StartRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .start(self.req(api::StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
             .await
             .map_err(|s| AgentError::containerd("start task", s))?;
         Ok(created.pid)
     }
 
     pub async fn task_state(&self, id: &str) -> Result<Option<(TaskState, u32)>> {
-        match self.client.tasks().get(self.req(api::GetRequest { container_id: id.to_string(), exec_id: String::new() })).await {
+        match self
+            .client
+            .tasks()
+            .get(self.req(api::GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+        {
             Ok(r) => {
                 let p = r.into_inner().process.unwrap_or_default();
                 let st = match TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown) {
@@ -552,11 +737,19 @@ impl Ctr {
         const ATTEMPTS: u32 = 6;
         let mut attempt = 1;
         loop {
-            match self.client.tasks().pause(self.req(api::PauseTaskRequest { container_id: id.to_string() })).await {
+            match self
+                .client
+                .tasks()
+                .pause(self.req(api::PauseTaskRequest {
+                    container_id: id.to_string(),
+                }))
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(s) if attempt < ATTEMPTS && s.message().contains("unable to freeze") => {
                     tracing::debug!(sandbox = %id, attempt, "freezer did not settle, retrying pause");
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt)))
+                        .await;
                     attempt += 1;
                 }
                 Err(s) => return Err(AgentError::containerd("pause task", s)),
@@ -567,7 +760,9 @@ impl Ctr {
     pub async fn resume(&self, id: &str) -> Result<()> {
         self.client
             .tasks()
-            .resume(self.req(api::ResumeTaskRequest { container_id: id.to_string() }))
+            .resume(self.req(api::ResumeTaskRequest {
+                container_id: id.to_string(),
+            }))
             .await
             .map_err(|s| AgentError::containerd("resume task", s))?;
         Ok(())
@@ -576,7 +771,12 @@ impl Ctr {
     /// Kill the task (SIGKILL to all its processes), wait for it, delete it,
     /// then delete the container and its snapshot. Missing pieces are fine.
     pub async fn destroy(&self, id: &str) -> Result<()> {
-        let snapshot_key = match self.client.containers().get(self.req(api::GetContainerRequest { id: id.to_string() })).await {
+        let snapshot_key = match self
+            .client
+            .containers()
+            .get(self.req(api::GetContainerRequest { id: id.to_string() }))
+            .await
+        {
             Ok(r) => r.into_inner().container.map(|c| c.snapshot_key),
             Err(s) if is_not_found(&s) => None,
             Err(s) => return Err(AgentError::containerd("get container", s)),
@@ -587,12 +787,20 @@ impl Ctr {
             }
             if state != TaskState::Stopped {
                 let mut waiter = self.client.tasks();
-                let wreq = self.req(api::WaitRequest { container_id: id.to_string(), exec_id: String::new() });
+                let wreq = self.req(api::WaitRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                });
                 let wait = tokio::spawn(async move { waiter.wait(wreq).await });
                 let kill = self
                     .client
                     .tasks()
-                    .kill(self.req(api::KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: 9, all: true }))
+                    .kill(self.req(api::KillRequest {
+                        container_id: id.to_string(),
+                        exec_id: String::new(),
+                        signal: 9,
+                        all: true,
+                    }))
                     .await;
                 match kill {
                     Ok(_) => {}
@@ -603,21 +811,37 @@ impl Ctr {
                 // A runsc sandbox restored under a new id keeps the old id
                 // inside, so `runsc kill` finds nothing to signal: kill the
                 // sandbox's host process itself.
-                if let Some((TaskState::Running | TaskState::Paused | TaskState::Created, pid)) = self.task_state(id).await?
+                if let Some((TaskState::Running | TaskState::Paused | TaskState::Created, pid)) =
+                    self.task_state(id).await?
                     && let Ok(pid) = i32::try_from(pid)
                     && pid > 1
                 {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                     self.wait_stopped(id, Duration::from_secs(10)).await?;
                 }
             }
-            match self.client.tasks().delete(self.req(api::DeleteTaskRequest { container_id: id.to_string() })).await {
+            match self
+                .client
+                .tasks()
+                .delete(self.req(api::DeleteTaskRequest {
+                    container_id: id.to_string(),
+                }))
+                .await
+            {
                 Ok(_) => {}
                 Err(s) if is_not_found(&s) => {}
                 Err(s) => return Err(AgentError::containerd("delete task", s)),
             }
         }
-        match self.client.containers().delete(self.req(api::DeleteContainerRequest { id: id.to_string() })).await {
+        match self
+            .client
+            .containers()
+            .delete(self.req(api::DeleteContainerRequest { id: id.to_string() }))
+            .await
+        {
             Ok(_) => {}
             Err(s) if is_not_found(&s) => {}
             Err(s) => return Err(AgentError::containerd("delete container", s)),
@@ -632,7 +856,9 @@ impl Ctr {
     /// gone); whether it stopped in time.
     pub async fn wait_stopped(&self, id: &str, within: Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + within;
-        while let Some((TaskState::Running | TaskState::Paused | TaskState::Created, _)) = self.task_state(id).await? {
+        while let Some((TaskState::Running | TaskState::Paused | TaskState::Created, _)) =
+            self.task_state(id).await?
+        {
             if std::time::Instant::now() > deadline {
                 return Ok(false);
             }
@@ -650,26 +876,45 @@ impl Ctr {
     /// The overlay upper directory of container `id`'s rootfs snapshot: what
     /// the sandbox wrote to its root file system.
     pub async fn rootfs_upperdir(&self, id: &str) -> Result<PathBuf> {
-        let key = match self.client.containers().get(self.req(api::GetContainerRequest { id: id.to_string() })).await {
-            Ok(r) => r.into_inner().container.map(|c| c.snapshot_key).unwrap_or_default(),
+        let key = match self
+            .client
+            .containers()
+            .get(self.req(api::GetContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .container
+                .map(|c| c.snapshot_key)
+                .unwrap_or_default(),
             Err(s) => return Err(AgentError::containerd("get container", s)),
         };
         let mounts = self
             .client
             .snapshots()
-            .mounts(self.req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key }))
+            .mounts(self.req(MountsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key,
+            }))
             .await
             .map_err(|s| AgentError::containerd("snapshot mounts", s))?
             .into_inner()
             .mounts;
-        upperdir(&mounts).ok_or_else(|| AgentError::FailedPrecondition(format!("sandbox {id}'s rootfs has no overlay upper directory")))
+        upperdir(&mounts).ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "sandbox {id}'s rootfs has no overlay upper directory"
+            ))
+        })
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
         match self
             .client
             .snapshots()
-            .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() }))
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.to_string(),
+            }))
             .await
         {
             Ok(_) => Ok(()),
@@ -693,13 +938,19 @@ impl Ctr {
         let mut s = self
             .client
             .snapshots()
-            .list(self.req(ListSnapshotsRequest { snapshotter: SNAPSHOTTER.into(), filters: vec![] }))
+            .list(self.req(ListSnapshotsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                filters: vec![],
+            }))
             .await
             .map_err(|s| AgentError::containerd("list snapshots", s))?
             .into_inner();
         let mut out = Vec::new();
         while let Some(r) = s.next().await {
-            for info in r.map_err(|s| AgentError::containerd("list snapshots", s))?.info {
+            for info in r
+                .map_err(|s| AgentError::containerd("list snapshots", s))?
+                .info
+            {
                 // kind 2 = active (prepared), 3 = committed
                 if info.kind == 2 {
                     out.push(info.name);
@@ -723,7 +974,9 @@ impl Ctr {
             let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
             let mut backoff = Duration::from_millis(100);
             loop {
-                let req = me.req(api::SubscribeRequest { filters: vec![filter.clone()] });
+                let req = me.req(api::SubscribeRequest {
+                    filters: vec![filter.clone()],
+                });
                 let mut stream = match me.client.events().subscribe(req).await {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
@@ -739,13 +992,25 @@ impl Ctr {
                 backoff = Duration::from_millis(100);
                 while let Some(Ok(env)) = stream.next().await {
                     let Some(any) = env.event else { continue };
-                    if let Ok(exit) = <containerd_client::events::TaskExit as prost::Message>::decode(any.value.as_slice())
-                        && tx.send(TaskEvent::Exit { id: exit.container_id, pid: exit.pid, status: exit.exit_status }).await.is_err()
+                    if let Ok(exit) =
+                        <containerd_client::events::TaskExit as prost::Message>::decode(
+                            any.value.as_slice(),
+                        )
+                        && tx
+                            .send(TaskEvent::Exit {
+                                id: exit.container_id,
+                                pid: exit.pid,
+                                status: exit.exit_status,
+                            })
+                            .await
+                            .is_err()
                     {
                         return;
                     }
                 }
-                tracing::warn!("containerd event stream ended (containerd restarting?); resubscribing");
+                tracing::warn!(
+                    "containerd event stream ended (containerd restarting?); resubscribing"
+                );
                 // announce the gap as soon as containerd answers again (a new
                 // subscription only answers at its first event)
                 while me.client.version().version(()).await.is_err() {
@@ -766,7 +1031,11 @@ impl Ctr {
     /// Set (merge) container labels.
     pub async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<()> {
         let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
-        let c = Container { id: id.to_string(), labels, ..Default::default() };
+        let c = Container {
+            id: id.to_string(),
+            labels,
+            ..Default::default()
+        };
         self.client
             .containers()
             .update(self.req(api::UpdateContainerRequest {
@@ -788,15 +1057,27 @@ mod tests {
         assert_eq!(chain_id(&[]), None);
         assert_eq!(chain_id(&["sha256:a".into()]).unwrap(), "sha256:a");
         let two = chain_id(&["sha256:a".into(), "sha256:b".into()]).unwrap();
-        assert_eq!(two, format!("sha256:{}", hex::encode(Sha256::digest(b"sha256:a sha256:b"))));
+        assert_eq!(
+            two,
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(b"sha256:a sha256:b"))
+            )
+        );
     }
 
     #[test]
     fn runc_options_encode_binary_name_as_field_6() {
-        let v = prost::Message::encode_to_vec(&RuncOptions { binary_name: "runsc".into(), ..Default::default() });
+        let v = prost::Message::encode_to_vec(&RuncOptions {
+            binary_name: "runsc".into(),
+            ..Default::default()
+        });
         assert_eq!(v, [0x32, 5, b'r', b'u', b'n', b's', b'c']);
         // containerd.runc.v1.Options.criu_image_path: a task restored from it
-        let v = prost::Message::encode_to_vec(&RuncOptions { criu_image_path: "/c".into(), ..Default::default() });
+        let v = prost::Message::encode_to_vec(&RuncOptions {
+            criu_image_path: "/c".into(),
+            ..Default::default()
+        });
         assert_eq!(v, [0x52, 2, b'/', b'c']);
     }
 }

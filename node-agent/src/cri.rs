@@ -36,20 +36,29 @@ impl CriPod {
 
 /// Group containerd containers (id, labels) into pods; the pod's own sandbox
 /// (pause) container is left out (freezing it would be pointless).
-pub fn group_pods<'a>(containers: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>) -> Vec<CriPod> {
+pub fn group_pods<'a>(
+    containers: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>,
+) -> Vec<CriPod> {
     let mut pods: BTreeMap<(String, String), CriPod> = BTreeMap::new();
     for (id, labels) in containers {
-        let (Some(ns), Some(name)) = (labels.get(POD_NAMESPACE), labels.get(POD_NAME)) else { continue };
-        let pod = pods.entry((ns.clone(), name.clone())).or_insert_with(|| CriPod {
-            namespace: ns.clone(),
-            name: name.clone(),
-            uid: labels.get(POD_UID).cloned().unwrap_or_default(),
-            containers: Vec::new(),
-        });
+        let (Some(ns), Some(name)) = (labels.get(POD_NAMESPACE), labels.get(POD_NAME)) else {
+            continue;
+        };
+        let pod = pods
+            .entry((ns.clone(), name.clone()))
+            .or_insert_with(|| CriPod {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: labels.get(POD_UID).cloned().unwrap_or_default(),
+                containers: Vec::new(),
+            });
         if labels.get(CRI_KIND).map(String::as_str) == Some("sandbox") {
             continue;
         }
-        pod.containers.push((id.to_string(), labels.get(CONTAINER_NAME).cloned().unwrap_or_default()));
+        pod.containers.push((
+            id.to_string(),
+            labels.get(CONTAINER_NAME).cloned().unwrap_or_default(),
+        ));
     }
     pods.into_values().collect()
 }
@@ -62,7 +71,10 @@ pub struct CriNode {
 
 impl CriNode {
     pub fn new(ctr: Ctr, node: &str) -> Self {
-        CriNode { ctr, node: node.to_string() }
+        CriNode {
+            ctr,
+            node: node.to_string(),
+        }
     }
 
     pub async fn pods(&self) -> Result<Vec<CriPod>> {
@@ -72,13 +84,17 @@ impl CriNode {
 
     pub async fn pod(&self, id: &str) -> Result<CriPod> {
         let Some((ns, name)) = id.split_once('/') else {
-            return Err(AgentError::InvalidTemplate(format!("sandbox id {id:?}: expected <namespace>/<pod>")));
+            return Err(AgentError::InvalidTemplate(format!(
+                "sandbox id {id:?}: expected <namespace>/<pod>"
+            )));
         };
         self.pods()
             .await?
             .into_iter()
             .find(|p| p.namespace == ns && p.name == name && !p.containers.is_empty())
-            .ok_or_else(|| AgentError::NotFound(format!("pod {id} has no containers on node {}", self.node)))
+            .ok_or_else(|| {
+                AgentError::NotFound(format!("pod {id} has no containers on node {}", self.node))
+            })
     }
 
     /// Paused when any app container's task is paused.
@@ -91,14 +107,26 @@ impl CriNode {
                 _ => {}
             }
         }
-        Ok(if running { pb::SandboxState::Claimed } else { pb::SandboxState::Failed })
+        Ok(if running {
+            pb::SandboxState::Claimed
+        } else {
+            pb::SandboxState::Failed
+        })
     }
 
     pub async fn pause(&self, id: &str) -> Result<CriPod> {
         let pod = self.pod(id).await?;
         match self.state(&pod).await? {
-            pb::SandboxState::Paused => return Err(AgentError::FailedPrecondition(format!("pod {id} is already paused"))),
-            pb::SandboxState::Failed => return Err(AgentError::FailedPrecondition(format!("pod {id} has no running container"))),
+            pb::SandboxState::Paused => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod {id} is already paused"
+                )));
+            }
+            pb::SandboxState::Failed => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "pod {id} has no running container"
+                )));
+            }
             _ => {}
         }
         for (c, _) in &pod.containers {
@@ -112,7 +140,9 @@ impl CriNode {
     pub async fn resume(&self, id: &str) -> Result<CriPod> {
         let pod = self.pod(id).await?;
         if self.state(&pod).await? != pb::SandboxState::Paused {
-            return Err(AgentError::FailedPrecondition(format!("pod {id} is not paused")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "pod {id} is not paused"
+            )));
         }
         for (c, _) in &pod.containers {
             if matches!(self.ctr.task_state(c).await?, Some((TaskState::Paused, _))) {
@@ -138,7 +168,9 @@ impl CriNode {
 pub struct CriNodeService(pub Arc<CriNode>);
 
 fn unsupported(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in Kubernetes mode (pods are managed by the controller)"))
+    Status::unimplemented(format!(
+        "{what} is not available in Kubernetes mode (pods are managed by the controller)"
+    ))
 }
 
 /// Pods belong to the kubelet: checkpoints are the standalone agent's.
@@ -146,76 +178,139 @@ const CRI_CHECKPOINT: &str = "checkpoint/restore/fork of Kubernetes pool pods is
 
 #[tonic::async_trait]
 impl NodeAgent for CriNodeService {
-    async fn create_sandbox(&self, _: Request<pb::CreateSandboxRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn create_sandbox(
+        &self,
+        _: Request<pb::CreateSandboxRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         Err(unsupported("CreateSandbox"))
     }
 
-    async fn get_sandbox(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn get_sandbox(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         let pod = self.0.pod(&req.into_inner().sandbox_id).await?;
         Ok(Response::new(self.0.info(&pod).await?))
     }
 
-    async fn list_sandboxes(&self, _: Request<pb::ListSandboxesRequest>) -> Result<Response<pb::ListSandboxesResponse>, Status> {
+    async fn list_sandboxes(
+        &self,
+        _: Request<pb::ListSandboxesRequest>,
+    ) -> Result<Response<pb::ListSandboxesResponse>, Status> {
         let mut out = Vec::new();
-        for p in self.0.pods().await?.iter().filter(|p| !p.containers.is_empty()) {
+        for p in self
+            .0
+            .pods()
+            .await?
+            .iter()
+            .filter(|p| !p.containers.is_empty())
+        {
             out.push(self.0.info(p).await?);
         }
         Ok(Response::new(pb::ListSandboxesResponse { sandboxes: out }))
     }
 
-    async fn inject(&self, _: Request<pb::NodeInjectRequest>) -> Result<Response<pb::NodeInjectResponse>, Status> {
+    async fn inject(
+        &self,
+        _: Request<pb::NodeInjectRequest>,
+    ) -> Result<Response<pb::NodeInjectResponse>, Status> {
         Err(unsupported("Inject (call the pod's runtime on port 44772)"))
     }
 
-    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn release(
+        &self,
+        _: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         Err(unsupported("Release"))
     }
 
-    async fn pause(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn pause(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         let pod = self.0.pause(&req.into_inner().sandbox_id).await?;
         Ok(Response::new(self.0.info(&pod).await?))
     }
 
-    async fn resume(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn resume(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         let pod = self.0.resume(&req.into_inner().sandbox_id).await?;
         Ok(Response::new(self.0.info(&pod).await?))
     }
 
-    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+    async fn checkpoint(
+        &self,
+        _: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointInfo>, Status> {
         Err(Status::unimplemented(CRI_CHECKPOINT))
     }
 
-    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn restore(
+        &self,
+        _: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
         Err(Status::unimplemented(CRI_CHECKPOINT))
     }
 
-    async fn fork(&self, _: Request<pb::ForkRequest>) -> Result<Response<pb::ForkResponse>, Status> {
+    async fn fork(
+        &self,
+        _: Request<pb::ForkRequest>,
+    ) -> Result<Response<pb::ForkResponse>, Status> {
         Err(Status::unimplemented(CRI_CHECKPOINT))
     }
 
-    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         Ok(Response::new(pb::ListCheckpointsResponse::default()))
     }
 
-    async fn delete_checkpoint(&self, r: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
-        Err(Status::not_found(format!("checkpoint {} not found", r.into_inner().checkpoint_id)))
+    async fn delete_checkpoint(
+        &self,
+        r: Request<pb::CheckpointRef>,
+    ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        Err(Status::not_found(format!(
+            "checkpoint {} not found",
+            r.into_inner().checkpoint_id
+        )))
     }
 
-    async fn upgrade(&self, _: Request<pb::UpgradeRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented("in-place image upgrade of Kubernetes pool pods is not supported yet"))
+    async fn upgrade(
+        &self,
+        _: Request<pb::UpgradeRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented(
+            "in-place image upgrade of Kubernetes pool pods is not supported yet",
+        ))
     }
 
-    async fn mount(&self, _: Request<pb::MountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented("dynamic mounts are not implemented yet"))
+    async fn mount(
+        &self,
+        _: Request<pb::MountRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented(
+            "dynamic mounts are not implemented yet",
+        ))
     }
 
-    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented("dynamic mounts are not implemented yet"))
+    async fn unmount(
+        &self,
+        _: Request<pb::UnmountRequest>,
+    ) -> Result<Response<pb::SandboxInfo>, Status> {
+        Err(Status::unimplemented(
+            "dynamic mounts are not implemented yet",
+        ))
     }
 
     type WatchStream = futures_util::stream::Empty<Result<pb::NodeEvent, Status>>;
 
-    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(unsupported("Watch (watch pods through the Kubernetes API)"))
     }
 }
@@ -242,11 +337,23 @@ mod tests {
         let c = labels("sandpool", "agent-pool-1", "task-executor", "container");
         let d = labels("other", "web", "nginx", "container");
         let plain: HashMap<String, String> = HashMap::new();
-        let pods = group_pods([("s1", &a), ("c1", &b), ("c2", &c), ("c3", &d), ("x", &plain)]);
+        let pods = group_pods([
+            ("s1", &a),
+            ("c1", &b),
+            ("c2", &c),
+            ("c3", &d),
+            ("x", &plain),
+        ]);
         assert_eq!(pods.len(), 2);
         let p = pods.iter().find(|p| p.name == "agent-pool-1").expect("pod");
         assert_eq!(p.id(), "sandpool/agent-pool-1");
         assert_eq!(p.uid, "uid-agent-pool-1");
-        assert_eq!(p.containers, [("c1".to_string(), "sandbox-container".to_string()), ("c2".to_string(), "task-executor".to_string())]);
+        assert_eq!(
+            p.containers,
+            [
+                ("c1".to_string(), "sandbox-container".to_string()),
+                ("c2".to_string(), "task-executor".to_string())
+            ]
+        );
     }
 }

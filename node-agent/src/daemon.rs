@@ -38,25 +38,32 @@ fn spawn(dir: &Path) -> Result<Child> {
         .append(true)
         .open(dir.join("containerd.log"))
         .map_err(|e| AgentError::io("containerd.log", e))?;
-    let log2 = log.try_clone().map_err(|e| AgentError::io("containerd.log", e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| AgentError::io("containerd.log", e))?;
     let socket = dir.join("containerd.sock");
     let _ = std::fs::remove_file(&socket);
     let mut cmd = Command::new("containerd");
-    cmd.arg("--config").arg(&cfg).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     // containerd goes when its owner does (the spawning thread is the
     // supervisor, which lives as long as the process): a restarted agent must
     // not meet a stale containerd holding the same root.
     unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| AgentError::Connect {
-            path: socket.display().to_string(),
-            message: format!("starting containerd (apt-get install containerd runc): {e}"),
-        })?;
+    let child = cmd.spawn().map_err(|e| AgentError::Connect {
+        path: socket.display().to_string(),
+        message: format!("starting containerd (apt-get install containerd runc): {e}"),
+    })?;
     tracing::info!(pid = child.id(), socket = %socket.display(), "started private containerd");
     Ok(child)
 }
@@ -68,7 +75,8 @@ impl ContainerdDaemon {
     pub fn start(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
         let cfg = dir.join("config.toml");
-        std::fs::write(&cfg, config_toml(dir)).map_err(|e| AgentError::io(cfg.display().to_string(), e))?;
+        std::fs::write(&cfg, config_toml(dir))
+            .map_err(|e| AgentError::io(cfg.display().to_string(), e))?;
         let child = Arc::new(Mutex::new(None));
         let stopping = Arc::new(AtomicBool::new(false));
         let (c, stop, d) = (Arc::clone(&child), Arc::clone(&stopping), dir.to_path_buf());
@@ -86,20 +94,33 @@ impl ContainerdDaemon {
                 }
             })
             .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
-        rx.recv().map_err(|_| AgentError::Connect { path: dir.display().to_string(), message: "containerd supervisor died".into() })??;
-        Ok(ContainerdDaemon { child, stopping, socket: dir.join("containerd.sock"), dir: dir.to_path_buf() })
+        rx.recv().map_err(|_| AgentError::Connect {
+            path: dir.display().to_string(),
+            message: "containerd supervisor died".into(),
+        })??;
+        Ok(ContainerdDaemon {
+            child,
+            stopping,
+            socket: dir.join("containerd.sock"),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         // the supervisor checks the flag under the lock before it restarts
         self.stopping.store(true, Ordering::SeqCst);
-        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
         if !matches!(child.try_wait(), Ok(None)) {
             return; // already gone (and reaped: its pid may be someone else's now)
         }
         if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {

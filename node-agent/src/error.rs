@@ -44,10 +44,16 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 impl AgentError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        AgentError::Io { context: context.into(), source }
+        AgentError::Io {
+            context: context.into(),
+            source,
+        }
     }
     pub fn containerd(op: impl Into<String>, status: tonic::Status) -> Self {
-        AgentError::Containerd { op: op.into(), status }
+        AgentError::Containerd {
+            op: op.into(),
+            status,
+        }
     }
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
@@ -86,7 +92,10 @@ impl From<AgentError> for tonic::Status {
             },
             AgentError::Runtime { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
-            AgentError::Network(_) | AgentError::Image(_) | AgentError::Io { .. } | AgentError::Checkpoint(_) => Code::Internal,
+            AgentError::Network(_)
+            | AgentError::Image(_)
+            | AgentError::Io { .. }
+            | AgentError::Checkpoint(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

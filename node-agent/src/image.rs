@@ -73,21 +73,36 @@ pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<I
     let layer_path = out_dir.join("layer.tar.gz");
     let tmp = out_dir.join("layer.tar.gz.tmp");
     let file = fs::File::create(&tmp).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
-    let gz_hashed = HashWriter { inner: io::BufWriter::new(file), hash: Sha256::new(), count: 0 };
+    let gz_hashed = HashWriter {
+        inner: io::BufWriter::new(file),
+        hash: Sha256::new(),
+        count: 0,
+    };
     let gz = flate2::write::GzEncoder::new(gz_hashed, flate2::Compression::fast());
-    let tar_hashed = HashWriter { inner: gz, hash: Sha256::new(), count: 0 };
+    let tar_hashed = HashWriter {
+        inner: gz,
+        hash: Sha256::new(),
+        count: 0,
+    };
     let mut builder = tar::Builder::new(tar_hashed);
     builder.follow_symlinks(false);
-    append_tree(&mut builder, rootfs, Path::new("")).map_err(|e| AgentError::Image(format!("packing {}: {e}", rootfs.display())))?;
-    let tar_hashed = builder.into_inner().map_err(|e| AgentError::Image(e.to_string()))?;
+    append_tree(&mut builder, rootfs, Path::new(""))
+        .map_err(|e| AgentError::Image(format!("packing {}: {e}", rootfs.display())))?;
+    let tar_hashed = builder
+        .into_inner()
+        .map_err(|e| AgentError::Image(e.to_string()))?;
     let diff_id = format!("sha256:{}", hex::encode(tar_hashed.hash.finalize()));
-    let gz_hashed = tar_hashed.inner.finish().map_err(|e| AgentError::Image(e.to_string()))?;
+    let gz_hashed = tar_hashed
+        .inner
+        .finish()
+        .map_err(|e| AgentError::Image(e.to_string()))?;
     let layer_digest = format!("sha256:{}", hex::encode(gz_hashed.hash.clone().finalize()));
     let layer_size = gz_hashed.count;
     let mut w = gz_hashed.inner;
     w.flush().map_err(|e| AgentError::Image(e.to_string()))?;
     drop(w);
-    fs::rename(&tmp, &layer_path).map_err(|e| AgentError::io(layer_path.display().to_string(), e))?;
+    fs::rename(&tmp, &layer_path)
+        .map_err(|e| AgentError::io(layer_path.display().to_string(), e))?;
 
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
@@ -155,10 +170,22 @@ fn add_sandbox_user(root: &Path, shell: &str) -> io::Result<()> {
     fs::create_dir_all(&home)?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o755))?;
     std::os::unix::fs::chown(&home, Some(uid), Some(gid))?;
-    for (file, line) in [("etc/passwd", format!("user:x:{uid}:{gid}:user:{}:{shell}\n", crate::spec::SANDBOX_HOME)), ("etc/group", format!("user:x:{gid}:\n"))] {
+    for (file, line) in [
+        (
+            "etc/passwd",
+            format!(
+                "user:x:{uid}:{gid}:user:{}:{shell}\n",
+                crate::spec::SANDBOX_HOME
+            ),
+        ),
+        ("etc/group", format!("user:x:{gid}:\n")),
+    ] {
         let path = root.join(file);
         let text = fs::read_to_string(&path).unwrap_or_default();
-        if !text.lines().any(|l| l.split(':').nth(2) == Some(&uid.to_string()) || l.starts_with("user:")) {
+        if !text
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(&uid.to_string()) || l.starts_with("user:"))
+        {
             let mut text = text;
             if !text.is_empty() && !text.ends_with('\n') {
                 text.push('\n');
@@ -176,17 +203,39 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
         if dir.exists() {
             fs::remove_dir_all(dir)?;
         }
-        mkdirs(dir, &[("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("home", 0o755)])?;
+        mkdirs(
+            dir,
+            &[
+                ("bin", 0o755),
+                ("etc", 0o755),
+                ("tmp", 0o1777),
+                ("root", 0o700),
+                ("proc", 0o555),
+                ("sys", 0o555),
+                ("dev", 0o755),
+                ("home", 0o755),
+            ],
+        )?;
         fs::copy(busybox, dir.join("bin/busybox"))?;
         fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
         let out = Command::new(busybox).arg("--list").output()?;
-        for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        for applet in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "busybox")
+        {
             let _ = symlink("busybox", dir.join("bin").join(applet));
         }
-        fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")?;
+        fs::write(
+            dir.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        )?;
         fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
         add_sandbox_user(dir, "/bin/sh")?;
-        fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        fs::write(
+            dir.join("etc/hosts"),
+            "127.0.0.1 localhost\n::1 localhost\n",
+        )?;
         // E2B's SDK runs commands with `/bin/bash -l -c`; busybox has no bash
         // applet, so bash here is busybox's ash (POSIX sh, not GNU bash).
         fs::write(dir.join("bin/bash"), "#!/bin/sh\nexec /bin/sh \"$@\"\n")?;
@@ -216,7 +265,9 @@ pub fn apt_mirror() -> Option<String> {
     let mut uris = Vec::new();
     for t in &texts {
         for line in t.lines().map(str::trim) {
-            let rest = line.strip_prefix("URIs:").or_else(|| line.strip_prefix("deb "));
+            let rest = line
+                .strip_prefix("URIs:")
+                .or_else(|| line.strip_prefix("deb "));
             if let Some(rest) = rest {
                 uris.extend(
                     rest.split_whitespace()
@@ -226,19 +277,28 @@ pub fn apt_mirror() -> Option<String> {
             }
         }
     }
-    uris.iter().find(|u| u.contains("debian")).or_else(|| uris.first()).cloned()
+    uris.iter()
+        .find(|u| u.contains("debian"))
+        .or_else(|| uris.first())
+        .cloned()
 }
 
 fn codename() -> String {
     fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_else(|| "bookworm".into())
 }
 
 /// Debian minbase with python3, via debootstrap (minutes; cached by the caller).
 pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
-    let mirror = apt_mirror().ok_or_else(|| AgentError::Image("no Debian mirror found in /etc/apt sources".into()))?;
+    let mirror = apt_mirror()
+        .ok_or_else(|| AgentError::Image("no Debian mirror found in /etc/apt sources".into()))?;
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
@@ -251,13 +311,30 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
         .arg(&tmp)
         .arg(&mirror)
         .output()
-        .map_err(|e| AgentError::Image(format!("running debootstrap (apt-get install debootstrap): {e}")))?;
+        .map_err(|e| {
+            AgentError::Image(format!(
+                "running debootstrap (apt-get install debootstrap): {e}"
+            ))
+        })?;
     if !out.status.success() {
-        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).rev().take(5).collect();
-        return Err(AgentError::Image(format!("debootstrap from {mirror} failed: {}", tail.join(" | "))));
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .rev()
+            .take(5)
+            .collect();
+        return Err(AgentError::Image(format!(
+            "debootstrap from {mirror} failed: {}",
+            tail.join(" | ")
+        )));
     }
-    add_sandbox_user(&tmp, "/bin/bash").map_err(|e| AgentError::io("adding the sandbox user", e))?;
+    add_sandbox_user(&tmp, "/bin/bash")
+        .map_err(|e| AgentError::io("adding the sandbox user", e))?;
     // Leave out apt caches; they are large and useless in a sandbox.
     let _ = fs::remove_dir_all(tmp.join("var/cache/apt/archives"));
     let _ = fs::create_dir_all(tmp.join("var/cache/apt/archives/partial"));
@@ -274,13 +351,19 @@ pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
     let dir = cache.join(format!("{}-v{FORMAT}", name.replace(['/', ':'], "_")));
     fs::create_dir_all(&dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
     // One builder at a time per image (agents, tests and benches may share a cache).
-    let lock_file = fs::File::create(dir.with_extension("lock")).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| AgentError::Image(format!("locking the image cache {}: {e}", dir.display())))?;
+    let lock_file = fs::File::create(dir.with_extension("lock"))
+        .map_err(|e| AgentError::io(dir.display().to_string(), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, e)| AgentError::Image(format!("locking the image cache {}: {e}", dir.display())),
+    )?;
     let packed = dir.join("image.json");
-    if let Some(b) = fs::read(&packed).ok().and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
+    if let Some(b) = fs::read(&packed)
+        .ok()
+        .and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
         && b.name == name
-        && fs::metadata(&b.layer_path).map(|m| m.len() == b.layer_size).unwrap_or(false)
+        && fs::metadata(&b.layer_path)
+            .map(|m| m.len() == b.layer_size)
+            .unwrap_or(false)
     {
         return Ok(b);
     }
@@ -296,23 +379,40 @@ fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
     let stamp = dir.join("rootfs.done");
     match name {
         BUSYBOX => {
-            let bb = ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
-                AgentError::Image("busybox not found (apt-get install busybox-static)".into())
-            })?;
+            let bb = ["/bin/busybox", "/usr/bin/busybox"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .ok_or_else(|| {
+                    AgentError::Image("busybox not found (apt-get install busybox-static)".into())
+                })?;
             if !stamp.exists() {
                 busybox_rootfs(&rootfs, &bb)?;
-                fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
+                fs::write(&stamp, b"")
+                    .map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
             pack(name, &rootfs, dir, &["PATH=/bin"])
         }
         PYTHON => {
             if !stamp.exists() {
                 debian_python_rootfs(&rootfs)?;
-                fs::write(&stamp, b"").map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
+                fs::write(&stamp, b"")
+                    .map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
-            pack(name, &rootfs, dir, &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
+            pack(
+                name,
+                &rootfs,
+                dir,
+                &[
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "LANG=C.UTF-8",
+                ],
+            )
         }
-        other => Err(AgentError::UnknownImage(other.to_string(), format!("{BUSYBOX}, {PYTHON}"))),
+        other => Err(AgentError::UnknownImage(
+            other.to_string(),
+            format!("{BUSYBOX}, {PYTHON}"),
+        )),
     }
 }
 
@@ -331,7 +431,10 @@ mod tests {
         let b = pack("t:1", &root, &d.path().join("b"), &["PATH=/bin"]).unwrap();
         assert_eq!(a.diff_id, b.diff_id, "same tree, same uncompressed digest");
         assert_eq!(a.layer_size, fs::metadata(&a.layer_path).unwrap().len());
-        assert_eq!(sha256_digest(&fs::read(&a.layer_path).unwrap()), a.layer_digest);
+        assert_eq!(
+            sha256_digest(&fs::read(&a.layer_path).unwrap()),
+            a.layer_digest
+        );
         let m: serde_json::Value = serde_json::from_slice(&a.manifest).unwrap();
         assert_eq!(m["layers"][0]["digest"], a.layer_digest.as_str());
         assert_eq!(m["config"]["digest"], a.config_digest.as_str());
@@ -345,10 +448,20 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().entry_type().is_symlink())
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type().is_symlink(),
+                )
             })
             .collect();
-        assert_eq!(kinds, vec![("bin".into(), false), ("bin/hello".into(), false), ("bin/hi".into(), true)]);
+        assert_eq!(
+            kinds,
+            vec![
+                ("bin".into(), false),
+                ("bin/hello".into(), false),
+                ("bin/hi".into(), true)
+            ]
+        );
     }
 
     #[test]

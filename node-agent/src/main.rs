@@ -52,30 +52,45 @@ async fn main() -> anyhow::Result<()> {
     let socket = match &args.containerd_socket {
         Some(s) => s.clone(),
         None => {
-            let d = ContainerdDaemon::start(&args.data_dir.join("containerd")).context("starting private containerd")?;
+            let d = ContainerdDaemon::start(&args.data_dir.join("containerd"))
+                .context("starting private containerd")?;
             let s = d.socket.clone();
             daemon = Some(d);
             s
         }
     };
-    let ctr = Ctr::connect(&socket, &args.namespace, Duration::from_secs(30)).await.context("connecting to containerd")?;
+    let ctr = Ctr::connect(&socket, &args.namespace, Duration::from_secs(30))
+        .await
+        .context("connecting to containerd")?;
     tracing::info!(version = %ctr.version().await.unwrap_or_default(), socket = %socket.display(), "containerd connected");
-    let mut cfg = AgentConfig::new(args.data_dir.clone(), std::fs::canonicalize(&args.runtime_bin).context("runtime binary")?);
+    let mut cfg = AgentConfig::new(
+        args.data_dir.clone(),
+        std::fs::canonicalize(&args.runtime_bin).context("runtime binary")?,
+    );
     cfg.net = NetConfig::new(&args.data_dir, &args.bridge, &args.subnet);
     cfg.runsc_bin = args.runsc.clone();
     cfg.max_sandboxes = args.max_sandboxes;
     let agent = Agent::start(cfg, ctr).await.context("starting the agent")?;
     for img in &args.preload {
         let t = std::time::Instant::now();
-        agent.ensure_image(img).await.with_context(|| format!("preparing image {img}"))?;
+        agent
+            .ensure_image(img)
+            .await
+            .with_context(|| format!("preparing image {img}"))?;
         tracing::info!(image = %img, ms = t.elapsed().as_millis() as u64, "image ready");
     }
-    let svc = sandpool_proto::v1::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&agent)));
+    let svc = sandpool_proto::v1::node_agent_server::NodeAgentServer::new(NodeAgentService::new(
+        Arc::clone(&agent),
+    ));
     tracing::info!(listen = %args.listen, "node agent serving");
     // SANDPOOL_SERVICE_TOKEN: the bearer token callers must present
-    let token = std::env::var("SANDPOOL_SERVICE_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = std::env::var("SANDPOOL_SERVICE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     if token.is_none() {
-        tracing::warn!("no SANDPOOL_SERVICE_TOKEN: the node agent API accepts unauthenticated calls");
+        tracing::warn!(
+            "no SANDPOOL_SERVICE_TOKEN: the node agent API accepts unauthenticated calls"
+        );
     }
     let auth = sandpool_proto::auth::RequireToken::new(token.as_deref())?;
     tonic::transport::Server::builder()

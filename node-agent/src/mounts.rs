@@ -44,10 +44,16 @@ pub fn validate(host_path: &str, mount_path: &str, roots: &[PathBuf]) -> Result<
     validate_target(mount_path)?;
     let source = std::fs::canonicalize(host_path)
         .map_err(|e| AgentError::InvalidTemplate(format!("host path {host_path:?}: {e}")))?;
-    let allowed = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|r| source.starts_with(&r) && source != r);
+    let allowed = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| source.starts_with(&r) && source != r);
     if !allowed {
         let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(AgentError::InvalidTemplate(format!("host path {host_path:?} is not under a mount root ({})", roots.join(", "))));
+        return Err(AgentError::InvalidTemplate(format!(
+            "host path {host_path:?} is not under a mount root ({})",
+            roots.join(", ")
+        )));
     }
     Ok(source)
 }
@@ -55,11 +61,19 @@ pub fn validate(host_path: &str, mount_path: &str, roots: &[PathBuf]) -> Result<
 /// `mount_path` must be an absolute, normal path that is not `/` or reserved.
 pub fn validate_target(mount_path: &str) -> Result<()> {
     let target = Path::new(mount_path);
-    if !target.is_absolute() || target.components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
-        return Err(AgentError::InvalidTemplate(format!("mount path {mount_path:?} must be absolute, without . or ..")));
+    if !target.is_absolute()
+        || target
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err(AgentError::InvalidTemplate(format!(
+            "mount path {mount_path:?} must be absolute, without . or .."
+        )));
     }
     if target == Path::new("/") || RESERVED.iter().any(|r| target.starts_with(r)) {
-        return Err(AgentError::InvalidTemplate(format!("mount path {mount_path:?} is reserved")));
+        return Err(AgentError::InvalidTemplate(format!(
+            "mount path {mount_path:?} is reserved"
+        )));
     }
     Ok(())
 }
@@ -73,7 +87,10 @@ fn os_err(what: &str) -> AgentError {
 }
 
 /// Run `f` in a child that has entered the mount namespace of `pid`.
-fn in_mount_ns_of(pid: u32, f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> Result<()> {
+fn in_mount_ns_of(
+    pid: u32,
+    f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Result<()> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(|e| AgentError::NotFound(format!("mount namespace of pid {pid}: {e}")))?;
     let ns_fd = ns.as_raw_fd();
@@ -92,9 +109,17 @@ fn in_mount_ns_of(pid: u32, f: impl Fn() -> std::io::Result<()> + Send + Sync + 
             libc::_exit(0)
         });
     }
-    let status = cmd.status().map_err(|e| AgentError::FailedPrecondition(format!("in the sandbox's mount namespace: {e}")))?;
+    let status = cmd.status().map_err(|e| {
+        AgentError::FailedPrecondition(format!("in the sandbox's mount namespace: {e}"))
+    })?;
     drop(ns);
-    if status.success() { Ok(()) } else { Err(AgentError::Network(format!("mount helper exited with {status}"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::Network(format!(
+            "mount helper exited with {status}"
+        )))
+    }
 }
 
 /// Bind `source` (host) at `target` inside the mount namespace of `pid`.
@@ -102,7 +127,12 @@ pub fn mount_into(pid: u32, source: &Path, target: &str, read_only: bool) -> Res
     let src = cstr(&source.to_string_lossy())?;
     // SAFETY: plain syscall with a valid C string; the returned fd is owned below.
     let fd = unsafe {
-        libc::syscall(SYS_OPEN_TREE, libc::AT_FDCWD, src.as_ptr(), OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint)
+        libc::syscall(
+            SYS_OPEN_TREE,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
     };
     if fd < 0 {
         return Err(os_err(&format!("open_tree {}", source.display())));
@@ -110,7 +140,12 @@ pub fn mount_into(pid: u32, source: &Path, target: &str, read_only: bool) -> Res
     // SAFETY: `fd` is a new descriptor we own.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     if read_only {
-        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
         let empty = cstr("")?;
         // SAFETY: valid fd, empty path with AT_EMPTY_PATH, attr of the documented size.
         let r = unsafe {
@@ -153,15 +188,34 @@ pub fn mount_into(pid: u32, source: &Path, target: &str, read_only: bool) -> Res
         }
         if !is_dir {
             // SAFETY: as above; the fd is closed right away.
-            let f = unsafe { libc::open(tgt.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644) };
+            let f = unsafe {
+                libc::open(
+                    tgt.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
             if f < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             unsafe { libc::close(f) };
         }
         // SAFETY: detached tree fd from open_tree, target path in this namespace.
-        let r = unsafe { libc::syscall(SYS_MOVE_MOUNT, tree_fd, empty.as_ptr(), libc::AT_FDCWD, tgt.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
-        if r != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        let r = unsafe {
+            libc::syscall(
+                SYS_MOVE_MOUNT,
+                tree_fd,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                tgt.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     })?;
     drop(tree);
     Ok(())
@@ -191,13 +245,29 @@ mod tests {
         let roots = vec![root.path().to_path_buf()];
         let v = vol.to_str().expect("utf8");
         assert!(validate(v, "/mnt/data", &roots).is_ok());
-        for bad_target in ["relative", "/", "/proc/x", "/mnt/../etc", "/.sandpool/x", "/dev"] {
+        for bad_target in [
+            "relative",
+            "/",
+            "/proc/x",
+            "/mnt/../etc",
+            "/.sandpool/x",
+            "/dev",
+        ] {
             assert!(validate(v, bad_target, &roots).is_err(), "{bad_target}");
         }
-        assert!(validate("/etc", "/mnt/etc", &roots).is_err(), "outside the roots");
-        assert!(validate(root.path().to_str().expect("utf8"), "/mnt/r", &roots).is_err(), "the root itself");
+        assert!(
+            validate("/etc", "/mnt/etc", &roots).is_err(),
+            "outside the roots"
+        );
+        assert!(
+            validate(root.path().to_str().expect("utf8"), "/mnt/r", &roots).is_err(),
+            "the root itself"
+        );
         let escape = format!("{v}/../../../etc");
-        assert!(validate(&escape, "/mnt/e", &roots).is_err(), "no escape through ..");
+        assert!(
+            validate(&escape, "/mnt/e", &roots).is_err(),
+            "no escape through .."
+        );
         assert!(validate("/does/not/exist", "/mnt/x", &roots).is_err());
     }
 }

@@ -36,7 +36,11 @@ impl NetConfig {
         NetConfig {
             netns_dir: data_dir.join("netns"),
             ipam_dir: data_dir.join("cni-ipam"),
-            cni_bin_dir: ["/usr/lib/cni", "/opt/cni/bin"].iter().map(PathBuf::from).find(|p| p.join("bridge").exists()).unwrap_or_else(|| PathBuf::from("/usr/lib/cni")),
+            cni_bin_dir: ["/usr/lib/cni", "/opt/cni/bin"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.join("bridge").exists())
+                .unwrap_or_else(|| PathBuf::from("/usr/lib/cni")),
             bridge: bridge.to_string(),
             subnet: subnet.to_string(),
             isolate: true,
@@ -59,12 +63,46 @@ impl NetConfig {
         let chain = self.chain();
         let _ = iptables(&["-N", &chain]); // exists already: fine
         iptables(&["-F", &chain])?;
-        iptables(&["-A", &chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])?;
+        iptables(&[
+            "-A",
+            &chain,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ])?;
         for port in &self.allow_host_ports {
-            iptables(&["-A", &chain, "-p", "tcp", "--dport", &port.to_string(), "-j", "ACCEPT"])?;
+            iptables(&[
+                "-A",
+                &chain,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "ACCEPT",
+            ])?;
         }
-        iptables(&["-A", &chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])?;
-        iptables(&["-A", &chain, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"])?;
+        iptables(&[
+            "-A",
+            &chain,
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])?;
+        iptables(&[
+            "-A",
+            &chain,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-port-unreachable",
+        ])?;
         if iptables(&["-C", "INPUT", "-i", &self.bridge, "-j", &chain]).is_err() {
             iptables(&["-I", "INPUT", "1", "-i", &self.bridge, "-j", &chain])?;
         }
@@ -87,7 +125,8 @@ impl NetConfig {
             return Err(AgentError::Network("CNI result names no host veth".into()));
         };
         let path = format!("/sys/class/net/{veth}/brport/isolated");
-        fs::write(&path, "1").map_err(|e| AgentError::Network(format!("isolating bridge port {veth} ({path}): {e}")))
+        fs::write(&path, "1")
+            .map_err(|e| AgentError::Network(format!("isolating bridge port {veth} ({path}): {e}")))
     }
 
     /// The bridge's IP (the sandboxes' gateway): the first host of the subnet.
@@ -95,7 +134,11 @@ impl NetConfig {
         let (net, bits) = self.subnet.split_once('/')?;
         let net: std::net::Ipv4Addr = net.parse().ok()?;
         let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
-        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
         Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
     }
 
@@ -127,7 +170,13 @@ impl NetConfig {
         let ns = self.netns_path(id);
         create_netns(&ns)?;
         let res = (|| {
-            self.cni("ADD", "loopback", id, "lo", &json!({"cniVersion": "0.4.0", "name": "lo", "type": "loopback"}))?;
+            self.cni(
+                "ADD",
+                "loopback",
+                id,
+                "lo",
+                &json!({"cniVersion": "0.4.0", "name": "lo", "type": "loopback"}),
+            )?;
             let out = self.cni("ADD", "bridge", id, "eth0", &self.bridge_conf())?;
             if self.isolate {
                 self.isolate_port(&out)?;
@@ -152,7 +201,11 @@ impl NetConfig {
     /// Sandbox ids that have a namespace file.
     pub fn list(&self) -> Vec<String> {
         fs::read_dir(&self.netns_dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -168,7 +221,14 @@ impl NetConfig {
             .unwrap_or_default()
     }
 
-    fn cni(&self, command: &str, plugin: &str, id: &str, ifname: &str, conf: &Value) -> Result<Value> {
+    fn cni(
+        &self,
+        command: &str,
+        plugin: &str,
+        id: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Result<Value> {
         let bin = self.cni_bin_dir.join(plugin);
         let mut child = Command::new(&bin)
             .env_clear()
@@ -182,22 +242,32 @@ impl NetConfig {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| AgentError::Network(format!("running CNI plugin {} (apt-get install containernetworking-plugins): {e}", bin.display())))?;
+            .map_err(|e| {
+                AgentError::Network(format!(
+                    "running CNI plugin {} (apt-get install containernetworking-plugins): {e}",
+                    bin.display()
+                ))
+            })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(conf.to_string().as_bytes());
         }
-        let out = child.wait_with_output().map_err(|e| AgentError::Network(format!("CNI {plugin}: {e}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| AgentError::Network(format!("CNI {plugin}: {e}")))?;
         if !out.status.success() {
             let msg = serde_json::from_slice::<Value>(&out.stdout)
                 .ok()
                 .and_then(|v| v["msg"].as_str().map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
-            return Err(AgentError::Network(format!("CNI {plugin} {command} for {id}: {msg}")));
+            return Err(AgentError::Network(format!(
+                "CNI {plugin} {command} for {id}: {msg}"
+            )));
         }
         if out.stdout.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| AgentError::Network(format!("CNI {plugin} output: {e}")))
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| AgentError::Network(format!("CNI {plugin} output: {e}")))
     }
 }
 
@@ -206,11 +276,17 @@ fn iptables(args: &[&str]) -> Result<()> {
         .arg("-w")
         .args(args)
         .output()
-        .map_err(|e| AgentError::Network(format!("running iptables (apt-get install iptables): {e}")))?;
+        .map_err(|e| {
+            AgentError::Network(format!("running iptables (apt-get install iptables): {e}"))
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(AgentError::Network(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        Err(AgentError::Network(format!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -220,7 +296,11 @@ pub fn host_veth(result: &Value, bridge: &str) -> Option<String> {
     result["interfaces"]
         .as_array()?
         .iter()
-        .find(|i| i.get("sandbox").is_none_or(|s| s.as_str().unwrap_or("").is_empty()) && i["name"] != bridge)
+        .find(|i| {
+            i.get("sandbox")
+                .is_none_or(|s| s.as_str().unwrap_or("").is_empty())
+                && i["name"] != bridge
+        })
         .and_then(|i| i["name"].as_str())
         .map(str::to_string)
 }
@@ -246,7 +326,8 @@ pub fn create_netns(path: &Path) -> Result<()> {
     fs::File::create(path).map_err(|e| AgentError::io(path.display().to_string(), e))?;
     let target = path.to_path_buf();
     let res = std::thread::spawn(move || -> std::result::Result<(), String> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -271,7 +352,12 @@ pub fn delete_netns(path: &Path) -> Result<()> {
     }
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(AgentError::Network(format!("unmounting {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(AgentError::Network(format!(
+                "unmounting {}: {e}",
+                path.display()
+            )));
+        }
     }
     fs::remove_file(path).map_err(|e| AgentError::io(path.display().to_string(), e))
 }
@@ -293,7 +379,11 @@ mod tests {
 
     #[test]
     fn gateway_is_the_first_host_of_the_subnet() {
-        let c = |subnet: &str| NetConfig::new(Path::new("/x"), "b", subnet).gateway_ip().map(|i| i.to_string());
+        let c = |subnet: &str| {
+            NetConfig::new(Path::new("/x"), "b", subnet)
+                .gateway_ip()
+                .map(|i| i.to_string())
+        };
         assert_eq!(c("10.213.0.0/16").as_deref(), Some("10.213.0.1"));
         assert_eq!(c("10.213.7.0/24").as_deref(), Some("10.213.7.1"));
         assert_eq!(c("10.213.7.9/24").as_deref(), Some("10.213.7.1"));

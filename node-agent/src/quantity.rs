@@ -8,7 +8,11 @@ pub fn cpu_millis(q: &str) -> Result<u64> {
     if q.is_empty() {
         return Ok(0);
     }
-    let bad = || AgentError::InvalidTemplate(format!("bad cpu quantity {q:?} (examples: \"500m\", \"2\", \"0.5\")"));
+    let bad = || {
+        AgentError::InvalidTemplate(format!(
+            "bad cpu quantity {q:?} (examples: \"500m\", \"2\", \"0.5\")"
+        ))
+    };
     let m = if let Some(n) = q.strip_suffix('m') {
         n.parse::<u64>().map_err(|_| bad())?
     } else {
@@ -30,7 +34,11 @@ pub fn memory_bytes(q: &str) -> Result<u64> {
     if q.is_empty() {
         return Ok(0);
     }
-    let bad = || AgentError::InvalidTemplate(format!("bad memory quantity {q:?} (examples: \"512Mi\", \"2Gi\", \"1G\")"));
+    let bad = || {
+        AgentError::InvalidTemplate(format!(
+            "bad memory quantity {q:?} (examples: \"512Mi\", \"2Gi\", \"1G\")"
+        ))
+    };
     let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
     let (num, unit) = q.split_at(split);
     let mult: u64 = match unit {
@@ -56,7 +64,9 @@ pub fn memory_bytes(q: &str) -> Result<u64> {
     let bytes = bytes.round() as u64;
     // the kernel refuses very small limits; so do we, with a clear message
     if bytes < 4 << 20 {
-        return Err(AgentError::InvalidTemplate(format!("memory limit {q} is below the 4Mi minimum")));
+        return Err(AgentError::InvalidTemplate(format!(
+            "memory limit {q} is below the 4Mi minimum"
+        )));
     }
     Ok(bytes)
 }

@@ -49,13 +49,62 @@ pub const SANDBOX_HOME: &str = "/home/user";
 /// allows everything else (Docker's default profile blocks the same set for
 /// a container without extra capabilities); a blocked call fails with EPERM.
 const SECCOMP_BLOCKED: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module", "fanotify_init",
-    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "init_module", "io_uring_enter",
-    "io_uring_register", "io_uring_setup", "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
-    "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at", "nfsservctl", "open_by_handle_at",
-    "open_tree", "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "query_module", "quotactl",
-    "reboot", "request_key", "setns", "settimeofday", "stime", "swapoff", "swapon", "_sysctl", "sysfs", "syslog",
-    "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "fanotify_init",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "_sysctl",
+    "sysfs",
+    "syslog",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
 ];
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 
@@ -82,8 +131,19 @@ pub fn seccomp_profile() -> Value {
 }
 
 const CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
 
@@ -105,7 +165,10 @@ pub fn runtime_args() -> Vec<String> {
 /// claim's trace: the agent's own `OTEL_*` exporter variables, with a
 /// loopback collector address rewritten to the node bridge's gateway IP
 /// (the sandbox's loopback is its own).
-pub fn sandbox_otel_env(get: impl Fn(&str) -> Option<String>, bridge_gateway: Option<std::net::Ipv4Addr>) -> Vec<(String, String)> {
+pub fn sandbox_otel_env(
+    get: impl Fn(&str) -> Option<String>,
+    bridge_gateway: Option<std::net::Ipv4Addr>,
+) -> Vec<(String, String)> {
     const KEYS: [&str; 7] = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -117,7 +180,9 @@ pub fn sandbox_otel_env(get: impl Fn(&str) -> Option<String>, bridge_gateway: Op
     ];
     let mut out = Vec::new();
     for k in KEYS {
-        let Some(mut v) = get(k).filter(|v| !v.trim().is_empty()) else { continue };
+        let Some(mut v) = get(k).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
         if k.ends_with("ENDPOINT")
             && let Some(gw) = bridge_gateway
         {
@@ -134,14 +199,22 @@ pub fn sandbox_otel_env(get: impl Fn(&str) -> Option<String>, bridge_gateway: Op
 }
 
 /// Host ports named by endpoint URLs that point at the bridge gateway.
-pub fn host_ports(env: &[(String, String)], bridge_gateway: Option<std::net::Ipv4Addr>) -> Vec<u16> {
-    let Some(gw) = bridge_gateway else { return Vec::new() };
+pub fn host_ports(
+    env: &[(String, String)],
+    bridge_gateway: Option<std::net::Ipv4Addr>,
+) -> Vec<u16> {
+    let Some(gw) = bridge_gateway else {
+        return Vec::new();
+    };
     let prefix = format!("//{gw}:");
     env.iter()
         .filter(|(k, _)| k.ends_with("ENDPOINT"))
         .filter_map(|(_, v)| {
             let rest = &v[v.find(&prefix)? + prefix.len()..];
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
         .collect()
 }
@@ -153,7 +226,10 @@ impl SandboxSpec {
             env.retain(|e: &String| !e.starts_with(&format!("{k}=")));
             env.push(format!("{k}={v}"));
         };
-        push("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        push(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
         for (k, v) in &self.env {
             push(k, v);
         }
@@ -180,7 +256,11 @@ impl SandboxSpec {
         }
         let hostname: String = self.id.chars().take(12).collect();
         // no path: a fresh namespace (network-less runsc sandboxes)
-        let network = if self.netns_path.is_empty() { json!({ "type": "network" }) } else { json!({ "type": "network", "path": self.netns_path }) };
+        let network = if self.netns_path.is_empty() {
+            json!({ "type": "network" })
+        } else {
+            json!({ "type": "network", "path": self.netns_path })
+        };
         json!({
             "ociVersion": "1.0.2-dev",
             "process": {
@@ -232,7 +312,11 @@ mod tests {
             env: vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())],
             netns_path: "/run/sandpool/netns/x".into(),
             runtime_bin: "/opt/sandpool-runtime".into(),
-            limits: Limits { cpu_millis: 500, memory_bytes: 256 << 20, pids: 128 },
+            limits: Limits {
+                cpu_millis: 500,
+                memory_bytes: 256 << 20,
+                pids: 128,
+            },
             cgroup_parent: "/sandpool".into(),
             access_token: "tok".into(),
             user: Some(SANDBOX_USER),
@@ -244,11 +328,23 @@ mod tests {
         let v = spec().to_json();
         assert_eq!(v["process"]["user"]["uid"], SANDBOX_USER.0);
         assert_eq!(v["process"]["capabilities"]["effective"], json!([]));
-        assert!(v["process"]["env"].as_array().unwrap().contains(&json!("HOME=/home/user")));
+        assert!(
+            v["process"]["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("HOME=/home/user"))
+        );
         let sc = &v["linux"]["seccomp"];
         assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
         let blocked = sc["syscalls"][0]["names"].as_array().unwrap();
-        for s in ["unshare", "mount", "bpf", "keyctl", "io_uring_setup", "kexec_load"] {
+        for s in [
+            "unshare",
+            "mount",
+            "bpf",
+            "keyctl",
+            "io_uring_setup",
+            "kexec_load",
+        ] {
             assert!(blocked.contains(&json!(s)), "{s} blocked");
         }
         assert_eq!(sc["syscalls"][1]["args"][0]["value"], CLONE_NEWUSER);
@@ -256,7 +352,13 @@ mod tests {
         root.user = None;
         let v = root.to_json();
         assert_eq!(v["process"]["user"]["uid"], 0);
-        assert_eq!(v["process"]["capabilities"]["effective"].as_array().unwrap().len(), CAPS.len());
+        assert_eq!(
+            v["process"]["capabilities"]["effective"]
+                .as_array()
+                .unwrap()
+                .len(),
+            CAPS.len()
+        );
     }
 
     #[test]
@@ -267,13 +369,25 @@ mod tests {
             _ => None,
         };
         let env = sandbox_otel_env(vars, Some("10.213.0.1".parse().unwrap()));
-        assert!(env.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://10.213.0.1:4317".into())));
+        assert!(env.contains(&(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://10.213.0.1:4317".into()
+        )));
         assert!(env.contains(&("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into())));
         assert!(env.contains(&("OTEL_SERVICE_NAME".into(), "sandpool-runtime".into())));
-        assert!(sandbox_otel_env(|_| None, None).is_empty(), "off by default");
-        assert_eq!(host_ports(&env, Some("10.213.0.1".parse().unwrap())), [4317]);
+        assert!(
+            sandbox_otel_env(|_| None, None).is_empty(),
+            "off by default"
+        );
+        assert_eq!(
+            host_ports(&env, Some("10.213.0.1".parse().unwrap())),
+            [4317]
+        );
         assert!(host_ports(&env, Some("10.9.9.1".parse().unwrap())).is_empty());
-        let remote = sandbox_otel_env(|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://otel:4317".to_string()), None);
+        let remote = sandbox_otel_env(
+            |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://otel:4317".to_string()),
+            None,
+        );
         assert_eq!(remote[0].1, "http://otel:4317");
     }
 
@@ -285,13 +399,29 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 128);
         assert_eq!(v["linux"]["cgroupsPath"], "/sandpool/abcdef0123456789");
         let ns = v["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/sandpool/netns/x"));
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/run/sandpool/netns/x")
+        );
         assert_eq!(v["process"]["args"][0], RUNTIME_PATH_IN_SANDBOX);
-        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-        assert!(env.contains(&"PATH=/bin"), "template PATH overrides the default");
+        let env: Vec<&str> = v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"PATH=/bin"),
+            "template PATH overrides the default"
+        );
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert!(env.contains(&"A=1") && env.contains(&"EXECD_ACCESS_TOKEN=tok"));
-        let m = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == RUNTIME_PATH_IN_SANDBOX).unwrap();
+        let m = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == RUNTIME_PATH_IN_SANDBOX)
+            .unwrap();
         assert_eq!(m["source"], "/opt/sandpool-runtime");
         assert!(m["options"].as_array().unwrap().contains(&json!("ro")));
         assert_eq!(v["process"]["noNewPrivileges"], true);

@@ -14,7 +14,9 @@ use crate::{
 };
 
 pub fn runtime_bin() -> Option<PathBuf> {
-    std::env::var_os("SANDPOOL_RUNTIME_STATIC_BIN").map(PathBuf::from).filter(|p| p.is_file())
+    std::env::var_os("SANDPOOL_RUNTIME_STATIC_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
 }
 
 pub fn prerequisites() -> Result<PathBuf, String> {
@@ -22,14 +24,20 @@ pub fn prerequisites() -> Result<PathBuf, String> {
         return Err("not root".into());
     }
     for bin in ["containerd", "runc", "runsc", "busybox"] {
-        if Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             return Err(format!("{bin} not installed"));
         }
     }
     if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
         return Err("CNI plugins not installed".into());
     }
-    runtime_bin().ok_or_else(|| "SANDPOOL_RUNTIME_STATIC_BIN not set to a static sandpool-runtime".into())
+    runtime_bin()
+        .ok_or_else(|| "SANDPOOL_RUNTIME_STATIC_BIN not set to a static sandpool-runtime".into())
 }
 
 pub fn gate() -> Option<PathBuf> {
@@ -57,8 +65,18 @@ pub struct TestNode {
 impl TestNode {
     /// A private containerd + agent in a temp dir, bridge `sptest{n}`, subnet `10.213.{n}.0/24`.
     pub async fn start(runtime: PathBuf, n: u8) -> TestNode {
-        let dir = tempfile::Builder::new().prefix("spna").tempdir_in("/tmp").unwrap();
-        let mut node = TestNode { dir, daemon: None, agent: None, runtime, bridge: format!("sptest{n}"), subnet: format!("10.213.{n}.0/24") };
+        let dir = tempfile::Builder::new()
+            .prefix("spna")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut node = TestNode {
+            dir,
+            daemon: None,
+            agent: None,
+            runtime,
+            bridge: format!("sptest{n}"),
+            subnet: format!("10.213.{n}.0/24"),
+        };
         node.boot().await;
         node
     }
@@ -66,12 +84,15 @@ impl TestNode {
     /// (Re)start containerd and the agent on the same state dir.
     pub async fn boot(&mut self) {
         let d = ContainerdDaemon::start(&self.dir.path().join("containerd")).unwrap();
-        let ctr = Ctr::connect(&d.socket, "sandpool-test", Duration::from_secs(30)).await.unwrap();
+        let ctr = Ctr::connect(&d.socket, "sandpool-test", Duration::from_secs(30))
+            .await
+            .unwrap();
         let mut cfg = AgentConfig::new(self.dir.path().join("agent"), self.runtime.clone());
         cfg.net = NetConfig::new(&cfg.data_dir, &self.bridge, &self.subnet);
         cfg.node_name = "test-node".into();
         // Built images are cached across test runs (debootstrap takes minutes).
-        cfg.image_cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sandpool-image-cache");
+        cfg.image_cache =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sandpool-image-cache");
         self.daemon = Some(d);
         self.agent = Some(Agent::start(cfg, ctr).await.unwrap());
     }
@@ -93,14 +114,32 @@ impl TestNode {
         let a = self.agent();
         assert!(a.list("").is_empty(), "agent still lists sandboxes");
         let containers = a.ctr().list_containers().await.unwrap();
-        assert!(containers.is_empty(), "stray containers: {:?}", containers.iter().map(|c| &c.id).collect::<Vec<_>>());
+        assert!(
+            containers.is_empty(),
+            "stray containers: {:?}",
+            containers.iter().map(|c| &c.id).collect::<Vec<_>>()
+        );
         let snaps = a.ctr().list_active_snapshots().await.unwrap();
         assert!(snaps.is_empty(), "stray snapshots: {snaps:?}");
-        assert!(a.cfg.net.list().is_empty(), "stray netns: {:?}", a.cfg.net.list());
-        assert!(a.cfg.net.allocated_ips().is_empty(), "leaked IPs: {:?}", a.cfg.net.allocated_ips());
-        let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge)).map(|r| r.count()).unwrap_or(0);
+        assert!(
+            a.cfg.net.list().is_empty(),
+            "stray netns: {:?}",
+            a.cfg.net.list()
+        );
+        assert!(
+            a.cfg.net.allocated_ips().is_empty(),
+            "leaked IPs: {:?}",
+            a.cfg.net.allocated_ips()
+        );
+        let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+            .map(|r| r.count())
+            .unwrap_or(0);
         assert_eq!(brif, 0, "veths still attached to {}", self.bridge);
-        assert!(a.tunnel_ports().is_empty(), "runtime tunnels still listen: {:?}", a.tunnel_ports());
+        assert!(
+            a.tunnel_ports().is_empty(),
+            "runtime tunnels still listen: {:?}",
+            a.tunnel_ports()
+        );
     }
 }
 
@@ -111,7 +150,10 @@ impl Drop for TestNode {
             let ids: Vec<String> = a.list("").into_iter().map(|s| s.sandbox_id).collect();
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
                     rt.block_on(async {
                         for id in ids {
                             let _ = a.release(&id, pb::ReleasePolicy::Delete).await;
@@ -123,8 +165,9 @@ impl Drop for TestNode {
         if let Some(mut d) = self.daemon.take() {
             d.stop(Duration::from_secs(10));
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
         crate::net::NetConfig::new(self.dir.path(), &self.bridge, &self.subnet).remove_isolation();
     }
 }
-

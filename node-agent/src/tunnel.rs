@@ -30,13 +30,20 @@ impl Tunnel {
     /// Listen on `bind` (port 0: any free port) and run `argv` per connection.
     pub async fn open(bind: SocketAddr, argv: Vec<String>) -> std::io::Result<Tunnel> {
         if argv.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "tunnel needs a command"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "tunnel needs a command",
+            ));
         }
         let listener = TcpListener::bind(bind).await?;
         let port = listener.local_addr()?.port();
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, argv, rx));
-        Ok(Tunnel { port, stop, task: Some(task) })
+        Ok(Tunnel {
+            port,
+            stop,
+            task: Some(task),
+        })
     }
 
     /// Stop accepting, end every connection (the process inside gets
@@ -99,7 +106,9 @@ async fn serve(sock: TcpStream, argv: Vec<String>, mut stop: watch::Receiver<boo
             return;
         }
     };
-    let (Some(mut cin), Some(mut cout)) = (child.stdin.take(), child.stdout.take()) else { return };
+    let (Some(mut cin), Some(mut cout)) = (child.stdin.take(), child.stdout.take()) else {
+        return;
+    };
     let (mut r, mut w) = sock.into_split();
     let up = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut r, &mut cin).await;
@@ -117,9 +126,15 @@ async fn serve(sock: TcpStream, argv: Vec<String>, mut stop: watch::Receiver<boo
     // SIGTERM first: runsc exec passes it to the process inside, which ends
     // (a SIGKILLed runsc exec would leave it running on dead descriptors)
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -133,7 +148,9 @@ mod tests {
     /// `cat` stands in for the process inside: bytes go through and back.
     #[tokio::test]
     async fn joins_a_connection_to_a_process() {
-        let t = Tunnel::open("127.0.0.1:0".parse().unwrap(), vec!["cat".into()]).await.unwrap();
+        let t = Tunnel::open("127.0.0.1:0".parse().unwrap(), vec!["cat".into()])
+            .await
+            .unwrap();
         let mut s = TcpStream::connect(("127.0.0.1", t.port)).await.unwrap();
         s.write_all(b"hello tunnel").await.unwrap();
         s.shutdown().await.unwrap();
@@ -145,19 +162,32 @@ mod tests {
 
     #[tokio::test]
     async fn close_ends_open_connections_and_the_listener() {
-        let t = Tunnel::open("127.0.0.1:0".parse().unwrap(), vec!["sleep".into(), "30".into()]).await.unwrap();
+        let t = Tunnel::open(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["sleep".into(), "30".into()],
+        )
+        .await
+        .unwrap();
         let port = t.port;
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         t.close().await;
         let mut buf = [0u8; 1];
         assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0, "connection ended");
-        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "listener closed");
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+            "listener closed"
+        );
     }
 
     #[tokio::test]
     async fn a_failing_command_closes_the_connection() {
-        let t = Tunnel::open("127.0.0.1:0".parse().unwrap(), vec!["/nonexistent/tunnel".into()]).await.unwrap();
+        let t = Tunnel::open(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["/nonexistent/tunnel".into()],
+        )
+        .await
+        .unwrap();
         let mut s = TcpStream::connect(("127.0.0.1", t.port)).await.unwrap();
         let mut buf = Vec::new();
         assert_eq!(s.read_to_end(&mut buf).await.unwrap_or(0), 0);

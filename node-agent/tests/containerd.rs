@@ -19,7 +19,11 @@ fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
         image: "busybox".into(),
         command: vec![],
         env: [("TEMPLATE_VAR".to_string(), "from-template".to_string())].into(),
-        resources: Some(pb::Resources { cpu: "500m".into(), memory: "256Mi".into(), pids: 256 }),
+        resources: Some(pb::Resources {
+            cpu: "500m".into(),
+            memory: "256Mi".into(),
+            pids: 256,
+        }),
         runtime_class: runtime as i32,
         release_policy: pb::ReleasePolicy::Delete as i32,
         labels: Default::default(),
@@ -56,8 +60,16 @@ async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
 /// 0 when nothing answers (a released sandbox's IP has no host: fail fast).
 async fn ping(info: &pb::SandboxInfo) -> u16 {
     // a frozen sandbox accepts TCP (the kernel does) but never answers: bound the whole request
-    let c = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(2)).build().unwrap();
-    c.get(format!("http://{}:{}/ping", info.ip, info.runtime_port)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    let c = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    c.get(format!("http://{}:{}/ping", info.ip, info.runtime_port))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,20 +78,38 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     let t0 = std::time::Instant::now();
     let mut node = Node::start(runtime, 1).await;
     eprintln!("[{:?}] node started", t0.elapsed());
-    let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap().trim().to_string();
+    let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
 
     let mut infos = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let sb = node.agent().create("pool-a", template(class), None).await.unwrap();
+        let sb = node
+            .agent()
+            .create("pool-a", template(class), None)
+            .await
+            .unwrap();
         let info = sb.info("test-node");
         assert_eq!(info.state, pb::SandboxState::Warm as i32);
-        assert!(info.ip.starts_with("10.213.1."), "IP on the node bridge: {}", info.ip);
-        assert_eq!(ping(&info).await, 200, "runtime reachable at {}:44772", info.ip);
+        assert!(
+            info.ip.starts_with("10.213.1."),
+            "IP on the node bridge: {}",
+            info.ip
+        );
+        assert_eq!(
+            ping(&info).await,
+            200,
+            "runtime reachable at {}:44772",
+            info.ip
+        );
         let (kernel, code) = exec(&info, "uname -r").await;
         assert_eq!(code, 0);
         match class {
             // gVisor reports its own kernel version
-            pb::RuntimeClass::Runsc => assert_ne!(kernel.trim(), host_release, "runsc sandbox runs on gVisor"),
+            pb::RuntimeClass::Runsc => {
+                assert_ne!(kernel.trim(), host_release, "runsc sandbox runs on gVisor")
+            }
             _ => assert_eq!(kernel.trim(), host_release),
         }
         let (env, _) = exec(&info, "echo $TEMPLATE_VAR").await;
@@ -96,22 +126,38 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         // sandbox's init and keeps no zombies around.
         let (orphan, _) = exec(&info, "sleep 0.2 & echo $!; exit 0").await;
         let orphan = orphan.trim().to_string();
-        assert!(orphan.parse::<u32>().is_ok(), "pid of the orphan: {orphan:?}");
+        assert!(
+            orphan.parse::<u32>().is_ok(),
+            "pid of the orphan: {orphan:?}"
+        );
         // Poll (up to 5 s) until the orphan has exited and been reaped (its
         // /proc entry is gone, so a zero count below is not vacuous) and no
         // zombie is left.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let (mut reaped, mut zombies);
         loop {
-            reaped = exec(&info, &format!("[ -e /proc/{orphan} ] || echo reaped")).await.0;
-            zombies = exec(&info, "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z").await.0;
-            if (reaped.trim() == "reaped" && zombies.trim() == "0") || tokio::time::Instant::now() >= deadline {
+            reaped = exec(&info, &format!("[ -e /proc/{orphan} ] || echo reaped"))
+                .await
+                .0;
+            zombies = exec(
+                &info,
+                "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z",
+            )
+            .await
+            .0;
+            if (reaped.trim() == "reaped" && zombies.trim() == "0")
+                || tokio::time::Instant::now() >= deadline
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(zombies.trim(), "0", "zombies in a {class:?} sandbox");
-        assert_eq!(reaped.trim(), "reaped", "the orphan {orphan} in a {class:?} sandbox exited and was reaped within 5 s");
+        assert_eq!(
+            reaped.trim(),
+            "reaped",
+            "the orphan {orphan} in a {class:?} sandbox exited and was reaped within 5 s"
+        );
         infos.push(info);
     }
 
@@ -123,8 +169,16 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
             .inject(
                 &info.sandbox_id,
                 pb::InjectRequest {
-                    argv: vec!["sh".into(), "-c".into(), "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into()],
-                    env: [("GREETING".to_string(), "hello".to_string()), ("ROLE".to_string(), "agent".to_string())].into(),
+                    argv: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into(),
+                    ],
+                    env: [
+                        ("GREETING".to_string(), "hello".to_string()),
+                        ("ROLE".to_string(), "agent".to_string()),
+                    ]
+                    .into(),
                     ..Default::default()
                 },
             )
@@ -141,38 +195,76 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(got, "hello agent\n");
-        assert_eq!(node.agent().get(&info.sandbox_id).unwrap().state, pb::SandboxState::Claimed);
+        assert_eq!(
+            node.agent().get(&info.sandbox_id).unwrap().state,
+            pb::SandboxState::Claimed
+        );
     }
 
     eprintln!("[{:?}] injected", t0.elapsed());
     // Two more warm ones: one untouched, one whose runtime served a request
     // but whose claimed label never got written (a crash right after inject).
-    let fresh = node.agent().create("pool-a", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
-    let used = node.agent().create("pool-a", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let fresh = node
+        .agent()
+        .create("pool-a", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
+    let used = node
+        .agent()
+        .create("pool-a", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
     assert_eq!(exec(&used, "echo someone-was-here").await.1, 0);
     // Restart the agent and its containerd: nothing is lost.
     node.stop();
     eprintln!("[{:?}] stopped", t0.elapsed());
     for info in &infos {
-        assert_eq!(ping(info).await, 200, "sandbox keeps running while the agent is down");
+        assert_eq!(
+            ping(info).await,
+            200,
+            "sandbox keeps running while the agent is down"
+        );
     }
     node.boot().await;
     eprintln!("[{:?}] rebooted", t0.elapsed());
     let listed = node.agent().list("pool-a");
     assert_eq!(listed.len(), 4, "all sandboxes recovered");
     let state_of = |id: &str| listed.iter().find(|s| s.sandbox_id == id).map(|s| s.state);
-    assert_eq!(state_of(&fresh.sandbox_id), Some(pb::SandboxState::Warm as i32), "an untouched warm sandbox stays warm");
-    assert_eq!(state_of(&used.sandbox_id), Some(pb::SandboxState::Claimed as i32), "a used sandbox is never warm again");
+    assert_eq!(
+        state_of(&fresh.sandbox_id),
+        Some(pb::SandboxState::Warm as i32),
+        "an untouched warm sandbox stays warm"
+    );
+    assert_eq!(
+        state_of(&used.sandbox_id),
+        Some(pb::SandboxState::Claimed as i32),
+        "a used sandbox is never warm again"
+    );
     for info in &infos {
-        let again = listed.iter().find(|s| s.sandbox_id == info.sandbox_id).expect("recovered");
-        assert_eq!((again.ip.as_str(), again.state, again.access_token.as_str()), (info.ip.as_str(), pb::SandboxState::Claimed as i32, info.access_token.as_str()));
+        let again = listed
+            .iter()
+            .find(|s| s.sandbox_id == info.sandbox_id)
+            .expect("recovered");
+        assert_eq!(
+            (again.ip.as_str(), again.state, again.access_token.as_str()),
+            (
+                info.ip.as_str(),
+                pb::SandboxState::Claimed as i32,
+                info.access_token.as_str()
+            )
+        );
         assert_eq!(again.runtime_class, info.runtime_class);
         assert_eq!(exec(again, "cat /tmp/greeting").await.0, "hello agent\n");
     }
 
     eprintln!("[{:?}] checked after restart", t0.elapsed());
     for info in infos.iter().chain([&fresh, &used]) {
-        node.agent().release(&info.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+        node.agent()
+            .release(&info.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
         assert_eq!(ping(info).await, 0, "released sandbox is gone");
     }
     eprintln!("[{:?}] released", t0.elapsed());
@@ -184,13 +276,29 @@ async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 5).await;
     let mut events = node.agent().subscribe();
-    let sb = node.agent().create("pool-f", template(pb::RuntimeClass::Runc), None).await.unwrap();
-    let (_, pid) = node.agent().ctr().task_state(&sb.id).await.unwrap().expect("task");
+    let sb = node
+        .agent()
+        .create("pool-f", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap();
+    let (_, pid) = node
+        .agent()
+        .ctr()
+        .task_state(&sb.id)
+        .await
+        .unwrap()
+        .expect("task");
     // Kill the sandbox's init from the host, as the OOM killer would.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let failed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Ok(pb::NodeEvent { event: Some(pb::node_event::Event::Sandbox(info)) }) = events.recv().await
+            if let Ok(pb::NodeEvent {
+                event: Some(pb::node_event::Event::Sandbox(info)),
+            }) = events.recv().await
                 && info.sandbox_id == sb.id
                 && info.state == pb::SandboxState::Failed as i32
             {
@@ -201,8 +309,14 @@ async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
     .await
     .expect("FAILED event");
     assert_eq!(failed.pool, "pool-f");
-    assert_eq!(node.agent().get(&sb.id).unwrap().state, pb::SandboxState::Failed);
-    node.agent().release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
+    assert_eq!(
+        node.agent().get(&sb.id).unwrap().state,
+        pb::SandboxState::Failed
+    );
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     node.assert_no_residue().await;
 }
 
@@ -212,11 +326,22 @@ async fn recycle_resets_and_returns_to_warm() {
     let node = Node::start(runtime, 2).await;
     let mut t = template(pb::RuntimeClass::Runc);
     t.release_policy = pb::ReleasePolicy::Recycle as i32;
-    t.command = vec!["sh".into(), "-c".into(), "echo default > /tmp/default; exec sleep 100000".into()];
-    let sb = node.agent().create("pool-r", t, Some("sb-recycle".into())).await.unwrap();
+    t.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo default > /tmp/default; exec sleep 100000".into(),
+    ];
+    let sb = node
+        .agent()
+        .create("pool-r", t, Some("sb-recycle".into()))
+        .await
+        .unwrap();
     let info = sb.info("n");
     // Empty argv injects the template's default command.
-    node.agent().inject("sb-recycle", pb::InjectRequest::default()).await.unwrap();
+    node.agent()
+        .inject("sb-recycle", pb::InjectRequest::default())
+        .await
+        .unwrap();
     let mut got = String::new();
     for _ in 0..100 {
         got = exec(&info, "cat /tmp/default 2>/dev/null").await.0;
@@ -226,13 +351,32 @@ async fn recycle_resets_and_returns_to_warm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(got, "default\n");
-    let fresh = node.agent().release("sb-recycle", pb::ReleasePolicy::Unspecified).await.unwrap().expect("recycled");
+    let fresh = node
+        .agent()
+        .release("sb-recycle", pb::ReleasePolicy::Unspecified)
+        .await
+        .unwrap()
+        .expect("recycled");
     assert_eq!(fresh.state, pb::SandboxState::Warm);
     assert_eq!(fresh.ip, sb.ip, "same network identity");
-    assert_ne!(fresh.token, sb.token, "a recycled sandbox gets a new runtime token");
+    assert_ne!(
+        fresh.token, sb.token,
+        "a recycled sandbox gets a new runtime token"
+    );
     let finfo = fresh.info("n");
-    assert_eq!(exec(&finfo, "ls /tmp/default 2>&1 || echo gone").await.0.lines().last(), Some("gone"), "rootfs reset");
-    node.agent().release("sb-recycle", pb::ReleasePolicy::Delete).await.unwrap();
+    assert_eq!(
+        exec(&finfo, "ls /tmp/default 2>&1 || echo gone")
+            .await
+            .0
+            .lines()
+            .last(),
+        Some("gone"),
+        "rootfs reset"
+    );
+    node.agent()
+        .release("sb-recycle", pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     node.assert_no_residue().await;
 }
 
@@ -244,27 +388,72 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 11).await;
     let agent = node.agent();
-    let sb = agent.create("pool-u", template(pb::RuntimeClass::Runc), None).await.unwrap();
-    agent.inject(&sb.id, pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], ..Default::default() }).await.unwrap();
+    let sb = agent
+        .create("pool-u", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap();
+    agent
+        .inject(
+            &sb.id,
+            pb::InjectRequest {
+                argv: vec!["sleep".into(), "1000".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let info = sb.info("n");
     let (host, _) = exec(&info, "hostname").await;
-    assert_eq!(exec(&info, "command -v python3 || echo none").await.0.trim(), "none", "busybox has no python");
+    assert_eq!(
+        exec(&info, "command -v python3 || echo none")
+            .await
+            .0
+            .trim(),
+        "none",
+        "busybox has no python"
+    );
 
     let e = agent.upgrade(&sb.id, "no-such-image:1").await.unwrap_err();
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    assert_eq!(ping(&info).await, 200, "a refused upgrade leaves the sandbox running");
+    assert_eq!(
+        ping(&info).await,
+        200,
+        "a refused upgrade leaves the sandbox running"
+    );
 
     let up = agent.upgrade(&sb.id, "python").await.unwrap();
-    assert_eq!((up.id.as_str(), up.ip, up.token.as_str(), up.state), (sb.id.as_str(), sb.ip, sb.token.as_str(), pb::SandboxState::Claimed));
+    assert_eq!(
+        (up.id.as_str(), up.ip, up.token.as_str(), up.state),
+        (
+            sb.id.as_str(),
+            sb.ip,
+            sb.token.as_str(),
+            pb::SandboxState::Claimed
+        )
+    );
     assert_eq!(up.template.image, "python");
     let (out, code) = exec(&info, "python3 -c 'print(6 * 7)'").await;
-    assert_eq!((out.as_str(), code), ("42\n", 0), "same address and token, new image");
-    assert_eq!(exec(&info, "hostname").await.0, host, "same sandbox identity");
+    assert_eq!(
+        (out.as_str(), code),
+        ("42\n", 0),
+        "same address and token, new image"
+    );
+    assert_eq!(
+        exec(&info, "hostname").await.0,
+        host,
+        "same sandbox identity"
+    );
 
     agent.pause(&sb.id).await.unwrap();
     let e = agent.upgrade(&sb.id, "busybox").await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::FailedPrecondition);
-    agent.release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+    agent
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     node.assert_no_residue().await;
 }
 
@@ -274,43 +463,131 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     let node = Node::start(runtime, 3).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(node.agent())));
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-    let mut c = NodeAgentClient::connect(format!("http://{addr}")).await.unwrap();
+    let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(
+        node.agent(),
+    )));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut c = NodeAgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
 
     let cases: Vec<(pb::SandboxTemplate, &str)> = vec![
-        (pb::SandboxTemplate { image: "no-such-image:1".into(), ..template(pb::RuntimeClass::Runc) }, "unknown image"),
-        (pb::SandboxTemplate { resources: Some(pb::Resources { cpu: "lots".into(), ..Default::default() }), ..template(pb::RuntimeClass::Runc) }, "cpu"),
-        (pb::SandboxTemplate { resources: Some(pb::Resources { memory: "12XB".into(), ..Default::default() }), ..template(pb::RuntimeClass::Runc) }, "memory"),
-        (pb::SandboxTemplate { runtime_class: 7, ..template(pb::RuntimeClass::Runc) }, "runtime class"),
-        (pb::SandboxTemplate { image: String::new(), ..template(pb::RuntimeClass::Runc) }, "image is required"),
+        (
+            pb::SandboxTemplate {
+                image: "no-such-image:1".into(),
+                ..template(pb::RuntimeClass::Runc)
+            },
+            "unknown image",
+        ),
+        (
+            pb::SandboxTemplate {
+                resources: Some(pb::Resources {
+                    cpu: "lots".into(),
+                    ..Default::default()
+                }),
+                ..template(pb::RuntimeClass::Runc)
+            },
+            "cpu",
+        ),
+        (
+            pb::SandboxTemplate {
+                resources: Some(pb::Resources {
+                    memory: "12XB".into(),
+                    ..Default::default()
+                }),
+                ..template(pb::RuntimeClass::Runc)
+            },
+            "memory",
+        ),
+        (
+            pb::SandboxTemplate {
+                runtime_class: 7,
+                ..template(pb::RuntimeClass::Runc)
+            },
+            "runtime class",
+        ),
+        (
+            pb::SandboxTemplate {
+                image: String::new(),
+                ..template(pb::RuntimeClass::Runc)
+            },
+            "image is required",
+        ),
     ];
     for (t, needle) in cases {
         let e = c
-            .create_sandbox(pb::CreateSandboxRequest { pool: "p".into(), template: Some(t), sandbox_id: String::new() })
+            .create_sandbox(pb::CreateSandboxRequest {
+                pool: "p".into(),
+                template: Some(t),
+                sandbox_id: String::new(),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-        assert!(e.message().contains(needle), "{:?} should mention {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} should mention {needle:?}",
+            e.message()
+        );
     }
-    let e = c.create_sandbox(pb::CreateSandboxRequest { pool: "p".into(), template: None, sandbox_id: String::new() }).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = c
-        .create_sandbox(pb::CreateSandboxRequest { pool: "p".into(), template: Some(template(pb::RuntimeClass::Runc)), sandbox_id: "bad/id".into() })
+        .create_sandbox(pb::CreateSandboxRequest {
+            pool: "p".into(),
+            template: None,
+            sandbox_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c.release(pb::ReleaseRequest { sandbox_id: "nope".into(), policy: 0 }).await.unwrap_err();
+    let e = c
+        .create_sandbox(pb::CreateSandboxRequest {
+            pool: "p".into(),
+            template: Some(template(pb::RuntimeClass::Runc)),
+            sandbox_id: "bad/id".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = c
+        .release(pb::ReleaseRequest {
+            sandbox_id: "nope".into(),
+            policy: 0,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = c.checkpoint(pb::CheckpointRequest { sandbox_id: "nope".into(), leave_running: false, ..Default::default() }).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound, "an unknown sandbox is not found (support is checked per sandbox)");
-    let e = c.restore(pb::RestoreRequest { checkpoint_id: "nope".into(), sandbox_id: String::new() }).await.unwrap_err();
+    let e = c
+        .checkpoint(pb::CheckpointRequest {
+            sandbox_id: "nope".into(),
+            leave_running: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::NotFound,
+        "an unknown sandbox is not found (support is checked per sandbox)"
+    );
+    let e = c
+        .restore(pb::RestoreRequest {
+            checkpoint_id: "nope".into(),
+            sandbox_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 
     // The watch stream starts with a capacity snapshot.
     let mut w = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();
     let first = w.message().await.unwrap().unwrap();
-    assert!(matches!(first.event, Some(pb::node_event::Event::Capacity(ref cap)) if cap.max_sandboxes > 0 && cap.sandboxes == 0));
+    assert!(
+        matches!(first.event, Some(pb::node_event::Event::Capacity(ref cap)) if cap.max_sandboxes > 0 && cap.sandboxes == 0)
+    );
     node.assert_no_residue().await;
 }
 
@@ -318,14 +595,27 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
 async fn debian_python_image_is_built_once_and_runs_python() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 4).await;
-    let t = pb::SandboxTemplate { image: "python".into(), ..template(pb::RuntimeClass::Runc) };
+    let t = pb::SandboxTemplate {
+        image: "python".into(),
+        ..template(pb::RuntimeClass::Runc)
+    };
     let sb = node.agent().create("py", t, None).await.unwrap();
     let info = sb.info("n");
-    let (out, code) = exec(&info, "python3 -c 'import sys; print(sum(range(10)), sys.version_info.major)'").await;
+    let (out, code) = exec(
+        &info,
+        "python3 -c 'import sys; print(sum(range(10)), sys.version_info.major)'",
+    )
+    .await;
     assert_eq!((out.as_str(), code), ("45 3\n", 0));
     let (os, _) = exec(&info, "cat /etc/debian_version").await;
-    assert!(os.trim().chars().next().is_some_and(|c| c.is_ascii_digit()), "Debian rootfs: {os:?}");
-    node.agent().release(&sb.id, pb::ReleasePolicy::Delete).await.unwrap();
+    assert!(
+        os.trim().chars().next().is_some_and(|c| c.is_ascii_digit()),
+        "Debian rootfs: {os:?}"
+    );
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     node.assert_no_residue().await;
 }
 
@@ -336,7 +626,11 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     use sandpool_node_agent::cri::{self, CriNode};
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 7).await;
-    let sb = node.agent().create("pool-k", template(pb::RuntimeClass::Runc), None).await.unwrap();
+    let sb = node
+        .agent()
+        .create("pool-k", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap();
     let info = sb.info("test-node");
     let labels = [
         (cri::POD_NAMESPACE, "sandpool"),
@@ -348,10 +642,17 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    node.agent().ctr().set_labels(&info.sandbox_id, labels).await.unwrap();
+    node.agent()
+        .ctr()
+        .set_labels(&info.sandbox_id, labels)
+        .await
+        .unwrap();
     let cri = CriNode::new(node.agent().ctr().clone(), "test-node");
     let pods = cri.pods().await.unwrap();
-    assert!(pods.iter().any(|p| p.id() == "sandpool/agent-pool-abcde"), "{pods:?}");
+    assert!(
+        pods.iter().any(|p| p.id() == "sandpool/agent-pool-abcde"),
+        "{pods:?}"
+    );
 
     // a counter ticking every 50 ms (written with a rename: never seen half-written)
     let (_, code) =
@@ -359,7 +660,12 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert_eq!(code, 0);
     let counter = || async {
         for _ in 0..100 {
-            if let Ok(v) = exec(&info, "cat /tmp/c 2>/dev/null").await.0.trim().parse::<u64>() {
+            if let Ok(v) = exec(&info, "cat /tmp/c 2>/dev/null")
+                .await
+                .0
+                .trim()
+                .parse::<u64>()
+            {
                 return v;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -371,13 +677,25 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert!(before > 0);
     // While frozen nothing inside answers (an exec would hang): read the
     // counter from the host, through the sandbox init's root.
-    let (_, pid) = node.agent().ctr().task_state(&info.sandbox_id).await.unwrap().expect("task");
+    let (_, pid) = node
+        .agent()
+        .ctr()
+        .task_state(&info.sandbox_id)
+        .await
+        .unwrap()
+        .expect("task");
     let on_host = format!("/proc/{pid}/root/tmp/c");
     let host_counter = || -> u64 {
-        let text = std::fs::read_to_string(&on_host).unwrap_or_else(|e| panic!("read {on_host}: {e}"));
-        text.trim().parse().unwrap_or_else(|e| panic!("{on_host} holds {text:?}: {e}"))
+        let text =
+            std::fs::read_to_string(&on_host).unwrap_or_else(|e| panic!("read {on_host}: {e}"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{on_host} holds {text:?}: {e}"))
     };
-    assert!(host_counter() >= before, "the host path sees the same counter");
+    assert!(
+        host_counter() >= before,
+        "the host path sees the same counter"
+    );
     let err = cri.resume("sandpool/agent-pool-abcde").await.unwrap_err();
     assert!(err.to_string().contains("not paused"), "{err}");
     cri.pause("sandpool/agent-pool-abcde").await.unwrap();
@@ -388,23 +706,36 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     let frozen = host_counter();
     assert!(frozen >= before, "before {before}, frozen at {frozen}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(host_counter(), frozen, "the counter stands still while the pod is paused");
+    assert_eq!(
+        host_counter(),
+        frozen,
+        "the counter stands still while the pod is paused"
+    );
     cri.resume("sandpool/agent-pool-abcde").await.unwrap();
     let after = counter().await;
     // state kept: it goes on from where it was frozen, not from scratch
-    assert!(after >= frozen, "frozen at {frozen}, right after resume {after}");
+    assert!(
+        after >= frozen,
+        "frozen at {frozen}, right after resume {after}"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut later = after;
     while later <= after && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         later = counter().await;
     }
-    assert!(later > after, "it runs again within 10 s of resume: {after} -> {later}");
+    assert!(
+        later > after,
+        "it runs again within 10 s of resume: {after} -> {later}"
+    );
     let err = cri.pause("sandpool/unknown").await.unwrap_err();
     assert!(err.to_string().contains("no containers"), "{err}");
     let err = cri.pause("no-slash").await.unwrap_err();
     assert!(err.to_string().contains("<namespace>/<pod>"), "{err}");
-    node.agent().release(&info.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    node.agent()
+        .release(&info.sandbox_id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     node.assert_no_residue().await;
 }
 
@@ -416,8 +747,18 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
 async fn sandboxes_cannot_reach_each_other_or_the_host() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 8).await;
-    let a = node.agent().create("pool-n", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
-    let b = node.agent().create("pool-n", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let a = node
+        .agent()
+        .create("pool-n", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
+    let b = node
+        .agent()
+        .create("pool-n", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
     // something listening on the host, on every address (like an agent or gateway would)
     let host_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let host_port = host_listener.local_addr().unwrap().port();
@@ -430,14 +771,30 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     });
     let gateway = node.agent().cfg.net.gateway_ip().unwrap();
     // from inside A: its own runtime answers (control); B's runtime and the host do not
-    let probe = |target: String| format!("if nc -w 2 {target} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi");
+    let probe = |target: String| {
+        format!(
+            "if nc -w 2 {target} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi"
+        )
+    };
     let (own, _) = exec(&a, &probe(format!("127.0.0.1 {}", a.runtime_port))).await;
-    assert_eq!(own.trim(), "open", "control: a sandbox reaches its own runtime");
+    assert_eq!(
+        own.trim(),
+        "open",
+        "control: a sandbox reaches its own runtime"
+    );
     let (other, _) = exec(&a, &probe(format!("{} {}", b.ip, b.runtime_port))).await;
-    assert_eq!(other.trim(), "closed", "sandbox A reached sandbox B's runtime");
+    assert_eq!(
+        other.trim(),
+        "closed",
+        "sandbox A reached sandbox B's runtime"
+    );
     let (host, _) = exec(&a, &probe(format!("{gateway} {host_port}"))).await;
     assert_eq!(host.trim(), "closed", "sandbox A reached a host port");
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the host accepted a connection from a sandbox");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the host accepted a connection from a sandbox"
+    );
     // the host still reaches both runtimes
     assert_eq!(ping(&a).await, 200);
     assert_eq!(ping(&b).await, 200);
@@ -453,7 +810,10 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     assert_ne!(a.access_token, b.access_token);
     server.abort();
     for sb in [&a, &b] {
-        node.agent().release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+        node.agent()
+            .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
     }
     node.assert_no_residue().await;
 }
@@ -471,26 +831,67 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
                  if touch /etc/probe 2>/dev/null; then echo etc-writable; else echo etc-denied; fi; \
                  if touch $HOME/probe; then echo home-writable; fi; \
                  if echo x >> /.sandpool/sandpool-runtime 2>/dev/null; then echo runtime-writable; else echo runtime-readonly; fi";
-    let user = node.agent().create("pool-h", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let user = node
+        .agent()
+        .create("pool-h", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
     let (out, code) = exec(&user, probe).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     let (uid, gid) = sandpool_node_agent::spec::SANDBOX_USER;
-    assert_eq!(&lines[..3], [uid.to_string().as_str(), gid.to_string().as_str(), "/home/user"], "{out}");
-    for want in ["Seccomp: 2", "NoNewPrivs: 1", "CapEff: 0000000000000000", "userns-denied", "etc-denied", "home-writable", "runtime-readonly"] {
+    assert_eq!(
+        &lines[..3],
+        [
+            uid.to_string().as_str(),
+            gid.to_string().as_str(),
+            "/home/user"
+        ],
+        "{out}"
+    );
+    for want in [
+        "Seccomp: 2",
+        "NoNewPrivs: 1",
+        "CapEff: 0000000000000000",
+        "userns-denied",
+        "etc-denied",
+        "home-writable",
+        "runtime-readonly",
+    ] {
         assert!(lines.contains(&want), "{want:?} not in {out}");
     }
-    let root_t = pb::SandboxTemplate { run_as_root: true, ..template(pb::RuntimeClass::Runc) };
-    let root = node.agent().create("pool-h", root_t, None).await.unwrap().info("test-node");
+    let root_t = pb::SandboxTemplate {
+        run_as_root: true,
+        ..template(pb::RuntimeClass::Runc)
+    };
+    let root = node
+        .agent()
+        .create("pool-h", root_t, None)
+        .await
+        .unwrap()
+        .info("test-node");
     let (out, _) = exec(&root, probe).await;
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(lines[0], "0", "{out}");
-    for want in ["Seccomp: 2", "NoNewPrivs: 1", "userns-denied", "etc-writable", "runtime-readonly"] {
+    for want in [
+        "Seccomp: 2",
+        "NoNewPrivs: 1",
+        "userns-denied",
+        "etc-writable",
+        "runtime-readonly",
+    ] {
         assert!(lines.contains(&want), "{want:?} not in {out}");
     }
-    assert!(!lines.contains(&"CapEff: 0000000000000000"), "root keeps its reduced capability set: {out}");
+    assert!(
+        !lines.contains(&"CapEff: 0000000000000000"),
+        "root keeps its reduced capability set: {out}"
+    );
     for sb in [&user, &root] {
-        node.agent().release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+        node.agent()
+            .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
     }
     node.assert_no_residue().await;
 }
@@ -503,7 +904,11 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 9).await;
     let agent = node.agent();
-    let a = agent.create("pool-m", template(pb::RuntimeClass::Runc), None).await.unwrap().info("test-node");
+    let a = agent
+        .create("pool-m", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap()
+        .info("test-node");
     let root = agent.cfg.mount_roots[0].clone();
     let (ro, rw) = (root.join("dataset"), root.join("results"));
     for d in [&ro, &rw] {
@@ -514,49 +919,94 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let (uid, gid) = sandpool_node_agent::spec::SANDBOX_USER;
     std::os::unix::fs::chown(&rw, Some(uid), Some(gid)).unwrap();
 
-    agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap();
-    agent.mount(&a.sandbox_id, rw.to_str().unwrap(), "/work/out", false).await.unwrap();
+    agent
+        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
+        .await
+        .unwrap();
+    agent
+        .mount(&a.sandbox_id, rw.to_str().unwrap(), "/work/out", false)
+        .await
+        .unwrap();
     let (out, code) = exec(&a, "cat /mnt/data/hello.txt").await;
     assert_eq!((out.as_str(), code), ("from the host\n", 0));
     let (_, code) = exec(&a, "touch /mnt/data/new 2>/dev/null").await;
     assert_ne!(code, 0, "a read-only mount refuses writes");
     let (_, code) = exec(&a, "echo written-inside > /work/out/result.txt").await;
     assert_eq!(code, 0);
-    assert_eq!(std::fs::read_to_string(rw.join("result.txt")).unwrap(), "written-inside\n", "writes reach the host");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("result.txt")).unwrap(),
+        "written-inside\n",
+        "writes reach the host"
+    );
 
     agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap();
     let (out, _) = exec(&a, "cat /mnt/data/hello.txt 2>/dev/null || echo gone").await;
     assert_eq!(out.trim(), "gone", "unmounted");
 
     // clear errors
-    let e = agent.mount(&a.sandbox_id, "/etc", "/mnt/etc", true).await.unwrap_err();
+    let e = agent
+        .mount(&a.sandbox_id, "/etc", "/mnt/etc", true)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not under a mount root"), "{e}");
-    let e = agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true).await.unwrap_err();
+    let e = agent
+        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("reserved"), "{e}");
     let e = agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap_err();
     assert!(e.to_string().contains("not a mount"), "{e}");
-    let g = agent.create("pool-m", template(pb::RuntimeClass::Runsc), None).await.unwrap().info("test-node");
-    let e = agent.mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true).await.unwrap_err();
+    let g = agent
+        .create("pool-m", template(pb::RuntimeClass::Runsc), None)
+        .await
+        .unwrap()
+        .info("test-node");
+    let e = agent
+        .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("need a runc sandbox"), "{e}");
     // checkpoint: this node has no working path, and says which and why
-    let e = agent.checkpoint(&g.sandbox_id, false, "", "").await.unwrap_err();
-    assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"), "{e}");
-    let e = agent.checkpoint(&a.sandbox_id, false, "", "").await.unwrap_err();
-    assert!(e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"), "{e}");
+    let e = agent
+        .checkpoint(&g.sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"),
+        "{e}"
+    );
+    let e = agent
+        .checkpoint(&a.sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"),
+        "{e}"
+    );
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
     agent.pause(&a.sandbox_id).await.unwrap();
     let e = agent.pause(&a.sandbox_id).await.unwrap_err();
     assert!(e.to_string().contains("already paused"), "{e}");
-    let e = agent.mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true).await.unwrap_err();
+    let e = agent
+        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("paused"), "{e}");
     agent.resume(&a.sandbox_id).await.unwrap();
     let e = agent.resume(&a.sandbox_id).await.unwrap_err();
     assert!(e.to_string().contains("not paused"), "{e}");
 
     for sb in [&a, &g] {
-        agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+        agent
+            .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
     }
-    assert_eq!(std::fs::read_to_string(ro.join("hello.txt")).unwrap(), "from the host\n", "the host data is untouched");
+    assert_eq!(
+        std::fs::read_to_string(ro.join("hello.txt")).unwrap(),
+        "from the host\n",
+        "the host data is untouched"
+    );
     node.assert_no_residue().await;
 }
 
@@ -611,50 +1061,114 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 10).await;
     let agent = node.agent();
-    let t = pb::SandboxTemplate { image: "python".into(), checkpointable: true, ..template(pb::RuntimeClass::Runsc) };
-    let sb = agent.create("pool-ck", t.clone(), None).await.unwrap().info("test-node");
+    let t = pb::SandboxTemplate {
+        image: "python".into(),
+        checkpointable: true,
+        ..template(pb::RuntimeClass::Runsc)
+    };
+    let sb = agent
+        .create("pool-ck", t.clone(), None)
+        .await
+        .unwrap()
+        .info("test-node");
     assert_eq!(sb.ip, "127.0.0.1", "reached through the agent");
     assert_ne!(sb.runtime_port, 44772);
-    let (nics, _) = exec(&sb, "python3 -c 'import socket; print(*[n for _, n in socket.if_nameindex()])'").await;
+    let (nics, _) = exec(
+        &sb,
+        "python3 -c 'import socket; print(*[n for _, n in socket.if_nameindex()])'",
+    )
+    .await;
     assert_eq!(nics.trim(), "lo", "loopback only");
     start_repl(&sb).await;
     assert_eq!(py(&sb, "a = 1").await, "");
 
     // leave running: the sandbox goes on from its checkpoint, same address
-    let ck = agent.checkpoint(&sb.sandbox_id, true, "", "").await.unwrap();
-    assert!(ck.size_bytes > 0 && ck.sandbox_id == sb.sandbox_id && ck.image == "python", "{ck:?}");
+    let ck = agent
+        .checkpoint(&sb.sandbox_id, true, "", "")
+        .await
+        .unwrap();
+    assert!(
+        ck.size_bytes > 0 && ck.sandbox_id == sb.sandbox_id && ck.image == "python",
+        "{ck:?}"
+    );
     let after = agent.get(&sb.sandbox_id).unwrap().info("test-node");
-    assert_eq!((after.state, after.runtime_port), (pb::SandboxState::Warm as i32, sb.runtime_port));
+    assert_eq!(
+        (after.state, after.runtime_port),
+        (pb::SandboxState::Warm as i32, sb.runtime_port)
+    );
     assert_eq!(py(&sb, "a += 1; print(a)").await, "2\n");
     // killed; the checkpoint brings back a = 1
-    agent.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+    agent
+        .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
     assert_eq!(ping(&sb).await, 0, "gone");
-    let r = agent.restore(&ck.checkpoint_id, None).await.unwrap().info("test-node");
+    let r = agent
+        .restore(&ck.checkpoint_id, None)
+        .await
+        .unwrap()
+        .info("test-node");
     assert_eq!(r.state, pb::SandboxState::Claimed as i32);
     assert_eq!(py(&r, "print(a)").await, "1\n");
 
     // fork: three sandboxes from one checkpoint, each on its own from there
-    let forks: Vec<pb::SandboxInfo> = agent.fork(&ck.checkpoint_id, 3).await.unwrap().iter().map(|s| s.info("test-node")).collect();
+    let forks: Vec<pb::SandboxInfo> = agent
+        .fork(&ck.checkpoint_id, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.info("test-node"))
+        .collect();
     assert_eq!(forks.len(), 3);
     for (i, f) in forks.iter().enumerate() {
-        assert_eq!(py(f, &format!("a += {}; print(a)", 10 * (i + 1))).await, format!("{}\n", 1 + 10 * (i + 1)));
+        assert_eq!(
+            py(f, &format!("a += {}; print(a)", 10 * (i + 1))).await,
+            format!("{}\n", 1 + 10 * (i + 1))
+        );
     }
     for (i, f) in forks.iter().enumerate() {
-        assert_eq!(py(f, "print(a)").await, format!("{}\n", 1 + 10 * (i + 1)), "fork {i} kept its own state");
+        assert_eq!(
+            py(f, "print(a)").await,
+            format!("{}\n", 1 + 10 * (i + 1)),
+            "fork {i} kept its own state"
+        );
     }
-    assert_eq!(py(&r, "print(a)").await, "1\n", "the first restore is untouched by the forks");
+    assert_eq!(
+        py(&r, "print(a)").await,
+        "1\n",
+        "the first restore is untouched by the forks"
+    );
 
     // a checkpoint without leave_running stops the sandbox
-    let ck2 = agent.checkpoint(&r.sandbox_id, false, "", "").await.unwrap();
-    assert!(agent.get(&r.sandbox_id).is_err(), "stopped and removed by its checkpoint");
-    let ids: Vec<String> = agent.list_checkpoints().into_iter().map(|c| c.checkpoint_id).collect();
-    assert!(ids.contains(&ck.checkpoint_id) && ids.contains(&ck2.checkpoint_id), "{ids:?}");
+    let ck2 = agent
+        .checkpoint(&r.sandbox_id, false, "", "")
+        .await
+        .unwrap();
+    assert!(
+        agent.get(&r.sandbox_id).is_err(),
+        "stopped and removed by its checkpoint"
+    );
+    let ids: Vec<String> = agent
+        .list_checkpoints()
+        .into_iter()
+        .map(|c| c.checkpoint_id)
+        .collect();
+    assert!(
+        ids.contains(&ck.checkpoint_id) && ids.contains(&ck2.checkpoint_id),
+        "{ids:?}"
+    );
 
     // clear errors
     agent.pause(&forks[0].sandbox_id).await.unwrap();
-    let e = agent.checkpoint(&forks[0].sandbox_id, false, "", "").await.unwrap_err();
+    let e = agent
+        .checkpoint(&forks[0].sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("paused"), "{e}");
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
     agent.resume(&forks[0].sandbox_id).await.unwrap();
     let e = agent.restore("ck-nope", None).await.unwrap_err();
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
@@ -662,16 +1176,35 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
     let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent.create("pool-ck", pb::SandboxTemplate { checkpointable: true, ..template(pb::RuntimeClass::Runc) }, None).await.unwrap_err();
+    let e = agent
+        .create(
+            "pool-ck",
+            pb::SandboxTemplate {
+                checkpointable: true,
+                ..template(pb::RuntimeClass::Runc)
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("RUNSC"), "{e}");
 
     for f in &forks {
-        agent.release(&f.sandbox_id, pb::ReleasePolicy::Delete).await.unwrap();
+        agent
+            .release(&f.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
     }
     for c in [&ck, &ck2] {
         agent.delete_checkpoint(&c.checkpoint_id).unwrap();
     }
     assert!(agent.list_checkpoints().is_empty());
-    assert_eq!(std::fs::read_dir(agent.cfg.data_dir.join("checkpoints")).unwrap().count(), 0, "checkpoint store empty");
+    assert_eq!(
+        std::fs::read_dir(agent.cfg.data_dir.join("checkpoints"))
+            .unwrap()
+            .count(),
+        0,
+        "checkpoint store empty"
+    );
     node.assert_no_residue().await;
 }

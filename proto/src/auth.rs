@@ -4,7 +4,9 @@
 //! runtimes are not part of this: each has its own per-sandbox token
 //! ([`crate::ACCESS_TOKEN_METADATA`]).
 
-use tonic::{Request, Status, metadata::AsciiMetadataValue, service::Interceptor, transport::Channel};
+use tonic::{
+    Request, Status, metadata::AsciiMetadataValue, service::Interceptor, transport::Channel,
+};
 
 /// The metadata key (`authorization: Bearer <token>`).
 pub const SERVICE_TOKEN_METADATA: &str = "authorization";
@@ -17,12 +19,16 @@ pub struct TokenError(String);
 
 fn header_value(token: &str) -> Result<AsciiMetadataValue, TokenError> {
     if token.len() < MIN_TOKEN_LEN {
-        return Err(TokenError(format!("must have at least {MIN_TOKEN_LEN} characters")));
+        return Err(TokenError(format!(
+            "must have at least {MIN_TOKEN_LEN} characters"
+        )));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenError("must be printable ASCII without spaces".into()));
     }
-    format!("Bearer {token}").parse().map_err(|_| TokenError("not a valid header value".into()))
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| TokenError("not a valid header value".into()))
 }
 
 /// Client side: adds the token to every call (none: adds nothing).
@@ -33,7 +39,9 @@ pub struct ServiceToken {
 
 impl ServiceToken {
     pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
-        Ok(ServiceToken { value: token.map(header_value).transpose()? })
+        Ok(ServiceToken {
+            value: token.map(header_value).transpose()?,
+        })
     }
 }
 
@@ -58,7 +66,9 @@ pub struct RequireToken {
 
 impl RequireToken {
     pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
-        Ok(RequireToken { expected: token.map(header_value).transpose()? })
+        Ok(RequireToken {
+            expected: token.map(header_value).transpose()?,
+        })
     }
 }
 
@@ -69,11 +79,15 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(req) };
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
         match req.metadata().get(SERVICE_TOKEN_METADATA) {
             Some(got) if ct_eq(got.as_bytes(), expected.as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong service token")),
-            None => Err(Status::unauthenticated("missing service token (authorization: Bearer …)")),
+            None => Err(Status::unauthenticated(
+                "missing service token (authorization: Bearer …)",
+            )),
         }
     }
 }
@@ -83,7 +97,10 @@ mod tests {
     use super::*;
 
     fn sent(token: Option<&str>) -> Request<()> {
-        ServiceToken::new(token).unwrap().call(Request::new(())).unwrap()
+        ServiceToken::new(token)
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap()
     }
 
     #[test]

@@ -19,10 +19,15 @@ pub mod auth;
 /// (tonic drops a handler's future when its client disconnects): a dropped
 /// request must not leave a claim or a sandbox half-made. The task stays in
 /// the caller's span.
-pub async fn detached<T, E>(f: impl std::future::Future<Output = Result<T, E>> + Send + 'static) -> Result<T, tonic::Status>
+pub async fn detached<T, E>(
+    f: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, tonic::Status>
 where
     T: Send + 'static,
     E: Into<tonic::Status> + Send + 'static,
 {
-    tokio::spawn(tracing::Instrument::in_current_span(f)).await.map_err(|e| tonic::Status::internal(format!("request task failed: {e}")))?.map_err(Into::into)
+    tokio::spawn(tracing::Instrument::in_current_span(f))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("request task failed: {e}")))?
+        .map_err(Into::into)
 }

@@ -103,8 +103,13 @@ impl CommandRecord {
     }
     pub async fn write_stdin(&self, data: &[u8]) -> Result<()> {
         let mut g = self.stdin.lock().await;
-        let w = g.as_mut().ok_or_else(|| RuntimeError::Conflict(format!("stdin of {} is not open", self.id)))?;
-        w.write_all(data).await.map_err(|e| RuntimeError::Io { context: format!("stdin of {}", self.id), source: e })
+        let w = g
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Conflict(format!("stdin of {} is not open", self.id)))?;
+        w.write_all(data).await.map_err(|e| RuntimeError::Io {
+            context: format!("stdin of {}", self.id),
+            source: e,
+        })
     }
     pub async fn close_stdin(&self) {
         self.stdin.lock().await.take();
@@ -121,12 +126,72 @@ impl CommandRecord {
 /// Shell words that must run inside a shell (builtins without an equivalent
 /// executable, keywords, or builtins whose behaviour differs from the binary).
 const SHELL_ONLY: &[&str] = &[
-    "alias", "bg", "bind", "break", "builtin", "caller", "case", "cd", "command", "compgen", "complete", "continue",
-    "coproc", "declare", "dirs", "disown", "do", "done", "echo", "enable", "eval", "exec", "exit", "export", "fc", "fg",
-    "for", "function", "getopts", "hash", "help", "history", "if", "jobs", "kill", "let", "local", "logout", "mapfile",
-    "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "select", "set", "shift", "shopt",
-    "source", "suspend", "test", "time", "times", "trap", "type", "typeset", "ulimit", "umask", "unalias", "unset",
-    "until", "wait", "while",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "continue",
+    "coproc",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "echo",
+    "enable",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "fc",
+    "fg",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "time",
+    "times",
+    "trap",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
 ];
 
 /// If `command` is a plain simple command (words of unremarkable characters,
@@ -146,7 +211,11 @@ pub fn simple_argv(command: &str, path: Option<&str>) -> Option<(PathBuf, Vec<St
     let resolved = if prog.contains('/') {
         PathBuf::from(prog)
     } else {
-        path?.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(prog)).find(|p| is_executable(p))?
+        path?
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(prog))
+            .find(|p| is_executable(p))?
     };
     if !is_executable(&resolved) {
         return None;
@@ -156,14 +225,19 @@ pub fn simple_argv(command: &str, path: Option<&str>) -> Option<(PathBuf, Vec<St
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn signal_group(pid: u32, sig: Signal) -> Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| RuntimeError::Internal(format!("pid {pid} out of range")))?;
+    let pid = i32::try_from(pid)
+        .map_err(|_| RuntimeError::Internal(format!("pid {pid} out of range")))?;
     match nix::sys::signal::killpg(Pid::from_raw(pid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(RuntimeError::Internal(format!("signal {sig} to process group {pid}: {e}"))),
+        Err(e) => Err(RuntimeError::Internal(format!(
+            "signal {sig} to process group {pid}: {e}"
+        ))),
     }
 }
 
@@ -171,11 +245,17 @@ fn signal_group(pid: u32, sig: Signal) -> Result<()> {
 pub fn parse_signal(s: &str) -> Result<Signal> {
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| RuntimeError::InvalidRequest(format!("unknown signal {t}")));
+        return Signal::try_from(n)
+            .map_err(|_| RuntimeError::InvalidRequest(format!("unknown signal {t}")));
     }
     let up = t.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    name.parse::<Signal>().map_err(|_| RuntimeError::InvalidRequest(format!("unknown signal {t}")))
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| RuntimeError::InvalidRequest(format!("unknown signal {t}")))
 }
 
 #[derive(Debug, Default)]
@@ -200,7 +280,12 @@ impl CommandRegistry {
             .map(PathBuf::from)
             .find(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("/bin/sh"));
-        CommandRegistry { inner: Mutex::new(Inner::default()), log_dir, max_finished: max_finished.max(1), shell }
+        CommandRegistry {
+            inner: Mutex::new(Inner::default()),
+            log_dir,
+            max_finished: max_finished.max(1),
+            shell,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -210,7 +295,11 @@ impl CommandRegistry {
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<CommandRecord>> {
-        self.lock().map.get(id).cloned().ok_or_else(|| RuntimeError::CommandNotFound(id.to_string()))
+        self.lock()
+            .map
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::CommandNotFound(id.to_string()))
     }
 
     pub fn running_count(&self) -> usize {
@@ -229,13 +318,21 @@ impl CommandRegistry {
     /// Start a command whose output is delivered to `tx` (ending with
     /// [`Output::Exit`]). When `tx`'s receiver goes away the command's process
     /// group is killed.
-    pub fn start(self: &Arc<Self>, spec: CommandSpec, tx: mpsc::Sender<Output>) -> Result<Arc<CommandRecord>> {
+    pub fn start(
+        self: &Arc<Self>,
+        spec: CommandSpec,
+        tx: mpsc::Sender<Output>,
+    ) -> Result<Arc<CommandRecord>> {
         self.spawn(spec, false, tx, true)
     }
 
     /// Start a command whose output goes to `tx` and which keeps running when
     /// the receiver goes away (the caller must keep draining `tx`'s receiver).
-    pub fn start_detached(self: &Arc<Self>, spec: CommandSpec, tx: mpsc::Sender<Output>) -> Result<Arc<CommandRecord>> {
+    pub fn start_detached(
+        self: &Arc<Self>,
+        spec: CommandSpec,
+        tx: mpsc::Sender<Output>,
+    ) -> Result<Arc<CommandRecord>> {
         self.spawn(spec, false, tx, false)
     }
 
@@ -246,7 +343,12 @@ impl CommandRegistry {
         let path = rec.log_path.clone();
         tokio::spawn(async move {
             let mut file = match &path {
-                Some(p) => tokio::fs::OpenOptions::new().create(true).append(true).open(p).await.ok(),
+                Some(p) => tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .await
+                    .ok(),
                 None => None,
             };
             while let Some(o) = rx.recv().await {
@@ -274,9 +376,15 @@ impl CommandRegistry {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (content, mut cmd) = if spec.argv.is_empty() {
             if spec.command.trim().is_empty() {
-                return Err(RuntimeError::InvalidRequest("command must not be empty".into()));
+                return Err(RuntimeError::InvalidRequest(
+                    "command must not be empty".into(),
+                ));
             }
-            let path_var = spec.envs.get("PATH").cloned().or_else(|| std::env::var("PATH").ok());
+            let path_var = spec
+                .envs
+                .get("PATH")
+                .cloned()
+                .or_else(|| std::env::var("PATH").ok());
             match simple_argv(&spec.command, path_var.as_deref()) {
                 // Fast path: a plain `prog arg arg` line runs without a shell,
                 // exactly as `bash -c` would exec it, minus bash's ~1 ms start.
@@ -299,12 +407,18 @@ impl CommandRegistry {
         if let Some(cwd) = &spec.cwd {
             let p = Path::new(cwd);
             if !p.is_dir() {
-                return Err(RuntimeError::InvalidRequest(format!("working directory {cwd} does not exist")));
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "working directory {cwd} does not exist"
+                )));
             }
             cmd.current_dir(p);
         }
         cmd.envs(&spec.envs)
-            .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+            .stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -317,9 +431,14 @@ impl CommandRegistry {
         }
         let started = Instant::now();
         let mut child: Child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RuntimeError::InvalidRequest(format!("executable not found: {content}")),
+            std::io::ErrorKind::NotFound => {
+                RuntimeError::InvalidRequest(format!("executable not found: {content}"))
+            }
             std::io::ErrorKind::PermissionDenied => RuntimeError::PermissionDenied(content.clone()),
-            _ => RuntimeError::Io { context: format!("spawning {content}"), source: e },
+            _ => RuntimeError::Io {
+                context: format!("spawning {content}"),
+                source: e,
+            },
         })?;
         let pid = child.id().unwrap_or(0);
         let log_path = background.then(|| self.log_dir.join(format!("{id}.log")));
@@ -339,8 +458,26 @@ impl CommandRegistry {
 
         let (exited_tx, exited_rx) = watch::channel(false);
         let pumps = [
-            child.stdout.take().map(|r| pump(r, tx.clone(), exited_rx.clone(), pid, kill_on_disconnect, Output::Stdout)),
-            child.stderr.take().map(|r| pump(r, tx.clone(), exited_rx.clone(), pid, kill_on_disconnect, Output::Stderr)),
+            child.stdout.take().map(|r| {
+                pump(
+                    r,
+                    tx.clone(),
+                    exited_rx.clone(),
+                    pid,
+                    kill_on_disconnect,
+                    Output::Stdout,
+                )
+            }),
+            child.stderr.take().map(|r| {
+                pump(
+                    r,
+                    tx.clone(),
+                    exited_rx.clone(),
+                    pid,
+                    kill_on_disconnect,
+                    Output::Stderr,
+                )
+            }),
         ];
         let registry = Arc::clone(self);
         let record = rec.clone();
@@ -370,8 +507,13 @@ impl CommandRegistry {
                 },
                 Err(_) => (-1, 0),
             };
-            let info =
-                ExitInfo { code, signal, duration: started.elapsed(), timed_out, finished_at: Utc::now() };
+            let info = ExitInfo {
+                code,
+                signal,
+                duration: started.elapsed(),
+                timed_out,
+                finished_at: Utc::now(),
+            };
             record.stdin.lock().await.take();
             let _ = tx.send(Output::Exit(info.clone())).await;
             record.exit.send_replace(Some(info));
@@ -407,24 +549,40 @@ impl CommandRegistry {
     pub async fn read_log(&self, id: &str, cursor: u64, max: usize) -> Result<(Vec<u8>, u64)> {
         let rec = self.get(id)?;
         let Some(path) = &rec.log_path else {
-            return Err(RuntimeError::InvalidRequest(format!("command {id} is not a background command")));
+            return Err(RuntimeError::InvalidRequest(format!(
+                "command {id} is not a background command"
+            )));
         };
         let mut f = match tokio::fs::File::open(path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), cursor)),
-            Err(e) => return Err(RuntimeError::Io { context: format!("log of {id}"), source: e }),
+            Err(e) => {
+                return Err(RuntimeError::Io {
+                    context: format!("log of {id}"),
+                    source: e,
+                });
+            }
         };
-        let len = f.metadata().await.map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?.len();
+        let len = f
+            .metadata()
+            .await
+            .map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?
+            .len();
         if cursor >= len {
             return Ok((Vec::new(), len.max(cursor)));
         }
         use tokio::io::AsyncSeekExt;
-        f.seek(std::io::SeekFrom::Start(cursor)).await.map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?;
+        f.seek(std::io::SeekFrom::Start(cursor))
+            .await
+            .map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?;
         let want = usize::try_from(len - cursor).unwrap_or(usize::MAX).min(max);
         let mut buf = vec![0u8; want];
         let mut got = 0;
         while got < want {
-            let n = f.read(&mut buf[got..]).await.map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?;
+            let n = f
+                .read(&mut buf[got..])
+                .await
+                .map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?;
             if n == 0 {
                 break;
             }
@@ -491,7 +649,10 @@ mod tests {
 
     fn registry(max: usize) -> (Arc<CommandRegistry>, tempfile::TempDir) {
         let d = tempfile::tempdir().unwrap();
-        (Arc::new(CommandRegistry::new(d.path().to_path_buf(), max)), d)
+        (
+            Arc::new(CommandRegistry::new(d.path().to_path_buf(), max)),
+            d,
+        )
     }
 
     async fn collect(mut rx: mpsc::Receiver<Output>) -> (String, String, ExitInfo) {
@@ -501,7 +662,11 @@ mod tests {
                 Output::Stdout(b) => out.extend_from_slice(&b),
                 Output::Stderr(b) => err.extend_from_slice(&b),
                 Output::Exit(e) => {
-                    return (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), e);
+                    return (
+                        String::from_utf8(out).unwrap(),
+                        String::from_utf8(err).unwrap(),
+                        e,
+                    );
                 }
             }
         }
@@ -512,7 +677,10 @@ mod tests {
     async fn runs_and_reports_exit_and_output() {
         let (reg, _d) = registry(8);
         let (tx, rx) = mpsc::channel(8);
-        let spec = CommandSpec { command: "echo out; echo err >&2; exit 7".into(), ..Default::default() };
+        let spec = CommandSpec {
+            command: "echo out; echo err >&2; exit 7".into(),
+            ..Default::default()
+        };
         let rec = reg.start(spec, tx).unwrap();
         let (out, err, exit) = collect(rx).await;
         assert_eq!(out, "out\n");
@@ -546,14 +714,32 @@ mod tests {
     async fn rejects_bad_input() {
         let (reg, _d) = registry(8);
         let (tx, _rx) = mpsc::channel(8);
-        let e = reg.start(CommandSpec { command: "  ".into(), ..Default::default() }, tx.clone()).unwrap_err();
+        let e = reg
+            .start(
+                CommandSpec {
+                    command: "  ".into(),
+                    ..Default::default()
+                },
+                tx.clone(),
+            )
+            .unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidRequest(_)));
         let e = reg
-            .start(CommandSpec { command: "true".into(), cwd: Some("/no/such/dir".into()), ..Default::default() }, tx)
+            .start(
+                CommandSpec {
+                    command: "true".into(),
+                    cwd: Some("/no/such/dir".into()),
+                    ..Default::default()
+                },
+                tx,
+            )
             .unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e}");
         assert!(reg.is_empty(), "nothing registered for rejected commands");
-        assert!(matches!(reg.get("nope"), Err(RuntimeError::CommandNotFound(_))));
+        assert!(matches!(
+            reg.get("nope"),
+            Err(RuntimeError::CommandNotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -587,11 +773,16 @@ mod tests {
     async fn dropping_the_receiver_kills_a_foreground_command() {
         let (reg, _d) = registry(8);
         let (tx, mut rx) = mpsc::channel(1);
-        let spec = CommandSpec { command: "while true; do echo y; done".into(), ..Default::default() };
+        let spec = CommandSpec {
+            command: "while true; do echo y; done".into(),
+            ..Default::default()
+        };
         let rec = reg.start(spec, tx).unwrap();
         assert!(matches!(rx.recv().await, Some(Output::Stdout(_))));
         drop(rx);
-        let exit = tokio::time::timeout(Duration::from_secs(10), rec.wait()).await.expect("killed");
+        let exit = tokio::time::timeout(Duration::from_secs(10), rec.wait())
+            .await
+            .expect("killed");
         assert_eq!(exit.signal, 9);
     }
 
@@ -599,7 +790,10 @@ mod tests {
     async fn background_logs_and_signal() {
         let (reg, _d) = registry(8);
         let rec = reg
-            .start_background(CommandSpec { command: "echo one; echo two; sleep 30".into(), ..Default::default() })
+            .start_background(CommandSpec {
+                command: "echo one; echo two; sleep 30".into(),
+                ..Default::default()
+            })
             .unwrap();
         let mut log = Vec::new();
         let mut cursor = 0;
@@ -618,7 +812,9 @@ mod tests {
         assert_eq!((b.as_slice(), c), (&b"two\n"[..], 8));
         assert!(rec.running());
         rec.signal(Signal::SIGTERM).unwrap();
-        let exit = tokio::time::timeout(Duration::from_secs(10), rec.wait()).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), rec.wait())
+            .await
+            .unwrap();
         assert_eq!(exit.signal, 15);
     }
 
@@ -627,7 +823,12 @@ mod tests {
         let (reg, d) = registry(2);
         let mut ids = Vec::new();
         for _ in 0..4 {
-            let rec = reg.start_background(CommandSpec { command: "echo x".into(), ..Default::default() }).unwrap();
+            let rec = reg
+                .start_background(CommandSpec {
+                    command: "echo x".into(),
+                    ..Default::default()
+                })
+                .unwrap();
             rec.wait().await;
             ids.push(rec.id.clone());
         }
@@ -641,14 +842,26 @@ mod tests {
         assert_eq!(reg.len(), 2);
         assert!(reg.get(&ids[0]).is_err() && reg.get(&ids[1]).is_err());
         assert!(reg.get(&ids[3]).is_ok());
-        assert!(!d.path().join(format!("{}.log", ids[0])).exists(), "evicted log removed");
+        assert!(
+            !d.path().join(format!("{}.log", ids[0])).exists(),
+            "evicted log removed"
+        );
     }
 
     #[tokio::test]
     async fn stdin_pipe() {
         let (reg, _d) = registry(8);
         let (tx, rx) = mpsc::channel(8);
-        let rec = reg.start(CommandSpec { command: "cat".into(), stdin: true, ..Default::default() }, tx).unwrap();
+        let rec = reg
+            .start(
+                CommandSpec {
+                    command: "cat".into(),
+                    stdin: true,
+                    ..Default::default()
+                },
+                tx,
+            )
+            .unwrap();
         rec.write_stdin(b"hello stdin").await.unwrap();
         rec.close_stdin().await;
         let (out, _, exit) = collect(rx).await;
@@ -663,12 +876,31 @@ mod tests {
         let (_, a) = simple_argv("ls  -la /tmp --color=never", path).unwrap();
         assert_eq!(a, vec!["-la", "/tmp", "--color=never"]);
         for shellish in [
-            "echo hi", "cd /tmp", "exit 3", "A=1 env", "ls *.txt", "ls $HOME", "ls > x", "true && false", "ls 'a b'",
-            "ls ~", "sleep 1 &", "ls\nls", "no-such-program-xyz", "pwd", "",
+            "echo hi",
+            "cd /tmp",
+            "exit 3",
+            "A=1 env",
+            "ls *.txt",
+            "ls $HOME",
+            "ls > x",
+            "true && false",
+            "ls 'a b'",
+            "ls ~",
+            "sleep 1 &",
+            "ls\nls",
+            "no-such-program-xyz",
+            "pwd",
+            "",
         ] {
-            assert!(simple_argv(shellish, path).is_none(), "{shellish:?} must go through the shell");
+            assert!(
+                simple_argv(shellish, path).is_none(),
+                "{shellish:?} must go through the shell"
+            );
         }
-        assert!(simple_argv("true", None).is_none(), "no PATH: let the shell decide");
+        assert!(
+            simple_argv("true", None).is_none(),
+            "no PATH: let the shell decide"
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub struct Entrypoint {
 
 impl Default for Entrypoint {
     fn default() -> Self {
-        Entrypoint { state: Mutex::new(EntrypointState::default()), changed: watch::channel(0).0 }
+        Entrypoint {
+            state: Mutex::new(EntrypointState::default()),
+            changed: watch::channel(0).0,
+        }
     }
 }
 
@@ -82,19 +85,27 @@ impl Entrypoint {
     pub async fn inject(self: &Arc<Self>, spec: InjectSpec) -> Result<EntrypointState> {
         let t0 = Instant::now();
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
-            return Err(RuntimeError::InvalidRequest("entrypoint argv must not be empty".into()));
+            return Err(RuntimeError::InvalidRequest(
+                "entrypoint argv must not be empty".into(),
+            ));
         }
         if let Some(cwd) = &spec.cwd
             && !std::path::Path::new(cwd).is_dir()
         {
-            return Err(RuntimeError::InvalidRequest(format!("working directory {cwd} does not exist")));
+            return Err(RuntimeError::InvalidRequest(format!(
+                "working directory {cwd} does not exist"
+            )));
         }
         let running = { self.lock().clone() };
         if running.phase == Phase::Running {
             if !spec.replace {
-                return Err(RuntimeError::AlreadyExists(format!("entrypoint (pid {})", running.pid)));
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "entrypoint (pid {})",
+                    running.pid
+                )));
             }
-            self.kill_and_wait(running.generation, Duration::from_secs(10)).await?;
+            self.kill_and_wait(running.generation, Duration::from_secs(10))
+                .await?;
         }
 
         let mut cmd = tokio::process::Command::new(&spec.argv[0]);
@@ -115,9 +126,16 @@ impl Entrypoint {
             cmd.uid(u);
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RuntimeError::InvalidRequest(format!("executable not found: {}", spec.argv[0])),
-            std::io::ErrorKind::PermissionDenied => RuntimeError::PermissionDenied(spec.argv[0].clone()),
-            _ => RuntimeError::Io { context: format!("spawning {}", spec.argv[0]), source: e },
+            std::io::ErrorKind::NotFound => {
+                RuntimeError::InvalidRequest(format!("executable not found: {}", spec.argv[0]))
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                RuntimeError::PermissionDenied(spec.argv[0].clone())
+            }
+            _ => RuntimeError::Io {
+                context: format!("spawning {}", spec.argv[0]),
+                source: e,
+            },
         })?;
         let spawn_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         let pid = child.id().unwrap_or(0);
@@ -179,9 +197,9 @@ impl Entrypoint {
                 }
             }
         };
-        tokio::time::timeout(within, wait)
-            .await
-            .map_err(|_| RuntimeError::Internal(format!("entrypoint pid {pid} did not exit after SIGKILL")))
+        tokio::time::timeout(within, wait).await.map_err(|_| {
+            RuntimeError::Internal(format!("entrypoint pid {pid} did not exit after SIGKILL"))
+        })
     }
 
     /// Kill a running entrypoint's process group (shutdown).
@@ -223,7 +241,11 @@ mod tests {
         env.insert("GREETING".into(), "hi".into());
         let s = ep
             .inject(InjectSpec {
-                argv: vec!["sh".into(), "-c".into(), format!("echo $GREETING $(pwd) > {}; exit 4", out.display())],
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo $GREETING $(pwd) > {}; exit 4", out.display()),
+                ],
                 env,
                 cwd: Some(d.path().to_string_lossy().into_owned()),
                 ..Default::default()
@@ -232,26 +254,52 @@ mod tests {
             .unwrap();
         assert_eq!(s.phase, Phase::Running);
         assert!(s.pid > 0);
-        let done = tokio::time::timeout(Duration::from_secs(10), ep.wait_exit()).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(10), ep.wait_exit())
+            .await
+            .unwrap();
         assert_eq!((done.phase, done.exit_code), (Phase::Exited, Some(4)));
         let canon = d.path().canonicalize().unwrap();
-        assert_eq!(std::fs::read_to_string(out).unwrap(), format!("hi {}\n", canon.display()));
+        assert_eq!(
+            std::fs::read_to_string(out).unwrap(),
+            format!("hi {}\n", canon.display())
+        );
     }
 
     #[tokio::test]
     async fn second_inject_needs_replace() {
         let ep = Arc::new(Entrypoint::default());
-        let first = ep.inject(InjectSpec { argv: vec!["sleep".into(), "30".into()], ..Default::default() }).await.unwrap();
-        let e = ep.inject(InjectSpec { argv: vec!["sleep".into(), "30".into()], ..Default::default() }).await.unwrap_err();
+        let first = ep
+            .inject(InjectSpec {
+                argv: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let e = ep
+            .inject(InjectSpec {
+                argv: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(e, RuntimeError::AlreadyExists(_)));
         let second = ep
-            .inject(InjectSpec { argv: vec!["sleep".into(), "30".into()], replace: true, ..Default::default() })
+            .inject(InjectSpec {
+                argv: vec!["sleep".into(), "30".into()],
+                replace: true,
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_ne!(first.pid, second.pid);
-        assert!(nix::sys::signal::kill(Pid::from_raw(first.pid as i32), None).is_err(), "old entrypoint gone");
+        assert!(
+            nix::sys::signal::kill(Pid::from_raw(first.pid as i32), None).is_err(),
+            "old entrypoint gone"
+        );
         ep.kill();
-        let done = tokio::time::timeout(Duration::from_secs(10), ep.wait_exit()).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(10), ep.wait_exit())
+            .await
+            .unwrap();
         assert_eq!(done.exit_code, Some(137));
     }
 
@@ -260,8 +308,15 @@ mod tests {
         let ep = Arc::new(Entrypoint::default());
         for spec in [
             InjectSpec::default(),
-            InjectSpec { argv: vec!["/no/such/binary".into()], ..Default::default() },
-            InjectSpec { argv: vec!["true".into()], cwd: Some("/no/such/dir".into()), ..Default::default() },
+            InjectSpec {
+                argv: vec!["/no/such/binary".into()],
+                ..Default::default()
+            },
+            InjectSpec {
+                argv: vec!["true".into()],
+                cwd: Some("/no/such/dir".into()),
+                ..Default::default()
+            },
         ] {
             let e = ep.inject(spec).await.unwrap_err();
             assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e}");

@@ -103,7 +103,10 @@ pub struct ConnectError {
 
 impl ConnectError {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        ConnectError { code, message: message.into() }
+        ConnectError {
+            code,
+            message: message.into(),
+        }
     }
     fn status(&self) -> StatusCode {
         match self.code {
@@ -126,9 +129,10 @@ impl ConnectError {
 impl From<RuntimeError> for ConnectError {
     fn from(e: RuntimeError) -> Self {
         let code = match e {
-            RuntimeError::InvalidRequest(_) | RuntimeError::MissingQuery(_) | RuntimeError::IsADirectory(_) | RuntimeError::NotADirectory(_) => {
-                "invalid_argument"
-            }
+            RuntimeError::InvalidRequest(_)
+            | RuntimeError::MissingQuery(_)
+            | RuntimeError::IsADirectory(_)
+            | RuntimeError::NotADirectory(_) => "invalid_argument",
             RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => "not_found",
             RuntimeError::AlreadyExists(_) => "already_exists",
             RuntimeError::Conflict(_) => "failed_precondition",
@@ -164,29 +168,46 @@ pub fn envelope(flags: u8, msg: &Value) -> Bytes {
 /// Parse the first envelope of a streaming request (bounded).
 pub fn parse_envelope(buf: &[u8], max: usize) -> CResult<Value> {
     if buf.len() < 5 {
-        return Err(ConnectError::new("invalid_argument", "streaming request: missing envelope"));
+        return Err(ConnectError::new(
+            "invalid_argument",
+            "streaming request: missing envelope",
+        ));
     }
     let flags = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if flags & 0x01 != 0 {
-        return Err(ConnectError::new("unimplemented", "compressed envelopes are not supported"));
+        return Err(ConnectError::new(
+            "unimplemented",
+            "compressed envelopes are not supported",
+        ));
     }
     if len > max {
-        return Err(ConnectError::new("resource_exhausted", format!("envelope of {len} bytes exceeds {max}")));
+        return Err(ConnectError::new(
+            "resource_exhausted",
+            format!("envelope of {len} bytes exceeds {max}"),
+        ));
     }
     if buf.len() < 5 + len {
-        return Err(ConnectError::new("invalid_argument", format!("truncated envelope: {} of {len} bytes", buf.len() - 5)));
+        return Err(ConnectError::new(
+            "invalid_argument",
+            format!("truncated envelope: {} of {len} bytes", buf.len() - 5),
+        ));
     }
-    serde_json::from_slice(&buf[5..5 + len]).map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON in envelope: {e}")))
+    serde_json::from_slice(&buf[5..5 + len])
+        .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON in envelope: {e}")))
 }
 
 /// A field by its proto3-JSON name or its original snake_case name.
 fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
-    v.get(camel).or_else(|| v.get(snake)).filter(|x| !x.is_null())
+    v.get(camel)
+        .or_else(|| v.get(snake))
+        .filter(|x| !x.is_null())
 }
 
 fn str_field(v: &Value, camel: &str, snake: &str) -> Option<String> {
-    field(v, camel, snake).and_then(|x| x.as_str()).map(str::to_string)
+    field(v, camel, snake)
+        .and_then(|x| x.as_str())
+        .map(str::to_string)
 }
 
 pub fn router(st: EnvdState) -> Router {
@@ -203,7 +224,15 @@ pub fn router(st: EnvdState) -> Router {
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/StreamInput", post(stream_input))
-        .route("/process.Process/{method}", post(|| async { ConnectError::new("unimplemented", "this process method is not supported by sandpool yet") }))
+        .route(
+            "/process.Process/{method}",
+            post(|| async {
+                ConnectError::new(
+                    "unimplemented",
+                    "this process method is not supported by sandpool yet",
+                )
+            }),
+        )
         .route("/filesystem.Filesystem/Stat", post(fs_stat))
         .route("/filesystem.Filesystem/MakeDir", post(fs_make_dir))
         .route("/filesystem.Filesystem/Move", post(fs_move))
@@ -211,19 +240,37 @@ pub fn router(st: EnvdState) -> Router {
         .route("/filesystem.Filesystem/Remove", post(fs_remove))
         .route("/filesystem.Filesystem/WatchDir", post(watch_dir))
         .route("/filesystem.Filesystem/CreateWatcher", post(create_watcher))
-        .route("/filesystem.Filesystem/GetWatcherEvents", post(get_watcher_events))
+        .route(
+            "/filesystem.Filesystem/GetWatcherEvents",
+            post(get_watcher_events),
+        )
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
         .route(
             "/filesystem.Filesystem/{method}",
-            post(|| async { ConnectError::new("unimplemented", "this filesystem method is not supported by sandpool yet") }),
+            post(|| async {
+                ConnectError::new(
+                    "unimplemented",
+                    "this filesystem method is not supported by sandpool yet",
+                )
+            }),
         )
-        .route_layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            require_token,
+        ))
         .with_state(st)
 }
 
 async fn require_token(State(st): State<EnvdState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/health" && !crate::token_ok(req.headers(), "x-access-token", st.app.cfg.access_token.as_ref()) {
-        return ConnectError::new("unauthenticated", "invalid or missing X-Access-Token").into_response();
+    if req.uri().path() != "/health"
+        && !crate::token_ok(
+            req.headers(),
+            "x-access-token",
+            st.app.cfg.access_token.as_ref(),
+        )
+    {
+        return ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
+            .into_response();
     }
     next.run(req).await
 }
@@ -239,11 +286,14 @@ async fn unary_json(st: &EnvdState, body: Body) -> CResult<Value> {
     if b.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&b).map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON: {e}")))
+    serde_json::from_slice(&b)
+        .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON: {e}")))
 }
 
 async fn envs(State(st): State<EnvdState>) -> Json<Value> {
-    let mut m: serde_json::Map<String, Value> = std::env::vars().map(|(k, v)| (k, Value::String(v))).collect();
+    let mut m: serde_json::Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     for (k, v) in st.envd.env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         m.insert(k.clone(), Value::String(v.clone()));
     }
@@ -288,7 +338,11 @@ fn process_event(o: &Output) -> Value {
         Output::Stdout(b) => json!({"event": {"data": {"stdout": B64.encode(b)}}}),
         Output::Stderr(b) => json!({"event": {"data": {"stderr": B64.encode(b)}}}),
         Output::Exit(e) => {
-            let status = if e.signal != 0 { format!("signal: {}", signal_name(e.signal)) } else { format!("exit status {}", e.code) };
+            let status = if e.signal != 0 {
+                format!("signal: {}", signal_name(e.signal))
+            } else {
+                format!("exit status {}", e.code)
+            };
             let mut end = json!({"exitCode": e.code, "exited": e.signal == 0, "status": status});
             if e.timed_out {
                 end["error"] = json!("timed out");
@@ -309,15 +363,24 @@ fn signal_name(sig: i32) -> String {
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
     use futures_util::StreamExt;
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    );
     let mut r = Response::new(body);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/connect+json"),
+    );
     r
 }
 
 /// Keepalive interval requested by the client (`Keepalive-Ping-Interval`, seconds).
 fn keepalive(headers: &HeaderMap) -> Duration {
-    let s = headers.get("keepalive-ping-interval").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(30);
+    let s = headers
+        .get("keepalive-ping-interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(30);
     Duration::from_secs(s.clamp(1, 3600))
 }
 
@@ -381,18 +444,35 @@ async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> R
 async fn start_inner(st: &EnvdState, headers: &HeaderMap, body: Body) -> CResult<Response> {
     let b = read_body(st, body).await?;
     let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
-    let p = field(&req, "process", "process").ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
-    let cmd = str_field(p, "cmd", "cmd").filter(|c| !c.is_empty()).ok_or_else(|| ConnectError::new("invalid_argument", "process.cmd is required"))?;
-    let args: Vec<String> = field(p, "args", "args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-    let mut envs: HashMap<String, String> = st.envd.env.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(m) = field(p, "envs", "envs").and_then(|m| serde_json::from_value::<HashMap<String, String>>(m.clone()).ok()) {
+    let p = field(&req, "process", "process")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
+    let cmd = str_field(p, "cmd", "cmd")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process.cmd is required"))?;
+    let args: Vec<String> = field(p, "args", "args")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default();
+    let mut envs: HashMap<String, String> = st
+        .envd
+        .env
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(m) = field(p, "envs", "envs")
+        .and_then(|m| serde_json::from_value::<HashMap<String, String>>(m.clone()).ok())
+    {
         envs.extend(m);
     }
     let cwd = str_field(p, "cwd", "cwd").filter(|c| !c.is_empty());
     let tag = str_field(&req, "tag", "tag");
-    let stdin = field(&req, "stdin", "stdin").and_then(Value::as_bool).unwrap_or(false);
+    let stdin = field(&req, "stdin", "stdin")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if field(&req, "pty", "pty").is_some() {
-        return Err(ConnectError::new("unimplemented", "PTY processes are not supported by sandpool yet"));
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY processes are not supported by sandpool yet",
+        ));
     }
     let timeout = headers
         .get("connect-timeout-ms")
@@ -402,12 +482,29 @@ async fn start_inner(st: &EnvdState, headers: &HeaderMap, body: Body) -> CResult
         .map(Duration::from_millis);
     let mut argv = vec![cmd.clone()];
     argv.extend(args.iter().cloned());
-    let spec = CommandSpec { command: String::new(), argv, cwd: cwd.clone(), envs: envs.clone(), uid: None, gid: None, timeout, stdin };
+    let spec = CommandSpec {
+        command: String::new(),
+        argv,
+        cwd: cwd.clone(),
+        envs: envs.clone(),
+        uid: None,
+        gid: None,
+        timeout,
+        stdin,
+    };
     let (events, first_rx) = broadcast::channel::<Value>(1024);
     let (otx, mut orx) = mpsc::channel::<Output>(64);
     let rec = st.app.commands.start_detached(spec, otx)?;
     let pid = rec.pid;
-    let proc_ = Arc::new(EnvdProcess { rec, tag, cmd, args, envs, cwd, events: events.clone() });
+    let proc_ = Arc::new(EnvdProcess {
+        rec,
+        tag,
+        cmd,
+        args,
+        envs,
+        cwd,
+        events: events.clone(),
+    });
     st.envd.lock().insert(pid, proc_);
     // Drain the process output into the fan-out, whoever listens.
     let envd = st.envd.clone();
@@ -422,19 +519,35 @@ async fn start_inner(st: &EnvdState, headers: &HeaderMap, body: Body) -> CResult
         // keep finished processes out of List
         envd.lock().remove(&pid);
     });
-    Ok(attach(first_rx, Some(json!({"event": {"start": {"pid": pid}}})), keepalive(headers)))
+    Ok(attach(
+        first_rx,
+        Some(json!({"event": {"start": {"pid": pid}}})),
+        keepalive(headers),
+    ))
 }
 
 fn select(st: &EnvdState, v: &Value) -> CResult<Arc<EnvdProcess>> {
-    let sel = field(v, "process", "process").ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
+    let sel = field(v, "process", "process")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
     let g = st.envd.lock();
     if let Some(pid) = field(sel, "pid", "pid").and_then(Value::as_u64) {
-        return g.get(&(pid as u32)).cloned().ok_or_else(|| ConnectError::new("not_found", format!("process with pid {pid} not found")));
+        return g.get(&(pid as u32)).cloned().ok_or_else(|| {
+            ConnectError::new("not_found", format!("process with pid {pid} not found"))
+        });
     }
     if let Some(tag) = str_field(sel, "tag", "tag") {
-        return g.values().find(|p| p.tag.as_deref() == Some(tag.as_str())).cloned().ok_or_else(|| ConnectError::new("not_found", format!("process with tag {tag} not found")));
+        return g
+            .values()
+            .find(|p| p.tag.as_deref() == Some(tag.as_str()))
+            .cloned()
+            .ok_or_else(|| {
+                ConnectError::new("not_found", format!("process with tag {tag} not found"))
+            });
     }
-    Err(ConnectError::new("invalid_argument", "selector needs pid or tag"))
+    Err(ConnectError::new(
+        "invalid_argument",
+        "selector needs pid or tag",
+    ))
 }
 
 /// `process.Process/Connect`: attach to a running process's output.
@@ -443,7 +556,11 @@ async fn connect(State(st): State<EnvdState>, headers: HeaderMap, body: Body) ->
         let b = read_body(&st, body).await?;
         let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
         let p = select(&st, &req)?;
-        Ok::<_, ConnectError>(attach(p.events.subscribe(), Some(json!({"event": {"start": {"pid": p.rec.pid}}})), keepalive(&headers)))
+        Ok::<_, ConnectError>(attach(
+            p.events.subscribe(),
+            Some(json!({"event": {"start": {"pid": p.rec.pid}}})),
+            keepalive(&headers),
+        ))
     }
     .await;
     res.unwrap_or_else(|e| {
@@ -460,7 +577,8 @@ async fn list(State(st): State<EnvdState>) -> Json<Value> {
         .values()
         .filter(|p| p.rec.running())
         .map(|p| {
-            let mut v = json!({"config": {"cmd": p.cmd, "args": p.args, "envs": p.envs}, "pid": p.rec.pid});
+            let mut v =
+                json!({"config": {"cmd": p.cmd, "args": p.args, "envs": p.envs}, "pid": p.rec.pid});
             if let Some(c) = &p.cwd {
                 v["config"]["cwd"] = json!(c);
             }
@@ -476,12 +594,18 @@ async fn list(State(st): State<EnvdState>) -> Json<Value> {
 async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let v = unary_json(&st, body).await?;
     let p = select(&st, &v)?;
-    let input = field(&v, "input", "input").ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
+    let input = field(&v, "input", "input")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
     if field(input, "pty", "pty").is_some() {
-        return Err(ConnectError::new("unimplemented", "PTY input is not supported"));
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY input is not supported",
+        ));
     }
     let data = str_field(input, "stdin", "stdin").unwrap_or_default();
-    let bytes = B64.decode(data.as_bytes()).map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
+    let bytes = B64
+        .decode(data.as_bytes())
+        .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
     p.rec.write_stdin(&bytes).await?;
     Ok(Json(json!({})))
 }
@@ -493,10 +617,17 @@ async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Va
         Some(Value::String(s)) => match s.as_str() {
             "SIGNAL_SIGKILL" => nix::sys::signal::Signal::SIGKILL,
             "SIGNAL_SIGTERM" => nix::sys::signal::Signal::SIGTERM,
-            other => return Err(ConnectError::new("invalid_argument", format!("unknown signal {other}"))),
+            other => {
+                return Err(ConnectError::new(
+                    "invalid_argument",
+                    format!("unknown signal {other}"),
+                ));
+            }
         },
-        Some(Value::Number(n)) => nix::sys::signal::Signal::try_from(n.as_i64().unwrap_or(0) as i32)
-            .map_err(|_| ConnectError::new("invalid_argument", format!("unknown signal {n}")))?,
+        Some(Value::Number(n)) => {
+            nix::sys::signal::Signal::try_from(n.as_i64().unwrap_or(0) as i32)
+                .map_err(|_| ConnectError::new("invalid_argument", format!("unknown signal {n}")))?
+        }
         _ => return Err(ConnectError::new("invalid_argument", "signal is required")),
     };
     p.rec.signal(sig)?;
@@ -519,7 +650,10 @@ fn entry_json(i: &files::FileInfo) -> Value {
         FileKind::Other => "FILE_TYPE_UNSPECIFIED",
     };
     let bits = files::mode_from_decimal_digits(i.mode).unwrap_or(0);
-    let name = std::path::Path::new(&i.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| i.path.clone());
+    let name = std::path::Path::new(&i.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| i.path.clone());
     let mut v = json!({
         "name": name,
         "type": kind,
@@ -555,7 +689,9 @@ fn permissions_string(kind: FileKind, bits: u32) -> String {
     s
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> CResult<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> CResult<T> {
     crate::blocking(f).await.map_err(ConnectError::from)
 }
 
@@ -587,8 +723,12 @@ async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Va
 
 async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let v = unary_json(&st, body).await?;
-    let src = str_field(&v, "source", "source").map(|p| crate::upload::resolve(&p, &home())).ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
-    let dest = str_field(&v, "destination", "destination").map(|p| crate::upload::resolve(&p, &home())).ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
+    let src = str_field(&v, "source", "source")
+        .map(|p| crate::upload::resolve(&p, &home()))
+        .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
+    let dest = str_field(&v, "destination", "destination")
+        .map(|p| crate::upload::resolve(&p, &home()))
+        .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
     let info = blocking(move || {
         files::rename(&src, &dest)?;
         files::stat(&dest)
@@ -600,9 +740,14 @@ async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>
 async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let v = unary_json(&st, body).await?;
     let path = path_of(&v)?;
-    let depth = field(&v, "depth", "depth").and_then(Value::as_u64).unwrap_or(1).clamp(1, 64) as usize;
+    let depth = field(&v, "depth", "depth")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 64) as usize;
     let entries = blocking(move || files::list_dir(&path, depth)).await?;
-    Ok(Json(json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
@@ -626,7 +771,10 @@ async fn stream_input(State(st): State<EnvdState>, body: Body) -> Response {
             while buf.len() >= 5 {
                 let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
                 if len > max {
-                    return Err(ConnectError::new("resource_exhausted", format!("envelope of {len} bytes exceeds {max}")));
+                    return Err(ConnectError::new(
+                        "resource_exhausted",
+                        format!("envelope of {len} bytes exceeds {max}"),
+                    ));
                 }
                 if buf.len() < 5 + len {
                     break;
@@ -639,16 +787,27 @@ async fn stream_input(State(st): State<EnvdState>, body: Body) -> Response {
                 if let Some(start) = field(&msg, "start", "start") {
                     target = Some(select(&st, start)?);
                 } else if let Some(data) = field(&msg, "data", "data") {
-                    let p = target.as_ref().ok_or_else(|| ConnectError::new("failed_precondition", "data before start"))?;
-                    let input = field(data, "input", "input").ok_or_else(|| ConnectError::new("invalid_argument", "data.input is required"))?;
+                    let p = target.as_ref().ok_or_else(|| {
+                        ConnectError::new("failed_precondition", "data before start")
+                    })?;
+                    let input = field(data, "input", "input").ok_or_else(|| {
+                        ConnectError::new("invalid_argument", "data.input is required")
+                    })?;
                     let b64 = str_field(input, "stdin", "stdin").unwrap_or_default();
-                    let bytes = B64.decode(b64.as_bytes()).map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
+                    let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
+                        ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))
+                    })?;
                     p.rec.write_stdin(&bytes).await?;
                 }
             }
             match stream.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(ConnectError::new("canceled", format!("request stream: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ConnectError::new(
+                        "canceled",
+                        format!("request stream: {e}"),
+                    ));
+                }
                 None => return Ok(()),
             }
         }
@@ -672,24 +831,52 @@ async fn stream_input(State(st): State<EnvdState>, body: Body) -> Response {
 /// Watch `root` (recursively: every subdirectory, including new ones) with
 /// inotify on a thread; `sink` gets E2B `FilesystemEvent`s until `stop` is set
 /// or it returns false.
-fn spawn_watch(root: String, recursive: bool, stop: Arc<std::sync::atomic::AtomicBool>, sink: impl Fn(Value) -> bool + Send + 'static) -> crate::Result<()> {
+fn spawn_watch(
+    root: String,
+    recursive: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sink: impl Fn(Value) -> bool + Send + 'static,
+) -> crate::Result<()> {
     use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
     let md = std::fs::metadata(&root).map_err(|e| RuntimeError::io(&root, e))?;
     if !md.is_dir() {
         return Err(RuntimeError::NotADirectory(root));
     }
-    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| RuntimeError::Internal(format!("inotify: {e}")))?;
-    let mask = F::IN_CREATE | F::IN_MODIFY | F::IN_CLOSE_WRITE | F::IN_DELETE | F::IN_MOVED_FROM | F::IN_MOVED_TO | F::IN_ATTRIB;
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(|e| RuntimeError::Internal(format!("inotify: {e}")))?;
+    let mask = F::IN_CREATE
+        | F::IN_MODIFY
+        | F::IN_CLOSE_WRITE
+        | F::IN_DELETE
+        | F::IN_MOVED_FROM
+        | F::IN_MOVED_TO
+        | F::IN_ATTRIB;
     let mut dirs: HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf> = HashMap::new();
     let base = std::path::PathBuf::from(&root);
-    fn add(ino: &Inotify, dirs: &mut HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf>, base: &std::path::Path, dir: &std::path::Path, mask: nix::sys::inotify::AddWatchFlags) {
+    fn add(
+        ino: &Inotify,
+        dirs: &mut HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf>,
+        base: &std::path::Path,
+        dir: &std::path::Path,
+        mask: nix::sys::inotify::AddWatchFlags,
+    ) {
         if let Ok(wd) = ino.add_watch(dir, mask) {
-            dirs.insert(wd, dir.strip_prefix(base).map(|p| p.to_path_buf()).unwrap_or_default());
+            dirs.insert(
+                wd,
+                dir.strip_prefix(base)
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default(),
+            );
         }
     }
     add(&ino, &mut dirs, &base, &base, mask);
     if recursive {
-        for e in walkdir::WalkDir::new(&base).min_depth(1).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_dir()) {
+        for e in walkdir::WalkDir::new(&base)
+            .min_depth(1)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_dir())
+        {
             add(&ino, &mut dirs, &base, e.path(), mask);
         }
     }
@@ -699,9 +886,15 @@ fn spawn_watch(root: String, recursive: bool, stop: Arc<std::sync::atomic::Atomi
             match ino.read_events() {
                 Ok(events) => {
                     for ev in events {
-                        let Some(name) = ev.name.as_ref().map(|n| n.to_string_lossy().into_owned()) else { continue };
+                        let Some(name) = ev.name.as_ref().map(|n| n.to_string_lossy().into_owned())
+                        else {
+                            continue;
+                        };
                         let rel = dirs.get(&ev.wd).cloned().unwrap_or_default().join(&name);
-                        if recursive && ev.mask.contains(F::IN_CREATE) && ev.mask.contains(F::IN_ISDIR) {
+                        if recursive
+                            && ev.mask.contains(F::IN_CREATE)
+                            && ev.mask.contains(F::IN_ISDIR)
+                        {
                             let full = base.join(&rel);
                             add(&ino, &mut dirs, &base, &full, mask);
                         }
@@ -732,7 +925,12 @@ fn spawn_watch(root: String, recursive: bool, stop: Arc<std::sync::atomic::Atomi
 }
 
 fn watch_args(v: &Value) -> CResult<(String, bool)> {
-    Ok((path_of(v)?, field(v, "recursive", "recursive").and_then(Value::as_bool).unwrap_or(false)))
+    Ok((
+        path_of(v)?,
+        field(v, "recursive", "recursive")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    ))
 }
 
 /// `filesystem.Filesystem/WatchDir`: a stream of events while the client listens.
@@ -742,12 +940,18 @@ async fn watch_dir(State(st): State<EnvdState>, headers: HeaderMap, body: Body) 
         let (path, recursive) = watch_args(&parse_envelope(&b, st.app.cfg.max_json_bytes)?)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<Value>(256);
-        spawn_watch(path, recursive, stop.clone(), move |ev| etx.blocking_send(ev).is_ok())?;
+        spawn_watch(path, recursive, stop.clone(), move |ev| {
+            etx.blocking_send(ev).is_ok()
+        })?;
         let (tx, rx) = mpsc::channel::<Bytes>(32);
         let every = keepalive(&headers);
         tokio::spawn(async move {
             let _stop_on_exit = StopOnDrop(stop);
-            if tx.send(envelope(0, &json!({"event": {"start": {}}}))).await.is_err() {
+            if tx
+                .send(envelope(0, &json!({"event": {"start": {}}})))
+                .await
+                .is_err()
+            {
                 return;
             }
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -795,19 +999,31 @@ async fn create_watcher(State(st): State<EnvdState>, body: Body) -> CResult<Json
         true
     })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    st.envd.watchers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Watcher { events, stop });
+    st.envd
+        .watchers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Watcher { events, stop });
     Ok(Json(json!({"watcherId": id})))
 }
 
 fn watcher_id(v: &Value) -> CResult<String> {
-    str_field(v, "watcherId", "watcher_id").ok_or_else(|| ConnectError::new("invalid_argument", "watcherId is required"))
+    str_field(v, "watcherId", "watcher_id")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "watcherId is required"))
 }
 
 async fn get_watcher_events(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let id = watcher_id(&unary_json(&st, body).await?)?;
     let g = st.envd.watchers.lock().unwrap_or_else(|p| p.into_inner());
-    let w = g.get(&id).ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
-    let events: Vec<Value> = w.events.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+    let w = g
+        .get(&id)
+        .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
+    let events: Vec<Value> = w
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
     Ok(Json(json!({"events": events})))
 }
 
@@ -825,37 +1041,67 @@ async fn remove_watcher(State(st): State<EnvdState>, body: Body) -> CResult<Json
 // ---------------------------------------------------------------------- files
 
 fn home() -> String {
-    std::env::var("HOME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into())
+    std::env::var("HOME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/root".into())
 }
 
 fn query(uri: &http::Uri) -> HashMap<String, String> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 async fn download(req: Request) -> Response {
     let q = query(req.uri());
-    let Some(path) = q.get("path").filter(|p| !p.is_empty()).map(|p| crate::upload::resolve(p, &home())) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "path is required"}))).into_response();
+    let Some(path) = q
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(|p| crate::upload::resolve(p, &home()))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": 400, "message": "path is required"})),
+        )
+            .into_response();
     };
     let p2 = path.clone();
     match tokio::task::spawn_blocking(move || files::open_for_read(&p2)).await {
         Ok(Ok((f, size))) => {
-            let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 64 * 1024);
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(f),
+                64 * 1024,
+            );
             let mut r = Response::new(Body::from_stream(stream));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             r
         }
         Ok(Err(e)) => {
             let status = match e {
                 RuntimeError::FileNotFound(_) => StatusCode::NOT_FOUND,
-                RuntimeError::IsADirectory(_) | RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+                RuntimeError::IsADirectory(_) | RuntimeError::InvalidRequest(_) => {
+                    StatusCode::BAD_REQUEST
+                }
                 RuntimeError::PermissionDenied(_) => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            (status, Json(json!({"code": status.as_u16(), "message": e.to_string()}))).into_response()
+            (
+                status,
+                Json(json!({"code": status.as_u16(), "message": e.to_string()})),
+            )
+                .into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"code": 500, "message": e.to_string()}))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"code": 500, "message": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -863,24 +1109,57 @@ async fn download(req: Request) -> Response {
 /// (`?path=`); parents are created, targets overwritten.
 async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
     let q = query(req.uri());
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let gz = req.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) == Some("gzip");
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let gz = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        == Some("gzip");
     let limits = st.app.cfg.upload.clone();
     let res = if ct.starts_with("multipart/form-data") {
         match multer::parse_boundary(&ct) {
-            Ok(boundary) => crate::upload::receive_named(req.into_body().into_data_stream(), boundary, &limits, q.get("path").cloned(), &home()).await,
-            Err(e) => Err(RuntimeError::InvalidRequest(format!("bad multipart Content-Type: {e}"))),
+            Ok(boundary) => {
+                crate::upload::receive_named(
+                    req.into_body().into_data_stream(),
+                    boundary,
+                    &limits,
+                    q.get("path").cloned(),
+                    &home(),
+                )
+                .await
+            }
+            Err(e) => Err(RuntimeError::InvalidRequest(format!(
+                "bad multipart Content-Type: {e}"
+            ))),
         }
     } else if let Some(path) = q.get("path").filter(|p| !p.is_empty()) {
-        crate::upload::receive_raw(req.into_body().into_data_stream(), path, &limits, gz, &home()).await.map(|f| vec![f])
+        crate::upload::receive_raw(
+            req.into_body().into_data_stream(),
+            path,
+            &limits,
+            gz,
+            &home(),
+        )
+        .await
+        .map(|f| vec![f])
     } else {
-        Err(RuntimeError::InvalidRequest("octet-stream upload needs ?path=".into()))
+        Err(RuntimeError::InvalidRequest(
+            "octet-stream upload needs ?path=".into(),
+        ))
     };
     match res {
         Ok(done) => Json(Value::Array(
             done.iter()
                 .map(|f| {
-                    let name = std::path::Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = std::path::Path::new(&f.path)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     json!({"path": f.path, "name": name, "type": "file"})
                 })
                 .collect(),
@@ -888,7 +1167,11 @@ async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
         .into_response(),
         Err(e) => {
             let status = e.http_status();
-            (status, Json(json!({"code": status.as_u16(), "message": e.to_string()}))).into_response()
+            (
+                status,
+                Json(json!({"code": status.as_u16(), "message": e.to_string()})),
+            )
+                .into_response()
         }
     }
 }
@@ -902,24 +1185,47 @@ mod tests {
         let e = envelope(0, &json!({"a": 1}));
         assert_eq!(&e[..5], &[0, 0, 0, 0, 7]);
         assert_eq!(parse_envelope(&e, 1024).unwrap(), json!({"a": 1}));
-        assert_eq!(parse_envelope(&e[..3], 1024).unwrap_err().code, "invalid_argument");
-        assert_eq!(parse_envelope(&e[..8], 1024).unwrap_err().code, "invalid_argument", "truncated");
-        assert_eq!(parse_envelope(&e, 3).unwrap_err().code, "resource_exhausted", "oversize frame");
+        assert_eq!(
+            parse_envelope(&e[..3], 1024).unwrap_err().code,
+            "invalid_argument"
+        );
+        assert_eq!(
+            parse_envelope(&e[..8], 1024).unwrap_err().code,
+            "invalid_argument",
+            "truncated"
+        );
+        assert_eq!(
+            parse_envelope(&e, 3).unwrap_err().code,
+            "resource_exhausted",
+            "oversize frame"
+        );
         let mut z = e.to_vec();
         z[0] = 1;
         assert_eq!(parse_envelope(&z, 1024).unwrap_err().code, "unimplemented");
         let mut bad = envelope(0, &json!({})).to_vec();
         bad[5] = b'x';
-        assert_eq!(parse_envelope(&bad, 1024).unwrap_err().code, "invalid_argument");
+        assert_eq!(
+            parse_envelope(&bad, 1024).unwrap_err().code,
+            "invalid_argument"
+        );
     }
 
     #[test]
     fn events_and_permissions() {
         let v = process_event(&Output::Stdout(Bytes::from_static(b"hi\n")));
         assert_eq!(v["event"]["data"]["stdout"], "aGkK");
-        let exit = crate::commands::ExitInfo { code: 3, signal: 0, duration: Duration::ZERO, timed_out: false, finished_at: chrono::Utc::now() };
+        let exit = crate::commands::ExitInfo {
+            code: 3,
+            signal: 0,
+            duration: Duration::ZERO,
+            timed_out: false,
+            finished_at: chrono::Utc::now(),
+        };
         let v = process_event(&Output::Exit(exit));
-        assert_eq!(v["event"]["end"], json!({"exitCode": 3, "exited": true, "status": "exit status 3"}));
+        assert_eq!(
+            v["event"]["end"],
+            json!({"exitCode": 3, "exited": true, "status": "exit status 3"})
+        );
         assert_eq!(permissions_string(FileKind::Directory, 0o755), "drwxr-xr-x");
         assert_eq!(permissions_string(FileKind::File, 0o640), "-rw-r-----");
     }

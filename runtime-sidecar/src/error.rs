@@ -59,7 +59,10 @@ impl RuntimeError {
             IsADirectory => RuntimeError::IsADirectory(path.to_string()),
             NotADirectory => RuntimeError::NotADirectory(path.to_string()),
             DirectoryNotEmpty => RuntimeError::Conflict(format!("directory not empty: {path}")),
-            _ => RuntimeError::Io { context: path.to_string(), source },
+            _ => RuntimeError::Io {
+                context: path.to_string(),
+                source,
+            },
         }
     }
 
@@ -88,14 +91,18 @@ impl RuntimeError {
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
             | RuntimeError::NotADirectory(_) => StatusCode::BAD_REQUEST,
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             RuntimeError::AlreadyExists(_) | RuntimeError::Conflict(_) => StatusCode::CONFLICT,
             RuntimeError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             RuntimeError::Unauthorized => StatusCode::UNAUTHORIZED,
             RuntimeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             RuntimeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -132,7 +139,10 @@ impl IntoResponse for RuntimeError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body = ErrorBody { code: self.code().to_string(), message: self.to_string() };
+        let body = ErrorBody {
+            code: self.code().to_string(),
+            message: self.to_string(),
+        };
         // execd's own 401 body carries the message under "error"; keep both shapes.
         if matches!(self, RuntimeError::Unauthorized) {
             let v = serde_json::json!({"code": body.code, "message": body.message, "error": body.message});

@@ -49,10 +49,20 @@ pub fn now_ms() -> i64 {
 
 impl StreamEvent {
     pub fn new(kind: EventType) -> Self {
-        StreamEvent { kind, text: None, execution_count: None, execution_time: None, timestamp: now_ms(), error: None }
+        StreamEvent {
+            kind,
+            text: None,
+            execution_count: None,
+            execution_time: None,
+            timestamp: now_ms(),
+            error: None,
+        }
     }
     pub fn with_text(kind: EventType, text: impl Into<String>) -> Self {
-        StreamEvent { text: Some(text.into()), ..Self::new(kind) }
+        StreamEvent {
+            text: Some(text.into()),
+            ..Self::new(kind)
+        }
     }
     pub fn init(id: &str) -> Self {
         Self::with_text(EventType::Init, id)
@@ -61,7 +71,10 @@ impl StreamEvent {
         Self::with_text(EventType::Ping, "pong")
     }
     pub fn complete(elapsed_ms: u64) -> Self {
-        StreamEvent { execution_time: Some(elapsed_ms), ..Self::new(EventType::ExecutionComplete) }
+        StreamEvent {
+            execution_time: Some(elapsed_ms),
+            ..Self::new(EventType::ExecutionComplete)
+        }
     }
     /// A non-zero exit: execd reports it as an `error` event whose `evalue` is
     /// the exit code; no `execution_complete` follows.
@@ -70,7 +83,11 @@ impl StreamEvent {
             error: Some(ErrorInfo {
                 ename: "CommandExecError".into(),
                 evalue: exit_code.to_string(),
-                traceback: if detail.is_empty() { vec![] } else { vec![detail.to_string()] },
+                traceback: if detail.is_empty() {
+                    vec![]
+                } else {
+                    vec![detail.to_string()]
+                },
             }),
             ..Self::new(EventType::Error)
         }
@@ -78,7 +95,11 @@ impl StreamEvent {
     /// A failure to run at all (spawn error, bad cwd, ...).
     pub fn runtime_error(ename: &str, message: &str) -> Self {
         StreamEvent {
-            error: Some(ErrorInfo { ename: ename.into(), evalue: message.into(), traceback: vec![] }),
+            error: Some(ErrorInfo {
+                ename: ename.into(),
+                evalue: message.into(),
+                traceback: vec![],
+            }),
             ..Self::new(EventType::Error)
         }
     }
@@ -104,7 +125,10 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max_pending: usize) -> Self {
-        LineSplitter { pending: Vec::new(), max_pending: max_pending.max(4) }
+        LineSplitter {
+            pending: Vec::new(),
+            max_pending: max_pending.max(4),
+        }
     }
 
     /// Feed a chunk; returns the complete lines (with their `\n`).
@@ -189,7 +213,8 @@ mod tests {
     #[test]
     fn exit_error_carries_exit_code_in_evalue() {
         let v: serde_json::Value =
-            serde_json::from_slice(StreamEvent::exit_error(3, "").frame().trim_ascii_end()).unwrap();
+            serde_json::from_slice(StreamEvent::exit_error(3, "").frame().trim_ascii_end())
+                .unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["ename"], "CommandExecError");
         assert_eq!(v["error"]["evalue"], "3");
@@ -202,7 +227,8 @@ mod tests {
             serde_json::from_slice(StreamEvent::complete(12).frame().trim_ascii_end()).unwrap();
         assert_eq!(v["type"], "execution_complete");
         assert_eq!(v["execution_time"], 12);
-        let v: serde_json::Value = serde_json::from_slice(StreamEvent::ping().frame().trim_ascii_end()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(StreamEvent::ping().frame().trim_ascii_end()).unwrap();
         assert_eq!(v["type"], "ping");
     }
 
@@ -223,7 +249,11 @@ mod tests {
         let mut s = LineSplitter::new(1024);
         let euro = "€".as_bytes(); // 3 bytes
         assert!(s.push(&euro[..2]).is_empty());
-        assert_eq!(s.flush_partial(), None, "an incomplete sequence is held back");
+        assert_eq!(
+            s.flush_partial(),
+            None,
+            "an incomplete sequence is held back"
+        );
         assert_eq!(s.push(&euro[2..]), Vec::<String>::new());
         assert_eq!(s.flush_partial().as_deref(), Some("€"));
     }

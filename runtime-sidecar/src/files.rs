@@ -58,9 +58,12 @@ pub struct Permission {
 pub fn mode_from_decimal_digits(m: u32) -> Result<u32> {
     let s = m.to_string();
     if s.len() > 4 {
-        return Err(RuntimeError::InvalidRequest(format!("invalid mode {m}: at most 4 octal digits")));
+        return Err(RuntimeError::InvalidRequest(format!(
+            "invalid mode {m}: at most 4 octal digits"
+        )));
     }
-    u32::from_str_radix(&s, 8).map_err(|_| RuntimeError::InvalidRequest(format!("invalid mode {m}: not octal")))
+    u32::from_str_radix(&s, 8)
+        .map_err(|_| RuntimeError::InvalidRequest(format!("invalid mode {m}: not octal")))
 }
 
 /// 0o755 -> 755.
@@ -70,24 +73,38 @@ pub fn mode_to_decimal_digits(bits: u32) -> u32 {
 
 pub fn require_path(p: &str) -> Result<&str> {
     if p.is_empty() {
-        return Err(RuntimeError::MissingQuery("missing query parameter 'path'".into()));
+        return Err(RuntimeError::MissingQuery(
+            "missing query parameter 'path'".into(),
+        ));
     }
     if p.contains('\0') {
-        return Err(RuntimeError::InvalidRequest("path contains a NUL byte".into()));
+        return Err(RuntimeError::InvalidRequest(
+            "path contains a NUL byte".into(),
+        ));
     }
     Ok(p)
 }
 
 fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 fn group_name(gid: u32) -> String {
-    nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_else(|| gid.to_string())
+    nix::unistd::Group::from_gid(gid.into())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string())
 }
 
 pub fn info_from_metadata(path: &str, md: &Metadata) -> FileInfo {
@@ -162,7 +179,12 @@ pub fn remove_dir(path: &str) -> Result<()> {
 pub fn remove_any(path: &str, recursive: bool) -> Result<()> {
     let md = fs::symlink_metadata(require_path(path)?).map_err(|e| RuntimeError::io(path, e))?;
     if md.is_dir() {
-        if recursive { fs::remove_dir_all(path) } else { fs::remove_dir(path) }.map_err(|e| RuntimeError::io(path, e))
+        if recursive {
+            fs::remove_dir_all(path)
+        } else {
+            fs::remove_dir(path)
+        }
+        .map_err(|e| RuntimeError::io(path, e))
     } else {
         fs::remove_file(path).map_err(|e| RuntimeError::io(path, e))
     }
@@ -173,10 +195,21 @@ pub fn set_permissions(path: &str, perm: &Permission) -> Result<()> {
     require_path(path)?;
     if let Some(m) = perm.mode {
         let bits = mode_from_decimal_digits(m)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(bits)).map_err(|e| RuntimeError::io(path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(bits))
+            .map_err(|e| RuntimeError::io(path, e))?;
     }
-    let uid = perm.owner.as_deref().filter(|s| !s.is_empty()).map(resolve_user).transpose()?;
-    let gid = perm.group.as_deref().filter(|s| !s.is_empty()).map(resolve_group).transpose()?;
+    let uid = perm
+        .owner
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(resolve_user)
+        .transpose()?;
+    let gid = perm
+        .group
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(resolve_group)
+        .transpose()?;
     if uid.is_some() || gid.is_some() {
         nix::unistd::chown(path, uid.map(Into::into), gid.map(Into::into))
             .map_err(|e| RuntimeError::io(path, std::io::Error::from(e)))?;
@@ -215,7 +248,10 @@ pub fn make_dirs(path: &str, perm: &Permission) -> Result<()> {
         return Err(RuntimeError::NotADirectory(path.to_string()));
     }
     fs::create_dir_all(path).map_err(|e| RuntimeError::io(path, e))?;
-    let perm = Permission { mode: Some(perm.mode.unwrap_or(755)), ..perm.clone() };
+    let perm = Permission {
+        mode: Some(perm.mode.unwrap_or(755)),
+        ..perm.clone()
+    };
     set_permissions(path, &perm)
 }
 
@@ -228,7 +264,10 @@ pub fn rename(src: &str, dest: &str) -> Result<()> {
     if fs::symlink_metadata(dest).is_ok() {
         return Err(RuntimeError::AlreadyExists(format!("destination {dest}")));
     }
-    if let Some(parent) = Path::new(dest).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = Path::new(dest)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         fs::create_dir_all(parent).map_err(|e| RuntimeError::io(&parent.to_string_lossy(), e))?;
     }
     match fs::rename(src, dest) {
@@ -248,7 +287,11 @@ pub fn list_dir(path: &str, depth: usize) -> Result<Vec<FileInfo>> {
         return Err(RuntimeError::NotADirectory(path.to_string()));
     }
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(path).min_depth(1).max_depth(depth.max(1)).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(path)
+        .min_depth(1)
+        .max_depth(depth.max(1))
+        .sort_by_file_name()
+    {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -278,12 +321,21 @@ pub fn search(root: &str, pattern: &str, limit: usize) -> Result<Vec<FileInfo>> 
         .compile_matcher();
     let by_path = pattern.contains('/');
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
+    for entry in walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
         if !entry.file_type().is_file() {
             continue;
         }
         let hit = if by_path {
-            entry.path().strip_prefix(root).map(|rel| glob.is_match(rel)).unwrap_or(false)
+            entry
+                .path()
+                .strip_prefix(root)
+                .map(|rel| glob.is_match(rel))
+                .unwrap_or(false)
         } else {
             glob.is_match(entry.file_name())
         };
@@ -302,14 +354,20 @@ pub fn search(root: &str, pattern: &str, limit: usize) -> Result<Vec<FileInfo>> 
 /// atomically (temp file + rename) and keeps its permissions.
 pub fn replace_in_file(path: &str, old: &str, new: &str, max_bytes: u64) -> Result<usize> {
     if old.is_empty() {
-        return Err(RuntimeError::InvalidRequest(format!("'old' must not be empty for {path}")));
+        return Err(RuntimeError::InvalidRequest(format!(
+            "'old' must not be empty for {path}"
+        )));
     }
     let (_, size) = open_for_read(path)?;
     if size > max_bytes {
-        return Err(RuntimeError::PayloadTooLarge(format!("{path} is {size} bytes; replace is limited to {max_bytes}")));
+        return Err(RuntimeError::PayloadTooLarge(format!(
+            "{path} is {size} bytes; replace is limited to {max_bytes}"
+        )));
     }
     let text = fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => RuntimeError::InvalidRequest(format!("{path} is not UTF-8 text")),
+        std::io::ErrorKind::InvalidData => {
+            RuntimeError::InvalidRequest(format!("{path} is not UTF-8 text"))
+        }
         _ => RuntimeError::io(path, e),
     })?;
     let count = text.matches(old).count();
@@ -347,7 +405,14 @@ mod tests {
     fn stat_list_search_replace_move_remove() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().to_string_lossy().to_string();
-        make_dirs(&format!("{root}/a/b"), &Permission { mode: Some(700), ..Default::default() }).unwrap();
+        make_dirs(
+            &format!("{root}/a/b"),
+            &Permission {
+                mode: Some(700),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(stat(&format!("{root}/a/b")).unwrap().mode, 700);
         fs::write(format!("{root}/a/x.txt"), "hello world hello").unwrap();
         fs::write(format!("{root}/a/b/y.txt"), "y").unwrap();
@@ -357,17 +422,37 @@ mod tests {
         assert_eq!((info.kind, info.size), (FileKind::File, 17));
         assert!(chrono::DateTime::parse_from_rfc3339(&info.modified_at).is_ok());
 
-        let top: Vec<_> = list_dir(&format!("{root}/a"), 1).unwrap().into_iter().map(|f| f.path).collect();
+        let top: Vec<_> = list_dir(&format!("{root}/a"), 1)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
         assert_eq!(top, vec![format!("{root}/a/b"), format!("{root}/a/x.txt")]);
         assert_eq!(list_dir(&format!("{root}/a"), 2).unwrap().len(), 4);
 
-        let hits: Vec<_> = search(&root, "*.txt", 100).unwrap().into_iter().map(|f| f.path).collect();
-        assert_eq!(hits, vec![format!("{root}/a/b/y.txt"), format!("{root}/a/x.txt")]);
+        let hits: Vec<_> = search(&root, "*.txt", 100)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(
+            hits,
+            vec![format!("{root}/a/b/y.txt"), format!("{root}/a/x.txt")]
+        );
         assert_eq!(search(&root, "a/b/*", 100).unwrap().len(), 2);
-        assert!(matches!(search(&root, "[", 100), Err(RuntimeError::InvalidRequest(_))));
+        assert!(matches!(
+            search(&root, "[", 100),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
 
-        assert_eq!(replace_in_file(&format!("{root}/a/x.txt"), "hello", "bye", 1 << 20).unwrap(), 2);
-        assert_eq!(fs::read_to_string(format!("{root}/a/x.txt")).unwrap(), "bye world bye");
+        assert_eq!(
+            replace_in_file(&format!("{root}/a/x.txt"), "hello", "bye", 1 << 20).unwrap(),
+            2
+        );
+        assert_eq!(
+            fs::read_to_string(format!("{root}/a/x.txt")).unwrap(),
+            "bye world bye"
+        );
         assert!(matches!(
             replace_in_file(&format!("{root}/a/x.txt"), "bye", "x", 4),
             Err(RuntimeError::PayloadTooLarge(_))
@@ -375,13 +460,28 @@ mod tests {
 
         rename(&format!("{root}/a/x.txt"), &format!("{root}/c/d/x.txt")).unwrap();
         assert!(Path::new(&format!("{root}/c/d/x.txt")).exists());
-        assert!(matches!(rename(&format!("{root}/nope"), &format!("{root}/n2")), Err(RuntimeError::FileNotFound(_))));
+        assert!(matches!(
+            rename(&format!("{root}/nope"), &format!("{root}/n2")),
+            Err(RuntimeError::FileNotFound(_))
+        ));
 
-        assert!(matches!(remove_file(&format!("{root}/a")), Err(RuntimeError::IsADirectory(_))));
-        assert!(matches!(remove_dir(&format!("{root}/c/d/x.txt")), Err(RuntimeError::NotADirectory(_))));
+        assert!(matches!(
+            remove_file(&format!("{root}/a")),
+            Err(RuntimeError::IsADirectory(_))
+        ));
+        assert!(matches!(
+            remove_dir(&format!("{root}/c/d/x.txt")),
+            Err(RuntimeError::NotADirectory(_))
+        ));
         remove_dir(&format!("{root}/a")).unwrap();
-        assert!(matches!(stat(&format!("{root}/a")), Err(RuntimeError::FileNotFound(_))));
-        assert!(matches!(open_for_read(&root), Err(RuntimeError::IsADirectory(_))));
+        assert!(matches!(
+            stat(&format!("{root}/a")),
+            Err(RuntimeError::FileNotFound(_))
+        ));
+        assert!(matches!(
+            open_for_read(&root),
+            Err(RuntimeError::IsADirectory(_))
+        ));
         assert!(matches!(stat(""), Err(RuntimeError::MissingQuery(_))));
     }
 }

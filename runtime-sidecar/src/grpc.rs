@@ -29,7 +29,9 @@ impl RuntimeService {
 }
 
 /// Checks `x-execd-access-token` metadata when a token is configured.
-pub fn auth_interceptor(token: Option<String>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn auth_interceptor(
+    token: Option<String>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
         if let Some(expected) = &token {
             let ok = req
@@ -38,7 +40,9 @@ pub fn auth_interceptor(token: Option<String>) -> impl FnMut(Request<()>) -> Res
                 .map(|v| crate::constant_time_eq(v.as_bytes(), expected.as_bytes()))
                 .unwrap_or(false);
             if !ok {
-                return Err(Status::unauthenticated("invalid or missing x-execd-access-token"));
+                return Err(Status::unauthenticated(
+                    "invalid or missing x-execd-access-token",
+                ));
             }
         }
         Ok(req)
@@ -83,7 +87,9 @@ pub fn process_state(s: EntrypointState) -> pb::ProcessState {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::error::Result<T> + Send + 'static) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, Status> {
     crate::blocking(f).await.map_err(Status::from)
 }
 
@@ -94,7 +100,10 @@ fn mode_bits(mode: u32, default: u32) -> u32 {
 #[tonic::async_trait]
 impl Runtime for RuntimeService {
     #[tracing::instrument(skip_all, name = "runtime.health")]
-    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
         Ok(Response::new(pb::HealthResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: u64::try_from(self.st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -107,14 +116,18 @@ impl Runtime for RuntimeService {
     type ExecStream = BoxStream<pb::ExecOutput>;
 
     #[tracing::instrument(skip_all, name = "runtime.exec")]
-    async fn exec(&self, req: Request<Streaming<pb::ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+    async fn exec(
+        &self,
+        req: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty Exec stream: the first message must be `start`"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty Exec stream: the first message must be `start`")
+        })?;
         let Some(pb::exec_input::Input::Start(start)) = first.input else {
-            return Err(Status::invalid_argument("the first Exec message must be `start`"));
+            return Err(Status::invalid_argument(
+                "the first Exec message must be `start`",
+            ));
         };
         let spec = CommandSpec {
             command: start.command,
@@ -133,7 +146,11 @@ impl Runtime for RuntimeService {
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
                 match msg.input {
-                    Some(pb::exec_input::Input::Stdin(b)) if input_rec.write_stdin(&b).await.is_err() => break,
+                    Some(pb::exec_input::Input::Stdin(b))
+                        if input_rec.write_stdin(&b).await.is_err() =>
+                    {
+                        break;
+                    }
                     Some(pb::exec_input::Input::Stdin(_)) => {}
                     Some(pb::exec_input::Input::CloseStdin(true)) => input_rec.close_stdin().await,
                     Some(pb::exec_input::Input::Signal(n)) => {
@@ -147,7 +164,10 @@ impl Runtime for RuntimeService {
         });
         let (otx, orx) = mpsc::channel::<Result<pb::ExecOutput, Status>>(16);
         let started = pb::ExecOutput {
-            output: Some(pb::exec_output::Output::Started(pb::ExecStarted { id: rec.id.clone(), pid: rec.pid })),
+            output: Some(pb::exec_output::Output::Started(pb::ExecStarted {
+                id: rec.id.clone(),
+                pid: rec.pid,
+            })),
         };
         tokio::spawn(async move {
             if otx.send(Ok(started)).await.is_err() {
@@ -167,7 +187,12 @@ impl Runtime for RuntimeService {
                         true,
                     ),
                 };
-                if otx.send(Ok(pb::ExecOutput { output: Some(out) })).await.is_err() || last {
+                if otx
+                    .send(Ok(pb::ExecOutput { output: Some(out) }))
+                    .await
+                    .is_err()
+                    || last
+                {
                     return;
                 }
             }
@@ -176,7 +201,10 @@ impl Runtime for RuntimeService {
     }
 
     #[tracing::instrument(skip_all, name = "runtime.signal")]
-    async fn signal(&self, req: Request<pb::SignalRequest>) -> Result<Response<pb::SignalResponse>, Status> {
+    async fn signal(
+        &self,
+        req: Request<pb::SignalRequest>,
+    ) -> Result<Response<pb::SignalResponse>, Status> {
         let r = req.into_inner();
         let sig = nix::sys::signal::Signal::try_from(r.signal)
             .map_err(|_| Status::invalid_argument(format!("unknown signal {}", r.signal)))?;
@@ -185,7 +213,10 @@ impl Runtime for RuntimeService {
     }
 
     #[tracing::instrument(skip_all, name = "runtime.inject")]
-    async fn inject(&self, req: Request<pb::InjectRequest>) -> Result<Response<pb::ProcessState>, Status> {
+    async fn inject(
+        &self,
+        req: Request<pb::InjectRequest>,
+    ) -> Result<Response<pb::ProcessState>, Status> {
         let r = req.into_inner();
         let spec = InjectSpec {
             argv: r.argv,
@@ -209,28 +240,49 @@ impl Runtime for RuntimeService {
     type ReadFileStream = BoxStream<pb::FileChunk>;
 
     #[tracing::instrument(skip_all, name = "runtime.read_file")]
-    async fn read_file(&self, req: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+    async fn read_file(
+        &self,
+        req: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let r = req.into_inner();
         let path = r.path.clone();
         let (f, size) = blocking(move || files::open_for_read(&path)).await?;
         if r.offset > size {
-            return Err(Status::out_of_range(format!("offset {} beyond end of {} ({size} bytes)", r.offset, r.path)));
+            return Err(Status::out_of_range(format!(
+                "offset {} beyond end of {} ({size} bytes)",
+                r.offset, r.path
+            )));
         }
         let mut f = tokio::fs::File::from_std(f);
-        f.seek(std::io::SeekFrom::Start(r.offset)).await.map_err(|e| Status::from(RuntimeError::io(&r.path, e)))?;
-        let len = if r.length == 0 { size - r.offset } else { r.length.min(size - r.offset) };
-        let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024)
-            .map(|c| c.map(|b| pb::FileChunk { data: b.to_vec() }).map_err(|e| Status::internal(e.to_string())));
+        f.seek(std::io::SeekFrom::Start(r.offset))
+            .await
+            .map_err(|e| Status::from(RuntimeError::io(&r.path, e)))?;
+        let len = if r.length == 0 {
+            size - r.offset
+        } else {
+            r.length.min(size - r.offset)
+        };
+        let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024).map(|c| {
+            c.map(|b| pb::FileChunk { data: b.to_vec() })
+                .map_err(|e| Status::internal(e.to_string()))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(skip_all, name = "runtime.write_file")]
-    async fn write_file(&self, req: Request<Streaming<pb::WriteFileRequest>>) -> Result<Response<pb::FileStat>, Status> {
+    async fn write_file(
+        &self,
+        req: Request<Streaming<pb::WriteFileRequest>>,
+    ) -> Result<Response<pb::FileStat>, Status> {
         let mut inbound = req.into_inner();
-        let Some(pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Open(open)) }) = inbound.message().await?
+        let Some(pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Open(open)),
+        }) = inbound.message().await?
         else {
-            return Err(Status::invalid_argument("the first WriteFile message must be `open`"));
+            return Err(Status::invalid_argument(
+                "the first WriteFile message must be `open`",
+            ));
         };
         files::require_path(&open.path)?;
         let target = std::path::PathBuf::from(&open.path);
@@ -240,13 +292,22 @@ impl Runtime for RuntimeService {
         if open.create_parents
             && let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty())
         {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| RuntimeError::io(&parent.to_string_lossy(), e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| RuntimeError::io(&parent.to_string_lossy(), e))?;
         }
         let max = self.st.cfg.upload.max_file_bytes;
         let mut opts = tokio::fs::OpenOptions::new();
         opts.create(true).write(true);
-        if open.append { opts.append(true) } else { opts.truncate(true) };
-        let mut file = opts.open(&target).await.map_err(|e| RuntimeError::io(&open.path, e))?;
+        if open.append {
+            opts.append(true)
+        } else {
+            opts.truncate(true)
+        };
+        let mut file = opts
+            .open(&target)
+            .await
+            .map_err(|e| RuntimeError::io(&open.path, e))?;
         let mut written: u64 = 0;
         while let Some(msg) = inbound.message().await? {
             if let Some(pb::write_file_request::Part::Data(d)) = msg.part {
@@ -256,19 +317,28 @@ impl Runtime for RuntimeService {
                     if !open.append {
                         let _ = tokio::fs::remove_file(&target).await;
                     }
-                    return Err(RuntimeError::PayloadTooLarge(format!("{} exceeds {max} bytes", open.path)).into());
+                    return Err(RuntimeError::PayloadTooLarge(format!(
+                        "{} exceeds {max} bytes",
+                        open.path
+                    ))
+                    .into());
                 }
-                file.write_all(&d).await.map_err(|e| RuntimeError::io(&open.path, e))?;
+                file.write_all(&d)
+                    .await
+                    .map_err(|e| RuntimeError::io(&open.path, e))?;
             } else {
                 return Err(Status::invalid_argument("only `data` may follow `open`"));
             }
         }
-        file.flush().await.map_err(|e| RuntimeError::io(&open.path, e))?;
+        file.flush()
+            .await
+            .map_err(|e| RuntimeError::io(&open.path, e))?;
         let path = open.path.clone();
         let mode = mode_bits(open.mode, 0o644);
         let info = blocking(move || {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| RuntimeError::io(&path, e))?;
             files::stat(&path)
         })
         .await?;
@@ -277,34 +347,56 @@ impl Runtime for RuntimeService {
 
     async fn stat(&self, req: Request<pb::PathRequest>) -> Result<Response<pb::FileStat>, Status> {
         let p = req.into_inner().path;
-        Ok(Response::new(file_stat(blocking(move || files::stat(&p)).await?)))
+        Ok(Response::new(file_stat(
+            blocking(move || files::stat(&p)).await?,
+        )))
     }
 
-    async fn list_dir(&self, req: Request<pb::ListDirRequest>) -> Result<Response<pb::ListDirResponse>, Status> {
+    async fn list_dir(
+        &self,
+        req: Request<pb::ListDirRequest>,
+    ) -> Result<Response<pb::ListDirResponse>, Status> {
         let r = req.into_inner();
         let depth = (r.depth as usize).clamp(1, 64);
         let entries = blocking(move || files::list_dir(&r.path, depth)).await?;
-        Ok(Response::new(pb::ListDirResponse { entries: entries.into_iter().map(file_stat).collect() }))
+        Ok(Response::new(pb::ListDirResponse {
+            entries: entries.into_iter().map(file_stat).collect(),
+        }))
     }
 
-    async fn make_dir(&self, req: Request<pb::MakeDirRequest>) -> Result<Response<pb::FileStat>, Status> {
+    async fn make_dir(
+        &self,
+        req: Request<pb::MakeDirRequest>,
+    ) -> Result<Response<pb::FileStat>, Status> {
         let r = req.into_inner();
         let mode = files::mode_to_decimal_digits(mode_bits(r.mode, 0o755));
         let info = blocking(move || {
-            files::make_dirs(&r.path, &files::Permission { mode: Some(mode), ..Default::default() })?;
+            files::make_dirs(
+                &r.path,
+                &files::Permission {
+                    mode: Some(mode),
+                    ..Default::default()
+                },
+            )?;
             files::stat(&r.path)
         })
         .await?;
         Ok(Response::new(file_stat(info)))
     }
 
-    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
         let r = req.into_inner();
         blocking(move || files::remove_any(&r.path, r.recursive)).await?;
         Ok(Response::new(pb::RemoveResponse {}))
     }
 
-    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Result<Response<pb::FileStat>, Status> {
+    async fn r#move(
+        &self,
+        req: Request<pb::MoveRequest>,
+    ) -> Result<Response<pb::FileStat>, Status> {
         let r = req.into_inner();
         let info = blocking(move || {
             files::rename(&r.src, &r.dest)?;

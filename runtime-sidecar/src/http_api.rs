@@ -37,7 +37,8 @@ const SEARCH_LIMIT: usize = 10_000;
 const LOG_READ_MAX: usize = 4 << 20;
 
 pub fn router(state: AppState) -> Router {
-    let unsupported = |what: &'static str| any(move || async move { RuntimeError::NotImplemented(what.into()) });
+    let unsupported =
+        |what: &'static str| any(move || async move { RuntimeError::NotImplemented(what.into()) });
     Router::new()
         .route("/ping", get(ping))
         .route("/command", post(run_command).delete(interrupt_command))
@@ -76,7 +77,13 @@ pub fn router(state: AppState) -> Router {
 /// `X-EXECD-ACCESS-TOKEN` check, when a token is configured.
 /// `/ping` stays open (as upstream execd does) so health probes need no secret.
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/ping" && !crate::token_ok(req.headers(), "x-execd-access-token", st.cfg.access_token.as_ref()) {
+    if req.uri().path() != "/ping"
+        && !crate::token_ok(
+            req.headers(),
+            "x-execd-access-token",
+            st.cfg.access_token.as_ref(),
+        )
+    {
         return RuntimeError::Unauthorized.into_response();
     }
     next.run(req).await
@@ -87,13 +94,21 @@ struct QueryPairs(Vec<(String, String)>);
 
 impl QueryPairs {
     fn from_uri(uri: &http::Uri) -> Self {
-        QueryPairs(form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect())
+        QueryPairs(
+            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
     }
     fn all(&self, k: &str) -> Vec<String> {
-        self.0.iter().filter(|(a, _)| a == k).map(|(_, v)| v.clone()).collect()
+        self.0
+            .iter()
+            .filter(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     fn require(&self, k: &str) -> Result<&str> {
         self.get(k)
@@ -103,14 +118,22 @@ impl QueryPairs {
     fn require_all(&self, k: &str) -> Result<Vec<String>> {
         let v = self.all(k);
         if v.is_empty() || v.iter().any(|p| p.is_empty()) {
-            return Err(RuntimeError::MissingQuery(format!("missing query parameter '{k}'")));
+            return Err(RuntimeError::MissingQuery(format!(
+                "missing query parameter '{k}'"
+            )));
         }
         Ok(v)
     }
     fn number<T: std::str::FromStr>(&self, k: &str) -> Result<Option<T>> {
         self.get(k)
             .filter(|v| !v.is_empty())
-            .map(|v| v.parse::<T>().map_err(|_| RuntimeError::InvalidRequest(format!("query parameter '{k}' must be a non-negative integer"))))
+            .map(|v| {
+                v.parse::<T>().map_err(|_| {
+                    RuntimeError::InvalidRequest(format!(
+                        "query parameter '{k}' must be a non-negative integer"
+                    ))
+                })
+            })
             .transpose()
     }
 }
@@ -124,16 +147,23 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryPairs {
 
 /// Read a JSON body within the configured limit, with execd-style errors.
 async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> {
-    let bytes = axum::body::to_bytes(body, st.cfg.max_json_bytes).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit")
-        {
-            RuntimeError::PayloadTooLarge(format!("request body exceeds {} bytes", st.cfg.max_json_bytes))
-        } else {
-            RuntimeError::InvalidRequest(format!("reading request body: {e}"))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| RuntimeError::InvalidRequest(format!("invalid JSON body: {e}")))
+    let bytes = axum::body::to_bytes(body, st.cfg.max_json_bytes)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit")
+            {
+                RuntimeError::PayloadTooLarge(format!(
+                    "request body exceeds {} bytes",
+                    st.cfg.max_json_bytes
+                ))
+            } else {
+                RuntimeError::InvalidRequest(format!("reading request body: {e}"))
+            }
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RuntimeError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 
 use crate::blocking;
@@ -168,11 +198,17 @@ impl RunCommandRequest {
         let argv = self.argv.unwrap_or_default();
         let command = self.command.unwrap_or_default();
         if command.trim().is_empty() && argv.is_empty() {
-            return Err(RuntimeError::InvalidRequest("one of 'command' or 'argv' is required".into()));
+            return Err(RuntimeError::InvalidRequest(
+                "one of 'command' or 'argv' is required".into(),
+            ));
         }
         let timeout = match self.timeout {
             None | Some(0) => None,
-            Some(t) if t < 0 => return Err(RuntimeError::InvalidRequest(format!("timeout must be positive, got {t}"))),
+            Some(t) if t < 0 => {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "timeout must be positive, got {t}"
+                )));
+            }
             Some(t) => Some(Duration::from_millis(t as u64)),
         };
         Ok(CommandSpec {
@@ -191,7 +227,10 @@ impl RunCommandRequest {
 fn event_stream_response(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
@@ -204,8 +243,12 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
     if background {
         let rec = st.commands.start_background(spec)?;
         tracing::info!(id = %rec.id, "background command started");
-        let frames = [StreamEvent::init(&rec.id).frame(), StreamEvent::complete(0).frame()];
-        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let frames = [
+            StreamEvent::init(&rec.id).frame(),
+            StreamEvent::complete(0).frame(),
+        ];
+        let stream =
+            futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
         return Ok(event_stream_response(Body::from_stream(stream)));
     }
     let (tx, rx) = mpsc::channel::<Output>(16);
@@ -227,7 +270,12 @@ fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
 /// they are complete; a partial line after a short quiet period. Returns when
 /// the command ended or the client went away (which kills the command, since
 /// dropping `rx` makes the output pumps fail).
-async fn stream_events(id: String, mut rx: mpsc::Receiver<Output>, ftx: mpsc::Sender<Bytes>, ping_every: Duration) {
+async fn stream_events(
+    id: String,
+    mut rx: mpsc::Receiver<Output>,
+    ftx: mpsc::Sender<Bytes>,
+    ping_every: Duration,
+) {
     use crate::events::EventType::{Stderr, Stdout};
     if ftx.send(StreamEvent::init(&id).frame()).await.is_err() {
         return;
@@ -292,7 +340,10 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn command_status(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn command_status(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
     let rec = st.commands.get(&id)?;
     let mut v = json!({
         "id": rec.id,
@@ -312,36 +363,70 @@ async fn command_status(State(st): State<AppState>, Path(id): Path<String>) -> R
     Ok(Json(v))
 }
 
-async fn command_logs(State(st): State<AppState>, Path(id): Path<String>, q: QueryPairs) -> Result<Response> {
+async fn command_logs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: QueryPairs,
+) -> Result<Response> {
     let cursor: u64 = q.number("cursor")?.unwrap_or(0);
     let (data, next) = st.commands.read_log(&id, cursor, LOG_READ_MAX).await?;
     let mut r = Response::new(Body::from(data));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r.headers_mut().insert("EXECD-COMMANDS-TAIL-CURSOR", HeaderValue::from(next));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("EXECD-COMMANDS-TAIL-CURSOR", HeaderValue::from(next));
     Ok(r)
 }
 
-async fn upload_files(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<serde_json::Value>> {
+async fn upload_files(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| RuntimeError::InvalidRequest("missing Content-Type: multipart/form-data".into()))?;
-    let boundary =
-        multer::parse_boundary(ct).map_err(|e| RuntimeError::InvalidRequest(format!("bad multipart Content-Type: {e}")))?;
+        .ok_or_else(|| {
+            RuntimeError::InvalidRequest("missing Content-Type: multipart/form-data".into())
+        })?;
+    let boundary = multer::parse_boundary(ct)
+        .map_err(|e| RuntimeError::InvalidRequest(format!("bad multipart Content-Type: {e}")))?;
     let done = upload::receive(body.into_data_stream(), boundary, &st.cfg.upload).await?;
-    tracing::info!(files = done.len(), bytes = done.iter().map(|f| f.size).sum::<u64>(), "upload complete");
-    Ok(Json(json!(done.iter().map(|f| json!({"path": f.path, "size": f.size})).collect::<Vec<_>>())))
+    tracing::info!(
+        files = done.len(),
+        bytes = done.iter().map(|f| f.size).sum::<u64>(),
+        "upload complete"
+    );
+    Ok(Json(json!(
+        done.iter()
+            .map(|f| json!({"path": f.path, "size": f.size}))
+            .collect::<Vec<_>>()
+    )))
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive (start, end).
 pub fn parse_range(h: &str, size: u64) -> Result<(u64, u64)> {
-    let unsatisfiable = || RuntimeError::RangeNotSatisfiable(format!("{h} for a file of {size} bytes"));
-    let spec = h.trim().strip_prefix("bytes=").ok_or_else(|| RuntimeError::InvalidRequest(format!("unsupported Range {h}")))?;
+    let unsatisfiable =
+        || RuntimeError::RangeNotSatisfiable(format!("{h} for a file of {size} bytes"));
+    let spec = h
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| RuntimeError::InvalidRequest(format!("unsupported Range {h}")))?;
     if spec.contains(',') {
-        return Err(RuntimeError::InvalidRequest("multiple ranges are not supported".into()));
+        return Err(RuntimeError::InvalidRequest(
+            "multiple ranges are not supported".into(),
+        ));
     }
-    let (a, b) = spec.split_once('-').ok_or_else(|| RuntimeError::InvalidRequest(format!("malformed Range {h}")))?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| RuntimeError::InvalidRequest(format!("malformed Range {h}")));
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| RuntimeError::InvalidRequest(format!("malformed Range {h}")))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| RuntimeError::InvalidRequest(format!("malformed Range {h}")))
+    };
     let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
         (true, true) => return Err(RuntimeError::InvalidRequest(format!("malformed Range {h}"))),
         (true, false) => {
@@ -360,7 +445,11 @@ pub fn parse_range(h: &str, size: u64) -> Result<(u64, u64)> {
     Ok((start, end))
 }
 
-async fn download_file(State(_st): State<AppState>, q: QueryPairs, headers: HeaderMap) -> Result<Response> {
+async fn download_file(
+    State(_st): State<AppState>,
+    q: QueryPairs,
+    headers: HeaderMap,
+) -> Result<Response> {
     let path = q.require("path")?.to_string();
     let p2 = path.clone();
     let (file, size) = blocking(move || files::open_for_read(&p2)).await?;
@@ -369,26 +458,45 @@ async fn download_file(State(_st): State<AppState>, q: QueryPairs, headers: Head
     let limit: Option<u64> = q.number("limit")?;
     if offset.is_some() || limit.is_some() {
         if headers.contains_key(header::RANGE) {
-            return Err(RuntimeError::InvalidRequest("offset/limit and Range are mutually exclusive".into()));
+            return Err(RuntimeError::InvalidRequest(
+                "offset/limit and Range are mutually exclusive".into(),
+            ));
         }
         let (Some(offset), Some(limit)) = (offset, limit) else {
-            return Err(RuntimeError::InvalidRequest("line reads need both 'offset' and 'limit'".into()));
+            return Err(RuntimeError::InvalidRequest(
+                "line reads need both 'offset' and 'limit'".into(),
+            ));
         };
         if offset == 0 || limit == 0 {
-            return Err(RuntimeError::InvalidRequest("'offset' (1-based) and 'limit' must be at least 1".into()));
+            return Err(RuntimeError::InvalidRequest(
+                "'offset' (1-based) and 'limit' must be at least 1".into(),
+            ));
         }
         return lines_response(file, offset - 1, limit).await;
     }
-    let filename = std::path::Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", filename.replace('"', "")))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let filename = std::path::Path::new(&path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let disposition = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        filename.replace('"', "")
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let (status, start, len) = match range {
         Some(r) => match parse_range(&r, size) {
             Ok((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
             Err(err @ RuntimeError::RangeNotSatisfiable(_)) => {
                 let mut resp = err.into_response();
-                resp.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+                resp.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}"))
+                        .unwrap_or(HeaderValue::from_static("bytes */0")),
+                );
                 return Ok(resp);
             }
             Err(e) => return Err(e),
@@ -396,19 +504,27 @@ async fn download_file(State(_st): State<AppState>, q: QueryPairs, headers: Head
         None => (StatusCode::OK, 0, size),
     };
     if start > 0 {
-        file.seek(SeekFrom::Start(start)).await.map_err(|e| RuntimeError::io(&path, e))?;
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| RuntimeError::io(&path, e))?;
     }
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024);
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_DISPOSITION, disposition);
     if status == StatusCode::PARTIAL_CONTENT {
         let cr = format!("bytes {}-{}/{}", start, start + len - 1, size);
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(|e| RuntimeError::Internal(e.to_string()))?);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&cr).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+        );
     }
     Ok(resp)
 }
@@ -421,7 +537,10 @@ async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<
     let mut idx = 0u64;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).await.map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         if n == 0 {
             break;
         }
@@ -431,13 +550,18 @@ async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<
             }
             out.extend_from_slice(&line);
             if out.len() > LOG_READ_MAX * 4 {
-                return Err(RuntimeError::PayloadTooLarge("line range exceeds 16 MiB; use Range instead".into()));
+                return Err(RuntimeError::PayloadTooLarge(
+                    "line range exceeds 16 MiB; use Range instead".into(),
+                ));
             }
         }
         idx += 1;
     }
     let mut r = Response::new(Body::from(out));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok(r)
 }
 
@@ -447,7 +571,10 @@ async fn files_info(q: QueryPairs) -> Result<Json<serde_json::Map<String, serde_
         let mut m = serde_json::Map::new();
         for p in paths {
             let info = files::stat(&p)?;
-            m.insert(p, serde_json::to_value(info).map_err(|e| RuntimeError::Internal(e.to_string()))?);
+            m.insert(
+                p,
+                serde_json::to_value(info).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+            );
         }
         Ok(Json(m))
     })
@@ -499,7 +626,11 @@ async fn move_files(State(st): State<AppState>, body: Body) -> Result<StatusCode
 
 async fn search_files(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
     let path = q.require("path")?.to_string();
-    let pattern = q.get("pattern").filter(|p| !p.is_empty()).unwrap_or("**").to_string();
+    let pattern = q
+        .get("pattern")
+        .filter(|p| !p.is_empty())
+        .unwrap_or("**")
+        .to_string();
     blocking(move || files::search(&path, &pattern, SEARCH_LIMIT).map(Json)).await
 }
 
@@ -509,8 +640,14 @@ struct ReplaceItem {
     new: String,
 }
 
-async fn replace_content(State(st): State<AppState>, q: QueryPairs, body: Body) -> Result<Response> {
-    let verbose = q.get("verbose").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+async fn replace_content(
+    State(st): State<AppState>,
+    q: QueryPairs,
+    body: Body,
+) -> Result<Response> {
+    let verbose = q
+        .get("verbose")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let req: HashMap<String, ReplaceItem> = json_body(&st, body).await?;
     let max = st.cfg.upload.max_file_bytes.min(256 << 20);
     blocking(move || {
@@ -519,7 +656,11 @@ async fn replace_content(State(st): State<AppState>, q: QueryPairs, body: Body) 
             let n = files::replace_in_file(&p, &r.old, &r.new, max)?;
             out.insert(p, json!({"replacedCount": n}));
         }
-        Ok(if verbose { Json(serde_json::Value::Object(out)).into_response() } else { StatusCode::OK.into_response() })
+        Ok(if verbose {
+            Json(serde_json::Value::Object(out)).into_response()
+        } else {
+            StatusCode::OK.into_response()
+        })
     })
     .await
 }
@@ -528,7 +669,9 @@ async fn list_directory(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
     let path = q.require("path")?.to_string();
     let depth: usize = q.number("depth")?.unwrap_or(1);
     if depth > 64 {
-        return Err(RuntimeError::InvalidRequest("depth must be at most 64".into()));
+        return Err(RuntimeError::InvalidRequest(
+            "depth must be at most 64".into(),
+        ));
     }
     if depth == 0 {
         return Ok(Json(Vec::new()));
@@ -592,17 +735,37 @@ mod tests {
         assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
         assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
         assert_eq!(parse_range("bytes=95-200", 100).unwrap(), (95, 99));
-        assert!(matches!(parse_range("bytes=100-", 100), Err(RuntimeError::RangeNotSatisfiable(_))));
-        assert!(matches!(parse_range("bytes=5-2", 100), Err(RuntimeError::RangeNotSatisfiable(_))));
-        assert!(matches!(parse_range("bytes=-0", 100), Err(RuntimeError::RangeNotSatisfiable(_))));
-        assert!(matches!(parse_range("items=1-2", 100), Err(RuntimeError::InvalidRequest(_))));
-        assert!(matches!(parse_range("bytes=a-b", 100), Err(RuntimeError::InvalidRequest(_))));
-        assert!(matches!(parse_range("bytes=0-1,4-5", 100), Err(RuntimeError::InvalidRequest(_))));
+        assert!(matches!(
+            parse_range("bytes=100-", 100),
+            Err(RuntimeError::RangeNotSatisfiable(_))
+        ));
+        assert!(matches!(
+            parse_range("bytes=5-2", 100),
+            Err(RuntimeError::RangeNotSatisfiable(_))
+        ));
+        assert!(matches!(
+            parse_range("bytes=-0", 100),
+            Err(RuntimeError::RangeNotSatisfiable(_))
+        ));
+        assert!(matches!(
+            parse_range("items=1-2", 100),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse_range("bytes=a-b", 100),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse_range("bytes=0-1,4-5", 100),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
     }
 
     #[test]
     fn run_command_request_validation() {
-        let r: RunCommandRequest = serde_json::from_str(r#"{"command":"echo hi","timeout":1500,"envs":{"A":"1"}}"#).unwrap();
+        let r: RunCommandRequest =
+            serde_json::from_str(r#"{"command":"echo hi","timeout":1500,"envs":{"A":"1"}}"#)
+                .unwrap();
         let s = r.into_spec().unwrap();
         assert_eq!(s.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(s.envs["A"], "1");

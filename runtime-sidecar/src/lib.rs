@@ -11,16 +11,20 @@
 pub mod commands;
 pub mod entrypoint;
 pub mod envd;
-pub mod interp;
 pub mod error;
 pub mod events;
 pub mod files;
 pub mod grpc;
 pub mod http_api;
+pub mod interp;
 pub mod sysmetrics;
 pub mod upload;
 
-use std::{path::PathBuf, sync::Arc, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -75,9 +79,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(cfg: Config) -> Result<Self> {
         let log_dir = cfg.data_dir.join("commands");
-        std::fs::create_dir_all(&log_dir).map_err(|e| RuntimeError::io(&log_dir.to_string_lossy(), e))?;
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| RuntimeError::io(&log_dir.to_string_lossy(), e))?;
         Ok(AppState {
-            commands: Arc::new(commands::CommandRegistry::new(log_dir, cfg.max_finished_commands)),
+            commands: Arc::new(commands::CommandRegistry::new(
+                log_dir,
+                cfg.max_finished_commands,
+            )),
             cfg: Arc::new(cfg),
             entrypoint: Arc::new(entrypoint::Entrypoint::default()),
             metrics: Arc::new(sysmetrics::MetricsSampler::default()),
@@ -90,7 +98,8 @@ impl AppState {
     /// Note a request (anything but a health check) as activity.
     pub fn touch(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.last_activity_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         self.used.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -101,7 +110,10 @@ impl AppState {
             return 0;
         }
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        now.saturating_sub(self.last_activity_ms.load(std::sync::atomic::Ordering::Relaxed))
+        now.saturating_sub(
+            self.last_activity_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Kill every process the runtime started (shutdown).
@@ -126,10 +138,12 @@ async fn note_activity(
 /// The whole service: execd HTTP routes + gRPC, with a tracing span per
 /// request that continues the caller's W3C trace.
 pub fn app(state: AppState) -> Router {
-    let grpc = tonic::service::Routes::new(sandpool_proto::v1::runtime_server::RuntimeServer::with_interceptor(
-        grpc::RuntimeService::new(state.clone()),
-        grpc::auth_interceptor(state.cfg.access_token.clone()),
-    ))
+    let grpc = tonic::service::Routes::new(
+        sandpool_proto::v1::runtime_server::RuntimeServer::with_interceptor(
+            grpc::RuntimeService::new(state.clone()),
+            grpc::auth_interceptor(state.cfg.access_token.clone()),
+        ),
+    )
     .prepare();
     let grpc_path = format!("/{}/{{*method}}", <sandpool_proto::v1::runtime_server::RuntimeServer<grpc::RuntimeService> as tonic::server::NamedService>::NAME);
     http_api::router(state.clone()).route_service(&grpc_path, grpc).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
@@ -173,7 +187,9 @@ pub async fn serve_app(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serve on `listener` until `shutdown` resolves; then kill what was started.
@@ -189,15 +205,22 @@ pub async fn serve(
 }
 
 /// Run blocking filesystem work on the blocking pool.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
 }
 
 /// Whether `header` carries `expected` (constant-time), or no token is configured.
 pub fn token_ok(headers: &http::HeaderMap, header: &str, expected: Option<&String>) -> bool {
     match expected {
         None => true,
-        Some(e) => headers.get(header).map(|v| constant_time_eq(v.as_bytes(), e.as_bytes())).unwrap_or(false),
+        Some(e) => headers
+            .get(header)
+            .map(|v| constant_time_eq(v.as_bytes(), e.as_bytes()))
+            .unwrap_or(false),
     }
 }
 

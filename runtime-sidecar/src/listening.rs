@@ -33,12 +33,20 @@ pub struct Switches {
 
 impl Switches {
     pub fn new() -> Switches {
-        Switches { quiesced: watch::channel(false).0, shutdown: watch::channel(false).0, running: watch::channel(0).0 }
+        Switches {
+            quiesced: watch::channel(false).0,
+            shutdown: watch::channel(false).0,
+            running: watch::channel(0).0,
+        }
     }
 
     /// Serve `app` on `listener`, then (after each resume) on a fresh
     /// listener at the same address, until shutdown.
-    pub async fn serve(&self, mut listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    pub async fn serve(
+        &self,
+        mut listener: tokio::net::TcpListener,
+        app: axum::Router,
+    ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         loop {
             self.running.send_modify(|n| *n += 1);
@@ -117,12 +125,23 @@ async fn bind_again(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener
 pub fn request(data_dir: &Path, quiesce: bool) -> anyhow::Result<()> {
     use nix::sys::signal::{Signal, kill};
     let marker = data_dir.join(MARKER);
-    let sig = if quiesce { Signal::SIGUSR1 } else { Signal::SIGUSR2 };
+    let sig = if quiesce {
+        Signal::SIGUSR1
+    } else {
+        Signal::SIGUSR2
+    };
     kill(nix::unistd::Pid::from_raw(1), sig).context("signalling the runtime (PID 1)")?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while marker.exists() != quiesce {
         if Instant::now() > deadline {
-            anyhow::bail!("the runtime did not {} within 10 s", if quiesce { "let go of its sockets" } else { "resume" });
+            anyhow::bail!(
+                "the runtime did not {} within 10 s",
+                if quiesce {
+                    "let go of its sockets"
+                } else {
+                    "resume"
+                }
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }

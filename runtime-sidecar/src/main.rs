@@ -75,7 +75,10 @@ fn main() -> anyhow::Result<()> {
         return tunnel(port);
     }
     if args.checkpoint_prepare || args.checkpoint_resume {
-        let dir = args.data_dir.as_deref().context("--checkpoint-prepare/--checkpoint-resume need --data-dir")?;
+        let dir = args
+            .data_dir
+            .as_deref()
+            .context("--checkpoint-prepare/--checkpoint-resume need --data-dir")?;
         return listening::request(dir, args.checkpoint_prepare);
     }
     if std::process::id() == 1 {
@@ -101,7 +104,8 @@ fn install_to(dest: &std::path::Path) -> anyhow::Result<()> {
     let me = std::env::current_exe().context("locating this binary")?;
     // copy to a temporary name and rename, so a reader never sees half a file
     let tmp = dest.with_extension("tmp");
-    std::fs::copy(&me, &tmp).with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
+    std::fs::copy(&me, &tmp)
+        .with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, dest).with_context(|| format!("installing {}", dest.display()))?;
     println!("installed {}", dest.display());
@@ -111,7 +115,7 @@ fn install_to(dest: &std::path::Path) -> anyhow::Result<()> {
 mod init {
     use nix::{
         sys::{
-            signal::{Signal, kill, sigaction, SaFlags, SigAction, SigHandler, SigSet},
+            signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction},
             wait::{WaitStatus, waitpid},
         },
         unistd::{ForkResult, Pid, fork},
@@ -136,15 +140,29 @@ mod init {
             ForkResult::Child => Ok(()),
             ForkResult::Parent { child } => {
                 CHILD.store(child.as_raw(), Ordering::Relaxed);
-                let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
-                for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+                let action = SigAction::new(
+                    SigHandler::Handler(forward),
+                    SaFlags::SA_RESTART,
+                    SigSet::empty(),
+                );
+                for sig in [
+                    Signal::SIGTERM,
+                    Signal::SIGINT,
+                    Signal::SIGHUP,
+                    Signal::SIGUSR1,
+                    Signal::SIGUSR2,
+                ] {
                     // SAFETY: the handler only reads an atomic and calls kill(2), both async-signal-safe.
                     let _ = unsafe { sigaction(sig, &action) };
                 }
                 loop {
                     match waitpid(None, None) {
-                        Ok(WaitStatus::Exited(pid, code)) if pid == child => std::process::exit(code),
-                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => std::process::exit(128 + sig as i32),
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                            std::process::exit(code)
+                        }
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                            std::process::exit(128 + sig as i32)
+                        }
                         Ok(_) => {}
                         Err(nix::errno::Errno::EINTR) => {}
                         Err(_) => std::process::exit(1),
@@ -157,7 +175,8 @@ mod init {
 
 fn tunnel(port: u16) -> anyhow::Result<()> {
     use std::{io::Write, os::fd::AsFd};
-    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     sock.set_nodelay(true)?;
     // raw descriptors: Stdout is line-buffered, which would hold binary frames
     let mut input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
@@ -176,9 +195,9 @@ fn tunnel(port: u16) -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = sandpool_telemetry::init("sandpool-runtime")?;
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id())));
+    let data_dir = args.data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id()))
+    });
     let cfg = Config {
         access_token: args.access_token.filter(|t| !t.is_empty()),
         data_dir: data_dir.clone(),
@@ -201,12 +220,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let switches = listening::Switches::new();
     switches.handle_signals(data_dir)?;
     let extra = [
-        (args.envd_listen, "envd", sandpool_runtime::envd_app(state.clone())),
-        (args.interp_listen, "code interpreter", sandpool_runtime::interp_app(state.clone())),
+        (
+            args.envd_listen,
+            "envd",
+            sandpool_runtime::envd_app(state.clone()),
+        ),
+        (
+            args.interp_listen,
+            "code interpreter",
+            sandpool_runtime::interp_app(state.clone()),
+        ),
     ];
     for (addr, what, app) in extra {
         let Some(addr) = addr else { continue };
-        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for {what}"))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} for {what}"))?;
         tracing::info!(addr = %l.local_addr()?, "{what} listening");
         let sw = switches.clone();
         tokio::spawn(async move {
@@ -216,8 +245,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     if !args.entrypoint.is_empty() {
-        let spec = sandpool_runtime::entrypoint::InjectSpec { argv: args.entrypoint.clone(), ..Default::default() };
-        let st = state.entrypoint.inject(spec).await.context("starting the entrypoint")?;
+        let spec = sandpool_runtime::entrypoint::InjectSpec {
+            argv: args.entrypoint.clone(),
+            ..Default::default()
+        };
+        let st = state
+            .entrypoint
+            .inject(spec)
+            .await
+            .context("starting the entrypoint")?;
         tracing::info!(pid = st.pid, argv = ?args.entrypoint, "entrypoint started");
     }
     let sw = switches.clone();
@@ -225,7 +261,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_signal().await;
         sw.shutdown.send_replace(true);
     });
-    let res = switches.serve(listener, sandpool_runtime::app(state.clone())).await;
+    let res = switches
+        .serve(listener, sandpool_runtime::app(state.clone()))
+        .await;
     state.kill_all();
     res.context("serving")?;
     tracing::info!("sandpool-runtime stopped");

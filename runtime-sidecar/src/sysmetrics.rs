@@ -36,12 +36,21 @@ fn parse_cpu_line(line: &str) -> Option<CpuSample> {
     }
     let total: u64 = v.iter().take(8).sum();
     let idle = v[3] + v.get(4).copied().unwrap_or(0);
-    Some(CpuSample { busy: total - idle, total })
+    Some(CpuSample {
+        busy: total - idle,
+        total,
+    })
 }
 
 fn parse_meminfo(s: &str) -> Option<(u64, u64)> {
     let field = |name: &str| -> Option<u64> {
-        s.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
     };
     let total = field("MemTotal:")?;
     let avail = field("MemAvailable:").or_else(|| field("MemFree:"))?;
@@ -54,7 +63,10 @@ fn read_u64(path: &str) -> Option<u64> {
 
 /// (limit, usage) of the cgroup the runtime lives in, when limited.
 fn cgroup_memory() -> Option<(u64, u64)> {
-    if let (Some(limit), Some(usage)) = (read_u64("/sys/fs/cgroup/memory.max"), read_u64("/sys/fs/cgroup/memory.current")) {
+    if let (Some(limit), Some(usage)) = (
+        read_u64("/sys/fs/cgroup/memory.max"),
+        read_u64("/sys/fs/cgroup/memory.current"),
+    ) {
         return Some((limit, usage));
     }
     let limit = read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes")?;
@@ -89,15 +101,19 @@ impl MetricsSampler {
         if let Some(n) = now {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), n));
         }
-        let (mut total, mut used) =
-            std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_meminfo(&s)).unwrap_or((0, 0));
+        let (mut total, mut used) = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| parse_meminfo(&s))
+            .unwrap_or((0, 0));
         if let Some((limit, usage)) = cgroup_memory()
             && limit < total
         {
             total = limit;
             used = usage;
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Metrics {
             cpu_count: cpus as f64,
             cpu_used_pct: (cpu_used_pct * 100.0).round() / 100.0,
@@ -117,7 +133,8 @@ mod tests {
         let s = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0").unwrap();
         assert_eq!((s.busy, s.total), (150, 1000));
         assert!(parse_cpu_line("intr 1 2 3").is_none());
-        let (t, u) = parse_meminfo("MemTotal:  1024 kB\nMemFree: 10 kB\nMemAvailable:  256 kB\n").unwrap();
+        let (t, u) =
+            parse_meminfo("MemTotal:  1024 kB\nMemFree: 10 kB\nMemAvailable:  256 kB\n").unwrap();
         assert_eq!((t, u), (1024 * 1024, 768 * 1024));
     }
 

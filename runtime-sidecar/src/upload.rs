@@ -30,7 +30,11 @@ pub struct UploadLimits {
 
 impl Default for UploadLimits {
     fn default() -> Self {
-        UploadLimits { max_file_bytes: 1 << 30, max_metadata_bytes: 64 << 10, max_files: 1000 }
+        UploadLimits {
+            max_file_bytes: 1 << 30,
+            max_metadata_bytes: 64 << 10,
+            max_files: 1000,
+        }
     }
 }
 
@@ -64,24 +68,39 @@ impl Drop for TempGuard {
 
 fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
     match e {
-        multer::Error::FieldSizeExceeded { field_name, .. } => RuntimeError::PayloadTooLarge(format!(
-            "multipart field {} exceeds {} bytes",
-            field_name.unwrap_or_default(),
-            limits.max_metadata_bytes
-        )),
-        multer::Error::StreamSizeExceeded { .. } => RuntimeError::PayloadTooLarge("upload exceeds the size limit".into()),
+        multer::Error::FieldSizeExceeded { field_name, .. } => {
+            RuntimeError::PayloadTooLarge(format!(
+                "multipart field {} exceeds {} bytes",
+                field_name.unwrap_or_default(),
+                limits.max_metadata_bytes
+            ))
+        }
+        multer::Error::StreamSizeExceeded { .. } => {
+            RuntimeError::PayloadTooLarge("upload exceeds the size limit".into())
+        }
         other => RuntimeError::InvalidRequest(format!("malformed multipart body: {other}")),
     }
 }
 
 /// Stream one multipart field into `path` (temp file + rename).
-async fn write_field(field: &mut multer::Field<'static>, path: &str, perm: &Permission, limits: &UploadLimits) -> Result<UploadedFile> {
+async fn write_field(
+    field: &mut multer::Field<'static>,
+    path: &str,
+    perm: &Permission,
+    limits: &UploadLimits,
+) -> Result<UploadedFile> {
     write_stream(field, path, perm, limits, |e| multer_error(e, limits)).await
 }
 
 /// Write a stream of chunks to `path` through a temp file next to it,
 /// enforcing the file size limit; nothing is left behind on error.
-async fn write_stream<S, E>(chunks: &mut S, path: &str, perm: &Permission, limits: &UploadLimits, map_err: impl Fn(E) -> RuntimeError) -> Result<UploadedFile>
+async fn write_stream<S, E>(
+    chunks: &mut S,
+    path: &str,
+    perm: &Permission,
+    limits: &UploadLimits,
+    map_err: impl Fn(E) -> RuntimeError,
+) -> Result<UploadedFile>
 where
     S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
 {
@@ -91,57 +110,116 @@ where
     if target.is_dir() {
         return Err(RuntimeError::IsADirectory(path.to_string()));
     }
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir).await.map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.sandpool-upload-{}", uuid::Uuid::new_v4().simple()));
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.sandpool-upload-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut guard = TempGuard(Some(tmp.clone()));
-    let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| RuntimeError::io(path, e))?;
+    let mut out = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| RuntimeError::io(path, e))?;
     let mut size: u64 = 0;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(&map_err)?;
         size += chunk.len() as u64;
         if size > limits.max_file_bytes {
-            return Err(RuntimeError::PayloadTooLarge(format!("{path} exceeds the file size limit of {} bytes", limits.max_file_bytes)));
+            return Err(RuntimeError::PayloadTooLarge(format!(
+                "{path} exceeds the file size limit of {} bytes",
+                limits.max_file_bytes
+            )));
         }
-        out.write_all(&chunk).await.map_err(|e| RuntimeError::io(path, e))?;
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| RuntimeError::io(path, e))?;
     }
     out.flush().await.map_err(|e| RuntimeError::io(path, e))?;
     drop(out);
     files::set_permissions(&tmp.to_string_lossy(), perm)?;
-    tokio::fs::rename(&tmp, target).await.map_err(|e| RuntimeError::io(path, e))?;
+    tokio::fs::rename(&tmp, target)
+        .await
+        .map_err(|e| RuntimeError::io(path, e))?;
     guard.0 = None;
-    Ok(UploadedFile { path: path.to_string(), size })
+    Ok(UploadedFile {
+        path: path.to_string(),
+        size,
+    })
 }
 
 /// E2B's `POST /files` multipart: every `file` part is written to its
 /// filename (a full path), or to `single_path` when given for one file.
 /// Relative paths resolve against `home`.
-pub async fn receive_named<S, O, E>(stream: S, boundary: String, limits: &UploadLimits, single_path: Option<String>, home: &str) -> Result<Vec<UploadedFile>>
+pub async fn receive_named<S, O, E>(
+    stream: S,
+    boundary: String,
+    limits: &UploadLimits,
+    single_path: Option<String>,
+    home: &str,
+) -> Result<Vec<UploadedFile>>
 where
     S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
     O: Into<Bytes> + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let constraints = multer::Constraints::new()
-        .size_limit(multer::SizeLimit::new().whole_stream(limits.max_file_bytes.saturating_mul(limits.max_files as u64).saturating_add(1 << 20)));
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new().whole_stream(
+            limits
+                .max_file_bytes
+                .saturating_mul(limits.max_files as u64)
+                .saturating_add(1 << 20),
+        ),
+    );
     let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut done = Vec::new();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         if field.name() != Some("file") {
-            return Err(RuntimeError::InvalidRequest(format!("unexpected multipart field {:?}; expected 'file'", field.name().unwrap_or(""))));
+            return Err(RuntimeError::InvalidRequest(format!(
+                "unexpected multipart field {:?}; expected 'file'",
+                field.name().unwrap_or("")
+            )));
         }
         if done.len() >= limits.max_files {
-            return Err(RuntimeError::PayloadTooLarge(format!("more than {} files", limits.max_files)));
+            return Err(RuntimeError::PayloadTooLarge(format!(
+                "more than {} files",
+                limits.max_files
+            )));
         }
-        let named = field.file_name().map(str::to_string).filter(|n| !n.is_empty());
+        let named = field
+            .file_name()
+            .map(str::to_string)
+            .filter(|n| !n.is_empty());
         let path = match (&single_path, named) {
             (Some(p), _) if !p.is_empty() => p.clone(),
             (_, Some(n)) => n,
-            _ => return Err(RuntimeError::InvalidRequest("file part without a filename (the destination path)".into())),
+            _ => {
+                return Err(RuntimeError::InvalidRequest(
+                    "file part without a filename (the destination path)".into(),
+                ));
+            }
         };
         let path = resolve(&path, home);
-        done.push(write_field(&mut field, &path, &Permission { mode: Some(644), ..Default::default() }, limits).await?);
+        done.push(
+            write_field(
+                &mut field,
+                &path,
+                &Permission {
+                    mode: Some(644),
+                    ..Default::default()
+                },
+                limits,
+            )
+            .await?,
+        );
     }
     if done.is_empty() {
         return Err(RuntimeError::InvalidRequest("no files in upload".into()));
@@ -150,20 +228,34 @@ where
 }
 
 /// E2B's `POST /files` octet-stream body (optionally gzip-encoded) to `path`.
-pub async fn receive_raw<S, E>(stream: S, path: &str, limits: &UploadLimits, gzip: bool, home: &str) -> Result<UploadedFile>
+pub async fn receive_raw<S, E>(
+    stream: S,
+    path: &str,
+    limits: &UploadLimits,
+    gzip: bool,
+    home: &str,
+) -> Result<UploadedFile>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let path = resolve(path, home);
-    let perm = Permission { mode: Some(644), ..Default::default() };
+    let perm = Permission {
+        mode: Some(644),
+        ..Default::default()
+    };
     let mut s = stream;
-    let written = write_stream(&mut s, &path, &perm, limits, |e| RuntimeError::InvalidRequest(format!("reading upload: {e}"))).await?;
+    let written = write_stream(&mut s, &path, &perm, limits, |e| {
+        RuntimeError::InvalidRequest(format!("reading upload: {e}"))
+    })
+    .await?;
     if !gzip {
         return Ok(written);
     }
     let (p2, max) = (path.clone(), limits.max_file_bytes);
-    tokio::task::spawn_blocking(move || gunzip_in_place(&p2, max)).await.map_err(|e| RuntimeError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(move || gunzip_in_place(&p2, max))
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?
 }
 
 fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
@@ -173,23 +265,37 @@ fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
     let mut guard = TempGuard(Some(PathBuf::from(&tmp)));
     let mut out = std::fs::File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
     let mut dec = flate2::read::GzDecoder::new(src).take(max + 1);
-    let n = std::io::copy(&mut dec, &mut out).map_err(|e| RuntimeError::InvalidRequest(format!("{path}: bad gzip body: {e}")))?;
+    let n = std::io::copy(&mut dec, &mut out)
+        .map_err(|e| RuntimeError::InvalidRequest(format!("{path}: bad gzip body: {e}")))?;
     if n > max {
         let _ = std::fs::remove_file(path);
-        return Err(RuntimeError::PayloadTooLarge(format!("{path} exceeds the file size limit of {max} bytes once decompressed")));
+        return Err(RuntimeError::PayloadTooLarge(format!(
+            "{path} exceeds the file size limit of {max} bytes once decompressed"
+        )));
     }
     std::fs::rename(&tmp, path).map_err(|e| RuntimeError::io(path, e))?;
     guard.0 = None;
-    Ok(UploadedFile { path: path.to_string(), size: n })
+    Ok(UploadedFile {
+        path: path.to_string(),
+        size: n,
+    })
 }
 
 /// Relative paths are relative to the user's home, as in E2B.
 pub fn resolve(path: &str, home: &str) -> String {
-    if path.starts_with('/') { path.to_string() } else { format!("{}/{}", home.trim_end_matches('/'), path) }
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{}", home.trim_end_matches('/'), path)
+    }
 }
 
 /// Receive every metadata/file pair of a multipart body.
-pub async fn receive<S, O, E>(stream: S, boundary: String, limits: &UploadLimits) -> Result<Vec<UploadedFile>>
+pub async fn receive<S, O, E>(
+    stream: S,
+    boundary: String,
+    limits: &UploadLimits,
+) -> Result<Vec<UploadedFile>>
 where
     S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
     O: Into<Bytes> + 'static,
@@ -208,22 +314,35 @@ where
         match field.name() {
             Some("metadata") => {
                 if let Some(m) = &pending {
-                    return Err(RuntimeError::InvalidRequest(format!("metadata for {} has no file part", m.path)));
+                    return Err(RuntimeError::InvalidRequest(format!(
+                        "metadata for {} has no file part",
+                        m.path
+                    )));
                 }
                 let raw = field.bytes().await.map_err(|e| multer_error(e, limits))?;
-                let meta: FileMetadata = serde_json::from_slice(&raw)
-                    .map_err(|e| RuntimeError::InvalidRequest(format!("invalid metadata part: {e}")))?;
+                let meta: FileMetadata = serde_json::from_slice(&raw).map_err(|e| {
+                    RuntimeError::InvalidRequest(format!("invalid metadata part: {e}"))
+                })?;
                 files::require_path(&meta.path)?;
                 pending = Some(meta);
             }
             Some("file") => {
-                let meta = pending
-                    .take()
-                    .ok_or_else(|| RuntimeError::InvalidRequest("file part without a preceding metadata part".into()))?;
+                let meta = pending.take().ok_or_else(|| {
+                    RuntimeError::InvalidRequest(
+                        "file part without a preceding metadata part".into(),
+                    )
+                })?;
                 if done.len() >= limits.max_files {
-                    return Err(RuntimeError::PayloadTooLarge(format!("more than {} files", limits.max_files)));
+                    return Err(RuntimeError::PayloadTooLarge(format!(
+                        "more than {} files",
+                        limits.max_files
+                    )));
                 }
-                let perm = Permission { owner: meta.owner.clone(), group: meta.group.clone(), mode: meta.mode.or(Some(644)) };
+                let perm = Permission {
+                    owner: meta.owner.clone(),
+                    group: meta.group.clone(),
+                    mode: meta.mode.or(Some(644)),
+                };
                 done.push(write_field(&mut field, &meta.path, &perm, limits).await?);
             }
             other => {
@@ -235,7 +354,10 @@ where
         }
     }
     if let Some(m) = pending {
-        return Err(RuntimeError::InvalidRequest(format!("metadata for {} has no file part", m.path)));
+        return Err(RuntimeError::InvalidRequest(format!(
+            "metadata for {} has no file part",
+            m.path
+        )));
     }
     if done.is_empty() {
         return Err(RuntimeError::InvalidRequest("no files in upload".into()));
@@ -252,7 +374,10 @@ mod tests {
         let mut v = Vec::new();
         for (name, data) in parts {
             v.extend_from_slice(b"--B\r\n");
-            v.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n").as_bytes());
+            v.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n")
+                    .as_bytes(),
+            );
             v.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
             v.extend_from_slice(data);
             v.extend_from_slice(b"\r\n");
@@ -262,21 +387,33 @@ mod tests {
     }
 
     /// Feed the body in small chunks, as chunked transfer encoding would.
-    fn chunked(b: Vec<u8>) -> impl Stream<Item = std::result::Result<Bytes, Infallible>> + Send + 'static {
+    fn chunked(
+        b: Vec<u8>,
+    ) -> impl Stream<Item = std::result::Result<Bytes, Infallible>> + Send + 'static {
         let chunks: Vec<_> = b.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         futures_util::stream::iter(chunks)
     }
 
     fn meta(path: &Path, mode: u32) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"path": path, "owner": null, "group": null, "mode": mode})).unwrap()
+        serde_json::to_vec(
+            &serde_json::json!({"path": path, "owner": null, "group": null, "mode": mode}),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn writes_pairs_and_applies_mode() {
         let d = tempfile::tempdir().unwrap();
         let (a, b) = (d.path().join("x/a.txt"), d.path().join("b.bin"));
-        let data = body(&[("metadata", &meta(&a, 600)), ("file", b"hello"), ("metadata", &meta(&b, 755)), ("file", &[0u8, 1, 2])]);
-        let got = receive(chunked(data), "B".into(), &UploadLimits::default()).await.unwrap();
+        let data = body(&[
+            ("metadata", &meta(&a, 600)),
+            ("file", b"hello"),
+            ("metadata", &meta(&b, 755)),
+            ("file", &[0u8, 1, 2]),
+        ]);
+        let got = receive(chunked(data), "B".into(), &UploadLimits::default())
+            .await
+            .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(std::fs::read(&a).unwrap(), b"hello");
         assert_eq!(std::fs::read(&b).unwrap(), [0, 1, 2]);
@@ -289,10 +426,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("big");
         let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 100])]);
-        let limits = UploadLimits { max_file_bytes: 99, ..Default::default() };
-        let e = receive(chunked(data), "B".into(), &limits).await.unwrap_err();
+        let limits = UploadLimits {
+            max_file_bytes: 99,
+            ..Default::default()
+        };
+        let e = receive(chunked(data), "B".into(), &limits)
+            .await
+            .unwrap_err();
         assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "no target and no temp file left");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no target and no temp file left"
+        );
     }
 
     #[tokio::test]
@@ -300,22 +446,47 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("fits");
         let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 99])]);
-        let limits = UploadLimits { max_file_bytes: 99, ..Default::default() };
-        assert_eq!(receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size, 99);
+        let limits = UploadLimits {
+            max_file_bytes: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size,
+            99
+        );
     }
 
     #[tokio::test]
     async fn oversize_metadata_and_too_many_files() {
         let d = tempfile::tempdir().unwrap();
         let big_meta = vec![b' '; 200];
-        let limits = UploadLimits { max_metadata_bytes: 100, ..Default::default() };
-        let e = receive(chunked(body(&[("metadata", &big_meta), ("file", b"x")])), "B".into(), &limits).await.unwrap_err();
+        let limits = UploadLimits {
+            max_metadata_bytes: 100,
+            ..Default::default()
+        };
+        let e = receive(
+            chunked(body(&[("metadata", &big_meta), ("file", b"x")])),
+            "B".into(),
+            &limits,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
 
         let (a, b) = (d.path().join("a"), d.path().join("b"));
-        let limits = UploadLimits { max_files: 1, ..Default::default() };
-        let data = body(&[("metadata", &meta(&a, 644)), ("file", b"1"), ("metadata", &meta(&b, 644)), ("file", b"2")]);
-        let e = receive(chunked(data), "B".into(), &limits).await.unwrap_err();
+        let limits = UploadLimits {
+            max_files: 1,
+            ..Default::default()
+        };
+        let data = body(&[
+            ("metadata", &meta(&a, 644)),
+            ("file", b"1"),
+            ("metadata", &meta(&b, 644)),
+            ("file", b"2"),
+        ]);
+        let e = receive(chunked(data), "B".into(), &limits)
+            .await
+            .unwrap_err();
         assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
     }
 
@@ -333,8 +504,14 @@ mod tests {
             b"--B\r\ngarbage without end".to_vec(),
         ];
         for c in cases {
-            let e = receive(chunked(c.clone()), "B".into(), &UploadLimits::default()).await.unwrap_err();
-            assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e} for {:?}", String::from_utf8_lossy(&c));
+            let e = receive(chunked(c.clone()), "B".into(), &UploadLimits::default())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, RuntimeError::InvalidRequest(_)),
+                "{e} for {:?}",
+                String::from_utf8_lossy(&c)
+            );
         }
         assert!(!a.exists());
         let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
@@ -345,7 +522,9 @@ mod tests {
     async fn directory_target_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let data = body(&[("metadata", &meta(d.path(), 644)), ("file", b"x")]);
-        let e = receive(chunked(data), "B".into(), &UploadLimits::default()).await.unwrap_err();
+        let e = receive(chunked(data), "B".into(), &UploadLimits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(e, RuntimeError::IsADirectory(_)), "{e}");
     }
 }

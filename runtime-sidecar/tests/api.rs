@@ -35,7 +35,10 @@ async fn start() -> Server {
         access_token: Some(TOKEN.into()),
         data_dir: dir.path().join("data"),
         max_json_bytes: 4096,
-        upload: UploadLimits { max_file_bytes: 1024, ..UploadLimits::default() },
+        upload: UploadLimits {
+            max_file_bytes: 1024,
+            ..UploadLimits::default()
+        },
         ..Config::default()
     };
     let state = AppState::new(cfg).unwrap();
@@ -45,19 +48,31 @@ async fn start() -> Server {
     tokio::spawn(sandpool_runtime::serve(listener, state, async move {
         let _ = rx.await;
     }));
-    Server { base: format!("http://{addr}"), addr, _dir: dir, work, stop: Some(tx) }
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+        _dir: dir,
+        work,
+        stop: Some(tx),
+    }
 }
 
 fn client() -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();
     h.insert("x-execd-access-token", TOKEN.parse().unwrap());
-    reqwest::Client::builder().default_headers(h).build().unwrap()
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.expect("error bodies are JSON");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "message present: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message present: {body}"
+    );
     (status, body)
 }
 
@@ -65,7 +80,12 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
 async fn wrong_or_missing_token_is_401_but_ping_is_open() {
     let s = start().await;
     let plain = reqwest::Client::new();
-    let r = plain.post(format!("{}/command", s.base)).json(&json!({"command": "true"})).send().await.unwrap();
+    let r = plain
+        .post(format!("{}/command", s.base))
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
     assert_eq!((st, body["code"].as_str()), (401, Some("UNAUTHORIZED")));
     let r = plain
@@ -75,27 +95,61 @@ async fn wrong_or_missing_token_is_401_but_ping_is_open() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(plain.get(format!("{}/ping", s.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        plain
+            .get(format!("{}/ping", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn bad_json_and_oversize_json() {
     let s = start().await;
     let c = client();
-    let r = c.post(format!("{}/command", s.base)).body("{not json").send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (400, Some("INVALID_REQUEST_BODY")));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("INVALID_REQUEST_BODY"))
+    );
 
-    let r = c.post(format!("{}/command", s.base)).json(&json!({"cwd": "/"})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .json(&json!({"cwd": "/"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 400, "command or argv required");
 
-    let r = c.post(format!("{}/command", s.base)).json(&json!({"command": "true", "timeout": -5})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .json(&json!({"command": "true", "timeout": -5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 400);
 
     let big = json!({"command": "x".repeat(5000)});
-    let r = c.post(format!("{}/command", s.base)).json(&big).send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE"))
+    );
 }
 
 #[tokio::test]
@@ -103,34 +157,75 @@ async fn missing_file_directory_and_ranges() {
     let s = start().await;
     let c = client();
     let missing = s.work.join("nope.txt");
-    let r = c.get(format!("{}/files/download", s.base)).query(&[("path", &missing)]).send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/download", s.base))
+        .query(&[("path", &missing)])
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
     assert_eq!((st, body["code"].as_str()), (404, Some("FILE_NOT_FOUND")));
 
-    let r = c.get(format!("{}/files/download", s.base)).query(&[("path", &s.work)]).send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/download", s.base))
+        .query(&[("path", &s.work)])
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
     assert_eq!((st, body["code"].as_str()), (400, Some("IS_A_DIRECTORY")));
 
-    let r = c.get(format!("{}/files/download", s.base)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/download", s.base))
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
     assert_eq!((st, body["code"].as_str()), (400, Some("MISSING_QUERY")));
 
     let f = s.work.join("digits");
     std::fs::write(&f, "0123456789").unwrap();
-    let r = c.get(format!("{}/files/download", s.base)).query(&[("path", &f)]).header("Range", "bytes=2-4").send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/download", s.base))
+        .query(&[("path", &f)])
+        .header("Range", "bytes=2-4")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 2-4/10");
     assert_eq!(r.text().await.unwrap(), "234");
-    let r = c.get(format!("{}/files/download", s.base)).query(&[("path", &f)]).header("Range", "bytes=20-").send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/download", s.base))
+        .query(&[("path", &f)])
+        .header("Range", "bytes=20-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */10");
 
-    let r = c.get(format!("{}/files/info", s.base)).query(&[("path", &missing)]).send().await.unwrap();
+    let r = c
+        .get(format!("{}/files/info", s.base))
+        .query(&[("path", &missing)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 404);
-    let r = c.get(format!("{}/directories/list", s.base)).query(&[("path", &f)]).send().await.unwrap();
+    let r = c
+        .get(format!("{}/directories/list", s.base))
+        .query(&[("path", &f)])
+        .send()
+        .await
+        .unwrap();
     let (st, body) = error_of(r).await;
     assert_eq!((st, body["code"].as_str()), (400, Some("NOT_A_DIRECTORY")));
-    let r = c.get(format!("{}/directories/list", s.base)).query(&[("path", s.work.to_str().unwrap()), ("depth", "x")]).send().await.unwrap();
+    let r = c
+        .get(format!("{}/directories/list", s.base))
+        .query(&[("path", s.work.to_str().unwrap()), ("depth", "x")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 400);
 }
 
@@ -138,7 +233,11 @@ fn multipart(path: &std::path::Path, data: &[u8]) -> (String, Vec<u8>) {
     let b = "sandpoolBoundary";
     let mut v = Vec::new();
     v.extend_from_slice(format!("--{b}\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"metadata\"\r\nContent-Type: application/json\r\n\r\n").as_bytes());
-    v.extend_from_slice(json!({"path": path, "owner": null, "group": null, "mode": 644}).to_string().as_bytes());
+    v.extend_from_slice(
+        json!({"path": path, "owner": null, "group": null, "mode": 644})
+            .to_string()
+            .as_bytes(),
+    );
     v.extend_from_slice(format!("\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
     v.extend_from_slice(data);
     v.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
@@ -152,32 +251,48 @@ async fn oversize_upload_is_413_chunked_and_leaves_nothing() {
     let target = s.work.join("big.bin");
     let (ct, body) = multipart(&target, &[1u8; 2048]);
     // Chunked transfer encoding: a streamed body has no Content-Length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(100).map(|c| Ok(c.to_vec())).collect();
     let r = c
         .post(format!("{}/files/upload", s.base))
         .header("content-type", ct.clone())
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")));
-    assert_eq!(std::fs::read_dir(&s.work).unwrap().count(), 0, "no target or temp file left behind");
+    assert_eq!(
+        std::fs::read_dir(&s.work).unwrap().count(),
+        0,
+        "no target or temp file left behind"
+    );
 
     // Within the limit, the same chunked upload succeeds.
     let (ct, body) = multipart(&target, &[2u8; 1000]);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(100).map(|c| Ok(c.to_vec())).collect();
     let r = c
         .post(format!("{}/files/upload", s.base))
         .header("content-type", ct)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(std::fs::read(&target).unwrap(), vec![2u8; 1000]);
 
-    let r = c.post(format!("{}/files/upload", s.base)).header("content-type", "text/plain").body("x").send().await.unwrap();
+    let r = c
+        .post(format!("{}/files/upload", s.base))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 400);
 }
 
@@ -192,7 +307,10 @@ async fn events(resp: reqwest::Response) -> Vec<(Instant, Value)> {
         buf.extend_from_slice(&chunk.unwrap());
         while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
             let frame: Vec<u8> = buf.drain(..pos + 2).collect();
-            out.push((Instant::now(), serde_json::from_slice(&frame[..pos]).unwrap()));
+            out.push((
+                Instant::now(),
+                serde_json::from_slice(&frame[..pos]).unwrap(),
+            ));
         }
     }
     out
@@ -210,13 +328,19 @@ async fn output_is_streamed_as_produced() {
     let ev = events(r).await;
     assert_eq!(ev[0].1["type"], "init");
     let stdout: Vec<_> = ev.iter().filter(|(_, v)| v["type"] == "stdout").collect();
-    let text: String = stdout.iter().map(|(_, v)| v["text"].as_str().unwrap()).collect();
+    let text: String = stdout
+        .iter()
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
     assert_eq!(text, "line1\nline2\nline3\nline4\nline5\n");
     let last = ev.last().unwrap();
     assert_eq!(last.1["type"], "execution_complete");
     // Lines arrive while the command runs: the first one ~400 ms before the end.
     let spread = last.0.duration_since(stdout[0].0);
-    assert!(spread >= Duration::from_millis(300), "first line arrived only {spread:?} before completion");
+    assert!(
+        spread >= Duration::from_millis(300),
+        "first line arrived only {spread:?} before completion"
+    );
     assert!(ev.iter().all(|(_, v)| v["timestamp"].as_i64().is_some()));
 }
 
@@ -224,42 +348,83 @@ async fn output_is_streamed_as_produced() {
 async fn failing_and_timed_out_commands_report_exit_codes() {
     let s = start().await;
     let c = client();
-    let r = c.post(format!("{}/command", s.base)).json(&json!({"command": "echo oops >&2; exit 3"})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .json(&json!({"command": "echo oops >&2; exit 3"}))
+        .send()
+        .await
+        .unwrap();
     let ev = events(r).await;
-    assert!(ev.iter().any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops\n"));
+    assert!(
+        ev.iter()
+            .any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops\n")
+    );
     let last = &ev.last().unwrap().1;
-    assert_eq!((last["type"].as_str(), last["error"]["evalue"].as_str()), (Some("error"), Some("3")));
+    assert_eq!(
+        (last["type"].as_str(), last["error"]["evalue"].as_str()),
+        (Some("error"), Some("3"))
+    );
 
-    let r = c.post(format!("{}/command", s.base)).json(&json!({"command": "sleep 10", "timeout": 200})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/command", s.base))
+        .json(&json!({"command": "sleep 10", "timeout": 200}))
+        .send()
+        .await
+        .unwrap();
     let ev = events(r).await;
     let last = &ev.last().unwrap().1;
     assert_eq!(last["error"]["evalue"], "137");
 
-    let r = c.get(format!("{}/command/status/nope", s.base)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/command/status/nope", s.base))
+        .send()
+        .await
+        .unwrap();
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (404, Some("COMMAND_NOT_FOUND")));
-    let r = c.delete(format!("{}/command", s.base)).send().await.unwrap();
+    let r = c
+        .delete(format!("{}/command", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await.0, 400);
 }
 
 #[tokio::test]
 async fn unsupported_endpoints_answer_501() {
     let s = start().await;
-    let r = client().post(format!("{}/code", s.base)).json(&json!({"code": "1+1"})).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/code", s.base))
+        .json(&json!({"code": "1+1"}))
+        .send()
+        .await
+        .unwrap();
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (501, Some("NOT_IMPLEMENTED")));
-    let r = client().post(format!("{}/code/context", s.base)).json(&json!({"language": "python"})).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/code/context", s.base))
+        .json(&json!({"language": "python"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 501);
 }
 
 async fn grpc(s: &Server) -> RuntimeClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     RuntimeClient::new(ch)
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, TOKEN.parse().unwrap());
+    r.metadata_mut().insert(
+        sandpool_proto::ACCESS_TOKEN_METADATA,
+        TOKEN.parse().unwrap(),
+    );
     r
 }
 
@@ -276,10 +441,18 @@ async fn grpc_exec_with_stdin_and_exit_code() {
     };
     let msgs = vec![
         start,
-        pb::ExecInput { input: Some(pb::exec_input::Input::Stdin(b"piped".to_vec())) },
-        pb::ExecInput { input: Some(pb::exec_input::Input::CloseStdin(true)) },
+        pb::ExecInput {
+            input: Some(pb::exec_input::Input::Stdin(b"piped".to_vec())),
+        },
+        pb::ExecInput {
+            input: Some(pb::exec_input::Input::CloseStdin(true)),
+        },
     ];
-    let mut out = c.exec(authed(futures_util::stream::iter(msgs))).await.unwrap().into_inner();
+    let mut out = c
+        .exec(authed(futures_util::stream::iter(msgs)))
+        .await
+        .unwrap()
+        .into_inner();
     let (mut stdout, mut stderr, mut exit, mut started) = (Vec::new(), Vec::new(), None, false);
     while let Some(m) = out.message().await.unwrap() {
         match m.output.unwrap() {
@@ -290,7 +463,10 @@ async fn grpc_exec_with_stdin_and_exit_code() {
         }
     }
     assert!(started);
-    assert_eq!((stdout.as_slice(), stderr.as_slice(), exit), (&b"piped"[..], &b"done\n"[..], Some(5)));
+    assert_eq!(
+        (stdout.as_slice(), stderr.as_slice(), exit),
+        (&b"piped"[..], &b"done\n"[..], Some(5))
+    );
 }
 
 #[tokio::test]
@@ -299,10 +475,20 @@ async fn grpc_rejects_bad_token_and_bad_first_message() {
     let mut c = grpc(&s).await;
     let e = c.health(pb::HealthRequest {}).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    let msgs = vec![pb::ExecInput { input: Some(pb::exec_input::Input::Stdin(b"x".to_vec())) }];
-    let e = c.exec(authed(futures_util::stream::iter(msgs))).await.unwrap_err();
+    let msgs = vec![pb::ExecInput {
+        input: Some(pb::exec_input::Input::Stdin(b"x".to_vec())),
+    }];
+    let e = c
+        .exec(authed(futures_util::stream::iter(msgs)))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c.stat(authed(pb::PathRequest { path: "/no/such".into() })).await.unwrap_err();
+    let e = c
+        .stat(authed(pb::PathRequest {
+            path: "/no/such".into(),
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(c.health(authed(pb::HealthRequest {})).await.is_ok());
 }
@@ -314,7 +500,11 @@ async fn grpc_inject_entrypoint_and_files() {
     let marker = s.work.join("injected");
     let st = c
         .inject(authed(pb::InjectRequest {
-            argv: vec!["sh".into(), "-c".into(), format!("echo $ROLE > {}; exec sleep 30", marker.display())],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo $ROLE > {}; exec sleep 30", marker.display()),
+            ],
             env: [("ROLE".to_string(), "agent".to_string())].into(),
             ..Default::default()
         }))
@@ -322,7 +512,13 @@ async fn grpc_inject_entrypoint_and_files() {
         .unwrap()
         .into_inner();
     assert_eq!(st.phase, pb::ProcessPhase::Running as i32);
-    let again = c.inject(authed(pb::InjectRequest { argv: vec!["true".into()], ..Default::default() })).await.unwrap_err();
+    let again = c
+        .inject(authed(pb::InjectRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
     // the shell creates the file before it writes to it: wait for the content
     let mut content = String::new();
@@ -334,34 +530,87 @@ async fn grpc_inject_entrypoint_and_files() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(content, "agent\n");
-    let status = c.entrypoint_status(authed(pb::EntrypointStatusRequest {})).await.unwrap().into_inner();
-    assert_eq!((status.phase, status.pid), (pb::ProcessPhase::Running as i32, st.pid));
+    let status = c
+        .entrypoint_status(authed(pb::EntrypointStatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.phase, status.pid),
+        (pb::ProcessPhase::Running as i32, st.pid)
+    );
 
     let path = s.work.join("sub/g.txt").to_string_lossy().into_owned();
     let parts = vec![
         pb::WriteFileRequest {
-            part: Some(pb::write_file_request::Part::Open(pb::WriteFileOpen { path: path.clone(), mode: 0o600, create_parents: true, ..Default::default() })),
+            part: Some(pb::write_file_request::Part::Open(pb::WriteFileOpen {
+                path: path.clone(),
+                mode: 0o600,
+                create_parents: true,
+                ..Default::default()
+            })),
         },
-        pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Data(b"hello ".to_vec())) },
-        pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Data(b"grpc".to_vec())) },
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(b"hello ".to_vec())),
+        },
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(b"grpc".to_vec())),
+        },
     ];
-    let stat = c.write_file(authed(futures_util::stream::iter(parts))).await.unwrap().into_inner();
-    assert_eq!((stat.size, stat.mode, stat.r#type), (10, 0o600, pb::FileType::File as i32));
-    let mut rd = c.read_file(authed(pb::ReadFileRequest { path: path.clone(), offset: 6, length: 0 })).await.unwrap().into_inner();
+    let stat = c
+        .write_file(authed(futures_util::stream::iter(parts)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (stat.size, stat.mode, stat.r#type),
+        (10, 0o600, pb::FileType::File as i32)
+    );
+    let mut rd = c
+        .read_file(authed(pb::ReadFileRequest {
+            path: path.clone(),
+            offset: 6,
+            length: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Vec::new();
     while let Some(ch) = rd.message().await.unwrap() {
         got.extend(ch.data);
     }
     assert_eq!(got, b"grpc");
-    let list = c.list_dir(authed(pb::ListDirRequest { path: s.work.join("sub").to_string_lossy().into(), depth: 1 })).await.unwrap().into_inner();
+    let list = c
+        .list_dir(authed(pb::ListDirRequest {
+            path: s.work.join("sub").to_string_lossy().into(),
+            depth: 1,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.entries.len(), 1);
     let too_big = vec![
-        pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Open(pb::WriteFileOpen { path: path.clone(), ..Default::default() })) },
-        pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Data(vec![0; 2000])) },
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Open(pb::WriteFileOpen {
+                path: path.clone(),
+                ..Default::default()
+            })),
+        },
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(vec![0; 2000])),
+        },
     ];
-    let e = c.write_file(authed(futures_util::stream::iter(too_big))).await.unwrap_err();
+    let e = c
+        .write_file(authed(futures_util::stream::iter(too_big)))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-    c.remove(authed(pb::RemoveRequest { path: s.work.join("sub").to_string_lossy().into(), recursive: true })).await.unwrap();
+    c.remove(authed(pb::RemoveRequest {
+        path: s.work.join("sub").to_string_lossy().into(),
+        recursive: true,
+    }))
+    .await
+    .unwrap();
     assert!(!s.work.join("sub").exists());
     // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
     let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));

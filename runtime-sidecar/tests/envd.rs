@@ -11,11 +11,19 @@ const TOKEN: &str = "envd-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config { access_token: Some(TOKEN.into()), data_dir: dir.path().join("d"), ..Config::default() };
+    let cfg = Config {
+        access_token: Some(TOKEN.into()),
+        data_dir: dir.path().join("d"),
+        ..Config::default()
+    };
     let state = AppState::new(cfg).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(sandpool_runtime::serve_app(l, sandpool_runtime::envd_app(state), std::future::pending()));
+    tokio::spawn(sandpool_runtime::serve_app(
+        l,
+        sandpool_runtime::envd_app(state),
+        std::future::pending(),
+    ));
     (base, dir)
 }
 
@@ -34,7 +42,10 @@ fn envelopes(mut b: &[u8]) -> Vec<(u8, Value)> {
 async fn start_with_streamed_stdin() {
     let (base, _d) = serve().await;
     let c = reqwest::Client::new();
-    let start = envelope(0, &json!({"process": {"cmd": "cat", "args": []}, "stdin": true}));
+    let start = envelope(
+        0,
+        &json!({"process": {"cmd": "cat", "args": []}, "stdin": true}),
+    );
     let resp = c
         .post(format!("{base}/process.Process/Start"))
         .header("content-type", "application/connect+json")
@@ -46,19 +57,29 @@ async fn start_with_streamed_stdin() {
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
-    let pid = envelopes(&first)[0].1["event"]["start"]["pid"].as_u64().expect("start event first");
+    let pid = envelopes(&first)[0].1["event"]["start"]["pid"]
+        .as_u64()
+        .expect("start event first");
 
     let input: Vec<Bytes> = vec![
         envelope(0, &json!({"start": {"process": {"pid": pid}}})),
-        envelope(0, &json!({"data": {"input": {"stdin": B64.encode("hello ")}}})),
+        envelope(
+            0,
+            &json!({"data": {"input": {"stdin": B64.encode("hello ")}}}),
+        ),
         envelope(0, &json!({"keepalive": {}})),
-        envelope(0, &json!({"data": {"input": {"stdin": B64.encode("envd")}}})),
+        envelope(
+            0,
+            &json!({"data": {"input": {"stdin": B64.encode("envd")}}}),
+        ),
     ];
     let r = c
         .post(format!("{base}/process.Process/StreamInput"))
         .header("content-type", "application/connect+json")
         .header("x-access-token", TOKEN)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(input.into_iter().map(Ok::<_, std::io::Error>))))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            input.into_iter().map(Ok::<_, std::io::Error>),
+        )))
         .send()
         .await
         .unwrap();
@@ -86,7 +107,10 @@ async fn start_with_streamed_stdin() {
         .flat_map(|s| B64.decode(s).unwrap())
         .collect();
     assert_eq!(out, b"hello envd");
-    let end = ev.iter().find_map(|(_, v)| v["event"].get("end").cloned()).expect("end event");
+    let end = ev
+        .iter()
+        .find_map(|(_, v)| v["event"].get("end").cloned())
+        .expect("end event");
     assert_eq!(end["exitCode"], 0);
     assert_eq!(ev.last().unwrap().0, 2);
 

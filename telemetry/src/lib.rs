@@ -54,16 +54,23 @@ impl Drop for TelemetryGuard {
 pub mod metrics;
 
 pub fn otlp_requested(get: impl Fn(&str) -> Option<String>) -> bool {
-    let truthy = |k: &str| get(k).map(|v| v.trim().eq_ignore_ascii_case("true")).unwrap_or(false);
+    let truthy = |k: &str| {
+        get(k)
+            .map(|v| v.trim().eq_ignore_ascii_case("true"))
+            .unwrap_or(false)
+    };
     if truthy("OTEL_SDK_DISABLED") {
         return false;
     }
     if get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none")) {
         return false;
     }
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|k| get(k).is_some_and(|v| !v.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| get(k).is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// Install the global subscriber and propagator. Call once from `main`.
@@ -72,7 +79,10 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
 }
 
 /// [`init`] with a default log filter (`RUST_LOG` still wins when set).
-pub fn init_with_level(service_name: &str, level: Option<&str>) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init_with_level(
+    service_name: &str,
+    level: Option<&str>,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .ok()
@@ -104,7 +114,9 @@ pub fn init_with_level(service_name: &str, level: Option<&str>) -> Result<Teleme
         Some(p) => {
             let tracer = p.tracer(service_name.to_string());
             opentelemetry::global::set_tracer_provider(p.clone());
-            registry.with(tracing_opentelemetry::layer().with_tracer(tracer)).try_init()
+            registry
+                .with(tracing_opentelemetry::layer().with_tracer(tracer))
+                .try_init()
         }
         None => registry.try_init(),
     };
@@ -127,9 +139,10 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(val)) =
-            (http::header::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
-        {
+        if let (Ok(name), Ok(val)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, val);
         }
     }
@@ -177,7 +190,10 @@ pub fn grpc_request<T>(msg: T) -> tonic::Request<T> {
 /// caller's W3C trace. Every RPC of every sandpool server runs in one.
 pub fn grpc_server_span(req: &http::Request<()>) -> tracing::Span {
     let path = req.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc.server",
         otel.name = %path,
@@ -197,7 +213,9 @@ mod tests {
     #[test]
     fn otlp_is_off_by_default_and_on_with_endpoint() {
         assert!(!otlp_requested(|_| None));
-        assert!(otlp_requested(|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4317".into())));
+        assert!(otlp_requested(
+            |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4317".into())
+        ));
         assert!(!otlp_requested(|k| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4317".into()),
             "OTEL_SDK_DISABLED" => Some("true".into()),
@@ -214,11 +232,24 @@ mod tests {
     fn extracts_w3c_traceparent() {
         use opentelemetry::trace::TraceContextExt;
         let mut h = http::HeaderMap::new();
-        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
         let cx = extract_context(&h);
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid());
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(!extract_context(&http::HeaderMap::new()).span().span_context().is_valid());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(
+            !extract_context(&http::HeaderMap::new())
+                .span()
+                .span_context()
+                .is_valid()
+        );
     }
 }

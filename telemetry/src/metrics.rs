@@ -52,13 +52,37 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         http_requests: Family::default(),
         registry: Registry::default(),
     };
-    registry.register("claim_duration_seconds", "Time from a claim request to a ready sandbox", m.claim_seconds.clone());
-    registry.register("pool_sandboxes", "Sandboxes of a pool by state", m.pool_sandboxes.clone());
-    registry.register("pool_refills", "Sandboxes created to refill a pool", m.pool_refills.clone());
-    registry.register("exec_duration_seconds", "Command start latency through the gateway (request to response head)", m.exec_seconds.clone());
+    registry.register(
+        "claim_duration_seconds",
+        "Time from a claim request to a ready sandbox",
+        m.claim_seconds.clone(),
+    );
+    registry.register(
+        "pool_sandboxes",
+        "Sandboxes of a pool by state",
+        m.pool_sandboxes.clone(),
+    );
+    registry.register(
+        "pool_refills",
+        "Sandboxes created to refill a pool",
+        m.pool_refills.clone(),
+    );
+    registry.register(
+        "exec_duration_seconds",
+        "Command start latency through the gateway (request to response head)",
+        m.exec_seconds.clone(),
+    );
     registry.register("errors", "Errors by service and kind", m.errors.clone());
-    registry.register("reconciles", "Kubernetes controller reconciles by result", m.reconciles.clone());
-    registry.register("http_requests", "HTTP requests by service and status class", m.http_requests.clone());
+    registry.register(
+        "reconciles",
+        "Kubernetes controller reconciles by result",
+        m.reconciles.clone(),
+    );
+    registry.register(
+        "http_requests",
+        "HTTP requests by service and status class",
+        m.http_requests.clone(),
+    );
     Metrics { registry, ..m }
 });
 
@@ -76,39 +100,82 @@ pub fn render() -> String {
 }
 
 pub fn observe_claim(pool: &str, outcome: &'static str, took: Duration) {
-    get().claim_seconds.get_or_create(&vec![("pool", pool.to_string()), ("outcome", outcome.to_string())]).observe(took.as_secs_f64());
+    get()
+        .claim_seconds
+        .get_or_create(&vec![
+            ("pool", pool.to_string()),
+            ("outcome", outcome.to_string()),
+        ])
+        .observe(took.as_secs_f64());
 }
 
 pub fn set_pool(pool: &str, total: u32, allocated: u32, available: u32) {
-    for (state, v) in [("total", total), ("allocated", allocated), ("available", available)] {
-        get().pool_sandboxes.get_or_create(&vec![("pool", pool.to_string()), ("state", state.to_string())]).set(i64::from(v));
+    for (state, v) in [
+        ("total", total),
+        ("allocated", allocated),
+        ("available", available),
+    ] {
+        get()
+            .pool_sandboxes
+            .get_or_create(&vec![
+                ("pool", pool.to_string()),
+                ("state", state.to_string()),
+            ])
+            .set(i64::from(v));
     }
 }
 
 pub fn refilled(pool: &str, n: u64) {
-    get().pool_refills.get_or_create(&vec![("pool", pool.to_string())]).inc_by(n);
+    get()
+        .pool_refills
+        .get_or_create(&vec![("pool", pool.to_string())])
+        .inc_by(n);
 }
 
 pub fn observe_exec(api: &'static str, took: Duration) {
-    get().exec_seconds.get_or_create(&vec![("api", api.to_string())]).observe(took.as_secs_f64());
+    get()
+        .exec_seconds
+        .get_or_create(&vec![("api", api.to_string())])
+        .observe(took.as_secs_f64());
 }
 
 pub fn error(service: &'static str, kind: &str) {
-    get().errors.get_or_create(&vec![("service", service.to_string()), ("kind", kind.to_string())]).inc();
+    get()
+        .errors
+        .get_or_create(&vec![
+            ("service", service.to_string()),
+            ("kind", kind.to_string()),
+        ])
+        .inc();
 }
 
 pub fn reconciled(controller: &'static str, result: &str) {
-    get().reconciles.get_or_create(&vec![("controller", controller.to_string()), ("result", result.to_string())]).inc();
+    get()
+        .reconciles
+        .get_or_create(&vec![
+            ("controller", controller.to_string()),
+            ("result", result.to_string()),
+        ])
+        .inc();
 }
 
 pub fn http_request(service: &'static str, status: u16) {
     let class = format!("{}xx", status / 100);
-    get().http_requests.get_or_create(&vec![("service", service.to_string()), ("code", class)]).inc();
+    get()
+        .http_requests
+        .get_or_create(&vec![("service", service.to_string()), ("code", class)])
+        .inc();
 }
 
 /// The `/metrics` response (content type of the text format).
 pub fn response() -> ([(http::HeaderName, &'static str); 1], String) {
-    ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render())
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(),
+    )
 }
 
 #[cfg(test)]
@@ -121,9 +188,20 @@ mod tests {
         set_pool("unit-pool", 4, 1, 3);
         error("gateway", "not_found");
         let text = render();
-        assert!(text.contains("sandpool_claim_duration_seconds_count{pool=\"unit-pool\",outcome=\"warm\"} 1"), "{text}");
-        assert!(text.contains("sandpool_pool_sandboxes{pool=\"unit-pool\",state=\"available\"} 3"), "{text}");
-        assert!(text.contains("sandpool_errors_total{service=\"gateway\",kind=\"not_found\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "sandpool_claim_duration_seconds_count{pool=\"unit-pool\",outcome=\"warm\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandpool_pool_sandboxes{pool=\"unit-pool\",state=\"available\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandpool_errors_total{service=\"gateway\",kind=\"not_found\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -33,7 +33,13 @@ const REFILL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `wait_for`: before each round, wait until the pool has this many warm
 /// sandboxes (0 = don't wait).
-async fn scenario(api: &Api, body: &Value, conc: usize, rounds: usize, wait_for: u64) -> anyhow::Result<Vec<Duration>> {
+async fn scenario(
+    api: &Api,
+    body: &Value,
+    conc: usize,
+    rounds: usize,
+    wait_for: u64,
+) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::new();
     for _ in 0..rounds {
         if wait_for > 0 {
@@ -55,7 +61,14 @@ async fn scenario(api: &Api, body: &Value, conc: usize, rounds: usize, wait_for:
 }
 
 fn row(name: &str, s: &Summary, base: &Summary) -> String {
-    format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.0}× |", s.n, s.p50 / 1000.0, s.p90 / 1000.0, s.p99 / 1000.0, base.p50 / s.p50)
+    format!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.0}× |",
+        s.n,
+        s.p50 / 1000.0,
+        s.p90 / 1000.0,
+        s.p99 / 1000.0,
+        base.p50 / s.p50
+    )
 }
 
 #[tokio::main]
@@ -71,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
         pools: vec![format!("{POOL}:busybox:16:16:0:80")],
     };
     let mut platform = Platform::start(&spec)?;
-    platform.wait_ready(POOL, 16, Duration::from_secs(120)).await?;
+    platform
+        .wait_ready(POOL, 16, Duration::from_secs(120))
+        .await?;
     let api = platform.api().clone();
     let (warm, cold) = (warm_claim(POOL), cold_claim());
     eprintln!("cold c=1");
@@ -87,10 +102,37 @@ async fn main() -> anyhow::Result<()> {
     drop(platform); // SIGTERM; --cleanup-on-exit deletes every sandbox, then data dir and bridge go
     println!("| scenario | n | p50 ms | p90 ms | p99 ms | cold p50 / this p50 |");
     println!("|---|---|---|---|---|---|");
-    println!("{}", row("cold start, concurrency 1 (baseline)", &cold1, &cold1));
-    println!("{}", row("warm claim, concurrency 1 (pool refilled between claims)", &warm1, &cold1));
-    println!("{}", row("warm claim, concurrency 1 (back to back: refills compete for the CPUs)", &warm1b, &cold1));
-    println!("{}", row("cold start, concurrency 16 (baseline)", &cold16, &cold16));
-    println!("{}", row("warm claim, concurrency 16 (16 at once from a full pool)", &warm16, &cold16));
+    println!(
+        "{}",
+        row("cold start, concurrency 1 (baseline)", &cold1, &cold1)
+    );
+    println!(
+        "{}",
+        row(
+            "warm claim, concurrency 1 (pool refilled between claims)",
+            &warm1,
+            &cold1
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "warm claim, concurrency 1 (back to back: refills compete for the CPUs)",
+            &warm1b,
+            &cold1
+        )
+    );
+    println!(
+        "{}",
+        row("cold start, concurrency 16 (baseline)", &cold16, &cold16)
+    );
+    println!(
+        "{}",
+        row(
+            "warm claim, concurrency 16 (16 at once from a full pool)",
+            &warm16,
+            &cold16
+        )
+    );
     Ok(())
 }

@@ -38,12 +38,24 @@ struct Args {
 }
 
 fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
-    let ratio = base.map(|b| format!("{:.2}×", s.p50 / b.p50)).unwrap_or_else(|| "1.00× (baseline)".into());
-    format!("| {name} | {} | {:.1} | {:.1} | {:.1} | {ratio} |", s.n, s.p50 / 1000.0, s.p90 / 1000.0, s.max / 1000.0)
+    let ratio = base
+        .map(|b| format!("{:.2}×", s.p50 / b.p50))
+        .unwrap_or_else(|| "1.00× (baseline)".into());
+    format!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} | {ratio} |",
+        s.n,
+        s.p50 / 1000.0,
+        s.p90 / 1000.0,
+        s.max / 1000.0
+    )
 }
 
 fn ctr(sock: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ctr").args(["-a", sock, "-n", "sandpool-bench"]).args(args).output().context("running ctr")?;
+    let out = Command::new("ctr")
+        .args(["-a", sock, "-n", "sandpool-bench"])
+        .args(args)
+        .output()
+        .context("running ctr")?;
     if !out.status.success() {
         bail!("ctr {:?}: {}", args, String::from_utf8_lossy(&out.stderr));
     }
@@ -57,13 +69,19 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let mut daemon = ContainerdDaemon::start(&dir.join("containerd"))?;
     let sock = daemon.socket.display().to_string();
-    let ctr_client = Ctr::connect(&daemon.socket, "sandpool-bench", Duration::from_secs(30)).await?;
+    let ctr_client =
+        Ctr::connect(&daemon.socket, "sandpool-bench", Duration::from_secs(30)).await?;
     let mut cfg = AgentConfig::new(dir.join("agent"), std::fs::canonicalize(&args.runtime_bin)?);
     cfg.net = NetConfig::new(&cfg.data_dir, "spbench0", "10.213.250.0/24");
     cfg.node_name = "bench".into();
     let agent = Agent::start(cfg, ctr_client).await?;
     agent.ensure_image("busybox").await?;
-    let wrapper = agent.cfg.data_dir.join("bin/runsc-sandpool").display().to_string();
+    let wrapper = agent
+        .cfg
+        .data_dir
+        .join("bin/runsc-sandpool")
+        .display()
+        .to_string();
 
     let mut table = Vec::new();
     let mut notes = Vec::new();
@@ -116,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("[{label}] sandpool warm create ×{n}");
         let template = pb::SandboxTemplate {
             image: "busybox".into(),
-            resources: Some(pb::Resources { cpu: "1".into(), memory: "256Mi".into(), pids: 256 }),
+            resources: Some(pb::Resources {
+                cpu: "1".into(),
+                memory: "256Mi".into(),
+                pids: 256,
+            }),
             runtime_class: class as i32,
             ..Default::default()
         };
@@ -128,7 +150,14 @@ async fn main() -> anyhow::Result<()> {
             let sb = agent.create("bench", template.clone(), None).await?;
             let c = t.elapsed();
             let (_, inj) = agent
-                .inject(&sb.id, pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], env: [("A".to_string(), "1".to_string())].into(), ..Default::default() })
+                .inject(
+                    &sb.id,
+                    pb::InjectRequest {
+                        argv: vec!["sleep".into(), "1000".into()],
+                        env: [("A".to_string(), "1".to_string())].into(),
+                        ..Default::default()
+                    },
+                )
                 .await?;
             let t = Instant::now();
             agent.pause(&sb.id).await?;
@@ -158,24 +187,64 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let b = summarize(&base);
-        table.push(row(&format!("{label}: `ctr run -d` busybox `sleep` (baseline; no network, no readiness)"), &b, None));
-        table.push(row(&format!("{label}: sandpool warm create (netns+CNI IP, container, task, runtime healthy)"), &summarize(&create), Some(&b)));
-        table.push(row(&format!("{label}: inject entrypoint via runtime gRPC"), &summarize(&inject), Some(&b)));
-        table.push(row(&format!("{label}: release (kill, delete, snapshot, CNI DEL, netns)"), &summarize(&release), Some(&b)));
+        table.push(row(
+            &format!("{label}: `ctr run -d` busybox `sleep` (baseline; no network, no readiness)"),
+            &b,
+            None,
+        ));
+        table.push(row(
+            &format!(
+                "{label}: sandpool warm create (netns+CNI IP, container, task, runtime healthy)"
+            ),
+            &summarize(&create),
+            Some(&b),
+        ));
+        table.push(row(
+            &format!("{label}: inject entrypoint via runtime gRPC"),
+            &summarize(&inject),
+            Some(&b),
+        ));
+        table.push(row(
+            &format!("{label}: release (kill, delete, snapshot, CNI DEL, netns)"),
+            &summarize(&release),
+            Some(&b),
+        ));
         let bp = summarize(&base_pause);
         let br = summarize(&base_resume);
-        table.push(row(&format!("{label}: `ctr task pause` (baseline, includes the ctr process)"), &bp, None));
-        table.push(row(&format!("{label}: sandpool pause (freeze via containerd)"), &summarize(&pause), Some(&bp)));
-        table.push(row(&format!("{label}: `ctr task resume` (baseline, includes the ctr process)"), &br, None));
-        table.push(row(&format!("{label}: sandpool resume (thaw via containerd)"), &summarize(&resume), Some(&br)));
-        table.push(row(&format!("{label}: sandpool resume until the runtime answers"), &summarize(&answering), Some(&br)));
+        table.push(row(
+            &format!("{label}: `ctr task pause` (baseline, includes the ctr process)"),
+            &bp,
+            None,
+        ));
+        table.push(row(
+            &format!("{label}: sandpool pause (freeze via containerd)"),
+            &summarize(&pause),
+            Some(&bp),
+        ));
+        table.push(row(
+            &format!("{label}: `ctr task resume` (baseline, includes the ctr process)"),
+            &br,
+            None,
+        ));
+        table.push(row(
+            &format!("{label}: sandpool resume (thaw via containerd)"),
+            &summarize(&resume),
+            Some(&br),
+        ));
+        table.push(row(
+            &format!("{label}: sandpool resume until the runtime answers"),
+            &summarize(&answering),
+            Some(&br),
+        ));
         notes.push(format!("{label} checkpoint on this node: {checkpoint}"));
     }
     checkpoint_rows(&agent, n.min(10), &mut table, &mut notes).await?;
     daemon.stop(Duration::from_secs(10));
     agent.cfg.net.remove_isolation();
     drop(agent);
-    let _ = Command::new("ip").args(["link", "del", "spbench0"]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", "spbench0"])
+        .status();
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("| scenario | n | p50 ms | p90 ms | max ms | p50 vs baseline |");
@@ -192,24 +261,40 @@ async fn main() -> anyhow::Result<()> {
 
 /// Checkpointable runsc + Python: a process holding ~40 MB of Python objects
 /// is checkpointed (stopping the sandbox), restored, and forked into 3.
-async fn checkpoint_rows(agent: &std::sync::Arc<Agent>, m: usize, table: &mut Vec<String>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+async fn checkpoint_rows(
+    agent: &std::sync::Arc<Agent>,
+    m: usize,
+    table: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
     eprintln!("[runsc checkpointable, python] ×{m}");
     agent.ensure_image("python").await?;
     let template = pb::SandboxTemplate {
         image: "python".into(),
-        resources: Some(pb::Resources { cpu: "1".into(), memory: "512Mi".into(), pids: 256 }),
+        resources: Some(pb::Resources {
+            cpu: "1".into(),
+            memory: "512Mi".into(),
+            pids: 256,
+        }),
         runtime_class: pb::RuntimeClass::Runsc as i32,
         checkpointable: true,
         ..Default::default()
     };
     let state = "import time\nx = [str(i) for i in range(500000)]\ntime.sleep(1e6)\n";
-    let (mut create, mut ck, mut restore, mut fork, mut sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut create, mut ck, mut restore, mut fork, mut sizes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..m + 1 {
         let t = Instant::now();
         let sb = agent.create("bench-ck", template.clone(), None).await?;
         let c = t.elapsed();
         agent
-            .inject(&sb.id, pb::InjectRequest { argv: vec!["python3".into(), "-c".into(), state.into()], ..Default::default() })
+            .inject(
+                &sb.id,
+                pb::InjectRequest {
+                    argv: vec!["python3".into(), "-c".into(), state.into()],
+                    ..Default::default()
+                },
+            )
             .await?;
         tokio::time::sleep(Duration::from_millis(1500)).await; // the list is built
         let t = Instant::now();
@@ -236,8 +321,16 @@ async fn checkpoint_rows(agent: &std::sync::Arc<Agent>, m: usize, table: &mut Ve
     let b = summarize(&create);
     table.push(row("runsc checkpointable, python image: warm create (baseline: a fresh sandbox until its runtime answers)", &b, None));
     table.push(row("runsc checkpointable, python: checkpoint (quiesce sockets, `runsc checkpoint`, rootfs copy)", &summarize(&ck), Some(&b)));
-    table.push(row("runsc checkpointable, python: restore into a new sandbox until its runtime answers", &summarize(&restore), Some(&b)));
-    table.push(row("runsc checkpointable, python: fork into 3 sandboxes (all answering)", &summarize(&fork), Some(&b)));
+    table.push(row(
+        "runsc checkpointable, python: restore into a new sandbox until its runtime answers",
+        &summarize(&restore),
+        Some(&b),
+    ));
+    table.push(row(
+        "runsc checkpointable, python: fork into 3 sandboxes (all answering)",
+        &summarize(&fork),
+        Some(&b),
+    ));
     sizes.sort_unstable();
     notes.push(format!(
         "checkpoint size (python process holding 500k strings; memory image + rootfs changes): median {:.1} MB, max {:.1} MB",

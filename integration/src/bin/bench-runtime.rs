@@ -38,7 +38,9 @@ impl Drop for Child {
 }
 
 fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
-    let ratio = base.map(|b| format!("{:.2}×", s.p50 / b.p50)).unwrap_or_else(|| "1.00× (baseline)".into());
+    let ratio = base
+        .map(|b| format!("{:.2}×", s.p50 / b.p50))
+        .unwrap_or_else(|| "1.00× (baseline)".into());
     format!(
         "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {ratio} |",
         s.n, s.p50, s.p90, s.p99, s.mean
@@ -54,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("sandpool-runtime"),
     };
     if !bin.exists() {
-        bail!("runtime binary {} not found; build it with `cargo build --release -p sandpool-runtime`", bin.display());
+        bail!(
+            "runtime binary {} not found; build it with `cargo build --release -p sandpool-runtime`",
+            bin.display()
+        );
     }
     let port = free_port()?;
     let data = std::env::temp_dir().join(format!("sandpool-bench-{}", std::process::id()));
@@ -73,7 +78,13 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if http.get(format!("{base}/ping")).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+        if http
+            .get(format!("{base}/ping"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -85,11 +96,20 @@ async fn main() -> anyhow::Result<()> {
     let rss_idle = rss_kib(pid).unwrap_or(0);
 
     // Baseline: fork/exec `bash -c true` directly from this process.
-    let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    let shell = if std::path::Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let mut direct = Vec::with_capacity(iterations);
     for i in 0..iterations + args.warmup {
         let t = Instant::now();
-        let st = Command::new(shell).args(["-c", "true"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        let st = Command::new(shell)
+            .args(["-c", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()?;
         if !st.status.success() {
             bail!("baseline command failed");
         }
@@ -99,11 +119,18 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Second baseline: fork/exec the `true` binary itself (no shell).
-    let true_bin = ["/usr/bin/true", "/bin/true"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("true");
+    let true_bin = ["/usr/bin/true", "/bin/true"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("true");
     let mut direct_true = Vec::with_capacity(iterations);
     for i in 0..iterations + args.warmup {
         let t = Instant::now();
-        let st = Command::new(true_bin).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        let st = Command::new(true_bin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()?;
         if !st.status.success() {
             bail!("baseline command failed");
         }
@@ -116,7 +143,11 @@ async fn main() -> anyhow::Result<()> {
     let mut over_http = Vec::with_capacity(iterations);
     for i in 0..iterations + args.warmup {
         let t = Instant::now();
-        let resp = http.post(format!("{base}/command")).json(&serde_json::json!({"command": "true"})).send().await?;
+        let resp = http
+            .post(format!("{base}/command"))
+            .json(&serde_json::json!({"command": "true"}))
+            .send()
+            .await?;
         let mut body = resp.bytes_stream();
         let mut all = Vec::new();
         while let Some(c) = body.next().await {
@@ -131,15 +162,23 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // gRPC Exec on the same port.
-    let ch = tonic::transport::Endpoint::from_shared(base.clone())?.connect().await?;
+    let ch = tonic::transport::Endpoint::from_shared(base.clone())?
+        .connect()
+        .await?;
     let mut grpc = RuntimeClient::new(ch);
     let mut over_grpc = Vec::with_capacity(iterations);
     for i in 0..iterations + args.warmup {
         let t = Instant::now();
         let start = pb::ExecInput {
-            input: Some(pb::exec_input::Input::Start(pb::ExecStart { command: "true".into(), ..Default::default() })),
+            input: Some(pb::exec_input::Input::Start(pb::ExecStart {
+                command: "true".into(),
+                ..Default::default()
+            })),
         };
-        let mut out = grpc.exec(futures_util::stream::iter(vec![start])).await?.into_inner();
+        let mut out = grpc
+            .exec(futures_util::stream::iter(vec![start]))
+            .await?
+            .into_inner();
         let mut code = None;
         while let Some(m) = out.message().await? {
             if let Some(pb::exec_output::Output::Exited(e)) = m.output {
@@ -158,17 +197,53 @@ async fn main() -> anyhow::Result<()> {
     drop(child);
     let _ = std::fs::remove_dir_all(&data);
 
-    let (d, dt, h, g) = (summarize(&direct), summarize(&direct_true), summarize(&over_http), summarize(&over_grpc));
+    let (d, dt, h, g) = (
+        summarize(&direct),
+        summarize(&direct_true),
+        summarize(&over_http),
+        summarize(&over_grpc),
+    );
     println!("| scenario | n | p50 µs | p90 µs | p99 µs | mean µs | p50 vs baseline |");
     println!("|---|---|---|---|---|---|---|");
-    println!("{}", row(&format!("baseline: fork/exec `{shell} -c true` directly"), &d, None));
-    println!("{}", row(&format!("direct fork/exec `{true_bin}` (no shell)"), &dt, Some(&d)));
-    println!("{}", row("runtime execd HTTP `POST /command` `true` (full stream)", &h, Some(&d)));
-    println!("{}", row("runtime gRPC `Exec` `true` (full stream)", &g, Some(&d)));
+    println!(
+        "{}",
+        row(
+            &format!("baseline: fork/exec `{shell} -c true` directly"),
+            &d,
+            None
+        )
+    );
+    println!(
+        "{}",
+        row(
+            &format!("direct fork/exec `{true_bin}` (no shell)"),
+            &dt,
+            Some(&d)
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "runtime execd HTTP `POST /command` `true` (full stream)",
+            &h,
+            Some(&d)
+        )
+    );
+    println!(
+        "{}",
+        row("runtime gRPC `Exec` `true` (full stream)", &g, Some(&d))
+    );
     println!();
     println!("| memory | KiB | MiB |");
     println!("|---|---|---|");
-    println!("| runtime RSS idle after start | {rss_idle} | {:.2} |", rss_idle as f64 / 1024.0);
-    println!("| runtime RSS idle after {} execs | {rss_after} | {:.2} |", 2 * (iterations + args.warmup), rss_after as f64 / 1024.0);
+    println!(
+        "| runtime RSS idle after start | {rss_idle} | {:.2} |",
+        rss_idle as f64 / 1024.0
+    );
+    println!(
+        "| runtime RSS idle after {} execs | {rss_after} | {:.2} |",
+        2 * (iterations + args.warmup),
+        rss_after as f64 / 1024.0
+    );
     Ok(())
 }

@@ -65,13 +65,34 @@ struct Scenario {
     label: &'static str,
 }
 
-const WARM: Scenario = Scenario { name: "warm claim", label: "warm claim (pool `bench`, sequential)" };
-const COLD: Scenario = Scenario { name: "cold start", label: "cold start (no pool, busybox, sequential)" };
-const SUSTAINED: Scenario = Scenario { name: "sustained claims", label: "sustained claims, concurrency 8 (create → exec → delete)" };
-const EXEC: Scenario = Scenario { name: "exec round trip", label: "exec round trip (execd `POST /command`, `true`)" };
-const RUNTIME_RSS: Scenario = Scenario { name: "runtime idle RSS", label: "runtime idle RSS per warm sandbox (init + server)" };
-const SERVE_RSS: Scenario = Scenario { name: "node agent RSS", label: "node agent RSS (`sandpool serve`: node agent + scheduler + gateway)" };
-const REFILL: Scenario = Scenario { name: "pool refill", label: "pool refill (drain `bench`, back to bufferMin)" };
+const WARM: Scenario = Scenario {
+    name: "warm claim",
+    label: "warm claim (pool `bench`, sequential)",
+};
+const COLD: Scenario = Scenario {
+    name: "cold start",
+    label: "cold start (no pool, busybox, sequential)",
+};
+const SUSTAINED: Scenario = Scenario {
+    name: "sustained claims",
+    label: "sustained claims, concurrency 8 (create → exec → delete)",
+};
+const EXEC: Scenario = Scenario {
+    name: "exec round trip",
+    label: "exec round trip (execd `POST /command`, `true`)",
+};
+const RUNTIME_RSS: Scenario = Scenario {
+    name: "runtime idle RSS",
+    label: "runtime idle RSS per warm sandbox (init + server)",
+};
+const SERVE_RSS: Scenario = Scenario {
+    name: "node agent RSS",
+    label: "node agent RSS (`sandpool serve`: node agent + scheduler + gateway)",
+};
+const REFILL: Scenario = Scenario {
+    name: "pool refill",
+    label: "pool refill (drain `bench`, back to bufferMin)",
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -87,11 +108,22 @@ async fn main() -> anyhow::Result<()> {
         name: "spbench-suite".into(),
         bridge: "spbench2".into(),
         subnet: "10.213.252.0/24".into(),
-        pools: vec![format!("{POOL}:busybox:{BUFFER_MIN}:{BUFFER_MAX}:0:{POOL_MAX}")],
+        pools: vec![format!(
+            "{POOL}:busybox:{BUFFER_MIN}:{BUFFER_MAX}:0:{POOL_MAX}"
+        )],
     };
     let mut platform = Platform::start(&spec)?;
     // On Ctrl-C return (dropping the guard stops the platform and cleans up).
-    let Outcomes { warm, cold, sustained, exec, runtime_rss, serve_rss, refill, platform_exit } = tokio::select! {
+    let Outcomes {
+        warm,
+        cold,
+        sustained,
+        exec,
+        runtime_rss,
+        serve_rss,
+        refill,
+        platform_exit,
+    } = tokio::select! {
         o = run_all(&mut platform, rounds, sustained_n) => o?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
     };
@@ -103,44 +135,119 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     table.add(&WARM, &warm, |w| {
-        let vs = ratio.map_or_else(|| "warm vs cold: n/a".to_string(), |r| format!("warm vs cold: {r:.1}×"));
-        (w.summary.n, latency_cols(&w.summary), format!("{vs}{}", w.fallback_note()))
+        let vs = ratio.map_or_else(
+            || "warm vs cold: n/a".to_string(),
+            |r| format!("warm vs cold: {r:.1}×"),
+        );
+        (
+            w.summary.n,
+            latency_cols(&w.summary),
+            format!("{vs}{}", w.fallback_note()),
+        )
     });
-    table.add(&COLD, &cold, |c| (c.summary.n, latency_cols(&c.summary), "baseline".into()));
+    table.add(&COLD, &cold, |c| {
+        (c.summary.n, latency_cols(&c.summary), "baseline".into())
+    });
     table.add(&SUSTAINED, &sustained, |s| {
         let rate = s.latencies.summary.n as f64 / s.wall.as_secs_f64();
-        let result = format!("{rate:.1} claims/s ({} in {:.1} s){}", s.latencies.summary.n, s.wall.as_secs_f64(), s.latencies.fallback_note());
-        (s.latencies.summary.n, latency_cols(&s.latencies.summary), result)
+        let result = format!(
+            "{rate:.1} claims/s ({} in {:.1} s){}",
+            s.latencies.summary.n,
+            s.wall.as_secs_f64(),
+            s.latencies.fallback_note()
+        );
+        (
+            s.latencies.summary.n,
+            latency_cols(&s.latencies.summary),
+            result,
+        )
     });
-    table.add(&EXEC, &exec, |e| (e.n, latency_cols(e), format!("{:.0} execs/s sequential", 1e6 / e.mean)));
+    table.add(&EXEC, &exec, |e| {
+        (
+            e.n,
+            latency_cols(e),
+            format!("{:.0} execs/s sequential", 1e6 / e.mean),
+        )
+    });
     table.add(&RUNTIME_RSS, &runtime_rss, |r| {
         let (total, init, server) = r.summaries();
         let cols = [total.p50, total.p95, total.p99].map(|kib| mib(kib / MIB));
-        let result = format!("median {} per sandbox (server {} + init {})", mib(total.p50 / MIB), mib(server.p50 / MIB), mib(init.p50 / MIB));
+        let result = format!(
+            "median {} per sandbox (server {} + init {})",
+            mib(total.p50 / MIB),
+            mib(server.p50 / MIB),
+            mib(init.p50 / MIB)
+        );
         (total.n, cols, result)
     });
     table.add(&SERVE_RSS, &serve_rss, |s| {
-        let containerd = s.containerd_kib.map(|k| format!("; private containerd {} (separate process)", mib(k as f64 / MIB))).unwrap_or_default();
-        (1, dashes(), format!("{} (peak {}){containerd}", mib(s.rss_kib as f64 / MIB), mib(s.peak_kib as f64 / MIB)))
+        let containerd = s
+            .containerd_kib
+            .map(|k| {
+                format!(
+                    "; private containerd {} (separate process)",
+                    mib(k as f64 / MIB)
+                )
+            })
+            .unwrap_or_default();
+        (
+            1,
+            dashes(),
+            format!(
+                "{} (peak {}){containerd}",
+                mib(s.rss_kib as f64 / MIB),
+                mib(s.peak_kib as f64 / MIB)
+            ),
+        )
     });
     table.add(&REFILL, &refill, |r| {
         let secs = r.elapsed.as_secs_f64();
-        (r.refilled as usize, dashes(), format!("{:.2} sandboxes/s ({} in {secs:.1} s)", r.refilled as f64 / secs, r.refilled))
+        (
+            r.refilled as usize,
+            dashes(),
+            format!(
+                "{:.2} sandboxes/s ({} in {secs:.1} s)",
+                r.refilled as f64 / secs,
+                r.refilled
+            ),
+        )
     });
 
     let ratio_line = match (ratio, &warm, &cold) {
-        (Some(r), Ok(w), Ok(c)) => format!("**Warm claim vs cold start (p50): {r:.1}× faster** ({} vs {}).", ms(w.summary.p50), ms(c.summary.p50)),
+        (Some(r), Ok(w), Ok(c)) => format!(
+            "**Warm claim vs cold start (p50): {r:.1}× faster** ({} vs {}).",
+            ms(w.summary.p50),
+            ms(c.summary.p50)
+        ),
         _ => "Warm claim vs cold start: n/a (a scenario failed).".into(),
     };
-    let report = format!("{}\n{}\n{ratio_line}\n\n{NOTES}", header.markdown(sustained_n), table.markdown());
+    let report = format!(
+        "{}\n{}\n{ratio_line}\n\n{NOTES}",
+        header.markdown(sustained_n),
+        table.markdown()
+    );
     print!("{report}");
     let md = a.out.join("bench-suite.md");
     std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
 
-    let to_ms = |l: &Latencies| l.samples.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<f64>>();
-    let (warm_ms, cold_ms) = (warm.as_ref().map(to_ms).unwrap_or_default(), cold.as_ref().map(to_ms).unwrap_or_default());
-    let labels = [latency_label("warm claim", &warm), latency_label("cold start", &cold)];
-    let svg = cdf_svg(&[(labels[0].as_str(), &warm_ms, "#1f77b4"), (labels[1].as_str(), &cold_ms, "#d62728")]);
+    let to_ms = |l: &Latencies| {
+        l.samples
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect::<Vec<f64>>()
+    };
+    let (warm_ms, cold_ms) = (
+        warm.as_ref().map(to_ms).unwrap_or_default(),
+        cold.as_ref().map(to_ms).unwrap_or_default(),
+    );
+    let labels = [
+        latency_label("warm claim", &warm),
+        latency_label("cold start", &cold),
+    ];
+    let svg = cdf_svg(&[
+        (labels[0].as_str(), &warm_ms, "#1f77b4"),
+        (labels[1].as_str(), &cold_ms, "#d62728"),
+    ]);
     let plot = a.out.join("claim-latency.svg");
     std::fs::write(&plot, svg).with_context(|| format!("writing {}", plot.display()))?;
     eprintln!("wrote {} and {}", md.display(), plot.display());
@@ -148,7 +255,11 @@ async fn main() -> anyhow::Result<()> {
     let mut failures = table.failures;
     failures.extend(platform_exit.map(|e| format!("platform: {e:#}")));
     if !failures.is_empty() {
-        bail!("{} problem(s) in the benchmark run:\n  {}", failures.len(), failures.join("\n  "));
+        bail!(
+            "{} problem(s) in the benchmark run:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -166,14 +277,22 @@ struct Outcomes {
 }
 
 /// Wait for the platform, then every scenario in turn (a failed one doesn't stop the others).
-async fn run_all(platform: &mut Platform, rounds: usize, sustained_n: usize) -> anyhow::Result<Outcomes> {
+async fn run_all(
+    platform: &mut Platform,
+    rounds: usize,
+    sustained_n: usize,
+) -> anyhow::Result<Outcomes> {
     {
         let _spinner = spinner("starting platform");
         platform.wait_ready(POOL, BUFFER_MIN, READY_TIMEOUT).await?;
     }
     let api = platform.api().clone();
     Ok(Outcomes {
-        warm: run(&WARM, sequential_claims(&api, &WARM, &warm_claim(POOL), rounds)).await,
+        warm: run(
+            &WARM,
+            sequential_claims(&api, &WARM, &warm_claim(POOL), rounds),
+        )
+        .await,
         cold: run(&COLD, sequential_claims(&api, &COLD, &cold_claim(), rounds)).await,
         sustained: run(&SUSTAINED, sustained_claims(&api, sustained_n)).await,
         exec: run(&EXEC, exec_round_trips(&api, EXEC_ROUNDS)).await,
@@ -203,8 +322,13 @@ drain until the pool has bufferMin warm sandboxes again; rate = new sandboxes / 
 ";
 
 /// Bound a scenario in time and report how it ended (progress is on stderr).
-async fn run<T>(s: &Scenario, scenario: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let res = tokio::time::timeout(SCENARIO_TIMEOUT, scenario).await.unwrap_or_else(|_| Err(anyhow!("timed out after {} s", SCENARIO_TIMEOUT.as_secs())));
+async fn run<T>(
+    s: &Scenario,
+    scenario: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let res = tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("timed out after {} s", SCENARIO_TIMEOUT.as_secs())));
     match &res {
         Ok(_) => eprintln!("done: {}", s.name),
         Err(e) => eprintln!("FAILED: {}: {e:#}", s.name),
@@ -216,12 +340,19 @@ fn bar(name: &str, len: u64) -> ProgressBar {
     let style = ProgressStyle::with_template("{prefix:<18} [{bar:32}] {pos}/{len} {elapsed} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    ProgressBar::new(len).with_style(style).with_prefix(name.to_string()).with_finish(ProgressFinish::AndClear)
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_prefix(name.to_string())
+        .with_finish(ProgressFinish::AndClear)
 }
 
 fn spinner(name: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template("{prefix:<18} {spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let s = ProgressBar::new_spinner().with_style(style).with_prefix(name.to_string()).with_finish(ProgressFinish::AndClear);
+    let style = ProgressStyle::with_template("{prefix:<18} {spinner} {elapsed} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let s = ProgressBar::new_spinner()
+        .with_style(style)
+        .with_prefix(name.to_string())
+        .with_finish(ProgressFinish::AndClear);
     s.enable_steady_tick(Duration::from_millis(120));
     s
 }
@@ -262,7 +393,12 @@ async fn claim_exec_delete(api: &Api, body: &serde_json::Value) -> anyhow::Resul
 }
 
 /// `rounds` claims one after another, each from a full pool.
-async fn sequential_claims(api: &Api, s: &Scenario, body: &serde_json::Value, rounds: usize) -> anyhow::Result<Latencies> {
+async fn sequential_claims(
+    api: &Api,
+    s: &Scenario,
+    body: &serde_json::Value,
+    rounds: usize,
+) -> anyhow::Result<Latencies> {
     let bar = bar(s.name, rounds as u64);
     let before = cold_fallbacks(api).await;
     let mut samples = Vec::with_capacity(rounds);
@@ -272,7 +408,11 @@ async fn sequential_claims(api: &Api, s: &Scenario, body: &serde_json::Value, ro
         bar.inc(1);
     }
     let after = cold_fallbacks(api).await;
-    Ok(Latencies { summary: summarize(&samples), samples, cold_fallbacks: before.zip(after).map(|(b, a)| a.saturating_sub(b)) })
+    Ok(Latencies {
+        summary: summarize(&samples),
+        samples,
+        cold_fallbacks: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+    })
 }
 
 struct Sustained {
@@ -300,7 +440,11 @@ async fn sustained_claims(api: &Api, count: usize) -> anyhow::Result<Sustained> 
     let wall = t.elapsed();
     let samples = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let after = cold_fallbacks(api).await;
-    let latencies = Latencies { summary: summarize(&samples), samples, cold_fallbacks: before.zip(after).map(|(b, a)| a.saturating_sub(b)) };
+    let latencies = Latencies {
+        summary: summarize(&samples),
+        samples,
+        cold_fallbacks: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+    };
     Ok(Sustained { latencies, wall })
 }
 
@@ -338,8 +482,14 @@ struct RuntimeRss(Vec<SandboxRss>);
 impl RuntimeRss {
     /// (init + server, init, server), in KiB.
     fn summaries(&self) -> (Summary, Summary, Summary) {
-        let of = |f: fn(&SandboxRss) -> u64| summarize_values(&self.0.iter().map(|s| f(s) as f64).collect::<Vec<_>>());
-        (of(|s| s.init_kib + s.server_kib), of(|s| s.init_kib), of(|s| s.server_kib))
+        let of = |f: fn(&SandboxRss) -> u64| {
+            summarize_values(&self.0.iter().map(|s| f(s) as f64).collect::<Vec<_>>())
+        };
+        (
+            of(|s| s.init_kib + s.server_kib),
+            of(|s| s.init_kib),
+            of(|s| s.server_kib),
+        )
     }
 }
 
@@ -373,10 +523,25 @@ impl Proc {
 fn processes() -> anyhow::Result<Vec<Proc>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
-        let Some(ppid) = status.lines().find_map(|l| l.strip_prefix("PPid:")?.trim().parse().ok()) else { continue };
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let Some(ppid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:")?.trim().parse().ok())
+        else {
+            continue;
+        };
         out.push(Proc { pid, ppid, cmdline });
     }
     Ok(out)
@@ -390,21 +555,39 @@ fn sandbox_runtimes(data_dir: &Path) -> anyhow::Result<RuntimeRss> {
     let procs = processes()?;
     let by_pid: HashMap<u32, &Proc> = procs.iter().map(|p| (p.pid, p)).collect();
     let ours = data_dir.as_os_str().as_encoded_bytes();
-    let of_this_platform = |shim: &Proc| !shim.is_runtime() && shim.cmdline.windows(ours.len()).any(|w| w == ours);
+    let of_this_platform =
+        |shim: &Proc| !shim.is_runtime() && shim.cmdline.windows(ours.len()).any(|w| w == ours);
     let mut sandboxes = Vec::new();
     for init in procs.iter().filter(|p| p.is_runtime()) {
-        if !by_pid.get(&init.ppid).is_some_and(|shim| of_this_platform(shim)) {
+        if !by_pid
+            .get(&init.ppid)
+            .is_some_and(|shim| of_this_platform(shim))
+        {
             continue;
         }
-        let servers: Vec<&Proc> = procs.iter().filter(|p| p.ppid == init.pid && p.is_runtime()).collect();
+        let servers: Vec<&Proc> = procs
+            .iter()
+            .filter(|p| p.ppid == init.pid && p.is_runtime())
+            .collect();
         if servers.is_empty() {
             continue; // still starting
         }
-        let (Some(init_kib), Some(server_kib)) = (rss_kib(init.pid), servers.iter().map(|p| rss_kib(p.pid)).sum::<Option<u64>>()) else { continue };
-        sandboxes.push(SandboxRss { init_kib, server_kib });
+        let (Some(init_kib), Some(server_kib)) = (
+            rss_kib(init.pid),
+            servers.iter().map(|p| rss_kib(p.pid)).sum::<Option<u64>>(),
+        ) else {
+            continue;
+        };
+        sandboxes.push(SandboxRss {
+            init_kib,
+            server_kib,
+        });
     }
     if sandboxes.is_empty() {
-        bail!("no sandbox runtime ({RUNTIME_PATH_IN_SANDBOX} under a shim of {}) in /proc", data_dir.display());
+        bail!(
+            "no sandbox runtime ({RUNTIME_PATH_IN_SANDBOX} under a shim of {}) in /proc",
+            data_dir.display()
+        );
     }
     Ok(RuntimeRss(sandboxes))
 }
@@ -419,10 +602,14 @@ struct ServeRss {
 /// and of the private containerd it started.
 fn serve_rss(pid: u32) -> anyhow::Result<ServeRss> {
     let _spinner = spinner(SERVE_RSS.name);
-    let containerd = processes()?.into_iter().find(|p| p.ppid == pid && p.argv0().rsplit(|b| *b == b'/').next() == Some(b"containerd"));
+    let containerd = processes()?
+        .into_iter()
+        .find(|p| p.ppid == pid && p.argv0().rsplit(|b| *b == b'/').next() == Some(b"containerd"));
     Ok(ServeRss {
-        rss_kib: rss_kib(pid).with_context(|| format!("no VmRSS for sandpool serve (pid {pid})"))?,
-        peak_kib: status_kib(pid, "VmHWM").with_context(|| format!("no VmHWM for sandpool serve (pid {pid})"))?,
+        rss_kib: rss_kib(pid)
+            .with_context(|| format!("no VmRSS for sandpool serve (pid {pid})"))?,
+        peak_kib: status_kib(pid, "VmHWM")
+            .with_context(|| format!("no VmHWM for sandpool serve (pid {pid})"))?,
         containerd_kib: containerd.and_then(|p| rss_kib(p.pid)),
     })
 }
@@ -440,7 +627,11 @@ async fn pool_refill(api: &Api) -> anyhow::Result<Refill> {
     let before = api.pool_status(POOL).await?;
     let body = warm_claim(POOL);
     let t = Instant::now();
-    let claims: Vec<anyhow::Result<String>> = stream::iter(0..before.available).map(|_| api.create(&body)).buffer_unordered(CONCURRENCY).collect().await;
+    let claims: Vec<anyhow::Result<String>> = stream::iter(0..before.available)
+        .map(|_| api.create(&body))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let (ids, failed): (Vec<_>, Vec<_>) = claims.into_iter().partition(Result::is_ok);
     let ids: Vec<String> = ids.into_iter().flatten().collect();
     let measured = async {
@@ -453,20 +644,36 @@ async fn pool_refill(api: &Api) -> anyhow::Result<Refill> {
             bar.set_position(now.available.min(BUFFER_MIN));
             if now.available >= BUFFER_MIN {
                 // total = warm + allocated: what it gained is what the pool created.
-                return Ok(Refill { refilled: now.total.saturating_sub(before.total), elapsed: t.elapsed() });
+                return Ok(Refill {
+                    refilled: now.total.saturating_sub(before.total),
+                    elapsed: t.elapsed(),
+                });
             }
             if t.elapsed() > REFILL_TIMEOUT {
-                bail!("pool did not refill to {BUFFER_MIN} in {} s (now {now:?})", REFILL_TIMEOUT.as_secs());
+                bail!(
+                    "pool did not refill to {BUFFER_MIN} in {} s (now {now:?})",
+                    REFILL_TIMEOUT.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     .await;
-    let released: Vec<anyhow::Result<()>> = stream::iter(&ids).map(|id| api.delete(id)).buffer_unordered(CONCURRENCY).collect().await;
+    let released: Vec<anyhow::Result<()>> = stream::iter(&ids)
+        .map(|id| api.delete(id))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let refill = measured?;
-    released.into_iter().collect::<anyhow::Result<()>>().context("releasing the drained claims")?;
+    released
+        .into_iter()
+        .collect::<anyhow::Result<()>>()
+        .context("releasing the drained claims")?;
     if refill.refilled == 0 {
-        bail!("the pool reports no new sandboxes (total {} before)", before.total);
+        bail!(
+            "the pool reports no new sandboxes (total {} before)",
+            before.total
+        );
     }
     Ok(refill)
 }
@@ -484,7 +691,13 @@ impl Header {
     fn now(rounds: usize) -> Header {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "model name").map(|(_, v)| v.trim().to_string())))
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim() == "model name")
+                        .map(|(_, v)| v.trim().to_string())
+                })
+            })
             .unwrap_or_else(|| "unknown CPU".into());
         let nproc = output("nproc", &[]).unwrap_or_else(|| "?".into());
         let kernel = output("uname", &["-r"]).unwrap_or_else(|| "?".into());
@@ -520,7 +733,9 @@ fn commit() -> String {
     let git = |args: &[&str]| output("git", &[&["-c", "safe.directory=*"], args].concat());
     match git(&["rev-parse", "--short", "HEAD"]) {
         None => "unknown".into(),
-        Some(c) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some() => format!("{c} (with uncommitted changes)"),
+        Some(c) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some() => {
+            format!("{c} (with uncommitted changes)")
+        }
         Some(c) => c,
     }
 }
@@ -540,26 +755,47 @@ struct Table {
 
 impl Table {
     /// A row from a scenario's outcome: `cells` gives n, p50/p95/p99 and the result.
-    fn add<T>(&mut self, s: &Scenario, outcome: &anyhow::Result<T>, cells: impl FnOnce(&T) -> (usize, [String; 3], String)) {
+    fn add<T>(
+        &mut self,
+        s: &Scenario,
+        outcome: &anyhow::Result<T>,
+        cells: impl FnOnce(&T) -> (usize, [String; 3], String),
+    ) {
         let row = match outcome {
             Ok(v) => {
                 let (n, cols, result) = cells(v);
-                Row { label: s.label, n, cols, result }
+                Row {
+                    label: s.label,
+                    n,
+                    cols,
+                    result,
+                }
             }
             Err(e) => {
                 self.failures.push(format!("{}: {e:#}", s.name));
                 let one_line = format!("{e:#}").replace('\n', " ").replace('|', "\\|");
-                Row { label: s.label, n: 0, cols: dashes(), result: format!("**failed**: {one_line}") }
+                Row {
+                    label: s.label,
+                    n: 0,
+                    cols: dashes(),
+                    result: format!("**failed**: {one_line}"),
+                }
             }
         };
         self.rows.push(row);
     }
 
     fn markdown(&self) -> String {
-        let mut md = String::from("| scenario | n | p50 | p95 | p99 | result |\n|---|---:|---:|---:|---:|---|\n");
+        let mut md = String::from(
+            "| scenario | n | p50 | p95 | p99 | result |\n|---|---:|---:|---:|---:|---|\n",
+        );
         for r in &self.rows {
             let [p50, p95, p99] = &r.cols;
-            let _ = writeln!(md, "| {} | {} | {p50} | {p95} | {p99} | {} |", r.label, r.n, r.result);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {p50} | {p95} | {p99} | {} |",
+                r.label, r.n, r.result
+            );
         }
         md
     }
@@ -607,9 +843,18 @@ fn cdf_svg(series: &[(&str, &[f64], &str)]) -> String {
     const BOTTOM: f64 = 56.0;
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let usable = |v: &f64| v.is_finite() && *v > 0.0;
-    let all = || series.iter().flat_map(|(_, v, _)| v.iter().copied()).filter(usable);
+    let all = || {
+        series
+            .iter()
+            .flat_map(|(_, v, _)| v.iter().copied())
+            .filter(usable)
+    };
     let lo = all().fold(f64::INFINITY, f64::min);
-    let lo = if lo.is_finite() { lo.log10().floor() } else { 0.0 };
+    let lo = if lo.is_finite() {
+        lo.log10().floor()
+    } else {
+        0.0
+    };
     let hi = all().fold(0.0, f64::max).log10().ceil().max(lo + 1.0);
     let x = |ms: f64| LEFT + (ms.log10() - lo) / (hi - lo) * pw;
     let y = |q: f64| TOP + (1.0 - q) * ph;
@@ -621,7 +866,11 @@ fn cdf_svg(series: &[(&str, &[f64], &str)]) -> String {
          <text x=\"{LEFT}\" y=\"22\" font-size=\"15\">Claim latency, create → first exec (CDF)</text>\n"
     );
     let decades = hi - lo;
-    let steps: &[f64] = if decades > 3.0 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+    let steps: &[f64] = if decades > 3.0 {
+        &[1.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
     for e in (lo as i32)..=(hi as i32) {
         for m in steps {
             let v = m * 10f64.powi(e);
@@ -629,39 +878,93 @@ fn cdf_svg(series: &[(&str, &[f64], &str)]) -> String {
                 break;
             }
             let (px, digits) = (x(v), usize::try_from(-e).unwrap_or(0));
-            let _ = writeln!(svg, "<line x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>", TOP + ph);
-            let _ = writeln!(svg, "<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.digits$}</text>", TOP + ph + 16.0);
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>",
+                TOP + ph
+            );
+            let _ = writeln!(
+                svg,
+                "<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.digits$}</text>",
+                TOP + ph + 16.0
+            );
         }
     }
     for i in 0..=4 {
         let q = f64::from(i) / 4.0;
         let py = y(q);
-        let _ = writeln!(svg, "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>", LEFT + pw);
-        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{q:.2}</text>", LEFT - 6.0, py + 4.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>",
+            LEFT + pw
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{q:.2}</text>",
+            LEFT - 6.0,
+            py + 4.0
+        );
     }
-    let _ = writeln!(svg, "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>");
-    let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">latency (ms, log scale)</text>", LEFT + pw / 2.0, H - 12.0);
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>"
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">latency (ms, log scale)</text>",
+        LEFT + pw / 2.0,
+        H - 12.0
+    );
     let (cx, cy) = (18.0, TOP + ph / 2.0);
-    let _ = writeln!(svg, "<text x=\"{cx}\" y=\"{cy:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 {cx} {cy:.1})\">fraction of claims ≤ latency</text>");
+    let _ = writeln!(
+        svg,
+        "<text x=\"{cx}\" y=\"{cy:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 {cx} {cy:.1})\">fraction of claims ≤ latency</text>"
+    );
 
     for (i, (label, samples, colour)) in series.iter().enumerate() {
         let mut v: Vec<f64> = samples.iter().copied().filter(usable).collect();
         v.sort_by(f64::total_cmp);
         let n = v.len() as f64;
-        let points: Vec<String> =
-            v.iter().enumerate().map(|(k, ms)| format!("{px:.1},{:.1} {px:.1},{:.1}", y(k as f64 / n), y((k + 1) as f64 / n), px = x(*ms))).collect();
+        let points: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(k, ms)| {
+                format!(
+                    "{px:.1},{:.1} {px:.1},{:.1}",
+                    y(k as f64 / n),
+                    y((k + 1) as f64 / n),
+                    px = x(*ms)
+                )
+            })
+            .collect();
         let colour = xml_escape(colour);
-        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
         let lx = LEFT + 250.0 * i as f64;
-        let _ = writeln!(svg, "<line x1=\"{lx}\" y1=\"42\" x2=\"{}\" y2=\"42\" stroke=\"{colour}\" stroke-width=\"3\"/>", lx + 24.0);
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"46\">{}</text>", lx + 30.0, xml_escape(label));
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{lx}\" y1=\"42\" x2=\"{}\" y2=\"42\" stroke=\"{colour}\" stroke-width=\"3\"/>",
+            lx + 24.0
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"46\">{}</text>",
+            lx + 30.0,
+            xml_escape(label)
+        );
     }
     svg.push_str("</svg>\n");
     svg
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -679,7 +982,12 @@ mod tests {
                 assert_eq!(open.pop(), Some(name.to_string()), "mismatched </{name}>");
                 continue;
             }
-            let name = tag.split_whitespace().next().expect("empty tag").trim_end_matches('/').to_string();
+            let name = tag
+                .split_whitespace()
+                .next()
+                .expect("empty tag")
+                .trim_end_matches('/')
+                .to_string();
             seen.push(name.clone());
             if !tag.ends_with('/') {
                 open.push(name);
@@ -694,7 +1002,10 @@ mod tests {
     fn cdf_svg_is_well_formed_with_one_polyline_per_series() {
         let warm = [12.0, 9.5, 15.2, 11.0];
         let cold = [310.0, 420.0, 280.5];
-        let svg = cdf_svg(&[("warm <pool> & co", &warm, "#1f77b4"), ("cold", &cold, "#d62728")]);
+        let svg = cdf_svg(&[
+            ("warm <pool> & co", &warm, "#1f77b4"),
+            ("cold", &cold, "#d62728"),
+        ]);
         assert!(svg.starts_with("<svg "), "{svg}");
         assert!(svg.trim_end().ends_with("</svg>"));
         let names = elements(&svg);
@@ -702,14 +1013,20 @@ mod tests {
         assert_eq!(names.iter().filter(|n| *n == "polyline").count(), 2);
         assert!(svg.contains("warm &lt;pool&gt; &amp; co"));
         // Ticks cover the data: 1 ms to 1000 ms.
-        assert!(svg.contains(">1</text>") && svg.contains(">1000</text>"), "{svg}");
+        assert!(
+            svg.contains(">1</text>") && svg.contains(">1000</text>"),
+            "{svg}"
+        );
     }
 
     #[test]
     fn cdf_svg_handles_empty_and_degenerate_series() {
         for series in [&[][..], &[5.0][..], &[0.0, f64::NAN, 0.25][..]] {
             let svg = cdf_svg(&[("a", series, "red")]);
-            assert_eq!(elements(&svg).iter().filter(|n| *n == "polyline").count(), 1);
+            assert_eq!(
+                elements(&svg).iter().filter(|n| *n == "polyline").count(),
+                1
+            );
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
         }
     }
@@ -717,10 +1034,19 @@ mod tests {
     #[test]
     fn table_marks_failures() {
         let mut t = Table::default();
-        t.add(&WARM, &Ok(1u32), |_| (3, ["1".into(), "2".into(), "3".into()], "ok".into()));
-        t.add(&COLD, &Err::<u32, _>(anyhow!("a | b\nc")), |_| unreachable!());
+        t.add(&WARM, &Ok(1u32), |_| {
+            (3, ["1".into(), "2".into(), "3".into()], "ok".into())
+        });
+        t.add(
+            &COLD,
+            &Err::<u32, _>(anyhow!("a | b\nc")),
+            |_| unreachable!(),
+        );
         let md = t.markdown();
-        assert!(md.contains(&format!("| {} | 3 | 1 | 2 | 3 | ok |", WARM.label)), "{md}");
+        assert!(
+            md.contains(&format!("| {} | 3 | 1 | 2 | 3 | ok |", WARM.label)),
+            "{md}"
+        );
         assert!(md.contains("**failed**: a \\| b c"), "{md}");
         assert_eq!(t.failures.len(), 1);
     }

@@ -51,7 +51,10 @@ pub struct InterpState {
 
 impl InterpState {
     pub fn new(app: AppState) -> Self {
-        InterpState { app, contexts: Arc::new(StdMutex::new(HashMap::new())) }
+        InterpState {
+            app,
+            contexts: Arc::new(StdMutex::new(HashMap::new())),
+        }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
         self.contexts.lock().unwrap_or_else(|p| p.into_inner())
@@ -69,7 +72,10 @@ pub fn router(st: InterpState) -> Router {
         .route("/contexts", post(create_context).get(list_contexts))
         .route("/contexts/{id}", axum::routing::delete(delete_context))
         .route("/contexts/{id}/restart", post(restart_context))
-        .route_layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            require_token,
+        ))
         .with_state(st)
 }
 
@@ -77,21 +83,38 @@ pub fn router(st: InterpState) -> Router {
 /// (E2B's own interpreter server checks no token on `/contexts`), so
 /// context management stays open to whoever can reach the sandbox port.
 async fn require_token(State(st): State<InterpState>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/execute" && !crate::token_ok(req.headers(), "x-access-token", st.app.cfg.access_token.as_ref()) {
-        return err(StatusCode::UNAUTHORIZED, "invalid or missing X-Access-Token");
+    if req.uri().path() == "/execute"
+        && !crate::token_ok(
+            req.headers(),
+            "x-access-token",
+            st.app.cfg.access_token.as_ref(),
+        )
+    {
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing X-Access-Token",
+        );
     }
     next.run(req).await
 }
 
 fn python() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"].into_iter().find(|p| std::path::Path::new(p).exists())
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
 }
 
 async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
-    let py = python().ok_or("python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)")?;
+    let py = python().ok_or(
+        "python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)",
+    )?;
     let mut child = tokio::process::Command::new(py)
         .args(["-u", "-c", DRIVER])
-        .current_dir(if std::path::Path::new(cwd).is_dir() { cwd } else { "/" })
+        .current_dir(if std::path::Path::new(cwd).is_dir() {
+            cwd
+        } else {
+            "/"
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -100,7 +123,11 @@ async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
         .map_err(|e| format!("starting {py}: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    Ok(Kernel { _child: child, stdin, stdout })
+    Ok(Kernel {
+        _child: child,
+        stdin,
+        stdout,
+    })
 }
 
 fn new_context(language: &str, cwd: &str) -> Arc<Context> {
@@ -120,12 +147,24 @@ fn context_json(c: &Context) -> Value {
 fn unsupported_language(lang: &str) -> Option<Response> {
     match lang {
         "python" | "python3" | "" => None,
-        other => Some(err(StatusCode::BAD_REQUEST, format!("language {other:?} is not supported (python only)"))),
+        other => Some(err(
+            StatusCode::BAD_REQUEST,
+            format!("language {other:?} is not supported (python only)"),
+        )),
     }
 }
 
 async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
-    let v: Value = match axum::body::to_bytes(body, 1 << 20).await.ok().and_then(|b| if b.is_empty() { Some(json!({})) } else { serde_json::from_slice(&b).ok() }) {
+    let v: Value = match axum::body::to_bytes(body, 1 << 20)
+        .await
+        .ok()
+        .and_then(|b| {
+            if b.is_empty() {
+                Some(json!({}))
+            } else {
+                serde_json::from_slice(&b).ok()
+            }
+        }) {
         Some(v) => v,
         None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
     };
@@ -139,7 +178,9 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
 }
 
 async fn list_contexts(State(st): State<InterpState>) -> Json<Value> {
-    Json(Value::Array(st.lock().values().map(|c| context_json(c)).collect()))
+    Json(Value::Array(
+        st.lock().values().map(|c| context_json(c)).collect(),
+    ))
 }
 
 async fn delete_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
@@ -163,7 +204,11 @@ async fn restart_context(State(st): State<InterpState>, Path(id): Path<String>) 
 /// `POST /execute`: run code in a context (the default Python one when none
 /// is named), streaming JSON lines as the code produces output.
 async fn execute(State(st): State<InterpState>, body: Body) -> Response {
-    let v: Value = match axum::body::to_bytes(body, st.app.cfg.max_json_bytes).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+    let v: Value = match axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(v) => v,
         None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
     };
@@ -178,13 +223,17 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
             Some(c) => c,
             None => return err(StatusCode::NOT_FOUND, format!("context {id} not found")),
         },
-        None => st.lock().entry("default-python".into()).or_insert_with(|| {
-            let mut c = new_context("python", "/home/user");
-            if let Some(c) = Arc::get_mut(&mut c) {
-                c.id = "default-python".into();
-            }
-            c
-        }).clone(),
+        None => st
+            .lock()
+            .entry("default-python".into())
+            .or_insert_with(|| {
+                let mut c = new_context("python", "/home/user");
+                if let Some(c) = Arc::get_mut(&mut c) {
+                    c.id = "default-python".into();
+                }
+                c
+            })
+            .clone(),
     };
     let env = v["env_vars"].clone();
     let (tx, rx) = mpsc::channel::<Bytes>(32);
@@ -216,10 +265,16 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
         loop {
             match k.stdout.next_line().await {
                 Ok(Some(l)) => {
-                    let Ok(mut ev) = serde_json::from_str::<Value>(&l) else { continue };
+                    let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
+                        continue;
+                    };
                     if ev["type"] == "end" {
                         let n = ev["execution_count"].clone();
-                        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": n}))).await;
+                        let _ = tx
+                            .send(line(
+                                json!({"type": "number_of_executions", "execution_count": n}),
+                            ))
+                            .await;
                         return;
                     }
                     ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
@@ -236,8 +291,13 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
         }
     });
     use futures_util::StreamExt;
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    );
     let mut r = Response::new(body);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     r
 }

@@ -14,11 +14,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use serde_json::json;
 
-use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until};
+use crate::context::{
+    Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until,
+};
 use crate::crd::{
-    CLAIM_FINALIZER, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim, SandboxClaimStatus,
-    SandboxSpec, SandboxStatus, SandboxTemplate, SandboxWarmPool, SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL,
-    TemplateRef, WARM_POOL_LABEL,
+    CLAIM_FINALIZER, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
+    SandboxClaimStatus, SandboxSpec, SandboxStatus, SandboxTemplate, SandboxWarmPool,
+    SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, TemplateRef, WARM_POOL_LABEL,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref, runtime_pod, short_hash};
@@ -33,7 +35,10 @@ pub fn template_hash(ns: &str, template: &str) -> String {
 async fn get_template(ctx: &Context, ns: &str, name: &str) -> Result<SandboxTemplate> {
     match ctx.api::<SandboxTemplate>(ns).get(name).await {
         Ok(t) => Ok(t),
-        Err(e) if is_not_found(&e) => Err(Error::NotFound { kind: "SandboxTemplate", name: name.to_string() }),
+        Err(e) if is_not_found(&e) => Err(Error::NotFound {
+            kind: "SandboxTemplate",
+            name: name.to_string(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -50,7 +55,8 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     let template = match get_template(&ctx, &ns, tname).await {
         Ok(t) => t,
         Err(e @ Error::NotFound { .. }) => {
-            ctx.event(wp.as_ref(), true, "TemplateNotFound", e.to_string()).await;
+            ctx.event(wp.as_ref(), true, "TemplateNotFound", e.to_string())
+                .await;
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
         Err(e) => return Err(e),
@@ -71,7 +77,12 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     let want = usize::try_from(wp.spec.replicas).unwrap_or(0);
     let mut created = 0;
     if live.len() < want {
-        let owner = controller_ref(EXT_API, "SandboxWarmPool", &name, &wp.uid().unwrap_or_default());
+        let owner = controller_ref(
+            EXT_API,
+            "SandboxWarmPool",
+            &name,
+            &wp.uid().unwrap_or_default(),
+        );
         for _ in live.len()..want {
             let meta = ObjectMeta {
                 generate_name: Some(format!("{name}-")),
@@ -86,7 +97,12 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             };
-            let pod = runtime_pod(&template.spec.pod_template, &ctx.injection, meta, &pods::new_token())?;
+            let pod = runtime_pod(
+                &template.spec.pod_template,
+                &ctx.injection,
+                meta,
+                &pods::new_token(),
+            )?;
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }
@@ -102,10 +118,19 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
         ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
     };
     if wp.status.as_ref() != Some(&status) {
-        patch_status(&ctx.api::<SandboxWarmPool>(&ns), &name, serde_json::to_value(&status)?).await?;
+        patch_status(
+            &ctx.api::<SandboxWarmPool>(&ns),
+            &name,
+            serde_json::to_value(&status)?,
+        )
+        .await?;
     }
     let settling = created > 0 || status.ready_replicas < want as i32;
-    Ok(Action::requeue(if settling { ctx.settle } else { Duration::from_secs(60) }))
+    Ok(Action::requeue(if settling {
+        ctx.settle
+    } else {
+        Duration::from_secs(60)
+    }))
 }
 
 // ------------------------------------------------------------------ claim
@@ -127,7 +152,13 @@ pub async fn reconcile_claim(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Res
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-fn condition(ready: bool, reason: &str, message: String, old: &[Condition], generation: Option<i64>) -> Condition {
+fn condition(
+    ready: bool,
+    reason: &str,
+    message: String,
+    old: &[Condition],
+    generation: Option<i64>,
+) -> Condition {
     let status = if ready { "True" } else { "False" };
     // keep the transition time when the status did not change
     let since = old
@@ -147,7 +178,12 @@ fn condition(ready: bool, reason: &str, message: String, old: &[Condition], gene
 
 fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| x.type_ == y.type_ && x.status == y.status && x.reason == y.reason && x.message == y.message)
+        && a.iter().zip(b).all(|(x, y)| {
+            x.type_ == y.type_
+                && x.status == y.status
+                && x.reason == y.reason
+                && x.message == y.message
+        })
 }
 
 /// Adopt a ready warm pod of `template` for the sandbox `sandbox_name`; the
@@ -161,12 +197,17 @@ pub async fn adopt_warm_pod(
     owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> Result<Option<Pod>> {
     for _round in 0..3 {
-        let candidates: Vec<Pod> =
-            list_pods(api, &format!("{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}", template_hash(ns, template)))
-                .await?
-                .into_iter()
-                .filter(pods::is_ready)
-                .collect();
+        let candidates: Vec<Pod> = list_pods(
+            api,
+            &format!(
+                "{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}",
+                template_hash(ns, template)
+            ),
+        )
+        .await?
+        .into_iter()
+        .filter(pods::is_ready)
+        .collect();
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -178,7 +219,10 @@ pub async fn adopt_warm_pod(
                 "labels": {WARM_POOL_LABEL: null, SANDBOX_NAME_HASH_LABEL: short_hash(sandbox_name)},
                 "ownerReferences": [owner.clone()],
             }});
-            match api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            match api
+                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
                 Ok(pod) => return Ok(Some(pod)),
                 Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
                 Err(e) => return Err(e.into()),
@@ -194,12 +238,22 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     if let Some(t) = &claim.spec.shutdown_time
         && t.0 <= now()
     {
-        ctx.event(claim, false, "Expired", format!("shutdown time {} reached", t.0)).await;
+        ctx.event(
+            claim,
+            false,
+            "Expired",
+            format!("shutdown time {} reached", t.0),
+        )
+        .await;
         delete_ignoring_missing(&claims, &name).await?;
         return Ok(Action::await_change());
     }
     let sandboxes: Api<Sandbox> = ctx.api(ns);
-    let old_conditions = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let old_conditions = claim
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     let sandbox = match sandboxes.get_opt(&name).await? {
         Some(s) => s,
         None => {
@@ -207,13 +261,24 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
             let template = match get_template(ctx, ns, tname).await {
                 Ok(t) => t,
                 Err(e @ Error::NotFound { .. }) => {
-                    let cond = condition(false, "TemplateNotFound", e.to_string(), &old_conditions, claim.metadata.generation);
+                    let cond = condition(
+                        false,
+                        "TemplateNotFound",
+                        e.to_string(),
+                        &old_conditions,
+                        claim.metadata.generation,
+                    );
                     patch_status(&claims, &name, json!({"conditions": [cond]})).await?;
                     return Ok(Action::requeue(Duration::from_secs(10)));
                 }
                 Err(e) => return Err(e),
             };
-            let claim_owner = controller_ref(EXT_API, "SandboxClaim", &name, &claim.uid().unwrap_or_default());
+            let claim_owner = controller_ref(
+                EXT_API,
+                "SandboxClaim",
+                &name,
+                &claim.uid().unwrap_or_default(),
+            );
             let pod_api: Api<Pod> = ctx.api(ns);
             let adopted = adopt_warm_pod(&pod_api, ns, tname, &name, claim_owner.clone()).await?;
             let mut annotations = std::collections::BTreeMap::new();
@@ -228,13 +293,26 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
                     owner_references: Some(vec![claim_owner]),
                     ..Default::default()
                 },
-                spec: SandboxSpec { pod_template: template.spec.pod_template.clone(), shutdown_time: claim.spec.shutdown_time.clone() },
+                spec: SandboxSpec {
+                    pod_template: template.spec.pod_template.clone(),
+                    shutdown_time: claim.spec.shutdown_time.clone(),
+                },
                 status: None,
             };
-            let how = if adopted.is_some() { "from the warm pool" } else { "cold (no warm pod)" };
+            let how = if adopted.is_some() {
+                "from the warm pool"
+            } else {
+                "cold (no warm pod)"
+            };
             match sandboxes.create(&PostParams::default(), &sb).await {
                 Ok(s) => {
-                    ctx.event(claim, false, "SandboxCreated", format!("sandbox {name} {how}")).await;
+                    ctx.event(
+                        claim,
+                        false,
+                        "SandboxCreated",
+                        format!("sandbox {name} {how}"),
+                    )
+                    .await;
                     s
                 }
                 Err(e) if is_already_exists(&e) => sandboxes.get(&name).await?,
@@ -242,21 +320,45 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
             }
         }
     };
-    let sb_ready = sandbox.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+    let sb_ready = sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .cloned();
     let (ready, reason, message) = match sb_ready {
-        Some(c) if c.status == "True" => (true, "SandboxReady".to_string(), format!("sandbox {name} is ready")),
+        Some(c) if c.status == "True" => (
+            true,
+            "SandboxReady".to_string(),
+            format!("sandbox {name} is ready"),
+        ),
         Some(c) => (false, c.reason, c.message),
-        None => (false, "SandboxPending".to_string(), format!("sandbox {name} is starting")),
+        None => (
+            false,
+            "SandboxPending".to_string(),
+            format!("sandbox {name} is starting"),
+        ),
     };
     let status = SandboxClaimStatus {
-        conditions: vec![condition(ready, &reason, message, &old_conditions, claim.metadata.generation)],
+        conditions: vec![condition(
+            ready,
+            &reason,
+            message,
+            &old_conditions,
+            claim.metadata.generation,
+        )],
         sandbox: Some(TemplateRef { name: name.clone() }),
     };
-    let unchanged = claim.status.as_ref().is_some_and(|s| s.sandbox == status.sandbox && same_conditions(&s.conditions, &status.conditions));
+    let unchanged = claim.status.as_ref().is_some_and(|s| {
+        s.sandbox == status.sandbox && same_conditions(&s.conditions, &status.conditions)
+    });
     if !unchanged {
         patch_status(&claims, &name, serde_json::to_value(&status)?).await?;
     }
-    let mut next = if ready { Duration::from_secs(300) } else { ctx.settle };
+    let mut next = if ready {
+        Duration::from_secs(300)
+    } else {
+        ctx.settle
+    };
     if let Some(t) = &claim.spec.shutdown_time {
         next = next.min(until(t.0).max(Duration::from_millis(100)));
     }
@@ -275,7 +377,13 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
     if let Some(t) = &sb.spec.shutdown_time
         && t.0 <= now()
     {
-        ctx.event(sb.as_ref(), false, "Expired", format!("shutdown time {} reached", t.0)).await;
+        ctx.event(
+            sb.as_ref(),
+            false,
+            "Expired",
+            format!("shutdown time {} reached", t.0),
+        )
+        .await;
         delete_ignoring_missing(&sandboxes, &name).await?;
         return Ok(Action::await_change());
     }
@@ -293,7 +401,12 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
                 owner_references: Some(vec![owner]),
                 ..Default::default()
             };
-            let pod = runtime_pod(&sb.spec.pod_template, &ctx.injection, meta, &pods::new_token())?;
+            let pod = runtime_pod(
+                &sb.spec.pod_template,
+                &ctx.injection,
+                meta,
+                &pods::new_token(),
+            )?;
             match pod_api.create(&PostParams::default(), &pod).await {
                 Ok(p) => Some(p),
                 Err(e) if is_already_exists(&e) => None,
@@ -305,20 +418,43 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
     let old = sb.status.clone().unwrap_or_default();
     let (ready, reason, message) = match &pod {
         Some(p) if pods::is_ready(p) => (true, "PodReady", format!("pod {pod_name} is ready")),
-        Some(p) if pods::is_finished(p) => (false, "PodFinished", format!("pod {pod_name} has ended")),
+        Some(p) if pods::is_finished(p) => {
+            (false, "PodFinished", format!("pod {pod_name} has ended"))
+        }
         Some(_) => (false, "PodNotReady", format!("pod {pod_name} is starting")),
-        None if adopted.is_some() => (false, "PodMissing", format!("adopted pod {pod_name} is gone")),
-        None => (false, "PodCreating", format!("pod {pod_name} is being created")),
+        None if adopted.is_some() => (
+            false,
+            "PodMissing",
+            format!("adopted pod {pod_name} is gone"),
+        ),
+        None => (
+            false,
+            "PodCreating",
+            format!("pod {pod_name} is being created"),
+        ),
     };
     let status = SandboxStatus {
-        conditions: vec![condition(ready, reason, message, &old.conditions, sb.metadata.generation)],
+        conditions: vec![condition(
+            ready,
+            reason,
+            message,
+            &old.conditions,
+            sb.metadata.generation,
+        )],
         pod_name: pod.as_ref().map(|p| p.name_any()),
         pod_ip: pod.as_ref().and_then(pods::pod_ip).map(str::to_string),
     };
-    if !(old.pod_name == status.pod_name && old.pod_ip == status.pod_ip && same_conditions(&old.conditions, &status.conditions)) {
+    if !(old.pod_name == status.pod_name
+        && old.pod_ip == status.pod_ip
+        && same_conditions(&old.conditions, &status.conditions))
+    {
         patch_status(&sandboxes, &name, serde_json::to_value(&status)?).await?;
     }
-    let mut next = if ready { Duration::from_secs(300) } else { ctx.settle };
+    let mut next = if ready {
+        Duration::from_secs(300)
+    } else {
+        ctx.settle
+    };
     if let Some(t) = &sb.spec.shutdown_time {
         next = next.min(until(t.0).max(Duration::from_millis(100)));
     }

@@ -19,10 +19,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use serde_json::{Value, json};
 
-use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until};
+use crate::context::{
+    Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until,
+};
 use crate::crd::{
-    ALLOCATED_TO_LABEL, BATCH_FINALIZER, BATCH_NAME_ANNOTATION, BatchSandbox, BatchSandboxStatus, ENDPOINTS_ANNOTATION, POOL_LABEL, Pool,
-    SHARD_ANNOTATION, TASK_ANNOTATION, TaskTemplateSpec,
+    ALLOCATED_TO_LABEL, BATCH_FINALIZER, BATCH_NAME_ANNOTATION, BatchSandbox, BatchSandboxStatus,
+    ENDPOINTS_ANNOTATION, POOL_LABEL, Pool, SHARD_ANNOTATION, TASK_ANNOTATION, TaskTemplateSpec,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref, runtime_pod};
@@ -48,7 +50,11 @@ fn shard_of(pod: &Pod) -> Option<usize> {
 }
 
 /// The task of shard `i`: `taskTemplate` with `shardTaskPatches[i]` merged in.
-pub fn shard_task(template: &TaskTemplateSpec, patches: &[Value], i: usize) -> Result<TaskTemplateSpec> {
+pub fn shard_task(
+    template: &TaskTemplateSpec,
+    patches: &[Value],
+    i: usize,
+) -> Result<TaskTemplateSpec> {
     let mut t = serde_json::to_value(template)?;
     if let Some(p) = patches.get(i) {
         sandpool_core::batch::merge_patch(&mut t, p);
@@ -66,22 +72,38 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     let uid = batch.uid().unwrap_or_default();
     let batches: Api<BatchSandbox> = ctx.api(ns);
     // expiry
-    let ttl_deadline = match (batch.spec.ttl_seconds_after_finished, batch.status.as_ref().and_then(|s| s.completion_time.as_ref())) {
-        (Some(ttl), Some(done)) => done.0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl)).ok(),
+    let ttl_deadline = match (
+        batch.spec.ttl_seconds_after_finished,
+        batch
+            .status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref()),
+    ) {
+        (Some(ttl), Some(done)) => done
+            .0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl))
+            .ok(),
         _ => None,
     };
-    let deadline = [batch.spec.expire_time.as_ref().map(|t| t.0), ttl_deadline].into_iter().flatten().min();
+    let deadline = [batch.spec.expire_time.as_ref().map(|t| t.0), ttl_deadline]
+        .into_iter()
+        .flatten()
+        .min();
     if let Some(d) = deadline
         && d <= now()
     {
-        ctx.event(batch, false, "Expired", format!("expired at {d}; deleting")).await;
+        ctx.event(batch, false, "Expired", format!("expired at {d}; deleting"))
+            .await;
         delete_ignoring_missing(&batches, &name).await?;
         return Ok(Action::await_change());
     }
 
     let pod_api: Api<Pod> = ctx.api(ns);
-    let mut mine: Vec<Pod> =
-        list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}")).await?.into_iter().filter(|p| !pods::is_terminating(p)).collect();
+    let mut mine: Vec<Pod> = list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}"))
+        .await?
+        .into_iter()
+        .filter(|p| !pods::is_terminating(p))
+        .collect();
     // ended pods are replaced
     for p in mine.iter().filter(|p| pods::is_finished(p)) {
         delete_ignoring_missing(&pod_api, &p.name_any()).await?;
@@ -99,15 +121,27 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         let used: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
         let shards = free_shards(&used, want - mine.len());
         let got = match &batch.spec.pool_ref {
-            Some(pool) => allocate_from_pool(ctx, &pod_api, ns, pool, (&name, &uid), &shards).await?,
+            Some(pool) => {
+                allocate_from_pool(ctx, &pod_api, ns, pool, (&name, &uid), &shards).await?
+            }
             None => create_from_template(ctx, batch, &pod_api, ns, &uid, &shards).await?,
         };
         exhausted = got.len() < shards.len();
         if !got.is_empty() {
-            ctx.event(batch, false, "Allocated", format!("{} sandboxes allocated", got.len())).await;
+            ctx.event(
+                batch,
+                false,
+                "Allocated",
+                format!("{} sandboxes allocated", got.len()),
+            )
+            .await;
         }
         if exhausted && batch.spec.pool_ref.is_some() {
-            let msg = format!("{} of {} sandboxes allocated; the pool has no more ready pods", mine.len() + got.len(), want);
+            let msg = format!(
+                "{} of {} sandboxes allocated; the pool has no more ready pods",
+                mine.len() + got.len(),
+                want
+            );
             ctx.event(batch, true, "PoolExhausted", msg).await;
         }
         mine.extend(got);
@@ -131,12 +165,21 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
                 };
                 match ctx.tasks.start(p, process).await {
                     Ok(()) => {
-                        let patch = json!({"metadata": {"annotations": {TASK_ANNOTATION: "started"}}});
-                        pod_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                        let patch =
+                            json!({"metadata": {"annotations": {TASK_ANNOTATION: "started"}}});
+                        pod_api
+                            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                            .await?;
                         task_states.push(Some(None));
                     }
                     Err(e) => {
-                        ctx.event(batch, true, "TaskStartFailed", format!("shard {shard}: {e}")).await;
+                        ctx.event(
+                            batch,
+                            true,
+                            "TaskStartFailed",
+                            format!("shard {shard}: {e}"),
+                        )
+                        .await;
                         task_states.push(None);
                     }
                 }
@@ -148,11 +191,17 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     let counts = sandpool_core::batch::count_tasks(task_states.iter().copied());
 
     // endpoints annotation: the pod IPs in shard order
-    let ips: Vec<&str> = mine.iter().filter(|p| pods::is_ready(p)).filter_map(pods::pod_ip).collect();
+    let ips: Vec<&str> = mine
+        .iter()
+        .filter(|p| pods::is_ready(p))
+        .filter_map(pods::pod_ip)
+        .collect();
     let endpoints = serde_json::to_string(&ips)?;
     if batch.annotations().get(ENDPOINTS_ANNOTATION) != Some(&endpoints) {
         let patch = json!({"metadata": {"annotations": {ENDPOINTS_ANNOTATION: endpoints}}});
-        batches.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        batches
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
     }
 
     let ready = mine.iter().filter(|p| pods::is_ready(p)).count() as i32;
@@ -171,18 +220,32 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         task_succeed: counts.succeeded as i32,
         task_failed: counts.failed as i32,
         task_unknown: counts.unknown as i32,
-        completion_time: if finished { old.completion_time.clone().or_else(|| Some(Time(now()))) } else { None },
+        completion_time: if finished {
+            old.completion_time.clone().or_else(|| Some(Time(now())))
+        } else {
+            None
+        },
     };
     if batch.status.as_ref() != Some(&status) {
         patch_status(&batches, &name, serde_json::to_value(&status)?).await?;
     }
     let settling = exhausted || ready < want as i32 || counts.running > 0 || counts.unknown > 0;
-    let mut next = if settling { ctx.settle } else { Duration::from_secs(300) };
+    let mut next = if settling {
+        ctx.settle
+    } else {
+        Duration::from_secs(300)
+    };
     if let Some(d) = deadline {
         next = next.min(until(d).max(Duration::from_millis(100)));
     }
-    if let (Some(ttl), true, None) = (batch.spec.ttl_seconds_after_finished, finished, &old.completion_time) {
-        next = next.min(Duration::from_secs(u64::try_from(ttl).unwrap_or(0)).max(Duration::from_millis(100)));
+    if let (Some(ttl), true, None) = (
+        batch.spec.ttl_seconds_after_finished,
+        finished,
+        &old.completion_time,
+    ) {
+        next = next.min(
+            Duration::from_secs(u64::try_from(ttl).unwrap_or(0)).max(Duration::from_millis(100)),
+        );
     }
     Ok(Action::requeue(next))
 }
@@ -199,7 +262,12 @@ async fn allocate_from_pool(
 ) -> Result<Vec<Pod>> {
     match ctx.api::<Pool>(ns).get(pool).await {
         Ok(_) => {}
-        Err(e) if is_not_found(&e) => return Err(Error::NotFound { kind: "Pool", name: pool.to_string() }),
+        Err(e) if is_not_found(&e) => {
+            return Err(Error::NotFound {
+                kind: "Pool",
+                name: pool.to_string(),
+            });
+        }
         Err(e) => return Err(e.into()),
     }
     let mut won = Vec::new();
@@ -207,11 +275,14 @@ async fn allocate_from_pool(
     let mut shard = next_shard.next();
     for _round in 0..ALLOCATION_ROUNDS {
         let Some(_) = shard else { break };
-        let candidates: Vec<Pod> = list_pods(pod_api, &format!("{POOL_LABEL}={pool},!{ALLOCATED_TO_LABEL}"))
-            .await?
-            .into_iter()
-            .filter(pods::is_ready)
-            .collect();
+        let candidates: Vec<Pod> = list_pods(
+            pod_api,
+            &format!("{POOL_LABEL}={pool},!{ALLOCATED_TO_LABEL}"),
+        )
+        .await?
+        .into_iter()
+        .filter(pods::is_ready)
+        .collect();
         if candidates.is_empty() {
             break;
         }
@@ -225,7 +296,10 @@ async fn allocate_from_pool(
                 "labels": {ALLOCATED_TO_LABEL: uid},
                 "annotations": {SHARD_ANNOTATION: s.to_string(), BATCH_NAME_ANNOTATION: batch_name},
             }});
-            match pod_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            match pod_api
+                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
                 Ok(pod) => {
                     won.push(pod);
                     shard = next_shard.next();
@@ -254,15 +328,27 @@ async fn create_from_template(
 ) -> Result<Vec<Pod>> {
     let name = batch.name_any();
     let Some(template) = &batch.spec.pod_template() else {
-        return Err(Error::invalid("BatchSandbox", &name, "spec.template is required without spec.poolRef"));
+        return Err(Error::invalid(
+            "BatchSandbox",
+            &name,
+            "spec.template is required without spec.poolRef",
+        ));
     };
-    let owner = controller_ref("sandbox.opensandbox.io/v1alpha1", "BatchSandbox", &name, uid);
+    let owner = controller_ref(
+        "sandbox.opensandbox.io/v1alpha1",
+        "BatchSandbox",
+        &name,
+        uid,
+    );
     let mut out = Vec::new();
     for &s in shards {
         let meta = ObjectMeta {
             name: Some(format!("{name}-{s}")),
             namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([(ALLOCATED_TO_LABEL.to_string(), uid.to_string())])),
+            labels: Some(BTreeMap::from([(
+                ALLOCATED_TO_LABEL.to_string(),
+                uid.to_string(),
+            )])),
             annotations: Some(BTreeMap::from([
                 (SHARD_ANNOTATION.to_string(), s.to_string()),
                 (BATCH_NAME_ANNOTATION.to_string(), name.clone()),
@@ -295,7 +381,14 @@ async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod, pooled: bool)
         "labels": {ALLOCATED_TO_LABEL: null},
         "annotations": {SHARD_ANNOTATION: null, TASK_ANNOTATION: null, BATCH_NAME_ANNOTATION: null},
     }});
-    match pod_api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+    match pod_api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(e.into()),
@@ -310,7 +403,8 @@ async fn cleanup(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action
     for p in &mine {
         release_pod(ctx, &pod_api, p, batch.spec.pool_ref.is_some()).await?;
     }
-    ctx.event(batch, false, "Released", format!("{n} sandboxes released")).await;
+    ctx.event(batch, false, "Released", format!("{n} sandboxes released"))
+        .await;
     Ok(Action::await_change())
 }
 
@@ -323,7 +417,10 @@ mod tests {
     fn shard_patches_apply_per_index() {
         let tt = TaskTemplateSpec {
             spec: TaskSpec {
-                process: Some(ProcessTask { command: vec!["echo".into(), "Default task".into()], ..Default::default() }),
+                process: Some(ProcessTask {
+                    command: vec!["echo".into(), "Default task".into()],
+                    ..Default::default()
+                }),
                 timeout_seconds: None,
             },
         };
@@ -332,13 +429,22 @@ mod tests {
             json!({"spec": {"process": {"command": ["echo", "Custom task for sandbox 2"], "args": ["with", "additional", "arguments"]}}}),
         ];
         let t0 = shard_task(&tt, &patches, 0).expect("0");
-        assert_eq!(t0.spec.process.as_ref().expect("p").command, ["echo", "Custom task for sandbox 1"]);
+        assert_eq!(
+            t0.spec.process.as_ref().expect("p").command,
+            ["echo", "Custom task for sandbox 1"]
+        );
         let t1 = shard_task(&tt, &patches, 1).expect("1");
-        assert_eq!(t1.spec.process.as_ref().expect("p").args, ["with", "additional", "arguments"]);
+        assert_eq!(
+            t1.spec.process.as_ref().expect("p").args,
+            ["with", "additional", "arguments"]
+        );
         let t2 = shard_task(&tt, &patches, 2).expect("2");
         assert_eq!(t2, tt, "shards past the patch list run the template");
         let bad = vec![json!({"spec": {"process": {"command": "not-a-list"}}})];
-        assert!(shard_task(&tt, &bad, 0).is_err(), "a patch producing an invalid task is an error");
+        assert!(
+            shard_task(&tt, &bad, 0).is_err(),
+            "a patch producing an invalid task is an error"
+        );
     }
 
     #[test]

@@ -37,9 +37,23 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, injection: RuntimeInjection, tasks: Arc<dyn TaskRunner>, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: "sandpool-controller".into(), instance };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, injection, tasks, settle: Duration::from_secs(2) }
+    pub fn new(
+        client: Client,
+        injection: RuntimeInjection,
+        tasks: Arc<dyn TaskRunner>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "sandpool-controller".into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            injection,
+            tasks,
+            settle: Duration::from_secs(2),
+        }
     }
 
     pub fn api<K>(&self, ns: &str) -> Api<K>
@@ -56,7 +70,11 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note),
             action: reason.into(),
@@ -69,11 +87,15 @@ impl Context {
 }
 
 pub fn namespace_of<K: ResourceExt>(obj: &K) -> Result<String> {
-    obj.namespace().ok_or_else(|| Error::invalid("object", &obj.name_any(), "it has no namespace"))
+    obj.namespace()
+        .ok_or_else(|| Error::invalid("object", &obj.name_any(), "it has no namespace"))
 }
 
 pub async fn list_pods(api: &Api<Pod>, selector: &str) -> Result<Vec<Pod>> {
-    Ok(api.list(&ListParams::default().labels(selector)).await?.items)
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
 }
 
 /// Delete by name; gone already is fine.
@@ -93,7 +115,12 @@ pub async fn patch_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
     Ok(())
 }
 

@@ -135,7 +135,11 @@ impl CapacitySpec {
     printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.total"),
     printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
     printcolumn(name = "AVAILABLE", type_ = "integer", json_path = ".status.available"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
@@ -209,7 +213,11 @@ impl PoolSpec {
 
     /// `template`, else the deprecated `sandboxTemplate`.
     pub fn pod_template(&self) -> Option<PodTemplateSpec> {
-        self.template.clone().or_else(|| self.sandbox_template.as_ref().map(LegacySandboxTemplate::to_pod_template))
+        self.template.clone().or_else(|| {
+            self.sandbox_template
+                .as_ref()
+                .map(LegacySandboxTemplate::to_pod_template)
+        })
     }
 
     /// `capacitySpec`, else one from the deprecated fields.
@@ -217,7 +225,12 @@ impl PoolSpec {
         self.capacity_spec.or_else(|| {
             let max = self.capacity?;
             let bmin = self.min_buffer_size.unwrap_or(0);
-            Some(CapacitySpec { buffer_min: bmin, buffer_max: self.max_buffer_size.unwrap_or(bmin), pool_min: 0, pool_max: max })
+            Some(CapacitySpec {
+                buffer_min: bmin,
+                buffer_max: self.max_buffer_size.unwrap_or(bmin),
+                pool_min: 0,
+                pool_max: max,
+            })
         })
     }
 }
@@ -278,12 +291,36 @@ pub struct TaskTemplateSpec {
     printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
     printcolumn(name = "READY", type_ = "integer", json_path = ".status.ready"),
-    printcolumn(name = "TASK_RUNNING", type_ = "integer", json_path = ".status.taskRunning", priority = "1"),
-    printcolumn(name = "TASK_SUCCEED", type_ = "integer", json_path = ".status.taskSucceed", priority = "1"),
-    printcolumn(name = "TASK_FAILED", type_ = "integer", json_path = ".status.taskFailed", priority = "1"),
-    printcolumn(name = "TASK_UNKNOWN", type_ = "integer", json_path = ".status.taskUnknown", priority = "1"),
+    printcolumn(
+        name = "TASK_RUNNING",
+        type_ = "integer",
+        json_path = ".status.taskRunning",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "TASK_SUCCEED",
+        type_ = "integer",
+        json_path = ".status.taskSucceed",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "TASK_FAILED",
+        type_ = "integer",
+        json_path = ".status.taskFailed",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "TASK_UNKNOWN",
+        type_ = "integer",
+        json_path = ".status.taskUnknown",
+        priority = "1"
+    ),
     printcolumn(name = "EXPIRE", type_ = "string", json_path = ".spec.expireTime"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BatchSandboxSpec {
@@ -319,7 +356,11 @@ pub struct BatchSandboxSpec {
 impl BatchSandboxSpec {
     /// `template`, else the deprecated `sandboxTemplate`.
     pub fn pod_template(&self) -> Option<PodTemplateSpec> {
-        self.template.clone().or_else(|| self.sandbox_template.as_ref().map(LegacySandboxTemplate::to_pod_template))
+        self.template.clone().or_else(|| {
+            self.sandbox_template
+                .as_ref()
+                .map(LegacySandboxTemplate::to_pod_template)
+        })
     }
 }
 
@@ -356,9 +397,17 @@ pub struct BatchSandboxStatus {
     annotation("helm.sh/resource-policy", "keep"),
     status = "SandboxStatus",
     doc = "A single isolated sandbox pod (agent-sandbox API).",
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "POD", type_ = "string", json_path = ".status.podName"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxSpec {
@@ -395,7 +444,11 @@ pub struct TemplateRef {
     namespaced,
     annotation("helm.sh/resource-policy", "keep"),
     doc = "A reusable sandbox blueprint (agent-sandbox API).",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxTemplateSpec {
@@ -414,9 +467,17 @@ pub struct SandboxTemplateSpec {
     annotation("helm.sh/resource-policy", "keep"),
     status = "SandboxClaimStatus",
     doc = "A claim for a sandbox from a template (agent-sandbox API).",
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "SANDBOX", type_ = "string", json_path = ".status.sandbox.name"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxClaimSpec {
@@ -445,10 +506,17 @@ pub struct SandboxClaimStatus {
     annotation("helm.sh/resource-policy", "keep"),
     status = "SandboxWarmPoolStatus",
     doc = "Pre-warmed pods of one SandboxTemplate (agent-sandbox API).",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
     printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "READY", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxWarmPoolSpec {
@@ -465,7 +533,9 @@ pub struct SandboxWarmPoolStatus {
 }
 
 /// Every CRD, in a stable order.
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     use kube::CustomResourceExt;
     vec![
         Pool::crd(),

@@ -8,7 +8,11 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("invalid {kind} {name}: {reason}")]
-    Invalid { kind: &'static str, name: String, reason: String },
+    Invalid {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
     #[error("{kind} {name} not found")]
     NotFound { kind: &'static str, name: String },
     #[error("runtime of pod {pod}: {reason}")]
@@ -21,7 +25,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(kind: &'static str, name: &str, reason: impl Into<String>) -> Self {
-        Error::Invalid { kind, name: name.to_string(), reason: reason.into() }
+        Error::Invalid {
+            kind,
+            name: name.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// A short label for metrics and events.

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -43,8 +45,12 @@ pub struct KubeScheduler {
 fn kube_status(e: kube::Error) -> Status {
     match &e {
         kube::Error::Api(s) if s.is_not_found() => Status::not_found(s.message.clone()),
-        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => Status::already_exists(s.message.clone()),
-        kube::Error::Api(s) if s.code == 422 || s.code == 400 => Status::invalid_argument(s.message.clone()),
+        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => {
+            Status::already_exists(s.message.clone())
+        }
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            Status::invalid_argument(s.message.clone())
+        }
         kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
         _ => Status::unavailable(format!("kubernetes API: {e}")),
     }
@@ -68,13 +74,24 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
             limits.insert("memory".to_string(), Quantity(r.memory.clone()));
         }
     }
-    let env: Vec<EnvVar> = t.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() }).collect();
+    let env: Vec<EnvVar> = t
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: Some(v.clone()),
+            ..Default::default()
+        })
+        .collect();
     let runtime_class = match pb::RuntimeClass::try_from(t.runtime_class) {
         Ok(pb::RuntimeClass::Runsc) => Some("gvisor".to_string()),
         _ => None,
     };
     Ok(PodTemplateSpec {
-        metadata: (!t.labels.is_empty()).then(|| ObjectMeta { labels: Some(t.labels.clone().into_iter().collect()), ..Default::default() }),
+        metadata: (!t.labels.is_empty()).then(|| ObjectMeta {
+            labels: Some(t.labels.clone().into_iter().collect()),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
             runtime_class_name: runtime_class,
             containers: vec![Container {
@@ -82,7 +99,10 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
                 image: Some(t.image.clone()),
                 command: (!t.command.is_empty()).then(|| t.command.clone()),
                 env: (!env.is_empty()).then_some(env),
-                resources: (!limits.is_empty()).then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
+                resources: (!limits.is_empty()).then(|| ResourceRequirements {
+                    limits: Some(limits),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -95,8 +115,17 @@ fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
     pb::SandboxTemplate {
         image: c.and_then(|c| c.image.clone()).unwrap_or_default(),
         command: c.and_then(|c| c.command.clone()).unwrap_or_default(),
-        env: c.and_then(|c| c.env.clone()).unwrap_or_default().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect(),
-        runtime_class: match t.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) {
+        env: c
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect(),
+        runtime_class: match t
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+        {
             Some("gvisor" | "runsc") => pb::RuntimeClass::Runsc as i32,
             _ => pb::RuntimeClass::Runc as i32,
         },
@@ -110,7 +139,12 @@ fn pool_to_pb(p: &Pool) -> pb::Pool {
     pb::Pool {
         name: p.name_any(),
         template: p.spec.pod_template().as_ref().map(template_of),
-        capacity: Some(pb::CapacitySpec { buffer_min: cap.buffer_min, buffer_max: cap.buffer_max, pool_min: cap.pool_min, pool_max: cap.pool_max }),
+        capacity: Some(pb::CapacitySpec {
+            buffer_min: cap.buffer_min,
+            buffer_max: cap.buffer_max,
+            pool_min: cap.pool_min,
+            pool_max: cap.pool_max,
+        }),
         status: Some(pb::PoolStatus {
             total: u32::try_from(st.total).unwrap_or(0),
             allocated: u32::try_from(st.allocated).unwrap_or(0),
@@ -124,7 +158,9 @@ fn expire_after(ttl_seconds: u64) -> Option<Time> {
     if ttl_seconds == 0 {
         return None;
     }
-    let ttl = k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(ttl_seconds).unwrap_or(i64::MAX));
+    let ttl = k8s_openapi::jiff::SignedDuration::from_secs(
+        i64::try_from(ttl_seconds).unwrap_or(i64::MAX),
+    );
     Timestamp::now().checked_add(ttl).ok().map(Time)
 }
 
@@ -132,14 +168,28 @@ fn task_of(p: &pb::InjectRequest) -> ProcessTask {
     ProcessTask {
         command: p.argv.clone(),
         args: Vec::new(),
-        env: p.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() }).collect(),
+        env: p
+            .env
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: Some(v.clone()),
+                ..Default::default()
+            })
+            .collect(),
         working_dir: (!p.cwd.is_empty()).then(|| p.cwd.clone()),
     }
 }
 
 impl KubeScheduler {
     pub fn new(client: Client, ns: &str, tasks: Arc<dyn TaskRunner>) -> Self {
-        KubeScheduler { client, ns: ns.to_string(), tasks, claim_timeout: Duration::from_secs(120), poll: Duration::from_millis(50) }
+        KubeScheduler {
+            client,
+            ns: ns.to_string(),
+            tasks,
+            claim_timeout: Duration::from_secs(120),
+            poll: Duration::from_millis(50),
+        }
     }
 
     fn batches(&self) -> Api<BatchSandbox> {
@@ -156,7 +206,9 @@ impl KubeScheduler {
 
     async fn pod_of(&self, b: &BatchSandbox) -> Result<Option<Pod>, Status> {
         let uid = b.uid().unwrap_or_default();
-        let pods = list_pods(&self.pods(), &format!("{ALLOCATED_TO_LABEL}={uid}")).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let pods = list_pods(&self.pods(), &format!("{ALLOCATED_TO_LABEL}={uid}"))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(pods.into_iter().find(|p| !pods::is_terminating(p)))
     }
 
@@ -170,20 +222,35 @@ impl KubeScheduler {
         } else {
             pb::ClaimState::Pending
         };
-        let metadata: BTreeMap<String, String> =
-            b.annotations().get(METADATA_ANNOTATION).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
-        let entrypoint: Vec<String> =
-            b.annotations().get(ENTRYPOINT_ANNOTATION).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+        let metadata: BTreeMap<String, String> = b
+            .annotations()
+            .get(METADATA_ANNOTATION)
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
+        let entrypoint: Vec<String> = b
+            .annotations()
+            .get(ENTRYPOINT_ANNOTATION)
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
         let pool = b.spec.pool_ref.clone().unwrap_or_default();
         let sandbox = pod.as_ref().map(|p| pb::SandboxInfo {
             sandbox_id: p.name_any(),
             pool: pool.clone(),
             node: pods::node_name(p).to_string(),
-            state: if ready { pb::SandboxState::Claimed as i32 } else { pb::SandboxState::Creating as i32 },
+            state: if ready {
+                pb::SandboxState::Claimed as i32
+            } else {
+                pb::SandboxState::Creating as i32
+            },
             ip: pods::pod_ip(p).unwrap_or_default().to_string(),
             runtime_port: RUNTIME_PORT as u32,
             access_token: pods::access_token(p).unwrap_or_default().to_string(),
-            created_unix_ms: p.metadata.creation_timestamp.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            created_unix_ms: p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| ms(&t.0))
+                .unwrap_or(0),
             ..Default::default()
         });
         Ok(pb::Claim {
@@ -191,12 +258,22 @@ impl KubeScheduler {
             pool,
             state: state as i32,
             sandbox,
-            created_unix_ms: b.metadata.creation_timestamp.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            created_unix_ms: b
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| ms(&t.0))
+                .unwrap_or(0),
             expires_unix_ms: b.spec.expire_time.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
             metadata: metadata.into_iter().collect(),
             cold_start: b.spec.pool_ref.is_none(),
             entrypoint,
-            image: b.spec.pod_template().as_ref().map(|t| template_of(t).image).unwrap_or_default(),
+            image: b
+                .spec
+                .pod_template()
+                .as_ref()
+                .map(|t| template_of(t).image)
+                .unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -220,7 +297,9 @@ impl KubeScheduler {
                 return Ok((b, p));
             }
             if Instant::now() >= deadline {
-                return Err(Status::resource_exhausted(format!("claim {id}: no sandbox became ready within {timeout:?}")));
+                return Err(Status::resource_exhausted(format!(
+                    "claim {id}: no sandbox became ready within {timeout:?}"
+                )));
             }
             tokio::time::sleep(self.poll).await;
         }
@@ -234,21 +313,39 @@ impl Scheduler for KubeScheduler {
         if p.name.is_empty() {
             return Err(Status::invalid_argument("pool name is required"));
         }
-        let template = pod_template(p.template.as_ref().ok_or_else(|| Status::invalid_argument("template is required"))?)?;
+        let template = pod_template(
+            p.template
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("template is required"))?,
+        )?;
         let c = p.capacity.unwrap_or_default();
-        let cap = sandpool_core::pool::CapacitySpec { buffer_min: c.buffer_min, buffer_max: c.buffer_max, pool_min: c.pool_min, pool_max: c.pool_max };
-        cap.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cap = sandpool_core::pool::CapacitySpec {
+            buffer_min: c.buffer_min,
+            buffer_max: c.buffer_max,
+            pool_min: c.pool_min,
+            pool_max: c.pool_max,
+        };
+        cap.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let i = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
         let spec = PoolSpec::new(
             template,
-            CapacitySpec { buffer_min: i(c.buffer_min), buffer_max: i(c.buffer_max), pool_min: i(c.pool_min), pool_max: i(c.pool_max) },
+            CapacitySpec {
+                buffer_min: i(c.buffer_min),
+                buffer_max: i(c.buffer_max),
+                pool_min: i(c.pool_min),
+                pool_max: i(c.pool_max),
+            },
         );
         let obj = Pool::new(&p.name, spec.clone());
         let out = match self.pools().create(&PostParams::default(), &obj).await {
             Ok(o) => o,
             Err(e) if is_already_exists(&e) => {
                 let patch = json!({"spec": serde_json::to_value(&spec).map_err(|e| Status::internal(e.to_string()))?});
-                self.pools().patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_status)?
+                self.pools()
+                    .patch(&p.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(kube_status)?
             }
             Err(e) => return Err(kube_status(e)),
         };
@@ -256,48 +353,91 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn get_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::Pool>, Status> {
-        let p = self.pools().get(&req.into_inner().name).await.map_err(kube_status)?;
+        let p = self
+            .pools()
+            .get(&req.into_inner().name)
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(pool_to_pb(&p)))
     }
 
-    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        let pools = self.pools().list(&ListParams::default()).await.map_err(kube_status)?;
-        Ok(Response::new(pb::ListPoolsResponse { pools: pools.items.iter().map(pool_to_pb).collect() }))
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self
+            .pools()
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_status)?;
+        Ok(Response::new(pb::ListPoolsResponse {
+            pools: pools.items.iter().map(pool_to_pb).collect(),
+        }))
     }
 
-    async fn delete_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::DeletePoolResponse>, Status> {
+    async fn delete_pool(
+        &self,
+        req: Request<pb::PoolRef>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
         let name = req.into_inner().name;
-        self.pools().delete(&name, &Default::default()).await.map_err(kube_status)?;
+        self.pools()
+            .delete(&name, &Default::default())
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
-    async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
+    async fn create_claim(
+        &self,
+        req: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
         let started = Instant::now();
         let r = req.into_inner();
         if !r.mounts.is_empty() {
-            return Err(Status::unimplemented("volume mounts are not supported in Kubernetes mode yet"));
+            return Err(Status::unimplemented(
+                "volume mounts are not supported in Kubernetes mode yet",
+            ));
         }
-        let id = if r.claim_id.is_empty() { format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]) } else { r.claim_id.clone() };
+        let id = if r.claim_id.is_empty() {
+            format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+        } else {
+            r.claim_id.clone()
+        };
         // idempotency: an existing claim of that id is returned as is
         if let Ok(b) = self.get_claim_batch(&id).await {
             return Ok(Response::new(self.claim_of(&b).await?));
         }
         let mut labels = BTreeMap::from([(CLAIM_LABEL.to_string(), "true".to_string())]);
         let (pool_ref, template) = if r.pool.is_empty() {
-            let t = r.template.as_ref().ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
+            let t = r
+                .template
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
             (None, Some(pod_template(t)?))
         } else {
-            self.pools().get(&r.pool).await.map_err(|e| if is_not_found(&e) { Status::not_found(format!("pool {} not found", r.pool)) } else { kube_status(e) })?;
+            self.pools().get(&r.pool).await.map_err(|e| {
+                if is_not_found(&e) {
+                    Status::not_found(format!("pool {} not found", r.pool))
+                } else {
+                    kube_status(e)
+                }
+            })?;
             labels.insert(CLAIM_POOL_LABEL.to_string(), r.pool.clone());
             (Some(r.pool.clone()), None)
         };
         let mut annotations = BTreeMap::new();
         if !r.metadata.is_empty() {
             let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
-            annotations.insert(METADATA_ANNOTATION.to_string(), serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?);
+            annotations.insert(
+                METADATA_ANNOTATION.to_string(),
+                serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?,
+            );
         }
         if let Some(p) = &r.process {
-            annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?);
+            annotations.insert(
+                ENTRYPOINT_ANNOTATION.to_string(),
+                serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?,
+            );
         }
         let expire = expire_after(r.ttl_seconds);
         let mut b = BatchSandbox::new(
@@ -320,7 +460,11 @@ impl Scheduler for KubeScheduler {
             Err(e) if is_already_exists(&e) => {}
             Err(e) => return Err(kube_status(e)),
         }
-        let timeout = if r.pool_only { self.claim_timeout.min(Duration::from_secs(5)) } else { self.claim_timeout };
+        let timeout = if r.pool_only {
+            self.claim_timeout.min(Duration::from_secs(5))
+        } else {
+            self.claim_timeout
+        };
         let (b, pod) = match self.wait_ready(&id, timeout).await {
             Ok(x) => x,
             Err(s) => {
@@ -346,14 +490,27 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(self.claim_of(&b).await?))
     }
 
-    async fn list_claims(&self, req: Request<pb::ListClaimsRequest>) -> Result<Response<pb::ListClaimsResponse>, Status> {
+    async fn list_claims(
+        &self,
+        req: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<pb::ListClaimsResponse>, Status> {
         let r = req.into_inner();
         let mut sel = format!("{CLAIM_LABEL}=true");
         if !r.pool.is_empty() {
             sel.push_str(&format!(",{CLAIM_POOL_LABEL}={}", r.pool));
         }
-        let mut items = self.batches().list(&ListParams::default().labels(&sel)).await.map_err(kube_status)?.items;
-        items.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp).then(a.name_any().cmp(&b.name_any())));
+        let mut items = self
+            .batches()
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(kube_status)?
+            .items;
+        items.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+                .then(a.name_any().cmp(&b.name_any()))
+        });
         let mut claims = Vec::new();
         for b in &items {
             let c = self.claim_of(b).await?;
@@ -367,55 +524,106 @@ impl Scheduler for KubeScheduler {
         let start: usize = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token.parse().map_err(|_| Status::invalid_argument("bad page_token"))?
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?
         };
-        let size = if r.page_size == 0 { claims.len() } else { r.page_size as usize };
+        let size = if r.page_size == 0 {
+            claims.len()
+        } else {
+            r.page_size as usize
+        };
         let page: Vec<pb::Claim> = claims.into_iter().skip(start).take(size).collect();
-        let next = if start + page.len() < total as usize { (start + page.len()).to_string() } else { String::new() };
-        Ok(Response::new(pb::ListClaimsResponse { claims: page, next_page_token: next, total }))
+        let next = if start + page.len() < total as usize {
+            (start + page.len()).to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims: page,
+            next_page_token: next,
+            total,
+        }))
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Claim>, Status> {
         let r = req.into_inner();
         self.get_claim_batch(&r.claim_id).await?;
-        let t = Timestamp::from_millisecond(r.expires_unix_ms).map_err(|e| Status::invalid_argument(format!("expires_unix_ms: {e}")))?;
+        let t = Timestamp::from_millisecond(r.expires_unix_ms)
+            .map_err(|e| Status::invalid_argument(format!("expires_unix_ms: {e}")))?;
         let patch = json!({"spec": {"expireTime": Time(t)}});
-        let b = self.batches().patch(&r.claim_id, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_status)?;
+        let b = self
+            .batches()
+            .patch(&r.claim_id, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(self.claim_of(&b).await?))
     }
 
     async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented("pause is not supported in Kubernetes mode yet"))
+        Err(Status::unimplemented(
+            "pause is not supported in Kubernetes mode yet",
+        ))
     }
 
     async fn resume_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented("resume is not supported in Kubernetes mode yet"))
+        Err(Status::unimplemented(
+            "resume is not supported in Kubernetes mode yet",
+        ))
     }
 
-    async fn checkpoint_claim(&self, _: Request<pb::CheckpointClaimRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented("checkpoints (snapshots) are not supported in Kubernetes mode yet"))
+    async fn checkpoint_claim(
+        &self,
+        _: Request<pb::CheckpointClaimRequest>,
+    ) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Err(Status::unimplemented(
+            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
+        ))
     }
 
-    async fn restore_checkpoint(&self, _: Request<pb::RestoreCheckpointRequest>) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        Err(Status::unimplemented("checkpoints (snapshots) are not supported in Kubernetes mode yet"))
+    async fn restore_checkpoint(
+        &self,
+        _: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+        Err(Status::unimplemented(
+            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
+        ))
     }
 
-    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         Ok(Response::new(pb::ListCheckpointsResponse::default()))
     }
 
-    async fn delete_checkpoint(&self, r: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
-        Err(Status::not_found(format!("checkpoint {} not found", r.into_inner().checkpoint_id)))
+    async fn delete_checkpoint(
+        &self,
+        r: Request<pb::CheckpointRef>,
+    ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        Err(Status::not_found(format!(
+            "checkpoint {} not found",
+            r.into_inner().checkpoint_id
+        )))
     }
 
-    async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
+    async fn release_claim(
+        &self,
+        req: Request<pb::ClaimRef>,
+    ) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let id = req.into_inner().claim_id;
         self.get_claim_batch(&id).await?;
-        self.batches().delete(&id, &Default::default()).await.map_err(kube_status)?;
+        self.batches()
+            .delete(&id, &Default::default())
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(pb::ReleaseClaimResponse {}))
     }
 
-    async fn create_batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::Batch>, Status> {
+    async fn create_batch(
+        &self,
+        req: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::Batch>, Status> {
         let r = req.into_inner();
         if r.name.is_empty() || r.pool.is_empty() {
             return Err(Status::invalid_argument("name and pool are required"));
@@ -424,7 +632,10 @@ impl Scheduler for KubeScheduler {
             .shard_task_patches
             .iter()
             .enumerate()
-            .map(|(i, p)| serde_json::from_str::<serde_json::Value>(p).map_err(|e| Status::invalid_argument(format!("shard_task_patches[{i}]: {e}"))))
+            .map(|(i, p)| {
+                serde_json::from_str::<serde_json::Value>(p)
+                    .map_err(|e| Status::invalid_argument(format!("shard_task_patches[{i}]: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let expire = expire_after(r.ttl_seconds);
         let b = BatchSandbox::new(
@@ -436,21 +647,40 @@ impl Scheduler for KubeScheduler {
                 sandbox_template: None,
                 expire_time: expire,
                 ttl_seconds_after_finished: None,
-                task_template: r.task.as_ref().map(|t| TaskTemplateSpec { spec: TaskSpec { process: Some(task_of(t)), timeout_seconds: None } }),
+                task_template: r.task.as_ref().map(|t| TaskTemplateSpec {
+                    spec: TaskSpec {
+                        process: Some(task_of(t)),
+                        timeout_seconds: None,
+                    },
+                }),
                 shard_task_patches: patches,
             },
         );
-        let b = self.batches().create(&PostParams::default(), &b).await.map_err(kube_status)?;
+        let b = self
+            .batches()
+            .create(&PostParams::default(), &b)
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(batch_to_pb(&b)))
     }
 
     async fn get_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::Batch>, Status> {
-        let b = self.batches().get(&req.into_inner().name).await.map_err(kube_status)?;
+        let b = self
+            .batches()
+            .get(&req.into_inner().name)
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(batch_to_pb(&b)))
     }
 
-    async fn delete_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
-        self.batches().delete(&req.into_inner().name, &Default::default()).await.map_err(kube_status)?;
+    async fn delete_batch(
+        &self,
+        req: Request<pb::BatchRef>,
+    ) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+        self.batches()
+            .delete(&req.into_inner().name, &Default::default())
+            .await
+            .map_err(kube_status)?;
         Ok(Response::new(pb::DeleteBatchResponse {}))
     }
 }
@@ -464,7 +694,12 @@ fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
         replicas: u(b.spec.replicas),
         allocated: u(st.allocated),
         ready: u(st.ready),
-        tasks: Some(pb::TaskCounts { running: u(st.task_running), succeeded: u(st.task_succeed), failed: u(st.task_failed), unknown: u(st.task_unknown) }),
+        tasks: Some(pb::TaskCounts {
+            running: u(st.task_running),
+            succeeded: u(st.task_succeed),
+            failed: u(st.task_failed),
+            unknown: u(st.task_unknown),
+        }),
         claims: Vec::new(),
     }
 }

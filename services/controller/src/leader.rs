@@ -39,10 +39,18 @@ pub fn decide(spec: &LeaseSpec, me: &str, now: Timestamp) -> LeaseDecision {
     }
     let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
     let expired = match &spec.renew_time {
-        Some(t) => t.0.checked_add(SignedDuration::from_secs(secs)).map(|end| end <= now).unwrap_or(true),
+        Some(t) => {
+            t.0.checked_add(SignedDuration::from_secs(secs))
+                .map(|end| end <= now)
+                .unwrap_or(true)
+        }
         None => true,
     };
-    if expired { LeaseDecision::Acquire } else { LeaseDecision::Wait { holder } }
+    if expired {
+        LeaseDecision::Acquire
+    } else {
+        LeaseDecision::Wait { holder }
+    }
 }
 
 /// One election round: `Ok(true)` when we hold the lease afterwards.
@@ -51,7 +59,10 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result
     let secs = i32::try_from(cfg.duration.as_secs()).unwrap_or(15);
     let Some(mut lease) = api.get_opt(&cfg.name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(cfg.name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(cfg.identity.clone()),
                 lease_duration_seconds: Some(secs),
@@ -133,7 +144,9 @@ mod tests {
         LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago))),
+            renew_time: Some(MicroTime(
+                Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago),
+            )),
             ..Default::default()
         }
     }
@@ -142,8 +155,21 @@ mod tests {
     fn decisions() {
         let now = Timestamp::now();
         assert_eq!(decide(&spec("me", 1), "me", now), LeaseDecision::Renew);
-        assert_eq!(decide(&spec("other", 1), "me", now), LeaseDecision::Wait { holder: "other".into() });
-        assert_eq!(decide(&spec("other", 60), "me", now), LeaseDecision::Acquire, "expired");
-        assert_eq!(decide(&LeaseSpec::default(), "me", now), LeaseDecision::Acquire, "free");
+        assert_eq!(
+            decide(&spec("other", 1), "me", now),
+            LeaseDecision::Wait {
+                holder: "other".into()
+            }
+        );
+        assert_eq!(
+            decide(&spec("other", 60), "me", now),
+            LeaseDecision::Acquire,
+            "expired"
+        );
+        assert_eq!(
+            decide(&LeaseSpec::default(), "me", now),
+            LeaseDecision::Acquire,
+            "free"
+        );
     }
 }

@@ -7,9 +7,9 @@
 pub mod agent_sandbox;
 pub mod batch;
 pub mod context;
-pub mod kube_scheduler;
 pub mod crd;
 pub mod error;
+pub mod kube_scheduler;
 pub mod leader;
 pub mod pods;
 pub mod pool;

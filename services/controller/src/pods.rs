@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe,
-    Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, PodSpec,
+    PodTemplateSpec, Probe, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -53,16 +53,30 @@ pub fn runtime_pod(
     if !annotations.is_empty() {
         meta.annotations = Some(annotations);
     }
-    let name = meta.name.clone().or(meta.generate_name.clone()).unwrap_or_default();
+    let name = meta
+        .name
+        .clone()
+        .or(meta.generate_name.clone())
+        .unwrap_or_default();
     let Some(main) = spec.containers.first_mut() else {
-        return Err(Error::invalid("pod template", &name, "it has no containers"));
+        return Err(Error::invalid(
+            "pod template",
+            &name,
+            "it has no containers",
+        ));
     };
     let mut cmd = vec![
         RUNTIME_PATH.to_string(),
         format!("--listen=0.0.0.0:{RUNTIME_PORT}"),
         format!("--envd-listen=0.0.0.0:{ENVD_PORT}"),
     ];
-    let entry: Vec<String> = main.command.take().unwrap_or_default().into_iter().chain(main.args.take().unwrap_or_default()).collect();
+    let entry: Vec<String> = main
+        .command
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(main.args.take().unwrap_or_default())
+        .collect();
     if !entry.is_empty() {
         cmd.push("--".into());
         cmd.extend(entry);
@@ -70,17 +84,27 @@ pub fn runtime_pod(
     main.command = Some(cmd);
     let env = main.env.get_or_insert_with(Vec::new);
     env.retain(|e| e.name != TOKEN_ENV);
-    env.push(EnvVar { name: TOKEN_ENV.into(), value: Some(token.into()), ..Default::default() });
-    let ports = main.ports.get_or_insert_with(Vec::new);
-    if !ports.iter().any(|p| p.container_port == RUNTIME_PORT) {
-        ports.push(ContainerPort { name: Some("execd".into()), container_port: RUNTIME_PORT, ..Default::default() });
-    }
-    main.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-        name: RUNTIME_VOLUME.into(),
-        mount_path: RUNTIME_DIR.into(),
-        read_only: Some(true),
+    env.push(EnvVar {
+        name: TOKEN_ENV.into(),
+        value: Some(token.into()),
         ..Default::default()
     });
+    let ports = main.ports.get_or_insert_with(Vec::new);
+    if !ports.iter().any(|p| p.container_port == RUNTIME_PORT) {
+        ports.push(ContainerPort {
+            name: Some("execd".into()),
+            container_port: RUNTIME_PORT,
+            ..Default::default()
+        });
+    }
+    main.volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: RUNTIME_VOLUME.into(),
+            mount_path: RUNTIME_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     if main.readiness_probe.is_none() {
         main.readiness_probe = Some(Probe {
             http_get: Some(HTTPGetAction {
@@ -99,7 +123,10 @@ pub fn runtime_pod(
             name: "sandpool-runtime-install".into(),
             image: Some(inj.image.clone()),
             image_pull_policy: inj.image_pull_policy.clone(),
-            command: Some(vec!["/sandpool-runtime".into(), format!("--install-to={RUNTIME_PATH}")]),
+            command: Some(vec![
+                "/sandpool-runtime".into(),
+                format!("--install-to={RUNTIME_PATH}"),
+            ]),
             volume_mounts: Some(vec![VolumeMount {
                 name: RUNTIME_VOLUME.into(),
                 mount_path: RUNTIME_DIR.into(),
@@ -113,7 +140,11 @@ pub fn runtime_pod(
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     });
-    Ok(Pod { metadata: meta, spec: Some(spec), status: None })
+    Ok(Pod {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    })
 }
 
 /// A fresh runtime access token (128 random bits, hex).
@@ -139,7 +170,11 @@ pub fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
 }
 
 pub fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
 }
 
 pub fn is_terminating(pod: &Pod) -> bool {
@@ -148,7 +183,10 @@ pub fn is_terminating(pod: &Pod) -> bool {
 
 /// The pod ended (it never comes back: delete and replace it).
 pub fn is_finished(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// Running, Ready=True, has an IP, not being deleted.
@@ -159,15 +197,25 @@ pub fn is_ready(pod: &Pod) -> bool {
     let Some(st) = &pod.status else { return false };
     st.phase.as_deref() == Some("Running")
         && st.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
-        && st.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+        && st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 pub fn pod_ip(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).filter(|ip| !ip.is_empty())
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
 }
 
 pub fn node_name(pod: &Pod) -> &str {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
 }
 
 /// The runtime access token of a pod built by [`runtime_pod`].
@@ -243,33 +291,61 @@ mod tests {
     }
 
     fn inj() -> RuntimeInjection {
-        RuntimeInjection { image: "ghcr.io/sandpool/sandpool:0.1.0".into(), image_pull_policy: None }
+        RuntimeInjection {
+            image: "ghcr.io/sandpool/sandpool:0.1.0".into(),
+            image_pull_policy: None,
+        }
     }
 
     #[test]
     fn injects_runtime_into_the_first_container() {
-        let meta = ObjectMeta { generate_name: Some("p-".into()), ..Default::default() };
+        let meta = ObjectMeta {
+            generate_name: Some("p-".into()),
+            ..Default::default()
+        };
         let pod = runtime_pod(&template(), &inj(), meta, "tok").expect("pod");
         let spec = pod.spec.as_ref().expect("spec");
         let main = &spec.containers[0];
         assert_eq!(
             main.command.as_deref().expect("command"),
-            ["/opt/sandpool/sandpool-runtime", "--listen=0.0.0.0:44772", "--envd-listen=0.0.0.0:49983", "--", "sleep", "3600"]
+            [
+                "/opt/sandpool/sandpool-runtime",
+                "--listen=0.0.0.0:44772",
+                "--envd-listen=0.0.0.0:49983",
+                "--",
+                "sleep",
+                "3600"
+            ]
         );
         assert!(main.args.is_none());
         assert_eq!(access_token(&pod), Some("tok"));
-        assert!(main.ports.iter().flatten().any(|p| p.container_port == 44772));
+        assert!(
+            main.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == 44772)
+        );
         assert!(main.readiness_probe.is_some());
         let init = &spec.init_containers.as_ref().expect("init")[0];
-        assert_eq!(init.image.as_deref(), Some("ghcr.io/sandpool/sandpool:0.1.0"));
-        assert_eq!(spec.containers[1].command, None, "only the first container is wrapped");
+        assert_eq!(
+            init.image.as_deref(),
+            Some("ghcr.io/sandpool/sandpool:0.1.0")
+        );
+        assert_eq!(
+            spec.containers[1].command, None,
+            "only the first container is wrapped"
+        );
         assert_eq!(labels_of(&pod).get("app").map(String::as_str), Some("x"));
-        assert_eq!(labels_of(&pod).get(MANAGED_BY.0).map(String::as_str), Some("sandpool"));
+        assert_eq!(
+            labels_of(&pod).get(MANAGED_BY.0).map(String::as_str),
+            Some("sandpool")
+        );
     }
 
     #[test]
     fn a_template_without_containers_is_refused() {
-        let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({"spec": {"containers": []}})).expect("t");
+        let t: PodTemplateSpec =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": []}})).expect("t");
         let err = runtime_pod(&t, &inj(), ObjectMeta::default(), "t").expect_err("no containers");
         assert!(err.to_string().contains("no containers"), "{err}");
     }
@@ -281,13 +357,18 @@ mod tests {
         pod.status = Some(PodStatus {
             phase: Some("Running".into()),
             pod_ip: Some("10.0.0.5".into()),
-            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
             ..Default::default()
         });
         assert!(is_ready(&pod));
-        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        ));
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         assert!(!is_ready(&pod));
     }
 
@@ -297,13 +378,20 @@ mod tests {
         let picked = spread_pick(&nodes, 3);
         let picked_nodes: Vec<&str> = picked.iter().map(|&i| nodes[i]).collect();
         assert_eq!(picked_nodes, ["a", "b", "c"]);
-        assert_eq!(spread_pick(&nodes, 10).len(), 5, "never more than there are");
+        assert_eq!(
+            spread_pick(&nodes, 10).len(),
+            5,
+            "never more than there are"
+        );
         assert!(spread_pick(&[], 2).is_empty());
     }
 
     #[test]
     fn short_hash_is_stable() {
-        assert_eq!(short_hash("default/python-warmpool"), short_hash("default/python-warmpool"));
+        assert_eq!(
+            short_hash("default/python-warmpool"),
+            short_hash("default/python-warmpool")
+        );
         assert_ne!(short_hash("a"), short_hash("b"));
         assert_eq!(short_hash("a").len(), 8);
     }

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, patch_status};
+use crate::crd::{ALLOCATED_TO_LABEL, POOL_LABEL, Pool, PoolStatus};
+use crate::error::Result;
+use crate::pods::{self, controller_ref, runtime_pod};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use sandpool_core::pool::{PoolCounts, scale_decision};
-use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, patch_status};
-use crate::crd::{ALLOCATED_TO_LABEL, POOL_LABEL, Pool, PoolStatus};
-use crate::error::Result;
-use crate::pods::{self, controller_ref, runtime_pod};
 
 /// Pods of one pool, sorted by what they are doing.
 #[derive(Debug, Default)]
@@ -51,25 +51,42 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change()); // pods go with it (owner references)
     }
     let (Some(template), Some(cap)) = (pool.spec.pod_template(), pool.spec.capacity()) else {
-        let msg = "spec.template (or sandboxTemplate) and spec.capacitySpec (or capacity) are required".to_string();
+        let msg =
+            "spec.template (or sandboxTemplate) and spec.capacitySpec (or capacity) are required"
+                .to_string();
         ctx.event(pool.as_ref(), true, "InvalidSpec", msg).await;
         return Ok(Action::await_change());
     };
     let cap = cap.to_core();
     if let Err(e) = cap.validate() {
-        ctx.event(pool.as_ref(), true, "InvalidCapacity", e.to_string()).await;
+        ctx.event(pool.as_ref(), true, "InvalidCapacity", e.to_string())
+            .await;
         return Ok(Action::await_change());
     }
     let api: Api<Pod> = ctx.api(&ns);
-    let PoolPods { mut warm, creating, allocated, finished } = classify(list_pods(&api, &format!("{POOL_LABEL}={name}")).await?);
+    let PoolPods {
+        mut warm,
+        creating,
+        allocated,
+        finished,
+    } = classify(list_pods(&api, &format!("{POOL_LABEL}={name}")).await?);
     for p in &finished {
         delete_ignoring_missing(&api, &p.name_any()).await?;
     }
-    let counts = PoolCounts { warm: warm.len() as u32, creating, allocated };
+    let counts = PoolCounts {
+        warm: warm.len() as u32,
+        creating,
+        allocated,
+    };
     let delta = scale_decision(&cap, counts, cap.pool_max);
     let mut created = 0u32;
     if delta > 0 {
-        let owner = controller_ref("sandbox.opensandbox.io/v1alpha1", "Pool", &name, &pool.uid().unwrap_or_default());
+        let owner = controller_ref(
+            "sandbox.opensandbox.io/v1alpha1",
+            "Pool",
+            &name,
+            &pool.uid().unwrap_or_default(),
+        );
         for _ in 0..delta {
             let meta = ObjectMeta {
                 generate_name: Some(format!("{name}-")),
@@ -82,15 +99,31 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }
-        ctx.event(pool.as_ref(), false, "ScaledUp", format!("created {created} warm pods")).await;
+        ctx.event(
+            pool.as_ref(),
+            false,
+            "ScaledUp",
+            format!("created {created} warm pods"),
+        )
+        .await;
     } else if delta < 0 {
         // drop the newest idle pods first (older ones have warmed caches)
-        warm.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
+        warm.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+        });
         let n = delta.unsigned_abs() as usize;
         for p in warm.split_off(warm.len().saturating_sub(n)) {
             delete_ignoring_missing(&api, &p.name_any()).await?;
         }
-        ctx.event(pool.as_ref(), false, "ScaledDown", format!("deleted {n} idle pods")).await;
+        ctx.event(
+            pool.as_ref(),
+            false,
+            "ScaledDown",
+            format!("deleted {n} idle pods"),
+        )
+        .await;
     }
     let status = PoolStatus {
         observed_generation: pool.metadata.generation,
@@ -103,7 +136,11 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     }
     // pod changes wake us through the watch; this is the resync
     let settling = creating + created > 0 || delta != 0;
-    Ok(Action::requeue(if settling { ctx.settle } else { Duration::from_secs(60) }))
+    Ok(Action::requeue(if settling {
+        ctx.settle
+    } else {
+        Duration::from_secs(60)
+    }))
 }
 
 #[cfg(test)]
@@ -121,8 +158,14 @@ mod tests {
         let failed = json!({"metadata": {"name": "f"}, "status": {"phase": "Failed"}});
         let mut gone = ready.clone();
         gone["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        let pods: Vec<Pod> = [ready, taken, pending, failed, gone].into_iter().map(|v| serde_json::from_value(v).expect("pod")).collect();
+        let pods: Vec<Pod> = [ready, taken, pending, failed, gone]
+            .into_iter()
+            .map(|v| serde_json::from_value(v).expect("pod"))
+            .collect();
         let c = classify(pods);
-        assert_eq!((c.warm.len(), c.creating, c.allocated, c.finished.len()), (1, 1, 1, 1));
+        assert_eq!(
+            (c.warm.len(), c.creating, c.allocated, c.finished.len()),
+            (1, 1, 1, 1)
+        );
     }
 }

@@ -45,7 +45,12 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
 async fn drain<K, S>(what: &'static str, stream: S)
 where
     K: Resource,
-    S: futures_util::Stream<Item = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, watcher::Error>>>,
+    S: futures_util::Stream<
+            Item = Result<
+                (ObjectRef<K>, Action),
+                kube::runtime::controller::Error<Error, watcher::Error>,
+            >,
+        >,
 {
     stream
         .for_each(|r| async move {
@@ -64,17 +69,31 @@ where
 }
 
 /// Run the controllers until the lease is lost (with leader election) or forever.
-pub async fn run(client: Client, cfg: ControllerConfig, tasks: Arc<dyn TaskRunner>, health: Arc<Health>) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    cfg: ControllerConfig,
+    tasks: Arc<dyn TaskRunner>,
+    health: Arc<Health>,
+) -> Result<(), Error> {
     let ns = cfg.namespace.clone();
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let lease = LeaseConfig { name: cfg.lease_name.clone(), identity: cfg.identity.clone(), duration: cfg.lease_duration };
+    let lease = LeaseConfig {
+        name: cfg.lease_name.clone(),
+        identity: cfg.identity.clone(),
+        duration: cfg.lease_duration,
+    };
     if cfg.leader_elect {
         tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for leadership");
         leader::acquire(&lease_api, &lease).await?;
         tracing::info!("leading");
     }
     health.leading.store(true, Ordering::Relaxed);
-    let ctx = Arc::new(Context::new(client.clone(), cfg.injection.clone(), tasks, Some(cfg.identity.clone())));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cfg.injection.clone(),
+        tasks,
+        Some(cfg.identity.clone()),
+    ));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let wc = watcher::Config::default();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sandpool");
@@ -86,15 +105,21 @@ pub async fn run(client: Client, cfg: ControllerConfig, tasks: Arc<dyn TaskRunne
     // a batch hears about its pods through the allocation label (pool pods
     // are owned by their Pool, not by the batch)
     let batch_store_ns = ns.clone();
-    let batches = Controller::new(Api::<BatchSandbox>::namespaced(client.clone(), &ns), wc.clone())
-        .watches(pods.clone(), managed.clone(), move |pod: Pod| {
-            let uid = pod.labels().get(ALLOCATED_TO_LABEL).cloned();
-            let owner = pod.annotations().get(crate::crd::BATCH_NAME_ANNOTATION).cloned();
-            let ns = batch_store_ns.clone();
-            uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
-        })
-        .shutdown_on_signal()
-        .run(crate::batch::reconcile, error_policy, ctx.clone());
+    let batches = Controller::new(
+        Api::<BatchSandbox>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .watches(pods.clone(), managed.clone(), move |pod: Pod| {
+        let uid = pod.labels().get(ALLOCATED_TO_LABEL).cloned();
+        let owner = pod
+            .annotations()
+            .get(crate::crd::BATCH_NAME_ANNOTATION)
+            .cloned();
+        let ns = batch_store_ns.clone();
+        uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
+    })
+    .shutdown_on_signal()
+    .run(crate::batch::reconcile, error_policy, ctx.clone());
     let sb_ns = ns.clone();
     let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
@@ -107,14 +132,28 @@ pub async fn run(client: Client, cfg: ControllerConfig, tasks: Arc<dyn TaskRunne
         })
         .shutdown_on_signal()
         .run(crate::agent_sandbox::reconcile_sandbox, error_policy, ctx.clone());
-    let warm = Controller::new(Api::<SandboxWarmPool>::namespaced(client.clone(), &ns), wc.clone())
-        .owns(pods.clone(), managed.clone())
-        .shutdown_on_signal()
-        .run(crate::agent_sandbox::reconcile_warm_pool, error_policy, ctx.clone());
-    let claims = Controller::new(Api::<SandboxClaim>::namespaced(client.clone(), &ns), wc.clone())
-        .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
-        .shutdown_on_signal()
-        .run(crate::agent_sandbox::reconcile_claim, error_policy, ctx.clone());
+    let warm = Controller::new(
+        Api::<SandboxWarmPool>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .owns(pods.clone(), managed.clone())
+    .shutdown_on_signal()
+    .run(
+        crate::agent_sandbox::reconcile_warm_pool,
+        error_policy,
+        ctx.clone(),
+    );
+    let claims = Controller::new(
+        Api::<SandboxClaim>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
+    .shutdown_on_signal()
+    .run(
+        crate::agent_sandbox::reconcile_claim,
+        error_policy,
+        ctx.clone(),
+    );
     let controllers = async {
         tokio::join!(
             drain("pool", pools),

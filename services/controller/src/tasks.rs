@@ -18,7 +18,10 @@ use crate::pods::{self, RUNTIME_PORT};
 pub struct GrpcTaskRunner;
 
 fn err(pod: &Pod, reason: impl std::fmt::Display) -> Error {
-    Error::Runtime { pod: pod.name_any(), reason: reason.to_string() }
+    Error::Runtime {
+        pod: pod.name_any(),
+        reason: reason.to_string(),
+    }
 }
 
 async fn client(pod: &Pod) -> Result<RuntimeClient<tonic::transport::Channel>> {
@@ -36,7 +39,10 @@ async fn client(pod: &Pod) -> Result<RuntimeClient<tonic::transport::Channel>> {
 fn request<T>(pod: &Pod, msg: T) -> Result<tonic::Request<T>> {
     let mut r = sandpool_telemetry::grpc_request(msg);
     if let Some(t) = pods::access_token(pod) {
-        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, t.parse().map_err(|_| err(pod, "bad token"))?);
+        r.metadata_mut().insert(
+            sandpool_proto::ACCESS_TOKEN_METADATA,
+            t.parse().map_err(|_| err(pod, "bad token"))?,
+        );
     }
     Ok(r)
 }
@@ -48,15 +54,33 @@ impl TaskRunner for GrpcTaskRunner {
         if argv.is_empty() {
             return Err(err(pod, "the task has no command"));
         }
-        let env = task.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
-        let msg = pb::InjectRequest { argv, env, cwd: task.working_dir.clone().unwrap_or_default(), replace: true, ..Default::default() };
-        client(pod).await?.inject(request(pod, msg)?).await.map_err(|s| err(pod, s.message()))?;
+        let env = task
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        let msg = pb::InjectRequest {
+            argv,
+            env,
+            cwd: task.working_dir.clone().unwrap_or_default(),
+            replace: true,
+            ..Default::default()
+        };
+        client(pod)
+            .await?
+            .inject(request(pod, msg)?)
+            .await
+            .map_err(|s| err(pod, s.message()))?;
         Ok(())
     }
 
     async fn status(&self, pod: &Pod) -> Option<Option<i32>> {
         let mut c = client(pod).await.ok()?;
-        let s = c.entrypoint_status(request(pod, pb::EntrypointStatusRequest {}).ok()?).await.ok()?.into_inner();
+        let s = c
+            .entrypoint_status(request(pod, pb::EntrypointStatusRequest {}).ok()?)
+            .await
+            .ok()?
+            .into_inner();
         match pb::ProcessPhase::try_from(s.phase).ok()? {
             pb::ProcessPhase::Running => Some(None),
             pb::ProcessPhase::Exited => Some(s.exit_code),
@@ -66,8 +90,16 @@ impl TaskRunner for GrpcTaskRunner {
 
     async fn stop(&self, pod: &Pod) -> Result<()> {
         // replacing the entrypoint kills the running one (and its process group)
-        let msg = pb::InjectRequest { argv: vec!["true".into()], replace: true, ..Default::default() };
-        client(pod).await?.inject(request(pod, msg)?).await.map_err(|s| err(pod, s.message()))?;
+        let msg = pb::InjectRequest {
+            argv: vec!["true".into()],
+            replace: true,
+            ..Default::default()
+        };
+        client(pod)
+            .await?
+            .inject(request(pod, msg)?)
+            .await
+            .map_err(|s| err(pod, s.message()))?;
         Ok(())
     }
 }

@@ -36,26 +36,45 @@ where
 #[tokio::test]
 #[ignore = "needs a real cluster: set KUBECONFIG and SANDPOOL_E2E_RUNTIME_IMAGE"]
 async fn pool_batch_and_claim_on_a_real_cluster() {
-    let runtime_image = std::env::var("SANDPOOL_E2E_RUNTIME_IMAGE").expect("SANDPOOL_E2E_RUNTIME_IMAGE");
+    let runtime_image =
+        std::env::var("SANDPOOL_E2E_RUNTIME_IMAGE").expect("SANDPOOL_E2E_RUNTIME_IMAGE");
     let client = Client::try_default().await.expect("KUBECONFIG");
-    let ns = format!("sandpool-e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let ns = format!(
+        "sandpool-e2e-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
     let ssa = PatchParams::apply("sandpool-e2e").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in all_crds() {
-        crds.patch(&crd.name_any(), &ssa, &Patch::Apply(&crd)).await.expect("apply CRD");
+        crds.patch(&crd.name_any(), &ssa, &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
     }
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns")).await.expect("namespace");
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
 
     let cfg = ControllerConfig {
         namespace: ns.clone(),
-        injection: RuntimeInjection { image: runtime_image, image_pull_policy: Some("IfNotPresent".into()) },
+        injection: RuntimeInjection {
+            image: runtime_image,
+            image_pull_policy: Some("IfNotPresent".into()),
+        },
         leader_elect: true,
         identity: "e2e".into(),
         lease_name: "sandpool-controller".into(),
         lease_duration: Duration::from_secs(15),
     };
-    let controllers = tokio::spawn(sandpool_controller::run::run(client.clone(), cfg, Arc::new(GrpcTaskRunner), Arc::new(Health::default())));
+    let controllers = tokio::spawn(sandpool_controller::run::run(
+        client.clone(),
+        cfg,
+        Arc::new(GrpcTaskRunner),
+        Arc::new(Health::default()),
+    ));
 
     let pools: Api<Pool> = Api::namespaced(client.clone(), &ns);
     let pool: Pool = serde_json::from_value(json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool",
@@ -63,33 +82,60 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
         "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}},
                  "capacitySpec": {"bufferMin": 2, "bufferMax": 2, "poolMin": 2, "poolMax": 4}}}))
     .expect("pool");
-    pools.create(&PostParams::default(), &pool).await.expect("create pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool");
     wait_for("2 available pods", 180, || async {
-        pools.get("e2e").await.ok().and_then(|p| p.status).is_some_and(|s| s.available == 2)
+        pools
+            .get("e2e")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.available == 2)
     })
     .await;
 
     let batches: Api<BatchSandbox> = Api::namespaced(client.clone(), &ns);
-    let b: BatchSandbox = serde_json::from_value(json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+    let b: BatchSandbox = serde_json::from_value(
+        json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
         "metadata": {"name": "b"}, "spec": {"replicas": 1, "poolRef": "e2e",
-        "taskTemplate": {"spec": {"process": {"command": ["sh", "-c", "exit 0"]}}}}}))
+        "taskTemplate": {"spec": {"process": {"command": ["sh", "-c", "exit 0"]}}}}}),
+    )
     .expect("batch");
-    batches.create(&PostParams::default(), &b).await.expect("create batch");
+    batches
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("create batch");
     wait_for("the batch's task to succeed", 120, || async {
-        batches.get("b").await.ok().and_then(|b| b.status).is_some_and(|s| s.allocated == 1 && s.task_succeed == 1)
+        batches
+            .get("b")
+            .await
+            .ok()
+            .and_then(|b| b.status)
+            .is_some_and(|s| s.allocated == 1 && s.task_succeed == 1)
     })
     .await;
     let b = batches.get("b").await.expect("batch");
-    let endpoints: Vec<String> = serde_json::from_str(&b.annotations()[ENDPOINTS_ANNOTATION]).expect("endpoints");
+    let endpoints: Vec<String> =
+        serde_json::from_str(&b.annotations()[ENDPOINTS_ANNOTATION]).expect("endpoints");
     assert_eq!(endpoints.len(), 1);
-    batches.delete("b", &DeleteParams::default()).await.expect("delete batch");
+    batches
+        .delete("b", &DeleteParams::default())
+        .await
+        .expect("delete batch");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     wait_for("the pod back in the pool", 60, || async {
         batches.get_opt("b").await.ok().flatten().is_none()
-            && pods.list(&ListParams::default().labels(ALLOCATED_TO_LABEL)).await.is_ok_and(|l| l.items.is_empty())
+            && pods
+                .list(&ListParams::default().labels(ALLOCATED_TO_LABEL))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
     })
     .await;
 
     controllers.abort();
-    nss.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
+    nss.delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
 }

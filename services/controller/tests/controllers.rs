@@ -34,11 +34,20 @@ struct FakeTasks {
 impl TaskRunner for FakeTasks {
     async fn start(&self, pod: &Pod, task: &ProcessTask) -> sandpool_controller::Result<()> {
         let argv = task.command.iter().chain(&task.args).cloned().collect();
-        self.started.lock().expect("lock").insert(pod.name_any(), argv);
+        self.started
+            .lock()
+            .expect("lock")
+            .insert(pod.name_any(), argv);
         Ok(())
     }
     async fn status(&self, pod: &Pod) -> Option<Option<i32>> {
-        Some(self.exit.lock().expect("lock").get(&pod.name_any()).copied())
+        Some(
+            self.exit
+                .lock()
+                .expect("lock")
+                .get(&pod.name_any())
+                .copied(),
+        )
     }
     async fn stop(&self, pod: &Pod) -> sandpool_controller::Result<()> {
         self.stopped.lock().expect("lock").push(pod.name_any());
@@ -49,8 +58,16 @@ impl TaskRunner for FakeTasks {
 fn setup() -> (FakeApi, Arc<Context>, Arc<FakeTasks>) {
     let api = FakeApi::new();
     let tasks = Arc::new(FakeTasks::default());
-    let inj = RuntimeInjection { image: "ghcr.io/sandpool/sandpool:test".into(), image_pull_policy: None };
-    let ctx = Arc::new(Context::new(api.client(), inj, tasks.clone(), Some("test".into())));
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        inj,
+        tasks.clone(),
+        Some("test".into()),
+    ));
     (api, ctx, tasks)
 }
 
@@ -67,34 +84,66 @@ fn pool_obj(name: &str, cap: [i32; 4]) -> Value {
                  "capacitySpec": {"bufferMin": cap[0], "bufferMax": cap[1], "poolMin": cap[2], "poolMax": cap[3]}}})
 }
 
-async fn get<K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+async fn get<
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+>(
     ctx: &Context,
     name: &str,
 ) -> Arc<K> {
-    Arc::new(Api::<K>::namespaced(ctx.client.clone(), NS).get(name).await.expect("get"))
+    Arc::new(
+        Api::<K>::namespaced(ctx.client.clone(), NS)
+            .get(name)
+            .await
+            .expect("get"),
+    )
 }
 
 fn pod_names(api: &FakeApi, selector: &str) -> Vec<String> {
     api.with_store(|s| {
         s.list(&pods_path(NS))
             .into_iter()
-            .filter(|p| support::selector_matches(selector, p["metadata"]["labels"].as_object().unwrap_or(&Default::default())))
+            .filter(|p| {
+                support::selector_matches(
+                    selector,
+                    p["metadata"]["labels"]
+                        .as_object()
+                        .unwrap_or(&Default::default()),
+                )
+            })
             .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
-            .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect()
     })
 }
 
 fn ready_all(api: &FakeApi, selector: &str) {
     for (i, name) in pod_names(api, selector).into_iter().enumerate() {
-        api.with_store(|s| make_ready(s, NS, &name, &format!("10.1.0.{}", i + 10), if i % 2 == 0 { "node-a" } else { "node-b" }));
+        api.with_store(|s| {
+            make_ready(
+                s,
+                NS,
+                &name,
+                &format!("10.1.0.{}", i + 10),
+                if i % 2 == 0 { "node-a" } else { "node-b" },
+            )
+        });
     }
 }
 
 /// A pool with `n` ready pods.
 async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
     api.with_store(|s| s.put(&pools(), pool_obj(name, [n, n, n, n + 2])));
-    pool::reconcile(get::<Pool>(ctx, name).await, ctx.clone()).await.expect("pool reconcile");
+    pool::reconcile(get::<Pool>(ctx, name).await, ctx.clone())
+        .await
+        .expect("pool reconcile");
     ready_all(api, &format!("{POOL_LABEL}={name}"));
 }
 
@@ -102,32 +151,78 @@ async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
 async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
     let (api, ctx, _) = setup();
     api.with_store(|s| s.put(&pools(), pool_obj("agent-pool", [2, 3, 2, 5])));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone()).await.expect("reconcile");
+    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
+        .await
+        .expect("reconcile");
     let created = pod_names(&api, &format!("{POOL_LABEL}=agent-pool"));
     assert_eq!(created.len(), 2, "buffer filled to the middle of [2,3]");
-    let pod = api.with_store(|s| s.get(&pods_path(NS), &created[0]).cloned()).expect("pod");
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), &created[0]).cloned())
+        .expect("pod");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Pool");
-    assert_eq!(pod["spec"]["containers"][0]["command"][0], "/opt/sandpool/sandpool-runtime");
-    assert_eq!(pod["spec"]["initContainers"][0]["image"], "ghcr.io/sandpool/sandpool:test");
-    let status = api.with_store(|s| s.get(&pools(), "agent-pool").cloned()).expect("pool")["status"].clone();
-    assert_eq!(status, json!({"observedGeneration": 1, "total": 2, "allocated": 0, "available": 0}));
+    assert_eq!(
+        pod["spec"]["containers"][0]["command"][0],
+        "/opt/sandpool/sandpool-runtime"
+    );
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["image"],
+        "ghcr.io/sandpool/sandpool:test"
+    );
+    let status = api
+        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .expect("pool")["status"]
+        .clone();
+    assert_eq!(
+        status,
+        json!({"observedGeneration": 1, "total": 2, "allocated": 0, "available": 0})
+    );
 
     ready_all(&api, &format!("{POOL_LABEL}=agent-pool"));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone()).await.expect("reconcile");
-    let status = api.with_store(|s| s.get(&pools(), "agent-pool").cloned()).expect("pool")["status"].clone();
-    assert_eq!((status["total"].clone(), status["available"].clone()), (json!(2), json!(2)));
-    assert_eq!(pod_names(&api, &format!("{POOL_LABEL}=agent-pool")).len(), 2, "steady: nothing created");
+    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
+        .await
+        .expect("reconcile");
+    let status = api
+        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .expect("pool")["status"]
+        .clone();
+    assert_eq!(
+        (status["total"].clone(), status["available"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(
+        pod_names(&api, &format!("{POOL_LABEL}=agent-pool")).len(),
+        2,
+        "steady: nothing created"
+    );
 
     // a claim takes one: the buffer (1) is under bufferMin, so one is created
-    api.with_store(|s| s.mutate(&pods_path(NS), &created[0], |p| p["metadata"]["labels"][ALLOCATED_TO_LABEL] = json!("someone")));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone()).await.expect("reconcile");
-    assert_eq!(pod_names(&api, &format!("{POOL_LABEL}=agent-pool")).len(), 3);
-    let status = api.with_store(|s| s.get(&pools(), "agent-pool").cloned()).expect("pool")["status"].clone();
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &created[0], |p| {
+            p["metadata"]["labels"][ALLOCATED_TO_LABEL] = json!("someone")
+        })
+    });
+    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        pod_names(&api, &format!("{POOL_LABEL}=agent-pool")).len(),
+        3
+    );
+    let status = api
+        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .expect("pool")["status"]
+        .clone();
     assert_eq!(status["allocated"], 1);
 
     // failed pods are deleted and replaced
-    api.with_store(|s| s.mutate(&pods_path(NS), &created[1], |p| p["status"]["phase"] = json!("Failed")));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone()).await.expect("reconcile");
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &created[1], |p| {
+            p["status"]["phase"] = json!("Failed")
+        })
+    });
+    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
+        .await
+        .expect("reconcile");
     let names = pod_names(&api, &format!("{POOL_LABEL}=agent-pool"));
     assert!(!names.contains(&created[1]), "the failed pod is gone");
     assert_eq!(names.len(), 3);
@@ -137,9 +232,15 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
 async fn invalid_capacity_is_reported_not_acted_on() {
     let (api, ctx, _) = setup();
     api.with_store(|s| s.put(&pools(), pool_obj("bad", [5, 2, 0, 5])));
-    pool::reconcile(get::<Pool>(&ctx, "bad").await, ctx.clone()).await.expect("reconcile");
+    pool::reconcile(get::<Pool>(&ctx, "bad").await, ctx.clone())
+        .await
+        .expect("reconcile");
     assert!(pod_names(&api, "").is_empty());
-    let ev = api.requests().into_iter().find(|r| r.path.contains("/events")).expect("an event");
+    let ev = api
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/events"))
+        .expect("an event");
     assert_eq!(ev.body["reason"], "InvalidCapacity");
     assert_eq!(ev.body["type"], "Warning");
 }
@@ -153,7 +254,9 @@ fn batch_obj(name: &str, replicas: i32, extra: Value) -> Value {
 
 /// Reconcile a batch until it stops changing its finalizers (first pass adds one).
 async fn reconcile_batch(ctx: &Arc<Context>, name: &str) {
-    batch::reconcile(get::<BatchSandbox>(ctx, name).await, ctx.clone()).await.expect("batch reconcile");
+    batch::reconcile(get::<BatchSandbox>(ctx, name).await, ctx.clone())
+        .await
+        .expect("batch reconcile");
 }
 
 #[tokio::test]
@@ -162,35 +265,65 @@ async fn batch_claims_pool_pods_with_resource_version_preconditions() {
     ready_pool(&api, &ctx, "p", 3).await;
     api.with_store(|s| s.put(&batches(), batch_obj("b1", 2, json!({}))));
     reconcile_batch(&ctx, "b1").await;
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("batch");
-    assert_eq!(b["metadata"]["finalizers"], json!([BATCH_FINALIZER]), "first pass adds the finalizer");
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("batch");
+    assert_eq!(
+        b["metadata"]["finalizers"],
+        json!([BATCH_FINALIZER]),
+        "first pass adds the finalizer"
+    );
     reconcile_batch(&ctx, "b1").await;
 
     let allocated = pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b1"));
     assert_eq!(allocated.len(), 2);
-    let patches: Vec<_> =
-        api.requests().into_iter().filter(|r| r.method == Method::PATCH && r.path.contains("/pods/") && r.status == 200).collect();
+    let patches: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH && r.path.contains("/pods/") && r.status == 200)
+        .collect();
     assert_eq!(patches.len(), 2);
     for p in &patches {
-        assert!(p.body["metadata"]["resourceVersion"].is_string(), "allocation is conditional: {:?}", p.body);
+        assert!(
+            p.body["metadata"]["resourceVersion"].is_string(),
+            "allocation is conditional: {:?}",
+            p.body
+        );
         assert_eq!(p.body["metadata"]["labels"][ALLOCATED_TO_LABEL], "uid-b1");
     }
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("batch");
-    let endpoints: Vec<String> =
-        serde_json::from_str(b["metadata"]["annotations"][ENDPOINTS_ANNOTATION].as_str().expect("endpoints")).expect("json");
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("batch");
+    let endpoints: Vec<String> = serde_json::from_str(
+        b["metadata"]["annotations"][ENDPOINTS_ANNOTATION]
+            .as_str()
+            .expect("endpoints"),
+    )
+    .expect("json");
     assert_eq!(endpoints.len(), 2);
     assert_eq!(b["status"]["allocated"], 2);
     assert_eq!(b["status"]["ready"], 2);
     let nodes: Vec<String> = allocated
         .iter()
-        .map(|n| api.with_store(|s| s.get(&pods_path(NS), n).cloned()).expect("pod")["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+        .map(|n| {
+            api.with_store(|s| s.get(&pods_path(NS), n).cloned())
+                .expect("pod")["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_ne!(nodes[0], nodes[1], "spread across nodes");
 
     // a second reconcile is a no-op for allocation
     let before = api.requests().len();
     reconcile_batch(&ctx, "b1").await;
-    assert!(api.requests()[before..].iter().all(|r| r.method == Method::GET), "steady state only reads");
+    assert!(
+        api.requests()[before..]
+            .iter()
+            .all(|r| r.method == Method::GET),
+        "steady state only reads"
+    );
 }
 
 #[tokio::test]
@@ -209,20 +342,31 @@ async fn a_pod_taken_concurrently_is_never_handed_out_twice() {
             let mut st = s2.lock().expect("lock");
             if st.is_none() {
                 let name = path.rsplit('/').next().unwrap_or_default().to_string();
-                store.mutate(&pods_path(NS), &name, |p| p["metadata"]["labels"][ALLOCATED_TO_LABEL] = json!("uid-other"));
+                store.mutate(&pods_path(NS), &name, |p| {
+                    p["metadata"]["labels"][ALLOCATED_TO_LABEL] = json!("uid-other")
+                });
                 *st = Some(name);
             }
         }
     }));
     reconcile_batch(&ctx, "b1").await;
-    let stolen = stolen.lock().expect("lock").clone().expect("a pod was stolen");
+    let stolen = stolen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a pod was stolen");
     let conflicts = api.requests().iter().filter(|r| r.status == 409).count();
     assert_eq!(conflicts, 1, "the stale write was refused");
     let mine = pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b1"));
     assert_eq!(mine.len(), 2, "the conflict was retried with another pod");
     assert!(!mine.contains(&stolen));
-    let other = api.with_store(|s| s.get(&pods_path(NS), &stolen).cloned()).expect("pod");
-    assert_eq!(other["metadata"]["labels"][ALLOCATED_TO_LABEL], "uid-other", "the winner keeps it");
+    let other = api
+        .with_store(|s| s.get(&pods_path(NS), &stolen).cloned())
+        .expect("pod");
+    assert_eq!(
+        other["metadata"]["labels"][ALLOCATED_TO_LABEL], "uid-other",
+        "the winner keeps it"
+    );
 }
 
 #[tokio::test]
@@ -233,14 +377,31 @@ async fn two_batches_racing_for_a_small_pool_split_it_without_overlap() {
         api.with_store(|s| s.put(&batches(), batch_obj(n, 2, json!({}))));
         reconcile_batch(&ctx, n).await; // finalizers
     }
-    let (b1, b2) = (get::<BatchSandbox>(&ctx, "b1").await, get::<BatchSandbox>(&ctx, "b2").await);
-    let (r1, r2) = tokio::join!(batch::reconcile(b1, ctx.clone()), batch::reconcile(b2, ctx.clone()));
+    let (b1, b2) = (
+        get::<BatchSandbox>(&ctx, "b1").await,
+        get::<BatchSandbox>(&ctx, "b2").await,
+    );
+    let (r1, r2) = tokio::join!(
+        batch::reconcile(b1, ctx.clone()),
+        batch::reconcile(b2, ctx.clone())
+    );
     r1.expect("b1");
     r2.expect("b2");
-    let (m1, m2) = (pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b1")), pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b2")));
-    assert_eq!(m1.len() + m2.len(), 3, "all three pods handed out, b1={m1:?} b2={m2:?}");
+    let (m1, m2) = (
+        pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b1")),
+        pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b2")),
+    );
+    assert_eq!(
+        m1.len() + m2.len(),
+        3,
+        "all three pods handed out, b1={m1:?} b2={m2:?}"
+    );
     assert!(m1.iter().all(|p| !m2.contains(p)), "no pod in both");
-    let exhausted = api.requests().into_iter().filter(|r| r.path.contains("/events") && r.body["reason"] == "PoolExhausted").count();
+    let exhausted = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/events") && r.body["reason"] == "PoolExhausted")
+        .count();
     assert_eq!(exhausted, 1, "the short batch says why");
 }
 
@@ -256,10 +417,20 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_returns_pods() {
     let mine = pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-b1"));
 
     // expire it
-    api.with_store(|s| s.mutate(&batches(), "b1", |b| b["spec"]["expireTime"] = json!("2020-01-01T00:00:00Z")));
+    api.with_store(|s| {
+        s.mutate(&batches(), "b1", |b| {
+            b["spec"]["expireTime"] = json!("2020-01-01T00:00:00Z")
+        })
+    });
     reconcile_batch(&ctx, "b1").await;
-    assert!(api.requests().iter().any(|r| r.method == Method::DELETE && r.path.ends_with("/batchsandboxes/b1")));
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("held by the finalizer");
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.method == Method::DELETE && r.path.ends_with("/batchsandboxes/b1"))
+    );
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("held by the finalizer");
     assert!(b["metadata"]["deletionTimestamp"].is_string());
 
     // cleanup: tasks stopped, pods back in the pool, finalizer removed, object gone
@@ -269,13 +440,28 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_returns_pods() {
     let mut want = mine.clone();
     want.sort();
     assert_eq!(stopped, want);
-    assert!(api.with_store(|s| s.get(&batches(), "b1").is_none()), "deleted after cleanup");
+    assert!(
+        api.with_store(|s| s.get(&batches(), "b1").is_none()),
+        "deleted after cleanup"
+    );
     for p in &mine {
-        let pod = api.with_store(|s| s.get(&pods_path(NS), p).cloned()).expect("pod kept");
-        assert!(pod["metadata"]["labels"].get(ALLOCATED_TO_LABEL).is_none(), "returned to the pool");
-        assert!(pod["metadata"]["annotations"].get(TASK_ANNOTATION).is_none());
+        let pod = api
+            .with_store(|s| s.get(&pods_path(NS), p).cloned())
+            .expect("pod kept");
+        assert!(
+            pod["metadata"]["labels"].get(ALLOCATED_TO_LABEL).is_none(),
+            "returned to the pool"
+        );
+        assert!(
+            pod["metadata"]["annotations"]
+                .get(TASK_ANNOTATION)
+                .is_none()
+        );
     }
-    assert_eq!(pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(), 2);
+    assert_eq!(
+        pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -296,8 +482,16 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
     let started = tasks.started.lock().expect("lock").clone();
     let mut cmds: Vec<String> = started.values().map(|v| v.join(" ")).collect();
     cmds.sort();
-    assert_eq!(cmds, ["echo Custom task for sandbox 1", "echo Custom task for sandbox 2 with additional arguments"]);
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("batch");
+    assert_eq!(
+        cmds,
+        [
+            "echo Custom task for sandbox 1",
+            "echo Custom task for sandbox 2 with additional arguments"
+        ]
+    );
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("batch");
     assert_eq!(b["status"]["taskRunning"], 2);
 
     // one succeeds, one fails
@@ -305,12 +499,22 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
     tasks.exit.lock().expect("lock").insert(names[0].clone(), 0);
     tasks.exit.lock().expect("lock").insert(names[1].clone(), 3);
     reconcile_batch(&ctx, "b1").await;
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("batch");
-    assert_eq!((b["status"]["taskSucceed"].clone(), b["status"]["taskFailed"].clone()), (json!(1), json!(1)));
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("batch");
+    assert_eq!(
+        (
+            b["status"]["taskSucceed"].clone(),
+            b["status"]["taskFailed"].clone()
+        ),
+        (json!(1), json!(1))
+    );
     assert!(b["status"]["completionTime"].is_string());
     // ttlSecondsAfterFinished: 0 -> the next pass deletes it
     reconcile_batch(&ctx, "b1").await;
-    let b = api.with_store(|s| s.get(&batches(), "b1").cloned()).expect("held by finalizer");
+    let b = api
+        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .expect("held by finalizer");
     assert!(b["metadata"]["deletionTimestamp"].is_string());
 }
 
@@ -328,7 +532,10 @@ async fn batch_from_a_template_creates_and_deletes_its_own_pods() {
     // scale down to 1: the highest shard goes
     api.with_store(|s| s.mutate(&batches(), "basic", |b| b["spec"]["replicas"] = json!(1)));
     reconcile_batch(&ctx, "basic").await;
-    assert_eq!(pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-basic")), ["basic-0"]);
+    assert_eq!(
+        pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-basic")),
+        ["basic-0"]
+    );
     // delete: the pod goes too (not a pool pod)
     api.with_store(|s| s.delete(&batches(), "basic"));
     reconcile_batch(&ctx, "basic").await;
@@ -341,7 +548,9 @@ async fn a_missing_pool_is_an_error_that_is_retried() {
     let (api, ctx, _) = setup();
     api.with_store(|s| s.put(&batches(), batch_obj("b1", 1, json!({"poolRef": "nope"}))));
     reconcile_batch(&ctx, "b1").await;
-    let err = batch::reconcile(get::<BatchSandbox>(&ctx, "b1").await, ctx.clone()).await.expect_err("no pool");
+    let err = batch::reconcile(get::<BatchSandbox>(&ctx, "b1").await, ctx.clone())
+        .await
+        .expect_err("no pool");
     assert!(err.to_string().contains("Pool nope not found"), "{err}");
 }
 
@@ -370,39 +579,100 @@ fn agent_fixtures(api: &FakeApi) {
 async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
-    agent_sandbox::reconcile_warm_pool(get::<SandboxWarmPool>(&ctx, "python-warmpool").await, ctx.clone()).await.expect("wp");
+    agent_sandbox::reconcile_warm_pool(
+        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
+        ctx.clone(),
+    )
+    .await
+    .expect("wp");
     let warm = pod_names(&api, WARM_POOL_LABEL);
     assert_eq!(warm.len(), 2);
     ready_all(&api, WARM_POOL_LABEL);
-    agent_sandbox::reconcile_warm_pool(get::<SandboxWarmPool>(&ctx, "python-warmpool").await, ctx.clone()).await.expect("wp");
-    let wp = api.with_store(|s| s.get(&ext("sandboxwarmpools"), "python-warmpool").cloned()).expect("wp");
+    agent_sandbox::reconcile_warm_pool(
+        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
+        ctx.clone(),
+    )
+    .await
+    .expect("wp");
+    let wp = api
+        .with_store(|s| s.get(&ext("sandboxwarmpools"), "python-warmpool").cloned())
+        .expect("wp");
     assert_eq!(wp["status"], json!({"replicas": 2, "readyReplicas": 2}));
 
-    let claim = || async { agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "warmpool-test").await, ctx.clone()).await };
+    let claim = || async {
+        agent_sandbox::reconcile_claim(
+            get::<SandboxClaim>(&ctx, "warmpool-test").await,
+            ctx.clone(),
+        )
+        .await
+    };
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let sb = api.with_store(|s| s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), "warmpool-test").cloned()).expect("sandbox");
-    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION].as_str().expect("pod-name annotation").to_string();
+    let sb = api
+        .with_store(|s| {
+            s.get(
+                &cr_path("agents.x-k8s.io", "sandboxes", NS),
+                "warmpool-test",
+            )
+            .cloned()
+        })
+        .expect("sandbox");
+    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
+        .as_str()
+        .expect("pod-name annotation")
+        .to_string();
     assert!(warm.contains(&pod_name));
     assert_eq!(sb["metadata"]["ownerReferences"][0]["kind"], "SandboxClaim");
-    let pod = api.with_store(|s| s.get(&pods_path(NS), &pod_name).cloned()).expect("pod");
-    assert!(pod["metadata"]["labels"].get(WARM_POOL_LABEL).is_none(), "left the pool");
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), &pod_name).cloned())
+        .expect("pod");
+    assert!(
+        pod["metadata"]["labels"].get(WARM_POOL_LABEL).is_none(),
+        "left the pool"
+    );
     assert!(pod["metadata"]["labels"][SANDBOX_NAME_HASH_LABEL].is_string());
-    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "SandboxClaim");
-    let adopt = api.requests().into_iter().find(|r| r.method == Method::PATCH && r.path.ends_with(&pod_name)).expect("adoption patch");
-    assert!(adopt.body["metadata"]["resourceVersion"].is_string(), "adoption is conditional");
+    assert_eq!(
+        pod["metadata"]["ownerReferences"][0]["kind"],
+        "SandboxClaim"
+    );
+    let adopt = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path.ends_with(&pod_name))
+        .expect("adoption patch");
+    assert!(
+        adopt.body["metadata"]["resourceVersion"].is_string(),
+        "adoption is conditional"
+    );
 
     // the warm pool makes a replacement
-    agent_sandbox::reconcile_warm_pool(get::<SandboxWarmPool>(&ctx, "python-warmpool").await, ctx.clone()).await.expect("wp");
+    agent_sandbox::reconcile_warm_pool(
+        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
+        ctx.clone(),
+    )
+    .await
+    .expect("wp");
     assert_eq!(pod_names(&api, WARM_POOL_LABEL).len(), 2);
 
     // the Sandbox reports the adopted pod ready; the claim follows
-    agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone()).await.expect("sb");
-    let sb = api.with_store(|s| s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), "warmpool-test").cloned()).expect("sandbox");
+    agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone())
+        .await
+        .expect("sb");
+    let sb = api
+        .with_store(|s| {
+            s.get(
+                &cr_path("agents.x-k8s.io", "sandboxes", NS),
+                "warmpool-test",
+            )
+            .cloned()
+        })
+        .expect("sandbox");
     assert_eq!(sb["status"]["podName"], pod_name.as_str());
     assert_eq!(sb["status"]["conditions"][0]["status"], "True");
     claim().await.expect("claim");
-    let c = api.with_store(|s| s.get(&ext("sandboxclaims"), "warmpool-test").cloned()).expect("claim");
+    let c = api
+        .with_store(|s| s.get(&ext("sandboxclaims"), "warmpool-test").cloned())
+        .expect("claim");
     assert_eq!(c["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(c["status"]["conditions"][0]["status"], "True");
     assert_eq!(c["status"]["sandbox"]["name"], "warmpool-test");
@@ -411,24 +681,63 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     api.with_store(|s| s.delete(&ext("sandboxclaims"), "warmpool-test"));
     claim().await.expect("cleanup");
     assert!(api.with_store(|s| s.get(&ext("sandboxclaims"), "warmpool-test").is_none()));
-    assert!(api.with_store(|s| s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), "warmpool-test").is_none()));
-    assert!(api.with_store(|s| s.get(&pods_path(NS), &pod_name).is_none()), "the adopted pod went with its claim");
+    assert!(api.with_store(|s| {
+        s.get(
+            &cr_path("agents.x-k8s.io", "sandboxes", NS),
+            "warmpool-test",
+        )
+        .is_none()
+    }));
+    assert!(
+        api.with_store(|s| s.get(&pods_path(NS), &pod_name).is_none()),
+        "the adopted pod went with its claim"
+    );
 }
 
 #[tokio::test]
 async fn claim_without_warm_pods_starts_a_cold_sandbox() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
-    let claim = || async { agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "warmpool-test").await, ctx.clone()).await };
+    let claim = || async {
+        agent_sandbox::reconcile_claim(
+            get::<SandboxClaim>(&ctx, "warmpool-test").await,
+            ctx.clone(),
+        )
+        .await
+    };
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let sb = api.with_store(|s| s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), "warmpool-test").cloned()).expect("sandbox");
-    assert!(sb["metadata"]["annotations"].get(POD_NAME_ANNOTATION).is_none());
-    agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone()).await.expect("sb");
-    let pod = api.with_store(|s| s.get(&pods_path(NS), "warmpool-test").cloned()).expect("cold pod named after the sandbox");
+    let sb = api
+        .with_store(|s| {
+            s.get(
+                &cr_path("agents.x-k8s.io", "sandboxes", NS),
+                "warmpool-test",
+            )
+            .cloned()
+        })
+        .expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none()
+    );
+    agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone())
+        .await
+        .expect("sb");
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), "warmpool-test").cloned())
+        .expect("cold pod named after the sandbox");
     assert_eq!(pod["spec"]["runtimeClassName"], "gvisor");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
-    let sb = api.with_store(|s| s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), "warmpool-test").cloned()).expect("sandbox");
+    let sb = api
+        .with_store(|s| {
+            s.get(
+                &cr_path("agents.x-k8s.io", "sandboxes", NS),
+                "warmpool-test",
+            )
+            .cloned()
+        })
+        .expect("sandbox");
     assert_eq!(sb["status"]["conditions"][0]["status"], "False");
 }
 
@@ -436,8 +745,18 @@ async fn claim_without_warm_pods_starts_a_cold_sandbox() {
 async fn claim_shutdown_time_expires_it() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
-    api.with_store(|s| s.mutate(&ext("sandboxclaims"), "warmpool-test", |c| c["spec"]["shutdownTime"] = json!("2020-01-01T00:00:00Z")));
-    let claim = || async { agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "warmpool-test").await, ctx.clone()).await };
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxclaims"), "warmpool-test", |c| {
+            c["spec"]["shutdownTime"] = json!("2020-01-01T00:00:00Z")
+        })
+    });
+    let claim = || async {
+        agent_sandbox::reconcile_claim(
+            get::<SandboxClaim>(&ctx, "warmpool-test").await,
+            ctx.clone(),
+        )
+        .await
+    };
     claim().await.expect("finalizer");
     claim().await.expect("expire");
     claim().await.expect("cleanup");
@@ -448,12 +767,19 @@ async fn claim_shutdown_time_expires_it() {
 async fn claim_of_an_unknown_template_reports_it() {
     let (api, ctx, _) = setup();
     api.with_store(|s| {
-        s.put(&ext("sandboxclaims"), json!({"metadata": {"name": "c"}, "spec": {"sandboxTemplateRef": {"name": "missing"}}}))
+        s.put(
+            &ext("sandboxclaims"),
+            json!({"metadata": {"name": "c"}, "spec": {"sandboxTemplateRef": {"name": "missing"}}}),
+        )
     });
-    let claim = || async { agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "c").await, ctx.clone()).await };
+    let claim = || async {
+        agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "c").await, ctx.clone()).await
+    };
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let c = api.with_store(|s| s.get(&ext("sandboxclaims"), "c").cloned()).expect("claim");
+    let c = api
+        .with_store(|s| s.get(&ext("sandboxclaims"), "c").cloned())
+        .expect("claim");
     assert_eq!(c["status"]["conditions"][0]["reason"], "TemplateNotFound");
     assert_eq!(c["status"]["conditions"][0]["status"], "False");
 }
@@ -463,30 +789,77 @@ async fn claim_of_an_unknown_template_reports_it() {
 #[tokio::test]
 async fn leader_election_takes_free_or_expired_leases_only() {
     let (api, ctx, _) = setup();
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(ctx.client.clone(), NS);
-    let cfg = |id: &str| leader::LeaseConfig { name: "sandpool-controller".into(), identity: id.into(), duration: std::time::Duration::from_secs(15) };
-    assert!(leader::try_acquire_or_renew(&leases, &cfg("a")).await.expect("a"), "a creates the lease");
-    assert!(!leader::try_acquire_or_renew(&leases, &cfg("b")).await.expect("b"), "b waits while a's lease is live");
-    assert!(leader::try_acquire_or_renew(&leases, &cfg("a")).await.expect("a"), "a renews");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), NS);
+    let cfg = |id: &str| leader::LeaseConfig {
+        name: "sandpool-controller".into(),
+        identity: id.into(),
+        duration: std::time::Duration::from_secs(15),
+    };
+    assert!(
+        leader::try_acquire_or_renew(&leases, &cfg("a"))
+            .await
+            .expect("a"),
+        "a creates the lease"
+    );
+    assert!(
+        !leader::try_acquire_or_renew(&leases, &cfg("b"))
+            .await
+            .expect("b"),
+        "b waits while a's lease is live"
+    );
+    assert!(
+        leader::try_acquire_or_renew(&leases, &cfg("a"))
+            .await
+            .expect("a"),
+        "a renews"
+    );
     let path = "/apis/coordination.k8s.io/v1/namespaces/sandpool/leases";
-    api.with_store(|s| s.mutate(path, "sandpool-controller", |l| l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")));
-    assert!(leader::try_acquire_or_renew(&leases, &cfg("b")).await.expect("b"), "b takes the expired lease");
-    let l = api.with_store(|s| s.get(path, "sandpool-controller").cloned()).expect("lease");
+    api.with_store(|s| {
+        s.mutate(path, "sandpool-controller", |l| {
+            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+        })
+    });
+    assert!(
+        leader::try_acquire_or_renew(&leases, &cfg("b"))
+            .await
+            .expect("b"),
+        "b takes the expired lease"
+    );
+    let l = api
+        .with_store(|s| s.get(path, "sandpool-controller").cloned())
+        .expect("lease");
     assert_eq!(l["spec"]["holderIdentity"], "b");
     assert_eq!(l["spec"]["leaseTransitions"], 1);
 
     // a stale replace (someone wrote in between) loses with 409
-    api.with_store(|s| s.mutate(path, "sandpool-controller", |l| l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")));
+    api.with_store(|s| {
+        s.mutate(path, "sandpool-controller", |l| {
+            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+        })
+    });
     let racer = Arc::new(Mutex::new(false));
     let r2 = racer.clone();
     api.on_request(Box::new(move |m, p, store| {
-        if m == Method::PUT && p.ends_with("/leases/sandpool-controller") && !*r2.lock().expect("lock") {
+        if m == Method::PUT
+            && p.ends_with("/leases/sandpool-controller")
+            && !*r2.lock().expect("lock")
+        {
             *r2.lock().expect("lock") = true;
-            store.mutate(path, "sandpool-controller", |l| l["spec"]["holderIdentity"] = json!("c"));
+            store.mutate(path, "sandpool-controller", |l| {
+                l["spec"]["holderIdentity"] = json!("c")
+            });
         }
     }));
-    assert!(!leader::try_acquire_or_renew(&leases, &cfg("a")).await.expect("a"), "a lost the race to c");
-    let l = api.with_store(|s| s.get(path, "sandpool-controller").cloned()).expect("lease");
+    assert!(
+        !leader::try_acquire_or_renew(&leases, &cfg("a"))
+            .await
+            .expect("a"),
+        "a lost the race to c"
+    );
+    let l = api
+        .with_store(|s| s.get(path, "sandpool-controller").cloned())
+        .expect("lease");
     assert_eq!(l["spec"]["holderIdentity"], "c");
 }
 
@@ -502,7 +875,10 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
     let c2 = ctx.clone();
     let controller = tokio::spawn(async move {
         loop {
-            let all = Api::<BatchSandbox>::namespaced(c2.client.clone(), NS).list(&Default::default()).await.expect("list");
+            let all = Api::<BatchSandbox>::namespaced(c2.client.clone(), NS)
+                .list(&Default::default())
+                .await
+                .expect("list");
             for b in all.items {
                 let _ = batch::reconcile(Arc::new(b), c2.clone()).await;
             }
@@ -514,11 +890,18 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
     let req = pb::ClaimRequest {
         pool: "p".into(),
         ttl_seconds: 600,
-        process: Some(pb::InjectRequest { argv: vec!["sleep".into(), "1000".into()], ..Default::default() }),
+        process: Some(pb::InjectRequest {
+            argv: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        }),
         metadata: [("team".to_string(), "a".to_string())].into(),
         ..Default::default()
     };
-    let claim = sched.create_claim(tonic::Request::new(req)).await.expect("claim").into_inner();
+    let claim = sched
+        .create_claim(tonic::Request::new(req))
+        .await
+        .expect("claim")
+        .into_inner();
     assert_eq!(claim.state, pb::ClaimState::Bound as i32);
     assert_eq!(claim.pool, "p");
     let sb = claim.sandbox.clone().expect("sandbox");
@@ -526,10 +909,21 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
     assert_eq!(sb.runtime_port, 44772);
     assert_eq!(sb.access_token.len(), 32, "each pod has its own token");
     assert!(claim.expires_unix_ms > 0);
-    assert_eq!(tasks.started.lock().expect("lock").get(&sb.sandbox_id).cloned(), Some(vec!["sleep".to_string(), "1000".to_string()]));
+    assert_eq!(
+        tasks
+            .started
+            .lock()
+            .expect("lock")
+            .get(&sb.sandbox_id)
+            .cloned(),
+        Some(vec!["sleep".to_string(), "1000".to_string()])
+    );
 
     let listed = sched
-        .list_claims(tonic::Request::new(pb::ListClaimsRequest { metadata: [("team".to_string(), "a".to_string())].into(), ..Default::default() }))
+        .list_claims(tonic::Request::new(pb::ListClaimsRequest {
+            metadata: [("team".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
@@ -537,15 +931,36 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
     assert_eq!(listed.claims[0].claim_id, claim.claim_id);
 
     // errors: unknown pool, unknown claim, pause unsupported here
-    let e = sched.create_claim(tonic::Request::new(pb::ClaimRequest { pool: "nope".into(), ..Default::default() })).await.expect_err("no pool");
+    let e = sched
+        .create_claim(tonic::Request::new(pb::ClaimRequest {
+            pool: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no pool");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = sched.get_claim(tonic::Request::new(pb::ClaimRef { claim_id: "missing".into() })).await.expect_err("missing");
+    let e = sched
+        .get_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: "missing".into(),
+        }))
+        .await
+        .expect_err("missing");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = sched.pause_claim(tonic::Request::new(pb::ClaimRef { claim_id: claim.claim_id.clone() })).await.expect_err("pause");
+    let e = sched
+        .pause_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: claim.claim_id.clone(),
+        }))
+        .await
+        .expect_err("pause");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 
     // release returns the pod to the pool
-    sched.release_claim(tonic::Request::new(pb::ClaimRef { claim_id: claim.claim_id.clone() })).await.expect("release");
+    sched
+        .release_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: claim.claim_id.clone(),
+        }))
+        .await
+        .expect("release");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         if api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()) {
@@ -554,8 +969,15 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     controller.abort();
-    assert!(api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()), "claim gone");
-    assert_eq!(pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(), 2, "both pods free again");
+    assert!(
+        api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()),
+        "claim gone"
+    );
+    assert_eq!(
+        pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(),
+        2,
+        "both pods free again"
+    );
 }
 
 #[tokio::test]
@@ -567,9 +989,16 @@ async fn kube_scheduler_pool_only_claim_fails_fast_and_leaves_nothing() {
     let mut sched = KubeScheduler::new(ctx.client.clone(), NS, tasks);
     sched.claim_timeout = std::time::Duration::from_millis(100);
     let e = sched
-        .create_claim(tonic::Request::new(pb::ClaimRequest { pool: "empty".into(), pool_only: true, ..Default::default() }))
+        .create_claim(tonic::Request::new(pb::ClaimRequest {
+            pool: "empty".into(),
+            pool_only: true,
+            ..Default::default()
+        }))
         .await
         .expect_err("exhausted");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-    assert!(api.with_store(|s| s.list(&batches()).is_empty()), "the half-made claim was removed");
+    assert!(
+        api.with_store(|s| s.list(&batches()).is_empty()),
+        "the half-made claim was removed"
+    );
 }

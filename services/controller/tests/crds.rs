@@ -12,7 +12,10 @@ fn repo() -> PathBuf {
 }
 
 fn crds() -> Vec<Value> {
-    sandpool_controller::crd::all_crds().into_iter().map(|c| serde_json::to_value(c).expect("crd json")).collect()
+    sandpool_controller::crd::all_crds()
+        .into_iter()
+        .map(|c| serde_json::to_value(c).expect("crd json"))
+        .collect()
 }
 
 #[test]
@@ -21,8 +24,12 @@ fn committed_crds_equal_the_generated_ones() {
     let mut want: Vec<String> = Vec::new();
     for (name, yaml) in sandpool_controller::crd_files() {
         let path = dir.join(&name);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -p sandpool-controller --bin crdgen`", path.display()));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `cargo run -p sandpool-controller --bin crdgen`",
+                path.display()
+            )
+        });
         assert!(
             committed.ends_with(&yaml),
             "{} is stale; run `cargo run -p sandpool-controller --bin crdgen`",
@@ -44,13 +51,22 @@ fn committed_crds_equal_the_generated_ones() {
 fn crds_are_structural() {
     for crd in crds() {
         let problems = sandpool_controller::structural::check_crd(&crd);
-        assert!(problems.is_empty(), "{}: {problems:#?}", crd["metadata"]["name"]);
+        assert!(
+            problems.is_empty(),
+            "{}: {problems:#?}",
+            crd["metadata"]["name"]
+        );
     }
 }
 
 #[test]
 fn crds_have_status_columns_and_keep_policy() {
-    let by_kind = |k: &str| crds().into_iter().find(|c| c["spec"]["names"]["kind"] == k).expect("crd");
+    let by_kind = |k: &str| {
+        crds()
+            .into_iter()
+            .find(|c| c["spec"]["names"]["kind"] == k)
+            .expect("crd")
+    };
     let cols = |c: &Value| -> Vec<String> {
         c["spec"]["versions"][0]["additionalPrinterColumns"]
             .as_array()
@@ -62,15 +78,38 @@ fn crds_have_status_columns_and_keep_policy() {
     let b = by_kind("BatchSandbox");
     assert_eq!(
         cols(&b),
-        ["DESIRED", "TOTAL", "ALLOCATED", "READY", "TASK_RUNNING", "TASK_SUCCEED", "TASK_FAILED", "TASK_UNKNOWN", "EXPIRE", "AGE"]
+        [
+            "DESIRED",
+            "TOTAL",
+            "ALLOCATED",
+            "READY",
+            "TASK_RUNNING",
+            "TASK_SUCCEED",
+            "TASK_FAILED",
+            "TASK_UNKNOWN",
+            "EXPIRE",
+            "AGE"
+        ]
     );
-    assert_eq!(cols(&by_kind("Pool")), ["TOTAL", "ALLOCATED", "AVAILABLE", "AGE"]);
+    assert_eq!(
+        cols(&by_kind("Pool")),
+        ["TOTAL", "ALLOCATED", "AVAILABLE", "AGE"]
+    );
     for c in crds() {
-        let kind = c["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+        let kind = c["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if kind != "SandboxTemplate" {
-            assert!(c["spec"]["versions"][0]["subresources"]["status"].is_object(), "{kind} has a status subresource");
+            assert!(
+                c["spec"]["versions"][0]["subresources"]["status"].is_object(),
+                "{kind} has a status subresource"
+            );
         }
-        assert_eq!(c["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{kind}: helm uninstall keeps user data");
+        assert_eq!(
+            c["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{kind}: helm uninstall keeps user data"
+        );
     }
     assert!(by_kind("SandboxWarmPool")["spec"]["versions"][0]["subresources"]["scale"].is_object());
 }
@@ -100,18 +139,24 @@ fn to_json_schema(v: &Value) -> Value {
 fn unknown_fields(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) && schema.get("properties").is_none() {
+            if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+                && schema.get("properties").is_none()
+            {
                 return;
             }
             let props = schema.get("properties").and_then(Value::as_object);
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            let preserve =
+                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             for (k, x) in m {
                 match props.and_then(|p| p.get(k)) {
                     Some(s) => unknown_fields(s, x, &format!("{path}.{k}"), out),
                     None => match schema.get("additionalProperties") {
-                        Some(s @ Value::Object(_)) => unknown_fields(s, x, &format!("{path}.{k}"), out),
+                        Some(s @ Value::Object(_)) => {
+                            unknown_fields(s, x, &format!("{path}.{k}"), out)
+                        }
                         _ if preserve => {}
-                        _ if path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&k.as_str()) => {}
+                        _ if path.is_empty()
+                            && ["apiVersion", "kind", "metadata"].contains(&k.as_str()) => {}
                         _ => out.push(format!("{path}.{k}: unknown field")),
                     },
                 }
@@ -130,18 +175,28 @@ fn unknown_fields(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) 
 
 /// Validate a custom resource like the apiserver: its CRD's schema, plus no unknown fields.
 fn validate(obj: &Value) -> Result<(), Vec<String>> {
-    let (api_version, kind) = (obj["apiVersion"].as_str().unwrap_or_default(), obj["kind"].as_str().unwrap_or_default());
+    let (api_version, kind) = (
+        obj["apiVersion"].as_str().unwrap_or_default(),
+        obj["kind"].as_str().unwrap_or_default(),
+    );
     let crd = crds()
         .into_iter()
-        .find(|c| c["spec"]["names"]["kind"] == kind && api_version.starts_with(c["spec"]["group"].as_str().unwrap_or("?")))
+        .find(|c| {
+            c["spec"]["names"]["kind"] == kind
+                && api_version.starts_with(c["spec"]["group"].as_str().unwrap_or("?"))
+        })
         .ok_or_else(|| vec![format!("no CRD for {api_version} {kind}")])?;
     let version = &crd["spec"]["versions"][0];
     if !api_version.ends_with(version["name"].as_str().unwrap_or("?")) {
         return Err(vec![format!("version {api_version} not served")]);
     }
     let schema = &version["schema"]["openAPIV3Schema"];
-    let validator = jsonschema::validator_for(&to_json_schema(schema)).map_err(|e| vec![format!("schema: {e}")])?;
-    let mut errs: Vec<String> = validator.iter_errors(obj).map(|e| format!("{}: {e}", e.instance_path)).collect();
+    let validator = jsonschema::validator_for(&to_json_schema(schema))
+        .map_err(|e| vec![format!("schema: {e}")])?;
+    let mut errs: Vec<String> = validator
+        .iter_errors(obj)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
     unknown_fields(schema, obj, "", &mut errs);
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
@@ -156,7 +211,8 @@ fn examples(dir: &Path) -> Vec<(PathBuf, Value)> {
     files.sort();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read example");
-        let v: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let v: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         out.push((f, v));
     }
     out
@@ -180,28 +236,51 @@ fn deserialize(v: &Value) -> Result<(), String> {
 fn seed_examples_deserialize_and_validate() {
     let dir = repo().join("deploy/examples");
     let all = [examples(&dir), examples(&dir.join("legacy"))].concat();
-    let kinds: std::collections::BTreeSet<String> = all.iter().map(|(_, v)| v["kind"].as_str().unwrap_or_default().to_string()).collect();
+    let kinds: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|(_, v)| v["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["BatchSandbox", "Pool", "SandboxClaim", "SandboxTemplate", "SandboxWarmPool"],
+        [
+            "BatchSandbox",
+            "Pool",
+            "SandboxClaim",
+            "SandboxTemplate",
+            "SandboxWarmPool"
+        ],
         "every seed kind is covered"
     );
     assert!(all.len() >= 10, "{} examples", all.len());
     for (path, v) in &all {
         deserialize(v).unwrap_or_else(|e| panic!("{}: does not deserialize: {e}", path.display()));
-        validate(v).unwrap_or_else(|e| panic!("{}: refused by the CRD schema: {e:#?}", path.display()));
+        validate(v)
+            .unwrap_or_else(|e| panic!("{}: refused by the CRD schema: {e:#?}", path.display()));
     }
     // the tasks example carries its shard patches through
-    let (_, tasks) = all.iter().find(|(p, _)| p.ends_with("batchsandbox-task-batch-sandbox.yaml")).expect("task example");
-    let b: sandpool_controller::crd::BatchSandbox = serde_json::from_value(tasks.clone()).expect("batch");
+    let (_, tasks) = all
+        .iter()
+        .find(|(p, _)| p.ends_with("batchsandbox-task-batch-sandbox.yaml"))
+        .expect("task example");
+    let b: sandpool_controller::crd::BatchSandbox =
+        serde_json::from_value(tasks.clone()).expect("batch");
     assert_eq!(b.spec.shard_task_patches.len(), 2);
     assert_eq!(b.spec.pool_ref.as_deref(), Some("task-example-pool"));
     // the legacy pool maps onto a capacity spec and a template
-    let (_, legacy) = all.iter().find(|(p, _)| p.ends_with("legacy/pool-example-pool.yaml")).expect("legacy pool");
+    let (_, legacy) = all
+        .iter()
+        .find(|(p, _)| p.ends_with("legacy/pool-example-pool.yaml"))
+        .expect("legacy pool");
     let p: sandpool_controller::crd::Pool = serde_json::from_value(legacy.clone()).expect("pool");
     let cap = p.spec.capacity().expect("capacity");
     assert_eq!((cap.buffer_min, cap.buffer_max, cap.pool_max), (2, 5, 10));
-    assert_eq!(p.spec.pod_template().and_then(|t| t.spec).map(|s| s.containers[0].image.clone()), Some(Some("ubuntu:latest".into())));
+    assert_eq!(
+        p.spec
+            .pod_template()
+            .and_then(|t| t.spec)
+            .map(|s| s.containers[0].image.clone()),
+        Some(Some("ubuntu:latest".into()))
+    );
 }
 
 #[test]
@@ -209,10 +288,28 @@ fn bad_resources_are_refused_with_the_field_named() {
     let pool = |spec: Value| serde_json::json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": "x"}, "spec": spec});
     let tmpl = serde_json::json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     let cases = [
-        (pool(serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": "two", "bufferMax": 1, "poolMin": 0, "poolMax": 1}})), "bufferMin"),
-        (pool(serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 0}})), "poolMax"),
-        (pool(serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 1}, "bogus": 1})), "bogus"),
-        (pool(serde_json::json!({"template": {"spec": {"containers": []}}})), "containers"),
+        (
+            pool(
+                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": "two", "bufferMax": 1, "poolMin": 0, "poolMax": 1}}),
+            ),
+            "bufferMin",
+        ),
+        (
+            pool(
+                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 0}}),
+            ),
+            "poolMax",
+        ),
+        (
+            pool(
+                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 1}, "bogus": 1}),
+            ),
+            "bogus",
+        ),
+        (
+            pool(serde_json::json!({"template": {"spec": {"containers": []}}})),
+            "containers",
+        ),
         (
             serde_json::json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox", "metadata": {"name": "b"}, "spec": {"replicas": -1}}),
             "replicas",

@@ -30,9 +30,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub fn shard_task(template: &Value, patches: &[String], index: usize) -> Result<Value, CoreError> {
     let mut t = template.clone();
     if let Some(p) = patches.get(index) {
-        let patch: Value = serde_json::from_str(p).map_err(|e| CoreError::InvalidPatch(format!("shard {index}: {e}")))?;
+        let patch: Value = serde_json::from_str(p)
+            .map_err(|e| CoreError::InvalidPatch(format!("shard {index}: {e}")))?;
         if !patch.is_object() {
-            return Err(CoreError::InvalidPatch(format!("shard {index}: a patch must be a JSON object")));
+            return Err(CoreError::InvalidPatch(format!(
+                "shard {index}: a patch must be a JSON object"
+            )));
         }
         merge_patch(&mut t, &patch);
     }
@@ -82,8 +85,14 @@ mod tests {
     #[test]
     fn shards() {
         let tpl = json!({"argv": ["python", "task.py"], "env": {"SHARD": "0", "MODE": "x"}});
-        let patches = vec![r#"{"env":{"SHARD":"0"}}"#.to_string(), r#"{"env":{"SHARD":"1","MODE":null}}"#.to_string()];
-        assert_eq!(shard_task(&tpl, &patches, 1).unwrap()["env"], json!({"SHARD": "1"}));
+        let patches = vec![
+            r#"{"env":{"SHARD":"0"}}"#.to_string(),
+            r#"{"env":{"SHARD":"1","MODE":null}}"#.to_string(),
+        ];
+        assert_eq!(
+            shard_task(&tpl, &patches, 1).unwrap()["env"],
+            json!({"SHARD": "1"})
+        );
         assert_eq!(shard_task(&tpl, &patches, 5).unwrap(), tpl);
         assert!(shard_task(&tpl, &["[1]".to_string()], 0).is_err());
         assert!(shard_task(&tpl, &["{".to_string()], 0).is_err());
@@ -91,7 +100,21 @@ mod tests {
 
     #[test]
     fn counts() {
-        let c = count_tasks([None, Some(None), Some(Some(0)), Some(Some(2)), Some(Some(0))]);
-        assert_eq!(c, TaskCounts { running: 1, succeeded: 2, failed: 1, unknown: 1 });
+        let c = count_tasks([
+            None,
+            Some(None),
+            Some(Some(0)),
+            Some(Some(2)),
+            Some(Some(0)),
+        ]);
+        assert_eq!(
+            c,
+            TaskCounts {
+                running: 1,
+                succeeded: 2,
+                failed: 1,
+                unknown: 1
+            }
+        );
     }
 }

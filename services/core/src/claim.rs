@@ -27,7 +27,10 @@ pub enum ClaimEvent {
 
 impl ClaimState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, ClaimState::Released | ClaimState::Expired | ClaimState::Failed)
+        matches!(
+            self,
+            ClaimState::Released | ClaimState::Expired | ClaimState::Failed
+        )
     }
 
     /// The only legal moves; everything else is an error the caller reports.
@@ -50,7 +53,9 @@ impl ClaimState {
 /// Whether a claim expiring at `expires_ms` (0 = never) is due at `now_ms`.
 /// Paused claims do not expire (their clock is stopped).
 pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
-    expires_ms > 0 && now_ms >= expires_ms && matches!(state, ClaimState::Pending | ClaimState::Bound)
+    expires_ms > 0
+        && now_ms >= expires_ms
+        && matches!(state, ClaimState::Pending | ClaimState::Bound)
 }
 
 #[cfg(test)]
@@ -62,7 +67,10 @@ mod tests {
     #[test]
     fn legal_paths() {
         assert_eq!(S::Pending.on(E::Bind).unwrap(), S::Bound);
-        assert_eq!(S::Bound.on(E::Pause).unwrap().on(E::Resume).unwrap(), S::Bound);
+        assert_eq!(
+            S::Bound.on(E::Pause).unwrap().on(E::Resume).unwrap(),
+            S::Bound
+        );
         assert_eq!(S::Paused.on(E::Release).unwrap(), S::Released);
         assert!(S::Released.is_terminal());
     }

@@ -16,7 +16,10 @@ pub enum CoreError {
     #[error("invalid capacity: {0}")]
     InvalidCapacity(String),
     #[error("illegal claim transition: {from:?} on {event:?}")]
-    IllegalTransition { from: claim::ClaimState, event: claim::ClaimEvent },
+    IllegalTransition {
+        from: claim::ClaimState,
+        event: claim::ClaimEvent,
+    },
     #[error("invalid patch: {0}")]
     InvalidPatch(String),
 }

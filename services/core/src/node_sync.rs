@@ -60,8 +60,12 @@ pub fn plan(node: &[NodeSandbox<'_>], books: &Books<'_>, listed_at_ms: i64) -> P
         match s.state {
             NodeState::Creating => {}
             NodeState::Warm if books.warm.contains(s.id) => {}
-            NodeState::Warm if books.pools.contains(s.pool) => p.adopt.push((s.pool.to_string(), s.id.to_string())),
-            NodeState::Warm | NodeState::Claimed | NodeState::Dead => p.delete.push(s.id.to_string()),
+            NodeState::Warm if books.pools.contains(s.pool) => {
+                p.adopt.push((s.pool.to_string(), s.id.to_string()))
+            }
+            NodeState::Warm | NodeState::Claimed | NodeState::Dead => {
+                p.delete.push(s.id.to_string())
+            }
         }
     }
     for id in &books.warm {
@@ -91,7 +95,10 @@ mod tests {
 
     #[test]
     fn agrees_means_nothing_to_do() {
-        let node = [sb("w1", "p", NodeState::Warm), sb("c1", "p", NodeState::Claimed)];
+        let node = [
+            sb("w1", "p", NodeState::Warm),
+            sb("c1", "p", NodeState::Claimed),
+        ];
         let books = Books {
             pools: ["p"].into(),
             warm: ["w1"].into(),
@@ -128,7 +135,10 @@ mod tests {
     fn busy_sandboxes_are_never_touched() {
         // an in-flight claim took w1 (not warm in the books, not claimed yet);
         // an in-flight release is deleting r1; an in-flight cold claim has c1
-        let node = [sb("w1", "p", NodeState::Warm), sb("r1", "p", NodeState::Claimed)];
+        let node = [
+            sb("w1", "p", NodeState::Warm),
+            sb("r1", "p", NodeState::Claimed),
+        ];
         let books = Books {
             pools: ["p"].into(),
             warm: ["x"].into(),

@@ -19,13 +19,21 @@ pub struct CapacitySpec {
 impl CapacitySpec {
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.buffer_min > self.buffer_max {
-            return Err(CoreError::InvalidCapacity(format!("bufferMin {} > bufferMax {}", self.buffer_min, self.buffer_max)));
+            return Err(CoreError::InvalidCapacity(format!(
+                "bufferMin {} > bufferMax {}",
+                self.buffer_min, self.buffer_max
+            )));
         }
         if self.pool_min > self.pool_max {
-            return Err(CoreError::InvalidCapacity(format!("poolMin {} > poolMax {}", self.pool_min, self.pool_max)));
+            return Err(CoreError::InvalidCapacity(format!(
+                "poolMin {} > poolMax {}",
+                self.pool_min, self.pool_max
+            )));
         }
         if self.pool_max == 0 {
-            return Err(CoreError::InvalidCapacity("poolMax must be at least 1".into()));
+            return Err(CoreError::InvalidCapacity(
+                "poolMax must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -56,8 +64,11 @@ impl PoolCounts {
 /// poolMax, and start at most `max_inflight` creations at a time.
 pub fn scale_decision(spec: &CapacitySpec, c: PoolCounts, max_inflight: u32) -> i64 {
     let buffer = c.warm + c.creating;
-    let desired_buffer =
-        if (spec.buffer_min..=spec.buffer_max).contains(&buffer) { buffer } else { (spec.buffer_min + spec.buffer_max) / 2 };
+    let desired_buffer = if (spec.buffer_min..=spec.buffer_max).contains(&buffer) {
+        buffer
+    } else {
+        (spec.buffer_min + spec.buffer_max) / 2
+    };
     let desired_total = (c.allocated + desired_buffer).max(spec.pool_min) as i64;
     let total = c.total() as i64;
     if desired_total > total {
@@ -96,7 +107,10 @@ impl WarmSet {
     /// Add a ready sandbox (ignored if already present).
     pub fn push(&mut self, node: &str, id: &str) {
         if self.members.insert(id.to_string()) {
-            self.by_node.entry(node.to_string()).or_default().push_back(id.to_string());
+            self.by_node
+                .entry(node.to_string())
+                .or_default()
+                .push_back(id.to_string());
         }
     }
     /// Take one for a claim: from the node with the most warm sandboxes
@@ -110,7 +124,13 @@ impl WarmSet {
         self.take_from_fullest_node(true)
     }
     fn take_from_fullest_node(&mut self, newest: bool) -> Option<(String, String)> {
-        let node = self.by_node.iter().max_by_key(|(_, q)| q.len()).filter(|(_, q)| !q.is_empty())?.0.clone();
+        let node = self
+            .by_node
+            .iter()
+            .max_by_key(|(_, q)| q.len())
+            .filter(|(_, q)| !q.is_empty())?
+            .0
+            .clone();
         let q = self.by_node.get_mut(&node)?;
         let id = if newest { q.pop_back() } else { q.pop_front() }?;
         if q.is_empty() {
@@ -137,7 +157,11 @@ pub fn pick_node<'a>(nodes: impl IntoIterator<Item = (&'a str, u32, u32)>) -> Op
     nodes
         .into_iter()
         .filter(|(_, n, max)| n < max)
-        .min_by(|a, b| (a.1 as u64 * b.2 as u64).cmp(&(b.1 as u64 * a.2 as u64)).then(a.0.cmp(b.0)))
+        .min_by(|a, b| {
+            (a.1 as u64 * b.2 as u64)
+                .cmp(&(b.1 as u64 * a.2 as u64))
+                .then(a.0.cmp(b.0))
+        })
         .map(|(name, _, _)| name)
 }
 
@@ -147,25 +171,92 @@ mod tests {
     use proptest::prelude::*;
 
     fn spec(bmin: u32, bmax: u32, pmin: u32, pmax: u32) -> CapacitySpec {
-        CapacitySpec { buffer_min: bmin, buffer_max: bmax, pool_min: pmin, pool_max: pmax }
+        CapacitySpec {
+            buffer_min: bmin,
+            buffer_max: bmax,
+            pool_min: pmin,
+            pool_max: pmax,
+        }
     }
 
     #[test]
     fn fills_empty_pool_to_buffer_middle() {
         let s = spec(2, 6, 0, 100);
         assert_eq!(scale_decision(&s, PoolCounts::default(), 100), 4);
-        assert_eq!(scale_decision(&s, PoolCounts { warm: 3, ..Default::default() }, 100), 0, "within the band");
-        assert_eq!(scale_decision(&s, PoolCounts { warm: 1, allocated: 10, ..Default::default() }, 100), 3);
-        assert_eq!(scale_decision(&s, PoolCounts { warm: 9, ..Default::default() }, 100), -5, "shrink to the middle");
+        assert_eq!(
+            scale_decision(
+                &s,
+                PoolCounts {
+                    warm: 3,
+                    ..Default::default()
+                },
+                100
+            ),
+            0,
+            "within the band"
+        );
+        assert_eq!(
+            scale_decision(
+                &s,
+                PoolCounts {
+                    warm: 1,
+                    allocated: 10,
+                    ..Default::default()
+                },
+                100
+            ),
+            3
+        );
+        assert_eq!(
+            scale_decision(
+                &s,
+                PoolCounts {
+                    warm: 9,
+                    ..Default::default()
+                },
+                100
+            ),
+            -5,
+            "shrink to the middle"
+        );
     }
 
     #[test]
     fn respects_pool_min_max_and_inflight() {
         let s = spec(1, 1, 5, 6);
-        assert_eq!(scale_decision(&s, PoolCounts::default(), 100), 5, "poolMin wins");
-        assert_eq!(scale_decision(&s, PoolCounts { allocated: 6, ..Default::default() }, 100), 0, "poolMax reached");
-        assert_eq!(scale_decision(&s, PoolCounts::default(), 2), 2, "bounded concurrency");
-        assert_eq!(scale_decision(&s, PoolCounts { creating: 2, ..Default::default() }, 2), 0);
+        assert_eq!(
+            scale_decision(&s, PoolCounts::default(), 100),
+            5,
+            "poolMin wins"
+        );
+        assert_eq!(
+            scale_decision(
+                &s,
+                PoolCounts {
+                    allocated: 6,
+                    ..Default::default()
+                },
+                100
+            ),
+            0,
+            "poolMax reached"
+        );
+        assert_eq!(
+            scale_decision(&s, PoolCounts::default(), 2),
+            2,
+            "bounded concurrency"
+        );
+        assert_eq!(
+            scale_decision(
+                &s,
+                PoolCounts {
+                    creating: 2,
+                    ..Default::default()
+                },
+                2
+            ),
+            0
+        );
     }
 
     #[test]
@@ -202,7 +293,11 @@ mod tests {
         assert_eq!(pick_node([("a", 5, 10), ("b", 1, 10)]), Some("b"));
         assert_eq!(pick_node([("a", 10, 10), ("b", 9, 10)]), Some("b"));
         assert_eq!(pick_node([("a", 10, 10)]), None);
-        assert_eq!(pick_node([("a", 2, 4), ("b", 4, 8)]), Some("a"), "same ratio: by name");
+        assert_eq!(
+            pick_node([("a", 2, 4), ("b", 4, 8)]),
+            Some("a"),
+            "same ratio: by name"
+        );
     }
 
     proptest! {

@@ -46,7 +46,8 @@ impl IntoResponse for E2bError {
         let mut r = (status, Json(json!({"code": status.as_u16(), "message": self.0.to_string(), "error_code": self.0.code()})))
             .into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
         r
     }
@@ -69,7 +70,10 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/fork", post(no_snapshots))
         .route("/sandboxes/{id}/snapshots", post(no_snapshots))
         .route("/snapshots", get(no_snapshots))
-        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            require_key,
+        ))
         .with_state(gw)
 }
 
@@ -94,7 +98,10 @@ async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Res
 }
 
 /// E2B bodies may be empty (`{}` is implied).
-async fn json_body<T: serde::de::DeserializeOwned + Default>(gw: &Gateway, body: Body) -> Result<T> {
+async fn json_body<T: serde::de::DeserializeOwned + Default>(
+    gw: &Gateway,
+    body: Body,
+) -> Result<T> {
     let bytes = crate::read_body(gw, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -123,14 +130,20 @@ async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
     Ok(gw
         .scheduler
         .clone()
-        .get_claim(traced(pb::ClaimRef { claim_id: id.to_string() }))
+        .get_claim(traced(pb::ClaimRef {
+            claim_id: id.to_string(),
+        }))
         .await
         .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?
         .into_inner())
 }
 
 fn domain_of(headers: &HeaderMap) -> Value {
-    headers.get("host").and_then(|h| h.to_str().ok()).map(|h| json!(h)).unwrap_or(Value::Null)
+    headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(|h| json!(h))
+        .unwrap_or(Value::Null)
 }
 
 fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
@@ -147,7 +160,11 @@ fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
 }
 
 fn state(c: &pb::Claim) -> &'static str {
-    if c.state == pb::ClaimState::Paused as i32 { "paused" } else { "running" }
+    if c.state == pb::ClaimState::Paused as i32 {
+        "paused"
+    } else {
+        "running"
+    }
 }
 
 fn detail_json(c: &pb::Claim) -> Value {
@@ -168,20 +185,41 @@ fn detail_json(c: &pb::Claim) -> Value {
 
 /// An E2B create body as the claim it asks for plus the env vars for envd
 /// (pure: the gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
-pub fn parse_create(body: &[u8]) -> std::result::Result<(pb::ClaimRequest, BTreeMap<String, String>), ApiError> {
-    let req: NewSandbox = if body.iter().all(u8::is_ascii_whitespace) { NewSandbox::default() } else { crate::parse_json(body)? };
+pub fn parse_create(
+    body: &[u8],
+) -> std::result::Result<(pb::ClaimRequest, BTreeMap<String, String>), ApiError> {
+    let req: NewSandbox = if body.iter().all(u8::is_ascii_whitespace) {
+        NewSandbox::default()
+    } else {
+        crate::parse_json(body)?
+    };
     if req.template_id.trim().is_empty() {
         return Err(ApiError::Invalid("templateID is required".into()));
     }
     let timeout = match req.timeout {
         None => DEFAULT_TIMEOUT_S,
         Some(t) if t > 0 => t as u64,
-        Some(t) => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}"))),
+        Some(t) => {
+            return Err(ApiError::Invalid(format!(
+                "timeout must be positive, got {t}"
+            )));
+        }
     };
     // "name:tag" and "ns/name" templates map to the pool named by the last name part.
-    let pool = req.template_id.rsplit('/').next().unwrap_or_default().split(':').next().unwrap_or_default().to_string();
+    let pool = req
+        .template_id
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if pool.is_empty() {
-        return Err(ApiError::Invalid(format!("templateID {:?} names no template", req.template_id)));
+        return Err(ApiError::Invalid(format!(
+            "templateID {:?} names no template",
+            req.template_id
+        )));
     }
     let metadata = req.metadata.unwrap_or_default();
     let mounts = kruise_mounts(&metadata)?;
@@ -190,7 +228,14 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<(pb::ClaimRequest, BTree
         Some(i) => i.to_string(),
         None => String::new(),
     };
-    let claim = pb::ClaimRequest { pool, ttl_seconds: timeout, metadata: metadata.into_iter().collect(), mounts, image, ..Default::default() };
+    let claim = pb::ClaimRequest {
+        pool,
+        ttl_seconds: timeout,
+        metadata: metadata.into_iter().collect(),
+        mounts,
+        image,
+        ..Default::default()
+    };
     Ok((claim, req.env_vars.unwrap_or_default()))
 }
 
@@ -202,7 +247,11 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
         .clone()
         .create_claim(traced(claim))
         .await
-        .map_err(|s| ApiError::from_status(s, move |_| ApiError::PoolNotFound(format!("template {pool2}"))))?
+        .map_err(|s| {
+            ApiError::from_status(s, move |_| {
+                ApiError::PoolNotFound(format!("template {pool2}"))
+            })
+        })?
         .into_inner();
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
@@ -210,7 +259,13 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
         let envd = match crate::opensandbox::sandbox_port(&sb, u32::from(ENVD_PORT)) {
             Ok(p) => p,
             Err(e) => {
-                let _ = gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: c.claim_id.clone() })).await;
+                let _ = gw
+                    .scheduler
+                    .clone()
+                    .release_claim(traced(pb::ClaimRef {
+                        claim_id: c.claim_id.clone(),
+                    }))
+                    .await;
                 return Err(e.into());
             }
         };
@@ -221,8 +276,20 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
             .json(&json!({"envVars": envs}))
             .send()
             .await;
-        if let Err(e) = sent.map_err(|e| e.to_string()).and_then(|r| if r.status().is_success() { Ok(()) } else { Err(r.status().to_string()) }) {
-            let _ = gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: c.claim_id.clone() })).await;
+        if let Err(e) = sent.map_err(|e| e.to_string()).and_then(|r| {
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(r.status().to_string())
+            }
+        }) {
+            let _ = gw
+                .scheduler
+                .clone()
+                .release_claim(traced(pb::ClaimRef {
+                    claim_id: c.claim_id.clone(),
+                }))
+                .await;
             return Err(ApiError::BadGateway(format!("setting env vars in sandbox: {e}")).into());
         }
     }
@@ -236,7 +303,9 @@ async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<
 async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
     gw.scheduler
         .clone()
-        .release_claim(traced(pb::ClaimRef { claim_id: id.clone() }))
+        .release_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
         .await
         .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(StatusCode::NO_CONTENT)
@@ -256,20 +325,33 @@ async fn renew_for(gw: &Gateway, id: &str, seconds: i64) -> Result<()> {
     }
     gw.scheduler
         .clone()
-        .renew(traced(pb::RenewRequest { claim_id: id.to_string(), expires_unix_ms: Utc::now().timestamp_millis() + seconds * 1000 }))
+        .renew(traced(pb::RenewRequest {
+            claim_id: id.to_string(),
+            expires_unix_ms: Utc::now().timestamp_millis() + seconds * 1000,
+        }))
         .await
         .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?;
     Ok(())
 }
 
-async fn set_timeout(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<StatusCode> {
+async fn set_timeout(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode> {
     let t: Timeout = json_body(&gw, body).await?;
-    let secs = t.timeout.ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
+    let secs = t
+        .timeout
+        .ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
     renew_for(&gw, &id, secs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn refresh(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<StatusCode> {
+async fn refresh(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode> {
     let t: Timeout = json_body(&gw, body).await?;
     renew_for(&gw, &id, t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -280,28 +362,54 @@ async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Stat
     if c.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is already paused")).into());
     }
-    gw.scheduler.clone().pause_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.scheduler
+        .clone()
+        .pause_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Resume a paused sandbox (201) or confirm a running one (200), then apply
 /// the requested timeout.
-async fn connect(State(gw): State<Gateway>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn connect(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let t: Timeout = json_body(&gw, body).await?;
     let c = get_claim(&gw, &id).await?;
     let resumed = c.state == pb::ClaimState::Paused as i32;
     if resumed {
-        gw.scheduler.clone().resume_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+        gw.scheduler
+            .clone()
+            .resume_claim(traced(pb::ClaimRef {
+                claim_id: id.clone(),
+            }))
+            .await
+            .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     }
     if let Some(secs) = t.timeout {
         renew_for(&gw, &id, secs).await?;
     }
     let c = get_claim(&gw, &id).await?;
-    let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(sandbox_json(&c, &headers))).into_response())
 }
 
-async fn resume(State(gw): State<Gateway>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn resume(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let c = get_claim(&gw, &id).await?;
     if c.state != pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is not paused")).into());
@@ -346,13 +454,22 @@ pub const CSI_MOUNT_POINT_KEY: &str = "e2b.agents.kruise.io/csi-mount-point";
 /// restarts on this image, keeping its identity.
 pub const IMAGE_KEY: &str = "e2b.agents.kruise.io/image";
 
-fn kruise_mounts(metadata: &BTreeMap<String, String>) -> std::result::Result<Vec<pb::VolumeMount>, ApiError> {
-    match (metadata.get(CSI_VOLUME_KEY), metadata.get(CSI_MOUNT_POINT_KEY)) {
+fn kruise_mounts(
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<Vec<pb::VolumeMount>, ApiError> {
+    match (
+        metadata.get(CSI_VOLUME_KEY),
+        metadata.get(CSI_MOUNT_POINT_KEY),
+    ) {
         (None, None) => Ok(Vec::new()),
-        (Some(v), Some(p)) if !v.is_empty() && p.starts_with('/') => {
-            Ok(vec![pb::VolumeMount { volume: v.clone(), mount_path: p.clone(), read_only: false }])
-        }
-        _ => Err(ApiError::Invalid(format!("{CSI_VOLUME_KEY} and {CSI_MOUNT_POINT_KEY} (an absolute path) go together"))),
+        (Some(v), Some(p)) if !v.is_empty() && p.starts_with('/') => Ok(vec![pb::VolumeMount {
+            volume: v.clone(),
+            mount_path: p.clone(),
+            read_only: false,
+        }]),
+        _ => Err(ApiError::Invalid(format!(
+            "{CSI_VOLUME_KEY} and {CSI_MOUNT_POINT_KEY} (an absolute path) go together"
+        ))),
     }
 }
 
@@ -367,7 +484,11 @@ async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>
                     metadata.insert(mk.into_owned(), mv.into_owned());
                 }
             }
-            "state" => states.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty())),
+            "state" => states.extend(
+                v.split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty()),
+            ),
             _ => {}
         }
     }
@@ -377,7 +498,10 @@ async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>
         }
     }
     let claims = crate::claims_with_metadata(gw, metadata).await?;
-    Ok(claims.into_iter().filter(|c| states.is_empty() || states.iter().any(|s| s == state(c))).collect())
+    Ok(claims
+        .into_iter()
+        .filter(|c| states.is_empty() || states.iter().any(|s| s == state(c)))
+        .collect())
 }
 
 async fn list_v1(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
@@ -389,15 +513,26 @@ async fn list_v1(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>>
 async fn list_v2(State(gw): State<Gateway>, req: Request) -> Result<Response> {
     let q = query_pairs(req.uri());
     let limit: usize = match q.iter().find(|(k, _)| k == "limit") {
-        Some((_, v)) => v.parse().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::Invalid(format!("limit must be 1..=1000, got {v}")))?,
+        Some((_, v)) => v
+            .parse()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::Invalid(format!("limit must be 1..=1000, got {v}")))?,
         None => 100,
     };
     let start: usize = match q.iter().find(|(k, _)| k == "nextToken") {
-        Some((_, v)) if !v.is_empty() => v.parse().map_err(|_| ApiError::Invalid(format!("bad nextToken {v}")))?,
+        Some((_, v)) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| ApiError::Invalid(format!("bad nextToken {v}")))?,
         _ => 0,
     };
     let claims = filtered(&gw, &q).await?;
-    let page: Vec<Value> = claims.iter().skip(start).take(limit).map(detail_json).collect();
+    let page: Vec<Value> = claims
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(detail_json)
+        .collect();
     let next = start + page.len();
     let mut r = Json(Value::Array(page)).into_response();
     if next < claims.len()
@@ -413,7 +548,10 @@ pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
     let first = host.split('.').next()?;
     let (port, id) = first.split_once('-')?;
     let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
-    if id.is_empty() || !host.contains('.') || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if id.is_empty()
+        || !host.contains('.')
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return None;
     }
     Some((port, id.to_string()))
@@ -422,15 +560,31 @@ pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
 /// Route E2B sandbox traffic (by headers, then by host) to the sandbox.
 pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
     let h = req.headers();
-    let by_header = match (h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()), h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok())) {
+    let by_header = match (
+        h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()),
+        h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()),
+    ) {
         (Some(id), Some(port)) => port.parse::<u32>().ok().map(|p| (p, id.to_string())),
         _ => None,
     };
-    let target = by_header.or_else(|| h.get("host").and_then(|v| v.to_str().ok()).and_then(parse_sandbox_host));
+    let target = by_header.or_else(|| {
+        h.get("host")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_sandbox_host)
+    });
     match target {
         Some((port, id)) => {
             let path = req.uri().path().trim_start_matches('/').to_string();
-            match crate::proxy::forward(gw, id, port.to_string(), path, req, crate::proxy::Auth::Passthrough).await {
+            match crate::proxy::forward(
+                gw,
+                id,
+                port.to_string(),
+                path,
+                req,
+                crate::proxy::Auth::Passthrough,
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => E2bError(e).into_response(),
             }
@@ -450,18 +604,29 @@ mod tests {
 
     #[test]
     fn kruise_image_key_asks_for_an_in_place_upgrade() {
-        let (c, _) = parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":" python "}}"#).unwrap();
+        let (c, _) = parse_create(
+            br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":" python "}}"#,
+        )
+        .unwrap();
         assert_eq!((c.pool.as_str(), c.image.as_str()), ("base", "python"));
         let (c, _) = parse_create(br#"{"templateID":"base"}"#).unwrap();
         assert!(c.image.is_empty());
-        let e = parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#).unwrap_err();
+        let e =
+            parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#)
+                .unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
     }
 
     #[test]
     fn sandbox_hosts() {
-        assert_eq!(parse_sandbox_host("49983-abc-123.sandpool.local"), Some((49983, "abc-123".into())));
-        assert_eq!(parse_sandbox_host("49983-abc.localhost:8080"), Some((49983, "abc".into())));
+        assert_eq!(
+            parse_sandbox_host("49983-abc-123.sandpool.local"),
+            Some((49983, "abc-123".into()))
+        );
+        assert_eq!(
+            parse_sandbox_host("49983-abc.localhost:8080"),
+            Some((49983, "abc".into()))
+        );
         assert_eq!(parse_sandbox_host("127.0.0.1:8080"), None);
         assert_eq!(parse_sandbox_host("api.sandpool.local"), None);
         assert_eq!(parse_sandbox_host("99999-abc.x"), None);
@@ -470,9 +635,25 @@ mod tests {
 
     #[test]
     fn detail_has_sdk_required_fields() {
-        let c = pb::Claim { claim_id: "c".into(), pool: "base".into(), created_unix_ms: 1_700_000_000_000, ..Default::default() };
+        let c = pb::Claim {
+            claim_id: "c".into(),
+            pool: "base".into(),
+            created_unix_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
         let v = detail_json(&c);
-        for k in ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "envdVersion", "cpuCount", "memoryMB", "diskSizeMB", "state"] {
+        for k in [
+            "templateID",
+            "sandboxID",
+            "clientID",
+            "startedAt",
+            "endAt",
+            "envdVersion",
+            "cpuCount",
+            "memoryMB",
+            "diskSizeMB",
+            "state",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert!(chrono::DateTime::parse_from_rfc3339(v["endAt"].as_str().unwrap()).is_ok());

@@ -63,7 +63,9 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::PoolNotFound(_) | ApiError::SandboxNotFound(_) | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PoolNotFound(_)
+            | ApiError::SandboxNotFound(_)
+            | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,7 +82,9 @@ impl ApiError {
         let m = s.message().to_string();
         // A status the scheduler sent carries no source; one with a source was
         // made locally from a broken connection (scheduler restarting): retryable.
-        if std::error::Error::source(&s).is_some() && matches!(s.code(), Code::Unknown | Code::Internal | Code::Cancelled) {
+        if std::error::Error::source(&s).is_some()
+            && matches!(s.code(), Code::Unknown | Code::Internal | Code::Cancelled)
+        {
             return ApiError::Unavailable(format!("scheduler connection lost: {m}"));
         }
         match s.code() {
@@ -101,10 +105,15 @@ impl IntoResponse for ApiError {
             tracing::warn!(error = %self, "request failed");
         }
         sandpool_telemetry::metrics::error("gateway", &self.code().to_ascii_lowercase());
-        let mut r = (self.status(), Json(serde_json::json!({"code": self.code(), "message": self.to_string()}))).into_response();
+        let mut r = (
+            self.status(),
+            Json(serde_json::json!({"code": self.code(), "message": self.to_string()})),
+        )
+            .into_response();
         match &self {
             ApiError::Exhausted(_) => {
-                r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
             }
             ApiError::RateLimited(wait) => {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -27,13 +27,22 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(scheduler: SchedulerClient<AuthChannel>, api_keys: &[String]) -> Self {
-        let key_hashes = api_keys.iter().filter(|k| !k.is_empty()).map(|k| Sha256::digest(k.as_bytes()).into()).collect();
+        let key_hashes = api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect();
         Gateway {
             scheduler,
             key_hashes: Arc::new(key_hashes),
-            http: reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
             max_body: 1 << 20,
-            limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST).map(Arc::new),
+            limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST)
+                .map(Arc::new),
         }
     }
 
@@ -46,7 +55,9 @@ impl Gateway {
     /// Whether `key` is one of the configured API keys (constant time per key).
     pub fn key_ok(&self, key: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.key_hashes.iter().fold(false, |acc, k| acc | (k.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0))
+        self.key_hashes.iter().fold(false, |acc, k| {
+            acc | (k.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+        })
     }
 
     pub fn auth_enabled(&self) -> bool {
@@ -55,7 +66,10 @@ impl Gateway {
 }
 
 /// Read a request body within `gw.max_body` (413 beyond it).
-pub async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<bytes::Bytes, error::ApiError> {
+pub async fn read_body(
+    gw: &Gateway,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, error::ApiError> {
     axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
         if e.to_string().contains("length limit") {
             error::ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
@@ -66,7 +80,8 @@ pub async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<bytes::By
 }
 
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, error::ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| error::ApiError::Invalid(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| error::ApiError::Invalid(format!("invalid JSON body: {e}")))
 }
 
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -76,7 +91,9 @@ pub fn rfc3339_ms(ms: i64) -> String {
 }
 
 pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// All claims whose metadata contains `metadata`, oldest first.
@@ -87,10 +104,12 @@ pub async fn claims_with_metadata(
     Ok(gw
         .scheduler
         .clone()
-        .list_claims(sandpool_telemetry::grpc_request(sandpool_proto::v1::ListClaimsRequest {
-            metadata: metadata.into_iter().collect(),
-            ..Default::default()
-        }))
+        .list_claims(sandpool_telemetry::grpc_request(
+            sandpool_proto::v1::ListClaimsRequest {
+                metadata: metadata.into_iter().collect(),
+                ..Default::default()
+            },
+        ))
         .await
         .map_err(|s| error::ApiError::from_status(s, error::ApiError::Invalid))?
         .into_inner()
@@ -102,7 +121,10 @@ pub async fn claims_with_metadata(
 /// Prometheus metrics of this process (served on its own listener, not
 /// behind the API key: keep it off public interfaces).
 pub fn metrics_app() -> axum::Router {
-    axum::Router::new().route("/metrics", axum::routing::get(|| async { sandpool_telemetry::metrics::response() }))
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { sandpool_telemetry::metrics::response() }),
+    )
 }
 
 /// Defaults: generous for one agent framework, a wall against runaway loops.
@@ -123,7 +145,11 @@ async fn rate_limit(
             .or_else(|| h.get("x-api-key"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()))
+            .or_else(|| {
+                req.extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string())
+            })
             .unwrap_or_default();
         if let Err(wait) = l.check(&client, std::time::Instant::now()) {
             return error::ApiError::RateLimited(wait).into_response();
@@ -158,11 +184,17 @@ mod tests {
     fn gateway() -> Gateway {
         // never dialled: /health does not reach the scheduler
         let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        Gateway::new(SchedulerClient::with_interceptor(ch, Default::default()), &["k1".to_string()])
+        Gateway::new(
+            SchedulerClient::with_interceptor(ch, Default::default()),
+            &["k1".to_string()],
+        )
     }
 
     async fn health(app: &axum::Router, key: &str) -> axum::response::Response {
-        let req = http::Request::get("/health").header("OPEN-SANDBOX-API-KEY", key).body(axum::body::Body::empty()).expect("request");
+        let req = http::Request::get("/health")
+            .header("OPEN-SANDBOX-API-KEY", key)
+            .body(axum::body::Body::empty())
+            .expect("request");
         app.clone().oneshot(req).await.expect("response")
     }
 
@@ -175,12 +207,25 @@ mod tests {
         let r = health(&app, "k1").await;
         assert_eq!(r.status(), 429);
         // the wait for the next token (1000 s less what already refilled), rounded up
-        let retry_after: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("whole seconds");
-        assert!((990..=1000).contains(&retry_after), "retry-after {retry_after}");
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.expect("body");
+        let retry_after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("whole seconds");
+        assert!(
+            (990..=1000).contains(&retry_after),
+            "retry-after {retry_after}"
+        );
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["code"], "RATE_LIMITED");
-        assert_eq!(health(&app, "other").await.status(), 200, "another client is not affected");
+        assert_eq!(
+            health(&app, "other").await.status(),
+            200,
+            "another client is not affected"
+        );
         // off
         let app = app_off();
         for _ in 0..50 {

@@ -17,7 +17,10 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn full(burst: f64, now: Instant) -> Self {
-        TokenBucket { tokens: burst, last: now }
+        TokenBucket {
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Take one token, or say how long until one is there.
@@ -47,7 +50,11 @@ const MAX_BUCKETS: usize = 10_000;
 impl RateLimiter {
     /// `per_sec` sustained requests with bursts of `burst`; `None` when `per_sec` is 0 (off).
     pub fn new(per_sec: f64, burst: f64) -> Option<Self> {
-        (per_sec > 0.0).then(|| RateLimiter { per_sec, burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) })
+        (per_sec > 0.0).then(|| RateLimiter {
+            per_sec,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Charge one request to `client` (hashed: keys are never stored in clear).
@@ -62,7 +69,9 @@ impl RateLimiter {
                 t.take(now, per_sec, burst).is_ok() && t.tokens + 1.0 < burst
             });
         }
-        b.entry(id).or_insert_with(|| TokenBucket::full(self.burst, now)).take(now, self.per_sec, self.burst)
+        b.entry(id)
+            .or_insert_with(|| TokenBucket::full(self.burst, now))
+            .take(now, self.per_sec, self.burst)
     }
 }
 
@@ -78,8 +87,14 @@ mod tests {
             assert!(b.take(t0, 10.0, 3.0).is_ok());
         }
         let wait = b.take(t0, 10.0, 3.0).expect_err("burst used up");
-        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
-        assert!(b.take(t0 + Duration::from_millis(100), 10.0, 3.0).is_ok(), "refilled at 10/s");
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        assert!(
+            b.take(t0 + Duration::from_millis(100), 10.0, 3.0).is_ok(),
+            "refilled at 10/s"
+        );
         // refill never exceeds the burst
         let later = t0 + Duration::from_secs(60);
         for _ in 0..3 {

@@ -62,15 +62,27 @@ pub fn router(gw: Gateway) -> Router {
         })
         .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key));
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "healthy"})) }))
-        .route("/version", get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION"), "name": "sandpool"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(json!({"status": "healthy"})) }),
+        )
+        .route(
+            "/version",
+            get(|| async {
+                Json(json!({"version": env!("CARGO_PKG_VERSION"), "name": "sandpool"}))
+            }),
+        )
         .nest("/v1", v1)
         .with_state(gw)
 }
 
 async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
     if gw.auth_enabled() {
-        match req.headers().get("open-sandbox-api-key").and_then(|v| v.to_str().ok()) {
+        match req
+            .headers()
+            .get("open-sandbox-api-key")
+            .and_then(|v| v.to_str().ok())
+        {
             None | Some("") => return ApiError::MissingKey.into_response(),
             Some(k) if !gw.key_ok(k) => return ApiError::InvalidKey.into_response(),
             Some(_) => {}
@@ -128,10 +140,16 @@ fn parse_timeout(v: &Option<Value>) -> Result<u64> {
         None | Some(Value::Null) => Ok(0),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(s) if s > 0 => Ok(s as u64),
-            Some(s) => Err(ApiError::Invalid(format!("timeout must be a positive number of seconds, got {s}"))),
-            None => Err(ApiError::Invalid(format!("timeout must be an integer number of seconds, got {n}"))),
+            Some(s) => Err(ApiError::Invalid(format!(
+                "timeout must be a positive number of seconds, got {s}"
+            ))),
+            None => Err(ApiError::Invalid(format!(
+                "timeout must be an integer number of seconds, got {n}"
+            ))),
         },
-        Some(other) => Err(ApiError::Invalid(format!("timeout must be an integer number of seconds, got {other}"))),
+        Some(other) => Err(ApiError::Invalid(format!(
+            "timeout must be an integer number of seconds, got {other}"
+        ))),
     }
 }
 
@@ -201,17 +219,33 @@ pub fn parse_create(body: &[u8]) -> Result<Create> {
 fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     let snapshot = req.snapshot_id.unwrap_or_default();
     if req.image.as_ref().is_some_and(|i| !i.uri.is_empty()) {
-        return Err(ApiError::Invalid("give either image or snapshotId, not both".into()));
+        return Err(ApiError::Invalid(
+            "give either image or snapshotId, not both".into(),
+        ));
     }
-    if req.extensions.as_ref().is_some_and(|e| e.contains_key("poolRef")) {
-        return Err(ApiError::Invalid("a restore from snapshotId goes to the snapshot's own pool: drop extensions.poolRef".into()));
+    if req
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.contains_key("poolRef"))
+    {
+        return Err(ApiError::Invalid(
+            "a restore from snapshotId goes to the snapshot's own pool: drop extensions.poolRef"
+                .into(),
+        ));
     }
-    if req.env.as_ref().is_some_and(|e| !e.is_empty()) || req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+    if req.env.as_ref().is_some_and(|e| !e.is_empty())
+        || req.volumes.as_ref().is_some_and(|v| !v.is_empty())
+    {
         return Err(ApiError::Invalid("env and volumes cannot change on a restore from snapshotId (the processes keep theirs)".into()));
     }
     let metadata = req.metadata.unwrap_or_default();
     check_keys(metadata.keys())?;
-    Ok(pb::RestoreCheckpointRequest { checkpoint_id: snapshot, count: 1, ttl_seconds: parse_timeout(&req.timeout)?, metadata })
+    Ok(pb::RestoreCheckpointRequest {
+        checkpoint_id: snapshot,
+        count: 1,
+        ttl_seconds: parse_timeout(&req.timeout)?,
+        metadata,
+    })
 }
 
 /// A create body without a `snapshotId`.
@@ -220,24 +254,40 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
     let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(p)) if !p.is_empty() => p.clone(),
-        Some(other) => return Err(ApiError::Invalid(format!("extensions.poolRef must be a non-empty string, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "extensions.poolRef must be a non-empty string, got {other}"
+            )));
+        }
     };
     if !pool.is_empty() && req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::Invalid("volumes are not supported with extensions.poolRef".into()));
+        return Err(ApiError::Invalid(
+            "volumes are not supported with extensions.poolRef".into(),
+        ));
     }
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
     let metadata = req.metadata.clone().unwrap_or_default();
     check_keys(env.keys().chain(metadata.keys()))?;
     let template = if pool.is_empty() {
-        let image = req.image.as_ref().map(|i| i.uri.trim().to_string()).unwrap_or_default();
+        let image = req
+            .image
+            .as_ref()
+            .map(|i| i.uri.trim().to_string())
+            .unwrap_or_default();
         if image.is_empty() {
-            return Err(ApiError::Invalid("image.uri is required without extensions.poolRef".into()));
+            return Err(ApiError::Invalid(
+                "image.uri is required without extensions.poolRef".into(),
+            ));
         }
         let limits = req.resource_limits.unwrap_or_default();
         Some(pb::SandboxTemplate {
             image,
-            resources: Some(pb::Resources { cpu: limits.cpu.unwrap_or_default(), memory: limits.memory.unwrap_or_default(), pids: 0 }),
+            resources: Some(pb::Resources {
+                cpu: limits.cpu.unwrap_or_default(),
+                memory: limits.memory.unwrap_or_default(),
+                pids: 0,
+            }),
             runtime_class: pb::RuntimeClass::Runc as i32,
             release_policy: pb::ReleasePolicy::Delete as i32,
             ..Default::default()
@@ -249,7 +299,11 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
         pool,
         pool_only: false,
         ttl_seconds: ttl,
-        process: Some(pb::InjectRequest { argv: entrypoint, env, ..Default::default() }),
+        process: Some(pb::InjectRequest {
+            argv: entrypoint,
+            env,
+            ..Default::default()
+        }),
         metadata,
         claim_id: String::new(),
         template,
@@ -269,12 +323,23 @@ async fn create(State(gw): State<Gateway>, body: Body) -> Result<Response> {
         .clone()
         .create_claim(traced(claim))
         .await
-        .map_err(|s| ApiError::from_status(s, move |m| if pool2.is_empty() { ApiError::Invalid(m) } else { ApiError::PoolNotFound(pool2) }))?
+        .map_err(|s| {
+            ApiError::from_status(s, move |m| {
+                if pool2.is_empty() {
+                    ApiError::Invalid(m)
+                } else {
+                    ApiError::PoolNotFound(pool2)
+                }
+            })
+        })?
         .into_inner();
     Ok((StatusCode::ACCEPTED, Json(sandbox_json(&c))).into_response())
 }
 
-async fn create_from_snapshot(gw: &Gateway, restore: pb::RestoreCheckpointRequest) -> Result<Response> {
+async fn create_from_snapshot(
+    gw: &Gateway,
+    restore: pb::RestoreCheckpointRequest,
+) -> Result<Response> {
     let id = restore.checkpoint_id.clone();
     let snapshot = id.clone();
     let mut claims = gw
@@ -285,7 +350,9 @@ async fn create_from_snapshot(gw: &Gateway, restore: pb::RestoreCheckpointReques
         .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?
         .into_inner()
         .claims;
-    let c = claims.pop().ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
+    let c = claims
+        .pop()
+        .ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
     let mut v = sandbox_json(&c);
     v["snapshotId"] = json!(snapshot);
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
@@ -317,22 +384,48 @@ fn snapshot_json(c: &pb::CheckpointInfo) -> Value {
 
 /// `POST /sandboxes/{id}/snapshots`: a checkpoint of the running sandbox
 /// (memory and files), which goes on running.
-async fn create_snapshot(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<Response> {
+async fn create_snapshot(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response> {
     let bytes = crate::read_body(&gw, body).await?;
-    let r: SnapshotRequest = if bytes.iter().all(u8::is_ascii_whitespace) { SnapshotRequest::default() } else { crate::parse_json(&bytes)? };
-    let req = pb::CheckpointClaimRequest { claim_id: id.clone(), leave_running: true, name: r.name.unwrap_or_default() };
-    let info = gw.scheduler.clone().checkpoint_claim(traced(req)).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?.into_inner();
+    let r: SnapshotRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SnapshotRequest::default()
+    } else {
+        crate::parse_json(&bytes)?
+    };
+    let req = pb::CheckpointClaimRequest {
+        claim_id: id.clone(),
+        leave_running: true,
+        name: r.name.unwrap_or_default(),
+    };
+    let info = gw
+        .scheduler
+        .clone()
+        .checkpoint_claim(traced(req))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?
+        .into_inner();
     Ok((StatusCode::ACCEPTED, Json(snapshot_json(&info))).into_response())
 }
 
 async fn all_snapshots(gw: &Gateway) -> Result<Vec<pb::CheckpointInfo>> {
-    let r = gw.scheduler.clone().list_checkpoints(traced(pb::ListCheckpointsRequest {})).await.map_err(|s| ApiError::from_status(s, ApiError::Internal))?;
+    let r = gw
+        .scheduler
+        .clone()
+        .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
+        .await
+        .map_err(|s| ApiError::from_status(s, ApiError::Internal))?;
     Ok(r.into_inner().checkpoints)
 }
 
 async fn get_snapshot(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
     let all = all_snapshots(&gw).await?;
-    all.iter().find(|c| c.checkpoint_id == id).map(|c| Json(snapshot_json(c))).ok_or(ApiError::SnapshotNotFound(id))
+    all.iter()
+        .find(|c| c.checkpoint_id == id)
+        .map(|c| Json(snapshot_json(c)))
+        .ok_or(ApiError::SnapshotNotFound(id))
 }
 
 async fn list_snapshots(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
@@ -350,16 +443,30 @@ async fn list_snapshots(State(gw): State<Gateway>, req: Request) -> Result<Json<
         .await?
         .iter()
         .map(snapshot_json)
-        .filter(|s| sandbox.as_ref().is_none_or(|x| s["sandboxId"] == x.as_str()))
+        .filter(|s| {
+            sandbox
+                .as_ref()
+                .is_none_or(|x| s["sandboxId"] == x.as_str())
+        })
         .filter(|s| name.as_ref().is_none_or(|x| s["name"] == x.as_str()))
-        .filter(|_| state.as_ref().is_none_or(|x| x.eq_ignore_ascii_case("Ready")))
+        .filter(|_| {
+            state
+                .as_ref()
+                .is_none_or(|x| x.eq_ignore_ascii_case("Ready"))
+        })
         .collect();
     Ok(Json(pages.json(items)))
 }
 
 async fn delete_snapshot(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    let r = pb::CheckpointRef { checkpoint_id: id.clone() };
-    gw.scheduler.clone().delete_checkpoint(traced(r)).await.map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?;
+    let r = pb::CheckpointRef {
+        checkpoint_id: id.clone(),
+    };
+    gw.scheduler
+        .clone()
+        .delete_checkpoint(traced(r))
+        .await
+        .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -379,8 +486,22 @@ impl Paging {
     /// Take `k=v` if it is a paging parameter; others are ignored.
     fn param(&mut self, k: &str, v: &str) -> Result<()> {
         match k {
-            "page" => self.page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::Invalid(format!("bad page {v}")))?,
-            "pageSize" => self.size = v.parse().ok().filter(|p| (1..=200).contains(p)).ok_or_else(|| ApiError::Invalid(format!("pageSize must be 1..=200, got {v}")))?,
+            "page" => {
+                self.page = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| ApiError::Invalid(format!("bad page {v}")))?
+            }
+            "pageSize" => {
+                self.size = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=200).contains(p))
+                    .ok_or_else(|| {
+                        ApiError::Invalid(format!("pageSize must be 1..=200, got {v}"))
+                    })?
+            }
             _ => {}
         }
         Ok(())
@@ -388,7 +509,11 @@ impl Paging {
 
     fn json(&self, all: Vec<Value>) -> Value {
         let total = all.len();
-        let items: Vec<Value> = all.into_iter().skip((self.page - 1) * self.size).take(self.size).collect();
+        let items: Vec<Value> = all
+            .into_iter()
+            .skip((self.page - 1) * self.size)
+            .take(self.size)
+            .collect();
         let total_pages = total.div_ceil(self.size);
         json!({
             "items": items,
@@ -398,22 +523,47 @@ impl Paging {
 }
 
 async fn get_one(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let c = gw.scheduler.clone().get_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    let c = gw
+        .scheduler
+        .clone()
+        .get_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(Json(sandbox_json(&c.into_inner())))
 }
 
 async fn delete(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    gw.scheduler.clone().release_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.scheduler
+        .clone()
+        .release_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    gw.scheduler.clone().pause_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.scheduler
+        .clone()
+        .pause_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(StatusCode::ACCEPTED)
 }
 
 async fn resume(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    gw.scheduler.clone().resume_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.scheduler
+        .clone()
+        .resume_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -423,7 +573,11 @@ struct RenewRequest {
     expires_at: String,
 }
 
-async fn renew(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) -> Result<Json<Value>> {
+async fn renew(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>> {
     let r: RenewRequest = json_body(&gw, body).await?;
     let at = DateTime::parse_from_rfc3339(&r.expires_at)
         .map_err(|e| ApiError::Invalid(format!("expiresAt must be RFC 3339: {e}")))?
@@ -431,25 +585,54 @@ async fn renew(State(gw): State<Gateway>, Path(id): Path<String>, body: Body) ->
     let c = gw
         .scheduler
         .clone()
-        .renew(traced(pb::RenewRequest { claim_id: id.clone(), expires_unix_ms: at }))
+        .renew(traced(pb::RenewRequest {
+            claim_id: id.clone(),
+            expires_unix_ms: at,
+        }))
         .await
         .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?
         .into_inner();
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
 }
 
-async fn endpoint(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, headers: HeaderMap, req: Request) -> Result<Json<Value>> {
-    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
+async fn endpoint(
+    State(gw): State<Gateway>,
+    Path((id, port)): Path<(String, String)>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Json<Value>> {
+    let port: u32 = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
     let q = query_pairs(req.uri());
-    let use_proxy = q.iter().any(|(k, v)| k == "use_server_proxy" && v.eq_ignore_ascii_case("true"));
-    let c = gw.scheduler.clone().get_claim(traced(pb::ClaimRef { claim_id: id.clone() })).await.map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?.into_inner();
-    let sb = c.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    let use_proxy = q
+        .iter()
+        .any(|(k, v)| k == "use_server_proxy" && v.eq_ignore_ascii_case("true"));
+    let c = gw
+        .scheduler
+        .clone()
+        .get_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
+        .await
+        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?
+        .into_inner();
+    let sb = c
+        .sandbox
+        .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
     // a port a network-less sandbox does not expose resolves to the proxy,
     // which answers 501 with the reason when used
     let direct = sandbox_port(&sb, port).ok();
     let Some(direct) = direct.filter(|_| !use_proxy) else {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
-        return Ok(Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })));
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        return Ok(Json(
+            json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") }),
+        ));
     };
     let mut v = json!({ "endpoint": format!("{}:{direct}", sb.ip) });
     if port == RUNTIME_PORT {
@@ -477,7 +660,12 @@ async fn list(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
     let all = crate::claims_with_metadata(&gw, metadata).await?;
     let items: Vec<Value> = all
         .iter()
-        .filter(|c| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state_name(c.state))))
+        .filter(|c| {
+            states.is_empty()
+                || states
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(state_name(c.state)))
+        })
         .map(sandbox_json)
         .collect();
     Ok(Json(pages.json(items)))
@@ -495,13 +683,25 @@ fn pool_json(p: &pb::Pool) -> Value {
 }
 
 async fn get_pool(State(gw): State<Gateway>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let p = gw.scheduler.clone().get_pool(traced(pb::PoolRef { name: name.clone() })).await.map_err(|s| ApiError::from_status(s, |_| ApiError::PoolNotFound(name.clone())))?;
+    let p = gw
+        .scheduler
+        .clone()
+        .get_pool(traced(pb::PoolRef { name: name.clone() }))
+        .await
+        .map_err(|s| ApiError::from_status(s, |_| ApiError::PoolNotFound(name.clone())))?;
     Ok(Json(pool_json(&p.into_inner())))
 }
 
 async fn list_pools(State(gw): State<Gateway>) -> Result<Json<Value>> {
-    let r = gw.scheduler.clone().list_pools(traced(pb::ListPoolsRequest {})).await.map_err(|s| ApiError::from_status(s, ApiError::Invalid))?;
-    Ok(Json(json!({ "items": r.into_inner().pools.iter().map(pool_json).collect::<Vec<_>>() })))
+    let r = gw
+        .scheduler
+        .clone()
+        .list_pools(traced(pb::ListPoolsRequest {}))
+        .await
+        .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?;
+    Ok(Json(
+        json!({ "items": r.into_inner().pools.iter().map(pool_json).collect::<Vec<_>>() }),
+    ))
 }
 
 #[cfg(test)]
@@ -543,10 +743,25 @@ mod tests {
         let Ok(Create::Restore(r)) = parse_create(br#"{"snapshotId":"ck-1","timeout":600,"metadata":{"a":"b"},"entrypoint":["tail","-f","/dev/null"]}"#) else {
             panic!("a restore")
         };
-        assert_eq!((r.checkpoint_id.as_str(), r.count, r.ttl_seconds), ("ck-1", 1, 600));
+        assert_eq!(
+            (r.checkpoint_id.as_str(), r.count, r.ttl_seconds),
+            ("ck-1", 1, 600)
+        );
         assert_eq!(r.metadata.get("a").map(String::as_str), Some("b"));
-        assert!(matches!(parse_create(br#"{"image":{"uri":"python"}}"#), Ok(Create::Claim(_))), "not a restore");
-        assert!(matches!(parse_create(br#"{"image":{"uri":"python"},"snapshotId":""}"#), Ok(Create::Claim(_))), "empty snapshotId");
+        assert!(
+            matches!(
+                parse_create(br#"{"image":{"uri":"python"}}"#),
+                Ok(Create::Claim(_))
+            ),
+            "not a restore"
+        );
+        assert!(
+            matches!(
+                parse_create(br#"{"image":{"uri":"python"},"snapshotId":""}"#),
+                Ok(Create::Claim(_))
+            ),
+            "empty snapshotId"
+        );
         for bad in [
             &br#"{"snapshotId":"ck-1","image":{"uri":"python"}}"#[..],
             br#"{"snapshotId":"ck-1","extensions":{"poolRef":"p"}}"#,
@@ -572,17 +787,43 @@ mod tests {
         for k in ["id", "sandboxId", "status", "createdAt"] {
             assert!(v.get(k).is_some(), "{k}");
         }
-        assert_eq!((v["sandboxId"].as_str(), v["status"]["state"].as_str(), v["name"].as_str()), (Some("claim-1"), Some("Ready"), Some("before-step-3")));
+        assert_eq!(
+            (
+                v["sandboxId"].as_str(),
+                v["status"]["state"].as_str(),
+                v["name"].as_str()
+            ),
+            (Some("claim-1"), Some("Ready"), Some("before-step-3"))
+        );
     }
 
     #[test]
     fn network_less_sandboxes_expose_only_their_runtime() {
-        let tunnelled = pb::SandboxInfo { sandbox_id: "sb".into(), ip: "127.0.0.1".into(), runtime_port: 40001, ..Default::default() };
+        let tunnelled = pb::SandboxInfo {
+            sandbox_id: "sb".into(),
+            ip: "127.0.0.1".into(),
+            runtime_port: 40001,
+            ..Default::default()
+        };
         assert_eq!(sandbox_port(&tunnelled, RUNTIME_PORT).unwrap(), 40001);
         let e = sandbox_port(&tunnelled, 49983).unwrap_err();
-        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "never the host's own port 49983");
-        let bridged = pb::SandboxInfo { ip: "10.213.0.5".into(), runtime_port: RUNTIME_PORT, ..Default::default() };
-        assert_eq!((sandbox_port(&bridged, RUNTIME_PORT).unwrap(), sandbox_port(&bridged, 49983).unwrap()), (RUNTIME_PORT, 49983));
+        assert_eq!(
+            e.status(),
+            StatusCode::NOT_IMPLEMENTED,
+            "never the host's own port 49983"
+        );
+        let bridged = pb::SandboxInfo {
+            ip: "10.213.0.5".into(),
+            runtime_port: RUNTIME_PORT,
+            ..Default::default()
+        };
+        assert_eq!(
+            (
+                sandbox_port(&bridged, RUNTIME_PORT).unwrap(),
+                sandbox_port(&bridged, 49983).unwrap()
+            ),
+            (RUNTIME_PORT, 49983)
+        );
     }
 
     #[test]
@@ -593,7 +834,13 @@ mod tests {
         p.param("other", "x").unwrap();
         let v = p.json((0..5).map(|i| json!(i)).collect());
         assert_eq!(v["items"], json!([2, 3]));
-        assert_eq!((v["pagination"]["totalPages"].as_u64(), v["pagination"]["hasNextPage"].as_bool()), (Some(3), Some(true)));
+        assert_eq!(
+            (
+                v["pagination"]["totalPages"].as_u64(),
+                v["pagination"]["hasNextPage"].as_bool()
+            ),
+            (Some(3), Some(true))
+        );
         assert!(p.param("pageSize", "0").is_err() && p.param("page", "x").is_err());
     }
 }

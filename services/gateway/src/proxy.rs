@@ -13,8 +13,18 @@ use sandpool_telemetry::grpc_request as traced;
 
 use crate::{Gateway, error::ApiError, opensandbox::RUNTIME_PORT};
 
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
 
 /// How the proxied request authenticates to the sandbox.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -25,29 +35,58 @@ pub enum Auth {
     Passthrough,
 }
 
-pub async fn proxy_root(State(gw): State<Gateway>, Path((id, port)): Path<(String, String)>, req: Request) -> Result<Response, ApiError> {
+pub async fn proxy_root(
+    State(gw): State<Gateway>,
+    Path((id, port)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
     forward(gw, id, port, String::new(), req, Auth::RuntimeToken).await
 }
 
-pub async fn proxy_path(State(gw): State<Gateway>, Path((id, port, path)): Path<(String, String, String)>, req: Request) -> Result<Response, ApiError> {
+pub async fn proxy_path(
+    State(gw): State<Gateway>,
+    Path((id, port, path)): Path<(String, String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
     forward(gw, id, port, path, req, Auth::RuntimeToken).await
 }
 
 /// Forward `req` to `path` on the sandbox's `port`, streaming both ways.
-pub async fn forward(gw: Gateway, id: String, port: String, path: String, req: Request, auth: Auth) -> Result<Response, ApiError> {
-    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
+pub async fn forward(
+    gw: Gateway,
+    id: String,
+    port: String,
+    path: String,
+    req: Request,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    let port: u32 = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
     let claim = gw
         .scheduler
         .clone()
-        .get_claim(traced(pb::ClaimRef { claim_id: id.clone() }))
+        .get_claim(traced(pb::ClaimRef {
+            claim_id: id.clone(),
+        }))
         .await
         .map_err(|s| ApiError::from_status(s, |_| ApiError::SandboxNotFound(id.clone())))?
         .into_inner();
     if claim.state == pb::ClaimState::Paused as i32 {
-        return Err(ApiError::Conflict(format!("sandbox {id} is paused; resume it first")));
+        return Err(ApiError::Conflict(format!(
+            "sandbox {id} is paused; resume it first"
+        )));
     }
-    let sb = claim.sandbox.ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
-    let mut url = format!("http://{}:{}/{path}", sb.ip, crate::opensandbox::sandbox_port(&sb, port)?);
+    let sb = claim
+        .sandbox
+        .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    let mut url = format!(
+        "http://{}:{}/{path}",
+        sb.ip,
+        crate::opensandbox::sandbox_port(&sb, port)?
+    );
     if let Some(q) = req.uri().query() {
         url.push('?');
         url.push_str(q);
@@ -93,5 +132,6 @@ pub async fn forward(gw: Gateway, id: String, port: String, path: String, req: R
         }
     }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    r.body(Body::from_stream(stream)).map_err(|e| ApiError::Internal(e.to_string()))
+    r.body(Body::from_stream(stream))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

@@ -75,7 +75,12 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
     rate_burst: f64,
     /// API key(s); without any, the gateway serves without authentication.
-    #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "SANDPOOL_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
 }
 
@@ -119,17 +124,30 @@ fn yes() -> bool {
 
 /// Create the configured pools, or bring their spec back to the configuration.
 async fn ensure_pools(client: &kube::Client, ns: &str, file: &PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let entries: Vec<PoolEntry> = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let entries: Vec<PoolEntry> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
     let api: Api<Pool> = Api::namespaced(client.clone(), ns);
     for e in entries.into_iter().filter(|e| e.enabled) {
         let spec = PoolSpec::new(e.template, e.capacity_spec);
         let mut pool = Pool::new(&e.name, spec.clone());
-        pool.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "sandpool".to_string())].into());
+        pool.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "sandpool".to_string(),
+            )]
+            .into(),
+        );
         match api.create(&PostParams::default(), &pool).await {
             Ok(p) => tracing::info!(pool = %p.name_any(), "created pool"),
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                api.patch(&e.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": spec }))).await?;
+                api.patch(
+                    &e.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "spec": spec })),
+                )
+                .await?;
                 tracing::info!(pool = %e.name, "pool spec updated from the configuration");
             }
             Err(err) => return Err(err).with_context(|| format!("creating pool {}", e.name)),
@@ -139,15 +157,22 @@ async fn ensure_pools(client: &kube::Client, ns: &str, file: &PathBuf) -> anyhow
 }
 
 /// Bind `addr` (errors here stop the command) and serve `app` in the background.
-pub async fn spawn_http(addr: SocketAddr, app: axum::Router) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+pub async fn spawn_http(
+    addr: SocketAddr,
+    app: axum::Router,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     Ok(tokio::spawn(async move { axum::serve(l, app).await }))
 }
 
 /// The server-side check of the service token (`SANDPOOL_SERVICE_TOKEN`).
 fn require_token(token: Option<&str>, what: &str) -> anyhow::Result<RequireToken> {
     if token.is_none() {
-        tracing::warn!("no service token (SANDPOOL_SERVICE_TOKEN): the {what} gRPC API accepts unauthenticated calls");
+        tracing::warn!(
+            "no service token (SANDPOOL_SERVICE_TOKEN): the {what} gRPC API accepts unauthenticated calls"
+        );
     }
     Ok(RequireToken::new(token)?)
 }
@@ -163,20 +188,32 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tonic::transport::Server::builder()
         .trace_fn(sandpool_telemetry::grpc_server_span)
         .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(svc)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::shutdown_signal())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::shutdown_signal(),
+        )
         .await?;
     Ok(())
 }
 
 pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let auth = require_token(service_token.as_deref(), "scheduler")?;
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
-    let identity = a.identity.clone().unwrap_or_else(|| format!("sandpool-controller-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let identity = a.identity.clone().unwrap_or_else(|| {
+        format!(
+            "sandpool-controller-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
     if let Some(f) = &a.pools_file {
         ensure_pools(&client, &a.namespace, f).await?;
     }
@@ -206,11 +243,18 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
-    let sched_task = tokio::spawn(serve_grpc(a.scheduler_listen, auth, pb::scheduler_server::SchedulerServer::new(sched)));
+    let sched_task = tokio::spawn(serve_grpc(
+        a.scheduler_listen,
+        auth,
+        pb::scheduler_server::SchedulerServer::new(sched),
+    ));
 
     let cfg = ControllerConfig {
         namespace: a.namespace.clone(),
-        injection: RuntimeInjection { image: a.runtime_image.clone(), image_pull_policy: a.runtime_image_pull_policy.clone() },
+        injection: RuntimeInjection {
+            image: a.runtime_image.clone(),
+            image_pull_policy: a.runtime_image_pull_policy.clone(),
+        },
         leader_elect: a.leader_elect,
         identity,
         lease_name: a.lease_name.clone(),
@@ -233,23 +277,46 @@ pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::R
         .with_context(|| format!("scheduler address {:?}", a.scheduler))?
         .tcp_nodelay(true)
         .connect_lazy();
-    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, ServiceToken::new(service_token.as_deref())?);
-    let gw = sandpool_gateway::Gateway::new(client, &keys).with_rate_limit(a.rate_limit, a.rate_burst);
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let client = pb::scheduler_client::SchedulerClient::with_interceptor(
+        ch,
+        ServiceToken::new(service_token.as_deref())?,
+    );
+    let gw =
+        sandpool_gateway::Gateway::new(client, &keys).with_rate_limit(a.rate_limit, a.rate_burst);
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
     let app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
     Ok(())
 }
 
 pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let ctr = Ctr::connect(&a.containerd_socket, &a.containerd_namespace, Duration::from_secs(30))
-        .await
-        .with_context(|| format!("connecting to containerd at {}", a.containerd_socket.display()))?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let ctr = Ctr::connect(
+        &a.containerd_socket,
+        &a.containerd_namespace,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to containerd at {}",
+            a.containerd_socket.display()
+        )
+    })?;
     let node = Arc::new(CriNode::new(ctr, &a.node_name));
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
-    serve_grpc(a.listen, require_token(service_token.as_deref(), "node agent")?, pb::node_agent_server::NodeAgentServer::new(CriNodeService(node))).await
+    serve_grpc(
+        a.listen,
+        require_token(service_token.as_deref(), "node agent")?,
+        pb::node_agent_server::NodeAgentServer::new(CriNodeService(node)),
+    )
+    .await
 }

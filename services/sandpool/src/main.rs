@@ -20,20 +20,27 @@ use sandpool_proto::{
     v1::{self as pb, scheduler_client::SchedulerClient},
 };
 use sandpool_scheduler::{
-    Scheduler, SchedulerConfig,
-    scheduler::PoolRec,
-    service::SchedulerService,
+    Scheduler, SchedulerConfig, scheduler::PoolRec, service::SchedulerService,
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "sandpool", version, about = "Sandboxes for AI agents in milliseconds")]
+#[command(
+    name = "sandpool",
+    version,
+    about = "Sandboxes for AI agents in milliseconds"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Bearer token of gRPC calls between sandpool's services. `serve`
     /// without one uses (or creates) DATA_DIR/service-token; the CLI reads
     /// that file ($SANDPOOL_DATA_DIR, default /var/lib/sandpool) when unset.
-    #[arg(long, global = true, env = "SANDPOOL_SERVICE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SANDPOOL_SERVICE_TOKEN",
+        hide_env_values = true
+    )]
     service_token: Option<String>,
 }
 
@@ -51,7 +58,12 @@ enum Cmd {
     Pool {
         #[command(subcommand)]
         cmd: PoolCmd,
-        #[arg(long, global = true, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        #[arg(
+            long,
+            global = true,
+            env = "SANDPOOL_SCHEDULER",
+            default_value = "http://127.0.0.1:7702"
+        )]
         scheduler: String,
     },
     /// Claim a sandbox from a pool (prints its id, IP and token).
@@ -67,7 +79,11 @@ enum Cmd {
         /// Entrypoint to inject (after `--`).
         #[arg(last = true)]
         argv: Vec<String>,
-        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        #[arg(
+            long,
+            env = "SANDPOOL_SCHEDULER",
+            default_value = "http://127.0.0.1:7702"
+        )]
         scheduler: String,
     },
     /// Run a command in a claimed sandbox, streaming its output.
@@ -75,20 +91,32 @@ enum Cmd {
         claim: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
-        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        #[arg(
+            long,
+            env = "SANDPOOL_SCHEDULER",
+            default_value = "http://127.0.0.1:7702"
+        )]
         scheduler: String,
     },
     /// List claims.
     List {
         #[arg(long, default_value = "")]
         pool: String,
-        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        #[arg(
+            long,
+            env = "SANDPOOL_SCHEDULER",
+            default_value = "http://127.0.0.1:7702"
+        )]
         scheduler: String,
     },
     /// Release a claim (its sandbox is deleted and the pool refills).
     Release {
         claim: String,
-        #[arg(long, env = "SANDPOOL_SCHEDULER", default_value = "http://127.0.0.1:7702")]
+        #[arg(
+            long,
+            env = "SANDPOOL_SCHEDULER",
+            default_value = "http://127.0.0.1:7702"
+        )]
         scheduler: String,
     },
 }
@@ -196,18 +224,35 @@ enum Role {
 fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
     let f: Vec<&str> = s.split(':').collect();
     if !(6..=8).contains(&f.len()) {
-        bail!("--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]");
+        bail!(
+            "--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]"
+        );
     }
     let checkpointable = match f.get(7) {
         None => false,
         Some(&"checkpointable") => true,
-        Some(other) => bail!("--pool {s:?}: field 8 is {other:?}; the only flag is `checkpointable` (runsc without a network)"),
+        Some(other) => bail!(
+            "--pool {s:?}: field 8 is {other:?}; the only flag is `checkpointable` (runsc without a network)"
+        ),
     };
-    let n = |i: usize| f[i].parse::<u32>().with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1));
+    let n = |i: usize| {
+        f[i].parse::<u32>()
+            .with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1))
+    };
     Ok(PoolRec {
         name: f[0].to_string(),
-        template: Template { image: f[1].to_string(), runtime_class: f.get(6).unwrap_or(&"runc").to_string(), checkpointable, ..Default::default() },
-        capacity: CapacitySpec { buffer_min: n(2)?, buffer_max: n(3)?, pool_min: n(4)?, pool_max: n(5)? },
+        template: Template {
+            image: f[1].to_string(),
+            runtime_class: f.get(6).unwrap_or(&"runc").to_string(),
+            checkpointable,
+            ..Default::default()
+        },
+        capacity: CapacitySpec {
+            buffer_min: n(2)?,
+            buffer_max: n(3)?,
+            pool_min: n(4)?,
+            pool_max: n(5)?,
+        },
     })
 }
 
@@ -216,7 +261,13 @@ fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
 fn shell_join(argv: &[String]) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
     argv.iter()
-        .map(|a| if !a.is_empty() && a.chars().all(safe) { a.clone() } else { format!("'{}'", a.replace('\'', "'\\''")) })
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(safe) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -243,11 +294,15 @@ async fn shutdown_signal() {
 /// The service token of a platform on `data_dir`: the given one, else the
 /// one in DATA_DIR/service-token, else a new one written there (0600), so
 /// the parts of a split platform (`--role`) share it.
-fn platform_service_token(given: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+fn platform_service_token(
+    given: Option<String>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<String> {
     if let Some(t) = given {
         return Ok(t);
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join("service-token");
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -256,15 +311,32 @@ fn platform_service_token(given: Option<String>, data_dir: &std::path::Path) -> 
     }
     // written whole under a temporary name, then linked into place: a crash
     // never leaves an empty token, and of two parts starting at once one wins
-    let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let t = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let tmp = data_dir.join(format!(".service-token.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(t.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(t.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     let linked = std::fs::hard_link(&tmp, &path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(t),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string())
+        }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }
@@ -273,19 +345,30 @@ fn platform_service_token(given: Option<String>, data_dir: &std::path::Path) -> 
 fn cli_service_token(given: Option<String>) -> anyhow::Result<ServiceToken> {
     let from_file = || {
         let dir = std::env::var("SANDPOOL_DATA_DIR").unwrap_or_else(|_| "/var/lib/sandpool".into());
-        std::fs::read_to_string(std::path::Path::new(&dir).join("service-token")).ok().map(|t| t.trim().to_string())
+        std::fs::read_to_string(std::path::Path::new(&dir).join("service-token"))
+            .ok()
+            .map(|t| t.trim().to_string())
     };
     Ok(ServiceToken::new(given.or_else(from_file).as_deref())?)
 }
 
 async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()> {
-    let pools: Vec<PoolRec> = a.pools.iter().map(|p| parse_pool(p)).collect::<anyhow::Result<_>>()?;
+    let pools: Vec<PoolRec> = a
+        .pools
+        .iter()
+        .map(|p| parse_pool(p))
+        .collect::<anyhow::Result<_>>()?;
     let service_token = platform_service_token(service_token, &a.data_dir)?;
-    let require_token = tonic::service::InterceptorLayer::new(RequireToken::new(Some(&service_token))?);
+    let require_token =
+        tonic::service::InterceptorLayer::new(RequireToken::new(Some(&service_token))?);
     let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
     let api_keys = if a.api_keys.is_empty() {
         // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
-        let hex = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let hex = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         let k = format!("e2b_{}", &hex[..40]);
         if runs(Role::Gateway) {
             say(format!("generated API key: {k}"));
@@ -303,8 +386,12 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
             Some(p) => p.clone(),
             None => std::env::current_exe()?.with_file_name("sandpool-runtime-static"),
         };
-        let runtime_bin = std::fs::canonicalize(&runtime_bin)
-            .with_context(|| format!("runtime binary {} (build it static: see scripts/run.sh)", runtime_bin.display()))?;
+        let runtime_bin = std::fs::canonicalize(&runtime_bin).with_context(|| {
+            format!(
+                "runtime binary {} (build it static: see scripts/run.sh)",
+                runtime_bin.display()
+            )
+        })?;
         let socket = match &a.containerd_socket {
             Some(s) => s.clone(),
             None => {
@@ -324,16 +411,26 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         }
         let ag = Agent::start(cfg, ctr).await?;
         for p in &pools {
-            say(format!("preparing image {} (first time: busybox seconds, python a few minutes)", p.template.image));
-            ag.ensure_image(&p.template.image).await.with_context(|| format!("image of pool {}", p.name))?;
+            say(format!(
+                "preparing image {} (first time: busybox seconds, python a few minutes)",
+                p.template.image
+            ));
+            ag.ensure_image(&p.template.image)
+                .await
+                .with_context(|| format!("image of pool {}", p.name))?;
         }
-        let agent_svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&ag)));
-        let agent_listener = tokio::net::TcpListener::bind(a.agent_listen).await.with_context(|| format!("binding {}", a.agent_listen))?;
+        let agent_svc =
+            pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&ag)));
+        let agent_listener = tokio::net::TcpListener::bind(a.agent_listen)
+            .await
+            .with_context(|| format!("binding {}", a.agent_listen))?;
         let server = tonic::transport::Server::builder()
             .trace_fn(sandpool_telemetry::grpc_server_span)
             .layer(require_token.clone())
             .add_service(agent_svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener));
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                agent_listener,
+            ));
         tasks.push(tokio::spawn(server).abort_handle());
         say(format!("node agent: grpc://{}", a.agent_listen));
         agent = Some(ag);
@@ -353,24 +450,36 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         for p in pools.clone() {
             s.apply_pool(p)?;
         }
-        let sched_listener =
-            tokio::net::TcpListener::bind(a.scheduler_listen).await.with_context(|| format!("binding {}", a.scheduler_listen))?;
-        let sched_svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
+        let sched_listener = tokio::net::TcpListener::bind(a.scheduler_listen)
+            .await
+            .with_context(|| format!("binding {}", a.scheduler_listen))?;
+        let sched_svc =
+            pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
         let server = tonic::transport::Server::builder()
             .trace_fn(sandpool_telemetry::grpc_server_span)
             .layer(require_token.clone())
             .add_service(sched_svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(sched_listener));
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                sched_listener,
+            ));
         tasks.push(tokio::spawn(server).abort_handle());
         say(format!("scheduler: grpc://{}", a.scheduler_listen));
         sched = Some(s);
     }
 
-    let metrics = a.metrics_listen.or_else(|| runs(Role::Gateway).then(|| SocketAddr::from(([127, 0, 0, 1], 9464))));
+    let metrics = a
+        .metrics_listen
+        .or_else(|| runs(Role::Gateway).then(|| SocketAddr::from(([127, 0, 0, 1], 9464))));
     if let Some(addr) = metrics {
-        tasks.push(cluster::spawn_http(addr, sandpool_gateway::metrics_app()).await?.abort_handle());
+        tasks.push(
+            cluster::spawn_http(addr, sandpool_gateway::metrics_app())
+                .await?
+                .abort_handle(),
+        );
     }
-    let metrics_url = metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_else(|| "off (--metrics-listen)".into());
+    let metrics_url = metrics
+        .map(|m| format!("http://{m}/metrics"))
+        .unwrap_or_else(|| "off (--metrics-listen)".into());
     if let Some(s) = &sched {
         // Progress until the pools reach their minimum buffer.
         for _ in 0..600 {
@@ -378,7 +487,10 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
             let mut parts = Vec::new();
             for p in &pools {
                 let (_, st) = s.pool_status(&p.name)?;
-                parts.push(format!("{} {}/{}", p.name, st.available, p.capacity.buffer_min));
+                parts.push(format!(
+                    "{} {}/{}",
+                    p.name, st.available, p.capacity.buffer_min
+                ));
                 all &= st.available >= p.capacity.buffer_min;
             }
             say(format!("warming pools: {}", parts.join(", ")));
@@ -390,10 +502,16 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
     }
     if runs(Role::Gateway) {
         // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?.tcp_nodelay(true).connect_lazy();
-        let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(&service_token))?);
-        let gw = sandpool_gateway::Gateway::new(client, &api_keys).with_rate_limit(a.rate_limit, a.rate_burst);
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client =
+            SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(&service_token))?);
+        let gw = sandpool_gateway::Gateway::new(client, &api_keys)
+            .with_rate_limit(a.rate_limit, a.rate_burst);
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -404,7 +522,9 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
             "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics {}",
             a.listen, a.scheduler_listen, a.agent_listen, metrics_url
         ));
-        let _ = axum::serve(listener, gw_app).with_graceful_shutdown(shutdown_signal()).await;
+        let _ = axum::serve(listener, gw_app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
     } else {
         say(format!("ready: metrics {metrics_url}"));
         shutdown_signal().await;
@@ -413,7 +533,10 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
         say("cleaning up: releasing claims and deleting pools");
         if let Some(s) = &sched {
             for c in s.list_claims("", &[], &Default::default()) {
-                if let Err(e) = s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await {
+                if let Err(e) = s
+                    .release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+                    .await
+                {
                     say(format!("release {}: {e}", c.id));
                 }
             }
@@ -441,12 +564,17 @@ async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()
     Ok(())
 }
 
-async fn scheduler(addr: &str, token: &ServiceToken) -> anyhow::Result<SchedulerClient<AuthChannel>> {
+async fn scheduler(
+    addr: &str,
+    token: &ServiceToken,
+) -> anyhow::Result<SchedulerClient<AuthChannel>> {
     let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("scheduler address {addr:?}"))?
         .connect()
         .await
-        .with_context(|| format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)"))?;
+        .with_context(|| {
+            format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)")
+        })?;
     Ok(SchedulerClient::with_interceptor(ch, token.clone()))
 }
 
@@ -454,7 +582,14 @@ fn print_claim(c: &pb::Claim) {
     let sb = c.sandbox.clone().unwrap_or_default();
     println!(
         "{}\tpool={}\tsandbox={}\tip={}:{}\ttoken={}\tcold={}\tclaim_us={}",
-        c.claim_id, c.pool, sb.sandbox_id, sb.ip, sb.runtime_port, sb.access_token, c.cold_start, c.claim_us
+        c.claim_id,
+        c.pool,
+        sb.sandbox_id,
+        sb.ip,
+        sb.runtime_port,
+        sb.access_token,
+        c.cold_start,
+        c.claim_us
     );
 }
 
@@ -462,7 +597,9 @@ fn print_claim(c: &pb::Claim) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let token = match &cli.cmd {
-        Cmd::Serve(_) | Cmd::Controller(_) | Cmd::Gateway(_) | Cmd::NodeAgent(_) => ServiceToken::default(),
+        Cmd::Serve(_) | Cmd::Controller(_) | Cmd::Gateway(_) | Cmd::NodeAgent(_) => {
+            ServiceToken::default()
+        }
         _ => cli_service_token(cli.service_token.clone())?,
     };
     match cli.cmd {
@@ -471,27 +608,58 @@ async fn main() -> anyhow::Result<()> {
             serve(a, cli.service_token).await
         }
         Cmd::Controller(a) => {
-            let _t = sandpool_telemetry::init_with_level("sandpool-controller", a.log_level.as_deref())?;
+            let _t =
+                sandpool_telemetry::init_with_level("sandpool-controller", a.log_level.as_deref())?;
             cluster::controller(a, cli.service_token).await
         }
         Cmd::Gateway(a) => {
-            let _t = sandpool_telemetry::init_with_level("sandpool-gateway", a.log_level.as_deref())?;
+            let _t =
+                sandpool_telemetry::init_with_level("sandpool-gateway", a.log_level.as_deref())?;
             cluster::gateway(a, cli.service_token).await
         }
         Cmd::NodeAgent(a) => {
-            let _t = sandpool_telemetry::init_with_level("sandpool-node-agent", a.log_level.as_deref())?;
+            let _t =
+                sandpool_telemetry::init_with_level("sandpool-node-agent", a.log_level.as_deref())?;
             cluster::node_agent(a, cli.service_token).await
         }
-        Cmd::Pool { cmd, scheduler: addr } => {
+        Cmd::Pool {
+            cmd,
+            scheduler: addr,
+        } => {
             let mut s = scheduler(&addr, &token).await?;
             match cmd {
-                PoolCmd::Apply { name, image, buffer_min, buffer_max, pool_min, pool_max, runtime, cpu, memory, run_as_root, checkpointable } => {
-                    let t = Template { image, runtime_class: runtime, cpu, memory, run_as_root, checkpointable, ..Default::default() };
+                PoolCmd::Apply {
+                    name,
+                    image,
+                    buffer_min,
+                    buffer_max,
+                    pool_min,
+                    pool_max,
+                    runtime,
+                    cpu,
+                    memory,
+                    run_as_root,
+                    checkpointable,
+                } => {
+                    let t = Template {
+                        image,
+                        runtime_class: runtime,
+                        cpu,
+                        memory,
+                        run_as_root,
+                        checkpointable,
+                        ..Default::default()
+                    };
                     let p = s
                         .apply_pool(pb::Pool {
                             name,
                             template: Some(sandpool_scheduler::scheduler::template_to_pb(&t)),
-                            capacity: Some(pb::CapacitySpec { buffer_min, buffer_max, pool_min, pool_max }),
+                            capacity: Some(pb::CapacitySpec {
+                                buffer_min,
+                                buffer_max,
+                                pool_min,
+                                pool_max,
+                            }),
                             status: None,
                         })
                         .await?
@@ -499,22 +667,39 @@ async fn main() -> anyhow::Result<()> {
                     println!("pool {} applied", p.name);
                 }
                 PoolCmd::List => {
-                    for p in s.list_pools(pb::ListPoolsRequest {}).await?.into_inner().pools {
+                    for p in s
+                        .list_pools(pb::ListPoolsRequest {})
+                        .await?
+                        .into_inner()
+                        .pools
+                    {
                         let st = p.status.unwrap_or_default();
-                        println!("{}\ttotal={}\tallocated={}\tavailable={}", p.name, st.total, st.allocated, st.available);
+                        println!(
+                            "{}\ttotal={}\tallocated={}\tavailable={}",
+                            p.name, st.total, st.allocated, st.available
+                        );
                     }
                 }
             }
             Ok(())
         }
-        Cmd::Claim { pool, ttl, pool_only, argv, scheduler: addr } => {
+        Cmd::Claim {
+            pool,
+            ttl,
+            pool_only,
+            argv,
+            scheduler: addr,
+        } => {
             let c = scheduler(&addr, &token)
                 .await?
                 .create_claim(pb::ClaimRequest {
                     pool,
                     pool_only,
                     ttl_seconds: ttl,
-                    process: Some(pb::InjectRequest { argv, ..Default::default() }),
+                    process: Some(pb::InjectRequest {
+                        argv,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
                 .await?
@@ -522,8 +707,16 @@ async fn main() -> anyhow::Result<()> {
             print_claim(&c);
             Ok(())
         }
-        Cmd::Exec { claim, command, scheduler: addr } => {
-            let c = scheduler(&addr, &token).await?.get_claim(pb::ClaimRef { claim_id: claim }).await?.into_inner();
+        Cmd::Exec {
+            claim,
+            command,
+            scheduler: addr,
+        } => {
+            let c = scheduler(&addr, &token)
+                .await?
+                .get_claim(pb::ClaimRef { claim_id: claim })
+                .await?
+                .into_inner();
             let sb = c.sandbox.unwrap_or_default();
             let resp = reqwest::Client::new()
                 .post(format!("http://{}:{}/command", sb.ip, sb.runtime_port))
@@ -532,7 +725,11 @@ async fn main() -> anyhow::Result<()> {
                 .send()
                 .await?;
             if !resp.status().is_success() {
-                bail!("exec failed: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+                bail!(
+                    "exec failed: {} {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
             }
             let mut stream = resp.bytes_stream();
             let mut buf = Vec::new();
@@ -541,25 +738,51 @@ async fn main() -> anyhow::Result<()> {
                 buf.extend_from_slice(&chunk?);
                 while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
                     let frame: Vec<u8> = buf.drain(..pos + 2).collect();
-                    let v: serde_json::Value = serde_json::from_slice(&frame[..pos]).unwrap_or_default();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&frame[..pos]).unwrap_or_default();
                     match v["type"].as_str() {
                         Some("stdout") => print!("{}", v["text"].as_str().unwrap_or_default()),
                         Some("stderr") => eprint!("{}", v["text"].as_str().unwrap_or_default()),
-                        Some("error") => code = v["error"]["evalue"].as_str().and_then(|s| s.parse().ok()).unwrap_or(1),
+                        Some("error") => {
+                            code = v["error"]["evalue"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(1)
+                        }
                         _ => {}
                     }
                 }
             }
             std::process::exit(code);
         }
-        Cmd::List { pool, scheduler: addr } => {
-            for c in scheduler(&addr, &token).await?.list_claims(pb::ListClaimsRequest { pool, ..Default::default() }).await?.into_inner().claims {
+        Cmd::List {
+            pool,
+            scheduler: addr,
+        } => {
+            for c in scheduler(&addr, &token)
+                .await?
+                .list_claims(pb::ListClaimsRequest {
+                    pool,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .claims
+            {
                 print_claim(&c);
             }
             Ok(())
         }
-        Cmd::Release { claim, scheduler: addr } => {
-            scheduler(&addr, &token).await?.release_claim(pb::ClaimRef { claim_id: claim.clone() }).await?;
+        Cmd::Release {
+            claim,
+            scheduler: addr,
+        } => {
+            scheduler(&addr, &token)
+                .await?
+                .release_claim(pb::ClaimRef {
+                    claim_id: claim.clone(),
+                })
+                .await?;
             println!("released {claim}");
             Ok(())
         }
@@ -572,7 +795,13 @@ mod tests {
     fn shell_join_keeps_words() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(super::shell_join(&v(&["echo", "hi"])), "echo hi");
-        assert_eq!(super::shell_join(&v(&["sh", "-c", "a | b"])), "sh -c 'a | b'");
-        assert_eq!(super::shell_join(&v(&["printf", "it's", ""])), "printf 'it'\\''s' ''");
+        assert_eq!(
+            super::shell_join(&v(&["sh", "-c", "a | b"])),
+            "sh -c 'a | b'"
+        );
+        assert_eq!(
+            super::shell_join(&v(&["printf", "it's", ""])),
+            "printf 'it'\\''s' ''"
+        );
     }
 }

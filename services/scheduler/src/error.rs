@@ -43,7 +43,9 @@ impl SchedError {
 impl From<sandpool_core::CoreError> for SchedError {
     fn from(e: sandpool_core::CoreError) -> Self {
         match e {
-            sandpool_core::CoreError::IllegalTransition { .. } => SchedError::Conflict(e.to_string()),
+            sandpool_core::CoreError::IllegalTransition { .. } => {
+                SchedError::Conflict(e.to_string())
+            }
             other => SchedError::Invalid(other.to_string()),
         }
     }
@@ -53,7 +55,9 @@ impl From<SchedError> for tonic::Status {
     fn from(e: SchedError) -> Self {
         use tonic::Code;
         let code = match &e {
-            SchedError::PoolNotFound(_) | SchedError::ClaimNotFound(_) | SchedError::CheckpointNotFound(_) => Code::NotFound,
+            SchedError::PoolNotFound(_)
+            | SchedError::ClaimNotFound(_)
+            | SchedError::CheckpointNotFound(_) => Code::NotFound,
             SchedError::Invalid(_) => Code::InvalidArgument,
             SchedError::Exhausted(_) | SchedError::NoCapacity => Code::ResourceExhausted,
             SchedError::Conflict(_) => Code::FailedPrecondition,

@@ -8,8 +8,7 @@ use std::{
 };
 
 use sandpool_core::{
-    Template,
-    batch,
+    Template, batch,
     claim::{ClaimEvent, ClaimState, is_expired},
     node_sync::{self, NodeSandbox, NodeState},
     pool::{CapacitySpec, PoolCounts, WarmSet, pick_node, scale_decision},
@@ -114,7 +113,11 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
         image: t.image.clone(),
         command: t.command.clone(),
         env: t.env.clone().into_iter().collect(),
-        resources: Some(pb::Resources { cpu: t.cpu.clone(), memory: t.memory.clone(), pids: t.pids }),
+        resources: Some(pb::Resources {
+            cpu: t.cpu.clone(),
+            memory: t.memory.clone(),
+            pids: t.pids,
+        }),
         runtime_class: match t.runtime_class.as_str() {
             "runsc" => pb::RuntimeClass::Runsc as i32,
             _ => pb::RuntimeClass::Runc as i32,
@@ -141,12 +144,22 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
         runtime_class: match pb::RuntimeClass::try_from(t.runtime_class) {
             Ok(pb::RuntimeClass::Runsc) => "runsc".into(),
             Ok(_) => "runc".into(),
-            Err(_) => return Err(SchedError::Invalid(format!("unknown runtime class {}", t.runtime_class))),
+            Err(_) => {
+                return Err(SchedError::Invalid(format!(
+                    "unknown runtime class {}",
+                    t.runtime_class
+                )));
+            }
         },
         release_policy: match pb::ReleasePolicy::try_from(t.release_policy) {
             Ok(pb::ReleasePolicy::Recycle) => "recycle".into(),
             Ok(_) => "delete".into(),
-            Err(_) => return Err(SchedError::Invalid(format!("unknown release policy {}", t.release_policy))),
+            Err(_) => {
+                return Err(SchedError::Invalid(format!(
+                    "unknown release policy {}",
+                    t.release_policy
+                )));
+            }
         },
         run_as_root: t.run_as_root,
         checkpointable: t.checkpointable,
@@ -169,7 +182,11 @@ struct PoolEntry {
 
 impl PoolEntry {
     fn counts(&self) -> PoolCounts {
-        PoolCounts { warm: self.warm.len() as u32, creating: self.creating, allocated: self.allocated }
+        PoolCounts {
+            warm: self.warm.len() as u32,
+            creating: self.creating,
+            allocated: self.allocated,
+        }
     }
 }
 
@@ -221,7 +238,11 @@ struct Claiming<'a> {
 
 impl Drop for Claiming<'_> {
     fn drop(&mut self) {
-        self.st.lock().unwrap_or_else(|p| p.into_inner()).claiming.remove(&self.id);
+        self.st
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claiming
+            .remove(&self.id);
     }
 }
 
@@ -247,14 +268,18 @@ pub struct Scheduler {
 }
 
 fn node_err(node: &str) -> impl Fn(tonic::Status) -> SchedError + '_ {
-    move |status| SchedError::Node { node: node.to_string(), status }
+    move |status| SchedError::Node {
+        node: node.to_string(),
+        status,
+    }
 }
 
 impl Scheduler {
     /// Connect to the nodes, load the store and reconcile with what the nodes run.
     pub async fn start(cfg: SchedulerConfig) -> Result<Arc<Scheduler>> {
         let store = Arc::new(Store::open(&cfg.store_path)?);
-        let token = ServiceToken::new(cfg.service_token.as_deref()).map_err(|e| SchedError::Invalid(e.to_string()))?;
+        let token = ServiceToken::new(cfg.service_token.as_deref())
+            .map_err(|e| SchedError::Invalid(e.to_string()))?;
         let mut nodes = Vec::new();
         let mut node_sandboxes = Vec::new();
         for addr in &cfg.nodes {
@@ -269,17 +294,47 @@ impl Scheduler {
                 .await
                 .map_err(|e| SchedError::Node { node: addr.clone(), status: tonic::Status::unavailable(e.to_string()) })?;
             let mut client = NodeAgentClient::with_interceptor(ch, token.clone());
-            let mut watch = client.watch(pb::WatchRequest {}).await.map_err(node_err(addr))?.into_inner();
+            let mut watch = client
+                .watch(pb::WatchRequest {})
+                .await
+                .map_err(node_err(addr))?
+                .into_inner();
             let cap = match watch.message().await.map_err(node_err(addr))? {
-                Some(pb::NodeEvent { event: Some(pb::node_event::Event::Capacity(c)) }) => c,
-                _ => return Err(SchedError::Node { node: addr.clone(), status: tonic::Status::internal("watch did not start with capacity") }),
+                Some(pb::NodeEvent {
+                    event: Some(pb::node_event::Event::Capacity(c)),
+                }) => c,
+                _ => {
+                    return Err(SchedError::Node {
+                        node: addr.clone(),
+                        status: tonic::Status::internal("watch did not start with capacity"),
+                    });
+                }
             };
-            let list = client.list_sandboxes(pb::ListSandboxesRequest { pool: String::new() }).await.map_err(node_err(addr))?.into_inner();
+            let list = client
+                .list_sandboxes(pb::ListSandboxesRequest {
+                    pool: String::new(),
+                })
+                .await
+                .map_err(node_err(addr))?
+                .into_inner();
             node_sandboxes.push((cap.node.clone(), list.sandboxes));
-            nodes.push((Node { name: cap.node.clone(), client, max: cap.max_sandboxes }, watch));
+            nodes.push((
+                Node {
+                    name: cap.node.clone(),
+                    client,
+                    max: cap.max_sandboxes,
+                },
+                watch,
+            ));
         }
         let (nodes, watches): (Vec<Node>, Vec<_>) = nodes.into_iter().unzip();
-        let sched = Arc::new(Scheduler { store, nodes, st: Mutex::new(State::default()), wake: Notify::new(), cfg });
+        let sched = Arc::new(Scheduler {
+            store,
+            nodes,
+            st: Mutex::new(State::default()),
+            wake: Notify::new(),
+            cfg,
+        });
         sched.reconcile(node_sandboxes).await?;
         for (i, w) in watches.into_iter().enumerate() {
             let s = Arc::clone(&sched);
@@ -297,7 +352,10 @@ impl Scheduler {
     }
 
     fn node(&self, name: &str) -> Result<&Node> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| SchedError::Invalid(format!("unknown node {name}")))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| SchedError::Invalid(format!("unknown node {name}")))
     }
 
     /// Rebuild pools/claims from the store and the nodes' sandboxes.
@@ -309,9 +367,21 @@ impl Scheduler {
         {
             let mut st = self.lock();
             for p in pools {
-                st.pools.insert(p.name.clone(), PoolEntry { rec: p, warm: WarmSet::default(), creating: 0, allocated: 0, last_error: None });
+                st.pools.insert(
+                    p.name.clone(),
+                    PoolEntry {
+                        rec: p,
+                        warm: WarmSet::default(),
+                        creating: 0,
+                        allocated: 0,
+                        last_error: None,
+                    },
+                );
             }
-            let claimed: HashMap<String, String> = claims.iter().map(|c| (c.sandbox.id.clone(), c.id.clone())).collect();
+            let claimed: HashMap<String, String> = claims
+                .iter()
+                .map(|c| (c.sandbox.id.clone(), c.id.clone()))
+                .collect();
             let mut alive = std::collections::HashSet::new();
             for (node, sbs) in &node_sandboxes {
                 *st.load.entry(node.clone()).or_default() = sbs.len() as u32;
@@ -350,11 +420,22 @@ impl Scheduler {
         for (node, id) in orphans {
             tracing::warn!(sandbox = %id, node = %node, "releasing orphaned sandbox");
             if let Ok(n) = self.node(&node) {
-                let _ = n.client.clone().release(pb::ReleaseRequest { sandbox_id: id, policy: pb::ReleasePolicy::Delete as i32 }).await;
+                let _ = n
+                    .client
+                    .clone()
+                    .release(pb::ReleaseRequest {
+                        sandbox_id: id,
+                        policy: pb::ReleasePolicy::Delete as i32,
+                    })
+                    .await;
             }
         }
         let st = self.lock();
-        tracing::info!(pools = st.pools.len(), claims = st.claims.len(), "scheduler state recovered");
+        tracing::info!(
+            pools = st.pools.len(),
+            claims = st.claims.len(),
+            "scheduler state recovered"
+        );
         Ok(())
     }
 
@@ -372,7 +453,14 @@ impl Scheduler {
             loop {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                let Ok(r) = self.nodes[idx].client.clone().watch(pb::WatchRequest {}).await else { continue };
+                let Ok(r) = self.nodes[idx]
+                    .client
+                    .clone()
+                    .watch(pb::WatchRequest {})
+                    .await
+                else {
+                    continue;
+                };
                 let mut w = r.into_inner();
                 if !matches!(w.message().await, Ok(Some(_))) {
                     continue;
@@ -393,17 +481,37 @@ impl Scheduler {
     async fn resync_node(&self, idx: usize) -> Result<()> {
         let n = &self.nodes[idx];
         let listed_at = now_ms();
-        let list = n.client.clone().list_sandboxes(pb::ListSandboxesRequest { pool: String::new() }).await.map_err(node_err(&n.name))?.into_inner().sandboxes;
+        let list = n
+            .client
+            .clone()
+            .list_sandboxes(pb::ListSandboxesRequest {
+                pool: String::new(),
+            })
+            .await
+            .map_err(node_err(&n.name))?
+            .into_inner()
+            .sandboxes;
         let plan = {
             let mut st = self.lock();
             st.load.insert(n.name.clone(), list.len() as u32);
             st.touched.retain(|_, at| *at > listed_at - 60_000);
             let plan = {
-                let node: Vec<NodeSandbox<'_>> =
-                    list.iter().map(|s| NodeSandbox { id: &s.sandbox_id, pool: &s.pool, state: node_state(s.state) }).collect();
+                let node: Vec<NodeSandbox<'_>> = list
+                    .iter()
+                    .map(|s| NodeSandbox {
+                        id: &s.sandbox_id,
+                        pool: &s.pool,
+                        state: node_state(s.state),
+                    })
+                    .collect();
                 let books = node_sync::Books {
                     pools: st.pools.keys().map(String::as_str).collect(),
-                    warm: st.pools.values().flat_map(|p| p.warm.on_node(&n.name)).map(String::as_str).collect(),
+                    warm: st
+                        .pools
+                        .values()
+                        .flat_map(|p| p.warm.on_node(&n.name))
+                        .map(String::as_str)
+                        .collect(),
                     claimed: st
                         .claims
                         .values()
@@ -415,14 +523,27 @@ impl Scheduler {
                         .busy
                         .iter()
                         .map(String::as_str)
-                        .chain(st.touched.iter().filter(|(_, at)| **at >= listed_at).map(|(id, _)| id.as_str()))
+                        .chain(
+                            st.touched
+                                .iter()
+                                .filter(|(_, at)| **at >= listed_at)
+                                .map(|(id, _)| id.as_str()),
+                        )
                         .collect(),
                 };
                 node_sync::plan(&node, &books, listed_at)
             };
-            let State { pools, warm_index, warm_info, .. } = &mut *st;
+            let State {
+                pools,
+                warm_index,
+                warm_info,
+                ..
+            } = &mut *st;
             for (pool, id) in &plan.adopt {
-                if let (Some(p), Some(info)) = (pools.get_mut(pool), list.iter().find(|s| &s.sandbox_id == id)) {
+                if let (Some(p), Some(info)) = (
+                    pools.get_mut(pool),
+                    list.iter().find(|s| &s.sandbox_id == id),
+                ) {
                     tracing::info!(sandbox = %id, pool = %pool, "adopting a warm sandbox found on the node");
                     p.warm.push(&n.name, id);
                     warm_index.insert(id.clone(), pool.clone());
@@ -449,7 +570,8 @@ impl Scheduler {
         }
         for id in &plan.delete {
             tracing::warn!(sandbox = %id, node = %n.name, "deleting a sandbox no claim or pool owns");
-            self.release_sandbox(&n.name, id, pb::ReleasePolicy::Delete).await;
+            self.release_sandbox(&n.name, id, pb::ReleasePolicy::Delete)
+                .await;
         }
         if plan != node_sync::Plan::default() {
             self.wake.notify_one();
@@ -463,7 +585,11 @@ impl Scheduler {
         while let Ok(Some(ev)) = watch.message().await {
             let (gone, failed) = match ev.event {
                 Some(pb::node_event::Event::RemovedSandboxId(id)) => (Some(id), false),
-                Some(pb::node_event::Event::Sandbox(sb)) if sb.state == pb::SandboxState::Failed as i32 => (Some(sb.sandbox_id), true),
+                Some(pb::node_event::Event::Sandbox(sb))
+                    if sb.state == pb::SandboxState::Failed as i32 =>
+                {
+                    (Some(sb.sandbox_id), true)
+                }
                 _ => (None, false),
             };
             let Some(id) = gone else { continue };
@@ -476,13 +602,20 @@ impl Scheduler {
                 {
                     was_warm = p.warm.remove(&id);
                 }
-                let claim =
-                    if failed { st.claims.values().find(|c| c.sandbox.id == id && !c.state.is_terminal()).map(|c| c.id.clone()) } else { None };
+                let claim = if failed {
+                    st.claims
+                        .values()
+                        .find(|c| c.sandbox.id == id && !c.state.is_terminal())
+                        .map(|c| c.id.clone())
+                } else {
+                    None
+                };
                 (was_warm, claim)
             };
             if failed && was_warm {
                 // a dead warm sandbox only takes a slot: delete it, the pool refills
-                self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+                self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                    .await;
             }
             if let Some(cid) = failed_claim {
                 tracing::warn!(claim = %cid, sandbox = %id, "claimed sandbox failed");
@@ -504,13 +637,22 @@ impl Scheduler {
         st.busy.insert(id.to_string());
         st.touch(id);
         drop(st);
-        Busy { st: &self.st, id: id.to_string() }
+        Busy {
+            st: &self.st,
+            id: id.to_string(),
+        }
     }
 
     // ----------------------------------------------------------------- pools
 
     pub fn apply_pool(&self, rec: PoolRec) -> Result<PoolRec> {
-        if rec.name.is_empty() || rec.name.len() > 63 || !rec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        if rec.name.is_empty()
+            || rec.name.len() > 63
+            || !rec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
             return Err(SchedError::Invalid(format!("bad pool name {:?}", rec.name)));
         }
         if rec.template.image.trim().is_empty() {
@@ -523,7 +665,16 @@ impl Scheduler {
             match st.pools.get_mut(&rec.name) {
                 Some(p) => p.rec = rec.clone(),
                 None => {
-                    st.pools.insert(rec.name.clone(), PoolEntry { rec: rec.clone(), warm: WarmSet::default(), creating: 0, allocated: 0, last_error: None });
+                    st.pools.insert(
+                        rec.name.clone(),
+                        PoolEntry {
+                            rec: rec.clone(),
+                            warm: WarmSet::default(),
+                            creating: 0,
+                            allocated: 0,
+                            last_error: None,
+                        },
+                    );
                 }
             }
         }
@@ -533,9 +684,19 @@ impl Scheduler {
 
     pub fn pool_status(&self, name: &str) -> Result<(PoolRec, pb::PoolStatus)> {
         let st = self.lock();
-        let p = st.pools.get(name).ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+        let p = st
+            .pools
+            .get(name)
+            .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
         let c = p.counts();
-        Ok((p.rec.clone(), pb::PoolStatus { total: c.warm + c.allocated, allocated: c.allocated, available: c.warm }))
+        Ok((
+            p.rec.clone(),
+            pb::PoolStatus {
+                total: c.warm + c.allocated,
+                allocated: c.allocated,
+                available: c.warm,
+            },
+        ))
     }
 
     pub fn pools(&self) -> Vec<String> {
@@ -546,7 +707,10 @@ impl Scheduler {
     pub async fn delete_pool(&self, name: &str) -> Result<()> {
         let warm: Vec<(String, String)> = {
             let mut st = self.lock();
-            let mut p = st.pools.remove(name).ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+            let mut p = st
+                .pools
+                .remove(name)
+                .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
             let warm: Vec<(String, String)> = std::iter::from_fn(|| p.warm.take()).collect();
             // busy from this moment (release_sandbox clears it when done)
             st.busy.extend(warm.iter().map(|(_, id)| id.clone()));
@@ -554,7 +718,8 @@ impl Scheduler {
         };
         self.store.delete(Table::Pools, name)?;
         for (node, id) in warm {
-            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                .await;
         }
         Ok(())
     }
@@ -573,7 +738,14 @@ impl Scheduler {
             }
         }
         if let Ok(n) = self.node(node)
-            && let Err(e) = n.client.clone().release(traced(pb::ReleaseRequest { sandbox_id: id.to_string(), policy: policy as i32 })).await
+            && let Err(e) = n
+                .client
+                .clone()
+                .release(traced(pb::ReleaseRequest {
+                    sandbox_id: id.to_string(),
+                    policy: policy as i32,
+                }))
+                .await
         {
             tracing::warn!(sandbox = id, error = %e, "release failed");
         }
@@ -600,8 +772,13 @@ impl Scheduler {
             let mut st_busy_ids = Vec::new();
             let names: Vec<String> = st.pools.keys().cloned().collect();
             for name in names {
-                let Some(p) = st.pools.get_mut(&name) else { continue };
-                if p.last_error.as_ref().is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2)) {
+                let Some(p) = st.pools.get_mut(&name) else {
+                    continue;
+                };
+                if p.last_error
+                    .as_ref()
+                    .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
+                {
                     continue; // back off after a failed create
                 }
                 let c = p.counts();
@@ -630,27 +807,50 @@ impl Scheduler {
         }
         for (node, id) in deletes {
             let s = Arc::clone(self);
-            tokio::spawn(async move { s.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await });
+            tokio::spawn(async move {
+                s.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                    .await
+            });
         }
     }
 
     fn place(&self) -> Result<String> {
         let st = self.lock();
-        let loads: Vec<(&str, u32, u32)> =
-            self.nodes.iter().map(|n| (n.name.as_str(), st.load.get(&n.name).copied().unwrap_or(0), n.max)).collect();
-        pick_node(loads).map(str::to_string).ok_or(SchedError::NoCapacity)
+        let loads: Vec<(&str, u32, u32)> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    st.load.get(&n.name).copied().unwrap_or(0),
+                    n.max,
+                )
+            })
+            .collect();
+        pick_node(loads)
+            .map(str::to_string)
+            .ok_or(SchedError::NoCapacity)
     }
 
     /// Create a sandbox on the least loaded node. Its id is chosen here and
     /// marked busy by the caller's guard, so no resync adopts it half-way.
-    async fn create_on_node(&self, pool: &str, template: &Template, id: &str) -> Result<(String, pb::SandboxInfo)> {
+    async fn create_on_node(
+        &self,
+        pool: &str,
+        template: &Template,
+        id: &str,
+    ) -> Result<(String, pb::SandboxInfo)> {
         let node = self.place()?;
         *self.lock().load.entry(node.clone()).or_default() += 1;
         let n = self.node(&node)?;
         let res = n
             .client
             .clone()
-            .create_sandbox(traced(pb::CreateSandboxRequest { pool: pool.to_string(), template: Some(template_to_pb(template)), sandbox_id: id.to_string() }))
+            .create_sandbox(traced(pb::CreateSandboxRequest {
+                pool: pool.to_string(),
+                template: Some(template_to_pb(template)),
+                sandbox_id: id.to_string(),
+            }))
             .await;
         match res {
             Ok(r) => Ok((node, r.into_inner())),
@@ -670,7 +870,12 @@ impl Scheduler {
         let mut orphan = None;
         {
             let mut st = self.lock();
-            let State { pools, warm_index, warm_info, .. } = &mut *st;
+            let State {
+                pools,
+                warm_index,
+                warm_info,
+                ..
+            } = &mut *st;
             match (pools.get_mut(pool), res) {
                 (Some(p), Ok((node, sb))) => {
                     p.creating = p.creating.saturating_sub(1);
@@ -689,7 +894,8 @@ impl Scheduler {
             }
         }
         if let Some((node, id)) = orphan {
-            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete).await;
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                .await;
         }
         self.wake.notify_one();
     }
@@ -701,7 +907,11 @@ impl Scheduler {
     #[tracing::instrument(name = "claim", skip_all, fields(pool = %req.pool))]
     pub async fn claim(&self, req: pb::ClaimRequest) -> Result<ClaimRec> {
         let t0 = Instant::now();
-        let pool = if req.pool.is_empty() { "-".to_string() } else { req.pool.clone() };
+        let pool = if req.pool.is_empty() {
+            "-".to_string()
+        } else {
+            req.pool.clone()
+        };
         let res = self.claim_inner(req, t0).await;
         let outcome = match &res {
             Ok(c) if c.cold => "cold",
@@ -719,8 +929,16 @@ impl Scheduler {
     async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
         let mut _claiming = None;
         if !req.claim_id.is_empty() {
-            if req.claim_id.len() > 64 || !req.claim_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(SchedError::Invalid(format!("bad claim id {:?}", req.claim_id)));
+            if req.claim_id.len() > 64
+                || !req
+                    .claim_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(SchedError::Invalid(format!(
+                    "bad claim id {:?}",
+                    req.claim_id
+                )));
             }
             let mut st = self.lock();
             if let Some(c) = st.claims.get(&req.claim_id) {
@@ -728,18 +946,40 @@ impl Scheduler {
             }
             // a retry while the first attempt is still running must not make a second claim
             if !st.claiming.insert(req.claim_id.clone()) {
-                return Err(SchedError::Conflict(format!("claim {} is still being made; retry", req.claim_id)));
+                return Err(SchedError::Conflict(format!(
+                    "claim {} is still being made; retry",
+                    req.claim_id
+                )));
             }
-            _claiming = Some(Claiming { st: &self.st, id: req.claim_id.clone() });
+            _claiming = Some(Claiming {
+                st: &self.st,
+                id: req.claim_id.clone(),
+            });
         }
-        let claim_id = if req.claim_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.claim_id.clone() };
+        let claim_id = if req.claim_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.claim_id.clone()
+        };
         let (template, taken) = if req.pool.is_empty() {
-            let t = req.template.as_ref().ok_or_else(|| SchedError::Invalid("either pool or template is required".into()))?;
+            let t = req
+                .template
+                .as_ref()
+                .ok_or_else(|| SchedError::Invalid("either pool or template is required".into()))?;
             (template_from_pb(t)?, None)
         } else {
             let mut st = self.lock();
-            let State { pools, warm_index, warm_info, busy, touched, .. } = &mut *st;
-            let p = pools.get_mut(&req.pool).ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
+            let State {
+                pools,
+                warm_index,
+                warm_info,
+                busy,
+                touched,
+                ..
+            } = &mut *st;
+            let p = pools
+                .get_mut(&req.pool)
+                .ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
             let taken = p.warm.take().map(|(node, id)| {
                 busy.insert(id.clone());
                 touched.insert(id.clone(), now_ms());
@@ -757,7 +997,10 @@ impl Scheduler {
         // the sandbox stays busy (no resync touches it) until the claim is booked
         let cold_id = new_sandbox_id();
         let _busy = match &taken {
-            Some((_, id, _)) => Busy { st: &self.st, id: id.clone() },
+            Some((_, id, _)) => Busy {
+                st: &self.st,
+                id: id.clone(),
+            },
             None => self.busy(&cold_id),
         };
         let tracing_span = tracing::info_span!("scheduler.assign", warm = taken.is_some());
@@ -767,11 +1010,20 @@ impl Scheduler {
                     Some((node, _, Some(info))) => Ok::<_, SchedError>((node, info, false)),
                     Some((node, id, None)) => {
                         let n = self.node(&node)?;
-                        let info = n.client.clone().get_sandbox(traced(pb::SandboxRef { sandbox_id: id.clone() })).await.map_err(node_err(&node))?.into_inner();
+                        let info = n
+                            .client
+                            .clone()
+                            .get_sandbox(traced(pb::SandboxRef {
+                                sandbox_id: id.clone(),
+                            }))
+                            .await
+                            .map_err(node_err(&node))?
+                            .into_inner();
                         Ok::<_, SchedError>((node, info, false))
                     }
                     None => {
-                        let (node, info) = self.create_on_node(&req.pool, &template, &cold_id).await?;
+                        let (node, info) =
+                            self.create_on_node(&req.pool, &template, &cold_id).await?;
                         Ok((node, info, true))
                     }
                 }
@@ -793,14 +1045,20 @@ impl Scheduler {
             let upgrade = async {
                 let n = self.node(&node)?;
                 let span = tracing::info_span!("scheduler.upgrade", image = %req.image);
-                let up = pb::UpgradeRequest { sandbox_id: info.sandbox_id.clone(), image: req.image.clone() };
-                tracing::Instrument::instrument(n.client.clone().upgrade(traced(up)), span).await.map_err(node_err(&node))
+                let up = pb::UpgradeRequest {
+                    sandbox_id: info.sandbox_id.clone(),
+                    image: req.image.clone(),
+                };
+                tracing::Instrument::instrument(n.client.clone().upgrade(traced(up)), span)
+                    .await
+                    .map_err(node_err(&node))
             };
             match upgrade.await {
                 Ok(r) => (r.into_inner(), req.image.clone()),
                 Err(e) => {
                     self.unallocate(&req.pool);
-                    self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete).await;
+                    self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete)
+                        .await;
                     return Err(e);
                 }
             }
@@ -835,17 +1093,27 @@ impl Scheduler {
             let n = self.node(&node)?;
             let span = tracing::info_span!("scheduler.inject");
             tracing::Instrument::instrument(
-                n.client.clone().inject(traced(pb::NodeInjectRequest { sandbox_id: rec.sandbox.id.clone(), process: Some(process) })),
+                n.client.clone().inject(traced(pb::NodeInjectRequest {
+                    sandbox_id: rec.sandbox.id.clone(),
+                    process: Some(process),
+                })),
                 span,
             )
             .await
             .map(|_| ())
-            .map_err(|status| SchedError::Node { node: node.clone(), status })
+            .map_err(|status| SchedError::Node {
+                node: node.clone(),
+                status,
+            })
         };
         let persist = {
             let s = Arc::clone(&self.store);
             let r = rec.clone();
-            async move { tokio::task::spawn_blocking(move || s.put(Table::Claims, &r.id, &r)).await.map_err(|e| SchedError::Store(e.to_string()))? }
+            async move {
+                tokio::task::spawn_blocking(move || s.put(Table::Claims, &r.id, &r))
+                    .await
+                    .map_err(|e| SchedError::Store(e.to_string()))?
+            }
         };
         let (injected, persisted) = tokio::join!(inject, persist);
         let mut result = injected.and(persisted);
@@ -859,7 +1127,10 @@ impl Scheduler {
                     read_only: m.read_only,
                 };
                 if let Err(status) = n.client.clone().mount(traced(mr)).await {
-                    result = Err(SchedError::Node { node: node.clone(), status });
+                    result = Err(SchedError::Node {
+                        node: node.clone(),
+                        status,
+                    });
                     break;
                 }
             }
@@ -867,7 +1138,8 @@ impl Scheduler {
         if let Err(e) = result {
             let _ = self.store.delete(Table::Claims, &claim_id);
             self.unallocate(&req.pool);
-            self.release_sandbox(&node, &rec.sandbox.id, pb::ReleasePolicy::Delete).await;
+            self.release_sandbox(&node, &rec.sandbox.id, pb::ReleasePolicy::Delete)
+                .await;
             return Err(e);
         }
         let mut rec = rec;
@@ -884,25 +1156,42 @@ impl Scheduler {
     }
 
     pub fn get_claim(&self, id: &str) -> Result<ClaimRec> {
-        self.lock().claims.get(id).cloned().ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))
+        self.lock()
+            .claims
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))
     }
 
     /// Claims matching the filters, ordered by creation time.
-    pub fn list_claims(&self, pool: &str, states: &[ClaimState], metadata: &BTreeMap<String, String>) -> Vec<ClaimRec> {
+    pub fn list_claims(
+        &self,
+        pool: &str,
+        states: &[ClaimState],
+        metadata: &BTreeMap<String, String>,
+    ) -> Vec<ClaimRec> {
         let mut v: Vec<ClaimRec> = self
             .lock()
             .claims
             .values()
             .filter(|c| pool.is_empty() || c.pool == pool)
             .filter(|c| states.is_empty() || states.contains(&c.state))
-            .filter(|c| metadata.iter().all(|(k, val)| c.metadata.get(k) == Some(val)))
+            .filter(|c| {
+                metadata
+                    .iter()
+                    .all(|(k, val)| c.metadata.get(k) == Some(val))
+            })
             .cloned()
             .collect();
         v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
         v
     }
 
-    fn update_claim(&self, id: &str, f: impl FnOnce(&mut ClaimRec) -> Result<()>) -> Result<ClaimRec> {
+    fn update_claim(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ClaimRec) -> Result<()>,
+    ) -> Result<ClaimRec> {
         let mut rec = self.get_claim(id)?;
         f(&mut rec)?;
         self.store.put(Table::Claims, id, &rec)?;
@@ -912,7 +1201,9 @@ impl Scheduler {
 
     pub fn renew(&self, id: &str, expires_ms: i64) -> Result<ClaimRec> {
         if expires_ms <= now_ms() {
-            return Err(SchedError::Invalid("expiresAt must be in the future".into()));
+            return Err(SchedError::Invalid(
+                "expiresAt must be in the future".into(),
+            ));
         }
         self.update_claim(id, |c| {
             if c.state == ClaimState::Paused {
@@ -938,7 +1229,9 @@ impl Scheduler {
         let c = self.get_claim(id)?;
         let next = c.state.on(event)?;
         let mut node = self.node(&c.sandbox.node)?.client.clone();
-        let sb = traced(pb::SandboxRef { sandbox_id: c.sandbox.id.clone() });
+        let sb = traced(pb::SandboxRef {
+            sandbox_id: c.sandbox.id.clone(),
+        });
         match event {
             ClaimEvent::Pause => node.pause(sb).await,
             _ => node.resume(sb).await,
@@ -962,7 +1255,11 @@ impl Scheduler {
     pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
         let c = {
             let mut st = self.lock();
-            let c = st.claims.get(id).cloned().ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))?;
+            let c = st
+                .claims
+                .get(id)
+                .cloned()
+                .ok_or_else(|| SchedError::ClaimNotFound(id.to_string()))?;
             // a failed claim can always be cleaned up
             if c.state != ClaimState::Failed {
                 c.state.on(event)?;
@@ -976,7 +1273,8 @@ impl Scheduler {
             c
         };
         self.store.delete(Table::Claims, id)?;
-        self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete).await;
+        self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
+            .await;
         self.wake.notify_one();
         Ok(())
     }
@@ -985,16 +1283,32 @@ impl Scheduler {
     /// `leave_running` the claim goes on; otherwise its sandbox stops and the
     /// claim ends, as a release does.
     #[tracing::instrument(skip_all, fields(claim = %id))]
-    pub async fn checkpoint_claim(&self, id: &str, leave_running: bool, name: &str) -> Result<pb::CheckpointInfo> {
+    pub async fn checkpoint_claim(
+        &self,
+        id: &str,
+        leave_running: bool,
+        name: &str,
+    ) -> Result<pb::CheckpointInfo> {
         let c = self.get_claim(id)?;
         if c.state != ClaimState::Bound {
-            return Err(SchedError::Conflict(format!("claim {id} is {:?}: only a running sandbox can be checkpointed (resume it first)", c.state)));
+            return Err(SchedError::Conflict(format!(
+                "claim {id} is {:?}: only a running sandbox can be checkpointed (resume it first)",
+                c.state
+            )));
         }
         let info = {
             let _busy = self.busy(&c.sandbox.id);
             let mut node = self.node(&c.sandbox.node)?.client.clone();
-            let req = traced(pb::CheckpointRequest { sandbox_id: c.sandbox.id.clone(), leave_running, owner: id.to_string(), name: name.to_string() });
-            node.checkpoint(req).await.map_err(node_err(&c.sandbox.node))?.into_inner()
+            let req = traced(pb::CheckpointRequest {
+                sandbox_id: c.sandbox.id.clone(),
+                leave_running,
+                owner: id.to_string(),
+                name: name.to_string(),
+            });
+            node.checkpoint(req)
+                .await
+                .map_err(node_err(&c.sandbox.node))?
+                .into_inner()
         };
         if !leave_running {
             self.lock().claims.remove(id);
@@ -1008,20 +1322,40 @@ impl Scheduler {
     pub async fn list_checkpoints(&self) -> Vec<pb::CheckpointInfo> {
         let mut all = Vec::new();
         for n in &self.nodes {
-            if let Ok(list) = n.client.clone().list_checkpoints(traced(pb::ListCheckpointsRequest {})).await {
+            if let Ok(list) = n
+                .client
+                .clone()
+                .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
+                .await
+            {
                 all.extend(list.into_inner().checkpoints);
             }
         }
-        all.sort_by(|a, b| (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id)));
+        all.sort_by(|a, b| {
+            (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id))
+        });
         all
     }
 
     /// The node holding checkpoint `id`, a client for it, and the checkpoint.
-    async fn find_checkpoint(&self, id: &str) -> Result<(String, NodeAgentClient<AuthChannel>, pb::CheckpointInfo)> {
+    async fn find_checkpoint(
+        &self,
+        id: &str,
+    ) -> Result<(String, NodeAgentClient<AuthChannel>, pb::CheckpointInfo)> {
         for n in &self.nodes {
             let mut client = n.client.clone();
-            let Ok(list) = client.list_checkpoints(traced(pb::ListCheckpointsRequest {})).await else { continue };
-            if let Some(ck) = list.into_inner().checkpoints.into_iter().find(|c| c.checkpoint_id == id) {
+            let Ok(list) = client
+                .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
+                .await
+            else {
+                continue;
+            };
+            if let Some(ck) = list
+                .into_inner()
+                .checkpoints
+                .into_iter()
+                .find(|c| c.checkpoint_id == id)
+            {
                 return Ok((n.name.clone(), client, ck));
             }
         }
@@ -1030,7 +1364,12 @@ impl Scheduler {
 
     pub async fn delete_checkpoint(&self, id: &str) -> Result<()> {
         let (node, mut client, _) = self.find_checkpoint(id).await?;
-        client.delete_checkpoint(traced(pb::CheckpointRef { checkpoint_id: id.to_string() })).await.map_err(node_err(&node))?;
+        client
+            .delete_checkpoint(traced(pb::CheckpointRef {
+                checkpoint_id: id.to_string(),
+            }))
+            .await
+            .map_err(node_err(&node))?;
         Ok(())
     }
 
@@ -1046,14 +1385,19 @@ impl Scheduler {
     ) -> Result<Vec<ClaimRec>> {
         let count = count.max(1);
         if count > MAX_RESTORE {
-            return Err(SchedError::Invalid(format!("restore count {count}: at most {MAX_RESTORE}")));
+            return Err(SchedError::Invalid(format!(
+                "restore count {count}: at most {MAX_RESTORE}"
+            )));
         }
         let (node, client, ck) = self.find_checkpoint(checkpoint_id).await?;
         let ids: Vec<String> = (0..count).map(|_| new_sandbox_id()).collect();
         let _busy: Vec<Busy<'_>> = ids.iter().map(|id| self.busy(id)).collect();
         let restores = ids.iter().map(|id| {
             let mut c = client.clone();
-            let req = traced(pb::RestoreRequest { checkpoint_id: checkpoint_id.to_string(), sandbox_id: id.clone() });
+            let req = traced(pb::RestoreRequest {
+                checkpoint_id: checkpoint_id.to_string(),
+                sandbox_id: id.clone(),
+            });
             async move { c.restore(req).await.map(|r| r.into_inner()) }
         });
         let results = futures_util::future::join_all(restores).await;
@@ -1062,7 +1406,10 @@ impl Scheduler {
             match r {
                 Ok(info) => made.push(info),
                 Err(status) => {
-                    failed.get_or_insert(SchedError::Node { node: node.clone(), status });
+                    failed.get_or_insert(SchedError::Node {
+                        node: node.clone(),
+                        status,
+                    });
                 }
             }
         }
@@ -1098,7 +1445,8 @@ impl Scheduler {
                 let _ = self.store.delete(Table::Claims, &r.id);
             }
             for info in &made {
-                self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete).await;
+                self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete)
+                    .await;
             }
             return Err(e);
         }
@@ -1121,9 +1469,12 @@ impl Scheduler {
                 // every 10 s: creates that finished while nobody listened, lost sandboxes
                 for idx in 0..self.nodes.len() {
                     // a hung node must not stall expiry and idle pauses
-                    match tokio::time::timeout(Duration::from_secs(5), self.resync_node(idx)).await {
+                    match tokio::time::timeout(Duration::from_secs(5), self.resync_node(idx)).await
+                    {
                         Ok(Err(e)) => tracing::debug!(error = %e, "periodic node resync failed"),
-                        Err(_) => tracing::warn!(node = %self.nodes[idx].name, "periodic node resync timed out"),
+                        Err(_) => {
+                            tracing::warn!(node = %self.nodes[idx].name, "periodic node resync timed out")
+                        }
                         Ok(Ok(())) => {}
                     }
                 }
@@ -1134,8 +1485,13 @@ impl Scheduler {
                 self.pause_idle(limit).await;
             }
             let now = now_ms();
-            let due: Vec<String> =
-                self.lock().claims.values().filter(|c| is_expired(c.state, c.expires_ms, now)).map(|c| c.id.clone()).collect();
+            let due: Vec<String> = self
+                .lock()
+                .claims
+                .values()
+                .filter(|c| is_expired(c.state, c.expires_ms, now))
+                .map(|c| c.id.clone())
+                .collect();
             for id in due {
                 tracing::info!(claim = %id, "claim expired");
                 if let Err(e) = self.release(&id, ClaimEvent::Expire).await {
@@ -1148,9 +1504,17 @@ impl Scheduler {
     /// Idle auto-pause: every bound claim whose runtime reports at least
     /// `limit` without activity is paused (TTL stops, as for a user pause).
     async fn pause_idle(&self, limit: Duration) {
-        let bound: Vec<ClaimRec> = self.lock().claims.values().filter(|c| c.state == ClaimState::Bound).cloned().collect();
+        let bound: Vec<ClaimRec> = self
+            .lock()
+            .claims
+            .values()
+            .filter(|c| c.state == ClaimState::Bound)
+            .cloned()
+            .collect();
         for c in bound {
-            let Some(h) = self.runtime_health(&c).await else { continue };
+            let Some(h) = self.runtime_health(&c).await else {
+                continue;
+            };
             if h.running_commands == 0 && h.idle_ms >= limit.as_millis() as u64 {
                 tracing::info!(claim = %c.id, idle_ms = h.idle_ms, "pausing idle sandbox");
                 if let Err(e) = self.pause(&c.id).await {
@@ -1161,16 +1525,22 @@ impl Scheduler {
     }
 
     async fn runtime_health(&self, c: &ClaimRec) -> Option<pb::HealthResponse> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", c.sandbox.ip, c.sandbox.port))
-            .ok()?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(1))
-            .connect()
-            .await
-            .ok()?;
+        let ch = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}:{}",
+            c.sandbox.ip, c.sandbox.port
+        ))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
         let mut client = pb::runtime_client::RuntimeClient::new(ch);
         let mut r = tonic::Request::new(pb::HealthRequest {});
-        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, c.sandbox.token.parse().ok()?);
+        r.metadata_mut().insert(
+            sandpool_proto::ACCESS_TOKEN_METADATA,
+            c.sandbox.token.parse().ok()?,
+        );
         Some(client.health(r).await.ok()?.into_inner())
     }
 
@@ -1183,9 +1553,16 @@ impl Scheduler {
             return Err(SchedError::Invalid("batch name is required".into()));
         }
         if req.replicas == 0 || req.replicas > 1000 {
-            return Err(SchedError::Invalid(format!("replicas must be 1..=1000, got {}", req.replicas)));
+            return Err(SchedError::Invalid(format!(
+                "replicas must be 1..=1000, got {}",
+                req.replicas
+            )));
         }
-        if !self.list_claims("", &[], &BTreeMap::new()).iter().all(|c| c.batch.as_deref() != Some(req.name.as_str())) {
+        if !self
+            .list_claims("", &[], &BTreeMap::new())
+            .iter()
+            .all(|c| c.batch.as_deref() != Some(req.name.as_str()))
+        {
             return Err(SchedError::Conflict(format!("batch {} exists", req.name)));
         }
         let task = req.task.clone().unwrap_or_default();
@@ -1208,7 +1585,11 @@ impl Scheduler {
                     pool: req.pool.clone(),
                     ttl_seconds: req.ttl_seconds,
                     process: Some(process),
-                    metadata: [("batch".to_string(), req.name.clone()), ("shard".to_string(), i.to_string())].into(),
+                    metadata: [
+                        ("batch".to_string(), req.name.clone()),
+                        ("shard".to_string(), i.to_string()),
+                    ]
+                    .into(),
                     claim_id: format!("{}-{i}", req.name),
                     ..Default::default()
                 })
@@ -1233,7 +1614,13 @@ impl Scheduler {
     }
 
     pub fn batch_claims(&self, name: &str) -> Vec<ClaimRec> {
-        let mut v: Vec<ClaimRec> = self.lock().claims.values().filter(|c| c.batch.as_deref() == Some(name)).cloned().collect();
+        let mut v: Vec<ClaimRec> = self
+            .lock()
+            .claims
+            .values()
+            .filter(|c| c.batch.as_deref() == Some(name))
+            .cloned()
+            .collect();
         v.sort_by_key(|c| c.id.clone());
         v
     }
@@ -1253,10 +1640,20 @@ impl Scheduler {
     }
 
     async fn entrypoint_state(&self, c: &ClaimRec) -> Option<Option<i32>> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", c.sandbox.ip, c.sandbox.port)).ok()?.connect().await.ok()?;
+        let ch = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}:{}",
+            c.sandbox.ip, c.sandbox.port
+        ))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
         let mut client = pb::runtime_client::RuntimeClient::new(ch);
         let mut r = tonic::Request::new(pb::EntrypointStatusRequest {});
-        r.metadata_mut().insert(sandpool_proto::ACCESS_TOKEN_METADATA, c.sandbox.token.parse().ok()?);
+        r.metadata_mut().insert(
+            sandpool_proto::ACCESS_TOKEN_METADATA,
+            c.sandbox.token.parse().ok()?,
+        );
         let s = client.entrypoint_status(r).await.ok()?.into_inner();
         match pb::ProcessPhase::try_from(s.phase).ok()? {
             pb::ProcessPhase::Running => Some(None),

@@ -2,15 +2,19 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use sandpool_core::{claim::{ClaimEvent, ClaimState}, pool::CapacitySpec};
+use sandpool_core::{
+    claim::{ClaimEvent, ClaimState},
+    pool::CapacitySpec,
+};
 // State changes run `detached`: a claim completed for a caller who left is
 // an ordinary claim (listed, expired by its TTL).
-use sandpool_proto::{detached, v1::{self as pb, scheduler_server}};
+use sandpool_proto::{
+    detached,
+    v1::{self as pb, scheduler_server},
+};
 use tonic::{Request, Response, Status};
 
-use crate::{
-    scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb},
-};
+use crate::scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb};
 
 pub struct SchedulerService {
     s: Arc<Scheduler>,
@@ -21,7 +25,6 @@ impl SchedulerService {
         SchedulerService { s }
     }
 }
-
 
 pub fn claim_state_pb(s: ClaimState) -> pb::ClaimState {
     match s {
@@ -35,15 +38,21 @@ pub fn claim_state_pb(s: ClaimState) -> pb::ClaimState {
 }
 
 pub fn claim_state_from_pb(s: i32) -> Result<ClaimState, Status> {
-    Ok(match pb::ClaimState::try_from(s).map_err(|_| Status::invalid_argument(format!("unknown claim state {s}")))? {
-        pb::ClaimState::Pending => ClaimState::Pending,
-        pb::ClaimState::Bound => ClaimState::Bound,
-        pb::ClaimState::Paused => ClaimState::Paused,
-        pb::ClaimState::Released => ClaimState::Released,
-        pb::ClaimState::Expired => ClaimState::Expired,
-        pb::ClaimState::Failed => ClaimState::Failed,
-        pb::ClaimState::Unspecified => return Err(Status::invalid_argument("unspecified claim state")),
-    })
+    Ok(
+        match pb::ClaimState::try_from(s)
+            .map_err(|_| Status::invalid_argument(format!("unknown claim state {s}")))?
+        {
+            pb::ClaimState::Pending => ClaimState::Pending,
+            pb::ClaimState::Bound => ClaimState::Bound,
+            pb::ClaimState::Paused => ClaimState::Paused,
+            pb::ClaimState::Released => ClaimState::Released,
+            pb::ClaimState::Expired => ClaimState::Expired,
+            pb::ClaimState::Failed => ClaimState::Failed,
+            pb::ClaimState::Unspecified => {
+                return Err(Status::invalid_argument("unspecified claim state"));
+            }
+        },
+    )
 }
 
 pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
@@ -55,7 +64,11 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
             sandbox_id: c.sandbox.id.clone(),
             pool: c.pool.clone(),
             node: c.sandbox.node.clone(),
-            state: if c.state == ClaimState::Paused { pb::SandboxState::Paused } else { pb::SandboxState::Claimed } as i32,
+            state: if c.state == ClaimState::Paused {
+                pb::SandboxState::Paused
+            } else {
+                pb::SandboxState::Claimed
+            } as i32,
             ip: c.sandbox.ip.clone(),
             runtime_port: c.sandbox.port,
             runtime_class: c.sandbox.runtime_class,
@@ -98,12 +111,21 @@ fn pool_pb(s: &Scheduler, name: &str) -> Result<pb::Pool, Status> {
 impl scheduler_server::Scheduler for SchedulerService {
     async fn apply_pool(&self, req: Request<pb::Pool>) -> Result<Response<pb::Pool>, Status> {
         let p = req.into_inner();
-        let t = p.template.ok_or_else(|| Status::invalid_argument("template is required"))?;
-        let c = p.capacity.ok_or_else(|| Status::invalid_argument("capacity is required"))?;
+        let t = p
+            .template
+            .ok_or_else(|| Status::invalid_argument("template is required"))?;
+        let c = p
+            .capacity
+            .ok_or_else(|| Status::invalid_argument("capacity is required"))?;
         let rec = PoolRec {
             name: p.name.clone(),
             template: template_from_pb(&t)?,
-            capacity: CapacitySpec { buffer_min: c.buffer_min, buffer_max: c.buffer_max, pool_min: c.pool_min, pool_max: c.pool_max },
+            capacity: CapacitySpec {
+                buffer_min: c.buffer_min,
+                buffer_max: c.buffer_max,
+                pool_min: c.pool_min,
+                pool_max: c.pool_max,
+            },
         };
         self.s.apply_pool(rec)?;
         Ok(Response::new(pool_pb(&self.s, &p.name)?))
@@ -113,98 +135,195 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(pool_pb(&self.s, &req.into_inner().name)?))
     }
 
-    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        let pools = self.s.pools().iter().filter_map(|n| pool_pb(&self.s, n).ok()).collect();
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self
+            .s
+            .pools()
+            .iter()
+            .filter_map(|n| pool_pb(&self.s, n).ok())
+            .collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
-    async fn delete_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::DeletePoolResponse>, Status> {
+    async fn delete_pool(
+        &self,
+        req: Request<pb::PoolRef>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
         let s = Arc::clone(&self.s);
         let name = req.into_inner().name;
         detached(async move { s.delete_pool(&name).await }).await?;
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
-    async fn create_claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::Claim>, Status> {
+    async fn create_claim(
+        &self,
+        req: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
         let span = tracing::info_span!("scheduler.claim");
         let s = Arc::clone(&self.s);
         let r = req.into_inner();
-        let c = detached(tracing::Instrument::instrument(async move { s.claim(r).await }, span)).await?;
+        let c = detached(tracing::Instrument::instrument(
+            async move { s.claim(r).await },
+            span,
+        ))
+        .await?;
         Ok(Response::new(claim_pb(&c)))
     }
 
     async fn get_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Ok(Response::new(claim_pb(&self.s.get_claim(&req.into_inner().claim_id)?)))
+        Ok(Response::new(claim_pb(
+            &self.s.get_claim(&req.into_inner().claim_id)?,
+        )))
     }
 
-    async fn list_claims(&self, req: Request<pb::ListClaimsRequest>) -> Result<Response<pb::ListClaimsResponse>, Status> {
+    async fn list_claims(
+        &self,
+        req: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<pb::ListClaimsResponse>, Status> {
         let r = req.into_inner();
-        let states = r.states.iter().map(|s| claim_state_from_pb(*s)).collect::<Result<Vec<_>, _>>()?;
+        let states = r
+            .states
+            .iter()
+            .map(|s| claim_state_from_pb(*s))
+            .collect::<Result<Vec<_>, _>>()?;
         let md: BTreeMap<String, String> = r.metadata.into_iter().collect();
         let all = self.s.list_claims(&r.pool, &states, &md);
         let total = all.len() as u32;
-        let start: usize = if r.page_token.is_empty() { 0 } else { r.page_token.parse().map_err(|_| Status::invalid_argument("bad page token"))? };
-        let size = if r.page_size == 0 { all.len().max(1) } else { r.page_size as usize };
+        let start: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page token"))?
+        };
+        let size = if r.page_size == 0 {
+            all.len().max(1)
+        } else {
+            r.page_size as usize
+        };
         let page: Vec<pb::Claim> = all.iter().skip(start).take(size).map(claim_pb).collect();
-        let next = if start + page.len() < all.len() { (start + page.len()).to_string() } else { String::new() };
-        Ok(Response::new(pb::ListClaimsResponse { claims: page, next_page_token: next, total }))
+        let next = if start + page.len() < all.len() {
+            (start + page.len()).to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims: page,
+            next_page_token: next,
+            total,
+        }))
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Claim>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(claim_pb(&self.s.renew(&r.claim_id, r.expires_unix_ms)?)))
+        Ok(Response::new(claim_pb(
+            &self.s.renew(&r.claim_id, r.expires_unix_ms)?,
+        )))
     }
 
     async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
         let s = Arc::clone(&self.s);
         let id = req.into_inner().claim_id;
-        Ok(Response::new(claim_pb(&detached(async move { s.pause(&id).await }).await?)))
+        Ok(Response::new(claim_pb(
+            &detached(async move { s.pause(&id).await }).await?,
+        )))
     }
 
-    async fn resume_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+    async fn resume_claim(
+        &self,
+        req: Request<pb::ClaimRef>,
+    ) -> Result<Response<pb::Claim>, Status> {
         let s = Arc::clone(&self.s);
         let id = req.into_inner().claim_id;
-        Ok(Response::new(claim_pb(&detached(async move { s.resume(&id).await }).await?)))
+        Ok(Response::new(claim_pb(
+            &detached(async move { s.resume(&id).await }).await?,
+        )))
     }
 
-    async fn checkpoint_claim(&self, req: Request<pb::CheckpointClaimRequest>) -> Result<Response<pb::CheckpointInfo>, Status> {
+    async fn checkpoint_claim(
+        &self,
+        req: Request<pb::CheckpointClaimRequest>,
+    ) -> Result<Response<pb::CheckpointInfo>, Status> {
         let span = tracing::info_span!("scheduler.checkpoint");
         let r = req.into_inner();
         let s = Arc::clone(&self.s);
-        let info = detached(tracing::Instrument::instrument(async move { s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name).await }, span)).await?;
+        let info = detached(tracing::Instrument::instrument(
+            async move {
+                s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)
+                    .await
+            },
+            span,
+        ))
+        .await?;
         Ok(Response::new(info))
     }
 
-    async fn restore_checkpoint(&self, req: Request<pb::RestoreCheckpointRequest>) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+    async fn restore_checkpoint(
+        &self,
+        req: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
         let span = tracing::info_span!("scheduler.restore");
         let r = req.into_inner();
         let s = Arc::clone(&self.s);
         let recs = detached(tracing::Instrument::instrument(
-            async move { s.restore_checkpoint(&r.checkpoint_id, r.count, r.ttl_seconds, r.metadata.into_iter().collect()).await },
+            async move {
+                s.restore_checkpoint(
+                    &r.checkpoint_id,
+                    r.count,
+                    r.ttl_seconds,
+                    r.metadata.into_iter().collect(),
+                )
+                .await
+            },
             span,
         ))
         .await?;
-        Ok(Response::new(pb::RestoreCheckpointResponse { claims: recs.iter().map(claim_pb).collect() }))
+        Ok(Response::new(pb::RestoreCheckpointResponse {
+            claims: recs.iter().map(claim_pb).collect(),
+        }))
     }
 
-    async fn list_checkpoints(&self, _: Request<pb::ListCheckpointsRequest>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints: self.s.list_checkpoints().await }))
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: self.s.list_checkpoints().await,
+        }))
     }
 
-    async fn delete_checkpoint(&self, req: Request<pb::CheckpointRef>) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
-        self.s.delete_checkpoint(&req.into_inner().checkpoint_id).await?;
+    async fn delete_checkpoint(
+        &self,
+        req: Request<pb::CheckpointRef>,
+    ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        self.s
+            .delete_checkpoint(&req.into_inner().checkpoint_id)
+            .await?;
         Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
-    async fn release_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
+    async fn release_claim(
+        &self,
+        req: Request<pb::ClaimRef>,
+    ) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
         let s = Arc::clone(&self.s);
         let id = req.into_inner().claim_id;
-        detached(tracing::Instrument::instrument(async move { s.release(&id, ClaimEvent::Release).await }, span)).await?;
+        detached(tracing::Instrument::instrument(
+            async move { s.release(&id, ClaimEvent::Release).await },
+            span,
+        ))
+        .await?;
         Ok(Response::new(pb::ReleaseClaimResponse {}))
     }
 
-    async fn create_batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::Batch>, Status> {
+    async fn create_batch(
+        &self,
+        req: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::Batch>, Status> {
         let r = req.into_inner();
         let name = r.name.clone();
         let s = Arc::clone(&self.s);
@@ -221,13 +340,24 @@ impl scheduler_server::Scheduler for SchedulerService {
             pool: claims.first().map(|c| c.pool.clone()).unwrap_or_default(),
             replicas: claims.len() as u32,
             allocated: claims.len() as u32,
-            ready: claims.iter().filter(|c| c.state == ClaimState::Bound).count() as u32,
-            tasks: Some(pb::TaskCounts { running: counts.running, succeeded: counts.succeeded, failed: counts.failed, unknown: counts.unknown }),
+            ready: claims
+                .iter()
+                .filter(|c| c.state == ClaimState::Bound)
+                .count() as u32,
+            tasks: Some(pb::TaskCounts {
+                running: counts.running,
+                succeeded: counts.succeeded,
+                failed: counts.failed,
+                unknown: counts.unknown,
+            }),
             claims: claims.iter().map(claim_pb).collect(),
         }))
     }
 
-    async fn delete_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+    async fn delete_batch(
+        &self,
+        req: Request<pb::BatchRef>,
+    ) -> Result<Response<pb::DeleteBatchResponse>, Status> {
         let s = Arc::clone(&self.s);
         let name = req.into_inner().name;
         detached(async move { s.delete_batch(&name).await }).await?;

@@ -95,10 +95,13 @@ mod tests {
         let p = d.path().join("s.redb");
         {
             let s = Store::open(&p).unwrap();
-            s.put(Table::Claims, "a", &serde_json::json!({"x": 1})).unwrap();
-            s.put(Table::Claims, "b", &serde_json::json!({"x": 2})).unwrap();
+            s.put(Table::Claims, "a", &serde_json::json!({"x": 1}))
+                .unwrap();
+            s.put(Table::Claims, "b", &serde_json::json!({"x": 2}))
+                .unwrap();
             s.delete(Table::Claims, "a").unwrap();
-            s.put(Table::Pools, "p", &serde_json::json!({"y": 3})).unwrap();
+            s.put(Table::Pools, "p", &serde_json::json!({"y": 3}))
+                .unwrap();
         }
         let s = Store::open(&p).unwrap();
         let claims: Vec<serde_json::Value> = s.all(Table::Claims).unwrap();

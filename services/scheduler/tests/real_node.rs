@@ -23,7 +23,9 @@ const SERVICE_TOKEN: &str = "test-service-token-0123456789";
 async fn serve_node(node: &TestNode) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(node.agent())));
+    let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(
+        node.agent(),
+    )));
     let auth = sandpool_proto::auth::RequireToken::new(Some(SERVICE_TOKEN)).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -45,12 +47,20 @@ fn config(store: &tempfile::TempDir, addr: std::net::SocketAddr, token: &str) ->
     }
 }
 
-async fn platform_with(n: u8, idle_pause: Option<Duration>) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
+async fn platform_with(
+    n: u8,
+    idle_pause: Option<Duration>,
+) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
     let runtime = gate()?;
     let node = TestNode::start(runtime, n).await;
     let addr = serve_node(&node).await;
     let store = tempfile::tempdir().unwrap();
-    let sched = Scheduler::start(SchedulerConfig { idle_pause, ..config(&store, addr, SERVICE_TOKEN) }).await.unwrap();
+    let sched = Scheduler::start(SchedulerConfig {
+        idle_pause,
+        ..config(&store, addr, SERVICE_TOKEN)
+    })
+    .await
+    .unwrap();
     Some((node, sched, store))
 }
 
@@ -60,19 +70,39 @@ async fn node_agents_refuse_a_scheduler_without_the_service_token() {
     let node = TestNode::start(runtime, 15).await;
     let addr = serve_node(&node).await;
     let store = tempfile::tempdir().unwrap();
-    let wrong = Scheduler::start(config(&store, addr, "not-the-service-token-42")).await.err().expect("a wrong token is refused");
-    assert!(matches!(&wrong, SchedError::Node { status, .. } if status.code() == tonic::Code::Unauthenticated), "{wrong}");
+    let wrong = Scheduler::start(config(&store, addr, "not-the-service-token-42"))
+        .await
+        .err()
+        .expect("a wrong token is refused");
+    assert!(
+        matches!(&wrong, SchedError::Node { status, .. } if status.code() == tonic::Code::Unauthenticated),
+        "{wrong}"
+    );
     let mut none = config(&store, addr, SERVICE_TOKEN);
     none.service_token = None;
-    let missing = Scheduler::start(none).await.err().expect("no token is refused");
-    assert!(missing.to_string().contains("missing service token"), "{missing}");
+    let missing = Scheduler::start(none)
+        .await
+        .err()
+        .expect("no token is refused");
+    assert!(
+        missing.to_string().contains("missing service token"),
+        "{missing}"
+    );
 }
 
 fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
     PoolRec {
         name: name.into(),
-        template: Template { image: "busybox".into(), ..Default::default() },
-        capacity: CapacitySpec { buffer_min: bmin, buffer_max: bmax, pool_min: 0, pool_max: pmax },
+        template: Template {
+            image: "busybox".into(),
+            ..Default::default()
+        },
+        capacity: CapacitySpec {
+            buffer_min: bmin,
+            buffer_max: bmax,
+            pool_min: 0,
+            pool_max: pmax,
+        },
     }
 }
 
@@ -80,38 +110,81 @@ fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after 30 s waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 30 s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
-    wait_until(&format!("pool {pool} to reach {n} warm sandboxes"), || s.pool_status(pool).unwrap().1.available >= n).await;
+    wait_until(&format!("pool {pool} to reach {n} warm sandboxes"), || {
+        s.pool_status(pool).unwrap().1.available >= n
+    })
+    .await;
 }
 
 async fn wait_node_empty(node: &TestNode) {
-    wait_until("the node agent to have no sandboxes left", || node.agent().list("").is_empty()).await;
+    wait_until("the node agent to have no sandboxes left", || {
+        node.agent().list("").is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_only_ttl_and_pool_deletion() {
-    let Some((node, s, _store)) = platform(11).await else { return };
+    let Some((node, s, _store)) = platform(11).await else {
+        return;
+    };
     s.apply_pool(pool("one", 1, 1, 1)).unwrap();
     wait_available(&s, "one", 1).await;
-    let req = |ttl: u64| pb::ClaimRequest { pool: "one".into(), pool_only: true, ttl_seconds: ttl, ..Default::default() };
+    let req = |ttl: u64| pb::ClaimRequest {
+        pool: "one".into(),
+        pool_only: true,
+        ttl_seconds: ttl,
+        ..Default::default()
+    };
     let c = s.claim(req(1)).await.unwrap();
     assert!(!c.cold);
     // poolMax 1 is reached: nothing refills, and pool_only fails fast.
     let e = s.claim(req(0)).await.unwrap_err();
     assert!(matches!(e, SchedError::Exhausted(_)), "{e}");
-    assert_eq!(s.pool_status("one").unwrap().1.allocated, 1, "a refused claim allocates nothing");
+    assert_eq!(
+        s.pool_status("one").unwrap().1.allocated,
+        1,
+        "a refused claim allocates nothing"
+    );
     // The 1 s TTL expires the claim and deletes its sandbox; the pool refills.
-    wait_until(&format!("claim {} to expire after its 1 s TTL", c.id), || s.get_claim(&c.id).is_err()).await;
-    assert!(matches!(s.get_claim(&c.id), Err(SchedError::ClaimNotFound(_))), "claim expired");
-    wait_until(&format!("the expired claim's sandbox {} to be released", c.sandbox.id), || node.agent().get(&c.sandbox.id).is_err()).await;
-    assert!(node.agent().get(&c.sandbox.id).is_err(), "expired claim's sandbox released");
+    wait_until(
+        &format!("claim {} to expire after its 1 s TTL", c.id),
+        || s.get_claim(&c.id).is_err(),
+    )
+    .await;
+    assert!(
+        matches!(s.get_claim(&c.id), Err(SchedError::ClaimNotFound(_))),
+        "claim expired"
+    );
+    wait_until(
+        &format!(
+            "the expired claim's sandbox {} to be released",
+            c.sandbox.id
+        ),
+        || node.agent().get(&c.sandbox.id).is_err(),
+    )
+    .await;
+    assert!(
+        node.agent().get(&c.sandbox.id).is_err(),
+        "expired claim's sandbox released"
+    );
     wait_available(&s, "one", 1).await;
-    let e = s.claim(pb::ClaimRequest { pool: "nope".into(), ..Default::default() }).await.unwrap_err();
+    let e = s
+        .claim(pb::ClaimRequest {
+            pool: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(e, SchedError::PoolNotFound(_)));
     s.delete_pool("one").await.unwrap();
     wait_node_empty(&node).await;
@@ -120,12 +193,22 @@ async fn pool_only_ttl_and_pool_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_with_shard_patches_and_task_counts() {
-    let Some((node, s, _store)) = platform(12).await else { return };
+    let Some((node, s, _store)) = platform(12).await else {
+        return;
+    };
     s.apply_pool(pool("b", 3, 3, 10)).unwrap();
     wait_available(&s, "b", 3).await;
     let task = pb::InjectRequest {
-        argv: vec!["sh".into(), "-c".into(), "echo $SHARD > /tmp/shard; exit $CODE".into()],
-        env: [("CODE".to_string(), "0".to_string()), ("SHARD".to_string(), "template".to_string())].into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo $SHARD > /tmp/shard; exit $CODE".into(),
+        ],
+        env: [
+            ("CODE".to_string(), "0".to_string()),
+            ("SHARD".to_string(), "template".to_string()),
+        ]
+        .into(),
         ..Default::default()
     };
     let claims = s
@@ -135,7 +218,10 @@ async fn batch_with_shard_patches_and_task_counts() {
             replicas: 3,
             ttl_seconds: 0,
             task: Some(task),
-            shard_task_patches: vec![r#"{"env":{"SHARD":"s0"}}"#.into(), r#"{"env":{"SHARD":"s1","CODE":"3"}}"#.into()],
+            shard_task_patches: vec![
+                r#"{"env":{"SHARD":"s0"}}"#.into(),
+                r#"{"env":{"SHARD":"s1","CODE":"3"}}"#.into(),
+            ],
         })
         .await
         .unwrap();
@@ -154,12 +240,22 @@ async fn batch_with_shard_patches_and_task_counts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = counts.expect("tasks finished");
-    assert_eq!((c.succeeded, c.failed), (2, 1), "shard 1 exits 3 through its patch");
+    assert_eq!(
+        (c.succeeded, c.failed),
+        (2, 1),
+        "shard 1 exits 3 through its patch"
+    );
     // Each shard ran its own patched task.
     for (i, want) in ["s0", "s1", "template"].iter().enumerate() {
-        let claim = claims.iter().find(|c| c.metadata.get("shard") == Some(&i.to_string())).unwrap();
+        let claim = claims
+            .iter()
+            .find(|c| c.metadata.get("shard") == Some(&i.to_string()))
+            .unwrap();
         let out = reqwest::Client::new()
-            .get(format!("http://{}:{}/files/download", claim.sandbox.ip, claim.sandbox.port))
+            .get(format!(
+                "http://{}:{}/files/download",
+                claim.sandbox.ip, claim.sandbox.port
+            ))
             .query(&[("path", "/tmp/shard")])
             .header("x-execd-access-token", &claim.sandbox.token)
             .send()
@@ -191,31 +287,70 @@ async fn batch_with_shard_patches_and_task_counts() {
 }
 
 async fn kill_init(node: &TestNode, sandbox: &str) {
-    let (_, pid) = node.agent().ctr().task_state(sandbox).await.unwrap().expect("task");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let (_, pid) = node
+        .agent()
+        .ctr()
+        .task_state(sandbox)
+        .await
+        .unwrap()
+        .expect("task");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
-    let Some((node, s, _store)) = platform(13).await else { return };
+    let Some((node, s, _store)) = platform(13).await else {
+        return;
+    };
     s.apply_pool(pool("f", 2, 2, 10)).unwrap();
     wait_available(&s, "f", 2).await;
     // A claimed sandbox dies: its claim turns Failed and can still be released.
-    let c = s.claim(pb::ClaimRequest { pool: "f".into(), ..Default::default() }).await.unwrap();
+    let c = s
+        .claim(pb::ClaimRequest {
+            pool: "f".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     kill_init(&node, &c.sandbox.id).await;
-    wait_until("the dead sandbox's claim to turn Failed", || s.get_claim(&c.id).unwrap().state == sandpool_core::claim::ClaimState::Failed).await;
-    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await.unwrap();
+    wait_until("the dead sandbox's claim to turn Failed", || {
+        s.get_claim(&c.id).unwrap().state == sandpool_core::claim::ClaimState::Failed
+    })
+    .await;
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
     // A warm sandbox dies: it is deleted and the pool refills to its buffer.
     wait_available(&s, "f", 2).await;
-    let warm: Vec<String> = node.agent().list("f").into_iter().map(|i| i.sandbox_id).collect();
+    let warm: Vec<String> = node
+        .agent()
+        .list("f")
+        .into_iter()
+        .map(|i| i.sandbox_id)
+        .collect();
     kill_init(&node, &warm[0]).await;
     wait_until("the dead warm sandbox to be replaced", || {
-        node.agent().list("f").iter().all(|i| i.sandbox_id != warm[0]) && s.pool_status("f").unwrap().1.available == 2
+        node.agent()
+            .list("f")
+            .iter()
+            .all(|i| i.sandbox_id != warm[0])
+            && s.pool_status("f").unwrap().1.available == 2
     })
     .await;
     let after = node.agent().list("f");
-    assert!(after.iter().all(|i| i.sandbox_id != warm[0]), "dead warm sandbox deleted");
-    assert!(after.iter().all(|i| i.state == pb::SandboxState::Warm as i32));
+    assert!(
+        after.iter().all(|i| i.sandbox_id != warm[0]),
+        "dead warm sandbox deleted"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|i| i.state == pb::SandboxState::Warm as i32)
+    );
     assert_eq!(s.pool_status("f").unwrap().1.available, 2, "pool refilled");
     s.delete_pool("f").await.unwrap();
     wait_node_empty(&node).await;
@@ -226,10 +361,16 @@ async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
 /// paused (its TTL stops); while a command runs it is not; resume brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_claims_are_paused_and_busy_ones_are_not() {
-    let Some((node, s, _store)) = platform_with(14, Some(Duration::from_secs(2))).await else { return };
+    let Some((node, s, _store)) = platform_with(14, Some(Duration::from_secs(2))).await else {
+        return;
+    };
     s.apply_pool(pool("idle", 2, 2, 4)).unwrap();
     wait_available(&s, "idle", 2).await;
-    let claim = |ttl: u64| pb::ClaimRequest { pool: "idle".into(), ttl_seconds: ttl, ..Default::default() };
+    let claim = |ttl: u64| pb::ClaimRequest {
+        pool: "idle".into(),
+        ttl_seconds: ttl,
+        ..Default::default()
+    };
     let idle = s.claim(claim(600)).await.unwrap();
     let busy = s.claim(claim(600)).await.unwrap();
     // the busy one runs a command for the whole test
@@ -253,15 +394,31 @@ async fn idle_claims_are_paused_and_busy_ones_are_not() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(state(idle.id.clone()).await, sandpool_core::claim::ClaimState::Paused, "idle claim paused");
-    assert_eq!(node.agent().get(&idle.sandbox.id).unwrap().state, pb::SandboxState::Paused);
-    assert_eq!(state(busy.id.clone()).await, sandpool_core::claim::ClaimState::Bound, "a running command keeps it awake");
+    assert_eq!(
+        state(idle.id.clone()).await,
+        sandpool_core::claim::ClaimState::Paused,
+        "idle claim paused"
+    );
+    assert_eq!(
+        node.agent().get(&idle.sandbox.id).unwrap().state,
+        pb::SandboxState::Paused
+    );
+    assert_eq!(
+        state(busy.id.clone()).await,
+        sandpool_core::claim::ClaimState::Bound,
+        "a running command keeps it awake"
+    );
     let paused = s.get_claim(&idle.id).unwrap();
     assert!(paused.paused_remaining_ms > 0, "TTL stopped while paused");
     s.resume(&idle.id).await.unwrap();
-    assert_eq!(state(idle.id.clone()).await, sandpool_core::claim::ClaimState::Bound);
+    assert_eq!(
+        state(idle.id.clone()).await,
+        sandpool_core::claim::ClaimState::Bound
+    );
     for c in [&idle, &busy] {
-        s.release(&c.id, sandpool_core::claim::ClaimEvent::Release).await.unwrap();
+        s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+            .await
+            .unwrap();
     }
     s.delete_pool("idle").await.unwrap();
     wait_node_empty(&node).await;

@@ -86,7 +86,10 @@ pub fn selector_matches(selector: &str, labels: &serde_json::Map<String, Value>)
 }
 
 fn pointer_parts(path: &str) -> Vec<String> {
-    path.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect()
+    path.split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect()
 }
 
 /// RFC 6902 subset: test, add, remove, replace.
@@ -99,7 +102,9 @@ fn json_patch(target: &mut Value, ops: &[Value]) -> Result<(), String> {
         for p in parent_parts {
             parent = match parent {
                 Value::Object(m) => m.get_mut(p).ok_or(format!("missing {p}"))?,
-                Value::Array(a) => a.get_mut(p.parse::<usize>().map_err(|e| e.to_string())?).ok_or("bad index")?,
+                Value::Array(a) => a
+                    .get_mut(p.parse::<usize>().map_err(|e| e.to_string())?)
+                    .ok_or("bad index")?,
                 _ => return Err(format!("cannot walk into {p}")),
             };
         }
@@ -121,7 +126,11 @@ fn json_patch(target: &mut Value, ops: &[Value]) -> Result<(), String> {
                 Value::Array(a) if last == "-" => a.push(op["value"].clone()),
                 Value::Array(a) => {
                     let i: usize = last.parse().map_err(|_| "bad index")?;
-                    if op["op"] == "add" { a.insert(i, op["value"].clone()) } else { a[i] = op["value"].clone() }
+                    if op["op"] == "add" {
+                        a.insert(i, op["value"].clone())
+                    } else {
+                        a[i] = op["value"].clone()
+                    }
                 }
                 _ => return Err("bad parent".into()),
             },
@@ -155,13 +164,24 @@ impl Store {
     }
 
     pub fn list(&self, coll: &str) -> Vec<Value> {
-        self.objects.get(coll).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.objects
+            .get(coll)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Insert or overwrite an object as a test fixture (fills uid/rv).
     pub fn put(&mut self, coll: &str, mut obj: Value) -> Value {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let ns = coll.split('/').skip_while(|s| *s != "namespaces").nth(1).unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ns = coll
+            .split('/')
+            .skip_while(|s| *s != "namespaces")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         let meta = &mut obj["metadata"];
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{name}"));
@@ -174,7 +194,10 @@ impl Store {
         if meta.get("generation").is_none() {
             meta["generation"] = json!(1);
         }
-        self.objects.entry(coll.to_string()).or_default().insert(name, obj.clone());
+        self.objects
+            .entry(coll.to_string())
+            .or_default()
+            .insert(name, obj.clone());
         obj
     }
 
@@ -189,12 +212,19 @@ impl Store {
     }
 
     fn remove_with_dependents(&mut self, coll: &str, name: &str) {
-        let Some(obj) = self.objects.get_mut(coll).and_then(|m| m.remove(name)) else { return };
-        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let Some(obj) = self.objects.get_mut(coll).and_then(|m| m.remove(name)) else {
+            return;
+        };
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut dependents = Vec::new();
         for (c, m) in &self.objects {
             for (n, o) in m {
-                let owned = o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()));
+                let owned = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()));
                 if owned {
                     dependents.push((c.clone(), n.clone()));
                 }
@@ -208,7 +238,9 @@ impl Store {
     /// DELETE semantics: finalizers hold the object with a deletionTimestamp.
     pub fn delete(&mut self, coll: &str, name: &str) -> Option<Value> {
         let obj = self.objects.get_mut(coll)?.get_mut(name)?;
-        let has_finalizers = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let has_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if obj["metadata"].get("deletionTimestamp").is_none() {
                 obj["metadata"]["deletionTimestamp"] = json!("2026-11-26T00:00:01Z");
@@ -227,7 +259,10 @@ impl Store {
     /// After a write: a deleting object whose finalizers are all gone goes away.
     fn maybe_finish_deletion(&mut self, coll: &str, name: &str) {
         let done = self.get(coll, name).is_some_and(|o| {
-            o["metadata"].get("deletionTimestamp").is_some() && o["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+            o["metadata"].get("deletionTimestamp").is_some()
+                && o["metadata"]["finalizers"]
+                    .as_array()
+                    .is_none_or(|f| f.is_empty())
         });
         if done {
             self.remove_with_dependents(coll, name);
@@ -271,18 +306,40 @@ impl FakeApi {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
-        let content_type =
-            req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         let (code, out) = {
             let mut store = self.store.lock().expect("store");
             for h in self.hooks.lock().expect("hooks").iter_mut() {
                 h(&method, &path, &mut store);
             }
-            serve(&mut store, &method, &path, &query, &content_type, body.clone())
+            serve(
+                &mut store,
+                &method,
+                &path,
+                &query,
+                &content_type,
+                body.clone(),
+            )
         };
-        self.log.lock().expect("log").push(Logged { method, path, query, content_type, body, status: code });
+        self.log.lock().expect("log").push(Logged {
+            method,
+            path,
+            query,
+            content_type,
+            body,
+            status: code,
+        });
         Response::builder()
             .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
             .header("content-type", "application/json")
@@ -291,7 +348,14 @@ impl FakeApi {
     }
 }
 
-fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, body: Value) -> (u16, Value) {
+fn serve(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    query: &str,
+    ct: &str,
+    body: Value,
+) -> (u16, Value) {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let base = match segs.first() {
         Some(&"api") => 2,
@@ -299,13 +363,18 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
         _ => return (404, status(404, "NotFound", "unknown path")),
     };
     if segs.get(base) != Some(&"namespaces") || segs.len() < base + 3 {
-        return (404, status(404, "NotFound", "only namespaced resources are served"));
+        return (
+            404,
+            status(404, "NotFound", "only namespaced resources are served"),
+        );
     }
     let plural = segs[base + 2];
     let coll = format!("/{}", segs[..base + 3].join("/"));
     let name = segs.get(base + 3).map(|s| s.to_string());
     let sub = segs.get(base + 4).copied();
-    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     match (method.clone(), name) {
         (Method::GET, None) => {
             let sel = params.get("labelSelector").cloned().unwrap_or_default();
@@ -313,15 +382,23 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
             let items: Vec<Value> = store
                 .list(&coll)
                 .into_iter()
-                .filter(|o| selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty)))
+                .filter(|o| {
+                    selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty))
+                })
                 .collect();
             let rv = store.rv.to_string();
-            (200, json!({"kind": format!("{}List", kind_of_plural(plural)), "apiVersion": "v1",
-                         "metadata": {"resourceVersion": rv}, "items": items}))
+            (
+                200,
+                json!({"kind": format!("{}List", kind_of_plural(plural)), "apiVersion": "v1",
+                         "metadata": {"resourceVersion": rv}, "items": items}),
+            )
         }
         (Method::GET, Some(n)) => match store.get(&coll, &n) {
             Some(o) => (200, o.clone()),
-            None => (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found"))),
+            None => (
+                404,
+                status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
+            ),
         },
         (Method::POST, None) => {
             let mut obj = body;
@@ -329,16 +406,31 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
                 store.names += 1;
                 obj["metadata"]["name"] = json!(format!("event-{}", store.names));
             }
-            let name = match (obj["metadata"]["name"].as_str(), obj["metadata"]["generateName"].as_str()) {
+            let name = match (
+                obj["metadata"]["name"].as_str(),
+                obj["metadata"]["generateName"].as_str(),
+            ) {
                 (Some(n), _) if !n.is_empty() => n.to_string(),
                 (_, Some(g)) => {
                     store.names += 1;
                     format!("{g}{:05}", store.names)
                 }
-                _ => return (422, status(422, "Invalid", "name or generateName is required")),
+                _ => {
+                    return (
+                        422,
+                        status(422, "Invalid", "name or generateName is required"),
+                    );
+                }
             };
             if store.get(&coll, &name).is_some() {
-                return (409, status(409, "AlreadyExists", &format!("{plural} \"{name}\" already exists")));
+                return (
+                    409,
+                    status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{plural} \"{name}\" already exists"),
+                    ),
+                );
             }
             obj["metadata"]["name"] = json!(name);
             if obj["metadata"].get("uid").is_none() {
@@ -349,7 +441,10 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
         }
         (Method::PATCH, Some(n)) => {
             let Some(mut obj) = store.get(&coll, &n).cloned() else {
-                return (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found")));
+                return (
+                    404,
+                    status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
+                );
             };
             let current_rv = obj["metadata"]["resourceVersion"].clone();
             if ct.contains("json-patch") {
@@ -361,7 +456,14 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
                 let mut patch = body;
                 if let Some(rv) = patch["metadata"].get("resourceVersion").cloned() {
                     if rv != current_rv {
-                        return (409, status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"));
+                        return (
+                            409,
+                            status(
+                                409,
+                                "Conflict",
+                                "the object has been modified; please apply your changes to the latest version and try again",
+                            ),
+                        );
                     }
                     if let Some(m) = patch["metadata"].as_object_mut() {
                         m.remove("resourceVersion");
@@ -376,13 +478,20 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
             }
             let rv = store.next_rv();
             obj["metadata"]["resourceVersion"] = json!(rv);
-            store.objects.entry(coll.clone()).or_default().insert(n.clone(), obj.clone());
+            store
+                .objects
+                .entry(coll.clone())
+                .or_default()
+                .insert(n.clone(), obj.clone());
             store.maybe_finish_deletion(&coll, &n);
             (200, obj)
         }
         (Method::PUT, Some(n)) => {
             let Some(cur) = store.get(&coll, &n).cloned() else {
-                return (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found")));
+                return (
+                    404,
+                    status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
+                );
             };
             if body["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
                 return (409, status(409, "Conflict", "the object has been modified"));
@@ -391,14 +500,24 @@ fn serve(store: &mut Store, method: &Method, path: &str, query: &str, ct: &str, 
             obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
             let rv = store.next_rv();
             obj["metadata"]["resourceVersion"] = json!(rv);
-            store.objects.entry(coll.clone()).or_default().insert(n, obj.clone());
+            store
+                .objects
+                .entry(coll.clone())
+                .or_default()
+                .insert(n, obj.clone());
             (200, obj)
         }
         (Method::DELETE, Some(n)) => match store.delete(&coll, &n) {
             Some(o) => (200, o),
-            None => (404, status(404, "NotFound", &format!("{plural} \"{n}\" not found"))),
+            None => (
+                404,
+                status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
+            ),
         },
-        _ => (405, status(405, "MethodNotAllowed", "not supported by the fake")),
+        _ => (
+            405,
+            status(405, "MethodNotAllowed", "not supported by the fake"),
+        ),
     }
 }
 
