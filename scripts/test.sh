@@ -35,7 +35,11 @@ venv "$ROOT/.venv-e2b237" "$ROOT/integration/python/requirements-e2b237.txt"
 
 # --- Rust ---------------------------------------------------------------------
 if [[ "${CI:-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
-log "cargo clippy (warnings denied)"
+log "cargo fmt --check, layout rules (file and function sizes)"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+python3 scripts/check-layout.py
+log "cargo clippy (workspace lints, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The runtime is bind-mounted into every sandbox, whatever its image: it must

@@ -4,7 +4,7 @@
 //! * [`v1::node_agent_server`] / [`v1::node_agent_client`]: the node agent.
 //! * [`v1::scheduler_server`] / [`v1::scheduler_client`]: the scheduler.
 
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
 pub mod v1 {
     tonic::include_proto!("sandpool.v1");
 }
@@ -20,7 +20,7 @@ pub mod auth;
 /// request must not leave a claim or a sandbox half-made. The task stays in
 /// the caller's span.
 pub async fn detached<T, E>(
-    f: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+    f: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, tonic::Status>
 where
     T: Send + 'static,

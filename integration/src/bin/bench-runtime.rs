@@ -47,6 +47,7 @@ fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
     )
 }
 
+#[allow(clippy::too_many_lines)] // a benchmark's main: one measured sequence, read top to bottom
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

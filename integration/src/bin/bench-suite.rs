@@ -94,6 +94,7 @@ const REFILL: Scenario = Scenario {
     label: "pool refill (drain `bench`, back to bufferMin)",
 };
 
+#[allow(clippy::too_many_lines)] // a benchmark's main: one measured sequence, read top to bottom
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -832,12 +833,15 @@ fn latency_label(name: &str, l: &anyhow::Result<Latencies>) -> String {
 
 // ----------------------------------------------------------------------- plot
 
+/// Left margin of the CDF plot (axis labels), also where the legend starts.
+const CDF_LEFT: f64 = 70.0;
+
 /// Latency CDFs (`(label, samples in ms, colour)` each) on a log-scaled x axis:
 /// one `<polyline>` per series, a legend and labelled axes.
 fn cdf_svg(series: &[(&str, &[f64], &str)]) -> String {
     const W: f64 = 760.0;
     const H: f64 = 460.0;
-    const LEFT: f64 = 70.0;
+    const LEFT: f64 = CDF_LEFT;
     const RIGHT: f64 = 24.0;
     const TOP: f64 = 64.0;
     const BOTTOM: f64 = 56.0;
@@ -922,42 +926,56 @@ fn cdf_svg(series: &[(&str, &[f64], &str)]) -> String {
     );
 
     for (i, (label, samples, colour)) in series.iter().enumerate() {
-        let mut v: Vec<f64> = samples.iter().copied().filter(usable).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len() as f64;
-        let points: Vec<String> = v
-            .iter()
-            .enumerate()
-            .map(|(k, ms)| {
-                format!(
-                    "{px:.1},{:.1} {px:.1},{:.1}",
-                    y(k as f64 / n),
-                    y((k + 1) as f64 / n),
-                    px = x(*ms)
-                )
-            })
-            .collect();
-        let colour = xml_escape(colour);
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
-        );
-        let lx = LEFT + 250.0 * i as f64;
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{lx}\" y1=\"42\" x2=\"{}\" y2=\"42\" stroke=\"{colour}\" stroke-width=\"3\"/>",
-            lx + 24.0
-        );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"46\">{}</text>",
-            lx + 30.0,
-            xml_escape(label)
-        );
+        cdf_series(&mut svg, i, label, samples, colour, &x, &y);
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// One series of [`cdf_svg`]: its step line and its legend entry.
+fn cdf_series(
+    svg: &mut String,
+    i: usize,
+    label: &str,
+    samples: &[f64],
+    colour: &str,
+    x: &dyn Fn(f64) -> f64,
+    y: &dyn Fn(f64) -> f64,
+) {
+    let usable = |v: &f64| v.is_finite() && *v > 0.0;
+    let mut v: Vec<f64> = samples.iter().copied().filter(usable).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let points: Vec<String> = v
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| {
+            format!(
+                "{px:.1},{:.1} {px:.1},{:.1}",
+                y(k as f64 / n),
+                y((k + 1) as f64 / n),
+                px = x(*ms)
+            )
+        })
+        .collect();
+    let colour = xml_escape(colour);
+    let _ = writeln!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+        points.join(" ")
+    );
+    let lx = CDF_LEFT + 250.0 * i as f64;
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{lx}\" y1=\"42\" x2=\"{}\" y2=\"42\" stroke=\"{colour}\" stroke-width=\"3\"/>",
+        lx + 24.0
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"46\">{}</text>",
+        lx + 30.0,
+        xml_escape(label)
+    );
 }
 
 fn xml_escape(s: &str) -> String {
