@@ -82,6 +82,24 @@ pub enum TaskState {
     Unknown,
 }
 
+/// The directory a prepare could not rename its new snapshot onto because
+/// it already exists: only an overlayfs snapshot directory named by a
+/// number (containerd's "rename <new> <dir>: file exists").
+fn stale_snapshot_dir(message: &str) -> Option<PathBuf> {
+    let rest = message.split("rename ").nth(1)?;
+    let (paths, _) = rest.split_once(": file exists")?;
+    let (new, dir) = paths.split_once(' ')?;
+    let dir = Path::new(dir);
+    let id = dir.file_name()?.to_str()?;
+    let parent = dir.parent()?;
+    let ok = id.bytes().all(|b| b.is_ascii_digit())
+        && !id.is_empty()
+        && parent.ends_with("io.containerd.snapshotter.v1.overlayfs/snapshots")
+        && Path::new(new).parent() == Some(parent)
+        && dir.is_absolute();
+    ok.then(|| dir.to_path_buf())
+}
+
 fn is_not_found(s: &tonic::Status) -> bool {
     s.code() == Code::NotFound
 }
@@ -401,22 +419,7 @@ impl Ctr {
 
         if !self.snapshot_exists(&chain).await? {
             let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
-            let mounts = self
-                .client
-                .snapshots()
-                .prepare(self.req_lease(
-                    PrepareSnapshotRequest {
-                        snapshotter: SNAPSHOTTER.into(),
-                        key: key.clone(),
-                        parent: String::new(),
-                        labels: HashMap::new(),
-                    },
-                    lease,
-                ))
-                .await
-                .map_err(|s| AgentError::containerd("prepare extract snapshot", s))?
-                .into_inner()
-                .mounts;
+            let mounts = self.prepare_snapshot(&key, "", lease).await?;
             let applied = self
                 .client
                 .diff()
@@ -598,21 +601,8 @@ impl Ctr {
             runtime_binary,
         } = c;
         let mounts = self
-            .client
-            .snapshots()
-            .prepare(self.req_lease(
-                PrepareSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: snapshot_key.to_string(),
-                    parent: parent_snapshot.to_string(),
-                    labels: HashMap::new(),
-                },
-                lease,
-            ))
-            .await
-            .map_err(|s| AgentError::containerd("prepare snapshot", s))?
-            .into_inner()
-            .mounts;
+            .prepare_snapshot(snapshot_key, parent_snapshot, lease)
+            .await?;
         let opts = RuncOptions {
             binary_name: runtime_binary.to_string(),
             ..Default::default()
@@ -907,6 +897,49 @@ impl Ctr {
         })
     }
 
+    /// Prepare an active snapshot. A containerd killed between renaming a
+    /// new snapshot's directory into place and committing its metadata
+    /// leaves that directory behind under an id its database hands out
+    /// again: the prepare fails with "rename <new> <dir>: file exists", and
+    /// so would every later one (containerd 1.6's metadata snapshotter does
+    /// not implement the Cleanup RPC). The directory holds no committed
+    /// snapshot, so it is removed and the prepare tried again.
+    async fn prepare_snapshot(&self, key: &str, parent: &str, lease: &str) -> Result<Vec<Mount>> {
+        // one stale directory per prepare that was in flight when it died
+        const MAX_STALE: usize = 64;
+        let mut removed = 0;
+        loop {
+            let request = self.req_lease(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.to_string(),
+                    parent: parent.to_string(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            );
+            let status = match self.client.snapshots().prepare(request).await {
+                Ok(r) => return Ok(r.into_inner().mounts),
+                Err(s) => s,
+            };
+            let stale = match stale_snapshot_dir(status.message()) {
+                Some(dir) if removed < MAX_STALE => dir,
+                _ => return Err(AgentError::containerd("prepare snapshot", status)),
+            };
+            tracing::warn!(dir = %stale.display(), "removing a snapshot directory containerd's metadata does not know");
+            match tokio::fs::remove_dir_all(&stale).await {
+                // a concurrent prepare may have removed it first
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let what = format!("remove stale snapshot directory {}", stale.display());
+                    return Err(AgentError::io(what, e));
+                }
+            }
+            removed += 1;
+        }
+    }
+
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
         match self
             .client
@@ -1079,5 +1112,25 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(v, [0x52, 2, b'/', b'c']);
+    }
+
+    #[test]
+    fn only_a_numbered_overlayfs_snapshot_directory_is_stale() {
+        let root = "/d/root/io.containerd.snapshotter.v1.overlayfs/snapshots";
+        let msg = format!("failed to rename: rename {root}/new-123 {root}/7: file exists");
+        assert_eq!(
+            stale_snapshot_dir(&msg),
+            Some(PathBuf::from(format!("{root}/7")))
+        );
+        for bad in [
+            format!("rename {root}/new-1 {root}/metadata.db: file exists"),
+            format!("rename {root}/new-1 /etc/7: file exists"),
+            format!("rename /tmp/new-1 {root}/7: file exists"),
+            format!("rename {root}/new-1 {root}/7: permission denied"),
+            "rename a b: file exists".to_string(),
+            "snapshot k already exists".to_string(),
+        ] {
+            assert_eq!(stale_snapshot_dir(&bad), None, "{bad}");
+        }
     }
 }

@@ -105,6 +105,11 @@ impl TestNode {
         }
     }
 
+    /// The private containerd's root directory (its snapshotters live here).
+    pub fn containerd_root(&self) -> PathBuf {
+        self.dir.path().join("containerd").join("root")
+    }
+
     pub fn agent(&self) -> &Arc<Agent> {
         self.agent.as_ref().unwrap()
     }

@@ -271,6 +271,49 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     node.assert_no_residue().await;
 }
 
+/// A containerd killed while it prepared a snapshot can leave the new
+/// snapshot's directory behind under an id its database hands out again:
+/// every later prepare then failed with "file exists" (seen in the fault
+/// suite after a containerd kill). The agent cleans the snapshotter up and
+/// creates the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_creates() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 12).await;
+    let snapshots = node
+        .containerd_root()
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let next = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    // the next ids the database will hand out, each already taken on disk
+    for id in next + 1..=next + 8 {
+        let dir = snapshots.join(id.to_string()).join("fs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("left-over"), b"x").unwrap();
+    }
+    let sb = node
+        .agent()
+        .create("pool-stale", template(pb::RuntimeClass::Runc), None)
+        .await
+        .expect("create after stale snapshot directories");
+    assert_eq!(sb.state, pb::SandboxState::Warm);
+    assert!(
+        !snapshots
+            .join((next + 1).to_string())
+            .join("fs/left-over")
+            .exists(),
+        "the stale directory under the first id handed out again was removed"
+    );
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
+    node.assert_no_residue().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
     let Some(runtime) = gate() else { return };
