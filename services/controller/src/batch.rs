@@ -1,6 +1,7 @@
 //! BatchSandbox controller: allocates warm pods of a Pool (or creates pods
 //! from a template), runs the per-shard tasks, publishes endpoints and status,
-//! expires, and on deletion stops the tasks and returns pods to the pool.
+//! expires, and on deletion stops the tasks and deletes its pods (a used pod
+//! never returns to a pool).
 //!
 //! Allocation is optimistic: a pod is taken with a merge patch carrying the
 //! `resourceVersion` it was seen at, so when two controllers (or two
@@ -115,7 +116,7 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         // scale down: highest shards go first
         mine.sort_by_key(|p| shard_of(p).unwrap_or(usize::MAX));
         for p in mine.split_off(want) {
-            release_pod(ctx, &pod_api, &p, batch.spec.pool_ref.is_some()).await?;
+            release_pod(ctx, &pod_api, &p).await?;
         }
     } else if mine.len() < want {
         let used: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
@@ -368,31 +369,18 @@ async fn create_from_template(
 
 /// Give a pod back: stop its task; a pool pod loses its allocation (and is
 /// warm again), a pod created for the batch is deleted.
-async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod, pooled: bool) -> Result<()> {
+/// Release one of a batch's pods: stop its task, then delete it. A used pod
+/// never goes back to its pool, even one the batch took from a pool: its
+/// file system and its runtime token belong to the previous tenant (the
+/// pool controller makes a fresh pod in its place). Upstream returns pooled
+/// pods; docs/compatibility.md says why sandpool does not.
+async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod) -> Result<()> {
     if pods::annotation(pod, TASK_ANNOTATION).is_some()
         && let Err(e) = ctx.tasks.stop(pod).await
     {
         tracing::warn!(pod = %pod.name_any(), error = %e, "stopping the task failed");
     }
-    if !pooled {
-        return delete_ignoring_missing(pod_api, &pod.name_any()).await;
-    }
-    let patch = json!({"metadata": {
-        "labels": {ALLOCATED_TO_LABEL: null},
-        "annotations": {SHARD_ANNOTATION: null, TASK_ANNOTATION: null, BATCH_NAME_ANNOTATION: null},
-    }});
-    match pod_api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_ignoring_missing(pod_api, &pod.name_any()).await
 }
 
 async fn cleanup(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> {
@@ -401,7 +389,7 @@ async fn cleanup(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action
     let mine = list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}")).await?;
     let n = mine.len();
     for p in &mine {
-        release_pod(ctx, &pod_api, p, batch.spec.pool_ref.is_some()).await?;
+        release_pod(ctx, &pod_api, p).await?;
     }
     ctx.event(batch, false, "Released", format!("{n} sandboxes released"))
         .await;

@@ -406,7 +406,7 @@ async fn two_batches_racing_for_a_small_pool_split_it_without_overlap() {
 }
 
 #[tokio::test]
-async fn expiry_deletes_and_the_finalizer_stops_tasks_and_returns_pods() {
+async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
     let (api, ctx, tasks) = setup();
     ready_pool(&api, &ctx, "p", 2).await;
     let task = json!({"taskTemplate": {"spec": {"process": {"command": ["sleep", "100"]}}}});
@@ -433,7 +433,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_returns_pods() {
         .expect("held by the finalizer");
     assert!(b["metadata"]["deletionTimestamp"].is_string());
 
-    // cleanup: tasks stopped, pods back in the pool, finalizer removed, object gone
+    // cleanup: tasks stopped, used pods deleted, finalizer removed, object gone
     reconcile_batch(&ctx, "b1").await;
     let mut stopped = tasks.stopped.lock().expect("lock").clone();
     stopped.sort();
@@ -445,22 +445,24 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_returns_pods() {
         "deleted after cleanup"
     );
     for p in &mine {
-        let pod = api
-            .with_store(|s| s.get(&pods_path(NS), p).cloned())
-            .expect("pod kept");
         assert!(
-            pod["metadata"]["labels"].get(ALLOCATED_TO_LABEL).is_none(),
-            "returned to the pool"
-        );
-        assert!(
-            pod["metadata"]["annotations"]
-                .get(TASK_ANNOTATION)
-                .is_none()
+            api.with_store(|s| s.get(&pods_path(NS), p).is_none()),
+            "used pod {p} deleted, never returned to the pool"
         );
     }
-    assert_eq!(
-        pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(),
-        2
+    assert!(
+        pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).is_empty(),
+        "no used pod is free for the next claim"
+    );
+    // the pool makes fresh pods in their place
+    pool::reconcile(get::<Pool>(&ctx, "p").await, ctx.clone())
+        .await
+        .expect("pool reconcile");
+    let fresh = pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}"));
+    assert_eq!(fresh.len(), 2, "refilled: {fresh:?}");
+    assert!(
+        fresh.iter().all(|p| !mine.contains(p)),
+        "{fresh:?} vs {mine:?}"
     );
 }
 
@@ -954,7 +956,7 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
         .expect_err("pause");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 
-    // release returns the pod to the pool
+    // release deletes the used pod; it never returns to the pool
     sched
         .release_claim(tonic::Request::new(pb::ClaimRef {
             claim_id: claim.claim_id.clone(),
@@ -973,10 +975,14 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
         api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()),
         "claim gone"
     );
-    assert_eq!(
-        pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).len(),
-        2,
-        "both pods free again"
+    assert!(
+        api.with_store(|s| s.get(&pods_path(NS), &sb.sandbox_id).is_none()),
+        "the used pod {} is deleted",
+        sb.sandbox_id
+    );
+    assert!(
+        !pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}")).contains(&sb.sandbox_id),
+        "the used pod is not free for the next claim"
     );
 }
 
