@@ -21,7 +21,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +34,13 @@ from opensandbox.sync.adapters.factory import AdapterFactorySync
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandpool_pytest_helpers import free_port, log_tail, per_test_watchdog, stop_process  # noqa: E402
+from sandpool_pytest_helpers import (  # noqa: E402
+    free_port,
+    log_tail,
+    per_test_watchdog,
+    stop_process,
+    wait_ready,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "sandpool-runtime"
@@ -117,6 +122,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=base_dir,
+            # the runtime on the host resolves "~" and relative paths against
+            # HOME: a temp dir, never the host user's home
+            env={**os.environ, "HOME": str(work_dir)},
             start_new_session=True,
         )
 
@@ -129,31 +137,20 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
 
 
 def _wait_until_ready(rt: Runtime) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last_error = "no attempt"
-    while time.monotonic() < deadline:
-        if rt.process.poll() is not None:
-            pytest.fail(
-                f"sandpool-runtime exited with code {rt.process.returncode} during startup.\n"
-                f"--- runtime log ---\n{_log_tail(rt.log_path)}",
-                pytrace=False,
-            )
+    def probe() -> str | None:
         try:
-            response = httpx.get(
-                f"{rt.url}/ping", headers={TOKEN_HEADER: rt.token}, timeout=2.0
-            )
-            if response.status_code == 200:
-                return
-            last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+            response = httpx.get(f"{rt.url}/ping", headers={TOKEN_HEADER: rt.token}, timeout=2.0)
         except httpx.HTTPError as exc:
-            last_error = repr(exc)
-        time.sleep(0.1)
-    _stop(rt.process)
-    pytest.fail(
-        f"sandpool-runtime did not answer GET /ping with 200 within {STARTUP_TIMEOUT}s "
-        f"(last: {last_error}).\n--- runtime log ---\n{_log_tail(rt.log_path)}",
-        pytrace=False,
-    )
+            return f"GET /ping: {exc!r}"
+        if response.status_code == 200:
+            return None
+        return f"GET /ping: HTTP {response.status_code}: {response.text[:200]}"
+
+    try:
+        wait_ready(rt.process, "sandpool-runtime", probe, STARTUP_TIMEOUT, lambda: _log_tail(rt.log_path))
+    except BaseException:
+        _stop(rt.process)
+        raise
 
 
 # --------------------------------------------------------------------------- SDK wiring

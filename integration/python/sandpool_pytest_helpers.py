@@ -12,7 +12,8 @@ import random
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError("no free TCP port below the ephemeral range")
+
+
+def wait_ready(
+    process: subprocess.Popen,
+    name: str,
+    probe: Callable[[], str | None],
+    timeout: float,
+    log: Callable[[], str],
+    interval: float = 0.1,
+) -> None:
+    """Poll ``probe`` until it returns None (ready) or ``timeout`` passes; fail
+    the test at once if ``process`` exits meanwhile. ``probe`` returns why it
+    is not ready yet (reported on timeout); ``log`` gives the process's log tail.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"{name} exited with code {process.returncode} during startup.\n"
+                f"--- {name} log ---\n{log()}",
+                pytrace=False,
+            )
+        last_error = probe() or ""
+        if not last_error:
+            return
+        time.sleep(interval)
+    pytest.fail(
+        f"{name} was not ready within {timeout}s (last: {last_error}).\n"
+        f"--- {name} log ---\n{log()}",
+        pytrace=False,
+    )
 
 
 def stop_process(

@@ -26,6 +26,19 @@ const STOP_GRACE: Duration = Duration::from_secs(120);
 /// Per-request bound of the benchmark HTTP client.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+// The binaries a benchmark runs, as command-line arguments flattened into
+// each benchmark's own (a plain comment: clap would take a doc comment as
+// the benchmark's description).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Binaries {
+    /// The `sandpool` binary.
+    #[arg(long)]
+    pub sandpool: PathBuf,
+    /// Static runtime for sandboxes (default: next to `sandpool`).
+    #[arg(long)]
+    pub runtime_bin: Option<PathBuf>,
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct PlatformSpec {

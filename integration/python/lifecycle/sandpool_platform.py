@@ -33,7 +33,7 @@ from opensandbox.config import ConnectionConfigSync
 _PARENT = Path(__file__).resolve().parents[1]
 if str(_PARENT) not in sys.path:
     sys.path.insert(0, str(_PARENT))
-from sandpool_pytest_helpers import free_port, log_tail, stop_process  # noqa: E402
+from sandpool_pytest_helpers import free_port, log_tail, stop_process, wait_ready  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "sandpool"
@@ -195,28 +195,16 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
 
 
 def _wait_until_healthy(platform: Sandpool) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last_error = "no attempt"
-    while time.monotonic() < deadline:
-        if platform.process.poll() is not None:
-            pytest.fail(
-                f"sandpool exited with code {platform.process.returncode} during startup.\n"
-                f"--- sandpool log ---\n{platform.log_tail()}",
-                pytrace=False,
-            )
+    def probe() -> str | None:
         try:
             response = httpx.get(f"{platform.url}/health", timeout=2.0)
             if response.status_code == 200 and response.json() == {"status": "healthy"}:
-                return
-            last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                return None
+            return f"GET /health: HTTP {response.status_code}: {response.text[:200]}"
         except (httpx.HTTPError, ValueError) as exc:
-            last_error = repr(exc)
-        time.sleep(0.25)
-    pytest.fail(
-        f'sandpool did not answer GET /health with 200 {{"status":"healthy"}} within '
-        f"{STARTUP_TIMEOUT}s (last: {last_error}).\n--- sandpool log ---\n{platform.log_tail()}",
-        pytrace=False,
-    )
+            return f"GET /health: {exc!r}"
+
+    wait_ready(platform.process, "sandpool", probe, STARTUP_TIMEOUT, platform.log_tail, interval=0.25)
 
 
 def stop(platform: Sandpool, keep_log: bool = True) -> None:

@@ -5,24 +5,20 @@
 //!
 //!     ./target/release/bench-claim --sandpool target/release/sandpool --rounds 6
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use sandpool_integration::{
     Summary,
-    platform::{Api, Platform, PlatformSpec, cold_claim, warm_claim},
+    platform::{Api, Binaries, Platform, PlatformSpec, cold_claim, warm_claim},
     summarize,
 };
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The `sandpool` binary.
-    #[arg(long)]
-    sandpool: PathBuf,
-    /// Static runtime for sandboxes (default: next to `sandpool`).
-    #[arg(long)]
-    runtime_bin: Option<PathBuf>,
+    #[command(flatten)]
+    bin: Binaries,
     /// Rounds per scenario (bounded: at most 50).
     #[arg(long, default_value_t = 6)]
     rounds: usize,
@@ -76,8 +72,8 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let rounds = a.rounds.clamp(1, 50);
     let spec = PlatformSpec {
-        sandpool: a.sandpool,
-        runtime_bin: a.runtime_bin,
+        sandpool: a.bin.sandpool,
+        runtime_bin: a.bin.runtime_bin,
         name: "spbench-claim".into(),
         bridge: "spbench1".into(),
         subnet: "10.213.251.0/24".into(),

@@ -102,43 +102,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "/bin/sh"
     };
-    let mut direct = Vec::with_capacity(iterations);
-    for i in 0..iterations + args.warmup {
-        let t = Instant::now();
-        let st = Command::new(shell)
-            .args(["-c", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()?;
-        if !st.status.success() {
-            bail!("baseline command failed");
-        }
-        if i >= args.warmup {
-            direct.push(t.elapsed());
-        }
-    }
+    let direct = time_runs(iterations, args.warmup, || {
+        let mut c = Command::new(shell);
+        c.args(["-c", "true"]);
+        c
+    })?;
 
     // Second baseline: fork/exec the `true` binary itself (no shell).
     let true_bin = ["/usr/bin/true", "/bin/true"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("true");
-    let mut direct_true = Vec::with_capacity(iterations);
-    for i in 0..iterations + args.warmup {
-        let t = Instant::now();
-        let st = Command::new(true_bin)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()?;
-        if !st.status.success() {
-            bail!("baseline command failed");
-        }
-        if i >= args.warmup {
-            direct_true.push(t.elapsed());
-        }
-    }
+    let direct_true = time_runs(iterations, args.warmup, || Command::new(true_bin))?;
 
     // execd HTTP: POST /command {"command":"true"} and read the stream to its end.
     let mut over_http = Vec::with_capacity(iterations);
@@ -247,4 +222,28 @@ async fn main() -> anyhow::Result<()> {
         rss_after as f64 / 1024.0
     );
     Ok(())
+}
+
+/// Run a command `warmup + n` times; the wall time of the last `n` runs.
+fn time_runs(
+    n: usize,
+    warmup: usize,
+    command: impl Fn() -> Command,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let t = Instant::now();
+        let st = command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()?;
+        if !st.status.success() {
+            bail!("baseline command failed");
+        }
+        if i >= warmup {
+            times.push(t.elapsed());
+        }
+    }
+    Ok(times)
 }

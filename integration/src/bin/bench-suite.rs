@@ -23,19 +23,15 @@ use futures_util::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use sandpool_integration::{
     Summary,
-    platform::{Api, Platform, PlatformSpec, cold_claim, warm_claim},
+    platform::{Api, Binaries, Platform, PlatformSpec, cold_claim, warm_claim},
     rss_kib, status_kib, summarize, summarize_values,
 };
 use sandpool_node_agent::spec::RUNTIME_PATH_IN_SANDBOX;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The `sandpool` binary.
-    #[arg(long)]
-    sandpool: PathBuf,
-    /// Static runtime for sandboxes (default: next to `sandpool`).
-    #[arg(long)]
-    runtime_bin: Option<PathBuf>,
+    #[command(flatten)]
+    bin: Binaries,
     /// Claims of the warm and cold scenarios (bounded: 1 to 50).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
@@ -104,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
     let header = Header::now(rounds);
 
     let spec = PlatformSpec {
-        sandpool: a.sandpool,
-        runtime_bin: a.runtime_bin,
+        sandpool: a.bin.sandpool,
+        runtime_bin: a.bin.runtime_bin,
         name: "spbench-suite".into(),
         bridge: "spbench2".into(),
         subnet: "10.213.252.0/24".into(),
