@@ -8,6 +8,7 @@
 use std::{process::Command, sync::Arc, time::Duration};
 
 use sandpool_node_agent::{
+    agent::Agent,
     service::NodeAgentService,
     testkit::{TestNode as Node, gate},
 };
@@ -91,114 +92,14 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
             .await
             .unwrap();
         let info = sb.info("test-node");
-        assert_eq!(info.state, pb::SandboxState::Warm as i32);
-        assert!(
-            info.ip.starts_with("10.213.1."),
-            "IP on the node bridge: {}",
-            info.ip
-        );
-        assert_eq!(
-            ping(&info).await,
-            200,
-            "runtime reachable at {}:44772",
-            info.ip
-        );
-        let (kernel, code) = exec(&info, "uname -r").await;
-        assert_eq!(code, 0);
-        match class {
-            // gVisor reports its own kernel version
-            pb::RuntimeClass::Runsc => {
-                assert_ne!(kernel.trim(), host_release, "runsc sandbox runs on gVisor")
-            }
-            _ => assert_eq!(kernel.trim(), host_release),
-        }
-        let (env, _) = exec(&info, "echo $TEMPLATE_VAR").await;
-        assert_eq!(env, "from-template\n");
-        // The token is enforced.
-        let r = reqwest::Client::new()
-            .post(format!("http://{}:44772/command", info.ip))
-            .json(&json!({"command": "true"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
-        // Orphaned grandchildren are reaped: the runtime runs as the
-        // sandbox's init and keeps no zombies around.
-        let (orphan, _) = exec(&info, "sleep 0.2 & echo $!; exit 0").await;
-        let orphan = orphan.trim().to_string();
-        assert!(
-            orphan.parse::<u32>().is_ok(),
-            "pid of the orphan: {orphan:?}"
-        );
-        // Poll (up to 5 s) until the orphan has exited and been reaped (its
-        // /proc entry is gone, so a zero count below is not vacuous) and no
-        // zombie is left.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let (mut reaped, mut zombies);
-        loop {
-            reaped = exec(&info, &format!("[ -e /proc/{orphan} ] || echo reaped"))
-                .await
-                .0;
-            zombies = exec(
-                &info,
-                "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z",
-            )
-            .await
-            .0;
-            if (reaped.trim() == "reaped" && zombies.trim() == "0")
-                || tokio::time::Instant::now() >= deadline
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(zombies.trim(), "0", "zombies in a {class:?} sandbox");
-        assert_eq!(
-            reaped.trim(),
-            "reaped",
-            "the orphan {orphan} in a {class:?} sandbox exited and was reaped within 5 s"
-        );
+        check_fresh_sandbox(&info, class, &host_release).await;
         infos.push(info);
     }
 
     eprintln!("[{:?}] sandboxes created", t0.elapsed());
     // Inject an entrypoint with env into each; it writes a marker and keeps running.
     for info in &infos {
-        let (st, took) = node
-            .agent()
-            .inject(
-                &info.sandbox_id,
-                pb::InjectRequest {
-                    argv: vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into(),
-                    ],
-                    env: [
-                        ("GREETING".to_string(), "hello".to_string()),
-                        ("ROLE".to_string(), "agent".to_string()),
-                    ]
-                    .into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(st.phase, pb::ProcessPhase::Running as i32);
-        assert!(took < Duration::from_secs(10));
-        let mut got = String::new();
-        for _ in 0..100 {
-            got = exec(info, "cat /tmp/greeting 2>/dev/null").await.0;
-            if !got.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(got, "hello agent\n");
-        assert_eq!(
-            node.agent().get(&info.sandbox_id).unwrap().state,
-            pb::SandboxState::Claimed
-        );
+        inject_greeting(&node, info).await;
     }
 
     eprintln!("[{:?}] injected", t0.elapsed());
@@ -231,6 +132,140 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     eprintln!("[{:?}] rebooted", t0.elapsed());
     let listed = node.agent().list("pool-a");
     assert_eq!(listed.len(), 4, "all sandboxes recovered");
+    check_recovered(&listed, &infos, &fresh, &used).await;
+
+    eprintln!("[{:?}] checked after restart", t0.elapsed());
+    for info in infos.iter().chain([&fresh, &used]) {
+        node.agent()
+            .release(&info.sandbox_id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
+        assert_eq!(ping(info).await, 0, "released sandbox is gone");
+    }
+    eprintln!("[{:?}] released", t0.elapsed());
+    node.assert_no_residue().await;
+}
+
+/// A new sandbox of `class`: warm, on the node bridge, its runtime answers
+/// and enforces its token, it runs on the expected kernel with the
+/// template's env, and its init reaps orphans.
+async fn check_fresh_sandbox(info: &pb::SandboxInfo, class: pb::RuntimeClass, host_release: &str) {
+    assert_eq!(info.state, pb::SandboxState::Warm as i32);
+    assert!(
+        info.ip.starts_with("10.213.1."),
+        "IP on the node bridge: {}",
+        info.ip
+    );
+    assert_eq!(
+        ping(info).await,
+        200,
+        "runtime reachable at {}:44772",
+        info.ip
+    );
+    let (kernel, code) = exec(info, "uname -r").await;
+    assert_eq!(code, 0);
+    match class {
+        // gVisor reports its own kernel version
+        pb::RuntimeClass::Runsc => {
+            assert_ne!(kernel.trim(), host_release, "runsc sandbox runs on gVisor")
+        }
+        _ => assert_eq!(kernel.trim(), host_release),
+    }
+    let (env, _) = exec(info, "echo $TEMPLATE_VAR").await;
+    assert_eq!(env, "from-template\n");
+    // The token is enforced.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}:44772/command", info.ip))
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Orphaned grandchildren are reaped: the runtime runs as the
+    // sandbox's init and keeps no zombies around.
+    let (orphan, _) = exec(info, "sleep 0.2 & echo $!; exit 0").await;
+    let orphan = orphan.trim().to_string();
+    assert!(
+        orphan.parse::<u32>().is_ok(),
+        "pid of the orphan: {orphan:?}"
+    );
+    // Poll (up to 5 s) until the orphan has exited and been reaped (its
+    // /proc entry is gone, so a zero count below is not vacuous) and no
+    // zombie is left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut reaped, mut zombies);
+    loop {
+        reaped = exec(info, &format!("[ -e /proc/{orphan} ] || echo reaped"))
+            .await
+            .0;
+        zombies = exec(
+            info,
+            "for f in /proc/[0-9]*/stat; do cut -d' ' -f3 $f; done | grep -c Z",
+        )
+        .await
+        .0;
+        if (reaped.trim() == "reaped" && zombies.trim() == "0")
+            || tokio::time::Instant::now() >= deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(zombies.trim(), "0", "zombies in a {class:?} sandbox");
+    assert_eq!(
+        reaped.trim(),
+        "reaped",
+        "the orphan {orphan} in a {class:?} sandbox exited and was reaped within 5 s"
+    );
+}
+
+/// Inject an entrypoint with env that writes a marker and keeps running.
+async fn inject_greeting(node: &Node, info: &pb::SandboxInfo) {
+    let (st, took) = node
+        .agent()
+        .inject(
+            &info.sandbox_id,
+            pb::InjectRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into(),
+                ],
+                env: [
+                    ("GREETING".to_string(), "hello".to_string()),
+                    ("ROLE".to_string(), "agent".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.phase, pb::ProcessPhase::Running as i32);
+    assert!(took < Duration::from_secs(10));
+    let mut got = String::new();
+    for _ in 0..100 {
+        got = exec(info, "cat /tmp/greeting 2>/dev/null").await.0;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, "hello agent\n");
+    assert_eq!(
+        node.agent().get(&info.sandbox_id).unwrap().state,
+        pb::SandboxState::Claimed
+    );
+}
+
+/// After an agent and containerd restart: all sandboxes are listed with
+/// their identity and state; a used one is never warm again.
+async fn check_recovered(
+    listed: &[pb::SandboxInfo],
+    infos: &[pb::SandboxInfo],
+    fresh: &pb::SandboxInfo,
+    used: &pb::SandboxInfo,
+) {
     let state_of = |id: &str| listed.iter().find(|s| s.sandbox_id == id).map(|s| s.state);
     assert_eq!(
         state_of(&fresh.sandbox_id),
@@ -242,7 +277,7 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         Some(pb::SandboxState::Claimed as i32),
         "a used sandbox is never warm again"
     );
-    for info in &infos {
+    for info in infos {
         let again = listed
             .iter()
             .find(|s| s.sandbox_id == info.sandbox_id)
@@ -258,17 +293,6 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
         assert_eq!(again.runtime_class, info.runtime_class);
         assert_eq!(exec(again, "cat /tmp/greeting").await.0, "hello agent\n");
     }
-
-    eprintln!("[{:?}] checked after restart", t0.elapsed());
-    for info in infos.iter().chain([&fresh, &used]) {
-        node.agent()
-            .release(&info.sandbox_id, pb::ReleasePolicy::Delete)
-            .await
-            .unwrap();
-        assert_eq!(ping(info).await, 0, "released sandbox is gone");
-    }
-    eprintln!("[{:?}] released", t0.elapsed());
-    node.assert_no_residue().await;
 }
 
 /// A containerd killed while it prepared a snapshot can leave the new
@@ -500,10 +524,8 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
     node.assert_no_residue().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 3).await;
+/// The node's agent served over gRPC on a loopback port, and a client.
+async fn serve_agent(node: &Node) -> NodeAgentClient<tonic::transport::Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(
@@ -514,11 +536,14 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let mut c = NodeAgentClient::connect(format!("http://{addr}"))
+    NodeAgentClient::connect(format!("http://{addr}"))
         .await
-        .unwrap();
+        .unwrap()
+}
 
-    let cases: Vec<(pb::SandboxTemplate, &str)> = vec![
+/// Templates the agent must refuse, each with a word its error names.
+fn bad_templates() -> Vec<(pb::SandboxTemplate, &'static str)> {
+    vec![
         (
             pb::SandboxTemplate {
                 image: "no-such-image:1".into(),
@@ -560,8 +585,16 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
             },
             "image is required",
         ),
-    ];
-    for (t, needle) in cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 3).await;
+    let mut c = serve_agent(&node).await;
+
+    for (t, needle) in bad_templates() {
         let e = c
             .create_sandbox(pb::CreateSandboxRequest {
                 pool: "p".into(),
@@ -664,17 +697,10 @@ async fn debian_python_image_is_built_once_and_runs_python() {
 
 /// Kubernetes mode: a container carrying the kubelet's CRI labels is found by
 /// pod and paused/resumed as a pod; a counter keeps its value across the pause.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cri_labelled_pods_pause_and_resume_keeping_state() {
-    use sandpool_node_agent::cri::{self, CriNode};
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 7).await;
-    let sb = node
-        .agent()
-        .create("pool-k", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap();
-    let info = sb.info("test-node");
+/// Label a sandbox's container as the CRI labels a pod's container
+/// (`sandpool/agent-pool-abcde`).
+async fn label_as_cri_pod(node: &Node, sandbox_id: &str) {
+    use sandpool_node_agent::cri;
     let labels = [
         (cri::POD_NAMESPACE, "sandpool"),
         (cri::POD_NAME, "agent-pool-abcde"),
@@ -687,9 +713,40 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     .collect();
     node.agent()
         .ctr()
-        .set_labels(&info.sandbox_id, labels)
+        .set_labels(sandbox_id, labels)
         .await
         .unwrap();
+}
+
+/// The counter a sandbox writes to /tmp/c, read through its runtime (up to 5 s
+/// for it to start).
+async fn read_counter(info: &pb::SandboxInfo) -> u64 {
+    for _ in 0..100 {
+        if let Ok(v) = exec(info, "cat /tmp/c 2>/dev/null")
+            .await
+            .0
+            .trim()
+            .parse::<u64>()
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the counter never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_labelled_pods_pause_and_resume_keeping_state() {
+    use sandpool_node_agent::cri::CriNode;
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 7).await;
+    let sb = node
+        .agent()
+        .create("pool-k", template(pb::RuntimeClass::Runc), None)
+        .await
+        .unwrap();
+    let info = sb.info("test-node");
+    label_as_cri_pod(&node, &info.sandbox_id).await;
     let cri = CriNode::new(node.agent().ctr().clone(), "test-node");
     let pods = cri.pods().await.unwrap();
     assert!(
@@ -701,20 +758,7 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     let (_, code) =
         exec(&info, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c.t && mv /tmp/c.t /tmp/c; sleep 0.05; done) >/dev/null 2>&1 &").await;
     assert_eq!(code, 0);
-    let counter = || async {
-        for _ in 0..100 {
-            if let Ok(v) = exec(&info, "cat /tmp/c 2>/dev/null")
-                .await
-                .0
-                .trim()
-                .parse::<u64>()
-            {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the counter never started");
-    };
+    let counter = || read_counter(&info);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before = counter().await;
     assert!(before > 0);
@@ -939,6 +983,32 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
     node.assert_no_residue().await;
 }
 
+/// Checkpoint on this node (CRIU fails on its kernel; runsc needs a
+/// network-less sandbox): no working path, and the error says which and why.
+async fn checkpoint_is_unsupported_here(
+    agent: &Arc<Agent>,
+    runc: &pb::SandboxInfo,
+    runsc: &pb::SandboxInfo,
+) {
+    let e = agent
+        .checkpoint(&runsc.sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"),
+        "{e}"
+    );
+    let e = agent
+        .checkpoint(&runc.sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"),
+        "{e}"
+    );
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
+}
+
 /// Dynamic mounts: a host directory under the mount root appears inside a
 /// running sandbox (read-only or read-write), is gone after unmount, and bad
 /// requests get clear errors; nothing is left after release.
@@ -1009,24 +1079,7 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("need a runc sandbox"), "{e}");
-    // checkpoint: this node has no working path, and says which and why
-    let e = agent
-        .checkpoint(&g.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"),
-        "{e}"
-    );
-    let e = agent
-        .checkpoint(&a.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"),
-        "{e}"
-    );
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
+    checkpoint_is_unsupported_here(agent, &a, &g).await;
     agent.pause(&a.sandbox_id).await.unwrap();
     let e = agent.pause(&a.sandbox_id).await.unwrap_err();
     assert!(e.to_string().contains("already paused"), "{e}");
@@ -1099,6 +1152,76 @@ async fn start_repl(info: &pb::SandboxInfo) {
 /// through the agent's tunnel): Python state survives checkpoint, kill and
 /// restore; one checkpoint forks into 3 sandboxes that go on independently;
 /// clear errors; nothing left behind.
+/// Fork three sandboxes from one checkpoint: each goes on with its own
+/// state from there, and the first restore is untouched.
+async fn fork_three(
+    agent: &Arc<Agent>,
+    ck: &pb::CheckpointInfo,
+    restored: &pb::SandboxInfo,
+) -> Vec<pb::SandboxInfo> {
+    let forks: Vec<pb::SandboxInfo> = agent
+        .fork(&ck.checkpoint_id, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.info("test-node"))
+        .collect();
+    assert_eq!(forks.len(), 3);
+    for (i, f) in forks.iter().enumerate() {
+        assert_eq!(
+            py(f, &format!("a += {}; print(a)", 10 * (i + 1))).await,
+            format!("{}\n", 1 + 10 * (i + 1))
+        );
+    }
+    for (i, f) in forks.iter().enumerate() {
+        assert_eq!(
+            py(f, "print(a)").await,
+            format!("{}\n", 1 + 10 * (i + 1)),
+            "fork {i} kept its own state"
+        );
+    }
+    assert_eq!(
+        py(restored, "print(a)").await,
+        "1\n",
+        "the first restore is untouched by the forks"
+    );
+
+    forks
+}
+
+/// Checkpoint, restore and fork refuse bad requests with clear errors.
+async fn checkpoint_errors(agent: &Arc<Agent>, fork: &pb::SandboxInfo, ck: &pb::CheckpointInfo) {
+    agent.pause(&fork.sandbox_id).await.unwrap();
+    let e = agent
+        .checkpoint(&fork.sandbox_id, false, "", "")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("paused"), "{e}");
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+    agent.resume(&fork.sandbox_id).await.unwrap();
+    let e = agent.restore("ck-nope", None).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
+    let e = agent.restore("../etc", None).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    let e = agent
+        .create(
+            "pool-ck",
+            pb::SandboxTemplate {
+                checkpointable: true,
+                ..template(pb::RuntimeClass::Runc)
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("RUNSC"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     let Some(runtime) = gate() else { return };
@@ -1154,33 +1277,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     assert_eq!(r.state, pb::SandboxState::Claimed as i32);
     assert_eq!(py(&r, "print(a)").await, "1\n");
 
-    // fork: three sandboxes from one checkpoint, each on its own from there
-    let forks: Vec<pb::SandboxInfo> = agent
-        .fork(&ck.checkpoint_id, 3)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| s.info("test-node"))
-        .collect();
-    assert_eq!(forks.len(), 3);
-    for (i, f) in forks.iter().enumerate() {
-        assert_eq!(
-            py(f, &format!("a += {}; print(a)", 10 * (i + 1))).await,
-            format!("{}\n", 1 + 10 * (i + 1))
-        );
-    }
-    for (i, f) in forks.iter().enumerate() {
-        assert_eq!(
-            py(f, "print(a)").await,
-            format!("{}\n", 1 + 10 * (i + 1)),
-            "fork {i} kept its own state"
-        );
-    }
-    assert_eq!(
-        py(&r, "print(a)").await,
-        "1\n",
-        "the first restore is untouched by the forks"
-    );
+    let forks = fork_three(agent, &ck, &r).await;
 
     // a checkpoint without leave_running stops the sandbox
     let ck2 = agent
@@ -1201,36 +1298,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
         "{ids:?}"
     );
 
-    // clear errors
-    agent.pause(&forks[0].sandbox_id).await.unwrap();
-    let e = agent
-        .checkpoint(&forks[0].sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("paused"), "{e}");
-    assert_eq!(
-        tonic::Status::from(e).code(),
-        tonic::Code::FailedPrecondition
-    );
-    agent.resume(&forks[0].sandbox_id).await.unwrap();
-    let e = agent.restore("ck-nope", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
-    let e = agent.restore("../etc", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent
-        .create(
-            "pool-ck",
-            pb::SandboxTemplate {
-                checkpointable: true,
-                ..template(pb::RuntimeClass::Runc)
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("RUNSC"), "{e}");
+    checkpoint_errors(agent, &forks[0], &ck).await;
 
     for f in &forks {
         agent
