@@ -73,6 +73,26 @@ async fn ping(info: &pb::SandboxInfo) -> u16 {
         .unwrap_or(0)
 }
 
+/// A new warm sandbox of `class` in `pool`, as the scheduler would see it.
+async fn new_sandbox(node: &Node, pool: &str, class: pb::RuntimeClass) -> pb::SandboxInfo {
+    node.agent()
+        .create(pool, template(class), None)
+        .await
+        .unwrap()
+        .info("test-node")
+}
+
+/// Delete these sandboxes (by id); nothing may be left on the node.
+async fn release_all(node: &Node, ids: &[&str]) {
+    for id in ids {
+        node.agent()
+            .release(id, pb::ReleasePolicy::Delete)
+            .await
+            .unwrap();
+    }
+    node.assert_no_residue().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     let Some(runtime) = gate() else { return };
@@ -105,18 +125,8 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     eprintln!("[{:?}] injected", t0.elapsed());
     // Two more warm ones: one untouched, one whose runtime served a request
     // but whose claimed label never got written (a crash right after inject).
-    let fresh = node
-        .agent()
-        .create("pool-a", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
-    let used = node
-        .agent()
-        .create("pool-a", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let fresh = new_sandbox(&node, "pool-a", pb::RuntimeClass::Runc).await;
+    let used = new_sandbox(&node, "pool-a", pb::RuntimeClass::Runc).await;
     assert_eq!(exec(&used, "echo someone-was-here").await.1, 0);
     // Restart the agent and its containerd: nothing is lost.
     node.stop();
@@ -331,11 +341,7 @@ async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_create
             .exists(),
         "the stale directory under the first id handed out again was removed"
     );
-    node.agent()
-        .release(&sb.id, pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &[&sb.id]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,11 +386,7 @@ async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
         node.agent().get(&sb.id).unwrap().state,
         pb::SandboxState::Failed
     );
-    node.agent()
-        .release(&sb.id, pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &[&sb.id]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,11 +442,7 @@ async fn recycle_resets_and_returns_to_warm() {
         Some("gone"),
         "rootfs reset"
     );
-    node.agent()
-        .release("sb-recycle", pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &["sb-recycle"]).await;
 }
 
 /// In-place image upgrade: a claimed busybox sandbox restarts on the Python
@@ -517,11 +515,7 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
         tonic::Status::from(e).code(),
         tonic::Code::FailedPrecondition
     );
-    agent
-        .release(&sb.id, pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &[&sb.id]).await;
 }
 
 /// The node's agent served over gRPC on a loopback port, and a client.
@@ -543,49 +537,32 @@ async fn serve_agent(node: &Node) -> NodeAgentClient<tonic::transport::Channel> 
 
 /// Templates the agent must refuse, each with a word its error names.
 fn bad_templates() -> Vec<(pb::SandboxTemplate, &'static str)> {
+    let with = |change: fn(&mut pb::SandboxTemplate)| {
+        let mut t = template(pb::RuntimeClass::Runc);
+        change(&mut t);
+        t
+    };
     vec![
         (
-            pb::SandboxTemplate {
-                image: "no-such-image:1".into(),
-                ..template(pb::RuntimeClass::Runc)
-            },
+            with(|t| t.image = "no-such-image:1".into()),
             "unknown image",
         ),
+        (with(|t| t.resources = Some(resources("lots", ""))), "cpu"),
         (
-            pb::SandboxTemplate {
-                resources: Some(pb::Resources {
-                    cpu: "lots".into(),
-                    ..Default::default()
-                }),
-                ..template(pb::RuntimeClass::Runc)
-            },
-            "cpu",
-        ),
-        (
-            pb::SandboxTemplate {
-                resources: Some(pb::Resources {
-                    memory: "12XB".into(),
-                    ..Default::default()
-                }),
-                ..template(pb::RuntimeClass::Runc)
-            },
+            with(|t| t.resources = Some(resources("", "12XB"))),
             "memory",
         ),
-        (
-            pb::SandboxTemplate {
-                runtime_class: 7,
-                ..template(pb::RuntimeClass::Runc)
-            },
-            "runtime class",
-        ),
-        (
-            pb::SandboxTemplate {
-                image: String::new(),
-                ..template(pb::RuntimeClass::Runc)
-            },
-            "image is required",
-        ),
+        (with(|t| t.runtime_class = 7), "runtime class"),
+        (with(|t| t.image.clear()), "image is required"),
     ]
+}
+
+fn resources(cpu: &str, memory: &str) -> pb::Resources {
+    pb::Resources {
+        cpu: cpu.into(),
+        memory: memory.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,11 +665,7 @@ async fn debian_python_image_is_built_once_and_runs_python() {
         os.trim().chars().next().is_some_and(|c| c.is_ascii_digit()),
         "Debian rootfs: {os:?}"
     );
-    node.agent()
-        .release(&sb.id, pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &[&sb.id]).await;
 }
 
 /// Kubernetes mode: a container carrying the kubelet's CRI labels is found by
@@ -819,11 +792,7 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert!(err.to_string().contains("no containers"), "{err}");
     let err = cri.pause("no-slash").await.unwrap_err();
     assert!(err.to_string().contains("<namespace>/<pod>"), "{err}");
-    node.agent()
-        .release(&info.sandbox_id, pb::ReleasePolicy::Delete)
-        .await
-        .unwrap();
-    node.assert_no_residue().await;
+    release_all(&node, &[&info.sandbox_id]).await;
 }
 
 /// Tenants kept apart on the node bridge: a sandbox cannot open connections
@@ -834,18 +803,8 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
 async fn sandboxes_cannot_reach_each_other_or_the_host() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 8).await;
-    let a = node
-        .agent()
-        .create("pool-n", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
-    let b = node
-        .agent()
-        .create("pool-n", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let a = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
+    let b = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
     // something listening on the host, on every address (like an agent or gateway would)
     let host_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let host_port = host_listener.local_addr().unwrap().port();
@@ -896,13 +855,7 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     assert_eq!(r.status(), 401, "a token of one sandbox works on another");
     assert_ne!(a.access_token, b.access_token);
     server.abort();
-    for sb in [&a, &b] {
-        node.agent()
-            .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
-            .await
-            .unwrap();
-    }
-    node.assert_no_residue().await;
+    release_all(&node, &[&a.sandbox_id, &b.sandbox_id]).await;
 }
 
 /// Process hardening: a default sandbox runs as the unprivileged `user`
@@ -918,12 +871,7 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
                  if touch /etc/probe 2>/dev/null; then echo etc-writable; else echo etc-denied; fi; \
                  if touch $HOME/probe; then echo home-writable; fi; \
                  if echo x >> /.sandpool/sandpool-runtime 2>/dev/null; then echo runtime-writable; else echo runtime-readonly; fi";
-    let user = node
-        .agent()
-        .create("pool-h", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let user = new_sandbox(&node, "pool-h", pb::RuntimeClass::Runc).await;
     let (out, code) = exec(&user, probe).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
@@ -974,13 +922,7 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
         !lines.contains(&"CapEff: 0000000000000000"),
         "root keeps its reduced capability set: {out}"
     );
-    for sb in [&user, &root] {
-        node.agent()
-            .release(&sb.sandbox_id, pb::ReleasePolicy::Delete)
-            .await
-            .unwrap();
-    }
-    node.assert_no_residue().await;
+    release_all(&node, &[&user.sandbox_id, &root.sandbox_id]).await;
 }
 
 /// Checkpoint on this node (CRIU fails on its kernel; runsc needs a
@@ -1017,11 +959,7 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 9).await;
     let agent = node.agent();
-    let a = agent
-        .create("pool-m", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let a = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runc).await;
     let root = agent.cfg.mount_roots[0].clone();
     let (ro, rw) = (root.join("dataset"), root.join("results"));
     for d in [&ro, &rw] {
@@ -1069,11 +1007,7 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     assert!(e.to_string().contains("reserved"), "{e}");
     let e = agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap_err();
     assert!(e.to_string().contains("not a mount"), "{e}");
-    let g = agent
-        .create("pool-m", template(pb::RuntimeClass::Runsc), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let g = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runsc).await;
     let e = agent
         .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
         .await
