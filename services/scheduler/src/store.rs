@@ -126,4 +126,28 @@ mod tests {
         assert_eq!(claims, vec![serde_json::json!({"x": 2})]);
         assert_eq!(s.all::<serde_json::Value>(Table::Pools).unwrap().len(), 1);
     }
+
+    #[test]
+    fn a_store_failure_keeps_redb_error_as_its_source() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.redb");
+        let _held = Store::open(&p).unwrap();
+        // redb refuses a second open of the same file
+        let Err(e) = Store::open(&p) else {
+            panic!("a database open twice")
+        };
+        assert!(
+            matches!(
+                e,
+                SchedError::Store {
+                    what: "opening the database",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let source = std::error::Error::source(&e).expect("the redb error");
+        assert!(source.downcast_ref::<redb::Error>().is_some(), "{source:?}");
+        assert_eq!(e.kind(), "store");
+    }
 }

@@ -321,3 +321,18 @@ impl Scheduler {
         tracing::debug!(node = %node, "node event stream closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_jittered_up_to_the_cap_and_never_run_out() {
+        let waits: Vec<Duration> = reconnect_backoff().take(50).collect();
+        assert_eq!(waits.len(), 50, "the backoff never gives up");
+        assert!(waits[0] >= Duration::from_millis(200), "{:?}", waits[0]);
+        // jitter adds at most one more delay's worth
+        assert!(waits.iter().all(|w| *w <= RECONNECT_MAX * 2), "{waits:?}");
+        assert!(waits[20..].iter().all(|w| *w >= RECONNECT_MAX), "{waits:?}");
+    }
+}
