@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sandpool_core::{batch, claim::ClaimEvent};
 use sandpool_proto::v1 as pb;
 
-use super::*;
+use super::{ClaimRec, Scheduler};
 use crate::error::{Result, SchedError};
 
 impl Scheduler {

@@ -8,7 +8,7 @@ use sandpool_proto::{
     v1::{self as pb, node_agent_client::NodeAgentClient},
 };
 
-use super::*;
+use super::{Busy, ClaimRec, SandboxRef, Scheduler, expiry_ms, new_sandbox_id, node_err, now_ms};
 use crate::{
     error::{Result, SchedError},
     store::Table,

@@ -8,7 +8,10 @@ use sandpool_core::{
 };
 use sandpool_proto::v1 as pb;
 
-use super::*;
+use super::{
+    Busy, ClaimRec, Claiming, SandboxRef, Scheduler, State, expiry_ms, new_sandbox_id, node_err,
+    now_ms, template_from_pb,
+};
 use crate::{
     error::{Result, SchedError},
     store::Table,

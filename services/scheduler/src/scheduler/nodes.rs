@@ -13,7 +13,7 @@ use sandpool_core::{
 };
 use sandpool_proto::v1 as pb;
 
-use super::*;
+use super::{ClaimRec, PoolEntry, PoolRec, Scheduler, State, node_err, now_ms};
 use crate::{error::Result, store::Table};
 
 /// Longest wait between two reconnection attempts to a node.

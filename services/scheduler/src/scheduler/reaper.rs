@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use sandpool_core::claim::{ClaimEvent, ClaimState, is_expired};
 use sandpool_proto::v1 as pb;
 
-use super::*;
+use super::{ClaimRec, Scheduler, now_ms};
 
 impl Scheduler {
     pub(super) async fn reap_loop(self: Arc<Self>) {
