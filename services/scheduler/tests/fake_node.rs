@@ -35,6 +35,8 @@ struct Books {
     watchers: Vec<mpsc::Sender<Result<pb::NodeEvent, Status>>>,
     /// refuse every inject
     fail_inject: bool,
+    /// never answer an inject
+    hang_inject: bool,
     next_id: u32,
 }
 
@@ -121,6 +123,9 @@ impl NodeAgent for FakeNode {
 
     async fn inject(&self, r: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
         let r = r.into_inner();
+        if self.books().hang_inject {
+            std::future::pending::<()>().await;
+        }
         let mut b = self.books();
         if b.fail_inject {
             return Err(Status::internal("inject refused by the fake node"));
@@ -530,4 +535,25 @@ async fn a_failed_inject_undoes_the_claim() {
         .unwrap();
     assert_eq!(c.id, "doomed");
     assert_eq!(status(&s, "f").allocated, 1);
+}
+
+#[tokio::test]
+async fn an_abandoned_claim_gives_its_allocation_back() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("a", 1, 1, 4)).unwrap();
+    wait_available(&s, "a", 1).await;
+    node.books().hang_inject = true;
+    // the caller gives up while the inject hangs: the claim future is dropped
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        s.claim(claim_req("a", &["true"])),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the inject hangs");
+    assert_eq!(status(&s, "a").allocated, 0);
+    assert!(s.list_claims("", &[], &BTreeMap::new()).is_empty());
+    node.books().hang_inject = false;
+    let c = s.claim(claim_req("a", &["true"])).await.unwrap();
+    assert_eq!(status(&s, "a").allocated, 1);
+    assert_eq!(s.get_claim(&c.id).unwrap().state, ClaimState::Bound);
 }
