@@ -1,7 +1,7 @@
 //! Scheduler state and I/O, split by concern:
-//! [`records`] (records and proto conversions), [`nodes`] (node watch and
-//! resync), [`refill`] (pools and their replenishment), [`claim`],
-//! [`checkpoints`], [`reaper`] (TTL and idle pause) and [`batches`].
+//! `records` (records and proto conversions), `nodes` (node watch and
+//! resync), `refill` (pools and their replenishment), `claim`,
+//! `checkpoints`, `reaper` (TTL and idle pause) and `batches`.
 
 mod batches;
 mod checkpoints;
