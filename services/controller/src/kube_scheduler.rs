@@ -520,29 +520,12 @@ impl Scheduler for KubeScheduler {
                 claims.push(c);
             }
         }
-        let total = claims.len() as u32;
-        let start: usize = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page_token"))?
-        };
-        let size = if r.page_size == 0 {
-            claims.len()
-        } else {
-            r.page_size as usize
-        };
-        let page: Vec<pb::Claim> = claims.into_iter().skip(start).take(size).collect();
-        let next = if start + page.len() < total as usize {
-            (start + page.len()).to_string()
-        } else {
-            String::new()
-        };
+        let page = sandpool_core::page::page(claims, &r.page_token, r.page_size)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::ListClaimsResponse {
-            claims: page,
-            next_page_token: next,
-            total,
+            claims: page.items,
+            next_page_token: page.next_token,
+            total: page.total,
         }))
     }
 

@@ -5,10 +5,12 @@
 //! * [`claim`]: the claim state machine and TTL.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
+//! * [`page`]: paging of ordered lists (ListClaims).
 
 pub mod batch;
 pub mod claim;
 pub mod node_sync;
+pub mod page;
 pub mod pool;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -22,6 +24,8 @@ pub enum CoreError {
     },
     #[error("invalid patch: {0}")]
     InvalidPatch(String),
+    #[error("bad page token {0:?}: not an offset from an earlier page")]
+    InvalidPageToken(String),
 }
 
 /// A sandbox template in serde form (the proto `SandboxTemplate` lives in
@@ -45,7 +49,8 @@ pub struct Template {
     /// "delete" | "recycle"
     #[serde(default)]
     pub release_policy: String,
-    /// Run as root instead of the default unprivileged user (uid 1000).
+    /// Run as root instead of the default unprivileged sandbox user (uid/gid
+    /// 61000, the node agent's `SANDBOX_USER`).
     #[serde(default)]
     pub run_as_root: bool,
     /// runsc without a network, so it can be checkpointed, restored, forked.

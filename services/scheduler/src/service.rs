@@ -191,29 +191,12 @@ impl scheduler_server::Scheduler for SchedulerService {
             .collect::<Result<Vec<_>, _>>()?;
         let md: BTreeMap<String, String> = r.metadata.into_iter().collect();
         let all = self.s.list_claims(&r.pool, &states, &md);
-        let total = all.len() as u32;
-        let start: usize = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page token"))?
-        };
-        let size = if r.page_size == 0 {
-            all.len().max(1)
-        } else {
-            r.page_size as usize
-        };
-        let page: Vec<pb::Claim> = all.iter().skip(start).take(size).map(claim_pb).collect();
-        let next = if start + page.len() < all.len() {
-            (start + page.len()).to_string()
-        } else {
-            String::new()
-        };
+        let page = sandpool_core::page::page(all, &r.page_token, r.page_size)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::ListClaimsResponse {
-            claims: page,
-            next_page_token: next,
-            total,
+            claims: page.items.iter().map(claim_pb).collect(),
+            next_page_token: page.next_token,
+            total: page.total,
         }))
     }
 

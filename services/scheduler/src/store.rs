@@ -7,15 +7,16 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{Result, SchedError};
 
-const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools");
-const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
+const POOLS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pools");
+const CLAIMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("claims");
 
 pub struct Store {
     db: Database,
 }
 
-fn err(e: impl std::fmt::Display) -> SchedError {
-    SchedError::Store(e.to_string())
+/// A redb operation `what` failed.
+fn err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> SchedError {
+    move |e| SchedError::store(what)(e.into())
 }
 
 #[derive(Clone, Copy)]
@@ -36,46 +37,63 @@ impl Table {
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::create_dir_all(dir).map_err(|source| SchedError::StoreDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        let db = Database::create(path).map_err(err)?;
-        let txn = db.begin_write().map_err(err)?;
+        let db = Database::create(path).map_err(err("opening the database"))?;
+        let txn = db.begin_write().map_err(err("beginning a write"))?;
         {
-            txn.open_table(POOLS).map_err(err)?;
-            txn.open_table(CLAIMS).map_err(err)?;
+            txn.open_table(POOLS)
+                .map_err(err("creating the pools table"))?;
+            txn.open_table(CLAIMS)
+                .map_err(err("creating the claims table"))?;
         }
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(err("committing the tables"))?;
         Ok(Store { db })
     }
 
     /// Write (durably: fsync before returning).
     pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(err)?;
-        let mut txn = self.db.begin_write().map_err(err)?;
-        txn.set_durability(Durability::Immediate).map_err(err)?;
+        let bytes = serde_json::to_vec(value).map_err(|source| SchedError::Encode {
+            key: key.to_string(),
+            source,
+        })?;
+        let mut txn = self.db.begin_write().map_err(err("beginning a write"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(err("setting durability"))?;
         {
-            let mut t = txn.open_table(table.def()).map_err(err)?;
-            t.insert(key, bytes.as_slice()).map_err(err)?;
+            let mut t = txn
+                .open_table(table.def())
+                .map_err(err("opening a table"))?;
+            t.insert(key, bytes.as_slice())
+                .map_err(err("inserting a record"))?;
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err("committing a write"))
     }
 
     pub fn delete(&self, table: Table, key: &str) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(err)?;
-        txn.set_durability(Durability::Immediate).map_err(err)?;
+        let mut txn = self.db.begin_write().map_err(err("beginning a write"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(err("setting durability"))?;
         {
-            let mut t = txn.open_table(table.def()).map_err(err)?;
-            t.remove(key).map_err(err)?;
+            let mut t = txn
+                .open_table(table.def())
+                .map_err(err("opening a table"))?;
+            t.remove(key).map_err(err("removing a record"))?;
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err("committing a write"))
     }
 
     pub fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(table.def()).map_err(err)?;
+        let txn = self.db.begin_read().map_err(err("beginning a read"))?;
+        let t = txn
+            .open_table(table.def())
+            .map_err(err("opening a table"))?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
+        for row in t.iter().map_err(err("iterating a table"))? {
+            let (k, v) = row.map_err(err("reading a record"))?;
             match serde_json::from_slice(v.value()) {
                 Ok(x) => out.push(x),
                 Err(e) => tracing::warn!(key = k.value(), error = %e, "skipping unreadable record"),
@@ -107,5 +125,29 @@ mod tests {
         let claims: Vec<serde_json::Value> = s.all(Table::Claims).unwrap();
         assert_eq!(claims, vec![serde_json::json!({"x": 2})]);
         assert_eq!(s.all::<serde_json::Value>(Table::Pools).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_store_failure_keeps_redb_error_as_its_source() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.redb");
+        let _held = Store::open(&p).unwrap();
+        // redb refuses a second open of the same file
+        let Err(e) = Store::open(&p) else {
+            panic!("a database open twice")
+        };
+        assert!(
+            matches!(
+                e,
+                SchedError::Store {
+                    what: "opening the database",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let source = std::error::Error::source(&e).expect("the redb error");
+        assert!(source.downcast_ref::<redb::Error>().is_some(), "{source:?}");
+        assert_eq!(e.kind(), "store");
     }
 }

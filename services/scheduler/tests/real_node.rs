@@ -3,6 +3,9 @@
 //! counts, pool deletion. Gated like the node-agent tests
 //! (`SANDPOOL_REQUIRE_CONTAINERD=1` in CI makes a missing prerequisite fail).
 
+// test helpers (outside #[test] fns) fail the test on a broken fixture
+#![allow(clippy::unwrap_used)]
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use sandpool_core::{Template, pool::CapacitySpec};

@@ -1,0 +1,203 @@
+//! Checkpoints: take, list, delete, restore (fork).
+
+use std::collections::BTreeMap;
+
+use sandpool_core::claim::ClaimState;
+use sandpool_proto::{
+    auth::AuthChannel,
+    v1::{self as pb, node_agent_client::NodeAgentClient},
+};
+
+use super::{Busy, ClaimRec, SandboxRef, Scheduler, expiry_ms, new_sandbox_id, node_err, now_ms};
+use crate::{
+    error::{Result, SchedError},
+    store::Table,
+    traced,
+};
+
+/// Most claims one restore (fork) makes.
+pub const MAX_RESTORE: u32 = 64;
+
+impl Scheduler {
+    /// Checkpoint claim `id`'s sandbox (a checkpointable pool's). With
+    /// `leave_running` the claim goes on; otherwise its sandbox stops and the
+    /// claim ends, as a release does.
+    #[tracing::instrument(skip_all, fields(claim = %id))]
+    pub async fn checkpoint_claim(
+        &self,
+        id: &str,
+        leave_running: bool,
+        name: &str,
+    ) -> Result<pb::CheckpointInfo> {
+        let c = self.get_claim(id)?;
+        if c.state != ClaimState::Bound {
+            return Err(SchedError::Conflict(format!(
+                "claim {id} is {:?}: only a running sandbox can be checkpointed (resume it first)",
+                c.state
+            )));
+        }
+        let info = {
+            let _busy = self.busy(&c.sandbox.id);
+            let mut node = self.node(&c.sandbox.node)?.client.clone();
+            let req = traced(pb::CheckpointRequest {
+                sandbox_id: c.sandbox.id.clone(),
+                leave_running,
+                owner: id.to_string(),
+                name: name.to_string(),
+            });
+            node.checkpoint(req)
+                .await
+                .map_err(node_err(&c.sandbox.node))?
+                .into_inner()
+        };
+        if !leave_running {
+            self.lock().claims.remove(id);
+            self.unallocate(&c.pool);
+            self.store.delete(Table::Claims, id)?;
+        }
+        Ok(info)
+    }
+
+    /// Every node's checkpoints (nodes that do not answer are skipped), oldest first.
+    pub async fn list_checkpoints(&self) -> Vec<pb::CheckpointInfo> {
+        let mut all = Vec::new();
+        for n in &self.nodes {
+            if let Ok(list) = n
+                .client
+                .clone()
+                .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
+                .await
+            {
+                all.extend(list.into_inner().checkpoints);
+            }
+        }
+        all.sort_by(|a, b| {
+            (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id))
+        });
+        all
+    }
+
+    /// The node holding checkpoint `id`, a client for it, and the checkpoint.
+    pub(super) async fn find_checkpoint(
+        &self,
+        id: &str,
+    ) -> Result<(String, NodeAgentClient<AuthChannel>, pb::CheckpointInfo)> {
+        for n in &self.nodes {
+            let mut client = n.client.clone();
+            let Ok(list) = client
+                .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
+                .await
+            else {
+                continue;
+            };
+            if let Some(ck) = list
+                .into_inner()
+                .checkpoints
+                .into_iter()
+                .find(|c| c.checkpoint_id == id)
+            {
+                return Ok((n.name.clone(), client, ck));
+            }
+        }
+        Err(SchedError::CheckpointNotFound(id.to_string()))
+    }
+
+    pub async fn delete_checkpoint(&self, id: &str) -> Result<()> {
+        let (node, mut client, _) = self.find_checkpoint(id).await?;
+        client
+            .delete_checkpoint(traced(pb::CheckpointRef {
+                checkpoint_id: id.to_string(),
+            }))
+            .await
+            .map_err(node_err(&node))?;
+        Ok(())
+    }
+
+    /// Restore checkpoint `checkpoint_id` into `count` new claims (a fork
+    /// when more than one) on the node that holds it; all or none.
+    #[tracing::instrument(skip_all, fields(checkpoint = %checkpoint_id, count))]
+    pub async fn restore_checkpoint(
+        &self,
+        checkpoint_id: &str,
+        count: u32,
+        ttl_seconds: u64,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Vec<ClaimRec>> {
+        let count = count.max(1);
+        if count > MAX_RESTORE {
+            return Err(SchedError::RestoreCount {
+                count,
+                max: MAX_RESTORE,
+            });
+        }
+        let (node, client, ck) = self.find_checkpoint(checkpoint_id).await?;
+        let ids: Vec<String> = (0..count).map(|_| new_sandbox_id()).collect();
+        let _busy: Vec<Busy<'_>> = ids.iter().map(|id| self.busy(id)).collect();
+        let restores = ids.iter().map(|id| {
+            let mut c = client.clone();
+            let req = traced(pb::RestoreRequest {
+                checkpoint_id: checkpoint_id.to_string(),
+                sandbox_id: id.clone(),
+            });
+            async move { c.restore(req).await.map(|r| r.into_inner()) }
+        });
+        let results = futures_util::future::join_all(restores).await;
+        let (mut made, mut failed) = (Vec::new(), None);
+        for r in results {
+            match r {
+                Ok(info) => made.push(info),
+                Err(status) => {
+                    failed.get_or_insert(SchedError::Node {
+                        node: node.clone(),
+                        status,
+                    });
+                }
+            }
+        }
+        let now = now_ms();
+        let recs: Vec<ClaimRec> = made
+            .iter()
+            .map(|info| ClaimRec {
+                id: uuid::Uuid::new_v4().to_string(),
+                pool: ck.pool.clone(),
+                state: ClaimState::Bound,
+                sandbox: SandboxRef::of(&node, info),
+                created_ms: now,
+                expires_ms: expiry_ms(now, ttl_seconds),
+                paused_remaining_ms: 0,
+                metadata: metadata.clone(),
+                cold: true,
+                entrypoint: vec![],
+                image: ck.image.clone(),
+                claim_us: 0,
+                batch: None,
+            })
+            .collect();
+        if failed.is_none() {
+            for r in &recs {
+                if let Err(e) = self.store.put(Table::Claims, &r.id, r) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for r in &recs {
+                let _ = self.store.delete(Table::Claims, &r.id);
+            }
+            for info in &made {
+                self.release_sandbox(&node, &info.sandbox_id, pb::ReleasePolicy::Delete)
+                    .await;
+            }
+            return Err(e);
+        }
+        let mut st = self.lock();
+        if let Some(p) = st.pools.get_mut(&ck.pool) {
+            p.allocated += recs.len() as u32;
+        }
+        for r in &recs {
+            st.claims.insert(r.id.clone(), r.clone());
+        }
+        Ok(recs)
+    }
+}

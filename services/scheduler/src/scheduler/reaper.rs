@@ -1,0 +1,94 @@
+//! The reaper: periodic resync, TTL expiry and idle pause.
+
+use std::{sync::Arc, time::Duration};
+
+use sandpool_core::claim::{ClaimEvent, ClaimState, is_expired};
+use sandpool_proto::v1 as pb;
+
+use super::{ClaimRec, Scheduler, now_ms};
+
+impl Scheduler {
+    pub(super) async fn reap_loop(self: Arc<Self>) {
+        let mut round: u64 = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            round += 1;
+            if round.is_multiple_of(40) {
+                // every 10 s: creates that finished while nobody listened, lost sandboxes
+                for idx in 0..self.nodes.len() {
+                    // a hung node must not stall expiry and idle pauses
+                    match tokio::time::timeout(Duration::from_secs(5), self.resync_node(idx)).await
+                    {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "periodic node resync failed"),
+                        Err(_) => {
+                            tracing::warn!(node = %self.nodes[idx].name, "periodic node resync timed out")
+                        }
+                        Ok(Ok(())) => {}
+                    }
+                }
+            }
+            if let Some(limit) = self.cfg.idle_pause
+                && round.is_multiple_of(4)
+            {
+                self.pause_idle(limit).await;
+            }
+            let now = now_ms();
+            let due: Vec<String> = self
+                .lock()
+                .claims
+                .values()
+                .filter(|c| is_expired(c.state, c.expires_ms, now))
+                .map(|c| c.id.clone())
+                .collect();
+            for id in due {
+                tracing::info!(claim = %id, "claim expired");
+                if let Err(e) = self.release(&id, ClaimEvent::Expire).await {
+                    tracing::warn!(claim = %id, error = %e, "expiry failed");
+                }
+            }
+        }
+    }
+
+    /// Idle auto-pause: every bound claim whose runtime reports at least
+    /// `limit` without activity is paused (TTL stops, as for a user pause).
+    pub(super) async fn pause_idle(&self, limit: Duration) {
+        let bound: Vec<ClaimRec> = self
+            .lock()
+            .claims
+            .values()
+            .filter(|c| c.state == ClaimState::Bound)
+            .cloned()
+            .collect();
+        for c in bound {
+            let Some(h) = self.runtime_health(&c).await else {
+                continue;
+            };
+            if h.running_commands == 0 && h.idle_ms >= limit.as_millis() as u64 {
+                tracing::info!(claim = %c.id, idle_ms = h.idle_ms, "pausing idle sandbox");
+                if let Err(e) = self.pause(&c.id).await {
+                    tracing::warn!(claim = %c.id, error = %e, "idle pause failed");
+                }
+            }
+        }
+    }
+
+    pub(super) async fn runtime_health(&self, c: &ClaimRec) -> Option<pb::HealthResponse> {
+        let ch = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}:{}",
+            c.sandbox.ip, c.sandbox.port
+        ))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
+        let mut client = pb::runtime_client::RuntimeClient::new(ch);
+        let mut r = tonic::Request::new(pb::HealthRequest {});
+        r.metadata_mut().insert(
+            sandpool_proto::ACCESS_TOKEN_METADATA,
+            c.sandbox.token.parse().ok()?,
+        );
+        Some(client.health(r).await.ok()?.into_inner())
+    }
+}

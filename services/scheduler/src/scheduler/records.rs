@@ -1,0 +1,146 @@
+//! Durable records (pools, claims) and proto conversions.
+
+use std::collections::BTreeMap;
+
+use sandpool_core::{Template, claim::ClaimState, pool::CapacitySpec};
+use sandpool_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SchedError};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolRec {
+    pub name: String,
+    pub template: Template,
+    pub capacity: CapacitySpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxRef {
+    pub id: String,
+    pub node: String,
+    pub ip: String,
+    pub port: u32,
+    pub token: String,
+    pub runtime_class: i32,
+}
+
+/// When a claim made at `now_ms` with a TTL of `ttl_seconds` expires (0: no
+/// TTL, never). A TTL too long for the clock saturates to never as well
+/// instead of overflowing.
+pub fn expiry_ms(now_ms: i64, ttl_seconds: u64) -> i64 {
+    if ttl_seconds == 0 {
+        return 0;
+    }
+    i64::try_from(ttl_seconds).map_or(i64::MAX, |t| now_ms.saturating_add(t.saturating_mul(1000)))
+}
+
+impl SandboxRef {
+    /// Where node `node`'s sandbox `info` is reached.
+    pub fn of(node: &str, info: &pb::SandboxInfo) -> SandboxRef {
+        SandboxRef {
+            id: info.sandbox_id.clone(),
+            node: node.to_string(),
+            ip: info.ip.clone(),
+            port: info.runtime_port,
+            token: info.access_token.clone(),
+            runtime_class: info.runtime_class,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClaimRec {
+    pub id: String,
+    pub pool: String,
+    pub state: ClaimState,
+    pub sandbox: SandboxRef,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    #[serde(default)]
+    pub paused_remaining_ms: i64,
+    pub metadata: BTreeMap<String, String>,
+    pub cold: bool,
+    pub entrypoint: Vec<String>,
+    pub image: String,
+    pub claim_us: u64,
+    #[serde(default)]
+    pub batch: Option<String>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
+    pb::SandboxTemplate {
+        image: t.image.clone(),
+        command: t.command.clone(),
+        env: t.env.clone().into_iter().collect(),
+        resources: Some(pb::Resources {
+            cpu: t.cpu.clone(),
+            memory: t.memory.clone(),
+            pids: t.pids,
+        }),
+        runtime_class: match t.runtime_class.as_str() {
+            "runsc" => pb::RuntimeClass::Runsc as i32,
+            _ => pb::RuntimeClass::Runc as i32,
+        },
+        release_policy: match t.release_policy.as_str() {
+            "recycle" => pb::ReleasePolicy::Recycle as i32,
+            _ => pb::ReleasePolicy::Delete as i32,
+        },
+        labels: Default::default(),
+        run_as_root: t.run_as_root,
+        checkpointable: t.checkpointable,
+    }
+}
+
+pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
+    let r = t.resources.clone().unwrap_or_default();
+    Ok(Template {
+        image: t.image.clone(),
+        command: t.command.clone(),
+        env: t.env.clone().into_iter().collect(),
+        cpu: r.cpu,
+        memory: r.memory,
+        pids: r.pids,
+        runtime_class: match pb::RuntimeClass::try_from(t.runtime_class) {
+            Ok(pb::RuntimeClass::Runsc) => "runsc".into(),
+            Ok(_) => "runc".into(),
+            Err(_) => {
+                return Err(SchedError::Invalid(format!(
+                    "unknown runtime class {}",
+                    t.runtime_class
+                )));
+            }
+        },
+        release_policy: match pb::ReleasePolicy::try_from(t.release_policy) {
+            Ok(pb::ReleasePolicy::Recycle) => "recycle".into(),
+            Ok(_) => "delete".into(),
+            Err(_) => {
+                return Err(SchedError::Invalid(format!(
+                    "unknown release policy {}",
+                    t.release_policy
+                )));
+            }
+        },
+        run_as_root: t.run_as_root,
+        checkpointable: t.checkpointable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_ms;
+
+    #[test]
+    fn expiry_is_now_plus_ttl_and_never_overflows() {
+        assert_eq!(expiry_ms(1_000, 0), 0, "no TTL: never");
+        assert_eq!(expiry_ms(1_000, 5), 6_000);
+        // TTLs past the clock's range mean never, not a wrapped (past) time
+        assert_eq!(expiry_ms(1_000, u64::MAX), i64::MAX);
+        assert_eq!(expiry_ms(1_000, i64::MAX as u64), i64::MAX);
+        assert_eq!(expiry_ms(1_000, (i64::MAX / 1000) as u64 + 1), i64::MAX);
+    }
+}

@@ -1,0 +1,247 @@
+//! Pools and their replenishment (warm creates, placement).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sandpool_core::{
+    Template,
+    pool::{WarmSet, pick_node, scale_decision},
+};
+use sandpool_proto::v1 as pb;
+
+use super::{PoolEntry, PoolRec, Scheduler, State, new_sandbox_id, template_to_pb};
+use crate::{
+    error::{Result, SchedError},
+    store::Table,
+    traced,
+};
+
+impl Scheduler {
+    pub fn apply_pool(&self, rec: PoolRec) -> Result<PoolRec> {
+        if rec.name.is_empty()
+            || rec.name.len() > 63
+            || !rec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(SchedError::Invalid(format!("bad pool name {:?}", rec.name)));
+        }
+        if rec.template.image.trim().is_empty() {
+            return Err(SchedError::Invalid("pool template needs an image".into()));
+        }
+        rec.capacity.validate()?;
+        self.store.put(Table::Pools, &rec.name, &rec)?;
+        {
+            let mut st = self.lock();
+            match st.pools.get_mut(&rec.name) {
+                Some(p) => p.rec = rec.clone(),
+                None => {
+                    st.pools.insert(
+                        rec.name.clone(),
+                        PoolEntry {
+                            rec: rec.clone(),
+                            warm: WarmSet::default(),
+                            creating: 0,
+                            allocated: 0,
+                            last_error: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(rec)
+    }
+
+    pub fn pool_status(&self, name: &str) -> Result<(PoolRec, pb::PoolStatus)> {
+        let st = self.lock();
+        let p = st
+            .pools
+            .get(name)
+            .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+        let c = p.counts();
+        Ok((
+            p.rec.clone(),
+            pb::PoolStatus {
+                total: c.warm + c.allocated,
+                allocated: c.allocated,
+                available: c.warm,
+            },
+        ))
+    }
+
+    pub fn pools(&self) -> Vec<String> {
+        self.lock().pools.keys().cloned().collect()
+    }
+
+    /// Delete a pool: its warm sandboxes go; claimed ones stay until released.
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let warm: Vec<(String, String)> = {
+            let mut st = self.lock();
+            let mut p = st
+                .pools
+                .remove(name)
+                .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+            let warm: Vec<(String, String)> = std::iter::from_fn(|| p.warm.take()).collect();
+            // busy from this moment (release_sandbox clears it when done)
+            st.busy.extend(warm.iter().map(|(_, id)| id.clone()));
+            warm
+        };
+        self.store.delete(Table::Pools, name)?;
+        for (node, id) in warm {
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                .await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn replenish_loop(self: Arc<Self>) {
+        loop {
+            self.replenish_once();
+            tokio::select! {
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.cfg.tick) => {},
+            }
+        }
+    }
+
+    /// One pass of the pool-sizing decision over every pool.
+    pub(super) fn replenish_once(self: &Arc<Self>) {
+        let mut creates = Vec::new();
+        let mut deletes = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut st_busy_ids = Vec::new();
+            let names: Vec<String> = st.pools.keys().cloned().collect();
+            for name in names {
+                let Some(p) = st.pools.get_mut(&name) else {
+                    continue;
+                };
+                if p.last_error
+                    .as_ref()
+                    .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
+                {
+                    continue; // back off after a failed create
+                }
+                let c = p.counts();
+                sandpool_telemetry::metrics::set_pool(&name, c.total(), c.allocated, c.warm);
+                let d = scale_decision(&p.rec.capacity, c, self.cfg.max_inflight);
+                if d > 0 {
+                    sandpool_telemetry::metrics::refilled(&name, d as u64);
+                    p.creating += d as u32;
+                    for _ in 0..d {
+                        creates.push((name.clone(), p.rec.template.clone()));
+                    }
+                } else if d < 0 {
+                    for _ in 0..(-d) {
+                        if let Some((node, id)) = p.warm.take_idle_for_delete() {
+                            st_busy_ids.push(id.clone());
+                            deletes.push((node, id));
+                        }
+                    }
+                }
+            }
+            st.busy.extend(st_busy_ids);
+        }
+        for (pool, template) in creates {
+            let s = Arc::clone(self);
+            tokio::spawn(async move { s.create_warm(&pool, &template).await });
+        }
+        for (node, id) in deletes {
+            let s = Arc::clone(self);
+            tokio::spawn(async move {
+                s.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                    .await
+            });
+        }
+    }
+
+    pub(super) fn place(&self) -> Result<String> {
+        let st = self.lock();
+        let loads: Vec<(&str, u32, u32)> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    st.load.get(&n.name).copied().unwrap_or(0),
+                    n.max,
+                )
+            })
+            .collect();
+        pick_node(loads)
+            .map(str::to_string)
+            .ok_or(SchedError::NoCapacity)
+    }
+
+    /// Create a sandbox on the least loaded node. Its id is chosen here and
+    /// marked busy by the caller's guard, so no resync adopts it half-way.
+    pub(super) async fn create_on_node(
+        &self,
+        pool: &str,
+        template: &Template,
+        id: &str,
+    ) -> Result<(String, pb::SandboxInfo)> {
+        let node = self.place()?;
+        *self.lock().load.entry(node.clone()).or_default() += 1;
+        let n = self.node(&node)?;
+        let res = n
+            .client
+            .clone()
+            .create_sandbox(traced(pb::CreateSandboxRequest {
+                pool: pool.to_string(),
+                template: Some(template_to_pb(template)),
+                sandbox_id: id.to_string(),
+            }))
+            .await;
+        match res {
+            Ok(r) => Ok((node, r.into_inner())),
+            Err(status) => {
+                if let Some(l) = self.lock().load.get_mut(&node) {
+                    *l = l.saturating_sub(1);
+                }
+                Err(SchedError::Node { node, status })
+            }
+        }
+    }
+
+    pub(super) async fn create_warm(&self, pool: &str, template: &Template) {
+        let id = new_sandbox_id();
+        let _busy = self.busy(&id);
+        let res = self.create_on_node(pool, template, &id).await;
+        let mut orphan = None;
+        {
+            let mut st = self.lock();
+            let State {
+                pools,
+                warm_index,
+                warm_info,
+                ..
+            } = &mut *st;
+            match (pools.get_mut(pool), res) {
+                (Some(p), Ok((node, sb))) => {
+                    p.creating = p.creating.saturating_sub(1);
+                    p.last_error = None;
+                    p.warm.push(&node, &sb.sandbox_id);
+                    warm_index.insert(sb.sandbox_id.clone(), pool.to_string());
+                    warm_info.insert(sb.sandbox_id.clone(), sb);
+                }
+                (Some(p), Err(e)) => {
+                    p.creating = p.creating.saturating_sub(1);
+                    tracing::warn!(pool, error = %e, "warm create failed");
+                    p.last_error = Some((Instant::now(), e.to_string()));
+                }
+                (None, Ok((node, sb))) => orphan = Some((node, sb.sandbox_id)),
+                (None, Err(_)) => {}
+            }
+        }
+        if let Some((node, id)) = orphan {
+            self.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
+                .await;
+        }
+        self.wake.notify_one();
+    }
+}

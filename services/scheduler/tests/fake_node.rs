@@ -1,0 +1,559 @@
+//! The scheduler against an in-process fake node agent: a tonic `NodeAgent`
+//! server on 127.0.0.1 that keeps its sandboxes in a map and records every
+//! call. No root, no containerd: warm and cold claims, refill, TTL expiry,
+//! resync after a node restart, batch shard patches, a failed inject rolled
+//! back.
+
+// test helpers (outside #[test] fns) fail the test on a broken fixture
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use sandpool_core::{Template, claim::ClaimState, pool::CapacitySpec};
+use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
+use sandpool_scheduler::{SchedError, Scheduler, SchedulerConfig, scheduler::PoolRec};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+const NODE: &str = "fake-node";
+
+/// What the fake node runs and what it was asked.
+#[derive(Default)]
+struct Books {
+    sandboxes: BTreeMap<String, pb::SandboxInfo>,
+    /// sandbox ids created, in order
+    created: Vec<String>,
+    injected: Vec<pb::NodeInjectRequest>,
+    /// sandbox ids released, in order
+    released: Vec<String>,
+    watchers: Vec<mpsc::Sender<Result<pb::NodeEvent, Status>>>,
+    /// refuse every inject
+    fail_inject: bool,
+    /// never answer an inject
+    hang_inject: bool,
+    next_id: u32,
+}
+
+#[derive(Clone, Default)]
+struct FakeNode(Arc<Mutex<Books>>);
+
+impl FakeNode {
+    fn books(&self) -> MutexGuard<'_, Books> {
+        self.0.lock().unwrap()
+    }
+
+    fn info(&self, id: &str) -> Result<pb::SandboxInfo, Status> {
+        self.books()
+            .sandboxes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("sandbox {id}")))
+    }
+
+    /// A node agent restart: every watch breaks, and `change` is what the
+    /// node runs afterwards.
+    fn restart(&self, change: impl FnOnce(&mut BTreeMap<String, pb::SandboxInfo>)) {
+        let mut b = self.books();
+        b.watchers.clear();
+        change(&mut b.sandboxes);
+    }
+
+    fn warm_of(&self, pool: &str) -> Vec<String> {
+        self.books()
+            .sandboxes
+            .values()
+            .filter(|s| s.pool == pool && s.state == pb::SandboxState::Warm as i32)
+            .map(|s| s.sandbox_id.clone())
+            .collect()
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl NodeAgent for FakeNode {
+    async fn create_sandbox(&self, r: Request<pb::CreateSandboxRequest>) -> Reply<pb::SandboxInfo> {
+        let r = r.into_inner();
+        let mut b = self.books();
+        b.next_id += 1;
+        let id = if r.sandbox_id.is_empty() {
+            format!("fake-{}", b.next_id)
+        } else {
+            r.sandbox_id
+        };
+        let info = pb::SandboxInfo {
+            sandbox_id: id.clone(),
+            pool: r.pool,
+            node: NODE.into(),
+            state: pb::SandboxState::Warm as i32,
+            ip: "127.0.0.1".into(),
+            runtime_port: 1,
+            access_token: format!("token-{id}"),
+            ..Default::default()
+        };
+        b.sandboxes.insert(id.clone(), info.clone());
+        b.created.push(id);
+        Ok(Response::new(info))
+    }
+
+    async fn get_sandbox(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.info(&r.into_inner().sandbox_id).map(Response::new)
+    }
+
+    async fn list_sandboxes(
+        &self,
+        r: Request<pb::ListSandboxesRequest>,
+    ) -> Reply<pb::ListSandboxesResponse> {
+        let pool = r.into_inner().pool;
+        let sandboxes = self
+            .books()
+            .sandboxes
+            .values()
+            .filter(|s| pool.is_empty() || s.pool == pool)
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListSandboxesResponse { sandboxes }))
+    }
+
+    async fn inject(&self, r: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
+        let r = r.into_inner();
+        if self.books().hang_inject {
+            std::future::pending::<()>().await;
+        }
+        let mut b = self.books();
+        if b.fail_inject {
+            return Err(Status::internal("inject refused by the fake node"));
+        }
+        let Some(sb) = b.sandboxes.get_mut(&r.sandbox_id) else {
+            return Err(Status::not_found(r.sandbox_id));
+        };
+        sb.state = pb::SandboxState::Claimed as i32;
+        b.injected.push(r);
+        Ok(Response::new(pb::NodeInjectResponse::default()))
+    }
+
+    async fn release(&self, r: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
+        let id = r.into_inner().sandbox_id;
+        let mut b = self.books();
+        b.released.push(id.clone());
+        b.sandboxes
+            .remove(&id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(id))
+    }
+
+    async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.get_sandbox(r).await
+    }
+
+    async fn resume(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.get_sandbox(r).await
+    }
+
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
+        Err(Status::unimplemented("fake node: checkpoint"))
+    }
+
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
+        Err(Status::unimplemented("fake node: restore"))
+    }
+
+    async fn fork(&self, _: Request<pb::ForkRequest>) -> Reply<pb::ForkResponse> {
+        Err(Status::unimplemented("fake node: fork"))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Reply<pb::ListCheckpointsResponse> {
+        Ok(Response::new(pb::ListCheckpointsResponse::default()))
+    }
+
+    async fn delete_checkpoint(
+        &self,
+        _: Request<pb::CheckpointRef>,
+    ) -> Reply<pb::DeleteCheckpointResponse> {
+        Err(Status::unimplemented("fake node: delete checkpoint"))
+    }
+
+    async fn upgrade(&self, r: Request<pb::UpgradeRequest>) -> Reply<pb::SandboxInfo> {
+        self.info(&r.into_inner().sandbox_id).map(Response::new)
+    }
+
+    async fn mount(&self, r: Request<pb::MountRequest>) -> Reply<pb::SandboxInfo> {
+        self.info(&r.into_inner().sandbox_id).map(Response::new)
+    }
+
+    async fn unmount(&self, r: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
+        self.info(&r.into_inner().sandbox_id).map(Response::new)
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
+
+    /// Capacity first, then open until the node "restarts".
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        let (tx, rx) = mpsc::channel(16);
+        let capacity = pb::NodeEvent {
+            event: Some(pb::node_event::Event::Capacity(pb::NodeCapacity {
+                node: NODE.into(),
+                max_sandboxes: 64,
+                ..Default::default()
+            })),
+        };
+        tx.try_send(Ok(capacity)).unwrap();
+        self.books().watchers.push(tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A fake node served on 127.0.0.1 and a scheduler using it (store in a tempdir).
+async fn platform() -> (FakeNode, Arc<Scheduler>, tempfile::TempDir) {
+    let node = FakeNode::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::node_agent_server::NodeAgentServer::new(node.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let sched = Scheduler::start(SchedulerConfig {
+        store_path: store.path().join("s.redb"),
+        nodes: vec![format!("http://{addr}")],
+        max_inflight: 4,
+        tick: Duration::from_millis(50),
+        idle_pause: None,
+        service_token: None,
+    })
+    .await
+    .unwrap();
+    (node, sched, store)
+}
+
+fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
+    PoolRec {
+        name: name.into(),
+        template: Template {
+            image: "busybox".into(),
+            command: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        },
+        capacity: CapacitySpec {
+            buffer_min: bmin,
+            buffer_max: bmax,
+            pool_min: 0,
+            pool_max: pmax,
+        },
+    }
+}
+
+/// Poll `done` every 20 ms; panic naming `what` if it does not hold within 10 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 10 s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn status(s: &Scheduler, pool: &str) -> pb::PoolStatus {
+    s.pool_status(pool).unwrap().1
+}
+
+async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
+    wait_until(&format!("pool {pool} to hold {n} warm sandboxes"), || {
+        status(s, pool).available == n
+    })
+    .await;
+}
+
+fn claim_req(pool: &str, argv: &[&str]) -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        pool: pool.into(),
+        process: Some(pb::InjectRequest {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_warm_claim_takes_a_pool_sandbox_and_injects_into_it() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("p", 1, 1, 4)).unwrap();
+    wait_available(&s, "p", 1).await;
+    let warm = node.warm_of("p");
+    assert_eq!(warm.len(), 1);
+
+    let c = s.claim(claim_req("p", &["echo", "hi"])).await.unwrap();
+    assert!(!c.cold, "a warm sandbox was there");
+    assert_eq!(c.sandbox.id, warm[0]);
+    assert_eq!(c.state, ClaimState::Bound);
+    assert_eq!(c.sandbox.token, format!("token-{}", warm[0]));
+    assert_eq!(c.entrypoint, vec!["echo", "hi"]);
+    {
+        let b = node.books();
+        assert_eq!(b.injected.len(), 1);
+        assert_eq!(b.injected[0].sandbox_id, warm[0]);
+        assert_eq!(
+            b.injected[0].process.as_ref().unwrap().argv,
+            vec!["echo", "hi"]
+        );
+    }
+    assert_eq!(status(&s, "p").allocated, 1);
+    assert_eq!(s.get_claim(&c.id).unwrap(), c);
+}
+
+#[tokio::test]
+async fn without_a_warm_sandbox_a_claim_starts_one_cold() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("cold", 0, 0, 4)).unwrap();
+    // pool_only refuses instead
+    let err = s
+        .claim(pb::ClaimRequest {
+            pool_only: true,
+            ..claim_req("cold", &[])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedError::Exhausted(ref p) if p == "cold"),
+        "{err}"
+    );
+    assert!(node.books().created.is_empty());
+    assert_eq!(status(&s, "cold").allocated, 0);
+
+    let c = s.claim(claim_req("cold", &[])).await.unwrap();
+    assert!(c.cold);
+    assert_eq!(node.books().created, vec![c.sandbox.id.clone()]);
+    // no argv in the request: the template's command is the entrypoint
+    assert_eq!(c.entrypoint, vec!["sleep", "1000"]);
+    assert_eq!(
+        node.books().injected[0].process.as_ref().unwrap().argv,
+        vec!["sleep", "1000"]
+    );
+    assert_eq!(status(&s, "cold").allocated, 1);
+}
+
+#[tokio::test]
+async fn a_pool_refills_to_its_buffer_after_a_claim() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("r", 3, 3, 10)).unwrap();
+    wait_available(&s, "r", 3).await;
+    assert_eq!(node.warm_of("r").len(), 3);
+    assert_eq!(node.books().created.len(), 3);
+
+    let c = s.claim(claim_req("r", &["true"])).await.unwrap();
+    assert!(!c.cold);
+    wait_until("one more create after the claim", || {
+        node.books().created.len() == 4
+    })
+    .await;
+    wait_available(&s, "r", 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = status(&s, "r");
+    assert_eq!((st.available, st.allocated, st.total), (3, 1, 4), "{st:?}");
+    assert_eq!(node.books().created.len(), 4, "no more than the buffer");
+    assert_eq!(node.warm_of("r").len(), 3);
+}
+
+#[tokio::test]
+async fn an_expired_claim_is_released_and_its_sandbox_deleted() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("t", 1, 1, 4)).unwrap();
+    wait_available(&s, "t", 1).await;
+    let c = s
+        .claim(pb::ClaimRequest {
+            ttl_seconds: 1,
+            ..claim_req("t", &["true"])
+        })
+        .await
+        .unwrap();
+    assert!(c.expires_ms > c.created_ms);
+    let forever = s.claim(claim_req("t", &["true"])).await.unwrap();
+    wait_until("the claim to expire", || s.get_claim(&c.id).is_err()).await;
+    assert!(matches!(
+        s.get_claim(&c.id),
+        Err(SchedError::ClaimNotFound(_))
+    ));
+    wait_until("its sandbox to be released", || {
+        node.books().released.contains(&c.sandbox.id)
+    })
+    .await;
+    assert!(!node.books().sandboxes.contains_key(&c.sandbox.id));
+    // the claim without a TTL stays
+    assert_eq!(s.get_claim(&forever.id).unwrap().state, ClaimState::Bound);
+    assert_eq!(status(&s, "t").allocated, 1);
+}
+
+#[tokio::test]
+async fn after_a_node_restart_the_books_follow_what_it_runs() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("n", 2, 2, 10)).unwrap();
+    wait_available(&s, "n", 2).await;
+    let c = s.claim(claim_req("n", &["true"])).await.unwrap();
+    wait_available(&s, "n", 2).await;
+    let before: Vec<String> = node.warm_of("n");
+
+    // the restarted node lost every sandbox, and runs one nobody owns
+    node.restart(|sbs| {
+        sbs.clear();
+        sbs.insert(
+            "stray".into(),
+            pb::SandboxInfo {
+                sandbox_id: "stray".into(),
+                pool: "gone-pool".into(),
+                state: pb::SandboxState::Claimed as i32,
+                ..Default::default()
+            },
+        );
+    });
+    wait_until("the claim on the lost sandbox to fail", || {
+        s.get_claim(&c.id).unwrap().state == ClaimState::Failed
+    })
+    .await;
+    wait_until("the stray sandbox to be deleted", || {
+        node.books().released.iter().any(|id| id == "stray")
+    })
+    .await;
+    // the lost warm sandboxes are forgotten and replaced by new ones
+    wait_until("the pool to refill on the restarted node", || {
+        let warm = node.warm_of("n");
+        warm.len() == 2 && warm.iter().all(|id| !before.contains(id))
+    })
+    .await;
+    wait_available(&s, "n", 2).await;
+    // a failed claim can still be released
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
+    assert_eq!(status(&s, "n").allocated, 0);
+}
+
+#[tokio::test]
+async fn a_batch_runs_each_shard_with_its_patch() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("b", 2, 2, 6)).unwrap();
+    wait_available(&s, "b", 2).await;
+    let claims = s
+        .create_batch(pb::BatchRequest {
+            name: "job".into(),
+            pool: "b".into(),
+            replicas: 3,
+            ttl_seconds: 0,
+            task: Some(pb::InjectRequest {
+                argv: vec!["run".into()],
+                env: HashMap::from([("A".to_string(), "1".to_string())]),
+                ..Default::default()
+            }),
+            shard_task_patches: vec![
+                r#"{"env": {"SHARD": "0"}}"#.into(),
+                r#"{"argv": ["run", "--shard", "1"], "cwd": "/work"}"#.into(),
+            ],
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec!["job-0", "job-1", "job-2"]);
+    assert!(claims.iter().all(|c| c.batch.as_deref() == Some("job")));
+    assert_eq!(s.batch_claims("job").len(), 3);
+    let injected: HashMap<String, pb::InjectRequest> = node
+        .books()
+        .injected
+        .iter()
+        .map(|r| (r.sandbox_id.clone(), r.process.clone().unwrap()))
+        .collect();
+    let task = |i: usize| &injected[&claims[i].sandbox.id];
+    let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(task(0).argv, vec!["run"]);
+    assert_eq!(task(0).env, env(&[("A", "1"), ("SHARD", "0")]));
+    assert_eq!(task(1).argv, vec!["run", "--shard", "1"]);
+    assert_eq!(task(1).env, env(&[("A", "1")]));
+    assert_eq!(task(1).cwd, "/work");
+    // beyond the patches: the plain task
+    assert_eq!(task(2).argv, vec!["run"]);
+    assert_eq!(task(2).env, env(&[("A", "1")]));
+    assert_eq!(claims[1].metadata["shard"], "1");
+
+    s.delete_batch("job").await.unwrap();
+    assert!(s.batch_claims("job").is_empty());
+    assert_eq!(status(&s, "b").allocated, 0);
+}
+
+#[tokio::test]
+async fn a_failed_inject_undoes_the_claim() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("f", 1, 1, 4)).unwrap();
+    wait_available(&s, "f", 1).await;
+    let warm = node.warm_of("f");
+    node.books().fail_inject = true;
+
+    let err = s
+        .claim(pb::ClaimRequest {
+            claim_id: "doomed".into(),
+            ..claim_req("f", &["true"])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SchedError::Node { node, status } if node == NODE && status.code() == tonic::Code::Internal),
+        "{err:?}"
+    );
+    // allocation, record and sandbox are undone
+    assert_eq!(status(&s, "f").allocated, 0);
+    assert!(matches!(
+        s.get_claim("doomed"),
+        Err(SchedError::ClaimNotFound(_))
+    ));
+    assert!(s.list_claims("", &[], &BTreeMap::new()).is_empty());
+    assert_eq!(node.books().released, warm, "the taken sandbox is deleted");
+    assert!(!node.books().sandboxes.contains_key(&warm[0]));
+    // the pool refills, and the same claim id can be made once injects work
+    wait_available(&s, "f", 1).await;
+    node.books().fail_inject = false;
+    let c = s
+        .claim(pb::ClaimRequest {
+            claim_id: "doomed".into(),
+            ..claim_req("f", &["true"])
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.id, "doomed");
+    assert_eq!(status(&s, "f").allocated, 1);
+}
+
+#[tokio::test]
+async fn an_abandoned_claim_gives_its_allocation_back() {
+    let (node, s, _store) = platform().await;
+    s.apply_pool(pool("a", 1, 1, 4)).unwrap();
+    wait_available(&s, "a", 1).await;
+    node.books().hang_inject = true;
+    // the caller gives up while the inject hangs: the claim future is dropped
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        s.claim(claim_req("a", &["true"])),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the inject hangs");
+    assert_eq!(status(&s, "a").allocated, 0);
+    assert!(s.list_claims("", &[], &BTreeMap::new()).is_empty());
+    node.books().hang_inject = false;
+    let c = s.claim(claim_req("a", &["true"])).await.unwrap();
+    assert_eq!(status(&s, "a").allocated, 1);
+    assert_eq!(s.get_claim(&c.id).unwrap().state, ClaimState::Bound);
+}
