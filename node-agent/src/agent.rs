@@ -477,11 +477,10 @@ impl Agent {
         let mut cfg = cfg;
         if cfg.net.isolate {
             // the runtimes' trace exporter may reach a collector on the host
-            let otel =
-                crate::spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
+            let otel = spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
             cfg.net
                 .allow_host_ports
-                .extend(crate::spec::host_ports(&otel, cfg.net.gateway_ip()));
+                .extend(spec::host_ports(&otel, cfg.net.gateway_ip()));
             cfg.net.ensure_isolation()?;
         }
         let (events, _) = broadcast::channel(1024);
@@ -859,7 +858,7 @@ impl Agent {
             })
             .collect();
         env.extend(valid.env.iter().cloned());
-        env.extend(crate::spec::sandbox_otel_env(
+        env.extend(spec::sandbox_otel_env(
             |k| std::env::var(k).ok(),
             self.cfg.net.gateway_ip(),
         ));
@@ -1229,7 +1228,7 @@ impl Agent {
             }
         };
         match self.ctr.task_state(id).await? {
-            Some((crate::containerd::TaskState::Running, pid)) => Ok((sb, pid, source)),
+            Some((TaskState::Running, pid)) => Ok((sb, pid, source)),
             _ => Err(AgentError::FailedPrecondition(format!(
                 "sandbox {id} is not running"
             ))),
@@ -1255,33 +1254,8 @@ impl Agent {
             ));
         }
         let sb = self.get(id)?;
-        if !sb.template.checkpointable {
-            let reason = match sb.runtime_class {
-                pb::RuntimeClass::Runsc => "this runsc sandbox uses gVisor host networking inside its netns (this runsc cannot attach its netstack to a veth on this kernel), and gVisor cannot checkpoint host networking (google/gvisor#6243); create it from a checkpointable template (runsc without a network)".to_string(),
-                _ => match criu_check().await {
-                    Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
-                    Ok(()) => "runc checkpoint through CRIU is not implemented yet (CRIU works on this node); use a checkpointable runsc template".to_string(),
-                },
-            };
-            return Err(AgentError::Unsupported(format!(
-                "checkpoint of sandbox {id} (unsupported on this node: {reason})"
-            )));
-        }
         let prior = sb.state;
-        match prior {
-            pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
-            pb::SandboxState::Paused => {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "sandbox {id} is paused: resume it before a checkpoint"
-                )));
-            }
-            s => {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "sandbox {id} is {}: only a running sandbox can be checkpointed",
-                    state_label(s)
-                )));
-            }
-        }
+        checkpoint_allowed(&sb, id).await?;
         let _busy = self.busy(id);
         // its exit is ours: on_exit leaves a releasing sandbox alone
         if let Some(s) = self.lock().get_mut(id) {
@@ -1314,25 +1288,7 @@ impl Agent {
                 name: name.to_string(),
             },
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                // still running if runsc refused before stopping it
-                if let Ok(Some((TaskState::Running, _))) = self.ctr.task_state(id).await
-                    && self
-                        .runtime_sockets(id, sb.template.run_as_root, false)
-                        .await
-                        .is_ok()
-                    && self
-                        .open_tunnel(id, sb.port, sb.template.run_as_root)
-                        .await
-                        .is_ok()
-                    && let Some(s) = self.lock().get_mut(id)
-                {
-                    s.state = prior;
-                } else {
-                    self.lock().remove(id);
-                    self.cleanup(id).await;
-                    self.emit_removed(id);
-                }
+                self.checkpoint_failed(&sb, id, prior, &dir).await;
                 return Err(e);
             }
         };
@@ -1352,6 +1308,30 @@ impl Agent {
             self.emit_removed(id);
         }
         Ok(checkpoint_info(&meta))
+    }
+
+    /// A checkpoint that failed: its directory goes; the sandbox runs on if
+    /// runsc refused before stopping it, otherwise it is removed.
+    async fn checkpoint_failed(&self, sb: &Sandbox, id: &str, prior: pb::SandboxState, dir: &Path) {
+        let _ = std::fs::remove_dir_all(dir);
+        // still running if runsc refused before stopping it
+        if let Ok(Some((TaskState::Running, _))) = self.ctr.task_state(id).await
+            && self
+                .runtime_sockets(id, sb.template.run_as_root, false)
+                .await
+                .is_ok()
+            && self
+                .open_tunnel(id, sb.port, sb.template.run_as_root)
+                .await
+                .is_ok()
+            && let Some(s) = self.lock().get_mut(id)
+        {
+            s.state = prior;
+        } else {
+            self.lock().remove(id);
+            self.cleanup(id).await;
+            self.emit_removed(id);
+        }
     }
 
     /// `runsc checkpoint` into `dir/image`, then the rootfs changes into
@@ -1848,6 +1828,39 @@ async fn criu_check() -> std::result::Result<(), String> {
         })
         .await
         .clone()
+}
+
+/// Whether sandbox `id` can be checkpointed now: a checkpointable template
+/// (the answer names what this node lacks otherwise) in a running state.
+async fn checkpoint_allowed(sb: &Sandbox, id: &str) -> Result<()> {
+    let prior = sb.state;
+    if !sb.template.checkpointable {
+        let reason = match sb.runtime_class {
+            pb::RuntimeClass::Runsc => "this runsc sandbox uses gVisor host networking inside its netns (this runsc cannot attach its netstack to a veth on this kernel), and gVisor cannot checkpoint host networking (google/gvisor#6243); create it from a checkpointable template (runsc without a network)".to_string(),
+            _ => match criu_check().await {
+                Err(why) => format!("runc checkpoint needs CRIU, and {why}"),
+                Ok(()) => "runc checkpoint through CRIU is not implemented yet (CRIU works on this node); use a checkpointable runsc template".to_string(),
+            },
+        };
+        return Err(AgentError::Unsupported(format!(
+            "checkpoint of sandbox {id} (unsupported on this node: {reason})"
+        )));
+    }
+    match prior {
+        pb::SandboxState::Warm | pb::SandboxState::Claimed => {}
+        pb::SandboxState::Paused => {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is paused: resume it before a checkpoint"
+            )));
+        }
+        s => {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is {}: only a running sandbox can be checkpointed",
+                state_label(s)
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -372,6 +372,16 @@ impl Ctr {
     }
 
     async fn import_leased(&self, img: &ImageBlobs, lease: &str) -> Result<()> {
+        self.write_image_blobs(img, lease).await?;
+        if !self.snapshot_exists(&img.diff_id).await? {
+            self.unpack_layer(img, lease).await?;
+        }
+        self.put_image_record(img).await
+    }
+
+    /// The layer, config and manifest blobs into the content store (the
+    /// config keeps the unpacked snapshot, the manifest both blobs).
+    async fn write_image_blobs(&self, img: &ImageBlobs, lease: &str) -> Result<()> {
         let chain = img.diff_id.clone();
         let layer = tokio::fs::File::open(&img.layer_path)
             .await
@@ -415,58 +425,64 @@ impl Ctr {
             img.manifest.as_slice(),
             man_labels,
         )
-        .await?;
+        .await
+    }
 
-        if !self.snapshot_exists(&chain).await? {
-            let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
-            let mounts = self.prepare_snapshot(&key, "", lease).await?;
-            let applied = self
-                .client
-                .diff()
-                .apply(self.req_lease(
-                    api::ApplyRequest {
-                        diff: Some(Descriptor {
-                            media_type: MEDIA_LAYER.into(),
-                            digest: img.layer_digest.clone(),
-                            size: img.layer_size as i64,
-                            annotations: HashMap::new(),
-                        }),
-                        mounts,
-                        payloads: HashMap::new(),
-                        sync_fs: false,
-                    },
-                    lease,
-                ))
-                .await;
-            if let Err(s) = applied {
+    /// Apply the layer onto a fresh snapshot and commit it as the chainID.
+    async fn unpack_layer(&self, img: &ImageBlobs, lease: &str) -> Result<()> {
+        let chain = img.diff_id.clone();
+        let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
+        let mounts = self.prepare_snapshot(&key, "", lease).await?;
+        let applied = self
+            .client
+            .diff()
+            .apply(self.req_lease(
+                api::ApplyRequest {
+                    diff: Some(Descriptor {
+                        media_type: MEDIA_LAYER.into(),
+                        digest: img.layer_digest.clone(),
+                        size: img.layer_size as i64,
+                        annotations: HashMap::new(),
+                    }),
+                    mounts,
+                    payloads: HashMap::new(),
+                    sync_fs: false,
+                },
+                lease,
+            ))
+            .await;
+        if let Err(s) = applied {
+            let _ = self.remove_snapshot(&key).await;
+            return Err(AgentError::containerd("apply layer", s));
+        }
+        let committed = self
+            .client
+            .snapshots()
+            .commit(self.req_lease(
+                CommitSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    name: chain.clone(),
+                    key: key.clone(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
+            .await;
+        match committed {
+            Ok(_) => {}
+            Err(s) if is_exists(&s) => {
                 let _ = self.remove_snapshot(&key).await;
-                return Err(AgentError::containerd("apply layer", s));
             }
-            let committed = self
-                .client
-                .snapshots()
-                .commit(self.req_lease(
-                    CommitSnapshotRequest {
-                        snapshotter: SNAPSHOTTER.into(),
-                        name: chain.clone(),
-                        key: key.clone(),
-                        labels: HashMap::new(),
-                    },
-                    lease,
-                ))
-                .await;
-            match committed {
-                Ok(_) => {}
-                Err(s) if is_exists(&s) => {
-                    let _ = self.remove_snapshot(&key).await;
-                }
-                Err(s) => {
-                    let _ = self.remove_snapshot(&key).await;
-                    return Err(AgentError::containerd("commit snapshot", s));
-                }
+            Err(s) => {
+                let _ = self.remove_snapshot(&key).await;
+                return Err(AgentError::containerd("commit snapshot", s));
             }
         }
+        Ok(())
+    }
 
+    /// Create (or update) the image record pointing at the manifest.
+    async fn put_image_record(&self, img: &ImageBlobs) -> Result<()> {
         let image = api::Image {
             name: img.name.clone(),
             labels: HashMap::new(),
@@ -738,8 +754,7 @@ impl Ctr {
                 Ok(_) => return Ok(()),
                 Err(s) if attempt < ATTEMPTS && s.message().contains("unable to freeze") => {
                     tracing::debug!(sandbox = %id, attempt, "freezer did not settle, retrying pause");
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt)))
-                        .await;
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                     attempt += 1;
                 }
                 Err(s) => return Err(AgentError::containerd("pause task", s)),

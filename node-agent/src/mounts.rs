@@ -155,7 +155,7 @@ pub fn mount_into(pid: u32, source: &Path, target: &str, read_only: bool) -> Res
                 empty.as_ptr(),
                 (libc::AT_EMPTY_PATH | AT_RECURSIVE as i32) as libc::c_uint,
                 &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
+                size_of::<MountAttr>(),
             )
         };
         if r != 0 {

@@ -130,16 +130,16 @@ impl NetConfig {
     }
 
     /// The bridge's IP (the sandboxes' gateway): the first host of the subnet.
-    pub fn gateway_ip(&self) -> Option<std::net::Ipv4Addr> {
+    pub fn gateway_ip(&self) -> Option<Ipv4Addr> {
         let (net, bits) = self.subnet.split_once('/')?;
-        let net: std::net::Ipv4Addr = net.parse().ok()?;
+        let net: Ipv4Addr = net.parse().ok()?;
         let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
         let mask = if bits == 0 {
             0
         } else {
             u32::MAX << (32 - bits)
         };
-        Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+        Some(Ipv4Addr::from((u32::from(net) & mask) + 1))
     }
 
     pub fn netns_path(&self, id: &str) -> PathBuf {

@@ -5,6 +5,9 @@
 //! `SANDPOOL_REQUIRE_CONTAINERD=1` (set by scripts/test.sh, i.e. in CI), in
 //! which case a missing prerequisite fails them.
 
+// Test helpers panic on failure, like the tests that call them.
+#![allow(clippy::unwrap_used)]
+
 use std::{process::Command, sync::Arc, time::Duration};
 
 use sandpool_node_agent::{
@@ -73,6 +76,7 @@ async fn ping(info: &pb::SandboxInfo) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one end-to-end scenario, read top to bottom
 async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
     let Some(runtime) = gate() else { return };
     let t0 = std::time::Instant::now();
@@ -501,6 +505,7 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one end-to-end scenario, read top to bottom
 async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 3).await;
@@ -665,6 +670,7 @@ async fn debian_python_image_is_built_once_and_runs_python() {
 /// Kubernetes mode: a container carrying the kubelet's CRI labels is found by
 /// pod and paused/resumed as a pod; a counter keeps its value across the pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one end-to-end scenario, read top to bottom
 async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     use sandpool_node_agent::cri::{self, CriNode};
     let Some(runtime) = gate() else { return };
@@ -1100,6 +1106,7 @@ async fn start_repl(info: &pb::SandboxInfo) {
 /// restore; one checkpoint forks into 3 sandboxes that go on independently;
 /// clear errors; nothing left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one end-to-end scenario, read top to bottom
 async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     let Some(runtime) = gate() else { return };
     let node = Node::start(runtime, 10).await;
