@@ -274,12 +274,7 @@ impl Agent {
         &self,
         sb: &Sandbox,
     ) -> Result<pb::runtime_client::RuntimeClient<tonic::transport::Channel>> {
-        let cached = self
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&sb.id)
-            .cloned();
+        let cached = self.channels.lock().get(&sb.id).cloned();
         if let Some(ch) = cached {
             return Ok(pb::runtime_client::RuntimeClient::new(ch));
         }
@@ -294,18 +289,12 @@ impl Agent {
             id: sb.id.clone(),
             message: e.to_string(),
         })?;
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sb.id.clone(), ch.clone());
+        self.channels.lock().insert(sb.id.clone(), ch.clone());
         Ok(pb::runtime_client::RuntimeClient::new(ch))
     }
 
     pub(super) fn forget_channel(&self, id: &str) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.channels.lock().remove(id);
     }
 
     /// Start the claimed sandbox's entrypoint through its runtime.

@@ -5,10 +5,11 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use parking_lot::{Mutex, MutexGuard};
 use sandpool_proto::v1 as pb;
 use tokio::sync::broadcast;
 
@@ -189,10 +190,7 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.set.lock().remove(&self.id);
     }
 }
 
@@ -288,14 +286,11 @@ impl Agent {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Sandbox>> {
-        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+        self.sandboxes.lock()
     }
 
     fn busy(&self, id: &str) -> Busy<'_> {
-        self.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
+        self.busy.lock().insert(id.to_string());
         Busy {
             set: &self.busy,
             id: id.to_string(),
@@ -304,12 +299,7 @@ impl Agent {
 
     /// Whether `id` is a sandbox, or one being created or released.
     fn owned(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
-            || self
-                .busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
+        self.lock().contains_key(id) || self.busy.lock().contains(id)
     }
 
     pub fn ctr(&self) -> &Ctr {

@@ -17,10 +17,7 @@ impl Agent {
                 )
             })?;
         let port = t.port;
-        self.tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), t);
+        self.tunnels.lock().insert(id.to_string(), t);
         Ok(port)
     }
 
@@ -71,11 +68,7 @@ impl Agent {
 
     /// Stop sandbox `id`'s tunnel and end its connections; whether it had one.
     pub(super) async fn close_tunnel(&self, id: &str) -> bool {
-        let t = self
-            .tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let t = self.tunnels.lock().remove(id);
         match t {
             Some(t) => {
                 t.close().await;
@@ -87,11 +80,6 @@ impl Agent {
 
     /// Host ports of the open runtime tunnels (network-less sandboxes).
     pub fn tunnel_ports(&self) -> Vec<u16> {
-        self.tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|t| t.port)
-            .collect()
+        self.tunnels.lock().values().map(|t| t.port).collect()
     }
 }

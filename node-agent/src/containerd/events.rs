@@ -1,5 +1,7 @@
 //! The task exit stream, resubscribed when containerd goes away.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use super::*;
 
 impl Ctr {
@@ -15,7 +17,13 @@ impl Ctr {
         let me = self.clone();
         tokio::spawn(async move {
             let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
-            let mut backoff = Duration::from_millis(100);
+            const MAX_DELAY: Duration = Duration::from_secs(2);
+            let retries = ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(MAX_DELAY)
+                .without_max_times();
+            let mut backoff = retries.build();
             loop {
                 let req = me.req(api::SubscribeRequest {
                     filters: vec![filter.clone()],
@@ -24,15 +32,14 @@ impl Ctr {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
                         tracing::debug!(error = %e, "subscribing to containerd task exits failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(backoff.next().unwrap_or(MAX_DELAY)).await;
                         if tx.is_closed() {
                             return;
                         }
                         continue;
                     }
                 };
-                backoff = Duration::from_millis(100);
+                backoff = retries.build();
                 while let Some(Ok(env)) = stream.next().await {
                     let Some(any) = env.event else { continue };
                     if let Ok(exit) =
