@@ -63,9 +63,12 @@ fn spawn(dir: &Path) -> Result<Child> {
                 .map_err(std::io::Error::from)
         });
     }
-    let child = cmd.spawn().map_err(|e| AgentError::Connect {
-        path: socket.display().to_string(),
-        message: format!("starting containerd (apt-get install containerd runc): {e}"),
+    let child = cmd.spawn().map_err(|e| {
+        AgentError::connect(
+            socket.display().to_string(),
+            "starting containerd (apt-get install containerd runc)",
+            e,
+        )
     })?;
     tracing::info!(pid = child.id(), socket = %socket.display(), "started private containerd");
     Ok(child)
@@ -97,9 +100,8 @@ impl ContainerdDaemon {
                 }
             })
             .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
-        rx.recv().map_err(|_| AgentError::Connect {
-            path: dir.display().to_string(),
-            message: "containerd supervisor died".into(),
+        rx.recv().map_err(|e| {
+            AgentError::connect(dir.display().to_string(), "containerd supervisor died", e)
         })??;
         Ok(ContainerdDaemon {
             child,

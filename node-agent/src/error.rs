@@ -1,5 +1,8 @@
 //! The node agent's error type, mapped to gRPC statuses.
 
+/// The underlying error of a failed step, whatever library it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid template: {0}")]
@@ -18,14 +21,38 @@ pub enum AgentError {
         #[source]
         status: tonic::Status,
     },
-    #[error("connecting to containerd at {path}: {message}")]
-    Connect { path: String, message: String },
+    #[error("connecting to containerd at {path}: {what}: {source}")]
+    Connect {
+        path: String,
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("network: {0}")]
     Network(String),
+    #[error("network: {what}: {source}")]
+    NetworkFailed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("image build: {0}")]
     Image(String),
+    #[error("image build: {what}: {source}")]
+    ImageFailed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("runtime of sandbox {id}: {message}")]
     Runtime { id: String, message: String },
+    #[error("runtime of sandbox {id}: {what}: {source}")]
+    RuntimeFailed {
+        id: String,
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -38,6 +65,12 @@ pub enum AgentError {
     CheckpointNotFound(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("checkpoint: {what}: {source}")]
+    CheckpointFailed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -55,6 +88,51 @@ impl AgentError {
             status,
         }
     }
+    /// Connecting to (or starting) containerd at `path` failed.
+    pub fn connect(
+        path: impl Into<String>,
+        what: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        AgentError::Connect {
+            path: path.into(),
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+    /// A network step (`what`: netns, CNI, iptables, mounts) failed.
+    pub fn network(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::NetworkFailed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+    /// A step of building or importing an image failed.
+    pub fn image(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::ImageFailed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+    /// A call to sandbox `id`'s runtime failed.
+    pub fn runtime(
+        id: impl Into<String>,
+        what: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        AgentError::RuntimeFailed {
+            id: id.into(),
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+    /// A step of a checkpoint or restore failed.
+    pub fn checkpoint(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::CheckpointFailed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -65,13 +143,13 @@ impl AgentError {
             AgentError::Exhausted(_) => "exhausted",
             AgentError::Containerd { .. } => "containerd",
             AgentError::Connect { .. } => "connect",
-            AgentError::Network(_) => "network",
-            AgentError::Image(_) => "image",
-            AgentError::Runtime { .. } => "runtime",
+            AgentError::Network(_) | AgentError::NetworkFailed { .. } => "network",
+            AgentError::Image(_) | AgentError::ImageFailed { .. } => "image",
+            AgentError::Runtime { .. } | AgentError::RuntimeFailed { .. } => "runtime",
             AgentError::Io { .. } => "io",
             AgentError::Unsupported(_) => "unsupported",
             AgentError::CheckpointNotFound(_) => "not_found",
-            AgentError::Checkpoint(_) => "checkpoint",
+            AgentError::Checkpoint(_) | AgentError::CheckpointFailed { .. } => "checkpoint",
         }
     }
 }
@@ -90,12 +168,15 @@ impl From<AgentError> for tonic::Status {
                 Code::Unavailable => Code::Unavailable,
                 _ => Code::Internal,
             },
-            AgentError::Runtime { .. } => Code::Unavailable,
+            AgentError::Runtime { .. } | AgentError::RuntimeFailed { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
             AgentError::Network(_)
+            | AgentError::NetworkFailed { .. }
             | AgentError::Image(_)
+            | AgentError::ImageFailed { .. }
             | AgentError::Io { .. }
-            | AgentError::Checkpoint(_) => Code::Internal,
+            | AgentError::Checkpoint(_)
+            | AgentError::CheckpointFailed { .. } => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

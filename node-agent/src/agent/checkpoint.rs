@@ -48,7 +48,7 @@ impl Agent {
                 sandbox_id: id.to_string(),
                 pool: sb.pool.clone(),
                 template: serde_json::to_string(&TemplateLabel::from(&sb.template))
-                    .map_err(|e| AgentError::Checkpoint(e.to_string()))?,
+                    .map_err(|e| AgentError::checkpoint("encoding the template label", e))?,
                 token: sb.token.clone(),
                 image: sb.template.image.clone(),
                 created_unix_ms: unix_ms(),
@@ -68,9 +68,12 @@ impl Agent {
             if let Err(e) = self.restore_into(&meta, id, sb.port, prior).await {
                 self.lock().remove(id);
                 self.emit_removed(id);
-                return Err(AgentError::Checkpoint(format!(
-                    "checkpoint {checkpoint_id} was made, but sandbox {id} did not come back from it: {e}"
-                )));
+                return Err(AgentError::checkpoint(
+                    format!(
+                        "checkpoint {checkpoint_id} was made, but sandbox {id} did not come back from it"
+                    ),
+                    e,
+                ));
             }
         } else {
             self.lock().remove(id);
@@ -162,7 +165,7 @@ impl Agent {
     ) -> Result<Sandbox> {
         let template: pb::SandboxTemplate = serde_json::from_str::<TemplateLabel>(&meta.template)
             .map_err(|e| {
-                AgentError::Checkpoint(format!("{}: unreadable template: {e}", meta.checkpoint_id))
+                AgentError::checkpoint(format!("{}: unreadable template", meta.checkpoint_id), e)
             })?
             .into();
         let valid = validate_template(&template)?;

@@ -26,7 +26,7 @@ impl Agent {
         let name2 = builtin.to_string();
         let blobs = tokio::task::spawn_blocking(move || image::build_builtin(&name2, &cache))
             .await
-            .map_err(|e| AgentError::Image(format!("image builder: {e}")))??;
+            .map_err(|e| AgentError::image("image builder", e))??;
         self.ctr.import(&blobs).await?;
         tracing::info!(
             image = builtin,
@@ -64,7 +64,7 @@ impl Agent {
             (
                 tokio::task::spawn_blocking(move || net.setup(&id2))
                     .await
-                    .map_err(|e| AgentError::Network(e.to_string()))??,
+                    .map_err(|e| AgentError::network(format!("network setup task of {id}"), e))??,
                 spec::RUNTIME_PORT,
             )
         };
@@ -279,16 +279,13 @@ impl Agent {
             return Ok(pb::runtime_client::RuntimeClient::new(ch));
         }
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", sb.ip, sb.port))
-            .map_err(|e| AgentError::Runtime {
-                id: sb.id.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| AgentError::runtime(&sb.id, "runtime endpoint", e))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-        let ch = ep.connect().await.map_err(|e| AgentError::Runtime {
-            id: sb.id.clone(),
-            message: e.to_string(),
-        })?;
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| AgentError::runtime(&sb.id, "connecting", e))?;
         self.channels.lock().insert(sb.id.clone(), ch.clone());
         Ok(pb::runtime_client::RuntimeClient::new(ch))
     }
@@ -336,10 +333,7 @@ impl Agent {
                 }
                 _ => {
                     self.forget_channel(id);
-                    AgentError::Runtime {
-                        id: id.to_string(),
-                        message: s.to_string(),
-                    }
+                    AgentError::runtime(id, "inject", s)
                 }
             })?;
         let took = t0.elapsed();
@@ -428,7 +422,7 @@ impl Agent {
             crate::mounts::mount_into(pid, &source.unwrap_or_default(), &target, read_only)
         })
         .await
-        .map_err(|e| AgentError::Network(format!("mount worker: {e}")))??;
+        .map_err(|e| AgentError::network("mount worker", e))??;
         tracing::info!(sandbox = %id, host_path, mount_path, read_only, "mounted");
         Ok(sb)
     }
@@ -438,7 +432,7 @@ impl Agent {
         let target = mount_path.to_string();
         tokio::task::spawn_blocking(move || crate::mounts::unmount_from(pid, &target))
             .await
-            .map_err(|e| AgentError::Network(format!("unmount worker: {e}")))?
+            .map_err(|e| AgentError::network("unmount worker", e))?
             .map_err(|e| {
                 AgentError::FailedPrecondition(format!(
                     "{mount_path} is not a mount in sandbox {id}: {e}"
@@ -619,7 +613,7 @@ impl Agent {
         let id2 = id.to_string();
         tokio::task::spawn_blocking(move || net.teardown(&id2))
             .await
-            .map_err(|e| AgentError::Network(e.to_string()))?
+            .map_err(|e| AgentError::network(format!("network teardown task of {id}"), e))?
     }
 
     /// Best-effort removal of everything a sandbox id may own.

@@ -168,10 +168,7 @@ impl Agent {
                         let mut c = self.runtime_client(&sb).await?;
                         c.health(auth(&sb, pb::HealthRequest {}))
                             .await
-                            .map_err(|s| AgentError::Runtime {
-                                id: sb.id.clone(),
-                                message: s.to_string(),
-                            })
+                            .map_err(|s| AgentError::runtime(&sb.id, "health check", s))
                     };
                     match tokio::time::timeout(Duration::from_secs(10), health).await {
                         Ok(Ok(h)) if !h.get_ref().used => {}

@@ -125,7 +125,7 @@ impl Ctr {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(s)) if is_exists(&s) => return Ok(()),
             Ok(Err(s)) => return Err(AgentError::containerd("content write", s)),
-            Err(e) => return Err(AgentError::Image(format!("content writer task: {e}"))),
+            Err(e) => return Err(AgentError::image("content writer task", e)),
         };
         while let Some(r) = stream.next().await {
             match r {
@@ -308,7 +308,7 @@ impl Ctr {
             .ok_or_else(|| AgentError::Image(format!("image {name} has no target")))?;
         let manifest: serde_json::Value =
             serde_json::from_slice(&self.read_content(&target.digest).await?)
-                .map_err(|e| AgentError::Image(format!("manifest of {name}: {e}")))?;
+                .map_err(|e| AgentError::image(format!("manifest of {name}"), e))?;
         let cfg_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
             AgentError::Image(format!(
                 "image {name}: manifest without config (index images are not supported)"
@@ -316,7 +316,7 @@ impl Ctr {
         })?;
         let config: serde_json::Value =
             serde_json::from_slice(&self.read_content(cfg_digest).await?)
-                .map_err(|e| AgentError::Image(format!("config of {name}: {e}")))?;
+                .map_err(|e| AgentError::image(format!("config of {name}"), e))?;
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
             .as_array()
             .map(|a| {

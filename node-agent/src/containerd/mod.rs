@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 use tonic::{Code, Request};
 
 use crate::{
-    error::{AgentError, Result},
+    error::{AgentError, BoxError, Result},
     image::{ImageBlobs, MEDIA_LAYER, MEDIA_MANIFEST},
 };
 
@@ -132,9 +132,9 @@ impl Ctr {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let attempt = async {
-                let c = Client::from_path(socket).await.map_err(|e| e.to_string())?;
-                c.version().version(()).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(c)
+                let c = Client::from_path(socket).await.map_err(BoxError::from)?;
+                c.version().version(()).await.map_err(BoxError::from)?;
+                Ok::<_, BoxError>(c)
             };
             match attempt.await {
                 Ok(c) => {
@@ -146,10 +146,11 @@ impl Ctr {
                     return Ok(me);
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(AgentError::Connect {
-                        path: socket.display().to_string(),
-                        message: e,
-                    });
+                    return Err(AgentError::connect(
+                        socket.display().to_string(),
+                        format!("no answer within {within:?}"),
+                        e,
+                    ));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }

@@ -60,7 +60,8 @@ impl Ctr {
             }),
             spec: Some(Any {
                 type_url: SPEC_TYPE_URL.into(),
-                value: serde_json::to_vec(spec).map_err(|e| AgentError::Image(e.to_string()))?,
+                value: serde_json::to_vec(spec)
+                    .map_err(|e| AgentError::image("encoding the runtime spec", e))?,
             }),
             snapshotter: SNAPSHOTTER.into(),
             snapshot_key: snapshot_key.to_string(),
