@@ -1,7 +1,24 @@
 //! Checkpoint, restore and fork of (runsc) sandboxes through the node's
 //! checkpoint store.
 
-use super::*;
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sandpool_proto::v1 as pb;
+
+use crate::{
+    containerd::TaskState,
+    error::{AgentError, Result},
+};
+
+use super::{
+    Agent, Sandbox, TemplateLabel, copy_tree, labels, new_id, run_checked, state_label, unix_ms,
+    validate_template,
+};
 
 impl Agent {
     /// Checkpoint sandbox `id`'s memory and file system into the node's

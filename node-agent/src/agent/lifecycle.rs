@@ -1,7 +1,26 @@
 //! Sandbox lifecycle: image, create, start, readiness, inject, pause and
 //! resume, host mounts, release, upgrade, and the cleanup behind them.
 
-use super::*;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sandpool_proto::v1 as pb;
+
+use crate::{
+    containerd::{NewContainer, TaskState},
+    error::{AgentError, Result},
+    image,
+    spec::{self, SandboxSpec},
+};
+
+use super::{
+    Agent, Sandbox, ValidTemplate, auth, copy_tree, labels, new_id, state_label, unix_ms,
+    validate_template,
+};
 
 impl Agent {
     /// Make sure `name` exists in containerd, building builtin images.

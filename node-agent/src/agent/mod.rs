@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use parking_lot::{Mutex, MutexGuard};
@@ -14,12 +14,10 @@ use sandpool_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 use crate::{
-    containerd::{Ctr, NewContainer, TaskEvent, TaskState},
+    containerd::Ctr,
     error::{AgentError, Result},
-    image,
     net::NetConfig,
-    quantity,
-    spec::{self, Limits, SandboxSpec},
+    spec,
 };
 
 mod checkpoint;

@@ -1,7 +1,16 @@
 //! Recovery: rebuilding state from containerd labels after a restart,
 //! following task exits, and sweeping resources no sandbox owns.
 
-use super::*;
+use std::{sync::Arc, time::Duration};
+
+use sandpool_proto::v1 as pb;
+
+use crate::{
+    containerd::{TaskEvent, TaskState},
+    error::{AgentError, Result},
+};
+
+use super::{Agent, Sandbox, auth, labels};
 
 impl Agent {
     /// Remove what no sandbox owns: containers, netns and snapshots left by a

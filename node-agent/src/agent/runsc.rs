@@ -1,7 +1,14 @@
 //! The runtime tunnels of network-less (runsc) sandboxes, and the runtime
 //! commands run inside a sandbox through `runsc exec`.
 
-use super::*;
+use std::{net::Ipv4Addr, time::Duration};
+
+use crate::{
+    error::{AgentError, Result},
+    spec,
+};
+
+use super::{Agent, run_checked};
 
 impl Agent {
     /// Listen for sandbox `id`'s runtime on 127.0.0.1:`port` (0: any port).

@@ -1,7 +1,17 @@
 //! Sandbox templates: validation, and their encoding in container labels
 //! (what a restarted agent rebuilds its state from).
 
-use super::*;
+use std::collections::HashMap;
+
+use sandpool_proto::v1 as pb;
+
+use crate::{
+    error::{AgentError, Result},
+    quantity,
+    spec::{self, Limits},
+};
+
+use super::{Sandbox, labels};
 
 /// The template as stored in a label (serde view of the proto message).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -245,6 +255,8 @@ impl Sandbox {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn template() -> pb::SandboxTemplate {

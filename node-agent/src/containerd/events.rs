@@ -1,8 +1,12 @@
 //! The task exit stream, resubscribed when containerd goes away.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use std::time::Duration;
 
-use super::*;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use containerd_client::services::v1 as api;
+use futures_util::StreamExt;
+
+use super::{Ctr, TaskEvent};
 
 impl Ctr {
     /// Task exits in this namespace: (container id, exited pid, exit status).

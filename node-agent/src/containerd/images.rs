@@ -1,7 +1,21 @@
 //! Image import through the content, diff, snapshots and images services,
 //! and reading an image's rootfs chainID and config back.
 
-use super::*;
+use std::collections::HashMap;
+
+use containerd_client::{
+    services::v1::{self as api, snapshots::CommitSnapshotRequest},
+    types::Descriptor,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use crate::{
+    error::{AgentError, Result},
+    image::{ImageBlobs, MEDIA_LAYER, MEDIA_MANIFEST},
+};
+
+use super::{Ctr, SNAPSHOTTER, chain_id, is_exists, is_not_found};
 
 impl Ctr {
     pub async fn image(&self, name: &str) -> Result<Option<api::Image>> {

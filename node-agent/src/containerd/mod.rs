@@ -8,28 +8,11 @@ use std::{
     time::Duration,
 };
 
-use containerd_client::{
-    Client,
-    services::v1::{
-        self as api, Container,
-        container::Runtime,
-        snapshots::{
-            CommitSnapshotRequest, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
-            RemoveSnapshotRequest, StatSnapshotRequest,
-        },
-    },
-    types::{Descriptor, Mount, v1::Status as TaskStatus},
-};
-use futures_util::StreamExt;
-use prost_types::Any;
+use containerd_client::{Client, services::v1 as api, types::Mount};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tonic::{Code, Request};
 
-use crate::{
-    error::{AgentError, BoxError, Result},
-    image::{ImageBlobs, MEDIA_LAYER, MEDIA_MANIFEST},
-};
+use crate::error::{AgentError, BoxError, Result};
 
 mod events;
 mod images;

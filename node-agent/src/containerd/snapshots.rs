@@ -1,7 +1,31 @@
 //! Snapshots and containers: a sandbox rootfs prepared on the image's
 //! snapshot (with the stale-directory retry), container records, labels.
 
-use super::*;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use containerd_client::{
+    services::v1::{
+        self as api, Container,
+        container::Runtime,
+        snapshots::{
+            ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+            StatSnapshotRequest,
+        },
+    },
+    types::Mount,
+};
+use futures_util::StreamExt;
+use prost_types::Any;
+
+use crate::error::{AgentError, Result};
+
+use super::{
+    Ctr, NewContainer, RUNC_OPTIONS_TYPE_URL, RUNC_SHIM, RuncOptions, SNAPSHOTTER, SPEC_TYPE_URL,
+    is_not_found, upperdir,
+};
 
 impl Ctr {
     pub(super) async fn snapshot_exists(&self, key: &str) -> Result<bool> {

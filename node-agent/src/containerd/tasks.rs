@@ -1,7 +1,18 @@
 //! Tasks: start (runc or runsc through the runc v2 shim), state, pause,
 //! resume, and destroy.
 
-use super::*;
+use std::{path::Path, time::Duration};
+
+use containerd_client::{
+    services::v1 as api,
+    types::{Mount, v1::Status as TaskStatus},
+};
+use prost_types::Any;
+use tonic::Code;
+
+use crate::error::{AgentError, Result};
+
+use super::{Ctr, RUNC_OPTIONS_TYPE_URL, RuncOptions, TaskState, is_not_found};
 
 impl Ctr {
     /// Create and start the container's task; with `restore` = (runtime
