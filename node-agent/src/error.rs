@@ -7,12 +7,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum AgentError {
     #[error("invalid template: {0}")]
     InvalidTemplate(String),
+    #[error("invalid template: {what}: {source}")]
+    InvalidInput {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("unknown image {0:?}; known images: {1}")]
     UnknownImage(String, String),
     #[error("sandbox {0} not found")]
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{what}: {source}")]
+    Precondition {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("mount namespace of pid {pid}: {source}")]
+    MountNamespace {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("node is full: {0}")]
     Exhausted(String),
     #[error("containerd {op}: {status}")]
@@ -88,6 +106,20 @@ impl AgentError {
             status,
         }
     }
+    /// Outside input (`what`: a host path, ...) that the system refuses.
+    pub fn invalid(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::InvalidInput {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+    /// The sandbox is not in a state where `what` can happen.
+    pub fn precondition(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::Precondition {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
     /// Connecting to (or starting) containerd at `path` failed.
     pub fn connect(
         path: impl Into<String>,
@@ -136,10 +168,12 @@ impl AgentError {
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            AgentError::InvalidTemplate(_) => "invalid_template",
+            AgentError::InvalidTemplate(_) | AgentError::InvalidInput { .. } => "invalid_template",
             AgentError::UnknownImage(..) => "unknown_image",
-            AgentError::NotFound(_) => "not_found",
-            AgentError::FailedPrecondition(_) => "failed_precondition",
+            AgentError::NotFound(_) | AgentError::MountNamespace { .. } => "not_found",
+            AgentError::FailedPrecondition(_) | AgentError::Precondition { .. } => {
+                "failed_precondition"
+            }
             AgentError::Exhausted(_) => "exhausted",
             AgentError::Containerd { .. } => "containerd",
             AgentError::Connect { .. } => "connect",
@@ -158,9 +192,15 @@ impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
         use tonic::Code;
         let code = match &e {
-            AgentError::InvalidTemplate(_) | AgentError::UnknownImage(..) => Code::InvalidArgument,
-            AgentError::NotFound(_) | AgentError::CheckpointNotFound(_) => Code::NotFound,
-            AgentError::FailedPrecondition(_) => Code::FailedPrecondition,
+            AgentError::InvalidTemplate(_)
+            | AgentError::InvalidInput { .. }
+            | AgentError::UnknownImage(..) => Code::InvalidArgument,
+            AgentError::NotFound(_)
+            | AgentError::MountNamespace { .. }
+            | AgentError::CheckpointNotFound(_) => Code::NotFound,
+            AgentError::FailedPrecondition(_) | AgentError::Precondition { .. } => {
+                Code::FailedPrecondition
+            }
             AgentError::Exhausted(_) => Code::ResourceExhausted,
             AgentError::Connect { .. } => Code::Unavailable,
             AgentError::Containerd { status, .. } => match status.code() {

@@ -453,9 +453,7 @@ impl Agent {
             .await
             .map_err(|e| AgentError::network("unmount worker", e))?
             .map_err(|e| {
-                AgentError::FailedPrecondition(format!(
-                    "{mount_path} is not a mount in sandbox {id}: {e}"
-                ))
+                AgentError::precondition(format!("{mount_path} is not a mount in sandbox {id}"), e)
             })?;
         Ok(sb)
     }
