@@ -66,7 +66,7 @@ impl Store {
             Err(e) => return Err(AgentError::io(path.display().to_string(), e)),
         };
         serde_json::from_str(&text)
-            .map_err(|e| AgentError::Checkpoint(format!("{id}: unreadable {META}: {e}")))
+            .map_err(|e| AgentError::checkpoint(format!("{id}: unreadable {META}"), e))
     }
 
     /// Write `meta.json` last and atomically: a checkpoint without it is
@@ -74,8 +74,8 @@ impl Store {
     pub fn write(&self, meta: &Meta) -> Result<()> {
         let dir = self.dir(&meta.checkpoint_id)?;
         let tmp = dir.join(format!("{META}.tmp"));
-        let body =
-            serde_json::to_vec_pretty(meta).map_err(|e| AgentError::Checkpoint(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(meta)
+            .map_err(|e| AgentError::checkpoint(format!("encoding {META}"), e))?;
         std::fs::write(&tmp, body).map_err(|e| AgentError::io(tmp.display().to_string(), e))?;
         std::fs::rename(&tmp, dir.join(META))
             .map_err(|e| AgentError::io(dir.display().to_string(), e))

@@ -7,11 +7,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use parking_lot::Mutex;
 
 use crate::error::{AgentError, Result};
 
@@ -60,9 +63,12 @@ fn spawn(dir: &Path) -> Result<Child> {
                 .map_err(std::io::Error::from)
         });
     }
-    let child = cmd.spawn().map_err(|e| AgentError::Connect {
-        path: socket.display().to_string(),
-        message: format!("starting containerd (apt-get install containerd runc): {e}"),
+    let child = cmd.spawn().map_err(|e| {
+        AgentError::connect(
+            socket.display().to_string(),
+            "starting containerd (apt-get install containerd runc)",
+            e,
+        )
     })?;
     tracing::info!(pid = child.id(), socket = %socket.display(), "started private containerd");
     Ok(child)
@@ -85,7 +91,7 @@ impl ContainerdDaemon {
             .name("containerd-supervisor".into())
             .spawn(move || match spawn(&d) {
                 Ok(first) => {
-                    *c.lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
+                    *c.lock() = Some(first);
                     let _ = tx.send(Ok(()));
                     supervise(&c, &stop, &d);
                 }
@@ -94,9 +100,8 @@ impl ContainerdDaemon {
                 }
             })
             .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
-        rx.recv().map_err(|_| AgentError::Connect {
-            path: dir.display().to_string(),
-            message: "containerd supervisor died".into(),
+        rx.recv().map_err(|e| {
+            AgentError::connect(dir.display().to_string(), "containerd supervisor died", e)
         })??;
         Ok(ContainerdDaemon {
             child,
@@ -110,7 +115,7 @@ impl ContainerdDaemon {
     pub fn stop(&mut self, grace: Duration) {
         // the supervisor checks the flag under the lock before it restarts
         self.stopping.store(true, Ordering::SeqCst);
-        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(mut child) = self.child.lock().take() else {
             return;
         };
         if !matches!(child.try_wait(), Ok(None)) {
@@ -138,23 +143,28 @@ impl ContainerdDaemon {
 /// Restart containerd whenever it exits, until stopped; backs off when it
 /// keeps dying.
 fn supervise(child: &Mutex<Option<Child>>, stopping: &AtomicBool, dir: &Path) {
-    let mut backoff = Duration::from_millis(100);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+    let restarts = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX_DELAY)
+        .without_max_times();
+    let mut backoff = restarts.build();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        let mut g = child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = child.lock();
         let Some(c) = g.as_mut() else { return };
         let Ok(Some(status)) = c.try_wait() else {
-            backoff = Duration::from_millis(100);
+            backoff = restarts.build();
             continue;
         };
         tracing::warn!(%status, "private containerd exited; restarting it");
         drop(g);
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-        let mut g = child.lock().unwrap_or_else(|p| p.into_inner());
+        std::thread::sleep(backoff.next().unwrap_or(MAX_DELAY));
+        let mut g = child.lock();
         if stopping.load(Ordering::SeqCst) || g.is_none() {
             return;
         }

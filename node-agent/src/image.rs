@@ -87,19 +87,20 @@ pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<I
     let mut builder = tar::Builder::new(tar_hashed);
     builder.follow_symlinks(false);
     append_tree(&mut builder, rootfs, Path::new(""))
-        .map_err(|e| AgentError::Image(format!("packing {}: {e}", rootfs.display())))?;
+        .map_err(|e| AgentError::image(format!("packing {}", rootfs.display()), e))?;
     let tar_hashed = builder
         .into_inner()
-        .map_err(|e| AgentError::Image(e.to_string()))?;
+        .map_err(|e| AgentError::image("finishing the layer tar", e))?;
     let diff_id = format!("sha256:{}", hex::encode(tar_hashed.hash.finalize()));
     let gz_hashed = tar_hashed
         .inner
         .finish()
-        .map_err(|e| AgentError::Image(e.to_string()))?;
+        .map_err(|e| AgentError::image("finishing the layer gzip", e))?;
     let layer_digest = format!("sha256:{}", hex::encode(gz_hashed.hash.clone().finalize()));
     let layer_size = gz_hashed.count;
     let mut w = gz_hashed.inner;
-    w.flush().map_err(|e| AgentError::Image(e.to_string()))?;
+    w.flush()
+        .map_err(|e| AgentError::image("flushing the layer file", e))?;
     drop(w);
     fs::rename(&tmp, &layer_path)
         .map_err(|e| AgentError::io(layer_path.display().to_string(), e))?;
@@ -111,7 +112,7 @@ pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<I
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [{ "created_by": format!("sandpool image build {name}") }]
     }))
-    .map_err(|e| AgentError::Image(e.to_string()))?;
+    .map_err(|e| AgentError::image("encoding the image config", e))?;
     let config_digest = sha256_digest(&config);
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
@@ -119,7 +120,7 @@ pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<I
         "config": { "mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len() },
         "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer_size }]
     }))
-    .map_err(|e| AgentError::Image(e.to_string()))?;
+    .map_err(|e| AgentError::image("encoding the image manifest", e))?;
     Ok(ImageBlobs {
         name: name.to_string(),
         manifest_digest: sha256_digest(&manifest),
@@ -242,7 +243,7 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
         fs::set_permissions(dir.join("bin/bash"), fs::Permissions::from_mode(0o755))?;
         Ok(())
     };
-    build().map_err(|e| AgentError::Image(format!("busybox rootfs in {}: {e}", dir.display())))
+    build().map_err(|e| AgentError::image(format!("busybox rootfs in {}", dir.display()), e))
 }
 
 /// The Debian mirror this machine's apt already uses (never hard-coded):
@@ -311,11 +312,7 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
         .arg(&tmp)
         .arg(&mirror)
         .output()
-        .map_err(|e| {
-            AgentError::Image(format!(
-                "running debootstrap (apt-get install debootstrap): {e}"
-            ))
-        })?;
+        .map_err(|e| AgentError::image("running debootstrap (apt-get install debootstrap)", e))?;
     if !out.status.success() {
         let text = format!(
             "{}\n{}",
@@ -354,7 +351,7 @@ pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
     let lock_file = fs::File::create(dir.with_extension("lock"))
         .map_err(|e| AgentError::io(dir.display().to_string(), e))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
-        |(_, e)| AgentError::Image(format!("locking the image cache {}: {e}", dir.display())),
+        |(_, e)| AgentError::image(format!("locking the image cache {}", dir.display()), e),
     )?;
     let packed = dir.join("image.json");
     if let Some(b) = fs::read(&packed)

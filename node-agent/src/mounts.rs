@@ -43,7 +43,7 @@ const RESERVED: [&str; 5] = ["/proc", "/sys", "/dev", "/.sandpool", "/etc/resolv
 pub fn validate(host_path: &str, mount_path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
     validate_target(mount_path)?;
     let source = std::fs::canonicalize(host_path)
-        .map_err(|e| AgentError::InvalidTemplate(format!("host path {host_path:?}: {e}")))?;
+        .map_err(|e| AgentError::invalid(format!("host path {host_path:?}"), e))?;
     let allowed = roots
         .iter()
         .filter_map(|r| std::fs::canonicalize(r).ok())
@@ -92,7 +92,7 @@ fn in_mount_ns_of(
     f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
 ) -> Result<()> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
-        .map_err(|e| AgentError::NotFound(format!("mount namespace of pid {pid}: {e}")))?;
+        .map_err(|source| AgentError::MountNamespace { pid, source })?;
     let ns_fd = ns.as_raw_fd();
     // The child never execs: after the work it `_exit(0)`s (the parent sees
     // a successful spawn and exit status 0); an error is reported through
@@ -109,9 +109,9 @@ fn in_mount_ns_of(
             libc::_exit(0)
         });
     }
-    let status = cmd.status().map_err(|e| {
-        AgentError::FailedPrecondition(format!("in the sandbox's mount namespace: {e}"))
-    })?;
+    let status = cmd
+        .status()
+        .map_err(|e| AgentError::precondition("in the sandbox's mount namespace", e))?;
     drop(ns);
     if status.success() {
         Ok(())
@@ -155,7 +155,7 @@ pub fn mount_into(pid: u32, source: &Path, target: &str, read_only: bool) -> Res
                 empty.as_ptr(),
                 (libc::AT_EMPTY_PATH | AT_RECURSIVE as i32) as libc::c_uint,
                 &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
+                size_of::<MountAttr>(),
             )
         };
         if r != 0 {

@@ -126,20 +126,20 @@ impl NetConfig {
         };
         let path = format!("/sys/class/net/{veth}/brport/isolated");
         fs::write(&path, "1")
-            .map_err(|e| AgentError::Network(format!("isolating bridge port {veth} ({path}): {e}")))
+            .map_err(|e| AgentError::network(format!("isolating bridge port {veth} ({path})"), e))
     }
 
     /// The bridge's IP (the sandboxes' gateway): the first host of the subnet.
-    pub fn gateway_ip(&self) -> Option<std::net::Ipv4Addr> {
+    pub fn gateway_ip(&self) -> Option<Ipv4Addr> {
         let (net, bits) = self.subnet.split_once('/')?;
-        let net: std::net::Ipv4Addr = net.parse().ok()?;
+        let net: Ipv4Addr = net.parse().ok()?;
         let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
         let mask = if bits == 0 {
             0
         } else {
             u32::MAX << (32 - bits)
         };
-        Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+        Some(Ipv4Addr::from((u32::from(net) & mask) + 1))
     }
 
     pub fn netns_path(&self, id: &str) -> PathBuf {
@@ -243,17 +243,20 @@ impl NetConfig {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
-                AgentError::Network(format!(
-                    "running CNI plugin {} (apt-get install containernetworking-plugins): {e}",
-                    bin.display()
-                ))
+                AgentError::network(
+                    format!(
+                        "running CNI plugin {} (apt-get install containernetworking-plugins)",
+                        bin.display()
+                    ),
+                    e,
+                )
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(conf.to_string().as_bytes());
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| AgentError::Network(format!("CNI {plugin}: {e}")))?;
+            .map_err(|e| AgentError::network(format!("CNI {plugin}"), e))?;
         if !out.status.success() {
             let msg = serde_json::from_slice::<Value>(&out.stdout)
                 .ok()
@@ -267,7 +270,7 @@ impl NetConfig {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&out.stdout)
-            .map_err(|e| AgentError::Network(format!("CNI {plugin} output: {e}")))
+            .map_err(|e| AgentError::network(format!("CNI {plugin} output"), e))
     }
 }
 
@@ -276,9 +279,7 @@ fn iptables(args: &[&str]) -> Result<()> {
         .arg("-w")
         .args(args)
         .output()
-        .map_err(|e| {
-            AgentError::Network(format!("running iptables (apt-get install iptables): {e}"))
-        })?;
+        .map_err(|e| AgentError::network("running iptables (apt-get install iptables)", e))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -325,9 +326,9 @@ pub fn create_netns(path: &Path) -> Result<()> {
     }
     fs::File::create(path).map_err(|e| AgentError::io(path.display().to_string(), e))?;
     let target = path.to_path_buf();
-    let res = std::thread::spawn(move || -> std::result::Result<(), String> {
+    let res = std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+            .map_err(|e| AgentError::network("unshare(CLONE_NEWNET)", e))?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -335,13 +336,13 @@ pub fn create_netns(path: &Path) -> Result<()> {
             nix::mount::MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| format!("bind-mounting netns to {}: {e}", target.display()))
+        .map_err(|e| AgentError::network(format!("bind-mounting netns to {}", target.display()), e))
     })
     .join()
     .map_err(|_| AgentError::Network("netns thread panicked".into()))?;
     if let Err(e) = res {
         let _ = fs::remove_file(path);
-        return Err(AgentError::Network(e));
+        return Err(e);
     }
     Ok(())
 }
@@ -353,10 +354,10 @@ pub fn delete_netns(path: &Path) -> Result<()> {
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => {
-            return Err(AgentError::Network(format!(
-                "unmounting {}: {e}",
-                path.display()
-            )));
+            return Err(AgentError::network(
+                format!("unmounting {}", path.display()),
+                e,
+            ));
         }
     }
     fs::remove_file(path).map_err(|e| AgentError::io(path.display().to_string(), e))

@@ -30,7 +30,7 @@ impl NodeAgentService {
         work: impl FnOnce(Arc<Agent>, Req) -> Fut,
     ) -> Result<T, Status>
     where
-        Fut: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        Fut: Future<Output = crate::error::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
         let span = rpc_span(rpc);

@@ -2,6 +2,10 @@
 //! containerd and an agent in a temp dir, the prerequisites gate, and a
 //! residue check. Not used by the product.
 
+// Test support, used only by tests and benchmarks: a failed setup step
+// should panic the test that asked for it.
+#![allow(clippy::unwrap_used)]
+
 use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use sandpool_proto::v1 as pb;
@@ -173,6 +177,6 @@ impl Drop for TestNode {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        crate::net::NetConfig::new(self.dir.path(), &self.bridge, &self.subnet).remove_isolation();
+        NetConfig::new(self.dir.path(), &self.bridge, &self.subnet).remove_isolation();
     }
 }

@@ -5,6 +5,9 @@
 //! `SANDPOOL_REQUIRE_CONTAINERD=1` (set by scripts/test.sh, i.e. in CI), in
 //! which case a missing prerequisite fails them.
 
+// Test helpers panic on failure, like the tests that call them.
+#![allow(clippy::unwrap_used)]
+
 use std::{process::Command, sync::Arc, time::Duration};
 
 use sandpool_node_agent::{

@@ -1,0 +1,378 @@
+//! The node agent core: warm sandboxes on containerd, injection, release,
+//! recovery from containerd labels, and a stream of node events.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use parking_lot::{Mutex, MutexGuard};
+use sandpool_proto::v1 as pb;
+use tokio::sync::broadcast;
+
+use crate::{
+    containerd::Ctr,
+    error::{AgentError, Result},
+    net::NetConfig,
+    spec,
+};
+
+mod checkpoint;
+mod lifecycle;
+mod recovery;
+mod runsc;
+mod template;
+
+pub use checkpoint::MAX_FORK;
+pub(crate) use template::TemplateLabel;
+use template::new_id;
+pub use template::{ValidTemplate, runtime_label, state_label, valid_id, validate_template};
+
+/// Container labels that let a restarted agent rebuild its state.
+pub mod labels {
+    pub const MANAGED: &str = "sandpool.io/managed";
+    pub const POOL: &str = "sandpool.io/pool";
+    pub const STATE: &str = "sandpool.io/state";
+    pub const IP: &str = "sandpool.io/ip";
+    pub const TOKEN: &str = "sandpool.io/token";
+    pub const RUNTIME: &str = "sandpool.io/runtime-class";
+    pub const CREATED: &str = "sandpool.io/created-ms";
+    pub const TEMPLATE: &str = "sandpool.io/template";
+    /// The host port of a network-less sandbox's runtime tunnel.
+    pub const PORT: &str = "sandpool.io/runtime-port";
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// Host path of the static `sandpool-runtime` bind-mounted into sandboxes.
+    pub runtime_bin: PathBuf,
+    pub runsc_bin: PathBuf,
+    pub max_sandboxes: u32,
+    pub cgroup_parent: String,
+    pub net: NetConfig,
+    /// How long a new sandbox may take to answer its runtime health check.
+    pub ready_timeout: Duration,
+    /// Where built image root filesystems and layers are cached.
+    pub image_cache: PathBuf,
+    /// Host directories whose contents may be mounted into sandboxes.
+    pub mount_roots: Vec<PathBuf>,
+}
+
+impl AgentConfig {
+    pub fn new(data_dir: PathBuf, runtime_bin: PathBuf) -> Self {
+        AgentConfig {
+            node_name: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "node".into()),
+            net: NetConfig::new(&data_dir, "sandpool0", "10.213.0.0/16"),
+            image_cache: data_dir.join("images"),
+            mount_roots: vec![data_dir.join("volumes")],
+            data_dir,
+            runtime_bin,
+            runsc_bin: PathBuf::from("runsc"),
+            max_sandboxes: 256,
+            cgroup_parent: "/sandpool".into(),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the agent knows about one sandbox.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub id: String,
+    pub pool: String,
+    pub state: pb::SandboxState,
+    pub ip: Ipv4Addr,
+    /// Where its runtime answers: 44772 on the sandbox's ip, or the agent's
+    /// tunnel port (on 127.0.0.1) for a network-less sandbox.
+    pub port: u16,
+    pub token: String,
+    pub runtime_class: pb::RuntimeClass,
+    pub template: pb::SandboxTemplate,
+    pub created_ms: i64,
+}
+
+impl Sandbox {
+    pub fn info(&self, node: &str) -> pb::SandboxInfo {
+        pb::SandboxInfo {
+            sandbox_id: self.id.clone(),
+            pool: self.pool.clone(),
+            node: node.to_string(),
+            state: self.state as i32,
+            ip: self.ip.to_string(),
+            runtime_port: u32::from(self.port),
+            runtime_class: self.runtime_class as i32,
+            access_token: self.token.clone(),
+            created_unix_ms: self.created_ms,
+            message: String::new(),
+            labels: self.template.labels.clone(),
+        }
+    }
+}
+
+/// Write `path`: a shell wrapper running `runsc FLAG "$@"`.
+fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!("#!/bin/sh\nexec {} {flag} \"$@\"\n", runsc.display());
+    std::fs::write(path, script).map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| AgentError::io(path.display().to_string(), e))?;
+    Ok(path.to_path_buf())
+}
+
+/// `cp -a FROM/. TO/` (ownership, modes, xattrs and overlay whiteouts kept).
+async fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| AgentError::io(to.display().to_string(), e))?;
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(format!("{}/", to.display()));
+    run_checked(
+        cmd,
+        &format!("copying {} to {}", from.display(), to.display()),
+        Duration::from_secs(600),
+    )
+    .await
+}
+
+/// Run `cmd` to completion within `limit` (killed after); a failure is a
+/// checkpoint error naming `what` and carrying its stderr.
+async fn run_checked(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> Result<()> {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| AgentError::Checkpoint(format!("{what} took over {} s", limit.as_secs())))?
+        .map_err(|e| AgentError::io(format!("running {what}"), e))?;
+    if !out.status.success() {
+        return Err(AgentError::Checkpoint(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    ctr: Ctr,
+    sandboxes: Mutex<HashMap<String, Sandbox>>,
+    /// Open gRPC channels to sandbox runtimes (HTTP/2, reused by inject).
+    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    events: broadcast::Sender<pb::NodeEvent>,
+    image_lock: tokio::sync::Mutex<()>,
+    runsc_wrapper: PathBuf,
+    /// runsc with `--network=none`: checkpointable sandboxes
+    runsc_nonet: PathBuf,
+    /// runtime tunnels of network-less sandboxes, by sandbox id
+    tunnels: Mutex<HashMap<String, crate::tunnel::Tunnel>>,
+    checkpoints: crate::checkpoint::Store,
+    /// ids a create or release is working on: the sweep leaves them alone
+    busy: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a sandbox id busy until dropped.
+struct Busy<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+/// How often the agent sweeps resources no sandbox owns.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// Build the agent on a connected containerd and recover existing sandboxes.
+    pub async fn start(cfg: AgentConfig, ctr: Ctr) -> Result<Arc<Agent>> {
+        for d in [
+            &cfg.data_dir,
+            &cfg.net.netns_dir,
+            &cfg.data_dir.join("logs"),
+            &cfg.data_dir.join("bin"),
+        ]
+        .into_iter()
+        .chain(&cfg.mount_roots)
+        {
+            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
+        }
+        if !cfg.runtime_bin.is_file() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "runtime binary {} not found",
+                cfg.runtime_bin.display()
+            )));
+        }
+        // Debian's runsc (2022) refuses its own netstack on kernels that show
+        // /proc/sys/net/core/rmem_default in every netns; run it with
+        // host-network passthrough inside the sandbox's own netns instead.
+        let runsc_wrapper = write_wrapper(
+            &cfg.data_dir.join("bin/runsc-sandpool"),
+            &cfg.runsc_bin,
+            "--network=host",
+        )?;
+        // Checkpointable sandboxes: gVisor's loopback-only netstack, which
+        // (unlike host networking) gVisor can checkpoint.
+        let runsc_nonet = write_wrapper(
+            &cfg.data_dir.join("bin/runsc-sandpool-nonet"),
+            &cfg.runsc_bin,
+            "--network=none",
+        )?;
+        let checkpoints = crate::checkpoint::Store::new(cfg.data_dir.join("checkpoints"));
+        std::fs::create_dir_all(checkpoints.root())
+            .map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
+        // sandbox memory and runtime tokens: root only
+        std::fs::set_permissions(
+            checkpoints.root(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| AgentError::io(checkpoints.root().display().to_string(), e))?;
+        for half in checkpoints.incomplete() {
+            tracing::warn!(dir = %half.display(), "removing a checkpoint that did not complete");
+            let _ = std::fs::remove_dir_all(&half);
+        }
+        let mut cfg = cfg;
+        if cfg.net.isolate {
+            // the runtimes' trace exporter may reach a collector on the host
+            let otel = spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
+            cfg.net
+                .allow_host_ports
+                .extend(spec::host_ports(&otel, cfg.net.gateway_ip()));
+            cfg.net.ensure_isolation()?;
+        }
+        let (events, _) = broadcast::channel(1024);
+        let agent = Arc::new(Agent {
+            cfg,
+            ctr,
+            sandboxes: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            events,
+            image_lock: tokio::sync::Mutex::new(()),
+            runsc_wrapper,
+            runsc_nonet,
+            tunnels: Mutex::new(HashMap::new()),
+            checkpoints,
+            busy: Mutex::new(Default::default()),
+        });
+        agent.recover().await?;
+        let me = Arc::clone(&agent);
+        tokio::spawn(async move { me.watch_exits().await });
+        let me = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(a) = me.upgrade() else { return };
+                a.recheck_tasks().await;
+                if let Err(e) = a.sweep().await {
+                    tracing::debug!(error = %e, "sweep failed");
+                }
+            }
+        });
+        Ok(agent)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Sandbox>> {
+        self.sandboxes.lock()
+    }
+
+    fn busy(&self, id: &str) -> Busy<'_> {
+        self.busy.lock().insert(id.to_string());
+        Busy {
+            set: &self.busy,
+            id: id.to_string(),
+        }
+    }
+
+    /// Whether `id` is a sandbox, or one being created or released.
+    fn owned(&self, id: &str) -> bool {
+        self.lock().contains_key(id) || self.busy.lock().contains(id)
+    }
+
+    pub fn ctr(&self) -> &Ctr {
+        &self.ctr
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::NodeEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, sb: &Sandbox) {
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::Sandbox(sb.info(&self.cfg.node_name))),
+        });
+    }
+
+    fn emit_removed(&self, id: &str) {
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::RemovedSandboxId(id.to_string())),
+        });
+        let _ = self.events.send(pb::NodeEvent {
+            event: Some(pb::node_event::Event::Capacity(self.capacity())),
+        });
+    }
+
+    pub fn capacity(&self) -> pb::NodeCapacity {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+            * 1024;
+        pb::NodeCapacity {
+            node: self.cfg.node_name.clone(),
+            cpu_millis: cpus * 1000,
+            memory_bytes: mem,
+            max_sandboxes: self.cfg.max_sandboxes,
+            sandboxes: self.lock().len() as u32,
+        }
+    }
+
+    pub fn list(&self, pool: &str) -> Vec<pb::SandboxInfo> {
+        let mut v: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|s| pool.is_empty() || s.pool == pool)
+            .map(|s| s.info(&self.cfg.node_name))
+            .collect();
+        v.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Result<Sandbox> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(id.to_string()))
+    }
+}
+
+/// A runtime request with the sandbox's token and the current trace context.
+fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
+    let mut r = sandpool_telemetry::grpc_request(msg);
+    if let Ok(v) = sb.token.parse() {
+        r.metadata_mut()
+            .insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
+    }
+    r
+}

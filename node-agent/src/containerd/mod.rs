@@ -1,0 +1,248 @@
+//! containerd over its gRPC API (containerd-client): image import through the
+//! content/images/diff/snapshots services, containers and tasks. Nothing here
+//! shells out to `ctr`.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use containerd_client::{Client, services::v1 as api, types::Mount};
+use sha2::{Digest, Sha256};
+use tonic::{Code, Request};
+
+use crate::error::{AgentError, BoxError, Result};
+
+mod events;
+mod images;
+mod snapshots;
+mod tasks;
+
+pub const SNAPSHOTTER: &str = "overlayfs";
+pub const RUNC_SHIM: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// `containerd.runc.v1.Options` (subset), for the runc v2 shim: `binary_name`
+/// lets the same shim drive runsc.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuncOptions {
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    /// Restore the task from this checkpoint image directory (containerd
+    /// passes it to the shim, which runs `<binary> restore --image-path`).
+    #[prost(string, tag = "10")]
+    pub criu_image_path: String,
+}
+
+/// The `upperdir=` of an overlay mount list.
+pub fn upperdir(mounts: &[Mount]) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+}
+
+/// Everything needed to create a container.
+pub struct NewContainer<'a> {
+    pub id: &'a str,
+    pub snapshot_key: &'a str,
+    pub image: &'a str,
+    /// chainID of the image's unpacked rootfs.
+    pub parent_snapshot: &'a str,
+    pub labels: HashMap<String, String>,
+    pub spec: &'a serde_json::Value,
+    /// runc-compatible binary for the runc v2 shim; empty = runc.
+    pub runtime_binary: &'a str,
+}
+
+/// Task state as the agent cares about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+    Unknown,
+}
+
+fn is_not_found(s: &tonic::Status) -> bool {
+    s.code() == Code::NotFound
+}
+
+fn is_exists(s: &tonic::Status) -> bool {
+    s.code() == Code::AlreadyExists
+}
+
+/// chainID of a layer stack (OCI image spec).
+pub fn chain_id(diff_ids: &[String]) -> Option<String> {
+    let mut it = diff_ids.iter();
+    let mut chain = it.next()?.clone();
+    for d in it {
+        chain = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{chain} {d}").as_bytes()))
+        );
+    }
+    Some(chain)
+}
+
+/// What [`Ctr::task_exits`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    Exit {
+        id: String,
+        pid: u32,
+        status: u32,
+    },
+    /// The event stream was renewed after a break: exits may have been missed.
+    Resubscribed,
+}
+
+#[derive(Clone)]
+pub struct Ctr {
+    client: std::sync::Arc<Client>,
+    ns: String,
+}
+
+impl Ctr {
+    /// Connect, retrying until `within` passes (containerd may be starting).
+    pub async fn connect(socket: &Path, ns: &str, within: Duration) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let attempt = async {
+                let c = Client::from_path(socket).await.map_err(BoxError::from)?;
+                c.version().version(()).await.map_err(BoxError::from)?;
+                Ok::<_, BoxError>(c)
+            };
+            match attempt.await {
+                Ok(c) => {
+                    let me = Ctr {
+                        client: std::sync::Arc::new(c),
+                        ns: ns.to_string(),
+                    };
+                    me.ensure_namespace().await?;
+                    return Ok(me);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(AgentError::connect(
+                        socket.display().to_string(),
+                        format!("no answer within {within:?}"),
+                        e,
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    fn req<T>(&self, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        if let Ok(v) = self.ns.parse() {
+            r.metadata_mut().insert("containerd-namespace", v);
+        }
+        r
+    }
+
+    fn req_lease<T>(&self, m: T, lease: &str) -> Request<T> {
+        let mut r = self.req(m);
+        if let Ok(v) = lease.parse() {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
+        r
+    }
+
+    pub async fn version(&self) -> Result<String> {
+        let v = self
+            .client
+            .version()
+            .version(())
+            .await
+            .map_err(|s| AgentError::containerd("version", s))?;
+        Ok(v.into_inner().version)
+    }
+
+    async fn ensure_namespace(&self) -> Result<()> {
+        let r = self.req(api::CreateNamespaceRequest {
+            namespace: Some(api::Namespace {
+                name: self.ns.clone(),
+                labels: HashMap::new(),
+            }),
+        });
+        match self.client.namespaces().create(r).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_exists(&s) => Ok(()),
+            Err(s) => Err(AgentError::containerd("create namespace", s)),
+        }
+    }
+
+    // ---------------------------------------------------------------- images
+
+    // ------------------------------------------------------------ containers
+
+    /// A lease that keeps what is created under it from containerd's GC
+    /// until it is deleted (or expires, if we crash).
+    async fn lease(&self, minutes: i64) -> Result<String> {
+        let id = format!("sandpool-{}", uuid::Uuid::new_v4().simple());
+        let expire = (chrono::Utc::now() + chrono::Duration::minutes(minutes)).to_rfc3339();
+        self.client
+            .leases()
+            .create(self.req(api::CreateRequest {
+                id: id.clone(),
+                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
+            }))
+            .await
+            .map_err(|s| AgentError::containerd("create lease", s))?;
+        Ok(id)
+    }
+
+    async fn drop_lease(&self, id: String) {
+        let _ = self
+            .client
+            .leases()
+            .delete(self.req(api::DeleteRequest { id, sync: false }))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids() {
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(&["sha256:a".into()]).unwrap(), "sha256:a");
+        let two = chain_id(&["sha256:a".into(), "sha256:b".into()]).unwrap();
+        assert_eq!(
+            two,
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(b"sha256:a sha256:b"))
+            )
+        );
+    }
+
+    #[test]
+    fn runc_options_encode_binary_name_as_field_6() {
+        let v = prost::Message::encode_to_vec(&RuncOptions {
+            binary_name: "runsc".into(),
+            ..Default::default()
+        });
+        assert_eq!(v, [0x32, 5, b'r', b'u', b'n', b's', b'c']);
+        // containerd.runc.v1.Options.criu_image_path: a task restored from it
+        let v = prost::Message::encode_to_vec(&RuncOptions {
+            criu_image_path: "/c".into(),
+            ..Default::default()
+        });
+        assert_eq!(v, [0x52, 2, b'/', b'c']);
+    }
+}
