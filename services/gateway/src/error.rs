@@ -76,6 +76,11 @@ impl ApiError {
         }
     }
 
+    /// What a NOT_FOUND of a call about sandbox `id` means.
+    pub fn sandbox_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
+        move |_| ApiError::SandboxNotFound(id.to_string())
+    }
+
     /// Map a scheduler gRPC status; `not_found` decides what a NOT_FOUND means here.
     pub fn from_status(s: tonic::Status, not_found: impl FnOnce(String) -> ApiError) -> ApiError {
         use tonic::Code;

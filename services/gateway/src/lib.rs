@@ -2,8 +2,11 @@
 //! `opensandbox` Python SDK 1.1.x calls) on top of the scheduler's gRPC API,
 //! plus a proxy so SDKs outside the node network reach sandbox ports.
 
+pub mod auth;
+mod calls;
 pub mod e2b;
 pub mod error;
+pub mod extract;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
@@ -65,55 +68,10 @@ impl Gateway {
     }
 }
 
-/// Read a request body within `gw.max_body` (413 beyond it).
-pub async fn read_body(
-    gw: &Gateway,
-    body: axum::body::Body,
-) -> Result<bytes::Bytes, error::ApiError> {
-    axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            error::ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
-        } else {
-            error::ApiError::Invalid(format!("reading body: {e}"))
-        }
-    })
-}
-
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, error::ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| error::ApiError::Invalid(format!("invalid JSON body: {e}")))
-}
-
 pub fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
-}
-
-/// All claims whose metadata contains `metadata`, oldest first.
-pub async fn claims_with_metadata(
-    gw: &Gateway,
-    metadata: std::collections::BTreeMap<String, String>,
-) -> Result<Vec<sandpool_proto::v1::Claim>, error::ApiError> {
-    Ok(gw
-        .scheduler
-        .clone()
-        .list_claims(sandpool_telemetry::grpc_request(
-            sandpool_proto::v1::ListClaimsRequest {
-                metadata: metadata.into_iter().collect(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .map_err(|s| error::ApiError::from_status(s, error::ApiError::Invalid))?
-        .into_inner()
-        .claims)
 }
 
 /// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
