@@ -356,10 +356,16 @@ async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Js
         .header("x-execd-access-token", sb.access_token)
         .send()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id}"),
+            source,
+        })?
         .json()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?;
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id}"),
+            source,
+        })?;
     let now = Utc::now();
     let mib = |k: &str| (m[k].as_f64().unwrap_or(0.0) * 1048576.0) as u64;
     Ok(Json(json!([{

@@ -25,13 +25,13 @@ pub async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<Bytes, Ap
             "request body exceeds {} bytes",
             gw.max_body
         ))),
-        Err(e) => Err(ApiError::Invalid(format!("reading body: {e}"))),
+        Err(e) => Err(ApiError::BodyRead(e)),
     }
 }
 
 /// `bytes` as JSON (400 with serde's reason otherwise).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes).map_err(ApiError::InvalidJson)
 }
 
 /// A body that may be empty (or only whitespace), meaning `T::default()`.

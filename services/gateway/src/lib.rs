@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use sandpool_proto::{auth::AuthChannel, v1::scheduler_client::SchedulerClient};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -58,9 +59,9 @@ impl Gateway {
     /// Whether `key` is one of the configured API keys (constant time per key).
     pub fn key_ok(&self, key: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.key_hashes.iter().fold(false, |acc, k| {
-            acc | (k.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
-        })
+        self.key_hashes
+            .iter()
+            .fold(false, |acc, k| acc | bool::from(k.ct_eq(&h)))
     }
 
     pub fn auth_enabled(&self) -> bool {

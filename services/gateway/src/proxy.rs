@@ -112,7 +112,10 @@ pub async fn forward(
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id} port {port} unreachable: {e}")))?;
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id} port {port} unreachable"),
+            source,
+        })?;
     if let Some(api) = exec_api {
         sandpool_telemetry::metrics::observe_exec(api, t0.elapsed());
     }
@@ -124,5 +127,5 @@ pub async fn forward(
     }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     r.body(Body::from_stream(stream))
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(ApiError::ProxyResponse)
 }

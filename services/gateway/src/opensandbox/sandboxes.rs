@@ -266,7 +266,10 @@ pub async fn renew(
     extract::Json(r, _): extract::Json<RenewRequest>,
 ) -> Result<Json<Value>> {
     let at = DateTime::parse_from_rfc3339(&r.expires_at)
-        .map_err(|e| ApiError::Invalid(format!("expiresAt must be RFC 3339: {e}")))?
+        .map_err(|source| ApiError::BadTime {
+            field: "expiresAt",
+            source,
+        })?
         .timestamp_millis();
     let c = gw.renew(&id, at).await?;
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
