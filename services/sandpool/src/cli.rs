@@ -14,6 +14,7 @@ use sandpool_proto::{
 pub struct SchedulerAddr {
     #[arg(
         long = "scheduler",
+        value_name = "SCHEDULER",
         global = true,
         env = "SANDPOOL_SCHEDULER",
         default_value = "http://127.0.0.1:7702"
