@@ -75,8 +75,6 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
-/// E2B sandbox traffic routed by header or host before anything else.
 /// Prometheus metrics of this process (served on its own listener, not
 /// behind the API key: keep it off public interfaces).
 pub fn metrics_app() -> axum::Router {
@@ -117,6 +115,8 @@ async fn rate_limit(
     next.run(req).await
 }
 
+/// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
+/// E2B sandbox traffic routed by header or host before anything else.
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))
