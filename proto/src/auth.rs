@@ -4,6 +4,7 @@
 //! runtimes are not part of this: each has its own per-sandbox token
 //! ([`crate::ACCESS_TOKEN_METADATA`]).
 
+use subtle::ConstantTimeEq;
 use tonic::{
     Request, Status, metadata::AsciiMetadataValue, service::Interceptor, transport::Channel,
 };
@@ -72,18 +73,14 @@ impl RequireToken {
     }
 }
 
-/// Equal in time independent of where the inputs differ.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else {
             return Ok(req);
         };
         match req.metadata().get(SERVICE_TOKEN_METADATA) {
-            Some(got) if ct_eq(got.as_bytes(), expected.as_bytes()) => Ok(req),
+            // equal in time independent of where the tokens differ
+            Some(got) if bool::from(got.as_bytes().ct_eq(expected.as_bytes())) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong service token")),
             None => Err(Status::unauthenticated(
                 "missing service token (authorization: Bearer …)",

@@ -25,9 +25,9 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitEx
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("building the OTLP exporter failed: {0}")]
-    Exporter(String),
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("installing the tracing subscriber failed: {0}")]
-    Subscriber(String),
+    Subscriber(#[source] tracing_subscriber::util::TryInitError),
 }
 
 /// Keeps the tracer provider alive; flushes pending spans on drop.
@@ -97,7 +97,7 @@ pub fn init_with_level(
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            .map_err(TelemetryError::Exporter)?;
         let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_string());
         Some(
             SdkTracerProvider::builder()
@@ -120,7 +120,7 @@ pub fn init_with_level(
         }
         None => registry.try_init(),
     };
-    res.map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    res.map_err(TelemetryError::Subscriber)?;
     Ok(TelemetryGuard { provider })
 }
 

@@ -232,6 +232,64 @@ pub async fn adopt_warm_pod(
     Ok(None)
 }
 
+/// The claim's `Sandbox`: on a warm pod of the template adopted for it, else
+/// cold; an existing one (a racing reconcile created it) is returned as is.
+async fn create_claim_sandbox(
+    claim: &SandboxClaim,
+    ctx: &Context,
+    ns: &str,
+    template: &SandboxTemplate,
+) -> Result<Sandbox> {
+    let name = claim.name_any();
+    let tname = &claim.spec.sandbox_template_ref.name;
+    let sandboxes: Api<Sandbox> = ctx.api(ns);
+    let claim_owner = controller_ref(
+        EXT_API,
+        "SandboxClaim",
+        &name,
+        &claim.uid().unwrap_or_default(),
+    );
+    let pod_api: Api<Pod> = ctx.api(ns);
+    let adopted = adopt_warm_pod(&pod_api, ns, tname, &name, claim_owner.clone()).await?;
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(p) = &adopted {
+        annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
+    }
+    let sb = Sandbox {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            annotations: Some(annotations),
+            owner_references: Some(vec![claim_owner]),
+            ..Default::default()
+        },
+        spec: SandboxSpec {
+            pod_template: template.spec.pod_template.clone(),
+            shutdown_time: claim.spec.shutdown_time.clone(),
+        },
+        status: None,
+    };
+    let how = if adopted.is_some() {
+        "from the warm pool"
+    } else {
+        "cold (no warm pod)"
+    };
+    match sandboxes.create(&PostParams::default(), &sb).await {
+        Ok(s) => {
+            ctx.event(
+                claim,
+                false,
+                "SandboxCreated",
+                format!("sandbox {name} {how}"),
+            )
+            .await;
+            Ok(s)
+        }
+        Err(e) if is_already_exists(&e) => Ok(sandboxes.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Action> {
     let name = claim.name_any();
     let claims: Api<SandboxClaim> = ctx.api(ns);
@@ -273,51 +331,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
                 }
                 Err(e) => return Err(e),
             };
-            let claim_owner = controller_ref(
-                EXT_API,
-                "SandboxClaim",
-                &name,
-                &claim.uid().unwrap_or_default(),
-            );
-            let pod_api: Api<Pod> = ctx.api(ns);
-            let adopted = adopt_warm_pod(&pod_api, ns, tname, &name, claim_owner.clone()).await?;
-            let mut annotations = std::collections::BTreeMap::new();
-            if let Some(p) = &adopted {
-                annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
-            }
-            let sb = Sandbox {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.to_string()),
-                    annotations: Some(annotations),
-                    owner_references: Some(vec![claim_owner]),
-                    ..Default::default()
-                },
-                spec: SandboxSpec {
-                    pod_template: template.spec.pod_template.clone(),
-                    shutdown_time: claim.spec.shutdown_time.clone(),
-                },
-                status: None,
-            };
-            let how = if adopted.is_some() {
-                "from the warm pool"
-            } else {
-                "cold (no warm pod)"
-            };
-            match sandboxes.create(&PostParams::default(), &sb).await {
-                Ok(s) => {
-                    ctx.event(
-                        claim,
-                        false,
-                        "SandboxCreated",
-                        format!("sandbox {name} {how}"),
-                    )
-                    .await;
-                    s
-                }
-                Err(e) if is_already_exists(&e) => sandboxes.get(&name).await?,
-                Err(e) => return Err(e.into()),
-            }
+            create_claim_sandbox(claim, ctx, ns, &template).await?
         }
     };
     let sb_ready = sandbox

@@ -68,11 +68,9 @@ pub fn free_shards(used: &BTreeSet<usize>, n: usize) -> Vec<usize> {
     (0..).filter(|i| !used.contains(i)).take(n).collect()
 }
 
-async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> {
-    let name = batch.name_any();
-    let uid = batch.uid().unwrap_or_default();
-    let batches: Api<BatchSandbox> = ctx.api(ns);
-    // expiry
+/// When the batch expires: its `expireTime`, or `ttlSecondsAfterFinished`
+/// after its completion, whichever comes first.
+fn expiry(batch: &BatchSandbox) -> Option<k8s_openapi::jiff::Timestamp> {
     let ttl_deadline = match (
         batch.spec.ttl_seconds_after_finished,
         batch
@@ -86,10 +84,16 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
             .ok(),
         _ => None,
     };
-    let deadline = [batch.spec.expire_time.as_ref().map(|t| t.0), ttl_deadline]
+    [batch.spec.expire_time.as_ref().map(|t| t.0), ttl_deadline]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+}
+
+async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> {
+    let name = batch.name_any();
+    let batches: Api<BatchSandbox> = ctx.api(ns);
+    let deadline = expiry(batch);
     if let Some(d) = deadline
         && d <= now()
     {
@@ -98,113 +102,12 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         delete_ignoring_missing(&batches, &name).await?;
         return Ok(Action::await_change());
     }
-
     let pod_api: Api<Pod> = ctx.api(ns);
-    let mut mine: Vec<Pod> = list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}"))
-        .await?
-        .into_iter()
-        .filter(|p| !pods::is_terminating(p))
-        .collect();
-    // ended pods are replaced
-    for p in mine.iter().filter(|p| pods::is_finished(p)) {
-        delete_ignoring_missing(&pod_api, &p.name_any()).await?;
-    }
-    mine.retain(|p| !pods::is_finished(p));
-    let want = usize::try_from(batch.spec.replicas).unwrap_or(0);
-    let mut exhausted = false;
-    if mine.len() > want {
-        // scale down: highest shards go first
-        mine.sort_by_key(|p| shard_of(p).unwrap_or(usize::MAX));
-        for p in mine.split_off(want) {
-            release_pod(ctx, &pod_api, &p).await?;
-        }
-    } else if mine.len() < want {
-        let used: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
-        let shards = free_shards(&used, want - mine.len());
-        let got = match &batch.spec.pool_ref {
-            Some(pool) => {
-                allocate_from_pool(ctx, &pod_api, ns, pool, (&name, &uid), &shards).await?
-            }
-            None => create_from_template(ctx, batch, &pod_api, ns, &uid, &shards).await?,
-        };
-        exhausted = got.len() < shards.len();
-        if !got.is_empty() {
-            ctx.event(
-                batch,
-                false,
-                "Allocated",
-                format!("{} sandboxes allocated", got.len()),
-            )
-            .await;
-        }
-        if exhausted && batch.spec.pool_ref.is_some() {
-            let msg = format!(
-                "{} of {} sandboxes allocated; the pool has no more ready pods",
-                mine.len() + got.len(),
-                want
-            );
-            ctx.event(batch, true, "PoolExhausted", msg).await;
-        }
-        mine.extend(got);
-    }
-    mine.sort_by_key(|p| shard_of(p).unwrap_or(usize::MAX));
-
-    // tasks
-    let mut task_states = Vec::new();
-    if let Some(tt) = &batch.spec.task_template {
-        for p in &mine {
-            if !pods::is_ready(p) {
-                task_states.push(None);
-                continue;
-            }
-            let shard = shard_of(p).unwrap_or(0);
-            if pods::annotation(p, TASK_ANNOTATION).is_none() {
-                let task = shard_task(tt, &batch.spec.shard_task_patches, shard)?;
-                let Some(process) = task.spec.process.as_ref() else {
-                    task_states.push(None);
-                    continue;
-                };
-                match ctx.tasks.start(p, process).await {
-                    Ok(()) => {
-                        let patch =
-                            json!({"metadata": {"annotations": {TASK_ANNOTATION: "started"}}});
-                        pod_api
-                            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                            .await?;
-                        task_states.push(Some(None));
-                    }
-                    Err(e) => {
-                        ctx.event(
-                            batch,
-                            true,
-                            "TaskStartFailed",
-                            format!("shard {shard}: {e}"),
-                        )
-                        .await;
-                        task_states.push(None);
-                    }
-                }
-            } else {
-                task_states.push(ctx.tasks.status(p).await);
-            }
-        }
-    }
+    let (mine, exhausted) = scale(batch, ctx, &pod_api, ns).await?;
+    let task_states = run_tasks(batch, ctx, &pod_api, &mine).await?;
     let counts = sandpool_core::batch::count_tasks(task_states.iter().copied());
-
-    // endpoints annotation: the pod IPs in shard order
-    let ips: Vec<&str> = mine
-        .iter()
-        .filter(|p| pods::is_ready(p))
-        .filter_map(pods::pod_ip)
-        .collect();
-    let endpoints = serde_json::to_string(&ips)?;
-    if batch.annotations().get(ENDPOINTS_ANNOTATION) != Some(&endpoints) {
-        let patch = json!({"metadata": {"annotations": {ENDPOINTS_ANNOTATION: endpoints}}});
-        batches
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
-    }
-
+    publish_endpoints(batch, &batches, &mine).await?;
+    let want = usize::try_from(batch.spec.replicas).unwrap_or(0);
     let ready = mine.iter().filter(|p| pods::is_ready(p)).count() as i32;
     let finished = batch.spec.task_template.is_some()
         && want > 0
@@ -249,6 +152,143 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         );
     }
     Ok(Action::requeue(next))
+}
+
+/// Bring the batch's live pods to `replicas`: ended pods are replaced, the
+/// highest shards go first on scale down, free shards are allocated on scale
+/// up. Returns the pods in shard order and whether allocation fell short.
+async fn scale(
+    batch: &BatchSandbox,
+    ctx: &Context,
+    pod_api: &Api<Pod>,
+    ns: &str,
+) -> Result<(Vec<Pod>, bool)> {
+    let name = batch.name_any();
+    let uid = batch.uid().unwrap_or_default();
+    let mut mine: Vec<Pod> = list_pods(pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}"))
+        .await?
+        .into_iter()
+        .filter(|p| !pods::is_terminating(p))
+        .collect();
+    // ended pods are replaced
+    for p in mine.iter().filter(|p| pods::is_finished(p)) {
+        delete_ignoring_missing(pod_api, &p.name_any()).await?;
+    }
+    mine.retain(|p| !pods::is_finished(p));
+    let want = usize::try_from(batch.spec.replicas).unwrap_or(0);
+    let mut exhausted = false;
+    if mine.len() > want {
+        // scale down: highest shards go first
+        mine.sort_by_key(|p| shard_of(p).unwrap_or(usize::MAX));
+        for p in mine.split_off(want) {
+            release_pod(ctx, pod_api, &p).await?;
+        }
+    } else if mine.len() < want {
+        let used: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
+        let shards = free_shards(&used, want - mine.len());
+        let got = match &batch.spec.pool_ref {
+            Some(pool) => {
+                allocate_from_pool(ctx, pod_api, ns, pool, (&name, &uid), &shards).await?
+            }
+            None => create_from_template(ctx, batch, pod_api, ns, &uid, &shards).await?,
+        };
+        exhausted = got.len() < shards.len();
+        if !got.is_empty() {
+            ctx.event(
+                batch,
+                false,
+                "Allocated",
+                format!("{} sandboxes allocated", got.len()),
+            )
+            .await;
+        }
+        if exhausted && batch.spec.pool_ref.is_some() {
+            let msg = format!(
+                "{} of {} sandboxes allocated; the pool has no more ready pods",
+                mine.len() + got.len(),
+                want
+            );
+            ctx.event(batch, true, "PoolExhausted", msg).await;
+        }
+        mine.extend(got);
+    }
+    mine.sort_by_key(|p| shard_of(p).unwrap_or(usize::MAX));
+    Ok((mine, exhausted))
+}
+
+/// Start each ready shard's task once, and read the state of started ones
+/// (one entry per pod, as [`sandpool_core::batch::count_tasks`] takes them).
+async fn run_tasks(
+    batch: &BatchSandbox,
+    ctx: &Context,
+    pod_api: &Api<Pod>,
+    mine: &[Pod],
+) -> Result<Vec<Option<Option<i32>>>> {
+    let mut task_states = Vec::new();
+    let Some(tt) = &batch.spec.task_template else {
+        return Ok(task_states);
+    };
+    for p in mine {
+        if !pods::is_ready(p) {
+            task_states.push(None);
+            continue;
+        }
+        let shard = shard_of(p).unwrap_or(0);
+        if pods::annotation(p, TASK_ANNOTATION).is_some() {
+            task_states.push(ctx.tasks.status(p).await);
+            continue;
+        }
+        let task = shard_task(tt, &batch.spec.shard_task_patches, shard)?;
+        let Some(process) = task.spec.process.as_ref() else {
+            task_states.push(None);
+            continue;
+        };
+        match ctx.tasks.start(p, process).await {
+            Ok(()) => {
+                let patch = json!({"metadata": {"annotations": {TASK_ANNOTATION: "started"}}});
+                pod_api
+                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                task_states.push(Some(None));
+            }
+            Err(e) => {
+                ctx.event(
+                    batch,
+                    true,
+                    "TaskStartFailed",
+                    format!("shard {shard}: {e}"),
+                )
+                .await;
+                task_states.push(None);
+            }
+        }
+    }
+    Ok(task_states)
+}
+
+/// The endpoints annotation: the ready pods' IPs in shard order.
+async fn publish_endpoints(
+    batch: &BatchSandbox,
+    batches: &Api<BatchSandbox>,
+    mine: &[Pod],
+) -> Result<()> {
+    let ips: Vec<&str> = mine
+        .iter()
+        .filter(|p| pods::is_ready(p))
+        .filter_map(pods::pod_ip)
+        .collect();
+    let endpoints = serde_json::to_string(&ips)?;
+    if batch.annotations().get(ENDPOINTS_ANNOTATION) != Some(&endpoints) {
+        let patch = json!({"metadata": {"annotations": {ENDPOINTS_ANNOTATION: endpoints}}});
+        batches
+            .patch(
+                &batch.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Take up to `shards.len()` ready, unallocated pods of `pool`, each with a

@@ -17,6 +17,21 @@ pub enum Error {
     NotFound { kind: &'static str, name: String },
     #[error("runtime of pod {pod}: {reason}")]
     Runtime { pod: String, reason: String },
+    /// Connecting to the pod's runtime (gRPC) failed.
+    #[error("runtime of pod {pod}: connecting: {source}")]
+    RuntimeConnect {
+        pod: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A call (`call`: which) of the pod's runtime failed.
+    #[error("runtime of pod {pod}: {call}: {}", source.message())]
+    RuntimeCall {
+        pod: String,
+        call: &'static str,
+        #[source]
+        source: tonic::Status,
+    },
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -39,7 +54,9 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Invalid { .. } => "invalid",
             Error::NotFound { .. } => "not_found",
-            Error::Runtime { .. } => "runtime",
+            Error::Runtime { .. } | Error::RuntimeConnect { .. } | Error::RuntimeCall { .. } => {
+                "runtime"
+            }
             Error::Json(_) => "json",
         }
     }

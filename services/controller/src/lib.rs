@@ -2,7 +2,6 @@
 //!
 //! * [`crd`]: the custom resources (OpenSandbox `Pool`/`BatchSandbox`,
 //!   agent-sandbox `Sandbox`/`SandboxTemplate`/`SandboxClaim`/`SandboxWarmPool`).
-//! * [`structural`]: an offline checker of the CRD structural-schema rules.
 
 pub mod agent_sandbox;
 pub mod batch;
@@ -14,7 +13,6 @@ pub mod leader;
 pub mod pods;
 pub mod pool;
 pub mod run;
-pub mod structural;
 pub mod tasks;
 
 pub use error::{Error, Result};

@@ -42,17 +42,7 @@ pub fn runtime_pod(
     token: &str,
 ) -> Result<Pod> {
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
-    let mut meta = meta;
-    let tmeta = template.metadata.clone().unwrap_or_default();
-    let mut labels = tmeta.labels.unwrap_or_default();
-    labels.extend(meta.labels.take().unwrap_or_default());
-    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    meta.labels = Some(labels);
-    let mut annotations = tmeta.annotations.unwrap_or_default();
-    annotations.extend(meta.annotations.take().unwrap_or_default());
-    if !annotations.is_empty() {
-        meta.annotations = Some(annotations);
-    }
+    let meta = merge_template_meta(template, meta);
     let name = meta
         .name
         .clone()
@@ -65,6 +55,34 @@ pub fn runtime_pod(
             "it has no containers",
         ));
     };
+    run_under_runtime(main, token);
+    add_runtime_install(&mut spec, inj);
+    Ok(Pod {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// `meta` with the template's labels and annotations under its own, and the
+/// managed-by label.
+fn merge_template_meta(template: &PodTemplateSpec, mut meta: ObjectMeta) -> ObjectMeta {
+    let tmeta = template.metadata.clone().unwrap_or_default();
+    let mut labels = tmeta.labels.unwrap_or_default();
+    labels.extend(meta.labels.take().unwrap_or_default());
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    meta.labels = Some(labels);
+    let mut annotations = tmeta.annotations.unwrap_or_default();
+    annotations.extend(meta.annotations.take().unwrap_or_default());
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations);
+    }
+    meta
+}
+
+/// The main container runs the runtime (its command + args become the
+/// runtime's entrypoint) with the access token, port, mount and readiness probe.
+fn run_under_runtime(main: &mut Container, token: &str) {
     let mut cmd = vec![
         RUNTIME_PATH.to_string(),
         format!("--listen=0.0.0.0:{RUNTIME_PORT}"),
@@ -117,6 +135,10 @@ pub fn runtime_pod(
             ..Default::default()
         });
     }
+}
+
+/// The init container copying the runtime into the shared emptyDir, and that volume.
+fn add_runtime_install(spec: &mut PodSpec, inj: &RuntimeInjection) {
     spec.init_containers.get_or_insert_with(Vec::new).insert(
         0,
         Container {
@@ -140,11 +162,6 @@ pub fn runtime_pod(
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     });
-    Ok(Pod {
-        metadata: meta,
-        spec: Some(spec),
-        status: None,
-    })
 }
 
 /// A fresh runtime access token (128 random bits, hex).

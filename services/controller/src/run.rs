@@ -94,6 +94,23 @@ pub async fn run(
         tasks,
         Some(cfg.identity.clone()),
     ));
+    let controllers = controllers(client, ns, ctx);
+    if cfg.leader_elect {
+        tokio::select! {
+            _ = controllers => {}
+            _ = leader::hold(&lease_api, &lease) => {
+                tracing::error!("lost the leader lease; stopping");
+            }
+        }
+    } else {
+        controllers.await;
+    }
+    health.leading.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The five controllers, each draining its reconcile results, until shutdown.
+async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let wc = watcher::Config::default();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sandpool");
@@ -154,25 +171,11 @@ pub async fn run(
         error_policy,
         ctx.clone(),
     );
-    let controllers = async {
-        tokio::join!(
-            drain("pool", pools),
-            drain("batchsandbox", batches),
-            drain("sandbox", sandboxes),
-            drain("sandboxwarmpool", warm),
-            drain("sandboxclaim", claims),
-        );
-    };
-    if cfg.leader_elect {
-        tokio::select! {
-            _ = controllers => {}
-            _ = leader::hold(&lease_api, &lease) => {
-                tracing::error!("lost the leader lease; stopping");
-            }
-        }
-    } else {
-        controllers.await;
-    }
-    health.leading.store(false, Ordering::Relaxed);
-    Ok(())
+    tokio::join!(
+        drain("pool", pools),
+        drain("batchsandbox", batches),
+        drain("sandbox", sandboxes),
+        drain("sandboxwarmpool", warm),
+        drain("sandboxclaim", claims),
+    );
 }

@@ -17,7 +17,7 @@ use crate::pods::{self, RUNTIME_PORT};
 #[derive(Debug, Clone, Default)]
 pub struct GrpcTaskRunner;
 
-fn err(pod: &Pod, reason: impl std::fmt::Display) -> Error {
+fn err(pod: &Pod, reason: &str) -> Error {
     Error::Runtime {
         pod: pod.name_any(),
         reason: reason.to_string(),
@@ -27,12 +27,18 @@ fn err(pod: &Pod, reason: impl std::fmt::Display) -> Error {
 async fn client(pod: &Pod) -> Result<RuntimeClient<tonic::transport::Channel>> {
     let ip = pods::pod_ip(pod).ok_or_else(|| err(pod, "the pod has no IP yet"))?;
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{RUNTIME_PORT}"))
-        .map_err(|e| err(pod, e))?
+        .map_err(|source| Error::RuntimeConnect {
+            pod: pod.name_any(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| err(pod, e))?;
+        .map_err(|source| Error::RuntimeConnect {
+            pod: pod.name_any(),
+            source,
+        })?;
     Ok(RuntimeClient::new(ch))
 }
 
@@ -70,7 +76,11 @@ impl TaskRunner for GrpcTaskRunner {
             .await?
             .inject(request(pod, msg)?)
             .await
-            .map_err(|s| err(pod, s.message()))?;
+            .map_err(|source| Error::RuntimeCall {
+                pod: pod.name_any(),
+                call: "starting the task",
+                source,
+            })?;
         Ok(())
     }
 
@@ -99,7 +109,11 @@ impl TaskRunner for GrpcTaskRunner {
             .await?
             .inject(request(pod, msg)?)
             .await
-            .map_err(|s| err(pod, s.message()))?;
+            .map_err(|source| Error::RuntimeCall {
+                pod: pod.name_any(),
+                call: "stopping the task",
+                source,
+            })?;
         Ok(())
     }
 }

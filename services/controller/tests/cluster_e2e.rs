@@ -22,7 +22,7 @@ use serde_json::json;
 async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     for _ in 0..secs * 4 {
         if f().await {

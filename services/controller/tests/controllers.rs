@@ -577,25 +577,31 @@ fn agent_fixtures(api: &FakeApi) {
     });
 }
 
+async fn reconcile_python_warm_pool(ctx: &Arc<Context>) {
+    agent_sandbox::reconcile_warm_pool(
+        get::<SandboxWarmPool>(ctx, "python-warmpool").await,
+        ctx.clone(),
+    )
+    .await
+    .expect("wp");
+}
+
+fn sandbox_obj(api: &FakeApi, name: &str) -> Option<Value> {
+    api.with_store(|s| {
+        s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), name)
+            .cloned()
+    })
+}
+
 #[tokio::test]
 async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
-    agent_sandbox::reconcile_warm_pool(
-        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
-        ctx.clone(),
-    )
-    .await
-    .expect("wp");
+    reconcile_python_warm_pool(&ctx).await;
     let warm = pod_names(&api, WARM_POOL_LABEL);
     assert_eq!(warm.len(), 2);
     ready_all(&api, WARM_POOL_LABEL);
-    agent_sandbox::reconcile_warm_pool(
-        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
-        ctx.clone(),
-    )
-    .await
-    .expect("wp");
+    reconcile_python_warm_pool(&ctx).await;
     let wp = api
         .with_store(|s| s.get(&ext("sandboxwarmpools"), "python-warmpool").cloned())
         .expect("wp");
@@ -610,15 +616,7 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     };
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let sb = api
-        .with_store(|s| {
-            s.get(
-                &cr_path("agents.x-k8s.io", "sandboxes", NS),
-                "warmpool-test",
-            )
-            .cloned()
-        })
-        .expect("sandbox");
+    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
     let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
         .as_str()
         .expect("pod-name annotation")
@@ -648,27 +646,14 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     );
 
     // the warm pool makes a replacement
-    agent_sandbox::reconcile_warm_pool(
-        get::<SandboxWarmPool>(&ctx, "python-warmpool").await,
-        ctx.clone(),
-    )
-    .await
-    .expect("wp");
+    reconcile_python_warm_pool(&ctx).await;
     assert_eq!(pod_names(&api, WARM_POOL_LABEL).len(), 2);
 
     // the Sandbox reports the adopted pod ready; the claim follows
     agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone())
         .await
         .expect("sb");
-    let sb = api
-        .with_store(|s| {
-            s.get(
-                &cr_path("agents.x-k8s.io", "sandboxes", NS),
-                "warmpool-test",
-            )
-            .cloned()
-        })
-        .expect("sandbox");
+    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
     assert_eq!(sb["status"]["podName"], pod_name.as_str());
     assert_eq!(sb["status"]["conditions"][0]["status"], "True");
     claim().await.expect("claim");
@@ -867,26 +852,59 @@ async fn leader_election_takes_free_or_expired_leases_only() {
 
 // ------------------------------------------------------------------ CRD-backed Scheduler (gateway in cluster mode)
 
+/// The batch controller, running as it would in the cluster.
+fn spawn_batch_controller(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let all = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
+                .list(&Default::default())
+                .await
+                .expect("list");
+            for b in all.items {
+                let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// Errors: unknown pool, unknown claim, pause unsupported here.
+async fn assert_scheduler_errors(
+    sched: &sandpool_controller::kube_scheduler::KubeScheduler,
+    claim_id: &str,
+) {
+    use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
+    let e = sched
+        .create_claim(tonic::Request::new(pb::ClaimRequest {
+            pool: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no pool");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = sched
+        .get_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: "missing".into(),
+        }))
+        .await
+        .expect_err("missing");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = sched
+        .pause_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: claim_id.to_string(),
+        }))
+        .await
+        .expect_err("pause");
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+}
+
 #[tokio::test]
 async fn kube_scheduler_claims_through_a_batch_sandbox() {
     use sandpool_controller::kube_scheduler::KubeScheduler;
     use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
     let (api, ctx, tasks) = setup();
     ready_pool(&api, &ctx, "p", 2).await;
-    // the batch controller, running as it would in the cluster
-    let c2 = ctx.clone();
-    let controller = tokio::spawn(async move {
-        loop {
-            let all = Api::<BatchSandbox>::namespaced(c2.client.clone(), NS)
-                .list(&Default::default())
-                .await
-                .expect("list");
-            for b in all.items {
-                let _ = batch::reconcile(Arc::new(b), c2.clone()).await;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    });
+    let controller = spawn_batch_controller(ctx.clone());
     let mut sched = KubeScheduler::new(ctx.client.clone(), NS, tasks.clone());
     sched.poll = std::time::Duration::from_millis(5);
     let req = pb::ClaimRequest {
@@ -932,29 +950,7 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
     assert_eq!(listed.total, 1);
     assert_eq!(listed.claims[0].claim_id, claim.claim_id);
 
-    // errors: unknown pool, unknown claim, pause unsupported here
-    let e = sched
-        .create_claim(tonic::Request::new(pb::ClaimRequest {
-            pool: "nope".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect_err("no pool");
-    assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = sched
-        .get_claim(tonic::Request::new(pb::ClaimRef {
-            claim_id: "missing".into(),
-        }))
-        .await
-        .expect_err("missing");
-    assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = sched
-        .pause_claim(tonic::Request::new(pb::ClaimRef {
-            claim_id: claim.claim_id.clone(),
-        }))
-        .await
-        .expect_err("pause");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_scheduler_errors(&sched, &claim.claim_id).await;
 
     // release deletes the used pod; it never returns to the pool
     sched

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use axum::{
     Json, Router,
-    body::Body,
     extract::{Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     middleware::Next,
@@ -19,11 +18,10 @@ use axum::{
 };
 use chrono::{SecondsFormat, Utc};
 use sandpool_proto::v1 as pb;
-use sandpool_telemetry::grpc_request as traced;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Gateway, error::ApiError, query_pairs, rfc3339_ms};
+use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
 
 /// The envd protocol version sandpool's runtime answers for
 /// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
@@ -71,8 +69,8 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/snapshots", post(no_snapshots))
         .route("/snapshots", get(no_snapshots))
         .route_layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            require_key,
+            (gw.clone(), auth::Api::E2b),
+            auth::require_key,
         ))
         .with_state(gw)
 }
@@ -85,29 +83,8 @@ async fn no_snapshots() -> E2bError {
     ))
 }
 
-async fn require_key(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
-    if gw.auth_enabled() {
-        let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-        match key {
-            None | Some("") => return E2bError(ApiError::MissingKey).into_response(),
-            Some(k) if !gw.key_ok(k) => return E2bError(ApiError::InvalidKey).into_response(),
-            Some(_) => {}
-        }
-    }
-    next.run(req).await
-}
-
-/// E2B bodies may be empty (`{}` is implied).
-async fn json_body<T: serde::de::DeserializeOwned + Default>(
-    gw: &Gateway,
-    body: Body,
-) -> Result<T> {
-    let bytes = crate::read_body(gw, body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    Ok(crate::parse_json(&bytes)?)
-}
+/// An E2B request body: E2B's error shape; empty means `{}`.
+type JsonBody<T> = extract::JsonOrEmpty<T, E2bError>;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -122,20 +99,8 @@ struct NewSandbox {
     env_vars: Option<BTreeMap<String, String>>,
 }
 
-fn claim_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
-    move |_| ApiError::SandboxNotFound(id.to_string())
-}
-
 async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
-    Ok(gw
-        .scheduler
-        .clone()
-        .get_claim(traced(pb::ClaimRef {
-            claim_id: id.to_string(),
-        }))
-        .await
-        .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?
-        .into_inner())
+    Ok(gw.get_claim(id).await?)
 }
 
 fn domain_of(headers: &HeaderMap) -> Value {
@@ -191,7 +156,7 @@ pub fn parse_create(
     let req: NewSandbox = if body.iter().all(u8::is_ascii_whitespace) {
         NewSandbox::default()
     } else {
-        crate::parse_json(body)?
+        extract::parse_json(body)?
     };
     if req.template_id.trim().is_empty() {
         return Err(ApiError::Invalid("templateID is required".into()));
@@ -239,33 +204,25 @@ pub fn parse_create(
     Ok((claim, req.env_vars.unwrap_or_default()))
 }
 
-async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let (claim, envs) = parse_create(&crate::read_body(&gw, body).await?)?;
-    let pool2 = claim.pool.clone();
+async fn create(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    extract::RawBody(body, _): extract::RawBody<E2bError>,
+) -> Result<Response> {
+    let (claim, envs) = parse_create(&body)?;
+    let pool = claim.pool.clone();
     let c = gw
-        .scheduler
-        .clone()
-        .create_claim(traced(claim))
-        .await
-        .map_err(|s| {
-            ApiError::from_status(s, move |_| {
-                ApiError::PoolNotFound(format!("template {pool2}"))
-            })
-        })?
-        .into_inner();
+        .create_claim(claim, move |_| {
+            ApiError::PoolNotFound(format!("template {pool}"))
+        })
+        .await?;
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();
         let envd = match crate::opensandbox::sandbox_port(&sb, u32::from(ENVD_PORT)) {
             Ok(p) => p,
             Err(e) => {
-                let _ = gw
-                    .scheduler
-                    .clone()
-                    .release_claim(traced(pb::ClaimRef {
-                        claim_id: c.claim_id.clone(),
-                    }))
-                    .await;
+                let _ = gw.release_claim(&c.claim_id).await;
                 return Err(e.into());
             }
         };
@@ -283,13 +240,7 @@ async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Re
                 Err(r.status().to_string())
             }
         }) {
-            let _ = gw
-                .scheduler
-                .clone()
-                .release_claim(traced(pb::ClaimRef {
-                    claim_id: c.claim_id.clone(),
-                }))
-                .await;
+            let _ = gw.release_claim(&c.claim_id).await;
             return Err(ApiError::BadGateway(format!("setting env vars in sandbox: {e}")).into());
         }
     }
@@ -301,13 +252,7 @@ async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<
 }
 
 async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    gw.scheduler
-        .clone()
-        .release_claim(traced(pb::ClaimRef {
-            claim_id: id.clone(),
-        }))
-        .await
-        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.release_claim(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -323,23 +268,16 @@ async fn renew_for(gw: &Gateway, id: &str, seconds: i64) -> Result<()> {
     if seconds <= 0 {
         return Err(ApiError::Invalid(format!("timeout must be positive, got {seconds}")).into());
     }
-    gw.scheduler
-        .clone()
-        .renew(traced(pb::RenewRequest {
-            claim_id: id.to_string(),
-            expires_unix_ms: Utc::now().timestamp_millis() + seconds * 1000,
-        }))
-        .await
-        .map_err(|s| ApiError::from_status(s, claim_not_found(id)))?;
+    gw.renew(id, Utc::now().timestamp_millis() + seconds * 1000)
+        .await?;
     Ok(())
 }
 
 async fn set_timeout(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
-    body: Body,
+    extract::JsonOrEmpty(t, _): JsonBody<Timeout>,
 ) -> Result<StatusCode> {
-    let t: Timeout = json_body(&gw, body).await?;
     let secs = t
         .timeout
         .ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
@@ -350,9 +288,8 @@ async fn set_timeout(
 async fn refresh(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
-    body: Body,
+    extract::JsonOrEmpty(t, _): JsonBody<Timeout>,
 ) -> Result<StatusCode> {
-    let t: Timeout = json_body(&gw, body).await?;
     renew_for(&gw, &id, t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -362,13 +299,7 @@ async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Stat
     if c.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is already paused")).into());
     }
-    gw.scheduler
-        .clone()
-        .pause_claim(traced(pb::ClaimRef {
-            claim_id: id.clone(),
-        }))
-        .await
-        .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+    gw.pause_claim(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -378,44 +309,42 @@ async fn connect(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Body,
+    extract::JsonOrEmpty(t, _): JsonBody<Timeout>,
 ) -> Result<Response> {
-    let t: Timeout = json_body(&gw, body).await?;
-    let c = get_claim(&gw, &id).await?;
+    connect_with(&gw, &id, &headers, t).await
+}
+
+async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -> Result<Response> {
+    let c = get_claim(gw, id).await?;
     let resumed = c.state == pb::ClaimState::Paused as i32;
     if resumed {
-        gw.scheduler
-            .clone()
-            .resume_claim(traced(pb::ClaimRef {
-                claim_id: id.clone(),
-            }))
-            .await
-            .map_err(|s| ApiError::from_status(s, claim_not_found(&id)))?;
+        gw.resume_claim(id).await?;
     }
     if let Some(secs) = t.timeout {
-        renew_for(&gw, &id, secs).await?;
+        renew_for(gw, id, secs).await?;
     }
-    let c = get_claim(&gw, &id).await?;
+    let c = get_claim(gw, id).await?;
     let status = if resumed {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(sandbox_json(&c, &headers))).into_response())
+    Ok((status, Json(sandbox_json(&c, headers))).into_response())
 }
 
 async fn resume(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Body,
+    body: axum::body::Body,
 ) -> Result<Response> {
     let c = get_claim(&gw, &id).await?;
     if c.state != pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is not paused")).into());
     }
-    let r = connect(State(gw), Path(id), headers, body).await?;
-    Ok(r)
+    // the body is read only for a paused sandbox (as `connect` reads it)
+    let t: Timeout = extract::json_or_empty(&gw, body).await?;
+    connect_with(&gw, &id, &headers, t).await
 }
 
 async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
@@ -427,10 +356,16 @@ async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Js
         .header("x-execd-access-token", sb.access_token)
         .send()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id}"),
+            source,
+        })?
         .json()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id}: {e}")))?;
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id}"),
+            source,
+        })?;
     let now = Utc::now();
     let mib = |k: &str| (m[k].as_f64().unwrap_or(0.0) * 1048576.0) as u64;
     Ok(Json(json!([{
@@ -497,21 +432,25 @@ async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>
             return Err(ApiError::Invalid(format!("unknown state {s:?} (running, paused)")).into());
         }
     }
-    let claims = crate::claims_with_metadata(gw, metadata).await?;
+    let claims = gw.claims_with_metadata(metadata).await?;
     Ok(claims
         .into_iter()
         .filter(|c| states.is_empty() || states.iter().any(|s| s == state(c)))
         .collect())
 }
 
-async fn list_v1(State(gw): State<Gateway>, req: Request) -> Result<Json<Value>> {
-    let q = query_pairs(req.uri());
+async fn list_v1(
+    State(gw): State<Gateway>,
+    extract::Query(q, _): extract::Query<E2bError>,
+) -> Result<Json<Value>> {
     let claims = filtered(&gw, &q).await?;
     Ok(Json(Value::Array(claims.iter().map(detail_json).collect())))
 }
 
-async fn list_v2(State(gw): State<Gateway>, req: Request) -> Result<Response> {
-    let q = query_pairs(req.uri());
+async fn list_v2(
+    State(gw): State<Gateway>,
+    extract::Query(q, _): extract::Query<E2bError>,
+) -> Result<Response> {
     let limit: usize = match q.iter().find(|(k, _)| k == "limit") {
         Some((_, v)) => v
             .parse()
@@ -614,7 +553,7 @@ mod tests {
         let e =
             parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#)
                 .unwrap_err();
-        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

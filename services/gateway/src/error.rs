@@ -14,6 +14,16 @@ pub enum ApiError {
     InvalidKey,
     #[error("{0}")]
     Invalid(String),
+    #[error("reading body: {0}")]
+    BodyRead(#[source] axum::BoxError),
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("{field} must be RFC 3339: {source}")]
+    BadTime {
+        field: &'static str,
+        #[source]
+        source: chrono::ParseError,
+    },
     #[error("{0}")]
     TooLarge(String),
     #[error("pool {0} not found")]
@@ -32,6 +42,18 @@ pub enum ApiError {
     Unsupported(String),
     #[error("{0}")]
     BadGateway(String),
+    /// A call to a sandbox (`what`: which sandbox and port) failed.
+    #[error("{what}: {source}")]
+    SandboxUnreachable {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("scheduler connection lost: {}", .0.message())]
+    SchedulerLost(#[source] tonic::Status),
+    /// Building the proxied response from the sandbox's failed.
+    #[error("{0}")]
+    ProxyResponse(#[source] http::Error),
     #[error("{0}")]
     Internal(String),
     #[error("too many requests; retry in {0:?}")]
@@ -43,17 +65,20 @@ impl ApiError {
         match self {
             ApiError::MissingKey => "MISSING_API_KEY",
             ApiError::InvalidKey => "INVALID_API_KEY",
-            ApiError::Invalid(_) => "INVALID_REQUEST",
+            ApiError::Invalid(_)
+            | ApiError::BodyRead(_)
+            | ApiError::InvalidJson(_)
+            | ApiError::BadTime { .. } => "INVALID_REQUEST",
             ApiError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::PoolNotFound(_) => "POOL_NOT_FOUND",
             ApiError::SandboxNotFound(_) => "SANDBOX_NOT_FOUND",
             ApiError::SnapshotNotFound(_) => "SNAPSHOT_NOT_FOUND",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
-            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => "UNAVAILABLE",
             ApiError::Unsupported(_) => "NOT_IMPLEMENTED",
-            ApiError::BadGateway(_) => "SANDBOX_UNREACHABLE",
-            ApiError::Internal(_) => "INTERNAL",
+            ApiError::BadGateway(_) | ApiError::SandboxUnreachable { .. } => "SANDBOX_UNREACHABLE",
+            ApiError::Internal(_) | ApiError::ProxyResponse(_) => "INTERNAL",
             ApiError::RateLimited(_) => "RATE_LIMITED",
         }
     }
@@ -61,19 +86,31 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_)
+            | ApiError::BodyRead(_)
+            | ApiError::InvalidJson(_)
+            | ApiError::BadTime { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PoolNotFound(_)
             | ApiError::SandboxNotFound(_)
             | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) | ApiError::SandboxUnreachable { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ApiError::Internal(_) | ApiError::ProxyResponse(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
+    }
+
+    /// What a NOT_FOUND of a call about sandbox `id` means.
+    pub fn sandbox_not_found(id: &str) -> impl FnOnce(String) -> ApiError + '_ {
+        move |_| ApiError::SandboxNotFound(id.to_string())
     }
 
     /// Map a scheduler gRPC status; `not_found` decides what a NOT_FOUND means here.
@@ -85,7 +122,7 @@ impl ApiError {
         if std::error::Error::source(&s).is_some()
             && matches!(s.code(), Code::Unknown | Code::Internal | Code::Cancelled)
         {
-            return ApiError::Unavailable(format!("scheduler connection lost: {m}"));
+            return ApiError::SchedulerLost(s);
         }
         match s.code() {
             Code::NotFound => not_found(m),

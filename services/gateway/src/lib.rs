@@ -2,8 +2,11 @@
 //! `opensandbox` Python SDK 1.1.x calls) on top of the scheduler's gRPC API,
 //! plus a proxy so SDKs outside the node network reach sandbox ports.
 
+pub mod auth;
+mod calls;
 pub mod e2b;
 pub mod error;
+pub mod extract;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
@@ -12,6 +15,7 @@ use std::sync::Arc;
 
 use sandpool_proto::{auth::AuthChannel, v1::scheduler_client::SchedulerClient};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -55,33 +59,14 @@ impl Gateway {
     /// Whether `key` is one of the configured API keys (constant time per key).
     pub fn key_ok(&self, key: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.key_hashes.iter().fold(false, |acc, k| {
-            acc | (k.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
-        })
+        self.key_hashes
+            .iter()
+            .fold(false, |acc, k| acc | bool::from(k.ct_eq(&h)))
     }
 
     pub fn auth_enabled(&self) -> bool {
         !self.key_hashes.is_empty()
     }
-}
-
-/// Read a request body within `gw.max_body` (413 beyond it).
-pub async fn read_body(
-    gw: &Gateway,
-    body: axum::body::Body,
-) -> Result<bytes::Bytes, error::ApiError> {
-    axum::body::to_bytes(body, gw.max_body).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            error::ApiError::TooLarge(format!("request body exceeds {} bytes", gw.max_body))
-        } else {
-            error::ApiError::Invalid(format!("reading body: {e}"))
-        }
-    })
-}
-
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, error::ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| error::ApiError::Invalid(format!("invalid JSON body: {e}")))
 }
 
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -90,34 +75,6 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
-    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
-}
-
-/// All claims whose metadata contains `metadata`, oldest first.
-pub async fn claims_with_metadata(
-    gw: &Gateway,
-    metadata: std::collections::BTreeMap<String, String>,
-) -> Result<Vec<sandpool_proto::v1::Claim>, error::ApiError> {
-    Ok(gw
-        .scheduler
-        .clone()
-        .list_claims(sandpool_telemetry::grpc_request(
-            sandpool_proto::v1::ListClaimsRequest {
-                metadata: metadata.into_iter().collect(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .map_err(|s| error::ApiError::from_status(s, error::ApiError::Invalid))?
-        .into_inner()
-        .claims)
-}
-
-/// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
-/// E2B sandbox traffic routed by header or host before anything else.
 /// Prometheus metrics of this process (served on its own listener, not
 /// behind the API key: keep it off public interfaces).
 pub fn metrics_app() -> axum::Router {
@@ -158,6 +115,8 @@ async fn rate_limit(
     next.run(req).await
 }
 
+/// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
+/// E2B sandbox traffic routed by header or host before anything else.
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))

@@ -3,9 +3,9 @@
 //! `{"code":"RATE_LIMITED"}` with `Retry-After`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 /// One client's bucket (pure: time is passed in).
@@ -60,7 +60,7 @@ impl RateLimiter {
     /// Charge one request to `client` (hashed: keys are never stored in clear).
     pub fn check(&self, client: &str, now: Instant) -> Result<(), Duration> {
         let id: [u8; 32] = Sha256::digest(client.as_bytes()).into();
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.buckets.lock();
         if b.len() >= MAX_BUCKETS && !b.contains_key(&id) {
             // full buckets of idle clients carry no state worth keeping
             let (per_sec, burst) = (self.per_sec, self.burst);

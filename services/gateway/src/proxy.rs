@@ -9,7 +9,6 @@ use axum::{
 };
 use futures_util::TryStreamExt;
 use sandpool_proto::v1 as pb;
-use sandpool_telemetry::grpc_request as traced;
 
 use crate::{Gateway, error::ApiError, opensandbox::RUNTIME_PORT};
 
@@ -65,15 +64,7 @@ pub async fn forward(
         .ok()
         .filter(|p| (1..=65535).contains(p))
         .ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
-    let claim = gw
-        .scheduler
-        .clone()
-        .get_claim(traced(pb::ClaimRef {
-            claim_id: id.clone(),
-        }))
-        .await
-        .map_err(|s| ApiError::from_status(s, |_| ApiError::SandboxNotFound(id.clone())))?
-        .into_inner();
+    let claim = gw.get_claim(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!(
             "sandbox {id} is paused; resume it first"
@@ -121,7 +112,10 @@ pub async fn forward(
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("sandbox {id} port {port} unreachable: {e}")))?;
+        .map_err(|source| ApiError::SandboxUnreachable {
+            what: format!("sandbox {id} port {port} unreachable"),
+            source,
+        })?;
     if let Some(api) = exec_api {
         sandpool_telemetry::metrics::observe_exec(api, t0.elapsed());
     }
@@ -133,5 +127,5 @@ pub async fn forward(
     }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     r.body(Body::from_stream(stream))
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(ApiError::ProxyResponse)
 }

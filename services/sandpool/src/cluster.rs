@@ -177,7 +177,35 @@ fn require_token(token: Option<&str>, what: &str) -> anyhow::Result<RequireToken
     Ok(RequireToken::new(token)?)
 }
 
-async fn serve_grpc<S>(addr: SocketAddr, auth: RequireToken, svc: S) -> anyhow::Result<()>
+/// The gRPC server of every sandpool part: traced, and behind the service
+/// token check. Clone it for each listener.
+pub type GrpcServer = tonic::transport::Server<
+    tower::layer::util::Stack<
+        tonic::service::InterceptorLayer<RequireToken>,
+        tower::layer::util::Identity,
+    >,
+>;
+
+pub fn grpc_server(auth: RequireToken) -> GrpcServer {
+    tonic::transport::Server::builder()
+        .trace_fn(sandpool_telemetry::grpc_server_span)
+        .layer(tonic::service::InterceptorLayer::new(auth))
+}
+
+/// Bind `addr`; the error names the address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Serve `svc` on `listener` with `server` until `shutdown` completes.
+pub async fn serve_grpc<S>(
+    mut server: GrpcServer,
+    listener: tokio::net::TcpListener,
+    svc: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
         + tonic::server::NamedService
@@ -188,16 +216,11 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tonic::transport::Server::builder()
-        .trace_fn(sandpool_telemetry::grpc_server_span)
-        .layer(tonic::service::InterceptorLayer::new(auth))
+    server
         .add_service(svc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            crate::shutdown_signal(),
+            shutdown,
         )
         .await?;
     Ok(())
@@ -244,9 +267,10 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
     let sched_task = tokio::spawn(serve_grpc(
-        a.scheduler_listen,
-        auth,
+        grpc_server(auth),
+        bind(a.scheduler_listen).await?,
         pb::scheduler_server::SchedulerServer::new(sched),
+        crate::shutdown_signal(),
     ));
 
     let cfg = ControllerConfig {
@@ -314,9 +338,10 @@ pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyh
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
     serve_grpc(
-        a.listen,
-        require_token(service_token.as_deref(), "node agent")?,
+        grpc_server(require_token(service_token.as_deref(), "node agent")?),
+        bind(a.listen).await?,
         pb::node_agent_server::NodeAgentServer::new(CriNodeService(node)),
+        crate::shutdown_signal(),
     )
     .await
 }

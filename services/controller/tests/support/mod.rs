@@ -348,6 +348,123 @@ impl FakeApi {
     }
 }
 
+fn serve_list(
+    store: &mut Store,
+    coll: &str,
+    plural: &str,
+    params: &BTreeMap<String, String>,
+) -> (u16, Value) {
+    let sel = params.get("labelSelector").cloned().unwrap_or_default();
+    let empty = serde_json::Map::new();
+    let items: Vec<Value> = store
+        .list(coll)
+        .into_iter()
+        .filter(|o| selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty)))
+        .collect();
+    let rv = store.rv.to_string();
+    (
+        200,
+        json!({"kind": format!("{}List", kind_of_plural(plural)), "apiVersion": "v1",
+                 "metadata": {"resourceVersion": rv}, "items": items}),
+    )
+}
+
+fn serve_create(store: &mut Store, coll: &str, plural: &str, body: Value) -> (u16, Value) {
+    let mut obj = body;
+    if plural == "events" {
+        store.names += 1;
+        obj["metadata"]["name"] = json!(format!("event-{}", store.names));
+    }
+    let name = match (
+        obj["metadata"]["name"].as_str(),
+        obj["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(g)) => {
+            store.names += 1;
+            format!("{g}{:05}", store.names)
+        }
+        _ => {
+            return (
+                422,
+                status(422, "Invalid", "name or generateName is required"),
+            );
+        }
+    };
+    if store.get(coll, &name).is_some() {
+        return (
+            409,
+            status(
+                409,
+                "AlreadyExists",
+                &format!("{plural} \"{name}\" already exists"),
+            ),
+        );
+    }
+    obj["metadata"]["name"] = json!(name);
+    if obj["metadata"].get("uid").is_none() {
+        obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+    }
+    let obj = store.put(coll, obj);
+    (201, obj)
+}
+
+fn serve_patch(
+    store: &mut Store,
+    coll: &str,
+    plural: &str,
+    n: &str,
+    sub: Option<&str>,
+    ct: &str,
+    body: Value,
+) -> (u16, Value) {
+    let Some(mut obj) = store.get(coll, n).cloned() else {
+        return (
+            404,
+            status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
+        );
+    };
+    let current_rv = obj["metadata"]["resourceVersion"].clone();
+    if ct.contains("json-patch") {
+        let ops = body.as_array().cloned().unwrap_or_default();
+        if let Err(e) = json_patch(&mut obj, &ops) {
+            return (422, status(422, "Invalid", &e));
+        }
+    } else {
+        let mut patch = body;
+        if let Some(rv) = patch["metadata"].get("resourceVersion").cloned() {
+            if rv != current_rv {
+                return (
+                    409,
+                    status(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ),
+                );
+            }
+            if let Some(m) = patch["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+        }
+        if sub == Some("status") {
+            patch = json!({"status": patch.get("status").cloned().unwrap_or(Value::Null)});
+        } else if let Some(m) = patch.as_object_mut() {
+            m.remove("status");
+        }
+        sandpool_core::batch::merge_patch(&mut obj, &patch);
+    }
+    let rv = store.next_rv();
+    obj["metadata"]["resourceVersion"] = json!(rv);
+    store
+        .objects
+        .entry(coll.to_string())
+        .or_default()
+        .insert(n.to_string(), obj.clone());
+    store.maybe_finish_deletion(coll, n);
+    (200, obj)
+}
+
 fn serve(
     store: &mut Store,
     method: &Method,
@@ -376,23 +493,7 @@ fn serve(
         .into_owned()
         .collect();
     match (method.clone(), name) {
-        (Method::GET, None) => {
-            let sel = params.get("labelSelector").cloned().unwrap_or_default();
-            let empty = serde_json::Map::new();
-            let items: Vec<Value> = store
-                .list(&coll)
-                .into_iter()
-                .filter(|o| {
-                    selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty))
-                })
-                .collect();
-            let rv = store.rv.to_string();
-            (
-                200,
-                json!({"kind": format!("{}List", kind_of_plural(plural)), "apiVersion": "v1",
-                         "metadata": {"resourceVersion": rv}, "items": items}),
-            )
-        }
+        (Method::GET, None) => serve_list(store, &coll, plural, &params),
         (Method::GET, Some(n)) => match store.get(&coll, &n) {
             Some(o) => (200, o.clone()),
             None => (
@@ -400,92 +501,8 @@ fn serve(
                 status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
             ),
         },
-        (Method::POST, None) => {
-            let mut obj = body;
-            if plural == "events" {
-                store.names += 1;
-                obj["metadata"]["name"] = json!(format!("event-{}", store.names));
-            }
-            let name = match (
-                obj["metadata"]["name"].as_str(),
-                obj["metadata"]["generateName"].as_str(),
-            ) {
-                (Some(n), _) if !n.is_empty() => n.to_string(),
-                (_, Some(g)) => {
-                    store.names += 1;
-                    format!("{g}{:05}", store.names)
-                }
-                _ => {
-                    return (
-                        422,
-                        status(422, "Invalid", "name or generateName is required"),
-                    );
-                }
-            };
-            if store.get(&coll, &name).is_some() {
-                return (
-                    409,
-                    status(
-                        409,
-                        "AlreadyExists",
-                        &format!("{plural} \"{name}\" already exists"),
-                    ),
-                );
-            }
-            obj["metadata"]["name"] = json!(name);
-            if obj["metadata"].get("uid").is_none() {
-                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
-            }
-            let obj = store.put(&coll, obj);
-            (201, obj)
-        }
-        (Method::PATCH, Some(n)) => {
-            let Some(mut obj) = store.get(&coll, &n).cloned() else {
-                return (
-                    404,
-                    status(404, "NotFound", &format!("{plural} \"{n}\" not found")),
-                );
-            };
-            let current_rv = obj["metadata"]["resourceVersion"].clone();
-            if ct.contains("json-patch") {
-                let ops = body.as_array().cloned().unwrap_or_default();
-                if let Err(e) = json_patch(&mut obj, &ops) {
-                    return (422, status(422, "Invalid", &e));
-                }
-            } else {
-                let mut patch = body;
-                if let Some(rv) = patch["metadata"].get("resourceVersion").cloned() {
-                    if rv != current_rv {
-                        return (
-                            409,
-                            status(
-                                409,
-                                "Conflict",
-                                "the object has been modified; please apply your changes to the latest version and try again",
-                            ),
-                        );
-                    }
-                    if let Some(m) = patch["metadata"].as_object_mut() {
-                        m.remove("resourceVersion");
-                    }
-                }
-                if sub == Some("status") {
-                    patch = json!({"status": patch.get("status").cloned().unwrap_or(Value::Null)});
-                } else if let Some(m) = patch.as_object_mut() {
-                    m.remove("status");
-                }
-                sandpool_core::batch::merge_patch(&mut obj, &patch);
-            }
-            let rv = store.next_rv();
-            obj["metadata"]["resourceVersion"] = json!(rv);
-            store
-                .objects
-                .entry(coll.clone())
-                .or_default()
-                .insert(n.clone(), obj.clone());
-            store.maybe_finish_deletion(&coll, &n);
-            (200, obj)
-        }
+        (Method::POST, None) => serve_create(store, &coll, plural, body),
+        (Method::PATCH, Some(n)) => serve_patch(store, &coll, plural, &n, sub, ct, body),
         (Method::PUT, Some(n)) => {
             let Some(cur) = store.get(&coll, &n).cloned() else {
                 return (

@@ -3,6 +3,8 @@
 //! into our types and validate against the generated schemas the way a
 //! strict apiserver would (schema + unknown fields refused).
 
+mod structural;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -50,7 +52,7 @@ fn committed_crds_equal_the_generated_ones() {
 #[test]
 fn crds_are_structural() {
     for crd in crds() {
-        let problems = sandpool_controller::structural::check_crd(&crd);
+        let problems = structural::check_crd(&crd);
         assert!(
             problems.is_empty(),
             "{}: {problems:#?}",

@@ -1,0 +1,358 @@
+//! `/v1/sandboxes`: create (from a pool, an image or a snapshot), get, list,
+//! delete, pause, resume, renew.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chrono::DateTime;
+use sandpool_proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Paging, Result, sandbox_json, state_name};
+use crate::{Gateway, error::ApiError, extract, rfc3339_ms};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ImageSpec {
+    #[serde(default)]
+    uri: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Limits {
+    #[serde(default)]
+    cpu: Option<String>,
+    #[serde(default)]
+    memory: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateRequest {
+    #[serde(default)]
+    image: Option<ImageSpec>,
+    /// seconds; null/absent = no expiry
+    #[serde(default)]
+    timeout: Option<Value>,
+    #[serde(default)]
+    resource_limits: Option<Limits>,
+    #[serde(default)]
+    env: Option<HashMap<String, String>>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    extensions: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    snapshot_id: Option<String>,
+    #[serde(default)]
+    volumes: Option<Vec<Value>>,
+}
+
+fn parse_timeout(v: &Option<Value>) -> Result<u64> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(s) if s > 0 => Ok(s as u64),
+            Some(s) => Err(ApiError::Invalid(format!(
+                "timeout must be a positive number of seconds, got {s}"
+            ))),
+            None => Err(ApiError::Invalid(format!(
+                "timeout must be an integer number of seconds, got {n}"
+            ))),
+        },
+        Some(other) => Err(ApiError::Invalid(format!(
+            "timeout must be an integer number of seconds, got {other}"
+        ))),
+    }
+}
+
+fn check_keys<'a>(keys: impl Iterator<Item = &'a String>) -> Result<()> {
+    for k in keys {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::Invalid(format!("bad key {k:?} in env/metadata")));
+        }
+    }
+    Ok(())
+}
+
+/// What an OpenSandbox create body asks for.
+#[derive(Debug)]
+pub enum Create {
+    /// a sandbox from a pool or an image
+    Claim(Box<pb::ClaimRequest>),
+    /// a sandbox from a snapshot (`snapshotId`)
+    Restore(pb::RestoreCheckpointRequest),
+}
+
+/// An OpenSandbox create body as the claim or restore it asks for (pure: the
+/// gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
+pub fn parse_create(body: &[u8]) -> Result<Create> {
+    let req: CreateRequest = extract::parse_json(body)?;
+    match req.snapshot_id.as_deref() {
+        Some(s) if !s.is_empty() => restore_of(req).map(Create::Restore),
+        _ => claim_of(req).map(|c| Create::Claim(Box::new(c))),
+    }
+}
+
+/// A create body with a `snapshotId`.
+fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
+    let snapshot = req.snapshot_id.unwrap_or_default();
+    if req.image.as_ref().is_some_and(|i| !i.uri.is_empty()) {
+        return Err(ApiError::Invalid(
+            "give either image or snapshotId, not both".into(),
+        ));
+    }
+    if req
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.contains_key("poolRef"))
+    {
+        return Err(ApiError::Invalid(
+            "a restore from snapshotId goes to the snapshot's own pool: drop extensions.poolRef"
+                .into(),
+        ));
+    }
+    if req.env.as_ref().is_some_and(|e| !e.is_empty())
+        || req.volumes.as_ref().is_some_and(|v| !v.is_empty())
+    {
+        return Err(ApiError::Invalid("env and volumes cannot change on a restore from snapshotId (the processes keep theirs)".into()));
+    }
+    let metadata = req.metadata.unwrap_or_default();
+    check_keys(metadata.keys())?;
+    Ok(pb::RestoreCheckpointRequest {
+        checkpoint_id: snapshot,
+        count: 1,
+        ttl_seconds: parse_timeout(&req.timeout)?,
+        metadata,
+    })
+}
+
+/// A create body without a `snapshotId`.
+fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
+    let ttl = parse_timeout(&req.timeout)?;
+    let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(p)) if !p.is_empty() => p.clone(),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "extensions.poolRef must be a non-empty string, got {other}"
+            )));
+        }
+    };
+    if !pool.is_empty() && req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::Invalid(
+            "volumes are not supported with extensions.poolRef".into(),
+        ));
+    }
+    let entrypoint = req.entrypoint.clone().unwrap_or_default();
+    let env = req.env.clone().unwrap_or_default();
+    let metadata = req.metadata.clone().unwrap_or_default();
+    check_keys(env.keys().chain(metadata.keys()))?;
+    let template = if pool.is_empty() {
+        let image = req
+            .image
+            .as_ref()
+            .map(|i| i.uri.trim().to_string())
+            .unwrap_or_default();
+        if image.is_empty() {
+            return Err(ApiError::Invalid(
+                "image.uri is required without extensions.poolRef".into(),
+            ));
+        }
+        let limits = req.resource_limits.unwrap_or_default();
+        Some(pb::SandboxTemplate {
+            image,
+            resources: Some(pb::Resources {
+                cpu: limits.cpu.unwrap_or_default(),
+                memory: limits.memory.unwrap_or_default(),
+                pids: 0,
+            }),
+            runtime_class: pb::RuntimeClass::Runc as i32,
+            release_policy: pb::ReleasePolicy::Delete as i32,
+            ..Default::default()
+        })
+    } else {
+        None
+    };
+    Ok(pb::ClaimRequest {
+        pool,
+        pool_only: false,
+        ttl_seconds: ttl,
+        process: Some(pb::InjectRequest {
+            argv: entrypoint,
+            env,
+            ..Default::default()
+        }),
+        metadata,
+        claim_id: String::new(),
+        template,
+        mounts: Vec::new(),
+        image: String::new(),
+    })
+}
+
+pub async fn create(
+    State(gw): State<Gateway>,
+    extract::RawBody(body, _): extract::RawBody,
+) -> Result<Response> {
+    let claim = match parse_create(&body)? {
+        Create::Claim(c) => *c,
+        Create::Restore(restore) => return create_from_snapshot(&gw, restore).await,
+    };
+    let pool = claim.pool.clone();
+    let c = gw
+        .create_claim(claim, move |m| {
+            if pool.is_empty() {
+                ApiError::Invalid(m)
+            } else {
+                ApiError::PoolNotFound(pool)
+            }
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(sandbox_json(&c))).into_response())
+}
+
+async fn create_from_snapshot(
+    gw: &Gateway,
+    restore: pb::RestoreCheckpointRequest,
+) -> Result<Response> {
+    let snapshot = restore.checkpoint_id.clone();
+    let mut claims = gw.restore_checkpoint(restore).await?;
+    let c = claims
+        .pop()
+        .ok_or_else(|| ApiError::Internal("restore made no sandbox".into()))?;
+    let mut v = sandbox_json(&c);
+    v["snapshotId"] = json!(snapshot);
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+pub async fn get_one(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(sandbox_json(&gw.get_claim(&id).await?)))
+}
+
+pub async fn delete(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.release_claim(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.pause_claim(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub async fn resume(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+    gw.resume_claim(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RenewRequest {
+    expires_at: String,
+}
+
+pub async fn renew(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    extract::Json(r, _): extract::Json<RenewRequest>,
+) -> Result<Json<Value>> {
+    let at = DateTime::parse_from_rfc3339(&r.expires_at)
+        .map_err(|source| ApiError::BadTime {
+            field: "expiresAt",
+            source,
+        })?
+        .timestamp_millis();
+    let c = gw.renew(&id, at).await?;
+    Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
+}
+
+pub async fn list(
+    State(gw): State<Gateway>,
+    extract::Query(q, _): extract::Query,
+) -> Result<Json<Value>> {
+    let mut states = Vec::new();
+    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+    let mut pages = Paging::default();
+    for (k, v) in &q {
+        match k.as_str() {
+            "state" => states.push(v.clone()),
+            "metadata" => {
+                for (mk, mv) in form_urlencoded::parse(v.as_bytes()) {
+                    metadata.insert(mk.into_owned(), mv.into_owned());
+                }
+            }
+            _ => pages.param(k, v)?,
+        }
+    }
+    let all = gw.claims_with_metadata(metadata).await?;
+    let items: Vec<Value> = all
+        .iter()
+        .filter(|c| {
+            states.is_empty()
+                || states
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(state_name(c.state)))
+        })
+        .map(sandbox_json)
+        .collect();
+    Ok(Json(pages.json(items)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout(&None).unwrap(), 0);
+        assert_eq!(parse_timeout(&Some(Value::Null)).unwrap(), 0);
+        assert_eq!(parse_timeout(&Some(json!(600))).unwrap(), 600);
+        for bad in [json!(-1), json!(0), json!(1.5), json!("600")] {
+            assert!(parse_timeout(&Some(bad.clone())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn restores_parse_from_snapshot_id_and_refuse_what_cannot_change() {
+        let Ok(Create::Restore(r)) = parse_create(br#"{"snapshotId":"ck-1","timeout":600,"metadata":{"a":"b"},"entrypoint":["tail","-f","/dev/null"]}"#) else {
+            panic!("a restore")
+        };
+        assert_eq!(
+            (r.checkpoint_id.as_str(), r.count, r.ttl_seconds),
+            ("ck-1", 1, 600)
+        );
+        assert_eq!(r.metadata.get("a").map(String::as_str), Some("b"));
+        assert!(
+            matches!(
+                parse_create(br#"{"image":{"uri":"python"}}"#),
+                Ok(Create::Claim(_))
+            ),
+            "not a restore"
+        );
+        assert!(
+            matches!(
+                parse_create(br#"{"image":{"uri":"python"},"snapshotId":""}"#),
+                Ok(Create::Claim(_))
+            ),
+            "empty snapshotId"
+        );
+        for bad in [
+            &br#"{"snapshotId":"ck-1","image":{"uri":"python"}}"#[..],
+            br#"{"snapshotId":"ck-1","extensions":{"poolRef":"p"}}"#,
+            br#"{"snapshotId":"ck-1","env":{"A":"1"}}"#,
+            br#"{"snapshotId":"ck-1","timeout":-5}"#,
+        ] {
+            let e = parse_create(bad).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The CLI's client commands: pools, claims, exec, release (calls to the scheduler).
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use futures_util::StreamExt;
+use sandpool_core::Template;
+use sandpool_proto::{
+    auth::{AuthChannel, ServiceToken},
+    v1::{self as pb, scheduler_client::SchedulerClient},
+};
+
+/// The scheduler a client command talks to.
+#[derive(clap::Args, Debug)]
+pub struct SchedulerAddr {
+    #[arg(
+        long = "scheduler",
+        value_name = "SCHEDULER",
+        global = true,
+        env = "SANDPOOL_SCHEDULER",
+        default_value = "http://127.0.0.1:7702"
+    )]
+    addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Pools: `apply` or `list`.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+        #[command(flatten)]
+        scheduler: SchedulerAddr,
+    },
+    /// Claim a sandbox from a pool (prints its id, IP and token).
+    Claim {
+        #[arg(long)]
+        pool: String,
+        /// Seconds until the claim expires (0 = never).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Fail instead of cold-starting when the pool has no warm sandbox.
+        #[arg(long)]
+        pool_only: bool,
+        /// Entrypoint to inject (after `--`).
+        #[arg(last = true)]
+        argv: Vec<String>,
+        #[command(flatten)]
+        scheduler: SchedulerAddr,
+    },
+    /// Run a command in a claimed sandbox, streaming its output.
+    Exec {
+        claim: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        scheduler: SchedulerAddr,
+    },
+    /// List claims.
+    List {
+        #[arg(long, default_value = "")]
+        pool: String,
+        #[command(flatten)]
+        scheduler: SchedulerAddr,
+    },
+    /// Release a claim (its sandbox is deleted and the pool refills).
+    Release {
+        claim: String,
+        #[command(flatten)]
+        scheduler: SchedulerAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Create or update a pool.
+    Apply {
+        name: String,
+        #[arg(long, default_value = "busybox")]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        buffer_min: u32,
+        #[arg(long, default_value_t = 2)]
+        buffer_max: u32,
+        #[arg(long, default_value_t = 0)]
+        pool_min: u32,
+        #[arg(long, default_value_t = 64)]
+        pool_max: u32,
+        /// runc or runsc
+        #[arg(long, default_value = "runc")]
+        runtime: String,
+        #[arg(long, default_value = "")]
+        cpu: String,
+        #[arg(long, default_value = "")]
+        memory: String,
+        /// Run the pool's sandboxes as root (default: the unprivileged `user`, uid 61000).
+        #[arg(long)]
+        run_as_root: bool,
+        /// runsc sandboxes without a network (loopback only) that can be
+        /// checkpointed, restored and forked (needs --runtime runsc).
+        #[arg(long)]
+        checkpointable: bool,
+    },
+    List,
+}
+
+/// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
+/// each word quoted unless it is plainly safe, so `-- sh -c 'a | b'` keeps its words.
+fn shell_join(argv: &[String]) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(safe) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The CLI's token: given, else the local platform's file if readable.
+pub fn cli_service_token(given: Option<String>) -> anyhow::Result<ServiceToken> {
+    let from_file = || {
+        let dir = std::env::var("SANDPOOL_DATA_DIR").unwrap_or_else(|_| "/var/lib/sandpool".into());
+        std::fs::read_to_string(std::path::Path::new(&dir).join("service-token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+    };
+    Ok(ServiceToken::new(given.or_else(from_file).as_deref())?)
+}
+
+pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
+    match cmd {
+        ClientCmd::Pool { cmd, scheduler } => {
+            let s = connect(&scheduler.addr, token).await?;
+            match cmd {
+                PoolCmd::List => pool_list(s).await,
+                apply => pool_apply(s, apply).await,
+            }
+        }
+        ClientCmd::Claim {
+            pool,
+            ttl,
+            pool_only,
+            argv,
+            scheduler,
+        } => {
+            let c = connect(&scheduler.addr, token)
+                .await?
+                .create_claim(pb::ClaimRequest {
+                    pool,
+                    pool_only,
+                    ttl_seconds: ttl,
+                    process: Some(pb::InjectRequest {
+                        argv,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            print_claim(&c);
+            Ok(())
+        }
+        ClientCmd::Exec {
+            claim,
+            command,
+            scheduler,
+        } => exec(connect(&scheduler.addr, token).await?, claim, &command).await,
+        ClientCmd::List { pool, scheduler } => {
+            for c in connect(&scheduler.addr, token)
+                .await?
+                .list_claims(pb::ListClaimsRequest {
+                    pool,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .claims
+            {
+                print_claim(&c);
+            }
+            Ok(())
+        }
+        ClientCmd::Release { claim, scheduler } => {
+            connect(&scheduler.addr, token)
+                .await?
+                .release_claim(pb::ClaimRef {
+                    claim_id: claim.clone(),
+                })
+                .await?;
+            println!("released {claim}");
+            Ok(())
+        }
+    }
+}
+
+type Scheduler = SchedulerClient<AuthChannel>;
+
+async fn connect(addr: &str, token: &ServiceToken) -> anyhow::Result<Scheduler> {
+    let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("scheduler address {addr:?}"))?
+        .connect()
+        .await
+        .with_context(|| {
+            format!("connecting to the scheduler at {addr} (is `sandpool serve` running?)")
+        })?;
+    Ok(SchedulerClient::with_interceptor(ch, token.clone()))
+}
+
+async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
+    let PoolCmd::Apply {
+        name,
+        image,
+        buffer_min,
+        buffer_max,
+        pool_min,
+        pool_max,
+        runtime,
+        cpu,
+        memory,
+        run_as_root,
+        checkpointable,
+    } = cmd
+    else {
+        bail!("not a pool apply command");
+    };
+    let t = Template {
+        image,
+        runtime_class: runtime,
+        cpu,
+        memory,
+        run_as_root,
+        checkpointable,
+        ..Default::default()
+    };
+    let p = s
+        .apply_pool(pb::Pool {
+            name,
+            template: Some(sandpool_scheduler::scheduler::template_to_pb(&t)),
+            capacity: Some(pb::CapacitySpec {
+                buffer_min,
+                buffer_max,
+                pool_min,
+                pool_max,
+            }),
+            status: None,
+        })
+        .await?
+        .into_inner();
+    println!("pool {} applied", p.name);
+    Ok(())
+}
+
+async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
+    for p in s
+        .list_pools(pb::ListPoolsRequest {})
+        .await?
+        .into_inner()
+        .pools
+    {
+        let st = p.status.unwrap_or_default();
+        println!(
+            "{}\ttotal={}\tallocated={}\tavailable={}",
+            p.name, st.total, st.allocated, st.available
+        );
+    }
+    Ok(())
+}
+
+/// Run `command` through the claim's runtime, streaming its output; exits
+/// the process with the command's exit code.
+async fn exec(mut s: Scheduler, claim: String, command: &[String]) -> anyhow::Result<()> {
+    let c = s
+        .get_claim(pb::ClaimRef { claim_id: claim })
+        .await?
+        .into_inner();
+    let sb = c.sandbox.unwrap_or_default();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}:{}/command", sb.ip, sb.runtime_port))
+        .header("x-execd-access-token", sb.access_token)
+        .json(&serde_json::json!({"command": shell_join(command)}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "exec failed: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut code = 0;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..pos + 2).collect();
+            let v: serde_json::Value = serde_json::from_slice(&frame[..pos]).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("stdout") => print!("{}", v["text"].as_str().unwrap_or_default()),
+                Some("stderr") => eprint!("{}", v["text"].as_str().unwrap_or_default()),
+                Some("error") => {
+                    code = v["error"]["evalue"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(1)
+                }
+                _ => {}
+            }
+        }
+    }
+    std::process::exit(code);
+}
+
+fn print_claim(c: &pb::Claim) {
+    let sb = c.sandbox.clone().unwrap_or_default();
+    println!(
+        "{}\tpool={}\tsandbox={}\tip={}:{}\ttoken={}\tcold={}\tclaim_us={}",
+        c.claim_id,
+        c.pool,
+        sb.sandbox_id,
+        sb.ip,
+        sb.runtime_port,
+        sb.access_token,
+        c.cold_start,
+        c.claim_us
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_join_keeps_words() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::shell_join(&v(&["echo", "hi"])), "echo hi");
+        assert_eq!(
+            super::shell_join(&v(&["sh", "-c", "a | b"])),
+            "sh -c 'a | b'"
+        );
+        assert_eq!(
+            super::shell_join(&v(&["printf", "it's", ""])),
+            "printf 'it'\\''s' ''"
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! `sandpool serve`: the whole platform (or some of its parts, `--role`) on
+//! this machine. Each part starts on its own and hands back what stops it.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use sandpool_core::{Template, pool::CapacitySpec};
+use sandpool_node_agent::{
+    agent::{Agent, AgentConfig},
+    containerd::Ctr,
+    daemon::ContainerdDaemon,
+    net::NetConfig,
+    service::NodeAgentService,
+};
+use sandpool_proto::{
+    auth::{RequireToken, ServiceToken},
+    v1::{self as pb, scheduler_client::SchedulerClient},
+};
+use sandpool_scheduler::{
+    Scheduler, SchedulerConfig, scheduler::PoolRec, service::SchedulerService,
+};
+use tokio::task::AbortHandle;
+
+use crate::cluster::{GrpcServer, bind, grpc_server, serve_grpc};
+use crate::{say, shutdown_signal};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Gateway (REST) listen address.
+    #[arg(long, env = "SANDPOOL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "SANDPOOL_DATA_DIR", default_value = "/var/lib/sandpool")]
+    data_dir: PathBuf,
+    /// API key(s) for the gateway; one is generated and printed when none is given.
+    #[arg(long = "api-key", env = "SANDPOOL_API_KEY", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// Static sandpool-runtime (default: sandpool-runtime-static next to this binary).
+    #[arg(long, env = "SANDPOOL_RUNTIME_BIN")]
+    runtime_bin: Option<PathBuf>,
+    /// Use this containerd instead of starting a private one.
+    #[arg(long, env = "SANDPOOL_CONTAINERD_SOCKET")]
+    containerd_socket: Option<PathBuf>,
+    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]
+    /// (repeatable; `checkpointable`: runsc without a network, for snapshots).
+    #[arg(long = "pool", default_value = "default:busybox:2:4:0:64")]
+    pools: Vec<String>,
+    #[arg(long, default_value = "sandpool0")]
+    bridge: String,
+    #[arg(long, default_value = "10.213.0.0/16")]
+    subnet: String,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    agent_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    scheduler_listen: SocketAddr,
+    /// Pause a claimed sandbox after this many seconds without runtime
+    /// activity (0 = never); resume it with the API (OpenSandbox `resume`, E2B `connect`).
+    #[arg(long, default_value_t = 0)]
+    idle_pause_after: u64,
+    /// Requests per second allowed per API key (0 = no limit); 429 beyond.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
+    rate_limit: f64,
+    /// Burst allowance of the rate limit.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
+    rate_burst: f64,
+    /// Prometheus `/metrics` of the whole platform (no auth: keep it local).
+    /// (Default 127.0.0.1:9464; with `--role` only where the gateway runs:
+    /// give each other part its own address to expose its metrics.)
+    #[arg(long, env = "SANDPOOL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    #[arg(long, default_value_t = 256)]
+    max_sandboxes: u32,
+    /// Where built images are cached (default: under the data dir).
+    #[arg(long, env = "SANDPOOL_IMAGE_CACHE")]
+    image_cache: Option<PathBuf>,
+    /// On shutdown release every claim and delete every pool's sandboxes
+    /// (default: leave them running for the next start to adopt).
+    #[arg(long)]
+    cleanup_on_exit: bool,
+    /// Run only these parts in this process (default: all). Split, each part
+    /// can fail and restart on its own: `node-agent` (with containerd) serves
+    /// `--agent-listen`, `scheduler` serves `--scheduler-listen` and uses the
+    /// agent there, `gateway` serves `--listen` and uses the scheduler.
+    #[arg(long = "role", value_enum, value_delimiter = ',')]
+    roles: Vec<Role>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    NodeAgent,
+    Scheduler,
+    Gateway,
+}
+
+fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
+    let f: Vec<&str> = s.split(':').collect();
+    if !(6..=8).contains(&f.len()) {
+        bail!(
+            "--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]"
+        );
+    }
+    let checkpointable = match f.get(7) {
+        None => false,
+        Some(&"checkpointable") => true,
+        Some(other) => bail!(
+            "--pool {s:?}: field 8 is {other:?}; the only flag is `checkpointable` (runsc without a network)"
+        ),
+    };
+    let n = |i: usize| {
+        f[i].parse::<u32>()
+            .with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1))
+    };
+    Ok(PoolRec {
+        name: f[0].to_string(),
+        template: Template {
+            image: f[1].to_string(),
+            runtime_class: f.get(6).unwrap_or(&"runc").to_string(),
+            checkpointable,
+            ..Default::default()
+        },
+        capacity: CapacitySpec {
+            buffer_min: n(2)?,
+            buffer_max: n(3)?,
+            pool_min: n(4)?,
+            pool_max: n(5)?,
+        },
+    })
+}
+
+/// The service token of a platform on `data_dir`: the given one, else the
+/// one in DATA_DIR/service-token, else a new one written there (0600), so
+/// the parts of a split platform (`--role`) share it.
+fn platform_service_token(
+    given: Option<String>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("service-token");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    // written whole under a temporary name, then linked into place: a crash
+    // never leaves an empty token, and of two parts starting at once one wins
+    let t = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let tmp = data_dir.join(format!(".service-token.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(t.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// The node agent part: containerd (a private one unless given), the agent
+/// with the pools' images ready, and its gRPC server.
+struct NodePart {
+    daemon: Option<ContainerdDaemon>,
+    agent: Arc<Agent>,
+    server: AbortHandle,
+}
+
+pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Result<()> {
+    let pools: Vec<PoolRec> = a
+        .pools
+        .iter()
+        .map(|p| parse_pool(p))
+        .collect::<anyhow::Result<_>>()?;
+    let service_token = platform_service_token(service_token, &a.data_dir)?;
+    let grpc = grpc_server(RequireToken::new(Some(&service_token))?);
+    let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
+    let api_keys = api_keys(&a, runs(Role::Gateway));
+    let mut tasks = Vec::new();
+    let node = if runs(Role::NodeAgent) {
+        Some(start_node_agent(&a, &pools, grpc.clone()).await?)
+    } else {
+        None
+    };
+    let sched = if runs(Role::Scheduler) {
+        let (s, server) = start_scheduler(&a, &pools, &service_token, grpc).await?;
+        tasks.push(server);
+        Some(s)
+    } else {
+        None
+    };
+    let metrics = a
+        .metrics_listen
+        .or_else(|| runs(Role::Gateway).then(|| SocketAddr::from(([127, 0, 0, 1], 9464))));
+    if let Some(addr) = metrics {
+        tasks.push(
+            crate::cluster::spawn_http(addr, sandpool_gateway::metrics_app())
+                .await?
+                .abort_handle(),
+        );
+    }
+    let metrics_url = metrics
+        .map(|m| format!("http://{m}/metrics"))
+        .unwrap_or_else(|| "off (--metrics-listen)".into());
+    if let Some(s) = &sched {
+        wait_warm(s, &pools).await?;
+    }
+    if runs(Role::Gateway) {
+        run_gateway(&a, &service_token, &api_keys, &metrics_url).await?;
+    } else {
+        say(format!("ready: metrics {metrics_url}"));
+        shutdown_signal().await;
+    }
+    if a.cleanup_on_exit {
+        cleanup(sched.as_deref(), node.as_ref().map(|n| &n.agent)).await;
+    } else {
+        say("stopping (sandboxes keep running; they are adopted on the next start)");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(mut node) = node {
+        node.server.abort();
+        if let Some(d) = &mut node.daemon {
+            d.stop(Duration::from_secs(10));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's API keys: the given ones, else one generated (and printed
+/// where the gateway runs).
+fn api_keys(a: &ServeArgs, runs_gateway: bool) -> Vec<String> {
+    if !a.api_keys.is_empty() {
+        return a.api_keys.clone();
+    }
+    // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
+    let hex = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let k = format!("e2b_{}", &hex[..40]);
+    if runs_gateway {
+        say(format!("generated API key: {k}"));
+    }
+    vec![k]
+}
+
+async fn start_node_agent(
+    a: &ServeArgs,
+    pools: &[PoolRec],
+    grpc: GrpcServer,
+) -> anyhow::Result<NodePart> {
+    let runtime_bin = match &a.runtime_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("sandpool-runtime-static"),
+    };
+    let runtime_bin = std::fs::canonicalize(&runtime_bin).with_context(|| {
+        format!(
+            "runtime binary {} (build it static: see scripts/run.sh)",
+            runtime_bin.display()
+        )
+    })?;
+    let mut daemon = None;
+    let socket = match &a.containerd_socket {
+        Some(s) => s.clone(),
+        None => {
+            say("starting private containerd");
+            let d = ContainerdDaemon::start(&a.data_dir.join("containerd"))?;
+            let s = d.socket.clone();
+            daemon = Some(d);
+            s
+        }
+    };
+    let ctr = Ctr::connect(&socket, "sandpool", Duration::from_secs(30)).await?;
+    let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
+    cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
+    cfg.max_sandboxes = a.max_sandboxes;
+    if let Some(c) = &a.image_cache {
+        cfg.image_cache = c.clone();
+    }
+    let agent = Agent::start(cfg, ctr).await?;
+    for p in pools {
+        say(format!(
+            "preparing image {} (first time: busybox seconds, python a few minutes)",
+            p.template.image
+        ));
+        agent
+            .ensure_image(&p.template.image)
+            .await
+            .with_context(|| format!("image of pool {}", p.name))?;
+    }
+    let svc =
+        pb::node_agent_server::NodeAgentServer::new(NodeAgentService::new(Arc::clone(&agent)));
+    let listener = bind(a.agent_listen).await?;
+    let server =
+        tokio::spawn(serve_grpc(grpc, listener, svc, std::future::pending())).abort_handle();
+    say(format!("node agent: grpc://{}", a.agent_listen));
+    Ok(NodePart {
+        daemon,
+        agent,
+        server,
+    })
+}
+
+async fn start_scheduler(
+    a: &ServeArgs,
+    pools: &[PoolRec],
+    service_token: &str,
+    grpc: GrpcServer,
+) -> anyhow::Result<(Arc<Scheduler>, AbortHandle)> {
+    let s = Scheduler::start(SchedulerConfig {
+        store_path: a.data_dir.join("scheduler.redb"),
+        nodes: vec![format!("http://{}", a.agent_listen)],
+        max_inflight: 4,
+        tick: Duration::from_millis(500),
+        idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
+        service_token: Some(service_token.to_string()),
+    })
+    .await?;
+    for p in pools {
+        s.apply_pool(p.clone())?;
+    }
+    let listener = bind(a.scheduler_listen).await?;
+    let svc = pb::scheduler_server::SchedulerServer::new(SchedulerService::new(Arc::clone(&s)));
+    let server =
+        tokio::spawn(serve_grpc(grpc, listener, svc, std::future::pending())).abort_handle();
+    say(format!("scheduler: grpc://{}", a.scheduler_listen));
+    Ok((s, server))
+}
+
+/// Progress until the pools reach their minimum buffer (at most 5 minutes).
+async fn wait_warm(s: &Scheduler, pools: &[PoolRec]) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let mut all = true;
+        let mut parts = Vec::new();
+        for p in pools {
+            let (_, st) = s.pool_status(&p.name)?;
+            parts.push(format!(
+                "{} {} warm (bufferMin {}, bufferMax {})",
+                p.name, st.available, p.capacity.buffer_min, p.capacity.buffer_max
+            ));
+            all &= st.available >= p.capacity.buffer_min;
+        }
+        say(format!("warming pools: {}", parts.join(", ")));
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Serve the REST gateway on `--listen` until the shutdown signal.
+async fn run_gateway(
+    a: &ServeArgs,
+    service_token: &str,
+    api_keys: &[String],
+    metrics_url: &str,
+) -> anyhow::Result<()> {
+    // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(service_token))?);
+    let gw = sandpool_gateway::Gateway::new(client, api_keys)
+        .with_rate_limit(a.rate_limit, a.rate_burst);
+    let listener = bind(a.listen).await?;
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // peer addresses key the rate limit of requests without an API key
+    let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
+    say(format!(
+        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics {}",
+        a.listen, a.scheduler_listen, a.agent_listen, metrics_url
+    ));
+    let _ = axum::serve(listener, gw_app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    Ok(())
+}
+
+/// `--cleanup-on-exit`: release every claim, delete every pool and sandbox.
+async fn cleanup(sched: Option<&Scheduler>, agent: Option<&Arc<Agent>>) {
+    say("cleaning up: releasing claims and deleting pools");
+    if let Some(s) = sched {
+        for c in s.list_claims("", &[], &Default::default()) {
+            if let Err(e) = s
+                .release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+                .await
+            {
+                say(format!("release {}: {e}", c.id));
+            }
+        }
+        for p in s.pools() {
+            if let Err(e) = s.delete_pool(&p).await {
+                say(format!("delete pool {p}: {e}"));
+            }
+        }
+    }
+    if let Some(ag) = agent {
+        for sb in ag.list("") {
+            let _ = ag.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
+        }
+        ag.cfg.net.remove_isolation();
+    }
+}
