@@ -695,21 +695,21 @@ async fn blocking<T: Send + 'static>(
     crate::blocking(f).await.map_err(ConnectError::from)
 }
 
-fn path_of(v: &Value) -> CResult<String> {
+fn path_of(st: &EnvdState, v: &Value) -> CResult<String> {
     str_field(v, "path", "path")
         .filter(|p| !p.is_empty())
-        .map(|p| crate::upload::resolve(&p, &home()))
+        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
 }
 
 async fn fs_stat(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary_json(&st, body).await?)?;
     let info = blocking(move || files::stat(&path)).await?;
     Ok(Json(json!({"entry": entry_json(&info)})))
 }
 
 async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary_json(&st, body).await?)?;
     let info = blocking(move || {
         if std::path::Path::new(&path).exists() {
             return Err(RuntimeError::AlreadyExists(path));
@@ -724,10 +724,10 @@ async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Va
 async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let v = unary_json(&st, body).await?;
     let src = str_field(&v, "source", "source")
-        .map(|p| crate::upload::resolve(&p, &home()))
+        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
     let dest = str_field(&v, "destination", "destination")
-        .map(|p| crate::upload::resolve(&p, &home()))
+        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
     let info = blocking(move || {
         files::rename(&src, &dest)?;
@@ -739,7 +739,7 @@ async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>
 
 async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
     let v = unary_json(&st, body).await?;
-    let path = path_of(&v)?;
+    let path = path_of(&st, &v)?;
     let depth = field(&v, "depth", "depth")
         .and_then(Value::as_u64)
         .unwrap_or(1)
@@ -751,7 +751,7 @@ async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Va
 }
 
 async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary_json(&st, body).await?)?;
     blocking(move || files::remove_any(&path, true)).await?;
     Ok(Json(json!({})))
 }
@@ -924,9 +924,9 @@ fn spawn_watch(
     Ok(())
 }
 
-fn watch_args(v: &Value) -> CResult<(String, bool)> {
+fn watch_args(st: &EnvdState, v: &Value) -> CResult<(String, bool)> {
     Ok((
-        path_of(v)?,
+        path_of(st, v)?,
         field(v, "recursive", "recursive")
             .and_then(Value::as_bool)
             .unwrap_or(false),
@@ -937,7 +937,7 @@ fn watch_args(v: &Value) -> CResult<(String, bool)> {
 async fn watch_dir(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Response {
     let res = async {
         let b = read_body(&st, body).await?;
-        let (path, recursive) = watch_args(&parse_envelope(&b, st.app.cfg.max_json_bytes)?)?;
+        let (path, recursive) = watch_args(&st, &parse_envelope(&b, st.app.cfg.max_json_bytes)?)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<Value>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
@@ -986,7 +986,7 @@ impl Drop for StopOnDrop {
 }
 
 async fn create_watcher(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let (path, recursive) = watch_args(&unary_json(&st, body).await?)?;
+    let (path, recursive) = watch_args(&st, &unary_json(&st, body).await?)?;
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
@@ -1040,25 +1040,18 @@ async fn remove_watcher(State(st): State<EnvdState>, body: Body) -> CResult<Json
 
 // ---------------------------------------------------------------------- files
 
-fn home() -> String {
-    std::env::var("HOME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "/root".into())
-}
-
 fn query(uri: &http::Uri) -> HashMap<String, String> {
     form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
 }
 
-async fn download(req: Request) -> Response {
+async fn download(State(st): State<EnvdState>, req: Request) -> Response {
     let q = query(req.uri());
     let Some(path) = q
         .get("path")
         .filter(|p| !p.is_empty())
-        .map(|p| crate::upload::resolve(p, &home()))
+        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
     else {
         return (
             StatusCode::BAD_REQUEST,
@@ -1129,7 +1122,7 @@ async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
                     boundary,
                     &limits,
                     q.get("path").cloned(),
-                    &home(),
+                    &st.app.cfg.home(),
                 )
                 .await
             }
@@ -1143,7 +1136,7 @@ async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
             path,
             &limits,
             gz,
-            &home(),
+            &st.app.cfg.home(),
         )
         .await
         .map(|f| vec![f])

@@ -47,6 +47,21 @@ pub struct Config {
     pub max_finished_commands: usize,
     /// Interval of `ping` events on command streams.
     pub ping_interval: Duration,
+    /// The home directory relative envd paths resolve against; `None` reads
+    /// `$HOME` (falling back to `/root`). Tests point it at a tempdir.
+    pub home: Option<PathBuf>,
+}
+
+impl Config {
+    /// The home directory relative envd paths resolve against.
+    pub fn home(&self) -> String {
+        self.home
+            .as_ref()
+            .map(|h| h.to_string_lossy().into_owned())
+            .or_else(|| std::env::var("HOME").ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/root".into())
+    }
 }
 
 impl Default for Config {
@@ -58,6 +73,7 @@ impl Default for Config {
             upload: upload::UploadLimits::default(),
             max_finished_commands: 1024,
             ping_interval: Duration::from_secs(3),
+            home: None,
         }
     }
 }

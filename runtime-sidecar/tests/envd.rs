@@ -11,9 +11,12 @@ const TOKEN: &str = "envd-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    // relative envd paths resolve here, never against the real $HOME
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
     let cfg = Config {
         access_token: Some(TOKEN.into()),
         data_dir: dir.path().join("d"),
+        home: Some(dir.path().join("home")),
         ..Config::default()
     };
     let state = AppState::new(cfg).unwrap();
@@ -125,4 +128,45 @@ async fn start_with_streamed_stdin() {
         .unwrap();
     let ev = envelopes(&r.bytes().await.unwrap());
     assert_eq!(ev.last().unwrap().1["error"]["code"], "not_found");
+}
+
+/// Filesystem Remove refuses an empty path and paths naming a whole tree
+/// (`.` is the home directory, `x/..` its parent) with invalid_argument and
+/// the path in the message; the home here is a tempdir, so nothing outside
+/// it is at risk even if the refusal broke.
+#[tokio::test]
+async fn remove_refuses_empty_and_dot_paths() {
+    let (base, d) = serve().await;
+    let home = d.path().join("home");
+    std::fs::create_dir_all(home.join("x/y")).unwrap();
+    let c = reqwest::Client::new();
+    for path in ["", ".", "x/..", "x/y/../..", "./"] {
+        let r = c
+            .post(format!("{base}/filesystem.Filesystem/Remove"))
+            .header("x-access-token", TOKEN)
+            .json(&json!({"path": path}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_argument", "{path:?}: {v}");
+        if !path.is_empty() {
+            assert!(
+                v["message"].as_str().unwrap().contains(path),
+                "{path:?}: {v}"
+            );
+        }
+    }
+    assert!(home.join("x/y").is_dir(), "nothing removed");
+    // an ordinary relative path is removed below the configured home
+    let r = c
+        .post(format!("{base}/filesystem.Filesystem/Remove"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"path": "x/y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!home.join("x/y").exists() && home.join("x").is_dir());
 }
