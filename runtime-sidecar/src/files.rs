@@ -517,7 +517,7 @@ mod tests {
 
         let info = stat(&format!("{root}/a/x.txt")).unwrap();
         assert_eq!((info.kind, info.size), (FileKind::File, 17));
-        assert!(chrono::DateTime::parse_from_rfc3339(&info.modified_at).is_ok());
+        assert!(DateTime::parse_from_rfc3339(&info.modified_at).is_ok());
 
         let top: Vec<_> = list_dir(&format!("{root}/a"), 1)
             .unwrap()

@@ -197,7 +197,7 @@ pub fn interp_app(state: AppState) -> Router {
 pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
@@ -212,7 +212,7 @@ pub async fn serve_app(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Small event frames must not wait for Nagle + delayed ACK (~40 ms).
     let res = serve_app(listener, app(state.clone()), shutdown).await;

@@ -102,7 +102,7 @@ async fn write_stream<S, E>(
     map_err: impl Fn(E) -> RuntimeError,
 ) -> Result<UploadedFile>
 where
-    S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
 {
     use futures_util::StreamExt;
     files::require_path(path)?;

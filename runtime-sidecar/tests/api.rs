@@ -2,6 +2,9 @@
 //! error cases with exact status codes and bodies, streaming behaviour,
 //! and the gRPC Runtime service.
 
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -541,6 +544,15 @@ async fn grpc_inject_entrypoint_and_files() {
         (pb::ProcessPhase::Running as i32, st.pid)
     );
 
+    grpc_files(&s, &mut c).await;
+    // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the entrypoint");
+}
+
+/// WriteFile (with parents and mode), ReadFile from an offset, ListDir, the
+/// size limit, and a recursive Remove, all below the test's tempdir.
+async fn grpc_files(s: &Server, c: &mut RuntimeClient<tonic::transport::Channel>) {
     let path = s.work.join("sub/g.txt").to_string_lossy().into_owned();
     let parts = vec![
         pb::WriteFileRequest {
@@ -613,9 +625,6 @@ async fn grpc_inject_entrypoint_and_files() {
     .await
     .unwrap();
     assert!(!s.work.join("sub").exists());
-    // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the entrypoint");
 }
 
 /// DELETE /files and /directories refuse "/" and paths ending in `.`/`..`

@@ -1,6 +1,9 @@
 //! envd's Connect streams on a loopback port: Start with stdin fed through
 //! the client-streaming StreamInput, CloseStdin, and the end event.
 
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use bytes::Bytes;
 use futures_util::StreamExt;
