@@ -1,0 +1,421 @@
+//! `process.Process`: Start/Connect streams, List, SendInput, SendSignal,
+//! CloseStdin and the client-streaming StreamInput. Processes are the
+//! command registry's; their output is fanned out to every attached stream.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use bytes::{Bytes, BytesMut};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    EnvdState,
+    connect::{
+        CResult, ConnectError, END_STREAM, envelope, field, keepalive, parse_envelope, str_field,
+        stream_response,
+    },
+    read_body, unary_json,
+};
+use crate::commands::{CommandRecord, CommandSpec, Output};
+
+/// A process started through envd: its record and its output fan-out.
+pub(super) struct EnvdProcess {
+    rec: Arc<CommandRecord>,
+    tag: Option<String>,
+    cmd: String,
+    args: Vec<String>,
+    envs: HashMap<String, String>,
+    cwd: Option<String>,
+    events: broadcast::Sender<Value>,
+}
+
+pub(super) fn process_event(o: &Output) -> Value {
+    match o {
+        Output::Stdout(b) => json!({"event": {"data": {"stdout": B64.encode(b)}}}),
+        Output::Stderr(b) => json!({"event": {"data": {"stderr": B64.encode(b)}}}),
+        Output::Exit(e) => {
+            let status = if e.signal != 0 {
+                format!("signal: {}", signal_name(e.signal))
+            } else {
+                format!("exit status {}", e.code)
+            };
+            let mut end = json!({"exitCode": e.code, "exited": e.signal == 0, "status": status});
+            if e.timed_out {
+                end["error"] = json!("timed out");
+            }
+            json!({"event": {"end": end}})
+        }
+    }
+}
+
+pub(super) fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(nix::sys::signal::Signal::SIGKILL) => "killed".into(),
+        Ok(nix::sys::signal::Signal::SIGTERM) => "terminated".into(),
+        Ok(s) => s.as_str().trim_start_matches("SIG").to_ascii_lowercase(),
+        Err(_) => sig.to_string(),
+    }
+}
+
+/// Pipe a process's events to one client stream until its end event (or the client leaves).
+pub(super) fn attach(
+    events: broadcast::Receiver<Value>,
+    first: Option<Value>,
+    every: Duration,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        let mut events = events;
+        if let Some(f) = first
+            && tx.send(envelope(0, &f)).await.is_err()
+        {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(v) => {
+                        let end = v["event"].get("end").is_some();
+                        if tx.send(envelope(0, &v)).await.is_err() {
+                            return;
+                        }
+                        if end {
+                            let _ = tx.send(envelope(END_STREAM, &json!({}))).await;
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "envd stream lagged; output events dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(envelope(END_STREAM, &json!({}))).await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if tx.send(envelope(0, &json!({"event": {"keepalive": {}}}))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    stream_response(rx)
+}
+
+/// `process.Process/Start`: spawn, then stream start/data/end events. The
+/// process outlives the stream (E2B background commands).
+pub(super) async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Response {
+    match start_inner(&st, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            // streaming calls report errors in the end-of-stream envelope
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
+            stream_response(rx)
+        }
+    }
+}
+
+pub(super) async fn start_inner(
+    st: &EnvdState,
+    headers: &HeaderMap,
+    body: Body,
+) -> CResult<Response> {
+    let b = read_body(st, body).await?;
+    let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
+    let p = field(&req, "process", "process")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
+    let cmd = str_field(p, "cmd", "cmd")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process.cmd is required"))?;
+    let args: Vec<String> = field(p, "args", "args")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default();
+    let mut envs: HashMap<String, String> = st
+        .envd
+        .env
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(m) = field(p, "envs", "envs")
+        .and_then(|m| serde_json::from_value::<HashMap<String, String>>(m.clone()).ok())
+    {
+        envs.extend(m);
+    }
+    let cwd = str_field(p, "cwd", "cwd").filter(|c| !c.is_empty());
+    let tag = str_field(&req, "tag", "tag");
+    let stdin = field(&req, "stdin", "stdin")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if field(&req, "pty", "pty").is_some() {
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY processes are not supported by sandpool yet",
+        ));
+    }
+    let timeout = headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_millis);
+    let mut argv = vec![cmd.clone()];
+    argv.extend(args.iter().cloned());
+    let spec = CommandSpec {
+        command: String::new(),
+        argv,
+        cwd: cwd.clone(),
+        envs: envs.clone(),
+        uid: None,
+        gid: None,
+        timeout,
+        stdin,
+    };
+    let (events, first_rx) = broadcast::channel::<Value>(1024);
+    let (otx, mut orx) = mpsc::channel::<Output>(64);
+    let rec = st.app.commands.start_detached(spec, otx)?;
+    let pid = rec.pid;
+    let proc_ = Arc::new(EnvdProcess {
+        rec,
+        tag,
+        cmd,
+        args,
+        envs,
+        cwd,
+        events: events.clone(),
+    });
+    st.envd.lock().insert(pid, proc_);
+    // Drain the process output into the fan-out, whoever listens.
+    let envd = st.envd.clone();
+    tokio::spawn(async move {
+        while let Some(o) = orx.recv().await {
+            let end = matches!(o, Output::Exit(_));
+            let _ = events.send(process_event(&o));
+            if end {
+                break;
+            }
+        }
+        // keep finished processes out of List
+        envd.lock().remove(&pid);
+    });
+    Ok(attach(
+        first_rx,
+        Some(json!({"event": {"start": {"pid": pid}}})),
+        keepalive(headers),
+    ))
+}
+
+pub(super) fn select(st: &EnvdState, v: &Value) -> CResult<Arc<EnvdProcess>> {
+    let sel = field(v, "process", "process")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
+    let g = st.envd.lock();
+    if let Some(pid) = field(sel, "pid", "pid").and_then(Value::as_u64) {
+        return g.get(&(pid as u32)).cloned().ok_or_else(|| {
+            ConnectError::new("not_found", format!("process with pid {pid} not found"))
+        });
+    }
+    if let Some(tag) = str_field(sel, "tag", "tag") {
+        return g
+            .values()
+            .find(|p| p.tag.as_deref() == Some(tag.as_str()))
+            .cloned()
+            .ok_or_else(|| {
+                ConnectError::new("not_found", format!("process with tag {tag} not found"))
+            });
+    }
+    Err(ConnectError::new(
+        "invalid_argument",
+        "selector needs pid or tag",
+    ))
+}
+
+/// `process.Process/Connect`: attach to a running process's output.
+pub(super) async fn connect(
+    State(st): State<EnvdState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let res = async {
+        let b = read_body(&st, body).await?;
+        let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
+        let p = select(&st, &req)?;
+        Ok::<_, ConnectError>(attach(
+            p.events.subscribe(),
+            Some(json!({"event": {"start": {"pid": p.rec.pid}}})),
+            keepalive(&headers),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e| {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
+        stream_response(rx)
+    })
+}
+
+pub(super) async fn list(State(st): State<EnvdState>) -> Json<Value> {
+    let procs: Vec<Value> = st
+        .envd
+        .lock()
+        .values()
+        .filter(|p| p.rec.running())
+        .map(|p| {
+            let mut v =
+                json!({"config": {"cmd": p.cmd, "args": p.args, "envs": p.envs}, "pid": p.rec.pid});
+            if let Some(c) = &p.cwd {
+                v["config"]["cwd"] = json!(c);
+            }
+            if let Some(t) = &p.tag {
+                v["tag"] = json!(t);
+            }
+            v
+        })
+        .collect();
+    Json(json!({"processes": procs}))
+}
+
+pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+    let v = unary_json(&st, body).await?;
+    let p = select(&st, &v)?;
+    let input = field(&v, "input", "input")
+        .ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
+    if field(input, "pty", "pty").is_some() {
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY input is not supported",
+        ));
+    }
+    let data = str_field(input, "stdin", "stdin").unwrap_or_default();
+    let bytes = B64
+        .decode(data.as_bytes())
+        .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
+    p.rec.write_stdin(&bytes).await?;
+    Ok(Json(json!({})))
+}
+
+pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+    let v = unary_json(&st, body).await?;
+    let p = select(&st, &v)?;
+    let sig = match field(&v, "signal", "signal") {
+        Some(Value::String(s)) => match s.as_str() {
+            "SIGNAL_SIGKILL" => nix::sys::signal::Signal::SIGKILL,
+            "SIGNAL_SIGTERM" => nix::sys::signal::Signal::SIGTERM,
+            other => {
+                return Err(ConnectError::new(
+                    "invalid_argument",
+                    format!("unknown signal {other}"),
+                ));
+            }
+        },
+        Some(Value::Number(n)) => {
+            nix::sys::signal::Signal::try_from(n.as_i64().unwrap_or(0) as i32)
+                .map_err(|_| ConnectError::new("invalid_argument", format!("unknown signal {n}")))?
+        }
+        _ => return Err(ConnectError::new("invalid_argument", "signal is required")),
+    };
+    p.rec.signal(sig)?;
+    Ok(Json(json!({})))
+}
+
+pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+    let v = unary_json(&st, body).await?;
+    select(&st, &v)?.rec.close_stdin().await;
+    Ok(Json(json!({})))
+}
+
+/// `process.Process/StreamInput`: a client stream of envelopes — `start`
+/// (selects the process), then `data` (stdin bytes) and `keepalive` — answered
+/// with one empty message and the end of stream.
+pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let max = st.app.cfg.max_json_bytes;
+    let result: CResult<()> = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = BytesMut::new();
+        let mut target: Option<Arc<EnvdProcess>> = None;
+        loop {
+            // take every complete envelope in the buffer
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len > max {
+                    return Err(ConnectError::new(
+                        "resource_exhausted",
+                        format!("envelope of {len} bytes exceeds {max}"),
+                    ));
+                }
+                if buf.len() < 5 + len {
+                    break;
+                }
+                let frame = buf.split_to(5 + len);
+                if frame[0] & END_STREAM != 0 {
+                    return Ok(());
+                }
+                let msg = parse_envelope(&frame, max)?;
+                if let Some(start) = field(&msg, "start", "start") {
+                    target = Some(select(&st, start)?);
+                } else if let Some(data) = field(&msg, "data", "data") {
+                    let p = target.as_ref().ok_or_else(|| {
+                        ConnectError::new("failed_precondition", "data before start")
+                    })?;
+                    let input = field(data, "input", "input").ok_or_else(|| {
+                        ConnectError::new("invalid_argument", "data.input is required")
+                    })?;
+                    let b64 = str_field(input, "stdin", "stdin").unwrap_or_default();
+                    let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
+                        ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))
+                    })?;
+                    p.rec.write_stdin(&bytes).await?;
+                }
+            }
+            match stream.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(ConnectError::new(
+                        "canceled",
+                        format!("request stream: {e}"),
+                    ));
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    let (tx, rx) = mpsc::channel(2);
+    match result {
+        Ok(()) => {
+            let _ = tx.try_send(envelope(0, &json!({})));
+            let _ = tx.try_send(envelope(END_STREAM, &json!({})));
+        }
+        Err(e) => {
+            let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
+        }
+    }
+    stream_response(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events() {
+        let v = process_event(&Output::Stdout(Bytes::from_static(b"hi\n")));
+        assert_eq!(v["event"]["data"]["stdout"], "aGkK");
+        let exit = crate::commands::ExitInfo {
+            code: 3,
+            signal: 0,
+            duration: Duration::ZERO,
+            timed_out: false,
+            finished_at: chrono::Utc::now(),
+        };
+        let v = process_event(&Output::Exit(exit));
+        assert_eq!(
+            v["event"]["end"],
+            json!({"exitCode": 3, "exited": true, "status": "exit status 3"})
+        );
+    }
+}
