@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -91,6 +92,18 @@ pub fn envelope(flags: u8, msg: &Value) -> Bytes {
 
 /// Parse the first envelope of a streaming request (bounded).
 pub fn parse_envelope(buf: &[u8], max: usize) -> CResult<Value> {
+    parse_message(buf, max)
+}
+
+/// Parse the first envelope of a streaming request (bounded) as `T`.
+pub(super) fn parse_message<T: DeserializeOwned>(buf: &[u8], max: usize) -> CResult<T> {
+    serde_json::from_slice(frame(buf, max)?)
+        .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON in envelope: {e}")))
+}
+
+/// The payload of the first envelope in `buf`, checked for compression,
+/// size and truncation.
+fn frame(buf: &[u8], max: usize) -> CResult<&[u8]> {
     if buf.len() < 5 {
         return Err(ConnectError::new(
             "invalid_argument",
@@ -117,21 +130,7 @@ pub fn parse_envelope(buf: &[u8], max: usize) -> CResult<Value> {
             format!("truncated envelope: {} of {len} bytes", buf.len() - 5),
         ));
     }
-    serde_json::from_slice(&buf[5..5 + len])
-        .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON in envelope: {e}")))
-}
-
-/// A field by its proto3-JSON name or its original snake_case name.
-pub(super) fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
-    v.get(camel)
-        .or_else(|| v.get(snake))
-        .filter(|x| !x.is_null())
-}
-
-pub(super) fn str_field(v: &Value, camel: &str, snake: &str) -> Option<String> {
-    field(v, camel, snake)
-        .and_then(|x| x.as_str())
-        .map(str::to_string)
+    Ok(&buf[5..5 + len])
 }
 
 pub(super) fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {

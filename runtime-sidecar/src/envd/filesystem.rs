@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 
 use super::{
     EnvdState, blocking,
-    connect::{CResult, ConnectError, field, str_field},
-    unary_json,
+    connect::{CResult, ConnectError},
+    messages::{MoveRequest, PathRequest},
+    unary,
 };
 use crate::{
     error::RuntimeError,
@@ -60,21 +61,23 @@ pub(super) fn permissions_string(kind: FileKind, bits: u32) -> String {
     s
 }
 
-pub(super) fn path_of(st: &EnvdState, v: &Value) -> CResult<String> {
-    str_field(v, "path", "path")
+/// The request's path, relative ones resolved against the home directory.
+pub(super) fn path_of(st: &EnvdState, req: &PathRequest) -> CResult<String> {
+    req.path
+        .as_deref()
         .filter(|p| !p.is_empty())
-        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
+        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
 }
 
 pub(super) async fn fs_stat(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&st, &unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary(&st, body).await?)?;
     let info = blocking(move || files::stat(&path)).await?;
     Ok(Json(json!({"entry": entry_json(&info)})))
 }
 
 pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&st, &unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary(&st, body).await?)?;
     let info = blocking(move || {
         if std::path::Path::new(&path).exists() {
             return Err(RuntimeError::AlreadyExists(path));
@@ -87,11 +90,13 @@ pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CRes
 }
 
 pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let v = unary_json(&st, body).await?;
-    let src = str_field(&v, "source", "source")
+    let req: MoveRequest = unary(&st, body).await?;
+    let src = req
+        .source
         .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
-    let dest = str_field(&v, "destination", "destination")
+    let dest = req
+        .destination
         .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
         .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
     let info = blocking(move || {
@@ -103,12 +108,9 @@ pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<
 }
 
 pub(super) async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let v = unary_json(&st, body).await?;
-    let path = path_of(&st, &v)?;
-    let depth = field(&v, "depth", "depth")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, 64) as usize;
+    let req: PathRequest = unary(&st, body).await?;
+    let path = path_of(&st, &req)?;
+    let depth = req.depth.unwrap_or(1).clamp(1, 64) as usize;
     let entries = blocking(move || files::list_dir(&path, depth)).await?;
     Ok(Json(
         json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
@@ -116,7 +118,7 @@ pub(super) async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CRes
 }
 
 pub(super) async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let path = path_of(&st, &unary_json(&st, body).await?)?;
+    let path = path_of(&st, &unary(&st, body).await?)?;
     blocking(move || files::remove_any(&path, true)).await?;
     Ok(Json(json!({})))
 }

@@ -22,6 +22,7 @@
 mod connect;
 mod files;
 mod filesystem;
+mod messages;
 mod process;
 mod watch;
 
@@ -40,9 +41,10 @@ use axum::{
     routing::{get, post},
 };
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use connect::{CResult, field};
+use connect::CResult;
 pub use connect::{ConnectError, envelope, parse_envelope};
 use files::{download, upload};
 use filesystem::{fs_list_dir, fs_make_dir, fs_move, fs_remove, fs_stat};
@@ -148,10 +150,11 @@ async fn read_body(st: &EnvdState, body: Body) -> CResult<Bytes> {
         .map_err(|e| ConnectError::new("resource_exhausted", format!("request body: {e}")))
 }
 
-async fn unary_json(st: &EnvdState, body: Body) -> CResult<Value> {
+/// A unary Connect request body as `T` (an empty body is the default message).
+async fn unary<T: DeserializeOwned + Default>(st: &EnvdState, body: Body) -> CResult<T> {
     let b = read_body(st, body).await?;
     if b.is_empty() {
-        return Ok(json!({}));
+        return Ok(T::default());
     }
     serde_json::from_slice(&b)
         .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON: {e}")))
@@ -186,13 +189,11 @@ async fn metrics(State(st): State<EnvdState>) -> Json<Value> {
 
 /// `POST /init`: default env vars for processes (the token is the sandbox's own).
 async fn init(State(st): State<EnvdState>, body: Body) -> CResult<StatusCode> {
-    let v = unary_json(&st, body).await?;
-    if let Some(Value::Object(m)) = field(&v, "envVars", "env_vars") {
-        let mut env = st.envd.env.lock().unwrap_or_else(|p| p.into_inner());
-        for (k, val) in m {
-            if let Some(s) = val.as_str() {
-                env.insert(k.clone(), s.to_string());
-            }
+    let req: messages::InitRequest = unary(&st, body).await?;
+    let mut env = st.envd.env.lock().unwrap_or_else(|p| p.into_inner());
+    for (k, val) in req.env_vars {
+        if let Value::String(s) = val {
+            env.insert(k, s);
         }
     }
     Ok(StatusCode::NO_CONTENT)

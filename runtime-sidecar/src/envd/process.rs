@@ -13,10 +13,13 @@ use tokio::sync::{broadcast, mpsc};
 use super::{
     EnvdState,
     connect::{
-        CResult, ConnectError, END_STREAM, envelope, field, keepalive, parse_envelope, str_field,
-        stream_response,
+        CResult, ConnectError, END_STREAM, envelope, keepalive, parse_message, stream_response,
     },
-    read_body, unary_json,
+    messages::{
+        ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
+        StartRequest, StreamInputRequest,
+    },
+    read_body, unary,
 };
 use crate::commands::{CommandRecord, CommandSpec, Output};
 
@@ -126,32 +129,28 @@ pub(super) async fn start_inner(
     body: Body,
 ) -> CResult<Response> {
     let b = read_body(st, body).await?;
-    let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
-    let p = field(&req, "process", "process")
+    let req: StartRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
+    let p = req
+        .process
         .ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
-    let cmd = str_field(p, "cmd", "cmd")
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ConnectError::new("invalid_argument", "process.cmd is required"))?;
-    let args: Vec<String> = field(p, "args", "args")
-        .and_then(|a| serde_json::from_value(a.clone()).ok())
-        .unwrap_or_default();
+    if p.cmd.is_empty() {
+        return Err(ConnectError::new(
+            "invalid_argument",
+            "process.cmd is required",
+        ));
+    }
+    let (cmd, args) = (p.cmd, p.args);
     let mut envs: HashMap<String, String> = st
         .envd
         .env
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if let Some(m) = field(p, "envs", "envs")
-        .and_then(|m| serde_json::from_value::<HashMap<String, String>>(m.clone()).ok())
-    {
-        envs.extend(m);
-    }
-    let cwd = str_field(p, "cwd", "cwd").filter(|c| !c.is_empty());
-    let tag = str_field(&req, "tag", "tag");
-    let stdin = field(&req, "stdin", "stdin")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if field(&req, "pty", "pty").is_some() {
+    envs.extend(p.envs);
+    let cwd = p.cwd.filter(|c| !c.is_empty());
+    let tag = req.tag;
+    let stdin = req.stdin.unwrap_or(false);
+    if req.pty.is_some() {
         return Err(ConnectError::new(
             "unimplemented",
             "PTY processes are not supported by sandpool yet",
@@ -209,19 +208,20 @@ pub(super) async fn start_inner(
     ))
 }
 
-pub(super) fn select(st: &EnvdState, v: &Value) -> CResult<Arc<EnvdProcess>> {
-    let sel = field(v, "process", "process")
-        .ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
+/// The running process a selector names (by pid, else by tag).
+pub(super) fn select(st: &EnvdState, sel: Option<&ProcessSelector>) -> CResult<Arc<EnvdProcess>> {
+    let sel =
+        sel.ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
     let g = st.envd.lock();
-    if let Some(pid) = field(sel, "pid", "pid").and_then(Value::as_u64) {
-        return g.get(&(pid as u32)).cloned().ok_or_else(|| {
+    if let Some(pid) = sel.pid {
+        return g.get(&pid).cloned().ok_or_else(|| {
             ConnectError::new("not_found", format!("process with pid {pid} not found"))
         });
     }
-    if let Some(tag) = str_field(sel, "tag", "tag") {
+    if let Some(tag) = &sel.tag {
         return g
             .values()
-            .find(|p| p.tag.as_deref() == Some(tag.as_str()))
+            .find(|p| p.tag.as_ref() == Some(tag))
             .cloned()
             .ok_or_else(|| {
                 ConnectError::new("not_found", format!("process with tag {tag} not found"))
@@ -241,8 +241,8 @@ pub(super) async fn connect(
 ) -> Response {
     let res = async {
         let b = read_body(&st, body).await?;
-        let req = parse_envelope(&b, st.app.cfg.max_json_bytes)?;
-        let p = select(&st, &req)?;
+        let req: SelectRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
+        let p = select(&st, req.process.as_ref())?;
         Ok::<_, ConnectError>(attach(
             p.events.subscribe(),
             Some(json!({"event": {"start": {"pid": p.rec.pid}}})),
@@ -279,17 +279,18 @@ pub(super) async fn list(State(st): State<EnvdState>) -> Json<Value> {
 }
 
 pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let v = unary_json(&st, body).await?;
-    let p = select(&st, &v)?;
-    let input = field(&v, "input", "input")
+    let req: SendInputRequest = unary(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    let input = req
+        .input
         .ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
-    if field(input, "pty", "pty").is_some() {
+    if input.pty.is_some() {
         return Err(ConnectError::new(
             "unimplemented",
             "PTY input is not supported",
         ));
     }
-    let data = str_field(input, "stdin", "stdin").unwrap_or_default();
+    let data = input.stdin.unwrap_or_default();
     let bytes = B64
         .decode(data.as_bytes())
         .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
@@ -298,10 +299,10 @@ pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResu
 }
 
 pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let v = unary_json(&st, body).await?;
-    let p = select(&st, &v)?;
-    let sig = match field(&v, "signal", "signal") {
-        Some(Value::String(s)) => match s.as_str() {
+    let req: SendSignalRequest = unary(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    let sig = match req.signal {
+        Some(SignalValue::Name(s)) => match s.as_str() {
             "SIGNAL_SIGKILL" => nix::sys::signal::Signal::SIGKILL,
             "SIGNAL_SIGTERM" => nix::sys::signal::Signal::SIGTERM,
             other => {
@@ -311,19 +312,19 @@ pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CRes
                 ));
             }
         },
-        Some(Value::Number(n)) => {
+        Some(SignalValue::Number(n)) => {
             nix::sys::signal::Signal::try_from(n.as_i64().unwrap_or(0) as i32)
                 .map_err(|_| ConnectError::new("invalid_argument", format!("unknown signal {n}")))?
         }
-        _ => return Err(ConnectError::new("invalid_argument", "signal is required")),
+        None => return Err(ConnectError::new("invalid_argument", "signal is required")),
     };
     p.rec.signal(sig)?;
     Ok(Json(json!({})))
 }
 
 pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
-    let v = unary_json(&st, body).await?;
-    select(&st, &v)?.rec.close_stdin().await;
+    let req: SelectRequest = unary(&st, body).await?;
+    select(&st, req.process.as_ref())?.rec.close_stdin().await;
     Ok(Json(json!({})))
 }
 
@@ -354,17 +355,17 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
                 if frame[0] & END_STREAM != 0 {
                     return Ok(());
                 }
-                let msg = parse_envelope(&frame, max)?;
-                if let Some(start) = field(&msg, "start", "start") {
-                    target = Some(select(&st, start)?);
-                } else if let Some(data) = field(&msg, "data", "data") {
+                let msg: StreamInputRequest = parse_message(&frame, max)?;
+                if let Some(start) = msg.start {
+                    target = Some(select(&st, start.process.as_ref())?);
+                } else if let Some(data) = msg.data {
                     let p = target.as_ref().ok_or_else(|| {
                         ConnectError::new("failed_precondition", "data before start")
                     })?;
-                    let input = field(data, "input", "input").ok_or_else(|| {
+                    let input = data.input.ok_or_else(|| {
                         ConnectError::new("invalid_argument", "data.input is required")
                     })?;
-                    let b64 = str_field(input, "stdin", "stdin").unwrap_or_default();
+                    let b64 = input.stdin.unwrap_or_default();
                     let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
                         ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))
                     })?;

@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use super::{
     EnvdState,
     connect::{
-        CResult, ConnectError, END_STREAM, envelope, field, keepalive, parse_envelope, str_field,
-        stream_response,
+        CResult, ConnectError, END_STREAM, envelope, keepalive, parse_message, stream_response,
     },
     filesystem::path_of,
-    read_body, unary_json,
+    messages::{PathRequest, WatcherRequest},
+    read_body, unary,
 };
 use crate::error::RuntimeError;
 
@@ -133,13 +133,8 @@ pub(super) fn spawn_watch(
     Ok(())
 }
 
-pub(super) fn watch_args(st: &EnvdState, v: &Value) -> CResult<(String, bool)> {
-    Ok((
-        path_of(st, v)?,
-        field(v, "recursive", "recursive")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-    ))
+pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<(String, bool)> {
+    Ok((path_of(st, req)?, req.recursive))
 }
 
 /// `filesystem.Filesystem/WatchDir`: a stream of events while the client listens.
@@ -150,7 +145,7 @@ pub(super) async fn watch_dir(
 ) -> Response {
     let res = async {
         let b = read_body(&st, body).await?;
-        let (path, recursive) = watch_args(&st, &parse_envelope(&b, st.app.cfg.max_json_bytes)?)?;
+        let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<Value>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
@@ -202,7 +197,7 @@ pub(super) async fn create_watcher(
     State(st): State<EnvdState>,
     body: Body,
 ) -> CResult<Json<Value>> {
-    let (path, recursive) = watch_args(&st, &unary_json(&st, body).await?)?;
+    let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
@@ -223,8 +218,8 @@ pub(super) async fn create_watcher(
     Ok(Json(json!({"watcherId": id})))
 }
 
-pub(super) fn watcher_id(v: &Value) -> CResult<String> {
-    str_field(v, "watcherId", "watcher_id")
+pub(super) fn watcher_id(req: WatcherRequest) -> CResult<String> {
+    req.watcher_id
         .ok_or_else(|| ConnectError::new("invalid_argument", "watcherId is required"))
 }
 
@@ -232,7 +227,7 @@ pub(super) async fn get_watcher_events(
     State(st): State<EnvdState>,
     body: Body,
 ) -> CResult<Json<Value>> {
-    let id = watcher_id(&unary_json(&st, body).await?)?;
+    let id = watcher_id(unary(&st, body).await?)?;
     let g = st.envd.watchers.lock().unwrap_or_else(|p| p.into_inner());
     let w = g
         .get(&id)
@@ -250,7 +245,7 @@ pub(super) async fn remove_watcher(
     State(st): State<EnvdState>,
     body: Body,
 ) -> CResult<Json<Value>> {
-    let id = watcher_id(&unary_json(&st, body).await?)?;
+    let id = watcher_id(unary(&st, body).await?)?;
     st.envd
         .watchers
         .lock()
