@@ -259,8 +259,13 @@ async fn unary_rpcs_read_proto3_json() {
     assert_eq!(st, 200);
     let (st, v) = unary(&c, &base, "filesystem.Filesystem/Stat", json!({})).await;
     assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
+}
 
-    // a tagged process, signalled by tag with the enum's name
+/// A tagged process is listed and signalled by tag with the enum's name.
+#[tokio::test]
+async fn signal_by_tag_and_enum_name() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
     let r = c
         .post(format!("{base}/process.Process/Start"))
         .header("content-type", "application/connect+json")
