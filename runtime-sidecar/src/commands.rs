@@ -7,13 +7,14 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use nix::{sys::signal::Signal, unistd::Pid};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdin},
@@ -289,9 +290,9 @@ impl CommandRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every critical section is a single insert/remove), so recover.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        // parking_lot: no poisoning; every critical section is a single
+        // insert/remove, so a panic cannot leave the map inconsistent.
+        self.inner.lock()
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<CommandRecord>> {

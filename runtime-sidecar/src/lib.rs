@@ -8,6 +8,7 @@
 //! the [`commands`] registry, [`files`] operations, multipart [`upload`], the
 //! [`entrypoint`] (process injection) and the [`events`] framing.
 
+pub mod auth;
 pub mod commands;
 pub mod entrypoint;
 pub mod envd;
@@ -29,6 +30,7 @@ use std::{
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{constant_time_eq, token_ok};
 pub use error::{Result, RuntimeError};
 
 /// The default runtime port (execd's port).
@@ -227,23 +229,4 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
-}
-
-/// Whether `header` carries `expected` (constant-time), or no token is configured.
-pub fn token_ok(headers: &http::HeaderMap, header: &str, expected: Option<&String>) -> bool {
-    match expected {
-        None => true,
-        Some(e) => headers
-            .get(header)
-            .map(|v| constant_time_eq(v.as_bytes(), e.as_bytes()))
-            .unwrap_or(false),
-    }
-}
-
-/// Compare secrets without early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

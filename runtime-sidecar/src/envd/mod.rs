@@ -26,21 +26,18 @@ mod messages;
 mod process;
 mod watch;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Request, State},
+    extract::State,
     http::StatusCode,
-    middleware::Next,
-    response::{IntoResponse, Response},
+    response::IntoResponse,
     routing::{get, post},
 };
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -53,7 +50,7 @@ use process::{
 };
 use watch::{Watcher, create_watcher, get_watcher_events, remove_watcher, watch_dir};
 
-use crate::AppState;
+use crate::{AppState, auth::TokenGuard};
 
 /// The envd version this implementation answers for: process Start/Connect/
 /// List/SendInput/SendSignal/CloseStdin, filesystem Stat/MakeDir/Move/ListDir/
@@ -69,7 +66,7 @@ pub struct Envd {
 
 impl Envd {
     fn lock(&self) -> MutexGuard<'_, HashMap<u32, Arc<EnvdProcess>>> {
-        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+        self.procs.lock()
     }
 }
 
@@ -80,7 +77,7 @@ pub struct EnvdState {
 }
 
 pub fn router(st: EnvdState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .route("/envs", get(envs))
         .route("/metrics", get(metrics))
@@ -122,26 +119,19 @@ pub fn router(st: EnvdState) -> Router {
                     "this filesystem method is not supported by sandpool yet",
                 )
             }),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            st.clone(),
-            require_token,
-        ))
-        .with_state(st)
-}
-
-async fn require_token(State(st): State<EnvdState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/health"
-        && !crate::token_ok(
-            req.headers(),
-            "x-access-token",
-            st.app.cfg.access_token.as_ref(),
-        )
-    {
-        return ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
-            .into_response();
+        );
+    // `X-Access-Token`, except on `/health`
+    TokenGuard {
+        expected: st.app.cfg.access_token.as_deref().map(Arc::from),
+        header: "x-access-token",
+        guards: |path| path != "/health",
+        refuse: || {
+            ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
+                .into_response()
+        },
     }
-    next.run(req).await
+    .apply(routes)
+    .with_state(st)
 }
 
 async fn read_body(st: &EnvdState, body: Body) -> CResult<Bytes> {
@@ -164,7 +154,7 @@ async fn envs(State(st): State<EnvdState>) -> Json<Value> {
     let mut m: serde_json::Map<String, Value> = std::env::vars()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    for (k, v) in st.envd.env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for (k, v) in st.envd.env.lock().iter() {
         m.insert(k.clone(), Value::String(v.clone()));
     }
     m.remove("EXECD_ACCESS_TOKEN");
@@ -190,7 +180,7 @@ async fn metrics(State(st): State<EnvdState>) -> Json<Value> {
 /// `POST /init`: default env vars for processes (the token is the sandbox's own).
 async fn init(State(st): State<EnvdState>, body: Body) -> CResult<StatusCode> {
     let req: messages::InitRequest = unary(&st, body).await?;
-    let mut env = st.envd.env.lock().unwrap_or_else(|p| p.into_inner());
+    let mut env = st.envd.env.lock();
     for (k, val) in req.env_vars {
         if let Value::String(s) = val {
             env.insert(k, s);

@@ -1,14 +1,11 @@
 //! Directory watching with inotify: the `WatchDir` stream and the polled
 //! `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher` trio.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -202,7 +199,7 @@ pub(super) async fn create_watcher(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
     spawn_watch(path, recursive, stop.clone(), move |ev| {
-        let mut q = sink_events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = sink_events.lock();
         if q.len() >= MAX_BUFFERED_EVENTS {
             q.pop_front();
         }
@@ -213,7 +210,6 @@ pub(super) async fn create_watcher(
     st.envd
         .watchers
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), Watcher { events, stop });
     Ok(Json(json!({"watcherId": id})))
 }
@@ -228,16 +224,11 @@ pub(super) async fn get_watcher_events(
     body: Body,
 ) -> CResult<Json<Value>> {
     let id = watcher_id(unary(&st, body).await?)?;
-    let g = st.envd.watchers.lock().unwrap_or_else(|p| p.into_inner());
+    let g = st.envd.watchers.lock();
     let w = g
         .get(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
-    let events: Vec<Value> = w
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain(..)
-        .collect();
+    let events: Vec<Value> = w.events.lock().drain(..).collect();
     Ok(Json(json!({"events": events})))
 }
 
@@ -249,7 +240,6 @@ pub(super) async fn remove_watcher(
     st.envd
         .watchers
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .remove(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
     Ok(Json(json!({})))
