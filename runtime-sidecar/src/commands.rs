@@ -236,9 +236,10 @@ fn signal_group(pid: u32, sig: Signal) -> Result<()> {
         .map_err(|_| RuntimeError::Internal(format!("pid {pid} out of range")))?;
     match nix::sys::signal::killpg(Pid::from_raw(pid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(RuntimeError::Internal(format!(
-            "signal {sig} to process group {pid}: {e}"
-        ))),
+        Err(e) => Err(RuntimeError::failed(
+            format!("signal {sig} to process group {pid}"),
+            e,
+        )),
     }
 }
 

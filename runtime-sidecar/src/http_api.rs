@@ -152,11 +152,10 @@ async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> 
                     st.cfg.max_json_bytes
                 ))
             } else {
-                RuntimeError::InvalidRequest(format!("reading request body: {e}"))
+                RuntimeError::invalid_input("reading request body", e)
             }
         })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| RuntimeError::invalid_input("invalid JSON body", e))
 }
 
 use crate::blocking;
@@ -385,7 +384,7 @@ async fn upload_files(
             RuntimeError::InvalidRequest("missing Content-Type: multipart/form-data".into())
         })?;
     let boundary = multer::parse_boundary(ct)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("bad multipart Content-Type: {e}")))?;
+        .map_err(|e| RuntimeError::invalid_input("bad multipart Content-Type", e))?;
     let done = upload::receive(body.into_data_stream(), boundary, &st.cfg.upload).await?;
     tracing::info!(
         files = done.len(),
@@ -516,7 +515,8 @@ async fn download_file(
         let cr = format!("bytes {}-{}/{}", start, start + len - 1, size);
         h.insert(
             header::CONTENT_RANGE,
-            HeaderValue::from_str(&cr).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+            HeaderValue::from_str(&cr)
+                .map_err(|e| RuntimeError::failed("Content-Range header", e))?,
         );
     }
     Ok(resp)
@@ -533,7 +533,7 @@ async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<
         let n = reader
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            .map_err(|e| RuntimeError::failed("reading the command log", e))?;
         if n == 0 {
             break;
         }
@@ -566,7 +566,8 @@ async fn files_info(q: QueryPairs) -> Result<Json<serde_json::Map<String, serde_
             let info = files::stat(&p)?;
             m.insert(
                 p,
-                serde_json::to_value(info).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+                serde_json::to_value(info)
+                    .map_err(|e| RuntimeError::failed("encoding file info", e))?,
             );
         }
         Ok(Json(m))

@@ -228,5 +228,5 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
+        .map_err(|e| RuntimeError::failed("worker failed", e))?
 }

@@ -55,6 +55,7 @@ impl From<RuntimeError> for ConnectError {
     fn from(e: RuntimeError) -> Self {
         let code = match e {
             RuntimeError::InvalidRequest(_)
+            | RuntimeError::InvalidInput { .. }
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
             | RuntimeError::NotADirectory(_) => "invalid_argument",
@@ -66,7 +67,9 @@ impl From<RuntimeError> for ConnectError {
             RuntimeError::PermissionDenied(_) => "permission_denied",
             RuntimeError::NotImplemented(_) => "unimplemented",
             RuntimeError::RangeNotSatisfiable(_) => "out_of_range",
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) => "internal",
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
+                "internal"
+            }
         };
         ConnectError::new(code, e.to_string())
     }

@@ -53,9 +53,9 @@ pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Respo
         Ok(Err(e)) => {
             let status = match e {
                 RuntimeError::FileNotFound(_) => StatusCode::NOT_FOUND,
-                RuntimeError::IsADirectory(_) | RuntimeError::InvalidRequest(_) => {
-                    StatusCode::BAD_REQUEST
-                }
+                RuntimeError::IsADirectory(_)
+                | RuntimeError::InvalidRequest(_)
+                | RuntimeError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
                 RuntimeError::PermissionDenied(_) => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };

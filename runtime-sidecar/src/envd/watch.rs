@@ -49,7 +49,7 @@ pub(super) fn spawn_watch(
         return Err(RuntimeError::NotADirectory(root));
     }
     let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| RuntimeError::Internal(format!("inotify: {e}")))?;
+        .map_err(|e| RuntimeError::failed("inotify", e))?;
     let mask = F::IN_CREATE
         | F::IN_MODIFY
         | F::IN_CLOSE_WRITE
