@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -84,7 +84,7 @@ impl IntoResponse for ConnectError {
 pub(super) type CResult<T> = Result<T, ConnectError>;
 
 /// One Connect envelope.
-pub fn envelope(flags: u8, msg: &Value) -> Bytes {
+pub fn envelope<T: Serialize + ?Sized>(flags: u8, msg: &T) -> Bytes {
     let body = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
     let mut b = BytesMut::with_capacity(5 + body.len());
     b.put_u8(flags);

@@ -1,12 +1,12 @@
 //! `filesystem.Filesystem` unary RPCs: Stat, MakeDir, Move, ListDir, Remove.
 
 use axum::{Json, body::Body, extract::State};
-use serde_json::{Value, json};
 
 use super::{
     EnvdState, blocking,
     connect::{CResult, ConnectError},
     messages::{MoveRequest, PathRequest},
+    responses::{Empty, EntryInfo, EntryResponse, ListDirResponse},
     unary,
 };
 use crate::{
@@ -14,7 +14,8 @@ use crate::{
     files::{self, FileKind},
 };
 
-pub(super) fn entry_json(i: &files::FileInfo) -> Value {
+/// `filesystem.EntryInfo` of a stat result.
+pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
     let kind = match i.kind {
         FileKind::File => "FILE_TYPE_FILE",
         FileKind::Directory => "FILE_TYPE_DIRECTORY",
@@ -26,23 +27,22 @@ pub(super) fn entry_json(i: &files::FileInfo) -> Value {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| i.path.clone());
-    let mut v = json!({
-        "name": name,
-        "type": kind,
-        "path": i.path,
-        "size": i.size,
-        "mode": bits,
-        "permissions": permissions_string(i.kind, bits),
-        "owner": i.owner,
-        "group": i.group,
-        "modifiedTime": i.modified_at,
-    });
-    if i.kind == FileKind::Symlink
-        && let Ok(t) = std::fs::read_link(&i.path)
-    {
-        v["symlinkTarget"] = json!(t.to_string_lossy());
+    let symlink_target = (i.kind == FileKind::Symlink)
+        .then(|| std::fs::read_link(&i.path).ok())
+        .flatten()
+        .map(|t| t.to_string_lossy().into_owned());
+    EntryInfo {
+        group: i.group.clone(),
+        mode: bits,
+        modified_time: i.modified_at.clone(),
+        name,
+        owner: i.owner.clone(),
+        path: i.path.clone(),
+        permissions: permissions_string(i.kind, bits),
+        size: i.size,
+        symlink_target,
+        kind,
     }
-    v
 }
 
 pub(super) fn permissions_string(kind: FileKind, bits: u32) -> String {
@@ -70,13 +70,21 @@ pub(super) fn path_of(st: &EnvdState, req: &PathRequest) -> CResult<String> {
         .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
 }
 
-pub(super) async fn fs_stat(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn fs_stat(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
     let info = blocking(move || files::stat(&path)).await?;
-    Ok(Json(json!({"entry": entry_json(&info)})))
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
 }
 
-pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn fs_make_dir(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
     let info = blocking(move || {
         if std::path::Path::new(&path).exists() {
@@ -86,10 +94,15 @@ pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> CRes
         files::stat(&path)
     })
     .await?;
-    Ok(Json(json!({"entry": entry_json(&info)})))
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
 }
 
-pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn fs_move(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
     let req: MoveRequest = unary(&st, body).await?;
     let src = req
         .source
@@ -104,23 +117,28 @@ pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> CResult<
         files::stat(&dest)
     })
     .await?;
-    Ok(Json(json!({"entry": entry_json(&info)})))
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
 }
 
-pub(super) async fn fs_list_dir(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn fs_list_dir(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<ListDirResponse>> {
     let req: PathRequest = unary(&st, body).await?;
     let path = path_of(&st, &req)?;
     let depth = req.depth.unwrap_or(1).clamp(1, 64) as usize;
     let entries = blocking(move || files::list_dir(&path, depth)).await?;
-    Ok(Json(
-        json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ListDirResponse {
+        entries: entries.iter().map(entry_info).collect(),
+    }))
 }
 
-pub(super) async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
     blocking(move || files::remove_any(&path, true)).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod files;
 mod filesystem;
 mod messages;
 mod process;
+mod responses;
 mod watch;
 
 use std::{collections::HashMap, sync::Arc};

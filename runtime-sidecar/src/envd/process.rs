@@ -4,10 +4,16 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use bytes::{Bytes, BytesMut};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
@@ -19,7 +25,11 @@ use super::{
         ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
         StartRequest, StreamInputRequest,
     },
-    read_body, unary,
+    read_body,
+    responses::{
+        DataOut, Empty, EndEvent, Event, ListResponse, ProcessConfigOut, ProcessEvent, ProcessInfo,
+    },
+    unary,
 };
 use crate::commands::{CommandRecord, CommandSpec, Output};
 
@@ -31,26 +41,28 @@ pub(super) struct EnvdProcess {
     args: Vec<String>,
     envs: HashMap<String, String>,
     cwd: Option<String>,
-    events: broadcast::Sender<Value>,
+    events: broadcast::Sender<Event<ProcessEvent>>,
 }
 
-pub(super) fn process_event(o: &Output) -> Value {
-    match o {
-        Output::Stdout(b) => json!({"event": {"data": {"stdout": B64.encode(b)}}}),
-        Output::Stderr(b) => json!({"event": {"data": {"stderr": B64.encode(b)}}}),
+pub(super) fn process_event(o: &Output) -> Event<ProcessEvent> {
+    let event = match o {
+        Output::Stdout(b) => ProcessEvent::Data(DataOut::Stdout(B64.encode(b))),
+        Output::Stderr(b) => ProcessEvent::Data(DataOut::Stderr(B64.encode(b))),
         Output::Exit(e) => {
             let status = if e.signal != 0 {
                 format!("signal: {}", signal_name(e.signal))
             } else {
                 format!("exit status {}", e.code)
             };
-            let mut end = json!({"exitCode": e.code, "exited": e.signal == 0, "status": status});
-            if e.timed_out {
-                end["error"] = json!("timed out");
-            }
-            json!({"event": {"end": end}})
+            ProcessEvent::End(EndEvent {
+                error: e.timed_out.then(|| "timed out".to_string()),
+                exit_code: e.code,
+                exited: e.signal == 0,
+                status,
+            })
         }
-    }
+    };
+    Event { event }
 }
 
 pub(super) fn signal_name(sig: i32) -> String {
@@ -64,8 +76,8 @@ pub(super) fn signal_name(sig: i32) -> String {
 
 /// Pipe a process's events to one client stream until its end event (or the client leaves).
 pub(super) fn attach(
-    events: broadcast::Receiver<Value>,
-    first: Option<Value>,
+    events: broadcast::Receiver<Event<ProcessEvent>>,
+    first: Option<Event<ProcessEvent>>,
     every: Duration,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
@@ -81,12 +93,12 @@ pub(super) fn attach(
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(v) => {
-                        let end = v["event"].get("end").is_some();
+                        let end = v.is_end();
                         if tx.send(envelope(0, &v)).await.is_err() {
                             return;
                         }
                         if end {
-                            let _ = tx.send(envelope(END_STREAM, &json!({}))).await;
+                            let _ = tx.send(envelope(END_STREAM, &Empty {})).await;
                             return;
                         }
                     }
@@ -94,12 +106,12 @@ pub(super) fn attach(
                         tracing::warn!(skipped = n, "envd stream lagged; output events dropped");
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx.send(envelope(END_STREAM, &json!({}))).await;
+                        let _ = tx.send(envelope(END_STREAM, &Empty {})).await;
                         return;
                     }
                 },
                 _ = tick.tick() => {
-                    if tx.send(envelope(0, &json!({"event": {"keepalive": {}}}))).await.is_err() {
+                    if tx.send(envelope(0, &Event { event: ProcessEvent::Keepalive {} })).await.is_err() {
                         return;
                     }
                 }
@@ -169,7 +181,7 @@ pub(super) async fn start_inner(
         timeout,
         stdin,
     };
-    let (events, first_rx) = broadcast::channel::<Value>(1024);
+    let (events, first_rx) = broadcast::channel::<Event<ProcessEvent>>(1024);
     let (otx, mut orx) = mpsc::channel::<Output>(64);
     let rec = st.app.commands.start_detached(spec, otx)?;
     let pid = rec.pid;
@@ -198,7 +210,9 @@ pub(super) async fn start_inner(
     });
     Ok(attach(
         first_rx,
-        Some(json!({"event": {"start": {"pid": pid}}})),
+        Some(Event {
+            event: ProcessEvent::Start { pid },
+        }),
         keepalive(headers),
     ))
 }
@@ -240,7 +254,9 @@ pub(super) async fn connect(
         let p = select(&st, req.process.as_ref())?;
         Ok::<_, ConnectError>(attach(
             p.events.subscribe(),
-            Some(json!({"event": {"start": {"pid": p.rec.pid}}})),
+            Some(Event {
+                event: ProcessEvent::Start { pid: p.rec.pid },
+            }),
             keepalive(&headers),
         ))
     }
@@ -252,28 +268,21 @@ pub(super) async fn connect(
     })
 }
 
-pub(super) async fn list(State(st): State<EnvdState>) -> Json<Value> {
-    let procs: Vec<Value> = st
-        .envd
-        .lock()
+pub(super) async fn list(State(st): State<EnvdState>) -> Response {
+    let procs = st.envd.lock();
+    let processes = procs
         .values()
         .filter(|p| p.rec.running())
-        .map(|p| {
-            let mut v =
-                json!({"config": {"cmd": p.cmd, "args": p.args, "envs": p.envs}, "pid": p.rec.pid});
-            if let Some(c) = &p.cwd {
-                v["config"]["cwd"] = json!(c);
-            }
-            if let Some(t) = &p.tag {
-                v["tag"] = json!(t);
-            }
-            v
+        .map(|p| ProcessInfo {
+            config: ProcessConfigOut::new(&p.cmd, &p.args, &p.envs, p.cwd.as_deref()),
+            pid: p.rec.pid,
+            tag: p.tag.as_deref(),
         })
         .collect();
-    Json(json!({"processes": procs}))
+    Json(ListResponse { processes }).into_response()
 }
 
-pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SendInputRequest = unary(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
     let input = req
@@ -290,10 +299,10 @@ pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResu
         .decode(data.as_bytes())
         .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
     p.rec.write_stdin(&bytes).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
-pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SendSignalRequest = unary(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
     let sig = match req.signal {
@@ -314,13 +323,13 @@ pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CRes
         None => return Err(ConnectError::new("invalid_argument", "signal is required")),
     };
     p.rec.signal(sig)?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
-pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Value>> {
+pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SelectRequest = unary(&st, body).await?;
     select(&st, req.process.as_ref())?.rec.close_stdin().await;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `process.Process/StreamInput`: a client stream of envelopes — `start`
@@ -383,8 +392,8 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
     let (tx, rx) = mpsc::channel(2);
     match result {
         Ok(()) => {
-            let _ = tx.try_send(envelope(0, &json!({})));
-            let _ = tx.try_send(envelope(END_STREAM, &json!({})));
+            let _ = tx.try_send(envelope(0, &Empty {}));
+            let _ = tx.try_send(envelope(END_STREAM, &Empty {}));
         }
         Err(e) => {
             let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
@@ -399,7 +408,8 @@ mod tests {
 
     #[test]
     fn events() {
-        let v = process_event(&Output::Stdout(Bytes::from_static(b"hi\n")));
+        let v = serde_json::to_value(process_event(&Output::Stdout(Bytes::from_static(b"hi\n"))))
+            .unwrap();
         assert_eq!(v["event"]["data"]["stdout"], "aGkK");
         let exit = crate::commands::ExitInfo {
             code: 3,
@@ -408,7 +418,7 @@ mod tests {
             timed_out: false,
             finished_at: chrono::Utc::now(),
         };
-        let v = process_event(&Output::Exit(exit));
+        let v = serde_json::to_value(process_event(&Output::Exit(exit))).unwrap();
         assert_eq!(
             v["event"]["end"],
             json!({"exitCode": 3, "exited": true, "status": "exit status 3"})

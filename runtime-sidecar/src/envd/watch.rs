@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
@@ -16,13 +16,17 @@ use super::{
     },
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
-    read_body, unary,
+    read_body,
+    responses::{
+        CreateWatcherResponse, Empty, Event, FilesystemEvent, WatchEvent, WatcherEventsResponse,
+    },
+    unary,
 };
 use crate::error::RuntimeError;
 
 /// A polled watcher (`CreateWatcher`): events buffered until fetched.
 pub(super) struct Watcher {
-    events: Arc<Mutex<std::collections::VecDeque<Value>>>,
+    events: Arc<Mutex<std::collections::VecDeque<FilesystemEvent>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -41,7 +45,7 @@ pub(super) fn spawn_watch(
     root: String,
     recursive: bool,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    sink: impl Fn(Value) -> bool + Send + 'static,
+    sink: impl Fn(FilesystemEvent) -> bool + Send + 'static,
 ) -> crate::Result<()> {
     use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
     let md = std::fs::metadata(&root).map_err(|e| RuntimeError::io(&root, e))?;
@@ -117,7 +121,11 @@ pub(super) fn spawn_watch(
                         } else {
                             continue;
                         };
-                        if !sink(json!({"name": rel.to_string_lossy(), "type": kind})) {
+                        let ev = FilesystemEvent {
+                            name: rel.to_string_lossy().into_owned(),
+                            kind,
+                        };
+                        if !sink(ev) {
                             return;
                         }
                     }
@@ -144,7 +152,7 @@ pub(super) async fn watch_dir(
         let b = read_body(&st, body).await?;
         let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (etx, mut erx) = mpsc::channel::<Value>(256);
+        let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
             etx.blocking_send(ev).is_ok()
         })?;
@@ -153,7 +161,12 @@ pub(super) async fn watch_dir(
         tokio::spawn(async move {
             let _stop_on_exit = StopOnDrop(stop);
             if tx
-                .send(envelope(0, &json!({"event": {"start": {}}})))
+                .send(envelope(
+                    0,
+                    &Event {
+                        event: WatchEvent::Start {},
+                    },
+                ))
                 .await
                 .is_err()
             {
@@ -163,12 +176,12 @@ pub(super) async fn watch_dir(
             loop {
                 let msg = tokio::select! {
                     ev = erx.recv() => match ev {
-                        Some(ev) => json!({"event": {"filesystem": ev}}),
+                        Some(ev) => WatchEvent::Filesystem(ev),
                         None => return,
                     },
-                    _ = tick.tick() => json!({"event": {"keepalive": {}}}),
+                    _ = tick.tick() => WatchEvent::Keepalive {},
                 };
-                if tx.send(envelope(0, &msg)).await.is_err() {
+                if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
                     return;
                 }
             }
@@ -193,7 +206,7 @@ impl Drop for StopOnDrop {
 pub(super) async fn create_watcher(
     State(st): State<EnvdState>,
     body: Body,
-) -> CResult<Json<Value>> {
+) -> CResult<Json<CreateWatcherResponse>> {
     let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -211,7 +224,7 @@ pub(super) async fn create_watcher(
         .watchers
         .lock()
         .insert(id.clone(), Watcher { events, stop });
-    Ok(Json(json!({"watcherId": id})))
+    Ok(Json(CreateWatcherResponse { watcher_id: id }))
 }
 
 pub(super) fn watcher_id(req: WatcherRequest) -> CResult<String> {
@@ -222,25 +235,25 @@ pub(super) fn watcher_id(req: WatcherRequest) -> CResult<String> {
 pub(super) async fn get_watcher_events(
     State(st): State<EnvdState>,
     body: Body,
-) -> CResult<Json<Value>> {
+) -> CResult<Json<WatcherEventsResponse>> {
     let id = watcher_id(unary(&st, body).await?)?;
     let g = st.envd.watchers.lock();
     let w = g
         .get(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
-    let events: Vec<Value> = w.events.lock().drain(..).collect();
-    Ok(Json(json!({"events": events})))
+    let events = w.events.lock().drain(..).collect();
+    Ok(Json(WatcherEventsResponse { events }))
 }
 
 pub(super) async fn remove_watcher(
     State(st): State<EnvdState>,
     body: Body,
-) -> CResult<Json<Value>> {
+) -> CResult<Json<Empty>> {
     let id = watcher_id(unary(&st, body).await?)?;
     st.envd
         .watchers
         .lock()
         .remove(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
