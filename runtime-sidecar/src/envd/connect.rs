@@ -49,6 +49,19 @@ impl ConnectError {
     pub(super) fn json(&self) -> Value {
         json!({"code": self.code, "message": self.message})
     }
+
+    /// The end-of-stream envelope carrying this error.
+    pub(super) fn end_stream(&self) -> Bytes {
+        envelope(END_STREAM, &json!({"error": self.json()}))
+    }
+
+    /// A streaming answer that is only this error: streaming calls report
+    /// errors in the end-of-stream envelope.
+    pub(super) fn into_stream(self) -> Response {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(self.end_stream());
+        stream_response(rx)
+    }
 }
 
 impl From<RuntimeError> for ConnectError {

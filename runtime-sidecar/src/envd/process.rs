@@ -13,7 +13,6 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use bytes::{Bytes, BytesMut};
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
@@ -126,12 +125,7 @@ pub(super) fn attach(
 pub(super) async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Response {
     match start_inner(&st, &headers, body).await {
         Ok(r) => r,
-        Err(e) => {
-            // streaming calls report errors in the end-of-stream envelope
-            let (tx, rx) = mpsc::channel(1);
-            let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
-            stream_response(rx)
-        }
+        Err(e) => e.into_stream(),
     }
 }
 
@@ -261,11 +255,7 @@ pub(super) async fn connect(
         ))
     }
     .await;
-    res.unwrap_or_else(|e| {
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
-        stream_response(rx)
-    })
+    res.unwrap_or_else(ConnectError::into_stream)
 }
 
 pub(super) async fn list(State(st): State<EnvdState>) -> Response {
@@ -396,7 +386,7 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
             let _ = tx.try_send(envelope(END_STREAM, &Empty {}));
         }
         Err(e) => {
-            let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
+            let _ = tx.try_send(e.end_stream());
         }
     }
     stream_response(rx)
@@ -404,6 +394,8 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

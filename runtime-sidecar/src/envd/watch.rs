@@ -6,14 +6,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
     EnvdState,
-    connect::{
-        CResult, ConnectError, END_STREAM, envelope, keepalive, parse_message, stream_response,
-    },
+    connect::{CResult, ConnectError, envelope, keepalive, parse_message, stream_response},
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
     read_body,
@@ -189,11 +186,7 @@ pub(super) async fn watch_dir(
         Ok::<_, ConnectError>(stream_response(rx))
     }
     .await;
-    res.unwrap_or_else(|e| {
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.try_send(envelope(END_STREAM, &json!({"error": e.json()})));
-        stream_response(rx)
-    })
+    res.unwrap_or_else(ConnectError::into_stream)
 }
 
 pub(super) struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
