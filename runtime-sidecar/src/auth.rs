@@ -26,7 +26,8 @@ pub struct TokenGuard {
 }
 
 impl TokenGuard {
-    /// Guard every route of `router` (its fallback included).
+    /// Guard the routes of `router` (a route layer: a request no route
+    /// matches reaches the fallback without the check).
     pub fn apply<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
         router.route_layer(axum::middleware::from_fn_with_state(self, require_token))
     }
