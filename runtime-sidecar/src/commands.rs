@@ -7,13 +7,14 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use nix::{sys::signal::Signal, unistd::Pid};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdin},
@@ -235,9 +236,10 @@ fn signal_group(pid: u32, sig: Signal) -> Result<()> {
         .map_err(|_| RuntimeError::Internal(format!("pid {pid} out of range")))?;
     match nix::sys::signal::killpg(Pid::from_raw(pid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(RuntimeError::Internal(format!(
-            "signal {sig} to process group {pid}: {e}"
-        ))),
+        Err(e) => Err(RuntimeError::failed(
+            format!("signal {sig} to process group {pid}"),
+            e,
+        )),
     }
 }
 
@@ -289,9 +291,9 @@ impl CommandRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every critical section is a single insert/remove), so recover.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        // parking_lot: no poisoning; every critical section is a single
+        // insert/remove, so a panic cannot leave the map inconsistent.
+        self.inner.lock()
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<CommandRecord>> {
@@ -374,6 +376,66 @@ impl CommandRegistry {
         kill_on_disconnect: bool,
     ) -> Result<Arc<CommandRecord>> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let (content, cmd) = self.build_command(&spec)?;
+        let started = Instant::now();
+        let mut child = spawn_child(cmd, &content)?;
+        let pid = child.id().unwrap_or(0);
+        let log_path = background.then(|| self.log_dir.join(format!("{id}.log")));
+        let (exit_tx, _) = watch::channel(None);
+        let rec = Arc::new(CommandRecord {
+            id: id.clone(),
+            content,
+            background,
+            pid,
+            started_at: Utc::now(),
+            log_path,
+            exit: exit_tx,
+            stdin: tokio::sync::Mutex::new(child.stdin.take()),
+        });
+        self.lock().map.insert(id.clone(), rec.clone());
+        tracing::debug!(id = %id, pid, background, "command started");
+
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let pumps = [
+            child.stdout.take().map(|r| {
+                pump(
+                    r,
+                    tx.clone(),
+                    exited_rx.clone(),
+                    pid,
+                    kill_on_disconnect,
+                    Output::Stdout,
+                )
+            }),
+            child.stderr.take().map(|r| {
+                pump(
+                    r,
+                    tx.clone(),
+                    exited_rx.clone(),
+                    pid,
+                    kill_on_disconnect,
+                    Output::Stderr,
+                )
+            }),
+        ];
+        tokio::spawn(Arc::clone(self).supervise(
+            child,
+            rec.clone(),
+            Supervision {
+                timeout: spec.timeout,
+                started,
+                exited_tx,
+                pumps,
+                tx,
+            },
+        ));
+        Ok(rec)
+    }
+
+    /// The process to run and its display content: `argv` as is, or the
+    /// command line (directly when it is a plain `prog arg arg`, else through
+    /// the shell), with cwd, env, stdio, process group and ids applied.
+    fn build_command(&self, spec: &CommandSpec) -> Result<(String, tokio::process::Command)> {
         let (content, mut cmd) = if spec.argv.is_empty() {
             if spec.command.trim().is_empty() {
                 return Err(RuntimeError::InvalidRequest(
@@ -429,97 +491,53 @@ impl CommandRegistry {
         if let Some(u) = spec.uid {
             cmd.uid(u);
         }
-        let started = Instant::now();
-        let mut child: Child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                RuntimeError::InvalidRequest(format!("executable not found: {content}"))
-            }
-            std::io::ErrorKind::PermissionDenied => RuntimeError::PermissionDenied(content.clone()),
-            _ => RuntimeError::Io {
-                context: format!("spawning {content}"),
-                source: e,
-            },
-        })?;
-        let pid = child.id().unwrap_or(0);
-        let log_path = background.then(|| self.log_dir.join(format!("{id}.log")));
-        let (exit_tx, _) = watch::channel(None);
-        let rec = Arc::new(CommandRecord {
-            id: id.clone(),
-            content,
-            background,
-            pid,
-            started_at: Utc::now(),
-            log_path,
-            exit: exit_tx,
-            stdin: tokio::sync::Mutex::new(child.stdin.take()),
-        });
-        self.lock().map.insert(id.clone(), rec.clone());
-        tracing::debug!(id = %id, pid, background, "command started");
+        Ok((content, cmd))
+    }
 
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let pumps = [
-            child.stdout.take().map(|r| {
-                pump(
-                    r,
-                    tx.clone(),
-                    exited_rx.clone(),
-                    pid,
-                    kill_on_disconnect,
-                    Output::Stdout,
-                )
-            }),
-            child.stderr.take().map(|r| {
-                pump(
-                    r,
-                    tx.clone(),
-                    exited_rx.clone(),
-                    pid,
-                    kill_on_disconnect,
-                    Output::Stderr,
-                )
-            }),
-        ];
-        let registry = Arc::clone(self);
-        let record = rec.clone();
-        let timeout = spec.timeout;
-        tokio::spawn(async move {
-            let mut timed_out = false;
-            let status = match timeout {
-                Some(t) => tokio::select! {
-                    s = child.wait() => s,
-                    _ = tokio::time::sleep(t) => {
-                        timed_out = true;
-                        let _ = signal_group(pid, Signal::SIGKILL);
-                        child.wait().await
-                    }
-                },
-                None => child.wait().await,
-            };
-            let _ = exited_tx.send(true);
-            for p in pumps.into_iter().flatten() {
-                let _ = p.await;
-            }
-            let (code, signal) = match &status {
-                Ok(s) => match (s.code(), s.signal()) {
-                    (Some(c), _) => (c, 0),
-                    (None, Some(sig)) => (128 + sig, sig),
-                    (None, None) => (-1, 0),
-                },
-                Err(_) => (-1, 0),
-            };
-            let info = ExitInfo {
-                code,
-                signal,
-                duration: started.elapsed(),
-                timed_out,
-                finished_at: Utc::now(),
-            };
-            record.stdin.lock().await.take();
-            let _ = tx.send(Output::Exit(info.clone())).await;
-            record.exit.send_replace(Some(info));
-            registry.retire(&record.id);
-        });
-        Ok(rec)
+    /// Wait for the process (killing its group at the timeout), let the
+    /// output pumps finish, then publish the exit and retire the record.
+    async fn supervise(
+        self: Arc<Self>,
+        mut child: Child,
+        record: Arc<CommandRecord>,
+        sup: Supervision,
+    ) {
+        let pid = record.pid;
+        let mut timed_out = false;
+        let status = match sup.timeout {
+            Some(t) => tokio::select! {
+                s = child.wait() => s,
+                _ = tokio::time::sleep(t) => {
+                    timed_out = true;
+                    let _ = signal_group(pid, Signal::SIGKILL);
+                    child.wait().await
+                }
+            },
+            None => child.wait().await,
+        };
+        let _ = sup.exited_tx.send(true);
+        for p in sup.pumps.into_iter().flatten() {
+            let _ = p.await;
+        }
+        let (code, signal) = match &status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => (c, 0),
+                (None, Some(sig)) => (128 + sig, sig),
+                (None, None) => (-1, 0),
+            },
+            Err(_) => (-1, 0),
+        };
+        let info = ExitInfo {
+            code,
+            signal,
+            duration: sup.started.elapsed(),
+            timed_out,
+            finished_at: Utc::now(),
+        };
+        record.stdin.lock().await.take();
+        let _ = sup.tx.send(Output::Exit(info.clone())).await;
+        record.exit.send_replace(Some(info));
+        self.retire(&record.id);
     }
 
     /// Move a finished command to the retention queue, evicting the oldest.
@@ -599,6 +617,30 @@ impl CommandRegistry {
             let _ = r.signal(Signal::SIGKILL);
         }
     }
+}
+
+/// What [`CommandRegistry::supervise`] needs besides the child and its record.
+struct Supervision {
+    timeout: Option<Duration>,
+    started: Instant,
+    exited_tx: watch::Sender<bool>,
+    pumps: [Option<tokio::task::JoinHandle<()>>; 2],
+    tx: mpsc::Sender<Output>,
+}
+
+/// Spawn `cmd`, turning a missing executable or a permission problem into
+/// precise errors.
+fn spawn_child(mut cmd: tokio::process::Command, content: &str) -> Result<Child> {
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            RuntimeError::InvalidRequest(format!("executable not found: {content}"))
+        }
+        std::io::ErrorKind::PermissionDenied => RuntimeError::PermissionDenied(content.to_string()),
+        _ => RuntimeError::Io {
+            context: format!("spawning {content}"),
+            source: e,
+        },
+    })
 }
 
 fn pump<R>(

@@ -10,11 +10,12 @@ use std::{
     collections::HashMap,
     os::unix::process::ExitStatusExt,
     process::Stdio,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::error::{Result, RuntimeError};
@@ -73,7 +74,7 @@ fn unix_ms() -> u64 {
 
 impl Entrypoint {
     fn lock(&self) -> MutexGuard<'_, EntrypointState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     pub fn status(&self) -> EntrypointState {

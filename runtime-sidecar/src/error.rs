@@ -12,6 +12,13 @@ use axum::{
 pub enum RuntimeError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request that could not be read, with the parser's error.
+    #[error("{context}: {source}")]
+    InvalidInput {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("{0}")]
     MissingQuery(String),
     #[error("file not found: {0}")]
@@ -44,7 +51,17 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Internal(String),
+    /// An internal failure with its underlying error.
+    #[error("{context}: {source}")]
+    Failed {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
 }
+
+/// The underlying error of [`RuntimeError::InvalidInput`] and [`RuntimeError::Failed`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
@@ -66,9 +83,27 @@ impl RuntimeError {
         }
     }
 
+    /// A request that could not be read: `context` says what, `source` why.
+    pub fn invalid_input(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        RuntimeError::InvalidInput {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// An internal failure: `context` says what failed, `source` why.
+    pub fn failed(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        RuntimeError::Failed {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
-            RuntimeError::InvalidRequest(_) => "INVALID_REQUEST_BODY",
+            RuntimeError::InvalidRequest(_) | RuntimeError::InvalidInput { .. } => {
+                "INVALID_REQUEST_BODY"
+            }
             RuntimeError::MissingQuery(_) => "MISSING_QUERY",
             RuntimeError::FileNotFound(_) => "FILE_NOT_FOUND",
             RuntimeError::CommandNotFound(_) => "COMMAND_NOT_FOUND",
@@ -81,13 +116,16 @@ impl RuntimeError {
             RuntimeError::PermissionDenied(_) => "PERMISSION_DENIED",
             RuntimeError::Conflict(_) => "CONFLICT",
             RuntimeError::NotImplemented(_) => "NOT_IMPLEMENTED",
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) => "RUNTIME_ERROR",
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
+                "RUNTIME_ERROR"
+            }
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
         match self {
             RuntimeError::InvalidRequest(_)
+            | RuntimeError::InvalidInput { .. }
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
             | RuntimeError::NotADirectory(_) => StatusCode::BAD_REQUEST,
@@ -100,7 +138,7 @@ impl RuntimeError {
             RuntimeError::Unauthorized => StatusCode::UNAUTHORIZED,
             RuntimeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             RuntimeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
@@ -110,6 +148,7 @@ impl RuntimeError {
         use tonic::Code;
         match self {
             RuntimeError::InvalidRequest(_)
+            | RuntimeError::InvalidInput { .. }
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
             | RuntimeError::NotADirectory(_) => Code::InvalidArgument,
@@ -121,7 +160,9 @@ impl RuntimeError {
             RuntimeError::Unauthorized => Code::Unauthenticated,
             RuntimeError::PermissionDenied(_) => Code::PermissionDenied,
             RuntimeError::NotImplemented(_) => Code::Unimplemented,
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
+                Code::Internal
+            }
         }
     }
 }
@@ -155,5 +196,40 @@ impl IntoResponse for RuntimeError {
 impl From<RuntimeError> for tonic::Status {
     fn from(e: RuntimeError) -> Self {
         tonic::Status::new(e.grpc_code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_keep_their_source_and_mapping() {
+        use std::error::Error;
+        let e = RuntimeError::failed("inotify", std::io::Error::other("no watches left"));
+        assert_eq!(e.to_string(), "inotify: no watches left");
+        assert_eq!(
+            e.source().map(ToString::to_string).as_deref(),
+            Some("no watches left")
+        );
+        assert_eq!(
+            (e.code(), e.http_status(), e.grpc_code()),
+            (
+                "RUNTIME_ERROR",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal
+            )
+        );
+        let bad = serde_json::from_str::<u32>("x").unwrap_err();
+        let e = RuntimeError::invalid_input("invalid JSON body", bad);
+        assert!(e.source().is_some());
+        assert_eq!(
+            (e.code(), e.http_status(), e.grpc_code()),
+            (
+                "INVALID_REQUEST_BODY",
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument
+            )
+        );
     }
 }

@@ -85,6 +85,45 @@ pub fn require_path(p: &str) -> Result<&str> {
     Ok(p)
 }
 
+/// Refuse removal targets that would take out far more than one entry: an
+/// empty path, the root directory (`/`, `//`, `/.`, `/..`, ...), the working
+/// directory (`.`, `a/..`) and any path whose last component is `.` or `..`
+/// (`/tmp/x/..` is `/tmp`). Checked before anything touches the filesystem.
+pub fn require_removable(p: &str) -> Result<&str> {
+    if p.trim().is_empty() {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "refusing to remove {p:?}: the path is empty"
+        )));
+    }
+    require_path(p)?;
+    let last = p.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if matches!(last, "." | "..") {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "refusing to remove {p:?}: the path ends in {last:?}"
+        )));
+    }
+    // lexical depth below the root (or the working directory)
+    let mut depth = 0usize;
+    for c in Path::new(p).components() {
+        match c {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::ParentDir => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if depth == 0 {
+        let what = if p.starts_with('/') {
+            "the root directory"
+        } else {
+            "the working directory"
+        };
+        return Err(RuntimeError::InvalidRequest(format!(
+            "refusing to remove {p:?}: it is {what}"
+        )));
+    }
+    Ok(p)
+}
+
 fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -159,7 +198,8 @@ pub fn open_for_read(path: &str) -> Result<(fs::File, u64)> {
 
 /// Remove a file (or symlink). Directories are refused: use [`remove_dir`].
 pub fn remove_file(path: &str) -> Result<()> {
-    let md = fs::symlink_metadata(require_path(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md =
+        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
     if md.is_dir() {
         return Err(RuntimeError::IsADirectory(path.to_string()));
     }
@@ -168,7 +208,8 @@ pub fn remove_file(path: &str) -> Result<()> {
 
 /// Remove a directory and everything below it.
 pub fn remove_dir(path: &str) -> Result<()> {
-    let md = fs::symlink_metadata(require_path(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md =
+        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
     if !md.is_dir() {
         return Err(RuntimeError::NotADirectory(path.to_string()));
     }
@@ -177,7 +218,8 @@ pub fn remove_dir(path: &str) -> Result<()> {
 
 /// Remove anything; `recursive` is required for non-empty directories.
 pub fn remove_any(path: &str, recursive: bool) -> Result<()> {
-    let md = fs::symlink_metadata(require_path(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md =
+        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
     if md.is_dir() {
         if recursive {
             fs::remove_dir_all(path)
@@ -393,6 +435,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn removal_refuses_empty_root_and_dot_paths() {
+        // The checker alone for paths that must never reach the filesystem.
+        for p in [
+            "", " ", "/", "//", "/.", "/..", "/../..", "/./", ".", "./", "..", "a/..", "/tmp/..",
+            "/root/.", "~/..",
+        ] {
+            match require_removable(p) {
+                Err(RuntimeError::InvalidRequest(m)) => {
+                    assert!(m.contains(&format!("{p:?}")), "{m} names {p:?}");
+                }
+                other => panic!("{p:?} must be refused, got {other:?}"),
+            }
+        }
+        assert_eq!(require_removable("/tmp/x").unwrap(), "/tmp/x");
+        assert_eq!(require_removable("a/b/../c").unwrap(), "a/b/../c");
+        assert_eq!(require_removable("~").unwrap(), "~");
+
+        // Through every removal entry point, only on paths whose worst case
+        // (no refusal) stays inside a tempdir; "/" only where a directory is
+        // refused anyway.
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_string_lossy().to_string();
+        fs::create_dir_all(format!("{root}/keep/sub")).unwrap();
+        fs::write(format!("{root}/keep/f"), "x").unwrap();
+        for p in [
+            format!("{root}/keep/sub/.."),
+            format!("{root}/keep/."),
+            format!("{root}/keep/sub/../"),
+            String::new(),
+        ] {
+            assert!(
+                matches!(remove_any(&p, true), Err(RuntimeError::InvalidRequest(_))),
+                "remove_any({p:?})"
+            );
+            assert!(
+                matches!(remove_dir(&p), Err(RuntimeError::InvalidRequest(_))),
+                "remove_dir({p:?})"
+            );
+        }
+        assert!(matches!(
+            remove_file("/"),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            remove_file(""),
+            Err(RuntimeError::InvalidRequest(_))
+        ));
+        assert!(Path::new(&format!("{root}/keep/sub")).is_dir());
+        assert!(Path::new(&format!("{root}/keep/f")).is_file());
+        // an ordinary path is still removed
+        remove_any(&format!("{root}/keep/sub"), true).unwrap();
+        assert!(!Path::new(&format!("{root}/keep/sub")).exists());
+    }
+
+    #[test]
     fn mode_digits_roundtrip() {
         assert_eq!(mode_from_decimal_digits(755).unwrap(), 0o755);
         assert_eq!(mode_from_decimal_digits(644).unwrap(), 0o644);
@@ -420,7 +517,7 @@ mod tests {
 
         let info = stat(&format!("{root}/a/x.txt")).unwrap();
         assert_eq!((info.kind, info.size), (FileKind::File, 17));
-        assert!(chrono::DateTime::parse_from_rfc3339(&info.modified_at).is_ok());
+        assert!(DateTime::parse_from_rfc3339(&info.modified_at).is_ok());
 
         let top: Vec<_> = list_dir(&format!("{root}/a"), 1)
             .unwrap()

@@ -8,7 +8,6 @@ use axum::{
     body::Body,
     extract::{Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::{any, delete, get, post},
 };
@@ -23,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     AppState,
+    auth::TokenGuard,
     commands::{CommandSpec, Output, parse_signal},
     error::{Result, RuntimeError},
     events::{LineSplitter, StreamEvent},
@@ -39,7 +39,7 @@ const LOG_READ_MAX: usize = 4 << 20;
 pub fn router(state: AppState) -> Router {
     let unsupported =
         |what: &'static str| any(move || async move { RuntimeError::NotImplemented(what.into()) });
-    Router::new()
+    let routes = Router::new()
         .route("/ping", get(ping))
         .route("/command", post(run_command).delete(interrupt_command))
         .route("/command/status/{id}", get(command_status))
@@ -69,24 +69,17 @@ pub fn router(state: AppState) -> Router {
         .route("/proxy/{port}/{*rest}", unsupported("the port proxy (/proxy)"))
         .fallback(|req: Request| async move {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": format!("no route {} {}", req.method(), req.uri().path())})))
-        })
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
-}
-
-/// `X-EXECD-ACCESS-TOKEN` check, when a token is configured.
-/// `/ping` stays open (as upstream execd does) so health probes need no secret.
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/ping"
-        && !crate::token_ok(
-            req.headers(),
-            "x-execd-access-token",
-            st.cfg.access_token.as_ref(),
-        )
-    {
-        return RuntimeError::Unauthorized.into_response();
+        });
+    // `X-EXECD-ACCESS-TOKEN`, when a token is configured; `/ping` stays open
+    // (as upstream execd does) so health probes need no secret.
+    TokenGuard {
+        expected: state.cfg.access_token.as_deref().map(Arc::from),
+        header: "x-execd-access-token",
+        guards: |path| path != "/ping",
+        refuse: || RuntimeError::Unauthorized.into_response(),
     }
-    next.run(req).await
+    .apply(routes)
+    .with_state(state)
 }
 
 /// Repeated-key query parsing (`?path=a&path=b`).
@@ -159,11 +152,10 @@ async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> 
                     st.cfg.max_json_bytes
                 ))
             } else {
-                RuntimeError::InvalidRequest(format!("reading request body: {e}"))
+                RuntimeError::invalid_input("reading request body", e)
             }
         })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| RuntimeError::invalid_input("invalid JSON body", e))
 }
 
 use crate::blocking;
@@ -392,7 +384,7 @@ async fn upload_files(
             RuntimeError::InvalidRequest("missing Content-Type: multipart/form-data".into())
         })?;
     let boundary = multer::parse_boundary(ct)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("bad multipart Content-Type: {e}")))?;
+        .map_err(|e| RuntimeError::invalid_input("bad multipart Content-Type", e))?;
     let done = upload::receive(body.into_data_stream(), boundary, &st.cfg.upload).await?;
     tracing::info!(
         files = done.len(),
@@ -523,7 +515,8 @@ async fn download_file(
         let cr = format!("bytes {}-{}/{}", start, start + len - 1, size);
         h.insert(
             header::CONTENT_RANGE,
-            HeaderValue::from_str(&cr).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+            HeaderValue::from_str(&cr)
+                .map_err(|e| RuntimeError::failed("Content-Range header", e))?,
         );
     }
     Ok(resp)
@@ -540,7 +533,7 @@ async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<
         let n = reader
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            .map_err(|e| RuntimeError::failed("reading the command log", e))?;
         if n == 0 {
             break;
         }
@@ -573,7 +566,8 @@ async fn files_info(q: QueryPairs) -> Result<Json<serde_json::Map<String, serde_
             let info = files::stat(&p)?;
             m.insert(
                 p,
-                serde_json::to_value(info).map_err(|e| RuntimeError::Internal(e.to_string()))?,
+                serde_json::to_value(info)
+                    .map_err(|e| RuntimeError::failed("encoding file info", e))?,
             );
         }
         Ok(Json(m))

@@ -8,6 +8,7 @@
 //! the [`commands`] registry, [`files`] operations, multipart [`upload`], the
 //! [`entrypoint`] (process injection) and the [`events`] framing.
 
+pub mod auth;
 pub mod commands;
 pub mod entrypoint;
 pub mod envd;
@@ -29,6 +30,7 @@ use std::{
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{constant_time_eq, token_ok};
 pub use error::{Result, RuntimeError};
 
 /// The default runtime port (execd's port).
@@ -47,6 +49,21 @@ pub struct Config {
     pub max_finished_commands: usize,
     /// Interval of `ping` events on command streams.
     pub ping_interval: Duration,
+    /// The home directory relative envd paths resolve against; `None` reads
+    /// `$HOME` (falling back to `/root`). Tests point it at a tempdir.
+    pub home: Option<PathBuf>,
+}
+
+impl Config {
+    /// The home directory relative envd paths resolve against.
+    pub fn home(&self) -> String {
+        self.home
+            .as_ref()
+            .map(|h| h.to_string_lossy().into_owned())
+            .or_else(|| std::env::var("HOME").ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/root".into())
+    }
 }
 
 impl Default for Config {
@@ -58,6 +75,7 @@ impl Default for Config {
             upload: upload::UploadLimits::default(),
             max_finished_commands: 1024,
             ping_interval: Duration::from_secs(3),
+            home: None,
         }
     }
 }
@@ -181,7 +199,7 @@ pub fn interp_app(state: AppState) -> Router {
 pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
@@ -196,7 +214,7 @@ pub async fn serve_app(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Small event frames must not wait for Nagle + delayed ACK (~40 ms).
     let res = serve_app(listener, app(state.clone()), shutdown).await;
@@ -210,24 +228,5 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RuntimeError::Internal(format!("worker failed: {e}")))?
-}
-
-/// Whether `header` carries `expected` (constant-time), or no token is configured.
-pub fn token_ok(headers: &http::HeaderMap, header: &str, expected: Option<&String>) -> bool {
-    match expected {
-        None => true,
-        Some(e) => headers
-            .get(header)
-            .map(|v| constant_time_eq(v.as_bytes(), e.as_bytes()))
-            .unwrap_or(false),
-    }
-}
-
-/// Compare secrets without early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .map_err(|e| RuntimeError::failed("worker failed", e))?
 }

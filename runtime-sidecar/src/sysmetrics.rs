@@ -1,7 +1,9 @@
 //! `/metrics` of execd: CPU and memory of the sandbox, preferring cgroup
 //! limits over host totals when the sandbox is limited.
 
-use std::{sync::Mutex, time::Instant};
+use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use serde::Serialize;
 
@@ -82,7 +84,7 @@ pub struct MetricsSampler {
 impl MetricsSampler {
     /// CPU usage since the previous call (or over a 100 ms window the first time).
     pub async fn sample(&self) -> Metrics {
-        let prev = { *self.last.lock().unwrap_or_else(|p| p.into_inner()) };
+        let prev = { *self.last.lock() };
         let prev = match prev {
             Some((t, s)) if t.elapsed().as_millis() >= 50 => Some(s),
             _ => {
@@ -99,7 +101,7 @@ impl MetricsSampler {
             _ => 0.0,
         };
         if let Some(n) = now {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), n));
+            *self.last.lock() = Some((Instant::now(), n));
         }
         let (mut total, mut used) = std::fs::read_to_string("/proc/meminfo")
             .ok()

@@ -102,7 +102,7 @@ async fn write_stream<S, E>(
     map_err: impl Fn(E) -> RuntimeError,
 ) -> Result<UploadedFile>
 where
-    S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
 {
     use futures_util::StreamExt;
     files::require_path(path)?;
@@ -255,7 +255,7 @@ where
     let (p2, max) = (path.clone(), limits.max_file_bytes);
     tokio::task::spawn_blocking(move || gunzip_in_place(&p2, max))
         .await
-        .map_err(|e| RuntimeError::Internal(e.to_string()))?
+        .map_err(|e| RuntimeError::failed("gunzip worker", e))?
 }
 
 fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
@@ -266,7 +266,7 @@ fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
     let mut out = std::fs::File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
     let mut dec = flate2::read::GzDecoder::new(src).take(max + 1);
     let n = std::io::copy(&mut dec, &mut out)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("{path}: bad gzip body: {e}")))?;
+        .map_err(|e| RuntimeError::invalid_input(format!("{path}: bad gzip body"), e))?;
     if n > max {
         let _ = std::fs::remove_file(path);
         return Err(RuntimeError::PayloadTooLarge(format!(

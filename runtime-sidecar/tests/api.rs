@@ -2,6 +2,9 @@
 //! error cases with exact status codes and bodies, streaming behaviour,
 //! and the gRPC Runtime service.
 
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -34,6 +37,7 @@ async fn start() -> Server {
     let cfg = Config {
         access_token: Some(TOKEN.into()),
         data_dir: dir.path().join("data"),
+        home: Some(work.clone()),
         max_json_bytes: 4096,
         upload: UploadLimits {
             max_file_bytes: 1024,
@@ -540,6 +544,15 @@ async fn grpc_inject_entrypoint_and_files() {
         (pb::ProcessPhase::Running as i32, st.pid)
     );
 
+    grpc_files(&s, &mut c).await;
+    // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the entrypoint");
+}
+
+/// WriteFile (with parents and mode), ReadFile from an offset, ListDir, the
+/// size limit, and a recursive Remove, all below the test's tempdir.
+async fn grpc_files(s: &Server, c: &mut RuntimeClient<tonic::transport::Channel>) {
     let path = s.work.join("sub/g.txt").to_string_lossy().into_owned();
     let parts = vec![
         pb::WriteFileRequest {
@@ -612,7 +625,44 @@ async fn grpc_inject_entrypoint_and_files() {
     .await
     .unwrap();
     assert!(!s.work.join("sub").exists());
-    // the entrypoint (exec'd into `sleep`) must not outlive the test holding its output
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(st.pid).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the entrypoint");
+}
+
+/// DELETE /files and /directories refuse "/" and paths ending in `.`/`..`
+/// with 400 and the path in the message. Directory removal is only tried on
+/// paths inside the test's tempdir ("/" only where a directory is refused
+/// anyway), so a broken refusal could not reach the host.
+#[tokio::test]
+async fn removal_refuses_root_and_dot_paths() {
+    let s = start().await;
+    let c = client();
+    std::fs::create_dir_all(s.work.join("sub/inner")).unwrap();
+    let work = s.work.to_str().unwrap().to_string();
+    for (route, path) in [
+        ("files", "/".to_string()),
+        ("files", format!("{work}/sub/..")),
+        ("directories", format!("{work}/sub/inner/..")),
+        ("directories", format!("{work}/sub/.")),
+    ] {
+        let r = c
+            .delete(format!("{}/{route}", s.base))
+            .query(&[("path", &path)])
+            .send()
+            .await
+            .unwrap();
+        let (st, body) = error_of(r).await;
+        assert_eq!(st, 400, "{route} {path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(&path),
+            "{route} {path}: {body}"
+        );
+    }
+    assert!(s.work.join("sub/inner").is_dir(), "nothing removed");
+    let r = c
+        .delete(format!("{}/directories", s.base))
+        .query(&[("path", s.work.join("sub/inner"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!s.work.join("sub/inner").exists());
 }

@@ -1,6 +1,9 @@
 //! envd's Connect streams on a loopback port: Start with stdin fed through
 //! the client-streaming StreamInput, CloseStdin, and the end event.
 
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -11,9 +14,12 @@ const TOKEN: &str = "envd-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    // relative envd paths resolve here, never against the real $HOME
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
     let cfg = Config {
         access_token: Some(TOKEN.into()),
         data_dir: dir.path().join("d"),
+        home: Some(dir.path().join("home")),
         ..Config::default()
     };
     let state = AppState::new(cfg).unwrap();
@@ -125,4 +131,173 @@ async fn start_with_streamed_stdin() {
         .unwrap();
     let ev = envelopes(&r.bytes().await.unwrap());
     assert_eq!(ev.last().unwrap().1["error"]["code"], "not_found");
+}
+
+/// Filesystem Remove refuses an empty path and paths naming a whole tree
+/// (`.` is the home directory, `x/..` its parent) with invalid_argument and
+/// the path in the message; the home here is a tempdir, so nothing outside
+/// it is at risk even if the refusal broke.
+#[tokio::test]
+async fn remove_refuses_empty_and_dot_paths() {
+    let (base, d) = serve().await;
+    let home = d.path().join("home");
+    std::fs::create_dir_all(home.join("x/y")).unwrap();
+    let c = reqwest::Client::new();
+    for path in ["", ".", "x/..", "x/y/../..", "./"] {
+        let r = c
+            .post(format!("{base}/filesystem.Filesystem/Remove"))
+            .header("x-access-token", TOKEN)
+            .json(&json!({"path": path}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_argument", "{path:?}: {v}");
+        if !path.is_empty() {
+            assert!(
+                v["message"].as_str().unwrap().contains(path),
+                "{path:?}: {v}"
+            );
+        }
+    }
+    assert!(home.join("x/y").is_dir(), "nothing removed");
+    // an ordinary relative path is removed below the configured home
+    let r = c
+        .post(format!("{base}/filesystem.Filesystem/Remove"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"path": "x/y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!home.join("x/y").exists() && home.join("x").is_dir());
+}
+
+async fn unary(c: &reqwest::Client, base: &str, method: &str, body: Value) -> (u16, Value) {
+    let r = c
+        .post(format!("{base}/{method}"))
+        .header("x-access-token", TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Unary filesystem and process RPCs read proto3 JSON: camelCase or proto
+/// names, integers as numbers or strings, enums by name; answers keep their
+/// shapes.
+#[tokio::test]
+async fn unary_rpcs_read_proto3_json() {
+    let (base, d) = serve().await;
+    let home = d.path().join("home");
+    let c = reqwest::Client::new();
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/MakeDir",
+        json!({"path": "a/b"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["entry"]["type"], "FILE_TYPE_DIRECTORY");
+    assert_eq!(v["entry"]["path"], home.join("a/b").to_str().unwrap());
+    std::fs::write(home.join("a/b/f.txt"), "xy").unwrap();
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/Move",
+        json!({"source": "a/b/f.txt", "destination": "a/g.txt"}),
+    )
+    .await;
+    assert_eq!((st, &v["entry"]["size"]), (200, &json!(2)), "{v}");
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/ListDir",
+        json!({"path": "a", "depth": "2"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2, "{v}");
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/ListDir",
+        json!({"path": "a", "depth": "x"}),
+    )
+    .await;
+    assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
+
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/CreateWatcher",
+        json!({"path": "a", "recursive": true}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["watcherId"].as_str().unwrap().to_string();
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/GetWatcherEvents",
+        json!({"watcher_id": id}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["events"].is_array());
+    let (st, _) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": id}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v) = unary(&c, &base, "filesystem.Filesystem/Stat", json!({})).await;
+    assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
+}
+
+/// A tagged process is listed and signalled by tag with the enum's name.
+#[tokio::test]
+async fn signal_by_tag_and_enum_name() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{base}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .header("x-access-token", TOKEN)
+        .body(envelope(
+            0,
+            &json!({"process": {"cmd": "sleep", "args": ["30"], "envs": null}, "tag": "sleeper"}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(envelopes(&first)[0].1["event"]["start"]["pid"].is_u64());
+    let (st, v) = unary(&c, &base, "process.Process/List", json!({})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["processes"][0]["tag"], "sleeper", "{v}");
+    let (st, v) = unary(
+        &c,
+        &base,
+        "process.Process/SendSignal",
+        json!({"process": {"tag": "sleeper"}, "signal": "SIGNAL_SIGKILL"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let end = envelopes(&rest)
+        .into_iter()
+        .find_map(|(_, v)| v["event"].get("end").cloned())
+        .expect("end event");
+    assert_eq!(end["status"], "signal: killed", "{end}");
 }

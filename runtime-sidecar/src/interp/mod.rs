@@ -3,22 +3,18 @@
 //! number_of_executions); `/contexts` manages contexts. Each context is one
 //! real Python process (`driver.py`) whose namespace persists between calls.
 
-use std::{
-    collections::HashMap,
-    process::Stdio,
-    sync::{Arc, Mutex as StdMutex},
-};
+use std::{collections::HashMap, process::Stdio, sync::Arc};
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Path, Request, State},
+    extract::{Path, State},
     http::{HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use bytes::Bytes;
+use parking_lot::Mutex as SyncMutex;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -26,7 +22,7 @@ use tokio::{
     sync::{Mutex, mpsc},
 };
 
-use crate::AppState;
+use crate::{AppState, auth::TokenGuard};
 
 const DRIVER: &str = include_str!("driver.py");
 
@@ -46,18 +42,18 @@ struct Context {
 #[derive(Clone)]
 pub struct InterpState {
     pub app: AppState,
-    contexts: Arc<StdMutex<HashMap<String, Arc<Context>>>>,
+    contexts: Arc<SyncMutex<HashMap<String, Arc<Context>>>>,
 }
 
 impl InterpState {
     pub fn new(app: AppState) -> Self {
         InterpState {
             app,
-            contexts: Arc::new(StdMutex::new(HashMap::new())),
+            contexts: Arc::new(SyncMutex::new(HashMap::new())),
         }
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
-        self.contexts.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Context>>> {
+        self.contexts.lock()
     }
 }
 
@@ -66,36 +62,28 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 pub fn router(st: InterpState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/execute", post(execute))
         .route("/contexts", post(create_context).get(list_contexts))
         .route("/contexts/{id}", axum::routing::delete(delete_context))
-        .route("/contexts/{id}/restart", post(restart_context))
-        .route_layer(axum::middleware::from_fn_with_state(
-            st.clone(),
-            require_token,
-        ))
-        .with_state(st)
-}
-
-/// The token guards code execution. The SDK sends it only on `/execute`
-/// (E2B's own interpreter server checks no token on `/contexts`), so
-/// context management stays open to whoever can reach the sandbox port.
-async fn require_token(State(st): State<InterpState>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/execute"
-        && !crate::token_ok(
-            req.headers(),
-            "x-access-token",
-            st.app.cfg.access_token.as_ref(),
-        )
-    {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            "invalid or missing X-Access-Token",
-        );
+        .route("/contexts/{id}/restart", post(restart_context));
+    // The token guards code execution. The SDK sends it only on `/execute`
+    // (E2B's own interpreter server checks no token on `/contexts`), so
+    // context management stays open to whoever can reach the sandbox port.
+    TokenGuard {
+        expected: st.app.cfg.access_token.as_deref().map(Arc::from),
+        header: "x-access-token",
+        guards: |path| path == "/execute",
+        refuse: || {
+            err(
+                StatusCode::UNAUTHORIZED,
+                "invalid or missing X-Access-Token",
+            )
+        },
     }
-    next.run(req).await
+    .apply(routes)
+    .with_state(st)
 }
 
 fn python() -> Option<&'static str> {

@@ -1,0 +1,145 @@
+//! envd's plain-HTTP `/files`: download (`GET`) and upload (`POST`,
+//! multipart or octet-stream).
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::EnvdState;
+use crate::{error::RuntimeError, files};
+
+pub(super) fn query(uri: &http::Uri) -> HashMap<String, String> {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Response {
+    let q = query(req.uri());
+    let Some(path) = q
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": 400, "message": "path is required"})),
+        )
+            .into_response();
+    };
+    let p2 = path.clone();
+    match tokio::task::spawn_blocking(move || files::open_for_read(&p2)).await {
+        Ok(Ok((f, size))) => {
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(f),
+                64 * 1024,
+            );
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            r
+        }
+        Ok(Err(e)) => {
+            let status = match e {
+                RuntimeError::FileNotFound(_) => StatusCode::NOT_FOUND,
+                RuntimeError::IsADirectory(_)
+                | RuntimeError::InvalidRequest(_)
+                | RuntimeError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+                RuntimeError::PermissionDenied(_) => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (
+                status,
+                Json(json!({"code": status.as_u16(), "message": e.to_string()})),
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"code": 500, "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /files`: multipart (`file` parts named by full path) or octet-stream
+/// (`?path=`); parents are created, targets overwritten.
+pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
+    let q = query(req.uri());
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let gz = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        == Some("gzip");
+    let limits = st.app.cfg.upload.clone();
+    let res = if ct.starts_with("multipart/form-data") {
+        match multer::parse_boundary(&ct) {
+            Ok(boundary) => {
+                crate::upload::receive_named(
+                    req.into_body().into_data_stream(),
+                    boundary,
+                    &limits,
+                    q.get("path").cloned(),
+                    &st.app.cfg.home(),
+                )
+                .await
+            }
+            Err(e) => Err(RuntimeError::InvalidRequest(format!(
+                "bad multipart Content-Type: {e}"
+            ))),
+        }
+    } else if let Some(path) = q.get("path").filter(|p| !p.is_empty()) {
+        crate::upload::receive_raw(
+            req.into_body().into_data_stream(),
+            path,
+            &limits,
+            gz,
+            &st.app.cfg.home(),
+        )
+        .await
+        .map(|f| vec![f])
+    } else {
+        Err(RuntimeError::InvalidRequest(
+            "octet-stream upload needs ?path=".into(),
+        ))
+    };
+    match res {
+        Ok(done) => Json(Value::Array(
+            done.iter()
+                .map(|f| {
+                    let name = std::path::Path::new(&f.path)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    json!({"path": f.path, "name": name, "type": "file"})
+                })
+                .collect(),
+        ))
+        .into_response(),
+        Err(e) => {
+            let status = e.http_status();
+            (
+                status,
+                Json(json!({"code": status.as_u16(), "message": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}

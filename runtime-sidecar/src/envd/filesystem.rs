@@ -1,0 +1,153 @@
+//! `filesystem.Filesystem` unary RPCs: Stat, MakeDir, Move, ListDir, Remove.
+
+use axum::{Json, body::Body, extract::State};
+
+use super::{
+    EnvdState, blocking,
+    connect::{CResult, ConnectError},
+    messages::{MoveRequest, PathRequest},
+    responses::{Empty, EntryInfo, EntryResponse, ListDirResponse},
+    unary,
+};
+use crate::{
+    error::RuntimeError,
+    files::{self, FileKind},
+};
+
+/// `filesystem.EntryInfo` of a stat result.
+pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
+    let kind = match i.kind {
+        FileKind::File => "FILE_TYPE_FILE",
+        FileKind::Directory => "FILE_TYPE_DIRECTORY",
+        FileKind::Symlink => "FILE_TYPE_SYMLINK",
+        FileKind::Other => "FILE_TYPE_UNSPECIFIED",
+    };
+    let bits = files::mode_from_decimal_digits(i.mode).unwrap_or(0);
+    let name = std::path::Path::new(&i.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| i.path.clone());
+    let symlink_target = (i.kind == FileKind::Symlink)
+        .then(|| std::fs::read_link(&i.path).ok())
+        .flatten()
+        .map(|t| t.to_string_lossy().into_owned());
+    EntryInfo {
+        group: i.group.clone(),
+        mode: bits,
+        modified_time: i.modified_at.clone(),
+        name,
+        owner: i.owner.clone(),
+        path: i.path.clone(),
+        permissions: permissions_string(i.kind, bits),
+        size: i.size,
+        symlink_target,
+        kind,
+    }
+}
+
+pub(super) fn permissions_string(kind: FileKind, bits: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(match kind {
+        FileKind::Directory => 'd',
+        FileKind::Symlink => 'l',
+        _ => '-',
+    });
+    for shift in [6, 3, 0] {
+        let b = (bits >> shift) & 7;
+        s.push(if b & 4 != 0 { 'r' } else { '-' });
+        s.push(if b & 2 != 0 { 'w' } else { '-' });
+        s.push(if b & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+/// The request's path, relative ones resolved against the home directory.
+pub(super) fn path_of(st: &EnvdState, req: &PathRequest) -> CResult<String> {
+    req.path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
+        .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
+}
+
+pub(super) async fn fs_stat(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
+    let path = path_of(&st, &unary(&st, body).await?)?;
+    let info = blocking(move || files::stat(&path)).await?;
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
+}
+
+pub(super) async fn fs_make_dir(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
+    let path = path_of(&st, &unary(&st, body).await?)?;
+    let info = blocking(move || {
+        if std::path::Path::new(&path).exists() {
+            return Err(RuntimeError::AlreadyExists(path));
+        }
+        files::make_dirs(&path, &files::Permission::default())?;
+        files::stat(&path)
+    })
+    .await?;
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
+}
+
+pub(super) async fn fs_move(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<EntryResponse>> {
+    let req: MoveRequest = unary(&st, body).await?;
+    let src = req
+        .source
+        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
+        .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
+    let dest = req
+        .destination
+        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
+        .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
+    let info = blocking(move || {
+        files::rename(&src, &dest)?;
+        files::stat(&dest)
+    })
+    .await?;
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
+}
+
+pub(super) async fn fs_list_dir(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<ListDirResponse>> {
+    let req: PathRequest = unary(&st, body).await?;
+    let path = path_of(&st, &req)?;
+    let depth = req.depth.unwrap_or(1).clamp(1, 64) as usize;
+    let entries = blocking(move || files::list_dir(&path, depth)).await?;
+    Ok(Json(ListDirResponse {
+        entries: entries.iter().map(entry_info).collect(),
+    }))
+}
+
+pub(super) async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
+    let path = path_of(&st, &unary(&st, body).await?)?;
+    blocking(move || files::remove_any(&path, true)).await?;
+    Ok(Json(Empty {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions() {
+        assert_eq!(permissions_string(FileKind::Directory, 0o755), "drwxr-xr-x");
+        assert_eq!(permissions_string(FileKind::File, 0o640), "-rw-r-----");
+    }
+}

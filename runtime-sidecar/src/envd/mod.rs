@@ -1,0 +1,197 @@
+//! E2B's envd protocol (port 49983), so the stock `e2b` SDK can run processes
+//! and use files in a sandpool sandbox.
+//!
+//! * Connect RPC with the JSON codec: unary calls are `application/json`;
+//!   server-streaming calls (`process.Process/Start`, `/Connect`) take one
+//!   enveloped request and answer a stream of envelopes
+//!   (`[flags u8][len u32 BE][json]`) ending with an end-of-stream envelope
+//!   (flags `0x02`, `{}` or `{"error":{...}}`).
+//! * Plain HTTP: `GET /health` (204), `GET /envs`, `GET /metrics`,
+//!   `GET|POST /files`, `POST /init`.
+//! * Auth: `X-Access-Token` equal to the sandbox token (the same token as
+//!   execd's), except `/health`, `/files` and `/init`... which E2B lets through
+//!   with a signature; here `/files` needs the token too.
+//!
+//! Processes are the command registry's; their output is fanned out to every
+//! stream attached to them (`Start`, then any `Connect`) and keeps being
+//! drained when nobody listens, so background processes never block.
+//!
+//! Split by concern: [`connect`] framing and errors, [`process`]es,
+//! [`filesystem`] RPCs, directory [`watch`]ing and plain-HTTP [`files`].
+
+mod connect;
+mod files;
+mod filesystem;
+mod messages;
+mod process;
+mod responses;
+mod watch;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use connect::CResult;
+pub use connect::{ConnectError, envelope, parse_envelope};
+use files::{download, upload};
+use filesystem::{fs_list_dir, fs_make_dir, fs_move, fs_remove, fs_stat};
+use process::{
+    EnvdProcess, close_stdin, connect, list, send_input, send_signal, start, stream_input,
+};
+use watch::{Watcher, create_watcher, get_watcher_events, remove_watcher, watch_dir};
+
+use crate::{AppState, auth::TokenGuard};
+
+/// The envd version this implementation answers for: process Start/Connect/
+/// List/SendInput/SendSignal/CloseStdin, filesystem Stat/MakeDir/Move/ListDir/
+/// Remove, /files (multipart and octet-stream), /metrics, default user.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+#[derive(Clone, Default)]
+pub struct Envd {
+    procs: Arc<Mutex<HashMap<u32, Arc<EnvdProcess>>>>,
+    env: Arc<Mutex<HashMap<String, String>>>,
+    watchers: Arc<Mutex<HashMap<String, Watcher>>>,
+}
+
+impl Envd {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, Arc<EnvdProcess>>> {
+        self.procs.lock()
+    }
+}
+
+#[derive(Clone)]
+pub struct EnvdState {
+    pub app: AppState,
+    pub envd: Envd,
+}
+
+pub fn router(st: EnvdState) -> Router {
+    let routes = Router::new()
+        .route("/health", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/envs", get(envs))
+        .route("/metrics", get(metrics))
+        .route("/init", post(init))
+        .route("/files", get(download).post(upload))
+        .route("/process.Process/Start", post(start))
+        .route("/process.Process/Connect", post(connect))
+        .route("/process.Process/List", post(list))
+        .route("/process.Process/SendInput", post(send_input))
+        .route("/process.Process/SendSignal", post(send_signal))
+        .route("/process.Process/CloseStdin", post(close_stdin))
+        .route("/process.Process/StreamInput", post(stream_input))
+        .route(
+            "/process.Process/{method}",
+            post(|| async {
+                ConnectError::new(
+                    "unimplemented",
+                    "this process method is not supported by sandpool yet",
+                )
+            }),
+        )
+        .route("/filesystem.Filesystem/Stat", post(fs_stat))
+        .route("/filesystem.Filesystem/MakeDir", post(fs_make_dir))
+        .route("/filesystem.Filesystem/Move", post(fs_move))
+        .route("/filesystem.Filesystem/ListDir", post(fs_list_dir))
+        .route("/filesystem.Filesystem/Remove", post(fs_remove))
+        .route("/filesystem.Filesystem/WatchDir", post(watch_dir))
+        .route("/filesystem.Filesystem/CreateWatcher", post(create_watcher))
+        .route(
+            "/filesystem.Filesystem/GetWatcherEvents",
+            post(get_watcher_events),
+        )
+        .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
+        .route(
+            "/filesystem.Filesystem/{method}",
+            post(|| async {
+                ConnectError::new(
+                    "unimplemented",
+                    "this filesystem method is not supported by sandpool yet",
+                )
+            }),
+        );
+    // `X-Access-Token`, except on `/health`
+    TokenGuard {
+        expected: st.app.cfg.access_token.as_deref().map(Arc::from),
+        header: "x-access-token",
+        guards: |path| path != "/health",
+        refuse: || {
+            ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
+                .into_response()
+        },
+    }
+    .apply(routes)
+    .with_state(st)
+}
+
+async fn read_body(st: &EnvdState, body: Body) -> CResult<Bytes> {
+    axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
+        .await
+        .map_err(|e| ConnectError::new("resource_exhausted", format!("request body: {e}")))
+}
+
+/// A unary Connect request body as `T` (an empty body is the default message).
+async fn unary<T: DeserializeOwned + Default>(st: &EnvdState, body: Body) -> CResult<T> {
+    let b = read_body(st, body).await?;
+    if b.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&b)
+        .map_err(|e| ConnectError::new("invalid_argument", format!("bad JSON: {e}")))
+}
+
+async fn envs(State(st): State<EnvdState>) -> Json<Value> {
+    let mut m: serde_json::Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    for (k, v) in st.envd.env.lock().iter() {
+        m.insert(k.clone(), Value::String(v.clone()));
+    }
+    m.remove("EXECD_ACCESS_TOKEN");
+    Json(Value::Object(m))
+}
+
+async fn metrics(State(st): State<EnvdState>) -> Json<Value> {
+    let m = st.app.metrics.sample().await;
+    Json(json!({
+        "ts": m.timestamp / 1000,
+        "cpu_count": m.cpu_count as u64,
+        "cpu_used_pct": m.cpu_used_pct,
+        "mem_total": (m.mem_total_mib * 1048576.0) as u64,
+        "mem_used": (m.mem_used_mib * 1048576.0) as u64,
+        "mem_cache": 0,
+        "mem_total_mib": m.mem_total_mib as u64,
+        "mem_used_mib": m.mem_used_mib as u64,
+        "disk_used": 0,
+        "disk_total": 0,
+    }))
+}
+
+/// `POST /init`: default env vars for processes (the token is the sandbox's own).
+async fn init(State(st): State<EnvdState>, body: Body) -> CResult<StatusCode> {
+    let req: messages::InitRequest = unary(&st, body).await?;
+    let mut env = st.envd.env.lock();
+    for (k, val) in req.env_vars {
+        if let Value::String(s) = val {
+            env.insert(k, s);
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> CResult<T> {
+    crate::blocking(f).await.map_err(ConnectError::from)
+}

@@ -1,0 +1,419 @@
+//! `process.Process`: Start/Connect streams, List, SendInput, SendSignal,
+//! CloseStdin and the client-streaming StreamInput. Processes are the
+//! command registry's; their output is fanned out to every attached stream.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    EnvdState,
+    connect::{
+        CResult, ConnectError, END_STREAM, envelope, keepalive, parse_message, stream_response,
+    },
+    messages::{
+        ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
+        StartRequest, StreamInputRequest,
+    },
+    read_body,
+    responses::{
+        DataOut, Empty, EndEvent, Event, ListResponse, ProcessConfigOut, ProcessEvent, ProcessInfo,
+    },
+    unary,
+};
+use crate::commands::{CommandRecord, CommandSpec, Output};
+
+/// A process started through envd: its record and its output fan-out.
+pub(super) struct EnvdProcess {
+    rec: Arc<CommandRecord>,
+    tag: Option<String>,
+    cmd: String,
+    args: Vec<String>,
+    envs: HashMap<String, String>,
+    cwd: Option<String>,
+    events: broadcast::Sender<Event<ProcessEvent>>,
+}
+
+pub(super) fn process_event(o: &Output) -> Event<ProcessEvent> {
+    let event = match o {
+        Output::Stdout(b) => ProcessEvent::Data(DataOut::Stdout(B64.encode(b))),
+        Output::Stderr(b) => ProcessEvent::Data(DataOut::Stderr(B64.encode(b))),
+        Output::Exit(e) => {
+            let status = if e.signal != 0 {
+                format!("signal: {}", signal_name(e.signal))
+            } else {
+                format!("exit status {}", e.code)
+            };
+            ProcessEvent::End(EndEvent {
+                error: e.timed_out.then(|| "timed out".to_string()),
+                exit_code: e.code,
+                exited: e.signal == 0,
+                status,
+            })
+        }
+    };
+    Event { event }
+}
+
+pub(super) fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(nix::sys::signal::Signal::SIGKILL) => "killed".into(),
+        Ok(nix::sys::signal::Signal::SIGTERM) => "terminated".into(),
+        Ok(s) => s.as_str().trim_start_matches("SIG").to_ascii_lowercase(),
+        Err(_) => sig.to_string(),
+    }
+}
+
+/// Pipe a process's events to one client stream until its end event (or the client leaves).
+pub(super) fn attach(
+    events: broadcast::Receiver<Event<ProcessEvent>>,
+    first: Option<Event<ProcessEvent>>,
+    every: Duration,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        let mut events = events;
+        if let Some(f) = first
+            && tx.send(envelope(0, &f)).await.is_err()
+        {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(v) => {
+                        let end = v.is_end();
+                        if tx.send(envelope(0, &v)).await.is_err() {
+                            return;
+                        }
+                        if end {
+                            let _ = tx.send(envelope(END_STREAM, &Empty {})).await;
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "envd stream lagged; output events dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(envelope(END_STREAM, &Empty {})).await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if tx.send(envelope(0, &Event { event: ProcessEvent::Keepalive {} })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    stream_response(rx)
+}
+
+/// `process.Process/Start`: spawn, then stream start/data/end events. The
+/// process outlives the stream (E2B background commands).
+pub(super) async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Response {
+    match start_inner(&st, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_stream(),
+    }
+}
+
+pub(super) async fn start_inner(
+    st: &EnvdState,
+    headers: &HeaderMap,
+    body: Body,
+) -> CResult<Response> {
+    let b = read_body(st, body).await?;
+    let req: StartRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
+    let p = req
+        .process
+        .ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
+    if p.cmd.is_empty() {
+        return Err(ConnectError::new(
+            "invalid_argument",
+            "process.cmd is required",
+        ));
+    }
+    let (cmd, args) = (p.cmd, p.args);
+    let mut envs: HashMap<String, String> = st.envd.env.lock().clone();
+    envs.extend(p.envs);
+    let cwd = p.cwd.filter(|c| !c.is_empty());
+    let tag = req.tag;
+    let stdin = req.stdin.unwrap_or(false);
+    if req.pty.is_some() {
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY processes are not supported by sandpool yet",
+        ));
+    }
+    let timeout = headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_millis);
+    let mut argv = vec![cmd.clone()];
+    argv.extend(args.iter().cloned());
+    let spec = CommandSpec {
+        command: String::new(),
+        argv,
+        cwd: cwd.clone(),
+        envs: envs.clone(),
+        uid: None,
+        gid: None,
+        timeout,
+        stdin,
+    };
+    let (events, first_rx) = broadcast::channel::<Event<ProcessEvent>>(1024);
+    let (otx, mut orx) = mpsc::channel::<Output>(64);
+    let rec = st.app.commands.start_detached(spec, otx)?;
+    let pid = rec.pid;
+    let proc_ = Arc::new(EnvdProcess {
+        rec,
+        tag,
+        cmd,
+        args,
+        envs,
+        cwd,
+        events: events.clone(),
+    });
+    st.envd.lock().insert(pid, proc_);
+    // Drain the process output into the fan-out, whoever listens.
+    let envd = st.envd.clone();
+    tokio::spawn(async move {
+        while let Some(o) = orx.recv().await {
+            let end = matches!(o, Output::Exit(_));
+            let _ = events.send(process_event(&o));
+            if end {
+                break;
+            }
+        }
+        // keep finished processes out of List
+        envd.lock().remove(&pid);
+    });
+    Ok(attach(
+        first_rx,
+        Some(Event {
+            event: ProcessEvent::Start { pid },
+        }),
+        keepalive(headers),
+    ))
+}
+
+/// The running process a selector names (by pid, else by tag).
+pub(super) fn select(st: &EnvdState, sel: Option<&ProcessSelector>) -> CResult<Arc<EnvdProcess>> {
+    let sel =
+        sel.ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
+    let g = st.envd.lock();
+    if let Some(pid) = sel.pid {
+        return g.get(&pid).cloned().ok_or_else(|| {
+            ConnectError::new("not_found", format!("process with pid {pid} not found"))
+        });
+    }
+    if let Some(tag) = &sel.tag {
+        return g
+            .values()
+            .find(|p| p.tag.as_ref() == Some(tag))
+            .cloned()
+            .ok_or_else(|| {
+                ConnectError::new("not_found", format!("process with tag {tag} not found"))
+            });
+    }
+    Err(ConnectError::new(
+        "invalid_argument",
+        "selector needs pid or tag",
+    ))
+}
+
+/// `process.Process/Connect`: attach to a running process's output.
+pub(super) async fn connect(
+    State(st): State<EnvdState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let res = async {
+        let b = read_body(&st, body).await?;
+        let req: SelectRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
+        let p = select(&st, req.process.as_ref())?;
+        Ok::<_, ConnectError>(attach(
+            p.events.subscribe(),
+            Some(Event {
+                event: ProcessEvent::Start { pid: p.rec.pid },
+            }),
+            keepalive(&headers),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(ConnectError::into_stream)
+}
+
+pub(super) async fn list(State(st): State<EnvdState>) -> Response {
+    let procs = st.envd.lock();
+    let processes = procs
+        .values()
+        .filter(|p| p.rec.running())
+        .map(|p| ProcessInfo {
+            config: ProcessConfigOut::new(&p.cmd, &p.args, &p.envs, p.cwd.as_deref()),
+            pid: p.rec.pid,
+            tag: p.tag.as_deref(),
+        })
+        .collect();
+    Json(ListResponse { processes }).into_response()
+}
+
+pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
+    let req: SendInputRequest = unary(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    let input = req
+        .input
+        .ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
+    if input.pty.is_some() {
+        return Err(ConnectError::new(
+            "unimplemented",
+            "PTY input is not supported",
+        ));
+    }
+    let data = input.stdin.unwrap_or_default();
+    let bytes = B64
+        .decode(data.as_bytes())
+        .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
+    p.rec.write_stdin(&bytes).await?;
+    Ok(Json(Empty {}))
+}
+
+pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
+    let req: SendSignalRequest = unary(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    let sig = match req.signal {
+        Some(SignalValue::Name(s)) => match s.as_str() {
+            "SIGNAL_SIGKILL" => nix::sys::signal::Signal::SIGKILL,
+            "SIGNAL_SIGTERM" => nix::sys::signal::Signal::SIGTERM,
+            other => {
+                return Err(ConnectError::new(
+                    "invalid_argument",
+                    format!("unknown signal {other}"),
+                ));
+            }
+        },
+        Some(SignalValue::Number(n)) => {
+            nix::sys::signal::Signal::try_from(n.as_i64().unwrap_or(0) as i32)
+                .map_err(|_| ConnectError::new("invalid_argument", format!("unknown signal {n}")))?
+        }
+        None => return Err(ConnectError::new("invalid_argument", "signal is required")),
+    };
+    p.rec.signal(sig)?;
+    Ok(Json(Empty {}))
+}
+
+pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
+    let req: SelectRequest = unary(&st, body).await?;
+    select(&st, req.process.as_ref())?.rec.close_stdin().await;
+    Ok(Json(Empty {}))
+}
+
+/// `process.Process/StreamInput`: a client stream of envelopes — `start`
+/// (selects the process), then `data` (stdin bytes) and `keepalive` — answered
+/// with one empty message and the end of stream.
+pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let max = st.app.cfg.max_json_bytes;
+    let result: CResult<()> = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = BytesMut::new();
+        let mut target: Option<Arc<EnvdProcess>> = None;
+        loop {
+            // take every complete envelope in the buffer
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len > max {
+                    return Err(ConnectError::new(
+                        "resource_exhausted",
+                        format!("envelope of {len} bytes exceeds {max}"),
+                    ));
+                }
+                if buf.len() < 5 + len {
+                    break;
+                }
+                let frame = buf.split_to(5 + len);
+                if frame[0] & END_STREAM != 0 {
+                    return Ok(());
+                }
+                let msg: StreamInputRequest = parse_message(&frame, max)?;
+                if let Some(start) = msg.start {
+                    target = Some(select(&st, start.process.as_ref())?);
+                } else if let Some(data) = msg.data {
+                    let p = target.as_ref().ok_or_else(|| {
+                        ConnectError::new("failed_precondition", "data before start")
+                    })?;
+                    let input = data.input.ok_or_else(|| {
+                        ConnectError::new("invalid_argument", "data.input is required")
+                    })?;
+                    let b64 = input.stdin.unwrap_or_default();
+                    let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
+                        ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))
+                    })?;
+                    p.rec.write_stdin(&bytes).await?;
+                }
+            }
+            match stream.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(ConnectError::new(
+                        "canceled",
+                        format!("request stream: {e}"),
+                    ));
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    let (tx, rx) = mpsc::channel(2);
+    match result {
+        Ok(()) => {
+            let _ = tx.try_send(envelope(0, &Empty {}));
+            let _ = tx.try_send(envelope(END_STREAM, &Empty {}));
+        }
+        Err(e) => {
+            let _ = tx.try_send(e.end_stream());
+        }
+    }
+    stream_response(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn events() {
+        let v = serde_json::to_value(process_event(&Output::Stdout(Bytes::from_static(b"hi\n"))))
+            .unwrap();
+        assert_eq!(v["event"]["data"]["stdout"], "aGkK");
+        let exit = crate::commands::ExitInfo {
+            code: 3,
+            signal: 0,
+            duration: Duration::ZERO,
+            timed_out: false,
+            finished_at: chrono::Utc::now(),
+        };
+        let v = serde_json::to_value(process_event(&Output::Exit(exit))).unwrap();
+        assert_eq!(
+            v["event"]["end"],
+            json!({"exitCode": 3, "exited": true, "status": "exit status 3"})
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Directory watching with inotify: the `WatchDir` stream and the polled
+//! `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher` trio.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{
+    EnvdState,
+    connect::{CResult, ConnectError, envelope, keepalive, parse_message, stream_response},
+    filesystem::path_of,
+    messages::{PathRequest, WatcherRequest},
+    read_body,
+    responses::{
+        CreateWatcherResponse, Empty, Event, FilesystemEvent, WatchEvent, WatcherEventsResponse,
+    },
+    unary,
+};
+use crate::error::RuntimeError;
+
+/// A polled watcher (`CreateWatcher`): events buffered until fetched.
+pub(super) struct Watcher {
+    events: Arc<Mutex<std::collections::VecDeque<FilesystemEvent>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub(super) const MAX_BUFFERED_EVENTS: usize = 10_000;
+
+/// Watch `root` (recursively: every subdirectory, including new ones) with
+/// inotify on a thread; `sink` gets E2B `FilesystemEvent`s until `stop` is set
+/// or it returns false.
+pub(super) fn spawn_watch(
+    root: String,
+    recursive: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sink: impl Fn(FilesystemEvent) -> bool + Send + 'static,
+) -> crate::Result<()> {
+    use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
+    let md = std::fs::metadata(&root).map_err(|e| RuntimeError::io(&root, e))?;
+    if !md.is_dir() {
+        return Err(RuntimeError::NotADirectory(root));
+    }
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(|e| RuntimeError::failed("inotify", e))?;
+    let mask = F::IN_CREATE
+        | F::IN_MODIFY
+        | F::IN_CLOSE_WRITE
+        | F::IN_DELETE
+        | F::IN_MOVED_FROM
+        | F::IN_MOVED_TO
+        | F::IN_ATTRIB;
+    let mut dirs: HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf> = HashMap::new();
+    let base = std::path::PathBuf::from(&root);
+    fn add(
+        ino: &Inotify,
+        dirs: &mut HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf>,
+        base: &std::path::Path,
+        dir: &std::path::Path,
+        mask: nix::sys::inotify::AddWatchFlags,
+    ) {
+        if let Ok(wd) = ino.add_watch(dir, mask) {
+            dirs.insert(
+                wd,
+                dir.strip_prefix(base)
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    add(&ino, &mut dirs, &base, &base, mask);
+    if recursive {
+        for e in walkdir::WalkDir::new(&base)
+            .min_depth(1)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_dir())
+        {
+            add(&ino, &mut dirs, &base, e.path(), mask);
+        }
+    }
+    std::thread::spawn(move || {
+        use std::sync::atomic::Ordering;
+        while !stop.load(Ordering::Relaxed) {
+            match ino.read_events() {
+                Ok(events) => {
+                    for ev in events {
+                        let Some(name) = ev.name.as_ref().map(|n| n.to_string_lossy().into_owned())
+                        else {
+                            continue;
+                        };
+                        let rel = dirs.get(&ev.wd).cloned().unwrap_or_default().join(&name);
+                        if recursive
+                            && ev.mask.contains(F::IN_CREATE)
+                            && ev.mask.contains(F::IN_ISDIR)
+                        {
+                            let full = base.join(&rel);
+                            add(&ino, &mut dirs, &base, &full, mask);
+                        }
+                        let kind = if ev.mask.intersects(F::IN_CREATE | F::IN_MOVED_TO) {
+                            "EVENT_TYPE_CREATE"
+                        } else if ev.mask.intersects(F::IN_MODIFY | F::IN_CLOSE_WRITE) {
+                            "EVENT_TYPE_WRITE"
+                        } else if ev.mask.contains(F::IN_DELETE) {
+                            "EVENT_TYPE_REMOVE"
+                        } else if ev.mask.contains(F::IN_MOVED_FROM) {
+                            "EVENT_TYPE_RENAME"
+                        } else if ev.mask.contains(F::IN_ATTRIB) {
+                            "EVENT_TYPE_CHMOD"
+                        } else {
+                            continue;
+                        };
+                        let ev = FilesystemEvent {
+                            name: rel.to_string_lossy().into_owned(),
+                            kind,
+                        };
+                        if !sink(ev) {
+                            return;
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(25)),
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<(String, bool)> {
+    Ok((path_of(st, req)?, req.recursive))
+}
+
+/// `filesystem.Filesystem/WatchDir`: a stream of events while the client listens.
+pub(super) async fn watch_dir(
+    State(st): State<EnvdState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let res = async {
+        let b = read_body(&st, body).await?;
+        let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
+        spawn_watch(path, recursive, stop.clone(), move |ev| {
+            etx.blocking_send(ev).is_ok()
+        })?;
+        let (tx, rx) = mpsc::channel::<Bytes>(32);
+        let every = keepalive(&headers);
+        tokio::spawn(async move {
+            let _stop_on_exit = StopOnDrop(stop);
+            if tx
+                .send(envelope(
+                    0,
+                    &Event {
+                        event: WatchEvent::Start {},
+                    },
+                ))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                let msg = tokio::select! {
+                    ev = erx.recv() => match ev {
+                        Some(ev) => WatchEvent::Filesystem(ev),
+                        None => return,
+                    },
+                    _ = tick.tick() => WatchEvent::Keepalive {},
+                };
+                if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok::<_, ConnectError>(stream_response(rx))
+    }
+    .await;
+    res.unwrap_or_else(ConnectError::into_stream)
+}
+
+pub(super) struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn create_watcher(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<CreateWatcherResponse>> {
+    let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
+    let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink_events = events.clone();
+    spawn_watch(path, recursive, stop.clone(), move |ev| {
+        let mut q = sink_events.lock();
+        if q.len() >= MAX_BUFFERED_EVENTS {
+            q.pop_front();
+        }
+        q.push_back(ev);
+        true
+    })?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    st.envd
+        .watchers
+        .lock()
+        .insert(id.clone(), Watcher { events, stop });
+    Ok(Json(CreateWatcherResponse { watcher_id: id }))
+}
+
+pub(super) fn watcher_id(req: WatcherRequest) -> CResult<String> {
+    req.watcher_id
+        .ok_or_else(|| ConnectError::new("invalid_argument", "watcherId is required"))
+}
+
+pub(super) async fn get_watcher_events(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<WatcherEventsResponse>> {
+    let id = watcher_id(unary(&st, body).await?)?;
+    let g = st.envd.watchers.lock();
+    let w = g
+        .get(&id)
+        .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
+    let events = w.events.lock().drain(..).collect();
+    Ok(Json(WatcherEventsResponse { events }))
+}
+
+pub(super) async fn remove_watcher(
+    State(st): State<EnvdState>,
+    body: Body,
+) -> CResult<Json<Empty>> {
+    let id = watcher_id(unary(&st, body).await?)?;
+    st.envd
+        .watchers
+        .lock()
+        .remove(&id)
+        .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
+    Ok(Json(Empty {}))
+}
