@@ -33,12 +33,8 @@ where
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test]
-#[ignore = "needs a real cluster: set KUBECONFIG and SANDPOOL_E2E_RUNTIME_IMAGE"]
-async fn pool_batch_and_claim_on_a_real_cluster() {
-    let runtime_image =
-        std::env::var("SANDPOOL_E2E_RUNTIME_IMAGE").expect("SANDPOOL_E2E_RUNTIME_IMAGE");
-    let client = Client::try_default().await.expect("KUBECONFIG");
+/// Apply the CRDs (server-side) and create a namespace of its own.
+async fn fresh_namespace(client: &Client) -> (String, Api<Namespace>) {
     let ns = format!(
         "sandpool-e2e-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -57,6 +53,17 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
     )
     .await
     .expect("namespace");
+
+    (ns, nss)
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: set KUBECONFIG and SANDPOOL_E2E_RUNTIME_IMAGE"]
+async fn pool_batch_and_claim_on_a_real_cluster() {
+    let runtime_image =
+        std::env::var("SANDPOOL_E2E_RUNTIME_IMAGE").expect("SANDPOOL_E2E_RUNTIME_IMAGE");
+    let client = Client::try_default().await.expect("KUBECONFIG");
+    let (ns, nss) = fresh_namespace(&client).await;
 
     let cfg = ControllerConfig {
         namespace: ns.clone(),
@@ -125,7 +132,7 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
         .await
         .expect("delete batch");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    wait_for("the pod back in the pool", 60, || async {
+    wait_for("the used pod deleted, none left allocated", 60, || async {
         batches.get_opt("b").await.ok().flatten().is_none()
             && pods
                 .list(&ListParams::default().labels(ALLOCATED_TO_LABEL))
