@@ -72,16 +72,7 @@ impl TaskRunner for GrpcTaskRunner {
             replace: true,
             ..Default::default()
         };
-        client(pod)
-            .await?
-            .inject(request(pod, msg)?)
-            .await
-            .map_err(|source| Error::RuntimeCall {
-                pod: pod.name_any(),
-                call: "starting the task",
-                source,
-            })?;
-        Ok(())
+        inject(pod, msg, "starting the task").await
     }
 
     async fn status(&self, pod: &Pod) -> Option<Option<i32>> {
@@ -105,15 +96,20 @@ impl TaskRunner for GrpcTaskRunner {
             replace: true,
             ..Default::default()
         };
-        client(pod)
-            .await?
-            .inject(request(pod, msg)?)
-            .await
-            .map_err(|source| Error::RuntimeCall {
-                pod: pod.name_any(),
-                call: "stopping the task",
-                source,
-            })?;
-        Ok(())
+        inject(pod, msg, "stopping the task").await
     }
+}
+
+/// Inject `msg` as the pod runtime's entrypoint; `call` names it in errors.
+async fn inject(pod: &Pod, msg: pb::InjectRequest, call: &'static str) -> Result<()> {
+    client(pod)
+        .await?
+        .inject(request(pod, msg)?)
+        .await
+        .map_err(|source| Error::RuntimeCall {
+            pod: pod.name_any(),
+            call,
+            source,
+        })?;
+    Ok(())
 }

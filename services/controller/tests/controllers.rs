@@ -577,6 +577,14 @@ fn agent_fixtures(api: &FakeApi) {
     });
 }
 
+/// One reconcile of the SandboxClaim `name`.
+async fn reconcile_claim(
+    ctx: &Arc<Context>,
+    name: &str,
+) -> Result<kube::runtime::controller::Action, sandpool_controller::error::Error> {
+    agent_sandbox::reconcile_claim(get::<SandboxClaim>(ctx, name).await, ctx.clone()).await
+}
+
 async fn reconcile_python_warm_pool(ctx: &Arc<Context>) {
     agent_sandbox::reconcile_warm_pool(
         get::<SandboxWarmPool>(ctx, "python-warmpool").await,
@@ -607,13 +615,7 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
         .expect("wp");
     assert_eq!(wp["status"], json!({"replicas": 2, "readyReplicas": 2}));
 
-    let claim = || async {
-        agent_sandbox::reconcile_claim(
-            get::<SandboxClaim>(&ctx, "warmpool-test").await,
-            ctx.clone(),
-        )
-        .await
-    };
+    let claim = || reconcile_claim(&ctx, "warmpool-test");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
     let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
@@ -685,13 +687,7 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
 async fn claim_without_warm_pods_starts_a_cold_sandbox() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
-    let claim = || async {
-        agent_sandbox::reconcile_claim(
-            get::<SandboxClaim>(&ctx, "warmpool-test").await,
-            ctx.clone(),
-        )
-        .await
-    };
+    let claim = || reconcile_claim(&ctx, "warmpool-test");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
     let sb = api
@@ -737,13 +733,7 @@ async fn claim_shutdown_time_expires_it() {
             c["spec"]["shutdownTime"] = json!("2020-01-01T00:00:00Z")
         })
     });
-    let claim = || async {
-        agent_sandbox::reconcile_claim(
-            get::<SandboxClaim>(&ctx, "warmpool-test").await,
-            ctx.clone(),
-        )
-        .await
-    };
+    let claim = || reconcile_claim(&ctx, "warmpool-test");
     claim().await.expect("finalizer");
     claim().await.expect("expire");
     claim().await.expect("cleanup");
@@ -759,9 +749,7 @@ async fn claim_of_an_unknown_template_reports_it() {
             json!({"metadata": {"name": "c"}, "spec": {"sandboxTemplateRef": {"name": "missing"}}}),
         )
     });
-    let claim = || async {
-        agent_sandbox::reconcile_claim(get::<SandboxClaim>(&ctx, "c").await, ctx.clone()).await
-    };
+    let claim = || reconcile_claim(&ctx, "c");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
     let c = api
