@@ -70,6 +70,24 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+impl Server {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        client().get(format!("{}{path}", self.base))
+    }
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        client().post(format!("{}{path}", self.base))
+    }
+    fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        client().delete(format!("{}{path}", self.base))
+    }
+}
+
+/// The response is the execd error `code` with this HTTP status.
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
+    let (st, body) = error_of(resp).await;
+    assert_eq!((st, body["code"].as_str()), (status, Some(code)), "{body}");
+}
+
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.expect("error bodies are JSON");
@@ -90,8 +108,7 @@ async fn wrong_or_missing_token_is_401_but_ping_is_open() {
         .send()
         .await
         .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (401, Some("UNAUTHORIZED")));
+    expect_error(r, 401, "UNAUTHORIZED").await;
     let r = plain
         .get(format!("{}/files/info?path=/", s.base))
         .header("x-execd-access-token", "wrong")
@@ -113,29 +130,19 @@ async fn wrong_or_missing_token_is_401_but_ping_is_open() {
 #[tokio::test]
 async fn bad_json_and_oversize_json() {
     let s = start().await;
-    let c = client();
-    let r = c
-        .post(format!("{}/command", s.base))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!(
-        (st, body["code"].as_str()),
-        (400, Some("INVALID_REQUEST_BODY"))
-    );
+    let r = s.post("/command").body("{not json").send().await.unwrap();
+    expect_error(r, 400, "INVALID_REQUEST_BODY").await;
 
-    let r = c
-        .post(format!("{}/command", s.base))
+    let r = s
+        .post("/command")
         .json(&json!({"cwd": "/"}))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await.0, 400, "command or argv required");
 
-    let r = c
-        .post(format!("{}/command", s.base))
+    let r = s
+        .post("/command")
         .json(&json!({"command": "true", "timeout": -5}))
         .send()
         .await
@@ -143,54 +150,37 @@ async fn bad_json_and_oversize_json() {
     assert_eq!(error_of(r).await.0, 400);
 
     let big = json!({"command": "x".repeat(5000)});
-    let r = c
-        .post(format!("{}/command", s.base))
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!(
-        (st, body["code"].as_str()),
-        (413, Some("PAYLOAD_TOO_LARGE"))
-    );
+    let r = s.post("/command").json(&big).send().await.unwrap();
+    expect_error(r, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
 #[tokio::test]
 async fn missing_file_directory_and_ranges() {
     let s = start().await;
-    let c = client();
     let missing = s.work.join("nope.txt");
-    let r = c
-        .get(format!("{}/files/download", s.base))
+    let r = s
+        .get("/files/download")
         .query(&[("path", &missing)])
         .send()
         .await
         .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (404, Some("FILE_NOT_FOUND")));
+    expect_error(r, 404, "FILE_NOT_FOUND").await;
 
-    let r = c
-        .get(format!("{}/files/download", s.base))
+    let r = s
+        .get("/files/download")
         .query(&[("path", &s.work)])
         .send()
         .await
         .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (400, Some("IS_A_DIRECTORY")));
+    expect_error(r, 400, "IS_A_DIRECTORY").await;
 
-    let r = c
-        .get(format!("{}/files/download", s.base))
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (400, Some("MISSING_QUERY")));
+    let r = s.get("/files/download").send().await.unwrap();
+    expect_error(r, 400, "MISSING_QUERY").await;
 
     let f = s.work.join("digits");
     std::fs::write(&f, "0123456789").unwrap();
-    let r = c
-        .get(format!("{}/files/download", s.base))
+    let r = s
+        .get("/files/download")
         .query(&[("path", &f)])
         .header("Range", "bytes=2-4")
         .send()
@@ -199,8 +189,8 @@ async fn missing_file_directory_and_ranges() {
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 2-4/10");
     assert_eq!(r.text().await.unwrap(), "234");
-    let r = c
-        .get(format!("{}/files/download", s.base))
+    let r = s
+        .get("/files/download")
         .query(&[("path", &f)])
         .header("Range", "bytes=20-")
         .send()
@@ -209,23 +199,22 @@ async fn missing_file_directory_and_ranges() {
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */10");
 
-    let r = c
-        .get(format!("{}/files/info", s.base))
+    let r = s
+        .get("/files/info")
         .query(&[("path", &missing)])
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await.0, 404);
-    let r = c
-        .get(format!("{}/directories/list", s.base))
+    let r = s
+        .get("/directories/list")
         .query(&[("path", &f)])
         .send()
         .await
         .unwrap();
-    let (st, body) = error_of(r).await;
-    assert_eq!((st, body["code"].as_str()), (400, Some("NOT_A_DIRECTORY")));
-    let r = c
-        .get(format!("{}/directories/list", s.base))
+    expect_error(r, 400, "NOT_A_DIRECTORY").await;
+    let r = s
+        .get("/directories/list")
         .query(&[("path", s.work.to_str().unwrap()), ("depth", "x")])
         .send()
         .await
@@ -251,14 +240,13 @@ fn multipart(path: &std::path::Path, data: &[u8]) -> (String, Vec<u8>) {
 #[tokio::test]
 async fn oversize_upload_is_413_chunked_and_leaves_nothing() {
     let s = start().await;
-    let c = client();
     let target = s.work.join("big.bin");
     let (ct, body) = multipart(&target, &[1u8; 2048]);
     // Chunked transfer encoding: a streamed body has no Content-Length.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(100).map(|c| Ok(c.to_vec())).collect();
-    let r = c
-        .post(format!("{}/files/upload", s.base))
+    let r = s
+        .post("/files/upload")
         .header("content-type", ct.clone())
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
@@ -278,8 +266,8 @@ async fn oversize_upload_is_413_chunked_and_leaves_nothing() {
     let (ct, body) = multipart(&target, &[2u8; 1000]);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(100).map(|c| Ok(c.to_vec())).collect();
-    let r = c
-        .post(format!("{}/files/upload", s.base))
+    let r = s
+        .post("/files/upload")
         .header("content-type", ct)
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
@@ -290,8 +278,8 @@ async fn oversize_upload_is_413_chunked_and_leaves_nothing() {
     assert_eq!(r.status(), 200);
     assert_eq!(std::fs::read(&target).unwrap(), vec![2u8; 1000]);
 
-    let r = c
-        .post(format!("{}/files/upload", s.base))
+    let r = s
+        .post("/files/upload")
         .header("content-type", "text/plain")
         .body("x")
         .send()
@@ -351,9 +339,8 @@ async fn output_is_streamed_as_produced() {
 #[tokio::test]
 async fn failing_and_timed_out_commands_report_exit_codes() {
     let s = start().await;
-    let c = client();
-    let r = c
-        .post(format!("{}/command", s.base))
+    let r = s
+        .post("/command")
         .json(&json!({"command": "echo oops >&2; exit 3"}))
         .send()
         .await
@@ -369,8 +356,8 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
         (Some("error"), Some("3"))
     );
 
-    let r = c
-        .post(format!("{}/command", s.base))
+    let r = s
+        .post("/command")
         .json(&json!({"command": "sleep 10", "timeout": 200}))
         .send()
         .await
@@ -379,18 +366,10 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     let last = &ev.last().unwrap().1;
     assert_eq!(last["error"]["evalue"], "137");
 
-    let r = c
-        .get(format!("{}/command/status/nope", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/command/status/nope").send().await.unwrap();
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (404, Some("COMMAND_NOT_FOUND")));
-    let r = c
-        .delete(format!("{}/command", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.delete("/command").send().await.unwrap();
     assert_eq!(error_of(r).await.0, 400);
 }
 
@@ -634,7 +613,6 @@ async fn grpc_files(s: &Server, c: &mut RuntimeClient<tonic::transport::Channel>
 #[tokio::test]
 async fn removal_refuses_root_and_dot_paths() {
     let s = start().await;
-    let c = client();
     std::fs::create_dir_all(s.work.join("sub/inner")).unwrap();
     let work = s.work.to_str().unwrap().to_string();
     for (route, path) in [
@@ -643,8 +621,8 @@ async fn removal_refuses_root_and_dot_paths() {
         ("directories", format!("{work}/sub/inner/..")),
         ("directories", format!("{work}/sub/.")),
     ] {
-        let r = c
-            .delete(format!("{}/{route}", s.base))
+        let r = s
+            .delete(&format!("/{route}"))
             .query(&[("path", &path)])
             .send()
             .await
@@ -657,8 +635,8 @@ async fn removal_refuses_root_and_dot_paths() {
         );
     }
     assert!(s.work.join("sub/inner").is_dir(), "nothing removed");
-    let r = c
-        .delete(format!("{}/directories", s.base))
+    let r = s
+        .delete("/directories")
         .query(&[("path", s.work.join("sub/inner"))])
         .send()
         .await
