@@ -7,6 +7,8 @@
 // test helpers (outside #[test] fns) fail the test on a broken fixture
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{
     collections::{BTreeMap, HashMap},
     pin::Pin,
@@ -14,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use sandpool_core::{Template, claim::ClaimState, pool::CapacitySpec};
+use sandpool_core::claim::ClaimState;
 use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
 use sandpool_scheduler::{SchedError, Scheduler, SchedulerConfig, scheduler::PoolRec};
 use tokio::sync::mpsc;
@@ -237,32 +239,18 @@ async fn platform() -> (FakeNode, Arc<Scheduler>, tempfile::TempDir) {
 }
 
 fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
-    PoolRec {
-        name: name.into(),
-        template: Template {
-            image: "busybox".into(),
-            command: vec!["sleep".into(), "1000".into()],
-            ..Default::default()
-        },
-        capacity: CapacitySpec {
-            buffer_min: bmin,
-            buffer_max: bmax,
-            pool_min: 0,
-            pool_max: pmax,
-        },
-    }
+    support::pool(name, &["sleep", "1000"], bmin, bmax, pmax)
 }
 
 /// Poll `done` every 20 ms; panic naming `what` if it does not hold within 10 s.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after 10 s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    support::wait_until(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        done,
+    )
+    .await;
 }
 
 fn status(s: &Scheduler, pool: &str) -> pb::PoolStatus {

@@ -6,9 +6,10 @@
 // test helpers (outside #[test] fns) fail the test on a broken fixture
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use sandpool_core::{Template, pool::CapacitySpec};
 use sandpool_node_agent::{
     service::NodeAgentService,
     testkit::{TestNode, gate},
@@ -94,31 +95,18 @@ async fn node_agents_refuse_a_scheduler_without_the_service_token() {
 }
 
 fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
-    PoolRec {
-        name: name.into(),
-        template: Template {
-            image: "busybox".into(),
-            ..Default::default()
-        },
-        capacity: CapacitySpec {
-            buffer_min: bmin,
-            buffer_max: bmax,
-            pool_min: 0,
-            pool_max: pmax,
-        },
-    }
+    support::pool(name, &[], bmin, bmax, pmax)
 }
 
 /// Poll `done` every 50 ms; panic naming `what` if it does not hold within 30 s.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after 30 s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    support::wait_until(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        done,
+    )
+    .await;
 }
 
 async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
