@@ -1,3 +1,7 @@
+//! The `sandpool-runtime` binary: command-line flags into a [`Config`], then
+//! the runtime's servers (execd and gRPC on 44772; envd and the code
+//! interpreter where `--envd-listen`/`--interp-listen` say) until a signal.
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;

@@ -1,3 +1,5 @@
+//! The one error type of the controllers and the CRD-backed scheduler.
+
 use kube::runtime::finalizer;
 
 /// Errors of the Kubernetes controllers and the CRD-backed scheduler.
