@@ -26,6 +26,66 @@ pub enum CoreError {
     InvalidPatch(String),
     #[error("bad page token {0:?}: not an offset from an earlier page")]
     InvalidPageToken(String),
+    #[error("unknown {what} {value:?}: one of {expected}")]
+    UnknownValue {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// The OCI runtime a sandbox runs under (stored as `"runc"` / `"runsc"`; an
+/// empty string in older records is runc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeClass {
+    #[default]
+    #[serde(alias = "")]
+    Runc,
+    /// gVisor.
+    Runsc,
+}
+
+/// What releasing a claimed sandbox does (stored as `"delete"` / `"recycle"`;
+/// an empty string in older records is delete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleasePolicy {
+    #[default]
+    #[serde(alias = "")]
+    Delete,
+    /// Reset the sandbox and return it to its pool.
+    Recycle,
+}
+
+impl std::str::FromStr for RuntimeClass {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "runc" => Ok(Self::Runc),
+            "runsc" => Ok(Self::Runsc),
+            other => Err(CoreError::UnknownValue {
+                what: "runtime class",
+                value: other.to_string(),
+                expected: "runc, runsc",
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for ReleasePolicy {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "delete" => Ok(Self::Delete),
+            "recycle" => Ok(Self::Recycle),
+            other => Err(CoreError::UnknownValue {
+                what: "release policy",
+                value: other.to_string(),
+                expected: "delete, recycle",
+            }),
+        }
+    }
 }
 
 /// A sandbox template in serde form (the proto `SandboxTemplate` lives in
@@ -43,12 +103,10 @@ pub struct Template {
     pub memory: String,
     #[serde(default)]
     pub pids: u32,
-    /// "runc" | "runsc"
     #[serde(default)]
-    pub runtime_class: String,
-    /// "delete" | "recycle"
+    pub runtime_class: RuntimeClass,
     #[serde(default)]
-    pub release_policy: String,
+    pub release_policy: ReleasePolicy,
     /// Run as root instead of the default unprivileged sandbox user (uid/gid
     /// 61000, the node agent's `SANDBOX_USER`).
     #[serde(default)]
@@ -56,4 +114,45 @@ pub struct Template {
     /// runsc without a network, so it can be checkpointed, restored, forked.
     #[serde(default)]
     pub checkpointable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ReleasePolicy, RuntimeClass, Template};
+
+    #[test]
+    fn runtime_class_and_release_policy_keep_their_stored_names() {
+        let t = Template {
+            runtime_class: RuntimeClass::Runsc,
+            release_policy: ReleasePolicy::Recycle,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&t).expect("json");
+        assert_eq!(
+            (v["runtime_class"].as_str(), v["release_policy"].as_str()),
+            (Some("runsc"), Some("recycle"))
+        );
+        // records written before the enums held "" for the defaults
+        let old: Template =
+            serde_json::from_str(r#"{"image":"x","runtime_class":"","release_policy":""}"#)
+                .expect("old");
+        assert_eq!(
+            (old.runtime_class, old.release_policy),
+            (RuntimeClass::Runc, ReleasePolicy::Delete)
+        );
+        assert!(
+            serde_json::from_str::<Template>(r#"{"image":"x","runtime_class":"kata"}"#).is_err()
+        );
+        assert_eq!("runsc".parse::<RuntimeClass>(), Ok(RuntimeClass::Runsc));
+        let e = "kata".parse::<RuntimeClass>().expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            r#"unknown runtime class "kata": one of runc, runsc"#
+        );
+        assert_eq!(
+            "recycle".parse::<ReleasePolicy>(),
+            Ok(ReleasePolicy::Recycle)
+        );
+        assert!("keep".parse::<ReleasePolicy>().is_err());
+    }
 }

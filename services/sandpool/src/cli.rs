@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
-use sandpool_core::Template;
+use sandpool_core::{RuntimeClass, Template};
 use sandpool_proto::{
     auth::{AuthChannel, ServiceToken},
     v1::{self as pb, scheduler_client::SchedulerClient},
@@ -87,7 +87,7 @@ pub enum PoolCmd {
         pool_max: u32,
         /// runc or runsc
         #[arg(long, default_value = "runc")]
-        runtime: String,
+        runtime: RuntimeClass,
         #[arg(long, default_value = "")]
         cpu: String,
         #[arg(long, default_value = "")]

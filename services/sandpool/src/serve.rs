@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use sandpool_core::{Template, pool::CapacitySpec};
+use sandpool_core::{RuntimeClass, Template, pool::CapacitySpec};
 use sandpool_node_agent::{
     agent::{Agent, AgentConfig},
     containerd::Ctr,
@@ -113,7 +113,12 @@ fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
         name: f[0].to_string(),
         template: Template {
             image: f[1].to_string(),
-            runtime_class: f.get(6).unwrap_or(&"runc").to_string(),
+            runtime_class: match f.get(6) {
+                Some(r) => r
+                    .parse()
+                    .with_context(|| format!("--pool {s:?}: field 7"))?,
+                None => RuntimeClass::Runc,
+            },
             checkpointable,
             ..Default::default()
         },
@@ -424,5 +429,27 @@ async fn cleanup(sched: Option<&Scheduler>, agent: Option<&Arc<Agent>>) {
             let _ = ag.release(&sb.sandbox_id, pb::ReleasePolicy::Delete).await;
         }
         ag.cfg.net.remove_isolation();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandpool_core::RuntimeClass;
+
+    use super::parse_pool;
+
+    #[test]
+    fn pool_flags_name_their_runtime_class_or_are_refused() {
+        let p = parse_pool("py:python:1:2:0:8:runsc:checkpointable").expect("runsc");
+        assert_eq!(p.template.runtime_class, RuntimeClass::Runsc);
+        assert!(p.template.checkpointable);
+        let p = parse_pool("d:busybox:1:2:0:8").expect("default");
+        assert_eq!(p.template.runtime_class, RuntimeClass::Runc);
+        // an unknown runtime used to become runc without a word
+        let e = parse_pool("d:busybox:1:2:0:8:kata").expect_err("unknown runtime");
+        assert!(
+            format!("{e:#}").contains("unknown runtime class \"kata\""),
+            "{e:#}"
+        );
     }
 }

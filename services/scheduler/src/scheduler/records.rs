@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sandpool_core::{Template, claim::ClaimState, pool::CapacitySpec};
+use sandpool_core::{ReleasePolicy, RuntimeClass, Template, claim::ClaimState, pool::CapacitySpec};
 use sandpool_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -82,13 +82,13 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
             memory: t.memory.clone(),
             pids: t.pids,
         }),
-        runtime_class: match t.runtime_class.as_str() {
-            "runsc" => pb::RuntimeClass::Runsc as i32,
-            _ => pb::RuntimeClass::Runc as i32,
+        runtime_class: match t.runtime_class {
+            RuntimeClass::Runsc => pb::RuntimeClass::Runsc as i32,
+            RuntimeClass::Runc => pb::RuntimeClass::Runc as i32,
         },
-        release_policy: match t.release_policy.as_str() {
-            "recycle" => pb::ReleasePolicy::Recycle as i32,
-            _ => pb::ReleasePolicy::Delete as i32,
+        release_policy: match t.release_policy {
+            ReleasePolicy::Recycle => pb::ReleasePolicy::Recycle as i32,
+            ReleasePolicy::Delete => pb::ReleasePolicy::Delete as i32,
         },
         labels: Default::default(),
         run_as_root: t.run_as_root,
@@ -106,8 +106,8 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
         memory: r.memory,
         pids: r.pids,
         runtime_class: match pb::RuntimeClass::try_from(t.runtime_class) {
-            Ok(pb::RuntimeClass::Runsc) => "runsc".into(),
-            Ok(_) => "runc".into(),
+            Ok(pb::RuntimeClass::Runsc) => RuntimeClass::Runsc,
+            Ok(_) => RuntimeClass::Runc,
             Err(_) => {
                 return Err(SchedError::Invalid(format!(
                     "unknown runtime class {}",
@@ -116,8 +116,8 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
             }
         },
         release_policy: match pb::ReleasePolicy::try_from(t.release_policy) {
-            Ok(pb::ReleasePolicy::Recycle) => "recycle".into(),
-            Ok(_) => "delete".into(),
+            Ok(pb::ReleasePolicy::Recycle) => ReleasePolicy::Recycle,
+            Ok(_) => ReleasePolicy::Delete,
             Err(_) => {
                 return Err(SchedError::Invalid(format!(
                     "unknown release policy {}",
