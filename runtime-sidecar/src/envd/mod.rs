@@ -124,7 +124,7 @@ pub fn router(st: EnvdState) -> Router {
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         expected: st.app.cfg.access_token.as_deref().map(Arc::from),
-        header: "x-access-token",
+        headers: &["x-access-token"],
         guards: |path| path != "/health",
         refuse: || {
             ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
