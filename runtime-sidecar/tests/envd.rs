@@ -301,3 +301,69 @@ async fn signal_by_tag_and_enum_name() {
         .expect("end event");
     assert_eq!(end["status"], "signal: killed", "{end}");
 }
+
+/// Polled watchers and `/init` env vars are bounded: the one past the bound
+/// is refused with `resource_exhausted` and changes nothing.
+#[tokio::test]
+async fn watchers_and_init_env_are_bounded() {
+    let (base, d) = serve().await;
+    std::fs::create_dir_all(d.path().join("home/w")).unwrap();
+    let c = reqwest::Client::new();
+    let create = json!({"path": "w", "recursive": false});
+    let mut ids = Vec::new();
+    for i in 0..64 {
+        let (st, v) = unary(
+            &c,
+            &base,
+            "filesystem.Filesystem/CreateWatcher",
+            create.clone(),
+        )
+        .await;
+        assert_eq!(st, 200, "watcher {i}: {v}");
+        ids.push(v["watcherId"].as_str().unwrap().to_string());
+    }
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/CreateWatcher",
+        create.clone(),
+    )
+    .await;
+    assert_eq!((st, &v["code"]), (429, &json!("resource_exhausted")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("64 of 64"), "{v}");
+    let (st, _) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": ids[0]}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v) = unary(&c, &base, "filesystem.Filesystem/CreateWatcher", create).await;
+    assert_eq!(st, 200, "room again after a removal: {v}");
+
+    let envs = || async {
+        let r = c
+            .get(format!("{base}/envs"))
+            .header("x-access-token", TOKEN)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let (st, _) = unary(&c, &base, "init", json!({"envVars": {"A": "1"}})).await;
+    assert_eq!(st, 204);
+    let many: serde_json::Map<String, Value> =
+        (0..1100).map(|i| (format!("K{i}"), json!("v"))).collect();
+    let (st, v) = unary(&c, &base, "init", json!({"envVars": many})).await;
+    assert_eq!((st, &v["code"]), (429, &json!("resource_exhausted")), "{v}");
+    let big = json!({"envVars": {"B": "x".repeat(2 << 20)}});
+    let (st, _) = unary(&c, &base, "init", big).await;
+    assert_eq!(st, 429);
+    let now = envs().await;
+    assert_eq!(now["A"], "1");
+    assert!(
+        now.get("K0").is_none() && now.get("B").is_none(),
+        "refused /init changed nothing"
+    );
+}

@@ -35,6 +35,19 @@ impl Drop for Watcher {
 
 pub(super) const MAX_BUFFERED_EVENTS: usize = 10_000;
 
+/// Polled watchers (`CreateWatcher`) per runtime: each one is an inotify
+/// instance on a thread until `RemoveWatcher`.
+pub const MAX_WATCHERS: usize = 64;
+
+fn too_many_watchers(n: usize) -> ConnectError {
+    ConnectError::new(
+        "resource_exhausted",
+        format!(
+            "too many watchers: {n} of {MAX_WATCHERS} in use; remove one (RemoveWatcher) first"
+        ),
+    )
+}
+
 /// Watch `root` (recursively: every subdirectory, including new ones) with
 /// inotify on a thread; `sink` gets E2B `FilesystemEvent`s until `stop` is set
 /// or it returns false.
@@ -201,6 +214,10 @@ pub(super) async fn create_watcher(
     body: Body,
 ) -> CResult<Json<CreateWatcherResponse>> {
     let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
+    let n = st.envd.watchers.lock().len();
+    if n >= MAX_WATCHERS {
+        return Err(too_many_watchers(n));
+    }
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
@@ -213,10 +230,14 @@ pub(super) async fn create_watcher(
         true
     })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    st.envd
-        .watchers
-        .lock()
-        .insert(id.clone(), Watcher { events, stop });
+    let watcher = Watcher { events, stop };
+    let mut g = st.envd.watchers.lock();
+    if g.len() >= MAX_WATCHERS {
+        // a concurrent create took the last place; dropping stops this one
+        return Err(too_many_watchers(g.len()));
+    }
+    g.insert(id.clone(), watcher);
+    drop(g);
     Ok(Json(CreateWatcherResponse { watcher_id: id }))
 }
 
