@@ -367,3 +367,42 @@ async fn watchers_and_init_env_are_bounded() {
         "refused /init changed nothing"
     );
 }
+
+/// Open `WatchDir` streams are bounded (64); a closed one gives its place back.
+#[tokio::test]
+async fn watch_streams_are_bounded() {
+    let (base, d) = serve().await;
+    std::fs::create_dir_all(d.path().join("home/w")).unwrap();
+    let c = reqwest::Client::new();
+    let open = || {
+        c.post(format!("{base}/filesystem.Filesystem/WatchDir"))
+            .header("content-type", "application/connect+json")
+            .header("x-access-token", TOKEN)
+            .header("keepalive-ping-interval", "1")
+            .body(envelope(0, &json!({"path": "w"})))
+            .send()
+    };
+    let mut streams = Vec::new();
+    for i in 0..64 {
+        let mut r = open().await.unwrap();
+        let first = r.chunk().await.unwrap().unwrap();
+        assert_eq!(envelopes(&first)[0].0, 0, "stream {i} started");
+        streams.push(r);
+    }
+    let refused = open().await.unwrap().bytes().await.unwrap();
+    let (flags, end) = envelopes(&refused).pop().unwrap();
+    assert_eq!(flags, 2, "{end}");
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+    // closing one frees its place once the runtime notices (keepalive: 1 s)
+    streams.pop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut r = open().await.unwrap();
+        let first = r.chunk().await.unwrap().unwrap();
+        if envelopes(&first)[0].0 == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -63,6 +63,8 @@ pub struct Envd {
     procs: Arc<Mutex<HashMap<u32, Arc<EnvdProcess>>>>,
     env: Arc<Mutex<HashMap<String, String>>>,
     watchers: Arc<Mutex<HashMap<String, Watcher>>>,
+    /// Open `WatchDir` streams (each an inotify thread while it lasts).
+    watch_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Envd {

@@ -39,6 +39,32 @@ pub(super) const MAX_BUFFERED_EVENTS: usize = 10_000;
 /// instance on a thread until `RemoveWatcher`.
 pub const MAX_WATCHERS: usize = 64;
 
+/// Open `WatchDir` streams per runtime.
+pub const MAX_WATCH_STREAMS: usize = 64;
+
+/// A place among the open `WatchDir` streams, given back on drop.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> CResult<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        open.fetch_update(SeqCst, SeqCst, |n| (n < MAX_WATCH_STREAMS).then_some(n + 1))
+            .map_err(|n| {
+                ConnectError::new(
+                    "resource_exhausted",
+                    format!("too many WatchDir streams: {n} of {MAX_WATCH_STREAMS} open; close one first"),
+                )
+            })?;
+        Ok(StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn too_many_watchers(n: usize) -> ConnectError {
     ConnectError::new(
         "resource_exhausted",
@@ -161,6 +187,7 @@ pub(super) async fn watch_dir(
     let res = async {
         let b = read_body(&st, body).await?;
         let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
+        let slot = StreamSlot::take(&st.envd.watch_streams)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
@@ -170,6 +197,7 @@ pub(super) async fn watch_dir(
         let every = keepalive(&headers);
         tokio::spawn(async move {
             let _stop_on_exit = StopOnDrop(stop);
+            let _slot = slot;
             if tx
                 .send(envelope(
                     0,
