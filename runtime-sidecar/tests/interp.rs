@@ -143,7 +143,7 @@ async fn contexts_are_bounded_in_number_and_size() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(create(&c, &base, json!({})).await.status(), StatusCode::OK);
     // a 1 MB cwd is refused (it used to be kept, 1 MB per context)
-    let r = create(&c, &base, json!({"cwd": "/".repeat(1 << 20)})).await;
+    let r = create(&c, &base, json!({"cwd": "/".repeat(1_000_000)})).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = create(&c, &base, json!({"cwd": "x".repeat(5000)})).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

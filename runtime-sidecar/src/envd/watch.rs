@@ -35,24 +35,17 @@ impl Drop for Watcher {
 
 pub(super) const MAX_BUFFERED_EVENTS: usize = 10_000;
 
-/// Polled watchers (`CreateWatcher`) per runtime: each one is an inotify
-/// instance on a thread until `RemoveWatcher`.
-pub const MAX_WATCHERS: usize = 64;
-
-/// Open `WatchDir` streams per runtime.
-pub const MAX_WATCH_STREAMS: usize = 64;
-
 /// A place among the open `WatchDir` streams, given back on drop.
 struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
 
 impl StreamSlot {
-    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> CResult<Self> {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> CResult<Self> {
         use std::sync::atomic::Ordering::SeqCst;
-        open.fetch_update(SeqCst, SeqCst, |n| (n < MAX_WATCH_STREAMS).then_some(n + 1))
+        open.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
             .map_err(|n| {
                 ConnectError::new(
                     "resource_exhausted",
-                    format!("too many WatchDir streams: {n} of {MAX_WATCH_STREAMS} open; close one first"),
+                    format!("too many WatchDir streams: {n} of {max} open; close one first"),
                 )
             })?;
         Ok(StreamSlot(open.clone()))
@@ -65,12 +58,10 @@ impl Drop for StreamSlot {
     }
 }
 
-fn too_many_watchers(n: usize) -> ConnectError {
+fn too_many_watchers(n: usize, max: usize) -> ConnectError {
     ConnectError::new(
         "resource_exhausted",
-        format!(
-            "too many watchers: {n} of {MAX_WATCHERS} in use; remove one (RemoveWatcher) first"
-        ),
+        format!("too many watchers: {n} of {max} in use; remove one (RemoveWatcher) first"),
     )
 }
 
@@ -187,7 +178,7 @@ pub(super) async fn watch_dir(
     let res = async {
         let b = read_body(&st, body).await?;
         let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
-        let slot = StreamSlot::take(&st.envd.watch_streams)?;
+        let slot = StreamSlot::take(&st.envd.watch_streams, st.app.cfg.max_watchers)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
@@ -242,9 +233,10 @@ pub(super) async fn create_watcher(
     body: Body,
 ) -> CResult<Json<CreateWatcherResponse>> {
     let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
+    let max = st.app.cfg.max_watchers;
     let n = st.envd.watchers.lock().len();
-    if n >= MAX_WATCHERS {
-        return Err(too_many_watchers(n));
+    if n >= max {
+        return Err(too_many_watchers(n, max));
     }
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -260,9 +252,9 @@ pub(super) async fn create_watcher(
     let id = uuid::Uuid::new_v4().simple().to_string();
     let watcher = Watcher { events, stop };
     let mut g = st.envd.watchers.lock();
-    if g.len() >= MAX_WATCHERS {
+    if g.len() >= max {
         // a concurrent create took the last place; dropping stops this one
-        return Err(too_many_watchers(g.len()));
+        return Err(too_many_watchers(g.len(), max));
     }
     g.insert(id.clone(), watcher);
     drop(g);

@@ -15,7 +15,7 @@ pub const MAX_CONTEXTS: usize = 32;
 /// Longest working directory of a context (Linux `PATH_MAX`).
 pub const MAX_CWD_BYTES: usize = 4096;
 /// Largest `POST /contexts` body.
-pub const MAX_CREATE_BODY_BYTES: usize = 64 << 10;
+pub const MAX_CREATE_BODY_BYTES: usize = 1 << 20;
 /// Most environment variables one `/execute` sets.
 pub const MAX_ENV_VARS: usize = 256;
 /// Largest total size (names and values) of the environment one `/execute` sets.
