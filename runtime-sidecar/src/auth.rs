@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 pub struct TokenGuard {
     /// The configured token; `None` lets everything through.
     pub expected: Option<Arc<str>>,
-    /// The request header carrying the token.
-    pub header: &'static str,
+    /// The request headers that may carry the token (any one matching passes).
+    pub headers: &'static [&'static str],
     /// Whether a request path needs the token.
     pub guards: fn(&str) -> bool,
     /// The answer to a missing or wrong token.
@@ -34,7 +34,8 @@ impl TokenGuard {
 }
 
 async fn require_token(State(g): State<TokenGuard>, req: Request, next: Next) -> Response {
-    if (g.guards)(req.uri().path()) && !token_ok(req.headers(), g.header, g.expected.as_deref()) {
+    let ok = |h: &&str| token_ok(req.headers(), h, g.expected.as_deref());
+    if (g.guards)(req.uri().path()) && !g.headers.iter().any(ok) {
         return (g.refuse)();
     }
     next.run(req).await

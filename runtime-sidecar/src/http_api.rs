@@ -74,7 +74,7 @@ pub fn router(state: AppState) -> Router {
     // (as upstream execd does) so health probes need no secret.
     TokenGuard {
         expected: state.cfg.access_token.as_deref().map(Arc::from),
-        header: "x-execd-access-token",
+        headers: &["x-execd-access-token"],
         guards: |path| path != "/ping",
         refuse: || RuntimeError::Unauthorized.into_response(),
     }

@@ -52,6 +52,10 @@ pub struct Config {
     /// The home directory relative envd paths resolve against; `None` reads
     /// `$HOME` (falling back to `/root`). Tests point it at a tempdir.
     pub home: Option<PathBuf>,
+    /// envd polled watchers (`CreateWatcher`), and separately open
+    /// `WatchDir` streams, per runtime: each is an inotify instance (the
+    /// kernel's default is 128 per user).
+    pub max_watchers: usize,
 }
 
 impl Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             max_finished_commands: 1024,
             ping_interval: Duration::from_secs(3),
             home: None,
+            max_watchers: 32,
         }
     }
 }

@@ -214,6 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_finished_commands: args.max_finished_commands,
         ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
         home: None,
+        ..Config::default()
     };
     let auth = cfg.access_token.is_some();
     let state = AppState::new(cfg).context("preparing the runtime state")?;

@@ -2,9 +2,13 @@
 //!
 //! The SDK sends repeated pairs: a `metadata` part (JSON `{"path","owner",
 //! "group","mode"}`) followed by a `file` part, usually with chunked transfer
-//! encoding. Each file is streamed to a temporary file next to its target and
-//! renamed into place when complete, so neither memory nor a half-written
-//! target ever holds a partial upload. Limits produce `PAYLOAD_TOO_LARGE`.
+//! encoding. Each file is streamed to a temporary file next to its target;
+//! the files are renamed into place once the whole request was received
+//! ([`staging`]), so neither memory nor a target ever holds a partial upload,
+//! and a refused request leaves nothing behind. Limits produce
+//! `PAYLOAD_TOO_LARGE`.
+
+mod staging;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,7 @@ use crate::{
     error::{Result, RuntimeError},
     files::{self, Permission},
 };
+use staging::{Staged, Staging};
 
 #[derive(Debug, Clone)]
 pub struct UploadLimits {
@@ -82,25 +87,31 @@ fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
     }
 }
 
-/// Stream one multipart field into `path` (temp file + rename).
+/// Stream one multipart field into a temp file for `path` (see [`write_stream`]).
 async fn write_field(
     field: &mut multer::Field<'static>,
+    staging: &mut Staging,
     path: &str,
     perm: &Permission,
     limits: &UploadLimits,
-) -> Result<UploadedFile> {
-    write_stream(field, path, perm, limits, |e| multer_error(e, limits)).await
+) -> Result<()> {
+    write_stream(field, staging, path, perm, limits, |e| {
+        multer_error(e, limits)
+    })
+    .await
 }
 
-/// Write a stream of chunks to `path` through a temp file next to it,
-/// enforcing the file size limit; nothing is left behind on error.
+/// Write a stream of chunks to a temp file next to `path`, enforcing the
+/// file size limit, and stage it for the rename into place; nothing is left
+/// behind on error.
 async fn write_stream<S, E>(
     chunks: &mut S,
+    staging: &mut Staging,
     path: &str,
     perm: &Permission,
     limits: &UploadLimits,
     map_err: impl Fn(E) -> RuntimeError,
-) -> Result<UploadedFile>
+) -> Result<()>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
 {
@@ -114,9 +125,7 @@ where
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+    staging.create_dir_all(dir).await?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -146,14 +155,14 @@ where
     out.flush().await.map_err(|e| RuntimeError::io(path, e))?;
     drop(out);
     files::set_permissions(&tmp.to_string_lossy(), perm)?;
-    tokio::fs::rename(&tmp, target)
-        .await
-        .map_err(|e| RuntimeError::io(path, e))?;
     guard.0 = None;
-    Ok(UploadedFile {
+    staging.push(Staged {
+        tmp,
+        target: target.to_path_buf(),
         path: path.to_string(),
         size,
-    })
+    });
+    Ok(())
 }
 
 /// E2B's `POST /files` multipart: every `file` part is written to its
@@ -180,7 +189,7 @@ where
         ),
     );
     let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
-    let mut done = Vec::new();
+    let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         if field.name() != Some("file") {
             return Err(RuntimeError::InvalidRequest(format!(
@@ -188,7 +197,7 @@ where
                 field.name().unwrap_or("")
             )));
         }
-        if done.len() >= limits.max_files {
+        if staging.len() >= limits.max_files {
             return Err(RuntimeError::PayloadTooLarge(format!(
                 "more than {} files",
                 limits.max_files
@@ -208,23 +217,16 @@ where
             }
         };
         let path = resolve(&path, home);
-        done.push(
-            write_field(
-                &mut field,
-                &path,
-                &Permission {
-                    mode: Some(644),
-                    ..Default::default()
-                },
-                limits,
-            )
-            .await?,
-        );
+        let perm = Permission {
+            mode: Some(644),
+            ..Default::default()
+        };
+        write_field(&mut field, &mut staging, &path, &perm, limits).await?;
     }
-    if done.is_empty() {
+    if staging.len() == 0 {
         return Err(RuntimeError::InvalidRequest("no files in upload".into()));
     }
-    Ok(done)
+    staging.commit().await
 }
 
 /// E2B's `POST /files` octet-stream body (optionally gzip-encoded) to `path`.
@@ -245,10 +247,16 @@ where
         ..Default::default()
     };
     let mut s = stream;
-    let written = write_stream(&mut s, &path, &perm, limits, |e| {
+    let mut staging = Staging::default();
+    write_stream(&mut s, &mut staging, &path, &perm, limits, |e| {
         RuntimeError::InvalidRequest(format!("reading upload: {e}"))
     })
     .await?;
+    let written = staging
+        .commit()
+        .await?
+        .pop()
+        .ok_or_else(|| RuntimeError::InvalidRequest("no file in upload".into()))?;
     if !gzip {
         return Ok(written);
     }
@@ -309,7 +317,7 @@ where
     );
     let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut pending: Option<FileMetadata> = None;
-    let mut done = Vec::new();
+    let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         match field.name() {
             Some("metadata") => {
@@ -332,7 +340,7 @@ where
                         "file part without a preceding metadata part".into(),
                     )
                 })?;
-                if done.len() >= limits.max_files {
+                if staging.len() >= limits.max_files {
                     return Err(RuntimeError::PayloadTooLarge(format!(
                         "more than {} files",
                         limits.max_files
@@ -343,7 +351,7 @@ where
                     group: meta.group.clone(),
                     mode: meta.mode.or(Some(644)),
                 };
-                done.push(write_field(&mut field, &meta.path, &perm, limits).await?);
+                write_field(&mut field, &mut staging, &meta.path, &perm, limits).await?;
             }
             other => {
                 return Err(RuntimeError::InvalidRequest(format!(
@@ -359,10 +367,10 @@ where
             m.path
         )));
     }
-    if done.is_empty() {
+    if staging.len() == 0 {
         return Err(RuntimeError::InvalidRequest("no files in upload".into()));
     }
-    Ok(done)
+    staging.commit().await
 }
 
 #[cfg(test)]
@@ -453,6 +461,86 @@ mod tests {
         assert_eq!(
             receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size,
             99
+        );
+    }
+
+    /// Every entry under `dir`, recursively (hidden temp files included).
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(entries(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn refused_uploads_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let limits = UploadLimits {
+            max_files: 3,
+            ..Default::default()
+        };
+        // one file too many: the first three were complete before the refusal
+        let paths: Vec<_> = (0..4)
+            .map(|i| d.path().join(format!("new/sub{i}/f{i}")))
+            .collect();
+        let metas: Vec<_> = paths.iter().map(|p| meta(p, 644)).collect();
+        let mut parts: Vec<(&str, &[u8])> = Vec::new();
+        for m in &metas {
+            parts.extend([("metadata", m.as_slice()), ("file", b"data".as_slice())]);
+        }
+        let e = receive(chunked(body(&parts)), "B".into(), &limits)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
+        assert_eq!(entries(d.path()), Vec::<PathBuf>::new());
+        // E2B's named parts: a bad part after two good files
+        let named = |p: &Path, data: &str| {
+            format!(
+                "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\n\r\n{data}\r\n",
+                p.display()
+            )
+        };
+        let raw = format!(
+            "{}{}--B\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--B--\r\n",
+            named(&paths[0], "a"),
+            named(&paths[1], "b")
+        );
+        let e = receive_named(chunked(raw.into_bytes()), "B".into(), &limits, None, "/")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e}");
+        assert_eq!(entries(d.path()), Vec::<PathBuf>::new());
+        // an existing file is untouched by a refused upload that names it
+        std::fs::write(d.path().join("keep"), "old").unwrap();
+        let keep = meta(&d.path().join("keep"), 644);
+        let parts: Vec<(&str, &[u8])> = vec![
+            ("metadata", &keep),
+            ("file", b"new"),
+            ("metadata", &metas[0]),
+        ];
+        assert!(
+            receive(chunked(body(&parts)), "B".into(), &limits)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("keep")).unwrap(),
+            "old"
+        );
+        assert_eq!(entries(d.path()), vec![d.path().join("keep")]);
+        // within the limit, everything lands
+        let got = receive(chunked(body(&parts[..2])), "B".into(), &limits)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("keep")).unwrap(),
+            "new"
         );
     }
 

@@ -20,6 +20,8 @@ async fn serve() -> (String, tempfile::TempDir) {
         access_token: Some(TOKEN.into()),
         data_dir: dir.path().join("d"),
         home: Some(dir.path().join("home")),
+        // few inotify instances: tests run in parallel under one user's 128
+        max_watchers: 4,
         ..Config::default()
     };
     let state = AppState::new(cfg).unwrap();
@@ -300,4 +302,111 @@ async fn signal_by_tag_and_enum_name() {
         .find_map(|(_, v)| v["event"].get("end").cloned())
         .expect("end event");
     assert_eq!(end["status"], "signal: killed", "{end}");
+}
+
+/// Polled watchers (`max_watchers`, 4 here) and `/init` env vars are
+/// bounded: the one past the bound is refused with `resource_exhausted` and
+/// changes nothing.
+#[tokio::test]
+async fn watchers_and_init_env_are_bounded() {
+    let (base, d) = serve().await;
+    std::fs::create_dir_all(d.path().join("home/w")).unwrap();
+    let c = reqwest::Client::new();
+    let create = json!({"path": "w", "recursive": false});
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let (st, v) = unary(
+            &c,
+            &base,
+            "filesystem.Filesystem/CreateWatcher",
+            create.clone(),
+        )
+        .await;
+        assert_eq!(st, 200, "watcher {i}: {v}");
+        ids.push(v["watcherId"].as_str().unwrap().to_string());
+    }
+    let (st, v) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/CreateWatcher",
+        create.clone(),
+    )
+    .await;
+    assert_eq!((st, &v["code"]), (429, &json!("resource_exhausted")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("4 of 4"), "{v}");
+    let (st, _) = unary(
+        &c,
+        &base,
+        "filesystem.Filesystem/RemoveWatcher",
+        json!({"watcherId": ids[0]}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v) = unary(&c, &base, "filesystem.Filesystem/CreateWatcher", create).await;
+    assert_eq!(st, 200, "room again after a removal: {v}");
+
+    let envs = || async {
+        let r = c
+            .get(format!("{base}/envs"))
+            .header("x-access-token", TOKEN)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let (st, _) = unary(&c, &base, "init", json!({"envVars": {"A": "1"}})).await;
+    assert_eq!(st, 204);
+    let many: serde_json::Map<String, Value> =
+        (0..1100).map(|i| (format!("K{i}"), json!("v"))).collect();
+    let (st, v) = unary(&c, &base, "init", json!({"envVars": many})).await;
+    assert_eq!((st, &v["code"]), (429, &json!("resource_exhausted")), "{v}");
+    let big = json!({"envVars": {"B": "x".repeat(2 << 20)}});
+    let (st, _) = unary(&c, &base, "init", big).await;
+    assert_eq!(st, 429);
+    let now = envs().await;
+    assert_eq!(now["A"], "1");
+    assert!(
+        now.get("K0").is_none() && now.get("B").is_none(),
+        "refused /init changed nothing"
+    );
+}
+
+/// Open `WatchDir` streams are bounded (`max_watchers`, 4 here); a closed one
+/// gives its place back.
+#[tokio::test]
+async fn watch_streams_are_bounded() {
+    let (base, d) = serve().await;
+    std::fs::create_dir_all(d.path().join("home/w")).unwrap();
+    let c = reqwest::Client::new();
+    let open = || {
+        c.post(format!("{base}/filesystem.Filesystem/WatchDir"))
+            .header("content-type", "application/connect+json")
+            .header("x-access-token", TOKEN)
+            .header("keepalive-ping-interval", "1")
+            .body(envelope(0, &json!({"path": "w"})))
+            .send()
+    };
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut r = open().await.unwrap();
+        let first = r.chunk().await.unwrap().unwrap();
+        assert_eq!(envelopes(&first)[0].0, 0, "stream {i} started");
+        streams.push(r);
+    }
+    let refused = open().await.unwrap().bytes().await.unwrap();
+    let (flags, end) = envelopes(&refused).pop().unwrap();
+    assert_eq!(flags, 2, "{end}");
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+    // closing one frees its place once the runtime notices (keepalive: 1 s)
+    streams.pop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut r = open().await.unwrap();
+        let first = r.chunk().await.unwrap().unwrap();
+        if envelopes(&first)[0].0 == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

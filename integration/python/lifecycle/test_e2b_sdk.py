@@ -220,6 +220,41 @@ def test_code_interpreter_keeps_state_between_calls(e2b_env: Sandpool):
         ctx = sbx.create_code_context()
         isolated = sbx.run_code("print('a' in globals())", context=ctx)
         assert isolated.logs.stdout == ["False\n"], "a new context has its own state"
+        # context management carries the token the SDK got at create
+        assert ctx.id in [c.id for c in sbx.list_code_contexts()]
+        sbx.restart_code_context(ctx)
+        sbx.remove_code_context(ctx)
+        assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+    finally:
+        sbx.kill()
+
+
+def test_code_interpreter_needs_the_token(e2b_env: Sandpool):
+    # Without a token, no call on port 49999 but /health is served: not the
+    # context list, create, restart or delete (they used to be open to anyone).
+    code_interpreter = pytest.importorskip("e2b_code_interpreter")
+    sbx = code_interpreter.Sandbox.create(PY_POOL_NAME, timeout=120)
+    try:
+        ctx = sbx.create_code_context()
+        route = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49999"}
+        with httpx.Client(base_url=e2b_env.url, timeout=10, headers=route) as c:
+            calls = [
+                c.get("/contexts"),
+                c.post("/contexts", json={"cwd": "/tmp"}),
+                c.post(f"/contexts/{ctx.id}/restart"),
+                c.delete(f"/contexts/{ctx.id}"),
+                c.post("/execute", json={"code": "1"}),
+            ]
+            assert [r.status_code for r in calls] == [401] * 5
+            bad = c.get("/contexts", headers={"E2B-Traffic-Access-Token": "wrong"})
+            assert bad.status_code == 401
+            assert c.get("/health").status_code == 200
+        assert ctx.id in [c.id for c in sbx.list_code_contexts()], "nothing was deleted"
+        # 32 contexts per sandbox: one exists, 31 more fit, the next is refused
+        for _ in range(31):
+            sbx.create_code_context()
+        with pytest.raises(SandboxException, match="too many contexts"):
+            sbx.create_code_context()
     finally:
         sbx.kill()
 

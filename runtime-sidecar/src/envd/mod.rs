@@ -63,6 +63,8 @@ pub struct Envd {
     procs: Arc<Mutex<HashMap<u32, Arc<EnvdProcess>>>>,
     env: Arc<Mutex<HashMap<String, String>>>,
     watchers: Arc<Mutex<HashMap<String, Watcher>>>,
+    /// Open `WatchDir` streams (each an inotify thread while it lasts).
+    watch_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Envd {
@@ -124,7 +126,7 @@ pub fn router(st: EnvdState) -> Router {
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         expected: st.app.cfg.access_token.as_deref().map(Arc::from),
-        header: "x-access-token",
+        headers: &["x-access-token"],
         guards: |path| path != "/health",
         refuse: || {
             ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
@@ -178,15 +180,33 @@ async fn metrics(State(st): State<EnvdState>) -> Json<Value> {
     }))
 }
 
-/// `POST /init`: default env vars for processes (the token is the sandbox's own).
+/// Most default env vars `/init` keeps for processes.
+pub const MAX_INIT_ENV_VARS: usize = 1024;
+/// Largest total size (names and values) of those env vars.
+pub const MAX_INIT_ENV_BYTES: usize = 1 << 20;
+
+/// `POST /init`: default env vars for processes (the token is the sandbox's
+/// own). The merged set is bounded; a request that would exceed it changes nothing.
 async fn init(State(st): State<EnvdState>, body: Body) -> CResult<StatusCode> {
     let req: messages::InitRequest = unary(&st, body).await?;
     let mut env = st.envd.env.lock();
+    let mut merged = env.clone();
     for (k, val) in req.env_vars {
         if let Value::String(s) = val {
-            env.insert(k, s);
+            merged.insert(k, s);
         }
     }
+    let bytes: usize = merged.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if merged.len() > MAX_INIT_ENV_VARS || bytes > MAX_INIT_ENV_BYTES {
+        return Err(ConnectError::new(
+            "resource_exhausted",
+            format!(
+                "env vars would be {} entries, {bytes} bytes; at most {MAX_INIT_ENV_VARS} entries and {MAX_INIT_ENV_BYTES} bytes are kept",
+                merged.len()
+            ),
+        ));
+    }
+    *env = merged;
     Ok(StatusCode::NO_CONTENT)
 }
 

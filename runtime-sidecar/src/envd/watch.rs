@@ -35,6 +35,36 @@ impl Drop for Watcher {
 
 pub(super) const MAX_BUFFERED_EVENTS: usize = 10_000;
 
+/// A place among the open `WatchDir` streams, given back on drop.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> CResult<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        open.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .map_err(|n| {
+                ConnectError::new(
+                    "resource_exhausted",
+                    format!("too many WatchDir streams: {n} of {max} open; close one first"),
+                )
+            })?;
+        Ok(StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn too_many_watchers(n: usize, max: usize) -> ConnectError {
+    ConnectError::new(
+        "resource_exhausted",
+        format!("too many watchers: {n} of {max} in use; remove one (RemoveWatcher) first"),
+    )
+}
+
 /// Watch `root` (recursively: every subdirectory, including new ones) with
 /// inotify on a thread; `sink` gets E2B `FilesystemEvent`s until `stop` is set
 /// or it returns false.
@@ -148,6 +178,7 @@ pub(super) async fn watch_dir(
     let res = async {
         let b = read_body(&st, body).await?;
         let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
+        let slot = StreamSlot::take(&st.envd.watch_streams, st.app.cfg.max_watchers)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
         spawn_watch(path, recursive, stop.clone(), move |ev| {
@@ -157,6 +188,7 @@ pub(super) async fn watch_dir(
         let every = keepalive(&headers);
         tokio::spawn(async move {
             let _stop_on_exit = StopOnDrop(stop);
+            let _slot = slot;
             if tx
                 .send(envelope(
                     0,
@@ -201,6 +233,11 @@ pub(super) async fn create_watcher(
     body: Body,
 ) -> CResult<Json<CreateWatcherResponse>> {
     let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
+    let max = st.app.cfg.max_watchers;
+    let n = st.envd.watchers.lock().len();
+    if n >= max {
+        return Err(too_many_watchers(n, max));
+    }
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
@@ -213,10 +250,14 @@ pub(super) async fn create_watcher(
         true
     })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    st.envd
-        .watchers
-        .lock()
-        .insert(id.clone(), Watcher { events, stop });
+    let watcher = Watcher { events, stop };
+    let mut g = st.envd.watchers.lock();
+    if g.len() >= max {
+        // a concurrent create took the last place; dropping stops this one
+        return Err(too_many_watchers(g.len(), max));
+    }
+    g.insert(id.clone(), watcher);
+    drop(g);
     Ok(Json(CreateWatcherResponse { watcher_id: id }))
 }
 

@@ -24,7 +24,12 @@ use tokio::{
 
 use crate::{AppState, auth::TokenGuard};
 
+mod limits;
+
 const DRIVER: &str = include_str!("driver.py");
+
+/// The context `/execute` uses when the request names none.
+const DEFAULT_CONTEXT: &str = "default-python";
 
 struct Kernel {
     _child: Child,
@@ -57,8 +62,17 @@ impl InterpState {
     }
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"error": msg.into()}))).into_response()
+/// A refused request: its status and the message of its `{"error": ...}` body.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    Refusal(status, msg.into())
 }
 
 pub fn router(st: InterpState) -> Router {
@@ -68,18 +82,20 @@ pub fn router(st: InterpState) -> Router {
         .route("/contexts", post(create_context).get(list_contexts))
         .route("/contexts/{id}", axum::routing::delete(delete_context))
         .route("/contexts/{id}/restart", post(restart_context));
-    // The token guards code execution. The SDK sends it only on `/execute`
-    // (E2B's own interpreter server checks no token on `/contexts`), so
-    // context management stays open to whoever can reach the sandbox port.
+    // Every path but `/health` needs the token. The e2b-code-interpreter SDK
+    // sends `X-Access-Token` (envd's token) on `/execute` only, and
+    // `E2B-Traffic-Access-Token` on every call when the sandbox has a traffic
+    // token: sandpool's gateway hands out the runtime token as both.
     TokenGuard {
         expected: st.app.cfg.access_token.as_deref().map(Arc::from),
-        header: "x-access-token",
-        guards: |path| path == "/execute",
+        headers: &["x-access-token", "e2b-traffic-access-token"],
+        guards: |path| path != "/health",
         refuse: || {
             err(
                 StatusCode::UNAUTHORIZED,
-                "invalid or missing X-Access-Token",
+                "invalid or missing X-Access-Token (or E2B-Traffic-Access-Token)",
             )
+            .into_response()
         },
     }
     .apply(routes)
@@ -132,7 +148,7 @@ fn context_json(c: &Context) -> Value {
 }
 
 /// `None` when the language is supported, else the 400 to answer.
-fn unsupported_language(lang: &str) -> Option<Response> {
+fn unsupported_language(lang: &str) -> Option<Refusal> {
     match lang {
         "python" | "python3" | "" => None,
         other => Some(err(
@@ -142,8 +158,48 @@ fn unsupported_language(lang: &str) -> Option<Response> {
     }
 }
 
+/// The parts of an `/execute` request: the code, its context (the default
+/// Python one when none is named) and the environment variables to set.
+async fn execute_request(
+    st: &InterpState,
+    body: Body,
+) -> Result<(String, Arc<Context>, Value), Refusal> {
+    let v: Value = axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "invalid JSON body"))?;
+    let Some(code) = v["code"].as_str().map(str::to_string) else {
+        return Err(err(StatusCode::BAD_REQUEST, "code is required"));
+    };
+    if let Some(r) = unsupported_language(v["language"].as_str().unwrap_or("")) {
+        return Err(r);
+    }
+    let env = v["env_vars"].clone();
+    limits::check_env(&env)?;
+    let ctx = match v["context_id"].as_str().filter(|s| !s.is_empty()) {
+        Some(id) => st
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("context {id} not found")))?,
+        None => st
+            .lock()
+            .entry(DEFAULT_CONTEXT.into())
+            .or_insert_with(|| {
+                let mut c = new_context("python", "/home/user");
+                if let Some(c) = Arc::get_mut(&mut c) {
+                    c.id = DEFAULT_CONTEXT.into();
+                }
+                c
+            })
+            .clone(),
+    };
+    Ok((code, ctx, env))
+}
+
 async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
-    let v: Value = match axum::body::to_bytes(body, 1 << 20)
+    let v: Value = match axum::body::to_bytes(body, limits::MAX_CREATE_BODY_BYTES)
         .await
         .ok()
         .and_then(|b| {
@@ -154,14 +210,33 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
             }
         }) {
         Some(v) => v,
-        None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
+        None => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid JSON body (at most {} bytes)",
+                    limits::MAX_CREATE_BODY_BYTES
+                ),
+            )
+            .into_response();
+        }
     };
     let lang = v["language"].as_str().unwrap_or("python");
     if let Some(r) = unsupported_language(lang) {
-        return r;
+        return r.into_response();
     }
-    let c = new_context("python", v["cwd"].as_str().unwrap_or("/home/user"));
-    st.lock().insert(c.id.clone(), c.clone());
+    let cwd = v["cwd"].as_str().unwrap_or("/home/user");
+    if let Err(r) = limits::check_cwd(cwd) {
+        return r.into_response();
+    }
+    let c = new_context("python", cwd);
+    {
+        let mut g = st.lock();
+        if let Err(r) = limits::check_room(&g) {
+            return r.into_response();
+        }
+        g.insert(c.id.clone(), c.clone());
+    }
     Json(context_json(&c)).into_response()
 }
 
@@ -174,7 +249,7 @@ async fn list_contexts(State(st): State<InterpState>) -> Json<Value> {
 async fn delete_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
     match st.lock().remove(&id) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")),
+        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")).into_response(),
     }
 }
 
@@ -185,45 +260,17 @@ async fn restart_context(State(st): State<InterpState>, Path(id): Path<String>) 
             c.kernel.lock().await.take();
             StatusCode::NO_CONTENT.into_response()
         }
-        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")),
+        None => err(StatusCode::NOT_FOUND, format!("context {id} not found")).into_response(),
     }
 }
 
 /// `POST /execute`: run code in a context (the default Python one when none
 /// is named), streaming JSON lines as the code produces output.
 async fn execute(State(st): State<InterpState>, body: Body) -> Response {
-    let v: Value = match axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-    {
-        Some(v) => v,
-        None => return err(StatusCode::BAD_REQUEST, "invalid JSON body"),
+    let (code, ctx, env) = match execute_request(&st, body).await {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
     };
-    let Some(code) = v["code"].as_str().map(str::to_string) else {
-        return err(StatusCode::BAD_REQUEST, "code is required");
-    };
-    if let Some(r) = unsupported_language(v["language"].as_str().unwrap_or("")) {
-        return r;
-    }
-    let ctx = match v["context_id"].as_str().filter(|s| !s.is_empty()) {
-        Some(id) => match st.lock().get(id).cloned() {
-            Some(c) => c,
-            None => return err(StatusCode::NOT_FOUND, format!("context {id} not found")),
-        },
-        None => st
-            .lock()
-            .entry("default-python".into())
-            .or_insert_with(|| {
-                let mut c = new_context("python", "/home/user");
-                if let Some(c) = Arc::get_mut(&mut c) {
-                    c.id = "default-python".into();
-                }
-                c
-            })
-            .clone(),
-    };
-    let env = v["env_vars"].clone();
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     tokio::spawn(async move {
         let line = |v: Value| {

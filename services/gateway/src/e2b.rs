@@ -119,7 +119,9 @@ fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
         "clientID": sb.node,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": sb.access_token,
-        "trafficAccessToken": null,
+        // The code interpreter (49999) needs a token on every call; the
+        // e2b-code-interpreter SDK sends this one on context management.
+        "trafficAccessToken": sb.access_token,
         "domain": domain_of(headers),
     })
 }

@@ -1,0 +1,107 @@
+//! Bounds on what a caller can make the code interpreter hold: the number of
+//! contexts (each one a Python process once it runs code), the size of a
+//! context's fields and of the environment an `/execute` sets.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use super::{Context, DEFAULT_CONTEXT, Refusal, err};
+
+/// Contexts created through `POST /contexts` per runtime (the default
+/// context `/execute` uses when none is named comes on top).
+pub const MAX_CONTEXTS: usize = 32;
+/// Longest working directory of a context (Linux `PATH_MAX`).
+pub const MAX_CWD_BYTES: usize = 4096;
+/// Largest `POST /contexts` body.
+pub const MAX_CREATE_BODY_BYTES: usize = 1 << 20;
+/// Most environment variables one `/execute` sets.
+pub const MAX_ENV_VARS: usize = 256;
+/// Largest total size (names and values) of the environment one `/execute` sets.
+pub const MAX_ENV_BYTES: usize = 256 << 10;
+
+/// A context's working directory: not empty, no NUL, at most [`MAX_CWD_BYTES`].
+pub fn check_cwd(cwd: &str) -> Result<(), Refusal> {
+    if cwd.is_empty() || cwd.contains('\0') {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "cwd must be a non-empty path without NUL bytes",
+        ));
+    }
+    if cwd.len() > MAX_CWD_BYTES {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "cwd is {} bytes; at most {MAX_CWD_BYTES} are allowed",
+                cwd.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Room for one more created context in `contexts`.
+pub fn check_room(contexts: &HashMap<String, std::sync::Arc<Context>>) -> Result<(), Refusal> {
+    let created = contexts.keys().filter(|k| *k != DEFAULT_CONTEXT).count();
+    if created >= MAX_CONTEXTS {
+        return Err(err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many contexts: {created} of {MAX_CONTEXTS} in use; delete one (DELETE /contexts/{{id}}) first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `env_vars` of an `/execute`: absent/null, or an object of at most
+/// [`MAX_ENV_VARS`] entries and [`MAX_ENV_BYTES`] in all.
+pub fn check_env(env: &Value) -> Result<(), Refusal> {
+    let Some(map) = env.as_object() else {
+        return Ok(());
+    };
+    if map.len() > MAX_ENV_VARS {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "env_vars has {} entries; at most {MAX_ENV_VARS} are allowed",
+                map.len()
+            ),
+        ));
+    }
+    let bytes: usize = map
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or_else(|| v.to_string().len(), str::len))
+        .sum();
+    if bytes > MAX_ENV_BYTES {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("env_vars is {bytes} bytes; at most {MAX_ENV_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cwd_and_env_bounds() {
+        assert!(check_cwd("/home/user").is_ok());
+        assert!(check_cwd("").is_err());
+        assert!(check_cwd("/a\0b").is_err());
+        assert!(check_cwd(&"a".repeat(MAX_CWD_BYTES)).is_ok());
+        assert!(check_cwd(&"a".repeat(MAX_CWD_BYTES + 1)).is_err());
+        assert!(check_env(&Value::Null).is_ok());
+        assert!(check_env(&serde_json::json!({"A": "1"})).is_ok());
+        let many: serde_json::Map<String, Value> = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("K{i}"), Value::from("v")))
+            .collect();
+        let e = check_env(&Value::Object(many)).unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
+        let big = serde_json::json!({"A": "x".repeat(MAX_ENV_BYTES)});
+        assert_eq!(check_env(&big).unwrap_err().0, StatusCode::BAD_REQUEST);
+    }
+}

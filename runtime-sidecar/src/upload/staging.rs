@@ -1,0 +1,88 @@
+//! All-or-nothing uploads: every file of a request is written to a temp file
+//! next to its target and renamed into place only once the whole request was
+//! received. A request refused part-way (too many files, a file too large, a
+//! malformed part) leaves neither files nor the directories it created.
+
+use std::path::{Path, PathBuf};
+
+use super::UploadedFile;
+use crate::error::{Result, RuntimeError};
+
+/// One received file waiting for the commit.
+pub(super) struct Staged {
+    pub tmp: PathBuf,
+    pub target: PathBuf,
+    pub path: String,
+    pub size: u64,
+}
+
+/// The files and directories of one upload; dropping it before [`commit`]
+/// removes them.
+///
+/// [`commit`]: Staging::commit
+#[derive(Default)]
+pub(super) struct Staging {
+    files: Vec<Staged>,
+    /// Directories this upload created, ancestors first.
+    dirs: Vec<PathBuf>,
+}
+
+impl Staging {
+    /// Create `dir` and its missing ancestors, remembering the ones created.
+    pub async fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur {
+            if d.as_os_str().is_empty() || tokio::fs::symlink_metadata(d).await.is_ok() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            cur = d.parent();
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+        self.dirs.extend(missing.into_iter().rev());
+        Ok(())
+    }
+
+    pub fn push(&mut self, f: Staged) {
+        self.files.push(f);
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Rename every staged file into place, in the order received. Should a
+    /// rename fail, the files not yet renamed are removed.
+    pub async fn commit(mut self) -> Result<Vec<UploadedFile>> {
+        let mut rest = std::mem::take(&mut self.files).into_iter();
+        let mut done = Vec::new();
+        while let Some(f) = rest.next() {
+            if let Err(e) = tokio::fs::rename(&f.tmp, &f.target).await {
+                let path = f.path.clone();
+                self.files = std::iter::once(f).chain(rest).collect();
+                return Err(RuntimeError::io(&path, e));
+            }
+            done.push(UploadedFile {
+                path: f.path,
+                size: f.size,
+            });
+        }
+        self.dirs.clear();
+        Ok(done)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for f in self.files.drain(..) {
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+        // only empty directories go: whatever else lives there stays
+        for d in self.dirs.drain(..).rev() {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The code interpreter (port 49999) on a loopback port: every path but
+//! `/health` needs the token, and contexts are bounded in number and size.
+
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
+use reqwest::StatusCode;
+use sandpool_runtime::{AppState, Config};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "interp-token";
+
+async fn serve() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        access_token: Some(TOKEN.into()),
+        data_dir: dir.path().join("d"),
+        home: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    };
+    let state = AppState::new(cfg).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(sandpool_runtime::serve_app(
+        l,
+        sandpool_runtime::interp_app(state),
+        std::future::pending(),
+    ));
+    (base, dir)
+}
+
+/// The requests of every guarded route, with `headers` added.
+async fn every_route(
+    c: &reqwest::Client,
+    base: &str,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> Vec<StatusCode> {
+    let reqs = [
+        c.get(format!("{base}/contexts")),
+        c.post(format!("{base}/contexts"))
+            .json(&json!({"cwd": "/tmp"})),
+        c.post(format!("{base}/contexts/{id}/restart")),
+        c.delete(format!("{base}/contexts/{id}")),
+        c.post(format!("{base}/execute"))
+            .json(&json!({"code": "1"})),
+    ];
+    let mut out = Vec::new();
+    for mut r in reqs {
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        out.push(r.send().await.unwrap().status());
+    }
+    out
+}
+
+async fn create(c: &reqwest::Client, base: &str, body: Value) -> reqwest::Response {
+    c.post(format!("{base}/contexts"))
+        .header("e2b-traffic-access-token", TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_the_token() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let made: Value = create(&c, &base, json!({})).await.json().await.unwrap();
+    let id = made["id"].as_str().unwrap().to_string();
+    let none = every_route(&c, &base, &id, &[]).await;
+    assert_eq!(none, vec![StatusCode::UNAUTHORIZED; 5], "no token");
+    let wrong = every_route(&c, &base, &id, &[("x-access-token", "nope")]).await;
+    assert_eq!(wrong, vec![StatusCode::UNAUTHORIZED; 5], "wrong token");
+    let r = c.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "health stays open");
+    // what the e2b-code-interpreter SDK sends: the traffic token on context
+    // management (list, create, restart, delete, in that order)
+    let ok = every_route(&c, &base, &id, &[("e2b-traffic-access-token", TOKEN)]).await;
+    assert_eq!(
+        ok[..4],
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::NO_CONTENT,
+            StatusCode::NO_CONTENT
+        ]
+    );
+    let r = c
+        .get(format!("{base}/contexts"))
+        .header("x-access-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the envd token works too");
+}
+
+#[tokio::test]
+async fn contexts_are_bounded_in_number_and_size() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        let r = create(&c, &base, json!({"cwd": format!("/tmp/{i}")})).await;
+        assert_eq!(r.status(), StatusCode::OK, "context {i}");
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let r = create(&c, &base, json!({})).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the 33rd context"
+    );
+    let msg = r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("32 of 32"), "{msg}");
+    let list: Value = c
+        .get(format!("{base}/contexts"))
+        .header("e2b-traffic-access-token", TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 32);
+    // deleting one makes room again
+    let r = c
+        .delete(format!("{base}/contexts/{}", ids[0]))
+        .header("e2b-traffic-access-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(create(&c, &base, json!({})).await.status(), StatusCode::OK);
+    // a 1 MB cwd is refused (it used to be kept, 1 MB per context)
+    let r = create(&c, &base, json!({"cwd": "/".repeat(1_000_000)})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = create(&c, &base, json!({"cwd": "x".repeat(5000)})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let msg = r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("at most 4096"), "{msg}");
+    // too many environment variables on one execution
+    let env: serde_json::Map<String, Value> = (0..300)
+        .map(|i| (format!("K{i}"), Value::from("v")))
+        .collect();
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"code": "1", "env_vars": env}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
