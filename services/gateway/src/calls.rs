@@ -47,7 +47,7 @@ impl Gateway {
         mut req: pb::ClaimRequest,
         not_found: impl FnOnce(String) -> ApiError,
     ) -> Result<pb::Claim> {
-        self.check_quota(1).await?;
+        let _held = self.check_quota(1).await?;
         own(&mut req.metadata);
         Ok(shown(
             self.scheduler
@@ -59,13 +59,15 @@ impl Gateway {
         ))
     }
 
-    /// 429 when a non-admin caller's live sandboxes plus `more` exceed its quota.
-    async fn check_quota(&self, more: u32) -> Result<()> {
+    /// 429 when a non-admin caller's live sandboxes (and those being
+    /// created) plus `more` exceed its quota; else `more` places held until
+    /// the returned reservation drops.
+    async fn check_quota(&self, more: u32) -> Result<Option<tenancy::Reservation>> {
         let Some(p) = tenancy::restricted() else {
-            return Ok(());
+            return Ok(None);
         };
         let live = self
-            .claims_with_metadata(BTreeMap::from([(OWNER_KEY.to_string(), p.id)]))
+            .claims_with_metadata(BTreeMap::from([(OWNER_KEY.to_string(), p.id.clone())]))
             .await?
             .iter()
             .filter(|c| {
@@ -76,10 +78,11 @@ impl Gateway {
             })
             .count();
         let max = self.max_sandboxes_per_key;
-        if u32::try_from(live).unwrap_or(u32::MAX).saturating_add(more) > max {
-            return Err(ApiError::QuotaExceeded(max));
-        }
-        Ok(())
+        let live = u32::try_from(live).unwrap_or(u32::MAX);
+        self.creating
+            .reserve(&p.id, more, live, max)
+            .map(Some)
+            .ok_or(ApiError::QuotaExceeded(max))
     }
 
     /// The claim, 404 when it is not the caller's (non-admin keys).
@@ -195,10 +198,12 @@ impl Gateway {
         mut req: pb::RestoreCheckpointRequest,
     ) -> Result<Vec<pb::Claim>> {
         let id = req.checkpoint_id.clone();
-        if tenancy::restricted().is_some() {
+        let _held = if tenancy::restricted().is_some() {
             self.check_checkpoint_owner(&id).await?;
-            self.check_quota(req.count.max(1)).await?;
-        }
+            self.check_quota(req.count.max(1)).await?
+        } else {
+            None
+        };
         own(&mut req.metadata);
         let claims = self
             .scheduler

@@ -24,6 +24,8 @@ pub struct Gateway {
     keys: Arc<tenancy::KeyStore>,
     /// live sandboxes allowed per non-admin key
     pub max_sandboxes_per_key: u32,
+    /// creates under way per key (part of the quota)
+    creating: Arc<tenancy::Creating>,
     pub http: reqwest::Client,
     pub max_body: usize,
     /// Per-client request rate limit (None = off).
@@ -36,6 +38,7 @@ impl Gateway {
             scheduler,
             keys: Arc::new(tenancy::KeyStore::new(api_keys, None)),
             max_sandboxes_per_key: DEFAULT_MAX_SANDBOXES_PER_KEY,
+            creating: Arc::default(),
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
                 .pool_idle_timeout(std::time::Duration::from_secs(30))

@@ -51,6 +51,48 @@ pub fn restricted() -> Option<Principal> {
     current().filter(|p| !p.admin)
 }
 
+/// Sandboxes being created per key: counted against the quota until the
+/// create returns, so parallel creates cannot overshoot it.
+#[derive(Debug, Default)]
+pub struct Creating(Mutex<std::collections::HashMap<String, u32>>);
+
+/// `n` places of key `id` held while its create runs.
+pub struct Reservation {
+    creating: Arc<Creating>,
+    id: String,
+    n: u32,
+}
+
+impl Creating {
+    /// Hold `n` places for `id` unless `live` plus those already held plus
+    /// `n` exceed `max`.
+    pub fn reserve(self: &Arc<Self>, id: &str, n: u32, live: u32, max: u32) -> Option<Reservation> {
+        let mut m = self.0.lock();
+        let held = m.get(id).copied().unwrap_or(0);
+        if live.saturating_add(held).saturating_add(n) > max {
+            return None;
+        }
+        m.insert(id.to_string(), held + n);
+        Some(Reservation {
+            creating: self.clone(),
+            id: id.to_string(),
+            n,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut m = self.creating.0.lock();
+        if let Some(held) = m.get_mut(&self.id) {
+            *held = held.saturating_sub(self.n);
+            if *held == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// One stored key: its hash, never the key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyEntry {

@@ -54,6 +54,10 @@ impl Scheduler for FakeScheduler {
     }
     async fn create_claim(&self, r: Request<pb::ClaimRequest>) -> R<pb::Claim> {
         let r = r.into_inner();
+        if r.metadata.contains_key("slow") {
+            // a create that takes a while (a cold start): others run meanwhile
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
         let mut m = self.claims.lock();
         let id = format!("sb-{}", m.len() + 1);
         let c = pb::Claim {
@@ -441,4 +445,28 @@ async fn live_sandboxes_per_key_have_a_quota_in_each_apis_shape() {
         call(app, "POST", "/v1/sandboxes", A, os_create()).await.0,
         202
     );
+}
+
+#[tokio::test]
+async fn parallel_creates_of_one_key_cannot_overshoot_its_quota() {
+    let p = platform(2).await;
+    let body = json!({"extensions": {"poolRef": "default"}, "metadata": {"slow": "1"}});
+    let calls = (0..6).map(|_| call(&p.app, "POST", "/v1/sandboxes", A, body.clone()));
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{statuses:?}"
+    );
+    let (_, v) = call(&p.app, "GET", "/v1/sandboxes", ADMIN, Value::Null).await;
+    assert_eq!(ids(&v, "items").len(), 2, "live sandboxes of A: {v}");
 }
