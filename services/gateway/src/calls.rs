@@ -230,7 +230,8 @@ impl Gateway {
         }
     }
 
-    /// The checkpoints; of a non-admin caller only those of its live sandboxes.
+    /// The checkpoints; of a non-admin caller only those taken of its
+    /// sandboxes (recorded by the scheduler; else: of its live sandboxes).
     pub async fn list_checkpoints(&self) -> Result<Vec<pb::CheckpointInfo>> {
         let all = self
             .scheduler
@@ -240,9 +241,9 @@ impl Gateway {
             .map_err(|s| ApiError::from_status(s, ApiError::Internal))?
             .into_inner()
             .checkpoints;
-        if tenancy::restricted().is_none() {
+        let Some(p) = tenancy::restricted() else {
             return Ok(all);
-        }
+        };
         let mine: std::collections::HashSet<String> = self
             .claims_with_metadata(BTreeMap::new())
             .await?
@@ -251,7 +252,10 @@ impl Gateway {
             .collect();
         Ok(all
             .into_iter()
-            .filter(|c| mine.contains(&c.owner) || mine.contains(&c.sandbox_id))
+            .filter(|c| match c.source_metadata.get(OWNER_KEY) {
+                Some(owner) => *owner == p.id,
+                None => mine.contains(&c.owner) || mine.contains(&c.sandbox_id),
+            })
             .collect())
     }
 

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 #[derive(Default, Clone)]
 struct FakeScheduler {
     claims: Arc<Mutex<HashMap<String, pb::Claim>>>,
+    checkpoints: Arc<Mutex<Vec<pb::CheckpointInfo>>>,
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -118,27 +119,60 @@ impl Scheduler for FakeScheduler {
     }
     async fn checkpoint_claim(
         &self,
-        _: Request<pb::CheckpointClaimRequest>,
+        r: Request<pb::CheckpointClaimRequest>,
     ) -> R<pb::CheckpointInfo> {
-        no()
+        let id = r.into_inner().claim_id;
+        let c = self.with_claim(&id, |_| {})?.into_inner();
+        let mut cks = self.checkpoints.lock();
+        // as the scheduler does: the source claim's metadata kept with it
+        let ck = pb::CheckpointInfo {
+            checkpoint_id: format!("ck-{}", cks.len() + 1),
+            sandbox_id: id.clone(),
+            owner: id,
+            source_metadata: c.metadata,
+            ..Default::default()
+        };
+        cks.push(ck.clone());
+        Ok(Response::new(ck))
     }
     async fn restore_checkpoint(
         &self,
-        _: Request<pb::RestoreCheckpointRequest>,
+        r: Request<pb::RestoreCheckpointRequest>,
     ) -> R<pb::RestoreCheckpointResponse> {
-        no()
+        let r = r.into_inner();
+        if !self
+            .checkpoints
+            .lock()
+            .iter()
+            .any(|c| c.checkpoint_id == r.checkpoint_id)
+        {
+            return Err(Status::not_found(r.checkpoint_id));
+        }
+        let req = pb::ClaimRequest {
+            pool: "ck".into(),
+            metadata: r.metadata,
+            ..Default::default()
+        };
+        let c = self.create_claim(Request::new(req)).await?.into_inner();
+        Ok(Response::new(pb::RestoreCheckpointResponse {
+            claims: vec![c],
+        }))
     }
     async fn list_checkpoints(
         &self,
         _: Request<pb::ListCheckpointsRequest>,
     ) -> R<pb::ListCheckpointsResponse> {
-        no()
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: self.checkpoints.lock().clone(),
+        }))
     }
     async fn delete_checkpoint(
         &self,
-        _: Request<pb::CheckpointRef>,
+        r: Request<pb::CheckpointRef>,
     ) -> R<pb::DeleteCheckpointResponse> {
-        no()
+        let id = r.into_inner().checkpoint_id;
+        self.checkpoints.lock().retain(|c| c.checkpoint_id != id);
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
     async fn create_batch(&self, _: Request<pb::BatchRequest>) -> R<pb::Batch> {
         no()
@@ -469,4 +503,94 @@ async fn parallel_creates_of_one_key_cannot_overshoot_its_quota() {
     );
     let (_, v) = call(&p.app, "GET", "/v1/sandboxes", ADMIN, Value::Null).await;
     assert_eq!(ids(&v, "items").len(), 2, "live sandboxes of A: {v}");
+}
+
+#[tokio::test]
+async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (_, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    let id = a["id"].as_str().expect("id").to_string();
+    let (s, v) = call(
+        app,
+        "POST",
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        B,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 404, "B cannot snapshot A's sandbox: {v}");
+    let (s, ck) = call(
+        app,
+        "POST",
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        A,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 202, "{ck}");
+    let ck = ck["id"].as_str().expect("snapshot id").to_string();
+    assert_eq!(
+        call(
+            app,
+            "DELETE",
+            &format!("/v1/sandboxes/{id}"),
+            A,
+            Value::Null
+        )
+        .await
+        .0,
+        204
+    );
+
+    let (_, v) = call(app, "GET", "/v1/snapshots", A, Value::Null).await;
+    assert_eq!(
+        ids(&v, "items"),
+        vec![ck.clone()],
+        "A's snapshot outlives its sandbox"
+    );
+    let (_, v) = call(app, "GET", "/v1/snapshots", B, Value::Null).await;
+    assert_eq!(ids(&v, "items"), Vec::<String>::new());
+    let (_, v) = call(app, "GET", "/v1/snapshots", ADMIN, Value::Null).await;
+    assert_eq!(ids(&v, "items"), vec![ck.clone()]);
+    let snap = format!("/v1/snapshots/{ck}");
+    assert_eq!(call(app, "GET", &snap, B, Value::Null).await.0, 404);
+    assert_eq!(call(app, "DELETE", &snap, B, Value::Null).await.0, 404);
+    let restore = json!({"snapshotId": ck, "timeout": 600});
+    let (s, v) = call(app, "POST", "/v1/sandboxes", B, restore.clone()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("SNAPSHOT_NOT_FOUND")),
+        "{v}"
+    );
+
+    let (s, v) = call(app, "POST", "/v1/sandboxes", A, restore).await;
+    assert_eq!(s, 202, "{v}");
+    let restored = v["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        call(
+            app,
+            "GET",
+            &format!("/v1/sandboxes/{restored}"),
+            B,
+            Value::Null
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            app,
+            "GET",
+            &format!("/v1/sandboxes/{restored}"),
+            A,
+            Value::Null
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(call(app, "GET", &snap, A, Value::Null).await.0, 200);
+    assert_eq!(call(app, "DELETE", &snap, A, Value::Null).await.0, 204);
 }
