@@ -294,6 +294,8 @@ fn checkpoint_info(m: &crate::checkpoint::Meta) -> pb::CheckpointInfo {
         image: m.image.clone(),
         owner: m.owner.clone(),
         name: m.name.clone(),
+        // the scheduler's to fill
+        source_metadata: Default::default(),
     }
 }
 

@@ -34,24 +34,28 @@ impl Api {
     }
 }
 
-/// 401 unless the request carries one of the gateway's API keys (when it has any).
+/// 401 unless the request carries one of the gateway's API keys (when it has
+/// any); the request then runs as that key's [`crate::tenancy::Principal`].
 pub async fn require_key(
     State((gw, api)): State<(Gateway, Api)>,
     req: Request,
     next: Next,
 ) -> Response {
-    if gw.auth_enabled() {
-        match req
-            .headers()
-            .get(api.key_header())
-            .and_then(|v| v.to_str().ok())
-        {
-            None | Some("") => return api.refuse(ApiError::MissingKey),
-            Some(k) if !gw.key_ok(k) => return api.refuse(ApiError::InvalidKey),
-            Some(_) => {}
-        }
+    if !gw.auth_enabled() {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let principal = match req
+        .headers()
+        .get(api.key_header())
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("") => return api.refuse(ApiError::MissingKey),
+        Some(k) => match gw.principal(k) {
+            Some(p) => p,
+            None => return api.refuse(ApiError::InvalidKey),
+        },
+    };
+    crate::tenancy::scoped(principal, next.run(req)).await
 }
 
 #[cfg(test)]

@@ -58,6 +58,11 @@ pub enum ApiError {
     Internal(String),
     #[error("too many requests; retry in {0:?}")]
     RateLimited(std::time::Duration),
+    /// The caller's key holds its quota of live sandboxes.
+    #[error(
+        "quota max-sandboxes-per-key reached: this API key holds {0} live sandboxes; delete one first"
+    )]
+    QuotaExceeded(u32),
 }
 
 impl ApiError {
@@ -80,6 +85,7 @@ impl ApiError {
             ApiError::BadGateway(_) | ApiError::SandboxUnreachable { .. } => "SANDBOX_UNREACHABLE",
             ApiError::Internal(_) | ApiError::ProxyResponse(_) => "INTERNAL",
             ApiError::RateLimited(_) => "RATE_LIMITED",
+            ApiError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
         }
     }
 
@@ -104,7 +110,7 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::Internal(_) | ApiError::ProxyResponse(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

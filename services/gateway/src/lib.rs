@@ -10,19 +10,22 @@ pub mod extract;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
+pub mod tenancy;
 
 use std::sync::Arc;
 
 use sandpool_proto::{auth::AuthChannel, v1::scheduler_client::SchedulerClient};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
 pub struct Gateway {
     /// the scheduler, with this process's service token on every call
     pub scheduler: SchedulerClient<AuthChannel>,
-    /// sha256 of each accepted API key (keys are never kept in clear).
-    key_hashes: Arc<Vec<[u8; 32]>>,
+    /// the accepted API keys, hashed (keys are never kept in clear)
+    keys: Arc<tenancy::KeyStore>,
+    /// live sandboxes allowed per non-admin key
+    pub max_sandboxes_per_key: u32,
+    /// creates under way per key (part of the quota)
+    creating: Arc<tenancy::Creating>,
     pub http: reqwest::Client,
     pub max_body: usize,
     /// Per-client request rate limit (None = off).
@@ -31,14 +34,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(scheduler: SchedulerClient<AuthChannel>, api_keys: &[String]) -> Self {
-        let key_hashes = api_keys
-            .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| Sha256::digest(k.as_bytes()).into())
-            .collect();
         Gateway {
             scheduler,
-            key_hashes: Arc::new(key_hashes),
+            keys: Arc::new(tenancy::KeyStore::new(api_keys, None)),
+            max_sandboxes_per_key: DEFAULT_MAX_SANDBOXES_PER_KEY,
+            creating: Arc::default(),
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
                 .pool_idle_timeout(std::time::Duration::from_secs(30))
@@ -56,16 +56,30 @@ impl Gateway {
         self
     }
 
-    /// Whether `key` is one of the configured API keys (constant time per key).
+    /// Also accept the keys of `path` (`sandpool key create`), re-read when it changes.
+    pub fn with_keys_file(mut self, api_keys: &[String], path: std::path::PathBuf) -> Self {
+        self.keys = Arc::new(tenancy::KeyStore::new(api_keys, Some(path)));
+        self
+    }
+
+    /// Live sandboxes allowed per non-admin key.
+    pub fn with_max_sandboxes_per_key(mut self, n: u32) -> Self {
+        self.max_sandboxes_per_key = n;
+        self
+    }
+
+    /// Who `key` is, if it is one of the accepted API keys.
+    pub fn principal(&self, key: &str) -> Option<tenancy::Principal> {
+        self.keys.check(key)
+    }
+
+    /// Whether `key` is one of the accepted API keys.
     pub fn key_ok(&self, key: &str) -> bool {
-        let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.key_hashes
-            .iter()
-            .fold(false, |acc, k| acc | bool::from(k.ct_eq(&h)))
+        self.principal(key).is_some()
     }
 
     pub fn auth_enabled(&self) -> bool {
-        !self.key_hashes.is_empty()
+        self.keys.enabled()
     }
 }
 
@@ -87,6 +101,8 @@ pub fn metrics_app() -> axum::Router {
 /// Defaults: generous for one agent framework, a wall against runaway loops.
 pub const DEFAULT_RATE_PER_SEC: f64 = 1000.0;
 pub const DEFAULT_RATE_BURST: f64 = 2000.0;
+/// Live sandboxes per non-admin API key.
+pub const DEFAULT_MAX_SANDBOXES_PER_KEY: u32 = 50;
 
 /// 429 once a client (API key, else peer address) exceeds its rate.
 async fn rate_limit(

@@ -82,6 +82,13 @@ pub struct GatewayArgs {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+    /// Keys file of `sandpool key create --data-dir` (e.g. a mounted
+    /// Secret): its keys each see only their own sandboxes; re-read on change.
+    #[arg(long, env = "SANDPOOL_KEYS_FILE")]
+    keys_file: Option<PathBuf>,
+    /// Live sandboxes per key of the keys file; 429 QUOTA_EXCEEDED beyond.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_SANDBOXES_PER_KEY)]
+    max_sandboxes_per_key: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -294,7 +301,7 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
 
 pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let keys: Vec<String> = a.api_keys.into_iter().filter(|k| !k.is_empty()).collect();
-    if keys.is_empty() {
+    if keys.is_empty() && a.keys_file.is_none() {
         tracing::warn!("no API key configured: the gateway accepts every request");
     }
     let ch = tonic::transport::Endpoint::from_shared(a.scheduler.clone())
@@ -305,8 +312,12 @@ pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::R
         ch,
         ServiceToken::new(service_token.as_deref())?,
     );
-    let gw =
-        sandpool_gateway::Gateway::new(client, &keys).with_rate_limit(a.rate_limit, a.rate_burst);
+    let mut gw = sandpool_gateway::Gateway::new(client, &keys)
+        .with_max_sandboxes_per_key(a.max_sandboxes_per_key)
+        .with_rate_limit(a.rate_limit, a.rate_burst);
+    if let Some(path) = a.keys_file {
+        gw = gw.with_keys_file(&keys, path);
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod keys;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Cmd {
     Gateway(cluster::GatewayArgs),
     /// Kubernetes mode: the node agent (DaemonSet) for pods on this node's containerd.
     NodeAgent(cluster::NodeAgentArgs),
+    /// API keys of the gateway: `create`, `list`, `revoke`.
+    Key(keys::KeyArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 sandpool_telemetry::init_with_level("sandpool-node-agent", a.log_level.as_deref())?;
             cluster::node_agent(a, cli.service_token).await
         }
+        Cmd::Key(a) => keys::run(a),
         Cmd::Client(c) => {
             let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
             cli::run(c, &token).await

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Requests per second allowed per API key (0 = no limit); 429 beyond.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
     rate_limit: f64,
+    /// Live sandboxes per API key made with `sandpool key create` (not the
+    /// platform key); 429 QUOTA_EXCEEDED beyond.
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_SANDBOXES_PER_KEY)]
+    max_sandboxes_per_key: u32,
     /// Burst allowance of the rate limit.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_BURST)]
     rate_burst: f64,
@@ -257,13 +261,7 @@ fn api_keys(a: &ServeArgs, runs_gateway: bool) -> Vec<String> {
     if !a.api_keys.is_empty() {
         return a.api_keys.clone();
     }
-    // `e2b_` + 40 hex: the key shape E2B SDKs accept; fine for OpenSandbox too.
-    let hex = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let k = format!("e2b_{}", &hex[..40]);
+    let k = crate::keys::new_key();
     if runs_gateway {
         say(format!("generated API key: {k}"));
     }
@@ -388,6 +386,8 @@ async fn run_gateway(
         .connect_lazy();
     let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(service_token))?);
     let gw = sandpool_gateway::Gateway::new(client, api_keys)
+        .with_keys_file(api_keys, crate::keys::keys_file(&a.data_dir))
+        .with_max_sandboxes_per_key(a.max_sandboxes_per_key)
         .with_rate_limit(a.rate_limit, a.rate_burst);
     let listener = bind(a.listen).await?;
     use axum::serve::ListenerExt;

@@ -9,6 +9,8 @@ use crate::error::{Result, SchedError};
 
 const POOLS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pools");
 const CLAIMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("claims");
+const CHECKPOINT_SOURCES: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("checkpoint_sources");
 
 pub struct Store {
     db: Database,
@@ -23,6 +25,8 @@ fn err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> SchedError
 pub enum Table {
     Pools,
     Claims,
+    /// per checkpoint, the metadata of the claim it was taken of
+    CheckpointSources,
 }
 
 impl Table {
@@ -30,6 +34,7 @@ impl Table {
         match self {
             Table::Pools => POOLS,
             Table::Claims => CLAIMS,
+            Table::CheckpointSources => CHECKPOINT_SOURCES,
         }
     }
 }
@@ -49,6 +54,8 @@ impl Store {
                 .map_err(err("creating the pools table"))?;
             txn.open_table(CLAIMS)
                 .map_err(err("creating the claims table"))?;
+            txn.open_table(CHECKPOINT_SOURCES)
+                .map_err(err("creating the checkpoint sources table"))?;
         }
         txn.commit().map_err(err("committing the tables"))?;
         Ok(Store { db })

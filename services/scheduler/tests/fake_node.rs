@@ -39,6 +39,7 @@ struct Books {
     fail_inject: bool,
     /// never answer an inject
     hang_inject: bool,
+    checkpoints: Vec<pb::CheckpointInfo>,
     next_id: u32,
 }
 
@@ -158,8 +159,17 @@ impl NodeAgent for FakeNode {
         self.get_sandbox(r).await
     }
 
-    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
-        Err(Status::unimplemented("fake node: checkpoint"))
+    async fn checkpoint(&self, r: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
+        let r = r.into_inner();
+        let ck = pb::CheckpointInfo {
+            checkpoint_id: format!("ck-{}", r.sandbox_id),
+            sandbox_id: r.sandbox_id,
+            owner: r.owner,
+            name: r.name,
+            ..Default::default()
+        };
+        self.books().checkpoints.push(ck.clone());
+        Ok(Response::new(ck))
     }
 
     async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
@@ -174,14 +184,18 @@ impl NodeAgent for FakeNode {
         &self,
         _: Request<pb::ListCheckpointsRequest>,
     ) -> Reply<pb::ListCheckpointsResponse> {
-        Ok(Response::new(pb::ListCheckpointsResponse::default()))
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: self.books().checkpoints.clone(),
+        }))
     }
 
     async fn delete_checkpoint(
         &self,
-        _: Request<pb::CheckpointRef>,
+        r: Request<pb::CheckpointRef>,
     ) -> Reply<pb::DeleteCheckpointResponse> {
-        Err(Status::unimplemented("fake node: delete checkpoint"))
+        let id = r.into_inner().checkpoint_id;
+        self.books().checkpoints.retain(|c| c.checkpoint_id != id);
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
     async fn upgrade(&self, r: Request<pb::UpgradeRequest>) -> Reply<pb::SandboxInfo> {
@@ -544,4 +558,38 @@ async fn an_abandoned_claim_gives_its_allocation_back() {
     let c = s.claim(claim_req("a", &["true"])).await.unwrap();
     assert_eq!(status(&s, "a").allocated, 1);
     assert_eq!(s.get_claim(&c.id).unwrap().state, ClaimState::Bound);
+}
+
+#[tokio::test]
+async fn a_checkpoint_keeps_the_metadata_of_its_claim_after_the_claim_ends() {
+    let (_node, s, _store) = platform().await;
+    s.apply_pool(pool("p", 1, 1, 4)).unwrap();
+    wait_available(&s, "p", 1).await;
+    let mut req = claim_req("p", &["sleep", "9"]);
+    req.metadata
+        .insert("sandpool.io/owner".into(), "key-1".into());
+    let c = s.claim(req).await.unwrap();
+    let ck = s.checkpoint_claim(&c.id, false, "n").await.unwrap();
+    assert_eq!(
+        ck.source_metadata
+            .get("sandpool.io/owner")
+            .map(String::as_str),
+        Some("key-1")
+    );
+    assert!(
+        s.get_claim(&c.id).is_err(),
+        "a checkpoint without leave_running ends the claim"
+    );
+    let listed = s.list_checkpoints().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0]
+            .source_metadata
+            .get("sandpool.io/owner")
+            .map(String::as_str),
+        Some("key-1"),
+        "the scheduler, not the node, keeps who took it"
+    );
+    s.delete_checkpoint(&ck.checkpoint_id).await.unwrap();
+    assert!(s.list_checkpoints().await.is_empty());
 }

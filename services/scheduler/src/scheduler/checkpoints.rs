@@ -15,6 +15,13 @@ use crate::{
     traced,
 };
 
+/// The metadata of the claim a checkpoint was taken of.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointSource {
+    checkpoint_id: String,
+    metadata: BTreeMap<String, String>,
+}
+
 /// Most claims one restore (fork) makes.
 pub const MAX_RESTORE: u32 = 64;
 
@@ -36,7 +43,7 @@ impl Scheduler {
                 c.state
             )));
         }
-        let info = {
+        let mut info = {
             let _busy = self.busy(&c.sandbox.id);
             let mut node = self.node(&c.sandbox.node)?.client.clone();
             let req = traced(pb::CheckpointRequest {
@@ -50,6 +57,16 @@ impl Scheduler {
                 .map_err(node_err(&c.sandbox.node))?
                 .into_inner()
         };
+        // who took it outlives the claim (the gateway scopes snapshots by it)
+        self.store.put(
+            Table::CheckpointSources,
+            &info.checkpoint_id,
+            &CheckpointSource {
+                checkpoint_id: info.checkpoint_id.clone(),
+                metadata: c.metadata.clone(),
+            },
+        )?;
+        info.source_metadata = c.metadata.clone().into_iter().collect();
         if !leave_running {
             self.lock().claims.remove(id);
             self.unallocate(&c.pool);
@@ -74,6 +91,18 @@ impl Scheduler {
         all.sort_by(|a, b| {
             (a.created_unix_ms, &a.checkpoint_id).cmp(&(b.created_unix_ms, &b.checkpoint_id))
         });
+        let sources: std::collections::HashMap<String, BTreeMap<String, String>> = self
+            .store
+            .all::<CheckpointSource>(Table::CheckpointSources)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.checkpoint_id, s.metadata))
+            .collect();
+        for c in &mut all {
+            if let Some(m) = sources.get(&c.checkpoint_id) {
+                c.source_metadata = m.clone().into_iter().collect();
+            }
+        }
         all
     }
 
@@ -110,6 +139,7 @@ impl Scheduler {
             }))
             .await
             .map_err(node_err(&node))?;
+        self.store.delete(Table::CheckpointSources, id)?;
         Ok(())
     }
 

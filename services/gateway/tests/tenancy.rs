@@ -1,0 +1,596 @@
+//! Ownership between API keys, through the real router against an
+//! in-memory scheduler: a key reaches only what it created, the platform
+//! key everything; revoked keys are refused; live sandboxes have a quota.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sandpool_gateway::{Gateway, tenancy};
+use sandpool_proto::v1::{
+    self as pb,
+    scheduler_server::{Scheduler, SchedulerServer},
+};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+
+/// Claims in a map; the calls the gateway's sandbox routes make.
+#[derive(Default, Clone)]
+struct FakeScheduler {
+    claims: Arc<Mutex<HashMap<String, pb::Claim>>>,
+    checkpoints: Arc<Mutex<Vec<pb::CheckpointInfo>>>,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn no<T>() -> R<T> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+impl FakeScheduler {
+    fn with_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> R<pb::Claim> {
+        let mut m = self.claims.lock();
+        let c = m
+            .get_mut(id)
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))?;
+        f(c);
+        Ok(Response::new(c.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for FakeScheduler {
+    async fn apply_pool(&self, _: Request<pb::Pool>) -> R<pb::Pool> {
+        no()
+    }
+    async fn get_pool(&self, _: Request<pb::PoolRef>) -> R<pb::Pool> {
+        no()
+    }
+    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
+        no()
+    }
+    async fn delete_pool(&self, _: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
+        no()
+    }
+    async fn create_claim(&self, r: Request<pb::ClaimRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        if r.metadata.contains_key("slow") {
+            // a create that takes a while (a cold start): others run meanwhile
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        let mut m = self.claims.lock();
+        let id = format!("sb-{}", m.len() + 1);
+        let c = pb::Claim {
+            claim_id: id.clone(),
+            pool: r.pool,
+            state: pb::ClaimState::Bound as i32,
+            sandbox: Some(pb::SandboxInfo {
+                sandbox_id: id.clone(),
+                ip: "10.0.0.2".into(),
+                ..Default::default()
+            }),
+            created_unix_ms: 1_700_000_000_000,
+            metadata: r.metadata,
+            ..Default::default()
+        };
+        m.insert(id, c.clone());
+        Ok(Response::new(c))
+    }
+    async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |_| {})
+    }
+    async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
+        let r = r.into_inner();
+        let mut claims: Vec<pb::Claim> = self
+            .claims
+            .lock()
+            .values()
+            .filter(|c| r.metadata.iter().all(|(k, v)| c.metadata.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        claims.sort_by(|a, b| a.claim_id.cmp(&b.claim_id));
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims,
+            ..Default::default()
+        }))
+    }
+    async fn renew(&self, r: Request<pb::RenewRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
+    }
+    async fn pause_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Paused as i32;
+        })
+    }
+    async fn resume_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Bound as i32;
+        })
+    }
+    async fn release_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::ReleaseClaimResponse> {
+        let id = r.into_inner().claim_id;
+        self.claims
+            .lock()
+            .remove(&id)
+            .map(|_| Response::new(pb::ReleaseClaimResponse {}))
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))
+    }
+    async fn checkpoint_claim(
+        &self,
+        r: Request<pb::CheckpointClaimRequest>,
+    ) -> R<pb::CheckpointInfo> {
+        let id = r.into_inner().claim_id;
+        let c = self.with_claim(&id, |_| {})?.into_inner();
+        let mut cks = self.checkpoints.lock();
+        // as the scheduler does: the source claim's metadata kept with it
+        let ck = pb::CheckpointInfo {
+            checkpoint_id: format!("ck-{}", cks.len() + 1),
+            sandbox_id: id.clone(),
+            owner: id,
+            source_metadata: c.metadata,
+            ..Default::default()
+        };
+        cks.push(ck.clone());
+        Ok(Response::new(ck))
+    }
+    async fn restore_checkpoint(
+        &self,
+        r: Request<pb::RestoreCheckpointRequest>,
+    ) -> R<pb::RestoreCheckpointResponse> {
+        let r = r.into_inner();
+        if !self
+            .checkpoints
+            .lock()
+            .iter()
+            .any(|c| c.checkpoint_id == r.checkpoint_id)
+        {
+            return Err(Status::not_found(r.checkpoint_id));
+        }
+        let req = pb::ClaimRequest {
+            pool: "ck".into(),
+            metadata: r.metadata,
+            ..Default::default()
+        };
+        let c = self.create_claim(Request::new(req)).await?.into_inner();
+        Ok(Response::new(pb::RestoreCheckpointResponse {
+            claims: vec![c],
+        }))
+    }
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> R<pb::ListCheckpointsResponse> {
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: self.checkpoints.lock().clone(),
+        }))
+    }
+    async fn delete_checkpoint(
+        &self,
+        r: Request<pb::CheckpointRef>,
+    ) -> R<pb::DeleteCheckpointResponse> {
+        let id = r.into_inner().checkpoint_id;
+        self.checkpoints.lock().retain(|c| c.checkpoint_id != id);
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
+    }
+    async fn create_batch(&self, _: Request<pb::BatchRequest>) -> R<pb::Batch> {
+        no()
+    }
+    async fn get_batch(&self, _: Request<pb::BatchRef>) -> R<pb::Batch> {
+        no()
+    }
+    async fn delete_batch(&self, _: Request<pb::BatchRef>) -> R<pb::DeleteBatchResponse> {
+        no()
+    }
+}
+
+struct Platform {
+    app: axum::Router,
+    keys: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const ADMIN: &str = "platform-key";
+const A: &str = "key-of-tenant-a";
+const B: &str = "key-of-tenant-b";
+
+async fn platform(max_per_key: u32) -> Platform {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SchedulerServer::new(FakeScheduler::default()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, Default::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.json");
+    tenancy::add_key(&keys, A, "a", false).expect("key a");
+    tenancy::add_key(&keys, B, "b", false).expect("key b");
+    let admin = [ADMIN.to_string()];
+    let gw = Gateway::new(client, &admin)
+        .with_keys_file(&admin, keys.clone())
+        .with_max_sandboxes_per_key(max_per_key);
+    Platform {
+        app: sandpool_gateway::app(gw),
+        keys,
+        _dir: dir,
+    }
+}
+
+/// `(status, body)` of a call with `key` in the header of the API of `path`.
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
+    let header = if path.starts_with("/v1/") {
+        "OPEN-SANDBOX-API-KEY"
+    } else {
+        "X-API-Key"
+    };
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header, key)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        }))
+        .expect("request");
+    let r = app.clone().oneshot(req).await.expect("response");
+    let status = r.status().as_u16();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn os_create() -> Value {
+    // a caller's own owner record is dropped, not trusted
+    json!({"extensions": {"poolRef": "default"}, "entrypoint": ["sleep", "9"], "timeout": 600,
+           "metadata": {"team": "x", "sandpool.io/owner": "platform"}})
+}
+
+fn ids(list: &Value, items: &str) -> Vec<String> {
+    let arr = if items.is_empty() { list } else { &list[items] };
+    arr.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    s["id"]
+                        .as_str()
+                        .or(s["sandboxID"].as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn opensandbox_keys_reach_only_their_own_sandboxes() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    assert_eq!(s, 202, "{a}");
+    let id = a["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        a["metadata"],
+        json!({"team": "x"}),
+        "the owner record is not shown"
+    );
+    let (s, b) = call(app, "POST", "/v1/sandboxes", B, os_create()).await;
+    assert_eq!(s, 202, "{b}");
+    let id_b = b["id"].as_str().expect("id").to_string();
+
+    let sb = format!("/v1/sandboxes/{id}");
+    for (method, path, body) in [
+        ("GET", sb.clone(), Value::Null),
+        ("GET", format!("{sb}/endpoints/8080"), Value::Null),
+        ("POST", format!("{sb}/pause"), Value::Null),
+        ("POST", format!("{sb}/resume"), Value::Null),
+        (
+            "POST",
+            format!("{sb}/renew-expiration"),
+            json!({"expiresAt": "2099-01-01T00:00:00Z"}),
+        ),
+        ("GET", format!("{sb}/proxy/8080/x"), Value::Null),
+        ("DELETE", sb.clone(), Value::Null),
+    ] {
+        let (s, v) = call(app, method, &path, B, body).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (404, Some("SANDBOX_NOT_FOUND")),
+            "B {method} {path}: {v}"
+        );
+    }
+    let (s, v) = call(app, "GET", "/v1/sandboxes", B, Value::Null).await;
+    assert_eq!(
+        (s, ids(&v, "items")),
+        (200, vec![id_b.clone()]),
+        "B lists only its own"
+    );
+    // a metadata filter naming another owner does not widen the view
+    let (_, v) = call(
+        app,
+        "GET",
+        "/v1/sandboxes?metadata=sandpool.io%2Fowner%3Dplatform",
+        B,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(ids(&v, "items"), vec![id_b.clone()]);
+    let (s, v) = call(app, "GET", "/v1/sandboxes", ADMIN, Value::Null).await;
+    assert_eq!(
+        (s, ids(&v, "items")),
+        (200, vec![id.clone(), id_b.clone()]),
+        "admin sees both"
+    );
+    let (s, v) = call(app, "GET", &sb, ADMIN, Value::Null).await;
+    assert_eq!((s, &v["metadata"]), (200, &json!({"team": "x"})));
+
+    // the owner still reaches it
+    assert_eq!(
+        call(app, "POST", &format!("{sb}/pause"), A, Value::Null)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(call(app, "GET", &sb, A, Value::Null).await.0, 200);
+    assert_eq!(call(app, "DELETE", &sb, A, Value::Null).await.0, 204);
+
+    // a revoked key is refused at once (no restart)
+    assert!(tenancy::revoke_key(&p.keys, "b").expect("revoke"));
+    let (s, v) = call(app, "GET", "/v1/sandboxes", B, Value::Null).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (401, Some("INVALID_API_KEY")),
+        "{v}"
+    );
+    // ...and a new one accepted
+    tenancy::add_key(&p.keys, "key-of-tenant-c", "c", false).expect("key c");
+    let (s, v) = call(app, "GET", "/v1/sandboxes", "key-of-tenant-c", Value::Null).await;
+    assert_eq!((s, ids(&v, "items")), (200, vec![]));
+}
+
+#[tokio::test]
+async fn e2b_keys_reach_only_their_own_sandboxes() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (s, a) = call(
+        app,
+        "POST",
+        "/sandboxes",
+        A,
+        json!({"templateID": "default"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["sandboxID"].as_str().expect("id").to_string();
+    let sb = format!("/sandboxes/{id}");
+    for (method, path, body) in [
+        ("GET", sb.clone(), Value::Null),
+        ("POST", format!("{sb}/timeout"), json!({"timeout": 60})),
+        ("POST", format!("{sb}/refreshes"), json!({"duration": 60})),
+        ("POST", format!("{sb}/pause"), Value::Null),
+        ("POST", format!("{sb}/resume"), json!({"timeout": 60})),
+        ("POST", format!("{sb}/connect"), json!({"timeout": 60})),
+        ("DELETE", sb.clone(), Value::Null),
+    ] {
+        let (s, v) = call(app, method, &path, B, body).await;
+        assert_eq!(
+            (s, v["code"].as_u64()),
+            (404, Some(404)),
+            "B {method} {path}: {v}"
+        );
+    }
+    let (_, v) = call(app, "GET", "/sandboxes", B, Value::Null).await;
+    assert_eq!(ids(&v, ""), Vec::<String>::new(), "B lists none: {v}");
+    let (_, v) = call(app, "GET", "/v2/sandboxes", B, Value::Null).await;
+    assert_eq!(ids(&v, ""), Vec::<String>::new(), "B lists none: {v}");
+    let (_, v) = call(app, "GET", "/sandboxes", A, Value::Null).await;
+    assert_eq!(ids(&v, ""), vec![id.clone()]);
+    let (_, v) = call(app, "GET", "/sandboxes", ADMIN, Value::Null).await;
+    assert_eq!(ids(&v, ""), vec![id.clone()], "admin sees A's");
+    let (s, v) = call(app, "GET", &sb, A, Value::Null).await;
+    assert_eq!((s, &v["metadata"]), (200, &json!({})), "{v}");
+    assert_eq!(call(app, "DELETE", &sb, A, Value::Null).await.0, 204);
+}
+
+#[tokio::test]
+async fn live_sandboxes_per_key_have_a_quota_in_each_apis_shape() {
+    let p = platform(2).await;
+    let app = &p.app;
+    for _ in 0..2 {
+        assert_eq!(
+            call(app, "POST", "/v1/sandboxes", A, os_create()).await.0,
+            202
+        );
+    }
+    let (s, v) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (429, Some("QUOTA_EXCEEDED")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max-sandboxes-per-key")),
+        "{v}"
+    );
+    let (s, v) = call(
+        app,
+        "POST",
+        "/sandboxes",
+        A,
+        json!({"templateID": "default"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_u64(), v["error_code"].as_str()),
+        (429, Some(429), Some("QUOTA_EXCEEDED")),
+        "{v}"
+    );
+    // other keys and the platform key are not held by A's quota
+    assert_eq!(
+        call(app, "POST", "/v1/sandboxes", B, os_create()).await.0,
+        202
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            call(app, "POST", "/v1/sandboxes", ADMIN, os_create())
+                .await
+                .0,
+            202
+        );
+    }
+    // deleting one frees a place
+    let (_, v) = call(app, "GET", "/v1/sandboxes", A, Value::Null).await;
+    let first = ids(&v, "items").remove(0);
+    assert_eq!(
+        call(
+            app,
+            "DELETE",
+            &format!("/v1/sandboxes/{first}"),
+            A,
+            Value::Null
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        call(app, "POST", "/v1/sandboxes", A, os_create()).await.0,
+        202
+    );
+}
+
+#[tokio::test]
+async fn parallel_creates_of_one_key_cannot_overshoot_its_quota() {
+    let p = platform(2).await;
+    let body = json!({"extensions": {"poolRef": "default"}, "metadata": {"slow": "1"}});
+    let calls = (0..6).map(|_| call(&p.app, "POST", "/v1/sandboxes", A, body.clone()));
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{statuses:?}"
+    );
+    let (_, v) = call(&p.app, "GET", "/v1/sandboxes", ADMIN, Value::Null).await;
+    assert_eq!(ids(&v, "items").len(), 2, "live sandboxes of A: {v}");
+}
+
+#[tokio::test]
+async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (_, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    let id = a["id"].as_str().expect("id").to_string();
+    let (s, v) = call(
+        app,
+        "POST",
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        B,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 404, "B cannot snapshot A's sandbox: {v}");
+    let (s, ck) = call(
+        app,
+        "POST",
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        A,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 202, "{ck}");
+    let ck = ck["id"].as_str().expect("snapshot id").to_string();
+    assert_eq!(
+        call(
+            app,
+            "DELETE",
+            &format!("/v1/sandboxes/{id}"),
+            A,
+            Value::Null
+        )
+        .await
+        .0,
+        204
+    );
+
+    let (_, v) = call(app, "GET", "/v1/snapshots", A, Value::Null).await;
+    assert_eq!(
+        ids(&v, "items"),
+        vec![ck.clone()],
+        "A's snapshot outlives its sandbox"
+    );
+    let (_, v) = call(app, "GET", "/v1/snapshots", B, Value::Null).await;
+    assert_eq!(ids(&v, "items"), Vec::<String>::new());
+    let (_, v) = call(app, "GET", "/v1/snapshots", ADMIN, Value::Null).await;
+    assert_eq!(ids(&v, "items"), vec![ck.clone()]);
+    let snap = format!("/v1/snapshots/{ck}");
+    assert_eq!(call(app, "GET", &snap, B, Value::Null).await.0, 404);
+    assert_eq!(call(app, "DELETE", &snap, B, Value::Null).await.0, 404);
+    let restore = json!({"snapshotId": ck, "timeout": 600});
+    let (s, v) = call(app, "POST", "/v1/sandboxes", B, restore.clone()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("SNAPSHOT_NOT_FOUND")),
+        "{v}"
+    );
+
+    let (s, v) = call(app, "POST", "/v1/sandboxes", A, restore).await;
+    assert_eq!(s, 202, "{v}");
+    let restored = v["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        call(
+            app,
+            "GET",
+            &format!("/v1/sandboxes/{restored}"),
+            B,
+            Value::Null
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            app,
+            "GET",
+            &format!("/v1/sandboxes/{restored}"),
+            A,
+            Value::Null
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(call(app, "GET", &snap, A, Value::Null).await.0, 200);
+    assert_eq!(call(app, "DELETE", &snap, A, Value::Null).await.0, 204);
+}
