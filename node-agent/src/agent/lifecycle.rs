@@ -68,6 +68,8 @@ impl Agent {
         id: Option<String>,
     ) -> Result<Sandbox> {
         let valid = validate_template(&template)?;
+        // a template above the node's maximum is refused before anything is made
+        self.cfg.limits.apply(&valid.limits)?;
         let id = new_id(id)?;
         let _busy = self.busy(&id);
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
@@ -173,7 +175,7 @@ impl Agent {
                 self.cfg.net.netns_path(&sb.id).display().to_string()
             },
             runtime_bin: self.cfg.runtime_bin.display().to_string(),
-            limits: valid.limits.clone(),
+            limits: self.cfg.limits.apply(&valid.limits)?,
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             access_token: sb.token.clone(),
             user: if valid.run_as_root {
@@ -190,11 +192,7 @@ impl Agent {
             pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
             _ => String::new(),
         };
-        let log = self
-            .cfg
-            .data_dir
-            .join("logs")
-            .join(format!("{}.log", sb.id));
+        let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
         let snapshot_key = format!(
             "{}.{}",
@@ -264,13 +262,7 @@ impl Agent {
                 Err(e) => last = e.to_string(),
             }
             if let Ok(Some((TaskState::Stopped, _))) = self.ctr.task_state(&sb.id).await {
-                let log = std::fs::read_to_string(
-                    self.cfg
-                        .data_dir
-                        .join("logs")
-                        .join(format!("{}.log", sb.id)),
-                )
-                .unwrap_or_default();
+                let log = std::fs::read_to_string(self.log_path(&sb.id)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(AgentError::Runtime {
                     id: sb.id.clone(),
@@ -621,6 +613,7 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
+        self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
             return self.ctr.destroy(id).await;

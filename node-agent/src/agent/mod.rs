@@ -22,11 +22,13 @@ use crate::{
 
 mod checkpoint;
 mod lifecycle;
+mod logs;
 mod recovery;
 mod runsc;
 mod template;
 
 pub use checkpoint::MAX_FORK;
+pub use logs::TRUNCATED as LOG_TRUNCATED;
 pub(crate) use template::TemplateLabel;
 use template::new_id;
 pub use template::{ValidTemplate, runtime_label, state_label, valid_id, validate_template};
@@ -45,6 +47,9 @@ pub mod labels {
     pub const PORT: &str = "sandpool.io/runtime-port";
 }
 
+/// Default cap of a sandbox's host-side log (its runtime's stdout and stderr).
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -61,6 +66,10 @@ pub struct AgentConfig {
     pub image_cache: PathBuf,
     /// Host directories whose contents may be mounted into sandboxes.
     pub mount_roots: Vec<PathBuf>,
+    /// CPU, memory and pids every sandbox runs under (defaults and maximum).
+    pub limits: crate::limits::LimitPolicy,
+    /// Size at which a sandbox's host-side log is truncated.
+    pub log_cap_bytes: u64,
 }
 
 impl AgentConfig {
@@ -79,6 +88,8 @@ impl AgentConfig {
             max_sandboxes: 256,
             cgroup_parent: "/sandpool".into(),
             ready_timeout: Duration::from_secs(20),
+            limits: Default::default(),
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
         }
     }
 }
@@ -209,6 +220,7 @@ impl Agent {
         {
             std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
         }
+        cfg.limits.check()?;
         if !cfg.runtime_bin.is_file() {
             return Err(AgentError::FailedPrecondition(format!(
                 "runtime binary {} not found",
@@ -269,6 +281,14 @@ impl Agent {
         agent.recover().await?;
         let me = Arc::clone(&agent);
         tokio::spawn(async move { me.watch_exits().await });
+        let me = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(logs::CHECK_EVERY).await;
+                let Some(a) = me.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || a.cap_logs()).await;
+            }
+        });
         let me = Arc::downgrade(&agent);
         tokio::spawn(async move {
             loop {

@@ -50,6 +50,7 @@ impl Agent {
                 }
             }
         }
+        removed += self.sweep_logs();
         Ok(removed)
     }
 
