@@ -1485,3 +1485,92 @@ async fn sandbox_logs_are_capped_and_removed_on_release() {
     release_all(&node, &[&info.sandbox_id]).await;
     assert!(!log.exists(), "{} survived release", log.display());
 }
+
+/// Wait (bounded) until sandbox `id` is reported FAILED; returns its report.
+async fn wait_failed(node: &Node, id: &str, within: Duration) -> pb::SandboxInfo {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let info = node.agent().get(id).unwrap().info("test-node");
+        if info.state == pb::SandboxState::Failed as i32 && !info.message.is_empty() {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox {id} not reported failed within {within:?}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// runsc enforces the limits on the whole gVisor sandbox (its kernel and
+/// its ptrace stubs are the host processes): a 1 GiB allocation kills the
+/// sandbox, reported FAILED with reason OOMKilled; a fork bomb runs into
+/// pids.max and stops the sandbox, reported FAILED. The host, the agent and
+/// the other sandboxes are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 13).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(
+            node.agent()
+                .create(
+                    "pool-r",
+                    template_without_limits(pb::RuntimeClass::Runsc),
+                    None,
+                )
+                .await
+                .unwrap()
+                .info("test-node"),
+        );
+    }
+    let (mem, bomb, bystander) = (&made[0], &made[1], &made[2]);
+    let started = std::time::Instant::now();
+    let dd = mem.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(&dd, "dd if=/dev/zero of=/dev/null bs=1G count=1").await;
+    });
+    let failed = wait_failed(&node, &mem.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!(
+        "runsc 1 GiB allocation: {:?} after {:?}",
+        failed.message,
+        started.elapsed()
+    );
+    assert!(failed.message.starts_with("OOMKilled"), "{failed:?}");
+    let started = std::time::Instant::now();
+    let b = bomb.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(
+            &b,
+            "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done",
+        )
+        .await;
+    });
+    let failed = wait_failed(&node, &bomb.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!(
+        "runsc fork bomb: {:?} after {:?}",
+        failed.message,
+        started.elapsed()
+    );
+    assert_eq!(ping(bystander).await, 200, "another sandbox is untouched");
+    assert_eq!(node.agent().list("").len(), 3, "the agent answers");
+    let ids: Vec<&str> = made.iter().map(|i| i.sandbox_id.as_str()).collect();
+    release_all(&node, &ids).await;
+}
+
+/// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
+async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
+    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(30))
+        .header("x-execd-access-token", &info.access_token)
+        .json(&json!({"command": cmd}))
+        .send()
+        .await;
+    match resp {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}

@@ -91,6 +91,7 @@ impl Agent {
         };
         let mut sb = Sandbox {
             id: id.clone(),
+            message: String::new(),
             pool: pool.to_string(),
             state: pb::SandboxState::Creating,
             ip,
@@ -528,6 +529,7 @@ impl Agent {
         if policy == pb::ReleasePolicy::Recycle {
             let fresh = Sandbox {
                 token: uuid::Uuid::new_v4().simple().to_string(),
+                message: String::new(),
                 state: pb::SandboxState::Warm,
                 ..sb
             };
@@ -584,6 +586,7 @@ impl Agent {
             s.state = pb::SandboxState::Releasing;
         }
         self.forget_channel(&id);
+        self.oom_killed.lock().remove(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -613,6 +616,7 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
+        self.oom_killed.lock().remove(id);
         self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address

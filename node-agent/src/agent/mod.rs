@@ -108,6 +108,8 @@ pub struct Sandbox {
     pub runtime_class: pb::RuntimeClass,
     pub template: pb::SandboxTemplate,
     pub created_ms: i64,
+    /// Why a FAILED sandbox failed (`OOMKilled: ...`), else empty.
+    pub message: String,
 }
 
 impl Sandbox {
@@ -122,7 +124,7 @@ impl Sandbox {
             runtime_class: self.runtime_class as i32,
             access_token: self.token.clone(),
             created_unix_ms: self.created_ms,
-            message: String::new(),
+            message: self.message.clone(),
             labels: self.template.labels.clone(),
         }
     }
@@ -189,6 +191,8 @@ pub struct Agent {
     checkpoints: crate::checkpoint::Store,
     /// ids a create or release is working on: the sweep leaves them alone
     busy: Mutex<std::collections::HashSet<String>>,
+    /// sandboxes the kernel's OOM killer has hit (their current incarnation)
+    oom_killed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Marks a sandbox id busy until dropped.
@@ -277,6 +281,7 @@ impl Agent {
             tunnels: Mutex::new(HashMap::new()),
             checkpoints,
             busy: Mutex::new(Default::default()),
+            oom_killed: Mutex::new(Default::default()),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);
