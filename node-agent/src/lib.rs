@@ -5,7 +5,7 @@
 //! * [`daemon`]: a private containerd for the standalone mode
 //! * [`image`]: local OCI images (busybox-static, Debian + python3)
 //! * [`net`]: per-sandbox netns + CNI bridge
-//! * [`spec`], [`quantity`]: pure OCI spec / resource translation
+//! * [`spec`], [`quantity`], [`limits`]: pure OCI spec / resource translation and limit policy
 //! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod image;
+pub mod limits;
 pub mod mounts;
 pub mod net;
 pub mod quantity;

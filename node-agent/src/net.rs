@@ -329,6 +329,7 @@ pub fn create_netns(path: &Path) -> Result<()> {
     let res = std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| AgentError::network("unshare(CLONE_NEWNET)", e))?;
+        disable_ipv6()?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -343,6 +344,22 @@ pub fn create_netns(path: &Path) -> Result<()> {
     if let Err(e) = res {
         let _ = fs::remove_file(path);
         return Err(e);
+    }
+    Ok(())
+}
+
+/// Turn IPv6 off in the calling thread's network namespace, before any
+/// interface is in it: the isolation chain is IPv4 (iptables), and over IPv6
+/// a sandbox would reach the host through the bridge's link-local address.
+/// A kernel without IPv6 has nothing to turn off.
+fn disable_ipv6() -> Result<()> {
+    for scope in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
+        match fs::write(&path, "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AgentError::network(format!("writing {path}"), e)),
+        }
     }
     Ok(())
 }

@@ -144,6 +144,10 @@ impl TestNode {
             .map(|r| r.count())
             .unwrap_or(0);
         assert_eq!(brif, 0, "veths still attached to {}", self.bridge);
+        let logs: Vec<_> = std::fs::read_dir(a.cfg.data_dir.join("logs"))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(logs.is_empty(), "sandbox logs left behind: {logs:?}");
         assert!(
             a.tunnel_ports().is_empty(),
             "runtime tunnels still listen: {:?}",

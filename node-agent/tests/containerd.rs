@@ -1256,3 +1256,321 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
     );
     node.assert_no_residue().await;
 }
+
+/// A host cgroup file of sandbox `info`'s init, for `controller` (cgroup v1
+/// hierarchy, or the unified one when the controller is only there).
+async fn cgroup_file(node: &Node, info: &pb::SandboxInfo, controller: &str, file: &str) -> String {
+    let (_, pid) = node
+        .agent()
+        .ctr()
+        .task_state(&info.sandbox_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cg
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cg}"));
+    let full = format!("/sys/fs/cgroup/{controller}{path}/{file}");
+    std::fs::read_to_string(&full)
+        .unwrap_or_else(|e| panic!("{full}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// A template that says nothing about resources: the node's defaults apply.
+fn template_without_limits(class: pb::RuntimeClass) -> pb::SandboxTemplate {
+    pb::SandboxTemplate {
+        resources: None,
+        ..template(class)
+    }
+}
+
+/// Every sandbox, runc and runsc, runs under the node's default cpu, memory
+/// and pids limits when its template sets none; a template asking for more
+/// than the node maximum is refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 9).await;
+    let mut ids = Vec::new();
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let info = node
+            .agent()
+            .create("pool-l", template_without_limits(class), None)
+            .await
+            .unwrap()
+            .info("test-node");
+        let pids = cgroup_file(&node, &info, "pids", "pids.max").await;
+        let mem = cgroup_file(&node, &info, "memory", "memory.limit_in_bytes").await;
+        let quota = cgroup_file(&node, &info, "cpu", "cpu.cfs_quota_us").await;
+        eprintln!("{class:?}: pids.max={pids} memory={mem} cfs_quota={quota}");
+        assert_eq!(pids, "512", "{class:?} pids.max");
+        assert_eq!(mem, (512u64 << 20).to_string(), "{class:?} memory limit");
+        assert_eq!(quota, "100000", "{class:?} cpu quota (1 core)");
+        ids.push(info.sandbox_id);
+    }
+    let big = pb::SandboxTemplate {
+        resources: Some(resources("1", "64Gi")),
+        ..template(pb::RuntimeClass::Runc)
+    };
+    let e = node.agent().create("pool-l", big, None).await.unwrap_err();
+    assert!(e.to_string().contains("maximum"), "{e}");
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    release_all(&node, &ids).await;
+}
+
+/// Tasks of sandbox `info` as the host counts them (threads included).
+async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
+    cgroup_file(node, info, "pids", "tasks")
+        .await
+        .lines()
+        .count()
+}
+
+/// A fork bomb in a default runc sandbox stops at pids.max, a 1 GiB
+/// allocation is OOM-killed inside the sandbox, and the sandbox's runtime
+/// and the agent keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 10).await;
+    let info = node
+        .agent()
+        .create(
+            "pool-b",
+            template_without_limits(pb::RuntimeClass::Runc),
+            None,
+        )
+        .await
+        .unwrap()
+        .info("test-node");
+    // bounded: at most 2000 sleepers of 6 s each
+    let bomb = "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done; echo spawned $i";
+    let started = std::time::Instant::now();
+    let (out, _) = tokio::time::timeout(Duration::from_secs(30), exec(&info, bomb))
+        .await
+        .unwrap_or_default();
+    let tasks = host_tasks(&node, &info).await;
+    let peak = cgroup_file(&node, &info, "pids", "pids.current").await;
+    eprintln!(
+        "fork bomb: {out:?} after {:?}; {tasks} tasks on the host, pids.current={peak}",
+        started.elapsed()
+    );
+    assert!(tasks <= 512, "{tasks} tasks: the pids limit did not hold");
+    assert!(tasks >= 256, "{tasks} tasks: the bomb did not run");
+    assert_eq!(
+        ping(&info).await,
+        200,
+        "the runtime answers during the bomb"
+    );
+    assert_eq!(node.agent().list("").len(), 1, "the agent answers");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // 1 GiB in one buffer against the 512 MiB default
+    let started = std::time::Instant::now();
+    let (out, _) = exec(
+        &info,
+        "dd if=/dev/zero of=/dev/null bs=1G count=1 2>/dev/null; echo rc=$?",
+    )
+    .await;
+    let took = started.elapsed();
+    let failcnt = cgroup_file(&node, &info, "memory", "memory.failcnt").await;
+    eprintln!("1 GiB allocation: {out:?} after {took:?}, memory.failcnt={failcnt}");
+    assert_eq!(out.trim(), "rc=137", "the allocation was not OOM-killed");
+    assert!(took < Duration::from_secs(20), "OOM kill took {took:?}");
+    assert_eq!(ping(&info).await, 200, "the runtime survives the OOM kill");
+    release_all(&node, &[&info.sandbox_id]).await;
+}
+
+/// IPv6 is closed like IPv4: a host listener on [::] is not reachable from
+/// a sandbox through the bridge's link-local address (it is from the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_cannot_reach_the_host_over_ipv6() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 11).await;
+    let info = new_sandbox(&node, "pool-6", pb::RuntimeClass::Runc).await;
+    let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // control: the host itself reaches it over IPv6
+    tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let out = Command::new("ip")
+        .args([
+            "-6", "-o", "addr", "show", "dev", "sptest11", "scope", "link",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let link_local = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("bridge has no link-local address: {text}"))
+        .to_string();
+    let probe = format!(
+        "if nc -w 2 {link_local}%eth0 {port} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi; \
+         cat /proc/sys/net/ipv6/conf/all/disable_ipv6"
+    );
+    let (out, _) = exec(&info, &probe).await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"closed"),
+        "reached [{link_local}]:{port}: {out}"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the host accepted an IPv6 connection from a sandbox"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"1"),
+        "IPv6 is off in the sandbox: {out}"
+    );
+    server.abort();
+    release_all(&node, &[&info.sandbox_id]).await;
+}
+
+/// A sandbox writing 10 MiB to its stdout leaves a host log no bigger than
+/// the cap; released, its log is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_logs_are_capped_and_removed_on_release() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 12).await;
+    let info = new_sandbox(&node, "pool-g", pb::RuntimeClass::Runc).await;
+    let log = node.agent().log_path(&info.sandbox_id);
+    assert!(
+        log.is_file(),
+        "{} exists while the sandbox runs",
+        log.display()
+    );
+    // the runtime's stdout, as any process of the sandbox user can open it
+    let (out, code) = exec(
+        &info,
+        "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written",
+    )
+    .await;
+    assert_eq!((out.trim(), code), ("written", 0));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let len = std::fs::metadata(&log).unwrap().len();
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&log).unwrap());
+    eprintln!("log after 10 MiB of stdout: {len} bytes, {blocks} blocks");
+    let cap = node.agent().cfg.log_cap_bytes;
+    assert!(len <= cap, "log is {len} bytes, over the {cap}-byte cap");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .starts_with(sandpool_node_agent::agent::LOG_TRUNCATED),
+        "a truncated log says so"
+    );
+    assert_eq!(ping(&info).await, 200, "the runtime keeps running");
+    release_all(&node, &[&info.sandbox_id]).await;
+    assert!(!log.exists(), "{} survived release", log.display());
+}
+
+/// Wait (bounded) until sandbox `id` is reported FAILED; returns its report.
+async fn wait_failed(node: &Node, id: &str, within: Duration) -> pb::SandboxInfo {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let info = node.agent().get(id).unwrap().info("test-node");
+        if info.state == pb::SandboxState::Failed as i32 && !info.message.is_empty() {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox {id} not reported failed within {within:?}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// runsc enforces the limits on the whole gVisor sandbox (its kernel and
+/// its ptrace stubs are the host processes): a 1 GiB allocation kills the
+/// sandbox, reported FAILED with reason OOMKilled; a fork bomb runs into
+/// pids.max and stops the sandbox, reported FAILED. The host, the agent and
+/// the other sandboxes are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start(runtime, 13).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(
+            node.agent()
+                .create(
+                    "pool-r",
+                    template_without_limits(pb::RuntimeClass::Runsc),
+                    None,
+                )
+                .await
+                .unwrap()
+                .info("test-node"),
+        );
+    }
+    let (mem, bomb, bystander) = (&made[0], &made[1], &made[2]);
+    let started = std::time::Instant::now();
+    let dd = mem.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(&dd, "dd if=/dev/zero of=/dev/null bs=1G count=1").await;
+    });
+    let failed = wait_failed(&node, &mem.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!(
+        "runsc 1 GiB allocation: {:?} after {:?}",
+        failed.message,
+        started.elapsed()
+    );
+    assert!(failed.message.starts_with("OOMKilled"), "{failed:?}");
+    let started = std::time::Instant::now();
+    let b = bomb.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(
+            &b,
+            "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done",
+        )
+        .await;
+    });
+    let failed = wait_failed(&node, &bomb.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!(
+        "runsc fork bomb: {:?} after {:?}",
+        failed.message,
+        started.elapsed()
+    );
+    assert_eq!(ping(bystander).await, 200, "another sandbox is untouched");
+    assert_eq!(node.agent().list("").len(), 3, "the agent answers");
+    let ids: Vec<&str> = made.iter().map(|i| i.sandbox_id.as_str()).collect();
+    release_all(&node, &ids).await;
+}
+
+/// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
+async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
+    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(30))
+        .header("x-execd-access-token", &info.access_token)
+        .json(&json!({"command": cmd}))
+        .send()
+        .await;
+    match resp {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}

@@ -190,6 +190,7 @@ impl Agent {
         let port = self.open_tunnel(id, port, valid.run_as_root).await?;
         let mut sb = Sandbox {
             id: id.to_string(),
+            message: String::new(),
             pool: meta.pool.clone(),
             state: pb::SandboxState::Creating,
             ip: Ipv4Addr::LOCALHOST,

@@ -68,6 +68,8 @@ impl Agent {
         id: Option<String>,
     ) -> Result<Sandbox> {
         let valid = validate_template(&template)?;
+        // a template above the node's maximum is refused before anything is made
+        self.cfg.limits.apply(&valid.limits)?;
         let id = new_id(id)?;
         let _busy = self.busy(&id);
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
@@ -89,6 +91,7 @@ impl Agent {
         };
         let mut sb = Sandbox {
             id: id.clone(),
+            message: String::new(),
             pool: pool.to_string(),
             state: pb::SandboxState::Creating,
             ip,
@@ -173,7 +176,7 @@ impl Agent {
                 self.cfg.net.netns_path(&sb.id).display().to_string()
             },
             runtime_bin: self.cfg.runtime_bin.display().to_string(),
-            limits: valid.limits.clone(),
+            limits: self.cfg.limits.apply(&valid.limits)?,
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             access_token: sb.token.clone(),
             user: if valid.run_as_root {
@@ -190,11 +193,7 @@ impl Agent {
             pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
             _ => String::new(),
         };
-        let log = self
-            .cfg
-            .data_dir
-            .join("logs")
-            .join(format!("{}.log", sb.id));
+        let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
         let snapshot_key = format!(
             "{}.{}",
@@ -264,13 +263,7 @@ impl Agent {
                 Err(e) => last = e.to_string(),
             }
             if let Ok(Some((TaskState::Stopped, _))) = self.ctr.task_state(&sb.id).await {
-                let log = std::fs::read_to_string(
-                    self.cfg
-                        .data_dir
-                        .join("logs")
-                        .join(format!("{}.log", sb.id)),
-                )
-                .unwrap_or_default();
+                let log = std::fs::read_to_string(self.log_path(&sb.id)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(AgentError::Runtime {
                     id: sb.id.clone(),
@@ -536,6 +529,7 @@ impl Agent {
         if policy == pb::ReleasePolicy::Recycle {
             let fresh = Sandbox {
                 token: uuid::Uuid::new_v4().simple().to_string(),
+                message: String::new(),
                 state: pb::SandboxState::Warm,
                 ..sb
             };
@@ -592,6 +586,7 @@ impl Agent {
             s.state = pb::SandboxState::Releasing;
         }
         self.forget_channel(&id);
+        self.oom_killed.lock().remove(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -621,6 +616,8 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
+        self.oom_killed.lock().remove(id);
+        self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
             return self.ctr.destroy(id).await;

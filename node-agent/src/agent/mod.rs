@@ -22,11 +22,13 @@ use crate::{
 
 mod checkpoint;
 mod lifecycle;
+mod logs;
 mod recovery;
 mod runsc;
 mod template;
 
 pub use checkpoint::MAX_FORK;
+pub use logs::TRUNCATED as LOG_TRUNCATED;
 pub(crate) use template::TemplateLabel;
 use template::new_id;
 pub use template::{ValidTemplate, runtime_label, state_label, valid_id, validate_template};
@@ -45,6 +47,9 @@ pub mod labels {
     pub const PORT: &str = "sandpool.io/runtime-port";
 }
 
+/// Default cap of a sandbox's host-side log (its runtime's stdout and stderr).
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -61,6 +66,10 @@ pub struct AgentConfig {
     pub image_cache: PathBuf,
     /// Host directories whose contents may be mounted into sandboxes.
     pub mount_roots: Vec<PathBuf>,
+    /// CPU, memory and pids every sandbox runs under (defaults and maximum).
+    pub limits: crate::limits::LimitPolicy,
+    /// Size at which a sandbox's host-side log is truncated.
+    pub log_cap_bytes: u64,
 }
 
 impl AgentConfig {
@@ -79,6 +88,8 @@ impl AgentConfig {
             max_sandboxes: 256,
             cgroup_parent: "/sandpool".into(),
             ready_timeout: Duration::from_secs(20),
+            limits: Default::default(),
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
         }
     }
 }
@@ -97,6 +108,8 @@ pub struct Sandbox {
     pub runtime_class: pb::RuntimeClass,
     pub template: pb::SandboxTemplate,
     pub created_ms: i64,
+    /// Why a FAILED sandbox failed (`OOMKilled: ...`), else empty.
+    pub message: String,
 }
 
 impl Sandbox {
@@ -111,7 +124,7 @@ impl Sandbox {
             runtime_class: self.runtime_class as i32,
             access_token: self.token.clone(),
             created_unix_ms: self.created_ms,
-            message: String::new(),
+            message: self.message.clone(),
             labels: self.template.labels.clone(),
         }
     }
@@ -178,6 +191,8 @@ pub struct Agent {
     checkpoints: crate::checkpoint::Store,
     /// ids a create or release is working on: the sweep leaves them alone
     busy: Mutex<std::collections::HashSet<String>>,
+    /// sandboxes the kernel's OOM killer has hit (their current incarnation)
+    oom_killed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Marks a sandbox id busy until dropped.
@@ -209,6 +224,7 @@ impl Agent {
         {
             std::fs::create_dir_all(d).map_err(|e| AgentError::io(d.display().to_string(), e))?;
         }
+        cfg.limits.check()?;
         if !cfg.runtime_bin.is_file() {
             return Err(AgentError::FailedPrecondition(format!(
                 "runtime binary {} not found",
@@ -265,10 +281,19 @@ impl Agent {
             tunnels: Mutex::new(HashMap::new()),
             checkpoints,
             busy: Mutex::new(Default::default()),
+            oom_killed: Mutex::new(Default::default()),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);
         tokio::spawn(async move { me.watch_exits().await });
+        let me = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(logs::CHECK_EVERY).await;
+                let Some(a) = me.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || a.cap_logs()).await;
+            }
+        });
         let me = Arc::downgrade(&agent);
         tokio::spawn(async move {
             loop {

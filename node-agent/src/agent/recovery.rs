@@ -50,6 +50,7 @@ impl Agent {
                 }
             }
         }
+        removed += self.sweep_logs();
         Ok(removed)
     }
 
@@ -61,6 +62,7 @@ impl Agent {
         while let Some(ev) = events.recv().await {
             match ev {
                 TaskEvent::Exit { id, pid, status } => self.on_exit(&id, Some(pid), status).await,
+                TaskEvent::Oom { id } => self.on_oom(&id).await,
                 TaskEvent::Resubscribed => {
                     // containerd restarted: exits in the gap were not seen,
                     // and creates or releases it broke left debris
@@ -106,6 +108,7 @@ impl Agent {
                     ) =>
                 {
                     sb.state = pb::SandboxState::Failed;
+                    sb.message = self.exit_reason(id, status);
                     Some(sb.clone())
                 }
                 _ => None,
@@ -121,6 +124,37 @@ impl Agent {
                     [(labels::STATE.to_string(), "failed".to_string())].into(),
                 )
                 .await;
+            self.emit(&sb);
+        }
+    }
+
+    /// Why sandbox `id`'s init exited, for its FAILED report.
+    fn exit_reason(&self, id: &str, status: u32) -> String {
+        if self.oom_killed.lock().contains(id) {
+            "OOMKilled: the sandbox went over its memory limit".into()
+        } else if status == 0 {
+            "the sandbox's runtime exited".into()
+        } else {
+            format!("the sandbox's runtime exited with status {status}")
+        }
+    }
+
+    /// The OOM killer hit sandbox `id`: remembered for its exit report; a
+    /// sandbox already reported FAILED (the exit came first) is reported again.
+    pub(super) async fn on_oom(&self, id: &str) {
+        tracing::warn!(sandbox = %id, "a process of the sandbox was OOM-killed");
+        self.oom_killed.lock().insert(id.to_string());
+        let failed = {
+            let mut g = self.lock();
+            match g.get_mut(id) {
+                Some(sb) if sb.state == pb::SandboxState::Failed => {
+                    sb.message = self.exit_reason(id, 0);
+                    Some(sb.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(sb) = failed {
             self.emit(&sb);
         }
     }

@@ -235,6 +235,7 @@ impl Sandbox {
             .into();
         Some(Sandbox {
             id: id.to_string(),
+            message: String::new(),
             pool: l.get(labels::POOL).cloned().unwrap_or_default(),
             state: parse_state(l.get(labels::STATE)?)?,
             ip: l.get(labels::IP)?.parse().ok()?,
@@ -332,6 +333,7 @@ mod tests {
     fn labels_round_trip_for_recovery() {
         let sb = Sandbox {
             id: "sb-1".into(),
+            message: String::new(),
             pool: "p".into(),
             state: pb::SandboxState::Claimed,
             ip: Ipv4Addr::LOCALHOST,

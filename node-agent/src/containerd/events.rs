@@ -20,7 +20,11 @@ impl Ctr {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let me = self.clone();
         tokio::spawn(async move {
-            let filter = format!("namespace=={},topic==\"/tasks/exit\"", me.ns);
+            // several filters: an event matching any of them
+            let filters = vec![
+                format!("namespace=={},topic==\"/tasks/exit\"", me.ns),
+                format!("namespace=={},topic==\"/tasks/oom\"", me.ns),
+            ];
             const MAX_DELAY: Duration = Duration::from_secs(2);
             let retries = ExponentialBuilder::default()
                 .with_jitter()
@@ -30,7 +34,7 @@ impl Ctr {
             let mut backoff = retries.build();
             loop {
                 let req = me.req(api::SubscribeRequest {
-                    filters: vec![filter.clone()],
+                    filters: filters.clone(),
                 });
                 let mut stream = match me.client.events().subscribe(req).await {
                     Ok(s) => s.into_inner(),
@@ -45,20 +49,10 @@ impl Ctr {
                 };
                 backoff = retries.build();
                 while let Some(Ok(env)) = stream.next().await {
-                    let Some(any) = env.event else { continue };
-                    if let Ok(exit) =
-                        <containerd_client::events::TaskExit as prost::Message>::decode(
-                            any.value.as_slice(),
-                        )
-                        && tx
-                            .send(TaskEvent::Exit {
-                                id: exit.container_id,
-                                pid: exit.pid,
-                                status: exit.exit_status,
-                            })
-                            .await
-                            .is_err()
-                    {
+                    let Some(ev) = decode(&env.topic, env.event) else {
+                        continue;
+                    };
+                    if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
@@ -80,5 +74,64 @@ impl Ctr {
             }
         });
         rx
+    }
+}
+
+/// The task event an envelope of `topic` carries (exits and OOM kills).
+fn decode(topic: &str, any: Option<prost_types::Any>) -> Option<TaskEvent> {
+    use containerd_client::events::{TaskExit, TaskOom};
+    let bytes = any?.value;
+    match topic {
+        "/tasks/exit" => {
+            let exit = <TaskExit as prost::Message>::decode(bytes.as_slice()).ok()?;
+            Some(TaskEvent::Exit {
+                id: exit.container_id,
+                pid: exit.pid,
+                status: exit.exit_status,
+            })
+        }
+        "/tasks/oom" => {
+            let oom = <TaskOom as prost::Message>::decode(bytes.as_slice()).ok()?;
+            Some(TaskEvent::Oom {
+                id: oom.container_id,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any<M: prost::Message>(m: &M) -> Option<prost_types::Any> {
+        Some(prost_types::Any {
+            type_url: String::new(),
+            value: m.encode_to_vec(),
+        })
+    }
+
+    #[test]
+    fn exits_and_oom_kills_are_told_apart_by_topic() {
+        use containerd_client::events::{TaskExit, TaskOom};
+        let oom = TaskOom {
+            container_id: "sb-1".into(),
+        };
+        // an OOM event read as an exit would be an exit of pid 0, status 0
+        assert!(matches!(
+            decode("/tasks/oom", any(&oom)),
+            Some(TaskEvent::Oom { id }) if id == "sb-1"
+        ));
+        let exit = TaskExit {
+            container_id: "sb-2".into(),
+            pid: 7,
+            exit_status: 137,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode("/tasks/exit", any(&exit)),
+            Some(TaskEvent::Exit { id, pid: 7, status: 137 }) if id == "sb-2"
+        ));
+        assert!(decode("/tasks/create", any(&exit)).is_none());
     }
 }

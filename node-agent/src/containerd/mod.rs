@@ -99,6 +99,11 @@ pub enum TaskEvent {
         pid: u32,
         status: u32,
     },
+    /// The kernel's OOM killer killed a process of this container (for runc
+    /// maybe not its init; for runsc, the sandbox's kernel).
+    Oom {
+        id: String,
+    },
     /// The event stream was renewed after a break: exits may have been missed.
     Resubscribed,
 }

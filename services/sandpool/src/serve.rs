@@ -10,7 +10,9 @@ use sandpool_node_agent::{
     containerd::Ctr,
     daemon::ContainerdDaemon,
     net::NetConfig,
+    quantity,
     service::NodeAgentService,
+    spec::Limits,
 };
 use sandpool_proto::{
     auth::{RequireToken, ServiceToken},
@@ -73,6 +75,20 @@ pub struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     #[arg(long, default_value_t = 256)]
     max_sandboxes: u32,
+    /// Most CPU one sandbox may ask for (Kubernetes quantity); a template
+    /// without resources gets 1 core.
+    #[arg(long, default_value = "4")]
+    max_sandbox_cpu: String,
+    /// Most memory one sandbox may ask for; a template without resources gets 512Mi.
+    #[arg(long, default_value = "4Gi")]
+    max_sandbox_memory: String,
+    /// Most processes and threads one sandbox may ask for; the default is 512.
+    #[arg(long, default_value_t = 4096)]
+    max_sandbox_pids: u32,
+    /// Size in bytes at which a sandbox's host-side log (its runtime's
+    /// output) is truncated; the log is removed with the sandbox.
+    #[arg(long, default_value_t = sandpool_node_agent::agent::DEFAULT_LOG_CAP_BYTES)]
+    sandbox_log_cap_bytes: u64,
     /// Where built images are cached (default: under the data dir).
     #[arg(long, env = "SANDPOOL_IMAGE_CACHE")]
     image_cache: Option<PathBuf>,
@@ -298,6 +314,13 @@ async fn start_node_agent(
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
     cfg.max_sandboxes = a.max_sandboxes;
+    cfg.limits.max = Limits {
+        cpu_millis: quantity::cpu_millis(&a.max_sandbox_cpu).context("--max-sandbox-cpu")?,
+        memory_bytes: quantity::memory_bytes(&a.max_sandbox_memory)
+            .context("--max-sandbox-memory")?,
+        pids: a.max_sandbox_pids,
+    };
+    cfg.log_cap_bytes = a.sandbox_log_cap_bytes;
     if let Some(c) = &a.image_cache {
         cfg.image_cache = c.clone();
     }
