@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// activity (0 = never); resume it with the API (OpenSandbox `resume`, E2B `connect`).
     #[arg(long, default_value_t = 0)]
     idle_pause_after: u64,
+    /// Longest sandbox timeout a caller may ask for, in seconds (400 over it
+    /// on create; E2B timeout changes are cut to it).
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_TIMEOUT_S)]
+    max_timeout: u64,
+    /// Largest request body the gateway proxies to a sandbox, in bytes (413 over it).
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_PROXY_BODY)]
+    max_proxy_body: u64,
     /// Requests per second allowed per API key (0 = no limit); 429 beyond.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
     rate_limit: f64,
@@ -382,8 +389,10 @@ async fn run_gateway(
         .tcp_nodelay(true)
         .connect_lazy();
     let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(service_token))?);
-    let gw = sandpool_gateway::Gateway::new(client, api_keys)
-        .with_rate_limit(a.rate_limit, a.rate_burst);
+    let mut gw = sandpool_gateway::Gateway::new(client, api_keys)
+        .with_rate_limit(a.rate_limit, a.rate_burst)
+        .with_max_timeout(a.max_timeout);
+    gw.max_proxy_body = a.max_proxy_body;
     let listener = bind(a.listen).await?;
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
