@@ -166,6 +166,9 @@ fn platform_service_token(
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
+    // 0600 whatever the umask
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("making {} 0600", tmp.display()))?;
     f.write_all(t.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -197,6 +200,7 @@ pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Resul
         .iter()
         .map(|p| parse_pool(p))
         .collect::<anyhow::Result<_>>()?;
+    crate::datadir::prepare(&a.data_dir)?;
     let service_token = platform_service_token(service_token, &a.data_dir)?;
     let grpc = grpc_server(RequireToken::new(Some(&service_token))?);
     let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
