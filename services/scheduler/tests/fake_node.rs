@@ -557,3 +557,27 @@ async fn an_abandoned_claim_gives_its_allocation_back() {
     assert_eq!(status(&s, "a").allocated, 1);
     assert_eq!(s.get_claim(&c.id).unwrap().state, ClaimState::Bound);
 }
+
+#[tokio::test]
+async fn pool_names_must_be_dns_labels() {
+    let (_node, s, _store) = platform().await;
+    let long = "a".repeat(64);
+    for bad in [
+        "Upper",
+        "under_score",
+        "dot.ted",
+        "-lead",
+        long.as_str(),
+        "",
+    ] {
+        let e = s.apply_pool(pool(bad, 0, 0, 1)).expect_err(bad);
+        assert!(
+            e.to_string().contains("pool name") && e.to_string().contains("DNS label"),
+            "{bad}: {e}"
+        );
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+    assert!(s.pools().is_empty(), "no bad pool was stored");
+    s.apply_pool(pool(&"a".repeat(63), 0, 0, 1))
+        .expect("63 characters is a DNS label");
+}
