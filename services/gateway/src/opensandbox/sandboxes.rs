@@ -277,7 +277,11 @@ pub async fn renew(
             source,
         })?
         .timestamp_millis();
-    let at = gw.check_expiry("expiresAt", chrono::Utc::now().timestamp_millis(), at)?;
+    if let Err(e) = gw.check_expiry("expiresAt", chrono::Utc::now().timestamp_millis(), at) {
+        // an unknown sandbox is 404 whatever the time asked for
+        gw.get_claim(&id).await?;
+        return Err(e);
+    }
     let c = gw.renew(&id, at).await?;
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
 }
