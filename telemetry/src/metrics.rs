@@ -204,4 +204,21 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"));
     }
+
+    #[test]
+    fn hostile_label_values_cannot_forge_lines() {
+        let hostile = "x\"} 1\nsandpool_forged_total 7\n# EOF\n\\";
+        observe_claim(hostile, "warm", Duration::from_millis(1));
+        error("gateway", hostile);
+        let text = render();
+        assert!(
+            !text.lines().any(|l| l.starts_with("sandpool_forged")),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1, "{text}");
+        assert!(
+            text.contains(r#"pool="x\"} 1\nsandpool_forged_total 7\n# EOF\n\\""#),
+            "{text}"
+        );
+    }
 }

@@ -310,9 +310,8 @@ impl KubeScheduler {
 impl Scheduler for KubeScheduler {
     async fn apply_pool(&self, req: Request<pb::Pool>) -> Result<Response<pb::Pool>, Status> {
         let p = req.into_inner();
-        if p.name.is_empty() {
-            return Err(Status::invalid_argument("pool name is required"));
-        }
+        sandpool_core::validate_dns_label("pool name", &p.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let template = pod_template(
             p.template
                 .as_ref()

@@ -44,6 +44,17 @@ pub fn classify(pods: Vec<Pod>) -> PoolPods {
     out
 }
 
+/// Why a pool cannot be made as written (event reason and message): its
+/// name labels every pod, so it must be a DNS label, and its capacity must add up.
+fn refusal(name: &str, cap: &sandpool_core::pool::CapacitySpec) -> Option<(&'static str, String)> {
+    if let Err(e) = sandpool_core::validate_dns_label("metadata.name", name) {
+        return Some(("InvalidName", e.to_string()));
+    }
+    cap.validate()
+        .err()
+        .map(|e| ("InvalidCapacity", e.to_string()))
+}
+
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace_of(pool.as_ref())?;
     let name = pool.name_any();
@@ -58,9 +69,8 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let cap = cap.to_core();
-    if let Err(e) = cap.validate() {
-        ctx.event(pool.as_ref(), true, "InvalidCapacity", e.to_string())
-            .await;
+    if let Some((reason, msg)) = refusal(&name, &cap) {
+        ctx.event(pool.as_ref(), true, reason, msg).await;
         return Ok(Action::await_change());
     }
     let api: Api<Pod> = ctx.api(&ns);
@@ -147,6 +157,22 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pool_named_beyond_a_dns_label_is_refused() {
+        let cap = sandpool_core::pool::CapacitySpec {
+            buffer_min: 1,
+            buffer_max: 1,
+            pool_min: 0,
+            pool_max: 2,
+        };
+        assert_eq!(refusal("py-pool", &cap), None);
+        for bad in ["a.b", "Big", &"a".repeat(64)] {
+            let (reason, msg) = refusal(bad, &cap).expect(bad);
+            assert_eq!(reason, "InvalidName");
+            assert!(msg.contains("metadata.name"), "{msg}");
+        }
+    }
 
     #[test]
     fn classify_sorts_pods() {

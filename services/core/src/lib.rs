@@ -32,6 +32,13 @@ pub enum CoreError {
         value: String,
         expected: &'static str,
     },
+    /// `field` is not an RFC 1123 DNS label.
+    #[error("{field} {value:?} must be a DNS label (RFC 1123): {why}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
 }
 
 /// The OCI runtime a sandbox runs under (stored as `"runc"` / `"runsc"`; an
@@ -88,6 +95,38 @@ impl std::str::FromStr for ReleasePolicy {
     }
 }
 
+/// Longest DNS label (RFC 1123).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Check that `value` of `field` is an RFC 1123 DNS label: 1 to 63 lowercase
+/// letters, digits and `-`, starting and ending with a letter or digit (so
+/// it is also a Kubernetes object name and a safe metric label).
+pub fn validate_dns_label(field: &'static str, value: &str) -> Result<(), CoreError> {
+    let bad = |why| {
+        Err(CoreError::InvalidName {
+            field,
+            value: value.chars().take(80).collect(),
+            why,
+        })
+    };
+    if value.is_empty() {
+        return bad("empty");
+    }
+    if value.len() > MAX_NAME_LEN {
+        return bad("longer than 63 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("only lowercase letters, digits and '-' are allowed");
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return bad("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
 /// A sandbox template in serde form (the proto `SandboxTemplate` lives in
 /// `sandpool-proto`; services convert at their edges).
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -118,7 +157,7 @@ pub struct Template {
 
 #[cfg(test)]
 mod tests {
-    use super::{ReleasePolicy, RuntimeClass, Template};
+    use super::*;
 
     #[test]
     fn runtime_class_and_release_policy_keep_their_stored_names() {
@@ -154,5 +193,28 @@ mod tests {
             Ok(ReleasePolicy::Recycle)
         );
         assert!("keep".parse::<ReleasePolicy>().is_err());
+    }
+
+    #[test]
+    fn pool_names_are_dns_labels() {
+        for ok in ["a", "default", "py-pool", "0abc", &"a".repeat(63)] {
+            assert_eq!(validate_dns_label("name", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(64),
+            "Upper",
+            "under_score",
+            "dot.ted",
+            "-lead",
+            "trail-",
+            "sp ace",
+            "quo\"te",
+            "new\nline",
+            "ünï",
+        ] {
+            let e = validate_dns_label("name", bad).expect_err(bad);
+            assert!(e.to_string().starts_with("name "), "{e}");
+        }
     }
 }

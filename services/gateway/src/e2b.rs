@@ -91,7 +91,7 @@ type JsonBody<T> = extract::JsonOrEmpty<T, E2bError>;
 struct NewSandbox {
     #[serde(rename = "templateID", default)]
     template_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::timeout::whole_seconds")]
     timeout: Option<i64>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
@@ -140,7 +140,7 @@ fn detail_json(c: &pb::Claim) -> Value {
         "sandboxID": c.claim_id,
         "clientID": c.sandbox.as_ref().map(|s| s.node.clone()).unwrap_or_default(),
         "startedAt": rfc3339_ms(c.created_unix_ms),
-        "endAt": rfc3339_ms(if c.expires_unix_ms > 0 { c.expires_unix_ms } else { c.created_unix_ms + 100 * 365 * 86_400_000 }),
+        "endAt": rfc3339_ms(if c.expires_unix_ms > 0 { c.expires_unix_ms } else { c.created_unix_ms.saturating_add(100 * 365 * 86_400_000) }),
         "envdVersion": ENVD_VERSION,
         "cpuCount": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "memoryMB": 0,
@@ -211,7 +211,8 @@ async fn create(
     headers: HeaderMap,
     extract::RawBody(body, _): extract::RawBody<E2bError>,
 ) -> Result<Response> {
-    let (claim, envs) = parse_create(&body)?;
+    let (mut claim, envs) = parse_create(&body)?;
+    claim.ttl_seconds = gw.check_timeout("timeout", claim.ttl_seconds)?;
     let pool = claim.pool.clone();
     let c = gw
         .create_claim(claim, move |_| {
@@ -260,18 +261,15 @@ async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Statu
 
 #[derive(Deserialize, Default)]
 struct Timeout {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::timeout::whole_seconds")]
     timeout: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::timeout::whole_seconds")]
     duration: Option<i64>,
 }
 
-async fn renew_for(gw: &Gateway, id: &str, seconds: i64) -> Result<()> {
-    if seconds <= 0 {
-        return Err(ApiError::Invalid(format!("timeout must be positive, got {seconds}")).into());
-    }
-    gw.renew(id, Utc::now().timestamp_millis() + seconds * 1000)
-        .await?;
+async fn renew_for(gw: &Gateway, id: &str, field: &str, seconds: i64) -> Result<()> {
+    let at = gw.timeout_expiry(field, Utc::now().timestamp_millis(), seconds)?;
+    gw.renew(id, at).await?;
     Ok(())
 }
 
@@ -283,7 +281,7 @@ async fn set_timeout(
     let secs = t
         .timeout
         .ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
-    renew_for(&gw, &id, secs).await?;
+    renew_for(&gw, &id, "timeout", secs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -292,7 +290,13 @@ async fn refresh(
     Path(id): Path<String>,
     extract::JsonOrEmpty(t, _): JsonBody<Timeout>,
 ) -> Result<StatusCode> {
-    renew_for(&gw, &id, t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64)).await?;
+    renew_for(
+        &gw,
+        &id,
+        "duration",
+        t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -317,13 +321,18 @@ async fn connect(
 }
 
 async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -> Result<Response> {
+    // a bad timeout is refused before the sandbox is resumed
+    let expiry = t
+        .timeout
+        .map(|secs| gw.timeout_expiry("timeout", Utc::now().timestamp_millis(), secs))
+        .transpose()?;
     let c = get_claim(gw, id).await?;
     let resumed = c.state == pb::ClaimState::Paused as i32;
     if resumed {
         gw.resume_claim(id).await?;
     }
-    if let Some(secs) = t.timeout {
-        renew_for(gw, id, secs).await?;
+    if let Some(at) = expiry {
+        gw.renew(id, at).await?;
     }
     let c = get_claim(gw, id).await?;
     let status = if resumed {

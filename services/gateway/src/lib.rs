@@ -11,6 +11,7 @@ pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
 pub mod tenancy;
+mod timeout;
 
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ pub struct Gateway {
     creating: Arc<tenancy::Creating>,
     pub http: reqwest::Client,
     pub max_body: usize,
+    /// Largest request body the proxy forwards to a sandbox (413 beyond).
+    pub max_proxy_body: u64,
+    /// Longest sandbox timeout a caller may ask for, in seconds.
+    pub max_timeout_s: u64,
     /// Per-client request rate limit (None = off).
     pub limiter: Option<Arc<limit::RateLimiter>>,
 }
@@ -45,9 +50,17 @@ impl Gateway {
                 .build()
                 .unwrap_or_default(),
             max_body: 1 << 20,
+            max_proxy_body: DEFAULT_MAX_PROXY_BODY,
+            max_timeout_s: DEFAULT_MAX_TIMEOUT_S,
             limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST)
                 .map(Arc::new),
         }
+    }
+
+    /// Set the longest sandbox timeout callers may ask for, in seconds.
+    pub fn with_max_timeout(mut self, secs: u64) -> Self {
+        self.max_timeout_s = secs;
+        self
     }
 
     /// Set the per-client limit (`per_sec` 0 = off).
@@ -84,8 +97,13 @@ impl Gateway {
 }
 
 pub fn rfc3339_ms(ms: i64) -> String {
+    // past chrono's range is the farthest time it has, never 1970
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
+        .unwrap_or(if ms > 0 {
+            chrono::DateTime::<chrono::Utc>::MAX_UTC
+        } else {
+            chrono::DateTime::<chrono::Utc>::MIN_UTC
+        })
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -97,6 +115,12 @@ pub fn metrics_app() -> axum::Router {
         axum::routing::get(|| async { sandpool_telemetry::metrics::response() }),
     )
 }
+
+/// Default longest sandbox timeout: 24 h (E2B's longest plan).
+pub const DEFAULT_MAX_TIMEOUT_S: u64 = 86_400;
+/// Default largest proxied request body: the runtime's largest file plus
+/// room for a multipart envelope.
+pub const DEFAULT_MAX_PROXY_BODY: u64 = (1 << 30) + (1 << 20);
 
 /// Defaults: generous for one agent framework, a wall against runaway loops.
 pub const DEFAULT_RATE_PER_SEC: f64 = 1000.0;

@@ -64,6 +64,9 @@ pub async fn forward(
         .ok()
         .filter(|p| (1..=65535).contains(p))
         .ok_or_else(|| ApiError::Invalid(format!("bad port {port}")))?;
+    // refused before the claim lookup and before a byte of the body is read
+    // (a client sending `Expect: 100-continue` never gets its 100)
+    check_length(&gw, req.headers())?;
     let claim = gw.get_claim(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!(
@@ -73,10 +76,61 @@ pub async fn forward(
     let sb = claim
         .sandbox
         .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    send(&gw, (&id, &sb), port, &path, req, auth).await
+}
+
+/// 413 when the declared body is over `gw.max_proxy_body`.
+fn check_length(gw: &Gateway, h: &http::HeaderMap) -> Result<(), ApiError> {
+    let declared = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > gw.max_proxy_body => Err(ApiError::TooLarge(format!(
+            "request body of {n} bytes exceeds {} bytes",
+            gw.max_proxy_body
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether header `name` with `value` carries one of the platform's own
+/// credentials (the API key headers of both APIs, or an `Authorization`
+/// holding an API key): those never reach code in a sandbox.
+fn is_platform_credential(gw: &Gateway, name: &str, value: &http::HeaderValue) -> bool {
+    if PLATFORM_KEY_HEADERS.contains(&name) {
+        return true;
+    }
+    if name != "authorization" {
+        return false;
+    }
+    let Ok(v) = value.to_str() else {
+        return false;
+    };
+    let v = v.trim();
+    let token = match v.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => v,
+    };
+    gw.key_ok(token)
+}
+
+/// The headers the gateway itself authenticates callers with.
+const PLATFORM_KEY_HEADERS: &[&str] = &["open-sandbox-api-key", "x-api-key"];
+
+/// Send `req` to `path` on `port` of claim `id`'s sandbox `sb` and stream the answer back.
+async fn send(
+    gw: &Gateway,
+    (id, sb): (&str, &pb::SandboxInfo),
+    port: u32,
+    path: &str,
+    req: Request,
+    auth: Auth,
+) -> Result<Response, ApiError> {
     let mut url = format!(
         "http://{}:{}/{path}",
         sb.ip,
-        crate::opensandbox::sandbox_port(&sb, port)?
+        crate::opensandbox::sandbox_port(sb, port)?
     );
     if let Some(q) = req.uri().query() {
         url.push('?');
@@ -86,7 +140,7 @@ pub async fn forward(
     let mut out = gw.http.request(parts.method.clone(), &url);
     for (k, v) in parts.headers.iter() {
         let name = k.as_str();
-        if HOP_BY_HOP.contains(&name) || name == "open-sandbox-api-key" {
+        if HOP_BY_HOP.contains(&name) || is_platform_credential(gw, name, v) {
             continue;
         }
         out = out.header(k, v);
@@ -101,12 +155,15 @@ pub async fn forward(
     }
     // exec latency as the gateway sees it: request sent to response head
     // (commands stream their output after that)
-    let exec_api = match path.as_str() {
+    let exec_api = match path {
         "command" => Some("execd"),
         "process.Process/Start" => Some("envd"),
         "execute" => Some("interpreter"),
         _ => None,
     };
+    // a body without a declared length is cut off at the same limit
+    let limit = usize::try_from(gw.max_proxy_body).unwrap_or(usize::MAX);
+    let body = Body::new(http_body_util::Limited::new(body, limit));
     let t0 = std::time::Instant::now();
     let resp = out
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
@@ -128,4 +185,135 @@ pub async fn forward(
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     r.body(Body::from_stream(stream))
         .map_err(ApiError::ProxyResponse)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn gateway() -> Gateway {
+        // never dialled: these requests end before a claim lookup
+        let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Gateway::new(
+            pb::scheduler_client::SchedulerClient::with_interceptor(ch, Default::default()),
+            &["platform-key".to_string()],
+        )
+    }
+
+    /// A sandbox port that answers with the request headers it got, as JSON.
+    async fn echo_upstream() -> u16 {
+        let app = axum::Router::new().fallback(|h: http::HeaderMap| async move {
+            let m: serde_json::Map<String, serde_json::Value> = h
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            axum::Json(m)
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        port
+    }
+
+    #[tokio::test]
+    async fn platform_credentials_never_reach_the_sandbox() {
+        let gw = gateway();
+        let port = echo_upstream().await;
+        let sb = pb::SandboxInfo {
+            ip: "127.0.0.1".into(),
+            ..Default::default()
+        };
+        for auth in [Auth::Passthrough, Auth::RuntimeToken] {
+            let req = http::Request::post("/x")
+                .header("OPEN-SANDBOX-API-KEY", "platform-key")
+                .header("X-API-Key", "platform-key")
+                .header("Authorization", "Bearer platform-key")
+                .header("X-Access-Token", "envd-token")
+                .header("X-App", "kept")
+                .body(Body::empty())
+                .expect("request");
+            let r = send(&gw, ("c1", &sb), u32::from(port), "x", req, auth)
+                .await
+                .expect("proxied");
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            for h in ["open-sandbox-api-key", "x-api-key", "authorization"] {
+                assert!(seen.get(h).is_none(), "{h} leaked: {seen}");
+            }
+            assert!(
+                !seen.to_string().contains("platform-key"),
+                "the key leaked: {seen}"
+            );
+            // the sandbox's own credentials and other headers pass
+            assert_eq!(seen["x-access-token"], "envd-token");
+            assert_eq!(seen["x-app"], "kept");
+        }
+        // an Authorization that is not a platform key is the sandbox's business
+        let req = http::Request::get("/x")
+            .header("Authorization", "Bearer app-token")
+            .body(Body::empty())
+            .expect("request");
+        let r = send(
+            &gw,
+            ("c1", &sb),
+            u32::from(port),
+            "x",
+            req,
+            Auth::Passthrough,
+        )
+        .await
+        .expect("proxied");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(seen["authorization"], "Bearer app-token");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_upload_with_expect_continue_gets_413_before_its_body() {
+        let mut gw = gateway();
+        gw.max_proxy_body = 1000;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, crate::app(gw)).await });
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            b"POST /v1/sandboxes/c1/proxy/44772/upload HTTP/1.1\r\nHost: x\r\n\
+              OPEN-SANDBOX-API-KEY: platform-key\r\nContent-Length: 1001\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("head");
+        // the answer comes without a byte of the body being sent
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer before the body");
+        let head = String::from_utf8_lossy(&got);
+        assert!(
+            head.starts_with("HTTP/1.1 413"),
+            "expected 413 first, got {head:?}"
+        );
+        assert!(!head.contains("100 Continue"), "{head:?}");
+    }
 }

@@ -331,8 +331,7 @@ pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::R
 }
 
 pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    crate::datadir::prepare(&a.data_dir)?;
     let ctr = Ctr::connect(
         &a.containerd_socket,
         &a.containerd_namespace,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod datadir;
 mod keys;
 mod serve;
 

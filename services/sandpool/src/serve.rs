@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// activity (0 = never); resume it with the API (OpenSandbox `resume`, E2B `connect`).
     #[arg(long, default_value_t = 0)]
     idle_pause_after: u64,
+    /// Longest sandbox timeout a caller may ask for, in seconds (400 over it
+    /// on create; E2B timeout changes are cut to it).
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_TIMEOUT_S)]
+    max_timeout: u64,
+    /// Largest request body the gateway proxies to a sandbox, in bytes (413 over it).
+    #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_PROXY_BODY)]
+    max_proxy_body: u64,
     /// Requests per second allowed per API key (0 = no limit); 429 beyond.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_RATE_PER_SEC)]
     rate_limit: f64,
@@ -184,6 +191,9 @@ fn platform_service_token(
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
+    // 0600 whatever the umask
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("making {} 0600", tmp.display()))?;
     f.write_all(t.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -215,6 +225,7 @@ pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Resul
         .iter()
         .map(|p| parse_pool(p))
         .collect::<anyhow::Result<_>>()?;
+    crate::datadir::prepare(&a.data_dir)?;
     let service_token = platform_service_token(service_token, &a.data_dir)?;
     let grpc = grpc_server(RequireToken::new(Some(&service_token))?);
     let runs = |r: Role| a.roles.is_empty() || a.roles.contains(&r);
@@ -408,10 +419,12 @@ async fn run_gateway(
         .tcp_nodelay(true)
         .connect_lazy();
     let client = SchedulerClient::with_interceptor(ch, ServiceToken::new(Some(service_token))?);
-    let gw = sandpool_gateway::Gateway::new(client, api_keys)
+    let mut gw = sandpool_gateway::Gateway::new(client, api_keys)
         .with_keys_file(api_keys, crate::keys::keys_file(&a.data_dir))
         .with_max_sandboxes_per_key(a.max_sandboxes_per_key)
-        .with_rate_limit(a.rate_limit, a.rate_burst);
+        .with_rate_limit(a.rate_limit, a.rate_burst)
+        .with_max_timeout(a.max_timeout);
+    gw.max_proxy_body = a.max_proxy_body;
     let listener = bind(a.listen).await?;
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {

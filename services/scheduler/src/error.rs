@@ -44,6 +44,12 @@ pub enum SchedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("store: cannot make its file {path} owner-only")]
+    StoreFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("store: cannot encode record {key}")]
     Encode {
         key: String,
@@ -82,6 +88,7 @@ impl SchedError {
             SchedError::Node { .. } => "node",
             SchedError::Store { .. }
             | SchedError::StoreDir { .. }
+            | SchedError::StoreFile { .. }
             | SchedError::Encode { .. }
             | SchedError::StoreTask { .. } => "store",
         }
@@ -123,6 +130,7 @@ impl From<SchedError> for tonic::Status {
             },
             SchedError::Store { .. }
             | SchedError::StoreDir { .. }
+            | SchedError::StoreFile { .. }
             | SchedError::Encode { .. }
             | SchedError::StoreTask { .. } => Code::Internal,
         };

@@ -42,10 +42,33 @@ impl Table {
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| SchedError::StoreDir {
-                path: dir.to_path_buf(),
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| SchedError::StoreDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        // the store holds every sandbox's runtime token: owner-only, made so
+        // before redb writes to it (redb fills an empty file) and kept so
+        // for a file an older version left world-readable
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mode = |source| SchedError::StoreFile {
+                path: path.to_path_buf(),
                 source,
-            })?;
+            };
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(mode)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(mode)?;
         }
         let db = Database::create(path).map_err(err("opening the database"))?;
         let txn = db.begin_write().map_err(err("beginning a write"))?;
@@ -113,6 +136,27 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_file_is_owner_only_new_or_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let p = d.path().join("state/s.redb");
+        drop(Store::open(&p).unwrap());
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(p.parent().unwrap()), 0o700);
+        // an older version's world-readable store keeps its data and loses the bits
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&p).unwrap();
+        s.put(Table::Pools, "k", &1u32).unwrap();
+        drop(s);
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(
+            Store::open(&p).unwrap().all::<u32>(Table::Pools).unwrap(),
+            vec![1]
+        );
+    }
 
     #[test]
     fn survives_reopen() {

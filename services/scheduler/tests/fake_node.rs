@@ -593,3 +593,27 @@ async fn a_checkpoint_keeps_the_metadata_of_its_claim_after_the_claim_ends() {
     s.delete_checkpoint(&ck.checkpoint_id).await.unwrap();
     assert!(s.list_checkpoints().await.is_empty());
 }
+
+#[tokio::test]
+async fn pool_names_must_be_dns_labels() {
+    let (_node, s, _store) = platform().await;
+    let long = "a".repeat(64);
+    for bad in [
+        "Upper",
+        "under_score",
+        "dot.ted",
+        "-lead",
+        long.as_str(),
+        "",
+    ] {
+        let e = s.apply_pool(pool(bad, 0, 0, 1)).expect_err(bad);
+        assert!(
+            e.to_string().contains("pool name") && e.to_string().contains("DNS label"),
+            "{bad}: {e}"
+        );
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+    assert!(s.pools().is_empty(), "no bad pool was stored");
+    s.apply_pool(pool(&"a".repeat(63), 0, 0, 1))
+        .expect("63 characters is a DNS label");
+}

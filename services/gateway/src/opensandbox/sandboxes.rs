@@ -205,8 +205,14 @@ pub async fn create(
     extract::RawBody(body, _): extract::RawBody,
 ) -> Result<Response> {
     let claim = match parse_create(&body)? {
-        Create::Claim(c) => *c,
-        Create::Restore(restore) => return create_from_snapshot(&gw, restore).await,
+        Create::Claim(mut c) => {
+            c.ttl_seconds = gw.check_timeout("timeout", c.ttl_seconds)?;
+            *c
+        }
+        Create::Restore(mut restore) => {
+            restore.ttl_seconds = gw.check_timeout("timeout", restore.ttl_seconds)?;
+            return create_from_snapshot(&gw, restore).await;
+        }
     };
     let pool = claim.pool.clone();
     let c = gw
@@ -271,6 +277,11 @@ pub async fn renew(
             source,
         })?
         .timestamp_millis();
+    if let Err(e) = gw.check_expiry("expiresAt", chrono::Utc::now().timestamp_millis(), at) {
+        // an unknown sandbox is 404 whatever the time asked for
+        gw.get_claim(&id).await?;
+        return Err(e);
+    }
     let c = gw.renew(&id, at).await?;
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
 }

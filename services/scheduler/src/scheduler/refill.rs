@@ -20,15 +20,8 @@ use crate::{
 
 impl Scheduler {
     pub fn apply_pool(&self, rec: PoolRec) -> Result<PoolRec> {
-        if rec.name.is_empty()
-            || rec.name.len() > 63
-            || !rec
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(SchedError::Invalid(format!("bad pool name {:?}", rec.name)));
-        }
+        sandpool_core::validate_dns_label("pool name", &rec.name)
+            .map_err(|e| SchedError::Invalid(e.to_string()))?;
         if rec.template.image.trim().is_empty() {
             return Err(SchedError::Invalid("pool template needs an image".into()));
         }
