@@ -1,0 +1,348 @@
+"""Attacks a tenant can run from inside a sandbox, against the real platform
+(``sandpool serve`` on real containerd: runc sandboxes from ``test-pool``,
+runsc ones from ``ck-pool``), through the real opensandbox==1.1.1 SDK,
+unchanged. Each attack comes with a
+negative control showing the probe itself works, and each checks that the
+platform and a second sandbox still answer afterwards (nothing lost).
+
+Every attack is bounded: a fixed number of processes, a fixed allocation, a
+fixed number of bytes, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from opensandbox import SandboxSync
+from opensandbox.exceptions import SandboxApiException
+from opensandbox.models.execd import RunCommandOpts
+
+from sandpool_platform import BRIDGE, CK_POOL_NAME, POOL_IMAGE, POOL_NAME, Sandpool
+
+PIDS_LIMIT = 512  # the node default (node-agent/src/limits.rs)
+LOG_CAP = 1 << 20  # the node default (--sandbox-log-cap-bytes)
+LOG_SLACK = 256 << 10  # what the shim may append between two cap checks (200 ms)
+
+
+def create(sandpool: Sandpool) -> SandboxSync:
+    return SandboxSync.create(
+        POOL_IMAGE,
+        connection_config=sandpool.config(),
+        extensions={"poolRef": POOL_NAME},
+        timeout=timedelta(minutes=5),
+        ready_timeout=timedelta(seconds=60),
+    )
+
+
+def run(sandbox: SandboxSync, cmd: str, timeout: float = 60.0):
+    return sandbox.commands.run(cmd, opts=RunCommandOpts(timeout=timedelta(seconds=timeout)))
+
+
+def stdout(execution) -> str:
+    return "".join(m.text for m in execution.logs.stdout)
+
+
+@pytest.fixture
+def pair(sandpool: Sandpool):
+    """The attacker and a bystander sandbox, killed afterwards."""
+    attacker, bystander = create(sandpool), create(sandpool)
+    try:
+        yield attacker, bystander
+    finally:
+        for sandbox in (attacker, bystander):
+            try:
+                sandbox.kill()
+            except Exception:  # noqa: BLE001 - best effort cleanup
+                pass
+
+
+def assert_platform_fine(sandpool: Sandpool, bystander: SandboxSync, what: str) -> None:
+    response = httpx.get(f"{sandpool.url}/health", timeout=5.0)
+    assert response.status_code == 200 and response.json() == {"status": "healthy"}, f"{what}: {response.text}"
+    execution = run(bystander, "echo bystander-ok", timeout=30)
+    assert execution.exit_code == 0 and stdout(execution).strip() == "bystander-ok", f"{what}: {execution}"
+    assert bystander.get_info().status.state == "Running", what
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    pytest.fail(f"{what} not within {timeout}s (last: {last!r})")
+
+
+# ------------------------------------------------------------------ fork bomb
+
+def _host_pids_cgroups(argv: list[bytes]) -> dict[str, int]:
+    """Host-side pids cgroups (v1 or v2) of the processes running exactly
+    ``argv``, with how many such processes each holds."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().split(b"\0")[:-1] != argv:
+                continue
+            lines = (entry / "cgroup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if controllers == "" or "pids" in controllers.split(","):
+                root = Path("/sys/fs/cgroup/pids") if controllers else Path("/sys/fs/cgroup")
+                key = str(root / path.lstrip("/"))
+                found[key] = found.get(key, 0) + 1
+                break
+    return found
+
+
+def test_fork_bomb_stops_at_the_pids_limit(sandpool: Sandpool, pair):
+    attacker, bystander = pair
+    # control: the same sandbox starts a few processes normally
+    control = run(attacker, "for i in 1 2 3 4 5; do sleep 1 </dev/null >/dev/null 2>&1 & done; wait; echo done")
+    assert control.exit_code == 0 and stdout(control).strip() == "done", control
+
+    # bounded: at most 2000 sleepers, each gone after 20 s; a unique duration
+    # finds them (and so the sandbox's cgroup) from the host
+    duration = f"20.{time.time_ns() % 1000000:06d}"
+    bomb = f"i=0; while [ $i -lt 2000 ]; do sleep {duration} </dev/null >/dev/null 2>&1 & i=$((i+1)); done; echo spawned=$i"
+    started = time.monotonic()
+    execution = run(attacker, bomb, timeout=60)
+    took = time.monotonic() - started
+    errors = "".join(m.text for m in execution.logs.stderr)
+    groups = _host_pids_cgroups([b"sleep", duration.encode()])
+    assert len(groups) == 1, f"the sleepers are not in one cgroup: {groups}"
+    (cgroup, sleepers), = groups.items()
+    current = int(Path(cgroup, "pids.current").read_text())
+    limit = Path(cgroup, "pids.max").read_text().strip()
+    tasks = len(Path(cgroup, "tasks").read_text().split()) if Path(cgroup, "tasks").exists() else None
+    print(
+        f"\nfork bomb (runc): {stdout(execution).strip() or '-'} {errors.strip()[-80:]!r} in {took:.1f}s; "
+        f"{sleepers} sleepers on the host, pids.current={current} pids.max={limit} tasks={tasks}"
+    )
+    assert limit == str(PIDS_LIMIT), f"pids.max {limit}"
+    assert current <= PIDS_LIMIT, f"pids.current {current}: the pids limit did not hold"
+    assert sleepers >= PIDS_LIMIT // 2, f"{sleepers} sleepers: the bomb did not run"
+    assert "spawned=2000" not in stdout(execution), "all 2000 forks succeeded"
+    # meanwhile (the sleepers still hold the limit) the platform and a neighbour answer
+    assert_platform_fine(sandpool, bystander, "during the fork bomb")
+    still = int(Path(cgroup, "pids.current").read_text())
+    assert still >= PIDS_LIMIT // 2, f"pids.current {still}: the bomb was over before the checks"
+    # once the sleepers are gone, the attacker starts processes normally again
+    wait_until(lambda: int(Path(cgroup, "pids.current").read_text()) < 64, 45, "the sleepers gone")
+    again = run(attacker, "for i in 1 2 3 4 5; do sleep 1 </dev/null >/dev/null 2>&1 & done; wait; echo done")
+    assert again.exit_code == 0 and stdout(again).strip() == "done", again
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_big_allocation_is_oom_killed_inside_the_sandbox(sandpool: Sandpool, pair):
+    attacker, bystander = pair
+    # control: 64 MiB in one buffer fits
+    control = run(attacker, "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo rc=$?")
+    assert stdout(control).strip() == "rc=0", control
+    # 1 GiB in one buffer against the 512 MiB default
+    started = time.monotonic()
+    execution = run(attacker, "dd if=/dev/zero of=/dev/null bs=1G count=1 2>/dev/null; echo rc=$?", timeout=60)
+    took = time.monotonic() - started
+    print(f"\n1 GiB allocation (runc): {stdout(execution).strip()} after {took:.1f}s")
+    assert stdout(execution).strip() == "rc=137", f"not OOM-killed: {execution}"
+    assert took < 30, f"OOM kill took {took:.1f}s"
+    after = run(attacker, "echo alive")
+    assert stdout(after).strip() == "alive", "the attacker's runtime survives the OOM kill"
+    assert_platform_fine(sandpool, bystander, "after the OOM kill")
+
+
+# ------------------------------------------------------------------ IPv6
+
+
+def _bridge_link_local() -> str:
+    out = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", BRIDGE, "scope", "link"],
+        capture_output=True, text=True, timeout=10,
+    ).stdout
+    match = re.search(r"inet6 (fe80:[0-9a-f:]+)/", out)
+    if not match:
+        pytest.fail(f"bridge {BRIDGE} has no IPv6 link-local address: {out!r}")
+    return match.group(1)
+
+
+def test_sandbox_cannot_reach_a_host_listener_over_ipv6(sandpool: Sandpool, pair):
+    attacker, bystander = pair
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                continue
+            accepted.append(peer[0])
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        # control: the host itself reaches it over IPv6
+        with socket.create_connection(("::1", port), timeout=5):
+            pass
+        wait_until(lambda: len(accepted) == 1, 5, "the host's own IPv6 connection accepted", interval=0.05)
+        link_local = _bridge_link_local()
+        probe = (
+            f"if nc -w 2 {link_local}%eth0 {port} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi; "
+            "cat /proc/sys/net/ipv6/conf/all/disable_ipv6"
+        )
+        execution = run(attacker, probe, timeout=30)
+        lines = stdout(execution).split()
+        print(f"\nIPv6 to [{link_local}]:{port} from the sandbox (runc): {lines}; host accepted {accepted}")
+        assert lines[:1] == ["closed"], f"reached [{link_local}]:{port}: {lines}"
+        assert accepted == ["::1"], f"the host accepted an IPv6 connection from a sandbox: {accepted}"
+        assert lines[1:2] == ["1"], f"IPv6 is not off in the sandbox: {lines}"
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        listener.close()
+    assert_platform_fine(sandpool, bystander, "after the IPv6 probe")
+
+
+# ------------------------------------------------------------------ host log flood
+
+
+def _log_with(sandpool: Sandpool, marker: str) -> Path | None:
+    """The host-side log (node agent data dir ``logs/<sandbox>.log``) holding
+    ``marker``: the agent names logs by its own sandbox id, not the claim id."""
+    logs = sandpool.base_dir / "data" / "agent" / "logs"
+    found = [p for p in logs.glob("*.log") if marker in p.read_text(errors="replace")]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def test_log_flood_is_capped_on_the_host(sandpool: Sandpool, pair):
+    attacker, bystander = pair
+    marker = f"attack-marker-{time.time_ns()}"
+    # control: a small write to the runtime's stdout lands in the host log
+    control = run(attacker, f"echo {marker} > /proc/1/fd/1 && echo written")
+    assert stdout(control).strip() == "written", control
+    log = wait_until(lambda: _log_with(sandpool, marker), 5, "the marker in a host log", interval=0.1)
+
+    started = time.monotonic()
+    flood = run(attacker, "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written", timeout=60)
+    assert stdout(flood).strip() == "written", flood
+    # the cap is checked every 200 ms: the log gets back under it promptly
+    size = wait_until(
+        lambda: (s := log.stat().st_size) <= LOG_CAP + LOG_SLACK and s + 1,
+        5, f"{log} back under {LOG_CAP + LOG_SLACK} bytes", interval=0.1,
+    ) - 1
+    took = time.monotonic() - started
+    disk = log.stat().st_blocks * 512
+    print(f"\nlog flood (runc): 10 MiB to stdout -> host log {size} bytes ({disk} on disk) after {took:.1f}s")
+    assert disk <= LOG_CAP + LOG_SLACK + (64 << 10), f"{disk} bytes on disk"
+    with open(log, "rb") as f:
+        head = f.read(64)
+    assert head.startswith(b"[sandpool: log truncated"), f"the flood reached the log and was cut: {head!r}"
+    after = run(attacker, "echo alive")
+    assert stdout(after).strip() == "alive", "the attacker keeps working"
+    assert_platform_fine(sandpool, bystander, "after the log flood")
+
+
+# ------------------------------------------------------------------ runsc
+# runsc enforces the limits on the whole gVisor sandbox (its kernel is the
+# host process in the cgroup): going over them stops that sandbox, which the
+# platform must report, while the platform and other sandboxes carry on.
+
+
+def _wait_not_running(sandbox: SandboxSync, timeout: float) -> str:
+    def state():
+        try:
+            s = sandbox.get_info().status.state
+        except SandboxApiException as exc:
+            return f"HTTP {exc.status_code}" if exc.status_code == 404 else None
+        return s if s in ("Failed", "Terminated") else None
+
+    return wait_until(state, timeout, f"runsc sandbox {sandbox.id} reported stopped", interval=0.25)
+
+
+def test_runsc_sandbox_over_its_memory_limit_is_stopped_and_reported(sandpool: Sandpool, pair):
+    _, bystander = pair
+    victim = SandboxSync.create(
+        "python",
+        connection_config=sandpool.config(),
+        extensions={"poolRef": CK_POOL_NAME},
+        timeout=timedelta(minutes=5),
+        ready_timeout=timedelta(seconds=90),
+    )
+    try:
+        # control: 64 MiB in one buffer fits, the sandbox keeps running
+        control = run(victim, "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo rc=$?")
+        assert stdout(control).strip() == "rc=0", control
+        assert victim.get_info().status.state == "Running"
+        started = time.monotonic()
+        attack = threading.Thread(
+            target=lambda: _swallow(lambda: run(victim, "dd if=/dev/zero of=/dev/null bs=1G count=1", timeout=30)),
+            daemon=True,
+        )
+        attack.start()
+        state = _wait_not_running(victim, 40)
+        took = time.monotonic() - started
+        print(f"\n1 GiB allocation (runsc): sandbox {state} after {took:.1f}s")
+        attack.join(timeout=40)
+        assert_platform_fine(sandpool, bystander, "after the runsc sandbox was stopped")
+    finally:
+        _swallow(victim.kill)
+
+
+def test_runsc_sandbox_running_a_fork_bomb_is_stopped_and_reported(sandpool: Sandpool, pair):
+    _, bystander = pair
+    victim = SandboxSync.create(
+        "python",
+        connection_config=sandpool.config(),
+        extensions={"poolRef": CK_POOL_NAME},
+        timeout=timedelta(minutes=5),
+        ready_timeout=timedelta(seconds=90),
+    )
+    try:
+        # control: a few processes start normally, the sandbox keeps running
+        control = run(victim, "for i in 1 2 3 4 5; do sleep 1 </dev/null >/dev/null 2>&1 & done; wait; echo done")
+        assert stdout(control).strip() == "done", control
+        assert victim.get_info().status.state == "Running"
+        started = time.monotonic()
+        bomb = "i=0; while [ $i -lt 2000 ]; do sleep 20 </dev/null >/dev/null 2>&1 & i=$((i+1)); done"
+        attack = threading.Thread(target=lambda: _swallow(lambda: run(victim, bomb, timeout=30)), daemon=True)
+        attack.start()
+        state = _wait_not_running(victim, 40)
+        took = time.monotonic() - started
+        print(f"\nfork bomb (runsc): sandbox {state} after {took:.1f}s")
+        attack.join(timeout=40)
+        assert_platform_fine(sandpool, bystander, "after the runsc fork bomb")
+    finally:
+        _swallow(victim.kill)
+
+
+def _swallow(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the sandbox may die under us
+        return exc
