@@ -285,8 +285,10 @@ def _wait_not_running(sandbox: SandboxSync, timeout: float) -> str:
     return wait_until(state, timeout, f"runsc sandbox {sandbox.id} reported stopped", interval=0.25)
 
 
-def test_runsc_sandbox_over_its_memory_limit_is_stopped_and_reported(sandpool: Sandpool, pair):
-    _, bystander = pair
+def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, attack: str, what: str) -> None:
+    """On a fresh runsc sandbox: `control` prints `expect` and the sandbox keeps
+    running; then `attack` runs until the sandbox is reported stopped (within
+    40 s), and the platform and a neighbour still answer."""
     victim = SandboxSync.create(
         "python",
         connection_config=sandpool.config(),
@@ -295,50 +297,45 @@ def test_runsc_sandbox_over_its_memory_limit_is_stopped_and_reported(sandpool: S
         ready_timeout=timedelta(seconds=90),
     )
     try:
-        # control: 64 MiB in one buffer fits, the sandbox keeps running
-        control = run(victim, "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo rc=$?")
-        assert stdout(control).strip() == "rc=0", control
+        done = run(victim, control)
+        assert stdout(done).strip() == expect, done
         assert victim.get_info().status.state == "Running"
         started = time.monotonic()
-        attack = threading.Thread(
-            target=lambda: _swallow(lambda: run(victim, "dd if=/dev/zero of=/dev/null bs=1G count=1", timeout=30)),
-            daemon=True,
-        )
-        attack.start()
+        thread = threading.Thread(target=lambda: _swallow(lambda: run(victim, attack, timeout=30)), daemon=True)
+        thread.start()
         state = _wait_not_running(victim, 40)
         took = time.monotonic() - started
-        print(f"\n1 GiB allocation (runsc): sandbox {state} after {took:.1f}s")
-        attack.join(timeout=40)
-        assert_platform_fine(sandpool, bystander, "after the runsc sandbox was stopped")
+        print(f"\n{what} (runsc): sandbox {state} after {took:.1f}s")
+        thread.join(timeout=40)
+        assert_platform_fine(sandpool, bystander, f"after the runsc {what}")
     finally:
         _swallow(victim.kill)
+
+
+def test_runsc_sandbox_over_its_memory_limit_is_stopped_and_reported(sandpool: Sandpool, pair):
+    _, bystander = pair
+    # control: 64 MiB in one buffer fits
+    _runsc_attack(
+        sandpool,
+        bystander,
+        "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo rc=$?",
+        "rc=0",
+        "dd if=/dev/zero of=/dev/null bs=1G count=1",
+        "1 GiB allocation",
+    )
 
 
 def test_runsc_sandbox_running_a_fork_bomb_is_stopped_and_reported(sandpool: Sandpool, pair):
     _, bystander = pair
-    victim = SandboxSync.create(
-        "python",
-        connection_config=sandpool.config(),
-        extensions={"poolRef": CK_POOL_NAME},
-        timeout=timedelta(minutes=5),
-        ready_timeout=timedelta(seconds=90),
+    # control: a few processes start normally
+    _runsc_attack(
+        sandpool,
+        bystander,
+        "for i in 1 2 3 4 5; do sleep 1 </dev/null >/dev/null 2>&1 & done; wait; echo done",
+        "done",
+        "i=0; while [ $i -lt 2000 ]; do sleep 20 </dev/null >/dev/null 2>&1 & i=$((i+1)); done",
+        "fork bomb",
     )
-    try:
-        # control: a few processes start normally, the sandbox keeps running
-        control = run(victim, "for i in 1 2 3 4 5; do sleep 1 </dev/null >/dev/null 2>&1 & done; wait; echo done")
-        assert stdout(control).strip() == "done", control
-        assert victim.get_info().status.state == "Running"
-        started = time.monotonic()
-        bomb = "i=0; while [ $i -lt 2000 ]; do sleep 20 </dev/null >/dev/null 2>&1 & i=$((i+1)); done"
-        attack = threading.Thread(target=lambda: _swallow(lambda: run(victim, bomb, timeout=30)), daemon=True)
-        attack.start()
-        state = _wait_not_running(victim, 40)
-        took = time.monotonic() - started
-        print(f"\nfork bomb (runsc): sandbox {state} after {took:.1f}s")
-        attack.join(timeout=40)
-        assert_platform_fine(sandpool, bystander, "after the runsc fork bomb")
-    finally:
-        _swallow(victim.kill)
 
 
 def _swallow(fn):
