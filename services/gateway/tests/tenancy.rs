@@ -259,6 +259,22 @@ async fn call(
     )
 }
 
+/// Asserts the status of each bodiless `(method, path, key)` call, in order.
+async fn expect_statuses(app: &axum::Router, cases: &[(&str, &str, &str, u16)]) {
+    for &(method, path, key, want) in cases {
+        let (s, v) = call(app, method, path, key, Value::Null).await;
+        assert_eq!(s, want, "{key} {method} {path}: {v}");
+    }
+}
+
+/// Creates `n` OpenSandbox sandboxes with `key`, asserting each is accepted.
+async fn os_create_accepted(app: &axum::Router, key: &str, n: usize) {
+    for _ in 0..n {
+        let (s, v) = call(app, "POST", "/v1/sandboxes", key, os_create()).await;
+        assert_eq!(s, 202, "{key}: {v}");
+    }
+}
+
 fn os_create() -> Value {
     // a caller's own owner record is dropped, not trusted
     json!({"extensions": {"poolRef": "default"}, "entrypoint": ["sleep", "9"], "timeout": 600,
@@ -345,14 +361,15 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
     assert_eq!((s, &v["metadata"]), (200, &json!({"team": "x"})));
 
     // the owner still reaches it
-    assert_eq!(
-        call(app, "POST", &format!("{sb}/pause"), A, Value::Null)
-            .await
-            .0,
-        202
-    );
-    assert_eq!(call(app, "GET", &sb, A, Value::Null).await.0, 200);
-    assert_eq!(call(app, "DELETE", &sb, A, Value::Null).await.0, 204);
+    expect_statuses(
+        app,
+        &[
+            ("POST", &format!("{sb}/pause"), A, 202),
+            ("GET", &sb, A, 200),
+            ("DELETE", &sb, A, 204),
+        ],
+    )
+    .await;
 
     // a revoked key is refused at once (no restart)
     assert!(tenancy::revoke_key(&p.keys, "b").expect("revoke"));
@@ -409,19 +426,14 @@ async fn e2b_keys_reach_only_their_own_sandboxes() {
     assert_eq!(ids(&v, ""), vec![id.clone()], "admin sees A's");
     let (s, v) = call(app, "GET", &sb, A, Value::Null).await;
     assert_eq!((s, &v["metadata"]), (200, &json!({})), "{v}");
-    assert_eq!(call(app, "DELETE", &sb, A, Value::Null).await.0, 204);
+    expect_statuses(app, &[("DELETE", &sb, A, 204)]).await;
 }
 
 #[tokio::test]
 async fn live_sandboxes_per_key_have_a_quota_in_each_apis_shape() {
     let p = platform(2).await;
     let app = &p.app;
-    for _ in 0..2 {
-        assert_eq!(
-            call(app, "POST", "/v1/sandboxes", A, os_create()).await.0,
-            202
-        );
-    }
+    os_create_accepted(app, A, 2).await;
     let (s, v) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
     assert_eq!(
         (s, v["code"].as_str()),
@@ -448,37 +460,17 @@ async fn live_sandboxes_per_key_have_a_quota_in_each_apis_shape() {
         "{v}"
     );
     // other keys and the platform key are not held by A's quota
-    assert_eq!(
-        call(app, "POST", "/v1/sandboxes", B, os_create()).await.0,
-        202
-    );
-    for _ in 0..3 {
-        assert_eq!(
-            call(app, "POST", "/v1/sandboxes", ADMIN, os_create())
-                .await
-                .0,
-            202
-        );
-    }
+    os_create_accepted(app, B, 1).await;
+    os_create_accepted(app, ADMIN, 3).await;
     // deleting one frees a place
     let (_, v) = call(app, "GET", "/v1/sandboxes", A, Value::Null).await;
     let first = ids(&v, "items").remove(0);
-    assert_eq!(
-        call(
-            app,
-            "DELETE",
-            &format!("/v1/sandboxes/{first}"),
-            A,
-            Value::Null
-        )
-        .await
-        .0,
-        204
-    );
-    assert_eq!(
-        call(app, "POST", "/v1/sandboxes", A, os_create()).await.0,
-        202
-    );
+    expect_statuses(
+        app,
+        &[("DELETE", &format!("/v1/sandboxes/{first}"), A, 204)],
+    )
+    .await;
+    os_create_accepted(app, A, 1).await;
 }
 
 #[tokio::test]
@@ -511,37 +503,13 @@ async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
     let app = &p.app;
     let (_, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
     let id = a["id"].as_str().expect("id").to_string();
-    let (s, v) = call(
-        app,
-        "POST",
-        &format!("/v1/sandboxes/{id}/snapshots"),
-        B,
-        Value::Null,
-    )
-    .await;
-    assert_eq!(s, 404, "B cannot snapshot A's sandbox: {v}");
-    let (s, ck) = call(
-        app,
-        "POST",
-        &format!("/v1/sandboxes/{id}/snapshots"),
-        A,
-        Value::Null,
-    )
-    .await;
+    let snapshots = format!("/v1/sandboxes/{id}/snapshots");
+    // B cannot snapshot A's sandbox
+    expect_statuses(app, &[("POST", &snapshots, B, 404)]).await;
+    let (s, ck) = call(app, "POST", &snapshots, A, Value::Null).await;
     assert_eq!(s, 202, "{ck}");
     let ck = ck["id"].as_str().expect("snapshot id").to_string();
-    assert_eq!(
-        call(
-            app,
-            "DELETE",
-            &format!("/v1/sandboxes/{id}"),
-            A,
-            Value::Null
-        )
-        .await
-        .0,
-        204
-    );
+    expect_statuses(app, &[("DELETE", &format!("/v1/sandboxes/{id}"), A, 204)]).await;
 
     let (_, v) = call(app, "GET", "/v1/snapshots", A, Value::Null).await;
     assert_eq!(
@@ -554,8 +522,7 @@ async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
     let (_, v) = call(app, "GET", "/v1/snapshots", ADMIN, Value::Null).await;
     assert_eq!(ids(&v, "items"), vec![ck.clone()]);
     let snap = format!("/v1/snapshots/{ck}");
-    assert_eq!(call(app, "GET", &snap, B, Value::Null).await.0, 404);
-    assert_eq!(call(app, "DELETE", &snap, B, Value::Null).await.0, 404);
+    expect_statuses(app, &[("GET", &snap, B, 404), ("DELETE", &snap, B, 404)]).await;
     let restore = json!({"snapshotId": ck, "timeout": 600});
     let (s, v) = call(app, "POST", "/v1/sandboxes", B, restore.clone()).await;
     assert_eq!(
@@ -566,31 +533,15 @@ async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
 
     let (s, v) = call(app, "POST", "/v1/sandboxes", A, restore).await;
     assert_eq!(s, 202, "{v}");
-    let restored = v["id"].as_str().expect("id").to_string();
-    assert_eq!(
-        call(
-            app,
-            "GET",
-            &format!("/v1/sandboxes/{restored}"),
-            B,
-            Value::Null
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        call(
-            app,
-            "GET",
-            &format!("/v1/sandboxes/{restored}"),
-            A,
-            Value::Null
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(call(app, "GET", &snap, A, Value::Null).await.0, 200);
-    assert_eq!(call(app, "DELETE", &snap, A, Value::Null).await.0, 204);
+    let restored = format!("/v1/sandboxes/{}", v["id"].as_str().expect("id"));
+    expect_statuses(
+        app,
+        &[
+            ("GET", &restored, B, 404),
+            ("GET", &restored, A, 200),
+            ("GET", &snap, A, 200),
+            ("DELETE", &snap, A, 204),
+        ],
+    )
+    .await;
 }
