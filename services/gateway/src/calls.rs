@@ -13,6 +13,7 @@ use crate::{
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
+type Client = pb::scheduler_client::SchedulerClient<sandpool_proto::auth::AuthChannel>;
 
 fn claim_ref(id: &str) -> pb::ClaimRef {
     pb::ClaimRef {
@@ -41,6 +42,23 @@ fn visible(c: &pb::Claim) -> bool {
 }
 
 impl Gateway {
+    /// One traced scheduler `call` with `req`; `not_found` says what a
+    /// NOT_FOUND means to this API.
+    async fn scheduler_call<Q, T, F>(
+        &self,
+        req: Q,
+        not_found: impl FnOnce(String) -> ApiError,
+        call: impl FnOnce(Client, tonic::Request<Q>) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        call(self.scheduler.clone(), traced(req))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ApiError::from_status(s, not_found))
+    }
+
     /// A new claim; `not_found` says what a NOT_FOUND means to this API.
     pub async fn create_claim(
         &self,
@@ -49,14 +67,13 @@ impl Gateway {
     ) -> Result<pb::Claim> {
         let _held = self.check_quota(1).await?;
         own(&mut req.metadata);
-        Ok(shown(
-            self.scheduler
-                .clone()
-                .create_claim(traced(req))
-                .await
-                .map_err(|s| ApiError::from_status(s, not_found))?
-                .into_inner(),
-        ))
+        self.scheduler_call(
+            req,
+            not_found,
+            |mut s, r| async move { s.create_claim(r).await },
+        )
+        .await
+        .map(shown)
     }
 
     /// 429 when a non-admin caller's live sandboxes (and those being
@@ -88,12 +105,12 @@ impl Gateway {
     /// The claim, 404 when it is not the caller's (non-admin keys).
     pub async fn get_claim(&self, id: &str) -> Result<pb::Claim> {
         let c = self
-            .scheduler
-            .clone()
-            .get_claim(traced(claim_ref(id)))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(id)))?
-            .into_inner();
+            .scheduler_call(
+                claim_ref(id),
+                ApiError::sandbox_not_found(id),
+                |mut s, r| async move { s.get_claim(r).await },
+            )
+            .await?;
         if !visible(&c) {
             return Err(ApiError::SandboxNotFound(id.to_string()));
         }
@@ -108,50 +125,55 @@ impl Gateway {
         Ok(())
     }
 
-    pub async fn release_claim(&self, id: &str) -> Result<()> {
+    /// `call` with `req` about claim `id` once the caller may act on it; a
+    /// NOT_FOUND is the sandbox's.
+    async fn on_own_claim<Q, T, F>(
+        &self,
+        id: &str,
+        req: Q,
+        call: impl FnOnce(Client, tonic::Request<Q>) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         self.check_owner(id).await?;
-        self.scheduler
-            .clone()
-            .release_claim(traced(claim_ref(id)))
+        self.scheduler_call(req, ApiError::sandbox_not_found(id), call)
             .await
-            .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(id)))?;
+    }
+
+    pub async fn release_claim(&self, id: &str) -> Result<()> {
+        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
+            s.release_claim(r).await
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn pause_claim(&self, id: &str) -> Result<()> {
-        self.check_owner(id).await?;
-        self.scheduler
-            .clone()
-            .pause_claim(traced(claim_ref(id)))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(id)))?;
+        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
+            s.pause_claim(r).await
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn resume_claim(&self, id: &str) -> Result<()> {
-        self.check_owner(id).await?;
-        self.scheduler
-            .clone()
-            .resume_claim(traced(claim_ref(id)))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(id)))?;
+        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
+            s.resume_claim(r).await
+        })
+        .await?;
         Ok(())
     }
 
     /// Move the claim's expiry to `expires_unix_ms`.
     pub async fn renew(&self, id: &str, expires_unix_ms: i64) -> Result<pb::Claim> {
-        self.check_owner(id).await?;
-        Ok(shown(
-            self.scheduler
-                .clone()
-                .renew(traced(pb::RenewRequest {
-                    claim_id: id.to_string(),
-                    expires_unix_ms,
-                }))
-                .await
-                .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(id)))?
-                .into_inner(),
-        ))
+        let req = pb::RenewRequest {
+            claim_id: id.to_string(),
+            expires_unix_ms,
+        };
+        self.on_own_claim(id, req, |mut s, r| async move { s.renew(r).await })
+            .await
+            .map(shown)
     }
 
     /// All claims whose metadata contains `metadata`, oldest first (of a
@@ -163,18 +185,16 @@ impl Gateway {
         if let Some(p) = tenancy::restricted() {
             metadata.insert(OWNER_KEY.to_string(), p.id);
         }
-        let claims = self
-            .scheduler
-            .clone()
-            .list_claims(traced(pb::ListClaimsRequest {
-                metadata: metadata.into_iter().collect(),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
-            .into_inner()
-            .claims;
-        Ok(claims.into_iter().map(shown).collect())
+        let req = pb::ListClaimsRequest {
+            metadata: metadata.into_iter().collect(),
+            ..Default::default()
+        };
+        let listed = self
+            .scheduler_call(req, ApiError::Invalid, |mut s, r| async move {
+                s.list_claims(r).await
+            })
+            .await?;
+        Ok(listed.claims.into_iter().map(shown).collect())
     }
 
     pub async fn checkpoint_claim(
@@ -182,14 +202,12 @@ impl Gateway {
         req: pb::CheckpointClaimRequest,
     ) -> Result<pb::CheckpointInfo> {
         let id = req.claim_id.clone();
-        self.check_owner(&id).await?;
-        Ok(self
-            .scheduler
-            .clone()
-            .checkpoint_claim(traced(req))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::sandbox_not_found(&id)))?
-            .into_inner())
+        self.on_own_claim(
+            &id,
+            req,
+            |mut s, r| async move { s.checkpoint_claim(r).await },
+        )
+        .await
     }
 
     /// The claims restored from a checkpoint.
@@ -205,15 +223,14 @@ impl Gateway {
             None
         };
         own(&mut req.metadata);
-        let claims = self
-            .scheduler
-            .clone()
-            .restore_checkpoint(traced(req))
-            .await
-            .map_err(|s| ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id)))?
-            .into_inner()
-            .claims;
-        Ok(claims.into_iter().map(shown).collect())
+        let restored = self
+            .scheduler_call(
+                req,
+                |_| ApiError::SnapshotNotFound(id),
+                |mut s, r| async move { s.restore_checkpoint(r).await },
+            )
+            .await?;
+        Ok(restored.claims.into_iter().map(shown).collect())
     }
 
     /// 404 unless checkpoint `id` is among the caller's.
@@ -234,12 +251,12 @@ impl Gateway {
     /// sandboxes (recorded by the scheduler; else: of its live sandboxes).
     pub async fn list_checkpoints(&self) -> Result<Vec<pb::CheckpointInfo>> {
         let all = self
-            .scheduler
-            .clone()
-            .list_checkpoints(traced(pb::ListCheckpointsRequest {}))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::Internal))?
-            .into_inner()
+            .scheduler_call(
+                pb::ListCheckpointsRequest {},
+                ApiError::Internal,
+                |mut s, r| async move { s.list_checkpoints(r).await },
+            )
+            .await?
             .checkpoints;
         let Some(p) = tenancy::restricted() else {
             return Ok(all);
@@ -263,38 +280,38 @@ impl Gateway {
         if tenancy::restricted().is_some() {
             self.check_checkpoint_owner(id).await?;
         }
-        self.scheduler
-            .clone()
-            .delete_checkpoint(traced(pb::CheckpointRef {
-                checkpoint_id: id.to_string(),
-            }))
-            .await
-            .map_err(|s| {
-                ApiError::from_status(s, |_| ApiError::SnapshotNotFound(id.to_string()))
-            })?;
+        let req = pb::CheckpointRef {
+            checkpoint_id: id.to_string(),
+        };
+        let not_found = |_| ApiError::SnapshotNotFound(id.to_string());
+        self.scheduler_call(req, not_found, |mut s, r| async move {
+            s.delete_checkpoint(r).await
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn get_pool(&self, name: &str) -> Result<pb::Pool> {
-        Ok(self
-            .scheduler
-            .clone()
-            .get_pool(traced(pb::PoolRef {
-                name: name.to_string(),
-            }))
-            .await
-            .map_err(|s| ApiError::from_status(s, |_| ApiError::PoolNotFound(name.to_string())))?
-            .into_inner())
+        let req = pb::PoolRef {
+            name: name.to_string(),
+        };
+        let not_found = |_| ApiError::PoolNotFound(name.to_string());
+        self.scheduler_call(
+            req,
+            not_found,
+            |mut s, r| async move { s.get_pool(r).await },
+        )
+        .await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<pb::Pool>> {
-        Ok(self
-            .scheduler
-            .clone()
-            .list_pools(traced(pb::ListPoolsRequest {}))
-            .await
-            .map_err(|s| ApiError::from_status(s, ApiError::Invalid))?
-            .into_inner()
-            .pools)
+        let listed = self
+            .scheduler_call(
+                pb::ListPoolsRequest {},
+                ApiError::Invalid,
+                |mut s, r| async move { s.list_pools(r).await },
+            )
+            .await?;
+        Ok(listed.pools)
     }
 }
