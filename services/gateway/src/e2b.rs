@@ -361,22 +361,18 @@ async fn resume(
 async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
     let c = get_claim(&gw, &id).await?;
     let sb = c.sandbox.unwrap_or_default();
-    let m: Value = gw
-        .http
-        .get(format!("http://{}:{}/metrics", sb.ip, sb.runtime_port))
-        .header("x-execd-access-token", sb.access_token)
-        .send()
+    let fetched = async {
+        gw.http
+            .get(format!("http://{}:{}/metrics", sb.ip, sb.runtime_port))
+            .header("x-execd-access-token", sb.access_token)
+            .send()
+            .await?
+            .json::<Value>()
+            .await
+    };
+    let m = fetched
         .await
-        .map_err(|source| ApiError::SandboxUnreachable {
-            what: format!("sandbox {id}"),
-            source,
-        })?
-        .json()
-        .await
-        .map_err(|source| ApiError::SandboxUnreachable {
-            what: format!("sandbox {id}"),
-            source,
-        })?;
+        .map_err(ApiError::sandbox_unreachable(format!("sandbox {id}")))?;
     let now = Utc::now();
     let mib = |k: &str| (m[k].as_f64().unwrap_or(0.0) * 1048576.0) as u64;
     Ok(Json(json!([{

@@ -119,6 +119,11 @@ impl ApiError {
         move |_| ApiError::SandboxNotFound(id.to_string())
     }
 
+    /// What a failed HTTP call to a sandbox means; `what` names the sandbox (and port).
+    pub fn sandbox_unreachable(what: String) -> impl FnOnce(reqwest::Error) -> ApiError {
+        move |source| ApiError::SandboxUnreachable { what, source }
+    }
+
     /// Map a scheduler gRPC status; `not_found` decides what a NOT_FOUND means here.
     pub fn from_status(s: tonic::Status, not_found: impl FnOnce(String) -> ApiError) -> ApiError {
         use tonic::Code;

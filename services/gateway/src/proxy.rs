@@ -169,10 +169,9 @@ async fn send(
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|source| ApiError::SandboxUnreachable {
-            what: format!("sandbox {id} port {port} unreachable"),
-            source,
-        })?;
+        .map_err(ApiError::sandbox_unreachable(format!(
+            "sandbox {id} port {port} unreachable"
+        )))?;
     if let Some(api) = exec_api {
         sandpool_telemetry::metrics::observe_exec(api, t0.elapsed());
     }
@@ -221,14 +220,25 @@ mod tests {
         port
     }
 
-    #[tokio::test]
-    async fn platform_credentials_never_reach_the_sandbox() {
-        let gw = gateway();
-        let port = echo_upstream().await;
+    /// The request headers the echo upstream on `port` got for `req`, sent with `auth`.
+    async fn headers_seen(gw: &Gateway, port: u16, req: Request, auth: Auth) -> serde_json::Value {
         let sb = pb::SandboxInfo {
             ip: "127.0.0.1".into(),
             ..Default::default()
         };
+        let r = send(gw, ("c1", &sb), u32::from(port), "x", req, auth)
+            .await
+            .expect("proxied");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        serde_json::from_slice(&body).expect("json")
+    }
+
+    #[tokio::test]
+    async fn platform_credentials_never_reach_the_sandbox() {
+        let gw = gateway();
+        let port = echo_upstream().await;
         for auth in [Auth::Passthrough, Auth::RuntimeToken] {
             let req = http::Request::post("/x")
                 .header("OPEN-SANDBOX-API-KEY", "platform-key")
@@ -238,13 +248,7 @@ mod tests {
                 .header("X-App", "kept")
                 .body(Body::empty())
                 .expect("request");
-            let r = send(&gw, ("c1", &sb), u32::from(port), "x", req, auth)
-                .await
-                .expect("proxied");
-            let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-                .await
-                .expect("body");
-            let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            let seen = headers_seen(&gw, port, req, auth).await;
             for h in ["open-sandbox-api-key", "x-api-key", "authorization"] {
                 assert!(seen.get(h).is_none(), "{h} leaked: {seen}");
             }
@@ -261,20 +265,7 @@ mod tests {
             .header("Authorization", "Bearer app-token")
             .body(Body::empty())
             .expect("request");
-        let r = send(
-            &gw,
-            ("c1", &sb),
-            u32::from(port),
-            "x",
-            req,
-            Auth::Passthrough,
-        )
-        .await
-        .expect("proxied");
-        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-            .await
-            .expect("body");
-        let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let seen = headers_seen(&gw, port, req, Auth::Passthrough).await;
         assert_eq!(seen["authorization"], "Bearer app-token");
     }
 
