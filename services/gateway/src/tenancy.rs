@@ -136,9 +136,21 @@ fn read_file(path: &Path) -> Result<Vec<KeyEntry>, ApiError> {
 }
 
 /// Replace the keys file (directory 0700, file 0600, atomic rename).
+/// Create (or truncate) `path` for writing, mode 0600 when it is new: a
+/// file for secrets.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn write_file(path: &Path, keys: Vec<KeyEntry>) -> Result<(), ApiError> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -150,13 +162,7 @@ fn write_file(path: &Path, keys: Vec<KeyEntry>) -> Result<(), ApiError> {
     let body = serde_json::to_vec_pretty(&KeysFile { keys })
         .map_err(|e| ApiError::Internal(format!("encoding keys: {e}")))?;
     let tmp = dir.join(format!(".keys.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    let mut f = create_private_file(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     f.write_all(&body)
         .and_then(|()| f.sync_all())
         .map_err(io_err(format!("writing {}", tmp.display())))?;

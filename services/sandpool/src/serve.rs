@@ -172,7 +172,6 @@ fn platform_service_token(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join("service-token");
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_string());
     }
@@ -184,12 +183,7 @@ fn platform_service_token(
         uuid::Uuid::new_v4().simple()
     );
     let tmp = data_dir.join(format!(".service-token.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    let mut f = sandpool_gateway::tenancy::create_private_file(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     // 0600 whatever the umask
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
