@@ -53,6 +53,15 @@ pub fn summarize_values(values: &[f64]) -> Summary {
     }
 }
 
+impl Summary {
+    /// The p50 of this sample against `base`'s for a table: `1.23×`, or
+    /// `1.00× (baseline)` for the baseline itself (`None`).
+    pub fn vs_baseline(&self, base: Option<&Summary>) -> String {
+        base.map(|b| format!("{:.2}×", self.p50 / b.p50))
+            .unwrap_or_else(|| "1.00× (baseline)".into())
+    }
+}
+
 /// Resident set size of a process in KiB (from /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")

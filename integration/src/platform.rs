@@ -275,12 +275,17 @@ impl Api {
         })
     }
 
+    /// A `method` request to `path` of the OpenSandbox API, with the key.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header(KEY_HEADER, API_KEY)
+    }
+
     /// `POST /v1/sandboxes`; the sandbox id.
     pub async fn create(&self, body: &Value) -> anyhow::Result<String> {
         let r = self
-            .http
-            .post(format!("{}/v1/sandboxes", self.base))
-            .header(KEY_HEADER, API_KEY)
+            .request(reqwest::Method::POST, "/v1/sandboxes")
             .json(body)
             .send()
             .await?;
@@ -300,11 +305,9 @@ impl Api {
 
     /// `GET /v1/sandboxes/{id}/endpoints/44772`: where execd is, and its token.
     pub async fn execd(&self, id: &str) -> anyhow::Result<Execd> {
-        let url = format!("{}/v1/sandboxes/{id}/endpoints/{EXECD_PORT}", self.base);
+        let path = format!("/v1/sandboxes/{id}/endpoints/{EXECD_PORT}");
         let ep: Value = self
-            .http
-            .get(url)
-            .header(KEY_HEADER, API_KEY)
+            .request(reqwest::Method::GET, &path)
             .send()
             .await?
             .json()
@@ -323,30 +326,15 @@ impl Api {
 
     /// `POST /command` on execd; reads the event stream to its end.
     pub async fn exec(&self, execd: &Execd, command: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(format!("http://{}/command", execd.endpoint))
-            .header("X-EXECD-ACCESS-TOKEN", &execd.token)
-            .json(&json!({ "command": command }))
-            .send()
-            .await?;
-        let mut s = resp.bytes_stream();
-        let mut all = Vec::new();
-        while let Some(c) = s.next().await {
-            all.extend_from_slice(&c?);
-        }
-        if !all.windows(18).any(|w| w == b"execution_complete") {
-            bail!("exec did not complete: {}", String::from_utf8_lossy(&all));
-        }
-        Ok(())
+        let url = format!("http://{}/command", execd.endpoint);
+        let token = Some(execd.token.as_str());
+        run_command(&self.http, url, token, command, "exec did not complete").await
     }
 
     /// `DELETE /v1/sandboxes/{id}`.
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
         let r = self
-            .http
-            .delete(format!("{}/v1/sandboxes/{id}", self.base))
-            .header(KEY_HEADER, API_KEY)
+            .request(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}"))
             .send()
             .await?;
         if r.status().as_u16() != 204 {
@@ -376,9 +364,7 @@ impl Api {
     /// `GET /v1/pools/{pool}`.
     pub async fn pool_status(&self, pool: &str) -> anyhow::Result<PoolStatus> {
         let r = self
-            .http
-            .get(format!("{}/v1/pools/{pool}", self.base))
-            .header(KEY_HEADER, API_KEY)
+            .request(reqwest::Method::GET, &format!("/v1/pools/{pool}"))
             .send()
             .await?;
         let v: Value = r
@@ -436,6 +422,31 @@ impl Api {
         );
         Ok(n as u64)
     }
+}
+
+/// execd's `POST /command` of `command` at `url` (with `token`, if any),
+/// its event stream read to its end; an error starting with `failed` (and
+/// showing the stream) when it has no `execution_complete` event.
+pub async fn run_command(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    command: &str,
+    failed: &str,
+) -> anyhow::Result<()> {
+    let mut req = http.post(url).json(&json!({ "command": command }));
+    if let Some(token) = token {
+        req = req.header("X-EXECD-ACCESS-TOKEN", token);
+    }
+    let mut s = req.send().await?.bytes_stream();
+    let mut all = Vec::new();
+    while let Some(c) = s.next().await {
+        all.extend_from_slice(&c?);
+    }
+    if !all.windows(18).any(|w| w == b"execution_complete") {
+        bail!("{failed}: {}", String::from_utf8_lossy(&all));
+    }
+    Ok(())
 }
 
 /// Sum of the samples of `metric` whose labels include all of `labels`

@@ -38,9 +38,7 @@ struct Args {
 }
 
 fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
-    let ratio = base
-        .map(|b| format!("{:.2}×", s.p50 / b.p50))
-        .unwrap_or_else(|| "1.00× (baseline)".into());
+    let ratio = s.vs_baseline(base);
     format!(
         "| {name} | {} | {:.1} | {:.1} | {:.1} | {ratio} |",
         s.n,
@@ -48,6 +46,20 @@ fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
         s.p90 / 1000.0,
         s.max / 1000.0
     )
+}
+
+/// A template of `image` with one CPU, `memory` and 256 pids on `class`.
+fn template(image: &str, memory: &str, class: pb::RuntimeClass) -> pb::SandboxTemplate {
+    pb::SandboxTemplate {
+        image: image.into(),
+        resources: Some(pb::Resources {
+            cpu: "1".into(),
+            memory: memory.into(),
+            pids: 256,
+        }),
+        runtime_class: class as i32,
+        ..Default::default()
+    }
 }
 
 fn ctr(sock: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -133,16 +145,7 @@ async fn main() -> anyhow::Result<()> {
         }
 
         eprintln!("[{label}] sandpool warm create ×{n}");
-        let template = pb::SandboxTemplate {
-            image: "busybox".into(),
-            resources: Some(pb::Resources {
-                cpu: "1".into(),
-                memory: "256Mi".into(),
-                pids: 256,
-            }),
-            runtime_class: class as i32,
-            ..Default::default()
-        };
+        let template = template("busybox", "256Mi", class);
         let (mut create, mut inject, mut release) = (Vec::new(), Vec::new(), Vec::new());
         let (mut pause, mut resume, mut answering) = (Vec::new(), Vec::new(), Vec::new());
         let mut checkpoint = String::new();
@@ -271,15 +274,8 @@ async fn checkpoint_rows(
     eprintln!("[runsc checkpointable, python] ×{m}");
     agent.ensure_image("python").await?;
     let template = pb::SandboxTemplate {
-        image: "python".into(),
-        resources: Some(pb::Resources {
-            cpu: "1".into(),
-            memory: "512Mi".into(),
-            pids: 256,
-        }),
-        runtime_class: pb::RuntimeClass::Runsc as i32,
         checkpointable: true,
-        ..Default::default()
+        ..template("python", "512Mi", pb::RuntimeClass::Runsc)
     };
     let state = "import time\nx = [str(i) for i in range(500000)]\ntime.sleep(1e6)\n";
     let (mut create, mut ck, mut restore, mut fork, mut sizes) =

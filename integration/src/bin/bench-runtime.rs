@@ -13,8 +13,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use futures_util::StreamExt;
-use sandpool_integration::{Summary, free_port, rss_kib, summarize};
+use sandpool_integration::{Summary, free_port, platform::run_command, rss_kib, summarize};
 use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
 
 #[derive(Parser, Debug)]
@@ -38,9 +37,7 @@ impl Drop for Child {
 }
 
 fn row(name: &str, s: &Summary, base: Option<&Summary>) -> String {
-    let ratio = base
-        .map(|b| format!("{:.2}×", s.p50 / b.p50))
-        .unwrap_or_else(|| "1.00× (baseline)".into());
+    let ratio = s.vs_baseline(base);
     format!(
         "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {ratio} |",
         s.n, s.p50, s.p90, s.p99, s.mean
@@ -119,19 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let mut over_http = Vec::with_capacity(iterations);
     for i in 0..iterations + args.warmup {
         let t = Instant::now();
-        let resp = http
-            .post(format!("{base}/command"))
-            .json(&serde_json::json!({"command": "true"}))
-            .send()
-            .await?;
-        let mut body = resp.bytes_stream();
-        let mut all = Vec::new();
-        while let Some(c) = body.next().await {
-            all.extend_from_slice(&c?);
-        }
-        if !all.windows(18).any(|w| w == b"execution_complete") {
-            bail!("unexpected stream: {}", String::from_utf8_lossy(&all));
-        }
+        let url = format!("{base}/command");
+        run_command(&http, url, None, "true", "unexpected stream").await?;
         if i >= args.warmup {
             over_http.push(t.elapsed());
         }
