@@ -35,9 +35,11 @@ from opensandbox.sync.adapters.factory import AdapterFactorySync
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sandpool_pytest_helpers import (  # noqa: E402
+    OnLoopback,
     free_port,
     log_tail,
     per_test_watchdog,
+    start_process,
     stop_process,
     wait_ready,
 )
@@ -53,7 +55,7 @@ _runtime_log_path: Path | None = None
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Runtime(OnLoopback):
     """A running sandpool-runtime process."""
 
     host: str
@@ -69,10 +71,6 @@ class Runtime:
     def endpoint(self) -> str:
         """Endpoint string as the lifecycle API returns it (no scheme)."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.endpoint}"
 
 
 def _log_tail(path: Path | None) -> str:
@@ -116,17 +114,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
         "--data-dir", str(data_dir),
     ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=base_dir,
-            # the runtime on the host resolves "~" and relative paths against
-            # HOME: a temp dir, never the host user's home
-            env={**os.environ, "HOME": str(work_dir)},
-            start_new_session=True,
-        )
+        # the runtime on the host resolves "~" and relative paths against
+        # HOME: a temp dir, never the host user's home
+        process = start_process(argv, log, base_dir, env={**os.environ, "HOME": str(work_dir)})
 
     rt = Runtime(host, port, token, base_dir, data_dir, work_dir, log_path, process)
     try:
@@ -191,24 +181,21 @@ def endpoint_with_token(runtime: Runtime):
     return lambda token: _execd_endpoint(runtime, token)
 
 
-@pytest.fixture(scope="session")
-def commands(sdk_factory: AdapterFactorySync, endpoint: SandboxEndpoint):
-    return sdk_factory.create_command_service(endpoint)
+def _sdk_service(name: str, create: str):
+    """A session fixture ``name``: the SDK's execd service that
+    ``AdapterFactorySync.<create>`` builds for the runtime's endpoint."""
+
+    @pytest.fixture(scope="session", name=name)
+    def service(sdk_factory: AdapterFactorySync, endpoint: SandboxEndpoint):
+        return getattr(sdk_factory, create)(endpoint)
+
+    return service
 
 
-@pytest.fixture(scope="session")
-def files(sdk_factory: AdapterFactorySync, endpoint: SandboxEndpoint):
-    return sdk_factory.create_filesystem_service(endpoint)
-
-
-@pytest.fixture(scope="session")
-def health(sdk_factory: AdapterFactorySync, endpoint: SandboxEndpoint):
-    return sdk_factory.create_health_service(endpoint)
-
-
-@pytest.fixture(scope="session")
-def metrics(sdk_factory: AdapterFactorySync, endpoint: SandboxEndpoint):
-    return sdk_factory.create_metrics_service(endpoint)
+commands = _sdk_service("commands", "create_command_service")
+files = _sdk_service("files", "create_filesystem_service")
+health = _sdk_service("health", "create_health_service")
+metrics = _sdk_service("metrics", "create_metrics_service")
 
 
 @pytest.fixture

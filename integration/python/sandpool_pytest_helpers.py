@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -63,6 +64,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free TCP port below the ephemeral range")
 
 
+class OnLoopback:
+    """Base of the handles of servers a suite started: their ``host`` and
+    ``port`` fields (declared by each dataclass) give the ``http://`` URL."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 def wait_ready(
     process: subprocess.Popen,
     name: str,
@@ -92,6 +105,23 @@ def wait_ready(
         f"{name} was not ready within {timeout}s (last: {last_error}).\n"
         f"--- {name} log ---\n{log()}",
         pytrace=False,
+    )
+
+
+def start_process(
+    argv: list[str], log: IO[bytes], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start ``argv`` in ``cwd`` with stdout and stderr to ``log`` and no
+    stdin, leading a session of its own (see ``stop_process``'s ``kill_group``);
+    ``env``: its whole environment (default: this process's)."""
+    return subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
     )
 
 

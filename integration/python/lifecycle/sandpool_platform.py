@@ -33,7 +33,7 @@ from opensandbox.config import ConnectionConfigSync
 _PARENT = Path(__file__).resolve().parents[1]
 if str(_PARENT) not in sys.path:
     sys.path.insert(0, str(_PARENT))
-from sandpool_pytest_helpers import free_port, log_tail, stop_process, wait_ready  # noqa: E402
+from sandpool_pytest_helpers import OnLoopback, free_port, log_tail, start_process, stop_process, wait_ready  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "sandpool"
@@ -60,7 +60,7 @@ _OWN_KEY = object()
 
 
 @dataclass(frozen=True)
-class Sandpool:
+class Sandpool(OnLoopback):
     """A running ``sandpool serve``."""
 
     host: str
@@ -75,10 +75,6 @@ class Sandpool:
     def domain(self) -> str:
         """``ConnectionConfig.domain``: host:port, no scheme."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.domain}"
 
     def config(self, **overrides) -> ConnectionConfigSync:
         """A fresh SDK connection config; each ``SandboxSync.create`` builds and
@@ -175,15 +171,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         shown = argv[:7] + ["<api-key>"] + argv[8:]
         log.write(("$ " + " ".join(shown) + "\n").encode())
         log.flush()
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=base_dir,
-            start_new_session=True,
-            env={**os.environ, **(extra_env or {})},
-        )
+        process = start_process(argv, log, base_dir, env={**os.environ, **(extra_env or {})})
 
     platform = Sandpool(host, port, api_key, base_dir, log_path, process, metrics_port)
     try:

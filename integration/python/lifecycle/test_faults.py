@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 import sandpool_platform
-from sandpool_pytest_helpers import free_port, log_tail, per_test_watchdog, stop_process
+from sandpool_pytest_helpers import free_port, log_tail, per_test_watchdog, start_process, stop_process
 
 POOL = "fault-pool"
 BUFFER = 4
@@ -91,10 +91,7 @@ class Split:
         log = self.log(role)
         offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as f:
-            self.procs[role] = subprocess.Popen(
-                self.argv(role), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.base, start_new_session=True,
-            )
+            self.procs[role] = start_process(self.argv(role), f, self.base)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.procs[role].poll() is not None:
