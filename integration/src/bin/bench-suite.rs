@@ -57,38 +57,33 @@ const MIB: f64 = 1024.0;
 struct Scenario {
     /// For progress and errors.
     name: &'static str,
-    /// For the table.
+    /// For the table: the name and what it measures.
     label: &'static str,
 }
 
-const WARM: Scenario = Scenario {
-    name: "warm claim",
-    label: "warm claim (pool `bench`, sequential)",
-};
-const COLD: Scenario = Scenario {
-    name: "cold start",
-    label: "cold start (no pool, busybox, sequential)",
-};
-const SUSTAINED: Scenario = Scenario {
-    name: "sustained claims",
-    label: "sustained claims, concurrency 8 (create → exec → delete)",
-};
-const EXEC: Scenario = Scenario {
-    name: "exec round trip",
-    label: "exec round trip (execd `POST /command`, `true`)",
-};
-const RUNTIME_RSS: Scenario = Scenario {
-    name: "runtime idle RSS",
-    label: "runtime idle RSS per warm sandbox (init + server)",
-};
-const SERVE_RSS: Scenario = Scenario {
-    name: "node agent RSS",
-    label: "node agent RSS (`sandpool serve`: node agent + scheduler + gateway)",
-};
-const REFILL: Scenario = Scenario {
-    name: "pool refill",
-    label: "pool refill (drain `bench`, back to bufferMin)",
-};
+/// A scenario named `$name`, whose table label is `$name` followed by `$what`.
+macro_rules! scenario {
+    ($name:literal, $what:literal) => {
+        Scenario {
+            name: $name,
+            label: concat!($name, $what),
+        }
+    };
+}
+
+const WARM: Scenario = scenario!("warm claim", " (pool `bench`, sequential)");
+const COLD: Scenario = scenario!("cold start", " (no pool, busybox, sequential)");
+const SUSTAINED: Scenario = scenario!(
+    "sustained claims",
+    ", concurrency 8 (create → exec → delete)"
+);
+const EXEC: Scenario = scenario!("exec round trip", " (execd `POST /command`, `true`)");
+const RUNTIME_RSS: Scenario = scenario!("runtime idle RSS", " per warm sandbox (init + server)");
+const SERVE_RSS: Scenario = scenario!(
+    "node agent RSS",
+    " (`sandpool serve`: node agent + scheduler + gateway)"
+);
+const REFILL: Scenario = scenario!("pool refill", " (drain `bench`, back to bufferMin)");
 
 #[allow(clippy::too_many_lines)] // a benchmark's main: one measured sequence, read top to bottom
 #[tokio::main]
