@@ -15,6 +15,13 @@ use crate::{
 type Result<T> = std::result::Result<T, ApiError>;
 type Client = pb::scheduler_client::SchedulerClient<sandpool_proto::auth::AuthChannel>;
 
+/// Scheduler method `$method` as the `call` of `Gateway::scheduler_call`.
+macro_rules! rpc {
+    ($method:ident) => {
+        |mut s: Client, r| async move { s.$method(r).await }
+    };
+}
+
 fn claim_ref(id: &str) -> pb::ClaimRef {
     pb::ClaimRef {
         claim_id: id.to_string(),
@@ -67,13 +74,9 @@ impl Gateway {
     ) -> Result<pb::Claim> {
         let _held = self.check_quota(1).await?;
         own(&mut req.metadata);
-        self.scheduler_call(
-            req,
-            not_found,
-            |mut s, r| async move { s.create_claim(r).await },
-        )
-        .await
-        .map(shown)
+        self.scheduler_call(req, not_found, rpc!(create_claim))
+            .await
+            .map(shown)
     }
 
     /// 429 when a non-admin caller's live sandboxes (and those being
@@ -108,7 +111,7 @@ impl Gateway {
             .scheduler_call(
                 claim_ref(id),
                 ApiError::sandbox_not_found(id),
-                |mut s, r| async move { s.get_claim(r).await },
+                rpc!(get_claim),
             )
             .await?;
         if !visible(&c) {
@@ -142,26 +145,20 @@ impl Gateway {
     }
 
     pub async fn release_claim(&self, id: &str) -> Result<()> {
-        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
-            s.release_claim(r).await
-        })
-        .await?;
+        self.on_own_claim(id, claim_ref(id), rpc!(release_claim))
+            .await?;
         Ok(())
     }
 
     pub async fn pause_claim(&self, id: &str) -> Result<()> {
-        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
-            s.pause_claim(r).await
-        })
-        .await?;
+        self.on_own_claim(id, claim_ref(id), rpc!(pause_claim))
+            .await?;
         Ok(())
     }
 
     pub async fn resume_claim(&self, id: &str) -> Result<()> {
-        self.on_own_claim(id, claim_ref(id), |mut s, r| async move {
-            s.resume_claim(r).await
-        })
-        .await?;
+        self.on_own_claim(id, claim_ref(id), rpc!(resume_claim))
+            .await?;
         Ok(())
     }
 
@@ -171,9 +168,7 @@ impl Gateway {
             claim_id: id.to_string(),
             expires_unix_ms,
         };
-        self.on_own_claim(id, req, |mut s, r| async move { s.renew(r).await })
-            .await
-            .map(shown)
+        self.on_own_claim(id, req, rpc!(renew)).await.map(shown)
     }
 
     /// All claims whose metadata contains `metadata`, oldest first (of a
@@ -190,9 +185,7 @@ impl Gateway {
             ..Default::default()
         };
         let listed = self
-            .scheduler_call(req, ApiError::Invalid, |mut s, r| async move {
-                s.list_claims(r).await
-            })
+            .scheduler_call(req, ApiError::Invalid, rpc!(list_claims))
             .await?;
         Ok(listed.claims.into_iter().map(shown).collect())
     }
@@ -202,12 +195,7 @@ impl Gateway {
         req: pb::CheckpointClaimRequest,
     ) -> Result<pb::CheckpointInfo> {
         let id = req.claim_id.clone();
-        self.on_own_claim(
-            &id,
-            req,
-            |mut s, r| async move { s.checkpoint_claim(r).await },
-        )
-        .await
+        self.on_own_claim(&id, req, rpc!(checkpoint_claim)).await
     }
 
     /// The claims restored from a checkpoint.
@@ -227,7 +215,7 @@ impl Gateway {
             .scheduler_call(
                 req,
                 |_| ApiError::SnapshotNotFound(id),
-                |mut s, r| async move { s.restore_checkpoint(r).await },
+                rpc!(restore_checkpoint),
             )
             .await?;
         Ok(restored.claims.into_iter().map(shown).collect())
@@ -254,7 +242,7 @@ impl Gateway {
             .scheduler_call(
                 pb::ListCheckpointsRequest {},
                 ApiError::Internal,
-                |mut s, r| async move { s.list_checkpoints(r).await },
+                rpc!(list_checkpoints),
             )
             .await?
             .checkpoints;
@@ -284,10 +272,8 @@ impl Gateway {
             checkpoint_id: id.to_string(),
         };
         let not_found = |_| ApiError::SnapshotNotFound(id.to_string());
-        self.scheduler_call(req, not_found, |mut s, r| async move {
-            s.delete_checkpoint(r).await
-        })
-        .await?;
+        self.scheduler_call(req, not_found, rpc!(delete_checkpoint))
+            .await?;
         Ok(())
     }
 
@@ -296,21 +282,12 @@ impl Gateway {
             name: name.to_string(),
         };
         let not_found = |_| ApiError::PoolNotFound(name.to_string());
-        self.scheduler_call(
-            req,
-            not_found,
-            |mut s, r| async move { s.get_pool(r).await },
-        )
-        .await
+        self.scheduler_call(req, not_found, rpc!(get_pool)).await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<pb::Pool>> {
         let listed = self
-            .scheduler_call(
-                pb::ListPoolsRequest {},
-                ApiError::Invalid,
-                |mut s, r| async move { s.list_pools(r).await },
-            )
+            .scheduler_call(pb::ListPoolsRequest {}, ApiError::Invalid, rpc!(list_pools))
             .await?;
         Ok(listed.pools)
     }
