@@ -281,6 +281,10 @@ fn os_create() -> Value {
            "metadata": {"team": "x", "sandpool.io/owner": "platform"}})
 }
 
+fn e2b_create() -> Value {
+    json!({"templateID": "default"})
+}
+
 fn ids(list: &Value, items: &str) -> Vec<String> {
     let arr = if items.is_empty() { list } else { &list[items] };
     arr.as_array()
@@ -389,14 +393,7 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
 async fn e2b_keys_reach_only_their_own_sandboxes() {
     let p = platform(50).await;
     let app = &p.app;
-    let (s, a) = call(
-        app,
-        "POST",
-        "/sandboxes",
-        A,
-        json!({"templateID": "default"}),
-    )
-    .await;
+    let (s, a) = call(app, "POST", "/sandboxes", A, e2b_create()).await;
     assert_eq!(s, 201, "{a}");
     let id = a["sandboxID"].as_str().expect("id").to_string();
     let sb = format!("/sandboxes/{id}");
@@ -446,14 +443,7 @@ async fn live_sandboxes_per_key_have_a_quota_in_each_apis_shape() {
             .is_some_and(|m| m.contains("max-sandboxes-per-key")),
         "{v}"
     );
-    let (s, v) = call(
-        app,
-        "POST",
-        "/sandboxes",
-        A,
-        json!({"templateID": "default"}),
-    )
-    .await;
+    let (s, v) = call(app, "POST", "/sandboxes", A, e2b_create()).await;
     assert_eq!(
         (s, v["code"].as_u64(), v["error_code"].as_str()),
         (429, Some(429), Some("QUOTA_EXCEEDED")),
