@@ -87,6 +87,31 @@ fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
     }
 }
 
+/// A multipart reader bounded by `limits`: the whole stream holds at most
+/// every file at its max plus framing slack, a `metadata` part at most
+/// `max_metadata_bytes`.
+fn multipart<S, O, E>(
+    stream: S,
+    boundary: String,
+    limits: &UploadLimits,
+) -> multer::Multipart<'static>
+where
+    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
+    O: Into<Bytes> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let whole = limits
+        .max_file_bytes
+        .saturating_mul(limits.max_files as u64)
+        .saturating_add(1 << 20);
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .for_field("metadata", limits.max_metadata_bytes)
+            .whole_stream(whole),
+    );
+    multer::Multipart::with_constraints(stream, boundary, constraints)
+}
+
 /// Stream one multipart field into a temp file for `path` (see [`write_stream`]).
 async fn write_field(
     field: &mut multer::Field<'static>,
@@ -180,15 +205,7 @@ where
     O: Into<Bytes> + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new().whole_stream(
-            limits
-                .max_file_bytes
-                .saturating_mul(limits.max_files as u64)
-                .saturating_add(1 << 20),
-        ),
-    );
-    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut mp = multipart(stream, boundary, limits);
     let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         if field.name() != Some("file") {
@@ -197,12 +214,7 @@ where
                 field.name().unwrap_or("")
             )));
         }
-        if staging.len() >= limits.max_files {
-            return Err(RuntimeError::PayloadTooLarge(format!(
-                "more than {} files",
-                limits.max_files
-            )));
-        }
+        staging.check_room(limits)?;
         let named = field
             .file_name()
             .map(str::to_string)
@@ -223,10 +235,7 @@ where
         };
         write_field(&mut field, &mut staging, &path, &perm, limits).await?;
     }
-    if staging.len() == 0 {
-        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
-    }
-    staging.commit().await
+    staging.commit_some().await
 }
 
 /// E2B's `POST /files` octet-stream body (optionally gzip-encoded) to `path`.
@@ -309,13 +318,7 @@ where
     O: Into<Bytes> + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .for_field("metadata", limits.max_metadata_bytes)
-            // whole-stream bound: every file at its max plus framing slack
-            .whole_stream(limits.max_file_bytes.saturating_mul(limits.max_files as u64).saturating_add(1 << 20)),
-    );
-    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut mp = multipart(stream, boundary, limits);
     let mut pending: Option<FileMetadata> = None;
     let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
@@ -340,12 +343,7 @@ where
                         "file part without a preceding metadata part".into(),
                     )
                 })?;
-                if staging.len() >= limits.max_files {
-                    return Err(RuntimeError::PayloadTooLarge(format!(
-                        "more than {} files",
-                        limits.max_files
-                    )));
-                }
+                staging.check_room(limits)?;
                 let perm = Permission {
                     owner: meta.owner.clone(),
                     group: meta.group.clone(),
@@ -367,10 +365,7 @@ where
             m.path
         )));
     }
-    if staging.len() == 0 {
-        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
-    }
-    staging.commit().await
+    staging.commit_some().await
 }
 
 #[cfg(test)]
