@@ -96,6 +96,32 @@ impl IntoResponse for ConnectError {
 
 pub(super) type CResult<T> = Result<T, ConnectError>;
 
+/// A streaming call's answer: its stream, or an error, which streaming calls
+/// report in the end-of-stream envelope.
+pub(super) type Streamed = Result<Response, StreamError>;
+
+/// The error of a [`Streamed`] answer.
+#[derive(Debug)]
+pub(super) struct StreamError(ConnectError);
+
+impl From<ConnectError> for StreamError {
+    fn from(e: ConnectError) -> Self {
+        StreamError(e)
+    }
+}
+
+impl From<RuntimeError> for StreamError {
+    fn from(e: RuntimeError) -> Self {
+        StreamError(e.into())
+    }
+}
+
+impl IntoResponse for StreamError {
+    fn into_response(self) -> Response {
+        self.0.into_stream()
+    }
+}
+
 /// One Connect envelope.
 pub fn envelope<T: Serialize + ?Sized>(flags: u8, msg: &T) -> Bytes {
     let body = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());

@@ -4,8 +4,9 @@ use axum::{Json, body::Body, extract::State};
 
 use super::{
     EnvdState, blocking,
-    connect::{CResult, ConnectError},
+    connect::CResult,
     messages::{MoveRequest, PathRequest},
+    required,
     responses::{Empty, EntryInfo, EntryResponse, ListDirResponse},
     unary,
 };
@@ -63,11 +64,25 @@ pub(super) fn permissions_string(kind: FileKind, bits: u32) -> String {
 
 /// The request's path, relative ones resolved against the home directory.
 pub(super) fn path_of(st: &EnvdState, req: &PathRequest) -> CResult<String> {
-    req.path
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
+    let path = req.path.as_deref().filter(|p| !p.is_empty());
+    resolved(st, path, "path")
+}
+
+/// The path `p` names (relative ones resolved against the home directory);
+/// `what` is required.
+fn resolved(st: &EnvdState, p: Option<&str>, what: &str) -> CResult<String> {
+    required(p, what).map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
+}
+
+/// Run `f` (a file operation ending in a stat) off the async threads and
+/// answer its entry.
+async fn entry_reply(
+    f: impl FnOnce() -> crate::Result<files::FileInfo> + Send + 'static,
+) -> CResult<Json<EntryResponse>> {
+    let info = blocking(f).await?;
+    Ok(Json(EntryResponse {
+        entry: entry_info(&info),
+    }))
 }
 
 pub(super) async fn fs_stat(
@@ -75,10 +90,7 @@ pub(super) async fn fs_stat(
     body: Body,
 ) -> CResult<Json<EntryResponse>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
-    let info = blocking(move || files::stat(&path)).await?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&info),
-    }))
+    entry_reply(move || files::stat(&path)).await
 }
 
 pub(super) async fn fs_make_dir(
@@ -86,17 +98,14 @@ pub(super) async fn fs_make_dir(
     body: Body,
 ) -> CResult<Json<EntryResponse>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
-    let info = blocking(move || {
+    entry_reply(move || {
         if std::path::Path::new(&path).exists() {
             return Err(RuntimeError::AlreadyExists(path));
         }
         files::make_dirs(&path, &files::Permission::default())?;
         files::stat(&path)
     })
-    .await?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&info),
-    }))
+    .await
 }
 
 pub(super) async fn fs_move(
@@ -104,22 +113,13 @@ pub(super) async fn fs_move(
     body: Body,
 ) -> CResult<Json<EntryResponse>> {
     let req: MoveRequest = unary(&st, body).await?;
-    let src = req
-        .source
-        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
-    let dest = req
-        .destination
-        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
-    let info = blocking(move || {
+    let src = resolved(&st, req.source.as_deref(), "source")?;
+    let dest = resolved(&st, req.destination.as_deref(), "destination")?;
+    entry_reply(move || {
         files::rename(&src, &dest)?;
         files::stat(&dest)
     })
-    .await?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&info),
-    }))
+    .await
 }
 
 pub(super) async fn fs_list_dir(

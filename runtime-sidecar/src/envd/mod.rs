@@ -143,6 +143,17 @@ async fn read_body(st: &EnvdState, body: Body) -> CResult<Bytes> {
         .map_err(|e| ConnectError::new("resource_exhausted", format!("request body: {e}")))
 }
 
+/// The first envelope of a streaming Connect request body as `T`.
+async fn streamed<T: DeserializeOwned>(st: &EnvdState, body: Body) -> CResult<T> {
+    let b = read_body(st, body).await?;
+    connect::parse_message(&b, st.app.cfg.max_json_bytes)
+}
+
+/// `v`, or `invalid_argument` saying that `what` is required.
+fn required<T>(v: Option<T>, what: &str) -> CResult<T> {
+    v.ok_or_else(|| ConnectError::new("invalid_argument", format!("{what} is required")))
+}
+
 /// A unary Connect request body as `T` (an empty body is the default message).
 async fn unary<T: DeserializeOwned + Default>(st: &EnvdState, body: Body) -> CResult<T> {
     let b = read_body(st, body).await?;
