@@ -18,11 +18,11 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt},
     sync::mpsc,
 };
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     AppState,
     auth::TokenGuard,
+    channel_body,
     commands::{CommandSpec, Output, parse_signal},
     error::{Result, RuntimeError},
     events::{LineSplitter, StreamEvent},
@@ -250,12 +250,6 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
     let id = rec.id.clone();
     tokio::spawn(stream_events(id, rx, ftx, ping_every));
     Ok(event_stream_response(channel_body(frx)))
-}
-
-/// A streaming body fed by a channel of frames.
-fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    use futures_util::StreamExt;
-    Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>))
 }
 
 /// Turn a command's raw output into execd events. Lines are sent as soon as

@@ -227,6 +227,27 @@ pub async fn serve(
     res
 }
 
+/// A streaming body fed by a channel of frames.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> axum::body::Body {
+    use futures_util::StreamExt;
+    axum::body::Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    )
+}
+
+/// A `content_type` answer streaming the frames sent on `rx`.
+fn channel_response(
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    content_type: &'static str,
+) -> axum::response::Response {
+    let mut r = axum::response::Response::new(channel_body(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
 /// Run blocking filesystem work on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,

@@ -43,6 +43,22 @@ impl Default for UploadLimits {
     }
 }
 
+/// A request body as the multipart reader takes it: a stream of byte chunks
+/// or errors.
+pub trait BodyStream:
+    Stream<Item = std::result::Result<Bytes, Self::Error>> + Send + 'static
+{
+    type Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static;
+}
+
+impl<S, E> BodyStream for S
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    type Error = E;
+}
+
 #[derive(Debug, Deserialize)]
 struct FileMetadata {
     path: String,
@@ -90,16 +106,11 @@ fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
 /// A multipart reader bounded by `limits`: the whole stream holds at most
 /// every file at its max plus framing slack, a `metadata` part at most
 /// `max_metadata_bytes`.
-fn multipart<S, O, E>(
+fn multipart<S: BodyStream>(
     stream: S,
     boundary: String,
     limits: &UploadLimits,
-) -> multer::Multipart<'static>
-where
-    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
-    O: Into<Bytes> + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
+) -> multer::Multipart<'static> {
     let whole = limits
         .max_file_bytes
         .saturating_mul(limits.max_files as u64)
@@ -193,18 +204,13 @@ where
 /// E2B's `POST /files` multipart: every `file` part is written to its
 /// filename (a full path), or to `single_path` when given for one file.
 /// Relative paths resolve against `home`.
-pub async fn receive_named<S, O, E>(
+pub async fn receive_named<S: BodyStream>(
     stream: S,
     boundary: String,
     limits: &UploadLimits,
     single_path: Option<String>,
     home: &str,
-) -> Result<Vec<UploadedFile>>
-where
-    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
-    O: Into<Bytes> + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
+) -> Result<Vec<UploadedFile>> {
     let mut mp = multipart(stream, boundary, limits);
     let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
@@ -308,16 +314,11 @@ pub fn resolve(path: &str, home: &str) -> String {
 }
 
 /// Receive every metadata/file pair of a multipart body.
-pub async fn receive<S, O, E>(
+pub async fn receive<S: BodyStream>(
     stream: S,
     boundary: String,
     limits: &UploadLimits,
-) -> Result<Vec<UploadedFile>>
-where
-    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
-    O: Into<Bytes> + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
+) -> Result<Vec<UploadedFile>> {
     let mut mp = multipart(stream, boundary, limits);
     let mut pending: Option<FileMetadata> = None;
     let mut staging = Staging::default();

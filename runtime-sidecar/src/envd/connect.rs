@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    body::Body,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
@@ -176,16 +175,7 @@ fn frame(buf: &[u8], max: usize) -> CResult<&[u8]> {
 }
 
 pub(super) fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    use futures_util::StreamExt;
-    let body = Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
-    );
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
-    );
-    r
+    crate::channel_response(rx, "application/connect+json")
 }
 
 /// Keepalive interval requested by the client (`Keepalive-Ping-Interval`, seconds).
