@@ -425,18 +425,23 @@ mod tests {
         assert_eq!(files::stat(&b.to_string_lossy()).unwrap().mode, 755);
     }
 
-    #[tokio::test]
-    async fn oversize_file_is_refused_and_leaves_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("big");
-        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 100])]);
+    /// Upload one file of `len` bytes as `dir/name`, files limited to 99 bytes.
+    async fn upload_one(dir: &Path, name: &str, len: usize) -> Result<Vec<UploadedFile>> {
+        let data = body(&[
+            ("metadata", &meta(&dir.join(name), 644)),
+            ("file", &vec![7u8; len]),
+        ]);
         let limits = UploadLimits {
             max_file_bytes: 99,
             ..Default::default()
         };
-        let e = receive(chunked(data), "B".into(), &limits)
-            .await
-            .unwrap_err();
+        receive(chunked(data), "B".into(), &limits).await
+    }
+
+    #[tokio::test]
+    async fn oversize_file_is_refused_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let e = upload_one(d.path(), "big", 100).await.unwrap_err();
         assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
@@ -448,16 +453,7 @@ mod tests {
     #[tokio::test]
     async fn exact_limit_is_accepted() {
         let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("fits");
-        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 99])]);
-        let limits = UploadLimits {
-            max_file_bytes: 99,
-            ..Default::default()
-        };
-        assert_eq!(
-            receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size,
-            99
-        );
+        assert_eq!(upload_one(d.path(), "fits", 99).await.unwrap()[0].size, 99);
     }
 
     /// Every entry under `dir`, recursively (hidden temp files included).

@@ -15,6 +15,9 @@ use crate::{
     files::{self, FileKind},
 };
 
+/// The answer of the RPCs that answer one entry (Stat, MakeDir, Move).
+type EntryReply = CResult<Json<EntryResponse>>;
+
 /// `filesystem.EntryInfo` of a stat result.
 pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
     let kind = match i.kind {
@@ -78,25 +81,19 @@ fn resolved(st: &EnvdState, p: Option<&str>, what: &str) -> CResult<String> {
 /// answer its entry.
 async fn entry_reply(
     f: impl FnOnce() -> crate::Result<files::FileInfo> + Send + 'static,
-) -> CResult<Json<EntryResponse>> {
+) -> EntryReply {
     let info = blocking(f).await?;
     Ok(Json(EntryResponse {
         entry: entry_info(&info),
     }))
 }
 
-pub(super) async fn fs_stat(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
+pub(super) async fn fs_stat(State(st): State<EnvdState>, body: Body) -> EntryReply {
     let path = path_of(&st, &unary(&st, body).await?)?;
     entry_reply(move || files::stat(&path)).await
 }
 
-pub(super) async fn fs_make_dir(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
+pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> EntryReply {
     let path = path_of(&st, &unary(&st, body).await?)?;
     entry_reply(move || {
         if std::path::Path::new(&path).exists() {
@@ -108,10 +105,7 @@ pub(super) async fn fs_make_dir(
     .await
 }
 
-pub(super) async fn fs_move(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
+pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> EntryReply {
     let req: MoveRequest = unary(&st, body).await?;
     let src = resolved(&st, req.source.as_deref(), "source")?;
     let dest = resolved(&st, req.destination.as_deref(), "destination")?;
