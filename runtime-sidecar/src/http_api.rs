@@ -571,26 +571,35 @@ async fn files_info(q: QueryPairs) -> Result<Json<serde_json::Map<String, serde_
 
 async fn remove_files(q: QueryPairs) -> Result<StatusCode> {
     let paths = q.require_all("path")?;
+    for_each(paths, |p| unless_missing(files::remove_file(&p))).await
+}
+
+/// Apply `op` to every item off the async threads, in order, stopping at
+/// the first error; `200 OK` when all succeeded.
+async fn for_each<I>(items: I, op: fn(I::Item) -> Result<()>) -> Result<StatusCode>
+where
+    I: IntoIterator + Send + 'static,
+{
     blocking(move || {
-        for p in paths {
-            match files::remove_file(&p) {
-                Ok(()) | Err(RuntimeError::FileNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        items.into_iter().try_for_each(op)?;
         Ok(StatusCode::OK)
     })
     .await
 }
 
+/// A removal of something already gone counts as done.
+fn unless_missing(r: Result<()>) -> Result<()> {
+    match r {
+        Err(RuntimeError::FileNotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
 async fn chmod_files(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: HashMap<String, Permission> = json_body(&st, body).await?;
-    blocking(move || {
-        for (p, perm) in req {
-            files::stat(&p)?;
-            files::set_permissions(&p, &perm)?;
-        }
-        Ok(StatusCode::OK)
+    for_each(req, |(p, perm)| {
+        files::stat(&p)?;
+        files::set_permissions(&p, &perm)
     })
     .await
 }
@@ -603,13 +612,7 @@ struct MoveItem {
 
 async fn move_files(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: Vec<MoveItem> = json_body(&st, body).await?;
-    blocking(move || {
-        for m in req {
-            files::rename(&m.src, &m.dest)?;
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(req, |m| files::rename(&m.src, &m.dest)).await
 }
 
 async fn search_files(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
@@ -669,27 +672,12 @@ async fn list_directory(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
 
 async fn make_dirs(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: HashMap<String, Permission> = json_body(&st, body).await?;
-    blocking(move || {
-        for (p, perm) in req {
-            files::make_dirs(&p, &perm)?;
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(req, |(p, perm)| files::make_dirs(&p, &perm)).await
 }
 
 async fn remove_dirs(q: QueryPairs) -> Result<StatusCode> {
     let paths = q.require_all("path")?;
-    blocking(move || {
-        for p in paths {
-            match files::remove_dir(&p) {
-                Ok(()) | Err(RuntimeError::FileNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(paths, |p| unless_missing(files::remove_dir(&p))).await
 }
 
 async fn metrics(State(st): State<AppState>) -> Json<crate::sysmetrics::Metrics> {
