@@ -64,24 +64,20 @@ impl ConnectError {
 }
 
 impl From<RuntimeError> for ConnectError {
+    /// Connect's error codes are gRPC's, in snake case.
     fn from(e: RuntimeError) -> Self {
-        let code = match e {
-            RuntimeError::InvalidRequest(_)
-            | RuntimeError::InvalidInput { .. }
-            | RuntimeError::MissingQuery(_)
-            | RuntimeError::IsADirectory(_)
-            | RuntimeError::NotADirectory(_) => "invalid_argument",
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => "not_found",
-            RuntimeError::AlreadyExists(_) => "already_exists",
-            RuntimeError::Conflict(_) => "failed_precondition",
-            RuntimeError::PayloadTooLarge(_) => "resource_exhausted",
-            RuntimeError::Unauthorized => "unauthenticated",
-            RuntimeError::PermissionDenied(_) => "permission_denied",
-            RuntimeError::NotImplemented(_) => "unimplemented",
-            RuntimeError::RangeNotSatisfiable(_) => "out_of_range",
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
-                "internal"
-            }
+        use tonic::Code;
+        let code = match e.grpc_code() {
+            Code::InvalidArgument => "invalid_argument",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission_denied",
+            Code::Unimplemented => "unimplemented",
+            Code::OutOfRange => "out_of_range",
+            _ => "internal",
         };
         ConnectError::new(code, e.to_string())
     }
