@@ -265,6 +265,16 @@ async fn unary_rpcs_read_proto3_json() {
     assert_eq!(st, 200);
     let (st, v) = rpc.unary("filesystem.Filesystem/Stat", json!({})).await;
     assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
+    // methods sandpool lacks answer `unimplemented`, naming their service
+    for (method, service) in [
+        ("process.Process/Update", "process"),
+        ("filesystem.Filesystem/Watch", "filesystem"),
+    ] {
+        let (st, v) = rpc.unary(method, json!({})).await;
+        assert_eq!((st, &v["code"]), (501, &json!("unimplemented")), "{v}");
+        let want = format!("this {service} method is not supported by sandpool yet");
+        assert_eq!(v["message"], json!(want), "{v}");
+    }
 }
 
 /// A tagged process is listed and signalled by tag with the enum's name.
