@@ -689,6 +689,14 @@ where
 mod tests {
     use super::*;
 
+    /// A shell command with nothing else set.
+    fn shell(command: &str) -> CommandSpec {
+        CommandSpec {
+            command: command.into(),
+            ..Default::default()
+        }
+    }
+
     fn registry(max: usize) -> (Arc<CommandRegistry>, tempfile::TempDir) {
         let d = tempfile::tempdir().unwrap();
         (
@@ -719,10 +727,7 @@ mod tests {
     async fn runs_and_reports_exit_and_output() {
         let (reg, _d) = registry(8);
         let (tx, rx) = mpsc::channel(8);
-        let spec = CommandSpec {
-            command: "echo out; echo err >&2; exit 7".into(),
-            ..Default::default()
-        };
+        let spec = shell("echo out; echo err >&2; exit 7");
         let rec = reg.start(spec, tx).unwrap();
         let (out, err, exit) = collect(rx).await;
         assert_eq!(out, "out\n");
@@ -756,22 +761,13 @@ mod tests {
     async fn rejects_bad_input() {
         let (reg, _d) = registry(8);
         let (tx, _rx) = mpsc::channel(8);
-        let e = reg
-            .start(
-                CommandSpec {
-                    command: "  ".into(),
-                    ..Default::default()
-                },
-                tx.clone(),
-            )
-            .unwrap_err();
+        let e = reg.start(shell("  "), tx.clone()).unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidRequest(_)));
         let e = reg
             .start(
                 CommandSpec {
-                    command: "true".into(),
                     cwd: Some("/no/such/dir".into()),
-                    ..Default::default()
+                    ..shell("true")
                 },
                 tx,
             )
@@ -789,9 +785,8 @@ mod tests {
         let (reg, _d) = registry(8);
         let (tx, rx) = mpsc::channel(8);
         let spec = CommandSpec {
-            command: "sleep 30 & sleep 30".into(),
             timeout: Some(Duration::from_millis(150)),
-            ..Default::default()
+            ..shell("sleep 30 & sleep 30")
         };
         let rec = reg.start(spec, tx).unwrap();
         let (_, _, exit) = collect(rx).await;
@@ -815,10 +810,7 @@ mod tests {
     async fn dropping_the_receiver_kills_a_foreground_command() {
         let (reg, _d) = registry(8);
         let (tx, mut rx) = mpsc::channel(1);
-        let spec = CommandSpec {
-            command: "while true; do echo y; done".into(),
-            ..Default::default()
-        };
+        let spec = shell("while true; do echo y; done");
         let rec = reg.start(spec, tx).unwrap();
         assert!(matches!(rx.recv().await, Some(Output::Stdout(_))));
         drop(rx);
@@ -832,10 +824,7 @@ mod tests {
     async fn background_logs_and_signal() {
         let (reg, _d) = registry(8);
         let rec = reg
-            .start_background(CommandSpec {
-                command: "echo one; echo two; sleep 30".into(),
-                ..Default::default()
-            })
+            .start_background(shell("echo one; echo two; sleep 30"))
             .unwrap();
         let mut log = Vec::new();
         let mut cursor = 0;
@@ -865,12 +854,7 @@ mod tests {
         let (reg, d) = registry(2);
         let mut ids = Vec::new();
         for _ in 0..4 {
-            let rec = reg
-                .start_background(CommandSpec {
-                    command: "echo x".into(),
-                    ..Default::default()
-                })
-                .unwrap();
+            let rec = reg.start_background(shell("echo x")).unwrap();
             rec.wait().await;
             ids.push(rec.id.clone());
         }
@@ -897,9 +881,8 @@ mod tests {
         let rec = reg
             .start(
                 CommandSpec {
-                    command: "cat".into(),
                     stdin: true,
-                    ..Default::default()
+                    ..shell("cat")
                 },
                 tx,
             )

@@ -269,29 +269,18 @@ mod tests {
     #[tokio::test]
     async fn second_inject_needs_replace() {
         let ep = Arc::new(Entrypoint::default());
-        let first = ep
-            .inject(InjectSpec {
-                argv: vec!["sleep".into(), "30".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let e = ep
-            .inject(InjectSpec {
-                argv: vec!["sleep".into(), "30".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let sleep = || InjectSpec {
+            argv: vec!["sleep".into(), "30".into()],
+            ..Default::default()
+        };
+        let first = ep.inject(sleep()).await.unwrap();
+        let e = ep.inject(sleep()).await.unwrap_err();
         assert!(matches!(e, RuntimeError::AlreadyExists(_)));
-        let second = ep
-            .inject(InjectSpec {
-                argv: vec!["sleep".into(), "30".into()],
-                replace: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let replace = InjectSpec {
+            replace: true,
+            ..sleep()
+        };
+        let second = ep.inject(replace).await.unwrap();
         assert_ne!(first.pid, second.pid);
         assert!(
             nix::sys::signal::kill(Pid::from_raw(first.pid as i32), None).is_err(),

@@ -122,48 +122,41 @@ impl RuntimeError {
         }
     }
 
-    pub fn http_status(&self) -> StatusCode {
-        match self {
-            RuntimeError::InvalidRequest(_)
-            | RuntimeError::InvalidInput { .. }
-            | RuntimeError::MissingQuery(_)
-            | RuntimeError::IsADirectory(_)
-            | RuntimeError::NotADirectory(_) => StatusCode::BAD_REQUEST,
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
-            RuntimeError::AlreadyExists(_) | RuntimeError::Conflict(_) => StatusCode::CONFLICT,
-            RuntimeError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            RuntimeError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            RuntimeError::Unauthorized => StatusCode::UNAUTHORIZED,
-            RuntimeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            RuntimeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        }
-    }
-
-    pub fn grpc_code(&self) -> tonic::Code {
+    /// The HTTP status and the gRPC code of this error, classified once.
+    fn statuses(&self) -> (StatusCode, tonic::Code) {
         use tonic::Code;
         match self {
             RuntimeError::InvalidRequest(_)
             | RuntimeError::InvalidInput { .. }
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
-            | RuntimeError::NotADirectory(_) => Code::InvalidArgument,
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => Code::NotFound,
-            RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
-            RuntimeError::Conflict(_) => Code::FailedPrecondition,
-            RuntimeError::PayloadTooLarge(_) => Code::ResourceExhausted,
-            RuntimeError::RangeNotSatisfiable(_) => Code::OutOfRange,
-            RuntimeError::Unauthorized => Code::Unauthenticated,
-            RuntimeError::PermissionDenied(_) => Code::PermissionDenied,
-            RuntimeError::NotImplemented(_) => Code::Unimplemented,
+            | RuntimeError::NotADirectory(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => {
+                (StatusCode::NOT_FOUND, Code::NotFound)
+            }
+            RuntimeError::AlreadyExists(_) => (StatusCode::CONFLICT, Code::AlreadyExists),
+            RuntimeError::Conflict(_) => (StatusCode::CONFLICT, Code::FailedPrecondition),
+            RuntimeError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted)
+            }
+            RuntimeError::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, Code::OutOfRange)
+            }
+            RuntimeError::Unauthorized => (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
+            RuntimeError::PermissionDenied(_) => (StatusCode::FORBIDDEN, Code::PermissionDenied),
+            RuntimeError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, Code::Unimplemented),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
-                Code::Internal
+                (StatusCode::INTERNAL_SERVER_ERROR, Code::Internal)
             }
         }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        self.statuses().0
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        self.statuses().1
     }
 }
 

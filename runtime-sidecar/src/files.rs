@@ -130,20 +130,21 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// The name `lookup` finds for `id`, else the id as a number.
+fn name_of(id: u32, lookup: impl FnOnce(u32) -> Option<String>) -> String {
+    lookup(id).unwrap_or_else(|| id.to_string())
+}
+
 fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(uid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string())
+    name_of(uid, |id| {
+        Some(nix::unistd::User::from_uid(id.into()).ok()??.name)
+    })
 }
 
 fn group_name(gid: u32) -> String {
-    nix::unistd::Group::from_gid(gid.into())
-        .ok()
-        .flatten()
-        .map(|g| g.name)
-        .unwrap_or_else(|| gid.to_string())
+    name_of(gid, |id| {
+        Some(nix::unistd::Group::from_gid(id.into()).ok()??.name)
+    })
 }
 
 pub fn info_from_metadata(path: &str, md: &Metadata) -> FileInfo {
@@ -196,10 +197,14 @@ pub fn open_for_read(path: &str) -> Result<(fs::File, u64)> {
     Ok((f, md.len()))
 }
 
+/// What `path` is (not following a symlink), once it is known to be removable.
+fn removable_metadata(path: &str) -> Result<Metadata> {
+    fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))
+}
+
 /// Remove a file (or symlink). Directories are refused: use [`remove_dir`].
 pub fn remove_file(path: &str) -> Result<()> {
-    let md =
-        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md = removable_metadata(path)?;
     if md.is_dir() {
         return Err(RuntimeError::IsADirectory(path.to_string()));
     }
@@ -208,8 +213,7 @@ pub fn remove_file(path: &str) -> Result<()> {
 
 /// Remove a directory and everything below it.
 pub fn remove_dir(path: &str) -> Result<()> {
-    let md =
-        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md = removable_metadata(path)?;
     if !md.is_dir() {
         return Err(RuntimeError::NotADirectory(path.to_string()));
     }
@@ -218,8 +222,7 @@ pub fn remove_dir(path: &str) -> Result<()> {
 
 /// Remove anything; `recursive` is required for non-empty directories.
 pub fn remove_any(path: &str, recursive: bool) -> Result<()> {
-    let md =
-        fs::symlink_metadata(require_removable(path)?).map_err(|e| RuntimeError::io(path, e))?;
+    let md = removable_metadata(path)?;
     if md.is_dir() {
         if recursive {
             fs::remove_dir_all(path)
@@ -240,18 +243,8 @@ pub fn set_permissions(path: &str, perm: &Permission) -> Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(bits))
             .map_err(|e| RuntimeError::io(path, e))?;
     }
-    let uid = perm
-        .owner
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(resolve_user)
-        .transpose()?;
-    let gid = perm
-        .group
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(resolve_group)
-        .transpose()?;
+    let uid = id_of(perm.owner.as_deref(), resolve_user)?;
+    let gid = id_of(perm.group.as_deref(), resolve_group)?;
     if uid.is_some() || gid.is_some() {
         nix::unistd::chown(path, uid.map(Into::into), gid.map(Into::into))
             .map_err(|e| RuntimeError::io(path, std::io::Error::from(e)))?;
@@ -259,26 +252,31 @@ pub fn set_permissions(path: &str, perm: &Permission) -> Result<()> {
     Ok(())
 }
 
-pub fn resolve_user(name: &str) -> Result<u32> {
+/// The id a non-empty owner or group `name` stands for (none if unset).
+fn id_of(name: Option<&str>, resolve: fn(&str) -> Result<u32>) -> Result<Option<u32>> {
+    name.filter(|s| !s.is_empty()).map(resolve).transpose()
+}
+
+/// A numeric id as given, else the id `lookup` finds for the `kind` `name`.
+fn resolve_id(name: &str, kind: &str, lookup: impl FnOnce(&str) -> Option<u32>) -> Result<u32> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| u.uid.as_raw())
-        .ok_or_else(|| RuntimeError::InvalidRequest(format!("unknown user {name}")))
+    lookup(name).ok_or_else(|| RuntimeError::InvalidRequest(format!("unknown {kind} {name}")))
+}
+
+pub fn resolve_user(name: &str) -> Result<u32> {
+    resolve_id(name, "user", |n| {
+        let user = nix::unistd::User::from_name(n).ok().flatten();
+        user.map(|u| u.uid.as_raw())
+    })
 }
 
 pub fn resolve_group(name: &str) -> Result<u32> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
-    }
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
-        .ok_or_else(|| RuntimeError::InvalidRequest(format!("unknown group {name}")))
+    resolve_id(name, "group", |n| {
+        let group = nix::unistd::Group::from_name(n).ok().flatten();
+        group.map(|g| g.gid.as_raw())
+    })
 }
 
 /// `mkdir -p` then apply permissions.

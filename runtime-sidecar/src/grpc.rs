@@ -18,6 +18,9 @@ use crate::{
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The answer of a `Runtime` method.
+type Reply<T> = Result<Response<T>, Status>;
+
 pub struct RuntimeService {
     st: AppState,
 }
@@ -93,6 +96,14 @@ async fn blocking<T: Send + 'static>(
     crate::blocking(f).await.map_err(Status::from)
 }
 
+/// Run `f` (a file operation ending in a stat) on the blocking pool and
+/// answer its stat.
+async fn stat_reply(
+    f: impl FnOnce() -> crate::error::Result<files::FileInfo> + Send + 'static,
+) -> Reply<pb::FileStat> {
+    Ok(Response::new(file_stat(blocking(f).await?)))
+}
+
 fn mode_bits(mode: u32, default: u32) -> u32 {
     if mode == 0 { default } else { mode & 0o7777 }
 }
@@ -100,10 +111,7 @@ fn mode_bits(mode: u32, default: u32) -> u32 {
 #[tonic::async_trait]
 impl Runtime for RuntimeService {
     #[tracing::instrument(skip_all, name = "runtime.health")]
-    async fn health(
-        &self,
-        _: Request<pb::HealthRequest>,
-    ) -> Result<Response<pb::HealthResponse>, Status> {
+    async fn health(&self, _: Request<pb::HealthRequest>) -> Reply<pb::HealthResponse> {
         Ok(Response::new(pb::HealthResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: u64::try_from(self.st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -116,10 +124,7 @@ impl Runtime for RuntimeService {
     type ExecStream = BoxStream<pb::ExecOutput>;
 
     #[tracing::instrument(skip_all, name = "runtime.exec")]
-    async fn exec(
-        &self,
-        req: Request<Streaming<pb::ExecInput>>,
-    ) -> Result<Response<Self::ExecStream>, Status> {
+    async fn exec(&self, req: Request<Streaming<pb::ExecInput>>) -> Reply<Self::ExecStream> {
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty Exec stream: the first message must be `start`")
@@ -201,10 +206,7 @@ impl Runtime for RuntimeService {
     }
 
     #[tracing::instrument(skip_all, name = "runtime.signal")]
-    async fn signal(
-        &self,
-        req: Request<pb::SignalRequest>,
-    ) -> Result<Response<pb::SignalResponse>, Status> {
+    async fn signal(&self, req: Request<pb::SignalRequest>) -> Reply<pb::SignalResponse> {
         let r = req.into_inner();
         let sig = nix::sys::signal::Signal::try_from(r.signal)
             .map_err(|_| Status::invalid_argument(format!("unknown signal {}", r.signal)))?;
@@ -213,10 +215,7 @@ impl Runtime for RuntimeService {
     }
 
     #[tracing::instrument(skip_all, name = "runtime.inject")]
-    async fn inject(
-        &self,
-        req: Request<pb::InjectRequest>,
-    ) -> Result<Response<pb::ProcessState>, Status> {
+    async fn inject(&self, req: Request<pb::InjectRequest>) -> Reply<pb::ProcessState> {
         let r = req.into_inner();
         let spec = InjectSpec {
             argv: r.argv,
@@ -233,17 +232,14 @@ impl Runtime for RuntimeService {
     async fn entrypoint_status(
         &self,
         _: Request<pb::EntrypointStatusRequest>,
-    ) -> Result<Response<pb::ProcessState>, Status> {
+    ) -> Reply<pb::ProcessState> {
         Ok(Response::new(process_state(self.st.entrypoint.status())))
     }
 
     type ReadFileStream = BoxStream<pb::FileChunk>;
 
     #[tracing::instrument(skip_all, name = "runtime.read_file")]
-    async fn read_file(
-        &self,
-        req: Request<pb::ReadFileRequest>,
-    ) -> Result<Response<Self::ReadFileStream>, Status> {
+    async fn read_file(&self, req: Request<pb::ReadFileRequest>) -> Reply<Self::ReadFileStream> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let r = req.into_inner();
         let path = r.path.clone();
@@ -274,7 +270,7 @@ impl Runtime for RuntimeService {
     async fn write_file(
         &self,
         req: Request<Streaming<pb::WriteFileRequest>>,
-    ) -> Result<Response<pb::FileStat>, Status> {
+    ) -> Reply<pb::FileStat> {
         let mut inbound = req.into_inner();
         let Some(pb::WriteFileRequest {
             part: Some(pb::write_file_request::Part::Open(open)),
@@ -335,27 +331,21 @@ impl Runtime for RuntimeService {
             .map_err(|e| RuntimeError::io(&open.path, e))?;
         let path = open.path.clone();
         let mode = mode_bits(open.mode, 0o644);
-        let info = blocking(move || {
+        stat_reply(move || {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| RuntimeError::io(&path, e))?;
             files::stat(&path)
         })
-        .await?;
-        Ok(Response::new(file_stat(info)))
+        .await
     }
 
-    async fn stat(&self, req: Request<pb::PathRequest>) -> Result<Response<pb::FileStat>, Status> {
+    async fn stat(&self, req: Request<pb::PathRequest>) -> Reply<pb::FileStat> {
         let p = req.into_inner().path;
-        Ok(Response::new(file_stat(
-            blocking(move || files::stat(&p)).await?,
-        )))
+        stat_reply(move || files::stat(&p)).await
     }
 
-    async fn list_dir(
-        &self,
-        req: Request<pb::ListDirRequest>,
-    ) -> Result<Response<pb::ListDirResponse>, Status> {
+    async fn list_dir(&self, req: Request<pb::ListDirRequest>) -> Reply<pb::ListDirResponse> {
         let r = req.into_inner();
         let depth = (r.depth as usize).clamp(1, 64);
         let entries = blocking(move || files::list_dir(&r.path, depth)).await?;
@@ -364,13 +354,10 @@ impl Runtime for RuntimeService {
         }))
     }
 
-    async fn make_dir(
-        &self,
-        req: Request<pb::MakeDirRequest>,
-    ) -> Result<Response<pb::FileStat>, Status> {
+    async fn make_dir(&self, req: Request<pb::MakeDirRequest>) -> Reply<pb::FileStat> {
         let r = req.into_inner();
         let mode = files::mode_to_decimal_digits(mode_bits(r.mode, 0o755));
-        let info = blocking(move || {
+        stat_reply(move || {
             files::make_dirs(
                 &r.path,
                 &files::Permission {
@@ -380,29 +367,21 @@ impl Runtime for RuntimeService {
             )?;
             files::stat(&r.path)
         })
-        .await?;
-        Ok(Response::new(file_stat(info)))
+        .await
     }
 
-    async fn remove(
-        &self,
-        req: Request<pb::RemoveRequest>,
-    ) -> Result<Response<pb::RemoveResponse>, Status> {
+    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Reply<pb::RemoveResponse> {
         let r = req.into_inner();
         blocking(move || files::remove_any(&r.path, r.recursive)).await?;
         Ok(Response::new(pb::RemoveResponse {}))
     }
 
-    async fn r#move(
-        &self,
-        req: Request<pb::MoveRequest>,
-    ) -> Result<Response<pb::FileStat>, Status> {
+    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Reply<pb::FileStat> {
         let r = req.into_inner();
-        let info = blocking(move || {
+        stat_reply(move || {
             files::rename(&r.src, &r.dest)?;
             files::stat(&r.dest)
         })
-        .await?;
-        Ok(Response::new(file_stat(info)))
+        .await
     }
 }

@@ -18,11 +18,11 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt},
     sync::mpsc,
 };
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     AppState,
     auth::TokenGuard,
+    channel_body,
     commands::{CommandSpec, Output, parse_signal},
     error::{Result, RuntimeError},
     events::{LineSplitter, StreamEvent},
@@ -250,12 +250,6 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
     let id = rec.id.clone();
     tokio::spawn(stream_events(id, rx, ftx, ping_every));
     Ok(event_stream_response(channel_body(frx)))
-}
-
-/// A streaming body fed by a channel of frames.
-fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    use futures_util::StreamExt;
-    Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>))
 }
 
 /// Turn a command's raw output into execd events. Lines are sent as soon as
@@ -577,26 +571,35 @@ async fn files_info(q: QueryPairs) -> Result<Json<serde_json::Map<String, serde_
 
 async fn remove_files(q: QueryPairs) -> Result<StatusCode> {
     let paths = q.require_all("path")?;
+    for_each(paths, |p| unless_missing(files::remove_file(&p))).await
+}
+
+/// Apply `op` to every item off the async threads, in order, stopping at
+/// the first error; `200 OK` when all succeeded.
+async fn for_each<I>(items: I, op: fn(I::Item) -> Result<()>) -> Result<StatusCode>
+where
+    I: IntoIterator + Send + 'static,
+{
     blocking(move || {
-        for p in paths {
-            match files::remove_file(&p) {
-                Ok(()) | Err(RuntimeError::FileNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        items.into_iter().try_for_each(op)?;
         Ok(StatusCode::OK)
     })
     .await
 }
 
+/// A removal of something already gone counts as done.
+fn unless_missing(r: Result<()>) -> Result<()> {
+    match r {
+        Err(RuntimeError::FileNotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
 async fn chmod_files(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: HashMap<String, Permission> = json_body(&st, body).await?;
-    blocking(move || {
-        for (p, perm) in req {
-            files::stat(&p)?;
-            files::set_permissions(&p, &perm)?;
-        }
-        Ok(StatusCode::OK)
+    for_each(req, |(p, perm)| {
+        files::stat(&p)?;
+        files::set_permissions(&p, &perm)
     })
     .await
 }
@@ -609,13 +612,7 @@ struct MoveItem {
 
 async fn move_files(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: Vec<MoveItem> = json_body(&st, body).await?;
-    blocking(move || {
-        for m in req {
-            files::rename(&m.src, &m.dest)?;
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(req, |m| files::rename(&m.src, &m.dest)).await
 }
 
 async fn search_files(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
@@ -675,27 +672,12 @@ async fn list_directory(q: QueryPairs) -> Result<Json<Vec<files::FileInfo>>> {
 
 async fn make_dirs(State(st): State<AppState>, body: Body) -> Result<StatusCode> {
     let req: HashMap<String, Permission> = json_body(&st, body).await?;
-    blocking(move || {
-        for (p, perm) in req {
-            files::make_dirs(&p, &perm)?;
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(req, |(p, perm)| files::make_dirs(&p, &perm)).await
 }
 
 async fn remove_dirs(q: QueryPairs) -> Result<StatusCode> {
     let paths = q.require_all("path")?;
-    blocking(move || {
-        for p in paths {
-            match files::remove_dir(&p) {
-                Ok(()) | Err(RuntimeError::FileNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(StatusCode::OK)
-    })
-    .await
+    for_each(paths, |p| unless_missing(files::remove_dir(&p))).await
 }
 
 async fn metrics(State(st): State<AppState>) -> Json<crate::sysmetrics::Metrics> {
@@ -725,34 +707,30 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), (0, 9));
-        assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
-        assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
-        assert_eq!(parse_range("bytes=95-200", 100).unwrap(), (95, 99));
-        assert!(matches!(
-            parse_range("bytes=100-", 100),
-            Err(RuntimeError::RangeNotSatisfiable(_))
-        ));
-        assert!(matches!(
-            parse_range("bytes=5-2", 100),
-            Err(RuntimeError::RangeNotSatisfiable(_))
-        ));
-        assert!(matches!(
-            parse_range("bytes=-0", 100),
-            Err(RuntimeError::RangeNotSatisfiable(_))
-        ));
-        assert!(matches!(
-            parse_range("items=1-2", 100),
-            Err(RuntimeError::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            parse_range("bytes=a-b", 100),
-            Err(RuntimeError::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            parse_range("bytes=0-1,4-5", 100),
-            Err(RuntimeError::InvalidRequest(_))
-        ));
+        let satisfiable = [
+            ("bytes=0-9", (0, 9)),
+            ("bytes=90-", (90, 99)),
+            ("bytes=-10", (90, 99)),
+            ("bytes=95-200", (95, 99)),
+        ];
+        for (h, want) in satisfiable {
+            assert_eq!(parse_range(h, 100).unwrap(), want, "{h}");
+        }
+        for h in ["bytes=100-", "bytes=5-2", "bytes=-0"] {
+            assert!(
+                matches!(
+                    parse_range(h, 100),
+                    Err(RuntimeError::RangeNotSatisfiable(_))
+                ),
+                "{h}"
+            );
+        }
+        for h in ["items=1-2", "bytes=a-b", "bytes=0-1,4-5"] {
+            assert!(
+                matches!(parse_range(h, 100), Err(RuntimeError::InvalidRequest(_))),
+                "{h}"
+            );
+        }
     }
 
     #[test]

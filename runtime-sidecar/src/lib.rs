@@ -158,46 +158,63 @@ async fn note_activity(
     next.run(req).await
 }
 
+/// A request's tracing span, named for the service it reaches.
+type MakeSpan = fn(&http::Request<axum::body::Body>) -> tracing::Span;
+
+/// `router` with activity tracking and a tracing span per request (made by
+/// `make_span`) that continues the caller's W3C trace.
+fn traced(router: Router, state: AppState, make_span: MakeSpan) -> Router {
+    let trace = TraceLayer::new_for_http().make_span_with(move |req: &http::Request<_>| {
+        let span = make_span(req);
+        sandpool_telemetry::extract_parent(&span, req.headers());
+        span
+    });
+    router
+        .layer(axum::middleware::from_fn_with_state(state, note_activity))
+        .layer(trace)
+}
+
 /// The whole service: execd HTTP routes + gRPC, with a tracing span per
 /// request that continues the caller's W3C trace.
 pub fn app(state: AppState) -> Router {
-    let grpc = tonic::service::Routes::new(
-        sandpool_proto::v1::runtime_server::RuntimeServer::with_interceptor(
-            grpc::RuntimeService::new(state.clone()),
-            grpc::auth_interceptor(state.cfg.access_token.clone()),
-        ),
-    )
-    .prepare();
-    let grpc_path = format!("/{}/{{*method}}", <sandpool_proto::v1::runtime_server::RuntimeServer<grpc::RuntimeService> as tonic::server::NamedService>::NAME);
-    http_api::router(state.clone()).route_service(&grpc_path, grpc).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
-        |req: &http::Request<axum::body::Body>| {
-            let span = tracing::info_span!("runtime.request", method = %req.method(), path = %req.uri().path());
-            sandpool_telemetry::extract_parent(&span, req.headers());
-            span
-        },
+    use sandpool_proto::v1::runtime_server::RuntimeServer;
+    use tonic::server::NamedService;
+    let grpc = tonic::service::Routes::new(RuntimeServer::with_interceptor(
+        grpc::RuntimeService::new(state.clone()),
+        grpc::auth_interceptor(state.cfg.access_token.clone()),
     ))
+    .prepare();
+    let name = <RuntimeServer<grpc::RuntimeService> as NamedService>::NAME;
+    let grpc_path = format!("/{name}/{{*method}}");
+    let router = http_api::router(state.clone()).route_service(&grpc_path, grpc);
+    traced(
+        router,
+        state,
+        |req| tracing::info_span!("runtime.request", method = %req.method(), path = %req.uri().path()),
+    )
 }
 
 /// The E2B envd service (port 49983), sharing the runtime's state and token.
 pub fn envd_app(state: AppState) -> Router {
-    envd::router(envd::EnvdState { app: state.clone(), envd: envd::Envd::default() }).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
-        |req: &http::Request<axum::body::Body>| {
-            let span = tracing::info_span!("envd.request", method = %req.method(), path = %req.uri().path());
-            sandpool_telemetry::extract_parent(&span, req.headers());
-            span
-        },
-    ))
+    let router = envd::router(envd::EnvdState {
+        app: state.clone(),
+        envd: envd::Envd::default(),
+    });
+    traced(
+        router,
+        state,
+        |req| tracing::info_span!("envd.request", method = %req.method(), path = %req.uri().path()),
+    )
 }
 
 /// The code interpreter (port 49999), sharing the runtime's token.
 pub fn interp_app(state: AppState) -> Router {
-    interp::router(interp::InterpState::new(state.clone())).layer(axum::middleware::from_fn_with_state(state, note_activity)).layer(TraceLayer::new_for_http().make_span_with(
-        |req: &http::Request<axum::body::Body>| {
-            let span = tracing::info_span!("interp.request", method = %req.method(), path = %req.uri().path());
-            sandpool_telemetry::extract_parent(&span, req.headers());
-            span
-        },
-    ))
+    let router = interp::router(interp::InterpState::new(state.clone()));
+    traced(
+        router,
+        state,
+        |req| tracing::info_span!("interp.request", method = %req.method(), path = %req.uri().path()),
+    )
 }
 
 /// Serve `app` on `listener` (TCP_NODELAY) until `shutdown` resolves.
@@ -225,6 +242,27 @@ pub async fn serve(
     let res = serve_app(listener, app(state.clone()), shutdown).await;
     state.kill_all();
     res
+}
+
+/// A streaming body fed by a channel of frames.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> axum::body::Body {
+    use futures_util::StreamExt;
+    axum::body::Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    )
+}
+
+/// A `content_type` answer streaming the frames sent on `rx`.
+fn channel_response(
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    content_type: &'static str,
+) -> axum::response::Response {
+    let mut r = axum::response::Response::new(channel_body(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 /// Run blocking filesystem work on the blocking pool.

@@ -43,6 +43,22 @@ impl Default for UploadLimits {
     }
 }
 
+/// A request body as the multipart reader takes it: a stream of byte chunks
+/// or errors.
+pub trait BodyStream:
+    Stream<Item = std::result::Result<Bytes, Self::Error>> + Send + 'static
+{
+    type Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static;
+}
+
+impl<S, E> BodyStream for S
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    type Error = E;
+}
+
 #[derive(Debug, Deserialize)]
 struct FileMetadata {
     path: String,
@@ -85,6 +101,26 @@ fn multer_error(e: multer::Error, limits: &UploadLimits) -> RuntimeError {
         }
         other => RuntimeError::InvalidRequest(format!("malformed multipart body: {other}")),
     }
+}
+
+/// A multipart reader bounded by `limits`: the whole stream holds at most
+/// every file at its max plus framing slack, a `metadata` part at most
+/// `max_metadata_bytes`.
+fn multipart<S: BodyStream>(
+    stream: S,
+    boundary: String,
+    limits: &UploadLimits,
+) -> multer::Multipart<'static> {
+    let whole = limits
+        .max_file_bytes
+        .saturating_mul(limits.max_files as u64)
+        .saturating_add(1 << 20);
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .for_field("metadata", limits.max_metadata_bytes)
+            .whole_stream(whole),
+    );
+    multer::Multipart::with_constraints(stream, boundary, constraints)
 }
 
 /// Stream one multipart field into a temp file for `path` (see [`write_stream`]).
@@ -168,27 +204,14 @@ where
 /// E2B's `POST /files` multipart: every `file` part is written to its
 /// filename (a full path), or to `single_path` when given for one file.
 /// Relative paths resolve against `home`.
-pub async fn receive_named<S, O, E>(
+pub async fn receive_named<S: BodyStream>(
     stream: S,
     boundary: String,
     limits: &UploadLimits,
     single_path: Option<String>,
     home: &str,
-) -> Result<Vec<UploadedFile>>
-where
-    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
-    O: Into<Bytes> + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new().whole_stream(
-            limits
-                .max_file_bytes
-                .saturating_mul(limits.max_files as u64)
-                .saturating_add(1 << 20),
-        ),
-    );
-    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+) -> Result<Vec<UploadedFile>> {
+    let mut mp = multipart(stream, boundary, limits);
     let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         if field.name() != Some("file") {
@@ -197,12 +220,7 @@ where
                 field.name().unwrap_or("")
             )));
         }
-        if staging.len() >= limits.max_files {
-            return Err(RuntimeError::PayloadTooLarge(format!(
-                "more than {} files",
-                limits.max_files
-            )));
-        }
+        staging.check_room(limits)?;
         let named = field
             .file_name()
             .map(str::to_string)
@@ -223,10 +241,7 @@ where
         };
         write_field(&mut field, &mut staging, &path, &perm, limits).await?;
     }
-    if staging.len() == 0 {
-        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
-    }
-    staging.commit().await
+    staging.commit_some().await
 }
 
 /// E2B's `POST /files` octet-stream body (optionally gzip-encoded) to `path`.
@@ -299,23 +314,12 @@ pub fn resolve(path: &str, home: &str) -> String {
 }
 
 /// Receive every metadata/file pair of a multipart body.
-pub async fn receive<S, O, E>(
+pub async fn receive<S: BodyStream>(
     stream: S,
     boundary: String,
     limits: &UploadLimits,
-) -> Result<Vec<UploadedFile>>
-where
-    S: Stream<Item = std::result::Result<O, E>> + Send + 'static,
-    O: Into<Bytes> + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .for_field("metadata", limits.max_metadata_bytes)
-            // whole-stream bound: every file at its max plus framing slack
-            .whole_stream(limits.max_file_bytes.saturating_mul(limits.max_files as u64).saturating_add(1 << 20)),
-    );
-    let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
+) -> Result<Vec<UploadedFile>> {
+    let mut mp = multipart(stream, boundary, limits);
     let mut pending: Option<FileMetadata> = None;
     let mut staging = Staging::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
@@ -340,12 +344,7 @@ where
                         "file part without a preceding metadata part".into(),
                     )
                 })?;
-                if staging.len() >= limits.max_files {
-                    return Err(RuntimeError::PayloadTooLarge(format!(
-                        "more than {} files",
-                        limits.max_files
-                    )));
-                }
+                staging.check_room(limits)?;
                 let perm = Permission {
                     owner: meta.owner.clone(),
                     group: meta.group.clone(),
@@ -367,10 +366,7 @@ where
             m.path
         )));
     }
-    if staging.len() == 0 {
-        return Err(RuntimeError::InvalidRequest("no files in upload".into()));
-    }
-    staging.commit().await
+    staging.commit_some().await
 }
 
 #[cfg(test)]
@@ -429,18 +425,23 @@ mod tests {
         assert_eq!(files::stat(&b.to_string_lossy()).unwrap().mode, 755);
     }
 
-    #[tokio::test]
-    async fn oversize_file_is_refused_and_leaves_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("big");
-        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 100])]);
+    /// Upload one file of `len` bytes as `dir/name`, files limited to 99 bytes.
+    async fn upload_one(dir: &Path, name: &str, len: usize) -> Result<Vec<UploadedFile>> {
+        let data = body(&[
+            ("metadata", &meta(&dir.join(name), 644)),
+            ("file", &vec![7u8; len]),
+        ]);
         let limits = UploadLimits {
             max_file_bytes: 99,
             ..Default::default()
         };
-        let e = receive(chunked(data), "B".into(), &limits)
-            .await
-            .unwrap_err();
+        receive(chunked(data), "B".into(), &limits).await
+    }
+
+    #[tokio::test]
+    async fn oversize_file_is_refused_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let e = upload_one(d.path(), "big", 100).await.unwrap_err();
         assert!(matches!(e, RuntimeError::PayloadTooLarge(_)), "{e}");
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
@@ -452,16 +453,7 @@ mod tests {
     #[tokio::test]
     async fn exact_limit_is_accepted() {
         let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("fits");
-        let data = body(&[("metadata", &meta(&a, 644)), ("file", &[7u8; 99])]);
-        let limits = UploadLimits {
-            max_file_bytes: 99,
-            ..Default::default()
-        };
-        assert_eq!(
-            receive(chunked(data), "B".into(), &limits).await.unwrap()[0].size,
-            99
-        );
+        assert_eq!(upload_one(d.path(), "fits", 99).await.unwrap()[0].size, 99);
     }
 
     /// Every entry under `dir`, recursively (hidden temp files included).

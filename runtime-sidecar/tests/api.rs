@@ -80,6 +80,23 @@ impl Server {
     fn delete(&self, path: &str) -> reqwest::RequestBuilder {
         client().delete(format!("{}{path}", self.base))
     }
+    /// GET `route` for the file or directory at `path`.
+    async fn get_path(&self, route: &str, path: &std::path::Path) -> reqwest::Response {
+        self.get(route)
+            .query(&[("path", path)])
+            .send()
+            .await
+            .unwrap()
+    }
+    /// Download `range` of the file at `path`.
+    async fn download_range(&self, path: &std::path::Path, range: &str) -> reqwest::Response {
+        let r = self.get("/files/download").query(&[("path", path)]);
+        r.header("Range", range).send().await.unwrap()
+    }
+    /// POST `body` as JSON to `route`.
+    async fn post_json(&self, route: &str, body: &Value) -> reqwest::Response {
+        self.post(route).json(body).send().await.unwrap()
+    }
 }
 
 /// The response is the execd error `code` with this HTTP status.
@@ -133,20 +150,12 @@ async fn bad_json_and_oversize_json() {
     let r = s.post("/command").body("{not json").send().await.unwrap();
     expect_error(r, 400, "INVALID_REQUEST_BODY").await;
 
-    let r = s
-        .post("/command")
-        .json(&json!({"cwd": "/"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_json("/command", &json!({"cwd": "/"})).await;
     assert_eq!(error_of(r).await.0, 400, "command or argv required");
 
     let r = s
-        .post("/command")
-        .json(&json!({"command": "true", "timeout": -5}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/command", &json!({"command": "true", "timeout": -5}))
+        .await;
     assert_eq!(error_of(r).await.0, 400);
 
     let big = json!({"command": "x".repeat(5000)});
@@ -158,20 +167,10 @@ async fn bad_json_and_oversize_json() {
 async fn missing_file_directory_and_ranges() {
     let s = start().await;
     let missing = s.work.join("nope.txt");
-    let r = s
-        .get("/files/download")
-        .query(&[("path", &missing)])
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_path("/files/download", &missing).await;
     expect_error(r, 404, "FILE_NOT_FOUND").await;
 
-    let r = s
-        .get("/files/download")
-        .query(&[("path", &s.work)])
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_path("/files/download", &s.work).await;
     expect_error(r, 400, "IS_A_DIRECTORY").await;
 
     let r = s.get("/files/download").send().await.unwrap();
@@ -179,39 +178,17 @@ async fn missing_file_directory_and_ranges() {
 
     let f = s.work.join("digits");
     std::fs::write(&f, "0123456789").unwrap();
-    let r = s
-        .get("/files/download")
-        .query(&[("path", &f)])
-        .header("Range", "bytes=2-4")
-        .send()
-        .await
-        .unwrap();
+    let r = s.download_range(&f, "bytes=2-4").await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 2-4/10");
     assert_eq!(r.text().await.unwrap(), "234");
-    let r = s
-        .get("/files/download")
-        .query(&[("path", &f)])
-        .header("Range", "bytes=20-")
-        .send()
-        .await
-        .unwrap();
+    let r = s.download_range(&f, "bytes=20-").await;
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */10");
 
-    let r = s
-        .get("/files/info")
-        .query(&[("path", &missing)])
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_path("/files/info", &missing).await;
     assert_eq!(error_of(r).await.0, 404);
-    let r = s
-        .get("/directories/list")
-        .query(&[("path", &f)])
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_path("/directories/list", &f).await;
     expect_error(r, 400, "NOT_A_DIRECTORY").await;
     let r = s
         .get("/directories/list")
@@ -311,12 +288,12 @@ async fn events(resp: reqwest::Response) -> Vec<(Instant, Value)> {
 #[tokio::test]
 async fn output_is_streamed_as_produced() {
     let s = start().await;
-    let r = client()
-        .post(format!("{}/command", s.base))
-        .json(&json!({"command": "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .post_json(
+            "/command",
+            &json!({"command": "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"}),
+        )
+        .await;
     let ev = events(r).await;
     assert_eq!(ev[0].1["type"], "init");
     let stdout: Vec<_> = ev.iter().filter(|(_, v)| v["type"] == "stdout").collect();
@@ -340,11 +317,8 @@ async fn output_is_streamed_as_produced() {
 async fn failing_and_timed_out_commands_report_exit_codes() {
     let s = start().await;
     let r = s
-        .post("/command")
-        .json(&json!({"command": "echo oops >&2; exit 3"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/command", &json!({"command": "echo oops >&2; exit 3"}))
+        .await;
     let ev = events(r).await;
     assert!(
         ev.iter()
@@ -357,11 +331,8 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     );
 
     let r = s
-        .post("/command")
-        .json(&json!({"command": "sleep 10", "timeout": 200}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/command", &json!({"command": "sleep 10", "timeout": 200}))
+        .await;
     let ev = events(r).await;
     let last = &ev.last().unwrap().1;
     assert_eq!(last["error"]["evalue"], "137");
@@ -376,20 +347,12 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
 #[tokio::test]
 async fn unsupported_endpoints_answer_501() {
     let s = start().await;
-    let r = client()
-        .post(format!("{}/code", s.base))
-        .json(&json!({"code": "1+1"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_json("/code", &json!({"code": "1+1"})).await;
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (501, Some("NOT_IMPLEMENTED")));
-    let r = client()
-        .post(format!("{}/code/context", s.base))
-        .json(&json!({"language": "python"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .post_json("/code/context", &json!({"language": "python"}))
+        .await;
     assert_eq!(r.status(), 501);
 }
 

@@ -5,28 +5,21 @@
 #![allow(clippy::unwrap_used)]
 
 use reqwest::StatusCode;
-use sandpool_runtime::{AppState, Config};
+use sandpool_runtime::AppState;
 use serde_json::{Value, json};
+
+mod support;
 
 const TOKEN: &str = "interp-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        access_token: Some(TOKEN.into()),
-        data_dir: dir.path().join("d"),
-        home: Some(dir.path().to_path_buf()),
-        ..Config::default()
-    };
+    let cfg = support::config(TOKEN, dir.path(), dir.path().to_path_buf());
     let state = AppState::new(cfg).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(sandpool_runtime::serve_app(
-        l,
-        sandpool_runtime::interp_app(state),
-        std::future::pending(),
-    ));
-    (base, dir)
+    (
+        support::listen(sandpool_runtime::interp_app(state)).await,
+        dir,
+    )
 }
 
 /// The requests of every guarded route, with `headers` added.

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    body::Body,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
@@ -65,24 +64,20 @@ impl ConnectError {
 }
 
 impl From<RuntimeError> for ConnectError {
+    /// Connect's error codes are gRPC's, in snake case.
     fn from(e: RuntimeError) -> Self {
-        let code = match e {
-            RuntimeError::InvalidRequest(_)
-            | RuntimeError::InvalidInput { .. }
-            | RuntimeError::MissingQuery(_)
-            | RuntimeError::IsADirectory(_)
-            | RuntimeError::NotADirectory(_) => "invalid_argument",
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => "not_found",
-            RuntimeError::AlreadyExists(_) => "already_exists",
-            RuntimeError::Conflict(_) => "failed_precondition",
-            RuntimeError::PayloadTooLarge(_) => "resource_exhausted",
-            RuntimeError::Unauthorized => "unauthenticated",
-            RuntimeError::PermissionDenied(_) => "permission_denied",
-            RuntimeError::NotImplemented(_) => "unimplemented",
-            RuntimeError::RangeNotSatisfiable(_) => "out_of_range",
-            RuntimeError::Io { .. } | RuntimeError::Internal(_) | RuntimeError::Failed { .. } => {
-                "internal"
-            }
+        use tonic::Code;
+        let code = match e.grpc_code() {
+            Code::InvalidArgument => "invalid_argument",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission_denied",
+            Code::Unimplemented => "unimplemented",
+            Code::OutOfRange => "out_of_range",
+            _ => "internal",
         };
         ConnectError::new(code, e.to_string())
     }
@@ -95,6 +90,32 @@ impl IntoResponse for ConnectError {
 }
 
 pub(super) type CResult<T> = Result<T, ConnectError>;
+
+/// A streaming call's answer: its stream, or an error, which streaming calls
+/// report in the end-of-stream envelope.
+pub(super) type Streamed = Result<Response, StreamError>;
+
+/// The error of a [`Streamed`] answer.
+#[derive(Debug)]
+pub(super) struct StreamError(ConnectError);
+
+impl From<ConnectError> for StreamError {
+    fn from(e: ConnectError) -> Self {
+        StreamError(e)
+    }
+}
+
+impl From<RuntimeError> for StreamError {
+    fn from(e: RuntimeError) -> Self {
+        StreamError(e.into())
+    }
+}
+
+impl IntoResponse for StreamError {
+    fn into_response(self) -> Response {
+        self.0.into_stream()
+    }
+}
 
 /// One Connect envelope.
 pub fn envelope<T: Serialize + ?Sized>(flags: u8, msg: &T) -> Bytes {
@@ -150,16 +171,7 @@ fn frame(buf: &[u8], max: usize) -> CResult<&[u8]> {
 }
 
 pub(super) fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    use futures_util::StreamExt;
-    let body = Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
-    );
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
-    );
-    r
+    crate::channel_response(rx, "application/connect+json")
 }
 
 /// Keepalive interval requested by the client (`Keepalive-Ping-Interval`, seconds).

@@ -4,8 +4,9 @@ use axum::{Json, body::Body, extract::State};
 
 use super::{
     EnvdState, blocking,
-    connect::{CResult, ConnectError},
+    connect::CResult,
     messages::{MoveRequest, PathRequest},
+    required,
     responses::{Empty, EntryInfo, EntryResponse, ListDirResponse},
     unary,
 };
@@ -13,6 +14,9 @@ use crate::{
     error::RuntimeError,
     files::{self, FileKind},
 };
+
+/// The answer of the RPCs that answer one entry (Stat, MakeDir, Move).
+type EntryReply = CResult<Json<EntryResponse>>;
 
 /// `filesystem.EntryInfo` of a stat result.
 pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
@@ -63,63 +67,53 @@ pub(super) fn permissions_string(kind: FileKind, bits: u32) -> String {
 
 /// The request's path, relative ones resolved against the home directory.
 pub(super) fn path_of(st: &EnvdState, req: &PathRequest) -> CResult<String> {
-    req.path
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "path is required"))
+    let path = req.path.as_deref().filter(|p| !p.is_empty());
+    resolved(st, path, "path")
 }
 
-pub(super) async fn fs_stat(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
-    let path = path_of(&st, &unary(&st, body).await?)?;
-    let info = blocking(move || files::stat(&path)).await?;
+/// The path `p` names (relative ones resolved against the home directory);
+/// `what` is required.
+fn resolved(st: &EnvdState, p: Option<&str>, what: &str) -> CResult<String> {
+    required(p, what).map(|p| crate::upload::resolve(p, &st.app.cfg.home()))
+}
+
+/// Run `f` (a file operation ending in a stat) off the async threads and
+/// answer its entry.
+async fn entry_reply(
+    f: impl FnOnce() -> crate::Result<files::FileInfo> + Send + 'static,
+) -> EntryReply {
+    let info = blocking(f).await?;
     Ok(Json(EntryResponse {
         entry: entry_info(&info),
     }))
 }
 
-pub(super) async fn fs_make_dir(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
+pub(super) async fn fs_stat(State(st): State<EnvdState>, body: Body) -> EntryReply {
     let path = path_of(&st, &unary(&st, body).await?)?;
-    let info = blocking(move || {
+    entry_reply(move || files::stat(&path)).await
+}
+
+pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> EntryReply {
+    let path = path_of(&st, &unary(&st, body).await?)?;
+    entry_reply(move || {
         if std::path::Path::new(&path).exists() {
             return Err(RuntimeError::AlreadyExists(path));
         }
         files::make_dirs(&path, &files::Permission::default())?;
         files::stat(&path)
     })
-    .await?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&info),
-    }))
+    .await
 }
 
-pub(super) async fn fs_move(
-    State(st): State<EnvdState>,
-    body: Body,
-) -> CResult<Json<EntryResponse>> {
+pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> EntryReply {
     let req: MoveRequest = unary(&st, body).await?;
-    let src = req
-        .source
-        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "source is required"))?;
-    let dest = req
-        .destination
-        .map(|p| crate::upload::resolve(&p, &st.app.cfg.home()))
-        .ok_or_else(|| ConnectError::new("invalid_argument", "destination is required"))?;
-    let info = blocking(move || {
+    let src = resolved(&st, req.source.as_deref(), "source")?;
+    let dest = resolved(&st, req.destination.as_deref(), "destination")?;
+    entry_reply(move || {
         files::rename(&src, &dest)?;
         files::stat(&dest)
     })
-    .await?;
-    Ok(Json(EntryResponse {
-        entry: entry_info(&info),
-    }))
+    .await
 }
 
 pub(super) async fn fs_list_dir(

@@ -35,7 +35,7 @@ use axum::{
     extract::State,
     http::StatusCode,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
@@ -79,6 +79,14 @@ pub struct EnvdState {
     pub envd: Envd,
 }
 
+/// The answer to the methods of `service` sandpool does not implement.
+fn unsupported(service: &'static str) -> MethodRouter<EnvdState> {
+    post(move || async move {
+        let message = format!("this {service} method is not supported by sandpool yet");
+        ConnectError::new("unimplemented", message)
+    })
+}
+
 pub fn router(st: EnvdState) -> Router {
     let routes = Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
@@ -93,15 +101,7 @@ pub fn router(st: EnvdState) -> Router {
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/StreamInput", post(stream_input))
-        .route(
-            "/process.Process/{method}",
-            post(|| async {
-                ConnectError::new(
-                    "unimplemented",
-                    "this process method is not supported by sandpool yet",
-                )
-            }),
-        )
+        .route("/process.Process/{method}", unsupported("process"))
         .route("/filesystem.Filesystem/Stat", post(fs_stat))
         .route("/filesystem.Filesystem/MakeDir", post(fs_make_dir))
         .route("/filesystem.Filesystem/Move", post(fs_move))
@@ -114,15 +114,7 @@ pub fn router(st: EnvdState) -> Router {
             post(get_watcher_events),
         )
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
-        .route(
-            "/filesystem.Filesystem/{method}",
-            post(|| async {
-                ConnectError::new(
-                    "unimplemented",
-                    "this filesystem method is not supported by sandpool yet",
-                )
-            }),
-        );
+        .route("/filesystem.Filesystem/{method}", unsupported("filesystem"));
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         expected: st.app.cfg.access_token.as_deref().map(Arc::from),
@@ -141,6 +133,17 @@ async fn read_body(st: &EnvdState, body: Body) -> CResult<Bytes> {
     axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
         .await
         .map_err(|e| ConnectError::new("resource_exhausted", format!("request body: {e}")))
+}
+
+/// The first envelope of a streaming Connect request body as `T`.
+async fn streamed<T: DeserializeOwned>(st: &EnvdState, body: Body) -> CResult<T> {
+    let b = read_body(st, body).await?;
+    connect::parse_message(&b, st.app.cfg.max_json_bytes)
+}
+
+/// `v`, or `invalid_argument` saying that `what` is required.
+fn required<T>(v: Option<T>, what: &str) -> CResult<T> {
+    v.ok_or_else(|| ConnectError::new("invalid_argument", format!("{what} is required")))
 }
 
 /// A unary Connect request body as `T` (an empty body is the default message).

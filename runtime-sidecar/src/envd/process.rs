@@ -18,17 +18,18 @@ use tokio::sync::{broadcast, mpsc};
 use super::{
     EnvdState,
     connect::{
-        CResult, ConnectError, END_STREAM, envelope, keepalive, parse_message, stream_response,
+        CResult, ConnectError, END_STREAM, Streamed, envelope, keepalive, parse_message,
+        stream_response,
     },
     messages::{
         ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
         StartRequest, StreamInputRequest,
     },
-    read_body,
+    required,
     responses::{
         DataOut, Empty, EndEvent, Event, ListResponse, ProcessConfigOut, ProcessEvent, ProcessInfo,
     },
-    unary,
+    streamed, unary,
 };
 use crate::commands::{CommandRecord, CommandSpec, Output};
 
@@ -122,11 +123,8 @@ pub(super) fn attach(
 
 /// `process.Process/Start`: spawn, then stream start/data/end events. The
 /// process outlives the stream (E2B background commands).
-pub(super) async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Response {
-    match start_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_stream(),
-    }
+pub(super) async fn start(State(st): State<EnvdState>, headers: HeaderMap, body: Body) -> Streamed {
+    Ok(start_inner(&st, &headers, body).await?)
 }
 
 pub(super) async fn start_inner(
@@ -134,11 +132,8 @@ pub(super) async fn start_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> CResult<Response> {
-    let b = read_body(st, body).await?;
-    let req: StartRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
-    let p = req
-        .process
-        .ok_or_else(|| ConnectError::new("invalid_argument", "process is required"))?;
+    let req: StartRequest = streamed(st, body).await?;
+    let p = required(req.process, "process")?;
     if p.cmd.is_empty() {
         return Err(ConnectError::new(
             "invalid_argument",
@@ -213,8 +208,7 @@ pub(super) async fn start_inner(
 
 /// The running process a selector names (by pid, else by tag).
 pub(super) fn select(st: &EnvdState, sel: Option<&ProcessSelector>) -> CResult<Arc<EnvdProcess>> {
-    let sel =
-        sel.ok_or_else(|| ConnectError::new("invalid_argument", "process selector is required"))?;
+    let sel = required(sel, "process selector")?;
     let g = st.envd.lock();
     if let Some(pid) = sel.pid {
         return g.get(&pid).cloned().ok_or_else(|| {
@@ -241,21 +235,16 @@ pub(super) async fn connect(
     State(st): State<EnvdState>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let res = async {
-        let b = read_body(&st, body).await?;
-        let req: SelectRequest = parse_message(&b, st.app.cfg.max_json_bytes)?;
-        let p = select(&st, req.process.as_ref())?;
-        Ok::<_, ConnectError>(attach(
-            p.events.subscribe(),
-            Some(Event {
-                event: ProcessEvent::Start { pid: p.rec.pid },
-            }),
-            keepalive(&headers),
-        ))
-    }
-    .await;
-    res.unwrap_or_else(ConnectError::into_stream)
+) -> Streamed {
+    let req: SelectRequest = streamed(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    Ok(attach(
+        p.events.subscribe(),
+        Some(Event {
+            event: ProcessEvent::Start { pid: p.rec.pid },
+        }),
+        keepalive(&headers),
+    ))
 }
 
 pub(super) async fn list(State(st): State<EnvdState>) -> Response {
@@ -275,9 +264,7 @@ pub(super) async fn list(State(st): State<EnvdState>) -> Response {
 pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SendInputRequest = unary(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
-    let input = req
-        .input
-        .ok_or_else(|| ConnectError::new("invalid_argument", "input is required"))?;
+    let input = required(req.input, "input")?;
     if input.pty.is_some() {
         return Err(ConnectError::new(
             "unimplemented",
@@ -356,9 +343,7 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
                     let p = target.as_ref().ok_or_else(|| {
                         ConnectError::new("failed_precondition", "data before start")
                     })?;
-                    let input = data.input.ok_or_else(|| {
-                        ConnectError::new("invalid_argument", "data.input is required")
-                    })?;
+                    let input = required(data.input, "data.input")?;
                     let b64 = input.stdin.unwrap_or_default();
                     let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
                         ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))

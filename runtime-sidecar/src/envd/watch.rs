@@ -3,21 +3,21 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use axum::{Json, body::Body, extract::State, http::HeaderMap};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{
     EnvdState,
-    connect::{CResult, ConnectError, envelope, keepalive, parse_message, stream_response},
+    connect::{CResult, ConnectError, Streamed, envelope, keepalive, stream_response},
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
-    read_body,
+    required,
     responses::{
         CreateWatcherResponse, Empty, Event, FilesystemEvent, WatchEvent, WatcherEventsResponse,
     },
-    unary,
+    streamed, unary,
 };
 use crate::error::RuntimeError;
 
@@ -174,51 +174,46 @@ pub(super) async fn watch_dir(
     State(st): State<EnvdState>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let res = async {
-        let b = read_body(&st, body).await?;
-        let (path, recursive) = watch_args(&st, &parse_message(&b, st.app.cfg.max_json_bytes)?)?;
-        let slot = StreamSlot::take(&st.envd.watch_streams, st.app.cfg.max_watchers)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
-        spawn_watch(path, recursive, stop.clone(), move |ev| {
-            etx.blocking_send(ev).is_ok()
-        })?;
-        let (tx, rx) = mpsc::channel::<Bytes>(32);
-        let every = keepalive(&headers);
-        tokio::spawn(async move {
-            let _stop_on_exit = StopOnDrop(stop);
-            let _slot = slot;
-            if tx
-                .send(envelope(
-                    0,
-                    &Event {
-                        event: WatchEvent::Start {},
-                    },
-                ))
-                .await
-                .is_err()
-            {
+) -> Streamed {
+    let (path, recursive) = watch_args(&st, &streamed(&st, body).await?)?;
+    let slot = StreamSlot::take(&st.envd.watch_streams, st.app.cfg.max_watchers)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
+    spawn_watch(path, recursive, stop.clone(), move |ev| {
+        etx.blocking_send(ev).is_ok()
+    })?;
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let every = keepalive(&headers);
+    tokio::spawn(async move {
+        let _stop_on_exit = StopOnDrop(stop);
+        let _slot = slot;
+        if tx
+            .send(envelope(
+                0,
+                &Event {
+                    event: WatchEvent::Start {},
+                },
+            ))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let msg = tokio::select! {
+                ev = erx.recv() => match ev {
+                    Some(ev) => WatchEvent::Filesystem(ev),
+                    None => return,
+                },
+                _ = tick.tick() => WatchEvent::Keepalive {},
+            };
+            if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
                 return;
             }
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                let msg = tokio::select! {
-                    ev = erx.recv() => match ev {
-                        Some(ev) => WatchEvent::Filesystem(ev),
-                        None => return,
-                    },
-                    _ = tick.tick() => WatchEvent::Keepalive {},
-                };
-                if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok::<_, ConnectError>(stream_response(rx))
-    }
-    .await;
-    res.unwrap_or_else(ConnectError::into_stream)
+        }
+    });
+    Ok(stream_response(rx))
 }
 
 pub(super) struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
@@ -262,8 +257,7 @@ pub(super) async fn create_watcher(
 }
 
 pub(super) fn watcher_id(req: WatcherRequest) -> CResult<String> {
-    req.watcher_id
-        .ok_or_else(|| ConnectError::new("invalid_argument", "watcherId is required"))
+    required(req.watcher_id, "watcherId")
 }
 
 pub(super) async fn get_watcher_events(

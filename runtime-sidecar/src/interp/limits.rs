@@ -29,13 +29,15 @@ pub fn check_cwd(cwd: &str) -> Result<(), Refusal> {
             "cwd must be a non-empty path without NUL bytes",
         ));
     }
-    if cwd.len() > MAX_CWD_BYTES {
+    at_most(cwd.len(), MAX_CWD_BYTES, "cwd is", "bytes")
+}
+
+/// `400`, saying "`what` `n` `unit`", when `n` exceeds `max`.
+fn at_most(n: usize, max: usize, what: &str, unit: &str) -> Result<(), Refusal> {
+    if n > max {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!(
-                "cwd is {} bytes; at most {MAX_CWD_BYTES} are allowed",
-                cwd.len()
-            ),
+            format!("{what} {n} {unit}; at most {max} are allowed"),
         ));
     }
     Ok(())
@@ -61,26 +63,12 @@ pub fn check_env(env: &Value) -> Result<(), Refusal> {
     let Some(map) = env.as_object() else {
         return Ok(());
     };
-    if map.len() > MAX_ENV_VARS {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "env_vars has {} entries; at most {MAX_ENV_VARS} are allowed",
-                map.len()
-            ),
-        ));
-    }
+    at_most(map.len(), MAX_ENV_VARS, "env_vars has", "entries")?;
     let bytes: usize = map
         .iter()
         .map(|(k, v)| k.len() + v.as_str().map_or_else(|| v.to_string().len(), str::len))
         .sum();
-    if bytes > MAX_ENV_BYTES {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("env_vars is {bytes} bytes; at most {MAX_ENV_BYTES} are allowed"),
-        ));
-    }
-    Ok(())
+    at_most(bytes, MAX_ENV_BYTES, "env_vars is", "bytes")
 }
 
 #[cfg(test)]

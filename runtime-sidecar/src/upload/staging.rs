@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::UploadedFile;
+use super::{UploadLimits, UploadedFile};
 use crate::error::{Result, RuntimeError};
 
 /// One received file waiting for the commit.
@@ -50,8 +50,23 @@ impl Staging {
         self.files.push(f);
     }
 
-    pub fn len(&self) -> usize {
-        self.files.len()
+    /// Refuse another file once `limits.max_files` are staged.
+    pub fn check_room(&self, limits: &UploadLimits) -> Result<()> {
+        if self.files.len() >= limits.max_files {
+            return Err(RuntimeError::PayloadTooLarge(format!(
+                "more than {} files",
+                limits.max_files
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`commit`](Staging::commit) a request that staged at least one file.
+    pub async fn commit_some(self) -> Result<Vec<UploadedFile>> {
+        if self.files.is_empty() {
+            return Err(RuntimeError::InvalidRequest("no files in upload".into()));
+        }
+        self.commit().await
     }
 
     /// Rename every staged file into place, in the order received. Should a
