@@ -5,8 +5,9 @@ use std::time::Duration;
 use containerd_client::services::v1 as api;
 use futures_util::StreamExt;
 
-use super::{Ctr, TaskEvent};
 use crate::retry::Retry;
+
+use super::{Ctr, TaskEvent};
 
 impl Ctr {
     /// Task exits in this namespace: (container id, exited pid, exit status).

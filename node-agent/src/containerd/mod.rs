@@ -74,6 +74,28 @@ fn is_not_found(s: &tonic::Status) -> bool {
     s.code() == Code::NotFound
 }
 
+/// A containerd answer, its failure told as a failed step `op`.
+trait Answer<T> {
+    /// The answer, or a containerd error of `op`.
+    fn or_fail(self, op: &str) -> Result<T>;
+    /// The answer; `None` when containerd has no such thing.
+    fn found(self, op: &str) -> Result<Option<T>>;
+}
+
+impl<T> Answer<T> for std::result::Result<T, tonic::Status> {
+    fn or_fail(self, op: &str) -> Result<T> {
+        self.map_err(|s| AgentError::containerd(op, s))
+    }
+
+    fn found(self, op: &str) -> Result<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(AgentError::containerd(op, s)),
+        }
+    }
+}
+
 fn is_exists(s: &tonic::Status) -> bool {
     s.code() == Code::AlreadyExists
 }
@@ -166,12 +188,7 @@ impl Ctr {
     }
 
     pub async fn version(&self) -> Result<String> {
-        let v = self
-            .client
-            .version()
-            .version(())
-            .await
-            .map_err(|s| AgentError::containerd("version", s))?;
+        let v = self.client.version().version(()).await.or_fail("version")?;
         Ok(v.into_inner().version)
     }
 
@@ -205,7 +222,7 @@ impl Ctr {
                 labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
             }))
             .await
-            .map_err(|s| AgentError::containerd("create lease", s))?;
+            .or_fail("create lease")?;
         Ok(id)
     }
 
