@@ -16,7 +16,7 @@ use std::{
 use parking_lot::Mutex;
 
 use crate::{
-    error::{AgentError, Result},
+    error::{AgentError, Result, Step},
     retry::Retry,
 };
 
@@ -66,8 +66,9 @@ fn spawn(dir: &Path) -> Result<Child> {
         });
     }
     let child = cmd.spawn().map_err(|e| {
-        AgentError::connect(
-            socket.display().to_string(),
+        let path = socket.display().to_string();
+        AgentError::failed(
+            Step::Connect { path },
             "starting containerd (apt-get install containerd runc)",
             e,
         )
@@ -103,7 +104,8 @@ impl ContainerdDaemon {
             })
             .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
         rx.recv().map_err(|e| {
-            AgentError::connect(dir.display().to_string(), "containerd supervisor died", e)
+            let path = dir.display().to_string();
+            AgentError::failed(Step::Connect { path }, "containerd supervisor died", e)
         })??;
         Ok(ContainerdDaemon {
             child,

@@ -12,7 +12,7 @@ use containerd_client::{Client, services::v1 as api, types::Mount};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
-use crate::error::{AgentError, BoxError, Result};
+use crate::error::{AgentError, BoxError, Result, Step};
 
 mod events;
 mod images;
@@ -156,8 +156,9 @@ impl Ctr {
                     return Ok(me);
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(AgentError::connect(
-                        socket.display().to_string(),
+                    let path = socket.display().to_string();
+                    return Err(AgentError::failed(
+                        Step::Connect { path },
                         format!("no answer within {within:?}"),
                         e,
                     ));
