@@ -12,6 +12,7 @@ use std::{process::Command, sync::Arc, time::Duration};
 
 use sandpool_node_agent::{
     agent::Agent,
+    error::AgentError,
     service::NodeAgentService,
     testkit::{TestNode as Node, gate},
 };
@@ -38,11 +39,7 @@ fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
 
 /// Run a command through the sandbox runtime's execd API over the bridge IP.
 async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
-    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("x-execd-access-token", &info.access_token)
-        .json(&json!({"command": cmd}))
+    let resp = command_request(info, Some(&info.access_token), cmd)
         .send()
         .await
         .unwrap();
@@ -61,6 +58,22 @@ async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
     (out, code)
 }
 
+/// A POST of `cmd` to sandbox `info`'s execd `/command` with `token` (if any).
+fn command_request(
+    info: &pb::SandboxInfo,
+    token: Option<&str>,
+    cmd: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
+    let req = reqwest::Client::new()
+        .post(url)
+        .json(&json!({"command": cmd}));
+    match token {
+        Some(t) => req.header("x-execd-access-token", t),
+        None => req,
+    }
+}
+
 /// 0 when nothing answers (a released sandbox's IP has no host: fail fast).
 async fn ping(info: &pb::SandboxInfo) -> u16 {
     // a frozen sandbox accepts TCP (the kernel does) but never answers: bound the whole request
@@ -76,13 +89,79 @@ async fn ping(info: &pb::SandboxInfo) -> u16 {
         .unwrap_or(0)
 }
 
+/// A private containerd and agent on bridge `sptest{n}`; `None` (the test
+/// passes vacuously) when the prerequisites are missing, see `gate`.
+async fn boot(n: u8) -> Option<Node> {
+    Some(Node::start(gate()?, n).await)
+}
+
 /// A new warm sandbox of `class` in `pool`, as the scheduler would see it.
 async fn new_sandbox(node: &Node, pool: &str, class: pb::RuntimeClass) -> pb::SandboxInfo {
+    new_sandbox_from(node, pool, template(class)).await
+}
+
+/// A new warm sandbox of template `t` in `pool`, as the scheduler would see it.
+async fn new_sandbox_from(node: &Node, pool: &str, t: pb::SandboxTemplate) -> pb::SandboxInfo {
     node.agent()
-        .create(pool, template(class), None)
+        .create(pool, t, None)
         .await
         .unwrap()
         .info("test-node")
+}
+
+/// The host pid of sandbox `id`'s init.
+async fn task_pid(node: &Node, id: &str) -> u32 {
+    let state = node.agent().ctr().task_state(id).await.unwrap();
+    state.expect("task").1
+}
+
+/// The error of `r`, which must have failed saying each of `words`.
+fn fails_with<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>, words: &[&str]) -> E {
+    let e = r.unwrap_err();
+    let text = e.to_string();
+    assert!(words.iter().all(|w| text.contains(w)), "{text}");
+    e
+}
+
+/// The gRPC code the agent's error of `r` maps to; `r` must have failed.
+fn grpc_code<T: std::fmt::Debug>(r: Result<T, AgentError>) -> tonic::Code {
+    tonic::Status::from(r.unwrap_err()).code()
+}
+
+/// A host listener on `addr` that counts the connections it accepts.
+struct HostListener {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl HostListener {
+    async fn bind(addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acc = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            while let Ok((_s, _)) = listener.accept().await {
+                acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        HostListener {
+            port,
+            accepted,
+            server,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostListener {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 /// Delete these sandboxes (by id); nothing may be left on the node.
@@ -98,9 +177,10 @@ async fn release_all(node: &Node, ids: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
-    let Some(runtime) = gate() else { return };
     let t0 = std::time::Instant::now();
-    let mut node = Node::start(runtime, 1).await;
+    let Some(mut node) = boot(1).await else {
+        return;
+    };
     eprintln!("[{:?}] node started", t0.elapsed());
     let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
         .unwrap()
@@ -187,12 +267,7 @@ async fn check_fresh_sandbox(info: &pb::SandboxInfo, class: pb::RuntimeClass, ho
     let (env, _) = exec(info, "echo $TEMPLATE_VAR").await;
     assert_eq!(env, "from-template\n");
     // The token is enforced.
-    let r = reqwest::Client::new()
-        .post(format!("http://{}:44772/command", info.ip))
-        .json(&json!({"command": "true"}))
-        .send()
-        .await
-        .unwrap();
+    let r = command_request(info, None, "true").send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Orphaned grandchildren are reaped: the runtime runs as the
     // sandbox's init and keeps no zombies around.
@@ -315,8 +390,7 @@ async fn check_recovered(
 /// creates the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_creates() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 12).await;
+    let Some(node) = boot(12).await else { return };
     let snapshots = node
         .containerd_root()
         .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
@@ -349,21 +423,14 @@ async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_create
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 5).await;
+    let Some(node) = boot(5).await else { return };
     let mut events = node.agent().subscribe();
     let sb = node
         .agent()
         .create("pool-f", template(pb::RuntimeClass::Runc), None)
         .await
         .unwrap();
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&sb.id)
-        .await
-        .unwrap()
-        .expect("task");
+    let pid = task_pid(&node, &sb.id).await;
     // Kill the sandbox's init from the host, as the OOM killer would.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -394,8 +461,7 @@ async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycle_resets_and_returns_to_warm() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 2).await;
+    let Some(node) = boot(2).await else { return };
     let mut t = template(pb::RuntimeClass::Runc);
     t.release_policy = pb::ReleasePolicy::Recycle as i32;
     t.command = vec![
@@ -453,8 +519,7 @@ async fn recycle_resets_and_returns_to_warm() {
 /// without touching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 11).await;
+    let Some(node) = boot(11).await else { return };
     let agent = node.agent();
     let sb = agent
         .create("pool-u", template(pb::RuntimeClass::Runc), None)
@@ -481,8 +546,10 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
         "busybox has no python"
     );
 
-    let e = agent.upgrade(&sb.id, "no-such-image:1").await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        grpc_code(agent.upgrade(&sb.id, "no-such-image:1").await),
+        tonic::Code::InvalidArgument
+    );
     assert_eq!(
         ping(&info).await,
         200,
@@ -513,9 +580,8 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
     );
 
     agent.pause(&sb.id).await.unwrap();
-    let e = agent.upgrade(&sb.id, "busybox").await.unwrap_err();
     assert_eq!(
-        tonic::Status::from(e).code(),
+        grpc_code(agent.upgrade(&sb.id, "busybox").await),
         tonic::Code::FailedPrecondition
     );
     release_all(&node, &[&sb.id]).await;
@@ -570,8 +636,7 @@ fn resources(cpu: &str, memory: &str) -> pb::Resources {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 3).await;
+    let Some(node) = boot(3).await else { return };
     let mut c = serve_agent(&node).await;
 
     for (t, needle) in bad_templates() {
@@ -649,8 +714,7 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_python_image_is_built_once_and_runs_python() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 4).await;
+    let Some(node) = boot(4).await else { return };
     let t = pb::SandboxTemplate {
         image: "python".into(),
         ..template(pb::RuntimeClass::Runc)
@@ -714,8 +778,7 @@ async fn read_counter(info: &pb::SandboxInfo) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     use sandpool_node_agent::cri::CriNode;
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 7).await;
+    let Some(node) = boot(7).await else { return };
     let sb = node
         .agent()
         .create("pool-k", template(pb::RuntimeClass::Runc), None)
@@ -740,13 +803,7 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert!(before > 0);
     // While frozen nothing inside answers (an exec would hang): read the
     // counter from the host, through the sandbox init's root.
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&info.sandbox_id)
-        .await
-        .unwrap()
-        .expect("task");
+    let pid = task_pid(&node, &info.sandbox_id).await;
     let on_host = format!("/proc/{pid}/root/tmp/c");
     let host_counter = || -> u64 {
         let text =
@@ -759,11 +816,15 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
         host_counter() >= before,
         "the host path sees the same counter"
     );
-    let err = cri.resume("sandpool/agent-pool-abcde").await.unwrap_err();
-    assert!(err.to_string().contains("not paused"), "{err}");
+    fails_with(
+        cri.resume("sandpool/agent-pool-abcde").await,
+        &["not paused"],
+    );
     cri.pause("sandpool/agent-pool-abcde").await.unwrap();
-    let err = cri.pause("sandpool/agent-pool-abcde").await.unwrap_err();
-    assert!(err.to_string().contains("already paused"), "{err}");
+    fails_with(
+        cri.pause("sandpool/agent-pool-abcde").await,
+        &["already paused"],
+    );
     assert_eq!(ping(&info).await, 0, "a frozen sandbox does not answer");
     // frozen: ~20 ticks would happen in a running second, none happen here
     let frozen = host_counter();
@@ -791,10 +852,8 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
         later > after,
         "it runs again within 10 s of resume: {after} -> {later}"
     );
-    let err = cri.pause("sandpool/unknown").await.unwrap_err();
-    assert!(err.to_string().contains("no containers"), "{err}");
-    let err = cri.pause("no-slash").await.unwrap_err();
-    assert!(err.to_string().contains("<namespace>/<pod>"), "{err}");
+    fails_with(cri.pause("sandpool/unknown").await, &["no containers"]);
+    fails_with(cri.pause("no-slash").await, &["<namespace>/<pod>"]);
     release_all(&node, &[&info.sandbox_id]).await;
 }
 
@@ -804,20 +863,11 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
 /// token of one sandbox is refused by another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_each_other_or_the_host() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 8).await;
+    let Some(node) = boot(8).await else { return };
     let a = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
     let b = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
     // something listening on the host, on every address (like an agent or gateway would)
-    let host_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let host_port = host_listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let acc = accepted.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((_s, _)) = host_listener.accept().await {
-            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let host = HostListener::bind("0.0.0.0:0").await;
     let gateway = node.agent().cfg.net.gateway_ip().unwrap();
     // from inside A: its own runtime answers (control); B's runtime and the host do not
     let probe = |target: String| {
@@ -837,10 +887,10 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
         "closed",
         "sandbox A reached sandbox B's runtime"
     );
-    let (host, _) = exec(&a, &probe(format!("{gateway} {host_port}"))).await;
-    assert_eq!(host.trim(), "closed", "sandbox A reached a host port");
+    let (to_host, _) = exec(&a, &probe(format!("{gateway} {}", host.port))).await;
+    assert_eq!(to_host.trim(), "closed", "sandbox A reached a host port");
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        host.accepted(),
         0,
         "the host accepted a connection from a sandbox"
     );
@@ -848,16 +898,13 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     assert_eq!(ping(&a).await, 200);
     assert_eq!(ping(&b).await, 200);
     // B's runtime refuses A's token
-    let r = reqwest::Client::new()
-        .post(format!("http://{}:{}/command", b.ip, b.runtime_port))
-        .header("x-execd-access-token", &a.access_token)
-        .json(&json!({"command": "true"}))
+    let r = command_request(&b, Some(&a.access_token), "true")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a token of one sandbox works on another");
     assert_ne!(a.access_token, b.access_token);
-    server.abort();
+    drop(host);
     release_all(&node, &[&a.sandbox_id, &b.sandbox_id]).await;
 }
 
@@ -867,8 +914,7 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
 /// not capabilities, refuses them: the host allows `unshare -U` to anyone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_run_unprivileged_under_seccomp() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 6).await;
+    let Some(node) = boot(6).await else { return };
     let probe = "id -u; id -g; echo $HOME; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\t ' ' '; \
                  if unshare -U true 2>/dev/null; then echo userns-allowed; else echo userns-denied; fi; \
                  if touch /etc/probe 2>/dev/null; then echo etc-writable; else echo etc-denied; fi; \
@@ -935,21 +981,13 @@ async fn checkpoint_is_unsupported_here(
     runc: &pb::SandboxInfo,
     runsc: &pb::SandboxInfo,
 ) {
-    let e = agent
-        .checkpoint(&runsc.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"),
-        "{e}"
+    fails_with(
+        agent.checkpoint(&runsc.sandbox_id, false, "", "").await,
+        &["unsupported on this node", "gvisor#6243"],
     );
-    let e = agent
-        .checkpoint(&runc.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"),
-        "{e}"
+    let e = fails_with(
+        agent.checkpoint(&runc.sandbox_id, false, "", "").await,
+        &["unsupported on this node", "CRIU"],
     );
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
 }
@@ -959,8 +997,7 @@ async fn checkpoint_is_unsupported_here(
 /// requests get clear errors; nothing is left after release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 9).await;
+    let Some(node) = boot(9).await else { return };
     let agent = node.agent();
     let a = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runc).await;
     let root = agent.cfg.mount_roots[0].clone();
@@ -998,36 +1035,38 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     assert_eq!(out.trim(), "gone", "unmounted");
 
     // clear errors
-    let e = agent
-        .mount(&a.sandbox_id, "/etc", "/mnt/etc", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("not under a mount root"), "{e}");
-    let e = agent
-        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("reserved"), "{e}");
-    let e = agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap_err();
-    assert!(e.to_string().contains("not a mount"), "{e}");
+    fails_with(
+        agent.mount(&a.sandbox_id, "/etc", "/mnt/etc", true).await,
+        &["not under a mount root"],
+    );
+    fails_with(
+        agent
+            .mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true)
+            .await,
+        &["reserved"],
+    );
+    fails_with(
+        agent.unmount(&a.sandbox_id, "/mnt/data").await,
+        &["not a mount"],
+    );
     let g = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runsc).await;
-    let e = agent
-        .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("need a runc sandbox"), "{e}");
+    fails_with(
+        agent
+            .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
+            .await,
+        &["need a runc sandbox"],
+    );
     checkpoint_is_unsupported_here(agent, &a, &g).await;
     agent.pause(&a.sandbox_id).await.unwrap();
-    let e = agent.pause(&a.sandbox_id).await.unwrap_err();
-    assert!(e.to_string().contains("already paused"), "{e}");
-    let e = agent
-        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("paused"), "{e}");
+    fails_with(agent.pause(&a.sandbox_id).await, &["already paused"]);
+    fails_with(
+        agent
+            .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true)
+            .await,
+        &["paused"],
+    );
     agent.resume(&a.sandbox_id).await.unwrap();
-    let e = agent.resume(&a.sandbox_id).await.unwrap_err();
-    assert!(e.to_string().contains("not paused"), "{e}");
+    fails_with(agent.resume(&a.sandbox_id).await, &["not paused"]);
 
     for sb in [&a, &g] {
         agent
@@ -1129,40 +1168,45 @@ async fn fork_three(
 /// Checkpoint, restore and fork refuse bad requests with clear errors.
 async fn checkpoint_errors(agent: &Arc<Agent>, fork: &pb::SandboxInfo, ck: &pb::CheckpointInfo) {
     agent.pause(&fork.sandbox_id).await.unwrap();
-    let e = agent
-        .checkpoint(&fork.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("paused"), "{e}");
+    let e = fails_with(
+        agent.checkpoint(&fork.sandbox_id, false, "", "").await,
+        &["paused"],
+    );
     assert_eq!(
         tonic::Status::from(e).code(),
         tonic::Code::FailedPrecondition
     );
     agent.resume(&fork.sandbox_id).await.unwrap();
-    let e = agent.restore("ck-nope", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
-    let e = agent.restore("../etc", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent
-        .create(
-            "pool-ck",
-            pb::SandboxTemplate {
-                checkpointable: true,
-                ..template(pb::RuntimeClass::Runc)
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("RUNSC"), "{e}");
+    assert_eq!(
+        grpc_code(agent.restore("ck-nope", None).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        grpc_code(agent.restore("../etc", None).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        grpc_code(agent.fork(&ck.checkpoint_id, 0).await),
+        tonic::Code::InvalidArgument
+    );
+    fails_with(
+        agent
+            .create(
+                "pool-ck",
+                pb::SandboxTemplate {
+                    checkpointable: true,
+                    ..template(pb::RuntimeClass::Runc)
+                },
+                None,
+            )
+            .await,
+        &["RUNSC"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 10).await;
+    let Some(node) = boot(10).await else { return };
     let agent = node.agent();
     let t = pb::SandboxTemplate {
         image: "python".into(),
@@ -1260,13 +1304,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
 /// A host cgroup file of sandbox `info`'s init, for `controller` (cgroup v1
 /// hierarchy, or the unified one when the controller is only there).
 async fn cgroup_file(node: &Node, info: &pb::SandboxInfo, controller: &str, file: &str) -> String {
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&info.sandbox_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let pid = task_pid(node, &info.sandbox_id).await;
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let path = cg
         .lines()
@@ -1299,8 +1337,7 @@ fn template_without_limits(class: pb::RuntimeClass) -> pb::SandboxTemplate {
 /// than the node maximum is refused before anything is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 9).await;
+    let Some(node) = boot(9).await else { return };
     let mut ids = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
         let info = node
@@ -1322,8 +1359,7 @@ async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
         resources: Some(resources("1", "64Gi")),
         ..template(pb::RuntimeClass::Runc)
     };
-    let e = node.agent().create("pool-l", big, None).await.unwrap_err();
-    assert!(e.to_string().contains("maximum"), "{e}");
+    fails_with(node.agent().create("pool-l", big, None).await, &["maximum"]);
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     release_all(&node, &ids).await;
 }
@@ -1341,8 +1377,7 @@ async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
 /// and the agent keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 10).await;
+    let Some(node) = boot(10).await else { return };
     let info = node
         .agent()
         .create(
@@ -1394,22 +1429,14 @@ async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
 /// a sandbox through the bridge's link-local address (it is from the host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_the_host_over_ipv6() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 11).await;
+    let Some(node) = boot(11).await else { return };
     let info = new_sandbox(&node, "pool-6", pb::RuntimeClass::Runc).await;
-    let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let acc = accepted.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((_s, _)) = listener.accept().await {
-            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let host = HostListener::bind("[::]:0").await;
+    let port = host.port;
     // control: the host itself reaches it over IPv6
     tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(host.accepted(), 1);
     let out = Command::new("ip")
         .args([
             "-6", "-o", "addr", "show", "dev", "sptest11", "scope", "link",
@@ -1436,7 +1463,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
         "reached [{link_local}]:{port}: {out}"
     );
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        host.accepted(),
         1,
         "the host accepted an IPv6 connection from a sandbox"
     );
@@ -1445,7 +1472,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
         Some(&"1"),
         "IPv6 is off in the sandbox: {out}"
     );
-    server.abort();
+    drop(host);
     release_all(&node, &[&info.sandbox_id]).await;
 }
 
@@ -1453,8 +1480,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
 /// the cap; released, its log is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_logs_are_capped_and_removed_on_release() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 12).await;
+    let Some(node) = boot(12).await else { return };
     let info = new_sandbox(&node, "pool-g", pb::RuntimeClass::Runc).await;
     let log = node.agent().log_path(&info.sandbox_id);
     assert!(
@@ -1509,8 +1535,7 @@ async fn wait_failed(node: &Node, id: &str, within: Duration) -> pb::SandboxInfo
 /// the other sandboxes are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 13).await;
+    let Some(node) = boot(13).await else { return };
     let mut made = Vec::new();
     for _ in 0..3 {
         made.push(
@@ -1561,12 +1586,8 @@ async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
 
 /// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
 async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
-    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
-    let resp = reqwest::Client::new()
-        .post(url)
+    let resp = command_request(info, Some(&info.access_token), cmd)
         .timeout(Duration::from_secs(30))
-        .header("x-execd-access-token", &info.access_token)
-        .json(&json!({"command": cmd}))
         .send()
         .await;
     match resp {
