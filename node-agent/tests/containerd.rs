@@ -12,7 +12,6 @@ use std::{process::Command, sync::Arc, time::Duration};
 
 use sandpool_node_agent::{
     agent::Agent,
-    error::AgentError,
     service::NodeAgentService,
     testkit::{TestNode as Node, gate},
 };
@@ -123,9 +122,10 @@ fn fails_with<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>, words: 
     e
 }
 
-/// The gRPC code the agent's error of `r` maps to; `r` must have failed.
-fn grpc_code<T: std::fmt::Debug>(r: Result<T, AgentError>) -> tonic::Code {
-    tonic::Status::from(r.unwrap_err()).code()
+/// The gRPC code of the error of `r` (an agent error or a gRPC status);
+/// `r` must have failed.
+fn grpc_code<T: std::fmt::Debug, E: Into<tonic::Status>>(r: Result<T, E>) -> tonic::Code {
+    r.map_err(Into::into).unwrap_err().code()
 }
 
 /// A host listener on `addr` that counts the connections it accepts.
@@ -189,12 +189,7 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
 
     let mut infos = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let sb = node
-            .agent()
-            .create("pool-a", template(class), None)
-            .await
-            .unwrap();
-        let info = sb.info("test-node");
+        let info = new_sandbox(&node, "pool-a", class).await;
         check_fresh_sandbox(&info, class, &host_release).await;
         infos.push(info);
     }
@@ -604,6 +599,18 @@ async fn serve_agent(node: &Node) -> NodeAgentClient<tonic::transport::Channel> 
         .unwrap()
 }
 
+/// A CreateSandbox request for pool `p`.
+fn create_request(
+    template: Option<pb::SandboxTemplate>,
+    sandbox_id: &str,
+) -> pb::CreateSandboxRequest {
+    pb::CreateSandboxRequest {
+        pool: "p".into(),
+        template,
+        sandbox_id: sandbox_id.into(),
+    }
+}
+
 /// Templates the agent must refuse, each with a word its error names.
 fn bad_templates() -> Vec<(pb::SandboxTemplate, &'static str)> {
     let with = |change: fn(&mut pb::SandboxTemplate)| {
@@ -641,11 +648,7 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
 
     for (t, needle) in bad_templates() {
         let e = c
-            .create_sandbox(pb::CreateSandboxRequest {
-                pool: "p".into(),
-                template: Some(t),
-                sandbox_id: String::new(),
-            })
+            .create_sandbox(create_request(Some(t), ""))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -655,53 +658,31 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
             e.message()
         );
     }
-    let e = c
-        .create_sandbox(pb::CreateSandboxRequest {
-            pool: "p".into(),
-            template: None,
-            sandbox_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c
-        .create_sandbox(pb::CreateSandboxRequest {
-            pool: "p".into(),
-            template: Some(template(pb::RuntimeClass::Runc)),
-            sandbox_id: "bad/id".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c
-        .release(pb::ReleaseRequest {
-            sandbox_id: "nope".into(),
-            policy: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = c
-        .checkpoint(pb::CheckpointRequest {
-            sandbox_id: "nope".into(),
-            leave_running: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let bad_id = create_request(Some(template(pb::RuntimeClass::Runc)), "bad/id");
+    for req in [create_request(None, ""), bad_id] {
+        let code = grpc_code(c.create_sandbox(req).await);
+        assert_eq!(code, tonic::Code::InvalidArgument);
+    }
+    let release = pb::ReleaseRequest {
+        sandbox_id: "nope".into(),
+        policy: 0,
+    };
+    assert_eq!(grpc_code(c.release(release).await), tonic::Code::NotFound);
+    let checkpoint = pb::CheckpointRequest {
+        sandbox_id: "nope".into(),
+        leave_running: false,
+        ..Default::default()
+    };
     assert_eq!(
-        e.code(),
+        grpc_code(c.checkpoint(checkpoint).await),
         tonic::Code::NotFound,
         "an unknown sandbox is not found (support is checked per sandbox)"
     );
-    let e = c
-        .restore(pb::RestoreRequest {
-            checkpoint_id: "nope".into(),
-            sandbox_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
+    let restore = pb::RestoreRequest {
+        checkpoint_id: "nope".into(),
+        sandbox_id: String::new(),
+    };
+    assert_eq!(grpc_code(c.restore(restore).await), tonic::Code::NotFound);
 
     // The watch stream starts with a capacity snapshot.
     let mut w = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();
@@ -779,12 +760,7 @@ async fn read_counter(info: &pb::SandboxInfo) -> u64 {
 async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     use sandpool_node_agent::cri::CriNode;
     let Some(node) = boot(7).await else { return };
-    let sb = node
-        .agent()
-        .create("pool-k", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap();
-    let info = sb.info("test-node");
+    let info = new_sandbox(&node, "pool-k", pb::RuntimeClass::Runc).await;
     label_as_cri_pod(&node, &info.sandbox_id).await;
     let cri = CriNode::new(node.agent().ctr().clone(), "test-node");
     let pods = cri.pods().await.unwrap();
@@ -949,12 +925,7 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
         run_as_root: true,
         ..template(pb::RuntimeClass::Runc)
     };
-    let root = node
-        .agent()
-        .create("pool-h", root_t, None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let root = new_sandbox_from(&node, "pool-h", root_t).await;
     let (out, _) = exec(&root, probe).await;
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(lines[0], "0", "{out}");
@@ -1213,11 +1184,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
         checkpointable: true,
         ..template(pb::RuntimeClass::Runsc)
     };
-    let sb = agent
-        .create("pool-ck", t.clone(), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let sb = new_sandbox_from(&node, "pool-ck", t.clone()).await;
     assert_eq!(sb.ip, "127.0.0.1", "reached through the agent");
     assert_ne!(sb.runtime_port, 44772);
     let (nics, _) = exec(
@@ -1340,12 +1307,7 @@ async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
     let Some(node) = boot(9).await else { return };
     let mut ids = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let info = node
-            .agent()
-            .create("pool-l", template_without_limits(class), None)
-            .await
-            .unwrap()
-            .info("test-node");
+        let info = new_sandbox_from(&node, "pool-l", template_without_limits(class)).await;
         let pids = cgroup_file(&node, &info, "pids", "pids.max").await;
         let mem = cgroup_file(&node, &info, "memory", "memory.limit_in_bytes").await;
         let quota = cgroup_file(&node, &info, "cpu", "cpu.cfs_quota_us").await;
@@ -1364,6 +1326,9 @@ async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
     release_all(&node, &ids).await;
 }
 
+/// Bounded: at most 2000 sleepers of 6 s each.
+const FORK_BOMB: &str = "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done";
+
 /// Tasks of sandbox `info` as the host counts them (threads included).
 async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
     cgroup_file(node, info, "pids", "tasks")
@@ -1378,20 +1343,11 @@ async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
     let Some(node) = boot(10).await else { return };
-    let info = node
-        .agent()
-        .create(
-            "pool-b",
-            template_without_limits(pb::RuntimeClass::Runc),
-            None,
-        )
-        .await
-        .unwrap()
-        .info("test-node");
-    // bounded: at most 2000 sleepers of 6 s each
-    let bomb = "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done; echo spawned $i";
+    let t = template_without_limits(pb::RuntimeClass::Runc);
+    let info = new_sandbox_from(&node, "pool-b", t).await;
+    let bomb = format!("{FORK_BOMB}; echo spawned $i");
     let started = std::time::Instant::now();
-    let (out, _) = tokio::time::timeout(Duration::from_secs(30), exec(&info, bomb))
+    let (out, _) = tokio::time::timeout(Duration::from_secs(30), exec(&info, &bomb))
         .await
         .unwrap_or_default();
     let tasks = host_tasks(&node, &info).await;
@@ -1538,50 +1494,36 @@ async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
     let Some(node) = boot(13).await else { return };
     let mut made = Vec::new();
     for _ in 0..3 {
-        made.push(
-            node.agent()
-                .create(
-                    "pool-r",
-                    template_without_limits(pb::RuntimeClass::Runsc),
-                    None,
-                )
-                .await
-                .unwrap()
-                .info("test-node"),
-        );
+        let t = template_without_limits(pb::RuntimeClass::Runsc);
+        made.push(new_sandbox_from(&node, "pool-r", t).await);
     }
     let (mem, bomb, bystander) = (&made[0], &made[1], &made[2]);
-    let started = std::time::Instant::now();
-    let dd = mem.clone();
-    tokio::spawn(async move {
-        let _ = raw_exec(&dd, "dd if=/dev/zero of=/dev/null bs=1G count=1").await;
-    });
-    let failed = wait_failed(&node, &mem.sandbox_id, Duration::from_secs(20)).await;
-    eprintln!(
-        "runsc 1 GiB allocation: {:?} after {:?}",
-        failed.message,
-        started.elapsed()
-    );
+    let dd = "dd if=/dev/zero of=/dev/null bs=1G count=1";
+    let failed = run_until_failed(&node, mem, dd, "runsc 1 GiB allocation").await;
     assert!(failed.message.starts_with("OOMKilled"), "{failed:?}");
-    let started = std::time::Instant::now();
-    let b = bomb.clone();
-    tokio::spawn(async move {
-        let _ = raw_exec(
-            &b,
-            "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done",
-        )
-        .await;
-    });
-    let failed = wait_failed(&node, &bomb.sandbox_id, Duration::from_secs(20)).await;
-    eprintln!(
-        "runsc fork bomb: {:?} after {:?}",
-        failed.message,
-        started.elapsed()
-    );
+    run_until_failed(&node, bomb, FORK_BOMB, "runsc fork bomb").await;
     assert_eq!(ping(bystander).await, 200, "another sandbox is untouched");
     assert_eq!(node.agent().list("").len(), 3, "the agent answers");
     let ids: Vec<&str> = made.iter().map(|i| i.sandbox_id.as_str()).collect();
     release_all(&node, &ids).await;
+}
+
+/// Run `cmd` in sandbox `info` in the background until the agent reports the
+/// sandbox FAILED (within 20 s): that report.
+async fn run_until_failed(
+    node: &Node,
+    info: &pb::SandboxInfo,
+    cmd: &'static str,
+    what: &str,
+) -> pb::SandboxInfo {
+    let started = std::time::Instant::now();
+    let target = info.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(&target, cmd).await;
+    });
+    let failed = wait_failed(node, &info.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!("{what}: {:?} after {:?}", failed.message, started.elapsed());
+    failed
 }
 
 /// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
