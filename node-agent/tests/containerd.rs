@@ -13,28 +13,10 @@ use std::{process::Command, sync::Arc, time::Duration};
 use sandpool_node_agent::{
     agent::Agent,
     service::NodeAgentService,
-    testkit::{TestNode as Node, gate},
+    testkit::{TestNode as Node, gate, shell_process, template},
 };
 use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
 use serde_json::{Value, json};
-
-fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
-    pb::SandboxTemplate {
-        image: "busybox".into(),
-        command: vec![],
-        env: [("TEMPLATE_VAR".to_string(), "from-template".to_string())].into(),
-        resources: Some(pb::Resources {
-            cpu: "500m".into(),
-            memory: "256Mi".into(),
-            pids: 256,
-        }),
-        runtime_class: runtime as i32,
-        release_policy: pb::ReleasePolicy::Delete as i32,
-        labels: Default::default(),
-        run_as_root: false,
-        checkpointable: false,
-    }
-}
 
 /// Run a command through the sandbox runtime's execd API over the bridge IP.
 async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
@@ -308,19 +290,10 @@ async fn inject_greeting(node: &Node, info: &pb::SandboxInfo) {
         .agent()
         .inject(
             &info.sandbox_id,
-            pb::InjectRequest {
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into(),
-                ],
-                env: [
-                    ("GREETING".to_string(), "hello".to_string()),
-                    ("ROLE".to_string(), "agent".to_string()),
-                ]
-                .into(),
-                ..Default::default()
-            },
+            shell_process(
+                "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000",
+                &[("GREETING", "hello"), ("ROLE", "agent")],
+            ),
         )
         .await
         .unwrap();
