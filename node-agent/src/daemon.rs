@@ -13,10 +13,12 @@ use std::{
     time::Duration,
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result, Step},
+    retry::Retry,
+};
 
 pub struct ContainerdDaemon {
     child: Arc<Mutex<Option<Child>>>,
@@ -64,8 +66,9 @@ fn spawn(dir: &Path) -> Result<Child> {
         });
     }
     let child = cmd.spawn().map_err(|e| {
-        AgentError::connect(
-            socket.display().to_string(),
+        let path = socket.display().to_string();
+        AgentError::failed(
+            Step::Connect { path },
             "starting containerd (apt-get install containerd runc)",
             e,
         )
@@ -101,7 +104,8 @@ impl ContainerdDaemon {
             })
             .map_err(|e| AgentError::io("containerd supervisor thread", e))?;
         rx.recv().map_err(|e| {
-            AgentError::connect(dir.display().to_string(), "containerd supervisor died", e)
+            let path = dir.display().to_string();
+            AgentError::failed(Step::Connect { path }, "containerd supervisor died", e)
         })??;
         Ok(ContainerdDaemon {
             child,
@@ -143,13 +147,7 @@ impl ContainerdDaemon {
 /// Restart containerd whenever it exits, until stopped; backs off when it
 /// keeps dying.
 fn supervise(child: &Mutex<Option<Child>>, stopping: &AtomicBool, dir: &Path) {
-    const MAX_DELAY: Duration = Duration::from_secs(5);
-    let restarts = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(MAX_DELAY)
-        .without_max_times();
-    let mut backoff = restarts.build();
+    let mut retry = Retry::up_to(Duration::from_secs(5));
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if stopping.load(Ordering::SeqCst) {
@@ -158,12 +156,12 @@ fn supervise(child: &Mutex<Option<Child>>, stopping: &AtomicBool, dir: &Path) {
         let mut g = child.lock();
         let Some(c) = g.as_mut() else { return };
         let Ok(Some(status)) = c.try_wait() else {
-            backoff = restarts.build();
+            retry.reset();
             continue;
         };
         tracing::warn!(%status, "private containerd exited; restarting it");
         drop(g);
-        std::thread::sleep(backoff.next().unwrap_or(MAX_DELAY));
+        std::thread::sleep(retry.pause());
         let mut g = child.lock();
         if stopping.load(Ordering::SeqCst) || g.is_none() {
             return;

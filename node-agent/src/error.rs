@@ -1,5 +1,9 @@
 //! The node agent's error type, mapped to gRPC statuses.
 
+use std::fmt;
+
+use tonic::Code;
+
 /// The underlying error of a failed step, whatever library it came from.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -7,24 +11,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum AgentError {
     #[error("invalid template: {0}")]
     InvalidTemplate(String),
-    #[error("invalid template: {what}: {source}")]
-    InvalidInput {
-        what: String,
-        #[source]
-        source: BoxError,
-    },
     #[error("unknown image {0:?}; known images: {1}")]
     UnknownImage(String, String),
     #[error("sandbox {0} not found")]
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{what}: {source}")]
-    Precondition {
-        what: String,
-        #[source]
-        source: BoxError,
-    },
     #[error("mount namespace of pid {pid}: {source}")]
     MountNamespace {
         pid: u32,
@@ -39,38 +31,20 @@ pub enum AgentError {
         #[source]
         status: tonic::Status,
     },
-    #[error("connecting to containerd at {path}: {what}: {source}")]
-    Connect {
-        path: String,
+    /// `what` failed during `step` because of `source`.
+    #[error("{step}{what}: {source}")]
+    Failed {
+        step: Step,
         what: String,
         #[source]
         source: BoxError,
     },
     #[error("network: {0}")]
     Network(String),
-    #[error("network: {what}: {source}")]
-    NetworkFailed {
-        what: String,
-        #[source]
-        source: BoxError,
-    },
     #[error("image build: {0}")]
     Image(String),
-    #[error("image build: {what}: {source}")]
-    ImageFailed {
-        what: String,
-        #[source]
-        source: BoxError,
-    },
     #[error("runtime of sandbox {id}: {message}")]
     Runtime { id: String, message: String },
-    #[error("runtime of sandbox {id}: {what}: {source}")]
-    RuntimeFailed {
-        id: String,
-        what: String,
-        #[source]
-        source: BoxError,
-    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -83,12 +57,63 @@ pub enum AgentError {
     CheckpointNotFound(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    #[error("checkpoint: {what}: {source}")]
-    CheckpointFailed {
-        what: String,
-        #[source]
-        source: BoxError,
-    },
+}
+
+/// What the agent was doing when an [`AgentError::Failed`] step failed: it
+/// starts the error's text and decides its kind and gRPC code.
+#[derive(Debug)]
+pub enum Step {
+    /// Taking outside input (a host path, ...) that the system refuses.
+    Input,
+    /// A step the sandbox is not in a state for.
+    Precondition,
+    /// Connecting to (or starting) containerd at `path`.
+    Connect { path: String },
+    /// netns, CNI, iptables, mounts.
+    Network,
+    /// Building or importing an image.
+    Image,
+    /// A call to sandbox `id`'s runtime.
+    Runtime { id: String },
+    /// A checkpoint or restore.
+    Checkpoint,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Input => f.write_str("invalid template: "),
+            Step::Precondition => Ok(()),
+            Step::Connect { path } => write!(f, "connecting to containerd at {path}: "),
+            Step::Network => f.write_str("network: "),
+            Step::Image => f.write_str("image build: "),
+            Step::Runtime { id } => write!(f, "runtime of sandbox {id}: "),
+            Step::Checkpoint => f.write_str("checkpoint: "),
+        }
+    }
+}
+
+impl Step {
+    fn kind(&self) -> &'static str {
+        match self {
+            Step::Input => "invalid_template",
+            Step::Precondition => "failed_precondition",
+            Step::Connect { .. } => "connect",
+            Step::Network => "network",
+            Step::Image => "image",
+            Step::Runtime { .. } => "runtime",
+            Step::Checkpoint => "checkpoint",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Step::Input => Code::InvalidArgument,
+            Step::Precondition => Code::FailedPrecondition,
+            Step::Connect { .. } | Step::Runtime { .. } => Code::Unavailable,
+            Step::Network | Step::Image | Step::Checkpoint => Code::Internal,
+        }
+    }
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -106,45 +131,29 @@ impl AgentError {
             status,
         }
     }
-    /// Outside input (`what`: a host path, ...) that the system refuses.
-    pub fn invalid(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        AgentError::InvalidInput {
+    /// `what` failed during `step` because of `source`.
+    pub fn failed(step: Step, what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::Failed {
+            step,
             what: what.into(),
             source: source.into(),
         }
+    }
+    /// Outside input (`what`: a host path, ...) that the system refuses.
+    pub fn invalid(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::failed(Step::Input, what, source)
     }
     /// The sandbox is not in a state where `what` can happen.
     pub fn precondition(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        AgentError::Precondition {
-            what: what.into(),
-            source: source.into(),
-        }
-    }
-    /// Connecting to (or starting) containerd at `path` failed.
-    pub fn connect(
-        path: impl Into<String>,
-        what: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
-        AgentError::Connect {
-            path: path.into(),
-            what: what.into(),
-            source: source.into(),
-        }
+        Self::failed(Step::Precondition, what, source)
     }
     /// A network step (`what`: netns, CNI, iptables, mounts) failed.
     pub fn network(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        AgentError::NetworkFailed {
-            what: what.into(),
-            source: source.into(),
-        }
+        Self::failed(Step::Network, what, source)
     }
     /// A step of building or importing an image failed.
     pub fn image(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        AgentError::ImageFailed {
-            what: what.into(),
-            source: source.into(),
-        }
+        Self::failed(Step::Image, what, source)
     }
     /// A call to sandbox `id`'s runtime failed.
     pub fn runtime(
@@ -152,72 +161,112 @@ impl AgentError {
         what: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        AgentError::RuntimeFailed {
-            id: id.into(),
-            what: what.into(),
-            source: source.into(),
-        }
+        let id = id.into();
+        Self::failed(Step::Runtime { id }, what, source)
     }
     /// A step of a checkpoint or restore failed.
     pub fn checkpoint(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        AgentError::CheckpointFailed {
-            what: what.into(),
-            source: source.into(),
-        }
+        Self::failed(Step::Checkpoint, what, source)
     }
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            AgentError::InvalidTemplate(_) | AgentError::InvalidInput { .. } => "invalid_template",
+            AgentError::InvalidTemplate(_) => "invalid_template",
             AgentError::UnknownImage(..) => "unknown_image",
             AgentError::NotFound(_) | AgentError::MountNamespace { .. } => "not_found",
-            AgentError::FailedPrecondition(_) | AgentError::Precondition { .. } => {
-                "failed_precondition"
-            }
+            AgentError::FailedPrecondition(_) => "failed_precondition",
             AgentError::Exhausted(_) => "exhausted",
             AgentError::Containerd { .. } => "containerd",
-            AgentError::Connect { .. } => "connect",
-            AgentError::Network(_) | AgentError::NetworkFailed { .. } => "network",
-            AgentError::Image(_) | AgentError::ImageFailed { .. } => "image",
-            AgentError::Runtime { .. } | AgentError::RuntimeFailed { .. } => "runtime",
+            AgentError::Failed { step, .. } => step.kind(),
+            AgentError::Network(_) => "network",
+            AgentError::Image(_) => "image",
+            AgentError::Runtime { .. } => "runtime",
             AgentError::Io { .. } => "io",
             AgentError::Unsupported(_) => "unsupported",
             AgentError::CheckpointNotFound(_) => "not_found",
-            AgentError::Checkpoint(_) | AgentError::CheckpointFailed { .. } => "checkpoint",
+            AgentError::Checkpoint(_) => "checkpoint",
         }
     }
 }
 
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
-        use tonic::Code;
         let code = match &e {
-            AgentError::InvalidTemplate(_)
-            | AgentError::InvalidInput { .. }
-            | AgentError::UnknownImage(..) => Code::InvalidArgument,
+            AgentError::InvalidTemplate(_) | AgentError::UnknownImage(..) => Code::InvalidArgument,
             AgentError::NotFound(_)
             | AgentError::MountNamespace { .. }
             | AgentError::CheckpointNotFound(_) => Code::NotFound,
-            AgentError::FailedPrecondition(_) | AgentError::Precondition { .. } => {
-                Code::FailedPrecondition
-            }
+            AgentError::FailedPrecondition(_) => Code::FailedPrecondition,
             AgentError::Exhausted(_) => Code::ResourceExhausted,
-            AgentError::Connect { .. } => Code::Unavailable,
             AgentError::Containerd { status, .. } => match status.code() {
                 Code::NotFound => Code::NotFound,
                 Code::Unavailable => Code::Unavailable,
                 _ => Code::Internal,
             },
-            AgentError::Runtime { .. } | AgentError::RuntimeFailed { .. } => Code::Unavailable,
+            AgentError::Failed { step, .. } => step.code(),
+            AgentError::Runtime { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
             AgentError::Network(_)
-            | AgentError::NetworkFailed { .. }
             | AgentError::Image(_)
-            | AgentError::ImageFailed { .. }
             | AgentError::Io { .. }
-            | AgentError::Checkpoint(_)
-            | AgentError::CheckpointFailed { .. } => Code::Internal,
+            | AgentError::Checkpoint(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_steps_keep_their_texts_kinds_and_codes() {
+        let made = [
+            AgentError::invalid("host path", "no such dir"),
+            AgentError::precondition("mount", "not running"),
+            AgentError::failed(
+                Step::Connect {
+                    path: "/run/c.sock".into(),
+                },
+                "dial",
+                "refused",
+            ),
+            AgentError::network("veth", "exists"),
+            AgentError::image("layer", "short read"),
+            AgentError::runtime("sb-1", "ping", "timed out"),
+            AgentError::checkpoint("dump", "criu"),
+        ];
+        let want = [
+            (
+                "invalid template: host path: no such dir",
+                "invalid_template",
+                Code::InvalidArgument,
+            ),
+            (
+                "mount: not running",
+                "failed_precondition",
+                Code::FailedPrecondition,
+            ),
+            (
+                "connecting to containerd at /run/c.sock: dial: refused",
+                "connect",
+                Code::Unavailable,
+            ),
+            ("network: veth: exists", "network", Code::Internal),
+            ("image build: layer: short read", "image", Code::Internal),
+            (
+                "runtime of sandbox sb-1: ping: timed out",
+                "runtime",
+                Code::Unavailable,
+            ),
+            ("checkpoint: dump: criu", "checkpoint", Code::Internal),
+        ];
+        for (e, (text, kind, code)) in made.into_iter().zip(want) {
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.kind(), kind, "{text}");
+            assert!(std::error::Error::source(&e).is_some(), "{text}");
+            let status = tonic::Status::from(e);
+            assert_eq!((status.code(), status.message()), (code, text));
+        }
     }
 }

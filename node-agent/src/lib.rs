@@ -19,6 +19,7 @@ pub mod limits;
 pub mod mounts;
 pub mod net;
 pub mod quantity;
+mod retry;
 pub mod service;
 pub mod spec;
 pub mod testkit;

@@ -9,41 +9,58 @@ use sandpool_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Sandbox};
 
 pub struct NodeAgentService {
     agent: Arc<Agent>,
 }
+
+/// What a handler answers.
+type Reply<T> = Result<Response<T>, Status>;
 
 impl NodeAgentService {
     pub fn new(agent: Arc<Agent>) -> Self {
         NodeAgentService { agent }
     }
 
-    /// Run `work(agent, request)` as its own task (a dropped RPC does not
+    /// Run `work(agent, req)` as its own task (a dropped RPC does not
     /// cancel it halfway) in an `rpc` span, inside the server's span of the
     /// call (which continues the caller's trace).
     async fn traced<Req, T, Fut>(
         &self,
         rpc: &'static str,
-        req: Request<Req>,
+        req: Req,
         work: impl FnOnce(Arc<Agent>, Req) -> Fut,
     ) -> Result<T, Status>
     where
         Fut: Future<Output = crate::error::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let span = rpc_span(rpc);
+        let span = tracing::info_span!("node_agent.rpc", rpc);
         detached(tracing::Instrument::instrument(
-            work(Arc::clone(&self.agent), req.into_inner()),
+            work(Arc::clone(&self.agent), req),
             span,
         ))
         .await
     }
-}
 
-fn rpc_span(name: &'static str) -> tracing::Span {
-    tracing::info_span!("node_agent.rpc", rpc = name)
+    /// [`Self::traced`] for a call that leaves one sandbox: its info.
+    async fn traced_sandbox<Req, Fut>(
+        &self,
+        rpc: &'static str,
+        req: Request<Req>,
+        work: impl FnOnce(Arc<Agent>, Req) -> Fut,
+    ) -> Reply<pb::SandboxInfo>
+    where
+        Fut: Future<Output = crate::error::Result<Sandbox>> + Send + 'static,
+    {
+        let sb = self.traced(rpc, req.into_inner(), work).await?;
+        Ok(Response::new(self.info(&sb)))
+    }
+
+    fn info(&self, sb: &Sandbox) -> pb::SandboxInfo {
+        sb.info(&self.agent.cfg.node_name)
+    }
 }
 
 #[tonic::async_trait]
@@ -51,81 +68,64 @@ impl NodeAgent for NodeAgentService {
     async fn create_sandbox(
         &self,
         req: Request<pb::CreateSandboxRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = rpc_span("CreateSandbox");
-        let r = req.into_inner();
+    ) -> Reply<pb::SandboxInfo> {
+        let mut r = req.into_inner();
         let t = r
             .template
+            .take()
             .ok_or_else(|| Status::invalid_argument("template is required"))?;
-        let a = Arc::clone(&self.agent);
-        let sb = detached(tracing::Instrument::instrument(
-            async move { a.create(&r.pool, t, Some(r.sandbox_id)).await },
-            span,
-        ))
-        .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+        let sb = self
+            .traced("CreateSandbox", r, |a, r| async move {
+                a.create(&r.pool, t, Some(r.sandbox_id)).await
+            })
+            .await?;
+        Ok(Response::new(self.info(&sb)))
     }
 
-    async fn get_sandbox(
-        &self,
-        req: Request<pb::SandboxRef>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
+    async fn get_sandbox(&self, req: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
         let sb = self.agent.get(&req.into_inner().sandbox_id)?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+        Ok(Response::new(self.info(&sb)))
     }
 
     async fn list_sandboxes(
         &self,
         req: Request<pb::ListSandboxesRequest>,
-    ) -> Result<Response<pb::ListSandboxesResponse>, Status> {
+    ) -> Reply<pb::ListSandboxesResponse> {
         Ok(Response::new(pb::ListSandboxesResponse {
             sandboxes: self.agent.list(&req.into_inner().pool),
         }))
     }
 
-    async fn inject(
-        &self,
-        req: Request<pb::NodeInjectRequest>,
-    ) -> Result<Response<pb::NodeInjectResponse>, Status> {
-        let span = rpc_span("Inject");
-        let r = req.into_inner();
+    async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
+        let mut r = req.into_inner();
         let p = r
             .process
+            .take()
             .ok_or_else(|| Status::invalid_argument("process is required"))?;
-        let a = Arc::clone(&self.agent);
-        let (st, took) = detached(tracing::Instrument::instrument(
-            async move { a.inject(&r.sandbox_id, p).await },
-            span,
-        ))
-        .await?;
+        let (st, took) = self
+            .traced("Inject", r, |a, r| async move {
+                a.inject(&r.sandbox_id, p).await
+            })
+            .await?;
         Ok(Response::new(pb::NodeInjectResponse {
             process: Some(st),
             inject_us: took.as_micros() as u64,
         }))
     }
 
-    async fn release(
-        &self,
-        req: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let span = rpc_span("Release");
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
         let r = req.into_inner();
         let policy = pb::ReleasePolicy::try_from(r.policy).map_err(|_| {
             Status::invalid_argument(format!("unknown release policy {}", r.policy))
         })?;
-        let before = self
-            .agent
-            .get(&r.sandbox_id)?
-            .info(&self.agent.cfg.node_name);
-        let a = Arc::clone(&self.agent);
-        let id = r.sandbox_id.clone();
-        let after = detached(tracing::Instrument::instrument(
-            async move { a.release(&id, policy).await },
-            span,
-        ))
-        .await?;
+        let before = self.info(&self.agent.get(&r.sandbox_id)?);
+        let after = self
+            .traced("Release", r.sandbox_id, |a, id| async move {
+                a.release(&id, policy).await
+            })
+            .await?;
         Ok(Response::new(match after {
-            Some(sb) => sb.info(&self.agent.cfg.node_name),
+            Some(sb) => self.info(&sb),
             None => pb::SandboxInfo {
                 state: pb::SandboxState::Releasing as i32,
                 ..before
@@ -133,38 +133,25 @@ impl NodeAgent for NodeAgentService {
         }))
     }
 
-    async fn pause(
-        &self,
-        req: Request<pb::SandboxRef>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced(
-                "Pause",
-                req,
-                |a, r| async move { a.pause(&r.sandbox_id).await },
-            )
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn pause(&self, req: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox(
+            "Pause",
+            req,
+            |a, r| async move { a.pause(&r.sandbox_id).await },
+        )
+        .await
     }
 
-    async fn resume(
-        &self,
-        req: Request<pb::SandboxRef>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced("Resume", req, |a, r| async move {
-                a.resume(&r.sandbox_id).await
-            })
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn resume(&self, req: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Resume", req, |a, r| async move {
+            a.resume(&r.sandbox_id).await
+        })
+        .await
     }
 
-    async fn checkpoint(
-        &self,
-        req: Request<pb::CheckpointRequest>,
-    ) -> Result<Response<pb::CheckpointInfo>, Status> {
+    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
         let info = self
-            .traced("Checkpoint", req, |a, r| async move {
+            .traced("Checkpoint", req.into_inner(), |a, r| async move {
                 a.checkpoint(&r.sandbox_id, r.leave_running, &r.owner, &r.name)
                     .await
             })
@@ -172,39 +159,28 @@ impl NodeAgent for NodeAgentService {
         Ok(Response::new(info))
     }
 
-    async fn restore(
-        &self,
-        req: Request<pb::RestoreRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced("Restore", req, |a, r| async move {
-                a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await
-            })
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Restore", req, |a, r| async move {
+            a.restore(&r.checkpoint_id, Some(r.sandbox_id)).await
+        })
+        .await
     }
 
-    async fn fork(
-        &self,
-        req: Request<pb::ForkRequest>,
-    ) -> Result<Response<pb::ForkResponse>, Status> {
+    async fn fork(&self, req: Request<pb::ForkRequest>) -> Reply<pb::ForkResponse> {
         let made = self
-            .traced("Fork", req, |a, r| async move {
+            .traced("Fork", req.into_inner(), |a, r| async move {
                 a.fork(&r.checkpoint_id, r.count).await
             })
             .await?;
         Ok(Response::new(pb::ForkResponse {
-            sandboxes: made
-                .iter()
-                .map(|s| s.info(&self.agent.cfg.node_name))
-                .collect(),
+            sandboxes: made.iter().map(|s| self.info(s)).collect(),
         }))
     }
 
     async fn list_checkpoints(
         &self,
         _: Request<pb::ListCheckpointsRequest>,
-    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+    ) -> Reply<pb::ListCheckpointsResponse> {
         Ok(Response::new(pb::ListCheckpointsResponse {
             checkpoints: self.agent.list_checkpoints(),
         }))
@@ -213,57 +189,39 @@ impl NodeAgent for NodeAgentService {
     async fn delete_checkpoint(
         &self,
         req: Request<pb::CheckpointRef>,
-    ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+    ) -> Reply<pb::DeleteCheckpointResponse> {
         self.agent
             .delete_checkpoint(&req.into_inner().checkpoint_id)?;
         Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
-    async fn upgrade(
-        &self,
-        req: Request<pb::UpgradeRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced("Upgrade", req, |a, r| async move {
-                a.upgrade(&r.sandbox_id, &r.image).await
-            })
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn upgrade(&self, req: Request<pb::UpgradeRequest>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Upgrade", req, |a, r| async move {
+            a.upgrade(&r.sandbox_id, &r.image).await
+        })
+        .await
     }
 
-    async fn mount(
-        &self,
-        req: Request<pb::MountRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced("Mount", req, |a, r| async move {
-                a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only)
-                    .await
-            })
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn mount(&self, req: Request<pb::MountRequest>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Mount", req, |a, r| async move {
+            a.mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only)
+                .await
+        })
+        .await
     }
 
-    async fn unmount(
-        &self,
-        req: Request<pb::UnmountRequest>,
-    ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let sb = self
-            .traced("Unmount", req, |a, r| async move {
-                a.unmount(&r.sandbox_id, &r.mount_path).await
-            })
-            .await?;
-        Ok(Response::new(sb.info(&self.agent.cfg.node_name)))
+    async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Unmount", req, |a, r| async move {
+            a.unmount(&r.sandbox_id, &r.mount_path).await
+        })
+        .await
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
 
     /// A snapshot (capacity + every sandbox), then every change. A watcher
     /// that falls behind gets a fresh snapshot instead of a gap.
-    async fn watch(
-        &self,
-        _: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
         let agent = Arc::clone(&self.agent);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::NodeEvent, Status>>(256);
         tokio::spawn(async move {

@@ -57,6 +57,38 @@ pub fn gate() -> Option<PathBuf> {
     }
 }
 
+/// A busybox template for tests: `runtime`, 500m CPU, 256Mi, 256 pids,
+/// `TEMPLATE_VAR=from-template`, deleted on release.
+pub fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
+    pb::SandboxTemplate {
+        image: "busybox".into(),
+        command: vec![],
+        env: [("TEMPLATE_VAR".to_string(), "from-template".to_string())].into(),
+        resources: Some(pb::Resources {
+            cpu: "500m".into(),
+            memory: "256Mi".into(),
+            pids: 256,
+        }),
+        runtime_class: runtime as i32,
+        release_policy: pb::ReleasePolicy::Delete as i32,
+        labels: Default::default(),
+        run_as_root: false,
+        checkpointable: false,
+    }
+}
+
+/// A process that runs `script` with `sh -c` and the extra `env`.
+pub fn shell_process(script: &str, env: &[(&str, &str)]) -> pb::InjectRequest {
+    pb::InjectRequest {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 pub struct TestNode {
     dir: tempfile::TempDir,
     daemon: Option<ContainerdDaemon>,

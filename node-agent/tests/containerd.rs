@@ -13,36 +13,14 @@ use std::{process::Command, sync::Arc, time::Duration};
 use sandpool_node_agent::{
     agent::Agent,
     service::NodeAgentService,
-    testkit::{TestNode as Node, gate},
+    testkit::{TestNode as Node, gate, shell_process, template},
 };
 use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
 use serde_json::{Value, json};
 
-fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
-    pb::SandboxTemplate {
-        image: "busybox".into(),
-        command: vec![],
-        env: [("TEMPLATE_VAR".to_string(), "from-template".to_string())].into(),
-        resources: Some(pb::Resources {
-            cpu: "500m".into(),
-            memory: "256Mi".into(),
-            pids: 256,
-        }),
-        runtime_class: runtime as i32,
-        release_policy: pb::ReleasePolicy::Delete as i32,
-        labels: Default::default(),
-        run_as_root: false,
-        checkpointable: false,
-    }
-}
-
 /// Run a command through the sandbox runtime's execd API over the bridge IP.
 async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
-    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("x-execd-access-token", &info.access_token)
-        .json(&json!({"command": cmd}))
+    let resp = command_request(info, Some(&info.access_token), cmd)
         .send()
         .await
         .unwrap();
@@ -61,6 +39,22 @@ async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
     (out, code)
 }
 
+/// A POST of `cmd` to sandbox `info`'s execd `/command` with `token` (if any).
+fn command_request(
+    info: &pb::SandboxInfo,
+    token: Option<&str>,
+    cmd: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
+    let req = reqwest::Client::new()
+        .post(url)
+        .json(&json!({"command": cmd}));
+    match token {
+        Some(t) => req.header("x-execd-access-token", t),
+        None => req,
+    }
+}
+
 /// 0 when nothing answers (a released sandbox's IP has no host: fail fast).
 async fn ping(info: &pb::SandboxInfo) -> u16 {
     // a frozen sandbox accepts TCP (the kernel does) but never answers: bound the whole request
@@ -76,13 +70,80 @@ async fn ping(info: &pb::SandboxInfo) -> u16 {
         .unwrap_or(0)
 }
 
+/// A private containerd and agent on bridge `sptest{n}`; `None` (the test
+/// passes vacuously) when the prerequisites are missing, see `gate`.
+async fn boot(n: u8) -> Option<Node> {
+    Some(Node::start(gate()?, n).await)
+}
+
 /// A new warm sandbox of `class` in `pool`, as the scheduler would see it.
 async fn new_sandbox(node: &Node, pool: &str, class: pb::RuntimeClass) -> pb::SandboxInfo {
+    new_sandbox_from(node, pool, template(class)).await
+}
+
+/// A new warm sandbox of template `t` in `pool`, as the scheduler would see it.
+async fn new_sandbox_from(node: &Node, pool: &str, t: pb::SandboxTemplate) -> pb::SandboxInfo {
     node.agent()
-        .create(pool, template(class), None)
+        .create(pool, t, None)
         .await
         .unwrap()
         .info("test-node")
+}
+
+/// The host pid of sandbox `id`'s init.
+async fn task_pid(node: &Node, id: &str) -> u32 {
+    let state = node.agent().ctr().task_state(id).await.unwrap();
+    state.expect("task").1
+}
+
+/// The error of `r`, which must have failed saying each of `words`.
+fn fails_with<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>, words: &[&str]) -> E {
+    let e = r.unwrap_err();
+    let text = e.to_string();
+    assert!(words.iter().all(|w| text.contains(w)), "{text}");
+    e
+}
+
+/// The gRPC code of the error of `r` (an agent error or a gRPC status);
+/// `r` must have failed.
+fn grpc_code<T: std::fmt::Debug, E: Into<tonic::Status>>(r: Result<T, E>) -> tonic::Code {
+    r.map_err(Into::into).unwrap_err().code()
+}
+
+/// A host listener on `addr` that counts the connections it accepts.
+struct HostListener {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl HostListener {
+    async fn bind(addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acc = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            while let Ok((_s, _)) = listener.accept().await {
+                acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        HostListener {
+            port,
+            accepted,
+            server,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostListener {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 /// Delete these sandboxes (by id); nothing may be left on the node.
@@ -98,9 +159,10 @@ async fn release_all(node: &Node, ids: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
-    let Some(runtime) = gate() else { return };
     let t0 = std::time::Instant::now();
-    let mut node = Node::start(runtime, 1).await;
+    let Some(mut node) = boot(1).await else {
+        return;
+    };
     eprintln!("[{:?}] node started", t0.elapsed());
     let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
         .unwrap()
@@ -109,12 +171,7 @@ async fn warm_sandboxes_on_runc_and_runsc_survive_agent_restart() {
 
     let mut infos = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let sb = node
-            .agent()
-            .create("pool-a", template(class), None)
-            .await
-            .unwrap();
-        let info = sb.info("test-node");
+        let info = new_sandbox(&node, "pool-a", class).await;
         check_fresh_sandbox(&info, class, &host_release).await;
         infos.push(info);
     }
@@ -187,12 +244,7 @@ async fn check_fresh_sandbox(info: &pb::SandboxInfo, class: pb::RuntimeClass, ho
     let (env, _) = exec(info, "echo $TEMPLATE_VAR").await;
     assert_eq!(env, "from-template\n");
     // The token is enforced.
-    let r = reqwest::Client::new()
-        .post(format!("http://{}:44772/command", info.ip))
-        .json(&json!({"command": "true"}))
-        .send()
-        .await
-        .unwrap();
+    let r = command_request(info, None, "true").send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Orphaned grandchildren are reaped: the runtime runs as the
     // sandbox's init and keeps no zombies around.
@@ -238,19 +290,10 @@ async fn inject_greeting(node: &Node, info: &pb::SandboxInfo) {
         .agent()
         .inject(
             &info.sandbox_id,
-            pb::InjectRequest {
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000".into(),
-                ],
-                env: [
-                    ("GREETING".to_string(), "hello".to_string()),
-                    ("ROLE".to_string(), "agent".to_string()),
-                ]
-                .into(),
-                ..Default::default()
-            },
+            shell_process(
+                "echo \"$GREETING $ROLE\" > /tmp/greeting; exec sleep 100000",
+                &[("GREETING", "hello"), ("ROLE", "agent")],
+            ),
         )
         .await
         .unwrap();
@@ -315,8 +358,7 @@ async fn check_recovered(
 /// creates the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_creates() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 12).await;
+    let Some(node) = boot(12).await else { return };
     let snapshots = node
         .containerd_root()
         .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
@@ -349,21 +391,14 @@ async fn stale_snapshot_directories_from_a_killed_containerd_do_not_block_create
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 5).await;
+    let Some(node) = boot(5).await else { return };
     let mut events = node.agent().subscribe();
     let sb = node
         .agent()
         .create("pool-f", template(pb::RuntimeClass::Runc), None)
         .await
         .unwrap();
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&sb.id)
-        .await
-        .unwrap()
-        .expect("task");
+    let pid = task_pid(&node, &sb.id).await;
     // Kill the sandbox's init from the host, as the OOM killer would.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -394,8 +429,7 @@ async fn a_sandbox_whose_runtime_dies_is_reported_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycle_resets_and_returns_to_warm() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 2).await;
+    let Some(node) = boot(2).await else { return };
     let mut t = template(pb::RuntimeClass::Runc);
     t.release_policy = pb::ReleasePolicy::Recycle as i32;
     t.command = vec![
@@ -453,8 +487,7 @@ async fn recycle_resets_and_returns_to_warm() {
 /// without touching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 11).await;
+    let Some(node) = boot(11).await else { return };
     let agent = node.agent();
     let sb = agent
         .create("pool-u", template(pb::RuntimeClass::Runc), None)
@@ -481,8 +514,10 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
         "busybox has no python"
     );
 
-    let e = agent.upgrade(&sb.id, "no-such-image:1").await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        grpc_code(agent.upgrade(&sb.id, "no-such-image:1").await),
+        tonic::Code::InvalidArgument
+    );
     assert_eq!(
         ping(&info).await,
         200,
@@ -513,9 +548,8 @@ async fn upgrade_restarts_a_sandbox_on_another_image_keeping_its_identity() {
     );
 
     agent.pause(&sb.id).await.unwrap();
-    let e = agent.upgrade(&sb.id, "busybox").await.unwrap_err();
     assert_eq!(
-        tonic::Status::from(e).code(),
+        grpc_code(agent.upgrade(&sb.id, "busybox").await),
         tonic::Code::FailedPrecondition
     );
     release_all(&node, &[&sb.id]).await;
@@ -536,6 +570,18 @@ async fn serve_agent(node: &Node) -> NodeAgentClient<tonic::transport::Channel> 
     NodeAgentClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
+}
+
+/// A CreateSandbox request for pool `p`.
+fn create_request(
+    template: Option<pb::SandboxTemplate>,
+    sandbox_id: &str,
+) -> pb::CreateSandboxRequest {
+    pb::CreateSandboxRequest {
+        pool: "p".into(),
+        template,
+        sandbox_id: sandbox_id.into(),
+    }
 }
 
 /// Templates the agent must refuse, each with a word its error names.
@@ -570,17 +616,12 @@ fn resources(cpu: &str, memory: &str) -> pb::Resources {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 3).await;
+    let Some(node) = boot(3).await else { return };
     let mut c = serve_agent(&node).await;
 
     for (t, needle) in bad_templates() {
         let e = c
-            .create_sandbox(pb::CreateSandboxRequest {
-                pool: "p".into(),
-                template: Some(t),
-                sandbox_id: String::new(),
-            })
+            .create_sandbox(create_request(Some(t), ""))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -590,53 +631,31 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
             e.message()
         );
     }
-    let e = c
-        .create_sandbox(pb::CreateSandboxRequest {
-            pool: "p".into(),
-            template: None,
-            sandbox_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c
-        .create_sandbox(pb::CreateSandboxRequest {
-            pool: "p".into(),
-            template: Some(template(pb::RuntimeClass::Runc)),
-            sandbox_id: "bad/id".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = c
-        .release(pb::ReleaseRequest {
-            sandbox_id: "nope".into(),
-            policy: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = c
-        .checkpoint(pb::CheckpointRequest {
-            sandbox_id: "nope".into(),
-            leave_running: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let bad_id = create_request(Some(template(pb::RuntimeClass::Runc)), "bad/id");
+    for req in [create_request(None, ""), bad_id] {
+        let code = grpc_code(c.create_sandbox(req).await);
+        assert_eq!(code, tonic::Code::InvalidArgument);
+    }
+    let release = pb::ReleaseRequest {
+        sandbox_id: "nope".into(),
+        policy: 0,
+    };
+    assert_eq!(grpc_code(c.release(release).await), tonic::Code::NotFound);
+    let checkpoint = pb::CheckpointRequest {
+        sandbox_id: "nope".into(),
+        leave_running: false,
+        ..Default::default()
+    };
     assert_eq!(
-        e.code(),
+        grpc_code(c.checkpoint(checkpoint).await),
         tonic::Code::NotFound,
         "an unknown sandbox is not found (support is checked per sandbox)"
     );
-    let e = c
-        .restore(pb::RestoreRequest {
-            checkpoint_id: "nope".into(),
-            sandbox_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
+    let restore = pb::RestoreRequest {
+        checkpoint_id: "nope".into(),
+        sandbox_id: String::new(),
+    };
+    assert_eq!(grpc_code(c.restore(restore).await), tonic::Code::NotFound);
 
     // The watch stream starts with a capacity snapshot.
     let mut w = c.watch(pb::WatchRequest {}).await.unwrap().into_inner();
@@ -649,8 +668,7 @@ async fn bad_templates_get_clear_grpc_errors_and_leave_no_residue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_python_image_is_built_once_and_runs_python() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 4).await;
+    let Some(node) = boot(4).await else { return };
     let t = pb::SandboxTemplate {
         image: "python".into(),
         ..template(pb::RuntimeClass::Runc)
@@ -714,14 +732,8 @@ async fn read_counter(info: &pb::SandboxInfo) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     use sandpool_node_agent::cri::CriNode;
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 7).await;
-    let sb = node
-        .agent()
-        .create("pool-k", template(pb::RuntimeClass::Runc), None)
-        .await
-        .unwrap();
-    let info = sb.info("test-node");
+    let Some(node) = boot(7).await else { return };
+    let info = new_sandbox(&node, "pool-k", pb::RuntimeClass::Runc).await;
     label_as_cri_pod(&node, &info.sandbox_id).await;
     let cri = CriNode::new(node.agent().ctr().clone(), "test-node");
     let pods = cri.pods().await.unwrap();
@@ -740,13 +752,7 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert!(before > 0);
     // While frozen nothing inside answers (an exec would hang): read the
     // counter from the host, through the sandbox init's root.
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&info.sandbox_id)
-        .await
-        .unwrap()
-        .expect("task");
+    let pid = task_pid(&node, &info.sandbox_id).await;
     let on_host = format!("/proc/{pid}/root/tmp/c");
     let host_counter = || -> u64 {
         let text =
@@ -759,11 +765,15 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
         host_counter() >= before,
         "the host path sees the same counter"
     );
-    let err = cri.resume("sandpool/agent-pool-abcde").await.unwrap_err();
-    assert!(err.to_string().contains("not paused"), "{err}");
+    fails_with(
+        cri.resume("sandpool/agent-pool-abcde").await,
+        &["not paused"],
+    );
     cri.pause("sandpool/agent-pool-abcde").await.unwrap();
-    let err = cri.pause("sandpool/agent-pool-abcde").await.unwrap_err();
-    assert!(err.to_string().contains("already paused"), "{err}");
+    fails_with(
+        cri.pause("sandpool/agent-pool-abcde").await,
+        &["already paused"],
+    );
     assert_eq!(ping(&info).await, 0, "a frozen sandbox does not answer");
     // frozen: ~20 ticks would happen in a running second, none happen here
     let frozen = host_counter();
@@ -791,10 +801,8 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
         later > after,
         "it runs again within 10 s of resume: {after} -> {later}"
     );
-    let err = cri.pause("sandpool/unknown").await.unwrap_err();
-    assert!(err.to_string().contains("no containers"), "{err}");
-    let err = cri.pause("no-slash").await.unwrap_err();
-    assert!(err.to_string().contains("<namespace>/<pod>"), "{err}");
+    fails_with(cri.pause("sandpool/unknown").await, &["no containers"]);
+    fails_with(cri.pause("no-slash").await, &["<namespace>/<pod>"]);
     release_all(&node, &[&info.sandbox_id]).await;
 }
 
@@ -804,20 +812,11 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
 /// token of one sandbox is refused by another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_each_other_or_the_host() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 8).await;
+    let Some(node) = boot(8).await else { return };
     let a = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
     let b = new_sandbox(&node, "pool-n", pb::RuntimeClass::Runc).await;
     // something listening on the host, on every address (like an agent or gateway would)
-    let host_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let host_port = host_listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let acc = accepted.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((_s, _)) = host_listener.accept().await {
-            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let host = HostListener::bind("0.0.0.0:0").await;
     let gateway = node.agent().cfg.net.gateway_ip().unwrap();
     // from inside A: its own runtime answers (control); B's runtime and the host do not
     let probe = |target: String| {
@@ -837,10 +836,10 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
         "closed",
         "sandbox A reached sandbox B's runtime"
     );
-    let (host, _) = exec(&a, &probe(format!("{gateway} {host_port}"))).await;
-    assert_eq!(host.trim(), "closed", "sandbox A reached a host port");
+    let (to_host, _) = exec(&a, &probe(format!("{gateway} {}", host.port))).await;
+    assert_eq!(to_host.trim(), "closed", "sandbox A reached a host port");
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        host.accepted(),
         0,
         "the host accepted a connection from a sandbox"
     );
@@ -848,16 +847,13 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
     assert_eq!(ping(&a).await, 200);
     assert_eq!(ping(&b).await, 200);
     // B's runtime refuses A's token
-    let r = reqwest::Client::new()
-        .post(format!("http://{}:{}/command", b.ip, b.runtime_port))
-        .header("x-execd-access-token", &a.access_token)
-        .json(&json!({"command": "true"}))
+    let r = command_request(&b, Some(&a.access_token), "true")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a token of one sandbox works on another");
     assert_ne!(a.access_token, b.access_token);
-    server.abort();
+    drop(host);
     release_all(&node, &[&a.sandbox_id, &b.sandbox_id]).await;
 }
 
@@ -867,8 +863,7 @@ async fn sandboxes_cannot_reach_each_other_or_the_host() {
 /// not capabilities, refuses them: the host allows `unshare -U` to anyone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_run_unprivileged_under_seccomp() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 6).await;
+    let Some(node) = boot(6).await else { return };
     let probe = "id -u; id -g; echo $HOME; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\t ' ' '; \
                  if unshare -U true 2>/dev/null; then echo userns-allowed; else echo userns-denied; fi; \
                  if touch /etc/probe 2>/dev/null; then echo etc-writable; else echo etc-denied; fi; \
@@ -903,12 +898,7 @@ async fn sandboxes_run_unprivileged_under_seccomp() {
         run_as_root: true,
         ..template(pb::RuntimeClass::Runc)
     };
-    let root = node
-        .agent()
-        .create("pool-h", root_t, None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let root = new_sandbox_from(&node, "pool-h", root_t).await;
     let (out, _) = exec(&root, probe).await;
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(lines[0], "0", "{out}");
@@ -935,21 +925,13 @@ async fn checkpoint_is_unsupported_here(
     runc: &pb::SandboxInfo,
     runsc: &pb::SandboxInfo,
 ) {
-    let e = agent
-        .checkpoint(&runsc.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("gvisor#6243"),
-        "{e}"
+    fails_with(
+        agent.checkpoint(&runsc.sandbox_id, false, "", "").await,
+        &["unsupported on this node", "gvisor#6243"],
     );
-    let e = agent
-        .checkpoint(&runc.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported on this node") && e.to_string().contains("CRIU"),
-        "{e}"
+    let e = fails_with(
+        agent.checkpoint(&runc.sandbox_id, false, "", "").await,
+        &["unsupported on this node", "CRIU"],
     );
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unimplemented);
 }
@@ -959,8 +941,7 @@ async fn checkpoint_is_unsupported_here(
 /// requests get clear errors; nothing is left after release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 9).await;
+    let Some(node) = boot(9).await else { return };
     let agent = node.agent();
     let a = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runc).await;
     let root = agent.cfg.mount_roots[0].clone();
@@ -998,36 +979,38 @@ async fn host_directories_mount_into_a_running_sandbox_and_unmount() {
     assert_eq!(out.trim(), "gone", "unmounted");
 
     // clear errors
-    let e = agent
-        .mount(&a.sandbox_id, "/etc", "/mnt/etc", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("not under a mount root"), "{e}");
-    let e = agent
-        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("reserved"), "{e}");
-    let e = agent.unmount(&a.sandbox_id, "/mnt/data").await.unwrap_err();
-    assert!(e.to_string().contains("not a mount"), "{e}");
+    fails_with(
+        agent.mount(&a.sandbox_id, "/etc", "/mnt/etc", true).await,
+        &["not under a mount root"],
+    );
+    fails_with(
+        agent
+            .mount(&a.sandbox_id, ro.to_str().unwrap(), "/proc/x", true)
+            .await,
+        &["reserved"],
+    );
+    fails_with(
+        agent.unmount(&a.sandbox_id, "/mnt/data").await,
+        &["not a mount"],
+    );
     let g = new_sandbox(&node, "pool-m", pb::RuntimeClass::Runsc).await;
-    let e = agent
-        .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("need a runc sandbox"), "{e}");
+    fails_with(
+        agent
+            .mount(&g.sandbox_id, ro.to_str().unwrap(), "/mnt/data", true)
+            .await,
+        &["need a runc sandbox"],
+    );
     checkpoint_is_unsupported_here(agent, &a, &g).await;
     agent.pause(&a.sandbox_id).await.unwrap();
-    let e = agent.pause(&a.sandbox_id).await.unwrap_err();
-    assert!(e.to_string().contains("already paused"), "{e}");
-    let e = agent
-        .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("paused"), "{e}");
+    fails_with(agent.pause(&a.sandbox_id).await, &["already paused"]);
+    fails_with(
+        agent
+            .mount(&a.sandbox_id, ro.to_str().unwrap(), "/mnt/x", true)
+            .await,
+        &["paused"],
+    );
     agent.resume(&a.sandbox_id).await.unwrap();
-    let e = agent.resume(&a.sandbox_id).await.unwrap_err();
-    assert!(e.to_string().contains("not paused"), "{e}");
+    fails_with(agent.resume(&a.sandbox_id).await, &["not paused"]);
 
     for sb in [&a, &g] {
         agent
@@ -1129,51 +1112,52 @@ async fn fork_three(
 /// Checkpoint, restore and fork refuse bad requests with clear errors.
 async fn checkpoint_errors(agent: &Arc<Agent>, fork: &pb::SandboxInfo, ck: &pb::CheckpointInfo) {
     agent.pause(&fork.sandbox_id).await.unwrap();
-    let e = agent
-        .checkpoint(&fork.sandbox_id, false, "", "")
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("paused"), "{e}");
+    let e = fails_with(
+        agent.checkpoint(&fork.sandbox_id, false, "", "").await,
+        &["paused"],
+    );
     assert_eq!(
         tonic::Status::from(e).code(),
         tonic::Code::FailedPrecondition
     );
     agent.resume(&fork.sandbox_id).await.unwrap();
-    let e = agent.restore("ck-nope", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::NotFound);
-    let e = agent.restore("../etc", None).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent.fork(&ck.checkpoint_id, 0).await.unwrap_err();
-    assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    let e = agent
-        .create(
-            "pool-ck",
-            pb::SandboxTemplate {
-                checkpointable: true,
-                ..template(pb::RuntimeClass::Runc)
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("RUNSC"), "{e}");
+    assert_eq!(
+        grpc_code(agent.restore("ck-nope", None).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        grpc_code(agent.restore("../etc", None).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        grpc_code(agent.fork(&ck.checkpoint_id, 0).await),
+        tonic::Code::InvalidArgument
+    );
+    fails_with(
+        agent
+            .create(
+                "pool-ck",
+                pb::SandboxTemplate {
+                    checkpointable: true,
+                    ..template(pb::RuntimeClass::Runc)
+                },
+                None,
+            )
+            .await,
+        &["RUNSC"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 10).await;
+    let Some(node) = boot(10).await else { return };
     let agent = node.agent();
     let t = pb::SandboxTemplate {
         image: "python".into(),
         checkpointable: true,
         ..template(pb::RuntimeClass::Runsc)
     };
-    let sb = agent
-        .create("pool-ck", t.clone(), None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let sb = new_sandbox_from(&node, "pool-ck", t.clone()).await;
     assert_eq!(sb.ip, "127.0.0.1", "reached through the agent");
     assert_ne!(sb.runtime_port, 44772);
     let (nics, _) = exec(
@@ -1260,13 +1244,7 @@ async fn runsc_checkpoint_restore_and_fork_keep_python_state() {
 /// A host cgroup file of sandbox `info`'s init, for `controller` (cgroup v1
 /// hierarchy, or the unified one when the controller is only there).
 async fn cgroup_file(node: &Node, info: &pb::SandboxInfo, controller: &str, file: &str) -> String {
-    let (_, pid) = node
-        .agent()
-        .ctr()
-        .task_state(&info.sandbox_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let pid = task_pid(node, &info.sandbox_id).await;
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let path = cg
         .lines()
@@ -1299,16 +1277,10 @@ fn template_without_limits(class: pb::RuntimeClass) -> pb::SandboxTemplate {
 /// than the node maximum is refused before anything is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 9).await;
+    let Some(node) = boot(9).await else { return };
     let mut ids = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let info = node
-            .agent()
-            .create("pool-l", template_without_limits(class), None)
-            .await
-            .unwrap()
-            .info("test-node");
+        let info = new_sandbox_from(&node, "pool-l", template_without_limits(class)).await;
         let pids = cgroup_file(&node, &info, "pids", "pids.max").await;
         let mem = cgroup_file(&node, &info, "memory", "memory.limit_in_bytes").await;
         let quota = cgroup_file(&node, &info, "cpu", "cpu.cfs_quota_us").await;
@@ -1322,11 +1294,13 @@ async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
         resources: Some(resources("1", "64Gi")),
         ..template(pb::RuntimeClass::Runc)
     };
-    let e = node.agent().create("pool-l", big, None).await.unwrap_err();
-    assert!(e.to_string().contains("maximum"), "{e}");
+    fails_with(node.agent().create("pool-l", big, None).await, &["maximum"]);
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     release_all(&node, &ids).await;
 }
+
+/// Bounded: at most 2000 sleepers of 6 s each.
+const FORK_BOMB: &str = "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done";
 
 /// Tasks of sandbox `info` as the host counts them (threads included).
 async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
@@ -1341,22 +1315,12 @@ async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
 /// and the agent keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 10).await;
-    let info = node
-        .agent()
-        .create(
-            "pool-b",
-            template_without_limits(pb::RuntimeClass::Runc),
-            None,
-        )
-        .await
-        .unwrap()
-        .info("test-node");
-    // bounded: at most 2000 sleepers of 6 s each
-    let bomb = "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done; echo spawned $i";
+    let Some(node) = boot(10).await else { return };
+    let t = template_without_limits(pb::RuntimeClass::Runc);
+    let info = new_sandbox_from(&node, "pool-b", t).await;
+    let bomb = format!("{FORK_BOMB}; echo spawned $i");
     let started = std::time::Instant::now();
-    let (out, _) = tokio::time::timeout(Duration::from_secs(30), exec(&info, bomb))
+    let (out, _) = tokio::time::timeout(Duration::from_secs(30), exec(&info, &bomb))
         .await
         .unwrap_or_default();
     let tasks = host_tasks(&node, &info).await;
@@ -1394,22 +1358,14 @@ async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
 /// a sandbox through the bridge's link-local address (it is from the host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_the_host_over_ipv6() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 11).await;
+    let Some(node) = boot(11).await else { return };
     let info = new_sandbox(&node, "pool-6", pb::RuntimeClass::Runc).await;
-    let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let acc = accepted.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((_s, _)) = listener.accept().await {
-            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
+    let host = HostListener::bind("[::]:0").await;
+    let port = host.port;
     // control: the host itself reaches it over IPv6
     tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(host.accepted(), 1);
     let out = Command::new("ip")
         .args([
             "-6", "-o", "addr", "show", "dev", "sptest11", "scope", "link",
@@ -1436,7 +1392,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
         "reached [{link_local}]:{port}: {out}"
     );
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        host.accepted(),
         1,
         "the host accepted an IPv6 connection from a sandbox"
     );
@@ -1445,7 +1401,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
         Some(&"1"),
         "IPv6 is off in the sandbox: {out}"
     );
-    server.abort();
+    drop(host);
     release_all(&node, &[&info.sandbox_id]).await;
 }
 
@@ -1453,8 +1409,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
 /// the cap; released, its log is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_logs_are_capped_and_removed_on_release() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 12).await;
+    let Some(node) = boot(12).await else { return };
     let info = new_sandbox(&node, "pool-g", pb::RuntimeClass::Runc).await;
     let log = node.agent().log_path(&info.sandbox_id);
     assert!(
@@ -1509,64 +1464,45 @@ async fn wait_failed(node: &Node, id: &str, within: Duration) -> pb::SandboxInfo
 /// the other sandboxes are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
-    let Some(runtime) = gate() else { return };
-    let node = Node::start(runtime, 13).await;
+    let Some(node) = boot(13).await else { return };
     let mut made = Vec::new();
     for _ in 0..3 {
-        made.push(
-            node.agent()
-                .create(
-                    "pool-r",
-                    template_without_limits(pb::RuntimeClass::Runsc),
-                    None,
-                )
-                .await
-                .unwrap()
-                .info("test-node"),
-        );
+        let t = template_without_limits(pb::RuntimeClass::Runsc);
+        made.push(new_sandbox_from(&node, "pool-r", t).await);
     }
     let (mem, bomb, bystander) = (&made[0], &made[1], &made[2]);
-    let started = std::time::Instant::now();
-    let dd = mem.clone();
-    tokio::spawn(async move {
-        let _ = raw_exec(&dd, "dd if=/dev/zero of=/dev/null bs=1G count=1").await;
-    });
-    let failed = wait_failed(&node, &mem.sandbox_id, Duration::from_secs(20)).await;
-    eprintln!(
-        "runsc 1 GiB allocation: {:?} after {:?}",
-        failed.message,
-        started.elapsed()
-    );
+    let dd = "dd if=/dev/zero of=/dev/null bs=1G count=1";
+    let failed = run_until_failed(&node, mem, dd, "runsc 1 GiB allocation").await;
     assert!(failed.message.starts_with("OOMKilled"), "{failed:?}");
-    let started = std::time::Instant::now();
-    let b = bomb.clone();
-    tokio::spawn(async move {
-        let _ = raw_exec(
-            &b,
-            "i=0; while [ $i -lt 2000 ]; do sleep 6 >/dev/null 2>&1 & i=$((i+1)); done",
-        )
-        .await;
-    });
-    let failed = wait_failed(&node, &bomb.sandbox_id, Duration::from_secs(20)).await;
-    eprintln!(
-        "runsc fork bomb: {:?} after {:?}",
-        failed.message,
-        started.elapsed()
-    );
+    run_until_failed(&node, bomb, FORK_BOMB, "runsc fork bomb").await;
     assert_eq!(ping(bystander).await, 200, "another sandbox is untouched");
     assert_eq!(node.agent().list("").len(), 3, "the agent answers");
     let ids: Vec<&str> = made.iter().map(|i| i.sandbox_id.as_str()).collect();
     release_all(&node, &ids).await;
 }
 
+/// Run `cmd` in sandbox `info` in the background until the agent reports the
+/// sandbox FAILED (within 20 s): that report.
+async fn run_until_failed(
+    node: &Node,
+    info: &pb::SandboxInfo,
+    cmd: &'static str,
+    what: &str,
+) -> pb::SandboxInfo {
+    let started = std::time::Instant::now();
+    let target = info.clone();
+    tokio::spawn(async move {
+        let _ = raw_exec(&target, cmd).await;
+    });
+    let failed = wait_failed(node, &info.sandbox_id, Duration::from_secs(20)).await;
+    eprintln!("{what}: {:?} after {:?}", failed.message, started.elapsed());
+    failed
+}
+
 /// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
 async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
-    let url = format!("http://{}:{}/command", info.ip, info.runtime_port);
-    let resp = reqwest::Client::new()
-        .post(url)
+    let resp = command_request(info, Some(&info.access_token), cmd)
         .timeout(Duration::from_secs(30))
-        .header("x-execd-access-token", &info.access_token)
-        .json(&json!({"command": cmd}))
         .send()
         .await;
     match resp {

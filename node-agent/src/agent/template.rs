@@ -260,22 +260,14 @@ mod tests {
 
     use super::*;
 
+    /// The tests' busybox template on runsc, recycled, with 64 pids.
     fn template() -> pb::SandboxTemplate {
-        pb::SandboxTemplate {
-            image: "busybox".into(),
-            command: vec![],
-            env: [("A".to_string(), "1".to_string())].into(),
-            resources: Some(pb::Resources {
-                cpu: "500m".into(),
-                memory: "256Mi".into(),
-                pids: 64,
-            }),
-            runtime_class: pb::RuntimeClass::Runsc as i32,
-            release_policy: pb::ReleasePolicy::Recycle as i32,
-            labels: HashMap::new(),
-            run_as_root: false,
-            checkpointable: false,
+        let mut t = crate::testkit::template(pb::RuntimeClass::Runsc);
+        t.release_policy = pb::ReleasePolicy::Recycle as i32;
+        if let Some(r) = t.resources.as_mut() {
+            r.pids = 64;
         }
+        t
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use containerd_client::services::v1 as api;
 use futures_util::StreamExt;
+
+use crate::retry::Retry;
 
 use super::{Ctr, TaskEvent};
 
@@ -25,13 +26,7 @@ impl Ctr {
                 format!("namespace=={},topic==\"/tasks/exit\"", me.ns),
                 format!("namespace=={},topic==\"/tasks/oom\"", me.ns),
             ];
-            const MAX_DELAY: Duration = Duration::from_secs(2);
-            let retries = ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(MAX_DELAY)
-                .without_max_times();
-            let mut backoff = retries.build();
+            let mut retry = Retry::up_to(Duration::from_secs(2));
             loop {
                 let req = me.req(api::SubscribeRequest {
                     filters: filters.clone(),
@@ -40,14 +35,14 @@ impl Ctr {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
                         tracing::debug!(error = %e, "subscribing to containerd task exits failed; retrying");
-                        tokio::time::sleep(backoff.next().unwrap_or(MAX_DELAY)).await;
+                        tokio::time::sleep(retry.pause()).await;
                         if tx.is_closed() {
                             return;
                         }
                         continue;
                     }
                 };
-                backoff = retries.build();
+                retry.reset();
                 while let Some(Ok(env)) = stream.next().await {
                     let Some(ev) = decode(&env.topic, env.event) else {
                         continue;

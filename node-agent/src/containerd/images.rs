@@ -15,47 +15,30 @@ use crate::{
     image::{ImageBlobs, MEDIA_LAYER, MEDIA_MANIFEST},
 };
 
-use super::{Ctr, SNAPSHOTTER, chain_id, is_exists, is_not_found};
+use super::{Answer, Ctr, SNAPSHOTTER, chain_id, is_exists};
 
 impl Ctr {
     pub async fn image(&self, name: &str) -> Result<Option<api::Image>> {
-        match self
-            .client
-            .images()
-            .get(self.req(api::GetImageRequest {
-                name: name.to_string(),
-            }))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().image),
-            Err(s) if is_not_found(&s) => Ok(None),
-            Err(s) => Err(AgentError::containerd("get image", s)),
-        }
+        let req = self.req(api::GetImageRequest {
+            name: name.to_string(),
+        });
+        let r = self.client.images().get(req).await.found("get image")?;
+        Ok(r.and_then(|r| r.into_inner().image))
     }
 
     pub async fn list_images(&self) -> Result<Vec<String>> {
-        let r = self
-            .client
-            .images()
-            .list(self.req(api::ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(|s| AgentError::containerd("list images", s))?;
-        Ok(r.into_inner().images.into_iter().map(|i| i.name).collect())
+        let req = self.req(api::ListImagesRequest { filters: vec![] });
+        let listed = self.client.images().list(req).await;
+        let images = listed.or_fail("list images")?.into_inner().images;
+        Ok(images.into_iter().map(|i| i.name).collect())
     }
 
     pub(super) async fn content_exists(&self, digest: &str) -> Result<bool> {
-        match self
-            .client
-            .content()
-            .info(self.req(api::InfoRequest {
-                digest: digest.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if is_not_found(&s) => Ok(false),
-            Err(s) => Err(AgentError::containerd("content info", s)),
-        }
+        let req = self.req(api::InfoRequest {
+            digest: digest.to_string(),
+        });
+        let info = self.client.content().info(req).await;
+        Ok(info.found("content info")?.is_some())
     }
 
     pub async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
@@ -68,15 +51,11 @@ impl Ctr {
                 size: 0,
             }))
             .await
-            .map_err(|s| AgentError::containerd("read content", s))?
+            .or_fail("read content")?
             .into_inner();
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
-            out.extend(
-                chunk
-                    .map_err(|s| AgentError::containerd("read content", s))?
-                    .data,
-            );
+            out.extend(chunk.or_fail("read content")?.data);
         }
         Ok(out)
     }
@@ -190,14 +169,6 @@ impl Ctr {
             chain.clone(),
         )]
         .into();
-        self.write_content(
-            lease,
-            &img.config_digest,
-            img.config.len() as u64,
-            img.config.as_slice(),
-            cfg_labels,
-        )
-        .await?;
         let man_labels: HashMap<String, String> = [
             (
                 "containerd.io/gc.ref.content.config".to_string(),
@@ -209,14 +180,15 @@ impl Ctr {
             ),
         ]
         .into();
-        self.write_content(
-            lease,
-            &img.manifest_digest,
-            img.manifest.len() as u64,
-            img.manifest.as_slice(),
-            man_labels,
-        )
-        .await
+        for (digest, blob, labels) in [
+            (&img.config_digest, &img.config, cfg_labels),
+            (&img.manifest_digest, &img.manifest, man_labels),
+        ] {
+            let size = blob.len() as u64;
+            self.write_content(lease, digest, size, blob.as_slice(), labels)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Apply the layer onto a fresh snapshot and commit it as the chainID.
@@ -305,7 +277,7 @@ impl Ctr {
                         source_date_epoch: None,
                     }))
                     .await
-                    .map_err(|s| AgentError::containerd("update image", s))?;
+                    .or_fail("update image")?;
                 Ok(())
             }
             Err(s) => Err(AgentError::containerd("create image", s)),
@@ -320,25 +292,18 @@ impl Ctr {
         let target = img
             .target
             .ok_or_else(|| AgentError::Image(format!("image {name} has no target")))?;
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&self.read_content(&target.digest).await?)
-                .map_err(|e| AgentError::image(format!("manifest of {name}"), e))?;
+        let manifest = self
+            .read_json(&target.digest, || format!("manifest of {name}"))
+            .await?;
         let cfg_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
             AgentError::Image(format!(
                 "image {name}: manifest without config (index images are not supported)"
             ))
         })?;
-        let config: serde_json::Value =
-            serde_json::from_slice(&self.read_content(cfg_digest).await?)
-                .map_err(|e| AgentError::image(format!("config of {name}"), e))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let config = self
+            .read_json(cfg_digest, || format!("config of {name}"))
+            .await?;
+        let diff_ids = strings(&config["rootfs"]["diff_ids"]);
         let chain = chain_id(&diff_ids)
             .ok_or_else(|| AgentError::Image(format!("image {name} has no layers")))?;
         if !self.snapshot_exists(&chain).await? {
@@ -346,14 +311,28 @@ impl Ctr {
                 "image {name} is not unpacked for {SNAPSHOTTER}"
             )));
         }
-        let env = config["config"]["Env"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let env = strings(&config["config"]["Env"]);
         Ok(Some((chain, env)))
     }
+
+    /// Blob `digest` read as JSON; `what` names it in the error.
+    async fn read_json(
+        &self,
+        digest: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.read_content(digest).await?)
+            .map_err(|e| AgentError::image(what(), e))
+    }
+}
+
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -12,7 +12,7 @@ use containerd_client::{Client, services::v1 as api, types::Mount};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
-use crate::error::{AgentError, BoxError, Result};
+use crate::error::{AgentError, BoxError, Result, Step};
 
 mod events;
 mod images;
@@ -72,6 +72,28 @@ pub enum TaskState {
 
 fn is_not_found(s: &tonic::Status) -> bool {
     s.code() == Code::NotFound
+}
+
+/// A containerd answer, its failure told as a failed step `op`.
+trait Answer<T> {
+    /// The answer, or a containerd error of `op`.
+    fn or_fail(self, op: &str) -> Result<T>;
+    /// The answer; `None` when containerd has no such thing.
+    fn found(self, op: &str) -> Result<Option<T>>;
+}
+
+impl<T> Answer<T> for std::result::Result<T, tonic::Status> {
+    fn or_fail(self, op: &str) -> Result<T> {
+        self.map_err(|s| AgentError::containerd(op, s))
+    }
+
+    fn found(self, op: &str) -> Result<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(AgentError::containerd(op, s)),
+        }
+    }
 }
 
 fn is_exists(s: &tonic::Status) -> bool {
@@ -134,8 +156,9 @@ impl Ctr {
                     return Ok(me);
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(AgentError::connect(
-                        socket.display().to_string(),
+                    let path = socket.display().to_string();
+                    return Err(AgentError::failed(
+                        Step::Connect { path },
                         format!("no answer within {within:?}"),
                         e,
                     ));
@@ -166,12 +189,7 @@ impl Ctr {
     }
 
     pub async fn version(&self) -> Result<String> {
-        let v = self
-            .client
-            .version()
-            .version(())
-            .await
-            .map_err(|s| AgentError::containerd("version", s))?;
+        let v = self.client.version().version(()).await.or_fail("version")?;
         Ok(v.into_inner().version)
     }
 
@@ -205,7 +223,7 @@ impl Ctr {
                 labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
             }))
             .await
-            .map_err(|s| AgentError::containerd("create lease", s))?;
+            .or_fail("create lease")?;
         Ok(id)
     }
 

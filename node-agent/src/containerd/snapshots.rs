@@ -23,8 +23,8 @@ use prost_types::Any;
 use crate::error::{AgentError, Result};
 
 use super::{
-    Ctr, NewContainer, RUNC_OPTIONS_TYPE_URL, RUNC_SHIM, RuncOptions, SNAPSHOTTER, SPEC_TYPE_URL,
-    is_not_found, upperdir,
+    Answer, Ctr, NewContainer, RUNC_OPTIONS_TYPE_URL, RUNC_SHIM, RuncOptions, SNAPSHOTTER,
+    SPEC_TYPE_URL, upperdir,
 };
 
 impl Ctr {
@@ -33,11 +33,8 @@ impl Ctr {
             snapshotter: SNAPSHOTTER.into(),
             key: key.to_string(),
         });
-        match self.client.snapshots().stat(r).await {
-            Ok(_) => Ok(true),
-            Err(s) if is_not_found(&s) => Ok(false),
-            Err(s) => Err(AgentError::containerd("stat snapshot", s)),
-        }
+        let stat = self.client.snapshots().stat(r).await;
+        Ok(stat.found("stat snapshot")?.is_some())
     }
 
     /// Prepare the rootfs snapshot and create the container record, under a
@@ -114,19 +111,14 @@ impl Ctr {
     /// The overlay upper directory of container `id`'s rootfs snapshot: what
     /// the sandbox wrote to its root file system.
     pub async fn rootfs_upperdir(&self, id: &str) -> Result<PathBuf> {
-        let key = match self
-            .client
-            .containers()
-            .get(self.req(api::GetContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .container
-                .map(|c| c.snapshot_key)
-                .unwrap_or_default(),
-            Err(s) => return Err(AgentError::containerd("get container", s)),
-        };
+        let req = self.req(api::GetContainerRequest { id: id.to_string() });
+        let got = self.client.containers().get(req).await;
+        let key = got
+            .or_fail("get container")?
+            .into_inner()
+            .container
+            .map(|c| c.snapshot_key)
+            .unwrap_or_default();
         let mounts = self
             .client
             .snapshots()
@@ -135,7 +127,7 @@ impl Ctr {
                 key,
             }))
             .await
-            .map_err(|s| AgentError::containerd("snapshot mounts", s))?
+            .or_fail("snapshot mounts")?
             .into_inner()
             .mounts;
         upperdir(&mounts).ok_or_else(|| {
@@ -194,29 +186,22 @@ impl Ctr {
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
-        match self
-            .client
+        let req = self.req(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_string(),
+        });
+        self.client
             .snapshots()
-            .remove(self.req(RemoveSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: key.to_string(),
-            }))
+            .remove(req)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if is_not_found(&s) => Ok(()),
-            Err(s) => Err(AgentError::containerd("remove snapshot", s)),
-        }
+            .found("remove snapshot")?;
+        Ok(())
     }
 
     pub async fn list_containers(&self) -> Result<Vec<Container>> {
-        let r = self
-            .client
-            .containers()
-            .list(self.req(api::ListContainersRequest { filters: vec![] }))
-            .await
-            .map_err(|s| AgentError::containerd("list containers", s))?;
-        Ok(r.into_inner().containers)
+        let req = self.req(api::ListContainersRequest { filters: vec![] });
+        let listed = self.client.containers().list(req).await;
+        Ok(listed.or_fail("list containers")?.into_inner().containers)
     }
 
     /// Active (non-committed) snapshot keys: one per sandbox, plus any residue.
@@ -229,14 +214,11 @@ impl Ctr {
                 filters: vec![],
             }))
             .await
-            .map_err(|s| AgentError::containerd("list snapshots", s))?
+            .or_fail("list snapshots")?
             .into_inner();
         let mut out = Vec::new();
         while let Some(r) = s.next().await {
-            for info in r
-                .map_err(|s| AgentError::containerd("list snapshots", s))?
-                .info
-            {
+            for info in r.or_fail("list snapshots")?.info {
                 // kind 2 = active (prepared), 3 = committed
                 if info.kind == 2 {
                     out.push(info.name);
@@ -261,7 +243,7 @@ impl Ctr {
                 update_mask: Some(prost_types::FieldMask { paths }),
             }))
             .await
-            .map_err(|s| AgentError::containerd("update container labels", s))?;
+            .or_fail("update container labels")?;
         Ok(())
     }
 }

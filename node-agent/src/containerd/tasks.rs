@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::error::{AgentError, Result};
 
-use super::{Ctr, RUNC_OPTIONS_TYPE_URL, RuncOptions, TaskState, is_not_found};
+use super::{Answer, Ctr, RUNC_OPTIONS_TYPE_URL, RuncOptions, TaskState, is_not_found};
 
 impl Ctr {
     /// Create and start the container's task; with `restore` = (runtime
@@ -49,7 +49,7 @@ impl Ctr {
                 runtime_path: String::new(),
             }))
             .await
-            .map_err(|s| AgentError::containerd("create task", s))?
+            .or_fail("create task")?
             .into_inner();
         self.client
             .tasks()
@@ -58,34 +58,27 @@ impl Ctr {
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|s| AgentError::containerd("start task", s))?;
+            .or_fail("start task")?;
         Ok(created.pid)
     }
 
     pub async fn task_state(&self, id: &str) -> Result<Option<(TaskState, u32)>> {
-        match self
-            .client
-            .tasks()
-            .get(self.req(api::GetRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            }))
-            .await
-        {
-            Ok(r) => {
-                let p = r.into_inner().process.unwrap_or_default();
-                let st = match TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown) {
-                    TaskStatus::Created => TaskState::Created,
-                    TaskStatus::Running => TaskState::Running,
-                    TaskStatus::Paused | TaskStatus::Pausing => TaskState::Paused,
-                    TaskStatus::Stopped => TaskState::Stopped,
-                    TaskStatus::Unknown => TaskState::Unknown,
-                };
-                Ok(Some((st, p.pid)))
-            }
-            Err(s) if is_not_found(&s) => Ok(None),
-            Err(s) => Err(AgentError::containerd("get task", s)),
-        }
+        let req = self.req(api::GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        });
+        let Some(r) = self.client.tasks().get(req).await.found("get task")? else {
+            return Ok(None);
+        };
+        let p = r.into_inner().process.unwrap_or_default();
+        let st = match TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown) {
+            TaskStatus::Created => TaskState::Created,
+            TaskStatus::Running => TaskState::Running,
+            TaskStatus::Paused | TaskStatus::Pausing => TaskState::Paused,
+            TaskStatus::Stopped => TaskState::Stopped,
+            TaskStatus::Unknown => TaskState::Unknown,
+        };
+        Ok(Some((st, p.pid)))
     }
 
     /// Freeze the task. On cgroup v1, runc's freezer gives up ("unable to
@@ -122,23 +115,19 @@ impl Ctr {
                 container_id: id.to_string(),
             }))
             .await
-            .map_err(|s| AgentError::containerd("resume task", s))?;
+            .or_fail("resume task")?;
         Ok(())
     }
 
     /// Kill the task (SIGKILL to all its processes), wait for it, delete it,
     /// then delete the container and its snapshot. Missing pieces are fine.
     pub async fn destroy(&self, id: &str) -> Result<()> {
-        let snapshot_key = match self
-            .client
-            .containers()
-            .get(self.req(api::GetContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(r) => r.into_inner().container.map(|c| c.snapshot_key),
-            Err(s) if is_not_found(&s) => None,
-            Err(s) => return Err(AgentError::containerd("get container", s)),
-        };
+        let req = self.req(api::GetContainerRequest { id: id.to_string() });
+        let got = self.client.containers().get(req).await;
+        let snapshot_key = got
+            .found("get container")?
+            .and_then(|r| r.into_inner().container)
+            .map(|c| c.snapshot_key);
         if let Some((state, _)) = self.task_state(id).await? {
             if state == TaskState::Paused {
                 let _ = self.resume(id).await;
@@ -181,29 +170,14 @@ impl Ctr {
                     self.wait_stopped(id, Duration::from_secs(10)).await?;
                 }
             }
-            match self
-                .client
-                .tasks()
-                .delete(self.req(api::DeleteTaskRequest {
-                    container_id: id.to_string(),
-                }))
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if is_not_found(&s) => {}
-                Err(s) => return Err(AgentError::containerd("delete task", s)),
-            }
+            let req = self.req(api::DeleteTaskRequest {
+                container_id: id.to_string(),
+            });
+            self.client.tasks().delete(req).await.found("delete task")?;
         }
-        match self
-            .client
-            .containers()
-            .delete(self.req(api::DeleteContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if is_not_found(&s) => {}
-            Err(s) => return Err(AgentError::containerd("delete container", s)),
-        }
+        let req = self.req(api::DeleteContainerRequest { id: id.to_string() });
+        let deleted = self.client.containers().delete(req).await;
+        deleted.found("delete container")?;
         match snapshot_key {
             Some(k) if !k.is_empty() => self.remove_snapshot(&k).await,
             _ => Ok(()),
