@@ -1559,6 +1559,50 @@ async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
     release_all(&node, &ids).await;
 }
 
+/// A sandbox (runc or runsc) that writes more than its disk limit to its
+/// root file system is stopped within a check period and reported FAILED
+/// (DiskLimitExceeded); a neighbour that writes less keeps running, and
+/// release removes what the stopped ones wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_over_their_disk_limit_are_stopped_and_reported() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start_configured(runtime, 14, |c| c.disk_limit_bytes = 64 << 20).await;
+    let neighbour = new_sandbox(&node, "pool-d", pb::RuntimeClass::Runc).await;
+    let (out, code) = exec(
+        &neighbour,
+        "dd if=/dev/zero of=$HOME/small bs=1M count=16 2>/dev/null && sync && echo written",
+    )
+    .await;
+    assert_eq!((out.trim(), code), ("written", 0), "below the limit");
+    let mut ids = vec![neighbour.sandbox_id.clone()];
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let writer = new_sandbox(&node, "pool-d", class).await;
+        ids.push(writer.sandbox_id.clone());
+        let started = std::time::Instant::now();
+        let w = writer.clone();
+        tokio::spawn(async move {
+            let _ = raw_exec(&w, "dd if=/dev/zero of=$HOME/big bs=1M count=256; sync").await;
+        });
+        let failed = wait_failed(&node, &writer.sandbox_id, Duration::from_secs(30)).await;
+        eprintln!(
+            "{class:?}: 256 MiB written against a 64 MiB limit: {:?} after {:?}",
+            failed.message,
+            started.elapsed()
+        );
+        assert!(
+            failed.message.starts_with("DiskLimitExceeded") && failed.message.contains("64 MiB"),
+            "{class:?}: {failed:?}"
+        );
+    }
+    // a full check period later the neighbour is still running
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ping(&neighbour).await, 200, "the neighbour keeps running");
+    let state = node.agent().get(&neighbour.sandbox_id).unwrap().state;
+    assert_eq!(state, pb::SandboxState::Warm);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    release_all(&node, &ids).await;
+}
+
 /// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
 async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
     let url = format!("http://{}:{}/command", info.ip, info.runtime_port);

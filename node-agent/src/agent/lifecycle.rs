@@ -586,7 +586,7 @@ impl Agent {
             s.state = pb::SandboxState::Releasing;
         }
         self.forget_channel(&id);
-        self.oom_killed.lock().remove(&id);
+        self.kills.lock().remove(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -616,7 +616,7 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
-        self.oom_killed.lock().remove(id);
+        self.kills.lock().remove(id);
         self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
