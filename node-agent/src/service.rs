@@ -89,17 +89,29 @@ impl NodeAgent for NodeAgentService {
     ) -> Result<Response<pb::NodeInjectResponse>, Status> {
         let span = rpc_span("Inject");
         let r = req.into_inner();
-        let p = r
-            .process
-            .ok_or_else(|| Status::invalid_argument("process is required"))?;
+        if r.process.is_none() && r.egress.is_none() {
+            return Err(Status::invalid_argument("process or egress is required"));
+        }
         let a = Arc::clone(&self.agent);
         let (st, took) = detached(tracing::Instrument::instrument(
-            async move { a.inject(&r.sandbox_id, p).await },
+            async move {
+                // the policy holds before the process starts
+                if let Some(e) = r.egress {
+                    a.set_egress(&r.sandbox_id, Some(e)).await?;
+                }
+                match r.process {
+                    Some(p) => a
+                        .inject(&r.sandbox_id, p)
+                        .await
+                        .map(|(st, t)| (Some(st), t)),
+                    None => Ok((None, std::time::Duration::ZERO)),
+                }
+            },
             span,
         ))
         .await?;
         Ok(Response::new(pb::NodeInjectResponse {
-            process: Some(st),
+            process: st,
             inject_us: took.as_micros() as u64,
         }))
     }
