@@ -10,6 +10,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // stored as JSON in container labels with the rest of the template
+        .type_attribute(
+            "sandpool.v1.EgressPolicy",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .type_attribute(
+            "sandpool.v1.EgressRule",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
         .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! * [`containerd`]: containerd gRPC (images, snapshots, containers, tasks)
 //! * [`daemon`]: a private containerd for the standalone mode
 //! * [`image`]: local OCI images (busybox-static, Debian + python3)
-//! * [`net`]: per-sandbox netns + CNI bridge
+//! * [`net`]: per-sandbox netns + CNI bridge; [`egress`]: nftables egress policy in it
 //! * [`spec`], [`quantity`], [`limits`]: pure OCI spec / resource translation and limit policy
 //! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod egress;
 pub mod error;
 pub mod image;
 pub mod limits;

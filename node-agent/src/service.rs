@@ -97,18 +97,27 @@ impl NodeAgent for NodeAgentService {
     }
 
     async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
-        let mut r = req.into_inner();
-        let p = r
-            .process
-            .take()
-            .ok_or_else(|| Status::invalid_argument("process is required"))?;
+        let r = req.into_inner();
+        if r.process.is_none() && r.egress.is_none() {
+            return Err(Status::invalid_argument("process or egress is required"));
+        }
         let (st, took) = self
             .traced("Inject", r, |a, r| async move {
-                a.inject(&r.sandbox_id, p).await
+                // the policy holds before the process starts
+                if let Some(e) = r.egress {
+                    a.set_egress(&r.sandbox_id, Some(e)).await?;
+                }
+                match r.process {
+                    Some(p) => a
+                        .inject(&r.sandbox_id, p)
+                        .await
+                        .map(|(st, t)| (Some(st), t)),
+                    None => Ok((None, std::time::Duration::ZERO)),
+                }
             })
             .await?;
         Ok(Response::new(pb::NodeInjectResponse {
-            process: Some(st),
+            process: st,
             inject_us: took.as_micros() as u64,
         }))
     }

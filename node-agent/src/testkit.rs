@@ -74,6 +74,7 @@ pub fn template(runtime: pb::RuntimeClass) -> pb::SandboxTemplate {
         labels: Default::default(),
         run_as_root: false,
         checkpointable: false,
+        egress: None,
     }
 }
 
@@ -96,11 +97,23 @@ pub struct TestNode {
     runtime: PathBuf,
     bridge: String,
     subnet: String,
+    /// Applied to the agent's configuration at every boot.
+    configure: fn(&mut AgentConfig),
 }
 
 impl TestNode {
     /// A private containerd + agent in a temp dir, bridge `sptest{n}`, subnet `10.213.{n}.0/24`.
     pub async fn start(runtime: PathBuf, n: u8) -> TestNode {
+        Self::start_configured(runtime, n, |_| {}).await
+    }
+
+    /// [`TestNode::start`] with `configure` applied to the agent's
+    /// configuration (at this boot and every later one).
+    pub async fn start_configured(
+        runtime: PathBuf,
+        n: u8,
+        configure: fn(&mut AgentConfig),
+    ) -> TestNode {
         let dir = tempfile::Builder::new()
             .prefix("spna")
             .tempdir_in("/tmp")
@@ -112,6 +125,7 @@ impl TestNode {
             runtime,
             bridge: format!("sptest{n}"),
             subnet: format!("10.213.{n}.0/24"),
+            configure,
         };
         node.boot().await;
         node
@@ -129,6 +143,7 @@ impl TestNode {
         // Built images are cached across test runs (debootstrap takes minutes).
         cfg.image_cache =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sandpool-image-cache");
+        (self.configure)(&mut cfg);
         self.daemon = Some(d);
         self.agent = Some(Agent::start(cfg, ctr).await.unwrap());
     }

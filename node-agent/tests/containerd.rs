@@ -1499,6 +1499,46 @@ async fn run_until_failed(
     failed
 }
 
+/// A sandbox (runc or runsc) that writes more than its disk limit to its
+/// root file system is stopped within a check period and reported FAILED
+/// (DiskLimitExceeded); a neighbour that writes less keeps running, and
+/// release removes what the stopped ones wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_over_their_disk_limit_are_stopped_and_reported() {
+    let Some(runtime) = gate() else { return };
+    let node = Node::start_configured(runtime, 14, |c| c.disk_limit_bytes = 64 << 20).await;
+    let neighbour = new_sandbox(&node, "pool-d", pb::RuntimeClass::Runc).await;
+    let (out, code) = exec(
+        &neighbour,
+        "dd if=/dev/zero of=$HOME/small bs=1M count=16 2>/dev/null && sync && echo written",
+    )
+    .await;
+    assert_eq!((out.trim(), code), ("written", 0), "below the limit");
+    let mut ids = vec![neighbour.sandbox_id.clone()];
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let writer = new_sandbox(&node, "pool-d", class).await;
+        ids.push(writer.sandbox_id.clone());
+        let failed = run_until_failed(
+            &node,
+            &writer,
+            "dd if=/dev/zero of=$HOME/big bs=1M count=256; sync",
+            &format!("{class:?}: 256 MiB written against a 64 MiB limit"),
+        )
+        .await;
+        assert!(
+            failed.message.starts_with("DiskLimitExceeded") && failed.message.contains("64 MiB"),
+            "{class:?}: {failed:?}"
+        );
+    }
+    // a full check period later the neighbour is still running
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ping(&neighbour).await, 200, "the neighbour keeps running");
+    let state = node.agent().get(&neighbour.sandbox_id).unwrap().state;
+    assert_eq!(state, pb::SandboxState::Warm);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    release_all(&node, &ids).await;
+}
+
 /// Run `cmd` in the sandbox; whatever comes back (the sandbox may die).
 async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
     let resp = command_request(info, Some(&info.access_token), cmd)
@@ -1509,4 +1549,206 @@ async fn raw_exec(info: &pb::SandboxInfo, cmd: &str) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(e) => e.to_string(),
     }
+}
+
+/// A network namespace the test makes, linked to the host by a veth pair
+/// (`10.250.N.1` on the host, `10.250.N.2` inside), with a minimal HTTP
+/// listener on `ports` inside: a destination outside the sandbox network.
+struct Outside {
+    name: String,
+    addr: String,
+}
+
+impl Outside {
+    fn start(n: u8, ports: &[u16]) -> Outside {
+        let name = format!("spegr{n}");
+        let (host, inner) = (format!("10.250.{n}.1"), format!("10.250.{n}.2"));
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec![
+                "link",
+                "add",
+                &format!("{name}h"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}n"),
+            ],
+            vec!["link", "set", &format!("{name}n"), "netns", &name],
+            vec![
+                "addr",
+                "add",
+                &format!("{host}/30"),
+                "dev",
+                &format!("{name}h"),
+            ],
+            vec!["link", "set", &format!("{name}h"), "up"],
+            vec![
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{inner}/30"),
+                "dev",
+                &format!("{name}n"),
+            ],
+            vec!["-n", &name, "link", "set", &format!("{name}n"), "up"],
+            vec!["-n", &name, "route", "add", "default", "via", &host],
+        ] {
+            let ok = Command::new("ip").args(&args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        }
+        for port in ports {
+            let (ns, addr) = (format!("/run/netns/{name}"), format!("{inner}:{port}"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(ns).unwrap();
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let l = std::net::TcpListener::bind(addr).unwrap();
+                tx.send(()).unwrap();
+                for mut c in l.incoming().flatten().take(64) {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf);
+                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello");
+                }
+            });
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        Outside { name, addr: inner }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}h", self.name)])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `nc` from the sandbox to `addr:port`: whether the listener answered.
+async fn reaches(info: &pb::SandboxInfo, addr: &str, port: u16) -> bool {
+    let (out, _) = exec(info, &format!("echo GET | nc -w 2 {addr} {port} 2>&1")).await;
+    eprintln!("nc {addr}:{port}: {out:?}");
+    out.contains("hello")
+}
+
+fn policy(default: pb::EgressAction, rules: &[(pb::EgressAction, &str, u32)]) -> pb::EgressPolicy {
+    pb::EgressPolicy {
+        default_action: default as i32,
+        rules: rules
+            .iter()
+            .map(|(a, cidr, port)| pb::EgressRule {
+                action: *a as i32,
+                cidr: (*cidr).into(),
+                port: *port,
+            })
+            .collect(),
+    }
+}
+
+/// Egress policies hold in the sandbox's netns, on runc and runsc: deny
+/// stops connections to a listener in another network namespace that the
+/// same sandbox reached before (negative control) and that the host still
+/// reaches; an allow rule for one address and port opens just that; a
+/// pool's policy holds from the start; a recycled sandbox gets its pool's
+/// policy back; a bad rule is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
+    use pb::EgressAction::{Allow, Deny};
+    let Some(runtime) = gate() else { return };
+    let out = Outside::start(16, &[18080, 18081]);
+    let node = Node::start(runtime, 16).await;
+    let mut client = serve_agent(&node).await;
+    let host = reqwest::Client::new();
+    let from_host = host.get(format!("http://{}:18080/", out.addr)).send().await;
+    assert_eq!(
+        from_host.unwrap().status(),
+        200,
+        "the host reaches the listener"
+    );
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let mut t = template(class);
+        t.release_policy = pb::ReleasePolicy::Recycle as i32;
+        let sb = node
+            .agent()
+            .create("pool-e", t, None)
+            .await
+            .unwrap()
+            .info("test-node");
+        assert!(
+            reaches(&sb, &out.addr, 18080).await,
+            "{class:?}: no policy, reached"
+        );
+        let deny = policy(Deny, &[(Allow, &out.addr, 18081)]);
+        client
+            .inject(pb::NodeInjectRequest {
+                sandbox_id: sb.sandbox_id.clone(),
+                process: None,
+                egress: Some(deny),
+            })
+            .await
+            .unwrap();
+        assert!(!reaches(&sb, &out.addr, 18080).await, "{class:?}: denied");
+        assert!(
+            reaches(&sb, &out.addr, 18081).await,
+            "{class:?}: the allowed port"
+        );
+        let recycled = node
+            .agent()
+            .release(&sb.sandbox_id, pb::ReleasePolicy::Recycle)
+            .await
+            .unwrap()
+            .unwrap()
+            .info("test-node");
+        assert!(
+            reaches(&recycled, &out.addr, 18080).await,
+            "{class:?}: recycled, pool policy"
+        );
+        release_all(&node, &[&sb.sandbox_id]).await;
+    }
+    // a pool's own policy holds from the start, and comes back on recycle
+    let mut t = template(pb::RuntimeClass::Runc);
+    t.release_policy = pb::ReleasePolicy::Recycle as i32;
+    t.egress = Some(policy(Allow, &[(Deny, &format!("{}/30", out.addr), 0)]));
+    let sb = node
+        .agent()
+        .create("pool-f", t, None)
+        .await
+        .unwrap()
+        .info("test-node");
+    assert!(!reaches(&sb, &out.addr, 18080).await, "pool policy denies");
+    node.agent().set_egress(&sb.sandbox_id, None).await.unwrap();
+    assert!(
+        reaches(&sb, &out.addr, 18080).await,
+        "the claim's allow-all"
+    );
+    let sb2 = node
+        .agent()
+        .release(&sb.sandbox_id, pb::ReleasePolicy::Recycle)
+        .await
+        .unwrap()
+        .unwrap()
+        .info("test-node");
+    assert!(
+        !reaches(&sb2, &out.addr, 18080).await,
+        "recycled: the pool's deny again"
+    );
+    let bad = client
+        .inject(pb::NodeInjectRequest {
+            sandbox_id: sb.sandbox_id.clone(),
+            process: None,
+            egress: Some(policy(Deny, &[(Allow, "pypi.org", 0)])),
+        })
+        .await
+        .expect_err("a domain is not a CIDR");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("egress rule 0"), "{bad:?}");
+    release_all(&node, &[&sb.sandbox_id]).await;
 }

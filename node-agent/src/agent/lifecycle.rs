@@ -12,6 +12,7 @@ use sandpool_proto::v1 as pb;
 
 use crate::{
     containerd::{NewContainer, TaskState},
+    egress,
     error::{AgentError, Result},
     image,
     spec::{self, SandboxSpec},
@@ -89,6 +90,13 @@ impl Agent {
                 spec::RUNTIME_PORT,
             )
         };
+        if !valid.checkpointable
+            && !egress::allows_all(template.egress.as_ref())
+            && let Err(e) = self.apply_egress(&id, template.egress.clone()).await
+        {
+            self.cleanup(&id).await;
+            return Err(e);
+        }
         let mut sb = Sandbox {
             id: id.clone(),
             message: String::new(),
@@ -533,7 +541,12 @@ impl Agent {
                 state: pb::SandboxState::Warm,
                 ..sb
             };
-            return self.restart_as(fresh).await.map(Some);
+            let fresh = self.restart_as(fresh).await?;
+            // a claim's own egress policy goes with the claim
+            if !fresh.template.checkpointable {
+                self.apply_egress(id, fresh.template.egress.clone()).await?;
+            }
+            return Ok(Some(fresh));
         }
         {
             let mut g = self.lock();
@@ -545,6 +558,53 @@ impl Agent {
         self.lock().remove(id);
         self.emit_removed(id);
         res.map(|_| None)
+    }
+
+    /// Replace sandbox `id`'s egress policy (`None`: everything allowed).
+    /// A network-less sandbox has no egress: only a policy that denies
+    /// everything fits it.
+    #[tracing::instrument(skip_all, fields(sandbox = %id))]
+    pub async fn set_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
+        let sb = self.get(id)?;
+        if let Some(p) = &policy {
+            egress::validate(p)?;
+        }
+        if sb.template.checkpointable {
+            let denies_all = policy.as_ref().is_some_and(|p| {
+                p.default_action == pb::EgressAction::Deny as i32
+                    && p.rules
+                        .iter()
+                        .all(|r| r.action == pb::EgressAction::Deny as i32)
+            });
+            if denies_all {
+                return Ok(());
+            }
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} has no network (checkpointable): it cannot be allowed any egress"
+            )));
+        }
+        self.apply_egress(id, policy).await
+    }
+
+    /// Load `policy` into sandbox `id`'s netns (off the async threads).
+    async fn apply_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
+        let netns = self.cfg.net.netns_path(id);
+        let platform: Vec<_> = self
+            .cfg
+            .net
+            .gateway_ip()
+            .map(|gw| {
+                self.cfg
+                    .net
+                    .allow_host_ports
+                    .iter()
+                    .map(|p| (std::net::IpAddr::V4(gw), *p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || egress::apply(&netns, policy.as_ref(), &platform))
+            .await
+            .map_err(|e| AgentError::network(format!("egress task of {id}"), e))?
     }
 
     /// In-place image upgrade: restart sandbox `id` on `image`, keeping its
@@ -586,7 +646,7 @@ impl Agent {
             s.state = pb::SandboxState::Releasing;
         }
         self.forget_channel(&id);
-        self.oom_killed.lock().remove(&id);
+        self.kills.lock().remove(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -616,7 +676,7 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
-        self.oom_killed.lock().remove(id);
+        self.kills.lock().remove(id);
         self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address

@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod checkpoint;
+mod disk;
 mod lifecycle;
 mod logs;
 mod recovery;
@@ -28,6 +29,7 @@ mod runsc;
 mod template;
 
 pub use checkpoint::MAX_FORK;
+pub use disk::{DEFAULT_DISK_LIMIT_BYTES, disk_usage};
 pub use logs::TRUNCATED as LOG_TRUNCATED;
 pub(crate) use template::TemplateLabel;
 use template::new_id;
@@ -70,6 +72,9 @@ pub struct AgentConfig {
     pub limits: crate::limits::LimitPolicy,
     /// Size at which a sandbox's host-side log is truncated.
     pub log_cap_bytes: u64,
+    /// Most a sandbox may write to its root file system; one over it is
+    /// stopped and reported FAILED (`DiskLimitExceeded: ...`).
+    pub disk_limit_bytes: u64,
 }
 
 impl AgentConfig {
@@ -90,6 +95,7 @@ impl AgentConfig {
             ready_timeout: Duration::from_secs(20),
             limits: Default::default(),
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            disk_limit_bytes: DEFAULT_DISK_LIMIT_BYTES,
         }
     }
 }
@@ -191,8 +197,18 @@ pub struct Agent {
     checkpoints: crate::checkpoint::Store,
     /// ids a create or release is working on: the sweep leaves them alone
     busy: Mutex<std::collections::HashSet<String>>,
-    /// sandboxes the kernel's OOM killer has hit (their current incarnation)
-    oom_killed: Mutex<std::collections::HashSet<String>>,
+    /// sandboxes stopped for going over a limit (their current
+    /// incarnation): the reason their exit is reported with
+    kills: Mutex<HashMap<String, Kill>>,
+}
+
+/// Why a sandbox was stopped by a limit rather than by its own exit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kill {
+    /// the kernel's OOM killer hit one of its processes
+    Oom,
+    /// it wrote more than `limit` bytes to its root file system
+    Disk { limit: u64 },
 }
 
 /// Marks a sandbox id busy until dropped.
@@ -205,6 +221,22 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.set.lock().remove(&self.id);
     }
+}
+
+/// Run `f` on the agent every `period`, for as long as the agent lives.
+fn every<F, Fut>(agent: &Arc<Agent>, period: Duration, f: F)
+where
+    F: Fn(Arc<Agent>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let me = Arc::downgrade(agent);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(a) = me.upgrade() else { return };
+            f(a).await;
+        }
+    });
 }
 
 /// How often the agent sweeps resources no sandbox owns.
@@ -281,28 +313,21 @@ impl Agent {
             tunnels: Mutex::new(HashMap::new()),
             checkpoints,
             busy: Mutex::new(Default::default()),
-            oom_killed: Mutex::new(Default::default()),
+            kills: Mutex::new(HashMap::new()),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);
         tokio::spawn(async move { me.watch_exits().await });
-        let me = Arc::downgrade(&agent);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(logs::CHECK_EVERY).await;
-                let Some(a) = me.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || a.cap_logs()).await;
-            }
+        every(&agent, logs::CHECK_EVERY, |a| async move {
+            let _ = tokio::task::spawn_blocking(move || a.cap_logs()).await;
         });
-        let me = Arc::downgrade(&agent);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SWEEP_EVERY).await;
-                let Some(a) = me.upgrade() else { return };
-                a.recheck_tasks().await;
-                if let Err(e) = a.sweep().await {
-                    tracing::debug!(error = %e, "sweep failed");
-                }
+        every(&agent, disk::CHECK_EVERY, |a| async move {
+            a.check_disks().await;
+        });
+        every(&agent, SWEEP_EVERY, |a| async move {
+            a.recheck_tasks().await;
+            if let Err(e) = a.sweep().await {
+                tracing::debug!(error = %e, "sweep failed");
             }
         });
         Ok(agent)

@@ -10,7 +10,7 @@ use crate::{
     error::{AgentError, Result},
 };
 
-use super::{Agent, Sandbox, auth, labels};
+use super::{Agent, Kill, Sandbox, auth, labels};
 
 impl Agent {
     /// Remove what no sandbox owns: containers, netns and snapshots left by a
@@ -130,9 +130,17 @@ impl Agent {
 
     /// Why sandbox `id`'s init exited, for its FAILED report.
     fn exit_reason(&self, id: &str, status: u32) -> String {
-        if self.oom_killed.lock().contains(id) {
-            "OOMKilled: the sandbox went over its memory limit".into()
-        } else if status == 0 {
+        match self.kills.lock().get(id) {
+            Some(Kill::Oom) => return "OOMKilled: the sandbox went over its memory limit".into(),
+            Some(Kill::Disk { limit }) => {
+                return format!(
+                    "DiskLimitExceeded: the sandbox wrote more than its limit of {} MiB to its file system",
+                    limit >> 20
+                );
+            }
+            None => {}
+        }
+        if status == 0 {
             "the sandbox's runtime exited".into()
         } else {
             format!("the sandbox's runtime exited with status {status}")
@@ -143,7 +151,7 @@ impl Agent {
     /// sandbox already reported FAILED (the exit came first) is reported again.
     pub(super) async fn on_oom(&self, id: &str) {
         tracing::warn!(sandbox = %id, "a process of the sandbox was OOM-killed");
-        self.oom_killed.lock().insert(id.to_string());
+        self.kills.lock().insert(id.to_string(), Kill::Oom);
         let failed = {
             let mut g = self.lock();
             match g.get_mut(id) {

@@ -29,6 +29,8 @@ pub(crate) struct TemplateLabel {
     run_as_root: bool,
     #[serde(default)]
     checkpointable: bool,
+    #[serde(default)]
+    egress: Option<pb::EgressPolicy>,
 }
 
 impl From<&pb::SandboxTemplate> for TemplateLabel {
@@ -46,6 +48,7 @@ impl From<&pb::SandboxTemplate> for TemplateLabel {
             labels: t.labels.clone(),
             run_as_root: t.run_as_root,
             checkpointable: t.checkpointable,
+            egress: t.egress.clone(),
         }
     }
 }
@@ -66,6 +69,7 @@ impl From<TemplateLabel> for pb::SandboxTemplate {
             labels: t.labels,
             run_as_root: t.run_as_root,
             checkpointable: t.checkpointable,
+            egress: t.egress,
         }
     }
 }
@@ -148,6 +152,9 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
             )));
         }
     };
+    if let Some(e) = &t.egress {
+        crate::egress::validate(e)?;
+    }
     let r = t.resources.clone().unwrap_or_default();
     let limits = Limits {
         cpu_millis: quantity::cpu_millis(&r.cpu)?,
@@ -264,6 +271,14 @@ mod tests {
     fn template() -> pb::SandboxTemplate {
         let mut t = crate::testkit::template(pb::RuntimeClass::Runsc);
         t.release_policy = pb::ReleasePolicy::Recycle as i32;
+        t.egress = Some(pb::EgressPolicy {
+            default_action: pb::EgressAction::Deny as i32,
+            rules: vec![pb::EgressRule {
+                action: pb::EgressAction::Allow as i32,
+                cidr: "10.0.0.0/8".into(),
+                port: 443,
+            }],
+        });
         if let Some(r) = t.resources.as_mut() {
             r.pids = 64;
         }

@@ -119,6 +119,26 @@ impl Ctr {
         Ok(())
     }
 
+    /// SIGKILL every process of `id`'s task; a task that is gone or
+    /// already stopped is fine.
+    pub async fn kill_all(&self, id: &str) -> Result<()> {
+        let kill = self
+            .client
+            .tasks()
+            .kill(self.req(api::KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: 9,
+                all: true,
+            }))
+            .await;
+        match kill {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) || s.code() == Code::FailedPrecondition => Ok(()),
+            Err(s) => Err(AgentError::containerd("kill task", s)),
+        }
+    }
+
     /// Kill the task (SIGKILL to all its processes), wait for it, delete it,
     /// then delete the container and its snapshot. Missing pieces are fine.
     pub async fn destroy(&self, id: &str) -> Result<()> {
@@ -139,21 +159,7 @@ impl Ctr {
                     exec_id: String::new(),
                 });
                 let wait = tokio::spawn(async move { waiter.wait(wreq).await });
-                let kill = self
-                    .client
-                    .tasks()
-                    .kill(self.req(api::KillRequest {
-                        container_id: id.to_string(),
-                        exec_id: String::new(),
-                        signal: 9,
-                        all: true,
-                    }))
-                    .await;
-                match kill {
-                    Ok(_) => {}
-                    Err(s) if is_not_found(&s) || s.code() == Code::FailedPrecondition => {}
-                    Err(s) => return Err(AgentError::containerd("kill task", s)),
-                }
+                self.kill_all(id).await?;
                 let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
                 // A runsc sandbox restored under a new id keeps the old id
                 // inside, so `runsc kill` finds nothing to signal: kill the

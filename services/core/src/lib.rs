@@ -3,12 +3,14 @@
 //! * [`pool`]: OpenSandbox pool sizing (`bufferMin/bufferMax/poolMin/poolMax`)
 //!   and O(1) warm-sandbox choice spread across nodes.
 //! * [`claim`]: the claim state machine and TTL.
+//! * [`egress`]: egress policies (what a sandbox may connect to).
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 //! * [`page`]: paging of ordered lists (ListClaims).
 
 pub mod batch;
 pub mod claim;
+pub mod egress;
 pub mod node_sync;
 pub mod page;
 pub mod pool;
@@ -153,6 +155,9 @@ pub struct Template {
     /// runsc without a network, so it can be checkpointed, restored, forked.
     #[serde(default)]
     pub checkpointable: bool,
+    /// The pool's egress policy; `None`: everything allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<egress::EgressPolicy>,
 }
 
 #[cfg(test)]

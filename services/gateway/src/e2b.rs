@@ -97,6 +97,10 @@ struct NewSandbox {
     metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     env_vars: Option<BTreeMap<String, String>>,
+    #[serde(rename = "allow_internet_access", default)]
+    allow_internet_access: Option<bool>,
+    #[serde(default)]
+    network: Option<Value>,
 }
 
 async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
@@ -195,12 +199,14 @@ pub fn parse_create(
         Some(i) => i.to_string(),
         None => String::new(),
     };
+    let egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
     let claim = pb::ClaimRequest {
         pool,
         ttl_seconds: timeout,
         metadata: metadata.into_iter().collect(),
         mounts,
         image,
+        egress,
         ..Default::default()
     };
     Ok((claim, req.env_vars.unwrap_or_default()))

@@ -5,6 +5,7 @@
 pub mod auth;
 mod calls;
 pub mod e2b;
+pub mod egress;
 pub mod error;
 pub mod extract;
 pub mod limit;

@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the whole platform on this machine: containerd, node agent, scheduler, gateway.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Kubernetes mode: the controllers and the CRD-backed scheduler.
     Controller(cluster::ControllerArgs),
     /// Kubernetes mode: the REST gateway (OpenSandbox + E2B APIs) in front of a scheduler.
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => {
             let _t = sandpool_telemetry::init("sandpool")?;
-            serve::serve(a, cli.service_token).await
+            serve::serve(*a, cli.service_token).await
         }
         Cmd::Controller(a) => {
             let _t =

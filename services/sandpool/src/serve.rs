@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// output) is truncated; the log is removed with the sandbox.
     #[arg(long, default_value_t = sandpool_node_agent::agent::DEFAULT_LOG_CAP_BYTES)]
     sandbox_log_cap_bytes: u64,
+    /// Most one sandbox may write to its root file system (Kubernetes
+    /// quantity); a sandbox over it is stopped and reported FAILED
+    /// (`DiskLimitExceeded`), as the kubelet evicts a pod over its
+    /// ephemeral-storage limit.
+    #[arg(long, default_value = "4Gi")]
+    sandbox_disk_limit: String,
     /// Where built images are cached (default: under the data dir).
     #[arg(long, env = "SANDPOOL_IMAGE_CACHE")]
     image_cache: Option<PathBuf>,
@@ -326,6 +332,11 @@ async fn start_node_agent(
         pids: a.max_sandbox_pids,
     };
     cfg.log_cap_bytes = a.sandbox_log_cap_bytes;
+    cfg.disk_limit_bytes =
+        quantity::memory_bytes(&a.sandbox_disk_limit).context("--sandbox-disk-limit")?;
+    if cfg.disk_limit_bytes == 0 {
+        anyhow::bail!("--sandbox-disk-limit must be above 0 (sandboxes are never unlimited)");
+    }
     if let Some(c) = &a.image_cache {
         cfg.image_cache = c.clone();
     }

@@ -55,6 +55,8 @@ struct CreateRequest {
     snapshot_id: Option<String>,
     #[serde(default)]
     volumes: Option<Vec<Value>>,
+    #[serde(default)]
+    network_policy: Option<Value>,
 }
 
 fn parse_timeout(v: &Option<Value>) -> Result<u64> {
@@ -126,6 +128,11 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     {
         return Err(ApiError::Invalid("env and volumes cannot change on a restore from snapshotId (the processes keep theirs)".into()));
     }
+    if req.network_policy.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::Invalid(
+            "networkPolicy cannot be set on a restore from snapshotId (a snapshot's sandbox has no network)".into(),
+        ));
+    }
     let metadata = req.metadata.unwrap_or_default();
     check_keys(metadata.keys())?;
     Ok(pb::RestoreCheckpointRequest {
@@ -139,6 +146,7 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
 /// A create body without a `snapshotId`.
 fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
     let ttl = parse_timeout(&req.timeout)?;
+    let egress = crate::egress::from_opensandbox(req.network_policy.as_ref())?;
     let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(p)) if !p.is_empty() => p.clone(),
@@ -197,6 +205,7 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
         template,
         mounts: Vec::new(),
         image: String::new(),
+        egress,
     })
 }
 

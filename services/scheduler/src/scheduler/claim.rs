@@ -9,8 +9,8 @@ use sandpool_core::{
 use sandpool_proto::v1 as pb;
 
 use super::{
-    Busy, ClaimRec, Claiming, SandboxRef, Scheduler, State, expiry_ms, new_sandbox_id, node_err,
-    now_ms, template_from_pb,
+    Busy, ClaimRec, Claiming, SandboxRef, Scheduler, State, egress_from_pb, expiry_ms,
+    new_sandbox_id, node_err, now_ms, template_from_pb,
 };
 use crate::{
     error::{Result, SchedError},
@@ -132,6 +132,9 @@ impl Scheduler {
     }
 
     pub(super) async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
+        if let Some(e) = &req.egress {
+            egress_from_pb(e)?; // refused before a sandbox is taken
+        }
         let (claim_id, _claiming) = match self.begin_claim(&req)? {
             Begin::Existing(c) => return Ok(*c), // idempotent retry
             Begin::New(id, claiming) => (id, claiming),
@@ -181,7 +184,8 @@ impl Scheduler {
         };
         reservation.record(&claim_id);
         let started = async {
-            self.inject_and_persist(&node, &rec, process).await?;
+            self.inject_and_persist(&node, &rec, process, req.egress.clone())
+                .await?;
             self.mount_volumes(&node, &rec.sandbox.id, &req.mounts)
                 .await
         };
@@ -330,9 +334,10 @@ impl Scheduler {
         node: &str,
         rec: &ClaimRec,
         process: pb::InjectRequest,
+        egress: Option<pb::EgressPolicy>,
     ) -> Result<()> {
         let inject = async {
-            if process.argv.is_empty() {
+            if process.argv.is_empty() && egress.is_none() {
                 return Ok(());
             }
             let n = self.node(node)?;
@@ -340,7 +345,8 @@ impl Scheduler {
             tracing::Instrument::instrument(
                 n.client.clone().inject(traced(pb::NodeInjectRequest {
                     sandbox_id: rec.sandbox.id.clone(),
-                    process: Some(process),
+                    process: Some(process).filter(|p| !p.argv.is_empty()),
+                    egress,
                 })),
                 span,
             )

@@ -13,7 +13,8 @@ mod refill;
 
 pub use checkpoints::MAX_RESTORE;
 pub use records::{
-    ClaimRec, PoolRec, SandboxRef, expiry_ms, now_ms, template_from_pb, template_to_pb,
+    ClaimRec, PoolRec, SandboxRef, egress_from_pb, expiry_ms, now_ms, template_from_pb,
+    template_to_pb,
 };
 
 use std::{

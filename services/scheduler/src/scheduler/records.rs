@@ -2,7 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use sandpool_core::{ReleasePolicy, RuntimeClass, Template, claim::ClaimState, pool::CapacitySpec};
+use sandpool_core::{
+    ReleasePolicy, RuntimeClass, Template,
+    claim::ClaimState,
+    egress::{EgressAction, EgressPolicy, EgressRule},
+    pool::CapacitySpec,
+};
 use sandpool_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +98,55 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
         labels: Default::default(),
         run_as_root: t.run_as_root,
         checkpointable: t.checkpointable,
+        egress: t.egress.as_ref().map(egress_to_pb),
     }
+}
+
+fn action_to_pb(a: EgressAction) -> i32 {
+    match a {
+        EgressAction::Allow => pb::EgressAction::Allow as i32,
+        EgressAction::Deny => pb::EgressAction::Deny as i32,
+    }
+}
+
+pub fn egress_to_pb(e: &EgressPolicy) -> pb::EgressPolicy {
+    pb::EgressPolicy {
+        default_action: action_to_pb(e.default_action),
+        rules: e
+            .rules
+            .iter()
+            .map(|r| pb::EgressRule {
+                action: action_to_pb(r.action),
+                cidr: r.cidr.clone(),
+                port: u32::from(r.port),
+            })
+            .collect(),
+    }
+}
+
+/// A gRPC egress policy, checked (actions, addresses, ports, size).
+pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy> {
+    let action = |a: i32| match pb::EgressAction::try_from(a) {
+        Ok(pb::EgressAction::Deny) => Ok(EgressAction::Deny),
+        Ok(_) => Ok(EgressAction::Allow),
+        Err(_) => Err(SchedError::Invalid(format!("unknown egress action {a}"))),
+    };
+    let mut rules = Vec::with_capacity(e.rules.len());
+    for (i, r) in e.rules.iter().enumerate() {
+        rules.push(EgressRule {
+            action: action(r.action)?,
+            cidr: r.cidr.clone(),
+            port: u16::try_from(r.port).map_err(|_| {
+                SchedError::Invalid(format!("egress rule {i}: port {} is above 65535", r.port))
+            })?,
+        });
+    }
+    let p = EgressPolicy {
+        default_action: action(e.default_action)?,
+        rules,
+    };
+    p.validate().map_err(SchedError::Invalid)?;
+    Ok(p)
 }
 
 pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
@@ -127,6 +180,7 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
         },
         run_as_root: t.run_as_root,
         checkpointable: t.checkpointable,
+        egress: t.egress.as_ref().map(egress_from_pb).transpose()?,
     })
 }
 

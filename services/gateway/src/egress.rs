@@ -1,0 +1,270 @@
+//! Egress policies from the SDKs' create bodies (pure): OpenSandbox
+//! `networkPolicy` and E2B `allow_internet_access` / `network`, as the
+//! policy the node agent enforces. Destinations are IP addresses and CIDRs;
+//! a domain name is refused with a 400 naming the rule (sandpool has no DNS
+//! proxy to enforce it with), as is any network option it does not enforce.
+
+use sandpool_core::egress::parse_cidr;
+use sandpool_proto::v1 as pb;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn rule(field: &str, action: pb::EgressAction, target: &Value) -> Result<pb::EgressRule> {
+    let t = target
+        .as_str()
+        .ok_or_else(|| ApiError::Invalid(format!("{field} must be a string, got {target}")))?;
+    parse_cidr(t).map_err(|e| {
+        ApiError::Invalid(format!(
+            "{field}: {e}; only IP addresses and CIDRs are enforced (domain rules are not supported)"
+        ))
+    })?;
+    Ok(pb::EgressRule {
+        action: action as i32,
+        cidr: t.trim().to_string(),
+        port: 0,
+    })
+}
+
+fn action(field: &str, v: Option<&Value>, absent: pb::EgressAction) -> Result<pb::EgressAction> {
+    match v {
+        None | Some(Value::Null) => Ok(absent),
+        Some(Value::String(s)) if s == "allow" => Ok(pb::EgressAction::Allow),
+        Some(Value::String(s)) if s == "deny" => Ok(pb::EgressAction::Deny),
+        Some(other) => Err(ApiError::Invalid(format!(
+            "{field} must be \"allow\" or \"deny\", got {other}"
+        ))),
+    }
+}
+
+/// OpenSandbox `networkPolicy`: absent or `null` → the pool's policy
+/// (`None`); `{}` → everything allowed; otherwise `egress` rules in order
+/// and `defaultAction` (upstream's default when omitted: deny).
+pub fn from_opensandbox(v: Option<&Value>) -> Result<Option<pb::EgressPolicy>> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "networkPolicy must be an object, got {other}"
+            )));
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "defaultAction" && *k != "egress") {
+        return Err(ApiError::Invalid(format!(
+            "networkPolicy.{k} is not supported (defaultAction and egress are)"
+        )));
+    }
+    if obj.is_empty() {
+        return Ok(Some(pb::EgressPolicy::default()));
+    }
+    let default = action(
+        "networkPolicy.defaultAction",
+        obj.get("defaultAction"),
+        pb::EgressAction::Deny,
+    )?;
+    let rules = match obj.get("egress") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let field = format!("networkPolicy.egress[{i}]");
+                let act = action(
+                    &format!("{field}.action"),
+                    r.get("action"),
+                    pb::EgressAction::Unspecified,
+                )?;
+                if act == pb::EgressAction::Unspecified {
+                    return Err(ApiError::Invalid(format!("{field}.action is required")));
+                }
+                rule(
+                    &format!("{field}.target"),
+                    act,
+                    r.get("target").unwrap_or(&Value::Null),
+                )
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "networkPolicy.egress must be a list, got {other}"
+            )));
+        }
+    };
+    Ok(Some(pb::EgressPolicy {
+        default_action: default as i32,
+        rules,
+    }))
+}
+
+fn list<'a>(field: &str, v: Option<&'a Value>) -> Result<&'a [Value]> {
+    match v {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(ApiError::Invalid(format!(
+            "{field} must be a list, got {other}"
+        ))),
+    }
+}
+
+/// E2B `allow_internet_access` and `network` (`allowOut` before `denyOut`,
+/// as upstream: an allowed address wins over a denied range;
+/// `allow_internet_access: false` denies everything else). Nothing set →
+/// the pool's policy (`None`).
+pub fn from_e2b(
+    allow_internet: Option<bool>,
+    network: Option<&Value>,
+) -> Result<Option<pb::EgressPolicy>> {
+    let net = match network {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "network must be an object, got {other}"
+            )));
+        }
+    };
+    if let Some(o) = net {
+        for (k, v) in o {
+            let unset = v.is_null()
+                || (k == "allowPublicTraffic" && v == &Value::Bool(true))
+                || v.as_array().is_some_and(Vec::is_empty)
+                || v.as_object().is_some_and(serde_json::Map::is_empty);
+            if !matches!(k.as_str(), "allowOut" | "denyOut") && !unset {
+                return Err(ApiError::Unsupported(format!(
+                    "network.{k} (allowOut and denyOut with IP addresses and CIDRs are supported)"
+                )));
+            }
+        }
+    }
+    let allow = list("network.allowOut", net.and_then(|o| o.get("allowOut")))?;
+    let deny = list("network.denyOut", net.and_then(|o| o.get("denyOut")))?;
+    if allow_internet != Some(false) && allow.is_empty() && deny.is_empty() {
+        return Ok(None);
+    }
+    let mut rules = Vec::with_capacity(allow.len() + deny.len());
+    for (i, t) in allow.iter().enumerate() {
+        rules.push(rule(
+            &format!("network.allowOut[{i}]"),
+            pb::EgressAction::Allow,
+            t,
+        )?);
+    }
+    for (i, t) in deny.iter().enumerate() {
+        rules.push(rule(
+            &format!("network.denyOut[{i}]"),
+            pb::EgressAction::Deny,
+            t,
+        )?);
+    }
+    let default = if allow_internet == Some(false) {
+        pb::EgressAction::Deny
+    } else {
+        pb::EgressAction::Allow
+    };
+    Ok(Some(pb::EgressPolicy {
+        default_action: default as i32,
+        rules,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn rules(p: &pb::EgressPolicy) -> Vec<(i32, &str)> {
+        p.rules
+            .iter()
+            .map(|r| (r.action, r.cidr.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn opensandbox_network_policies() {
+        const ALLOW: i32 = pb::EgressAction::Allow as i32;
+        const DENY: i32 = pb::EgressAction::Deny as i32;
+        assert_eq!(from_opensandbox(None).expect("absent"), None);
+        assert_eq!(from_opensandbox(Some(&Value::Null)).expect("null"), None);
+        let all = from_opensandbox(Some(&json!({})))
+            .expect("{}")
+            .expect("some");
+        assert_eq!(
+            (all.default_action, all.rules.len()),
+            (0, 0),
+            "{{}}: allow all"
+        );
+        let p = from_opensandbox(Some(&json!({"egress": [
+            {"action": "allow", "target": "10.1.0.0/16"},
+            {"action": "deny", "target": "10.1.2.3"},
+        ]})))
+        .expect("ok")
+        .expect("some");
+        assert_eq!(p.default_action, DENY, "upstream's default when omitted");
+        assert_eq!(rules(&p), [(ALLOW, "10.1.0.0/16"), (DENY, "10.1.2.3")]);
+        for (bad, names) in [
+            (
+                json!({"egress": [{"action": "allow", "target": "pypi.org"}]}),
+                "networkPolicy.egress[0].target",
+            ),
+            (
+                json!({"egress": [{"target": "10.0.0.1"}]}),
+                "networkPolicy.egress[0].action",
+            ),
+            (
+                json!({"defaultAction": "block"}),
+                "networkPolicy.defaultAction",
+            ),
+            (json!({"ingress": []}), "networkPolicy.ingress"),
+            (json!([]), "networkPolicy"),
+        ] {
+            let e = from_opensandbox(Some(&bad)).expect_err("bad");
+            assert!(e.to_string().contains(names), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn e2b_network_options() {
+        assert_eq!(from_e2b(None, None).expect("none"), None);
+        assert_eq!(
+            from_e2b(Some(true), Some(&json!({"allowPublicTraffic": true}))).expect("ok"),
+            None
+        );
+        let off = from_e2b(Some(false), None).expect("ok").expect("some");
+        assert_eq!(
+            (off.default_action, off.rules.len()),
+            (pb::EgressAction::Deny as i32, 0)
+        );
+        let p = from_e2b(
+            None,
+            Some(&json!({"allowOut": ["10.1.2.3"], "denyOut": ["0.0.0.0/0"]})),
+        )
+        .expect("ok")
+        .expect("some");
+        assert_eq!(
+            rules(&p),
+            [
+                (pb::EgressAction::Allow as i32, "10.1.2.3"),
+                (pb::EgressAction::Deny as i32, "0.0.0.0/0")
+            ]
+        );
+        for (bad, names) in [
+            (
+                json!({"allowOut": ["api.example.com"]}),
+                "network.allowOut[0]",
+            ),
+            (json!({"dnsServers": ["1.1.1.1"]}), "network.dnsServers"),
+            (
+                json!({"allowPublicTraffic": false}),
+                "network.allowPublicTraffic",
+            ),
+            (json!({"denyOut": "0.0.0.0/0"}), "network.denyOut"),
+        ] {
+            let e = from_e2b(None, Some(&bad)).expect_err("bad");
+            assert!(e.to_string().contains(names), "{bad}: {e}");
+        }
+    }
+}
