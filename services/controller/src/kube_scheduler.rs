@@ -56,6 +56,19 @@ fn kube_status(e: kube::Error) -> Status {
     }
 }
 
+/// `what` ("pause is", ...) not supported on Kubernetes pool pods (yet).
+fn not_in_kubernetes_mode(what: &str) -> Status {
+    Status::unimplemented(format!("{what} not supported in Kubernetes mode yet"))
+}
+
+/// `name` read through `api`, Kubernetes errors as gRPC statuses.
+async fn fetch<K>(api: &Api<K>, name: &str) -> Result<K, Status>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name).await.map_err(kube_status)
+}
+
 fn ms(t: &Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -279,7 +292,7 @@ impl KubeScheduler {
     }
 
     async fn get_claim_batch(&self, id: &str) -> Result<BatchSandbox, Status> {
-        let b = self.batches().get(id).await.map_err(kube_status)?;
+        let b = fetch(&self.batches(), id).await?;
         if b.labels().get(CLAIM_LABEL).map(String::as_str) != Some("true") {
             return Err(Status::not_found(format!("claim {id} not found")));
         }
@@ -290,7 +303,7 @@ impl KubeScheduler {
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
         let deadline = Instant::now() + timeout;
         loop {
-            let b = self.batches().get(id).await.map_err(kube_status)?;
+            let b = fetch(&self.batches(), id).await?;
             if let Some(p) = self.pod_of(&b).await?
                 && pods::is_ready(&p)
             {
@@ -352,11 +365,7 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn get_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::Pool>, Status> {
-        let p = self
-            .pools()
-            .get(&req.into_inner().name)
-            .await
-            .map_err(kube_status)?;
+        let p = fetch(&self.pools(), &req.into_inner().name).await?;
         Ok(Response::new(pool_to_pb(&p)))
     }
 
@@ -543,33 +552,25 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented(
-            "pause is not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("pause is"))
     }
 
     async fn resume_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented(
-            "resume is not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("resume is"))
     }
 
     async fn checkpoint_claim(
         &self,
         _: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented(
-            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
     }
 
     async fn restore_checkpoint(
         &self,
         _: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
     }
 
     async fn list_checkpoints(
@@ -647,11 +648,7 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn get_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::Batch>, Status> {
-        let b = self
-            .batches()
-            .get(&req.into_inner().name)
-            .await
-            .map_err(kube_status)?;
+        let b = fetch(&self.batches(), &req.into_inner().name).await?;
         Ok(Response::new(batch_to_pb(&b)))
     }
 

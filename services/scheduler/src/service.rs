@@ -46,6 +46,22 @@ impl SchedulerService {
         .await
     }
 
+    /// [`Self::detached`], answered with the empty reply `Done`.
+    async fn done<Req, Done, E, Fut>(
+        &self,
+        span: Span,
+        req: Request<Req>,
+        work: impl FnOnce(Arc<Scheduler>, Req) -> Fut,
+    ) -> Result<Response<Done>, Status>
+    where
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Done: Default,
+        E: Into<Status> + Send + 'static,
+    {
+        self.detached(span, req, work).await?;
+        Ok(Response::new(Done::default()))
+    }
+
     /// `change(scheduler, claim id)` detached, answered with the claim.
     async fn change_claim<Fut>(
         &self,
@@ -188,11 +204,10 @@ impl scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::PoolRef>,
     ) -> Result<Response<pb::DeletePoolResponse>, Status> {
-        self.detached(Span::none(), req, |s, r| async move {
+        self.done(Span::none(), req, |s, r| async move {
             s.delete_pool(&r.name).await
         })
-        .await?;
-        Ok(Response::new(pb::DeletePoolResponse {}))
+        .await
     }
 
     async fn create_claim(
@@ -308,11 +323,10 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ClaimRef>,
     ) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
-        self.detached(span, req, |s, r| async move {
+        self.done(span, req, |s, r| async move {
             s.release(&r.claim_id, ClaimEvent::Release).await
         })
-        .await?;
-        Ok(Response::new(pb::ReleaseClaimResponse {}))
+        .await
     }
 
     async fn create_batch(
@@ -355,10 +369,9 @@ impl scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::BatchRef>,
     ) -> Result<Response<pb::DeleteBatchResponse>, Status> {
-        self.detached(Span::none(), req, |s, r| async move {
+        self.done(Span::none(), req, |s, r| async move {
             s.delete_batch(&r.name).await
         })
-        .await?;
-        Ok(Response::new(pb::DeleteBatchResponse {}))
+        .await
     }
 }
