@@ -291,10 +291,7 @@ async fn warm_platform(
 fn claim_req(pool: &str, argv: &[&str]) -> pb::ClaimRequest {
     pb::ClaimRequest {
         pool: pool.into(),
-        process: Some(pb::InjectRequest {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            ..Default::default()
-        }),
+        process: Some(support::task(argv, &[])),
         ..Default::default()
     }
 }
@@ -454,11 +451,7 @@ async fn after_a_node_restart_the_books_follow_what_it_runs() {
 #[tokio::test]
 async fn a_batch_runs_each_shard_with_its_patch() {
     let (node, s, _store) = warm_platform("b", 2, 2, 6).await;
-    let task = pb::InjectRequest {
-        argv: vec!["run".into()],
-        env: HashMap::from([("A".to_string(), "1".to_string())]),
-        ..Default::default()
-    };
+    let task = support::task(&["run"], &[("A", "1")]);
     let patches = [
         r#"{"env": {"SHARD": "0"}}"#,
         r#"{"argv": ["run", "--shard", "1"], "cwd": "/work"}"#,

@@ -201,19 +201,10 @@ async fn batch_with_shard_patches_and_task_counts() {
     let Some((node, s, _store)) = warm_platform(12, "b", 3, 3, 10).await else {
         return;
     };
-    let task = pb::InjectRequest {
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo $SHARD > /tmp/shard; exit $CODE".into(),
-        ],
-        env: [
-            ("CODE".to_string(), "0".to_string()),
-            ("SHARD".to_string(), "template".to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
+    let task = support::task(
+        &["sh", "-c", "echo $SHARD > /tmp/shard; exit $CODE"],
+        &[("CODE", "0"), ("SHARD", "template")],
+    );
     let patches = [
         r#"{"env":{"SHARD":"s0"}}"#,
         r#"{"env":{"SHARD":"s1","CODE":"3"}}"#,

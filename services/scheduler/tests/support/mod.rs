@@ -25,6 +25,18 @@ pub fn pool(name: &str, command: &[&str], bmin: u32, bmax: u32, pmax: u32) -> Po
     }
 }
 
+/// A task running `argv` with `env`.
+pub fn task(argv: &[&str], env: &[(&str, &str)]) -> pb::InjectRequest {
+    pb::InjectRequest {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// The batch `job`: three shards of `task` in `pool` (no TTL), with these
 /// shard task patches.
 pub fn job(pool: &str, task: pb::InjectRequest, patches: &[&str]) -> pb::BatchRequest {
