@@ -69,6 +69,15 @@ where
     api.get(name).await.map_err(kube_status)
 }
 
+/// The objects `params` select through `api`, Kubernetes errors as gRPC
+/// statuses.
+async fn list<K>(api: &Api<K>, params: &ListParams) -> Result<Vec<K>, Status>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.list(params).await.map_err(kube_status)?.items)
+}
+
 fn ms(t: &Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -373,14 +382,12 @@ impl Scheduler for KubeScheduler {
         &self,
         _: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        let pools = self
-            .pools()
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_status)?;
-        Ok(Response::new(pb::ListPoolsResponse {
-            pools: pools.items.iter().map(pool_to_pb).collect(),
-        }))
+        let pools = list(&self.pools(), &ListParams::default())
+            .await?
+            .iter()
+            .map(pool_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
     async fn delete_pool(
@@ -507,12 +514,7 @@ impl Scheduler for KubeScheduler {
         if !r.pool.is_empty() {
             sel.push_str(&format!(",{CLAIM_POOL_LABEL}={}", r.pool));
         }
-        let mut items = self
-            .batches()
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(kube_status)?
-            .items;
+        let mut items = list(&self.batches(), &ListParams::default().labels(&sel)).await?;
         items.sort_by(|a, b| {
             a.metadata
                 .creation_timestamp

@@ -273,13 +273,12 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
         let span = tracing::info_span!("scheduler.checkpoint");
-        let info = self
-            .detached(span, req, |s, r| async move {
-                s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)
-                    .await
-            })
-            .await?;
-        Ok(Response::new(info))
+        self.detached(span, req, |s, r| async move {
+            s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)
+                .await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn restore_checkpoint(
