@@ -100,12 +100,12 @@ pub fn namespace_of<K: ResourceExt>(obj: &K) -> Result<String> {
         .ok_or_else(|| Error::invalid("object", &obj.name_any(), "it has no namespace"))
 }
 
-/// Reconcile `obj` under the finalizer `finalizer`: `reconcile` gets the
+/// Reconcile `obj` under the finalizer `name`: `reconcile` gets the
 /// event (apply while the object lives, cleanup once it is being deleted)
 /// and the object's namespace.
 pub async fn finalized<K>(
     ctx: &Context,
-    finalizer: &str,
+    name: &str,
     obj: Arc<K>,
     reconcile: impl AsyncFnOnce(finalizer::Event<K>, &str) -> Result<Action>,
 ) -> Result<Action>
@@ -119,7 +119,7 @@ where
 {
     let ns = namespace_of(obj.as_ref())?;
     let api: Api<K> = ctx.api(&ns);
-    finalizer::finalizer(&api, finalizer, obj, |ev| reconcile(ev, &ns))
+    finalizer(&api, name, obj, |ev| reconcile(ev, &ns))
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))
 }
