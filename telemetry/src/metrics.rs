@@ -40,6 +40,13 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
 }
 
+/// Register each listed metric of `m` in `registry` under its name and help text.
+macro_rules! register {
+    ($registry:ident, $m:ident, $($field:ident: $name:literal, $help:literal;)*) => {
+        $($registry.register($name, $help, $m.$field.clone());)*
+    };
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("sandpool");
     let m = Metrics {
@@ -52,36 +59,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         http_requests: Family::default(),
         registry: Registry::default(),
     };
-    registry.register(
-        "claim_duration_seconds",
-        "Time from a claim request to a ready sandbox",
-        m.claim_seconds.clone(),
-    );
-    registry.register(
-        "pool_sandboxes",
-        "Sandboxes of a pool by state",
-        m.pool_sandboxes.clone(),
-    );
-    registry.register(
-        "pool_refills",
-        "Sandboxes created to refill a pool",
-        m.pool_refills.clone(),
-    );
-    registry.register(
-        "exec_duration_seconds",
-        "Command start latency through the gateway (request to response head)",
-        m.exec_seconds.clone(),
-    );
-    registry.register("errors", "Errors by service and kind", m.errors.clone());
-    registry.register(
-        "reconciles",
-        "Kubernetes controller reconciles by result",
-        m.reconciles.clone(),
-    );
-    registry.register(
-        "http_requests",
-        "HTTP requests by service and status class",
-        m.http_requests.clone(),
+    register!(registry, m,
+        claim_seconds: "claim_duration_seconds", "Time from a claim request to a ready sandbox";
+        pool_sandboxes: "pool_sandboxes", "Sandboxes of a pool by state";
+        pool_refills: "pool_refills", "Sandboxes created to refill a pool";
+        exec_seconds: "exec_duration_seconds",
+            "Command start latency through the gateway (request to response head)";
+        errors: "errors", "Errors by service and kind";
+        reconciles: "reconciles", "Kubernetes controller reconciles by result";
+        http_requests: "http_requests", "HTTP requests by service and status class";
     );
     Metrics { registry, ..m }
 });
@@ -99,14 +85,29 @@ pub fn render() -> String {
     out
 }
 
-pub fn observe_claim(pool: &str, outcome: &'static str, took: Duration) {
-    get()
-        .claim_seconds
-        .get_or_create(&vec![
-            ("pool", pool.to_string()),
-            ("outcome", outcome.to_string()),
-        ])
+/// The label set `pairs` (names with their values).
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// Add `n` to the counter of `family` labelled `pairs`.
+fn count(family: &Family<Labels, Counter>, pairs: &[(&'static str, &str)], n: u64) {
+    family.get_or_create(&labels(pairs)).inc_by(n);
+}
+
+/// Record `took` in the histogram of `family` labelled `pairs`.
+fn observe(family: &HistogramFamily, pairs: &[(&'static str, &str)], took: Duration) {
+    family
+        .get_or_create(&labels(pairs))
         .observe(took.as_secs_f64());
+}
+
+pub fn observe_claim(pool: &str, outcome: &'static str, took: Duration) {
+    observe(
+        &get().claim_seconds,
+        &[("pool", pool), ("outcome", outcome)],
+        took,
+    );
 }
 
 pub fn set_pool(pool: &str, total: u32, allocated: u32, available: u32) {
@@ -117,54 +118,38 @@ pub fn set_pool(pool: &str, total: u32, allocated: u32, available: u32) {
     ] {
         get()
             .pool_sandboxes
-            .get_or_create(&vec![
-                ("pool", pool.to_string()),
-                ("state", state.to_string()),
-            ])
+            .get_or_create(&labels(&[("pool", pool), ("state", state)]))
             .set(i64::from(v));
     }
 }
 
 pub fn refilled(pool: &str, n: u64) {
-    get()
-        .pool_refills
-        .get_or_create(&vec![("pool", pool.to_string())])
-        .inc_by(n);
+    count(&get().pool_refills, &[("pool", pool)], n);
 }
 
 pub fn observe_exec(api: &'static str, took: Duration) {
-    get()
-        .exec_seconds
-        .get_or_create(&vec![("api", api.to_string())])
-        .observe(took.as_secs_f64());
+    observe(&get().exec_seconds, &[("api", api)], took);
 }
 
 pub fn error(service: &'static str, kind: &str) {
-    get()
-        .errors
-        .get_or_create(&vec![
-            ("service", service.to_string()),
-            ("kind", kind.to_string()),
-        ])
-        .inc();
+    count(&get().errors, &[("service", service), ("kind", kind)], 1);
 }
 
 pub fn reconciled(controller: &'static str, result: &str) {
-    get()
-        .reconciles
-        .get_or_create(&vec![
-            ("controller", controller.to_string()),
-            ("result", result.to_string()),
-        ])
-        .inc();
+    count(
+        &get().reconciles,
+        &[("controller", controller), ("result", result)],
+        1,
+    );
 }
 
 pub fn http_request(service: &'static str, status: u16) {
     let class = format!("{}xx", status / 100);
-    get()
-        .http_requests
-        .get_or_create(&vec![("service", service.to_string()), ("code", class)])
-        .inc();
+    count(
+        &get().http_requests,
+        &[("service", service), ("code", &class)],
+        1,
+    );
 }
 
 /// The `/metrics` response (content type of the text format).

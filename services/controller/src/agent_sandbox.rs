@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::context::{
-    Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until,
+    Context, delete_ignoring_missing, finalized, list_pods, namespace_of, now, patch_status, until,
 };
 use crate::crd::{
     CLAIM_FINALIZER, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
@@ -23,7 +23,7 @@ use crate::crd::{
     SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, TemplateRef, WARM_POOL_LABEL,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
-use crate::pods::{self, controller_ref, runtime_pod, short_hash};
+use crate::pods::{self, controller_ref, short_hash};
 
 const EXT_API: &str = "extensions.agents.x-k8s.io/v1alpha1";
 const CORE_API: &str = "agents.x-k8s.io/v1alpha1";
@@ -97,12 +97,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             };
-            let pod = runtime_pod(
-                &template.spec.pod_template,
-                &ctx.injection,
-                meta,
-                &pods::new_token(),
-            )?;
+            let pod = ctx.runtime_pod(&template.spec.pod_template, meta)?;
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }
@@ -136,20 +131,15 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
 // ------------------------------------------------------------------ claim
 
 pub async fn reconcile_claim(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = namespace_of(claim.as_ref())?;
-    let api: Api<SandboxClaim> = ctx.api(&ns);
-    finalizer::finalizer(&api, CLAIM_FINALIZER, claim, |ev| async {
-        match ev {
-            Finalizer::Apply(c) => apply_claim(&c, &ctx, &ns).await,
-            Finalizer::Cleanup(c) => {
-                // the Sandbox (and through owner references its pod) goes first
-                delete_ignoring_missing(&ctx.api::<Sandbox>(&ns), &c.name_any()).await?;
-                Ok(Action::await_change())
-            }
+    finalized(&ctx, CLAIM_FINALIZER, claim, async |ev, ns| match ev {
+        Finalizer::Apply(c) => apply_claim(&c, &ctx, ns).await,
+        Finalizer::Cleanup(c) => {
+            // the Sandbox (and through owner references its pod) goes first
+            delete_ignoring_missing(&ctx.api::<Sandbox>(ns), &c.name_any()).await?;
+            Ok(Action::await_change())
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 fn condition(
@@ -293,17 +283,7 @@ async fn create_claim_sandbox(
 async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Action> {
     let name = claim.name_any();
     let claims: Api<SandboxClaim> = ctx.api(ns);
-    if let Some(t) = &claim.spec.shutdown_time
-        && t.0 <= now()
-    {
-        ctx.event(
-            claim,
-            false,
-            "Expired",
-            format!("shutdown time {} reached", t.0),
-        )
-        .await;
-        delete_ignoring_missing(&claims, &name).await?;
+    if expired(ctx, &claims, claim, claim.spec.shutdown_time.as_ref()).await? {
         return Ok(Action::await_change());
     }
     let sandboxes: Api<Sandbox> = ctx.api(ns);
@@ -368,15 +348,46 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     if !unchanged {
         patch_status(&claims, &name, serde_json::to_value(&status)?).await?;
     }
+    Ok(requeue(ctx, ready, claim.spec.shutdown_time.as_ref()))
+}
+
+/// Past its shutdown time, `obj` is deleted (with an `Expired` event) and
+/// this is `true`.
+async fn expired<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    shutdown_time: Option<&Time>,
+) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(t) = shutdown_time.filter(|t| t.0 <= now()) else {
+        return Ok(false);
+    };
+    ctx.event(
+        obj,
+        false,
+        "Expired",
+        format!("shutdown time {} reached", t.0),
+    )
+    .await;
+    delete_ignoring_missing(api, &obj.name_any()).await?;
+    Ok(true)
+}
+
+/// When to look again: in five minutes once ready (`ctx.settle` while
+/// not), and at the shutdown time at the latest.
+fn requeue(ctx: &Context, ready: bool, shutdown_time: Option<&Time>) -> Action {
     let mut next = if ready {
         Duration::from_secs(300)
     } else {
         ctx.settle
     };
-    if let Some(t) = &claim.spec.shutdown_time {
+    if let Some(t) = shutdown_time {
         next = next.min(until(t.0).max(Duration::from_millis(100)));
     }
-    Ok(Action::requeue(next))
+    Action::requeue(next)
 }
 
 // ------------------------------------------------------------------ sandbox
@@ -388,17 +399,14 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::await_change());
     }
     let sandboxes: Api<Sandbox> = ctx.api(&ns);
-    if let Some(t) = &sb.spec.shutdown_time
-        && t.0 <= now()
+    if expired(
+        &ctx,
+        &sandboxes,
+        sb.as_ref(),
+        sb.spec.shutdown_time.as_ref(),
+    )
+    .await?
     {
-        ctx.event(
-            sb.as_ref(),
-            false,
-            "Expired",
-            format!("shutdown time {} reached", t.0),
-        )
-        .await;
-        delete_ignoring_missing(&sandboxes, &name).await?;
         return Ok(Action::await_change());
     }
     let pod_api: Api<Pod> = ctx.api(&ns);
@@ -415,12 +423,7 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
                 owner_references: Some(vec![owner]),
                 ..Default::default()
             };
-            let pod = runtime_pod(
-                &sb.spec.pod_template,
-                &ctx.injection,
-                meta,
-                &pods::new_token(),
-            )?;
+            let pod = ctx.runtime_pod(&sb.spec.pod_template, meta)?;
             match pod_api.create(&PostParams::default(), &pod).await {
                 Ok(p) => Some(p),
                 Err(e) if is_already_exists(&e) => None,
@@ -464,13 +467,5 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
     {
         patch_status(&sandboxes, &name, serde_json::to_value(&status)?).await?;
     }
-    let mut next = if ready {
-        Duration::from_secs(300)
-    } else {
-        ctx.settle
-    };
-    if let Some(t) = &sb.spec.shutdown_time {
-        next = next.min(until(t.0).max(Duration::from_millis(100)));
-    }
-    Ok(Action::requeue(next))
+    Ok(requeue(&ctx, ready, sb.spec.shutdown_time.as_ref()))
 }

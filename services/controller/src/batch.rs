@@ -17,33 +17,28 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use serde_json::{Value, json};
 
 use crate::context::{
-    Context, delete_ignoring_missing, list_pods, namespace_of, now, patch_status, until,
+    Context, delete_ignoring_missing, finalized, list_pods, now, patch_status, until,
 };
 use crate::crd::{
     ALLOCATED_TO_LABEL, BATCH_FINALIZER, BATCH_NAME_ANNOTATION, BatchSandbox, BatchSandboxStatus,
     ENDPOINTS_ANNOTATION, POOL_LABEL, Pool, SHARD_ANNOTATION, TASK_ANNOTATION, TaskTemplateSpec,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
-use crate::pods::{self, controller_ref, runtime_pod};
+use crate::pods::{self, controller_ref};
 
 /// How many times one reconcile re-lists the pool after losing races.
 const ALLOCATION_ROUNDS: usize = 3;
 
 pub async fn reconcile(batch: Arc<BatchSandbox>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = namespace_of(batch.as_ref())?;
-    let api: Api<BatchSandbox> = ctx.api(&ns);
-    finalizer::finalizer(&api, BATCH_FINALIZER, batch, |ev| async {
-        match ev {
-            Finalizer::Apply(b) => apply(&b, &ctx, &ns).await,
-            Finalizer::Cleanup(b) => cleanup(&b, &ctx, &ns).await,
-        }
+    finalized(&ctx, BATCH_FINALIZER, batch, async |ev, ns| match ev {
+        Finalizer::Apply(b) => apply(&b, &ctx, ns).await,
+        Finalizer::Cleanup(b) => cleanup(&b, &ctx, ns).await,
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 fn shard_of(pod: &Pod) -> Option<usize> {
@@ -397,7 +392,7 @@ async fn create_from_template(
             owner_references: Some(vec![owner.clone()]),
             ..Default::default()
         };
-        let pod = runtime_pod(template, &ctx.injection, meta, &pods::new_token())?;
+        let pod = ctx.runtime_pod(template, meta)?;
         match pod_api.create(&PostParams::default(), &pod).await {
             Ok(p) => out.push(p),
             Err(e) if is_already_exists(&e) => {} // the watch brings it back

@@ -4,15 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
 use crate::crd::ProcessTask;
 use crate::error::{Error, Result, is_not_found};
-use crate::pods::RuntimeInjection;
+use crate::pods::{self, RuntimeInjection};
 
 /// The runtime operations the controllers need on a pod (its sandpool-runtime
 /// at `<podIP>:44772`). Behind a trait so reconcilers test without pods.
@@ -56,6 +59,12 @@ impl Context {
         }
     }
 
+    /// The runtime pod of `template` named by `meta`, with the runtime
+    /// injected and a fresh token.
+    pub fn runtime_pod(&self, template: &PodTemplateSpec, meta: ObjectMeta) -> Result<Pod> {
+        pods::runtime_pod(template, &self.injection, meta, &pods::new_token())
+    }
+
     pub fn api<K>(&self, ns: &str) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -89,6 +98,30 @@ impl Context {
 pub fn namespace_of<K: ResourceExt>(obj: &K) -> Result<String> {
     obj.namespace()
         .ok_or_else(|| Error::invalid("object", &obj.name_any(), "it has no namespace"))
+}
+
+/// Reconcile `obj` under the finalizer `name`: `reconcile` gets the
+/// event (apply while the object lives, cleanup once it is being deleted)
+/// and the object's namespace.
+pub async fn finalized<K>(
+    ctx: &Context,
+    name: &str,
+    obj: Arc<K>,
+    reconcile: impl AsyncFnOnce(finalizer::Event<K>, &str) -> Result<Action>,
+) -> Result<Action>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let ns = namespace_of(obj.as_ref())?;
+    let api: Api<K> = ctx.api(&ns);
+    finalizer(&api, name, obj, |ev| reconcile(ev, &ns))
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 pub async fn list_pods(api: &Api<Pod>, selector: &str) -> Result<Vec<Pod>> {

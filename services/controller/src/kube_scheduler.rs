@@ -56,14 +56,42 @@ fn kube_status(e: kube::Error) -> Status {
     }
 }
 
+/// `what` ("pause is", ...) not supported on Kubernetes pool pods (yet).
+fn not_in_kubernetes_mode(what: &str) -> Status {
+    Status::unimplemented(format!("{what} not supported in Kubernetes mode yet"))
+}
+
+/// `name` read through `api`, Kubernetes errors as gRPC statuses.
+async fn fetch<K>(api: &Api<K>, name: &str) -> Result<K, Status>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name).await.map_err(kube_status)
+}
+
+/// The objects `params` select through `api`, Kubernetes errors as gRPC
+/// statuses.
+async fn list<K>(api: &Api<K>, params: &ListParams) -> Result<Vec<K>, Status>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.list(params).await.map_err(kube_status)?.items)
+}
+
 fn ms(t: &Timestamp) -> i64 {
     t.as_millisecond()
 }
+
+/// Egress policies are enforced by the standalone node agent only.
+const EGRESS_UNSUPPORTED: &str = "egress policies (OpenSandbox networkPolicy, E2B network options) are not enforced in Kubernetes mode yet: use a Kubernetes NetworkPolicy";
 
 /// A pod template from the proto template (one container).
 pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> {
     if t.image.is_empty() {
         return Err(Status::invalid_argument("template.image is required"));
+    }
+    if t.egress.is_some() {
+        return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
     }
     let mut limits = BTreeMap::new();
     if let Some(r) = &t.resources {
@@ -279,7 +307,7 @@ impl KubeScheduler {
     }
 
     async fn get_claim_batch(&self, id: &str) -> Result<BatchSandbox, Status> {
-        let b = self.batches().get(id).await.map_err(kube_status)?;
+        let b = fetch(&self.batches(), id).await?;
         if b.labels().get(CLAIM_LABEL).map(String::as_str) != Some("true") {
             return Err(Status::not_found(format!("claim {id} not found")));
         }
@@ -290,7 +318,7 @@ impl KubeScheduler {
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
         let deadline = Instant::now() + timeout;
         loop {
-            let b = self.batches().get(id).await.map_err(kube_status)?;
+            let b = fetch(&self.batches(), id).await?;
             if let Some(p) = self.pod_of(&b).await?
                 && pods::is_ready(&p)
             {
@@ -352,11 +380,7 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn get_pool(&self, req: Request<pb::PoolRef>) -> Result<Response<pb::Pool>, Status> {
-        let p = self
-            .pools()
-            .get(&req.into_inner().name)
-            .await
-            .map_err(kube_status)?;
+        let p = fetch(&self.pools(), &req.into_inner().name).await?;
         Ok(Response::new(pool_to_pb(&p)))
     }
 
@@ -364,14 +388,12 @@ impl Scheduler for KubeScheduler {
         &self,
         _: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        let pools = self
-            .pools()
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_status)?;
-        Ok(Response::new(pb::ListPoolsResponse {
-            pools: pools.items.iter().map(pool_to_pb).collect(),
-        }))
+        let pools = list(&self.pools(), &ListParams::default())
+            .await?
+            .iter()
+            .map(pool_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
     async fn delete_pool(
@@ -396,6 +418,9 @@ impl Scheduler for KubeScheduler {
             return Err(Status::unimplemented(
                 "volume mounts are not supported in Kubernetes mode yet",
             ));
+        }
+        if r.egress.is_some() {
+            return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
         }
         let id = if r.claim_id.is_empty() {
             format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
@@ -498,12 +523,7 @@ impl Scheduler for KubeScheduler {
         if !r.pool.is_empty() {
             sel.push_str(&format!(",{CLAIM_POOL_LABEL}={}", r.pool));
         }
-        let mut items = self
-            .batches()
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(kube_status)?
-            .items;
+        let mut items = list(&self.batches(), &ListParams::default().labels(&sel)).await?;
         items.sort_by(|a, b| {
             a.metadata
                 .creation_timestamp
@@ -543,33 +563,25 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented(
-            "pause is not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("pause is"))
     }
 
     async fn resume_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented(
-            "resume is not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("resume is"))
     }
 
     async fn checkpoint_claim(
         &self,
         _: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented(
-            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
     }
 
     async fn restore_checkpoint(
         &self,
         _: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "checkpoints (snapshots) are not supported in Kubernetes mode yet",
-        ))
+        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
     }
 
     async fn list_checkpoints(
@@ -647,11 +659,7 @@ impl Scheduler for KubeScheduler {
     }
 
     async fn get_batch(&self, req: Request<pb::BatchRef>) -> Result<Response<pb::Batch>, Status> {
-        let b = self
-            .batches()
-            .get(&req.into_inner().name)
-            .await
-            .map_err(kube_status)?;
+        let b = fetch(&self.batches(), &req.into_inner().name).await?;
         Ok(Response::new(batch_to_pb(&b)))
     }
 

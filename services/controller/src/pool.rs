@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, patch_status};
 use crate::crd::{ALLOCATED_TO_LABEL, POOL_LABEL, Pool, PoolStatus};
 use crate::error::Result;
-use crate::pods::{self, controller_ref, runtime_pod};
+use crate::pods::{self, controller_ref};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -105,7 +105,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             };
-            let pod = runtime_pod(&template, &ctx.injection, meta, &pods::new_token())?;
+            let pod = ctx.runtime_pod(&template, meta)?;
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }

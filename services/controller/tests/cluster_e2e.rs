@@ -33,6 +33,28 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// Create `obj` through `api`, then wait up to `secs` for `what`: `ready`
+/// on the object as read back.
+async fn create_and_wait<K>(
+    api: &Api<K>,
+    obj: serde_json::Value,
+    what: &str,
+    secs: u64,
+    ready: impl Fn(K) -> bool,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).expect("a valid object");
+    let name = obj.name_any();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+    wait_for(what, secs, || async {
+        api.get(&name).await.ok().is_some_and(&ready)
+    })
+    .await;
+}
+
 /// Apply the CRDs (server-side) and create a namespace of its own.
 async fn fresh_namespace(client: &Client) -> (String, Api<Namespace>) {
     let ns = format!(
@@ -84,44 +106,29 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
     ));
 
     let pools: Api<Pool> = Api::namespaced(client.clone(), &ns);
-    let pool: Pool = serde_json::from_value(json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool",
+    let pool = json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool",
         "metadata": {"name": "e2e"},
         "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}},
-                 "capacitySpec": {"bufferMin": 2, "bufferMax": 2, "poolMin": 2, "poolMax": 4}}}))
-    .expect("pool");
-    pools
-        .create(&PostParams::default(), &pool)
-        .await
-        .expect("create pool");
-    wait_for("2 available pods", 180, || async {
-        pools
-            .get("e2e")
-            .await
-            .ok()
-            .and_then(|p| p.status)
-            .is_some_and(|s| s.available == 2)
+                 "capacitySpec": {"bufferMin": 2, "bufferMax": 2, "poolMin": 2, "poolMax": 4}}});
+    create_and_wait(&pools, pool, "2 available pods", 180, |p: Pool| {
+        p.status.is_some_and(|s| s.available == 2)
     })
     .await;
 
     let batches: Api<BatchSandbox> = Api::namespaced(client.clone(), &ns);
-    let b: BatchSandbox = serde_json::from_value(
-        json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+    let b = json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
         "metadata": {"name": "b"}, "spec": {"replicas": 1, "poolRef": "e2e",
-        "taskTemplate": {"spec": {"process": {"command": ["sh", "-c", "exit 0"]}}}}}),
+        "taskTemplate": {"spec": {"process": {"command": ["sh", "-c", "exit 0"]}}}}});
+    create_and_wait(
+        &batches,
+        b,
+        "the batch's task to succeed",
+        120,
+        |b: BatchSandbox| {
+            b.status
+                .is_some_and(|s| s.allocated == 1 && s.task_succeed == 1)
+        },
     )
-    .expect("batch");
-    batches
-        .create(&PostParams::default(), &b)
-        .await
-        .expect("create batch");
-    wait_for("the batch's task to succeed", 120, || async {
-        batches
-            .get("b")
-            .await
-            .ok()
-            .and_then(|b| b.status)
-            .is_some_and(|s| s.allocated == 1 && s.task_succeed == 1)
-    })
     .await;
     let b = batches.get("b").await.expect("batch");
     let endpoints: Vec<String> =

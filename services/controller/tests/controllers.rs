@@ -138,12 +138,16 @@ fn ready_all(api: &FakeApi, selector: &str) {
     }
 }
 
-/// A pool with `n` ready pods.
-async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
-    api.with_store(|s| s.put(&pools(), pool_obj(name, [n, n, n, n + 2])));
+async fn reconcile_pool(ctx: &Arc<Context>, name: &str) {
     pool::reconcile(get::<Pool>(ctx, name).await, ctx.clone())
         .await
         .expect("pool reconcile");
+}
+
+/// A pool with `n` ready pods.
+async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
+    api.with_store(|s| s.put(&pools(), pool_obj(name, [n, n, n, n + 2])));
+    reconcile_pool(ctx, name).await;
     ready_all(api, &format!("{POOL_LABEL}={name}"));
 }
 
@@ -151,9 +155,7 @@ async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
 async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
     let (api, ctx, _) = setup();
     api.with_store(|s| s.put(&pools(), pool_obj("agent-pool", [2, 3, 2, 5])));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
-        .await
-        .expect("reconcile");
+    reconcile_pool(&ctx, "agent-pool").await;
     let created = pod_names(&api, &format!("{POOL_LABEL}=agent-pool"));
     assert_eq!(created.len(), 2, "buffer filled to the middle of [2,3]");
     let pod = api
@@ -178,9 +180,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
     );
 
     ready_all(&api, &format!("{POOL_LABEL}=agent-pool"));
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
-        .await
-        .expect("reconcile");
+    reconcile_pool(&ctx, "agent-pool").await;
     let status = api
         .with_store(|s| s.get(&pools(), "agent-pool").cloned())
         .expect("pool")["status"]
@@ -201,9 +201,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
             p["metadata"]["labels"][ALLOCATED_TO_LABEL] = json!("someone")
         })
     });
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
-        .await
-        .expect("reconcile");
+    reconcile_pool(&ctx, "agent-pool").await;
     assert_eq!(
         pod_names(&api, &format!("{POOL_LABEL}=agent-pool")).len(),
         3
@@ -220,9 +218,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
             p["status"]["phase"] = json!("Failed")
         })
     });
-    pool::reconcile(get::<Pool>(&ctx, "agent-pool").await, ctx.clone())
-        .await
-        .expect("reconcile");
+    reconcile_pool(&ctx, "agent-pool").await;
     let names = pod_names(&api, &format!("{POOL_LABEL}=agent-pool"));
     assert!(!names.contains(&created[1]), "the failed pod is gone");
     assert_eq!(names.len(), 3);
@@ -232,9 +228,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
 async fn invalid_capacity_is_reported_not_acted_on() {
     let (api, ctx, _) = setup();
     api.with_store(|s| s.put(&pools(), pool_obj("bad", [5, 2, 0, 5])));
-    pool::reconcile(get::<Pool>(&ctx, "bad").await, ctx.clone())
-        .await
-        .expect("reconcile");
+    reconcile_pool(&ctx, "bad").await;
     assert!(pod_names(&api, "").is_empty());
     let ev = api
         .requests()
@@ -455,9 +449,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
         "no used pod is free for the next claim"
     );
     // the pool makes fresh pods in their place
-    pool::reconcile(get::<Pool>(&ctx, "p").await, ctx.clone())
-        .await
-        .expect("pool reconcile");
+    reconcile_pool(&ctx, "p").await;
     let fresh = pod_names(&api, &format!("{POOL_LABEL}=p,!{ALLOCATED_TO_LABEL}"));
     assert_eq!(fresh.len(), 2, "refilled: {fresh:?}");
     assert!(
@@ -594,6 +586,10 @@ async fn reconcile_python_warm_pool(ctx: &Arc<Context>) {
     .expect("wp");
 }
 
+fn claim_obj(api: &FakeApi, name: &str) -> Option<Value> {
+    api.with_store(|s| s.get(&ext("sandboxclaims"), name).cloned())
+}
+
 fn sandbox_obj(api: &FakeApi, name: &str) -> Option<Value> {
     api.with_store(|s| {
         s.get(&cr_path("agents.x-k8s.io", "sandboxes", NS), name)
@@ -659,9 +655,7 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     assert_eq!(sb["status"]["podName"], pod_name.as_str());
     assert_eq!(sb["status"]["conditions"][0]["status"], "True");
     claim().await.expect("claim");
-    let c = api
-        .with_store(|s| s.get(&ext("sandboxclaims"), "warmpool-test").cloned())
-        .expect("claim");
+    let c = claim_obj(&api, "warmpool-test").expect("claim");
     assert_eq!(c["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(c["status"]["conditions"][0]["status"], "True");
     assert_eq!(c["status"]["sandbox"]["name"], "warmpool-test");
@@ -690,15 +684,7 @@ async fn claim_without_warm_pods_starts_a_cold_sandbox() {
     let claim = || reconcile_claim(&ctx, "warmpool-test");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let sb = api
-        .with_store(|s| {
-            s.get(
-                &cr_path("agents.x-k8s.io", "sandboxes", NS),
-                "warmpool-test",
-            )
-            .cloned()
-        })
-        .expect("sandbox");
+    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
     assert!(
         sb["metadata"]["annotations"]
             .get(POD_NAME_ANNOTATION)
@@ -712,15 +698,7 @@ async fn claim_without_warm_pods_starts_a_cold_sandbox() {
         .expect("cold pod named after the sandbox");
     assert_eq!(pod["spec"]["runtimeClassName"], "gvisor");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
-    let sb = api
-        .with_store(|s| {
-            s.get(
-                &cr_path("agents.x-k8s.io", "sandboxes", NS),
-                "warmpool-test",
-            )
-            .cloned()
-        })
-        .expect("sandbox");
+    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
     assert_eq!(sb["status"]["conditions"][0]["status"], "False");
 }
 
@@ -752,9 +730,7 @@ async fn claim_of_an_unknown_template_reports_it() {
     let claim = || reconcile_claim(&ctx, "c");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let c = api
-        .with_store(|s| s.get(&ext("sandboxclaims"), "c").cloned())
-        .expect("claim");
+    let c = claim_obj(&api, "c").expect("claim");
     assert_eq!(c["status"]["conditions"][0]["reason"], "TemplateNotFound");
     assert_eq!(c["status"]["conditions"][0]["status"], "False");
 }
@@ -771,48 +747,34 @@ async fn leader_election_takes_free_or_expired_leases_only() {
         identity: id.into(),
         duration: std::time::Duration::from_secs(15),
     };
-    assert!(
-        leader::try_acquire_or_renew(&leases, &cfg("a"))
+    let acquire = async |id: &str| {
+        leader::try_acquire_or_renew(&leases, &cfg(id))
             .await
-            .expect("a"),
-        "a creates the lease"
-    );
-    assert!(
-        !leader::try_acquire_or_renew(&leases, &cfg("b"))
-            .await
-            .expect("b"),
-        "b waits while a's lease is live"
-    );
-    assert!(
-        leader::try_acquire_or_renew(&leases, &cfg("a"))
-            .await
-            .expect("a"),
-        "a renews"
-    );
+            .expect(id)
+    };
     let path = "/apis/coordination.k8s.io/v1/namespaces/sandpool/leases";
-    api.with_store(|s| {
-        s.mutate(path, "sandpool-controller", |l| {
-            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+    let expire_lease = || {
+        api.with_store(|s| {
+            s.mutate(path, "sandpool-controller", |l| {
+                l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+            })
         })
-    });
-    assert!(
-        leader::try_acquire_or_renew(&leases, &cfg("b"))
-            .await
-            .expect("b"),
-        "b takes the expired lease"
-    );
-    let l = api
-        .with_store(|s| s.get(path, "sandpool-controller").cloned())
-        .expect("lease");
+    };
+    let lease = || {
+        api.with_store(|s| s.get(path, "sandpool-controller").cloned())
+            .expect("lease")
+    };
+    assert!(acquire("a").await, "a creates the lease");
+    assert!(!acquire("b").await, "b waits while a's lease is live");
+    assert!(acquire("a").await, "a renews");
+    expire_lease();
+    assert!(acquire("b").await, "b takes the expired lease");
+    let l = lease();
     assert_eq!(l["spec"]["holderIdentity"], "b");
     assert_eq!(l["spec"]["leaseTransitions"], 1);
 
     // a stale replace (someone wrote in between) loses with 409
-    api.with_store(|s| {
-        s.mutate(path, "sandpool-controller", |l| {
-            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
-        })
-    });
+    expire_lease();
     let racer = Arc::new(Mutex::new(false));
     let r2 = racer.clone();
     api.on_request(Box::new(move |m, p, store| {
@@ -826,15 +788,8 @@ async fn leader_election_takes_free_or_expired_leases_only() {
             });
         }
     }));
-    assert!(
-        !leader::try_acquire_or_renew(&leases, &cfg("a"))
-            .await
-            .expect("a"),
-        "a lost the race to c"
-    );
-    let l = api
-        .with_store(|s| s.get(path, "sandpool-controller").cloned())
-        .expect("lease");
+    assert!(!acquire("a").await, "a lost the race to c");
+    let l = lease();
     assert_eq!(l["spec"]["holderIdentity"], "c");
 }
 

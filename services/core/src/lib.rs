@@ -67,35 +67,31 @@ pub enum ReleasePolicy {
     Recycle,
 }
 
-impl std::str::FromStr for RuntimeClass {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        match s {
-            "runc" => Ok(Self::Runc),
-            "runsc" => Ok(Self::Runsc),
-            other => Err(CoreError::UnknownValue {
-                what: "runtime class",
-                value: other.to_string(),
-                expected: "runc, runsc",
-            }),
+/// `FromStr` for an enum by its stored names; anything else is
+/// [`CoreError::UnknownValue`] naming `what` and the `expected` names.
+macro_rules! from_names {
+    ($t:ty, $what:literal, $expected:literal, $($name:literal => $v:ident),+) => {
+        impl std::str::FromStr for $t {
+            type Err = CoreError;
+            fn from_str(s: &str) -> Result<Self, CoreError> {
+                match s {
+                    $($name => Ok(Self::$v),)+
+                    other => Err(CoreError::UnknownValue {
+                        what: $what,
+                        value: other.to_string(),
+                        expected: $expected,
+                    }),
+                }
+            }
         }
-    }
+    };
 }
 
-impl std::str::FromStr for ReleasePolicy {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        match s {
-            "delete" => Ok(Self::Delete),
-            "recycle" => Ok(Self::Recycle),
-            other => Err(CoreError::UnknownValue {
-                what: "release policy",
-                value: other.to_string(),
-                expected: "delete, recycle",
-            }),
-        }
-    }
-}
+from_names!(RuntimeClass, "runtime class", "runc, runsc", "runc" => Runc, "runsc" => Runsc);
+from_names!(
+    ReleasePolicy, "release policy", "delete, recycle",
+    "delete" => Delete, "recycle" => Recycle
+);
 
 /// Longest DNS label (RFC 1123).
 pub const MAX_NAME_LEN: usize = 63;

@@ -93,18 +93,27 @@ mod tests {
         NodeSandbox { id, pool, state }
     }
 
+    /// The books of a node whose only pool is `p`.
+    fn books_of_p<'a>(
+        warm: &[&'a str],
+        claimed: &[(&'a str, (&'a str, i64))],
+        busy: &[&'a str],
+    ) -> Books<'a> {
+        Books {
+            pools: ["p"].into(),
+            warm: warm.iter().copied().collect(),
+            claimed: claimed.iter().copied().collect(),
+            busy: busy.iter().copied().collect(),
+        }
+    }
+
     #[test]
     fn agrees_means_nothing_to_do() {
         let node = [
             sb("w1", "p", NodeState::Warm),
             sb("c1", "p", NodeState::Claimed),
         ];
-        let books = Books {
-            pools: ["p"].into(),
-            warm: ["w1"].into(),
-            claimed: [("c1", ("claim-1", 5))].into(),
-            busy: HashSet::new(),
-        };
+        let books = books_of_p(&["w1"], &[("c1", ("claim-1", 5))], &[]);
         assert_eq!(plan(&node, &books, 10), Plan::default());
     }
 
@@ -117,12 +126,8 @@ mod tests {
             sb("dead", "p", NodeState::Dead),
             sb("baking", "p", NodeState::Creating),
         ];
-        let books = Books {
-            pools: ["p"].into(),
-            warm: ["w-vanished"].into(),
-            claimed: [("lost", ("claim-lost", 5)), ("fresh", ("claim-fresh", 20))].into(),
-            busy: HashSet::new(),
-        };
+        let claimed = [("lost", ("claim-lost", 5)), ("fresh", ("claim-fresh", 20))];
+        let books = books_of_p(&["w-vanished"], &claimed, &[]);
         let p = plan(&node, &books, 10);
         assert_eq!(p.adopt, [("p".to_string(), "w-new".to_string())]);
         assert_eq!(p.delete, ["dead", "orphan", "w-gone-pool"]);
@@ -139,12 +144,7 @@ mod tests {
             sb("w1", "p", NodeState::Warm),
             sb("r1", "p", NodeState::Claimed),
         ];
-        let books = Books {
-            pools: ["p"].into(),
-            warm: ["x"].into(),
-            claimed: [("c1", ("claim-c1", 1))].into(),
-            busy: ["w1", "r1", "c1", "x"].into(),
-        };
+        let books = books_of_p(&["x"], &[("c1", ("claim-c1", 1))], &["w1", "r1", "c1", "x"]);
         assert_eq!(plan(&node, &books, 10), Plan::default());
     }
 }

@@ -13,6 +13,7 @@ use sandpool_proto::{
     v1::{self as pb, scheduler_server},
 };
 use tonic::{Request, Response, Status};
+use tracing::Span;
 
 use crate::scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb};
 
@@ -23,6 +24,57 @@ pub struct SchedulerService {
 impl SchedulerService {
     pub fn new(s: Arc<Scheduler>) -> Self {
         SchedulerService { s }
+    }
+
+    /// Run `work(scheduler, request)` as its own task (a caller who leaves
+    /// does not cancel it halfway), in `span` (`Span::none()`: in the call's).
+    async fn detached<Req, T, E, Fut>(
+        &self,
+        span: Span,
+        req: Request<Req>,
+        work: impl FnOnce(Arc<Scheduler>, Req) -> Fut,
+    ) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Into<Status> + Send + 'static,
+    {
+        detached(tracing::Instrument::instrument(
+            work(Arc::clone(&self.s), req.into_inner()),
+            span,
+        ))
+        .await
+    }
+
+    /// [`Self::detached`], answered with the empty reply `Done`.
+    async fn done<Req, Done, E, Fut>(
+        &self,
+        span: Span,
+        req: Request<Req>,
+        work: impl FnOnce(Arc<Scheduler>, Req) -> Fut,
+    ) -> Result<Response<Done>, Status>
+    where
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Done: Default,
+        E: Into<Status> + Send + 'static,
+    {
+        self.detached(span, req, work).await?;
+        Ok(Response::new(Done::default()))
+    }
+
+    /// `change(scheduler, claim id)` detached, answered with the claim.
+    async fn change_claim<Fut>(
+        &self,
+        req: Request<pb::ClaimRef>,
+        change: impl FnOnce(Arc<Scheduler>, String) -> Fut,
+    ) -> Result<Response<pb::Claim>, Status>
+    where
+        Fut: Future<Output = crate::error::Result<ClaimRec>> + Send + 'static,
+    {
+        let c = self
+            .detached(Span::none(), req, |s, r| change(s, r.claim_id))
+            .await?;
+        Ok(Response::new(claim_pb(&c)))
     }
 }
 
@@ -152,10 +204,10 @@ impl scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::PoolRef>,
     ) -> Result<Response<pb::DeletePoolResponse>, Status> {
-        let s = Arc::clone(&self.s);
-        let name = req.into_inner().name;
-        detached(async move { s.delete_pool(&name).await }).await?;
-        Ok(Response::new(pb::DeletePoolResponse {}))
+        self.done(Span::none(), req, |s, r| async move {
+            s.delete_pool(&r.name).await
+        })
+        .await
     }
 
     async fn create_claim(
@@ -163,13 +215,9 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
         let span = tracing::info_span!("scheduler.claim");
-        let s = Arc::clone(&self.s);
-        let r = req.into_inner();
-        let c = detached(tracing::Instrument::instrument(
-            async move { s.claim(r).await },
-            span,
-        ))
-        .await?;
+        let c = self
+            .detached(span, req, |s, r| async move { s.claim(r).await })
+            .await?;
         Ok(Response::new(claim_pb(&c)))
     }
 
@@ -208,22 +256,16 @@ impl scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        let s = Arc::clone(&self.s);
-        let id = req.into_inner().claim_id;
-        Ok(Response::new(claim_pb(
-            &detached(async move { s.pause(&id).await }).await?,
-        )))
+        self.change_claim(req, |s, id| async move { s.pause(&id).await })
+            .await
     }
 
     async fn resume_claim(
         &self,
         req: Request<pb::ClaimRef>,
     ) -> Result<Response<pb::Claim>, Status> {
-        let s = Arc::clone(&self.s);
-        let id = req.into_inner().claim_id;
-        Ok(Response::new(claim_pb(
-            &detached(async move { s.resume(&id).await }).await?,
-        )))
+        self.change_claim(req, |s, id| async move { s.resume(&id).await })
+            .await
     }
 
     async fn checkpoint_claim(
@@ -231,17 +273,12 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
         let span = tracing::info_span!("scheduler.checkpoint");
-        let r = req.into_inner();
-        let s = Arc::clone(&self.s);
-        let info = detached(tracing::Instrument::instrument(
-            async move {
-                s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)
-                    .await
-            },
-            span,
-        ))
-        .await?;
-        Ok(Response::new(info))
+        self.detached(span, req, |s, r| async move {
+            s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)
+                .await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn restore_checkpoint(
@@ -249,21 +286,13 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
         let span = tracing::info_span!("scheduler.restore");
-        let r = req.into_inner();
-        let s = Arc::clone(&self.s);
-        let recs = detached(tracing::Instrument::instrument(
-            async move {
-                s.restore_checkpoint(
-                    &r.checkpoint_id,
-                    r.count,
-                    r.ttl_seconds,
-                    r.metadata.into_iter().collect(),
-                )
-                .await
-            },
-            span,
-        ))
-        .await?;
+        let recs = self
+            .detached(span, req, |s, r| async move {
+                let metadata = r.metadata.into_iter().collect();
+                s.restore_checkpoint(&r.checkpoint_id, r.count, r.ttl_seconds, metadata)
+                    .await
+            })
+            .await?;
         Ok(Response::new(pb::RestoreCheckpointResponse {
             claims: recs.iter().map(claim_pb).collect(),
         }))
@@ -293,25 +322,23 @@ impl scheduler_server::Scheduler for SchedulerService {
         req: Request<pb::ClaimRef>,
     ) -> Result<Response<pb::ReleaseClaimResponse>, Status> {
         let span = tracing::info_span!("scheduler.release");
-        let s = Arc::clone(&self.s);
-        let id = req.into_inner().claim_id;
-        detached(tracing::Instrument::instrument(
-            async move { s.release(&id, ClaimEvent::Release).await },
-            span,
-        ))
-        .await?;
-        Ok(Response::new(pb::ReleaseClaimResponse {}))
+        self.done(span, req, |s, r| async move {
+            s.release(&r.claim_id, ClaimEvent::Release).await
+        })
+        .await
     }
 
     async fn create_batch(
         &self,
         req: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::Batch>, Status> {
-        let r = req.into_inner();
-        let name = r.name.clone();
-        let s = Arc::clone(&self.s);
-        let r2 = r.clone();
-        detached(async move { s.create_batch(r2).await }).await?;
+        let name = req.get_ref().name.clone();
+        self.detached(
+            Span::none(),
+            req,
+            |s, r| async move { s.create_batch(r).await },
+        )
+        .await?;
         self.get_batch(Request::new(pb::BatchRef { name })).await
     }
 
@@ -341,9 +368,9 @@ impl scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::BatchRef>,
     ) -> Result<Response<pb::DeleteBatchResponse>, Status> {
-        let s = Arc::clone(&self.s);
-        let name = req.into_inner().name;
-        detached(async move { s.delete_batch(&name).await }).await?;
-        Ok(Response::new(pb::DeleteBatchResponse {}))
+        self.done(Span::none(), req, |s, r| async move {
+            s.delete_batch(&r.name).await
+        })
+        .await
     }
 }

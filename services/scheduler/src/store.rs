@@ -90,20 +90,27 @@ impl Store {
             key: key.to_string(),
             source,
         })?;
-        let mut txn = self.db.begin_write().map_err(err("beginning a write"))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(err("setting durability"))?;
-        {
-            let mut t = txn
-                .open_table(table.def())
-                .map_err(err("opening a table"))?;
+        self.write(table, |t| {
             t.insert(key, bytes.as_slice())
                 .map_err(err("inserting a record"))?;
-        }
-        txn.commit().map_err(err("committing a write"))
+            Ok(())
+        })
     }
 
     pub fn delete(&self, table: Table, key: &str) -> Result<()> {
+        self.write(table, |t| {
+            t.remove(key).map_err(err("removing a record"))?;
+            Ok(())
+        })
+    }
+
+    /// Change `table` through `change` in one durable write transaction
+    /// (fsync before returning).
+    fn write(
+        &self,
+        table: Table,
+        change: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<()>,
+    ) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(err("beginning a write"))?;
         txn.set_durability(Durability::Immediate)
             .map_err(err("setting durability"))?;
@@ -111,7 +118,7 @@ impl Store {
             let mut t = txn
                 .open_table(table.def())
                 .map_err(err("opening a table"))?;
-            t.remove(key).map_err(err("removing a record"))?;
+            change(&mut t)?;
         }
         txn.commit().map_err(err("committing a write"))
     }

@@ -256,44 +256,49 @@ fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
     support::pool(name, &["sleep", "1000"], bmin, bmax, pmax)
 }
 
-/// Poll `done` every 20 ms; panic naming `what` if it does not hold within 10 s.
-async fn wait_until(what: &str, done: impl FnMut() -> bool) {
-    support::wait_until(
-        what,
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        done,
-    )
-    .await;
-}
+/// Waits: look every 20 ms, give up after 10 s.
+const PATIENCE: support::Patience = support::Patience {
+    within: Duration::from_secs(10),
+    every: Duration::from_millis(20),
+};
 
 fn status(s: &Scheduler, pool: &str) -> pb::PoolStatus {
     s.pool_status(pool).unwrap().1
 }
 
 async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
-    wait_until(&format!("pool {pool} to hold {n} warm sandboxes"), || {
-        status(s, pool).available == n
-    })
-    .await;
+    PATIENCE
+        .wait_until(&format!("pool {pool} to hold {n} warm sandboxes"), || {
+            status(s, pool).available == n
+        })
+        .await;
+}
+
+/// A platform with the pool `name` (these bounds) holding its `bmin` warm
+/// sandboxes.
+async fn warm_platform(
+    name: &str,
+    bmin: u32,
+    bmax: u32,
+    pmax: u32,
+) -> (FakeNode, Arc<Scheduler>, tempfile::TempDir) {
+    let (node, s, store) = platform().await;
+    s.apply_pool(pool(name, bmin, bmax, pmax)).unwrap();
+    wait_available(&s, name, bmin).await;
+    (node, s, store)
 }
 
 fn claim_req(pool: &str, argv: &[&str]) -> pb::ClaimRequest {
     pb::ClaimRequest {
         pool: pool.into(),
-        process: Some(pb::InjectRequest {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            ..Default::default()
-        }),
+        process: Some(support::task(argv, &[])),
         ..Default::default()
     }
 }
 
 #[tokio::test]
 async fn a_warm_claim_takes_a_pool_sandbox_and_injects_into_it() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("p", 1, 1, 4)).unwrap();
-    wait_available(&s, "p", 1).await;
+    let (node, s, _store) = warm_platform("p", 1, 1, 4).await;
     let warm = node.warm_of("p");
     assert_eq!(warm.len(), 1);
 
@@ -349,18 +354,17 @@ async fn without_a_warm_sandbox_a_claim_starts_one_cold() {
 
 #[tokio::test]
 async fn a_pool_refills_to_its_buffer_after_a_claim() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("r", 3, 3, 10)).unwrap();
-    wait_available(&s, "r", 3).await;
+    let (node, s, _store) = warm_platform("r", 3, 3, 10).await;
     assert_eq!(node.warm_of("r").len(), 3);
     assert_eq!(node.books().created.len(), 3);
 
     let c = s.claim(claim_req("r", &["true"])).await.unwrap();
     assert!(!c.cold);
-    wait_until("one more create after the claim", || {
-        node.books().created.len() == 4
-    })
-    .await;
+    PATIENCE
+        .wait_until("one more create after the claim", || {
+            node.books().created.len() == 4
+        })
+        .await;
     wait_available(&s, "r", 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let st = status(&s, "r");
@@ -371,9 +375,7 @@ async fn a_pool_refills_to_its_buffer_after_a_claim() {
 
 #[tokio::test]
 async fn an_expired_claim_is_released_and_its_sandbox_deleted() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("t", 1, 1, 4)).unwrap();
-    wait_available(&s, "t", 1).await;
+    let (node, s, _store) = warm_platform("t", 1, 1, 4).await;
     let c = s
         .claim(pb::ClaimRequest {
             ttl_seconds: 1,
@@ -383,15 +385,18 @@ async fn an_expired_claim_is_released_and_its_sandbox_deleted() {
         .unwrap();
     assert!(c.expires_ms > c.created_ms);
     let forever = s.claim(claim_req("t", &["true"])).await.unwrap();
-    wait_until("the claim to expire", || s.get_claim(&c.id).is_err()).await;
+    PATIENCE
+        .wait_until("the claim to expire", || s.get_claim(&c.id).is_err())
+        .await;
     assert!(matches!(
         s.get_claim(&c.id),
         Err(SchedError::ClaimNotFound(_))
     ));
-    wait_until("its sandbox to be released", || {
-        node.books().released.contains(&c.sandbox.id)
-    })
-    .await;
+    PATIENCE
+        .wait_until("its sandbox to be released", || {
+            node.books().released.contains(&c.sandbox.id)
+        })
+        .await;
     assert!(!node.books().sandboxes.contains_key(&c.sandbox.id));
     // the claim without a TTL stays
     assert_eq!(s.get_claim(&forever.id).unwrap().state, ClaimState::Bound);
@@ -400,9 +405,7 @@ async fn an_expired_claim_is_released_and_its_sandbox_deleted() {
 
 #[tokio::test]
 async fn after_a_node_restart_the_books_follow_what_it_runs() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("n", 2, 2, 10)).unwrap();
-    wait_available(&s, "n", 2).await;
+    let (node, s, _store) = warm_platform("n", 2, 2, 10).await;
     let c = s.claim(claim_req("n", &["true"])).await.unwrap();
     wait_available(&s, "n", 2).await;
     let before: Vec<String> = node.warm_of("n");
@@ -420,20 +423,23 @@ async fn after_a_node_restart_the_books_follow_what_it_runs() {
             },
         );
     });
-    wait_until("the claim on the lost sandbox to fail", || {
-        s.get_claim(&c.id).unwrap().state == ClaimState::Failed
-    })
-    .await;
-    wait_until("the stray sandbox to be deleted", || {
-        node.books().released.iter().any(|id| id == "stray")
-    })
-    .await;
+    PATIENCE
+        .wait_until("the claim on the lost sandbox to fail", || {
+            s.get_claim(&c.id).unwrap().state == ClaimState::Failed
+        })
+        .await;
+    PATIENCE
+        .wait_until("the stray sandbox to be deleted", || {
+            node.books().released.iter().any(|id| id == "stray")
+        })
+        .await;
     // the lost warm sandboxes are forgotten and replaced by new ones
-    wait_until("the pool to refill on the restarted node", || {
-        let warm = node.warm_of("n");
-        warm.len() == 2 && warm.iter().all(|id| !before.contains(id))
-    })
-    .await;
+    PATIENCE
+        .wait_until("the pool to refill on the restarted node", || {
+            let warm = node.warm_of("n");
+            warm.len() == 2 && warm.iter().all(|id| !before.contains(id))
+        })
+        .await;
     wait_available(&s, "n", 2).await;
     // a failed claim can still be released
     s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
@@ -444,25 +450,14 @@ async fn after_a_node_restart_the_books_follow_what_it_runs() {
 
 #[tokio::test]
 async fn a_batch_runs_each_shard_with_its_patch() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("b", 2, 2, 6)).unwrap();
-    wait_available(&s, "b", 2).await;
+    let (node, s, _store) = warm_platform("b", 2, 2, 6).await;
+    let task = support::task(&["run"], &[("A", "1")]);
+    let patches = [
+        r#"{"env": {"SHARD": "0"}}"#,
+        r#"{"argv": ["run", "--shard", "1"], "cwd": "/work"}"#,
+    ];
     let claims = s
-        .create_batch(pb::BatchRequest {
-            name: "job".into(),
-            pool: "b".into(),
-            replicas: 3,
-            ttl_seconds: 0,
-            task: Some(pb::InjectRequest {
-                argv: vec!["run".into()],
-                env: HashMap::from([("A".to_string(), "1".to_string())]),
-                ..Default::default()
-            }),
-            shard_task_patches: vec![
-                r#"{"env": {"SHARD": "0"}}"#.into(),
-                r#"{"argv": ["run", "--shard", "1"], "cwd": "/work"}"#.into(),
-            ],
-        })
+        .create_batch(support::job("b", task, &patches))
         .await
         .unwrap();
     let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
@@ -499,19 +494,17 @@ async fn a_batch_runs_each_shard_with_its_patch() {
 
 #[tokio::test]
 async fn a_failed_inject_undoes_the_claim() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("f", 1, 1, 4)).unwrap();
-    wait_available(&s, "f", 1).await;
+    let (node, s, _store) = warm_platform("f", 1, 1, 4).await;
     let warm = node.warm_of("f");
     node.books().fail_inject = true;
 
-    let err = s
-        .claim(pb::ClaimRequest {
+    let claim_doomed = || {
+        s.claim(pb::ClaimRequest {
             claim_id: "doomed".into(),
             ..claim_req("f", &["true"])
         })
-        .await
-        .unwrap_err();
+    };
+    let err = claim_doomed().await.unwrap_err();
     assert!(
         matches!(&err, SchedError::Node { node, status } if node == NODE && status.code() == tonic::Code::Internal),
         "{err:?}"
@@ -528,22 +521,14 @@ async fn a_failed_inject_undoes_the_claim() {
     // the pool refills, and the same claim id can be made once injects work
     wait_available(&s, "f", 1).await;
     node.books().fail_inject = false;
-    let c = s
-        .claim(pb::ClaimRequest {
-            claim_id: "doomed".into(),
-            ..claim_req("f", &["true"])
-        })
-        .await
-        .unwrap();
+    let c = claim_doomed().await.unwrap();
     assert_eq!(c.id, "doomed");
     assert_eq!(status(&s, "f").allocated, 1);
 }
 
 #[tokio::test]
 async fn an_abandoned_claim_gives_its_allocation_back() {
-    let (node, s, _store) = platform().await;
-    s.apply_pool(pool("a", 1, 1, 4)).unwrap();
-    wait_available(&s, "a", 1).await;
+    let (node, s, _store) = warm_platform("a", 1, 1, 4).await;
     node.books().hang_inject = true;
     // the caller gives up while the inject hangs: the claim future is dropped
     let gave_up = tokio::time::timeout(
@@ -562,9 +547,7 @@ async fn an_abandoned_claim_gives_its_allocation_back() {
 
 #[tokio::test]
 async fn a_checkpoint_keeps_the_metadata_of_its_claim_after_the_claim_ends() {
-    let (_node, s, _store) = platform().await;
-    s.apply_pool(pool("p", 1, 1, 4)).unwrap();
-    wait_available(&s, "p", 1).await;
+    let (_node, s, _store) = warm_platform("p", 1, 1, 4).await;
     let mut req = claim_req("p", &["sleep", "9"]);
     req.metadata
         .insert("sandpool.io/owner".into(), "key-1".into());

@@ -98,38 +98,56 @@ fn pool(name: &str, bmin: u32, bmax: u32, pmax: u32) -> PoolRec {
     support::pool(name, &[], bmin, bmax, pmax)
 }
 
-/// Poll `done` every 50 ms; panic naming `what` if it does not hold within 30 s.
-async fn wait_until(what: &str, done: impl FnMut() -> bool) {
-    support::wait_until(
-        what,
-        Duration::from_secs(30),
-        Duration::from_millis(50),
-        done,
-    )
-    .await;
+/// Waits: look every 50 ms, give up after 30 s.
+const PATIENCE: support::Patience = support::Patience {
+    within: Duration::from_secs(30),
+    every: Duration::from_millis(50),
+};
+
+/// A platform (node `n`) with the pool `name` (these bounds) holding its
+/// `bmin` warm sandboxes; `None` without containerd.
+async fn warm_platform(
+    n: u8,
+    name: &str,
+    bmin: u32,
+    bmax: u32,
+    pmax: u32,
+) -> Option<(TestNode, Arc<Scheduler>, tempfile::TempDir)> {
+    let (node, s, store) = platform(n).await?;
+    s.apply_pool(pool(name, bmin, bmax, pmax)).unwrap();
+    wait_available(&s, name, bmin).await;
+    Some((node, s, store))
+}
+
+/// A claim in `pool` with no entrypoint.
+fn claim_in(pool: &str) -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        pool: pool.into(),
+        ..Default::default()
+    }
 }
 
 async fn wait_available(s: &Scheduler, pool: &str, n: u32) {
-    wait_until(&format!("pool {pool} to reach {n} warm sandboxes"), || {
-        s.pool_status(pool).unwrap().1.available >= n
-    })
-    .await;
+    PATIENCE
+        .wait_until(&format!("pool {pool} to reach {n} warm sandboxes"), || {
+            s.pool_status(pool).unwrap().1.available >= n
+        })
+        .await;
 }
 
 async fn wait_node_empty(node: &TestNode) {
-    wait_until("the node agent to have no sandboxes left", || {
-        node.agent().list("").is_empty()
-    })
-    .await;
+    PATIENCE
+        .wait_until("the node agent to have no sandboxes left", || {
+            node.agent().list("").is_empty()
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_only_ttl_and_pool_deletion() {
-    let Some((node, s, _store)) = platform(11).await else {
+    let Some((node, s, _store)) = warm_platform(11, "one", 1, 1, 1).await else {
         return;
     };
-    s.apply_pool(pool("one", 1, 1, 1)).unwrap();
-    wait_available(&s, "one", 1).await;
     let req = |ttl: u64| pb::ClaimRequest {
         pool: "one".into(),
         pool_only: true,
@@ -147,35 +165,31 @@ async fn pool_only_ttl_and_pool_deletion() {
         "a refused claim allocates nothing"
     );
     // The 1 s TTL expires the claim and deletes its sandbox; the pool refills.
-    wait_until(
-        &format!("claim {} to expire after its 1 s TTL", c.id),
-        || s.get_claim(&c.id).is_err(),
-    )
-    .await;
+    PATIENCE
+        .wait_until(
+            &format!("claim {} to expire after its 1 s TTL", c.id),
+            || s.get_claim(&c.id).is_err(),
+        )
+        .await;
     assert!(
         matches!(s.get_claim(&c.id), Err(SchedError::ClaimNotFound(_))),
         "claim expired"
     );
-    wait_until(
-        &format!(
-            "the expired claim's sandbox {} to be released",
-            c.sandbox.id
-        ),
-        || node.agent().get(&c.sandbox.id).is_err(),
-    )
-    .await;
+    PATIENCE
+        .wait_until(
+            &format!(
+                "the expired claim's sandbox {} to be released",
+                c.sandbox.id
+            ),
+            || node.agent().get(&c.sandbox.id).is_err(),
+        )
+        .await;
     assert!(
         node.agent().get(&c.sandbox.id).is_err(),
         "expired claim's sandbox released"
     );
     wait_available(&s, "one", 1).await;
-    let e = s
-        .claim(pb::ClaimRequest {
-            pool: "nope".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = s.claim(claim_in("nope")).await.unwrap_err();
     assert!(matches!(e, SchedError::PoolNotFound(_)));
     s.delete_pool("one").await.unwrap();
     wait_node_empty(&node).await;
@@ -184,36 +198,19 @@ async fn pool_only_ttl_and_pool_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_with_shard_patches_and_task_counts() {
-    let Some((node, s, _store)) = platform(12).await else {
+    let Some((node, s, _store)) = warm_platform(12, "b", 3, 3, 10).await else {
         return;
     };
-    s.apply_pool(pool("b", 3, 3, 10)).unwrap();
-    wait_available(&s, "b", 3).await;
-    let task = pb::InjectRequest {
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo $SHARD > /tmp/shard; exit $CODE".into(),
-        ],
-        env: [
-            ("CODE".to_string(), "0".to_string()),
-            ("SHARD".to_string(), "template".to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
+    let task = support::task(
+        &["sh", "-c", "echo $SHARD > /tmp/shard; exit $CODE"],
+        &[("CODE", "0"), ("SHARD", "template")],
+    );
+    let patches = [
+        r#"{"env":{"SHARD":"s0"}}"#,
+        r#"{"env":{"SHARD":"s1","CODE":"3"}}"#,
+    ];
     let claims = s
-        .create_batch(pb::BatchRequest {
-            name: "job".into(),
-            pool: "b".into(),
-            replicas: 3,
-            ttl_seconds: 0,
-            task: Some(task),
-            shard_task_patches: vec![
-                r#"{"env":{"SHARD":"s0"}}"#.into(),
-                r#"{"env":{"SHARD":"s1","CODE":"3"}}"#.into(),
-            ],
-        })
+        .create_batch(support::job("b", task, &patches))
         .await
         .unwrap();
     assert_eq!(claims.len(), 3);
@@ -294,24 +291,17 @@ async fn kill_init(node: &TestNode, sandbox: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
-    let Some((node, s, _store)) = platform(13).await else {
+    let Some((node, s, _store)) = warm_platform(13, "f", 2, 2, 10).await else {
         return;
     };
-    s.apply_pool(pool("f", 2, 2, 10)).unwrap();
-    wait_available(&s, "f", 2).await;
     // A claimed sandbox dies: its claim turns Failed and can still be released.
-    let c = s
-        .claim(pb::ClaimRequest {
-            pool: "f".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let c = s.claim(claim_in("f")).await.unwrap();
     kill_init(&node, &c.sandbox.id).await;
-    wait_until("the dead sandbox's claim to turn Failed", || {
-        s.get_claim(&c.id).unwrap().state == sandpool_core::claim::ClaimState::Failed
-    })
-    .await;
+    PATIENCE
+        .wait_until("the dead sandbox's claim to turn Failed", || {
+            s.get_claim(&c.id).unwrap().state == sandpool_core::claim::ClaimState::Failed
+        })
+        .await;
     s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
         .await
         .unwrap();
@@ -324,14 +314,15 @@ async fn dead_sandboxes_are_replaced_or_their_claims_failed() {
         .map(|i| i.sandbox_id)
         .collect();
     kill_init(&node, &warm[0]).await;
-    wait_until("the dead warm sandbox to be replaced", || {
-        node.agent()
-            .list("f")
-            .iter()
-            .all(|i| i.sandbox_id != warm[0])
-            && s.pool_status("f").unwrap().1.available == 2
-    })
-    .await;
+    PATIENCE
+        .wait_until("the dead warm sandbox to be replaced", || {
+            node.agent()
+                .list("f")
+                .iter()
+                .all(|i| i.sandbox_id != warm[0])
+                && s.pool_status("f").unwrap().1.available == 2
+        })
+        .await;
     let after = node.agent().list("f");
     assert!(
         after.iter().all(|i| i.sandbox_id != warm[0]),

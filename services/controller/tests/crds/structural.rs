@@ -610,6 +610,13 @@ mod tests {
         })
     }
 
+    /// The findings for a root whose `metadata` property is `metadata`.
+    fn check_metadata(metadata: &Value) -> Vec<String> {
+        let mut root = root_with(&json!({"type": "object"}));
+        root["properties"]["metadata"] = metadata.clone();
+        check_crd(&crd(&root))
+    }
+
     fn check_spec(spec: &Value) -> Vec<String> {
         check_crd(&crd(&root_with(spec)))
     }
@@ -795,14 +802,13 @@ mod tests {
 
     #[test]
     fn rule_4_metadata_restricts_only_name_and_generate_name() {
-        let mut root = root_with(&json!({"type": "object"}));
-        root["properties"]["metadata"] = json!({
+        let metadata = json!({
             "type": "object",
             "description": "standard metadata",
             "properties": {"name": {"type": "string"}, "labels": {"type": "object"}},
         });
         assert_eq!(
-            check_crd(&crd(&root)),
+            check_metadata(&metadata),
             [
                 format!("{ROOT}.properties.metadata.description: {RULE_4}"),
                 format!("{ROOT}.properties.metadata.properties.labels: {RULE_4}"),
@@ -958,14 +964,13 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let mut root = root_with(&json!({"type": "object"}));
-        root["properties"]["metadata"] = json!({
+        let metadata = json!({
             "type": "object",
             "properties": {"name": {"type": "string", "default": "pool"}},
         });
         let name = format!("{ROOT}.properties.metadata.properties.name");
         let expected = format!("{name}.default: must not be set in top-level metadata");
-        assert_only(&check_crd(&crd(&root)), &expected);
+        assert_only(&check_metadata(&metadata), &expected);
 
         let spec = json!({
             "type": "object",

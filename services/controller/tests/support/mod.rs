@@ -159,6 +159,17 @@ impl Store {
         self.rv.to_string()
     }
 
+    /// Store `obj` as `name` in `coll` under a new resourceVersion; the
+    /// stored object.
+    fn write(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
+        obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+        self.objects
+            .entry(coll.to_string())
+            .or_default()
+            .insert(name.to_string(), obj.clone());
+        obj
+    }
+
     pub fn get(&self, coll: &str, name: &str) -> Option<&Value> {
         self.objects.get(coll)?.get(name)
     }
@@ -187,18 +198,13 @@ impl Store {
             meta["uid"] = json!(format!("uid-{name}"));
         }
         meta["namespace"] = json!(ns);
-        meta["resourceVersion"] = json!(self.next_rv());
         if meta.get("creationTimestamp").is_none() {
             meta["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
         }
         if meta.get("generation").is_none() {
             meta["generation"] = json!(1);
         }
-        self.objects
-            .entry(coll.to_string())
-            .or_default()
-            .insert(name, obj.clone());
-        obj
+        self.write(coll, &name, obj)
     }
 
     /// Change an object in place (bumps its resourceVersion), as another
@@ -454,13 +460,7 @@ fn serve_patch(
         }
         sandpool_core::batch::merge_patch(&mut obj, &patch);
     }
-    let rv = store.next_rv();
-    obj["metadata"]["resourceVersion"] = json!(rv);
-    store
-        .objects
-        .entry(coll.to_string())
-        .or_default()
-        .insert(n.to_string(), obj.clone());
+    let obj = store.write(coll, n, obj);
     store.maybe_finish_deletion(coll, n);
     (200, obj)
 }
@@ -515,14 +515,7 @@ fn serve(
             }
             let mut obj = body;
             obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
-            let rv = store.next_rv();
-            obj["metadata"]["resourceVersion"] = json!(rv);
-            store
-                .objects
-                .entry(coll.clone())
-                .or_default()
-                .insert(n, obj.clone());
-            (200, obj)
+            (200, store.write(&coll, &n, obj))
         }
         (Method::DELETE, Some(n)) => match store.delete(&coll, &n) {
             Some(o) => (200, o),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use sandpool_core::{batch, claim::ClaimEvent};
 use sandpool_proto::v1 as pb;
 
+use super::reaper::{runtime_client, runtime_request};
 use super::{ClaimRec, Scheduler};
 use crate::error::{Result, SchedError};
 
@@ -103,20 +104,8 @@ impl Scheduler {
     }
 
     pub(super) async fn entrypoint_state(&self, c: &ClaimRec) -> Option<Option<i32>> {
-        let ch = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}:{}",
-            c.sandbox.ip, c.sandbox.port
-        ))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-        let mut client = pb::runtime_client::RuntimeClient::new(ch);
-        let mut r = tonic::Request::new(pb::EntrypointStatusRequest {});
-        r.metadata_mut().insert(
-            sandpool_proto::ACCESS_TOKEN_METADATA,
-            c.sandbox.token.parse().ok()?,
-        );
+        let mut client = runtime_client(c, |e| e).await?;
+        let r = runtime_request(c, pb::EntrypointStatusRequest {})?;
         let s = client.entrypoint_status(r).await.ok()?.into_inner();
         match pb::ProcessPhase::try_from(s.phase).ok()? {
             pb::ProcessPhase::Running => Some(None),

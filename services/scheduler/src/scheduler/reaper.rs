@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use sandpool_core::claim::{ClaimEvent, ClaimState, is_expired};
-use sandpool_proto::v1 as pb;
+use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
+use tonic::transport::{Channel, Endpoint};
 
 use super::{ClaimRec, Scheduler, now_ms};
 
@@ -73,22 +74,32 @@ impl Scheduler {
     }
 
     pub(super) async fn runtime_health(&self, c: &ClaimRec) -> Option<pb::HealthResponse> {
-        let ch = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}:{}",
-            c.sandbox.ip, c.sandbox.port
-        ))
-        .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .ok()?;
-        let mut client = pb::runtime_client::RuntimeClient::new(ch);
-        let mut r = tonic::Request::new(pb::HealthRequest {});
-        r.metadata_mut().insert(
-            sandpool_proto::ACCESS_TOKEN_METADATA,
-            c.sandbox.token.parse().ok()?,
-        );
+        let mut client = runtime_client(c, |e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(1))
+        })
+        .await?;
+        let r = runtime_request(c, pb::HealthRequest {})?;
         Some(client.health(r).await.ok()?.into_inner())
     }
+}
+
+/// A client of the runtime in `c`'s sandbox, over an endpoint set up by `tune`.
+pub(super) async fn runtime_client(
+    c: &ClaimRec,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Option<RuntimeClient<Channel>> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{}:{}", c.sandbox.ip, c.sandbox.port)).ok()?;
+    Some(RuntimeClient::new(tune(endpoint).connect().await.ok()?))
+}
+
+/// `msg` as a request carrying the access token of `c`'s sandbox.
+pub(super) fn runtime_request<T>(c: &ClaimRec, msg: T) -> Option<tonic::Request<T>> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        sandpool_proto::ACCESS_TOKEN_METADATA,
+        c.sandbox.token.parse().ok()?,
+    );
+    Some(r)
 }

@@ -102,6 +102,14 @@ pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
     }
 }
 
+/// The proto enum value `v` (a `what`) through `convert`; an unknown value
+/// is invalid.
+fn from_pb<P: TryFrom<i32>, T>(v: i32, what: &str, convert: impl FnOnce(P) -> T) -> Result<T> {
+    P::try_from(v)
+        .map(convert)
+        .map_err(|_| SchedError::Invalid(format!("unknown {what} {v}")))
+}
+
 fn action_to_pb(a: EgressAction) -> i32 {
     match a {
         EgressAction::Allow => pb::EgressAction::Allow as i32,
@@ -126,10 +134,11 @@ pub fn egress_to_pb(e: &EgressPolicy) -> pb::EgressPolicy {
 
 /// A gRPC egress policy, checked (actions, addresses, ports, size).
 pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy> {
-    let action = |a: i32| match pb::EgressAction::try_from(a) {
-        Ok(pb::EgressAction::Deny) => Ok(EgressAction::Deny),
-        Ok(_) => Ok(EgressAction::Allow),
-        Err(_) => Err(SchedError::Invalid(format!("unknown egress action {a}"))),
+    let action = |a: i32| {
+        from_pb(a, "egress action", |a| match a {
+            pb::EgressAction::Deny => EgressAction::Deny,
+            _ => EgressAction::Allow,
+        })
     };
     let mut rules = Vec::with_capacity(e.rules.len());
     for (i, r) in e.rules.iter().enumerate() {
@@ -158,26 +167,14 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
         cpu: r.cpu,
         memory: r.memory,
         pids: r.pids,
-        runtime_class: match pb::RuntimeClass::try_from(t.runtime_class) {
-            Ok(pb::RuntimeClass::Runsc) => RuntimeClass::Runsc,
-            Ok(_) => RuntimeClass::Runc,
-            Err(_) => {
-                return Err(SchedError::Invalid(format!(
-                    "unknown runtime class {}",
-                    t.runtime_class
-                )));
-            }
-        },
-        release_policy: match pb::ReleasePolicy::try_from(t.release_policy) {
-            Ok(pb::ReleasePolicy::Recycle) => ReleasePolicy::Recycle,
-            Ok(_) => ReleasePolicy::Delete,
-            Err(_) => {
-                return Err(SchedError::Invalid(format!(
-                    "unknown release policy {}",
-                    t.release_policy
-                )));
-            }
-        },
+        runtime_class: from_pb(t.runtime_class, "runtime class", |c| match c {
+            pb::RuntimeClass::Runsc => RuntimeClass::Runsc,
+            _ => RuntimeClass::Runc,
+        })?,
+        release_policy: from_pb(t.release_policy, "release policy", |p| match p {
+            pb::ReleasePolicy::Recycle => ReleasePolicy::Recycle,
+            _ => ReleasePolicy::Delete,
+        })?,
         run_as_root: t.run_as_root,
         checkpointable: t.checkpointable,
         egress: t.egress.as_ref().map(egress_from_pb).transpose()?,
