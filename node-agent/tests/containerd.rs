@@ -1639,6 +1639,16 @@ async fn reaches(info: &pb::SandboxInfo, addr: &str, port: u16) -> bool {
     out.contains("hello")
 }
 
+/// Release sandbox `id` for reuse: the warm sandbox it becomes.
+async fn recycle(node: &Node, id: &str) -> pb::SandboxInfo {
+    node.agent()
+        .release(id, pb::ReleasePolicy::Recycle)
+        .await
+        .unwrap()
+        .expect("a recycled sandbox stays")
+        .info("test-node")
+}
+
 fn policy(default: pb::EgressAction, rules: &[(pb::EgressAction, &str, u32)]) -> pb::EgressPolicy {
     pb::EgressPolicy {
         default_action: default as i32,
@@ -1700,13 +1710,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
             reaches(&sb, &out.addr, 18081).await,
             "{class:?}: the allowed port"
         );
-        let recycled = node
-            .agent()
-            .release(&sb.sandbox_id, pb::ReleasePolicy::Recycle)
-            .await
-            .unwrap()
-            .unwrap()
-            .info("test-node");
+        let recycled = recycle(&node, &sb.sandbox_id).await;
         assert!(
             reaches(&recycled, &out.addr, 18080).await,
             "{class:?}: recycled, pool policy"
@@ -1729,13 +1733,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
         reaches(&sb, &out.addr, 18080).await,
         "the claim's allow-all"
     );
-    let sb2 = node
-        .agent()
-        .release(&sb.sandbox_id, pb::ReleasePolicy::Recycle)
-        .await
-        .unwrap()
-        .unwrap()
-        .info("test-node");
+    let sb2 = recycle(&node, &sb.sandbox_id).await;
     assert!(
         !reaches(&sb2, &out.addr, 18080).await,
         "recycled: the pool's deny again"

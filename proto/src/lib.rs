@@ -3,6 +3,7 @@
 //! * [`v1::runtime_server`] / [`v1::runtime_client`]: the in-sandbox runtime.
 //! * [`v1::node_agent_server`] / [`v1::node_agent_client`]: the node agent.
 //! * [`v1::scheduler_server`] / [`v1::scheduler_client`]: the scheduler.
+//! * [`template`]: the sandbox template between wire and stored form.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
 pub mod v1 {
@@ -14,6 +15,7 @@ pub mod v1 {
 pub const ACCESS_TOKEN_METADATA: &str = "x-execd-access-token";
 
 pub mod auth;
+pub mod template;
 
 /// Run a state-changing gRPC call to completion even if the caller goes away
 /// (tonic drops a handler's future when its client disconnects): a dropped

@@ -16,8 +16,8 @@ use crate::{
 };
 
 use super::{
-    Agent, Sandbox, TemplateLabel, copy_tree, labels, new_id, run_checked, state_label, unix_ms,
-    validate_template,
+    Agent, Sandbox, copy_tree, labels, new_id, run_checked, state_label, template_label,
+    template_of_label, unix_ms, validate_template,
 };
 
 impl Agent {
@@ -64,8 +64,7 @@ impl Agent {
                 checkpoint_id: checkpoint_id.clone(),
                 sandbox_id: id.to_string(),
                 pool: sb.pool.clone(),
-                template: serde_json::to_string(&TemplateLabel::from(&sb.template))
-                    .map_err(|e| AgentError::checkpoint("encoding the template label", e))?,
+                template: template_label(&sb.template)?,
                 token: sb.token.clone(),
                 image: sb.template.image.clone(),
                 created_unix_ms: unix_ms(),
@@ -180,11 +179,9 @@ impl Agent {
         port: u16,
         state: pb::SandboxState,
     ) -> Result<Sandbox> {
-        let template: pb::SandboxTemplate = serde_json::from_str::<TemplateLabel>(&meta.template)
-            .map_err(|e| {
-                AgentError::checkpoint(format!("{}: unreadable template", meta.checkpoint_id), e)
-            })?
-            .into();
+        let template = template_of_label(&meta.template).map_err(|e| {
+            AgentError::checkpoint(format!("{}: unreadable template", meta.checkpoint_id), e)
+        })?;
         let valid = validate_template(&template)?;
         let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
         let port = self.open_tunnel(id, port, valid.run_as_root).await?;

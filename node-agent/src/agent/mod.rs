@@ -31,9 +31,9 @@ mod template;
 pub use checkpoint::MAX_FORK;
 pub use disk::{DEFAULT_DISK_LIMIT_BYTES, disk_usage};
 pub use logs::TRUNCATED as LOG_TRUNCATED;
-pub(crate) use template::TemplateLabel;
 use template::new_id;
 pub use template::{ValidTemplate, runtime_label, state_label, valid_id, validate_template};
+pub(crate) use template::{template_label, template_of_label};
 
 /// Container labels that let a restarted agent rebuild its state.
 pub mod labels {
@@ -211,15 +211,16 @@ enum Kill {
     Disk { limit: u64 },
 }
 
-/// Marks a sandbox id busy until dropped.
-struct Busy<'a> {
-    set: &'a Mutex<std::collections::HashSet<String>>,
-    id: String,
-}
+type Busy<'a> = sandpool_core::busy::Busy<'a, Agent>;
 
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
+/// The agent's busy set: ids a create or release is working on.
+impl sandpool_core::busy::MarkBusy for Agent {
+    fn mark(&self, id: &str) {
+        self.busy.lock().insert(id.to_string());
+    }
+
+    fn unmark(&self, id: &str) {
+        self.busy.lock().remove(id);
     }
 }
 
@@ -338,11 +339,7 @@ impl Agent {
     }
 
     fn busy(&self, id: &str) -> Busy<'_> {
-        self.busy.lock().insert(id.to_string());
-        Busy {
-            set: &self.busy,
-            id: id.to_string(),
-        }
+        Busy::mark(self, id)
     }
 
     /// Whether `id` is a sandbox, or one being created or released.

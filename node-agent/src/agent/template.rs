@@ -13,65 +13,18 @@ use crate::{
 
 use super::{Sandbox, labels};
 
-/// The template as stored in a label (serde view of the proto message).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct TemplateLabel {
-    image: String,
-    command: Vec<String>,
-    env: HashMap<String, String>,
-    cpu: String,
-    memory: String,
-    pids: u32,
-    runtime_class: i32,
-    release_policy: i32,
-    labels: HashMap<String, String>,
-    #[serde(default)]
-    run_as_root: bool,
-    #[serde(default)]
-    checkpointable: bool,
-    #[serde(default)]
-    egress: Option<pb::EgressPolicy>,
+/// The template as stored in a container label or checkpoint metadata.
+pub(crate) fn template_label(t: &pb::SandboxTemplate) -> Result<String> {
+    let stored =
+        sandpool_proto::template::from_pb_template(t).map_err(AgentError::InvalidTemplate)?;
+    serde_json::to_string(&stored).map_err(|e| AgentError::InvalidTemplate(e.to_string()))
 }
 
-impl From<&pb::SandboxTemplate> for TemplateLabel {
-    fn from(t: &pb::SandboxTemplate) -> Self {
-        let r = t.resources.clone().unwrap_or_default();
-        TemplateLabel {
-            image: t.image.clone(),
-            command: t.command.clone(),
-            env: t.env.clone(),
-            cpu: r.cpu,
-            memory: r.memory,
-            pids: r.pids,
-            runtime_class: t.runtime_class,
-            release_policy: t.release_policy,
-            labels: t.labels.clone(),
-            run_as_root: t.run_as_root,
-            checkpointable: t.checkpointable,
-            egress: t.egress.clone(),
-        }
-    }
-}
-
-impl From<TemplateLabel> for pb::SandboxTemplate {
-    fn from(t: TemplateLabel) -> Self {
-        pb::SandboxTemplate {
-            image: t.image,
-            command: t.command,
-            env: t.env,
-            resources: Some(pb::Resources {
-                cpu: t.cpu,
-                memory: t.memory,
-                pids: t.pids,
-            }),
-            runtime_class: t.runtime_class,
-            release_policy: t.release_policy,
-            labels: t.labels,
-            run_as_root: t.run_as_root,
-            checkpointable: t.checkpointable,
-            egress: t.egress,
-        }
-    }
+/// A template read back from [`template_label`] (or the label an older
+/// agent wrote: the same fields, enums by proto number).
+pub(crate) fn template_of_label(label: &str) -> serde_json::Result<pb::SandboxTemplate> {
+    serde_json::from_str::<sandpool_core::Template>(label)
+        .map(|t| sandpool_proto::template::to_pb(&t))
 }
 
 pub fn state_label(s: pb::SandboxState) -> &'static str {
@@ -210,8 +163,7 @@ pub fn valid_id(id: &str) -> bool {
 
 impl Sandbox {
     pub(super) fn label_map(&self) -> Result<HashMap<String, String>> {
-        let template = serde_json::to_string(&TemplateLabel::from(&self.template))
-            .map_err(|e| AgentError::InvalidTemplate(e.to_string()))?;
+        let template = template_label(&self.template)?;
         Ok([
             (labels::MANAGED, "true".to_string()),
             (labels::POOL, self.pool.clone()),
@@ -238,8 +190,7 @@ impl Sandbox {
         }
         let template: pb::SandboxTemplate = l
             .get(labels::TEMPLATE)
-            .and_then(|t| serde_json::from_str::<TemplateLabel>(t).ok())?
-            .into();
+            .and_then(|t| template_of_label(t).ok())?;
         Some(Sandbox {
             id: id.to_string(),
             message: String::new(),

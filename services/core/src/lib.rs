@@ -4,11 +4,13 @@
 //!   and O(1) warm-sandbox choice spread across nodes.
 //! * [`claim`]: the claim state machine and TTL.
 //! * [`egress`]: egress policies (what a sandbox may connect to).
+//! * [`busy`]: the guard that marks an id busy while work on it is under way.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 //! * [`page`]: paging of ordered lists (ListClaims).
 
 pub mod batch;
+pub mod busy;
 pub mod claim;
 pub mod egress;
 pub mod node_sync;
@@ -44,27 +46,61 @@ pub enum CoreError {
 }
 
 /// The OCI runtime a sandbox runs under (stored as `"runc"` / `"runsc"`; an
-/// empty string in older records is runc).
+/// empty string in older records is runc, and node-agent labels written
+/// before the enums hold the proto number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "Stored")]
 pub enum RuntimeClass {
     #[default]
-    #[serde(alias = "")]
     Runc,
     /// gVisor.
     Runsc,
 }
 
 /// What releasing a claimed sandbox does (stored as `"delete"` / `"recycle"`;
-/// an empty string in older records is delete).
+/// an empty string in older records is delete, a proto number in older
+/// node-agent labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "Stored")]
 pub enum ReleasePolicy {
     #[default]
-    #[serde(alias = "")]
     Delete,
     /// Reset the sandbox and return it to its pool.
     Recycle,
+}
+
+/// An enum as any sandpool version stored it: by name, or by proto number.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Name(String),
+    Number(i64),
+}
+
+impl TryFrom<Stored> for RuntimeClass {
+    type Error = CoreError;
+    fn try_from(s: Stored) -> Result<Self, CoreError> {
+        match s {
+            Stored::Name(n) if n.is_empty() => Ok(Self::Runc),
+            Stored::Name(n) => n.parse(),
+            Stored::Number(0 | 1) => Ok(Self::Runc),
+            Stored::Number(2) => Ok(Self::Runsc),
+            Stored::Number(n) => n.to_string().parse(),
+        }
+    }
+}
+
+impl TryFrom<Stored> for ReleasePolicy {
+    type Error = CoreError;
+    fn try_from(s: Stored) -> Result<Self, CoreError> {
+        match s {
+            Stored::Name(n) if n.is_empty() => Ok(Self::Delete),
+            Stored::Name(n) => n.parse(),
+            Stored::Number(0 | 1) => Ok(Self::Delete),
+            Stored::Number(2) => Ok(Self::Recycle),
+            Stored::Number(n) => n.to_string().parse(),
+        }
+    }
 }
 
 /// `FromStr` for an enum by its stored names; anything else is
@@ -125,8 +161,9 @@ pub fn validate_dns_label(field: &'static str, value: &str) -> Result<(), CoreEr
     Ok(())
 }
 
-/// A sandbox template in serde form (the proto `SandboxTemplate` lives in
-/// `sandpool-proto`; services convert at their edges).
+/// A sandbox template in its stored form: scheduler records, node-agent
+/// container labels and checkpoint metadata (the proto `SandboxTemplate`
+/// converts to and from it in `sandpool_proto::template`).
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     pub image: String,
@@ -151,6 +188,9 @@ pub struct Template {
     /// runsc without a network, so it can be checkpointed, restored, forked.
     #[serde(default)]
     pub checkpointable: bool,
+    /// Labels of the sandbox (Kubernetes mode: the pod's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The pool's egress policy; `None`: everything allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<egress::EgressPolicy>,
@@ -183,6 +223,15 @@ mod tests {
         assert!(
             serde_json::from_str::<Template>(r#"{"image":"x","runtime_class":"kata"}"#).is_err()
         );
+        // node-agent labels written before the enums: proto numbers
+        let label: Template =
+            serde_json::from_str(r#"{"image":"x","runtime_class":2,"release_policy":2}"#)
+                .expect("label");
+        assert_eq!(
+            (label.runtime_class, label.release_policy),
+            (RuntimeClass::Runsc, ReleasePolicy::Recycle)
+        );
+        assert!(serde_json::from_str::<Template>(r#"{"image":"x","runtime_class":7}"#).is_err());
         assert_eq!("runsc".parse::<RuntimeClass>(), Ok(RuntimeClass::Runsc));
         let e = "kata".parse::<RuntimeClass>().expect_err("unknown");
         assert_eq!(

@@ -145,10 +145,7 @@ impl Scheduler {
         // the sandbox stays busy (no resync touches it) until the claim is booked
         let cold_id = new_sandbox_id();
         let _busy = match &taken {
-            Some((_, id, _)) => Busy {
-                st: &self.st,
-                id: id.clone(),
-            },
+            Some((_, id, _)) => Busy::adopt(self, id.clone()),
             None => self.busy(&cold_id),
         };
         let (node, info, cold) = match self.assign(&req.pool, &template, taken, &cold_id).await {

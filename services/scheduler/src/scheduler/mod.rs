@@ -103,17 +103,21 @@ impl State {
     }
 }
 
-/// Marks a sandbox busy until dropped.
-struct Busy<'a> {
-    st: &'a Mutex<State>,
-    id: String,
-}
+type Busy<'a> = sandpool_core::busy::Busy<'a, Scheduler>;
 
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        let mut st = self.st.lock();
-        st.busy.remove(&self.id);
-        st.touch(&self.id);
+/// The scheduler's busy set is [`State::busy`]; a change to it counts as
+/// a change to the sandbox's books (a resync's stale list leaves it alone).
+impl sandpool_core::busy::MarkBusy for Scheduler {
+    fn mark(&self, id: &str) {
+        let mut st = self.lock();
+        st.busy.insert(id.to_string());
+        st.touch(id);
+    }
+
+    fn unmark(&self, id: &str) {
+        let mut st = self.lock();
+        st.busy.remove(id);
+        st.touch(id);
     }
 }
 
@@ -237,14 +241,7 @@ impl Scheduler {
 
     /// Mark `id` busy (see [`State::busy`]) until the guard drops.
     fn busy(&self, id: &str) -> Busy<'_> {
-        let mut st = self.lock();
-        st.busy.insert(id.to_string());
-        st.touch(id);
-        drop(st);
-        Busy {
-            st: &self.st,
-            id: id.to_string(),
-        }
+        Busy::mark(self, id)
     }
 
     async fn release_sandbox(&self, node: &str, id: &str, policy: pb::ReleasePolicy) {

@@ -2,12 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sandpool_core::{
-    ReleasePolicy, RuntimeClass, Template,
-    claim::ClaimState,
-    egress::{EgressAction, EgressPolicy, EgressRule},
-    pool::CapacitySpec,
-};
+use sandpool_core::{Template, claim::ClaimState, egress::EgressPolicy, pool::CapacitySpec};
 use sandpool_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -78,107 +73,17 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn template_to_pb(t: &Template) -> pb::SandboxTemplate {
-    pb::SandboxTemplate {
-        image: t.image.clone(),
-        command: t.command.clone(),
-        env: t.env.clone().into_iter().collect(),
-        resources: Some(pb::Resources {
-            cpu: t.cpu.clone(),
-            memory: t.memory.clone(),
-            pids: t.pids,
-        }),
-        runtime_class: match t.runtime_class {
-            RuntimeClass::Runsc => pb::RuntimeClass::Runsc as i32,
-            RuntimeClass::Runc => pb::RuntimeClass::Runc as i32,
-        },
-        release_policy: match t.release_policy {
-            ReleasePolicy::Recycle => pb::ReleasePolicy::Recycle as i32,
-            ReleasePolicy::Delete => pb::ReleasePolicy::Delete as i32,
-        },
-        labels: Default::default(),
-        run_as_root: t.run_as_root,
-        checkpointable: t.checkpointable,
-        egress: t.egress.as_ref().map(egress_to_pb),
-    }
+    sandpool_proto::template::to_pb(t)
 }
 
-/// The proto enum value `v` (a `what`) through `convert`; an unknown value
-/// is invalid.
-fn from_pb<P: TryFrom<i32>, T>(v: i32, what: &str, convert: impl FnOnce(P) -> T) -> Result<T> {
-    P::try_from(v)
-        .map(convert)
-        .map_err(|_| SchedError::Invalid(format!("unknown {what} {v}")))
-}
-
-fn action_to_pb(a: EgressAction) -> i32 {
-    match a {
-        EgressAction::Allow => pb::EgressAction::Allow as i32,
-        EgressAction::Deny => pb::EgressAction::Deny as i32,
-    }
-}
-
-pub fn egress_to_pb(e: &EgressPolicy) -> pb::EgressPolicy {
-    pb::EgressPolicy {
-        default_action: action_to_pb(e.default_action),
-        rules: e
-            .rules
-            .iter()
-            .map(|r| pb::EgressRule {
-                action: action_to_pb(r.action),
-                cidr: r.cidr.clone(),
-                port: u32::from(r.port),
-            })
-            .collect(),
-    }
-}
-
-/// A gRPC egress policy, checked (actions, addresses, ports, size).
-pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy> {
-    let action = |a: i32| {
-        from_pb(a, "egress action", |a| match a {
-            pb::EgressAction::Deny => EgressAction::Deny,
-            _ => EgressAction::Allow,
-        })
-    };
-    let mut rules = Vec::with_capacity(e.rules.len());
-    for (i, r) in e.rules.iter().enumerate() {
-        rules.push(EgressRule {
-            action: action(r.action)?,
-            cidr: r.cidr.clone(),
-            port: u16::try_from(r.port).map_err(|_| {
-                SchedError::Invalid(format!("egress rule {i}: port {} is above 65535", r.port))
-            })?,
-        });
-    }
-    let p = EgressPolicy {
-        default_action: action(e.default_action)?,
-        rules,
-    };
-    p.validate().map_err(SchedError::Invalid)?;
-    Ok(p)
-}
-
+/// A wire template in stored form; a bad value is invalid input.
 pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
-    let r = t.resources.clone().unwrap_or_default();
-    Ok(Template {
-        image: t.image.clone(),
-        command: t.command.clone(),
-        env: t.env.clone().into_iter().collect(),
-        cpu: r.cpu,
-        memory: r.memory,
-        pids: r.pids,
-        runtime_class: from_pb(t.runtime_class, "runtime class", |c| match c {
-            pb::RuntimeClass::Runsc => RuntimeClass::Runsc,
-            _ => RuntimeClass::Runc,
-        })?,
-        release_policy: from_pb(t.release_policy, "release policy", |p| match p {
-            pb::ReleasePolicy::Recycle => ReleasePolicy::Recycle,
-            _ => ReleasePolicy::Delete,
-        })?,
-        run_as_root: t.run_as_root,
-        checkpointable: t.checkpointable,
-        egress: t.egress.as_ref().map(egress_from_pb).transpose()?,
-    })
+    sandpool_proto::template::from_pb_template(t).map_err(SchedError::Invalid)
+}
+
+/// A wire egress policy, checked; a bad rule is invalid input.
+pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy> {
+    sandpool_proto::template::egress_from_pb(e).map_err(SchedError::Invalid)
 }
 
 #[cfg(test)]
