@@ -33,6 +33,9 @@ pub struct Metrics {
     pub reconciles: Family<Labels, Counter>,
     /// HTTP requests served, by service and status class.
     pub http_requests: Family<Labels, Counter>,
+    /// Sandboxes stopped by a limit, by reason (`OOMKilled`,
+    /// `DiskLimitExceeded`).
+    pub limit_kills: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -57,6 +60,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         errors: Family::default(),
         reconciles: Family::default(),
         http_requests: Family::default(),
+        limit_kills: Family::default(),
         registry: Registry::default(),
     };
     register!(registry, m,
@@ -68,6 +72,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         errors: "errors", "Errors by service and kind";
         reconciles: "reconciles", "Kubernetes controller reconciles by result";
         http_requests: "http_requests", "HTTP requests by service and status class";
+        limit_kills: "sandbox_limit_kills", "Sandboxes stopped by a limit, by reason";
     );
     Metrics { registry, ..m }
 });
@@ -129,6 +134,10 @@ pub fn refilled(pool: &str, n: u64) {
 
 pub fn observe_exec(api: &'static str, took: Duration) {
     observe(&get().exec_seconds, &[("api", api)], took);
+}
+
+pub fn limit_killed(reason: &'static str) {
+    count(&get().limit_kills, &[("reason", reason)], 1);
 }
 
 pub fn error(service: &'static str, kind: &str) {

@@ -39,6 +39,15 @@ def sandpool(request: pytest.FixtureRequest) -> sandpool_platform.Sandpool:
         sandpool_platform.stop(platform, keep_log=request.session.testsfailed > failures_before)
 
 
+@pytest.fixture
+def e2b_env(sandpool: sandpool_platform.Sandpool, monkeypatch) -> sandpool_platform.Sandpool:
+    """The platform, with the environment the e2b SDKs read it from."""
+    for name, value in {"E2B_API_URL": sandpool.url, "E2B_DOMAIN": sandpool.domain,
+                        "E2B_SANDBOX_URL": sandpool.url, "E2B_API_KEY": sandpool.api_key}.items():
+        monkeypatch.setenv(name, value)
+    return sandpool
+
+
 @pytest.fixture(autouse=True)
 def _per_test_timeout():
     """Overrides the runtime suite's 120 s watchdog (same name): creating 50

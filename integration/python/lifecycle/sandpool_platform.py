@@ -50,6 +50,9 @@ PY_POOL_NAME = "py-pool"
 CK_POOL_NAME = "ck-pool"
 IMAGE_CACHE = REPO_ROOT / "target" / "sandpool-image-cache"
 POOL_IMAGE = "busybox"
+# What one sandbox may write to its file system here (`--sandbox-disk-limit`;
+# the product default is 4 GiB, too much to fill in a bounded test).
+DISK_LIMIT_MIB = 1024
 POOL_BUFFER_MIN, POOL_BUFFER_MAX, POOL_MIN, POOL_MAX = 10, 10, 0, 60
 BRIDGE = "sptestpy"
 # the runc root the containerd runc v2 shim uses (per namespace below it)
@@ -162,6 +165,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         "--pool", f"{PY_POOL_NAME}:python:1:1:0:4",
         "--pool", f"{CK_POOL_NAME}:python:0:0:0:8:runsc:checkpointable",
         "--image-cache", str(IMAGE_CACHE),
+        "--sandbox-disk-limit", f"{DISK_LIMIT_MIB}Mi",
         # internal gRPC listeners: free ports, so a running dev instance does not collide
         "--agent-listen", f"{host}:{free_port()}",
         "--scheduler-listen", f"{host}:{free_port()}",

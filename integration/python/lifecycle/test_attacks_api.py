@@ -178,11 +178,9 @@ def _expires_a_minute_out(client: httpx.Client, sandboxes: str, body: dict, *, c
 # --------------------------------------------------------------------------- 3
 
 
-def test_code_interpreter_refuses_callers_without_the_sandbox_token(sandpool: Sandpool, monkeypatch):
+def test_code_interpreter_refuses_callers_without_the_sandbox_token(e2b_env: Sandpool):
+    sandpool = e2b_env
     code_interpreter = pytest.importorskip("e2b_code_interpreter")
-    for name, value in {"E2B_API_URL": sandpool.url, "E2B_DOMAIN": sandpool.domain,
-                        "E2B_SANDBOX_URL": sandpool.url, "E2B_API_KEY": sandpool.api_key}.items():
-        monkeypatch.setenv(name, value)
     sbx = code_interpreter.Sandbox.create(PY_POOL_NAME, timeout=120)
     try:
         route = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49999"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -25,20 +26,24 @@ from opensandbox import SandboxSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.execd import RunCommandOpts
 
-from sandpool_platform import BRIDGE, CK_POOL_NAME, POOL_IMAGE, POOL_NAME, Sandpool
+from e2b import Sandbox as E2bSandbox
+from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule
+
+from sandpool_platform import BRIDGE, CK_POOL_NAME, DISK_LIMIT_MIB, POOL_IMAGE, POOL_NAME, Sandpool
 
 PIDS_LIMIT = 512  # the node default (node-agent/src/limits.rs)
 LOG_CAP = 1 << 20  # the node default (--sandbox-log-cap-bytes)
 LOG_SLACK = 256 << 10  # what the shim may append between two cap checks (200 ms)
 
 
-def create(sandpool: Sandpool) -> SandboxSync:
+def create(sandpool: Sandpool, **options) -> SandboxSync:
     return SandboxSync.create(
         POOL_IMAGE,
         connection_config=sandpool.config(),
         extensions={"poolRef": POOL_NAME},
         timeout=timedelta(minutes=5),
         ready_timeout=timedelta(seconds=60),
+        **options,
     )
 
 
@@ -343,3 +348,118 @@ def _swallow(fn):
         return fn()
     except Exception as exc:  # noqa: BLE001 - the sandbox may die under us
         return exc
+
+
+# ------------------------------------------------------------------ disk
+
+
+def test_disk_fill_stops_the_sandbox_with_a_reason(sandpool: Sandpool, pair):
+    """Writing past the disk limit (1 GiB here) stops the sandbox within a
+    check period; GET says why, the metric counts it; a neighbour is fine."""
+    attacker, bystander = pair
+    # control: 64 MiB fits and the sandbox keeps running
+    done = run(attacker, "dd if=/dev/zero of=$HOME/small bs=1M count=64 2>/dev/null; sync; echo rc=$?")
+    assert stdout(done).strip() == "rc=0", done
+    assert attacker.get_info().status.state == "Running"
+    started = time.monotonic()
+    fill = f"dd if=/dev/zero of=$HOME/fill bs=1M count={DISK_LIMIT_MIB * 3 // 2}; sync"
+    thread = threading.Thread(target=lambda: _swallow(lambda: run(attacker, fill, timeout=60)), daemon=True)
+    thread.start()
+    state = _wait_not_running(attacker, 60)
+    took = time.monotonic() - started
+    status = attacker.get_info().status
+    print(f"\ndisk fill: sandbox {state} after {took:.1f}s: {status.reason}: {status.message}")
+    assert (state, status.reason) == ("Failed", "DiskLimitExceeded"), status
+    assert f"{DISK_LIMIT_MIB} MiB" in (status.message or ""), status
+    metrics = httpx.get(f"http://127.0.0.1:{sandpool.metrics_port}/metrics", timeout=5.0).text
+    assert 'sandpool_sandbox_limit_kills_total{reason="DiskLimitExceeded"}' in metrics
+    thread.join(timeout=60)
+    assert_platform_fine(sandpool, bystander, "after the disk fill")
+
+
+# ------------------------------------------------------------------ egress
+
+OUTSIDE = "spegrpy"  # a network namespace the test makes, outside the sandbox network
+OUTSIDE_HOST, OUTSIDE_ADDR, OUTSIDE_PORT = "10.250.77.1", "10.250.77.2", 18080
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def outside():
+    """An HTTP listener in its own network namespace, linked to the host by a
+    veth pair: a destination sandboxes reach through the host's routing."""
+    subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
+    _ip("netns", "add", OUTSIDE)
+    _ip("link", "add", f"{OUTSIDE}h", "type", "veth", "peer", "name", f"{OUTSIDE}n")
+    _ip("link", "set", f"{OUTSIDE}n", "netns", OUTSIDE)
+    _ip("addr", "add", f"{OUTSIDE_HOST}/30", "dev", f"{OUTSIDE}h")
+    _ip("link", "set", f"{OUTSIDE}h", "up")
+    _ip("-n", OUTSIDE, "addr", "add", f"{OUTSIDE_ADDR}/30", "dev", f"{OUTSIDE}n")
+    _ip("-n", OUTSIDE, "link", "set", f"{OUTSIDE}n", "up")
+    _ip("-n", OUTSIDE, "route", "add", "default", "via", OUTSIDE_HOST)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", OUTSIDE, sys.executable, "-m", "http.server", str(OUTSIDE_PORT), "--bind", OUTSIDE_ADDR],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _host_reaches_outside() or None, 20, "the outside listener")
+        yield OUTSIDE_ADDR
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        subprocess.run(["ip", "link", "del", f"{OUTSIDE}h"], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
+
+
+def _host_reaches_outside() -> bool:
+    try:
+        return httpx.get(f"http://{OUTSIDE_ADDR}:{OUTSIDE_PORT}/", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+PROBE = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {OUTSIDE_ADDR} {OUTSIDE_PORT} 2>&1; true"
+
+
+def _reaches(output: str) -> bool:
+    return "HTTP/1.0 200" in output
+
+
+def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_env: Sandpool, outside: str):
+    """A deny policy (OpenSandbox ``networkPolicy``, E2B
+    ``allow_internet_access=False``) stops connections to a listener in
+    another network namespace; the host and a sandbox without a policy reach
+    it (negative controls), and an allow rule for its address opens it."""
+    assert _host_reaches_outside(), "control: the host reaches the listener"
+    deny = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="deny", target="10.250.77.0/24")])
+    allow_one = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target=f"{outside}/32")])
+    made = []
+    try:
+        for policy, expected in ((None, True), (deny, False), (allow_one, True)):
+            sandbox = create(sandpool, network_policy=policy) if policy else create(sandpool)
+            made.append(sandbox)
+            out = stdout(run(sandbox, PROBE, timeout=30))
+            assert _reaches(out) == expected, f"networkPolicy {policy}: {out!r}"
+        e2b_closed = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False)
+        e2b_open = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False,
+                                     network={"allow_out": [outside]})
+        for sbx, expected in ((e2b_closed, False), (e2b_open, True)):
+            try:
+                out = sbx.commands.run(PROBE, timeout=30).stdout
+                assert _reaches(out) == expected, f"e2b {sbx.sandbox_id}: {out!r}"
+            finally:
+                _swallow(sbx.kill)
+    finally:
+        for sandbox in made:
+            _swallow(sandbox.kill)
+
+
+def test_domain_egress_rules_are_refused_naming_the_rule(sandpool: Sandpool):
+    policy = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target="pypi.org")])
+    with pytest.raises(SandboxApiException) as refused:
+        create(sandpool, network_policy=policy)
+    assert refused.value.status_code == 400, refused.value
+    assert "networkPolicy.egress[0].target" in str(refused.value), refused.value

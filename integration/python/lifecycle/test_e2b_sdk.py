@@ -21,15 +21,6 @@ from e2b.sandbox.commands.command_handle import CommandExitException
 from sandpool_platform import POOL_NAME, PY_POOL_NAME, Sandpool
 
 
-@pytest.fixture
-def e2b_env(sandpool: Sandpool, monkeypatch):
-    monkeypatch.setenv("E2B_API_URL", sandpool.url)
-    monkeypatch.setenv("E2B_DOMAIN", sandpool.domain)
-    monkeypatch.setenv("E2B_SANDBOX_URL", sandpool.url)
-    monkeypatch.setenv("E2B_API_KEY", sandpool.api_key)
-    return sandpool
-
-
 def test_create_info_list_timeout_kill(e2b_env: Sandpool):
     suite = uuid.uuid4().hex
     sbx = Sandbox.create(POOL_NAME, metadata={"suite": suite}, envs={"A": "1"}, timeout=120)

@@ -75,7 +75,7 @@ impl Agent {
             let used = measure(upper, limit).await;
             if used > limit {
                 tracing::warn!(sandbox = %id, used, limit, "sandbox over its disk limit; stopping it");
-                self.kills.lock().insert(id.clone(), Kill::Disk { limit });
+                self.record_kill(&id, Kill::Disk { limit });
                 if let Err(e) = self.ctr.kill_all(&id).await {
                     tracing::warn!(sandbox = %id, error = %e, "stopping a sandbox over its disk limit failed");
                     continue;

@@ -211,6 +211,39 @@ enum Kill {
     Disk { limit: u64 },
 }
 
+impl Kill {
+    /// The reason a FAILED report starts with (and the metric label).
+    fn reason(self) -> &'static str {
+        match self {
+            Kill::Oom => "OOMKilled",
+            Kill::Disk { .. } => "DiskLimitExceeded",
+        }
+    }
+
+    /// The whole FAILED message.
+    fn message(self) -> String {
+        match self {
+            Kill::Oom => format!("{}: the sandbox went over its memory limit", self.reason()),
+            Kill::Disk { limit } => format!(
+                "{}: the sandbox wrote more than its limit of {} MiB to its file system",
+                self.reason(),
+                limit >> 20
+            ),
+        }
+    }
+}
+
+impl Agent {
+    /// Remember that a limit stopped sandbox `id` (its exit is reported
+    /// with the reason), count it, and leave an event in the trace.
+    fn record_kill(&self, id: &str, kill: Kill) {
+        let span = tracing::warn_span!("sandbox.limit_kill", sandbox = %id, reason = kill.reason());
+        span.in_scope(|| tracing::warn!(message = %kill.message(), "a limit stopped the sandbox"));
+        sandpool_telemetry::metrics::limit_killed(kill.reason());
+        self.kills.lock().insert(id.to_string(), kill);
+    }
+}
+
 type Busy<'a> = sandpool_core::busy::Busy<'a, Agent>;
 
 /// The agent's busy set: ids a create or release is working on.

@@ -130,15 +130,8 @@ impl Agent {
 
     /// Why sandbox `id`'s init exited, for its FAILED report.
     fn exit_reason(&self, id: &str, status: u32) -> String {
-        match self.kills.lock().get(id) {
-            Some(Kill::Oom) => return "OOMKilled: the sandbox went over its memory limit".into(),
-            Some(Kill::Disk { limit }) => {
-                return format!(
-                    "DiskLimitExceeded: the sandbox wrote more than its limit of {} MiB to its file system",
-                    limit >> 20
-                );
-            }
-            None => {}
+        if let Some(kill) = self.kills.lock().get(id) {
+            return kill.message();
         }
         if status == 0 {
             "the sandbox's runtime exited".into()
@@ -151,7 +144,7 @@ impl Agent {
     /// sandbox already reported FAILED (the exit came first) is reported again.
     pub(super) async fn on_oom(&self, id: &str) {
         tracing::warn!(sandbox = %id, "a process of the sandbox was OOM-killed");
-        self.kills.lock().insert(id.to_string(), Kill::Oom);
+        self.record_kill(id, Kill::Oom);
         let failed = {
             let mut g = self.lock();
             match g.get_mut(id) {

@@ -137,7 +137,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         },
         metadata: c.metadata.clone().into_iter().collect(),
         cold_start: c.cold,
-        message: String::new(),
+        message: c.failure.clone(),
         entrypoint: c.entrypoint.clone(),
         image: c.image.clone(),
         claim_us: c.claim_us,

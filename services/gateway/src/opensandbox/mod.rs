@@ -100,6 +100,12 @@ fn sandbox_json(c: &pb::Claim) -> Value {
         "image": { "uri": c.image },
         "metadata": c.metadata,
     });
+    if !c.message.is_empty() {
+        // the node's report, e.g. `OOMKilled: ...` / `DiskLimitExceeded: ...`
+        let reason = c.message.split_once(':').map_or("Failed", |(r, _)| r);
+        v["status"]["reason"] = json!(reason);
+        v["status"]["message"] = json!(c.message);
+    }
     if c.expires_unix_ms > 0 {
         v["expiresAt"] = json!(rfc3339_ms(c.expires_unix_ms));
     }
@@ -183,6 +189,23 @@ mod tests {
         assert_eq!(v["status"]["state"], "Running");
         assert_eq!(v["extensions"]["poolRef"], "p");
         assert_eq!(v["expiresAt"], "2023-11-14T22:23:20.000Z");
+    }
+
+    #[test]
+    fn a_failed_sandbox_says_why() {
+        let c = pb::Claim {
+            state: pb::ClaimState::Failed as i32,
+            message: "DiskLimitExceeded: the sandbox wrote more than its limit".into(),
+            ..Default::default()
+        };
+        let v = sandbox_json(&c);
+        assert_eq!(
+            (&v["status"]["state"], &v["status"]["reason"]),
+            (&json!("Failed"), &json!("DiskLimitExceeded"))
+        );
+        assert_eq!(v["status"]["message"], json!(c.message));
+        let running = sandbox_json(&pb::Claim::default());
+        assert!(running["status"].get("reason").is_none());
     }
 
     #[test]

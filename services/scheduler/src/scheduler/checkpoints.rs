@@ -201,6 +201,7 @@ impl Scheduler {
                 image: ck.image.clone(),
                 claim_us: 0,
                 batch: None,
+                failure: String::new(),
             })
             .collect();
         if failed.is_none() {

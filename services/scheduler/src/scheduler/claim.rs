@@ -178,6 +178,7 @@ impl Scheduler {
             image,
             claim_us: 0,
             batch: None,
+            failure: String::new(),
         };
         reservation.record(&claim_id);
         let started = async {

@@ -273,14 +273,17 @@ impl Scheduler {
     ) {
         let node = self.nodes[idx].name.clone();
         while let Ok(Some(ev)) = watch.message().await {
-            let (gone, failed) = match ev.event {
-                Some(pb::node_event::Event::RemovedSandboxId(id)) => (Some(id), false),
+            // a failed sandbox comes with why (e.g. `OOMKilled: ...`)
+            let (gone, failed, why) = match ev.event {
+                Some(pb::node_event::Event::RemovedSandboxId(id)) => {
+                    (Some(id), false, String::new())
+                }
                 Some(pb::node_event::Event::Sandbox(sb))
                     if sb.state == pb::SandboxState::Failed as i32 =>
                 {
-                    (Some(sb.sandbox_id), true)
+                    (Some(sb.sandbox_id), true, sb.message)
                 }
-                _ => (None, false),
+                _ => (None, false, String::new()),
             };
             let Some(id) = gone else { continue };
             let (was_warm, failed_claim) = {
@@ -308,9 +311,10 @@ impl Scheduler {
                     .await;
             }
             if let Some(cid) = failed_claim {
-                tracing::warn!(claim = %cid, sandbox = %id, "claimed sandbox failed");
+                tracing::warn!(claim = %cid, sandbox = %id, reason = %why, "claimed sandbox failed");
                 let _ = self.update_claim(&cid, |c| {
                     c.state = c.state.on(ClaimEvent::Fail)?;
+                    c.failure = why.clone();
                     Ok(())
                 });
             }

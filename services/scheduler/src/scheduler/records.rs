@@ -66,6 +66,9 @@ pub struct ClaimRec {
     pub claim_us: u64,
     #[serde(default)]
     pub batch: Option<String>,
+    /// Why the sandbox failed, as its node reported it (`OOMKilled: ...`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failure: String,
 }
 
 pub fn now_ms() -> i64 {
