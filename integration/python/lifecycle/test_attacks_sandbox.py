@@ -290,7 +290,8 @@ def _wait_not_running(sandbox: SandboxSync, timeout: float) -> str:
     return wait_until(state, timeout, f"runsc sandbox {sandbox.id} reported stopped", interval=0.25)
 
 
-def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, attack: str, what: str) -> None:
+def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, attack: str, what: str,
+                  reason: str | None = None) -> None:
     """On a fresh runsc sandbox: `control` prints `expect` and the sandbox keeps
     running; then `attack` runs until the sandbox is reported stopped (within
     40 s), and the platform and a neighbour still answer."""
@@ -310,7 +311,10 @@ def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, atta
         thread.start()
         state = _wait_not_running(victim, 40)
         took = time.monotonic() - started
-        print(f"\n{what} (runsc): sandbox {state} after {took:.1f}s")
+        status = victim.get_info().status
+        print(f"\n{what} (runsc): sandbox {state} after {took:.1f}s: {status.reason}: {status.message}")
+        if reason is not None:
+            assert status.reason == reason, status
         thread.join(timeout=40)
         assert_platform_fine(sandpool, bystander, f"after the runsc {what}")
     finally:
@@ -327,6 +331,7 @@ def test_runsc_sandbox_over_its_memory_limit_is_stopped_and_reported(sandpool: S
         "rc=0",
         "dd if=/dev/zero of=/dev/null bs=1G count=1",
         "1 GiB allocation",
+        reason="OOMKilled",
     )
 
 
