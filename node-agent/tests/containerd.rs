@@ -1639,6 +1639,16 @@ async fn reaches(info: &pb::SandboxInfo, addr: &str, port: u16) -> bool {
     out.contains("hello")
 }
 
+/// A new warm sandbox of `t`, recycled (not deleted) on release.
+async fn recyclable(node: &Node, pool: &str, mut t: pb::SandboxTemplate) -> pb::SandboxInfo {
+    t.release_policy = pb::ReleasePolicy::Recycle as i32;
+    node.agent()
+        .create(pool, t, None)
+        .await
+        .unwrap()
+        .info("test-node")
+}
+
 /// Release sandbox `id` for reuse: the warm sandbox it becomes.
 async fn recycle(node: &Node, id: &str) -> pb::SandboxInfo {
     node.agent()
@@ -1684,14 +1694,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
         "the host reaches the listener"
     );
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
-        let mut t = template(class);
-        t.release_policy = pb::ReleasePolicy::Recycle as i32;
-        let sb = node
-            .agent()
-            .create("pool-e", t, None)
-            .await
-            .unwrap()
-            .info("test-node");
+        let sb = recyclable(&node, "pool-e", template(class)).await;
         assert!(
             reaches(&sb, &out.addr, 18080).await,
             "{class:?}: no policy, reached"
@@ -1719,14 +1722,8 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
     }
     // a pool's own policy holds from the start, and comes back on recycle
     let mut t = template(pb::RuntimeClass::Runc);
-    t.release_policy = pb::ReleasePolicy::Recycle as i32;
     t.egress = Some(policy(Allow, &[(Deny, &format!("{}/30", out.addr), 0)]));
-    let sb = node
-        .agent()
-        .create("pool-f", t, None)
-        .await
-        .unwrap()
-        .info("test-node");
+    let sb = recyclable(&node, "pool-f", t).await;
     assert!(!reaches(&sb, &out.addr, 18080).await, "pool policy denies");
     node.agent().set_egress(&sb.sandbox_id, None).await.unwrap();
     assert!(

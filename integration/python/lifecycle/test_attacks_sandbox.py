@@ -290,6 +290,24 @@ def _wait_not_running(sandbox: SandboxSync, timeout: float) -> str:
     return wait_until(state, timeout, f"runsc sandbox {sandbox.id} reported stopped", interval=0.25)
 
 
+def _attack_until_stopped(victim: SandboxSync, control: str, expect: str, attack: str, what: str, within: float):
+    """`control` prints `expect` and `victim` keeps running; then `attack`
+    runs until the sandbox is reported stopped (within `within` s). Returns
+    the state and the sandbox's status."""
+    done = run(victim, control)
+    assert stdout(done).strip() == expect, done
+    assert victim.get_info().status.state == "Running"
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: _swallow(lambda: run(victim, attack, timeout=within)), daemon=True)
+    thread.start()
+    state = _wait_not_running(victim, within)
+    took = time.monotonic() - started
+    status = victim.get_info().status
+    print(f"\n{what}: sandbox {state} after {took:.1f}s: {status.reason}: {status.message}")
+    thread.join(timeout=within)
+    return state, status
+
+
 def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, attack: str, what: str,
                   reason: str | None = None) -> None:
     """On a fresh runsc sandbox: `control` prints `expect` and the sandbox keeps
@@ -303,19 +321,9 @@ def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, atta
         ready_timeout=timedelta(seconds=90),
     )
     try:
-        done = run(victim, control)
-        assert stdout(done).strip() == expect, done
-        assert victim.get_info().status.state == "Running"
-        started = time.monotonic()
-        thread = threading.Thread(target=lambda: _swallow(lambda: run(victim, attack, timeout=30)), daemon=True)
-        thread.start()
-        state = _wait_not_running(victim, 40)
-        took = time.monotonic() - started
-        status = victim.get_info().status
-        print(f"\n{what} (runsc): sandbox {state} after {took:.1f}s: {status.reason}: {status.message}")
+        _, status = _attack_until_stopped(victim, control, expect, attack, f"{what} (runsc)", 40)
         if reason is not None:
             assert status.reason == reason, status
-        thread.join(timeout=40)
         assert_platform_fine(sandpool, bystander, f"after the runsc {what}")
     finally:
         _swallow(victim.kill)
@@ -363,22 +371,14 @@ def test_disk_fill_stops_the_sandbox_with_a_reason(sandpool: Sandpool, pair):
     check period; GET says why, the metric counts it; a neighbour is fine."""
     attacker, bystander = pair
     # control: 64 MiB fits and the sandbox keeps running
-    done = run(attacker, "dd if=/dev/zero of=$HOME/small bs=1M count=64 2>/dev/null; sync; echo rc=$?")
-    assert stdout(done).strip() == "rc=0", done
-    assert attacker.get_info().status.state == "Running"
-    started = time.monotonic()
     fill = f"dd if=/dev/zero of=$HOME/fill bs=1M count={DISK_LIMIT_MIB * 3 // 2}; sync"
-    thread = threading.Thread(target=lambda: _swallow(lambda: run(attacker, fill, timeout=60)), daemon=True)
-    thread.start()
-    state = _wait_not_running(attacker, 60)
-    took = time.monotonic() - started
-    status = attacker.get_info().status
-    print(f"\ndisk fill: sandbox {state} after {took:.1f}s: {status.reason}: {status.message}")
+    state, status = _attack_until_stopped(
+        attacker, "dd if=/dev/zero of=$HOME/small bs=1M count=64 2>/dev/null; sync; echo rc=$?", "rc=0",
+        fill, "disk fill", 60)
     assert (state, status.reason) == ("Failed", "DiskLimitExceeded"), status
     assert f"{DISK_LIMIT_MIB} MiB" in (status.message or ""), status
     metrics = httpx.get(f"http://127.0.0.1:{sandpool.metrics_port}/metrics", timeout=5.0).text
     assert 'sandpool_sandbox_limit_kills_total{reason="DiskLimitExceeded"}' in metrics
-    thread.join(timeout=60)
     assert_platform_fine(sandpool, bystander, "after the disk fill")
 
 
