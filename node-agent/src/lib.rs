@@ -6,9 +6,11 @@
 //! * [`image`]: local OCI images (busybox-static, Debian + python3)
 //! * [`net`]: per-sandbox netns + CNI bridge; [`egress`]: nftables egress policy in it
 //! * [`spec`], [`quantity`], [`limits`]: pure OCI spec / resource translation and limit policy
+//! * [`cgroup`]: a running sandbox's limits changed in place
 //! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
+pub mod cgroup;
 pub mod checkpoint;
 pub mod containerd;
 pub mod cri;

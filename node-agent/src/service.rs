@@ -98,12 +98,17 @@ impl NodeAgent for NodeAgentService {
 
     async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
         let r = req.into_inner();
-        if r.process.is_none() && r.egress.is_none() {
-            return Err(Status::invalid_argument("process or egress is required"));
+        if r.process.is_none() && r.egress.is_none() && r.resources.is_none() {
+            return Err(Status::invalid_argument(
+                "process, egress or resources is required",
+            ));
         }
         let (st, took) = self
             .traced("Inject", r, |a, r| async move {
-                // the policy holds before the process starts
+                // limits and policy hold before the process starts
+                if let Some(res) = &r.resources {
+                    a.resize(&r.sandbox_id, res).await?;
+                }
                 if let Some(e) = r.egress {
                     a.set_egress(&r.sandbox_id, Some(e)).await?;
                 }

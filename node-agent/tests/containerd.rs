@@ -1264,6 +1264,15 @@ async fn cgroup_file(node: &Node, info: &pb::SandboxInfo, controller: &str, file
         .to_string()
 }
 
+/// A sandbox's memory limit, CPU quota and pids maximum, as its cgroups say.
+async fn cgroup_limits(node: &Node, info: &pb::SandboxInfo) -> [String; 3] {
+    [
+        cgroup_file(node, info, "memory", "memory.limit_in_bytes").await,
+        cgroup_file(node, info, "cpu", "cpu.cfs_quota_us").await,
+        cgroup_file(node, info, "pids", "pids.max").await,
+    ]
+}
+
 /// A template that says nothing about resources: the node's defaults apply.
 fn template_without_limits(class: pb::RuntimeClass) -> pb::SandboxTemplate {
     pb::SandboxTemplate {
@@ -1281,9 +1290,7 @@ async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
     let mut ids = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
         let info = new_sandbox_from(&node, "pool-l", template_without_limits(class)).await;
-        let pids = cgroup_file(&node, &info, "pids", "pids.max").await;
-        let mem = cgroup_file(&node, &info, "memory", "memory.limit_in_bytes").await;
-        let quota = cgroup_file(&node, &info, "cpu", "cpu.cfs_quota_us").await;
+        let [mem, quota, pids] = cgroup_limits(&node, &info).await;
         eprintln!("{class:?}: pids.max={pids} memory={mem} cfs_quota={quota}");
         assert_eq!(pids, "512", "{class:?} pids.max");
         assert_eq!(mem, (512u64 << 20).to_string(), "{class:?} memory limit");
@@ -1705,6 +1712,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
                 sandbox_id: sb.sandbox_id.clone(),
                 process: None,
                 egress: Some(deny),
+                resources: None,
             })
             .await
             .unwrap();
@@ -1740,10 +1748,70 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
             sandbox_id: sb.sandbox_id.clone(),
             process: None,
             egress: Some(policy(Deny, &[(Allow, "pypi.org", 0)])),
+            resources: None,
         })
         .await
         .expect_err("a domain is not a CIDR");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("egress rule 0"), "{bad:?}");
     release_all(&node, &[&sb.sandbox_id]).await;
+}
+
+/// A claim's resource limits are set on the warm sandbox it takes, in
+/// place (runc and runsc): the asked fields change, the others stay the
+/// pool's; above the node's maximum is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claims_limits_are_set_on_a_warm_sandbox_in_place() {
+    let Some(node) = boot(17).await else { return };
+    let mut client = serve_agent(&node).await;
+    let mut ids = Vec::new();
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let sb = new_sandbox(&node, "pool-l", class).await;
+        ids.push(sb.sandbox_id.clone());
+        let pool = ["268435456", "50000", "256"];
+        assert_eq!(
+            cgroup_limits(&node, &sb).await,
+            pool,
+            "{class:?}: the pool's limits"
+        );
+        let resize = |r: pb::Resources| pb::NodeInjectRequest {
+            sandbox_id: sb.sandbox_id.clone(),
+            resources: Some(r),
+            ..Default::default()
+        };
+        let too_much = client
+            .inject(resize(pb::Resources {
+                memory: "64Gi".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("above the node maximum");
+        assert_eq!(
+            too_much.code(),
+            tonic::Code::InvalidArgument,
+            "{too_much:?}"
+        );
+        assert_eq!(
+            cgroup_limits(&node, &sb).await,
+            pool,
+            "{class:?}: unchanged after a refusal"
+        );
+        client
+            .inject(resize(pb::Resources {
+                cpu: "1500m".into(),
+                memory: "1Gi".into(),
+                pids: 0,
+            }))
+            .await
+            .unwrap();
+        let now = ["1073741824", "150000", "256"];
+        assert_eq!(
+            cgroup_limits(&node, &sb).await,
+            now,
+            "{class:?}: the claim's limits, pool pids"
+        );
+        assert_eq!(ping(&sb).await, 200, "{class:?}: still answering");
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    release_all(&node, &ids).await;
 }

@@ -36,13 +36,19 @@ LOG_CAP = 1 << 20  # the node default (--sandbox-log-cap-bytes)
 LOG_SLACK = 256 << 10  # what the shim may append between two cap checks (200 ms)
 
 
-def create(sandpool: Sandpool, **options) -> SandboxSync:
+# The node's default limits, asked for explicitly: without `resource` the SDK
+# asks for {"cpu": "1", "memory": "2Gi"}, which a pool claim now honours.
+NODE_DEFAULT = {"cpu": "1", "memory": "512Mi"}
+
+
+def create(sandpool: Sandpool, pool: str = POOL_NAME, image: str = POOL_IMAGE, **options) -> SandboxSync:
+    options.setdefault("resource", NODE_DEFAULT)
     return SandboxSync.create(
-        POOL_IMAGE,
+        image,
         connection_config=sandpool.config(),
-        extensions={"poolRef": POOL_NAME},
+        extensions={"poolRef": pool},
         timeout=timedelta(minutes=5),
-        ready_timeout=timedelta(seconds=60),
+        ready_timeout=timedelta(seconds=90),
         **options,
     )
 
@@ -313,13 +319,7 @@ def _runsc_attack(sandpool: Sandpool, bystander, control: str, expect: str, atta
     """On a fresh runsc sandbox: `control` prints `expect` and the sandbox keeps
     running; then `attack` runs until the sandbox is reported stopped (within
     40 s), and the platform and a neighbour still answer."""
-    victim = SandboxSync.create(
-        "python",
-        connection_config=sandpool.config(),
-        extensions={"poolRef": CK_POOL_NAME},
-        timeout=timedelta(minutes=5),
-        ready_timeout=timedelta(seconds=90),
-    )
+    victim = create(sandpool, CK_POOL_NAME, "python")
     try:
         _, status = _attack_until_stopped(victim, control, expect, attack, f"{what} (runsc)", 40)
         if reason is not None:
@@ -468,3 +468,21 @@ def test_domain_egress_rules_are_refused_naming_the_rule(sandpool: Sandpool):
         create(sandpool, network_policy=policy)
     assert refused.value.status_code == 400, refused.value
     assert "networkPolicy.egress[0].target" in str(refused.value), refused.value
+
+
+# ------------------------------------------------------------------ a pool claim's limits
+
+
+def test_a_pool_claims_memory_limit_holds_on_the_warm_sandbox(sandpool: Sandpool):
+    """``resourceLimits`` of a pool claim are set on the warm sandbox it
+    takes: under 256Mi a 384 MiB allocation is killed, under the SDK's
+    default 2Gi the same allocation runs (control)."""
+    small, big = create(sandpool, resource={"cpu": "1", "memory": "256Mi"}), create(sandpool, resource={"cpu": "1", "memory": "2Gi"})
+    try:
+        alloc = "dd if=/dev/zero of=/dev/null bs=384M count=1 2>/dev/null; echo rc=$?"
+        assert stdout(run(big, alloc)).strip() == "rc=0", "control: 2Gi holds 384 MiB"
+        assert stdout(run(small, alloc)).strip() == "rc=137", "256Mi: the allocation is OOM-killed"
+        assert stdout(run(small, "echo alive")).strip() == "alive", "the sandbox itself lives on"
+    finally:
+        _swallow(small.kill)
+        _swallow(big.kill)

@@ -560,53 +560,6 @@ impl Agent {
         res.map(|_| None)
     }
 
-    /// Replace sandbox `id`'s egress policy (`None`: everything allowed).
-    /// A network-less sandbox has no egress: only a policy that denies
-    /// everything fits it.
-    #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn set_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
-        let sb = self.get(id)?;
-        if let Some(p) = &policy {
-            egress::validate(p)?;
-        }
-        if sb.template.checkpointable {
-            let denies_all = policy.as_ref().is_some_and(|p| {
-                p.default_action == pb::EgressAction::Deny as i32
-                    && p.rules
-                        .iter()
-                        .all(|r| r.action == pb::EgressAction::Deny as i32)
-            });
-            if denies_all {
-                return Ok(());
-            }
-            return Err(AgentError::FailedPrecondition(format!(
-                "sandbox {id} has no network (checkpointable): it cannot be allowed any egress"
-            )));
-        }
-        self.apply_egress(id, policy).await
-    }
-
-    /// Load `policy` into sandbox `id`'s netns (off the async threads).
-    async fn apply_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
-        let netns = self.cfg.net.netns_path(id);
-        let platform: Vec<_> = self
-            .cfg
-            .net
-            .gateway_ip()
-            .map(|gw| {
-                self.cfg
-                    .net
-                    .allow_host_ports
-                    .iter()
-                    .map(|p| (std::net::IpAddr::V4(gw), *p))
-                    .collect()
-            })
-            .unwrap_or_default();
-        tokio::task::spawn_blocking(move || egress::apply(&netns, policy.as_ref(), &platform))
-            .await
-            .map_err(|e| AgentError::network(format!("egress task of {id}"), e))?
-    }
-
     /// In-place image upgrade: restart sandbox `id` on `image`, keeping its
     /// id, address, token and state (its processes start over). The caller
     /// holds nothing busy.

@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod checkpoint;
+mod claim;
 mod disk;
 mod lifecycle;
 mod logs;

@@ -138,6 +138,35 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
     })
 }
 
+/// A pool claim's resource limits must be the pool pods' own: Kubernetes
+/// mode does not resize a running pod (empty fields ask for nothing).
+fn check_pool_limits(
+    pool: &str,
+    t: Option<&PodTemplateSpec>,
+    asked: &pb::Resources,
+) -> Result<(), Status> {
+    let limits = t
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    for (name, want) in [("cpu", &asked.cpu), ("memory", &asked.memory)] {
+        let have = limits.get(name).map(|q| q.0.as_str());
+        if !want.is_empty() && have != Some(want.as_str()) {
+            return Err(Status::unimplemented(format!(
+                "resourceLimits.{name} {want:?} differs from pool {pool}'s pod limit {have:?}: Kubernetes mode does not resize a pool's pods (ask for the pool's limits, or create from an image)"
+            )));
+        }
+    }
+    if asked.pids > 0 {
+        return Err(Status::unimplemented(
+            "a pids limit on a pool claim is not supported in Kubernetes mode",
+        ));
+    }
+    Ok(())
+}
+
 fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
     let c = t.spec.as_ref().and_then(|s| s.containers.first());
     pb::SandboxTemplate {
@@ -439,13 +468,16 @@ impl Scheduler for KubeScheduler {
                 .ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
             (None, Some(pod_template(t)?))
         } else {
-            self.pools().get(&r.pool).await.map_err(|e| {
+            let pool = self.pools().get(&r.pool).await.map_err(|e| {
                 if is_not_found(&e) {
                     Status::not_found(format!("pool {} not found", r.pool))
                 } else {
                     kube_status(e)
                 }
             })?;
+            if let Some(asked) = &r.resources {
+                check_pool_limits(&r.pool, pool.spec.pod_template().as_ref(), asked)?;
+            }
             labels.insert(CLAIM_POOL_LABEL.to_string(), r.pool.clone());
             (Some(r.pool.clone()), None)
         };

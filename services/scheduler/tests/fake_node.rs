@@ -321,6 +321,58 @@ async fn a_warm_claim_takes_a_pool_sandbox_and_injects_into_it() {
     assert_eq!(s.get_claim(&c.id).unwrap(), c);
 }
 
+/// A claim's egress policy and limits go to the node with its inject (set
+/// there before the process starts); a bad policy is refused before a
+/// sandbox is taken.
+#[tokio::test]
+async fn a_claims_egress_and_limits_reach_its_node_and_bad_rules_take_nothing() {
+    let (node, s, _store) = warm_platform("p", 2, 2, 4).await;
+    let deny = pb::EgressPolicy {
+        default_action: pb::EgressAction::Deny as i32,
+        rules: vec![],
+    };
+    let limits = pb::Resources {
+        cpu: "2".into(),
+        memory: "1Gi".into(),
+        pids: 0,
+    };
+    let c = s
+        .claim(pb::ClaimRequest {
+            pool: "p".into(),
+            egress: Some(deny.clone()),
+            resources: Some(limits.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    {
+        let b = node.books();
+        let sent = b.injected.last().expect("an inject");
+        assert_eq!(sent.sandbox_id, c.sandbox.id);
+        assert_eq!(sent.egress.as_ref(), Some(&deny));
+        assert_eq!(sent.resources.as_ref(), Some(&limits));
+    }
+    let bad = pb::EgressPolicy {
+        default_action: 0,
+        rules: vec![pb::EgressRule {
+            action: pb::EgressAction::Allow as i32,
+            cidr: "pypi.org".into(),
+            port: 0,
+        }],
+    };
+    let before = status(&s, "p").allocated;
+    let err = s
+        .claim(pb::ClaimRequest {
+            pool: "p".into(),
+            egress: Some(bad),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a domain rule");
+    assert!(err.to_string().contains("egress rule 0"), "{err}");
+    assert_eq!(status(&s, "p").allocated, before, "nothing taken");
+}
+
 #[tokio::test]
 async fn without_a_warm_sandbox_a_claim_starts_one_cold() {
     let (node, s, _store) = platform().await;

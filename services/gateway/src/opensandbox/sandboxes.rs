@@ -25,7 +25,7 @@ struct ImageSpec {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Limits {
     #[serde(default)]
     cpu: Option<String>,
@@ -57,6 +57,29 @@ struct CreateRequest {
     volumes: Option<Vec<Value>>,
     #[serde(default)]
     network_policy: Option<Value>,
+    /// Anything else the body holds: refused unless unset (see [`refuse_unhonoured`]).
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// Fields of a create body that sandpool does not honour, answered 501
+/// naming the field instead of being dropped. `secureAccess: false` (what
+/// the SDK always sends) asks for nothing.
+fn refuse_unhonoured(req: &CreateRequest) -> Result<()> {
+    for (k, v) in &req.other {
+        let unset = v.is_null() || (k == "secureAccess" && v == &Value::Bool(false));
+        if !unset {
+            return Err(ApiError::Unsupported(format!("the create field {k}")));
+        }
+    }
+    if req.volumes.as_ref().is_some_and(|v| !v.is_empty())
+        && req.snapshot_id.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(ApiError::Unsupported(
+            "volumes (host, pvc, ossfs) on a create".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_timeout(v: &Option<Value>) -> Result<u64> {
@@ -99,6 +122,7 @@ pub enum Create {
 /// gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
 pub fn parse_create(body: &[u8]) -> Result<Create> {
     let req: CreateRequest = extract::parse_json(body)?;
+    refuse_unhonoured(&req)?;
     match req.snapshot_id.as_deref() {
         Some(s) if !s.is_empty() => restore_of(req).map(Create::Restore),
         _ => claim_of(req).map(|c| Create::Claim(Box::new(c))),
@@ -144,9 +168,10 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
 }
 
 /// A create body without a `snapshotId`.
-fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
+fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
     let ttl = parse_timeout(&req.timeout)?;
     let egress = crate::egress::from_opensandbox(req.network_policy.as_ref())?;
+    let mut resource_limits = req.resource_limits.take();
     let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(p)) if !p.is_empty() => p.clone(),
@@ -156,11 +181,6 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
             )));
         }
     };
-    if !pool.is_empty() && req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::Invalid(
-            "volumes are not supported with extensions.poolRef".into(),
-        ));
-    }
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
     let metadata = req.metadata.clone().unwrap_or_default();
@@ -176,7 +196,7 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
                 "image.uri is required without extensions.poolRef".into(),
             ));
         }
-        let limits = req.resource_limits.unwrap_or_default();
+        let limits = resource_limits.take().unwrap_or_default();
         Some(pb::SandboxTemplate {
             image,
             resources: Some(pb::Resources {
@@ -191,7 +211,17 @@ fn claim_of(req: CreateRequest) -> Result<pb::ClaimRequest> {
     } else {
         None
     };
+    // a pool claim's limits are set on the warm sandbox it takes
+    let resources = match (&template, resource_limits) {
+        (None, Some(l)) if l.cpu.is_some() || l.memory.is_some() => Some(pb::Resources {
+            cpu: l.cpu.unwrap_or_default(),
+            memory: l.memory.unwrap_or_default(),
+            pids: 0,
+        }),
+        _ => None,
+    };
     Ok(pb::ClaimRequest {
+        resources,
         pool,
         pool_only: false,
         ttl_seconds: ttl,
@@ -374,5 +404,55 @@ mod tests {
             let e = parse_create(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
         }
+    }
+
+    #[test]
+    fn pool_claims_carry_their_resource_limits_and_policy() {
+        let claim = |body: &[u8]| match parse_create(body) {
+            Ok(Create::Claim(c)) => *c,
+            other => panic!("a claim: {other:?}"),
+        };
+        let c = claim(
+            br#"{"image":{"uri":"busybox"},"resourceLimits":{"cpu":"1","memory":"2Gi"},"extensions":{"poolRef":"p"},"networkPolicy":{"defaultAction":"deny"}}"#,
+        );
+        let r = c.resources.expect("pool claim limits");
+        assert_eq!((r.cpu.as_str(), r.memory.as_str(), r.pids), ("1", "2Gi", 0));
+        assert_eq!(
+            c.egress.map(|e| e.default_action),
+            Some(pb::EgressAction::Deny as i32)
+        );
+        // a cold start carries them in its template instead
+        let c = claim(br#"{"image":{"uri":"busybox"},"resourceLimits":{"memory":"1Gi"}}"#);
+        assert!(c.resources.is_none());
+        assert_eq!(
+            c.template.and_then(|t| t.resources).map(|r| r.memory),
+            Some("1Gi".into())
+        );
+        let e = parse_create(br#"{"image":{"uri":"busybox"},"resourceLimits":{"gpu":"1"}}"#)
+            .expect_err("an unknown limit");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("gpu"), "{e}");
+    }
+
+    #[test]
+    fn fields_sandpool_does_not_honour_are_refused_naming_them() {
+        for (body, field) in [
+            (&br#"{"image":{"uri":"busybox"},"secureAccess":true}"#[..], "secureAccess"),
+            (br#"{"image":{"uri":"busybox"},"platform":{"os":"linux","arch":"arm64"}}"#, "platform"),
+            (br#"{"image":{"uri":"busybox"},"resourceRequests":{"cpu":"1"}}"#, "resourceRequests"),
+            (br#"{"image":{"uri":"busybox"},"volumes":[{"name":"v","mountPath":"/v","host":{"path":"/tmp"}}]}"#, "volumes"),
+            (br#"{"extensions":{"poolRef":"p"},"volumes":[{"name":"v"}]}"#, "volumes"),
+        ] {
+            let e = parse_create(body).expect_err(field);
+            assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "{field}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        // what the SDK sends by default asks for nothing more
+        assert!(
+            parse_create(
+                br#"{"image":{"uri":"busybox"},"secureAccess":false,"platform":null,"volumes":[]}"#
+            )
+            .is_ok()
+        );
     }
 }

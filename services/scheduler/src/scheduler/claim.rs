@@ -182,8 +182,14 @@ impl Scheduler {
         };
         reservation.record(&claim_id);
         let started = async {
-            self.inject_and_persist(&node, &rec, process, req.egress.clone())
-                .await?;
+            self.inject_and_persist(
+                &node,
+                &rec,
+                process,
+                req.egress.clone(),
+                req.resources.clone(),
+            )
+            .await?;
             self.mount_volumes(&node, &rec.sandbox.id, &req.mounts)
                 .await
         };
@@ -333,9 +339,10 @@ impl Scheduler {
         rec: &ClaimRec,
         process: pb::InjectRequest,
         egress: Option<pb::EgressPolicy>,
+        resources: Option<pb::Resources>,
     ) -> Result<()> {
         let inject = async {
-            if process.argv.is_empty() && egress.is_none() {
+            if process.argv.is_empty() && egress.is_none() && resources.is_none() {
                 return Ok(());
             }
             let n = self.node(node)?;
@@ -345,6 +352,7 @@ impl Scheduler {
                     sandbox_id: rec.sandbox.id.clone(),
                     process: Some(process).filter(|p| !p.argv.is_empty()),
                     egress,
+                    resources,
                 })),
                 span,
             )
