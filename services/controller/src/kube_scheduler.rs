@@ -138,6 +138,19 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
     })
 }
 
+/// What a claim asks for that Kubernetes mode does not do.
+fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
+    if !r.mounts.is_empty() {
+        return Err(Status::unimplemented(
+            "volume mounts are not supported in Kubernetes mode yet",
+        ));
+    }
+    if r.egress.is_some() {
+        return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
+    }
+    Ok(())
+}
+
 /// A pool claim's resource limits must be the pool pods' own: Kubernetes
 /// mode does not resize a running pod (empty fields ask for nothing).
 fn check_pool_limits(
@@ -255,6 +268,41 @@ impl KubeScheduler {
 
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Where a claim's pod comes from: its pool (whose pods' limits it must
+    /// not change), or its own template (with the claim's limits).
+    async fn claim_source(
+        &self,
+        r: &pb::ClaimRequest,
+    ) -> Result<(Option<String>, Option<PodTemplateSpec>), Status> {
+        if r.pool.is_empty() {
+            let mut t = r
+                .template
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
+            if let Some(asked) = &r.resources {
+                let own = t.resources.get_or_insert_with(Default::default);
+                for (mine, theirs) in [(&mut own.cpu, &asked.cpu), (&mut own.memory, &asked.memory)]
+                {
+                    if !theirs.is_empty() {
+                        mine.clone_from(theirs);
+                    }
+                }
+            }
+            return Ok((None, Some(pod_template(&t)?)));
+        }
+        let pool = self.pools().get(&r.pool).await.map_err(|e| {
+            if is_not_found(&e) {
+                Status::not_found(format!("pool {} not found", r.pool))
+            } else {
+                kube_status(e)
+            }
+        })?;
+        if let Some(asked) = &r.resources {
+            check_pool_limits(&r.pool, pool.spec.pod_template().as_ref(), asked)?;
+        }
+        Ok((Some(r.pool.clone()), None))
     }
 
     fn pools(&self) -> Api<Pool> {
@@ -443,14 +491,7 @@ impl Scheduler for KubeScheduler {
     ) -> Result<Response<pb::Claim>, Status> {
         let started = Instant::now();
         let r = req.into_inner();
-        if !r.mounts.is_empty() {
-            return Err(Status::unimplemented(
-                "volume mounts are not supported in Kubernetes mode yet",
-            ));
-        }
-        if r.egress.is_some() {
-            return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
-        }
+        refuse_unsupported(&r)?;
         let id = if r.claim_id.is_empty() {
             format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
         } else {
@@ -461,26 +502,10 @@ impl Scheduler for KubeScheduler {
             return Ok(Response::new(self.claim_of(&b).await?));
         }
         let mut labels = BTreeMap::from([(CLAIM_LABEL.to_string(), "true".to_string())]);
-        let (pool_ref, template) = if r.pool.is_empty() {
-            let t = r
-                .template
-                .as_ref()
-                .ok_or_else(|| Status::invalid_argument("a pool or a template is required"))?;
-            (None, Some(pod_template(t)?))
-        } else {
-            let pool = self.pools().get(&r.pool).await.map_err(|e| {
-                if is_not_found(&e) {
-                    Status::not_found(format!("pool {} not found", r.pool))
-                } else {
-                    kube_status(e)
-                }
-            })?;
-            if let Some(asked) = &r.resources {
-                check_pool_limits(&r.pool, pool.spec.pod_template().as_ref(), asked)?;
-            }
-            labels.insert(CLAIM_POOL_LABEL.to_string(), r.pool.clone());
-            (Some(r.pool.clone()), None)
-        };
+        let (pool_ref, template) = self.claim_source(&r).await?;
+        if let Some(p) = &pool_ref {
+            labels.insert(CLAIM_POOL_LABEL.to_string(), p.clone());
+        }
         let mut annotations = BTreeMap::new();
         if !r.metadata.is_empty() {
             let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
@@ -723,5 +748,38 @@ fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
             unknown: u(st.task_unknown),
         }),
         claims: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_claim_may_ask_only_for_its_pool_pods_limits() {
+        let pods = pod_template(&pb::SandboxTemplate {
+            image: "busybox".into(),
+            resources: Some(pb::Resources {
+                cpu: "1".into(),
+                memory: "2Gi".into(),
+                pids: 0,
+            }),
+            ..Default::default()
+        })
+        .expect("pod template");
+        let asked = |cpu: &str, memory: &str| pb::Resources {
+            cpu: cpu.into(),
+            memory: memory.into(),
+            pids: 0,
+        };
+        for same in [asked("1", "2Gi"), asked("", "2Gi"), asked("", "")] {
+            assert!(
+                check_pool_limits("p", Some(&pods), &same).is_ok(),
+                "{same:?}"
+            );
+        }
+        let e = check_pool_limits("p", Some(&pods), &asked("1", "256Mi")).expect_err("other");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("resourceLimits.memory"), "{e:?}");
     }
 }
