@@ -448,15 +448,30 @@ def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_en
             made.append(sandbox)
             out = stdout(run(sandbox, PROBE, timeout=30))
             assert _reaches(out) == expected, f"networkPolicy {policy}: {out!r}"
+        # the policy changes live: OpenSandbox PUT .../networkpolicy, read back by GET
+        open_one = made[0]
+        with sandpool.client() as api:
+            url = f"/v1/sandboxes/{open_one.id}/networkpolicy"
+            assert api.put(url, json={"defaultAction": "deny"}).status_code == 200
+            assert api.get(url).json()["mode"] == "deny_all"
+            assert not _reaches(stdout(run(open_one, PROBE, timeout=30))), "denied live"
+            assert api.put(url, json={}).json()["mode"] == "allow_all"
+            assert _reaches(stdout(run(open_one, PROBE, timeout=30))), "allowed again"
         e2b_closed = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False)
         e2b_open = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False,
                                      network={"allow_out": [outside]})
-        for sbx, expected in ((e2b_closed, False), (e2b_open, True)):
-            try:
+        try:
+            for sbx, expected in ((e2b_closed, False), (e2b_open, True)):
                 out = sbx.commands.run(PROBE, timeout=30).stdout
                 assert _reaches(out) == expected, f"e2b {sbx.sandbox_id}: {out!r}"
-            finally:
-                _swallow(sbx.kill)
+            # E2B update_network replaces the rules live (what it leaves out is cleared)
+            e2b_open.update_network({"deny_out": [f"{outside}/32"]})
+            assert not _reaches(e2b_open.commands.run(PROBE, timeout=30).stdout), "e2b: denied live"
+            e2b_closed.update_network({})
+            assert _reaches(e2b_closed.commands.run(PROBE, timeout=30).stdout), "e2b: cleared, open"
+        finally:
+            _swallow(e2b_closed.kill)
+            _swallow(e2b_open.kill)
     finally:
         for sandbox in made:
             _swallow(sandbox.kill)

@@ -485,6 +485,13 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
+    async fn set_claim_egress(
+        &self,
+        _req: Request<pb::SetClaimEgressRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        Err(Status::unimplemented(EGRESS_UNSUPPORTED))
+    }
+
     async fn create_claim(
         &self,
         req: Request<pb::ClaimRequest>,

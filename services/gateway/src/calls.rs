@@ -150,6 +150,17 @@ impl Gateway {
         Ok(())
     }
 
+    /// Replace the egress policy of claim `id`'s sandbox, live.
+    pub async fn set_claim_egress(&self, id: &str, egress: pb::EgressPolicy) -> Result<pb::Claim> {
+        let req = pb::SetClaimEgressRequest {
+            claim_id: id.to_string(),
+            egress: Some(egress),
+        };
+        self.on_own_claim(id, req, rpc!(set_claim_egress))
+            .await
+            .map(shown)
+    }
+
     pub async fn pause_claim(&self, id: &str) -> Result<()> {
         self.on_own_claim(id, claim_ref(id), rpc!(pause_claim))
             .await?;

@@ -14,7 +14,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use chrono::{SecondsFormat, Utc};
 use sandpool_proto::v1 as pb;
@@ -61,6 +61,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/network", put(set_network))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
@@ -139,7 +140,7 @@ fn state(c: &pb::Claim) -> &'static str {
 }
 
 fn detail_json(c: &pb::Claim) -> Value {
-    json!({
+    let mut v = json!({
         "templateID": c.pool,
         "sandboxID": c.claim_id,
         "clientID": c.sandbox.as_ref().map(|s| s.node.clone()).unwrap_or_default(),
@@ -151,7 +152,11 @@ fn detail_json(c: &pb::Claim) -> Value {
         "diskSizeMB": 0,
         "state": state(c),
         "metadata": c.metadata,
-    })
+    });
+    if let Some(e) = &c.egress {
+        v["network"] = crate::egress::e2b_network(e);
+    }
+    v
 }
 
 /// An E2B create body as the claim it asks for plus the env vars for envd
@@ -303,6 +308,29 @@ async fn refresh(
         t.duration.unwrap_or(DEFAULT_TIMEOUT_S as i64),
     )
     .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /sandboxes/{id}/network`: the sandbox's egress rules replaced live
+/// (what the body leaves out goes back to its default, as upstream).
+async fn set_network(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    extract::JsonOrEmpty(mut body, _): JsonBody<serde_json::Map<String, Value>>,
+) -> Result<StatusCode> {
+    let allow_internet = match body.remove("allow_internet_access") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(b),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "allow_internet_access must be a boolean, got {other}"
+            ))
+            .into());
+        }
+    };
+    let policy =
+        crate::egress::from_e2b(allow_internet, Some(&Value::Object(body)))?.unwrap_or_default();
+    gw.set_claim_egress(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,7 +6,7 @@
 
 use sandpool_core::egress::parse_cidr;
 use sandpool_proto::v1 as pb;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
@@ -65,38 +65,107 @@ pub fn from_opensandbox(v: Option<&Value>) -> Result<Option<pb::EgressPolicy>> {
         obj.get("defaultAction"),
         pb::EgressAction::Deny,
     )?;
-    let rules = match obj.get("egress") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let field = format!("networkPolicy.egress[{i}]");
-                let act = action(
-                    &format!("{field}.action"),
-                    r.get("action"),
-                    pb::EgressAction::Unspecified,
-                )?;
-                if act == pb::EgressAction::Unspecified {
-                    return Err(ApiError::Invalid(format!("{field}.action is required")));
-                }
-                rule(
-                    &format!("{field}.target"),
-                    act,
-                    r.get("target").unwrap_or(&Value::Null),
-                )
-            })
-            .collect::<Result<_>>()?,
-        Some(other) => {
-            return Err(ApiError::Invalid(format!(
-                "networkPolicy.egress must be a list, got {other}"
-            )));
-        }
-    };
+    let rules = os_rules(
+        "networkPolicy.egress",
+        obj.get("egress").unwrap_or(&Value::Null),
+    )?;
     Ok(Some(pb::EgressPolicy {
         default_action: default as i32,
         rules,
     }))
+}
+
+/// OpenSandbox `NetworkRule`s (`[{action, target}]`) at `field`.
+pub fn os_rules(field: &str, v: &Value) -> Result<Vec<pb::EgressRule>> {
+    let a = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) => a,
+        other => {
+            return Err(ApiError::Invalid(format!(
+                "{field} must be a list, got {other}"
+            )));
+        }
+    };
+    a.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("{field}[{i}]");
+            let act = action(
+                &format!("{field}.action"),
+                r.get("action"),
+                pb::EgressAction::Unspecified,
+            )?;
+            if act == pb::EgressAction::Unspecified {
+                return Err(ApiError::Invalid(format!("{field}.action is required")));
+            }
+            rule(
+                &format!("{field}.target"),
+                act,
+                r.get("target").unwrap_or(&Value::Null),
+            )
+        })
+        .collect()
+}
+
+fn is_deny(a: i32) -> bool {
+    a == pb::EgressAction::Deny as i32
+}
+
+/// OpenSandbox's `PolicyStatusResponse` for a claim's own policy (`None`:
+/// the claim set none, its pool's applies).
+pub fn opensandbox_status(p: Option<&pb::EgressPolicy>) -> Value {
+    let Some(p) = p else {
+        return json!({"status": "ok", "mode": "pool_default"});
+    };
+    let mode = if p.rules.is_empty() && !is_deny(p.default_action) {
+        "allow_all"
+    } else if is_deny(p.default_action) && p.rules.iter().all(|r| is_deny(r.action)) {
+        "deny_all"
+    } else {
+        "rules"
+    };
+    let egress: Vec<Value> = p
+        .rules
+        .iter()
+        .map(|r| json!({"action": if is_deny(r.action) { "deny" } else { "allow" }, "target": r.cidr}))
+        .collect();
+    json!({
+        "status": "ok",
+        "mode": mode,
+        "policy": {"defaultAction": if is_deny(p.default_action) { "deny" } else { "allow" }, "egress": egress},
+    })
+}
+
+/// OpenSandbox `PATCH .../networkpolicy`: each rule replaces the rule of
+/// the same target, or is appended.
+pub fn patch_rules(p: &mut pb::EgressPolicy, rules: Vec<pb::EgressRule>) {
+    for r in rules {
+        match p.rules.iter_mut().find(|old| old.cidr == r.cidr) {
+            Some(old) => *old = r,
+            None => p.rules.push(r),
+        }
+    }
+}
+
+/// OpenSandbox `DELETE .../networkpolicy`: the rules of these targets go.
+pub fn delete_targets(p: &mut pb::EgressPolicy, targets: &[String]) {
+    p.rules.retain(|r| !targets.contains(&r.cidr));
+}
+
+/// E2B's `network` view of a claim's own policy (sandbox detail).
+pub fn e2b_network(p: &pb::EgressPolicy) -> Value {
+    let pick = |deny: bool| -> Vec<&str> {
+        p.rules
+            .iter()
+            .filter(|r| is_deny(r.action) == deny)
+            .map(|r| r.cidr.as_str())
+            .collect()
+    };
+    let mut deny_out = pick(true);
+    if is_deny(p.default_action) {
+        deny_out.push("0.0.0.0/0");
+    }
+    json!({"allowOut": pick(false), "denyOut": deny_out})
 }
 
 fn list<'a>(field: &str, v: Option<&'a Value>) -> Result<&'a [Value]> {
@@ -266,5 +335,36 @@ mod tests {
             let e = from_e2b(None, Some(&bad)).expect_err("bad");
             assert!(e.to_string().contains(names), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn policies_read_back_and_patch_by_target() {
+        let mut p = from_opensandbox(Some(&json!({"egress": [
+            {"action": "allow", "target": "10.1.0.0/16"},
+        ]})))
+        .expect("ok")
+        .expect("some");
+        assert_eq!(opensandbox_status(Some(&p))["mode"], "rules");
+        assert_eq!(opensandbox_status(None)["mode"], "pool_default");
+        patch_rules(
+            &mut p,
+            os_rules("body", &json!([{"action": "deny", "target": "10.1.0.0/16"}, {"action": "deny", "target": "10.2.0.1"}]))
+                .expect("rules"),
+        );
+        let v = opensandbox_status(Some(&p));
+        assert_eq!(v["mode"], "deny_all");
+        assert_eq!(
+            v["policy"]["egress"],
+            json!([
+                {"action": "deny", "target": "10.1.0.0/16"},
+                {"action": "deny", "target": "10.2.0.1"},
+            ])
+        );
+        delete_targets(&mut p, &["10.2.0.1".to_string()]);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(
+            e2b_network(&p),
+            json!({"allowOut": [], "denyOut": ["10.1.0.0/16", "0.0.0.0/0"]})
+        );
     }
 }

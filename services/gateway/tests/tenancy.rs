@@ -80,6 +80,12 @@ impl Scheduler for FakeScheduler {
     async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
         self.with_claim(&r.into_inner().claim_id, |_| {})
     }
+    async fn set_claim_egress(&self, r: Request<pb::SetClaimEgressRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| {
+            c.egress = Some(r.egress.unwrap_or_default())
+        })
+    }
     async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
         let r = r.into_inner();
         let mut claims: Vec<pb::Claim> = self
@@ -330,6 +336,10 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
             json!({"expiresAt": "2099-01-01T00:00:00Z"}),
         ),
         ("GET", format!("{sb}/proxy/8080/x"), Value::Null),
+        ("GET", format!("{sb}/networkpolicy"), Value::Null),
+        ("PUT", format!("{sb}/networkpolicy"), json!({})),
+        ("PATCH", format!("{sb}/networkpolicy"), json!([])),
+        ("DELETE", format!("{sb}/networkpolicy"), json!([])),
         ("DELETE", sb.clone(), Value::Null),
     ] {
         let (s, v) = call(app, method, &path, B, body).await;
@@ -389,6 +399,40 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
     assert_eq!((s, ids(&v, "items")), (200, vec![]));
 }
 
+/// The owner of an OpenSandbox sandbox replaces, patches and deletes its
+/// egress rules live and reads them back; a domain rule is refused.
+#[tokio::test]
+async fn an_owner_changes_its_sandboxes_egress_policy_live() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    assert_eq!(s, 202, "{a}");
+    let sb = format!("/v1/sandboxes/{}", a["id"].as_str().expect("id"));
+    let policy = format!("{sb}/networkpolicy");
+    let (s, v) = call(app, "PUT", &policy, A, json!({"defaultAction": "deny"})).await;
+    assert_eq!((s, &v["mode"]), (200, &json!("deny_all")), "{v}");
+    let rule = json!([{"action": "allow", "target": "10.9.0.0/16"}]);
+    let (s, v) = call(app, "PATCH", &policy, A, rule.clone()).await;
+    assert_eq!((s, &v["policy"]["egress"]), (200, &rule), "{v}");
+    let (s, v) = call(app, "DELETE", &policy, A, json!(["10.9.0.0/16"])).await;
+    assert_eq!((s, &v["mode"]), (200, &json!("deny_all")), "{v}");
+    let (s, v) = call(app, "GET", &policy, A, Value::Null).await;
+    assert_eq!(
+        (s, &v["policy"]["defaultAction"]),
+        (200, &json!("deny")),
+        "{v}"
+    );
+    let (s, v) = call(
+        app,
+        "PUT",
+        &policy,
+        A,
+        json!({"egress": [{"action": "allow", "target": "pypi.org"}]}),
+    )
+    .await;
+    assert_eq!(s, 400, "a domain rule: {v}");
+}
+
 #[tokio::test]
 async fn e2b_keys_reach_only_their_own_sandboxes() {
     let p = platform(50).await;
@@ -404,6 +448,7 @@ async fn e2b_keys_reach_only_their_own_sandboxes() {
         ("POST", format!("{sb}/pause"), Value::Null),
         ("POST", format!("{sb}/resume"), json!({"timeout": 60})),
         ("POST", format!("{sb}/connect"), json!({"timeout": 60})),
+        ("PUT", format!("{sb}/network"), json!({})),
         ("DELETE", sb.clone(), Value::Null),
     ] {
         let (s, v) = call(app, method, &path, B, body).await;
@@ -423,6 +468,22 @@ async fn e2b_keys_reach_only_their_own_sandboxes() {
     assert_eq!(ids(&v, ""), vec![id.clone()], "admin sees A's");
     let (s, v) = call(app, "GET", &sb, A, Value::Null).await;
     assert_eq!((s, &v["metadata"]), (200, &json!({})), "{v}");
+    // the owner replaces the egress rules live; GET reads them back
+    let (s, v) = call(
+        app,
+        "PUT",
+        &format!("{sb}/network"),
+        A,
+        json!({"allow_internet_access": false, "allowOut": ["10.9.0.1"]}),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let (_, v) = call(app, "GET", &sb, A, Value::Null).await;
+    assert_eq!(
+        v["network"],
+        json!({"allowOut": ["10.9.0.1"], "denyOut": ["0.0.0.0/0"]}),
+        "{v}"
+    );
     expect_statuses(app, &[("DELETE", &sb, A, 204)]).await;
 }
 

@@ -138,6 +138,10 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         metadata: c.metadata.clone().into_iter().collect(),
         cold_start: c.cold,
         message: c.failure.clone(),
+        egress: c
+            .egress
+            .as_ref()
+            .map(sandpool_proto::template::egress_to_pb),
         entrypoint: c.entrypoint.clone(),
         image: c.image.clone(),
         claim_us: c.claim_us,
@@ -253,6 +257,19 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(claim_pb(
             &self.s.renew(&r.claim_id, r.expires_unix_ms)?,
         )))
+    }
+
+    async fn set_claim_egress(
+        &self,
+        req: Request<pb::SetClaimEgressRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let span = tracing::info_span!("scheduler.set_egress");
+        let c = self
+            .detached(span, req, |s, r| async move {
+                s.set_egress(&r.claim_id, r.egress).await
+            })
+            .await?;
+        Ok(Response::new(claim_pb(&c)))
     }
 
     async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {

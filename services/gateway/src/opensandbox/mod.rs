@@ -3,6 +3,7 @@
 //! [`crate::proxy`].
 
 mod endpoints;
+mod network;
 mod sandboxes;
 mod snapshots;
 
@@ -47,6 +48,13 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/renew-expiration", post(sandboxes::renew))
         .route("/sandboxes/{id}/endpoints/{port}", get(endpoints::endpoint))
+        .route(
+            "/sandboxes/{id}/networkpolicy",
+            get(network::get_policy)
+                .put(network::replace_policy)
+                .patch(network::patch_policy)
+                .delete(network::delete_rules),
+        )
         .route("/sandboxes/{id}/metadata", patch(|| async { ApiError::Unsupported("PATCH metadata".into()) }))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create_snapshot))
         .route("/snapshots", get(snapshots::list_snapshots))

@@ -202,6 +202,7 @@ impl Scheduler {
                 claim_us: 0,
                 batch: None,
                 failure: String::new(),
+                egress: None,
             })
             .collect();
         if failed.is_none() {

@@ -132,9 +132,8 @@ impl Scheduler {
     }
 
     pub(super) async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
-        if let Some(e) = &req.egress {
-            egress_from_pb(e)?; // refused before a sandbox is taken
-        }
+        // refused before a sandbox is taken
+        let egress = req.egress.as_ref().map(egress_from_pb).transpose()?;
         let (claim_id, _claiming) = match self.begin_claim(&req)? {
             Begin::Existing(c) => return Ok(*c), // idempotent retry
             Begin::New(id, claiming) => (id, claiming),
@@ -179,6 +178,7 @@ impl Scheduler {
             claim_us: 0,
             batch: None,
             failure: String::new(),
+            egress: egress.clone(),
         };
         reservation.record(&claim_id);
         let started = async {
@@ -473,6 +473,32 @@ impl Scheduler {
     }
 
     /// Pause: freeze the sandbox; the TTL clock stops (the remaining time is kept).
+    /// Replace the egress policy of claim `id`'s sandbox, live (`None`:
+    /// everything allowed); the claim keeps it for readback.
+    pub async fn set_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<ClaimRec> {
+        let policy = policy.unwrap_or_default();
+        let stored = egress_from_pb(&policy)?;
+        let c = self.get_claim(id)?;
+        if c.state.is_terminal() {
+            return Err(SchedError::Invalid(format!(
+                "claim {id} is {:?}: its sandbox is gone",
+                c.state
+            )));
+        }
+        let mut node = self.node(&c.sandbox.node)?.client.clone();
+        node.inject(traced(pb::NodeInjectRequest {
+            sandbox_id: c.sandbox.id.clone(),
+            egress: Some(policy),
+            ..Default::default()
+        }))
+        .await
+        .map_err(node_err(&c.sandbox.node))?;
+        self.update_claim(id, |c| {
+            c.egress = Some(stored.clone());
+            Ok(())
+        })
+    }
+
     pub async fn pause(&self, id: &str) -> Result<ClaimRec> {
         self.freeze_or_thaw(id, ClaimEvent::Pause).await
     }

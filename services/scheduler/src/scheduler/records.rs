@@ -69,6 +69,9 @@ pub struct ClaimRec {
     /// Why the sandbox failed, as its node reported it (`OOMKilled: ...`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failure: String,
+    /// The claim's own egress policy (`None`: its pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressPolicy>,
 }
 
 pub fn now_ms() -> i64 {
