@@ -51,9 +51,9 @@ pub fn router(gw: Gateway) -> Router {
         .route(
             "/sandboxes/{id}/networkpolicy",
             get(network::get_policy)
-                .put(network::replace_policy)
-                .patch(network::patch_policy)
-                .delete(network::delete_rules),
+                .put(network::change_policy)
+                .patch(network::change_policy)
+                .delete(network::change_policy),
         )
         .route("/sandboxes/{id}/metadata", patch(|| async { ApiError::Unsupported("PATCH metadata".into()) }))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create_snapshot))
