@@ -102,6 +102,33 @@ struct NewSandbox {
     allow_internet_access: Option<bool>,
     #[serde(default)]
     network: Option<Value>,
+    /// `secure`: sandpool always requires the envd access token (see
+    /// docs/compatibility.md), so either value is honoured.
+    #[serde(default, rename = "secure")]
+    _secure: Option<bool>,
+    /// Anything else: refused unless unset (see [`refuse_unhonoured`]).
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// Create fields sandpool does not honour (`autoPause: true`, `autoResume`
+/// enabled, `mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
+/// naming the field instead of being dropped. What the SDKs send when a
+/// caller asks for none of it (null, false, empty, `{"enabled": false}`)
+/// asks for nothing.
+fn refuse_unhonoured(other: &BTreeMap<String, Value>) -> std::result::Result<(), ApiError> {
+    for (k, v) in other {
+        let unset = match v {
+            Value::Null | Value::Bool(false) => true,
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty() || o.get("enabled") == Some(&Value::Bool(false)),
+            _ => false,
+        };
+        if !unset {
+            return Err(ApiError::Unsupported(format!("the create field {k}")));
+        }
+    }
+    Ok(())
 }
 
 async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
@@ -172,6 +199,7 @@ pub fn parse_create(
     if req.template_id.trim().is_empty() {
         return Err(ApiError::Invalid("templateID is required".into()));
     }
+    refuse_unhonoured(&req.other)?;
     let timeout = match req.timeout {
         None => DEFAULT_TIMEOUT_S,
         Some(t) if t > 0 => t as u64,
@@ -611,6 +639,32 @@ mod tests {
         assert_eq!(parse_sandbox_host("api.sandpool.local"), None);
         assert_eq!(parse_sandbox_host("99999-abc.x"), None);
         assert_eq!(parse_sandbox_host("49983-abc"), None);
+    }
+
+    #[test]
+    fn create_fields_sandpool_does_not_honour_are_refused_naming_them() {
+        for (body, field) in [
+            (
+                &br#"{"templateID":"base","autoPause":true}"#[..],
+                "autoPause",
+            ),
+            (
+                br#"{"templateID":"base","autoResume":{"enabled":true}}"#,
+                "autoResume",
+            ),
+            (br#"{"templateID":"base","mcp":{"github":{}}}"#, "mcp"),
+            (
+                br#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
+                "volumeMounts",
+            ),
+            (br#"{"templateID":"base","somethingNew":1}"#, "somethingNew"),
+        ] {
+            let e = parse_create(body).expect_err(field);
+            assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "{field}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        // what the SDKs send by default
+        assert!(parse_create(br#"{"templateID":"base","secure":true,"autoPause":false,"autoResume":{"enabled":false},"mcp":null,"volumeMounts":[]}"#).is_ok());
     }
 
     #[test]
