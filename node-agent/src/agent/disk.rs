@@ -69,10 +69,23 @@ impl Agent {
             .collect();
         let mut stopped = Vec::new();
         for id in running {
-            let Ok(upper) = self.ctr.rootfs_upperdir(&id).await else {
+            // the upper dir is fixed for a container's life: asked once
+            let cached = self.upperdirs.lock().get(&id).cloned();
+            let upper = match cached {
+                Some(u) => u,
+                None => {
+                    let Ok(u) = self.ctr.rootfs_upperdir(&id).await else {
+                        continue;
+                    };
+                    self.upperdirs.lock().insert(id.clone(), u.clone());
+                    u
+                }
+            };
+            let Some(used) = measure(upper, limit).await else {
+                // gone (e.g. restarted meanwhile): asked again next time
+                self.upperdirs.lock().remove(&id);
                 continue;
             };
-            let used = measure(upper, limit).await;
             if used > limit {
                 tracing::warn!(sandbox = %id, used, limit, "sandbox over its disk limit; stopping it");
                 self.record_kill(&id, Kill::Disk { limit });
@@ -87,10 +100,12 @@ impl Agent {
     }
 }
 
-async fn measure(upper: PathBuf, limit: u64) -> u64 {
-    tokio::task::spawn_blocking(move || disk_usage(&upper, limit).unwrap_or(0))
+/// [`disk_usage`] off the async threads; `None` when `upper` is unreadable.
+async fn measure(upper: PathBuf, limit: u64) -> Option<u64> {
+    tokio::task::spawn_blocking(move || disk_usage(&upper, limit).ok())
         .await
-        .unwrap_or(0)
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

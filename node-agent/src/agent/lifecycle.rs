@@ -599,7 +599,7 @@ impl Agent {
             s.state = pb::SandboxState::Releasing;
         }
         self.forget_channel(&id);
-        self.kills.lock().remove(&id);
+        self.forget_incarnation(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
             let (image, chain, env) = self.ensure_image(&valid.image).await?;
@@ -629,7 +629,7 @@ impl Agent {
 
     pub(super) async fn destroy_all(&self, id: &str) -> Result<()> {
         self.forget_channel(id);
-        self.kills.lock().remove(id);
+        self.forget_incarnation(id);
         self.remove_log(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address

@@ -201,6 +201,9 @@ pub struct Agent {
     /// sandboxes stopped for going over a limit (their current
     /// incarnation): the reason their exit is reported with
     kills: Mutex<HashMap<String, Kill>>,
+    /// each running sandbox's rootfs upper dir (what the disk check
+    /// measures), until its container is replaced or removed
+    upperdirs: Mutex<HashMap<String, PathBuf>>,
 }
 
 /// Why a sandbox was stopped by a limit rather than by its own exit.
@@ -235,6 +238,13 @@ impl Kill {
 }
 
 impl Agent {
+    /// Forget what belonged to sandbox `id`'s current container (its
+    /// container is being replaced or removed).
+    fn forget_incarnation(&self, id: &str) {
+        self.kills.lock().remove(id);
+        self.upperdirs.lock().remove(id);
+    }
+
     /// Remember that a limit stopped sandbox `id` (its exit is reported
     /// with the reason), count it, and leave an event in the trace.
     fn record_kill(&self, id: &str, kill: Kill) {
@@ -349,6 +359,7 @@ impl Agent {
             checkpoints,
             busy: Mutex::new(Default::default()),
             kills: Mutex::new(HashMap::new()),
+            upperdirs: Mutex::new(HashMap::new()),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);
