@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         ),
     }
     match e2b::parse_create(data) {
-        Ok((c, _envs)) => {
+        Ok(e2b::NewClaim { claim: c, .. }) => {
             assert!(!c.pool.is_empty(), "an E2B claim names a template");
             assert!(c.ttl_seconds > 0);
             assert!(c.mounts.iter().all(|m| m.mount_path.starts_with('/')));

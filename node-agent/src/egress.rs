@@ -14,8 +14,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sandpool_core::egress::{MAX_RULES, parse_cidr};
-use sandpool_proto::v1 as pb;
+use sandpool_core::egress::{EgressAction, EgressPolicy, parse_cidr};
+use sandpool_proto::{template::egress_from_pb, v1 as pb};
 
 use crate::error::{AgentError, Result};
 
@@ -25,59 +25,27 @@ pub const TABLE: &str = "sandpool_egress";
 /// How a denied connection ends.
 const REJECT: &str = "reject with icmpx type admin-prohibited";
 
-fn action(a: i32) -> Result<&'static str> {
-    match pb::EgressAction::try_from(a) {
-        Ok(pb::EgressAction::Unspecified | pb::EgressAction::Allow) => Ok("accept"),
+fn action(a: EgressAction) -> &'static str {
+    match a {
+        EgressAction::Allow => "accept",
         // refused at once (EHOSTUNREACH-like), not left to time out
-        Ok(pb::EgressAction::Deny) => Ok(REJECT),
-        Err(_) => Err(AgentError::InvalidTemplate(format!(
-            "unknown egress action {a}"
-        ))),
+        EgressAction::Deny => REJECT,
     }
 }
 
-/// Whether `p` lets everything out (no table needed).
-pub fn allows_all(p: Option<&pb::EgressPolicy>) -> bool {
-    p.is_none_or(|p| {
-        p.rules.is_empty()
-            && matches!(
-                pb::EgressAction::try_from(p.default_action),
-                Ok(pb::EgressAction::Unspecified | pb::EgressAction::Allow)
-            )
-    })
-}
-
-/// Check `p` (addresses, ports, actions, size); the error names the rule.
-pub fn validate(p: &pb::EgressPolicy) -> Result<()> {
-    action(p.default_action)?;
-    if p.rules.len() > MAX_RULES {
-        return Err(AgentError::InvalidTemplate(format!(
-            "egress has {} rules; at most {MAX_RULES}",
-            p.rules.len()
-        )));
-    }
-    for (i, r) in p.rules.iter().enumerate() {
-        action(r.action)?;
-        parse_cidr(&r.cidr)
-            .map_err(|e| AgentError::InvalidTemplate(format!("egress rule {i}: {e}")))?;
-        if r.port > u32::from(u16::MAX) {
-            return Err(AgentError::InvalidTemplate(format!(
-                "egress rule {i}: port {} is above 65535",
-                r.port
-            )));
-        }
-    }
-    Ok(())
+/// A wire policy checked (addresses, ports, actions, size); the error names
+/// the rule.
+pub fn parse(p: &pb::EgressPolicy) -> Result<EgressPolicy> {
+    egress_from_pb(p).map_err(AgentError::InvalidTemplate)
 }
 
 /// The nft script that makes the sandbox's table enforce `p` (pure).
 /// `platform` are (host address, TCP port) pairs the sandbox's runtime
-/// reaches whatever the policy (the node's trace collector). Assumes
-/// [`validate`] passed.
-pub fn ruleset(p: Option<&pb::EgressPolicy>, platform: &[(IpAddr, u16)]) -> String {
+/// reaches whatever the policy (the node's trace collector).
+pub fn ruleset(p: Option<&EgressPolicy>, platform: &[(IpAddr, u16)]) -> String {
     // declaring the table first makes the delete succeed on a fresh netns
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
-    let Some(p) = p.filter(|_| !allows_all(p)) else {
+    let Some(p) = p.filter(|p| !p.allows_all()) else {
         return s;
     };
     s.push_str(&format!(
@@ -101,10 +69,10 @@ pub fn ruleset(p: Option<&pb::EgressPolicy>, platform: &[(IpAddr, u16)]) -> Stri
         s.push_str(&format!(
             "    {} daddr {cidr}{port} {}\n",
             family(&cidr.addr),
-            action(r.action).unwrap_or(REJECT)
+            action(r.action)
         ));
     }
-    if action(p.default_action).ok() != Some("accept") {
+    if p.default_action == EgressAction::Deny {
         s.push_str(&format!("    {REJECT}\n"));
     }
     s.push_str("  }\n}\n");
@@ -116,10 +84,7 @@ fn family(a: &IpAddr) -> &'static str {
 }
 
 /// Load [`ruleset`] into the network namespace at `netns`.
-pub fn apply(netns: &Path, p: Option<&pb::EgressPolicy>, platform: &[(IpAddr, u16)]) -> Result<()> {
-    if let Some(p) = p {
-        validate(p)?;
-    }
+pub fn apply(netns: &Path, p: Option<&EgressPolicy>, platform: &[(IpAddr, u16)]) -> Result<()> {
     let script = ruleset(p, platform);
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -161,6 +126,10 @@ mod tests {
         }
     }
 
+    fn parsed(p: &pb::EgressPolicy) -> EgressPolicy {
+        parse(p).expect("valid policy")
+    }
+
     #[test]
     fn allow_all_removes_the_table_and_deny_ends_in_reject() {
         let script = ruleset(None, &[]);
@@ -177,7 +146,7 @@ mod tests {
             ],
         };
         let platform = [(IpAddr::V4(Ipv4Addr::new(10, 213, 0, 1)), 4317)];
-        let script = ruleset(Some(&p), &platform);
+        let script = ruleset(Some(&parsed(&p)), &platform);
         let body: Vec<&str> = script.lines().skip(5).map(str::trim).collect();
         assert_eq!(
             body,
@@ -198,7 +167,7 @@ mod tests {
             default_action: pb::EgressAction::Allow as i32,
             rules: vec![rule(pb::EgressAction::Deny, "10.9.0.0/16", 0)],
         };
-        assert!(!ruleset(Some(&p), &[]).contains("    reject"));
+        assert!(!ruleset(Some(&parsed(&p)), &[]).contains("    reject"));
     }
 
     #[test]
@@ -207,17 +176,20 @@ mod tests {
             default_action: 0,
             rules: vec![rule(pb::EgressAction::Allow, "10.0.0.0/8", 0), r],
         };
-        let e = validate(&p(rule(pb::EgressAction::Allow, "pypi.org", 0))).expect_err("domain");
+        let e = parse(&p(rule(pb::EgressAction::Allow, "pypi.org", 0))).expect_err("domain");
         assert!(e.to_string().contains("egress rule 1"), "{e}");
-        let e = validate(&p(rule(pb::EgressAction::Allow, "10.0.0.1", 70000))).expect_err("port");
+        let e = parse(&p(rule(pb::EgressAction::Allow, "10.0.0.1", 70000))).expect_err("port");
         assert!(e.to_string().contains("65535"), "{e}");
         let mut bad_action = rule(pb::EgressAction::Allow, "10.0.0.1", 0);
         bad_action.action = 9;
-        assert!(validate(&p(bad_action)).is_err());
+        assert!(parse(&p(bad_action)).is_err());
         let many = pb::EgressPolicy {
             default_action: 0,
-            rules: vec![rule(pb::EgressAction::Allow, "10.0.0.1", 0); MAX_RULES + 1],
+            rules: vec![
+                rule(pb::EgressAction::Allow, "10.0.0.1", 0);
+                sandpool_core::egress::MAX_RULES + 1
+            ],
         };
-        assert!(validate(&many).is_err());
+        assert!(parse(&many).is_err());
     }
 }

@@ -89,9 +89,33 @@ impl Interceptor for RequireToken {
     }
 }
 
+/// The sandbox's traffic access token (E2B `trafficAccessToken`), derived
+/// from its runtime access token: the gateway's proxy asks for it on the
+/// ports of a sandbox whose traffic is private, and the code interpreter
+/// takes it instead of the runtime token. Knowing it gives no access to
+/// envd or execd (a hash does not reveal its input), and it changes with
+/// the runtime token (every claim of a warm sandbox gets a new one).
+pub fn traffic_token(access_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sandpool traffic access token v1\n");
+    h.update(access_token.as_bytes());
+    hex::encode(h.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_traffic_token_is_distinct_stable_and_per_runtime_token() {
+        let t = traffic_token("runtime-token-1");
+        assert_eq!(t, traffic_token("runtime-token-1"));
+        assert_ne!(t, traffic_token("runtime-token-2"));
+        assert_ne!(t, "runtime-token-1");
+        assert_eq!(t.len(), 64);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 
     fn sent(token: Option<&str>) -> Request<()> {
         ServiceToken::new(token)

@@ -15,10 +15,9 @@ use subtle::ConstantTimeEq;
 /// Where a route set expects the sandbox token and how it refuses.
 #[derive(Clone)]
 pub struct TokenGuard {
-    /// The configured token; `None` lets everything through.
-    pub expected: Option<Arc<str>>,
-    /// The request headers that may carry the token (any one matching passes).
-    pub headers: &'static [&'static str],
+    /// The (header, token) pairs that pass, any one matching; `None` (no
+    /// token configured) lets everything through.
+    pub accepted: Option<Arc<[(&'static str, String)]>>,
     /// Whether a request path needs the token.
     pub guards: fn(&str) -> bool,
     /// The answer to a missing or wrong token.
@@ -26,6 +25,22 @@ pub struct TokenGuard {
 }
 
 impl TokenGuard {
+    /// The pairs `accepted` for a configured runtime `token`: `header`
+    /// carrying the token itself, and `traffic_header` (if any) carrying the
+    /// sandbox's traffic token derived from it.
+    pub fn accepting(
+        token: Option<&str>,
+        header: &'static str,
+        traffic_header: Option<&'static str>,
+    ) -> Option<Arc<[(&'static str, String)]>> {
+        let t = token?;
+        let mut v = vec![(header, t.to_string())];
+        if let Some(h) = traffic_header {
+            v.push((h, sandpool_proto::auth::traffic_token(t)));
+        }
+        Some(v.into())
+    }
+
     /// Guard the routes of `router` (a route layer: a request no route
     /// matches reaches the fallback without the check).
     pub fn apply<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
@@ -34,11 +49,17 @@ impl TokenGuard {
 }
 
 async fn require_token(State(g): State<TokenGuard>, req: Request, next: Next) -> Response {
-    let ok = |h: &&str| token_ok(req.headers(), h, g.expected.as_deref());
-    if (g.guards)(req.uri().path()) && !g.headers.iter().any(ok) {
+    if (g.guards)(req.uri().path()) && !passes(&g, req.headers()) {
         return (g.refuse)();
     }
     next.run(req).await
+}
+
+/// Whether `headers` carry one of the accepted tokens (or none is configured).
+fn passes(g: &TokenGuard, headers: &http::HeaderMap) -> bool {
+    g.accepted
+        .as_deref()
+        .is_none_or(|a| a.iter().any(|(h, t)| token_ok(headers, h, Some(t))))
 }
 
 /// Whether `header` carries `expected` (constant-time), or no token is configured.

@@ -73,8 +73,11 @@ pub fn router(state: AppState) -> Router {
     // `X-EXECD-ACCESS-TOKEN`, when a token is configured; `/ping` stays open
     // (as upstream execd does) so health probes need no secret.
     TokenGuard {
-        expected: state.cfg.access_token.as_deref().map(Arc::from),
-        headers: &["x-execd-access-token"],
+        accepted: TokenGuard::accepting(
+            state.cfg.access_token.as_deref(),
+            "x-execd-access-token",
+            None,
+        ),
         guards: |path| path != "/ping",
         refuse: || RuntimeError::Unauthorized.into_response(),
     }

@@ -12,6 +12,11 @@ mod support;
 
 const TOKEN: &str = "interp-token";
 
+/// The sandbox's traffic token, what the gateway hands E2B clients.
+fn traffic() -> String {
+    sandpool_proto::auth::traffic_token(TOKEN)
+}
+
 async fn serve() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::config(TOKEN, dir.path(), dir.path().to_path_buf());
@@ -50,7 +55,7 @@ async fn every_route(
 
 async fn create(c: &reqwest::Client, base: &str, body: Value) -> reqwest::Response {
     c.post(format!("{base}/contexts"))
-        .header("e2b-traffic-access-token", TOKEN)
+        .header("e2b-traffic-access-token", traffic())
         .json(&body)
         .send()
         .await
@@ -67,11 +72,19 @@ async fn every_route_but_health_needs_the_token() {
     assert_eq!(none, vec![StatusCode::UNAUTHORIZED; 5], "no token");
     let wrong = every_route(&c, &base, &id, &[("x-access-token", "nope")]).await;
     assert_eq!(wrong, vec![StatusCode::UNAUTHORIZED; 5], "wrong token");
+    // the two tokens are not interchangeable
+    let t = traffic();
+    let swapped = [
+        ("x-access-token", t.as_str()),
+        ("e2b-traffic-access-token", TOKEN),
+    ];
+    let swapped = every_route(&c, &base, &id, &swapped).await;
+    assert_eq!(swapped, vec![StatusCode::UNAUTHORIZED; 5], "swapped tokens");
     let r = c.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "health stays open");
     // what the e2b-code-interpreter SDK sends: the traffic token on context
     // management (list, create, restart, delete, in that order)
-    let ok = every_route(&c, &base, &id, &[("e2b-traffic-access-token", TOKEN)]).await;
+    let ok = every_route(&c, &base, &id, &[("e2b-traffic-access-token", &t)]).await;
     assert_eq!(
         ok[..4],
         [
@@ -118,7 +131,7 @@ async fn contexts_are_bounded_in_number_and_size() {
     assert!(msg.contains("32 of 32"), "{msg}");
     let list: Value = c
         .get(format!("{base}/contexts"))
-        .header("e2b-traffic-access-token", TOKEN)
+        .header("e2b-traffic-access-token", traffic())
         .send()
         .await
         .unwrap()
@@ -129,7 +142,7 @@ async fn contexts_are_bounded_in_number_and_size() {
     // deleting one makes room again
     let r = c
         .delete(format!("{base}/contexts/{}", ids[0]))
-        .header("e2b-traffic-access-token", TOKEN)
+        .header("e2b-traffic-access-token", traffic())
         .send()
         .await
         .unwrap();

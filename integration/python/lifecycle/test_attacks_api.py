@@ -9,7 +9,9 @@ passing attack is containment, not a broken path. Every wait is bounded.
 4. a multi-file upload over the file-count limit is 413 and leaves no file;
 5. the platform's state at rest is owner-only;
 6. an oversized proxied body announced with ``Expect: 100-continue`` is 413
-   before a byte of it is sent.
+   before a byte of it is sent;
+7. the ports of an E2B sandbox with private traffic answer only requests
+   carrying its traffic access token.
 """
 
 from __future__ import annotations
@@ -323,3 +325,69 @@ def test_oversized_proxied_body_with_expect_continue_is_413_before_the_body(sand
         assert sandbox.files.read_file("/tmp/expect.txt") == "small body\n"
     finally:
         sandbox.kill()
+
+
+# --------------------------------------------------------------------------- 7
+
+
+def test_private_e2b_traffic_needs_the_traffic_token(e2b_env: Sandpool):
+    """``network={"allow_public_traffic": False}``: the sandbox's port 8000,
+    reached through E2B's routing (headers or host), answers 403 without its
+    ``trafficAccessToken``, with a wrong one, and with its envd token; it
+    answers with the right one. Controls: a public sandbox's port answers
+    without a token, and envd (its own token) keeps working on the private one."""
+    from e2b import Sandbox as E2bSandbox
+
+    sandpool = e2b_env
+    private = E2bSandbox.create(POOL_NAME, timeout=120, network={"allow_public_traffic": False})
+    public = E2bSandbox.create(POOL_NAME, timeout=120)
+    try:
+        reply = "HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok"
+        server = f"n=0; while [ $n -lt 200 ]; do n=$((n+1)); printf '{reply}' | nc -l -p {ECHO_PORT}; done"
+        for sbx in (private, public):
+            sbx.commands.run(server, background=True)
+        token = private.traffic_access_token
+        assert token and token != private._envd_access_token, "a traffic token of its own"
+
+        def get(sbx, headers=None, by_host=False) -> httpx.Response:
+            route = ({"Host": f"{ECHO_PORT}-{sbx.sandbox_id}.{sandpool.domain}"} if by_host else
+                     {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(ECHO_PORT)})
+            with httpx.Client(base_url=sandpool.url, timeout=10) as c:
+                deadline = time.monotonic() + 15
+                while True:
+                    r = c.get("/probe", headers={**route, **(headers or {})})
+                    if r.status_code != 502 or time.monotonic() > deadline:
+                        return r
+                    time.sleep(0.2)  # until nc listens
+
+        # control: the public sandbox answers anyone
+        assert (get(public).status_code, get(public).text) == (200, "ok")
+        # attack: no token, a wrong one, the envd token, the platform key
+        for headers in ({}, {"e2b-traffic-access-token": "0" * 64},
+                        {"e2b-traffic-access-token": private._envd_access_token},
+                        {"X-API-Key": sandpool.api_key}):
+            for by_host in (False, True):
+                r = get(private, headers, by_host)
+                assert r.status_code == 403, (headers, by_host, r.status_code, r.text)
+                assert "e2b-traffic-access-token" in r.json()["message"]
+        # the right token opens it, by header and by host
+        for by_host in (False, True):
+            r = get(private, {"e2b-traffic-access-token": token}, by_host)
+            assert (r.status_code, r.text) == (200, "ok"), by_host
+        # envd keeps its own token only, and GET reads the setting back
+        assert private.commands.run("echo envd-ok").stdout.strip() == "envd-ok"
+        with httpx.Client(base_url=sandpool.url, timeout=10, headers={"X-API-Key": sandpool.api_key}) as c:
+            detail = c.get(f"/sandboxes/{private.sandbox_id}").json()
+            assert detail["network"]["allowPublicTraffic"] is False, detail
+            assert "allowPublicTraffic" not in c.get(f"/sandboxes/{public.sandbox_id}").json().get("network", {})
+            assert "sandpool.io/private-traffic" not in detail["metadata"], "reserved metadata stays hidden"
+    finally:
+        _swallow_kill(private)
+        _swallow_kill(public)
+
+
+def _swallow_kill(sbx) -> None:
+    try:
+        sbx.kill()
+    except Exception:  # noqa: BLE001 - cleanup of a test that already failed
+        pass

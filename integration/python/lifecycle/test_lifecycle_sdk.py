@@ -37,7 +37,7 @@ from sandpool_platform import (
 from opensandbox import SandboxManagerSync, SandboxSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.execd_sync import ExecutionHandlersSync
-from opensandbox.models.sandboxes import SandboxFilter
+from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule, SandboxFilter
 
 EXECD_PORT = 44772
 EGRESS_PORT = 18080
@@ -245,6 +245,38 @@ def test_sdk_lifecycle_direct(sandpool: Sandpool, sandboxes, manager):
     after = manager.list_sandbox_infos(SandboxFilter(metadata={"suite": suite}))
     assert after.sandbox_infos == []
     assert after.pagination.total_items == 0
+
+
+def test_sdk_egress_policy_calls_read_patch_and_delete(sandpool: Sandpool, sandboxes):
+    """The SDK's own egress calls (``get_egress_policy``, ``patch_egress_rules``,
+    ``delete_egress_rules``) reach the lifecycle API the node enforces (the
+    endpoints say ``OPEN-SANDBOX-ORIGIN: template``): what they change reads
+    back. A pool sandbox without a policy of its own reads back its pool's
+    (allow all). Enforcement itself: ``test_attacks_sandbox.py``."""
+    rules = lambda p: [(r.action, r.target) for r in p.egress]  # noqa: E731
+    plain = create_sandbox(sandpool, sandboxes)
+    pool_policy = plain.get_egress_policy()
+    assert (pool_policy.default_action, rules(pool_policy)) == ("allow", [])
+
+    policy = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target="10.250.0.0/16")])
+    sandbox = create_sandbox(sandpool, sandboxes, network_policy=policy)
+    got = sandbox.get_egress_policy()
+    assert (got.default_action, rules(got)) == ("deny", [("allow", "10.250.0.0/16")])
+    sandbox.patch_egress_rules([NetworkRule(action="deny", target="10.250.0.0/16"),
+                                NetworkRule(action="allow", target="10.251.0.1")])
+    got = sandbox.get_egress_policy()
+    assert (got.default_action, rules(got)) == ("deny", [("deny", "10.250.0.0/16"), ("allow", "10.251.0.1")])
+    sandbox.delete_egress_rules(["10.250.0.0/16"])
+    got = sandbox.get_egress_policy()
+    assert (got.default_action, rules(got)) == ("deny", [("allow", "10.251.0.1")])
+    # patching the pool sandbox starts from the pool's policy, not from nothing
+    plain.patch_egress_rules([NetworkRule(action="deny", target="10.252.0.0/16")])
+    got = plain.get_egress_policy()
+    assert (got.default_action, rules(got)) == ("allow", [("deny", "10.252.0.0/16")])
+    # a domain target is refused naming it, and changes nothing
+    with pytest.raises(Exception, match="pypi.org"):
+        sandbox.patch_egress_rules([NetworkRule(action="allow", target="pypi.org")])
+    assert rules(sandbox.get_egress_policy()) == [("allow", "10.251.0.1")]
 
 
 def test_sdk_commands_via_server_proxy(sandpool: Sandpool, sandboxes):

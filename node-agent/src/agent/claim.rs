@@ -1,6 +1,7 @@
 //! What a claim changes on the warm sandbox it takes, before its process
 //! starts: the egress policy and the resource limits it asks for.
 
+use sandpool_core::egress::{EgressAction, EgressPolicy};
 use sandpool_proto::v1 as pb;
 
 use crate::{
@@ -19,15 +20,11 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
     pub async fn set_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
         let sb = self.get(id)?;
-        if let Some(p) = &policy {
-            egress::validate(p)?;
-        }
+        let policy = policy.as_ref().map(egress::parse).transpose()?;
         if sb.template.checkpointable {
             let denies_all = policy.as_ref().is_some_and(|p| {
-                p.default_action == pb::EgressAction::Deny as i32
-                    && p.rules
-                        .iter()
-                        .all(|r| r.action == pb::EgressAction::Deny as i32)
+                p.default_action == EgressAction::Deny
+                    && p.rules.iter().all(|r| r.action == EgressAction::Deny)
             });
             if denies_all {
                 return Ok(());
@@ -40,11 +37,7 @@ impl Agent {
     }
 
     /// Load `policy` into sandbox `id`'s netns (off the async threads).
-    pub(super) async fn apply_egress(
-        &self,
-        id: &str,
-        policy: Option<pb::EgressPolicy>,
-    ) -> Result<()> {
+    pub(super) async fn apply_egress(&self, id: &str, policy: Option<EgressPolicy>) -> Result<()> {
         let netns = self.cfg.net.netns_path(id);
         let platform: Vec<_> = self
             .cfg

@@ -12,7 +12,6 @@ use sandpool_proto::v1 as pb;
 
 use crate::{
     containerd::{NewContainer, TaskState},
-    egress,
     error::{AgentError, Result},
     image,
     spec::{self, SandboxSpec},
@@ -91,8 +90,8 @@ impl Agent {
             )
         };
         if !valid.checkpointable
-            && !egress::allows_all(template.egress.as_ref())
-            && let Err(e) = self.apply_egress(&id, template.egress.clone()).await
+            && let Some(p) = valid.egress.clone().filter(|p| !p.allows_all())
+            && let Err(e) = self.apply_egress(&id, Some(p)).await
         {
             self.cleanup(&id).await;
             return Err(e);
@@ -544,7 +543,8 @@ impl Agent {
             let fresh = self.restart_as(fresh).await?;
             // a claim's own egress policy goes with the claim
             if !fresh.template.checkpointable {
-                self.apply_egress(id, fresh.template.egress.clone()).await?;
+                let pools = validate_template(&fresh.template)?.egress;
+                self.apply_egress(id, pools).await?;
             }
             return Ok(Some(fresh));
         }

@@ -76,6 +76,8 @@ pub struct ValidTemplate {
     pub env: Vec<(String, String)>,
     pub run_as_root: bool,
     pub checkpointable: bool,
+    /// The pool's egress policy, checked (`None`: everything allowed).
+    pub egress: Option<sandpool_core::egress::EgressPolicy>,
 }
 
 /// Pure validation of a template (image existence is checked later).
@@ -105,9 +107,7 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
             )));
         }
     };
-    if let Some(e) = &t.egress {
-        crate::egress::validate(e)?;
-    }
+    let egress = t.egress.as_ref().map(crate::egress::parse).transpose()?;
     let r = t.resources.clone().unwrap_or_default();
     let limits = Limits {
         cpu_millis: quantity::cpu_millis(&r.cpu)?,
@@ -135,6 +135,7 @@ pub fn validate_template(t: &pb::SandboxTemplate) -> Result<ValidTemplate> {
         env,
         run_as_root: t.run_as_root,
         checkpointable: t.checkpointable,
+        egress,
     })
 }
 

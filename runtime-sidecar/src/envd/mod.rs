@@ -117,8 +117,7 @@ pub fn router(st: EnvdState) -> Router {
         .route("/filesystem.Filesystem/{method}", unsupported("filesystem"));
     // `X-Access-Token`, except on `/health`
     TokenGuard {
-        expected: st.app.cfg.access_token.as_deref().map(Arc::from),
-        headers: &["x-access-token"],
+        accepted: TokenGuard::accepting(st.app.cfg.access_token.as_deref(), "x-access-token", None),
         guards: |path| path != "/health",
         refuse: || {
             ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")

@@ -85,10 +85,14 @@ pub fn router(st: InterpState) -> Router {
     // Every path but `/health` needs the token. The e2b-code-interpreter SDK
     // sends `X-Access-Token` (envd's token) on `/execute` only, and
     // `E2B-Traffic-Access-Token` on every call when the sandbox has a traffic
-    // token: sandpool's gateway hands out the runtime token as both.
+    // token: sandpool's gateway always hands one out (derived from the
+    // runtime token, see `sandpool_proto::auth::traffic_token`).
     TokenGuard {
-        expected: st.app.cfg.access_token.as_deref().map(Arc::from),
-        headers: &["x-access-token", "e2b-traffic-access-token"],
+        accepted: TokenGuard::accepting(
+            st.app.cfg.access_token.as_deref(),
+            "x-access-token",
+            Some("e2b-traffic-access-token"),
+        ),
         guards: |path| path != "/health",
         refuse: || {
             err(

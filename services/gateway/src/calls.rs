@@ -10,6 +10,7 @@ use crate::{
     Gateway,
     error::ApiError,
     tenancy::{self, OWNER_KEY},
+    traffic,
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -28,18 +29,24 @@ fn claim_ref(id: &str) -> pb::ClaimRef {
     }
 }
 
-/// The owner metadata of the current caller's new claims (a caller's own
-/// value for the reserved key is dropped).
-fn own(metadata: &mut std::collections::HashMap<String, String>) {
+/// The reserved metadata of the current caller's new claims: its owner, and
+/// whether its traffic is private (a caller's own values for the reserved
+/// keys are dropped).
+fn own(metadata: &mut std::collections::HashMap<String, String>, private_traffic: bool) {
     metadata.remove(OWNER_KEY);
+    metadata.remove(traffic::PRIVATE_KEY);
     if let Some(p) = tenancy::current() {
         metadata.insert(OWNER_KEY.to_string(), p.id);
     }
+    if private_traffic {
+        metadata.insert(traffic::PRIVATE_KEY.to_string(), "true".to_string());
+    }
 }
 
-/// A claim as callers see it: without the owner record.
+/// A claim as callers see it: without the reserved metadata.
 fn shown(mut c: pb::Claim) -> pb::Claim {
     c.metadata.remove(OWNER_KEY);
+    c.metadata.remove(traffic::PRIVATE_KEY);
     c
 }
 
@@ -66,14 +73,16 @@ impl Gateway {
             .map_err(|s| ApiError::from_status(s, not_found))
     }
 
-    /// A new claim; `not_found` says what a NOT_FOUND means to this API.
+    /// A new claim, its traffic private or not (see [`traffic`]);
+    /// `not_found` says what a NOT_FOUND means to this API.
     pub async fn create_claim(
         &self,
         mut req: pb::ClaimRequest,
+        private_traffic: bool,
         not_found: impl FnOnce(String) -> ApiError,
     ) -> Result<pb::Claim> {
         let _held = self.check_quota(1).await?;
-        own(&mut req.metadata);
+        own(&mut req.metadata, private_traffic);
         self.scheduler_call(req, not_found, rpc!(create_claim))
             .await
             .map(shown)
@@ -107,6 +116,12 @@ impl Gateway {
 
     /// The claim, 404 when it is not the caller's (non-admin keys).
     pub async fn get_claim(&self, id: &str) -> Result<pb::Claim> {
+        self.get_claim_traffic(id).await.map(|(c, _)| c)
+    }
+
+    /// The claim and whether its traffic is private, 404 when it is not the
+    /// caller's (non-admin keys).
+    pub async fn get_claim_traffic(&self, id: &str) -> Result<(pb::Claim, bool)> {
         let c = self
             .scheduler_call(
                 claim_ref(id),
@@ -117,7 +132,8 @@ impl Gateway {
         if !visible(&c) {
             return Err(ApiError::SandboxNotFound(id.to_string()));
         }
-        Ok(shown(c))
+        let private = traffic::is_private(c.metadata.iter());
+        Ok((shown(c), private))
     }
 
     /// 404 unless the current caller may act on claim `id`.
@@ -221,7 +237,7 @@ impl Gateway {
         } else {
             None
         };
-        own(&mut req.metadata);
+        own(&mut req.metadata, false);
         let restored = self
             .scheduler_call(
                 req,

@@ -152,8 +152,9 @@ fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": sb.access_token,
         // The code interpreter (49999) needs a token on every call; the
-        // e2b-code-interpreter SDK sends this one on context management.
-        "trafficAccessToken": sb.access_token,
+        // e2b-code-interpreter SDK sends this one on context management. It
+        // is also the one a private sandbox's ports ask for.
+        "trafficAccessToken": crate::traffic::token(&sb.access_token),
         "domain": domain_of(headers),
     })
 }
@@ -166,7 +167,8 @@ fn state(c: &pb::Claim) -> &'static str {
     }
 }
 
-fn detail_json(c: &pb::Claim) -> Value {
+/// `GET /sandboxes/{id}` of claim `c`, whose traffic is `private` or not.
+fn detail_json(c: &pb::Claim, private: bool) -> Value {
     let mut v = json!({
         "templateID": c.pool,
         "sandboxID": c.claim_id,
@@ -183,14 +185,25 @@ fn detail_json(c: &pb::Claim) -> Value {
     if let Some(e) = &c.egress {
         v["network"] = crate::egress::e2b_network(e);
     }
+    if private {
+        v["network"]["allowPublicTraffic"] = json!(false);
+    }
     v
 }
 
-/// An E2B create body as the claim it asks for plus the env vars for envd
-/// (pure: the gateway's whole validation of `POST /sandboxes`, fuzzed in `fuzz/`).
-pub fn parse_create(
-    body: &[u8],
-) -> std::result::Result<(pb::ClaimRequest, BTreeMap<String, String>), ApiError> {
+/// What an E2B create body asks for.
+#[derive(Debug)]
+pub struct NewClaim {
+    pub claim: pb::ClaimRequest,
+    /// The env vars of every envd process.
+    pub envs: BTreeMap<String, String>,
+    /// `network.allowPublicTraffic: false` (see [`crate::traffic`]).
+    pub private_traffic: bool,
+}
+
+/// An E2B create body as the claim it asks for (pure: the gateway's whole
+/// validation of `POST /sandboxes`, fuzzed in `fuzz/`).
+pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
     let req: NewSandbox = if body.iter().all(u8::is_ascii_whitespace) {
         NewSandbox::default()
     } else {
@@ -233,6 +246,7 @@ pub fn parse_create(
         None => String::new(),
     };
     let egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
+    let private_traffic = crate::egress::private_traffic(req.network.as_ref())?;
     let claim = pb::ClaimRequest {
         pool,
         ttl_seconds: timeout,
@@ -242,7 +256,11 @@ pub fn parse_create(
         egress,
         ..Default::default()
     };
-    Ok((claim, req.env_vars.unwrap_or_default()))
+    Ok(NewClaim {
+        claim,
+        envs: req.env_vars.unwrap_or_default(),
+        private_traffic,
+    })
 }
 
 async fn create(
@@ -250,11 +268,15 @@ async fn create(
     headers: HeaderMap,
     extract::RawBody(body, _): extract::RawBody<E2bError>,
 ) -> Result<Response> {
-    let (mut claim, envs) = parse_create(&body)?;
+    let NewClaim {
+        mut claim,
+        envs,
+        private_traffic,
+    } = parse_create(&body)?;
     claim.ttl_seconds = gw.check_timeout("timeout", claim.ttl_seconds)?;
     let pool = claim.pool.clone();
     let c = gw
-        .create_claim(claim, move |_| {
+        .create_claim(claim, private_traffic, move |_| {
             ApiError::PoolNotFound(format!("template {pool}"))
         })
         .await?;
@@ -290,7 +312,8 @@ async fn create(
 }
 
 async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
-    Ok(Json(detail_json(&get_claim(&gw, &id).await?)))
+    let (c, private) = gw.get_claim_traffic(&id).await?;
+    Ok(Json(detail_json(&c, private)))
 }
 
 async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
@@ -513,7 +536,9 @@ async fn list_v1(
     extract::Query(q, _): extract::Query<E2bError>,
 ) -> Result<Json<Value>> {
     let claims = filtered(&gw, &q).await?;
-    Ok(Json(Value::Array(claims.iter().map(detail_json).collect())))
+    // a listed sandbox has no network (upstream's ListedSandbox)
+    let listed = claims.iter().map(|c| detail_json(c, false));
+    Ok(Json(Value::Array(listed.collect())))
 }
 
 async fn list_v2(
@@ -539,7 +564,7 @@ async fn list_v2(
         .iter()
         .skip(start)
         .take(limit)
-        .map(detail_json)
+        .map(|c| detail_json(c, false))
         .collect();
     let next = start + page.len();
     let mut r = Json(Value::Array(page)).into_response();
@@ -612,12 +637,12 @@ mod tests {
 
     #[test]
     fn kruise_image_key_asks_for_an_in_place_upgrade() {
-        let (c, _) = parse_create(
+        let NewClaim { claim: c, .. } = parse_create(
             br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":" python "}}"#,
         )
         .unwrap();
         assert_eq!((c.pool.as_str(), c.image.as_str()), ("base", "python"));
-        let (c, _) = parse_create(br#"{"templateID":"base"}"#).unwrap();
+        let NewClaim { claim: c, .. } = parse_create(br#"{"templateID":"base"}"#).unwrap();
         assert!(c.image.is_empty());
         let e =
             parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#)
@@ -665,6 +690,13 @@ mod tests {
         }
         // what the SDKs send by default
         assert!(parse_create(br#"{"templateID":"base","secure":true,"autoPause":false,"autoResume":{"enabled":false},"mcp":null,"volumeMounts":[]}"#).is_ok());
+        let private = br#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#;
+        assert!(parse_create(private).unwrap().private_traffic);
+        assert!(
+            !parse_create(br#"{"templateID":"base"}"#)
+                .unwrap()
+                .private_traffic
+        );
     }
 
     #[test]
@@ -675,7 +707,12 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             ..Default::default()
         };
-        let v = detail_json(&c);
+        let v = detail_json(&c, false);
+        assert!(v.get("network").is_none(), "no policy, public: no network");
+        assert_eq!(
+            detail_json(&c, true)["network"]["allowPublicTraffic"],
+            false
+        );
         for k in [
             "templateID",
             "sandboxID",

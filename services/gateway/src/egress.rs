@@ -113,10 +113,7 @@ fn is_deny(a: i32) -> bool {
 
 /// OpenSandbox's `PolicyStatusResponse` for a claim's own policy (`None`:
 /// the claim set none, its pool's applies).
-pub fn opensandbox_status(p: Option<&pb::EgressPolicy>) -> Value {
-    let Some(p) = p else {
-        return json!({"status": "ok", "mode": "pool_default"});
-    };
+pub fn opensandbox_status(p: &pb::EgressPolicy) -> Value {
     let mode = if p.rules.is_empty() && !is_deny(p.default_action) {
         "allow_all"
     } else if is_deny(p.default_action) && p.rules.iter().all(|r| is_deny(r.action)) {
@@ -198,12 +195,12 @@ pub fn from_e2b(
     if let Some(o) = net {
         for (k, v) in o {
             let unset = v.is_null()
-                || (k == "allowPublicTraffic" && v == &Value::Bool(true))
                 || v.as_array().is_some_and(Vec::is_empty)
                 || v.as_object().is_some_and(serde_json::Map::is_empty);
-            if !matches!(k.as_str(), "allowOut" | "denyOut") && !unset {
+            // allowPublicTraffic is the gateway's, see `private_traffic`
+            if !matches!(k.as_str(), "allowOut" | "denyOut" | "allowPublicTraffic") && !unset {
                 return Err(ApiError::Unsupported(format!(
-                    "network.{k} (allowOut and denyOut with IP addresses and CIDRs are supported)"
+                    "network.{k} (allowOut, denyOut with IP addresses and CIDRs, and allowPublicTraffic are supported)"
                 )));
             }
         }
@@ -237,6 +234,18 @@ pub fn from_e2b(
         default_action: default as i32,
         rules,
     }))
+}
+
+/// E2B `network.allowPublicTraffic`: `false` makes the sandbox's traffic
+/// private (see [`crate::traffic`]); `true` or unset leaves it public.
+pub fn private_traffic(network: Option<&Value>) -> Result<bool> {
+    match network.and_then(|n| n.get("allowPublicTraffic")) {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => Ok(false),
+        Some(Value::Bool(false)) => Ok(true),
+        Some(other) => Err(ApiError::Invalid(format!(
+            "network.allowPublicTraffic must be a boolean, got {other}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +305,28 @@ mod tests {
     }
 
     #[test]
+    fn e2b_public_traffic_is_a_boolean_and_public_unless_false() {
+        for (net, private) in [
+            (None, false),
+            (Some(json!({})), false),
+            (Some(json!({"allowPublicTraffic": null})), false),
+            (Some(json!({"allowPublicTraffic": true})), false),
+            (Some(json!({"allowPublicTraffic": false})), true),
+        ] {
+            assert_eq!(
+                private_traffic(net.as_ref()).expect("ok"),
+                private,
+                "{net:?}"
+            );
+        }
+        let e = private_traffic(Some(&json!({"allowPublicTraffic": "no"}))).expect_err("bad");
+        assert!(e.to_string().contains("network.allowPublicTraffic"), "{e}");
+        // honoured, so not refused with the options sandpool lacks
+        let net = json!({"allowPublicTraffic": false});
+        assert_eq!(from_e2b(None, Some(&net)).expect("ok"), None);
+    }
+
+    #[test]
     fn e2b_network_options() {
         assert_eq!(from_e2b(None, None).expect("none"), None);
         assert_eq!(
@@ -326,10 +357,7 @@ mod tests {
                 "network.allowOut[0]",
             ),
             (json!({"dnsServers": ["1.1.1.1"]}), "network.dnsServers"),
-            (
-                json!({"allowPublicTraffic": false}),
-                "network.allowPublicTraffic",
-            ),
+            (json!({"maskRequestHost": "x"}), "network.maskRequestHost"),
             (json!({"denyOut": "0.0.0.0/0"}), "network.denyOut"),
         ] {
             let e = from_e2b(None, Some(&bad)).expect_err("bad");
@@ -344,14 +372,19 @@ mod tests {
         ]})))
         .expect("ok")
         .expect("some");
-        assert_eq!(opensandbox_status(Some(&p))["mode"], "rules");
-        assert_eq!(opensandbox_status(None)["mode"], "pool_default");
+        assert_eq!(opensandbox_status(&p)["mode"], "rules");
+        let open = opensandbox_status(&pb::EgressPolicy::default());
+        assert_eq!(open["mode"], "allow_all");
+        assert_eq!(
+            open["policy"],
+            json!({"defaultAction": "allow", "egress": []})
+        );
         patch_rules(
             &mut p,
             os_rules("body", &json!([{"action": "deny", "target": "10.1.0.0/16"}, {"action": "deny", "target": "10.2.0.1"}]))
                 .expect("rules"),
         );
-        let v = opensandbox_status(Some(&p));
+        let v = opensandbox_status(&p);
         assert_eq!(v["mode"], "deny_all");
         assert_eq!(
             v["policy"]["egress"],

@@ -32,6 +32,9 @@ pub enum ApiError {
     SandboxNotFound(String),
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
+    /// The request lacks a credential the sandbox asks for (its traffic token).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::PoolNotFound(_) => "POOL_NOT_FOUND",
             ApiError::SandboxNotFound(_) => "SANDBOX_NOT_FOUND",
             ApiError::SnapshotNotFound(_) => "SNAPSHOT_NOT_FOUND",
+            ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
             ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => "UNAVAILABLE",
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::PoolNotFound(_)
             | ApiError::SandboxNotFound(_)
             | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => {

@@ -13,6 +13,7 @@ pub mod opensandbox;
 pub mod proxy;
 pub mod tenancy;
 mod timeout;
+pub mod traffic;
 
 use std::sync::Arc;
 

@@ -67,7 +67,7 @@ pub async fn forward(
     // refused before the claim lookup and before a byte of the body is read
     // (a client sending `Expect: 100-continue` never gets its 100)
     check_length(&gw, req.headers())?;
-    let claim = gw.get_claim(&id).await?;
+    let (claim, private) = gw.get_claim_traffic(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!(
             "sandbox {id} is paused; resume it first"
@@ -76,6 +76,11 @@ pub async fn forward(
     let sb = claim
         .sandbox
         .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
+    // the API-key route is the owner's; E2B's routing is anyone's, unless
+    // the sandbox's traffic is private
+    if private && auth == Auth::Passthrough {
+        crate::traffic::check(req.headers(), &sb.access_token, port)?;
+    }
     send(&gw, (&id, &sb), port, &path, req, auth).await
 }
 

@@ -17,7 +17,7 @@ pub async fn endpoint(
     Path((id, port)): Path<(String, String)>,
     headers: HeaderMap,
     extract::Query(q, _): extract::Query,
-) -> Result<Json<Value>> {
+) -> Result<([(&'static str, &'static str); 1], Json<Value>)> {
     let port: u32 = port
         .parse()
         .ok()
@@ -38,16 +38,23 @@ pub async fn endpoint(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("127.0.0.1");
-        return Ok(Json(
-            json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") }),
+        return Ok((
+            [ORIGIN],
+            Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })),
         ));
     };
     let mut v = json!({ "endpoint": format!("{}:{direct}", sb.ip) });
     if port == RUNTIME_PORT {
         v["headers"] = json!({ "X-EXECD-ACCESS-TOKEN": sb.access_token });
     }
-    Ok(Json(v))
+    Ok(([ORIGIN], Json(v)))
 }
+
+/// Reported with every endpoint: the OpenSandbox SDK then sends its egress
+/// policy calls to the lifecycle API (`/sandboxes/{id}/networkpolicy`), which
+/// the node enforces, instead of to an in-sandbox egress sidecar on port
+/// 18080 that sandpool does not run (see docs/compatibility.md).
+const ORIGIN: (&str, &str) = ("open-sandbox-origin", "template");
 
 fn pool_json(p: &pb::Pool) -> Value {
     let c = p.capacity.unwrap_or_default();

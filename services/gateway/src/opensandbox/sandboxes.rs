@@ -255,7 +255,7 @@ pub async fn create(
     };
     let pool = claim.pool.clone();
     let c = gw
-        .create_claim(claim, move |m| {
+        .create_claim(claim, false, move |m| {
             if pool.is_empty() {
                 ApiError::Invalid(m)
             } else {
