@@ -319,11 +319,14 @@ def test_log_flood_is_capped_on_the_host(sandpool: Sandpool, pair, runtime: str)
     ) - 1
     took = time.monotonic() - started
     disk = log.stat().st_blocks * 512
-    print(f"\nlog flood ({runtime}): 10 MiB to stdout -> host log {size} bytes ({disk} on disk) after {took:.1f}s")
+    # the flood reached the log and was cut. The marker is not always first:
+    # an append landing between the agent's truncate and its marker write
+    # goes before it (seen on runsc, whose writes go on across cap checks).
+    at = (text := log.read_bytes()).find(b"[sandpool: log truncated")
+    print(f"\nlog flood ({runtime}): 10 MiB to stdout -> host log {size} bytes ({disk} on disk) after {took:.1f}s, "
+          f"truncation marker at byte {at}")
     assert disk <= LOG_CAP + LOG_SLACK + (64 << 10), f"{disk} bytes on disk"
-    with open(log, "rb") as f:
-        head = f.read(64)
-    assert head.startswith(b"[sandpool: log truncated"), f"the flood reached the log and was cut: {head!r}"
+    assert at >= 0, f"no truncation marker in the log: {text[:64]!r}"
     after = run(attacker, "echo alive")
     assert stdout(after).strip() == "alive", "the attacker keeps working"
     assert_platform_fine(sandpool, bystander, "after the log flood")
