@@ -1,6 +1,8 @@
 """Attacks a tenant can run from inside a sandbox, against the real platform
 (``sandpool serve`` on real containerd: runc sandboxes from ``test-pool``,
-runsc ones from ``ck-pool``), through the real opensandbox==1.1.1 SDK,
+runsc ones from ``ck-pool`` (network-less) for the limits and from
+``runsc-pool`` (networked) for the network and log attacks, which run on
+both runtimes), through the real opensandbox==1.1.1 SDK,
 unchanged. Each attack comes with a
 negative control showing the probe itself works, and each checks that the
 platform and a second sandbox still answer afterwards (nothing lost).
