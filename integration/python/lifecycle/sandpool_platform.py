@@ -48,6 +48,9 @@ POOL_NAME = "test-pool"
 PY_POOL_NAME = "py-pool"
 # Checkpointable runsc sandboxes on the Python image (snapshots); cold-started.
 CK_POOL_NAME = "ck-pool"
+# Networked runsc sandboxes on busybox (gVisor on the sandbox's own netns, as
+# runc): cold-started, so no warm gVisor sandbox costs the other tests.
+RUNSC_POOL_NAME = "runsc-pool"
 IMAGE_CACHE = REPO_ROOT / "target" / "sandpool-image-cache"
 POOL_IMAGE = "busybox"
 # What one sandbox may write to its file system here (`--sandbox-disk-limit`;
@@ -164,6 +167,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         "--pool", pool,
         "--pool", f"{PY_POOL_NAME}:python:1:1:0:4",
         "--pool", f"{CK_POOL_NAME}:python:0:0:0:8:runsc:checkpointable",
+        "--pool", f"{RUNSC_POOL_NAME}:{POOL_IMAGE}:0:0:0:4:runsc",
         "--image-cache", str(IMAGE_CACHE),
         "--sandbox-disk-limit", f"{DISK_LIMIT_MIB}Mi",
         # internal gRPC listeners: free ports, so a running dev instance does not collide

@@ -1,6 +1,8 @@
 """Attacks a tenant can run from inside a sandbox, against the real platform
 (``sandpool serve`` on real containerd: runc sandboxes from ``test-pool``,
-runsc ones from ``ck-pool``), through the real opensandbox==1.1.1 SDK,
+runsc ones from ``ck-pool`` (network-less) for the limits and from
+``runsc-pool`` (networked) for the network and log attacks, which run on
+both runtimes), through the real opensandbox==1.1.1 SDK,
 unchanged. Each attack comes with a
 negative control showing the probe itself works, and each checks that the
 platform and a second sandbox still answer afterwards (nothing lost).
@@ -29,8 +31,11 @@ from opensandbox.models.execd import RunCommandOpts
 from e2b import Sandbox as E2bSandbox
 from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule
 
-from sandpool_platform import BRIDGE, CK_POOL_NAME, DISK_LIMIT_MIB, POOL_IMAGE, POOL_NAME, Sandpool
+from sandpool_platform import (
+    BRIDGE, CK_POOL_NAME, DISK_LIMIT_MIB, POOL_IMAGE, POOL_NAME, RUNSC_POOL_NAME, Sandpool,
+)
 
+RUNTIME_PORT = 44772  # the sandbox runtime's API (node-agent spec::RUNTIME_PORT)
 PIDS_LIMIT = 512  # the node default (node-agent/src/limits.rs)
 LOG_CAP = 1 << 20  # the node default (--sandbox-log-cap-bytes)
 LOG_SLACK = 256 << 10  # what the shim may append between two cap checks (200 ms)
@@ -61,11 +66,34 @@ def stdout(execution) -> str:
     return "".join(m.text for m in execution.logs.stdout)
 
 
+# The pool an attack's sandbox comes from, by runtime: runc from the warm
+# `test-pool`, networked runsc (gVisor) from the cold `runsc-pool`, both busybox.
+RUNTIMES = {"runc": POOL_NAME, "runsc": RUNSC_POOL_NAME}
+on_runc_and_runsc = pytest.mark.parametrize("runtime", list(RUNTIMES))
+
+
 @pytest.fixture
-def pair(sandpool: Sandpool):
-    """The attacker and a bystander sandbox, killed afterwards."""
-    attacker, bystander = create(sandpool), create(sandpool)
+def runtime() -> str:
+    """The attacker's runtime: runc unless a test is parametrized over both."""
+    return "runc"
+
+
+KERNEL = "cat /proc/version"
+
+
+def assert_runtime(kernel: str, runtime: str) -> None:
+    """``kernel``, what KERNEL printed in a sandbox, is the host's on runc
+    and gVisor's own on runsc."""
+    on_host = kernel.strip() == Path("/proc/version").read_text().strip()
+    assert on_host == (runtime == "runc"), f"not a {runtime} sandbox: {kernel!r}"
+
+
+@pytest.fixture
+def pair(sandpool: Sandpool, runtime: str):
+    """The attacker (on `runtime`) and a bystander (runc) sandbox, killed afterwards."""
+    attacker, bystander = create(sandpool, RUNTIMES[runtime]), create(sandpool)
     try:
+        assert_runtime(stdout(run(attacker, KERNEL)), runtime)
         yield attacker, bystander
     finally:
         for sandbox in (attacker, bystander):
@@ -194,7 +222,8 @@ def _bridge_link_local() -> str:
     return match.group(1)
 
 
-def test_sandbox_cannot_reach_a_host_listener_over_ipv6(sandpool: Sandpool, pair):
+@on_runc_and_runsc
+def test_sandbox_cannot_reach_a_host_listener_over_ipv6(sandpool: Sandpool, pair, runtime: str):
     attacker, bystander = pair
     listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -222,16 +251,23 @@ def test_sandbox_cannot_reach_a_host_listener_over_ipv6(sandpool: Sandpool, pair
             pass
         wait_until(lambda: len(accepted) == 1, 5, "the host's own IPv6 connection accepted", interval=0.05)
         link_local = _bridge_link_local()
+        # control: the same probe reports a port that answers (the runtime's own) as open
+        probe = "if nc -w 2 {} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi; "
         probe = (
-            f"if nc -w 2 {link_local}%eth0 {port} </dev/null >/dev/null 2>&1; then echo open; else echo closed; fi; "
-            "cat /proc/sys/net/ipv6/conf/all/disable_ipv6"
+            probe.format(f"127.0.0.1 {RUNTIME_PORT}") + probe.format(f"{link_local}%eth0 {port}")
+            + "cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null || echo no-such-file"
         )
         execution = run(attacker, probe, timeout=30)
         lines = stdout(execution).split()
-        print(f"\nIPv6 to [{link_local}]:{port} from the sandbox (runc): {lines}; host accepted {accepted}")
-        assert lines[:1] == ["closed"], f"reached [{link_local}]:{port}: {lines}"
+        netns = _netns_sysctl(sandpool, attacker, "net/ipv6/conf/all/disable_ipv6")
+        print(f"\nIPv6 to [{link_local}]:{port} from the sandbox ({runtime}): {lines}; "
+              f"host accepted {accepted}; disable_ipv6 in its netns (read on the host): {netns}")
+        assert lines[:1] == ["open"], f"control: the probe does not see its own runtime: {lines}"
+        assert lines[1:2] == ["closed"], f"reached [{link_local}]:{port}: {lines}"
         assert accepted == ["::1"], f"the host accepted an IPv6 connection from a sandbox: {accepted}"
-        assert lines[1:2] == ["1"], f"IPv6 is not off in the sandbox: {lines}"
+        assert netns == "1", f"IPv6 is not off in the sandbox's netns: {netns}"
+        # gVisor's /proc has no net/ipv6: only a runc sandbox reads the sysctl itself
+        assert lines[2:] == ["1"] or (runtime, lines[2:]) == ("runsc", ["no-such-file"]), lines
     finally:
         stop.set()
         server.join(timeout=5)
@@ -240,6 +276,24 @@ def test_sandbox_cannot_reach_a_host_listener_over_ipv6(sandpool: Sandpool, pair
 
 
 # ------------------------------------------------------------------ host log flood
+
+
+def _host_log(sandpool: Sandpool, sandbox: SandboxSync) -> Path:
+    """The host log ``sandbox``'s runtime stdout goes to (named by the node
+    agent's id of the sandbox, not the claim id), found by a marker written there."""
+    marker = f"attack-marker-{time.time_ns()}"
+    written = run(sandbox, f"echo {marker} > /proc/1/fd/1 && echo written")
+    assert stdout(written).strip() == "written", written
+    return wait_until(lambda: _log_with(sandpool, marker), 5, "the marker in a host log", interval=0.1)
+
+
+def _netns_sysctl(sandpool: Sandpool, sandbox: SandboxSync, name: str) -> str:
+    """``/proc/sys/<name>`` read on the host in ``sandbox``'s network namespace."""
+    netns = sandpool.base_dir / "data" / "agent" / "netns" / _host_log(sandpool, sandbox).stem
+    return subprocess.run(
+        ["nsenter", f"--net={netns}", "cat", f"/proc/sys/{name}"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout.strip()
 
 
 def _log_with(sandpool: Sandpool, marker: str) -> Path | None:
@@ -251,13 +305,11 @@ def _log_with(sandpool: Sandpool, marker: str) -> Path | None:
     return found[0] if found else None
 
 
-def test_log_flood_is_capped_on_the_host(sandpool: Sandpool, pair):
+@on_runc_and_runsc
+def test_log_flood_is_capped_on_the_host(sandpool: Sandpool, pair, runtime: str):
     attacker, bystander = pair
-    marker = f"attack-marker-{time.time_ns()}"
     # control: a small write to the runtime's stdout lands in the host log
-    control = run(attacker, f"echo {marker} > /proc/1/fd/1 && echo written")
-    assert stdout(control).strip() == "written", control
-    log = wait_until(lambda: _log_with(sandpool, marker), 5, "the marker in a host log", interval=0.1)
+    log = _host_log(sandpool, attacker)
 
     started = time.monotonic()
     flood = run(attacker, "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written", timeout=60)
@@ -269,14 +321,21 @@ def test_log_flood_is_capped_on_the_host(sandpool: Sandpool, pair):
     ) - 1
     took = time.monotonic() - started
     disk = log.stat().st_blocks * 512
-    print(f"\nlog flood (runc): 10 MiB to stdout -> host log {size} bytes ({disk} on disk) after {took:.1f}s")
+    # the flood reached the log and was cut. The marker is not always first:
+    # an append landing between the agent's truncate and its marker write
+    # goes before it (seen on runsc, whose writes go on across cap checks).
+    at = (text := log.read_bytes()).find(b"[sandpool: log truncated")
+    print(f"\nlog flood ({runtime}): 10 MiB to stdout -> host log {size} bytes ({disk} on disk) after {took:.1f}s, "
+          f"truncation marker at byte {at}")
     assert disk <= LOG_CAP + LOG_SLACK + (64 << 10), f"{disk} bytes on disk"
-    with open(log, "rb") as f:
-        head = f.read(64)
-    assert head.startswith(b"[sandpool: log truncated"), f"the flood reached the log and was cut: {head!r}"
+    assert at >= 0, f"no truncation marker in the log: {text[:64]!r}"
     after = run(attacker, "echo alive")
     assert stdout(after).strip() == "alive", "the attacker keeps working"
     assert_platform_fine(sandpool, bystander, "after the log flood")
+    # released, the sandbox's log goes with it (within 1 s: well before the
+    # node's 10 s sweep would remove it as a log of no sandbox)
+    attacker.kill()
+    wait_until(lambda: not log.exists(), 1, f"{log} removed on release", interval=0.05)
 
 
 # ------------------------------------------------------------------ runsc
@@ -433,19 +492,23 @@ def _reaches(output: str) -> bool:
     return "HTTP/1.0 200" in output
 
 
-def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_env: Sandpool, outside: str):
+@on_runc_and_runsc
+def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_env: Sandpool, outside: str, runtime: str):
     """A deny policy (OpenSandbox ``networkPolicy``, E2B
     ``allow_internet_access=False``) stops connections to a listener in
     another network namespace; the host and a sandbox without a policy reach
     it (negative controls), and an allow rule for its address opens it."""
     assert _host_reaches_outside(), "control: the host reaches the listener"
+    started = time.monotonic()
     deny = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="deny", target="10.250.77.0/24")])
     allow_one = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target=f"{outside}/32")])
     made = []
     try:
         for policy, expected in ((None, True), (deny, False), (allow_one, True)):
-            sandbox = create(sandpool, network_policy=policy) if policy else create(sandpool)
+            options = {"network_policy": policy} if policy else {}
+            sandbox = create(sandpool, RUNTIMES[runtime], **options)
             made.append(sandbox)
+            assert_runtime(stdout(run(sandbox, KERNEL)), runtime)
             out = stdout(run(sandbox, PROBE, timeout=30))
             assert _reaches(out) == expected, f"networkPolicy {policy}: {out!r}"
         # the policy changes live: OpenSandbox PUT .../networkpolicy, read back by GET
@@ -457,11 +520,12 @@ def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_en
             assert not _reaches(stdout(run(open_one, PROBE, timeout=30))), "denied live"
             assert api.put(url, json={}).json()["mode"] == "allow_all"
             assert _reaches(stdout(run(open_one, PROBE, timeout=30))), "allowed again"
-        e2b_closed = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False)
-        e2b_open = E2bSandbox.create(POOL_NAME, timeout=120, allow_internet_access=False,
+        e2b_closed = E2bSandbox.create(RUNTIMES[runtime], timeout=120, allow_internet_access=False)
+        e2b_open = E2bSandbox.create(RUNTIMES[runtime], timeout=120, allow_internet_access=False,
                                      network={"allow_out": [outside]})
         try:
             for sbx, expected in ((e2b_closed, False), (e2b_open, True)):
+                assert_runtime(sbx.commands.run(KERNEL, timeout=30).stdout, runtime)
                 out = sbx.commands.run(PROBE, timeout=30).stdout
                 assert _reaches(out) == expected, f"e2b {sbx.sandbox_id}: {out!r}"
             # E2B update_network replaces the rules live (what it leaves out is cleared)
@@ -472,6 +536,7 @@ def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_en
         finally:
             _swallow(e2b_closed.kill)
             _swallow(e2b_open.kill)
+        print(f"\negress policies ({runtime}): 5 sandboxes, 10 probes held in {time.monotonic() - started:.1f}s")
     finally:
         for sandbox in made:
             _swallow(sandbox.kill)
