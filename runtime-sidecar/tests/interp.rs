@@ -171,3 +171,47 @@ async fn contexts_are_bounded_in_number_and_size() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The JSON lines of one `/execute` of `body`.
+async fn exec(c: &reqwest::Client, base: &str, body: Value) -> Vec<Value> {
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What an execution printed on stdout.
+fn stdout(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "stdout")
+        .filter_map(|l| l["text"].as_str())
+        .collect()
+}
+
+/// An execution's `env_vars` hold for that execution only: a variable it
+/// introduced is gone afterwards, one it overrode has its former value back.
+#[tokio::test]
+async fn execution_env_vars_apply_to_that_execution_only() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let show = "import os; print(os.getenv('FOO', 'unset'), os.getenv('KEEP', 'unset'))";
+    exec(
+        &c,
+        &base,
+        json!({"code": "import os; os.environ['KEEP'] = 'old'"}),
+    )
+    .await;
+    let with = json!({"code": show, "env_vars": {"FOO": "bar", "KEEP": "new"}});
+    assert_eq!(stdout(&exec(&c, &base, with).await), "bar new\n");
+    let after = exec(&c, &base, json!({"code": show})).await;
+    assert_eq!(stdout(&after), "unset old\n", "{after:?}");
+}

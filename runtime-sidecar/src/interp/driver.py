@@ -53,8 +53,12 @@ for line in os.fdopen(0, "r"):
     except ValueError:
         continue
     _count += 1
+    # this execution's env vars, put back as they were once it is done
+    saved = {}
     for k, v in (req.get("env") or {}).items():
-        os.environ[str(k)] = str(v)
+        k = str(k)
+        saved.setdefault(k, os.environ.get(k))
+        os.environ[k] = str(v)
     code = req.get("code", "")
     try:
         tree = ast.parse(code, "<cell>", "exec")
@@ -71,4 +75,9 @@ for line in os.fdopen(0, "r"):
         _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb)})
     sys.stdout.flush()
     sys.stderr.flush()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     _emit({"type": "end", "execution_count": _count})
