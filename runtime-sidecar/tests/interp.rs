@@ -215,3 +215,29 @@ async fn execution_env_vars_apply_to_that_execution_only() {
     let after = exec(&c, &base, json!({"code": show})).await;
     assert_eq!(stdout(&after), "unset old\n", "{after:?}");
 }
+
+/// The sandbox's env vars (E2B `envVars`, which reach the runtime through
+/// envd's `/init`) are seen by the code the interpreter runs, and an
+/// execution's own `env_vars` override them for that execution only.
+#[tokio::test]
+async fn sandbox_env_vars_from_envd_init_reach_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config(TOKEN, dir.path(), dir.path().to_path_buf());
+    let state = AppState::new(cfg).unwrap();
+    let envd = support::listen(sandpool_runtime::envd_app(state.clone())).await;
+    let base = support::listen(sandpool_runtime::interp_app(state)).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{envd}/init"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"envVars": {"TEST_ENV_VAR": "supertest"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let show = json!({"code": "import os; print(os.getenv('TEST_ENV_VAR'))"});
+    assert_eq!(stdout(&exec(&c, &base, show.clone()).await), "supertest\n");
+    let over = json!({"code": show["code"], "env_vars": {"TEST_ENV_VAR": "overwrite"}});
+    assert_eq!(stdout(&exec(&c, &base, over).await), "overwrite\n");
+    assert_eq!(stdout(&exec(&c, &base, show).await), "supertest\n");
+}

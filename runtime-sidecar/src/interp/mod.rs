@@ -112,12 +112,15 @@ fn python() -> Option<&'static str> {
         .find(|p| std::path::Path::new(p).exists())
 }
 
-async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
+/// A context's Python process, in `cwd` (`/` when that is no directory),
+/// with the sandbox's env vars (`envd`'s `/init`) on top of the runtime's.
+async fn spawn_kernel(cwd: &str, env: HashMap<String, String>) -> Result<Kernel, String> {
     let py = python().ok_or(
         "python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)",
     )?;
     let mut child = tokio::process::Command::new(py)
         .args(["-u", "-c", DRIVER])
+        .envs(env)
         .current_dir(if std::path::Path::new(cwd).is_dir() {
             cwd
         } else {
@@ -284,7 +287,8 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
         };
         let mut guard = ctx.kernel.lock().await;
         if guard.is_none() {
-            match spawn_kernel(&ctx.cwd).await {
+            let env = st.app.sandbox_env.lock().clone();
+            match spawn_kernel(&ctx.cwd, env).await {
                 Ok(k) => *guard = Some(k),
                 Err(e) => {
                     let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": e, "traceback": ""}))).await;
