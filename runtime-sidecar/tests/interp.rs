@@ -138,7 +138,7 @@ async fn contexts_are_bounded_in_number_and_size() {
         .json()
         .await
         .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 32);
+    assert_eq!(list.as_array().unwrap().len(), 33, "32 and the default one");
     // deleting one makes room again
     let r = c
         .delete(format!("{base}/contexts/{}", ids[0]))
@@ -240,4 +240,59 @@ async fn sandbox_env_vars_from_envd_init_reach_the_interpreter() {
     let over = json!({"code": show["code"], "env_vars": {"TEST_ENV_VAR": "overwrite"}});
     assert_eq!(stdout(&exec(&c, &base, over).await), "overwrite\n");
     assert_eq!(stdout(&exec(&c, &base, show).await), "supertest\n");
+}
+
+async fn list(c: &reqwest::Client, base: &str) -> Vec<Value> {
+    let r = c
+        .get(format!("{base}/contexts"))
+        .header("e2b-traffic-access-token", traffic())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap().as_array().unwrap().clone()
+}
+
+/// A default Python context is listed from the start (as upstream's, whose
+/// id is a UUID), `/execute` without a context runs in it, and created
+/// contexts are listed after it, the newest last.
+#[tokio::test]
+async fn the_default_context_is_listed_from_the_start() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let first = list(&c, &base).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let default = &first[0];
+    assert_eq!(
+        (&default["language"], &default["cwd"]),
+        (&json!("python"), &json!("/home/user"))
+    );
+    let id = default["id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    exec(&c, &base, json!({"code": "marker = 7"})).await;
+    let in_default = json!({"code": "print(marker)", "context_id": id});
+    assert_eq!(stdout(&exec(&c, &base, in_default).await), "7\n");
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let v: Value = create(&c, &base, json!({})).await.json().await.unwrap();
+        made.push(v["id"].clone());
+    }
+    let ids: Vec<Value> = list(&c, &base)
+        .await
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids[0], json!(id));
+    assert_eq!(ids[1..], made[..], "creation order");
+    // deleted, it is made again (same id, fresh state) by the next execution
+    let r = c
+        .delete(format!("{base}/contexts/{id}"))
+        .header("e2b-traffic-access-token", traffic())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let out = exec(&c, &base, json!({"code": "print('marker' in globals())"})).await;
+    assert_eq!(stdout(&out), "False\n");
+    assert_eq!(list(&c, &base).await.last().unwrap()["id"], json!(id));
 }

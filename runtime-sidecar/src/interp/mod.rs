@@ -28,8 +28,9 @@ mod limits;
 
 const DRIVER: &str = include_str!("driver.py");
 
-/// The context `/execute` uses when the request names none.
-const DEFAULT_CONTEXT: &str = "default-python";
+/// The working directory of the default context (and of a created context
+/// that names none).
+const DEFAULT_CWD: &str = "/home/user";
 
 struct Kernel {
     _child: Child,
@@ -39,6 +40,8 @@ struct Kernel {
 
 struct Context {
     id: String,
+    /// Creation order: `GET /contexts` lists the oldest (the default) first.
+    seq: u64,
     language: String,
     cwd: String,
     kernel: Mutex<Option<Kernel>>,
@@ -48,13 +51,20 @@ struct Context {
 pub struct InterpState {
     pub app: AppState,
     contexts: Arc<SyncMutex<HashMap<String, Arc<Context>>>>,
+    /// The id of the default Python context, which exists from the start
+    /// (as upstream's) and is what `/execute` uses when it names no context.
+    default_id: Arc<str>,
 }
 
 impl InterpState {
     pub fn new(app: AppState) -> Self {
+        let default = new_context(None, "python", DEFAULT_CWD);
+        let default_id: Arc<str> = default.id.as_str().into();
+        let contexts = HashMap::from([(default.id.clone(), default)]);
         InterpState {
             app,
-            contexts: Arc::new(SyncMutex::new(HashMap::new())),
+            contexts: Arc::new(SyncMutex::new(contexts)),
+            default_id,
         }
     }
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Context>>> {
@@ -141,9 +151,13 @@ async fn spawn_kernel(cwd: &str, env: HashMap<String, String>) -> Result<Kernel,
     })
 }
 
-fn new_context(language: &str, cwd: &str) -> Arc<Context> {
+/// A context (its process starts with its first execution), with `id` or a
+/// new one.
+fn new_context(id: Option<&str>, language: &str, cwd: &str) -> Arc<Context> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     Arc::new(Context {
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string),
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         language: language.to_string(),
         cwd: cwd.to_string(),
         kernel: Mutex::new(None),
@@ -190,16 +204,11 @@ async fn execute_request(
             .get(id)
             .cloned()
             .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("context {id} not found")))?,
+        // (made again, with its id, if it was deleted)
         None => st
             .lock()
-            .entry(DEFAULT_CONTEXT.into())
-            .or_insert_with(|| {
-                let mut c = new_context("python", "/home/user");
-                if let Some(c) = Arc::get_mut(&mut c) {
-                    c.id = DEFAULT_CONTEXT.into();
-                }
-                c
-            })
+            .entry(st.default_id.to_string())
+            .or_insert_with(|| new_context(Some(&st.default_id), "python", DEFAULT_CWD))
             .clone(),
     };
     Ok((code, ctx, env))
@@ -232,14 +241,14 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
     if let Some(r) = unsupported_language(lang) {
         return r.into_response();
     }
-    let cwd = v["cwd"].as_str().unwrap_or("/home/user");
+    let cwd = v["cwd"].as_str().unwrap_or(DEFAULT_CWD);
     if let Err(r) = limits::check_cwd(cwd) {
         return r.into_response();
     }
-    let c = new_context("python", cwd);
+    let c = new_context(None, "python", cwd);
     {
         let mut g = st.lock();
-        if let Err(r) = limits::check_room(&g) {
+        if let Err(r) = limits::check_room(&g, &st.default_id) {
             return r.into_response();
         }
         g.insert(c.id.clone(), c.clone());
@@ -247,10 +256,11 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
     Json(context_json(&c)).into_response()
 }
 
+/// Every context, oldest first (the default one first, the newest last).
 async fn list_contexts(State(st): State<InterpState>) -> Json<Value> {
-    Json(Value::Array(
-        st.lock().values().map(|c| context_json(c)).collect(),
-    ))
+    let mut all: Vec<Arc<Context>> = st.lock().values().cloned().collect();
+    all.sort_by_key(|c| c.seq);
+    Json(Value::Array(all.iter().map(|c| context_json(c)).collect()))
 }
 
 async fn delete_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
