@@ -296,3 +296,37 @@ async fn the_default_context_is_listed_from_the_start() {
     assert_eq!(stdout(&out), "False\n");
     assert_eq!(list(&c, &base).await.last().unwrap()["id"], json!(id));
 }
+
+/// A client that gives up on an execution (its timeout) interrupts it: the
+/// next execution in the context runs at once, and the context keeps its
+/// state (an interrupt, not a restart).
+#[tokio::test]
+async fn a_client_that_leaves_interrupts_its_execution() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    exec(&c, &base, json!({"code": "kept = 41"})).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"code": "import time\ntime.sleep(120)"}))
+        .send()
+        .await;
+    let gave_up = match r {
+        Ok(r) => r.text().await.is_err(),
+        Err(e) => e.is_timeout(),
+    };
+    assert!(gave_up, "the client timed out");
+    let started = std::time::Instant::now();
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        exec(&c, &base, json!({"code": "print(kept + 1)"})),
+    )
+    .await
+    .expect("the next execution is not stuck behind the abandoned one");
+    assert_eq!(stdout(&next), "42\n", "{next:?}");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+}

@@ -6,7 +6,7 @@
 #   {"type": "result", "text": repr(value), "is_main_result": true}
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
-import ast, json, os, sys, traceback
+import ast, json, os, signal, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = open(os.devnull, "r")
@@ -43,6 +43,19 @@ class _Stream:
 
 _ns = {"__name__": "__main__"}
 _count = 0
+_running = False
+
+
+def _interrupt(signum, frame):
+    """SIGINT (the client of a cell left): a KeyboardInterrupt in the running
+    cell, once; between cells it is ignored, so the loop below never dies."""
+    global _running
+    if _running:
+        _running = False
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, _interrupt)
 sys.stdin = _null
 sys.stdout = _Stream("stdout")
 sys.stderr = _Stream("stderr")
@@ -60,7 +73,9 @@ for line in os.fdopen(0, "r"):
         saved.setdefault(k, os.environ.get(k))
         os.environ[k] = str(v)
     code = req.get("code", "")
+    value = None
     try:
+        _running = True
         tree = ast.parse(code, "<cell>", "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -68,9 +83,11 @@ for line in os.fdopen(0, "r"):
         exec(compile(tree, "<cell>", "exec"), _ns)
         if last is not None:
             value = eval(compile(last, "<cell>", "eval"), _ns)
-            if value is not None:
-                _emit({"type": "result", "text": repr(value), "is_main_result": True})
+        _running = False
+        if value is not None:
+            _emit({"type": "result", "text": repr(value), "is_main_result": True})
     except BaseException as e:  # noqa: BLE001 - report everything, like a notebook
+        _running = False
         tb = traceback.format_exception(type(e), e, e.__traceback__)
         _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb)})
     sys.stdout.flush()

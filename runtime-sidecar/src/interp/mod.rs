@@ -32,10 +32,26 @@ const DRIVER: &str = include_str!("driver.py");
 /// that names none).
 const DEFAULT_CWD: &str = "/home/user";
 
+/// Time between keepalive lines of a running execution (upstream: 5 s).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Kernel {
-    _child: Child,
+    child: Child,
     stdin: ChildStdin,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Kernel {
+    /// Interrupt the running cell (SIGINT: a `KeyboardInterrupt` in it; the
+    /// driver ignores one that comes between cells). Always `true`: the
+    /// interrupt is sent once per cell.
+    fn interrupt(&self) -> bool {
+        use nix::sys::signal::{Signal, kill};
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
+        }
+        true
+    }
 }
 
 struct Context {
@@ -145,7 +161,7 @@ async fn spawn_kernel(cwd: &str, env: HashMap<String, String>) -> Result<Kernel,
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     Ok(Kernel {
-        _child: child,
+        child,
         stdin,
         stdout,
     })
@@ -289,59 +305,94 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
         Err(r) => return r.into_response(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        let line = |v: Value| {
-            let mut s = serde_json::to_vec(&v).unwrap_or_default();
-            s.push(b'\n');
-            Bytes::from(s)
-        };
-        let mut guard = ctx.kernel.lock().await;
-        if guard.is_none() {
-            let env = st.app.sandbox_env.lock().clone();
-            match spawn_kernel(&ctx.cwd, env).await {
-                Ok(k) => *guard = Some(k),
-                Err(e) => {
-                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": e, "traceback": ""}))).await;
-                    return;
-                }
-            }
-        }
-        let Some(k) = guard.as_mut() else { return };
-        let req = json!({"code": code, "env": if env.is_object() { env } else { json!({}) }});
-        let mut msg = serde_json::to_vec(&req).unwrap_or_default();
-        msg.push(b'\n');
-        if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
-            guard.take();
-            let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process died; it restarts on the next call", "traceback": ""}))).await;
-            return;
-        }
-        loop {
-            match k.stdout.next_line().await {
-                Ok(Some(l)) => {
-                    let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
-                        continue;
-                    };
-                    if ev["type"] == "end" {
-                        let n = ev["execution_count"].clone();
-                        let _ = tx
-                            .send(line(
-                                json!({"type": "number_of_executions", "execution_count": n}),
-                            ))
-                            .await;
-                        return;
-                    }
-                    ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
-                    if tx.send(line(ev)).await.is_err() {
-                        // the client left; let the cell finish so the kernel stays in sync
-                    }
-                }
-                _ => {
-                    guard.take();
-                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process exited", "traceback": ""}))).await;
-                    return;
-                }
-            }
-        }
-    });
+    let env = if env.is_object() { env } else { json!({}) };
+    tokio::spawn(run_cell(st, ctx, json!({"code": code, "env": env}), tx));
     crate::channel_response(rx, "application/x-ndjson")
+}
+
+/// One JSON line of an `/execute` answer.
+fn line(v: &Value) -> Bytes {
+    let mut s = serde_json::to_vec(v).unwrap_or_default();
+    s.push(b'\n');
+    Bytes::from(s)
+}
+
+/// The `error` line of a kernel that could not run the cell.
+fn kernel_error(msg: impl Into<String>) -> Bytes {
+    line(&json!({"type": "error", "name": "KernelError", "value": msg.into(), "traceback": ""}))
+}
+
+/// Run `req` in `ctx`'s process (started if need be), one cell at a time,
+/// sending its output lines to `tx`.
+async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Sender<Bytes>) {
+    let mut guard = ctx.kernel.lock().await;
+    if tx.is_closed() {
+        // the client left while an earlier cell ran: this one never starts
+        return;
+    }
+    if guard.is_none() {
+        let env = st.app.sandbox_env.lock().clone();
+        match spawn_kernel(&ctx.cwd, env).await {
+            Ok(k) => *guard = Some(k),
+            Err(e) => {
+                let _ = tx.send(kernel_error(e)).await;
+                return;
+            }
+        }
+    }
+    let Some(k) = guard.as_mut() else { return };
+    let mut msg = serde_json::to_vec(&req).unwrap_or_default();
+    msg.push(b'\n');
+    if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
+        guard.take();
+        let msg = "the Python process died; it restarts on the next call";
+        let _ = tx.send(kernel_error(msg)).await;
+        return;
+    }
+    if !stream_cell(k, &tx).await {
+        guard.take();
+        let _ = tx.send(kernel_error("the Python process exited")).await;
+    }
+}
+
+/// Forward the running cell's events to `tx` until its end (`true`), or
+/// until the process exits (`false`). A keepalive line every
+/// [`KEEPALIVE`] makes a client that left noticed (writing to it fails);
+/// the cell is then interrupted (SIGINT, a `KeyboardInterrupt` in the
+/// code), as upstream interrupts its kernel, so the next execution in the
+/// context need not wait for it. The rest of its output is read and dropped,
+/// keeping the process in step.
+async fn stream_cell(k: &mut Kernel, tx: &mpsc::Sender<Bytes>) -> bool {
+    let start = tokio::time::Instant::now() + KEEPALIVE;
+    let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
+    let mut client_left = false;
+    loop {
+        let out = tokio::select! {
+            l = k.stdout.next_line() => l,
+            _ = keepalive.tick(), if !client_left => {
+                if tx.send(line(&json!({"type": "keepalive"}))).await.is_err() {
+                    client_left = k.interrupt();
+                }
+                continue;
+            }
+            () = tx.closed(), if !client_left => {
+                client_left = k.interrupt();
+                continue;
+            }
+        };
+        let Ok(Some(l)) = out else { return false };
+        let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
+            continue;
+        };
+        if ev["type"] == "end" {
+            let n = ev["execution_count"].clone();
+            let done = json!({"type": "number_of_executions", "execution_count": n});
+            let _ = tx.send(line(&done)).await;
+            return true;
+        }
+        ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
+        if !client_left && tx.send(line(&ev)).await.is_err() {
+            client_left = k.interrupt();
+        }
+    }
 }
