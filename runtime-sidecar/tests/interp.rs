@@ -330,3 +330,30 @@ async fn a_client_that_leaves_interrupts_its_execution() {
     assert_eq!(stdout(&next), "42\n", "{next:?}");
     assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
 }
+
+/// The `text` of an execution's result.
+fn result_text(lines: &[Value]) -> Option<String> {
+    let r = lines.iter().find(|l| l["type"] == "result")?;
+    assert_eq!(r["is_main_result"], true, "{r}");
+    r["text"].as_str().map(str::to_string)
+}
+
+/// A result's text is what upstream answers: the value's text without one
+/// pair of enclosing quotes (`bar` for the string 'bar').
+#[tokio::test]
+async fn result_text_drops_the_quotes_of_a_string() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let cases = [
+        ("x = 'bar'\nx", "bar"),
+        ("\"it's\"", "it's"),
+        ("import os; os.getenv('HOME_NOT_SET', 'default')", "default"),
+        ("1 + 1", "2"),
+        ("['a', 'b']", "['a', 'b']"),
+        ("''", ""),
+    ];
+    for (code, want) in cases {
+        let out = exec(&c, &base, json!({"code": code})).await;
+        assert_eq!(result_text(&out).as_deref(), Some(want), "{code}: {out:?}");
+    }
+}

@@ -3,7 +3,9 @@
 # persistent namespace like a notebook cell (the value of a final expression
 # is the result), and writes JSON lines to the original stdout:
 #   {"type": "stdout"|"stderr", "text": ...}
-#   {"type": "result", "text": repr(value), "is_main_result": true}
+#   {"type": "result", "text": ..., "is_main_result": true}
+# (the text of a result is its repr() without one pair of enclosing quotes,
+# as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
 import ast, json, os, signal, sys, traceback
@@ -46,6 +48,13 @@ _count = 0
 _running = False
 
 
+def _text(value):
+    text = repr(value)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def _interrupt(signum, frame):
     """SIGINT (the client of a cell left): a KeyboardInterrupt in the running
     cell, once; between cells it is ignored, so the loop below never dies."""
@@ -85,7 +94,7 @@ for line in os.fdopen(0, "r"):
             value = eval(compile(last, "<cell>", "eval"), _ns)
         _running = False
         if value is not None:
-            _emit({"type": "result", "text": repr(value), "is_main_result": True})
+            _emit({"type": "result", "text": _text(value), "is_main_result": True})
     except BaseException as e:  # noqa: BLE001 - report everything, like a notebook
         _running = False
         tb = traceback.format_exception(type(e), e, e.__traceback__)
