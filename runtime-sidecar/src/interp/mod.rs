@@ -1,7 +1,8 @@
 //! A code interpreter compatible with `e2b-code-interpreter` (port 49999):
 //! `POST /execute` streams JSON lines (stdout, stderr, result, error,
-//! number_of_executions); `/contexts` manages contexts. Each context is one
-//! real Python process (`driver.py`) whose namespace persists between calls.
+//! keepalive, number_of_executions); `/contexts` manages contexts, a default
+//! Python one from the start. Each context is one real Python process
+//! (`driver.py`) whose namespace persists between calls.
 
 use std::{collections::HashMap, process::Stdio, sync::Arc};
 
