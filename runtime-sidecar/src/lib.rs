@@ -97,6 +97,9 @@ pub struct AppState {
     pub last_activity_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Set by the first request that is not a health check.
     pub used: Arc<std::sync::atomic::AtomicBool>,
+    /// The sandbox's env vars (E2B `envVars`, set through envd's `/init`):
+    /// envd processes and code interpreter contexts start with them.
+    pub sandbox_env: Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
             started: Instant::now(),
             last_activity_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             used: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            sandbox_env: Arc::default(),
         })
     }
 

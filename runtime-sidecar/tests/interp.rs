@@ -138,7 +138,7 @@ async fn contexts_are_bounded_in_number_and_size() {
         .json()
         .await
         .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 32);
+    assert_eq!(list.as_array().unwrap().len(), 33, "32 and the default one");
     // deleting one makes room again
     let r = c
         .delete(format!("{base}/contexts/{}", ids[0]))
@@ -170,4 +170,190 @@ async fn contexts_are_bounded_in_number_and_size() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The JSON lines of one `/execute` of `body`.
+async fn exec(c: &reqwest::Client, base: &str, body: Value) -> Vec<Value> {
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What an execution printed on stdout.
+fn stdout(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "stdout")
+        .filter_map(|l| l["text"].as_str())
+        .collect()
+}
+
+/// An execution's `env_vars` hold for that execution only: a variable it
+/// introduced is gone afterwards, one it overrode has its former value back.
+#[tokio::test]
+async fn execution_env_vars_apply_to_that_execution_only() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let show = "import os; print(os.getenv('FOO', 'unset'), os.getenv('KEEP', 'unset'))";
+    exec(
+        &c,
+        &base,
+        json!({"code": "import os; os.environ['KEEP'] = 'old'"}),
+    )
+    .await;
+    let with = json!({"code": show, "env_vars": {"FOO": "bar", "KEEP": "new"}});
+    assert_eq!(stdout(&exec(&c, &base, with).await), "bar new\n");
+    let after = exec(&c, &base, json!({"code": show})).await;
+    assert_eq!(stdout(&after), "unset old\n", "{after:?}");
+}
+
+/// The sandbox's env vars (E2B `envVars`, which reach the runtime through
+/// envd's `/init`) are seen by the code the interpreter runs, and an
+/// execution's own `env_vars` override them for that execution only.
+#[tokio::test]
+async fn sandbox_env_vars_from_envd_init_reach_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config(TOKEN, dir.path(), dir.path().to_path_buf());
+    let state = AppState::new(cfg).unwrap();
+    let envd = support::listen(sandpool_runtime::envd_app(state.clone())).await;
+    let base = support::listen(sandpool_runtime::interp_app(state)).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{envd}/init"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"envVars": {"TEST_ENV_VAR": "supertest"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let show = json!({"code": "import os; print(os.getenv('TEST_ENV_VAR'))"});
+    assert_eq!(stdout(&exec(&c, &base, show.clone()).await), "supertest\n");
+    let over = json!({"code": show["code"], "env_vars": {"TEST_ENV_VAR": "overwrite"}});
+    assert_eq!(stdout(&exec(&c, &base, over).await), "overwrite\n");
+    assert_eq!(stdout(&exec(&c, &base, show).await), "supertest\n");
+}
+
+async fn list(c: &reqwest::Client, base: &str) -> Vec<Value> {
+    let r = c
+        .get(format!("{base}/contexts"))
+        .header("e2b-traffic-access-token", traffic())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap().as_array().unwrap().clone()
+}
+
+/// A default Python context is listed from the start (as upstream's, whose
+/// id is a UUID), `/execute` without a context runs in it, and created
+/// contexts are listed after it, the newest last.
+#[tokio::test]
+async fn the_default_context_is_listed_from_the_start() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let first = list(&c, &base).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let default = &first[0];
+    assert_eq!(
+        (&default["language"], &default["cwd"]),
+        (&json!("python"), &json!("/home/user"))
+    );
+    let id = default["id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    exec(&c, &base, json!({"code": "marker = 7"})).await;
+    let in_default = json!({"code": "print(marker)", "context_id": id});
+    assert_eq!(stdout(&exec(&c, &base, in_default).await), "7\n");
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let v: Value = create(&c, &base, json!({})).await.json().await.unwrap();
+        made.push(v["id"].clone());
+    }
+    let ids: Vec<Value> = list(&c, &base)
+        .await
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids[0], json!(id));
+    assert_eq!(ids[1..], made[..], "creation order");
+    // deleted, it is made again (same id, fresh state) by the next execution
+    let r = c
+        .delete(format!("{base}/contexts/{id}"))
+        .header("e2b-traffic-access-token", traffic())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let out = exec(&c, &base, json!({"code": "print('marker' in globals())"})).await;
+    assert_eq!(stdout(&out), "False\n");
+    assert_eq!(list(&c, &base).await.last().unwrap()["id"], json!(id));
+}
+
+/// A client that gives up on an execution (its timeout) interrupts it: the
+/// next execution in the context runs at once, and the context keeps its
+/// state (an interrupt, not a restart).
+#[tokio::test]
+async fn a_client_that_leaves_interrupts_its_execution() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    exec(&c, &base, json!({"code": "kept = 41"})).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"code": "import time\ntime.sleep(120)"}))
+        .send()
+        .await;
+    let gave_up = match r {
+        Ok(r) => r.text().await.is_err(),
+        Err(e) => e.is_timeout(),
+    };
+    assert!(gave_up, "the client timed out");
+    let started = std::time::Instant::now();
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        exec(&c, &base, json!({"code": "print(kept + 1)"})),
+    )
+    .await
+    .expect("the next execution is not stuck behind the abandoned one");
+    assert_eq!(stdout(&next), "42\n", "{next:?}");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+}
+
+/// The `text` of an execution's result.
+fn result_text(lines: &[Value]) -> Option<String> {
+    let r = lines.iter().find(|l| l["type"] == "result")?;
+    assert_eq!(r["is_main_result"], true, "{r}");
+    r["text"].as_str().map(str::to_string)
+}
+
+/// A result's text is what upstream answers: the value's text without one
+/// pair of enclosing quotes (`bar` for the string 'bar').
+#[tokio::test]
+async fn result_text_drops_the_quotes_of_a_string() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let cases = [
+        ("x = 'bar'\nx", "bar"),
+        ("\"it's\"", "it's"),
+        ("import os; os.getenv('HOME_NOT_SET', 'default')", "default"),
+        ("1 + 1", "2"),
+        ("['a', 'b']", "['a', 'b']"),
+        ("''", ""),
+    ];
+    for (code, want) in cases {
+        let out = exec(&c, &base, json!({"code": code})).await;
+        assert_eq!(result_text(&out).as_deref(), Some(want), "{code}: {out:?}");
+    }
 }

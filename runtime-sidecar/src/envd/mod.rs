@@ -61,7 +61,6 @@ pub const ENVD_VERSION: &str = "0.5.7";
 #[derive(Clone, Default)]
 pub struct Envd {
     procs: Arc<Mutex<HashMap<u32, Arc<EnvdProcess>>>>,
-    env: Arc<Mutex<HashMap<String, String>>>,
     watchers: Arc<Mutex<HashMap<String, Watcher>>>,
     /// Open `WatchDir` streams (each an inotify thread while it lasts).
     watch_streams: Arc<std::sync::atomic::AtomicUsize>,
@@ -159,7 +158,7 @@ async fn envs(State(st): State<EnvdState>) -> Json<Value> {
     let mut m: serde_json::Map<String, Value> = std::env::vars()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    for (k, v) in st.envd.env.lock().iter() {
+    for (k, v) in st.app.sandbox_env.lock().iter() {
         m.insert(k.clone(), Value::String(v.clone()));
     }
     m.remove("EXECD_ACCESS_TOKEN");
@@ -191,7 +190,7 @@ pub const MAX_INIT_ENV_BYTES: usize = 1 << 20;
 /// own). The merged set is bounded; a request that would exceed it changes nothing.
 async fn init(State(st): State<EnvdState>, body: Body) -> CResult<StatusCode> {
     let req: messages::InitRequest = unary(&st, body).await?;
-    let mut env = st.envd.env.lock();
+    let mut env = st.app.sandbox_env.lock();
     let mut merged = env.clone();
     for (k, val) in req.env_vars {
         if let Value::String(s) = val {

@@ -141,7 +141,7 @@ pub(super) async fn start_inner(
         ));
     }
     let (cmd, args) = (p.cmd, p.args);
-    let mut envs: HashMap<String, String> = st.envd.env.lock().clone();
+    let mut envs: HashMap<String, String> = st.app.sandbox_env.lock().clone();
     envs.extend(p.envs);
     let cwd = p.cwd.filter(|c| !c.is_empty());
     let tag = req.tag;

@@ -3,10 +3,12 @@
 # persistent namespace like a notebook cell (the value of a final expression
 # is the result), and writes JSON lines to the original stdout:
 #   {"type": "stdout"|"stderr", "text": ...}
-#   {"type": "result", "text": repr(value), "is_main_result": true}
+#   {"type": "result", "text": ..., "is_main_result": true}
+# (the text of a result is its repr() without one pair of enclosing quotes,
+# as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
-import ast, json, os, sys, traceback
+import ast, json, os, signal, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = open(os.devnull, "r")
@@ -43,6 +45,26 @@ class _Stream:
 
 _ns = {"__name__": "__main__"}
 _count = 0
+_running = False
+
+
+def _text(value):
+    text = repr(value)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _interrupt(signum, frame):
+    """SIGINT (the client of a cell left): a KeyboardInterrupt in the running
+    cell, once; between cells it is ignored, so the loop below never dies."""
+    global _running
+    if _running:
+        _running = False
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, _interrupt)
 sys.stdin = _null
 sys.stdout = _Stream("stdout")
 sys.stderr = _Stream("stderr")
@@ -53,10 +75,16 @@ for line in os.fdopen(0, "r"):
     except ValueError:
         continue
     _count += 1
+    # this execution's env vars, put back as they were once it is done
+    saved = {}
     for k, v in (req.get("env") or {}).items():
-        os.environ[str(k)] = str(v)
+        k = str(k)
+        saved.setdefault(k, os.environ.get(k))
+        os.environ[k] = str(v)
     code = req.get("code", "")
+    value = None
     try:
+        _running = True
         tree = ast.parse(code, "<cell>", "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -64,11 +92,18 @@ for line in os.fdopen(0, "r"):
         exec(compile(tree, "<cell>", "exec"), _ns)
         if last is not None:
             value = eval(compile(last, "<cell>", "eval"), _ns)
-            if value is not None:
-                _emit({"type": "result", "text": repr(value), "is_main_result": True})
+        _running = False
+        if value is not None:
+            _emit({"type": "result", "text": _text(value), "is_main_result": True})
     except BaseException as e:  # noqa: BLE001 - report everything, like a notebook
+        _running = False
         tb = traceback.format_exception(type(e), e, e.__traceback__)
         _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb)})
     sys.stdout.flush()
     sys.stderr.flush()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     _emit({"type": "end", "execution_count": _count})

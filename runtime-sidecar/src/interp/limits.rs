@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::{Context, DEFAULT_CONTEXT, Refusal, err};
+use super::{Context, Refusal, err};
 
 /// Contexts created through `POST /contexts` per runtime (the default
-/// context `/execute` uses when none is named comes on top).
+/// context comes on top).
 pub const MAX_CONTEXTS: usize = 32;
 /// Longest working directory of a context (Linux `PATH_MAX`).
 pub const MAX_CWD_BYTES: usize = 4096;
@@ -43,9 +43,13 @@ fn at_most(n: usize, max: usize, what: &str, unit: &str) -> Result<(), Refusal> 
     Ok(())
 }
 
-/// Room for one more created context in `contexts`.
-pub fn check_room(contexts: &HashMap<String, std::sync::Arc<Context>>) -> Result<(), Refusal> {
-    let created = contexts.keys().filter(|k| *k != DEFAULT_CONTEXT).count();
+/// Room for one more created context in `contexts` (the default one,
+/// `default_id`, does not count).
+pub fn check_room(
+    contexts: &HashMap<String, std::sync::Arc<Context>>,
+    default_id: &str,
+) -> Result<(), Refusal> {
+    let created = contexts.keys().filter(|k| *k != default_id).count();
     if created >= MAX_CONTEXTS {
         return Err(err(
             StatusCode::TOO_MANY_REQUESTS,

@@ -1,7 +1,8 @@
 //! A code interpreter compatible with `e2b-code-interpreter` (port 49999):
 //! `POST /execute` streams JSON lines (stdout, stderr, result, error,
-//! number_of_executions); `/contexts` manages contexts. Each context is one
-//! real Python process (`driver.py`) whose namespace persists between calls.
+//! keepalive, number_of_executions); `/contexts` manages contexts, a default
+//! Python one from the start. Each context is one real Python process
+//! (`driver.py`) whose namespace persists between calls.
 
 use std::{collections::HashMap, process::Stdio, sync::Arc};
 
@@ -28,17 +29,36 @@ mod limits;
 
 const DRIVER: &str = include_str!("driver.py");
 
-/// The context `/execute` uses when the request names none.
-const DEFAULT_CONTEXT: &str = "default-python";
+/// The working directory of the default context (and of a created context
+/// that names none).
+const DEFAULT_CWD: &str = "/home/user";
+
+/// Time between keepalive lines of a running execution (upstream: 5 s).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Kernel {
-    _child: Child,
+    child: Child,
     stdin: ChildStdin,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
+impl Kernel {
+    /// Interrupt the running cell (SIGINT: a `KeyboardInterrupt` in it; the
+    /// driver ignores one that comes between cells). Always `true`: the
+    /// interrupt is sent once per cell.
+    fn interrupt(&self) -> bool {
+        use nix::sys::signal::{Signal, kill};
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
+        }
+        true
+    }
+}
+
 struct Context {
     id: String,
+    /// Creation order: `GET /contexts` lists the oldest (the default) first.
+    seq: u64,
     language: String,
     cwd: String,
     kernel: Mutex<Option<Kernel>>,
@@ -48,13 +68,20 @@ struct Context {
 pub struct InterpState {
     pub app: AppState,
     contexts: Arc<SyncMutex<HashMap<String, Arc<Context>>>>,
+    /// The id of the default Python context, which exists from the start
+    /// (as upstream's) and is what `/execute` uses when it names no context.
+    default_id: Arc<str>,
 }
 
 impl InterpState {
     pub fn new(app: AppState) -> Self {
+        let default = new_context(None, "python", DEFAULT_CWD);
+        let default_id: Arc<str> = default.id.as_str().into();
+        let contexts = HashMap::from([(default.id.clone(), default)]);
         InterpState {
             app,
-            contexts: Arc::new(SyncMutex::new(HashMap::new())),
+            contexts: Arc::new(SyncMutex::new(contexts)),
+            default_id,
         }
     }
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Context>>> {
@@ -112,12 +139,15 @@ fn python() -> Option<&'static str> {
         .find(|p| std::path::Path::new(p).exists())
 }
 
-async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
+/// A context's Python process, in `cwd` (`/` when that is no directory),
+/// with the sandbox's env vars (`envd`'s `/init`) on top of the runtime's.
+async fn spawn_kernel(cwd: &str, env: HashMap<String, String>) -> Result<Kernel, String> {
     let py = python().ok_or(
         "python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)",
     )?;
     let mut child = tokio::process::Command::new(py)
         .args(["-u", "-c", DRIVER])
+        .envs(env)
         .current_dir(if std::path::Path::new(cwd).is_dir() {
             cwd
         } else {
@@ -132,15 +162,19 @@ async fn spawn_kernel(cwd: &str) -> Result<Kernel, String> {
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     Ok(Kernel {
-        _child: child,
+        child,
         stdin,
         stdout,
     })
 }
 
-fn new_context(language: &str, cwd: &str) -> Arc<Context> {
+/// A context (its process starts with its first execution), with `id` or a
+/// new one.
+fn new_context(id: Option<&str>, language: &str, cwd: &str) -> Arc<Context> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     Arc::new(Context {
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string),
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         language: language.to_string(),
         cwd: cwd.to_string(),
         kernel: Mutex::new(None),
@@ -187,16 +221,11 @@ async fn execute_request(
             .get(id)
             .cloned()
             .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("context {id} not found")))?,
+        // (made again, with its id, if it was deleted)
         None => st
             .lock()
-            .entry(DEFAULT_CONTEXT.into())
-            .or_insert_with(|| {
-                let mut c = new_context("python", "/home/user");
-                if let Some(c) = Arc::get_mut(&mut c) {
-                    c.id = DEFAULT_CONTEXT.into();
-                }
-                c
-            })
+            .entry(st.default_id.to_string())
+            .or_insert_with(|| new_context(Some(&st.default_id), "python", DEFAULT_CWD))
             .clone(),
     };
     Ok((code, ctx, env))
@@ -229,14 +258,14 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
     if let Some(r) = unsupported_language(lang) {
         return r.into_response();
     }
-    let cwd = v["cwd"].as_str().unwrap_or("/home/user");
+    let cwd = v["cwd"].as_str().unwrap_or(DEFAULT_CWD);
     if let Err(r) = limits::check_cwd(cwd) {
         return r.into_response();
     }
-    let c = new_context("python", cwd);
+    let c = new_context(None, "python", cwd);
     {
         let mut g = st.lock();
-        if let Err(r) = limits::check_room(&g) {
+        if let Err(r) = limits::check_room(&g, &st.default_id) {
             return r.into_response();
         }
         g.insert(c.id.clone(), c.clone());
@@ -244,10 +273,11 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
     Json(context_json(&c)).into_response()
 }
 
+/// Every context, oldest first (the default one first, the newest last).
 async fn list_contexts(State(st): State<InterpState>) -> Json<Value> {
-    Json(Value::Array(
-        st.lock().values().map(|c| context_json(c)).collect(),
-    ))
+    let mut all: Vec<Arc<Context>> = st.lock().values().cloned().collect();
+    all.sort_by_key(|c| c.seq);
+    Json(Value::Array(all.iter().map(|c| context_json(c)).collect()))
 }
 
 async fn delete_context(State(st): State<InterpState>, Path(id): Path<String>) -> Response {
@@ -276,58 +306,94 @@ async fn execute(State(st): State<InterpState>, body: Body) -> Response {
         Err(r) => return r.into_response(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        let line = |v: Value| {
-            let mut s = serde_json::to_vec(&v).unwrap_or_default();
-            s.push(b'\n');
-            Bytes::from(s)
-        };
-        let mut guard = ctx.kernel.lock().await;
-        if guard.is_none() {
-            match spawn_kernel(&ctx.cwd).await {
-                Ok(k) => *guard = Some(k),
-                Err(e) => {
-                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": e, "traceback": ""}))).await;
-                    return;
-                }
-            }
-        }
-        let Some(k) = guard.as_mut() else { return };
-        let req = json!({"code": code, "env": if env.is_object() { env } else { json!({}) }});
-        let mut msg = serde_json::to_vec(&req).unwrap_or_default();
-        msg.push(b'\n');
-        if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
-            guard.take();
-            let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process died; it restarts on the next call", "traceback": ""}))).await;
-            return;
-        }
-        loop {
-            match k.stdout.next_line().await {
-                Ok(Some(l)) => {
-                    let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
-                        continue;
-                    };
-                    if ev["type"] == "end" {
-                        let n = ev["execution_count"].clone();
-                        let _ = tx
-                            .send(line(
-                                json!({"type": "number_of_executions", "execution_count": n}),
-                            ))
-                            .await;
-                        return;
-                    }
-                    ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
-                    if tx.send(line(ev)).await.is_err() {
-                        // the client left; let the cell finish so the kernel stays in sync
-                    }
-                }
-                _ => {
-                    guard.take();
-                    let _ = tx.send(line(json!({"type": "error", "name": "KernelError", "value": "the Python process exited", "traceback": ""}))).await;
-                    return;
-                }
-            }
-        }
-    });
+    let env = if env.is_object() { env } else { json!({}) };
+    tokio::spawn(run_cell(st, ctx, json!({"code": code, "env": env}), tx));
     crate::channel_response(rx, "application/x-ndjson")
+}
+
+/// One JSON line of an `/execute` answer.
+fn line(v: &Value) -> Bytes {
+    let mut s = serde_json::to_vec(v).unwrap_or_default();
+    s.push(b'\n');
+    Bytes::from(s)
+}
+
+/// The `error` line of a kernel that could not run the cell.
+fn kernel_error(msg: impl Into<String>) -> Bytes {
+    line(&json!({"type": "error", "name": "KernelError", "value": msg.into(), "traceback": ""}))
+}
+
+/// Run `req` in `ctx`'s process (started if need be), one cell at a time,
+/// sending its output lines to `tx`.
+async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Sender<Bytes>) {
+    let mut guard = ctx.kernel.lock().await;
+    if tx.is_closed() {
+        // the client left while an earlier cell ran: this one never starts
+        return;
+    }
+    if guard.is_none() {
+        let env = st.app.sandbox_env.lock().clone();
+        match spawn_kernel(&ctx.cwd, env).await {
+            Ok(k) => *guard = Some(k),
+            Err(e) => {
+                let _ = tx.send(kernel_error(e)).await;
+                return;
+            }
+        }
+    }
+    let Some(k) = guard.as_mut() else { return };
+    let mut msg = serde_json::to_vec(&req).unwrap_or_default();
+    msg.push(b'\n');
+    if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
+        guard.take();
+        let msg = "the Python process died; it restarts on the next call";
+        let _ = tx.send(kernel_error(msg)).await;
+        return;
+    }
+    if !stream_cell(k, &tx).await {
+        guard.take();
+        let _ = tx.send(kernel_error("the Python process exited")).await;
+    }
+}
+
+/// Forward the running cell's events to `tx` until its end (`true`), or
+/// until the process exits (`false`). A keepalive line every
+/// [`KEEPALIVE`] makes a client that left noticed (writing to it fails);
+/// the cell is then interrupted (SIGINT, a `KeyboardInterrupt` in the
+/// code), as upstream interrupts its kernel, so the next execution in the
+/// context need not wait for it. The rest of its output is read and dropped,
+/// keeping the process in step.
+async fn stream_cell(k: &mut Kernel, tx: &mpsc::Sender<Bytes>) -> bool {
+    let start = tokio::time::Instant::now() + KEEPALIVE;
+    let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
+    let mut client_left = false;
+    loop {
+        let out = tokio::select! {
+            l = k.stdout.next_line() => l,
+            _ = keepalive.tick(), if !client_left => {
+                if tx.send(line(&json!({"type": "keepalive"}))).await.is_err() {
+                    client_left = k.interrupt();
+                }
+                continue;
+            }
+            () = tx.closed(), if !client_left => {
+                client_left = k.interrupt();
+                continue;
+            }
+        };
+        let Ok(Some(l)) = out else { return false };
+        let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
+            continue;
+        };
+        if ev["type"] == "end" {
+            let n = ev["execution_count"].clone();
+            let done = json!({"type": "number_of_executions", "execution_count": n});
+            let _ = tx.send(line(&done)).await;
+            return true;
+        }
+        ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
+        if !client_left && tx.send(line(&ev)).await.is_err() {
+            client_left = k.interrupt();
+        }
+    }
 }
