@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
@@ -43,11 +43,38 @@ impl From<ApiError> for E2bError {
     }
 }
 
+/// E2B's error body `{"code", "message"}` with `status` (and sandpool's
+/// `error_code` when there is one).
+fn error_response(status: StatusCode, message: String, error_code: Option<&str>) -> Response {
+    let mut body = json!({"code": status.as_u16(), "message": message});
+    if let Some(c) = error_code {
+        body["error_code"] = json!(c);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Any path of the E2B API without a route: E2B's 404, not an empty body.
+async fn no_route(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}", uri.path()),
+        Some("NOT_FOUND"),
+    )
+}
+
+/// A method an E2B route does not have: E2B's 405, not an empty body.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+        Some("METHOD_NOT_ALLOWED"),
+    )
+}
+
 impl IntoResponse for E2bError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        let mut r = (status, Json(json!({"code": status.as_u16(), "message": self.0.to_string(), "error_code": self.0.code()})))
-            .into_response();
+        let mut r = error_response(status, self.0.to_string(), Some(self.0.code()));
         if status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -74,10 +101,13 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/fork", post(no_snapshots))
         .route("/sandboxes/{id}/snapshots", post(no_snapshots))
         .route("/snapshots", get(no_snapshots))
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(
             (gw.clone(), auth::Api::E2b),
             auth::require_key,
         ))
+        // everything outside `/v1` (OpenSandbox's, with its own) is E2B's
+        .fallback(no_route)
         .with_state(gw)
 }
 

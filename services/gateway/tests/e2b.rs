@@ -1,0 +1,292 @@
+//! The E2B API through the real router against an in-memory scheduler:
+//! error bodies, traffic to gone sandboxes, connect's timeout, list filters
+//! and order, metrics ranges, timeout 0.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sandpool_gateway::Gateway;
+use sandpool_proto::v1::{
+    self as pb,
+    scheduler_server::{Scheduler, SchedulerServer},
+};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+
+/// Claims in a map; each new one starts a second after the previous one.
+#[derive(Default, Clone)]
+struct FakeScheduler {
+    claims: Arc<Mutex<HashMap<String, pb::Claim>>>,
+    /// the runtime port every sandbox answers on (127.0.0.1)
+    runtime_port: u32,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn no<T>() -> R<T> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+const T0_MS: i64 = 1_700_000_000_000;
+
+impl FakeScheduler {
+    fn with_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> R<pb::Claim> {
+        let mut m = self.claims.lock();
+        let c = m
+            .get_mut(id)
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))?;
+        f(c);
+        Ok(Response::new(c.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for FakeScheduler {
+    async fn apply_pool(&self, _: Request<pb::Pool>) -> R<pb::Pool> {
+        no()
+    }
+    async fn get_pool(&self, _: Request<pb::PoolRef>) -> R<pb::Pool> {
+        no()
+    }
+    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
+        no()
+    }
+    async fn delete_pool(&self, _: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
+        no()
+    }
+    async fn create_claim(&self, r: Request<pb::ClaimRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        let mut m = self.claims.lock();
+        let n = m.len() + 1;
+        let id = format!("sb-{n}");
+        let c = pb::Claim {
+            claim_id: id.clone(),
+            pool: r.pool,
+            state: pb::ClaimState::Bound as i32,
+            sandbox: Some(pb::SandboxInfo {
+                sandbox_id: id.clone(),
+                ip: "127.0.0.1".into(),
+                runtime_port: self.runtime_port,
+                ..Default::default()
+            }),
+            created_unix_ms: T0_MS + 1000 * n as i64,
+            expires_unix_ms: chrono::Utc::now().timestamp_millis() + 1000 * r.ttl_seconds as i64,
+            metadata: r.metadata,
+            ..Default::default()
+        };
+        m.insert(id, c.clone());
+        Ok(Response::new(c))
+    }
+    async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |_| {})
+    }
+    async fn set_claim_egress(&self, r: Request<pb::SetClaimEgressRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| {
+            c.egress = Some(r.egress.unwrap_or_default())
+        })
+    }
+    async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
+        let r = r.into_inner();
+        // in no particular order: the gateway sorts
+        let claims: Vec<pb::Claim> = self
+            .claims
+            .lock()
+            .values()
+            .filter(|c| r.metadata.iter().all(|(k, v)| c.metadata.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims,
+            ..Default::default()
+        }))
+    }
+    async fn renew(&self, r: Request<pb::RenewRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
+    }
+    async fn pause_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Paused as i32;
+        })
+    }
+    async fn resume_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Bound as i32;
+        })
+    }
+    async fn release_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::ReleaseClaimResponse> {
+        let id = r.into_inner().claim_id;
+        self.claims
+            .lock()
+            .remove(&id)
+            .map(|_| Response::new(pb::ReleaseClaimResponse {}))
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))
+    }
+    async fn checkpoint_claim(
+        &self,
+        _: Request<pb::CheckpointClaimRequest>,
+    ) -> R<pb::CheckpointInfo> {
+        no()
+    }
+    async fn restore_checkpoint(
+        &self,
+        _: Request<pb::RestoreCheckpointRequest>,
+    ) -> R<pb::RestoreCheckpointResponse> {
+        no()
+    }
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> R<pb::ListCheckpointsResponse> {
+        no()
+    }
+    async fn delete_checkpoint(
+        &self,
+        _: Request<pb::CheckpointRef>,
+    ) -> R<pb::DeleteCheckpointResponse> {
+        no()
+    }
+    async fn create_batch(&self, _: Request<pb::BatchRequest>) -> R<pb::Batch> {
+        no()
+    }
+    async fn get_batch(&self, _: Request<pb::BatchRef>) -> R<pb::Batch> {
+        no()
+    }
+    async fn delete_batch(&self, _: Request<pb::BatchRef>) -> R<pb::DeleteBatchResponse> {
+        no()
+    }
+}
+
+const KEY: &str = "platform-key";
+
+/// A sandbox runtime answering `/metrics` as sandpool's runtime does.
+async fn fake_runtime() -> u32 {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            axum::Json(json!({"cpu_count": 2, "cpu_used_pct": 12.5,
+                              "mem_used_mib": 64, "mem_total_mib": 512}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    u32::from(port)
+}
+
+async fn platform() -> axum::Router {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let fake = FakeScheduler {
+        runtime_port: fake_runtime().await,
+        ..Default::default()
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SchedulerServer::new(fake))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, Default::default());
+    sandpool_gateway::app(Gateway::new(client, &[KEY.to_string()]))
+}
+
+/// `(status, headers, body)` of an E2B call; `body` `Null` sends none.
+async fn call_full(
+    app: &axum::Router,
+    req: http::request::Builder,
+    body: &Value,
+) -> (u16, http::HeaderMap, Value) {
+    let req = req
+        .header("X-API-Key", KEY)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        }))
+        .expect("request");
+    let r = app.clone().oneshot(req).await.expect("response");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        Value::String(format!("NOT JSON: {:?}", String::from_utf8_lossy(&bytes)))
+    });
+    (status, headers, v)
+}
+
+async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let (s, _, v) = call_full(
+        app,
+        http::Request::builder().method(method).uri(path),
+        &body,
+    )
+    .await;
+    (s, v)
+}
+
+async fn create(app: &axum::Router, body: Value) -> String {
+    let (s, v) = call(app, "POST", "/sandboxes", body).await;
+    assert_eq!(s, 201, "{v}");
+    v["sandboxID"].as_str().expect("id").to_string()
+}
+
+/// An E2B error body: `{"code": <the status>, "message": <a string>}`.
+fn assert_e2b_error(status: u16, v: &Value, what: &str) {
+    assert_eq!(v["code"], json!(status), "{what}: {v}");
+    assert!(v["message"].is_string(), "{what}: {v}");
+}
+
+#[tokio::test]
+async fn every_e2b_error_is_e2b_json() {
+    let app = platform().await;
+    for (method, path, body, want) in [
+        ("PUT", "/sandboxes/nope/network", json!({}), 404),
+        ("GET", "/sandboxes/nope", Value::Null, 404),
+        (
+            "POST",
+            "/sandboxes/nope/timeout",
+            json!({"timeout": 5}),
+            404,
+        ),
+        // no such route under the E2B API
+        ("GET", "/sandboxes/nope/logs", Value::Null, 404),
+        ("GET", "/v2/sandboxes/nope/logs", Value::Null, 404),
+        ("GET", "/templates", Value::Null, 404),
+        // a route without that method
+        ("PATCH", "/sandboxes/nope", Value::Null, 405),
+        ("GET", "/sandboxes/nope/timeout", Value::Null, 405),
+        // a body that is not JSON
+        ("POST", "/sandboxes/nope/timeout", json!("x"), 400),
+    ] {
+        let (s, v) = call(&app, method, path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        assert_e2b_error(s, &v, &format!("{method} {path}"));
+    }
+    // a killed sandbox's network
+    let id = create(&app, json!({"templateID": "base"})).await;
+    assert_eq!(
+        call(&app, "DELETE", &format!("/sandboxes/{id}"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = call(&app, "PUT", &format!("/sandboxes/{id}/network"), json!({})).await;
+    assert_eq!(s, 404, "{v}");
+    assert_e2b_error(s, &v, "PUT network of a killed sandbox");
+    // the OpenSandbox API keeps its own error shape
+    let (s, v) = call(&app, "GET", "/v1/nothing", Value::Null).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("NOT_FOUND")), "{v}");
+}
