@@ -206,8 +206,14 @@ async fn call_full(
     req: http::request::Builder,
     body: &Value,
 ) -> (u16, http::HeaderMap, Value) {
+    let v1 = req.uri_ref().is_some_and(|u| u.path().starts_with("/v1/"));
+    let header = if v1 {
+        "OPEN-SANDBOX-API-KEY"
+    } else {
+        "X-API-Key"
+    };
     let req = req
-        .header("X-API-Key", KEY)
+        .header(header, KEY)
         .header("content-type", "application/json")
         .body(axum::body::Body::from(if body.is_null() {
             Vec::new()
@@ -289,4 +295,71 @@ async fn every_e2b_error_is_e2b_json() {
     // the OpenSandbox API keeps its own error shape
     let (s, v) = call(&app, "GET", "/v1/nothing", Value::Null).await;
     assert_eq!((s, v["code"].as_str()), (404, Some("NOT_FOUND")), "{v}");
+}
+
+/// `(status, body)` of a call to `port` of sandbox `id` routed by E2B's headers.
+async fn sandbox_call(app: &axum::Router, id: &str, port: u16, path: &str) -> (u16, Value) {
+    let req = http::Request::get(path)
+        .header("E2b-Sandbox-Id", id)
+        .header("E2b-Sandbox-Port", port.to_string());
+    let (s, _, v) = call_full(app, req, &Value::Null).await;
+    (s, v)
+}
+
+#[tokio::test]
+async fn traffic_to_a_paused_or_gone_sandbox_is_e2bs_502_not_found() {
+    let app = platform().await;
+    let paused = create(&app, json!({"templateID": "base"})).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{paused}/pause"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let killed = create(&app, json!({"templateID": "base"})).await;
+    let (s, _) = call(&app, "DELETE", &format!("/sandboxes/{killed}"), Value::Null).await;
+    assert_eq!(s, 204);
+    for id in [paused.as_str(), killed.as_str(), "never-was"] {
+        for port in [49983, 49999] {
+            let (s, v) = sandbox_call(&app, id, port, "/health").await;
+            assert_eq!(s, 502, "{id}:{port}: {v}");
+            assert_eq!(
+                v,
+                json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502}),
+                "{id}:{port}"
+            );
+        }
+    }
+    // routed by host, the same
+    let req =
+        http::Request::get("/health").header("host", format!("49983-{paused}.sandpool.local"));
+    let (s, _, v) = call_full(&app, req, &Value::Null).await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (502, Some("The sandbox was not found")),
+        "{v}"
+    );
+    // the OpenSandbox proxy route keeps its answers
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{paused}/proxy/49983/health"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("CONFLICT")), "{v}");
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{killed}/proxy/49983/health"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("SANDBOX_NOT_FOUND")),
+        "{v}"
+    );
 }

@@ -7,8 +7,20 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use axum::{Json, http::StatusCode};
+use serde_json::json;
+
 use super::E2bError;
-use crate::Gateway;
+use crate::{Gateway, error::ApiError};
+
+/// What E2B's proxy answers for a sandbox that is not running (unknown,
+/// killed, timed out or paused): 502 with "was not found" in the message,
+/// which the SDKs read as "the sandbox is not running" (`is_running()` is
+/// false, a call raises `SandboxNotRunningException`).
+fn sandbox_not_found(id: &str) -> Response {
+    let body = json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502});
+    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+}
 
 /// `{port}-{sandboxID}.{domain}` → (port, sandbox id).
 pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
@@ -53,6 +65,7 @@ pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next:
             .await
             {
                 Ok(r) => r,
+                Err(ApiError::SandboxNotFound(id)) => sandbox_not_found(&id),
                 Err(e) => E2bError(e).into_response(),
             }
         }

@@ -1,0 +1,34 @@
+"""The real ``e2b`` SDK against the gateway's E2B control plane and traffic
+routing (issue 18): what a paused or killed sandbox's traffic answers, that
+``connect`` only ever extends the timeout, and the v2 list's filters and
+order."""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+
+import pytest
+from e2b import Sandbox, SandboxQuery
+from e2b.exceptions import SandboxNotRunningException
+
+from sandpool_platform import POOL_NAME, Sandpool
+
+
+def test_paused_and_killed_sandboxes_are_not_running(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    try:
+        assert sbx.is_running() is True
+        assert sbx.pause() is True
+        assert sbx.is_running() is False, "a paused sandbox's envd is not reachable"
+        with pytest.raises(SandboxNotRunningException):
+            sbx.commands.run("true")
+        again = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert again.is_running() is True
+        assert again.commands.run("echo back").stdout == "back\n"
+    finally:
+        assert sbx.kill() is True
+    assert sbx.is_running() is False, "a killed sandbox is not running"
+    with pytest.raises(SandboxNotRunningException):
+        sbx.files.read("/etc/hostname")
