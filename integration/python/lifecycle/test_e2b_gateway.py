@@ -32,3 +32,16 @@ def test_paused_and_killed_sandboxes_are_not_running(e2b_env: Sandpool):
     assert sbx.is_running() is False, "a killed sandbox is not running"
     with pytest.raises(SandboxNotRunningException):
         sbx.files.read("/etc/hostname")
+
+
+def test_connect_never_shortens_the_timeout(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=300)
+    try:
+        end = sbx.get_info().end_at
+        Sandbox.connect(sbx.sandbox_id, timeout=10)
+        assert sbx.get_info().end_at == end, "connect with a shorter timeout keeps the end"
+        time.sleep(1)
+        Sandbox.connect(sbx.sandbox_id, timeout=600)
+        assert sbx.get_info().end_at > end, "a longer one extends it"
+    finally:
+        sbx.kill()

@@ -363,3 +363,61 @@ async fn traffic_to_a_paused_or_gone_sandbox_is_e2bs_502_not_found() {
         "{v}"
     );
 }
+
+fn end_at_ms(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v["endAt"].as_str().expect("endAt"))
+        .expect("rfc3339")
+        .timestamp_millis()
+}
+
+async fn info(app: &axum::Router, id: &str) -> Value {
+    let (s, v) = call(app, "GET", &format!("/sandboxes/{id}"), Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn connect_only_ever_extends_a_running_sandboxs_timeout() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "base", "timeout": 300})).await;
+    let end = end_at_ms(&info(&app, &id).await);
+    for path in [
+        format!("/sandboxes/{id}/connect"),
+        format!("/v2/sandboxes/{id}/connect"),
+    ] {
+        let (s, v) = call(&app, "POST", &path, json!({"timeout": 10})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            end_at_ms(&info(&app, &id).await),
+            end,
+            "{path}: not moved earlier"
+        );
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/connect"),
+        json!({"timeout": 600}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let later = end_at_ms(&info(&app, &id).await);
+    assert!(later >= end + 290_000, "extended: {end} -> {later}");
+    // a paused sandbox, resumed, runs for the timeout asked for
+    let (s, _) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null).await;
+    assert_eq!(s, 204);
+    let before = chrono::Utc::now().timestamp_millis();
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/connect"),
+        json!({"timeout": 10}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let resumed = end_at_ms(&info(&app, &id).await);
+    assert!(
+        (before + 9_000..=before + 12_000).contains(&resumed),
+        "{before} {resumed}"
+    );
+}

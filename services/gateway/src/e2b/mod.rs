@@ -451,7 +451,10 @@ async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -
     if resumed {
         gw.resume_claim(id).await?;
     }
-    if let Some(at) = expiry {
+    // a resumed sandbox runs for the timeout asked for; a running one's end
+    // only ever moves later (E2B's connect never shortens it)
+    let later = |at: i64| c.expires_unix_ms > 0 && at > c.expires_unix_ms;
+    if let Some(at) = expiry.filter(|at| resumed || later(*at)) {
         gw.renew(id, at).await?;
     }
     let c = get_claim(gw, id).await?;
