@@ -45,3 +45,34 @@ def test_connect_never_shortens_the_timeout(e2b_env: Sandpool):
         assert sbx.get_info().end_at > end, "a longer one extends it"
     finally:
         sbx.kill()
+
+
+def _ids(paginator) -> list[str]:
+    items = []
+    while paginator.has_next:
+        items.extend(s.sandbox_id for s in paginator.next_items())
+    return items
+
+
+def test_list_is_newest_first_and_filters_by_start_and_template(e2b_env: Sandpool):
+    suite = uuid.uuid4().hex
+    made = []
+    try:
+        for _ in range(3):
+            made.append(Sandbox.create(POOL_NAME, metadata={"suite": suite}, timeout=120))
+            time.sleep(0.05)
+        ids = [s.sandbox_id for s in made]
+        meta = {"suite": suite}
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta))) == ids[::-1], "newest first"
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta), order="asc")) == ids
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta), limit=1)) == ids[::-1], "pages in order"
+        second = made[1].get_info().started_at
+        after = Sandbox.list(query=SandboxQuery(metadata=meta, started_after=second), order="asc")
+        assert _ids(after) == ids[1:]
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta, started_after=future))) == []
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta, template=POOL_NAME))) == ids[::-1]
+        assert _ids(Sandbox.list(query=SandboxQuery(metadata=meta, template="other-template"))) == []
+    finally:
+        for s in made:
+            s.kill()

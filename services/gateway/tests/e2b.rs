@@ -421,3 +421,88 @@ async fn connect_only_ever_extends_a_running_sandboxs_timeout() {
         "{before} {resumed}"
     );
 }
+
+/// `(ids, headers)` of a v2 list with query `q`.
+async fn list_v2(app: &axum::Router, q: &str) -> (Vec<String>, http::HeaderMap) {
+    let req = http::Request::get(format!("/v2/sandboxes{q}"));
+    let (s, h, v) = call_full(app, req, &Value::Null).await;
+    assert_eq!(s, 200, "{q}: {v}");
+    let ids = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["sandboxID"].as_str().expect("id").to_string())
+        .collect();
+    (ids, h)
+}
+
+#[tokio::test]
+async fn v2_list_is_newest_first_and_filters_as_upstream() {
+    let app = platform().await;
+    // sb-1..sb-4 start a second apart (the fake's clock)
+    for t in ["base", "python", "base", "base"] {
+        create(&app, json!({"templateID": t})).await;
+    }
+    let (s, _) = call(&app, "POST", "/sandboxes/sb-4/pause", Value::Null).await;
+    assert_eq!(s, 204);
+    let (ids, h) = list_v2(&app, "").await;
+    assert_eq!(ids, ["sb-4", "sb-3", "sb-2", "sb-1"], "newest first");
+    assert_eq!(h["x-total-running"], "3");
+    assert_eq!(
+        list_v2(&app, "?order=asc").await.0,
+        ["sb-1", "sb-2", "sb-3", "sb-4"]
+    );
+    assert_eq!(
+        list_v2(&app, "?order=desc&state=running").await.0,
+        ["sb-3", "sb-2", "sb-1"]
+    );
+    let (ids, h) = list_v2(&app, "?state=paused").await;
+    assert_eq!(ids, ["sb-4"]);
+    assert!(h.get("x-total-running").is_none(), "running not asked for");
+    // sb-2 started at T0 + 2 s: at or after it
+    let t2 = chrono::DateTime::from_timestamp_millis(T0_MS + 2000).expect("time");
+    let q = format!("?startedAfter={}", t2.to_rfc3339().replace('+', "%2B"));
+    assert_eq!(list_v2(&app, &q).await.0, ["sb-4", "sb-3", "sb-2"]);
+    let q = format!(
+        "?order=asc&startedAfter={}",
+        t2.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+    );
+    assert_eq!(
+        list_v2(&app, &q).await.0,
+        ["sb-2", "sb-3", "sb-4"],
+        "a raw + is an offset"
+    );
+    assert_eq!(list_v2(&app, "?template=python").await.0, ["sb-2"]);
+    assert_eq!(
+        list_v2(&app, "?template=team%2Fbase&state=running").await.0,
+        ["sb-3", "sb-1"]
+    );
+    // pages follow the order, a token continuing where the page ended
+    let (page, h) = list_v2(&app, "?limit=3").await;
+    assert_eq!(page, ["sb-4", "sb-3", "sb-2"]);
+    let token = h["x-next-token"].to_str().expect("token").to_string();
+    create(&app, json!({"templateID": "base"})).await; // a newer one does not shift the pages
+    let (page, h) = list_v2(&app, &format!("?limit=3&nextToken={token}")).await;
+    assert_eq!(page, ["sb-1"]);
+    assert!(h.get("x-next-token").is_none());
+    // bad values are 400 naming them
+    for (q, word) in [
+        ("?order=up", "order"),
+        ("?startedAfter=yesterday", "startedAfter"),
+        ("?template=base:v1", "tags"),
+        ("?nextToken=x", "next token"),
+    ] {
+        let (s, v) = call(&app, "GET", &format!("/v2/sandboxes{q}"), Value::Null).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_e2b_error(s, &v, q);
+        assert!(
+            v["message"].as_str().unwrap_or("").contains(word),
+            "{q}: {v}"
+        );
+    }
+    // v1 is newest first too
+    let (s, v) = call(&app, "GET", "/sandboxes?state=running", Value::Null).await;
+    assert_eq!(s, 200);
+    let first = v[0]["sandboxID"].as_str().map(str::to_string);
+    assert_eq!(first.as_deref(), Some("sb-5"), "{v}");
+}
