@@ -506,3 +506,47 @@ async fn v2_list_is_newest_first_and_filters_as_upstream() {
     let first = v[0]["sandboxID"].as_str().map(str::to_string);
     assert_eq!(first.as_deref(), Some("sb-5"), "{v}");
 }
+
+#[tokio::test]
+async fn metrics_honour_the_time_range() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "base"})).await;
+    let now = chrono::Utc::now().timestamp();
+    let metrics = |q: String| {
+        let app = app.clone();
+        let path = format!("/sandboxes/{id}/metrics{q}");
+        async move { call(&app, "GET", &path, Value::Null).await }
+    };
+    // by default the sandbox's life so far: the current sample
+    for q in [
+        String::new(),
+        format!("?start={}&end={}", now - 60, now + 60),
+        format!("?start={}", now - 60),
+        format!("?end={}", now + 60),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!(s, 200, "{q}: {v}");
+        let samples = v.as_array().expect("array");
+        assert_eq!(samples.len(), 1, "{q}: {v}");
+        let t = samples[0]["timestampUnix"].as_i64().expect("timestampUnix");
+        assert!((now - 5..=now + 5).contains(&t), "{q}: {v}");
+        assert_eq!(samples[0]["cpuCount"], 2);
+    }
+    // a range that ends before now, or starts after it, has no sample
+    for q in [
+        format!("?start={}&end={}", now - 7200, now - 3600),
+        format!("?start={}&end={}", now + 3600, now + 7200),
+        format!("?end={}", now - 3600),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!((s, v.clone()), (200, json!([])), "{q}");
+    }
+    for q in [
+        format!("?start={}&end={}", now + 10, now - 10),
+        "?start=yesterday".to_string(),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_e2b_error(s, &v, &q);
+    }
+}
