@@ -550,3 +550,39 @@ async fn metrics_honour_the_time_range() {
         assert_e2b_error(s, &v, &q);
     }
 }
+
+#[tokio::test]
+async fn a_timeout_of_zero_ends_the_sandbox_now() {
+    let app = platform().await;
+    for secs in [0, -5] {
+        let id = create(&app, json!({"templateID": "base"})).await;
+        let (s, v) = call(
+            &app,
+            "POST",
+            &format!("/sandboxes/{id}/timeout"),
+            json!({"timeout": secs}),
+        )
+        .await;
+        assert_eq!(s, 204, "{secs}: {v}");
+        let (s, v) = call(&app, "GET", &format!("/sandboxes/{id}"), Value::Null).await;
+        assert_eq!(s, 404, "{secs}: the sandbox is gone: {v}");
+    }
+    // a paused sandbox's timeout does not change (as upstream: 409)
+    let id = create(&app, json!({"templateID": "base"})).await;
+    assert_eq!(
+        call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/timeout"),
+        json!({"timeout": 0}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_e2b_error(s, &v, "timeout 0 of a paused sandbox");
+    assert_eq!(info(&app, &id).await["state"], "paused");
+}

@@ -378,6 +378,19 @@ async fn set_timeout(
     let secs = t
         .timeout
         .ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
+    if secs <= 0 {
+        // E2B: the sandbox ends now (a negative timeout counts as 0); as
+        // upstream, only a running sandbox's timeout changes
+        let c = get_claim(&gw, &id).await?;
+        if c.state == pb::ClaimState::Paused as i32 {
+            return Err(ApiError::Conflict(format!(
+                "sandbox {id} is paused: only a running sandbox's timeout can end it"
+            ))
+            .into());
+        }
+        gw.release_claim(&id).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     renew_for(&gw, &id, "timeout", secs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
