@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from e2b import Sandbox, SandboxQuery
-from e2b.exceptions import SandboxNotRunningException
+from e2b.exceptions import SandboxNotFoundException, SandboxNotRunningException
 
 from sandpool_platform import POOL_NAME, Sandpool
 
@@ -76,3 +76,14 @@ def test_list_is_newest_first_and_filters_by_start_and_template(e2b_env: Sandpoo
     finally:
         for s in made:
             s.kill()
+
+
+def test_set_timeout_zero_ends_the_sandbox(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    try:
+        sbx.set_timeout(0)
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.get_info(sbx.sandbox_id)
+        assert sbx.is_running() is False
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
