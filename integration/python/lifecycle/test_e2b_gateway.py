@@ -9,6 +9,7 @@ import datetime
 import time
 import uuid
 
+import httpx
 import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import SandboxNotFoundException, SandboxNotRunningException
@@ -87,3 +88,27 @@ def test_set_timeout_zero_ends_the_sandbox(e2b_env: Sandpool):
         assert sbx.is_running() is False
     finally:
         Sandbox.kill(sbx.sandbox_id)
+
+
+def test_e2b_errors_are_json_and_the_sdk_reads_them(e2b_env: Sandpool):
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.update_network("nope", {"deny_out": ["10.0.0.0/8"]})
+    with httpx.Client(base_url=e2b_env.url, headers={"X-API-Key": e2b_env.api_key}, timeout=10) as c:
+        for method, path, status in [("PUT", "/sandboxes/nope/network", 404),
+                                     ("GET", "/sandboxes/nope/logs", 404),
+                                     ("PATCH", "/sandboxes/nope", 405)]:
+            r = c.request(method, path, json={})
+            assert r.status_code == status, (method, path, r.text)
+            assert r.json()["code"] == status and r.json()["message"], (method, path, r.text)
+
+
+def test_metrics_honour_the_range(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    try:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        hour = datetime.timedelta(hours=1)
+        assert len(sbx.get_metrics()) == 1
+        assert len(sbx.get_metrics(start=now - hour, end=now + hour)) == 1
+        assert sbx.get_metrics(start=now - 2 * hour, end=now - hour) == []
+    finally:
+        sbx.kill()
