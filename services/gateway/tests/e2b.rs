@@ -541,6 +541,14 @@ async fn metrics_honour_the_time_range() {
         let (s, v) = metrics(q.clone()).await;
         assert_eq!((s, v.clone()), (200, json!([])), "{q}");
     }
+    // a paused sandbox has no current sample
+    assert_eq!(
+        call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(metrics(String::new()).await, (200, json!([])));
     for q in [
         format!("?start={}&end={}", now + 10, now - 10),
         "?start=yesterday".to_string(),

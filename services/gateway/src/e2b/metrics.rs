@@ -1,7 +1,8 @@
 //! E2B `GET /sandboxes/{id}/metrics?start=&end=`: the sandbox's resource
 //! use in a time range (unix seconds; by default from the sandbox's start to
 //! its end, as upstream). sandpool samples a sandbox when asked, so a range
-//! holds at most one sample: the current one, when the range covers now.
+//! holds at most one sample: the current one, when the range covers now
+//! and the sandbox runs.
 
 use axum::{
     Json,
@@ -49,7 +50,9 @@ pub(super) async fn metrics(
     let c = get_claim(&gw, &id).await?;
     let (start, end) = range(&q, &c)?;
     let now = Utc::now();
-    if !(start..=end).contains(&now.timestamp()) {
+    // a paused sandbox is not sampled: it has no current sample
+    let paused = c.state == pb::ClaimState::Paused as i32;
+    if paused || !(start..=end).contains(&now.timestamp()) {
         return Ok(Json(json!([])));
     }
     let sb = c.sandbox.unwrap_or_default();
