@@ -124,10 +124,10 @@ def test_traffic_routing_by_header_and_host(e2b_env: Sandpool):
             # E2B route passes the caller's credentials through, adds none
             r = c.get("/files/info?path=/", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "44772"})
             assert r.status_code == 401
-            # unknown sandbox: clear 404
+            # unknown sandbox: E2B's proxy answer, 502 "was not found" (issue 18)
             r = c.get("/health", headers={"E2b-Sandbox-Id": "nope", "E2b-Sandbox-Port": "49983"})
-            assert r.status_code == 404
-            assert r.json()["code"] == 404
+            assert r.status_code == 502
+            assert r.json() == {"sandboxId": "nope", "message": "The sandbox was not found", "code": 502}
             # envd answers its own health check through the same routing
             r = c.get("/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"})
             assert r.status_code == 204

@@ -69,9 +69,13 @@ pub async fn forward(
     check_length(&gw, req.headers())?;
     let (claim, private) = gw.get_claim_traffic(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32 {
-        return Err(ApiError::Conflict(format!(
-            "sandbox {id} is paused; resume it first"
-        )));
+        return Err(match auth {
+            // E2B's proxy knows only running sandboxes: a paused one is not found
+            Auth::Passthrough => ApiError::SandboxNotFound(id),
+            Auth::RuntimeToken => {
+                ApiError::Conflict(format!("sandbox {id} is paused; resume it first"))
+            }
+        });
     }
     let sb = claim
         .sandbox

@@ -10,18 +10,23 @@ use std::collections::BTreeMap;
 
 use axum::{
     Json, Router,
-    extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode},
-    middleware::Next,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use sandpool_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
+
+mod list;
+mod metrics;
+mod routing;
+
+pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
 /// The envd protocol version sandpool's runtime answers for
 /// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
@@ -38,11 +43,38 @@ impl From<ApiError> for E2bError {
     }
 }
 
+/// E2B's error body `{"code", "message"}` with `status` (and sandpool's
+/// `error_code` when there is one).
+fn error_response(status: StatusCode, message: String, error_code: Option<&str>) -> Response {
+    let mut body = json!({"code": status.as_u16(), "message": message});
+    if let Some(c) = error_code {
+        body["error_code"] = json!(c);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Any path of the E2B API without a route: E2B's 404, not an empty body.
+async fn no_route(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}", uri.path()),
+        Some("NOT_FOUND"),
+    )
+}
+
+/// A method an E2B route does not have: E2B's 405, not an empty body.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+        Some("METHOD_NOT_ALLOWED"),
+    )
+}
+
 impl IntoResponse for E2bError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        let mut r = (status, Json(json!({"code": status.as_u16(), "message": self.0.to_string(), "error_code": self.0.code()})))
-            .into_response();
+        let mut r = error_response(status, self.0.to_string(), Some(self.0.code()));
         if status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -51,12 +83,12 @@ impl IntoResponse for E2bError {
     }
 }
 
-type Result<T> = std::result::Result<T, E2bError>;
+pub(crate) type Result<T> = std::result::Result<T, E2bError>;
 
 pub fn router(gw: Gateway) -> Router {
     Router::new()
-        .route("/sandboxes", post(create).get(list_v1))
-        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes", post(create).get(list::list_v1))
+        .route("/v2/sandboxes", post(create).get(list::list_v2))
         .route("/sandboxes/{id}", get(info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/refreshes", post(refresh))
@@ -65,14 +97,17 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/metrics", get(metrics::metrics))
         .route("/sandboxes/{id}/fork", post(no_snapshots))
         .route("/sandboxes/{id}/snapshots", post(no_snapshots))
         .route("/snapshots", get(no_snapshots))
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(
             (gw.clone(), auth::Api::E2b),
             auth::require_key,
         ))
+        // everything outside `/v1` (OpenSandbox's, with its own) is E2B's
+        .fallback(no_route)
         .with_state(gw)
 }
 
@@ -131,7 +166,7 @@ fn refuse_unhonoured(other: &BTreeMap<String, Value>) -> std::result::Result<(),
     Ok(())
 }
 
-async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
+pub(crate) async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
     Ok(gw.get_claim(id).await?)
 }
 
@@ -159,7 +194,7 @@ fn sandbox_json(c: &pb::Claim, headers: &HeaderMap) -> Value {
     })
 }
 
-fn state(c: &pb::Claim) -> &'static str {
+pub(crate) fn state(c: &pb::Claim) -> &'static str {
     if c.state == pb::ClaimState::Paused as i32 {
         "paused"
     } else {
@@ -168,7 +203,7 @@ fn state(c: &pb::Claim) -> &'static str {
 }
 
 /// `GET /sandboxes/{id}` of claim `c`, whose traffic is `private` or not.
-fn detail_json(c: &pb::Claim, private: bool) -> Value {
+pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
     let mut v = json!({
         "templateID": c.pool,
         "sandboxID": c.claim_id,
@@ -343,6 +378,19 @@ async fn set_timeout(
     let secs = t
         .timeout
         .ok_or_else(|| ApiError::Invalid("timeout is required".into()))?;
+    if secs <= 0 {
+        // E2B: the sandbox ends now (a negative timeout counts as 0); as
+        // upstream, only a running sandbox's timeout changes
+        let c = get_claim(&gw, &id).await?;
+        if c.state == pb::ClaimState::Paused as i32 {
+            return Err(ApiError::Conflict(format!(
+                "sandbox {id} is paused: only a running sandbox's timeout can end it"
+            ))
+            .into());
+        }
+        gw.release_claim(&id).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     renew_for(&gw, &id, "timeout", secs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -416,7 +464,10 @@ async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -
     if resumed {
         gw.resume_claim(id).await?;
     }
-    if let Some(at) = expiry {
+    // a resumed sandbox runs for the timeout asked for; a running one's end
+    // only ever moves later (E2B's connect never shortens it)
+    let later = |at: i64| c.expires_unix_ms > 0 && at > c.expires_unix_ms;
+    if let Some(at) = expiry.filter(|at| resumed || later(*at)) {
         gw.renew(id, at).await?;
     }
     let c = get_claim(gw, id).await?;
@@ -441,36 +492,6 @@ async fn resume(
     // the body is read only for a paused sandbox (as `connect` reads it)
     let t: Timeout = extract::json_or_empty(&gw, body).await?;
     connect_with(&gw, &id, &headers, t).await
-}
-
-async fn metrics(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let c = get_claim(&gw, &id).await?;
-    let sb = c.sandbox.unwrap_or_default();
-    let fetched = async {
-        gw.http
-            .get(format!("http://{}:{}/metrics", sb.ip, sb.runtime_port))
-            .header("x-execd-access-token", sb.access_token)
-            .send()
-            .await?
-            .json::<Value>()
-            .await
-    };
-    let m = fetched
-        .await
-        .map_err(ApiError::sandbox_unreachable(format!("sandbox {id}")))?;
-    let now = Utc::now();
-    let mib = |k: &str| (m[k].as_f64().unwrap_or(0.0) * 1048576.0) as u64;
-    Ok(Json(json!([{
-        "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
-        "timestampUnix": now.timestamp(),
-        "cpuCount": m["cpu_count"].as_f64().unwrap_or(0.0) as u64,
-        "cpuUsedPct": m["cpu_used_pct"].as_f64().unwrap_or(0.0),
-        "memUsed": mib("mem_used_mib"),
-        "memTotal": mib("mem_total_mib"),
-        "memCache": 0,
-        "diskUsed": 0,
-        "diskTotal": 0,
-    }])))
 }
 
 /// OpenKruise Agents' CSI volume metadata: `e2b.agents.kruise.io/csi-volume-name`
@@ -500,132 +521,6 @@ fn kruise_mounts(
     }
 }
 
-/// Filtered claims: `metadata` (url-encoded `k=v&k2=v2`), `state` (comma list).
-async fn filtered(gw: &Gateway, q: &[(String, String)]) -> Result<Vec<pb::Claim>> {
-    let mut metadata = BTreeMap::new();
-    let mut states: Vec<String> = Vec::new();
-    for (k, v) in q {
-        match k.as_str() {
-            "metadata" | "query" => {
-                for (mk, mv) in form_urlencoded::parse(v.as_bytes()) {
-                    metadata.insert(mk.into_owned(), mv.into_owned());
-                }
-            }
-            "state" => states.extend(
-                v.split(',')
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .filter(|s| !s.is_empty()),
-            ),
-            _ => {}
-        }
-    }
-    for s in &states {
-        if s != "running" && s != "paused" {
-            return Err(ApiError::Invalid(format!("unknown state {s:?} (running, paused)")).into());
-        }
-    }
-    let claims = gw.claims_with_metadata(metadata).await?;
-    Ok(claims
-        .into_iter()
-        .filter(|c| states.is_empty() || states.iter().any(|s| s == state(c)))
-        .collect())
-}
-
-async fn list_v1(
-    State(gw): State<Gateway>,
-    extract::Query(q, _): extract::Query<E2bError>,
-) -> Result<Json<Value>> {
-    let claims = filtered(&gw, &q).await?;
-    // a listed sandbox has no network (upstream's ListedSandbox)
-    let listed = claims.iter().map(|c| detail_json(c, false));
-    Ok(Json(Value::Array(listed.collect())))
-}
-
-async fn list_v2(
-    State(gw): State<Gateway>,
-    extract::Query(q, _): extract::Query<E2bError>,
-) -> Result<Response> {
-    let limit: usize = match q.iter().find(|(k, _)| k == "limit") {
-        Some((_, v)) => v
-            .parse()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::Invalid(format!("limit must be 1..=1000, got {v}")))?,
-        None => 100,
-    };
-    let start: usize = match q.iter().find(|(k, _)| k == "nextToken") {
-        Some((_, v)) if !v.is_empty() => v
-            .parse()
-            .map_err(|_| ApiError::Invalid(format!("bad nextToken {v}")))?,
-        _ => 0,
-    };
-    let claims = filtered(&gw, &q).await?;
-    let page: Vec<Value> = claims
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|c| detail_json(c, false))
-        .collect();
-    let next = start + page.len();
-    let mut r = Json(Value::Array(page)).into_response();
-    if next < claims.len()
-        && let Ok(v) = HeaderValue::from_str(&next.to_string())
-    {
-        r.headers_mut().insert("x-next-token", v);
-    }
-    Ok(r)
-}
-
-/// `{port}-{sandboxID}.{domain}` → (port, sandbox id).
-pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
-    let first = host.split('.').next()?;
-    let (port, id) = first.split_once('-')?;
-    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
-    if id.is_empty()
-        || !host.contains('.')
-        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return None;
-    }
-    Some((port, id.to_string()))
-}
-
-/// Route E2B sandbox traffic (by headers, then by host) to the sandbox.
-pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
-    let h = req.headers();
-    let by_header = match (
-        h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()),
-        h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()),
-    ) {
-        (Some(id), Some(port)) => port.parse::<u32>().ok().map(|p| (p, id.to_string())),
-        _ => None,
-    };
-    let target = by_header.or_else(|| {
-        h.get("host")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_sandbox_host)
-    });
-    match target {
-        Some((port, id)) => {
-            let path = req.uri().path().trim_start_matches('/').to_string();
-            match crate::proxy::forward(
-                gw,
-                id,
-                port.to_string(),
-                path,
-                req,
-                crate::proxy::Auth::Passthrough,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => E2bError(e).into_response(),
-            }
-        }
-        None => next.run(req).await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,22 +543,6 @@ mod tests {
             parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#)
                 .unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn sandbox_hosts() {
-        assert_eq!(
-            parse_sandbox_host("49983-abc-123.sandpool.local"),
-            Some((49983, "abc-123".into()))
-        );
-        assert_eq!(
-            parse_sandbox_host("49983-abc.localhost:8080"),
-            Some((49983, "abc".into()))
-        );
-        assert_eq!(parse_sandbox_host("127.0.0.1:8080"), None);
-        assert_eq!(parse_sandbox_host("api.sandpool.local"), None);
-        assert_eq!(parse_sandbox_host("99999-abc.x"), None);
-        assert_eq!(parse_sandbox_host("49983-abc"), None);
     }
 
     #[test]

@@ -1,0 +1,596 @@
+//! The E2B API through the real router against an in-memory scheduler:
+//! error bodies, traffic to gone sandboxes, connect's timeout, list filters
+//! and order, metrics ranges, timeout 0.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sandpool_gateway::Gateway;
+use sandpool_proto::v1::{
+    self as pb,
+    scheduler_server::{Scheduler, SchedulerServer},
+};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+
+/// Claims in a map; each new one starts a second after the previous one.
+#[derive(Default, Clone)]
+struct FakeScheduler {
+    claims: Arc<Mutex<HashMap<String, pb::Claim>>>,
+    /// the runtime port every sandbox answers on (127.0.0.1)
+    runtime_port: u32,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn no<T>() -> R<T> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+const T0_MS: i64 = 1_700_000_000_000;
+
+impl FakeScheduler {
+    fn with_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> R<pb::Claim> {
+        let mut m = self.claims.lock();
+        let c = m
+            .get_mut(id)
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))?;
+        f(c);
+        Ok(Response::new(c.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for FakeScheduler {
+    async fn apply_pool(&self, _: Request<pb::Pool>) -> R<pb::Pool> {
+        no()
+    }
+    async fn get_pool(&self, _: Request<pb::PoolRef>) -> R<pb::Pool> {
+        no()
+    }
+    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
+        no()
+    }
+    async fn delete_pool(&self, _: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
+        no()
+    }
+    async fn create_claim(&self, r: Request<pb::ClaimRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        let mut m = self.claims.lock();
+        let n = m.len() + 1;
+        let id = format!("sb-{n}");
+        let c = pb::Claim {
+            claim_id: id.clone(),
+            pool: r.pool,
+            state: pb::ClaimState::Bound as i32,
+            sandbox: Some(pb::SandboxInfo {
+                sandbox_id: id.clone(),
+                ip: "127.0.0.1".into(),
+                runtime_port: self.runtime_port,
+                ..Default::default()
+            }),
+            created_unix_ms: T0_MS + 1000 * n as i64,
+            expires_unix_ms: chrono::Utc::now().timestamp_millis() + 1000 * r.ttl_seconds as i64,
+            metadata: r.metadata,
+            ..Default::default()
+        };
+        m.insert(id, c.clone());
+        Ok(Response::new(c))
+    }
+    async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |_| {})
+    }
+    async fn set_claim_egress(&self, r: Request<pb::SetClaimEgressRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| {
+            c.egress = Some(r.egress.unwrap_or_default())
+        })
+    }
+    async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
+        let r = r.into_inner();
+        // in no particular order: the gateway sorts
+        let claims: Vec<pb::Claim> = self
+            .claims
+            .lock()
+            .values()
+            .filter(|c| r.metadata.iter().all(|(k, v)| c.metadata.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims,
+            ..Default::default()
+        }))
+    }
+    async fn renew(&self, r: Request<pb::RenewRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
+    }
+    async fn pause_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Paused as i32;
+        })
+    }
+    async fn resume_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
+        self.with_claim(&r.into_inner().claim_id, |c| {
+            c.state = pb::ClaimState::Bound as i32;
+        })
+    }
+    async fn release_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::ReleaseClaimResponse> {
+        let id = r.into_inner().claim_id;
+        self.claims
+            .lock()
+            .remove(&id)
+            .map(|_| Response::new(pb::ReleaseClaimResponse {}))
+            .ok_or_else(|| Status::not_found(format!("claim {id}")))
+    }
+    async fn checkpoint_claim(
+        &self,
+        _: Request<pb::CheckpointClaimRequest>,
+    ) -> R<pb::CheckpointInfo> {
+        no()
+    }
+    async fn restore_checkpoint(
+        &self,
+        _: Request<pb::RestoreCheckpointRequest>,
+    ) -> R<pb::RestoreCheckpointResponse> {
+        no()
+    }
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> R<pb::ListCheckpointsResponse> {
+        no()
+    }
+    async fn delete_checkpoint(
+        &self,
+        _: Request<pb::CheckpointRef>,
+    ) -> R<pb::DeleteCheckpointResponse> {
+        no()
+    }
+    async fn create_batch(&self, _: Request<pb::BatchRequest>) -> R<pb::Batch> {
+        no()
+    }
+    async fn get_batch(&self, _: Request<pb::BatchRef>) -> R<pb::Batch> {
+        no()
+    }
+    async fn delete_batch(&self, _: Request<pb::BatchRef>) -> R<pb::DeleteBatchResponse> {
+        no()
+    }
+}
+
+const KEY: &str = "platform-key";
+
+/// A sandbox runtime answering `/metrics` as sandpool's runtime does.
+async fn fake_runtime() -> u32 {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            axum::Json(json!({"cpu_count": 2, "cpu_used_pct": 12.5,
+                              "mem_used_mib": 64, "mem_total_mib": 512}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    u32::from(port)
+}
+
+async fn platform() -> axum::Router {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let fake = FakeScheduler {
+        runtime_port: fake_runtime().await,
+        ..Default::default()
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SchedulerServer::new(fake))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, Default::default());
+    sandpool_gateway::app(Gateway::new(client, &[KEY.to_string()]))
+}
+
+/// `(status, headers, body)` of an E2B call; `body` `Null` sends none.
+async fn call_full(
+    app: &axum::Router,
+    req: http::request::Builder,
+    body: &Value,
+) -> (u16, http::HeaderMap, Value) {
+    let v1 = req.uri_ref().is_some_and(|u| u.path().starts_with("/v1/"));
+    let header = if v1 {
+        "OPEN-SANDBOX-API-KEY"
+    } else {
+        "X-API-Key"
+    };
+    let req = req
+        .header(header, KEY)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        }))
+        .expect("request");
+    let r = app.clone().oneshot(req).await.expect("response");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        Value::String(format!("NOT JSON: {:?}", String::from_utf8_lossy(&bytes)))
+    });
+    (status, headers, v)
+}
+
+async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let (s, _, v) = call_full(
+        app,
+        http::Request::builder().method(method).uri(path),
+        &body,
+    )
+    .await;
+    (s, v)
+}
+
+async fn create(app: &axum::Router, body: Value) -> String {
+    let (s, v) = call(app, "POST", "/sandboxes", body).await;
+    assert_eq!(s, 201, "{v}");
+    v["sandboxID"].as_str().expect("id").to_string()
+}
+
+/// An E2B error body: `{"code": <the status>, "message": <a string>}`.
+fn assert_e2b_error(status: u16, v: &Value, what: &str) {
+    assert_eq!(v["code"], json!(status), "{what}: {v}");
+    assert!(v["message"].is_string(), "{what}: {v}");
+}
+
+#[tokio::test]
+async fn every_e2b_error_is_e2b_json() {
+    let app = platform().await;
+    for (method, path, body, want) in [
+        ("PUT", "/sandboxes/nope/network", json!({}), 404),
+        ("GET", "/sandboxes/nope", Value::Null, 404),
+        (
+            "POST",
+            "/sandboxes/nope/timeout",
+            json!({"timeout": 5}),
+            404,
+        ),
+        // no such route under the E2B API
+        ("GET", "/sandboxes/nope/logs", Value::Null, 404),
+        ("GET", "/v2/sandboxes/nope/logs", Value::Null, 404),
+        ("GET", "/templates", Value::Null, 404),
+        // a route without that method
+        ("PATCH", "/sandboxes/nope", Value::Null, 405),
+        ("GET", "/sandboxes/nope/timeout", Value::Null, 405),
+        // a body that is not JSON
+        ("POST", "/sandboxes/nope/timeout", json!("x"), 400),
+    ] {
+        let (s, v) = call(&app, method, path, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        assert_e2b_error(s, &v, &format!("{method} {path}"));
+    }
+    // a killed sandbox's network
+    let id = create(&app, json!({"templateID": "base"})).await;
+    assert_eq!(
+        call(&app, "DELETE", &format!("/sandboxes/{id}"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = call(&app, "PUT", &format!("/sandboxes/{id}/network"), json!({})).await;
+    assert_eq!(s, 404, "{v}");
+    assert_e2b_error(s, &v, "PUT network of a killed sandbox");
+    // the OpenSandbox API keeps its own error shape
+    let (s, v) = call(&app, "GET", "/v1/nothing", Value::Null).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("NOT_FOUND")), "{v}");
+}
+
+/// `(status, body)` of a call to `port` of sandbox `id` routed by E2B's headers.
+async fn sandbox_call(app: &axum::Router, id: &str, port: u16, path: &str) -> (u16, Value) {
+    let req = http::Request::get(path)
+        .header("E2b-Sandbox-Id", id)
+        .header("E2b-Sandbox-Port", port.to_string());
+    let (s, _, v) = call_full(app, req, &Value::Null).await;
+    (s, v)
+}
+
+#[tokio::test]
+async fn traffic_to_a_paused_or_gone_sandbox_is_e2bs_502_not_found() {
+    let app = platform().await;
+    let paused = create(&app, json!({"templateID": "base"})).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{paused}/pause"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let killed = create(&app, json!({"templateID": "base"})).await;
+    let (s, _) = call(&app, "DELETE", &format!("/sandboxes/{killed}"), Value::Null).await;
+    assert_eq!(s, 204);
+    for id in [paused.as_str(), killed.as_str(), "never-was"] {
+        for port in [49983, 49999] {
+            let (s, v) = sandbox_call(&app, id, port, "/health").await;
+            assert_eq!(s, 502, "{id}:{port}: {v}");
+            assert_eq!(
+                v,
+                json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502}),
+                "{id}:{port}"
+            );
+        }
+    }
+    // routed by host, the same
+    let req =
+        http::Request::get("/health").header("host", format!("49983-{paused}.sandpool.local"));
+    let (s, _, v) = call_full(&app, req, &Value::Null).await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (502, Some("The sandbox was not found")),
+        "{v}"
+    );
+    // the OpenSandbox proxy route keeps its answers
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{paused}/proxy/49983/health"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("CONFLICT")), "{v}");
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{killed}/proxy/49983/health"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("SANDBOX_NOT_FOUND")),
+        "{v}"
+    );
+}
+
+fn end_at_ms(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v["endAt"].as_str().expect("endAt"))
+        .expect("rfc3339")
+        .timestamp_millis()
+}
+
+async fn info(app: &axum::Router, id: &str) -> Value {
+    let (s, v) = call(app, "GET", &format!("/sandboxes/{id}"), Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn connect_only_ever_extends_a_running_sandboxs_timeout() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "base", "timeout": 300})).await;
+    let end = end_at_ms(&info(&app, &id).await);
+    for path in [
+        format!("/sandboxes/{id}/connect"),
+        format!("/v2/sandboxes/{id}/connect"),
+    ] {
+        let (s, v) = call(&app, "POST", &path, json!({"timeout": 10})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            end_at_ms(&info(&app, &id).await),
+            end,
+            "{path}: not moved earlier"
+        );
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/connect"),
+        json!({"timeout": 600}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let later = end_at_ms(&info(&app, &id).await);
+    assert!(later >= end + 290_000, "extended: {end} -> {later}");
+    // a paused sandbox, resumed, runs for the timeout asked for
+    let (s, _) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null).await;
+    assert_eq!(s, 204);
+    let before = chrono::Utc::now().timestamp_millis();
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/connect"),
+        json!({"timeout": 10}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let resumed = end_at_ms(&info(&app, &id).await);
+    assert!(
+        (before + 9_000..=before + 12_000).contains(&resumed),
+        "{before} {resumed}"
+    );
+}
+
+/// `(ids, headers)` of a v2 list with query `q`.
+async fn list_v2(app: &axum::Router, q: &str) -> (Vec<String>, http::HeaderMap) {
+    let req = http::Request::get(format!("/v2/sandboxes{q}"));
+    let (s, h, v) = call_full(app, req, &Value::Null).await;
+    assert_eq!(s, 200, "{q}: {v}");
+    let ids = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["sandboxID"].as_str().expect("id").to_string())
+        .collect();
+    (ids, h)
+}
+
+#[tokio::test]
+async fn v2_list_is_newest_first_and_filters_as_upstream() {
+    let app = platform().await;
+    // sb-1..sb-4 start a second apart (the fake's clock)
+    for t in ["base", "python", "base", "base"] {
+        create(&app, json!({"templateID": t})).await;
+    }
+    let (s, _) = call(&app, "POST", "/sandboxes/sb-4/pause", Value::Null).await;
+    assert_eq!(s, 204);
+    let (ids, h) = list_v2(&app, "").await;
+    assert_eq!(ids, ["sb-4", "sb-3", "sb-2", "sb-1"], "newest first");
+    assert_eq!(h["x-total-running"], "3");
+    assert_eq!(
+        list_v2(&app, "?order=asc").await.0,
+        ["sb-1", "sb-2", "sb-3", "sb-4"]
+    );
+    assert_eq!(
+        list_v2(&app, "?order=desc&state=running").await.0,
+        ["sb-3", "sb-2", "sb-1"]
+    );
+    let (ids, h) = list_v2(&app, "?state=paused").await;
+    assert_eq!(ids, ["sb-4"]);
+    assert!(h.get("x-total-running").is_none(), "running not asked for");
+    // sb-2 started at T0 + 2 s: at or after it
+    let t2 = chrono::DateTime::from_timestamp_millis(T0_MS + 2000).expect("time");
+    let q = format!("?startedAfter={}", t2.to_rfc3339().replace('+', "%2B"));
+    assert_eq!(list_v2(&app, &q).await.0, ["sb-4", "sb-3", "sb-2"]);
+    let q = format!(
+        "?order=asc&startedAfter={}",
+        t2.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+    );
+    assert_eq!(
+        list_v2(&app, &q).await.0,
+        ["sb-2", "sb-3", "sb-4"],
+        "a raw + is an offset"
+    );
+    assert_eq!(list_v2(&app, "?template=python").await.0, ["sb-2"]);
+    assert_eq!(
+        list_v2(&app, "?template=team%2Fbase&state=running").await.0,
+        ["sb-3", "sb-1"]
+    );
+    // pages follow the order, a token continuing where the page ended
+    let (page, h) = list_v2(&app, "?limit=3").await;
+    assert_eq!(page, ["sb-4", "sb-3", "sb-2"]);
+    let token = h["x-next-token"].to_str().expect("token").to_string();
+    create(&app, json!({"templateID": "base"})).await; // a newer one does not shift the pages
+    let (page, h) = list_v2(&app, &format!("?limit=3&nextToken={token}")).await;
+    assert_eq!(page, ["sb-1"]);
+    assert!(h.get("x-next-token").is_none());
+    // bad values are 400 naming them
+    for (q, word) in [
+        ("?order=up", "order"),
+        ("?startedAfter=yesterday", "startedAfter"),
+        ("?template=base:v1", "tags"),
+        ("?nextToken=x", "next token"),
+    ] {
+        let (s, v) = call(&app, "GET", &format!("/v2/sandboxes{q}"), Value::Null).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_e2b_error(s, &v, q);
+        assert!(
+            v["message"].as_str().unwrap_or("").contains(word),
+            "{q}: {v}"
+        );
+    }
+    // v1 is newest first too
+    let (s, v) = call(&app, "GET", "/sandboxes?state=running", Value::Null).await;
+    assert_eq!(s, 200);
+    let first = v[0]["sandboxID"].as_str().map(str::to_string);
+    assert_eq!(first.as_deref(), Some("sb-5"), "{v}");
+}
+
+#[tokio::test]
+async fn metrics_honour_the_time_range() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "base"})).await;
+    let now = chrono::Utc::now().timestamp();
+    let metrics = |q: String| {
+        let app = app.clone();
+        let path = format!("/sandboxes/{id}/metrics{q}");
+        async move { call(&app, "GET", &path, Value::Null).await }
+    };
+    // by default the sandbox's life so far: the current sample
+    for q in [
+        String::new(),
+        format!("?start={}&end={}", now - 60, now + 60),
+        format!("?start={}", now - 60),
+        format!("?end={}", now + 60),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!(s, 200, "{q}: {v}");
+        let samples = v.as_array().expect("array");
+        assert_eq!(samples.len(), 1, "{q}: {v}");
+        let t = samples[0]["timestampUnix"].as_i64().expect("timestampUnix");
+        assert!((now - 5..=now + 5).contains(&t), "{q}: {v}");
+        assert_eq!(samples[0]["cpuCount"], 2);
+    }
+    // a range that ends before now, or starts after it, has no sample
+    for q in [
+        format!("?start={}&end={}", now - 7200, now - 3600),
+        format!("?start={}&end={}", now + 3600, now + 7200),
+        format!("?end={}", now - 3600),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!((s, v.clone()), (200, json!([])), "{q}");
+    }
+    // a paused sandbox has no current sample
+    assert_eq!(
+        call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(metrics(String::new()).await, (200, json!([])));
+    for q in [
+        format!("?start={}&end={}", now + 10, now - 10),
+        "?start=yesterday".to_string(),
+    ] {
+        let (s, v) = metrics(q.clone()).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_e2b_error(s, &v, &q);
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_of_zero_ends_the_sandbox_now() {
+    let app = platform().await;
+    for secs in [0, -5] {
+        let id = create(&app, json!({"templateID": "base"})).await;
+        let (s, v) = call(
+            &app,
+            "POST",
+            &format!("/sandboxes/{id}/timeout"),
+            json!({"timeout": secs}),
+        )
+        .await;
+        assert_eq!(s, 204, "{secs}: {v}");
+        let (s, v) = call(&app, "GET", &format!("/sandboxes/{id}"), Value::Null).await;
+        assert_eq!(s, 404, "{secs}: the sandbox is gone: {v}");
+    }
+    // a paused sandbox's timeout does not change (as upstream: 409)
+    let id = create(&app, json!({"templateID": "base"})).await;
+    assert_eq!(
+        call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/timeout"),
+        json!({"timeout": 0}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_e2b_error(s, &v, "timeout 0 of a paused sandbox");
+    assert_eq!(info(&app, &id).await["state"], "paused");
+}
