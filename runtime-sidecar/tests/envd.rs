@@ -164,6 +164,28 @@ async fn remove_refuses_empty_and_dot_paths() {
     assert!(!home.join("x/y").exists() && home.join("x").is_dir());
 }
 
+/// Remove of a path that does not exist is a success, as E2B's (it removes
+/// like `rm -rf`); an existing file is still removed.
+#[tokio::test]
+async fn remove_of_a_missing_path_is_ok() {
+    let (base, d) = serve().await;
+    let home = d.path().join("home");
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    for path in ["nope.txt", "no/such/dir"] {
+        let (st, v) = rpc
+            .unary("filesystem.Filesystem/Remove", json!({"path": path}))
+            .await;
+        assert_eq!((st, &v), (200, &json!({})), "{path}");
+    }
+    std::fs::write(home.join("f.txt"), "x").unwrap();
+    let (st, _) = rpc
+        .unary("filesystem.Filesystem/Remove", json!({"path": "f.txt"}))
+        .await;
+    assert_eq!(st, 200);
+    assert!(!home.join("f.txt").exists());
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,
