@@ -186,6 +186,46 @@ async fn remove_of_a_missing_path_is_ok() {
     assert!(!home.join("f.txt").exists());
 }
 
+/// `WatchDir` stream messages are `WatchDirResponse`s, whose oneof is the
+/// message itself: `{"start":{}}`, then `{"filesystem":{...}}` (no `event`).
+#[tokio::test]
+async fn watch_dir_messages_carry_the_oneof_at_the_top() {
+    let (base, d) = serve_watched().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let mut r = rpc
+        .stream("filesystem.Filesystem/WatchDir")
+        .body(envelope(0, &json!({"path": "w"})))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert_eq!(envelopes(&first), vec![(0, json!({"start": {}}))]);
+    std::fs::write(d.path().join("home/w/n.txt"), "x").unwrap();
+    let mut got = Vec::new();
+    while !got
+        .iter()
+        .any(|(_, v): &(u8, Value)| v.get("filesystem").is_some())
+    {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        got.extend(envelopes(&chunk));
+    }
+    let (_, ev) = got
+        .iter()
+        .find(|(_, v)| v.get("filesystem").is_some())
+        .unwrap();
+    assert_eq!(
+        ev,
+        &json!({"filesystem": {"name": "n.txt", "type": "EVENT_TYPE_CREATE"}}),
+        "{got:?}"
+    );
+    assert!(got.iter().all(|(_, v)| v.get("event").is_none()), "{got:?}");
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,

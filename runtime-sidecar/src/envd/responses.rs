@@ -135,7 +135,9 @@ pub(super) struct FilesystemEvent {
     pub kind: &'static str,
 }
 
-/// `filesystem.WatchDirResponse`'s events.
+/// `filesystem.WatchDirResponse`: the message is the oneof, so a stream
+/// message is `{"start":{}}` or `{"filesystem":{...}}` (no `event` wrapper,
+/// unlike `process.StartResponse`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) enum WatchEvent {
@@ -241,17 +243,11 @@ mod tests {
             kind: "EVENT_TYPE_CREATE",
         };
         same(
-            &Event {
-                event: WatchEvent::Filesystem(fs_ev.clone()),
-            },
-            json!({"event": {"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}}),
+            &WatchEvent::Filesystem(fs_ev.clone()),
+            json!({"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}),
         );
-        same(
-            &Event {
-                event: WatchEvent::Start {},
-            },
-            json!({"event": {"start": {}}}),
-        );
+        same(&WatchEvent::Start {}, json!({"start": {}}));
+        same(&WatchEvent::Keepalive {}, json!({"keepalive": {}}));
         same(
             &WatcherEventsResponse {
                 events: vec![fs_ev],

@@ -14,9 +14,7 @@ use super::{
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
     required,
-    responses::{
-        CreateWatcherResponse, Empty, Event, FilesystemEvent, WatchEvent, WatcherEventsResponse,
-    },
+    responses::{CreateWatcherResponse, Empty, FilesystemEvent, WatchEvent, WatcherEventsResponse},
     streamed, unary,
 };
 use crate::error::RuntimeError;
@@ -187,16 +185,8 @@ pub(super) async fn watch_dir(
     tokio::spawn(async move {
         let _stop_on_exit = StopOnDrop(stop);
         let _slot = slot;
-        if tx
-            .send(envelope(
-                0,
-                &Event {
-                    event: WatchEvent::Start {},
-                },
-            ))
-            .await
-            .is_err()
-        {
+        // `WatchDirResponse` is itself the oneof: `{"start":{}}`, not `{"event":...}`
+        if tx.send(envelope(0, &WatchEvent::Start {})).await.is_err() {
             return;
         }
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -208,7 +198,7 @@ pub(super) async fn watch_dir(
                 },
                 _ = tick.tick() => WatchEvent::Keepalive {},
             };
-            if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
+            if tx.send(envelope(0, &msg)).await.is_err() {
                 return;
             }
         }
