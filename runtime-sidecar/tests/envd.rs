@@ -226,6 +226,62 @@ async fn watch_dir_messages_carry_the_oneof_at_the_top() {
     assert!(got.iter().all(|(_, v)| v.get("event").is_none()), "{got:?}");
 }
 
+/// A process's whole Start stream (`start` the request, `headers` extra):
+/// its stdout and every envelope.
+async fn run_to_end(
+    rpc: &Rpc<'_>,
+    start: Value,
+    headers: &[(&str, &str)],
+) -> (String, Vec<(u8, Value)>) {
+    let mut req = rpc
+        .stream("process.Process/Start")
+        .body(envelope(0, &start));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = req.send().await.unwrap().bytes().await.unwrap();
+    let ev = envelopes(&body);
+    let out: Vec<u8> = ev
+        .iter()
+        .filter_map(|(_, v)| v["event"]["data"]["stdout"].as_str())
+        .flat_map(|s| B64.decode(s).unwrap())
+        .collect();
+    (String::from_utf8(out).unwrap(), ev)
+}
+
+/// Processes start in the home directory, as E2B's; a relative `cwd` (and
+/// `~/...`) resolves against it; a missing one is invalid_argument.
+#[tokio::test]
+async fn processes_start_in_the_home_directory() {
+    let (base, d) = serve_watched().await;
+    let home = d.path().join("home");
+    let home = home.to_str().unwrap();
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    for (cwd, want) in [
+        (None, home.to_string()),
+        (Some(""), home.to_string()),
+        (Some("w"), format!("{home}/w")),
+        (Some("~/w"), format!("{home}/w")),
+        (Some("/tmp"), "/tmp".to_string()),
+    ] {
+        let mut p = json!({"cmd": "pwd", "args": []});
+        if let Some(c) = cwd {
+            p["cwd"] = json!(c);
+        }
+        let (out, ev) = run_to_end(&rpc, json!({"process": p}), &[]).await;
+        assert_eq!(out.trim_end(), want, "cwd {cwd:?}: {ev:?}");
+    }
+    let (_, ev) = run_to_end(&rpc, json!({"process": {"cmd": "pwd", "cwd": "nope"}}), &[]).await;
+    let (flags, end) = ev.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    assert_eq!(
+        end["error"]["message"],
+        json!(format!("cwd '{home}/nope' does not exist"))
+    );
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,

@@ -144,6 +144,7 @@ pub(super) async fn start_inner(
     let mut envs: HashMap<String, String> = st.envd.env.lock().clone();
     envs.extend(p.envs);
     let cwd = p.cwd.filter(|c| !c.is_empty());
+    let workdir = working_dir(cwd.as_deref(), &st.app.cfg.home())?;
     let tag = req.tag;
     let stdin = req.stdin.unwrap_or(false);
     if req.pty.is_some() {
@@ -163,7 +164,7 @@ pub(super) async fn start_inner(
     let spec = CommandSpec {
         command: String::new(),
         argv,
-        cwd: cwd.clone(),
+        cwd: Some(workdir),
         envs: envs.clone(),
         uid: None,
         gid: None,
@@ -204,6 +205,31 @@ pub(super) async fn start_inner(
         }),
         keepalive(headers),
     ))
+}
+
+/// Where a process starts, as in E2B: the home directory when `cwd` is
+/// unset, `~` expanded, relative paths resolved against the home; it must exist.
+pub(super) fn working_dir(cwd: Option<&str>, home: &str) -> CResult<String> {
+    let dir = match cwd {
+        None | Some("~") => home.to_string(),
+        Some(c) => match c.strip_prefix("~/") {
+            Some(rest) => crate::upload::resolve(rest, home),
+            None if c.starts_with('~') => {
+                return Err(ConnectError::new(
+                    "invalid_argument",
+                    format!("cwd '{c}': cannot expand user-specific home dir"),
+                ));
+            }
+            None => crate::upload::resolve(c, home),
+        },
+    };
+    if !std::path::Path::new(&dir).is_dir() {
+        return Err(ConnectError::new(
+            "invalid_argument",
+            format!("cwd '{dir}' does not exist"),
+        ));
+    }
+    Ok(dir)
 }
 
 /// The running process a selector names (by pid, else by tag).
@@ -382,6 +408,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn working_dir_defaults_to_home_and_resolves_against_it() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        assert_eq!(working_dir(None, home).unwrap(), home);
+        assert_eq!(working_dir(Some("~"), home).unwrap(), home);
+        assert_eq!(working_dir(Some("a"), home).unwrap(), format!("{home}/a"));
+        assert_eq!(working_dir(Some("~/a"), home).unwrap(), format!("{home}/a"));
+        assert_eq!(working_dir(Some("/"), home).unwrap(), "/");
+        for bad in ["b", "~root", "/no/such/dir"] {
+            assert_eq!(
+                working_dir(Some(bad), home).unwrap_err().json()["code"],
+                "invalid_argument"
+            );
+        }
+    }
 
     #[test]
     fn events() {
