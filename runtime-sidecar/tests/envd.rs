@@ -282,6 +282,48 @@ async fn processes_start_in_the_home_directory() {
     );
 }
 
+/// A process past its client deadline (`Connect-Timeout-Ms`, which the SDK
+/// sends for `timeout`) is killed and its stream ends with a
+/// `deadline_exceeded` error, as E2B's envd ends it (the SDK raises
+/// `TimeoutException`), not with an exit event; one that ends in time ends normally.
+#[tokio::test]
+async fn a_process_past_its_deadline_ends_with_deadline_exceeded() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let t0 = std::time::Instant::now();
+    let slow = json!({"process": {"cmd": "sleep", "args": ["30"]}, "tag": "slow"});
+    let (_, ev) = run_to_end(&rpc, slow, &[("connect-timeout-ms", "300")]).await;
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    assert!(ev[0].1["event"]["start"]["pid"].is_u64(), "{ev:?}");
+    let (flags, end) = ev.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(
+        end,
+        &json!({"error": {"code": "deadline_exceeded", "message": "context deadline exceeded"}})
+    );
+    assert!(
+        ev.iter().all(|(_, v)| v["event"].get("end").is_none()),
+        "{ev:?}"
+    );
+    // the process was killed at its deadline
+    let mut listed = true;
+    for _ in 0..50 {
+        let (_, v) = rpc.unary("process.Process/List", json!({})).await;
+        listed = v["processes"].as_array().is_some_and(|p| !p.is_empty());
+        if !listed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!listed, "the process outlived its deadline");
+    let quick = json!({"process": {"cmd": "true", "args": []}});
+    let (_, ev) = run_to_end(&rpc, quick, &[("connect-timeout-ms", "10000")]).await;
+    let end = ev.iter().find_map(|(_, v)| v["event"].get("end").cloned());
+    assert_eq!(end.expect("end event")["exitCode"], 0, "{ev:?}");
+    assert_eq!(ev.last().unwrap(), &(2, json!({})));
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,

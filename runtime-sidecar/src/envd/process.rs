@@ -74,11 +74,38 @@ pub(super) fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Pipe a process's events to one client stream until its end event (or the client leaves).
+/// The time a Connect client gives a call (`Connect-Timeout-Ms`; 0 is none).
+pub(super) fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_millis)
+}
+
+/// The end of a stream whose client deadline passed, as E2B's envd (Go's
+/// context error) ends it; the SDK raises its `TimeoutException` for it.
+fn deadline_exceeded() -> Bytes {
+    ConnectError::new("deadline_exceeded", "context deadline exceeded").end_stream()
+}
+
+/// Wait until `deadline`, forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pipe a process's events to one client stream until its end event (or the
+/// client leaves, or its `deadline` passes: then the stream ends with
+/// `deadline_exceeded`, never with the end event of the process it killed).
 pub(super) fn attach(
     events: broadcast::Receiver<Event<ProcessEvent>>,
     first: Option<Event<ProcessEvent>>,
     every: Duration,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     tokio::spawn(async move {
@@ -91,9 +118,18 @@ pub(super) fn attach(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
+                biased;
+                _ = until(deadline) => {
+                    let _ = tx.send(deadline_exceeded()).await;
+                    return;
+                }
                 ev = events.recv() => match ev {
                     Ok(v) => {
                         let end = v.is_end();
+                        if end && deadline.is_some() && v.timed_out() {
+                            let _ = tx.send(deadline_exceeded()).await;
+                            return;
+                        }
                         if tx.send(envelope(0, &v)).await.is_err() {
                             return;
                         }
@@ -153,12 +189,8 @@ pub(super) async fn start_inner(
             "PTY processes are not supported by sandpool yet",
         ));
     }
-    let timeout = headers
-        .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .map(Duration::from_millis);
+    let timeout = request_timeout(headers);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut argv = vec![cmd.clone()];
     argv.extend(args.iter().cloned());
     let spec = CommandSpec {
@@ -204,6 +236,7 @@ pub(super) async fn start_inner(
             event: ProcessEvent::Start { pid },
         }),
         keepalive(headers),
+        deadline,
     ))
 }
 
@@ -256,12 +289,14 @@ pub(super) fn select(st: &EnvdState, sel: Option<&ProcessSelector>) -> CResult<A
     ))
 }
 
-/// `process.Process/Connect`: attach to a running process's output.
+/// `process.Process/Connect`: attach to a running process's output (a
+/// client deadline ends the stream, not the process).
 pub(super) async fn connect(
     State(st): State<EnvdState>,
     headers: HeaderMap,
     body: Body,
 ) -> Streamed {
+    let deadline = request_timeout(&headers).map(|t| tokio::time::Instant::now() + t);
     let req: SelectRequest = streamed(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
     Ok(attach(
@@ -270,6 +305,7 @@ pub(super) async fn connect(
             event: ProcessEvent::Start { pid: p.rec.pid },
         }),
         keepalive(&headers),
+        deadline,
     ))
 }
 

@@ -50,6 +50,11 @@ impl Event<ProcessEvent> {
     pub fn is_end(&self) -> bool {
         matches!(self.event, ProcessEvent::End(_))
     }
+
+    /// Whether this is the end of a process killed at its deadline.
+    pub fn timed_out(&self) -> bool {
+        matches!(&self.event, ProcessEvent::End(e) if e.error.as_deref() == Some("timed out"))
+    }
 }
 
 /// `process.ProcessConfig` as `List` reports it (envs in key order).
