@@ -324,6 +324,94 @@ async fn a_process_past_its_deadline_ends_with_deadline_exceeded() {
     assert_eq!(ev.last().unwrap(), &(2, json!({})));
 }
 
+/// The signature E2B's SDK puts in a file URL (`get_signature`):
+/// `v1_` + unpadded base64 of sha256(`path:operation:user:token[:expiration]`).
+fn sdk_signature(path: &str, op: &str, expiration: Option<i64>) -> String {
+    use sha2::Digest;
+    let mut raw = format!("{path}:{op}::{TOKEN}");
+    if let Some(e) = expiration {
+        raw.push_str(&format!(":{e}"));
+    }
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let b64 = B64.encode(digest);
+    format!("v1_{}", b64.trim_end_matches('='))
+}
+
+/// `/files` takes a signed URL instead of `X-Access-Token`, as E2B's envd:
+/// a valid signature reads and writes, an expired one is 401 "signature is
+/// already expired", a wrong one "invalid signature", none "missing
+/// signature query parameter"; other envd paths still need the token.
+#[tokio::test]
+async fn files_take_signed_urls() {
+    let (base, d) = serve().await;
+    std::fs::write(d.path().join("home/a.txt"), "hello").unwrap();
+    let c = reqwest::Client::new();
+    let files = format!("{base}/files");
+    let get = |q: Vec<(&'static str, String)>| c.get(&files).query(&q).send();
+    let sig = sdk_signature("a.txt", "read", None);
+    let r = get(vec![("path", "a.txt".into()), ("signature", sig)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let later = unix_now() + 60;
+    let r = get(vec![
+        ("path", "a.txt".into()),
+        ("signature", sdk_signature("a.txt", "read", Some(later))),
+        ("signature_expiration", later.to_string()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let past = unix_now() - 1;
+    let refusals = [
+        (
+            vec![
+                ("signature", sdk_signature("a.txt", "read", Some(past))),
+                ("signature_expiration", past.to_string()),
+            ],
+            "signature is already expired",
+        ),
+        (
+            vec![("signature", sdk_signature("a.txt", "write", None))],
+            "invalid signature",
+        ),
+        (vec![], "missing signature query parameter"),
+    ];
+    for (extra, message) in refusals {
+        let mut q = vec![("path", "a.txt".to_string())];
+        q.extend(extra);
+        let r = get(q).await.unwrap();
+        assert_eq!(r.status(), 401, "{message}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v, json!({"code": 401, "message": message}));
+    }
+    // upload with a write signature
+    let r = c
+        .post(&files)
+        .query(&[
+            ("path", "b.txt"),
+            ("signature", &sdk_signature("b.txt", "write", None)),
+        ])
+        .header("content-type", "application/octet-stream")
+        .body("up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::fs::read(d.path().join("home/b.txt")).unwrap(), b"up");
+    // a signature is no token elsewhere
+    let r = c.get(format!("{base}/envs")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,
