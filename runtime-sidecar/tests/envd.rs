@@ -412,6 +412,57 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
+/// `GetWatcherEvents` right after a change returns it (no wait for the
+/// watcher's poll), and an upload of `a.txt` is the create and write of
+/// `a.txt`, as E2B's in-place write, never events of its staging file.
+#[tokio::test]
+async fn watcher_events_are_there_right_after_an_upload() {
+    let (base, d) = serve_watched().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let (st, v) = rpc
+        .unary("filesystem.Filesystem/CreateWatcher", json!({"path": "w"}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["watcherId"].clone();
+    let events = || async {
+        let (st, v) = rpc
+            .unary(
+                "filesystem.Filesystem/GetWatcherEvents",
+                json!({"watcherId": id}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v["events"].as_array().unwrap().clone()
+    };
+    for round in 0..3 {
+        let r = c
+            .post(format!("{base}/files"))
+            .query(&[("path", "w/a.txt")])
+            .header("x-access-token", TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(format!("round {round}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let got = events().await;
+        assert_eq!(
+            got,
+            vec![
+                json!({"name": "a.txt", "type": "EVENT_TYPE_CREATE"}),
+                json!({"name": "a.txt", "type": "EVENT_TYPE_WRITE"}),
+            ],
+            "round {round}"
+        );
+    }
+    std::fs::remove_file(d.path().join("home/w/a.txt")).unwrap();
+    assert_eq!(
+        events().await,
+        vec![json!({"name": "a.txt", "type": "EVENT_TYPE_REMOVE"})]
+    );
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,
