@@ -92,9 +92,30 @@ def test_a_command_past_its_timeout_raises_timeout(e2b_env: Sandpool):
     try:
         with pytest.raises(TimeoutException):
             sbx.commands.run("sleep 30", timeout=2)
+        # in the background, the end of the stream itself says so (envd's
+        # deadline_exceeded), not a normal exit of the killed process
+        handle = sbx.commands.run("sleep 30", timeout=2, background=True)
+        with pytest.raises(TimeoutException):
+            for _ in handle:
+                pass
         assert sbx.commands.run("echo ok", timeout=10).stdout == "ok\n"
     finally:
         sbx.kill()
+
+
+def test_an_async_command_past_its_timeout_raises_timeout(e2b_env: Sandpool):
+    async def run() -> None:
+        sbx = await AsyncSandbox.create(POOL_NAME, timeout=120)
+        try:
+            with pytest.raises(TimeoutException):
+                await sbx.commands.run("sleep 30", timeout=2)
+            handle = await sbx.commands.run("sleep 30", timeout=2, background=True)
+            with pytest.raises(TimeoutException):
+                await handle.wait()
+        finally:
+            await sbx.kill()
+
+    asyncio.run(run())
 
 
 def test_signed_file_urls(e2b_env: Sandpool):
