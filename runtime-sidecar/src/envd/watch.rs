@@ -184,8 +184,7 @@ impl Watch {
         if self.recursive && ev.mask.contains(F::IN_CREATE) && ev.mask.contains(F::IN_ISDIR) {
             self.add(&self.base.join(&rel));
         }
-        let name = rel.to_string_lossy().into_owned();
-        if crate::upload::is_staging_name(rel.file_name().and_then(|n| n.to_str()).unwrap_or("")) {
+        if crate::upload::is_staging_name(&name) {
             if ev.mask.contains(F::IN_MOVED_FROM) {
                 if self.staged_moves.len() >= MAX_STAGED_MOVES {
                     self.staged_moves.clear();
@@ -194,6 +193,7 @@ impl Watch {
             }
             return true;
         }
+        let name = rel.to_string_lossy().into_owned();
         if ev.mask.contains(F::IN_MOVED_TO) && self.staged_moves.remove(&ev.cookie) {
             return ["EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE"]
                 .into_iter()
