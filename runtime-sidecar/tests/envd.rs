@@ -224,6 +224,25 @@ async fn watch_dir_messages_carry_the_oneof_at_the_top() {
         "{got:?}"
     );
     assert!(got.iter().all(|(_, v)| v.get("event").is_none()), "{got:?}");
+    // a client deadline ends the stream with deadline_exceeded
+    let r = rpc
+        .stream("filesystem.Filesystem/WatchDir")
+        .header("connect-timeout-ms", "200")
+        .body(envelope(0, &json!({"path": "w"})))
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), r.bytes())
+        .await
+        .expect("the stream ends at its deadline")
+        .unwrap();
+    let ev = envelopes(&body);
+    assert_eq!(ev[0], (0, json!({"start": {}})));
+    assert_eq!(
+        ev.last().unwrap().1["error"]["code"],
+        "deadline_exceeded",
+        "{ev:?}"
+    );
 }
 
 /// A process's whole Start stream (`start` the request, `headers` extra):

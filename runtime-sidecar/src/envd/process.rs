@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::{
     EnvdState,
     connect::{
-        CResult, ConnectError, END_STREAM, Streamed, envelope, keepalive, parse_message,
-        stream_response,
+        CResult, ConnectError, END_STREAM, Streamed, deadline, deadline_exceeded, envelope,
+        keepalive, parse_message, request_timeout, stream_response, until,
     },
     messages::{
         ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
@@ -71,30 +71,6 @@ pub(super) fn signal_name(sig: i32) -> String {
         Ok(nix::sys::signal::Signal::SIGTERM) => "terminated".into(),
         Ok(s) => s.as_str().trim_start_matches("SIG").to_ascii_lowercase(),
         Err(_) => sig.to_string(),
-    }
-}
-
-/// The time a Connect client gives a call (`Connect-Timeout-Ms`; 0 is none).
-pub(super) fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .map(Duration::from_millis)
-}
-
-/// The end of a stream whose client deadline passed, as E2B's envd (Go's
-/// context error) ends it; the SDK raises its `TimeoutException` for it.
-fn deadline_exceeded() -> Bytes {
-    ConnectError::new("deadline_exceeded", "context deadline exceeded").end_stream()
-}
-
-/// Wait until `deadline`, forever without one.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -190,7 +166,7 @@ pub(super) async fn start_inner(
         ));
     }
     let timeout = request_timeout(headers);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = deadline(headers);
     let mut argv = vec![cmd.clone()];
     argv.extend(args.iter().cloned());
     let spec = CommandSpec {
@@ -296,7 +272,7 @@ pub(super) async fn connect(
     headers: HeaderMap,
     body: Body,
 ) -> Streamed {
-    let deadline = request_timeout(&headers).map(|t| tokio::time::Instant::now() + t);
+    let deadline = deadline(&headers);
     let req: SelectRequest = streamed(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
     Ok(attach(

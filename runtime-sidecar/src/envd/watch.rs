@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 
 use super::{
     EnvdState,
-    connect::{CResult, ConnectError, Streamed, envelope, keepalive, stream_response},
+    connect::{
+        CResult, ConnectError, Streamed, deadline, deadline_exceeded, envelope, keepalive,
+        stream_response, until,
+    },
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
     required,
@@ -250,7 +253,8 @@ pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<(String, 
     Ok((path_of(st, req)?, req.recursive))
 }
 
-/// `filesystem.Filesystem/WatchDir`: a stream of events while the client listens.
+/// `filesystem.Filesystem/WatchDir`: a stream of events while the client
+/// listens, until its deadline (`deadline_exceeded`, as E2B's envd).
 pub(super) async fn watch_dir(
     State(st): State<EnvdState>,
     headers: HeaderMap,
@@ -265,6 +269,7 @@ pub(super) async fn watch_dir(
     })?;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let every = keepalive(&headers);
+    let deadline = deadline(&headers);
     tokio::spawn(async move {
         let _stop_on_exit = StopOnDrop(stop);
         let _slot = slot;
@@ -275,6 +280,11 @@ pub(super) async fn watch_dir(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             let msg = tokio::select! {
+                biased;
+                _ = until(deadline) => {
+                    let _ = tx.send(deadline_exceeded()).await;
+                    return;
+                }
                 ev = erx.recv() => match ev {
                     Some(ev) => WatchEvent::Filesystem(ev),
                     None => return,
