@@ -304,6 +304,22 @@ fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
     })
 }
 
+/// Whether `name` is one of the staging files uploads write before they are
+/// renamed into place (`.<name>.sandpool-upload-<uuid>`,
+/// `<name>.sandpool-gunzip-<uuid>`): watchers report the target instead.
+pub fn is_staging_name(name: &str) -> bool {
+    ["sandpool-upload-", "sandpool-gunzip-"]
+        .iter()
+        .any(|marker| {
+            name.rsplit_once('.').is_some_and(|(stem, suffix)| {
+                !stem.is_empty()
+                    && suffix.strip_prefix(marker).is_some_and(|id| {
+                        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+            })
+        })
+}
+
 /// Relative paths are relative to the user's home, as in E2B.
 pub fn resolve(path: &str, home: &str) -> String {
     if path.starts_with('/') {
@@ -372,6 +388,21 @@ pub async fn receive<S: BodyStream>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_names_are_recognised() {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        assert!(is_staging_name(&format!(".a.txt.sandpool-upload-{id}")));
+        assert!(is_staging_name(&format!("a.txt.sandpool-gunzip-{id}")));
+        for plain in [
+            "a.txt",
+            ".sandpool-upload-x",
+            &format!(".sandpool-upload-{id}"),
+            &format!("a.sandpool-upload-{}", &id[..31]),
+        ] {
+            assert!(!is_staging_name(plain), "{plain}");
+        }
+    }
     use std::convert::Infallible;
 
     fn body(parts: &[(&str, &[u8])]) -> Vec<u8> {

@@ -164,6 +164,324 @@ async fn remove_refuses_empty_and_dot_paths() {
     assert!(!home.join("x/y").exists() && home.join("x").is_dir());
 }
 
+/// Remove of a path that does not exist is a success, as E2B's (it removes
+/// like `rm -rf`); an existing file is still removed.
+#[tokio::test]
+async fn remove_of_a_missing_path_is_ok() {
+    let (base, d) = serve().await;
+    let home = d.path().join("home");
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    for path in ["nope.txt", "no/such/dir"] {
+        let (st, v) = rpc
+            .unary("filesystem.Filesystem/Remove", json!({"path": path}))
+            .await;
+        assert_eq!((st, &v), (200, &json!({})), "{path}");
+    }
+    std::fs::write(home.join("f.txt"), "x").unwrap();
+    let (st, _) = rpc
+        .unary("filesystem.Filesystem/Remove", json!({"path": "f.txt"}))
+        .await;
+    assert_eq!(st, 200);
+    assert!(!home.join("f.txt").exists());
+}
+
+/// `WatchDir` stream messages are `WatchDirResponse`s, whose oneof is the
+/// message itself: `{"start":{}}`, then `{"filesystem":{...}}` (no `event`).
+#[tokio::test]
+async fn watch_dir_messages_carry_the_oneof_at_the_top() {
+    let (base, d) = serve_watched().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let mut r = rpc
+        .stream("filesystem.Filesystem/WatchDir")
+        .body(envelope(0, &json!({"path": "w"})))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert_eq!(envelopes(&first), vec![(0, json!({"start": {}}))]);
+    std::fs::write(d.path().join("home/w/n.txt"), "x").unwrap();
+    let mut got = Vec::new();
+    while !got
+        .iter()
+        .any(|(_, v): &(u8, Value)| v.get("filesystem").is_some())
+    {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        got.extend(envelopes(&chunk));
+    }
+    let (_, ev) = got
+        .iter()
+        .find(|(_, v)| v.get("filesystem").is_some())
+        .unwrap();
+    assert_eq!(
+        ev,
+        &json!({"filesystem": {"name": "n.txt", "type": "EVENT_TYPE_CREATE"}}),
+        "{got:?}"
+    );
+    assert!(got.iter().all(|(_, v)| v.get("event").is_none()), "{got:?}");
+    // a client deadline ends the stream with deadline_exceeded
+    let r = rpc
+        .stream("filesystem.Filesystem/WatchDir")
+        .header("connect-timeout-ms", "200")
+        .body(envelope(0, &json!({"path": "w"})))
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), r.bytes())
+        .await
+        .expect("the stream ends at its deadline")
+        .unwrap();
+    let ev = envelopes(&body);
+    assert_eq!(ev[0], (0, json!({"start": {}})));
+    assert_eq!(
+        ev.last().unwrap().1["error"]["code"],
+        "deadline_exceeded",
+        "{ev:?}"
+    );
+}
+
+/// A process's whole Start stream (`start` the request, `headers` extra):
+/// its stdout and every envelope.
+async fn run_to_end(
+    rpc: &Rpc<'_>,
+    start: Value,
+    headers: &[(&str, &str)],
+) -> (String, Vec<(u8, Value)>) {
+    let mut req = rpc
+        .stream("process.Process/Start")
+        .body(envelope(0, &start));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = req.send().await.unwrap().bytes().await.unwrap();
+    let ev = envelopes(&body);
+    let out: Vec<u8> = ev
+        .iter()
+        .filter_map(|(_, v)| v["event"]["data"]["stdout"].as_str())
+        .flat_map(|s| B64.decode(s).unwrap())
+        .collect();
+    (String::from_utf8(out).unwrap(), ev)
+}
+
+/// Processes start in the home directory, as E2B's; a relative `cwd` (and
+/// `~/...`) resolves against it; a missing one is invalid_argument.
+#[tokio::test]
+async fn processes_start_in_the_home_directory() {
+    let (base, d) = serve_watched().await;
+    let home = d.path().join("home");
+    let home = home.to_str().unwrap();
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    for (cwd, want) in [
+        (None, home.to_string()),
+        (Some(""), home.to_string()),
+        (Some("w"), format!("{home}/w")),
+        (Some("~/w"), format!("{home}/w")),
+        (Some("/tmp"), "/tmp".to_string()),
+    ] {
+        let mut p = json!({"cmd": "pwd", "args": []});
+        if let Some(c) = cwd {
+            p["cwd"] = json!(c);
+        }
+        let (out, ev) = run_to_end(&rpc, json!({"process": p}), &[]).await;
+        assert_eq!(out.trim_end(), want, "cwd {cwd:?}: {ev:?}");
+    }
+    let (_, ev) = run_to_end(&rpc, json!({"process": {"cmd": "pwd", "cwd": "nope"}}), &[]).await;
+    let (flags, end) = ev.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    assert_eq!(
+        end["error"]["message"],
+        json!(format!("cwd '{home}/nope' does not exist"))
+    );
+}
+
+/// A process past its client deadline (`Connect-Timeout-Ms`, which the SDK
+/// sends for `timeout`) is killed and its stream ends with a
+/// `deadline_exceeded` error, as E2B's envd ends it (the SDK raises
+/// `TimeoutException`), not with an exit event; one that ends in time ends normally.
+#[tokio::test]
+async fn a_process_past_its_deadline_ends_with_deadline_exceeded() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let t0 = std::time::Instant::now();
+    let slow = json!({"process": {"cmd": "sleep", "args": ["30"]}, "tag": "slow"});
+    let (_, ev) = run_to_end(&rpc, slow, &[("connect-timeout-ms", "300")]).await;
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    assert!(ev[0].1["event"]["start"]["pid"].is_u64(), "{ev:?}");
+    let (flags, end) = ev.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(
+        end,
+        &json!({"error": {"code": "deadline_exceeded", "message": "context deadline exceeded"}})
+    );
+    assert!(
+        ev.iter().all(|(_, v)| v["event"].get("end").is_none()),
+        "{ev:?}"
+    );
+    // the process was killed at its deadline
+    let mut listed = true;
+    for _ in 0..50 {
+        let (_, v) = rpc.unary("process.Process/List", json!({})).await;
+        listed = v["processes"].as_array().is_some_and(|p| !p.is_empty());
+        if !listed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!listed, "the process outlived its deadline");
+    let quick = json!({"process": {"cmd": "true", "args": []}});
+    let (_, ev) = run_to_end(&rpc, quick, &[("connect-timeout-ms", "10000")]).await;
+    let end = ev.iter().find_map(|(_, v)| v["event"].get("end").cloned());
+    assert_eq!(end.expect("end event")["exitCode"], 0, "{ev:?}");
+    assert_eq!(ev.last().unwrap(), &(2, json!({})));
+}
+
+/// The signature E2B's SDK puts in a file URL (`get_signature`):
+/// `v1_` + unpadded base64 of sha256(`path:operation:user:token[:expiration]`).
+fn sdk_signature(path: &str, op: &str, expiration: Option<i64>) -> String {
+    use sha2::Digest;
+    let mut raw = format!("{path}:{op}::{TOKEN}");
+    if let Some(e) = expiration {
+        raw.push_str(&format!(":{e}"));
+    }
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let b64 = B64.encode(digest);
+    format!("v1_{}", b64.trim_end_matches('='))
+}
+
+/// `/files` takes a signed URL instead of `X-Access-Token`, as E2B's envd:
+/// a valid signature reads and writes, an expired one is 401 "signature is
+/// already expired", a wrong one "invalid signature", none "missing
+/// signature query parameter"; other envd paths still need the token.
+#[tokio::test]
+async fn files_take_signed_urls() {
+    let (base, d) = serve().await;
+    std::fs::write(d.path().join("home/a.txt"), "hello").unwrap();
+    let c = reqwest::Client::new();
+    let files = format!("{base}/files");
+    let get = |q: Vec<(&'static str, String)>| c.get(&files).query(&q).send();
+    let sig = sdk_signature("a.txt", "read", None);
+    let r = get(vec![("path", "a.txt".into()), ("signature", sig)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let later = unix_now() + 60;
+    let r = get(vec![
+        ("path", "a.txt".into()),
+        ("signature", sdk_signature("a.txt", "read", Some(later))),
+        ("signature_expiration", later.to_string()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let past = unix_now() - 1;
+    let refusals = [
+        (
+            vec![
+                ("signature", sdk_signature("a.txt", "read", Some(past))),
+                ("signature_expiration", past.to_string()),
+            ],
+            "signature is already expired",
+        ),
+        (
+            vec![("signature", sdk_signature("a.txt", "write", None))],
+            "invalid signature",
+        ),
+        (vec![], "missing signature query parameter"),
+    ];
+    for (extra, message) in refusals {
+        let mut q = vec![("path", "a.txt".to_string())];
+        q.extend(extra);
+        let r = get(q).await.unwrap();
+        assert_eq!(r.status(), 401, "{message}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v, json!({"code": 401, "message": message}));
+    }
+    // upload with a write signature
+    let r = c
+        .post(&files)
+        .query(&[
+            ("path", "b.txt"),
+            ("signature", &sdk_signature("b.txt", "write", None)),
+        ])
+        .header("content-type", "application/octet-stream")
+        .body("up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::fs::read(d.path().join("home/b.txt")).unwrap(), b"up");
+    // a signature is no token elsewhere
+    let r = c.get(format!("{base}/envs")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `GetWatcherEvents` right after a change returns it (no wait for the
+/// watcher's poll), and an upload of `a.txt` is the create and write of
+/// `a.txt`, as E2B's in-place write, never events of its staging file.
+#[tokio::test]
+async fn watcher_events_are_there_right_after_an_upload() {
+    let (base, d) = serve_watched().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let (st, v) = rpc
+        .unary("filesystem.Filesystem/CreateWatcher", json!({"path": "w"}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["watcherId"].clone();
+    let events = || async {
+        let (st, v) = rpc
+            .unary(
+                "filesystem.Filesystem/GetWatcherEvents",
+                json!({"watcherId": id}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v["events"].as_array().unwrap().clone()
+    };
+    for round in 0..3 {
+        let r = c
+            .post(format!("{base}/files"))
+            .query(&[("path", "w/a.txt")])
+            .header("x-access-token", TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(format!("round {round}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let got = events().await;
+        assert_eq!(
+            got,
+            vec![
+                json!({"name": "a.txt", "type": "EVENT_TYPE_CREATE"}),
+                json!({"name": "a.txt", "type": "EVENT_TYPE_WRITE"}),
+            ],
+            "round {round}"
+        );
+    }
+    std::fs::remove_file(d.path().join("home/w/a.txt")).unwrap();
+    assert_eq!(
+        events().await,
+        vec![json!({"name": "a.txt", "type": "EVENT_TYPE_REMOVE"})]
+    );
+}
+
 /// Requests with the token to one served envd.
 struct Rpc<'a> {
     c: &'a reqwest::Client,

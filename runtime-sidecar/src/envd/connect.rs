@@ -184,6 +184,35 @@ pub(super) fn keepalive(headers: &HeaderMap) -> Duration {
     Duration::from_secs(s.clamp(1, 3600))
 }
 
+/// The time a Connect client gives a call (`Connect-Timeout-Ms`; 0 is none).
+pub(super) fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_millis)
+}
+
+/// When a call's client deadline passes (none without `Connect-Timeout-Ms`).
+pub(super) fn deadline(headers: &HeaderMap) -> Option<tokio::time::Instant> {
+    request_timeout(headers).map(|t| tokio::time::Instant::now() + t)
+}
+
+/// The end of a stream whose client deadline passed, as E2B's envd (Go's
+/// context error) ends it; the SDK raises its `TimeoutException` for it.
+pub(super) fn deadline_exceeded() -> Bytes {
+    ConnectError::new("deadline_exceeded", "context deadline exceeded").end_stream()
+}
+
+/// Wait until `deadline`, forever without one.
+pub(super) async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

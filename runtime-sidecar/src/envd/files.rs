@@ -1,5 +1,5 @@
 //! envd's plain-HTTP `/files`: download (`GET`) and upload (`POST`,
-//! multipart or octet-stream).
+//! multipart or octet-stream), with the token or a signed URL.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::EnvdState;
+use super::{
+    EnvdState,
+    signing::{self, Operation, Refusal},
+};
 use crate::{error::RuntimeError, files};
 
 pub(super) fn query(uri: &http::Uri) -> HashMap<String, String> {
@@ -21,8 +24,30 @@ pub(super) fn query(uri: &http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
+/// The refusal of a `/files` request that carries neither the token nor a
+/// valid signature for `operation`, as E2B's envd answers it.
+fn refused(
+    st: &EnvdState,
+    req: &Request,
+    q: &HashMap<String, String>,
+    operation: Operation,
+) -> Option<Response> {
+    let token = st.app.cfg.access_token.as_deref();
+    let now = chrono::Utc::now().timestamp();
+    let (status, message) = match signing::check(token, req.headers(), q, operation, now) {
+        Ok(()) => return None,
+        Err(Refusal::Unauthorized(m)) => (StatusCode::UNAUTHORIZED, m.to_string()),
+        Err(Refusal::BadExpiration(m)) => (StatusCode::BAD_REQUEST, m),
+    };
+    let body = json!({"code": status.as_u16(), "message": message});
+    Some((status, Json(body)).into_response())
+}
+
 pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Response {
     let q = query(req.uri());
+    if let Some(r) = refused(&st, &req, &q, Operation::Read) {
+        return r;
+    }
     let Some(path) = q
         .get("path")
         .filter(|p| !p.is_empty())
@@ -77,6 +102,9 @@ pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Respo
 /// (`?path=`); parents are created, targets overwritten.
 pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Response {
     let q = query(req.uri());
+    if let Some(r) = refused(&st, &req, &q, Operation::Write) {
+        return r;
+    }
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)

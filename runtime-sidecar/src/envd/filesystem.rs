@@ -129,9 +129,15 @@ pub(super) async fn fs_list_dir(
     }))
 }
 
+/// `Remove`: the path and everything below it; a path that does not exist
+/// is already removed (E2B answers OK, not `not_found`).
 pub(super) async fn fs_remove(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let path = path_of(&st, &unary(&st, body).await?)?;
-    blocking(move || files::remove_any(&path, true)).await?;
+    blocking(move || match files::remove_any(&path, true) {
+        Err(RuntimeError::FileNotFound(_)) => Ok(()),
+        other => other,
+    })
+    .await?;
     Ok(Json(Empty {}))
 }
 

@@ -9,15 +9,16 @@
 //! * Plain HTTP: `GET /health` (204), `GET /envs`, `GET /metrics`,
 //!   `GET|POST /files`, `POST /init`.
 //! * Auth: `X-Access-Token` equal to the sandbox token (the same token as
-//!   execd's), except `/health`, `/files` and `/init`... which E2B lets through
-//!   with a signature; here `/files` needs the token too.
+//!   execd's), except on `/health`; `/files` takes the token or a signed URL
+//!   ([`signing`]).
 //!
 //! Processes are the command registry's; their output is fanned out to every
 //! stream attached to them (`Start`, then any `Connect`) and keeps being
 //! drained when nobody listens, so background processes never block.
 //!
 //! Split by concern: [`connect`] framing and errors, [`process`]es,
-//! [`filesystem`] RPCs, directory [`watch`]ing and plain-HTTP [`files`].
+//! [`filesystem`] RPCs, directory [`watch`]ing and plain-HTTP [`files`]
+//! with its URL [`signing`].
 
 mod connect;
 mod files;
@@ -25,6 +26,7 @@ mod filesystem;
 mod messages;
 mod process;
 mod responses;
+mod signing;
 mod watch;
 
 use std::{collections::HashMap, sync::Arc};
@@ -117,7 +119,8 @@ pub fn router(st: EnvdState) -> Router {
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         accepted: TokenGuard::accepting(st.app.cfg.access_token.as_deref(), "x-access-token", None),
-        guards: |path| path != "/health",
+        // `/files` checks the token itself: it also takes signed URLs
+        guards: |path| path != "/health" && path != "/files",
         refuse: || {
             ConnectError::new("unauthenticated", "invalid or missing X-Access-Token")
                 .into_response()

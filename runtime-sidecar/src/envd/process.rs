@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::{
     EnvdState,
     connect::{
-        CResult, ConnectError, END_STREAM, Streamed, envelope, keepalive, parse_message,
-        stream_response,
+        CResult, ConnectError, END_STREAM, Streamed, deadline, deadline_exceeded, envelope,
+        keepalive, parse_message, request_timeout, stream_response, until,
     },
     messages::{
         ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
@@ -74,11 +74,14 @@ pub(super) fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Pipe a process's events to one client stream until its end event (or the client leaves).
+/// Pipe a process's events to one client stream until its end event (or the
+/// client leaves, or its `deadline` passes: then the stream ends with
+/// `deadline_exceeded`, never with the end event of the process it killed).
 pub(super) fn attach(
     events: broadcast::Receiver<Event<ProcessEvent>>,
     first: Option<Event<ProcessEvent>>,
     every: Duration,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     tokio::spawn(async move {
@@ -91,9 +94,18 @@ pub(super) fn attach(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
+                biased;
+                _ = until(deadline) => {
+                    let _ = tx.send(deadline_exceeded()).await;
+                    return;
+                }
                 ev = events.recv() => match ev {
                     Ok(v) => {
                         let end = v.is_end();
+                        if end && deadline.is_some() && v.timed_out() {
+                            let _ = tx.send(deadline_exceeded()).await;
+                            return;
+                        }
                         if tx.send(envelope(0, &v)).await.is_err() {
                             return;
                         }
@@ -144,6 +156,7 @@ pub(super) async fn start_inner(
     let mut envs: HashMap<String, String> = st.app.sandbox_env.lock().clone();
     envs.extend(p.envs);
     let cwd = p.cwd.filter(|c| !c.is_empty());
+    let workdir = working_dir(cwd.as_deref(), &st.app.cfg.home())?;
     let tag = req.tag;
     let stdin = req.stdin.unwrap_or(false);
     if req.pty.is_some() {
@@ -152,18 +165,14 @@ pub(super) async fn start_inner(
             "PTY processes are not supported by sandpool yet",
         ));
     }
-    let timeout = headers
-        .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .map(Duration::from_millis);
+    let timeout = request_timeout(headers);
+    let deadline = deadline(headers);
     let mut argv = vec![cmd.clone()];
     argv.extend(args.iter().cloned());
     let spec = CommandSpec {
         command: String::new(),
         argv,
-        cwd: cwd.clone(),
+        cwd: Some(workdir),
         envs: envs.clone(),
         uid: None,
         gid: None,
@@ -203,7 +212,33 @@ pub(super) async fn start_inner(
             event: ProcessEvent::Start { pid },
         }),
         keepalive(headers),
+        deadline,
     ))
+}
+
+/// Where a process starts, as in E2B: the home directory when `cwd` is
+/// unset, `~` expanded, relative paths resolved against the home; it must exist.
+pub(super) fn working_dir(cwd: Option<&str>, home: &str) -> CResult<String> {
+    let dir = match cwd {
+        None | Some("~") => home.to_string(),
+        Some(c) => match c.strip_prefix("~/") {
+            Some(rest) => crate::upload::resolve(rest, home),
+            None if c.starts_with('~') => {
+                return Err(ConnectError::new(
+                    "invalid_argument",
+                    format!("cwd '{c}': cannot expand user-specific home dir"),
+                ));
+            }
+            None => crate::upload::resolve(c, home),
+        },
+    };
+    if !std::path::Path::new(&dir).is_dir() {
+        return Err(ConnectError::new(
+            "invalid_argument",
+            format!("cwd '{dir}' does not exist"),
+        ));
+    }
+    Ok(dir)
 }
 
 /// The running process a selector names (by pid, else by tag).
@@ -230,12 +265,14 @@ pub(super) fn select(st: &EnvdState, sel: Option<&ProcessSelector>) -> CResult<A
     ))
 }
 
-/// `process.Process/Connect`: attach to a running process's output.
+/// `process.Process/Connect`: attach to a running process's output (a
+/// client deadline ends the stream, not the process).
 pub(super) async fn connect(
     State(st): State<EnvdState>,
     headers: HeaderMap,
     body: Body,
 ) -> Streamed {
+    let deadline = deadline(&headers);
     let req: SelectRequest = streamed(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
     Ok(attach(
@@ -244,6 +281,7 @@ pub(super) async fn connect(
             event: ProcessEvent::Start { pid: p.rec.pid },
         }),
         keepalive(&headers),
+        deadline,
     ))
 }
 
@@ -382,6 +420,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn working_dir_defaults_to_home_and_resolves_against_it() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        assert_eq!(working_dir(None, home).unwrap(), home);
+        assert_eq!(working_dir(Some("~"), home).unwrap(), home);
+        assert_eq!(working_dir(Some("a"), home).unwrap(), format!("{home}/a"));
+        assert_eq!(working_dir(Some("~/a"), home).unwrap(), format!("{home}/a"));
+        assert_eq!(working_dir(Some("/"), home).unwrap(), "/");
+        for bad in ["b", "~root", "/no/such/dir"] {
+            assert_eq!(
+                working_dir(Some(bad), home).unwrap_err().json()["code"],
+                "invalid_argument"
+            );
+        }
+    }
 
     #[test]
     fn events() {

@@ -50,6 +50,11 @@ impl Event<ProcessEvent> {
     pub fn is_end(&self) -> bool {
         matches!(self.event, ProcessEvent::End(_))
     }
+
+    /// Whether this is the end of a process killed at its deadline.
+    pub fn timed_out(&self) -> bool {
+        matches!(&self.event, ProcessEvent::End(e) if e.error.as_deref() == Some("timed out"))
+    }
 }
 
 /// `process.ProcessConfig` as `List` reports it (envs in key order).
@@ -135,7 +140,9 @@ pub(super) struct FilesystemEvent {
     pub kind: &'static str,
 }
 
-/// `filesystem.WatchDirResponse`'s events.
+/// `filesystem.WatchDirResponse`: the message is the oneof, so a stream
+/// message is `{"start":{}}` or `{"filesystem":{...}}` (no `event` wrapper,
+/// unlike `process.StartResponse`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) enum WatchEvent {
@@ -241,17 +248,11 @@ mod tests {
             kind: "EVENT_TYPE_CREATE",
         };
         same(
-            &Event {
-                event: WatchEvent::Filesystem(fs_ev.clone()),
-            },
-            json!({"event": {"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}}),
+            &WatchEvent::Filesystem(fs_ev.clone()),
+            json!({"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}),
         );
-        same(
-            &Event {
-                event: WatchEvent::Start {},
-            },
-            json!({"event": {"start": {}}}),
-        );
+        same(&WatchEvent::Start {}, json!({"start": {}}));
+        same(&WatchEvent::Keepalive {}, json!({"keepalive": {}}));
         same(
             &WatcherEventsResponse {
                 events: vec![fs_ev],

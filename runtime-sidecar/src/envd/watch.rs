@@ -1,22 +1,29 @@
 //! Directory watching with inotify: the `WatchDir` stream and the polled
 //! `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher` trio.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{Json, body::Body, extract::State, http::HeaderMap};
 use bytes::Bytes;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{
     EnvdState,
-    connect::{CResult, ConnectError, Streamed, envelope, keepalive, stream_response},
+    connect::{
+        CResult, ConnectError, Streamed, deadline, deadline_exceeded, envelope, keepalive,
+        stream_response, until,
+    },
     filesystem::path_of,
     messages::{PathRequest, WatcherRequest},
     required,
-    responses::{
-        CreateWatcherResponse, Empty, Event, FilesystemEvent, WatchEvent, WatcherEventsResponse,
-    },
+    responses::{CreateWatcherResponse, Empty, FilesystemEvent, WatchEvent, WatcherEventsResponse},
     streamed, unary,
 };
 use crate::error::RuntimeError;
@@ -24,6 +31,7 @@ use crate::error::RuntimeError;
 /// A polled watcher (`CreateWatcher`): events buffered until fetched.
 pub(super) struct Watcher {
     events: Arc<Mutex<std::collections::VecDeque<FilesystemEvent>>>,
+    watch: Arc<Mutex<Watch>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -65,111 +73,188 @@ fn too_many_watchers(n: usize, max: usize) -> ConnectError {
     )
 }
 
-/// Watch `root` (recursively: every subdirectory, including new ones) with
-/// inotify on a thread; `sink` gets E2B `FilesystemEvent`s until `stop` is set
-/// or it returns false.
+type Dirs = HashMap<WatchDescriptor, PathBuf>;
+
+/// Where a watch's events go; it returns false once nobody listens.
+type Sink = Box<dyn FnMut(FilesystemEvent) -> bool + Send>;
+
+/// The inotify events a watch asks for.
+fn mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_ATTRIB
+}
+
+/// Most renames from upload staging files remembered while their `MOVED_TO`
+/// is awaited.
+const MAX_STAGED_MOVES: usize = 1024;
+
+/// What one [`Watch::drain`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// Events were read; more may be queued.
+    Some,
+    /// Nothing was queued.
+    Empty,
+    /// The sink is gone or the inotify fd failed: the watch is over.
+    Done,
+}
+
+/// One inotify watch of a directory (and, when `recursive`, every directory
+/// below it, new ones included): read by its thread and, for polled
+/// watchers, on demand, so a `GetWatcherEvents` right after a change sees it.
+pub(super) struct Watch {
+    ino: Inotify,
+    dirs: Dirs,
+    base: PathBuf,
+    recursive: bool,
+    /// Cookies of renames whose source was an upload's staging file.
+    staged_moves: HashSet<u32>,
+    sink: Sink,
+}
+
+impl Watch {
+    fn new(root: &str, recursive: bool, sink: Sink) -> crate::Result<Self> {
+        let md = std::fs::metadata(root).map_err(|e| RuntimeError::io(root, e))?;
+        if !md.is_dir() {
+            return Err(RuntimeError::NotADirectory(root.to_string()));
+        }
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| RuntimeError::failed("inotify", e))?;
+        let mut w = Watch {
+            ino,
+            dirs: HashMap::new(),
+            base: PathBuf::from(root),
+            recursive,
+            staged_moves: HashSet::new(),
+            sink,
+        };
+        w.add(&w.base.clone());
+        if recursive {
+            for e in walkdir::WalkDir::new(&w.base)
+                .min_depth(1)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_dir())
+            {
+                w.add(e.path());
+            }
+        }
+        Ok(w)
+    }
+
+    fn add(&mut self, dir: &Path) {
+        if let Ok(wd) = self.ino.add_watch(dir, mask()) {
+            let rel = dir.strip_prefix(&self.base).unwrap_or(Path::new(""));
+            self.dirs.insert(wd, rel.to_path_buf());
+        }
+    }
+
+    /// Hand every event queued now to the sink.
+    fn drain(&mut self) -> Drained {
+        match self.ino.read_events() {
+            Ok(events) => {
+                for ev in events {
+                    if !self.handle(ev) {
+                        return Drained::Done;
+                    }
+                }
+                Drained::Some
+            }
+            Err(nix::errno::Errno::EAGAIN) => Drained::Empty,
+            Err(_) => Drained::Done,
+        }
+    }
+
+    /// One inotify event as E2B events (false once the sink is gone). An
+    /// upload's staging file is never reported: its rename onto the target
+    /// is, as the create and write of the target that E2B's in-place write makes.
+    fn handle(&mut self, ev: InotifyEvent) -> bool {
+        use AddWatchFlags as F;
+        let Some(name) = ev.name.as_ref().map(|n| n.to_string_lossy().into_owned()) else {
+            return true;
+        };
+        let rel = self
+            .dirs
+            .get(&ev.wd)
+            .cloned()
+            .unwrap_or_default()
+            .join(&name);
+        if self.recursive && ev.mask.contains(F::IN_CREATE) && ev.mask.contains(F::IN_ISDIR) {
+            self.add(&self.base.join(&rel));
+        }
+        if crate::upload::is_staging_name(&name) {
+            if ev.mask.contains(F::IN_MOVED_FROM) {
+                if self.staged_moves.len() >= MAX_STAGED_MOVES {
+                    self.staged_moves.clear();
+                }
+                self.staged_moves.insert(ev.cookie);
+            }
+            return true;
+        }
+        let name = rel.to_string_lossy().into_owned();
+        if ev.mask.contains(F::IN_MOVED_TO) && self.staged_moves.remove(&ev.cookie) {
+            return ["EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE"]
+                .into_iter()
+                .all(|kind| {
+                    (self.sink)(FilesystemEvent {
+                        name: name.clone(),
+                        kind,
+                    })
+                });
+        }
+        let kind = if ev.mask.intersects(F::IN_CREATE | F::IN_MOVED_TO) {
+            "EVENT_TYPE_CREATE"
+        } else if ev.mask.intersects(F::IN_MODIFY | F::IN_CLOSE_WRITE) {
+            "EVENT_TYPE_WRITE"
+        } else if ev.mask.contains(F::IN_DELETE) {
+            "EVENT_TYPE_REMOVE"
+        } else if ev.mask.contains(F::IN_MOVED_FROM) {
+            "EVENT_TYPE_RENAME"
+        } else if ev.mask.contains(F::IN_ATTRIB) {
+            "EVENT_TYPE_CHMOD"
+        } else {
+            return true;
+        };
+        (self.sink)(FilesystemEvent { name, kind })
+    }
+}
+
+/// Watch `root` with inotify on a thread (polling every 25 ms); `sink` gets
+/// E2B `FilesystemEvent`s until `stop` is set or it returns false. The watch
+/// is also the caller's, to drain on demand.
 pub(super) fn spawn_watch(
     root: String,
     recursive: bool,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    sink: impl Fn(FilesystemEvent) -> bool + Send + 'static,
-) -> crate::Result<()> {
-    use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
-    let md = std::fs::metadata(&root).map_err(|e| RuntimeError::io(&root, e))?;
-    if !md.is_dir() {
-        return Err(RuntimeError::NotADirectory(root));
-    }
-    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| RuntimeError::failed("inotify", e))?;
-    let mask = F::IN_CREATE
-        | F::IN_MODIFY
-        | F::IN_CLOSE_WRITE
-        | F::IN_DELETE
-        | F::IN_MOVED_FROM
-        | F::IN_MOVED_TO
-        | F::IN_ATTRIB;
-    let mut dirs: HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf> = HashMap::new();
-    let base = std::path::PathBuf::from(&root);
-    fn add(
-        ino: &Inotify,
-        dirs: &mut HashMap<nix::sys::inotify::WatchDescriptor, std::path::PathBuf>,
-        base: &std::path::Path,
-        dir: &std::path::Path,
-        mask: nix::sys::inotify::AddWatchFlags,
-    ) {
-        if let Ok(wd) = ino.add_watch(dir, mask) {
-            dirs.insert(
-                wd,
-                dir.strip_prefix(base)
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    add(&ino, &mut dirs, &base, &base, mask);
-    if recursive {
-        for e in walkdir::WalkDir::new(&base)
-            .min_depth(1)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_dir())
-        {
-            add(&ino, &mut dirs, &base, e.path(), mask);
-        }
-    }
+    sink: impl FnMut(FilesystemEvent) -> bool + Send + 'static,
+) -> crate::Result<Arc<Mutex<Watch>>> {
+    let watch = Arc::new(Mutex::new(Watch::new(&root, recursive, Box::new(sink))?));
+    let w = watch.clone();
     std::thread::spawn(move || {
         use std::sync::atomic::Ordering;
         while !stop.load(Ordering::Relaxed) {
-            match ino.read_events() {
-                Ok(events) => {
-                    for ev in events {
-                        let Some(name) = ev.name.as_ref().map(|n| n.to_string_lossy().into_owned())
-                        else {
-                            continue;
-                        };
-                        let rel = dirs.get(&ev.wd).cloned().unwrap_or_default().join(&name);
-                        if recursive
-                            && ev.mask.contains(F::IN_CREATE)
-                            && ev.mask.contains(F::IN_ISDIR)
-                        {
-                            let full = base.join(&rel);
-                            add(&ino, &mut dirs, &base, &full, mask);
-                        }
-                        let kind = if ev.mask.intersects(F::IN_CREATE | F::IN_MOVED_TO) {
-                            "EVENT_TYPE_CREATE"
-                        } else if ev.mask.intersects(F::IN_MODIFY | F::IN_CLOSE_WRITE) {
-                            "EVENT_TYPE_WRITE"
-                        } else if ev.mask.contains(F::IN_DELETE) {
-                            "EVENT_TYPE_REMOVE"
-                        } else if ev.mask.contains(F::IN_MOVED_FROM) {
-                            "EVENT_TYPE_RENAME"
-                        } else if ev.mask.contains(F::IN_ATTRIB) {
-                            "EVENT_TYPE_CHMOD"
-                        } else {
-                            continue;
-                        };
-                        let ev = FilesystemEvent {
-                            name: rel.to_string_lossy().into_owned(),
-                            kind,
-                        };
-                        if !sink(ev) {
-                            return;
-                        }
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(25)),
-                Err(_) => return,
+            let drained = w.lock().drain();
+            match drained {
+                Drained::Some => {}
+                Drained::Empty => std::thread::sleep(Duration::from_millis(25)),
+                Drained::Done => return,
             }
         }
     });
-    Ok(())
+    Ok(watch)
 }
 
 pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<(String, bool)> {
     Ok((path_of(st, req)?, req.recursive))
 }
 
-/// `filesystem.Filesystem/WatchDir`: a stream of events while the client listens.
+/// `filesystem.Filesystem/WatchDir`: a stream of events while the client
+/// listens, until its deadline (`deadline_exceeded`, as E2B's envd).
 pub(super) async fn watch_dir(
     State(st): State<EnvdState>,
     headers: HeaderMap,
@@ -184,31 +269,29 @@ pub(super) async fn watch_dir(
     })?;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let every = keepalive(&headers);
+    let deadline = deadline(&headers);
     tokio::spawn(async move {
         let _stop_on_exit = StopOnDrop(stop);
         let _slot = slot;
-        if tx
-            .send(envelope(
-                0,
-                &Event {
-                    event: WatchEvent::Start {},
-                },
-            ))
-            .await
-            .is_err()
-        {
+        // `WatchDirResponse` is itself the oneof: `{"start":{}}`, not `{"event":...}`
+        if tx.send(envelope(0, &WatchEvent::Start {})).await.is_err() {
             return;
         }
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             let msg = tokio::select! {
+                biased;
+                _ = until(deadline) => {
+                    let _ = tx.send(deadline_exceeded()).await;
+                    return;
+                }
                 ev = erx.recv() => match ev {
                     Some(ev) => WatchEvent::Filesystem(ev),
                     None => return,
                 },
                 _ = tick.tick() => WatchEvent::Keepalive {},
             };
-            if tx.send(envelope(0, &Event { event: msg })).await.is_err() {
+            if tx.send(envelope(0, &msg)).await.is_err() {
                 return;
             }
         }
@@ -236,7 +319,7 @@ pub(super) async fn create_watcher(
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
-    spawn_watch(path, recursive, stop.clone(), move |ev| {
+    let watch = spawn_watch(path, recursive, stop.clone(), move |ev| {
         let mut q = sink_events.lock();
         if q.len() >= MAX_BUFFERED_EVENTS {
             q.pop_front();
@@ -245,7 +328,11 @@ pub(super) async fn create_watcher(
         true
     })?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let watcher = Watcher { events, stop };
+    let watcher = Watcher {
+        events,
+        watch,
+        stop,
+    };
     let mut g = st.envd.watchers.lock();
     if g.len() >= max {
         // a concurrent create took the last place; dropping stops this one
@@ -269,6 +356,14 @@ pub(super) async fn get_watcher_events(
     let w = g
         .get(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
+    // what the kernel queued up to now (the thread polls only every 25 ms)
+    let mut watch = w.watch.lock();
+    for _ in 0..64 {
+        if watch.drain() != Drained::Some {
+            break;
+        }
+    }
+    drop(watch);
     let events = w.events.lock().drain(..).collect();
     Ok(Json(WatcherEventsResponse { events }))
 }
