@@ -452,7 +452,7 @@ def _ip(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def outside():
+def outside(tmp_path_factory):
     """An HTTP listener in its own network namespace, linked to the host by a
     veth pair: a destination sandboxes reach through the host's routing."""
     subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
@@ -465,7 +465,8 @@ def outside():
     _ip("-n", OUTSIDE, "link", "set", f"{OUTSIDE}n", "up")
     _ip("-n", OUTSIDE, "route", "add", "default", "via", OUTSIDE_HOST)
     server = subprocess.Popen(
-        ["ip", "netns", "exec", OUTSIDE, sys.executable, "-m", "http.server", str(OUTSIDE_PORT), "--bind", OUTSIDE_ADDR],
+        ["ip", "netns", "exec", OUTSIDE, sys.executable, "-m", "http.server", str(OUTSIDE_PORT), "--bind", OUTSIDE_ADDR,
+         "--directory", str(tmp_path_factory.mktemp("outside-www"))],  # serves an empty dir, not the repo
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
