@@ -11,12 +11,15 @@ passing attack is containment, not a broken path. Every wait is bounded.
 6. an oversized proxied body announced with ``Expect: 100-continue`` is 413
    before a byte of it is sent;
 7. the ports of an E2B sandbox with private traffic answer only requests
-   carrying its traffic access token.
+   carrying its traffic access token;
+8. pool names a tenant makes up (a NUL byte, not a DNS label, hundreds of
+   unknown ones) never become metric series.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -391,3 +394,34 @@ def _swallow_kill(sbx) -> None:
         sbx.kill()
     except Exception:  # noqa: BLE001 - cleanup of a test that already failed
         pass
+
+
+# --------------------------------------------------------------------------- 8
+
+
+def test_made_up_pool_names_never_become_metric_series(sandpool: Sandpool):
+    """Creates naming pools that are no DNS label (a NUL byte, capitals, 64
+    characters) or that don't exist (200 names, through both APIs) are
+    refused with a 4xx and never appear as a pool label in ``/metrics``
+    (every label names a pool that exists, or is ``-``). Control: the real
+    pool's series are there, and a create from it works."""
+    metrics_url = f"http://127.0.0.1:{sandpool.metrics_port}/metrics"
+    made_up = ["a\u0000b", "Bad_Name", "x" * 64] + [f"nosuch-{i}" for i in range(200)]
+    with sandpool.client() as c, httpx.Client(base_url=sandpool.url, headers={"X-API-Key": sandpool.api_key}, timeout=30) as e2b:
+        for i, name in enumerate(made_up):
+            body = {"image": {"uri": POOL_IMAGE}, "entrypoint": ["tail", "-f", "/dev/null"],
+                    "resourceLimits": {"cpu": "1", "memory": "512Mi"}, "extensions": {"poolRef": name}}
+            r = c.post("/v1/sandboxes", json=body) if i % 2 == 0 else e2b.post("/sandboxes", json={"templateID": name})
+            assert 400 <= r.status_code < 500, (name[:20], r.status_code, r.text)
+        control = _sandbox(sandpool)
+        control.kill()
+    text = httpx.get(metrics_url, timeout=10).text
+    assert "\x00" not in text and "\\u0000" not in text and "\\x00" not in text
+    assert "Bad_Name" not in text and "nosuch-" not in text and "x" * 64 not in text
+    with sandpool.client() as c:
+        pools = {p["name"] for p in c.get("/v1/pools").json()["items"]}
+    labelled = set(re.findall(r'pool="([^"]*)"', text))
+    # "-": the one label of every claim that named no existing pool
+    assert labelled <= pools | {"-"}, sorted(labelled - pools)[:10]
+    assert re.search(r'sandpool_claim_duration_seconds_count\{pool="-",outcome="error"\} \d+', text)
+    assert POOL_NAME in labelled, "control: the real pool has series"

@@ -425,7 +425,8 @@ def _swallow(fn):
 # ------------------------------------------------------------------ disk
 
 
-def test_disk_fill_stops_the_sandbox_with_a_reason(sandpool: Sandpool, pair):
+@on_runc_and_runsc
+def test_disk_fill_stops_the_sandbox_with_a_reason(sandpool: Sandpool, pair, runtime: str):
     """Writing past the disk limit (1 GiB here) stops the sandbox within a
     check period; GET says why, the metric counts it; a neighbour is fine."""
     attacker, bystander = pair

@@ -652,3 +652,23 @@ async fn pool_names_must_be_dns_labels() {
     s.apply_pool(pool(&"a".repeat(63), 0, 0, 1))
         .expect("63 characters is a DNS label");
 }
+
+#[tokio::test]
+async fn claims_naming_unknown_pools_are_counted_without_their_names() {
+    let (_node, s, _store) = platform().await;
+    for made_up in ["a\0b", "Bad_Name", "nosuch-metric-pool"] {
+        let req = pb::ClaimRequest {
+            pool: made_up.into(),
+            ..Default::default()
+        };
+        assert!(s.claim(req).await.is_err(), "{made_up:?} is no pool");
+    }
+    let text = sandpool_telemetry::metrics::render();
+    assert!(
+        !text.contains('\0') && !text.contains("Bad_Name") && !text.contains("nosuch-metric-pool")
+    );
+    assert!(
+        text.contains("sandpool_claim_duration_seconds_count{pool=\"-\",outcome=\"error\"}"),
+        "{text}"
+    );
+}

@@ -112,10 +112,12 @@ impl Scheduler {
     #[tracing::instrument(name = "claim", skip_all, fields(pool = %req.pool))]
     pub async fn claim(&self, req: pb::ClaimRequest) -> Result<ClaimRec> {
         let t0 = Instant::now();
-        let pool = if req.pool.is_empty() {
-            "-".to_string()
-        } else {
+        // the metric's pool label: a pool that exists, else "-" (a caller's
+        // made-up names never become series)
+        let pool = if self.lock().pools.contains_key(&req.pool) {
             req.pool.clone()
+        } else {
+            "-".to_string()
         };
         let res = self.claim_inner(req, t0).await;
         let outcome = match &res {
