@@ -17,11 +17,15 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::unix::pipe,
     process::{Child, ChildStdin},
     sync::{mpsc, watch},
 };
 
-use crate::error::{Result, RuntimeError};
+use crate::{
+    error::{Result, RuntimeError},
+    pty::{PtySize, attach_slave, master_io, open_pty},
+};
 
 /// How long the output pumps keep draining after the process exited while
 /// nothing arrives (grandchildren may hold the pipes open forever).
@@ -42,6 +46,9 @@ pub struct CommandSpec {
     pub timeout: Option<Duration>,
     /// Keep stdin as a pipe (otherwise /dev/null).
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size: its output arrives as
+    /// [`Output::Stdout`], input goes through [`CommandRecord::write_pty`].
+    pub pty: Option<PtySize>,
 }
 
 /// One item of a command's output stream. `Exit` is always last.
@@ -74,6 +81,10 @@ pub struct CommandRecord {
     pub log_path: Option<PathBuf>,
     exit: watch::Sender<Option<ExitInfo>>,
     stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// Whether the command runs on a pseudo-terminal.
+    pub is_pty: bool,
+    /// The terminal's master while the command runs.
+    tty: tokio::sync::Mutex<Option<pipe::Sender>>,
 }
 
 impl CommandRecord {
@@ -110,6 +121,27 @@ impl CommandRecord {
         w.write_all(data).await.map_err(|e| RuntimeError::Io {
             context: format!("stdin of {}", self.id),
             source: e,
+        })
+    }
+    /// Write to the command's terminal (what a user types).
+    pub async fn write_pty(&self, data: &[u8]) -> Result<()> {
+        let mut g = self.tty.lock().await;
+        let w = g.as_mut().ok_or_else(|| self.no_tty())?;
+        w.write_all(data).await.map_err(|e| RuntimeError::Io {
+            context: format!("terminal of {}", self.id),
+            source: e,
+        })
+    }
+    /// Change the size of the command's terminal.
+    pub async fn resize_pty(&self, size: PtySize) -> Result<()> {
+        let g = self.tty.lock().await;
+        crate::pty::resize(g.as_ref().ok_or_else(|| self.no_tty())?, size)
+    }
+    fn no_tty(&self) -> RuntimeError {
+        RuntimeError::Conflict(if self.is_pty {
+            format!("terminal of {} is closed", self.id)
+        } else {
+            format!("command {} has no terminal", self.id)
         })
     }
     pub async fn close_stdin(&self) {
@@ -376,9 +408,18 @@ impl CommandRegistry {
         kill_on_disconnect: bool,
     ) -> Result<Arc<CommandRecord>> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (content, cmd) = self.build_command(&spec)?;
+        let (content, mut cmd) = self.build_command(&spec)?;
+        let master = match spec.pty {
+            Some(size) => {
+                let p = open_pty(size)?;
+                attach_slave(&mut cmd, p.slave)?;
+                Some(master_io(p.master)?)
+            }
+            None => None,
+        };
         let started = Instant::now();
         let mut child = spawn_child(cmd, &content)?;
+        let (tty_out, tty_in) = master.unzip();
         let pid = child.id().unwrap_or(0);
         let log_path = background.then(|| self.log_dir.join(format!("{id}.log")));
         let (exit_tx, _) = watch::channel(None);
@@ -391,12 +432,24 @@ impl CommandRegistry {
             log_path,
             exit: exit_tx,
             stdin: tokio::sync::Mutex::new(child.stdin.take()),
+            is_pty: tty_in.is_some(),
+            tty: tokio::sync::Mutex::new(tty_in),
         });
         self.lock().map.insert(id.clone(), rec.clone());
         tracing::debug!(id = %id, pid, background, "command started");
 
         let (exited_tx, exited_rx) = watch::channel(false);
         let pumps = [
+            tty_out.map(|r| {
+                pump(
+                    r,
+                    tx.clone(),
+                    exited_rx.clone(),
+                    pid,
+                    kill_on_disconnect,
+                    Output::Stdout,
+                )
+            }),
             child.stdout.take().map(|r| {
                 pump(
                     r,
@@ -483,8 +536,11 @@ impl CommandRegistry {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(false);
+        if spec.pty.is_none() {
+            // a terminal's child gets its own session (and group) instead
+            cmd.process_group(0);
+        }
         if let Some(g) = spec.gid {
             cmd.gid(g);
         }
@@ -535,6 +591,7 @@ impl CommandRegistry {
             finished_at: Utc::now(),
         };
         record.stdin.lock().await.take();
+        record.tty.lock().await.take();
         let _ = sup.tx.send(Output::Exit(info.clone())).await;
         record.exit.send_replace(Some(info));
         self.retire(&record.id);
@@ -624,7 +681,7 @@ struct Supervision {
     timeout: Option<Duration>,
     started: Instant,
     exited_tx: watch::Sender<bool>,
-    pumps: [Option<tokio::task::JoinHandle<()>>; 2],
+    pumps: [Option<tokio::task::JoinHandle<()>>; 3],
     tx: mpsc::Sender<Output>,
 }
 

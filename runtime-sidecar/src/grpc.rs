@@ -143,6 +143,7 @@ impl Runtime for RuntimeService {
             gid: start.gid,
             timeout: (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms)),
             stdin: start.stdin,
+            pty: None,
         };
         let (tx, mut rx) = mpsc::channel::<Output>(16);
         let rec = self.st.commands.start(spec, tx)?;

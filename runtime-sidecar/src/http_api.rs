@@ -215,6 +215,7 @@ impl RunCommandRequest {
             gid: self.gid,
             timeout,
             stdin: false,
+            pty: None,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod files;
 pub mod grpc;
 pub mod http_api;
 pub mod interp;
+pub mod pty;
 pub mod sysmetrics;
 pub mod upload;
 

@@ -585,7 +585,7 @@ async fn unary_rpcs_read_proto3_json() {
     assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
     // methods sandpool lacks answer `unimplemented`, naming their service
     for (method, service) in [
-        ("process.Process/Update", "process"),
+        ("process.Process/Frobnicate", "process"),
         ("filesystem.Filesystem/Watch", "filesystem"),
     ] {
         let (st, v) = rpc.unary(method, json!({})).await;

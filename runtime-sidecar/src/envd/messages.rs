@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Deserializer, de::IgnoredAny};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// A proto3 JSON integer: a number or a decimal string.
@@ -59,13 +59,41 @@ pub(super) struct ProcessConfig {
     pub cwd: Option<String>,
 }
 
+/// `process.PTY.Size`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(super) struct PtySizeIn {
+    #[serde(deserialize_with = "opt_u32")]
+    pub cols: Option<u32>,
+    #[serde(deserialize_with = "opt_u32")]
+    pub rows: Option<u32>,
+}
+
+/// `process.PTY`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(super) struct PtyIn {
+    pub size: Option<PtySizeIn>,
+}
+
+impl PtyIn {
+    /// The requested size; missing numbers are 0, as in proto3.
+    pub fn size(&self) -> crate::pty::PtySize {
+        let s = self.size.as_ref();
+        crate::pty::PtySize::new(
+            s.and_then(|s| s.cols).unwrap_or(0),
+            s.and_then(|s| s.rows).unwrap_or(0),
+        )
+    }
+}
+
 /// `process.StartRequest`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub(super) struct StartRequest {
     pub process: Option<ProcessConfig>,
-    /// Present (any value) asks for a PTY.
-    pub pty: Option<IgnoredAny>,
+    /// Present asks for a PTY.
+    pub pty: Option<PtyIn>,
     pub tag: Option<String>,
     pub stdin: Option<bool>,
 }
@@ -92,7 +120,15 @@ pub(super) struct SelectRequest {
 #[serde(default, rename_all = "camelCase")]
 pub(super) struct ProcessInput {
     pub stdin: Option<String>,
-    pub pty: Option<IgnoredAny>,
+    pub pty: Option<String>,
+}
+
+/// `process.UpdateRequest`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(super) struct UpdateRequest {
+    pub process: Option<ProcessSelector>,
+    pub pty: Option<PtyIn>,
 }
 
 /// `process.SendInputRequest`.
@@ -191,7 +227,12 @@ mod tests {
             (Some("t"), Some(true), false)
         );
         let r: StartRequest = serde_json::from_str(r#"{"pty":{"size":{}}}"#).unwrap();
-        assert!(r.pty.is_some() && r.process.is_none());
+        assert!(r.process.is_none());
+        assert_eq!(r.pty.unwrap().size(), crate::pty::PtySize::new(0, 0));
+        let r: UpdateRequest =
+            serde_json::from_str(r#"{"process":{"pid":3},"pty":{"size":{"cols":"80","rows":24}}}"#)
+                .unwrap();
+        assert_eq!(r.pty.unwrap().size(), crate::pty::PtySize::new(80, 24));
 
         for (json, pid) in [
             (r#"{"process":{"pid":7}}"#, Some(7)),

@@ -49,7 +49,7 @@ pub use connect::{ConnectError, envelope, parse_envelope};
 use files::{download, upload};
 use filesystem::{fs_list_dir, fs_make_dir, fs_move, fs_remove, fs_stat};
 use process::{
-    EnvdProcess, close_stdin, connect, list, send_input, send_signal, start, stream_input,
+    EnvdProcess, close_stdin, connect, list, send_input, send_signal, start, stream_input, update,
 };
 use watch::{Watcher, create_watcher, get_watcher_events, remove_watcher, watch_dir};
 
@@ -102,6 +102,7 @@ pub fn router(st: EnvdState) -> Router {
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/process.Process/StreamInput", post(stream_input))
+        .route("/process.Process/Update", post(update))
         .route("/process.Process/{method}", unsupported("process"))
         .route("/filesystem.Filesystem/Stat", post(fs_stat))
         .route("/filesystem.Filesystem/MakeDir", post(fs_make_dir))

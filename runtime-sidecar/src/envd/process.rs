@@ -1,6 +1,7 @@
 //! `process.Process`: Start/Connect streams, List, SendInput, SendSignal,
-//! CloseStdin and the client-streaming StreamInput. Processes are the
-//! command registry's; their output is fanned out to every attached stream.
+//! CloseStdin, Update (terminal size) and the client-streaming StreamInput.
+//! Processes are the command registry's; their output (a terminal's as `pty`
+//! data) is fanned out to every attached stream.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -22,8 +23,8 @@ use super::{
         keepalive, parse_message, request_timeout, stream_response, until,
     },
     messages::{
-        ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, SignalValue,
-        StartRequest, StreamInputRequest,
+        ProcessInput, ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest,
+        SignalValue, StartRequest, StreamInputRequest, UpdateRequest,
     },
     required,
     responses::{
@@ -44,8 +45,10 @@ pub(super) struct EnvdProcess {
     events: broadcast::Sender<Event<ProcessEvent>>,
 }
 
-pub(super) fn process_event(o: &Output) -> Event<ProcessEvent> {
+/// The envd event of one output item; a terminal's output is `pty` data.
+pub(super) fn process_event(o: &Output, pty: bool) -> Event<ProcessEvent> {
     let event = match o {
+        Output::Stdout(b) if pty => ProcessEvent::Data(DataOut::Pty(B64.encode(b))),
         Output::Stdout(b) => ProcessEvent::Data(DataOut::Stdout(B64.encode(b))),
         Output::Stderr(b) => ProcessEvent::Data(DataOut::Stderr(B64.encode(b))),
         Output::Exit(e) => {
@@ -159,12 +162,7 @@ pub(super) async fn start_inner(
     let workdir = working_dir(cwd.as_deref(), &st.app.cfg.home())?;
     let tag = req.tag;
     let stdin = req.stdin.unwrap_or(false);
-    if req.pty.is_some() {
-        return Err(ConnectError::new(
-            "unimplemented",
-            "PTY processes are not supported by sandpool yet",
-        ));
-    }
+    let pty = req.pty.as_ref().map(|p| p.size());
     let timeout = request_timeout(headers);
     let deadline = deadline(headers);
     let mut argv = vec![cmd.clone()];
@@ -178,6 +176,7 @@ pub(super) async fn start_inner(
         gid: None,
         timeout,
         stdin,
+        pty,
     };
     let (events, first_rx) = broadcast::channel::<Event<ProcessEvent>>(1024);
     let (otx, mut orx) = mpsc::channel::<Output>(64);
@@ -198,7 +197,7 @@ pub(super) async fn start_inner(
     tokio::spawn(async move {
         while let Some(o) = orx.recv().await {
             let end = matches!(o, Output::Exit(_));
-            let _ = events.send(process_event(&o));
+            let _ = events.send(process_event(&o, pty.is_some()));
             if end {
                 break;
             }
@@ -302,18 +301,54 @@ pub(super) async fn list(State(st): State<EnvdState>) -> Response {
 pub(super) async fn send_input(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SendInputRequest = unary(&st, body).await?;
     let p = select(&st, req.process.as_ref())?;
-    let input = required(req.input, "input")?;
-    if input.pty.is_some() {
-        return Err(ConnectError::new(
-            "unimplemented",
-            "PTY input is not supported",
-        ));
+    write_input(&p, required(req.input, "input")?).await?;
+    Ok(Json(Empty {}))
+}
+
+/// Write `stdin` or `pty` input; each only to a process of its kind.
+async fn write_input(p: &EnvdProcess, input: ProcessInput) -> CResult<()> {
+    let decode = |what: &str, data: &str| {
+        B64.decode(data.as_bytes()).map_err(|e| {
+            ConnectError::new("invalid_argument", format!("{what} is not base64: {e}"))
+        })
+    };
+    match (input.stdin, input.pty, p.rec.is_pty) {
+        (_, Some(data), true) => p.rec.write_pty(&decode("pty", &data)?).await?,
+        (_, Some(_), false) => {
+            return Err(ConnectError::new(
+                "internal",
+                "error writing to tty: the process has no terminal; write its stdin instead",
+            ));
+        }
+        (Some(_), None, true) => {
+            return Err(ConnectError::new(
+                "internal",
+                "error writing to stdin: the process runs on a terminal; write its pty instead",
+            ));
+        }
+        // no input at all: nothing to write (an empty message)
+        (None, None, true) => {}
+        (stdin, None, false) => {
+            let data = stdin.unwrap_or_default();
+            p.rec.write_stdin(&decode("stdin", &data)?).await?;
+        }
     }
-    let data = input.stdin.unwrap_or_default();
-    let bytes = B64
-        .decode(data.as_bytes())
-        .map_err(|e| ConnectError::new("invalid_argument", format!("stdin is not base64: {e}")))?;
-    p.rec.write_stdin(&bytes).await?;
+    Ok(())
+}
+
+/// `process.Process/Update`: resize a process's terminal.
+pub(super) async fn update(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
+    let req: UpdateRequest = unary(&st, body).await?;
+    let p = select(&st, req.process.as_ref())?;
+    if let Some(pty) = req.pty {
+        if !p.rec.is_pty {
+            return Err(ConnectError::new(
+                "internal",
+                "error resizing tty: the process has no terminal",
+            ));
+        }
+        p.rec.resize_pty(pty.size()).await?;
+    }
     Ok(Json(Empty {}))
 }
 
@@ -343,7 +378,14 @@ pub(super) async fn send_signal(State(st): State<EnvdState>, body: Body) -> CRes
 
 pub(super) async fn close_stdin(State(st): State<EnvdState>, body: Body) -> CResult<Json<Empty>> {
     let req: SelectRequest = unary(&st, body).await?;
-    select(&st, req.process.as_ref())?.rec.close_stdin().await;
+    let p = select(&st, req.process.as_ref())?;
+    if p.rec.is_pty {
+        return Err(ConnectError::new(
+            "unknown",
+            "error closing stdin: a terminal has no stdin to close; send Ctrl+D (0x04) instead",
+        ));
+    }
+    p.rec.close_stdin().await;
     Ok(Json(Empty {}))
 }
 
@@ -381,12 +423,7 @@ pub(super) async fn stream_input(State(st): State<EnvdState>, body: Body) -> Res
                     let p = target.as_ref().ok_or_else(|| {
                         ConnectError::new("failed_precondition", "data before start")
                     })?;
-                    let input = required(data.input, "data.input")?;
-                    let b64 = input.stdin.unwrap_or_default();
-                    let bytes = B64.decode(b64.as_bytes()).map_err(|e| {
-                        ConnectError::new("invalid_argument", format!("stdin is not base64: {e}"))
-                    })?;
-                    p.rec.write_stdin(&bytes).await?;
+                    write_input(p, required(data.input, "data.input")?).await?;
                 }
             }
             match stream.next().await {
@@ -441,9 +478,11 @@ mod tests {
 
     #[test]
     fn events() {
-        let v = serde_json::to_value(process_event(&Output::Stdout(Bytes::from_static(b"hi\n"))))
-            .unwrap();
+        let hi = Output::Stdout(Bytes::from_static(b"hi\n"));
+        let v = serde_json::to_value(process_event(&hi, false)).unwrap();
         assert_eq!(v["event"]["data"]["stdout"], "aGkK");
+        let v = serde_json::to_value(process_event(&hi, true)).unwrap();
+        assert_eq!(v["event"]["data"], json!({"pty": "aGkK"}));
         let exit = crate::commands::ExitInfo {
             code: 3,
             signal: 0,
@@ -451,7 +490,7 @@ mod tests {
             timed_out: false,
             finished_at: chrono::Utc::now(),
         };
-        let v = serde_json::to_value(process_event(&Output::Exit(exit))).unwrap();
+        let v = serde_json::to_value(process_event(&Output::Exit(exit), true)).unwrap();
         assert_eq!(
             v["event"]["end"],
             json!({"exitCode": 3, "exited": true, "status": "exit status 3"})

@@ -32,6 +32,7 @@ pub(super) enum ProcessEvent {
 pub(super) enum DataOut {
     Stdout(String),
     Stderr(String),
+    Pty(String),
 }
 
 /// `process.ProcessEvent.EndEvent`.

@@ -1,0 +1,303 @@
+//! envd's PTY processes on a loopback port: Start with a terminal (output as
+//! `pty` data, the terminal as the controlling tty), Update resizes it,
+//! SendInput types into it, Connect sees the same output, the end event
+//! carries the exit code; stdin/pty input to the wrong kind of process fails.
+
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use futures_util::{Stream, StreamExt};
+use sandpool_runtime::{AppState, envd::envelope};
+use serde_json::{Value, json};
+
+mod support;
+
+const TOKEN: &str = "envd-pty-token";
+
+async fn serve() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    let cfg = support::config(TOKEN, dir.path(), dir.path().join("home"));
+    let state = AppState::new(cfg).unwrap();
+    (
+        support::listen(sandpool_runtime::envd_app(state)).await,
+        dir,
+    )
+}
+
+struct Rpc {
+    c: reqwest::Client,
+    base: String,
+}
+
+impl Rpc {
+    async fn unary(&self, method: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .c
+            .post(format!("{}/{method}", self.base))
+            .header("x-access-token", TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Open a server stream (Start or Connect) and return its body.
+    async fn stream(
+        &self,
+        method: &str,
+        body: Value,
+    ) -> impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+        let r = self
+            .c
+            .post(format!("{}/{method}", self.base))
+            .header("content-type", "application/connect+json")
+            .header("x-access-token", TOKEN)
+            .body(envelope(0, &body))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes_stream()
+    }
+}
+
+/// Reads a Connect stream's envelopes as they arrive.
+struct Events<S> {
+    body: S,
+    buf: Vec<u8>,
+    /// Decoded `pty` output so far.
+    pty: Vec<u8>,
+    /// Whether any `stdout`/`stderr` data came.
+    other: bool,
+    end: Option<Value>,
+}
+
+impl<S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> Events<S> {
+    fn new(body: S) -> Self {
+        Events {
+            body,
+            buf: Vec::new(),
+            pty: Vec::new(),
+            other: false,
+            end: None,
+        }
+    }
+
+    /// The next message (None at the end of the body).
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if self.buf.len() >= 5 {
+                let n = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + n {
+                    let v: Value = serde_json::from_slice(&self.buf[5..5 + n]).unwrap();
+                    self.buf.drain(..5 + n);
+                    let ev = &v["event"];
+                    if let Some(d) = ev["data"]["pty"].as_str() {
+                        self.pty.extend(B64.decode(d).unwrap());
+                    }
+                    self.other |= ev["data"].get("stdout").is_some();
+                    self.other |= ev["data"].get("stderr").is_some();
+                    if let Some(e) = ev.get("end") {
+                        self.end = Some(e.clone());
+                    }
+                    return Some(v);
+                }
+            }
+            let chunk = self.body.next().await?.unwrap();
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.pty).into_owned()
+    }
+
+    /// Read until the pty output contains `want` (or fail after 10 s).
+    async fn until(&mut self, want: &str) {
+        let wait = async {
+            while !self.text().contains(want) {
+                if self.next().await.is_none() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in pty output {:?}", self.text()));
+        assert!(self.text().contains(want), "{:?}", self.text());
+    }
+
+    /// Read to the end of the stream; the end event.
+    async fn finish(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.next().await.is_some() {}
+        })
+        .await
+        .expect("stream ends");
+        self.end.clone().expect("end event")
+    }
+}
+
+#[tokio::test]
+async fn pty_start_resize_input_and_exit() {
+    let (base, _d) = serve().await;
+    let rpc = Rpc {
+        c: reqwest::Client::new(),
+        base,
+    };
+    let script = "stty size; echo ctty >/dev/tty; read x; stty size; echo \"got $x\"; exit 3";
+    let body = rpc
+        .stream(
+            "process.Process/Start",
+            json!({"process": {"cmd": "/bin/sh", "args": ["-c", script]},
+                   "pty": {"size": {"cols": 80, "rows": 24}}}),
+        )
+        .await;
+    let mut ev = Events::new(body);
+    let first = ev.next().await.unwrap();
+    let pid = first["event"]["start"]["pid"]
+        .as_u64()
+        .expect("start event");
+    // the size it was started with; /dev/tty is its controlling terminal
+    ev.until("24 80").await;
+    ev.until("ctty").await;
+
+    // a second client attached by pid sees the same terminal output
+    let mut attached = Events::new(
+        rpc.stream("process.Process/Connect", json!({"process": {"pid": pid}}))
+            .await,
+    );
+    assert_eq!(attached.next().await.unwrap()["event"]["start"]["pid"], pid);
+
+    // stdin input and CloseStdin do not apply to a terminal
+    let (st, v) = rpc
+        .unary(
+            "process.Process/SendInput",
+            json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("no\n")}}),
+        )
+        .await;
+    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
+    let (st, v) = rpc
+        .unary(
+            "process.Process/CloseStdin",
+            json!({"process": {"pid": pid}}),
+        )
+        .await;
+    assert_eq!((st, &v["code"]), (500, &json!("unknown")), "{v}");
+
+    let (st, v) = rpc
+        .unary(
+            "process.Process/Update",
+            json!({"process": {"pid": pid}, "pty": {"size": {"cols": 100, "rows": "30"}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = rpc
+        .unary(
+            "process.Process/SendInput",
+            json!({"process": {"pid": pid}, "input": {"pty": B64.encode("hi\n")}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    ev.until("30 100").await;
+    ev.until("got hi").await;
+    let end = ev.finish().await;
+    assert_eq!(
+        (&end["exitCode"], &end["exited"]),
+        (&json!(3), &json!(true))
+    );
+    assert!(!ev.other, "a terminal's output is pty data only");
+    // the terminal echoed what was typed
+    assert!(ev.text().contains("hi\r\n"), "{:?}", ev.text());
+
+    attached.until("got hi").await;
+    assert_eq!(attached.finish().await["exitCode"], 3);
+}
+
+#[tokio::test]
+async fn pty_input_and_resize_need_a_terminal() {
+    let (base, _d) = serve().await;
+    let rpc = Rpc {
+        c: reqwest::Client::new(),
+        base,
+    };
+    let mut ev = Events::new(
+        rpc.stream(
+            "process.Process/Start",
+            json!({"process": {"cmd": "sleep", "args": ["30"]}, "stdin": true}),
+        )
+        .await,
+    );
+    let pid = ev.next().await.unwrap()["event"]["start"]["pid"]
+        .as_u64()
+        .unwrap();
+    let (st, v) = rpc
+        .unary(
+            "process.Process/Update",
+            json!({"process": {"pid": pid}, "pty": {"size": {"cols": 10, "rows": 10}}}),
+        )
+        .await;
+    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
+    let (st, v) = rpc
+        .unary(
+            "process.Process/SendInput",
+            json!({"process": {"pid": pid}, "input": {"pty": B64.encode("x")}}),
+        )
+        .await;
+    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
+    // an Update without a pty changes nothing
+    let (st, _) = rpc
+        .unary("process.Process/Update", json!({"process": {"pid": pid}}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = rpc
+        .unary(
+            "process.Process/SendSignal",
+            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(ev.finish().await["status"], "signal: killed");
+}
+
+/// Killing a terminal's shell ends its stream with the signal.
+#[tokio::test]
+async fn pty_kill_ends_the_stream() {
+    let (base, _d) = serve().await;
+    let rpc = Rpc {
+        c: reqwest::Client::new(),
+        base,
+    };
+    let mut ev = Events::new(
+        rpc.stream(
+            "process.Process/Start",
+            json!({"process": {"cmd": "/bin/sh", "args": ["-c", "echo ready; sleep 30"]},
+                   "pty": {"size": {"cols": 40, "rows": 10}}}),
+        )
+        .await,
+    );
+    let pid = ev.next().await.unwrap()["event"]["start"]["pid"]
+        .as_u64()
+        .unwrap();
+    ev.until("ready").await;
+    let (st, v) = rpc.unary("process.Process/List", json!({})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["processes"][0]["pid"], pid, "{v}");
+    let (st, _) = rpc
+        .unary(
+            "process.Process/SendSignal",
+            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let end = ev.finish().await;
+    assert_eq!(end["status"], "signal: killed", "{end}");
+}
