@@ -77,3 +77,46 @@ def test_ossess_patch_metadata_of_an_unknown_sandbox_is_404(sandpool: Sandpool, 
     with pytest.raises(SandboxApiException) as err:
         manager.patch_sandbox_metadata(f"sbx-{uuid.uuid4().hex[:12]}", {"a": "b"})
     assert err.value.status_code == 404
+
+
+def test_ossess_bash_session_keeps_cwd_and_env_between_runs(sandpool: Sandpool, sandboxes):
+    sandbox = create_sandbox(sandpool, sandboxes)
+    commands = sandbox.commands
+
+    session = commands.create_session(working_directory="/tmp")
+    first = commands.run_in_session(session, "mkdir -p work && cd work && export GREETING=hello")
+    assert first.exit_code == 0, first
+    second = commands.run_in_session(session, 'pwd; echo "$GREETING"')
+    assert second.exit_code == 0, second
+    assert second.text == "/tmp/work\nhello"
+
+    other = commands.create_session()
+    fresh = commands.run_in_session(other, 'echo "[$GREETING]"')
+    assert fresh.text == "[]", "sessions do not share state"
+
+    failed = commands.run_in_session(session, "echo oops >&2; exit 3", working_directory="/")
+    assert failed.exit_code == 3
+    assert [m.text for m in failed.logs.stderr] == ["oops\n"]
+    assert commands.run_in_session(session, "pwd").text == "/", "a run's cwd carries over"
+
+    timed_out = commands.run_in_session(session, "sleep 30", timeout=timedelta(milliseconds=300))
+    assert timed_out.exit_code == 137
+
+    commands.delete_session(session)
+    commands.delete_session(other)
+    with pytest.raises(SandboxApiException) as err:
+        commands.run_in_session(session, "true")
+    assert err.value.status_code == 404
+
+
+def test_ossess_bash_sessions_are_bounded(sandpool: Sandpool, sandboxes):
+    sandbox = create_sandbox(sandpool, sandboxes)
+    commands = sandbox.commands
+    sessions = [commands.create_session() for _ in range(16)]
+    with pytest.raises(SandboxApiException) as err:
+        commands.create_session()
+    assert err.value.status_code == 429
+    commands.delete_session(sessions.pop())
+    sessions.append(commands.create_session())
+    for session in sessions:
+        commands.delete_session(session)
