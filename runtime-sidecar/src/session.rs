@@ -58,13 +58,16 @@ fn quoted(text: &str) -> String {
 }
 
 /// The script of one run of `command` whose session state is in `dir`: load
-/// the saved environment, and save it and the working directory on exit.
+/// the saved environment (but `$PWD`, which is where this run starts), and
+/// save it and the working directory on exit.
 fn run_script(dir: &std::path::Path, command: &str) -> String {
     let d = quoted(&dir.to_string_lossy());
     let mut s = format!(
         "__sp_session_save() {{ export -p > {d}/{ENV_FILE}; pwd > {d}/{CWD_FILE}; }}\n\
          trap __sp_session_save EXIT\n\
+         __sp_pwd=$PWD\n\
          if [ -f {d}/{ENV_FILE} ]; then . {d}/{ENV_FILE} 2>/dev/null; fi\n\
+         PWD=$__sp_pwd; unset __sp_pwd\n\
          {command}"
     );
     if !command.ends_with('\n') {

@@ -139,6 +139,17 @@ async fn runs_of_a_session_share_cwd_and_exported_env() {
     let ev = s.run(&id, json!({"command": "pwd; echo $N"})).await;
     let work = std::fs::canonicalize(&s.work).unwrap();
     assert_eq!(stdout(&ev), format!("{}\n2\n", work.display()));
+    let ev = s
+        .run(
+            &id,
+            json!({"command": "echo $PWD", "cwd": s.work.join("sub")}),
+        )
+        .await;
+    assert_eq!(
+        stdout(&ev),
+        format!("{}\n", sub.display()),
+        "$PWD is the run's"
+    );
 
     let ev = s
         .run(&id, json!({"command": "sleep 10", "timeout": 200}))
