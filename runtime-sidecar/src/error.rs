@@ -25,6 +25,11 @@ pub enum RuntimeError {
     FileNotFound(String),
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    #[error("session not found: {0}")]
+    SessionNotFound(String),
+    /// A bounded resource is used up (429).
+    #[error("{0}")]
+    LimitReached(String),
     #[error("{0} is a directory")]
     IsADirectory(String),
     #[error("{0} is not a directory")]
@@ -107,6 +112,8 @@ impl RuntimeError {
             RuntimeError::MissingQuery(_) => "MISSING_QUERY",
             RuntimeError::FileNotFound(_) => "FILE_NOT_FOUND",
             RuntimeError::CommandNotFound(_) => "COMMAND_NOT_FOUND",
+            RuntimeError::SessionNotFound(_) => "SESSION_NOT_FOUND",
+            RuntimeError::LimitReached(_) => "TOO_MANY_REQUESTS",
             RuntimeError::IsADirectory(_) => "IS_A_DIRECTORY",
             RuntimeError::NotADirectory(_) => "NOT_A_DIRECTORY",
             RuntimeError::AlreadyExists(_) => "ALREADY_EXISTS",
@@ -131,8 +138,11 @@ impl RuntimeError {
             | RuntimeError::MissingQuery(_)
             | RuntimeError::IsADirectory(_)
             | RuntimeError::NotADirectory(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
-            RuntimeError::FileNotFound(_) | RuntimeError::CommandNotFound(_) => {
-                (StatusCode::NOT_FOUND, Code::NotFound)
+            RuntimeError::FileNotFound(_)
+            | RuntimeError::CommandNotFound(_)
+            | RuntimeError::SessionNotFound(_) => (StatusCode::NOT_FOUND, Code::NotFound),
+            RuntimeError::LimitReached(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, Code::ResourceExhausted)
             }
             RuntimeError::AlreadyExists(_) => (StatusCode::CONFLICT, Code::AlreadyExists),
             RuntimeError::Conflict(_) => (StatusCode::CONFLICT, Code::FailedPrecondition),

@@ -27,7 +27,7 @@ use crate::{
     error::{Result, RuntimeError},
     events::{LineSplitter, StreamEvent},
     files::{self, Permission},
-    upload,
+    session, upload,
 };
 
 /// How long a partial line may wait before it is sent on its own.
@@ -60,9 +60,9 @@ pub fn router(state: AppState) -> Router {
         .route("/code/context", unsupported("code contexts (/code/context)"))
         .route("/code/contexts", unsupported("code contexts (/code/contexts)"))
         .route("/code/contexts/{id}", unsupported("code contexts (/code/contexts)"))
-        .route("/session", unsupported("bash sessions (/session)"))
-        .route("/session/{id}", unsupported("bash sessions (/session)"))
-        .route("/session/{id}/run", unsupported("bash sessions (/session)"))
+        .route("/session", post(session::create_session))
+        .route("/session/{id}", delete(session::delete_session))
+        .route("/session/{id}/run", post(session::run_in_session))
         .route("/pty", unsupported("PTY sessions (/pty)"))
         .route("/pty/{*rest}", unsupported("PTY sessions (/pty)"))
         .route("/proxy/{port}", unsupported("the port proxy (/proxy)"))
@@ -142,7 +142,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryPairs {
 }
 
 /// Read a JSON body within the configured limit, with execd-style errors.
-async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(st: &AppState, body: Body) -> Result<T> {
     let bytes = axum::body::to_bytes(body, st.cfg.max_json_bytes)
         .await
         .map_err(|e| {
@@ -220,7 +220,7 @@ impl RunCommandRequest {
     }
 }
 
-fn event_stream_response(body: Body) -> Response {
+pub(crate) fn event_stream_response(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
@@ -260,7 +260,7 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
 /// they are complete; a partial line after a short quiet period. Returns when
 /// the command ended or the client went away (which kills the command, since
 /// dropping `rx` makes the output pumps fail).
-async fn stream_events(
+pub(crate) async fn stream_events(
     id: String,
     mut rx: mpsc::Receiver<Output>,
     ftx: mpsc::Sender<Bytes>,

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod http_api;
 pub mod interp;
 pub mod pty;
+pub mod session;
 pub mod sysmetrics;
 pub mod upload;
 
@@ -101,11 +102,14 @@ pub struct AppState {
     /// The sandbox's env vars (E2B `envVars`, set through envd's `/init`):
     /// envd processes and code interpreter contexts start with them.
     pub sandbox_env: Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
+    /// execd bash sessions (`/session`).
+    pub sessions: Arc<session::Sessions>,
 }
 
 impl AppState {
     pub fn new(cfg: Config) -> Result<Self> {
         let log_dir = cfg.data_dir.join("commands");
+        let sessions_dir = cfg.data_dir.join("sessions");
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| RuntimeError::io(&log_dir.to_string_lossy(), e))?;
         Ok(AppState {
@@ -120,6 +124,7 @@ impl AppState {
             last_activity_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             used: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             sandbox_env: Arc::default(),
+            sessions: Arc::new(session::Sessions::new(sessions_dir)),
         })
     }
 

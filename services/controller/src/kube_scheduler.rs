@@ -626,6 +626,25 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(self.claim_of(&b).await?))
     }
 
+    /// Metadata lives in the claim's BatchSandbox annotation: patched there
+    /// (read-modify-write, as upstream OpenSandbox does).
+    async fn patch_claim_metadata(
+        &self,
+        req: Request<pb::PatchClaimMetadataRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let r = req.into_inner();
+        let id = r.claim_id.clone();
+        let b = self.get_claim_batch(&id).await?;
+        let m = patched_metadata(b.annotations().get(METADATA_ANNOTATION), r);
+        let patch = json!({"metadata": {"annotations": {METADATA_ANNOTATION: m}}});
+        let b = self
+            .batches()
+            .patch(&id, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(kube_status)?;
+        Ok(Response::new(self.claim_of(&b).await?))
+    }
+
     async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
         Err(not_in_kubernetes_mode("pause is"))
     }
@@ -739,6 +758,19 @@ impl Scheduler for KubeScheduler {
     }
 }
 
+/// The metadata annotation of a claim whose annotation was `current`, after
+/// a merge patch: `set` adds or replaces keys, then `remove` deletes keys.
+fn patched_metadata(current: Option<&String>, r: pb::PatchClaimMetadataRequest) -> String {
+    let mut m: BTreeMap<String, String> = current
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    m.extend(r.set);
+    for k in &r.remove {
+        m.remove(k);
+    }
+    json!(m).to_string()
+}
+
 fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
     let st = b.status.clone().unwrap_or_default();
     let u = |v: i32| u32::try_from(v).unwrap_or(0);
@@ -788,5 +820,22 @@ mod tests {
         let e = check_pool_limits("p", Some(&pods), &asked("1", "256Mi")).expect_err("other");
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         assert!(e.message().contains("resourceLimits.memory"), "{e:?}");
+    }
+
+    #[test]
+    fn a_metadata_patch_merges_into_the_claims_annotation() {
+        let current = r#"{"keep":"1","team":"a","old":"x"}"#.to_string();
+        let r = pb::PatchClaimMetadataRequest {
+            claim_id: "c".into(),
+            set: [("team".to_string(), "b".to_string())].into(),
+            remove: vec!["old".into(), "absent".into()],
+        };
+        let m: BTreeMap<String, String> =
+            serde_json::from_str(&patched_metadata(Some(&current), r.clone())).expect("json");
+        let want = BTreeMap::from([("keep".into(), "1".into()), ("team".into(), "b".into())]);
+        assert_eq!(m, want);
+        let fresh: BTreeMap<String, String> =
+            serde_json::from_str(&patched_metadata(None, r)).expect("json");
+        assert_eq!(fresh, BTreeMap::from([("team".into(), "b".into())]));
     }
 }

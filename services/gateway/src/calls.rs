@@ -177,6 +177,34 @@ impl Gateway {
             .map(shown)
     }
 
+    /// Merge-patch claim `id`'s metadata: `set` adds or replaces keys,
+    /// `remove` deletes keys. The reserved keys are not the caller's to set
+    /// or delete (400).
+    pub async fn patch_claim_metadata(
+        &self,
+        id: &str,
+        set: std::collections::HashMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<pb::Claim> {
+        if let Some(k) = set
+            .keys()
+            .chain(&remove)
+            .find(|k| *k == OWNER_KEY || *k == traffic::PRIVATE_KEY)
+        {
+            return Err(ApiError::Invalid(format!(
+                "metadata key {k} is reserved by sandpool"
+            )));
+        }
+        let req = pb::PatchClaimMetadataRequest {
+            claim_id: id.to_string(),
+            set,
+            remove,
+        };
+        self.on_own_claim(id, req, rpc!(patch_claim_metadata))
+            .await
+            .map(shown)
+    }
+
     pub async fn pause_claim(&self, id: &str) -> Result<()> {
         self.on_own_claim(id, claim_ref(id), rpc!(pause_claim))
             .await?;

@@ -82,6 +82,12 @@ impl Scheduler for FakeScheduler {
     async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
         self.with_claim(&r.into_inner().claim_id, |_| {})
     }
+    async fn patch_claim_metadata(
+        &self,
+        _: Request<pb::PatchClaimMetadataRequest>,
+    ) -> R<pb::Claim> {
+        Err(Status::unimplemented("not in the fake"))
+    }
     async fn set_claim_egress(&self, r: Request<pb::SetClaimEgressRequest>) -> R<pb::Claim> {
         let r = r.into_inner();
         self.with_claim(&r.claim_id, |c| {

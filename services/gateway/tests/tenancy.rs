@@ -101,6 +101,18 @@ impl Scheduler for FakeScheduler {
             ..Default::default()
         }))
     }
+    async fn patch_claim_metadata(
+        &self,
+        r: Request<pb::PatchClaimMetadataRequest>,
+    ) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| {
+            c.metadata.extend(r.set);
+            for k in &r.remove {
+                c.metadata.remove(k);
+            }
+        })
+    }
     async fn renew(&self, r: Request<pb::RenewRequest>) -> R<pb::Claim> {
         let r = r.into_inner();
         self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
@@ -337,6 +349,7 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
         ),
         ("GET", format!("{sb}/proxy/8080/x"), Value::Null),
         ("GET", format!("{sb}/networkpolicy"), Value::Null),
+        ("PATCH", format!("{sb}/metadata"), json!({"team": "y"})),
         ("PUT", format!("{sb}/networkpolicy"), json!({})),
         ("PATCH", format!("{sb}/networkpolicy"), json!([])),
         ("DELETE", format!("{sb}/networkpolicy"), json!([])),
@@ -595,4 +608,81 @@ async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
         ],
     )
     .await;
+}
+
+/// The owner merge-patches its sandbox's metadata: GET and the list's
+/// metadata filter follow; the reserved keys stay out of its reach.
+#[tokio::test]
+async fn an_owner_patches_its_sandboxes_metadata() {
+    let p = platform(50).await;
+    let app = &p.app;
+    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    assert_eq!(s, 202, "{a}");
+    let sb = format!("/v1/sandboxes/{}", a["id"].as_str().expect("id"));
+    let md = format!("{sb}/metadata");
+    let (s, v) = call(app, "PATCH", &md, A, json!({"env": "prod"})).await;
+    assert_eq!(
+        (s, &v["metadata"]),
+        (200, &json!({"team": "x", "env": "prod"})),
+        "{v}"
+    );
+    let (s, v) = call(
+        app,
+        "PATCH",
+        &md,
+        A,
+        json!({"team": null, "env": "dev", "gone": null}),
+    )
+    .await;
+    assert_eq!((s, &v["metadata"]), (200, &json!({"env": "dev"})), "{v}");
+    let (s, v) = call(app, "PATCH", &md, A, json!({})).await;
+    assert_eq!(
+        (s, &v["metadata"]),
+        (200, &json!({"env": "dev"})),
+        "a no-op: {v}"
+    );
+    let (_, v) = call(app, "GET", &sb, A, Value::Null).await;
+    assert_eq!(v["metadata"], json!({"env": "dev"}));
+    let listed = |q: &'static str| async move {
+        let (_, v) = call(
+            app,
+            "GET",
+            &format!("/v1/sandboxes?metadata={q}"),
+            A,
+            Value::Null,
+        )
+        .await;
+        ids(&v, "items").len()
+    };
+    assert_eq!(listed("env%3Ddev").await, 1);
+    assert_eq!(
+        listed("team%3Dx").await,
+        0,
+        "a deleted key no longer matches"
+    );
+    for reserved in [
+        json!({"sandpool.io/owner": "b"}),
+        json!({"sandpool.io/owner": null}),
+        json!({"sandpool.io/private-traffic": "true"}),
+        json!({"n": 5}),
+    ] {
+        let (s, v) = call(app, "PATCH", &md, A, reserved.clone()).await;
+        assert_eq!(s, 400, "{reserved}: {v}");
+    }
+    // the owner record survived: B still cannot reach it, A still can
+    let (s, _) = call(app, "GET", &sb, B, Value::Null).await;
+    assert_eq!(s, 404);
+    let (s, v) = call(
+        app,
+        "PATCH",
+        "/v1/sandboxes/nope/metadata",
+        A,
+        json!({"a": "b"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("SANDBOX_NOT_FOUND")),
+        "{v}"
+    );
 }

@@ -272,6 +272,16 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(claim_pb(&c)))
     }
 
+    async fn patch_claim_metadata(
+        &self,
+        req: Request<pb::PatchClaimMetadataRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let r = req.into_inner();
+        let set = r.set.into_iter().collect();
+        let c = self.s.patch_metadata(&r.claim_id, set, &r.remove)?;
+        Ok(Response::new(claim_pb(&c)))
+    }
+
     async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
         self.change_claim(req, |s, id| async move { s.pause(&id).await })
             .await

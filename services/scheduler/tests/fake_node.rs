@@ -672,3 +672,40 @@ async fn claims_naming_unknown_pools_are_counted_without_their_names() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_metadata_patch_adds_replaces_and_deletes_keys_seen_by_get_and_list() {
+    let (_node, s, _store) = warm_platform("p", 1, 1, 4).await;
+    let mut req = claim_req("p", &["sleep", "9"]);
+    req.metadata.insert("team".into(), "a".into());
+    req.metadata.insert("old".into(), "x".into());
+    let c = s.claim(req).await.unwrap();
+    let set = BTreeMap::from([
+        ("team".to_string(), "b".to_string()),
+        ("new".to_string(), "y".to_string()),
+    ]);
+    let removed = ["old".to_string(), "never-there".to_string()];
+    let patched = s.patch_metadata(&c.id, set, &removed).unwrap();
+    let want = BTreeMap::from([
+        ("new".to_string(), "y".to_string()),
+        ("team".to_string(), "b".to_string()),
+    ]);
+    assert_eq!(patched.metadata, want);
+    assert_eq!(s.get_claim(&c.id).unwrap().metadata, want);
+    let by = |k: &str, v: &str| {
+        s.list_claims("", &[], &BTreeMap::from([(k.to_string(), v.to_string())]))
+            .len()
+    };
+    assert_eq!(by("team", "b"), 1);
+    assert_eq!(by("team", "a"), 0, "the old value no longer matches");
+    assert_eq!(by("old", "x"), 0, "a deleted key no longer matches");
+    assert!(matches!(
+        s.patch_metadata("nope", BTreeMap::new(), &[]),
+        Err(SchedError::ClaimNotFound(_))
+    ));
+    let both = BTreeMap::from([("k".to_string(), "v".to_string())]);
+    assert!(matches!(
+        s.patch_metadata(&c.id, both, &["k".to_string()]),
+        Err(SchedError::Invalid(_))
+    ));
+}

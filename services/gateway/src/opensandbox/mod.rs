@@ -55,7 +55,7 @@ pub fn router(gw: Gateway) -> Router {
                 .patch(network::change_policy)
                 .delete(network::change_policy),
         )
-        .route("/sandboxes/{id}/metadata", patch(|| async { ApiError::Unsupported("PATCH metadata".into()) }))
+        .route("/sandboxes/{id}/metadata", patch(sandboxes::patch_metadata))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create_snapshot))
         .route("/snapshots", get(snapshots::list_snapshots))
         .route("/snapshots/{id}", get(snapshots::get_snapshot).delete(snapshots::delete_snapshot))

@@ -1,5 +1,5 @@
 //! `/v1/sandboxes`: create (from a pool, an image or a snapshot), get, list,
-//! delete, pause, resume, renew.
+//! delete, pause, resume, renew, patch metadata.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -325,6 +325,40 @@ pub async fn renew(
     Ok(Json(json!({ "expiresAt": rfc3339_ms(c.expires_unix_ms) })))
 }
 
+/// A metadata merge patch (RFC 7396) as the keys it sets and those it
+/// deletes: string values add or replace, `null` deletes.
+pub fn parse_metadata_patch(body: &[u8]) -> Result<(HashMap<String, String>, Vec<String>)> {
+    let patch: serde_json::Map<String, Value> = extract::parse_json(body)?;
+    check_keys(patch.keys())?;
+    let mut set = HashMap::new();
+    let mut remove = Vec::new();
+    for (k, v) in patch {
+        match v {
+            Value::String(s) => {
+                set.insert(k, s);
+            }
+            Value::Null => remove.push(k),
+            other => {
+                return Err(ApiError::Invalid(format!(
+                    "metadata value of {k:?} must be a string or null, got {other}"
+                )));
+            }
+        }
+    }
+    Ok((set, remove))
+}
+
+/// `PATCH /sandboxes/{id}/metadata`: the sandbox as it is afterwards.
+pub async fn patch_metadata(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    extract::RawBody(body, _): extract::RawBody,
+) -> Result<Json<Value>> {
+    let (set, remove) = parse_metadata_patch(&body)?;
+    let c = gw.patch_claim_metadata(&id, set, remove).await?;
+    Ok(Json(sandbox_json(&c)))
+}
+
 pub async fn list(
     State(gw): State<Gateway>,
     extract::Query(q, _): extract::Query,
@@ -454,5 +488,18 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_metadata_patch_sets_strings_and_deletes_nulls() {
+        let (set, remove) = parse_metadata_patch(br#"{"team":"b","old":null}"#).expect("a patch");
+        assert_eq!(set, HashMap::from([("team".to_string(), "b".to_string())]));
+        assert_eq!(remove, vec!["old".to_string()]);
+        let (set, remove) = parse_metadata_patch(b"{}").expect("a no-op");
+        assert!(set.is_empty() && remove.is_empty());
+        for bad in [&br#"{"n":1}"#[..], br#"{"":"x"}"#, br#"["a"]"#, b"not json"] {
+            let e = parse_metadata_patch(bad).expect_err("refused");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        }
     }
 }

@@ -474,6 +474,31 @@ impl Scheduler {
         })
     }
 
+    /// Merge-patch claim `id`'s metadata: `set` adds or replaces keys, then
+    /// `remove` deletes keys (those absent are ignored).
+    pub fn patch_metadata(
+        &self,
+        id: &str,
+        set: BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<ClaimRec> {
+        if let Some(k) = set.keys().chain(remove).find(|k| k.is_empty()) {
+            return Err(SchedError::Invalid(format!("bad metadata key {k:?}")));
+        }
+        if let Some(k) = remove.iter().find(|k| set.contains_key(*k)) {
+            return Err(SchedError::Invalid(format!(
+                "metadata key {k:?} is both set and removed"
+            )));
+        }
+        self.update_claim(id, |c| {
+            c.metadata.extend(set);
+            for k in remove {
+                c.metadata.remove(k);
+            }
+            Ok(())
+        })
+    }
+
     /// Pause: freeze the sandbox; the TTL clock stops (the remaining time is kept).
     /// Replace the egress policy of claim `id`'s sandbox, live (`None`:
     /// everything allowed); the claim keeps it for readback.
