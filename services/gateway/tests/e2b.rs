@@ -2,169 +2,12 @@
 //! error bodies, traffic to gone sandboxes, connect's timeout, list filters
 //! and order, metrics ranges, timeout 0.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 use sandpool_gateway::Gateway;
-use sandpool_proto::v1::{
-    self as pb,
-    scheduler_server::{Scheduler, SchedulerServer},
-};
 use serde_json::{Value, json};
-use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
-/// Claims in a map; each new one starts a second after the previous one.
-#[derive(Default, Clone)]
-struct FakeScheduler {
-    claims: Arc<Mutex<HashMap<String, pb::Claim>>>,
-    /// the runtime port every sandbox answers on (127.0.0.1)
-    runtime_port: u32,
-}
-
-type R<T> = Result<Response<T>, Status>;
-
-fn no<T>() -> R<T> {
-    Err(Status::unimplemented("not in the fake"))
-}
-
-const T0_MS: i64 = 1_700_000_000_000;
-
-impl FakeScheduler {
-    fn with_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> R<pb::Claim> {
-        let mut m = self.claims.lock();
-        let c = m
-            .get_mut(id)
-            .ok_or_else(|| Status::not_found(format!("claim {id}")))?;
-        f(c);
-        Ok(Response::new(c.clone()))
-    }
-}
-
-#[tonic::async_trait]
-impl Scheduler for FakeScheduler {
-    async fn apply_pool(&self, _: Request<pb::Pool>) -> R<pb::Pool> {
-        no()
-    }
-    async fn get_pool(&self, _: Request<pb::PoolRef>) -> R<pb::Pool> {
-        no()
-    }
-    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
-        no()
-    }
-    async fn delete_pool(&self, _: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
-        no()
-    }
-    async fn create_claim(&self, r: Request<pb::ClaimRequest>) -> R<pb::Claim> {
-        let r = r.into_inner();
-        let mut m = self.claims.lock();
-        let n = m.len() + 1;
-        let id = format!("sb-{n}");
-        let c = pb::Claim {
-            claim_id: id.clone(),
-            pool: r.pool,
-            state: pb::ClaimState::Bound as i32,
-            sandbox: Some(pb::SandboxInfo {
-                sandbox_id: id.clone(),
-                ip: "127.0.0.1".into(),
-                runtime_port: self.runtime_port,
-                ..Default::default()
-            }),
-            created_unix_ms: T0_MS + 1000 * n as i64,
-            expires_unix_ms: chrono::Utc::now().timestamp_millis() + 1000 * r.ttl_seconds as i64,
-            metadata: r.metadata,
-            ..Default::default()
-        };
-        m.insert(id, c.clone());
-        Ok(Response::new(c))
-    }
-    async fn get_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
-        self.with_claim(&r.into_inner().claim_id, |_| {})
-    }
-    async fn patch_claim_metadata(
-        &self,
-        _: Request<pb::PatchClaimMetadataRequest>,
-    ) -> R<pb::Claim> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-    async fn set_claim_egress(&self, r: Request<pb::SetClaimEgressRequest>) -> R<pb::Claim> {
-        let r = r.into_inner();
-        self.with_claim(&r.claim_id, |c| {
-            c.egress = Some(r.egress.unwrap_or_default())
-        })
-    }
-    async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
-        let r = r.into_inner();
-        // in no particular order: the gateway sorts
-        let claims: Vec<pb::Claim> = self
-            .claims
-            .lock()
-            .values()
-            .filter(|c| r.metadata.iter().all(|(k, v)| c.metadata.get(k) == Some(v)))
-            .cloned()
-            .collect();
-        Ok(Response::new(pb::ListClaimsResponse {
-            claims,
-            ..Default::default()
-        }))
-    }
-    async fn renew(&self, r: Request<pb::RenewRequest>) -> R<pb::Claim> {
-        let r = r.into_inner();
-        self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
-    }
-    async fn pause_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
-        self.with_claim(&r.into_inner().claim_id, |c| {
-            c.state = pb::ClaimState::Paused as i32;
-        })
-    }
-    async fn resume_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
-        self.with_claim(&r.into_inner().claim_id, |c| {
-            c.state = pb::ClaimState::Bound as i32;
-        })
-    }
-    async fn release_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::ReleaseClaimResponse> {
-        let id = r.into_inner().claim_id;
-        self.claims
-            .lock()
-            .remove(&id)
-            .map(|_| Response::new(pb::ReleaseClaimResponse {}))
-            .ok_or_else(|| Status::not_found(format!("claim {id}")))
-    }
-    async fn checkpoint_claim(
-        &self,
-        _: Request<pb::CheckpointClaimRequest>,
-    ) -> R<pb::CheckpointInfo> {
-        no()
-    }
-    async fn restore_checkpoint(
-        &self,
-        _: Request<pb::RestoreCheckpointRequest>,
-    ) -> R<pb::RestoreCheckpointResponse> {
-        no()
-    }
-    async fn list_checkpoints(
-        &self,
-        _: Request<pb::ListCheckpointsRequest>,
-    ) -> R<pb::ListCheckpointsResponse> {
-        no()
-    }
-    async fn delete_checkpoint(
-        &self,
-        _: Request<pb::CheckpointRef>,
-    ) -> R<pb::DeleteCheckpointResponse> {
-        no()
-    }
-    async fn create_batch(&self, _: Request<pb::BatchRequest>) -> R<pb::Batch> {
-        no()
-    }
-    async fn get_batch(&self, _: Request<pb::BatchRef>) -> R<pb::Batch> {
-        no()
-    }
-    async fn delete_batch(&self, _: Request<pb::BatchRef>) -> R<pb::DeleteBatchResponse> {
-        no()
-    }
-}
+mod support;
+use support::{FakeScheduler, T0_MS};
 
 const KEY: &str = "platform-key";
 
@@ -186,23 +29,7 @@ async fn fake_runtime() -> u32 {
 }
 
 async fn platform() -> axum::Router {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let fake = FakeScheduler {
-        runtime_port: fake_runtime().await,
-        ..Default::default()
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SchedulerServer::new(fake))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
-    let client = pb::scheduler_client::SchedulerClient::with_interceptor(ch, Default::default());
+    let client = support::serve(FakeScheduler::with_runtime_port(fake_runtime().await)).await;
     sandpool_gateway::app(Gateway::new(client, &[KEY.to_string()]))
 }
 
