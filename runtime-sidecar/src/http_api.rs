@@ -30,9 +30,9 @@ use crate::{
     upload,
 };
 
-/// How long a partial line may wait before it is sent on its own.
-const PARTIAL_LINE_FLUSH: Duration = Duration::from_millis(30);
-const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest line sent as one event; a longer one is cut (upstream execd has no
+/// limit, this bound keeps a runaway line from using unbounded memory).
+const MAX_LINE_BYTES: usize = 4 << 20;
 const SEARCH_LIMIT: usize = 10_000;
 const LOG_READ_MAX: usize = 4 << 20;
 
@@ -255,8 +255,9 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
     Ok(event_stream_response(channel_body(frx)))
 }
 
-/// Turn a command's raw output into execd events. Lines are sent as soon as
-/// they are complete; a partial line after a short quiet period. Returns when
+/// Turn a command's raw output into execd events: one event per line as soon
+/// as it is complete (see [`LineSplitter`]); an unterminated last line at
+/// exit, as upstream execd does. Returns when
 /// the command ended or the client went away (which kills the command, since
 /// dropping `rx` makes the output pumps fail).
 async fn stream_events(
@@ -273,7 +274,6 @@ async fn stream_events(
     let mut err = LineSplitter::new(MAX_LINE_BYTES);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
-        let pending = out.has_pending() || err.has_pending();
         let mut frames: Vec<Bytes> = Vec::new();
         let mut done = false;
         tokio::select! {
@@ -299,10 +299,6 @@ async fn stream_events(
                 }
             },
             _ = ping.tick() => frames.push(StreamEvent::ping().frame()),
-            _ = tokio::time::sleep(PARTIAL_LINE_FLUSH), if pending => {
-                frames.extend(out.flush_partial().map(|l| StreamEvent::with_text(Stdout, l).frame()));
-                frames.extend(err.flush_partial().map(|l| StreamEvent::with_text(Stderr, l).frame()));
-            }
         }
         for f in frames {
             if ftx.send(f).await.is_err() {

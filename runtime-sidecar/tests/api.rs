@@ -297,11 +297,11 @@ async fn output_is_streamed_as_produced() {
     let ev = events(r).await;
     assert_eq!(ev[0].1["type"], "init");
     let stdout: Vec<_> = ev.iter().filter(|(_, v)| v["type"] == "stdout").collect();
-    let text: String = stdout
+    let text: Vec<&str> = stdout
         .iter()
         .map(|(_, v)| v["text"].as_str().unwrap())
         .collect();
-    assert_eq!(text, "line1\nline2\nline3\nline4\nline5\n");
+    assert_eq!(text, ["line1", "line2", "line3", "line4", "line5"]);
     let last = ev.last().unwrap();
     assert_eq!(last.1["type"], "execution_complete");
     // Lines arrive while the command runs: the first one ~400 ms before the end.
@@ -313,6 +313,30 @@ async fn output_is_streamed_as_produced() {
     assert!(ev.iter().all(|(_, v)| v["timestamp"].as_i64().is_some()));
 }
 
+/// The texts of one kind of output event.
+fn texts<'a>(ev: &'a [(Instant, Value)], kind: &str) -> Vec<&'a str> {
+    ev.iter()
+        .filter(|(_, v)| v["type"] == kind)
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect()
+}
+
+/// Upstream execd's line events: no line endings, `\r`, `\n` and `\r\n`
+/// each end a line, a blank line is `"\n"`, stdout and stderr are split
+/// separately, and an unterminated last line is sent at exit.
+#[tokio::test]
+async fn output_events_are_lines_without_endings() {
+    let s = start().await;
+    let cmd = r"printf 'connect-ok\n'; printf 'a\n\nb\n'; printf 'e1\r\ne2' >&2; printf 'p\rq'; sleep 0.2; printf 'r'";
+    let ev = events(s.post_json("/command", &json!({ "command": cmd })).await).await;
+    assert_eq!(
+        texts(&ev, "stdout"),
+        ["connect-ok", "a", "\n", "b", "p", "qr"]
+    );
+    assert_eq!(texts(&ev, "stderr"), ["e1", "e2"]);
+    assert_eq!(ev.last().unwrap().1["type"], "execution_complete");
+}
+
 #[tokio::test]
 async fn failing_and_timed_out_commands_report_exit_codes() {
     let s = start().await;
@@ -322,7 +346,7 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     let ev = events(r).await;
     assert!(
         ev.iter()
-            .any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops\n")
+            .any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops")
     );
     let last = &ev.last().unwrap().1;
     assert_eq!(
