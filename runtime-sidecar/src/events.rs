@@ -77,17 +77,15 @@ impl StreamEvent {
         }
     }
     /// A non-zero exit: execd reports it as an `error` event whose `evalue` is
-    /// the exit code; no `execution_complete` follows.
-    pub fn exit_error(exit_code: i32, detail: &str) -> Self {
+    /// the exit code and whose traceback is Go's wording of the process state
+    /// (`exit status N`, or `signal: killed` for a command ended by SIGKILL);
+    /// no `execution_complete` follows.
+    pub fn exit_error(exit_code: i32, signal: i32) -> Self {
         StreamEvent {
             error: Some(ErrorInfo {
                 ename: "CommandExecError".into(),
                 evalue: exit_code.to_string(),
-                traceback: if detail.is_empty() {
-                    vec![]
-                } else {
-                    vec![detail.to_string()]
-                },
+                traceback: vec![process_state(exit_code, signal)],
             }),
             ..Self::new(EventType::Error)
         }
@@ -111,6 +109,39 @@ impl StreamEvent {
         v.extend_from_slice(b"\n\n");
         Bytes::from(v)
     }
+}
+
+/// How upstream execd (Go's `exec.ExitError`) words a failed command's end:
+/// `exit status N`, or `signal: <name>` when a signal ended it.
+pub fn process_state(exit_code: i32, signal: i32) -> String {
+    if signal == 0 {
+        format!("exit status {exit_code}")
+    } else {
+        format!("signal: {}", go_signal_name(signal))
+    }
+}
+
+/// A signal's name as Go's `os/exec` prints it in `signal: <name>`.
+fn go_signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "hangup",
+        2 => "interrupt",
+        3 => "quit",
+        4 => "illegal instruction",
+        5 => "trace/breakpoint trap",
+        6 => "aborted",
+        7 => "bus error",
+        8 => "floating point exception",
+        9 => "killed",
+        10 => "user defined signal 1",
+        11 => "segmentation fault",
+        12 => "user defined signal 2",
+        13 => "broken pipe",
+        14 => "alarm clock",
+        15 => "terminated",
+        n => return format!("signal {n}"),
+    };
+    name.to_string()
 }
 
 /// Splits a byte stream into execd output events the way upstream execd does:
@@ -205,14 +236,36 @@ mod tests {
     }
 
     #[test]
-    fn exit_error_carries_exit_code_in_evalue() {
-        let v: serde_json::Value =
-            serde_json::from_slice(StreamEvent::exit_error(3, "").frame().trim_ascii_end())
-                .unwrap();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["ename"], "CommandExecError");
-        assert_eq!(v["error"]["evalue"], "3");
-        assert_eq!(v["error"]["traceback"], serde_json::json!([]));
+    fn exit_error_carries_exit_code_and_go_process_state() {
+        let error = |code, signal| {
+            let v: serde_json::Value = serde_json::from_slice(
+                StreamEvent::exit_error(code, signal)
+                    .frame()
+                    .trim_ascii_end(),
+            )
+            .unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["ename"], "CommandExecError");
+            (
+                v["error"]["evalue"].clone(),
+                v["error"]["traceback"].clone(),
+            )
+        };
+        assert_eq!(
+            error(3, 0),
+            (serde_json::json!("3"), serde_json::json!(["exit status 3"]))
+        );
+        assert_eq!(
+            error(137, 9),
+            (
+                serde_json::json!("137"),
+                serde_json::json!(["signal: killed"])
+            )
+        );
+        assert_eq!(
+            error(128 + 40, 40).1,
+            serde_json::json!(["signal: signal 40"])
+        );
     }
 
     #[test]

@@ -287,9 +287,7 @@ async fn stream_events(
                     frames.push(if e.code == 0 {
                         StreamEvent::complete(ms).frame()
                     } else {
-                        let detail = if e.timed_out { "command timed out and was killed".to_string() }
-                            else if e.signal != 0 { format!("killed by signal {}", e.signal) } else { String::new() };
-                        StreamEvent::exit_error(e.code, &detail).frame()
+                        StreamEvent::exit_error(e.code, e.signal).frame()
                     });
                     done = true;
                 }
@@ -339,10 +337,9 @@ async fn command_status(
     if let Some(e) = rec.exit_info() {
         v["exit_code"] = json!(e.code);
         v["finished_at"] = json!(rfc3339(e.finished_at));
-        if e.timed_out {
-            v["error"] = json!("command timed out and was killed");
-        } else if e.signal != 0 {
-            v["error"] = json!(format!("killed by signal {}", e.signal));
+        if e.code != 0 {
+            // upstream keeps the Go error text of a failed command
+            v["error"] = json!(crate::events::process_state(e.code, e.signal));
         }
     }
     Ok(Json(v))

@@ -353,6 +353,21 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
         (last["type"].as_str(), last["error"]["evalue"].as_str()),
         (Some("error"), Some("3"))
     );
+    assert_eq!(last["error"]["ename"], "CommandExecError");
+    assert_eq!(last["error"]["traceback"], json!(["exit status 3"]));
+    let id = ev[0].1["text"].as_str().unwrap();
+    let status: Value = s
+        .get(&format!("/command/status/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["exit_code"].clone(), status["error"].clone()),
+        (json!(3), json!("exit status 3"))
+    );
 
     let r = s
         .post_json("/command", &json!({"command": "sleep 10", "timeout": 200}))
@@ -360,6 +375,7 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     let ev = events(r).await;
     let last = &ev.last().unwrap().1;
     assert_eq!(last["error"]["evalue"], "137");
+    assert_eq!(last["error"]["traceback"], json!(["signal: killed"]));
 
     let r = s.get("/command/status/nope").send().await.unwrap();
     let (st, b) = error_of(r).await;
