@@ -433,28 +433,22 @@ async fn download_file(
     headers: HeaderMap,
 ) -> Result<Response> {
     let path = q.require("path")?.to_string();
+    let line_window = ["offset", "limit"]
+        .iter()
+        .any(|k| q.get(k).is_some_and(|v| !v.is_empty()));
+    if line_window && headers.contains_key(header::RANGE) {
+        return Err(RuntimeError::InvalidRequest(
+            "line-based reading (offset/limit) and byte range (Range header) are mutually exclusive".into(),
+        ));
+    }
     let p2 = path.clone();
     let (file, size) = blocking(move || files::open_for_read(&p2)).await?;
     let mut file = tokio::fs::File::from_std(file);
-    let offset: Option<u64> = q.number("offset")?;
-    let limit: Option<u64> = q.number("limit")?;
-    if offset.is_some() || limit.is_some() {
-        if headers.contains_key(header::RANGE) {
-            return Err(RuntimeError::InvalidRequest(
-                "offset/limit and Range are mutually exclusive".into(),
-            ));
-        }
-        let (Some(offset), Some(limit)) = (offset, limit) else {
-            return Err(RuntimeError::InvalidRequest(
-                "line reads need both 'offset' and 'limit'".into(),
-            ));
-        };
-        if offset == 0 || limit == 0 {
-            return Err(RuntimeError::InvalidRequest(
-                "'offset' (1-based) and 'limit' must be at least 1".into(),
-            ));
-        }
-        return lines_response(file, offset - 1, limit).await;
+    if line_window {
+        // upstream: `offset` is 1-based and defaults to the first line,
+        // `limit` defaults to every line after it
+        let offset = line_param(&q, "offset")?.unwrap_or(1);
+        return lines_response(file, offset - 1, line_param(&q, "limit")?).await;
     }
     let filename = std::path::Path::new(&path)
         .file_name()
@@ -512,33 +506,57 @@ async fn download_file(
     Ok(resp)
 }
 
-/// Line-based read: skip `skip` lines, return at most `limit` lines.
-async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<Response> {
+/// A line-window query parameter: absent (or empty) is `None`, anything but
+/// a positive integer is 400.
+fn line_param(q: &QueryPairs, k: &str) -> Result<Option<u64>> {
+    let Some(raw) = q.get(k).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(RuntimeError::InvalidRequest(format!(
+            "invalid query parameter '{k}': {raw}"
+        ))),
+    }
+}
+
+/// Line-based read as upstream does it: skip `skip` lines, then at most
+/// `limit` lines (all when `None`), each without its `\n` (or `\r\n`),
+/// joined with `\n` and no newline after the last.
+async fn lines_response(file: tokio::fs::File, skip: u64, limit: Option<u64>) -> Result<Response> {
     let mut reader = tokio::io::BufReader::new(file);
     let mut out = Vec::new();
     let mut line = Vec::new();
-    let mut idx = 0u64;
-    loop {
+    let (mut idx, mut written) = (0u64, 0u64);
+    while limit.is_none_or(|l| written < l) {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| RuntimeError::failed("reading the command log", e))?;
+            .map_err(|e| RuntimeError::failed("reading the file", e))?;
         if n == 0 {
             break;
         }
-        if idx >= skip {
-            if idx - skip >= limit {
-                break;
-            }
-            out.extend_from_slice(&line);
-            if out.len() > LOG_READ_MAX * 4 {
-                return Err(RuntimeError::PayloadTooLarge(
-                    "line range exceeds 16 MiB; use Range instead".into(),
-                ));
-            }
-        }
         idx += 1;
+        if idx <= skip {
+            continue;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if written > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(&line);
+        written += 1;
+        if out.len() > LOG_READ_MAX * 4 {
+            return Err(RuntimeError::PayloadTooLarge(
+                "line range exceeds 16 MiB; use Range instead".into(),
+            ));
+        }
     }
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(

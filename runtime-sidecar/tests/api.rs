@@ -163,6 +163,56 @@ async fn bad_json_and_oversize_json() {
     expect_error(r, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
+/// Upstream's line windows: `offset` is 1-based (default 1), `limit`
+/// defaults to all lines, lines are joined by `\n` with none after the last.
+#[tokio::test]
+async fn line_windows_of_downloads() {
+    let s = start().await;
+    let f = s.work.join("lines.txt");
+    std::fs::write(&f, "line1\nline2\r\nline3\nline4\n").unwrap();
+    let window = |q: &'static [(&'static str, &'static str)]| {
+        let r = s.get("/files/download").query(&[("path", &f)]).query(q);
+        async move { r.send().await.unwrap() }
+    };
+    for (q, want) in [
+        (&[("offset", "2"), ("limit", "2")][..], "line2\nline3"),
+        (&[("offset", "3")][..], "line3\nline4"),
+        (&[("limit", "1")][..], "line1"),
+        (
+            &[("offset", "1"), ("limit", "99")][..],
+            "line1\nline2\nline3\nline4",
+        ),
+        (&[("offset", "9")][..], ""),
+    ] {
+        let r = window(q).await;
+        assert_eq!(r.status(), 200, "{q:?}");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(r.text().await.unwrap(), want, "{q:?}");
+    }
+    std::fs::write(&f, "no newline").unwrap();
+    assert_eq!(
+        window(&[("limit", "5")]).await.text().await.unwrap(),
+        "no newline"
+    );
+    for q in [
+        &[("offset", "0")][..],
+        &[("limit", "0")],
+        &[("offset", "x")],
+        &[("limit", "-1")],
+    ] {
+        expect_error(window(q).await, 400, "INVALID_REQUEST_BODY").await;
+    }
+    let r = s
+        .get("/files/download")
+        .query(&[("path", &f)])
+        .query(&[("offset", "1")])
+        .header("Range", "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "INVALID_REQUEST_BODY").await;
+}
+
 #[tokio::test]
 async fn missing_file_directory_and_ranges() {
     let s = start().await;
