@@ -83,6 +83,8 @@ pub fn router(state: AppState) -> Router {
     }
     .apply(routes)
     .with_state(state)
+    // outermost, so the token guard's 401s and the 404 fallback carry it too
+    .layer(axum::middleware::from_fn(crate::request_id::echo))
 }
 
 /// Repeated-key query parsing (`?path=a&path=b`).

@@ -18,6 +18,7 @@ pub mod files;
 pub mod grpc;
 pub mod http_api;
 pub mod interp;
+pub mod request_id;
 pub mod sysmetrics;
 pub mod upload;
 

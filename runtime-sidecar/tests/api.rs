@@ -115,6 +115,33 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// Every response echoes `X-Request-ID` (trimmed), including the token
+/// guard's 401 and the fallback 404; without one a fresh id is sent.
+#[tokio::test]
+async fn every_response_echoes_the_request_id() {
+    let s = start().await;
+    let plain = reqwest::Client::new();
+    let with_id = |r: reqwest::RequestBuilder| r.header("X-Request-ID", " req-42 ");
+    let unauthorized = with_id(plain.post(format!("{}/command", s.base)));
+    let not_found = with_id(s.get("/no/such/route"));
+    let missing_file = with_id(s.get("/files/download").query(&[("path", "/no/such/file")]));
+    let ok = with_id(s.get("/ping"));
+    for (r, status) in [
+        (unauthorized, 401),
+        (not_found, 404),
+        (missing_file, 404),
+        (ok, 200),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["x-request-id"], "req-42");
+    }
+    let r = s.get("/ping").send().await.unwrap();
+    let fresh = r.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert!(fresh.chars().all(|c| c.is_ascii_hexdigit()), "{fresh}");
+}
+
 #[tokio::test]
 async fn wrong_or_missing_token_is_401_but_ping_is_open() {
     let s = start().await;
