@@ -236,7 +236,8 @@ fn event_stream_response(body: Body) -> Response {
 async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response> {
     let req: RunCommandRequest = json_body(&st, body).await?;
     let background = req.background;
-    let spec = req.into_spec()?;
+    let mut spec = req.into_spec()?;
+    spec.envs = st.with_sandbox_env(std::mem::take(&mut spec.envs));
     if background {
         let rec = st.commands.start_background(spec)?;
         tracing::info!(id = %rec.id, "background command started");

@@ -593,6 +593,17 @@ async fn grpc_inject_entrypoint_and_files() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(content, "agent\n");
+    // the create-time env is the sandbox's: execd commands see it, under
+    // their own envs
+    let ev = events(
+        s.post_json("/command", &json!({"command": "echo $ROLE-$OWN"}))
+            .await,
+    )
+    .await;
+    assert_eq!(texts(&ev, "stdout"), ["agent-"]);
+    let own = json!({"command": "echo $ROLE-$OWN", "envs": {"ROLE": "mine", "OWN": "x"}});
+    let ev = events(s.post_json("/command", &own).await).await;
+    assert_eq!(texts(&ev, "stdout"), ["mine-x"]);
     let status = c
         .entrypoint_status(authed(pb::EntrypointStatusRequest {}))
         .await
