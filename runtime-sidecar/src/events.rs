@@ -77,14 +77,15 @@ impl StreamEvent {
         }
     }
     /// A non-zero exit: execd reports it as an `error` event whose `evalue` is
-    /// the exit code and whose traceback is Go's wording of the process state
+    /// the exit code as Go gives it ([`go_exit_code`]: -1 when a signal ended
+    /// the command) and whose traceback is Go's wording of the process state
     /// (`exit status N`, or `signal: killed` for a command ended by SIGKILL);
     /// no `execution_complete` follows.
     pub fn exit_error(exit_code: i32, signal: i32) -> Self {
         StreamEvent {
             error: Some(ErrorInfo {
                 ename: "CommandExecError".into(),
-                evalue: exit_code.to_string(),
+                evalue: go_exit_code(exit_code, signal).to_string(),
                 traceback: vec![process_state(exit_code, signal)],
             }),
             ..Self::new(EventType::Error)
@@ -119,6 +120,12 @@ pub fn process_state(exit_code: i32, signal: i32) -> String {
     } else {
         format!("signal: {}", go_signal_name(signal))
     }
+}
+
+/// The exit code upstream execd reports (Go's `ExitCode()`): the process's
+/// own, or -1 when a signal ended it.
+pub fn go_exit_code(exit_code: i32, signal: i32) -> i32 {
+    if signal == 0 { exit_code } else { -1 }
 }
 
 /// A signal's name as Go's `os/exec` prints it in `signal: <name>`.
@@ -258,7 +265,7 @@ mod tests {
         assert_eq!(
             error(137, 9),
             (
-                serde_json::json!("137"),
+                serde_json::json!("-1"),
                 serde_json::json!(["signal: killed"])
             )
         );

@@ -338,7 +338,7 @@ async fn command_status(
         "started_at": rfc3339(rec.started_at),
     });
     if let Some(e) = rec.exit_info() {
-        v["exit_code"] = json!(e.code);
+        v["exit_code"] = json!(crate::events::go_exit_code(e.code, e.signal));
         v["finished_at"] = json!(rfc3339(e.finished_at));
         if e.code != 0 {
             // upstream keeps the Go error text of a failed command

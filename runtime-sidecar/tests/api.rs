@@ -451,8 +451,22 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
         .await;
     let ev = events(r).await;
     let last = &ev.last().unwrap().1;
-    assert_eq!(last["error"]["evalue"], "137");
+    // as Go's ExitCode() after a kill
+    assert_eq!(last["error"]["evalue"], "-1");
     assert_eq!(last["error"]["traceback"], json!(["signal: killed"]));
+    let id = ev[0].1["text"].as_str().unwrap();
+    let status: Value = s
+        .get(&format!("/command/status/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["exit_code"].clone(), status["error"].clone()),
+        (json!(-1), json!("signal: killed"))
+    );
 
     let r = s.get("/command/status/nope").send().await.unwrap();
     let (st, b) = error_of(r).await;
