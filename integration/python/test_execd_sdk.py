@@ -306,7 +306,7 @@ def test_read_byte_range_and_line_window(files, workdir: Path):
 
     assert files.read_bytes(path, range_header="bytes=0-4") == b"line1"
     assert files.read_bytes(path, range_header="bytes=6-") == b"line2\nline3\nline4\n"
-    assert files.read_file(path, offset=2, limit=2) == "line2\nline3\n"
+    assert files.read_file(path, offset=2, limit=2) == "line2\nline3"
 
 
 def test_read_missing_file_raises(files, workdir: Path):

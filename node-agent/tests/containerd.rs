@@ -31,7 +31,14 @@ async fn exec(info: &pb::SandboxInfo, cmd: &str) -> (String, i64) {
     for frame in body.split("\n\n").filter(|f| !f.trim().is_empty()) {
         let v: Value = serde_json::from_str(frame).unwrap();
         match v["type"].as_str() {
-            Some("stdout") => out.push_str(v["text"].as_str().unwrap()),
+            // one event per line, without its ending ("\n" is a blank line)
+            Some("stdout") => match v["text"].as_str().unwrap() {
+                "\n" => out.push('\n'),
+                line => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            },
             Some("error") => code = v["error"]["evalue"].as_str().unwrap().parse().unwrap(),
             _ => {}
         }

@@ -77,17 +77,16 @@ impl StreamEvent {
         }
     }
     /// A non-zero exit: execd reports it as an `error` event whose `evalue` is
-    /// the exit code; no `execution_complete` follows.
-    pub fn exit_error(exit_code: i32, detail: &str) -> Self {
+    /// the exit code as Go gives it ([`go_exit_code`]: -1 when a signal ended
+    /// the command) and whose traceback is Go's wording of the process state
+    /// (`exit status N`, or `signal: killed` for a command ended by SIGKILL);
+    /// no `execution_complete` follows.
+    pub fn exit_error(exit_code: i32, signal: i32) -> Self {
         StreamEvent {
             error: Some(ErrorInfo {
                 ename: "CommandExecError".into(),
-                evalue: exit_code.to_string(),
-                traceback: if detail.is_empty() {
-                    vec![]
-                } else {
-                    vec![detail.to_string()]
-                },
+                evalue: go_exit_code(exit_code, signal).to_string(),
+                traceback: vec![process_state(exit_code, signal)],
             }),
             ..Self::new(EventType::Error)
         }
@@ -113,14 +112,58 @@ impl StreamEvent {
     }
 }
 
-/// Splits a byte stream into text events: whole lines as soon as they are
-/// complete, and a pending partial line when [`LineSplitter::flush_partial`] is
-/// called (e.g. after a short quiet period) or when it grows past `max_pending`.
-/// Never splits a UTF-8 sequence; invalid bytes become U+FFFD.
+/// How upstream execd (Go's `exec.ExitError`) words a failed command's end:
+/// `exit status N`, or `signal: <name>` when a signal ended it.
+pub fn process_state(exit_code: i32, signal: i32) -> String {
+    if signal == 0 {
+        format!("exit status {exit_code}")
+    } else {
+        format!("signal: {}", go_signal_name(signal))
+    }
+}
+
+/// The exit code upstream execd reports (Go's `ExitCode()`): the process's
+/// own, or -1 when a signal ended it.
+pub fn go_exit_code(exit_code: i32, signal: i32) -> i32 {
+    if signal == 0 { exit_code } else { -1 }
+}
+
+/// A signal's name as Go's `os/exec` prints it in `signal: <name>`.
+fn go_signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "hangup",
+        2 => "interrupt",
+        3 => "quit",
+        4 => "illegal instruction",
+        5 => "trace/breakpoint trap",
+        6 => "aborted",
+        7 => "bus error",
+        8 => "floating point exception",
+        9 => "killed",
+        10 => "user defined signal 1",
+        11 => "segmentation fault",
+        12 => "user defined signal 2",
+        13 => "broken pipe",
+        14 => "alarm clock",
+        15 => "terminated",
+        n => return format!("signal {n}"),
+    };
+    name.to_string()
+}
+
+/// Splits a byte stream into execd output events the way upstream execd does:
+/// one event per line, without its line ending (`\n`, `\r` and `\r\n` each
+/// end a line; a `\r\n` pair counts once, also across chunks). A blank line
+/// is the event `"\n"`. An unterminated last line is held until
+/// [`LineSplitter::finish`] (upstream sends it only at exit); only a line
+/// longer than `max_pending` is cut early, at a UTF-8 boundary, so memory
+/// stays bounded. Invalid UTF-8 becomes U+FFFD.
 #[derive(Debug)]
 pub struct LineSplitter {
     pending: Vec<u8>,
     max_pending: usize,
+    /// The last byte seen was a `\r` (a following `\n` is its pair).
+    after_cr: bool,
 }
 
 impl LineSplitter {
@@ -128,57 +171,46 @@ impl LineSplitter {
         LineSplitter {
             pending: Vec::new(),
             max_pending: max_pending.max(4),
+            after_cr: false,
         }
     }
 
-    /// Feed a chunk; returns the complete lines (with their `\n`).
+    /// Feed a chunk; returns the lines it completed (without endings).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
-        if let Some(last_nl) = self.pending.iter().rposition(|&b| b == b'\n') {
-            let rest = self.pending.split_off(last_nl + 1);
-            let full = std::mem::replace(&mut self.pending, rest);
-            for line in full.split_inclusive(|&b| b == b'\n') {
-                out.push(String::from_utf8_lossy(line).into_owned());
+        for &b in chunk {
+            if b == b'\n' || b == b'\r' {
+                if !self.pending.is_empty() {
+                    out.push(String::from_utf8_lossy(&self.pending).into_owned());
+                    self.pending.clear();
+                } else if !(b == b'\n' && self.after_cr) {
+                    out.push("\n".to_string());
+                }
+                self.after_cr = b == b'\r';
+                continue;
             }
-        }
-        while self.pending.len() >= self.max_pending {
-            let cut = match utf8_boundary(&self.pending, self.max_pending) {
-                0 => self.max_pending,
-                c => c,
-            };
-            let rest = self.pending.split_off(cut);
-            let head = std::mem::replace(&mut self.pending, rest);
-            out.push(String::from_utf8_lossy(&head).into_owned());
+            self.after_cr = false;
+            self.pending.push(b);
+            if self.pending.len() >= self.max_pending {
+                let cut = match utf8_boundary(&self.pending, self.max_pending) {
+                    0 => self.max_pending,
+                    c => c,
+                };
+                let rest = self.pending.split_off(cut);
+                let head = std::mem::replace(&mut self.pending, rest);
+                out.push(String::from_utf8_lossy(&head).into_owned());
+            }
         }
         out
     }
 
-    /// Take the incomplete tail, up to the last complete UTF-8 sequence.
-    pub fn flush_partial(&mut self) -> Option<String> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let cut = utf8_boundary(&self.pending, self.pending.len());
-        if cut == 0 {
-            return None;
-        }
-        let rest = self.pending.split_off(cut);
-        let head = std::mem::replace(&mut self.pending, rest);
-        Some(String::from_utf8_lossy(&head).into_owned())
-    }
-
-    /// Everything left at end of stream.
+    /// The unterminated last line, at end of stream.
     pub fn finish(&mut self) -> Option<String> {
         if self.pending.is_empty() {
             return None;
         }
         let all = std::mem::take(&mut self.pending);
         Some(String::from_utf8_lossy(&all).into_owned())
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
     }
 }
 
@@ -211,14 +243,36 @@ mod tests {
     }
 
     #[test]
-    fn exit_error_carries_exit_code_in_evalue() {
-        let v: serde_json::Value =
-            serde_json::from_slice(StreamEvent::exit_error(3, "").frame().trim_ascii_end())
-                .unwrap();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["ename"], "CommandExecError");
-        assert_eq!(v["error"]["evalue"], "3");
-        assert_eq!(v["error"]["traceback"], serde_json::json!([]));
+    fn exit_error_carries_exit_code_and_go_process_state() {
+        let error = |code, signal| {
+            let v: serde_json::Value = serde_json::from_slice(
+                StreamEvent::exit_error(code, signal)
+                    .frame()
+                    .trim_ascii_end(),
+            )
+            .unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["ename"], "CommandExecError");
+            (
+                v["error"]["evalue"].clone(),
+                v["error"]["traceback"].clone(),
+            )
+        };
+        assert_eq!(
+            error(3, 0),
+            (serde_json::json!("3"), serde_json::json!(["exit status 3"]))
+        );
+        assert_eq!(
+            error(137, 9),
+            (
+                serde_json::json!("-1"),
+                serde_json::json!(["signal: killed"])
+            )
+        );
+        assert_eq!(
+            error(128 + 40, 40).1,
+            serde_json::json!(["signal: signal 40"])
+        );
     }
 
     #[test]
@@ -233,29 +287,31 @@ mod tests {
     }
 
     #[test]
-    fn splitter_emits_whole_lines_and_keeps_partial() {
+    fn splitter_sends_lines_without_endings() {
         let mut s = LineSplitter::new(1024);
-        assert_eq!(s.push(b"a\nb"), vec!["a\n"]);
-        assert!(s.has_pending());
-        assert_eq!(s.push(b"c\nd\n"), vec!["bc\n", "d\n"]);
-        assert!(!s.has_pending());
-        assert_eq!(s.push(b"tail"), Vec::<String>::new());
-        assert_eq!(s.flush_partial().as_deref(), Some("tail"));
+        assert_eq!(s.push(b"connect-ok\n"), vec!["connect-ok"]);
+        assert_eq!(s.push(b"a\n\nb\n"), vec!["a", "\n", "b"]);
+        assert_eq!(s.push(b"x\r\ny\rz\n"), vec!["x", "y", "z"]);
+        assert_eq!(s.push(b"\r\n\r\r"), vec!["\n", "\n", "\n"]);
+        // a \r\n pair split across chunks still counts once
+        assert_eq!(s.push(b"p\r"), vec!["p"]);
+        assert_eq!(s.push(b"\nq"), Vec::<String>::new());
+        assert_eq!(s.push(b"r"), Vec::<String>::new(), "partial lines wait");
+        assert_eq!(s.finish().as_deref(), Some("qr"));
         assert_eq!(s.finish(), None);
     }
 
     #[test]
     fn splitter_never_cuts_utf8() {
+        let mut s = LineSplitter::new(4);
+        // "a€" is 4 bytes: the cap is hit only after the whole sequence
+        assert_eq!(s.push("a€b".as_bytes()), vec!["a€"]);
+        assert_eq!(s.finish().as_deref(), Some("b"));
         let mut s = LineSplitter::new(1024);
-        let euro = "€".as_bytes(); // 3 bytes
+        let euro = "€".as_bytes();
         assert!(s.push(&euro[..2]).is_empty());
-        assert_eq!(
-            s.flush_partial(),
-            None,
-            "an incomplete sequence is held back"
-        );
         assert_eq!(s.push(&euro[2..]), Vec::<String>::new());
-        assert_eq!(s.flush_partial().as_deref(), Some("€"));
+        assert_eq!(s.push(b"\n"), vec!["€"]);
     }
 
     #[test]
@@ -278,11 +334,23 @@ mod tests {
             let mut prev = 0;
             for c in cuts {
                 for l in s.push(&bytes[prev..c]) { out.push_str(&l); }
-                if let Some(p) = s.flush_partial() { out.push_str(&p); }
                 prev = c;
             }
             if let Some(r) = s.finish() { out.push_str(&r); }
             proptest::prop_assert_eq!(out, input);
+        }
+
+        #[test]
+        fn splitter_one_event_per_line(lines in proptest::collection::vec("[a-z€ ]{0,6}", 0..8), cut in 0usize..80) {
+            let input: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+            let bytes = input.as_bytes();
+            let cut = cut.min(bytes.len());
+            let mut s = LineSplitter::new(1024);
+            let mut got = s.push(&bytes[..cut]);
+            got.extend(s.push(&bytes[cut..]));
+            proptest::prop_assert_eq!(s.finish(), None);
+            let want: Vec<String> = lines.iter().map(|l| if l.is_empty() { "\n".to_string() } else { l.clone() }).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }

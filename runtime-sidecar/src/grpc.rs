@@ -138,7 +138,7 @@ impl Runtime for RuntimeService {
             command: start.command,
             argv: start.argv,
             cwd: (!start.cwd.is_empty()).then_some(start.cwd),
-            envs: start.env.into_iter().collect(),
+            envs: self.st.with_sandbox_env(start.env.into_iter().collect()),
             uid: start.uid,
             gid: start.gid,
             timeout: (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms)),
@@ -218,15 +218,18 @@ impl Runtime for RuntimeService {
     #[tracing::instrument(skip_all, name = "runtime.inject")]
     async fn inject(&self, req: Request<pb::InjectRequest>) -> Reply<pb::ProcessState> {
         let r = req.into_inner();
+        let env: std::collections::HashMap<String, String> = r.env.into_iter().collect();
         let spec = InjectSpec {
             argv: r.argv,
-            env: r.env.into_iter().collect(),
+            env: env.clone(),
             cwd: (!r.cwd.is_empty()).then_some(r.cwd),
             uid: r.uid,
             gid: r.gid,
             replace: r.replace,
         };
         let s = self.st.entrypoint.inject(spec).await?;
+        // the create-time env is the sandbox's: every later command sees it
+        self.st.sandbox_env.lock().extend(env);
         Ok(Response::new(process_state(s)))
     }
 

@@ -30,9 +30,9 @@ use crate::{
     session, upload,
 };
 
-/// How long a partial line may wait before it is sent on its own.
-const PARTIAL_LINE_FLUSH: Duration = Duration::from_millis(30);
-const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest line sent as one event; a longer one is cut (upstream execd has no
+/// limit, this bound keeps a runaway line from using unbounded memory).
+const MAX_LINE_BYTES: usize = 4 << 20;
 const SEARCH_LIMIT: usize = 10_000;
 const LOG_READ_MAX: usize = 4 << 20;
 
@@ -83,6 +83,8 @@ pub fn router(state: AppState) -> Router {
     }
     .apply(routes)
     .with_state(state)
+    // outermost, so the token guard's 401s and the 404 fallback carry it too
+    .layer(axum::middleware::from_fn(crate::request_id::echo))
 }
 
 /// Repeated-key query parsing (`?path=a&path=b`).
@@ -235,7 +237,8 @@ pub(crate) fn event_stream_response(body: Body) -> Response {
 async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response> {
     let req: RunCommandRequest = json_body(&st, body).await?;
     let background = req.background;
-    let spec = req.into_spec()?;
+    let mut spec = req.into_spec()?;
+    spec.envs = st.with_sandbox_env(std::mem::take(&mut spec.envs));
     if background {
         let rec = st.commands.start_background(spec)?;
         tracing::info!(id = %rec.id, "background command started");
@@ -256,8 +259,9 @@ async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response>
     Ok(event_stream_response(channel_body(frx)))
 }
 
-/// Turn a command's raw output into execd events. Lines are sent as soon as
-/// they are complete; a partial line after a short quiet period. Returns when
+/// Turn a command's raw output into execd events: one event per line as soon
+/// as it is complete (see [`LineSplitter`]); an unterminated last line at
+/// exit, as upstream execd does. Returns when
 /// the command ended or the client went away (which kills the command, since
 /// dropping `rx` makes the output pumps fail).
 pub(crate) async fn stream_events(
@@ -274,7 +278,6 @@ pub(crate) async fn stream_events(
     let mut err = LineSplitter::new(MAX_LINE_BYTES);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
-        let pending = out.has_pending() || err.has_pending();
         let mut frames: Vec<Bytes> = Vec::new();
         let mut done = false;
         tokio::select! {
@@ -288,9 +291,7 @@ pub(crate) async fn stream_events(
                     frames.push(if e.code == 0 {
                         StreamEvent::complete(ms).frame()
                     } else {
-                        let detail = if e.timed_out { "command timed out and was killed".to_string() }
-                            else if e.signal != 0 { format!("killed by signal {}", e.signal) } else { String::new() };
-                        StreamEvent::exit_error(e.code, &detail).frame()
+                        StreamEvent::exit_error(e.code, e.signal).frame()
                     });
                     done = true;
                 }
@@ -300,10 +301,6 @@ pub(crate) async fn stream_events(
                 }
             },
             _ = ping.tick() => frames.push(StreamEvent::ping().frame()),
-            _ = tokio::time::sleep(PARTIAL_LINE_FLUSH), if pending => {
-                frames.extend(out.flush_partial().map(|l| StreamEvent::with_text(Stdout, l).frame()));
-                frames.extend(err.flush_partial().map(|l| StreamEvent::with_text(Stderr, l).frame()));
-            }
         }
         for f in frames {
             if ftx.send(f).await.is_err() {
@@ -342,12 +339,11 @@ async fn command_status(
         "started_at": rfc3339(rec.started_at),
     });
     if let Some(e) = rec.exit_info() {
-        v["exit_code"] = json!(e.code);
+        v["exit_code"] = json!(crate::events::go_exit_code(e.code, e.signal));
         v["finished_at"] = json!(rfc3339(e.finished_at));
-        if e.timed_out {
-            v["error"] = json!("command timed out and was killed");
-        } else if e.signal != 0 {
-            v["error"] = json!(format!("killed by signal {}", e.signal));
+        if e.code != 0 {
+            // upstream keeps the Go error text of a failed command
+            v["error"] = json!(crate::events::process_state(e.code, e.signal));
         }
     }
     Ok(Json(v))
@@ -441,28 +437,22 @@ async fn download_file(
     headers: HeaderMap,
 ) -> Result<Response> {
     let path = q.require("path")?.to_string();
+    let line_window = ["offset", "limit"]
+        .iter()
+        .any(|k| q.get(k).is_some_and(|v| !v.is_empty()));
+    if line_window && headers.contains_key(header::RANGE) {
+        return Err(RuntimeError::InvalidRequest(
+            "line-based reading (offset/limit) and byte range (Range header) are mutually exclusive".into(),
+        ));
+    }
     let p2 = path.clone();
     let (file, size) = blocking(move || files::open_for_read(&p2)).await?;
     let mut file = tokio::fs::File::from_std(file);
-    let offset: Option<u64> = q.number("offset")?;
-    let limit: Option<u64> = q.number("limit")?;
-    if offset.is_some() || limit.is_some() {
-        if headers.contains_key(header::RANGE) {
-            return Err(RuntimeError::InvalidRequest(
-                "offset/limit and Range are mutually exclusive".into(),
-            ));
-        }
-        let (Some(offset), Some(limit)) = (offset, limit) else {
-            return Err(RuntimeError::InvalidRequest(
-                "line reads need both 'offset' and 'limit'".into(),
-            ));
-        };
-        if offset == 0 || limit == 0 {
-            return Err(RuntimeError::InvalidRequest(
-                "'offset' (1-based) and 'limit' must be at least 1".into(),
-            ));
-        }
-        return lines_response(file, offset - 1, limit).await;
+    if line_window {
+        // upstream: `offset` is 1-based and defaults to the first line,
+        // `limit` defaults to every line after it
+        let offset = line_param(&q, "offset")?.unwrap_or(1);
+        return lines_response(file, offset - 1, line_param(&q, "limit")?).await;
     }
     let filename = std::path::Path::new(&path)
         .file_name()
@@ -520,33 +510,57 @@ async fn download_file(
     Ok(resp)
 }
 
-/// Line-based read: skip `skip` lines, return at most `limit` lines.
-async fn lines_response(file: tokio::fs::File, skip: u64, limit: u64) -> Result<Response> {
+/// A line-window query parameter: absent (or empty) is `None`, anything but
+/// a positive integer is 400.
+fn line_param(q: &QueryPairs, k: &str) -> Result<Option<u64>> {
+    let Some(raw) = q.get(k).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(RuntimeError::InvalidRequest(format!(
+            "invalid query parameter '{k}': {raw}"
+        ))),
+    }
+}
+
+/// Line-based read as upstream does it: skip `skip` lines, then at most
+/// `limit` lines (all when `None`), each without its `\n` (or `\r\n`),
+/// joined with `\n` and no newline after the last.
+async fn lines_response(file: tokio::fs::File, skip: u64, limit: Option<u64>) -> Result<Response> {
     let mut reader = tokio::io::BufReader::new(file);
     let mut out = Vec::new();
     let mut line = Vec::new();
-    let mut idx = 0u64;
-    loop {
+    let (mut idx, mut written) = (0u64, 0u64);
+    while limit.is_none_or(|l| written < l) {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| RuntimeError::failed("reading the command log", e))?;
+            .map_err(|e| RuntimeError::failed("reading the file", e))?;
         if n == 0 {
             break;
         }
-        if idx >= skip {
-            if idx - skip >= limit {
-                break;
-            }
-            out.extend_from_slice(&line);
-            if out.len() > LOG_READ_MAX * 4 {
-                return Err(RuntimeError::PayloadTooLarge(
-                    "line range exceeds 16 MiB; use Range instead".into(),
-                ));
-            }
-        }
         idx += 1;
+        if idx <= skip {
+            continue;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if written > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(&line);
+        written += 1;
+        if out.len() > LOG_READ_MAX * 4 {
+            return Err(RuntimeError::PayloadTooLarge(
+                "line range exceeds 16 MiB; use Range instead".into(),
+            ));
+        }
     }
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod http_api;
 pub mod interp;
 pub mod pty;
+pub mod request_id;
 pub mod session;
 pub mod sysmetrics;
 pub mod upload;
@@ -99,8 +100,10 @@ pub struct AppState {
     pub last_activity_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Set by the first request that is not a health check.
     pub used: Arc<std::sync::atomic::AtomicBool>,
-    /// The sandbox's env vars (E2B `envVars`, set through envd's `/init`):
-    /// envd processes and code interpreter contexts start with them.
+    /// The sandbox's env vars (E2B `envVars`, set through envd's `/init`;
+    /// OpenSandbox create `env`, delivered with the entrypoint's inject):
+    /// execd commands, envd processes and code interpreter contexts start
+    /// with them.
     pub sandbox_env: Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
     /// execd bash sessions (`/session`).
     pub sessions: Arc<session::Sessions>,
@@ -126,6 +129,17 @@ impl AppState {
             sandbox_env: Arc::default(),
             sessions: Arc::new(session::Sessions::new(sessions_dir)),
         })
+    }
+
+    /// A command's environment: the sandbox's env vars, overridden by the
+    /// request's own.
+    pub fn with_sandbox_env(
+        &self,
+        request: std::collections::HashMap<String, String>,
+    ) -> std::collections::HashMap<String, String> {
+        let mut env = self.sandbox_env.lock().clone();
+        env.extend(request);
+        env
     }
 
     /// Note a request (anything but a health check) as activity.

@@ -225,7 +225,9 @@ pub async fn run_in_session(
         }
         Some(t) => Some(Duration::from_millis(t.unsigned_abs())),
     };
-    let (session, spec) = st.sessions.run_spec(&id, &req.command, req.cwd, timeout)?;
+    let (session, mut spec) = st.sessions.run_spec(&id, &req.command, req.cwd, timeout)?;
+    // the sandbox's env (create-time `env`) under what the session exported
+    spec.envs = st.with_sandbox_env(std::mem::take(&mut spec.envs));
     let (tx, rx) = mpsc::channel::<Output>(16);
     let rec = st.commands.start(spec, tx)?;
     {

@@ -115,6 +115,33 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// Every response echoes `X-Request-ID` (trimmed), including the token
+/// guard's 401 and the fallback 404; without one a fresh id is sent.
+#[tokio::test]
+async fn every_response_echoes_the_request_id() {
+    let s = start().await;
+    let plain = reqwest::Client::new();
+    let with_id = |r: reqwest::RequestBuilder| r.header("X-Request-ID", " req-42 ");
+    let unauthorized = with_id(plain.post(format!("{}/command", s.base)));
+    let not_found = with_id(s.get("/no/such/route"));
+    let missing_file = with_id(s.get("/files/download").query(&[("path", "/no/such/file")]));
+    let ok = with_id(s.get("/ping"));
+    for (r, status) in [
+        (unauthorized, 401),
+        (not_found, 404),
+        (missing_file, 404),
+        (ok, 200),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["x-request-id"], "req-42");
+    }
+    let r = s.get("/ping").send().await.unwrap();
+    let fresh = r.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert!(fresh.chars().all(|c| c.is_ascii_hexdigit()), "{fresh}");
+}
+
 #[tokio::test]
 async fn wrong_or_missing_token_is_401_but_ping_is_open() {
     let s = start().await;
@@ -161,6 +188,56 @@ async fn bad_json_and_oversize_json() {
     let big = json!({"command": "x".repeat(5000)});
     let r = s.post("/command").json(&big).send().await.unwrap();
     expect_error(r, 413, "PAYLOAD_TOO_LARGE").await;
+}
+
+/// Upstream's line windows: `offset` is 1-based (default 1), `limit`
+/// defaults to all lines, lines are joined by `\n` with none after the last.
+#[tokio::test]
+async fn line_windows_of_downloads() {
+    let s = start().await;
+    let f = s.work.join("lines.txt");
+    std::fs::write(&f, "line1\nline2\r\nline3\nline4\n").unwrap();
+    let window = |q: &'static [(&'static str, &'static str)]| {
+        let r = s.get("/files/download").query(&[("path", &f)]).query(q);
+        async move { r.send().await.unwrap() }
+    };
+    for (q, want) in [
+        (&[("offset", "2"), ("limit", "2")][..], "line2\nline3"),
+        (&[("offset", "3")][..], "line3\nline4"),
+        (&[("limit", "1")][..], "line1"),
+        (
+            &[("offset", "1"), ("limit", "99")][..],
+            "line1\nline2\nline3\nline4",
+        ),
+        (&[("offset", "9")][..], ""),
+    ] {
+        let r = window(q).await;
+        assert_eq!(r.status(), 200, "{q:?}");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(r.text().await.unwrap(), want, "{q:?}");
+    }
+    std::fs::write(&f, "no newline").unwrap();
+    assert_eq!(
+        window(&[("limit", "5")]).await.text().await.unwrap(),
+        "no newline"
+    );
+    for q in [
+        &[("offset", "0")][..],
+        &[("limit", "0")],
+        &[("offset", "x")],
+        &[("limit", "-1")],
+    ] {
+        expect_error(window(q).await, 400, "INVALID_REQUEST_BODY").await;
+    }
+    let r = s
+        .get("/files/download")
+        .query(&[("path", &f)])
+        .query(&[("offset", "1")])
+        .header("Range", "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "INVALID_REQUEST_BODY").await;
 }
 
 #[tokio::test]
@@ -297,11 +374,11 @@ async fn output_is_streamed_as_produced() {
     let ev = events(r).await;
     assert_eq!(ev[0].1["type"], "init");
     let stdout: Vec<_> = ev.iter().filter(|(_, v)| v["type"] == "stdout").collect();
-    let text: String = stdout
+    let text: Vec<&str> = stdout
         .iter()
         .map(|(_, v)| v["text"].as_str().unwrap())
         .collect();
-    assert_eq!(text, "line1\nline2\nline3\nline4\nline5\n");
+    assert_eq!(text, ["line1", "line2", "line3", "line4", "line5"]);
     let last = ev.last().unwrap();
     assert_eq!(last.1["type"], "execution_complete");
     // Lines arrive while the command runs: the first one ~400 ms before the end.
@@ -313,6 +390,30 @@ async fn output_is_streamed_as_produced() {
     assert!(ev.iter().all(|(_, v)| v["timestamp"].as_i64().is_some()));
 }
 
+/// The texts of one kind of output event.
+fn texts<'a>(ev: &'a [(Instant, Value)], kind: &str) -> Vec<&'a str> {
+    ev.iter()
+        .filter(|(_, v)| v["type"] == kind)
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect()
+}
+
+/// Upstream execd's line events: no line endings, `\r`, `\n` and `\r\n`
+/// each end a line, a blank line is `"\n"`, stdout and stderr are split
+/// separately, and an unterminated last line is sent at exit.
+#[tokio::test]
+async fn output_events_are_lines_without_endings() {
+    let s = start().await;
+    let cmd = r"printf 'connect-ok\n'; printf 'a\n\nb\n'; printf 'e1\r\ne2' >&2; printf 'p\rq'; sleep 0.2; printf 'r'";
+    let ev = events(s.post_json("/command", &json!({ "command": cmd })).await).await;
+    assert_eq!(
+        texts(&ev, "stdout"),
+        ["connect-ok", "a", "\n", "b", "p", "qr"]
+    );
+    assert_eq!(texts(&ev, "stderr"), ["e1", "e2"]);
+    assert_eq!(ev.last().unwrap().1["type"], "execution_complete");
+}
+
 #[tokio::test]
 async fn failing_and_timed_out_commands_report_exit_codes() {
     let s = start().await;
@@ -322,12 +423,27 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     let ev = events(r).await;
     assert!(
         ev.iter()
-            .any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops\n")
+            .any(|(_, v)| v["type"] == "stderr" && v["text"] == "oops")
     );
     let last = &ev.last().unwrap().1;
     assert_eq!(
         (last["type"].as_str(), last["error"]["evalue"].as_str()),
         (Some("error"), Some("3"))
+    );
+    assert_eq!(last["error"]["ename"], "CommandExecError");
+    assert_eq!(last["error"]["traceback"], json!(["exit status 3"]));
+    let id = ev[0].1["text"].as_str().unwrap();
+    let status: Value = s
+        .get(&format!("/command/status/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["exit_code"].clone(), status["error"].clone()),
+        (json!(3), json!("exit status 3"))
     );
 
     let r = s
@@ -335,7 +451,22 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
         .await;
     let ev = events(r).await;
     let last = &ev.last().unwrap().1;
-    assert_eq!(last["error"]["evalue"], "137");
+    // as Go's ExitCode() after a kill
+    assert_eq!(last["error"]["evalue"], "-1");
+    assert_eq!(last["error"]["traceback"], json!(["signal: killed"]));
+    let id = ev[0].1["text"].as_str().unwrap();
+    let status: Value = s
+        .get(&format!("/command/status/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["exit_code"].clone(), status["error"].clone()),
+        (json!(-1), json!("signal: killed"))
+    );
 
     let r = s.get("/command/status/nope").send().await.unwrap();
     let (st, b) = error_of(r).await;
@@ -476,6 +607,17 @@ async fn grpc_inject_entrypoint_and_files() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(content, "agent\n");
+    // the create-time env is the sandbox's: execd commands see it, under
+    // their own envs
+    let ev = events(
+        s.post_json("/command", &json!({"command": "echo $ROLE-$OWN"}))
+            .await,
+    )
+    .await;
+    assert_eq!(texts(&ev, "stdout"), ["agent-"]);
+    let own = json!({"command": "echo $ROLE-$OWN", "envs": {"ROLE": "mine", "OWN": "x"}});
+    let ev = events(s.post_json("/command", &own).await).await;
+    assert_eq!(texts(&ev, "stdout"), ["mine-x"]);
     let status = c
         .entrypoint_status(authed(pb::EntrypointStatusRequest {}))
         .await

@@ -63,7 +63,8 @@ def run(sandbox: SandboxSync, cmd: str, timeout: float = 60.0):
 
 
 def stdout(execution) -> str:
-    return "".join(m.text for m in execution.logs.stdout)
+    # execd sends one event per line without its ending; "\n" is a blank line
+    return "".join(m.text if m.text == "\n" else m.text + "\n" for m in execution.logs.stdout)
 
 
 # The pool an attack's sandbox comes from, by runtime: runc from the warm

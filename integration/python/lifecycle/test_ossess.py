@@ -96,7 +96,7 @@ def test_ossess_bash_session_keeps_cwd_and_env_between_runs(sandpool: Sandpool, 
 
     failed = commands.run_in_session(session, "echo oops >&2; exit 3", working_directory="/")
     assert failed.exit_code == 3
-    assert [m.text for m in failed.logs.stderr] == ["oops\n"]
+    assert [m.text for m in failed.logs.stderr] == ["oops"]
     assert commands.run_in_session(session, "pwd").text == "/", "a run's cwd carries over"
 
     timed_out = commands.run_in_session(session, "sleep 30", timeout=timedelta(milliseconds=300))

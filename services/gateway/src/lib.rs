@@ -157,6 +157,44 @@ async fn rate_limit(
     next.run(req).await
 }
 
+/// `X-Request-ID` on every OpenSandbox response (`/v1`, its proxy routes,
+/// `/health`, `/version`), errors and 429s included, as the OpenSandbox
+/// server does; E2B's API and E2B-routed sandbox traffic are left as they are.
+async fn opensandbox_request_id(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let p = req.uri().path();
+    let opensandbox = (p == "/v1" || p.starts_with("/v1/") || p == "/health" || p == "/version")
+        && !req.headers().contains_key("e2b-sandbox-id");
+    if !opensandbox {
+        return next.run(req).await;
+    }
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+        .unwrap_or_else(new_request_id);
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert("x-request-id", id);
+    resp
+}
+
+/// A fresh request id: 32 hex digits (time and a process-wide counter;
+/// unique, not secret).
+fn new_request_id() -> http::HeaderValue {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    http::HeaderValue::from_str(&format!("{t:016x}{n:016x}"))
+        .unwrap_or(http::HeaderValue::from_static("-"))
+}
+
 /// The whole HTTP app: OpenSandbox (`/v1`), E2B (`/sandboxes`, `/v2`), and
 /// E2B sandbox traffic routed by header or host before anything else.
 pub fn app(gw: Gateway) -> axum::Router {
@@ -164,6 +202,7 @@ pub fn app(gw: Gateway) -> axum::Router {
         .merge(e2b::router(gw.clone()))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit))
+        .layer(axum::middleware::from_fn(opensandbox_request_id))
         .layer(axum::middleware::map_response(|r: axum::response::Response| async move {
             sandpool_telemetry::metrics::http_request("gateway", r.status().as_u16());
             r
@@ -236,5 +275,47 @@ mod tests {
 
     fn app_off() -> axum::Router {
         app(gateway().with_rate_limit(0.0, 0.0))
+    }
+
+    #[tokio::test]
+    async fn opensandbox_responses_echo_the_request_id() {
+        let app = app(gateway().with_rate_limit(0.001, 1.0));
+        let send = |uri: &str, key: &str| {
+            let req = http::Request::get(uri)
+                .header("OPEN-SANDBOX-API-KEY", key)
+                .header("X-Request-ID", "rid-7")
+                .body(axum::body::Body::empty())
+                .expect("request");
+            app.clone().oneshot(req)
+        };
+        for (uri, key, status) in [
+            ("/health", "k1", 200),
+            ("/health", "k1", 429),
+            ("/v1/sandboxes", "wrong", 401),
+            ("/v1/no/such/route", "k2", 404),
+        ] {
+            let r = send(uri, key).await.expect("response");
+            assert_eq!(r.status(), status, "{uri}");
+            assert_eq!(r.headers()["x-request-id"], "rid-7", "{uri}");
+        }
+        let req = http::Request::get("/health").body(axum::body::Body::empty());
+        let r = app
+            .clone()
+            .oneshot(req.expect("request"))
+            .await
+            .expect("response");
+        let fresh = r.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            fresh.len() == 32 && fresh.chars().all(|c| c.is_ascii_hexdigit()),
+            "{fresh}"
+        );
+        let r = send("/no-such-e2b-route", "k3").await.expect("response");
+        assert!(
+            r.headers().get("x-request-id").is_none(),
+            "E2B is left alone"
+        );
     }
 }

@@ -271,6 +271,15 @@ async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
 
 /// Run `command` through the claim's runtime, streaming its output; exits
 /// the process with the command's exit code.
+/// An execd output event's text as terminal output: execd sends one event per
+/// line without its ending, and a blank line as `"\n"`.
+fn as_line(text: &serde_json::Value) -> String {
+    match text.as_str().unwrap_or_default() {
+        "\n" => "\n".to_string(),
+        line => format!("{line}\n"),
+    }
+}
+
 async fn exec(mut s: Scheduler, claim: String, command: &[String]) -> anyhow::Result<()> {
     let c = s
         .get_claim(pb::ClaimRef { claim_id: claim })
@@ -299,8 +308,8 @@ async fn exec(mut s: Scheduler, claim: String, command: &[String]) -> anyhow::Re
             let frame: Vec<u8> = buf.drain(..pos + 2).collect();
             let v: serde_json::Value = serde_json::from_slice(&frame[..pos]).unwrap_or_default();
             match v["type"].as_str() {
-                Some("stdout") => print!("{}", v["text"].as_str().unwrap_or_default()),
-                Some("stderr") => eprint!("{}", v["text"].as_str().unwrap_or_default()),
+                Some("stdout") => print!("{}", as_line(&v["text"])),
+                Some("stderr") => eprint!("{}", as_line(&v["text"])),
                 Some("error") => {
                     code = v["error"]["evalue"]
                         .as_str()
@@ -343,5 +352,12 @@ mod tests {
             super::shell_join(&v(&["printf", "it's", ""])),
             "printf 'it'\\''s' ''"
         );
+    }
+
+    #[test]
+    fn exec_output_lines_get_their_endings_back() {
+        let line = |t: &str| super::as_line(&serde_json::json!(t));
+        assert_eq!(line("hello"), "hello\n");
+        assert_eq!(line("\n"), "\n", "a blank line is sent as \\n");
     }
 }
