@@ -104,7 +104,7 @@ pub(super) struct ListResponse<'a> {
 pub(super) struct Empty {}
 
 /// `filesystem.EntryInfo`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EntryInfo {
     pub group: String,
@@ -136,6 +136,10 @@ pub(super) struct ListDirResponse {
 /// `filesystem.FilesystemEvent`.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct FilesystemEvent {
+    /// Present when the watch asked for entries (`include_entry`) and the
+    /// event leaves something to stat (create, write, chmod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryInfo>,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -148,7 +152,7 @@ pub(super) struct FilesystemEvent {
 #[serde(rename_all = "camelCase")]
 pub(super) enum WatchEvent {
     Start {},
-    Filesystem(FilesystemEvent),
+    Filesystem(Box<FilesystemEvent>),
     Keepalive {},
 }
 
@@ -245,11 +249,12 @@ mod tests {
                 "modifiedTime": "2026-01-01T00:00:00Z", "symlinkTarget": "/g"}}),
         );
         let fs_ev = FilesystemEvent {
+            entry: None,
             name: "a/b".into(),
             kind: "EVENT_TYPE_CREATE",
         };
         same(
-            &WatchEvent::Filesystem(fs_ev.clone()),
+            &WatchEvent::Filesystem(Box::new(fs_ev.clone())),
             json!({"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}),
         );
         same(&WatchEvent::Start {}, json!({"start": {}}));

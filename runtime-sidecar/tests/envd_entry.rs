@@ -1,0 +1,102 @@
+//! envd's entry metadata: `include_entry` on watchers, `EntryInfo` fields,
+//! and the user an envd call runs as.
+
+// Integration tests are test code throughout (helpers included).
+#![allow(clippy::unwrap_used)]
+
+use sandpool_runtime::{AppState, Config};
+use serde_json::{Value, json};
+
+mod support;
+
+const TOKEN: &str = "envd-token";
+
+/// envd on a loopback port, its home (with a directory `w`) in a tempdir.
+async fn serve() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("home/w")).unwrap();
+    let cfg = Config {
+        max_watchers: 4,
+        ..support::config(TOKEN, dir.path(), dir.path().join("home"))
+    };
+    let state = AppState::new(cfg).unwrap();
+    (
+        support::listen(sandpool_runtime::envd_app(state)).await,
+        dir,
+    )
+}
+
+/// A unary Connect call with extra headers: its status and JSON answer.
+async fn unary(base: &str, method: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(format!("{base}/{method}"))
+        .header("x-access-token", TOKEN)
+        .json(&body);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// With `includeEntry`, a watcher's create and write events carry the
+/// entry's `EntryInfo`; a remove carries none; without it no event does.
+#[tokio::test]
+async fn watcher_events_carry_entries_when_asked() {
+    let (base, d) = serve().await;
+    let create = |include: bool| {
+        let base = base.clone();
+        async move {
+            let (st, v) = unary(
+                &base,
+                "filesystem.Filesystem/CreateWatcher",
+                json!({"path": "w", "includeEntry": include}),
+                &[],
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+            v["watcherId"].as_str().unwrap().to_string()
+        }
+    };
+    let with = create(true).await;
+    let without = create(false).await;
+    let f = d.path().join("home/w/a.txt");
+    std::fs::write(&f, "hello").unwrap();
+    let events = |id: String| {
+        let base = base.clone();
+        async move {
+            let (st, v) = unary(
+                &base,
+                "filesystem.Filesystem/GetWatcherEvents",
+                json!({"watcherId": id}),
+                &[],
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+            v["events"].as_array().unwrap().clone()
+        }
+    };
+    let mut got = events(with.clone()).await;
+    // the entry is stat'ed when the event is read, so remove only now
+    std::fs::remove_file(&f).unwrap();
+    got.extend(events(with).await);
+    let create_ev = got
+        .iter()
+        .find(|e| e["type"] == "EVENT_TYPE_CREATE")
+        .expect("a create event");
+    let entry = &create_ev["entry"];
+    assert_eq!(entry["name"], "a.txt", "{got:?}");
+    assert_eq!(entry["type"], "FILE_TYPE_FILE");
+    assert_eq!(entry["path"], f.to_string_lossy().as_ref());
+    assert_eq!(entry["size"], 5);
+    assert!(entry["permissions"].as_str().unwrap().starts_with("-rw"));
+    let remove_ev = got
+        .iter()
+        .find(|e| e["type"] == "EVENT_TYPE_REMOVE")
+        .expect("a remove event");
+    assert!(remove_ev.get("entry").is_none(), "{remove_ev}");
+    let plain = events(without).await;
+    assert!(!plain.is_empty());
+    assert!(plain.iter().all(|e| e.get("entry").is_none()), "{plain:?}");
+}
