@@ -100,3 +100,67 @@ async fn watcher_events_carry_entries_when_asked() {
     assert!(!plain.is_empty());
     assert!(plain.iter().all(|e| e.get("entry").is_none()), "{plain:?}");
 }
+
+/// An upload's `X-Metadata-*` headers become the file's metadata (keys
+/// lowercased), answered by the upload and by Stat/ListDir; an overwrite
+/// replaces the set. A symlink is its target's type, marked `isSymlink`.
+#[tokio::test]
+async fn uploads_keep_metadata_and_entries_report_it() {
+    let (base, d) = serve().await;
+    let c = reqwest::Client::new();
+    let upload = |md: &'static [(&'static str, &'static str)]| {
+        let mut r = c
+            .post(format!("{base}/files"))
+            .query(&[("path", "w/m.txt")])
+            .header("x-access-token", TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body("data");
+        for (k, v) in md {
+            r = r.header(*k, *v);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let up = upload(&[("X-Metadata-Owner", "Alice"), ("X-Metadata-tag", "t1")]).await;
+    assert_eq!(
+        up[0]["metadata"],
+        json!({"owner": "Alice", "tag": "t1"}),
+        "{up}"
+    );
+    let (st, v) = unary(
+        &base,
+        "filesystem.Filesystem/Stat",
+        json!({"path": "w/m.txt"}),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["entry"]["metadata"],
+        json!({"owner": "Alice", "tag": "t1"})
+    );
+    assert!(v["entry"].get("isSymlink").is_none(), "{v}");
+
+    let up = upload(&[("X-Metadata-tag", "t2")]).await;
+    assert_eq!(up[0]["metadata"], json!({"tag": "t2"}), "{up}");
+
+    std::os::unix::fs::symlink(d.path().join("home/w/m.txt"), d.path().join("home/w/l")).unwrap();
+    let (st, v) = unary(
+        &base,
+        "filesystem.Filesystem/ListDir",
+        json!({"path": "w"}),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let link = entries.iter().find(|e| e["name"] == "l").unwrap();
+    assert_eq!(link["type"], "FILE_TYPE_FILE", "{link}");
+    assert_eq!(link["isSymlink"], true);
+    assert!(link["symlinkTarget"].as_str().unwrap().ends_with("w/m.txt"));
+    let file = entries.iter().find(|e| e["name"] == "m.txt").unwrap();
+    assert_eq!(file["metadata"], json!({"tag": "t2"}), "{file}");
+}

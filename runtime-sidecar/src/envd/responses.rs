@@ -108,6 +108,12 @@ pub(super) struct Empty {}
 #[serde(rename_all = "camelCase")]
 pub(super) struct EntryInfo {
     pub group: String,
+    /// Set when the entry itself is a symlink (`type` is then its target's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_symlink: bool,
+    /// `user.e2b.*` xattrs, prefix stripped.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub mode: u32,
     pub modified_time: String,
     pub name: String,
@@ -233,6 +239,8 @@ mod tests {
             &EntryResponse {
                 entry: EntryInfo {
                     group: "g".into(),
+                    is_symlink: false,
+                    metadata: BTreeMap::new(),
                     mode: 0o644,
                     modified_time: "2026-01-01T00:00:00Z".into(),
                     name: "f".into(),
