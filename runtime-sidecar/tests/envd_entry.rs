@@ -164,3 +164,86 @@ async fn uploads_keep_metadata_and_entries_report_it() {
     let file = entries.iter().find(|e| e["name"] == "m.txt").unwrap();
     assert_eq!(file["metadata"], json!({"tag": "t2"}), "{file}");
 }
+
+fn basic(user: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+    format!("Basic {b}")
+}
+
+/// The Connect stream answer of `process.Process/Start` running `sh -c`
+/// as `user`, as its JSON messages.
+async fn run_as(base: &str, user: &str, script: &str) -> Vec<Value> {
+    let body = sandpool_runtime::envd::envelope(
+        0,
+        &json!({"process": {"cmd": "/bin/sh", "args": ["-c", script], "cwd": "/tmp"}}),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{base}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .header("x-access-token", TOKEN)
+        .header("authorization", basic(user))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut b: &[u8] = &r.bytes().await.unwrap();
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let n = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        out.push(serde_json::from_slice(&b[5..5 + n]).unwrap());
+        b = &b[5 + n..];
+    }
+    out
+}
+
+/// The user in `Authorization: Basic` picks whom a process runs as; an
+/// unknown user is refused (`unauthenticated`, "invalid username") on
+/// process and filesystem calls alike.
+#[tokio::test]
+async fn envd_calls_run_as_the_user_they_name() {
+    let (base, _d) = serve().await;
+    let me = nix::unistd::geteuid().as_raw();
+    let stdout = |msgs: &[Value]| {
+        use base64::Engine;
+        msgs.iter()
+            .filter_map(|m| m["event"]["data"]["stdout"].as_str())
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s).unwrap())
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect::<String>()
+    };
+    let msgs = run_as(&base, "user", "id -u").await;
+    let uid: u32 = stdout(&msgs).trim().parse().unwrap();
+    if me == 0 {
+        // a root runtime runs `user` as the unprivileged sandbox user
+        assert_ne!(uid, 0, "{msgs:?}");
+        let root = run_as(&base, "root", "id -u").await;
+        assert_eq!(stdout(&root).trim(), "0", "{root:?}");
+    } else {
+        assert_eq!(uid, me, "{msgs:?}");
+        let root = run_as(&base, "root", "id -u").await;
+        let err = &root.last().unwrap()["error"];
+        assert_eq!(err["code"], "permission_denied", "{root:?}");
+    }
+    let unknown = run_as(&base, "no-such-user-xyz", "true").await;
+    let err = &unknown.last().unwrap()["error"];
+    assert_eq!(err["code"], "unauthenticated", "{unknown:?}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid username")
+    );
+    let (st, v) = unary(
+        &base,
+        "filesystem.Filesystem/Stat",
+        json!({"path": "w"}),
+        &[("authorization", &basic("no-such-user-xyz"))],
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{v}"
+    );
+}

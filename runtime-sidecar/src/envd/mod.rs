@@ -28,6 +28,7 @@ mod metadata;
 mod process;
 mod responses;
 mod signing;
+mod user;
 mod watch;
 
 use std::{collections::HashMap, sync::Arc};
@@ -120,7 +121,8 @@ pub fn router(st: EnvdState) -> Router {
             post(get_watcher_events),
         )
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
-        .route("/filesystem.Filesystem/{method}", unsupported("filesystem"));
+        .route("/filesystem.Filesystem/{method}", unsupported("filesystem"))
+        .layer(axum::middleware::from_fn(user::guard));
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         accepted: TokenGuard::accepting(st.app.cfg.access_token.as_deref(), "x-access-token", None),
