@@ -32,6 +32,15 @@ impl ConnectError {
             message: message.into(),
         }
     }
+    /// The Connect code (`permission_denied`, ...).
+    pub(super) fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn status(&self) -> StatusCode {
         match self.code {
             "invalid_argument" | "failed_precondition" | "out_of_range" => StatusCode::BAD_REQUEST,

@@ -116,6 +116,10 @@ pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Respons
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         == Some("gzip");
+    let md = match super::metadata::from_headers(req.headers()) {
+        Ok(md) => md,
+        Err(e) => return upload_error(&e),
+    };
     let limits = st.app.cfg.upload.clone();
     let res = if ct.starts_with("multipart/form-data") {
         match multer::parse_boundary(&ct) {
@@ -148,26 +152,49 @@ pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Respons
             "octet-stream upload needs ?path=".into(),
         ))
     };
-    match res {
-        Ok(done) => Json(Value::Array(
-            done.iter()
-                .map(|f| {
-                    let name = std::path::Path::new(&f.path)
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    json!({"path": f.path, "name": name, "type": "file"})
-                })
-                .collect(),
-        ))
-        .into_response(),
-        Err(e) => {
-            let status = e.http_status();
-            (
-                status,
-                Json(json!({"code": status.as_u16(), "message": e.to_string()})),
-            )
-                .into_response()
-        }
-    }
+    let done = match res.and_then(|done| with_metadata(done, &md)) {
+        Ok(done) => done,
+        Err(e) => return upload_error(&e),
+    };
+    Json(Value::Array(
+        done.iter()
+            .map(|(f, md)| {
+                let name = std::path::Path::new(&f.path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut v = json!({"path": f.path, "name": name, "type": "file"});
+                if !md.is_empty() {
+                    v["metadata"] = json!(md);
+                }
+                v
+            })
+            .collect(),
+    ))
+    .into_response()
+}
+
+/// Give each uploaded file the upload's metadata (replacing what it had)
+/// and pair it with the metadata it now really has.
+fn with_metadata(
+    done: Vec<crate::upload::UploadedFile>,
+    md: &super::metadata::Metadata,
+) -> crate::Result<Vec<(crate::upload::UploadedFile, super::metadata::Metadata)>> {
+    done.into_iter()
+        .map(|f| {
+            let p = std::path::Path::new(&f.path);
+            super::metadata::write(p, md)?;
+            let kept = super::metadata::read(p);
+            Ok((f, kept))
+        })
+        .collect()
+}
+
+fn upload_error(e: &RuntimeError) -> Response {
+    let status = e.http_status();
+    (
+        status,
+        Json(json!({"code": status.as_u16(), "message": e.to_string()})),
+    )
+        .into_response()
 }

@@ -20,23 +20,34 @@ type EntryReply = CResult<Json<EntryResponse>>;
 
 /// `filesystem.EntryInfo` of a stat result.
 pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
+    let path = std::path::Path::new(&i.path);
+    let is_symlink = i.kind == FileKind::Symlink;
+    // a symlink's `type` is its target's (a dangling one stays a symlink),
+    // `is_symlink` marks the link itself
     let kind = match i.kind {
+        FileKind::Symlink => match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => "FILE_TYPE_DIRECTORY",
+            Ok(m) if m.is_file() => "FILE_TYPE_FILE",
+            Ok(_) => "FILE_TYPE_UNSPECIFIED",
+            Err(_) => "FILE_TYPE_SYMLINK",
+        },
         FileKind::File => "FILE_TYPE_FILE",
         FileKind::Directory => "FILE_TYPE_DIRECTORY",
-        FileKind::Symlink => "FILE_TYPE_SYMLINK",
         FileKind::Other => "FILE_TYPE_UNSPECIFIED",
     };
     let bits = files::mode_from_decimal_digits(i.mode).unwrap_or(0);
-    let name = std::path::Path::new(&i.path)
+    let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| i.path.clone());
-    let symlink_target = (i.kind == FileKind::Symlink)
-        .then(|| std::fs::read_link(&i.path).ok())
+    let symlink_target = is_symlink
+        .then(|| std::fs::read_link(path).ok())
         .flatten()
         .map(|t| t.to_string_lossy().into_owned());
     EntryInfo {
         group: i.group.clone(),
+        is_symlink,
+        metadata: super::metadata::read(path),
         mode: bits,
         modified_time: i.modified_at.clone(),
         name,

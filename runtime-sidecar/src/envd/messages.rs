@@ -181,6 +181,9 @@ pub(super) struct PathRequest {
     pub depth: Option<u32>,
     #[serde(deserialize_with = "null_default")]
     pub recursive: bool,
+    /// `WatchDirRequest.include_entry`: each event carries its `EntryInfo`.
+    #[serde(deserialize_with = "null_default")]
+    pub include_entry: bool,
 }
 
 /// `filesystem.MoveRequest`.

@@ -24,9 +24,11 @@ mod connect;
 mod files;
 mod filesystem;
 mod messages;
+mod metadata;
 mod process;
 mod responses;
 mod signing;
+mod user;
 mod watch;
 
 use std::{collections::HashMap, sync::Arc};
@@ -57,8 +59,11 @@ use crate::{AppState, auth::TokenGuard};
 
 /// The envd version this implementation answers for: process Start/Connect/
 /// List/SendInput/SendSignal/CloseStdin, filesystem Stat/MakeDir/Move/ListDir/
-/// Remove, /files (multipart and octet-stream), /metrics, default user.
-pub const ENVD_VERSION: &str = "0.5.7";
+/// Remove, /files (multipart and octet-stream), /metrics, default user,
+/// file metadata (`user.e2b.*` xattrs, 0.6.2), watch events with their entry
+/// (`include_entry`, 0.6.3). Not 0.6.4: watching refuses no network mount,
+/// so `allow_network_mounts` would claim a check that is not made.
+pub const ENVD_VERSION: &str = "0.6.3";
 
 #[derive(Clone, Default)]
 pub struct Envd {
@@ -116,7 +121,8 @@ pub fn router(st: EnvdState) -> Router {
             post(get_watcher_events),
         )
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
-        .route("/filesystem.Filesystem/{method}", unsupported("filesystem"));
+        .route("/filesystem.Filesystem/{method}", unsupported("filesystem"))
+        .layer(axum::middleware::from_fn(user::guard));
     // `X-Access-Token`, except on `/health`
     TokenGuard {
         accepted: TokenGuard::accepting(st.app.cfg.access_token.as_deref(), "x-access-token", None),

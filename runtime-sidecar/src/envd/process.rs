@@ -159,7 +159,17 @@ pub(super) async fn start_inner(
     let mut envs: HashMap<String, String> = st.app.sandbox_env.lock().clone();
     envs.extend(p.envs);
     let cwd = p.cwd.filter(|c| !c.is_empty());
-    let workdir = working_dir(cwd.as_deref(), &st.app.cfg.home())?;
+    let who = super::user::resolve(
+        super::user::requested(headers)?.as_deref(),
+        nix::unistd::geteuid().as_raw(),
+    )?;
+    let home = who.home.clone().unwrap_or_else(|| st.app.cfg.home());
+    if who.switch {
+        envs.insert("HOME".into(), home.clone());
+        envs.insert("USER".into(), who.name.clone());
+        envs.insert("LOGNAME".into(), who.name.clone());
+    }
+    let workdir = working_dir(cwd.as_deref(), &home)?;
     let tag = req.tag;
     let stdin = req.stdin.unwrap_or(false);
     let pty = req.pty.as_ref().map(|p| p.size());
@@ -172,8 +182,8 @@ pub(super) async fn start_inner(
         argv,
         cwd: Some(workdir),
         envs: envs.clone(),
-        uid: None,
-        gid: None,
+        uid: who.switch.then_some(who.uid),
+        gid: who.switch.then_some(who.gid),
         timeout,
         stdin,
         pty,

@@ -104,10 +104,16 @@ pub(super) struct ListResponse<'a> {
 pub(super) struct Empty {}
 
 /// `filesystem.EntryInfo`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EntryInfo {
     pub group: String,
+    /// Set when the entry itself is a symlink (`type` is then its target's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_symlink: bool,
+    /// `user.e2b.*` xattrs, prefix stripped.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub mode: u32,
     pub modified_time: String,
     pub name: String,
@@ -136,6 +142,10 @@ pub(super) struct ListDirResponse {
 /// `filesystem.FilesystemEvent`.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct FilesystemEvent {
+    /// Present when the watch asked for entries (`include_entry`) and the
+    /// event leaves something to stat (create, write, chmod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryInfo>,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -148,7 +158,7 @@ pub(super) struct FilesystemEvent {
 #[serde(rename_all = "camelCase")]
 pub(super) enum WatchEvent {
     Start {},
-    Filesystem(FilesystemEvent),
+    Filesystem(Box<FilesystemEvent>),
     Keepalive {},
 }
 
@@ -229,6 +239,8 @@ mod tests {
             &EntryResponse {
                 entry: EntryInfo {
                     group: "g".into(),
+                    is_symlink: false,
+                    metadata: BTreeMap::new(),
                     mode: 0o644,
                     modified_time: "2026-01-01T00:00:00Z".into(),
                     name: "f".into(),
@@ -245,11 +257,12 @@ mod tests {
                 "modifiedTime": "2026-01-01T00:00:00Z", "symlinkTarget": "/g"}}),
         );
         let fs_ev = FilesystemEvent {
+            entry: None,
             name: "a/b".into(),
             kind: "EVENT_TYPE_CREATE",
         };
         same(
-            &WatchEvent::Filesystem(fs_ev.clone()),
+            &WatchEvent::Filesystem(Box::new(fs_ev.clone())),
             json!({"filesystem": {"name": "a/b", "type": "EVENT_TYPE_CREATE"}}),
         );
         same(&WatchEvent::Start {}, json!({"start": {}}));

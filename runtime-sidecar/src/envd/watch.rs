@@ -20,13 +20,13 @@ use super::{
         CResult, ConnectError, Streamed, deadline, deadline_exceeded, envelope, keepalive,
         stream_response, until,
     },
-    filesystem::path_of,
+    filesystem::{entry_info, path_of},
     messages::{PathRequest, WatcherRequest},
     required,
     responses::{CreateWatcherResponse, Empty, FilesystemEvent, WatchEvent, WatcherEventsResponse},
     streamed, unary,
 };
-use crate::error::RuntimeError;
+use crate::{error::RuntimeError, files};
 
 /// A polled watcher (`CreateWatcher`): events buffered until fetched.
 pub(super) struct Watcher {
@@ -112,13 +112,17 @@ pub(super) struct Watch {
     dirs: Dirs,
     base: PathBuf,
     recursive: bool,
+    /// Whether create/write/chmod events carry the entry's `EntryInfo`.
+    include_entry: bool,
     /// Cookies of renames whose source was an upload's staging file.
     staged_moves: HashSet<u32>,
     sink: Sink,
 }
 
 impl Watch {
-    fn new(root: &str, recursive: bool, sink: Sink) -> crate::Result<Self> {
+    fn new(args: &WatchArgs, sink: Sink) -> crate::Result<Self> {
+        let root = args.path.as_str();
+        let recursive = args.recursive;
         let md = std::fs::metadata(root).map_err(|e| RuntimeError::io(root, e))?;
         if !md.is_dir() {
             return Err(RuntimeError::NotADirectory(root.to_string()));
@@ -130,6 +134,7 @@ impl Watch {
             dirs: HashMap::new(),
             base: PathBuf::from(root),
             recursive,
+            include_entry: args.include_entry,
             staged_moves: HashSet::new(),
             sink,
         };
@@ -201,10 +206,8 @@ impl Watch {
             return ["EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE"]
                 .into_iter()
                 .all(|kind| {
-                    (self.sink)(FilesystemEvent {
-                        name: name.clone(),
-                        kind,
-                    })
+                    let ev = self.event(&rel, name.clone(), kind);
+                    (self.sink)(ev)
                 });
         }
         let kind = if ev.mask.intersects(F::IN_CREATE | F::IN_MOVED_TO) {
@@ -220,20 +223,42 @@ impl Watch {
         } else {
             return true;
         };
-        (self.sink)(FilesystemEvent { name, kind })
+        let ev = self.event(&rel, name, kind);
+        (self.sink)(ev)
     }
+
+    /// The event `kind` on `rel` (below the watched directory), with the
+    /// entry's `EntryInfo` when asked for and there is something to stat:
+    /// a remove or rename-away leaves nothing (or a replacement) at the path.
+    fn event(&self, rel: &Path, name: String, kind: &'static str) -> FilesystemEvent {
+        let stat_able = matches!(
+            kind,
+            "EVENT_TYPE_CREATE" | "EVENT_TYPE_WRITE" | "EVENT_TYPE_CHMOD"
+        );
+        let entry = (self.include_entry && stat_able)
+            .then(|| files::stat(&self.base.join(rel).to_string_lossy()).ok())
+            .flatten()
+            .map(|i| entry_info(&i));
+        FilesystemEvent { entry, name, kind }
+    }
+}
+
+/// What a `WatchDir`/`CreateWatcher` request asks to watch.
+pub(super) struct WatchArgs {
+    pub path: String,
+    pub recursive: bool,
+    pub include_entry: bool,
 }
 
 /// Watch `root` with inotify on a thread (polling every 25 ms); `sink` gets
 /// E2B `FilesystemEvent`s until `stop` is set or it returns false. The watch
 /// is also the caller's, to drain on demand.
 pub(super) fn spawn_watch(
-    root: String,
-    recursive: bool,
+    args: &WatchArgs,
     stop: Arc<std::sync::atomic::AtomicBool>,
     sink: impl FnMut(FilesystemEvent) -> bool + Send + 'static,
 ) -> crate::Result<Arc<Mutex<Watch>>> {
-    let watch = Arc::new(Mutex::new(Watch::new(&root, recursive, Box::new(sink))?));
+    let watch = Arc::new(Mutex::new(Watch::new(args, Box::new(sink))?));
     let w = watch.clone();
     std::thread::spawn(move || {
         use std::sync::atomic::Ordering;
@@ -249,8 +274,12 @@ pub(super) fn spawn_watch(
     Ok(watch)
 }
 
-pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<(String, bool)> {
-    Ok((path_of(st, req)?, req.recursive))
+pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<WatchArgs> {
+    Ok(WatchArgs {
+        path: path_of(st, req)?,
+        recursive: req.recursive,
+        include_entry: req.include_entry,
+    })
 }
 
 /// `filesystem.Filesystem/WatchDir`: a stream of events while the client
@@ -260,13 +289,11 @@ pub(super) async fn watch_dir(
     headers: HeaderMap,
     body: Body,
 ) -> Streamed {
-    let (path, recursive) = watch_args(&st, &streamed(&st, body).await?)?;
+    let args = watch_args(&st, &streamed(&st, body).await?)?;
     let slot = StreamSlot::take(&st.envd.watch_streams, st.app.cfg.max_watchers)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (etx, mut erx) = mpsc::channel::<FilesystemEvent>(256);
-    spawn_watch(path, recursive, stop.clone(), move |ev| {
-        etx.blocking_send(ev).is_ok()
-    })?;
+    spawn_watch(&args, stop.clone(), move |ev| etx.blocking_send(ev).is_ok())?;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let every = keepalive(&headers);
     let deadline = deadline(&headers);
@@ -286,7 +313,7 @@ pub(super) async fn watch_dir(
                     return;
                 }
                 ev = erx.recv() => match ev {
-                    Some(ev) => WatchEvent::Filesystem(ev),
+                    Some(ev) => WatchEvent::Filesystem(Box::new(ev)),
                     None => return,
                 },
                 _ = tick.tick() => WatchEvent::Keepalive {},
@@ -310,7 +337,7 @@ pub(super) async fn create_watcher(
     State(st): State<EnvdState>,
     body: Body,
 ) -> CResult<Json<CreateWatcherResponse>> {
-    let (path, recursive) = watch_args(&st, &unary(&st, body).await?)?;
+    let args = watch_args(&st, &unary(&st, body).await?)?;
     let max = st.app.cfg.max_watchers;
     let n = st.envd.watchers.lock().len();
     if n >= max {
@@ -319,7 +346,7 @@ pub(super) async fn create_watcher(
     let events = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_events = events.clone();
-    let watch = spawn_watch(path, recursive, stop.clone(), move |ev| {
+    let watch = spawn_watch(&args, stop.clone(), move |ev| {
         let mut q = sink_events.lock();
         if q.len() >= MAX_BUFFERED_EVENTS {
             q.pop_front();

@@ -30,7 +30,7 @@ pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
 /// The envd protocol version sandpool's runtime answers for
 /// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
-pub const ENVD_VERSION: &str = "0.5.7";
+pub const ENVD_VERSION: &str = "0.6.3";
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
 pub const ENVD_PORT: u16 = 49983;
 
