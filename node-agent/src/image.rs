@@ -39,6 +39,73 @@ pub struct ImageBlobs {
     pub layer_digest: String,
     pub layer_size: u64,
     pub diff_id: String,
+    /// The recipe key of a builtin image (`recipe_key`), empty otherwise;
+    /// stored as the `RECIPE_LABEL` label of the containerd image record.
+    #[serde(default)]
+    pub recipe: String,
+}
+
+/// containerd image label holding the recipe key a builtin image was built from.
+pub const RECIPE_LABEL: &str = "org.sandpool.recipe";
+
+/// Debian packages of the builtin python image, installed by debootstrap
+/// `--include` on top of minbase. debootstrap resolves only `Depends` and
+/// `Pre-Depends` (never `Recommends`), so this stays lean. `python-is-python3`
+/// makes `python` run python3; `sudo` comes without any sudoers grant for
+/// the sandbox user (see docs/compatibility.md).
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "python3",
+    "python-is-python3",
+    "ca-certificates",
+    "curl",
+    "git",
+    "sudo",
+];
+
+const PYTHON_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG=C.UTF-8",
+];
+const BUSYBOX_ENV: &[&str] = &["PATH=/bin"];
+
+/// debootstrap's arguments for the python image's root filesystem in `dir`.
+pub fn debootstrap_args(codename: &str, dir: &Path, mirror: &str) -> Vec<String> {
+    vec![
+        "--variant=minbase".into(),
+        format!("--include={}", PYTHON_PACKAGES.join(",")),
+        codename.into(),
+        dir.display().to_string(),
+        mirror.into(),
+    ]
+}
+
+/// Everything a builtin image's contents depend on, as text (None for a
+/// name that is not a builtin image). Any change here changes `recipe_key`.
+pub fn recipe(name: &str) -> Option<String> {
+    // bump when the build code changes what an image holds in a way the
+    // text below does not show
+    const FORMAT: u32 = 5;
+    let (uid, gid) = crate::spec::SANDBOX_USER;
+    let user = format!("user {uid}:{gid} {}", crate::spec::SANDBOX_HOME);
+    match name {
+        BUSYBOX => Some(format!(
+            "format {FORMAT}\nbusybox-static\n{user}\nenv {}\n",
+            BUSYBOX_ENV.join(" ")
+        )),
+        PYTHON => Some(format!(
+            "format {FORMAT}\ndebootstrap minbase {}\n{user} no-sudoers-grant\nenv {}\n",
+            PYTHON_PACKAGES.join(","),
+            PYTHON_ENV.join(" ")
+        )),
+        _ => None,
+    }
+}
+
+/// Short digest of `recipe(name)`: names the image's cache directory and
+/// labels its containerd record, so a changed recipe never reuses an image
+/// built from an older one.
+pub fn recipe_key(name: &str) -> Option<String> {
+    recipe(name).map(|r| hex::encode(&Sha256::digest(r.as_bytes())[..8]))
 }
 
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -131,6 +198,7 @@ pub fn pack(name: &str, rootfs: &Path, out_dir: &Path, env: &[&str]) -> Result<I
         layer_digest,
         layer_size,
         diff_id,
+        recipe: String::new(),
     })
 }
 
@@ -308,9 +376,7 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
         fs::create_dir_all(parent).map_err(|e| AgentError::io(parent.display().to_string(), e))?;
     }
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", "--include=python3", &codename()])
-        .arg(&tmp)
-        .arg(&mirror)
+        .args(debootstrap_args(&codename(), &tmp, &mirror))
         .output()
         .map_err(|e| AgentError::image("running debootstrap (apt-get install debootstrap)", e))?;
     if !out.status.success() {
@@ -341,11 +407,19 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
     fs::rename(&tmp, dir).map_err(|e| AgentError::io(dir.display().to_string(), e))
 }
 
+/// The directory of builtin image `name` in `cache`, named by its recipe
+/// key, and that key.
+pub fn cache_dir(cache: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let key = recipe_key(name).ok_or_else(|| {
+        AgentError::UnknownImage(name.to_string(), format!("{BUSYBOX}, {PYTHON}"))
+    })?;
+    let dir = cache.join(format!("{}-{key}", name.replace(['/', ':'], "_")));
+    Ok((dir, key))
+}
+
 /// Build (or reuse from `cache`) the blobs of a builtin image.
 pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
-    // bump when what a builtin image contains changes, so caches rebuild
-    const FORMAT: u32 = 4;
-    let dir = cache.join(format!("{}-v{FORMAT}", name.replace(['/', ':'], "_")));
+    let (dir, key) = cache_dir(cache, name)?;
     fs::create_dir_all(&dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
     // One builder at a time per image (agents, tests and benches may share a cache).
     let lock_file = fs::File::create(dir.with_extension("lock"))
@@ -358,13 +432,15 @@ pub fn build_builtin(name: &str, cache: &Path) -> Result<ImageBlobs> {
         .ok()
         .and_then(|j| serde_json::from_slice::<ImageBlobs>(&j).ok())
         && b.name == name
+        && b.recipe == key
         && fs::metadata(&b.layer_path)
             .map(|m| m.len() == b.layer_size)
             .unwrap_or(false)
     {
         return Ok(b);
     }
-    let blobs = build_uncached(name, &dir)?;
+    let mut blobs = build_uncached(name, &dir)?;
+    blobs.recipe = key;
     if let Ok(j) = serde_json::to_vec(&blobs) {
         let _ = fs::write(&packed, j);
     }
@@ -388,7 +464,7 @@ fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
                 fs::write(&stamp, b"")
                     .map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
-            pack(name, &rootfs, dir, &["PATH=/bin"])
+            pack(name, &rootfs, dir, BUSYBOX_ENV)
         }
         PYTHON => {
             if !stamp.exists() {
@@ -396,15 +472,7 @@ fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
                 fs::write(&stamp, b"")
                     .map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
             }
-            pack(
-                name,
-                &rootfs,
-                dir,
-                &[
-                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "LANG=C.UTF-8",
-                ],
-            )
+            pack(name, &rootfs, dir, PYTHON_ENV)
         }
         other => Err(AgentError::UnknownImage(
             other.to_string(),
@@ -459,6 +527,52 @@ mod tests {
                 ("bin/hi".into(), true)
             ]
         );
+    }
+
+    #[test]
+    fn the_python_recipe_installs_the_e2b_tools_without_recommends() {
+        let args = debootstrap_args("bookworm", Path::new("/x/rootfs"), "http://m/debian");
+        assert_eq!(args[0], "--variant=minbase");
+        let include: Vec<&str> = args[1]
+            .strip_prefix("--include=")
+            .expect("an --include")
+            .split(',')
+            .collect();
+        for p in [
+            "python3",
+            "python-is-python3",
+            "curl",
+            "git",
+            "sudo",
+            "ca-certificates",
+        ] {
+            assert!(include.contains(&p), "{p} in {include:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a.contains("recommends")),
+            "debootstrap never pulls Recommends: {args:?}"
+        );
+        assert_eq!(&args[2..], ["bookworm", "/x/rootfs", "http://m/debian"]);
+    }
+
+    #[test]
+    fn a_changed_recipe_gets_a_new_cache_key() {
+        let py = recipe_key(PYTHON).expect("python is builtin");
+        let bb = recipe_key(BUSYBOX).expect("busybox is builtin");
+        assert_eq!(py.len(), 16);
+        assert_ne!(py, bb);
+        assert_eq!(recipe_key(PYTHON), Some(py.clone()), "stable");
+        assert_eq!(recipe_key("nginx"), None);
+        let text = recipe(PYTHON).expect("recipe");
+        for p in PYTHON_PACKAGES {
+            assert!(text.contains(p), "the key covers package {p}");
+        }
+        assert!(text.contains(PYTHON_ENV[0]), "and the env");
+        // the cache directory is named by the key: an old image is not reused
+        let (dir, key) = cache_dir(Path::new("/c"), PYTHON).unwrap();
+        assert_eq!(key, py);
+        assert_eq!(dir, Path::new("/c").join(format!("sandpool_python_3-{py}")));
+        assert!(cache_dir(Path::new("/c"), "sandpool/nope:1").is_err());
     }
 
     #[test]

@@ -25,20 +25,22 @@ use super::{
 impl Agent {
     /// Make sure `name` exists in containerd, building builtin images.
     pub async fn ensure_image(&self, name: &str) -> Result<(String, String, Vec<String>)> {
-        let resolved = image::builtin(name).unwrap_or(name).to_string();
-        if let Some((chain, env)) = self.ctr.image_rootfs(&resolved).await? {
-            return Ok((resolved, chain, env));
-        }
         let Some(builtin) = image::builtin(name) else {
+            if let Some((chain, env)) = self.ctr.image_rootfs(name).await? {
+                return Ok((name.to_string(), chain, env));
+            }
             let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
             return Err(AgentError::UnknownImage(
                 name.to_string(),
                 format!("{known} (builtin: {}, {})", image::BUSYBOX, image::PYTHON),
             ));
         };
+        if let Some(found) = self.current_builtin(builtin).await? {
+            return Ok(found);
+        }
         let _g = self.image_lock.lock().await;
-        if let Some((chain, env)) = self.ctr.image_rootfs(builtin).await? {
-            return Ok((builtin.to_string(), chain, env));
+        if let Some(found) = self.current_builtin(builtin).await? {
+            return Ok(found);
         }
         let cache = self.cfg.image_cache.clone();
         let started = Instant::now();
@@ -57,6 +59,26 @@ impl Agent {
                 AgentError::Image(format!("{builtin} missing right after import"))
             })?;
         Ok((builtin.to_string(), chain, env))
+    }
+
+    /// Builtin image `builtin` if containerd holds it built from the current
+    /// recipe (its `RECIPE_LABEL`); one built from an older recipe is not
+    /// used (it is rebuilt and its record replaced).
+    async fn current_builtin(
+        &self,
+        builtin: &str,
+    ) -> Result<Option<(String, String, Vec<String>)>> {
+        let key = image::recipe_key(builtin);
+        let current = self
+            .ctr
+            .image(builtin)
+            .await?
+            .is_some_and(|i| i.labels.get(image::RECIPE_LABEL) == key.as_ref());
+        if !current {
+            return Ok(None);
+        }
+        let found = self.ctr.image_rootfs(builtin).await?;
+        Ok(found.map(|(chain, env)| (builtin.to_string(), chain, env)))
     }
 
     /// Create and start a warm sandbox; it is ready when its runtime answers.

@@ -248,7 +248,11 @@ impl Ctr {
     pub(super) async fn put_image_record(&self, img: &ImageBlobs) -> Result<()> {
         let image = api::Image {
             name: img.name.clone(),
-            labels: HashMap::new(),
+            labels: if img.recipe.is_empty() {
+                HashMap::new()
+            } else {
+                HashMap::from([(crate::image::RECIPE_LABEL.to_string(), img.recipe.clone())])
+            },
             target: Some(Descriptor {
                 media_type: MEDIA_MANIFEST.into(),
                 digest: img.manifest_digest.clone(),

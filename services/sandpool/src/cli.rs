@@ -24,7 +24,7 @@ pub struct SchedulerAddr {
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCmd {
-    /// Pools: `apply` or `list`.
+    /// Pools: `apply`, `list` or `delete`.
     Pool {
         #[command(subcommand)]
         cmd: PoolCmd,
@@ -101,6 +101,15 @@ pub enum PoolCmd {
         checkpointable: bool,
     },
     List,
+    /// Delete a pool: its warm sandboxes are removed at once. A pool with
+    /// live claims is refused unless `--force`; forced, its claimed
+    /// sandboxes keep running until their claims are released or expire.
+    Delete {
+        name: String,
+        /// Delete even while claims of the pool are live (they are kept).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
@@ -136,6 +145,7 @@ pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
             let s = connect(&scheduler.addr, token).await?;
             match cmd {
                 PoolCmd::List => pool_list(s).await,
+                PoolCmd::Delete { name, force } => pool_delete(s, &name, force).await,
                 apply => pool_apply(s, apply).await,
             }
         }
@@ -264,6 +274,49 @@ async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
         println!(
             "{}\ttotal={}\tallocated={}\tavailable={}",
             p.name, st.total, st.allocated, st.available
+        );
+    }
+    Ok(())
+}
+
+/// `pool delete`: refuse an unknown pool and, without `force`, a pool with
+/// live claims; otherwise delete it and say what became of its sandboxes.
+async fn pool_delete(mut s: Scheduler, name: &str, force: bool) -> anyhow::Result<()> {
+    let unknown = || anyhow::anyhow!("no pool named {name:?} (see `sandpool pool list`)");
+    match s.get_pool(pb::PoolRef { name: name.into() }).await {
+        Err(e) if e.code() == tonic::Code::NotFound => return Err(unknown()),
+        r => r.with_context(|| format!("looking up pool {name}"))?,
+    };
+    let claims: Vec<String> = s
+        .list_claims(pb::ListClaimsRequest {
+            pool: name.into(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("listing the claims of pool {name}"))?
+        .into_inner()
+        .claims
+        .into_iter()
+        .map(|c| c.claim_id)
+        .collect();
+    if !claims.is_empty() && !force {
+        bail!(
+            "pool {name} has {} live claim(s): {}; release them first, or pass \
+             --force to delete the pool and keep those sandboxes until they are released",
+            claims.len(),
+            claims.join(", ")
+        );
+    }
+    match s.delete_pool(pb::PoolRef { name: name.into() }).await {
+        Err(e) if e.code() == tonic::Code::NotFound => return Err(unknown()),
+        r => r.with_context(|| format!("deleting pool {name}"))?,
+    };
+    println!("pool {name} deleted (its warm sandboxes are removed)");
+    if !claims.is_empty() {
+        println!(
+            "{} claimed sandbox(es) keep running until released: {}",
+            claims.len(),
+            claims.join(", ")
         );
     }
     Ok(())

@@ -709,3 +709,56 @@ async fn a_metadata_patch_adds_replaces_and_deletes_keys_seen_by_get_and_list() 
         Err(SchedError::Invalid(_))
     ));
 }
+
+/// Deleting a pool removes its warm sandboxes at once and keeps the claimed
+/// one until its claim is released; the pool is gone (no refill, no claims)
+/// and a second delete says it does not exist.
+#[tokio::test]
+async fn deleting_a_pool_removes_its_warm_sandboxes_and_keeps_claimed_ones() {
+    let (node, s, _store) = warm_platform("d", 2, 2, 4).await;
+    let c = s.claim(claim_req("d", &["true"])).await.unwrap();
+    wait_available(&s, "d", 2).await;
+    let warm = node.warm_of("d");
+    assert_eq!(warm.len(), 2);
+
+    s.delete_pool("d").await.unwrap();
+    {
+        let b = node.books();
+        for id in &warm {
+            assert!(b.released.contains(id), "warm {id} released");
+            assert!(!b.sandboxes.contains_key(id), "warm {id} deleted");
+        }
+        assert!(!b.released.contains(&c.sandbox.id), "the claimed one stays");
+        assert!(b.sandboxes.contains_key(&c.sandbox.id));
+    }
+    assert!(matches!(
+        s.pool_status("d"),
+        Err(SchedError::PoolNotFound(_))
+    ));
+    assert!(!s.pools().contains(&"d".to_string()));
+    assert_eq!(s.get_claim(&c.id).unwrap().state, ClaimState::Bound);
+    assert!(matches!(
+        s.claim(claim_req("d", &["true"])).await,
+        Err(SchedError::PoolNotFound(_))
+    ));
+    let created = node.books().created.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.books().created.len(),
+        created,
+        "a deleted pool does not refill"
+    );
+
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
+    PATIENCE
+        .wait_until("the claimed sandbox to go with its claim", || {
+            !node.books().sandboxes.contains_key(&c.sandbox.id)
+        })
+        .await;
+    assert!(matches!(
+        s.delete_pool("d").await,
+        Err(SchedError::PoolNotFound(_))
+    ));
+}
