@@ -69,6 +69,27 @@ pub(super) async fn find_snapshot(gw: &Gateway, reference: &str) -> Result<pb::C
         .ok_or_else(|| E2bError(ApiError::SnapshotNotFound(reference.to_string())))
 }
 
+/// Checkpoint claim `id` for `what` (a snapshot or a fork); a sandbox that
+/// cannot be checkpointed is refused with the node's reason and the way out.
+async fn checkpoint(
+    gw: &Gateway,
+    id: &str,
+    name: String,
+    what: &str,
+) -> Result<pb::CheckpointInfo> {
+    let req = pb::CheckpointClaimRequest {
+        claim_id: id.to_string(),
+        leave_running: true,
+        name,
+    };
+    gw.checkpoint_claim(req).await.map_err(|e| match e {
+        ApiError::Unsupported(why) => E2bError(ApiError::Unsupported(format!(
+            "{what} of sandbox {id}: only a sandbox created from a checkpointable runsc template can be snapshotted ({why})"
+        ))),
+        e => E2bError(e),
+    })
+}
+
 /// `POST /sandboxes/{id}/snapshots`: a checkpoint of the running sandbox,
 /// which goes on running.
 pub(super) async fn create(
@@ -91,13 +112,7 @@ pub(super) async fn create(
         ))
         .into());
     }
-    let info = gw
-        .checkpoint_claim(pb::CheckpointClaimRequest {
-            claim_id: id,
-            leave_running: true,
-            name,
-        })
-        .await?;
+    let info = checkpoint(&gw, &id, name, "snapshot").await?;
     Ok((StatusCode::CREATED, Json(snapshot_info(&info))).into_response())
 }
 
@@ -234,13 +249,7 @@ pub(super) async fn fork(
         t if t > 0 => gw.check_timeout("timeout", t as u64)?,
         t => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}")).into()),
     };
-    let info = gw
-        .checkpoint_claim(pb::CheckpointClaimRequest {
-            claim_id: id.clone(),
-            leave_running: true,
-            name: format!("fork-of-{id}"),
-        })
-        .await?;
+    let info = checkpoint(&gw, &id, format!("fork-of-{id}"), "fork").await?;
     let restored = gw
         .restore_checkpoint(pb::RestoreCheckpointRequest {
             checkpoint_id: info.checkpoint_id,
