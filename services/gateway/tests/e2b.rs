@@ -498,8 +498,10 @@ async fn list_restore_and_delete(
     )
     .await;
     assert_eq!(v, json!([]));
-    let (_, v) = call(&app, "GET", "/snapshots?name=before", Value::Null).await;
-    assert_eq!(v, json!([b]));
+    for q in ["before", "before:default", "team/before", b_id] {
+        let (_, v) = call(&app, "GET", &format!("/snapshots?name={q}"), Value::Null).await;
+        assert_eq!(v, json!([b]), "{q}");
+    }
     let (s, h, v) = call_full(&app, http::Request::get("/snapshots?limit=1"), &Value::Null).await;
     assert_eq!((s, v), (200, json!([b])));
     let next = h["x-next-token"].to_str().expect("token").to_string();

@@ -54,18 +54,21 @@ pub(super) fn snapshot_info(c: &pb::CheckpointInfo) -> Value {
     json!({"snapshotID": c.checkpoint_id, "names": names})
 }
 
-/// The caller's checkpoint a template or snapshot reference names: its id or
-/// its name, with or without a `namespace/` and a `:tag`.
-pub(super) async fn find_snapshot(gw: &Gateway, reference: &str) -> Result<pb::CheckpointInfo> {
+/// Whether `reference` names checkpoint `c`: its id or its name, with or
+/// without a `namespace/` and a `:tag`.
+fn names(c: &pb::CheckpointInfo, reference: &str) -> bool {
     let bare = reference.rsplit('/').next().unwrap_or_default();
     let untagged = bare.split(':').next().unwrap_or_default();
+    [reference, bare, untagged]
+        .iter()
+        .any(|r| !r.is_empty() && (c.checkpoint_id == *r || c.name == *r))
+}
+
+/// The caller's checkpoint `reference` names (see [`names`]).
+pub(super) async fn find_snapshot(gw: &Gateway, reference: &str) -> Result<pb::CheckpointInfo> {
     let all = gw.list_checkpoints().await?;
     all.into_iter()
-        .find(|c| {
-            [reference, bare, untagged]
-                .iter()
-                .any(|r| !r.is_empty() && (c.checkpoint_id == *r || c.name == *r))
-        })
+        .find(|c| names(c, reference))
         .ok_or_else(|| E2bError(ApiError::SnapshotNotFound(reference.to_string())))
 }
 
@@ -150,7 +153,7 @@ pub(super) async fn list(
                 .as_ref()
                 .is_none_or(|s| c.owner == *s || c.sandbox_id == *s)
         })
-        .filter(|c| name.as_ref().is_none_or(|n| c.name == *n))
+        .filter(|c| name.as_ref().is_none_or(|n| names(c, n)))
         .collect();
     all.sort_by(|a, b| {
         (b.created_unix_ms, &b.checkpoint_id).cmp(&(a.created_unix_ms, &a.checkpoint_id))
