@@ -427,3 +427,174 @@ async fn a_timeout_of_zero_ends_the_sandbox_now() {
     assert_e2b_error(s, &v, "timeout 0 of a paused sandbox");
     assert_eq!(info(&app, &id).await["state"], "paused");
 }
+
+#[tokio::test]
+async fn snapshots_are_made_listed_restored_and_deleted_through_e2bs_endpoints() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "ck-pool"})).await;
+    let snap = |id: &str| format!("/sandboxes/{id}/snapshots");
+    // unnamed: the id only; named: the name in `names`
+    let (s, a) = call(&app, "POST", &snap(&id), json!({})).await;
+    assert_eq!(s, 201, "{a}");
+    assert_eq!(a["names"], json!([]), "{a}");
+    let a_id = a["snapshotID"].as_str().expect("snapshotID").to_string();
+    let (s, b) = call(
+        &app,
+        "POST",
+        &snap(&id),
+        json!({"name": "before", "memory": true}),
+    )
+    .await;
+    assert_eq!((s, &b["names"]), (201, &json!(["before"])), "{b}");
+    let b_id = b["snapshotID"].as_str().expect("snapshotID").to_string();
+    // what sandpool cannot honour is refused naming it
+    for (body, field) in [
+        (json!({"memory": false}), "memory"),
+        (json!({"name": "before"}), "before"),
+        (json!({"somethingNew": 1}), "somethingNew"),
+    ] {
+        let (s, v) = call(&app, "POST", &snap(&id), body).await;
+        assert_eq!(s, 501, "{field}: {v}");
+        assert_e2b_error(s, &v, field);
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains(field),
+            "{v}"
+        );
+    }
+    // a sandbox that is not checkpointable: refused with the reason
+    let runc = create(&app, json!({"templateID": "runc"})).await;
+    let (s, v) = call(&app, "POST", &snap(&runc), Value::Null).await;
+    assert_eq!(s, 501, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("checkpointable"),
+        "{v}"
+    );
+    let (s, v) = call(&app, "POST", &snap("nope"), Value::Null).await;
+    assert_eq!(s, 404, "{v}");
+    list_restore_and_delete(&app, &id, (&a, &a_id), (&b, &b_id)).await;
+}
+
+/// The rest of the test above: its sandbox `id` has snapshots `a`
+/// (unnamed) and then `b` (named "before").
+async fn list_restore_and_delete(
+    app: &axum::Router,
+    id: &str,
+    (a, a_id): (&Value, &str),
+    (b, b_id): (&Value, &str),
+) {
+    let app = app.clone();
+    // list: newest first, filtered, paged by x-next-token
+    let (s, v) = call(&app, "GET", "/snapshots", Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, json!([b, a]));
+    let (_, v) = call(
+        &app,
+        "GET",
+        &format!("/snapshots?sandboxID={id}x"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v, json!([]));
+    for q in ["before", "before:default", "team/before", b_id] {
+        let (_, v) = call(&app, "GET", &format!("/snapshots?name={q}"), Value::Null).await;
+        assert_eq!(v, json!([b]), "{q}");
+    }
+    let (s, h, v) = call_full(&app, http::Request::get("/snapshots?limit=1"), &Value::Null).await;
+    assert_eq!((s, v), (200, json!([b])));
+    let next = h["x-next-token"].to_str().expect("token").to_string();
+    let (_, h, v) = call_full(
+        &app,
+        http::Request::get(format!("/snapshots?limit=1&nextToken={next}")),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(v, json!([a]));
+    assert!(h.get("x-next-token").is_none());
+
+    // a sandbox from a snapshot: its id or name (with a tag) as templateID
+    for t in [a_id.to_string(), "before:default".to_string()] {
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/sandboxes",
+            json!({"templateID": t, "timeout": 60, "metadata": {"k": "v"}}),
+        )
+        .await;
+        assert_eq!(s, 201, "{t}: {v}");
+        let new = v["sandboxID"].as_str().expect("id");
+        assert_ne!(new, id);
+        assert_eq!(info(&app, new).await["metadata"]["k"], "v");
+    }
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        json!({"templateID": a_id, "envVars": {"A": "1"}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("envVars"),
+        "{v}"
+    );
+
+    // delete (the SDK's DELETE /templates/{id}); then it is gone
+    for (t, want) in [(a_id, 204), (a_id, 404), ("before", 204)] {
+        let (s, v) = call(&app, "DELETE", &format!("/templates/{t}"), Value::Null).await;
+        assert_eq!(s, want, "{t}: {v}");
+    }
+    let (_, v) = call(&app, "GET", "/snapshots", Value::Null).await;
+    assert_eq!(v, json!([]));
+    let (s, v) = call(&app, "DELETE", &format!("/templates/{b_id}"), Value::Null).await;
+    assert_eq!(s, 404, "{v}");
+    assert_e2b_error(s, &v, "a deleted snapshot");
+}
+
+#[tokio::test]
+async fn fork_makes_count_sandboxes_from_one_checkpoint() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "ck-pool"})).await;
+    let fork = format!("/sandboxes/{id}/fork");
+    let (s, v) = call(&app, "POST", &fork, json!({"count": 2, "timeout": 30})).await;
+    assert_eq!(s, 201, "{v}");
+    let forks = v.as_array().expect("list");
+    assert_eq!(forks.len(), 2, "{v}");
+    for f in forks {
+        let new = f["sandbox"]["sandboxID"].as_str().expect("sandbox");
+        assert_ne!(new, id);
+        assert_eq!(info(&app, new).await["state"], "running");
+    }
+    // the source goes on; its one checkpoint is listed under its name
+    assert_eq!(info(&app, &id).await["state"], "running");
+    let (_, v) = call(
+        &app,
+        "GET",
+        &format!("/snapshots?sandboxID={id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["names"], json!([format!("fork-of-{id}")]));
+    for body in [
+        json!({"count": 0}),
+        json!({"count": 21}),
+        json!({"timeout": -1}),
+    ] {
+        let (s, v) = call(&app, "POST", &fork, body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+    let runc = create(&app, json!({"templateID": "runc"})).await;
+    let (s, v) = call(&app, "POST", &format!("/sandboxes/{runc}/fork"), json!({})).await;
+    assert_eq!(s, 501, "{v}");
+    let why = v["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("fork of sandbox") && why.contains("checkpointable runsc template"),
+        "{v}"
+    );
+}

@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 use chrono::Utc;
 use sandpool_proto::v1 as pb;
@@ -25,6 +25,7 @@ use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
 mod list;
 mod metrics;
 mod routing;
+mod snapshots;
 
 pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
@@ -98,9 +99,10 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/metrics", get(metrics::metrics))
-        .route("/sandboxes/{id}/fork", post(no_snapshots))
-        .route("/sandboxes/{id}/snapshots", post(no_snapshots))
-        .route("/snapshots", get(no_snapshots))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/snapshots", get(snapshots::list))
+        .route("/templates/{id}", delete(snapshots::delete))
         .method_not_allowed_fallback(wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(
             (gw.clone(), auth::Api::E2b),
@@ -109,14 +111,6 @@ pub fn router(gw: Gateway) -> Router {
         // everything outside `/v1` (OpenSandbox's, with its own) is E2B's
         .fallback(no_route)
         .with_state(gw)
-}
-
-/// E2B fork and snapshots: sandpool snapshots only network-less sandboxes,
-/// and E2B SDKs need envd's port, which those do not expose (yet).
-async fn no_snapshots() -> E2bError {
-    E2bError(ApiError::Unsupported(
-        "E2B fork and snapshots (E2B SDKs drive envd, which snapshot-capable sandboxes do not expose yet; the OpenSandbox snapshot API works)".into(),
-    ))
 }
 
 /// An E2B request body: E2B's error shape; empty means `{}`.
@@ -230,6 +224,8 @@ pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
 #[derive(Debug)]
 pub struct NewClaim {
     pub claim: pb::ClaimRequest,
+    /// The `templateID` as given (a snapshot's id or name when no pool has it).
+    pub template: String,
     /// The env vars of every envd process.
     pub envs: BTreeMap<String, String>,
     /// `network.allowPublicTraffic: false` (see [`crate::traffic`]).
@@ -293,6 +289,7 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
     };
     Ok(NewClaim {
         claim,
+        template: req.template_id,
         envs: req.env_vars.unwrap_or_default(),
         private_traffic,
     })
@@ -303,18 +300,26 @@ async fn create(
     headers: HeaderMap,
     extract::RawBody(body, _): extract::RawBody<E2bError>,
 ) -> Result<Response> {
-    let NewClaim {
-        mut claim,
-        envs,
-        private_traffic,
-    } = parse_create(&body)?;
-    claim.ttl_seconds = gw.check_timeout("timeout", claim.ttl_seconds)?;
-    let pool = claim.pool.clone();
-    let c = gw
-        .create_claim(claim, private_traffic, move |_| {
+    let mut new = parse_create(&body)?;
+    new.claim.ttl_seconds = gw.check_timeout("timeout", new.claim.ttl_seconds)?;
+    let pool = new.claim.pool.clone();
+    let created = gw
+        .create_claim(new.claim.clone(), new.private_traffic, move |_| {
             ApiError::PoolNotFound(format!("template {pool}"))
         })
-        .await?;
+        .await;
+    let c = match created {
+        Ok(c) => c,
+        // no pool of that name: a snapshot's id or name is a template too
+        Err(ApiError::PoolNotFound(m)) => {
+            match snapshots::find_snapshot(&gw, &new.template).await {
+                Ok(ck) => return snapshots::create_from(&gw, &headers, &ck, new).await,
+                Err(_) => return Err(ApiError::PoolNotFound(m).into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let envs = new.envs;
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();

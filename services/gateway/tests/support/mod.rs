@@ -77,6 +77,15 @@ impl Scheduler for FakeScheduler {
             // a create that takes a while (a cold start): others run meanwhile
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
+        // a checkpoint's id or name is no pool (E2B creates from snapshots by them)
+        if self
+            .checkpoints
+            .lock()
+            .iter()
+            .any(|c| c.checkpoint_id == r.pool || c.name == r.pool)
+        {
+            return Err(Status::not_found(format!("pool {}", r.pool)));
+        }
         let mut m = self.claims.lock();
         let n = m.len() + 1;
         let id = format!("sb-{n}");
@@ -160,14 +169,22 @@ impl Scheduler for FakeScheduler {
         &self,
         r: Request<pb::CheckpointClaimRequest>,
     ) -> R<pb::CheckpointInfo> {
-        let id = r.into_inner().claim_id;
+        let r = r.into_inner();
+        let id = r.claim_id;
         let c = self.with_claim(&id, |_| {})?.into_inner();
+        // as a node agent answers for a sandbox of a pool that is not checkpointable
+        if c.pool == "runc" {
+            return Err(Status::unimplemented(format!(
+                "checkpoint of sandbox {id} (unsupported on this node: use a checkpointable runsc template)"
+            )));
+        }
         let mut cks = self.checkpoints.lock();
         // as the scheduler does: the source claim's metadata kept with it
         let ck = pb::CheckpointInfo {
             checkpoint_id: format!("ck-{}", cks.len() + 1),
             sandbox_id: id.clone(),
             owner: id,
+            name: r.name,
             source_metadata: c.metadata,
             ..Default::default()
         };
@@ -187,15 +204,17 @@ impl Scheduler for FakeScheduler {
         {
             return Err(Status::not_found(r.checkpoint_id));
         }
-        let req = pb::ClaimRequest {
-            pool: "ck".into(),
-            metadata: r.metadata,
-            ..Default::default()
-        };
-        let c = self.create_claim(Request::new(req)).await?.into_inner();
-        Ok(Response::new(pb::RestoreCheckpointResponse {
-            claims: vec![c],
-        }))
+        let mut claims = Vec::new();
+        for _ in 0..r.count.max(1) {
+            let req = pb::ClaimRequest {
+                pool: "ck".into(),
+                ttl_seconds: r.ttl_seconds,
+                metadata: r.metadata.clone(),
+                ..Default::default()
+            };
+            claims.push(self.create_claim(Request::new(req)).await?.into_inner());
+        }
+        Ok(Response::new(pb::RestoreCheckpointResponse { claims }))
     }
     async fn list_checkpoints(
         &self,
