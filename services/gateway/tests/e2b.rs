@@ -4,7 +4,6 @@
 
 use sandpool_gateway::Gateway;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod support;
 use support::{FakeScheduler, T0_MS};
@@ -33,37 +32,13 @@ async fn platform() -> axum::Router {
     sandpool_gateway::app(Gateway::new(client, &[KEY.to_string()]))
 }
 
-/// `(status, headers, body)` of an E2B call; `body` `Null` sends none.
+/// `(status, headers, body)` of a call with the platform key; `body` `Null` sends none.
 async fn call_full(
     app: &axum::Router,
     req: http::request::Builder,
     body: &Value,
 ) -> (u16, http::HeaderMap, Value) {
-    let v1 = req.uri_ref().is_some_and(|u| u.path().starts_with("/v1/"));
-    let header = if v1 {
-        "OPEN-SANDBOX-API-KEY"
-    } else {
-        "X-API-Key"
-    };
-    let req = req
-        .header(header, KEY)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        }))
-        .expect("request");
-    let r = app.clone().oneshot(req).await.expect("response");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        Value::String(format!("NOT JSON: {:?}", String::from_utf8_lossy(&bytes)))
-    });
-    (status, headers, v)
+    support::call_full(app, req, KEY, body).await
 }
 
 async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> (u16, Value) {

@@ -4,7 +4,6 @@
 
 use sandpool_gateway::{Gateway, tenancy};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod support;
 use support::FakeScheduler;
@@ -44,31 +43,9 @@ async fn call(
     key: &str,
     body: Value,
 ) -> (u16, Value) {
-    let header = if path.starts_with("/v1/") {
-        "OPEN-SANDBOX-API-KEY"
-    } else {
-        "X-API-Key"
-    };
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header, key)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        }))
-        .expect("request");
-    let r = app.clone().oneshot(req).await.expect("response");
-    let status = r.status().as_u16();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let req = http::Request::builder().method(method).uri(path);
+    let (status, _, v) = support::call_full(app, req, key, &body).await;
+    (status, v)
 }
 
 /// Asserts the status of each bodiless `(method, path, key)` call, in order.
