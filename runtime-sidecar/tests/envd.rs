@@ -7,7 +7,7 @@
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sandpool_runtime::{AppState, Config, envd::envelope};
+use sandpool_runtime::envd::envelope;
 use serde_json::{Value, json};
 
 mod support;
@@ -15,19 +15,7 @@ mod support;
 const TOKEN: &str = "envd-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    // relative envd paths resolve here, never against the real $HOME
-    std::fs::create_dir_all(dir.path().join("home")).unwrap();
-    let cfg = Config {
-        // few inotify instances: tests run in parallel under one user's 128
-        max_watchers: 4,
-        ..support::config(TOKEN, dir.path(), dir.path().join("home"))
-    };
-    let state = AppState::new(cfg).unwrap();
-    (
-        support::listen(sandpool_runtime::envd_app(state)).await,
-        dir,
-    )
+    support::serve_envd(TOKEN, &[]).await
 }
 
 /// [`serve`], with a directory `w` in the home to watch.
@@ -491,16 +479,7 @@ struct Rpc<'a> {
 impl Rpc<'_> {
     /// A unary RPC (or plain JSON POST): its status and JSON answer.
     async fn unary(&self, method: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .c
-            .post(format!("{}/{method}", self.base))
-            .header("x-access-token", TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        support::unary(self.c, (self.base, TOKEN), method, &body, &[]).await
     }
 
     /// A GET of a plain HTTP path.

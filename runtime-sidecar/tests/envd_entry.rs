@@ -4,7 +4,6 @@
 // Integration tests are test code throughout (helpers included).
 #![allow(clippy::unwrap_used)]
 
-use sandpool_runtime::{AppState, Config};
 use serde_json::{Value, json};
 
 mod support;
@@ -13,31 +12,19 @@ const TOKEN: &str = "envd-token";
 
 /// envd on a loopback port, its home (with a directory `w`) in a tempdir.
 async fn serve() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("home/w")).unwrap();
-    let cfg = Config {
-        max_watchers: 4,
-        ..support::config(TOKEN, dir.path(), dir.path().join("home"))
-    };
-    let state = AppState::new(cfg).unwrap();
-    (
-        support::listen(sandpool_runtime::envd_app(state)).await,
-        dir,
-    )
+    support::serve_envd(TOKEN, &["w"]).await
 }
 
 /// A unary Connect call with extra headers: its status and JSON answer.
 async fn unary(base: &str, method: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .post(format!("{base}/{method}"))
-        .header("x-access-token", TOKEN)
-        .json(&body);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    support::unary(
+        &reqwest::Client::new(),
+        (base, TOKEN),
+        method,
+        &body,
+        headers,
+    )
+    .await
 }
 
 /// With `includeEntry`, a watcher's create and write events carry the

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use futures_util::{Stream, StreamExt};
-use sandpool_runtime::{AppState, envd::envelope};
+use sandpool_runtime::envd::envelope;
 use serde_json::{Value, json};
 
 mod support;
@@ -18,14 +18,7 @@ mod support;
 const TOKEN: &str = "envd-pty-token";
 
 async fn serve() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("home")).unwrap();
-    let cfg = support::config(TOKEN, dir.path(), dir.path().join("home"));
-    let state = AppState::new(cfg).unwrap();
-    (
-        support::listen(sandpool_runtime::envd_app(state)).await,
-        dir,
-    )
+    support::serve_envd(TOKEN, &[]).await
 }
 
 struct Rpc {
@@ -35,16 +28,7 @@ struct Rpc {
 
 impl Rpc {
     async fn unary(&self, method: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .c
-            .post(format!("{}/{method}", self.base))
-            .header("x-access-token", TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        support::unary(&self.c, (&self.base, TOKEN), method, &body, &[]).await
     }
 
     /// Open a server stream (Start or Connect) and return its body.

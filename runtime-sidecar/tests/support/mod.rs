@@ -1,9 +1,14 @@
 //! Shared by the loopback-port integration tests: a runtime config with its
-//! state under a tempdir, and an app served on a free loopback port.
+//! state under a tempdir, an app served on a free loopback port, envd served
+//! that way, and a unary Connect call.
+
+// shared by several test crates: not every one uses every item
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use sandpool_runtime::Config;
+use sandpool_runtime::{AppState, Config};
+use serde_json::Value;
 
 /// A config with `token`, data under `dir` and `home` as the user's home
 /// (relative paths resolve there, never against the real $HOME).
@@ -22,4 +27,43 @@ pub async fn listen(app: axum::Router) -> String {
     let base = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(sandpool_runtime::serve_app(l, app, std::future::pending()));
     base
+}
+
+/// envd with `token` on a free loopback port, its home (with the `dirs`
+/// under it) in a tempdir; few inotify instances (tests run in parallel
+/// under one user's 128).
+pub async fn serve_envd(token: &str, dirs: &[&str]) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    for d in dirs {
+        std::fs::create_dir_all(home.join(d)).unwrap();
+    }
+    let cfg = Config {
+        max_watchers: 4,
+        ..config(token, dir.path(), home)
+    };
+    let state = AppState::new(cfg).unwrap();
+    (listen(sandpool_runtime::envd_app(state)).await, dir)
+}
+
+/// A unary Connect call (or JSON POST) with `token` and extra `headers`:
+/// its status and JSON answer (`Null` when it has none).
+pub async fn unary(
+    c: &reqwest::Client,
+    (base, token): (&str, &str),
+    method: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut r = c
+        .post(format!("{base}/{method}"))
+        .header("x-access-token", token)
+        .json(body);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
