@@ -148,6 +148,11 @@ fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
     if r.egress.is_some() {
         return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
     }
+    if r.pause_on_expiry {
+        return Err(not_in_kubernetes_mode(
+            "autoPause (pause instead of delete when the timeout ends) is",
+        ));
+    }
     Ok(())
 }
 
@@ -793,6 +798,19 @@ fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_on_expiry_is_refused_naming_auto_pause() {
+        let r = pb::ClaimRequest {
+            pool: "p".into(),
+            pause_on_expiry: true,
+            ..Default::default()
+        };
+        let e = refuse_unsupported(&r).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("autoPause"), "{e}");
+        assert!(refuse_unsupported(&pb::ClaimRequest::default()).is_ok());
+    }
 
     #[test]
     fn a_pool_claim_may_ask_only_for_its_pool_pods_limits() {

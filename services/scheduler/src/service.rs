@@ -145,6 +145,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         entrypoint: c.entrypoint.clone(),
         image: c.image.clone(),
         claim_us: c.claim_us,
+        pause_on_expiry: c.pause_on_expiry,
     }
 }
 

@@ -39,6 +39,10 @@ struct Books {
     fail_inject: bool,
     /// never answer an inject
     hang_inject: bool,
+    /// refuse every pause (a sandbox that cannot be frozen)
+    fail_pause: bool,
+    /// sandbox ids paused, in order
+    paused: Vec<String>,
     checkpoints: Vec<pb::CheckpointInfo>,
     next_id: u32,
 }
@@ -152,6 +156,13 @@ impl NodeAgent for FakeNode {
     }
 
     async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        let id = r.get_ref().sandbox_id.clone();
+        if self.books().fail_pause {
+            return Err(Status::failed_precondition(format!(
+                "{id} cannot be frozen"
+            )));
+        }
+        self.books().paused.push(id);
         self.get_sandbox(r).await
     }
 
@@ -760,5 +771,67 @@ async fn deleting_a_pool_removes_its_warm_sandboxes_and_keeps_claimed_ones() {
     assert!(matches!(
         s.delete_pool("d").await,
         Err(SchedError::PoolNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_pause_on_expiry_claim_is_paused_at_its_ttl_and_stays_until_resumed() {
+    let (node, s, _store) = warm_platform("ap", 2, 2, 4).await;
+    let short = |pause_on_expiry| pb::ClaimRequest {
+        ttl_seconds: 1,
+        pause_on_expiry,
+        ..claim_req("ap", &["true"])
+    };
+    let kept = s.claim(short(true)).await.unwrap();
+    let dropped = s.claim(short(false)).await.unwrap();
+    PATIENCE
+        .wait_until("the auto-pause claim to pause", || {
+            s.get_claim(&kept.id)
+                .is_ok_and(|c| c.state == ClaimState::Paused)
+        })
+        .await;
+    PATIENCE
+        .wait_until("the other claim to be released", || {
+            node.books().released.contains(&dropped.sandbox.id)
+        })
+        .await;
+    // further reaper passes leave the paused claim alone
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c = s.get_claim(&kept.id).unwrap();
+    assert_eq!(c.state, ClaimState::Paused);
+    assert!(c.pause_on_expiry);
+    assert_eq!(node.books().paused, vec![kept.sandbox.id.clone()]);
+    assert!(!node.books().released.contains(&kept.sandbox.id));
+    // resumed, it runs under a fresh TTL instead of expiring at once
+    let r = s.resume(&kept.id).await.unwrap();
+    assert_eq!(r.state, ClaimState::Bound);
+    assert!(
+        r.expires_ms > sandpool_scheduler::scheduler::now_ms() + 60_000,
+        "{r:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.get_claim(&kept.id).unwrap().state, ClaimState::Bound);
+}
+
+#[tokio::test]
+async fn a_pause_on_expiry_claim_that_cannot_pause_is_released() {
+    let (node, s, _store) = warm_platform("np", 1, 1, 4).await;
+    node.books().fail_pause = true;
+    let c = s
+        .claim(pb::ClaimRequest {
+            ttl_seconds: 1,
+            pause_on_expiry: true,
+            ..claim_req("np", &["true"])
+        })
+        .await
+        .unwrap();
+    PATIENCE
+        .wait_until("the claim to be released", || {
+            node.books().released.contains(&c.sandbox.id)
+        })
+        .await;
+    assert!(matches!(
+        s.get_claim(&c.id),
+        Err(SchedError::ClaimNotFound(_))
     ));
 }

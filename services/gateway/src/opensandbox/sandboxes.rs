@@ -236,6 +236,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         mounts: Vec::new(),
         image: String::new(),
         egress,
+        pause_on_expiry: false,
     })
 }
 

@@ -203,6 +203,7 @@ impl Scheduler {
                 batch: None,
                 failure: String::new(),
                 egress: None,
+                pause_on_expiry: false,
             })
             .collect();
         if failed.is_none() {

@@ -181,6 +181,7 @@ impl Scheduler {
             batch: None,
             failure: String::new(),
             egress: egress.clone(),
+            pause_on_expiry: req.pause_on_expiry,
         };
         reservation.record(&claim_id);
         let started = async {

@@ -8,6 +8,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{ClaimRec, Scheduler, now_ms};
 
+/// The TTL a claim paused at its expiry runs under once resumed without
+/// a new one (E2B's default sandbox timeout, 300 s).
+const RESUMED_TTL_MS: i64 = 300_000;
+
 impl Scheduler {
     pub(super) async fn reap_loop(self: Arc<Self>) {
         let mut round: u64 = 0;
@@ -42,11 +46,41 @@ impl Scheduler {
                 .map(|c| c.id.clone())
                 .collect();
             for id in due {
-                tracing::info!(claim = %id, "claim expired");
-                if let Err(e) = self.release(&id, ClaimEvent::Expire).await {
-                    tracing::warn!(claim = %id, error = %e, "expiry failed");
+                self.expire(&id).await;
+            }
+        }
+    }
+
+    /// The end of claim `id`'s TTL: paused when it asked for that (and
+    /// can be), else released.
+    async fn expire(&self, id: &str) {
+        let pause = self
+            .lock()
+            .claims
+            .get(id)
+            .is_some_and(|c| c.pause_on_expiry);
+        if pause {
+            match self.pause(id).await {
+                Ok(_) => {
+                    tracing::info!(claim = %id, "claim expired: paused");
+                    // a later resume without a new TTL gets a fresh one
+                    let fresh = self.update_claim(id, |c| {
+                        c.paused_remaining_ms = RESUMED_TTL_MS;
+                        Ok(())
+                    });
+                    if let Err(e) = fresh {
+                        tracing::warn!(claim = %id, error = %e, "auto-pause bookkeeping failed");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %id, error = %e, "pause on expiry failed: releasing instead")
                 }
             }
+        }
+        tracing::info!(claim = %id, "claim expired");
+        if let Err(e) = self.release(id, ClaimEvent::Expire).await {
+            tracing::warn!(claim = %id, error = %e, "expiry failed");
         }
     }
 

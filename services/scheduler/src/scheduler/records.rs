@@ -72,6 +72,9 @@ pub struct ClaimRec {
     /// The claim's own egress policy (`None`: its pool's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressPolicy>,
+    /// Pause instead of release when the TTL ends (E2B `autoPause`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_on_expiry: bool,
 }
 
 pub fn now_ms() -> i64 {
