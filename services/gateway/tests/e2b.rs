@@ -573,3 +573,37 @@ async fn fork_makes_count_sandboxes_from_one_checkpoint() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn auto_pause_reaches_the_scheduler_and_shows_in_the_lifecycle() {
+    let app = platform().await;
+    let paused = create(
+        &app,
+        json!({"templateID": "base", "timeout": 3, "autoPause": true, "autoResume": {"enabled": false}}),
+    )
+    .await;
+    let v = info(&app, &paused).await;
+    assert_eq!(
+        v["lifecycle"],
+        json!({"onTimeout": "pause", "autoResume": false}),
+        "{v}"
+    );
+    let killed = create(&app, json!({"templateID": "base", "timeout": 3})).await;
+    let v = info(&app, &killed).await;
+    assert_eq!(v["lifecycle"]["onTimeout"], json!("kill"), "{v}");
+    // traffic-triggered resume is not implemented: refused naming it
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}}),
+    )
+    .await;
+    assert_eq!(s, 501, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("autoResume")),
+        "{v}"
+    );
+}

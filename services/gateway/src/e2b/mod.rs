@@ -135,13 +135,20 @@ struct NewSandbox {
     /// docs/compatibility.md), so either value is honoured.
     #[serde(default, rename = "secure")]
     _secure: Option<bool>,
+    /// Pause instead of kill when the timeout ends.
+    #[serde(default)]
+    auto_pause: Option<bool>,
+    /// Full (memory) or filesystem-only snapshot on auto-pause: a paused
+    /// sandpool sandbox is frozen with its memory either way, which keeps
+    /// more than either asks for.
+    #[serde(default, rename = "autoPauseMemory")]
+    _auto_pause_memory: Option<bool>,
     /// Anything else: refused unless unset (see [`refuse_unhonoured`]).
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
 
-/// Create fields sandpool does not honour (`autoPause: true`, `autoResume`
-/// enabled, `mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
+/// Create fields sandpool does not honour (`autoResume` enabled, `mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
 /// naming the field instead of being dropped. What the SDKs send when a
 /// caller asks for none of it (null, false, empty, `{"enabled": false}`)
 /// asks for nothing.
@@ -210,6 +217,10 @@ pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
         "diskSizeMB": 0,
         "state": state(c),
         "metadata": c.metadata,
+        "lifecycle": {
+            "onTimeout": if c.pause_on_expiry { "pause" } else { "kill" },
+            "autoResume": false,
+        },
     });
     if let Some(e) = &c.egress {
         v["network"] = crate::egress::e2b_network(e);
@@ -285,6 +296,7 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         mounts,
         image,
         egress,
+        pause_on_expiry: req.auto_pause.unwrap_or(false),
         ..Default::default()
     };
     Ok(NewClaim {
@@ -554,11 +566,7 @@ mod tests {
     fn create_fields_sandpool_does_not_honour_are_refused_naming_them() {
         for (body, field) in [
             (
-                &br#"{"templateID":"base","autoPause":true}"#[..],
-                "autoPause",
-            ),
-            (
-                br#"{"templateID":"base","autoResume":{"enabled":true}}"#,
+                &br#"{"templateID":"base","autoPause":true,"autoResume":{"enabled":true}}"#[..],
                 "autoResume",
             ),
             (br#"{"templateID":"base","mcp":{"github":{}}}"#, "mcp"),
@@ -572,6 +580,19 @@ mod tests {
             assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "{field}: {e}");
             assert!(e.to_string().contains(field), "{e}");
         }
+        // autoPause (with either snapshot kind) is honoured
+        for body in [
+            &br#"{"templateID":"base","autoPause":true}"#[..],
+            br#"{"templateID":"base","autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":false}}"#,
+        ] {
+            assert!(parse_create(body).unwrap().claim.pause_on_expiry);
+        }
+        assert!(
+            !parse_create(br#"{"templateID":"base"}"#)
+                .unwrap()
+                .claim
+                .pause_on_expiry
+        );
         // what the SDKs send by default
         assert!(parse_create(br#"{"templateID":"base","secure":true,"autoPause":false,"autoResume":{"enabled":false},"mcp":null,"volumeMounts":[]}"#).is_ok());
         let private = br#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#;

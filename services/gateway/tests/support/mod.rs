@@ -104,6 +104,7 @@ impl Scheduler for FakeScheduler {
             created_unix_ms: T0_MS + 1000 * n as i64,
             expires_unix_ms: chrono::Utc::now().timestamp_millis() + 1000 * r.ttl_seconds as i64,
             metadata: r.metadata,
+            pause_on_expiry: r.pause_on_expiry,
             ..Default::default()
         };
         m.insert(id, c.clone());
