@@ -194,15 +194,7 @@ fn read_oci(t: &Tarball) -> Result<ArchiveImage> {
     if descs.len() > 1 {
         return Err(bad(&t.path, "index.json lists more than one image"));
     }
-    let mut names = Vec::new();
-    for key in [
-        "io.containerd.image.name",
-        "org.opencontainers.image.ref.name",
-    ] {
-        if let Some(n) = desc["annotations"][key].as_str() {
-            names.push(n.to_string());
-        }
-    }
+    let names = oci_names(&desc["annotations"]);
     let mut digest = str_field(t, desc, "digest")?.to_string();
     let mut media = desc["mediaType"]
         .as_str()
@@ -249,6 +241,17 @@ fn read_oci(t: &Tarball) -> Result<ArchiveImage> {
         config_digest,
         layers,
     )
+}
+
+/// The image names of an index entry's annotations: containerd's full
+/// name when there is one (docker save), else the OCI ref name unless it is
+/// a bare tag (`3`, as docker save also writes there).
+fn oci_names(annotations: &serde_json::Value) -> Vec<String> {
+    let full = annotations["io.containerd.image.name"].as_str();
+    let reference = annotations["org.opencontainers.image.ref.name"]
+        .as_str()
+        .filter(|r| r.contains(':') || r.contains('/'));
+    full.or(reference).map(str::to_string).into_iter().collect()
 }
 
 /// The linux manifest of an index for this machine's architecture (the first one without a platform
@@ -438,6 +441,19 @@ mod tests {
         for bad in ["", " ", "a b", "http://x/y", "x@sha256:00", ":3"] {
             assert!(image_names(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn oci_names_skip_bare_tags() {
+        let a = |v: serde_json::Value| oci_names(&v);
+        let both = serde_json::json!({
+            "io.containerd.image.name": "docker.io/library/alpine:3",
+            "org.opencontainers.image.ref.name": "3"});
+        assert_eq!(a(both), ["docker.io/library/alpine:3"]);
+        let tag = serde_json::json!({"org.opencontainers.image.ref.name": "3"});
+        assert!(a(tag).is_empty());
+        let full = serde_json::json!({"org.opencontainers.image.ref.name": "alpine:3"});
+        assert_eq!(a(full), ["alpine:3"]);
     }
 
     #[test]
