@@ -99,8 +99,9 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
             }
         }
         ImageCmd::List => {
+            let images = connect.await?.image_summaries().await?;
             println!("NAME\tDIGEST\tSIZE\tKIND");
-            for i in connect.await?.image_summaries().await? {
+            for i in images {
                 let kind = if i.builtin { "builtin" } else { "imported" };
                 println!("{}\t{}\t{}\t{kind}", i.name, i.digest, i.size);
             }
