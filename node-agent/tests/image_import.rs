@@ -87,6 +87,7 @@ async fn an_imported_tarball_runs_sandboxes_and_is_listed_and_removed() {
     let sb = agent.create("imported", t, None).await.unwrap();
     assert_eq!(sb.state, pb::SandboxState::Warm, "its runtime answered");
 
+    agent.ensure_image("busybox").await.unwrap();
     let listed = agent.ctr().image_summaries().await.unwrap();
     let row = listed
         .iter()
@@ -96,7 +97,7 @@ async fn an_imported_tarball_runs_sandboxes_and_is_listed_and_removed() {
     assert_eq!(row.digest, img.manifest_digest);
     assert!(row.size > 0);
     let bb = listed.iter().find(|i| i.name == image::BUSYBOX).unwrap();
-    assert!(bb.builtin, "the busybox the template made is builtin");
+    assert!(bb.builtin, "busybox is listed as builtin");
 
     agent
         .release(&sb.id, pb::ReleasePolicy::Delete)
