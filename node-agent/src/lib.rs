@@ -10,6 +10,7 @@
 //! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
+pub mod archive;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod containerd;

@@ -14,6 +14,9 @@ use tonic::{Code, Request};
 
 use crate::error::{AgentError, BoxError, Result, Step};
 
+pub use archive::{IMPORTED_LABEL, ImageSummary};
+
+mod archive;
 mod events;
 mod images;
 mod snapshots;

@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod datadir;
+mod images;
 mod keys;
 mod serve;
 
@@ -42,6 +43,8 @@ enum Cmd {
     NodeAgent(cluster::NodeAgentArgs),
     /// API keys of the gateway: `create`, `list`, `revoke`.
     Key(keys::KeyArgs),
+    /// Images of a standalone platform: `import`, `list`, `rm`.
+    Image(images::ImageArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -89,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             cluster::node_agent(a, cli.service_token).await
         }
         Cmd::Key(a) => keys::run(a),
+        Cmd::Image(a) => images::run(a).await,
         Cmd::Client(c) => {
             let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
             cli::run(c, &token).await
