@@ -98,11 +98,15 @@ pub fn free_port() -> std::io::Result<u16> {
             .local_addr()?
             .port());
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    // One seed per process: with the counter, it walks distinct ports.
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        nanos ^ std::process::id().wrapping_mul(2_654_435_761)
+    });
     let width = low - FLOOR;
     for _ in 0..1000 {
         // a stride that is prime to nearly every width walks distinct ports
