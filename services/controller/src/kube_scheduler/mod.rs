@@ -27,6 +27,9 @@ use crate::crd::*;
 use crate::error::{is_already_exists, is_not_found};
 use crate::pods::{self, RUNTIME_PORT};
 
+mod convert;
+use convert::{batch_to_pb, patched_metadata, pool_to_pb, template_of};
+
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";
 pub const CLAIM_POOL_LABEL: &str = "sandpool.io/pool";
 const METADATA_ANNOTATION: &str = "sandpool.io/metadata";
@@ -185,49 +188,6 @@ fn check_pool_limits(
     Ok(())
 }
 
-fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
-    let c = t.spec.as_ref().and_then(|s| s.containers.first());
-    pb::SandboxTemplate {
-        image: c.and_then(|c| c.image.clone()).unwrap_or_default(),
-        command: c.and_then(|c| c.command.clone()).unwrap_or_default(),
-        env: c
-            .and_then(|c| c.env.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.name, e.value.unwrap_or_default()))
-            .collect(),
-        runtime_class: match t
-            .spec
-            .as_ref()
-            .and_then(|s| s.runtime_class_name.as_deref())
-        {
-            Some("gvisor" | "runsc") => pb::RuntimeClass::Runsc as i32,
-            _ => pb::RuntimeClass::Runc as i32,
-        },
-        ..Default::default()
-    }
-}
-
-fn pool_to_pb(p: &Pool) -> pb::Pool {
-    let cap = p.spec.capacity().unwrap_or_default().to_core();
-    let st = p.status.clone().unwrap_or_default();
-    pb::Pool {
-        name: p.name_any(),
-        template: p.spec.pod_template().as_ref().map(template_of),
-        capacity: Some(pb::CapacitySpec {
-            buffer_min: cap.buffer_min,
-            buffer_max: cap.buffer_max,
-            pool_min: cap.pool_min,
-            pool_max: cap.pool_max,
-        }),
-        status: Some(pb::PoolStatus {
-            total: u32::try_from(st.total).unwrap_or(0),
-            allocated: u32::try_from(st.allocated).unwrap_or(0),
-            available: u32::try_from(st.available).unwrap_or(0),
-        }),
-    }
-}
-
 /// `ttl_seconds` from now (0 = never).
 fn expire_after(ttl_seconds: u64) -> Option<Time> {
     if ttl_seconds == 0 {
@@ -378,14 +338,22 @@ impl KubeScheduler {
             metadata: metadata.into_iter().collect(),
             cold_start: b.spec.pool_ref.is_none(),
             entrypoint,
-            image: b
-                .spec
-                .pod_template()
-                .as_ref()
-                .map(|t| template_of(t).image)
-                .unwrap_or_default(),
+            image: self.claim_template(b).await?.image,
             ..Default::default()
         })
+    }
+
+    /// What a claim's pod runs: its own template, or its pool's (a `poolRef`
+    /// claim has none of its own); empty when the pool is gone.
+    async fn claim_template(&self, b: &BatchSandbox) -> Result<pb::SandboxTemplate, Status> {
+        let template = match &b.spec.pool_ref {
+            Some(pool) => match self.pools().get_opt(pool).await.map_err(kube_status)? {
+                Some(p) => p.spec.pod_template(),
+                None => None,
+            },
+            None => b.spec.pod_template(),
+        };
+        Ok(template.as_ref().map(template_of).unwrap_or_default())
     }
 
     async fn get_claim_batch(&self, id: &str) -> Result<BatchSandbox, Status> {
@@ -763,38 +731,6 @@ impl Scheduler for KubeScheduler {
     }
 }
 
-/// The metadata annotation of a claim whose annotation was `current`, after
-/// a merge patch: `set` adds or replaces keys, then `remove` deletes keys.
-fn patched_metadata(current: Option<&String>, r: pb::PatchClaimMetadataRequest) -> String {
-    let mut m: BTreeMap<String, String> = current
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default();
-    m.extend(r.set);
-    for k in &r.remove {
-        m.remove(k);
-    }
-    json!(m).to_string()
-}
-
-fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
-    let st = b.status.clone().unwrap_or_default();
-    let u = |v: i32| u32::try_from(v).unwrap_or(0);
-    pb::Batch {
-        name: b.name_any(),
-        pool: b.spec.pool_ref.clone().unwrap_or_default(),
-        replicas: u(b.spec.replicas),
-        allocated: u(st.allocated),
-        ready: u(st.ready),
-        tasks: Some(pb::TaskCounts {
-            running: u(st.task_running),
-            succeeded: u(st.task_succeed),
-            failed: u(st.task_failed),
-            unknown: u(st.task_unknown),
-        }),
-        claims: Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,22 +774,5 @@ mod tests {
         let e = check_pool_limits("p", Some(&pods), &asked("1", "256Mi")).expect_err("other");
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         assert!(e.message().contains("resourceLimits.memory"), "{e:?}");
-    }
-
-    #[test]
-    fn a_metadata_patch_merges_into_the_claims_annotation() {
-        let current = r#"{"keep":"1","team":"a","old":"x"}"#.to_string();
-        let r = pb::PatchClaimMetadataRequest {
-            claim_id: "c".into(),
-            set: [("team".to_string(), "b".to_string())].into(),
-            remove: vec!["old".into(), "absent".into()],
-        };
-        let m: BTreeMap<String, String> =
-            serde_json::from_str(&patched_metadata(Some(&current), r.clone())).expect("json");
-        let want = BTreeMap::from([("keep".into(), "1".into()), ("team".into(), "b".into())]);
-        assert_eq!(m, want);
-        let fresh: BTreeMap<String, String> =
-            serde_json::from_str(&patched_metadata(None, r)).expect("json");
-        assert_eq!(fresh, BTreeMap::from([("team".into(), "b".into())]));
     }
 }

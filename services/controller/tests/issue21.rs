@@ -1,0 +1,159 @@
+//! Kubernetes-mode bugs of issue 21, against the fake apiserver in
+//! `support`: pooled claims' image, reconcile failures reported on the
+//! objects (conditions and Events), the leader giving its lease back.
+
+mod support;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::crd::*;
+use sandpool_controller::kube_scheduler::KubeScheduler;
+use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::{batch, pool};
+use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
+use serde_json::{Value, json};
+use support::{FakeApi, cr_path, make_ready, pods_path};
+
+const NS: &str = "sandpool";
+
+/// Tasks are not what these tests are about: every call succeeds.
+struct NoTasks;
+
+#[async_trait]
+impl TaskRunner for NoTasks {
+    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
+        Some(None)
+    }
+    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+}
+
+fn setup() -> (FakeApi, Arc<Context>) {
+    let api = FakeApi::new();
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        inj,
+        Arc::new(NoTasks),
+        Some("test".into()),
+    ));
+    (api, ctx)
+}
+
+fn pools() -> String {
+    cr_path("sandbox.opensandbox.io", "pools", NS)
+}
+fn batches() -> String {
+    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
+}
+
+fn pool_obj(name: &str, n: i32) -> Value {
+    json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "python:3.12-slim", "command": ["sleep", "infinity"]}]}},
+                 "capacitySpec": {"bufferMin": n, "bufferMax": n, "poolMin": n, "poolMax": n + 2}}})
+}
+
+async fn get<K>(ctx: &Context, name: &str) -> Arc<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Arc::new(
+        Api::<K>::namespaced(ctx.client.clone(), NS)
+            .get(name)
+            .await
+            .expect("get"),
+    )
+}
+
+/// A pool `name` with `n` ready pods.
+async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
+    api.with_store(|s| s.put(&pools(), pool_obj(name, n)));
+    pool::reconcile(get::<Pool>(ctx, name).await, ctx.clone())
+        .await
+        .expect("pool reconcile");
+    let names: Vec<String> = api.with_store(|s| {
+        s.list(&pods_path(NS))
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    });
+    for (i, p) in names.iter().enumerate() {
+        api.with_store(|s| make_ready(s, NS, p, &format!("10.2.0.{}", i + 10), "node-a"));
+    }
+}
+
+/// The batch controller, running as it would in the cluster.
+fn spawn_batch_controller(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let all = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
+                .list(&Default::default())
+                .await
+                .expect("list");
+            for b in all.items {
+                let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+}
+
+// ------------------------------------------------------------------ bug 2
+
+#[tokio::test]
+async fn a_pooled_claim_reports_its_pools_image() {
+    let (api, ctx) = setup();
+    ready_pool(&api, &ctx, "py", 1).await;
+    let controller = spawn_batch_controller(ctx.clone());
+    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    sched.poll = std::time::Duration::from_millis(5);
+    let created = sched
+        .create_claim(tonic::Request::new(pb::ClaimRequest {
+            pool: "py".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("claim")
+        .into_inner();
+    controller.abort();
+    assert_eq!(created.image, "python:3.12-slim", "create: {created:?}");
+    let got = sched
+        .get_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: created.claim_id.clone(),
+        }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.image, "python:3.12-slim", "get: {got:?}");
+    let listed = sched
+        .list_claims(tonic::Request::new(pb::ListClaimsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.claims[0].image, "python:3.12-slim");
+    // a claim whose pool is gone still answers, with no image
+    api.with_store(|s| s.delete(&pools(), "py"));
+    let orphan = sched
+        .get_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: created.claim_id.clone(),
+        }))
+        .await
+        .expect("get without its pool")
+        .into_inner();
+    assert_eq!(orphan.image, "");
+    assert!(api.with_store(|s| s.get(&batches(), &created.claim_id).is_some()));
+}
