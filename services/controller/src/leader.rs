@@ -136,6 +136,28 @@ pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) {
     }
 }
 
+/// Give the lease up on shutdown so a standby takes over at once instead of
+/// waiting for it to expire: the holder is cleared (as client-go's
+/// `ReleaseOnCancel` does). `Ok(false)` when someone else holds it.
+pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool> {
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        return Ok(false);
+    };
+    let mut spec = lease.spec.take().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    lease.spec = Some(spec);
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -94,10 +95,17 @@ pub async fn run(
         tasks,
         Some(cfg.identity.clone()),
     ));
-    let controllers = controllers(client, ns, ctx);
+    let controllers = controllers(client, ns, ctx, shutdown_signal());
     if cfg.leader_elect {
         tokio::select! {
-            _ = controllers => {}
+            _ = controllers => {
+                // shut down: hand the lease over now rather than after it expires
+                match leader::release(&lease_api, &lease).await {
+                    Ok(true) => tracing::info!(lease = %lease.name, "released the leader lease"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed"),
+                }
+            }
             _ = leader::hold(&lease_api, &lease) => {
                 tracing::error!("lost the leader lease; stopping");
             }
@@ -109,15 +117,44 @@ pub async fn run(
     Ok(())
 }
 
-/// The five controllers, each draining its reconcile results, until shutdown.
-async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
+/// SIGTERM or ctrl+c, shared by all five controllers (kube's
+/// `shutdown_on_signal` would log its "press ctrl+c" hint once per controller).
+fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
+    async {
+        tracing::info!("press ctrl+c (or send SIGTERM) to shut down gracefully");
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down the controllers");
+    }
+    .boxed()
+    .shared()
+}
+
+/// The five controllers, each draining its reconcile results, until
+/// `shutdown` completes.
+pub async fn controllers(
+    client: Client,
+    ns: String,
+    ctx: Arc<Context>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let wc = watcher::Config::default();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sandpool");
 
     let pools = Controller::new(Api::<Pool>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.clone())
         .run(crate::pool::reconcile, error_policy, ctx.clone());
     // a batch hears about its pods through the allocation label (pool pods
     // are owned by their Pool, not by the batch)
@@ -135,7 +172,7 @@ async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
         let ns = batch_store_ns.clone();
         uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
     })
-    .shutdown_on_signal()
+    .graceful_shutdown_on(shutdown.clone())
     .run(crate::batch::reconcile, error_policy, ctx.clone());
     let sb_ns = ns.clone();
     let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
@@ -147,14 +184,14 @@ async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
                 .find(|o| o.kind == "SandboxClaim")
                 .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
         })
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.clone())
         .run(crate::agent_sandbox::reconcile_sandbox, error_policy, ctx.clone());
     let warm = Controller::new(
         Api::<SandboxWarmPool>::namespaced(client.clone(), &ns),
         wc.clone(),
     )
     .owns(pods.clone(), managed.clone())
-    .shutdown_on_signal()
+    .graceful_shutdown_on(shutdown.clone())
     .run(
         crate::agent_sandbox::reconcile_warm_pool,
         error_policy,
@@ -165,7 +202,7 @@ async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
         wc.clone(),
     )
     .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
-    .shutdown_on_signal()
+    .graceful_shutdown_on(shutdown.clone())
     .run(
         crate::agent_sandbox::reconcile_claim,
         error_policy,

@@ -157,3 +157,84 @@ async fn a_pooled_claim_reports_its_pools_image() {
     assert_eq!(orphan.image, "");
     assert!(api.with_store(|s| s.get(&batches(), &created.claim_id).is_some()));
 }
+
+// ------------------------------------------------------------------ bug 7a
+
+#[tokio::test]
+async fn a_leader_that_shuts_down_hands_its_lease_over_at_once() {
+    use sandpool_controller::leader;
+    let (api, ctx) = setup();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), NS);
+    let cfg = |id: &str| leader::LeaseConfig {
+        name: "sandpool-controller".into(),
+        identity: id.into(),
+        duration: std::time::Duration::from_secs(15),
+    };
+    assert!(
+        leader::try_acquire_or_renew(&leases, &cfg("a"))
+            .await
+            .expect("a")
+    );
+    assert!(
+        !leader::try_acquire_or_renew(&leases, &cfg("b"))
+            .await
+            .expect("b")
+    );
+    assert!(
+        !leader::release(&leases, &cfg("b"))
+            .await
+            .expect("b release"),
+        "b does not hold it"
+    );
+    assert!(
+        leader::release(&leases, &cfg("a"))
+            .await
+            .expect("a release")
+    );
+    let path = "/apis/coordination.k8s.io/v1/namespaces/sandpool/leases";
+    let l = api
+        .with_store(|s| s.get(path, "sandpool-controller").cloned())
+        .expect("lease");
+    assert!(
+        l["spec"].get("holderIdentity").is_none_or(Value::is_null),
+        "{l}"
+    );
+    // no waiting for the 15 s to run out
+    assert!(
+        leader::try_acquire_or_renew(&leases, &cfg("b"))
+            .await
+            .expect("b takes over")
+    );
+    let l = api
+        .with_store(|s| s.get(path, "sandpool-controller").cloned())
+        .expect("lease");
+    assert_eq!(l["spec"]["holderIdentity"], "b");
+}
+
+// ------------------------------------------------------------------ bug 7d
+
+#[tokio::test]
+async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
+    use futures_util::FutureExt;
+    let (_api, ctx) = setup();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let trigger = async move {
+        let _ = rx.await;
+    }
+    .boxed()
+    .shared();
+    let run = tokio::spawn(sandpool_controller::run::controllers(
+        ctx.client.clone(),
+        NS.into(),
+        ctx.clone(),
+        trigger,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!run.is_finished(), "running until the trigger");
+    tx.send(()).expect("trigger");
+    tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("all five stopped")
+        .expect("join");
+}

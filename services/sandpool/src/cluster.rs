@@ -292,9 +292,15 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
         lease_duration: Duration::from_secs(15),
     };
     tracing::info!(namespace = %a.namespace, "sandpool controller starting");
+    let run = sandpool_controller::run::run(client, cfg, tasks, health);
+    tokio::pin!(run);
     tokio::select! {
-        r = sandpool_controller::run::run(client, cfg, tasks, health) => r?,
-        r = sched_task => r??,
+        r = &mut run => r?,
+        r = sched_task => {
+            r??;
+            // stopped by the signal: let the controllers finish and give the lease back
+            run.await?;
+        }
     }
     Ok(())
 }
