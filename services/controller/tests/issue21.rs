@@ -238,3 +238,19 @@ async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
         .expect("all five stopped")
         .expect("join");
 }
+
+// ------------------------------------------------------------------ bug 7b
+
+#[tokio::test]
+async fn pause_in_kubernetes_mode_says_so_in_one_sentence() {
+    let (_api, ctx) = setup();
+    let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let e = sched
+        .pause_claim(tonic::Request::new(pb::ClaimRef {
+            claim_id: "any".into(),
+        }))
+        .await
+        .expect_err("pause");
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.message(), "pause is not supported in Kubernetes mode yet");
+}

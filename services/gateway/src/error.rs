@@ -43,6 +43,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0} is not supported by sandpool")]
     Unsupported(String),
+    /// The scheduler's UNIMPLEMENTED: its message is a whole sentence.
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("{0}")]
     BadGateway(String),
     /// A call to a sandbox (`what`: which sandbox and port) failed.
@@ -85,7 +88,7 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
             ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => "UNAVAILABLE",
-            ApiError::Unsupported(_) => "NOT_IMPLEMENTED",
+            ApiError::Unsupported(_) | ApiError::NotImplemented(_) => "NOT_IMPLEMENTED",
             ApiError::BadGateway(_) | ApiError::SandboxUnreachable { .. } => "SANDBOX_UNREACHABLE",
             ApiError::Internal(_) | ApiError::ProxyResponse(_) => "INTERNAL",
             ApiError::RateLimited(_) => "RATE_LIMITED",
@@ -110,7 +113,7 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::SchedulerLost(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unsupported(_) | ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::BadGateway(_) | ApiError::SandboxUnreachable { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -146,7 +149,7 @@ impl ApiError {
             Code::ResourceExhausted => ApiError::Exhausted(m),
             Code::FailedPrecondition | Code::AlreadyExists => ApiError::Conflict(m),
             Code::Unavailable => ApiError::Unavailable(m),
-            Code::Unimplemented => ApiError::Unsupported(m),
+            Code::Unimplemented => ApiError::NotImplemented(m),
             _ => ApiError::Internal(m),
         }
     }
@@ -177,5 +180,25 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedulers_unimplemented_message_is_passed_on_as_written() {
+        let said = "pause is not supported in Kubernetes mode yet";
+        let e = ApiError::from_status(tonic::Status::unimplemented(said), ApiError::Invalid);
+        assert_eq!(e.to_string(), said);
+        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(e.code(), "NOT_IMPLEMENTED");
+        // the gateway's own refusals name the feature and say it is not supported
+        let own = ApiError::Unsupported("the create field platform".into());
+        assert_eq!(
+            own.to_string(),
+            "the create field platform is not supported by sandpool"
+        );
     }
 }

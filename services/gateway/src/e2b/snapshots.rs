@@ -86,7 +86,7 @@ async fn checkpoint(
         name,
     };
     gw.checkpoint_claim(req).await.map_err(|e| match e {
-        ApiError::Unsupported(why) => E2bError(ApiError::Unsupported(format!(
+        ApiError::NotImplemented(why) => E2bError(ApiError::NotImplemented(format!(
             "{what} of sandbox {id}: only a sandbox created from a checkpointable runsc template can be snapshotted ({why})"
         ))),
         e => E2bError(e),
