@@ -254,3 +254,34 @@ async fn pause_in_kubernetes_mode_says_so_in_one_sentence() {
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     assert_eq!(e.message(), "pause is not supported in Kubernetes mode yet");
 }
+
+// ------------------------------------------------------------------ bug 7c
+
+/// deploy/README.md applies the examples with `kubectl -n sandpool`, and the
+/// controllers watch their own namespace only: an example naming another
+/// namespace would be silently ignored.
+#[test]
+fn the_examples_go_where_kubectl_n_puts_them() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut seen = 0;
+    for dir in [root.clone(), root.join("legacy")] {
+        for e in std::fs::read_dir(&dir).expect("examples dir") {
+            let path = e.expect("entry").path();
+            if path.extension().is_none_or(|x| x != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let v: Value = serde_saphyr::from_str(&text).expect("yaml");
+            assert!(
+                v["metadata"].get("namespace").is_none(),
+                "{} names namespace {}",
+                path.display(),
+                v["metadata"]["namespace"]
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "{seen} examples");
+    let readme = std::fs::read_to_string(root.join("../README.md")).expect("README");
+    assert!(readme.contains("-f deploy/examples/sandboxclaim-warmpool-test.yaml"));
+}
