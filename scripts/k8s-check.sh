@@ -167,6 +167,10 @@ expect defaults '^  name: pools\.sandbox\.opensandbox\.io$'
 expect_pools defaults "agent-pool 2 5 2 20"
 expect_not defaults '^kind: Pool$'
 expect defaults '^kind: DaemonSet$'
+# the node agent's state stays out of the standalone platform's /var/lib/sandpool
+expect defaults 'path: /var/lib/sandpool-node$'
+expect_not defaults '(path|mountPath): /var/lib/sandpool$'
+expect defaults '^            - "/var/lib/sandpool-node"$'
 expect defaults 'name: sandpool-server$'
 expect_not defaults '^kind: ServiceMonitor$'
 expect_not defaults '^kind: Ingress$'

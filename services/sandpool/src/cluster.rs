@@ -91,6 +91,10 @@ pub struct GatewayArgs {
     max_sandboxes_per_key: u32,
 }
 
+/// The Kubernetes node agent's default state directory (the chart's
+/// `nodeAgent.dataDir`).
+pub const NODE_AGENT_DATA_DIR: &str = "/var/lib/sandpool-node";
+
 #[derive(clap::Args, Debug)]
 pub struct NodeAgentArgs {
     /// Log filter (`info`, `debug`, or a RUST_LOG directive); RUST_LOG wins when set.
@@ -109,8 +113,9 @@ pub struct NodeAgentArgs {
     metrics_listen: SocketAddr,
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
-    /// State directory (reserved for checkpoints and mounts).
-    #[arg(long, default_value = "/var/lib/sandpool")]
+    /// State directory (reserved for checkpoints and mounts); not the
+    /// standalone platform's `/var/lib/sandpool`, which may share the host.
+    #[arg(long, default_value = NODE_AGENT_DATA_DIR)]
     data_dir: PathBuf,
 }
 
@@ -360,4 +365,27 @@ pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyh
         crate::shutdown_signal(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: NodeAgentArgs,
+    }
+
+    #[test]
+    fn the_node_agent_keeps_its_state_apart_from_the_standalone_platform() {
+        let c = Cmd::parse_from(["node-agent"]);
+        assert_eq!(c.a.data_dir, PathBuf::from("/var/lib/sandpool-node"));
+        let chart = include_str!("../../../deploy/helm/sandpool/values.yaml");
+        assert!(
+            chart.contains("  dataDir: /var/lib/sandpool-node\n"),
+            "the chart's nodeAgent.dataDir default is the agent's own"
+        );
+    }
 }
