@@ -55,8 +55,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     let template = match get_template(&ctx, &ns, tname).await {
         Ok(t) => t,
         Err(e @ Error::NotFound { .. }) => {
-            ctx.event(wp.as_ref(), true, "TemplateNotFound", e.to_string())
-                .await;
+            crate::conditions::failed(&ctx, wp.as_ref(), "TemplateNotFound", e.to_string()).await;
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
         Err(e) => return Err(e),
@@ -111,6 +110,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     let status = SandboxWarmPoolStatus {
         replicas: (live.len() + created) as i32,
         ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
+        ..wp.status.clone().unwrap_or_default()
     };
     if wp.status.as_ref() != Some(&status) {
         patch_status(
@@ -299,14 +299,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
             let template = match get_template(ctx, ns, tname).await {
                 Ok(t) => t,
                 Err(e @ Error::NotFound { .. }) => {
-                    let cond = condition(
-                        false,
-                        "TemplateNotFound",
-                        e.to_string(),
-                        &old_conditions,
-                        claim.metadata.generation,
-                    );
-                    patch_status(&claims, &name, json!({"conditions": [cond]})).await?;
+                    crate::conditions::failed(ctx, claim, "TemplateNotFound", e.to_string()).await;
                     return Ok(Action::requeue(Duration::from_secs(10)));
                 }
                 Err(e) => return Err(e),

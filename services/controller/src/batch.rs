@@ -124,6 +124,7 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         } else {
             None
         },
+        conditions: old.conditions.clone(),
     };
     if batch.status.as_ref() != Some(&status) {
         patch_status(&batches, &name, serde_json::to_value(&status)?).await?;

@@ -235,14 +235,17 @@ impl PoolSpec {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct PoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     pub total: i32,
     pub allocated: i32,
     pub available: i32,
+    /// `Ready=False` with why, while reconciling fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// A process task run in each sandbox of a batch.
@@ -368,8 +371,8 @@ fn one() -> i32 {
     1
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct BatchSandboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -383,6 +386,9 @@ pub struct BatchSandboxStatus {
     /// When all tasks had finished (for `ttlSecondsAfterFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// `Ready=False` with why, while reconciling fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 // ---------------------------------------------------------------- agent-sandbox
@@ -525,11 +531,14 @@ pub struct SandboxWarmPoolSpec {
     pub sandbox_template_ref: TemplateRef,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SandboxWarmPoolStatus {
     pub replicas: i32,
     pub ready_replicas: i32,
+    /// `Ready=False` with why, while reconciling fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// Every CRD, in a stable order.

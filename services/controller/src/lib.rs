@@ -5,6 +5,7 @@
 
 pub mod agent_sandbox;
 pub mod batch;
+pub mod conditions;
 pub mod context;
 pub mod crd;
 pub mod error;

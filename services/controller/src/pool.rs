@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conditions::failed;
 use crate::context::{Context, delete_ignoring_missing, list_pods, namespace_of, patch_status};
 use crate::crd::{ALLOCATED_TO_LABEL, POOL_LABEL, Pool, PoolStatus};
 use crate::error::Result;
@@ -55,6 +56,9 @@ fn refusal(name: &str, cap: &sandpool_core::pool::CapacitySpec) -> Option<(&'sta
         .map(|e| ("InvalidCapacity", e.to_string()))
 }
 
+const INCOMPLETE: &str =
+    "spec.template (or sandboxTemplate) and spec.capacitySpec (or capacity) are required";
+
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace_of(pool.as_ref())?;
     let name = pool.name_any();
@@ -62,15 +66,12 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change()); // pods go with it (owner references)
     }
     let (Some(template), Some(cap)) = (pool.spec.pod_template(), pool.spec.capacity()) else {
-        let msg =
-            "spec.template (or sandboxTemplate) and spec.capacitySpec (or capacity) are required"
-                .to_string();
-        ctx.event(pool.as_ref(), true, "InvalidSpec", msg).await;
+        failed(&ctx, pool.as_ref(), "InvalidSpec", INCOMPLETE.to_string()).await;
         return Ok(Action::await_change());
     };
     let cap = cap.to_core();
     if let Some((reason, msg)) = refusal(&name, &cap) {
-        ctx.event(pool.as_ref(), true, reason, msg).await;
+        failed(&ctx, pool.as_ref(), reason, msg).await;
         return Ok(Action::await_change());
     }
     let api: Api<Pod> = ctx.api(&ns);
@@ -140,6 +141,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         total: (warm.len() as u32 + creating + created + allocated) as i32,
         allocated: allocated as i32,
         available: warm.len() as i32,
+        ..pool.status.clone().unwrap_or_default()
     };
     if pool.status.as_ref() != Some(&status) {
         patch_status(&ctx.api::<Pool>(&ns), &name, serde_json::to_value(&status)?).await?;

@@ -14,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
+use crate::conditions::reported;
 use crate::context::{Context, TaskRunner};
 use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox, Pool, Sandbox, SandboxClaim, SandboxWarmPool};
 use crate::error::Error;
@@ -155,7 +156,11 @@ pub async fn controllers(
     let pools = Controller::new(Api::<Pool>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
         .graceful_shutdown_on(shutdown.clone())
-        .run(crate::pool::reconcile, error_policy, ctx.clone());
+        .run(
+            |o, c| reported(o, c, crate::pool::reconcile),
+            error_policy,
+            ctx.clone(),
+        );
     // a batch hears about its pods through the allocation label (pool pods
     // are owned by their Pool, not by the batch)
     let batch_store_ns = ns.clone();
@@ -173,7 +178,11 @@ pub async fn controllers(
         uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
     })
     .graceful_shutdown_on(shutdown.clone())
-    .run(crate::batch::reconcile, error_policy, ctx.clone());
+    .run(
+        |o, c| reported(o, c, crate::batch::reconcile),
+        error_policy,
+        ctx.clone(),
+    );
     let sb_ns = ns.clone();
     let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
@@ -185,7 +194,7 @@ pub async fn controllers(
                 .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(crate::agent_sandbox::reconcile_sandbox, error_policy, ctx.clone());
+        .run(|o, c| reported(o, c, crate::agent_sandbox::reconcile_sandbox), error_policy, ctx.clone());
     let warm = Controller::new(
         Api::<SandboxWarmPool>::namespaced(client.clone(), &ns),
         wc.clone(),
@@ -193,7 +202,7 @@ pub async fn controllers(
     .owns(pods.clone(), managed.clone())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        crate::agent_sandbox::reconcile_warm_pool,
+        |o, c| reported(o, c, crate::agent_sandbox::reconcile_warm_pool),
         error_policy,
         ctx.clone(),
     );
@@ -204,7 +213,7 @@ pub async fn controllers(
     .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        crate::agent_sandbox::reconcile_claim,
+        |o, c| reported(o, c, crate::agent_sandbox::reconcile_claim),
         error_policy,
         ctx.clone(),
     );

@@ -285,3 +285,260 @@ fn the_examples_go_where_kubectl_n_puts_them() {
     let readme = std::fs::read_to_string(root.join("../README.md")).expect("README");
     assert!(readme.contains("-f deploy/examples/sandboxclaim-warmpool-test.yaml"));
 }
+
+// ------------------------------------------------------------------ bug 4
+
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
+
+fn ext(plural: &str) -> String {
+    cr_path("extensions.agents.x-k8s.io", plural, NS)
+}
+
+/// The Warning events published about the object `name`: (reason, note).
+fn warnings(api: &FakeApi, name: &str) -> Vec<(String, String)> {
+    api.with_store(|s| s.list(EVENTS))
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The Ready condition of the stored object `name` in `coll`.
+fn ready_condition(api: &FakeApi, coll: &str, name: &str) -> Option<Value> {
+    let obj = api.with_store(|s| s.get(coll, name).cloned())?;
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+}
+
+/// True when the status of `name` was written, and only through `/status`.
+fn status_written_through_subresource(api: &FakeApi, name: &str) -> bool {
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::PATCH && r.body.get("status").is_some())
+        .filter(|r| r.path.contains(&format!("/{name}")))
+        .collect();
+    !writes.is_empty() && writes.iter().all(|r| r.path.ends_with("/status"))
+}
+
+#[tokio::test]
+async fn a_pool_whose_runtime_class_is_missing_says_so_and_recovers() {
+    use sandpool_controller::conditions::reported;
+    let (api, ctx) = setup();
+    let mut p = pool_obj("gv", 1);
+    p["spec"]["template"]["spec"]["runtimeClassName"] = json!("gvisor");
+    api.with_store(|s| {
+        s.runtime_classes = Some(vec!["runc".into()]);
+        s.put(&pools(), p)
+    });
+    let err = reported(get::<Pool>(&ctx, "gv").await, ctx.clone(), pool::reconcile)
+        .await
+        .expect_err("no such RuntimeClass");
+    assert!(err.to_string().contains("RuntimeClass"), "{err}");
+    let c = ready_condition(&api, &pools(), "gv").expect("a Ready condition");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "Forbidden");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("RuntimeClass \"gvisor\" not found")),
+        "{c}"
+    );
+    assert_eq!(
+        c["message"],
+        "pods \"gv-00001\" is forbidden: pod rejected: RuntimeClass \"gvisor\" not found",
+        "the apiserver's sentence"
+    );
+    assert!(c["lastTransitionTime"].is_string(), "{c}");
+    assert!(status_written_through_subresource(&api, "gv"));
+    let w = warnings(&api, "gv");
+    assert!(
+        w.iter()
+            .any(|(r, n)| r == "Forbidden" && n.contains("RuntimeClass")),
+        "{w:?}"
+    );
+    // once the RuntimeClass exists the pool fills and the condition goes
+    api.with_store(|s| s.runtime_classes = Some(vec!["gvisor".into()]));
+    reported(get::<Pool>(&ctx, "gv").await, ctx.clone(), pool::reconcile)
+        .await
+        .expect("pool reconcile");
+    assert_eq!(ready_condition(&api, &pools(), "gv"), None);
+}
+
+#[tokio::test]
+async fn an_invalid_pool_gets_a_condition_as_well_as_an_event() {
+    use sandpool_controller::conditions::reported;
+    let (api, ctx) = setup();
+    api.with_store(|s| s.put(&pools(), json!({"metadata": {"name": "half"}, "spec": {}})));
+    reported(
+        get::<Pool>(&ctx, "half").await,
+        ctx.clone(),
+        pool::reconcile,
+    )
+    .await
+    .expect("a refusal, not a retry");
+    let c = ready_condition(&api, &pools(), "half").expect("condition");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("InvalidSpec"))
+    );
+    assert!(
+        warnings(&api, "half")
+            .iter()
+            .any(|(r, _)| r == "InvalidSpec")
+    );
+    // a second round does not clear what the first reported
+    reported(
+        get::<Pool>(&ctx, "half").await,
+        ctx.clone(),
+        pool::reconcile,
+    )
+    .await
+    .expect("again");
+    assert!(ready_condition(&api, &pools(), "half").is_some());
+}
+
+#[tokio::test]
+async fn a_batch_of_a_missing_pool_says_so() {
+    use sandpool_controller::conditions::reported;
+    let (api, ctx) = setup();
+    api.with_store(|s| {
+        s.put(
+            &batches(),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+                "metadata": {"name": "b1"}, "spec": {"replicas": 1, "poolRef": "nope"}}),
+        )
+    });
+    let round = async || {
+        reported(
+            get::<BatchSandbox>(&ctx, "b1").await,
+            ctx.clone(),
+            batch::reconcile,
+        )
+        .await
+    };
+    let _ = round().await; // the finalizer goes on first
+    round().await.expect_err("no pool");
+    let c = ready_condition(&api, &batches(), "b1").expect("condition");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "PoolNotFound");
+    assert_eq!(c["message"], "Pool nope not found");
+    assert!(status_written_through_subresource(&api, "b1"));
+    assert!(
+        warnings(&api, "b1")
+            .iter()
+            .any(|(r, n)| r == "PoolNotFound" && n == "Pool nope not found")
+    );
+}
+
+fn python_template(api: &FakeApi) {
+    api.with_store(|s| {
+        s.put(&ext("sandboxtemplates"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxTemplate",
+            "metadata": {"name": "py"},
+            "spec": {"podTemplate": {"spec": {"runtimeClassName": "gvisor", "containers": [{"name": "python", "image": "python:3.12-slim"}]}}}}))
+    });
+}
+
+#[tokio::test]
+async fn a_warm_pool_of_a_missing_template_says_so() {
+    use sandpool_controller::agent_sandbox::reconcile_warm_pool;
+    use sandpool_controller::conditions::reported;
+    let (api, ctx) = setup();
+    api.with_store(|s| {
+        s.put(&ext("sandboxwarmpools"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxWarmPool",
+            "metadata": {"name": "wp"}, "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "py"}}}))
+    });
+    reported(
+        get::<SandboxWarmPool>(&ctx, "wp").await,
+        ctx.clone(),
+        reconcile_warm_pool,
+    )
+    .await
+    .expect("waits for the template");
+    let c = ready_condition(&api, &ext("sandboxwarmpools"), "wp").expect("condition");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("TemplateNotFound"))
+    );
+    assert!(
+        warnings(&api, "wp")
+            .iter()
+            .any(|(r, _)| r == "TemplateNotFound")
+    );
+    // the template appears, but its RuntimeClass does not exist
+    python_template(&api);
+    api.with_store(|s| s.runtime_classes = Some(Vec::new()));
+    reported(
+        get::<SandboxWarmPool>(&ctx, "wp").await,
+        ctx.clone(),
+        reconcile_warm_pool,
+    )
+    .await
+    .expect_err("no RuntimeClass");
+    let c = ready_condition(&api, &ext("sandboxwarmpools"), "wp").expect("condition");
+    assert_eq!(c["reason"], "Forbidden");
+    assert!(status_written_through_subresource(&api, "wp"));
+}
+
+#[tokio::test]
+async fn a_claim_says_why_its_sandbox_is_not_ready() {
+    use sandpool_controller::agent_sandbox::{reconcile_claim, reconcile_sandbox};
+    use sandpool_controller::conditions::reported;
+    let (api, ctx) = setup();
+    api.with_store(|s| {
+        s.runtime_classes = Some(Vec::new());
+        s.put(
+            &ext("sandboxclaims"),
+            json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxClaim",
+            "metadata": {"name": "c"}, "spec": {"sandboxTemplateRef": {"name": "py"}}}),
+        )
+    });
+    let claim = async || {
+        reported(
+            get::<SandboxClaim>(&ctx, "c").await,
+            ctx.clone(),
+            reconcile_claim,
+        )
+        .await
+    };
+    claim().await.expect("finalizer");
+    claim().await.expect("no template yet");
+    assert!(
+        warnings(&api, "c")
+            .iter()
+            .any(|(r, _)| r == "TemplateNotFound"),
+        "an event as well as the condition"
+    );
+    python_template(&api);
+    claim().await.expect("claim: a cold sandbox");
+    reported(
+        get::<Sandbox>(&ctx, "c").await,
+        ctx.clone(),
+        reconcile_sandbox,
+    )
+    .await
+    .expect_err("the pod is refused");
+    claim().await.expect("claim");
+    let c = ready_condition(&api, &ext("sandboxclaims"), "c").expect("condition");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "Forbidden", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("RuntimeClass \"gvisor\" not found")),
+        "not just \"starting\": {c}"
+    );
+    assert!(
+        warnings(&api, "c")
+            .iter()
+            .any(|(r, _)| r == "TemplateNotFound")
+    );
+}

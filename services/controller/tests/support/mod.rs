@@ -22,6 +22,9 @@ pub struct Store {
     pub objects: BTreeMap<String, BTreeMap<String, Value>>,
     rv: u64,
     names: u64,
+    /// The cluster's RuntimeClasses, when set: a pod naming another one is
+    /// refused as the RuntimeClass admission plugin refuses it (403).
+    pub runtime_classes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +400,15 @@ fn serve_create(store: &mut Store, coll: &str, plural: &str, body: Value) -> (u1
             );
         }
     };
+    if plural == "pods"
+        && let Some(known) = &store.runtime_classes
+        && let Some(rc) = obj["spec"]["runtimeClassName"].as_str()
+        && !known.iter().any(|k| k == rc)
+    {
+        let msg =
+            format!("pods \"{name}\" is forbidden: pod rejected: RuntimeClass \"{rc}\" not found");
+        return (403, status(403, "Forbidden", &msg));
+    }
     if store.get(coll, &name).is_some() {
         return (
             409,
