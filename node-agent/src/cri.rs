@@ -2,6 +2,9 @@
 //! kubelet through CRI, so the agent does not create sandboxes; it finds a
 //! pod's containers in containerd's `k8s.io` namespace by their CRI labels
 //! and serves pause / resume (and state) for them. Sandbox id = `<namespace>/<pod>`.
+//! Only pods sandpool manages (label `app.kubernetes.io/managed-by=sandpool`,
+//! which CRI copies from the pod onto its sandbox container) are seen: the
+//! node's other pods are neither listed nor paused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,6 +21,8 @@ pub const POD_UID: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// `sandbox` (the pod's pause container) or `container`.
 pub const CRI_KIND: &str = "io.cri-containerd.kind";
+/// The label (and value) on every pod sandpool's controller makes.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sandpool");
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CriPod {
@@ -26,6 +31,8 @@ pub struct CriPod {
     pub uid: String,
     /// (container id, container name) of the pod's app containers.
     pub containers: Vec<(String, String)>,
+    /// The pod carries sandpool's managed-by label.
+    pub managed: bool,
 }
 
 impl CriPod {
@@ -51,7 +58,9 @@ pub fn group_pods<'a>(
                 name: name.clone(),
                 uid: labels.get(POD_UID).cloned().unwrap_or_default(),
                 containers: Vec::new(),
+                managed: false,
             });
+        pod.managed |= labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1);
         if labels.get(CRI_KIND).map(String::as_str) == Some("sandbox") {
             continue;
         }
@@ -61,6 +70,30 @@ pub fn group_pods<'a>(
         ));
     }
     pods.into_values().collect()
+}
+
+/// Only the pods sandpool manages.
+pub fn managed_pods(pods: Vec<CriPod>) -> Vec<CriPod> {
+    pods.into_iter().filter(|p| p.managed).collect()
+}
+
+/// `<namespace>/<pod>` of a sandbox id; anything else is InvalidArgument
+/// naming the id.
+pub fn parse_id(id: &str) -> Result<(&str, &str)> {
+    match id.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns, name))
+        }
+        _ => Err(AgentError::InvalidArgument(format!(
+            "sandbox id {id:?} is not <namespace>/<pod> (Kubernetes mode)"
+        ))),
+    }
+}
+
+/// The pod `ns/name` among `pods`, if it has app containers.
+pub fn find_pod(pods: Vec<CriPod>, ns: &str, name: &str) -> Option<CriPod> {
+    pods.into_iter()
+        .find(|p| p.namespace == ns && p.name == name && !p.containers.is_empty())
 }
 
 /// Pause/resume of Kubernetes pods on this node.
@@ -77,24 +110,22 @@ impl CriNode {
         }
     }
 
+    /// The pods sandpool manages on this node.
     pub async fn pods(&self) -> Result<Vec<CriPod>> {
         let cs = self.ctr.list_containers().await?;
-        Ok(group_pods(cs.iter().map(|c| (c.id.as_str(), &c.labels))))
+        Ok(managed_pods(group_pods(
+            cs.iter().map(|c| (c.id.as_str(), &c.labels)),
+        )))
     }
 
     pub async fn pod(&self, id: &str) -> Result<CriPod> {
-        let Some((ns, name)) = id.split_once('/') else {
-            return Err(AgentError::InvalidTemplate(format!(
-                "sandbox id {id:?}: expected <namespace>/<pod>"
-            )));
-        };
-        self.pods()
-            .await?
-            .into_iter()
-            .find(|p| p.namespace == ns && p.name == name && !p.containers.is_empty())
-            .ok_or_else(|| {
-                AgentError::NotFound(format!("pod {id} has no containers on node {}", self.node))
-            })
+        let (ns, name) = parse_id(id)?;
+        find_pod(self.pods().await?, ns, name).ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "{id} (no containers of a pod sandpool manages on node {})",
+                self.node
+            ))
+        })
     }
 
     /// Paused when any app container's task is paused.
@@ -328,6 +359,42 @@ mod tests {
             (CRI_KIND.to_string(), kind.to_string()),
         ]
         .into()
+    }
+
+    #[test]
+    fn only_pods_sandpool_manages_are_seen() {
+        let mut ours = labels("sandpool", "agent-pool-1", "", "sandbox");
+        ours.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        let our_app = labels("sandpool", "agent-pool-1", "sandbox", "container");
+        let gateway = labels("sandpool", "sandpool-gateway-7d9", "gateway", "container");
+        let gateway_pause = labels("sandpool", "sandpool-gateway-7d9", "", "sandbox");
+        let web = labels("other", "web", "nginx", "container");
+        let pods = managed_pods(group_pods([
+            ("s1", &ours),
+            ("c1", &our_app),
+            ("s2", &gateway_pause),
+            ("c2", &gateway),
+            ("c3", &web),
+        ]));
+        let ids: Vec<String> = pods.iter().map(CriPod::id).collect();
+        assert_eq!(ids, ["sandpool/agent-pool-1"]);
+        assert!(find_pod(pods.clone(), "sandpool", "agent-pool-1").is_some());
+        assert_eq!(
+            find_pod(pods.clone(), "sandpool", "sandpool-gateway-7d9"),
+            None
+        );
+        assert_eq!(find_pod(pods, "other", "web"), None);
+    }
+
+    #[test]
+    fn a_malformed_id_is_invalid_argument_naming_it() {
+        assert_eq!(parse_id("ns/pod").expect("ok"), ("ns", "pod"));
+        for bad in ["sbx-123", "/pod", "ns/", "a/b/c", ""] {
+            let s = Status::from(parse_id(bad).expect_err(bad));
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(s.message().contains(&format!("{bad:?}")), "{bad}: {s:?}");
+            assert!(!s.message().contains("template"), "{s:?}");
+        }
     }
 
     #[test]

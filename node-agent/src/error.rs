@@ -11,6 +11,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum AgentError {
     #[error("invalid template: {0}")]
     InvalidTemplate(String),
+    /// A request argument other than a template is malformed (the message says which).
+    #[error("{0}")]
+    InvalidArgument(String),
     #[error("unknown image {0:?}; known images: {1}")]
     UnknownImage(String, String),
     #[error("sandbox {0} not found")]
@@ -172,6 +175,7 @@ impl AgentError {
     pub fn kind(&self) -> &'static str {
         match self {
             AgentError::InvalidTemplate(_) => "invalid_template",
+            AgentError::InvalidArgument(_) => "invalid_argument",
             AgentError::UnknownImage(..) => "unknown_image",
             AgentError::NotFound(_) | AgentError::MountNamespace { .. } => "not_found",
             AgentError::FailedPrecondition(_) => "failed_precondition",
@@ -192,7 +196,9 @@ impl AgentError {
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
         let code = match &e {
-            AgentError::InvalidTemplate(_) | AgentError::UnknownImage(..) => Code::InvalidArgument,
+            AgentError::InvalidTemplate(_)
+            | AgentError::InvalidArgument(_)
+            | AgentError::UnknownImage(..) => Code::InvalidArgument,
             AgentError::NotFound(_)
             | AgentError::MountNamespace { .. }
             | AgentError::CheckpointNotFound(_) => Code::NotFound,

@@ -708,6 +708,8 @@ async fn label_as_cri_pod(node: &Node, sandbox_id: &str) {
         (cri::POD_UID, "uid-1"),
         (cri::CONTAINER_NAME, "sandbox-container"),
         (cri::CRI_KIND, "container"),
+        // the pod's own labels live on its pause container in a cluster
+        cri::MANAGED_BY,
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -747,6 +749,23 @@ async fn cri_labelled_pods_pause_and_resume_keeping_state() {
     assert!(
         pods.iter().any(|p| p.id() == "sandpool/agent-pool-abcde"),
         "{pods:?}"
+    );
+    // pods sandpool does not manage, and ids that are no pod, are refused by name
+    fails_with(
+        cri.pause("kube-system/coredns").await,
+        &["kube-system/coredns", "not found"],
+    );
+    fails_with(
+        cri.pause("sbx-1").await,
+        &["\"sbx-1\"", "<namespace>/<pod>"],
+    );
+    assert_eq!(
+        grpc_code(cri.pause("kube-system/coredns").await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        grpc_code(cri.pause("sbx-1").await),
+        tonic::Code::InvalidArgument
     );
 
     // a counter ticking every 50 ms (written with a rename: never seen half-written)
