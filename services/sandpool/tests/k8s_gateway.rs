@@ -1,0 +1,136 @@
+//! The gateway in Kubernetes mode: its OpenSandbox API over the CRD-backed
+//! scheduler (`KubeScheduler` on gRPC), the CRDs served by the controller
+//! tests' fake apiserver, the batch controller running as in the cluster.
+
+#[path = "../../controller/tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::crd::{BatchSandbox, Pool, ProcessTask};
+use sandpool_controller::kube_scheduler::KubeScheduler;
+use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::{batch, pool};
+use sandpool_proto::v1::scheduler_client::SchedulerClient;
+use sandpool_proto::v1::scheduler_server::SchedulerServer;
+use serde_json::{Value, json};
+use support::{FakeApi, cr_path, make_ready, pods_path};
+use tower::ServiceExt;
+
+const NS: &str = "sandpool";
+
+struct NoTasks;
+
+#[tonic::async_trait]
+impl TaskRunner for NoTasks {
+    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
+        Some(None)
+    }
+    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+}
+
+/// `(status, body)` of an OpenSandbox API call.
+async fn call(app: &axum::Router, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        }))
+        .expect("request");
+    let r = app.clone().oneshot(req).await.expect("response");
+    let status = r.status().as_u16();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn an_opensandbox_sandbox_from_a_pool_shows_the_pools_image() {
+    let api = FakeApi::new();
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(Context::new(api.client(), inj, Arc::new(NoTasks), None));
+    let pools = cr_path("sandbox.opensandbox.io", "pools", NS);
+    api.with_store(|s| s.put(&pools, json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": "py"},
+        "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "python:3.12-slim"}]}},
+                 "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 1, "poolMax": 2}}})));
+    let p: Pool = Api::namespaced(ctx.client.clone(), NS)
+        .get("py")
+        .await
+        .expect("pool");
+    pool::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("pool reconcile");
+    for p in api.with_store(|s| s.list(&pods_path(NS))) {
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.with_store(|s| make_ready(s, NS, &name, "10.3.0.10", "node-a"));
+    }
+    let c2 = ctx.clone();
+    let controller = tokio::spawn(async move {
+        loop {
+            let all = Api::<BatchSandbox>::namespaced(c2.client.clone(), NS)
+                .list(&Default::default())
+                .await
+                .expect("list");
+            for b in all.items {
+                let _ = batch::reconcile(Arc::new(b), c2.clone()).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+
+    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    sched.poll = std::time::Duration::from_millis(5);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SchedulerServer::new(sched))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let gw = sandpool_gateway::Gateway::new(
+        SchedulerClient::with_interceptor(ch, Default::default()),
+        &[],
+    );
+    let app = sandpool_gateway::app(gw);
+
+    let (code, created) = call(
+        &app,
+        "POST",
+        "/v1/sandboxes",
+        &json!({"extensions": {"poolRef": "py"}, "timeout": 600, "entrypoint": ["sleep", "infinity"]}),
+    )
+    .await;
+    assert!(code < 300, "{code} {created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let (code, got) = call(&app, "GET", &format!("/v1/sandboxes/{id}"), &Value::Null).await;
+    controller.abort();
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["image"]["uri"], "python:3.12-slim", "{got}");
+}
