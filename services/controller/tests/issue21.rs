@@ -214,9 +214,30 @@ async fn a_leader_that_shuts_down_hands_its_lease_over_at_once() {
 
 // ------------------------------------------------------------------ bug 7d
 
+/// Log lines written while it is alive.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
     use futures_util::FutureExt;
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let (_api, ctx) = setup();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let trigger = async move {
@@ -237,6 +258,10 @@ async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
         .await
         .expect("all five stopped")
         .expect("join");
+    // kube's per-controller signal handling logged its hint five times; the
+    // shared trigger's hint is logged once, by run() (not here)
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).to_string();
+    assert_eq!(text.matches("press ctrl+c").count(), 0, "{text}");
 }
 
 // ------------------------------------------------------------------ bug 7b
