@@ -384,6 +384,11 @@ async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
     // reconciled through the v1beta1 API
     let (api, ctx) = setup();
     fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    for p in pods(&api) {
+        let name = p["metadata"]["name"].as_str().expect("name").to_string();
+        api.with_store(|s| make_ready(s, NS, &name, "10.1.0.9", "node-a"));
+    }
     api.with_store(|s| {
         s.put(&support::cr_path("extensions.agents.x-k8s.io", "sandboxclaims", NS),
             json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxClaim",
@@ -400,4 +405,7 @@ async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
             .is_none(),
         "warmpool: none starts cold"
     );
+    assert_eq!(pods(&api).len(), 1, "the warm pod stays in its pool");
+    reconcile_sandbox(&ctx, "old").await;
+    assert!(obj(&api, &pods_path(NS), "old").is_some(), "a cold pod");
 }
