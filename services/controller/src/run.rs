@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -14,7 +14,10 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::context::{Context, TaskRunner};
-use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox, Pool, Sandbox, SandboxClaim, SandboxWarmPool};
+use crate::crd::{
+    ALLOCATED_TO_LABEL, BatchSandbox, Pool, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
+    SandboxWarmPool,
+};
 use crate::error::Error;
 use crate::leader::{self, LeaseConfig};
 use crate::pods::RuntimeInjection;
@@ -147,6 +150,11 @@ async fn controllers(client: Client, ns: String, ctx: Arc<Context>) {
                 .find(|o| o.kind == "SandboxClaim")
                 .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
         })
+        // the headless Services of sandboxes (a deleted one is recreated)
+        .owns(
+            Api::<Service>::namespaced(client.clone(), &ns),
+            watcher::Config::default().labels(SANDBOX_NAME_HASH_LABEL),
+        )
         .shutdown_on_signal()
         .run(crate::agent_sandbox::reconcile_sandbox, error_policy, ctx.clone());
     let warm = Controller::new(
