@@ -288,6 +288,11 @@ async fn a_suspended_sandbox_has_no_pod_and_resumes() {
         });
         reconcile_sandbox(&ctx, name).await;
         assert_eq!(pods(&api).len(), 1, "{name}: resumed");
+        api.with_store(|s| make_ready(s, NS, name, "10.1.0.7", "node-a"));
+        reconcile_sandbox(&ctx, name).await;
+        let sb = obj(&api, &sandboxes(), name).expect("sandbox");
+        assert_eq!(sb["status"]["podIPs"], json!(["10.1.0.7"]));
+        assert_eq!(ready_condition(&sb)["status"], "True");
         api.with_store(|s| {
             s.mutate(&sandboxes(), name, |o| {
                 o["spec"]["operatingMode"] = json!("Suspended")
@@ -295,6 +300,11 @@ async fn a_suspended_sandbox_has_no_pod_and_resumes() {
         });
         reconcile_sandbox(&ctx, name).await;
         assert!(pods(&api).is_empty(), "{name}: suspended again");
+        let sb = obj(&api, &sandboxes(), name).expect("sandbox");
+        assert!(sb["status"]["podIPs"].is_null(), "{name}: {sb}");
+        assert!(sb["status"]["podName"].is_null(), "{name}: {sb}");
+        assert_eq!(sb["status"]["conditions"][1]["type"], "Suspended");
+        assert_eq!(sb["status"]["conditions"][1]["status"], "True");
     }
 }
 

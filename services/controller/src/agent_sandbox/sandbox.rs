@@ -290,9 +290,14 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
                 .get(POD_NAME_ANNOTATION)
                 .cloned()
                 .unwrap_or_else(|| name.clone());
-            let p = ctx.api::<Pod>(&ns).get_opt(&current).await?;
+            let pod_api: Api<Pod> = ctx.api(&ns);
+            let p = pod_api.get_opt(&current).await?;
             remove_pod(&ctx, &sb, &ns, p.as_ref()).await?;
-            p.filter(|p| !pods::is_terminating(p))
+            // still there while it terminates (reported as suspending)
+            match p {
+                Some(_) => pod_api.get_opt(&current).await?,
+                None => None,
+            }
         }
     };
     let service = reconcile_service(&ctx, &sb, &ns).await?;

@@ -401,8 +401,8 @@ pub struct UpdateStrategy {
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas"
     ),
-    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "READY", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(
         name = "AGE",
         type_ = "date",
