@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, CustomResourceDefinitionVersion, JSONSchemaProps,
+    CustomResourceDefinition, CustomResourceDefinitionVersion, CustomResourceSubresourceScale,
+    JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -448,6 +449,16 @@ pub fn served_versions(mut crd: CustomResourceDefinition) -> CustomResourceDefin
     old.deprecation_warning = Some(format!(
         "{group}/{AGENTS_OLD_VERSION} {kind} is deprecated; use {group}/{AGENTS_VERSION} {kind} instead"
     ));
+    if kind == "Sandbox" {
+        // v1alpha1's `replicas` (0/1) is scalable, as upstream's v1alpha1
+        if let Some(sub) = old.subresources.as_mut() {
+            sub.scale = Some(CustomResourceSubresourceScale {
+                spec_replicas_path: ".spec.replicas".into(),
+                status_replicas_path: ".status.replicas".into(),
+                label_selector_path: Some(".status.selector".into()),
+            });
+        }
+    }
     if kind == "SandboxClaim" {
         let spec_schema = |v: &mut CustomResourceDefinitionVersion| {
             v.schema

@@ -412,6 +412,14 @@ fn agent_sandbox_kinds_store_v1beta1_and_serve_v1alpha1_deprecated() {
                 .unwrap_or("None"),
             "None"
         );
+        if kind == "Sandbox" {
+            assert_eq!(
+                alpha["subresources"]["scale"],
+                serde_json::json!({"specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}),
+                "v1alpha1 Sandbox scales by replicas, as upstream"
+            );
+        }
     }
 }
 
