@@ -430,17 +430,13 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
         .iter()
         .find(|c| c.type_ == "Ready")
         .cloned();
+    // the Sandbox's Ready condition, forwarded (as upstream)
     let (ready, reason, message) = match sb_ready {
-        Some(c) if c.status == "True" => (
-            true,
-            "SandboxReady".to_string(),
-            format!("sandbox {name} is ready"),
-        ),
-        Some(c) => (false, c.reason, c.message),
+        Some(c) => (c.status == "True", c.reason, c.message),
         None => (
             false,
-            "SandboxPending".to_string(),
-            format!("sandbox {name} is starting"),
+            "SandboxNotReady".to_string(),
+            format!("sandbox {name} is not ready"),
         ),
     };
     let status = SandboxClaimStatus {

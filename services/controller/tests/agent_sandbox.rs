@@ -229,6 +229,11 @@ async fn a_warm_pool_ref_claim_adopts_from_that_pool_and_reports_the_address() {
     let claim = obj(&api, &ext("sandboxclaims"), "c1").expect("claim");
     assert_eq!(ready_condition(&claim)["status"], "True");
     assert_eq!(
+        ready_condition(&claim)["reason"],
+        "DependenciesReady",
+        "the Sandbox's Ready condition, forwarded"
+    );
+    assert_eq!(
         claim["status"]["sandbox"],
         json!({"name": "c1", "podIPs": [ip]})
     );
