@@ -133,7 +133,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     let status = SandboxWarmPoolStatus {
         replicas: (live.len() + created) as i32,
         ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
-        ..Default::default()
+        ..wp.status.clone().unwrap_or_default()
     };
     if wp.status.as_ref() != Some(&status) {
         patch_status(
@@ -418,6 +418,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
                     claim.metadata.generation,
                 );
                 if !same_conditions(&old_conditions, std::slice::from_ref(&cond)) {
+                    ctx.event(claim, true, reason, cond.message.clone()).await;
                     patch_status(&claims, &name, json!({"conditions": [cond]})).await?;
                 }
                 return Ok(Action::requeue(Duration::from_secs(10)));

@@ -260,6 +260,11 @@ async fn a_claim_of_a_missing_warm_pool_says_so() {
     assert_eq!(cond["reason"], "WarmPoolNotFound");
     assert!(cond["message"].as_str().is_some_and(|m| m.contains("nope")));
     assert!(obj(&api, &sandboxes(), "c").is_none());
+    let warned = api
+        .with_store(|s| s.list(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")))
+        .iter()
+        .any(|e| e["type"] == "Warning" && e["reason"] == "WarmPoolNotFound");
+    assert!(warned, "a Warning event as well as the condition");
 }
 
 #[tokio::test]

@@ -422,11 +422,14 @@ pub struct SandboxWarmPoolSpec {
     pub update_strategy: Option<UpdateStrategy>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SandboxWarmPoolStatus {
     pub replicas: i32,
     pub ready_replicas: i32,
+    /// `Ready=False` with why, while reconciling fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
