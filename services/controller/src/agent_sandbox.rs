@@ -1,7 +1,13 @@
 //! agent-sandbox controllers: `SandboxWarmPool` keeps warm pods of a
 //! template; `SandboxClaim` adopts one (optimistically, by resourceVersion)
-//! into a `Sandbox` annotated `agents.x-k8s.io/pod-name`, or creates a cold
-//! one; `Sandbox` runs (or tracks) its pod and reports readiness.
+//! from its warm pool (`warmPoolRef`) or any pool of its template
+//! (`sandboxTemplateRef`) into a `Sandbox` annotated
+//! `agents.x-k8s.io/pod-name`, or creates a cold one; `Sandbox`
+//! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
+
+mod sandbox;
+
+pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +24,15 @@ use crate::context::{
     Context, delete_ignoring_missing, finalized, list_pods, namespace_of, now, patch_status, until,
 };
 use crate::crd::{
-    CLAIM_FINALIZER, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
-    SandboxClaimStatus, SandboxSpec, SandboxStatus, SandboxTemplate, SandboxWarmPool,
-    SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, TemplateRef, WARM_POOL_LABEL,
+    CLAIM_FINALIZER, ClaimedSandbox, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox,
+    SandboxClaim, SandboxClaimStatus, SandboxSpec, SandboxTemplate, SandboxWarmPool,
+    SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, UpdateStrategyType, WARM_POOL_LABEL,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref, short_hash};
 
-const EXT_API: &str = "extensions.agents.x-k8s.io/v1alpha1";
-const CORE_API: &str = "agents.x-k8s.io/v1alpha1";
+const EXT_API: &str = "extensions.agents.x-k8s.io/v1beta1";
+const CORE_API: &str = "agents.x-k8s.io/v1beta1";
 
 pub fn template_hash(ns: &str, template: &str) -> String {
     short_hash(&format!("{ns}/{template}"))
@@ -60,7 +66,23 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
         }
         Err(e) => return Err(e),
     };
-    let pool_hash = short_hash(&format!("{ns}/{name}"));
+    if wp
+        .spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.type_)
+        .is_some_and(|t| t == UpdateStrategyType::Recreate)
+    {
+        ctx.event(
+            wp.as_ref(),
+            true,
+            "UnsupportedField",
+            "spec.updateStrategy.type Recreate is not supported by sandpool; warm pods are replaced on replenish only".into(),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let pool_hash = pool_hash(&ns, &name);
     let api: Api<Pod> = ctx.api(&ns);
     let mut live = Vec::new();
     for p in list_pods(&api, &format!("{WARM_POOL_LABEL}={pool_hash}")).await? {
@@ -149,15 +171,26 @@ fn condition(
     old: &[Condition],
     generation: Option<i64>,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
+    typed_condition("Ready", ready, reason, message, old, generation)
+}
+
+fn typed_condition(
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+    old: &[Condition],
+    generation: Option<i64>,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
     // keep the transition time when the status did not change
     let since = old
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(now()));
     Condition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
@@ -176,28 +209,22 @@ fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
         })
 }
 
-/// Adopt a ready warm pod of `template` for the sandbox `sandbox_name`; the
-/// pod leaves its warm pool (label removed, so the pool replenishes) and is
-/// owned by `owner` from now on. `None` when no warm pod could be won.
+/// Adopt a ready warm pod matching `warm_selector` for the sandbox
+/// `sandbox_name`; the pod leaves its warm pool (label removed, so the pool
+/// replenishes) and is owned by `owner` from now on. `None` when no warm pod
+/// could be won.
 pub async fn adopt_warm_pod(
     api: &Api<Pod>,
-    ns: &str,
-    template: &str,
+    warm_selector: &str,
     sandbox_name: &str,
     owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> Result<Option<Pod>> {
     for _round in 0..3 {
-        let candidates: Vec<Pod> = list_pods(
-            api,
-            &format!(
-                "{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}",
-                template_hash(ns, template)
-            ),
-        )
-        .await?
-        .into_iter()
-        .filter(pods::is_ready)
-        .collect();
+        let candidates: Vec<Pod> = list_pods(api, warm_selector)
+            .await?
+            .into_iter()
+            .filter(pods::is_ready)
+            .collect();
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -222,16 +249,98 @@ pub async fn adopt_warm_pod(
     Ok(None)
 }
 
-/// The claim's `Sandbox`: on a warm pod of the template adopted for it, else
-/// cold; an existing one (a racing reconcile created it) is returned as is.
+/// The warm pool label value of the pool `name`.
+fn pool_hash(ns: &str, name: &str) -> String {
+    short_hash(&format!("{ns}/{name}"))
+}
+
+/// Where a claim's sandbox comes from: the template, and the label selector
+/// of the warm pods it may adopt (`None`: always cold).
+struct Source {
+    template: SandboxTemplate,
+    warm: Option<String>,
+}
+
+/// Why a claim cannot be served (yet): `(reason, message)` of its condition.
+type Refusal = (&'static str, String);
+
+/// The claim's template and warm pods: `warmPoolRef` names the pool (its
+/// template); `sandboxTemplateRef` names the template (any pool of it, or
+/// per v1alpha1's `warmpool`: `none`, or one pool by name).
+async fn claim_source(
+    claim: &SandboxClaim,
+    ctx: &Context,
+    ns: &str,
+) -> Result<std::result::Result<Source, Refusal>> {
+    let unsupported = claim.spec.unsupported_fields();
+    if !unsupported.is_empty() {
+        return Ok(Err((
+            "UnsupportedField",
+            format!("not supported by sandpool: {}", unsupported.join(", ")),
+        )));
+    }
+    let (tname, warm) = if let Some(wp) = &claim.spec.warm_pool_ref {
+        match ctx.api::<SandboxWarmPool>(ns).get_opt(&wp.name).await? {
+            Some(pool) => (
+                pool.spec.sandbox_template_ref.name,
+                Some(format!("{WARM_POOL_LABEL}={}", pool_hash(ns, &wp.name))),
+            ),
+            None => {
+                return Ok(Err((
+                    "WarmPoolNotFound",
+                    format!("SandboxWarmPool {:?} not found", wp.name),
+                )));
+            }
+        }
+    } else if let Some(t) = &claim.spec.sandbox_template_ref {
+        let warm = match claim.spec.warmpool.as_deref() {
+            Some("none") => None,
+            None | Some("default" | "") => Some(format!(
+                "{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}",
+                template_hash(ns, &t.name)
+            )),
+            Some(pool) => Some(format!("{WARM_POOL_LABEL}={}", pool_hash(ns, pool))),
+        };
+        (t.name.clone(), warm)
+    } else {
+        return Ok(Err((
+            "InvalidClaim",
+            "spec.warmPoolRef or spec.sandboxTemplateRef is required".into(),
+        )));
+    };
+    let template = match get_template(ctx, ns, &tname).await {
+        Ok(t) => t,
+        Err(e @ Error::NotFound { .. }) => return Ok(Err(("TemplateNotFound", e.to_string()))),
+        Err(e) => return Err(e),
+    };
+    let mut refused = Vec::new();
+    if template.spec.network_policy.is_some() {
+        refused.push("spec.networkPolicy");
+    }
+    if !template.spec.volume_claim_templates.is_empty() {
+        refused.push("spec.volumeClaimTemplates");
+    }
+    if !refused.is_empty() {
+        return Ok(Err((
+            "UnsupportedField",
+            format!(
+                "SandboxTemplate {tname}: not supported by sandpool: {}",
+                refused.join(", ")
+            ),
+        )));
+    }
+    Ok(Ok(Source { template, warm }))
+}
+
+/// The claim's `Sandbox`: on a warm pod adopted for it, else cold; an
+/// existing one (a racing reconcile created it) is returned as is.
 async fn create_claim_sandbox(
     claim: &SandboxClaim,
     ctx: &Context,
     ns: &str,
-    template: &SandboxTemplate,
+    source: &Source,
 ) -> Result<Sandbox> {
     let name = claim.name_any();
-    let tname = &claim.spec.sandbox_template_ref.name;
     let sandboxes: Api<Sandbox> = ctx.api(ns);
     let claim_owner = controller_ref(
         EXT_API,
@@ -240,11 +349,17 @@ async fn create_claim_sandbox(
         &claim.uid().unwrap_or_default(),
     );
     let pod_api: Api<Pod> = ctx.api(ns);
-    let adopted = adopt_warm_pod(&pod_api, ns, tname, &name, claim_owner.clone()).await?;
+    let adopted = match &source.warm {
+        Some(sel) => adopt_warm_pod(&pod_api, sel, &name, claim_owner.clone()).await?,
+        None => None,
+    };
     let mut annotations = std::collections::BTreeMap::new();
     if let Some(p) = &adopted {
         annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
     }
+    let mut spec = SandboxSpec::new(source.template.spec.pod_template.clone());
+    spec.service = source.template.spec.service;
+    spec.shutdown_time = claim.spec.shutdown_time().cloned();
     let sb = Sandbox {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -253,10 +368,7 @@ async fn create_claim_sandbox(
             owner_references: Some(vec![claim_owner]),
             ..Default::default()
         },
-        spec: SandboxSpec {
-            pod_template: template.spec.pod_template.clone(),
-            shutdown_time: claim.spec.shutdown_time.clone(),
-        },
+        spec,
         status: None,
     };
     let how = if adopted.is_some() {
@@ -283,7 +395,7 @@ async fn create_claim_sandbox(
 async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Action> {
     let name = claim.name_any();
     let claims: Api<SandboxClaim> = ctx.api(ns);
-    if expired(ctx, &claims, claim, claim.spec.shutdown_time.as_ref()).await? {
+    if expired(ctx, &claims, claim, claim.spec.shutdown_time()).await? {
         return Ok(Action::await_change());
     }
     let sandboxes: Api<Sandbox> = ctx.api(ns);
@@ -294,35 +406,37 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
         .unwrap_or_default();
     let sandbox = match sandboxes.get_opt(&name).await? {
         Some(s) => s,
-        None => {
-            let tname = &claim.spec.sandbox_template_ref.name;
-            let template = match get_template(ctx, ns, tname).await {
-                Ok(t) => t,
-                Err(e @ Error::NotFound { .. }) => {
-                    crate::conditions::failed(ctx, claim, "TemplateNotFound", e.to_string()).await;
-                    return Ok(Action::requeue(Duration::from_secs(10)));
+        None => match claim_source(claim, ctx, ns).await? {
+            Ok(source) => create_claim_sandbox(claim, ctx, ns, &source).await?,
+            Err((reason, message)) => {
+                let cond = condition(
+                    false,
+                    reason,
+                    message,
+                    &old_conditions,
+                    claim.metadata.generation,
+                );
+                if !same_conditions(&old_conditions, std::slice::from_ref(&cond)) {
+                    ctx.event(claim, true, reason, cond.message.clone()).await;
+                    patch_status(&claims, &name, json!({"conditions": [cond]})).await?;
                 }
-                Err(e) => return Err(e),
-            };
-            create_claim_sandbox(claim, ctx, ns, &template).await?
-        }
+                return Ok(Action::requeue(Duration::from_secs(10)));
+            }
+        },
     };
-    let sb_ready = sandbox
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+    let sb_status = sandbox.status.clone().unwrap_or_default();
+    let sb_ready = sb_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
         .cloned();
+    // the Sandbox's Ready condition, forwarded (as upstream)
     let (ready, reason, message) = match sb_ready {
-        Some(c) if c.status == "True" => (
-            true,
-            "SandboxReady".to_string(),
-            format!("sandbox {name} is ready"),
-        ),
-        Some(c) => (false, c.reason, c.message),
+        Some(c) => (c.status == "True", c.reason, c.message),
         None => (
             false,
-            "SandboxPending".to_string(),
-            format!("sandbox {name} is starting"),
+            "SandboxNotReady".to_string(),
+            format!("sandbox {name} is not ready"),
         ),
     };
     let status = SandboxClaimStatus {
@@ -333,7 +447,10 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
             &old_conditions,
             claim.metadata.generation,
         )],
-        sandbox: Some(TemplateRef { name: name.clone() }),
+        sandbox: Some(ClaimedSandbox {
+            name: name.clone(),
+            pod_ips: sb_status.pod_ips,
+        }),
     };
     let unchanged = claim.status.as_ref().is_some_and(|s| {
         s.sandbox == status.sandbox && same_conditions(&s.conditions, &status.conditions)
@@ -341,7 +458,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     if !unchanged {
         patch_status(&claims, &name, serde_json::to_value(&status)?).await?;
     }
-    Ok(requeue(ctx, ready, claim.spec.shutdown_time.as_ref()))
+    Ok(requeue(ctx, ready, claim.spec.shutdown_time()))
 }
 
 /// Past its shutdown time, `obj` is deleted (with an `Expired` event) and
@@ -381,84 +498,4 @@ fn requeue(ctx: &Context, ready: bool, shutdown_time: Option<&Time>) -> Action {
         next = next.min(until(t.0).max(Duration::from_millis(100)));
     }
     Action::requeue(next)
-}
-
-// ------------------------------------------------------------------ sandbox
-
-pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = namespace_of(sb.as_ref())?;
-    let name = sb.name_any();
-    if sb.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let sandboxes: Api<Sandbox> = ctx.api(&ns);
-    if expired(
-        &ctx,
-        &sandboxes,
-        sb.as_ref(),
-        sb.spec.shutdown_time.as_ref(),
-    )
-    .await?
-    {
-        return Ok(Action::await_change());
-    }
-    let pod_api: Api<Pod> = ctx.api(&ns);
-    let adopted = sb.annotations().get(POD_NAME_ANNOTATION).cloned();
-    let pod_name = adopted.clone().unwrap_or_else(|| name.clone());
-    let pod = match pod_api.get_opt(&pod_name).await? {
-        Some(p) => Some(p),
-        None if adopted.is_none() => {
-            let owner = controller_ref(CORE_API, "Sandbox", &name, &sb.uid().unwrap_or_default());
-            let meta = ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some([(SANDBOX_NAME_HASH_LABEL.to_string(), short_hash(&name))].into()),
-                owner_references: Some(vec![owner]),
-                ..Default::default()
-            };
-            let pod = ctx.runtime_pod(&sb.spec.pod_template, meta)?;
-            match pod_api.create(&PostParams::default(), &pod).await {
-                Ok(p) => Some(p),
-                Err(e) if is_already_exists(&e) => None,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        None => None,
-    };
-    let old = sb.status.clone().unwrap_or_default();
-    let (ready, reason, message) = match &pod {
-        Some(p) if pods::is_ready(p) => (true, "PodReady", format!("pod {pod_name} is ready")),
-        Some(p) if pods::is_finished(p) => {
-            (false, "PodFinished", format!("pod {pod_name} has ended"))
-        }
-        Some(_) => (false, "PodNotReady", format!("pod {pod_name} is starting")),
-        None if adopted.is_some() => (
-            false,
-            "PodMissing",
-            format!("adopted pod {pod_name} is gone"),
-        ),
-        None => (
-            false,
-            "PodCreating",
-            format!("pod {pod_name} is being created"),
-        ),
-    };
-    let status = SandboxStatus {
-        conditions: vec![condition(
-            ready,
-            reason,
-            message,
-            &old.conditions,
-            sb.metadata.generation,
-        )],
-        pod_name: pod.as_ref().map(|p| p.name_any()),
-        pod_ip: pod.as_ref().and_then(pods::pod_ip).map(str::to_string),
-    };
-    if !(old.pod_name == status.pod_name
-        && old.pod_ip == status.pod_ip
-        && same_conditions(&old.conditions, &status.conditions))
-    {
-        patch_status(&sandboxes, &name, serde_json::to_value(&status)?).await?;
-    }
-    Ok(requeue(&ctx, ready, sb.spec.shutdown_time.as_ref()))
 }

@@ -2,9 +2,10 @@
 //! `deploy/helm/sandpool/files/crds/`; a test keeps them equal).
 //!
 //! * OpenSandbox `sandbox.opensandbox.io/v1alpha1`: [`Pool`], [`BatchSandbox`].
-//! * agent-sandbox `agents.x-k8s.io/v1alpha1`: [`Sandbox`]; and
-//!   `extensions.agents.x-k8s.io/v1alpha1`: [`SandboxTemplate`],
-//!   [`SandboxClaim`], [`SandboxWarmPool`].
+//! * agent-sandbox `agents.x-k8s.io/v1beta1`: [`Sandbox`]; and
+//!   `extensions.agents.x-k8s.io/v1beta1`: [`SandboxTemplate`],
+//!   [`SandboxClaim`], [`SandboxWarmPool`] (v1alpha1 still served,
+//!   deprecated; see [`agents`]).
 //!
 //! Pod templates are typed in Rust (`PodTemplateSpec`) but their CRD schema
 //! is kept small: containers (name, image, command, args) are validated and
@@ -85,7 +86,7 @@ fn optional_pod_template_schema(g: &mut SchemaGenerator) -> Schema {
     pod_template_schema(g)
 }
 
-fn free_object_list_schema(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn free_object_list_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
@@ -393,153 +394,8 @@ pub struct BatchSandboxStatus {
 
 // ---------------------------------------------------------------- agent-sandbox
 
-/// A single sandbox pod (agent-sandbox API).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(
-    group = "agents.x-k8s.io",
-    version = "v1alpha1",
-    kind = "Sandbox",
-    namespaced,
-    annotation("helm.sh/resource-policy", "keep"),
-    status = "SandboxStatus",
-    doc = "A single isolated sandbox pod (agent-sandbox API).",
-    printcolumn(
-        name = "READY",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "POD", type_ = "string", json_path = ".status.podName"),
-    printcolumn(
-        name = "AGE",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxSpec {
-    #[schemars(schema_with = "pod_template_schema")]
-    pub pod_template: PodTemplateSpec,
-    /// The sandbox is deleted at this time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_time: Option<Time>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxStatus {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_ip: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct TemplateRef {
-    #[schemars(length(min = 1))]
-    pub name: String,
-}
-
-/// A reusable sandbox blueprint (agent-sandbox extensions API).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(
-    group = "extensions.agents.x-k8s.io",
-    version = "v1alpha1",
-    kind = "SandboxTemplate",
-    namespaced,
-    annotation("helm.sh/resource-policy", "keep"),
-    doc = "A reusable sandbox blueprint (agent-sandbox API).",
-    printcolumn(
-        name = "AGE",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxTemplateSpec {
-    #[schemars(schema_with = "pod_template_schema")]
-    pub pod_template: PodTemplateSpec,
-}
-
-/// A request for a sandbox from a template; served from a warm pool when one
-/// holds a ready pod of that template.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(
-    group = "extensions.agents.x-k8s.io",
-    version = "v1alpha1",
-    kind = "SandboxClaim",
-    namespaced,
-    annotation("helm.sh/resource-policy", "keep"),
-    status = "SandboxClaimStatus",
-    doc = "A claim for a sandbox from a template (agent-sandbox API).",
-    printcolumn(
-        name = "READY",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "SANDBOX", type_ = "string", json_path = ".status.sandbox.name"),
-    printcolumn(
-        name = "AGE",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxClaimSpec {
-    pub sandbox_template_ref: TemplateRef,
-    /// The claim (and its sandbox) is deleted at this time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_time: Option<Time>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxClaimStatus {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<TemplateRef>,
-}
-
-/// Pre-warmed pods of one template.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(
-    group = "extensions.agents.x-k8s.io",
-    version = "v1alpha1",
-    kind = "SandboxWarmPool",
-    namespaced,
-    annotation("helm.sh/resource-policy", "keep"),
-    status = "SandboxWarmPoolStatus",
-    doc = "Pre-warmed pods of one SandboxTemplate (agent-sandbox API).",
-    scale(
-        spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
-    ),
-    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "READY", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(
-        name = "AGE",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxWarmPoolSpec {
-    #[schemars(range(min = 0))]
-    pub replicas: i32,
-    pub sandbox_template_ref: TemplateRef,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", default)]
-pub struct SandboxWarmPoolStatus {
-    pub replicas: i32,
-    pub ready_replicas: i32,
-    /// `Ready=False` with why, while reconciling fails.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-}
+mod agents;
+pub use agents::*;
 
 /// Every CRD, in a stable order.
 pub fn all_crds()
@@ -549,9 +405,9 @@ pub fn all_crds()
     vec![
         Pool::crd(),
         BatchSandbox::crd(),
-        Sandbox::crd(),
-        SandboxTemplate::crd(),
-        SandboxClaim::crd(),
-        SandboxWarmPool::crd(),
+        served_versions(Sandbox::crd()),
+        served_versions(SandboxTemplate::crd()),
+        served_versions(SandboxClaim::crd()),
+        served_versions(SandboxWarmPool::crd()),
     ]
 }

@@ -228,6 +228,32 @@ pub fn pod_ip(pod: &Pod) -> Option<&str> {
         .filter(|ip| !ip.is_empty())
 }
 
+/// All the pod's IPs (`status.podIPs`, else `status.podIP`).
+pub fn pod_ips(pod: &Pod) -> Vec<String> {
+    let listed: Vec<String> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|ip| ip.ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    if listed.is_empty() {
+        pod_ip(pod).map(str::to_string).into_iter().collect()
+    } else {
+        listed
+    }
+}
+
+/// `status.phase`, or "" when unknown.
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
 pub fn node_name(pod: &Pod) -> &str {
     pod.spec
         .as_ref()

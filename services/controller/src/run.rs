@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -16,7 +16,10 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::conditions::reported;
 use crate::context::{Context, TaskRunner};
-use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox, Pool, Sandbox, SandboxClaim, SandboxWarmPool};
+use crate::crd::{
+    ALLOCATED_TO_LABEL, BatchSandbox, Pool, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
+    SandboxWarmPool,
+};
 use crate::error::Error;
 use crate::leader::{self, LeaseConfig};
 use crate::pods::RuntimeInjection;
@@ -193,6 +196,11 @@ pub async fn controllers(
                 .find(|o| o.kind == "SandboxClaim")
                 .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
         })
+        // the headless Services of sandboxes (a deleted one is recreated)
+        .owns(
+            Api::<Service>::namespaced(client.clone(), &ns),
+            watcher::Config::default().labels(SANDBOX_NAME_HASH_LABEL),
+        )
         .graceful_shutdown_on(shutdown.clone())
         .run(|o, c| reported(o, c, crate::agent_sandbox::reconcile_sandbox), error_policy, ctx.clone());
     let warm = Controller::new(

@@ -175,6 +175,31 @@ fn unknown_fields(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) 
     }
 }
 
+/// The apiserver drops `null` values of fields whose schema is not
+/// `nullable` before validating.
+fn drop_non_nullable_nulls(schema: &Value, v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            m.retain(|k, x| {
+                let s = props.and_then(|p| p.get(k));
+                !(x.is_null() && s.is_some_and(|s| s.get("nullable") != Some(&Value::Bool(true))))
+            });
+            for (k, x) in m.iter_mut() {
+                if let Some(s) = props.and_then(|p| p.get(k)) {
+                    drop_non_nullable_nulls(s, x);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items") {
+                a.iter_mut().for_each(|x| drop_non_nullable_nulls(items, x));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Validate a custom resource like the apiserver: its CRD's schema, plus no unknown fields.
 fn validate(obj: &Value) -> Result<(), Vec<String>> {
     let (api_version, kind) = (
@@ -188,11 +213,20 @@ fn validate(obj: &Value) -> Result<(), Vec<String>> {
                 && api_version.starts_with(c["spec"]["group"].as_str().unwrap_or("?"))
         })
         .ok_or_else(|| vec![format!("no CRD for {api_version} {kind}")])?;
-    let version = &crd["spec"]["versions"][0];
-    if !api_version.ends_with(version["name"].as_str().unwrap_or("?")) {
-        return Err(vec![format!("version {api_version} not served")]);
-    }
+    let version = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| {
+            v["served"] == true
+                && api_version.strip_prefix(crd["spec"]["group"].as_str().unwrap_or("?"))
+                    == Some(&format!("/{}", v["name"].as_str().unwrap_or("?")))
+        })
+        .ok_or_else(|| vec![format!("version {api_version} not served")])?;
     let schema = &version["schema"]["openAPIV3Schema"];
+    let mut obj = obj.clone();
+    drop_non_nullable_nulls(schema, &mut obj);
+    let obj = &obj;
     let validator = jsonschema::validator_for(&to_json_schema(schema))
         .map_err(|e| vec![format!("schema: {e}")])?;
     let mut errs: Vec<String> = validator
@@ -325,4 +359,185 @@ fn bad_resources_are_refused_with_the_field_named() {
         let errs = validate(&obj).expect_err(field);
         assert!(errs.iter().any(|e| e.contains(field)), "{field}: {errs:#?}");
     }
+}
+
+#[test]
+fn agent_sandbox_kinds_store_v1beta1_and_serve_v1alpha1_deprecated() {
+    for kind in [
+        "Sandbox",
+        "SandboxTemplate",
+        "SandboxClaim",
+        "SandboxWarmPool",
+    ] {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c["spec"]["names"]["kind"] == kind)
+            .expect("crd");
+        let versions = crd["spec"]["versions"].as_array().expect("versions");
+        let names: Vec<&str> = versions.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, ["v1beta1", "v1alpha1"], "{kind}");
+        let (beta, alpha) = (&versions[0], &versions[1]);
+        assert_eq!(
+            (beta["served"].clone(), beta["storage"].clone()),
+            (true.into(), true.into()),
+            "{kind}"
+        );
+        assert_eq!(
+            (alpha["served"].clone(), alpha["storage"].clone()),
+            (true.into(), false.into()),
+            "{kind}"
+        );
+        assert_eq!(alpha["deprecated"], true, "{kind}");
+        assert!(
+            alpha["deprecationWarning"]
+                .as_str()
+                .is_some_and(|w| w.contains("v1beta1") && w.contains(kind)),
+            "{kind}: {}",
+            alpha["deprecationWarning"]
+        );
+        // no conversion webhook: strategy None only works if no field is
+        // pruned going between versions, so both declare the same fields
+        let props = |v: &Value| v["schema"]["openAPIV3Schema"]["properties"].clone();
+        let (mut a, mut b) = (props(alpha), props(beta));
+        for s in [&mut a, &mut b] {
+            if let Some(spec) = s["spec"].as_object_mut() {
+                spec.remove("required");
+                spec.remove("anyOf");
+            }
+        }
+        assert_eq!(a, b, "{kind}: v1alpha1 and v1beta1 schemas differ");
+        assert_eq!(
+            crd["spec"]["conversion"]["strategy"]
+                .as_str()
+                .unwrap_or("None"),
+            "None"
+        );
+        if kind == "Sandbox" {
+            assert_eq!(
+                alpha["subresources"]["scale"],
+                serde_json::json!({"specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}),
+                "v1alpha1 Sandbox scales by replicas, as upstream"
+            );
+        }
+    }
+}
+
+#[test]
+fn claims_need_a_warm_pool_or_a_template_per_version() {
+    let claim = |version: &str, spec: Value| {
+        serde_json::json!({"apiVersion": format!("extensions.agents.x-k8s.io/{version}"),
+            "kind": "SandboxClaim", "metadata": {"name": "c"}, "spec": spec})
+    };
+    let pool = serde_json::json!({"warmPoolRef": {"name": "p"}});
+    let tmpl = serde_json::json!({"sandboxTemplateRef": {"name": "t"}});
+    assert_eq!(validate(&claim("v1beta1", pool.clone())), Ok(()));
+    assert_eq!(validate(&claim("v1beta1", tmpl.clone())), Ok(()));
+    assert!(validate(&claim("v1beta1", serde_json::json!({}))).is_err());
+    // upstream's v1alpha1 required sandboxTemplateRef
+    assert_eq!(validate(&claim("v1alpha1", tmpl)), Ok(()));
+    let errs = validate(&claim("v1alpha1", pool)).expect_err("v1alpha1 without template");
+    assert!(
+        errs.iter().any(|e| e.contains("sandboxTemplateRef")),
+        "{errs:#?}"
+    );
+    // enums are upstream's
+    let sb = |spec: Value| {
+        serde_json::json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "s"}, "spec": spec})
+    };
+    let pt = serde_json::json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(
+        validate(&sb(
+            serde_json::json!({"podTemplate": pt, "operatingMode": "Suspended", "service": true, "shutdownPolicy": "Retain"})
+        )),
+        Ok(())
+    );
+    for (bad, field) in [
+        (
+            serde_json::json!({"podTemplate": pt, "operatingMode": "Paused"}),
+            "operatingMode",
+        ),
+        (
+            serde_json::json!({"podTemplate": pt, "replicas": 2}),
+            "replicas",
+        ),
+        (
+            serde_json::json!({"podTemplate": pt, "shutdownPolicy": "Keep"}),
+            "shutdownPolicy",
+        ),
+    ] {
+        let errs = validate(&sb(bad)).expect_err(field);
+        assert!(errs.iter().any(|e| e.contains(field)), "{field}: {errs:#?}");
+    }
+}
+
+/// Upstream agent-sandbox's example manifests (v0.5.x, one file per example,
+/// stored outside the repo as reference data). Files that are templates
+/// for clusterloader2 (`{{ ... }}`) are not YAML until rendered.
+fn upstream_examples_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("SANDPOOL_AGENT_SANDBOX_EXAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/reference/upstream/agent-sandbox/examples"));
+    dir.is_dir().then_some(dir)
+}
+
+/// The YAML parser reads `0400` (YAML 1.1 octal, as kubectl reads it) as a
+/// float; make integral floats integers (`256`) as kubectl would send them.
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default();
+            if f.fract() == 0.0 {
+                // digits that were octal in YAML 1.1
+                let digits = format!("{f:.0}");
+                let i = i64::from_str_radix(&digits, 8).unwrap_or(f as i64);
+                *v = Value::from(i);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_numbers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
+#[test]
+fn upstream_agent_sandbox_examples_validate_unchanged() {
+    let Some(dir) = upstream_examples_dir() else {
+        eprintln!("SKIP: no upstream agent-sandbox examples (set SANDPOOL_AGENT_SANDBOX_EXAMPLES)");
+        return;
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let (mut checked, mut templated) = (0, 0);
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read");
+        let name = f.file_name().unwrap_or_default().to_string_lossy();
+        // clusterloader2 and Python str.format templates; kustomize patches (partial objects)
+        if text.contains("{{") || text.contains("{image_") || name.contains("__patch-") {
+            templated += 1;
+            continue;
+        }
+        for doc in text.split("\n---").filter(|d| !d.trim().is_empty()) {
+            let Ok(mut v) = serde_saphyr::from_str::<Value>(doc) else {
+                panic!("{}: not YAML", f.display());
+            };
+            integral_numbers(&mut v);
+            let api_version = v["apiVersion"].as_str().unwrap_or_default();
+            if !api_version.contains("agents.x-k8s.io/") {
+                continue;
+            }
+            deserialize(&v)
+                .unwrap_or_else(|e| panic!("{}: does not deserialize: {e}", f.display()));
+            validate(&v)
+                .unwrap_or_else(|e| panic!("{}: refused by the CRD schema: {e:#?}", f.display()));
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} upstream resources validated, {templated} template/patch files skipped");
+    assert!(checked >= 80, "{checked} resources");
 }

@@ -52,6 +52,30 @@ pub fn cr_path(group: &str, plural: &str, ns: &str) -> String {
     format!("/apis/{group}/v1alpha1/namespaces/{ns}/{plural}")
 }
 
+/// The storage collection of `coll`: the agent-sandbox kinds are served at
+/// v1alpha1 and v1beta1 from one storage (conversion strategy None: the
+/// apiserver only rewrites `apiVersion`), so both versions map to v1beta1.
+pub fn storage_coll(coll: &str) -> String {
+    for group in [
+        "/apis/agents.x-k8s.io/",
+        "/apis/extensions.agents.x-k8s.io/",
+    ] {
+        if let Some(rest) = coll.strip_prefix(group)
+            && let Some(tail) = rest.strip_prefix("v1alpha1/")
+        {
+            return format!("{group}v1beta1/{tail}");
+        }
+    }
+    coll.to_string()
+}
+
+/// `apiVersion` of a request path (`/apis/<group>/<version>/...`).
+fn api_version_of(path: &str) -> Option<String> {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    (segs.next() == Some("apis")).then_some(())?;
+    Some(format!("{}/{}", segs.next()?, segs.next()?))
+}
+
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -66,6 +90,7 @@ fn kind_of_plural(plural: &str) -> &'static str {
         "sandboxtemplates" => "SandboxTemplate",
         "sandboxclaims" => "SandboxClaim",
         "sandboxwarmpools" => "SandboxWarmPool",
+        "services" => "Service",
         "leases" => "Lease",
         "events" => "Event",
         _ => "Unknown",
@@ -167,19 +192,19 @@ impl Store {
     fn write(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
         self.objects
-            .entry(coll.to_string())
+            .entry(storage_coll(coll))
             .or_default()
             .insert(name.to_string(), obj.clone());
         obj
     }
 
     pub fn get(&self, coll: &str, name: &str) -> Option<&Value> {
-        self.objects.get(coll)?.get(name)
+        self.objects.get(&storage_coll(coll))?.get(name)
     }
 
     pub fn list(&self, coll: &str) -> Vec<Value> {
         self.objects
-            .get(coll)
+            .get(&storage_coll(coll))
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
     }
@@ -214,14 +239,22 @@ impl Store {
     /// client would.
     pub fn mutate(&mut self, coll: &str, name: &str, f: impl FnOnce(&mut Value)) {
         let rv = self.next_rv();
-        if let Some(o) = self.objects.get_mut(coll).and_then(|m| m.get_mut(name)) {
+        if let Some(o) = self
+            .objects
+            .get_mut(&storage_coll(coll))
+            .and_then(|m| m.get_mut(name))
+        {
             f(o);
             o["metadata"]["resourceVersion"] = json!(rv);
         }
     }
 
     fn remove_with_dependents(&mut self, coll: &str, name: &str) {
-        let Some(obj) = self.objects.get_mut(coll).and_then(|m| m.remove(name)) else {
+        let Some(obj) = self
+            .objects
+            .get_mut(&storage_coll(coll))
+            .and_then(|m| m.remove(name))
+        else {
             return;
         };
         let uid = obj["metadata"]["uid"]
@@ -246,6 +279,7 @@ impl Store {
 
     /// DELETE semantics: finalizers hold the object with a deletionTimestamp.
     pub fn delete(&mut self, coll: &str, name: &str) -> Option<Value> {
+        let coll = &storage_coll(coll);
         let obj = self.objects.get_mut(coll)?.get_mut(name)?;
         let has_finalizers = obj["metadata"]["finalizers"]
             .as_array()
@@ -327,7 +361,7 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
-        let (code, out) = {
+        let (code, mut out) = {
             let mut store = self.store.lock().expect("store");
             for h in self.hooks.lock().expect("hooks").iter_mut() {
                 h(&method, &path, &mut store);
@@ -341,6 +375,20 @@ impl FakeApi {
                 body.clone(),
             )
         };
+        if storage_coll(&path) != path
+            || path.starts_with("/apis/agents.x-k8s.io/")
+            || path.starts_with("/apis/extensions.agents.x-k8s.io/")
+        {
+            // served in the version asked for (conversion strategy None)
+            let version = api_version_of(&path).unwrap_or_default();
+            let items = out.get_mut("items").and_then(Value::as_array_mut);
+            for o in items.into_iter().flatten() {
+                o["apiVersion"] = json!(version);
+            }
+            if out.get("kind").is_some_and(|k| k != "Status") && out.get("items").is_none() {
+                out["apiVersion"] = json!(version);
+            }
+        }
         self.log.lock().expect("log").push(Logged {
             method,
             path,

@@ -1,0 +1,431 @@
+//! agent-sandbox at v1beta1 against the fake apiserver: claims by
+//! `warmPoolRef`, the Sandbox's address (`podIPs`, headless Service,
+//! `serviceFQDN`), suspension, and fields sandpool refuses by condition.
+
+mod support;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use sandpool_controller::agent_sandbox;
+use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::crd::*;
+use sandpool_controller::pods::{RuntimeInjection, short_hash};
+use serde_json::{Value, json};
+use support::{FakeApi, make_ready, pods_path};
+
+const NS: &str = "sandpool";
+
+struct NoTasks;
+
+#[async_trait]
+impl TaskRunner for NoTasks {
+    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
+        None
+    }
+    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+}
+
+fn setup() -> (FakeApi, Arc<Context>) {
+    let api = FakeApi::new();
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        inj,
+        Arc::new(NoTasks),
+        Some("test".into()),
+    ));
+    (api, ctx)
+}
+
+fn ext(plural: &str) -> String {
+    format!("/apis/extensions.agents.x-k8s.io/v1beta1/namespaces/{NS}/{plural}")
+}
+
+fn sandboxes() -> String {
+    format!("/apis/agents.x-k8s.io/v1beta1/namespaces/{NS}/sandboxes")
+}
+
+fn services() -> String {
+    format!("/api/v1/namespaces/{NS}/services")
+}
+
+async fn get<
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+>(
+    ctx: &Context,
+    name: &str,
+) -> Arc<K> {
+    Arc::new(
+        Api::<K>::namespaced(ctx.client.clone(), NS)
+            .get(name)
+            .await
+            .expect("get"),
+    )
+}
+
+fn pod_template() -> Value {
+    json!({"metadata": {"labels": {"sandbox": "python-sandbox"}},
+           "spec": {"containers": [{"name": "python-runtime", "image": "python-runtime-sandbox:latest",
+                    "ports": [{"containerPort": 8888}, {"containerPort": 9090, "name": "grpc"}]}]}})
+}
+
+/// A template with `service: true` and two warm pools of it.
+fn fixtures(api: &FakeApi) {
+    api.with_store(|s| {
+        s.put(&ext("sandboxtemplates"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
+            "metadata": {"name": "python-template"},
+            "spec": {"service": true, "podTemplate": pod_template()}}));
+        for pool in ["python-pool", "other-pool"] {
+            s.put(&ext("sandboxwarmpools"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+                "metadata": {"name": pool},
+                "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "python-template"}}}));
+        }
+    });
+}
+
+fn put_claim(api: &FakeApi, name: &str, spec: Value) {
+    api.with_store(|s| {
+        s.put(
+            &ext("sandboxclaims"),
+            json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxClaim",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+    });
+}
+
+fn put_sandbox(api: &FakeApi, name: &str, extra: Value) {
+    let mut spec = json!({"podTemplate": pod_template()});
+    if let (Some(m), Some(x)) = (spec.as_object_mut(), extra.as_object()) {
+        m.extend(x.clone());
+    }
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+    });
+}
+
+async fn reconcile_pool(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_warm_pool(get::<SandboxWarmPool>(ctx, name).await, ctx.clone())
+        .await
+        .expect("warm pool");
+}
+
+async fn reconcile_claim(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_claim(get::<SandboxClaim>(ctx, name).await, ctx.clone())
+        .await
+        .expect("claim");
+}
+
+async fn reconcile_sandbox(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_sandbox(get::<Sandbox>(ctx, name).await, ctx.clone())
+        .await
+        .expect("sandbox");
+}
+
+fn obj(api: &FakeApi, coll: &str, name: &str) -> Option<Value> {
+    api.with_store(|s| s.get(coll, name).cloned())
+}
+
+fn ready_condition(v: &Value) -> Value {
+    v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn pods(api: &FakeApi) -> Vec<Value> {
+    api.with_store(|s| s.list(&pods_path(NS)))
+        .into_iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_warm_pool_ref_claim_adopts_from_that_pool_and_reports_the_address() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    reconcile_pool(&ctx, "other-pool").await;
+    let all = pods(&api);
+    assert_eq!(all.len(), 2);
+    for (i, p) in all.iter().enumerate() {
+        let name = p["metadata"]["name"].as_str().expect("name").to_string();
+        api.with_store(|s| make_ready(s, NS, &name, &format!("10.1.0.{}", 10 + i), "node-a"));
+    }
+    put_claim(&api, "c1", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(&ctx, "c1").await; // finalizer
+    reconcile_claim(&ctx, "c1").await;
+    let sb = obj(&api, &sandboxes(), "c1").expect("sandbox");
+    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
+        .as_str()
+        .expect("adopted")
+        .to_string();
+    assert!(
+        pod_name.starts_with("python-pool-"),
+        "{pod_name} comes from the named pool"
+    );
+    assert_eq!(sb["spec"]["service"], true, "the template's service flag");
+    let owner = &sb["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["apiVersion"], "extensions.agents.x-k8s.io/v1beta1");
+
+    reconcile_sandbox(&ctx, "c1").await;
+    let sb = obj(&api, &sandboxes(), "c1").expect("sandbox");
+    let pod = obj(&api, &pods_path(NS), &pod_name).expect("pod");
+    let ip = pod["status"]["podIP"].clone();
+    let hash = short_hash("c1");
+    assert_eq!(sb["status"]["podIPs"], json!([ip]));
+    assert_eq!(sb["status"]["nodeName"], "node-a");
+    assert_eq!(
+        sb["status"]["selector"],
+        format!("agents.x-k8s.io/sandbox-name-hash={hash}")
+    );
+    assert_eq!(sb["status"]["service"], "c1");
+    assert_eq!(sb["status"]["serviceFQDN"], "c1.sandpool.svc.cluster.local");
+    assert_eq!(sb["status"]["replicas"], 1);
+    assert_eq!(ready_condition(&sb)["status"], "True");
+    assert_eq!(ready_condition(&sb)["reason"], "DependenciesReady");
+    // the headless Service selects the pod by its name-hash label
+    let svc = obj(&api, &services(), "c1").expect("service");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"agents.x-k8s.io/sandbox-name-hash": hash})
+    );
+    assert_eq!(pod["metadata"]["labels"][SANDBOX_NAME_HASH_LABEL], hash);
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([
+            {"name": "p-8888-tcp", "protocol": "TCP", "port": 8888, "targetPort": 8888},
+            {"name": "grpc", "protocol": "TCP", "port": 9090, "targetPort": 9090},
+        ])
+    );
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
+    assert_eq!(
+        svc["metadata"]["ownerReferences"][0]["apiVersion"],
+        "agents.x-k8s.io/v1beta1"
+    );
+
+    reconcile_claim(&ctx, "c1").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "c1").expect("claim");
+    assert_eq!(ready_condition(&claim)["status"], "True");
+    assert_eq!(
+        ready_condition(&claim)["reason"],
+        "DependenciesReady",
+        "the Sandbox's Ready condition, forwarded"
+    );
+    assert_eq!(
+        claim["status"]["sandbox"],
+        json!({"name": "c1", "podIPs": [ip]})
+    );
+    // the controllers spoke v1beta1
+    let paths: Vec<String> = api
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.contains("agents.x-k8s.io"))
+        .collect();
+    assert!(!paths.is_empty());
+    assert!(paths.iter().all(|p| p.contains("/v1beta1/")), "{paths:#?}");
+}
+
+#[tokio::test]
+async fn a_claim_of_a_missing_warm_pool_says_so() {
+    let (api, ctx) = setup();
+    put_claim(&api, "c", json!({"warmPoolRef": {"name": "nope"}}));
+    reconcile_claim(&ctx, "c").await;
+    reconcile_claim(&ctx, "c").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "c").expect("claim");
+    let cond = ready_condition(&claim);
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "WarmPoolNotFound");
+    assert!(cond["message"].as_str().is_some_and(|m| m.contains("nope")));
+    assert!(obj(&api, &sandboxes(), "c").is_none());
+    let warned = api
+        .with_store(|s| s.list(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")))
+        .iter()
+        .any(|e| e["type"] == "Warning" && e["reason"] == "WarmPoolNotFound");
+    assert!(warned, "a Warning event as well as the condition");
+}
+
+#[tokio::test]
+async fn a_suspended_sandbox_has_no_pod_and_resumes() {
+    for (name, suspend) in [
+        ("s1", json!({"operatingMode": "Suspended"})),
+        ("s2", json!({"replicas": 0})),
+    ] {
+        let (api, ctx) = setup();
+        put_sandbox(&api, name, suspend);
+        reconcile_sandbox(&ctx, name).await;
+        assert!(pods(&api).is_empty(), "{name}: no pod while suspended");
+        let sb = obj(&api, &sandboxes(), name).expect("sandbox");
+        assert_eq!(ready_condition(&sb)["reason"], "SandboxSuspended");
+        let suspended = sb["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Suspended")
+            .cloned()
+            .expect("Suspended condition");
+        assert_eq!(suspended["status"], "True", "{name}");
+        assert_eq!(sb["status"]["replicas"], 0);
+
+        // resume: a pod is created; suspend again: it is deleted
+        api.with_store(|s| {
+            s.mutate(&sandboxes(), name, |o| {
+                o["spec"]["operatingMode"] = json!("Running");
+                o["spec"]["replicas"] = json!(1);
+            })
+        });
+        reconcile_sandbox(&ctx, name).await;
+        assert_eq!(pods(&api).len(), 1, "{name}: resumed");
+        api.with_store(|s| make_ready(s, NS, name, "10.1.0.7", "node-a"));
+        reconcile_sandbox(&ctx, name).await;
+        let sb = obj(&api, &sandboxes(), name).expect("sandbox");
+        assert_eq!(sb["status"]["podIPs"], json!(["10.1.0.7"]));
+        assert_eq!(ready_condition(&sb)["status"], "True");
+        api.with_store(|s| {
+            s.mutate(&sandboxes(), name, |o| {
+                o["spec"]["operatingMode"] = json!("Suspended")
+            })
+        });
+        reconcile_sandbox(&ctx, name).await;
+        assert!(pods(&api).is_empty(), "{name}: suspended again");
+        let sb = obj(&api, &sandboxes(), name).expect("sandbox");
+        assert!(sb["status"]["podIPs"].is_null(), "{name}: {sb}");
+        assert!(sb["status"]["podName"].is_null(), "{name}: {sb}");
+        assert_eq!(sb["status"]["conditions"][1]["type"], "Suspended");
+        assert_eq!(sb["status"]["conditions"][1]["status"], "True");
+    }
+}
+
+#[tokio::test]
+async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
+    let (api, ctx) = setup();
+    put_sandbox(
+        &api,
+        "vol",
+        json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}),
+    );
+    reconcile_sandbox(&ctx, "vol").await;
+    assert!(pods(&api).is_empty(), "not started");
+    let sb = obj(&api, &sandboxes(), "vol").expect("sandbox");
+    let cond = ready_condition(&sb);
+    assert_eq!(cond["reason"], "UnsupportedField");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.volumeClaimTemplates")),
+        "{cond}"
+    );
+
+    fixtures(&api);
+    put_claim(
+        &api,
+        "env",
+        json!({"warmPoolRef": {"name": "python-pool"}, "env": [{"name": "A", "value": "1"}]}),
+    );
+    reconcile_claim(&ctx, "env").await;
+    reconcile_claim(&ctx, "env").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "env").expect("claim");
+    let cond = ready_condition(&claim);
+    assert_eq!(cond["reason"], "UnsupportedField");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.env")),
+        "{cond}"
+    );
+    assert!(obj(&api, &sandboxes(), "env").is_none());
+
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicy"] = json!({"ingress": []})
+        })
+    });
+    put_claim(&api, "np", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(&ctx, "np").await;
+    reconcile_claim(&ctx, "np").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "np").expect("claim");
+    let cond = ready_condition(&claim);
+    assert_eq!(cond["reason"], "UnsupportedField");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.networkPolicy")),
+        "{cond}"
+    );
+}
+
+#[tokio::test]
+async fn retain_keeps_an_expired_sandbox_without_its_pod() {
+    let (api, ctx) = setup();
+    put_sandbox(&api, "r", json!({"service": true}));
+    reconcile_sandbox(&ctx, "r").await;
+    assert_eq!(pods(&api).len(), 1);
+    assert!(obj(&api, &services(), "r").is_some());
+    api.with_store(|s| {
+        s.mutate(&sandboxes(), "r", |o| {
+            o["spec"]["shutdownTime"] = json!("2020-01-01T00:00:00Z");
+            o["spec"]["shutdownPolicy"] = json!("Retain");
+        })
+    });
+    reconcile_sandbox(&ctx, "r").await;
+    let sb = obj(&api, &sandboxes(), "r").expect("retained");
+    assert_eq!(ready_condition(&sb)["reason"], "SandboxExpired");
+    assert!(pods(&api).is_empty());
+    assert!(obj(&api, &services(), "r").is_none());
+    assert!(sb["status"].get("serviceFQDN").is_none_or(Value::is_null));
+}
+
+#[tokio::test]
+async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
+    // the fake stores both versions in one place as the apiserver does with
+    // conversion strategy None; a v1alpha1 claim (sandboxTemplateRef) is
+    // reconciled through the v1beta1 API
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    for p in pods(&api) {
+        let name = p["metadata"]["name"].as_str().expect("name").to_string();
+        api.with_store(|s| make_ready(s, NS, &name, "10.1.0.9", "node-a"));
+    }
+    api.with_store(|s| {
+        s.put(&support::cr_path("extensions.agents.x-k8s.io", "sandboxclaims", NS),
+            json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxClaim",
+                   "metadata": {"name": "old"}, "spec": {"sandboxTemplateRef": {"name": "python-template"}, "warmpool": "none"}}))
+    });
+    let got = api.with_store(|s| s.get(&ext("sandboxclaims"), "old").cloned());
+    assert!(got.is_some(), "one storage for both versions");
+    reconcile_claim(&ctx, "old").await;
+    reconcile_claim(&ctx, "old").await;
+    let sb = obj(&api, &sandboxes(), "old").expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none(),
+        "warmpool: none starts cold"
+    );
+    assert_eq!(pods(&api).len(), 1, "the warm pod stays in its pool");
+    reconcile_sandbox(&ctx, "old").await;
+    assert!(obj(&api, &pods_path(NS), "old").is_some(), "a cold pod");
+}
