@@ -357,3 +357,15 @@ async fn result_text_drops_the_quotes_of_a_string() {
         assert_eq!(result_text(&out).as_deref(), Some(want), "{code}: {out:?}");
     }
 }
+
+/// A line `!cmd` is IPython's shell escape: `cmd` runs in a shell, its
+/// output is the cell's, and the Python lines around it run as usual.
+#[tokio::test]
+async fn a_bang_line_runs_a_shell_command() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let code = "x = 2\n!echo from-sh $((1+2))\nif True:\n    !cd /tmp && pwd\nprint('py', x)";
+    let lines = exec(&c, &base, json!({"code": code})).await;
+    assert_eq!(stdout(&lines), "from-sh 3\n/tmp\npy 2\n", "{lines:?}");
+    assert!(!lines.iter().any(|l| l["type"] == "error"), "{lines:?}");
+}

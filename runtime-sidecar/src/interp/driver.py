@@ -8,7 +8,9 @@
 # as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
-import ast, json, os, signal, sys, traceback
+# A line `!cmd` (IPython's shell escape) runs `cmd` in sh, its output shown
+# as the cell's stdout and stderr.
+import ast, json, os, re, signal, subprocess, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = open(os.devnull, "r")
@@ -43,7 +45,7 @@ class _Stream:
         return False
 
 
-_ns = {"__name__": "__main__"}
+_ns = {"__name__": "__main__", "__sandpool_shell__": None}
 _count = 0
 _running = False
 
@@ -53,6 +55,20 @@ def _text(value):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+_BANG = re.compile(r"^([ \t]*)!(.*)$", re.M)
+
+
+def _shell(cmd):
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, errors="replace")
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+
+
+def _escapes(code):
+    """`!cmd` lines as calls of the shell helper (each at its own indent)."""
+    return _BANG.sub(lambda m: m.group(1) + "__sandpool_shell__(" + repr(m.group(2)) + ")", code)
 
 
 def _interrupt(signum, frame):
@@ -81,7 +97,8 @@ for line in os.fdopen(0, "r"):
         k = str(k)
         saved.setdefault(k, os.environ.get(k))
         os.environ[k] = str(v)
-    code = req.get("code", "")
+    _ns["__sandpool_shell__"] = _shell
+    code = _escapes(req.get("code", ""))
     value = None
     try:
         _running = True
