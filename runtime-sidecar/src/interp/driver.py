@@ -8,9 +8,10 @@
 # as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
-# A line `!cmd` (IPython's shell escape) runs `cmd` in sh, its output shown
-# as the cell's stdout and stderr.
-import ast, json, os, re, signal, subprocess, sys, traceback
+# A line `!cmd` (IPython's shell escape) runs `cmd` in sh, and a request with
+# "language": "bash" runs its code in bash; their output is the cell's
+# stdout and stderr.
+import ast, json, os, re, shutil, signal, subprocess, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = open(os.devnull, "r")
@@ -60,8 +61,10 @@ def _text(value):
 _BANG = re.compile(r"^([ \t]*)!(.*)$", re.M)
 
 
-def _shell(cmd):
-    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, errors="replace")
+def _shell(cmd, shell="/bin/sh"):
+    """Run `cmd` in `shell` (bash cells: in bash; `!cmd` lines: in sh)."""
+    argv = [shutil.which(shell) or "/bin/sh", "-c", cmd]
+    done = subprocess.run(argv, capture_output=True, text=True, errors="replace")
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
 
@@ -98,7 +101,11 @@ for line in os.fdopen(0, "r"):
         saved.setdefault(k, os.environ.get(k))
         os.environ[k] = str(v)
     _ns["__sandpool_shell__"] = _shell
-    code = _escapes(req.get("code", ""))
+    code = req.get("code", "")
+    if req.get("language") == "bash":
+        code = "__sandpool_shell__(" + repr(code) + ", 'bash')"
+    else:
+        code = _escapes(code)
     value = None
     try:
         _running = True
