@@ -420,8 +420,9 @@ fn unix_now() -> i64 {
 }
 
 /// `GetWatcherEvents` right after a change returns it (no wait for the
-/// watcher's poll), and an upload of `a.txt` is the create and write of
-/// `a.txt`, as E2B's in-place write, never events of its staging file.
+/// watcher's poll), and an upload of `a.txt` is the create, chown (CHMOD)
+/// and write of `a.txt`, as E2B's in-place write, never events of its
+/// staging file.
 #[tokio::test]
 async fn watcher_events_are_there_right_after_an_upload() {
     let (base, d) = serve_watched().await;
@@ -458,6 +459,7 @@ async fn watcher_events_are_there_right_after_an_upload() {
             got,
             vec![
                 json!({"name": "a.txt", "type": "EVENT_TYPE_CREATE"}),
+                json!({"name": "a.txt", "type": "EVENT_TYPE_CHMOD"}),
                 json!({"name": "a.txt", "type": "EVENT_TYPE_WRITE"}),
             ],
             "round {round}"
@@ -467,6 +469,73 @@ async fn watcher_events_are_there_right_after_an_upload() {
     assert_eq!(
         events().await,
         vec![json!({"name": "a.txt", "type": "EVENT_TYPE_REMOVE"})]
+    );
+}
+
+/// A recursive watcher reports what is made in a directory created below
+/// it before the watcher's thread could watch that directory: the new
+/// directory, and the creation and write of the file in it.
+#[tokio::test]
+async fn recursive_watcher_sees_files_in_a_directory_made_just_now() {
+    let (base, d) = serve_watched().await;
+    let c = reqwest::Client::new();
+    let rpc = Rpc { c: &c, base: &base };
+    let (st, v) = rpc
+        .unary(
+            "filesystem.Filesystem/CreateWatcher",
+            json!({"path": "w", "recursive": true}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["watcherId"].clone();
+    let w = d.path().join("home/w");
+    std::fs::create_dir_all(w.join("n/deeper")).unwrap();
+    std::fs::write(w.join("n/f.txt"), "content").unwrap();
+    std::fs::write(w.join("n/deeper/g.txt"), "more").unwrap();
+    let (st, v) = rpc
+        .unary(
+            "filesystem.Filesystem/GetWatcherEvents",
+            json!({"watcherId": id}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let got: Vec<(String, String)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (name, kind) in [
+        ("n", "EVENT_TYPE_CREATE"),
+        ("n/f.txt", "EVENT_TYPE_CREATE"),
+        ("n/f.txt", "EVENT_TYPE_WRITE"),
+        ("n/deeper", "EVENT_TYPE_CREATE"),
+        ("n/deeper/g.txt", "EVENT_TYPE_WRITE"),
+    ] {
+        assert!(
+            got.contains(&(name.to_string(), kind.to_string())),
+            "{name} {kind} missing from {got:?}"
+        );
+    }
+    // the new directories are watched from now on
+    std::fs::write(w.join("n/deeper/h.txt"), "x").unwrap();
+    let (_, v) = rpc
+        .unary(
+            "filesystem.Filesystem/GetWatcherEvents",
+            json!({"watcherId": id}),
+        )
+        .await;
+    assert!(
+        v["events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "n/deeper/h.txt", "type": "EVENT_TYPE_CREATE"})),
+        "{v}"
     );
 }
 

@@ -357,3 +357,46 @@ async fn result_text_drops_the_quotes_of_a_string() {
         assert_eq!(result_text(&out).as_deref(), Some(want), "{code}: {out:?}");
     }
 }
+
+/// A line `!cmd` is IPython's shell escape: `cmd` runs in a shell, its
+/// output is the cell's, and the Python lines around it run as usual.
+#[tokio::test]
+async fn a_bang_line_runs_a_shell_command() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let code = "x = 2\n!echo from-sh $((1+2))\nif True:\n    !cd /tmp && pwd\nprint('py', x)";
+    let lines = exec(&c, &base, json!({"code": code})).await;
+    assert_eq!(stdout(&lines), "from-sh 3\n/tmp\npy 2\n", "{lines:?}");
+    assert!(!lines.iter().any(|l| l["type"] == "error"), "{lines:?}");
+}
+
+/// `language: "bash"` runs the code in bash, with the execution's env vars
+/// (for that execution only); a bash context is listed as such; other
+/// languages stay a 400 naming the language.
+#[tokio::test]
+async fn bash_code_runs_in_bash_with_the_executions_env() {
+    let (base, _d) = serve().await;
+    let c = reqwest::Client::new();
+    let with = json!({"code": "echo $FOO; echo ${BASH_VERSION:+bash}", "language": "bash",
+        "env_vars": {"FOO": "bar"}});
+    let lines = exec(&c, &base, with).await;
+    assert_eq!(stdout(&lines), "bar\nbash\n", "{lines:?}");
+    let after = json!({"code": "echo ${FOO:-default}", "language": "bash"});
+    assert_eq!(stdout(&exec(&c, &base, after).await), "default\n");
+    let r = create(&c, &base, json!({"language": "bash", "cwd": "/tmp"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let ctx: Value = r.json().await.unwrap();
+    assert_eq!(ctx["language"], "bash");
+    let pwd = json!({"code": "pwd", "context_id": ctx["id"]});
+    assert_eq!(stdout(&exec(&c, &base, pwd).await), "/tmp\n");
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&json!({"code": "1", "language": "r"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("\"r\""), "{v}");
+}

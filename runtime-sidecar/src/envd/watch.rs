@@ -190,7 +190,7 @@ impl Watch {
             .unwrap_or_default()
             .join(&name);
         if self.recursive && ev.mask.contains(F::IN_CREATE) && ev.mask.contains(F::IN_ISDIR) {
-            self.add(&self.base.join(&rel));
+            return self.adopt_new_dir(&rel);
         }
         if crate::upload::is_staging_name(&name) {
             if ev.mask.contains(F::IN_MOVED_FROM) {
@@ -203,7 +203,8 @@ impl Watch {
         }
         let name = rel.to_string_lossy().into_owned();
         if ev.mask.contains(F::IN_MOVED_TO) && self.staged_moves.remove(&ev.cookie) {
-            return ["EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE"]
+            // E2B's envd creates the file, chowns it to the user, then writes
+            return ["EVENT_TYPE_CREATE", "EVENT_TYPE_CHMOD", "EVENT_TYPE_WRITE"]
                 .into_iter()
                 .all(|kind| {
                     let ev = self.event(&rel, name.clone(), kind);
@@ -225,6 +226,50 @@ impl Watch {
         };
         let ev = self.event(&rel, name, kind);
         (self.sink)(ev)
+    }
+
+    /// A directory created below a recursive watch: reported, then watched,
+    /// and what already appeared in it before its watch was added (its
+    /// creator may have gone on before this thread read the event) is
+    /// reported as created, and files with content as written, so no change
+    /// in it is missed. False once the sink is gone.
+    fn adopt_new_dir(&mut self, rel: &Path) -> bool {
+        let ev = self.event(rel, rel.to_string_lossy().into_owned(), "EVENT_TYPE_CREATE");
+        if !(self.sink)(ev) {
+            return false;
+        }
+        let dir = self.base.join(rel);
+        self.add(&dir);
+        for e in walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+        {
+            let Ok(inner) = e.path().strip_prefix(&self.base).map(Path::to_path_buf) else {
+                continue;
+            };
+            if crate::upload::is_staging_name(&e.file_name().to_string_lossy()) {
+                continue;
+            }
+            let name = inner.to_string_lossy().into_owned();
+            let written = e.file_type().is_file() && e.metadata().is_ok_and(|m| m.len() > 0);
+            if e.file_type().is_dir() {
+                self.add(e.path());
+            }
+            let kinds: &[&'static str] = if written {
+                &["EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE"]
+            } else {
+                &["EVENT_TYPE_CREATE"]
+            };
+            for kind in kinds {
+                let ev = self.event(&inner, name.clone(), kind);
+                if !(self.sink)(ev) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The event `kind` on `rel` (below the watched directory), with the

@@ -8,7 +8,10 @@
 # as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
 #   {"type": "error", "name": ..., "value": ..., "traceback": ...}
 #   {"type": "end", "execution_count": n}
-import ast, json, os, signal, sys, traceback
+# A line `!cmd` (IPython's shell escape) runs `cmd` in sh, and a request with
+# "language": "bash" runs its code in bash; their output is the cell's
+# stdout and stderr.
+import ast, json, os, re, shutil, signal, subprocess, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = open(os.devnull, "r")
@@ -43,7 +46,7 @@ class _Stream:
         return False
 
 
-_ns = {"__name__": "__main__"}
+_ns = {"__name__": "__main__", "__sandpool_shell__": None}
 _count = 0
 _running = False
 
@@ -53,6 +56,22 @@ def _text(value):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+_BANG = re.compile(r"^([ \t]*)!(.*)$", re.M)
+
+
+def _shell(cmd, shell="/bin/sh"):
+    """Run `cmd` in `shell` (bash cells: in bash; `!cmd` lines: in sh)."""
+    argv = [shutil.which(shell) or "/bin/sh", "-c", cmd]
+    done = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+
+
+def _escapes(code):
+    """`!cmd` lines as calls of the shell helper (each at its own indent)."""
+    return _BANG.sub(lambda m: m.group(1) + "__sandpool_shell__(" + repr(m.group(2)) + ")", code)
 
 
 def _interrupt(signum, frame):
@@ -81,7 +100,12 @@ for line in os.fdopen(0, "r"):
         k = str(k)
         saved.setdefault(k, os.environ.get(k))
         os.environ[k] = str(v)
+    _ns["__sandpool_shell__"] = _shell
     code = req.get("code", "")
+    if req.get("language") == "bash":
+        code = "__sandpool_shell__(" + repr(code) + ", 'bash')"
+    else:
+        code = _escapes(code)
     value = None
     try:
         _running = True

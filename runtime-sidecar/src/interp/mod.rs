@@ -185,23 +185,28 @@ fn context_json(c: &Context) -> Value {
     json!({"id": c.id, "language": c.language, "cwd": c.cwd})
 }
 
-/// `None` when the language is supported, else the 400 to answer.
-fn unsupported_language(lang: &str) -> Option<Refusal> {
+/// The language a request names, by its canonical name (none: Python), or
+/// the 400 to answer. Bash code runs in a shell started by the context's
+/// process for each execution (shell variables do not persist; the
+/// working directory and environment variables are the context's).
+fn language(lang: &str) -> Result<&'static str, Refusal> {
     match lang {
-        "python" | "python3" | "" => None,
-        other => Some(err(
+        "python" | "python3" | "" => Ok("python"),
+        "bash" | "sh" => Ok("bash"),
+        other => Err(err(
             StatusCode::BAD_REQUEST,
-            format!("language {other:?} is not supported (python only)"),
+            format!("language {other:?} is not supported (python and bash only)"),
         )),
     }
 }
 
 /// The parts of an `/execute` request: the code, its context (the default
-/// Python one when none is named) and the environment variables to set.
+/// Python one when none is named), the environment variables to set and the
+/// language (the request's, else the context's).
 async fn execute_request(
     st: &InterpState,
     body: Body,
-) -> Result<(String, Arc<Context>, Value), Refusal> {
+) -> Result<(String, Arc<Context>, Value, String), Refusal> {
     let v: Value = axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
         .await
         .ok()
@@ -210,9 +215,8 @@ async fn execute_request(
     let Some(code) = v["code"].as_str().map(str::to_string) else {
         return Err(err(StatusCode::BAD_REQUEST, "code is required"));
     };
-    if let Some(r) = unsupported_language(v["language"].as_str().unwrap_or("")) {
-        return Err(r);
-    }
+    let asked = v["language"].as_str().filter(|l| !l.is_empty());
+    let lang = asked.map(language).transpose()?;
     let env = v["env_vars"].clone();
     limits::check_env(&env)?;
     let ctx = match v["context_id"].as_str().filter(|s| !s.is_empty()) {
@@ -228,7 +232,8 @@ async fn execute_request(
             .or_insert_with(|| new_context(Some(&st.default_id), "python", DEFAULT_CWD))
             .clone(),
     };
-    Ok((code, ctx, env))
+    let lang = lang.map_or_else(|| ctx.language.clone(), str::to_string);
+    Ok((code, ctx, env, lang))
 }
 
 async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
@@ -254,15 +259,15 @@ async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
             .into_response();
         }
     };
-    let lang = v["language"].as_str().unwrap_or("python");
-    if let Some(r) = unsupported_language(lang) {
-        return r.into_response();
-    }
+    let lang = match language(v["language"].as_str().unwrap_or("")) {
+        Ok(l) => l,
+        Err(r) => return r.into_response(),
+    };
     let cwd = v["cwd"].as_str().unwrap_or(DEFAULT_CWD);
     if let Err(r) = limits::check_cwd(cwd) {
         return r.into_response();
     }
-    let c = new_context(None, "python", cwd);
+    let c = new_context(None, lang, cwd);
     {
         let mut g = st.lock();
         if let Err(r) = limits::check_room(&g, &st.default_id) {
@@ -301,13 +306,14 @@ async fn restart_context(State(st): State<InterpState>, Path(id): Path<String>) 
 /// `POST /execute`: run code in a context (the default Python one when none
 /// is named), streaming JSON lines as the code produces output.
 async fn execute(State(st): State<InterpState>, body: Body) -> Response {
-    let (code, ctx, env) = match execute_request(&st, body).await {
+    let (code, ctx, env, lang) = match execute_request(&st, body).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let env = if env.is_object() { env } else { json!({}) };
-    tokio::spawn(run_cell(st, ctx, json!({"code": code, "env": env}), tx));
+    let req = json!({"code": code, "env": env, "language": lang});
+    tokio::spawn(run_cell(st, ctx, req, tx));
     crate::channel_response(rx, "application/x-ndjson")
 }
 

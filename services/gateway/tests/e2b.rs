@@ -403,6 +403,32 @@ async fn a_timeout_of_zero_ends_the_sandbox_now() {
     assert_eq!(info(&app, &id).await["state"], "paused");
 }
 
+/// With `autoPause`, a timeout of 0 is the timeout now: the sandbox is
+/// paused (as at its timeout), and `connect` resumes it.
+#[tokio::test]
+async fn a_timeout_of_zero_pauses_an_auto_pause_sandbox() {
+    let app = platform().await;
+    let id = create(&app, json!({"templateID": "base", "autoPause": true})).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/timeout"),
+        json!({"timeout": 0}),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(info(&app, &id).await["state"], "paused");
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/connect"),
+        json!({"timeout": 60}),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{s}: {v}");
+    assert_eq!(info(&app, &id).await["state"], "running");
+}
+
 #[tokio::test]
 async fn snapshots_are_made_listed_restored_and_deleted_through_e2bs_endpoints() {
     let app = platform().await;

@@ -405,6 +405,11 @@ async fn set_timeout(
             ))
             .into());
         }
+        // its timeout is now: what it does at its timeout happens now, a
+        // pause with `autoPause` (connect resumes it), else the end
+        if c.pause_on_expiry && gw.pause_claim(&id).await.is_ok() {
+            return Ok(StatusCode::NO_CONTENT);
+        }
         gw.release_claim(&id).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
