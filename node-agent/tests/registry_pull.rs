@@ -12,7 +12,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,173 +20,14 @@ use std::{
 use sandpool_node_agent::{
     containerd::Ctr,
     error::{AgentError, PullFailure},
-    image::sha256_digest,
     registry::{Credentials, Progress, Puller, RegistryConfig},
-    testkit::{TestNode, gate, shell_process, template},
+    testkit::{
+        TestNode, gate,
+        registry::{Registry, build_images, free_port, gate_tools, push, run},
+        shell_process, template,
+    },
 };
 use sandpool_proto::v1 as pb;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `docker-registry` on a loopback port with its own config and storage.
-struct Registry {
-    child: Child,
-    addr: String,
-}
-
-impl Registry {
-    fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let auth = match htpasswd {
-            Some(p) => format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                p.display()
-            ),
-            None => String::new(),
-        };
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{auth}",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "registry did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { child, addr }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An OCI layout at `dir/oci`: tag `app` (two layers; the second deletes
-/// /etc/gone and adds /marker2), `app-arm` (the same, arm64) and `multi`
-/// (an index of both). Returns the amd64 manifest digest.
-fn build_images(dir: &Path) -> String {
-    let layout = dir.join("oci");
-    let image = format!("{}:app", layout.display());
-    let bundle = dir.join("bundle");
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    let root = bundle.join("rootfs");
-    for d in ["bin", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    std::fs::write(root.join("etc/gone"), "deleted in layer 2\n").unwrap();
-    let repack = |image: &str| {
-        run(Command::new("umoci")
-            .args(["repack", "--refresh-bundle", "--image", image])
-            .arg(&bundle))
-    };
-    repack(&image);
-    std::fs::remove_file(root.join("etc/gone")).unwrap();
-    std::fs::write(root.join("marker2"), "second layer\n").unwrap();
-    repack(&image);
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env=FROM_IMAGE=yes",
-        "--config.cmd=sh",
-    ]));
-    let arm = format!("{}:app-arm", layout.display());
-    run(Command::new("umoci").args(["config", "--image", &image, "--tag", "app-arm"]));
-    run(Command::new("umoci").args(["config", "--image", &arm, "--architecture=arm64"]));
-    let index_path = layout.join("index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    let entry = |tag: &str| {
-        index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-            .unwrap()
-            .clone()
-    };
-    let with_platform = |mut m: serde_json::Value, arch: &str| {
-        m.as_object_mut().unwrap().remove("annotations");
-        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
-        m
-    };
-    let (amd, arm) = (entry("app"), entry("app-arm"));
-    let amd_digest = amd["digest"].as_str().unwrap().to_string();
-    let multi = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [with_platform(arm, "arm64"), with_platform(amd, "amd64")],
-    }))
-    .unwrap();
-    let digest = sha256_digest(&multi);
-    std::fs::write(layout.join("blobs/sha256").join(&digest[7..]), &multi).unwrap();
-    index["manifests"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": digest,
-            "size": multi.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "multi"},
-        }));
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
-    amd_digest
-}
-
-fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
-    let src = format!("oci:{}:{tag}", layout.display());
-    run(Command::new("skopeo")
-        .args(["copy", "-q", "--dest-tls-verify=false"])
-        .args(extra)
-        .arg(&src)
-        .arg(format!("docker://{dest}")));
-}
 
 fn quiet() -> Progress {
     Arc::new(|line: String| eprintln!("pull: {line}"))
@@ -227,6 +68,9 @@ async fn sandbox_says(node: &TestNode, id: &str, script: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     let Some(rt) = gate() else { return };
+    if !gate_tools() {
+        return;
+    }
     let node = TestNode::start(rt, 47).await;
     let ctr = node.agent().ctr().clone();
     let dir = tempfile::tempdir().unwrap();
