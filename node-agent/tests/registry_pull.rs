@@ -71,7 +71,8 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     if !gate_tools() {
         return;
     }
-    let node = TestNode::start(rt, 47).await;
+    let node =
+        TestNode::start_configured(rt, 47, |c| c.pull = Some(RegistryConfig::default())).await;
     let ctr = node.agent().ctr().clone();
     let dir = tempfile::tempdir().unwrap();
     let amd_digest = build_images(dir.path());
@@ -88,6 +89,7 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
         &["--format", "v2s2"],
     );
     push(&layout, "multi", &format!("{a}/multi:1"), &["--all"]);
+    push(&layout, "app", &format!("{a}/cold:1"), &[]);
     let puller = Puller::new(RegistryConfig::default());
 
     // OCI media types, then a sandbox on it with the whiteout applied
@@ -156,6 +158,7 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     );
 
     check_errors(&ctr, &puller, a).await;
+    check_cold_create(&node, a).await;
     drop(reg);
 
     check_basic_auth(&ctr, &puller, dir.path(), &amd_digest).await;
@@ -218,4 +221,28 @@ async fn check_errors(ctr: &Ctr, puller: &Puller, a: &str) {
         "errors took {:?}",
         t0.elapsed()
     );
+}
+
+/// A create of an image that is not present pulls it first; one that the
+/// registry does not have fails with the pull's error.
+async fn check_cold_create(node: &TestNode, a: &str) {
+    let cold = format!("{a}/cold:1");
+    assert!(node.agent().ctr().image(&cold).await.unwrap().is_none());
+    let mut t = template(pb::RuntimeClass::Runc);
+    t.image = cold.clone();
+    let sb = node.agent().create("cold", t.clone(), None).await.unwrap();
+    assert_eq!(
+        sb.state,
+        pb::SandboxState::Warm,
+        "created from the pulled image"
+    );
+    assert!(node.agent().ctr().image(&cold).await.unwrap().is_some());
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
+    t.image = format!("{a}/cold:missing");
+    let e = node.agent().create("cold2", t, None).await.unwrap_err();
+    let text = e.to_string();
+    assert_eq!(failure(e), PullFailure::NotFound, "{text}");
 }

@@ -152,8 +152,6 @@ pub fn docker_config_credentials(
 /// A registry client for `reference`: plain HTTP only where allowed,
 /// bounded connects and reads, linux/amd64 out of multi-platform indexes.
 pub fn client_for(cfg: &RegistryConfig, reference: &Reference) -> Client {
-    // reqwest's rustls needs a process-wide crypto provider (ring, as kube uses).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.resolve_registry();
     let protocol = if cfg.plain_http(registry) {
         ClientProtocol::Http
