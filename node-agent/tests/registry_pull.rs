@@ -23,7 +23,7 @@ use sandpool_node_agent::{
     registry::{Credentials, Progress, Puller, RegistryConfig},
     testkit::{
         TestNode, gate,
-        registry::{Registry, build_images, free_port, gate_tools, push, run},
+        registry::{Registry, add_zstd_variant, build_images, free_port, gate_tools, push, run},
         shell_process, template,
     },
 };
@@ -90,6 +90,8 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     );
     push(&layout, "multi", &format!("{a}/multi:1"), &["--all"]);
     push(&layout, "app", &format!("{a}/cold:1"), &[]);
+    let zstd_digest = add_zstd_variant(&layout);
+    push(&layout, "zstd", &format!("{a}/zstd:1"), &[]);
     let puller = Puller::new(RegistryConfig::default());
 
     // OCI media types, then a sandbox on it with the whiteout applied
@@ -159,6 +161,7 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
 
     check_errors(&ctr, &puller, a).await;
     check_cold_create(&node, a).await;
+    check_zstd(&node, &puller, a, &zstd_digest).await;
     drop(reg);
 
     check_basic_auth(&ctr, &puller, dir.path(), &amd_digest).await;
@@ -245,4 +248,32 @@ async fn check_cold_create(node: &TestNode, a: &str) {
     let e = node.agent().create("cold2", t, None).await.unwrap_err();
     let text = e.to_string();
     assert_eq!(failure(e), PullFailure::NotFound, "{text}");
+}
+
+/// zstd layers (recompressed here) are fetched and unpacked by
+/// containerd's diff service, and a sandbox runs on them.
+async fn check_zstd(node: &TestNode, puller: &Puller, a: &str, digest: &str) {
+    let r = format!("{a}/zstd:1");
+    let ctr = node.agent().ctr();
+    let p = puller.pull(ctr, &r, None, quiet()).await.unwrap();
+    assert_eq!(p.digest, digest);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&ctr.read_content(&p.digest).await.unwrap()).unwrap();
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(types.iter().all(|t| t.ends_with("+zstd")), "{types:?}");
+    assert_eq!(p.fetched_layers, 2, "zstd blobs are new blobs");
+    let mut t = template(pb::RuntimeClass::Runc);
+    t.image = r;
+    let sb = node.agent().create("zstd", t, None).await.unwrap();
+    let said = sandbox_says(node, &sb.id, "cat /marker2").await;
+    assert_eq!(said, "second layer\n");
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
 }

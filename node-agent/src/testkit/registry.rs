@@ -200,3 +200,51 @@ pub fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
         .arg(&src)
         .arg(format!("docker://{dest}")));
 }
+
+/// Tag `zstd` in the layout at `layout`: tag `app` with its layers
+/// recompressed with zstd (the `zstd` tool); returns its manifest digest.
+pub fn add_zstd_variant(layout: &Path) -> String {
+    use std::io::Read;
+    let blob = |d: &str| layout.join("blobs/sha256").join(&d[7..]);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let app = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "app")
+        .unwrap()
+        .clone();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(app["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    for l in manifest["layers"].as_array_mut().unwrap() {
+        let gz = std::fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut tar)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("layer.tar"), &tar).unwrap();
+        run(Command::new("zstd")
+            .args(["-q", "layer.tar"])
+            .current_dir(dir.path()));
+        let z = std::fs::read(dir.path().join("layer.tar.zst")).unwrap();
+        let digest = sha256_digest(&z);
+        std::fs::write(blob(&digest), &z).unwrap();
+        l["digest"] = digest.into();
+        l["size"] = z.len().into();
+        l["mediaType"] = "application/vnd.oci.image.layer.v1.tar+zstd".into();
+    }
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = sha256_digest(&bytes);
+    std::fs::write(blob(&digest), &bytes).unwrap();
+    let mut entry = app;
+    entry["digest"] = digest.clone().into();
+    entry["size"] = bytes.len().into();
+    entry["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "zstd"});
+    index["manifests"].as_array_mut().unwrap().push(entry);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    digest
+}
