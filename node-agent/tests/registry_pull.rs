@@ -67,19 +67,16 @@ async fn sandbox_says(node: &TestNode, id: &str, script: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
-    let Some(rt) = gate() else { return };
-    if !gate_tools() {
+    let Some(rt) = gate().filter(|_| gate_tools()) else {
         return;
-    }
+    };
     let node =
         TestNode::start_configured(rt, 47, |c| c.pull = Some(RegistryConfig::default())).await;
     let ctr = node.agent().ctr().clone();
     let dir = tempfile::tempdir().unwrap();
     let amd_digest = build_images(dir.path());
     let layout = dir.path().join("oci");
-    let open_dir = dir.path().join("open");
-    std::fs::create_dir_all(&open_dir).unwrap();
-    let reg = Registry::start(&open_dir, None);
+    let reg = Registry::start(&dir.path().join("open"), None);
     let a = &reg.addr;
     push(&layout, "app", &format!("{a}/app:1"), &[]);
     push(

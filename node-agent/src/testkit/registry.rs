@@ -65,6 +65,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let auth = match htpasswd {
