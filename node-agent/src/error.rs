@@ -60,6 +60,44 @@ pub enum AgentError {
     CheckpointNotFound(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// Pulling `reference` from its registry failed; `detail` is the
+    /// underlying error's text (kept as text: a coalesced pull's result is
+    /// shared by every caller).
+    #[error("pulling {reference}: {failure}: {detail}")]
+    Pull {
+        reference: String,
+        failure: PullFailure,
+        detail: String,
+    },
+}
+
+/// Why a pull failed, in the terms a user acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// No such repository, tag or digest.
+    NotFound,
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// No connection to the registry (refused, DNS, timeout).
+    Unreachable,
+    /// The registry answered with something else it should not have.
+    Registry,
+    /// Storing or unpacking into containerd failed.
+    Store,
+}
+
+impl fmt::Display for PullFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullFailure::NotFound => "image not found in the registry",
+            PullFailure::Unauthorized => {
+                "the registry refused the credentials (unauthorized; give --username/--password or an auth file)"
+            }
+            PullFailure::Unreachable => "registry unreachable",
+            PullFailure::Registry => "registry error",
+            PullFailure::Store => "storing the image",
+        })
+    }
 }
 
 /// What the agent was doing when an [`AgentError::Failed`] step failed: it
@@ -189,6 +227,12 @@ impl AgentError {
             AgentError::Unsupported(_) => "unsupported",
             AgentError::CheckpointNotFound(_) => "not_found",
             AgentError::Checkpoint(_) => "checkpoint",
+            AgentError::Pull { failure, .. } => match failure {
+                PullFailure::NotFound => "image_not_found",
+                PullFailure::Unauthorized => "registry_unauthorized",
+                PullFailure::Unreachable => "registry_unreachable",
+                PullFailure::Registry | PullFailure::Store => "pull",
+            },
         }
     }
 }
@@ -212,6 +256,12 @@ impl From<AgentError> for tonic::Status {
             AgentError::Failed { step, .. } => step.code(),
             AgentError::Runtime { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
+            AgentError::Pull { failure, .. } => match failure {
+                PullFailure::NotFound => Code::NotFound,
+                PullFailure::Unauthorized => Code::PermissionDenied,
+                PullFailure::Unreachable => Code::Unavailable,
+                PullFailure::Registry | PullFailure::Store => Code::Internal,
+            },
             AgentError::Network(_)
             | AgentError::Image(_)
             | AgentError::Io { .. }

@@ -4,6 +4,7 @@
 //! * [`containerd`]: containerd gRPC (images, snapshots, containers, tasks)
 //! * [`daemon`]: a private containerd for the standalone mode
 //! * [`image`]: local OCI images (busybox-static, Debian + python3)
+//! * [`registry`]: pulls from OCI registries (into containerd's content store)
 //! * [`net`]: per-sandbox netns + CNI bridge; [`egress`]: nftables egress policy in it
 //! * [`spec`], [`quantity`], [`limits`]: pure OCI spec / resource translation and limit policy
 //! * [`cgroup`]: a running sandbox's limits changed in place
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod mounts;
 pub mod net;
 pub mod quantity;
+pub mod registry;
 mod retry;
 pub mod service;
 pub mod spec;

@@ -10,6 +10,8 @@ use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use sandpool_proto::v1 as pb;
 
+pub mod registry;
+
 use crate::{
     agent::{Agent, AgentConfig},
     containerd::Ctr,

@@ -29,6 +29,9 @@ impl Agent {
             if let Some((chain, env)) = self.ctr.image_rootfs(name).await? {
                 return Ok((name.to_string(), chain, env));
             }
+            if let Some((chain, env)) = self.pull_missing(name).await? {
+                return Ok((name.to_string(), chain, env));
+            }
             let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
             return Err(AgentError::UnknownImage(
                 name.to_string(),
@@ -59,6 +62,30 @@ impl Agent {
                 AgentError::Image(format!("{builtin} missing right after import"))
             })?;
         Ok((builtin.to_string(), chain, env))
+    }
+
+    /// Pull `name` when the agent pulls missing images and `name` is an
+    /// image reference: its chainID and env once pulled. `None` when the
+    /// agent does not pull or `name` is no reference.
+    async fn pull_missing(&self, name: &str) -> Result<Option<(String, Vec<String>)>> {
+        let Some(puller) = &self.puller else {
+            return Ok(None);
+        };
+        if crate::registry::parse_reference(name).is_err() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let image = name.to_string();
+        let progress: crate::registry::Progress =
+            Arc::new(move |line: String| tracing::info!(image = %image, "{line}"));
+        let pulled = puller.pull(&self.ctr, name, None, progress).await?;
+        tracing::info!(
+            image = name,
+            digest = %pulled.digest,
+            ms = started.elapsed().as_millis() as u64,
+            "image pulled for a create"
+        );
+        self.ctr.image_rootfs(name).await
     }
 
     /// Builtin image `builtin` if containerd holds it built from the current

@@ -76,6 +76,9 @@ pub struct AgentConfig {
     /// Most a sandbox may write to its root file system; one over it is
     /// stopped and reported FAILED (`DiskLimitExceeded: ...`).
     pub disk_limit_bytes: u64,
+    /// Registries a create pulls an image that is not present from
+    /// (`None`: such images are refused as unknown).
+    pub pull: Option<crate::registry::RegistryConfig>,
 }
 
 impl AgentConfig {
@@ -97,6 +100,7 @@ impl AgentConfig {
             limits: Default::default(),
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
             disk_limit_bytes: DEFAULT_DISK_LIMIT_BYTES,
+            pull: None,
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct Agent {
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     events: broadcast::Sender<pb::NodeEvent>,
     image_lock: tokio::sync::Mutex<()>,
+    /// Pulls images a create asks for that are not present (`cfg.pull`).
+    puller: Option<crate::registry::Puller>,
     runsc_wrapper: PathBuf,
     /// runsc with `--network=none`: checkpointable sandboxes
     runsc_nonet: PathBuf,
@@ -346,8 +352,10 @@ impl Agent {
             cfg.net.ensure_isolation()?;
         }
         let (events, _) = broadcast::channel(1024);
+        let puller = cfg.pull.clone().map(crate::registry::Puller::new);
         let agent = Arc::new(Agent {
             cfg,
+            puller,
             ctr,
             sandboxes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),

@@ -10,7 +10,7 @@ use containerd_client::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{
-    archive::{ArchiveImage, Layer},
+    archive::ArchiveImage,
     error::{AgentError, Result},
     image::RECIPE_LABEL,
 };
@@ -20,6 +20,22 @@ use super::{Answer, Ctr, SNAPSHOTTER, chain_id, is_exists};
 /// containerd image label marking an image imported with `sandpool image import`.
 pub const IMPORTED_LABEL: &str = "org.sandpool.imported";
 
+/// containerd image label marking an image pulled with `sandpool image
+/// pull` (or a cold create); its value is the reference it was pulled from.
+pub const PULLED_LABEL: &str = "org.sandpool.pulled";
+
+/// An image whose blobs are being stored: manifest and config bytes, the
+/// layer descriptors (bottom first) and their uncompressed digests.
+pub(super) struct ImageParts<'a> {
+    pub manifest: &'a [u8],
+    pub manifest_digest: &'a str,
+    pub manifest_media_type: &'a str,
+    pub config: &'a [u8],
+    pub config_digest: &'a str,
+    pub layers: Vec<Descriptor>,
+    pub diff_ids: &'a [String],
+}
+
 /// One image as `sandpool image list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSummary {
@@ -28,6 +44,8 @@ pub struct ImageSummary {
     /// Config and layer bytes (compressed, as stored).
     pub size: u64,
     pub builtin: bool,
+    /// Pulled from a registry (`PULLED_LABEL`), not imported from a tarball.
+    pub pulled: bool,
 }
 
 impl Ctr {
@@ -62,13 +80,55 @@ impl Ctr {
             )
             .await?;
         }
-        let top = chain_id(&img.diff_ids)
+        let layers = img
+            .layers
+            .iter()
+            .map(|l| Descriptor {
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+                size: l.size as i64,
+                annotations: HashMap::new(),
+            })
+            .collect();
+        let parts = ImageParts {
+            manifest: &img.manifest,
+            manifest_digest: &img.manifest_digest,
+            manifest_media_type: &img.manifest_media_type,
+            config: &img.config,
+            config_digest: &img.config_digest,
+            layers,
+            diff_ids: &img.diff_ids,
+        };
+        let labels = HashMap::from([(IMPORTED_LABEL.to_string(), "true".to_string())]);
+        self.store_image(&parts, names, &labels, lease).await
+    }
+
+    /// With the layer blobs of `img` already in the content store: write
+    /// its config and manifest (with the GC references that keep the blobs
+    /// and the unpacked rootfs), unpack the layers that are not unpacked yet
+    /// (bottom first, through the diff service) and record the image under
+    /// each of `names` with `labels`.
+    pub(super) async fn store_image(
+        &self,
+        img: &ImageParts<'_>,
+        names: &[String],
+        labels: &HashMap<String, String>,
+        lease: &str,
+    ) -> Result<()> {
+        if img.layers.len() != img.diff_ids.len() {
+            return Err(AgentError::Image(format!(
+                "manifest lists {} layers, the config {} diff_ids",
+                img.layers.len(),
+                img.diff_ids.len()
+            )));
+        }
+        let top = chain_id(img.diff_ids)
             .ok_or_else(|| AgentError::Image("image without layers".into()))?;
         let cfg_labels: HashMap<String, String> =
             [(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top)].into();
         let mut man_labels: HashMap<String, String> = [(
             "containerd.io/gc.ref.content.config".to_string(),
-            img.config_digest.clone(),
+            img.config_digest.to_string(),
         )]
         .into();
         for (i, l) in img.layers.iter().enumerate() {
@@ -78,17 +138,10 @@ impl Ctr {
             );
         }
         let size = img.config.len() as u64;
-        self.write_content(
-            lease,
-            &img.config_digest,
-            size,
-            img.config.as_slice(),
-            cfg_labels,
-        )
-        .await?;
+        self.write_content(lease, img.config_digest, size, img.config, cfg_labels)
+            .await?;
         let size = img.manifest.len() as u64;
-        let manifest = img.manifest.as_slice();
-        self.write_content(lease, &img.manifest_digest, size, manifest, man_labels)
+        self.write_content(lease, img.manifest_digest, size, img.manifest, man_labels)
             .await?;
         for i in 0..img.layers.len() {
             let chain = chain_id(&img.diff_ids[..=i]).unwrap_or_default();
@@ -105,7 +158,7 @@ impl Ctr {
                 .await?;
         }
         for name in names {
-            self.put_archive_record(img, name).await?;
+            self.put_named_image(img, name, labels).await?;
         }
         Ok(())
     }
@@ -114,7 +167,7 @@ impl Ctr {
     /// (uncompressed) digest must be the config's `diff_id`.
     async fn apply_layer(
         &self,
-        layer: &Layer,
+        layer: &Descriptor,
         diff_id: &str,
         parent: &str,
         chain: &str,
@@ -123,12 +176,7 @@ impl Ctr {
         let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
         let mounts = self.prepare_snapshot(&key, parent, lease).await?;
         let req = api::ApplyRequest {
-            diff: Some(Descriptor {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest.clone(),
-                size: layer.size as i64,
-                annotations: HashMap::new(),
-            }),
+            diff: Some(layer.clone()),
             mounts,
             payloads: HashMap::new(),
             sync_fs: false,
@@ -171,13 +219,18 @@ impl Ctr {
         }
     }
 
-    async fn put_archive_record(&self, img: &ArchiveImage, name: &str) -> Result<()> {
+    async fn put_named_image(
+        &self,
+        img: &ImageParts<'_>,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<()> {
         let image = api::Image {
             name: name.to_string(),
-            labels: HashMap::from([(IMPORTED_LABEL.to_string(), "true".to_string())]),
+            labels: labels.clone(),
             target: Some(Descriptor {
-                media_type: img.manifest_media_type.clone(),
-                digest: img.manifest_digest.clone(),
+                media_type: img.manifest_media_type.to_string(),
+                digest: img.manifest_digest.to_string(),
                 size: img.manifest.len() as i64,
                 annotations: HashMap::new(),
             }),
@@ -224,6 +277,7 @@ impl Ctr {
             out.push(ImageSummary {
                 builtin: i.labels.contains_key(RECIPE_LABEL)
                     && !i.labels.contains_key(IMPORTED_LABEL),
+                pulled: i.labels.contains_key(PULLED_LABEL),
                 name: i.name,
                 digest,
                 size,

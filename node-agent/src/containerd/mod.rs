@@ -14,15 +14,18 @@ use tonic::{Code, Request};
 
 use crate::error::{AgentError, BoxError, Result, Step};
 
-pub use archive::{IMPORTED_LABEL, ImageSummary};
+pub use archive::{IMPORTED_LABEL, ImageSummary, PULLED_LABEL};
 
 mod archive;
 mod events;
 mod images;
+mod pull;
 mod snapshots;
 mod tasks;
 
 pub const SNAPSHOTTER: &str = "overlayfs";
+/// containerd namespace of a standalone platform's images and sandboxes.
+pub const NAMESPACE: &str = "sandpool";
 pub const RUNC_SHIM: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";

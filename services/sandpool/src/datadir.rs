@@ -4,9 +4,23 @@
 
 use std::fs::{DirBuilder, Permissions};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+/// `--data-dir` of the commands that work on a platform's state directory
+/// from outside it (`key`, `image`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// The platform's state directory (`serve --data-dir`).
+    #[arg(
+        long,
+        global = true,
+        env = "SANDPOOL_DATA_DIR",
+        default_value = "/var/lib/sandpool"
+    )]
+    pub data_dir: PathBuf,
+}
 
 /// Directories under the data dir that hold state (created 0700 here so
 /// they never exist with looser modes).
@@ -57,7 +71,7 @@ mod tests {
     }
 
     /// A scratch dir of this test only (removed at the end).
-    fn scratch(name: &str) -> std::path::PathBuf {
+    fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "sandpool-datadir-{name}-{}-{}",
             std::process::id(),

@@ -1,31 +1,30 @@
-//! `sandpool image import|list|rm`: images of a standalone platform. The
+//! `sandpool image pull|import|list|rm`: images of a standalone platform. The
 //! CLI talks to the platform's private containerd directly (its socket
 //! under DATA_DIR, namespace `sandpool`, the same the node agent uses), so
 //! it runs on the platform's host with the rights to that socket. Imports
 //! go through containerd's content, diff and snapshots services (the diff
 //! service applies layers with containerd's own path checks); the tarball
-//! is only indexed, never unpacked by sandpool.
+//! is only indexed, never unpacked by sandpool. Pulls fetch from the
+//! registry into the content store (node agent's `registry` module) and
+//! unpack the same way.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use sandpool_node_agent::{archive, containerd::Ctr, image};
-
-/// containerd namespace of the node agent's images and sandboxes.
-const NAMESPACE: &str = "sandpool";
+use sandpool_node_agent::{
+    archive,
+    containerd::{Ctr, NAMESPACE},
+    image,
+    registry::{self, Credentials, Puller, RegistryConfig},
+};
 
 #[derive(clap::Args, Debug)]
 pub struct ImageArgs {
     #[command(subcommand)]
     cmd: ImageCmd,
-    #[arg(
-        long,
-        global = true,
-        env = "SANDPOOL_DATA_DIR",
-        default_value = "/var/lib/sandpool"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: crate::datadir::DataDirArg,
     /// containerd socket (default: the private one, DATA_DIR/containerd/containerd.sock;
     /// give the one `serve --containerd-socket` was given).
     #[arg(long, global = true, env = "SANDPOOL_CONTAINERD_SOCKET")]
@@ -34,6 +33,9 @@ pub struct ImageArgs {
 
 #[derive(Subcommand, Debug)]
 enum ImageCmd {
+    /// Pull an image from a registry: `host[:port]/name:tag`,
+    /// `host/name@sha256:…`, Docker Hub short names (`python:3.12`).
+    Pull(PullArgs),
     /// Import a `docker save` or OCI-layout tarball; it is then usable as an image name.
     Import {
         file: PathBuf,
@@ -41,10 +43,91 @@ enum ImageCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List images: name, digest, size, builtin or imported.
+    /// List images: name, digest, size, builtin, pulled or imported.
     List,
     /// Remove an imported image (builtin images are refused).
     Rm { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct PullArgs {
+    reference: String,
+    /// Registry user (with --password).
+    #[arg(long)]
+    username: Option<String>,
+    /// Registry password or token (with --username); `-` reads it from stdin.
+    #[arg(long, env = "SANDPOOL_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A docker `config.json` whose `auths` hold the credentials (default:
+    /// $DOCKER_CONFIG/config.json or ~/.docker/config.json when present).
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
+    /// Loopback registries always are, every other one over HTTPS.
+    #[arg(long = "insecure-registry")]
+    insecure: Vec<String>,
+}
+
+/// The docker config file to read credentials from: the given one, else
+/// the usual places when they exist.
+fn auth_file(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    Some(dir.join("config.json")).filter(|p| p.is_file())
+}
+
+/// The credentials for the registry of `reference`: flags, else the auth file.
+fn credentials(a: &PullArgs, registry: &str) -> anyhow::Result<Option<Credentials>> {
+    match (&a.username, &a.password) {
+        (Some(u), Some(p)) => {
+            let password = if p == "-" {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                p.clone()
+            };
+            return Ok(Some(Credentials {
+                username: u.clone(),
+                password,
+            }));
+        }
+        (Some(_), None) => bail!("--username needs --password"),
+        (None, Some(_)) if a.auth_file.is_none() => bail!("--password needs --username"),
+        _ => {}
+    }
+    let Some(file) = auth_file(a.auth_file.clone()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a docker config.json", file.display()))?;
+    Ok(registry::docker_config_credentials(&json, registry)?)
+}
+
+async fn pull(a: PullArgs, ctr: impl Future<Output = anyhow::Result<Ctr>>) -> anyhow::Result<()> {
+    let reference = registry::parse_reference(&a.reference)?;
+    if image::builtin(&a.reference).is_some() {
+        bail!(
+            "{} is a builtin image name; it is built locally, not pulled",
+            a.reference
+        );
+    }
+    let creds = credentials(&a, reference.registry())?;
+    let ctr = ctr.await?;
+    let puller = Puller::new(RegistryConfig {
+        insecure: a.insecure.clone(),
+    });
+    let progress: registry::Progress = Arc::new(|line: String| crate::say(line));
+    let pulled = puller.pull(&ctr, &a.reference, creds, progress).await?;
+    for n in &pulled.names {
+        println!("{n}\t{}", pulled.digest);
+    }
+    Ok(())
 }
 
 /// The names an image from `img` is stored under: `--name` or the
@@ -74,7 +157,7 @@ pub fn names_for(given: Option<&str>, img: &archive::ArchiveImage) -> anyhow::Re
 pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
     let socket = a
         .containerd_socket
-        .unwrap_or_else(|| a.data_dir.join("containerd").join("containerd.sock"));
+        .unwrap_or_else(|| a.dir.data_dir.join("containerd").join("containerd.sock"));
     let connect = async {
         Ctr::connect(&socket, NAMESPACE, Duration::from_secs(5))
             .await
@@ -86,6 +169,7 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
             })
     };
     match a.cmd {
+        ImageCmd::Pull(p) => pull(p, connect).await?,
         ImageCmd::Import { file, name } => {
             let f = file.clone();
             let img = tokio::task::spawn_blocking(move || archive::read(&f)).await??;
@@ -102,7 +186,11 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
             let images = connect.await?.image_summaries().await?;
             println!("NAME\tDIGEST\tSIZE\tKIND");
             for i in images {
-                let kind = if i.builtin { "builtin" } else { "imported" };
+                let kind = match (i.builtin, i.pulled) {
+                    (true, _) => "builtin",
+                    (false, true) => "pulled",
+                    (false, false) => "imported",
+                };
                 println!("{}\t{}\t{}\t{kind}", i.name, i.digest, i.size);
             }
         }

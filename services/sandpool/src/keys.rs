@@ -12,13 +12,8 @@ use sandpool_gateway::tenancy;
 pub struct KeyArgs {
     #[command(subcommand)]
     cmd: KeyCmd,
-    #[arg(
-        long,
-        global = true,
-        env = "SANDPOOL_DATA_DIR",
-        default_value = "/var/lib/sandpool"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: crate::datadir::DataDirArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,7 +49,7 @@ pub fn new_key() -> String {
 }
 
 pub fn run(a: KeyArgs) -> anyhow::Result<()> {
-    let path = keys_file(&a.data_dir);
+    let path = keys_file(&a.dir.data_dir);
     match a.cmd {
         KeyCmd::Create { name, admin } => {
             let key = new_key();

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use sandpool_core::{RuntimeClass, Template, pool::CapacitySpec};
 use sandpool_node_agent::{
     agent::{Agent, AgentConfig},
-    containerd::Ctr,
+    containerd::{Ctr, NAMESPACE},
     daemon::ContainerdDaemon,
     net::NetConfig,
     quantity,
@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// (repeatable; `checkpointable`: runsc without a network, for snapshots).
     #[arg(long = "pool", default_value = "default:busybox:2:4:0:64")]
     pools: Vec<String>,
+    /// A registry (`host[:port]`) images are pulled from over plain HTTP
+    /// (repeatable; loopback registries always are, others use HTTPS).
+    /// Images a create asks for that are not present are pulled first.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     #[arg(long, default_value = "sandpool0")]
     bridge: String,
     #[arg(long, default_value = "10.213.0.0/16")]
@@ -321,10 +326,13 @@ async fn start_node_agent(
             s
         }
     };
-    let ctr = Ctr::connect(&socket, "sandpool", Duration::from_secs(30)).await?;
+    let ctr = Ctr::connect(&socket, NAMESPACE, Duration::from_secs(30)).await?;
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
     cfg.max_sandboxes = a.max_sandboxes;
+    cfg.pull = Some(sandpool_node_agent::registry::RegistryConfig {
+        insecure: a.insecure_registries.clone(),
+    });
     cfg.limits.max = Limits {
         cpu_millis: quantity::cpu_millis(&a.max_sandbox_cpu).context("--max-sandbox-cpu")?,
         memory_bytes: quantity::memory_bytes(&a.max_sandbox_memory)

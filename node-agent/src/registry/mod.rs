@@ -1,0 +1,376 @@
+//! Pulling images from OCI registries: references and their Docker Hub
+//! normalisation, credentials (flags or a docker `config.json`), plain
+//! HTTP for loopback and configured insecure registries, clear errors
+//! within bounded time, and one fetch for concurrent pulls of one image.
+//! The registry protocol (token and basic auth, manifests, blob streams)
+//! is the `oci-client` crate's; the blobs go into containerd's content
+//! store and are unpacked by its diff service ([`crate::containerd`]).
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine;
+use oci_client::{
+    Client, Reference,
+    client::{ClientConfig, ClientProtocol},
+    errors::{OciDistributionError, OciErrorCode},
+    secrets::RegistryAuth,
+};
+
+use crate::{
+    containerd::Ctr,
+    error::{AgentError, PullFailure, Result},
+};
+
+mod coalesce;
+
+pub use coalesce::Coalescer;
+
+/// Bound on connecting to a registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a registry going silent in the middle of an answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on resolving a reference to its manifest (auth included).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to pull from.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Whether `registry` is reached over plain HTTP: loopback hosts and
+    /// the configured insecure registries only.
+    pub fn plain_http(&self, registry: &str) -> bool {
+        self.insecure.iter().any(|r| r == registry) || is_loopback(registry)
+    }
+}
+
+/// `host[:port]` names this machine (`localhost`, 127.0.0.0/8, `[::1]`).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => registry.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Credentials for one registry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+/// `r` parsed, Docker Hub short names made full (`python:3.12` ->
+/// `docker.io/library/python:3.12`, a missing tag is `latest`).
+pub fn parse_reference(r: &str) -> Result<Reference> {
+    let t = r.trim();
+    if t.is_empty() || t.contains("://") || t.chars().any(char::is_whitespace) {
+        return Err(AgentError::InvalidTemplate(format!(
+            "bad image reference {r:?}"
+        )));
+    }
+    let parsed = t
+        .parse::<Reference>()
+        .map_err(|e| AgentError::InvalidTemplate(format!("bad image reference {r:?}: {e}")))?;
+    if parsed.repository().chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(AgentError::InvalidTemplate(format!(
+            "bad image reference {r:?}: repository names are lowercase"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The names a pull of `given` is stored under: as given and in full form.
+pub fn stored_names(given: &str, reference: &Reference) -> Vec<String> {
+    let full = reference.whole();
+    let given = given.trim().to_string();
+    if given == full {
+        vec![full]
+    } else {
+        vec![given, full]
+    }
+}
+
+/// The credentials a docker `config.json` holds for `registry` (its
+/// `auths` entry by host, for Docker Hub also by its v1 URL).
+pub fn docker_config_credentials(
+    config: &serde_json::Value,
+    registry: &str,
+) -> Result<Option<Credentials>> {
+    let auths = &config["auths"];
+    let mut keys = vec![
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+    ];
+    if registry == "docker.io" || registry == "index.docker.io" {
+        keys.push("https://index.docker.io/v1/".into());
+        keys.push("index.docker.io".into());
+        keys.push("docker.io".into());
+    }
+    let Some(entry) = keys.iter().find_map(|k| auths.get(k)) else {
+        return Ok(None);
+    };
+    if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        return Ok(Some(Credentials {
+            username: u.into(),
+            password: p.into(),
+        }));
+    }
+    let Some(auth) = entry["auth"].as_str() else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        AgentError::InvalidTemplate(format!("docker config auth of {registry}: {why}"))
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(raw).map_err(|e| bad(e.to_string()))?;
+    let (u, p) = text
+        .split_once(':')
+        .ok_or_else(|| bad("not user:password".into()))?;
+    Ok(Some(Credentials {
+        username: u.into(),
+        password: p.into(),
+    }))
+}
+
+/// A registry client for `reference`: plain HTTP only where allowed,
+/// bounded connects and reads, linux/amd64 out of multi-platform indexes.
+pub fn client_for(cfg: &RegistryConfig, reference: &Reference) -> Client {
+    let registry = reference.resolve_registry();
+    let protocol = if cfg.plain_http(registry) {
+        ClientProtocol::Http
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        ..Default::default()
+    })
+}
+
+pub fn registry_auth(creds: Option<&Credentials>) -> RegistryAuth {
+    match creds {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+/// A failed registry call sorted into what a user can act on.
+pub fn classify(e: &OciDistributionError) -> PullFailure {
+    let code = |codes: &[OciErrorCode], env: &oci_client::errors::OciEnvelope| {
+        env.errors.iter().any(|x| codes.contains(&x.code))
+    };
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => PullFailure::NotFound,
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => PullFailure::Unauthorized,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            use OciErrorCode::*;
+            if code(&[Unauthorized, Denied], envelope) {
+                PullFailure::Unauthorized
+            } else if code(
+                &[ManifestUnknown, NameUnknown, NotFound, BlobUnknown],
+                envelope,
+            ) {
+                PullFailure::NotFound
+            } else {
+                PullFailure::Registry
+            }
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => PullFailure::Unauthorized,
+        OciDistributionError::ServerError { code: 404, .. } => PullFailure::NotFound,
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            PullFailure::Unreachable
+        }
+        OciDistributionError::RequestError(r) if r.status().is_none() => PullFailure::Unreachable,
+        _ => PullFailure::Registry,
+    }
+}
+
+/// The text of `e` with its causes (reqwest hides "connection refused" in them).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// What a finished pull stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// The names it is stored under.
+    pub names: Vec<String>,
+    /// Digest of the (platform) manifest.
+    pub digest: String,
+    /// Layers fetched by this pull (the others were in the content store).
+    pub fetched_layers: usize,
+    pub layers: usize,
+}
+
+/// A line of pull progress.
+pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Pulls into one containerd, concurrent pulls of a reference coalesced.
+pub struct Puller {
+    pub cfg: RegistryConfig,
+    inflight: Coalescer<std::result::Result<Pulled, (PullFailure, String)>>,
+}
+
+impl Puller {
+    pub fn new(cfg: RegistryConfig) -> Self {
+        Puller {
+            cfg,
+            inflight: Coalescer::default(),
+        }
+    }
+
+    /// Pull `given` into `ctr` (one fetch however many ask at once; a
+    /// joiner's `progress` only hears that it waits).
+    pub async fn pull(
+        &self,
+        ctr: &Ctr,
+        given: &str,
+        creds: Option<Credentials>,
+        progress: Progress,
+    ) -> Result<Pulled> {
+        let reference = parse_reference(given)?;
+        let full = reference.whole();
+        let names = stored_names(given, &reference);
+        let cfg = self.cfg.clone();
+        let ctr = ctr.clone();
+        let p = progress.clone();
+        let (res, joined) = self
+            .inflight
+            .run(&full, move || async move {
+                // built by the one fetcher only: it takes a while (TLS roots)
+                let client = client_for(&cfg, &reference);
+                let auth = registry_auth(creds.as_ref());
+                ctr.pull_image(&client, &reference, &auth, &names, &p)
+                    .await
+                    .map_err(|e| match e {
+                        AgentError::Pull {
+                            failure, detail, ..
+                        } => (failure, detail),
+                        other => (PullFailure::Store, other.to_string()),
+                    })
+            })
+            .await;
+        if joined {
+            progress(format!("joined a pull of {full} already under way"));
+        }
+        res.map_err(|(failure, detail)| AgentError::Pull {
+            reference: full,
+            failure,
+            detail,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_become_docker_hub_references() {
+        let full = |r: &str| parse_reference(r).unwrap().whole();
+        assert_eq!(full("python:3.12"), "docker.io/library/python:3.12");
+        assert_eq!(full("python"), "docker.io/library/python:latest");
+        assert_eq!(full("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(full("127.0.0.1:5000/app:1"), "127.0.0.1:5000/app:1");
+        assert_eq!(full("localhost:5000/a/b"), "localhost:5000/a/b:latest");
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let r = parse_reference(&format!("reg.io:5000/app@{d}")).unwrap();
+        assert_eq!((r.registry(), r.repository()), ("reg.io:5000", "app"));
+        assert_eq!((r.tag(), r.digest()), (None, Some(d.as_str())));
+        let r = parse_reference("python:3.12").unwrap();
+        assert_eq!(r.resolve_registry(), "index.docker.io");
+        for bad in ["", "a b", "http://x/y", "UPPER/x", "x@sha256:00"] {
+            assert!(parse_reference(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            stored_names("python:3.12", &parse_reference("python:3.12").unwrap()),
+            ["python:3.12", "docker.io/library/python:3.12"]
+        );
+        let r = parse_reference("127.0.0.1:5000/app:1").unwrap();
+        assert_eq!(
+            stored_names("127.0.0.1:5000/app:1", &r),
+            ["127.0.0.1:5000/app:1"]
+        );
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_configured_registries() {
+        let cfg = RegistryConfig {
+            insecure: vec!["reg.lan:5000".into()],
+        };
+        for yes in [
+            "127.0.0.1:5000",
+            "localhost:80",
+            "[::1]:5000",
+            "127.1.2.3",
+            "reg.lan:5000",
+        ] {
+            assert!(cfg.plain_http(yes), "{yes}");
+        }
+        for no in [
+            "index.docker.io",
+            "reg.lan",
+            "10.0.0.1:5000",
+            "localhost.evil.io:5000",
+        ] {
+            assert!(!cfg.plain_http(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn docker_config_gives_credentials_by_registry() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("ann:s3:cret");
+        let cfg = serde_json::json!({"auths": {
+            "127.0.0.1:5000": {"auth": b64},
+            "https://index.docker.io/v1/": {"username": "hub", "password": "pw"},
+            "bad.io": {"auth": "%%%"},
+        }});
+        let c = docker_config_credentials(&cfg, "127.0.0.1:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ann", "s3:cret")
+        );
+        let c = docker_config_credentials(&cfg, "docker.io")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username, "hub");
+        assert_eq!(docker_config_credentials(&cfg, "other.io").unwrap(), None);
+        assert!(docker_config_credentials(&cfg, "bad.io").is_err());
+        assert!(!format!("{c:?}").contains("pw"), "debug hides the password");
+    }
+}
