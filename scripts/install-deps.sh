@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, idempotently, the Debian packages sandpool needs to build and to run
 # sandboxes: protoc, containerd, runc, runsc, CNI plugins, busybox-static,
-# debootstrap, iproute2, iptables. Sourced by run.sh and test.sh; exports PROTOC.
+# debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
+# TLS; and, for the image-pull tests, a loopback registry (docker-registry),
+# skopeo, umoci and htpasswd. Sourced by run.sh and test.sh; exports PROTOC.
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -12,6 +14,12 @@ command -v runsc >/dev/null 2>&1 || need+=(runsc)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[[ -f /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
