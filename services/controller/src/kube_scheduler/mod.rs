@@ -3,12 +3,14 @@
 //! `BatchSandbox` (label `sandpool.io/claim`) that the batch controller fills
 //! from the pool; pools are `Pool` resources.
 //!
-//! Waiting for allocation polls the BatchSandbox (kept simple and testable
-//! against the mock API; a watch would shave a few milliseconds).
+//! Waiting for allocation and readiness is driven by a watch on the pods
+//! allocated to the claim (see `wait_ready`), not by a poll timer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
@@ -16,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::json;
@@ -41,7 +43,9 @@ pub struct KubeScheduler {
     tasks: Arc<dyn TaskRunner>,
     /// Longest wait for a claim to be allocated and ready.
     pub claim_timeout: Duration,
-    /// Poll interval while waiting.
+    /// Safety-net re-check interval while waiting for a claim: the wait is
+    /// woken by a watch on the claim's pods, and re-reads them at least this
+    /// often in case a watch goes quiet without ending.
     pub poll: Duration,
 }
 
@@ -223,7 +227,7 @@ impl KubeScheduler {
             ns: ns.to_string(),
             tasks,
             claim_timeout: Duration::from_secs(120),
-            poll: Duration::from_millis(50),
+            poll: Duration::from_secs(5),
         }
     }
 
@@ -364,25 +368,71 @@ impl KubeScheduler {
         Ok(b)
     }
 
-    /// Poll until the claim's pod is ready (or the timeout).
+    /// Wait until the claim's pod is ready (or the timeout). Each round
+    /// reads the claim and the pods allocated to it (its uid in
+    /// [`ALLOCATED_TO_LABEL`]), then watches those pods from the list's
+    /// resourceVersion and reads again as soon as one changes. A watch that
+    /// ends or fails starts a new round (list, then watch again); `poll` is
+    /// only a safety net for a watch that stays open but quiet.
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let b = fetch(&self.batches(), id).await?;
-            if let Some(p) = self.pod_of(&b).await?
+            let selector = format!("{ALLOCATED_TO_LABEL}={}", b.uid().unwrap_or_default());
+            let listed = self
+                .pods()
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let pod = listed.items.into_iter().find(|p| !pods::is_terminating(p));
+            if let Some(p) = pod
                 && pods::is_ready(&p)
             {
                 return Ok((b, p));
             }
-            if Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(Status::resource_exhausted(format!(
                     "claim {id}: no sandbox became ready within {timeout:?}"
                 )));
             }
-            tokio::time::sleep(self.poll).await;
+            let rv = listed.metadata.resource_version.unwrap_or_default();
+            let round_end = deadline.min(now + self.poll);
+            let changed = tokio::time::timeout_at(round_end, self.pods_changed(&selector, &rv))
+                .await
+                .unwrap_or(true);
+            if !changed {
+                // the watch failed or ended with nothing new: do not spin
+                let retry = now + self.poll.min(WATCH_RETRY);
+                tokio::time::sleep_until(round_end.min(retry)).await;
+            }
         }
     }
+
+    /// Watch the pods `selector` picks from `rv` until one changes (true), or
+    /// the watch fails or ends first (false).
+    async fn pods_changed(&self, selector: &str, rv: &str) -> bool {
+        let params = WatchParams::default().labels(selector);
+        let Ok(events) = self.pods().watch(&params, rv).await else {
+            return false;
+        };
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => {
+                    return true;
+                }
+                Ok(WatchEvent::Bookmark(_)) => {}
+                // e.g. 410 Gone: list again
+                Ok(WatchEvent::Error(_)) | Err(_) => return false,
+            }
+        }
+        false
+    }
 }
+
+/// Pause before watching again after a watch failed or ended with no change.
+const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 #[tonic::async_trait]
 impl Scheduler for KubeScheduler {

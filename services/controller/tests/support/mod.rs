@@ -4,13 +4,26 @@
 //! writes), generateName, label selectors, merge and JSON patches, the status
 //! subresource, finalizers with deletionTimestamp, and owner-reference garbage
 //! collection. Every request is logged so tests can assert what was sent.
+//! Collections can be watched (`?watch=true`, from a resourceVersion, with a
+//! label selector): every write is recorded as a watch event, and open
+//! watches stream the events after theirs as JSON lines until the client
+//! drops them or a test ends them ([`FakeApi::end_watches`]). Simplified: an
+//! object that stops matching a watch's selector sends nothing (a real
+//! apiserver sends DELETED).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -25,7 +38,13 @@ pub struct Store {
     /// The cluster's RuntimeClasses, when set: a pod naming another one is
     /// refused as the RuntimeClass admission plugin refuses it (403).
     pub runtime_classes: Option<Vec<String>>,
+    /// Every write as a watch event: (resourceVersion, collection, type,
+    /// object).
+    events: Vec<(u64, String, &'static str, Value)>,
 }
+
+/// The fake's response bodies: whole, or a watch's event stream.
+pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Debug, Clone)]
 pub struct Logged {
@@ -42,6 +61,10 @@ pub struct FakeApi {
     pub store: Arc<Mutex<Store>>,
     pub log: Arc<Mutex<Vec<Logged>>>,
     hooks: Arc<Mutex<Vec<Hook>>>,
+    /// Woken after every request and every `with_store`.
+    changed: Arc<tokio::sync::Notify>,
+    /// Bumped by `end_watches`: open watches with an older epoch end.
+    watch_epoch: Arc<AtomicU64>,
 }
 
 pub fn pods_path(ns: &str) -> String {
@@ -191,11 +214,43 @@ impl Store {
     /// stored object.
     fn write(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-        self.objects
+        let old = self
+            .objects
             .entry(storage_coll(coll))
             .or_default()
             .insert(name.to_string(), obj.clone());
+        let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        self.record(coll, kind, &obj);
         obj
+    }
+
+    /// A watch event for `obj`, at the store's current resourceVersion.
+    fn record(&mut self, coll: &str, kind: &'static str, obj: &Value) {
+        self.events
+            .push((self.rv, storage_coll(coll), kind, obj.clone()));
+    }
+
+    /// The events in `coll` after resourceVersion `after` whose object
+    /// matches `selector`, as watch JSON lines; and the last one's rv.
+    fn events_after(&self, coll: &str, selector: &str, after: u64) -> (Vec<Bytes>, u64) {
+        let empty = serde_json::Map::new();
+        let mut last = after;
+        let mut out = Vec::new();
+        let coll = storage_coll(coll);
+        for (rv, c, kind, obj) in &self.events {
+            if *rv <= after || *c != coll {
+                continue;
+            }
+            last = *rv;
+            let labels = obj["metadata"]["labels"].as_object().unwrap_or(&empty);
+            if selector_matches(selector, labels) {
+                let mut line =
+                    serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+                line.push(b'\n');
+                out.push(Bytes::from(line));
+            }
+        }
+        (out, last.max(after))
     }
 
     pub fn get(&self, coll: &str, name: &str) -> Option<&Value> {
@@ -246,6 +301,8 @@ impl Store {
         {
             f(o);
             o["metadata"]["resourceVersion"] = json!(rv);
+            let o = o.clone();
+            self.record(coll, "MODIFIED", &o);
         }
     }
 
@@ -257,6 +314,8 @@ impl Store {
         else {
             return;
         };
+        self.next_rv();
+        self.record(coll, "DELETED", &obj);
         let uid = obj["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -290,6 +349,8 @@ impl Store {
                 let rv = self.next_rv();
                 if let Some(o) = self.objects.get_mut(coll).and_then(|m| m.get_mut(name)) {
                     o["metadata"]["resourceVersion"] = json!(rv);
+                    let o = o.clone();
+                    self.record(coll, "MODIFIED", &o);
                 }
             }
             return self.get(coll, name).cloned();
@@ -321,7 +382,7 @@ impl FakeApi {
     /// A kube client served by this fake (the server task runs until the
     /// client and all its clones are dropped).
     pub fn client(&self) -> kube::Client {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let me = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
@@ -342,10 +403,76 @@ impl FakeApi {
     }
 
     pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.store.lock().expect("store"))
+        let out = f(&mut self.store.lock().expect("store"));
+        self.changed.notify_waiters();
+        out
     }
 
-    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+    /// End every open watch (as an apiserver does on its timeout or a
+    /// restart); clients have to list and watch again.
+    pub fn end_watches(&self) {
+        self.watch_epoch.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// A watch on `coll` from `params`' resourceVersion (empty or "0": the
+    /// current objects as ADDED first), filtered by its label selector.
+    fn watch(&self, coll: String, params: &BTreeMap<String, String>) -> FakeBody {
+        let selector = params.get("labelSelector").cloned().unwrap_or_default();
+        let from: u64 = params
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut queue = VecDeque::new();
+        if from == 0 {
+            let store = self.store.lock().expect("store");
+            let empty = serde_json::Map::new();
+            for o in store.list(&coll) {
+                if selector_matches(
+                    &selector,
+                    o["metadata"]["labels"].as_object().unwrap_or(&empty),
+                ) {
+                    let mut line = serde_json::to_vec(&json!({"type": "ADDED", "object": o}))
+                        .unwrap_or_default();
+                    line.push(b'\n');
+                    queue.push_back(Bytes::from(line));
+                }
+            }
+        }
+        let from = if from == 0 {
+            self.store.lock().expect("store").rv
+        } else {
+            from
+        };
+        let epoch = self.watch_epoch.load(Ordering::SeqCst);
+        let state = (self.clone(), coll, selector, from, queue);
+        let stream = futures_util::stream::unfold(state, move |mut st| async move {
+            loop {
+                if let Some(line) = st.4.pop_front() {
+                    return Some((Ok::<_, Infallible>(Frame::data(line)), st));
+                }
+                let notified = st.0.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if st.0.watch_epoch.load(Ordering::SeqCst) != epoch {
+                    return None;
+                }
+                let (lines, last) =
+                    st.0.store
+                        .lock()
+                        .expect("store")
+                        .events_after(&st.1, &st.2, st.3);
+                st.3 = last;
+                st.4.extend(lines);
+                if st.4.is_empty() {
+                    notified.await;
+                }
+            }
+        });
+        StreamBody::new(stream).boxed_unsync()
+    }
+
+    async fn handle(&self, req: Request<Body>) -> Response<FakeBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
@@ -361,6 +488,26 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
+        let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        if method == Method::GET
+            && matches!(params.get("watch").map(String::as_str), Some("true" | "1"))
+        {
+            self.log.lock().expect("log").push(Logged {
+                method,
+                path: path.clone(),
+                query,
+                content_type,
+                body,
+                status: 200,
+            });
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(self.watch(path, &params))
+                .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()));
+        }
         let (code, mut out) = {
             let mut store = self.store.lock().expect("store");
             for h in self.hooks.lock().expect("hooks").iter_mut() {
@@ -389,6 +536,7 @@ impl FakeApi {
                 out["apiVersion"] = json!(version);
             }
         }
+        self.changed.notify_waiters();
         self.log.lock().expect("log").push(Logged {
             method,
             path,
@@ -400,8 +548,10 @@ impl FakeApi {
         Response::builder()
             .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
             .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&out).unwrap_or_default()))
-            .unwrap_or_else(|_| Response::new(Body::empty()))
+            .body(
+                Full::new(Bytes::from(serde_json::to_vec(&out).unwrap_or_default())).boxed_unsync(),
+            )
+            .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()))
     }
 }
 
