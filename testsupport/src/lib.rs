@@ -275,21 +275,31 @@ impl Scheduler for FakeScheduler {
 
 /// Serve `fake` on a loopback port; its address (`http://127.0.0.1:PORT`).
 pub async fn serve_addr(fake: FakeScheduler) -> String {
+    serve_scheduler_addr(fake).await
+}
+
+/// Serve `fake` on a loopback port; a client of it.
+pub async fn serve(fake: FakeScheduler) -> SchedulerClient<AuthChannel> {
+    serve_scheduler(fake).await
+}
+
+/// Serve any `sandpool.v1.Scheduler` on a loopback port; its address.
+pub async fn serve_scheduler_addr<S: Scheduler>(scheduler: S) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(SchedulerServer::new(fake))
+            .add_service(SchedulerServer::new(scheduler))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     format!("http://{addr}")
 }
 
-/// Serve `fake` on a loopback port; a client of it.
-pub async fn serve(fake: FakeScheduler) -> SchedulerClient<AuthChannel> {
-    let ch = tonic::transport::Endpoint::from_shared(serve_addr(fake).await)
+/// Serve any `sandpool.v1.Scheduler` on a loopback port; a client of it.
+pub async fn serve_scheduler<S: Scheduler>(scheduler: S) -> SchedulerClient<AuthChannel> {
+    let ch = tonic::transport::Endpoint::from_shared(serve_scheduler_addr(scheduler).await)
         .expect("endpoint")
         .connect_lazy();
     SchedulerClient::with_interceptor(ch, Default::default())

@@ -14,8 +14,6 @@ use sandpool_controller::crd::{BatchSandbox, Pool, ProcessTask};
 use sandpool_controller::kube_scheduler::KubeScheduler;
 use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
-use sandpool_proto::v1::scheduler_client::SchedulerClient;
-use sandpool_proto::v1::scheduler_server::SchedulerServer;
 use serde_json::{Value, json};
 use support::{FakeApi, cr_path, make_ready, pods_path};
 use tower::ServiceExt;
@@ -102,22 +100,8 @@ async fn an_opensandbox_sandbox_from_a_pool_shows_the_pools_image() {
 
     let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
     sched.poll = std::time::Duration::from_millis(5);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SchedulerServer::new(sched))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
-    let gw = sandpool_gateway::Gateway::new(
-        SchedulerClient::with_interceptor(ch, Default::default()),
-        &[],
-    );
+    let client = sandpool_testsupport::serve_scheduler(sched).await;
+    let gw = sandpool_gateway::Gateway::new(client, &[]);
     let app = sandpool_gateway::app(gw);
 
     let (code, created) = call(
