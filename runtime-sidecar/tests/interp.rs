@@ -129,15 +129,11 @@ async fn contexts_are_bounded_in_number_and_size() {
         .unwrap()
         .to_string();
     assert!(msg.contains("32 of 32"), "{msg}");
-    let list: Value = c
-        .get(format!("{base}/contexts"))
-        .header("e2b-traffic-access-token", traffic())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = support::json_of(
+        c.get(format!("{base}/contexts"))
+            .header("e2b-traffic-access-token", traffic()),
+    )
+    .await;
     assert_eq!(list.as_array().unwrap().len(), 33, "32 and the default one");
     // deleting one makes room again
     let r = c
