@@ -1,6 +1,7 @@
 //! Test helpers shared by sandpool's test suites (a dev-dependency only; no
 //! production code uses it): an in-memory scheduler, [`FakeScheduler`],
-//! served on a loopback port by [`serve`].
+//! served on a loopback port by [`serve`], and [`send`] for JSON calls to
+//! a REST router.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use sandpool_proto::{
         scheduler_server::{Scheduler, SchedulerServer},
     },
 };
+use serde_json::Value;
 use tonic::{Request, Response, Status};
+use tower::ServiceExt;
 
 /// Claims in a map (each new one starts a second after the previous one),
 /// checkpoints, and pools that can be looked up and deleted: the calls the
@@ -303,4 +306,28 @@ pub async fn serve_scheduler<S: Scheduler>(scheduler: S) -> SchedulerClient<Auth
         .expect("endpoint")
         .connect_lazy();
     SchedulerClient::with_interceptor(ch, Default::default())
+}
+
+/// `req` with `body` as JSON (`Null`: no body) sent to `app`: the answer's
+/// status, headers and body.
+pub async fn send(
+    app: &axum::Router,
+    req: http::request::Builder,
+    body: &Value,
+) -> (u16, http::HeaderMap, axum::body::Bytes) {
+    let req = req
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        }))
+        .expect("request");
+    let r = app.clone().oneshot(req).await.expect("response");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, headers, bytes)
 }

@@ -16,7 +16,6 @@ use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
 use serde_json::{Value, json};
 use support::{FakeApi, cr_path, make_ready, pods_path};
-use tower::ServiceExt;
 
 const NS: &str = "sandpool";
 
@@ -37,21 +36,8 @@ impl TaskRunner for NoTasks {
 
 /// `(status, body)` of an OpenSandbox API call.
 async fn call(app: &axum::Router, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        }))
-        .expect("request");
-    let r = app.clone().oneshot(req).await.expect("response");
-    let status = r.status().as_u16();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let req = http::Request::builder().method(method).uri(path);
+    let (status, _, bytes) = sandpool_testsupport::send(app, req, body).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),

@@ -6,7 +6,6 @@
 
 pub use sandpool_testsupport::{FakeScheduler, T0_MS, serve};
 use serde_json::Value;
-use tower::ServiceExt;
 
 /// `(status, headers, body)` of `req` sent to `app` with `key` in the API
 /// key header of its API (`/v1/…`: OpenSandbox, else E2B); `body` `Null`
@@ -23,21 +22,8 @@ pub async fn call_full(
     } else {
         "X-API-Key"
     };
-    let req = req
-        .header(header, key)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        }))
-        .expect("request");
-    let r = app.clone().oneshot(req).await.expect("response");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (status, headers, bytes) =
+        sandpool_testsupport::send(app, req.header(header, key), body).await;
     let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
         Value::String(format!("NOT JSON: {:?}", String::from_utf8_lossy(&bytes)))
     });
