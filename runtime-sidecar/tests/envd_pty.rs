@@ -73,6 +73,12 @@ impl Rpc {
         (ev, pid)
     }
 
+    /// `method` with `body` fails as Connect error `code` (HTTP 500).
+    async fn refused(&self, method: &str, body: Value, code: &str) {
+        let (st, v) = self.unary(method, body).await;
+        assert_eq!((st, &v["code"]), (500, &json!(code)), "{method}: {v}");
+    }
+
     /// SIGKILL to process `pid`, which succeeds.
     async fn kill(&self, pid: u64) {
         let (st, _) = self
@@ -185,20 +191,18 @@ async fn pty_start_resize_input_and_exit() {
     assert_eq!(attached.next().await.unwrap()["event"]["start"]["pid"], pid);
 
     // stdin input and CloseStdin do not apply to a terminal
-    let (st, v) = rpc
-        .unary(
-            "process.Process/SendInput",
-            json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("no\n")}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
-    let (st, v) = rpc
-        .unary(
-            "process.Process/CloseStdin",
-            json!({"process": {"pid": pid}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("unknown")), "{v}");
+    rpc.refused(
+        "process.Process/SendInput",
+        json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("no\n")}}),
+        "internal",
+    )
+    .await;
+    rpc.refused(
+        "process.Process/CloseStdin",
+        json!({"process": {"pid": pid}}),
+        "unknown",
+    )
+    .await;
 
     let (st, v) = rpc
         .unary(
@@ -236,20 +240,18 @@ async fn pty_input_and_resize_need_a_terminal() {
     let (mut ev, pid) = rpc
         .start(json!({"process": {"cmd": "sleep", "args": ["30"]}, "stdin": true}))
         .await;
-    let (st, v) = rpc
-        .unary(
-            "process.Process/Update",
-            json!({"process": {"pid": pid}, "pty": {"size": {"cols": 10, "rows": 10}}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
-    let (st, v) = rpc
-        .unary(
-            "process.Process/SendInput",
-            json!({"process": {"pid": pid}, "input": {"pty": B64.encode("x")}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
+    rpc.refused(
+        "process.Process/Update",
+        json!({"process": {"pid": pid}, "pty": {"size": {"cols": 10, "rows": 10}}}),
+        "internal",
+    )
+    .await;
+    rpc.refused(
+        "process.Process/SendInput",
+        json!({"process": {"pid": pid}, "input": {"pty": B64.encode("x")}}),
+        "internal",
+    )
+    .await;
     // an Update without a pty changes nothing
     let (st, _) = rpc
         .unary("process.Process/Update", json!({"process": {"pid": pid}}))
