@@ -418,26 +418,22 @@ mod tests {
 
     #[test]
     fn names_get_their_docker_form() {
-        assert_eq!(
-            image_names("alpine:3").unwrap(),
-            ["alpine:3", "docker.io/library/alpine:3"]
-        );
-        assert_eq!(
-            image_names("alpine").unwrap(),
-            ["alpine", "docker.io/library/alpine:latest"]
-        );
-        assert_eq!(
-            image_names("me/app:1").unwrap(),
-            ["me/app:1", "docker.io/me/app:1"]
-        );
-        assert_eq!(
-            image_names("reg.io:5000/a/b").unwrap(),
-            ["reg.io:5000/a/b", "reg.io:5000/a/b:latest"]
-        );
-        assert_eq!(
-            image_names("docker.io/library/alpine:3").unwrap(),
-            ["docker.io/library/alpine:3"]
-        );
+        let cases: [(&str, &[&str]); 5] = [
+            ("alpine:3", &["alpine:3", "docker.io/library/alpine:3"]),
+            ("alpine", &["alpine", "docker.io/library/alpine:latest"]),
+            ("me/app:1", &["me/app:1", "docker.io/me/app:1"]),
+            (
+                "reg.io:5000/a/b",
+                &["reg.io:5000/a/b", "reg.io:5000/a/b:latest"],
+            ),
+            (
+                "docker.io/library/alpine:3",
+                &["docker.io/library/alpine:3"],
+            ),
+        ];
+        for (name, want) in cases {
+            assert_eq!(image_names(name).unwrap(), want, "{name:?}");
+        }
         for bad in ["", " ", "a b", "http://x/y", "x@sha256:00", ":3"] {
             assert!(image_names(bad).is_err(), "{bad:?}");
         }

@@ -439,37 +439,19 @@ impl CommandRegistry {
         tracing::debug!(id = %id, pid, background, "command started");
 
         let (exited_tx, exited_rx) = watch::channel(false);
+        let to = PumpTo {
+            tx: tx.clone(),
+            exited: exited_rx,
+            pid,
+            kill_on_disconnect,
+        };
         let pumps = [
-            tty_out.map(|r| {
-                pump(
-                    r,
-                    tx.clone(),
-                    exited_rx.clone(),
-                    pid,
-                    kill_on_disconnect,
-                    Output::Stdout,
-                )
-            }),
-            child.stdout.take().map(|r| {
-                pump(
-                    r,
-                    tx.clone(),
-                    exited_rx.clone(),
-                    pid,
-                    kill_on_disconnect,
-                    Output::Stdout,
-                )
-            }),
-            child.stderr.take().map(|r| {
-                pump(
-                    r,
-                    tx.clone(),
-                    exited_rx.clone(),
-                    pid,
-                    kill_on_disconnect,
-                    Output::Stderr,
-                )
-            }),
+            tty_out.map(|r| pump(r, to.clone(), Output::Stdout)),
+            child
+                .stdout
+                .take()
+                .map(|r| pump(r, to.clone(), Output::Stdout)),
+            child.stderr.take().map(|r| pump(r, to, Output::Stderr)),
         ];
         tokio::spawn(Arc::clone(self).supervise(
             child,
@@ -700,17 +682,27 @@ fn spawn_child(mut cmd: tokio::process::Command, content: &str) -> Result<Child>
     })
 }
 
-fn pump<R>(
-    mut reader: R,
+/// What the output pumps of one command share: where chunks go, whether
+/// the command has exited, and whether a gone receiver kills it (`pid`'s
+/// process group).
+#[derive(Clone)]
+struct PumpTo {
     tx: mpsc::Sender<Output>,
-    mut exited: watch::Receiver<bool>,
+    exited: watch::Receiver<bool>,
     pid: u32,
     kill_on_disconnect: bool,
-    wrap: fn(Bytes) -> Output,
-) -> tokio::task::JoinHandle<()>
+}
+
+fn pump<R>(mut reader: R, to: PumpTo, wrap: fn(Bytes) -> Output) -> tokio::task::JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let PumpTo {
+        tx,
+        mut exited,
+        pid,
+        kill_on_disconnect,
+    } = to;
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {

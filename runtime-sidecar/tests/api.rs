@@ -12,6 +12,8 @@ use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
 use sandpool_runtime::{AppState, Config, upload::UploadLimits};
 use serde_json::{Value, json};
 
+mod support;
+
 const TOKEN: &str = "test-token-123";
 
 struct Server {
@@ -97,6 +99,16 @@ impl Server {
     async fn post_json(&self, route: &str, body: &Value) -> reqwest::Response {
         self.post(route).json(body).send().await.unwrap()
     }
+}
+
+/// Command `id`'s status (`GET /command/status/{id}`) has this exit code
+/// and error.
+async fn assert_exit(s: &Server, id: &str, exit_code: Value, error: Value) {
+    let status = support::json_of(s.get(&format!("/command/status/{id}"))).await;
+    assert_eq!(
+        (status["exit_code"].clone(), status["error"].clone()),
+        (exit_code, error)
+    );
 }
 
 /// The response is the execd error `code` with this HTTP status.
@@ -433,18 +445,7 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     assert_eq!(last["error"]["ename"], "CommandExecError");
     assert_eq!(last["error"]["traceback"], json!(["exit status 3"]));
     let id = ev[0].1["text"].as_str().unwrap();
-    let status: Value = s
-        .get(&format!("/command/status/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (status["exit_code"].clone(), status["error"].clone()),
-        (json!(3), json!("exit status 3"))
-    );
+    assert_exit(&s, id, json!(3), json!("exit status 3")).await;
 
     let r = s
         .post_json("/command", &json!({"command": "sleep 10", "timeout": 200}))
@@ -455,18 +456,7 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
     assert_eq!(last["error"]["evalue"], "-1");
     assert_eq!(last["error"]["traceback"], json!(["signal: killed"]));
     let id = ev[0].1["text"].as_str().unwrap();
-    let status: Value = s
-        .get(&format!("/command/status/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (status["exit_code"].clone(), status["error"].clone()),
-        (json!(-1), json!("signal: killed"))
-    );
+    assert_exit(&s, id, json!(-1), json!("signal: killed")).await;
 
     let r = s.get("/command/status/nope").send().await.unwrap();
     let (st, b) = error_of(r).await;

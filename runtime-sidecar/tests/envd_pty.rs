@@ -17,16 +17,22 @@ mod support;
 
 const TOKEN: &str = "envd-pty-token";
 
-async fn serve() -> (String, tempfile::TempDir) {
-    support::serve_envd(TOKEN, &[]).await
-}
-
 struct Rpc {
     c: reqwest::Client,
     base: String,
 }
 
 impl Rpc {
+    /// envd on a loopback port (its data dir lives as long as the guard).
+    async fn serve() -> (Self, tempfile::TempDir) {
+        let (base, d) = support::serve_envd(TOKEN, &[]).await;
+        let rpc = Rpc {
+            c: reqwest::Client::new(),
+            base,
+        };
+        (rpc, d)
+    }
+
     async fn unary(&self, method: &str, body: Value) -> (u16, Value) {
         support::unary(&self.c, (&self.base, TOKEN), method, &body, &[]).await
     }
@@ -48,6 +54,40 @@ impl Rpc {
             .unwrap();
         assert_eq!(r.status(), 200);
         r.bytes_stream()
+    }
+
+    /// Start a process (`body` is the Start request); its events, with the
+    /// start event read, and its pid.
+    async fn start(
+        &self,
+        body: Value,
+    ) -> (
+        Events<impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<>>,
+        u64,
+    ) {
+        let mut ev = Events::new(self.stream("process.Process/Start", body).await);
+        let first = ev.next().await.unwrap();
+        let pid = first["event"]["start"]["pid"]
+            .as_u64()
+            .expect("start event");
+        (ev, pid)
+    }
+
+    /// `method` with `body` fails as Connect error `code` (HTTP 500).
+    async fn refused(&self, method: &str, body: Value, code: &str) {
+        let (st, v) = self.unary(method, body).await;
+        assert_eq!((st, &v["code"]), (500, &json!(code)), "{method}: {v}");
+    }
+
+    /// SIGKILL to process `pid`, which succeeds.
+    async fn kill(&self, pid: u64) {
+        let (st, _) = self
+            .unary(
+                "process.Process/SendSignal",
+                json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+            )
+            .await;
+        assert_eq!(st, 200);
     }
 }
 
@@ -131,24 +171,14 @@ impl<S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> Events<S> {
 
 #[tokio::test]
 async fn pty_start_resize_input_and_exit() {
-    let (base, _d) = serve().await;
-    let rpc = Rpc {
-        c: reqwest::Client::new(),
-        base,
-    };
+    let (rpc, _d) = Rpc::serve().await;
     let script = "stty size; echo ctty >/dev/tty; read x; stty size; echo \"got $x\"; exit 3";
-    let body = rpc
-        .stream(
-            "process.Process/Start",
+    let (mut ev, pid) = rpc
+        .start(
             json!({"process": {"cmd": "/bin/sh", "args": ["-c", script]},
-                   "pty": {"size": {"cols": 80, "rows": 24}}}),
+                      "pty": {"size": {"cols": 80, "rows": 24}}}),
         )
         .await;
-    let mut ev = Events::new(body);
-    let first = ev.next().await.unwrap();
-    let pid = first["event"]["start"]["pid"]
-        .as_u64()
-        .expect("start event");
     // the size it was started with; /dev/tty is its controlling terminal
     ev.until("24 80").await;
     ev.until("ctty").await;
@@ -161,20 +191,18 @@ async fn pty_start_resize_input_and_exit() {
     assert_eq!(attached.next().await.unwrap()["event"]["start"]["pid"], pid);
 
     // stdin input and CloseStdin do not apply to a terminal
-    let (st, v) = rpc
-        .unary(
-            "process.Process/SendInput",
-            json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("no\n")}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
-    let (st, v) = rpc
-        .unary(
-            "process.Process/CloseStdin",
-            json!({"process": {"pid": pid}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("unknown")), "{v}");
+    rpc.refused(
+        "process.Process/SendInput",
+        json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("no\n")}}),
+        "internal",
+    )
+    .await;
+    rpc.refused(
+        "process.Process/CloseStdin",
+        json!({"process": {"pid": pid}}),
+        "unknown",
+    )
+    .await;
 
     let (st, v) = rpc
         .unary(
@@ -208,80 +236,46 @@ async fn pty_start_resize_input_and_exit() {
 
 #[tokio::test]
 async fn pty_input_and_resize_need_a_terminal() {
-    let (base, _d) = serve().await;
-    let rpc = Rpc {
-        c: reqwest::Client::new(),
-        base,
-    };
-    let mut ev = Events::new(
-        rpc.stream(
-            "process.Process/Start",
-            json!({"process": {"cmd": "sleep", "args": ["30"]}, "stdin": true}),
-        )
-        .await,
-    );
-    let pid = ev.next().await.unwrap()["event"]["start"]["pid"]
-        .as_u64()
-        .unwrap();
-    let (st, v) = rpc
-        .unary(
-            "process.Process/Update",
-            json!({"process": {"pid": pid}, "pty": {"size": {"cols": 10, "rows": 10}}}),
-        )
+    let (rpc, _d) = Rpc::serve().await;
+    let (mut ev, pid) = rpc
+        .start(json!({"process": {"cmd": "sleep", "args": ["30"]}, "stdin": true}))
         .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
-    let (st, v) = rpc
-        .unary(
-            "process.Process/SendInput",
-            json!({"process": {"pid": pid}, "input": {"pty": B64.encode("x")}}),
-        )
-        .await;
-    assert_eq!((st, &v["code"]), (500, &json!("internal")), "{v}");
+    rpc.refused(
+        "process.Process/Update",
+        json!({"process": {"pid": pid}, "pty": {"size": {"cols": 10, "rows": 10}}}),
+        "internal",
+    )
+    .await;
+    rpc.refused(
+        "process.Process/SendInput",
+        json!({"process": {"pid": pid}, "input": {"pty": B64.encode("x")}}),
+        "internal",
+    )
+    .await;
     // an Update without a pty changes nothing
     let (st, _) = rpc
         .unary("process.Process/Update", json!({"process": {"pid": pid}}))
         .await;
     assert_eq!(st, 200);
-    let (st, _) = rpc
-        .unary(
-            "process.Process/SendSignal",
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!(st, 200);
+    rpc.kill(pid).await;
     assert_eq!(ev.finish().await["status"], "signal: killed");
 }
 
 /// Killing a terminal's shell ends its stream with the signal.
 #[tokio::test]
 async fn pty_kill_ends_the_stream() {
-    let (base, _d) = serve().await;
-    let rpc = Rpc {
-        c: reqwest::Client::new(),
-        base,
-    };
-    let mut ev = Events::new(
-        rpc.stream(
-            "process.Process/Start",
+    let (rpc, _d) = Rpc::serve().await;
+    let (mut ev, pid) = rpc
+        .start(
             json!({"process": {"cmd": "/bin/sh", "args": ["-c", "echo ready; sleep 30"]},
-                   "pty": {"size": {"cols": 40, "rows": 10}}}),
+                      "pty": {"size": {"cols": 40, "rows": 10}}}),
         )
-        .await,
-    );
-    let pid = ev.next().await.unwrap()["event"]["start"]["pid"]
-        .as_u64()
-        .unwrap();
+        .await;
     ev.until("ready").await;
     let (st, v) = rpc.unary("process.Process/List", json!({})).await;
     assert_eq!(st, 200);
     assert_eq!(v["processes"][0]["pid"], pid, "{v}");
-    let (st, _) = rpc
-        .unary(
-            "process.Process/SendSignal",
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!(st, 200);
+    rpc.kill(pid).await;
     let end = ev.finish().await;
     assert_eq!(end["status"], "signal: killed", "{end}");
 }

@@ -129,24 +129,10 @@ async fn contexts_are_bounded_in_number_and_size() {
         .unwrap()
         .to_string();
     assert!(msg.contains("32 of 32"), "{msg}");
-    let list: Value = c
-        .get(format!("{base}/contexts"))
-        .header("e2b-traffic-access-token", traffic())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 33, "32 and the default one");
+    let listed = list(&c, &base).await;
+    assert_eq!(listed.len(), 33, "32 and the default one");
     // deleting one makes room again
-    let r = c
-        .delete(format!("{base}/contexts/{}", ids[0]))
-        .header("e2b-traffic-access-token", traffic())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    delete_context(&c, &base, &ids[0]).await;
     assert_eq!(create(&c, &base, json!({})).await.status(), StatusCode::OK);
     // a 1 MB cwd is refused (it used to be kept, 1 MB per context)
     let r = create(&c, &base, json!({"cwd": "/".repeat(1_000_000)})).await;
@@ -243,14 +229,19 @@ async fn sandbox_env_vars_from_envd_init_reach_the_interpreter() {
 }
 
 async fn list(c: &reqwest::Client, base: &str) -> Vec<Value> {
-    let r = c
-        .get(format!("{base}/contexts"))
-        .header("e2b-traffic-access-token", traffic())
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("{base}/contexts"));
+    let r = r.header("e2b-traffic-access-token", traffic());
+    let r = r.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.json::<Value>().await.unwrap().as_array().unwrap().clone()
+}
+
+/// Delete context `id`, which succeeds (204).
+async fn delete_context(c: &reqwest::Client, base: &str, id: &str) {
+    let r = c.delete(format!("{base}/contexts/{id}"));
+    let r = r.header("e2b-traffic-access-token", traffic());
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
 /// A default Python context is listed from the start (as upstream's, whose
@@ -285,13 +276,7 @@ async fn the_default_context_is_listed_from_the_start() {
     assert_eq!(ids[0], json!(id));
     assert_eq!(ids[1..], made[..], "creation order");
     // deleted, it is made again (same id, fresh state) by the next execution
-    let r = c
-        .delete(format!("{base}/contexts/{id}"))
-        .header("e2b-traffic-access-token", traffic())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    delete_context(&c, &base, &id).await;
     let out = exec(&c, &base, json!({"code": "print('marker' in globals())"})).await;
     assert_eq!(stdout(&out), "False\n");
     assert_eq!(list(&c, &base).await.last().unwrap()["id"], json!(id));

@@ -1,6 +1,6 @@
 //! Shared by the loopback-port integration tests: a runtime config with its
 //! state under a tempdir, an app served on a free loopback port, envd served
-//! that way, and a unary Connect call.
+//! that way, a unary Connect call and a request's JSON answer.
 
 // shared by several test crates: not every one uses every item
 #![allow(dead_code)]
@@ -66,4 +66,9 @@ pub async fn unary(
     let r = r.send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Send `req`; its answer's JSON body.
+pub async fn json_of(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
 }

@@ -77,29 +77,35 @@ enum Stored {
     Number(i64),
 }
 
+impl Stored {
+    /// The value stored: a name (empty: `first`), or a proto number (0, the
+    /// unspecified one, and 1 are `first`; 2 is `second`).
+    fn decode<T: std::str::FromStr<Err = CoreError>>(
+        self,
+        first: T,
+        second: T,
+    ) -> Result<T, CoreError> {
+        match self {
+            Stored::Name(n) if n.is_empty() => Ok(first),
+            Stored::Name(n) => n.parse(),
+            Stored::Number(0 | 1) => Ok(first),
+            Stored::Number(2) => Ok(second),
+            Stored::Number(n) => n.to_string().parse(),
+        }
+    }
+}
+
 impl TryFrom<Stored> for RuntimeClass {
     type Error = CoreError;
     fn try_from(s: Stored) -> Result<Self, CoreError> {
-        match s {
-            Stored::Name(n) if n.is_empty() => Ok(Self::Runc),
-            Stored::Name(n) => n.parse(),
-            Stored::Number(0 | 1) => Ok(Self::Runc),
-            Stored::Number(2) => Ok(Self::Runsc),
-            Stored::Number(n) => n.to_string().parse(),
-        }
+        s.decode(Self::Runc, Self::Runsc)
     }
 }
 
 impl TryFrom<Stored> for ReleasePolicy {
     type Error = CoreError;
     fn try_from(s: Stored) -> Result<Self, CoreError> {
-        match s {
-            Stored::Name(n) if n.is_empty() => Ok(Self::Delete),
-            Stored::Name(n) => n.parse(),
-            Stored::Number(0 | 1) => Ok(Self::Delete),
-            Stored::Number(2) => Ok(Self::Recycle),
-            Stored::Number(n) => n.to_string().parse(),
-        }
+        s.decode(Self::Delete, Self::Recycle)
     }
 }
 

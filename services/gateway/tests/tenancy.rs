@@ -64,6 +64,13 @@ async fn os_create_accepted(app: &axum::Router, key: &str, n: usize) {
     }
 }
 
+/// A new OpenSandbox sandbox of key `A` (accepted): its API path.
+async fn os_sandbox_of_a(app: &axum::Router) -> String {
+    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
+    assert_eq!(s, 202, "{a}");
+    format!("/v1/sandboxes/{}", a["id"].as_str().expect("id"))
+}
+
 fn os_create() -> Value {
     // a caller's own owner record is dropped, not trusted
     json!({"extensions": {"poolRef": "default"}, "entrypoint": ["sleep", "9"], "timeout": 600,
@@ -189,9 +196,7 @@ async fn opensandbox_keys_reach_only_their_own_sandboxes() {
 async fn an_owner_changes_its_sandboxes_egress_policy_live() {
     let p = platform(50).await;
     let app = &p.app;
-    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
-    assert_eq!(s, 202, "{a}");
-    let sb = format!("/v1/sandboxes/{}", a["id"].as_str().expect("id"));
+    let sb = os_sandbox_of_a(app).await;
     let policy = format!("{sb}/networkpolicy");
     let (s, v) = call(app, "PUT", &policy, A, json!({"defaultAction": "deny"})).await;
     assert_eq!((s, &v["mode"]), (200, &json!("deny_all")), "{v}");
@@ -387,9 +392,7 @@ async fn snapshots_belong_to_the_key_of_their_sandbox_after_it_is_gone() {
 async fn an_owner_patches_its_sandboxes_metadata() {
     let p = platform(50).await;
     let app = &p.app;
-    let (s, a) = call(app, "POST", "/v1/sandboxes", A, os_create()).await;
-    assert_eq!(s, 202, "{a}");
-    let sb = format!("/v1/sandboxes/{}", a["id"].as_str().expect("id"));
+    let sb = os_sandbox_of_a(app).await;
     let md = format!("{sb}/metadata");
     let (s, v) = call(app, "PATCH", &md, A, json!({"env": "prod"})).await;
     assert_eq!(

@@ -14,11 +14,8 @@ use sandpool_controller::crd::{BatchSandbox, Pool, ProcessTask};
 use sandpool_controller::kube_scheduler::KubeScheduler;
 use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
-use sandpool_proto::v1::scheduler_client::SchedulerClient;
-use sandpool_proto::v1::scheduler_server::SchedulerServer;
 use serde_json::{Value, json};
 use support::{FakeApi, cr_path, make_ready, pods_path};
-use tower::ServiceExt;
 
 const NS: &str = "sandpool";
 
@@ -39,21 +36,8 @@ impl TaskRunner for NoTasks {
 
 /// `(status, body)` of an OpenSandbox API call.
 async fn call(app: &axum::Router, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        }))
-        .expect("request");
-    let r = app.clone().oneshot(req).await.expect("response");
-    let status = r.status().as_u16();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let req = http::Request::builder().method(method).uri(path);
+    let (status, _, bytes) = sandpool_testsupport::send(app, req, body).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -102,22 +86,8 @@ async fn an_opensandbox_sandbox_from_a_pool_shows_the_pools_image() {
 
     let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
     sched.poll = std::time::Duration::from_millis(5);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SchedulerServer::new(sched))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
-    let gw = sandpool_gateway::Gateway::new(
-        SchedulerClient::with_interceptor(ch, Default::default()),
-        &[],
-    );
+    let client = sandpool_testsupport::serve_scheduler(sched).await;
+    let gw = sandpool_gateway::Gateway::new(client, &[]);
     let app = sandpool_gateway::app(gw);
 
     let (code, created) = call(
