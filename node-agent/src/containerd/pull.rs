@@ -5,6 +5,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use containerd_client::types::Descriptor;
+use futures_util::{StreamExt, TryStreamExt};
 use oci_client::{
     Client, Reference,
     errors::OciDistributionError,
@@ -38,6 +39,8 @@ const LAYER_TYPES: &[&str] = &[
 ];
 /// Largest manifest or config accepted.
 const MAX_JSON: i64 = 16 << 20;
+/// Layers fetched at once (containerd's and dockerd's default is 3).
+const CONCURRENT_FETCHES: usize = 3;
 
 /// A platform manifest resolved from a reference.
 struct Resolved {
@@ -172,7 +175,8 @@ impl Ctr {
         })
     }
 
-    /// Fetch the layers not yet in the content store; how many were fetched.
+    /// Fetch the layers not yet in the content store, up to
+    /// `CONCURRENT_FETCHES` at once (as `ctr` and dockerd do); how many were fetched.
     async fn fetch_layers(
         &self,
         client: &Client,
@@ -181,44 +185,69 @@ impl Ctr {
         lease: &str,
         progress: &Progress,
     ) -> Result<usize> {
-        let mut fetched = 0;
-        for (i, l) in layers.iter().enumerate() {
-            let what = format!("layer {}/{} {}", i + 1, layers.len(), short(&l.digest));
-            if !LAYER_TYPES.contains(&l.media_type.as_str()) {
-                return Err(pull_err(
-                    reference,
-                    PullFailure::Registry,
-                    format!("{what}: unsupported media type {}", l.media_type),
-                ));
-            }
-            if self.content_exists(&l.digest).await? {
-                progress(format!("{what}: already present"));
-                continue;
-            }
-            let size = u64::try_from(l.size).map_err(|_| {
-                pull_err(
-                    reference,
-                    PullFailure::Registry,
-                    format!("{what}: bad size"),
-                )
-            })?;
-            progress(format!("{what}: fetching {size} bytes"));
-            let started = Instant::now();
-            let stream = client
-                .pull_blob_stream(reference, l)
-                .await
-                .map_err(|e| oci_err(reference, &e))?;
-            let reader = tokio_util::io::StreamReader::new(stream.stream);
-            self.write_content(lease, &l.digest, size, reader, HashMap::new())
-                .await
-                .map_err(|e| pull_err(reference, PullFailure::Registry, format!("{what}: {e}")))?;
-            fetched += 1;
-            progress(format!(
-                "{what}: done in {:.1}s",
-                started.elapsed().as_secs_f64()
-            ));
+        let what = |i: usize, l: &OciDescriptor| {
+            format!("layer {}/{} {}", i + 1, layers.len(), short(&l.digest))
+        };
+        if let Some((i, l)) = layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !LAYER_TYPES.contains(&l.media_type.as_str()))
+        {
+            let why = format!("{}: unsupported media type {}", what(i, l), l.media_type);
+            return Err(pull_err(reference, PullFailure::Registry, why));
         }
-        Ok(fetched)
+        // An image may list one layer twice (Docker's empty layers): fetch it once.
+        let mut seen = std::collections::HashSet::new();
+        let fetches: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| seen.insert(l.digest.as_str()))
+            .map(|(i, l)| self.fetch_layer(client, reference, l, lease, what(i, l), progress))
+            .collect();
+        let fetched: Vec<bool> = futures_util::stream::iter(fetches)
+            .buffer_unordered(CONCURRENT_FETCHES)
+            .try_collect()
+            .await?;
+        Ok(fetched.into_iter().filter(|f| *f).count())
+    }
+
+    /// Fetch one layer into the content store unless it is there already;
+    /// whether it was fetched.
+    async fn fetch_layer(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        l: &OciDescriptor,
+        lease: &str,
+        what: String,
+        progress: &Progress,
+    ) -> Result<bool> {
+        if self.content_exists(&l.digest).await? {
+            progress(format!("{what}: already present"));
+            return Ok(false);
+        }
+        let size = u64::try_from(l.size).map_err(|_| {
+            pull_err(
+                reference,
+                PullFailure::Registry,
+                format!("{what}: bad size"),
+            )
+        })?;
+        progress(format!("{what}: fetching {size} bytes"));
+        let started = Instant::now();
+        let stream = client
+            .pull_blob_stream(reference, l)
+            .await
+            .map_err(|e| oci_err(reference, &e))?;
+        let reader = tokio_util::io::StreamReader::new(stream.stream);
+        self.write_content(lease, &l.digest, size, reader, HashMap::new())
+            .await
+            .map_err(|e| pull_err(reference, PullFailure::Registry, format!("{what}: {e}")))?;
+        progress(format!(
+            "{what}: done in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(true)
     }
 }
 
