@@ -99,6 +99,13 @@ pub enum PoolCmd {
         /// checkpointed, restored and forked (needs --runtime runsc).
         #[arg(long)]
         checkpointable: bool,
+        /// The sandboxes' start command, a shell line run with `/bin/sh -c`
+        /// beside the runtime (what an E2B template's start command is).
+        #[arg(long)]
+        start_cmd: Option<String>,
+        /// An environment variable of the sandboxes, `NAME=value`; repeatable.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
     },
     List,
     /// Delete a pool: its warm sandboxes are removed at once. A pool with
@@ -110,6 +117,16 @@ pub enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `NAME=value` of `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAME=value")),
+    }
 }
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
@@ -232,12 +249,18 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         memory,
         run_as_root,
         checkpointable,
+        start_cmd,
+        env,
     } = cmd
     else {
         bail!("not a pool apply command");
     };
     let t = Template {
         image,
+        command: start_cmd
+            .map(|c| vec!["/bin/sh".into(), "-c".into(), c])
+            .unwrap_or_default(),
+        env: env.into_iter().collect(),
         runtime_class: runtime,
         cpu,
         memory,
@@ -405,6 +428,18 @@ mod tests {
             super::shell_join(&v(&["printf", "it's", ""])),
             "printf 'it'\\''s' ''"
         );
+    }
+
+    #[test]
+    fn env_flags_are_name_value_pairs() {
+        assert_eq!(
+            super::parse_env("A=b=c").unwrap(),
+            ("A".to_string(), "b=c".to_string())
+        );
+        assert_eq!(super::parse_env("E=").unwrap().1, "");
+        for bad in ["novalue", "=x", "A B=1"] {
+            assert!(super::parse_env(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

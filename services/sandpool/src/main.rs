@@ -1,5 +1,6 @@
 //! `sandpool`: the standalone platform and its CLI.
 
+mod build;
 mod cli;
 mod cluster;
 mod datadir;

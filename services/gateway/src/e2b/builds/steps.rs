@@ -170,8 +170,17 @@ fn parse_step(index: usize, s: &Value) -> Result<BuildStep, ApiError> {
             )));
         }
     };
-    if let StepKind::Copy { hash, mode, .. } = &kind {
+    if let StepKind::Copy {
+        hash, mode, src, ..
+    } = &kind
+    {
         check_hash(hash)?;
+        // the source is within the uploaded files, never beside them
+        if src.starts_with('/') || src.split(['/', '\\']).any(|p| p == "..") {
+            return Err(bad(
+                "the source must be a relative path within the build context",
+            ));
+        }
         if let Some(m) = mode
             && (m.len() > 4 || !m.chars().all(|c| ('0'..='7').contains(&c)))
         {

@@ -88,6 +88,20 @@ fn steps_sandpool_cannot_honour_are_refused_naming_them() {
             400,
             "octal",
         ),
+        (
+            with(
+                json!([{"type": "COPY", "args": ["../../etc/shadow", "/b"], "filesHash": "ab".repeat(16)}]),
+            ),
+            400,
+            "relative",
+        ),
+        (
+            with(
+                json!([{"type": "COPY", "args": ["/etc/shadow", "/b"], "filesHash": "ab".repeat(16)}]),
+            ),
+            400,
+            "relative",
+        ),
         (json!({"steps": []}), 400, "fromImage or fromTemplate"),
         (
             json!({"fromImage": "a", "fromTemplate": "b"}),
