@@ -87,7 +87,7 @@ def _busybox_layout(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def registry():
-    """``host:port`` of a loopback registry holding ``base:1``."""
+    """``host:port`` of a loopback registry holding ``base:1`` and ``gc:1``."""
     _require_tools()
     work = Path(tempfile.mkdtemp(prefix="sandpool-tmpl-"))
     addr = f"127.0.0.1:{_free_port()}"
@@ -108,8 +108,11 @@ def registry():
                 assert time.monotonic() < deadline, "registry did not listen"
                 time.sleep(0.05)
         layout = _busybox_layout(work)
-        _run("skopeo", "copy", "-q", "--dest-tls-verify=false",
-             f"oci:{layout}:base", f"docker://{addr}/base:1")
+        # another image (its own digest) for `image gc` to remove
+        _run("umoci", "config", "--image", f"{layout}:base", "--tag", "gc", "--config.env", "GC=1")
+        for tag in ("base", "gc"):
+            _run("skopeo", "copy", "-q", "--dest-tls-verify=false",
+                 f"oci:{layout}:{tag}", f"docker://{addr}/{tag}:1")
         yield addr
     finally:
         proc.kill()
@@ -206,3 +209,33 @@ def test_a_failing_run_step_fails_the_build_naming_it(e2b_env: Sandpool, registr
     assert "RUN exit 7" in str(e.value), e.value
     api = get_api_client(ConnectionConfig())
     assert get_templates_template_id.sync_detailed("broken-app", client=api).status_code == 404
+
+
+def _image_cli(sandpool: Sandpool, *args: str) -> str:
+    return _sandpool_cli(sandpool, "image", *args, "--data-dir", str(sandpool.base_dir / "data"))
+
+
+def test_image_gc_removes_only_old_unused_images(sandpool: Sandpool, registry: str):
+    kept_ref, gone_ref = f"{registry}/base:1", f"{registry}/gc:1"
+    _sandpool_cli(sandpool, "pool", "apply", "gc-keep", "--image", kept_ref,
+                  "--buffer-min", "0", "--buffer-max", "0")
+    _image_cli(sandpool, "pull", kept_ref)
+    _image_cli(sandpool, "pull", gone_ref)
+
+    def lines(out: str) -> dict[str, str]:
+        return {cols[1]: cols[0] + (" " + cols[2] if cols[0] == "keep" else "")
+                for cols in (line.split("\t") for line in out.splitlines())}
+
+    # just pulled: kept under the default 24h
+    plan = lines(_image_cli(sandpool, "gc", "--dry-run"))
+    assert plan[gone_ref] == "keep recent", plan
+    plan = lines(_image_cli(sandpool, "gc", "--dry-run", "--keep-unused-for", "0"))
+    assert plan[gone_ref] == "would remove", plan
+    assert plan[kept_ref] == "keep in use", plan
+    assert plan["sandpool/busybox:latest"] == "keep builtin", plan
+    assert gone_ref in _image_cli(sandpool, "list"), "a dry run removes nothing"
+
+    done = lines(_image_cli(sandpool, "gc", "--keep-unused-for", "0"))
+    assert done[gone_ref] == "removed", done
+    listed = _image_cli(sandpool, "list")
+    assert gone_ref not in listed and kept_ref in listed, listed

@@ -52,7 +52,8 @@ impl Buildah {
         Buildah {
             bin: std::env::var_os("SANDPOOL_BUILDAH")
                 .map(PathBuf::from)
-                .or_else(|| which("buildah")),
+                .or_else(|| which("buildah"))
+                .filter(|p| p.is_file()),
             dir: data_dir.join("builds"),
             socket,
             insecure,
@@ -407,6 +408,18 @@ mod tests {
         assert!(a.contains(&"--tls-verify=false".to_string()), "{a:?}");
         let e = from_args(&req("busybox"), "c", p, &[]).unwrap_err();
         assert!(e.contains("builtin"), "{e}");
+    }
+
+    #[test]
+    fn without_buildah_builds_are_refused_naming_it() {
+        let b = Buildah {
+            bin: None,
+            dir: PathBuf::from("/nonexistent"),
+            socket: PathBuf::new(),
+            insecure: vec![],
+        };
+        let e = b.check().unwrap_err();
+        assert!(e.contains("buildah"), "{e}");
     }
 
     #[test]

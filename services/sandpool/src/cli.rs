@@ -19,7 +19,7 @@ pub struct SchedulerAddr {
         env = "SANDPOOL_SCHEDULER",
         default_value = "http://127.0.0.1:7702"
     )]
-    addr: String,
+    pub(crate) addr: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,9 +223,9 @@ pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
     }
 }
 
-type Scheduler = SchedulerClient<AuthChannel>;
+pub(crate) type Scheduler = SchedulerClient<AuthChannel>;
 
-async fn connect(addr: &str, token: &ServiceToken) -> anyhow::Result<Scheduler> {
+pub(crate) async fn connect(addr: &str, token: &ServiceToken) -> anyhow::Result<Scheduler> {
     let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("scheduler address {addr:?}"))?
         .connect()
