@@ -187,6 +187,45 @@ impl Builds {
     }
 }
 
+/// Build records kept at most (the oldest finished ones go first).
+const MAX_BUILDS: usize = 256;
+/// A build created but not started for this long may go.
+const ABANDONED_MS: i64 = 3_600_000;
+
+/// Bound the records: past [`MAX_BUILDS`], drop the oldest finished (or
+/// abandoned) builds, never a template's newest ready one (its pool's).
+fn prune(m: &mut HashMap<String, BuildRecord>, now_ms: i64) {
+    if m.len() <= MAX_BUILDS {
+        return;
+    }
+    let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+    for b in m.values().filter(|b| b.status == Status::Ready) {
+        let e = newest
+            .entry(b.template.as_str())
+            .or_insert((b.updated_ms, &b.build_id));
+        if b.updated_ms > e.0 {
+            *e = (b.updated_ms, &b.build_id);
+        }
+    }
+    let keep: std::collections::HashSet<String> =
+        newest.values().map(|(_, id)| id.to_string()).collect();
+    let mut old: Vec<(i64, String)> = m
+        .values()
+        .filter(|b| !keep.contains(&b.build_id))
+        .filter(|b| match b.status {
+            Status::Ready | Status::Error => true,
+            Status::Waiting => now_ms - b.created_ms > ABANDONED_MS,
+            Status::Building => false,
+        })
+        .map(|b| (b.updated_ms, b.build_id.clone()))
+        .collect();
+    old.sort();
+    let over = m.len() - MAX_BUILDS;
+    for (_, id) in old.into_iter().take(over) {
+        m.remove(&id);
+    }
+}
+
 /// Template builds change pools for everyone: an admin key's only.
 fn admin_only() -> std::result::Result<(), ApiError> {
     match tenancy::restricted() {
@@ -267,7 +306,11 @@ pub(super) async fn create(
         logs: Vec::new(),
         reason: None,
     };
-    gw.builds.builds.lock().insert(build_id.clone(), rec);
+    {
+        let mut m = gw.builds.builds.lock();
+        m.insert(build_id.clone(), rec);
+        prune(&mut m, now);
+    }
     let body = json!({
         "templateID": name,
         "buildID": build_id,

@@ -203,3 +203,41 @@ fn template_names_are_pool_names() {
         assert!(check_name(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn old_finished_builds_go_but_never_a_templates_pool_build() {
+    let mut m = HashMap::new();
+    for i in 0..(MAX_BUILDS + 40) {
+        let mut b = record(if i % 2 == 0 {
+            Status::Ready
+        } else {
+            Status::Error
+        });
+        b.template = if i % 3 == 0 { "a" } else { "b" }.into();
+        b.build_id = format!("b{i}");
+        b.updated_ms = i as i64;
+        m.insert(b.build_id.clone(), b);
+    }
+    // the oldest record: a's only ready build, so it stays
+    let mut only = record(Status::Ready);
+    only.template = "c".into();
+    only.build_id = "c-only".into();
+    only.updated_ms = -1;
+    m.insert("c-only".into(), only);
+    let mut building = record(Status::Building);
+    building.build_id = "running".into();
+    building.updated_ms = -2;
+    m.insert("running".into(), building);
+    prune(&mut m, 0);
+    assert_eq!(m.len(), MAX_BUILDS);
+    assert!(m.contains_key("c-only") && m.contains_key("running"));
+    let newest = |t: &str| {
+        (0..MAX_BUILDS + 40)
+            .rev()
+            .find(|i| i % 2 == 0 && (i % 3 == 0) == (t == "a"))
+            .map(|i| format!("b{i}"))
+            .unwrap()
+    };
+    assert!(m.contains_key(&newest("a")) && m.contains_key(&newest("b")));
+    assert!(!m.contains_key("b1"), "the oldest finished went");
+}
