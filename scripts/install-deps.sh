@@ -3,7 +3,7 @@
 # sandboxes: protoc, containerd, runc, runsc, CNI plugins, busybox-static,
 # debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
 # TLS; and, for the image-pull tests, a loopback registry (docker-registry),
-# skopeo, umoci and htpasswd. Sourced by run.sh and test.sh; exports PROTOC.
+# skopeo, umoci and htpasswd; buildah for E2B template builds. Sourced by run.sh and test.sh; exports PROTOC.
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -20,6 +20,7 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

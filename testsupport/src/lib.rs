@@ -80,8 +80,10 @@ impl FakeScheduler {
 
 #[tonic::async_trait]
 impl Scheduler for FakeScheduler {
-    async fn apply_pool(&self, _: Request<pb::Pool>) -> R<pb::Pool> {
-        no()
+    async fn apply_pool(&self, r: Request<pb::Pool>) -> R<pb::Pool> {
+        let p = r.into_inner();
+        self.pools.lock().insert(p.name.clone(), p.clone());
+        Ok(Response::new(p))
     }
     async fn get_pool(&self, r: Request<pb::PoolRef>) -> R<pb::Pool> {
         let name = r.into_inner().name;
@@ -90,7 +92,8 @@ impl Scheduler for FakeScheduler {
             .ok_or_else(|| Status::not_found(format!("pool {name} not found")))
     }
     async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
-        no()
+        let pools = self.pools.lock().values().cloned().collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
     async fn delete_pool(&self, r: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
         let name = r.into_inner().name;

@@ -46,6 +46,8 @@ pub struct ImageSummary {
     pub builtin: bool,
     /// Pulled from a registry (`PULLED_LABEL`), not imported from a tarball.
     pub pulled: bool,
+    /// When the image record was last written (pulled, imported), unix ms.
+    pub updated_unix_ms: i64,
 }
 
 impl Ctr {
@@ -278,6 +280,11 @@ impl Ctr {
                 builtin: i.labels.contains_key(RECIPE_LABEL)
                     && !i.labels.contains_key(IMPORTED_LABEL),
                 pulled: i.labels.contains_key(PULLED_LABEL),
+                updated_unix_ms: i
+                    .updated_at
+                    .or(i.created_at)
+                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .unwrap_or(0),
                 name: i.name,
                 digest,
                 size,

@@ -346,4 +346,10 @@ impl Gateway {
             .await?;
         Ok(listed.pools)
     }
+
+    /// Create or replace a pool (E2B template builds make theirs).
+    pub async fn apply_pool(&self, pool: pb::Pool) -> Result<pb::Pool> {
+        self.scheduler_call(pool, ApiError::Invalid, rpc!(apply_pool))
+            .await
+    }
 }

@@ -37,6 +37,8 @@ pub struct Gateway {
     pub max_timeout_s: u64,
     /// Per-client request rate limit (None = off).
     pub limiter: Option<Arc<limit::RateLimiter>>,
+    /// E2B template builds and their builder (none: builds answer 501).
+    pub builds: Arc<e2b::Builds>,
 }
 
 impl Gateway {
@@ -56,7 +58,14 @@ impl Gateway {
             max_timeout_s: DEFAULT_MAX_TIMEOUT_S,
             limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST)
                 .map(Arc::new),
+            builds: Arc::default(),
         }
+    }
+
+    /// Build E2B templates with `builder` (`sandpool serve`: buildah).
+    pub fn with_template_builder(mut self, builder: Arc<dyn e2b::TemplateBuilder>) -> Self {
+        self.builds = Arc::new(e2b::Builds::new(Some(builder)));
+        self
     }
 
     /// Set the longest sandbox timeout callers may ask for, in seconds.

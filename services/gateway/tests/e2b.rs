@@ -78,7 +78,7 @@ async fn every_e2b_error_is_e2b_json() {
         // no such route under the E2B API
         ("GET", "/sandboxes/nope/logs", Value::Null, 404),
         ("GET", "/v2/sandboxes/nope/logs", Value::Null, 404),
-        ("GET", "/templates", Value::Null, 404),
+        ("GET", "/templates/nope/builds/b/nothing", Value::Null, 404),
         // a route without that method
         ("PATCH", "/sandboxes/nope", Value::Null, 405),
         ("GET", "/sandboxes/nope/timeout", Value::Null, 405),

@@ -19,7 +19,7 @@ pub struct SchedulerAddr {
         env = "SANDPOOL_SCHEDULER",
         default_value = "http://127.0.0.1:7702"
     )]
-    addr: String,
+    pub(crate) addr: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +99,13 @@ pub enum PoolCmd {
         /// checkpointed, restored and forked (needs --runtime runsc).
         #[arg(long)]
         checkpointable: bool,
+        /// The sandboxes' start command, a shell line run with `/bin/sh -c`
+        /// beside the runtime (what an E2B template's start command is).
+        #[arg(long)]
+        start_cmd: Option<String>,
+        /// An environment variable of the sandboxes, `NAME=value`; repeatable.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
     },
     List,
     /// Delete a pool: its warm sandboxes are removed at once. A pool with
@@ -110,6 +117,16 @@ pub enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `NAME=value` of `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAME=value")),
+    }
 }
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
@@ -206,9 +223,9 @@ pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
     }
 }
 
-type Scheduler = SchedulerClient<AuthChannel>;
+pub(crate) type Scheduler = SchedulerClient<AuthChannel>;
 
-async fn connect(addr: &str, token: &ServiceToken) -> anyhow::Result<Scheduler> {
+pub(crate) async fn connect(addr: &str, token: &ServiceToken) -> anyhow::Result<Scheduler> {
     let ch = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("scheduler address {addr:?}"))?
         .connect()
@@ -232,12 +249,18 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         memory,
         run_as_root,
         checkpointable,
+        start_cmd,
+        env,
     } = cmd
     else {
         bail!("not a pool apply command");
     };
     let t = Template {
         image,
+        command: start_cmd
+            .map(|c| vec!["/bin/sh".into(), "-c".into(), c])
+            .unwrap_or_default(),
+        env: env.into_iter().collect(),
         runtime_class: runtime,
         cpu,
         memory,
@@ -405,6 +428,18 @@ mod tests {
             super::shell_join(&v(&["printf", "it's", ""])),
             "printf 'it'\\''s' ''"
         );
+    }
+
+    #[test]
+    fn env_flags_are_name_value_pairs() {
+        assert_eq!(
+            super::parse_env("A=b=c").unwrap(),
+            ("A".to_string(), "b=c".to_string())
+        );
+        assert_eq!(super::parse_env("E=").unwrap().1, "");
+        for bad in ["novalue", "=x", "A B=1"] {
+            assert!(super::parse_env(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

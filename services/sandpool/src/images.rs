@@ -47,6 +47,22 @@ enum ImageCmd {
     List,
     /// Remove an imported image (builtin images are refused).
     Rm { name: String },
+    /// Remove pulled, imported and template-built images no pool or
+    /// sandbox uses (builtin images stay; shared layers are containerd's to
+    /// collect once no image holds them).
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GcArgs {
+    /// Keep images pulled or imported less than this long ago (`30m`, `24h`, `7d`, `0`).
+    #[arg(long, default_value = "24h", value_parser = crate::gc::parse_duration)]
+    keep_unused_for: Duration,
+    /// Only say what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    scheduler: crate::cli::SchedulerAddr,
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,7 +170,36 @@ pub fn names_for(given: Option<&str>, img: &archive::ArchiveImage) -> anyhow::Re
     Ok(out)
 }
 
-pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
+/// `image gc`: the plan, printed; carried out unless `--dry-run`.
+async fn gc(a: GcArgs, ctr: Ctr, token: &sandpool_proto::auth::ServiceToken) -> anyhow::Result<()> {
+    let used = crate::gc::used_names(&a.scheduler.addr, token, &ctr).await?;
+    let images = ctr.image_summaries().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let (mut removed, mut freed) = (0, 0);
+    for (i, keep) in crate::gc::plan(&images, &used, now, a.keep_unused_for) {
+        match keep {
+            Some(why) => println!("keep\t{}\t{why}", i.name),
+            None if a.dry_run => println!("would remove\t{}\t{}", i.name, i.size),
+            None => {
+                ctr.remove_image(&i.name).await?;
+                println!("removed\t{}\t{}", i.name, i.size);
+                removed += 1;
+                freed += i.size;
+            }
+        }
+    }
+    if !a.dry_run {
+        crate::say(format!(
+            "removed {removed} image(s); up to {freed} bytes go once containerd collects what nothing else shares"
+        ));
+    }
+    Ok(())
+}
+
+pub async fn run(a: ImageArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let socket = a
         .containerd_socket
         .unwrap_or_else(|| a.dir.data_dir.join("containerd").join("containerd.sock"));
@@ -193,6 +238,15 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
                 };
                 println!("{}\t{}\t{}\t{kind}", i.name, i.digest, i.size);
             }
+        }
+        ImageCmd::Gc(g) => {
+            let given = service_token.or_else(|| {
+                std::fs::read_to_string(a.dir.data_dir.join("service-token"))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            });
+            let token = sandpool_proto::auth::ServiceToken::new(given.as_deref())?;
+            gc(g, connect.await?, &token).await?;
         }
         ImageCmd::Rm { name } => {
             let ctr = connect.await?;

@@ -1,8 +1,10 @@
 //! `sandpool`: the standalone platform and its CLI.
 
+mod build;
 mod cli;
 mod cluster;
 mod datadir;
+mod gc;
 mod images;
 mod keys;
 mod serve;
@@ -92,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
             cluster::node_agent(a, cli.service_token).await
         }
         Cmd::Key(a) => keys::run(a),
-        Cmd::Image(a) => images::run(a).await,
+        Cmd::Image(a) => images::run(a, cli.service_token).await,
         Cmd::Client(c) => {
             let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
             cli::run(c, &token).await

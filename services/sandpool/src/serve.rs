@@ -265,7 +265,15 @@ pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Resul
         wait_warm(s, &pools).await?;
     }
     if runs(Role::Gateway) {
-        run_gateway(&a, &service_token, &api_keys, &metrics_url).await?;
+        // template builds need the node's containerd: only beside a node agent
+        let builder = node.as_ref().map(|_| {
+            let socket = a
+                .containerd_socket
+                .clone()
+                .unwrap_or_else(|| a.data_dir.join("containerd").join("containerd.sock"));
+            crate::build::builder(&a.data_dir, socket, a.insecure_registries.clone())
+        });
+        run_gateway(&a, &service_token, &api_keys, &metrics_url, builder).await?;
     } else {
         say(format!("ready: metrics {metrics_url}"));
         shutdown_signal().await;
@@ -426,6 +434,7 @@ async fn run_gateway(
     service_token: &str,
     api_keys: &[String],
     metrics_url: &str,
+    builder: Option<Arc<dyn sandpool_gateway::e2b::TemplateBuilder>>,
 ) -> anyhow::Result<()> {
     // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?
@@ -438,6 +447,9 @@ async fn run_gateway(
         .with_rate_limit(a.rate_limit, a.rate_burst)
         .with_max_timeout(a.max_timeout);
     gw.max_proxy_body = a.max_proxy_body;
+    if let Some(b) = builder {
+        gw = gw.with_template_builder(b);
+    }
     let listener = bind(a.listen).await?;
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {

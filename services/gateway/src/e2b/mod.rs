@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::{get, post, put},
 };
 use chrono::Utc;
 use sandpool_proto::v1 as pb;
@@ -22,11 +22,16 @@ use serde_json::{Value, json};
 
 use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
 
+mod builds;
 mod list;
 mod metrics;
 mod routing;
 mod snapshots;
+mod templates;
 
+pub use builds::{
+    BuildFuture, BuildLog, BuildRequest, BuildStep, Builds, StepKind, TemplateBuilder,
+};
 pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
 /// The envd protocol version sandpool's runtime answers for
@@ -102,12 +107,27 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates/{id}", delete(snapshots::delete))
+        .route("/templates", get(templates::list))
+        .route(
+            "/templates/{id}",
+            get(templates::get).delete(snapshots::delete),
+        )
+        .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/v3/templates", post(builds::create))
+        .route("/templates/{id}/files/{hash}", get(builds::files))
+        .route("/v2/templates/{id}/builds/{build}", post(builds::start))
+        .route("/templates/{id}/builds/{build}/status", get(builds::status))
+        .route("/templates/{id}/builds/{build}/logs", get(builds::logs))
         .method_not_allowed_fallback(wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(
             (gw.clone(), auth::Api::E2b),
             auth::require_key,
         ))
+        // the upload link's secret stands for the key (a presigned URL)
+        .route(
+            "/_sandpool/template-files/{secret}",
+            put(builds::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         // everything outside `/v1` (OpenSandbox's, with its own) is E2B's
         .fallback(no_route)
         .with_state(gw)

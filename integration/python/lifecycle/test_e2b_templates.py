@@ -1,0 +1,241 @@
+"""E2B templates through the real e2b SDK (2.63): pools are templates, and
+``Template.build`` builds one with buildah.
+
+A loopback registry (Debian's ``docker-registry``) holds ``base:1``, busybox
+with every applet, built here with ``umoci`` and pushed with ``skopeo`` (no
+internet needed). A pool applied with ``sandpool pool apply --image
+<registry>/base:1 --start-cmd …`` shows in ``GET /templates`` and
+``GET /templates/{id}`` in E2B's exact models, and ``Sandbox.create`` of it
+runs its start command. ``Template().from_image(<registry>/base:1)`` with a
+``COPY``, ``RUN``, ``ENV`` and ``WORKDIR`` is built by ``Template.build``;
+``Sandbox.create`` of its name then finds the RUN's file and the copied one.
+
+Without the tools the tests skip, unless CI=true or
+SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from e2b import ConnectionConfig, Sandbox, Template
+from e2b.api.client.api.templates import (
+    get_templates,
+    get_templates_aliases_alias,
+    get_templates_template_id,
+)
+from e2b.api.client.models import Template as TemplateModel
+from e2b.api.client.models import TemplateWithBuilds
+from e2b.api.client_sync import get_api_client
+
+from sandpool_platform import Sandpool
+
+TOOLS = ("docker-registry", "skopeo", "umoci", "buildah")
+TIMEOUT_S = 300
+
+
+def _require_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("CI") == "true" or os.environ.get("SANDPOOL_REQUIRE_CONTAINERD") == "1":
+            pytest.fail(f"not installed: {missing} (scripts/install-deps.sh installs them)")
+        pytest.skip(f"not installed: {missing}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(*argv: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
+    return done.stdout
+
+
+def _busybox_layout(work: Path) -> Path:
+    """An OCI layout with tag ``base``: busybox with all its applets in /bin,
+    and a /bin/bash that is busybox's sh."""
+    layout, bundle = work / "oci", work / "bundle"
+    image = f"{layout}:base"
+    _run("umoci", "init", "--layout", str(layout))
+    _run("umoci", "new", "--image", image)
+    _run("umoci", "unpack", "--image", image, str(bundle))
+    root = bundle / "rootfs"
+    for d in ("bin", "tmp", "etc"):
+        (root / d).mkdir(exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
+    for applet in _run("/usr/bin/busybox", "--list").split():
+        if applet != "busybox" and not (root / "bin" / applet).exists():
+            (root / "bin" / applet).symlink_to("busybox")
+    # envd runs commands with `/bin/bash -l -c`; busybox's sh stands in
+    bash = root / "bin" / "bash"
+    bash.write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
+    bash.chmod(0o755)
+    _run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
+    return layout
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """``host:port`` of a loopback registry holding ``base:1`` and ``gc:1``."""
+    _require_tools()
+    work = Path(tempfile.mkdtemp(prefix="sandpool-tmpl-"))
+    addr = f"127.0.0.1:{_free_port()}"
+    config = work / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
+        f"http:\n  addr: {addr}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(tuple(addr.split(":")), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "registry did not listen"
+                time.sleep(0.05)
+        layout = _busybox_layout(work)
+        # another image (its own digest) for `image gc` to remove
+        _run("umoci", "config", "--image", f"{layout}:base", "--tag", "gc", "--config.env", "GC=1")
+        for tag in ("base", "gc"):
+            _run("skopeo", "copy", "-q", "--dest-tls-verify=false",
+                 f"oci:{layout}:{tag}", f"docker://{addr}/{tag}:1")
+        yield addr
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _scheduler_of(sandpool: Sandpool) -> str:
+    argv = list(sandpool.process.args)
+    return "http://" + argv[argv.index("--scheduler-listen") + 1]
+
+
+def _sandpool_cli(sandpool: Sandpool, *args: str) -> str:
+    env = {**os.environ, "SANDPOOL_DATA_DIR": str(sandpool.base_dir / "data"),
+           "SANDPOOL_SCHEDULER": _scheduler_of(sandpool)}
+    return _run(os.environ.get("SANDPOOL_BIN", "sandpool"), *args, env=env)
+
+
+def test_a_pool_of_any_image_is_an_e2b_template(e2b_env: Sandpool, registry: str):
+    _sandpool_cli(e2b_env, "pool", "apply", "byo", "--image", f"{registry}/base:1",
+                  "--start-cmd", "echo started > /tmp/started; exec sleep 100000",
+                  "--env", "FROM_POOL=yes", "--cpu", "1", "--memory", "256Mi",
+                  "--buffer-min", "0", "--buffer-max", "1")
+    api = get_api_client(ConnectionConfig())
+    listed = get_templates.sync_detailed(client=api)
+    assert listed.status_code == 200, listed.content
+    templates = {t.template_id: t for t in listed.parsed}
+    assert all(isinstance(t, TemplateModel) for t in templates.values())
+    byo = templates["byo"]
+    assert (byo.cpu_count, byo.memory_mb, byo.aliases, byo.names) == (1, 256, ["byo"], ["byo"])
+    assert byo.build_status.value == "ready"
+
+    got = get_templates_template_id.sync_detailed("byo", client=api)
+    assert got.status_code == 200, got.content
+    assert isinstance(got.parsed, TemplateWithBuilds)
+    assert [b.status.value for b in got.parsed.builds] == ["ready"]
+    assert str(got.parsed.builds[0].build_id) == got.parsed.build_id
+    alias = get_templates_aliases_alias.sync_detailed("byo", client=api)
+    assert (alias.status_code, alias.parsed.template_id) == (200, "byo")
+    assert get_templates_template_id.sync_detailed("no-such", client=api).status_code == 404
+
+    sbx = Sandbox.create(template="byo", timeout=TIMEOUT_S)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            r = sbx.commands.run("cat /tmp/started 2>/dev/null; echo $FROM_POOL", cwd="/")
+            if r.stdout.split() == ["started", "yes"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.stdout.split() == ["started", "yes"], r
+        # spawnCount and lastSpawnedAt count the template's live sandboxes
+        during = get_templates_template_id.sync_detailed("byo", client=api).parsed
+        assert during.spawn_count == 1 and during.last_spawned_at is not None
+    finally:
+        sbx.kill()
+
+
+def test_template_build_from_a_registry_image(e2b_env: Sandpool, registry: str, tmp_path: Path):
+    (tmp_path / "hello.txt").write_text("copied in\n")
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_image(f"{registry}/base:1")
+        .copy("hello.txt", "/app/")
+        .run_cmd("echo built by buildah > /built.txt")
+        .set_envs({"GREETING": "hi there"})
+        .set_workdir("/app")
+    )
+    logs: list[str] = []
+    info = Template.build(template, "built-app", cpu_count=1, memory_mb=256,
+                          on_build_logs=lambda e: logs.append(e.message))
+    assert info.template_id == "built-app"
+    assert any("step" in m for m in logs), logs
+
+    api = get_api_client(ConnectionConfig())
+    got = get_templates_template_id.sync_detailed("built-app", client=api)
+    assert got.status_code == 200, got.content
+    assert got.parsed.build_id == info.build_id
+    assert (got.parsed.cpu_count, got.parsed.memory_mb) == (1, 256)
+
+    sbx = Sandbox.create(template="built-app", timeout=TIMEOUT_S)
+    try:
+        r = sbx.commands.run("cat /built.txt /app/hello.txt; echo $GREETING", cwd="/")
+        assert r.stdout.splitlines() == ["built by buildah", "copied in", "hi there"], r
+    finally:
+        sbx.kill()
+
+
+def test_a_failing_run_step_fails_the_build_naming_it(e2b_env: Sandpool, registry: str):
+    from e2b.exceptions import BuildException
+
+    template = Template().from_image(f"{registry}/base:1").run_cmd("exit 7")
+    with pytest.raises(BuildException) as e:
+        Template.build(template, "broken-app")
+    assert "RUN exit 7" in str(e.value), e.value
+    api = get_api_client(ConnectionConfig())
+    assert get_templates_template_id.sync_detailed("broken-app", client=api).status_code == 404
+
+
+def _image_cli(sandpool: Sandpool, *args: str) -> str:
+    return _sandpool_cli(sandpool, "image", *args, "--data-dir", str(sandpool.base_dir / "data"))
+
+
+def test_image_gc_removes_only_old_unused_images(sandpool: Sandpool, registry: str):
+    kept_ref, gone_ref = f"{registry}/base:1", f"{registry}/gc:1"
+    _sandpool_cli(sandpool, "pool", "apply", "gc-keep", "--image", kept_ref,
+                  "--buffer-min", "0", "--buffer-max", "0")
+    _image_cli(sandpool, "pull", kept_ref)
+    _image_cli(sandpool, "pull", gone_ref)
+
+    def lines(out: str) -> dict[str, str]:
+        return {cols[1]: cols[0] + (" " + cols[2] if cols[0] == "keep" else "")
+                for cols in (line.split("\t") for line in out.splitlines())}
+
+    # just pulled: kept under the default 24h
+    plan = lines(_image_cli(sandpool, "gc", "--dry-run"))
+    assert plan[gone_ref] == "keep recent", plan
+    plan = lines(_image_cli(sandpool, "gc", "--dry-run", "--keep-unused-for", "0"))
+    assert plan[gone_ref] == "would remove", plan
+    assert plan[kept_ref] == "keep in use", plan
+    assert plan["sandpool/busybox:latest"] == "keep builtin", plan
+    assert gone_ref in _image_cli(sandpool, "list"), "a dry run removes nothing"
+
+    done = lines(_image_cli(sandpool, "gc", "--keep-unused-for", "0"))
+    assert done[gone_ref] == "removed", done
+    listed = _image_cli(sandpool, "list")
+    assert gone_ref not in listed and kept_ref in listed, listed

@@ -1,0 +1,488 @@
+//! E2B template builds with `buildah` (Debian's package): the base image is
+//! pulled by buildah from its registry, each step runs as a buildah command
+//! (`RUN` with `--isolation chroot`, `COPY` with `buildah copy` from the
+//! uploaded files, `ENV`/`WORKDIR`/`USER` as image config), and the result
+//! is committed to an OCI archive that is imported into the node's
+//! containerd the way `sandpool image import` does it. buildah keeps its
+//! own storage (vfs) under DATA_DIR/builds, so base images are pulled once.
+//! Uploaded files are unpacked by buildah (`buildah add` into a scratch
+//! container), never by sandpool.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use sandpool_gateway::e2b::{
+    BuildFuture, BuildLog, BuildRequest, BuildStep, StepKind, TemplateBuilder,
+};
+use sandpool_node_agent::{
+    archive,
+    containerd::{Ctr, NAMESPACE},
+    registry,
+};
+
+/// Longest one buildah command may take (a RUN installing packages).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How much of a failed command's output its error keeps.
+const ERROR_TAIL: usize = 2000;
+
+/// buildah on this host, or why there is none.
+#[derive(Clone)]
+pub struct Buildah {
+    bin: Option<PathBuf>,
+    dir: PathBuf,
+    socket: PathBuf,
+    insecure: Vec<String>,
+}
+
+/// `name` on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Buildah {
+    /// Builds under `data_dir/builds` into the containerd at `socket`;
+    /// `insecure` registries (besides loopback ones) are reached over HTTP.
+    pub fn new(data_dir: &Path, socket: PathBuf, insecure: Vec<String>) -> Self {
+        Buildah {
+            bin: std::env::var_os("SANDPOOL_BUILDAH")
+                .map(PathBuf::from)
+                .or_else(|| which("buildah"))
+                .filter(|p| p.is_file()),
+            dir: data_dir.join("builds"),
+            socket,
+            insecure,
+        }
+    }
+}
+
+impl TemplateBuilder for Buildah {
+    fn check(&self) -> Result<(), String> {
+        match &self.bin {
+            Some(_) => Ok(()),
+            None => Err(
+                "template builds need buildah, which is not installed on this host \
+                 (Debian: apt-get install buildah)"
+                    .into(),
+            ),
+        }
+    }
+
+    fn files_dir(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
+    fn build(&self, req: BuildRequest, log: BuildLog) -> BuildFuture {
+        let b = self.clone();
+        Box::pin(async move {
+            let work = b.dir.join("work").join(&req.build_id);
+            let r = b.run(&req, &work, &log).await;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            r
+        })
+    }
+}
+
+/// One build's buildah invocations (its storage, its working container).
+struct Session<'a> {
+    b: &'a Buildah,
+    bin: PathBuf,
+    work: PathBuf,
+    log: &'a BuildLog,
+}
+
+impl Session<'_> {
+    /// `buildah <global flags> args…`; `Ok(stdout)`, else `what` failed
+    /// with the output's tail. Its output goes to the build log.
+    async fn buildah(&self, what: &str, args: &[String]) -> Result<String, String> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(["--root", &path(&self.b.dir.join("storage"))])
+            .args(["--runroot", &path(&self.b.dir.join("run"))])
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("TMPDIR", &self.work)
+            .env("BUILDAH_ISOLATION", "chroot")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| format!("{what}: buildah took over {STEP_TIMEOUT:?}"))?
+            .map_err(|e| format!("{what}: running buildah: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in stdout
+            .lines()
+            .chain(stderr.lines())
+            .filter(|l| !l.is_empty())
+        {
+            (self.log)(line.to_string());
+        }
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        let all = format!("{stdout}{stderr}");
+        let mut start = all.len().saturating_sub(ERROR_TAIL);
+        while !all.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = &all[start..];
+        Err(format!("{what}: buildah {}: {}", out.status, tail.trim()))
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl Buildah {
+    async fn run(&self, req: &BuildRequest, work: &Path, log: &BuildLog) -> Result<(), String> {
+        let bin = self
+            .bin
+            .clone()
+            .ok_or_else(|| "buildah is not installed".to_string())?;
+        tokio::fs::create_dir_all(work)
+            .await
+            .map_err(|e| format!("creating {}: {e}", work.display()))?;
+        let policy = work.join("policy.json");
+        tokio::fs::write(
+            &policy,
+            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .await
+        .map_err(|e| format!("writing {}: {e}", policy.display()))?;
+        let s = Session {
+            b: self,
+            bin,
+            work: work.to_path_buf(),
+            log,
+        };
+        let ctr = format!("sandpool-build-{}", req.build_id);
+        let from = from_args(req, &ctr, &policy, &self.insecure)?;
+        log(format!("base: {}", req.base));
+        s.buildah(&format!("base image {}", req.base), &from)
+            .await?;
+        let built = async {
+            for step in &req.steps {
+                log(format!("step {}: {}", step.index, describe(&step.kind)));
+                s.step(&ctr, step, req).await?;
+            }
+            let archive = work.join("image.tar");
+            let dest = format!("oci-archive:{}:{}", path(&archive), req.image);
+            s.buildah(
+                "committing the image",
+                &[
+                    "commit".into(),
+                    "--format".into(),
+                    "oci".into(),
+                    ctr.clone(),
+                    dest,
+                ],
+            )
+            .await?;
+            Ok::<_, String>(archive)
+        }
+        .await;
+        let _ = s
+            .buildah(
+                "removing the working container",
+                &["rm".into(), ctr.clone()],
+            )
+            .await;
+        let archive = built?;
+        log(format!("importing {} into containerd", req.image));
+        self.import(&archive, &req.image).await
+    }
+
+    /// The committed archive into the node's containerd as `image`.
+    async fn import(&self, archive: &Path, image: &str) -> Result<(), String> {
+        let a = archive.to_path_buf();
+        let img = tokio::task::spawn_blocking(move || archive::read(&a))
+            .await
+            .map_err(|e| format!("reading the built image: {e}"))?
+            .map_err(|e| format!("reading the built image: {e}"))?;
+        let ctr = Ctr::connect(&self.socket, NAMESPACE, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("connecting to containerd: {e}"))?;
+        ctr.import_archive(&img, &[image.to_string()])
+            .await
+            .map_err(|e| format!("importing the built image: {e}"))
+    }
+}
+
+/// `buildah from` of the base image: pulled from its registry (plain HTTP
+/// for loopback and insecure ones), with the build's credentials.
+fn from_args(
+    req: &BuildRequest,
+    ctr: &str,
+    policy: &Path,
+    insecure: &[String],
+) -> Result<Vec<String>, String> {
+    let r = registry::parse_reference(&req.base).map_err(|e| format!("base image: {e}"))?;
+    if sandpool_node_agent::image::builtin(&req.base).is_some() {
+        return Err(format!(
+            "base image {}: a builtin image is built on the node, not pulled; \
+             build from a registry image",
+            req.base
+        ));
+    }
+    let reg = r.registry().to_string();
+    let plain = insecure.contains(&reg) || registry::is_loopback(&reg);
+    let mut a: Vec<String> = vec![
+        "from".into(),
+        "--pull".into(),
+        "--name".into(),
+        ctr.into(),
+        format!("--tls-verify={}", !plain),
+        "--signature-policy".into(),
+        path(policy),
+    ];
+    if let Some((u, p)) = &req.base_credentials {
+        a.push("--creds".into());
+        a.push(format!("{u}:{p}"));
+    }
+    a.push(format!("docker://{}", r.whole()));
+    Ok(a)
+}
+
+fn describe(k: &StepKind) -> String {
+    match k {
+        StepKind::Run { cmd, .. } => format!("RUN {cmd}"),
+        StepKind::Copy { src, dest, .. } => format!("COPY {src} {dest}"),
+        StepKind::Env(kv) => format!(
+            "ENV {}",
+            kv.iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        StepKind::Workdir(d) => format!("WORKDIR {d}"),
+        StepKind::User(u) => format!("USER {u}"),
+    }
+}
+
+/// The buildah commands of one step (`COPY`'s take the unpacked files'
+/// directory `files`).
+pub(crate) fn step_commands(
+    ctr: &str,
+    kind: &StepKind,
+    files: &Path,
+    empty: &Path,
+) -> Vec<Vec<String>> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    match kind {
+        StepKind::Run { cmd, user } => {
+            let mut a = s(&["run", "--isolation", "chroot"]);
+            if let Some(u) = user {
+                a.extend(s(&["--user", u]));
+            }
+            a.extend(s(&[ctr, "--", "/bin/sh", "-c", cmd]));
+            vec![a]
+        }
+        StepKind::Copy {
+            src,
+            dest,
+            user,
+            mode,
+            ..
+        } => {
+            let mut a = s(&["copy"]);
+            if let Some(u) = user {
+                a.extend(s(&["--chown", u]));
+            }
+            if let Some(m) = mode {
+                a.extend(s(&["--chmod", m]));
+            }
+            a.extend(s(&[
+                ctr,
+                &path(&files.join(src.trim_start_matches('/'))),
+                dest,
+            ]));
+            vec![a]
+        }
+        StepKind::Env(kv) => kv
+            .iter()
+            .map(|(k, v)| s(&["config", "--env", &format!("{k}={v}"), ctr]))
+            .collect(),
+        // WORKDIR makes the directory, as a Dockerfile's does
+        StepKind::Workdir(d) => vec![
+            s(&["copy", ctr, &path(empty), d]),
+            s(&["config", "--workingdir", d, ctr]),
+        ],
+        StepKind::User(u) => vec![s(&["config", "--user", u, ctr])],
+    }
+}
+
+impl Session<'_> {
+    async fn step(&self, ctr: &str, step: &BuildStep, req: &BuildRequest) -> Result<(), String> {
+        let what = format!("step {} ({})", step.index, describe(&step.kind));
+        let empty = self.work.join("empty");
+        let _ = tokio::fs::create_dir_all(&empty).await;
+        let mut files = PathBuf::new();
+        let mut scratch = None;
+        if let StepKind::Copy { hash, .. } = &step.kind {
+            let (name, dir) = self
+                .unpack(&req.files_dir.join(format!("{hash}.tar")), step.index)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            files = dir;
+            scratch = Some(name);
+        }
+        let mut r = Ok(());
+        for args in step_commands(ctr, &step.kind, &files, &empty) {
+            r = self.buildah(&what, &args).await.map(|_| ());
+            if r.is_err() {
+                break;
+            }
+        }
+        if let Some(name) = scratch {
+            let _ = self
+                .buildah("removing the files container", &["rm".into(), name])
+                .await;
+        }
+        r
+    }
+
+    /// The uploaded tar (gzipped or not) unpacked by buildah into a scratch
+    /// container; its name and mounted root.
+    async fn unpack(&self, tar: &Path, index: usize) -> Result<(String, PathBuf), String> {
+        let name = format!(
+            "{}-files-{index}",
+            self.work
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let a = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+        self.buildah("the files", &a(&["from", "--name", &name, "scratch"]))
+            .await?;
+        self.buildah("the files", &a(&["add", &name, &path(tar), "/"]))
+            .await?;
+        let root = self.buildah("the files", &a(&["mount", &name])).await?;
+        Ok((name, PathBuf::from(root.trim())))
+    }
+}
+
+/// The builder `sandpool serve` gives its gateway.
+pub fn builder(
+    data_dir: &Path,
+    socket: PathBuf,
+    insecure: Vec<String>,
+) -> Arc<dyn TemplateBuilder> {
+    Arc::new(Buildah::new(data_dir, socket, insecure))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(base: &str) -> BuildRequest {
+        BuildRequest {
+            template: "t".into(),
+            build_id: "b".into(),
+            image: "sandpool.local/templates/t:b".into(),
+            base: base.into(),
+            base_credentials: None,
+            steps: vec![],
+            files_dir: PathBuf::from("/files"),
+        }
+    }
+
+    #[test]
+    fn the_base_is_pulled_over_http_only_from_loopback_or_insecure_registries() {
+        let p = Path::new("/w/policy.json");
+        let a = from_args(&req("127.0.0.1:5000/base:1"), "c", p, &[]).unwrap();
+        assert!(a.contains(&"--tls-verify=false".to_string()), "{a:?}");
+        assert_eq!(a.last().unwrap(), "docker://127.0.0.1:5000/base:1");
+        let mut r = req("python:3.12");
+        r.base_credentials = Some(("u".into(), "p".into()));
+        let a = from_args(&r, "c", p, &[]).unwrap();
+        assert!(a.contains(&"--tls-verify=true".to_string()), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["--creds", "u:p"]), "{a:?}");
+        assert_eq!(a.last().unwrap(), "docker://docker.io/library/python:3.12");
+        let a = from_args(&req("reg.lan:5000/x:1"), "c", p, &["reg.lan:5000".into()]).unwrap();
+        assert!(a.contains(&"--tls-verify=false".to_string()), "{a:?}");
+        let e = from_args(&req("busybox"), "c", p, &[]).unwrap_err();
+        assert!(e.contains("builtin"), "{e}");
+    }
+
+    #[test]
+    fn without_buildah_builds_are_refused_naming_it() {
+        let b = Buildah {
+            bin: None,
+            dir: PathBuf::from("/nonexistent"),
+            socket: PathBuf::new(),
+            insecure: vec![],
+        };
+        let e = b.check().unwrap_err();
+        assert!(e.contains("buildah"), "{e}");
+    }
+
+    #[test]
+    fn steps_become_buildah_commands() {
+        let (files, empty) = (Path::new("/f"), Path::new("/e"));
+        let cmds = |k: StepKind| step_commands("c", &k, files, empty);
+        assert_eq!(
+            cmds(StepKind::Run {
+                cmd: "echo hi > /x".into(),
+                user: Some("root".into())
+            }),
+            [[
+                "run",
+                "--isolation",
+                "chroot",
+                "--user",
+                "root",
+                "c",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo hi > /x"
+            ]]
+        );
+        assert_eq!(
+            cmds(StepKind::Copy {
+                src: "app/*.py".into(),
+                dest: "/app/".into(),
+                user: Some("user".into()),
+                mode: Some("0755".into()),
+                hash: "ab".into(),
+            }),
+            [[
+                "copy",
+                "--chown",
+                "user",
+                "--chmod",
+                "0755",
+                "c",
+                "/f/app/*.py",
+                "/app/"
+            ]]
+        );
+        assert_eq!(
+            cmds(StepKind::Env(vec![
+                ("A".into(), "1 2".into()),
+                ("B".into(), "".into())
+            ])),
+            [
+                ["config", "--env", "A=1 2", "c"],
+                ["config", "--env", "B=", "c"]
+            ]
+        );
+        assert_eq!(
+            cmds(StepKind::Workdir("/app".into())),
+            [
+                vec!["copy", "c", "/e", "/app"],
+                vec!["config", "--workingdir", "/app", "c"]
+            ]
+        );
+        assert_eq!(
+            cmds(StepKind::User("user".into())),
+            [["config", "--user", "user", "c"]]
+        );
+    }
+}
