@@ -8,6 +8,7 @@ pub mod e2b;
 pub mod egress;
 pub mod error;
 pub mod extract;
+pub mod grpc;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
@@ -200,6 +201,7 @@ fn new_request_id() -> http::HeaderValue {
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))
+        .merge(grpc::router(gw.clone()))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit))
         .layer(axum::middleware::from_fn(opensandbox_request_id))
