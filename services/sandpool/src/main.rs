@@ -5,6 +5,7 @@ mod cluster;
 mod datadir;
 mod images;
 mod keys;
+mod sandbox_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,9 @@ enum Cmd {
     Key(keys::KeyArgs),
     /// Images of a standalone platform: `import`, `list`, `rm`.
     Image(images::ImageArgs),
+    /// Sandboxes through the gateway's public gRPC API with an API key:
+    /// `create`, `exec`, `cp`, `ls`, `rm`.
+    Sandbox(sandbox_cmd::SandboxArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -93,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Key(a) => keys::run(a),
         Cmd::Image(a) => images::run(a).await,
+        Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
         Cmd::Client(c) => {
             let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
             cli::run(c, &token).await
