@@ -297,3 +297,29 @@ def test_cli_sandbox_commands_go_through_the_public_api(sandpool: Sandpool, tmp_
         removed = cli("rm", sid)
     assert removed.returncode == 0, removed.stderr
     assert sid not in cli("ls").stdout.decode()
+
+
+def test_grpc_create_retries_are_idempotent_per_key_and_watch_sees_the_end(sandpool: Sandpool, messages):
+    m = messages
+    a = Api(sandpool, create_key(sandpool, "grpc-idem-a"), messages)
+    b = Api(sandpool, create_key(sandpool, "grpc-idem-b"), messages)
+    req = m["CreateSandboxRequest"](pool=POOL_NAME, timeout_seconds=300, idempotency_key="retry-" + uuid.uuid4().hex)
+    first = a.unary("Create", req, "Sandbox")
+    again = a.unary("Create", req, "Sandbox")
+    other = b.unary("Create", req, "Sandbox")
+    try:
+        assert again.id == first.id, "a retry with the same key returns the first sandbox"
+        assert other.id != first.id, "another API key's idempotency keys are its own"
+        events = a.stream("unary_stream", "Watch", m["WatchRequest"](id=first.id), "SandboxEvent", timeout=60)
+        states = [next(events).sandbox.state]
+        a.delete(first.id)
+        states += [e.sandbox.state for e in events]
+        running, deleted = (m["Sandbox"].DESCRIPTOR.fields_by_name["state"].enum_type.values_by_name[n].number
+                            for n in ("SANDBOX_STATE_RUNNING", "SANDBOX_STATE_DELETED"))
+        assert states[0] == running and states[-1] == deleted, states
+    finally:
+        for api, sid in ((a, first.id), (b, other.id)):
+            try:
+                api.delete(sid)
+            except grpc.RpcError:
+                pass

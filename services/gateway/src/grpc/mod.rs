@@ -181,10 +181,12 @@ where
 
 /// The public gRPC routes: the API, reflection (v1 and v1alpha) and health.
 pub fn router(gw: Gateway) -> axum::Router {
+    use futures_util::FutureExt;
     let (health, health_svc) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        health.set_serving::<SandboxesServer<PublicApi>>().await;
-    });
+    // an uncontended lock: done at once, also outside a runtime
+    let _ = health
+        .set_serving::<SandboxesServer<PublicApi>>()
+        .now_or_never();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
