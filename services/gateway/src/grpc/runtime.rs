@@ -2,13 +2,40 @@
 //! and file calls: its gRPC service (the runtime port), with the sandbox's
 //! access token and the caller's trace context on every call.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
 use tonic::{Status, metadata::AsciiMetadataValue, transport::Channel};
 
 use super::call::{Call, status};
 use crate::{Gateway, error::ApiError, opensandbox};
+
+/// Channels to sandbox runtimes by address, reused across calls (each
+/// connects on first use and reconnects after a failure); at most
+/// [`MAX_CHANNELS`], all dropped when full.
+static CHANNELS: LazyLock<Mutex<HashMap<String, Channel>>> = LazyLock::new(Mutex::default);
+const MAX_CHANNELS: usize = 4096;
+
+fn channel(url: &str) -> Result<Channel, String> {
+    let mut m = CHANNELS.lock();
+    if let Some(ch) = m.get(url) {
+        return Ok(ch.clone());
+    }
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    if m.len() >= MAX_CHANNELS {
+        m.clear();
+    }
+    m.insert(url.to_string(), ch.clone());
+    Ok(ch)
+}
 
 pub struct SandboxRuntime {
     pub client: RuntimeClient<Channel>,
@@ -43,13 +70,7 @@ impl SandboxRuntime {
                 Some(Duration::from_secs(1)),
             )
         };
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:{port}", sb.ip))
-            .map_err(|e| unreachable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let ch = channel(&format!("http://{}:{port}", sb.ip)).map_err(unreachable)?;
         Ok(SandboxRuntime {
             client: RuntimeClient::new(ch),
             token: sb.access_token.parse().ok(),
