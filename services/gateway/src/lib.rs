@@ -143,6 +143,7 @@ async fn rate_limit(
         let client = h
             .get("open-sandbox-api-key")
             .or_else(|| h.get("x-api-key"))
+            .or_else(|| h.get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .or_else(|| {
@@ -152,7 +153,11 @@ async fn rate_limit(
             })
             .unwrap_or_default();
         if let Err(wait) = l.check(&client, std::time::Instant::now()) {
-            return error::ApiError::RateLimited(wait).into_response();
+            let e = error::ApiError::RateLimited(wait);
+            if grpc::is_grpc(req.headers()) {
+                return grpc::refusal(e);
+            }
+            return e.into_response();
         }
     }
     next.run(req).await

@@ -584,3 +584,30 @@ async fn the_callers_trace_context_reaches_the_scheduler() {
         "the scheduler call continues the caller's trace in a span of its own: {seen:?}"
     );
 }
+
+#[tokio::test]
+async fn over_the_rate_a_grpc_caller_gets_resource_exhausted_with_retry_info() {
+    let client = support::serve(FakeScheduler::default()).await;
+    // one token per 1000 s: none refills while the test runs
+    let gw = Gateway::new(client, &[ADMIN.to_string()]).with_rate_limit(0.001, 2.0);
+    let mut c = SandboxesClient::with_interceptor(sandpool_gateway::app(gw), Key(ADMIN));
+    for _ in 0..2 {
+        c.list(api::ListSandboxesRequest::default())
+            .await
+            .expect("within the rate");
+    }
+    let e = c
+        .list(api::ListSandboxesRequest::default())
+        .await
+        .expect_err("over the rate");
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    let wait = e
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("retry info");
+    assert!(wait > Duration::from_secs(900), "{wait:?}");
+}

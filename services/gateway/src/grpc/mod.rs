@@ -162,6 +162,19 @@ impl Sandboxes for PublicApi {
     }
 }
 
+/// Whether a request is a gRPC call.
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A gRPC call refused before it reached its service (rate limit): a
+/// trailers-only answer with the error's status and details.
+pub fn refusal(e: crate::error::ApiError) -> axum::response::Response {
+    call::to_status(e).into_http::<axum::body::Body>()
+}
+
 /// `svc` at its gRPC path in an axum router (no fallback: REST keeps its own).
 fn route<S>(router: axum::Router, svc: S) -> axum::Router
 where
