@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, Optional
@@ -31,18 +32,19 @@ METHODS = {
 
 
 class SandpoolError(Exception):
-    """A failed call: its gRPC code and the server's ``ErrorInfo`` reason."""
+    """A failed call: its gRPC code, the server's ``ErrorInfo`` reason and
+    ``RetryInfo`` delay (seconds, or None)."""
 
     def __init__(self, err: grpc.RpcError):
         self.code = err.code()
         self.details = err.details()
         raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
-        self.reason = _reason(raw)
+        self.reason, self.retry_after = _details(raw)
         super().__init__(f"{self.code.name}: {self.details} ({self.reason})")
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """The length-delimited fields of a protobuf message (others skipped)."""
+def _fields(buf: bytes) -> Iterator[tuple[int, object]]:
+    """The fields of a protobuf message: bytes (length-delimited) or int (varint)."""
     i = 0
     while i < len(buf):
         key, i = _varint(buf, i)
@@ -52,7 +54,8 @@ def _fields(buf: bytes) -> Iterator[tuple[int, bytes]]:
             yield key >> 3, buf[i:i + n]
             i += n
         elif kind == 0:
-            _, i = _varint(buf, i)
+            v, i = _varint(buf, i)
+            yield key >> 3, v
         elif kind == 1:
             i += 8
         elif kind == 5:
@@ -73,15 +76,25 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
     return n, i
 
 
-def _reason(status: bytes) -> str:
-    """``ErrorInfo.reason`` out of a serialized ``google.rpc.Status``."""
+def _details(status: bytes) -> tuple[str, Optional[float]]:
+    """``ErrorInfo.reason`` and ``RetryInfo.retry_delay`` (seconds) out of a
+    serialized ``google.rpc.Status``."""
+    reason, retry = "", None
     for num, anyv in _fields(status):
-        if num != 3:
+        if num != 3 or not isinstance(anyv, bytes):
             continue
         parts = dict(_fields(anyv))
-        if parts.get(1, b"").endswith(b"google.rpc.ErrorInfo"):
-            return dict(_fields(parts.get(2, b""))).get(1, b"").decode()
-    return ""
+        url, value = parts.get(1, b""), parts.get(2, b"")
+        if url.endswith(b"google.rpc.ErrorInfo"):
+            reason = dict(_fields(value)).get(1, b"").decode()
+        elif url.endswith(b"google.rpc.RetryInfo"):
+            d = dict(_fields(dict(_fields(value)).get(1, b"")))
+            retry = d.get(1, 0) + d.get(2, 0) / 1e9
+    return reason, retry
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+ATTEMPTS = 3
 
 
 @dataclass
@@ -161,10 +174,18 @@ class Client:
         req_cls, resp_cls, kind = METHODS[method]
         rpc = getattr(self.channel, kind)(SERVICE + method, request_serializer=req_cls.SerializeToString,
                                           response_deserializer=resp_cls.FromString)
-        try:
-            return rpc(request, metadata=self.metadata, timeout=self.timeout if timeout == -1.0 else timeout)
-        except grpc.RpcError as e:
-            raise SandpoolError(e) from e
+        timeout = self.timeout if timeout == -1.0 else timeout
+        # unary calls are safe to repeat (creates and snapshots carry an
+        # idempotency key): retried after the server's RetryInfo
+        attempts = ATTEMPTS if kind == "unary_unary" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return rpc(request, metadata=self.metadata, timeout=timeout)
+            except grpc.RpcError as e:
+                err = SandpoolError(e)
+                if attempt == attempts or err.code not in RETRYABLE:
+                    raise err from e
+                time.sleep(min(err.retry_after if err.retry_after is not None else 0.2, 10.0))
 
     def create(self, **kw) -> "Sandbox":
         """A new sandbox (``pool``, ``image`` or ``template``; ``timeout``,

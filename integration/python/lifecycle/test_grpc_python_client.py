@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,61 @@ def test_the_agent_loop_example_runs(sandpool: Sandpool):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "step 3: 9" in out.stdout and out.stdout.strip().endswith("deleted"), out.stdout
+
+
+def test_sync_client_retries_unavailable_after_the_servers_retry_info():
+    from concurrent import futures
+
+    import grpc
+
+    from sandpool_client import pb
+
+    def any_(url: str, value: bytes) -> bytes:
+        u = url.encode()
+        return b"\x0a" + bytes([len(u)]) + u + b"\x12" + bytes([len(value)]) + value
+
+    # google.rpc.Status{code 14, details: [ErrorInfo{reason}, RetryInfo{retry_delay 0.3 s}]}
+    info = b"\x0a\x0bUNAVAILABLE"
+    nanos = 300_000_000
+    varint = bytearray()
+    while True:
+        b, nanos = nanos & 0x7F, nanos >> 7
+        varint.append(b | (0x80 if nanos else 0))
+        if not nanos:
+            break
+    duration = b"\x10" + bytes(varint)
+    retry = b"\x0a" + bytes([len(duration)]) + duration
+    details = [any_("type.googleapis.com/google.rpc.ErrorInfo", info),
+               any_("type.googleapis.com/google.rpc.RetryInfo", retry)]
+    status = b"\x08\x0e" + b"".join(b"\x1a" + bytes([len(d)]) + d for d in details)
+    calls: list[float] = []
+
+    def get(request, context):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            context.set_trailing_metadata((("grpc-status-details-bin", status),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        return pb.Sandbox(id=pb.GetSandboxRequest.FromString(request).id)
+
+    def bad_list(request, context):
+        calls.append(time.monotonic())
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no")
+
+    handler = grpc.method_handlers_generic_handler("sandpool.v1.public.Sandboxes", {
+        "Get": grpc.unary_unary_rpc_method_handler(get, response_serializer=pb.Sandbox.SerializeToString),
+        "List": grpc.unary_unary_rpc_method_handler(bad_list),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            assert client.get("sb-9").id == "sb-9"
+            assert len(calls) == 2 and calls[1] - calls[0] >= 0.3, calls
+            calls.clear()
+            with pytest.raises(SandpoolError) as err:
+                client.list()
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and len(calls) == 1
+    finally:
+        server.stop(None)
