@@ -20,5 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
         .compile_protos(&protos, &["proto"])?;
+    // The public API: its own package and a descriptor set of its own (for
+    // server reflection and the breaking-change test).
+    let public = ["proto/sandpool/v1/public/sandboxes.proto"];
+    for p in public {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .file_descriptor_set_path(out.join("sandpool_public_descriptor.bin"))
+        .compile_protos(&public, &["proto"])?;
     Ok(())
 }

@@ -33,3 +33,15 @@ where
         .map_err(|e| tonic::Status::internal(format!("request task failed: {e}")))?
         .map_err(Into::into)
 }
+
+/// The public API for agent frameworks: `sandpool.v1.public` (see
+/// `proto/sandpool/v1/public/`), kept apart from the internal services.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+pub mod public {
+    tonic::include_proto!("sandpool.v1.public");
+
+    /// The encoded `FileDescriptorSet` of the public API (server reflection,
+    /// the breaking-change check).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("sandpool_public_descriptor");
+}

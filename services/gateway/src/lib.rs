@@ -8,6 +8,7 @@ pub mod e2b;
 pub mod egress;
 pub mod error;
 pub mod extract;
+pub mod grpc;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
@@ -151,6 +152,7 @@ async fn rate_limit(
         let client = h
             .get("open-sandbox-api-key")
             .or_else(|| h.get("x-api-key"))
+            .or_else(|| h.get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .or_else(|| {
@@ -160,7 +162,11 @@ async fn rate_limit(
             })
             .unwrap_or_default();
         if let Err(wait) = l.check(&client, std::time::Instant::now()) {
-            return error::ApiError::RateLimited(wait).into_response();
+            let e = error::ApiError::RateLimited(wait);
+            if grpc::is_grpc(req.headers()) {
+                return grpc::refusal(e);
+            }
+            return e.into_response();
         }
     }
     next.run(req).await
@@ -209,6 +215,7 @@ fn new_request_id() -> http::HeaderValue {
 pub fn app(gw: Gateway) -> axum::Router {
     opensandbox::router(gw.clone())
         .merge(e2b::router(gw.clone()))
+        .merge(grpc::router(gw.clone()))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), e2b::route_by_e2b_headers))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit))
         .layer(axum::middleware::from_fn(opensandbox_request_id))

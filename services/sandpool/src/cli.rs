@@ -131,7 +131,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
 /// each word quoted unless it is plainly safe, so `-- sh -c 'a | b'` keeps its words.
-fn shell_join(argv: &[String]) -> String {
+pub fn shell_join(argv: &[String]) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
     argv.iter()
         .map(|a| {

@@ -7,6 +7,7 @@ mod datadir;
 mod gc;
 mod images;
 mod keys;
+mod sandbox_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Cmd {
     Key(keys::KeyArgs),
     /// Images of a standalone platform: `import`, `list`, `rm`.
     Image(images::ImageArgs),
+    /// Sandboxes through the gateway's public gRPC API with an API key:
+    /// `create`, `exec`, `cp`, `ls`, `rm`.
+    Sandbox(sandbox_cmd::SandboxArgs),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Key(a) => keys::run(a),
         Cmd::Image(a) => images::run(a, cli.service_token).await,
+        Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
         Cmd::Client(c) => {
             let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
             cli::run(c, &token).await

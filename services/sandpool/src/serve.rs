@@ -458,7 +458,7 @@ async fn run_gateway(
     // peer addresses key the rate limit of requests without an API key
     let gw_app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
     say(format!(
-        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY), scheduler grpc://{}, node agent grpc://{}, metrics {}",
+        "ready: gateway http://{} (OpenSandbox API, header OPEN-SANDBOX-API-KEY; public gRPC sandpool.v1.public.Sandboxes on the same port), scheduler grpc://{}, node agent grpc://{}, metrics {}",
         a.listen, a.scheduler_listen, a.agent_listen, metrics_url
     ));
     let _ = axum::serve(listener, gw_app)
