@@ -532,11 +532,14 @@ fn kruise_mounts(
         metadata.get(CSI_MOUNT_POINT_KEY),
     ) {
         (None, None) => Ok(Vec::new()),
-        (Some(v), Some(p)) if !v.is_empty() && p.starts_with('/') => Ok(vec![pb::VolumeMount {
-            volume: v.clone(),
-            mount_path: p.clone(),
-            read_only: false,
-        }]),
+        // (a leading `+` would ask the node to make the volume)
+        (Some(v), Some(p)) if !v.is_empty() && !v.starts_with('+') && p.starts_with('/') => {
+            Ok(vec![pb::VolumeMount {
+                volume: v.clone(),
+                mount_path: p.clone(),
+                read_only: false,
+            }])
+        }
         _ => Err(ApiError::Invalid(format!(
             "{CSI_VOLUME_KEY} and {CSI_MOUNT_POINT_KEY} (an absolute path) go together"
         ))),
