@@ -141,6 +141,9 @@ def test_osvolumes_paths_outside_the_allowed_roots_are_refused(sandpool: Sandpoo
     os.symlink("/etc", d / "escape")
     e = refused(sandpool, Volume(name="link", host=Host(path=str(d / "escape")), mountPath="/m", readOnly=True))
     assert e.status_code == 400 and "escape" in str(e), e
+    e = refused(sandpool, Volume(name="gone", host=Host(path=str(d / "missing")), mountPath="/m"))
+    assert e.status_code == 400 and "missing" in str(e), "a missing host path is not made"
+    assert not (d / "missing").exists()
     e = refused(sandpool, Volume(name="up", host=Host(path=str(d)), mountPath="/m", subPath="../.."))
     assert e.status_code == 400 and "subPath" in str(e), e
     name = "pvc-" + uuid.uuid4().hex[:8]
