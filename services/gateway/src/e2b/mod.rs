@@ -571,6 +571,19 @@ mod tests {
     }
 
     #[test]
+    fn a_kruise_volume_name_cannot_ask_the_node_to_make_it() {
+        let meta = |v: &str| {
+            BTreeMap::from([
+                (CSI_VOLUME_KEY.to_string(), v.to_string()),
+                (CSI_MOUNT_POINT_KEY.to_string(), "/mnt/v".to_string()),
+            ])
+        };
+        assert_eq!(kruise_mounts(&meta("vol")).unwrap()[0].volume, "vol");
+        let e = kruise_mounts(&meta("+vol")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
     fn create_fields_sandpool_does_not_honour_are_refused_naming_them() {
         for (body, field) in [
             (
