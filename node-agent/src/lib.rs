@@ -9,6 +9,7 @@
 //! * [`spec`], [`quantity`], [`limits`]: pure OCI spec / resource translation and limit policy
 //! * [`cgroup`]: a running sandbox's limits changed in place
 //! * [`checkpoint`], [`tunnel`]: checkpoint store; reaching network-less sandboxes
+//! * [`mounts`], [`volumes`]: dynamic mounts; named volumes under the volume root
 //! * [`service`]: the `sandpool.v1.NodeAgent` gRPC service
 pub mod agent;
 pub mod archive;
@@ -30,3 +31,4 @@ pub mod service;
 pub mod spec;
 pub mod testkit;
 pub mod tunnel;
+pub mod volumes;

@@ -169,6 +169,8 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         "--pool", f"{CK_POOL_NAME}:python:0:0:0:8:runsc:checkpointable",
         "--pool", f"{RUNSC_POOL_NAME}:{POOL_IMAGE}:0:0:0:4:runsc",
         "--image-cache", str(IMAGE_CACHE),
+        # OpenSandbox host volumes may mount what is under <base>/hostvols
+        "--allowed-host-path", str(base_dir / "hostvols"),
         "--sandbox-disk-limit", f"{DISK_LIMIT_MIB}Mi",
         # internal gRPC listeners: free ports, so a running dev instance does not collide
         "--agent-listen", f"{host}:{free_port()}",

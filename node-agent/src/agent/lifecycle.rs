@@ -526,23 +526,12 @@ impl Agent {
         }
         let source = match host_path {
             Some(h) if !h.starts_with('/') => {
-                // a volume name: a directory under the first mount root
-                if h.is_empty() || h.contains('/') || h == "." || h == ".." {
-                    return Err(AgentError::InvalidTemplate(format!(
-                        "bad volume name {h:?}"
-                    )));
-                }
+                // a volume name (and sub path): a directory under the first mount root
                 let root = self.cfg.mount_roots.first().ok_or_else(|| {
                     AgentError::FailedPrecondition("no mount root configured".into())
                 })?;
-                let path = root.join(h);
-                if !path.is_dir() {
-                    return Err(AgentError::NotFound(format!(
-                        "volume {h} not found on node {} (no directory {})",
-                        self.cfg.node_name,
-                        path.display()
-                    )));
-                }
+                let user = spec::SANDBOX_USER;
+                let path = crate::volumes::resolve(root, h, &self.cfg.node_name, user)?;
                 Some(crate::mounts::validate(
                     &path.to_string_lossy(),
                     mount_path,

@@ -110,6 +110,12 @@ pub struct ServeArgs {
     /// Where built images are cached (default: under the data dir).
     #[arg(long, env = "SANDPOOL_IMAGE_CACHE")]
     image_cache: Option<PathBuf>,
+    /// A host directory whose contents OpenSandbox `host` volumes may mount
+    /// (after symlinks are resolved); repeatable. None by default: host
+    /// volumes are refused (400) and only named volumes, under
+    /// `<data-dir>/agent/volumes`, can be mounted.
+    #[arg(long = "allowed-host-path", value_name = "DIR")]
+    allowed_host_paths: Vec<PathBuf>,
     /// On shutdown release every claim and delete every pool's sandboxes
     /// (default: leave them running for the next start to adopt).
     #[arg(long)]
@@ -356,6 +362,8 @@ async fn start_node_agent(
     if let Some(c) = &a.image_cache {
         cfg.image_cache = c.clone();
     }
+    // after the volume root, which stays the first mount root
+    cfg.mount_roots.extend(a.allowed_host_paths.iter().cloned());
     let agent = Agent::start(cfg, ctr).await?;
     for p in pools {
         say(format!(

@@ -552,11 +552,14 @@ fn kruise_mounts(
         metadata.get(CSI_MOUNT_POINT_KEY),
     ) {
         (None, None) => Ok(Vec::new()),
-        (Some(v), Some(p)) if !v.is_empty() && p.starts_with('/') => Ok(vec![pb::VolumeMount {
-            volume: v.clone(),
-            mount_path: p.clone(),
-            read_only: false,
-        }]),
+        // (a leading `+` would ask the node to make the volume)
+        (Some(v), Some(p)) if !v.is_empty() && !v.starts_with('+') && p.starts_with('/') => {
+            Ok(vec![pb::VolumeMount {
+                volume: v.clone(),
+                mount_path: p.clone(),
+                read_only: false,
+            }])
+        }
         _ => Err(ApiError::Invalid(format!(
             "{CSI_VOLUME_KEY} and {CSI_MOUNT_POINT_KEY} (an absolute path) go together"
         ))),
@@ -584,6 +587,19 @@ mod tests {
         let e =
             parse_create(br#"{"templateID":"base","metadata":{"e2b.agents.kruise.io/image":""}}"#)
                 .unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_kruise_volume_name_cannot_ask_the_node_to_make_it() {
+        let meta = |v: &str| {
+            BTreeMap::from([
+                (CSI_VOLUME_KEY.to_string(), v.to_string()),
+                (CSI_MOUNT_POINT_KEY.to_string(), "/mnt/v".to_string()),
+            ])
+        };
+        assert_eq!(kruise_mounts(&meta("vol")).unwrap()[0].volume, "vol");
+        let e = kruise_mounts(&meta("+vol")).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
     }
 

@@ -6,6 +6,7 @@ mod endpoints;
 mod network;
 mod sandboxes;
 mod snapshots;
+mod volumes;
 
 use axum::{
     Json, Router,

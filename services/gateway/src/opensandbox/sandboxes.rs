@@ -63,7 +63,7 @@ struct CreateRequest {
 }
 
 /// Fields of a create body that sandpool does not honour, answered 501
-/// naming the field instead of being dropped. `secureAccess: false` (what
+/// naming the field instead of being dropped (`volumes`: see [`super::volumes`]). `secureAccess: false` (what
 /// the SDK always sends) asks for nothing.
 fn refuse_unhonoured(req: &CreateRequest) -> Result<()> {
     for (k, v) in &req.other {
@@ -71,13 +71,6 @@ fn refuse_unhonoured(req: &CreateRequest) -> Result<()> {
         if !unset {
             return Err(ApiError::Unsupported(format!("the create field {k}")));
         }
-    }
-    if req.volumes.as_ref().is_some_and(|v| !v.is_empty())
-        && req.snapshot_id.as_deref().is_none_or(str::is_empty)
-    {
-        return Err(ApiError::Unsupported(
-            "volumes (host, pvc, ossfs) on a create".into(),
-        ));
     }
     Ok(())
 }
@@ -181,6 +174,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
             )));
         }
     };
+    let mounts = super::volumes::mounts_of(req.volumes.as_deref().unwrap_or_default())?;
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
     let metadata = req.metadata.clone().unwrap_or_default();
@@ -233,7 +227,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         metadata,
         claim_id: String::new(),
         template,
-        mounts: Vec::new(),
+        mounts,
         image: String::new(),
         egress,
         pause_on_expiry: false,
@@ -475,8 +469,7 @@ mod tests {
             (&br#"{"image":{"uri":"busybox"},"secureAccess":true}"#[..], "secureAccess"),
             (br#"{"image":{"uri":"busybox"},"platform":{"os":"linux","arch":"arm64"}}"#, "platform"),
             (br#"{"image":{"uri":"busybox"},"resourceRequests":{"cpu":"1"}}"#, "resourceRequests"),
-            (br#"{"image":{"uri":"busybox"},"volumes":[{"name":"v","mountPath":"/v","host":{"path":"/tmp"}}]}"#, "volumes"),
-            (br#"{"extensions":{"poolRef":"p"},"volumes":[{"name":"v"}]}"#, "volumes"),
+            (br#"{"image":{"uri":"busybox"},"volumes":[{"name":"v","mountPath":"/v","ossfs":{"bucket":"b"}}]}"#, "ossfs"),
         ] {
             let e = parse_create(body).expect_err(field);
             assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED, "{field}: {e}");
@@ -489,6 +482,24 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn volumes_become_the_claims_mounts_with_or_without_a_pool() {
+        for body in [
+            &br#"{"image":{"uri":"busybox"},"volumes":[{"name":"v","mountPath":"/v","host":{"path":"/srv/d"},"readOnly":true}]}"#[..],
+            br#"{"extensions":{"poolRef":"p"},"volumes":[{"name":"v","mountPath":"/v","host":{"path":"/srv/d"},"readOnly":true}]}"#,
+        ] {
+            let Ok(Create::Claim(c)) = parse_create(body) else {
+                panic!("a claim")
+            };
+            let m: Vec<_> = c.mounts.iter().map(|m| (m.volume.as_str(), m.mount_path.as_str(), m.read_only)).collect();
+            assert_eq!(m, vec![("/srv/d", "/v", true)]);
+        }
+        let e = parse_create(br#"{"extensions":{"poolRef":"p"},"volumes":[{"name":"v"}]}"#)
+            .expect_err("no backend");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("\"v\""), "{e}");
     }
 
     #[test]

@@ -381,7 +381,8 @@ impl Scheduler {
     }
 
     /// Mount the requested volumes into the sandbox, in order; the first
-    /// failure stops.
+    /// failure stops. A missing named volume is an invalid request (not a
+    /// missing pool or sandbox).
     async fn mount_volumes(
         &self,
         node: &str,
@@ -403,7 +404,13 @@ impl Scheduler {
                 .clone()
                 .mount(traced(mr))
                 .await
-                .map_err(node_err(node))?;
+                .map_err(|status| match status.code() {
+                    // a volume the node does not have is the request's fault
+                    tonic::Code::NotFound if !m.volume.starts_with('/') => {
+                        SchedError::Invalid(status.message().to_string())
+                    }
+                    _ => node_err(node)(status),
+                })?;
         }
         Ok(())
     }
