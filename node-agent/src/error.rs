@@ -91,7 +91,7 @@ impl fmt::Display for PullFailure {
         f.write_str(match self {
             PullFailure::NotFound => "image not found in the registry",
             PullFailure::Unauthorized => {
-                "the registry refused the credentials (unauthorized; give --username/--password or an auth file)"
+                "the registry refused the credentials (unauthorized; give credentials: image.auth, --username/--password or a docker config.json)"
             }
             PullFailure::Unreachable => "registry unreachable",
             PullFailure::Registry => "registry error",

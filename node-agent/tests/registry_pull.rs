@@ -161,13 +161,14 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     check_zstd(&node, &puller, a, &zstd_digest).await;
     drop(reg);
 
-    check_basic_auth(&ctr, &puller, dir.path(), &amd_digest).await;
+    check_basic_auth(&node, &puller, dir.path(), &amd_digest).await;
     node.assert_no_residue().await;
 }
 
 /// A registry with htpasswd basic auth: refused without or with wrong
 /// credentials, pulled with the right ones.
-async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &str) {
+async fn check_basic_auth(node: &TestNode, puller: &Puller, dir: &Path, amd_digest: &str) {
+    let ctr = node.agent().ctr();
     // basic auth: refused without or with wrong credentials, pulled with the right ones
     let auth_dir = dir.join("auth");
     std::fs::create_dir_all(&auth_dir).unwrap();
@@ -177,6 +178,13 @@ async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &s
     let reg = Registry::start(&auth_dir, Some(&htpasswd));
     let r = format!("{}/private:1", reg.addr);
     push(&dir.join("oci"), "app", &r, &["--dest-creds", "ann:s3cret"]);
+    let cold = format!("{}/private:cold", reg.addr);
+    push(
+        &dir.join("oci"),
+        "app",
+        &cold,
+        &["--dest-creds", "ann:s3cret"],
+    );
     let creds = |p: &str| Credentials {
         username: "ann".into(),
         password: p.into(),
@@ -195,6 +203,29 @@ async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &s
         .await
         .unwrap();
     assert_eq!(p.digest, amd_digest);
+
+    // a cold create of an absent private image pulls with the create's credentials
+    let mut t = template(pb::RuntimeClass::Runc);
+    t.image = cold.clone();
+    let e = node
+        .agent()
+        .create_with("private", t.clone(), None, Some(creds("wr0ng-pw-77")))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert_eq!(failure(e), PullFailure::Unauthorized, "{text}");
+    assert!(!text.contains("wr0ng-pw-77"), "no password in {text}");
+    let sb = node
+        .agent()
+        .create_with("private", t, None, Some(creds("s3cret")))
+        .await
+        .unwrap();
+    assert_eq!(sb.state, pb::SandboxState::Warm);
+    assert!(ctr.image(&cold).await.unwrap().is_some());
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
 }
 
 /// A missing tag and a closed port give clear errors, quickly.

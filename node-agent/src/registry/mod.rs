@@ -73,6 +73,15 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl From<sandpool_proto::v1::ImageAuth> for Credentials {
+    fn from(a: sandpool_proto::v1::ImageAuth) -> Self {
+        Credentials {
+            username: a.username,
+            password: a.password,
+        }
+    }
+}
+
 /// `r` parsed, Docker Hub short names made full (`python:3.12` ->
 /// `docker.io/library/python:3.12`, a missing tag is `latest`).
 pub fn parse_reference(r: &str) -> Result<Reference> {
