@@ -79,16 +79,20 @@ def _create(sandpool: Sandpool, uri: str, password: str) -> SandboxSync:
 
 
 def _files_holding(root: Path, needle: bytes) -> list[Path]:
-    """Regular files under ``root`` (up to 64 MiB each) that contain ``needle``."""
+    """Regular files under ``root`` (up to 64 MiB each; sandbox root
+    filesystems left out) that contain ``needle``."""
     found = []
-    for p in root.rglob("*"):
-        try:
-            if p.is_symlink() or not p.is_file() or p.stat().st_size > 64 << 20:
+    for top, dirs, files in os.walk(root):  # errors (files going away) are skipped
+        dirs[:] = [d for d in dirs if "snapshotter" not in d]
+        for name in files:
+            p = Path(top) / name
+            try:
+                if p.is_symlink() or not p.is_file() or p.stat().st_size > 64 << 20:
+                    continue
+                if needle in p.read_bytes():
+                    found.append(p)
+            except OSError:
                 continue
-            if needle in p.read_bytes():
-                found.append(p)
-        except OSError:
-            continue
     return found
 
 

@@ -135,7 +135,7 @@ impl Agent {
 
     /// [`Self::create`], an absent image pulled with `creds` (used for that
     /// pull only: never logged nor stored).
-    #[tracing::instrument(skip_all, fields(pool = %pool))]
+    #[tracing::instrument(name = "create", skip_all, fields(pool = %pool))]
     pub async fn create_with(
         self: &Arc<Self>,
         pool: &str,
