@@ -157,6 +157,7 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     );
 
     check_errors(&ctr, &puller, a).await;
+    check_mirrors(&ctr, a).await;
     check_cold_create(&node, a).await;
     check_zstd(&node, &puller, a, &zstd_digest).await;
     drop(reg);
@@ -226,6 +227,35 @@ async fn check_basic_auth(node: &TestNode, puller: &Puller, dir: &Path, amd_dige
         .release(&sb.id, pb::ReleasePolicy::Delete)
         .await
         .unwrap();
+}
+
+/// Mirrors are tried in order before the registry itself: an origin that
+/// is down is served by its mirror (stored under the origin's name); a
+/// mirror that is down falls through to the origin.
+async fn check_mirrors(ctr: &Ctr, a: &str) {
+    let down = format!("127.0.0.1:{}", free_port());
+    let cfg = RegistryConfig {
+        mirrors: [
+            (down.clone(), vec![a.to_string()]),
+            (a.to_string(), vec![down.clone()]),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let puller = Puller::new(cfg);
+    let r = format!("{down}/app:1");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l = lines.clone();
+    let progress: Progress = Arc::new(move |line: String| l.lock().unwrap().push(line));
+    let p = puller.pull(ctr, &r, None, progress).await.unwrap();
+    assert_eq!(p.names, std::slice::from_ref(&r));
+    assert!(ctr.image(&r).await.unwrap().is_some());
+    let said = lines.lock().unwrap().join("\n");
+    assert!(said.contains(&format!("trying mirror {a}")), "{said}");
+    assert!(ctr.remove_image(&r).await.unwrap());
+    let origin = format!("{a}/app:docker");
+    let p = puller.pull(ctr, &origin, None, quiet()).await.unwrap();
+    assert_eq!(p.names, [origin]);
 }
 
 /// A missing tag and a closed port give clear errors, quickly.

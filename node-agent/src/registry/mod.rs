@@ -22,8 +22,10 @@ use crate::{
 };
 
 mod coalesce;
+mod config;
 
 pub use coalesce::Coalescer;
+pub use config::RegistryConfig;
 
 /// Bound on connecting to a registry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,21 +33,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on resolving a reference to its manifest (auth included).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where and how to pull from.
-#[derive(Debug, Clone, Default)]
-pub struct RegistryConfig {
-    /// Registries (`host[:port]`) reached over plain HTTP besides loopback ones.
-    pub insecure: Vec<String>,
-}
-
-impl RegistryConfig {
-    /// Whether `registry` is reached over plain HTTP: loopback hosts and
-    /// the configured insecure registries only.
-    pub fn plain_http(&self, registry: &str) -> bool {
-        self.insecure.iter().any(|r| r == registry) || is_loopback(registry)
-    }
-}
 
 /// `host[:port]` names this machine (`localhost`, 127.0.0.0/8, `[::1]`).
 pub fn is_loopback(registry: &str) -> bool {
@@ -279,10 +266,7 @@ impl Puller {
         let (res, joined) = self
             .inflight
             .run(&full, move || async move {
-                // built by the one fetcher only: it takes a while (TLS roots)
-                let client = client_for(&cfg, &reference);
-                let auth = registry_auth(creds.as_ref());
-                ctr.pull_image(&client, &reference, &auth, &names, &p)
+                fetch(&cfg, &ctr, &reference, creds, &names, &p)
                     .await
                     .map_err(|e| match e {
                         AgentError::Pull {
@@ -301,6 +285,41 @@ impl Puller {
             detail,
         })
     }
+}
+
+/// Fetch `reference` from its mirrors in order, then from itself: the
+/// first that has it wins; the registry's own error when none has it.
+/// `creds` go to the registry itself only (else the docker config's for
+/// it); a mirror gets the docker config's credentials for the mirror.
+async fn fetch(
+    cfg: &RegistryConfig,
+    ctr: &Ctr,
+    reference: &Reference,
+    creds: Option<Credentials>,
+    names: &[String],
+    progress: &Progress,
+) -> Result<Pulled> {
+    let sources = cfg.sources(reference);
+    let mirrors = &sources[..sources.len().saturating_sub(1)];
+    for from in mirrors {
+        let host = from.resolve_registry();
+        progress(format!("trying mirror {host}"));
+        let auth = registry_auth(cfg.config_credentials(host)?.as_ref());
+        // built by the one fetcher only: it takes a while (TLS roots)
+        let client = client_for(cfg, from);
+        match ctr.pull_image(&client, from, &auth, names, progress).await {
+            Ok(pulled) => return Ok(pulled),
+            Err(e) => progress(format!("mirror {host}: {e}")),
+        }
+    }
+    let creds = match creds {
+        Some(c) => Some(c),
+        None => cfg.config_credentials(reference.registry())?,
+    };
+    let client = client_for(cfg, reference);
+    let auth = registry_auth(creds.as_ref());
+    ctr.pull_image(&client, reference, &auth, names, progress)
+        .await
 }
 
 #[cfg(test)]
@@ -339,6 +358,7 @@ mod tests {
     fn plain_http_only_for_loopback_and_configured_registries() {
         let cfg = RegistryConfig {
             insecure: vec!["reg.lan:5000".into()],
+            ..Default::default()
         };
         for yes in [
             "127.0.0.1:5000",

@@ -8,7 +8,11 @@
 //! registry into the content store (node agent's `registry` module) and
 //! unpack the same way.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -66,6 +70,27 @@ struct PullArgs {
     /// Loopback registries always are, every other one over HTTPS.
     #[arg(long = "insecure-registry")]
     insecure: Vec<String>,
+    /// The registries config (mirrors, insecure registries, a docker
+    /// config.json); default: DATA_DIR/registries.toml when present.
+    #[arg(long)]
+    registries_config: Option<PathBuf>,
+}
+
+/// The registries config: `given`, else DATA_DIR/registries.toml when it
+/// exists, else none; plus the `--insecure-registry` flags.
+pub fn registry_config(
+    given: Option<&Path>,
+    data_dir: &Path,
+    insecure: &[String],
+) -> anyhow::Result<RegistryConfig> {
+    let default = data_dir.join("registries.toml");
+    let path = given.or_else(|| Some(default.as_path()).filter(|p| p.exists()));
+    let mut cfg = match path {
+        Some(p) => RegistryConfig::load(p)?,
+        None => RegistryConfig::default(),
+    };
+    cfg.insecure.extend(insecure.iter().cloned());
+    Ok(cfg)
 }
 
 /// The docker config file to read credentials from: the given one, else
@@ -109,7 +134,11 @@ fn credentials(a: &PullArgs, registry: &str) -> anyhow::Result<Option<Credential
     Ok(registry::docker_config_credentials(&json, registry)?)
 }
 
-async fn pull(a: PullArgs, ctr: impl Future<Output = anyhow::Result<Ctr>>) -> anyhow::Result<()> {
+async fn pull(
+    a: PullArgs,
+    data_dir: &Path,
+    ctr: impl Future<Output = anyhow::Result<Ctr>>,
+) -> anyhow::Result<()> {
     let reference = registry::parse_reference(&a.reference)?;
     if image::builtin(&a.reference).is_some() {
         bail!(
@@ -117,11 +146,10 @@ async fn pull(a: PullArgs, ctr: impl Future<Output = anyhow::Result<Ctr>>) -> an
             a.reference
         );
     }
+    let cfg = registry_config(a.registries_config.as_deref(), data_dir, &a.insecure)?;
     let creds = credentials(&a, reference.registry())?;
     let ctr = ctr.await?;
-    let puller = Puller::new(RegistryConfig {
-        insecure: a.insecure.clone(),
-    });
+    let puller = Puller::new(cfg);
     let progress: registry::Progress = Arc::new(|line: String| crate::say(line));
     let pulled = puller.pull(&ctr, &a.reference, creds, progress).await?;
     for n in &pulled.names {
@@ -169,7 +197,7 @@ pub async fn run(a: ImageArgs) -> anyhow::Result<()> {
             })
     };
     match a.cmd {
-        ImageCmd::Pull(p) => pull(p, connect).await?,
+        ImageCmd::Pull(p) => pull(p, &a.dir.data_dir, connect).await?,
         ImageCmd::Import { file, name } => {
             let f = file.clone();
             let img = tokio::task::spawn_blocking(move || archive::read(&f)).await??;
@@ -230,6 +258,29 @@ mod tests {
             layers: vec![],
             diff_ids: vec![],
         }
+    }
+
+    #[test]
+    fn the_registries_config_is_the_given_file_else_the_data_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let insecure = ["reg.lan:5000".to_string()];
+        let cfg = registry_config(None, dir.path(), &insecure).unwrap();
+        assert_eq!(cfg.insecure, insecure, "no file: the flags only");
+        let own = dir.path().join("registries.toml");
+        std::fs::write(
+            &own,
+            "[registries.\"docker.io\"]\nmirrors = [\"m.lan:5000\"]\n",
+        )
+        .unwrap();
+        let cfg = registry_config(None, dir.path(), &[]).unwrap();
+        assert_eq!(cfg.mirrors["docker.io"], ["m.lan:5000"]);
+        let given = dir.path().join("other.toml");
+        std::fs::write(&given, "[registries.\"x.io\"]\nmirors = []\n").unwrap();
+        let e = registry_config(Some(&given), dir.path(), &[]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("mirors") && e.contains("other.toml"), "{e}");
+        let missing = dir.path().join("missing.toml");
+        assert!(registry_config(Some(&missing), dir.path(), &[]).is_err());
     }
 
     #[test]
