@@ -65,6 +65,35 @@ async fn sandbox_says(node: &TestNode, id: &str, script: &str) -> String {
     panic!("sandbox {id} wrote nothing");
 }
 
+/// Push the test images to registry `a`: app:1 (OCI), app:docker (Docker
+/// media types), multi:1 (an index), cold:1, zstd:1; the zstd digest.
+fn push_all(layout: &Path, a: &str) -> String {
+    push(layout, "app", &format!("{a}/app:1"), &[]);
+    push(
+        layout,
+        "app",
+        &format!("{a}/app:docker"),
+        &["--format", "v2s2"],
+    );
+    push(layout, "multi", &format!("{a}/multi:1"), &["--all"]);
+    push(layout, "app", &format!("{a}/cold:1"), &[]);
+    let zstd_digest = add_zstd_variant(layout);
+    push(layout, "zstd", &format!("{a}/zstd:1"), &[]);
+    zstd_digest
+}
+
+/// The sum of the layer sizes of the manifest `digest`.
+async fn layer_bytes(ctr: &Ctr, digest: &str) -> u64 {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&ctr.read_content(digest).await.unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     let Some(rt) = gate().filter(|_| gate_tools()) else {
@@ -78,23 +107,22 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     let layout = dir.path().join("oci");
     let reg = Registry::start(&dir.path().join("open"), None);
     let a = &reg.addr;
-    push(&layout, "app", &format!("{a}/app:1"), &[]);
-    push(
-        &layout,
-        "app",
-        &format!("{a}/app:docker"),
-        &["--format", "v2s2"],
-    );
-    push(&layout, "multi", &format!("{a}/multi:1"), &["--all"]);
-    push(&layout, "app", &format!("{a}/cold:1"), &[]);
-    let zstd_digest = add_zstd_variant(&layout);
-    push(&layout, "zstd", &format!("{a}/zstd:1"), &[]);
-    let puller = Puller::new(RegistryConfig::default());
+    let zstd_digest = push_all(&layout, a);
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let g = got.clone();
+    let puller = Puller::new(RegistryConfig::default()).on_bytes(Arc::new(move |n| {
+        g.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }));
 
     // OCI media types, then a sandbox on it with the whiteout applied
     let r = format!("{a}/app:1");
     let p = puller.pull(&ctr, &r, None, quiet()).await.unwrap();
     assert_eq!((p.layers, p.fetched_layers), (2, 2));
+    assert_eq!(
+        got.load(std::sync::atomic::Ordering::SeqCst),
+        layer_bytes(&ctr, &p.digest).await,
+        "every layer byte fetched is reported (the CLI's progress bar)"
+    );
     assert_eq!(p.names, std::slice::from_ref(&r));
     let (_, _, env) = node.agent().ensure_image(&r).await.unwrap();
     assert!(env.contains(&"FROM_IMAGE=yes".to_string()), "{env:?}");

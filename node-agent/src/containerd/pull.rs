@@ -5,6 +5,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use containerd_client::types::Descriptor;
+use futures_util::TryStreamExt;
 use oci_client::{
     Client, Reference,
     errors::OciDistributionError,
@@ -15,7 +16,7 @@ use oci_client::{
 use crate::{
     error::{AgentError, PullFailure, Result},
     image::sha256_digest,
-    registry::{Progress, Pulled, RESOLVE_TIMEOUT, classify, error_chain},
+    registry::{Progress, Pulled, RESOLVE_TIMEOUT, Sink, classify, error_chain},
 };
 
 use super::{
@@ -102,8 +103,9 @@ impl Ctr {
         reference: &Reference,
         auth: &RegistryAuth,
         names: &[String],
-        progress: &Progress,
+        to: &Sink,
     ) -> Result<Pulled> {
+        let progress = &to.lines;
         progress(format!("resolving {}", reference.whole()));
         let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(client, reference, auth))
             .await
@@ -140,7 +142,7 @@ impl Ctr {
         let lease = self.lease(60).await?;
         let res = async {
             let fetched = self
-                .fetch_layers(client, reference, &layers, &lease, progress)
+                .fetch_layers(client, reference, &layers, &lease, to)
                 .await?;
             progress(format!("unpacking {} layers", layers.len()));
             let parts = ImageParts {
@@ -179,8 +181,9 @@ impl Ctr {
         reference: &Reference,
         layers: &[OciDescriptor],
         lease: &str,
-        progress: &Progress,
+        to: &Sink,
     ) -> Result<usize> {
+        let progress: &Progress = &to.lines;
         let mut fetched = 0;
         for (i, l) in layers.iter().enumerate() {
             let what = format!("layer {}/{} {}", i + 1, layers.len(), short(&l.digest));
@@ -208,7 +211,13 @@ impl Ctr {
                 .pull_blob_stream(reference, l)
                 .await
                 .map_err(|e| oci_err(reference, &e))?;
-            let reader = tokio_util::io::StreamReader::new(stream.stream);
+            let bytes = to.bytes.clone();
+            let counted = stream.stream.inspect_ok(move |chunk| {
+                if let Some(f) = &bytes {
+                    f(chunk.len() as u64);
+                }
+            });
+            let reader = tokio_util::io::StreamReader::new(counted);
             self.write_content(lease, &l.digest, size, reader, HashMap::new())
                 .await
                 .map_err(|e| pull_err(reference, PullFailure::Registry, format!("{what}: {e}")))?;

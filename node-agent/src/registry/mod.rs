@@ -233,11 +233,14 @@ pub struct Pulled {
 
 /// A line of pull progress.
 pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+/// Bytes of a layer just received (for a progress bar).
+pub type ByteProgress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Pulls into one containerd, concurrent pulls of a reference coalesced.
 pub struct Puller {
     pub cfg: RegistryConfig,
     inflight: Coalescer<std::result::Result<Pulled, (PullFailure, String)>>,
+    bytes: Option<ByteProgress>,
 }
 
 impl Puller {
@@ -245,7 +248,14 @@ impl Puller {
         Puller {
             cfg,
             inflight: Coalescer::default(),
+            bytes: None,
         }
+    }
+
+    /// Report every chunk of layer bytes fetched to `f`.
+    pub fn on_bytes(mut self, f: ByteProgress) -> Self {
+        self.bytes = Some(f);
+        self
     }
 
     /// Pull `given` into `ctr` (one fetch however many ask at once; a
@@ -263,10 +273,12 @@ impl Puller {
         let cfg = self.cfg.clone();
         let ctr = ctr.clone();
         let p = progress.clone();
+        let bytes = self.bytes.clone();
         let (res, joined) = self
             .inflight
             .run(&full, move || async move {
-                fetch(&cfg, &ctr, &reference, creds, &names, &p)
+                let to = Sink { lines: p, bytes };
+                fetch(&cfg, &ctr, &reference, creds, &names, &to)
                     .await
                     .map_err(|e| match e {
                         AgentError::Pull {
@@ -287,6 +299,12 @@ impl Puller {
     }
 }
 
+/// Where a pull reports to: lines, and layer bytes when someone counts them.
+pub struct Sink {
+    pub lines: Progress,
+    pub bytes: Option<ByteProgress>,
+}
+
 /// Fetch `reference` from its mirrors in order, then from itself: the
 /// first that has it wins; the registry's own error when none has it.
 /// `creds` go to the registry itself only (else the docker config's for
@@ -297,8 +315,9 @@ async fn fetch(
     reference: &Reference,
     creds: Option<Credentials>,
     names: &[String],
-    progress: &Progress,
+    to: &Sink,
 ) -> Result<Pulled> {
+    let progress = &to.lines;
     let sources = cfg.sources(reference);
     let mirrors = &sources[..sources.len().saturating_sub(1)];
     for from in mirrors {
@@ -307,7 +326,7 @@ async fn fetch(
         let auth = registry_auth(cfg.config_credentials(host)?.as_ref());
         // built by the one fetcher only: it takes a while (TLS roots)
         let client = client_for(cfg, from);
-        match ctr.pull_image(&client, from, &auth, names, progress).await {
+        match ctr.pull_image(&client, from, &auth, names, to).await {
             Ok(pulled) => return Ok(pulled),
             Err(e) => progress(format!("mirror {host}: {e}")),
         }
@@ -318,8 +337,7 @@ async fn fetch(
     };
     let client = client_for(cfg, reference);
     let auth = registry_auth(creds.as_ref());
-    ctr.pull_image(&client, reference, &auth, names, progress)
-        .await
+    ctr.pull_image(&client, reference, &auth, names, to).await
 }
 
 #[cfg(test)]

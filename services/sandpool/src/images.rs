@@ -9,6 +9,7 @@
 //! unpack the same way.
 
 use std::{
+    io::IsTerminal,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -16,6 +17,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use sandpool_node_agent::{
     archive,
     containerd::{Ctr, NAMESPACE},
@@ -149,13 +151,61 @@ async fn pull(
     let cfg = registry_config(a.registries_config.as_deref(), data_dir, &a.insecure)?;
     let creds = credentials(&a, reference.registry())?;
     let ctr = ctr.await?;
-    let puller = Puller::new(cfg);
-    let progress: registry::Progress = Arc::new(|line: String| crate::say(line));
-    let pulled = puller.pull(&ctr, &a.reference, creds, progress).await?;
+    let (progress, bytes, bar) = reporters(std::io::stderr().is_terminal());
+    let mut puller = Puller::new(cfg);
+    if let Some(b) = bytes {
+        puller = puller.on_bytes(b);
+    }
+    let pulled = puller.pull(&ctr, &a.reference, creds, progress).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let pulled = pulled?;
     for n in &pulled.names {
         println!("{n}\t{}", pulled.digest);
     }
     Ok(())
+}
+
+/// The size of the layer a progress line says is being fetched
+/// (`layer 1/2 sha256:…: fetching 1084158 bytes`).
+fn fetching_bytes(line: &str) -> Option<u64> {
+    line.strip_suffix(" bytes")?
+        .rsplit_once(": fetching ")?
+        .1
+        .parse()
+        .ok()
+}
+
+/// How `image pull` reports: on a terminal, a bar per layer (its bytes)
+/// with the other lines above it; otherwise plain lines.
+fn reporters(
+    tty: bool,
+) -> (
+    registry::Progress,
+    Option<registry::ByteProgress>,
+    Option<ProgressBar>,
+) {
+    if !tty {
+        return (Arc::new(|line: String| crate::say(line)), None, None);
+    }
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(0).with_style(style);
+    let (b, c) = (bar.clone(), bar.clone());
+    let lines = Arc::new(move |line: String| match fetching_bytes(&line) {
+        Some(n) => {
+            b.set_length(n);
+            b.set_position(0);
+            b.set_message(line.split(": fetching").next().unwrap_or("").to_string());
+        }
+        None => b.println(format!("sandpool: {line}")),
+    });
+    let bytes = Arc::new(move |n: u64| c.inc(n));
+    (lines, Some(bytes), Some(bar))
 }
 
 /// The names an image from `img` is stored under: `--name` or the
@@ -281,6 +331,26 @@ mod tests {
         assert!(e.contains("mirors") && e.contains("other.toml"), "{e}");
         let missing = dir.path().join("missing.toml");
         assert!(registry_config(Some(&missing), dir.path(), &[]).is_err());
+    }
+
+    #[test]
+    fn a_terminal_gets_a_byte_bar_and_a_pipe_plain_lines() {
+        assert_eq!(
+            fetching_bytes("layer 1/2 sha256:c4a589d73a09: fetching 1084158 bytes"),
+            Some(1_084_158)
+        );
+        assert_eq!(fetching_bytes("layer 1/2 sha256:c4: done in 0.1s"), None);
+        assert_eq!(fetching_bytes("resolving r/app:1"), None);
+        let (lines, bytes, bar) = reporters(false);
+        assert!(bytes.is_none() && bar.is_none(), "a pipe: lines only");
+        lines("plain".into());
+        let (lines, bytes, bar) = reporters(true);
+        let (bytes, bar) = (bytes.expect("bytes"), bar.expect("a bar"));
+        lines("layer 1/1 sha256:ab: fetching 100 bytes".into());
+        bytes(40);
+        bytes(2);
+        assert_eq!((bar.length(), bar.position()), (Some(100), 42));
+        assert_eq!(bar.message(), "layer 1/1 sha256:ab");
     }
 
     #[test]
