@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sandpool.v1.EgressRule",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
+        // credentials: a Debug of hand (lib.rs) that hides the password
+        .skip_debug(["sandpool.v1.ImageAuth"])
         .compile_protos(&protos, &["proto"])?;
     // The public API: its own package and a descriptor set of its own (for
     // server reflection and the breaking-change test).

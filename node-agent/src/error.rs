@@ -60,6 +60,10 @@ pub enum AgentError {
     CheckpointNotFound(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The registries config file is unreadable or malformed (`detail`
+    /// names the key).
+    #[error("registries config {path}: {detail}")]
+    RegistryConfig { path: String, detail: String },
     /// Pulling `reference` from its registry failed; `detail` is the
     /// underlying error's text (kept as text: a coalesced pull's result is
     /// shared by every caller).
@@ -91,7 +95,7 @@ impl fmt::Display for PullFailure {
         f.write_str(match self {
             PullFailure::NotFound => "image not found in the registry",
             PullFailure::Unauthorized => {
-                "the registry refused the credentials (unauthorized; give --username/--password or an auth file)"
+                "the registry refused the credentials (unauthorized; give credentials: image.auth, --username/--password or a docker config.json)"
             }
             PullFailure::Unreachable => "registry unreachable",
             PullFailure::Registry => "registry error",
@@ -227,6 +231,7 @@ impl AgentError {
             AgentError::Unsupported(_) => "unsupported",
             AgentError::CheckpointNotFound(_) => "not_found",
             AgentError::Checkpoint(_) => "checkpoint",
+            AgentError::RegistryConfig { .. } => "registry_config",
             AgentError::Pull { failure, .. } => match failure {
                 PullFailure::NotFound => "image_not_found",
                 PullFailure::Unauthorized => "registry_unauthorized",
@@ -265,7 +270,8 @@ impl From<AgentError> for tonic::Status {
             AgentError::Network(_)
             | AgentError::Image(_)
             | AgentError::Io { .. }
-            | AgentError::Checkpoint(_) => Code::Internal,
+            | AgentError::Checkpoint(_)
+            | AgentError::RegistryConfig { .. } => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

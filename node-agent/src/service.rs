@@ -9,7 +9,10 @@ use sandpool_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::agent::{Agent, Sandbox};
+use crate::{
+    agent::{Agent, Sandbox},
+    registry::Credentials,
+};
 
 pub struct NodeAgentService {
     agent: Arc<Agent>,
@@ -74,9 +77,10 @@ impl NodeAgent for NodeAgentService {
             .template
             .take()
             .ok_or_else(|| Status::invalid_argument("template is required"))?;
+        let creds = r.image_auth.take().map(Credentials::from);
         let sb = self
             .traced("CreateSandbox", r, |a, r| async move {
-                a.create(&r.pool, t, Some(r.sandbox_id)).await
+                a.create_with(&r.pool, t, Some(r.sandbox_id), creds).await
             })
             .await?;
         Ok(Response::new(self.info(&sb)))

@@ -588,6 +588,7 @@ fn create_request(
         pool: "p".into(),
         template,
         sandbox_id: sandbox_id.into(),
+        image_auth: None,
     }
 }
 

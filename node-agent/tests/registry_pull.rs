@@ -65,6 +65,35 @@ async fn sandbox_says(node: &TestNode, id: &str, script: &str) -> String {
     panic!("sandbox {id} wrote nothing");
 }
 
+/// Push the test images to registry `a`: app:1 (OCI), app:docker (Docker
+/// media types), multi:1 (an index), cold:1, zstd:1; the zstd digest.
+fn push_all(layout: &Path, a: &str) -> String {
+    push(layout, "app", &format!("{a}/app:1"), &[]);
+    push(
+        layout,
+        "app",
+        &format!("{a}/app:docker"),
+        &["--format", "v2s2"],
+    );
+    push(layout, "multi", &format!("{a}/multi:1"), &["--all"]);
+    push(layout, "app", &format!("{a}/cold:1"), &[]);
+    let zstd_digest = add_zstd_variant(layout);
+    push(layout, "zstd", &format!("{a}/zstd:1"), &[]);
+    zstd_digest
+}
+
+/// The sum of the layer sizes of the manifest `digest`.
+async fn layer_bytes(ctr: &Ctr, digest: &str) -> u64 {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&ctr.read_content(digest).await.unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     let Some(rt) = gate().filter(|_| gate_tools()) else {
@@ -78,23 +107,22 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     let layout = dir.path().join("oci");
     let reg = Registry::start(&dir.path().join("open"), None);
     let a = &reg.addr;
-    push(&layout, "app", &format!("{a}/app:1"), &[]);
-    push(
-        &layout,
-        "app",
-        &format!("{a}/app:docker"),
-        &["--format", "v2s2"],
-    );
-    push(&layout, "multi", &format!("{a}/multi:1"), &["--all"]);
-    push(&layout, "app", &format!("{a}/cold:1"), &[]);
-    let zstd_digest = add_zstd_variant(&layout);
-    push(&layout, "zstd", &format!("{a}/zstd:1"), &[]);
-    let puller = Puller::new(RegistryConfig::default());
+    let zstd_digest = push_all(&layout, a);
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let g = got.clone();
+    let puller = Puller::new(RegistryConfig::default()).on_bytes(Arc::new(move |n| {
+        g.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }));
 
     // OCI media types, then a sandbox on it with the whiteout applied
     let r = format!("{a}/app:1");
     let p = puller.pull(&ctr, &r, None, quiet()).await.unwrap();
     assert_eq!((p.layers, p.fetched_layers), (2, 2));
+    assert_eq!(
+        got.load(std::sync::atomic::Ordering::SeqCst),
+        layer_bytes(&ctr, &p.digest).await,
+        "every layer byte fetched is reported (the CLI's progress bar)"
+    );
     assert_eq!(p.names, std::slice::from_ref(&r));
     let (_, _, env) = node.agent().ensure_image(&r).await.unwrap();
     assert!(env.contains(&"FROM_IMAGE=yes".to_string()), "{env:?}");
@@ -157,17 +185,19 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
     );
 
     check_errors(&ctr, &puller, a).await;
+    check_mirrors(&ctr, a).await;
     check_cold_create(&node, a).await;
     check_zstd(&node, &puller, a, &zstd_digest).await;
     drop(reg);
 
-    check_basic_auth(&ctr, &puller, dir.path(), &amd_digest).await;
+    check_basic_auth(&node, &puller, dir.path(), &amd_digest).await;
     node.assert_no_residue().await;
 }
 
 /// A registry with htpasswd basic auth: refused without or with wrong
 /// credentials, pulled with the right ones.
-async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &str) {
+async fn check_basic_auth(node: &TestNode, puller: &Puller, dir: &Path, amd_digest: &str) {
+    let ctr = node.agent().ctr();
     // basic auth: refused without or with wrong credentials, pulled with the right ones
     let auth_dir = dir.join("auth");
     std::fs::create_dir_all(&auth_dir).unwrap();
@@ -177,6 +207,13 @@ async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &s
     let reg = Registry::start(&auth_dir, Some(&htpasswd));
     let r = format!("{}/private:1", reg.addr);
     push(&dir.join("oci"), "app", &r, &["--dest-creds", "ann:s3cret"]);
+    let cold = format!("{}/private:cold", reg.addr);
+    push(
+        &dir.join("oci"),
+        "app",
+        &cold,
+        &["--dest-creds", "ann:s3cret"],
+    );
     let creds = |p: &str| Credentials {
         username: "ann".into(),
         password: p.into(),
@@ -195,6 +232,58 @@ async fn check_basic_auth(ctr: &Ctr, puller: &Puller, dir: &Path, amd_digest: &s
         .await
         .unwrap();
     assert_eq!(p.digest, amd_digest);
+
+    // a cold create of an absent private image pulls with the create's credentials
+    let mut t = template(pb::RuntimeClass::Runc);
+    t.image = cold.clone();
+    let e = node
+        .agent()
+        .create_with("private", t.clone(), None, Some(creds("wr0ng-pw-77")))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert_eq!(failure(e), PullFailure::Unauthorized, "{text}");
+    assert!(!text.contains("wr0ng-pw-77"), "no password in {text}");
+    let sb = node
+        .agent()
+        .create_with("private", t, None, Some(creds("s3cret")))
+        .await
+        .unwrap();
+    assert_eq!(sb.state, pb::SandboxState::Warm);
+    assert!(ctr.image(&cold).await.unwrap().is_some());
+    node.agent()
+        .release(&sb.id, pb::ReleasePolicy::Delete)
+        .await
+        .unwrap();
+}
+
+/// Mirrors are tried in order before the registry itself: an origin that
+/// is down is served by its mirror (stored under the origin's name); a
+/// mirror that is down falls through to the origin.
+async fn check_mirrors(ctr: &Ctr, a: &str) {
+    let down = format!("127.0.0.1:{}", free_port());
+    let cfg = RegistryConfig {
+        mirrors: [
+            (down.clone(), vec![a.to_string()]),
+            (a.to_string(), vec![down.clone()]),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let puller = Puller::new(cfg);
+    let r = format!("{down}/app:1");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l = lines.clone();
+    let progress: Progress = Arc::new(move |line: String| l.lock().unwrap().push(line));
+    let p = puller.pull(ctr, &r, None, progress).await.unwrap();
+    assert_eq!(p.names, std::slice::from_ref(&r));
+    assert!(ctr.image(&r).await.unwrap().is_some());
+    let said = lines.lock().unwrap().join("\n");
+    assert!(said.contains(&format!("trying mirror {a}")), "{said}");
+    assert!(ctr.remove_image(&r).await.unwrap());
+    let origin = format!("{a}/app:docker");
+    let p = puller.pull(ctr, &origin, None, quiet()).await.unwrap();
+    assert_eq!(p.names, [origin]);
 }
 
 /// A missing tag and a closed port give clear errors, quickly.

@@ -10,6 +10,15 @@ pub mod v1 {
     tonic::include_proto!("sandpool.v1");
 }
 
+impl std::fmt::Debug for v1::ImageAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Metadata key carrying a sandbox runtime's access token on gRPC calls
 /// (the same value as the HTTP `X-EXECD-ACCESS-TOKEN` header).
 pub const ACCESS_TOKEN_METADATA: &str = "x-execd-access-token";
@@ -44,4 +53,29 @@ pub mod public {
     /// the breaking-change check).
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("sandpool_public_descriptor");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn debug_of_requests_hides_the_registry_password() {
+        let auth = v1::ImageAuth {
+            username: "ann".into(),
+            password: "s3cret-pw".into(),
+        };
+        let claim = v1::ClaimRequest {
+            image_auth: Some(auth.clone()),
+            ..Default::default()
+        };
+        let create = v1::CreateSandboxRequest {
+            image_auth: Some(auth),
+            ..Default::default()
+        };
+        for text in [format!("{claim:?}"), format!("{create:?}")] {
+            assert!(text.contains("ann"), "{text}");
+            assert!(!text.contains("s3cret-pw"), "{text}");
+        }
+    }
 }

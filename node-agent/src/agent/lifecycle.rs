@@ -14,6 +14,7 @@ use crate::{
     containerd::{NewContainer, TaskState},
     error::{AgentError, Result},
     image,
+    registry::Credentials,
     spec::{self, SandboxSpec},
 };
 
@@ -25,11 +26,21 @@ use super::{
 impl Agent {
     /// Make sure `name` exists in containerd, building builtin images.
     pub async fn ensure_image(&self, name: &str) -> Result<(String, String, Vec<String>)> {
+        self.ensure_image_with(name, None).await
+    }
+
+    /// [`Self::ensure_image`], an absent image pulled with `creds` (used
+    /// for that pull only).
+    pub async fn ensure_image_with(
+        &self,
+        name: &str,
+        creds: Option<Credentials>,
+    ) -> Result<(String, String, Vec<String>)> {
         let Some(builtin) = image::builtin(name) else {
             if let Some((chain, env)) = self.ctr.image_rootfs(name).await? {
                 return Ok((name.to_string(), chain, env));
             }
-            if let Some((chain, env)) = self.pull_missing(name).await? {
+            if let Some((chain, env)) = self.pull_missing(name, creds).await? {
                 return Ok((name.to_string(), chain, env));
             }
             let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
@@ -67,7 +78,11 @@ impl Agent {
     /// Pull `name` when the agent pulls missing images and `name` is an
     /// image reference: its chainID and env once pulled. `None` when the
     /// agent does not pull or `name` is no reference.
-    async fn pull_missing(&self, name: &str) -> Result<Option<(String, Vec<String>)>> {
+    async fn pull_missing(
+        &self,
+        name: &str,
+        creds: Option<Credentials>,
+    ) -> Result<Option<(String, Vec<String>)>> {
         let Some(puller) = &self.puller else {
             return Ok(None);
         };
@@ -78,7 +93,7 @@ impl Agent {
         let image = name.to_string();
         let progress: crate::registry::Progress =
             Arc::new(move |line: String| tracing::info!(image = %image, "{line}"));
-        let pulled = puller.pull(&self.ctr, name, None, progress).await?;
+        let pulled = puller.pull(&self.ctr, name, creds, progress).await?;
         tracing::info!(
             image = name,
             digest = %pulled.digest,
@@ -109,19 +124,31 @@ impl Agent {
     }
 
     /// Create and start a warm sandbox; it is ready when its runtime answers.
-    #[tracing::instrument(skip_all, fields(pool = %pool))]
     pub async fn create(
         self: &Arc<Self>,
         pool: &str,
         template: pb::SandboxTemplate,
         id: Option<String>,
     ) -> Result<Sandbox> {
+        self.create_with(pool, template, id, None).await
+    }
+
+    /// [`Self::create`], an absent image pulled with `creds` (used for that
+    /// pull only: never logged nor stored).
+    #[tracing::instrument(name = "create", skip_all, fields(pool = %pool))]
+    pub async fn create_with(
+        self: &Arc<Self>,
+        pool: &str,
+        template: pb::SandboxTemplate,
+        id: Option<String>,
+        creds: Option<Credentials>,
+    ) -> Result<Sandbox> {
         let valid = validate_template(&template)?;
         // a template above the node's maximum is refused before anything is made
         self.cfg.limits.apply(&valid.limits)?;
         let id = new_id(id)?;
         let _busy = self.busy(&id);
-        let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
+        let (image, chain, image_env) = self.ensure_image_with(&valid.image, creds).await?;
         self.check_room(&id)?;
         let (ip, port) = if valid.checkpointable {
             (

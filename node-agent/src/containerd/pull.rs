@@ -16,7 +16,7 @@ use oci_client::{
 use crate::{
     error::{AgentError, PullFailure, Result},
     image::sha256_digest,
-    registry::{Progress, Pulled, RESOLVE_TIMEOUT, classify, error_chain},
+    registry::{Progress, Pulled, RESOLVE_TIMEOUT, Sink, classify, error_chain},
 };
 
 use super::{
@@ -105,8 +105,9 @@ impl Ctr {
         reference: &Reference,
         auth: &RegistryAuth,
         names: &[String],
-        progress: &Progress,
+        to: &Sink,
     ) -> Result<Pulled> {
+        let progress = &to.lines;
         progress(format!("resolving {}", reference.whole()));
         let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(client, reference, auth))
             .await
@@ -143,7 +144,7 @@ impl Ctr {
         let lease = self.lease(60).await?;
         let res = async {
             let fetched = self
-                .fetch_layers(client, reference, &layers, &lease, progress)
+                .fetch_layers(client, reference, &layers, &lease, to)
                 .await?;
             progress(format!("unpacking {} layers", layers.len()));
             let parts = ImageParts {
@@ -183,7 +184,7 @@ impl Ctr {
         reference: &Reference,
         layers: &[OciDescriptor],
         lease: &str,
-        progress: &Progress,
+        to: &Sink,
     ) -> Result<usize> {
         let what = |i: usize, l: &OciDescriptor| {
             format!("layer {}/{} {}", i + 1, layers.len(), short(&l.digest))
@@ -202,7 +203,7 @@ impl Ctr {
             .iter()
             .enumerate()
             .filter(|(_, l)| seen.insert(l.digest.as_str()))
-            .map(|(i, l)| self.fetch_layer(client, reference, l, lease, what(i, l), progress))
+            .map(|(i, l)| self.fetch_layer(client, reference, l, lease, what(i, l), to))
             .collect();
         let fetched: Vec<bool> = futures_util::stream::iter(fetches)
             .buffer_unordered(CONCURRENT_FETCHES)
@@ -220,8 +221,9 @@ impl Ctr {
         l: &OciDescriptor,
         lease: &str,
         what: String,
-        progress: &Progress,
+        to: &Sink,
     ) -> Result<bool> {
+        let progress: &Progress = &to.lines;
         if self.content_exists(&l.digest).await? {
             progress(format!("{what}: already present"));
             return Ok(false);
@@ -239,7 +241,13 @@ impl Ctr {
             .pull_blob_stream(reference, l)
             .await
             .map_err(|e| oci_err(reference, &e))?;
-        let reader = tokio_util::io::StreamReader::new(stream.stream);
+        let bytes = to.bytes.clone();
+        let counted = stream.stream.inspect_ok(move |chunk| {
+            if let Some(f) = &bytes {
+                f(chunk.len() as u64);
+            }
+        });
+        let reader = tokio_util::io::StreamReader::new(counted);
         self.write_content(lease, &l.digest, size, reader, HashMap::new())
             .await
             .map_err(|e| pull_err(reference, PullFailure::Registry, format!("{what}: {e}")))?;

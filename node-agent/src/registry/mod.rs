@@ -22,8 +22,10 @@ use crate::{
 };
 
 mod coalesce;
+mod config;
 
 pub use coalesce::Coalescer;
+pub use config::RegistryConfig;
 
 /// Bound on connecting to a registry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,21 +33,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on resolving a reference to its manifest (auth included).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where and how to pull from.
-#[derive(Debug, Clone, Default)]
-pub struct RegistryConfig {
-    /// Registries (`host[:port]`) reached over plain HTTP besides loopback ones.
-    pub insecure: Vec<String>,
-}
-
-impl RegistryConfig {
-    /// Whether `registry` is reached over plain HTTP: loopback hosts and
-    /// the configured insecure registries only.
-    pub fn plain_http(&self, registry: &str) -> bool {
-        self.insecure.iter().any(|r| r == registry) || is_loopback(registry)
-    }
-}
 
 /// `host[:port]` names this machine (`localhost`, 127.0.0.0/8, `[::1]`).
 pub fn is_loopback(registry: &str) -> bool {
@@ -70,6 +57,15 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+impl From<sandpool_proto::v1::ImageAuth> for Credentials {
+    fn from(a: sandpool_proto::v1::ImageAuth) -> Self {
+        Credentials {
+            username: a.username,
+            password: a.password,
+        }
     }
 }
 
@@ -237,11 +233,14 @@ pub struct Pulled {
 
 /// A line of pull progress.
 pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+/// Bytes of a layer just received (for a progress bar).
+pub type ByteProgress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Pulls into one containerd, concurrent pulls of a reference coalesced.
 pub struct Puller {
     pub cfg: RegistryConfig,
     inflight: Coalescer<std::result::Result<Pulled, (PullFailure, String)>>,
+    bytes: Option<ByteProgress>,
 }
 
 impl Puller {
@@ -249,7 +248,14 @@ impl Puller {
         Puller {
             cfg,
             inflight: Coalescer::default(),
+            bytes: None,
         }
+    }
+
+    /// Report every chunk of layer bytes fetched to `f`.
+    pub fn on_bytes(mut self, f: ByteProgress) -> Self {
+        self.bytes = Some(f);
+        self
     }
 
     /// Pull `given` into `ctr` (one fetch however many ask at once; a
@@ -267,13 +273,12 @@ impl Puller {
         let cfg = self.cfg.clone();
         let ctr = ctr.clone();
         let p = progress.clone();
+        let bytes = self.bytes.clone();
         let (res, joined) = self
             .inflight
             .run(&full, move || async move {
-                // built by the one fetcher only: it takes a while (TLS roots)
-                let client = client_for(&cfg, &reference);
-                let auth = registry_auth(creds.as_ref());
-                ctr.pull_image(&client, &reference, &auth, &names, &p)
+                let to = Sink { lines: p, bytes };
+                fetch(&cfg, &ctr, &reference, creds, &names, &to)
                     .await
                     .map_err(|e| match e {
                         AgentError::Pull {
@@ -292,6 +297,47 @@ impl Puller {
             detail,
         })
     }
+}
+
+/// Where a pull reports to: lines, and layer bytes when someone counts them.
+pub struct Sink {
+    pub lines: Progress,
+    pub bytes: Option<ByteProgress>,
+}
+
+/// Fetch `reference` from its mirrors in order, then from itself: the
+/// first that has it wins; the registry's own error when none has it.
+/// `creds` go to the registry itself only (else the docker config's for
+/// it); a mirror gets the docker config's credentials for the mirror.
+async fn fetch(
+    cfg: &RegistryConfig,
+    ctr: &Ctr,
+    reference: &Reference,
+    creds: Option<Credentials>,
+    names: &[String],
+    to: &Sink,
+) -> Result<Pulled> {
+    let progress = &to.lines;
+    let sources = cfg.sources(reference);
+    let mirrors = &sources[..sources.len().saturating_sub(1)];
+    for from in mirrors {
+        let host = from.resolve_registry();
+        progress(format!("trying mirror {host}"));
+        let auth = registry_auth(cfg.config_credentials(host)?.as_ref());
+        // built by the one fetcher only: it takes a while (TLS roots)
+        let client = client_for(cfg, from);
+        match ctr.pull_image(&client, from, &auth, names, to).await {
+            Ok(pulled) => return Ok(pulled),
+            Err(e) => progress(format!("mirror {host}: {e}")),
+        }
+    }
+    let creds = match creds {
+        Some(c) => Some(c),
+        None => cfg.config_credentials(reference.registry())?,
+    };
+    let client = client_for(cfg, reference);
+    let auth = registry_auth(creds.as_ref());
+    ctr.pull_image(&client, reference, &auth, names, to).await
 }
 
 #[cfg(test)]
@@ -330,6 +376,7 @@ mod tests {
     fn plain_http_only_for_loopback_and_configured_registries() {
         let cfg = RegistryConfig {
             insecure: vec!["reg.lan:5000".into()],
+            ..Default::default()
         };
         for yes in [
             "127.0.0.1:5000",

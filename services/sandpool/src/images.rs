@@ -8,10 +8,16 @@
 //! registry into the content store (node agent's `registry` module) and
 //! unpack the same way.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use sandpool_node_agent::{
     archive,
     containerd::{Ctr, NAMESPACE},
@@ -82,6 +88,27 @@ struct PullArgs {
     /// Loopback registries always are, every other one over HTTPS.
     #[arg(long = "insecure-registry")]
     insecure: Vec<String>,
+    /// The registries config (mirrors, insecure registries, a docker
+    /// config.json); default: DATA_DIR/registries.toml when present.
+    #[arg(long)]
+    registries_config: Option<PathBuf>,
+}
+
+/// The registries config: `given`, else DATA_DIR/registries.toml when it
+/// exists, else none; plus the `--insecure-registry` flags.
+pub fn registry_config(
+    given: Option<&Path>,
+    data_dir: &Path,
+    insecure: &[String],
+) -> anyhow::Result<RegistryConfig> {
+    let default = data_dir.join("registries.toml");
+    let path = given.or_else(|| Some(default.as_path()).filter(|p| p.exists()));
+    let mut cfg = match path {
+        Some(p) => RegistryConfig::load(p)?,
+        None => RegistryConfig::default(),
+    };
+    cfg.insecure.extend(insecure.iter().cloned());
+    Ok(cfg)
 }
 
 /// The docker config file to read credentials from: the given one, else
@@ -125,7 +152,11 @@ fn credentials(a: &PullArgs, registry: &str) -> anyhow::Result<Option<Credential
     Ok(registry::docker_config_credentials(&json, registry)?)
 }
 
-async fn pull(a: PullArgs, ctr: impl Future<Output = anyhow::Result<Ctr>>) -> anyhow::Result<()> {
+async fn pull(
+    a: PullArgs,
+    data_dir: &Path,
+    ctr: impl Future<Output = anyhow::Result<Ctr>>,
+) -> anyhow::Result<()> {
     let reference = registry::parse_reference(&a.reference)?;
     if image::builtin(&a.reference).is_some() {
         bail!(
@@ -133,17 +164,64 @@ async fn pull(a: PullArgs, ctr: impl Future<Output = anyhow::Result<Ctr>>) -> an
             a.reference
         );
     }
+    let cfg = registry_config(a.registries_config.as_deref(), data_dir, &a.insecure)?;
     let creds = credentials(&a, reference.registry())?;
     let ctr = ctr.await?;
-    let puller = Puller::new(RegistryConfig {
-        insecure: a.insecure.clone(),
-    });
-    let progress: registry::Progress = Arc::new(|line: String| crate::say(line));
-    let pulled = puller.pull(&ctr, &a.reference, creds, progress).await?;
+    let (progress, bytes, bar) = reporters(std::io::stderr().is_terminal());
+    let mut puller = Puller::new(cfg);
+    if let Some(b) = bytes {
+        puller = puller.on_bytes(b);
+    }
+    let pulled = puller.pull(&ctr, &a.reference, creds, progress).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let pulled = pulled?;
     for n in &pulled.names {
         println!("{n}\t{}", pulled.digest);
     }
     Ok(())
+}
+
+/// The size of the layer a progress line says is being fetched
+/// (`layer 1/2 sha256:…: fetching 1084158 bytes`).
+fn fetching_bytes(line: &str) -> Option<u64> {
+    line.strip_suffix(" bytes")?
+        .rsplit_once(": fetching ")?
+        .1
+        .parse()
+        .ok()
+}
+
+/// How `image pull` reports: on a terminal, one bar of the bytes of the
+/// layers being fetched, with the progress lines above it; otherwise plain lines.
+fn reporters(
+    tty: bool,
+) -> (
+    registry::Progress,
+    Option<registry::ByteProgress>,
+    Option<ProgressBar>,
+) {
+    if !tty {
+        return (Arc::new(|line: String| crate::say(line)), None, None);
+    }
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(0).with_style(style);
+    let (b, c) = (bar.clone(), bar.clone());
+    // Layers are fetched three at once: one bar holds all their bytes.
+    let lines = Arc::new(move |line: String| {
+        if let Some(n) = fetching_bytes(&line) {
+            b.inc_length(n);
+            b.set_message("layers");
+        }
+        b.println(format!("sandpool: {line}"));
+    });
+    let bytes = Arc::new(move |n: u64| c.inc(n));
+    (lines, Some(bytes), Some(bar))
 }
 
 /// The names an image from `img` is stored under: `--name` or the
@@ -214,7 +292,7 @@ pub async fn run(a: ImageArgs, service_token: Option<String>) -> anyhow::Result<
             })
     };
     match a.cmd {
-        ImageCmd::Pull(p) => pull(p, connect).await?,
+        ImageCmd::Pull(p) => pull(p, &a.dir.data_dir, connect).await?,
         ImageCmd::Import { file, name } => {
             let f = file.clone();
             let img = tokio::task::spawn_blocking(move || archive::read(&f)).await??;
@@ -284,6 +362,52 @@ mod tests {
             layers: vec![],
             diff_ids: vec![],
         }
+    }
+
+    #[test]
+    fn the_registries_config_is_the_given_file_else_the_data_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let insecure = ["reg.lan:5000".to_string()];
+        let cfg = registry_config(None, dir.path(), &insecure).unwrap();
+        assert_eq!(cfg.insecure, insecure, "no file: the flags only");
+        let own = dir.path().join("registries.toml");
+        std::fs::write(
+            &own,
+            "[registries.\"docker.io\"]\nmirrors = [\"m.lan:5000\"]\n",
+        )
+        .unwrap();
+        let cfg = registry_config(None, dir.path(), &[]).unwrap();
+        assert_eq!(cfg.mirrors["docker.io"], ["m.lan:5000"]);
+        let given = dir.path().join("other.toml");
+        std::fs::write(&given, "[registries.\"x.io\"]\nmirors = []\n").unwrap();
+        let e = registry_config(Some(&given), dir.path(), &[]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("mirors") && e.contains("other.toml"), "{e}");
+        let missing = dir.path().join("missing.toml");
+        assert!(registry_config(Some(&missing), dir.path(), &[]).is_err());
+    }
+
+    #[test]
+    fn a_terminal_gets_a_byte_bar_and_a_pipe_plain_lines() {
+        assert_eq!(
+            fetching_bytes("layer 1/2 sha256:c4a589d73a09: fetching 1084158 bytes"),
+            Some(1_084_158)
+        );
+        assert_eq!(fetching_bytes("layer 1/2 sha256:c4: done in 0.1s"), None);
+        assert_eq!(fetching_bytes("resolving r/app:1"), None);
+        let (lines, bytes, bar) = reporters(false);
+        assert!(bytes.is_none() && bar.is_none(), "a pipe: lines only");
+        lines("plain".into());
+        let (lines, bytes, bar) = reporters(true);
+        let (bytes, bar) = (bytes.expect("bytes"), bar.expect("a bar"));
+        lines("layer 1/2 sha256:ab: fetching 100 bytes".into());
+        bytes(40);
+        lines("layer 2/2 sha256:cd: fetching 50 bytes".into());
+        bytes(2);
+        bytes(50);
+        // two layers in flight at once: one bar of both layers' bytes
+        assert_eq!((bar.length(), bar.position()), (Some(150), 92));
+        assert_eq!(bar.message(), "layers");
     }
 
     #[test]

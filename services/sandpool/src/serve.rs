@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Images a create asks for that are not present are pulled first.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The registries config (mirrors, insecure registries, a docker
+    /// config.json) for the pulls of creates and pools; default:
+    /// DATA_DIR/registries.toml when present.
+    #[arg(long)]
+    registries_config: Option<PathBuf>,
     #[arg(long, default_value = "sandpool0")]
     bridge: String,
     #[arg(long, default_value = "10.213.0.0/16")]
@@ -344,9 +349,11 @@ async fn start_node_agent(
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
     cfg.max_sandboxes = a.max_sandboxes;
-    cfg.pull = Some(sandpool_node_agent::registry::RegistryConfig {
-        insecure: a.insecure_registries.clone(),
-    });
+    cfg.pull = Some(crate::images::registry_config(
+        a.registries_config.as_deref(),
+        &a.data_dir,
+        &a.insecure_registries,
+    )?);
     cfg.limits.max = Limits {
         cpu_millis: quantity::cpu_millis(&a.max_sandbox_cpu).context("--max-sandbox-cpu")?,
         memory_bytes: quantity::memory_bytes(&a.max_sandbox_memory)

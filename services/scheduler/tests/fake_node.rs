@@ -31,6 +31,8 @@ struct Books {
     sandboxes: BTreeMap<String, pb::SandboxInfo>,
     /// sandbox ids created, in order
     created: Vec<String>,
+    /// the image credentials each create carried, in order
+    create_auths: Vec<Option<pb::ImageAuth>>,
     injected: Vec<pb::NodeInjectRequest>,
     /// sandbox ids released, in order
     released: Vec<String>,
@@ -88,6 +90,7 @@ impl NodeAgent for FakeNode {
     async fn create_sandbox(&self, r: Request<pb::CreateSandboxRequest>) -> Reply<pb::SandboxInfo> {
         let r = r.into_inner();
         let mut b = self.books();
+        b.create_auths.push(r.image_auth.clone());
         b.next_id += 1;
         let id = if r.sandbox_id.is_empty() {
             format!("fake-{}", b.next_id)
@@ -413,6 +416,44 @@ async fn without_a_warm_sandbox_a_claim_starts_one_cold() {
         vec!["sleep", "1000"]
     );
     assert_eq!(status(&s, "cold").allocated, 1);
+}
+
+/// A cold claim's image credentials go to the node with its create (for
+/// the pull of an absent image); pool refills carry none; the scheduler's
+/// store never holds them.
+#[tokio::test]
+async fn a_cold_claims_image_auth_reaches_its_node_and_is_not_stored() {
+    let (node, s, store) = platform().await;
+    s.apply_pool(pool("w", 1, 1, 2)).unwrap();
+    wait_available(&s, "w", 1).await;
+    let auth = pb::ImageAuth {
+        username: "ann".into(),
+        password: "pw-never-stored-4711".into(),
+    };
+    let c = s
+        .claim(pb::ClaimRequest {
+            template: Some(pb::SandboxTemplate {
+                image: "127.0.0.1:5000/private:1".into(),
+                ..Default::default()
+            }),
+            image_auth: Some(auth.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(c.cold);
+    {
+        let b = node.books();
+        assert_eq!(b.create_auths.first(), Some(&None), "a refill has none");
+        assert_eq!(b.create_auths.last(), Some(&Some(auth)));
+    }
+    let stored = std::fs::read(store.path().join("s.redb")).unwrap();
+    let needle = b"pw-never-stored-4711";
+    assert!(
+        !stored.windows(needle.len()).any(|w| w == needle),
+        "the password is not in the store"
+    );
+    assert!(!format!("{c:?}").contains("pw-never-stored"));
 }
 
 #[tokio::test]

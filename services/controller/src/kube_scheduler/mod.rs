@@ -160,6 +160,11 @@ fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
             "autoPause (pause instead of delete when the timeout ends) is",
         ));
     }
+    if r.image_auth.is_some() {
+        return Err(not_in_kubernetes_mode(
+            "image.auth (use imagePullSecrets on the pool's pod template) is",
+        ));
+    }
     Ok(())
 }
 
@@ -796,6 +801,13 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         assert!(e.message().contains("autoPause"), "{e}");
         assert!(refuse_unsupported(&pb::ClaimRequest::default()).is_ok());
+        let r = pb::ClaimRequest {
+            image_auth: Some(pb::ImageAuth::default()),
+            ..Default::default()
+        };
+        let e = refuse_unsupported(&r).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("image.auth"), "{e}");
     }
 
     #[test]

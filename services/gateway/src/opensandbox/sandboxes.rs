@@ -22,6 +22,41 @@ use crate::{Gateway, error::ApiError, extract, rfc3339_ms};
 struct ImageSpec {
     #[serde(default)]
     uri: String,
+    /// Registry credentials for pulling `uri` (never stored nor returned).
+    #[serde(default)]
+    auth: Option<ImageAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageAuth {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `image.auth` as the credentials of the create's pull: both fields are
+/// needed, and only a create from `image.uri` pulls.
+fn image_auth(req: &CreateRequest, pool: &str) -> Result<Option<pb::ImageAuth>> {
+    let Some(a) = req.image.as_ref().and_then(|i| i.auth.as_ref()) else {
+        return Ok(None);
+    };
+    if !pool.is_empty() {
+        return Err(ApiError::Invalid(
+            "image.auth is for a create from image.uri; a create from extensions.poolRef runs the pool's image".into(),
+        ));
+    }
+    let field = |v: &Option<String>, name: &str| match v.as_deref() {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(ApiError::Invalid(format!(
+            "image.auth.{name} is required (a non-empty string) when image.auth is given"
+        ))),
+    };
+    Ok(Some(pb::ImageAuth {
+        username: field(&a.username, "username")?,
+        password: field(&a.password, "password")?,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -125,7 +160,11 @@ pub fn parse_create(body: &[u8]) -> Result<Create> {
 /// A create body with a `snapshotId`.
 fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     let snapshot = req.snapshot_id.unwrap_or_default();
-    if req.image.as_ref().is_some_and(|i| !i.uri.is_empty()) {
+    if req
+        .image
+        .as_ref()
+        .is_some_and(|i| !i.uri.is_empty() || i.auth.is_some())
+    {
         return Err(ApiError::Invalid(
             "give either image or snapshotId, not both".into(),
         ));
@@ -175,6 +214,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         }
     };
     let mounts = super::volumes::mounts_of(req.volumes.as_deref().unwrap_or_default())?;
+    let image_auth = image_auth(&req, &pool)?;
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
     let metadata = req.metadata.clone().unwrap_or_default();
@@ -231,6 +271,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         image: String::new(),
         egress,
         pause_on_expiry: false,
+        image_auth,
     })
 }
 
@@ -432,6 +473,53 @@ mod tests {
         ] {
             let e = parse_create(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        }
+    }
+
+    #[test]
+    fn image_auth_goes_with_a_cold_create_and_bad_ones_are_named() {
+        let Ok(Create::Claim(c)) = parse_create(
+            br#"{"image":{"uri":"127.0.0.1:5000/p:1","auth":{"username":"ann","password":"s3cret"}}}"#,
+        ) else {
+            panic!("a claim")
+        };
+        let a = c.image_auth.clone().expect("image auth");
+        assert_eq!(
+            (a.username.as_str(), a.password.as_str()),
+            ("ann", "s3cret")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug hides it");
+        let Ok(Create::Claim(c)) = parse_create(br#"{"image":{"uri":"busybox","auth":null}}"#)
+        else {
+            panic!("a claim")
+        };
+        assert!(c.image_auth.is_none());
+        for (bad, names) in [
+            (
+                &br#"{"image":{"uri":"r/p:1","auth":{"username":"ann"}}}"#[..],
+                "image.auth.password",
+            ),
+            (
+                br#"{"image":{"uri":"r/p:1","auth":{"username":"","password":"x"}}}"#,
+                "image.auth.username",
+            ),
+            (
+                br#"{"image":{"uri":"r/p:1","auth":{"username":"a","password":"x","token":"t"}}}"#,
+                "token",
+            ),
+            (
+                br#"{"image":{"uri":"r/p:1","auth":{"username":"a","password":"x"}},"extensions":{"poolRef":"p"}}"#,
+                "poolRef",
+            ),
+            (
+                br#"{"snapshotId":"ck-1","image":{"auth":{"username":"a","password":"x"}}}"#,
+                "snapshotId",
+            ),
+        ] {
+            let e = parse_create(bad).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+            assert!(e.to_string().contains(names), "{e}");
+            assert!(!e.to_string().contains("\"x\""), "{e}");
         }
     }
 

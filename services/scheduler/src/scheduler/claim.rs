@@ -149,7 +149,11 @@ impl Scheduler {
             Some((_, id, _)) => Busy::adopt(self, id.clone()),
             None => self.busy(&cold_id),
         };
-        let (node, info, cold) = match self.assign(&req.pool, &template, taken, &cold_id).await {
+        let auth = req.image_auth.clone();
+        let (node, info, cold) = match self
+            .assign(&req.pool, &template, taken, &cold_id, auth)
+            .await
+        {
             Ok(a) => a,
             Err(e) => return Err(reservation.fail(e).await),
         };
@@ -278,13 +282,15 @@ impl Scheduler {
     }
 
     /// The sandbox the claim gets: the warm one taken (asking its node when
-    /// the books have no details), else a cold create as `cold_id`.
+    /// the books have no details), else a cold create as `cold_id` (an
+    /// absent image pulled with `image_auth`).
     async fn assign(
         &self,
         pool: &str,
         template: &Template,
         taken: Option<Taken>,
         cold_id: &str,
+        image_auth: Option<pb::ImageAuth>,
     ) -> Result<(String, pb::SandboxInfo, bool)> {
         let span = tracing::info_span!("scheduler.assign", warm = taken.is_some());
         let assigned = async {
@@ -302,7 +308,9 @@ impl Scheduler {
                     Ok((node, info, false))
                 }
                 None => {
-                    let (node, info) = self.create_on_node(pool, template, cold_id).await?;
+                    let (node, info) = self
+                        .create_on_node(pool, template, cold_id, image_auth)
+                        .await?;
                     Ok((node, info, true))
                 }
             }

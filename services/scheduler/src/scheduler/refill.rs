@@ -177,6 +177,7 @@ impl Scheduler {
         pool: &str,
         template: &Template,
         id: &str,
+        image_auth: Option<pb::ImageAuth>,
     ) -> Result<(String, pb::SandboxInfo)> {
         let node = self.place()?;
         *self.lock().load.entry(node.clone()).or_default() += 1;
@@ -188,6 +189,7 @@ impl Scheduler {
                 pool: pool.to_string(),
                 template: Some(template_to_pb(template)),
                 sandbox_id: id.to_string(),
+                image_auth,
             }))
             .await;
         match res {
@@ -204,7 +206,7 @@ impl Scheduler {
     pub(super) async fn create_warm(&self, pool: &str, template: &Template) {
         let id = new_sandbox_id();
         let _busy = self.busy(&id);
-        let res = self.create_on_node(pool, template, &id).await;
+        let res = self.create_on_node(pool, template, &id, None).await;
         let mut orphan = None;
         {
             let mut st = self.lock();
