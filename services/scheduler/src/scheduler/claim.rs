@@ -561,7 +561,8 @@ impl Scheduler {
     }
 
     /// Release (or expire) a claim: the sandbox goes back per the pool's
-    /// release policy (deleted by default) and the pool refills.
+    /// release policy: deleted (the default, and whenever a recycle fails)
+    /// and the pool refills, or recycled into the pool's warm set.
     #[tracing::instrument(skip_all, fields(claim = %id))]
     pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
         let c = {
@@ -584,8 +585,10 @@ impl Scheduler {
             c
         };
         self.store.delete(Table::Claims, id)?;
-        self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
-            .await;
+        if !(self.recyclable(&c) && self.recycle_sandbox(&c).await) {
+            self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
+                .await;
+        }
         self.wake.notify_one();
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Scheduler state and I/O, split by concern:
 //! `records` (records and proto conversions), `nodes` (node watch and
 //! resync), `refill` (pools and their replenishment), `claim`,
-//! `checkpoints`, `reaper` (TTL and idle pause) and `batches`.
+//! `checkpoints`, `reaper` (TTL and idle pause), `batches` and `recycle`.
 
 mod batches;
 mod checkpoints;
@@ -9,6 +9,7 @@ mod claim;
 mod nodes;
 mod reaper;
 mod records;
+mod recycle;
 mod refill;
 
 pub use checkpoints::MAX_RESTORE;
