@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
-use sandpool_core::{RuntimeClass, Template};
+use sandpool_core::{ReleasePolicy, RuntimeClass, Template};
 use sandpool_proto::{
     auth::{AuthChannel, ServiceToken},
     v1::{self as pb, scheduler_client::SchedulerClient},
@@ -99,6 +99,12 @@ pub enum PoolCmd {
         /// checkpointed, restored and forked (needs --runtime runsc).
         #[arg(long)]
         checkpointable: bool,
+        /// What releasing a claim does (OpenSandbox Pool `recycleStrategy.type`):
+        /// `Delete` (default) removes the sandbox and the pool refills;
+        /// `Restart` resets it (processes, root file system, sessions, mounts,
+        /// token) and returns it to the pool with its id and address.
+        #[arg(long, default_value = "Delete", value_parser = parse_recycle_strategy)]
+        recycle_strategy: ReleasePolicy,
     },
     List,
     /// Delete a pool: its warm sandboxes are removed at once. A pool with
@@ -110,6 +116,11 @@ pub enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `--recycle-strategy`: an OpenSandbox `recycleStrategy.type`.
+fn parse_recycle_strategy(s: &str) -> Result<ReleasePolicy, String> {
+    ReleasePolicy::from_recycle_strategy(s).map_err(|e| e.to_string())
 }
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
@@ -232,6 +243,7 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         memory,
         run_as_root,
         checkpointable,
+        recycle_strategy,
     } = cmd
     else {
         bail!("not a pool apply command");
@@ -243,6 +255,7 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         memory,
         run_as_root,
         checkpointable,
+        release_policy: recycle_strategy,
         ..Default::default()
     };
     let p = s
@@ -412,5 +425,37 @@ mod tests {
         let line = |t: &str| super::as_line(&serde_json::json!(t));
         assert_eq!(line("hello"), "hello\n");
         assert_eq!(line("\n"), "\n", "a blank line is sent as \\n");
+    }
+
+    #[test]
+    fn pool_apply_takes_a_recycle_strategy_and_refuses_noop() {
+        use clap::Parser;
+        use sandpool_core::ReleasePolicy;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(subcommand)]
+            pool: super::PoolCmd,
+        }
+        let policy = |args: &[&str]| {
+            let argv = ["pool", "apply", "p"].iter().chain(args);
+            match Cmd::try_parse_from(argv).map(|c| c.pool) {
+                Ok(super::PoolCmd::Apply {
+                    recycle_strategy, ..
+                }) => Ok(recycle_strategy),
+                Ok(_) => panic!("not apply"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(policy(&[]), Ok(ReleasePolicy::Delete));
+        assert_eq!(
+            policy(&["--recycle-strategy", "Restart"]),
+            Ok(ReleasePolicy::Recycle)
+        );
+        assert_eq!(
+            policy(&["--recycle-strategy", "delete"]),
+            Ok(ReleasePolicy::Delete)
+        );
+        let e = policy(&["--recycle-strategy", "Noop"]).unwrap_err();
+        assert!(e.contains("Noop is not supported"), "{e}");
     }
 }
