@@ -565,7 +565,7 @@ impl Scheduler {
     /// and the pool refills, or recycled into the pool's warm set.
     #[tracing::instrument(skip_all, fields(claim = %id))]
     pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
-        let c = {
+        let (c, recycle) = {
             let mut st = self.lock();
             let c = st
                 .claims
@@ -582,10 +582,11 @@ impl Scheduler {
             }
             // busy from this moment (release_sandbox clears it when done)
             st.busy.insert(c.sandbox.id.clone());
-            c
+            let recycle = st.begin_recycle(&c);
+            (c, recycle)
         };
         self.store.delete(Table::Claims, id)?;
-        if !(self.recyclable(&c) && self.recycle_sandbox(&c).await) {
+        if !(recycle && self.recycle_sandbox(&c).await) {
             self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
                 .await;
         }
