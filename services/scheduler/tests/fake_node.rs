@@ -39,6 +39,8 @@ struct Books {
     fail_inject: bool,
     /// never answer an inject
     hang_inject: bool,
+    /// never answer a recycle (a node whose reset hangs)
+    hang_recycle: bool,
     /// refuse every pause (a sandbox that cannot be frozen)
     fail_pause: bool,
     /// sandbox ids paused, in order
@@ -148,6 +150,9 @@ impl NodeAgent for FakeNode {
     async fn release(&self, r: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
         let r = r.into_inner();
         let id = r.sandbox_id;
+        if r.policy == pb::ReleasePolicy::Recycle as i32 && self.books().hang_recycle {
+            std::future::pending::<()>().await;
+        }
         let mut b = self.books();
         b.released.push(id.clone());
         if r.policy == pb::ReleasePolicy::Recycle as i32 {
@@ -888,4 +893,31 @@ async fn a_recycling_pool_takes_released_sandboxes_back() {
         !node.books().sandboxes.contains_key(&up.sandbox.id),
         "deleted"
     );
+}
+
+/// A release of a recycling pool's claim answers without waiting for the
+/// node's reset (here: one that never ends); the claim is gone at once and
+/// the pool does not start a replacement next to the sandbox being reset.
+#[tokio::test]
+async fn a_release_does_not_wait_for_the_recycle() {
+    let (node, s, _store) = platform().await;
+    // one sandbox (poolMin 1), room for a second (poolMax 2)
+    let mut p = pool("rh", 0, 1, 2);
+    p.capacity.pool_min = 1;
+    p.template.release_policy = sandpool_core::ReleasePolicy::Recycle;
+    s.apply_pool(p).unwrap();
+    wait_available(&s, "rh", 1).await;
+    node.books().hang_recycle = true;
+    let c = s.claim(claim_req("rh", &["true"])).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        s.release(&c.id, sandpool_core::claim::ClaimEvent::Release),
+    )
+    .await
+    .expect("the release answered while the reset hangs")
+    .unwrap();
+    assert!(s.get_claim(&c.id).is_err(), "the claim is gone");
+    // a few refill ticks: the sandbox being reset counts as the pool's one
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.books().created.len(), 1, "no replacement was started");
 }

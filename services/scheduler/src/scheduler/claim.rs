@@ -562,7 +562,8 @@ impl Scheduler {
 
     /// Release (or expire) a claim: the sandbox goes back per the pool's
     /// release policy: deleted (the default, and whenever a recycle fails)
-    /// and the pool refills, or recycled into the pool's warm set.
+    /// and the pool refills, or recycled into the pool's warm set (after
+    /// this returns: the caller does not wait for the node's reset).
     #[tracing::instrument(skip_all, fields(claim = %id))]
     pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
         let (c, recycle) = {
@@ -586,7 +587,9 @@ impl Scheduler {
             (c, recycle)
         };
         self.store.delete(Table::Claims, id)?;
-        if !(recycle && self.recycle_sandbox(&c).await) {
+        if recycle {
+            self.recycle_in_background(c).await;
+        } else {
             self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
                 .await;
         }

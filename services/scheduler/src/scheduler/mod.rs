@@ -139,6 +139,9 @@ fn new_sandbox_id() -> String {
 }
 
 pub struct Scheduler {
+    /// Itself, for work that outlives the call that started it (a recycle
+    /// after the release has answered).
+    me: std::sync::Weak<Scheduler>,
     store: Arc<Store>,
     nodes: Vec<Node>,
     st: Mutex<State>,
@@ -210,7 +213,8 @@ impl Scheduler {
             ));
         }
         let (nodes, watches): (Vec<Node>, Vec<_>) = nodes.into_iter().unzip();
-        let sched = Arc::new(Scheduler {
+        let sched = Arc::new_cyclic(|me| Scheduler {
+            me: me.clone(),
             store,
             nodes,
             st: Mutex::new(State::default()),

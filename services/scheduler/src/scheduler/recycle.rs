@@ -1,6 +1,7 @@
 //! Recycling a released claim's sandbox (its pool's release policy is
 //! `recycle`): the node resets it and it goes back to its pool's warm set,
-//! keeping its id and address. While the node resets it, it counts as one
+//! keeping its id and address, in the background of the release. While the
+//! node resets it, it counts as one
 //! of the pool's creations (the refill does not start a replacement next to
 //! it). Anything else (the pool gone, changed or with a full buffer, the
 //! claim on another image, the node refusing or failing the reset) deletes
@@ -33,6 +34,28 @@ impl State {
 }
 
 impl Scheduler {
+    /// Recycle claim `c`'s sandbox (after [`State::begin_recycle`]) in a
+    /// task of its own, deleting it when that fails: the release that
+    /// started it does not wait for the node's reset. The sandbox stays busy
+    /// (see [`State::busy`]) until the task is done.
+    pub(super) async fn recycle_in_background(&self, c: ClaimRec) {
+        let Some(me) = self.me.upgrade() else {
+            // shutting down: no task to outlive us, so do it here
+            if !self.recycle_sandbox(&c).await {
+                self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
+                    .await;
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            if !me.recycle_sandbox(&c).await {
+                me.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
+                    .await;
+            }
+            me.wake.notify_one();
+        });
+    }
+
     /// Recycle claim `c`'s sandbox (after [`State::begin_recycle`]) back
     /// into its pool; false when it was not (the caller then deletes it).
     pub(super) async fn recycle_sandbox(&self, c: &ClaimRec) -> bool {
