@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub mod platform;
+pub mod recycle_bench;
 
 /// Summary of a sample: microseconds from [`summarize`], the input unit from [`summarize_values`].
 #[derive(Debug, Clone, Copy, PartialEq)]

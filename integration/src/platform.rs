@@ -250,7 +250,8 @@ pub struct PoolStatus {
 /// execd of one sandbox.
 #[derive(Debug, Clone)]
 pub struct Execd {
-    endpoint: String,
+    /// `ip:port` of the sandbox's execd.
+    pub endpoint: String,
     token: String,
 }
 

@@ -24,6 +24,7 @@ use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use sandpool_integration::{
     Summary,
     platform::{Api, Binaries, Platform, PlatformSpec, cold_claim, warm_claim},
+    recycle_bench::{self, RecycleVsCreate},
     rss_kib, status_kib, summarize, summarize_values,
 };
 use sandpool_node_agent::spec::RUNTIME_PATH_IN_SANDBOX;
@@ -84,6 +85,14 @@ const SERVE_RSS: Scenario = scenario!(
     " (`sandpool serve`: node agent + scheduler + gateway)"
 );
 const REFILL: Scenario = scenario!("pool refill", " (drain `bench`, back to bufferMin)");
+const RECYCLE_RUNC: Scenario = scenario!(
+    "recycle vs create, runc",
+    " (DELETE → warm again; p50–p99 of recycle)"
+);
+const RECYCLE_RUNSC: Scenario = scenario!(
+    "recycle vs create, runsc",
+    " (DELETE → warm again; p50–p99 of recycle)"
+);
 
 #[allow(clippy::too_many_lines)] // a benchmark's main: one measured sequence, read top to bottom
 #[tokio::main]
@@ -100,9 +109,13 @@ async fn main() -> anyhow::Result<()> {
         name: "spbench-suite".into(),
         bridge: "spbench2".into(),
         subnet: "10.213.252.0/24".into(),
-        pools: vec![format!(
+        pools: [format!(
             "{POOL}:busybox:{BUFFER_MIN}:{BUFFER_MAX}:0:{POOL_MAX}"
-        )],
+        )]
+        .into_iter()
+        .chain(recycle_bench::pool_flags("runc"))
+        .chain(recycle_bench::pool_flags("runsc"))
+        .collect(),
     };
     let mut platform = Platform::start(&spec)?;
     // On Ctrl-C return (dropping the guard stops the platform and cleans up).
@@ -114,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         runtime_rss,
         serve_rss,
         refill,
+        recycle,
         platform_exit,
     } = tokio::select! {
         o = run_all(&mut platform, rounds, sustained_n) => o?,
@@ -205,6 +219,13 @@ async fn main() -> anyhow::Result<()> {
         )
     });
 
+    for (s, r) in [&RECYCLE_RUNC, &RECYCLE_RUNSC].into_iter().zip(&recycle) {
+        table.add(s, r, |r| {
+            let t = &r.recycle.turnover;
+            (t.n, latency_cols(t), recycle_bench::result_cell(r, t.n))
+        });
+    }
+
     let ratio_line = match (ratio, &warm, &cold) {
         (Some(r), Ok(w), Ok(c)) => format!(
             "**Warm claim vs cold start (p50): {r:.1}× faster** ({} vs {}).",
@@ -264,6 +285,8 @@ struct Outcomes {
     runtime_rss: anyhow::Result<RuntimeRss>,
     serve_rss: anyhow::Result<ServeRss>,
     refill: anyhow::Result<Refill>,
+    /// runc, then runsc.
+    recycle: [anyhow::Result<RecycleVsCreate>; 2],
     /// Set when `sandpool serve` is gone by the end.
     platform_exit: Option<anyhow::Error>,
 }
@@ -291,6 +314,18 @@ async fn run_all(
         runtime_rss: run(&RUNTIME_RSS, idle_runtime_rss(&api, platform.data_dir())).await,
         serve_rss: run(&SERVE_RSS, async { serve_rss(platform.pid()) }).await,
         refill: run(&REFILL, pool_refill(&api)).await,
+        recycle: [
+            run(
+                &RECYCLE_RUNC,
+                recycle_bench::recycle_vs_create(&api, "runc", rounds),
+            )
+            .await,
+            run(
+                &RECYCLE_RUNSC,
+                recycle_bench::recycle_vs_create(&api, "runsc", rounds),
+            )
+            .await,
+        ],
         platform_exit: platform.check_running().err(),
     })
 }
@@ -309,6 +344,10 @@ of a full pool.
 - Node agent RSS: standalone mode runs node agent, scheduler and gateway in one `sandpool serve` process, so the \
 number covers all three; its private containerd is a separate process (shown separately), shims are not counted. \
 Measured at rest after the load scenarios; peak = VmHWM.
+- Recycle vs create: pools `turn-<runtime>-del` and `turn-<runtime>-rec` (busybox, bufferMin 0, bufferMax 1, \
+poolMin 1) differ only in their release policy. Each round claims the one warm sandbox, runs `true`, then times \
+the `DELETE` and the time until the pool has a warm sandbox again (polled every 2 ms): delete+create for one, \
+the node's reset for the other; rounds interleaved.
 - Pool refill: every warm sandbox is claimed at once (and kept) from a full pool; time from the start of that \
 drain until the pool has bufferMin warm sandboxes again; rate = new sandboxes / that time.
 ";

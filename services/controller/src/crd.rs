@@ -165,6 +165,27 @@ pub struct PoolSpec {
     /// Deprecated: a single-container template (`spec.image`, `spec.command`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_template: Option<LegacySandboxTemplate>,
+    /// OpenSandbox `recycleStrategy`: what happens to a pod returned to the
+    /// pool. Kubernetes mode deletes it (`Delete`, the default); `Restart`
+    /// and `Noop` are refused with an `UnsupportedField` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_strategy: Option<RecycleStrategy>,
+}
+
+/// OpenSandbox `recycleStrategy`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RecycleStrategy {
+    /// `Delete` (default), `Restart` or `Noop`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<RecycleType>,
+}
+
+/// OpenSandbox `recycleStrategy.type`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RecycleType {
+    Delete,
+    Restart,
+    Noop,
 }
 
 /// The older OpenSandbox single-container template.
@@ -209,6 +230,7 @@ impl PoolSpec {
             max_buffer_size: None,
             capacity: None,
             sandbox_template: None,
+            recycle_strategy: None,
         }
     }
 
@@ -218,6 +240,19 @@ impl PoolSpec {
             self.sandbox_template
                 .as_ref()
                 .map(LegacySandboxTemplate::to_pod_template)
+        })
+    }
+
+    /// Why the pool's `recycleStrategy` cannot be honoured here: Kubernetes
+    /// mode deletes a returned pod and never resets one in place.
+    pub fn unsupported_recycle(&self) -> Option<String> {
+        let t = self.recycle_strategy.as_ref()?.type_?;
+        (t != RecycleType::Delete).then(|| {
+            format!(
+                "spec.recycleStrategy.type {t:?} is not supported by sandpool in Kubernetes mode; \
+                 returned pods are deleted (Delete); the standalone platform's pools can recycle \
+                 (`sandpool pool apply --recycle-strategy Restart`)"
+            )
         })
     }
 

@@ -70,6 +70,11 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let cap = cap.to_core();
+    if let Some(msg) = pool.spec.unsupported_recycle() {
+        ctx.event(pool.as_ref(), true, "UnsupportedField", msg)
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
     if let Some((reason, msg)) = refusal(&name, &cap) {
         failed(&ctx, pool.as_ref(), reason, msg).await;
         return Ok(Action::await_change());
@@ -194,6 +199,33 @@ mod tests {
         assert_eq!(
             (c.warm.len(), c.creating, c.allocated, c.finished.len()),
             (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_recycle_strategy_other_than_delete_is_refused() {
+        let spec = |strategy: serde_json::Value| -> crate::crd::PoolSpec {
+            serde_json::from_value(json!({
+                "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 0, "poolMax": 2},
+                "recycleStrategy": strategy,
+            }))
+            .expect("pool spec")
+        };
+        assert_eq!(spec(json!({"type": "Delete"})).unsupported_recycle(), None);
+        assert_eq!(spec(json!({})).unsupported_recycle(), None);
+        for t in ["Restart", "Noop"] {
+            let msg = spec(json!({ "type": t })).unsupported_recycle().expect(t);
+            assert!(
+                msg.contains(&format!("spec.recycleStrategy.type {t}")),
+                "{msg}"
+            );
+        }
+        assert!(
+            serde_json::from_value::<crate::crd::PoolSpec>(
+                json!({"recycleStrategy": {"type": "Bogus"}})
+            )
+            .is_err(),
+            "unknown types are not accepted"
         );
     }
 }

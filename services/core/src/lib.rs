@@ -135,6 +135,32 @@ from_names!(
     "delete" => Delete, "recycle" => Recycle
 );
 
+impl ReleasePolicy {
+    /// The policy of an OpenSandbox Pool `recycleStrategy.type`, any case:
+    /// `Delete`, or `Restart` (recycle: reset and back to the pool). `Noop`
+    /// (hand the used sandbox on untouched) is refused: nothing would prove
+    /// the next tenant sees none of the last one.
+    pub fn from_recycle_strategy(s: &str) -> Result<Self, CoreError> {
+        match s.to_ascii_lowercase().as_str() {
+            "delete" => Ok(Self::Delete),
+            "restart" | "recycle" => Ok(Self::Recycle),
+            _ => Err(CoreError::UnknownValue {
+                what: "recycle strategy",
+                value: s.to_string(),
+                expected: "Delete, Restart (Noop is not supported: a sandbox is reset before its next tenant)",
+            }),
+        }
+    }
+
+    /// The OpenSandbox `recycleStrategy.type` of this policy.
+    pub fn recycle_strategy(self) -> &'static str {
+        match self {
+            Self::Delete => "Delete",
+            Self::Recycle => "Restart",
+        }
+    }
+}
+
 /// Longest DNS label (RFC 1123).
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -272,5 +298,21 @@ mod tests {
             let e = validate_dns_label("name", bad).expect_err(bad);
             assert!(e.to_string().starts_with("name "), "{e}");
         }
+    }
+
+    #[test]
+    fn recycle_strategies_map_to_release_policies_and_noop_is_refused() {
+        for (name, policy) in [
+            ("Delete", ReleasePolicy::Delete),
+            ("delete", ReleasePolicy::Delete),
+            ("Restart", ReleasePolicy::Recycle),
+            ("restart", ReleasePolicy::Recycle),
+        ] {
+            assert_eq!(ReleasePolicy::from_recycle_strategy(name).unwrap(), policy);
+        }
+        assert_eq!(ReleasePolicy::Recycle.recycle_strategy(), "Restart");
+        assert_eq!(ReleasePolicy::Delete.recycle_strategy(), "Delete");
+        let e = ReleasePolicy::from_recycle_strategy("Noop").unwrap_err();
+        assert!(e.to_string().contains("Noop is not supported"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
-use sandpool_core::{RuntimeClass, Template};
+use sandpool_core::{ReleasePolicy, RuntimeClass, Template};
 use sandpool_proto::{
     auth::{AuthChannel, ServiceToken},
     v1::{self as pb, scheduler_client::SchedulerClient},
@@ -106,6 +106,12 @@ pub enum PoolCmd {
         /// An environment variable of the sandboxes, `NAME=value`; repeatable.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// What releasing a claim does (OpenSandbox Pool `recycleStrategy.type`):
+        /// `Delete` (default) removes the sandbox and the pool refills;
+        /// `Restart` resets it (processes, root file system, sessions, mounts,
+        /// token) and returns it to the pool with its id and address.
+        #[arg(long, default_value = "Delete", value_parser = parse_recycle_strategy)]
+        recycle_strategy: ReleasePolicy,
     },
     List,
     /// Delete a pool: its warm sandboxes are removed at once. A pool with
@@ -127,6 +133,11 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{s:?} is not NAME=value")),
     }
+}
+
+/// `--recycle-strategy`: an OpenSandbox `recycleStrategy.type`.
+fn parse_recycle_strategy(s: &str) -> Result<ReleasePolicy, String> {
+    ReleasePolicy::from_recycle_strategy(s).map_err(|e| e.to_string())
 }
 
 /// argv as one `sh -c` line (the runtime's `/command` runs a shell line):
@@ -251,6 +262,7 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         checkpointable,
         start_cmd,
         env,
+        recycle_strategy,
     } = cmd
     else {
         bail!("not a pool apply command");
@@ -266,6 +278,7 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         memory,
         run_as_root,
         checkpointable,
+        release_policy: recycle_strategy,
         ..Default::default()
     };
     let p = s
@@ -447,5 +460,37 @@ mod tests {
         let line = |t: &str| super::as_line(&serde_json::json!(t));
         assert_eq!(line("hello"), "hello\n");
         assert_eq!(line("\n"), "\n", "a blank line is sent as \\n");
+    }
+
+    #[test]
+    fn pool_apply_takes_a_recycle_strategy_and_refuses_noop() {
+        use clap::Parser;
+        use sandpool_core::ReleasePolicy;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(subcommand)]
+            pool: super::PoolCmd,
+        }
+        let policy = |args: &[&str]| {
+            let argv = ["pool", "apply", "p"].iter().chain(args);
+            match Cmd::try_parse_from(argv).map(|c| c.pool) {
+                Ok(super::PoolCmd::Apply {
+                    recycle_strategy, ..
+                }) => Ok(recycle_strategy),
+                Ok(_) => panic!("not apply"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(policy(&[]), Ok(ReleasePolicy::Delete));
+        assert_eq!(
+            policy(&["--recycle-strategy", "Restart"]),
+            Ok(ReleasePolicy::Recycle)
+        );
+        assert_eq!(
+            policy(&["--recycle-strategy", "delete"]),
+            Ok(ReleasePolicy::Delete)
+        );
+        let e = policy(&["--recycle-strategy", "Noop"]).unwrap_err();
+        assert!(e.contains("Noop is not supported"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use sandpool_core::{RuntimeClass, Template, pool::CapacitySpec};
+use sandpool_core::{ReleasePolicy, RuntimeClass, Template, pool::CapacitySpec};
 use sandpool_node_agent::{
     agent::{Agent, AgentConfig},
     containerd::{Ctr, NAMESPACE},
@@ -42,8 +42,10 @@ pub struct ServeArgs {
     /// Use this containerd instead of starting a private one.
     #[arg(long, env = "SANDPOOL_CONTAINERD_SOCKET")]
     containerd_socket: Option<PathBuf>,
-    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]
-    /// (repeatable; `checkpointable`: runsc without a network, for snapshots).
+    /// Pools as NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:FLAGS]]
+    /// (repeatable; FLAGS, comma-separated: `checkpointable`, runsc without a
+    /// network, for snapshots; `recycle`, released sandboxes are reset and
+    /// return to the pool).
     #[arg(long = "pool", default_value = "default:busybox:2:4:0:64")]
     pools: Vec<String>,
     /// A registry (`host[:port]`) images are pulled from over plain HTTP
@@ -144,16 +146,19 @@ fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
     let f: Vec<&str> = s.split(':').collect();
     if !(6..=8).contains(&f.len()) {
         bail!(
-            "--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable]]"
+            "--pool {s:?}: expected NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX[:RUNTIME[:checkpointable,recycle]]"
         );
     }
-    let checkpointable = match f.get(7) {
-        None => false,
-        Some(&"checkpointable") => true,
-        Some(other) => bail!(
-            "--pool {s:?}: field 8 is {other:?}; the only flag is `checkpointable` (runsc without a network)"
-        ),
-    };
+    let (mut checkpointable, mut release_policy) = (false, ReleasePolicy::Delete);
+    for flag in f.get(7).iter().flat_map(|f| f.split(',')) {
+        match flag {
+            "checkpointable" => checkpointable = true,
+            "recycle" => release_policy = ReleasePolicy::Recycle,
+            other => bail!(
+                "--pool {s:?}: field 8 has {other:?}; the flags are `checkpointable` (runsc without a network) and `recycle` (released sandboxes are reset and return to the pool)"
+            ),
+        }
+    }
     let n = |i: usize| {
         f[i].parse::<u32>()
             .with_context(|| format!("--pool {s:?}: field {} is not a number", i + 1))
@@ -169,6 +174,7 @@ fn parse_pool(s: &str) -> anyhow::Result<PoolRec> {
                 None => RuntimeClass::Runc,
             },
             checkpointable,
+            release_policy,
             ..Default::default()
         },
         capacity: CapacitySpec {
@@ -527,5 +533,20 @@ mod tests {
             format!("{e:#}").contains("unknown runtime class \"kata\""),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn pool_flags_set_the_recycle_policy() {
+        use sandpool_core::ReleasePolicy;
+        let p = parse_pool("r:busybox:1:2:0:8:runc:recycle").expect("recycle");
+        assert_eq!(p.template.release_policy, ReleasePolicy::Recycle);
+        assert!(!p.template.checkpointable);
+        let p = parse_pool("r:busybox:1:2:0:8:runsc:checkpointable,recycle").expect("both");
+        assert!(p.template.checkpointable);
+        assert_eq!(p.template.release_policy, ReleasePolicy::Recycle);
+        let p = parse_pool("d:busybox:1:2:0:8").expect("default");
+        assert_eq!(p.template.release_policy, ReleasePolicy::Delete);
+        let e = parse_pool("r:busybox:1:2:0:8:runc:noop").expect_err("unknown flag");
+        assert!(format!("{e:#}").contains("`recycle`"), "{e:#}");
     }
 }

@@ -41,6 +41,8 @@ struct Books {
     fail_inject: bool,
     /// never answer an inject
     hang_inject: bool,
+    /// never answer a recycle (a node whose reset hangs)
+    hang_recycle: bool,
     /// refuse every pause (a sandbox that cannot be frozen)
     fail_pause: bool,
     /// sandbox ids paused, in order
@@ -149,9 +151,23 @@ impl NodeAgent for FakeNode {
     }
 
     async fn release(&self, r: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
-        let id = r.into_inner().sandbox_id;
+        let r = r.into_inner();
+        let id = r.sandbox_id;
+        if r.policy == pb::ReleasePolicy::Recycle as i32 && self.books().hang_recycle {
+            std::future::pending::<()>().await;
+        }
         let mut b = self.books();
         b.released.push(id.clone());
+        if r.policy == pb::ReleasePolicy::Recycle as i32 {
+            // reset in place: warm again, same id and address, a new token
+            let sb = b
+                .sandboxes
+                .get_mut(&id)
+                .ok_or_else(|| Status::not_found(id.clone()))?;
+            sb.state = pb::SandboxState::Warm as i32;
+            sb.access_token = format!("{}-recycled", sb.access_token);
+            return Ok(Response::new(sb.clone()));
+        }
         b.sandboxes
             .remove(&id)
             .map(Response::new)
@@ -875,4 +891,74 @@ async fn a_pause_on_expiry_claim_that_cannot_pause_is_released() {
         s.get_claim(&c.id),
         Err(SchedError::ClaimNotFound(_))
     ));
+}
+
+/// A pool whose release policy is `recycle`: a released claim's sandbox goes
+/// back to the pool's warm set (same id, new token) instead of being deleted
+/// and replaced; the next claim takes it. A claim on another image is
+/// deleted, not recycled.
+#[tokio::test]
+async fn a_recycling_pool_takes_released_sandboxes_back() {
+    let (node, s, _store) = platform().await;
+    // room for the recycled sandbox next to the refill's while it was claimed
+    let mut p = pool("rp", 1, 2, 4);
+    p.template.release_policy = sandpool_core::ReleasePolicy::Recycle;
+    s.apply_pool(p).unwrap();
+    wait_available(&s, "rp", 1).await;
+    let c = s.claim(claim_req("rp", &["true"])).await.unwrap();
+    let first = c.sandbox.id.clone();
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
+    wait_available(&s, "rp", 2).await;
+    assert!(node.warm_of("rp").contains(&first), "recycled, not deleted");
+    assert_eq!(node.books().created.len(), 2, "one refill, no replacement");
+    let a = s.claim(claim_req("rp", &["true"])).await.unwrap();
+    let b = s.claim(claim_req("rp", &["true"])).await.unwrap();
+    let again = [a, b]
+        .into_iter()
+        .find(|c| c.sandbox.id == first)
+        .expect("a claim takes the recycled sandbox");
+    assert!(!again.cold);
+    assert_eq!(again.sandbox.token, format!("token-{first}-recycled"));
+
+    // a claim that ran another image is not recycled
+    wait_available(&s, "rp", 1).await;
+    let mut req = claim_req("rp", &["true"]);
+    req.image = "other".into();
+    let up = s.claim(req).await.unwrap();
+    s.release(&up.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
+    assert!(
+        !node.books().sandboxes.contains_key(&up.sandbox.id),
+        "deleted"
+    );
+}
+
+/// A release of a recycling pool's claim answers without waiting for the
+/// node's reset (here: one that never ends); the claim is gone at once and
+/// the pool does not start a replacement next to the sandbox being reset.
+#[tokio::test]
+async fn a_release_does_not_wait_for_the_recycle() {
+    let (node, s, _store) = platform().await;
+    // one sandbox (poolMin 1), room for a second (poolMax 2)
+    let mut p = pool("rh", 0, 1, 2);
+    p.capacity.pool_min = 1;
+    p.template.release_policy = sandpool_core::ReleasePolicy::Recycle;
+    s.apply_pool(p).unwrap();
+    wait_available(&s, "rh", 1).await;
+    node.books().hang_recycle = true;
+    let c = s.claim(claim_req("rh", &["true"])).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        s.release(&c.id, sandpool_core::claim::ClaimEvent::Release),
+    )
+    .await
+    .expect("the release answered while the reset hangs")
+    .unwrap();
+    assert!(s.get_claim(&c.id).is_err(), "the claim is gone");
+    // a few refill ticks: the sandbox being reset counts as the pool's one
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.books().created.len(), 1, "no replacement was started");
 }

@@ -576,10 +576,12 @@ impl Scheduler {
     }
 
     /// Release (or expire) a claim: the sandbox goes back per the pool's
-    /// release policy (deleted by default) and the pool refills.
+    /// release policy: deleted (the default, and whenever a recycle fails)
+    /// and the pool refills, or recycled into the pool's warm set (after
+    /// this returns: the caller does not wait for the node's reset).
     #[tracing::instrument(skip_all, fields(claim = %id))]
     pub async fn release(&self, id: &str, event: ClaimEvent) -> Result<()> {
-        let c = {
+        let (c, recycle) = {
             let mut st = self.lock();
             let c = st
                 .claims
@@ -596,11 +598,16 @@ impl Scheduler {
             }
             // busy from this moment (release_sandbox clears it when done)
             st.busy.insert(c.sandbox.id.clone());
-            c
+            let recycle = st.begin_recycle(&c);
+            (c, recycle)
         };
         self.store.delete(Table::Claims, id)?;
-        self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
-            .await;
+        if recycle {
+            self.recycle_in_background(c).await;
+        } else {
+            self.release_sandbox(&c.sandbox.node, &c.sandbox.id, pb::ReleasePolicy::Delete)
+                .await;
+        }
         self.wake.notify_one();
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Scheduler state and I/O, split by concern:
 //! `records` (records and proto conversions), `nodes` (node watch and
 //! resync), `refill` (pools and their replenishment), `claim`,
-//! `checkpoints`, `reaper` (TTL and idle pause) and `batches`.
+//! `checkpoints`, `reaper` (TTL and idle pause), `batches` and `recycle`.
 
 mod batches;
 mod checkpoints;
@@ -9,6 +9,7 @@ mod claim;
 mod nodes;
 mod reaper;
 mod records;
+mod recycle;
 mod refill;
 
 pub use checkpoints::MAX_RESTORE;
@@ -138,6 +139,9 @@ fn new_sandbox_id() -> String {
 }
 
 pub struct Scheduler {
+    /// Itself, for work that outlives the call that started it (a recycle
+    /// after the release has answered).
+    me: std::sync::Weak<Scheduler>,
     store: Arc<Store>,
     nodes: Vec<Node>,
     st: Mutex<State>,
@@ -209,7 +213,8 @@ impl Scheduler {
             ));
         }
         let (nodes, watches): (Vec<Node>, Vec<_>) = nodes.into_iter().unzip();
-        let sched = Arc::new(Scheduler {
+        let sched = Arc::new_cyclic(|me| Scheduler {
+            me: me.clone(),
             store,
             nodes,
             st: Mutex::new(State::default()),
