@@ -216,6 +216,13 @@ impl NodeAgent for CriNodeService {
         Err(unsupported("CreateSandbox"))
     }
 
+    async fn prepare_image(
+        &self,
+        _: Request<pb::PrepareImageRequest>,
+    ) -> Result<Response<pb::PrepareImageResponse>, Status> {
+        Err(unsupported("PrepareImage"))
+    }
+
     async fn get_sandbox(
         &self,
         req: Request<pb::SandboxRef>,

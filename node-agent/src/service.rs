@@ -86,6 +86,22 @@ impl NodeAgent for NodeAgentService {
         Ok(Response::new(self.info(&sb)))
     }
 
+    async fn prepare_image(
+        &self,
+        req: Request<pb::PrepareImageRequest>,
+    ) -> Reply<pb::PrepareImageResponse> {
+        let r = req.into_inner();
+        if r.image.trim().is_empty() {
+            return Err(Status::invalid_argument("image is required"));
+        }
+        let image = self
+            .traced("PrepareImage", r, |a, r| async move {
+                a.ensure_image(r.image.trim()).await.map(|(name, ..)| name)
+            })
+            .await?;
+        Ok(Response::new(pb::PrepareImageResponse { image }))
+    }
+
     async fn get_sandbox(&self, req: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
         let sb = self.agent.get(&req.into_inner().sandbox_id)?;
         Ok(Response::new(self.info(&sb)))

@@ -239,3 +239,38 @@ def test_image_gc_removes_only_old_unused_images(sandpool: Sandpool, registry: s
     assert done[gone_ref] == "removed", done
     listed = _image_cli(sandpool, "list")
     assert gone_ref not in listed and kept_ref in listed, listed
+
+
+def _pools(sandpool: Sandpool) -> dict[str, dict[str, str]]:
+    """`sandpool pool list`: name → its `key=value` fields."""
+    out = {}
+    for line in _sandpool_cli(sandpool, "pool", "list").splitlines():
+        name, *fields = line.split("\t")
+        out[name] = dict(f.split("=", 1) for f in fields)
+    return out
+
+
+def test_pool_apply_pulls_an_absent_image_and_a_missing_one_says_why(e2b_env: Sandpool, registry: str):
+    # a name the node has never stored (the same content as base:1)
+    _run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+         f"docker://{registry}/base:1", f"docker://{registry}/pooled:1")
+    _sandpool_cli(e2b_env, "pool", "apply", "pulled", "--image", f"{registry}/pooled:1",
+                  "--start-cmd", "exec sleep 100000", "--buffer-min", "1", "--buffer-max", "1")
+    _sandpool_cli(e2b_env, "pool", "apply", "missing", "--image", f"{registry}/absent:1",
+                  "--buffer-min", "1", "--buffer-max", "1")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            pools = _pools(e2b_env)
+            pulled, missing = pools.get("pulled", {}), pools.get("missing", {})
+            if pulled.get("available") == "1" and missing.get("image") == "failed":
+                break
+            assert time.monotonic() < deadline, f"pools after 60 s: {pools}"
+            time.sleep(0.2)
+        assert pulled["image"] == "ready", pulled
+        assert "image not found in the registry" in missing["message"], missing
+        assert f"{registry}/absent:1" in missing["message"], missing
+        assert missing["total"] == "0", "nothing was created for the missing image"
+    finally:
+        for name in ("pulled", "missing"):
+            _sandpool_cli(e2b_env, "pool", "delete", name)

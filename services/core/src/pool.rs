@@ -1,6 +1,9 @@
 //! Pool sizing and warm-sandbox choice.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -165,9 +168,83 @@ pub fn pick_node<'a>(nodes: impl IntoIterator<Item = (&'a str, u32, u32)>) -> Op
         .map(|(name, _, _)| name)
 }
 
+/// A pool's image on its nodes (standalone mode): the scheduler asks the
+/// nodes for it before the pool's first create, so the pool can say
+/// "pulling", and a pull that fails says why instead of failing every create.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ImagePhase {
+    /// Not asked for yet (a new pool, or a new image).
+    #[default]
+    Pending,
+    /// Being pulled (or, for a builtin image, built) by the nodes.
+    Pulling,
+    Ready,
+    /// The last attempt failed at `at`: `message` says why.
+    Failed {
+        message: String,
+        at: Instant,
+    },
+}
+
+impl ImagePhase {
+    /// How a pool's status names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Pulling => "pulling",
+            Self::Ready => "ready",
+            Self::Failed { .. } => "failed",
+        }
+    }
+
+    /// Why the last attempt failed, else "".
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Failed { message, .. } => message,
+            _ => "",
+        }
+    }
+
+    /// Whether warm creates may start.
+    pub fn is_ready(&self) -> bool {
+        *self == Self::Ready
+    }
+
+    /// Whether the nodes should be asked for the image at `now`: never
+    /// asked, or failed at least `retry` ago.
+    pub fn should_prepare(&self, now: Instant, retry: Duration) -> bool {
+        match self {
+            Self::Pending => true,
+            Self::Failed { at, .. } => now.saturating_duration_since(*at) >= retry,
+            Self::Pulling | Self::Ready => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_is_asked_for_once_and_a_failure_is_retried_after_the_back_off() {
+        let t0 = Instant::now();
+        let retry = Duration::from_secs(10);
+        assert!(ImagePhase::Pending.should_prepare(t0, retry));
+        assert!(!ImagePhase::Pulling.should_prepare(t0, retry));
+        assert!(!ImagePhase::Ready.should_prepare(t0, retry));
+        assert!(ImagePhase::Ready.is_ready() && !ImagePhase::Pulling.is_ready());
+        let failed = ImagePhase::Failed {
+            message: "not found".into(),
+            at: t0,
+        };
+        assert!(!failed.should_prepare(t0 + Duration::from_secs(9), retry));
+        assert!(failed.should_prepare(t0 + retry, retry));
+        assert_eq!((failed.name(), failed.message()), ("failed", "not found"));
+        assert_eq!(
+            (ImagePhase::default().name(), ImagePhase::Pulling.message()),
+            ("pending", "")
+        );
+    }
     use proptest::prelude::*;
 
     fn spec(bmin: u32, bmax: u32, pmin: u32, pmax: u32) -> CapacitySpec {

@@ -307,10 +307,17 @@ async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
         .pools
     {
         let st = p.status.unwrap_or_default();
-        println!(
+        let mut line = format!(
             "{}\ttotal={}\tallocated={}\tavailable={}",
             p.name, st.total, st.allocated, st.available
         );
+        if !st.image_phase.is_empty() {
+            line.push_str(&format!("\timage={}", st.image_phase));
+        }
+        if !st.message.is_empty() {
+            line.push_str(&format!("\tmessage={}", st.message));
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -49,6 +49,12 @@ struct Books {
     paused: Vec<String>,
     checkpoints: Vec<pb::CheckpointInfo>,
     next_id: u32,
+    /// images asked for by PrepareImage, in order
+    prepared: Vec<String>,
+    /// answer PrepareImage with this failure
+    fail_prepare: Option<String>,
+    /// hold every PrepareImage until cleared (an image being pulled)
+    hold_prepare: bool,
 }
 
 #[derive(Clone, Default)]
@@ -112,6 +118,21 @@ impl NodeAgent for FakeNode {
         b.sandboxes.insert(id.clone(), info.clone());
         b.created.push(id);
         Ok(Response::new(info))
+    }
+
+    async fn prepare_image(
+        &self,
+        r: Request<pb::PrepareImageRequest>,
+    ) -> Reply<pb::PrepareImageResponse> {
+        let image = r.into_inner().image;
+        self.books().prepared.push(image.clone());
+        while self.books().hold_prepare {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(why) = self.books().fail_prepare.clone() {
+            return Err(Status::not_found(why));
+        }
+        Ok(Response::new(pb::PrepareImageResponse { image }))
     }
 
     async fn get_sandbox(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
@@ -961,4 +982,70 @@ async fn a_release_does_not_wait_for_the_recycle() {
     // a few refill ticks: the sandbox being reset counts as the pool's one
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.books().created.len(), 1, "no replacement was started");
+}
+
+#[tokio::test]
+async fn a_pool_says_pulling_until_its_image_is_on_the_node_then_fills() {
+    let (node, s, _store) = platform().await;
+    node.books().hold_prepare = true;
+    s.apply_pool(pool("img", 2, 2, 10)).unwrap();
+    PATIENCE
+        .wait_until("the pool's image to be asked for", || {
+            !node.books().prepared.is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = status(&s, "img");
+    assert_eq!(st.image_phase, "pulling", "{st:?}");
+    assert!(
+        node.books().created.is_empty(),
+        "no create before the image is there"
+    );
+
+    node.books().hold_prepare = false;
+    wait_available(&s, "img", 2).await;
+    let st = status(&s, "img");
+    assert_eq!(
+        (st.image_phase.as_str(), st.message.as_str()),
+        ("ready", "")
+    );
+    assert_eq!(node.books().prepared.len(), 1, "asked for once");
+}
+
+#[tokio::test]
+async fn a_pool_whose_image_cannot_be_pulled_says_why_and_creates_nothing() {
+    let (node, s, _store) = platform().await;
+    node.books().fail_prepare =
+        Some("pulling 127.0.0.1:1/nope:1: not found: manifest unknown".into());
+    s.apply_pool(pool("bad", 2, 2, 10)).unwrap();
+    PATIENCE
+        .wait_until("the pool's image to fail", || {
+            status(&s, "bad").image_phase == "failed"
+        })
+        .await;
+    let st = status(&s, "bad");
+    assert!(st.message.contains("manifest unknown"), "{st:?}");
+    assert!(st.message.contains("on node fake-node"), "{st:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        node.books().created.is_empty(),
+        "no create while the image fails"
+    );
+    assert_eq!(
+        node.books().prepared.len(),
+        1,
+        "retried only after the back-off"
+    );
+
+    // a new image for the pool is asked for at once
+    node.books().fail_prepare = None;
+    let mut fixed = pool("bad", 2, 2, 10);
+    fixed.template.image = "python".into();
+    s.apply_pool(fixed).unwrap();
+    wait_available(&s, "bad", 2).await;
+    assert_eq!(status(&s, "bad").image_phase, "ready");
+    assert_eq!(
+        node.books().prepared.last().map(String::as_str),
+        Some("python")
+    );
 }

@@ -48,6 +48,8 @@ pub(super) fn pool_to_pb(p: &Pool) -> pb::Pool {
             total: u32::try_from(st.total).unwrap_or(0),
             allocated: u32::try_from(st.allocated).unwrap_or(0),
             available: u32::try_from(st.available).unwrap_or(0),
+            // the kubelet pulls: no image phase in Kubernetes mode
+            ..Default::default()
         }),
     }
 }

@@ -58,7 +58,7 @@ const ORIGIN: (&str, &str) = ("open-sandbox-origin", "template");
 
 fn pool_json(p: &pb::Pool) -> Value {
     let c = p.capacity.unwrap_or_default();
-    let s = p.status.unwrap_or_default();
+    let s = p.status.clone().unwrap_or_default();
     json!({
         "name": p.name,
         "template": { "image": p.template.as_ref().map(|t| t.image.clone()).unwrap_or_default() },

@@ -26,7 +26,7 @@ use std::{
 };
 
 use parking_lot::{Mutex, MutexGuard};
-use sandpool_core::pool::{PoolCounts, WarmSet};
+use sandpool_core::pool::{ImagePhase, PoolCounts, WarmSet};
 use sandpool_proto::{
     auth::{AuthChannel, ServiceToken},
     v1::{self as pb, node_agent_client::NodeAgentClient},
@@ -66,6 +66,8 @@ struct PoolEntry {
     creating: u32,
     allocated: u32,
     last_error: Option<(Instant, String)>,
+    /// The pool's image on the nodes (asked for before its first create).
+    image: ImagePhase,
 }
 
 impl PoolEntry {

@@ -62,6 +62,7 @@ impl Scheduler {
                         creating: 0,
                         allocated: 0,
                         last_error: None,
+                        image: Default::default(),
                     },
                 );
             }

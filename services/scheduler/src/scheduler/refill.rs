@@ -7,7 +7,7 @@ use std::{
 
 use sandpool_core::{
     Template,
-    pool::{WarmSet, pick_node, scale_decision},
+    pool::{ImagePhase, WarmSet, pick_node, scale_decision},
 };
 use sandpool_proto::v1 as pb;
 
@@ -17,6 +17,11 @@ use crate::{
     store::Table,
     traced,
 };
+
+/// How long a pool whose image failed waits before asking again.
+const IMAGE_RETRY: Duration = Duration::from_secs(10);
+/// The longest one node may take to pull or build a pool's image.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 impl Scheduler {
     pub fn apply_pool(&self, rec: PoolRec) -> Result<PoolRec> {
@@ -30,7 +35,12 @@ impl Scheduler {
         {
             let mut st = self.lock();
             match st.pools.get_mut(&rec.name) {
-                Some(p) => p.rec = rec.clone(),
+                Some(p) => {
+                    if p.rec.template.image != rec.template.image {
+                        p.image = ImagePhase::Pending;
+                    }
+                    p.rec = rec.clone();
+                }
                 None => {
                     st.pools.insert(
                         rec.name.clone(),
@@ -40,6 +50,7 @@ impl Scheduler {
                             creating: 0,
                             allocated: 0,
                             last_error: None,
+                            image: ImagePhase::Pending,
                         },
                     );
                 }
@@ -62,6 +73,12 @@ impl Scheduler {
                 total: c.warm + c.allocated,
                 allocated: c.allocated,
                 available: c.warm,
+                image_phase: p.image.name().into(),
+                // why the image failed, else why the last create did
+                message: match (p.image.message(), &p.last_error) {
+                    ("", Some((_, e))) => e.clone(),
+                    (m, _) => m.to_string(),
+                },
             },
         ))
     }
@@ -105,6 +122,7 @@ impl Scheduler {
     pub(super) fn replenish_once(self: &Arc<Self>) {
         let mut creates = Vec::new();
         let mut deletes = Vec::new();
+        let mut prepares = Vec::new();
         {
             let mut st = self.lock();
             let mut st_busy_ids = Vec::new();
@@ -122,6 +140,14 @@ impl Scheduler {
                 let c = p.counts();
                 sandpool_telemetry::metrics::set_pool(&name, c.total(), c.allocated, c.warm);
                 let d = scale_decision(&p.rec.capacity, c, self.cfg.max_inflight);
+                if d > 0 && !p.image.is_ready() {
+                    // the image first: no create before the nodes have it
+                    if p.image.should_prepare(Instant::now(), IMAGE_RETRY) {
+                        p.image = ImagePhase::Pulling;
+                        prepares.push((name.clone(), p.rec.template.image.clone()));
+                    }
+                    continue;
+                }
                 if d > 0 {
                     sandpool_telemetry::metrics::refilled(&name, d as u64);
                     p.creating += d as u32;
@@ -138,6 +164,10 @@ impl Scheduler {
                 }
             }
             st.busy.extend(st_busy_ids);
+        }
+        for (pool, image) in prepares {
+            let s = Arc::clone(self);
+            tokio::spawn(async move { s.prepare_image(&pool, &image).await });
         }
         for (pool, template) in creates {
             let s = Arc::clone(self);
@@ -201,6 +231,45 @@ impl Scheduler {
                 Err(SchedError::Node { node, status })
             }
         }
+    }
+
+    /// Ask every node for a pool's `image` (pulled or built when absent),
+    /// then mark the pool's image ready, or failed with the first node's
+    /// reason. A node without the call (it pulls on create) counts as ready.
+    pub(super) async fn prepare_image(&self, pool: &str, image: &str) {
+        let mut failure = None;
+        for n in &self.nodes {
+            let mut client = n.client.clone();
+            let call = client.prepare_image(traced(pb::PrepareImageRequest {
+                image: image.to_string(),
+            }));
+            let why = match tokio::time::timeout(PREPARE_TIMEOUT, call).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => continue,
+                Ok(Err(s)) => s.message().to_string(),
+                Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
+            };
+            failure = Some(format!("image {image} on node {}: {why}", n.name));
+            break;
+        }
+        {
+            let mut st = self.lock();
+            if let Some(p) = st.pools.get_mut(pool)
+                && p.rec.template.image == image
+            {
+                p.image = match failure {
+                    None => ImagePhase::Ready,
+                    Some(message) => {
+                        tracing::warn!(pool, %message, "pool image not available");
+                        ImagePhase::Failed {
+                            message,
+                            at: Instant::now(),
+                        }
+                    }
+                };
+            }
+        }
+        self.wake.notify_one();
     }
 
     pub(super) async fn create_warm(&self, pool: &str, template: &Template) {
