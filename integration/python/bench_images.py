@@ -18,10 +18,9 @@ Run as root, with the same environment as the lifecycle suite::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,22 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lifecycle"))
 import sandpool_platform  # noqa: E402
+from loopback_registry import push, run, serve  # noqa: E402
 from opensandbox import SandboxSync  # noqa: E402
 
 LAYERS = 3
-
-
-def run(*argv: str, timeout: float = 300) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise SystemExit(f"{argv}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -73,26 +60,6 @@ def build(work: Path, tag: str, layer_mib: int) -> None:
         (root / f"blob{i}").write_bytes(os.urandom(layer_mib << 20))
         run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
     shutil.rmtree(bundle)
-
-
-def registry(work: Path) -> tuple[str, subprocess.Popen]:
-    addr = f"127.0.0.1:{free_port()}"
-    config = work / "registry.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {addr}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", int(addr.split(":")[1])), timeout=1).close()
-            return addr, proc
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("registry did not listen")
-            time.sleep(0.05)
 
 
 def timed(f) -> float:
@@ -128,16 +95,16 @@ def main() -> None:
     binary = Path(os.environ.get("SANDPOOL_BIN", sandpool_platform.DEFAULT_BINARY))
     runtime = Path(os.environ["SANDPOOL_RUNTIME_STATIC_BIN"])
     work = Path(tempfile.mkdtemp(prefix="sandpool-bench-img-"))
-    addr, reg = registry(work)
-    platform = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        addr = stack.enter_context(serve(work))
         print(f"building {2 * n} images of {LAYERS}×{a.layer_mib} MiB random layers…", file=sys.stderr)
         for i in range(n):
             for who in ("sp", "ctr"):
                 build(work, f"{who}{i}", a.layer_mib)
-                run("skopeo", "copy", "-q", "--dest-tls-verify=false",
-                    f"oci:{work / 'oci'}:{who}{i}", f"docker://{addr}/{who}{i}:1")
+                push(work / "oci", f"{who}{i}", f"{addr}/{who}{i}:1")
         platform = sandpool_platform.start(binary, runtime)
+        stack.callback(sandpool_platform.stop, platform, keep_log=False)
         data = platform.base_dir / "data"
         sock = data / "containerd" / "containerd.sock"
         ours, theirs = [], []
@@ -155,12 +122,6 @@ def main() -> None:
         print(row("`sandpool image pull`, the same shape (a distinct image)", ours, theirs))
         print(row("cold start (create → first command), builtin `busybox`", builtin, None))
         print(row(f"cold start, the pulled {LAYERS + 1}-layer image", pulled, builtin))
-    finally:
-        if platform is not None:
-            sandpool_platform.stop(platform, keep_log=False)
-        reg.kill()
-        reg.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,30 +33,10 @@ from e2b.api.client.models import Template as TemplateModel
 from e2b.api.client.models import TemplateWithBuilds
 from e2b.api.client_sync import get_api_client
 
+from loopback_registry import REGISTRY_TOOLS, push, require_tools, run, serve
 from sandpool_platform import Sandpool
 
-TOOLS = ("docker-registry", "skopeo", "umoci", "buildah")
 TIMEOUT_S = 300
-
-
-def _require_tools() -> None:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        if os.environ.get("CI") == "true" or os.environ.get("SANDPOOL_REQUIRE_CONTAINERD") == "1":
-            pytest.fail(f"not installed: {missing} (scripts/install-deps.sh installs them)")
-        pytest.skip(f"not installed: {missing}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(*argv: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-    return done.stdout
 
 
 def _busybox_layout(work: Path) -> Path:
@@ -66,57 +44,39 @@ def _busybox_layout(work: Path) -> Path:
     and a /bin/bash that is busybox's sh."""
     layout, bundle = work / "oci", work / "bundle"
     image = f"{layout}:base"
-    _run("umoci", "init", "--layout", str(layout))
-    _run("umoci", "new", "--image", image)
-    _run("umoci", "unpack", "--image", image, str(bundle))
+    run("umoci", "init", "--layout", str(layout))
+    run("umoci", "new", "--image", image)
+    run("umoci", "unpack", "--image", image, str(bundle))
     root = bundle / "rootfs"
     for d in ("bin", "tmp", "etc"):
         (root / d).mkdir(exist_ok=True)
     (root / "tmp").chmod(0o1777)
     shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
-    for applet in _run("/usr/bin/busybox", "--list").split():
+    for applet in run("/usr/bin/busybox", "--list").split():
         if applet != "busybox" and not (root / "bin" / applet).exists():
             (root / "bin" / applet).symlink_to("busybox")
     # envd runs commands with `/bin/bash -l -c`; busybox's sh stands in
     bash = root / "bin" / "bash"
     bash.write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
     bash.chmod(0o755)
-    _run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
+    run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
     return layout
 
 
 @pytest.fixture(scope="module")
 def registry():
     """``host:port`` of a loopback registry holding ``base:1`` and ``gc:1``."""
-    _require_tools()
+    require_tools(*REGISTRY_TOOLS, "buildah")
     work = Path(tempfile.mkdtemp(prefix="sandpool-tmpl-"))
-    addr = f"127.0.0.1:{_free_port()}"
-    config = work / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {addr}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(tuple(addr.split(":")), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "registry did not listen"
-                time.sleep(0.05)
-        layout = _busybox_layout(work)
-        # another image (its own digest) for `image gc` to remove
-        _run("umoci", "config", "--image", f"{layout}:base", "--tag", "gc", "--config.env", "GC=1")
-        for tag in ("base", "gc"):
-            _run("skopeo", "copy", "-q", "--dest-tls-verify=false",
-                 f"oci:{layout}:{tag}", f"docker://{addr}/{tag}:1")
-        yield addr
+        with serve(work) as addr:
+            layout = _busybox_layout(work)
+            # another image (its own digest) for `image gc` to remove
+            run("umoci", "config", "--image", f"{layout}:base", "--tag", "gc", "--config.env", "GC=1")
+            for tag in ("base", "gc"):
+                push(layout, tag, f"{addr}/{tag}:1")
+            yield addr
     finally:
-        proc.kill()
-        proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -128,7 +88,7 @@ def _scheduler_of(sandpool: Sandpool) -> str:
 def _sandpool_cli(sandpool: Sandpool, *args: str) -> str:
     env = {**os.environ, "SANDPOOL_DATA_DIR": str(sandpool.base_dir / "data"),
            "SANDPOOL_SCHEDULER": _scheduler_of(sandpool)}
-    return _run(os.environ.get("SANDPOOL_BIN", "sandpool"), *args, env=env)
+    return run(os.environ.get("SANDPOOL_BIN", "sandpool"), *args, env=env)
 
 
 def test_a_pool_of_any_image_is_an_e2b_template(e2b_env: Sandpool, registry: str):
@@ -252,7 +212,7 @@ def _pools(sandpool: Sandpool) -> dict[str, dict[str, str]]:
 
 def test_pool_apply_pulls_an_absent_image_and_a_missing_one_says_why(e2b_env: Sandpool, registry: str):
     # a name the node has never stored (the same content as base:1)
-    _run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+    run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
          f"docker://{registry}/base:1", f"docker://{registry}/pooled:1")
     _sandpool_cli(e2b_env, "pool", "apply", "pulled", "--image", f"{registry}/pooled:1",
                   "--start-cmd", "exec sleep 100000", "--buffer-min", "1", "--buffer-max", "1")

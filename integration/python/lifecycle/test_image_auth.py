@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from datetime import timedelta
@@ -26,7 +24,8 @@ from opensandbox import SandboxSync
 from opensandbox.models.sandboxes import SandboxImageAuth, SandboxImageSpec
 
 from sandpool_platform import Sandpool
-from test_image_pull import _build_image, _free_port, _require_tools, _run
+from loopback_registry import REGISTRY_TOOLS, push, require_tools, run, serve
+from test_image_pull import _build_image
 
 USER, PASSWORD = "ann", "s3cret-img-auth-0815"
 WRONG = "wr0ng-img-auth-4711"
@@ -36,39 +35,17 @@ WRONG = "wr0ng-img-auth-4711"
 def private_registry():
     """``host:port`` of a loopback registry behind basic auth holding
     ``private:1`` and ``private:2``."""
-    _require_tools()
-    if shutil.which("htpasswd") is None:
-        if os.environ.get("SANDPOOL_REQUIRE_CONTAINERD") == "1" or os.environ.get("CI") == "true":
-            pytest.fail("htpasswd (apache2-utils) not installed")
-        pytest.skip("htpasswd (apache2-utils) not installed")
+    require_tools(*REGISTRY_TOOLS, "htpasswd")
     work = Path(tempfile.mkdtemp(prefix="sandpool-regauth-"))
-    addr = f"127.0.0.1:{_free_port()}"
     htpasswd = work / "htpasswd"
-    htpasswd.write_text(_run("htpasswd", "-Bbn", USER, PASSWORD))
-    config = work / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: sandpool-test\n    path: {htpasswd}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    htpasswd.write_text(run("htpasswd", "-Bbn", USER, PASSWORD))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(tuple(addr.split(":")), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "registry did not listen"
-                time.sleep(0.05)
-        layout = _build_image(work)
-        for tag in ("private:1", "private:2"):
-            _run("skopeo", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-                 f"oci:{layout}:app", f"docker://{addr}/{tag}")
-        yield addr
+        with serve(work, htpasswd) as addr:
+            layout = _build_image(work)
+            for tag in ("private:1", "private:2"):
+                push(layout, "app", f"{addr}/{tag}", creds=f"{USER}:{PASSWORD}")
+            yield addr
     finally:
-        proc.kill()
-        proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -5,55 +5,32 @@ built here with ``umoci`` (busybox plus a marker layer) is pushed to it with
 ``skopeo``. Then ``sandpool image pull 127.0.0.1:PORT/app:1`` stores it in the
 platform's containerd, an OpenSandbox create with that ``image.uri`` runs a
 command in it, and a create of an image that was never pulled pulls it first
-(a cold create). Skipped without the tools unless SANDPOOL_REQUIRE_CONTAINERD=1.
+(a cold create). Skipped without the tools, unless CI=true or
+SANDPOOL_REQUIRE_CONTAINERD=1 (then they fail).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from opensandbox import SandboxSync
 
+from loopback_registry import REGISTRY_TOOLS, push, require_tools, run, serve
 from sandpool_platform import Sandpool
-
-TOOLS = ("docker-registry", "skopeo", "umoci")
-
-
-def _require_tools() -> None:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        if os.environ.get("SANDPOOL_REQUIRE_CONTAINERD") == "1":
-            pytest.fail(f"not installed: {missing}")
-        pytest.skip(f"not installed: {missing}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-    return done.stdout
-
 
 def _build_image(work: Path) -> Path:
     """An OCI layout with tag ``app``: busybox in one layer, /marker in another."""
     layout, bundle = work / "oci", work / "bundle"
     image = f"{layout}:app"
-    _run("umoci", "init", "--layout", str(layout))
-    _run("umoci", "new", "--image", image)
-    _run("umoci", "unpack", "--image", image, str(bundle))
+    run("umoci", "init", "--layout", str(layout))
+    run("umoci", "new", "--image", image)
+    run("umoci", "unpack", "--image", image, str(bundle))
     root = bundle / "rootfs"
     for d in ("bin", "tmp"):
         (root / d).mkdir(exist_ok=True)
@@ -61,42 +38,24 @@ def _build_image(work: Path) -> Path:
     shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
     for applet in ("sh", "tail", "cat", "sleep", "env", "ls"):
         (root / "bin" / applet).symlink_to("busybox")
-    _run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
+    run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
     (root / "marker").write_text("from the registry\n")
-    _run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
+    run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
     return layout
 
 
 @pytest.fixture(scope="module")
 def registry():
     """``host:port`` of a loopback registry holding ``app:1`` and ``cold:1``."""
-    _require_tools()
+    require_tools(*REGISTRY_TOOLS)
     work = Path(tempfile.mkdtemp(prefix="sandpool-reg-"))
-    addr = f"127.0.0.1:{_free_port()}"
-    config = work / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: {addr}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(tuple(addr.split(":")), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "registry did not listen"
-                time.sleep(0.05)
-        layout = _build_image(work)
-        for tag in ("app:1", "cold:1"):
-            _run("skopeo", "copy", "-q", "--dest-tls-verify=false",
-                 f"oci:{layout}:app", f"docker://{addr}/{tag}")
-        yield addr
+        with serve(work) as addr:
+            layout = _build_image(work)
+            for tag in ("app:1", "cold:1"):
+                push(layout, "app", f"{addr}/{tag}")
+            yield addr
     finally:
-        proc.kill()
-        proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
