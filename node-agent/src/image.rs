@@ -17,15 +17,45 @@ use crate::error::{AgentError, Result};
 
 pub const BUSYBOX: &str = "sandpool/busybox:latest";
 pub const PYTHON: &str = "sandpool/python:3";
+pub const CODE_INTERPRETER: &str = "sandpool/code-interpreter:1";
 
 /// The images sandpool can build by itself, by name and short alias.
+/// Upstream OpenSandbox's `opensandbox/code-interpreter` (any registry, any
+/// tag) is the builtin code-interpreter image, so its tests run unchanged.
 pub fn builtin(name: &str) -> Option<&'static str> {
     match name {
         BUSYBOX | "busybox" | "sandpool/busybox" => Some(BUSYBOX),
         PYTHON | "python" | "python3" | "sandpool/python" => Some(PYTHON),
+        CODE_INTERPRETER | "code-interpreter" | "sandpool/code-interpreter" => {
+            Some(CODE_INTERPRETER)
+        }
+        n if is_upstream_code_interpreter(n) => Some(CODE_INTERPRETER),
         _ => None,
     }
 }
+
+/// `[registry/]opensandbox/code-interpreter[:tag][@digest]`.
+fn is_upstream_code_interpreter(name: &str) -> bool {
+    let path = name.split('@').next().unwrap_or(name);
+    let path = match path.rsplit_once(':') {
+        Some((p, tag)) if !tag.contains('/') => p,
+        _ => path,
+    };
+    path == UPSTREAM_CODE_INTERPRETER
+        || path
+            .strip_suffix(UPSTREAM_CODE_INTERPRETER)
+            .is_some_and(|registry| registry.ends_with('/'))
+}
+
+const UPSTREAM_CODE_INTERPRETER: &str = "opensandbox/code-interpreter";
+
+/// The entrypoint upstream's code-interpreter image has (its tests name it).
+/// In sandpool the in-sandbox runtime serves execd and the interpreter, so
+/// this script only keeps the sandbox's main process alive.
+pub const CODE_INTERPRETER_ENTRYPOINT: &str = "/opt/code-interpreter/code-interpreter.sh";
+
+/// Python packages of the code-interpreter image, from PyPI when it is built.
+pub const CODE_INTERPRETER_PIP: &[&str] = &["ipykernel", "numpy", "pandas", "matplotlib"];
 
 /// A single-layer OCI image ready to import.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -68,11 +98,25 @@ const PYTHON_ENV: &[&str] = &[
 ];
 const BUSYBOX_ENV: &[&str] = &["PATH=/bin"];
 
+/// The Debian packages of a debootstrapped builtin image: the python
+/// image's, plus pip for the code-interpreter image's PyPI packages.
+fn debian_packages(name: &str) -> Vec<&'static str> {
+    let mut p = PYTHON_PACKAGES.to_vec();
+    if name == CODE_INTERPRETER {
+        p.push("python3-pip");
+    }
+    p
+}
+
 /// debootstrap's arguments for the python image's root filesystem in `dir`.
 pub fn debootstrap_args(codename: &str, dir: &Path, mirror: &str) -> Vec<String> {
+    debootstrap_args_for(PYTHON, codename, dir, mirror)
+}
+
+fn debootstrap_args_for(name: &str, codename: &str, dir: &Path, mirror: &str) -> Vec<String> {
     vec![
         "--variant=minbase".into(),
-        format!("--include={}", PYTHON_PACKAGES.join(",")),
+        format!("--include={}", debian_packages(name).join(",")),
         codename.into(),
         dir.display().to_string(),
         mirror.into(),
@@ -95,6 +139,12 @@ pub fn recipe(name: &str) -> Option<String> {
         PYTHON => Some(format!(
             "format {FORMAT}\ndebootstrap minbase {}\n{user} no-sudoers-grant\nenv {}\n",
             PYTHON_PACKAGES.join(","),
+            PYTHON_ENV.join(" ")
+        )),
+        CODE_INTERPRETER => Some(format!(
+            "format {FORMAT}\ndebootstrap minbase {}\npip {}\nentrypoint {CODE_INTERPRETER_ENTRYPOINT}\n{user} no-sudoers-grant\nenv {}\n",
+            debian_packages(name).join(","),
+            CODE_INTERPRETER_PIP.join(" "),
             PYTHON_ENV.join(" ")
         )),
         _ => None,
@@ -366,6 +416,11 @@ fn codename() -> String {
 
 /// Debian minbase with python3, via debootstrap (minutes; cached by the caller).
 pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
+    debian_rootfs(PYTHON, dir)
+}
+
+/// The root filesystem of a debootstrapped builtin image `name` in `dir`.
+fn debian_rootfs(name: &str, dir: &Path) -> Result<()> {
     let mirror = apt_mirror()
         .ok_or_else(|| AgentError::Image("no Debian mirror found in /etc/apt sources".into()))?;
     let tmp = dir.with_extension("partial");
@@ -376,7 +431,7 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
         fs::create_dir_all(parent).map_err(|e| AgentError::io(parent.display().to_string(), e))?;
     }
     let out = Command::new("debootstrap")
-        .args(debootstrap_args(&codename(), &tmp, &mirror))
+        .args(debootstrap_args_for(name, &codename(), &tmp, &mirror))
         .output()
         .map_err(|e| AgentError::image("running debootstrap (apt-get install debootstrap)", e))?;
     if !out.status.success() {
@@ -401,17 +456,72 @@ pub fn debian_python_rootfs(dir: &Path) -> Result<()> {
     // Leave out apt caches; they are large and useless in a sandbox.
     let _ = fs::remove_dir_all(tmp.join("var/cache/apt/archives"));
     let _ = fs::create_dir_all(tmp.join("var/cache/apt/archives/partial"));
+    if name == CODE_INTERPRETER {
+        code_interpreter_extras(&tmp)?;
+    }
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))?;
     }
     fs::rename(&tmp, dir).map_err(|e| AgentError::io(dir.display().to_string(), e))
 }
 
+/// The code-interpreter image on top of Debian + python3 + pip: its PyPI
+/// packages (pip in a chroot of the new root, with the host's DNS config for
+/// the download only) and upstream's entrypoint path.
+fn code_interpreter_extras(root: &Path) -> Result<()> {
+    let resolv = root.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    fs::copy("/etc/resolv.conf", &resolv).map_err(|e| AgentError::io("/etc/resolv.conf", e))?;
+    let out = Command::new("chroot")
+        .arg(root)
+        .args([
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--break-system-packages",
+        ])
+        .args(["--root-user-action=ignore", "--disable-pip-version-check"])
+        .args(CODE_INTERPRETER_PIP)
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output()
+        .map_err(|e| AgentError::image("running pip in the image's chroot", e))?;
+    let _ = fs::remove_file(&resolv);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        return Err(AgentError::Image(format!(
+            "pip install {} failed: {}",
+            CODE_INTERPRETER_PIP.join(" "),
+            tail.join(" | ")
+        )));
+    }
+    let script = root.join(CODE_INTERPRETER_ENTRYPOINT.trim_start_matches('/'));
+    let write = || -> io::Result<()> {
+        if let Some(dir) = script.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(
+            &script,
+            "#!/bin/sh\n# sandpool: the in-sandbox runtime serves execd and the code interpreter;\n# this entrypoint only keeps the sandbox's main process alive.\nexec sleep infinity\n",
+        )?;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
+    };
+    write().map_err(|e| AgentError::io(script.display().to_string(), e))
+}
+
 /// The directory of builtin image `name` in `cache`, named by its recipe
 /// key, and that key.
 pub fn cache_dir(cache: &Path, name: &str) -> Result<(PathBuf, String)> {
     let key = recipe_key(name).ok_or_else(|| {
-        AgentError::UnknownImage(name.to_string(), format!("{BUSYBOX}, {PYTHON}"))
+        AgentError::UnknownImage(
+            name.to_string(),
+            format!("{BUSYBOX}, {PYTHON}, {CODE_INTERPRETER}"),
+        )
     })?;
     let dir = cache.join(format!("{}-{key}", name.replace(['/', ':'], "_")));
     Ok((dir, key))
@@ -474,9 +584,17 @@ fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
             }
             pack(name, &rootfs, dir, PYTHON_ENV)
         }
+        CODE_INTERPRETER => {
+            if !stamp.exists() {
+                debian_rootfs(name, &rootfs)?;
+                fs::write(&stamp, b"")
+                    .map_err(|e| AgentError::io(stamp.display().to_string(), e))?;
+            }
+            pack(name, &rootfs, dir, PYTHON_ENV)
+        }
         other => Err(AgentError::UnknownImage(
             other.to_string(),
-            format!("{BUSYBOX}, {PYTHON}"),
+            format!("{BUSYBOX}, {PYTHON}, {CODE_INTERPRETER}"),
         )),
     }
 }
@@ -484,6 +602,34 @@ fn build_uncached(name: &str, dir: &Path) -> Result<ImageBlobs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstreams_code_interpreter_names_are_the_builtin_code_interpreter_image() {
+        for n in [
+            "code-interpreter",
+            "sandpool/code-interpreter",
+            "opensandbox/code-interpreter",
+            "opensandbox/code-interpreter:latest",
+            "docker.io/opensandbox/code-interpreter:v1.0.1",
+            "registry.example:5000/opensandbox/code-interpreter@sha256:ab",
+        ] {
+            assert_eq!(builtin(n), Some(CODE_INTERPRETER), "{n}");
+        }
+        for n in [
+            "myopensandbox/code-interpreter",
+            "opensandbox/code-interpreter-extra:1",
+            "x/code-interpreter",
+        ] {
+            assert_eq!(builtin(n), None, "{n}");
+        }
+        let r = recipe(CODE_INTERPRETER).expect("a recipe");
+        assert!(r.contains("python3-pip") && r.contains("pip ipykernel numpy pandas matplotlib"));
+        assert!(r.contains(CODE_INTERPRETER_ENTRYPOINT), "{r}");
+        assert_ne!(recipe_key(CODE_INTERPRETER), recipe_key(PYTHON));
+        let args = debootstrap_args_for(CODE_INTERPRETER, "bookworm", Path::new("/r"), "http://m");
+        assert!(args[1].ends_with(",python3-pip"), "{args:?}");
+        assert!(!debootstrap_args("bookworm", Path::new("/r"), "http://m")[1].contains("pip"));
+    }
 
     #[test]
     fn packs_a_tree_reproducibly() {

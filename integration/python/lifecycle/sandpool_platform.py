@@ -106,6 +106,27 @@ class Sandpool(OnLoopback):
         return log_tail(self.log_path, what="sandpool log")
 
 
+def cli(platform: Sandpool, *args: str, timeout: float = 120) -> str:
+    """Run ``sandpool ARGS`` against ``platform`` (its data dir and scheduler
+    address); its stdout, or an assertion naming the command and its stderr."""
+    argv = list(platform.process.args)
+    env = {**os.environ, "SANDPOOL_DATA_DIR": str(platform.base_dir / "data"),
+           "SANDPOOL_SCHEDULER": "http://" + argv[argv.index("--scheduler-listen") + 1]}
+    binary = os.environ.get("SANDPOOL_BIN", str(DEFAULT_BINARY))
+    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, f"sandpool {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def pools(platform: Sandpool) -> dict[str, dict[str, str]]:
+    """`sandpool pool list`: pool name → its `key=value` fields."""
+    out = {}
+    for line in cli(platform, "pool", "list").splitlines():
+        name, *fields = line.split("\t")
+        out[name] = dict(f.split("=", 1) for f in fields)
+    return out
+
+
 def _skip_or_fail(reason: str) -> None:
     if os.environ.get("SANDPOOL_REQUIRE_CONTAINERD") == "1":
         pytest.fail(f"{reason} (and SANDPOOL_REQUIRE_CONTAINERD=1)", pytrace=False)

@@ -16,7 +16,6 @@ SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -34,7 +33,7 @@ from e2b.api.client.models import TemplateWithBuilds
 from e2b.api.client_sync import get_api_client
 
 from loopback_registry import REGISTRY_TOOLS, push, require_tools, run, serve
-from sandpool_platform import Sandpool
+from sandpool_platform import Sandpool, cli, pools
 
 TIMEOUT_S = 300
 
@@ -80,19 +79,8 @@ def registry():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _scheduler_of(sandpool: Sandpool) -> str:
-    argv = list(sandpool.process.args)
-    return "http://" + argv[argv.index("--scheduler-listen") + 1]
-
-
-def _sandpool_cli(sandpool: Sandpool, *args: str) -> str:
-    env = {**os.environ, "SANDPOOL_DATA_DIR": str(sandpool.base_dir / "data"),
-           "SANDPOOL_SCHEDULER": _scheduler_of(sandpool)}
-    return run(os.environ.get("SANDPOOL_BIN", "sandpool"), *args, env=env)
-
-
 def test_a_pool_of_any_image_is_an_e2b_template(e2b_env: Sandpool, registry: str):
-    _sandpool_cli(e2b_env, "pool", "apply", "byo", "--image", f"{registry}/base:1",
+    cli(e2b_env, "pool", "apply", "byo", "--image", f"{registry}/base:1",
                   "--start-cmd", "echo started > /tmp/started; exec sleep 100000",
                   "--env", "FROM_POOL=yes", "--cpu", "1", "--memory", "256Mi",
                   "--buffer-min", "0", "--buffer-max", "1")
@@ -172,12 +160,12 @@ def test_a_failing_run_step_fails_the_build_naming_it(e2b_env: Sandpool, registr
 
 
 def _image_cli(sandpool: Sandpool, *args: str) -> str:
-    return _sandpool_cli(sandpool, "image", *args, "--data-dir", str(sandpool.base_dir / "data"))
+    return cli(sandpool, "image", *args, "--data-dir", str(sandpool.base_dir / "data"))
 
 
 def test_image_gc_removes_only_old_unused_images(sandpool: Sandpool, registry: str):
     kept_ref, gone_ref = f"{registry}/base:1", f"{registry}/gc:1"
-    _sandpool_cli(sandpool, "pool", "apply", "gc-keep", "--image", kept_ref,
+    cli(sandpool, "pool", "apply", "gc-keep", "--image", kept_ref,
                   "--buffer-min", "0", "--buffer-max", "0")
     _image_cli(sandpool, "pull", kept_ref)
     _image_cli(sandpool, "pull", gone_ref)
@@ -201,31 +189,22 @@ def test_image_gc_removes_only_old_unused_images(sandpool: Sandpool, registry: s
     assert gone_ref not in listed and kept_ref in listed, listed
 
 
-def _pools(sandpool: Sandpool) -> dict[str, dict[str, str]]:
-    """`sandpool pool list`: name → its `key=value` fields."""
-    out = {}
-    for line in _sandpool_cli(sandpool, "pool", "list").splitlines():
-        name, *fields = line.split("\t")
-        out[name] = dict(f.split("=", 1) for f in fields)
-    return out
-
-
 def test_pool_apply_pulls_an_absent_image_and_a_missing_one_says_why(e2b_env: Sandpool, registry: str):
     # a name the node has never stored (the same content as base:1)
     run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
          f"docker://{registry}/base:1", f"docker://{registry}/pooled:1")
-    _sandpool_cli(e2b_env, "pool", "apply", "pulled", "--image", f"{registry}/pooled:1",
+    cli(e2b_env, "pool", "apply", "pulled", "--image", f"{registry}/pooled:1",
                   "--start-cmd", "exec sleep 100000", "--buffer-min", "1", "--buffer-max", "1")
-    _sandpool_cli(e2b_env, "pool", "apply", "missing", "--image", f"{registry}/absent:1",
+    cli(e2b_env, "pool", "apply", "missing", "--image", f"{registry}/absent:1",
                   "--buffer-min", "1", "--buffer-max", "1")
     try:
         deadline = time.monotonic() + 60
         while True:
-            pools = _pools(e2b_env)
-            pulled, missing = pools.get("pulled", {}), pools.get("missing", {})
+            listed = pools(e2b_env)
+            pulled, missing = listed.get("pulled", {}), listed.get("missing", {})
             if pulled.get("available") == "1" and missing.get("image") == "failed":
                 break
-            assert time.monotonic() < deadline, f"pools after 60 s: {pools}"
+            assert time.monotonic() < deadline, f"pools after 60 s: {listed}"
             time.sleep(0.2)
         assert pulled["image"] == "ready", pulled
         assert "image not found in the registry" in missing["message"], missing
@@ -233,4 +212,4 @@ def test_pool_apply_pulls_an_absent_image_and_a_missing_one_says_why(e2b_env: Sa
         assert missing["total"] == "0", "nothing was created for the missing image"
     finally:
         for name in ("pulled", "missing"):
-            _sandpool_cli(e2b_env, "pool", "delete", name)
+            cli(e2b_env, "pool", "delete", name)

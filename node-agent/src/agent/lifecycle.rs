@@ -46,7 +46,12 @@ impl Agent {
             let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
             return Err(AgentError::UnknownImage(
                 name.to_string(),
-                format!("{known} (builtin: {}, {})", image::BUSYBOX, image::PYTHON),
+                format!(
+                    "{known} (builtin: {}, {}, {})",
+                    image::BUSYBOX,
+                    image::PYTHON,
+                    image::CODE_INTERPRETER
+                ),
             ));
         };
         if let Some(found) = self.current_builtin(builtin).await? {
