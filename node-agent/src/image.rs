@@ -466,31 +466,38 @@ fn debian_rootfs(name: &str, dir: &Path) -> Result<()> {
 }
 
 /// The code-interpreter image on top of Debian + python3 + pip: its PyPI
-/// packages (pip in a chroot of the new root, with the host's DNS config for
-/// the download only) and upstream's entrypoint path.
+/// packages (pip in a chroot of the new root, with the host's DNS config and
+/// CA bundle for the download only: a host behind a TLS-inspecting proxy
+/// trusts its CA, the image keeps Debian's) and upstream's entrypoint path.
 fn code_interpreter_extras(root: &Path) -> Result<()> {
+    const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+    const BUILD_CA: &str = "/tmp/sandpool-build-ca.crt";
     let resolv = root.join("etc/resolv.conf");
+    let ca = root.join(BUILD_CA.trim_start_matches('/'));
     let _ = fs::remove_file(&resolv);
     fs::copy("/etc/resolv.conf", &resolv).map_err(|e| AgentError::io("/etc/resolv.conf", e))?;
+    fs::copy(HOST_CA, &ca).map_err(|e| AgentError::io(HOST_CA, e))?;
     let out = Command::new("chroot")
         .arg(root)
-        .args([
-            "python3",
-            "-m",
-            "pip",
-            "install",
-            "--no-cache-dir",
-            "--break-system-packages",
-        ])
-        .args(["--root-user-action=ignore", "--disable-pip-version-check"])
+        .args(["python3", "-m", "pip", "install", "--no-cache-dir"])
+        .args(["--break-system-packages", "--root-user-action=ignore"])
+        .args(["--disable-pip-version-check", "--cert", BUILD_CA])
         .args(CODE_INTERPRETER_PIP)
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        // the host's environment names host paths (CA bundles, pip config,
+        // wheel dirs) that mean something else in the chroot: only the
+        // proxy settings pass
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k.ends_with("_proxy") || k == "pip_default_timeout"
+        }))
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
         .output()
         .map_err(|e| AgentError::image("running pip in the image's chroot", e))?;
     let _ = fs::remove_file(&resolv);
+    let _ = fs::remove_file(&ca);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
