@@ -197,6 +197,16 @@ impl ImagePhase {
         }
     }
 
+    /// How a pool's status names it when the pool holds `sandboxes`: a pool
+    /// with sandboxes that was never asked for its image (adopted after a
+    /// restart with its buffer full) has it.
+    pub fn shown(&self, sandboxes: u32) -> &'static str {
+        match self {
+            Self::Pending if sandboxes > 0 => Self::Ready.name(),
+            phase => phase.name(),
+        }
+    }
+
     /// Why the last attempt failed, else "".
     pub fn message(&self) -> &str {
         match self {
@@ -244,6 +254,11 @@ mod tests {
             (ImagePhase::default().name(), ImagePhase::Pulling.message()),
             ("pending", "")
         );
+        // a pool holding sandboxes has its image, asked for or not
+        assert_eq!(ImagePhase::Pending.shown(0), "pending");
+        assert_eq!(ImagePhase::Pending.shown(3), "ready");
+        assert_eq!(ImagePhase::Pulling.shown(3), "pulling");
+        assert_eq!(failed.shown(1), "failed");
     }
     use proptest::prelude::*;
 

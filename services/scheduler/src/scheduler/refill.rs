@@ -73,7 +73,7 @@ impl Scheduler {
                 total: c.warm + c.allocated,
                 allocated: c.allocated,
                 available: c.warm,
-                image_phase: p.image.name().into(),
+                image_phase: p.image.shown(c.warm + c.allocated).into(),
                 // why the image failed, else why the last create did
                 message: match (p.image.message(), &p.last_error) {
                     ("", Some((_, e))) => e.clone(),
