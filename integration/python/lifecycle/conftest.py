@@ -8,6 +8,7 @@ pool (up to about a minute). Settings and environment: sandpool_platform.py.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ for _path in (_HERE, _HERE.parent):
         sys.path.insert(0, str(_path))
 import sandpool_platform  # noqa: E402
 from sandpool_pytest_helpers import per_test_watchdog  # noqa: E402
+from opensandbox import SandboxManagerSync, SandboxSync  # noqa: E402
 
 # Set by the ``sandpool`` fixture so failing tests can show the platform's log.
 _running: sandpool_platform.Sandpool | None = None
@@ -37,6 +39,25 @@ def sandpool(request: pytest.FixtureRequest) -> sandpool_platform.Sandpool:
     finally:
         _running = None
         sandpool_platform.stop(platform, keep_log=request.session.testsfailed > failures_before)
+
+
+@pytest.fixture
+def sandboxes():
+    """Every sandbox a test creates; whatever the test did not kill is killed here."""
+    created: list[SandboxSync] = []
+    yield created
+    for sandbox in created:
+        with contextlib.suppress(Exception):
+            sandbox.kill()
+        sandbox.close()
+
+
+@pytest.fixture
+def manager(sandpool: sandpool_platform.Sandpool):
+    """The OpenSandbox SDK's sandbox manager on the platform."""
+    mgr = SandboxManagerSync.create(sandpool.config())
+    yield mgr
+    mgr.close()
 
 
 @pytest.fixture

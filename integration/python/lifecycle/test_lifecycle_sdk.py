@@ -11,7 +11,6 @@ one by one (``-k``).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import signal
@@ -34,7 +33,7 @@ from sandpool_platform import (
     SUBNET,
     Sandpool,
 )
-from opensandbox import SandboxManagerSync, SandboxSync
+from opensandbox import SandboxSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.execd_sync import ExecutionHandlersSync
 from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule, SandboxFilter
@@ -144,28 +143,6 @@ def extend_watchdog(seconds: float) -> None:
     remaining, _ = signal.getitimer(signal.ITIMER_REAL)
     if 0 < remaining < seconds:
         signal.setitimer(signal.ITIMER_REAL, seconds)
-
-
-def kill_quietly(sandbox: SandboxSync) -> None:
-    with contextlib.suppress(Exception):
-        sandbox.kill()
-    sandbox.close()
-
-
-@pytest.fixture
-def sandboxes():
-    """Every sandbox a test creates; whatever the test did not kill is killed here."""
-    created: list[SandboxSync] = []
-    yield created
-    for sandbox in created:
-        kill_quietly(sandbox)
-
-
-@pytest.fixture
-def manager(sandpool: Sandpool):
-    mgr = SandboxManagerSync.create(sandpool.config())
-    yield mgr
-    mgr.close()
 
 
 # --------------------------------------------------------------------------- pool API

@@ -8,7 +8,6 @@ Sandboxes come from the module platform's ``test-pool`` (conftest.py).
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from datetime import timedelta
 
@@ -17,24 +16,6 @@ from sandpool_platform import POOL_IMAGE, POOL_NAME, Sandpool
 from opensandbox import SandboxManagerSync, SandboxSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.sandboxes import SandboxFilter
-
-
-@pytest.fixture
-def sandboxes():
-    """Every sandbox a test creates, killed afterwards."""
-    created: list[SandboxSync] = []
-    yield created
-    for sandbox in created:
-        with contextlib.suppress(Exception):
-            sandbox.kill()
-        sandbox.close()
-
-
-@pytest.fixture
-def manager(sandpool: Sandpool):
-    mgr = SandboxManagerSync.create(sandpool.config())
-    yield mgr
-    mgr.close()
 
 
 def create_sandbox(sandpool: Sandpool, tracker: list[SandboxSync], **kwargs) -> SandboxSync:

@@ -12,7 +12,6 @@ writable by it (upstream runs as root; docs/compatibility.md).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from datetime import timedelta
@@ -25,17 +24,6 @@ from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.sandboxes import OSSFS, PVC, Host, Volume
 
 SANDBOX_UID = 61000
-
-
-@pytest.fixture
-def sandboxes():
-    """Every sandbox a test creates, killed afterwards."""
-    created: list[SandboxSync] = []
-    yield created
-    for sandbox in created:
-        with contextlib.suppress(Exception):
-            sandbox.kill()
-        sandbox.close()
 
 
 def create(sandpool: Sandpool, tracker: list[SandboxSync], volumes: list[Volume], pool: str | None = POOL_NAME) -> SandboxSync:
