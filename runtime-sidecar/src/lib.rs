@@ -8,6 +8,7 @@
 //! the [`commands`] registry, [`files`] operations, multipart [`upload`], the
 //! [`entrypoint`] (process injection) and the [`events`] framing.
 
+pub mod asb;
 pub mod auth;
 pub mod commands;
 pub mod entrypoint;
@@ -228,6 +229,20 @@ pub fn envd_app(state: AppState) -> Router {
         router,
         state,
         |req| tracing::info_span!("envd.request", method = %req.method(), path = %req.uri().path()),
+    )
+}
+
+/// The agent-sandbox runtime API (port 8888), untokened by upstream's
+/// design, with relative paths under `root`.
+pub fn asb_app(state: AppState, root: PathBuf) -> Router {
+    let router = asb::router(asb::AsbState {
+        app: state.clone(),
+        root,
+    });
+    traced(
+        router,
+        state,
+        |req| tracing::info_span!("asb.request", method = %req.method(), path = %req.uri().path()),
     )
 }
 

@@ -24,6 +24,16 @@ struct Args {
     /// Also serve the code interpreter on this address (e.g. 0.0.0.0:49999).
     #[arg(long, env = "SANDPOOL_INTERP_LISTEN")]
     interp_listen: Option<SocketAddr>,
+    /// Also serve the agent-sandbox runtime API (what the k8s-agent-sandbox
+    /// SDK calls: /execute, /upload, /download, /list, /exists) on this
+    /// address (e.g. 0.0.0.0:8888). It has NO token, by upstream's design:
+    /// off unless given (the controller sets it for agent-sandbox pods).
+    #[arg(long, env = "SANDPOOL_ASB_LISTEN")]
+    asb_listen: Option<SocketAddr>,
+    /// The agent-sandbox API's directory: relative paths resolve here and
+    /// commands run here (created when missing).
+    #[arg(long, env = "SANDPOOL_ASB_ROOT", default_value = sandpool_runtime::asb::DEFAULT_ROOT)]
+    asb_root: PathBuf,
     /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC)
     /// (write `--access-token=VALUE` for a value that starts with `-`)
     /// and, for envd, X-Access-Token.
@@ -237,6 +247,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sandpool_runtime::interp_app(state.clone()),
         ),
     ];
+    if let Some(addr) = args.asb_listen {
+        serve_asb(addr, &args.asb_root, &state, &switches).await?;
+    }
     for (addr, what, app) in extra {
         let Some(addr) = addr else { continue };
         let l = tokio::net::TcpListener::bind(addr)
@@ -273,6 +286,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     state.kill_all();
     res.context("serving")?;
     tracing::info!("sandpool-runtime stopped");
+    Ok(())
+}
+
+/// Serve the agent-sandbox runtime API (no token) on `addr` with `root` as
+/// its directory. An image serving its own API on this port keeps it: ours
+/// steps aside with a warning.
+async fn serve_asb(
+    addr: SocketAddr,
+    root: &std::path::Path,
+    state: &AppState,
+    switches: &listening::Switches,
+) -> anyhow::Result<()> {
+    if let Err(e) = std::fs::create_dir_all(root) {
+        tracing::warn!(error = %e, root = %root.display(), "creating the agent-sandbox API root failed");
+    }
+    let app = sandpool_runtime::asb_app(state.clone(), root.to_path_buf());
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            tracing::info!(addr = %l.local_addr()?, "agent-sandbox runtime API listening (no token)");
+            let sw = switches.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sw.serve(l, app).await {
+                    tracing::error!(error = %e, "agent-sandbox API server failed");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %addr, "agent-sandbox runtime API not served: the port is taken");
+        }
+    }
     Ok(())
 }
 

@@ -118,7 +118,8 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             };
-            let pod = ctx.runtime_pod(&template.spec.pod_template, meta)?;
+            let mut pod = ctx.runtime_pod(&template.spec.pod_template, meta)?;
+            pods::serve_agent_sandbox_api(&mut pod);
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }
@@ -129,11 +130,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
             delete_ignoring_missing(&api, &p.name_any()).await?;
         }
     }
-    let status = SandboxWarmPoolStatus {
-        replicas: (live.len() + created) as i32,
-        ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
-        ..wp.status.clone().unwrap_or_default()
-    };
+    let status = warm_pool_status(&wp, &live, created, &pool_hash);
     if wp.status.as_ref() != Some(&status) {
         patch_status(
             &ctx.api::<SandboxWarmPool>(&ns),
@@ -148,6 +145,24 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
     } else {
         Duration::from_secs(60)
     }))
+}
+
+/// The warm pool's status: its pods (`live` ones and `created` ones), the
+/// selector the scale subresource reads (HPA/KEDA count these pods), and the
+/// generation it reflects.
+fn warm_pool_status(
+    wp: &SandboxWarmPool,
+    live: &[Pod],
+    created: usize,
+    pool_hash: &str,
+) -> SandboxWarmPoolStatus {
+    SandboxWarmPoolStatus {
+        replicas: (live.len() + created) as i32,
+        ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
+        selector: Some(format!("{WARM_POOL_LABEL}={pool_hash}")),
+        observed_generation: wp.metadata.generation,
+        ..wp.status.clone().unwrap_or_default()
+    }
 }
 
 // ------------------------------------------------------------------ claim

@@ -137,6 +137,41 @@ fn run_under_runtime(main: &mut Container, token: &str) {
     }
 }
 
+/// The agent-sandbox runtime API's port (what the k8s-agent-sandbox SDK calls).
+pub const ASB_PORT: i32 = 8888;
+/// Pod template annotation: `"false"` keeps the runtime off port 8888 (an
+/// image that serves the agent-sandbox API itself).
+pub const ASB_API_ANNOTATION: &str = "sandpool.io/agent-sandbox-api";
+
+/// Have the runtime of `pod` (built by [`runtime_pod`]) also serve the
+/// agent-sandbox runtime API on 8888 — untokened, as upstream's SDK expects:
+/// only agent-sandbox pods get it, and not when the template's annotation
+/// [`ASB_API_ANNOTATION`] says `"false"`.
+pub fn serve_agent_sandbox_api(pod: &mut Pod) {
+    if annotation(pod, ASB_API_ANNOTATION) == Some("false") {
+        return;
+    }
+    let Some(main) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
+        return;
+    };
+    let Some(cmd) = main.command.as_mut() else {
+        return;
+    };
+    if cmd.first().map(String::as_str) != Some(RUNTIME_PATH) {
+        return;
+    }
+    let at = cmd.iter().position(|a| a == "--").unwrap_or(cmd.len());
+    cmd.insert(at, format!("--asb-listen=0.0.0.0:{ASB_PORT}"));
+    let ports = main.ports.get_or_insert_with(Vec::new);
+    if !ports.iter().any(|p| p.container_port == ASB_PORT) {
+        ports.push(ContainerPort {
+            name: Some("sandbox".into()),
+            container_port: ASB_PORT,
+            ..Default::default()
+        });
+    }
+}
+
 /// The init container copying the runtime into the shared emptyDir, and that volume.
 fn add_runtime_install(spec: &mut PodSpec, inj: &RuntimeInjection) {
     spec.init_containers.get_or_insert_with(Vec::new).insert(
@@ -382,6 +417,40 @@ mod tests {
         assert_eq!(
             labels_of(&pod).get(MANAGED_BY.0).map(String::as_str),
             Some("sandpool")
+        );
+    }
+
+    #[test]
+    fn agent_sandbox_pods_serve_the_sdk_api_unless_the_template_opts_out() {
+        let mut pod = runtime_pod(&template(), &inj(), ObjectMeta::default(), "tok").expect("pod");
+        serve_agent_sandbox_api(&mut pod);
+        let main = &pod.spec.as_ref().expect("spec").containers[0];
+        let cmd = main.command.as_deref().expect("command");
+        assert_eq!(cmd[3], "--asb-listen=0.0.0.0:8888", "{cmd:?}");
+        assert_eq!(
+            cmd[4..],
+            ["--", "sleep", "3600"],
+            "the entrypoint stays last"
+        );
+        assert!(
+            main.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == 8888)
+        );
+
+        let mut t = template();
+        t.metadata.get_or_insert_with(Default::default).annotations =
+            Some([(ASB_API_ANNOTATION.to_string(), "false".to_string())].into());
+        let mut pod = runtime_pod(&t, &inj(), ObjectMeta::default(), "tok").expect("pod");
+        serve_agent_sandbox_api(&mut pod);
+        let cmd = pod.spec.as_ref().expect("spec").containers[0]
+            .command
+            .clone()
+            .expect("command");
+        assert!(
+            !cmd.iter().any(|a| a.starts_with("--asb-listen")),
+            "{cmd:?}"
         );
     }
 

@@ -429,3 +429,68 @@ async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
     reconcile_sandbox(&ctx, "old").await;
     assert!(obj(&api, &pods_path(NS), "old").is_some(), "a cold pod");
 }
+
+/// The runtime's command line in pod `p`.
+fn runtime_command(p: &Value) -> Vec<String> {
+    serde_json::from_value(p["spec"]["containers"][0]["command"].clone()).expect("command")
+}
+
+#[tokio::test]
+async fn agent_sandbox_pods_serve_the_sdk_runtime_api_on_8888_unless_opted_out() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let all = pods(&api);
+    assert_eq!(all.len(), 1);
+    let cmd = runtime_command(&all[0]);
+    assert!(
+        cmd.contains(&"--asb-listen=0.0.0.0:8888".to_string()),
+        "warm pod: {cmd:?}"
+    );
+
+    let mut tpl = pod_template();
+    tpl["metadata"]["annotations"] = json!({"sandpool.io/agent-sandbox-api": "false"});
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "own-server"}, "spec": {"podTemplate": tpl}}),
+        )
+    });
+    put_sandbox(&api, "plain", json!({}));
+    reconcile_sandbox(&ctx, "own-server").await;
+    reconcile_sandbox(&ctx, "plain").await;
+    let own = obj(&api, &pods_path(NS), "own-server").expect("pod");
+    let cmd = runtime_command(&own);
+    assert!(
+        !cmd.iter().any(|a| a.starts_with("--asb-listen")),
+        "opted out: {cmd:?}"
+    );
+    let plain = obj(&api, &pods_path(NS), "plain").expect("pod");
+    assert!(runtime_command(&plain).contains(&"--asb-listen=0.0.0.0:8888".to_string()));
+}
+
+#[tokio::test]
+async fn a_warm_pool_reports_its_selector_and_observed_generation() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxwarmpools"), "python-pool", |o| {
+            o["metadata"]["generation"] = json!(3)
+        })
+    });
+    reconcile_pool(&ctx, "python-pool").await;
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    let selector = wp["status"]["selector"].as_str().expect("selector");
+    assert_eq!(wp["status"]["observedGeneration"], 3);
+    // the selector finds exactly the pool's pods (what HPA/KEDA count)
+    let (key, value) = selector.split_once('=').expect("key=value");
+    let matching: Vec<Value> = pods(&api)
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"][key] == value)
+        .collect();
+    assert_eq!(matching.len(), 1, "{selector}");
+    reconcile_pool(&ctx, "other-pool").await;
+    let other = obj(&api, &ext("sandboxwarmpools"), "other-pool").expect("pool");
+    assert_ne!(other["status"]["selector"], wp["status"]["selector"]);
+}

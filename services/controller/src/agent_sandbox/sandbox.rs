@@ -164,7 +164,8 @@ async fn ensure_pod(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<Option<Pod>
         owner_references: Some(vec![sandbox_owner(sb)]),
         ..Default::default()
     };
-    let pod = ctx.runtime_pod(&sb.spec.pod_template, meta)?;
+    let mut pod = ctx.runtime_pod(&sb.spec.pod_template, meta)?;
+    pods::serve_agent_sandbox_api(&mut pod);
     match pod_api.create(&PostParams::default(), &pod).await {
         Ok(p) => Ok(Some(p)),
         Err(e) if is_already_exists(&e) => Ok(None),
