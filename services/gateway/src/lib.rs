@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod limit;
 pub mod opensandbox;
 pub mod proxy;
+pub mod sandbox_router;
 pub mod tenancy;
 mod timeout;
 pub mod traffic;

@@ -89,6 +89,17 @@ pub struct GatewayArgs {
     /// Live sandboxes per key of the keys file; 429 QUOTA_EXCEEDED beyond.
     #[arg(long, default_value_t = sandpool_gateway::DEFAULT_MAX_SANDBOXES_PER_KEY)]
     max_sandboxes_per_key: u32,
+    /// Also serve the agent-sandbox sandbox router (what the k8s-agent-sandbox
+    /// SDK reaches as `sandbox-router-svc:8080`) on this address. It has NO
+    /// authentication, like upstream's router: off unless given.
+    #[arg(long, env = "SANDPOOL_SANDBOX_ROUTER_LISTEN")]
+    sandbox_router_listen: Option<SocketAddr>,
+    /// Sandbox ports the router forwards to.
+    #[arg(long, value_delimiter = ',', default_value = "8888")]
+    sandbox_router_ports: Vec<u16>,
+    /// The cluster's DNS domain (the router reaches `{sandbox}.{namespace}.svc.{domain}`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 /// The Kubernetes node agent's default state directory (the chart's
@@ -333,6 +344,15 @@ pub async fn gateway(a: GatewayArgs, service_token: Option<String>) -> anyhow::R
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
+    if let Some(addr) = a.sandbox_router_listen {
+        let cfg = sandpool_gateway::sandbox_router::RouterConfig {
+            cluster_domain: a.cluster_domain.clone(),
+            allowed_ports: a.sandbox_router_ports.clone(),
+            ..Default::default()
+        };
+        spawn_http(addr, sandpool_gateway::sandbox_router::app(cfg)).await?;
+        tracing::info!(listen = %addr, ports = ?a.sandbox_router_ports, "sandbox router serving (no authentication)");
+    }
     tracing::info!(listen = %a.listen, scheduler = %a.scheduler, "sandpool gateway serving");
     let app = sandpool_gateway::app(gw).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
