@@ -263,6 +263,23 @@ expect otel "value: \"http://otel-collector:4317\"$"
 render ns-override --set namespaceOverride=sandbox-system
 expect_not ns-override 'namespace: "?'"$NAMESPACE"'"?$'
 
+# agent-sandbox data path: 8888 (untokened) limited by a NetworkPolicy by
+# default; the router (unauthenticated) only when asked, as the SDK expects it
+expect_object defaults 'NetworkPolicy/sandpool-agent-sandbox-api'
+expect_no_object defaults 'Service/sandbox-router-svc'
+expect_not defaults 'sandbox-router-listen'
+render asb-router --set agentSandbox.router.enabled=true \
+  --set 'agentSandbox.router.allowedClients[0].namespaceSelector.matchLabels.team=agents' \
+  --set 'agentSandbox.networkPolicy.namespaces[0]=agents'
+expect_object asb-router 'Service/sandbox-router-svc'
+expect_object asb-router 'Deployment/sandbox-router'
+expect_object asb-router 'Namespace/agent-sandbox-system'
+expect asb-router '^  namespace: agent-sandbox-system$'
+expect asb-router '^            - --sandbox-router-listen$'
+expect asb-router '^  namespace: agents$'
+render asb-no-policy --set agentSandbox.networkPolicy.enabled=false
+expect_no_object asb-no-policy 'NetworkPolicy/sandpool-agent-sandbox-api'
+
 # --- negative cases -------------------------------------------------------------
 # reject-schema: values.schema.json must refuse them (helm lint and template);
 # reject-render: a `fail` guard in the templates must (helm lint only logs
@@ -299,6 +316,7 @@ reject-schema port-range --set server.config.server.port=70000
 reject-schema pool-capacity-string --set 'pools[0].capacitySpec.poolMax=lots'
 reject-schema leader-elect-string --set-string controllerManager.leaderElect=yes
 reject-schema unknown-key --set controllerManager.replica=2
+reject-schema asb-router-port --set 'agentSandbox.router.allowedPorts[0]=0'
 reject-schema ingress-no-host --set server.ingress.enabled=true
 reject-schema service-token-secret-name --set serviceToken.existingSecret=My_Token
 reject-schema service-token-empty-key --set serviceToken.existingSecret=my-token --set serviceToken.existingSecretKey=

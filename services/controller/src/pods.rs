@@ -140,7 +140,8 @@ fn run_under_runtime(main: &mut Container, token: &str) {
 /// The agent-sandbox runtime API's port (what the k8s-agent-sandbox SDK calls).
 pub const ASB_PORT: i32 = 8888;
 /// Pod template annotation: `"false"` keeps the runtime off port 8888 (an
-/// image that serves the agent-sandbox API itself).
+/// image that serves the agent-sandbox API itself). As a pod label (`"true"`)
+/// it marks the pods that serve the API.
 pub const ASB_API_ANNOTATION: &str = "sandpool.io/agent-sandbox-api";
 
 /// Have the runtime of `pod` (built by [`runtime_pod`]) also serve the
@@ -162,6 +163,11 @@ pub fn serve_agent_sandbox_api(pod: &mut Pod) {
     }
     let at = cmd.iter().position(|a| a == "--").unwrap_or(cmd.len());
     cmd.insert(at, format!("--asb-listen=0.0.0.0:{ASB_PORT}"));
+    // what the chart's NetworkPolicy selects to limit who reaches 8888
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ASB_API_ANNOTATION.into(), "true".into());
     let ports = main.ports.get_or_insert_with(Vec::new);
     if !ports.iter().any(|p| p.container_port == ASB_PORT) {
         ports.push(ContainerPort {
@@ -437,6 +443,10 @@ mod tests {
                 .iter()
                 .flatten()
                 .any(|p| p.container_port == 8888)
+        );
+        assert_eq!(
+            labels_of(&pod).get(ASB_API_ANNOTATION).map(String::as_str),
+            Some("true")
         );
 
         let mut t = template();
