@@ -472,7 +472,7 @@ impl FakeApi {
         StreamBody::new(stream).boxed_unsync()
     }
 
-    async fn handle(&self, req: Request<Body>) -> Response<FakeBody> {
+    pub async fn handle(&self, req: Request<Body>) -> Response<FakeBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
@@ -492,7 +492,10 @@ impl FakeApi {
             .into_owned()
             .collect();
         if method == Method::GET
-            && matches!(params.get("watch").map(String::as_str), Some("true" | "1"))
+            && matches!(
+                params.get("watch").map(String::as_str),
+                Some("true" | "True" | "1")
+            )
         {
             self.log.lock().expect("log").push(Logged {
                 method,
