@@ -330,6 +330,8 @@ reject-render servicemonitor-without-metrics 'needs metrics.enabled' --set metri
 # --- artifact ------------------------------------------------------------------
 mkdir -p target
 cp "$SCRATCH/defaults.yaml" target/helm-rendered.yaml
+# the sandbox router's Deployment too (test.sh checks its args against the binary)
+cp "$SCRATCH/asb-router.yaml" target/helm-rendered-asb-router.yaml
 
 # --- observability artifacts -----------------------------------------------------
 log "deploy/observability: Grafana dashboard and OpenTelemetry Collector config"

@@ -70,6 +70,7 @@ log "building binaries for the SDK tests"
 cargo build --locked -p sandpool-runtime --bin sandpool-runtime -p sandpool --bin sandpool
 export SANDPOOL_BIN="$ROOT/target/debug/sandpool"
 "$ROOT/.venv-k8s/bin/python" scripts/check-chart-args.py target/helm-rendered.yaml "$SANDPOOL_BIN"
+"$ROOT/.venv-k8s/bin/python" scripts/check-chart-args.py target/helm-rendered-asb-router.yaml "$SANDPOOL_BIN"
 log "SDK tests: opensandbox 1.1.1, e2b 2.63.0, e2b-code-interpreter 2.11.5"
 SANDPOOL_RUNTIME_BIN="$ROOT/target/debug/sandpool-runtime" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python"
