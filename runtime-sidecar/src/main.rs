@@ -298,10 +298,16 @@ async fn serve_asb(
     state: &AppState,
     switches: &listening::Switches,
 ) -> anyhow::Result<()> {
-    if let Err(e) = std::fs::create_dir_all(root) {
-        tracing::warn!(error = %e, root = %root.display(), "creating the agent-sandbox API root failed");
-    }
-    let app = sandpool_runtime::asb_app(state.clone(), root.to_path_buf());
+    // a user that may not create /app works in its current directory instead
+    let root = match std::fs::create_dir_all(root) {
+        Ok(()) => root.to_path_buf(),
+        Err(e) => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+            tracing::warn!(error = %e, root = %root.display(), fallback = %cwd.display(), "creating the agent-sandbox API root failed");
+            cwd
+        }
+    };
+    let app = sandpool_runtime::asb_app(state.clone(), root);
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
             tracing::info!(addr = %l.local_addr()?, "agent-sandbox runtime API listening (no token)");
