@@ -13,6 +13,9 @@
 # in the kernel), or the end of the running bash.
 import json, os, queue, signal, subprocess, shutil, sys
 
+# an interrupt before a cell runs (e.g. while the kernel starts) is a no-op
+signal.signal(signal.SIGINT, lambda signum, frame: None)
+
 try:
     import importlib.util
     from jupyter_client.manager import start_new_kernel

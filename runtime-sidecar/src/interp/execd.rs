@@ -453,11 +453,13 @@ pub fn sse_events(ev: &Value, elapsed: Duration) -> Vec<StreamEvent> {
                     ..StreamEvent::new(EventType::ExecutionCount)
                 });
             }
-            let mut results = serde_json::Map::new();
+            // sorted by key, as Go writes a map
+            let mut sorted = std::collections::BTreeMap::new();
             for (mime, v) in ev["data"].as_object().into_iter().flatten() {
                 let key = if mime == "text/plain" { "text" } else { mime };
-                results.insert(key.to_string(), v.clone());
+                sorted.insert(key.to_string(), v.clone());
             }
+            let results: serde_json::Map<String, Value> = sorted.into_iter().collect();
             if !results.is_empty() {
                 out.push(StreamEvent {
                     results: Some(results),
@@ -487,9 +489,14 @@ pub fn sse_events(ev: &Value, elapsed: Duration) -> Vec<StreamEvent> {
                 },
             ]
         }
-        "end" => vec![StreamEvent::complete(
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        )],
+        "end" => {
+            let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            // Go's omitempty: no `execution_time` when it is 0 ms
+            vec![StreamEvent {
+                execution_time: Some(ms).filter(|ms| *ms > 0),
+                ..StreamEvent::new(EventType::ExecutionComplete)
+            }]
+        }
         _ => vec![],
     }
 }
@@ -549,10 +556,19 @@ mod tests {
         );
         assert!(f[1]["timestamp"].as_i64().unwrap() > 0);
         // display data: a result without a count
-        let d = frames(json!({"type": "result", "is_main_result": false,
-            "data": {"text/plain": "<Figure>", "image/png": "iVBOR"}}));
+        let d = sse_events(
+            &json!({"type": "result", "is_main_result": false,
+            "data": {"text/plain": "<Figure>", "image/png": "iVBOR"}}),
+            Duration::ZERO,
+        );
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0]["results"]["image/png"], "iVBOR");
+        let raw = go_frame(&d[0]);
+        let s = std::str::from_utf8(&raw).unwrap();
+        // keys sorted as Go writes a map, `<` escaped as Go does
+        assert!(
+            s.contains(r#""results":{"image/png":"iVBOR","text":"\u003cFigure\u003e"}"#),
+            "{s}"
+        );
     }
 
     #[test]
@@ -575,6 +591,9 @@ mod tests {
         let end = frames(json!({"type": "end", "execution_count": 2}));
         assert_eq!(end[0]["type"], "execution_complete");
         assert_eq!(end[0]["execution_time"], 7);
+        let instant = sse_events(&json!({"type": "end"}), Duration::ZERO);
+        let f = go_frame(&instant[0]);
+        assert!(!std::str::from_utf8(&f).unwrap().contains("execution_time"));
     }
 
     #[test]
