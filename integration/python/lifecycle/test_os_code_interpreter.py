@@ -129,6 +129,10 @@ def test_context_crud_and_bash_contexts(interp):
     out = ci.codes.run("echo from-bash $((6 * 7))", context=a)
     assert out.error is None
     assert "".join(m.text for m in out.logs.stdout).strip() == "from-bash 42"
+    # one long-lived bash per context: variables and the directory persist
+    ci.codes.run("KEPT=41; cd /tmp", context=a)
+    kept = ci.codes.run("echo $((KEPT + 1)) $(pwd)", context=a)
+    assert "".join(m.text for m in kept.logs.stdout).strip() == "42 /tmp"
 
     ci.codes.delete_context(a.id)
     assert a.id not in {c.id for c in ci.codes.list_contexts(bash)}

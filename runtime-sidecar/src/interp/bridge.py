@@ -8,10 +8,11 @@
 #     (execute_result: the cell's value, is_main_result; display_data: not)
 #   {"type": "error", "name": ..., "value": ..., "traceback": [line, ...]}
 #   {"type": "end", "execution_count": n}
-# Bash code runs in bash, outside the kernel (no bash kernel is installed).
+# Bash code runs in one long-lived bash beside the kernel (no bash kernel is
+# installed), whose variables and working directory persist.
 # SIGINT interrupts the running cell: a kernel interrupt (KeyboardInterrupt
-# in the kernel), or the end of the running bash.
-import json, os, queue, signal, subprocess, shutil, sys
+# in the kernel), or SIGINT to the bash cell's processes.
+import json, os, queue, selectors, signal, subprocess, shutil, sys
 
 # an interrupt before a cell runs (e.g. while the kernel starts) is a no-op
 signal.signal(signal.SIGINT, lambda signum, frame: None)
@@ -49,7 +50,7 @@ def _interrupt(signum, frame):
     if running == "kernel":
         _km.interrupt_kernel()
     elif running is not None:
-        running.kill()
+        running.interrupt()
 
 
 signal.signal(signal.SIGINT, _interrupt)
@@ -93,17 +94,104 @@ def _run_kernel(code, silent=False):
             return reply["content"].get("execution_count")
 
 
-def _run_bash(code):
+class _Bash:
+    """One long-lived bash per context: variables, functions and `cd` persist
+    between cells, as in a bash kernel. A cell is sourced from a file (stdin
+    is /dev/null) and ends with a marker line on stdout and stderr; an
+    interrupt is SIGINT to bash's process group (bash traps it and lives)."""
+
+    def __init__(self):
+        argv = [shutil.which("bash") or "/bin/sh", "--noprofile", "--norc"]
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        self.file = "/tmp/.sandpool-cell-%d.sh" % self.p.pid
+        self.mark = ("__sandpool_end_%s__" % os.urandom(12).hex()).encode()
+        # an interrupt ends the cell (its running command, then the rest)
+        self.p.stdin.write(b"trap 'return 130 2>/dev/null' INT\n")
+
+    def interrupt(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGINT)
+        except OSError:
+            pass
+
+    def run(self, code):
+        """Run one cell, streaming its output; False when bash died."""
+        mark = self.mark
+        with open(self.file, "w") as f:
+            f.write(code + "\n")
+        m = mark.decode()
+        line = ". %s </dev/null; printf '%%s\\n' %s; printf '%%s\\n' %s >&2\n" % (self.file, m, m)
+        try:
+            self.p.stdin.write(line.encode())
+            self.p.stdin.flush()
+        except OSError:
+            return False
+        pending = {self.p.stdout: ("stdout", b""), self.p.stderr: ("stderr", b"")}
+        sel = selectors.DefaultSelector()
+        for f in pending:
+            sel.register(f, selectors.EVENT_READ)
+        open_streams = 2
+        while open_streams:
+            for key, _ in sel.select():
+                name, buf = pending[key.fileobj]
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if not chunk:
+                    return False
+                buf += chunk
+                end = buf.find(mark)
+                done = end >= 0
+                out, rest = (buf[:end], b"") if done else self._complete(buf, mark)
+                if out:
+                    _emit({"type": name, "text": out.decode("utf-8", "replace")})
+                pending[key.fileobj] = (name, rest)
+                if done:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+        return True
+
+    @staticmethod
+    def _complete(buf, mark):
+        """What of `buf` can be sent now: its whole lines (a partial last
+        line waits: it may end where the end marker begins)."""
+        cut = buf.rfind(b"\n") + 1
+        return buf[:cut], buf[cut:]
+
+
+_bash = None
+
+
+def _run_bash_once(code):
+    """A bash cell with its own env vars (E2B's per-execution `envs`): a new
+    bash with this process's environment, which holds them now."""
     global _running
-    bash = shutil.which("bash") or "/bin/sh"
-    p = subprocess.Popen([bash, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
-    _running = p
+    argv = [shutil.which("bash") or "/bin/sh", "-c", code]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+    class _Group:
+        def interrupt(self):
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    _running = _Group()
     out, err = p.communicate()
     _running = None
-    if out:
-        _emit({"type": "stdout", "text": out})
-    if err:
-        _emit({"type": "stderr", "text": err})
+    for name, data in (("stdout", out), ("stderr", err)):
+        if data:
+            _emit({"type": name, "text": data.decode("utf-8", "replace")})
+
+
+def _run_bash(code):
+    global _running, _bash
+    if _bash is None or _bash.p.poll() is not None:
+        _bash = _Bash()
+    _running = _bash
+    alive = _bash.run(code)
+    _running = None
+    if not alive:
+        _bash = None
+        _emit({"type": "error", "name": "BashExited", "value": "bash exited; the next bash cell starts a new one", "traceback": []})
 
 
 def _set_env(env):
@@ -137,7 +225,7 @@ for line in os.fdopen(0, "r"):
     old = _set_env(env)
     if req.get("language") == "bash":
         _count += 1
-        _run_bash(req.get("code", ""))
+        (_run_bash_once if env else _run_bash)(req.get("code", ""))
     else:
         _running = "kernel"
         n = _run_kernel(req.get("code", ""))
