@@ -27,6 +27,9 @@ pub enum RuntimeError {
     CommandNotFound(String),
     #[error("session not found: {0}")]
     SessionNotFound(String),
+    /// A code context that does not exist (the message names it).
+    #[error("{0}")]
+    ContextNotFound(String),
     /// A bounded resource is used up (429).
     #[error("{0}")]
     LimitReached(String),
@@ -113,6 +116,7 @@ impl RuntimeError {
             RuntimeError::FileNotFound(_) => "FILE_NOT_FOUND",
             RuntimeError::CommandNotFound(_) => "COMMAND_NOT_FOUND",
             RuntimeError::SessionNotFound(_) => "SESSION_NOT_FOUND",
+            RuntimeError::ContextNotFound(_) => "CONTEXT_NOT_FOUND",
             RuntimeError::LimitReached(_) => "TOO_MANY_REQUESTS",
             RuntimeError::IsADirectory(_) => "IS_A_DIRECTORY",
             RuntimeError::NotADirectory(_) => "NOT_A_DIRECTORY",
@@ -140,7 +144,8 @@ impl RuntimeError {
             | RuntimeError::NotADirectory(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
             RuntimeError::FileNotFound(_)
             | RuntimeError::CommandNotFound(_)
-            | RuntimeError::SessionNotFound(_) => (StatusCode::NOT_FOUND, Code::NotFound),
+            | RuntimeError::SessionNotFound(_)
+            | RuntimeError::ContextNotFound(_) => (StatusCode::NOT_FOUND, Code::NotFound),
             RuntimeError::LimitReached(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Code::ResourceExhausted)
             }

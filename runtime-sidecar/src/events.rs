@@ -39,6 +39,9 @@ pub struct StreamEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<u64>,
     pub timestamp: i64,
+    /// A code cell's result: its MIME bundle (`text/plain` as `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
@@ -55,6 +58,7 @@ impl StreamEvent {
             execution_count: None,
             execution_time: None,
             timestamp: now_ms(),
+            results: None,
             error: None,
         }
     }

@@ -27,6 +27,7 @@ use crate::{
     error::{Result, RuntimeError},
     events::{LineSplitter, StreamEvent},
     files::{self, Permission},
+    interp::execd as code,
     session, upload,
 };
 
@@ -56,10 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/directories", post(make_dirs).delete(remove_dirs))
         .route("/metrics", get(metrics))
         .route("/metrics/watch", get(watch_metrics))
-        .route("/code", unsupported("code execution (/code)"))
-        .route("/code/context", unsupported("code contexts (/code/context)"))
-        .route("/code/contexts", unsupported("code contexts (/code/contexts)"))
-        .route("/code/contexts/{id}", unsupported("code contexts (/code/contexts)"))
+        .route("/code", post(code::run_code).delete(code::interrupt))
+        .route("/code/context", post(code::create_context))
+        .route("/code/contexts", get(code::list_contexts).delete(code::delete_language))
+        .route("/code/contexts/{id}", get(code::get_context).delete(code::delete_context))
         .route("/session", post(session::create_session))
         .route("/session/{id}", delete(session::delete_session))
         .route("/session/{id}/run", post(session::run_in_session))
@@ -232,6 +233,28 @@ pub(crate) fn event_stream_response(body: Body) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
+}
+
+/// `code` run as a foreground shell command, streamed as `/command` streams
+/// (execd's `/code` with no language).
+pub(crate) async fn run_as_command(st: &AppState, code: String) -> Result<Response> {
+    let req = RunCommandRequest {
+        command: Some(code),
+        argv: None,
+        cwd: None,
+        background: false,
+        timeout: None,
+        uid: None,
+        gid: None,
+        envs: None,
+    };
+    let mut spec = req.into_spec()?;
+    spec.envs = st.with_sandbox_env(std::mem::take(&mut spec.envs));
+    let (tx, rx) = mpsc::channel::<Output>(16);
+    let rec = st.commands.start(spec, tx)?;
+    let (ftx, frx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(stream_events(rec.id.clone(), rx, ftx, st.cfg.ping_interval));
+    Ok(event_stream_response(channel_body(frx)))
 }
 
 async fn run_command(State(st): State<AppState>, body: Body) -> Result<Response> {

@@ -108,6 +108,8 @@ pub struct AppState {
     pub sandbox_env: Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>,
     /// execd bash sessions (`/session`).
     pub sessions: Arc<session::Sessions>,
+    /// execd code contexts (`/code`).
+    pub code: Arc<interp::execd::CodeContexts>,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl AppState {
             used: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             sandbox_env: Arc::default(),
             sessions: Arc::new(session::Sessions::new(sessions_dir)),
+            code: Arc::default(),
         })
     }
 

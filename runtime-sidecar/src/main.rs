@@ -246,15 +246,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "code interpreter",
             sandpool_runtime::interp_app(state.clone()),
         ),
+        // Where a sandbox with the code interpreter has upstream's Jupyter
+        // server: the opensandbox-code-interpreter SDK's readiness check
+        // connects to it (best effort: a port in use is only logged).
+        (
+            args.interp_listen.map(|_| jupyter_addr()),
+            "Jupyter port",
+            sandpool_runtime::interp_app(state.clone()),
+        ),
     ];
     if let Some(addr) = args.asb_listen {
         serve_asb(addr, &args.asb_root, &state, &switches).await?;
     }
     for (addr, what, app) in extra {
         let Some(addr) = addr else { continue };
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr} for {what}"))?;
+        let l = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if what == "Jupyter port" => {
+                tracing::warn!(%addr, error = %e, "not listening on the Jupyter port");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {addr} for {what}")),
+        };
         tracing::info!(addr = %l.local_addr()?, "{what} listening");
         let sw = switches.clone();
         tokio::spawn(async move {
@@ -323,6 +336,15 @@ async fn serve_asb(
         }
     }
     Ok(())
+}
+
+/// `127.0.0.1:$JUPYTER_PORT` (44771 by default, as upstream's image).
+fn jupyter_addr() -> SocketAddr {
+    let port = std::env::var("JUPYTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(44771);
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 async fn shutdown_signal() {

@@ -467,13 +467,12 @@ async fn failing_and_timed_out_commands_report_exit_codes() {
 
 #[tokio::test]
 async fn unsupported_endpoints_answer_501() {
+    // (`/code` is served since the code interpreter came: tests/code.rs)
     let s = start().await;
-    let r = s.post_json("/code", &json!({"code": "1+1"})).await;
+    let r = s.post_json("/pty", &json!({})).await;
     let (st, b) = error_of(r).await;
     assert_eq!((st, b["code"].as_str()), (501, Some("NOT_IMPLEMENTED")));
-    let r = s
-        .post_json("/code/context", &json!({"language": "python"}))
-        .await;
+    let r = s.post_json("/proxy/8080", &json!({})).await;
     assert_eq!(r.status(), 501);
 }
 

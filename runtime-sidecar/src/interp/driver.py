@@ -3,10 +3,8 @@
 # persistent namespace like a notebook cell (the value of a final expression
 # is the result), and writes JSON lines to the original stdout:
 #   {"type": "stdout"|"stderr", "text": ...}
-#   {"type": "result", "text": ..., "is_main_result": true}
-# (the text of a result is its repr() without one pair of enclosing quotes,
-# as upstream's: "bar" for 'bar', 2 for 2, ['a'] for ['a'])
-#   {"type": "error", "name": ..., "value": ..., "traceback": ...}
+#   {"type": "result", "data": {"text/plain": repr(value)}, "is_main_result": true}
+#   {"type": "error", "name": ..., "value": ..., "traceback": [line, ...]}
 #   {"type": "end", "execution_count": n}
 # A line `!cmd` (IPython's shell escape) runs `cmd` in sh, and a request with
 # "language": "bash" runs its code in bash; their output is the cell's
@@ -49,13 +47,6 @@ class _Stream:
 _ns = {"__name__": "__main__", "__sandpool_shell__": None}
 _count = 0
 _running = False
-
-
-def _text(value):
-    text = repr(value)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
 
 
 _BANG = re.compile(r"^([ \t]*)!(.*)$", re.M)
@@ -118,11 +109,11 @@ for line in os.fdopen(0, "r"):
             value = eval(compile(last, "<cell>", "eval"), _ns)
         _running = False
         if value is not None:
-            _emit({"type": "result", "text": _text(value), "is_main_result": True})
+            _emit({"type": "result", "data": {"text/plain": repr(value)}, "is_main_result": True, "execution_count": _count})
     except BaseException as e:  # noqa: BLE001 - report everything, like a notebook
         _running = False
         tb = traceback.format_exception(type(e), e, e.__traceback__)
-        _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb)})
+        _emit({"type": "error", "name": type(e).__name__, "value": str(e), "traceback": "".join(tb).rstrip("\n").split("\n")})
     sys.stdout.flush()
     sys.stderr.flush()
     for k, v in saved.items():

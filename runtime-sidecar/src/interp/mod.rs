@@ -1,10 +1,11 @@
 //! A code interpreter compatible with `e2b-code-interpreter` (port 49999):
 //! `POST /execute` streams JSON lines (stdout, stderr, result, error,
 //! keepalive, number_of_executions); `/contexts` manages contexts, a default
-//! Python one from the start. Each context is one real Python process
-//! (`driver.py`) whose namespace persists between calls.
+//! Python one from the start. Each context is one process of the
+//! [`engine`] (a Jupyter kernel where the image has one) whose state
+//! persists between calls.
 
-use std::{collections::HashMap, process::Stdio, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -17,17 +18,15 @@ use axum::{
 use bytes::Bytes;
 use parking_lot::Mutex as SyncMutex;
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::{Child, ChildStdin, ChildStdout},
-    sync::{Mutex, mpsc},
-};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::{AppState, auth::TokenGuard};
 
+pub mod engine;
+pub mod execd;
 mod limits;
 
-const DRIVER: &str = include_str!("driver.py");
+use engine::Kernel;
 
 /// The working directory of the default context (and of a created context
 /// that names none).
@@ -35,25 +34,6 @@ const DEFAULT_CWD: &str = "/home/user";
 
 /// Time between keepalive lines of a running execution (upstream: 5 s).
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(2);
-
-struct Kernel {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Kernel {
-    /// Interrupt the running cell (SIGINT: a `KeyboardInterrupt` in it; the
-    /// driver ignores one that comes between cells). Always `true`: the
-    /// interrupt is sent once per cell.
-    fn interrupt(&self) -> bool {
-        use nix::sys::signal::{Signal, kill};
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
-        }
-        true
-    }
-}
 
 struct Context {
     id: String,
@@ -131,41 +111,6 @@ pub fn router(st: InterpState) -> Router {
     }
     .apply(routes)
     .with_state(st)
-}
-
-fn python() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-}
-
-/// A context's Python process, in `cwd` (`/` when that is no directory),
-/// with the sandbox's env vars (`envd`'s `/init`) on top of the runtime's.
-async fn spawn_kernel(cwd: &str, env: HashMap<String, String>) -> Result<Kernel, String> {
-    let py = python().ok_or(
-        "python3 is not installed in this sandbox (use a Python image, e.g. the `python` builtin)",
-    )?;
-    let mut child = tokio::process::Command::new(py)
-        .args(["-u", "-c", DRIVER])
-        .envs(env)
-        .current_dir(if std::path::Path::new(cwd).is_dir() {
-            cwd
-        } else {
-            "/"
-        })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting {py}: {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin")?;
-    let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    Ok(Kernel {
-        child,
-        stdin,
-        stdout,
-    })
 }
 
 /// A context (its process starts with its first execution), with `id` or a
@@ -339,7 +284,7 @@ async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Send
     }
     if guard.is_none() {
         let env = st.app.sandbox_env.lock().clone();
-        match spawn_kernel(&ctx.cwd, env).await {
+        match Kernel::spawn(&ctx.cwd, env).await {
             Ok(k) => *guard = Some(k),
             Err(e) => {
                 let _ = tx.send(kernel_error(e)).await;
@@ -348,9 +293,7 @@ async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Send
         }
     }
     let Some(k) = guard.as_mut() else { return };
-    let mut msg = serde_json::to_vec(&req).unwrap_or_default();
-    msg.push(b'\n');
-    if k.stdin.write_all(&msg).await.is_err() || k.stdin.flush().await.is_err() {
+    if !k.send(&req).await {
         guard.take();
         let msg = "the Python process died; it restarts on the next call";
         let _ = tx.send(kernel_error(msg)).await;
@@ -375,7 +318,7 @@ async fn stream_cell(k: &mut Kernel, tx: &mpsc::Sender<Bytes>) -> bool {
     let mut client_left = false;
     loop {
         let out = tokio::select! {
-            l = k.stdout.next_line() => l,
+            l = k.next() => l,
             _ = keepalive.tick(), if !client_left => {
                 if tx.send(line(&json!({"type": "keepalive"}))).await.is_err() {
                     client_left = k.interrupt();
@@ -387,19 +330,120 @@ async fn stream_cell(k: &mut Kernel, tx: &mpsc::Sender<Bytes>) -> bool {
                 continue;
             }
         };
-        let Ok(Some(l)) = out else { return false };
-        let Ok(mut ev) = serde_json::from_str::<Value>(&l) else {
-            continue;
-        };
-        if ev["type"] == "end" {
+        let Some(ev) = out else { return false };
+        if engine::is_end(&ev) {
             let n = ev["execution_count"].clone();
             let done = json!({"type": "number_of_executions", "execution_count": n});
             let _ = tx.send(line(&done)).await;
             return true;
         }
+        let mut ev = e2b_event(ev);
         ev["timestamp"] = json!(chrono::Utc::now().timestamp_micros());
         if !client_left && tx.send(line(&ev)).await.is_err() {
             client_left = k.interrupt();
         }
+    }
+}
+
+/// E2B's `Result` field of each MIME type it names; others go to `extra`.
+const E2B_FIELDS: &[(&str, &str)] = &[
+    ("text/plain", "text"),
+    ("text/html", "html"),
+    ("text/markdown", "markdown"),
+    ("image/svg+xml", "svg"),
+    ("image/png", "png"),
+    ("image/jpeg", "jpeg"),
+    ("application/pdf", "pdf"),
+    ("text/latex", "latex"),
+    ("application/json", "json"),
+    ("application/javascript", "javascript"),
+];
+
+/// An engine event as the e2b-code-interpreter SDK reads it: a result's
+/// MIME bundle as `Result` fields (the text of the cell's value without one
+/// pair of enclosing quotes, as upstream's: `bar` for `'bar'`), an error's
+/// traceback as one string.
+pub fn e2b_event(mut ev: Value) -> Value {
+    match ev["type"].as_str() {
+        Some("result") => {
+            let main = ev["is_main_result"].as_bool().unwrap_or(false);
+            let mut out = serde_json::Map::new();
+            out.insert("type".into(), json!("result"));
+            let mut extra = serde_json::Map::new();
+            if let Some(data) = ev["data"].as_object() {
+                for (mime, v) in data {
+                    match E2B_FIELDS.iter().find(|(m, _)| m == mime) {
+                        Some((_, field)) => {
+                            out.insert((*field).into(), v.clone());
+                        }
+                        None => {
+                            extra.insert(mime.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(Value::String(t)) = out.get_mut("text").filter(|_| main) {
+                *t = unquote(t).to_string();
+            }
+            if !extra.is_empty() {
+                out.insert("extra".into(), Value::Object(extra));
+            }
+            out.insert("is_main_result".into(), json!(main));
+            Value::Object(out)
+        }
+        Some("error") => {
+            if let Some(tb) = ev["traceback"].as_array() {
+                let lines: Vec<&str> = tb.iter().filter_map(Value::as_str).collect();
+                ev["traceback"] = json!(lines.join("\n"));
+            }
+            ev
+        }
+        _ => ev,
+    }
+}
+
+/// `text` without one pair of enclosing quotes (`'a'` → `a`).
+fn unquote(text: &str) -> &str {
+    let b = text.as_bytes();
+    if b.len() >= 2 && b[0] == b[b.len() - 1] && (b[0] == b'\'' || b[0] == b'"') {
+        &text[1..text.len() - 1]
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e2b_results_carry_their_mime_bundle_as_fields() {
+        let ev = json!({"type": "result", "is_main_result": true, "data": {
+            "text/plain": "'bar'", "text/html": "<b>x</b>", "image/png": "iVBOR",
+            "application/json": {"a": 1}, "application/vnd.custom": "c"}});
+        let e = e2b_event(ev);
+        assert_eq!(e["text"], "bar");
+        assert_eq!(e["html"], "<b>x</b>");
+        assert_eq!(e["png"], "iVBOR");
+        assert_eq!(e["json"], json!({"a": 1}));
+        assert_eq!(e["extra"], json!({"application/vnd.custom": "c"}));
+        assert_eq!(e["is_main_result"], true);
+        assert!(e.get("data").is_none());
+        // display data keeps its text as the kernel gave it
+        let d = e2b_event(json!({"type": "result", "is_main_result": false,
+            "data": {"text/plain": "'<Figure>'", "image/png": "AA"}}));
+        assert_eq!(d["text"], "'<Figure>'");
+        assert_eq!(d["is_main_result"], false);
+    }
+
+    #[test]
+    fn e2b_errors_have_one_traceback_string() {
+        let e = e2b_event(json!({"type": "error", "name": "NameError", "value": "x",
+            "traceback": ["a", "b"]}));
+        assert_eq!(e["traceback"], "a\nb");
+        assert_eq!(e["name"], "NameError");
+        assert_eq!(unquote("\"q\""), "q");
+        assert_eq!(unquote("'"), "'");
+        assert_eq!(unquote("[1]"), "[1]");
     }
 }

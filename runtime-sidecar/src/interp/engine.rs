@@ -1,0 +1,107 @@
+//! The engine behind both code interpreters (E2B's on 49999, execd's
+//! `/code`): one process per context running `bridge.py`. Where the
+//! sandbox's Python has `jupyter_client` and `ipykernel` (the builtin
+//! code-interpreter image) that process drives a real Jupyter kernel, so
+//! results carry whole MIME bundles (text/plain, text/html, image/png, ...);
+//! elsewhere it runs `driver.py` (a plain Python loop: text/plain results
+//! only). Both speak the same JSON lines (see `bridge.py`).
+
+use std::{collections::HashMap, process::Stdio};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin, ChildStdout},
+};
+
+const BRIDGE: &str = include_str!("bridge.py");
+const DRIVER: &str = include_str!("driver.py");
+
+/// A context's running process.
+pub struct Kernel {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+/// The sandbox's `python3`, if it has one.
+fn python() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+impl Kernel {
+    /// A context's process in `cwd` (`/` when that is no directory), with
+    /// `env` on top of the runtime's environment.
+    pub async fn spawn(cwd: &str, env: HashMap<String, String>) -> Result<Kernel, String> {
+        let py = python().ok_or(
+            "python3 is not installed in this sandbox (use a Python image, e.g. the `code-interpreter` builtin)",
+        )?;
+        let dir = if std::path::Path::new(cwd).is_dir() {
+            cwd
+        } else {
+            "/"
+        };
+        let mut child = tokio::process::Command::new(py)
+            .args(["-u", "-c", BRIDGE, DRIVER])
+            .envs(env)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {py}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        Ok(Kernel {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Send one request (`{"code", "language", "env"}`); `false` when the
+    /// process is gone.
+    pub async fn send(&mut self, req: &Value) -> bool {
+        let mut msg = serde_json::to_vec(req).unwrap_or_default();
+        msg.push(b'\n');
+        self.stdin.write_all(&msg).await.is_ok() && self.stdin.flush().await.is_ok()
+    }
+
+    /// The next event of the running cell; `None` when the process exited.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let line = self.stdout.next_line().await.ok()??;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Interrupt the running cell (SIGINT to the context's process: a
+    /// kernel interrupt, a `KeyboardInterrupt` in the cell). Always `true`.
+    pub fn interrupt(&self) -> bool {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            interrupt_pid(pid);
+        }
+        true
+    }
+
+    /// The process id, for an interrupt sent without holding the kernel.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().and_then(|p| i32::try_from(p).ok())
+    }
+}
+
+/// SIGINT to `pid` (a context's process).
+pub fn interrupt_pid(pid: i32) {
+    use nix::sys::signal::{Signal, kill};
+    let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
+}
+
+/// Whether an engine event ends its cell.
+pub fn is_end(ev: &Value) -> bool {
+    ev["type"] == "end"
+}
