@@ -56,6 +56,11 @@ impl FakeScheduler {
     pub fn add_claim(&self, claim: pb::Claim) {
         self.claims.lock().insert(claim.claim_id.clone(), claim);
     }
+
+    /// Change claim `id` as the scheduler would (false: no such claim).
+    pub fn update_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> bool {
+        self.claims.lock().get_mut(id).map(f).is_some()
+    }
 }
 
 /// When the fake's first claim starts.

@@ -81,6 +81,15 @@ impl FakeNode {
         change(&mut b.sandboxes);
     }
 
+    /// Send `ev` to every watcher, as the node agent does.
+    fn send(&self, ev: pb::node_event::Event) {
+        for w in &self.books().watchers {
+            let _ = w.try_send(Ok(pb::NodeEvent {
+                event: Some(ev.clone()),
+            }));
+        }
+    }
+
     fn warm_of(&self, pool: &str) -> Vec<String> {
         self.books()
             .sandboxes
@@ -587,6 +596,32 @@ async fn after_a_node_restart_the_books_follow_what_it_runs() {
         .await
         .unwrap();
     assert_eq!(status(&s, "n").allocated, 0);
+}
+
+/// The OOM kills a node reports for a claimed sandbox (from containerd's
+/// TaskOOM events) are counted on its claim, which stays bound.
+#[tokio::test]
+async fn oom_kills_a_node_reports_are_counted_on_the_claim() {
+    let (node, s, _store) = warm_platform("o", 1, 1, 4).await;
+    let c = s.claim(claim_req("o", &["true"])).await.unwrap();
+    let mut info = node.info(&c.sandbox.id).unwrap();
+    for kills in [1, 2] {
+        info.oom_kills = kills;
+        node.send(pb::node_event::Event::Sandbox(info.clone()));
+        PATIENCE
+            .wait_until(&format!("{kills} OOM kills on the claim"), || {
+                s.get_claim(&c.id).unwrap().oom_kills == kills
+            })
+            .await;
+    }
+    let shown = sandpool_scheduler::service::claim_pb(&s.get_claim(&c.id).unwrap());
+    assert_eq!(shown.oom_kills, 2);
+    assert_eq!(shown.state, pb::ClaimState::Bound as i32, "it lives on");
+    // a report of fewer (an agent restart) takes nothing back
+    info.oom_kills = 1;
+    node.send(pb::node_event::Event::Sandbox(info));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.get_claim(&c.id).unwrap().oom_kills, 2);
 }
 
 #[tokio::test]

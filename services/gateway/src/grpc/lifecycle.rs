@@ -33,6 +33,7 @@ pub fn sandbox(c: pb::Claim) -> api::Sandbox {
         expires_unix_ms: c.expires_unix_ms,
         metadata: c.metadata,
         message: c.message,
+        oom_kills: c.oom_kills,
     }
 }
 

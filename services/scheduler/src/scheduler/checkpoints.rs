@@ -204,6 +204,7 @@ impl Scheduler {
                 failure: String::new(),
                 egress: None,
                 pause_on_expiry: false,
+                oom_kills: 0,
             })
             .collect();
         if failed.is_none() {

@@ -186,6 +186,7 @@ impl Scheduler {
             failure: String::new(),
             egress: egress.clone(),
             pause_on_expiry: req.pause_on_expiry,
+            oom_kills: 0,
         };
         reservation.record(&claim_id);
         let started = async {
