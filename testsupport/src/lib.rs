@@ -245,6 +245,12 @@ impl Scheduler for FakeScheduler {
         {
             return Err(Status::not_found(r.checkpoint_id));
         }
+        // as the scheduler: a claim id already used returns its claim
+        if let Some(c) = self.claims.lock().get(&r.claim_id).cloned() {
+            return Ok(Response::new(pb::RestoreCheckpointResponse {
+                claims: vec![c],
+            }));
+        }
         let mut claims = Vec::new();
         for _ in 0..r.count.max(1) {
             let req = pb::ClaimRequest {
@@ -253,7 +259,14 @@ impl Scheduler for FakeScheduler {
                 metadata: r.metadata.clone(),
                 ..Default::default()
             };
-            claims.push(self.create_claim(Request::new(req)).await?.into_inner());
+            let mut c = self.create_claim(Request::new(req)).await?.into_inner();
+            if !r.claim_id.is_empty() {
+                let mut m = self.claims.lock();
+                m.remove(&c.claim_id);
+                c.claim_id = r.claim_id.clone();
+                m.insert(c.claim_id.clone(), c.clone());
+            }
+            claims.push(c);
         }
         Ok(Response::new(pb::RestoreCheckpointResponse { claims }))
     }

@@ -521,6 +521,46 @@ async fn watch_reports_each_oom_kill_as_an_event() {
     assert_eq!(next().await, (Kind::State as i32, deleted, 2));
 }
 
+/// A create from a snapshot with an idempotency key is made once per key
+/// and API key: a retry returns the first sandbox (it was UNIMPLEMENTED).
+#[tokio::test]
+async fn an_idempotent_create_from_a_snapshot_is_made_once() {
+    use api::create_sandbox_request::Source;
+    let p = platform().await;
+    let (mut a, mut b) = (p.client(A).await, p.client(B).await);
+    let src = create(&mut a).await;
+    let ck = a
+        .snapshot(api::SnapshotSandboxRequest {
+            id: src.id.clone(),
+            leave_running: true,
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let from = |key: &str| api::CreateSandboxRequest {
+        source: Some(Source::Snapshot(ck.id.clone())),
+        timeout_seconds: 600,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let first = a.create(from("r-1")).await.expect("create").into_inner();
+    let again = a.create(from("r-1")).await.expect("retry").into_inner();
+    assert_eq!(again.id, first.id, "a retry returns the first sandbox");
+    let other = a.create(from("r-2")).await.expect("another").into_inner();
+    assert_ne!(other.id, first.id);
+    let live = a
+        .list(api::ListSandboxesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .sandboxes;
+    assert_eq!(live.len(), 3, "the source and two restores: {live:?}");
+    // another key's same idempotency key reaches nothing of A's
+    let e = b.create(from("r-1")).await.expect_err("not B's snapshot");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
+
 #[tokio::test]
 async fn reflection_lists_the_services_and_health_serves() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};

@@ -319,8 +319,14 @@ impl scheduler_server::Scheduler for SchedulerService {
         let recs = self
             .detached(span, req, |s, r| async move {
                 let metadata = r.metadata.into_iter().collect();
-                s.restore_checkpoint(&r.checkpoint_id, r.count, r.ttl_seconds, metadata)
-                    .await
+                s.restore_checkpoint(
+                    &r.checkpoint_id,
+                    r.count,
+                    r.ttl_seconds,
+                    metadata,
+                    &r.claim_id,
+                )
+                .await
             })
             .await?;
         Ok(Response::new(pb::RestoreCheckpointResponse {
