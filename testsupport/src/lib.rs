@@ -125,8 +125,16 @@ impl Scheduler for FakeScheduler {
             return Err(Status::not_found(format!("pool {}", r.pool)));
         }
         let mut m = self.claims.lock();
+        // as the scheduler: a caller-chosen claim id already made is returned
+        if let Some(c) = m.get(&r.claim_id) {
+            return Ok(Response::new(c.clone()));
+        }
         let n = m.len() + 1;
-        let id = format!("sb-{n}");
+        let id = if r.claim_id.is_empty() {
+            format!("sb-{n}")
+        } else {
+            r.claim_id.clone()
+        };
         let c = pb::Claim {
             claim_id: id.clone(),
             pool: r.pool,
