@@ -174,7 +174,7 @@ def test_rust_client_another_keys_sandbox_is_not_found(sandpool: Sandpool, tmp_p
         mine = _cli(sandpool, "exec", sid, "--", "echo", "mine", key=a)
         assert mine.stdout == b"mine\n", mine.stderr
         wrong = _cli(sandpool, "ls", key="wrong-key")
-        assert wrong.returncode != 0 and b"unauthenticated" in wrong.stderr.lower().replace(b" ", b""), wrong.stderr
+        assert wrong.returncode != 0 and b"invalid api key" in wrong.stderr.lower(), wrong.stderr
     finally:
         _cli(sandpool, "rm", sid, key=a)
 
