@@ -3,7 +3,10 @@ the Python client (clients/python): Watch reports an OOM kill inside a
 sandbox (containerd TaskOOM -> node agent -> scheduler -> gateway) while the
 sandbox lives on; the sync and async clients retry UNAVAILABLE after the
 server's RetryInfo, and a retried create (its reply lost) makes one sandbox;
-creates from a snapshot and snapshots are idempotent per key."""
+creates from a snapshot and snapshots are idempotent per key; the README's
+Python example runs; and the client's streaming exec (stdin, a signal, a
+large stdout, a caller leaving mid-stream, a deadline), a 200 MB round trip
+at flat memory and ownership across two keys."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from sandpool_platform import CK_POOL_NAME, POOL_NAME, Sandpool
 CLIENT_DIR = Path(__file__).resolve().parents[3] / "clients" / "python"
 sys.path.insert(0, str(CLIENT_DIR))
 
-from sandpool_client import Client, pb  # noqa: E402
+from sandpool_client import Client, Sandbox, pb  # noqa: E402
 from sandpool_client.aio import AsyncClient  # noqa: E402
 
 RETRY_DELAY = 0.4
@@ -205,3 +208,127 @@ def test_the_readme_python_example_runs(sandpool: Sandpool):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "b'hi\\n'", out.stdout
+
+
+MIB = 1 << 20
+
+
+def _alive(sb, pid: str) -> bool:
+    return sb.exec(f"kill -0 {pid} 2>/dev/null && echo alive || echo gone").stdout.strip() == b"alive"
+
+
+def _gone(sb, pid: str) -> bool:
+    for _ in range(50):
+        if not _alive(sb, pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _first_stdout(stream) -> str:
+    for r in stream:
+        if r.WhichOneof("response") == "stdout":
+            return r.stdout.decode().strip()
+    raise AssertionError("no output")
+
+
+def test_python_client_signal_large_stdout_disconnect_and_deadline(sandpool: Sandpool):
+    with Client(_target(sandpool), api_key=sandpool.api_key) as client:
+        sb = client.create(pool=POOL_NAME, timeout=300)
+        try:
+            big = sb.exec("head -c 33554432 /dev/zero | tr '\\0' x")
+            assert big.exit_code == 0 and len(big.stdout) == 32 * MIB and big.stdout.count(b"x") == 32 * MIB
+            assert sb.exec("cat", stdin=[b"echo ", b"me\n"]).stdout == b"echo me\n"
+            # a signal, sent on the request stream once the command runs
+            started, done = threading.Event(), threading.Event()
+
+            def reqs():
+                yield pb.ExecRequest(start=pb.ExecStart(sandbox_id=sb.id, command="echo $$; exec sleep 300"))
+                started.wait(30)
+                yield pb.ExecRequest(signal=15)
+                done.wait(60)
+            stream = client.call("Exec", reqs(), timeout=60)
+            _first_stdout(stream)
+            started.set()
+            exited = next(r.exited for r in stream if r.WhichOneof("response") == "exited")
+            done.set()
+            stream.cancel()
+            assert (exited.signal, exited.exit_code) == (15, 143), exited
+            # a caller that leaves mid-stream leaves nothing running
+            stream = sb.exec_stream("echo $$; exec sleep 300")
+            pid = _first_stdout(stream)
+            assert _alive(sb, pid)
+            stream.cancel()
+            assert _gone(sb, pid), f"{pid} still runs after its caller left"
+            # a deadline ends the call and the command
+            stream = sb.exec_stream("echo $$; exec sleep 300", timeout=3)
+            pid = _first_stdout(stream)
+            try:
+                for _ in stream:
+                    pass
+                raise AssertionError("no deadline")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+            assert _gone(sb, pid), f"{pid} still runs after the deadline"
+        finally:
+            sb.delete()
+
+
+def _hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_python_client_200_mb_round_trip_at_flat_memory(sandpool: Sandpool, tmp_path: Path):
+    import hashlib
+    src, back = tmp_path / "big.bin", tmp_path / "back.bin"
+    sent = hashlib.sha256()
+    with src.open("wb") as f:
+        for i in range(200):
+            chunk = i.to_bytes(4, "big") * (MIB // 4)
+            sent.update(chunk)
+            f.write(chunk)
+    with Client(_target(sandpool), api_key=sandpool.api_key) as client:
+        sb = client.create(pool=POOL_NAME, timeout=300)
+        try:
+            before = _hwm_kib(sandpool.process.pid)
+            with src.open("rb") as f:
+                assert sb.write_file("/tmp/py/big.bin", f) == 200 * MIB
+            with back.open("wb") as f:
+                assert sb.download("/tmp/py/big.bin", f) == 200 * MIB
+            assert hashlib.sha256(back.read_bytes()).hexdigest() == sent.hexdigest()
+            grew = (_hwm_kib(sandpool.process.pid) - before) // 1024
+            assert grew < 100, f"the platform's peak memory grew {grew} MiB over a 200 MiB round trip"
+        finally:
+            sb.delete()
+
+
+def test_python_client_another_keys_sandbox_is_not_found(sandpool: Sandpool):
+    import os
+    import subprocess
+
+    from sandpool_client import SandpoolError
+    from sandpool_platform import DEFAULT_BINARY
+
+    def key(name: str) -> str:
+        out = subprocess.run([os.environ.get("SANDPOOL_BIN", str(DEFAULT_BINARY)), "key", "create", "--name", name,
+                              "--data-dir", str(sandpool.base_dir / "data")],
+                             check=True, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+    with Client(_target(sandpool), api_key=key("py-a")) as a, Client(_target(sandpool), api_key=key("py-b")) as b:
+        sb = a.create(pool=POOL_NAME, timeout=300)
+        try:
+            for call in (lambda: b.get(sb.id), lambda: b.delete(sb.id),
+                         lambda: Sandbox(b, sb.info).exec("echo no"),
+                         lambda: Sandbox(b, sb.info).read_file("/etc/hostname")):
+                try:
+                    call()
+                    raise AssertionError("another key reached the sandbox")
+                except SandpoolError as e:
+                    assert (e.code, e.reason) == (grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND"), e
+            assert sb.id not in [s.id for s in b.list()]
+            assert sb.exec("echo mine").stdout == b"mine\n"
+        finally:
+            sb.delete()
