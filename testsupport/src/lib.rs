@@ -56,6 +56,11 @@ impl FakeScheduler {
     pub fn add_claim(&self, claim: pb::Claim) {
         self.claims.lock().insert(claim.claim_id.clone(), claim);
     }
+
+    /// Change claim `id` as the scheduler would (false: no such claim).
+    pub fn update_claim(&self, id: &str, f: impl FnOnce(&mut pb::Claim)) -> bool {
+        self.claims.lock().get_mut(id).map(f).is_some()
+    }
 }
 
 /// When the fake's first claim starts.
@@ -120,8 +125,16 @@ impl Scheduler for FakeScheduler {
             return Err(Status::not_found(format!("pool {}", r.pool)));
         }
         let mut m = self.claims.lock();
+        // as the scheduler: a caller-chosen claim id already made is returned
+        if let Some(c) = m.get(&r.claim_id) {
+            return Ok(Response::new(c.clone()));
+        }
         let n = m.len() + 1;
-        let id = format!("sb-{n}");
+        let id = if r.claim_id.is_empty() {
+            format!("sb-{n}")
+        } else {
+            r.claim_id.clone()
+        };
         let c = pb::Claim {
             claim_id: id.clone(),
             pool: r.pool,
@@ -240,6 +253,12 @@ impl Scheduler for FakeScheduler {
         {
             return Err(Status::not_found(r.checkpoint_id));
         }
+        // as the scheduler: a claim id already used returns its claim
+        if let Some(c) = self.claims.lock().get(&r.claim_id).cloned() {
+            return Ok(Response::new(pb::RestoreCheckpointResponse {
+                claims: vec![c],
+            }));
+        }
         let mut claims = Vec::new();
         for _ in 0..r.count.max(1) {
             let req = pb::ClaimRequest {
@@ -248,7 +267,14 @@ impl Scheduler for FakeScheduler {
                 metadata: r.metadata.clone(),
                 ..Default::default()
             };
-            claims.push(self.create_claim(Request::new(req)).await?.into_inner());
+            let mut c = self.create_claim(Request::new(req)).await?.into_inner();
+            if !r.claim_id.is_empty() {
+                let mut m = self.claims.lock();
+                m.remove(&c.claim_id);
+                c.claim_id = r.claim_id.clone();
+                m.insert(c.claim_id.clone(), c.clone());
+            }
+            claims.push(c);
         }
         Ok(Response::new(pb::RestoreCheckpointResponse { claims }))
     }

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import asyncio
+from typing import AsyncIterator, Iterable, Optional
 
 import grpc
 from grpc import aio
 
 from ._gen import sandboxes_pb2 as pb
-from .client import (METHODS, SERVICE, ExecResult, SandpoolError, create_request, exec_requests,
-                     upload_requests)
+from .client import (ATTEMPTS, METHODS, SERVICE, ExecResult, SandpoolError, create_request,
+                     exec_requests, retry_wait, snapshot_request, upload_requests)
 
 
 class AsyncClient:
@@ -33,13 +34,28 @@ class AsyncClient:
                                            response_deserializer=resp_cls.FromString)
         return call(request, metadata=self.metadata, timeout=self.timeout if timeout == -1.0 else timeout)
 
+    async def attempt(self, method: str, request, timeout: Optional[float] = -1.0):
+        """One try of a unary or client-streaming call."""
+        return await self.rpc(method, request, timeout)
+
     async def call(self, method: str, request, timeout: Optional[float] = -1.0):
-        try:
-            return await self.rpc(method, request, timeout)
-        except grpc.RpcError as e:
-            raise SandpoolError(e) from e
+        # as the sync client: unary calls are retried after the server's
+        # RetryInfo (creates and snapshots carry an idempotency key)
+        attempts = ATTEMPTS if METHODS[method][2] == "unary_unary" else 1
+        attempt = 1
+        while True:
+            try:
+                return await self.attempt(method, request, timeout)
+            except grpc.RpcError as e:
+                err = SandpoolError(e)
+                wait = retry_wait(err, attempt, attempts)
+                if wait is None:
+                    raise err from e
+                await asyncio.sleep(wait)
+                attempt += 1
 
     async def create(self, **kw) -> "AsyncSandbox":
+        """As :meth:`sandpool_client.Client.create`, retried safely."""
         return AsyncSandbox(self, await self.call("Create", create_request(**kw)))
 
     async def get(self, sandbox_id: str) -> "AsyncSandbox":
@@ -87,6 +103,20 @@ class AsyncSandbox:
         except grpc.RpcError as e:
             raise SandpoolError(e) from e
         return b"".join(parts)
+
+    async def snapshot(self, name: str = "", leave_running: bool = False,
+                       idempotency_key: Optional[str] = None) -> pb.SandboxSnapshot:
+        """Checkpoint it (a checkpointable sandbox); retried safely."""
+        return await self.client.call("Snapshot",
+                                      snapshot_request(self.id, name, leave_running, idempotency_key))
+
+    async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[pb.SandboxEvent]:
+        """Its events (``kind`` STATE or OOM) until it ends."""
+        try:
+            async for ev in self.client.rpc("Watch", pb.WatchRequest(id=self.id), timeout):
+                yield ev
+        except grpc.RpcError as e:
+            raise SandpoolError(e) from e
 
     async def delete(self) -> None:
         await self.client.delete(self.id)

@@ -94,7 +94,21 @@ def _details(status: bytes) -> tuple[str, Optional[float]]:
 
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# tries of a call that is safe to repeat, and the wait between them when the
+# server sends no RetryInfo (doubling), at most MAX_WAIT each
 ATTEMPTS = 3
+FIRST_WAIT = 0.2
+MAX_WAIT = 10.0
+
+
+def retry_wait(err: "SandpoolError", attempt: int, attempts: int = ATTEMPTS) -> Optional[float]:
+    """How long to wait before try ``attempt + 1`` after ``err`` (None: give
+    up): UNAVAILABLE and RESOURCE_EXHAUSTED are retried after the server's
+    ``RetryInfo`` delay, else after a doubling wait."""
+    if attempt >= attempts or err.code not in RETRYABLE:
+        return None
+    wait = err.retry_after if err.retry_after is not None else FIRST_WAIT * 2 ** (attempt - 1)
+    return min(wait, MAX_WAIT)
 
 
 @dataclass
@@ -129,18 +143,29 @@ def collect(responses: Iterable[pb.ExecResponse]) -> ExecResult:
     return ExecResult(b"".join(out), b"".join(err), code, sig)
 
 
-def create_request(pool: str = "", image: str = "", template: str = "", timeout: int = 0,
-                   env: Optional[dict] = None, metadata: Optional[dict] = None,
+def create_request(pool: str = "", image: str = "", template: str = "", snapshot: str = "",
+                   timeout: int = 0, env: Optional[dict] = None, metadata: Optional[dict] = None,
                    idempotency_key: Optional[str] = None) -> pb.CreateSandboxRequest:
+    """A create from one source; it carries an idempotency key (a fresh one
+    unless given) so that a retry never makes a second sandbox."""
     req = pb.CreateSandboxRequest(timeout_seconds=timeout, env=env or {}, metadata=metadata or {},
                                   idempotency_key=idempotency_key or uuid.uuid4().hex)
     if image:
         req.image = image
     elif template:
         req.template = template
+    elif snapshot:
+        req.snapshot = snapshot
     else:
         req.pool = pool or "default"
     return req
+
+
+def snapshot_request(sandbox_id: str, name: str = "", leave_running: bool = False,
+                     idempotency_key: Optional[str] = None) -> pb.SnapshotSandboxRequest:
+    """A snapshot with an idempotency key: a retry returns the first snapshot."""
+    return pb.SnapshotSandboxRequest(id=sandbox_id, name=name, leave_running=leave_running,
+                                     idempotency_key=idempotency_key or uuid.uuid4().hex)
 
 
 def upload_requests(sandbox_id: str, path: str, src: BinaryIO | bytes) -> Iterator[pb.UploadRequest]:
@@ -170,26 +195,34 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def call(self, method: str, request, timeout: Optional[float] = -1.0):
+    def attempt(self, method: str, request, timeout: Optional[float]):
+        """One try of ``method`` (streams: the call object)."""
         req_cls, resp_cls, kind = METHODS[method]
         rpc = getattr(self.channel, kind)(SERVICE + method, request_serializer=req_cls.SerializeToString,
                                           response_deserializer=resp_cls.FromString)
+        return rpc(request, metadata=self.metadata, timeout=timeout)
+
+    def call(self, method: str, request, timeout: Optional[float] = -1.0):
         timeout = self.timeout if timeout == -1.0 else timeout
         # unary calls are safe to repeat (creates and snapshots carry an
         # idempotency key): retried after the server's RetryInfo
-        attempts = ATTEMPTS if kind == "unary_unary" else 1
-        for attempt in range(1, attempts + 1):
+        attempts = ATTEMPTS if METHODS[method][2] == "unary_unary" else 1
+        attempt = 1
+        while True:
             try:
-                return rpc(request, metadata=self.metadata, timeout=timeout)
+                return self.attempt(method, request, timeout)
             except grpc.RpcError as e:
                 err = SandpoolError(e)
-                if attempt == attempts or err.code not in RETRYABLE:
+                wait = retry_wait(err, attempt, attempts)
+                if wait is None:
                     raise err from e
-                time.sleep(min(err.retry_after if err.retry_after is not None else 0.2, 10.0))
+                time.sleep(wait)
+                attempt += 1
 
     def create(self, **kw) -> "Sandbox":
-        """A new sandbox (``pool``, ``image`` or ``template``; ``timeout``,
-        ``env``, ``metadata``); safe to retry (idempotency key)."""
+        """A new sandbox (``pool``, ``image``, ``template`` or ``snapshot``;
+        ``timeout``, ``env``, ``metadata``, ``idempotency_key``); retried
+        safely (the retries carry the same idempotency key)."""
         return Sandbox(self, self.call("Create", create_request(**kw)))
 
     def get(self, sandbox_id: str) -> "Sandbox":
@@ -253,6 +286,18 @@ class Sandbox:
 
     def resume(self) -> None:
         self.info = self.client.call("Resume", pb.ResumeSandboxRequest(id=self.id))
+
+    def snapshot(self, name: str = "", leave_running: bool = False,
+                 idempotency_key: Optional[str] = None) -> pb.SandboxSnapshot:
+        """Checkpoint it (a checkpointable sandbox); retried safely."""
+        return self.client.call("Snapshot", snapshot_request(self.id, name, leave_running, idempotency_key))
+
+    def watch(self, timeout: Optional[float] = None) -> Iterator[pb.SandboxEvent]:
+        """Its events (``kind`` STATE or OOM) until it ends."""
+        try:
+            yield from self.client.call("Watch", pb.WatchRequest(id=self.id), timeout=timeout)
+        except grpc.RpcError as e:
+            raise SandpoolError(e) from e
 
     def delete(self) -> None:
         self.client.delete(self.id)

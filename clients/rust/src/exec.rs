@@ -36,13 +36,19 @@ fn req(r: api::exec_request::Request) -> api::ExecRequest {
 }
 
 impl ExecSession {
-    pub(crate) async fn start(mut stub: Stub, start: api::ExecStart) -> Result<Self> {
+    pub(crate) async fn start(
+        mut stub: Stub,
+        start: api::ExecStart,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.send(req(api::exec_request::Request::Start(start))).await;
-        let output = stub
-            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(d) = deadline {
+            // the server kills the command when it passes (DEADLINE_EXCEEDED)
+            call.set_timeout(d);
+        }
+        let output = stub.exec(call).await?.into_inner();
         Ok(ExecSession {
             input: Some(tx),
             output,

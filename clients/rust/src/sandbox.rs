@@ -45,9 +45,20 @@ impl Sandbox {
 
     /// Start `start` (its sandbox id is filled in) and stream it: stdin,
     /// signals, output as it comes.
-    pub async fn exec_with(&self, mut start: api::ExecStart) -> Result<ExecSession> {
+    pub async fn exec_with(&self, start: api::ExecStart) -> Result<ExecSession> {
+        self.exec_within(start, None).await
+    }
+
+    /// As [`Sandbox::exec_with`], the call bounded by `deadline` (the gRPC
+    /// deadline: when it passes the command is killed and the stream ends
+    /// with DEADLINE_EXCEEDED).
+    pub async fn exec_within(
+        &self,
+        mut start: api::ExecStart,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<ExecSession> {
         start.sandbox_id = self.info.id.clone();
-        ExecSession::start(self.client.stub(), start).await
+        ExecSession::start(self.client.stub(), start, deadline).await
     }
 
     /// Write `bytes` to `path` (parents created).

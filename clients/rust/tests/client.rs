@@ -3,11 +3,27 @@
 //! streams, error reasons, and the agent loop example.
 
 use sandpool_client::{Client, Create, Event, api};
+use tonic_types::StatusExt as _;
 
 const KEY: &str = "platform-key";
 
 /// A gateway on a loopback port whose sandboxes run on this host; its URL.
 async fn gateway(dir: &std::path::Path) -> String {
+    serve(gateway_app(dir).await).await
+}
+
+/// `app` on a loopback port; its URL.
+async fn serve(app: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+/// The gateway's router, its sandboxes on this host.
+async fn gateway_app(dir: &std::path::Path) -> axum::Router {
     let cfg = sandpool_runtime::Config {
         data_dir: dir.join("runtime"),
         home: Some(dir.to_path_buf()),
@@ -23,13 +39,7 @@ async fn gateway(dir: &std::path::Path) -> String {
     let fake = sandpool_testsupport::FakeScheduler::with_runtime_port(u32::from(port));
     let gw =
         sandpool_gateway::Gateway::new(sandpool_testsupport::serve(fake).await, &[KEY.to_string()]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    let app = sandpool_gateway::app(gw);
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
+    sandpool_gateway::app(gw)
 }
 
 #[tokio::test]
@@ -154,5 +164,86 @@ async fn the_agent_loop_example_runs() {
     }
     let text = sb.read_file(&log).await.expect("log");
     assert_eq!(text, b"step 1: 1\nstep 2: 4\nstep 3: 9\n");
+    sb.delete().await.expect("delete");
+}
+
+/// A retried create whose first reply was lost (the create was made; the
+/// caller saw UNAVAILABLE with a RetryInfo) returns that sandbox: the retry
+/// waits the RetryInfo, carries the same idempotency key, and makes none.
+#[tokio::test]
+async fn a_create_whose_reply_was_lost_is_retried_into_the_same_sandbox() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creates = Arc::new(AtomicUsize::new(0));
+    let seen = creates.clone();
+    let lossy = axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                let create = req.uri().path().ends_with(".Sandboxes/Create");
+                let reply = next.run(req).await;
+                if create && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // the work is done; its reply never reaches the caller
+                    drop(axum::body::to_bytes(reply.into_body(), usize::MAX).await);
+                    let lost = tonic::Status::with_error_details(
+                        tonic::Code::Unavailable,
+                        "connection reset (test)",
+                        tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(
+                            300,
+                        ))),
+                    );
+                    return lost.into_http::<axum::body::Body>();
+                }
+                reply
+            }
+        },
+    );
+    let url = serve(gateway_app(dir.path()).await.layer(lossy)).await;
+    let client = Client::connect(&url, Some(KEY)).await.expect("connect");
+    let t0 = Instant::now();
+    let sb = client
+        .create(Create::pool("default").metadata("run", "lossy"))
+        .await
+        .expect("create, retried");
+    assert_eq!(creates.load(Ordering::SeqCst), 2, "one retry");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "waited the RetryInfo"
+    );
+    let live = client.list().await.expect("list");
+    assert_eq!(live.len(), 1, "one sandbox, not two: {live:?}");
+    assert_eq!(live[0].id, sb.id());
+}
+
+/// A deadline on an exec ends the call with DEADLINE_EXCEEDED in time.
+#[tokio::test]
+async fn an_exec_past_its_deadline_is_deadline_exceeded() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = Client::connect(&gateway(dir.path()).await, Some(KEY))
+        .await
+        .expect("connect");
+    let sb = client
+        .create(Create::pool("default"))
+        .await
+        .expect("create");
+    let t0 = Instant::now();
+    let start = api::ExecStart {
+        command: "sleep 30".into(),
+        ..Default::default()
+    };
+    let ran = async {
+        sb.exec_within(start, Some(Duration::from_millis(500)))
+            .await?
+            .output()
+            .await
+    };
+    let e = ran.await.expect_err("past its deadline");
+    assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     sb.delete().await.expect("delete");
 }

@@ -188,6 +188,7 @@ impl Agent {
         let mut sb = Sandbox {
             id: id.to_string(),
             message: String::new(),
+            oom_kills: 0,
             pool: meta.pool.clone(),
             state: pb::SandboxState::Creating,
             ip: Ipv4Addr::LOCALHOST,

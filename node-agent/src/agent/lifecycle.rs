@@ -180,6 +180,7 @@ impl Agent {
         let mut sb = Sandbox {
             id: id.clone(),
             message: String::new(),
+            oom_kills: 0,
             pool: pool.to_string(),
             state: pb::SandboxState::Creating,
             ip,
@@ -607,6 +608,7 @@ impl Agent {
             let fresh = Sandbox {
                 token: uuid::Uuid::new_v4().simple().to_string(),
                 message: String::new(),
+                oom_kills: 0,
                 state: pb::SandboxState::Warm,
                 ..sb
             };

@@ -121,6 +121,8 @@ pub struct Sandbox {
     pub created_ms: i64,
     /// Why a FAILED sandbox failed (`OOMKilled: ...`), else empty.
     pub message: String,
+    /// How many of its processes the OOM killer has killed.
+    pub oom_kills: u32,
 }
 
 impl Sandbox {
@@ -137,6 +139,7 @@ impl Sandbox {
             created_unix_ms: self.created_ms,
             message: self.message.clone(),
             labels: self.template.labels.clone(),
+            oom_kills: self.oom_kills,
         }
     }
 }

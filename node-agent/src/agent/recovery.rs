@@ -140,22 +140,23 @@ impl Agent {
         }
     }
 
-    /// The OOM killer hit sandbox `id`: remembered for its exit report; a
-    /// sandbox already reported FAILED (the exit came first) is reported again.
+    /// The OOM killer hit sandbox `id`: counted and reported (watchers see
+    /// each kill, the sandbox may live on), and remembered for its exit
+    /// report; a sandbox already FAILED (the exit came first) gets its reason.
     pub(super) async fn on_oom(&self, id: &str) {
         tracing::warn!(sandbox = %id, "a process of the sandbox was OOM-killed");
         self.record_kill(id, Kill::Oom);
-        let failed = {
+        let hit = {
             let mut g = self.lock();
-            match g.get_mut(id) {
-                Some(sb) if sb.state == pb::SandboxState::Failed => {
+            g.get_mut(id).map(|sb| {
+                sb.oom_kills = sb.oom_kills.saturating_add(1);
+                if sb.state == pb::SandboxState::Failed {
                     sb.message = self.exit_reason(id, 0);
-                    Some(sb.clone())
                 }
-                _ => None,
-            }
+                sb.clone()
+            })
         };
-        if let Some(sb) = failed {
+        if let Some(sb) = hit {
             self.emit(&sb);
         }
     }

@@ -195,6 +195,7 @@ impl Sandbox {
         Some(Sandbox {
             id: id.to_string(),
             message: String::new(),
+            oom_kills: 0,
             pool: l.get(labels::POOL).cloned().unwrap_or_default(),
             state: parse_state(l.get(labels::STATE)?)?,
             ip: l.get(labels::IP)?.parse().ok()?,
@@ -293,6 +294,7 @@ mod tests {
         let sb = Sandbox {
             id: "sb-1".into(),
             message: String::new(),
+            oom_kills: 0,
             pool: "p".into(),
             state: pb::SandboxState::Claimed,
             ip: Ipv4Addr::LOCALHOST,

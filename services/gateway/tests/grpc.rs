@@ -22,6 +22,7 @@ const B: &str = "key-of-tenant-b";
 struct Platform {
     addr: String,
     app: axum::Router,
+    fake: FakeScheduler,
     _dir: tempfile::TempDir,
 }
 
@@ -45,7 +46,8 @@ async fn runtime(dir: &std::path::Path) -> u32 {
 async fn platform() -> Platform {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = runtime(dir.path()).await;
-    let client = support::serve(FakeScheduler::with_runtime_port(port)).await;
+    let fake = FakeScheduler::with_runtime_port(port);
+    let client = support::serve(fake.clone()).await;
     let keys = dir.path().join("keys.json");
     tenancy::add_key(&keys, A, "a", false).expect("key a");
     tenancy::add_key(&keys, B, "b", false).expect("key b");
@@ -61,6 +63,7 @@ async fn platform() -> Platform {
     Platform {
         addr,
         app,
+        fake,
         _dir: dir,
     }
 }
@@ -476,6 +479,86 @@ async fn watch_reports_changes_until_the_end() {
         .expect("in time");
     assert_eq!(state(last), api::SandboxState::Deleted as i32);
     assert!(w.next().await.is_none(), "ends after the sandbox did");
+}
+
+/// Each OOM kill the scheduler records on the claim (from the node's
+/// containerd TaskOOM events) is an OOM event; the sandbox lives on.
+#[tokio::test]
+async fn watch_reports_each_oom_kill_as_an_event() {
+    use api::sandbox_event::Kind;
+    let p = platform().await;
+    let mut a = p.client(A).await;
+    let sb = create(&mut a).await;
+    let mut w = a
+        .watch(api::WatchRequest { id: sb.id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut next = async || {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("in time")
+            .expect("event")
+            .expect("ok");
+        let shown = ev.sandbox.expect("sandbox");
+        (ev.kind, shown.state, shown.oom_kills)
+    };
+    let running = api::SandboxState::Running as i32;
+    assert_eq!(next().await, (Kind::State as i32, running, 0));
+    assert!(p.fake.update_claim(&sb.id, |c| c.oom_kills = 2));
+    assert_eq!(next().await, (Kind::Oom as i32, running, 1));
+    assert_eq!(next().await, (Kind::Oom as i32, running, 2));
+    let got = a
+        .get(api::GetSandboxRequest { id: sb.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((got.state, got.oom_kills), (running, 2), "it lives on");
+    a.delete(api::DeleteSandboxRequest { id: sb.id.clone() })
+        .await
+        .expect("delete");
+    let deleted = api::SandboxState::Deleted as i32;
+    assert_eq!(next().await, (Kind::State as i32, deleted, 2));
+}
+
+/// A create from a snapshot with an idempotency key is made once per key
+/// and API key: a retry returns the first sandbox (it was UNIMPLEMENTED).
+#[tokio::test]
+async fn an_idempotent_create_from_a_snapshot_is_made_once() {
+    use api::create_sandbox_request::Source;
+    let p = platform().await;
+    let (mut a, mut b) = (p.client(A).await, p.client(B).await);
+    let src = create(&mut a).await;
+    let ck = a
+        .snapshot(api::SnapshotSandboxRequest {
+            id: src.id.clone(),
+            leave_running: true,
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let from = |key: &str| api::CreateSandboxRequest {
+        source: Some(Source::Snapshot(ck.id.clone())),
+        timeout_seconds: 600,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let first = a.create(from("r-1")).await.expect("create").into_inner();
+    let again = a.create(from("r-1")).await.expect("retry").into_inner();
+    assert_eq!(again.id, first.id, "a retry returns the first sandbox");
+    let other = a.create(from("r-2")).await.expect("another").into_inner();
+    assert_ne!(other.id, first.id);
+    let live = a
+        .list(api::ListSandboxesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .sandboxes;
+    assert_eq!(live.len(), 3, "the source and two restores: {live:?}");
+    // another key's same idempotency key reaches nothing of A's
+    let e = b.create(from("r-1")).await.expect_err("not B's snapshot");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }
 
 #[tokio::test]

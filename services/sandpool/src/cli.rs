@@ -1,4 +1,5 @@
-//! The CLI's client commands: pools, claims, exec, release (calls to the scheduler).
+//! The CLI's client commands: pools, claims, exec, release (calls to the
+//! scheduler; exec and release through the public gRPC API with an API key).
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -47,13 +48,17 @@ pub enum ClientCmd {
         #[command(flatten)]
         scheduler: SchedulerAddr,
     },
-    /// Run a command in a claimed sandbox, streaming its output.
+    /// Run a command in a claimed sandbox, streaming its output. With an
+    /// API key it goes through the gateway's public gRPC API (as `sandpool
+    /// sandbox exec`), else to the scheduler and the sandbox directly.
     Exec {
         claim: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
         #[command(flatten)]
         scheduler: SchedulerAddr,
+        #[command(flatten)]
+        public: PublicApi,
     },
     /// List claims.
     List {
@@ -62,12 +67,66 @@ pub enum ClientCmd {
         #[command(flatten)]
         scheduler: SchedulerAddr,
     },
-    /// Release a claim (its sandbox is deleted and the pool refills).
+    /// Release a claim (its sandbox is deleted and the pool refills). With
+    /// an API key, through the gateway's public gRPC API (Delete).
     Release {
         claim: String,
         #[command(flatten)]
         scheduler: SchedulerAddr,
+        #[command(flatten)]
+        public: PublicApi,
     },
+}
+
+/// The gateway's public gRPC API, for the commands that can use it.
+#[derive(clap::Args, Debug)]
+pub struct PublicApi {
+    /// The gateway (used with an API key).
+    #[arg(
+        long,
+        env = "SANDPOOL_GATEWAY",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub(crate) gateway: String,
+    /// API key: the command goes through the gateway's public API.
+    #[arg(long, env = "SANDPOOL_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+}
+
+impl ClientCmd {
+    /// The command through the public API, when it has an API key and can
+    /// go that way (exec, release); `Err(self)` otherwise.
+    pub async fn run_public(self) -> Result<anyhow::Result<()>, Self> {
+        match self {
+            ClientCmd::Exec {
+                claim,
+                command,
+                public:
+                    PublicApi {
+                        gateway,
+                        api_key: Some(key),
+                    },
+                ..
+            } => Ok(crate::sandbox_cmd::exec_public(&gateway, &key, &claim, &command).await),
+            ClientCmd::Release {
+                claim,
+                public:
+                    PublicApi {
+                        gateway,
+                        api_key: Some(key),
+                    },
+                ..
+            } => Ok(release_public(&gateway, &key, &claim).await),
+            other => Err(other),
+        }
+    }
+}
+
+async fn release_public(gateway: &str, key: &str, claim: &str) -> anyhow::Result<()> {
+    let client = sandpool_client::Client::connect(gateway, Some(key)).await?;
+    client.delete(claim).await?;
+    println!("released {claim}");
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +264,7 @@ pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
             claim,
             command,
             scheduler,
+            ..
         } => exec(connect(&scheduler.addr, token).await?, claim, &command).await,
         ClientCmd::List { pool, scheduler } => {
             for c in connect(&scheduler.addr, token)
@@ -221,7 +281,9 @@ pub async fn run(cmd: ClientCmd, token: &ServiceToken) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ClientCmd::Release { claim, scheduler } => {
+        ClientCmd::Release {
+            claim, scheduler, ..
+        } => {
             connect(&scheduler.addr, token)
                 .await?
                 .release_claim(pb::ClaimRef {

@@ -100,9 +100,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Key(a) => keys::run(a),
         Cmd::Image(a) => images::run(a, cli.service_token).await,
         Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
-        Cmd::Client(c) => {
-            let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
-            cli::run(c, &token).await
-        }
+        Cmd::Client(c) => match c.run_public().await {
+            Ok(done) => done,
+            Err(c) => {
+                let token: ServiceToken = cli::cli_service_token(cli.service_token)?;
+                cli::run(c, &token).await
+            }
+        },
     }
 }

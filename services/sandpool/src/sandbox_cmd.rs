@@ -52,6 +52,10 @@ enum SandboxCmd {
         /// Pass this process's stdin to the command.
         #[arg(long, short = 'i')]
         stdin: bool,
+        /// The call's deadline in seconds: when it passes, the command is
+        /// killed and this fails with DEADLINE_EXCEEDED.
+        #[arg(long)]
+        deadline: Option<f64>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -98,8 +102,17 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
             println!("{}", client.create(c).await?.id());
             Ok(())
         }
-        SandboxCmd::Exec { id, stdin, command } => {
-            let code = exec(&client, &id, stdin, &command).await?;
+        SandboxCmd::Exec {
+            id,
+            stdin,
+            deadline,
+            command,
+        } => {
+            let deadline = deadline
+                .map(std::time::Duration::try_from_secs_f64)
+                .transpose()
+                .context("--deadline must be a positive number of seconds")?;
+            let code = exec(&client, &id, stdin, deadline, &command).await?;
             std::process::exit(code);
         }
         SandboxCmd::Cp { src, dst } => cp(&client, &src, &dst).await,
@@ -122,16 +135,35 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `sandpool exec ID -- cmd` with an API key: `command` in sandbox `id`
+/// through the public API; exits with its code.
+pub async fn exec_public(
+    gateway: &str,
+    key: &str,
+    id: &str,
+    command: &[String],
+) -> anyhow::Result<()> {
+    let client = Client::connect(gateway, Some(key)).await?;
+    let code = exec(&client, id, false, None, command).await?;
+    std::process::exit(code);
+}
+
 /// Run `command` in sandbox `id`; its exit code (128+signal when killed).
 /// Ctrl-C is passed on as SIGINT.
-async fn exec(client: &Client, id: &str, stdin: bool, command: &[String]) -> anyhow::Result<i32> {
+async fn exec(
+    client: &Client,
+    id: &str,
+    stdin: bool,
+    deadline: Option<std::time::Duration>,
+    command: &[String],
+) -> anyhow::Result<i32> {
     let sb = client.get(id).await?;
     let start = api::ExecStart {
         command: crate::cli::shell_join(command),
         stdin,
         ..Default::default()
     };
-    let mut s = sb.exec_with(start).await?;
+    let mut s = sb.exec_within(start, deadline).await?;
     let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
     if stdin {
         tokio::spawn(async move {

@@ -128,6 +128,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
             created_unix_ms: c.created_ms,
             message: String::new(),
             labels: Default::default(),
+            oom_kills: c.oom_kills,
         }),
         created_unix_ms: c.created_ms,
         expires_unix_ms: if c.state == ClaimState::Paused && c.paused_remaining_ms > 0 {
@@ -146,6 +147,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         image: c.image.clone(),
         claim_us: c.claim_us,
         pause_on_expiry: c.pause_on_expiry,
+        oom_kills: c.oom_kills,
     }
 }
 
@@ -317,8 +319,14 @@ impl scheduler_server::Scheduler for SchedulerService {
         let recs = self
             .detached(span, req, |s, r| async move {
                 let metadata = r.metadata.into_iter().collect();
-                s.restore_checkpoint(&r.checkpoint_id, r.count, r.ttl_seconds, metadata)
-                    .await
+                s.restore_checkpoint(
+                    &r.checkpoint_id,
+                    r.count,
+                    r.ttl_seconds,
+                    metadata,
+                    &r.claim_id,
+                )
+                .await
             })
             .await?;
         Ok(Response::new(pb::RestoreCheckpointResponse {

@@ -48,6 +48,8 @@ struct Books {
     /// sandbox ids paused, in order
     paused: Vec<String>,
     checkpoints: Vec<pb::CheckpointInfo>,
+    /// sandbox ids restored from checkpoints, in order
+    restored: Vec<String>,
     next_id: u32,
     /// images asked for by PrepareImage, in order
     prepared: Vec<String>,
@@ -79,6 +81,15 @@ impl FakeNode {
         let mut b = self.books();
         b.watchers.clear();
         change(&mut b.sandboxes);
+    }
+
+    /// Send `ev` to every watcher, as the node agent does.
+    fn send(&self, ev: pb::node_event::Event) {
+        for w in &self.books().watchers {
+            let _ = w.try_send(Ok(pb::NodeEvent {
+                event: Some(ev.clone()),
+            }));
+        }
     }
 
     fn warm_of(&self, pool: &str) -> Vec<String> {
@@ -214,6 +225,7 @@ impl NodeAgent for FakeNode {
         let r = r.into_inner();
         let ck = pb::CheckpointInfo {
             checkpoint_id: format!("ck-{}", r.sandbox_id),
+            pool: b_pool(self, &r.sandbox_id),
             sandbox_id: r.sandbox_id,
             owner: r.owner,
             name: r.name,
@@ -223,8 +235,27 @@ impl NodeAgent for FakeNode {
         Ok(Response::new(ck))
     }
 
-    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
-        Err(Status::unimplemented("fake node: restore"))
+    async fn restore(&self, r: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
+        let r = r.into_inner();
+        let mut b = self.books();
+        let pool = b
+            .checkpoints
+            .iter()
+            .find(|c| c.checkpoint_id == r.checkpoint_id)
+            .map(|c| c.pool.clone())
+            .ok_or_else(|| Status::not_found("no such checkpoint"))?;
+        let info = pb::SandboxInfo {
+            sandbox_id: r.sandbox_id.clone(),
+            pool,
+            node: NODE.into(),
+            state: pb::SandboxState::Claimed as i32,
+            ip: "127.0.0.1".into(),
+            runtime_port: 1,
+            ..Default::default()
+        };
+        b.restored.push(r.sandbox_id.clone());
+        b.sandboxes.insert(r.sandbox_id, info.clone());
+        Ok(Response::new(info))
     }
 
     async fn fork(&self, _: Request<pb::ForkRequest>) -> Reply<pb::ForkResponse> {
@@ -589,6 +620,32 @@ async fn after_a_node_restart_the_books_follow_what_it_runs() {
     assert_eq!(status(&s, "n").allocated, 0);
 }
 
+/// The OOM kills a node reports for a claimed sandbox (from containerd's
+/// TaskOOM events) are counted on its claim, which stays bound.
+#[tokio::test]
+async fn oom_kills_a_node_reports_are_counted_on_the_claim() {
+    let (node, s, _store) = warm_platform("o", 1, 1, 4).await;
+    let c = s.claim(claim_req("o", &["true"])).await.unwrap();
+    let mut info = node.info(&c.sandbox.id).unwrap();
+    for kills in [1, 2] {
+        info.oom_kills = kills;
+        node.send(pb::node_event::Event::Sandbox(info.clone()));
+        PATIENCE
+            .wait_until(&format!("{kills} OOM kills on the claim"), || {
+                s.get_claim(&c.id).unwrap().oom_kills == kills
+            })
+            .await;
+    }
+    let shown = sandpool_scheduler::service::claim_pb(&s.get_claim(&c.id).unwrap());
+    assert_eq!(shown.oom_kills, 2);
+    assert_eq!(shown.state, pb::ClaimState::Bound as i32, "it lives on");
+    // a report of fewer (an agent restart) takes nothing back
+    info.oom_kills = 1;
+    node.send(pb::node_event::Event::Sandbox(info));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.get_claim(&c.id).unwrap().oom_kills, 2);
+}
+
 #[tokio::test]
 async fn a_batch_runs_each_shard_with_its_patch() {
     let (node, s, _store) = warm_platform("b", 2, 2, 6).await;
@@ -716,6 +773,45 @@ async fn a_checkpoint_keeps_the_metadata_of_its_claim_after_the_claim_ends() {
     );
     s.delete_checkpoint(&ck.checkpoint_id).await.unwrap();
     assert!(s.list_checkpoints().await.is_empty());
+}
+
+/// The pool of the fake's sandbox `id` (empty if it has none).
+fn b_pool(node: &FakeNode, id: &str) -> String {
+    node.books()
+        .sandboxes
+        .get(id)
+        .map(|s| s.pool.clone())
+        .unwrap_or_default()
+}
+
+/// A restore under a caller-chosen claim id is made once: a retry gets the
+/// claim the first made, with no second restore on the node.
+#[tokio::test]
+async fn a_restore_under_a_claim_id_is_made_once() {
+    let (node, s, _store) = warm_platform("p", 1, 1, 4).await;
+    let c = s.claim(claim_req("p", &["sleep", "9"])).await.unwrap();
+    let ck = s.checkpoint_claim(&c.id, true, "n").await.unwrap();
+    let restore = |id: &'static str, count| {
+        let s = s.clone();
+        let ck = ck.checkpoint_id.clone();
+        async move {
+            s.restore_checkpoint(&ck, count, 60, Default::default(), id)
+                .await
+        }
+    };
+    let first = restore("idem-1", 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, "idem-1");
+    assert_eq!(first[0].state, ClaimState::Bound);
+    assert_eq!(restore("idem-1", 1).await.unwrap(), first, "a retry");
+    assert_eq!(node.books().restored.len(), 1, "restored once");
+    let other = restore("", 1).await.unwrap();
+    assert_ne!(other[0].id, first[0].id);
+    assert_eq!(node.books().restored.len(), 2);
+    assert!(matches!(
+        restore("idem-2", 2).await,
+        Err(SchedError::Invalid(_))
+    ));
 }
 
 #[tokio::test]

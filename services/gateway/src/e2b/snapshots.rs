@@ -213,6 +213,7 @@ pub(super) async fn create_from(
             count: 1,
             ttl_seconds: c.ttl_seconds,
             metadata: c.metadata,
+            ..Default::default()
         })
         .await?;
     let c = claims
@@ -259,6 +260,7 @@ pub(super) async fn fork(
             count: count as u32,
             ttl_seconds: timeout,
             metadata: Default::default(),
+            ..Default::default()
         })
         .await;
     let results: Vec<Value> = match restored {

@@ -1,8 +1,5 @@
-//! The public file streams and Watch: Upload and Download relayed chunk by
-//! chunk to the sandbox runtime (nothing is held whole in the gateway), and
-//! a sandbox's state as it changes.
-
-use std::time::Duration;
+//! The public file streams: Upload and Download relayed chunk by chunk to
+//! the sandbox runtime (nothing is held whole in the gateway).
 
 use futures_util::StreamExt;
 use sandpool_proto::{public as api, v1 as pb};
@@ -13,13 +10,11 @@ use tracing::Instrument;
 
 use super::{
     call::{Call, deadline_exceeded, from_runtime, to_status},
-    lifecycle::sandbox,
     runtime::SandboxRuntime,
 };
 use crate::{Gateway, error::ApiError};
 
 pub type DownloadStream = ReceiverStream<Result<api::DownloadResponse, Status>>;
-pub type WatchStream = ReceiverStream<Result<api::SandboxEvent, Status>>;
 
 pub async fn upload(
     gw: &Gateway,
@@ -112,63 +107,6 @@ pub async fn download(
             if tx.send(item).await.is_err() {
                 return;
             }
-        }
-    };
-    tokio::spawn(relay.in_current_span());
-    Ok(ReceiverStream::new(rx))
-}
-
-/// How often Watch looks at the sandbox.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
-
-fn ended(s: i32) -> bool {
-    use api::SandboxState as S;
-    [S::Deleted, S::Expired, S::Failed]
-        .iter()
-        .any(|e| *e as i32 == s)
-}
-
-pub async fn watch(gw: &Gateway, call: Call, id: String) -> Result<WatchStream, Status> {
-    // NOT_FOUND up front for what is not the caller's
-    let first = call.run(gw.get_claim(&id)).await?;
-    let (tx, rx) = mpsc::channel(16);
-    let gw = gw.clone();
-    let relay = async move {
-        let mut last: Option<api::Sandbox> = None;
-        let mut next = Ok(first);
-        loop {
-            let sb = match next {
-                Ok(c) => sandbox(c),
-                // gone from the scheduler's books: deleted
-                Err(ApiError::SandboxNotFound(_)) => api::Sandbox {
-                    id: id.clone(),
-                    state: api::SandboxState::Deleted as i32,
-                    ..last.clone().unwrap_or_default()
-                },
-                Err(e) => {
-                    let _ = tx.send(Err(to_status(e))).await;
-                    return;
-                }
-            };
-            if last.as_ref() != Some(&sb) {
-                let ev = api::SandboxEvent {
-                    sandbox: Some(sb.clone()),
-                    observed_unix_ms: chrono::Utc::now().timestamp_millis(),
-                };
-                if tx.send(Ok(ev)).await.is_err() || ended(sb.state) {
-                    return;
-                }
-                last = Some(sb);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(WATCH_EVERY) => {}
-                () = tx.closed() => return,
-                () = call.expired() => {
-                    let _ = tx.send(Err(deadline_exceeded())).await;
-                    return;
-                }
-            }
-            next = call.scoped(gw.get_claim(&id)).await;
         }
     };
     tokio::spawn(relay.in_current_span());

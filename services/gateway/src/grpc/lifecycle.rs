@@ -33,6 +33,7 @@ pub fn sandbox(c: pb::Claim) -> api::Sandbox {
         expires_unix_ms: c.expires_unix_ms,
         metadata: c.metadata,
         message: c.message,
+        oom_kills: c.oom_kills,
     }
 }
 
@@ -115,16 +116,14 @@ pub fn claim_request(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<pb::C
 
 pub async fn create(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<api::Sandbox> {
     if let Some(api::create_sandbox_request::Source::Snapshot(s)) = &r.source {
-        if !r.idempotency_key.is_empty() {
-            return Err(ApiError::Unsupported(
-                "an idempotency key on a create from a snapshot".into(),
-            ));
-        }
+        // the same key on a create from a pool and from a snapshot names
+        // the same claim: a retry of either returns it
         let req = pb::RestoreCheckpointRequest {
             checkpoint_id: s.clone(),
             count: 1,
             ttl_seconds: gw.check_timeout("timeout_seconds", r.timeout_seconds)?,
             metadata: r.metadata,
+            claim_id: scoped_key(&r.idempotency_key, "create")?.unwrap_or_default(),
         };
         let c = gw.restore_checkpoint(req).await?.pop();
         return c

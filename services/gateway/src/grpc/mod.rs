@@ -9,6 +9,7 @@ mod exec;
 mod files;
 mod lifecycle;
 mod runtime;
+mod watch;
 
 use std::sync::Arc;
 
@@ -152,11 +153,11 @@ impl Sandboxes for PublicApi {
             .map(Response::new)
     }
 
-    type WatchStream = files::WatchStream;
+    type WatchStream = watch::WatchStream;
 
     async fn watch(&self, req: Request<api::WatchRequest>) -> Reply<Self::WatchStream> {
         let c = self.call(&req)?;
-        files::watch(&self.gw, c, req.into_inner().id)
+        watch::watch(&self.gw, c, req.into_inner().id)
             .await
             .map(Response::new)
     }

@@ -196,6 +196,7 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
         count: 1,
         ttl_seconds: parse_timeout(&req.timeout)?,
         metadata,
+        ..Default::default()
     })
 }
 

@@ -8,7 +8,10 @@ use sandpool_proto::{
     v1::{self as pb, node_agent_client::NodeAgentClient},
 };
 
-use super::{Busy, ClaimRec, SandboxRef, Scheduler, expiry_ms, new_sandbox_id, node_err, now_ms};
+use super::{
+    Busy, ClaimRec, SandboxRef, Scheduler, claim::Begin, expiry_ms, new_sandbox_id, node_err,
+    now_ms,
+};
 use crate::{
     error::{Result, SchedError},
     store::Table,
@@ -152,6 +155,7 @@ impl Scheduler {
         count: u32,
         ttl_seconds: u64,
         metadata: BTreeMap<String, String>,
+        claim_id: &str,
     ) -> Result<Vec<ClaimRec>> {
         let count = count.max(1);
         if count > MAX_RESTORE {
@@ -160,6 +164,21 @@ impl Scheduler {
                 max: MAX_RESTORE,
             });
         }
+        if !claim_id.is_empty() && count != 1 {
+            return Err(SchedError::Invalid(
+                "a claim id names the claim of a single restore (count 1)".into(),
+            ));
+        }
+        // a caller-chosen id: a retry gets the claim the first attempt made
+        let named = pb::ClaimRequest {
+            claim_id: claim_id.to_string(),
+            ..Default::default()
+        };
+        let (first_id, _claiming) = match self.begin_claim(&named)? {
+            Begin::Existing(c) => return Ok(vec![*c]),
+            Begin::New(id, claiming) => (id, claiming),
+        };
+        let mut claim_ids = std::iter::once(first_id);
         let (node, client, ck) = self.find_checkpoint(checkpoint_id).await?;
         let ids: Vec<String> = (0..count).map(|_| new_sandbox_id()).collect();
         let _busy: Vec<Busy<'_>> = ids.iter().map(|id| self.busy(id)).collect();
@@ -184,26 +203,15 @@ impl Scheduler {
                 }
             }
         }
-        let now = now_ms();
         let recs: Vec<ClaimRec> = made
             .iter()
-            .map(|info| ClaimRec {
-                id: uuid::Uuid::new_v4().to_string(),
-                pool: ck.pool.clone(),
-                state: ClaimState::Bound,
-                sandbox: SandboxRef::of(&node, info),
-                created_ms: now,
-                expires_ms: expiry_ms(now, ttl_seconds),
-                paused_remaining_ms: 0,
-                metadata: metadata.clone(),
-                cold: true,
-                entrypoint: vec![],
-                image: ck.image.clone(),
-                claim_us: 0,
-                batch: None,
-                failure: String::new(),
-                egress: None,
-                pause_on_expiry: false,
+            .map(|info| {
+                let id = claim_ids
+                    .next()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let mut rec = restored_claim(id, &ck, SandboxRef::of(&node, info), ttl_seconds);
+                rec.metadata = metadata.clone();
+                rec
             })
             .collect();
         if failed.is_none() {
@@ -232,5 +240,34 @@ impl Scheduler {
             st.claims.insert(r.id.clone(), r.clone());
         }
         Ok(recs)
+    }
+}
+
+/// The claim of a sandbox restored from checkpoint `ck`, bound now.
+fn restored_claim(
+    id: String,
+    ck: &pb::CheckpointInfo,
+    sandbox: SandboxRef,
+    ttl_seconds: u64,
+) -> ClaimRec {
+    let now = now_ms();
+    ClaimRec {
+        id,
+        pool: ck.pool.clone(),
+        state: ClaimState::Bound,
+        sandbox,
+        created_ms: now,
+        expires_ms: expiry_ms(now, ttl_seconds),
+        paused_remaining_ms: 0,
+        metadata: BTreeMap::new(),
+        cold: true,
+        entrypoint: vec![],
+        image: ck.image.clone(),
+        claim_us: 0,
+        batch: None,
+        failure: String::new(),
+        egress: None,
+        pause_on_expiry: false,
+        oom_kills: 0,
     }
 }

@@ -22,7 +22,7 @@ use crate::{
 type Taken = (String, String, Option<pb::SandboxInfo>);
 
 /// What a claim id check found (see [`Scheduler::begin_claim`]).
-enum Begin<'a> {
+pub(super) enum Begin<'a> {
     /// The claim was made before (an idempotent retry).
     Existing(Box<ClaimRec>),
     /// A new claim under this id; the guard (caller-chosen ids only) keeps a
@@ -186,6 +186,7 @@ impl Scheduler {
             failure: String::new(),
             egress: egress.clone(),
             pause_on_expiry: req.pause_on_expiry,
+            oom_kills: 0,
         };
         reservation.record(&claim_id);
         let started = async {
@@ -212,7 +213,7 @@ impl Scheduler {
     /// Check a caller-chosen claim id: a claim already made under it is
     /// returned as is; one still being made is a conflict; otherwise it is
     /// marked in the making until the returned guard drops.
-    fn begin_claim(&self, req: &pb::ClaimRequest) -> Result<Begin<'_>> {
+    pub(super) fn begin_claim(&self, req: &pb::ClaimRequest) -> Result<Begin<'_>> {
         if req.claim_id.is_empty() {
             return Ok(Begin::New(uuid::Uuid::new_v4().to_string(), None));
         }

@@ -7,7 +7,7 @@ use std::{
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sandpool_core::{
-    claim::ClaimEvent,
+    claim::{ClaimEvent, ClaimState},
     node_sync::{self, NodeSandbox, NodeState},
     pool::WarmSet,
 };
@@ -274,6 +274,11 @@ impl Scheduler {
     ) {
         let node = self.nodes[idx].name.clone();
         while let Ok(Some(ev)) = watch.message().await {
+            if let Some(pb::node_event::Event::Sandbox(sb)) = &ev.event
+                && sb.oom_kills > 0
+            {
+                self.note_oom_kills(sb);
+            }
             // a failed sandbox comes with why (e.g. `OOMKilled: ...`)
             let (gone, failed, why) = match ev.event {
                 Some(pb::node_event::Event::RemovedSandboxId(id)) => {
@@ -324,6 +329,29 @@ impl Scheduler {
             }
         }
         tracing::debug!(node = %node, "node event stream closed");
+    }
+
+    /// The OOM kills a node reports for a sandbox, on its claim (the live
+    /// one, or the one its death failed): watchers of the claim see them.
+    fn note_oom_kills(&self, sb: &pb::SandboxInfo) {
+        let claim = self
+            .lock()
+            .claims
+            .values()
+            .filter(|c| {
+                c.sandbox.id == sb.sandbox_id
+                    && c.oom_kills < sb.oom_kills
+                    && (!c.state.is_terminal() || c.state == ClaimState::Failed)
+            })
+            .max_by_key(|c| c.created_ms)
+            .map(|c| c.id.clone());
+        if let Some(cid) = claim {
+            tracing::warn!(claim = %cid, sandbox = %sb.sandbox_id, kills = sb.oom_kills, "OOM kill in a claimed sandbox");
+            let _ = self.update_claim(&cid, |c| {
+                c.oom_kills = c.oom_kills.max(sb.oom_kills);
+                Ok(())
+            });
+        }
     }
 }
 

@@ -75,6 +75,14 @@ pub struct ClaimRec {
     /// Pause instead of release when the TTL ends (E2B `autoPause`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause_on_expiry: bool,
+    /// How many processes of its sandbox the OOM killer has killed (as its
+    /// node reported them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub oom_kills: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub fn now_ms() -> i64 {
