@@ -232,31 +232,52 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// PSS (KiB) of each shim of the platform with everything under it, by runtime
-/// class (`runsc` when a runsc process is under it, else `runc`).
+/// The processes of the sandbox a shim serves: the shim, the processes
+/// naming its container id (`-id <id>`; runsc's sandbox and gofer, should
+/// they not be under the shim), and everything under those.
+pub fn sandbox_tree(procs: &HashMap<u32, (ProcCpu, String)>, shim: u32) -> HashSet<u32> {
+    let mut tree = HashSet::from([shim]);
+    let id = procs.get(&shim).and_then(|(_, cmd)| {
+        let mut args = cmd.split_whitespace();
+        args.find(|a| *a == "-id")?;
+        args.next().map(str::to_string)
+    });
+    if let Some(id) = id {
+        tree.extend(
+            procs
+                .iter()
+                .filter(|(pid, (p, cmd))| {
+                    **pid != shim && !p.comm.starts_with("containerd") && cmd.contains(&id)
+                })
+                .map(|(pid, _)| *pid),
+        );
+    }
+    for _ in 0..6 {
+        let under: Vec<u32> = procs
+            .iter()
+            .filter(|(pid, (p, _))| !tree.contains(pid) && tree.contains(&p.ppid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if under.is_empty() {
+            break;
+        }
+        tree.extend(under);
+    }
+    tree
+}
+
+/// PSS (KiB) of each shim of the platform with its sandbox's processes
+/// ([`sandbox_tree`]), by runtime class (`runsc` when one of them runs runsc).
 pub fn sandbox_pss(serve: u32, data_dir: &str) -> HashMap<&'static str, Vec<f64>> {
     let procs = snapshot();
     let parts = classify(&procs, serve, data_dir);
-    let shims: Vec<u32> = parts
-        .iter()
-        .filter(|(_, p)| **p == Part::Shim)
-        .map(|(pid, _)| *pid)
-        .collect();
     let mut out: HashMap<&'static str, Vec<f64>> = HashMap::new();
-    for shim in shims {
-        let mut tree = HashSet::from([shim]);
-        for _ in 0..6 {
-            for (pid, (p, _)) in &procs {
-                if tree.contains(&p.ppid) {
-                    tree.insert(*pid);
-                }
-            }
-        }
-        let runsc = tree.iter().any(|pid| {
-            procs
-                .get(pid)
-                .is_some_and(|(p, _)| p.comm.starts_with("runsc"))
-        });
+    for (shim, _) in parts.iter().filter(|(_, p)| **p == Part::Shim) {
+        let tree = sandbox_tree(&procs, *shim);
+        // gVisor's processes re-exec runsc (comm `exe`): look at their command lines
+        let runsc = tree
+            .iter()
+            .any(|pid| procs.get(pid).is_some_and(|(_, cmd)| cmd.contains("runsc")));
         let kib: u64 = tree.iter().filter_map(|pid| pss_kib(*pid)).sum();
         out.entry(if runsc { "runsc" } else { "runc" })
             .or_default()
@@ -490,6 +511,33 @@ mod tests {
         let (rows, total) = s.per_create_ms(2);
         assert_eq!(total, (20 + 12 + 8 + 25 + 10 + 30 + 4) as f64 * 10.0 / 2.0);
         assert_eq!(rows[3], ("runc/runsc", 125.0));
+    }
+
+    #[test]
+    fn a_sandbox_tree_holds_its_shim_what_is_under_it_and_what_names_its_id() {
+        let entry = |p: ProcCpu, cmd: &str| (p.pid, (p, cmd.to_string()));
+        let procs: HashMap<_, _> = [
+            entry(
+                proc(20, 1, "containerd-shim", 0, 0),
+                "shim -namespace n -id sb-1 -address /d/c.sock",
+            ),
+            entry(proc(21, 20, "exe", 0, 0), "runsc-sandbox boot sb-1"),
+            entry(proc(22, 21, "exe", 0, 0), "runsc-sandbox child"),
+            // reparented to init, but naming the id
+            entry(
+                proc(23, 1, "exe", 0, 0),
+                "runsc-gofer gofer --bundle /run/sb-1",
+            ),
+            entry(
+                proc(30, 1, "containerd-shim", 0, 0),
+                "shim -namespace n -id sb-2 -address /d/c.sock",
+            ),
+            entry(proc(31, 30, "sandpool-runtim", 0, 0), "/sandpool-runtime"),
+            entry(proc(40, 1, "containerd", 0, 0), "containerd sb-1"),
+        ]
+        .into();
+        assert_eq!(sandbox_tree(&procs, 20), HashSet::from([20, 21, 22, 23]));
+        assert_eq!(sandbox_tree(&procs, 30), HashSet::from([30, 31]));
     }
 
     #[test]
