@@ -5,6 +5,7 @@
 //!     sudo ./target/release/bench-suite --sandpool target/release/sandpool --rounds 20
 //!
 //! Writes `<out>/bench-suite.md` (also printed) and `<out>/claim-latency.svg`;
+//! with `--churn`, only the churn scenarios (`churn_bench`) into `<out>/churn.md`;
 //! exits non-zero when a scenario failed. Every load is bounded in count and
 //! time, and traffic stays on loopback and the platform's own bridge.
 
