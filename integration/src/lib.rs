@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub mod churn_bench;
 pub mod platform;
 pub mod recycle_bench;
 

@@ -52,6 +52,8 @@ pub struct PlatformSpec {
     pub subnet: String,
     /// `NAME:IMAGE:BUFFER_MIN:BUFFER_MAX:POOL_MIN:POOL_MAX` each.
     pub pools: Vec<String>,
+    /// The node's most sandboxes (`None`: serve's default).
+    pub max_sandboxes: Option<u32>,
 }
 
 /// Loopback ports of one platform.
@@ -84,6 +86,9 @@ fn serve_args(spec: &PlatformSpec, ports: Ports, data_dir: &Path) -> Vec<OsStrin
     opt("--metrics-listen", loopback(ports.metrics));
     opt("--data-dir", data_dir.into());
     opt("--runtime-bin", runtime.into());
+    if let Some(n) = spec.max_sandboxes {
+        opt("--max-sandboxes", n.to_string().into());
+    }
     args
 }
 
@@ -477,6 +482,7 @@ mod tests {
             bridge: "spb9".into(),
             subnet: "10.0.9.0/24".into(),
             pools: vec!["a:busybox:1:2:0:4".into(), "b:busybox:1:1:0:2".into()],
+            max_sandboxes: None,
         };
         let args = serve_args(
             &spec,

@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         bridge: "spbench1".into(),
         subnet: "10.213.251.0/24".into(),
         pools: vec![format!("{POOL}:busybox:16:16:0:80")],
+        max_sandboxes: None,
     };
     let mut platform = Platform::start(&spec)?;
     platform

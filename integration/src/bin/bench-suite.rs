@@ -5,6 +5,7 @@
 //!     sudo ./target/release/bench-suite --sandpool target/release/sandpool --rounds 20
 //!
 //! Writes `<out>/bench-suite.md` (also printed) and `<out>/claim-latency.svg`;
+//! with `--churn`, only the churn scenarios (`churn_bench`) into `<out>/churn.md`;
 //! exits non-zero when a scenario failed. Every load is bounded in count and
 //! time, and traffic stays on loopback and the platform's own bridge.
 
@@ -22,7 +23,7 @@ use clap::Parser;
 use futures_util::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use sandpool_integration::{
-    Summary,
+    Summary, churn_bench,
     platform::{Api, Binaries, Platform, PlatformSpec, cold_claim, warm_claim},
     recycle_bench::{self, RecycleVsCreate},
     rss_kib, status_kib, summarize, summarize_values,
@@ -39,6 +40,10 @@ struct Args {
     /// Where `bench-suite.md` and `claim-latency.svg` go.
     #[arg(long, default_value = "target/bench-suite")]
     out: PathBuf,
+    /// Run only the churn scenarios (CPU per create, PSS per warm sandbox,
+    /// warm claims while refills run; runc and runsc) and write `churn.md`.
+    #[arg(long)]
+    churn: bool,
 }
 
 const POOL: &str = "bench";
@@ -99,6 +104,9 @@ const RECYCLE_RUNSC: Scenario = scenario!(
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let rounds = a.rounds.clamp(1, 50);
+    if a.churn {
+        return churn(a.bin, rounds, &a.out).await;
+    }
     let sustained_n = (rounds * 3).min(SUSTAINED_MAX);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let header = Header::now(rounds);
@@ -116,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         .chain(recycle_bench::pool_flags("runc"))
         .chain(recycle_bench::pool_flags("runsc"))
         .collect(),
+        max_sandboxes: None,
     };
     let mut platform = Platform::start(&spec)?;
     // On Ctrl-C return (dropping the guard stops the platform and cleans up).
@@ -275,6 +284,166 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The churn scenarios alone, on platforms of their own (`--churn`).
+async fn churn(bin: Binaries, rounds: usize, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let header = Header::now(rounds);
+    let spec = PlatformSpec {
+        sandpool: bin.sandpool.clone(),
+        runtime_bin: bin.runtime_bin.clone(),
+        name: "spbench-churn".into(),
+        bridge: "spbench3".into(),
+        subnet: "10.213.250.0/24".into(),
+        pools: ["runc", "runsc"]
+            .map(churn_bench::pool_flag)
+            .into_iter()
+            .collect(),
+        max_sandboxes: None,
+    };
+    let mut md = format!(
+        "## Churn (`bench-suite --churn`), {}\n\n- machine: {}\n- commit: {}\n\
+         - pools `churn-runc`, `churn-runsc`: busybox, buffer {b}–{b}; {rounds} claims each way\n\n",
+        header.date,
+        header.machine,
+        header.commit,
+        b = churn_bench::BUFFER
+    );
+    let mut platform = Platform::start(&spec)?;
+    for rt in ["runc", "runsc"] {
+        let _spinner = spinner(&format!("filling churn-{rt}"));
+        platform
+            .wait_ready(
+                &churn_bench::pool_name(rt),
+                churn_bench::BUFFER,
+                READY_TIMEOUT,
+            )
+            .await?;
+    }
+    churn_rows(&platform, rounds, &mut md).await;
+    let exit = platform.check_running().err();
+    drop(platform);
+    flat_cost_sweep(&bin, rounds, &mut md).await;
+    print!("{md}");
+    let path = out.join("churn.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(e) = exit {
+        bail!("platform: {e:#}");
+    }
+    Ok(())
+}
+
+/// PSS per warm sandbox, CPU per create and warm claims while refills run,
+/// runc and runsc, appended to `md`.
+async fn churn_rows(platform: &Platform, rounds: usize, md: &mut String) {
+    let api = platform.api().clone();
+    let dir = platform.data_dir().display().to_string();
+    let pss = churn_bench::sandbox_pss(platform.pid(), &dir);
+    md.push_str(
+        "| runtime | warm sandboxes | PSS per warm sandbox p50 (shim + everything under it) | warm sandboxes per GiB |\n\
+         |---|---:|---:|---:|\n",
+    );
+    for rt in ["runc", "runsc"] {
+        let s = summarize_values(pss.get(rt).map_or(&[][..], Vec::as_slice));
+        let per_gib = MIB * MIB / s.p50;
+        let _ = writeln!(
+            md,
+            "| {rt} | {} | {} | {per_gib:.0} |",
+            s.n,
+            mib(s.p50 / MIB)
+        );
+    }
+    for rt in ["runc", "runsc"] {
+        let cpu = churn_bench::create_cpu(&api, platform.pid(), platform.data_dir(), rt).await;
+        let _ = writeln!(
+            md,
+            "\nCPU per create, {rt} ({} creates):\n",
+            churn_bench::BUFFER
+        );
+        match cpu {
+            Ok(split) => {
+                let (rows, total) = split.per_create_ms(churn_bench::BUFFER);
+                md.push_str("| part | CPU ms per create |\n|---|---:|\n");
+                for (label, v) in rows {
+                    let _ = writeln!(md, "| {label} | {v:.1} |");
+                }
+                let _ = writeln!(md, "| **total** | **{total:.1}** |");
+            }
+            Err(e) => {
+                let _ = writeln!(md, "failed: {e:#}");
+            }
+        }
+    }
+    for rt in ["runc", "runsc"] {
+        let _ = writeln!(
+            md,
+            "\nWarm claims (claim → first `true`), {rt}: at rest vs while refills run:\n"
+        );
+        match churn_bench::claims_under_refill(&api, rt, rounds).await {
+            Ok(u) => {
+                md.push_str(&churn_bench::cdf_table(&u));
+                let _ = writeln!(
+                    md,
+                    "\n{} of {} back-to-back claims fell back to cold starts.",
+                    u.cold,
+                    u.refilling.len()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(md, "failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// Warm claim p50 on a platform holding 10 … 300 warm runc sandboxes (one
+/// platform per point; the sweep stops at the first point that fails).
+async fn flat_cost_sweep(bin: &Binaries, rounds: usize, md: &mut String) {
+    md.push_str(
+        "\nFlat cost: warm claims on a full pool of N warm sandboxes (runc, one platform per N):\n\n\
+         | warm sandboxes | n | p50 | p95 | p50 vs N=10 |\n|---:|---:|---:|---:|---:|\n",
+    );
+    let mut base = None;
+    for n in churn_bench::SWEEP {
+        let spec = PlatformSpec {
+            sandpool: bin.sandpool.clone(),
+            runtime_bin: bin.runtime_bin.clone(),
+            name: format!("spbench-flat{n}"),
+            bridge: "spbench4".into(),
+            subnet: "10.213.244.0/22".into(),
+            pools: vec![churn_bench::sweep_pool_flag(n)],
+            max_sandboxes: Some(n as u32 + 32),
+        };
+        let measured = async {
+            let mut platform = Platform::start(&spec)?;
+            {
+                let _spinner = spinner(&format!("filling {n} warm sandboxes"));
+                platform
+                    .wait_ready(churn_bench::SWEEP_POOL, n, Duration::from_secs(300))
+                    .await?;
+            }
+            churn_bench::claims_at(platform.api(), n, rounds).await
+        };
+        match measured.await {
+            Ok(s) => {
+                let vs = s.vs_baseline(base.as_ref());
+                base.get_or_insert(s);
+                let _ = writeln!(
+                    md,
+                    "| {n} | {} | {} | {} | {vs} |",
+                    s.n,
+                    ms(s.p50),
+                    ms(s.p95)
+                );
+            }
+            Err(e) => {
+                let one_line = format!("{e:#}").replace('\n', " ");
+                let _ = writeln!(md, "| {n} | 0 | – | – | failed: {one_line} |");
+                break;
+            }
+        }
+    }
 }
 
 struct Outcomes {

@@ -8,6 +8,8 @@
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 //! * [`page`]: paging of ordered lists (ListClaims).
+//! * [`refill`]: refill pacing: a buffer that follows the claim rate, and
+//!   refill concurrency that follows free CPU and yields to claims.
 
 pub mod batch;
 pub mod busy;
@@ -16,6 +18,7 @@ pub mod egress;
 pub mod node_sync;
 pub mod page;
 pub mod pool;
+pub mod refill;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CoreError {

@@ -41,6 +41,15 @@ struct Books {
     fail_inject: bool,
     /// never answer an inject
     hang_inject: bool,
+    /// hold every inject until cleared (claims in flight)
+    hold_inject: bool,
+    /// injects being held
+    injects_held: u32,
+    /// hold every create until cleared (refills under way)
+    hold_create: bool,
+    /// creates being answered now, and the most at once
+    creates_in_flight: u32,
+    max_creates_in_flight: u32,
     /// never answer a recycle (a node whose reset hangs)
     hang_recycle: bool,
     /// refuse every pause (a sandbox that cannot be frozen)
@@ -108,7 +117,16 @@ type Reply<T> = Result<Response<T>, Status>;
 impl NodeAgent for FakeNode {
     async fn create_sandbox(&self, r: Request<pb::CreateSandboxRequest>) -> Reply<pb::SandboxInfo> {
         let r = r.into_inner();
+        {
+            let mut b = self.books();
+            b.creates_in_flight += 1;
+            b.max_creates_in_flight = b.max_creates_in_flight.max(b.creates_in_flight);
+        }
+        while self.books().hold_create {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut b = self.books();
+        b.creates_in_flight -= 1;
         b.create_auths.push(r.image_auth.clone());
         b.next_id += 1;
         let id = if r.sandbox_id.is_empty() {
@@ -169,6 +187,13 @@ impl NodeAgent for FakeNode {
         let r = r.into_inner();
         if self.books().hang_inject {
             std::future::pending::<()>().await;
+        }
+        if self.books().hold_inject {
+            self.books().injects_held += 1;
+            while self.books().hold_inject {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.books().injects_held -= 1;
         }
         let mut b = self.books();
         if b.fail_inject {
@@ -376,6 +401,55 @@ fn claim_req(pool: &str, argv: &[&str]) -> pb::ClaimRequest {
         process: Some(support::task(argv, &[])),
         ..Default::default()
     }
+}
+
+/// Claims come first: while claims are being made, refills run one create
+/// at a time (however many the buffer misses), and the claims finish while
+/// that refill create is still held on the node: none waits behind it.
+#[tokio::test]
+async fn claims_in_flight_hold_refills_to_one_create_and_never_wait_for_them() {
+    let (node, s, _store) = warm_platform("p", 4, 4, 16).await;
+    {
+        let mut b = node.books();
+        b.hold_inject = true;
+        b.hold_create = true;
+        b.max_creates_in_flight = 0;
+    }
+    let claims: Vec<_> = (0..3)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.claim(claim_req("p", &["true"])).await })
+        })
+        .collect();
+    PATIENCE
+        .wait_until("three claims at their inject and a refill create", || {
+            let b = node.books();
+            b.injects_held == 3 && b.creates_in_flight >= 1
+        })
+        .await;
+    // several refill passes (a tick is 50 ms) while the three claims are in
+    // flight and the buffer misses three
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.books().max_creates_in_flight,
+        1,
+        "one refill create at a time while claims are in flight"
+    );
+    node.books().hold_inject = false;
+    for c in claims {
+        let c = c.await.unwrap().unwrap();
+        assert!(!c.cold, "each claim took a warm sandbox");
+        assert_eq!(c.state, ClaimState::Bound);
+    }
+    {
+        let b = node.books();
+        assert_eq!(b.injected.len(), 3);
+        assert_eq!(b.created.len(), 4, "the claims did not wait for a refill");
+        assert!(b.creates_in_flight >= 1, "the refill is still held");
+    }
+    node.books().hold_create = false;
+    wait_available(&s, "p", 4).await;
+    assert_eq!(node.books().created.len(), 7);
 }
 
 #[tokio::test]

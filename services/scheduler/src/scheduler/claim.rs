@@ -9,7 +9,7 @@ use sandpool_core::{
 use sandpool_proto::v1 as pb;
 
 use super::{
-    Busy, ClaimRec, Claiming, SandboxRef, Scheduler, State, egress_from_pb, expiry_ms,
+    Busy, ClaimRec, Claiming, InFlight, SandboxRef, Scheduler, State, egress_from_pb, expiry_ms,
     new_sandbox_id, node_err, now_ms, template_from_pb,
 };
 use crate::{
@@ -119,7 +119,10 @@ impl Scheduler {
         } else {
             "-".to_string()
         };
-        let res = self.claim_inner(req, t0).await;
+        let res = {
+            let _in_flight = InFlight::start(self);
+            self.claim_inner(req, t0).await
+        };
         let outcome = match &res {
             Ok(c) if c.cold => "cold",
             Ok(_) => "warm",
@@ -268,6 +271,7 @@ impl Scheduler {
         let p = pools
             .get_mut(&req.pool)
             .ok_or_else(|| SchedError::PoolNotFound(req.pool.clone()))?;
+        p.demand.record(Instant::now());
         let taken = p.warm.take().map(|(node, id)| {
             busy.insert(id.clone());
             touched.insert(id.clone(), now_ms());

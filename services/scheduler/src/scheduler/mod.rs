@@ -26,7 +26,10 @@ use std::{
 };
 
 use parking_lot::{Mutex, MutexGuard};
-use sandpool_core::pool::{ImagePhase, PoolCounts, WarmSet};
+use sandpool_core::{
+    pool::{ImagePhase, PoolCounts, WarmSet},
+    refill::{ClaimRate, CpuSampler, CreateTime},
+};
 use sandpool_proto::{
     auth::{AuthChannel, ServiceToken},
     v1::{self as pb, node_agent_client::NodeAgentClient},
@@ -68,9 +71,23 @@ struct PoolEntry {
     last_error: Option<(Instant, String)>,
     /// The pool's image on the nodes (asked for before its first create).
     image: ImagePhase,
+    /// Its recent claims: the buffer follows their rate.
+    demand: ClaimRate,
 }
 
 impl PoolEntry {
+    fn new(rec: PoolRec) -> Self {
+        PoolEntry {
+            rec,
+            warm: WarmSet::default(),
+            creating: 0,
+            allocated: 0,
+            last_error: None,
+            image: ImagePhase::Pending,
+            demand: ClaimRate::default(),
+        }
+    }
+
     fn counts(&self) -> PoolCounts {
         PoolCounts {
             warm: self.warm.len() as u32,
@@ -98,6 +115,21 @@ struct State {
     touched: HashMap<String, i64>,
     /// caller-chosen claim ids being made (a retry must not make a second one)
     claiming: HashSet<String>,
+    /// Refill pacing (see [`sandpool_core::refill`]).
+    pacing: Pacing,
+}
+
+/// What paces the refills of all pools.
+#[derive(Default)]
+struct Pacing {
+    /// refill creates under way, over all pools
+    refilling: u32,
+    /// claims being made: while any is, refills take one slot
+    claims_in_flight: u32,
+    /// how long a refill create takes, on average
+    create_time: CreateTime,
+    /// the machine's idle cores, from `/proc/stat`
+    cpu: CpuSampler,
 }
 
 impl State {
@@ -133,6 +165,33 @@ struct Claiming<'a> {
 impl Drop for Claiming<'_> {
     fn drop(&mut self) {
         self.st.lock().claiming.remove(&self.id);
+    }
+}
+
+/// A claim being made, until dropped: refills yield to it.
+struct InFlight<'a> {
+    sched: &'a Scheduler,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(sched: &'a Scheduler) -> Self {
+        sched.lock().pacing.claims_in_flight += 1;
+        InFlight { sched }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let none_left = {
+            let mut st = self.sched.lock();
+            let p = &mut st.pacing;
+            p.claims_in_flight = p.claims_in_flight.saturating_sub(1);
+            p.claims_in_flight == 0
+        };
+        if none_left {
+            // refills held back for the claims may start
+            self.sched.wake.notify_one();
+        }
     }
 }
 

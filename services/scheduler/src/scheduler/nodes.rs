@@ -9,7 +9,6 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sandpool_core::{
     claim::{ClaimEvent, ClaimState},
     node_sync::{self, NodeSandbox, NodeState},
-    pool::WarmSet,
 };
 use sandpool_proto::v1 as pb;
 
@@ -54,17 +53,7 @@ impl Scheduler {
         {
             let mut st = self.lock();
             for p in pools {
-                st.pools.insert(
-                    p.name.clone(),
-                    PoolEntry {
-                        rec: p,
-                        warm: WarmSet::default(),
-                        creating: 0,
-                        allocated: 0,
-                        last_error: None,
-                        image: Default::default(),
-                    },
-                );
+                st.pools.insert(p.name.clone(), PoolEntry::new(p));
             }
             let claimed: HashMap<String, String> = claims
                 .iter()

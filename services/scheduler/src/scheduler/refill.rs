@@ -7,7 +7,8 @@ use std::{
 
 use sandpool_core::{
     Template,
-    pool::{ImagePhase, WarmSet, pick_node, scale_decision},
+    pool::{ImagePhase, pick_node},
+    refill::{CpuTimes, demand_buffer, refill_decision, refill_slots},
 };
 use sandpool_proto::v1 as pb;
 
@@ -17,6 +18,70 @@ use crate::{
     store::Table,
     traced,
 };
+
+/// What one refill pass starts.
+#[derive(Default)]
+struct Plan {
+    /// pools whose image the nodes are asked for, and the image
+    prepares: Vec<(String, String)>,
+    /// refill creates (pool, template)
+    creates: Vec<(String, Template)>,
+    /// idle sandboxes to delete (node, id)
+    deletes: Vec<(String, String)>,
+}
+
+/// Plan pool `name`'s refill into `plan`: creates up to its demand target,
+/// taking from the `free` refill slots; deletes past bufferMax.
+fn plan_pool(
+    name: &str,
+    p: &mut PoolEntry,
+    create_secs: f64,
+    free: &mut u32,
+    max_inflight: u32,
+    plan: &mut Plan,
+) {
+    if p.last_error
+        .as_ref()
+        .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
+    {
+        return; // back off after a failed create
+    }
+    let c = p.counts();
+    sandpool_telemetry::metrics::set_pool(name, c.total(), c.allocated, c.warm);
+    let target = demand_buffer(
+        &p.rec.capacity,
+        p.demand.per_sec(Instant::now()),
+        create_secs,
+    );
+    let d = refill_decision(&p.rec.capacity, c, target, max_inflight);
+    if d > 0 && !p.image.is_ready() {
+        // the image first: no create before the nodes have it
+        if p.image.should_prepare(Instant::now(), IMAGE_RETRY) {
+            p.image = ImagePhase::Pulling;
+            plan.prepares
+                .push((name.to_string(), p.rec.template.image.clone()));
+        }
+        return;
+    }
+    if d > 0 {
+        let n = (d as u32).min(*free);
+        *free -= n;
+        if n > 0 {
+            sandpool_telemetry::metrics::refilled(name, u64::from(n));
+        }
+        p.creating += n;
+        for _ in 0..n {
+            plan.creates
+                .push((name.to_string(), p.rec.template.clone()));
+        }
+    } else if d < 0 {
+        for _ in 0..(-d) {
+            if let Some(taken) = p.warm.take_idle_for_delete() {
+                plan.deletes.push(taken);
+            }
+        }
+    }
+}
 
 /// How long a pool whose image failed waits before asking again.
 const IMAGE_RETRY: Duration = Duration::from_secs(10);
@@ -42,17 +107,8 @@ impl Scheduler {
                     p.rec = rec.clone();
                 }
                 None => {
-                    st.pools.insert(
-                        rec.name.clone(),
-                        PoolEntry {
-                            rec: rec.clone(),
-                            warm: WarmSet::default(),
-                            creating: 0,
-                            allocated: 0,
-                            last_error: None,
-                            image: ImagePhase::Pending,
-                        },
-                    );
+                    st.pools
+                        .insert(rec.name.clone(), PoolEntry::new(rec.clone()));
                 }
             }
         }
@@ -118,62 +174,52 @@ impl Scheduler {
         }
     }
 
-    /// One pass of the pool-sizing decision over every pool.
+    /// The machine's idle cores (`None` until known, or off Linux): the
+    /// refill concurrency follows them.
+    fn idle_cores(&self) -> Option<f64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let now = CpuTimes::parse_proc_stat(&text)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        self.lock().pacing.cpu.sample(now, cores)
+    }
+
+    /// One pass of the pool-sizing decision over every pool: each pool's
+    /// buffer target follows its claim rate; refill creates over all pools
+    /// are bounded by free CPU, and by one while claims are in flight.
     pub(super) fn replenish_once(self: &Arc<Self>) {
-        let mut creates = Vec::new();
-        let mut deletes = Vec::new();
-        let mut prepares = Vec::new();
+        let idle = self.idle_cores();
+        let mut plan = Plan::default();
         {
             let mut st = self.lock();
-            let mut st_busy_ids = Vec::new();
+            let slots = refill_slots(idle, self.cfg.max_inflight, st.pacing.claims_in_flight);
+            let mut free = slots.saturating_sub(st.pacing.refilling);
+            let create_secs = st.pacing.create_time.secs();
             let names: Vec<String> = st.pools.keys().cloned().collect();
             for name in names {
-                let Some(p) = st.pools.get_mut(&name) else {
-                    continue;
-                };
-                if p.last_error
-                    .as_ref()
-                    .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
-                {
-                    continue; // back off after a failed create
-                }
-                let c = p.counts();
-                sandpool_telemetry::metrics::set_pool(&name, c.total(), c.allocated, c.warm);
-                let d = scale_decision(&p.rec.capacity, c, self.cfg.max_inflight);
-                if d > 0 && !p.image.is_ready() {
-                    // the image first: no create before the nodes have it
-                    if p.image.should_prepare(Instant::now(), IMAGE_RETRY) {
-                        p.image = ImagePhase::Pulling;
-                        prepares.push((name.clone(), p.rec.template.image.clone()));
-                    }
-                    continue;
-                }
-                if d > 0 {
-                    sandpool_telemetry::metrics::refilled(&name, d as u64);
-                    p.creating += d as u32;
-                    for _ in 0..d {
-                        creates.push((name.clone(), p.rec.template.clone()));
-                    }
-                } else if d < 0 {
-                    for _ in 0..(-d) {
-                        if let Some((node, id)) = p.warm.take_idle_for_delete() {
-                            st_busy_ids.push(id.clone());
-                            deletes.push((node, id));
-                        }
-                    }
+                if let Some(p) = st.pools.get_mut(&name) {
+                    plan_pool(
+                        &name,
+                        p,
+                        create_secs,
+                        &mut free,
+                        self.cfg.max_inflight,
+                        &mut plan,
+                    );
                 }
             }
-            st.busy.extend(st_busy_ids);
+            st.pacing.refilling += plan.creates.len() as u32;
+            st.busy
+                .extend(plan.deletes.iter().map(|(_, id)| id.clone()));
         }
-        for (pool, image) in prepares {
+        for (pool, image) in plan.prepares {
             let s = Arc::clone(self);
             tokio::spawn(async move { s.prepare_image(&pool, &image).await });
         }
-        for (pool, template) in creates {
+        for (pool, template) in plan.creates {
             let s = Arc::clone(self);
             tokio::spawn(async move { s.create_warm(&pool, &template).await });
         }
-        for (node, id) in deletes {
+        for (node, id) in plan.deletes {
             let s = Arc::clone(self);
             tokio::spawn(async move {
                 s.release_sandbox(&node, &id, pb::ReleasePolicy::Delete)
@@ -272,9 +318,12 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// A refill create (counted in [`State::pacing`] by the pass that
+    /// started it).
     pub(super) async fn create_warm(&self, pool: &str, template: &Template) {
         let id = new_sandbox_id();
         let _busy = self.busy(&id);
+        let started = Instant::now();
         let res = self.create_on_node(pool, template, &id, None).await;
         let mut orphan = None;
         {
@@ -283,8 +332,13 @@ impl Scheduler {
                 pools,
                 warm_index,
                 warm_info,
+                pacing,
                 ..
             } = &mut *st;
+            pacing.refilling = pacing.refilling.saturating_sub(1);
+            if res.is_ok() {
+                pacing.create_time.observe(started.elapsed());
+            }
             match (pools.get_mut(pool), res) {
                 (Some(p), Ok((node, sb))) => {
                     p.creating = p.creating.saturating_sub(1);
