@@ -6,8 +6,10 @@
 //! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
 
 mod sandbox;
+mod template;
 
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
+pub use template::{network_policy_name, reconcile_template};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -328,19 +330,11 @@ async fn claim_source(
         Err(e @ Error::NotFound { .. }) => return Ok(Err(("TemplateNotFound", e.to_string()))),
         Err(e) => return Err(e),
     };
-    let mut refused = Vec::new();
-    if template.spec.network_policy.is_some() {
-        refused.push("spec.networkPolicy");
-    }
     if !template.spec.volume_claim_templates.is_empty() {
-        refused.push("spec.volumeClaimTemplates");
-    }
-    if !refused.is_empty() {
         return Ok(Err((
             "UnsupportedField",
             format!(
-                "SandboxTemplate {tname}: not supported by sandpool: {}",
-                refused.join(", ")
+                "SandboxTemplate {tname}: not supported by sandpool: spec.volumeClaimTemplates"
             ),
         )));
     }
@@ -373,6 +367,16 @@ async fn create_claim_sandbox(
         annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
     }
     let mut spec = SandboxSpec::new(source.template.spec.pod_template.clone());
+    // the template's NetworkPolicy selects its sandboxes' pods by this label
+    spec.pod_template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(
+            TEMPLATE_HASH_LABEL.to_string(),
+            template_hash(ns, &source.template.name_any()),
+        );
     spec.service = source.template.spec.service;
     spec.shutdown_time = claim.spec.shutdown_time().cloned();
     let sb = Sandbox {

@@ -359,21 +359,94 @@ async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
 
     api.with_store(|s| {
         s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
-            t["spec"]["networkPolicy"] = json!({"ingress": []})
+            t["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}, "spec": {}}])
         })
     });
-    put_claim(&api, "np", json!({"warmPoolRef": {"name": "python-pool"}}));
-    reconcile_claim(&ctx, "np").await;
-    reconcile_claim(&ctx, "np").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "np").expect("claim");
+    put_claim(&api, "vct", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(&ctx, "vct").await;
+    reconcile_claim(&ctx, "vct").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "vct").expect("claim");
     let cond = ready_condition(&claim);
     assert_eq!(cond["reason"], "UnsupportedField");
     assert!(
         cond["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.networkPolicy")),
+            .is_some_and(|m| m.contains("SandboxTemplate python-template")
+                && m.contains("spec.volumeClaimTemplates")),
         "{cond}"
     );
+}
+
+fn network_policies() -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
+}
+
+async fn reconcile_template(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_template(get::<SandboxTemplate>(ctx, name).await, ctx.clone())
+        .await
+        .expect("template");
+}
+
+#[tokio::test]
+async fn a_template_network_policy_becomes_an_owned_network_policy_selecting_its_pods() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    let ingress = json!([{"from": [{"podSelector": {"matchLabels": {"app": "sandbox-router"}}}]}]);
+    let egress = json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}]);
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicy"] = json!({"ingress": ingress, "egress": egress})
+        })
+    });
+    reconcile_template(&ctx, "python-template").await;
+    let np = obj(&api, &network_policies(), "python-template-network-policy")
+        .expect("network policy created");
+    let hash = agent_sandbox::template_hash(NS, "python-template");
+    assert_eq!(
+        np["spec"]["podSelector"],
+        json!({"matchLabels": {TEMPLATE_HASH_LABEL: hash}})
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(np["spec"]["ingress"], ingress);
+    assert_eq!(np["spec"]["egress"], egress);
+    let owner = &np["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "SandboxTemplate");
+    assert_eq!(owner["name"], "python-template");
+    assert_eq!(owner["controller"], true);
+
+    // claims of the template are served, and a cold sandbox's pod carries
+    // the label the policy selects
+    put_claim(&api, "np", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(&ctx, "np").await;
+    reconcile_claim(&ctx, "np").await;
+    let sb = obj(&api, &sandboxes(), "np").expect("sandbox created");
+    assert_eq!(
+        sb["spec"]["podTemplate"]["metadata"]["labels"][TEMPLATE_HASH_LABEL],
+        json!(hash)
+    );
+    reconcile_sandbox(&ctx, "np").await;
+    let pod = obj(&api, &pods_path(NS), "np").expect("cold pod");
+    assert_eq!(pod["metadata"]["labels"][TEMPLATE_HASH_LABEL], json!(hash));
+
+    // a changed policy is updated in place
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicy"] = json!({"ingress": []})
+        })
+    });
+    reconcile_template(&ctx, "python-template").await;
+    let np = obj(&api, &network_policies(), "python-template-network-policy").expect("kept");
+    assert_eq!(np["spec"]["ingress"], json!([]));
+    assert!(np["spec"].get("egress").is_none(), "{np}");
+
+    // Unmanaged: the template's policy is removed
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicyManagement"] = json!("Unmanaged")
+        })
+    });
+    reconcile_template(&ctx, "python-template").await;
+    assert!(obj(&api, &network_policies(), "python-template-network-policy").is_none());
 }
 
 #[tokio::test]

@@ -216,7 +216,7 @@ pub struct SandboxTemplateSpec {
     /// Sandboxes of this template get a headless Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<bool>,
-    /// A NetworkPolicy spec: not supported (claims of the template are refused).
+    /// `ingress`/`egress` of the template's NetworkPolicy (`<name>-network-policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_free_object_schema")]
     pub network_policy: Option<Value>,

@@ -114,6 +114,8 @@ fn kind_of_plural(plural: &str) -> &'static str {
         "sandboxclaims" => "SandboxClaim",
         "sandboxwarmpools" => "SandboxWarmPool",
         "services" => "Service",
+        "networkpolicies" => "NetworkPolicy",
+        "persistentvolumeclaims" => "PersistentVolumeClaim",
         "leases" => "Lease",
         "events" => "Event",
         _ => "Unknown",
