@@ -7,6 +7,7 @@
 
 mod sandbox;
 mod template;
+mod volumes;
 
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
 pub use template::{network_policy_name, reconcile_template};

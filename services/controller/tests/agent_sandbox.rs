@@ -321,23 +321,6 @@ async fn a_suspended_sandbox_has_no_pod_and_resumes() {
 #[tokio::test]
 async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
     let (api, ctx) = setup();
-    put_sandbox(
-        &api,
-        "vol",
-        json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}),
-    );
-    reconcile_sandbox(&ctx, "vol").await;
-    assert!(pods(&api).is_empty(), "not started");
-    let sb = obj(&api, &sandboxes(), "vol").expect("sandbox");
-    let cond = ready_condition(&sb);
-    assert_eq!(cond["reason"], "UnsupportedField");
-    assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("spec.volumeClaimTemplates")),
-        "{cond}"
-    );
-
     fixtures(&api);
     put_claim(
         &api,
@@ -566,4 +549,85 @@ async fn a_warm_pool_reports_its_selector_and_observed_generation() {
     reconcile_pool(&ctx, "other-pool").await;
     let other = obj(&api, &ext("sandboxwarmpools"), "other-pool").expect("pool");
     assert_ne!(other["status"]["selector"], wp["status"]["selector"]);
+}
+
+fn pvcs() -> String {
+    format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")
+}
+
+#[tokio::test]
+async fn volume_claim_templates_become_owned_pvcs_mounted_into_the_pod() {
+    let (api, ctx) = setup();
+    let mut tpl = pod_template();
+    tpl["spec"]["volumes"] =
+        json!([{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]);
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "vol"}, "spec": {"podTemplate": tpl,
+            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"team": "a"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        )
+    });
+    reconcile_sandbox(&ctx, "vol").await;
+    let pvc = obj(&api, &pvcs(), "data-vol").expect("PVC <template>-<sandbox> created");
+    assert_eq!(pvc["metadata"]["labels"]["team"], "a");
+    assert_eq!(
+        pvc["metadata"]["labels"][SANDBOX_NAME_HASH_LABEL],
+        json!(short_hash("vol"))
+    );
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let owner = &pvc["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Sandbox"), Some("vol"))
+    );
+    assert_eq!(owner["controller"], true);
+
+    let pod = obj(&api, &pods_path(NS), "vol").expect("pod started");
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let data: Vec<&Value> = volumes.iter().filter(|v| v["name"] == "data").collect();
+    assert_eq!(data.len(), 1, "{volumes:?}");
+    assert_eq!(data[0]["persistentVolumeClaim"]["claimName"], "data-vol");
+    assert!(
+        volumes.iter().any(|v| v["name"] == "tmp"),
+        "other volumes kept"
+    );
+    let sb = obj(&api, &sandboxes(), "vol").expect("sandbox");
+    assert_ne!(ready_condition(&sb)["reason"], "UnsupportedField");
+
+    // suspended: the pod goes, the PVC stays
+    api.with_store(|s| {
+        s.mutate(&sandboxes(), "vol", |sb| {
+            sb["spec"]["operatingMode"] = json!("Suspended")
+        })
+    });
+    reconcile_sandbox(&ctx, "vol").await;
+    assert!(
+        obj(&api, &pvcs(), "data-vol").is_some(),
+        "kept while suspended"
+    );
+
+    // a PVC of that name that another owner controls is not used
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "other"}, "spec": {"podTemplate": pod_template(),
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}}),
+        );
+        s.put(
+            &pvcs(),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-other"}, "spec": {}}),
+        );
+    });
+    let r =
+        agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "other").await, ctx.clone()).await;
+    assert!(r.is_err(), "a foreign PVC is refused");
+    assert!(obj(&api, &pods_path(NS), "other").is_none());
 }

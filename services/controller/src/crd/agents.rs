@@ -132,7 +132,7 @@ pub struct SandboxSpec {
     /// it with its pod and Service removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_policy: Option<ShutdownPolicy>,
-    /// PersistentVolumeClaims for the pod: not supported (refused with a condition).
+    /// PersistentVolumeClaims for the pod (`<name>-<sandbox>`, owned by the Sandbox).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
