@@ -5,6 +5,7 @@
 //! `agents.x-k8s.io/pod-name`, or creates a cold one; `Sandbox`
 //! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
 
+mod claim_env;
 mod sandbox;
 mod template;
 mod volumes;
@@ -326,7 +327,7 @@ async fn claim_source(
             "spec.warmPoolRef or spec.sandboxTemplateRef is required".into(),
         )));
     };
-    let template = match get_template(ctx, ns, &tname).await {
+    let mut template = match get_template(ctx, ns, &tname).await {
         Ok(t) => t,
         Err(e @ Error::NotFound { .. }) => return Ok(Err(("TemplateNotFound", e.to_string()))),
         Err(e) => return Err(e),
@@ -338,6 +339,22 @@ async fn claim_source(
                 "SandboxTemplate {tname}: not supported by sandpool: spec.volumeClaimTemplates"
             ),
         )));
+    }
+    if !claim.spec.env.is_empty() {
+        let policy = template.spec.env_vars_injection_policy;
+        if let Err(msg) =
+            claim_env::inject(&mut template.spec.pod_template, &claim.spec.env, policy)
+        {
+            return Ok(Err((
+                "EnvVarsInjectionRejected",
+                format!("environment variable injection rejected: {msg}"),
+            )));
+        }
+        // a warm pod runs with the template's environment: start cold
+        return Ok(Ok(Source {
+            template,
+            warm: None,
+        }));
     }
     Ok(Ok(Source { template, warm }))
 }

@@ -324,21 +324,21 @@ async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
     fixtures(&api);
     put_claim(
         &api,
-        "env",
-        json!({"warmPoolRef": {"name": "python-pool"}, "env": [{"name": "A", "value": "1"}]}),
+        "meta",
+        json!({"warmPoolRef": {"name": "python-pool"}, "additionalPodMetadata": {"labels": {"a": "b"}}}),
     );
-    reconcile_claim(&ctx, "env").await;
-    reconcile_claim(&ctx, "env").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "env").expect("claim");
+    reconcile_claim(&ctx, "meta").await;
+    reconcile_claim(&ctx, "meta").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "meta").expect("claim");
     let cond = ready_condition(&claim);
     assert_eq!(cond["reason"], "UnsupportedField");
     assert!(
         cond["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.env")),
+            .is_some_and(|m| m.contains("spec.additionalPodMetadata")),
         "{cond}"
     );
-    assert!(obj(&api, &sandboxes(), "env").is_none());
+    assert!(obj(&api, &sandboxes(), "meta").is_none());
 
     api.with_store(|s| {
         s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
@@ -630,4 +630,117 @@ async fn volume_claim_templates_become_owned_pvcs_mounted_into_the_pod() {
         agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "other").await, ctx.clone()).await;
     assert!(r.is_err(), "a foreign PVC is refused");
     assert!(obj(&api, &pods_path(NS), "other").is_none());
+}
+
+fn set_env_policy(api: &FakeApi, policy: &str) {
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["envVarsInjectionPolicy"] = json!(policy);
+            t["spec"]["podTemplate"]["spec"]["containers"][0]["env"] =
+                json!([{"name": "MODE", "value": "template"}]);
+        })
+    });
+}
+
+/// Reconcile the claim `name` with `env` twice; its Ready reason.
+async fn claim_with_env(api: &FakeApi, ctx: &Arc<Context>, name: &str, env: Value) -> Value {
+    put_claim(
+        api,
+        name,
+        json!({"warmPoolRef": {"name": "python-pool"}, "env": env}),
+    );
+    reconcile_claim(ctx, name).await;
+    reconcile_claim(ctx, name).await;
+    let claim = obj(api, &ext("sandboxclaims"), name).expect("claim");
+    ready_condition(&claim)["reason"].clone()
+}
+
+fn sandbox_env(api: &FakeApi, name: &str) -> Value {
+    let sb = obj(api, &sandboxes(), name).expect("sandbox created");
+    sb["spec"]["podTemplate"]["spec"]["containers"][0]["env"].clone()
+}
+
+#[tokio::test]
+async fn claim_env_follows_the_templates_injection_policy() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let warm = pods(&api);
+    assert_eq!(warm.len(), 1);
+    let warm_name = warm[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    make_ready_all(&api, &warm_name);
+
+    // unset policy is Disallowed
+    set_env_policy(&api, "Disallowed");
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]
+                .as_object_mut()
+                .map(|m| m.remove("envVarsInjectionPolicy"));
+        })
+    });
+    let reason = claim_with_env(&api, &ctx, "none", json!([{"name": "A", "value": "1"}])).await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+    assert!(obj(&api, &sandboxes(), "none").is_none());
+
+    // Allowed: new variables are added, an existing one is not overridden
+    set_env_policy(&api, "Allowed");
+    let reason = claim_with_env(&api, &ctx, "add", json!([{"name": "A", "value": "1"}])).await;
+    assert_ne!(reason, "EnvVarsInjectionRejected");
+    assert_eq!(
+        sandbox_env(&api, "add"),
+        json!([{"name": "MODE", "value": "template"}, {"name": "A", "value": "1"}])
+    );
+    let sb = obj(&api, &sandboxes(), "add").expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none(),
+        "a claim with env starts cold, the warm pod stays warm"
+    );
+    assert!(
+        obj(&api, &pods_path(NS), &warm_name)
+            .is_some_and(|p| p["metadata"]["labels"].get(WARM_POOL_LABEL).is_some())
+    );
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "clash",
+        json!([{"name": "MODE", "value": "claim"}]),
+    )
+    .await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+    assert!(obj(&api, &sandboxes(), "clash").is_none());
+
+    // Overrides: an existing variable is replaced
+    set_env_policy(&api, "Overrides");
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "over",
+        json!([{"name": "MODE", "value": "claim"}]),
+    )
+    .await;
+    assert_ne!(reason, "EnvVarsInjectionRejected");
+    assert_eq!(
+        sandbox_env(&api, "over"),
+        json!([{"name": "MODE", "value": "claim"}])
+    );
+
+    // a containerName that does not exist is rejected
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "nowhere",
+        json!([{"name": "B", "value": "2", "containerName": "missing"}]),
+    )
+    .await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+}
+
+fn make_ready_all(api: &FakeApi, pod: &str) {
+    api.with_store(|s| make_ready(s, NS, pod, "10.0.0.9", "node-a"));
 }

@@ -321,7 +321,8 @@ pub struct SandboxClaimSpec {
     /// Not supported (refused with a condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_pod_metadata: Option<PodMetadata>,
-    /// Not supported (refused with a condition).
+    /// Variables for the sandbox's pod, as the template's
+    /// `envVarsInjectionPolicy` allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub env: Vec<Value>,
@@ -353,9 +354,6 @@ impl SandboxClaimSpec {
         }
         if self.additional_pod_metadata.is_some() {
             out.push("spec.additionalPodMetadata");
-        }
-        if !self.env.is_empty() {
-            out.push("spec.env");
         }
         if !self.volume_claim_templates.is_empty() {
             out.push("spec.volumeClaimTemplates");
