@@ -278,6 +278,8 @@ fn pool_hash(ns: &str, name: &str) -> String {
 struct Source {
     template: SandboxTemplate,
     warm: Option<String>,
+    /// The template's and the claim's, merged.
+    volume_claim_templates: Vec<serde_json::Value>,
 }
 
 /// Why a claim cannot be served (yet): `(reason, message)` of its condition.
@@ -332,14 +334,21 @@ async fn claim_source(
         Err(e @ Error::NotFound { .. }) => return Ok(Err(("TemplateNotFound", e.to_string()))),
         Err(e) => return Err(e),
     };
-    if !template.spec.volume_claim_templates.is_empty() {
-        return Ok(Err((
-            "UnsupportedField",
-            format!(
-                "SandboxTemplate {tname}: not supported by sandpool: spec.volumeClaimTemplates"
-            ),
-        )));
-    }
+    let volume_claim_templates = match volumes::merge_claim_templates(
+        &template.spec.volume_claim_templates,
+        &claim.spec.volume_claim_templates,
+        template.spec.volume_claim_templates_policy,
+    ) {
+        Ok(v) => v,
+        Err(msg) => {
+            return Ok(Err((
+                "VolumeClaimTemplatesRejected",
+                format!("volume claim templates rejected: {msg}"),
+            )));
+        }
+    };
+    // a warm pod has neither the claim's variables nor its volumes: cold
+    let warm = warm.filter(|_| claim.spec.env.is_empty() && volume_claim_templates.is_empty());
     if !claim.spec.env.is_empty() {
         let policy = template.spec.env_vars_injection_policy;
         if let Err(msg) =
@@ -350,13 +359,12 @@ async fn claim_source(
                 format!("environment variable injection rejected: {msg}"),
             )));
         }
-        // a warm pod runs with the template's environment: start cold
-        return Ok(Ok(Source {
-            template,
-            warm: None,
-        }));
     }
-    Ok(Ok(Source { template, warm }))
+    Ok(Ok(Source {
+        template,
+        warm,
+        volume_claim_templates,
+    }))
 }
 
 /// The claim's `Sandbox`: on a warm pod adopted for it, else cold; an
@@ -396,6 +404,7 @@ async fn create_claim_sandbox(
             template_hash(ns, &source.template.name_any()),
         );
     spec.service = source.template.spec.service;
+    spec.volume_claim_templates = source.volume_claim_templates.clone();
     spec.shutdown_time = claim.spec.shutdown_time().cloned();
     let sb = Sandbox {
         metadata: ObjectMeta {

@@ -339,25 +339,6 @@ async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
         "{cond}"
     );
     assert!(obj(&api, &sandboxes(), "meta").is_none());
-
-    api.with_store(|s| {
-        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
-            t["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}, "spec": {}}])
-        })
-    });
-    put_claim(&api, "vct", json!({"warmPoolRef": {"name": "python-pool"}}));
-    reconcile_claim(&ctx, "vct").await;
-    reconcile_claim(&ctx, "vct").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "vct").expect("claim");
-    let cond = ready_condition(&claim);
-    assert_eq!(cond["reason"], "UnsupportedField");
-    assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("SandboxTemplate python-template")
-                && m.contains("spec.volumeClaimTemplates")),
-        "{cond}"
-    );
 }
 
 fn network_policies() -> String {
@@ -743,4 +724,89 @@ async fn claim_env_follows_the_templates_injection_policy() {
 
 fn make_ready_all(api: &FakeApi, pod: &str) {
     api.with_store(|s| make_ready(s, NS, pod, "10.0.0.9", "node-a"));
+}
+
+fn vct(name: &str, size: &str) -> Value {
+    json!({"metadata": {"name": name}, "spec": {"resources": {"requests": {"storage": size}}}})
+}
+
+/// Reconcile the claim `name` with `vcts` twice; its Ready reason and the
+/// volume claim templates of its Sandbox (`Null` without one).
+async fn claim_with_vcts(
+    api: &FakeApi,
+    ctx: &Arc<Context>,
+    name: &str,
+    vcts: Value,
+) -> (Value, Value) {
+    put_claim(
+        api,
+        name,
+        json!({"warmPoolRef": {"name": "python-pool"}, "volumeClaimTemplates": vcts}),
+    );
+    reconcile_claim(ctx, name).await;
+    reconcile_claim(ctx, name).await;
+    let claim = obj(api, &ext("sandboxclaims"), name).expect("claim");
+    let sb = obj(api, &sandboxes(), name).map(|s| s["spec"]["volumeClaimTemplates"].clone());
+    (
+        ready_condition(&claim)["reason"].clone(),
+        sb.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn template_and_claim_volume_claim_templates_follow_the_templates_policy() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let warm = pods(&api);
+    let warm_name = warm[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    make_ready_all(&api, &warm_name);
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["volumeClaimTemplates"] = json!([vct("data", "1Gi")])
+        })
+    });
+
+    // the template's templates reach the claim's Sandbox, which starts cold
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "tpl", json!([])).await;
+    assert_ne!(reason, "UnsupportedField");
+    assert_eq!(vcts, json!([vct("data", "1Gi")]));
+    let sb = obj(&api, &sandboxes(), "tpl").expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none(),
+        "cold"
+    );
+    reconcile_sandbox(&ctx, "tpl").await;
+    assert!(
+        obj(&api, &pvcs(), "data-tpl").is_some(),
+        "PVC <template>-<claim>"
+    );
+
+    // the claim's: Disallowed by default
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "no", json!([vct("scratch", "2Gi")])).await;
+    assert_eq!(reason, "VolumeClaimTemplatesRejected");
+    assert_eq!(vcts, Value::Null);
+
+    let set_policy = |p: &str| {
+        api.with_store(|s| {
+            s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+                t["spec"]["volumeClaimTemplatesPolicy"] = json!(p)
+            })
+        })
+    };
+    set_policy("Allowed");
+    let (_, vcts) = claim_with_vcts(&api, &ctx, "add", json!([vct("scratch", "2Gi")])).await;
+    assert_eq!(vcts, json!([vct("data", "1Gi"), vct("scratch", "2Gi")]));
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "clash", json!([vct("data", "5Gi")])).await;
+    assert_eq!(reason, "VolumeClaimTemplatesRejected");
+    assert_eq!(vcts, Value::Null);
+
+    set_policy("Overrides");
+    let (_, vcts) = claim_with_vcts(&api, &ctx, "over", json!([vct("data", "5Gi")])).await;
+    assert_eq!(vcts, json!([vct("data", "5Gi")]));
 }

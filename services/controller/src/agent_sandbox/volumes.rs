@@ -121,3 +121,38 @@ pub async fn ensure_claims(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<()> 
     }
     Ok(())
 }
+
+/// The volume claim templates of a claim's sandbox: the template's, plus
+/// the claim's as the template's `volumeClaimTemplatesPolicy` allows
+/// (`Disallowed`, the default, rejects any; `Allowed` adds new names only;
+/// `Overrides` also replaces the template's of the same name).
+/// `Err(message)` when the policy rejects them.
+pub(super) fn merge_claim_templates(
+    template: &[Value],
+    claim: &[Value],
+    policy: Option<crate::crd::InjectionPolicy>,
+) -> std::result::Result<Vec<Value>, String> {
+    use crate::crd::InjectionPolicy;
+    let mut out = template.to_vec();
+    if claim.is_empty() {
+        return Ok(out);
+    }
+    let policy = policy.unwrap_or(InjectionPolicy::Disallowed);
+    if policy == InjectionPolicy::Disallowed {
+        return Err("the template's volumeClaimTemplatesPolicy is Disallowed".into());
+    }
+    for vct in claim {
+        let name =
+            template_name(vct).ok_or("spec.volumeClaimTemplates[].metadata.name is required")?;
+        match out.iter().position(|t| template_name(t) == Some(name)) {
+            Some(_) if policy != InjectionPolicy::Overrides => {
+                return Err(format!(
+                    "overriding volume claim template {name:?} is not allowed by the template's volumeClaimTemplatesPolicy"
+                ));
+            }
+            Some(i) => out[i] = vct.clone(),
+            None => out.push(vct.clone()),
+        }
+    }
+    Ok(out)
+}

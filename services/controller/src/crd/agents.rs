@@ -224,7 +224,7 @@ pub struct SandboxTemplateSpec {
     pub network_policy_management: Option<NetworkPolicyManagement>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars_injection_policy: Option<InjectionPolicy>,
-    /// Not supported (claims of the template are refused).
+    /// PVCs for the sandboxes of claims of this template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
@@ -326,7 +326,8 @@ pub struct SandboxClaimSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub env: Vec<Value>,
-    /// Not supported (refused with a condition).
+    /// PVCs for the claim's sandbox, as the template's
+    /// `volumeClaimTemplatesPolicy` allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
@@ -354,9 +355,6 @@ impl SandboxClaimSpec {
         }
         if self.additional_pod_metadata.is_some() {
             out.push("spec.additionalPodMetadata");
-        }
-        if !self.volume_claim_templates.is_empty() {
-            out.push("spec.volumeClaimTemplates");
         }
         out
     }
