@@ -5,9 +5,13 @@
 //! `agents.x-k8s.io/pod-name`, or creates a cold one; `Sandbox`
 //! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
 
+mod claim_env;
 mod sandbox;
+mod template;
+mod volumes;
 
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
+pub use template::{network_policy_name, reconcile_template};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,6 +278,8 @@ fn pool_hash(ns: &str, name: &str) -> String {
 struct Source {
     template: SandboxTemplate,
     warm: Option<String>,
+    /// The template's and the claim's, merged.
+    volume_claim_templates: Vec<serde_json::Value>,
 }
 
 /// Why a claim cannot be served (yet): `(reason, message)` of its condition.
@@ -323,28 +329,42 @@ async fn claim_source(
             "spec.warmPoolRef or spec.sandboxTemplateRef is required".into(),
         )));
     };
-    let template = match get_template(ctx, ns, &tname).await {
+    let mut template = match get_template(ctx, ns, &tname).await {
         Ok(t) => t,
         Err(e @ Error::NotFound { .. }) => return Ok(Err(("TemplateNotFound", e.to_string()))),
         Err(e) => return Err(e),
     };
-    let mut refused = Vec::new();
-    if template.spec.network_policy.is_some() {
-        refused.push("spec.networkPolicy");
+    let volume_claim_templates = match volumes::merge_claim_templates(
+        &template.spec.volume_claim_templates,
+        &claim.spec.volume_claim_templates,
+        template.spec.volume_claim_templates_policy,
+    ) {
+        Ok(v) => v,
+        Err(msg) => {
+            return Ok(Err((
+                "VolumeClaimTemplatesRejected",
+                format!("volume claim templates rejected: {msg}"),
+            )));
+        }
+    };
+    // a warm pod has neither the claim's variables nor its volumes: cold
+    let warm = warm.filter(|_| claim.spec.env.is_empty() && volume_claim_templates.is_empty());
+    if !claim.spec.env.is_empty() {
+        let policy = template.spec.env_vars_injection_policy;
+        if let Err(msg) =
+            claim_env::inject(&mut template.spec.pod_template, &claim.spec.env, policy)
+        {
+            return Ok(Err((
+                "EnvVarsInjectionRejected",
+                format!("environment variable injection rejected: {msg}"),
+            )));
+        }
     }
-    if !template.spec.volume_claim_templates.is_empty() {
-        refused.push("spec.volumeClaimTemplates");
-    }
-    if !refused.is_empty() {
-        return Ok(Err((
-            "UnsupportedField",
-            format!(
-                "SandboxTemplate {tname}: not supported by sandpool: {}",
-                refused.join(", ")
-            ),
-        )));
-    }
-    Ok(Ok(Source { template, warm }))
+    Ok(Ok(Source {
+        template,
+        warm,
+        volume_claim_templates,
+    }))
 }
 
 /// The claim's `Sandbox`: on a warm pod adopted for it, else cold; an
@@ -373,7 +393,18 @@ async fn create_claim_sandbox(
         annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
     }
     let mut spec = SandboxSpec::new(source.template.spec.pod_template.clone());
+    // the template's NetworkPolicy selects its sandboxes' pods by this label
+    spec.pod_template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(
+            TEMPLATE_HASH_LABEL.to_string(),
+            template_hash(ns, &source.template.name_any()),
+        );
     spec.service = source.template.spec.service;
+    spec.volume_claim_templates = source.volume_claim_templates.clone();
     spec.shutdown_time = claim.spec.shutdown_time().cloned();
     let sb = Sandbox {
         metadata: ObjectMeta {

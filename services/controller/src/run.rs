@@ -1,4 +1,4 @@
-//! Wiring: the five controllers on kube-rs `Controller`, behind leader election.
+//! Wiring: the six controllers on kube-rs `Controller`, behind leader election.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -18,7 +19,7 @@ use crate::conditions::reported;
 use crate::context::{Context, TaskRunner};
 use crate::crd::{
     ALLOCATED_TO_LABEL, BatchSandbox, Pool, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
-    SandboxWarmPool,
+    SandboxTemplate, SandboxWarmPool,
 };
 use crate::error::Error;
 use crate::leader::{self, LeaseConfig};
@@ -225,8 +226,20 @@ pub async fn controllers(
         error_policy,
         ctx.clone(),
     );
+    let templates = Controller::new(
+        Api::<SandboxTemplate>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .owns(
+        Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    // a template has no status: its errors are only logged
+    .run(crate::agent_sandbox::reconcile_template, error_policy, ctx.clone());
     tokio::join!(
         drain("pool", pools),
+        drain("sandboxtemplate", templates),
         drain("batchsandbox", batches),
         drain("sandbox", sandboxes),
         drain("sandboxwarmpool", warm),

@@ -321,59 +321,96 @@ async fn a_suspended_sandbox_has_no_pod_and_resumes() {
 #[tokio::test]
 async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
     let (api, ctx) = setup();
-    put_sandbox(
-        &api,
-        "vol",
-        json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}),
-    );
-    reconcile_sandbox(&ctx, "vol").await;
-    assert!(pods(&api).is_empty(), "not started");
-    let sb = obj(&api, &sandboxes(), "vol").expect("sandbox");
-    let cond = ready_condition(&sb);
-    assert_eq!(cond["reason"], "UnsupportedField");
-    assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("spec.volumeClaimTemplates")),
-        "{cond}"
-    );
-
     fixtures(&api);
     put_claim(
         &api,
-        "env",
-        json!({"warmPoolRef": {"name": "python-pool"}, "env": [{"name": "A", "value": "1"}]}),
+        "meta",
+        json!({"warmPoolRef": {"name": "python-pool"}, "additionalPodMetadata": {"labels": {"a": "b"}}}),
     );
-    reconcile_claim(&ctx, "env").await;
-    reconcile_claim(&ctx, "env").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "env").expect("claim");
+    reconcile_claim(&ctx, "meta").await;
+    reconcile_claim(&ctx, "meta").await;
+    let claim = obj(&api, &ext("sandboxclaims"), "meta").expect("claim");
     let cond = ready_condition(&claim);
     assert_eq!(cond["reason"], "UnsupportedField");
     assert!(
         cond["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.env")),
+            .is_some_and(|m| m.contains("spec.additionalPodMetadata")),
         "{cond}"
     );
-    assert!(obj(&api, &sandboxes(), "env").is_none());
+    assert!(obj(&api, &sandboxes(), "meta").is_none());
+}
 
+fn network_policies() -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
+}
+
+async fn reconcile_template(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_template(get::<SandboxTemplate>(ctx, name).await, ctx.clone())
+        .await
+        .expect("template");
+}
+
+#[tokio::test]
+async fn a_template_network_policy_becomes_an_owned_network_policy_selecting_its_pods() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    let ingress = json!([{"from": [{"podSelector": {"matchLabels": {"app": "sandbox-router"}}}]}]);
+    let egress = json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}]);
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicy"] = json!({"ingress": ingress, "egress": egress})
+        })
+    });
+    reconcile_template(&ctx, "python-template").await;
+    let np = obj(&api, &network_policies(), "python-template-network-policy")
+        .expect("network policy created");
+    let hash = agent_sandbox::template_hash(NS, "python-template");
+    assert_eq!(
+        np["spec"]["podSelector"],
+        json!({"matchLabels": {TEMPLATE_HASH_LABEL: hash}})
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(np["spec"]["ingress"], ingress);
+    assert_eq!(np["spec"]["egress"], egress);
+    let owner = &np["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "SandboxTemplate");
+    assert_eq!(owner["name"], "python-template");
+    assert_eq!(owner["controller"], true);
+
+    // claims of the template are served, and a cold sandbox's pod carries
+    // the label the policy selects
+    put_claim(&api, "np", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(&ctx, "np").await;
+    reconcile_claim(&ctx, "np").await;
+    let sb = obj(&api, &sandboxes(), "np").expect("sandbox created");
+    assert_eq!(
+        sb["spec"]["podTemplate"]["metadata"]["labels"][TEMPLATE_HASH_LABEL],
+        json!(hash)
+    );
+    reconcile_sandbox(&ctx, "np").await;
+    let pod = obj(&api, &pods_path(NS), "np").expect("cold pod");
+    assert_eq!(pod["metadata"]["labels"][TEMPLATE_HASH_LABEL], json!(hash));
+
+    // a changed policy is updated in place
     api.with_store(|s| {
         s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
             t["spec"]["networkPolicy"] = json!({"ingress": []})
         })
     });
-    put_claim(&api, "np", json!({"warmPoolRef": {"name": "python-pool"}}));
-    reconcile_claim(&ctx, "np").await;
-    reconcile_claim(&ctx, "np").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "np").expect("claim");
-    let cond = ready_condition(&claim);
-    assert_eq!(cond["reason"], "UnsupportedField");
-    assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("spec.networkPolicy")),
-        "{cond}"
-    );
+    reconcile_template(&ctx, "python-template").await;
+    let np = obj(&api, &network_policies(), "python-template-network-policy").expect("kept");
+    assert_eq!(np["spec"]["ingress"], json!([]));
+    assert!(np["spec"].get("egress").is_none(), "{np}");
+
+    // Unmanaged: the template's policy is removed
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["networkPolicyManagement"] = json!("Unmanaged")
+        })
+    });
+    reconcile_template(&ctx, "python-template").await;
+    assert!(obj(&api, &network_policies(), "python-template-network-policy").is_none());
 }
 
 #[tokio::test]
@@ -493,4 +530,283 @@ async fn a_warm_pool_reports_its_selector_and_observed_generation() {
     reconcile_pool(&ctx, "other-pool").await;
     let other = obj(&api, &ext("sandboxwarmpools"), "other-pool").expect("pool");
     assert_ne!(other["status"]["selector"], wp["status"]["selector"]);
+}
+
+fn pvcs() -> String {
+    format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")
+}
+
+#[tokio::test]
+async fn volume_claim_templates_become_owned_pvcs_mounted_into_the_pod() {
+    let (api, ctx) = setup();
+    let mut tpl = pod_template();
+    tpl["spec"]["volumes"] =
+        json!([{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]);
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "vol"}, "spec": {"podTemplate": tpl,
+            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"team": "a"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        )
+    });
+    reconcile_sandbox(&ctx, "vol").await;
+    let pvc = obj(&api, &pvcs(), "data-vol").expect("PVC <template>-<sandbox> created");
+    assert_eq!(pvc["metadata"]["labels"]["team"], "a");
+    assert_eq!(
+        pvc["metadata"]["labels"][SANDBOX_NAME_HASH_LABEL],
+        json!(short_hash("vol"))
+    );
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let owner = &pvc["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Sandbox"), Some("vol"))
+    );
+    assert_eq!(owner["controller"], true);
+
+    let pod = obj(&api, &pods_path(NS), "vol").expect("pod started");
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let data: Vec<&Value> = volumes.iter().filter(|v| v["name"] == "data").collect();
+    assert_eq!(data.len(), 1, "{volumes:?}");
+    assert_eq!(data[0]["persistentVolumeClaim"]["claimName"], "data-vol");
+    assert!(
+        volumes.iter().any(|v| v["name"] == "tmp"),
+        "other volumes kept"
+    );
+    let sb = obj(&api, &sandboxes(), "vol").expect("sandbox");
+    assert_ne!(ready_condition(&sb)["reason"], "UnsupportedField");
+
+    // suspended: the pod goes, the PVC stays
+    api.with_store(|s| {
+        s.mutate(&sandboxes(), "vol", |sb| {
+            sb["spec"]["operatingMode"] = json!("Suspended")
+        })
+    });
+    reconcile_sandbox(&ctx, "vol").await;
+    assert!(
+        obj(&api, &pvcs(), "data-vol").is_some(),
+        "kept while suspended"
+    );
+
+    // a PVC of that name that another owner controls is not used
+    api.with_store(|s| {
+        s.put(
+            &sandboxes(),
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "other"}, "spec": {"podTemplate": pod_template(),
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}}),
+        );
+        s.put(
+            &pvcs(),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-other"}, "spec": {}}),
+        );
+    });
+    let r =
+        agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "other").await, ctx.clone()).await;
+    assert!(r.is_err(), "a foreign PVC is refused");
+    assert!(obj(&api, &pods_path(NS), "other").is_none());
+}
+
+fn set_env_policy(api: &FakeApi, policy: &str) {
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["envVarsInjectionPolicy"] = json!(policy);
+            t["spec"]["podTemplate"]["spec"]["containers"][0]["env"] =
+                json!([{"name": "MODE", "value": "template"}]);
+        })
+    });
+}
+
+/// Reconcile the claim `name` with `env` twice; its Ready reason.
+async fn claim_with_env(api: &FakeApi, ctx: &Arc<Context>, name: &str, env: Value) -> Value {
+    put_claim(
+        api,
+        name,
+        json!({"warmPoolRef": {"name": "python-pool"}, "env": env}),
+    );
+    reconcile_claim(ctx, name).await;
+    reconcile_claim(ctx, name).await;
+    let claim = obj(api, &ext("sandboxclaims"), name).expect("claim");
+    ready_condition(&claim)["reason"].clone()
+}
+
+fn sandbox_env(api: &FakeApi, name: &str) -> Value {
+    let sb = obj(api, &sandboxes(), name).expect("sandbox created");
+    sb["spec"]["podTemplate"]["spec"]["containers"][0]["env"].clone()
+}
+
+#[tokio::test]
+async fn claim_env_follows_the_templates_injection_policy() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let warm = pods(&api);
+    assert_eq!(warm.len(), 1);
+    let warm_name = warm[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    make_ready_all(&api, &warm_name);
+
+    // unset policy is Disallowed
+    set_env_policy(&api, "Disallowed");
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]
+                .as_object_mut()
+                .map(|m| m.remove("envVarsInjectionPolicy"));
+        })
+    });
+    let reason = claim_with_env(&api, &ctx, "none", json!([{"name": "A", "value": "1"}])).await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+    assert!(obj(&api, &sandboxes(), "none").is_none());
+
+    // Allowed: new variables are added, an existing one is not overridden
+    set_env_policy(&api, "Allowed");
+    let reason = claim_with_env(&api, &ctx, "add", json!([{"name": "A", "value": "1"}])).await;
+    assert_ne!(reason, "EnvVarsInjectionRejected");
+    assert_eq!(
+        sandbox_env(&api, "add"),
+        json!([{"name": "MODE", "value": "template"}, {"name": "A", "value": "1"}])
+    );
+    let sb = obj(&api, &sandboxes(), "add").expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none(),
+        "a claim with env starts cold, the warm pod stays warm"
+    );
+    assert!(
+        obj(&api, &pods_path(NS), &warm_name)
+            .is_some_and(|p| p["metadata"]["labels"].get(WARM_POOL_LABEL).is_some())
+    );
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "clash",
+        json!([{"name": "MODE", "value": "claim"}]),
+    )
+    .await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+    assert!(obj(&api, &sandboxes(), "clash").is_none());
+
+    // Overrides: an existing variable is replaced
+    set_env_policy(&api, "Overrides");
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "over",
+        json!([{"name": "MODE", "value": "claim"}]),
+    )
+    .await;
+    assert_ne!(reason, "EnvVarsInjectionRejected");
+    assert_eq!(
+        sandbox_env(&api, "over"),
+        json!([{"name": "MODE", "value": "claim"}])
+    );
+
+    // a containerName that does not exist is rejected
+    let reason = claim_with_env(
+        &api,
+        &ctx,
+        "nowhere",
+        json!([{"name": "B", "value": "2", "containerName": "missing"}]),
+    )
+    .await;
+    assert_eq!(reason, "EnvVarsInjectionRejected");
+}
+
+fn make_ready_all(api: &FakeApi, pod: &str) {
+    api.with_store(|s| make_ready(s, NS, pod, "10.0.0.9", "node-a"));
+}
+
+fn vct(name: &str, size: &str) -> Value {
+    json!({"metadata": {"name": name}, "spec": {"resources": {"requests": {"storage": size}}}})
+}
+
+/// Reconcile the claim `name` with `vcts` twice; its Ready reason and the
+/// volume claim templates of its Sandbox (`Null` without one).
+async fn claim_with_vcts(
+    api: &FakeApi,
+    ctx: &Arc<Context>,
+    name: &str,
+    vcts: Value,
+) -> (Value, Value) {
+    put_claim(
+        api,
+        name,
+        json!({"warmPoolRef": {"name": "python-pool"}, "volumeClaimTemplates": vcts}),
+    );
+    reconcile_claim(ctx, name).await;
+    reconcile_claim(ctx, name).await;
+    let claim = obj(api, &ext("sandboxclaims"), name).expect("claim");
+    let sb = obj(api, &sandboxes(), name).map(|s| s["spec"]["volumeClaimTemplates"].clone());
+    (
+        ready_condition(&claim)["reason"].clone(),
+        sb.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn template_and_claim_volume_claim_templates_follow_the_templates_policy() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let warm = pods(&api);
+    let warm_name = warm[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    make_ready_all(&api, &warm_name);
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+            t["spec"]["volumeClaimTemplates"] = json!([vct("data", "1Gi")])
+        })
+    });
+
+    // the template's templates reach the claim's Sandbox, which starts cold
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "tpl", json!([])).await;
+    assert_ne!(reason, "UnsupportedField");
+    assert_eq!(vcts, json!([vct("data", "1Gi")]));
+    let sb = obj(&api, &sandboxes(), "tpl").expect("sandbox");
+    assert!(
+        sb["metadata"]["annotations"]
+            .get(POD_NAME_ANNOTATION)
+            .is_none(),
+        "cold"
+    );
+    reconcile_sandbox(&ctx, "tpl").await;
+    assert!(
+        obj(&api, &pvcs(), "data-tpl").is_some(),
+        "PVC <template>-<claim>"
+    );
+
+    // the claim's: Disallowed by default
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "no", json!([vct("scratch", "2Gi")])).await;
+    assert_eq!(reason, "VolumeClaimTemplatesRejected");
+    assert_eq!(vcts, Value::Null);
+
+    let set_policy = |p: &str| {
+        api.with_store(|s| {
+            s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
+                t["spec"]["volumeClaimTemplatesPolicy"] = json!(p)
+            })
+        })
+    };
+    set_policy("Allowed");
+    let (_, vcts) = claim_with_vcts(&api, &ctx, "add", json!([vct("scratch", "2Gi")])).await;
+    assert_eq!(vcts, json!([vct("data", "1Gi"), vct("scratch", "2Gi")]));
+    let (reason, vcts) = claim_with_vcts(&api, &ctx, "clash", json!([vct("data", "5Gi")])).await;
+    assert_eq!(reason, "VolumeClaimTemplatesRejected");
+    assert_eq!(vcts, Value::Null);
+
+    set_policy("Overrides");
+    let (_, vcts) = claim_with_vcts(&api, &ctx, "over", json!([vct("data", "5Gi")])).await;
+    assert_eq!(vcts, json!([vct("data", "5Gi")]));
 }

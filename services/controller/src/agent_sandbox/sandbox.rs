@@ -117,7 +117,7 @@ async fn reconcile_service(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<Opti
     }
 }
 
-fn sandbox_owner(sb: &Sandbox) -> OwnerReference {
+pub(super) fn sandbox_owner(sb: &Sandbox) -> OwnerReference {
     controller_ref(
         CORE_API,
         "Sandbox",
@@ -126,7 +126,7 @@ fn sandbox_owner(sb: &Sandbox) -> OwnerReference {
     )
 }
 
-/// Remove the sandbox's pod (suspend, unsupported spec, retained expiry);
+/// Remove the sandbox's pod (suspend, retained expiry);
 /// an adopted pod's annotation goes too so that a resume starts a new pod.
 async fn remove_pod(ctx: &Context, sb: &Sandbox, ns: &str, pod: Option<&Pod>) -> Result<()> {
     if let Some(p) = pod {
@@ -164,7 +164,8 @@ async fn ensure_pod(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<Option<Pod>
         owner_references: Some(vec![sandbox_owner(sb)]),
         ..Default::default()
     };
-    let mut pod = ctx.runtime_pod(&sb.spec.pod_template, meta)?;
+    super::volumes::ensure_claims(ctx, sb, ns).await?;
+    let mut pod = ctx.runtime_pod(&super::volumes::with_claim_volumes(sb)?, meta)?;
     pods::serve_agent_sandbox_api(&mut pod);
     match pod_api.create(&PostParams::default(), &pod).await {
         Ok(p) => Ok(Some(p)),
@@ -177,13 +178,10 @@ async fn ensure_pod(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<Option<Pod>
 enum Mode {
     Run,
     Suspend,
-    Refuse(&'static str),
 }
 
 fn mode(sb: &Sandbox) -> Mode {
-    if !sb.spec.volume_claim_templates.is_empty() {
-        Mode::Refuse("spec.volumeClaimTemplates")
-    } else if sb.spec.suspended() {
+    if sb.spec.suspended() {
         Mode::Suspend
     } else {
         Mode::Run
@@ -199,11 +197,6 @@ fn readiness(
 ) -> (bool, &'static str, String) {
     let adopted = sb.annotations().get(POD_NAME_ANNOTATION);
     match (mode, pod) {
-        (Mode::Refuse(field), _) => (
-            false,
-            "UnsupportedField",
-            format!("{field} is not supported by sandpool; the sandbox is not started"),
-        ),
         (Mode::Suspend, Some(_)) => (false, "SandboxSuspended", "Sandbox is suspending".into()),
         (Mode::Suspend, None) => (false, "SandboxSuspended", "Sandbox is suspended".into()),
         (Mode::Run, Some(p)) if pods::is_finished(p) => (
@@ -285,7 +278,7 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
     let mode = mode(&sb);
     let pod = match mode {
         Mode::Run => ensure_pod(&ctx, &sb, &ns).await?,
-        Mode::Suspend | Mode::Refuse(_) => {
+        Mode::Suspend => {
             let current = sb
                 .annotations()
                 .get(POD_NAME_ANNOTATION)

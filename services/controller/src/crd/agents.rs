@@ -132,7 +132,7 @@ pub struct SandboxSpec {
     /// it with its pod and Service removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_policy: Option<ShutdownPolicy>,
-    /// PersistentVolumeClaims for the pod: not supported (refused with a condition).
+    /// PersistentVolumeClaims for the pod (`<name>-<sandbox>`, owned by the Sandbox).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
@@ -216,7 +216,7 @@ pub struct SandboxTemplateSpec {
     /// Sandboxes of this template get a headless Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<bool>,
-    /// A NetworkPolicy spec: not supported (claims of the template are refused).
+    /// `ingress`/`egress` of the template's NetworkPolicy (`<name>-network-policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_free_object_schema")]
     pub network_policy: Option<Value>,
@@ -224,7 +224,7 @@ pub struct SandboxTemplateSpec {
     pub network_policy_management: Option<NetworkPolicyManagement>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars_injection_policy: Option<InjectionPolicy>,
-    /// Not supported (claims of the template are refused).
+    /// PVCs for the sandboxes of claims of this template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
@@ -321,11 +321,13 @@ pub struct SandboxClaimSpec {
     /// Not supported (refused with a condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_pod_metadata: Option<PodMetadata>,
-    /// Not supported (refused with a condition).
+    /// Variables for the sandbox's pod, as the template's
+    /// `envVarsInjectionPolicy` allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub env: Vec<Value>,
-    /// Not supported (refused with a condition).
+    /// PVCs for the claim's sandbox, as the template's
+    /// `volumeClaimTemplatesPolicy` allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub volume_claim_templates: Vec<Value>,
@@ -353,12 +355,6 @@ impl SandboxClaimSpec {
         }
         if self.additional_pod_metadata.is_some() {
             out.push("spec.additionalPodMetadata");
-        }
-        if !self.env.is_empty() {
-            out.push("spec.env");
-        }
-        if !self.volume_claim_templates.is_empty() {
-            out.push("spec.volumeClaimTemplates");
         }
         out
     }

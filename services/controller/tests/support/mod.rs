@@ -114,6 +114,8 @@ fn kind_of_plural(plural: &str) -> &'static str {
         "sandboxclaims" => "SandboxClaim",
         "sandboxwarmpools" => "SandboxWarmPool",
         "services" => "Service",
+        "networkpolicies" => "NetworkPolicy",
+        "persistentvolumeclaims" => "PersistentVolumeClaim",
         "leases" => "Lease",
         "events" => "Event",
         _ => "Unknown",
@@ -622,7 +624,8 @@ fn serve_create(store: &mut Store, coll: &str, plural: &str, body: Value) -> (u1
     }
     obj["metadata"]["name"] = json!(name);
     if obj["metadata"].get("uid").is_none() {
-        obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+        // unique across kinds (a pod and its Sandbox share a name)
+        obj["metadata"]["uid"] = json!(format!("uid-{plural}-{name}"));
     }
     let obj = store.put(coll, obj);
     (201, obj)
