@@ -29,7 +29,7 @@ use sandpool_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{JsonBody, Result, templates};
+use super::{JsonBody, Result, ready, templates};
 use crate::{Gateway, error::ApiError, rfc3339_ms, tenancy};
 
 mod steps;
@@ -416,17 +416,21 @@ async fn run(
     let id = req.build_id.clone();
     let sink_id = id.clone();
     let log: BuildLog = Arc::new(move |line| builds.log(&sink_id, "info", line));
-    if spec.ready_cmd.is_some() {
-        log("readyCmd is not waited for: a sandbox is handed out once its runtime answers".into());
-    }
     let image = req.image.clone();
     let outcome = match builder.build(req, Arc::clone(&log)).await {
         Ok(()) => gw
-            .apply_pool(build_pool(&rec, &image, spec.start_cmd.as_deref()))
+            .apply_pool(with_ready_cmd(
+                build_pool(&rec, &image, spec.start_cmd.as_deref()),
+                spec.ready_cmd.as_deref(),
+            ))
             .await
             .map(|_| ())
             .map_err(|e| format!("making the template's pool: {e}")),
         Err(e) => Err(e),
+    };
+    let outcome = match (outcome, spec.ready_cmd.as_deref()) {
+        (Ok(()), Some(cmd)) => check_ready(&gw, &rec.template, cmd, &log).await,
+        (o, _) => o,
     };
     match outcome {
         Ok(()) => {
@@ -445,6 +449,48 @@ async fn run(
             });
         }
     }
+}
+
+/// A built template with a readyCmd: one sandbox of it started, its start
+/// command run and its readyCmd polled; when that never exits 0 the build
+/// fails and the template's pool is removed (no create could succeed).
+async fn check_ready(
+    gw: &Gateway,
+    template: &str,
+    cmd: &str,
+    log: &BuildLog,
+) -> std::result::Result<(), String> {
+    log(format!(
+        "waiting for readyCmd {cmd:?} in a sandbox of the template"
+    ));
+    let req = pb::ClaimRequest {
+        pool: template.to_string(),
+        ttl_seconds: 300,
+        ..Default::default()
+    };
+    let claim = gw
+        .create_claim(req, false, ApiError::PoolNotFound)
+        .await
+        .map_err(|e| format!("starting a sandbox of the template: {e}"))?;
+    let waited = match claim.sandbox.as_ref() {
+        Some(sb) => ready::wait(sb, cmd, ready::READY_BOUND).await,
+        None => Err("the claim has no sandbox".into()),
+    };
+    let _ = gw.release_claim(&claim.claim_id).await;
+    if let Err(e) = &waited {
+        let _ = gw.delete_pool(template).await;
+        log(format!("template {template} removed: {e}"));
+    }
+    waited
+}
+
+/// `pool` with the template's readyCmd (a label its creates read).
+fn with_ready_cmd(mut pool: pb::Pool, ready_cmd: Option<&str>) -> pb::Pool {
+    if let (Some(c), Some(t)) = (ready_cmd, pool.template.as_mut()) {
+        t.labels
+            .insert(ready::READY_LABEL.to_string(), c.to_string());
+    }
+    pool
 }
 
 /// The pool a ready build of `rec` becomes: its image, start command and

@@ -179,6 +179,20 @@ fn a_ready_build_is_a_pool_with_its_command_and_resources() {
 }
 
 #[test]
+fn a_ready_cmd_travels_as_a_template_label() {
+    let p = with_ready_cmd(
+        build_pool(&record(Status::Ready), "img:1", Some("python3 app.py")),
+        Some("curl -sf localhost:8000"),
+    );
+    assert_eq!(
+        ready::ready_cmd(&p).as_deref(),
+        Some("curl -sf localhost:8000")
+    );
+    let none = with_ready_cmd(build_pool(&record(Status::Ready), "img:1", None), None);
+    assert_eq!(ready::ready_cmd(&none), None);
+}
+
+#[test]
 fn status_shows_logs_and_the_failed_step() {
     let b = record(Status::Error);
     let entries: Vec<&LogEntry> = b.logs.iter().collect();
