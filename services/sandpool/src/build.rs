@@ -23,6 +23,7 @@ use sandpool_node_agent::{
     containerd::{Ctr, NAMESPACE},
     registry,
 };
+use sandpool_scheduler::store::Table;
 
 /// Longest one buildah command may take (a RUN installing packages).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -376,9 +377,48 @@ pub fn builder(
     Arc::new(Buildah::new(data_dir, socket, insecure))
 }
 
+/// E2B template build records in the scheduler's redb store (a restart
+/// keeps build status and template ids).
+pub struct StoredBuilds(pub Arc<sandpool_scheduler::store::Store>);
+
+impl sandpool_gateway::e2b::BuildStore for StoredBuilds {
+    fn put(&self, build_id: &str, record: &serde_json::Value) -> Result<(), String> {
+        self.0
+            .put(Table::TemplateBuilds, build_id, record)
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, build_id: &str) -> Result<(), String> {
+        self.0
+            .delete(Table::TemplateBuilds, build_id)
+            .map_err(|e| e.to_string())
+    }
+
+    fn all(&self) -> Result<Vec<serde_json::Value>, String> {
+        self.0.all(Table::TemplateBuilds).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_records_are_kept_in_the_scheduler_store_across_a_reopen() {
+        use sandpool_gateway::e2b::BuildStore;
+        use sandpool_scheduler::store::Store;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("scheduler.redb");
+        let rec = serde_json::json!({"buildID": "b1", "status": "ready"});
+        {
+            let s = StoredBuilds(Arc::new(Store::open(&path).unwrap()));
+            s.put("b1", &rec).unwrap();
+            s.put("b2", &rec).unwrap();
+            s.delete("b2").unwrap();
+        }
+        let s = StoredBuilds(Arc::new(Store::open(&path).unwrap()));
+        assert_eq!(s.all().unwrap(), [rec]);
+    }
 
     fn req(base: &str) -> BuildRequest {
         BuildRequest {

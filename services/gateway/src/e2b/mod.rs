@@ -31,7 +31,7 @@ mod snapshots;
 mod templates;
 
 pub use builds::{
-    BuildFuture, BuildLog, BuildRequest, BuildStep, Builds, StepKind, TemplateBuilder,
+    BuildFuture, BuildLog, BuildRequest, BuildStep, BuildStore, Builds, StepKind, TemplateBuilder,
 };
 pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 

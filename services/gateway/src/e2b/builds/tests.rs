@@ -255,3 +255,55 @@ fn old_finished_builds_go_but_never_a_templates_pool_build() {
     assert!(m.contains_key(&newest("a")) && m.contains_key(&newest("b")));
     assert!(!m.contains_key("b1"), "the oldest finished went");
 }
+
+/// A [`BuildStore`] in memory that outlives the `Builds` using it.
+#[derive(Default)]
+struct MemStore(Mutex<std::collections::BTreeMap<String, Value>>);
+
+impl BuildStore for MemStore {
+    fn put(&self, id: &str, v: &Value) -> std::result::Result<(), String> {
+        self.0.lock().insert(id.into(), v.clone());
+        Ok(())
+    }
+    fn delete(&self, id: &str) -> std::result::Result<(), String> {
+        self.0.lock().remove(id);
+        Ok(())
+    }
+    fn all(&self) -> std::result::Result<Vec<Value>, String> {
+        Ok(self.0.lock().values().cloned().collect())
+    }
+}
+
+#[test]
+fn build_records_outlive_a_restart_and_a_running_build_fails_over_it() {
+    let store = Arc::new(MemStore::default());
+    let before = Builds::new(None).with_store(store.clone());
+    let mut building = record(Status::Building);
+    building.build_id = "b2".into();
+    building.template = "other".into();
+    building.reason = None;
+    for b in [record(Status::Waiting), building] {
+        before.builds.lock().insert(b.build_id.clone(), b.clone());
+        before.persist(&b);
+    }
+    before.update("b1", |b| b.status = Status::Ready);
+    before.log("b2", "info", "step 1".into());
+    drop(before);
+
+    // a new gateway on the same store
+    let after = Builds::new(None).with_store(store.clone());
+    let ready = after.ready_build("app").unwrap();
+    assert_eq!((ready.build_id.as_str(), ready.logs.len()), ("b1", 2));
+    assert_eq!(ready.logs[1].level, "error");
+    let b2 = after.get("other", "b2").unwrap();
+    assert_eq!(b2.status, Status::Error);
+    let shown = status_json(&b2, &[]);
+    assert_eq!(shown["reason"]["message"], store::INTERRUPTED);
+    assert_eq!(
+        store.0.lock()["b2"]["status"],
+        "error",
+        "the interrupted build is stored as failed"
+    );
+    after.forget(&["b2".into()]);
+    assert!(!store.0.lock().contains_key("b2"));
+}
