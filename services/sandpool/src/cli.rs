@@ -104,7 +104,7 @@ pub enum PoolCmd {
         #[arg(long)]
         start_cmd: Option<String>,
         /// A shell line that exits 0 once a sandbox is ready (an E2B
-        /// template's readyCmd): E2B creates wait for it, at most 60 s.
+        /// template's readyCmd): E2B creates wait for it, at most 30 s.
         #[arg(long)]
         ready_cmd: Option<String>,
         /// An environment variable of the sandboxes, `NAME=value`; repeatable.

@@ -398,7 +398,7 @@ async fn wait_template_ready(gw: &Gateway, c: &pb::Claim) -> std::result::Result
     let (Some(cmd), Some(sb)) = (ready::ready_cmd(&pool), c.sandbox.as_ref()) else {
         return Ok(());
     };
-    ready::wait(sb, &cmd, ready::READY_BOUND)
+    ready::wait(sb, &cmd, ready::CREATE_READY_BOUND)
         .await
         .map_err(|e| ApiError::BadGateway(format!("template {}: {e}", c.pool)))
 }

@@ -16,8 +16,13 @@ use crate::opensandbox;
 /// The pool template label holding a template's readyCmd.
 pub(crate) const READY_LABEL: &str = sandpool_core::READY_CMD_LABEL;
 
-/// How long a readyCmd may keep failing before the sandbox counts as broken.
+/// How long a readyCmd may keep failing at the end of a build before the
+/// build fails.
 pub(crate) const READY_BOUND: Duration = Duration::from_secs(60);
+
+/// How long a create waits for its sandbox's readyCmd: within the SDKs'
+/// default request timeout (60 s), so the caller gets the reason.
+pub(crate) const CREATE_READY_BOUND: Duration = Duration::from_secs(30);
 
 /// One run of the command may take this long before it counts as a failure.
 const ATTEMPT: Duration = Duration::from_secs(10);
