@@ -258,7 +258,7 @@ fn old_finished_builds_go_but_never_a_templates_pool_build() {
 
 /// A [`BuildStore`] in memory that outlives the `Builds` using it.
 #[derive(Default)]
-struct MemStore(Mutex<std::collections::BTreeMap<String, Value>>);
+struct MemStore(Mutex<BTreeMap<String, Value>>);
 
 impl BuildStore for MemStore {
     fn put(&self, id: &str, v: &Value) -> std::result::Result<(), String> {
