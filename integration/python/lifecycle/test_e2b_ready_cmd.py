@@ -80,6 +80,8 @@ def test_a_create_fails_clearly_when_the_ready_cmd_never_succeeds(e2b_env: Sandp
     with pytest.raises(Exception) as e:
         Sandbox.create(template="stuck", timeout=300)
     assert 'template stuck: readyCmd "test -f /never" did not exit 0 within 30s' in str(e.value), e.value
-    assert 25 < time.monotonic() - started < 60, "bounded, within the SDK's request timeout"
+    # each attempt answers 502 after 30 s (within the SDK's 60 s request
+    # timeout); the SDK tries a 502 twice
+    assert 25 < time.monotonic() - started < 100, "bounded"
     alive = [s.sandbox_id for s in Sandbox.list().next_items() if s.template_id == "stuck"]
     assert alive == [], "the sandbox was released"
