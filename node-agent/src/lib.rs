@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod egress;
 pub mod error;
 pub mod image;
+pub mod imageconfig;
 pub mod limits;
 pub mod mounts;
 pub mod net;

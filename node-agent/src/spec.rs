@@ -31,8 +31,31 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub cgroup_parent: String,
     pub access_token: String,
-    /// (uid, gid) to run as; `None` = root.
-    pub user: Option<(u32, u32)>,
+    /// Whom the runtime runs as; `None` = root.
+    pub user: Option<SandboxUser>,
+    /// The process's working directory (the image's WorkingDir, else `/`).
+    pub cwd: String,
+}
+
+/// A non-root user a sandbox runs as, with its `USER` name and `HOME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: String,
+}
+
+impl SandboxUser {
+    /// sandpool's default sandbox user ([`SANDBOX_USER`], `user`, [`SANDBOX_HOME`]).
+    pub fn default_user() -> Self {
+        SandboxUser {
+            uid: SANDBOX_USER.0,
+            gid: SANDBOX_USER.1,
+            name: "user".into(),
+            home: SANDBOX_HOME.into(),
+        }
+    }
 }
 
 /// The default unprivileged sandbox user: `user` with home `/home/user`, as
@@ -235,10 +258,10 @@ impl SandboxSpec {
         }
         push("EXECD_ACCESS_TOKEN", &self.access_token);
         push("SANDPOOL_SANDBOX_ID", &self.id);
-        let (uid, gid) = self.user.unwrap_or((0, 0));
-        if self.user.is_some() {
-            push("HOME", SANDBOX_HOME);
-            push("USER", "user");
+        let (uid, gid) = self.user.as_ref().map_or((0, 0), |u| (u.uid, u.gid));
+        if let Some(u) = &self.user {
+            push("HOME", &u.home);
+            push("USER", &u.name);
         }
         // root keeps a reduced set; the unprivileged user gets none (the
         // bounding set still caps what any later exec could gain)
@@ -268,7 +291,7 @@ impl SandboxSpec {
                 "user": { "uid": uid, "gid": gid },
                 "args": runtime_args(),
                 "env": env,
-                "cwd": "/",
+                "cwd": if self.cwd.starts_with('/') { self.cwd.as_str() } else { "/" },
                 "capabilities": { "bounding": CAPS, "effective": caps, "permitted": caps },
                 "noNewPrivileges": true
             },
@@ -319,7 +342,8 @@ mod tests {
             },
             cgroup_parent: "/sandpool".into(),
             access_token: "tok".into(),
-            user: Some(SANDBOX_USER),
+            user: Some(SandboxUser::default_user()),
+            cwd: "/".into(),
         }
     }
 
@@ -389,6 +413,30 @@ mod tests {
             None,
         );
         assert_eq!(remote[0].1, "http://otel:4317");
+    }
+
+    #[test]
+    fn the_image_user_and_working_dir_reach_the_process() {
+        let mut s = spec();
+        s.user = Some(SandboxUser {
+            uid: 1000,
+            gid: 2000,
+            name: "app".into(),
+            home: "/home/app".into(),
+        });
+        s.cwd = "/app".into();
+        let v = s.to_json();
+        assert_eq!(v["process"]["user"], json!({"uid": 1000, "gid": 2000}));
+        assert_eq!(v["process"]["cwd"], "/app");
+        let env = v["process"]["env"].as_array().unwrap();
+        for e in ["HOME=/home/app", "USER=app"] {
+            assert!(env.contains(&json!(e)), "{env:?}");
+        }
+        // no working dir, or a relative one: the root
+        for cwd in ["", "app"] {
+            s.cwd = cwd.into();
+            assert_eq!(s.to_json()["process"]["cwd"], "/");
+        }
     }
 
     #[test]

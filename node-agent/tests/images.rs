@@ -30,7 +30,8 @@ async fn a_builtin_image_from_an_older_recipe_is_rebuilt_not_reused() {
     agent.ctr().import(&old).await.unwrap();
     assert_eq!(label().await, Some("older-recipe".into()));
 
-    let (name, _, env) = agent.ensure_image("busybox").await.unwrap();
+    let (name, _, cfg) = agent.ensure_image("busybox").await.unwrap();
+    let env = cfg.env;
     assert_eq!(name, image::BUSYBOX);
     assert_eq!(env, ["PATH=/bin"]);
     assert_eq!(label().await, Some(key), "rebuilt and relabelled");

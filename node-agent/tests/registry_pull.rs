@@ -124,7 +124,8 @@ async fn images_pull_from_a_loopback_registry_with_and_without_auth() {
         "every layer byte fetched is reported (the CLI's progress bar)"
     );
     assert_eq!(p.names, std::slice::from_ref(&r));
-    let (_, _, env) = node.agent().ensure_image(&r).await.unwrap();
+    let (_, _, cfg) = node.agent().ensure_image(&r).await.unwrap();
+    let env = cfg.env;
     assert!(env.contains(&"FROM_IMAGE=yes".to_string()), "{env:?}");
     let mut t = template(pb::RuntimeClass::Runc);
     t.image = r.clone();

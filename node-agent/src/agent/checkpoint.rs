@@ -183,7 +183,7 @@ impl Agent {
             AgentError::checkpoint(format!("{}: unreadable template", meta.checkpoint_id), e)
         })?;
         let valid = validate_template(&template)?;
-        let (image, chain, image_env) = self.ensure_image(&valid.image).await?;
+        let (image, chain, image_cfg) = self.ensure_image(&valid.image).await?;
         let port = self.open_tunnel(id, port, valid.run_as_root).await?;
         let mut sb = Sandbox {
             id: id.to_string(),
@@ -200,7 +200,7 @@ impl Agent {
         };
         let dir = self.checkpoints.dir(&meta.checkpoint_id)?;
         if let Err(e) = self
-            .start_container(&sb, &image, &chain, &image_env, &valid, Some(&dir))
+            .start_container(&sb, &image, &chain, &image_cfg, &valid, Some(&dir))
             .await
         {
             self.cleanup(id).await;

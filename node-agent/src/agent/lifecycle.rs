@@ -14,8 +14,9 @@ use crate::{
     containerd::{NewContainer, TaskState},
     error::{AgentError, Result},
     image,
+    imageconfig::{ImageConfig, resolve_user},
     registry::Credentials,
-    spec::{self, SandboxSpec},
+    spec::{self, SandboxSpec, SandboxUser},
 };
 
 use super::{
@@ -25,7 +26,7 @@ use super::{
 
 impl Agent {
     /// Make sure `name` exists in containerd, building builtin images.
-    pub async fn ensure_image(&self, name: &str) -> Result<(String, String, Vec<String>)> {
+    pub async fn ensure_image(&self, name: &str) -> Result<(String, String, ImageConfig)> {
         self.ensure_image_with(name, None).await
     }
 
@@ -35,7 +36,7 @@ impl Agent {
         &self,
         name: &str,
         creds: Option<Credentials>,
-    ) -> Result<(String, String, Vec<String>)> {
+    ) -> Result<(String, String, ImageConfig)> {
         let Some(builtin) = image::builtin(name) else {
             if let Some((chain, env)) = self.ctr.image_rootfs(name).await? {
                 return Ok((name.to_string(), chain, env));
@@ -87,7 +88,7 @@ impl Agent {
         &self,
         name: &str,
         creds: Option<Credentials>,
-    ) -> Result<Option<(String, Vec<String>)>> {
+    ) -> Result<Option<(String, ImageConfig)>> {
         let Some(puller) = &self.puller else {
             return Ok(None);
         };
@@ -114,7 +115,7 @@ impl Agent {
     async fn current_builtin(
         &self,
         builtin: &str,
-    ) -> Result<Option<(String, String, Vec<String>)>> {
+    ) -> Result<Option<(String, String, ImageConfig)>> {
         let key = image::recipe_key(builtin);
         let current = self
             .ctr
@@ -153,7 +154,7 @@ impl Agent {
         self.cfg.limits.apply(&valid.limits)?;
         let id = new_id(id)?;
         let _busy = self.busy(&id);
-        let (image, chain, image_env) = self.ensure_image_with(&valid.image, creds).await?;
+        let (image, chain, image_cfg) = self.ensure_image_with(&valid.image, creds).await?;
         self.check_room(&id)?;
         let (ip, port) = if valid.checkpointable {
             (
@@ -191,7 +192,7 @@ impl Agent {
             created_ms: unix_ms(),
         };
         match self
-            .start_container(&sb, &image, &chain, &image_env, &valid, None)
+            .start_container(&sb, &image, &chain, &image_cfg, &valid, None)
             .await
         {
             Ok(()) => {}
@@ -217,6 +218,31 @@ impl Agent {
         Ok(sb)
     }
 
+    /// Whom a non-root sandbox of `image` runs as: the image's `User`,
+    /// resolved against its own passwd and group files, else (and for a
+    /// `User` that is root: root needs a run-as-root template) sandpool's
+    /// default sandbox user.
+    async fn image_user(&self, image: &str, chain: &str, cfg: &ImageConfig) -> Result<SandboxUser> {
+        if !cfg.needs_user_files() {
+            return Ok(SandboxUser::default_user());
+        }
+        let files = self
+            .ctr
+            .read_image_files(chain, &["etc/passwd", "etc/group"])
+            .await?;
+        let (passwd, group) = (files[0].as_deref(), files[1].as_deref());
+        let u = resolve_user(image, &cfg.user, passwd, group)?;
+        if u.uid == 0 {
+            return Ok(SandboxUser::default_user());
+        }
+        Ok(SandboxUser {
+            uid: u.uid,
+            gid: u.gid,
+            name: u.name,
+            home: u.home,
+        })
+    }
+
     /// Refuse a second sandbox `id` or one past the node's maximum.
     pub(super) fn check_room(&self, id: &str) -> Result<()> {
         let g = self.lock();
@@ -240,11 +266,17 @@ impl Agent {
         sb: &Sandbox,
         image: &str,
         chain: &str,
-        image_env: &[String],
+        image_cfg: &ImageConfig,
         valid: &ValidTemplate,
         restore: Option<&Path>,
     ) -> Result<()> {
-        let mut env: Vec<(String, String)> = image_env
+        let user = if valid.run_as_root {
+            None
+        } else {
+            Some(self.image_user(image, chain, image_cfg).await?)
+        };
+        let mut env: Vec<(String, String)> = image_cfg
+            .env
             .iter()
             .filter_map(|e| {
                 e.split_once('=')
@@ -268,11 +300,8 @@ impl Agent {
             limits: self.cfg.limits.apply(&valid.limits)?,
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             access_token: sb.token.clone(),
-            user: if valid.run_as_root {
-                None
-            } else {
-                Some(spec::SANDBOX_USER)
-            },
+            user,
+            cwd: image_cfg.working_dir.clone(),
         }
         .to_json();
         let binary = match sb.runtime_class {

@@ -288,8 +288,12 @@ impl Ctr {
         }
     }
 
-    /// chainID of the image's rootfs and its config env.
-    pub async fn image_rootfs(&self, name: &str) -> Result<Option<(String, Vec<String>)>> {
+    /// chainID of the image's rootfs and the config it applies (Env,
+    /// WorkingDir, User).
+    pub async fn image_rootfs(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, crate::imageconfig::ImageConfig)>> {
         let Some(img) = self.image(name).await? else {
             return Ok(None);
         };
@@ -315,8 +319,10 @@ impl Ctr {
                 "image {name} is not unpacked for {SNAPSHOTTER}"
             )));
         }
-        let env = strings(&config["config"]["Env"]);
-        Ok(Some((chain, env)))
+        Ok(Some((
+            chain,
+            crate::imageconfig::ImageConfig::from_config(&config),
+        )))
     }
 
     /// Blob `digest` read as JSON; `what` names it in the error.

@@ -53,6 +53,68 @@ pub fn upperdir(mounts: &[Mount]) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The read-only layer directories of a view's mounts, topmost first: an
+/// overlay's `lowerdir=` list, or a single bind mount's source.
+pub fn layer_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
+    let lower = mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("lowerdir="));
+    match lower {
+        Some(l) => l.split(':').map(PathBuf::from).collect(),
+        None => mounts
+            .iter()
+            .filter(|m| m.r#type == "bind")
+            .map(|m| PathBuf::from(&m.source))
+            .collect(),
+    }
+}
+
+/// A small text file `rel` (relative to the root) as the overlay of `dirs`
+/// shows it: from the topmost layer that has it. Nothing is followed: a
+/// symbolic link on the way, a whiteout or anything but a regular file of at
+/// most 1 MiB counts as absent (the layers are untrusted image content, and
+/// these are host paths).
+pub fn read_layered(dirs: &[PathBuf], rel: &str) -> Option<String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    const MAX: u64 = 1 << 20;
+    for dir in dirs {
+        let mut at = dir.clone();
+        let mut parts = rel.split('/').filter(|p| !p.is_empty()).peekable();
+        let mut kind = None;
+        while let Some(part) = parts.next() {
+            if part == ".." || part == "." {
+                return None;
+            }
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if parts.peek().is_some() && m.is_dir() => {}
+                Ok(m) => {
+                    kind = Some(m);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        match kind {
+            Some(m) if m.is_file() && m.len() <= MAX && parts.peek().is_none() => {
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                    .open(&at)
+                    .ok()?;
+                let mut s = String::new();
+                f.by_ref().take(MAX).read_to_string(&mut s).ok()?;
+                return Some(s);
+            }
+            // a whiteout, a link, a device, a file where a directory was asked
+            Some(_) => return None,
+            None => continue,
+        }
+    }
+    None
+}
+
 /// Everything needed to create a container.
 pub struct NewContainer<'a> {
     pub id: &'a str,
@@ -245,6 +307,57 @@ impl Ctr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layered_files_come_from_the_topmost_layer_and_follow_no_link() {
+        let d = tempfile::tempdir().unwrap();
+        let (top, low) = (d.path().join("top"), d.path().join("low"));
+        for l in [&top, &low] {
+            std::fs::create_dir_all(l.join("etc")).unwrap();
+        }
+        std::fs::write(low.join("etc/passwd"), "low").unwrap();
+        std::fs::write(low.join("etc/group"), "low group").unwrap();
+        std::fs::write(top.join("etc/passwd"), "top").unwrap();
+        std::fs::write(d.path().join("host-secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(d.path().join("host-secret"), top.join("etc/shadow")).unwrap();
+        std::fs::write(low.join("etc/shadow"), "low shadow").unwrap();
+        let dirs = [top.clone(), low.clone()];
+        assert_eq!(read_layered(&dirs, "etc/passwd").as_deref(), Some("top"));
+        assert_eq!(
+            read_layered(&dirs, "etc/group").as_deref(),
+            Some("low group")
+        );
+        assert_eq!(
+            read_layered(&dirs, "etc/shadow"),
+            None,
+            "a link hides, never followed"
+        );
+        assert_eq!(read_layered(&dirs, "etc/none"), None);
+        assert_eq!(read_layered(&dirs, "../host-secret"), None);
+        // a linked directory on the way is not followed either
+        let linked = d.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(low.join("etc"), linked.join("etc")).unwrap();
+        assert_eq!(read_layered(&[linked], "etc/passwd"), None);
+        assert_eq!(
+            layer_dirs(&[Mount {
+                r#type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options: vec!["ro".into(), "lowerdir=/a:/b".into()],
+            }]),
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(
+            layer_dirs(&[Mount {
+                r#type: "bind".into(),
+                source: "/s/1/fs".into(),
+                target: String::new(),
+                options: vec!["ro".into(), "rbind".into()],
+            }]),
+            [PathBuf::from("/s/1/fs")]
+        );
+    }
 
     #[test]
     fn chain_ids() {

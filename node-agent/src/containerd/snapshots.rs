@@ -12,7 +12,7 @@ use containerd_client::{
         container::Runtime,
         snapshots::{
             ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
-            StatSnapshotRequest,
+            StatSnapshotRequest, ViewSnapshotRequest,
         },
     },
     types::Mount,
@@ -183,6 +183,42 @@ impl Ctr {
             }
             removed += 1;
         }
+    }
+
+    /// Small text files of the committed snapshot `chain` (an image's
+    /// rootfs), read through a temporary view's layer directories without
+    /// mounting anything: `paths` relative to the root, each `None` when
+    /// the image has no such regular file.
+    pub async fn read_image_files(
+        &self,
+        chain: &str,
+        paths: &[&str],
+    ) -> Result<Vec<Option<String>>> {
+        let lease = self.lease(5).await?;
+        let key = format!("view-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let request = self.req_lease(
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.clone(),
+                parent: chain.to_string(),
+                labels: HashMap::new(),
+            },
+            &lease,
+        );
+        let viewed = self.client.snapshots().view(request).await;
+        let res = match viewed.or_fail("view snapshot") {
+            Ok(r) => {
+                let dirs = super::layer_dirs(&r.into_inner().mounts);
+                let _ = self.remove_snapshot(&key).await;
+                Ok(paths
+                    .iter()
+                    .map(|p| super::read_layered(&dirs, p))
+                    .collect())
+            }
+            Err(e) => Err(e),
+        };
+        self.drop_lease(lease).await;
+        res
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {

@@ -196,6 +196,10 @@ pub fn validate_dns_label(field: &'static str, value: &str) -> Result<(), CoreEr
     Ok(())
 }
 
+/// The template label holding an E2B readyCmd: a sandbox of the template
+/// is handed out once this shell command exits 0 in it (the E2B API polls it).
+pub const READY_CMD_LABEL: &str = "sandpool.dev/ready-cmd";
+
 /// A sandbox template in its stored form: scheduler records, node-agent
 /// container labels and checkpoint metadata (the proto `SandboxTemplate`
 /// converts to and from it in `sandpool_proto::template`).

@@ -340,6 +340,17 @@ impl Gateway {
         self.scheduler_call(req, not_found, rpc!(get_pool)).await
     }
 
+    /// Remove a pool (an E2B template whose readyCmd never succeeds).
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let req = pb::PoolRef {
+            name: name.to_string(),
+        };
+        let not_found = |_| ApiError::PoolNotFound(name.to_string());
+        self.scheduler_call(req, not_found, rpc!(delete_pool))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn list_pools(&self) -> Result<Vec<pb::Pool>> {
         let listed = self
             .scheduler_call(pb::ListPoolsRequest {}, ApiError::Invalid, rpc!(list_pools))

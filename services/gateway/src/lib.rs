@@ -70,6 +70,15 @@ impl Gateway {
         self
     }
 
+    /// Keep E2B template build records in `store` (`sandpool serve`: the
+    /// scheduler's redb store), loading those it holds; after
+    /// [`Self::with_template_builder`].
+    pub fn with_build_store(mut self, store: Arc<dyn e2b::BuildStore>) -> Self {
+        let builder = self.builds.builder.clone();
+        self.builds = Arc::new(e2b::Builds::new(builder).with_store(store));
+        self
+    }
+
     /// Set the longest sandbox timeout callers may ask for, in seconds.
     pub fn with_max_timeout(mut self, secs: u64) -> Self {
         self.max_timeout_s = secs;

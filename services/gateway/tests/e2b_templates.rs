@@ -206,8 +206,9 @@ async fn a_template_build_uploads_its_files_and_becomes_a_pool() {
             {"type": "RUN", "args": ["echo hi > /hi"], "force": false},
             {"type": "COPY", "args": ["a.txt", "/app/", "", ""], "filesHash": hash},
         ],
+        // no readyCmd: it is polled in a real sandbox of the template
+        // (test_e2b_ready_cmd.py); this fake scheduler's has no runtime
         "startCmd": "sleep infinity",
-        "readyCmd": "true",
     });
     let path = format!("/v2/templates/mine/builds/{build}");
     let (s, v) = call(&app, "POST", &path, start.clone()).await;

@@ -1,6 +1,7 @@
 //! E2B template builds with `buildah` (Debian's package): the base image is
 //! pulled by buildah from its registry, each step runs as a buildah command
-//! (`RUN` with `--isolation chroot`, `COPY` with `buildah copy` from the
+//! (`RUN` with `--isolation oci` through runc, in its own namespaces and
+//! cgroup with the limits below and no network; `COPY` with `buildah copy` from the
 //! uploaded files, `ENV`/`WORKDIR`/`USER` as image config), and the result
 //! is committed to an OCI archive that is imported into the node's
 //! containerd the way `sandpool image import` does it. buildah keeps its
@@ -23,16 +24,25 @@ use sandpool_node_agent::{
     containerd::{Ctr, NAMESPACE},
     registry,
 };
+use sandpool_scheduler::store::Table;
 
 /// Longest one buildah command may take (a RUN installing packages).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How much of a failed command's output its error keeps.
 const ERROR_TAIL: usize = 2000;
 
+/// The cgroup limits of a build container (its `RUN` steps): 2 GiB of
+/// memory (no swap beyond it), two CPUs.
+const BUILD_MEMORY: &str = "2g";
+const BUILD_CPU_PERIOD_US: u64 = 100_000;
+const BUILD_CPU_QUOTA_US: u64 = 200_000;
+
 /// buildah on this host, or why there is none.
 #[derive(Clone)]
 pub struct Buildah {
     bin: Option<PathBuf>,
+    /// runc, which isolates `RUN` steps (`--isolation oci`).
+    runc: Option<PathBuf>,
     dir: PathBuf,
     socket: PathBuf,
     insecure: Vec<String>,
@@ -54,6 +64,10 @@ impl Buildah {
                 .map(PathBuf::from)
                 .or_else(|| which("buildah"))
                 .filter(|p| p.is_file()),
+            runc: which("runc").or_else(|| {
+                let p = PathBuf::from("/usr/sbin/runc");
+                p.is_file().then_some(p)
+            }),
             dir: data_dir.join("builds"),
             socket,
             insecure,
@@ -63,11 +77,16 @@ impl Buildah {
 
 impl TemplateBuilder for Buildah {
     fn check(&self) -> Result<(), String> {
-        match &self.bin {
-            Some(_) => Ok(()),
-            None => Err(
+        match (&self.bin, &self.runc) {
+            (Some(_), Some(_)) => Ok(()),
+            (None, _) => Err(
                 "template builds need buildah, which is not installed on this host \
                  (Debian: apt-get install buildah)"
+                    .into(),
+            ),
+            (_, None) => Err(
+                "template builds need runc to isolate RUN steps, which is not installed \
+                 on this host (Debian: apt-get install runc)"
                     .into(),
             ),
         }
@@ -106,7 +125,7 @@ impl Session<'_> {
             .args(["--storage-driver", "vfs"])
             .args(args)
             .env("TMPDIR", &self.work)
-            .env("BUILDAH_ISOLATION", "chroot")
+            .env("BUILDAH_ISOLATION", "oci")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output())
@@ -237,6 +256,14 @@ fn from_args(
         "--pull".into(),
         "--name".into(),
         ctr.into(),
+        "--memory".into(),
+        BUILD_MEMORY.into(),
+        "--memory-swap".into(),
+        BUILD_MEMORY.into(),
+        "--cpu-period".into(),
+        BUILD_CPU_PERIOD_US.to_string(),
+        "--cpu-quota".into(),
+        BUILD_CPU_QUOTA_US.to_string(),
         format!("--tls-verify={}", !plain),
         "--signature-policy".into(),
         path(policy),
@@ -276,7 +303,17 @@ pub(crate) fn step_commands(
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     match kind {
         StepKind::Run { cmd, user } => {
-            let mut a = s(&["run", "--isolation", "chroot"]);
+            // runc: its own pid/ipc/uts/mount namespaces, the build
+            // container's cgroup limits, no network
+            let mut a = s(&[
+                "run",
+                "--isolation",
+                "oci",
+                "--runtime",
+                "runc",
+                "--network",
+                "none",
+            ]);
             if let Some(u) = user {
                 a.extend(s(&["--user", u]));
             }
@@ -376,9 +413,48 @@ pub fn builder(
     Arc::new(Buildah::new(data_dir, socket, insecure))
 }
 
+/// E2B template build records in the scheduler's redb store (a restart
+/// keeps build status and template ids).
+pub struct StoredBuilds(pub Arc<sandpool_scheduler::store::Store>);
+
+impl sandpool_gateway::e2b::BuildStore for StoredBuilds {
+    fn put(&self, build_id: &str, record: &serde_json::Value) -> Result<(), String> {
+        self.0
+            .put(Table::TemplateBuilds, build_id, record)
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, build_id: &str) -> Result<(), String> {
+        self.0
+            .delete(Table::TemplateBuilds, build_id)
+            .map_err(|e| e.to_string())
+    }
+
+    fn all(&self) -> Result<Vec<serde_json::Value>, String> {
+        self.0.all(Table::TemplateBuilds).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_records_are_kept_in_the_scheduler_store_across_a_reopen() {
+        use sandpool_gateway::e2b::BuildStore;
+        use sandpool_scheduler::store::Store;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("scheduler.redb");
+        let rec = serde_json::json!({"buildID": "b1", "status": "ready"});
+        {
+            let s = StoredBuilds(Arc::new(Store::open(&path).unwrap()));
+            s.put("b1", &rec).unwrap();
+            s.put("b2", &rec).unwrap();
+            s.delete("b2").unwrap();
+        }
+        let s = StoredBuilds(Arc::new(Store::open(&path).unwrap()));
+        assert_eq!(s.all().unwrap(), [rec]);
+    }
 
     fn req(base: &str) -> BuildRequest {
         BuildRequest {
@@ -414,12 +490,34 @@ mod tests {
     fn without_buildah_builds_are_refused_naming_it() {
         let b = Buildah {
             bin: None,
+            runc: None,
             dir: PathBuf::from("/nonexistent"),
             socket: PathBuf::new(),
             insecure: vec![],
         };
         let e = b.check().unwrap_err();
         assert!(e.contains("buildah"), "{e}");
+    }
+
+    #[test]
+    fn run_steps_need_runc_and_the_build_container_has_limits() {
+        let b = Buildah {
+            bin: Some(PathBuf::from("/usr/bin/buildah")),
+            runc: None,
+            dir: PathBuf::from("/nonexistent"),
+            socket: PathBuf::new(),
+            insecure: vec![],
+        };
+        let e = b.check().unwrap_err();
+        assert!(e.contains("runc"), "{e}");
+        let a = from_args(&req("127.0.0.1:5000/base:1"), "c", Path::new("/p"), &[]).unwrap();
+        for flag in [
+            ["--memory", "2g"],
+            ["--memory-swap", "2g"],
+            ["--cpu-quota", "200000"],
+        ] {
+            assert!(a.windows(2).any(|w| w == flag), "{flag:?} in {a:?}");
+        }
     }
 
     #[test]
@@ -434,7 +532,11 @@ mod tests {
             [[
                 "run",
                 "--isolation",
-                "chroot",
+                "oci",
+                "--runtime",
+                "runc",
+                "--network",
+                "none",
                 "--user",
                 "root",
                 "c",

@@ -162,6 +162,10 @@ pub enum PoolCmd {
         /// beside the runtime (what an E2B template's start command is).
         #[arg(long)]
         start_cmd: Option<String>,
+        /// A shell line that exits 0 once a sandbox is ready (an E2B
+        /// template's readyCmd): E2B creates wait for it, at most 30 s.
+        #[arg(long)]
+        ready_cmd: Option<String>,
         /// An environment variable of the sandboxes, `NAME=value`; repeatable.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -323,6 +327,7 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         run_as_root,
         checkpointable,
         start_cmd,
+        ready_cmd,
         env,
         recycle_strategy,
     } = cmd
@@ -341,6 +346,10 @@ async fn pool_apply(mut s: Scheduler, cmd: PoolCmd) -> anyhow::Result<()> {
         run_as_root,
         checkpointable,
         release_policy: recycle_strategy,
+        labels: ready_cmd
+            .map(|c| (sandpool_core::READY_CMD_LABEL.to_string(), c))
+            .into_iter()
+            .collect(),
         ..Default::default()
     };
     let p = s

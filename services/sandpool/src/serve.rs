@@ -290,7 +290,18 @@ pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Resul
                 .unwrap_or_else(|| a.data_dir.join("containerd").join("containerd.sock"));
             crate::build::builder(&a.data_dir, socket, a.insecure_registries.clone())
         });
-        run_gateway(&a, &service_token, &api_keys, &metrics_url, builder).await?;
+        let builds = sched.as_ref().map(|s| {
+            Arc::new(crate::build::StoredBuilds(s.store()))
+                as Arc<dyn sandpool_gateway::e2b::BuildStore>
+        });
+        run_gateway(
+            &a,
+            &service_token,
+            &api_keys,
+            &metrics_url,
+            (builder, builds),
+        )
+        .await?;
     } else {
         say(format!("ready: metrics {metrics_url}"));
         shutdown_signal().await;
@@ -449,13 +460,19 @@ async fn wait_warm(s: &Scheduler, pools: &[PoolRec]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway's template builder and the store of its build records.
+type TemplateBuilds = (
+    Option<Arc<dyn sandpool_gateway::e2b::TemplateBuilder>>,
+    Option<Arc<dyn sandpool_gateway::e2b::BuildStore>>,
+);
+
 /// Serve the REST gateway on `--listen` until the shutdown signal.
 async fn run_gateway(
     a: &ServeArgs,
     service_token: &str,
     api_keys: &[String],
     metrics_url: &str,
-    builder: Option<Arc<dyn sandpool_gateway::e2b::TemplateBuilder>>,
+    (builder, builds): TemplateBuilds,
 ) -> anyhow::Result<()> {
     // lazy: the gateway outlives scheduler restarts (503 UNAVAILABLE meanwhile)
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.scheduler_listen))?
@@ -470,6 +487,9 @@ async fn run_gateway(
     gw.max_proxy_body = a.max_proxy_body;
     if let Some(b) = builder {
         gw = gw.with_template_builder(b);
+    }
+    if let Some(s) = builds {
+        gw = gw.with_build_store(s);
     }
     let listener = bind(a.listen).await?;
     use axum::serve::ListenerExt;

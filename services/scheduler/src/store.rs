@@ -11,6 +11,8 @@ const POOLS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("pools
 const CLAIMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("claims");
 const CHECKPOINT_SOURCES: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("checkpoint_sources");
+const TEMPLATE_BUILDS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("template_builds");
 
 pub struct Store {
     db: Database,
@@ -27,6 +29,8 @@ pub enum Table {
     Claims,
     /// per checkpoint, the metadata of the claim it was taken of
     CheckpointSources,
+    /// E2B template builds (the gateway's records), by build id
+    TemplateBuilds,
 }
 
 impl Table {
@@ -35,6 +39,7 @@ impl Table {
             Table::Pools => POOLS,
             Table::Claims => CLAIMS,
             Table::CheckpointSources => CHECKPOINT_SOURCES,
+            Table::TemplateBuilds => TEMPLATE_BUILDS,
         }
     }
 }
@@ -79,6 +84,8 @@ impl Store {
                 .map_err(err("creating the claims table"))?;
             txn.open_table(CHECKPOINT_SOURCES)
                 .map_err(err("creating the checkpoint sources table"))?;
+            txn.open_table(TEMPLATE_BUILDS)
+                .map_err(err("creating the template builds table"))?;
         }
         txn.commit().map_err(err("committing the tables"))?;
         Ok(Store { db })

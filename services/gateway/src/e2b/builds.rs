@@ -26,14 +26,17 @@ use axum::{
 use chrono::Utc;
 use parking_lot::Mutex;
 use sandpool_proto::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{JsonBody, Result, templates};
+use super::{JsonBody, Result, ready, templates};
 use crate::{Gateway, error::ApiError, rfc3339_ms, tenancy};
 
 mod steps;
+mod store;
 mod upload;
+
+pub use store::BuildStore;
 
 pub use steps::{BuildStep, StepKind};
 pub(super) use upload::upload;
@@ -69,7 +72,8 @@ pub trait TemplateBuilder: Send + Sync {
     fn build(&self, req: BuildRequest, log: BuildLog) -> BuildFuture;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     Waiting,
     Building,
@@ -88,15 +92,40 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct LogEntry {
     ms: i64,
     level: &'static str,
     message: String,
 }
 
+/// A [`LogEntry`] as stored.
+#[derive(Deserialize)]
+struct StoredLogEntry {
+    ms: i64,
+    level: String,
+    message: String,
+}
+
+impl<'de> Deserialize<'de> for LogEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let e = StoredLogEntry::deserialize(d)?;
+        let level = match e.level.as_str() {
+            "error" => "error",
+            "warn" => "warn",
+            "debug" => "debug",
+            _ => "info",
+        };
+        Ok(LogEntry {
+            ms: e.ms,
+            level,
+            message: e.message,
+        })
+    }
+}
+
 /// One build of a template.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BuildRecord {
     pub template: String,
     pub build_id: String,
@@ -109,12 +138,13 @@ pub(crate) struct BuildRecord {
     reason: Option<(String, Option<String>)>,
 }
 
-/// The builds and upload links of this gateway (in memory: a build under
-/// way when the gateway stops is lost; its pool, once made, is not).
+/// The builds and upload links of this gateway; the build records are
+/// kept in a [`BuildStore`] when it has one (see `store.rs`).
 pub struct Builds {
     pub(crate) started_ms: i64,
-    builder: Option<Arc<dyn TemplateBuilder>>,
+    pub(crate) builder: Option<Arc<dyn TemplateBuilder>>,
     builds: Mutex<HashMap<String, BuildRecord>>,
+    store: Option<Arc<dyn BuildStore>>,
     /// upload secret → (template, files hash)
     uploads: Mutex<HashMap<String, (String, String)>>,
 }
@@ -131,6 +161,7 @@ impl Builds {
             started_ms: Utc::now().timestamp_millis(),
             builder,
             builds: Mutex::default(),
+            store: None,
             uploads: Mutex::default(),
         }
     }
@@ -169,21 +200,25 @@ impl Builds {
             })
     }
 
+    /// Change build `build_id`'s record, and store it.
     fn update(&self, build_id: &str, f: impl FnOnce(&mut BuildRecord)) {
-        if let Some(b) = self.builds.lock().get_mut(build_id) {
+        let changed = self.builds.lock().get_mut(build_id).map(|b| {
             f(b);
             b.updated_ms = Utc::now().timestamp_millis();
+            b.clone()
+        });
+        if let Some(b) = changed {
+            self.persist(&b);
         }
     }
 
+    /// Add a log line to build `build_id` (stored with its next status change).
     fn log(&self, build_id: &str, level: &'static str, message: String) {
-        self.update(build_id, |b| {
-            b.logs.push(LogEntry {
-                ms: Utc::now().timestamp_millis(),
-                level,
-                message,
-            });
-        });
+        if let Some(b) = self.builds.lock().get_mut(build_id) {
+            let ms = Utc::now().timestamp_millis();
+            b.logs.push(LogEntry { ms, level, message });
+            b.updated_ms = ms;
+        }
     }
 }
 
@@ -306,11 +341,18 @@ pub(super) async fn create(
         logs: Vec::new(),
         reason: None,
     };
-    {
+    let pruned: Vec<String> = {
         let mut m = gw.builds.builds.lock();
-        m.insert(build_id.clone(), rec);
+        m.insert(build_id.clone(), rec.clone());
+        let before: Vec<String> = m.keys().cloned().collect();
         prune(&mut m, now);
-    }
+        before
+            .into_iter()
+            .filter(|id| !m.contains_key(id))
+            .collect()
+    };
+    gw.builds.persist(&rec);
+    gw.builds.forget(&pruned);
     let body = json!({
         "templateID": name,
         "buildID": build_id,
@@ -416,17 +458,21 @@ async fn run(
     let id = req.build_id.clone();
     let sink_id = id.clone();
     let log: BuildLog = Arc::new(move |line| builds.log(&sink_id, "info", line));
-    if spec.ready_cmd.is_some() {
-        log("readyCmd is not waited for: a sandbox is handed out once its runtime answers".into());
-    }
     let image = req.image.clone();
     let outcome = match builder.build(req, Arc::clone(&log)).await {
         Ok(()) => gw
-            .apply_pool(build_pool(&rec, &image, spec.start_cmd.as_deref()))
+            .apply_pool(with_ready_cmd(
+                build_pool(&rec, &image, spec.start_cmd.as_deref()),
+                spec.ready_cmd.as_deref(),
+            ))
             .await
             .map(|_| ())
             .map_err(|e| format!("making the template's pool: {e}")),
         Err(e) => Err(e),
+    };
+    let outcome = match (outcome, spec.ready_cmd.as_deref()) {
+        (Ok(()), Some(cmd)) => check_ready(&gw, &rec.template, cmd, &log).await,
+        (o, _) => o,
     };
     match outcome {
         Ok(()) => {
@@ -445,6 +491,48 @@ async fn run(
             });
         }
     }
+}
+
+/// A built template with a readyCmd: one sandbox of it started, its start
+/// command run and its readyCmd polled; when that never exits 0 the build
+/// fails and the template's pool is removed (no create could succeed).
+async fn check_ready(
+    gw: &Gateway,
+    template: &str,
+    cmd: &str,
+    log: &BuildLog,
+) -> std::result::Result<(), String> {
+    log(format!(
+        "waiting for readyCmd {cmd:?} in a sandbox of the template"
+    ));
+    let req = pb::ClaimRequest {
+        pool: template.to_string(),
+        ttl_seconds: 300,
+        ..Default::default()
+    };
+    let claim = gw
+        .create_claim(req, false, ApiError::PoolNotFound)
+        .await
+        .map_err(|e| format!("starting a sandbox of the template: {e}"))?;
+    let waited = match claim.sandbox.as_ref() {
+        Some(sb) => ready::wait(sb, cmd, ready::READY_BOUND).await,
+        None => Err("the claim has no sandbox".into()),
+    };
+    let _ = gw.release_claim(&claim.claim_id).await;
+    if let Err(e) = &waited {
+        let _ = gw.delete_pool(template).await;
+        log(format!("template {template} removed: {e}"));
+    }
+    waited
+}
+
+/// `pool` with the template's readyCmd (a label its creates read).
+fn with_ready_cmd(mut pool: pb::Pool, ready_cmd: Option<&str>) -> pb::Pool {
+    if let (Some(c), Some(t)) = (ready_cmd, pool.template.as_mut()) {
+        t.labels
+            .insert(ready::READY_LABEL.to_string(), c.to_string());
+    }
+    pool
 }
 
 /// The pool a ready build of `rec` becomes: its image, start command and

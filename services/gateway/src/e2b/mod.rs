@@ -25,12 +25,13 @@ use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
 mod builds;
 mod list;
 mod metrics;
+mod ready;
 mod routing;
 mod snapshots;
 mod templates;
 
 pub use builds::{
-    BuildFuture, BuildLog, BuildRequest, BuildStep, Builds, StepKind, TemplateBuilder,
+    BuildFuture, BuildLog, BuildRequest, BuildStep, BuildStore, Builds, StepKind, TemplateBuilder,
 };
 pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
@@ -351,6 +352,10 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     };
+    if let Err(e) = wait_template_ready(&gw, &c).await {
+        let _ = gw.release_claim(&c.claim_id).await;
+        return Err(e.into());
+    }
     let envs = new.envs;
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
@@ -381,6 +386,21 @@ async fn create(
         }
     }
     Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())
+}
+
+/// A sandbox of a template with a readyCmd is handed out once that
+/// command exits 0 in it (see [`ready`]); a readyCmd that never does fails
+/// the create.
+async fn wait_template_ready(gw: &Gateway, c: &pb::Claim) -> std::result::Result<(), ApiError> {
+    let Ok(pool) = gw.get_pool(&c.pool).await else {
+        return Ok(());
+    };
+    let (Some(cmd), Some(sb)) = (ready::ready_cmd(&pool), c.sandbox.as_ref()) else {
+        return Ok(());
+    };
+    ready::wait(sb, &cmd, ready::CREATE_READY_BOUND)
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("template {}: {e}", c.pool)))
 }
 
 async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {

@@ -218,6 +218,12 @@ fn node_err(node: &str) -> impl Fn(tonic::Status) -> SchedError + '_ {
 }
 
 impl Scheduler {
+    /// The durable store (`sandpool serve` keeps the gateway's template
+    /// build records in it too).
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
     /// Connect to the nodes, load the store and reconcile with what the nodes run.
     pub async fn start(cfg: SchedulerConfig) -> Result<Arc<Scheduler>> {
         let store = Arc::new(Store::open(&cfg.store_path)?);

@@ -179,6 +179,20 @@ fn a_ready_build_is_a_pool_with_its_command_and_resources() {
 }
 
 #[test]
+fn a_ready_cmd_travels_as_a_template_label() {
+    let p = with_ready_cmd(
+        build_pool(&record(Status::Ready), "img:1", Some("python3 app.py")),
+        Some("curl -sf localhost:8000"),
+    );
+    assert_eq!(
+        ready::ready_cmd(&p).as_deref(),
+        Some("curl -sf localhost:8000")
+    );
+    let none = with_ready_cmd(build_pool(&record(Status::Ready), "img:1", None), None);
+    assert_eq!(ready::ready_cmd(&none), None);
+}
+
+#[test]
 fn status_shows_logs_and_the_failed_step() {
     let b = record(Status::Error);
     let entries: Vec<&LogEntry> = b.logs.iter().collect();
@@ -240,4 +254,56 @@ fn old_finished_builds_go_but_never_a_templates_pool_build() {
     };
     assert!(m.contains_key(&newest("a")) && m.contains_key(&newest("b")));
     assert!(!m.contains_key("b1"), "the oldest finished went");
+}
+
+/// A [`BuildStore`] in memory that outlives the `Builds` using it.
+#[derive(Default)]
+struct MemStore(Mutex<BTreeMap<String, Value>>);
+
+impl BuildStore for MemStore {
+    fn put(&self, id: &str, v: &Value) -> std::result::Result<(), String> {
+        self.0.lock().insert(id.into(), v.clone());
+        Ok(())
+    }
+    fn delete(&self, id: &str) -> std::result::Result<(), String> {
+        self.0.lock().remove(id);
+        Ok(())
+    }
+    fn all(&self) -> std::result::Result<Vec<Value>, String> {
+        Ok(self.0.lock().values().cloned().collect())
+    }
+}
+
+#[test]
+fn build_records_outlive_a_restart_and_a_running_build_fails_over_it() {
+    let store = Arc::new(MemStore::default());
+    let before = Builds::new(None).with_store(store.clone());
+    let mut building = record(Status::Building);
+    building.build_id = "b2".into();
+    building.template = "other".into();
+    building.reason = None;
+    for b in [record(Status::Waiting), building] {
+        before.builds.lock().insert(b.build_id.clone(), b.clone());
+        before.persist(&b);
+    }
+    before.update("b1", |b| b.status = Status::Ready);
+    before.log("b2", "info", "step 1".into());
+    drop(before);
+
+    // a new gateway on the same store
+    let after = Builds::new(None).with_store(store.clone());
+    let ready = after.ready_build("app").unwrap();
+    assert_eq!((ready.build_id.as_str(), ready.logs.len()), ("b1", 2));
+    assert_eq!(ready.logs[1].level, "error");
+    let b2 = after.get("other", "b2").unwrap();
+    assert_eq!(b2.status, Status::Error);
+    let shown = status_json(&b2, &[]);
+    assert_eq!(shown["reason"]["message"], store::INTERRUPTED);
+    assert_eq!(
+        store.0.lock()["b2"]["status"],
+        "error",
+        "the interrupted build is stored as failed"
+    );
+    after.forget(&["b2".into()]);
+    assert!(!store.0.lock().contains_key("b2"));
 }
