@@ -235,14 +235,18 @@ pub async fn delete_language(
     State(st): State<AppState>,
     q: axum::extract::Query<HashMap<String, String>>,
 ) -> Result<StatusCode> {
-    let lang = q
-        .get("language")
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| RuntimeError::MissingQuery("missing query parameter 'language'".into()))?;
+    let lang = required_query(&q, "language")?;
     for c in st.code.listed(Some(lang)) {
         st.code.remove(&c.id);
     }
     Ok(StatusCode::OK)
+}
+
+/// The non-empty query parameter `name`, or a missing-parameter error.
+fn required_query<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a String> {
+    q.get(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| RuntimeError::MissingQuery(format!("missing query parameter '{name}'")))
 }
 
 fn not_found(id: &str) -> RuntimeError {
@@ -273,10 +277,7 @@ pub async fn interrupt(
     State(st): State<AppState>,
     q: axum::extract::Query<HashMap<String, String>>,
 ) -> Result<StatusCode> {
-    let id = q
-        .get("id")
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| RuntimeError::MissingQuery("missing query parameter 'id'".into()))?;
+    let id = required_query(&q, "id")?;
     if let Some(c) = st.code.get(id) {
         let pid = c.pid.load(Ordering::SeqCst);
         if pid > 0 {
