@@ -370,6 +370,13 @@ async fn default_context(st: &AppState, lang: &str) -> Result<Arc<CodeContext>> 
     Ok(c)
 }
 
+/// Drop the context's kernel that has exited; the event that says so.
+fn kernel_exited(ctx: &CodeContext, kernel: &mut Option<Kernel>) -> StreamEvent {
+    kernel.take();
+    ctx.pid.store(0, Ordering::SeqCst);
+    StreamEvent::runtime_error("KernelError", "the context's kernel exited")
+}
+
 /// Run `run` in the context's kernel and send the SSE frames to `tx`. A
 /// client that leaves does not stop the cell (as upstream: only an
 /// interrupt does); its output is then read and dropped.
@@ -395,13 +402,7 @@ async fn stream_cell(
         return;
     };
     if !k.send(&run).await {
-        guard.take();
-        ctx.pid.store(0, Ordering::SeqCst);
-        send(StreamEvent::runtime_error(
-            "KernelError",
-            "the context's kernel exited",
-        ))
-        .await;
+        send(kernel_exited(&ctx, &mut guard)).await;
         return;
     }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -414,13 +415,7 @@ async fn stream_cell(
             }
         };
         let Some(ev) = ev else {
-            guard.take();
-            ctx.pid.store(0, Ordering::SeqCst);
-            send(StreamEvent::runtime_error(
-                "KernelError",
-                "the context's kernel exited",
-            ))
-            .await;
+            send(kernel_exited(&ctx, &mut guard)).await;
             return;
         };
         let end = engine::is_end(&ev);
