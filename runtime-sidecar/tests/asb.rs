@@ -6,6 +6,8 @@
 use sandpool_runtime::{AppState, Config};
 use serde_json::{Value, json};
 
+mod support;
+
 struct Server {
     base: String,
     root: std::path::PathBuf,
@@ -22,13 +24,22 @@ async fn start() -> Server {
     })
     .unwrap();
     let app = sandpool_runtime::asb_app(state, root.clone());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await });
     Server {
-        base: format!("http://{addr}"),
+        base: support::listen(app).await,
         root,
         _dir: dir,
+    }
+}
+
+impl Server {
+    /// `GET {path}` on the server.
+    async fn get(&self, c: &reqwest::Client, path: &str) -> reqwest::Response {
+        c.get(format!("{}/{path}", self.base)).send().await.unwrap()
+    }
+
+    /// `POST /execute` with `body`: its JSON answer.
+    async fn execute(&self, c: &reqwest::Client, body: Value) -> Value {
+        support::json_of(c.post(format!("{}/execute", self.base)).json(&body)).await
     }
 }
 
@@ -48,15 +59,12 @@ fn multipart(filename: &str, content: &[u8]) -> (String, Vec<u8>) {
 async fn execute_runs_a_shell_command_in_the_root_and_reports_its_exit() {
     let s = start().await;
     let c = reqwest::Client::new();
-    let r: Value = c
-        .post(format!("{}/execute", s.base))
-        .json(&json!({"command": "pwd; echo out; echo err >&2; exit 3"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = s
+        .execute(
+            &c,
+            json!({"command": "pwd; echo out; echo err >&2; exit 3"}),
+        )
+        .await;
     let root = s.root.to_string_lossy();
     assert_eq!(r["stdout"], format!("{root}\nout\n"));
     assert_eq!(r["stderr"], "err\n");
@@ -68,15 +76,12 @@ async fn execute_runs_a_shell_command_in_the_root_and_reports_its_exit() {
 async fn execute_kills_a_command_past_its_timeout() {
     let s = start().await;
     let t0 = std::time::Instant::now();
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/execute", s.base))
-        .json(&json!({"command": "echo started; sleep 30", "timeout_seconds": 0.5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = s
+        .execute(
+            &reqwest::Client::new(),
+            json!({"command": "echo started; sleep 30", "timeout_seconds": 0.5}),
+        )
+        .await;
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(r["timed_out"], true);
     assert_eq!(r["exit_code"], 124);
@@ -108,35 +113,16 @@ async fn upload_download_list_and_exists_share_the_root() {
     );
 
     // the SDK quotes the whole path (slashes as %2F)
-    let r = c
-        .get(format!("{}/download/sub%2Fhello.bin", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get(&c, "download/sub%2Fhello.bin").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"hi\x00there");
-    let r = c
-        .get(format!("{}/download/nope.txt", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get(&c, "download/nope.txt").await;
     assert_eq!(r.status(), 404);
-    let r = c
-        .get(format!("{}/download/sub", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get(&c, "download/sub").await;
     assert_eq!(r.status(), 404, "a directory is not downloadable");
 
-    let list: Value = c
-        .get(format!("{}/list/sub", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = s.get(&c, "list/sub").await.json().await.unwrap();
     let entries = list.as_array().unwrap();
     assert_eq!(entries.len(), 1, "{list}");
     assert_eq!(entries[0]["name"], "hello.bin");
@@ -144,29 +130,16 @@ async fn upload_download_list_and_exists_share_the_root() {
     assert_eq!(entries[0]["type"], "file");
     assert!(entries[0]["mod_time"].as_f64().unwrap() > 1.0e9);
     // the root itself: "list/" (urllib3 turns "list/." into it)
-    let root: Value = c
-        .get(format!("{}/list/", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root: Value = s.get(&c, "list/").await.json().await.unwrap();
     assert_eq!(root[0]["name"], "sub");
     assert_eq!(root[0]["type"], "directory");
-    let r = c
-        .get(format!("{}/list/missing", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get(&c, "list/missing").await;
     assert_eq!(r.status(), 404);
 
     for (path, want) in [("sub%2Fhello.bin", true), ("sub", true), ("nope", false)] {
-        let e: Value = c
-            .get(format!("{}/exists/{path}", s.base))
-            .send()
+        let e: Value = s
+            .get(&c, &format!("exists/{path}"))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();

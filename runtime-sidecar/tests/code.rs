@@ -29,14 +29,23 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The events of one `/code` run.
-async fn run(c: &reqwest::Client, base: &str, body: Value) -> Vec<Value> {
-    let r = c
-        .post(format!("{base}/code"))
-        .json(&body)
+/// `POST /code` with `body`.
+async fn post_code(c: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+    c.post(format!("{base}/code"))
+        .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The URL of context `ctx` (a context's JSON).
+fn context_url(base: &str, ctx: &Value) -> String {
+    format!("{base}/code/contexts/{}", ctx["id"].as_str().unwrap())
+}
+
+/// The events of one `/code` run.
+async fn run(c: &reqwest::Client, base: &str, body: Value) -> Vec<Value> {
+    let r = post_code(c, base, &body).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
@@ -121,14 +130,7 @@ async fn contexts_are_created_listed_fetched_and_deleted() {
         let c = c.clone();
         let base = base.clone();
         async move {
-            let v: Value = c
-                .get(format!("{base}/code/contexts{q}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = support::json_of(c.get(format!("{base}/code/contexts{q}"))).await;
             v.as_array()
                 .unwrap()
                 .iter()
@@ -141,35 +143,11 @@ async fn contexts_are_created_listed_fetched_and_deleted() {
         [a["id"].as_str().unwrap(), b["id"].as_str().unwrap()]
     );
     assert_eq!(list("").await.len(), 3);
-    let got: Value = c
-        .get(format!(
-            "{base}/code/contexts/{}",
-            a["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = support::json_of(c.get(context_url(&base, &a))).await;
     assert_eq!(got, json!({"id": a["id"], "language": "bash"}));
-    let r = c
-        .delete(format!(
-            "{base}/code/contexts/{}",
-            a["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(context_url(&base, &a)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c
-        .get(format!(
-            "{base}/code/contexts/{}",
-            a["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(context_url(&base, &a)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["code"], "CONTEXT_NOT_FOUND");
@@ -210,27 +188,22 @@ async fn bash_runs_and_languages_not_here_are_named_in_the_error() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["code"], "RUNTIME_ERROR");
     assert!(e["message"].as_str().unwrap().contains("\"java\""), "{e}");
-    let r = c
-        .post(format!("{base}/code"))
-        .json(&json!({"code": "1", "context": {"language": "go"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_code(
+        &c,
+        &base,
+        &json!({"code": "1", "context": {"language": "go"}}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(r.text().await.unwrap().contains("\\\"go\\\""));
-    let r = c
-        .post(format!("{base}/code"))
-        .json(&json!({"code": "1", "context": {"id": "nope", "language": "python"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_code(
+        &c,
+        &base,
+        &json!({"code": "1", "context": {"id": "nope", "language": "python"}}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let r = c
-        .post(format!("{base}/code"))
-        .json(&json!({"context": {"language": "python"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_code(&c, &base, &json!({"context": {"language": "python"}})).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -246,12 +219,12 @@ async fn an_interrupt_ends_the_running_cell_and_the_context_stays_usable() {
         async move { run(&c, &base, body).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let busy = c
-        .post(format!("{base}/code"))
-        .json(&json!({"code": "1", "context": {"id": id, "language": "python"}}))
-        .send()
-        .await
-        .unwrap();
+    let busy = post_code(
+        &c,
+        &base,
+        &json!({"code": "1", "context": {"id": id, "language": "python"}}),
+    )
+    .await;
     assert_eq!(busy.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(busy.text().await.unwrap().contains("session is busy"));
     let r = c

@@ -235,14 +235,18 @@ pub async fn delete_language(
     State(st): State<AppState>,
     q: axum::extract::Query<HashMap<String, String>>,
 ) -> Result<StatusCode> {
-    let lang = q
-        .get("language")
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| RuntimeError::MissingQuery("missing query parameter 'language'".into()))?;
+    let lang = required_query(&q, "language")?;
     for c in st.code.listed(Some(lang)) {
         st.code.remove(&c.id);
     }
     Ok(StatusCode::OK)
+}
+
+/// The non-empty query parameter `name`, or a missing-parameter error.
+fn required_query<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a String> {
+    q.get(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| RuntimeError::MissingQuery(format!("missing query parameter '{name}'")))
 }
 
 fn not_found(id: &str) -> RuntimeError {
@@ -273,10 +277,7 @@ pub async fn interrupt(
     State(st): State<AppState>,
     q: axum::extract::Query<HashMap<String, String>>,
 ) -> Result<StatusCode> {
-    let id = q
-        .get("id")
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| RuntimeError::MissingQuery("missing query parameter 'id'".into()))?;
+    let id = required_query(&q, "id")?;
     if let Some(c) = st.code.get(id) {
         let pid = c.pid.load(Ordering::SeqCst);
         if pid > 0 {
@@ -369,6 +370,13 @@ async fn default_context(st: &AppState, lang: &str) -> Result<Arc<CodeContext>> 
     Ok(c)
 }
 
+/// Drop the context's kernel that has exited; the event that says so.
+fn kernel_exited(ctx: &CodeContext, kernel: &mut Option<Kernel>) -> StreamEvent {
+    kernel.take();
+    ctx.pid.store(0, Ordering::SeqCst);
+    StreamEvent::runtime_error("KernelError", "the context's kernel exited")
+}
+
 /// Run `run` in the context's kernel and send the SSE frames to `tx`. A
 /// client that leaves does not stop the cell (as upstream: only an
 /// interrupt does); its output is then read and dropped.
@@ -394,13 +402,7 @@ async fn stream_cell(
         return;
     };
     if !k.send(&run).await {
-        guard.take();
-        ctx.pid.store(0, Ordering::SeqCst);
-        send(StreamEvent::runtime_error(
-            "KernelError",
-            "the context's kernel exited",
-        ))
-        .await;
+        send(kernel_exited(&ctx, &mut guard)).await;
         return;
     }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -413,13 +415,7 @@ async fn stream_cell(
             }
         };
         let Some(ev) = ev else {
-            guard.take();
-            ctx.pid.store(0, Ordering::SeqCst);
-            send(StreamEvent::runtime_error(
-                "KernelError",
-                "the context's kernel exited",
-            ))
-            .await;
+            send(kernel_exited(&ctx, &mut guard)).await;
             return;
         };
         let end = engine::is_end(&ev);

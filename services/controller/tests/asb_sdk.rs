@@ -16,34 +16,12 @@ mod support;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use sandpool_controller::{
-    agent_sandbox,
-    context::{Context, TaskRunner},
-    crd::*,
-    pods::RuntimeInjection,
-};
+use sandpool_controller::{agent_sandbox, context::Context, crd::*};
 use serde_json::{Value, json};
-use support::{FakeApi, make_ready, pods_path};
+use support::{FakeApi, NoTasks, make_ready, pods_path};
 
 const NS: &str = "sdk";
-
-struct NoTasks;
-
-#[async_trait]
-impl TaskRunner for NoTasks {
-    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
-        None
-    }
-    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-}
 
 /// A Python that imports the SDK, or None (skip) outside CI.
 fn sdk_python() -> Option<PathBuf> {
@@ -193,16 +171,7 @@ async fn the_real_sdk_claims_waits_for_ready_and_runs_a_command() {
     };
     let api = FakeApi::new();
     fixtures(&api);
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks),
-        Some("test".into()),
-    ));
+    let ctx = support::context(&api, NoTasks(None));
     let addr = serve_http(api.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let port = serve_runtime(dir.path()).await;

@@ -7,48 +7,20 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::KubeScheduler;
-use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::{FakeApi, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
 
-/// Tasks are not what these tests are about: every call succeeds.
-struct NoTasks;
-
-#[async_trait]
-impl TaskRunner for NoTasks {
-    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
-        Some(None)
-    }
-    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-}
-
 fn setup() -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks),
-        Some("test".into()),
-    ));
+    let ctx = support::context(&api, NoTasks(Some(None)));
     (api, ctx)
 }
 
@@ -122,7 +94,7 @@ async fn bench_twenty_sequential_warm_claims() {
     let (api, ctx) = setup();
     pool_with_pods(&api, &ctx, "py", 20, true).await;
     let controller = spawn_batch_controller(ctx.clone(), Duration::from_millis(1));
-    let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks(Some(None))));
     let mut took = Vec::new();
     let all = Instant::now();
     for _ in 0..20 {
@@ -175,7 +147,7 @@ async fn a_claim_wakes_on_its_pod_turning_ready_not_on_a_timer() {
     pool_with_pods(&api, &ctx, "py", 1, false).await;
     // the batch controller allocates the (not yet ready) pod at once
     let controller = spawn_batch_controller(ctx.clone(), Duration::from_millis(5));
-    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks(Some(None))));
     sched.poll = Duration::from_secs(3600);
     sched.claim_timeout = Duration::from_secs(3600);
     let sched = Arc::new(sched);
@@ -205,7 +177,7 @@ async fn a_claim_watches_again_after_its_watch_ends() {
     let (api, ctx) = setup();
     pool_with_pods(&api, &ctx, "py", 1, false).await;
     let controller = spawn_batch_controller(ctx.clone(), Duration::from_millis(5));
-    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks(Some(None))));
     sched.poll = Duration::from_secs(3600);
     sched.claim_timeout = Duration::from_secs(3600);
     let sched = Arc::new(sched);

@@ -12,7 +12,9 @@ use sandpool_proto::v1 as pb;
 
 use crate::{Gateway, error::ApiError, opensandbox::RUNTIME_PORT};
 
-const HOP_BY_HOP: &[&str] = &[
+/// Headers that are the connection's, not the request's: never forwarded
+/// either way (also used by the sandbox router).
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -146,14 +148,11 @@ async fn send(
         url.push_str(q);
     }
     let (parts, body) = req.into_parts();
-    let mut out = gw.http.request(parts.method.clone(), &url);
-    for (k, v) in parts.headers.iter() {
-        let name = k.as_str();
-        if HOP_BY_HOP.contains(&name) || is_platform_credential(gw, name, v) {
-            continue;
-        }
-        out = out.header(k, v);
-    }
+    let mut out = forward_headers(
+        gw.http.request(parts.method.clone(), &url),
+        &parts.headers,
+        |name, v| is_platform_credential(gw, name, v),
+    );
     if auth == Auth::RuntimeToken && port == RUNTIME_PORT {
         out = out.header("x-execd-access-token", sb.access_token.as_str());
     }
@@ -172,20 +171,48 @@ async fn send(
     };
     // a body without a declared length is cut off at the same limit
     let limit = usize::try_from(gw.max_proxy_body).unwrap_or(usize::MAX);
-    let body = Body::new(http_body_util::Limited::new(body, limit));
     let t0 = std::time::Instant::now();
-    let resp = out
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-        .send()
-        .await
-        .map_err(ApiError::sandbox_unreachable(format!(
-            "sandbox {id} port {port} unreachable"
-        )))?;
+    let resp =
+        out.body(limited_body(body, limit))
+            .send()
+            .await
+            .map_err(ApiError::sandbox_unreachable(format!(
+                "sandbox {id} port {port} unreachable"
+            )))?;
     if let Some(api) = exec_api {
         sandpool_telemetry::metrics::observe_exec(api, t0.elapsed());
     }
+    stream_back(resp)
+}
+
+/// `out` with the request headers `h`, less the hop-by-hop ones and those
+/// `skip(name, value)` picks.
+pub(crate) fn forward_headers(
+    mut out: reqwest::RequestBuilder,
+    h: &http::HeaderMap,
+    skip: impl Fn(&str, &http::HeaderValue) -> bool,
+) -> reqwest::RequestBuilder {
+    for (k, v) in h {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name) || skip(name, v) {
+            continue;
+        }
+        out = out.header(k, v);
+    }
+    out
+}
+
+/// A request body as a stream that fails past `limit` bytes (a body without
+/// a declared length is cut off there).
+pub(crate) fn limited_body(body: Body, limit: usize) -> reqwest::Body {
+    let body = Body::new(http_body_util::Limited::new(body, limit));
+    reqwest::Body::wrap_stream(body.into_data_stream())
+}
+
+/// The sandbox's answer `resp`, status, end-to-end headers and streamed body.
+pub(crate) fn stream_back(resp: reqwest::Response) -> Result<Response, ApiError> {
     let mut r = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers().iter() {
+    for (k, v) in resp.headers() {
         if !HOP_BY_HOP.contains(&k.as_str()) {
             r = r.header(k, v);
         }

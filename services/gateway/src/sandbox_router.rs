@@ -20,14 +20,12 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    body::Body,
     extract::{Request, State},
     response::Response,
     routing::get,
 };
-use futures_util::TryStreamExt;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, proxy};
 
 /// The headers the router reads, and never forwards.
 const ID: &str = "x-sandbox-id";
@@ -35,19 +33,6 @@ const NAMESPACE: &str = "x-sandbox-namespace";
 const PORT: &str = "x-sandbox-port";
 const TIMEOUT: &str = "x-sandbox-timeout";
 const SANDBOX_HEADER_PREFIX: &str = "x-sandbox-";
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-];
 
 /// The router's settings.
 #[derive(Clone)]
@@ -154,29 +139,17 @@ async fn forward(State(cfg): State<RouterConfig>, req: Request) -> Result<Respon
         .to_string();
     let url = format!("{base}{path_and_query}");
     let (parts, body) = req.into_parts();
-    let mut out = cfg.http.request(parts.method, &url).timeout(timeout);
-    for (k, v) in &parts.headers {
-        let name = k.as_str();
-        if HOP_BY_HOP.contains(&name) || name.starts_with(SANDBOX_HEADER_PREFIX) {
-            continue;
-        }
-        out = out.header(k, v);
-    }
-    let body = Body::new(http_body_util::Limited::new(body, cfg.max_body));
+    let out = proxy::forward_headers(
+        cfg.http.request(parts.method, &url).timeout(timeout),
+        &parts.headers,
+        |name, _| name.starts_with(SANDBOX_HEADER_PREFIX),
+    );
     let resp = out
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .body(proxy::limited_body(body, cfg.max_body))
         .send()
         .await
         .map_err(ApiError::sandbox_unreachable(format!("{base} unreachable")))?;
-    let mut r = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            r = r.header(k, v);
-        }
-    }
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    r.body(Body::from_stream(stream))
-        .map_err(ApiError::ProxyResponse)
+    proxy::stream_back(resp)
 }
 
 #[cfg(test)]

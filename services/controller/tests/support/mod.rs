@@ -754,3 +754,38 @@ pub fn make_ready(store: &mut Store, ns: &str, name: &str, ip: &str, node: &str)
         p["status"] = json!({"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]});
     });
 }
+
+/// A task runner whose every call succeeds; what `status` reports for any
+/// pod is the field (`None`: no task, `Some(None)`: one running).
+pub struct NoTasks(pub Option<Option<i32>>);
+
+#[async_trait::async_trait]
+impl sandpool_controller::context::TaskRunner for NoTasks {
+    async fn start(
+        &self,
+        _: &k8s_openapi::api::core::v1::Pod,
+        _: &sandpool_controller::crd::ProcessTask,
+    ) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, _: &k8s_openapi::api::core::v1::Pod) -> Option<Option<i32>> {
+        self.0
+    }
+    async fn stop(&self, _: &k8s_openapi::api::core::v1::Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+}
+
+/// A controller context on `api` with the test runtime image and `tasks`.
+pub fn context(api: &FakeApi, tasks: NoTasks) -> Arc<sandpool_controller::context::Context> {
+    let inj = sandpool_controller::pods::RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    Arc::new(sandpool_controller::context::Context::new(
+        api.client(),
+        inj,
+        Arc::new(tasks),
+        Some("test".into()),
+    ))
+}
