@@ -280,7 +280,14 @@ impl Agent {
                 self.runsc_nonet.display().to_string()
             }
             pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
-            _ => String::new(),
+            // runc class: the configured runc-compatible runtime (crun), or
+            // empty for the shim's runc
+            _ => self
+                .cfg
+                .runc_bin
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         };
         let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
