@@ -161,8 +161,10 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
 
 /// The absolute path of the OCI runtime `bin` (a path, or a name looked up on
 /// PATH): the shim runs it by that path. A missing or non-executable one is
-/// refused, so the agent does not start sandboxes that could never run.
-fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
+/// refused, and so is crun on a hybrid cgroup host whose v2 hierarchy holds
+/// controllers (crun refuses every container there): the agent does not
+/// start with sandboxes that could never run.
+pub fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -182,7 +184,30 @@ fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
             bin.display()
         ))
     })?;
-    std::fs::canonicalize(&found).map_err(|e| AgentError::io(found.display().to_string(), e))
+    let found = std::fs::canonicalize(&found)
+        .map_err(|e| AgentError::io(found.display().to_string(), e))?;
+    let is_crun = found
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("crun"));
+    if let Some(controllers) = hybrid_v2_controllers(Path::new(HYBRID_V2_CONTROLLERS))
+        && is_crun
+    {
+        return Err(AgentError::FailedPrecondition(format!(
+            "{} refuses this host's hybrid cgroups while cgroup v2 holds controllers ({controllers}); bind them to cgroup v1 first (e.g. mkdir /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb), or leave the option out for runc",
+            found.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// The controllers file of the cgroup v2 hierarchy of a hybrid (v1 + v2) host.
+const HYBRID_V2_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
+
+/// The controllers the v2 hierarchy of a hybrid cgroup host holds (read from
+/// `file`), when there are any: crun refuses to create containers then.
+pub fn hybrid_v2_controllers(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    Some(text.trim().to_string()).filter(|c| !c.is_empty())
 }
 
 /// `cp -a FROM/. TO/` (ownership, modes, xattrs and overlay whiteouts kept).
@@ -541,5 +566,16 @@ mod oci_runtime_tests {
         );
         let err = find_oci_runtime(Path::new("no-such-oci-runtime-xyz")).expect_err("not on PATH");
         assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+    }
+
+    #[test]
+    fn v2_controllers_of_a_hybrid_host_are_read_when_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cgroup.controllers");
+        assert_eq!(hybrid_v2_controllers(&file), None, "not a hybrid host");
+        std::fs::write(&file, "\n").expect("write");
+        assert_eq!(hybrid_v2_controllers(&file), None, "no controllers");
+        std::fs::write(&file, "hugetlb\n").expect("write");
+        assert_eq!(hybrid_v2_controllers(&file).as_deref(), Some("hugetlb"));
     }
 }
