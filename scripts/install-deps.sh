@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently, the Debian packages sandpool needs to build and to run
-# sandboxes: protoc, containerd, runc, runsc, CNI plugins, busybox-static,
+# sandboxes: protoc, containerd, runc, crun, runsc, CNI plugins, busybox-static,
 # debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
 # TLS; and, for the image-pull tests, a loopback registry (docker-registry),
 # skopeo, umoci and htpasswd; buildah for E2B template builds. Sourced by run.sh and test.sh; exports PROTOC.
@@ -9,6 +9,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v runsc >/dev/null 2>&1 || need+=(runsc)
+command -v crun >/dev/null 2>&1 || need+=(crun)
 [[ -x /bin/busybox || -x /usr/bin/busybox ]] || need+=(busybox-static)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)

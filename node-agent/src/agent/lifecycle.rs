@@ -261,6 +261,22 @@ impl Agent {
         Ok(())
     }
 
+    /// The `BinaryName` the runc v2 shim runs a sandbox of `class` with:
+    /// runsc through its wrapper, the configured runc-compatible runtime
+    /// (crun) for the runc class, or empty for the shim's own runc.
+    fn shim_binary(&self, class: pb::RuntimeClass, checkpointable: bool) -> String {
+        match class {
+            pb::RuntimeClass::Runsc if checkpointable => self.runsc_nonet.display().to_string(),
+            pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
+            _ => self
+                .cfg
+                .runc_bin
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     pub(super) async fn start_container(
         &self,
         sb: &Sandbox,
@@ -304,13 +320,7 @@ impl Agent {
             cwd: image_cfg.working_dir.clone(),
         }
         .to_json();
-        let binary = match sb.runtime_class {
-            pb::RuntimeClass::Runsc if valid.checkpointable => {
-                self.runsc_nonet.display().to_string()
-            }
-            pb::RuntimeClass::Runsc => self.runsc_wrapper.display().to_string(),
-            _ => String::new(),
-        };
+        let binary = self.shim_binary(sb.runtime_class, valid.checkpointable);
         let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
         let snapshot_key = format!(

@@ -60,6 +60,10 @@ pub struct AgentConfig {
     /// Host path of the static `sandpool-runtime` bind-mounted into sandboxes.
     pub runtime_bin: PathBuf,
     pub runsc_bin: PathBuf,
+    /// runc-compatible OCI runtime (e.g. `crun`; a path, or a name looked up
+    /// on PATH) that runc-class sandboxes run under, given to the runc v2
+    /// shim as its `BinaryName`; `None`: the shim's own `runc`.
+    pub runc_bin: Option<PathBuf>,
     pub max_sandboxes: u32,
     pub cgroup_parent: String,
     pub net: NetConfig,
@@ -94,6 +98,7 @@ impl AgentConfig {
             data_dir,
             runtime_bin,
             runsc_bin: PathBuf::from("runsc"),
+            runc_bin: None,
             max_sandboxes: 256,
             cgroup_parent: "/sandpool".into(),
             ready_timeout: Duration::from_secs(20),
@@ -152,6 +157,57 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| AgentError::io(path.display().to_string(), e))?;
     Ok(path.to_path_buf())
+}
+
+/// The absolute path of the OCI runtime `bin` (a path, or a name looked up on
+/// PATH): the shim runs it by that path. A missing or non-executable one is
+/// refused, and so is crun on a hybrid cgroup host whose v2 hierarchy holds
+/// controllers (crun refuses every container there): the agent does not
+/// start with sandboxes that could never run.
+pub fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if bin.components().count() > 1 {
+        Some(bin.to_path_buf()).filter(|p| executable(p))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(bin))
+                .find(|p| executable(p))
+        })
+    };
+    let found = found.ok_or_else(|| {
+        AgentError::FailedPrecondition(format!(
+            "OCI runtime {} for runc sandboxes not found or not executable (apt-get install crun, or leave the option out for runc)",
+            bin.display()
+        ))
+    })?;
+    let found = std::fs::canonicalize(&found)
+        .map_err(|e| AgentError::io(found.display().to_string(), e))?;
+    let is_crun = found
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("crun"));
+    if let Some(controllers) = hybrid_v2_controllers(Path::new(HYBRID_V2_CONTROLLERS))
+        && is_crun
+    {
+        return Err(AgentError::FailedPrecondition(format!(
+            "{} refuses this host's hybrid cgroups while cgroup v2 holds controllers ({controllers}); bind them to cgroup v1 first (e.g. mkdir /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb), or leave the option out for runc",
+            found.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// The controllers file of the cgroup v2 hierarchy of a hybrid (v1 + v2) host.
+const HYBRID_V2_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
+
+/// The controllers the v2 hierarchy of a hybrid cgroup host holds (read from
+/// `file`), when there are any: crun refuses to create containers then.
+pub fn hybrid_v2_controllers(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    Some(text.trim().to_string()).filter(|c| !c.is_empty())
 }
 
 /// `cp -a FROM/. TO/` (ownership, modes, xattrs and overlay whiteouts kept).
@@ -346,6 +402,7 @@ impl Agent {
             let _ = std::fs::remove_dir_all(&half);
         }
         let mut cfg = cfg;
+        cfg.runc_bin = cfg.runc_bin.as_deref().map(find_oci_runtime).transpose()?;
         if cfg.net.isolate {
             // the runtimes' trace exporter may reach a collector on the host
             let otel = spec::sandbox_otel_env(|k| std::env::var(k).ok(), cfg.net.gateway_ip());
@@ -478,4 +535,47 @@ fn auth<T>(sb: &Sandbox, msg: T) -> tonic::Request<T> {
             .insert(sandpool_proto::ACCESS_TOKEN_METADATA, v);
     }
     r
+}
+
+#[cfg(test)]
+mod oci_runtime_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_name_is_looked_up_on_path_and_made_absolute() {
+        let found = find_oci_runtime(Path::new("sh")).expect("sh is on PATH");
+        assert!(found.is_absolute(), "{}", found.display());
+        assert_eq!(found, std::fs::canonicalize("/bin/sh").expect("/bin/sh"));
+    }
+
+    #[test]
+    fn a_missing_or_non_executable_runtime_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("crun");
+        let err = find_oci_runtime(&missing).expect_err("missing");
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("crun"), "{err}");
+        std::fs::write(&missing, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        assert!(find_oci_runtime(&missing).is_err(), "non-executable file");
+        std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        assert_eq!(
+            find_oci_runtime(&missing).expect("now executable"),
+            std::fs::canonicalize(&missing).expect("canon")
+        );
+        let err = find_oci_runtime(Path::new("no-such-oci-runtime-xyz")).expect_err("not on PATH");
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+    }
+
+    #[test]
+    fn v2_controllers_of_a_hybrid_host_are_read_when_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cgroup.controllers");
+        assert_eq!(hybrid_v2_controllers(&file), None, "not a hybrid host");
+        std::fs::write(&file, "\n").expect("write");
+        assert_eq!(hybrid_v2_controllers(&file), None, "no controllers");
+        std::fs::write(&file, "hugetlb\n").expect("write");
+        assert_eq!(hybrid_v2_controllers(&file).as_deref(), Some("hugetlb"));
+    }
 }

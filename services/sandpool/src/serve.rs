@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// Static sandpool-runtime (default: sandpool-runtime-static next to this binary).
     #[arg(long, env = "SANDPOOL_RUNTIME_BIN")]
     runtime_bin: Option<PathBuf>,
+    /// runc-compatible OCI runtime that runc-class sandboxes run under,
+    /// through the runc v2 shim (e.g. `crun`: a path or a name on PATH);
+    /// default: runc. The node agent refuses to start when it is missing.
+    #[arg(long, env = "SANDPOOL_RUNC_BINARY")]
+    runc_binary: Option<PathBuf>,
     /// Use this containerd instead of starting a private one.
     #[arg(long, env = "SANDPOOL_CONTAINERD_SOCKET")]
     containerd_socket: Option<PathBuf>,
@@ -366,6 +371,7 @@ async fn start_node_agent(
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
     cfg.max_sandboxes = a.max_sandboxes;
+    cfg.runc_bin = a.runc_binary.clone();
     cfg.pull = Some(crate::images::registry_config(
         a.registries_config.as_deref(),
         &a.data_dir,
