@@ -1491,6 +1491,23 @@ async fn wait_failed(node: &Node, id: &str, within: Duration) -> pb::SandboxInfo
     }
 }
 
+/// Wait until FAILED sandbox `id`'s reason starts with `prefix` (within
+/// `within`): that report.
+async fn wait_reason(node: &Node, id: &str, prefix: &str, within: Duration) -> pb::SandboxInfo {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let info = node.agent().get(id).unwrap().info("test-node");
+        if info.state == pb::SandboxState::Failed as i32 && info.message.starts_with(prefix) {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox {id}'s reason is not {prefix:?} within {within:?}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// runsc enforces the limits on the whole gVisor sandbox (its kernel and
 /// its ptrace stubs are the host processes): a 1 GiB allocation kills the
 /// sandbox, reported FAILED with reason OOMKilled; a fork bomb runs into
@@ -1506,8 +1523,11 @@ async fn runsc_sandboxes_over_their_limits_are_stopped_and_reported() {
     }
     let (mem, bomb, bystander) = (&made[0], &made[1], &made[2]);
     let dd = "dd if=/dev/zero of=/dev/null bs=1G count=1";
-    let failed = run_until_failed(&node, mem, dd, "runsc 1 GiB allocation").await;
-    assert!(failed.message.starts_with("OOMKilled"), "{failed:?}");
+    run_until_failed(&node, mem, dd, "runsc 1 GiB allocation").await;
+    // the sandbox's exit and containerd's OOM event race: the exit may be
+    // reported first ("exited with status 137"), the OOM then gives the reason
+    let failed = wait_reason(&node, &mem.sandbox_id, "OOMKilled", Duration::from_secs(10)).await;
+    assert!(failed.oom_kills >= 1, "{failed:?}");
     run_until_failed(&node, bomb, FORK_BOMB, "runsc fork bomb").await;
     assert_eq!(ping(bystander).await, 200, "another sandbox is untouched");
     assert_eq!(node.agent().list("").len(), 3, "the agent answers");
