@@ -129,6 +129,17 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Whether `s` is a DNS-1123 label: Kubernetes object and namespace names
+/// (the sandbox router) and upstream's volume names.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Prometheus metrics of this process (served on its own listener, not
 /// behind the API key: keep it off public interfaces).
 pub fn metrics_app() -> axum::Router {

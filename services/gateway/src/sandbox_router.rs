@@ -74,16 +74,6 @@ pub fn app(cfg: RouterConfig) -> Router {
         .with_state(cfg)
 }
 
-/// Whether `s` is a DNS-1123 label (what Sandbox and namespace names are).
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     h.get(name)
         .map(|v| {
@@ -103,7 +93,7 @@ fn target(cfg: &RouterConfig, h: &http::HeaderMap) -> Result<(String, Duration),
     let ns = header(h, NAMESPACE)?
         .filter(|v| !v.is_empty())
         .unwrap_or("default");
-    if !is_dns_label(id) || !is_dns_label(ns) {
+    if !crate::is_dns_label(id) || !crate::is_dns_label(ns) {
         return Err(ApiError::Invalid(format!(
             "invalid sandbox {id:?} or namespace {ns:?}"
         )));

@@ -59,16 +59,6 @@ fn invalid(name: &str, what: String) -> ApiError {
     ApiError::Invalid(format!("volume {name:?}: {what}"))
 }
 
-/// A DNS label, as upstream requires of a volume's name.
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Only plain components: no `.`, `..`, root or prefix.
 fn plain(p: &str) -> bool {
     !p.contains('\0')
@@ -158,7 +148,7 @@ pub(super) fn mounts_of(volumes: &[Value]) -> Result<Vec<pb::VolumeMount>> {
         let v: Volume = serde_json::from_value(raw.clone())
             .map_err(|e| ApiError::Invalid(format!("bad volume {raw}: {e}")))?;
         let n = v.name.as_str();
-        if !dns_label(n) {
+        if !crate::is_dns_label(n) {
             return Err(invalid(
                 n,
                 "the name must be a DNS label (lowercase letters, digits, -; at most 63)".into(),
