@@ -165,6 +165,12 @@ fn write_wrapper(path: &Path, runsc: &Path, flag: &str) -> Result<PathBuf> {
 /// controllers (crun refuses every container there): the agent does not
 /// start with sandboxes that could never run.
 pub fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
+    find_oci_runtime_on(bin, Path::new(HYBRID_V2_CONTROLLERS))
+}
+
+/// [`find_oci_runtime`] on a host whose cgroup v2 controllers file (of a
+/// hybrid host) is `v2_controllers`.
+fn find_oci_runtime_on(bin: &Path, v2_controllers: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -189,7 +195,7 @@ pub fn find_oci_runtime(bin: &Path) -> Result<PathBuf> {
     let is_crun = found
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("crun"));
-    if let Some(controllers) = hybrid_v2_controllers(Path::new(HYBRID_V2_CONTROLLERS))
+    if let Some(controllers) = hybrid_v2_controllers(v2_controllers)
         && is_crun
     {
         return Err(AgentError::FailedPrecondition(format!(
@@ -560,10 +566,18 @@ mod oci_runtime_tests {
         std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o644)).expect("mode");
         assert!(find_oci_runtime(&missing).is_err(), "non-executable file");
         std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        // a host without v2 controllers (not this machine's, whichever it is)
+        let no_v2 = dir.path().join("no-cgroup.controllers");
         assert_eq!(
-            find_oci_runtime(&missing).expect("now executable"),
+            find_oci_runtime_on(&missing, &no_v2).expect("now executable"),
             std::fs::canonicalize(&missing).expect("canon")
         );
+        // a hybrid host whose v2 holds hugetlb: crun is refused, naming why
+        let v2 = dir.path().join("cgroup.controllers");
+        std::fs::write(&v2, "hugetlb\n").expect("write");
+        let err = find_oci_runtime_on(&missing, &v2).expect_err("hybrid v2 with controllers");
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("(hugetlb)"), "{err}");
         let err = find_oci_runtime(Path::new("no-such-oci-runtime-xyz")).expect_err("not on PATH");
         assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
     }
