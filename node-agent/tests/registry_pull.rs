@@ -40,9 +40,11 @@ fn failure(e: AgentError) -> PullFailure {
     }
 }
 
-/// What a shell line printed inside sandbox `id` (through a file in its upperdir).
+/// What a shell line printed inside sandbox `id` (through a file in its
+/// upperdir, renamed into place only once the line has finished, so a
+/// half-written output is never read).
 async fn sandbox_says(node: &TestNode, id: &str, script: &str) -> String {
-    let line = format!("({script}) > /tmp/out 2>&1");
+    let line = format!("({script}) > /tmp/out.part 2>&1; mv /tmp/out.part /tmp/out");
     node.agent()
         .inject(id, shell_process(&line, &[]))
         .await
