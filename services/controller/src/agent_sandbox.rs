@@ -122,8 +122,7 @@ pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) ->
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             };
-            let mut pod = ctx.runtime_pod(&template.spec.pod_template, meta)?;
-            pods::serve_agent_sandbox_api(&mut pod);
+            let pod = ctx.agent_sandbox_pod(&template.spec.pod_template, meta)?;
             api.create(&PostParams::default(), &pod).await?;
             created += 1;
         }

@@ -65,6 +65,12 @@ impl Context {
         pods::runtime_pod(template, &self.injection, meta, &pods::new_token())
     }
 
+    /// The pod of an agent-sandbox `template` named by `meta`
+    /// ([`pods::agent_sandbox_pod`]), with a fresh token.
+    pub fn agent_sandbox_pod(&self, template: &PodTemplateSpec, meta: ObjectMeta) -> Result<Pod> {
+        pods::agent_sandbox_pod(template, &self.injection, meta, &pods::new_token())
+    }
+
     pub fn api<K>(&self, ns: &str) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,

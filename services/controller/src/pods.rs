@@ -12,6 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Error, Result};
 
+mod agent_sandbox;
+pub use agent_sandbox::{RUNTIME_SIDECAR, agent_sandbox_pod, asks_for_sandpool_api};
+
 /// The runtime's port in every sandbox (OpenSandbox execd port).
 pub const RUNTIME_PORT: i32 = 44772;
 pub const ENVD_PORT: i32 = 49983;
@@ -66,7 +69,7 @@ pub fn runtime_pod(
 
 /// `meta` with the template's labels and annotations under its own, and the
 /// managed-by label.
-fn merge_template_meta(template: &PodTemplateSpec, mut meta: ObjectMeta) -> ObjectMeta {
+pub(crate) fn merge_template_meta(template: &PodTemplateSpec, mut meta: ObjectMeta) -> ObjectMeta {
     let tmeta = template.metadata.clone().unwrap_or_default();
     let mut labels = tmeta.labels.unwrap_or_default();
     labels.extend(meta.labels.take().unwrap_or_default());
@@ -139,9 +142,10 @@ fn run_under_runtime(main: &mut Container, token: &str) {
 
 /// The agent-sandbox runtime API's port (what the k8s-agent-sandbox SDK calls).
 pub const ASB_PORT: i32 = 8888;
-/// Pod template annotation: `"false"` keeps the runtime off port 8888 (an
-/// image that serves the agent-sandbox API itself). As a pod label (`"true"`)
-/// it marks the pods that serve the API.
+/// Pod template label or annotation: `"true"` asks for sandpool's
+/// agent-sandbox API on 8888 (see [`agent_sandbox_pod`]); without it the
+/// image serves its own. As a pod label (`"true"`) it marks the pods whose
+/// 8888 sandpool's runtime serves (the chart's NetworkPolicy selects them).
 pub const ASB_API_ANNOTATION: &str = "sandpool.io/agent-sandbox-api";
 
 /// Have the runtime of `pod` (built by [`runtime_pod`]) also serve the
@@ -302,12 +306,17 @@ pub fn node_name(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
-/// The runtime access token of a pod built by [`runtime_pod`].
+/// The runtime access token of a pod built by [`runtime_pod`] (its first
+/// container) or [`agent_sandbox_pod`] (the runtime's sidecar).
 pub fn access_token(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .first()?
+    let spec = pod.spec.as_ref()?;
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == RUNTIME_SIDECAR && c.restart_policy.as_deref() == Some("Always"));
+    sidecar
+        .or(spec.containers.first())?
         .env
         .as_ref()?
         .iter()

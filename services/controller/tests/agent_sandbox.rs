@@ -447,38 +447,135 @@ fn runtime_command(p: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn agent_sandbox_pods_serve_the_sdk_runtime_api_on_8888_unless_opted_out() {
+async fn sandpool_serves_the_sdk_runtime_api_on_8888_only_when_the_template_asks() {
     let (api, ctx) = setup();
     fixtures(&api);
     reconcile_pool(&ctx, "python-pool").await;
     let all = pods(&api);
     assert_eq!(all.len(), 1);
-    let cmd = runtime_command(&all[0]);
-    assert!(
-        cmd.contains(&"--asb-listen=0.0.0.0:8888".to_string()),
-        "warm pod: {cmd:?}"
-    );
+    // the image serves 8888 itself: its container is left alone
+    let main = &all[0]["spec"]["containers"][0];
+    assert!(main.get("command").is_none(), "warm pod: {main}");
+    assert_eq!(main["image"], "python-runtime-sandbox:latest");
+    assert!(all[0]["metadata"]["labels"].get(ASB_LABEL).is_none());
 
-    let mut tpl = pod_template();
-    tpl["metadata"]["annotations"] = json!({"sandpool.io/agent-sandbox-api": "false"});
+    for (name, meta) in [
+        ("by-label", json!({"labels": {ASB_LABEL: "true"}})),
+        ("by-annotation", json!({"annotations": {ASB_LABEL: "true"}})),
+        ("opted-out", json!({"annotations": {ASB_LABEL: "false"}})),
+    ] {
+        let mut tpl = pod_template();
+        tpl["metadata"] = meta;
+        api.with_store(|s| {
+            s.put(
+                &sandboxes(),
+                json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+                "metadata": {"name": name}, "spec": {"podTemplate": tpl}}),
+            )
+        });
+        reconcile_sandbox(&ctx, name).await;
+    }
+    put_sandbox(&api, "plain", json!({}));
+    reconcile_sandbox(&ctx, "plain").await;
+    for name in ["by-label", "by-annotation"] {
+        let p = obj(&api, &pods_path(NS), name).expect("pod");
+        let cmd = runtime_command(&p);
+        assert!(
+            cmd.contains(&"--asb-listen=0.0.0.0:8888".to_string()),
+            "{name}: {cmd:?}"
+        );
+        assert_eq!(p["metadata"]["labels"][ASB_LABEL], "true", "{name}");
+    }
+    for name in ["opted-out", "plain"] {
+        let p = obj(&api, &pods_path(NS), name).expect("pod");
+        assert!(
+            p["spec"]["containers"][0].get("command").is_none(),
+            "{name}: {p}"
+        );
+    }
+}
+
+const ASB_LABEL: &str = "sandpool.io/agent-sandbox-api";
+
+/// A container that brings its own command, args and probes on its own
+/// ports.
+fn own_server_template() -> Value {
+    json!({"spec": {"containers": [{"name": "server", "image": "python:3.12-slim",
+        "command": ["python3", "-m", "http.server"], "args": ["8888", "--bind", "0.0.0.0"],
+        "ports": [{"containerPort": 8888}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8888}, "periodSeconds": 1},
+        "livenessProbe": {"tcpSocket": {"port": 8888}, "periodSeconds": 10},
+        "startupProbe": {"httpGet": {"path": "/", "port": 8888}, "failureThreshold": 30}}]}})
+}
+
+/// The runtime's native sidecar of pod `p` (the first init container).
+fn runtime_sidecar(p: &Value) -> &Value {
+    let init = &p["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "sandpool-runtime", "{p}");
+    init
+}
+
+#[tokio::test]
+async fn pods_that_bring_their_own_command_keep_it_with_the_runtime_beside_them() {
+    let (api, ctx) = setup();
+    let tpl = own_server_template();
+    api.with_store(|s| {
+        s.put(&ext("sandboxtemplates"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxTemplate",
+            "metadata": {"name": "own"}, "spec": {"podTemplate": tpl}}));
+        s.put(&ext("sandboxwarmpools"), json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+            "metadata": {"name": "own-pool"}, "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "own"}}}));
+        s.put(&sandboxes(), json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+            "metadata": {"name": "own-cold"}, "spec": {"podTemplate": tpl}}));
+    });
+    reconcile_pool(&ctx, "own-pool").await;
+    reconcile_sandbox(&ctx, "own-cold").await;
+    let cold = obj(&api, &pods_path(NS), "own-cold").expect("cold pod");
+    let warm = pods(&api)
+        .into_iter()
+        .find(|p| p["metadata"]["name"] != "own-cold")
+        .expect("warm pod");
+    let written = &tpl["spec"]["containers"][0];
+    for p in [&warm, &cold] {
+        let main = &p["spec"]["containers"][0];
+        // command, args, ports and all three probes exactly as written
+        assert_eq!(main, written, "the container is kept as written");
+        let sidecar = runtime_sidecar(p);
+        assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+        assert_eq!(sidecar["command"][0], "/sandpool-runtime");
+        assert_eq!(sidecar["ports"][0]["containerPort"], 44772);
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], 44772);
+        assert!(
+            !sidecar["command"].to_string().contains("--asb-listen"),
+            "the image serves 8888, not sandpool"
+        );
+        let token = sidecar["env"][0]["value"].as_str().expect("token");
+        assert_eq!(sidecar["env"][0]["name"], "EXECD_ACCESS_TOKEN");
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(p.clone()).expect("pod");
+        assert_eq!(sandpool_controller::pods::access_token(&pod), Some(token));
+    }
+
+    // asked for sandpool's API: the runtime wraps the command, args kept in order
+    let mut asked = tpl.clone();
+    asked["metadata"] = json!({"labels": {ASB_LABEL: "true"}});
     api.with_store(|s| {
         s.put(
             &sandboxes(),
             json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
-            "metadata": {"name": "own-server"}, "spec": {"podTemplate": tpl}}),
+            "metadata": {"name": "wrapped"}, "spec": {"podTemplate": asked}}),
         )
     });
-    put_sandbox(&api, "plain", json!({}));
-    reconcile_sandbox(&ctx, "own-server").await;
-    reconcile_sandbox(&ctx, "plain").await;
-    let own = obj(&api, &pods_path(NS), "own-server").expect("pod");
-    let cmd = runtime_command(&own);
-    assert!(
-        !cmd.iter().any(|a| a.starts_with("--asb-listen")),
-        "opted out: {cmd:?}"
+    reconcile_sandbox(&ctx, "wrapped").await;
+    let p = obj(&api, &pods_path(NS), "wrapped").expect("pod");
+    let cmd = runtime_command(&p);
+    let at = cmd.iter().position(|a| a == "--").expect("--");
+    assert_eq!(
+        cmd[at + 1..],
+        ["python3", "-m", "http.server", "8888", "--bind", "0.0.0.0"]
     );
-    let plain = obj(&api, &pods_path(NS), "plain").expect("pod");
-    assert!(runtime_command(&plain).contains(&"--asb-listen=0.0.0.0:8888".to_string()));
+    let main = &p["spec"]["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(main[probe], written[probe], "{probe} kept");
+    }
 }
 
 #[tokio::test]

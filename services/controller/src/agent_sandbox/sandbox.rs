@@ -165,8 +165,7 @@ async fn ensure_pod(ctx: &Context, sb: &Sandbox, ns: &str) -> Result<Option<Pod>
         ..Default::default()
     };
     super::volumes::ensure_claims(ctx, sb, ns).await?;
-    let mut pod = ctx.runtime_pod(&super::volumes::with_claim_volumes(sb)?, meta)?;
-    pods::serve_agent_sandbox_api(&mut pod);
+    let pod = ctx.agent_sandbox_pod(&super::volumes::with_claim_volumes(sb)?, meta)?;
     match pod_api.create(&PostParams::default(), &pod).await {
         Ok(p) => Ok(Some(p)),
         Err(e) if is_already_exists(&e) => Ok(None),
