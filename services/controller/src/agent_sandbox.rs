@@ -6,10 +6,13 @@
 //! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
 
 mod claim_env;
+mod lifecycle;
+mod pod_metadata;
 mod sandbox;
 mod template;
 mod volumes;
 
+pub use pod_metadata::ALLOWED_LABEL_DOMAINS;
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
 pub use template::{network_policy_name, reconcile_template};
 
@@ -28,8 +31,8 @@ use crate::context::{
     Context, delete_ignoring_missing, finalized, list_pods, namespace_of, now, patch_status, until,
 };
 use crate::crd::{
-    CLAIM_FINALIZER, ClaimedSandbox, POD_NAME_ANNOTATION, SANDBOX_NAME_HASH_LABEL, Sandbox,
-    SandboxClaim, SandboxClaimStatus, SandboxSpec, SandboxTemplate, SandboxWarmPool,
+    CLAIM_FINALIZER, ClaimedSandbox, POD_NAME_ANNOTATION, PodMetadata, SANDBOX_NAME_HASH_LABEL,
+    Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSpec, SandboxTemplate, SandboxWarmPool,
     SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, UpdateStrategyType, WARM_POOL_LABEL,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
@@ -236,6 +239,7 @@ pub async fn adopt_warm_pod(
     warm_selector: &str,
     sandbox_name: &str,
     owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    extra: Option<&PodMetadata>,
 ) -> Result<Option<Pod>> {
     for _round in 0..3 {
         let candidates: Vec<Pod> = list_pods(api, warm_selector)
@@ -249,9 +253,20 @@ pub async fn adopt_warm_pod(
         let nodes: Vec<&str> = candidates.iter().map(pods::node_name).collect();
         for i in pods::spread_pick(&nodes, candidates.len()) {
             let p = &candidates[i];
+            let mut labels =
+                json!({WARM_POOL_LABEL: null, SANDBOX_NAME_HASH_LABEL: short_hash(sandbox_name)});
+            let mut annotations = json!({});
+            // the claim's additionalPodMetadata (checked against the template)
+            for (k, v) in extra.iter().flat_map(|m| &m.labels) {
+                labels[k] = json!(v);
+            }
+            for (k, v) in extra.iter().flat_map(|m| &m.annotations) {
+                annotations[k] = json!(v);
+            }
             let patch = json!({"metadata": {
                 "resourceVersion": p.resource_version(),
-                "labels": {WARM_POOL_LABEL: null, SANDBOX_NAME_HASH_LABEL: short_hash(sandbox_name)},
+                "labels": labels,
+                "annotations": annotations,
                 "ownerReferences": [owner.clone()],
             }});
             match api
@@ -292,13 +307,6 @@ async fn claim_source(
     ctx: &Context,
     ns: &str,
 ) -> Result<std::result::Result<Source, Refusal>> {
-    let unsupported = claim.spec.unsupported_fields();
-    if !unsupported.is_empty() {
-        return Ok(Err((
-            "UnsupportedField",
-            format!("not supported by sandpool: {}", unsupported.join(", ")),
-        )));
-    }
     let (tname, warm) = if let Some(wp) = &claim.spec.warm_pool_ref {
         match ctx.api::<SandboxWarmPool>(ns).get_opt(&wp.name).await? {
             Some(pool) => (
@@ -346,6 +354,23 @@ async fn claim_source(
             )));
         }
     };
+    if let Some(extra) = &claim.spec.additional_pod_metadata {
+        let meta = template
+            .spec
+            .pod_template
+            .metadata
+            .get_or_insert_with(Default::default);
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        let mut annotations = meta.annotations.take().unwrap_or_default();
+        let merged = pod_metadata::merge(labels, &mut annotations, extra);
+        meta.annotations = Some(annotations);
+        if let Err(msg) = merged {
+            return Ok(Err((
+                "InvalidMetadata",
+                format!("additionalPodMetadata: {msg}"),
+            )));
+        }
+    }
     // a warm pod has neither the claim's variables nor its volumes: cold
     let warm = warm.filter(|_| claim.spec.env.is_empty() && volume_claim_templates.is_empty());
     if !claim.spec.env.is_empty() {
@@ -384,7 +409,10 @@ async fn create_claim_sandbox(
     );
     let pod_api: Api<Pod> = ctx.api(ns);
     let adopted = match &source.warm {
-        Some(sel) => adopt_warm_pod(&pod_api, sel, &name, claim_owner.clone()).await?,
+        Some(sel) => {
+            let extra = claim.spec.additional_pod_metadata.as_ref();
+            adopt_warm_pod(&pod_api, sel, &name, claim_owner.clone(), extra).await?
+        }
         None => None,
     };
     let mut annotations = std::collections::BTreeMap::new();
@@ -440,15 +468,15 @@ async fn create_claim_sandbox(
 async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Action> {
     let name = claim.name_any();
     let claims: Api<SandboxClaim> = ctx.api(ns);
-    if expired(ctx, &claims, claim, claim.spec.shutdown_time()).await? {
-        return Ok(Action::await_change());
-    }
-    let sandboxes: Api<Sandbox> = ctx.api(ns);
     let old_conditions = claim
         .status
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
+    if lifecycle::expire_at(&claim.spec, &old_conditions).is_some_and(|t| t <= now()) {
+        return lifecycle::expire(ctx, claim, ns).await;
+    }
+    let sandboxes: Api<Sandbox> = ctx.api(ns);
     let sandbox = match sandboxes.get_opt(&name).await? {
         Some(s) => s,
         None => match claim_source(claim, ctx, ns).await? {
@@ -484,14 +512,17 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
             format!("sandbox {name} is not ready"),
         ),
     };
+    let mut conditions = vec![condition(
+        ready,
+        &reason,
+        message,
+        &old_conditions,
+        claim.metadata.generation,
+    )];
+    // the Sandbox's Finished condition, mirrored (ttlSecondsAfterFinished counts from it)
+    conditions.extend(lifecycle::finished(&sb_status.conditions).cloned());
     let status = SandboxClaimStatus {
-        conditions: vec![condition(
-            ready,
-            &reason,
-            message,
-            &old_conditions,
-            claim.metadata.generation,
-        )],
+        conditions,
         sandbox: Some(ClaimedSandbox {
             name: name.clone(),
             pod_ips: sb_status.pod_ips,
@@ -503,7 +534,8 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     if !unchanged {
         patch_status(&claims, &name, serde_json::to_value(&status)?).await?;
     }
-    Ok(requeue(ctx, ready, claim.spec.shutdown_time()))
+    let expiry = lifecycle::expire_at(&claim.spec, &status.conditions).map(Time);
+    Ok(requeue(ctx, ready, expiry.as_ref()))
 }
 
 /// Past its shutdown time, `obj` is deleted (with an `Expired` event) and

@@ -292,27 +292,196 @@ async fn a_suspended_sandbox_has_no_pod_and_resumes() {
     }
 }
 
+fn claim_obj(api: &FakeApi, name: &str) -> Option<Value> {
+    obj(api, &ext("sandboxclaims"), name)
+}
+
+fn condition_of(v: &Value, type_: &str) -> Value {
+    v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 #[tokio::test]
-async fn fields_sandpool_cannot_honour_are_refused_by_condition() {
+async fn additional_pod_metadata_reaches_warm_and_cold_pods_and_restricted_keys_are_refused() {
     let (api, ctx) = setup();
     fixtures(&api);
+    reconcile_pool(&ctx, "python-pool").await;
+    let warm = pods(&api)[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    api.with_store(|s| make_ready(s, NS, &warm, "10.1.0.10", "node-a"));
+    let extra = json!({"labels": {"sandbox.users.io/user": "u1"},
+        "annotations": {"note": "for u1", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}});
     put_claim(
         &api,
-        "meta",
-        json!({"warmPoolRef": {"name": "python-pool"}, "additionalPodMetadata": {"labels": {"a": "b"}}}),
+        "warm",
+        json!({"warmPoolRef": {"name": "python-pool"}, "additionalPodMetadata": extra}),
     );
-    reconcile_claim(&ctx, "meta").await;
-    reconcile_claim(&ctx, "meta").await;
-    let claim = obj(&api, &ext("sandboxclaims"), "meta").expect("claim");
-    let cond = ready_condition(&claim);
-    assert_eq!(cond["reason"], "UnsupportedField");
+    put_claim(
+        &api,
+        "cold",
+        json!({"sandboxTemplateRef": {"name": "python-template"}, "warmpool": "none",
+               "additionalPodMetadata": extra}),
+    );
+    for c in ["warm", "cold"] {
+        reconcile_claim(&ctx, c).await; // finalizer
+        reconcile_claim(&ctx, c).await;
+        reconcile_sandbox(&ctx, c).await;
+    }
+    let adopted = obj(&api, &pods_path(NS), &warm).expect("warm pod");
+    let cold = obj(&api, &pods_path(NS), "cold").expect("cold pod");
+    for (which, p) in [("warm", &adopted), ("cold", &cold)] {
+        let meta = &p["metadata"];
+        assert_eq!(
+            meta["labels"]["sandbox.users.io/user"], "u1",
+            "{which}: {meta}"
+        );
+        assert_eq!(meta["annotations"]["note"], "for u1", "{which}");
+        assert_eq!(
+            meta["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"], "false",
+            "{which}"
+        );
+        // the template's own labels stay
+        assert_eq!(meta["labels"]["sandbox"], "python-sandbox", "{which}");
+        let sb = obj(&api, &sandboxes(), which).expect("sandbox");
+        assert_eq!(
+            sb["spec"]["podTemplate"]["metadata"]["labels"]["sandbox.users.io/user"],
+            "u1"
+        );
+    }
+
+    for (name, bad) in [
+        ("no-domain", json!({"labels": {"user": "u1"}})),
+        (
+            "system",
+            json!({"annotations": {"agents.x-k8s.io/pod-name": "x"}}),
+        ),
+        ("override", json!({"labels": {"sandbox": "other"}})),
+    ] {
+        put_claim(
+            &api,
+            name,
+            json!({"warmPoolRef": {"name": "python-pool"}, "additionalPodMetadata": bad}),
+        );
+        reconcile_claim(&ctx, name).await;
+        reconcile_claim(&ctx, name).await;
+        let cond = ready_condition(&claim_obj(&api, name).expect("claim"));
+        assert_eq!(cond["reason"], "InvalidMetadata", "{name}: {cond}");
+        assert!(
+            obj(&api, &sandboxes(), name).is_none(),
+            "{name}: no sandbox"
+        );
+    }
+}
+
+/// A claim with `lifecycle`, reconciled until it has its Sandbox.
+async fn claim_with_sandbox(api: &FakeApi, ctx: &Arc<Context>, name: &str, lifecycle: Value) {
+    put_claim(
+        api,
+        name,
+        json!({"warmPoolRef": {"name": "python-pool"}, "lifecycle": lifecycle}),
+    );
+    reconcile_claim(ctx, name).await; // finalizer
+    reconcile_claim(ctx, name).await;
+    assert!(obj(api, &sandboxes(), name).is_some(), "{name}: sandbox");
+}
+
+fn set_lifecycle(api: &FakeApi, name: &str, lifecycle: Value) {
+    api.with_store(|s| {
+        s.mutate(&ext("sandboxclaims"), name, |o| {
+            o["spec"]["lifecycle"] = lifecycle
+        })
+    });
+}
+
+#[tokio::test]
+async fn an_expired_claim_is_retained_by_default_without_its_sandbox() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    for (name, policy) in [("default", json!(null)), ("retain", json!("Retain"))] {
+        let future = json!({"shutdownTime": "2100-01-01T00:00:00Z", "shutdownPolicy": policy});
+        claim_with_sandbox(&api, &ctx, name, future).await;
+        let past = json!({"shutdownTime": "2020-01-01T00:00:00Z", "shutdownPolicy": policy});
+        set_lifecycle(&api, name, past);
+        reconcile_claim(&ctx, name).await;
+        reconcile_claim(&ctx, name).await;
+        let claim = claim_obj(&api, name).expect("the claim is retained");
+        let cond = ready_condition(&claim);
+        assert_eq!(cond["status"], "False", "{name}");
+        assert_eq!(cond["reason"], "ClaimExpired", "{name}: {cond}");
+        assert!(claim["status"]["sandbox"].is_null(), "{name}: {claim}");
+        assert!(
+            obj(&api, &sandboxes(), name).is_none(),
+            "{name}: the sandbox is deleted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_policies_delete_an_expired_claim() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    for (name, policy) in [("del", "Delete"), ("fg", "DeleteForeground")] {
+        let future = json!({"shutdownTime": "2100-01-01T00:00:00Z", "shutdownPolicy": policy});
+        claim_with_sandbox(&api, &ctx, name, future).await;
+        let past = json!({"shutdownTime": "2020-01-01T00:00:00Z", "shutdownPolicy": policy});
+        set_lifecycle(&api, name, past);
+        reconcile_claim(&ctx, name).await; // deletes it
+        if claim_obj(&api, name).is_some() {
+            reconcile_claim(&ctx, name).await; // the finalizer's cleanup
+        }
+        assert!(claim_obj(&api, name).is_none(), "{name}: claim deleted");
+        assert!(obj(&api, &sandboxes(), name).is_none(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn ttl_seconds_after_finished_counts_from_the_sandbox_finishing() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    let life = |ttl: i64| json!({"ttlSecondsAfterFinished": ttl, "shutdownPolicy": "Delete"});
+    claim_with_sandbox(&api, &ctx, "t", life(3600)).await;
+    reconcile_sandbox(&ctx, "t").await;
+    api.with_store(|s| make_ready(s, NS, "t", "10.1.0.20", "node-a"));
+    reconcile_sandbox(&ctx, "t").await;
+    reconcile_claim(&ctx, "t").await;
+    let claim = claim_obj(&api, "t").expect("claim");
     assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("spec.additionalPodMetadata")),
-        "{cond}"
+        condition_of(&claim, "Finished").is_null(),
+        "running: {claim}"
     );
-    assert!(obj(&api, &sandboxes(), "meta").is_none());
+
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), "t", |o| {
+            o["status"]["phase"] = json!("Succeeded")
+        })
+    });
+    reconcile_sandbox(&ctx, "t").await;
+    let sb = obj(&api, &sandboxes(), "t").expect("sandbox");
+    let finished = condition_of(&sb, "Finished");
+    assert_eq!(finished["status"], "True", "{sb}");
+    assert_eq!(finished["reason"], "PodSucceeded");
+    reconcile_claim(&ctx, "t").await;
+    reconcile_claim(&ctx, "t").await;
+    let claim = claim_obj(&api, "t").expect("within its ttl the claim stays");
+    assert_eq!(
+        condition_of(&claim, "Finished")["reason"],
+        "PodSucceeded",
+        "mirrored: {claim}"
+    );
+
+    set_lifecycle(&api, "t", life(0));
+    reconcile_claim(&ctx, "t").await;
+    if claim_obj(&api, "t").is_some() {
+        reconcile_claim(&ctx, "t").await;
+    }
+    assert!(claim_obj(&api, "t").is_none(), "deleted at its ttl");
 }
 
 fn network_policies() -> String {

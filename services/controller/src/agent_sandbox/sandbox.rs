@@ -257,6 +257,25 @@ fn suspended_condition(
     )
 }
 
+/// `Finished=True` (`PodSucceeded`/`PodFailed`) once the pod ended; absent
+/// while it runs or there is none.
+fn finished_condition(sb: &Sandbox, pod: Option<&Pod>, old: &[Condition]) -> Option<Condition> {
+    let p = pod.filter(|p| pods::is_finished(p))?;
+    let (reason, message) = if pods::phase(p) == "Succeeded" {
+        ("PodSucceeded", "Pod completed successfully")
+    } else {
+        ("PodFailed", "Pod failed")
+    };
+    Some(typed_condition(
+        super::lifecycle::FINISHED,
+        true,
+        reason,
+        message.into(),
+        old,
+        sb.metadata.generation,
+    ))
+}
+
 pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace_of(sb.as_ref())?;
     let name = sb.name_any();
@@ -295,17 +314,19 @@ pub async fn reconcile_sandbox(sb: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Ac
     };
     let service = reconcile_service(&ctx, &sb, &ns).await?;
     let (ready, reason, message) = readiness(&sb, &mode, pod.as_ref(), service.as_ref());
+    let mut conditions = vec![
+        condition(
+            ready,
+            reason,
+            message,
+            &old.conditions,
+            sb.metadata.generation,
+        ),
+        suspended_condition(&sb, &mode, pod.as_ref(), &old.conditions),
+    ];
+    conditions.extend(finished_condition(&sb, pod.as_ref(), &old.conditions));
     let status = SandboxStatus {
-        conditions: vec![
-            condition(
-                ready,
-                reason,
-                message,
-                &old.conditions,
-                sb.metadata.generation,
-            ),
-            suspended_condition(&sb, &mode, pod.as_ref(), &old.conditions),
-        ],
+        conditions,
         pod_name: pod.as_ref().map(ResourceExt::name_any),
         pod_ips: pod.as_ref().map(pods::pod_ips).unwrap_or_default(),
         node_name: pod

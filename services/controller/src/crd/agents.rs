@@ -258,7 +258,8 @@ pub struct ClaimLifecycle {
     pub shutdown_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_policy: Option<ClaimShutdownPolicy>,
-    /// Not supported (refused with a condition).
+    /// Expire the claim this long after its sandbox finished (its
+    /// `Finished` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
@@ -318,7 +319,7 @@ pub struct SandboxClaimSpec {
     /// sandpool's older place for `lifecycle.shutdownTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_time: Option<Time>,
-    /// Not supported (refused with a condition).
+    /// Labels and annotations for the sandbox's pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_pod_metadata: Option<PodMetadata>,
     /// Variables for the sandbox's pod, as the template's
@@ -340,23 +341,6 @@ impl SandboxClaimSpec {
             .as_ref()
             .and_then(|l| l.shutdown_time.as_ref())
             .or(self.shutdown_time.as_ref())
-    }
-
-    /// Fields set that sandpool does not implement, by path.
-    pub fn unsupported_fields(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if let Some(l) = &self.lifecycle {
-            if l.ttl_seconds_after_finished.is_some() {
-                out.push("spec.lifecycle.ttlSecondsAfterFinished");
-            }
-            if l.shutdown_policy == Some(ClaimShutdownPolicy::Retain) {
-                out.push("spec.lifecycle.shutdownPolicy: Retain");
-            }
-        }
-        if self.additional_pod_metadata.is_some() {
-            out.push("spec.additionalPodMetadata");
-        }
-        out
     }
 }
 
