@@ -277,6 +277,16 @@ expect_object asb-router 'Namespace/agent-sandbox-system'
 expect asb-router '^  namespace: agent-sandbox-system$'
 expect asb-router '^            - --sandbox-router-listen$'
 expect asb-router '^  namespace: agents$'
+# the values integration/python/test_asb_cluster_e2e.py installs with
+render asb-e2e --set agentSandbox.router.enabled=true --set agentSandbox.router.createNamespace=false \
+  --set nodeAgent.enabled=false --set server.enabled=false \
+  --set controllerManager.image.repository=reg.local/sandpool --set controllerManager.image.tag=e2e \
+  --set server.image.repository=reg.local/sandpool --set server.image.tag=e2e \
+  --set runtime.image.repository=reg.local/sandpool --set runtime.image.tag=e2e
+expect_object asb-e2e 'Deployment/sandbox-router'
+expect_object asb-e2e 'Service/sandbox-router-svc'
+expect_no_object asb-e2e 'Namespace/agent-sandbox-system'
+expect asb-e2e 'image: "reg.local/sandpool:e2e"'
 render asb-no-policy --set agentSandbox.networkPolicy.enabled=false
 expect_no_object asb-no-policy 'NetworkPolicy/sandpool-agent-sandbox-api'
 
