@@ -144,8 +144,9 @@ fn run_under_runtime(main: &mut Container, token: &str) {
 pub const ASB_PORT: i32 = 8888;
 /// Pod template label or annotation: `"true"` asks for sandpool's
 /// agent-sandbox API on 8888 (see [`agent_sandbox_pod`]); without it the
-/// image serves its own. As a pod label (`"true"`) it marks the pods whose
-/// 8888 sandpool's runtime serves (the chart's NetworkPolicy selects them).
+/// image serves its own. As a pod label (`"true"`) it marks the
+/// agent-sandbox pods, whose 8888 (sandpool's or the image's) has no token:
+/// the chart's NetworkPolicy selects them.
 pub const ASB_API_ANNOTATION: &str = "sandpool.io/agent-sandbox-api";
 
 /// Have the runtime of `pod` (built by [`runtime_pod`]) also serve the

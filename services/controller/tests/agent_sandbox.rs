@@ -626,7 +626,8 @@ async fn sandpool_serves_the_sdk_runtime_api_on_8888_only_when_the_template_asks
     let main = &all[0]["spec"]["containers"][0];
     assert!(main.get("command").is_none(), "warm pod: {main}");
     assert_eq!(main["image"], "python-runtime-sandbox:latest");
-    assert!(all[0]["metadata"]["labels"].get(ASB_LABEL).is_none());
+    // its 8888 is untokened too: the chart's NetworkPolicy selects it
+    assert_eq!(all[0]["metadata"]["labels"][ASB_LABEL], "true");
 
     for (name, meta) in [
         ("by-label", json!({"labels": {ASB_LABEL: "true"}})),

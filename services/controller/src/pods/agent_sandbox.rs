@@ -36,7 +36,8 @@ pub fn asks_for_sandpool_api(template: &PodTemplateSpec) -> bool {
 /// Otherwise the image serves its own API: every container stays exactly as
 /// the template wrote it, and the runtime (its port 44772 and access token)
 /// runs beside them as a native sidecar (an init container restarted
-/// `Always`) sharing the pod's network.
+/// `Always`) sharing the pod's network. Either way the pod is labelled
+/// [`ASB_API_ANNOTATION`]`=true`: its 8888 has no token.
 pub fn agent_sandbox_pod(
     template: &PodTemplateSpec,
     inj: &RuntimeInjection,
@@ -49,7 +50,12 @@ pub fn agent_sandbox_pod(
         return Ok(pod);
     }
     let mut spec = template.spec.clone().unwrap_or_default();
-    let meta = merge_template_meta(template, meta);
+    let mut meta = merge_template_meta(template, meta);
+    // the image's own 8888 is as untokened as sandpool's: the chart's
+    // NetworkPolicy selects these pods by this label too
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(ASB_API_ANNOTATION.into(), "true".into());
     if spec.containers.is_empty() {
         let name = meta.name.clone().or(meta.generate_name.clone());
         return Err(Error::invalid(
