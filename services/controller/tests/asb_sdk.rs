@@ -245,3 +245,89 @@ async fn the_real_sdk_claims_waits_for_ready_and_runs_a_command() {
         .unwrap_or_default();
     assert!(pod.starts_with("python-pool-"), "{sb}");
 }
+
+/// The SDK's `shutdown_after_seconds`, `pod_labels` and `pod_annotations`.
+const METADATA_SCRIPT: &str = r#"
+import json, sys
+from k8s_agent_sandbox import SandboxClient
+from k8s_agent_sandbox.models import SandboxInClusterConnectionConfig
+
+client = SandboxClient(connection_config=SandboxInClusterConnectionConfig(server_port=int(sys.argv[2])))
+sb = client.create_sandbox(warmpool="python-pool", namespace=sys.argv[1], sandbox_ready_timeout=30,
+    shutdown_after_seconds=600, pod_labels={"sandbox.users.io/user": "u1"},
+    pod_annotations={"note": "from the SDK"})
+print(json.dumps({"claim": sb.claim_name, "status": sb.status()[0]}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_sdks_pod_metadata_and_shutdown_reach_the_pod_and_the_claim() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let api = FakeApi::new();
+    fixtures(&api);
+    let ctx = support::context(&api, NoTasks(None));
+    let addr = serve_http(api.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = serve_runtime(dir.path()).await;
+    let driver = tokio::spawn(drive(api.clone(), ctx));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&python)
+            .args(["-c", METADATA_SCRIPT, NS, &port.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK finished in time")
+    .unwrap();
+    driver.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK failed:\n{stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(seen["status"], "SandboxReady", "{seen}");
+    let claim = seen["claim"].as_str().unwrap();
+    let stored = api
+        .with_store(|s| s.get(&ext("sandboxclaims"), claim).cloned())
+        .expect("claim");
+    assert_eq!(
+        stored["spec"]["lifecycle"]["shutdownPolicy"], "Delete",
+        "{stored}"
+    );
+    assert!(stored["spec"]["lifecycle"]["shutdownTime"].is_string());
+    let sb = api
+        .with_store(|s| {
+            s.get(
+                &format!("/apis/agents.x-k8s.io/v1beta1/namespaces/{NS}/sandboxes"),
+                claim,
+            )
+            .cloned()
+        })
+        .expect("sandbox");
+    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
+        .as_str()
+        .unwrap_or(claim)
+        .to_string();
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), &pod_name).cloned())
+        .expect("pod");
+    assert_eq!(
+        pod["metadata"]["labels"]["sandbox.users.io/user"], "u1",
+        "{pod}"
+    );
+    assert_eq!(pod["metadata"]["annotations"]["note"], "from the SDK");
+}
