@@ -256,7 +256,10 @@ impl SandboxTemplateSpec {
 pub struct ClaimLifecycle {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_time: Option<Time>,
+    /// At expiry: `Retain` (upstream's default, what unset means),
+    /// `Delete` or `DeleteForeground`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Retain"))]
     pub shutdown_policy: Option<ClaimShutdownPolicy>,
     /// Expire the claim this long after its sandbox finished (its
     /// `Finished` condition).
