@@ -19,12 +19,17 @@ Environment:
   SANDPOOL_E2E_RUNTIME_CLASS  runtimeClassName of the sandboxes (default none)
   SANDPOOL_HELM               helm binary (default .tools/bin/helm, installed by
                               scripts/k8s-check.sh, else helm on PATH)
+  SANDPOOL_E2E_HELM_ARGS      extra helm install arguments, e.g.
+                              ``--set crds.install=false`` when the cluster has
+                              the CRDs already (helm will not adopt CRDs another
+                              install made)
   kubectl on PATH             the SDK's tunnel runs it
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -124,6 +129,7 @@ def release():
         "--set", "server.enabled=false",
         "--wait", "--timeout", "10m",
         *image_values(),
+        *shlex.split(os.environ.get("SANDPOOL_E2E_HELM_ARGS", "")),
     ]
     try:
         run(*args, timeout=660)
