@@ -12,7 +12,7 @@ mod sandbox;
 mod template;
 mod volumes;
 
-pub use pod_metadata::ALLOWED_LABEL_DOMAINS;
+pub use pod_metadata::{ALLOWED_LABEL_DOMAINS, LABEL_DOMAINS_FILE, label_domains};
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
 pub use template::{network_policy_name, reconcile_template};
 
@@ -362,7 +362,7 @@ async fn claim_source(
             .get_or_insert_with(Default::default);
         let labels = meta.labels.get_or_insert_with(Default::default);
         let mut annotations = meta.annotations.take().unwrap_or_default();
-        let merged = pod_metadata::merge(labels, &mut annotations, extra);
+        let merged = pod_metadata::merge(labels, &mut annotations, extra, &ctx.label_domains);
         meta.annotations = Some(annotations);
         if let Err(msg) = merged {
             return Ok(Err((

@@ -37,6 +37,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often to look again at things that are still settling.
     pub settle: Duration,
+    /// Domains a claim's `additionalPodMetadata` labels may use
+    /// ([`crate::agent_sandbox::label_domains`]).
+    pub label_domains: Vec<String>,
 }
 
 impl Context {
@@ -56,6 +59,7 @@ impl Context {
             injection,
             tasks,
             settle: Duration::from_secs(2),
+            label_domains: crate::agent_sandbox::label_domains(),
         }
     }
 

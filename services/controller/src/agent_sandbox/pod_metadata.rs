@@ -7,18 +7,55 @@ use std::collections::BTreeMap;
 
 use crate::crd::PodMetadata;
 
-/// Domains (and their subdomains) a claim's pod labels may use: upstream's
-/// default allowlist.
+/// Domains (and their subdomains) a claim's pod labels may use unless
+/// [`LABEL_DOMAINS_FILE`] lists others: upstream's default allowlist.
 pub const ALLOWED_LABEL_DOMAINS: &[&str] = &["sandbox.users.io"];
+/// Where upstream's controller reads its allowed label domains (a mounted
+/// ConfigMap key): separated by commas or newlines.
+pub const LABEL_DOMAINS_FILE: &str = "/etc/sandbox-config/allowed-label-domains";
+
+/// The allowed label domains in `text` (commas or newlines between them),
+/// lowercased; `None` when it lists none.
+pub fn parse_label_domains(text: &str) -> Option<Vec<String>> {
+    let out: Vec<String> = text
+        .split([',', '\n', '\r'])
+        .map(|d| d.trim().to_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The allowed label domains: [`LABEL_DOMAINS_FILE`]'s when it lists any,
+/// else [`ALLOWED_LABEL_DOMAINS`]. An unreadable file is logged and the
+/// default used.
+pub fn label_domains() -> Vec<String> {
+    let listed = match std::fs::read_to_string(LABEL_DOMAINS_FILE) {
+        Ok(text) => parse_label_domains(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::error!(error = %e, path = LABEL_DOMAINS_FILE, "reading the allowed label domains; using the default");
+            None
+        }
+    };
+    listed.unwrap_or_else(|| {
+        ALLOWED_LABEL_DOMAINS
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    })
+}
 /// Annotation domains (and subdomains) a claim may not set.
 const RESTRICTED_DOMAINS: &[&str] = &["kubernetes.io", "k8s.io", "agents.x-k8s.io"];
 /// The one annotation of a restricted domain a claim may set.
 const EXEMPT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 
-fn in_domains(domain: &str, domains: &[&str]) -> bool {
-    domains
-        .iter()
-        .any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
+fn in_domains<D: AsRef<str>>(domain: &str, domains: &[D]) -> bool {
+    domains.iter().map(AsRef::as_ref).any(|d| {
+        domain == d
+            || domain
+                .strip_suffix(d)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
 }
 
 /// A label-style name: 1-63 alphanumerics, `-`, `_`, `.`, alphanumeric at
@@ -56,7 +93,7 @@ fn split_key(key: &str) -> Result<(Option<&str>, &str), String> {
     Ok((domain, name))
 }
 
-fn check_label(key: &str, value: &str) -> Result<(), String> {
+fn check_label(key: &str, value: &str, allowed: &[String]) -> Result<(), String> {
     let (domain, _) = split_key(key)?;
     if key.eq_ignore_ascii_case("app") && value.eq_ignore_ascii_case("sandbox-router") {
         return Err(format!(
@@ -68,10 +105,10 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
             "label {key:?} needs a domain prefix (e.g. sandbox.users.io/{key})"
         ));
     };
-    if !in_domains(&domain.to_lowercase(), ALLOWED_LABEL_DOMAINS) {
+    if !in_domains(&domain.to_lowercase(), allowed) {
         return Err(format!(
             "label {key:?}: domain {domain:?} is not allowed (allowed: {})",
-            ALLOWED_LABEL_DOMAINS.join(", ")
+            allowed.join(", ")
         ));
     }
     if !value.is_empty() && !is_name(value) {
@@ -93,14 +130,16 @@ fn check_annotation(key: &str) -> Result<(), String> {
 }
 
 /// Merge `extra` into `labels` and `annotations` (the template's): every
-/// key checked, and no template value overridden with another one.
+/// key checked (labels against the `allowed` domains), and no template
+/// value overridden with another one.
 pub fn merge(
     labels: &mut BTreeMap<String, String>,
     annotations: &mut BTreeMap<String, String>,
     extra: &PodMetadata,
+    allowed: &[String],
 ) -> Result<(), String> {
     for (k, v) in &extra.labels {
-        check_label(k, v)?;
+        check_label(k, v, allowed)?;
     }
     for k in extra.annotations.keys() {
         check_annotation(k)?;
@@ -141,7 +180,14 @@ mod tests {
     fn try_merge(extra: &PodMetadata) -> Result<(), String> {
         let mut l = BTreeMap::from([("sandbox.users.io/team".to_string(), "a".to_string())]);
         let mut a = BTreeMap::new();
-        merge(&mut l, &mut a, extra)
+        merge(&mut l, &mut a, extra, &default_domains())
+    }
+
+    fn default_domains() -> Vec<String> {
+        ALLOWED_LABEL_DOMAINS
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     #[test]
@@ -155,7 +201,7 @@ mod tests {
             ],
             &[("note", "free text"), (EXEMPT_ANNOTATION, "false")],
         );
-        merge(&mut l, &mut a, &extra).expect("allowed");
+        merge(&mut l, &mut a, &extra, &default_domains()).expect("allowed");
         assert_eq!(l, extra.labels);
         assert_eq!(a, extra.annotations);
         // the same value as the template's is no override
@@ -182,5 +228,22 @@ mod tests {
             let err = try_merge(&bad).expect_err("refused");
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn configured_label_domains_replace_the_default() {
+        let domains = parse_label_domains("example.com,\n Team.IO \n\n").expect("listed");
+        assert_eq!(domains, ["example.com", "team.io"]);
+        assert_eq!(parse_label_domains(" \n,"), None);
+        let mut l = BTreeMap::new();
+        let mut a = BTreeMap::new();
+        let ok = meta(&[("a.team.io/x", "1"), ("example.com/y", "2")], &[]);
+        merge(&mut l, &mut a, &ok, &domains).expect("configured domains");
+        let bad = meta(&[("sandbox.users.io/x", "1")], &[]);
+        let err = merge(&mut l, &mut a, &bad, &domains).expect_err("not listed");
+        assert!(err.contains("example.com, team.io"), "{err}");
+        // a suffix is not a subdomain
+        let bad = meta(&[("evilteam.io/x", "1")], &[]);
+        merge(&mut l, &mut a, &bad, &domains).expect_err("not a subdomain");
     }
 }
