@@ -287,6 +287,11 @@ expect_object asb-e2e 'Deployment/sandbox-router'
 expect_object asb-e2e 'Service/sandbox-router-svc'
 expect_no_object asb-e2e 'Namespace/agent-sandbox-system'
 expect asb-e2e 'image: "reg.local/sandpool:e2e"'
+render asb-label-domains --set 'agentSandbox.allowedLabelDomains={example.com,team.io}'
+expect_object asb-label-domains 'ConfigMap/sandpool-controller-sandbox-config'
+expect asb-label-domains 'allowed-label-domains: "example.com,team.io"'
+expect asb-label-domains 'mountPath: /etc/sandbox-config'
+expect_no_object defaults 'ConfigMap/sandpool-controller-sandbox-config'
 render asb-no-policy --set agentSandbox.networkPolicy.enabled=false
 expect_no_object asb-no-policy 'NetworkPolicy/sandpool-agent-sandbox-api'
 
@@ -327,6 +332,7 @@ reject-schema pool-capacity-string --set 'pools[0].capacitySpec.poolMax=lots'
 reject-schema leader-elect-string --set-string controllerManager.leaderElect=yes
 reject-schema unknown-key --set controllerManager.replica=2
 reject-schema asb-router-port --set 'agentSandbox.router.allowedPorts[0]=0'
+reject-schema asb-label-domain --set 'agentSandbox.allowedLabelDomains={Bad_Domain}'
 reject-schema ingress-no-host --set server.ingress.enabled=true
 reject-schema service-token-secret-name --set serviceToken.existingSecret=My_Token
 reject-schema service-token-empty-key --set serviceToken.existingSecret=my-token --set serviceToken.existingSecretKey=
