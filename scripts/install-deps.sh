@@ -15,6 +15,8 @@ command -v crun >/dev/null 2>&1 || need+=(crun)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# egress tables of sandboxes and template builds
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [[ -f /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)

@@ -288,12 +288,17 @@ pub async fn serve(a: ServeArgs, service_token: Option<String>) -> anyhow::Resul
     }
     if runs(Role::Gateway) {
         // template builds need the node's containerd: only beside a node agent
-        let builder = node.as_ref().map(|_| {
+        let builder = node.as_ref().map(|n| {
             let socket = a
                 .containerd_socket
                 .clone()
                 .unwrap_or_else(|| a.data_dir.join("containerd").join("containerd.sock"));
-            crate::build::builder(&a.data_dir, socket, a.insecure_registries.clone())
+            crate::build::builder(
+                &a.data_dir,
+                socket,
+                a.insecure_registries.clone(),
+                &n.agent.cfg.net,
+            )
         });
         let builds = sched.as_ref().map(|s| {
             Arc::new(crate::build::StoredBuilds(s.store()))

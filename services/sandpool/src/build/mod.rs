@@ -1,7 +1,8 @@
 //! E2B template builds with `buildah` (Debian's package): the base image is
 //! pulled by buildah from its registry, each step runs as a buildah command
 //! (`RUN` with `--isolation oci` through runc, in its own namespaces and
-//! cgroup with the limits below and no network; `COPY` with `buildah copy` from the
+//! cgroup with the limits below, on the sandbox network with a sandbox's
+//! isolation (see [`isolation`]); `COPY` with `buildah copy` from the
 //! uploaded files, `ENV`/`WORKDIR`/`USER` as image config), and the result
 //! is committed to an OCI archive that is imported into the node's
 //! containerd the way `sandpool image import` does it. buildah keeps its
@@ -19,12 +20,16 @@ use std::{
 use sandpool_gateway::e2b::{
     BuildFuture, BuildLog, BuildRequest, BuildStep, StepKind, TemplateBuilder,
 };
+use sandpool_node_agent::net::NetConfig;
 use sandpool_node_agent::{
     archive,
     containerd::{Ctr, NAMESPACE},
     registry,
 };
 use sandpool_scheduler::store::Table;
+
+mod isolation;
+use isolation::BuildNet;
 
 /// Longest one buildah command may take (a RUN installing packages).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -46,6 +51,10 @@ pub struct Buildah {
     dir: PathBuf,
     socket: PathBuf,
     insecure: Vec<String>,
+    /// The network `RUN` steps get (none without one).
+    net: Option<BuildNet>,
+    /// The cgroup mount the steps' pids limit is written under.
+    cgroup_root: PathBuf,
 }
 
 /// `name` on `PATH`.
@@ -71,6 +80,8 @@ impl Buildah {
             dir: data_dir.join("builds"),
             socket,
             insecure,
+            net: None,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -100,8 +111,17 @@ impl TemplateBuilder for Buildah {
         let b = self.clone();
         Box::pin(async move {
             let work = b.dir.join("work").join(&req.build_id);
-            let r = b.run(&req, &work, &log).await;
+            let netns = match b.network(&req).await {
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            let r = b.run(&req, &work, &log, netns.as_deref()).await;
             let _ = tokio::fs::remove_dir_all(&work).await;
+            if let (Some(net), Some(_)) = (b.net.clone(), netns) {
+                let id = req.build_id.clone();
+                let _ = tokio::task::spawn_blocking(move || net.teardown(&id)).await;
+            }
+            isolation::remove_cgroup(&b.cgroup_root, &req.build_id);
             r
         })
     }
@@ -113,6 +133,8 @@ struct Session<'a> {
     bin: PathBuf,
     work: PathBuf,
     log: &'a BuildLog,
+    /// `RUN` steps' network namespace (none: no network).
+    netns: Option<PathBuf>,
 }
 
 impl Session<'_> {
@@ -159,7 +181,30 @@ fn path(p: &Path) -> String {
 }
 
 impl Buildah {
-    async fn run(&self, req: &BuildRequest, work: &Path, log: &BuildLog) -> Result<(), String> {
+    /// The network namespace of build `req`'s `RUN` steps, when it has
+    /// any and there is a sandbox network.
+    async fn network(&self, req: &BuildRequest) -> Result<Option<PathBuf>, String> {
+        let has_run = req
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Run { .. }));
+        let Some(net) = self.net.clone().filter(|_| has_run) else {
+            return Ok(None);
+        };
+        let id = req.build_id.clone();
+        tokio::task::spawn_blocking(move || net.setup(&id))
+            .await
+            .map_err(|e| format!("the build's network: {e}"))?
+            .map(Some)
+    }
+
+    async fn run(
+        &self,
+        req: &BuildRequest,
+        work: &Path,
+        log: &BuildLog,
+        netns: Option<&Path>,
+    ) -> Result<(), String> {
         let bin = self
             .bin
             .clone()
@@ -179,6 +224,7 @@ impl Buildah {
             bin,
             work: work.to_path_buf(),
             log,
+            netns: netns.map(Path::to_path_buf),
         };
         let ctr = format!("sandpool-build-{}", req.build_id);
         let from = from_args(req, &ctr, &policy, &self.insecure)?;
@@ -264,6 +310,9 @@ fn from_args(
         BUILD_CPU_PERIOD_US.to_string(),
         "--cpu-quota".into(),
         BUILD_CPU_QUOTA_US.to_string(),
+        // RUN steps' cgroup: made with its pids limit before each of them
+        "--cgroup-parent".into(),
+        isolation::cgroup_parent(&req.build_id),
         format!("--tls-verify={}", !plain),
         "--signature-policy".into(),
         path(policy),
@@ -299,12 +348,14 @@ pub(crate) fn step_commands(
     kind: &StepKind,
     files: &Path,
     empty: &Path,
+    netns: Option<&Path>,
 ) -> Vec<Vec<String>> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     match kind {
         StepKind::Run { cmd, user } => {
             // runc: its own pid/ipc/uts/mount namespaces, the build
-            // container's cgroup limits, no network
+            // container's cgroup limits, the build's network namespace
+            let network = netns.map_or_else(|| "none".to_string(), |n| format!("ns:{}", path(n)));
             let mut a = s(&[
                 "run",
                 "--isolation",
@@ -312,7 +363,7 @@ pub(crate) fn step_commands(
                 "--runtime",
                 "runc",
                 "--network",
-                "none",
+                &network,
             ]);
             if let Some(u) = user {
                 a.extend(s(&["--user", u]));
@@ -370,11 +421,16 @@ impl Session<'_> {
             scratch = Some(name);
         }
         let mut r = Ok(());
-        for args in step_commands(ctr, &step.kind, &files, &empty) {
-            r = self.buildah(&what, &args).await.map(|_| ());
+        if matches!(step.kind, StepKind::Run { .. }) {
+            r = isolation::limit_pids(&self.b.cgroup_root, &req.build_id)
+                .map_err(|e| format!("{what}: {e}"));
+        }
+        let netns = self.netns.as_deref();
+        for args in step_commands(ctr, &step.kind, &files, &empty, netns) {
             if r.is_err() {
                 break;
             }
+            r = self.buildah(&what, &args).await.map(|_| ());
         }
         if let Some(name) = scratch {
             let _ = self
@@ -405,12 +461,19 @@ impl Session<'_> {
 }
 
 /// The builder `sandpool serve` gives its gateway.
+/// `RUN` steps get the sandbox network `net` (their own namespace on it,
+/// isolated as a sandbox is).
 pub fn builder(
     data_dir: &Path,
     socket: PathBuf,
     insecure: Vec<String>,
+    net: &NetConfig,
 ) -> Arc<dyn TemplateBuilder> {
-    Arc::new(Buildah::new(data_dir, socket, insecure))
+    let mut b = Buildah::new(data_dir, socket, insecure);
+    let build_net = BuildNet::new(net, &b.dir);
+    build_net.sweep();
+    b.net = Some(build_net);
+    Arc::new(b)
 }
 
 /// E2B template build records in the scheduler's redb store (a restart
@@ -494,6 +557,8 @@ mod tests {
             dir: PathBuf::from("/nonexistent"),
             socket: PathBuf::new(),
             insecure: vec![],
+            net: None,
+            cgroup_root: PathBuf::new(),
         };
         let e = b.check().unwrap_err();
         assert!(e.contains("buildah"), "{e}");
@@ -507,11 +572,14 @@ mod tests {
             dir: PathBuf::from("/nonexistent"),
             socket: PathBuf::new(),
             insecure: vec![],
+            net: None,
+            cgroup_root: PathBuf::new(),
         };
         let e = b.check().unwrap_err();
         assert!(e.contains("runc"), "{e}");
         let a = from_args(&req("127.0.0.1:5000/base:1"), "c", Path::new("/p"), &[]).unwrap();
         for flag in [
+            ["--cgroup-parent", "/sandpool-builds/b"],
             ["--memory", "2g"],
             ["--memory-swap", "2g"],
             ["--cpu-quota", "200000"],
@@ -523,7 +591,7 @@ mod tests {
     #[test]
     fn steps_become_buildah_commands() {
         let (files, empty) = (Path::new("/f"), Path::new("/e"));
-        let cmds = |k: StepKind| step_commands("c", &k, files, empty);
+        let cmds = |k: StepKind| step_commands("c", &k, files, empty, None);
         assert_eq!(
             cmds(StepKind::Run {
                 cmd: "echo hi > /x".into(),
@@ -585,6 +653,22 @@ mod tests {
         assert_eq!(
             cmds(StepKind::User("user".into())),
             [["config", "--user", "user", "c"]]
+        );
+    }
+
+    #[test]
+    fn run_steps_join_the_builds_network_namespace() {
+        let run = StepKind::Run {
+            cmd: "true".into(),
+            user: None,
+        };
+        let (files, empty) = (Path::new("/f"), Path::new("/e"));
+        let ns = Path::new("/d/builds/netns/build-b");
+        let a = step_commands("c", &run, files, empty, Some(ns));
+        assert!(
+            a[0].windows(2)
+                .any(|w| w == ["--network", "ns:/d/builds/netns/build-b"]),
+            "{a:?}"
         );
     }
 }
