@@ -19,7 +19,7 @@ pub async fn get_policy(State(gw): State<Gateway>, Path(id): Path<String>) -> Re
 
 /// The policy sandbox `c` runs under: its own, else its pool's (a cold
 /// sandbox without one of its own: everything allowed).
-async fn effective(gw: &Gateway, c: &pb::Claim) -> Result<pb::EgressPolicy> {
+pub(super) async fn effective(gw: &Gateway, c: &pb::Claim) -> Result<pb::EgressPolicy> {
     if let Some(p) = &c.egress {
         return Ok(p.clone());
     }
