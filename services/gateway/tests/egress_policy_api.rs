@@ -241,3 +241,25 @@ async fn the_token_is_never_shown_nor_the_callers() {
         "{ep}"
     );
 }
+
+/// Parallel patches each add their rule: none is lost to another's
+/// read-modify-write (upstream's sidecar serialises its handlers too).
+#[tokio::test]
+async fn parallel_patches_lose_no_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = &app(&dir).await;
+    let (id, ep) = sandbox(app, json!({"defaultAction": "deny"})).await;
+    let token = ep["headers"][AUTH].as_str().expect("token");
+    let url = format!("/v1/sandboxes/{id}/proxy/18080/policy");
+    let patches = (1..=16).map(|i| {
+        let body = json!([{"action": "allow", "target": format!("10.7.0.{i}")}]);
+        let url = url.clone();
+        async move { raw(app, "PATCH", &url, &[(AUTH, token)], body).await }
+    });
+    for (s, v) in futures_util::future::join_all(patches).await {
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, v) = raw(app, "GET", &url, &[(AUTH, token)], Value::Null).await;
+    let n = v["policy"]["egress"].as_array().map_or(0, Vec::len);
+    assert_eq!(n, 16, "{v}");
+}

@@ -158,6 +158,11 @@ pub async fn policy(
 }
 
 async fn serve(method: Method, gw: &Gateway, id: &str, body: &str) -> Result<Json<Value>> {
+    let _serial = if method == Method::GET {
+        None
+    } else {
+        Some(network::CHANGES.lock().await)
+    };
     let c = gw.get_claim(id).await?;
     if method == Method::GET {
         let p = network::effective(gw, &c).await?;
