@@ -7,7 +7,7 @@ use sandpool_proto::v1 as pb;
 use sandpool_telemetry::grpc_request as traced;
 
 use crate::{
-    Gateway,
+    Gateway, egress,
     error::ApiError,
     tenancy::{self, OWNER_KEY},
     traffic,
@@ -29,12 +29,17 @@ fn claim_ref(id: &str) -> pb::ClaimRef {
     }
 }
 
-/// The reserved metadata of the current caller's new claims: its owner, and
-/// whether its traffic is private (a caller's own values for the reserved
-/// keys are dropped).
+/// The metadata keys sandpool reserves (never shown, never the caller's).
+fn reserved(k: &str) -> bool {
+    k == OWNER_KEY || k == traffic::PRIVATE_KEY || k == egress::TOKEN_KEY
+}
+
+/// The reserved metadata of the current caller's new claims: its owner,
+/// whether its traffic is private, and its egress policy token (a caller's
+/// own values for the reserved keys are dropped).
 fn own(metadata: &mut std::collections::HashMap<String, String>, private_traffic: bool) {
-    metadata.remove(OWNER_KEY);
-    metadata.remove(traffic::PRIVATE_KEY);
+    metadata.retain(|k, _| !reserved(k));
+    metadata.insert(egress::TOKEN_KEY.to_string(), egress::new_token());
     if let Some(p) = tenancy::current() {
         metadata.insert(OWNER_KEY.to_string(), p.id);
     }
@@ -45,8 +50,7 @@ fn own(metadata: &mut std::collections::HashMap<String, String>, private_traffic
 
 /// A claim as callers see it: without the reserved metadata.
 fn shown(mut c: pb::Claim) -> pb::Claim {
-    c.metadata.remove(OWNER_KEY);
-    c.metadata.remove(traffic::PRIVATE_KEY);
+    c.metadata.retain(|k, _| !reserved(k));
     c
 }
 
@@ -122,6 +126,22 @@ impl Gateway {
     /// The claim and whether its traffic is private, 404 when it is not the
     /// caller's (non-admin keys).
     pub async fn get_claim_traffic(&self, id: &str) -> Result<(pb::Claim, bool)> {
+        let c = self.visible_claim(id).await?;
+        let private = traffic::is_private(c.metadata.iter());
+        Ok((shown(c), private))
+    }
+
+    /// The claim and its egress policy token (`None`: it was created
+    /// before sandpool gave claims one), 404 when it is not the caller's.
+    pub async fn get_claim_egress_token(&self, id: &str) -> Result<(pb::Claim, Option<String>)> {
+        let mut c = self.visible_claim(id).await?;
+        let token = c.metadata.remove(egress::TOKEN_KEY);
+        Ok((shown(c), token))
+    }
+
+    /// The claim with its reserved metadata, 404 when it is not the
+    /// caller's (non-admin keys).
+    async fn visible_claim(&self, id: &str) -> Result<pb::Claim> {
         let c = self
             .scheduler_call(
                 claim_ref(id),
@@ -132,8 +152,7 @@ impl Gateway {
         if !visible(&c) {
             return Err(ApiError::SandboxNotFound(id.to_string()));
         }
-        let private = traffic::is_private(c.metadata.iter());
-        Ok((shown(c), private))
+        Ok(c)
     }
 
     /// 404 unless the current caller may act on claim `id`.
@@ -186,11 +205,7 @@ impl Gateway {
         set: std::collections::HashMap<String, String>,
         remove: Vec<String>,
     ) -> Result<pb::Claim> {
-        if let Some(k) = set
-            .keys()
-            .chain(&remove)
-            .find(|k| *k == OWNER_KEY || *k == traffic::PRIVATE_KEY)
-        {
+        if let Some(k) = set.keys().chain(&remove).find(|k| reserved(k)) {
             return Err(ApiError::Invalid(format!(
                 "metadata key {k} is reserved by sandpool"
             )));
@@ -232,6 +247,12 @@ impl Gateway {
         &self,
         mut metadata: BTreeMap<String, String>,
     ) -> Result<Vec<pb::Claim>> {
+        if metadata.contains_key(egress::TOKEN_KEY) {
+            return Err(ApiError::Invalid(format!(
+                "metadata key {} is reserved by sandpool",
+                egress::TOKEN_KEY
+            )));
+        }
         if let Some(p) = tenancy::restricted() {
             metadata.insert(OWNER_KEY.to_string(), p.id);
         }

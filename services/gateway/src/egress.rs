@@ -12,6 +12,21 @@ use crate::error::ApiError;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// The reserved claim metadata key holding the sandbox's egress policy
+/// token: what `OPENSANDBOX-EGRESS-AUTH` must carry on the `/policy` API of
+/// port 18080 when no API key is sent (the gateway sets it on every new
+/// claim and never shows it; nothing of it reaches the sandbox).
+pub const TOKEN_KEY: &str = "sandpool.io/egress-token";
+
+/// A fresh egress policy token: 64 random hex digits.
+pub fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 fn rule(field: &str, action: pb::EgressAction, target: &Value) -> Result<pb::EgressRule> {
     let t = target
         .as_str()

@@ -9,7 +9,7 @@ use axum::{
 use sandpool_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use super::{RUNTIME_PORT, Result, sandbox_port};
+use super::{RUNTIME_PORT, Result, egress_api, sandbox_port};
 use crate::{Gateway, error::ApiError, extract};
 
 pub async fn endpoint(
@@ -26,22 +26,25 @@ pub async fn endpoint(
     let use_proxy = q
         .iter()
         .any(|(k, v)| k == "use_server_proxy" && v.eq_ignore_ascii_case("true"));
-    let c = gw.get_claim(&id).await?;
+    let (c, egress_token) = gw.get_claim_egress_token(&id).await?;
     let sb = c
         .sandbox
         .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
     // a port a network-less sandbox does not expose resolves to the proxy,
     // which answers 501 with the reason when used
     let direct = sandbox_port(&sb, port).ok();
-    let Some(direct) = direct.filter(|_| !use_proxy) else {
+    // the egress sidecar's port is the gateway's own route in either mode
+    let direct = direct.filter(|_| !use_proxy && port != egress_api::PORT);
+    let Some(direct) = direct else {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("127.0.0.1");
-        return Ok((
-            [ORIGIN],
-            Json(json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") })),
-        ));
+        let mut v = json!({ "endpoint": format!("{host}/v1/sandboxes/{id}/proxy/{port}") });
+        if let Some(t) = egress_token.filter(|_| port == egress_api::PORT) {
+            v["headers"] = json!({ egress_api::AUTH_HEADER: t });
+        }
+        return Ok(([ORIGIN], Json(v)));
     };
     let mut v = json!({ "endpoint": format!("{}:{direct}", sb.ip) });
     if port == RUNTIME_PORT {
@@ -50,10 +53,11 @@ pub async fn endpoint(
     Ok(([ORIGIN], Json(v)))
 }
 
-/// Reported with every endpoint: the OpenSandbox SDK then sends its egress
-/// policy calls to the lifecycle API (`/sandboxes/{id}/networkpolicy`), which
-/// the node enforces, instead of to an in-sandbox egress sidecar on port
-/// 18080 that sandpool does not run (see docs/compatibility.md).
+/// Reported with every endpoint: the OpenSandbox 1.1 SDK then sends its
+/// egress policy calls to the lifecycle API (`/sandboxes/{id}/networkpolicy`),
+/// which the node enforces. SDKs that ignore it (and any client) reach the
+/// egress sidecar's `/policy` API through the endpoint of port 18080, which
+/// the gateway serves itself ([`egress_api`]); see docs/compatibility.md.
 const ORIGIN: (&str, &str) = ("open-sandbox-origin", "template");
 
 fn pool_json(p: &pb::Pool) -> Value {

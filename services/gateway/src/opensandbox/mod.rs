@@ -2,6 +2,7 @@
 //! sandboxes, snapshots, and endpoints/pools; sandbox traffic goes through
 //! [`crate::proxy`].
 
+mod egress_api;
 mod endpoints;
 mod network;
 mod sandboxes;
@@ -72,7 +73,17 @@ pub fn router(gw: Gateway) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             (gw.clone(), auth::Api::OpenSandbox),
             auth::require_key,
-        ));
+        ))
+        // the egress sidecar's API: its own authorisation (API key or the
+        // sandbox's egress token), see `egress_api`
+        .route(
+            "/sandboxes/{id}/proxy/18080/policy",
+            get(egress_api::policy)
+                .post(egress_api::policy)
+                .put(egress_api::policy)
+                .patch(egress_api::policy)
+                .delete(egress_api::policy),
+        );
     Router::new()
         .route(
             "/health",

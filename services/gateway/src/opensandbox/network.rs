@@ -12,6 +12,10 @@ use serde_json::Value;
 use super::Result;
 use crate::{Gateway, egress, error::ApiError, extract};
 
+/// Held across a policy's read-modify-write (here and on the `/policy` API
+/// of port 18080), so parallel changes through one gateway lose none.
+pub(super) static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub async fn get_policy(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
     let c = gw.get_claim(&id).await?;
     Ok(Json(egress::opensandbox_status(&effective(&gw, &c).await?)))
@@ -19,7 +23,7 @@ pub async fn get_policy(State(gw): State<Gateway>, Path(id): Path<String>) -> Re
 
 /// The policy sandbox `c` runs under: its own, else its pool's (a cold
 /// sandbox without one of its own: everything allowed).
-async fn effective(gw: &Gateway, c: &pb::Claim) -> Result<pb::EgressPolicy> {
+pub(super) async fn effective(gw: &Gateway, c: &pb::Claim) -> Result<pb::EgressPolicy> {
     if let Some(p) = &c.egress {
         return Ok(p.clone());
     }
@@ -50,6 +54,7 @@ pub async fn change_policy(
     extract::RawBody(body, _): extract::RawBody,
 ) -> Result<Json<Value>> {
     let v: Value = extract::parse_json(&body)?;
+    let _serial = CHANGES.lock().await;
     let c = gw.get_claim(&id).await?;
     let mut p = if method == Method::PUT {
         egress::from_opensandbox(Some(&v))?.unwrap_or_default()
