@@ -114,6 +114,11 @@ pub fn router(gw: Gateway) -> Router {
             get(templates::get).delete(snapshots::delete),
         )
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route(
+            "/templates/tags",
+            post(builds::tags::assign).delete(builds::tags::remove),
+        )
+        .route("/templates/{id}/tags", get(builds::tags::list))
         .route("/v3/templates", post(builds::create))
         .route("/templates/{id}/files/{hash}", get(builds::files))
         .route("/v2/templates/{id}/builds/{build}", post(builds::start))
