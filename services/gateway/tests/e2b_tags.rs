@@ -189,3 +189,31 @@ async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn template_routes_sandpool_does_not_serve_answer_501_naming_them() {
+    let gw = Gateway::new(
+        support::serve(FakeScheduler::default()).await,
+        &[KEY.into()],
+    );
+    let app = sandpool_gateway::app(gw);
+    for (method, path) in [
+        ("POST", "/templates"),
+        ("POST", "/v2/templates"),
+        ("GET", "/v2/templates"),
+        ("POST", "/templates/app"),
+        ("PATCH", "/templates/app"),
+        ("PATCH", "/v2/templates/app"),
+        ("POST", "/templates/app/builds/b1"),
+        ("GET", "/default-templates"),
+        ("GET", "/templates/app/tags/count"),
+        ("GET", "/templates/app/tags/exists"),
+        ("GET", "/templates/app/tags/v1/assignments"),
+    ] {
+        let (s, v) = call(&app, method, path, json!({})).await;
+        assert_eq!(s, 501, "{method} {path}: {v}");
+        let m = v["message"].as_str().unwrap_or_default();
+        assert!(m.contains(&format!("{method} {path}")), "{m}");
+        assert!(m.contains("not supported by sandpool"), "{m}");
+    }
+}
