@@ -169,6 +169,17 @@ async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
     let (s, _) = call(&app, "GET", "/templates/ghost/tags", Value::Null).await;
     assert_eq!(s, 404);
 
+    // a create of name:tag runs the build with that tag, or says why not
+    for (template, code) in [
+        ("app:v2", 201),
+        ("app", 201),
+        ("app:nope", 404),
+        ("app:v1", 501),
+    ] {
+        let (s, v) = call(&app, "POST", "/sandboxes", json!({"templateID": template})).await;
+        assert_eq!(s, code, "{template}: {v}");
+    }
+
     // a pool no build made: its one build is `default`; tags can't change
     let plain = tags(&app, "plain").await;
     assert_eq!(plain.len(), 1);

@@ -377,6 +377,7 @@ async fn create(
 ) -> Result<Response> {
     let mut new = parse_create(&body)?;
     new.claim.ttl_seconds = gw.check_timeout("timeout", new.claim.ttl_seconds)?;
+    builds::tags::check_create_tag(&gw, &new.template)?;
     let pool = new.claim.pool.clone();
     let created = gw
         .create_claim(new.claim.clone(), new.private_traffic, move |_| {

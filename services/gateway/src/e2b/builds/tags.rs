@@ -74,6 +74,51 @@ async fn current_build(gw: &Gateway, name: &str, what: &str) -> Result<BuildReco
     })?)
 }
 
+/// A create of `name:tag` where `name` is a template build's: the tag must
+/// be on the build the template runs (404 when no build has it, 501 when an
+/// older one does). Templates no build made, and no tag, are not checked.
+pub(in crate::e2b) fn check_create_tag(
+    gw: &Gateway,
+    template: &str,
+) -> std::result::Result<(), ApiError> {
+    if !template
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .contains(':')
+    {
+        return Ok(());
+    }
+    let (name, tag) = split_target(template);
+    let Some(current) = gw.builds.ready_build(&name) else {
+        return Ok(());
+    };
+    if tag.is_empty() || tags_of(&current).contains(&tag) {
+        return Ok(());
+    }
+    Err(not_current(gw, &name, &tag, &current))
+}
+
+/// Why tag `tag` of template `name` is not the build `current` it runs.
+fn not_current(gw: &Gateway, name: &str, tag: &str, current: &BuildRecord) -> ApiError {
+    let older = gw
+        .builds
+        .builds
+        .lock()
+        .values()
+        .find(|o| {
+            o.template == name && o.build_id != current.build_id && o.tags.iter().any(|t| t == tag)
+        })
+        .map(|o| o.build_id.clone());
+    match older {
+        Some(id) => ApiError::NotImplemented(format!(
+            "tag {tag} of template {name} names build {id}, which is no longer the \
+             template's image: sandpool runs only a template's newest build"
+        )),
+        None => ApiError::PoolNotFound(format!("tag {tag} of template {name}")),
+    }
+}
+
 /// `GET /templates/{templateID}/tags`: the tags of the build the template runs.
 pub(in crate::e2b) async fn list(
     State(gw): State<Gateway>,
@@ -118,21 +163,7 @@ pub(in crate::e2b) async fn assign(
     }
     let b = current_build(&gw, &name, "tags").await?;
     if !tags_of(&b).contains(&tag) {
-        let older = gw
-            .builds
-            .builds
-            .lock()
-            .values()
-            .find(|o| o.template == name && o.build_id != b.build_id && o.tags.contains(&tag))
-            .map(|o| o.build_id.clone());
-        return Err(match older {
-            Some(id) => ApiError::NotImplemented(format!(
-                "tag {tag} of template {name} names build {id}, which is no longer the \
-                 template's image: sandpool runs only a template's newest build"
-            )),
-            None => ApiError::PoolNotFound(format!("tag {tag} of template {name}")),
-        }
-        .into());
+        return Err(not_current(&gw, &name, &tag, &b).into());
     }
     gw.builds.update(&b.build_id, |r| {
         let mut all = tags_of(r);
