@@ -89,9 +89,8 @@ async fn tags(app: &axum::Router, id: &str) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test]
-async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A gateway whose builds finish at once, with a pool `plain` no build made.
+async fn app_with_plain_pool(dir: &std::path::Path) -> axum::Router {
     let fake = FakeScheduler::default();
     fake.pools.lock().insert(
         "plain".into(),
@@ -104,9 +103,15 @@ async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
             ..Default::default()
         },
     );
-    let gw = Gateway::new(support::serve(fake.clone()).await, &[KEY.into()])
-        .with_template_builder(Arc::new(Instant(dir.path().to_path_buf())));
-    let app = sandpool_gateway::app(gw);
+    let gw = Gateway::new(support::serve(fake).await, &[KEY.into()])
+        .with_template_builder(Arc::new(Instant(dir.to_path_buf())));
+    sandpool_gateway::app(gw)
+}
+
+#[tokio::test]
+async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app_with_plain_pool(dir.path()).await;
 
     let b1 = build(&app, "app", &["v1"]).await;
     assert_eq!(tags(&app, "app").await, [("v1".to_string(), b1.clone())]);
@@ -179,8 +184,12 @@ async fn tags_are_assigned_listed_and_removed_on_the_build_a_template_runs() {
         let (s, v) = call(&app, "POST", "/sandboxes", json!({"templateID": template})).await;
         assert_eq!(s, code, "{template}: {v}");
     }
+}
 
-    // a pool no build made: its one build is `default`; tags can't change
+#[tokio::test]
+async fn a_pool_no_build_made_lists_default_and_keeps_its_tags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app_with_plain_pool(dir.path()).await;
     let plain = tags(&app, "plain").await;
     assert_eq!(plain.len(), 1);
     assert_eq!(plain[0].0, "default");
