@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from e2b import Template
+from e2b import Sandbox, Template
 from e2b.exceptions import TemplateException
 
 from loopback_registry import REGISTRY_TOOLS, push, require_tools, serve
@@ -49,6 +49,16 @@ def test_tags_are_assigned_listed_and_removed(e2b_env: Sandpool, registry: str):
     assigned = Template.assign_tags("tagged-app:v1", ["prod", "stable"])
     assert (assigned.build_id, assigned.tags) == (info.build_id, ["prod", "stable"])
     assert _tags("tagged-app") == {t: info.build_id for t in ("v1", "prod", "stable")}
+
+    # a sandbox of name:tag runs the build with that tag; an unknown tag is refused
+    sbx = Sandbox.create(template="tagged-app:prod", timeout=120)
+    try:
+        assert sbx.commands.run("cat /tagged", cwd="/").stdout.strip() == "tagged"
+    finally:
+        sbx.kill()
+    with pytest.raises(Exception) as e:
+        Sandbox.create(template="tagged-app:nope", timeout=120)
+    assert "tag nope of template tagged-app" in str(e.value), e.value
 
     Template.remove_tags("tagged-app", "stable")
     assert _tags("tagged-app") == {"v1": info.build_id, "prod": info.build_id}
