@@ -3,7 +3,7 @@
 # sandboxes: protoc, containerd, runc, crun, runsc, CNI plugins, busybox-static,
 # debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
 # TLS; and, for the image-pull tests, a loopback registry (docker-registry),
-# skopeo, umoci and htpasswd; buildah for E2B template builds. Sourced by run.sh and test.sh; exports PROTOC.
+# skopeo, umoci, htpasswd and openssl (test certificates); buildah for E2B template builds. Sourced by run.sh and test.sh; exports PROTOC.
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -20,6 +20,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [[ -f /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)

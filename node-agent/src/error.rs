@@ -84,6 +84,8 @@ pub enum PullFailure {
     Unauthorized,
     /// No connection to the registry (refused, DNS, timeout).
     Unreachable,
+    /// The registry's TLS certificate is not trusted (or not valid).
+    Certificate,
     /// The registry answered with something else it should not have.
     Registry,
     /// Storing or unpacking into containerd failed.
@@ -98,6 +100,9 @@ impl fmt::Display for PullFailure {
                 "the registry refused the credentials (unauthorized; give credentials: image.auth, --username/--password or a docker config.json)"
             }
             PullFailure::Unreachable => "registry unreachable",
+            PullFailure::Certificate => {
+                "the registry's TLS certificate is not trusted (give its CA as ca_file for the registry in the registries config)"
+            }
             PullFailure::Registry => "registry error",
             PullFailure::Store => "storing the image",
         })
@@ -236,6 +241,7 @@ impl AgentError {
                 PullFailure::NotFound => "image_not_found",
                 PullFailure::Unauthorized => "registry_unauthorized",
                 PullFailure::Unreachable => "registry_unreachable",
+                PullFailure::Certificate => "registry_certificate",
                 PullFailure::Registry | PullFailure::Store => "pull",
             },
         }
@@ -264,7 +270,7 @@ impl From<AgentError> for tonic::Status {
             AgentError::Pull { failure, .. } => match failure {
                 PullFailure::NotFound => Code::NotFound,
                 PullFailure::Unauthorized => Code::PermissionDenied,
-                PullFailure::Unreachable => Code::Unavailable,
+                PullFailure::Unreachable | PullFailure::Certificate => Code::Unavailable,
                 PullFailure::Registry | PullFailure::Store => Code::Internal,
             },
             AgentError::Network(_)

@@ -9,7 +9,13 @@
 //! mirrors = ["mirror.lan:5000"]  # tried in order, then docker.io itself
 //!
 //! [registries."mirror.lan:5000"]
-//! insecure = true                # plain HTTP (loopback registries always are)
+//! insecure = true                # plain HTTP (loopback registries are by default)
+//!
+//! [registries."reg.corp:5000"]
+//! ca_file = "/etc/sandpool/corp-ca.pem"  # trusted besides the host's CA bundle
+//!
+//! [registries."127.0.0.1:5443"]
+//! insecure = false               # HTTPS although loopback
 //! ```
 
 use std::{
@@ -33,6 +39,12 @@ pub struct RegistryConfig {
     pub mirrors: BTreeMap<String, Vec<String>>,
     /// A docker `config.json` whose `auths` give credentials by registry.
     pub docker_config: Option<PathBuf>,
+    /// Registries reached over HTTPS even though loopback (`insecure = false`
+    /// or a `ca_file`).
+    pub https: Vec<String>,
+    /// Extra trusted CA certificates (PEM, one per entry) by registry, on
+    /// top of the host's CA bundle.
+    pub ca_certs: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 /// The file's shape; unknown keys are refused, naming them.
@@ -51,7 +63,32 @@ struct Entry {
     #[serde(default)]
     mirrors: Vec<String>,
     #[serde(default)]
-    insecure: bool,
+    insecure: Option<bool>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+/// The PEM certificates in the CA file at `path` (a bundle may hold several).
+fn read_ca_file(key: &str, path: &Path) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let bad = |why: String| format!("{key}.ca_file {}: {why}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let pem = &rest[start..start + end + END.len()];
+        reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+        certs.push(format!("{pem}\n").into_bytes());
+        rest = &rest[start + end + END.len()..];
+    }
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
 }
 
 /// `host[:port]` as a registry name: no scheme, no path, no spaces.
@@ -84,8 +121,20 @@ impl RegistryConfig {
             for m in &entry.mirrors {
                 check_host(&format!("{key}.mirrors"), m).map_err(bad)?;
             }
-            if entry.insecure {
-                cfg.insecure.push(host.clone());
+            if let Some(ca) = &entry.ca_file {
+                if entry.insecure == Some(true) {
+                    return Err(bad(format!(
+                        "{key}: insecure (plain HTTP) and ca_file (HTTPS) contradict"
+                    )));
+                }
+                let certs = read_ca_file(&key, ca).map_err(bad)?;
+                cfg.ca_certs.insert(host.clone(), certs);
+            }
+            match entry.insecure {
+                Some(true) => cfg.insecure.push(host.clone()),
+                Some(false) => cfg.https.push(host.clone()),
+                None if entry.ca_file.is_some() => cfg.https.push(host.clone()),
+                None => {}
             }
             if !entry.mirrors.is_empty() {
                 cfg.mirrors.insert(host, entry.mirrors);
@@ -103,10 +152,11 @@ impl RegistryConfig {
         Self::parse(path, &text)
     }
 
-    /// Whether `registry` is reached over plain HTTP: loopback hosts and
-    /// the configured insecure registries only.
+    /// Whether `registry` is reached over plain HTTP: the configured
+    /// insecure registries, and loopback hosts unless configured for HTTPS.
     pub fn plain_http(&self, registry: &str) -> bool {
-        self.insecure.iter().any(|r| r == registry) || is_loopback(registry)
+        let listed = |l: &[String]| l.iter().any(|r| r == registry);
+        listed(&self.insecure) || (is_loopback(registry) && !listed(&self.https))
     }
 
     /// Where to fetch `reference` from, in order: its registry's mirrors
@@ -240,6 +290,66 @@ insecure = true
             e.to_string().contains("/nonexistent/registries.toml"),
             "{e}"
         );
+    }
+
+    /// A self-signed CA certificate made with the openssl CLI, in `dir`.
+    fn ca_pem(dir: &Path) -> PathBuf {
+        let (key, crt) = (dir.join("ca.key"), dir.join("ca.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=test-ca", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        crt
+    }
+
+    #[test]
+    fn a_ca_file_means_https_with_its_certificates_also_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_pem(dir.path());
+        let two = dir.path().join("two.pem");
+        let pem = std::fs::read_to_string(&ca).unwrap();
+        std::fs::write(&two, format!("{pem}{pem}")).unwrap();
+        let cfg = parse(&format!(
+            "[registries.\"127.0.0.1:5443\"]\nca_file = {ca:?}\n\
+             [registries.\"reg.corp\"]\nca_file = {two:?}\n\
+             [registries.\"localhost:5000\"]\ninsecure = false\n"
+        ))
+        .unwrap();
+        assert!(!cfg.plain_http("127.0.0.1:5443"), "a CA file: HTTPS");
+        assert!(!cfg.plain_http("localhost:5000"), "insecure = false: HTTPS");
+        assert!(cfg.plain_http("127.0.0.1:5000"), "other loopback: HTTP");
+        assert_eq!(cfg.ca_certs["127.0.0.1:5443"].len(), 1);
+        assert_eq!(cfg.ca_certs["reg.corp"].len(), 2, "a bundle");
+        let r = super::super::parse_reference("127.0.0.1:5443/app:1").unwrap();
+        super::super::client_for(&cfg, &r).unwrap();
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        for (text, names) in [
+            (
+                format!("[registries.\"r:1\"]\nca_file = {garbage:?}\n"),
+                "holds no PEM certificate",
+            ),
+            (
+                "[registries.\"r:1\"]\nca_file = \"/nonexistent/ca.pem\"\n".to_string(),
+                "/nonexistent/ca.pem",
+            ),
+            (
+                format!("[registries.\"r:1\"]\nca_file = {ca:?}\ninsecure = true\n"),
+                "contradict",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(names), "{text:?}: {e}");
+            assert!(e.contains("registries.\"r:1\""), "{e}");
+        }
     }
 
     #[test]

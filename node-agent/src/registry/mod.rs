@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use base64::Engine;
 use oci_client::{
     Client, Reference,
-    client::{ClientConfig, ClientProtocol},
+    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::{OciDistributionError, OciErrorCode},
     secrets::RegistryAuth,
 };
@@ -146,20 +146,38 @@ pub fn docker_config_credentials(
 }
 
 /// A registry client for `reference`: plain HTTP only where allowed,
+/// HTTPS trusting the host's CA bundle plus the registry's `ca_file`,
 /// bounded connects and reads, linux/amd64 out of multi-platform indexes.
-pub fn client_for(cfg: &RegistryConfig, reference: &Reference) -> Client {
+pub fn client_for(cfg: &RegistryConfig, reference: &Reference) -> Result<Client> {
     let registry = reference.resolve_registry();
     let protocol = if cfg.plain_http(registry) {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    let extra_root_certificates = cfg
+        .ca_certs
+        .get(registry)
+        .or_else(|| cfg.ca_certs.get(reference.registry()))
+        .into_iter()
+        .flatten()
+        .map(|pem| Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone(),
+        })
+        .collect();
+    Client::try_from(ClientConfig {
         protocol,
+        extra_root_certificates,
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
         ..Default::default()
+    })
+    .map_err(|e| AgentError::Pull {
+        reference: reference.whole(),
+        failure: PullFailure::Registry,
+        detail: format!("registry client for {registry}: {}", error_chain(&e)),
     })
 }
 
@@ -196,12 +214,24 @@ pub fn classify(e: &OciDistributionError) -> PullFailure {
             code: 401 | 403, ..
         } => PullFailure::Unauthorized,
         OciDistributionError::ServerError { code: 404, .. } => PullFailure::NotFound,
+        OciDistributionError::RequestError(r)
+            if r.status().is_none() && is_certificate_problem(r) =>
+        {
+            PullFailure::Certificate
+        }
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
             PullFailure::Unreachable
         }
         OciDistributionError::RequestError(r) if r.status().is_none() => PullFailure::Unreachable,
         _ => PullFailure::Registry,
     }
+}
+
+/// Whether `e` failed on the registry's TLS certificate (untrusted issuer,
+/// expired, wrong name): the TLS library's text in the error's causes.
+fn is_certificate_problem(e: &reqwest::Error) -> bool {
+    let text = error_chain(e).to_ascii_lowercase();
+    text.contains("certificate") || text.contains("self-signed") || text.contains("self signed")
 }
 
 /// The text of `e` with its causes (reqwest hides "connection refused" in them).
@@ -325,7 +355,7 @@ async fn fetch(
         progress(format!("trying mirror {host}"));
         let auth = registry_auth(cfg.config_credentials(host)?.as_ref());
         // built by the one fetcher only: it takes a while (TLS roots)
-        let client = client_for(cfg, from);
+        let client = client_for(cfg, from)?;
         match ctr.pull_image(&client, from, &auth, names, to).await {
             Ok(pulled) => return Ok(pulled),
             Err(e) => progress(format!("mirror {host}: {e}")),
@@ -335,7 +365,7 @@ async fn fetch(
         Some(c) => Some(c),
         None => cfg.config_credentials(reference.registry())?,
     };
-    let client = client_for(cfg, reference);
+    let client = client_for(cfg, reference)?;
     let auth = registry_auth(creds.as_ref());
     ctr.pull_image(&client, reference, &auth, names, to).await
 }

@@ -12,7 +12,7 @@ use crate::image::sha256_digest;
 
 /// Whether the tools these helpers run are installed.
 pub fn tools_missing() -> Option<&'static str> {
-    ["docker-registry", "skopeo", "umoci", "htpasswd"]
+    ["docker-registry", "skopeo", "umoci", "htpasswd", "openssl"]
         .into_iter()
         .find(|t| {
             Command::new("sh")
@@ -65,6 +65,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        Self::start_with(dir, htpasswd, None)
+    }
+
+    /// A registry serving HTTPS with the certificate and key of `tls`.
+    pub fn start_tls(dir: &Path, tls: &TestCerts) -> Registry {
+        Self::start_with(dir, None, Some(tls))
+    }
+
+    fn start_with(dir: &Path, htpasswd: Option<&Path>, tls: Option<&TestCerts>) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -75,12 +84,20 @@ impl Registry {
             ),
             None => String::new(),
         };
+        let tls = match tls {
+            Some(t) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.server_cert.display(),
+                t.server_key.display()
+            ),
+            None => String::new(),
+        };
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{auth}",
+                 http:\n  addr: {addr}\n{tls}{auth}",
                 dir.join("data").display()
             ),
         )
@@ -108,6 +125,78 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with the openssl CLI.
+pub struct TestCerts {
+    pub ca_cert: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn make(dir: &Path) -> TestCerts {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = |f: &str| dir.join(f);
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl").args(args).current_dir(dir));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sandpool test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        TestCerts {
+            ca_cert: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+        }
     }
 }
 

@@ -85,11 +85,12 @@ struct PullArgs {
     #[arg(long)]
     auth_file: Option<PathBuf>,
     /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
-    /// Loopback registries always are, every other one over HTTPS.
+    /// Loopback registries are too unless the registries config gives
+    /// them a `ca_file` or `insecure = false`; every other one is HTTPS.
     #[arg(long = "insecure-registry")]
     insecure: Vec<String>,
-    /// The registries config (mirrors, insecure registries, a docker
-    /// config.json); default: DATA_DIR/registries.toml when present.
+    /// The registries config (mirrors, insecure registries, CA files, a
+    /// docker config.json); default: DATA_DIR/registries.toml when present.
     #[arg(long)]
     registries_config: Option<PathBuf>,
 }

@@ -34,6 +34,7 @@ use crate::{Gateway, error::ApiError, rfc3339_ms, tenancy};
 
 mod steps;
 mod store;
+pub(super) mod tags;
 mod upload;
 
 pub use store::BuildStore;
@@ -136,6 +137,9 @@ pub(crate) struct BuildRecord {
     pub memory_mb: u64,
     logs: Vec<LogEntry>,
     reason: Option<(String, Option<String>)>,
+    /// The build's tags (`default` when the create named none).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// The builds and upload links of this gateway; the build records are
@@ -340,6 +344,7 @@ pub(super) async fn create(
         memory_mb: req.memory_mb.unwrap_or(0),
         logs: Vec::new(),
         reason: None,
+        tags: tags.clone(),
     };
     let pruned: Vec<String> = {
         let mut m = gw.builds.builds.lock();

@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{get, patch, post, put},
 };
 use chrono::Utc;
 use sandpool_proto::v1 as pb;
@@ -69,6 +69,21 @@ async fn no_route(method: Method, uri: Uri) -> Response {
     )
 }
 
+/// An E2B template route sandpool does not serve (no SDK release it
+/// supports calls it): 501 naming the route and what to use instead.
+async fn template_route_unsupported(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{method} {} is not supported by sandpool: templates are built with \
+             POST /v3/templates (Template.build), tagged with /templates/tags, \
+             and listed with GET /templates",
+            uri.path()
+        ),
+        Some("NOT_IMPLEMENTED"),
+    )
+}
+
 /// A method an E2B route does not have: E2B's 405, not an empty body.
 async fn wrong_method(method: Method, uri: Uri) -> Response {
     error_response(
@@ -108,12 +123,39 @@ pub fn router(gw: Gateway) -> Router {
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates", get(templates::list))
+        .route(
+            "/templates",
+            get(templates::list).post(template_route_unsupported),
+        )
         .route(
             "/templates/{id}",
-            get(templates::get).delete(snapshots::delete),
+            get(templates::get)
+                .delete(snapshots::delete)
+                .post(template_route_unsupported)
+                .patch(template_route_unsupported),
+        )
+        // v1/v2 creates and rebuilds, PATCH and tag details: 501 naming them
+        .route(
+            "/v2/templates",
+            get(template_route_unsupported).post(template_route_unsupported),
+        )
+        .route("/v2/templates/{id}", patch(template_route_unsupported))
+        .route(
+            "/templates/{id}/builds/{build}",
+            post(template_route_unsupported),
+        )
+        .route("/default-templates", get(template_route_unsupported))
+        .route("/templates/{id}/tags/{detail}", get(template_route_unsupported))
+        .route(
+            "/templates/{id}/tags/{tag}/assignments",
+            get(template_route_unsupported),
         )
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route(
+            "/templates/tags",
+            post(builds::tags::assign).delete(builds::tags::remove),
+        )
+        .route("/templates/{id}/tags", get(builds::tags::list))
         .route("/v3/templates", post(builds::create))
         .route("/templates/{id}/files/{hash}", get(builds::files))
         .route("/v2/templates/{id}/builds/{build}", post(builds::start))
@@ -335,6 +377,7 @@ async fn create(
 ) -> Result<Response> {
     let mut new = parse_create(&body)?;
     new.claim.ttl_seconds = gw.check_timeout("timeout", new.claim.ttl_seconds)?;
+    builds::tags::check_create_tag(&gw, &new.template)?;
     let pool = new.claim.pool.clone();
     let created = gw
         .create_claim(new.claim.clone(), new.private_traffic, move |_| {

@@ -137,7 +137,7 @@ pub(crate) fn template_json(
 
 /// A stable UUID-shaped build id for a pool that was not built here: the
 /// hash of its name and image, so it changes when the image does.
-fn pool_build_id(pool: &pb::Pool) -> String {
+pub(crate) fn pool_build_id(pool: &pb::Pool) -> String {
     use sha2::{Digest, Sha256};
     let image = pool
         .template

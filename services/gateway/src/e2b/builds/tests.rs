@@ -149,6 +149,7 @@ fn record(status: Status) -> BuildRecord {
         updated_ms: 0,
         cpu_count: 2,
         memory_mb: 512,
+        tags: vec!["default".into()],
         logs: vec![
             LogEntry {
                 ms: 0,
