@@ -1,0 +1,70 @@
+"""E2B features the 2.63 SDK reaches only on a platform that has them, checked
+with the real SDK (e2b 2.63.0, unchanged), issue 18:
+
+- ``lifecycle={"on_timeout": "pause", "auto_resume": True}``: a sandbox paused
+  at its timeout resumes on the next request to it (a command here), for a
+  fresh run of the timeout it was created with;
+- envd 0.6.4: ``watch_dir(..., allow_network_mounts=True)`` (the SDK refuses
+  it below 0.6.4) watches a local directory as any watch does."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from e2b import FilesystemEventType, Sandbox, SandboxState
+from packaging.version import Version
+
+from sandpool_platform import POOL_NAME, Sandpool
+
+
+def _wait_for_state(sbx: Sandbox, state: SandboxState, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while sbx.get_info().state != state:
+        assert time.monotonic() < deadline, f"still {sbx.get_info().state}, not {state}"
+        time.sleep(0.5)
+
+
+def test_auto_resume_wakes_a_paused_sandbox_on_its_next_request(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        assert sbx.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
+        sbx.files.write("/tmp/kept.txt", "before the pause")
+        _wait_for_state(sbx, SandboxState.PAUSED, 30)
+        # no connect, no resume call: the command itself wakes it
+        ran = sbx.commands.run("cat /tmp/kept.txt")
+        assert ran.stdout == "before the pause"
+        info = sbx.get_info()
+        assert info.state == SandboxState.RUNNING
+        assert info.end_at > datetime.now(timezone.utc), info
+        # the timeout it was made with runs again: it pauses again
+        _wait_for_state(sbx, SandboxState.PAUSED, 30)
+        assert sbx.files.read("/tmp/kept.txt") == "before the pause"
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
+
+
+def test_a_paused_sandbox_without_auto_resume_stays_paused(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": False})
+    try:
+        _wait_for_state(sbx, SandboxState.PAUSED, 30)
+        assert not sbx.is_running()
+        assert sbx.get_info().state == SandboxState.PAUSED
+    finally:
+        sbx.kill()
+
+
+def test_watch_with_network_mounts_allowed(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    try:
+        assert sbx._envd_version >= Version("0.6.4")
+        sbx.files.make_dir("/tmp/nm")
+        sbx.files.write("/tmp/nm/a.txt", "one")
+        handle = sbx.files.watch_dir("/tmp/nm", allow_network_mounts=True)
+        sbx.files.write("/tmp/nm/a.txt", "two")
+        events = handle.get_new_events()
+        handle.stop()
+        assert any(e.type == FilesystemEventType.WRITE and e.name == "a.txt" for e in events), events
+    finally:
+        sbx.kill()
