@@ -5,7 +5,10 @@ with the real SDK (e2b 2.63.0, unchanged), issue 18:
   at its timeout resumes on the next request to it (a command here), for a
   fresh run of the timeout it was created with;
 - envd 0.6.4: ``watch_dir(..., allow_network_mounts=True)`` (the SDK refuses
-  it below 0.6.4) watches a local directory as any watch does."""
+  it below 0.6.4) watches a local directory as any watch does;
+- on a root runtime (``--run-as-root``), what ``files.write``/``make_dir``
+  create for ``user="user"`` is that user's, the directories made on the way
+  included, and a relative path is under that user's home."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from datetime import datetime, timezone
 from e2b import FilesystemEventType, Sandbox, SandboxState
 from packaging.version import Version
 
-from sandpool_platform import POOL_NAME, Sandpool
+from sandpool_platform import POOL_IMAGE, POOL_NAME, Sandpool, cli
 
 
 def _wait_for_state(sbx: Sandbox, state: SandboxState, within_s: float) -> None:
@@ -66,5 +69,31 @@ def test_watch_with_network_mounts_allowed(e2b_env: Sandpool):
         events = handle.get_new_events()
         handle.stop()
         assert any(e.type == FilesystemEventType.WRITE and e.name == "a.txt" for e in events), events
+    finally:
+        sbx.kill()
+
+
+def test_files_made_for_a_named_user_are_that_users(e2b_env: Sandpool):
+    cli(e2b_env, "pool", "apply", "e2b-root", "--image", POOL_IMAGE, "--run-as-root",
+        "--buffer-min", "0", "--buffer-max", "1")
+    sbx = Sandbox.create("e2b-root", timeout=120)
+    try:
+        assert sbx.commands.run("id -u").stdout.strip() == "0"
+        uid = sbx.commands.run("id -u", user="user").stdout.strip()
+        assert uid != "0"
+        sbx.files.write("/tmp/own/deep/a.txt", "x", user="user")
+        sbx.files.write_files([{"path": "/tmp/own2/b.txt", "data": "y"}], user="user")
+        sbx.files.make_dir("/tmp/md/inner", user="user")
+        sbx.files.write("rel.txt", "z", user="user")
+        sbx.files.write("/tmp/roots.txt", "r", user="root")
+        made = ["/tmp/own", "/tmp/own/deep", "/tmp/own/deep/a.txt", "/tmp/own2", "/tmp/own2/b.txt",
+                "/tmp/md", "/tmp/md/inner"]
+        owners = sbx.commands.run("stat -c %u " + " ".join(made)).stdout.split()
+        assert owners == [uid] * len(made), dict(zip(made, owners))
+        entry = sbx.commands.run("awk -F: '$1 == \"user\" {print $6}' /etc/passwd").stdout.strip()
+        home = entry or "/home/user"
+        assert sbx.commands.run(f"stat -c %u {home}/rel.txt").stdout.strip() == uid
+        # what existed keeps its owner; root's files stay root's
+        assert sbx.commands.run("stat -c %u /tmp /tmp/roots.txt").stdout.split() == ["0", "0"]
     finally:
         sbx.kill()
