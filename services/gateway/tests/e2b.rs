@@ -601,6 +601,54 @@ async fn fork_makes_count_sandboxes_from_one_checkpoint() {
 }
 
 #[tokio::test]
+async fn a_signed_files_url_without_routing_reaches_the_sandbox_that_signed_it() {
+    // a runtime answering `/files` with the query it got
+    let app = axum::Router::new().route(
+        "/files",
+        axum::routing::get(
+            |uri: http::Uri| async move { uri.query().unwrap_or_default().to_string() },
+        ),
+    );
+    // envd's own port, on a loopback address of this test's alone
+    let l = tokio::net::TcpListener::bind("127.0.0.93:49983")
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let fake = FakeScheduler::with_runtime_port(fake_runtime().await);
+    let app = sandpool_gateway::app(Gateway::new(
+        support::serve(fake.clone()).await,
+        &[KEY.to_string()],
+    ));
+    let a = create(&app, json!({"templateID": "base"})).await;
+    let b = create(&app, json!({"templateID": "base"})).await;
+    for (id, token) in [(&a, "token-a"), (&b, "token-b")] {
+        assert!(fake.update_claim(id, |c| {
+            let sb = c.sandbox.get_or_insert_default();
+            sb.access_token = token.into();
+            // reached on its own address, as a networked sandbox
+            (sb.ip, sb.runtime_port) = ("127.0.0.93".into(), 0);
+        }));
+    }
+    // sha256("a.txt:read:user:token-b"), base64 without padding
+    let signed =
+        "/files?path=a.txt&username=user&signature=v1_gX2p/G7jWXB5XeA9/IDjNZMtZfuIzOjGubCnNyPQOjs";
+    // no key, no E2B routing headers, no sandbox host: as a browser opens it
+    let open = |uri: &str| {
+        sandpool_testsupport::send(&app, http::Request::get(uri.to_string()), &Value::Null)
+    };
+    let (s, _, body) = open(signed).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("path=a.txt&username=user&signature="));
+    // a signature no sandbox made routes nowhere: E2B's 404
+    let forged = "/files?path=a.txt&username=user&signature=v1_AAAA";
+    assert_eq!(open(forged).await.0, 404);
+    // nor does one of a sandbox that has gone
+    let (s, _) = call(&app, "DELETE", &format!("/sandboxes/{b}"), Value::Null).await;
+    assert_eq!(s, 204);
+    assert_eq!(open(signed).await.0, 404);
+}
+
+#[tokio::test]
 async fn each_fork_succeeds_or_fails_on_its_own() {
     let fake = FakeScheduler::with_runtime_port(fake_runtime().await);
     let app = sandpool_gateway::app(Gateway::new(
