@@ -8,11 +8,17 @@ with the real SDK (e2b 2.63.0, unchanged), issue 18:
   it below 0.6.4) watches a local directory as any watch does;
 - on a root runtime (``--run-as-root``), what ``files.write``/``make_dir``
   create for ``user="user"`` is that user's, the directories made on the way
-  included, and a relative path is under that user's home."""
+  included, and a relative path is under that user's home;
+- a signed ``download_url`` under a single-host ``E2B_SANDBOX_URL`` (no
+  sandbox host, no routing headers: opened as a browser would) reaches its
+  sandbox, and an expired one gets envd's 401."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 
 from e2b import FilesystemEventType, Sandbox, SandboxState
@@ -97,3 +103,31 @@ def test_files_made_for_a_named_user_are_that_users(e2b_env: Sandpool):
         assert sbx.commands.run("stat -c %u /tmp /tmp/roots.txt").stdout.split() == ["0", "0"]
     finally:
         sbx.kill()
+
+
+def test_signed_download_urls_without_routing(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120, secure=True)
+    other = Sandbox.create(POOL_NAME, timeout=120, secure=True)
+    try:
+        sbx.files.write("signed.txt", "signed content")
+        url = sbx.download_url("signed.txt", "user")
+        assert url.startswith(e2b_env.url), url
+        with urllib.request.urlopen(url) as resp:
+            assert resp.status == 200
+            assert resp.read().decode() == "signed content"
+        with urllib.request.urlopen(sbx.download_url("signed.txt", "user", 120)) as resp:
+            assert resp.read().decode() == "signed content"
+        expired = sbx.download_url("signed.txt", "user", use_signature_expiration=-120)
+        try:
+            urllib.request.urlopen(expired)
+            raise AssertionError("an expired signature was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+            assert json.loads(e.read().decode()) == {"code": 401, "message": "signature is already expired"}
+        # the other sandbox's URL reaches the other sandbox
+        other.files.write("signed.txt", "other content")
+        with urllib.request.urlopen(other.download_url("signed.txt", "user")) as resp:
+            assert resp.read().decode() == "other content"
+    finally:
+        sbx.kill()
+        other.kill()
