@@ -166,7 +166,10 @@ async fn upload(State(st): State<AsbState>, req: Request) -> Result<Response> {
         boundary,
         &limits,
         None,
-        &root,
+        &crate::upload::Dest {
+            home: &root,
+            owner: None,
+        },
     )
     .await?;
     let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();

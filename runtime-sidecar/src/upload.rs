@@ -174,6 +174,7 @@ where
     let mut out = tokio::fs::File::create(&tmp)
         .await
         .map_err(|e| RuntimeError::io(path, e))?;
+    staging.chown(&tmp)?;
     let mut size: u64 = 0;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(&map_err)?;
@@ -209,10 +210,10 @@ pub async fn receive_named<S: BodyStream>(
     boundary: String,
     limits: &UploadLimits,
     single_path: Option<String>,
-    home: &str,
+    to: &Dest<'_>,
 ) -> Result<Vec<UploadedFile>> {
     let mut mp = multipart(stream, boundary, limits);
-    let mut staging = Staging::default();
+    let mut staging = Staging::owned_by(to.owner);
     while let Some(mut field) = mp.next_field().await.map_err(|e| multer_error(e, limits))? {
         if field.name() != Some("file") {
             return Err(RuntimeError::InvalidRequest(format!(
@@ -234,7 +235,7 @@ pub async fn receive_named<S: BodyStream>(
                 ));
             }
         };
-        let path = resolve(&path, home);
+        let path = resolve(&path, to.home);
         let perm = Permission {
             mode: Some(644),
             ..Default::default()
@@ -250,19 +251,19 @@ pub async fn receive_raw<S, E>(
     path: &str,
     limits: &UploadLimits,
     gzip: bool,
-    home: &str,
+    to: &Dest<'_>,
 ) -> Result<UploadedFile>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let path = resolve(path, home);
+    let path = resolve(path, to.home);
     let perm = Permission {
         mode: Some(644),
         ..Default::default()
     };
     let mut s = stream;
-    let mut staging = Staging::default();
+    let mut staging = Staging::owned_by(to.owner);
     write_stream(&mut s, &mut staging, &path, &perm, limits, |e| {
         RuntimeError::InvalidRequest(format!("reading upload: {e}"))
     })
@@ -282,11 +283,15 @@ where
 }
 
 fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {
-    use std::io::Read;
+    use std::{io::Read, os::unix::fs::MetadataExt};
     let src = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
     let tmp = format!("{path}.sandpool-gunzip-{}", uuid::Uuid::new_v4().simple());
     let mut guard = TempGuard(Some(PathBuf::from(&tmp)));
     let mut out = std::fs::File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
+    // the decompressed file keeps the owner the upload gave the file
+    let md = src.metadata().map_err(|e| RuntimeError::io(path, e))?;
+    std::os::unix::fs::fchown(&out, Some(md.uid()), Some(md.gid()))
+        .map_err(|e| RuntimeError::io(path, e))?;
     let mut dec = flate2::read::GzDecoder::new(src).take(max + 1);
     let n = std::io::copy(&mut dec, &mut out)
         .map_err(|e| RuntimeError::invalid_input(format!("{path}: bad gzip body"), e))?;
@@ -318,6 +323,14 @@ pub fn is_staging_name(name: &str) -> bool {
                     })
             })
         })
+}
+
+/// Where an E2B upload goes: relative paths resolve against `home`; the
+/// files and the directories it creates are `owner`'s (uid, gid) when set
+/// (envd creates them, chowns them to the caller's user, then writes).
+pub struct Dest<'a> {
+    pub home: &'a str,
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Relative paths are relative to the user's home, as in E2B.
@@ -404,6 +417,59 @@ mod tests {
         }
     }
     use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn an_upload_for_a_named_user_is_that_users_with_the_dirs_it_made() {
+        use std::os::unix::fs::MetadataExt;
+        // chown needs root: the runtime that switches users is root
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_string_lossy().into_owned();
+        let before = std::fs::metadata(d.path()).unwrap().uid();
+        let to = Dest {
+            home: &home,
+            owner: Some((4242, 4343)),
+        };
+        let limits = UploadLimits::default();
+        let f = receive_raw(
+            chunked(b"hi".to_vec()),
+            "new/sub/a.txt",
+            &limits,
+            false,
+            &to,
+        )
+        .await
+        .unwrap();
+        assert_eq!(f.path, format!("{home}/new/sub/a.txt"));
+        for p in ["new", "new/sub", "new/sub/a.txt"] {
+            let md = std::fs::metadata(d.path().join(p)).unwrap();
+            assert_eq!((md.uid(), md.gid()), (4242, 4343), "{p}");
+        }
+        // what existed keeps its owner
+        assert_eq!(std::fs::metadata(d.path()).unwrap().uid(), before);
+        // gzip: the decompressed file too
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"zipped").unwrap();
+        let z = gz.finish().unwrap();
+        receive_raw(chunked(z), "z.txt", &limits, true, &to)
+            .await
+            .unwrap();
+        let md = std::fs::metadata(d.path().join("z.txt")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (4242, 4343));
+        // no owner: the runtime's
+        let mine = Dest {
+            home: &home,
+            owner: None,
+        };
+        receive_raw(chunked(b"x".to_vec()), "mine/b.txt", &limits, false, &mine)
+            .await
+            .unwrap();
+        let md = std::fs::metadata(d.path().join("mine/b.txt")).unwrap();
+        assert_eq!(md.uid(), nix::unistd::geteuid().as_raw());
+    }
 
     fn body(parts: &[(&str, &[u8])]) -> Vec<u8> {
         let mut v = Vec::new();
@@ -533,9 +599,18 @@ mod tests {
             named(&paths[0], "a"),
             named(&paths[1], "b")
         );
-        let e = receive_named(chunked(raw.into_bytes()), "B".into(), &limits, None, "/")
-            .await
-            .unwrap_err();
+        let e = receive_named(
+            chunked(raw.into_bytes()),
+            "B".into(),
+            &limits,
+            None,
+            &Dest {
+                home: "/",
+                owner: None,
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidRequest(_)), "{e}");
         assert_eq!(entries(d.path()), Vec::<PathBuf>::new());
         // an existing file is untouched by a refused upload that names it

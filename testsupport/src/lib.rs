@@ -32,6 +32,9 @@ pub struct FakeScheduler {
     pub deleted_pools: Arc<Mutex<Vec<String>>>,
     /// the runtime port every sandbox answers on (127.0.0.1)
     pub runtime_port: u32,
+    /// how many more sandboxes `restore_checkpoint` may make (None: no
+    /// limit); past it, a restore fails as the node's capacity would
+    pub restores_left: Arc<Mutex<Option<u32>>>,
 }
 
 impl FakeScheduler {
@@ -149,6 +152,8 @@ impl Scheduler for FakeScheduler {
             expires_unix_ms: chrono::Utc::now().timestamp_millis() + 1000 * r.ttl_seconds as i64,
             metadata: r.metadata,
             pause_on_expiry: r.pause_on_expiry,
+            auto_resume: r.auto_resume,
+            ttl_seconds: r.ttl_seconds,
             ..Default::default()
         };
         m.insert(id, c.clone());
@@ -258,6 +263,11 @@ impl Scheduler for FakeScheduler {
             return Ok(Response::new(pb::RestoreCheckpointResponse {
                 claims: vec![c],
             }));
+        }
+        if let Some(left) = self.restores_left.lock().as_mut() {
+            *left = left
+                .checked_sub(r.count.max(1))
+                .ok_or_else(|| Status::resource_exhausted("no room for the restore"))?;
         }
         let mut claims = Vec::new();
         for _ in 0..r.count.max(1) {

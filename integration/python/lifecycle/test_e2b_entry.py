@@ -1,5 +1,5 @@
 """Entry metadata through E2B's own SDK (e2b 2.63.0, unchanged), issue 18:
-sandpool's envd reports 0.6.3, so the SDK lets through file metadata
+sandpool's envd reports 0.6.4, so the SDK lets through file metadata
 (``user.e2b.*`` xattrs, 0.6.2) and watch events with their entry
 (``include_entry``, 0.6.3). The user the SDK names (``user=``) is honoured:
 ``user`` is the sandbox's default user, ``root`` needs a root runtime."""

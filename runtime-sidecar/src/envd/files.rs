@@ -120,6 +120,16 @@ pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Respons
         Ok(md) => md,
         Err(e) => return upload_error(&e),
     };
+    let who = match super::user::of_request(req.headers(), req.uri()) {
+        Ok(who) => who,
+        Err(e) => return upload_error(&RuntimeError::InvalidRequest(e.message().to_string())),
+    };
+    let home = who.home.clone().unwrap_or_else(|| st.app.cfg.home());
+    let to = crate::upload::Dest {
+        home: &home,
+        // a switched user owns what it writes, as with E2B's envd
+        owner: who.switch.then_some((who.uid, who.gid)),
+    };
     let limits = st.app.cfg.upload.clone();
     let res = if ct.starts_with("multipart/form-data") {
         match multer::parse_boundary(&ct) {
@@ -129,7 +139,7 @@ pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Respons
                     boundary,
                     &limits,
                     q.get("path").cloned(),
-                    &st.app.cfg.home(),
+                    &to,
                 )
                 .await
             }
@@ -138,15 +148,9 @@ pub(super) async fn upload(State(st): State<EnvdState>, req: Request) -> Respons
             ))),
         }
     } else if let Some(path) = q.get("path").filter(|p| !p.is_empty()) {
-        crate::upload::receive_raw(
-            req.into_body().into_data_stream(),
-            path,
-            &limits,
-            gz,
-            &st.app.cfg.home(),
-        )
-        .await
-        .map(|f| vec![f])
+        crate::upload::receive_raw(req.into_body().into_data_stream(), path, &limits, gz, &to)
+            .await
+            .map(|f| vec![f])
     } else {
         Err(RuntimeError::InvalidRequest(
             "octet-stream upload needs ?path=".into(),

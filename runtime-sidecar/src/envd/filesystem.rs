@@ -1,6 +1,6 @@
 //! `filesystem.Filesystem` unary RPCs: Stat, MakeDir, Move, ListDir, Remove.
 
-use axum::{Json, body::Body, extract::State};
+use axum::{Json, body::Body, extract::State, http::HeaderMap};
 
 use super::{
     EnvdState, blocking,
@@ -104,16 +104,46 @@ pub(super) async fn fs_stat(State(st): State<EnvdState>, body: Body) -> EntryRep
     entry_reply(move || files::stat(&path)).await
 }
 
-pub(super) async fn fs_make_dir(State(st): State<EnvdState>, body: Body) -> EntryReply {
-    let path = path_of(&st, &unary(&st, body).await?)?;
+/// `MakeDir`: the directory and its missing parents; a user the call
+/// switched to (a root runtime) owns the ones it made, as with E2B's envd.
+pub(super) async fn fs_make_dir(
+    State(st): State<EnvdState>,
+    headers: HeaderMap,
+    body: Body,
+) -> EntryReply {
+    let who = super::user::resolve(
+        super::user::requested(&headers)?.as_deref(),
+        nix::unistd::geteuid().as_raw(),
+    )?;
+    let req: PathRequest = unary(&st, body).await?;
+    let path = match (&who.home, req.path.as_deref()) {
+        (Some(home), Some(p)) if who.switch && !p.is_empty() => crate::upload::resolve(p, home),
+        _ => path_of(&st, &req)?,
+    };
+    let owner = who.switch.then_some((who.uid, who.gid));
     entry_reply(move || {
         if std::path::Path::new(&path).exists() {
             return Err(RuntimeError::AlreadyExists(path));
         }
+        let missing = missing_dirs(std::path::Path::new(&path));
         files::make_dirs(&path, &files::Permission::default())?;
+        if let Some((uid, gid)) = owner {
+            for d in &missing {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                    .map_err(|e| RuntimeError::io(&d.to_string_lossy(), e))?;
+            }
+        }
         files::stat(&path)
     })
     .await
+}
+
+/// `dir` and those of its ancestors that do not exist yet.
+fn missing_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    dir.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
+        .map(std::path::Path::to_path_buf)
+        .collect()
 }
 
 pub(super) async fn fs_move(State(st): State<EnvdState>, body: Body) -> EntryReply {

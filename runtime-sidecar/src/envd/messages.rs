@@ -184,6 +184,10 @@ pub(super) struct PathRequest {
     /// `WatchDirRequest.include_entry`: each event carries its `EntryInfo`.
     #[serde(deserialize_with = "null_default")]
     pub include_entry: bool,
+    /// `WatchDirRequest.allow_network_mounts` (envd 0.6.4): watch a
+    /// directory on a network file system, refused by default.
+    #[serde(deserialize_with = "null_default")]
+    pub allow_network_mounts: bool,
 }
 
 /// `filesystem.MoveRequest`.

@@ -61,9 +61,9 @@ use crate::{AppState, auth::TokenGuard};
 /// List/SendInput/SendSignal/CloseStdin, filesystem Stat/MakeDir/Move/ListDir/
 /// Remove, /files (multipart and octet-stream), /metrics, default user,
 /// file metadata (`user.e2b.*` xattrs, 0.6.2), watch events with their entry
-/// (`include_entry`, 0.6.3). Not 0.6.4: watching refuses no network mount,
-/// so `allow_network_mounts` would claim a check that is not made.
-pub const ENVD_VERSION: &str = "0.6.3";
+/// (`include_entry`, 0.6.3), watching a network mount (NFS, CIFS, SMB,
+/// FUSE) only with `allow_network_mounts` (0.6.4).
+pub const ENVD_VERSION: &str = "0.6.4";
 
 #[derive(Clone, Default)]
 pub struct Envd {

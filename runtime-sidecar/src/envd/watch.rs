@@ -127,6 +127,14 @@ impl Watch {
         if !md.is_dir() {
             return Err(RuntimeError::NotADirectory(root.to_string()));
         }
+        if !args.allow_network_mounts
+            && let Some(fs) = network_fs(Path::new(root))
+        {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "{root} is on a network file system ({fs}), where watch events may be \
+                 unreliable or missing: set allow_network_mounts to watch it anyway"
+            )));
+        }
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| RuntimeError::failed("inotify", e))?;
         let mut w = Watch {
@@ -293,6 +301,26 @@ pub(super) struct WatchArgs {
     pub path: String,
     pub recursive: bool,
     pub include_entry: bool,
+    pub allow_network_mounts: bool,
+}
+
+/// The network file system (NFS, CIFS, SMB, FUSE) `dir` is on, if it is on
+/// one (by `statfs`'s magic number). envd 0.6.4 refuses to watch those
+/// unless asked to: inotify misses changes made by other clients there.
+pub(super) fn network_fs(dir: &Path) -> Option<&'static str> {
+    let magic = nix::sys::statfs::statfs(dir).ok()?.filesystem_type().0 as u64;
+    network_fs_name(magic)
+}
+
+fn network_fs_name(magic: u64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("nfs"),
+        0xFF53_4D42 => Some("cifs"),
+        0xFE53_4D42 => Some("smb2"),
+        0x517B => Some("smb"),
+        0x6573_5546 => Some("fuse"),
+        _ => None,
+    }
 }
 
 /// Watch `root` with inotify on a thread (polling every 25 ms); `sink` gets
@@ -324,6 +352,7 @@ pub(super) fn watch_args(st: &EnvdState, req: &PathRequest) -> CResult<WatchArgs
         path: path_of(st, req)?,
         recursive: req.recursive,
         include_entry: req.include_entry,
+        allow_network_mounts: req.allow_network_mounts,
     })
 }
 
@@ -451,4 +480,26 @@ pub(super) async fn remove_watcher(
         .remove(&id)
         .ok_or_else(|| ConnectError::new("not_found", format!("watcher {id} not found")))?;
     Ok(Json(Empty {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_named_by_their_magic() {
+        assert_eq!(network_fs_name(0x6969), Some("nfs"));
+        assert_eq!(network_fs_name(0xFF53_4D42), Some("cifs"));
+        assert_eq!(network_fs_name(0x6573_5546), Some("fuse"));
+        // ext4, tmpfs, overlayfs are local
+        for local in [0xEF53, 0x0102_1994, 0x794C_7630] {
+            assert_eq!(network_fs_name(local), None);
+        }
+    }
+
+    #[test]
+    fn a_local_directory_is_not_a_network_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(network_fs(dir.path()), None);
+    }
 }

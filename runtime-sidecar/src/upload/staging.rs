@@ -25,9 +25,29 @@ pub(super) struct Staging {
     files: Vec<Staged>,
     /// Directories this upload created, ancestors first.
     dirs: Vec<PathBuf>,
+    /// Who owns what the upload creates (uid, gid); `None`: the runtime.
+    owner: Option<(u32, u32)>,
 }
 
 impl Staging {
+    /// An upload whose files and new directories `owner` owns.
+    pub fn owned_by(owner: Option<(u32, u32)>) -> Self {
+        Staging {
+            files: Vec::new(),
+            dirs: Vec::new(),
+            owner,
+        }
+    }
+
+    /// Give `path` (created by this upload) to its owner, if it has one.
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| RuntimeError::io(&path.to_string_lossy(), e))?;
+        }
+        Ok(())
+    }
+
     /// Create `dir` and its missing ancestors, remembering the ones created.
     pub async fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         let mut missing = Vec::new();
@@ -42,6 +62,9 @@ impl Staging {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| RuntimeError::io(&dir.to_string_lossy(), e))?;
+        for d in missing.iter().rev() {
+            self.chown(d)?;
+        }
         self.dirs.extend(missing.into_iter().rev());
         Ok(())
     }

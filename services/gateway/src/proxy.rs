@@ -69,7 +69,13 @@ pub async fn forward(
     // refused before the claim lookup and before a byte of the body is read
     // (a client sending `Expect: 100-continue` never gets its 100)
     check_length(&gw, req.headers())?;
-    let (claim, private) = gw.get_claim_traffic(&id).await?;
+    let (mut claim, private) = gw.get_claim_traffic(&id).await?;
+    if claim.state == pb::ClaimState::Paused as i32
+        && claim.auto_resume
+        && auth == Auth::Passthrough
+    {
+        claim = auto_resume(&gw, &id).await?;
+    }
     if claim.state == pb::ClaimState::Paused as i32 {
         return Err(match auth {
             // E2B's proxy knows only running sandboxes: a paused one is not found
@@ -88,6 +94,24 @@ pub async fn forward(
         crate::traffic::check(req.headers(), &sb.access_token, port)?;
     }
     send(&gw, (&id, &sb), port, &path, req, auth).await
+}
+
+/// E2B `autoResume`: paused claim `id` resumes for a fresh run of the TTL it
+/// was made with (E2B restarts the creation timeout). A resume racing
+/// another request's is fine: whichever resumed it, the claim is read again.
+async fn auto_resume(gw: &Gateway, id: &str) -> Result<pb::Claim, ApiError> {
+    let resumed = gw.resume_claim(id).await;
+    let (c, _) = gw.get_claim_traffic(id).await?;
+    let resumed = match resumed {
+        Err(e) if c.state == pb::ClaimState::Paused as i32 => return Err(e),
+        r => r.is_ok(),
+    };
+    if resumed && c.ttl_seconds > 0 {
+        let ttl_ms = i64::try_from(c.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let at = chrono::Utc::now().timestamp_millis().saturating_add(ttl_ms);
+        return gw.renew(id, at).await;
+    }
+    Ok(c)
 }
 
 /// 413 when the declared body is over `gw.max_proxy_body`.

@@ -601,6 +601,87 @@ async fn fork_makes_count_sandboxes_from_one_checkpoint() {
 }
 
 #[tokio::test]
+async fn a_signed_files_url_without_routing_reaches_the_sandbox_that_signed_it() {
+    // a runtime answering `/files` with the query it got
+    let app = axum::Router::new().route(
+        "/files",
+        axum::routing::get(
+            |uri: http::Uri| async move { uri.query().unwrap_or_default().to_string() },
+        ),
+    );
+    // envd's own port, on a loopback address of this test's alone
+    let l = tokio::net::TcpListener::bind("127.0.0.93:49983")
+        .await
+        .expect("bind");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let fake = FakeScheduler::with_runtime_port(fake_runtime().await);
+    let app = sandpool_gateway::app(Gateway::new(
+        support::serve(fake.clone()).await,
+        &[KEY.to_string()],
+    ));
+    let a = create(&app, json!({"templateID": "base"})).await;
+    let b = create(&app, json!({"templateID": "base"})).await;
+    for (id, token) in [(&a, "token-a"), (&b, "token-b")] {
+        assert!(fake.update_claim(id, |c| {
+            let sb = c.sandbox.get_or_insert_default();
+            sb.access_token = token.into();
+            // reached on its own address, as a networked sandbox
+            (sb.ip, sb.runtime_port) = ("127.0.0.93".into(), 0);
+        }));
+    }
+    // sha256("a.txt:read:user:token-b"), base64 without padding
+    let signed =
+        "/files?path=a.txt&username=user&signature=v1_gX2p/G7jWXB5XeA9/IDjNZMtZfuIzOjGubCnNyPQOjs";
+    // no key, no E2B routing headers, no sandbox host: as a browser opens it
+    let open = |uri: &str| {
+        sandpool_testsupport::send(&app, http::Request::get(uri.to_string()), &Value::Null)
+    };
+    let (s, _, body) = open(signed).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("path=a.txt&username=user&signature="));
+    // a signature no sandbox made routes nowhere: E2B's 404
+    let forged = "/files?path=a.txt&username=user&signature=v1_AAAA";
+    assert_eq!(open(forged).await.0, 404);
+    // nor does one of a sandbox that has gone
+    let (s, _) = call(&app, "DELETE", &format!("/sandboxes/{b}"), Value::Null).await;
+    assert_eq!(s, 204);
+    assert_eq!(open(signed).await.0, 404);
+}
+
+#[tokio::test]
+async fn each_fork_succeeds_or_fails_on_its_own() {
+    let fake = FakeScheduler::with_runtime_port(fake_runtime().await);
+    let app = sandpool_gateway::app(Gateway::new(
+        support::serve(fake.clone()).await,
+        &[KEY.to_string()],
+    ));
+    let id = create(&app, json!({"templateID": "ck-pool"})).await;
+    // room for two of the three forks
+    *fake.restores_left.lock() = Some(2);
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{id}/fork"),
+        json!({"count": 3}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let forks = v.as_array().expect("one result per fork");
+    assert_eq!(forks.len(), 3, "{v}");
+    let made: Vec<&str> = forks
+        .iter()
+        .filter_map(|f| f["sandbox"]["sandboxID"].as_str())
+        .collect();
+    assert_eq!(made.len(), 2, "{v}");
+    for new in made {
+        assert_eq!(info(&app, new).await["state"], "running", "{new}");
+    }
+    let failed: Vec<&Value> = forks.iter().filter(|f| f.get("error").is_some()).collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["error"]["code"], json!(429), "{v}");
+}
+
+#[tokio::test]
 async fn auto_pause_reaches_the_scheduler_and_shows_in_the_lifecycle() {
     let app = platform().await;
     let paused = create(
@@ -617,19 +698,74 @@ async fn auto_pause_reaches_the_scheduler_and_shows_in_the_lifecycle() {
     let killed = create(&app, json!({"templateID": "base", "timeout": 3})).await;
     let v = info(&app, &killed).await;
     assert_eq!(v["lifecycle"]["onTimeout"], json!("kill"), "{v}");
-    // traffic-triggered resume is not implemented: refused naming it
+    // autoResume without autoPause: nothing to resume from
     let (s, v) = call(
         &app,
         "POST",
         "/sandboxes",
-        json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}}),
+        json!({"templateID": "base", "autoResume": {"enabled": true}}),
     )
     .await;
-    assert_eq!(s, 501, "{v}");
+    assert_eq!(s, 400, "{v}");
     assert!(
         v["message"]
             .as_str()
             .is_some_and(|m| m.contains("autoResume")),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn traffic_to_a_paused_auto_resume_sandbox_resumes_it_for_its_timeout() {
+    let app = platform().await;
+    let id = create(
+        &app,
+        json!({"templateID": "base", "timeout": 600, "autoPause": true, "autoResume": {"enabled": true}}),
+    )
+    .await;
+    let v = info(&app, &id).await;
+    assert_eq!(
+        v["lifecycle"],
+        json!({"onTimeout": "pause", "autoResume": true}),
+        "{v}"
+    );
+    let (s, v) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(info(&app, &id).await["state"], json!("paused"));
+    // a request routed to it by E2B's headers wakes it (whatever the
+    // sandbox then answers, it is no longer the proxy's 502)
+    let (s, v) = sandbox_call(&app, &id, 49983, "/health").await;
+    assert_ne!(v["message"], json!("The sandbox was not found"), "{s}: {v}");
+    let v = info(&app, &id).await;
+    assert_eq!(v["state"], json!("running"), "{v}");
+    // with a fresh run of the timeout it was created with
+    let end = chrono::DateTime::parse_from_rfc3339(v["endAt"].as_str().unwrap_or_default())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_default();
+    let left = end - chrono::Utc::now().timestamp_millis();
+    assert!((590_000..=600_000).contains(&left), "{left} ms left: {v}");
+    // without autoResume, a paused sandbox stays paused and unreachable
+    let plain = create(&app, json!({"templateID": "base", "autoPause": true})).await;
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/sandboxes/{plain}/pause"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(sandbox_call(&app, &plain, 49983, "/health").await.0, 502);
+    assert_eq!(info(&app, &plain).await["state"], json!("paused"));
+    // nor does the OpenSandbox proxy route resume it
+    let (s, v) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), Value::Null).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{id}/proxy/49983/health"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(info(&app, &id).await["state"], json!("paused"));
 }

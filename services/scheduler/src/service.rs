@@ -148,6 +148,8 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         claim_us: c.claim_us,
         pause_on_expiry: c.pause_on_expiry,
         oom_kills: c.oom_kills,
+        auto_resume: c.auto_resume,
+        ttl_seconds: c.ttl_seconds,
     }
 }
 

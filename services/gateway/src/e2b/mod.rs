@@ -37,7 +37,7 @@ pub use routing::{parse_sandbox_host, route_by_e2b_headers};
 
 /// The envd protocol version sandpool's runtime answers for
 /// (`sandpool_runtime::envd::ENVD_VERSION`; kept equal by a test there).
-pub const ENVD_VERSION: &str = "0.6.3";
+pub const ENVD_VERSION: &str = "0.6.4";
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
 pub const ENVD_PORT: u16 = 49983;
 
@@ -206,12 +206,15 @@ struct NewSandbox {
     /// more than either asks for.
     #[serde(default, rename = "autoPauseMemory")]
     _auto_pause_memory: Option<bool>,
+    /// `{"enabled": bool}`: a paused sandbox resumes on its next request.
+    #[serde(default)]
+    auto_resume: Option<Value>,
     /// Anything else: refused unless unset (see [`refuse_unhonoured`]).
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
 
-/// Create fields sandpool does not honour (`autoResume` enabled, `mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
+/// Create fields sandpool does not honour (`mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
 /// naming the field instead of being dropped. What the SDKs send when a
 /// caller asks for none of it (null, false, empty, `{"enabled": false}`)
 /// asks for nothing.
@@ -228,6 +231,24 @@ fn refuse_unhonoured(other: &BTreeMap<String, Value>) -> std::result::Result<(),
         }
     }
     Ok(())
+}
+
+/// The create field `autoResume`: `{"enabled": bool}` (or a bare bool).
+fn auto_resume(v: Option<&Value>) -> std::result::Result<bool, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Object(o)) => match o.get("enabled") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(ApiError::Invalid(format!(
+                "autoResume.enabled must be a boolean, got {other}"
+            ))),
+        },
+        Some(other) => Err(ApiError::Invalid(format!(
+            "autoResume must be {{\"enabled\": bool}}, got {other}"
+        ))),
+    }
 }
 
 pub(crate) async fn get_claim(gw: &Gateway, id: &str) -> Result<pb::Claim> {
@@ -282,7 +303,7 @@ pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
         "metadata": c.metadata,
         "lifecycle": {
             "onTimeout": if c.pause_on_expiry { "pause" } else { "kill" },
-            "autoResume": false,
+            "autoResume": c.auto_resume,
         },
     });
     if let Some(e) = &c.egress {
@@ -318,6 +339,13 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         return Err(ApiError::Invalid("templateID is required".into()));
     }
     refuse_unhonoured(&req.other)?;
+    let auto_resume = auto_resume(req.auto_resume.as_ref())?;
+    if auto_resume && req.auto_pause != Some(true) {
+        return Err(ApiError::Invalid(
+            "autoResume needs autoPause (a sandbox that is killed at its timeout cannot resume)"
+                .into(),
+        ));
+    }
     let timeout = match req.timeout {
         None => DEFAULT_TIMEOUT_S,
         Some(t) if t > 0 => t as u64,
@@ -360,6 +388,7 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         image,
         egress,
         pause_on_expiry: req.auto_pause.unwrap_or(false),
+        auto_resume,
         ..Default::default()
     };
     Ok(NewClaim {
@@ -669,11 +698,7 @@ mod tests {
     #[test]
     fn create_fields_sandpool_does_not_honour_are_refused_naming_them() {
         for (body, field) in [
-            (
-                &br#"{"templateID":"base","autoPause":true,"autoResume":{"enabled":true}}"#[..],
-                "autoResume",
-            ),
-            (br#"{"templateID":"base","mcp":{"github":{}}}"#, "mcp"),
+            (&br#"{"templateID":"base","mcp":{"github":{}}}"#[..], "mcp"),
             (
                 br#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
                 "volumeMounts",
@@ -706,6 +731,29 @@ mod tests {
                 .unwrap()
                 .private_traffic
         );
+    }
+
+    #[test]
+    fn auto_resume_is_asked_for_with_auto_pause_only() {
+        let on = |body: &[u8]| parse_create(body).map(|n| n.claim.auto_resume);
+        assert!(
+            on(br#"{"templateID":"base","autoPause":true,"autoResume":{"enabled":true}}"#).unwrap()
+        );
+        assert!(
+            !on(br#"{"templateID":"base","autoPause":true,"autoResume":{"enabled":false}}"#)
+                .unwrap()
+        );
+        assert!(!on(br#"{"templateID":"base","autoPause":true}"#).unwrap());
+        for bad in [
+            &br#"{"templateID":"base","autoResume":{"enabled":true}}"#[..],
+            br#"{"templateID":"base","autoPause":false,"autoResume":{"enabled":true}}"#,
+            br#"{"templateID":"base","autoPause":true,"autoResume":{"enabled":"yes"}}"#,
+            br#"{"templateID":"base","autoPause":true,"autoResume":1}"#,
+        ] {
+            let e = on(bad).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+            assert!(e.to_string().contains("autoResume"), "{e}");
+        }
     }
 
     #[test]

@@ -7,8 +7,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use axum::{Json, http::StatusCode};
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json,
+    http::{Method, StatusCode, Uri},
+};
+use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD as B64};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::E2bError;
 use crate::{Gateway, error::ApiError};
@@ -36,7 +44,47 @@ pub fn parse_sandbox_host(host: &str) -> Option<(u32, String)> {
     Some((port, id.to_string()))
 }
 
-/// Route E2B sandbox traffic (by headers, then by host) to the sandbox.
+/// What a signed envd `/files` URL signs (E2B's v1 scheme: base64 of
+/// sha256 over `path:operation:username:token[:expiration]`, unpadded).
+fn files_signature(q: &HashMap<String, String>, operation: &str, token: &str) -> String {
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    let mut raw = format!("{}:{operation}:{}:{token}", get("path"), get("username"));
+    if let Some(e) = q.get("signature_expiration") {
+        raw.push(':');
+        raw.push_str(e);
+    }
+    format!("v1_{}", B64.encode(Sha256::digest(raw.as_bytes())))
+}
+
+/// The sandbox a signed `/files` URL belongs to when nothing else routes it:
+/// under a single-host `E2B_SANDBOX_URL` the SDKs' `download_url`/`upload_url`
+/// carry neither a sandbox host nor `E2b-Sandbox-*` headers (a browser or
+/// curl opens them), but only the sandbox whose envd token signed the URL
+/// produces its signature. Its envd then checks it (expiry included).
+async fn signed_files_target(gw: &Gateway, method: Method, uri: Uri) -> Option<String> {
+    if uri.path() != "/files" {
+        return None;
+    }
+    let q: HashMap<String, String> = form_urlencoded::parse(uri.query()?.as_bytes())
+        .into_owned()
+        .collect();
+    let given = q.get("signature")?;
+    let operation = if method == Method::GET {
+        "read"
+    } else {
+        "write"
+    };
+    let claims = gw.claims_with_metadata(BTreeMap::new()).await.ok()?;
+    claims.into_iter().find_map(|c| {
+        let token = c.sandbox.as_ref().map(|s| s.access_token.as_str())?;
+        let expected = files_signature(&q, operation, token);
+        (!token.is_empty() && bool::from(expected.as_bytes().ct_eq(given.as_bytes())))
+            .then_some(c.claim_id)
+    })
+}
+
+/// Route E2B sandbox traffic (by headers, then by host, then a signed
+/// `/files` URL by its signature) to the sandbox.
 pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
     let h = req.headers();
     let by_header = match (
@@ -46,11 +94,16 @@ pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next:
         (Some(id), Some(port)) => port.parse::<u32>().ok().map(|p| (p, id.to_string())),
         _ => None,
     };
-    let target = by_header.or_else(|| {
+    let mut target = by_header.or_else(|| {
         h.get("host")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_sandbox_host)
     });
+    if target.is_none()
+        && let Some(id) = signed_files_target(&gw, req.method().clone(), req.uri().clone()).await
+    {
+        target = Some((super::ENVD_PORT.into(), id));
+    }
     match target {
         Some((port, id)) => {
             let path = req.uri().path().trim_start_matches('/').to_string();
@@ -76,6 +129,27 @@ pub async fn route_by_e2b_headers(State(gw): State<Gateway>, req: Request, next:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_signatures_follow_e2bs_v1_scheme() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // vectors computed outside sandpool (Python hashlib + base64)
+        let plain = q(&[("path", "a.txt"), ("username", "user")]);
+        assert_eq!(
+            files_signature(&plain, "read", "tok"),
+            "v1_wPjHOh/p+K3FbqiyGd5vwPNc/g4IPd8sigMxb1gqu9I"
+        );
+        let timed = q(&[("path", "/x"), ("signature_expiration", "1700000000")]);
+        assert_eq!(
+            files_signature(&timed, "write", "tok"),
+            "v1_Xp/Z8cjI4eSGKtHCojnl+SgFPYNe6ELfHVmbjliNtOw"
+        );
+    }
 
     #[test]
     fn sandbox_hosts() {

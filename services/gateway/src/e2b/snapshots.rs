@@ -254,26 +254,32 @@ pub(super) async fn fork(
         t => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}")).into()),
     };
     let info = checkpoint(&gw, &id, format!("fork-of-{id}"), "fork").await?;
-    let restored = gw
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint_id: info.checkpoint_id,
-            count: count as u32,
+    // each fork is restored on its own, so one that fails (no room, a node
+    // error) leaves the others running: one result per fork, as E2B's
+    let restores = (0..count).map(|_| {
+        gw.restore_checkpoint(pb::RestoreCheckpointRequest {
+            checkpoint_id: info.checkpoint_id.clone(),
+            count: 1,
             ttl_seconds: timeout,
             metadata: Default::default(),
             ..Default::default()
         })
-        .await;
-    let results: Vec<Value> = match restored {
-        Ok(claims) => claims
-            .iter()
-            .map(|c| json!({"sandbox": sandbox_json(c, &headers)}))
-            .collect(),
-        Err(e) => {
-            let error = json!({"code": e.status().as_u16(), "message": e.to_string()});
-            (0..count).map(|_| json!({"error": error})).collect()
-        }
-    };
+    });
+    let results: Vec<Value> = futures_util::future::join_all(restores)
+        .await
+        .into_iter()
+        .map(|r| match r.map(|mut claims| claims.pop()) {
+            Ok(Some(c)) => json!({"sandbox": sandbox_json(&c, &headers)}),
+            Ok(None) => fork_error(&ApiError::Internal("restore made no sandbox".into())),
+            Err(e) => fork_error(&e),
+        })
+        .collect();
     Ok((StatusCode::CREATED, Json(results)).into_response())
+}
+
+/// One fork's failure, as E2B's fork result carries it.
+fn fork_error(e: &ApiError) -> Value {
+    json!({"error": {"code": e.status().as_u16(), "message": e.to_string()}})
 }
 
 #[cfg(test)]

@@ -272,6 +272,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         image: String::new(),
         egress,
         pause_on_expiry: false,
+        auto_resume: false,
         image_auth,
     })
 }

@@ -268,6 +268,8 @@ fn restored_claim(
         failure: String::new(),
         egress: None,
         pause_on_expiry: false,
+        auto_resume: false,
+        ttl_seconds,
         oom_kills: 0,
     }
 }

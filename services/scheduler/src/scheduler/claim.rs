@@ -189,6 +189,8 @@ impl Scheduler {
             failure: String::new(),
             egress: egress.clone(),
             pause_on_expiry: req.pause_on_expiry,
+            auto_resume: req.auto_resume && req.pause_on_expiry,
+            ttl_seconds: req.ttl_seconds,
             oom_kills: 0,
         };
         reservation.record(&claim_id);

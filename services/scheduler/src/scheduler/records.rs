@@ -75,6 +75,12 @@ pub struct ClaimRec {
     /// Pause instead of release when the TTL ends (E2B `autoPause`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause_on_expiry: bool,
+    /// Resume when E2B traffic reaches it while paused (E2B `autoResume`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_resume: bool,
+    /// The TTL the claim was made with (0 = none).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub ttl_seconds: u64,
     /// How many processes of its sandbox the OOM killer has killed (as its
     /// node reported them).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -82,6 +88,10 @@ pub struct ClaimRec {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
