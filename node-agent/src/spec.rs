@@ -170,6 +170,11 @@ const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// What the runtime of an unprivileged sandbox keeps for its file API, so
+/// that it acts as upstream's root execd does (any owner and group, any
+/// directory); see the runtime's `privilege` module.
+const RUNTIME_FILE_CAPS: &[&str] = &["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"];
+
 pub fn runtime_args() -> Vec<String> {
     vec![
         RUNTIME_PATH_IN_SANDBOX.to_string(),
@@ -263,9 +268,16 @@ impl SandboxSpec {
             push("HOME", &u.home);
             push("USER", &u.name);
         }
-        // root keeps a reduced set; the unprivileged user gets none (the
-        // bounding set still caps what any later exec could gain)
-        let caps: &[&str] = if self.user.is_some() { &[] } else { CAPS };
+        // root keeps a reduced set. The unprivileged user's runtime gets only
+        // the file capabilities, as ambient ones (the only kind a non-root
+        // exec keeps); it clears the ambient and inheritable sets at start,
+        // so the commands it runs get none. The bounding set still caps what
+        // any later exec could gain.
+        let (caps, ambient): (&[&str], &[&str]) = if self.user.is_some() {
+            (RUNTIME_FILE_CAPS, RUNTIME_FILE_CAPS)
+        } else {
+            (CAPS, &[])
+        };
 
         let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
         if self.limits.memory_bytes > 0 {
@@ -292,7 +304,7 @@ impl SandboxSpec {
                 "args": runtime_args(),
                 "env": env,
                 "cwd": if self.cwd.starts_with('/') { self.cwd.as_str() } else { "/" },
-                "capabilities": { "bounding": CAPS, "effective": caps, "permitted": caps },
+                "capabilities": { "bounding": CAPS, "effective": caps, "permitted": caps, "inheritable": ambient, "ambient": ambient },
                 "noNewPrivileges": true
             },
             "root": { "path": "rootfs", "readonly": false },
@@ -351,7 +363,13 @@ mod tests {
     fn unprivileged_by_default_with_seccomp() {
         let v = spec().to_json();
         assert_eq!(v["process"]["user"]["uid"], SANDBOX_USER.0);
-        assert_eq!(v["process"]["capabilities"]["effective"], json!([]));
+        // only the runtime's file capabilities, handed over as ambient ones
+        // (the runtime clears those before it starts anything)
+        let caps = &v["process"]["capabilities"];
+        let file_caps = json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]);
+        for set in ["effective", "permitted", "inheritable", "ambient"] {
+            assert_eq!(caps[set], file_caps, "{set}");
+        }
         assert!(
             v["process"]["env"]
                 .as_array()
@@ -383,6 +401,7 @@ mod tests {
                 .len(),
             CAPS.len()
         );
+        assert_eq!(v["process"]["capabilities"]["ambient"], json!([]));
     }
 
     #[test]

@@ -95,6 +95,9 @@ fn main() -> anyhow::Result<()> {
             .context("--checkpoint-prepare/--checkpoint-resume need --data-dir")?;
         return listening::request(dir, args.checkpoint_prepare);
     }
+    // before any thread or child exists: what this process starts inherits
+    // no capability (the file capabilities stay the runtime's own)
+    sandpool_runtime::privilege::keep_for_self_only().context("clearing inherited capabilities")?;
     if std::process::id() == 1 {
         // Container init: orphaned grandchildren of commands are re-parented
         // to PID 1 and must be reaped, but reaping them from the server

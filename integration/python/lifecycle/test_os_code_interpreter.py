@@ -166,5 +166,9 @@ def test_the_kernels_rich_outputs_reach_the_wire(interp, sandpool: Sandpool):
     assert result["text"] == "<IPython.core.display.HTML object>"
     plot = ("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
     evs = _raw_run(sandbox, sandpool, plot)
+    # plt.show() is display_data, which upstream's execd drops: no result
+    assert [e["type"] for e in evs if e["type"] != "ping"] == ["init", "execution_complete"], evs
+    # a figure as the cell's value is a result with its PNG
+    evs = _raw_run(sandbox, sandpool, "import matplotlib.pyplot as plt\nfig = plt.figure()\nplt.plot([1, 2])\nfig")
     pngs = [e["results"]["image/png"] for e in evs if e["type"] == "result" and "image/png" in e["results"]]
     assert len(pngs) == 1 and pngs[0].startswith("iVBOR"), evs

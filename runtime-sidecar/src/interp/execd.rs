@@ -11,8 +11,8 @@
 //! (`ename`, `evalue`, `traceback`) for an exception, and
 //! `execution_complete` (`execution_time` in ms) at the end; a `ping` every
 //! 3 s while the cell runs. JSON is written as Go writes it (`<`, `>`, `&`
-//! escaped). One difference: `display_data` (e.g. a matplotlib figure) is
-//! sent as a `result` event too, where upstream drops it.
+//! escaped). As upstream, only the cell's value (`execute_result`) is a
+//! `result`: `display_data` (e.g. a figure shown with `plt.show()`) is dropped.
 
 use std::{
     collections::HashMap,
@@ -440,6 +440,8 @@ pub fn sse_events(ev: &Value, elapsed: Duration) -> Vec<StreamEvent> {
             };
             vec![StreamEvent::with_text(t, text("text"))]
         }
+        // display data: upstream's execd has no handler for it
+        "result" if ev["is_main_result"] != true => Vec::new(),
         "result" => {
             let mut out = Vec::new();
             let count = ev["execution_count"].as_u64().filter(|n| *n > 0);
@@ -551,9 +553,16 @@ mod tests {
             json!({"text": "4", "text/html": "<b>4</b>"})
         );
         assert!(f[1]["timestamp"].as_i64().unwrap() > 0);
-        // display data: a result without a count
+        // display data is dropped, as upstream's execd does
         let d = sse_events(
             &json!({"type": "result", "is_main_result": false,
+            "data": {"text/plain": "<Figure>", "image/png": "iVBOR"}}),
+            Duration::ZERO,
+        );
+        assert!(d.is_empty(), "{d:?}");
+        // a cell's value without a count (no ipykernel) is still a result
+        let d = sse_events(
+            &json!({"type": "result", "is_main_result": true,
             "data": {"text/plain": "<Figure>", "image/png": "iVBOR"}}),
             Duration::ZERO,
         );
