@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -78,3 +79,40 @@ def push(layout: Path, tag: str, dest: str, creds: str | None = None) -> None:
     if creds:
         argv += ["--dest-creds", creds]
     run(*argv, f"oci:{layout}:{tag}", f"docker://{dest}")
+
+
+def busybox_layout(work: Path) -> Path:
+    """An OCI layout with tag ``base``: busybox with all its applets in /bin,
+    and a /bin/bash that is busybox's sh."""
+    layout, bundle = work / "oci", work / "bundle"
+    image = f"{layout}:base"
+    run("umoci", "init", "--layout", str(layout))
+    run("umoci", "new", "--image", image)
+    run("umoci", "unpack", "--image", image, str(bundle))
+    root = bundle / "rootfs"
+    for d in ("bin", "tmp", "etc"):
+        (root / d).mkdir(exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
+    for applet in run("/usr/bin/busybox", "--list").split():
+        if applet != "busybox" and not (root / "bin" / applet).exists():
+            (root / "bin" / applet).symlink_to("busybox")
+    # envd runs commands with `/bin/bash -l -c`; busybox's sh stands in
+    bash = root / "bin" / "bash"
+    bash.write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
+    bash.chmod(0o755)
+    run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
+    return layout
+
+
+def busybox_base_registry(prefix: str) -> Iterator[str]:
+    """For a module fixture: ``host:port`` of a loopback registry holding
+    ``base:1`` (busybox), for E2B template builds (needs buildah)."""
+    require_tools(*REGISTRY_TOOLS, "buildah")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with serve(work) as addr:
+            push(busybox_layout(work), "base", f"{addr}/base:1")
+            yield addr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

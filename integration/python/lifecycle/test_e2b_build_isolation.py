@@ -28,9 +28,8 @@ import httpx
 import pytest
 from e2b import Template
 
-from loopback_registry import REGISTRY_TOOLS, push, require_tools, serve
+from loopback_registry import busybox_base_registry
 from sandpool_platform import SUBNET, Sandpool
-from test_e2b_templates import _busybox_layout
 
 OUTSIDE = "spbldout"  # the test's network namespace, outside the sandbox network
 OUTSIDE_HOST, OUTSIDE_ADDR, LINK_LOCAL, PORT = "10.250.78.1", "10.250.78.2", "169.254.78.2", 18081
@@ -45,14 +44,7 @@ def _ip(*args: str) -> None:
 @pytest.fixture(scope="module")
 def registry():
     """``host:port`` of a loopback registry holding ``base:1`` (busybox)."""
-    require_tools(*REGISTRY_TOOLS, "buildah")
-    work = Path(tempfile.mkdtemp(prefix="sandpool-bldiso-"))
-    try:
-        with serve(work) as addr:
-            push(_busybox_layout(work), "base", f"{addr}/base:1")
-            yield addr
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    yield from busybox_base_registry("sandpool-bldiso-")
 
 
 def _get(url: str) -> str | None:

@@ -10,9 +10,6 @@ Skipped without the tools, unless CI=true or SANDPOOL_REQUIRE_CONTAINERD=1.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from e2b import ConnectionConfig, Sandbox, Template
@@ -20,21 +17,14 @@ from e2b.api.client.api.templates import get_templates_template_id
 from e2b.api.client_sync import get_api_client
 
 import sandpool_platform
-from loopback_registry import REGISTRY_TOOLS, push, require_tools, serve
+from loopback_registry import busybox_base_registry
 from sandpool_pytest_helpers import stop_process
-from test_e2b_templates import _busybox_layout
 
 
 @pytest.fixture(scope="module")
 def registry():
-    require_tools(*REGISTRY_TOOLS, "buildah")
-    work = Path(tempfile.mkdtemp(prefix="sandpool-brst-"))
-    try:
-        with serve(work) as addr:
-            push(_busybox_layout(work), "base", f"{addr}/base:1")
-            yield addr
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    """``host:port`` of a loopback registry holding ``base:1`` (busybox)."""
+    yield from busybox_base_registry("sandpool-brst-")
 
 
 def _use(platform: sandpool_platform.Sandpool, monkeypatch) -> None:

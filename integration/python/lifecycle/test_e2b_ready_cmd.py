@@ -12,32 +12,21 @@ SANDPOOL_REQUIRE_CONTAINERD=1 (then they fail).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from e2b import ConnectionConfig, Sandbox, Template, wait_for_file
 from e2b.api.client.api.templates import get_templates_template_id
 from e2b.api.client_sync import get_api_client
 
-from loopback_registry import REGISTRY_TOOLS, push, require_tools, serve
+from loopback_registry import busybox_base_registry
 from sandpool_platform import Sandpool, cli
-from test_e2b_templates import _busybox_layout
 
 
 @pytest.fixture(scope="module")
 def registry():
-    """``host:port`` of a loopback registry holding ``base:1``."""
-    require_tools(*REGISTRY_TOOLS, "buildah")
-    work = Path(tempfile.mkdtemp(prefix="sandpool-ready-"))
-    try:
-        with serve(work) as addr:
-            push(_busybox_layout(work), "base", f"{addr}/base:1")
-            yield addr
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    """``host:port`` of a loopback registry holding ``base:1`` (busybox)."""
+    yield from busybox_base_registry("sandpool-ready-")
 
 
 def test_a_sandbox_is_handed_out_once_its_ready_cmd_succeeds(e2b_env: Sandpool, registry: str):

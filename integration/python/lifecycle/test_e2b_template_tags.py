@@ -9,30 +9,19 @@ SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from e2b import Sandbox, Template
 from e2b.exceptions import TemplateException
 
-from loopback_registry import REGISTRY_TOOLS, push, require_tools, serve
+from loopback_registry import busybox_base_registry
 from sandpool_platform import Sandpool
-from test_e2b_templates import _busybox_layout
 
 
 @pytest.fixture(scope="module")
 def registry():
-    """``host:port`` of a loopback registry holding ``base:1``."""
-    require_tools(*REGISTRY_TOOLS, "buildah")
-    work = Path(tempfile.mkdtemp(prefix="sandpool-tags-"))
-    try:
-        with serve(work) as addr:
-            push(_busybox_layout(work), "base", f"{addr}/base:1")
-            yield addr
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    """``host:port`` of a loopback registry holding ``base:1`` (busybox)."""
+    yield from busybox_base_registry("sandpool-tags-")
 
 
 def _tags(name: str) -> dict[str, str]:

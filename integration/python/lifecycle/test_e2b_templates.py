@@ -32,34 +32,10 @@ from e2b.api.client.models import Template as TemplateModel
 from e2b.api.client.models import TemplateWithBuilds
 from e2b.api.client_sync import get_api_client
 
-from loopback_registry import REGISTRY_TOOLS, push, require_tools, run, serve
+from loopback_registry import REGISTRY_TOOLS, busybox_layout, push, require_tools, run, serve
 from sandpool_platform import Sandpool, cli, pools
 
 TIMEOUT_S = 300
-
-
-def _busybox_layout(work: Path) -> Path:
-    """An OCI layout with tag ``base``: busybox with all its applets in /bin,
-    and a /bin/bash that is busybox's sh."""
-    layout, bundle = work / "oci", work / "bundle"
-    image = f"{layout}:base"
-    run("umoci", "init", "--layout", str(layout))
-    run("umoci", "new", "--image", image)
-    run("umoci", "unpack", "--image", image, str(bundle))
-    root = bundle / "rootfs"
-    for d in ("bin", "tmp", "etc"):
-        (root / d).mkdir(exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
-    for applet in run("/usr/bin/busybox", "--list").split():
-        if applet != "busybox" and not (root / "bin" / applet).exists():
-            (root / "bin" / applet).symlink_to("busybox")
-    # envd runs commands with `/bin/bash -l -c`; busybox's sh stands in
-    bash = root / "bin" / "bash"
-    bash.write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
-    bash.chmod(0o755)
-    run("umoci", "repack", "--refresh-bundle", "--image", image, str(bundle))
-    return layout
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +45,7 @@ def registry():
     work = Path(tempfile.mkdtemp(prefix="sandpool-tmpl-"))
     try:
         with serve(work) as addr:
-            layout = _busybox_layout(work)
+            layout = busybox_layout(work)
             # another image (its own digest) for `image gc` to remove
             run("umoci", "config", "--image", f"{layout}:base", "--tag", "gc", "--config.env", "GC=1")
             for tag in ("base", "gc"):
