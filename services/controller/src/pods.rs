@@ -127,16 +127,21 @@ fn run_under_runtime(main: &mut Container, token: &str) {
             ..Default::default()
         });
     if main.readiness_probe.is_none() {
-        main.readiness_probe = Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/ping".into()),
-                port: IntOrString::Int(RUNTIME_PORT),
-                ..Default::default()
-            }),
-            period_seconds: Some(1),
-            failure_threshold: Some(30),
+        main.readiness_probe = Some(runtime_readiness_probe());
+    }
+}
+
+/// Ready once sandpool's runtime answers `/ping` on its port.
+fn runtime_readiness_probe() -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::Int(RUNTIME_PORT),
             ..Default::default()
-        });
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(30),
+        ..Default::default()
     }
 }
 

@@ -3,11 +3,8 @@
 //! a native sidecar, unless the template asks for sandpool's agent-sandbox
 //! API (then the runtime wraps the first container and serves 8888).
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodTemplateSpec, Probe,
-};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     ASB_API_ANNOTATION, ENVD_PORT, RUNTIME_PORT, RuntimeInjection, TOKEN_ENV, merge_template_meta,
@@ -97,16 +94,7 @@ fn runtime_sidecar(inj: &RuntimeInjection, token: &str) -> Container {
             container_port: RUNTIME_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/ping".into()),
-                port: IntOrString::Int(RUNTIME_PORT),
-                ..Default::default()
-            }),
-            period_seconds: Some(1),
-            failure_threshold: Some(30),
-            ..Default::default()
-        }),
+        readiness_probe: Some(super::runtime_readiness_probe()),
         ..Default::default()
     }
 }
