@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::body::Bytes;
 use axum::routing::{get, post};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceConversion, CustomResourceDefinition, WebhookClientConfig, WebhookConversion,
+};
 use kube::core::Status;
 use kube::core::conversion::{ConversionRequest, ConversionResponse, ConversionReview};
 
@@ -23,6 +26,23 @@ pub struct WebhookConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `crd` converting through the webhook at `client_config` (strategy
+/// Webhook, `ConversionReview` v1), as the chart renders it when the webhook
+/// is enabled.
+pub fn with_webhook(
+    mut crd: CustomResourceDefinition,
+    client_config: WebhookClientConfig,
+) -> CustomResourceDefinition {
+    crd.spec.conversion = Some(CustomResourceConversion {
+        strategy: "Webhook".into(),
+        webhook: Some(WebhookConversion {
+            client_config: Some(client_config),
+            conversion_review_versions: vec!["v1".into()],
+        }),
+    });
+    crd
 }
 
 /// Answers one review: every object converted, in order, or `Failed`.

@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod webhook;
+
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -65,6 +67,8 @@ pub struct FakeApi {
     changed: Arc<tokio::sync::Notify>,
     /// Bumped by `end_watches`: open watches with an older epoch end.
     watch_epoch: Arc<AtomicU64>,
+    /// CRDs converting through a webhook ([`FakeApi::install_crds`]).
+    webhooks: Arc<Mutex<webhook::Webhooks>>,
 }
 
 pub fn pods_path(ns: &str) -> String {
@@ -395,6 +399,18 @@ impl FakeApi {
         kube::Client::new(svc, "default")
     }
 
+    /// Registers CRDs: those whose conversion strategy is Webhook have
+    /// requests in their other versions converted by calling the webhook
+    /// (HTTPS, trusting the CRD's caBundle): a create's or update's body to
+    /// the storage version, the answer back to the version asked for. (Patch
+    /// bodies and watch events are not converted.)
+    pub fn install_crds(
+        &self,
+        crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    ) {
+        *self.webhooks.lock().expect("webhooks") = webhook::webhooks_of(crds);
+    }
+
     /// Run `hook` before every request (to simulate other writers).
     pub fn on_request(&self, hook: Hook) {
         self.hooks.lock().expect("hooks").push(hook);
@@ -490,6 +506,17 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
+        let hook = webhook::hook_for(&self.webhooks.lock().expect("webhooks"), &path);
+        let mut stored_body = body.clone();
+        if let Some((h, asked)) = &hook
+            && matches!(method, Method::POST | Method::PUT)
+            && body.is_object()
+        {
+            match webhook::body_to_storage(h, asked, body.clone()).await {
+                Ok(b) => stored_body = b,
+                Err(e) => return conversion_failed(&e),
+            }
+        }
         let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -524,10 +551,14 @@ impl FakeApi {
                 &path,
                 &query,
                 &content_type,
-                body.clone(),
+                stored_body,
             )
         };
-        if storage_coll(&path) != path
+        if let Some((h, asked)) = &hook {
+            if let Err(e) = webhook::response_to(h, asked, &mut out).await {
+                return conversion_failed(&e);
+            }
+        } else if storage_coll(&path) != path
             || path.starts_with("/apis/agents.x-k8s.io/")
             || path.starts_with("/apis/extensions.agents.x-k8s.io/")
         {
@@ -558,6 +589,16 @@ impl FakeApi {
             )
             .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()))
     }
+}
+
+/// The apiserver's answer when the conversion webhook failed.
+fn conversion_failed(message: &str) -> Response<FakeBody> {
+    let out = status(500, "InternalError", message);
+    Response::builder()
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap_or_default())).boxed_unsync())
+        .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()))
 }
 
 fn serve_list(
