@@ -220,7 +220,8 @@ expect_pools no-pool ""
 # built-in default pool (_helpers.tpl) must then equal pools[0] of values.yaml.
 # (The generated service token differs between renderings: masked.)
 render pool-fallback --set 'pools[0].enabled=true'
-mask_token() { sed -E 's/^(  token: ).*/\1<generated>/' "$SCRATCH/$1.yaml" >"$SCRATCH/$1.masked"; }
+# (likewise the conversion webhook's generated CA and certificate)
+mask_token() { sed -E 's/^(  token: |  ca\.crt: |  tls\.crt: |  tls\.key: |        caBundle: ).*/\1<generated>/' "$SCRATCH/$1.yaml" >"$SCRATCH/$1.masked"; }
 mask_token defaults; mask_token pool-fallback
 cmp -s "$SCRATCH/defaults.masked" "$SCRATCH/pool-fallback.masked" ||
   die "sandpool.defaultPool (_helpers.tpl) and pools[0] (values.yaml) disagree:
@@ -338,17 +339,20 @@ expect_webhook() { # expect_webhook NAME EXPECTED-LINES
   local got; got=$(webhook_of "$1")
   [[ "$got" == "$2" ]] || die "[$1] conversion webhook: got '$got', want '$2'"
 }
-expect_webhook defaults ""
-render asb-webhook --set agentSandbox.conversionWebhook.enabled=true
-expect_webhook asb-webhook "sandboxclaims.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
+expect_webhook defaults "sandboxclaims.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
 sandboxes.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
 sandboxtemplates.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
 sandboxwarmpools.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
 certificate verifies for sandpool-conversion-webhook.sandpool.svc"
-expect_object asb-webhook 'Service/sandpool-conversion-webhook'
-expect_object asb-webhook 'Secret/sandpool-conversion-webhook-tls'
-expect asb-webhook '^            - --webhook-listen$'
-expect asb-webhook 'secretName: sandpool-conversion-webhook-tls$'
+expect_object defaults 'Service/sandpool-conversion-webhook'
+expect_object defaults 'Secret/sandpool-conversion-webhook-tls'
+expect defaults '^            - --webhook-listen$'
+expect defaults 'secretName: sandpool-conversion-webhook-tls$'
+render asb-no-webhook --set agentSandbox.conversionWebhook.enabled=false
+expect_webhook asb-no-webhook ""
+expect_no_object asb-no-webhook 'Service/sandpool-conversion-webhook'
+expect_no_object asb-no-webhook 'Secret/sandpool-conversion-webhook-tls'
+expect_not asb-no-webhook 'webhook'
 render asb-webhook-cm --set agentSandbox.conversionWebhook.enabled=true \
   --set agentSandbox.conversionWebhook.certManager.enabled=true
 expect_webhook asb-webhook-cm "sandboxclaims.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert inject-ca-from=sandpool/sandpool-conversion-webhook
