@@ -6,7 +6,9 @@ mod support;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::WebhookClientConfig;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use sandpool_controller::conversion::{self, WebhookConfig};
 use sandpool_controller::crd::{Sandbox, SandboxClaim, all_crds};
 use serde_json::json;
@@ -124,6 +126,53 @@ async fn a_suspended_v1alpha1_sandbox_is_stored_with_operating_mode() {
     let back = old.get("s1").await.unwrap();
     assert_eq!(back.data["spec"]["replicas"], 0);
     assert!(back.data["spec"].get("operatingMode").is_none());
+
+    // a v1alpha1 merge patch resumes it: applied in v1alpha1, stored converted
+    let patch = json!({"spec": {"replicas": 1}});
+    let resumed = old
+        .patch("s1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(resumed.data["spec"]["replicas"], 1);
+    let beta = Api::<Sandbox>::namespaced(client.clone(), "default")
+        .get("s1")
+        .await
+        .unwrap();
+    assert!(beta.spec.replicas.is_none());
+    assert_eq!(
+        serde_json::to_value(beta.spec.operating_mode).unwrap(),
+        json!("Running")
+    );
+}
+
+#[tokio::test]
+async fn a_v1alpha1_patch_of_a_claim_is_applied_in_v1alpha1() {
+    let (ca, url, _dir) = start_webhook().await;
+    let api = fake_with_webhook(&ca, &url);
+    let client = api.client();
+    let ar = alpha(
+        "extensions.agents.x-k8s.io",
+        "SandboxClaim",
+        "sandboxclaims",
+    );
+    let old: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let mut claim = DynamicObject::new("c1", &ar);
+    claim.data = json!({"spec": {"sandboxTemplateRef": {"name": "t"}, "warmpool": "none"}});
+    old.create(&PostParams::default(), &claim).await.unwrap();
+    // the patch is applied to the v1alpha1 view, then stored converted
+    let patch = json!({"spec": {"warmpool": "p2"}});
+    old.patch("c1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let beta = Api::<SandboxClaim>::namespaced(client, "default")
+        .get("c1")
+        .await
+        .unwrap();
+    assert_eq!(
+        beta.spec.warm_pool_ref.as_ref().map(|r| r.name.as_str()),
+        Some("p2")
+    );
+    assert!(beta.spec.warmpool.is_none());
 }
 
 #[tokio::test]

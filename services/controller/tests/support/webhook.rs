@@ -245,3 +245,33 @@ pub async fn response_to(hook: &Webhook, asked: &str, out: &mut Value) -> Result
     }
     Ok(())
 }
+
+/// `(collection, name)` of an object path (`…/<plural>/<name>[/<sub>]`).
+pub fn object_of(path: &str) -> Option<(String, String)> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segs.iter().position(|s| *s == "namespaces")? + 2;
+    let name = segs.get(at + 1)?;
+    Some((format!("/{}", segs[..=at].join("/")), name.to_string()))
+}
+
+/// A patch in a non-storage version, applied as the apiserver applies it:
+/// the stored object converted to the asked version, patched there, and
+/// converted back — the new stored object (to replace the old one with).
+pub async fn patched(
+    hook: &Webhook,
+    asked: &str,
+    stored: Value,
+    content_type: &str,
+    patch: &Value,
+) -> Result<Value, String> {
+    let mut obj = convert(hook, asked, vec![stored])
+        .await?
+        .pop()
+        .ok_or("conversion webhook returned no object")?;
+    if content_type.contains("json-patch") {
+        super::json_patch(&mut obj, patch.as_array().map_or(&[][..], Vec::as_slice))?;
+    } else {
+        sandpool_core::batch::merge_patch(&mut obj, patch);
+    }
+    body_to_storage(hook, asked, obj).await
+}
