@@ -216,3 +216,49 @@ async fn an_untrusted_or_failing_webhook_fails_the_request() {
     .unwrap_err();
     assert!(err.contains("unknown kind \"Pod\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, cert, key) = webhook::make_certs(dir.path());
+    let cfg = WebhookConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let (addr, serve) = conversion::bind(&cfg).await.unwrap();
+    tokio::spawn(serve);
+    let url = format!("https://localhost:{}/convert", addr.port());
+    let hook = |ca: &std::path::Path| Webhook {
+        url: url.clone(),
+        ca_pem: std::fs::read(ca).unwrap(),
+        storage_version: "v1beta1".into(),
+    };
+    let obj = || {
+        vec![
+            json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
+        "metadata": {"name": "s"}, "spec": {}}),
+        ]
+    };
+    let desired = "agents.x-k8s.io/v1alpha1";
+    webhook::convert(&hook(&ca_a), desired, obj())
+        .await
+        .unwrap();
+
+    // renewed (as a Secret's mount is): new files under the same names
+    let other = tempfile::tempdir().unwrap();
+    let (ca_b, cert_b, key_b) = webhook::make_certs(other.path());
+    for (from, to) in [(&cert_b, &cert), (&key_b, &key)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    let converted = webhook::convert(&hook(&ca_b), desired, obj())
+        .await
+        .unwrap();
+    assert_eq!(converted[0]["spec"]["replicas"], 1);
+    let err = webhook::convert(&hook(&ca_a), desired, obj())
+        .await
+        .unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+}

@@ -1,18 +1,24 @@
-//! TLS for the webhook: a rustls server config from PEM files, and an axum
+//! TLS for the webhook: a rustls server config from PEM files (reloaded
+//! when they change), and an axum
 //! `Listener` whose connections are TLS streams (handshakes run in their own
 //! tasks, so a slow client holds up no one).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{Error, Result};
@@ -30,8 +36,8 @@ fn invalid(what: String) -> Error {
     )
 }
 
-/// A server config from a PEM certificate chain and a PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+/// The certificate chain and key in the PEM files, ready to serve.
+fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>> {
     let cert_pem = read(cert, "certificate")?;
     let key_pem = read(key, "private key")?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
@@ -42,11 +48,69 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     }
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| invalid(format!("private key {}: {e}", key.display())))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| invalid(format!("private key {}: {e}", key.display())))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// What identifies a version of the files: their modification times and sizes
+/// (a renewed Secret's mount points at new files).
+type Stamp = [(SystemTime, u64); 2];
+
+fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+/// Serves the certificate in the files, reloaded when they change (a
+/// renewed certificate needs no restart); a broken renewal keeps the old.
+#[derive(Debug)]
+struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<(Option<Stamp>, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let now = stamp(&self.cert, &self.key);
+        let mut current = self.current.lock();
+        if now.is_some() && now != current.0 {
+            match load(&self.cert, &self.key, &self.provider) {
+                Ok(k) => {
+                    tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
+                    *current = (now, k);
+                }
+                Err(e) => tracing::warn!(error = %e, "webhook certificate not reloaded"),
+            }
+        }
+        Some(current.1.clone())
+    }
+}
+
+/// A server config from a PEM certificate chain and a PEM private key,
+/// reloaded whenever the files change.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let first = (stamp(cert, key), load(cert, key, &provider)?);
+    let resolver = Reloading {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        provider: provider.clone(),
+        current: Mutex::new(first),
+    };
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
-        .map_err(|e| invalid(format!("TLS configuration: {e}")))?;
+        .map_err(|e| invalid(format!("TLS configuration: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
     Ok(Arc::new(config))
 }
 
