@@ -36,10 +36,11 @@ die() { printf 'k8s-check: %s\n' "$*" >&2; exit 1; }
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 
-# --- system packages (unzip, npm) ------------------------------------------
+# --- system packages (unzip, npm, openssl) ------------------------------------------
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
