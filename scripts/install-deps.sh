@@ -23,6 +23,7 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 if ((${#need[@]})); then

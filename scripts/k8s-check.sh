@@ -36,10 +36,11 @@ die() { printf 'k8s-check: %s\n' "$*" >&2; exit 1; }
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 
-# --- system packages (unzip, npm) ------------------------------------------
+# --- system packages (unzip, npm, openssl) ------------------------------------------
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -220,7 +221,8 @@ expect_pools no-pool ""
 # built-in default pool (_helpers.tpl) must then equal pools[0] of values.yaml.
 # (The generated service token differs between renderings: masked.)
 render pool-fallback --set 'pools[0].enabled=true'
-mask_token() { sed -E 's/^(  token: ).*/\1<generated>/' "$SCRATCH/$1.yaml" >"$SCRATCH/$1.masked"; }
+# (likewise the conversion webhook's generated CA and certificate)
+mask_token() { sed -E 's/^(  token: |  ca\.crt: |  tls\.crt: |  tls\.key: |        caBundle: ).*/\1<generated>/' "$SCRATCH/$1.yaml" >"$SCRATCH/$1.masked"; }
 mask_token defaults; mask_token pool-fallback
 cmp -s "$SCRATCH/defaults.masked" "$SCRATCH/pool-fallback.masked" ||
   die "sandpool.defaultPool (_helpers.tpl) and pools[0] (values.yaml) disagree:
@@ -295,6 +297,79 @@ expect_no_object defaults 'ConfigMap/sandpool-controller-sandbox-config'
 render asb-no-policy --set agentSandbox.networkPolicy.enabled=false
 expect_no_object asb-no-policy 'NetworkPolicy/sandpool-agent-sandbox-api'
 
+# the conversion webhook: the agent-sandbox CRDs convert through the
+# controller's Service (otherwise unchanged); a generated CA (the CRDs'
+# caBundle = the Secret's ca.crt) signs a serving certificate for the
+# Service's DNS names; or cert-manager's Certificate + CA injection.
+webhook_of() { # webhook_of NAME: checks the rendering, prints a summary
+  "$VENV/bin/python" - "$SCRATCH/$1.yaml" "$CHART/files/crds" "$SCRATCH/$1" <<'PY'
+import base64, glob, subprocess, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+secret = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-conversion-webhook-tls")]
+out = []
+for f in sorted(glob.glob(sys.argv[2] + "/*.yaml")):
+    orig = yaml.safe_load(open(f))
+    name = orig["metadata"]["name"]
+    got = crds[name]
+    conv = got["spec"].pop("conversion", None)
+    orig["spec"].pop("conversion", None)
+    ann = got["metadata"].get("annotations", {}).pop("cert-manager.io/inject-ca-from", None)
+    assert got == orig, f"{name} changed beyond spec.conversion"
+    if conv and conv["strategy"] == "Webhook":
+        cc = conv["webhook"]["clientConfig"]
+        ca = cc.get("caBundle")
+        if ca:
+            assert secret, "no webhook Secret"
+            assert base64.b64decode(ca) == base64.b64decode(secret[0]["data"]["ca.crt"]), name
+        svc = cc["service"]
+        out.append(f"{name} Webhook {svc['name']}.{svc['namespace']}:{svc['port']}{svc['path']} "
+                   + ("caBundle" if ca else f"inject-ca-from={ann}"))
+if secret:
+    d = secret[0]["data"]
+    for k in ("ca.crt", "tls.crt", "tls.key"):
+        open(f"{sys.argv[3]}.{k}", "wb").write(base64.b64decode(d[k]))
+    host = f"{svc['name']}.{svc['namespace']}.svc"
+    subprocess.run(["openssl", "verify", "-CAfile", f"{sys.argv[3]}.ca.crt", "-verify_hostname", host,
+                    f"{sys.argv[3]}.tls.crt"], check=True, stdout=subprocess.DEVNULL)
+    out.append(f"certificate verifies for {host}")
+print("\n".join(out))
+PY
+}
+expect_webhook() { # expect_webhook NAME EXPECTED-LINES
+  local got; got=$(webhook_of "$1")
+  [[ "$got" == "$2" ]] || die "[$1] conversion webhook: got '$got', want '$2'"
+}
+expect_webhook defaults "sandboxclaims.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
+sandboxes.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
+sandboxtemplates.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
+sandboxwarmpools.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert caBundle
+certificate verifies for sandpool-conversion-webhook.sandpool.svc"
+expect_object defaults 'Service/sandpool-conversion-webhook'
+expect_object defaults 'Secret/sandpool-conversion-webhook-tls'
+expect defaults '^            - --webhook-listen$'
+expect defaults 'secretName: sandpool-conversion-webhook-tls$'
+render asb-no-webhook --set agentSandbox.conversionWebhook.enabled=false
+expect_webhook asb-no-webhook ""
+expect_no_object asb-no-webhook 'Service/sandpool-conversion-webhook'
+expect_no_object asb-no-webhook 'Secret/sandpool-conversion-webhook-tls'
+expect_not asb-no-webhook 'webhook'
+render asb-webhook-cm --set agentSandbox.conversionWebhook.enabled=true \
+  --set agentSandbox.conversionWebhook.certManager.enabled=true
+expect_webhook asb-webhook-cm "sandboxclaims.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert inject-ca-from=sandpool/sandpool-conversion-webhook
+sandboxes.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert inject-ca-from=sandpool/sandpool-conversion-webhook
+sandboxtemplates.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert inject-ca-from=sandpool/sandpool-conversion-webhook
+sandboxwarmpools.extensions.agents.x-k8s.io Webhook sandpool-conversion-webhook.sandpool:443/convert inject-ca-from=sandpool/sandpool-conversion-webhook"
+expect_object asb-webhook-cm 'Certificate/sandpool-conversion-webhook'
+expect_object asb-webhook-cm 'Issuer/sandpool-conversion-webhook-selfsigned'
+expect_no_object asb-webhook-cm 'Secret/sandpool-conversion-webhook-tls'
+render asb-webhook-issuer --set agentSandbox.conversionWebhook.enabled=true \
+  --set agentSandbox.conversionWebhook.certManager.enabled=true \
+  --set agentSandbox.conversionWebhook.certManager.issuerRef.name=ca \
+  --set agentSandbox.conversionWebhook.certManager.issuerRef.kind=ClusterIssuer
+expect_no_object asb-webhook-issuer 'Issuer/sandpool-conversion-webhook-selfsigned'
+expect asb-webhook-issuer '^    kind: ClusterIssuer$'
+
 # --- negative cases -------------------------------------------------------------
 # reject-schema: values.schema.json must refuse them (helm lint and template);
 # reject-render: a `fail` guard in the templates must (helm lint only logs
@@ -337,6 +412,8 @@ reject-schema ingress-no-host --set server.ingress.enabled=true
 reject-schema service-token-secret-name --set serviceToken.existingSecret=My_Token
 reject-schema service-token-empty-key --set serviceToken.existingSecret=my-token --set serviceToken.existingSecretKey=
 reject-schema service-token-unknown-key --set serviceToken.token=abcdefghijklmnop
+reject-schema webhook-issuer-kind --set agentSandbox.conversionWebhook.certManager.issuerRef.kind=Foo
+reject-schema webhook-port --set agentSandbox.conversionWebhook.port=0
 reject-render buffer-order 'bufferMin \(9\) > bufferMax' --set 'pools[0].capacitySpec.bufferMin=9' --set 'pools[0].capacitySpec.bufferMax=3'
 reject-render pool-no-name 'pools\[1\]: name is required' --set 'pools[0].name=a' --set 'pools[1].capacitySpec.poolMax=3'
 reject-render pool-duplicate 'duplicate pool name' --set 'pools[0].name=a' --set 'pools[1].name=a' \

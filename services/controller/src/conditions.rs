@@ -92,6 +92,8 @@ pub fn reason_of(e: &Error) -> String {
             "RuntimeError".into()
         }
         Error::Json(_) => "SerializationError".into(),
+        Error::Conversion(_) => "ConversionFailed".into(),
+        Error::Webhook { .. } => "WebhookError".into(),
     }
 }
 

@@ -36,6 +36,16 @@ pub enum Error {
     },
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// An object could not be converted between API versions (why).
+    #[error("conversion: {0}")]
+    Conversion(String),
+    /// The conversion webhook's server (`what` failed).
+    #[error("conversion webhook: {what}: {source}")]
+    Webhook {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -46,6 +56,14 @@ impl Error {
             kind,
             name: name.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// The webhook server's `what` failed with `source`.
+    pub fn webhook(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Webhook {
+            what: what.into(),
+            source,
         }
     }
 
@@ -60,6 +78,8 @@ impl Error {
                 "runtime"
             }
             Error::Json(_) => "json",
+            Error::Conversion(_) => "conversion",
+            Error::Webhook { .. } => "webhook",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod agent_sandbox;
 pub mod batch;
 pub mod conditions;
 pub mod context;
+pub mod conversion;
 pub mod crd;
 pub mod error;
 pub mod kube_scheduler;

@@ -54,6 +54,40 @@ pub struct ControllerArgs {
     identity: Option<String>,
     #[arg(long, default_value = "sandpool-controller")]
     lease_name: String,
+    /// HTTPS `/convert`: the CRD conversion webhook of the agent-sandbox kinds
+    /// (v1alpha1 ⇄ v1beta1); off unless set. Needs the certificate and key.
+    #[arg(long, env = "SANDPOOL_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// PEM certificate (chain) the webhook serves.
+    #[arg(long, env = "SANDPOOL_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of the webhook's certificate.
+    #[arg(long, env = "SANDPOOL_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+}
+
+/// Starts the conversion webhook when `--webhook-listen` is set (every
+/// replica serves it, leader or not).
+async fn spawn_webhook(a: &ControllerArgs) -> anyhow::Result<()> {
+    let (Some(listen), Some(cert), Some(key)) = (a.webhook_listen, &a.webhook_cert, &a.webhook_key)
+    else {
+        return Ok(());
+    };
+    let cfg = sandpool_controller::conversion::WebhookConfig {
+        listen,
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let (addr, serve) = sandpool_controller::conversion::bind(&cfg)
+        .await
+        .context("starting the conversion webhook")?;
+    tracing::info!(%addr, "conversion webhook listening");
+    tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "conversion webhook stopped");
+        }
+    });
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,6 +320,7 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
         );
     spawn_http(a.health_listen, health_app).await?;
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
+    spawn_webhook(&a).await?;
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
@@ -406,6 +441,39 @@ mod tests {
         assert!(
             chart.contains("  dataDir: /var/lib/sandpool-node\n"),
             "the chart's nodeAgent.dataDir default is the agent's own"
+        );
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Ctl {
+        #[command(flatten)]
+        a: ControllerArgs,
+    }
+
+    #[tokio::test]
+    async fn the_conversion_webhook_needs_its_certificate_and_key() {
+        let base = ["controller", "--runtime-image", "r"];
+        let off = Ctl::parse_from(base);
+        assert!(off.a.webhook_listen.is_none());
+        spawn_webhook(&off.a).await.unwrap();
+        let listen = ["--webhook-listen", "127.0.0.1:0"];
+        let without_key = [&base[..], &listen[..], &["--webhook-cert", "c.pem"][..]].concat();
+        let err = Ctl::try_parse_from(without_key).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let paths = [
+            "--webhook-cert",
+            cert.to_str().unwrap(),
+            "--webhook-key",
+            key.to_str().unwrap(),
+        ];
+        let on = Ctl::parse_from([&base[..], &listen[..], &paths[..]].concat());
+        // no such files: the controller does not start half-configured
+        let err = spawn_webhook(&on.a).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("reading certificate"),
+            "{err:#}"
         );
     }
 }

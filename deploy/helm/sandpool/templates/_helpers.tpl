@@ -271,3 +271,54 @@ with the defaults above applied, disabled entries left out.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The conversion webhook (agentSandbox.conversionWebhook): its Service and
+Secret names, and its certificate — self-signed at install (a CA and a
+serving certificate for the Service's DNS names, reused from the existing
+Secret on upgrade), generated once per rendering and shared by the Secret and
+the CRDs' caBundle. Under cert-manager the Certificate fills the Secret and
+the CRDs get the CA injected.
+*/}}
+{{- define "sandpool.webhook.serviceName" -}}
+{{- printf "%s-conversion-webhook" (include "sandpool.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sandpool.webhook.secretName" -}}
+{{- printf "%s-conversion-webhook-tls" (include "sandpool.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sandpool.webhook.certs" -}}
+{{- if not (hasKey .Values "sandpoolWebhookCerts") }}
+{{- $ns := include "sandpool.namespace" . }}
+{{- $svc := include "sandpool.webhook.serviceName" . }}
+{{- $old := lookup "v1" "Secret" $ns (include "sandpool.webhook.secretName" .) }}
+{{- $certs := dict }}
+{{- if and $old (index ($old.data | default dict) "ca.crt") }}
+{{- $certs = dict "ca" (index $old.data "ca.crt" | b64dec) "cert" (index $old.data "tls.crt" | b64dec) "key" (index $old.data "tls.key" | b64dec) }}
+{{- else }}
+{{- $ca := genCA (printf "%s-ca" $svc) 3650 }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $svc $ns) nil $names 3650 $ca }}
+{{- $certs = dict "ca" $ca.Cert "cert" $cert.Cert "key" $cert.Key }}
+{{- end }}
+{{- $_ := set .Values "sandpoolWebhookCerts" $certs }}
+{{- end }}
+{{- toJson (get .Values "sandpoolWebhookCerts") }}
+{{- end }}
+
+{{/* spec.conversion of an agent-sandbox CRD when the webhook is enabled. */}}
+{{- define "sandpool.webhook.conversion" -}}
+strategy: Webhook
+webhook:
+  conversionReviewVersions: ["v1"]
+  clientConfig:
+    service:
+      name: {{ include "sandpool.webhook.serviceName" . }}
+      namespace: {{ include "sandpool.namespace" . }}
+      path: /convert
+      port: 443
+    {{- if not .Values.agentSandbox.conversionWebhook.certManager.enabled }}
+    caBundle: {{ (include "sandpool.webhook.certs" . | fromJson).ca | b64enc }}
+    {{- end }}
+{{- end }}

@@ -1,8 +1,9 @@
 //! agent-sandbox kinds, field for field with upstream's v0.5.6 CRDs.
 //!
 //! Versions: `v1beta1` is served and stored; `v1alpha1` is served,
-//! deprecated, with the same schema. There is no conversion webhook
-//! (`strategy: None`: the apiserver only rewrites `apiVersion`), so both
+//! deprecated, with the same schema. The generated CRDs convert with
+//! `strategy: None` (the apiserver only rewrites `apiVersion`); the chart
+//! switches them to the controller's webhook ([`crate::conversion`]). Both
 //! versions carry the *union* of upstream's v1alpha1 and v1beta1 fields —
 //! `Sandbox.spec.replicas` (v1alpha1) beside `spec.operatingMode` (v1beta1),
 //! `SandboxClaim.spec.sandboxTemplateRef`/`warmpool` (v1alpha1) beside

@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod webhook;
+
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -65,6 +67,8 @@ pub struct FakeApi {
     changed: Arc<tokio::sync::Notify>,
     /// Bumped by `end_watches`: open watches with an older epoch end.
     watch_epoch: Arc<AtomicU64>,
+    /// CRDs converting through a webhook ([`FakeApi::install_crds`]).
+    webhooks: Arc<Mutex<webhook::Webhooks>>,
 }
 
 pub fn pods_path(ns: &str) -> String {
@@ -395,6 +399,55 @@ impl FakeApi {
         kube::Client::new(svc, "default")
     }
 
+    /// Registers CRDs: those whose conversion strategy is Webhook have
+    /// requests in their other versions converted by calling the webhook
+    /// (HTTPS, trusting the CRD's caBundle): a create's or update's body to
+    /// the storage version (a patch is applied to the stored object in the
+    /// version asked for), the answer back to the version asked for. (Watch
+    /// events are not converted.)
+    pub fn install_crds(
+        &self,
+        crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    ) {
+        *self.webhooks.lock().expect("webhooks") = webhook::webhooks_of(crds);
+    }
+
+    /// The method and body to serve a request with in the storage version: a
+    /// create's or replace's object converted; a patch applied in the asked
+    /// version to the stored object and served as the replace it amounts to
+    /// (as is when there is no such object: a 404). Others unchanged.
+    async fn to_storage(
+        &self,
+        hook: &webhook::Webhook,
+        asked: &str,
+        method: &Method,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<(Method, Value), String> {
+        let unchanged = Ok((method.clone(), body.clone()));
+        match *method {
+            Method::POST | Method::PUT if body.is_object() => {
+                let b = webhook::body_to_storage(hook, asked, body.clone()).await?;
+                Ok((method.clone(), b))
+            }
+            Method::PATCH => {
+                let Some((coll, name)) = webhook::object_of(path) else {
+                    return unchanged;
+                };
+                let stored = self.store.lock().expect("store").get(&coll, &name).cloned();
+                match stored {
+                    Some(s) => {
+                        let b = webhook::patched(hook, asked, s, content_type, body).await?;
+                        Ok((Method::PUT, b))
+                    }
+                    None => unchanged,
+                }
+            }
+            _ => unchanged,
+        }
+    }
+
     /// Run `hook` before every request (to simulate other writers).
     pub fn on_request(&self, hook: Hook) {
         self.hooks.lock().expect("hooks").push(hook);
@@ -490,6 +543,19 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
+        let hook = webhook::hook_for(&self.webhooks.lock().expect("webhooks"), &path);
+        let (serve_method, stored_body) = match &hook {
+            Some((h, asked)) => {
+                match self
+                    .to_storage(h, asked, &method, &path, &content_type, &body)
+                    .await
+                {
+                    Ok(x) => x,
+                    Err(e) => return conversion_failed(&e),
+                }
+            }
+            None => (method.clone(), body.clone()),
+        };
         let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -520,26 +586,19 @@ impl FakeApi {
             }
             serve(
                 &mut store,
-                &method,
+                &serve_method,
                 &path,
                 &query,
                 &content_type,
-                body.clone(),
+                stored_body,
             )
         };
-        if storage_coll(&path) != path
-            || path.starts_with("/apis/agents.x-k8s.io/")
-            || path.starts_with("/apis/extensions.agents.x-k8s.io/")
-        {
-            // served in the version asked for (conversion strategy None)
-            let version = api_version_of(&path).unwrap_or_default();
-            let items = out.get_mut("items").and_then(Value::as_array_mut);
-            for o in items.into_iter().flatten() {
-                o["apiVersion"] = json!(version);
+        if let Some((h, asked)) = &hook {
+            if let Err(e) = webhook::response_to(h, asked, &mut out).await {
+                return conversion_failed(&e);
             }
-            if out.get("kind").is_some_and(|k| k != "Status") && out.get("items").is_none() {
-                out["apiVersion"] = json!(version);
-            }
+        } else {
+            rewrite_api_version(&path, &mut out);
         }
         self.changed.notify_waiters();
         self.log.lock().expect("log").push(Logged {
@@ -558,6 +617,34 @@ impl FakeApi {
             )
             .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()))
     }
+}
+
+/// Conversion strategy None: an agent-sandbox answer is served in the
+/// version asked for by rewriting its `apiVersion` only.
+fn rewrite_api_version(path: &str, out: &mut Value) {
+    if storage_coll(path) != path
+        || path.starts_with("/apis/agents.x-k8s.io/")
+        || path.starts_with("/apis/extensions.agents.x-k8s.io/")
+    {
+        let version = api_version_of(path).unwrap_or_default();
+        let items = out.get_mut("items").and_then(Value::as_array_mut);
+        for o in items.into_iter().flatten() {
+            o["apiVersion"] = json!(version);
+        }
+        if out.get("kind").is_some_and(|k| k != "Status") && out.get("items").is_none() {
+            out["apiVersion"] = json!(version);
+        }
+    }
+}
+
+/// The apiserver's answer when the conversion webhook failed.
+fn conversion_failed(message: &str) -> Response<FakeBody> {
+    let out = status(500, "InternalError", message);
+    Response::builder()
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap_or_default())).boxed_unsync())
+        .unwrap_or_else(|_| Response::new(Full::default().boxed_unsync()))
 }
 
 fn serve_list(
