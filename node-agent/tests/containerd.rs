@@ -1444,19 +1444,26 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_logs_are_capped_and_removed_on_release() {
     let Some(node) = boot(12).await else { return };
-    let info = new_sandbox(&node, "pool-g", pb::RuntimeClass::Runc).await;
+    let fill = "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written";
+    // an unprivileged sandbox's commands cannot reach the runtime's stdout:
+    // the runtime holds capabilities they lack (ptrace access is refused)
+    let user = new_sandbox(&node, "pool-g", pb::RuntimeClass::Runc).await;
+    let (out, code) = exec(&user, fill).await;
+    assert_ne!((out.trim(), code), ("written", 0), "{out}");
+    release_all(&node, &[&user.sandbox_id]).await;
+    // a root sandbox's commands can, as its tenant may fill the log
+    let root_t = pb::SandboxTemplate {
+        run_as_root: true,
+        ..template(pb::RuntimeClass::Runc)
+    };
+    let info = new_sandbox_from(&node, "pool-g", root_t).await;
     let log = node.agent().log_path(&info.sandbox_id);
     assert!(
         log.is_file(),
         "{} exists while the sandbox runs",
         log.display()
     );
-    // the runtime's stdout, as any process of the sandbox user can open it
-    let (out, code) = exec(
-        &info,
-        "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written",
-    )
-    .await;
+    let (out, code) = exec(&info, fill).await;
     assert_eq!((out.trim(), code), ("written", 0));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let len = std::fs::metadata(&log).unwrap().len();

@@ -46,8 +46,9 @@ ROLES = ("node-agent", "scheduler", "gateway")
 RETRYABLE = {502, 503, 504}
 CREATED = {200, 202}
 READY_TIMEOUT = 120.0
-# the sandbox's own id, from its init's environment (the node agent sets it)
-IDENTITY = "tr '\\0' '\\n' < /proc/1/environ | sed -n 's/^SANDPOOL_SANDBOX_ID=//p'"
+# the sandbox's own id, from the environment the runtime hands its commands
+# (the node agent sets it on the runtime)
+IDENTITY = 'echo "$SANDPOOL_SANDBOX_ID"'
 
 
 @dataclass
