@@ -78,7 +78,9 @@ async fn ping(info: &pb::SandboxInfo) -> u16 {
 }
 
 /// A private containerd and agent on bridge `sptest{n}`; `None` (the test
-/// passes vacuously) when the prerequisites are missing, see `gate`.
+/// passes vacuously) when the prerequisites are missing, see `gate`. Each
+/// test takes its own `n` across the workspace's real-containerd tests:
+/// tests run in parallel, and two nodes on one subnet hand out the same IPs.
 async fn boot(n: u8) -> Option<Node> {
     Some(Node::start(gate()?, n).await)
 }
@@ -1313,7 +1315,7 @@ fn template_without_limits(class: pb::RuntimeClass) -> pb::SandboxTemplate {
 /// than the node maximum is refused before anything is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_without_limits_in_their_template_get_the_node_defaults() {
-    let Some(node) = boot(9).await else { return };
+    let Some(node) = boot(18).await else { return };
     let mut ids = Vec::new();
     for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
         let info = new_sandbox_from(&node, "pool-l", template_without_limits(class)).await;
@@ -1349,7 +1351,7 @@ async fn host_tasks(node: &Node, info: &pb::SandboxInfo) -> usize {
 /// and the agent keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
-    let Some(node) = boot(10).await else { return };
+    let Some(node) = boot(19).await else { return };
     let t = template_without_limits(pb::RuntimeClass::Runc);
     let info = new_sandbox_from(&node, "pool-b", t).await;
     let bomb = format!("{FORK_BOMB}; echo spawned $i");
@@ -1392,7 +1394,7 @@ async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
 /// a sandbox through the bridge's link-local address (it is from the host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_the_host_over_ipv6() {
-    let Some(node) = boot(11).await else { return };
+    let Some(node) = boot(20).await else { return };
     let info = new_sandbox(&node, "pool-6", pb::RuntimeClass::Runc).await;
     let host = HostListener::bind("[::]:0").await;
     let port = host.port;
@@ -1443,7 +1445,7 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
 /// the cap; released, its log is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_logs_are_capped_and_removed_on_release() {
-    let Some(node) = boot(12).await else { return };
+    let Some(node) = boot(21).await else { return };
     let fill = "head -c 10485760 /dev/zero | tr '\\0' x > /proc/1/fd/1 && echo written";
     // an unprivileged sandbox's commands cannot reach the runtime's stdout:
     // the runtime holds capabilities they lack (ptrace access is refused)
