@@ -1394,7 +1394,8 @@ async fn a_fork_bomb_and_a_big_allocation_stay_inside_the_sandbox() {
 /// a sandbox through the bridge's link-local address (it is from the host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_cannot_reach_the_host_over_ipv6() {
-    let Some(node) = boot(20).await else { return };
+    const N: u8 = 20;
+    let Some(node) = boot(N).await else { return };
     let info = new_sandbox(&node, "pool-6", pb::RuntimeClass::Runc).await;
     let host = HostListener::bind("[::]:0").await;
     let port = host.port;
@@ -1402,10 +1403,9 @@ async fn sandboxes_cannot_reach_the_host_over_ipv6() {
     tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(host.accepted(), 1);
+    let bridge = format!("sptest{N}");
     let out = Command::new("ip")
-        .args([
-            "-6", "-o", "addr", "show", "dev", "sptest11", "scope", "link",
-        ])
+        .args(["-6", "-o", "addr", "show", "dev", &bridge, "scope", "link"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
