@@ -30,6 +30,8 @@ use crate::crd::{
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref};
 
+pub mod phase;
+
 /// How many times one reconcile re-lists the pool after losing races.
 const ALLOCATION_ROUNDS: usize = 3;
 
@@ -119,6 +121,9 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         task_succeed: counts.succeeded as i32,
         task_failed: counts.failed as i32,
         task_unknown: counts.unknown as i32,
+        task_pending: task_pending(batch, want, &counts),
+        phase: Some(phase::phase(&mine, ready)),
+        pause_observed_generation: old.pause_observed_generation,
         completion_time: if finished {
             old.completion_time.clone().or_else(|| Some(Time(now())))
         } else {
@@ -128,6 +133,9 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     };
     if batch.status.as_ref() != Some(&status) {
         patch_status(&batches, &name, serde_json::to_value(&status)?).await?;
+    }
+    if let Some(msg) = phase::unsupported(&batch.spec) {
+        crate::conditions::failed(ctx, batch, "UnsupportedField", msg).await;
     }
     let settling = exhausted || ready < want as i32 || counts.running > 0 || counts.unknown > 0;
     let mut next = if settling {
@@ -148,6 +156,15 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         );
     }
     Ok(Action::requeue(next))
+}
+
+/// Tasks not started yet: shards without a task state.
+fn task_pending(batch: &BatchSandbox, want: usize, c: &sandpool_core::batch::TaskCounts) -> i32 {
+    if batch.spec.task_template.is_none() {
+        return 0;
+    }
+    let seen = (c.running + c.succeeded + c.failed + c.unknown) as usize;
+    want.saturating_sub(seen) as i32
 }
 
 /// Bring the batch's live pods to `replicas`: ended pods are replaced, the

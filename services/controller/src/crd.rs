@@ -18,6 +18,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -82,8 +83,20 @@ pub fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-fn optional_pod_template_schema(g: &mut SchemaGenerator) -> Schema {
-    pod_template_schema(g)
+/// An OpenSandbox pod template: upstream gives it no schema (any object is
+/// kept); the controller refuses a template without containers when it
+/// makes the pod (an `InvalidSpec` condition and event).
+fn opensandbox_template_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "A pod template (core/v1 PodTemplateSpec), validated when the controller creates the pods (as upstream, the CRD keeps any object).",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// An upstream `x-kubernetes-preserve-unknown-fields` value with no type.
+fn free_value_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"x-kubernetes-preserve-unknown-fields": true})
 }
 
 pub(crate) fn free_object_list_schema(_: &mut SchemaGenerator) -> Schema {
@@ -105,7 +118,8 @@ pub struct CapacitySpec {
     pub buffer_max: i32,
     #[schemars(range(min = 0))]
     pub pool_min: i32,
-    #[schemars(range(min = 1))]
+    /// `0` is valid (as upstream): the pool holds no pods.
+    #[schemars(range(min = 0))]
     pub pool_max: i32,
 }
 
@@ -136,6 +150,7 @@ impl CapacitySpec {
     printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.total"),
     printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
     printcolumn(name = "AVAILABLE", type_ = "integer", json_path = ".status.available"),
+    printcolumn(name = "UPDATED", type_ = "integer", json_path = ".status.updated"),
     printcolumn(
         name = "AGE",
         type_ = "date",
@@ -143,11 +158,13 @@ impl CapacitySpec {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("anyOf" = [{"required": ["capacitySpec"]}, {"required": ["capacity"]}]))]
 pub struct PoolSpec {
     /// The pod template of the pool's sandboxes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "optional_pod_template_schema")]
+    #[schemars(schema_with = "opensandbox_template_schema")]
     pub template: Option<PodTemplateSpec>,
+    /// Required (as upstream), unless the deprecated `capacity` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_spec: Option<CapacitySpec>,
     /// Deprecated (older OpenSandbox chart docs): `capacitySpec.bufferMin`.
@@ -170,6 +187,41 @@ pub struct PoolSpec {
     /// and `Noop` are refused with an `UnsupportedField` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_strategy: Option<RecycleStrategy>,
+    /// OpenSandbox `scaleStrategy`: at most `maxUnavailable` pods are being
+    /// created (not yet Ready) at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_strategy: Option<MaxUnavailableStrategy>,
+    /// OpenSandbox `updateStrategy`: idle pods of an older template revision
+    /// are replaced, at most `maxUnavailable` not Ready at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<MaxUnavailableStrategy>,
+}
+
+/// OpenSandbox `scaleStrategy` / `updateStrategy`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaxUnavailableStrategy {
+    /// A number (`5`) or a percentage of `poolMax` (`"20%"`); default 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+impl MaxUnavailableStrategy {
+    /// The limit for a pool of `total` pods (percentages round up, at least 1).
+    pub fn limit(s: Option<&Self>, total: u32) -> u32 {
+        let v = s.and_then(|s| s.max_unavailable.clone());
+        let n = match v {
+            Some(IntOrString::Int(i)) => u32::try_from(i).unwrap_or(0),
+            Some(IntOrString::String(p)) => percent_of(&p, total).unwrap_or(total.div_ceil(4)),
+            None => total.div_ceil(4),
+        };
+        n.max(1)
+    }
+}
+
+fn percent_of(p: &str, total: u32) -> Option<u32> {
+    let pct: u64 = p.trim().strip_suffix('%')?.trim().parse().ok()?;
+    u32::try_from((u64::from(total) * pct).div_ceil(100)).ok()
 }
 
 /// OpenSandbox `recycleStrategy`.
@@ -177,6 +229,7 @@ pub struct PoolSpec {
 pub struct RecycleStrategy {
     /// `Delete` (default), `Restart` or `Noop`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Delete"))]
     pub type_: Option<RecycleType>,
 }
 
@@ -231,6 +284,8 @@ impl PoolSpec {
             capacity: None,
             sandbox_template: None,
             recycle_strategy: None,
+            scale_strategy: None,
+            update_strategy: None,
         }
     }
 
@@ -279,6 +334,10 @@ pub struct PoolStatus {
     pub total: i32,
     pub allocated: i32,
     pub available: i32,
+    /// The hash of the pool's current pod template.
+    pub revision: String,
+    /// Pods made from the current template revision.
+    pub updated: i32,
     /// `Ready=False` with why, while reconciling fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -329,7 +388,7 @@ pub struct TaskTemplateSpec {
     printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "TOTAL", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "ALLOCATED", type_ = "integer", json_path = ".status.allocated"),
-    printcolumn(name = "READY", type_ = "integer", json_path = ".status.ready"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.ready"),
     printcolumn(
         name = "TASK_RUNNING",
         type_ = "integer",
@@ -372,7 +431,7 @@ pub struct BatchSandboxSpec {
     /// The pod template (required without `poolRef`; with `poolRef` the
     /// pool's template is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "optional_pod_template_schema")]
+    #[schemars(schema_with = "opensandbox_template_schema")]
     pub template: Option<PodTemplateSpec>,
     /// Deprecated: a single-container template (`spec.image`, `spec.command`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,6 +449,42 @@ pub struct BatchSandboxSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub shard_task_patches: Vec<serde_json::Value>,
+    /// OpenSandbox `shardPatches`: per-shard patches over the pod template.
+    /// Accepted; not honoured yet (an `UnsupportedField` event and condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_value_schema")]
+    pub shard_patches: Option<serde_json::Value>,
+    /// OpenSandbox `pause`: pause (snapshot and stop) the batch's sandboxes.
+    /// Accepted; not honoured yet (an `UnsupportedField` event and condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<bool>,
+    /// What happens to a sandbox whose task completed: `Retain` (default)
+    /// keeps it until the batch is deleted; `Release` is not honoured yet
+    /// (an `UnsupportedField` event and condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Retain"))]
+    pub task_resource_policy_when_completed: Option<TaskResourcePolicy>,
+}
+
+/// OpenSandbox `taskResourcePolicyWhenCompleted`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TaskResourcePolicy {
+    Retain,
+    Release,
+}
+
+/// OpenSandbox `BatchSandbox` `status.phase` (upstream's values).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BatchSandboxPhase {
+    /// No sandbox is Ready yet.
+    Pending,
+    /// At least one sandbox is Ready.
+    Succeed,
+    Pausing,
+    Paused,
+    Resuming,
+    /// A sandbox's pod failed (ended, or its container cannot start).
+    Failed,
 }
 
 impl BatchSandboxSpec {
@@ -419,6 +514,14 @@ pub struct BatchSandboxStatus {
     pub task_succeed: i32,
     pub task_failed: i32,
     pub task_unknown: i32,
+    /// Tasks not started yet (upstream's count).
+    pub task_pending: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BatchSandboxPhase>,
+    /// The generation whose `spec.pause` was last acted on (upstream's field;
+    /// sandpool does not pause in Kubernetes mode yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_observed_generation: Option<i64>,
     /// When all tasks had finished (for `ttlSecondsAfterFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,

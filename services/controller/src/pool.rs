@@ -16,6 +16,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use sandpool_core::pool::{PoolCounts, scale_decision};
 
+pub mod rollout;
+
 /// Pods of one pool, sorted by what they are doing.
 #[derive(Debug, Default)]
 pub struct PoolPods {
@@ -71,24 +73,31 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     };
     let cap = cap.to_core();
     if let Some(msg) = pool.spec.unsupported_recycle() {
-        ctx.event(pool.as_ref(), true, "UnsupportedField", msg)
-            .await;
+        failed(&ctx, pool.as_ref(), "UnsupportedField", msg).await;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     if let Some((reason, msg)) = refusal(&name, &cap) {
         failed(&ctx, pool.as_ref(), reason, msg).await;
         return Ok(Action::await_change());
     }
+    let revision = rollout::revision(&template);
     let api: Api<Pod> = ctx.api(&ns);
+    let all = list_pods(&api, &format!("{POOL_LABEL}={name}")).await?;
+    let updated = all
+        .iter()
+        .filter(|p| !pods::is_terminating(p) && !pods::is_finished(p))
+        .filter(|p| rollout::is_current(p, &revision))
+        .count() as u32;
     let PoolPods {
         mut warm,
         creating,
         allocated,
         finished,
-    } = classify(list_pods(&api, &format!("{POOL_LABEL}={name}")).await?);
+    } = classify(all);
     for p in &finished {
         delete_ignoring_missing(&api, &p.name_any()).await?;
     }
+    let replaced = replace_stale(&ctx, &pool, &api, &mut warm, creating, &revision).await?;
     let counts = PoolCounts {
         warm: warm.len() as u32,
         creating,
@@ -97,67 +106,136 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let delta = scale_decision(&cap, counts, cap.pool_max);
     let mut created = 0u32;
     if delta > 0 {
-        let owner = controller_ref(
-            "sandbox.opensandbox.io/v1alpha1",
-            "Pool",
-            &name,
-            &pool.uid().unwrap_or_default(),
+        let n = rollout::to_create(
+            &pool.spec,
+            cap.pool_max,
+            u32::try_from(delta).unwrap_or(0),
+            creating,
         );
-        for _ in 0..delta {
-            let meta = ObjectMeta {
-                generate_name: Some(format!("{name}-")),
-                namespace: Some(ns.clone()),
-                labels: Some([(POOL_LABEL.to_string(), name.clone())].into()),
-                owner_references: Some(vec![owner.clone()]),
-                ..Default::default()
-            };
-            let pod = ctx.runtime_pod(&template, meta)?;
-            api.create(&PostParams::default(), &pod).await?;
-            created += 1;
-        }
-        ctx.event(
-            pool.as_ref(),
-            false,
-            "ScaledUp",
-            format!("created {created} warm pods"),
-        )
-        .await;
+        created = create_pods(&ctx, &pool, &api, &template, &revision, n).await?;
     } else if delta < 0 {
-        // drop the newest idle pods first (older ones have warmed caches)
-        warm.sort_by(|a, b| {
-            a.metadata
-                .creation_timestamp
-                .cmp(&b.metadata.creation_timestamp)
-        });
-        let n = delta.unsigned_abs() as usize;
-        for p in warm.split_off(warm.len().saturating_sub(n)) {
-            delete_ignoring_missing(&api, &p.name_any()).await?;
-        }
-        ctx.event(
-            pool.as_ref(),
-            false,
-            "ScaledDown",
-            format!("deleted {n} idle pods"),
-        )
-        .await;
+        scale_down(&ctx, &pool, &api, &mut warm, delta.unsigned_abs() as usize).await?;
     }
     let status = PoolStatus {
         observed_generation: pool.metadata.generation,
         total: (warm.len() as u32 + creating + created + allocated) as i32,
         allocated: allocated as i32,
         available: warm.len() as i32,
+        revision,
+        updated: (updated + created) as i32,
         ..pool.status.clone().unwrap_or_default()
     };
     if pool.status.as_ref() != Some(&status) {
         patch_status(&ctx.api::<Pool>(&ns), &name, serde_json::to_value(&status)?).await?;
     }
     // pod changes wake us through the watch; this is the resync
-    let settling = creating + created > 0 || delta != 0;
+    let settling = creating + created > 0 || delta != 0 || replaced > 0;
     Ok(Action::requeue(if settling {
         ctx.settle
     } else {
         Duration::from_secs(60)
     }))
+}
+
+/// `updateStrategy`: delete idle pods of an older template revision, within
+/// `maxUnavailable` (the scale-up that follows makes their replacements).
+async fn replace_stale(
+    ctx: &Context,
+    pool: &Pool,
+    api: &Api<Pod>,
+    warm: &mut Vec<Pod>,
+    creating: u32,
+    revision: &str,
+) -> Result<usize> {
+    let pool_max = pool.spec.capacity().map_or(0, |c| c.to_core().pool_max);
+    let (current, mut stale): (Vec<Pod>, Vec<Pod>) = std::mem::take(warm)
+        .into_iter()
+        .partition(|p| rollout::is_current(p, revision));
+    *warm = current;
+    let n = rollout::to_replace(&pool.spec, pool_max, stale.len(), creating);
+    let keep = stale.split_off(n);
+    for p in &stale {
+        delete_ignoring_missing(api, &p.name_any()).await?;
+    }
+    warm.extend(keep);
+    if n > 0 {
+        ctx.event(
+            pool,
+            false,
+            "Updating",
+            format!("replacing {n} idle pods of an older template (revision {revision})"),
+        )
+        .await;
+    }
+    Ok(n)
+}
+
+async fn create_pods(
+    ctx: &Context,
+    pool: &Pool,
+    api: &Api<Pod>,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    revision: &str,
+    n: u32,
+) -> Result<u32> {
+    let name = pool.name_any();
+    let ns = namespace_of(pool)?;
+    let owner = controller_ref(
+        "sandbox.opensandbox.io/v1alpha1",
+        "Pool",
+        &name,
+        &pool.uid().unwrap_or_default(),
+    );
+    let mut created = 0u32;
+    for _ in 0..n {
+        let meta = ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: Some(ns.clone()),
+            labels: Some(
+                [
+                    (POOL_LABEL.to_string(), name.clone()),
+                    (rollout::REVISION_LABEL.to_string(), revision.to_string()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        };
+        let pod = ctx.runtime_pod(template, meta)?;
+        api.create(&PostParams::default(), &pod).await?;
+        created += 1;
+    }
+    if created > 0 {
+        ctx.event(
+            pool,
+            false,
+            "ScaledUp",
+            format!("created {created} warm pods"),
+        )
+        .await;
+    }
+    Ok(created)
+}
+
+/// Drop the newest `n` idle pods (older ones have warmed caches).
+async fn scale_down(
+    ctx: &Context,
+    pool: &Pool,
+    api: &Api<Pod>,
+    warm: &mut Vec<Pod>,
+    n: usize,
+) -> Result<()> {
+    warm.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    for p in warm.split_off(warm.len().saturating_sub(n)) {
+        delete_ignoring_missing(api, &p.name_any()).await?;
+    }
+    ctx.event(pool, false, "ScaledDown", format!("deleted {n} idle pods"))
+        .await;
+    Ok(())
 }
 
 #[cfg(test)]

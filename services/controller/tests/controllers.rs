@@ -174,9 +174,16 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
         .with_store(|s| s.get(&pools(), "agent-pool").cloned())
         .expect("pool")["status"]
         .clone();
+    let revision = status["revision"].as_str().unwrap_or_default().to_string();
+    assert_eq!(revision.len(), 8, "the template's hash: {status}");
     assert_eq!(
         status,
-        json!({"observedGeneration": 1, "total": 2, "allocated": 0, "available": 0})
+        json!({"observedGeneration": 1, "total": 2, "allocated": 0, "available": 0,
+            "revision": revision, "updated": 2})
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["sandbox.opensandbox.io/pool-revision"],
+        revision.as_str()
     );
 
     ready_all(&api, &format!("{POOL_LABEL}=agent-pool"));

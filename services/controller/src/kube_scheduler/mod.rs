@@ -567,6 +567,9 @@ impl Scheduler for KubeScheduler {
                 ttl_seconds_after_finished: None,
                 task_template: None,
                 shard_task_patches: Vec::new(),
+                shard_patches: None,
+                pause: None,
+                task_resource_policy_when_completed: None,
             },
         );
         b.metadata.labels = Some(labels);
@@ -759,6 +762,9 @@ impl Scheduler for KubeScheduler {
                     },
                 }),
                 shard_task_patches: patches,
+                shard_patches: None,
+                pause: None,
+                task_resource_policy_when_completed: None,
             },
         );
         let b = self

@@ -3,6 +3,8 @@
 //! into our types and validate against the generated schemas the way a
 //! strict apiserver would (schema + unknown fields refused).
 
+mod gotmpl;
+mod opensandbox;
 mod structural;
 
 use std::path::{Path, PathBuf};
@@ -84,7 +86,7 @@ fn crds_have_status_columns_and_keep_policy() {
             "DESIRED",
             "TOTAL",
             "ALLOCATED",
-            "READY",
+            "Ready",
             "TASK_RUNNING",
             "TASK_SUCCEED",
             "TASK_FAILED",
@@ -95,7 +97,7 @@ fn crds_have_status_columns_and_keep_policy() {
     );
     assert_eq!(
         cols(&by_kind("Pool")),
-        ["TOTAL", "ALLOCATED", "AVAILABLE", "AGE"]
+        ["TOTAL", "ALLOCATED", "AVAILABLE", "UPDATED", "AGE"]
     );
     for c in crds() {
         let kind = c["spec"]["names"]["kind"]
@@ -332,7 +334,7 @@ fn bad_resources_are_refused_with_the_field_named() {
         ),
         (
             pool(
-                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 0}}),
+                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": -1}}),
             ),
             "poolMax",
         ),
@@ -343,8 +345,10 @@ fn bad_resources_are_refused_with_the_field_named() {
             "bogus",
         ),
         (
-            pool(serde_json::json!({"template": {"spec": {"containers": []}}})),
-            "containers",
+            pool(
+                serde_json::json!({"template": tmpl, "capacitySpec": {"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 1}, "recycleStrategy": {"type": "Reuse"}}),
+            ),
+            "recycleStrategy",
         ),
         (
             serde_json::json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox", "metadata": {"name": "b"}, "spec": {"replicas": -1}}),

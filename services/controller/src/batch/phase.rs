@@ -1,0 +1,124 @@
+//! OpenSandbox `BatchSandbox` `status.phase`, and the spec fields sandpool
+//! accepts but does not honour yet (reported, never silently ignored).
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::crd::{BatchSandboxPhase, BatchSandboxSpec, TaskResourcePolicy};
+
+/// Container waiting reasons that mean the sandbox will not start by itself.
+const STUCK: [&str; 4] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+];
+
+/// The pod failed: it ended as Failed, or a container is stuck (see [`STUCK`]).
+pub fn pod_failed(pod: &Pod) -> bool {
+    let Some(st) = &pod.status else { return false };
+    if st.phase.as_deref() == Some("Failed") {
+        return true;
+    }
+    st.container_statuses
+        .iter()
+        .chain(st.init_container_statuses.iter())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+        .any(|r| STUCK.contains(&r))
+}
+
+/// Upstream's steady phases: `Failed` when a pod failed, `Succeed` once a
+/// sandbox is Ready, else `Pending`. (Pausing, Paused and Resuming belong to
+/// `spec.pause`, which sandpool does not act on in Kubernetes mode yet.)
+pub fn phase(pods: &[Pod], ready: i32) -> BatchSandboxPhase {
+    if pods.iter().any(pod_failed) {
+        BatchSandboxPhase::Failed
+    } else if ready > 0 {
+        BatchSandboxPhase::Succeed
+    } else {
+        BatchSandboxPhase::Pending
+    }
+}
+
+/// The fields of `spec` that are set but not honoured, and why.
+pub fn unsupported(spec: &BatchSandboxSpec) -> Option<String> {
+    let mut fields = Vec::new();
+    if spec.pause == Some(true) {
+        fields.push("spec.pause");
+    }
+    if spec
+        .shard_patches
+        .as_ref()
+        .is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        fields.push("spec.shardPatches");
+    }
+    if spec.task_resource_policy_when_completed == Some(TaskResourcePolicy::Release) {
+        fields.push("spec.taskResourcePolicyWhenCompleted Release");
+    }
+    let verb = if fields.len() == 1 { "is" } else { "are" };
+    (!fields.is_empty()).then(|| {
+        format!(
+            "{} {verb} not supported by sandpool in Kubernetes mode yet; the sandboxes run as if unset",
+            fields.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).expect("pod")
+    }
+
+    #[test]
+    fn phases_follow_the_pods() {
+        let ready = pod(json!({"phase": "Running"}));
+        assert_eq!(phase(&[], 0), BatchSandboxPhase::Pending);
+        assert_eq!(
+            phase(std::slice::from_ref(&ready), 1),
+            BatchSandboxPhase::Succeed
+        );
+        let crash = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "c", "image": "i",
+            "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}),
+        );
+        assert_eq!(phase(&[ready.clone(), crash], 1), BatchSandboxPhase::Failed);
+        assert_eq!(
+            phase(&[pod(json!({"phase": "Failed"}))], 0),
+            BatchSandboxPhase::Failed
+        );
+        let pulling = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "c", "image": "i",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        );
+        assert_eq!(phase(&[pulling], 0), BatchSandboxPhase::Pending);
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let spec =
+            |v: serde_json::Value| -> BatchSandboxSpec { serde_json::from_value(v).expect("spec") };
+        assert_eq!(unsupported(&spec(json!({"replicas": 1}))), None);
+        assert_eq!(
+            unsupported(&spec(json!({"pause": false, "shardPatches": [],
+                "taskResourcePolicyWhenCompleted": "Retain"}))),
+            None
+        );
+        let msg = unsupported(&spec(json!({"pause": true}))).expect("pause");
+        assert!(msg.starts_with("spec.pause is not supported"), "{msg}");
+        let msg = unsupported(&spec(json!({"shardPatches": [{"metadata": {}}],
+            "taskResourcePolicyWhenCompleted": "Release"})))
+        .expect("two");
+        assert!(
+            msg.contains("spec.shardPatches")
+                && msg.contains("taskResourcePolicyWhenCompleted Release"),
+            "{msg}"
+        );
+    }
+}
