@@ -1,0 +1,301 @@
+//! OpenSandbox Pool and BatchSandbox fields beyond the basics, against the
+//! stateful fake apiserver: template revisions and `updateStrategy`,
+//! `scaleStrategy`, BatchSandbox `status.phase`, and fields accepted but not
+//! honoured (reported with an `UnsupportedField` event and condition).
+
+mod support;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::crd::*;
+use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::{batch, pool};
+use serde_json::{Value, json};
+use support::{FakeApi, cr_path, make_ready, pods_path};
+
+const NS: &str = "sandpool";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
+const REVISION: &str = "sandbox.opensandbox.io/pool-revision";
+
+struct NoTasks;
+
+#[async_trait]
+impl TaskRunner for NoTasks {
+    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
+        Some(None)
+    }
+    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
+}
+
+fn setup() -> (FakeApi, Arc<Context>) {
+    let api = FakeApi::new();
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        inj,
+        Arc::new(NoTasks),
+        Some("test".into()),
+    ));
+    (api, ctx)
+}
+
+fn pools() -> String {
+    cr_path("sandbox.opensandbox.io", "pools", NS)
+}
+fn batches() -> String {
+    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
+}
+
+fn pool_obj(name: &str, image: &str, cap: [i32; 4], extra: Value) -> Value {
+    let mut p = json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}},
+                 "capacitySpec": {"bufferMin": cap[0], "bufferMax": cap[1], "poolMin": cap[2], "poolMax": cap[3]}}});
+    sandpool_core::batch::merge_patch(&mut p, &json!({ "spec": extra }));
+    p
+}
+
+async fn reconcile_pool(ctx: &Arc<Context>, name: &str) {
+    let p = Api::<Pool>::namespaced(ctx.client.clone(), NS)
+        .get(name)
+        .await
+        .expect("get pool");
+    pool::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("pool reconcile");
+}
+
+async fn reconcile_batch(ctx: &Arc<Context>, name: &str) {
+    let b = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
+        .get(name)
+        .await
+        .expect("get batch");
+    batch::reconcile(Arc::new(b), ctx.clone())
+        .await
+        .expect("batch reconcile");
+}
+
+/// Live pods of the pool: (name, revision label, ready).
+fn live_pods(api: &FakeApi) -> Vec<(String, String, bool)> {
+    api.with_store(|s| s.list(&pods_path(NS)))
+        .into_iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["metadata"]["labels"][REVISION]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["status"]["podIP"].is_string(),
+            )
+        })
+        .collect()
+}
+
+fn ready_all(api: &FakeApi) {
+    for (i, (name, _, ready)) in live_pods(api).into_iter().enumerate() {
+        if !ready {
+            api.with_store(|s| make_ready(s, NS, &name, &format!("10.2.0.{}", i + 10), "node-a"));
+        }
+    }
+}
+
+fn status(api: &FakeApi, coll: &str, name: &str) -> Value {
+    api.with_store(|s| s.get(coll, name).cloned())
+        .expect("object")["status"]
+        .clone()
+}
+
+fn warnings(api: &FakeApi, name: &str) -> Vec<(String, String)> {
+    api.with_store(|s| s.list(EVENTS))
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ready_condition(api: &FakeApi, coll: &str, name: &str) -> Value {
+    status(api, coll, name)["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_new_template_replaces_idle_pods_within_max_unavailable() {
+    let (api, ctx) = setup();
+    let strategy = json!({"updateStrategy": {"maxUnavailable": 1}});
+    api.with_store(|s| {
+        s.put(
+            &pools(),
+            pool_obj("p", "busybox:1", [3, 3, 3, 5], strategy.clone()),
+        )
+    });
+    reconcile_pool(&ctx, "p").await;
+    ready_all(&api);
+    reconcile_pool(&ctx, "p").await;
+    let old = status(&api, &pools(), "p");
+    assert_eq!(
+        (old["available"].clone(), old["updated"].clone()),
+        (json!(3), json!(3))
+    );
+    let old_rev = old["revision"].as_str().expect("revision").to_string();
+    assert!(live_pods(&api).iter().all(|(_, r, _)| *r == old_rev));
+
+    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox:2", [3, 3, 3, 5], strategy)));
+    reconcile_pool(&ctx, "p").await;
+    let st = status(&api, &pools(), "p");
+    let new_rev = st["revision"].as_str().expect("revision").to_string();
+    assert_ne!(new_rev, old_rev, "the revision follows the template");
+    let pods = live_pods(&api);
+    let stale = pods.iter().filter(|(_, r, _)| *r == old_rev).count();
+    let fresh = pods.iter().filter(|(_, r, _)| *r == new_rev).count();
+    assert_eq!((stale, fresh), (2, 1), "one pod at a time: {pods:?}");
+    assert_eq!(st["updated"], 1);
+    // the replacement is not Ready yet: no further pod goes
+    reconcile_pool(&ctx, "p").await;
+    assert_eq!(live_pods(&api).len(), 3);
+    // as replacements become Ready, the rest follow
+    for _ in 0..4 {
+        ready_all(&api);
+        reconcile_pool(&ctx, "p").await;
+    }
+    ready_all(&api);
+    reconcile_pool(&ctx, "p").await;
+    let pods = live_pods(&api);
+    assert!(
+        pods.iter().all(|(_, r, ready)| *r == new_rev && *ready),
+        "{pods:?}"
+    );
+    assert_eq!(pods.len(), 3);
+    assert_eq!(status(&api, &pools(), "p")["updated"], 3);
+    // the pod the apiserver would create carries the new image
+    let images: Vec<Value> = api
+        .with_store(|s| s.list(&pods_path(NS)))
+        .into_iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| p["spec"]["containers"][0]["image"].clone())
+        .collect();
+    assert!(images.iter().all(|i| i == "busybox:2"), "{images:?}");
+}
+
+#[tokio::test]
+async fn scale_strategy_limits_pods_being_created() {
+    let (api, ctx) = setup();
+    let strategy = json!({"scaleStrategy": {"maxUnavailable": 2}});
+    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [5, 5, 0, 8], strategy)));
+    reconcile_pool(&ctx, "p").await;
+    assert_eq!(live_pods(&api).len(), 2);
+    reconcile_pool(&ctx, "p").await;
+    assert_eq!(live_pods(&api).len(), 2, "two are still being created");
+    ready_all(&api);
+    reconcile_pool(&ctx, "p").await;
+    assert_eq!(live_pods(&api).len(), 4);
+    ready_all(&api);
+    reconcile_pool(&ctx, "p").await;
+    assert_eq!(live_pods(&api).len(), 5);
+    // without a scale strategy, all at once (as before)
+    api.with_store(|s| s.put(&pools(), pool_obj("q", "busybox", [5, 5, 0, 8], json!({}))));
+    reconcile_pool(&ctx, "q").await;
+    assert_eq!(live_pods(&api).len(), 10);
+}
+
+#[tokio::test]
+async fn a_recycle_strategy_not_honoured_is_a_condition_and_an_event() {
+    let (api, ctx) = setup();
+    let extra = json!({"recycleStrategy": {"type": "Restart"}});
+    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [1, 1, 0, 2], extra)));
+    reconcile_pool(&ctx, "p").await;
+    let cond = ready_condition(&api, &pools(), "p");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "UnsupportedField");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.recycleStrategy.type Restart")),
+        "{cond}"
+    );
+    assert!(
+        warnings(&api, "p")
+            .iter()
+            .any(|(r, _)| r == "UnsupportedField")
+    );
+}
+
+#[tokio::test]
+async fn batches_report_upstream_phases_and_unhonoured_fields() {
+    let (api, ctx) = setup();
+    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [2, 2, 0, 4], json!({}))));
+    reconcile_pool(&ctx, "p").await;
+    ready_all(&api);
+    reconcile_pool(&ctx, "p").await;
+    let batch = |name: &str, spec: Value| {
+        json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+            "metadata": {"name": name}, "spec": spec})
+    };
+    // pooled and Ready: Succeed; pause is accepted but reported
+    api.with_store(|s| {
+        s.put(
+            &batches(),
+            batch("b", json!({"replicas": 1, "poolRef": "p", "pause": true})),
+        )
+    });
+    for _ in 0..2 {
+        reconcile_batch(&ctx, "b").await;
+    }
+    let st = status(&api, &batches(), "b");
+    assert_eq!(st["phase"], "Succeed", "{st}");
+    assert_eq!(st["taskPending"], 0);
+    let cond = ready_condition(&api, &batches(), "b");
+    assert_eq!(cond["reason"], "UnsupportedField", "{st}");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.pause")),
+        "{cond}"
+    );
+    assert!(
+        warnings(&api, "b")
+            .iter()
+            .any(|(r, n)| r == "UnsupportedField" && n.contains("spec.pause"))
+    );
+    // from a template, not Ready yet: Pending, and nothing unsupported
+    api.with_store(|s| {
+        s.put(
+            &batches(),
+            batch(
+                "t",
+                json!({"replicas": 1, "taskResourcePolicyWhenCompleted": "Retain",
+                "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}),
+            ),
+        )
+    });
+    for _ in 0..2 {
+        reconcile_batch(&ctx, "t").await;
+    }
+    assert_eq!(status(&api, &batches(), "t")["phase"], "Pending");
+    assert!(warnings(&api, "t").is_empty(), "{:?}", warnings(&api, "t"));
+}
