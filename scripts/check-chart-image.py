@@ -262,6 +262,21 @@ def running(cd, cid):
     return any(line.split()[:1] == [cid] and "RUNNING" in line for line in r.stdout.splitlines())
 
 
+def missing_paths(pod, spec, root):
+    """Every absolute path in the args (`/x` or `--flag=/x`) must exist in the
+    container: under a mount, in its source; elsewhere, in the image."""
+    mounts = sorted(((m["destination"], m["source"]) for m in spec["mounts"] if m["type"] == "bind"),
+                    key=lambda m: -len(m[0]))
+    for arg in spec["process"]["args"][1:]:
+        path = arg.split("=", 1)[-1]
+        if not path.startswith("/") or path.startswith("/opt/sandpool/"):
+            continue  # /opt/sandpool/: what the runtime install creates
+        host = next((src + path[len(dst):] for dst, src in mounts
+                     if path == dst or path.startswith(dst.rstrip("/") + "/")), root + path)
+        if not os.path.exists(host):
+            die(f"{pod.id}: {path} (in its args) does not exist in the container")
+
+
 def start(cd, base, image_cfg, chain, pod, args=None):
     root = os.path.join(pod.dir, "rootfs")
     os.makedirs(root)
@@ -271,6 +286,7 @@ def start(cd, base, image_cfg, chain, pod, args=None):
     spec = pod.oci_spec(base, image_cfg, root, cd)
     if args is not None:
         spec["process"]["args"] = args
+    missing_paths(pod, spec, root)
     path = os.path.join(pod.dir, "spec.json")
     with open(path, "w") as f:
         json.dump(spec, f)
@@ -339,7 +355,6 @@ def check_runtime_install(cd, base, image_cfg, chain, work):
 
 
 def cleanup(cd, work):
-    t0 = time.monotonic()
     for line in cd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
         cd.ctr("task", "kill", "-s", "SIGKILL", line.split()[0], check=False)
     for _ in range(50):
@@ -354,9 +369,7 @@ def cleanup(cd, work):
         root = os.path.join(work, d, "rootfs")
         if os.path.ismount(root):
             subprocess.run(["umount", "-l", root], check=False)
-    t1 = time.monotonic()
     cd.stop()
-    print(f"cleanup {t1 - t0:.1f}s + containerd stop {time.monotonic() - t1:.1f}s", file=sys.stderr)
 
 
 def main():
@@ -368,6 +381,7 @@ def main():
             die(f"{tool} missing (scripts/install-deps.sh)")
     if os.geteuid() != 0:
         die("needs root (containerd)")
+    t_start = time.monotonic()
     ref, image_cfg, chain = image_of(tar)
     pods, seen = [], set()
     work = tempfile.mkdtemp(prefix="sandpool-chart-image-check.")
@@ -399,7 +413,8 @@ def main():
     finally:
         cleanup(cd, work)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"chart image {ref}: {len(pods)} chart containers and the pool pods' runtime install started as rendered")
+    print(f"chart image {ref}: {len(pods)} chart containers and the pool pods' runtime install started as rendered "
+          f"({time.monotonic() - t_start:.1f}s)")
 
 
 if __name__ == "__main__":
