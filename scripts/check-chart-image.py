@@ -321,13 +321,16 @@ def check_workload(cd, base, image_cfg, chain, pod):
 
 def check_controller(cd, pod, log, spec):
     """The controller reads its files, then calls the apiserver (127.0.0.1:6443,
-    closed): it must stop there, on a refused connection and nothing else."""
+    closed): it must get there (a refused connection) with no other error."""
+    def refused(text):
+        return "tcp connect error" in text and "Connection refused" in text
+
     end = time.monotonic() + DEADLINE
-    while running(cd, pod.id) and time.monotonic() < end:
+    while running(cd, pod.id) and not refused(open(log).read()) and time.monotonic() < end:
         time.sleep(0.2)
     text = open(log).read()
     errors = [line for line in text.splitlines() if "ERROR" in line or line.startswith("Error:")]
-    if running(cd, pod.id) or "tcp connect error" not in text or "Connection refused" not in text:
+    if not refused(text):
         die(f"{pod.id}: expected a refused apiserver connection, args {spec['process']['args']}\n{text[-3000:]}")
     bad = [e for e in errors if "client error (Connect)" not in e and not e.startswith("Error: creating pool")]
     if bad:
