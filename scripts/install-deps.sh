@@ -3,7 +3,8 @@
 # sandboxes: protoc, containerd, runc, crun, runsc, CNI plugins, busybox-static,
 # debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
 # TLS; and, for the image-pull tests, a loopback registry (docker-registry),
-# skopeo, umoci, htpasswd and openssl (test certificates); buildah for E2B template builds. Sourced by run.sh and test.sh; exports PROTOC.
+# skopeo, umoci, htpasswd and openssl (test certificates); buildah for E2B template builds and the chart image (with binutils, util-linux's
+# nsenter and curl for its check). Sourced by run.sh and test.sh; exports PROTOC.
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -26,6 +27,10 @@ command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+# the chart image check (scripts/chart-image.sh, check-chart-image.py)
+command -v readelf >/dev/null 2>&1 || need+=(binutils)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

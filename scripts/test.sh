@@ -71,6 +71,16 @@ cargo build --locked -p sandpool-runtime --bin sandpool-runtime -p sandpool --bi
 export SANDPOOL_BIN="$ROOT/target/debug/sandpool"
 "$ROOT/.venv-k8s/bin/python" scripts/check-chart-args.py target/helm-rendered.yaml "$SANDPOOL_BIN"
 "$ROOT/.venv-k8s/bin/python" scripts/check-chart-args.py target/helm-rendered-asb-router.yaml "$SANDPOOL_BIN"
+# The chart's image, from these binaries (no Docker, no registry): an OCI
+# archive built by buildah, imported into a private containerd and its
+# containers started as the renderings declare them (scripts/check-chart-image.py).
+log "chart image: build (buildah), import (ctr) and start the chart's containers"
+CHART_IMAGE=$("$ROOT/.venv-k8s/bin/python" -c 'import sys, yaml
+print(next(c["image"] for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment"
+           for c in d["spec"]["template"]["spec"]["containers"] if c.get("command") == ["sandpool"]))' target/helm-rendered.yaml)
+bash scripts/chart-image.sh "$SANDPOOL_BIN" "$SANDPOOL_RUNTIME_STATIC_BIN" target/sandpool-chart-image.tar "$CHART_IMAGE"
+"$ROOT/.venv-k8s/bin/python" scripts/check-chart-image.py target/sandpool-chart-image.tar \
+  target/helm-rendered.yaml target/helm-rendered-asb-router.yaml
 log "SDK tests: opensandbox 1.1.1, e2b 2.63.0, e2b-code-interpreter 2.11.5"
 SANDPOOL_RUNTIME_BIN="$ROOT/target/debug/sandpool-runtime" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/integration/python"
