@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod rbac;
+pub mod rules;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -327,12 +329,15 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         let mut dependents = Vec::new();
+        let exists = |u: &str| {
+            self.objects
+                .values()
+                .flat_map(|m| m.values())
+                .any(|o| o["metadata"]["uid"] == u)
+        };
         for (c, m) in &self.objects {
             for (n, o) in m {
-                let owned = o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()));
-                if owned {
+                if rules::orphaned(o, &uid, exists) {
                     dependents.push((c.clone(), n.clone()));
                 }
             }
@@ -392,6 +397,11 @@ impl FakeApi {
         let me = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
+                rbac::check_controller_request(
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query().unwrap_or_default(),
+                );
                 let resp = me.handle(req).await;
                 send.send_response(resp);
             }
@@ -763,6 +773,10 @@ fn serve_patch(
         }
         sandpool_core::batch::merge_patch(&mut obj, &patch);
     }
+    let current = store.get(coll, n).cloned().unwrap_or(Value::Null);
+    if let Err(e) = rules::apply_write_rules(plural, sub, &current, &mut obj) {
+        return rules::invalid(&e);
+    }
     let obj = store.write(coll, n, obj);
     store.maybe_finish_deletion(coll, n);
     (200, obj)
@@ -818,7 +832,12 @@ fn serve(
             }
             let mut obj = body;
             obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
-            (200, store.write(&coll, &n, obj))
+            if let Err(e) = rules::apply_write_rules(plural, sub, &cur, &mut obj) {
+                return rules::invalid(&e);
+            }
+            let out = store.write(&coll, &n, obj);
+            store.maybe_finish_deletion(&coll, &n);
+            (200, out)
         }
         (Method::DELETE, Some(n)) => match store.delete(&coll, &n) {
             Some(o) => (200, o),
