@@ -87,10 +87,22 @@ fn the_chart_grants_the_controller_its_calls_and_no_others() {
     let Some(g) = rbac::controller_grants() else {
         return; // no helm outside CI: rendered_chart() warned
     };
-    // calls of code paths no fake-apiserver test drives (ensure_pools in
-    // services/sandpool/src/cluster.rs): create, then a merge patch
-    for verb in ["create", "patch"] {
-        assert!(g.allows(&attrs(verb, "sandbox.opensandbox.io", "pools", None)));
+    // calls of code paths no fake-apiserver test drives: ensure_pools in
+    // services/sandpool/src/cluster.rs (create, merge patch), KubeScheduler's
+    // ApplyPool/DeletePool and its BatchSandbox cleanup, a BatchSandbox's
+    // expiry, a Sandbox adopting its PVC
+    let untested = [
+        ("create", "sandbox.opensandbox.io", "pools"),
+        ("patch", "sandbox.opensandbox.io", "pools"),
+        ("delete", "sandbox.opensandbox.io", "pools"),
+        ("delete", "sandbox.opensandbox.io", "batchsandboxes"),
+        ("patch", "", "persistentvolumeclaims"),
+    ];
+    for (verb, group, resource) in untested {
+        assert!(
+            g.allows(&attrs(verb, group, resource, None)),
+            "{verb} {group} {resource}"
+        );
     }
     // a Role grants nothing outside its namespace, and nothing cluster-wide
     let mut other_ns = attrs("get", "", "pods", None);

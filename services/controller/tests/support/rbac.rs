@@ -6,6 +6,9 @@
 //! chart does not grant ends the test process (a controller could swallow a
 //! 403, so an answer alone would not fail the test).
 //!
+//! `SANDPOOL_FAKE_API_RECORD=<file>` appends every checked request to the
+//! file (to see which grants the suite never uses).
+//!
 //! helm: `SANDPOOL_HELM`, else `.tools/bin/helm` (installed by
 //! scripts/k8s-check.sh), else `helm` on PATH. Without helm the check is
 //! skipped with a warning, except under `CI=true`, where it fails.
@@ -279,6 +282,18 @@ pub fn check_controller_request(method: &http::Method, path: &str, query: &str) 
     };
     if a.namespace.is_some() {
         a.namespace = Some(CHART_NAMESPACE.to_string());
+    }
+    if let Some(file) = std::env::var_os("SANDPOOL_FAKE_API_RECORD") {
+        // the requests the suite made, one line each (to find unused grants)
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            // one write per line: test processes append concurrently
+            let _ = f.write_all(format!("{a}\n").as_bytes());
+        }
     }
     if !grants.allows(&a) {
         eprintln!(
