@@ -297,3 +297,39 @@ async fn a_dependent_goes_when_its_last_owner_goes() {
         .expect("delete b");
     assert!(stored(&api, "dep").is_none(), "no owner left");
 }
+
+// ------------------------------------------------------------------ pruning and defaulting
+
+#[tokio::test]
+async fn custom_resources_are_pruned_and_defaulted_by_their_generated_schema() {
+    // FakeApi::new() enforces the generated CRDs' schemas
+    let api = FakeApi::new();
+    let gvk = GroupVersionKind::gvk("sandbox.opensandbox.io", "v1alpha1", "BatchSandbox");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "batchsandboxes");
+    let batches: Api<DynamicObject> = Api::namespaced_with(api.client(), NS, &ar);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+        "metadata": {"name": "b", "labels": {"keep": "me"}},
+        "spec": {"poolRef": "p", "noSuchField": 1},
+        "notInTheSchema": {"x": 1}}))
+    .expect("object");
+    let out = batches
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    assert!(
+        out.data["spec"].get("noSuchField").is_none(),
+        "{:?}",
+        out.data
+    );
+    assert!(out.data.get("notInTheSchema").is_none(), "{:?}", out.data);
+    assert_eq!(out.data["spec"]["poolRef"], "p");
+    assert_eq!(out.data["spec"]["replicas"], 1, "the schema's default");
+    assert_eq!(
+        out.metadata
+            .labels
+            .and_then(|l| l.get("keep").cloned())
+            .as_deref(),
+        Some("me")
+    );
+}

@@ -15,6 +15,7 @@
 
 pub mod rbac;
 pub mod rules;
+pub mod schema;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,9 @@ pub struct Store {
     /// Every write as a watch event: (resourceVersion, collection, type,
     /// object).
     events: Vec<(u64, String, &'static str, Value)>,
+    /// CRD schemas written objects are pruned and defaulted by
+    /// ([`FakeApi::enforce_schemas`]; none by default).
+    pub schemas: schema::Schemas,
 }
 
 /// The fake's response bodies: whole, or a watch's event stream.
@@ -221,6 +225,9 @@ impl Store {
     /// Store `obj` as `name` in `coll` under a new resourceVersion; the
     /// stored object.
     fn write(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
+        if let Some(s) = schema::schema_for(&self.schemas, &storage_coll(coll)) {
+            schema::prune_and_default(s, &mut obj, true);
+        }
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
         let old = self
             .objects
@@ -386,8 +393,12 @@ impl Store {
 }
 
 impl FakeApi {
+    /// A fake that prunes and defaults custom resources by the crate's
+    /// generated CRDs, as an apiserver with them installed does.
     pub fn new() -> Self {
-        Self::default()
+        let api = Self::default();
+        api.enforce_schemas(&sandpool_controller::crd::all_crds());
+        api
     }
 
     /// A kube client served by this fake (the server task runs until the
@@ -456,6 +467,15 @@ impl FakeApi {
             }
             _ => unchanged,
         }
+    }
+
+    /// Prune unknown fields and apply defaults from these CRDs' schemas to
+    /// every custom resource stored from now on, as the apiserver does.
+    pub fn enforce_schemas(
+        &self,
+        crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    ) {
+        self.with_store(|s| s.schemas = schema::schemas_of(crds));
     }
 
     /// Run `hook` before every request (to simulate other writers).
