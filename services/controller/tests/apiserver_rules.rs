@@ -333,3 +333,24 @@ async fn custom_resources_are_pruned_and_defaulted_by_their_generated_schema() {
         Some("me")
     );
 }
+
+#[test]
+fn pruning_keeps_preserved_and_additional_properties_and_defaults_nested_fields() {
+    let schema = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "items": {"type": "array", "items": {"type": "object", "properties": {
+                "n": {"type": "integer", "default": 3}}}},
+            "mode": {"type": "string", "default": "Auto"}}}}});
+    let mut obj = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "odd": 1},
+        "spec": {"free": {"anything": [1]}, "labels": {"a": "b"},
+                 "items": [{"gone": true}, {"n": 5}], "extra": 1}});
+    support::schema::prune_and_default(&schema, &mut obj, true);
+    assert_eq!(
+        obj,
+        json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "odd": 1},
+            "spec": {"free": {"anything": [1]}, "labels": {"a": "b"},
+                     "items": [{"n": 3}, {"n": 5}], "mode": "Auto"}})
+    );
+}
