@@ -13,6 +13,9 @@
 
 #![allow(dead_code)]
 
+pub mod rbac;
+pub mod rules;
+pub mod schema;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -43,6 +46,9 @@ pub struct Store {
     /// Every write as a watch event: (resourceVersion, collection, type,
     /// object).
     events: Vec<(u64, String, &'static str, Value)>,
+    /// CRD schemas written objects are pruned and defaulted by
+    /// ([`FakeApi::enforce_schemas`]; none by default).
+    pub schemas: schema::Schemas,
 }
 
 /// The fake's response bodies: whole, or a watch's event stream.
@@ -219,6 +225,9 @@ impl Store {
     /// Store `obj` as `name` in `coll` under a new resourceVersion; the
     /// stored object.
     fn write(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
+        if let Some(s) = schema::schema_for(&self.schemas, &storage_coll(coll)) {
+            schema::prune_and_default(s, &mut obj, true);
+        }
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
         let old = self
             .objects
@@ -327,12 +336,15 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         let mut dependents = Vec::new();
+        let exists = |u: &str| {
+            self.objects
+                .values()
+                .flat_map(|m| m.values())
+                .any(|o| o["metadata"]["uid"] == u)
+        };
         for (c, m) in &self.objects {
             for (n, o) in m {
-                let owned = o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()));
-                if owned {
+                if rules::orphaned(o, &uid, exists) {
                     dependents.push((c.clone(), n.clone()));
                 }
             }
@@ -381,8 +393,12 @@ impl Store {
 }
 
 impl FakeApi {
+    /// A fake that prunes and defaults custom resources by the crate's
+    /// generated CRDs, as an apiserver with them installed does.
     pub fn new() -> Self {
-        Self::default()
+        let api = Self::default();
+        api.enforce_schemas(&sandpool_controller::crd::all_crds());
+        api
     }
 
     /// A kube client served by this fake (the server task runs until the
@@ -392,6 +408,11 @@ impl FakeApi {
         let me = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
+                rbac::check_controller_request(
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query().unwrap_or_default(),
+                );
                 let resp = me.handle(req).await;
                 send.send_response(resp);
             }
@@ -446,6 +467,15 @@ impl FakeApi {
             }
             _ => unchanged,
         }
+    }
+
+    /// Prune unknown fields and apply defaults from these CRDs' schemas to
+    /// every custom resource stored from now on, as the apiserver does.
+    pub fn enforce_schemas(
+        &self,
+        crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+    ) {
+        self.with_store(|s| s.schemas = schema::schemas_of(crds));
     }
 
     /// Run `hook` before every request (to simulate other writers).
@@ -763,6 +793,10 @@ fn serve_patch(
         }
         sandpool_core::batch::merge_patch(&mut obj, &patch);
     }
+    let current = store.get(coll, n).cloned().unwrap_or(Value::Null);
+    if let Err(e) = rules::apply_write_rules(plural, sub, &current, &mut obj) {
+        return rules::invalid(&e);
+    }
     let obj = store.write(coll, n, obj);
     store.maybe_finish_deletion(coll, n);
     (200, obj)
@@ -818,7 +852,12 @@ fn serve(
             }
             let mut obj = body;
             obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
-            (200, store.write(&coll, &n, obj))
+            if let Err(e) = rules::apply_write_rules(plural, sub, &cur, &mut obj) {
+                return rules::invalid(&e);
+            }
+            let out = store.write(&coll, &n, obj);
+            store.maybe_finish_deletion(&coll, &n);
+            (200, out)
         }
         (Method::DELETE, Some(n)) => match store.delete(&coll, &n) {
             Some(o) => (200, o),
