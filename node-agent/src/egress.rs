@@ -15,7 +15,10 @@ use std::{
 };
 
 use sandpool_core::egress::{EgressAction, EgressPolicy, domain::name_target, parse_cidr};
-use sandpool_proto::{template::egress_from_pb, v1 as pb};
+use sandpool_proto::{
+    template::{egress_from_pb, egress_from_pb_with_names},
+    v1 as pb,
+};
 
 use crate::{
     dnsproxy::{SET_V4, SET_V6},
@@ -40,6 +43,12 @@ fn action(a: EgressAction) -> &'static str {
 /// the rule.
 pub fn parse(p: &pb::EgressPolicy) -> Result<EgressPolicy> {
     egress_from_pb(p).map_err(AgentError::InvalidTemplate)
+}
+
+/// [`parse`], where rules may also target domain names (for a node whose
+/// DNS proxy enforces them).
+pub fn parse_with_names(p: &pb::EgressPolicy) -> Result<EgressPolicy> {
+    egress_from_pb_with_names(p).map_err(AgentError::InvalidTemplate)
 }
 
 /// The nft script that makes the sandbox's table enforce `p` (pure).
@@ -136,7 +145,17 @@ fn family(a: &IpAddr) -> &'static str {
 
 /// Load [`ruleset`] into the network namespace at `netns`.
 pub fn apply(netns: &Path, p: Option<&EgressPolicy>, platform: &[(IpAddr, u16)]) -> Result<()> {
-    run_nft(netns, &ruleset(p, platform))
+    apply_with_dns(netns, p, platform, None)
+}
+
+/// Load [`ruleset_with_dns`] into the network namespace at `netns`.
+pub fn apply_with_dns(
+    netns: &Path,
+    p: Option<&EgressPolicy>,
+    platform: &[(IpAddr, u16)],
+    dns: Option<SocketAddrV4>,
+) -> Result<()> {
+    run_nft(netns, &ruleset_with_dns(p, platform, dns))
 }
 
 /// Run the nft script `script` in the network namespace at `netns`.

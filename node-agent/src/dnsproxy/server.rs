@@ -47,6 +47,7 @@ impl SetWriter for NetnsSets {
 /// One sandbox the proxy answers.
 #[derive(Clone)]
 struct Client {
+    id: String,
     policy: Arc<EgressPolicy>,
     sets: Arc<dyn SetWriter>,
 }
@@ -97,19 +98,29 @@ impl DnsProxy {
         self.addr
     }
 
-    /// Answer queries from `source` by `policy`, allowing resolved
-    /// addresses through `sets` (replaces what `source` had).
-    pub fn set_client(&self, source: IpAddr, policy: EgressPolicy, sets: Arc<dyn SetWriter>) {
+    /// Answer queries from sandbox `id`, whose address is `source`, by
+    /// `policy`, allowing resolved addresses through `sets` (replaces what
+    /// `id` and `source` had).
+    pub fn set_client(
+        &self,
+        id: &str,
+        source: IpAddr,
+        policy: EgressPolicy,
+        sets: Arc<dyn SetWriter>,
+    ) {
         let c = Client {
+            id: id.to_owned(),
             policy: Arc::new(policy),
             sets,
         };
-        self.shared.clients.write().insert(source, c);
+        let mut clients = self.shared.clients.write();
+        clients.retain(|_, c| c.id != id);
+        clients.insert(source, c);
     }
 
-    /// Stop answering `source` (REFUSED from now on).
-    pub fn remove_client(&self, source: IpAddr) {
-        self.shared.clients.write().remove(&source);
+    /// Stop answering sandbox `id` (its address gets REFUSED from now on).
+    pub fn remove_client(&self, id: &str) {
+        self.shared.clients.write().retain(|_, c| c.id != id);
     }
 }
 

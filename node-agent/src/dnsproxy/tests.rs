@@ -211,7 +211,7 @@ async fn the_proxy_resolves_allowed_names_through_upstream_and_fills_the_sets_fi
     let sandbox = Ipv4Addr::new(127, 0, 0, 1);
     let stranger = Ipv4Addr::new(127, 0, 0, 2);
     let sets = Arc::new(Recorder::default());
-    proxy.set_client(IpAddr::V4(sandbox), allow_one(), sets.clone());
+    proxy.set_client("sb1", IpAddr::V4(sandbox), allow_one(), sets.clone());
 
     let m = ask(proxy.local_addr(), sandbox, &query(11, &["Allowed.Test."])).await;
     assert_eq!(m.id(), 11);
@@ -235,7 +235,7 @@ async fn the_proxy_resolves_allowed_names_through_upstream_and_fills_the_sets_fi
     // a source that is no registered sandbox is refused
     let m = ask(proxy.local_addr(), stranger, &query(13, &["allowed.test."])).await;
     assert_eq!(m.response_code(), ResponseCode::Refused);
-    proxy.remove_client(IpAddr::V4(sandbox));
+    proxy.remove_client("sb1");
     let m = ask(proxy.local_addr(), sandbox, &query(14, &["allowed.test."])).await;
     assert_eq!(m.response_code(), ResponseCode::Refused);
     assert_eq!(seen.lock().len(), 1);
@@ -255,7 +255,12 @@ async fn an_upstream_that_does_not_answer_gives_servfail() {
     .await
     .expect("start");
     let me = Ipv4Addr::LOCALHOST;
-    proxy.set_client(IpAddr::V4(me), allow_one(), Arc::new(Recorder::default()));
+    proxy.set_client(
+        "sb2",
+        IpAddr::V4(me),
+        allow_one(),
+        Arc::new(Recorder::default()),
+    );
     let m = ask(proxy.local_addr(), me, &query(21, &["allowed.test."])).await;
     assert_eq!(m.response_code(), ResponseCode::ServFail);
 }
