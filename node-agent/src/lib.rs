@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod dnsproxy;
 pub mod egress;
 pub mod error;
 pub mod image;

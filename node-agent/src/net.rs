@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::error::{AgentError, Result};
 
+/// The DNS proxy's default UDP port on the bridge address.
+pub const DNS_PROXY_PORT: u16 = 15353;
+
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     /// Where the per-sandbox netns files live.
@@ -29,6 +32,13 @@ pub struct NetConfig {
     pub isolate: bool,
     /// Host TCP ports sandboxes may still connect to (e.g. an OTLP collector).
     pub allow_host_ports: Vec<u16>,
+    /// UDP port of the node's DNS proxy on the bridge address, which
+    /// enforces domain egress rules ([`crate::dnsproxy`]); 0: no proxy, and
+    /// domain rules are refused.
+    pub dns_proxy_port: u16,
+    /// The resolver the DNS proxy asks (`None`: the first nameserver of the
+    /// host's /etc/resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl NetConfig {
@@ -45,6 +55,8 @@ impl NetConfig {
             subnet: subnet.to_string(),
             isolate: true,
             allow_host_ports: Vec::new(),
+            dns_proxy_port: DNS_PROXY_PORT,
+            dns_upstream: None,
         }
     }
 
@@ -81,6 +93,19 @@ impl NetConfig {
                 "tcp",
                 "--dport",
                 &port.to_string(),
+                "-j",
+                "ACCEPT",
+            ])?;
+        }
+        if self.dns_proxy_port != 0 {
+            // the DNS proxy answers registered sandboxes only
+            iptables(&[
+                "-A",
+                &chain,
+                "-p",
+                "udp",
+                "--dport",
+                &self.dns_proxy_port.to_string(),
                 "-j",
                 "ACCEPT",
             ])?;

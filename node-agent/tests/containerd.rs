@@ -1803,11 +1803,11 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
         .inject(pb::NodeInjectRequest {
             sandbox_id: sb.sandbox_id.clone(),
             process: None,
-            egress: Some(policy(Deny, &[(Allow, "pypi.org", 0)])),
+            egress: Some(policy(Deny, &[(Allow, "pypi.org/8", 0)])),
             resources: None,
         })
         .await
-        .expect_err("a domain is not a CIDR");
+        .expect_err("neither a CIDR nor a domain");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("egress rule 0"), "{bad:?}");
     release_all(&node, &[&sb.sandbox_id]).await;
@@ -1868,6 +1868,113 @@ async fn a_claims_limits_are_set_on_a_warm_sandbox_in_place() {
         );
         assert_eq!(ping(&sb).await, 200, "{class:?}: still answering");
     }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    release_all(&node, &ids).await;
+}
+
+/// The fake resolver the DNS test's node asks (its configure hook is a fn).
+static FAKE_DNS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
+/// A resolver on loopback: `*.test` names in `zone` get their A record
+/// (TTL 1), anything else an empty answer; it logs every name asked.
+async fn fake_resolver(
+    zone: Vec<(&'static str, std::net::Ipv4Addr)>,
+) -> (std::net::SocketAddr, Arc<parking_lot::Mutex<Vec<String>>>) {
+    use hickory_proto::{
+        op::{Message, ResponseCode},
+        rr::{RData, Record, RecordType, rdata::A},
+    };
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let at = sock.local_addr().unwrap();
+    let asked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = Arc::clone(&asked);
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut a = Message::error_msg(q.id(), q.op_code(), ResponseCode::NoError);
+            a.set_recursion_desired(q.recursion_desired());
+            for query in q.queries() {
+                a.add_query(query.clone());
+                let name = query.name().to_ascii().to_lowercase();
+                log.lock().push(name.clone());
+                let hit = zone.iter().find(|(z, _)| name == format!("{z}."));
+                if let (Some((_, ip)), RecordType::A) = (hit, query.query_type()) {
+                    a.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        1,
+                        RData::A(A(*ip)),
+                    ));
+                }
+            }
+            let _ = sock.send_to(&a.to_vec().unwrap(), from).await;
+        }
+    });
+    (at, asked)
+}
+
+/// Domain egress rules through the node's DNS proxy (runc and runsc):
+/// with `allow example.test, deny all` a sandbox cannot reach the allowed
+/// name's address before it resolves it (negative control), reaches it
+/// after, never reaches another address (whose name is denied: NXDOMAIN
+/// from the proxy, the resolver is never asked), and DNS sent to any server
+/// is answered by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_egress_rules_allow_what_an_allowed_name_resolves_to_and_nothing_else() {
+    use pb::EgressAction::{Allow, Deny};
+    let Some(runtime) = gate() else { return };
+    let allowed = Outside::start(46, &[18080]);
+    let other = Outside::start(47, &[18080]);
+    let ip = |o: &Outside| o.addr.parse::<std::net::Ipv4Addr>().unwrap();
+    let (resolver, asked) = fake_resolver(vec![
+        ("example.test", ip(&allowed)),
+        ("other.test", ip(&other)),
+    ])
+    .await;
+    FAKE_DNS.set(resolver).unwrap();
+    let node = Node::start_configured(runtime, 46, |cfg| {
+        cfg.net.dns_upstream = FAKE_DNS.get().copied();
+    })
+    .await;
+    let mut client = serve_agent(&node).await;
+    let mut ids = Vec::new();
+    for class in [pb::RuntimeClass::Runc, pb::RuntimeClass::Runsc] {
+        let sb = new_sandbox(&node, "pool-dns", class).await;
+        ids.push(sb.sandbox_id.clone());
+        assert!(
+            reaches(&sb, &allowed.addr, 18080).await,
+            "{class:?}: no policy"
+        );
+        client
+            .inject(pb::NodeInjectRequest {
+                sandbox_id: sb.sandbox_id.clone(),
+                process: None,
+                egress: Some(policy(Deny, &[(Allow, "Example.TEST", 0)])),
+                resources: None,
+            })
+            .await
+            .unwrap();
+        assert!(
+            !reaches(&sb, &allowed.addr, 18080).await,
+            "{class:?}: not resolved yet"
+        );
+        // any server: port 53 goes to the proxy
+        let (out, _) = exec(&sb, "nslookup example.test 192.0.2.53 2>&1").await;
+        assert!(out.contains(&allowed.addr), "{class:?}: {out}");
+        assert!(
+            reaches(&sb, &allowed.addr, 18080).await,
+            "{class:?}: resolved, allowed"
+        );
+        assert!(!reaches(&sb, &other.addr, 18080).await, "{class:?}: other");
+        let (out, _) = exec(&sb, "nslookup other.test 192.0.2.53 2>&1").await;
+        assert!(!out.contains(&other.addr), "{class:?}: {out}");
+        assert!(out.to_uppercase().contains("NXDOMAIN"), "{class:?}: {out}");
+    }
+    let names = asked.lock().clone();
+    assert!(names.iter().any(|n| n == "example.test."), "{names:?}");
+    assert!(names.iter().all(|n| n != "other.test."), "{names:?}");
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     release_all(&node, &ids).await;
 }

@@ -99,6 +99,20 @@ pub fn egress_to_pb(e: &EgressPolicy) -> pb::EgressPolicy {
 /// A wire egress policy, checked (actions, addresses, ports, size); the
 /// error names the rule.
 pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy, String> {
+    let p = egress_unchecked(e)?;
+    p.validate()?;
+    Ok(p)
+}
+
+/// [`egress_from_pb`] for an enforcer of domain targets: rules may also
+/// name a domain or `*.domain` ([`EgressPolicy::validate_with_names`]).
+pub fn egress_from_pb_with_names(e: &pb::EgressPolicy) -> Result<EgressPolicy, String> {
+    let p = egress_unchecked(e)?;
+    p.validate_with_names()?;
+    Ok(p)
+}
+
+fn egress_unchecked(e: &pb::EgressPolicy) -> Result<EgressPolicy, String> {
     let action = |a: i32| {
         from_pb(a, "egress action", |a| match a {
             pb::EgressAction::Deny => EgressAction::Deny,
@@ -114,12 +128,10 @@ pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy, String> {
                 .map_err(|_| format!("egress rule {i}: port {} is above 65535", r.port))?,
         });
     }
-    let p = EgressPolicy {
+    Ok(EgressPolicy {
         default_action: action(e.default_action)?,
         rules,
-    };
-    p.validate()?;
-    Ok(p)
+    })
 }
 
 #[cfg(test)]

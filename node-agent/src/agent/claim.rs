@@ -1,11 +1,21 @@
 //! What a claim changes on the warm sandbox it takes, before its process
 //! starts: the egress policy and the resource limits it asks for.
 
+use std::{
+    net::{IpAddr, SocketAddrV4},
+    sync::Arc,
+};
+
 use sandpool_core::egress::{EgressAction, EgressPolicy};
 use sandpool_proto::v1 as pb;
 
 use crate::{
-    cgroup, egress,
+    cgroup,
+    dnsproxy::{
+        TtlClamp,
+        server::{DnsProxy, NetnsSets, resolv_conf_upstream},
+    },
+    egress,
     error::{AgentError, Result},
     quantity,
     spec::Limits,
@@ -20,7 +30,17 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
     pub async fn set_egress(&self, id: &str, policy: Option<pb::EgressPolicy>) -> Result<()> {
         let sb = self.get(id)?;
-        let policy = policy.as_ref().map(egress::parse).transpose()?;
+        let names = self.cfg.net.dns_proxy_port != 0 && !sb.template.checkpointable;
+        let policy = policy
+            .as_ref()
+            .map(|p| {
+                if names {
+                    egress::parse_with_names(p)
+                } else {
+                    egress::parse(p)
+                }
+            })
+            .transpose()?;
         if sb.template.checkpointable {
             let denies_all = policy.as_ref().is_some_and(|p| {
                 p.default_action == EgressAction::Deny
@@ -37,6 +57,7 @@ impl Agent {
     }
 
     /// Load `policy` into sandbox `id`'s netns (off the async threads).
+    /// Domain rules register the sandbox with the node's DNS proxy.
     pub(super) async fn apply_egress(&self, id: &str, policy: Option<EgressPolicy>) -> Result<()> {
         let netns = self.cfg.net.netns_path(id);
         let platform: Vec<_> = self
@@ -48,13 +69,64 @@ impl Agent {
                     .net
                     .allow_host_ports
                     .iter()
-                    .map(|p| (std::net::IpAddr::V4(gw), *p))
+                    .map(|p| (IpAddr::V4(gw), *p))
                     .collect()
             })
             .unwrap_or_default();
-        tokio::task::spawn_blocking(move || egress::apply(&netns, policy.as_ref(), &platform))
-            .await
-            .map_err(|e| AgentError::network(format!("egress task of {id}"), e))?
+        let dns = match policy.as_ref().filter(|p| egress::has_domain_rules(p)) {
+            Some(p) => Some(self.register_dns(id, p.clone()).await?),
+            None => {
+                self.forget_dns(id);
+                None
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            egress::apply_with_dns(&netns, policy.as_ref(), &platform, dns)
+        })
+        .await
+        .map_err(|e| AgentError::network(format!("egress task of {id}"), e))?
+    }
+
+    /// Start the node's DNS proxy if needed and have it answer sandbox
+    /// `id` by `policy`; returns the address its DNS goes to.
+    async fn register_dns(&self, id: &str, policy: EgressPolicy) -> Result<SocketAddrV4> {
+        let net = &self.cfg.net;
+        let (Some(gw), port @ 1..) = (net.gateway_ip(), net.dns_proxy_port) else {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id}: domain egress rules need the node's DNS proxy, which is off"
+            )));
+        };
+        let at = SocketAddrV4::new(gw, port);
+        let proxy = self
+            .dns
+            .get_or_try_init(|| async {
+                let upstream = match net.dns_upstream {
+                    Some(u) => u,
+                    None => std::fs::read_to_string("/etc/resolv.conf")
+                        .ok()
+                        .as_deref()
+                        .and_then(resolv_conf_upstream)
+                        .ok_or_else(|| {
+                            AgentError::Network(
+                                "the DNS proxy has no upstream: no nameserver in /etc/resolv.conf"
+                                    .into(),
+                            )
+                        })?,
+                };
+                DnsProxy::start(at.into(), upstream, TtlClamp::default()).await
+            })
+            .await?;
+        let ip = self.get(id)?.ip;
+        let sets = Arc::new(NetnsSets(net.netns_path(id)));
+        proxy.set_client(id, IpAddr::V4(ip), policy, sets);
+        Ok(at)
+    }
+
+    /// Sandbox `id` no longer uses the DNS proxy.
+    pub(super) fn forget_dns(&self, id: &str) {
+        if let Some(p) = self.dns.get() {
+            p.remove_client(id);
+        }
     }
 
     /// Change a running sandbox's CPU, memory and pids in place (a claim's

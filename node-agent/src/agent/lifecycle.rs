@@ -742,6 +742,7 @@ impl Agent {
         self.forget_channel(id);
         self.forget_incarnation(id);
         self.remove_log(id);
+        self.forget_dns(id);
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
             return self.ctr.destroy(id).await;

@@ -275,6 +275,8 @@ pub struct Agent {
     /// each running sandbox's rootfs upper dir (what the disk check
     /// measures), until its container is replaced or removed
     upperdirs: Mutex<HashMap<String, PathBuf>>,
+    /// The node's DNS proxy, started by the first domain egress rule.
+    dns: tokio::sync::OnceCell<crate::dnsproxy::server::DnsProxy>,
 }
 
 /// Why a sandbox was stopped by a limit rather than by its own exit.
@@ -434,6 +436,7 @@ impl Agent {
             busy: Mutex::new(Default::default()),
             kills: Mutex::new(HashMap::new()),
             upperdirs: Mutex::new(HashMap::new()),
+            dns: tokio::sync::OnceCell::new(),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);

@@ -93,7 +93,19 @@ impl EgressPolicy {
     }
 
     /// Check the rules' destinations and the size; the error names the rule.
+    /// Domain targets are refused (see [`EgressPolicy::validate_with_names`]).
     pub fn validate(&self) -> Result<(), String> {
+        self.check(false)
+    }
+
+    /// [`EgressPolicy::validate`], where a rule may also target a domain
+    /// name or `*.domain` wildcard: for an enforcer that resolves names
+    /// (the node agent's DNS proxy).
+    pub fn validate_with_names(&self) -> Result<(), String> {
+        self.check(true)
+    }
+
+    fn check(&self, names: bool) -> Result<(), String> {
         if self.rules.len() > MAX_RULES {
             return Err(format!(
                 "{} egress rules; at most {MAX_RULES}",
@@ -101,7 +113,18 @@ impl EgressPolicy {
             ));
         }
         for (i, r) in self.rules.iter().enumerate() {
-            parse_cidr(&r.cidr).map_err(|e| format!("egress rule {i}: {e}"))?;
+            let Err(e) = parse_cidr(&r.cidr) else {
+                continue;
+            };
+            let e = if names && !r.cidr.contains('/') {
+                match domain::NamePattern::parse(&r.cidr) {
+                    Ok(_) => continue,
+                    Err(_) => format!("{:?} is not an IP address, CIDR or domain name", r.cidr),
+                }
+            } else {
+                e
+            };
+            return Err(format!("egress rule {i}: {e}"));
         }
         Ok(())
     }
@@ -158,5 +181,26 @@ mod tests {
         assert_eq!(v["default_action"], "deny");
         let back: EgressPolicy = serde_json::from_value(v).expect("back");
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn names_pass_only_the_check_for_an_enforcer_that_resolves_them() {
+        let rule = |cidr: &str| EgressRule {
+            action: EgressAction::Allow,
+            cidr: cidr.into(),
+            port: 0,
+        };
+        let p = |t: &str| EgressPolicy {
+            default_action: EgressAction::Deny,
+            rules: vec![rule("10.0.0.0/8"), rule(t)],
+        };
+        for name in ["pypi.org", "*.Example.TEST", "example.test."] {
+            assert!(p(name).validate().is_err(), "{name}");
+            assert_eq!(p(name).validate_with_names(), Ok(()), "{name}");
+        }
+        for bad in ["*", "a..b", "10.0.0.0/33", "x.com/8", "a b"] {
+            let e = p(bad).validate_with_names().expect_err(bad);
+            assert!(e.starts_with("egress rule 1: "), "{e}");
+        }
     }
 }

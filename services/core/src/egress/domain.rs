@@ -2,8 +2,10 @@
 //! rules: a target is an exact name (`api.example.com`) or a wildcard
 //! `*.example.com`, which matches subdomains at any depth but not
 //! `example.com` itself. Names and targets compare case-insensitively and
-//! without a trailing dot. Only the decision lives here: nothing enforces a
-//! domain rule yet, and [`super::EgressPolicy::validate`] still refuses one.
+//! without a trailing dot. Only the decision lives here: the node agent's
+//! DNS proxy enforces it ([`super::EgressPolicy::validate_with_names`]),
+//! while [`super::EgressPolicy::validate`] (gateway, scheduler) still
+//! refuses a domain rule.
 
 use super::{EgressAction, EgressPolicy, parse_cidr};
 
