@@ -238,17 +238,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(%addr, auth, "sandpool-runtime listening (execd HTTP + gRPC)");
     let switches = listening::Switches::new();
     switches.handle_signals(data_dir)?;
+    // one service per port, shared with port 44772's requests that name it
+    // (a network-less sandbox's tunnel reaches 44772 only)
+    let envd = sandpool_runtime::envd_app(state.clone());
+    let interp = sandpool_runtime::interp_app(state.clone());
+    let mut others = Vec::new();
+    if let Some(a) = args.envd_listen {
+        others.push((a.port(), envd.clone()));
+    }
+    if let Some(a) = args.interp_listen {
+        others.push((a.port(), interp.clone()));
+    }
     let extra = [
-        (
-            args.envd_listen,
-            "envd",
-            sandpool_runtime::envd_app(state.clone()),
-        ),
-        (
-            args.interp_listen,
-            "code interpreter",
-            sandpool_runtime::interp_app(state.clone()),
-        ),
+        (args.envd_listen, "envd", envd),
+        (args.interp_listen, "code interpreter", interp),
         // Where a sandbox with the code interpreter has upstream's Jupyter
         // server: the opensandbox-code-interpreter SDK's readiness check
         // connects to it (best effort: a port in use is only logged).
@@ -297,7 +300,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sw.shutdown.send_replace(true);
     });
     let res = switches
-        .serve(listener, sandpool_runtime::app(state.clone()))
+        .serve(
+            listener,
+            sandpool_runtime::ports::with_other_ports(sandpool_runtime::app(state.clone()), others),
+        )
         .await;
     state.kill_all();
     res.context("serving")?;

@@ -3,9 +3,9 @@
 ``list_snapshots``, ``Sandbox.delete_snapshot`` and ``Sandbox.fork``.
 
 Sandboxes come from ``ck-pool`` (runsc without a network: checkpointable).
-Such a sandbox has no envd port to reach (only its runtime, through the node
-agent), so the state is made and read through the OpenSandbox SDK on the same
-sandbox id: a Python process holding ``a`` in memory only, and a file.
+The state is made and read through the OpenSandbox SDK on the same sandbox
+id: a Python process holding ``a`` in memory only, and a file (envd in such
+sandboxes: ``test_e2b_ck_envd.py``).
 """
 
 from __future__ import annotations

@@ -141,9 +141,11 @@ def test_snapshot_errors_are_clear(sandpool: Sandpool, made):
         ck = SandboxSync.create(POOL_IMAGE, connection_config=config, extensions={"poolRef": CK_POOL_NAME}, timeout=TIMEOUT,
                                 ready_timeout=timedelta(seconds=90))
         made["sandboxes"].append(ck)
-        # it has no network: only its runtime is reachable, never a host port
-        r = client.get(f"/v1/sandboxes/{ck.id}/proxy/49983/health")
+        # it has no network: only its runtime's ports are reachable (through
+        # the node agent's tunnel), never a host port
+        r = client.get(f"/v1/sandboxes/{ck.id}/proxy/8080/health")
         assert (r.status_code, r.json()["code"]) == (501, "NOT_IMPLEMENTED"), r.text
+        assert client.get(f"/v1/sandboxes/{ck.id}/proxy/49983/health").status_code == 204
         ck.pause()
         r = client.post(f"/v1/sandboxes/{ck.id}/snapshots", json={})
         assert (r.status_code, r.json()["code"]) == (409, "CONFLICT"), r.text

@@ -162,11 +162,8 @@ async fn send(
     req: Request,
     auth: Auth,
 ) -> Result<Response, ApiError> {
-    let mut url = format!(
-        "http://{}:{}/{path}",
-        sb.ip,
-        crate::opensandbox::sandbox_port(sb, port)?
-    );
+    let (host_port, named) = crate::opensandbox::sandbox_target(sb, port)?;
+    let mut url = format!("http://{}:{host_port}/{path}", sb.ip);
     if let Some(q) = req.uri().query() {
         url.push('?');
         url.push_str(q);
@@ -175,8 +172,11 @@ async fn send(
     let mut out = forward_headers(
         gw.http.request(parts.method.clone(), &url),
         &parts.headers,
-        |name, v| is_platform_credential(gw, name, v),
+        |name, v| name == crate::opensandbox::PORT_HEADER || is_platform_credential(gw, name, v),
     );
+    if let Some(p) = named {
+        out = out.header(crate::opensandbox::PORT_HEADER, p.to_string());
+    }
     if auth == Auth::RuntimeToken && port == RUNTIME_PORT {
         out = out.header("x-execd-access-token", sb.access_token.as_str());
     }

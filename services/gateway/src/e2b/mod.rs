@@ -432,16 +432,18 @@ async fn create(
     // E2B env vars are the defaults of every envd process: hand them to envd.
     if !envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();
-        let envd = match crate::opensandbox::sandbox_port(&sb, u32::from(ENVD_PORT)) {
+        let (envd, named) = match crate::opensandbox::sandbox_target(&sb, u32::from(ENVD_PORT)) {
             Ok(p) => p,
             Err(e) => {
                 let _ = gw.release_claim(&c.claim_id).await;
                 return Err(e.into());
             }
         };
-        let sent = gw
-            .http
-            .post(format!("http://{}:{envd}/init", sb.ip))
+        let mut init = gw.http.post(format!("http://{}:{envd}/init", sb.ip));
+        if let Some(p) = named {
+            init = init.header(crate::opensandbox::PORT_HEADER, p.to_string());
+        }
+        let sent = init
             .header("x-access-token", &sb.access_token)
             .json(&json!({"envVars": envs}))
             .send()

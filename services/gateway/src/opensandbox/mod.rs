@@ -42,6 +42,31 @@ pub fn sandbox_port(sb: &pb::SandboxInfo, port: u32) -> Result<u32> {
     }
 }
 
+/// The ports a network-less sandbox's tunnel carries besides its runtime's
+/// own: envd and the code interpreter, served by the same runtime, which
+/// answers a request on 44772 naming one of them in [`PORT_HEADER`] with
+/// that port's service.
+pub const TUNNELLED_PORTS: [u32; 2] = [49983, 49999];
+
+/// The header naming the in-sandbox port of a request sent through a
+/// network-less sandbox's tunnel (the runtime's `ports` module reads it).
+pub const PORT_HEADER: &str = "x-sandpool-port";
+
+/// Where the gateway sends traffic for `port` of `sb`: the port to connect
+/// to, and the in-sandbox port to name in [`PORT_HEADER`] when the request
+/// goes through a network-less sandbox's tunnel to another of its
+/// runtime's ports (envd, the code interpreter).
+pub fn sandbox_target(sb: &pb::SandboxInfo, port: u32) -> Result<(u32, Option<u32>)> {
+    match sandbox_port(sb, port) {
+        Ok(p) => Ok((p, None)),
+        Err(_) if TUNNELLED_PORTS.contains(&port) => Ok((sb.runtime_port, Some(port))),
+        Err(_) => Err(ApiError::Unsupported(format!(
+            "port {port} of sandbox {} (it has no network, so only its runtime's ports {RUNTIME_PORT}, {} and {} are reachable)",
+            sb.sandbox_id, TUNNELLED_PORTS[0], TUNNELLED_PORTS[1]
+        ))),
+    }
+}
+
 pub fn router(gw: Gateway) -> Router {
     let v1 = Router::new()
         .route("/sandboxes", post(sandboxes::create).get(sandboxes::list))
@@ -255,6 +280,37 @@ mod tests {
             ),
             (RUNTIME_PORT, 49983)
         );
+    }
+
+    #[test]
+    fn network_less_sandboxes_reach_envd_and_the_interpreter_through_the_runtime_tunnel() {
+        let tunnelled = pb::SandboxInfo {
+            sandbox_id: "sb".into(),
+            ip: "127.0.0.1".into(),
+            runtime_port: 40001,
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox_target(&tunnelled, RUNTIME_PORT).unwrap(),
+            (40001, None)
+        );
+        assert_eq!(
+            sandbox_target(&tunnelled, 49983).unwrap(),
+            (40001, Some(49983))
+        );
+        assert_eq!(
+            sandbox_target(&tunnelled, 49999).unwrap(),
+            (40001, Some(49999))
+        );
+        let e = sandbox_target(&tunnelled, 8080).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
+        let bridged = pb::SandboxInfo {
+            ip: "10.213.0.5".into(),
+            runtime_port: RUNTIME_PORT,
+            ..Default::default()
+        };
+        assert_eq!(sandbox_target(&bridged, 49983).unwrap(), (49983, None));
+        assert_eq!(sandbox_target(&bridged, 8080).unwrap(), (8080, None));
     }
 
     #[test]
