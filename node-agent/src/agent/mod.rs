@@ -26,6 +26,7 @@ mod disk;
 mod lifecycle;
 mod logs;
 mod recovery;
+mod renew;
 mod runsc;
 mod template;
 
