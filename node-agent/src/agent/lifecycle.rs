@@ -331,7 +331,9 @@ impl Agent {
         valid: &ValidTemplate,
         restore: Option<&Path>,
     ) -> Result<()> {
-        let spec = self.sandbox_spec(sb, image, chain, image_cfg, valid).await?;
+        let spec = self
+            .sandbox_spec(sb, image, chain, image_cfg, valid)
+            .await?;
         let binary = self.shim_binary(sb.runtime_class, valid.checkpointable);
         let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).

@@ -276,6 +276,8 @@ pub struct Agent {
     /// each running sandbox's rootfs upper dir (what the disk check
     /// measures), until its container is replaced or removed
     upperdirs: Mutex<HashMap<String, PathBuf>>,
+    /// recycles that renewed a sandbox in place (no fresh start)
+    renewed: std::sync::atomic::AtomicU64,
 }
 
 /// Why a sandbox was stopped by a limit rather than by its own exit.
@@ -435,6 +437,7 @@ impl Agent {
             busy: Mutex::new(Default::default()),
             kills: Mutex::new(HashMap::new()),
             upperdirs: Mutex::new(HashMap::new()),
+            renewed: std::sync::atomic::AtomicU64::new(0),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);

@@ -4,6 +4,8 @@
 //! new. A sandbox that cannot be renewed provably clean is started afresh
 //! instead ([`Agent::restart_as`]).
 
+use std::sync::atomic::Ordering;
+
 use sandpool_proto::v1 as pb;
 
 use crate::error::Result;
@@ -20,6 +22,7 @@ impl Agent {
         }
         match self.renew_as(&sb).await {
             Ok(()) => {
+                self.renewed.fetch_add(1, Ordering::Relaxed);
                 self.lock().insert(sb.id.clone(), sb.clone());
                 self.emit(&sb);
                 Ok(sb)
@@ -29,6 +32,12 @@ impl Agent {
                 self.restart_as(sb).await
             }
         }
+    }
+
+    /// How many recycles renewed their sandbox in place (rather than
+    /// falling back to a fresh start).
+    pub fn renewed_in_place(&self) -> u64 {
+        self.renewed.load(Ordering::Relaxed)
     }
 
     /// Renew `sb`'s task and rootfs in place (see [`crate::containerd::Ctr::renew`])
@@ -60,7 +69,11 @@ impl Agent {
         self.ctr
             .set_labels(
                 id,
-                [(super::labels::STATE.to_string(), state_label(sb.state).to_string())].into(),
+                [(
+                    super::labels::STATE.to_string(),
+                    state_label(sb.state).to_string(),
+                )]
+                .into(),
             )
             .await
     }
