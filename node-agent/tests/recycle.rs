@@ -2,7 +2,9 @@
 //! tenant of a recycled pool leaves files, processes, a listening socket,
 //! session state, background commands and mounts behind; the next claimant
 //! of the same sandbox (same id, same address) sees none of them, and the
-//! previous tenant's access token is refused.
+//! previous tenant's access token is refused. The recycle is the cheap
+//! in-place reset (same container and netns, new task and rootfs), not the
+//! fresh-start fallback.
 //!
 //! Gated like `containerd.rs` (see `testkit::gate`): without the
 //! prerequisites these tests pass vacuously unless
@@ -334,12 +336,18 @@ async fn recycle_once(node: &Node, class: pb::RuntimeClass, root: bool) {
         let (_, code) = exec(&info, "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t").await;
         assert_ne!(code, 0, "{label}: a tenant mounted a tmpfs");
     }
+    let renewed = agent.renewed_in_place();
     let next = agent
         .release(&sb.id, pb::ReleasePolicy::Unspecified)
         .await
         .unwrap()
         .expect("recycled, not deleted");
     assert_eq!(next.state, pb::SandboxState::Warm);
+    assert_eq!(
+        agent.renewed_in_place(),
+        renewed + 1,
+        "{label}: reset in place, not started afresh"
+    );
     assert_eq!(next.id, sb.id, "{label}: the same sandbox");
     assert_eq!(next.ip, sb.ip, "{label}: the same address");
     assert_ne!(next.token, sb.token, "{label}: a new access token");

@@ -277,15 +277,15 @@ impl Agent {
         }
     }
 
-    pub(super) async fn start_container(
+    /// The runtime spec of sandbox `sb` from `valid` on `image`.
+    pub(super) async fn sandbox_spec(
         &self,
         sb: &Sandbox,
         image: &str,
         chain: &str,
         image_cfg: &ImageConfig,
         valid: &ValidTemplate,
-        restore: Option<&Path>,
-    ) -> Result<()> {
+    ) -> Result<serde_json::Value> {
         let user = if valid.run_as_root {
             None
         } else {
@@ -304,7 +304,7 @@ impl Agent {
             |k| std::env::var(k).ok(),
             self.cfg.net.gateway_ip(),
         ));
-        let spec = SandboxSpec {
+        Ok(SandboxSpec {
             id: sb.id.clone(),
             env,
             netns_path: if valid.checkpointable {
@@ -319,7 +319,21 @@ impl Agent {
             user,
             cwd: image_cfg.working_dir.clone(),
         }
-        .to_json();
+        .to_json())
+    }
+
+    pub(super) async fn start_container(
+        &self,
+        sb: &Sandbox,
+        image: &str,
+        chain: &str,
+        image_cfg: &ImageConfig,
+        valid: &ValidTemplate,
+        restore: Option<&Path>,
+    ) -> Result<()> {
+        let spec = self
+            .sandbox_spec(sb, image, chain, image_cfg, valid)
+            .await?;
         let binary = self.shim_binary(sb.runtime_class, valid.checkpointable);
         let log = self.log_path(&sb.id);
         // A fresh snapshot key per incarnation (recycle re-creates the same id).
@@ -628,7 +642,8 @@ impl Agent {
         }
     }
 
-    /// Release: delete, or recycle (fresh rootfs and runtime, same network) back to warm.
+    /// Release: delete, or recycle (fresh task, rootfs and runtime, same
+    /// network and container; see [`Agent::recycle_as`]) back to warm.
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
     pub async fn release(
         self: &Arc<Self>,
@@ -651,7 +666,7 @@ impl Agent {
                 state: pb::SandboxState::Warm,
                 ..sb
             };
-            let fresh = self.restart_as(fresh).await?;
+            let fresh = self.recycle_as(fresh).await?;
             // a claim's own egress policy goes with the claim
             if !fresh.template.checkpointable {
                 let pools = validate_template(&fresh.template)?.egress;

@@ -26,6 +26,7 @@ mod disk;
 mod lifecycle;
 mod logs;
 mod recovery;
+mod renew;
 mod runsc;
 mod template;
 
@@ -277,6 +278,8 @@ pub struct Agent {
     upperdirs: Mutex<HashMap<String, PathBuf>>,
     /// The node's DNS proxy, started by the first domain egress rule.
     dns: tokio::sync::OnceCell<crate::dnsproxy::server::DnsProxy>,
+    /// recycles that renewed a sandbox in place (no fresh start)
+    renewed: std::sync::atomic::AtomicU64,
 }
 
 /// Why a sandbox was stopped by a limit rather than by its own exit.
@@ -437,6 +440,7 @@ impl Agent {
             kills: Mutex::new(HashMap::new()),
             upperdirs: Mutex::new(HashMap::new()),
             dns: tokio::sync::OnceCell::new(),
+            renewed: std::sync::atomic::AtomicU64::new(0),
         });
         agent.recover().await?;
         let me = Arc::clone(&agent);

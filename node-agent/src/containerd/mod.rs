@@ -20,6 +20,7 @@ mod archive;
 mod events;
 mod images;
 mod pull;
+mod renew;
 mod snapshots;
 mod tasks;
 

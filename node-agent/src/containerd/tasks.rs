@@ -148,6 +148,19 @@ impl Ctr {
             .found("get container")?
             .and_then(|r| r.into_inner().container)
             .map(|c| c.snapshot_key);
+        self.stop_and_delete_task(id).await?;
+        let req = self.req(api::DeleteContainerRequest { id: id.to_string() });
+        let deleted = self.client.containers().delete(req).await;
+        deleted.found("delete container")?;
+        match snapshot_key {
+            Some(k) if !k.is_empty() => self.remove_snapshot(&k).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Kill `id`'s task (SIGKILL to all its processes), wait for it and
+    /// delete it; no task is fine.
+    pub(super) async fn stop_and_delete_task(&self, id: &str) -> Result<()> {
         if let Some((state, _)) = self.task_state(id).await? {
             if state == TaskState::Paused {
                 let _ = self.resume(id).await;
@@ -181,13 +194,7 @@ impl Ctr {
             });
             self.client.tasks().delete(req).await.found("delete task")?;
         }
-        let req = self.req(api::DeleteContainerRequest { id: id.to_string() });
-        let deleted = self.client.containers().delete(req).await;
-        deleted.found("delete container")?;
-        match snapshot_key {
-            Some(k) if !k.is_empty() => self.remove_snapshot(&k).await,
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Wait up to `within` until `id`'s task no longer runs (stopped or
