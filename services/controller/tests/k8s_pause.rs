@@ -295,6 +295,19 @@ async fn pause_and_resume_go_to_the_node_agent_of_the_pods_node() {
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
     assert_eq!(calls.lock().len(), 1);
 
+    // frozen, the pod failed its readiness probe: resume answers once the
+    // kubelet sees it ready again
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &pod, |p| {
+            p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+        })
+    });
+    let a = api.clone();
+    let p = pod.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
+    });
     let resumed = sched
         .resume_claim(claim_ref(&id))
         .await

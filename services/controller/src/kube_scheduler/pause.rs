@@ -29,6 +29,9 @@ use crate::pods;
 /// when it was paused (`0`: it had none).
 pub const PAUSED_ANNOTATION: &str = "sandpool.io/paused-ttl-remaining-ms";
 
+/// Longest wait, after a resume, for the pod to be ready again.
+const RESUME_READY_WAIT: Duration = Duration::from_secs(30);
+
 /// The chart's label on the node agent DaemonSet's pods.
 pub const NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
 /// The chart's default node agent port (`nodeAgent.port`).
@@ -210,6 +213,13 @@ impl KubeScheduler {
             )
             .await
             .map_err(kube_status)?;
+        if event == ClaimEvent::Resume {
+            // a thawed pod's readiness probe may have failed while frozen:
+            // report it bound once the kubelet sees it ready again
+            if let Ok((b, _)) = self.wait_ready(id, RESUME_READY_WAIT).await {
+                return self.claim_of(&b).await;
+            }
+        }
         self.claim_of(&b).await
     }
 }
