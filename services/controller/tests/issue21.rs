@@ -267,17 +267,22 @@ async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
 // ------------------------------------------------------------------ bug 7b
 
 #[tokio::test]
-async fn pause_in_kubernetes_mode_says_so_in_one_sentence() {
+async fn checkpoints_in_kubernetes_mode_say_so_in_one_sentence() {
+    // (pause itself is served in Kubernetes mode now: tests/k8s_pause.rs)
     let (_api, ctx) = setup();
     let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
     let e = sched
-        .pause_claim(tonic::Request::new(pb::ClaimRef {
+        .checkpoint_claim(tonic::Request::new(pb::CheckpointClaimRequest {
             claim_id: "any".into(),
+            ..Default::default()
         }))
         .await
-        .expect_err("pause");
+        .expect_err("checkpoint");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert_eq!(e.message(), "pause is not supported in Kubernetes mode yet");
+    assert_eq!(
+        e.message(),
+        "checkpoints (snapshots) are not supported in Kubernetes mode yet"
+    );
 }
 
 // ------------------------------------------------------------------ bug 7c

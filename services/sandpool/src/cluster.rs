@@ -64,6 +64,10 @@ pub struct ControllerArgs {
     /// PEM private key of the webhook's certificate.
     #[arg(long, env = "SANDPOOL_WEBHOOK_KEY")]
     webhook_key: Option<PathBuf>,
+    /// gRPC port of the node agents (the DaemonSet's pods in this namespace,
+    /// found by node) that pause and resume claims' pods.
+    #[arg(long, env = "SANDPOOL_NODE_AGENT_PORT", default_value_t = sandpool_controller::kube_scheduler::NODE_AGENT_PORT)]
+    node_agent_port: u16,
 }
 
 /// Starts the conversion webhook when `--webhook-listen` is set (every
@@ -323,7 +327,17 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
     spawn_webhook(&a).await?;
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
-    let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone());
+    let agents = sandpool_controller::kube_scheduler::DaemonSetAgents::new(
+        client.clone(),
+        &a.namespace,
+        ServiceToken::new(service_token.as_deref())?,
+    )
+    .at(
+        sandpool_controller::kube_scheduler::NODE_AGENT_SELECTOR,
+        a.node_agent_port,
+    );
+    let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone())
+        .with_node_agents(Arc::new(agents));
     let sched_task = tokio::spawn(serve_grpc(
         grpc_server(auth),
         bind(a.scheduler_listen).await?,

@@ -89,6 +89,29 @@ pub(super) fn batch_to_pb(b: &BatchSandbox) -> pb::Batch {
     }
 }
 
+impl super::KubeScheduler {
+    /// What a claim's pod runs: its own template, or its pool's (a `poolRef`
+    /// claim has none of its own); empty when the pool is gone.
+    pub(super) async fn claim_template(
+        &self,
+        b: &BatchSandbox,
+    ) -> Result<pb::SandboxTemplate, tonic::Status> {
+        let template = match &b.spec.pool_ref {
+            Some(pool) => match self
+                .pools()
+                .get_opt(pool)
+                .await
+                .map_err(super::kube_status)?
+            {
+                Some(p) => p.spec.pod_template(),
+                None => None,
+            },
+            None => b.spec.pod_template(),
+        };
+        Ok(template.as_ref().map(template_of).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

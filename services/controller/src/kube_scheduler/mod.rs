@@ -28,9 +28,14 @@ use crate::context::{TaskRunner, list_pods};
 use crate::crd::*;
 use crate::error::{is_already_exists, is_not_found};
 use crate::pods::{self, RUNTIME_PORT};
+use sandpool_core::claim::ClaimEvent;
 
 mod convert;
-use convert::{batch_to_pb, patched_metadata, pool_to_pb, template_of};
+mod pause;
+use convert::{batch_to_pb, patched_metadata, pool_to_pb};
+pub use pause::{
+    DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents, PAUSED_ANNOTATION,
+};
 
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";
 pub const CLAIM_POOL_LABEL: &str = "sandpool.io/pool";
@@ -41,6 +46,8 @@ pub struct KubeScheduler {
     client: Client,
     ns: String,
     tasks: Arc<dyn TaskRunner>,
+    /// Pause and resume go to the node agent of the claim's node.
+    nodes: Arc<dyn NodeAgents>,
     /// Longest wait for a claim to be allocated and ready.
     pub claim_timeout: Duration,
     /// Safety-net re-check interval while waiting for a claim: the wait is
@@ -228,9 +235,10 @@ fn task_of(p: &pb::InjectRequest) -> ProcessTask {
 impl KubeScheduler {
     pub fn new(client: Client, ns: &str, tasks: Arc<dyn TaskRunner>) -> Self {
         KubeScheduler {
-            client,
+            client: client.clone(),
             ns: ns.to_string(),
             tasks,
+            nodes: Arc::new(DaemonSetAgents::new(client.clone(), ns, Default::default())),
             claim_timeout: Duration::from_secs(120),
             poll: Duration::from_secs(5),
         }
@@ -294,13 +302,7 @@ impl KubeScheduler {
     async fn claim_of(&self, b: &BatchSandbox) -> Result<pb::Claim, Status> {
         let pod = self.pod_of(b).await?;
         let ready = pod.as_ref().is_some_and(pods::is_ready);
-        let state = if b.metadata.deletion_timestamp.is_some() {
-            pb::ClaimState::Released
-        } else if ready {
-            pb::ClaimState::Bound
-        } else {
-            pb::ClaimState::Pending
-        };
+        let state = pause::claim_state(b, pod.as_ref());
         let metadata: BTreeMap<String, String> = b
             .annotations()
             .get(METADATA_ANNOTATION)
@@ -316,7 +318,9 @@ impl KubeScheduler {
             sandbox_id: p.name_any(),
             pool: pool.clone(),
             node: pods::node_name(p).to_string(),
-            state: if ready {
+            state: if state == pb::ClaimState::Paused {
+                pb::SandboxState::Paused as i32
+            } else if ready {
                 pb::SandboxState::Claimed as i32
             } else {
                 pb::SandboxState::Creating as i32
@@ -350,19 +354,6 @@ impl KubeScheduler {
             image: self.claim_template(b).await?.image,
             ..Default::default()
         })
-    }
-
-    /// What a claim's pod runs: its own template, or its pool's (a `poolRef`
-    /// claim has none of its own); empty when the pool is gone.
-    async fn claim_template(&self, b: &BatchSandbox) -> Result<pb::SandboxTemplate, Status> {
-        let template = match &b.spec.pool_ref {
-            Some(pool) => match self.pools().get_opt(pool).await.map_err(kube_status)? {
-                Some(p) => p.spec.pod_template(),
-                None => None,
-            },
-            None => b.spec.pod_template(),
-        };
-        Ok(template.as_ref().map(template_of).unwrap_or_default())
     }
 
     async fn get_claim_batch(&self, id: &str) -> Result<BatchSandbox, Status> {
@@ -676,12 +667,21 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(self.claim_of(&b).await?))
     }
 
-    async fn pause_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(not_in_kubernetes_mode("pause is"))
+    async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
+        let id = req.into_inner().claim_id;
+        Ok(Response::new(
+            self.set_claim_paused(&id, ClaimEvent::Pause).await?,
+        ))
     }
 
-    async fn resume_claim(&self, _: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        Err(not_in_kubernetes_mode("resume is"))
+    async fn resume_claim(
+        &self,
+        req: Request<pb::ClaimRef>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let id = req.into_inner().claim_id;
+        Ok(Response::new(
+            self.set_claim_paused(&id, ClaimEvent::Resume).await?,
+        ))
     }
 
     async fn checkpoint_claim(

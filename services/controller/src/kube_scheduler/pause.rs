@@ -1,0 +1,225 @@
+//! Pause and resume of a claim in Kubernetes mode: the claim's pod is frozen
+//! (thawed) by the node agent of the node it runs on, the DaemonSet pod on
+//! that node, reached at its pod IP with the service token. The paused state
+//! lives on the claim's `BatchSandbox` (annotation [`PAUSED_ANNOTATION`]),
+//! so every scheduler replica reports it; as in standalone mode a paused
+//! claim's TTL clock stops (its `expireTime` is set aside and put back, with
+//! what was left, on resume) and a transition the claim state machine
+//! refuses (pause a paused claim, resume a running one) is a conflict.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use sandpool_core::claim::{ClaimEvent, ClaimState};
+use sandpool_proto::auth::ServiceToken;
+use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
+use serde_json::json;
+use tonic::Status;
+
+use super::{KubeScheduler, kube_status};
+use crate::crd::BatchSandbox;
+use crate::pods;
+
+/// On a paused claim's `BatchSandbox`: the milliseconds its TTL had left
+/// when it was paused (`0`: it had none).
+pub const PAUSED_ANNOTATION: &str = "sandpool.io/paused-ttl-remaining-ms";
+
+/// Longest wait, after a resume, for the pod to be ready again.
+const RESUME_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// The chart's label on the node agent DaemonSet's pods.
+pub const NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
+/// The chart's default node agent port (`nodeAgent.port`).
+pub const NODE_AGENT_PORT: u16 = 9091;
+
+/// Freezes and thaws pods through the node agent of their node.
+#[async_trait]
+pub trait NodeAgents: Send + Sync {
+    /// Pause (`pause`) or resume the pod `<namespace>/<pod>` on `node`.
+    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status>;
+}
+
+/// The node agents of the chart's DaemonSet, found through the apiserver:
+/// the running pod matching `selector` whose `spec.nodeName` is the node.
+pub struct DaemonSetAgents {
+    pods: Api<Pod>,
+    selector: String,
+    port: u16,
+    token: ServiceToken,
+}
+
+impl DaemonSetAgents {
+    /// The agents in `ns` (the chart installs them beside the controller),
+    /// called with the service token they require.
+    pub fn new(client: Client, ns: &str, token: ServiceToken) -> Self {
+        DaemonSetAgents {
+            pods: Api::namespaced(client, ns),
+            selector: NODE_AGENT_SELECTOR.into(),
+            port: NODE_AGENT_PORT,
+            token,
+        }
+    }
+
+    /// Another label selector or port (`nodeAgent.port` of the chart).
+    pub fn at(mut self, selector: &str, port: u16) -> Self {
+        self.selector = selector.into();
+        self.port = port;
+        self
+    }
+
+    async fn address(&self, node: &str) -> Result<String, Status> {
+        let agents = crate::context::list_pods(&self.pods, &self.selector)
+            .await
+            .map_err(|e| Status::unavailable(format!("listing the node agents: {e}")))?;
+        let ip = agents
+            .iter()
+            .filter(|p| pods::node_name(p) == node && !pods::is_terminating(p))
+            .find_map(|p| pods::pod_ip(p).map(str::to_string))
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "no node agent ({}) runs on node {node}",
+                    self.selector
+                ))
+            })?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        Ok(format!("http://{host}:{}", self.port))
+    }
+}
+
+#[async_trait]
+impl NodeAgents for DaemonSetAgents {
+    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
+        let addr = self.address(node).await?;
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| Status::internal(format!("node agent address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("node agent of {node} at {addr}: {e}")))?;
+        let mut agent = NodeAgentClient::with_interceptor(channel, self.token.clone());
+        let r = sandpool_telemetry::grpc_request(pb::SandboxRef {
+            sandbox_id: sandbox_id.to_string(),
+        });
+        let done = if pause {
+            agent.pause(r).await
+        } else {
+            agent.resume(r).await
+        };
+        done.map(drop)
+            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
+    }
+}
+
+/// The claim's state as [`claim_state`] reads it, in the core state machine.
+fn core_state(b: &BatchSandbox, pod: Option<&Pod>) -> ClaimState {
+    if b.metadata.deletion_timestamp.is_some() {
+        ClaimState::Released
+    } else if b.annotations().contains_key(PAUSED_ANNOTATION) {
+        ClaimState::Paused
+    } else if pod.is_some_and(pods::is_ready) {
+        ClaimState::Bound
+    } else {
+        ClaimState::Pending
+    }
+}
+
+/// The claim's public state: released, paused, bound (its pod ready) or pending.
+pub(super) fn claim_state(b: &BatchSandbox, pod: Option<&Pod>) -> pb::ClaimState {
+    match core_state(b, pod) {
+        ClaimState::Released => pb::ClaimState::Released,
+        ClaimState::Paused => pb::ClaimState::Paused,
+        ClaimState::Bound => pb::ClaimState::Bound,
+        _ => pb::ClaimState::Pending,
+    }
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+/// The patch that records `event` on the claim: the paused mark with the
+/// TTL left (pause), or the mark gone and the TTL restarted (resume).
+fn state_patch(b: &BatchSandbox, event: ClaimEvent) -> Result<serde_json::Value, Status> {
+    if event == ClaimEvent::Pause {
+        let left = b
+            .spec
+            .expire_time
+            .as_ref()
+            .map_or(0, |t| (t.0.as_millisecond() - now_ms()).max(1));
+        return Ok(json!({
+            "metadata": {"annotations": {PAUSED_ANNOTATION: left.to_string()}},
+            "spec": {"expireTime": null},
+        }));
+    }
+    let left: i64 = b
+        .annotations()
+        .get(PAUSED_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let expire = if left > 0 {
+        let t = Timestamp::from_millisecond(now_ms().saturating_add(left))
+            .map_err(|e| Status::internal(format!("restarting the TTL: {e}")))?;
+        json!(Time(t))
+    } else {
+        serde_json::Value::Null
+    };
+    Ok(json!({
+        "metadata": {"annotations": {PAUSED_ANNOTATION: null}},
+        "spec": {"expireTime": expire},
+    }))
+}
+
+impl KubeScheduler {
+    /// Where pause and resume go (default: the chart's DaemonSet, no token).
+    pub fn with_node_agents(mut self, nodes: std::sync::Arc<dyn NodeAgents>) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Pause or resume claim `id` (see the module doc).
+    pub(super) async fn set_claim_paused(
+        &self,
+        id: &str,
+        event: ClaimEvent,
+    ) -> Result<pb::Claim, Status> {
+        let b = self.get_claim_batch(id).await?;
+        let pod = self.pod_of(&b).await?;
+        core_state(&b, pod.as_ref())
+            .on(event)
+            .map_err(|e| Status::failed_precondition(format!("claim {id}: {e}")))?;
+        let pod =
+            pod.ok_or_else(|| Status::failed_precondition(format!("claim {id} has no pod")))?;
+        let node = pods::node_name(&pod);
+        let sandbox_id = format!("{}/{}", self.ns, pod.name_any());
+        self.nodes
+            .set_paused(node, &sandbox_id, event == ClaimEvent::Pause)
+            .await?;
+        let b = self
+            .batches()
+            .patch(
+                id,
+                &PatchParams::default(),
+                &Patch::Merge(state_patch(&b, event)?),
+            )
+            .await
+            .map_err(kube_status)?;
+        if event == ClaimEvent::Resume {
+            // a thawed pod's readiness probe may have failed while frozen:
+            // report it bound once the kubelet sees it ready again
+            if let Ok((b, _)) = self.wait_ready(id, RESUME_READY_WAIT).await {
+                return self.claim_of(&b).await;
+            }
+        }
+        self.claim_of(&b).await
+    }
+}

@@ -1,0 +1,379 @@
+//! Pause and resume of a claim in Kubernetes mode (issue 21): the scheduler
+//! finds the node agent DaemonSet pod on the claim pod's node through the
+//! fake apiserver and calls its gRPC `Pause` / `Resume` (an in-process
+//! tonic server here) with the service token; the paused state and the
+//! stopped TTL live on the claim's BatchSandbox.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use parking_lot::Mutex;
+use sandpool_controller::batch;
+use sandpool_controller::context::Context;
+use sandpool_controller::crd::*;
+use sandpool_controller::kube_scheduler::{
+    DaemonSetAgents, KubeScheduler, NODE_AGENT_SELECTOR, PAUSED_ANNOTATION,
+};
+use sandpool_proto::auth::ServiceToken;
+use sandpool_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
+use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
+use serde_json::{Value, json};
+use support::{FakeApi, NoTasks, context, cr_path, make_ready, pods_path};
+use tonic::{Code, Request, Response, Status};
+
+const NS: &str = "sandpool";
+const TOKEN: &str = "svc-secret-0123456789";
+
+/// What the fake node agent was asked: (call, sandbox id, authorization).
+type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+struct FakeAgent {
+    calls: Calls,
+    /// Refuse every pause / resume with this.
+    fail: Option<Status>,
+}
+
+impl FakeAgent {
+    fn record<T>(&self, call: &str, r: Request<pb::SandboxRef>) -> Result<Response<T>, Status>
+    where
+        T: Default,
+    {
+        let auth = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let id = r.into_inner().sandbox_id;
+        self.calls.lock().push((call.into(), id, auth));
+        match &self.fail {
+            Some(s) => Err(s.clone()),
+            None => Ok(Response::new(T::default())),
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn no<T>() -> Reply<T> {
+    Err(Status::unimplemented("not in this fake"))
+}
+
+#[tonic::async_trait]
+impl NodeAgent for FakeAgent {
+    async fn create_sandbox(&self, _: Request<pb::CreateSandboxRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn prepare_image(
+        &self,
+        _: Request<pb::PrepareImageRequest>,
+    ) -> Reply<pb::PrepareImageResponse> {
+        no()
+    }
+    async fn get_sandbox(&self, _: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn list_sandboxes(
+        &self,
+        _: Request<pb::ListSandboxesRequest>,
+    ) -> Reply<pb::ListSandboxesResponse> {
+        no()
+    }
+    async fn inject(&self, _: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
+        no()
+    }
+    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.record("pause", r)
+    }
+    async fn resume(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.record("resume", r)
+    }
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
+        no()
+    }
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn fork(&self, _: Request<pb::ForkRequest>) -> Reply<pb::ForkResponse> {
+        no()
+    }
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Reply<pb::ListCheckpointsResponse> {
+        no()
+    }
+    async fn delete_checkpoint(
+        &self,
+        _: Request<pb::CheckpointRef>,
+    ) -> Reply<pb::DeleteCheckpointResponse> {
+        no()
+    }
+    async fn upgrade(&self, _: Request<pb::UpgradeRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn mount(&self, _: Request<pb::MountRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::NodeEvent, Status>> + Send + 'static>,
+    >;
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        no()
+    }
+}
+
+/// Serve a fake node agent on loopback; its port.
+async fn serve_agent(fail: Option<Status>) -> (u16, Calls) {
+    let calls: Calls = Arc::default();
+    let agent = FakeAgent {
+        calls: calls.clone(),
+        fail,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeAgentServer::new(agent))
+            .serve_with_incoming(incoming),
+    );
+    (port, calls)
+}
+
+fn batches() -> String {
+    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
+}
+
+/// A claim with its own template, whose pod the batch controller makes and
+/// the test marks ready on node-a; the node agent DaemonSet pod of node-a
+/// (on loopback) and one of another node. The claim has a one-hour TTL.
+async fn claimed(api: &FakeApi, ctx: &Arc<Context>, sched: &KubeScheduler) -> (pb::Claim, String) {
+    for (name, node, ip) in [
+        ("agent-a", "node-a", "127.0.0.1"),
+        ("agent-b", "node-b", "10.9.9.9"),
+    ] {
+        api.with_store(|s| {
+            s.put(
+                &pods_path(NS),
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "node-agent"}},
+                    "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
+            );
+            make_ready(s, NS, name, ip, node);
+        });
+    }
+    let c = ctx.clone();
+    let a = api.clone();
+    let controller = tokio::spawn(async move {
+        loop {
+            let all = Api::<BatchSandbox>::namespaced(c.client.clone(), NS)
+                .list(&Default::default())
+                .await
+                .expect("list");
+            for b in all.items {
+                let _ = batch::reconcile(Arc::new(b), c.clone()).await;
+            }
+            let pending: Vec<String> = a.with_store(|s| {
+                s.list(&pods_path(NS))
+                    .iter()
+                    .filter(|p| p["status"]["podIP"].is_null())
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                    .collect()
+            });
+            for p in pending {
+                a.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let claim = sched
+        .create_claim(Request::new(pb::ClaimRequest {
+            template: Some(pb::SandboxTemplate {
+                image: "python:3.12-slim".into(),
+                ..Default::default()
+            }),
+            ttl_seconds: 3600,
+            ..Default::default()
+        }))
+        .await
+        .expect("claim")
+        .into_inner();
+    controller.abort();
+    let pod = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    (claim, pod)
+}
+
+fn scheduler(api: &FakeApi, port: u16) -> KubeScheduler {
+    let agents = DaemonSetAgents::new(
+        api.client(),
+        NS,
+        ServiceToken::new(Some(TOKEN)).expect("token"),
+    )
+    .at(NODE_AGENT_SELECTOR, port);
+    let mut sched = KubeScheduler::new(api.client(), NS, Arc::new(NoTasks(Some(None))))
+        .with_node_agents(Arc::new(agents));
+    sched.poll = Duration::from_millis(5);
+    sched
+}
+
+fn stored(api: &FakeApi, id: &str) -> Value {
+    api.with_store(|s| s.get(&batches(), id).cloned())
+        .expect("batch")
+}
+
+fn claim_ref(id: &str) -> Request<pb::ClaimRef> {
+    Request::new(pb::ClaimRef {
+        claim_id: id.into(),
+    })
+}
+
+#[tokio::test]
+async fn pause_and_resume_go_to_the_node_agent_of_the_pods_node() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let (port, calls) = serve_agent(None).await;
+    let sched = scheduler(&api, port);
+    let (claim, pod) = claimed(&api, &ctx, &sched).await;
+    let id = claim.claim_id.clone();
+    assert_eq!(claim.state, pb::ClaimState::Bound as i32);
+    let ttl_before = claim.expires_unix_ms;
+    assert!(ttl_before > 0);
+
+    let paused = sched
+        .pause_claim(claim_ref(&id))
+        .await
+        .expect("pause")
+        .into_inner();
+    assert_eq!(paused.state, pb::ClaimState::Paused as i32, "{paused:?}");
+    let sb = paused.sandbox.as_ref().expect("sandbox");
+    assert_eq!(sb.state, pb::SandboxState::Paused as i32);
+    assert_eq!(
+        calls.lock().clone(),
+        vec![(
+            "pause".to_string(),
+            format!("{NS}/{pod}"),
+            format!("Bearer {TOKEN}")
+        )]
+    );
+    // recorded on the claim: GET (any replica) reports it, the TTL is stopped
+    let b = stored(&api, &id);
+    assert!(
+        b["metadata"]["annotations"][PAUSED_ANNOTATION].is_string(),
+        "{b}"
+    );
+    assert!(
+        b["spec"]["expireTime"].is_null(),
+        "the TTL clock stops: {b}"
+    );
+    let got = sched
+        .get_claim(claim_ref(&id))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.state, pb::ClaimState::Paused as i32);
+
+    // a paused claim cannot be paused again (409), and the agent is not called
+    let again = sched
+        .pause_claim(claim_ref(&id))
+        .await
+        .expect_err("pause twice");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert_eq!(calls.lock().len(), 1);
+
+    // frozen, the pod failed its readiness probe: resume answers once the
+    // kubelet sees it ready again
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &pod, |p| {
+            p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+        })
+    });
+    let a = api.clone();
+    let p = pod.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
+    });
+    let resumed = sched
+        .resume_claim(claim_ref(&id))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.state, pb::ClaimState::Bound as i32, "{resumed:?}");
+    assert_eq!(calls.lock()[1].0, "resume");
+    assert_eq!(calls.lock()[1].1, format!("{NS}/{pod}"));
+    let b = stored(&api, &id);
+    assert!(
+        b["metadata"]["annotations"]
+            .get(PAUSED_ANNOTATION)
+            .is_none_or(Value::is_null)
+    );
+    // the TTL restarts with what was left (about an hour)
+    let left = resumed.expires_unix_ms - ttl_before;
+    assert!(
+        left.abs() < 60_000,
+        "expires {} vs {ttl_before}",
+        resumed.expires_unix_ms
+    );
+
+    let twice = sched
+        .resume_claim(claim_ref(&id))
+        .await
+        .expect_err("resume a running claim");
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    assert_eq!(calls.lock().len(), 2);
+}
+
+#[tokio::test]
+async fn a_pause_the_node_agent_refuses_leaves_the_claim_running() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let (port, calls) = serve_agent(Some(Status::not_found("no such pod"))).await;
+    let sched = scheduler(&api, port);
+    let (claim, _) = claimed(&api, &ctx, &sched).await;
+    let e = sched
+        .pause_claim(claim_ref(&claim.claim_id))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("node agent of node-a"), "{e:?}");
+    assert_eq!(calls.lock().len(), 1);
+    let got = sched
+        .get_claim(claim_ref(&claim.claim_id))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.state, pb::ClaimState::Bound as i32);
+    assert!(stored(&api, &claim.claim_id)["spec"]["expireTime"].is_string());
+}
+
+#[tokio::test]
+async fn a_node_without_an_agent_is_unavailable() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let (port, calls) = serve_agent(None).await;
+    let sched = scheduler(&api, port);
+    let (claim, _) = claimed(&api, &ctx, &sched).await;
+    api.with_store(|s| s.delete(&pods_path(NS), "agent-a"));
+    let e = sched
+        .pause_claim(claim_ref(&claim.claim_id))
+        .await
+        .expect_err("no agent");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("node-a"), "{e:?}");
+    assert!(calls.lock().is_empty());
+}
