@@ -6,48 +6,20 @@ mod support;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::KubeScheduler;
-use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::{FakeApi, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
 
-/// Tasks are not what these tests are about: every call succeeds.
-struct NoTasks;
-
-#[async_trait]
-impl TaskRunner for NoTasks {
-    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
-        Some(None)
-    }
-    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-}
-
 fn setup() -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks),
-        Some("test".into()),
-    ));
+    let ctx = support::context(&api, NoTasks(Some(None)));
     (api, ctx)
 }
 
@@ -119,7 +91,7 @@ async fn a_pooled_claim_reports_its_pools_image() {
     let (api, ctx) = setup();
     ready_pool(&api, &ctx, "py", 1).await;
     let controller = spawn_batch_controller(ctx.clone());
-    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let mut sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks(Some(None))));
     sched.poll = std::time::Duration::from_millis(5);
     let created = sched
         .create_claim(tonic::Request::new(pb::ClaimRequest {
@@ -270,7 +242,7 @@ async fn all_five_controllers_stop_on_one_shared_shutdown_trigger() {
 async fn checkpoints_in_kubernetes_mode_say_so_in_one_sentence() {
     // (pause itself is served in Kubernetes mode now: tests/k8s_pause.rs)
     let (_api, ctx) = setup();
-    let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks));
+    let sched = KubeScheduler::new(ctx.client.clone(), NS, Arc::new(NoTasks(Some(None))));
     let e = sched
         .checkpoint_claim(tonic::Request::new(pb::CheckpointClaimRequest {
             claim_id: "any".into(),

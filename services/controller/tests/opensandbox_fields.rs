@@ -7,47 +7,20 @@ mod support;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use sandpool_controller::context::{Context, TaskRunner};
+use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
-use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{batch, pool};
 use serde_json::{Value, json};
-use support::{FakeApi, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 const REVISION: &str = "sandbox.opensandbox.io/pool-revision";
 
-struct NoTasks;
-
-#[async_trait]
-impl TaskRunner for NoTasks {
-    async fn start(&self, _: &Pod, _: &ProcessTask) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-    async fn status(&self, _: &Pod) -> Option<Option<i32>> {
-        Some(None)
-    }
-    async fn stop(&self, _: &Pod) -> sandpool_controller::Result<()> {
-        Ok(())
-    }
-}
-
 fn setup() -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks),
-        Some("test".into()),
-    ));
+    let ctx = support::context(&api, NoTasks(Some(None)));
     (api, ctx)
 }
 
