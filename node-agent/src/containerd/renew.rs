@@ -87,15 +87,8 @@ impl Ctr {
             }),
             ..Default::default()
         };
-        self.client
-            .containers()
-            .update(self.req(api::UpdateContainerRequest {
-                container: Some(c),
-                update_mask: Some(prost_types::FieldMask { paths }),
-            }))
+        self.update_container(c, paths, "update container spec")
             .await
-            .or_fail("update container spec")?;
-        Ok(())
     }
 }
 

@@ -272,6 +272,18 @@ impl Ctr {
             labels,
             ..Default::default()
         };
+        self.update_container(c, paths, "update container labels")
+            .await
+    }
+
+    /// Update the fields `paths` (containerd field-mask paths) of container
+    /// `c.id` to `c`'s; `what` names the call in an error.
+    pub(super) async fn update_container(
+        &self,
+        c: Container,
+        paths: Vec<String>,
+        what: &'static str,
+    ) -> Result<()> {
         self.client
             .containers()
             .update(self.req(api::UpdateContainerRequest {
@@ -279,7 +291,7 @@ impl Ctr {
                 update_mask: Some(prost_types::FieldMask { paths }),
             }))
             .await
-            .or_fail("update container labels")?;
+            .or_fail(what)?;
         Ok(())
     }
 }
