@@ -25,7 +25,9 @@ from opensandbox.models.execd import RunCommandOpts
 from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule
 
 import sandpool_platform
-from sandpool_platform import POOL_IMAGE, POOL_NAME, Sandpool
+from opensandbox.exceptions import SandboxApiException
+
+from sandpool_platform import CK_POOL_NAME, POOL_IMAGE, POOL_NAME, Sandpool
 
 OUTSIDE = "spdnsgw"  # a network namespace of this test
 OUTSIDE_HOST, ALLOWED_ADDR, OTHER_ADDR, PORT = "10.250.80.1", "10.250.80.2", "10.250.80.3", 18082
@@ -201,3 +203,22 @@ def test_domain_rules_allow_what_the_allowed_name_resolves_to(sandpool: Sandpool
     out = _lookup(sandbox, "other.test")
     assert OTHER_ADDR in out, out
     assert _reaches(sandbox, OTHER_ADDR), "allowed live by the wildcard"
+
+
+def _listed(sandpool: Sandpool) -> set[str]:
+    with sandpool.client() as api:
+        return {item["id"] for item in api.get("/v1/sandboxes").json().get("items") or []}
+
+
+def test_a_domain_rule_on_a_network_less_sandbox_is_refused_naming_why(sandpool: Sandpool, sandboxes):
+    before = _listed(sandpool)
+    policy = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target="example.test")])
+    with pytest.raises(SandboxApiException) as refused:
+        sandboxes.append(SandboxSync.create(
+            "python", connection_config=sandpool.config(), extensions={"poolRef": CK_POOL_NAME},
+            timeout=timedelta(minutes=5), ready_timeout=timedelta(seconds=90),
+            resource={"cpu": "1", "memory": "512Mi"}, network_policy=policy,
+        ))
+    assert refused.value.status_code == 400, refused.value
+    assert "no network" in str(refused.value), refused.value
+    assert _listed(sandpool) == before, "nothing is left of the refused create"
