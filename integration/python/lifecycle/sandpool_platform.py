@@ -159,10 +159,12 @@ def check_prerequisites() -> tuple[Path, Path]:
     return binary, runtime_bin
 
 
-def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, extra_env: dict[str, str] | None = None) -> Sandpool:
+def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, extra_env: dict[str, str] | None = None,
+          extra_args: list[str] | None = None) -> Sandpool:
     """Launch ``sandpool serve`` in a fresh state dir (or, with ``restart_of``,
     again on that instance's state dir, port and key) and wait until healthy.
-    ``extra_env`` is added to its environment (e.g. ``OTEL_*``)."""
+    ``extra_env`` is added to its environment (e.g. ``OTEL_*``), ``extra_args``
+    to its command line (e.g. ``--dns-upstream``)."""
     if restart_of is None:
         # A short private dir, not pytest's tmp_path: unix socket paths must stay
         # short, and pytest's cleanup of old temp dirs must never meet a leftover mount.
@@ -197,6 +199,7 @@ def start(binary: Path, runtime_bin: Path, restart_of: Sandpool | None = None, e
         "--agent-listen", f"{host}:{free_port()}",
         "--scheduler-listen", f"{host}:{free_port()}",
         "--metrics-listen", f"{host}:{(metrics_port := free_port())}",
+        *(extra_args or []),
     ]
     with open(log_path, "ab") as log:
         shown = argv[:7] + ["<api-key>"] + argv[8:]

@@ -568,8 +568,10 @@ def test_egress_policies_hold_for_opensandbox_and_e2b(sandpool: Sandpool, e2b_en
             _swallow(sandbox.kill)
 
 
-def test_domain_egress_rules_are_refused_naming_the_rule(sandpool: Sandpool):
-    policy = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target="pypi.org")])
+def test_unparseable_egress_targets_are_refused_naming_the_rule(sandpool: Sandpool):
+    # domain targets are enforced (test_os_domain_egress.py); what is no
+    # address, CIDR or domain name is refused
+    policy = NetworkPolicy(default_action="deny", egress=[NetworkRule(action="allow", target="pypi..org")])
     with pytest.raises(SandboxApiException) as refused:
         create(sandpool, network_policy=policy)
     assert refused.value.status_code == 400, refused.value

@@ -36,6 +36,12 @@ impl Agent {
             .map(|p| {
                 if names {
                     egress::parse_with_names(p)
+                } else if sb.template.checkpointable && egress::parse_with_names(p).is_ok() {
+                    egress::parse(p).map_err(|_| {
+                        AgentError::InvalidTemplate(format!(
+                            "sandbox {id} has no network (checkpointable): domain egress rules cannot be enforced on it"
+                        ))
+                    })
                 } else {
                     egress::parse(p)
                 }

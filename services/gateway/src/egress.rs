@@ -1,9 +1,11 @@
 //! Egress policies from the SDKs' create bodies (pure): OpenSandbox
 //! `networkPolicy` and E2B `allow_internet_access` / `network`, as the
-//! policy the node agent enforces. Destinations are IP addresses and CIDRs;
-//! a domain name is refused with a 400 naming the rule (sandpool has no DNS
-//! proxy to enforce it with), as is any network option it does not enforce.
+//! policy the node agent enforces. Destinations are IP addresses and CIDRs,
+//! and for OpenSandbox also domain names and `*.domain` wildcards (the node
+//! agent's DNS proxy enforces them); E2B hostnames are refused with a 400
+//! naming the rule, as is any network option sandpool does not enforce.
 
+use sandpool_core::egress::domain::NamePattern;
 use sandpool_core::egress::parse_cidr;
 use sandpool_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -27,20 +29,49 @@ pub fn new_token() -> String {
     )
 }
 
-fn rule(field: &str, action: pb::EgressAction, target: &Value) -> Result<pb::EgressRule> {
+/// Whether a rule target may be a domain name: OpenSandbox's rules are
+/// (the node agent's DNS proxy enforces them), E2B's are not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Targets {
+    Addresses,
+    AddressesAndNames,
+}
+
+fn rule(
+    field: &str,
+    action: pb::EgressAction,
+    target: &Value,
+    kinds: Targets,
+) -> Result<pb::EgressRule> {
     let t = target
         .as_str()
         .ok_or_else(|| ApiError::Invalid(format!("{field} must be a string, got {target}")))?;
-    parse_cidr(t).map_err(|e| {
-        ApiError::Invalid(format!(
-            "{field}: {e}; only IP addresses and CIDRs are enforced (domain rules are not supported)"
-        ))
-    })?;
+    if let Err(e) = parse_cidr(t) {
+        let named = kinds == Targets::AddressesAndNames
+            && !t.contains('/')
+            && NamePattern::parse(t).is_ok();
+        if !named {
+            return Err(ApiError::Invalid(match kinds {
+                Targets::AddressesAndNames => format!(
+                    "{field}: {t:?} is not an IP address, CIDR, domain name or `*.domain` wildcard"
+                ),
+                Targets::Addresses => format!(
+                    "{field}: {e}; only IP addresses and CIDRs are enforced (domain rules are not supported)"
+                ),
+            }));
+        }
+    }
     Ok(pb::EgressRule {
         action: action as i32,
         cidr: t.trim().to_string(),
         port: 0,
     })
+}
+
+/// Whether a policy has a domain-name rule (enforced through the node's
+/// DNS proxy).
+pub fn has_domain_rules(p: &pb::EgressPolicy) -> bool {
+    p.rules.iter().any(|r| parse_cidr(&r.cidr).is_err())
 }
 
 fn action(field: &str, v: Option<&Value>, absent: pb::EgressAction) -> Result<pb::EgressAction> {
@@ -117,6 +148,7 @@ pub fn os_rules(field: &str, v: &Value) -> Result<Vec<pb::EgressRule>> {
                 &format!("{field}.target"),
                 act,
                 r.get("target").unwrap_or(&Value::Null),
+                Targets::AddressesAndNames,
             )
         })
         .collect()
@@ -231,6 +263,7 @@ pub fn from_e2b(
             &format!("network.allowOut[{i}]"),
             pb::EgressAction::Allow,
             t,
+            Targets::Addresses,
         )?);
     }
     for (i, t) in deny.iter().enumerate() {
@@ -238,6 +271,7 @@ pub fn from_e2b(
             &format!("network.denyOut[{i}]"),
             pb::EgressAction::Deny,
             t,
+            Targets::Addresses,
         )?);
     }
     let default = if allow_internet == Some(false) {
@@ -298,9 +332,22 @@ mod tests {
         .expect("some");
         assert_eq!(p.default_action, DENY, "upstream's default when omitted");
         assert_eq!(rules(&p), [(ALLOW, "10.1.0.0/16"), (DENY, "10.1.2.3")]);
+        assert!(!has_domain_rules(&p));
+        let p = from_opensandbox(Some(&json!({"egress": [
+            {"action": "allow", "target": "pypi.org"},
+            {"action": "deny", "target": "*.Example.COM"},
+        ]})))
+        .expect("domain targets are enforced by the node's DNS proxy")
+        .expect("some");
+        assert_eq!(rules(&p), [(ALLOW, "pypi.org"), (DENY, "*.Example.COM")]);
+        assert!(has_domain_rules(&p));
         for (bad, names) in [
             (
-                json!({"egress": [{"action": "allow", "target": "pypi.org"}]}),
+                json!({"egress": [{"action": "allow", "target": "pypi..org"}]}),
+                "networkPolicy.egress[0].target",
+            ),
+            (
+                json!({"egress": [{"action": "allow", "target": "pypi.org/16"}]}),
                 "networkPolicy.egress[0].target",
             ),
             (

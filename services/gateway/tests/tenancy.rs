@@ -216,10 +216,24 @@ async fn an_owner_changes_its_sandboxes_egress_policy_live() {
         "PUT",
         &policy,
         A,
-        json!({"egress": [{"action": "allow", "target": "pypi.org"}]}),
+        json!({"egress": [{"action": "allow", "target": "pypi..org"}]}),
     )
     .await;
-    assert_eq!(s, 400, "a domain rule: {v}");
+    assert_eq!(s, 400, "not a domain name: {v}");
+    assert!(v.to_string().contains("egress[0].target"), "{v}");
+    let (s, v) = call(
+        app,
+        "PUT",
+        &policy,
+        A,
+        json!({"egress": [{"action": "allow", "target": "*.pypi.org"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["policy"]["egress"][0]["target"]),
+        (200, &json!("*.pypi.org")),
+        "a domain rule, enforced by the node's DNS proxy: {v}"
+    );
 }
 
 #[tokio::test]

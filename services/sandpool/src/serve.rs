@@ -67,6 +67,11 @@ pub struct ServeArgs {
     bridge: String,
     #[arg(long, default_value = "10.213.0.0/16")]
     subnet: String,
+    /// The DNS server (`ip:port`) the node's DNS proxy asks for the names
+    /// domain egress rules allow; default: the host's first
+    /// `/etc/resolv.conf` nameserver.
+    #[arg(long, value_name = "ADDR")]
+    dns_upstream: Option<SocketAddr>,
     #[arg(long, default_value = "127.0.0.1:7701")]
     agent_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:7702")]
@@ -375,6 +380,7 @@ async fn start_node_agent(
     let ctr = Ctr::connect(&socket, NAMESPACE, Duration::from_secs(30)).await?;
     let mut cfg = AgentConfig::new(a.data_dir.join("agent"), runtime_bin);
     cfg.net = NetConfig::new(&cfg.data_dir, &a.bridge, &a.subnet);
+    cfg.net.dns_upstream = a.dns_upstream;
     cfg.max_sandboxes = a.max_sandboxes;
     cfg.runc_bin = a.runc_binary.clone();
     cfg.pull = Some(crate::images::registry_config(

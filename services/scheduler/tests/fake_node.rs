@@ -66,6 +66,9 @@ struct Books {
     fail_prepare: Option<String>,
     /// hold every PrepareImage until cleared (an image being pulled)
     hold_prepare: bool,
+    /// refuse an inject whose egress has a domain rule, as a node does for
+    /// a network-less (checkpointable) sandbox
+    refuse_domains: bool,
 }
 
 #[derive(Clone, Default)]
@@ -198,6 +201,16 @@ impl NodeAgent for FakeNode {
         let mut b = self.books();
         if b.fail_inject {
             return Err(Status::internal("inject refused by the fake node"));
+        }
+        let named = r.egress.as_ref().is_some_and(|e| {
+            e.rules
+                .iter()
+                .any(|x| x.cidr.parse::<std::net::IpAddr>().is_err() && !x.cidr.contains('/'))
+        });
+        if b.refuse_domains && named {
+            return Err(Status::invalid_argument(
+                "egress rule 0: the sandbox has no network (checkpointable)",
+            ));
         }
         let Some(sb) = b.sandboxes.get_mut(&r.sandbox_id) else {
             return Err(Status::not_found(r.sandbox_id));
@@ -512,7 +525,7 @@ async fn a_claims_egress_and_limits_reach_its_node_and_bad_rules_take_nothing() 
         default_action: 0,
         rules: vec![pb::EgressRule {
             action: pb::EgressAction::Allow as i32,
-            cidr: "pypi.org".into(),
+            cidr: "pypi..org".into(),
             port: 0,
         }],
     };
@@ -524,9 +537,78 @@ async fn a_claims_egress_and_limits_reach_its_node_and_bad_rules_take_nothing() 
             ..Default::default()
         })
         .await
-        .expect_err("a domain rule");
+        .expect_err("not a name");
     assert!(err.to_string().contains("egress rule 0"), "{err}");
+    assert!(matches!(err, SchedError::Invalid(_)), "{err:?}");
     assert_eq!(status(&s, "p").allocated, before, "nothing taken");
+}
+
+/// Domain egress rules pass the scheduler to the node (whose DNS proxy
+/// enforces them), on a claim and live; where the node refuses them (a
+/// network-less sandbox) the caller gets its InvalidArgument, the taken
+/// sandbox is deleted and the allocation given back.
+#[tokio::test]
+async fn domain_egress_rules_reach_the_node_and_its_refusal_reaches_the_caller() {
+    let (node, s, _store) = warm_platform("d", 1, 1, 4).await;
+    let named = |t: &str| pb::EgressPolicy {
+        default_action: pb::EgressAction::Deny as i32,
+        rules: vec![pb::EgressRule {
+            action: pb::EgressAction::Allow as i32,
+            cidr: t.into(),
+            port: 0,
+        }],
+    };
+    let c = s
+        .claim(pb::ClaimRequest {
+            egress: Some(named("example.test")),
+            ..claim_req("d", &["true"])
+        })
+        .await
+        .expect("a domain rule is passed on");
+    assert_eq!(
+        node.books().injected.last().and_then(|r| r.egress.clone()),
+        Some(named("example.test"))
+    );
+    let c = s
+        .set_egress(&c.id, Some(named("*.example.test")))
+        .await
+        .expect("live");
+    assert_eq!(c.egress.expect("kept").rules[0].cidr, "*.example.test");
+
+    node.books().refuse_domains = true;
+    let err = s
+        .set_egress(&c.id, Some(named("other.test")))
+        .await
+        .expect_err("the node refuses");
+    let code = Status::from(err).code();
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    let kept = s.get_claim(&c.id).unwrap().egress.expect("kept");
+    assert_eq!(kept.rules[0].cidr, "*.example.test", "unchanged");
+    s.release(&c.id, sandpool_core::claim::ClaimEvent::Release)
+        .await
+        .unwrap();
+    wait_available(&s, "d", 1).await;
+    let warm = node.warm_of("d");
+    let released = node.books().released.len();
+    let err = s
+        .claim(pb::ClaimRequest {
+            claim_id: "named".into(),
+            egress: Some(named("example.test")),
+            ..claim_req("d", &["true"])
+        })
+        .await
+        .expect_err("the node refuses");
+    let msg = err.to_string();
+    let code = Status::from(err).code();
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("no network"), "{msg}");
+    assert_eq!(status(&s, "d").allocated, 0, "allocation given back");
+    assert!(s.get_claim("named").is_err(), "no claim left");
+    assert_eq!(
+        node.books().released[released..],
+        warm[..],
+        "sandbox deleted"
+    );
 }
 
 #[tokio::test]

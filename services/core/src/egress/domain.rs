@@ -3,9 +3,9 @@
 //! `*.example.com`, which matches subdomains at any depth but not
 //! `example.com` itself. Names and targets compare case-insensitively and
 //! without a trailing dot. Only the decision lives here: the node agent's
-//! DNS proxy enforces it ([`super::EgressPolicy::validate_with_names`]),
-//! while [`super::EgressPolicy::validate`] (gateway, scheduler) still
-//! refuses a domain rule.
+//! DNS proxy enforces it ([`super::EgressPolicy::validate_with_names`],
+//! also what the scheduler checks a claim's policy with), while
+//! [`super::EgressPolicy::validate`] (pool templates) refuses a domain rule.
 
 use super::{EgressAction, EgressPolicy, parse_cidr};
 

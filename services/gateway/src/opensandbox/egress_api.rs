@@ -32,8 +32,16 @@ pub const PORT: u32 = 18080;
 /// The header carrying the sandbox's egress token.
 pub const AUTH_HEADER: &str = "OPENSANDBOX-EGRESS-AUTH";
 /// How the policy is enforced (upstream: `dns` or `dns+nft`): nftables in
-/// the sandbox's network namespace, by address.
-const ENFORCEMENT: &str = "nft";
+/// the sandbox's network namespace, by address; with domain rules also the
+/// node's DNS proxy, whose allowed answers join nftables sets, as upstream's
+/// `dns+nft`.
+fn enforcement(p: &pb::EgressPolicy) -> &'static str {
+    if egress::has_domain_rules(p) {
+        "dns+nft"
+    } else {
+        "nft"
+    }
+}
 
 fn is_deny(a: i32) -> bool {
     a == pb::EgressAction::Deny as i32
@@ -56,7 +64,7 @@ fn mode(p: &pb::EgressPolicy) -> &'static str {
 }
 
 fn status(p: &pb::EgressPolicy) -> Value {
-    json!({"status": "ok", "mode": mode(p), "enforcementMode": ENFORCEMENT})
+    json!({"status": "ok", "mode": mode(p), "enforcementMode": enforcement(p)})
 }
 
 /// A `POST`/`PUT` body as the policy it sets: empty, `null` or `{}` is
@@ -230,8 +238,13 @@ mod tests {
         let open = replacement(r#"{"defaultAction": "allow"}"#).expect("ok");
         assert_eq!(mode(&open), "allow_all");
         assert!(replacement("{").is_err());
-        let e = replacement(r#"{"egress": [{"action": "allow", "target": "pypi.org"}]}"#)
-            .expect_err("domain");
+        assert_eq!(status(&p)["enforcementMode"], "nft");
+        let named = replacement(r#"{"egress": [{"action": "allow", "target": "pypi.org"}]}"#)
+            .expect("a domain rule");
+        assert_eq!(mode(&named), "enforcing");
+        assert_eq!(status(&named)["enforcementMode"], "dns+nft");
+        let e = replacement(r#"{"egress": [{"action": "allow", "target": "pypi..org"}]}"#)
+            .expect_err("not a name");
         assert!(e.to_string().contains("egress[0].target"), "{e}");
     }
 

@@ -108,9 +108,11 @@ pub fn template_from_pb(t: &pb::SandboxTemplate) -> Result<Template> {
     sandpool_proto::template::from_pb_template(t).map_err(SchedError::Invalid)
 }
 
-/// A wire egress policy, checked; a bad rule is invalid input.
+/// A wire egress policy of a claim, checked; a bad rule is invalid input.
+/// Domain targets pass (the node agent enforces them through its DNS
+/// proxy, and refuses them where it cannot: a network-less sandbox).
 pub fn egress_from_pb(e: &pb::EgressPolicy) -> Result<EgressPolicy> {
-    sandpool_proto::template::egress_from_pb(e).map_err(SchedError::Invalid)
+    sandpool_proto::template::egress_from_pb_with_names(e).map_err(SchedError::Invalid)
 }
 
 #[cfg(test)]
