@@ -30,6 +30,7 @@ use crate::crd::{
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref};
 
+pub mod pause;
 pub mod phase;
 
 /// How many times one reconcile re-lists the pool after losing races.
@@ -66,8 +67,11 @@ pub fn free_shards(used: &BTreeSet<usize>, n: usize) -> Vec<usize> {
 }
 
 /// When the batch expires: its `expireTime`, or `ttlSecondsAfterFinished`
-/// after its completion, whichever comes first.
+/// after its completion, whichever comes first; none while paused.
 fn expiry(batch: &BatchSandbox) -> Option<k8s_openapi::jiff::Timestamp> {
+    if pause::step(batch) == pause::Step::Hold {
+        return None; // a paused batch's TTL clock stops
+    }
     let ttl_deadline = match (
         batch.spec.ttl_seconds_after_finished,
         batch
@@ -99,6 +103,9 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         delete_ignoring_missing(&batches, &name).await?;
         return Ok(Action::await_change());
     }
+    if let Some(action) = pause::reconcile(batch, ctx, ns).await? {
+        return Ok(action);
+    }
     let pod_api: Api<Pod> = ctx.api(ns);
     let (mine, exhausted) = scale(batch, ctx, &pod_api, ns).await?;
     let task_states = run_tasks(batch, ctx, &pod_api, &mine).await?;
@@ -123,7 +130,8 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         task_unknown: counts.unknown as i32,
         task_pending: task_pending(batch, want, &counts),
         phase: Some(phase::phase(&mine, ready)),
-        pause_observed_generation: old.pause_observed_generation,
+        // nothing pending for `spec.pause`: this generation is acknowledged
+        pause_observed_generation: batch.metadata.generation,
         completion_time: if finished {
             old.completion_time.clone().or_else(|| Some(Time(now())))
         } else {

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::crd::ProcessTask;
 use crate::error::{Error, Result, is_not_found};
+use crate::node_agents::{NoNodeAgents, NodeAgents};
 use crate::pods::{self, RuntimeInjection};
 
 /// The runtime operations the controllers need on a pod (its sandpool-runtime
@@ -40,6 +41,8 @@ pub struct Context {
     /// Domains a claim's `additionalPodMetadata` labels may use
     /// ([`crate::agent_sandbox::label_domains`]).
     pub label_domains: Vec<String>,
+    /// Pause and resume of pods (a BatchSandbox's `spec.pause`).
+    pub nodes: Arc<dyn NodeAgents>,
 }
 
 impl Context {
@@ -60,7 +63,14 @@ impl Context {
             tasks,
             settle: Duration::from_secs(2),
             label_domains: crate::agent_sandbox::label_domains(),
+            nodes: Arc::new(NoNodeAgents),
         }
+    }
+
+    /// Pause and resume pods through `nodes` (default: refused, naming why).
+    pub fn with_node_agents(mut self, nodes: Arc<dyn NodeAgents>) -> Self {
+        self.nodes = nodes;
+        self
     }
 
     /// The runtime pod of `template` named by `meta`, with the runtime

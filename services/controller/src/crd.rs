@@ -454,8 +454,8 @@ pub struct BatchSandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_value_schema")]
     pub shard_patches: Option<serde_json::Value>,
-    /// OpenSandbox `pause`: pause (snapshot and stop) the batch's sandboxes.
-    /// Accepted; not honoured yet (an `UnsupportedField` event and condition).
+    /// OpenSandbox `pause`: pause (`true`) or resume (`false`) the batch's
+    /// sandboxes; sandpool freezes the pods in place through the node agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<bool>,
     /// What happens to a sandbox whose task completed: `Retain` (default)
@@ -518,8 +518,7 @@ pub struct BatchSandboxStatus {
     pub task_pending: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<BatchSandboxPhase>,
-    /// The generation whose `spec.pause` was last acted on (upstream's field;
-    /// sandpool does not pause in Kubernetes mode yet).
+    /// The generation whose `spec.pause` was last acted on (upstream's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_observed_generation: Option<i64>,
     /// When all tasks had finished (for `ttlSecondsAfterFinished`).

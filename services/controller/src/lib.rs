@@ -12,6 +12,7 @@ pub mod crd;
 pub mod error;
 pub mod kube_scheduler;
 pub mod leader;
+pub mod node_agents;
 pub mod pods;
 pub mod pool;
 pub mod run;

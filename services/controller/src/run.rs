@@ -23,6 +23,7 @@ use crate::crd::{
 };
 use crate::error::Error;
 use crate::leader::{self, LeaseConfig};
+use crate::node_agents::{DaemonSetAgents, NodeAgents};
 use crate::pods::RuntimeInjection;
 
 #[derive(Debug, Clone)]
@@ -81,6 +82,19 @@ pub async fn run(
     tasks: Arc<dyn TaskRunner>,
     health: Arc<Health>,
 ) -> Result<(), Error> {
+    let agents = DaemonSetAgents::new(client.clone(), &cfg.namespace, Default::default());
+    run_with_agents(client, cfg, tasks, health, Arc::new(agents)).await
+}
+
+/// [`run`], pausing and resuming pods (a BatchSandbox's `spec.pause`)
+/// through `agents` (the node agent DaemonSet with the service token).
+pub async fn run_with_agents(
+    client: Client,
+    cfg: ControllerConfig,
+    tasks: Arc<dyn TaskRunner>,
+    health: Arc<Health>,
+    agents: Arc<dyn NodeAgents>,
+) -> Result<(), Error> {
     let ns = cfg.namespace.clone();
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lease = LeaseConfig {
@@ -94,12 +108,15 @@ pub async fn run(
         tracing::info!("leading");
     }
     health.leading.store(true, Ordering::Relaxed);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        cfg.injection.clone(),
-        tasks,
-        Some(cfg.identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            cfg.injection.clone(),
+            tasks,
+            Some(cfg.identity.clone()),
+        )
+        .with_node_agents(agents),
+    );
     let controllers = controllers(client, ns, ctx, shutdown_signal());
     if cfg.leader_elect {
         tokio::select! {

@@ -229,11 +229,15 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
         json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
             "metadata": {"name": name}, "spec": spec})
     };
-    // pooled and Ready: Succeed; pause is accepted but reported
+    // pooled and Ready: Succeed; shardPatches is accepted but reported
+    // (spec.pause is honoured: tests/batch_pause.rs)
     api.with_store(|s| {
         s.put(
             &batches(),
-            batch("b", json!({"replicas": 1, "poolRef": "p", "pause": true})),
+            batch(
+                "b",
+                json!({"replicas": 1, "poolRef": "p", "shardPatches": [{"metadata": {}}]}),
+            ),
         )
     });
     for _ in 0..2 {
@@ -247,13 +251,13 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     assert!(
         cond["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.pause")),
+            .is_some_and(|m| m.contains("spec.shardPatches")),
         "{cond}"
     );
     assert!(
         warnings(&api, "b")
             .iter()
-            .any(|(r, n)| r == "UnsupportedField" && n.contains("spec.pause"))
+            .any(|(r, n)| r == "UnsupportedField" && n.contains("spec.shardPatches"))
     );
     // from a template, not Ready yet: Pending, and nothing unsupported
     api.with_store(|s| {

@@ -327,17 +327,19 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
     spawn_webhook(&a).await?;
 
     // the CRD-backed scheduler for the gateway (stateless: every replica serves it)
-    let agents = sandpool_controller::kube_scheduler::DaemonSetAgents::new(
-        client.clone(),
-        &a.namespace,
-        ServiceToken::new(service_token.as_deref())?,
-    )
-    .at(
-        sandpool_controller::kube_scheduler::NODE_AGENT_SELECTOR,
-        a.node_agent_port,
+    let agents: Arc<dyn sandpool_controller::kube_scheduler::NodeAgents> = Arc::new(
+        sandpool_controller::kube_scheduler::DaemonSetAgents::new(
+            client.clone(),
+            &a.namespace,
+            ServiceToken::new(service_token.as_deref())?,
+        )
+        .at(
+            sandpool_controller::kube_scheduler::NODE_AGENT_SELECTOR,
+            a.node_agent_port,
+        ),
     );
     let sched = KubeScheduler::new(client.clone(), &a.namespace, tasks.clone())
-        .with_node_agents(Arc::new(agents));
+        .with_node_agents(agents.clone());
     let sched_task = tokio::spawn(serve_grpc(
         grpc_server(auth),
         bind(a.scheduler_listen).await?,
@@ -357,7 +359,8 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
         lease_duration: Duration::from_secs(15),
     };
     tracing::info!(namespace = %a.namespace, "sandpool controller starting");
-    let run = sandpool_controller::run::run(client, cfg, tasks, health);
+    // the batch controller pauses pods (`spec.pause`) through the same agents
+    let run = sandpool_controller::run::run_with_agents(client, cfg, tasks, health, agents);
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => r?,

@@ -29,7 +29,7 @@ pub fn pod_failed(pod: &Pod) -> bool {
 
 /// Upstream's steady phases: `Failed` when a pod failed, `Succeed` once a
 /// sandbox is Ready, else `Pending`. (Pausing, Paused and Resuming belong to
-/// `spec.pause`, which sandpool does not act on in Kubernetes mode yet.)
+/// `spec.pause`, see [`super::pause`].)
 pub fn phase(pods: &[Pod], ready: i32) -> BatchSandboxPhase {
     if pods.iter().any(pod_failed) {
         BatchSandboxPhase::Failed
@@ -43,9 +43,6 @@ pub fn phase(pods: &[Pod], ready: i32) -> BatchSandboxPhase {
 /// The fields of `spec` that are set but not honoured, and why.
 pub fn unsupported(spec: &BatchSandboxSpec) -> Option<String> {
     let mut fields = Vec::new();
-    if spec.pause == Some(true) {
-        fields.push("spec.pause");
-    }
     if spec
         .shard_patches
         .as_ref()
@@ -110,8 +107,11 @@ mod tests {
                 "taskResourcePolicyWhenCompleted": "Retain"}))),
             None
         );
-        let msg = unsupported(&spec(json!({"pause": true}))).expect("pause");
-        assert!(msg.starts_with("spec.pause is not supported"), "{msg}");
+        assert_eq!(
+            unsupported(&spec(json!({"pause": true}))),
+            None,
+            "spec.pause is honoured"
+        );
         let msg = unsupported(&spec(json!({"shardPatches": [{"metadata": {}}],
             "taskResourcePolicyWhenCompleted": "Release"})))
         .expect("two");

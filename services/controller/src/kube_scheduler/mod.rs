@@ -33,6 +33,8 @@ use sandpool_core::claim::ClaimEvent;
 mod convert;
 mod pause;
 use convert::{batch_to_pb, patched_metadata, pool_to_pb};
+/// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
+pub use pause::state_patch as ttl_patch;
 pub use pause::{
     DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents, PAUSED_ANNOTATION,
 };

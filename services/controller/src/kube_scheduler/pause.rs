@@ -9,20 +9,19 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use sandpool_core::claim::{ClaimEvent, ClaimState};
-use sandpool_proto::auth::ServiceToken;
-use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
+use sandpool_proto::v1 as pb;
 use serde_json::json;
 use tonic::Status;
 
 use super::{KubeScheduler, kube_status};
 use crate::crd::BatchSandbox;
+pub use crate::node_agents::{DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents};
 use crate::pods;
 
 /// On a paused claim's `BatchSandbox`: the milliseconds its TTL had left
@@ -31,94 +30,6 @@ pub const PAUSED_ANNOTATION: &str = "sandpool.io/paused-ttl-remaining-ms";
 
 /// Longest wait, after a resume, for the pod to be ready again.
 const RESUME_READY_WAIT: Duration = Duration::from_secs(30);
-
-/// The chart's label on the node agent DaemonSet's pods.
-pub const NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
-/// The chart's default node agent port (`nodeAgent.port`).
-pub const NODE_AGENT_PORT: u16 = 9091;
-
-/// Freezes and thaws pods through the node agent of their node.
-#[async_trait]
-pub trait NodeAgents: Send + Sync {
-    /// Pause (`pause`) or resume the pod `<namespace>/<pod>` on `node`.
-    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status>;
-}
-
-/// The node agents of the chart's DaemonSet, found through the apiserver:
-/// the running pod matching `selector` whose `spec.nodeName` is the node.
-pub struct DaemonSetAgents {
-    pods: Api<Pod>,
-    selector: String,
-    port: u16,
-    token: ServiceToken,
-}
-
-impl DaemonSetAgents {
-    /// The agents in `ns` (the chart installs them beside the controller),
-    /// called with the service token they require.
-    pub fn new(client: Client, ns: &str, token: ServiceToken) -> Self {
-        DaemonSetAgents {
-            pods: Api::namespaced(client, ns),
-            selector: NODE_AGENT_SELECTOR.into(),
-            port: NODE_AGENT_PORT,
-            token,
-        }
-    }
-
-    /// Another label selector or port (`nodeAgent.port` of the chart).
-    pub fn at(mut self, selector: &str, port: u16) -> Self {
-        self.selector = selector.into();
-        self.port = port;
-        self
-    }
-
-    async fn address(&self, node: &str) -> Result<String, Status> {
-        let agents = crate::context::list_pods(&self.pods, &self.selector)
-            .await
-            .map_err(|e| Status::unavailable(format!("listing the node agents: {e}")))?;
-        let ip = agents
-            .iter()
-            .filter(|p| pods::node_name(p) == node && !pods::is_terminating(p))
-            .find_map(|p| pods::pod_ip(p).map(str::to_string))
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "no node agent ({}) runs on node {node}",
-                    self.selector
-                ))
-            })?;
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip
-        };
-        Ok(format!("http://{host}:{}", self.port))
-    }
-}
-
-#[async_trait]
-impl NodeAgents for DaemonSetAgents {
-    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
-        let addr = self.address(node).await?;
-        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-            .map_err(|e| Status::internal(format!("node agent address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("node agent of {node} at {addr}: {e}")))?;
-        let mut agent = NodeAgentClient::with_interceptor(channel, self.token.clone());
-        let r = sandpool_telemetry::grpc_request(pb::SandboxRef {
-            sandbox_id: sandbox_id.to_string(),
-        });
-        let done = if pause {
-            agent.pause(r).await
-        } else {
-            agent.resume(r).await
-        };
-        done.map(drop)
-            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
-    }
-}
 
 /// The claim's state as [`claim_state`] reads it, in the core state machine.
 fn core_state(b: &BatchSandbox, pod: Option<&Pod>) -> ClaimState {
@@ -149,7 +60,7 @@ fn now_ms() -> i64 {
 
 /// The patch that records `event` on the claim: the paused mark with the
 /// TTL left (pause), or the mark gone and the TTL restarted (resume).
-fn state_patch(b: &BatchSandbox, event: ClaimEvent) -> Result<serde_json::Value, Status> {
+pub fn state_patch(b: &BatchSandbox, event: ClaimEvent) -> Result<serde_json::Value, Status> {
     if event == ClaimEvent::Pause {
         let left = b
             .spec
@@ -199,10 +110,7 @@ impl KubeScheduler {
             .map_err(|e| Status::failed_precondition(format!("claim {id}: {e}")))?;
         let pod =
             pod.ok_or_else(|| Status::failed_precondition(format!("claim {id} has no pod")))?;
-        let node = pods::node_name(&pod);
-        let sandbox_id = format!("{}/{}", self.ns, pod.name_any());
-        self.nodes
-            .set_paused(node, &sandbox_id, event == ClaimEvent::Pause)
+        crate::node_agents::set_pod_paused(self.nodes.as_ref(), &pod, event == ClaimEvent::Pause)
             .await?;
         let b = self
             .batches()

@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod node_agent;
 pub mod rbac;
 pub mod rules;
 pub mod schema;

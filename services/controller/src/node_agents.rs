@@ -1,0 +1,133 @@
+//! The node agents of the chart's DaemonSet, reached from the controller:
+//! the claim pause of the Kubernetes scheduler and a BatchSandbox's
+//! `spec.pause` both freeze (thaw) a pod through the node agent of the node
+//! it runs on, the DaemonSet pod on that node, at its pod IP with the
+//! service token.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use sandpool_proto::auth::ServiceToken;
+use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
+use tonic::Status;
+
+use crate::pods;
+
+/// The chart's label on the node agent DaemonSet's pods.
+pub const NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
+/// The chart's default node agent port (`nodeAgent.port`).
+pub const NODE_AGENT_PORT: u16 = 9091;
+
+/// Freezes and thaws pods through the node agent of their node.
+#[async_trait]
+pub trait NodeAgents: Send + Sync {
+    /// Pause (`pause`) or resume the pod `<namespace>/<pod>` on `node`.
+    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status>;
+}
+
+/// The node agents of the chart's DaemonSet, found through the apiserver:
+/// the running pod matching `selector` whose `spec.nodeName` is the node.
+pub struct DaemonSetAgents {
+    pods: Api<Pod>,
+    selector: String,
+    port: u16,
+    token: ServiceToken,
+}
+
+impl DaemonSetAgents {
+    /// The agents in `ns` (the chart installs them beside the controller),
+    /// called with the service token they require.
+    pub fn new(client: Client, ns: &str, token: ServiceToken) -> Self {
+        DaemonSetAgents {
+            pods: Api::namespaced(client, ns),
+            selector: NODE_AGENT_SELECTOR.into(),
+            port: NODE_AGENT_PORT,
+            token,
+        }
+    }
+
+    /// Another label selector or port (`nodeAgent.port` of the chart).
+    pub fn at(mut self, selector: &str, port: u16) -> Self {
+        self.selector = selector.into();
+        self.port = port;
+        self
+    }
+
+    async fn address(&self, node: &str) -> Result<String, Status> {
+        let agents = crate::context::list_pods(&self.pods, &self.selector)
+            .await
+            .map_err(|e| Status::unavailable(format!("listing the node agents: {e}")))?;
+        let ip = agents
+            .iter()
+            .filter(|p| pods::node_name(p) == node && !pods::is_terminating(p))
+            .find_map(|p| pods::pod_ip(p).map(str::to_string))
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "no node agent ({}) runs on node {node}",
+                    self.selector
+                ))
+            })?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        Ok(format!("http://{host}:{}", self.port))
+    }
+}
+
+#[async_trait]
+impl NodeAgents for DaemonSetAgents {
+    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
+        let addr = self.address(node).await?;
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| Status::internal(format!("node agent address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("node agent of {node} at {addr}: {e}")))?;
+        let mut agent = NodeAgentClient::with_interceptor(channel, self.token.clone());
+        let r = sandpool_telemetry::grpc_request(pb::SandboxRef {
+            sandbox_id: sandbox_id.to_string(),
+        });
+        let done = if pause {
+            agent.pause(r).await
+        } else {
+            agent.resume(r).await
+        };
+        done.map(drop)
+            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
+    }
+}
+
+/// Pause (`pause`) or resume `pod` through the node agent of its node; the
+/// node agent knows it as `<namespace>/<pod>`.
+pub async fn set_pod_paused(agents: &dyn NodeAgents, pod: &Pod, pause: bool) -> Result<(), Status> {
+    let node = pods::node_name(pod);
+    if node.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "pod {} is not scheduled on a node",
+            pod.name_any()
+        )));
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    agents
+        .set_paused(node, &format!("{ns}/{}", pod.name_any()), pause)
+        .await
+}
+
+/// Where no node agent is configured: every pause and resume is refused.
+pub struct NoNodeAgents;
+
+#[async_trait]
+impl NodeAgents for NoNodeAgents {
+    async fn set_paused(&self, node: &str, _: &str, _: bool) -> Result<(), Status> {
+        Err(Status::unavailable(format!(
+            "this controller has no node agent access configured (node {node})"
+        )))
+    }
+}

@@ -1,0 +1,138 @@
+//! An in-process fake node agent (tonic, on loopback) that records the
+//! `Pause` / `Resume` calls it gets, with their authorization header, and
+//! answers them (or refuses every one with a given status).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sandpool_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
+use sandpool_proto::v1::{self as pb};
+use tonic::{Request, Response, Status};
+
+/// What the fake node agent was asked: (call, sandbox id, authorization).
+pub type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+struct FakeAgent {
+    calls: Calls,
+    /// Refuse every pause / resume with this.
+    fail: Option<Status>,
+}
+
+impl FakeAgent {
+    fn record<T>(&self, call: &str, r: Request<pb::SandboxRef>) -> Result<Response<T>, Status>
+    where
+        T: Default,
+    {
+        let auth = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let id = r.into_inner().sandbox_id;
+        self.calls.lock().push((call.into(), id, auth));
+        match &self.fail {
+            Some(s) => Err(s.clone()),
+            None => Ok(Response::new(T::default())),
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn no<T>() -> Reply<T> {
+    Err(Status::unimplemented("not in this fake"))
+}
+
+#[tonic::async_trait]
+impl NodeAgent for FakeAgent {
+    async fn create_sandbox(&self, _: Request<pb::CreateSandboxRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn prepare_image(
+        &self,
+        _: Request<pb::PrepareImageRequest>,
+    ) -> Reply<pb::PrepareImageResponse> {
+        no()
+    }
+    async fn get_sandbox(&self, _: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn list_sandboxes(
+        &self,
+        _: Request<pb::ListSandboxesRequest>,
+    ) -> Reply<pb::ListSandboxesResponse> {
+        no()
+    }
+    async fn inject(&self, _: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
+        no()
+    }
+    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.record("pause", r)
+    }
+    async fn resume(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
+        self.record("resume", r)
+    }
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Reply<pb::CheckpointInfo> {
+        no()
+    }
+    async fn restore(&self, _: Request<pb::RestoreRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn fork(&self, _: Request<pb::ForkRequest>) -> Reply<pb::ForkResponse> {
+        no()
+    }
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Reply<pb::ListCheckpointsResponse> {
+        no()
+    }
+    async fn delete_checkpoint(
+        &self,
+        _: Request<pb::CheckpointRef>,
+    ) -> Reply<pb::DeleteCheckpointResponse> {
+        no()
+    }
+    async fn upgrade(&self, _: Request<pb::UpgradeRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn mount(&self, _: Request<pb::MountRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
+        no()
+    }
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::NodeEvent, Status>> + Send + 'static>,
+    >;
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        no()
+    }
+}
+
+/// Serve a fake node agent on loopback; its port.
+pub async fn serve_agent(fail: Option<Status>) -> (u16, Calls) {
+    let calls: Calls = Arc::default();
+    let agent = FakeAgent {
+        calls: calls.clone(),
+        fail,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeAgentServer::new(agent))
+            .serve_with_incoming(incoming),
+    );
+    (port, calls)
+}
