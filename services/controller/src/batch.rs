@@ -448,6 +448,7 @@ async fn cleanup(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action
     let uid = batch.uid().unwrap_or_default();
     let pod_api: Api<Pod> = ctx.api(ns);
     let mine = list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}")).await?;
+    pause::thaw_before_deletion(ctx, batch, &mine).await;
     let n = mine.len();
     for p in &mine {
         release_pod(ctx, &pod_api, p).await?;

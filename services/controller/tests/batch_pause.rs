@@ -265,3 +265,30 @@ async fn a_node_without_an_agent_fails_the_pause_naming_the_node() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn a_paused_batch_is_thawed_before_its_pods_are_deleted() {
+    let api = FakeApi::new();
+    let (port, calls) = serve_agent(None).await;
+    let ctx = context(&api, port);
+    running_batch(&api, &ctx).await;
+    set_pause(&api, true, 2);
+    reconcile(&ctx, "b").await;
+    assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
+    calls.lock().clear();
+    api.with_store(|s| s.delete(&batches(), "b"));
+    reconcile(&ctx, "b").await;
+    let resumed: Vec<String> = calls_of(&calls)
+        .into_iter()
+        .filter(|(c, _, _)| c == "resume")
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(resumed, [format!("{NS}/b-0"), format!("{NS}/b-1")]);
+    let live = api
+        .with_store(|s| s.list(&pods_path(NS)))
+        .into_iter()
+        .filter(|p| p["metadata"]["name"] != "agent-a")
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .count();
+    assert_eq!(live, 0, "the batch's pods are deleted");
+}

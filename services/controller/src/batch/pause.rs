@@ -152,6 +152,24 @@ pub async fn reconcile(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<
     Ok(Some(Action::requeue(ctx.settle)))
 }
 
+/// A batch being deleted while (being) paused: its pods are thawed first
+/// (best effort, failures logged), so that stopping their tasks does not
+/// wait on a frozen runtime and a frozen cgroup does not hold the pod's end.
+pub async fn thaw_before_deletion(ctx: &Context, batch: &BatchSandbox, mine: &[Pod]) {
+    let phase = batch.status.as_ref().and_then(|s| s.phase);
+    if !matches!(
+        phase,
+        Some(BatchSandboxPhase::Pausing | BatchSandboxPhase::Paused | BatchSandboxPhase::Resuming)
+    ) {
+        return;
+    }
+    for p in mine {
+        if let Err(e) = set_pod_paused(ctx.nodes.as_ref(), p, false).await {
+            tracing::warn!(pod = %p.name_any(), error = %e, "thawing a paused pod before its deletion failed");
+        }
+    }
+}
+
 /// Pause (resume) every pod; on the first failure the pods already paused
 /// are resumed again (best effort) and the failure is returned, naming the pod.
 async fn set_all(ctx: &Context, mine: &[Pod], pause: bool) -> std::result::Result<(), String> {
