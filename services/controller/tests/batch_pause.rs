@@ -292,3 +292,44 @@ async fn a_paused_batch_is_thawed_before_its_pods_are_deleted() {
         .count();
     assert_eq!(live, 0, "the batch's pods are deleted");
 }
+
+#[tokio::test]
+async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
+    let api = FakeApi::new();
+    let (port, _) = serve_agent(None).await;
+    let ctx = context(&api, port);
+    running_batch(&api, &ctx).await;
+    set_pause(&api, true, 2);
+    reconcile(&ctx, "b").await;
+    assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
+    // the node agent now refuses
+    let (bad_port, calls) = serve_agent(Some(Status::internal("thaw failed"))).await;
+    let bad = context(&api, bad_port);
+    set_pause(&api, false, 3);
+    reconcile(&bad, "b").await;
+    assert_eq!(calls.lock().len(), 1);
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Paused", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
+    let failed = condition(&b, "ResumeFailed");
+    assert_eq!(failed["status"], "True", "{b}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("thaw failed") && m.contains("node-a")),
+        "{failed}"
+    );
+    assert!(
+        events(&api, "b")
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "ResumeFailed" && n.contains("thaw failed"))
+    );
+    // the TTL stays stopped while the batch is paused
+    assert!(b["spec"]["expireTime"].is_null(), "{b}");
+    // a later resume that succeeds clears the failure
+    set_pause(&api, false, 4);
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Succeed", "{b}");
+    assert!(condition(&b, "ResumeFailed").is_null(), "{b}");
+}
