@@ -326,9 +326,25 @@ async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
     );
     // the TTL stays stopped while the batch is paused
     assert!(b["spec"]["expireTime"].is_null(), "{b}");
-    // a later resume that succeeds clears the failure
-    set_pause(&api, false, 4);
+    // the upstream server's retry: spec.pause unset (no intent: the batch
+    // stays paused, the generation is acknowledged), then false
+    api.with_store(|s| {
+        s.mutate(&batches(), "b", |b| {
+            b["spec"]["pause"] = Value::Null;
+            b["metadata"]["generation"] = json!(4);
+        })
+    });
+    let (ok_port, ok_calls) = serve_agent(None).await;
+    let ctx = context(&api, ok_port);
     reconcile(&ctx, "b").await;
+    assert!(ok_calls.lock().is_empty());
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Paused", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], 4, "{b}");
+    // a later resume that succeeds clears the failure
+    set_pause(&api, false, 5);
+    reconcile(&ctx, "b").await;
+    assert_eq!(ok_calls.lock().len(), 2);
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Succeed", "{b}");
     assert!(condition(&b, "ResumeFailed").is_null(), "{b}");

@@ -49,8 +49,9 @@ pub enum Step {
 }
 
 /// The step for `batch` (see the module doc). An interrupted `Pausing`
-/// (`Resuming`) is finished; a pause that failed at this generation is not
-/// retried until the spec changes.
+/// is undone (`Resuming` finished) unless the pause still stands; a pause
+/// (resume) that failed at this generation is not retried until the spec
+/// changes; `pause` unset is no intent.
 pub fn step(batch: &BatchSandbox) -> Step {
     let st = batch.status.as_ref();
     let phase = st.and_then(|s| s.phase);
@@ -64,9 +65,12 @@ pub fn step(batch: &BatchSandbox) -> Step {
         }
         return if paused { Step::Hold } else { Step::None };
     }
+    // unset is no intent, as upstream: a paused batch stays paused (the
+    // upstream server's retry goes unset -> false)
+    let resume = batch.spec.pause == Some(false);
     match phase {
         Some(BatchSandboxPhase::Resuming | BatchSandboxPhase::Pausing) => Step::Resume,
-        Some(BatchSandboxPhase::Paused) if new_intent => Step::Resume,
+        Some(BatchSandboxPhase::Paused) if new_intent && resume => Step::Resume,
         Some(BatchSandboxPhase::Paused) => Step::Hold,
         _ => Step::None,
     }
@@ -289,6 +293,8 @@ mod tests {
         assert_eq!(step(&b(json!(false), 3, 3, "Resuming")), Step::Resume);
         assert_eq!(step(&b(json!(false), 3, 3, "Paused")), Step::Hold);
         assert_eq!(step(&b(json!(null), 3, 1, "Succeed")), Step::None);
+        // unset: no intent; a paused batch stays paused
+        assert_eq!(step(&b(json!(null), 4, 3, "Paused")), Step::Hold);
         assert_eq!(step(&b(json!(false), 3, 1, "Succeed")), Step::None);
     }
 }
