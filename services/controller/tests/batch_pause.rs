@@ -19,17 +19,13 @@ use sandpool_controller::pods::RuntimeInjection;
 use sandpool_proto::auth::ServiceToken;
 use serde_json::{Value, json};
 use support::node_agent::{Calls, serve_agent};
-use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path};
 use tonic::Status;
 
 const NS: &str = "sandpool";
 const TOKEN: &str = "svc-secret-0123456789";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 const EXPIRE: &str = "2099-01-01T00:00:00Z";
-
-fn batches() -> String {
-    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
-}
 
 /// A controller context whose node agents are the chart's DaemonSet pods,
 /// on `port` of loopback, called with [`TOKEN`].
@@ -66,7 +62,7 @@ async fn reconcile(ctx: &Arc<Context>, name: &str) {
 }
 
 fn stored(api: &FakeApi, name: &str) -> Value {
-    api.with_store(|s| s.get(&batches(), name).cloned())
+    api.with_store(|s| s.get(&batches_path(NS), name).cloned())
         .expect("batch")
 }
 
@@ -104,7 +100,7 @@ async fn running_batch(api: &FakeApi, ctx: &Arc<Context>) {
         );
         make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
         s.put(
-            &batches(),
+            &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
                 "metadata": {"name": "b"},
                 "spec": {"replicas": 2, "expireTime": EXPIRE,
@@ -123,7 +119,7 @@ async fn running_batch(api: &FakeApi, ctx: &Arc<Context>) {
 /// `spec.pause` set to `pause` by a user (the apiserver bumps the generation).
 fn set_pause(api: &FakeApi, pause: bool, generation: i64) {
     api.with_store(|s| {
-        s.mutate(&batches(), "b", |b| {
+        s.mutate(&batches_path(NS), "b", |b| {
             b["spec"]["pause"] = json!(pause);
             b["metadata"]["generation"] = json!(generation);
         })
@@ -276,7 +272,7 @@ async fn a_paused_batch_is_thawed_before_its_pods_are_deleted() {
     reconcile(&ctx, "b").await;
     assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
     calls.lock().clear();
-    api.with_store(|s| s.delete(&batches(), "b"));
+    api.with_store(|s| s.delete(&batches_path(NS), "b"));
     reconcile(&ctx, "b").await;
     let resumed: Vec<String> = calls_of(&calls)
         .into_iter()
@@ -329,7 +325,7 @@ async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
     // the upstream server's retry: spec.pause unset (no intent: the batch
     // stays paused, the generation is acknowledged), then false
     api.with_store(|s| {
-        s.mutate(&batches(), "b", |b| {
+        s.mutate(&batches_path(NS), "b", |b| {
             b["spec"]["pause"] = Value::Null;
             b["metadata"]["generation"] = json!(4);
         })

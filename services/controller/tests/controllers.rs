@@ -17,7 +17,7 @@ use sandpool_controller::crd::*;
 use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::{agent_sandbox, batch, leader, pool};
 use serde_json::{Value, json};
-use support::{FakeApi, cr_path, make_ready, pods_path};
+use support::{FakeApi, batches_path, cr_path, make_ready, pods_path, pools_path};
 
 const NS: &str = "sandpool";
 
@@ -69,13 +69,6 @@ fn setup() -> (FakeApi, Arc<Context>, Arc<FakeTasks>) {
         Some("test".into()),
     ));
     (api, ctx, tasks)
-}
-
-fn pools() -> String {
-    cr_path("sandbox.opensandbox.io", "pools", NS)
-}
-fn batches() -> String {
-    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
 }
 
 fn pool_obj(name: &str, cap: [i32; 4]) -> Value {
@@ -146,7 +139,7 @@ async fn reconcile_pool(ctx: &Arc<Context>, name: &str) {
 
 /// A pool with `n` ready pods.
 async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
-    api.with_store(|s| s.put(&pools(), pool_obj(name, [n, n, n, n + 2])));
+    api.with_store(|s| s.put(&pools_path(NS), pool_obj(name, [n, n, n, n + 2])));
     reconcile_pool(ctx, name).await;
     ready_all(api, &format!("{POOL_LABEL}={name}"));
 }
@@ -154,7 +147,7 @@ async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
 #[tokio::test]
 async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
     let (api, ctx, _) = setup();
-    api.with_store(|s| s.put(&pools(), pool_obj("agent-pool", [2, 3, 2, 5])));
+    api.with_store(|s| s.put(&pools_path(NS), pool_obj("agent-pool", [2, 3, 2, 5])));
     reconcile_pool(&ctx, "agent-pool").await;
     let created = pod_names(&api, &format!("{POOL_LABEL}=agent-pool"));
     assert_eq!(created.len(), 2, "buffer filled to the middle of [2,3]");
@@ -171,7 +164,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
         "ghcr.io/sandpool/sandpool:test"
     );
     let status = api
-        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .with_store(|s| s.get(&pools_path(NS), "agent-pool").cloned())
         .expect("pool")["status"]
         .clone();
     let revision = status["revision"].as_str().unwrap_or_default().to_string();
@@ -189,7 +182,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
     ready_all(&api, &format!("{POOL_LABEL}=agent-pool"));
     reconcile_pool(&ctx, "agent-pool").await;
     let status = api
-        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .with_store(|s| s.get(&pools_path(NS), "agent-pool").cloned())
         .expect("pool")["status"]
         .clone();
     assert_eq!(
@@ -214,7 +207,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
         3
     );
     let status = api
-        .with_store(|s| s.get(&pools(), "agent-pool").cloned())
+        .with_store(|s| s.get(&pools_path(NS), "agent-pool").cloned())
         .expect("pool")["status"]
         .clone();
     assert_eq!(status["allocated"], 1);
@@ -234,7 +227,7 @@ async fn pool_creates_runtime_pods_and_replenishes_after_a_claim() {
 #[tokio::test]
 async fn invalid_capacity_is_reported_not_acted_on() {
     let (api, ctx, _) = setup();
-    api.with_store(|s| s.put(&pools(), pool_obj("bad", [5, 2, 0, 5])));
+    api.with_store(|s| s.put(&pools_path(NS), pool_obj("bad", [5, 2, 0, 5])));
     reconcile_pool(&ctx, "bad").await;
     assert!(pod_names(&api, "").is_empty());
     let ev = api
@@ -264,10 +257,10 @@ async fn reconcile_batch(ctx: &Arc<Context>, name: &str) {
 async fn batch_claims_pool_pods_with_resource_version_preconditions() {
     let (api, ctx, _) = setup();
     ready_pool(&api, &ctx, "p", 3).await;
-    api.with_store(|s| s.put(&batches(), batch_obj("b1", 2, json!({}))));
+    api.with_store(|s| s.put(&batches_path(NS), batch_obj("b1", 2, json!({}))));
     reconcile_batch(&ctx, "b1").await;
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("batch");
     assert_eq!(
         b["metadata"]["finalizers"],
@@ -293,7 +286,7 @@ async fn batch_claims_pool_pods_with_resource_version_preconditions() {
         assert_eq!(p.body["metadata"]["labels"][ALLOCATED_TO_LABEL], "uid-b1");
     }
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("batch");
     let endpoints: Vec<String> = serde_json::from_str(
         b["metadata"]["annotations"][ENDPOINTS_ANNOTATION]
@@ -331,7 +324,7 @@ async fn batch_claims_pool_pods_with_resource_version_preconditions() {
 async fn a_pod_taken_concurrently_is_never_handed_out_twice() {
     let (api, ctx, _) = setup();
     ready_pool(&api, &ctx, "p", 3).await;
-    api.with_store(|s| s.put(&batches(), batch_obj("b1", 2, json!({}))));
+    api.with_store(|s| s.put(&batches_path(NS), batch_obj("b1", 2, json!({}))));
     reconcile_batch(&ctx, "b1").await; // finalizer
     // Another controller wins the first pod b1 tries to take: right before
     // b1's first pod PATCH, that pod gets allocated elsewhere (its
@@ -375,7 +368,7 @@ async fn two_batches_racing_for_a_small_pool_split_it_without_overlap() {
     let (api, ctx, _) = setup();
     ready_pool(&api, &ctx, "p", 3).await;
     for n in ["b1", "b2"] {
-        api.with_store(|s| s.put(&batches(), batch_obj(n, 2, json!({}))));
+        api.with_store(|s| s.put(&batches_path(NS), batch_obj(n, 2, json!({}))));
         reconcile_batch(&ctx, n).await; // finalizers
     }
     let (b1, b2) = (
@@ -411,7 +404,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
     let (api, ctx, tasks) = setup();
     ready_pool(&api, &ctx, "p", 2).await;
     let task = json!({"taskTemplate": {"spec": {"process": {"command": ["sleep", "100"]}}}});
-    api.with_store(|s| s.put(&batches(), batch_obj("b1", 2, task)));
+    api.with_store(|s| s.put(&batches_path(NS), batch_obj("b1", 2, task)));
     reconcile_batch(&ctx, "b1").await;
     reconcile_batch(&ctx, "b1").await;
     assert_eq!(tasks.started.lock().expect("lock").len(), 2);
@@ -419,7 +412,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
 
     // expire it
     api.with_store(|s| {
-        s.mutate(&batches(), "b1", |b| {
+        s.mutate(&batches_path(NS), "b1", |b| {
             b["spec"]["expireTime"] = json!("2020-01-01T00:00:00Z")
         })
     });
@@ -430,7 +423,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
             .any(|r| r.method == Method::DELETE && r.path.ends_with("/batchsandboxes/b1"))
     );
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("held by the finalizer");
     assert!(b["metadata"]["deletionTimestamp"].is_string());
 
@@ -442,7 +435,7 @@ async fn expiry_deletes_and_the_finalizer_stops_tasks_and_deletes_used_pods() {
     want.sort();
     assert_eq!(stopped, want);
     assert!(
-        api.with_store(|s| s.get(&batches(), "b1").is_none()),
+        api.with_store(|s| s.get(&batches_path(NS), "b1").is_none()),
         "deleted after cleanup"
     );
     for p in &mine {
@@ -477,7 +470,7 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
             {"spec": {"process": {"command": ["echo", "Custom task for sandbox 2"], "args": ["with", "additional", "arguments"]}}}
         ]
     });
-    api.with_store(|s| s.put(&batches(), batch_obj("b1", 2, spec)));
+    api.with_store(|s| s.put(&batches_path(NS), batch_obj("b1", 2, spec)));
     reconcile_batch(&ctx, "b1").await;
     reconcile_batch(&ctx, "b1").await;
     let started = tasks.started.lock().expect("lock").clone();
@@ -491,7 +484,7 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
         ]
     );
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("batch");
     assert_eq!(b["status"]["taskRunning"], 2);
 
@@ -501,7 +494,7 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
     tasks.exit.lock().expect("lock").insert(names[1].clone(), 3);
     reconcile_batch(&ctx, "b1").await;
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("batch");
     assert_eq!(
         (
@@ -514,7 +507,7 @@ async fn shard_tasks_run_per_pod_and_finish_with_ttl() {
     // ttlSecondsAfterFinished: 0 -> the next pass deletes it
     reconcile_batch(&ctx, "b1").await;
     let b = api
-        .with_store(|s| s.get(&batches(), "b1").cloned())
+        .with_store(|s| s.get(&batches_path(NS), "b1").cloned())
         .expect("held by finalizer");
     assert!(b["metadata"]["deletionTimestamp"].is_string());
 }
@@ -524,30 +517,39 @@ async fn batch_from_a_template_creates_and_deletes_its_own_pods() {
     let (api, ctx, _) = setup();
     let b = json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox", "metadata": {"name": "basic"},
         "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "nginx:latest"}]}}}});
-    api.with_store(|s| s.put(&batches(), b));
+    api.with_store(|s| s.put(&batches_path(NS), b));
     reconcile_batch(&ctx, "basic").await;
     reconcile_batch(&ctx, "basic").await;
     let mut mine = pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-basic"));
     mine.sort();
     assert_eq!(mine, ["basic-0", "basic-1"]);
     // scale down to 1: the highest shard goes
-    api.with_store(|s| s.mutate(&batches(), "basic", |b| b["spec"]["replicas"] = json!(1)));
+    api.with_store(|s| {
+        s.mutate(&batches_path(NS), "basic", |b| {
+            b["spec"]["replicas"] = json!(1)
+        })
+    });
     reconcile_batch(&ctx, "basic").await;
     assert_eq!(
         pod_names(&api, &format!("{ALLOCATED_TO_LABEL}=uid-basic")),
         ["basic-0"]
     );
     // delete: the pod goes too (not a pool pod)
-    api.with_store(|s| s.delete(&batches(), "basic"));
+    api.with_store(|s| s.delete(&batches_path(NS), "basic"));
     reconcile_batch(&ctx, "basic").await;
     assert!(pod_names(&api, "").is_empty());
-    assert!(api.with_store(|s| s.get(&batches(), "basic").is_none()));
+    assert!(api.with_store(|s| s.get(&batches_path(NS), "basic").is_none()));
 }
 
 #[tokio::test]
 async fn a_missing_pool_is_an_error_that_is_retried() {
     let (api, ctx, _) = setup();
-    api.with_store(|s| s.put(&batches(), batch_obj("b1", 1, json!({"poolRef": "nope"}))));
+    api.with_store(|s| {
+        s.put(
+            &batches_path(NS),
+            batch_obj("b1", 1, json!({"poolRef": "nope"})),
+        )
+    });
     reconcile_batch(&ctx, "b1").await;
     let err = batch::reconcile(get::<BatchSandbox>(&ctx, "b1").await, ctx.clone())
         .await
@@ -914,14 +916,14 @@ async fn kube_scheduler_claims_through_a_batch_sandbox() {
         .expect("release");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
-        if api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()) {
+        if api.with_store(|s| s.get(&batches_path(NS), &claim.claim_id).is_none()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     controller.abort();
     assert!(
-        api.with_store(|s| s.get(&batches(), &claim.claim_id).is_none()),
+        api.with_store(|s| s.get(&batches_path(NS), &claim.claim_id).is_none()),
         "claim gone"
     );
     assert!(
@@ -940,7 +942,7 @@ async fn kube_scheduler_pool_only_claim_fails_fast_and_leaves_nothing() {
     use sandpool_controller::kube_scheduler::KubeScheduler;
     use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
     let (api, ctx, tasks) = setup();
-    api.with_store(|s| s.put(&pools(), pool_obj("empty", [0, 0, 0, 1])));
+    api.with_store(|s| s.put(&pools_path(NS), pool_obj("empty", [0, 0, 0, 1])));
     let mut sched = KubeScheduler::new(ctx.client.clone(), NS, tasks);
     sched.claim_timeout = std::time::Duration::from_millis(100);
     let e = sched
@@ -953,7 +955,7 @@ async fn kube_scheduler_pool_only_claim_fails_fast_and_leaves_nothing() {
         .expect_err("exhausted");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     assert!(
-        api.with_store(|s| s.list(&batches()).is_empty()),
+        api.with_store(|s| s.list(&batches_path(NS)).is_empty()),
         "the half-made claim was removed"
     );
 }

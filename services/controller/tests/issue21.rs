@@ -13,7 +13,7 @@ use sandpool_controller::kube_scheduler::KubeScheduler;
 use sandpool_controller::{batch, pool};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path, pools_path};
 
 const NS: &str = "sandpool";
 
@@ -21,13 +21,6 @@ fn setup() -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
     let ctx = support::context(&api, NoTasks(Some(None)));
     (api, ctx)
-}
-
-fn pools() -> String {
-    cr_path("sandbox.opensandbox.io", "pools", NS)
-}
-fn batches() -> String {
-    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
 }
 
 fn pool_obj(name: &str, n: i32) -> Value {
@@ -53,7 +46,7 @@ where
 
 /// A pool `name` with `n` ready pods.
 async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, name: &str, n: i32) {
-    api.with_store(|s| s.put(&pools(), pool_obj(name, n)));
+    api.with_store(|s| s.put(&pools_path(NS), pool_obj(name, n)));
     pool::reconcile(get::<Pool>(ctx, name).await, ctx.clone())
         .await
         .expect("pool reconcile");
@@ -118,7 +111,7 @@ async fn a_pooled_claim_reports_its_pools_image() {
         .into_inner();
     assert_eq!(listed.claims[0].image, "python:3.12-slim");
     // a claim whose pool is gone still answers, with no image
-    api.with_store(|s| s.delete(&pools(), "py"));
+    api.with_store(|s| s.delete(&pools_path(NS), "py"));
     let orphan = sched
         .get_claim(tonic::Request::new(pb::ClaimRef {
             claim_id: created.claim_id.clone(),
@@ -127,7 +120,7 @@ async fn a_pooled_claim_reports_its_pools_image() {
         .expect("get without its pool")
         .into_inner();
     assert_eq!(orphan.image, "");
-    assert!(api.with_store(|s| s.get(&batches(), &created.claim_id).is_some()));
+    assert!(api.with_store(|s| s.get(&batches_path(NS), &created.claim_id).is_some()));
 }
 
 // ------------------------------------------------------------------ bug 7a
@@ -339,13 +332,13 @@ async fn a_pool_whose_runtime_class_is_missing_says_so_and_recovers() {
     p["spec"]["template"]["spec"]["runtimeClassName"] = json!("gvisor");
     api.with_store(|s| {
         s.runtime_classes = Some(vec!["runc".into()]);
-        s.put(&pools(), p)
+        s.put(&pools_path(NS), p)
     });
     let err = reported(get::<Pool>(&ctx, "gv").await, ctx.clone(), pool::reconcile)
         .await
         .expect_err("no such RuntimeClass");
     assert!(err.to_string().contains("RuntimeClass"), "{err}");
-    let c = ready_condition(&api, &pools(), "gv").expect("a Ready condition");
+    let c = ready_condition(&api, &pools_path(NS), "gv").expect("a Ready condition");
     assert_eq!(c["status"], "False");
     assert_eq!(c["reason"], "Forbidden");
     assert!(
@@ -372,14 +365,19 @@ async fn a_pool_whose_runtime_class_is_missing_says_so_and_recovers() {
     reported(get::<Pool>(&ctx, "gv").await, ctx.clone(), pool::reconcile)
         .await
         .expect("pool reconcile");
-    assert_eq!(ready_condition(&api, &pools(), "gv"), None);
+    assert_eq!(ready_condition(&api, &pools_path(NS), "gv"), None);
 }
 
 #[tokio::test]
 async fn an_invalid_pool_gets_a_condition_as_well_as_an_event() {
     use sandpool_controller::conditions::reported;
     let (api, ctx) = setup();
-    api.with_store(|s| s.put(&pools(), json!({"metadata": {"name": "half"}, "spec": {}})));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            json!({"metadata": {"name": "half"}, "spec": {}}),
+        )
+    });
     reported(
         get::<Pool>(&ctx, "half").await,
         ctx.clone(),
@@ -387,7 +385,7 @@ async fn an_invalid_pool_gets_a_condition_as_well_as_an_event() {
     )
     .await
     .expect("a refusal, not a retry");
-    let c = ready_condition(&api, &pools(), "half").expect("condition");
+    let c = ready_condition(&api, &pools_path(NS), "half").expect("condition");
     assert_eq!(
         (c["status"].as_str(), c["reason"].as_str()),
         (Some("False"), Some("InvalidSpec"))
@@ -405,7 +403,7 @@ async fn an_invalid_pool_gets_a_condition_as_well_as_an_event() {
     )
     .await
     .expect("again");
-    assert!(ready_condition(&api, &pools(), "half").is_some());
+    assert!(ready_condition(&api, &pools_path(NS), "half").is_some());
 }
 
 #[tokio::test]
@@ -414,7 +412,7 @@ async fn a_batch_of_a_missing_pool_says_so() {
     let (api, ctx) = setup();
     api.with_store(|s| {
         s.put(
-            &batches(),
+            &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
                 "metadata": {"name": "b1"}, "spec": {"replicas": 1, "poolRef": "nope"}}),
         )
@@ -429,7 +427,7 @@ async fn a_batch_of_a_missing_pool_says_so() {
     };
     let _ = round().await; // the finalizer goes on first
     round().await.expect_err("no pool");
-    let c = ready_condition(&api, &batches(), "b1").expect("condition");
+    let c = ready_condition(&api, &batches_path(NS), "b1").expect("condition");
     assert_eq!(c["status"], "False");
     assert_eq!(c["reason"], "PoolNotFound");
     assert_eq!(c["message"], "Pool nope not found");

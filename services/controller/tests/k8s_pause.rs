@@ -20,15 +20,11 @@ use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
 use support::node_agent::serve_agent;
-use support::{FakeApi, NoTasks, context, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, batches_path, context, make_ready, pods_path};
 use tonic::{Code, Request, Status};
 
 const NS: &str = "sandpool";
 const TOKEN: &str = "svc-secret-0123456789";
-
-fn batches() -> String {
-    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
-}
 
 /// A claim with its own template, whose pod the batch controller makes and
 /// the test marks ready on node-a; the node agent DaemonSet pod of node-a
@@ -103,7 +99,7 @@ fn scheduler(api: &FakeApi, port: u16) -> KubeScheduler {
 }
 
 fn stored(api: &FakeApi, id: &str) -> Value {
-    api.with_store(|s| s.get(&batches(), id).cloned())
+    api.with_store(|s| s.get(&batches_path(NS), id).cloned())
         .expect("batch")
 }
 

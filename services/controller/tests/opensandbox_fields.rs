@@ -12,7 +12,7 @@ use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::{batch, pool};
 use serde_json::{Value, json};
-use support::{FakeApi, NoTasks, cr_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path, pools_path};
 
 const NS: &str = "sandpool";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
@@ -22,13 +22,6 @@ fn setup() -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
     let ctx = support::context(&api, NoTasks(Some(None)));
     (api, ctx)
-}
-
-fn pools() -> String {
-    cr_path("sandbox.opensandbox.io", "pools", NS)
-}
-fn batches() -> String {
-    cr_path("sandbox.opensandbox.io", "batchsandboxes", NS)
 }
 
 fn pool_obj(name: &str, image: &str, cap: [i32; 4], extra: Value) -> Value {
@@ -123,14 +116,14 @@ async fn a_new_template_replaces_idle_pods_within_max_unavailable() {
     let strategy = json!({"updateStrategy": {"maxUnavailable": 1}});
     api.with_store(|s| {
         s.put(
-            &pools(),
+            &pools_path(NS),
             pool_obj("p", "busybox:1", [3, 3, 3, 5], strategy.clone()),
         )
     });
     reconcile_pool(&ctx, "p").await;
     ready_all(&api);
     reconcile_pool(&ctx, "p").await;
-    let old = status(&api, &pools(), "p");
+    let old = status(&api, &pools_path(NS), "p");
     assert_eq!(
         (old["available"].clone(), old["updated"].clone()),
         (json!(3), json!(3))
@@ -138,9 +131,14 @@ async fn a_new_template_replaces_idle_pods_within_max_unavailable() {
     let old_rev = old["revision"].as_str().expect("revision").to_string();
     assert!(live_pods(&api).iter().all(|(_, r, _)| *r == old_rev));
 
-    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox:2", [3, 3, 3, 5], strategy)));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("p", "busybox:2", [3, 3, 3, 5], strategy),
+        )
+    });
     reconcile_pool(&ctx, "p").await;
-    let st = status(&api, &pools(), "p");
+    let st = status(&api, &pools_path(NS), "p");
     let new_rev = st["revision"].as_str().expect("revision").to_string();
     assert_ne!(new_rev, old_rev, "the revision follows the template");
     let pods = live_pods(&api);
@@ -164,7 +162,7 @@ async fn a_new_template_replaces_idle_pods_within_max_unavailable() {
         "{pods:?}"
     );
     assert_eq!(pods.len(), 3);
-    assert_eq!(status(&api, &pools(), "p")["updated"], 3);
+    assert_eq!(status(&api, &pools_path(NS), "p")["updated"], 3);
     // the pod the apiserver would create carries the new image
     let images: Vec<Value> = api
         .with_store(|s| s.list(&pods_path(NS)))
@@ -179,7 +177,12 @@ async fn a_new_template_replaces_idle_pods_within_max_unavailable() {
 async fn scale_strategy_limits_pods_being_created() {
     let (api, ctx) = setup();
     let strategy = json!({"scaleStrategy": {"maxUnavailable": 2}});
-    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [5, 5, 0, 8], strategy)));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("p", "busybox", [5, 5, 0, 8], strategy),
+        )
+    });
     reconcile_pool(&ctx, "p").await;
     assert_eq!(live_pods(&api).len(), 2);
     reconcile_pool(&ctx, "p").await;
@@ -191,7 +194,12 @@ async fn scale_strategy_limits_pods_being_created() {
     reconcile_pool(&ctx, "p").await;
     assert_eq!(live_pods(&api).len(), 5);
     // without a scale strategy, all at once (as before)
-    api.with_store(|s| s.put(&pools(), pool_obj("q", "busybox", [5, 5, 0, 8], json!({}))));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("q", "busybox", [5, 5, 0, 8], json!({})),
+        )
+    });
     reconcile_pool(&ctx, "q").await;
     assert_eq!(live_pods(&api).len(), 10);
 }
@@ -200,9 +208,14 @@ async fn scale_strategy_limits_pods_being_created() {
 async fn a_recycle_strategy_not_honoured_is_a_condition_and_an_event() {
     let (api, ctx) = setup();
     let extra = json!({"recycleStrategy": {"type": "Restart"}});
-    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [1, 1, 0, 2], extra)));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("p", "busybox", [1, 1, 0, 2], extra),
+        )
+    });
     reconcile_pool(&ctx, "p").await;
-    let cond = ready_condition(&api, &pools(), "p");
+    let cond = ready_condition(&api, &pools_path(NS), "p");
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "UnsupportedField");
     assert!(
@@ -221,7 +234,12 @@ async fn a_recycle_strategy_not_honoured_is_a_condition_and_an_event() {
 #[tokio::test]
 async fn batches_report_upstream_phases_and_unhonoured_fields() {
     let (api, ctx) = setup();
-    api.with_store(|s| s.put(&pools(), pool_obj("p", "busybox", [2, 2, 0, 4], json!({}))));
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("p", "busybox", [2, 2, 0, 4], json!({})),
+        )
+    });
     reconcile_pool(&ctx, "p").await;
     ready_all(&api);
     reconcile_pool(&ctx, "p").await;
@@ -233,7 +251,7 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     // (spec.pause is honoured: tests/batch_pause.rs)
     api.with_store(|s| {
         s.put(
-            &batches(),
+            &batches_path(NS),
             batch(
                 "b",
                 json!({"replicas": 1, "poolRef": "p", "shardPatches": [{"metadata": {}}]}),
@@ -243,10 +261,10 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     for _ in 0..2 {
         reconcile_batch(&ctx, "b").await;
     }
-    let st = status(&api, &batches(), "b");
+    let st = status(&api, &batches_path(NS), "b");
     assert_eq!(st["phase"], "Succeed", "{st}");
     assert_eq!(st["taskPending"], 0);
-    let cond = ready_condition(&api, &batches(), "b");
+    let cond = ready_condition(&api, &batches_path(NS), "b");
     assert_eq!(cond["reason"], "UnsupportedField", "{st}");
     assert!(
         cond["message"]
@@ -262,7 +280,7 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     // from a template, not Ready yet: Pending, and nothing unsupported
     api.with_store(|s| {
         s.put(
-            &batches(),
+            &batches_path(NS),
             batch(
                 "t",
                 json!({"replicas": 1, "taskResourcePolicyWhenCompleted": "Retain",
@@ -273,6 +291,6 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     for _ in 0..2 {
         reconcile_batch(&ctx, "t").await;
     }
-    assert_eq!(status(&api, &batches(), "t")["phase"], "Pending");
+    assert_eq!(status(&api, &batches_path(NS), "t")["phase"], "Pending");
     assert!(warnings(&api, "t").is_empty(), "{:?}", warnings(&api, "t"));
 }

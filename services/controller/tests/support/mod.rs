@@ -86,6 +86,16 @@ pub fn cr_path(group: &str, plural: &str, ns: &str) -> String {
     format!("/apis/{group}/v1alpha1/namespaces/{ns}/{plural}")
 }
 
+/// The store collection of OpenSandbox Pools in `ns`.
+pub fn pools_path(ns: &str) -> String {
+    cr_path("sandbox.opensandbox.io", "pools", ns)
+}
+
+/// The store collection of OpenSandbox BatchSandboxes in `ns`.
+pub fn batches_path(ns: &str) -> String {
+    cr_path("sandbox.opensandbox.io", "batchsandboxes", ns)
+}
+
 /// The storage collection of `coll`: the agent-sandbox kinds are served at
 /// v1alpha1 and v1beta1 from one storage (conversion strategy None: the
 /// apiserver only rewrites `apiVersion`), so both versions map to v1beta1.
