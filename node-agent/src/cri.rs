@@ -5,14 +5,24 @@
 //! Only pods sandpool manages (label `app.kubernetes.io/managed-by=sandpool`,
 //! which CRI copies from the pod onto its sandbox container) are seen: the
 //! node's other pods are neither listed nor paused.
+//!
+//! Dynamic mounts work as in standalone mode: a host path under a mount
+//! root (the node agent's `<data dir>/volumes`, a hostPath of the DaemonSet)
+//! is bind-mounted into the mount namespace of every app container of the
+//! pod (each has its own), found through its task's pid (the DaemonSet runs
+//! with `hostPID` and privileged). runc pods only: gVisor keeps its own
+//! file system.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use containerd_client::services::v1::Container;
 
 use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
 use tonic::{Request, Response, Status};
 
-use crate::containerd::{Ctr, TaskState};
+use crate::containerd::{Ctr, RuncOptions, TaskState};
 use crate::error::{AgentError, Result};
 
 pub const POD_NAME: &str = "io.kubernetes.pod.name";
@@ -100,6 +110,21 @@ pub fn find_pod(pods: Vec<CriPod>, ns: &str, name: &str) -> Option<CriPod> {
 pub struct CriNode {
     ctr: Ctr,
     node: String,
+    /// Host directories whose contents may be mounted into pods (the first
+    /// holds the named volumes); none: mounts are refused.
+    mount_roots: Vec<PathBuf>,
+}
+
+/// A container run by gVisor: the runsc shim, or the runc shim driving the
+/// runsc binary.
+pub fn is_gvisor(c: &Container) -> bool {
+    c.runtime.as_ref().is_some_and(|r| {
+        r.name.contains("runsc")
+            || r.options.as_ref().is_some_and(|o| {
+                <RuncOptions as prost::Message>::decode(o.value.as_slice())
+                    .is_ok_and(|opts| opts.binary_name.contains("runsc"))
+            })
+    })
 }
 
 impl CriNode {
@@ -107,7 +132,14 @@ impl CriNode {
         CriNode {
             ctr,
             node: node.to_string(),
+            mount_roots: Vec::new(),
         }
+    }
+
+    /// The host directories dynamic mounts may come from (see the module doc).
+    pub fn with_mount_roots(mut self, roots: Vec<PathBuf>) -> Self {
+        self.mount_roots = roots;
+        self
     }
 
     /// The pods sandpool manages on this node.
@@ -183,6 +215,84 @@ impl CriNode {
         Ok(pod)
     }
 
+    /// The pids of the pod's running app containers, for a mount: refused
+    /// for a paused pod and a gVisor one.
+    async fn mount_pids(&self, id: &str) -> Result<(CriPod, Vec<u32>)> {
+        let pod = self.pod(id).await?;
+        let all = self.ctr.list_containers().await?;
+        let gvisor = all
+            .iter()
+            .filter(|c| pod.containers.iter().any(|(id, _)| *id == c.id))
+            .any(is_gvisor);
+        if gvisor {
+            return Err(AgentError::Unsupported(format!(
+                "dynamic mounts need a runc pod; {id} runs on gVisor (runsc), which keeps its own file system"
+            )));
+        }
+        let mut pids = Vec::new();
+        for (c, _) in &pod.containers {
+            match self.ctr.task_state(c).await? {
+                Some((TaskState::Running, pid)) => pids.push(pid),
+                Some((TaskState::Paused, _)) => {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "pod {id} is paused"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if pids.is_empty() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "pod {id} has no running container"
+            )));
+        }
+        Ok((pod, pids))
+    }
+
+    /// Bind `host_path` (a volume name or a path under a mount root) at
+    /// `mount_path` in every app container of pod `id`.
+    pub async fn mount(
+        &self,
+        id: &str,
+        host_path: &str,
+        mount_path: &str,
+        read_only: bool,
+    ) -> Result<CriPod> {
+        crate::mounts::validate_target(mount_path)?;
+        // the pod first: nothing (not even a `+` volume) is made for a pod
+        // the agent does not serve
+        let (pod, pids) = self.mount_pids(id).await?;
+        let source =
+            crate::mounts::source_of(Some(host_path), mount_path, &self.mount_roots, &self.node)?
+                .unwrap_or_default();
+        let target = mount_path.to_string();
+        tokio::task::spawn_blocking(move || {
+            pids.iter()
+                .try_for_each(|pid| crate::mounts::mount_into(*pid, &source, &target, read_only))
+        })
+        .await
+        .map_err(|e| AgentError::network("mount worker", e))??;
+        tracing::info!(pod = %id, host_path, mount_path, read_only, "mounted");
+        Ok(pod)
+    }
+
+    /// Undo [`CriNode::mount`] of `mount_path` in every app container.
+    pub async fn unmount(&self, id: &str, mount_path: &str) -> Result<CriPod> {
+        crate::mounts::validate_target(mount_path)?;
+        let (pod, pids) = self.mount_pids(id).await?;
+        let target = mount_path.to_string();
+        tokio::task::spawn_blocking(move || {
+            pids.iter()
+                .try_for_each(|pid| crate::mounts::unmount_from(*pid, &target))
+        })
+        .await
+        .map_err(|e| AgentError::network("unmount worker", e))?
+        .map_err(|e| {
+            AgentError::precondition(format!("{mount_path} is not a mount in pod {id}"), e)
+        })?;
+        Ok(pod)
+    }
+
     async fn info(&self, pod: &CriPod) -> Result<pb::SandboxInfo> {
         Ok(pb::SandboxInfo {
             sandbox_id: pod.id(),
@@ -204,8 +314,8 @@ fn unsupported(what: &str) -> Status {
     ))
 }
 
-/// Pods belong to the kubelet: checkpoints are the standalone agent's.
-const CRI_CHECKPOINT: &str = "checkpoint/restore/fork of Kubernetes pool pods is not supported yet (the standalone node agent supports them for checkpointable runsc sandboxes)";
+/// Pods are networked by their CNI: see the sentence's reasons.
+const CRI_CHECKPOINT: &str = sandpool_core::claim::KUBERNETES_CHECKPOINT_UNSUPPORTED;
 
 #[tonic::async_trait]
 impl NodeAgent for CriNodeService {
@@ -327,20 +437,23 @@ impl NodeAgent for CriNodeService {
 
     async fn mount(
         &self,
-        _: Request<pb::MountRequest>,
+        req: Request<pb::MountRequest>,
     ) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented(
-            "dynamic mounts are not implemented yet",
-        ))
+        let r = req.into_inner();
+        let pod = self
+            .0
+            .mount(&r.sandbox_id, &r.host_path, &r.mount_path, r.read_only)
+            .await?;
+        Ok(Response::new(self.0.info(&pod).await?))
     }
 
     async fn unmount(
         &self,
-        _: Request<pb::UnmountRequest>,
+        req: Request<pb::UnmountRequest>,
     ) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(Status::unimplemented(
-            "dynamic mounts are not implemented yet",
-        ))
+        let r = req.into_inner();
+        let pod = self.0.unmount(&r.sandbox_id, &r.mount_path).await?;
+        Ok(Response::new(self.0.info(&pod).await?))
     }
 
     type WatchStream = futures_util::stream::Empty<Result<pb::NodeEvent, Status>>;
@@ -391,6 +504,33 @@ mod tests {
             None
         );
         assert_eq!(find_pod(pods, "other", "web"), None);
+    }
+
+    #[test]
+    fn gvisor_containers_are_told_apart_for_mounts() {
+        use containerd_client::services::v1::container::Runtime;
+        let container = |name: &str, binary: &str| Container {
+            runtime: Some(Runtime {
+                name: name.into(),
+                options: Some(prost_types::Any {
+                    type_url: "containerd.runc.v1.Options".into(),
+                    value: prost::Message::encode_to_vec(&RuncOptions {
+                        binary_name: binary.into(),
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            ..Default::default()
+        };
+        // a RuntimeClass handler on the runsc shim, or the runc shim driving runsc
+        assert!(is_gvisor(&container("io.containerd.runsc.v1", "")));
+        assert!(is_gvisor(&container(
+            "io.containerd.runc.v2",
+            "/usr/bin/runsc"
+        )));
+        assert!(!is_gvisor(&container("io.containerd.runc.v2", "")));
+        assert!(!is_gvisor(&container("io.containerd.runc.v2", "crun")));
+        assert!(!is_gvisor(&Container::default()));
     }
 
     #[test]

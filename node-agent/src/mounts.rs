@@ -78,6 +78,29 @@ pub fn validate_target(mount_path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The host path a mount request names, checked: a volume name (and sub
+/// path) is a directory under the first mount root (made, owned by the
+/// sandbox user, when the name starts with `+`); an absolute path must be
+/// under a mount root; `None` (an unmount) only checks `mount_path`.
+pub fn source_of(
+    host_path: Option<&str>,
+    mount_path: &str,
+    roots: &[PathBuf],
+    node: &str,
+) -> Result<Option<PathBuf>> {
+    match host_path {
+        Some(h) if !h.starts_with('/') => {
+            let root = roots
+                .first()
+                .ok_or_else(|| AgentError::FailedPrecondition("no mount root configured".into()))?;
+            let path = crate::volumes::resolve(root, h, node, crate::spec::SANDBOX_USER)?;
+            validate(&path.to_string_lossy(), mount_path, roots).map(Some)
+        }
+        Some(h) => validate(h, mount_path, roots).map(Some),
+        None => validate_target(mount_path).map(|()| None),
+    }
+}
+
 fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| AgentError::InvalidTemplate(format!("path {s:?} contains NUL")))
 }

@@ -10,6 +10,7 @@ use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use sandpool_proto::v1 as pb;
 
+pub mod cri;
 pub mod registry;
 
 use crate::{

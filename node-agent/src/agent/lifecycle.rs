@@ -610,30 +610,12 @@ impl Agent {
                 "sandbox {id} is paused"
             )));
         }
-        let source = match host_path {
-            Some(h) if !h.starts_with('/') => {
-                // a volume name (and sub path): a directory under the first mount root
-                let root = self.cfg.mount_roots.first().ok_or_else(|| {
-                    AgentError::FailedPrecondition("no mount root configured".into())
-                })?;
-                let user = spec::SANDBOX_USER;
-                let path = crate::volumes::resolve(root, h, &self.cfg.node_name, user)?;
-                Some(crate::mounts::validate(
-                    &path.to_string_lossy(),
-                    mount_path,
-                    &self.cfg.mount_roots,
-                )?)
-            }
-            Some(h) => Some(crate::mounts::validate(
-                h,
-                mount_path,
-                &self.cfg.mount_roots,
-            )?),
-            None => {
-                crate::mounts::validate_target(mount_path)?;
-                None
-            }
-        };
+        let source = crate::mounts::source_of(
+            host_path,
+            mount_path,
+            &self.cfg.mount_roots,
+            &self.cfg.node_name,
+        )?;
         match self.ctr.task_state(id).await? {
             Some((TaskState::Running, pid)) => Ok((sb, pid, source)),
             _ => Err(AgentError::FailedPrecondition(format!(

@@ -26,6 +26,10 @@ pub const NODE_AGENT_PORT: u16 = 9091;
 pub trait NodeAgents: Send + Sync {
     /// Pause (`pause`) or resume the pod `<namespace>/<pod>` on `node`.
     async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status>;
+
+    /// Bind a node volume (or host path under a mount root) into the pod
+    /// `req.sandbox_id` (`<namespace>/<pod>`) on `node`.
+    async fn mount(&self, node: &str, req: pb::MountRequest) -> Result<(), Status>;
 }
 
 /// The node agents of the chart's DaemonSet, found through the apiserver:
@@ -79,9 +83,13 @@ impl DaemonSetAgents {
     }
 }
 
-#[async_trait]
-impl NodeAgents for DaemonSetAgents {
-    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
+type AgentClient = NodeAgentClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, ServiceToken>,
+>;
+
+impl DaemonSetAgents {
+    /// A client of the node agent on `node`, with the service token.
+    async fn client(&self, node: &str) -> Result<AgentClient, Status> {
         let addr = self.address(node).await?;
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())
             .map_err(|e| Status::internal(format!("node agent address {addr}: {e}")))?
@@ -90,7 +98,26 @@ impl NodeAgents for DaemonSetAgents {
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("node agent of {node} at {addr}: {e}")))?;
-        let mut agent = NodeAgentClient::with_interceptor(channel, self.token.clone());
+        Ok(NodeAgentClient::with_interceptor(
+            channel,
+            self.token.clone(),
+        ))
+    }
+}
+
+#[async_trait]
+impl NodeAgents for DaemonSetAgents {
+    async fn mount(&self, node: &str, req: pb::MountRequest) -> Result<(), Status> {
+        let mut agent = self.client(node).await?;
+        agent
+            .mount(sandpool_telemetry::grpc_request(req))
+            .await
+            .map(drop)
+            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
+    }
+
+    async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
+        let mut agent = self.client(node).await?;
         let r = sandpool_telemetry::grpc_request(pb::SandboxRef {
             sandbox_id: sandbox_id.to_string(),
         });
@@ -120,12 +147,51 @@ pub async fn set_pod_paused(agents: &dyn NodeAgents, pod: &Pod, pause: bool) -> 
         .await
 }
 
+/// Mount `mounts`, in order, into `pod` through the node agent of its node
+/// (the first failure stops). A named volume the node does not have is the
+/// request's fault (invalid argument), as in standalone mode.
+pub async fn mount_pod_volumes(
+    agents: &dyn NodeAgents,
+    pod: &Pod,
+    mounts: &[pb::VolumeMount],
+) -> Result<(), Status> {
+    let node = pods::node_name(pod);
+    if node.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "pod {} is not scheduled on a node",
+            pod.name_any()
+        )));
+    }
+    let id = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    for m in mounts {
+        let req = pb::MountRequest {
+            sandbox_id: id.clone(),
+            host_path: m.volume.clone(),
+            mount_path: m.mount_path.clone(),
+            read_only: m.read_only,
+        };
+        agents.mount(node, req).await.map_err(|s| match s.code() {
+            tonic::Code::NotFound if !m.volume.starts_with('/') => {
+                Status::invalid_argument(s.message().to_string())
+            }
+            _ => s,
+        })?;
+    }
+    Ok(())
+}
+
 /// Where no node agent is configured: every pause and resume is refused.
 pub struct NoNodeAgents;
 
 #[async_trait]
 impl NodeAgents for NoNodeAgents {
     async fn set_paused(&self, node: &str, _: &str, _: bool) -> Result<(), Status> {
+        Err(Status::unavailable(format!(
+            "this controller has no node agent access configured (node {node})"
+        )))
+    }
+
+    async fn mount(&self, node: &str, _: pb::MountRequest) -> Result<(), Status> {
         Err(Status::unavailable(format!(
             "this controller has no node agent access configured (node {node})"
         )))

@@ -246,8 +246,11 @@ async fn checkpoints_in_kubernetes_mode_say_so_in_one_sentence() {
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     assert_eq!(
         e.message(),
-        "checkpoints (snapshots) are not supported in Kubernetes mode yet"
+        sandpool_core::claim::KUBERNETES_CHECKPOINT_UNSUPPORTED
     );
+    for why in ["CRIU", "network", "network-less"] {
+        assert!(e.message().contains(why), "{why}: {}", e.message());
+    }
 }
 
 // ------------------------------------------------------------------ bug 7c

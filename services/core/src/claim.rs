@@ -58,6 +58,10 @@ pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
         && matches!(state, ClaimState::Pending | ClaimState::Bound)
 }
 
+/// Why Kubernetes pods are not checkpointed (snapshots, restore, fork): the
+/// sentence the Kubernetes scheduler and the CRI node agent both answer.
+pub const KUBERNETES_CHECKPOINT_UNSUPPORTED: &str = "checkpoints (snapshots, restore, fork) are not supported in Kubernetes mode: every pod has the network its CNI gave it, runc checkpoints need CRIU (which fails on the kernels sandpool runs on) and gVisor cannot checkpoint a sandbox with a network; only standalone checkpointable (network-less) runsc sandboxes can be checkpointed";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,6 +166,21 @@ pub struct NodeAgentArgs {
     /// standalone platform's `/var/lib/sandpool`, which may share the host.
     #[arg(long, default_value = NODE_AGENT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Host directories whose contents may be mounted into pods (repeatable);
+    /// the first holds the named volumes. Default: `<data dir>/volumes`.
+    #[arg(long = "mount-root")]
+    mount_roots: Vec<PathBuf>,
+}
+
+impl NodeAgentArgs {
+    /// `--mount-root`s, or `<data dir>/volumes` when none is given.
+    fn mount_roots(&self) -> Vec<PathBuf> {
+        if self.mount_roots.is_empty() {
+            vec![self.data_dir.join("volumes")]
+        } else {
+            self.mount_roots.clone()
+        }
+    }
 }
 
 /// One pool of `--pools-file` (the chart's `pools[]`).
@@ -427,7 +442,11 @@ pub async fn node_agent(a: NodeAgentArgs, service_token: Option<String>) -> anyh
             a.containerd_socket.display()
         )
     })?;
-    let node = Arc::new(CriNode::new(ctr, &a.node_name));
+    let roots = a.mount_roots();
+    for r in &roots {
+        std::fs::create_dir_all(r).with_context(|| format!("creating {}", r.display()))?;
+    }
+    let node = Arc::new(CriNode::new(ctr, &a.node_name).with_mount_roots(roots));
     spawn_http(a.metrics_listen, sandpool_gateway::metrics_app()).await?;
     tracing::info!(listen = %a.listen, namespace = %a.containerd_namespace, "sandpool node agent (Kubernetes mode) serving");
     serve_grpc(
@@ -454,6 +473,11 @@ mod tests {
     fn the_node_agent_keeps_its_state_apart_from_the_standalone_platform() {
         let c = Cmd::parse_from(["node-agent"]);
         assert_eq!(c.a.data_dir, PathBuf::from("/var/lib/sandpool-node"));
+        assert_eq!(
+            c.a.mount_roots(),
+            [PathBuf::from("/var/lib/sandpool-node/volumes")],
+            "named volumes live under the agent's own (hostPath) directory"
+        );
         let chart = include_str!("../../../deploy/helm/sandpool/values.yaml");
         assert!(
             chart.contains("  dataDir: /var/lib/sandpool-node\n"),

@@ -28,7 +28,7 @@ use crate::context::{TaskRunner, list_pods};
 use crate::crd::*;
 use crate::error::{is_already_exists, is_not_found};
 use crate::pods::{self, RUNTIME_PORT};
-use sandpool_core::claim::ClaimEvent;
+use sandpool_core::claim::{ClaimEvent, KUBERNETES_CHECKPOINT_UNSUPPORTED};
 
 mod convert;
 mod pause;
@@ -156,11 +156,6 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
 
 /// What a claim asks for that Kubernetes mode does not do.
 fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
-    if !r.mounts.is_empty() {
-        return Err(Status::unimplemented(
-            "volume mounts are not supported in Kubernetes mode yet",
-        ));
-    }
     if r.egress.is_some() {
         return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
     }
@@ -585,6 +580,12 @@ impl Scheduler for KubeScheduler {
                 return Err(s);
             }
         };
+        if let Err(s) =
+            crate::node_agents::mount_pod_volumes(self.nodes.as_ref(), &pod, &r.mounts).await
+        {
+            let _ = self.batches().delete(&id, &Default::default()).await;
+            return Err(s);
+        }
         if let Some(p) = &r.process
             && !p.argv.is_empty()
             && let Err(e) = self.tasks.start(&pod, &task_of(p)).await
@@ -690,14 +691,14 @@ impl Scheduler for KubeScheduler {
         &self,
         _: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
+        Err(Status::unimplemented(KUBERNETES_CHECKPOINT_UNSUPPORTED))
     }
 
     async fn restore_checkpoint(
         &self,
         _: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        Err(not_in_kubernetes_mode("checkpoints (snapshots) are"))
+        Err(Status::unimplemented(KUBERNETES_CHECKPOINT_UNSUPPORTED))
     }
 
     async fn list_checkpoints(
