@@ -122,6 +122,17 @@ pub fn answer_addresses(answer: &[u8]) -> Vec<(IpAddr, u32)> {
         .collect()
 }
 
+/// The addresses of `addrs` (an answer to `q`) that may join the allow
+/// sets: all of them, except private ones when a name asked is decided by
+/// a ported (E2B hostname) rule ([`EgressPolicy::admits_resolved`]).
+pub fn admitted(q: &Message, addrs: Vec<(IpAddr, u32)>, p: &EgressPolicy) -> Vec<(IpAddr, u32)> {
+    let names: Vec<String> = q.queries().iter().map(|x| x.name().to_ascii()).collect();
+    addrs
+        .into_iter()
+        .filter(|(a, _)| names.iter().all(|n| p.admits_resolved(n, *a)))
+        .collect()
+}
+
 /// The nft script that (re)adds `addrs` to the sandbox's allow sets with a
 /// fresh timeout each: add (so the delete finds it), delete, add with the
 /// timeout, all in one atomic transaction. Empty for no addresses.

@@ -103,9 +103,7 @@ pub fn ruleset_with_dns(
                 && name_target(&r.cidr).is_some()
             {
                 sets_placed = true;
-                s.push_str(&format!(
-                    "    ip daddr @{SET_V4} accept\n    ip6 daddr @{SET_V6} accept\n"
-                ));
+                s.push_str(&set_accepts(p));
             }
             continue;
         };
@@ -125,6 +123,20 @@ pub fn ruleset_with_dns(
     }
     s.push_str("  }\n}\n");
     s
+}
+
+/// The accepts of the allow sets: on any port, or only on the TCP ports
+/// of the allowing domain rules when each has one (E2B's hostnames: 80 and
+/// 443, where its proxy matches them).
+fn set_accepts(p: &EgressPolicy) -> String {
+    let only = match p.name_ports() {
+        None => String::new(),
+        Some(ports) => {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!(" tcp dport {{ {} }}", ports.join(", "))
+        }
+    };
+    format!("    ip daddr @{SET_V4}{only} accept\n    ip6 daddr @{SET_V6}{only} accept\n")
 }
 
 /// Whether any rule targets a domain name.
@@ -330,5 +342,43 @@ mod tests {
             assert!(!s.contains("dns_allow") && !s.contains("dport 53"), "{s}");
         }
         assert!(has_domain_rules(&p));
+    }
+
+    #[test]
+    fn ported_domain_rules_accept_their_resolved_addresses_on_those_tcp_ports_only() {
+        use EgressAction::{Allow, Deny};
+        let r = |cidr: &str, port| sandpool_core::egress::EgressRule {
+            action: Allow,
+            cidr: cidr.into(),
+            port,
+        };
+        let p = EgressPolicy {
+            default_action: Deny,
+            rules: vec![
+                r("example.test", 80),
+                r("example.test", 443),
+                r("*.x.test", 443),
+                r("10.9.0.0/16", 0),
+            ],
+        };
+        let proxy: SocketAddrV4 = "10.213.0.1:15353".parse().expect("addr");
+        let script = ruleset_with_dns(Some(&p), &[], Some(proxy));
+        let lines: Vec<&str> = script.lines().map(str::trim).collect();
+        for want in [
+            "ip daddr @dns_allow4 tcp dport { 80, 443 } accept",
+            "ip6 daddr @dns_allow6 tcp dport { 80, 443 } accept",
+            "ip daddr 10.9.0.0/16 accept",
+        ] {
+            assert!(lines.contains(&want), "{want:?} missing in\n{script}");
+        }
+        assert!(!lines.contains(&"ip daddr @dns_allow4 accept"), "{script}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("@dns_allow4")).count(),
+            1
+        );
+        assert_eq!(
+            lines.iter().rev().nth(2),
+            Some(&"reject with icmpx type admin-prohibited")
+        );
     }
 }

@@ -40,10 +40,12 @@ def _ip(*args: str) -> None:
 
 
 class FakeResolver:
-    """A UDP DNS server on loopback answering A queries for ``ZONE`` (TTL
-    60), NXDOMAIN otherwise; it records the names it was asked."""
+    """A UDP DNS server on loopback answering A queries for ``zone``
+    (default ``ZONE``; TTL 60), NXDOMAIN otherwise; it records the names it
+    was asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, zone: dict[str, str] | None = None) -> None:
+        self.zone = ZONE if zone is None else zone
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -65,7 +67,7 @@ class FakeResolver:
     def _answer(self, msg: bytes) -> bytes:
         name, qtype, end = self._question(msg)
         self.asked.append(name)
-        addr = ZONE.get(name)
+        addr = self.zone.get(name)
         rcode = 0 if addr else 3
         answers = b""
         if addr and qtype == 1:

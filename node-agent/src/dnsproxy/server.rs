@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use sandpool_core::egress::EgressPolicy;
 use tokio::{net::UdpSocket, task::JoinHandle};
 
-use super::{TtlClamp, Verdict, answer_addresses, decide, error_answer, set_script};
+use super::{TtlClamp, Verdict, admitted, answer_addresses, decide, error_answer, set_script};
 use crate::error::{AgentError, Result};
 
 /// How long the upstream resolver may take.
@@ -174,7 +174,8 @@ async fn handle(query: &[u8], from: IpAddr, shared: &Shared) -> Option<Vec<u8>> 
                     return Some(error_answer(&q, ResponseCode::ServFail));
                 }
             };
-            let script = set_script(&answer_addresses(&answer), shared.clamp);
+            let addrs = admitted(&q, answer_addresses(&answer), &client.policy);
+            let script = set_script(&addrs, shared.clamp);
             if script.is_empty() {
                 return Some(answer);
             }

@@ -140,6 +140,22 @@ fn answers_give_their_addresses_and_the_set_script_refreshes_clamped_timeouts() 
 }
 
 #[test]
+fn private_addresses_of_a_name_under_a_ported_rule_do_not_join_the_sets() {
+    let public = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
+    let private = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+    let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let addrs = vec![(public, 60), (private, 60), (loopback6, 60)];
+    let mut e2b = allow_one();
+    for r in &mut e2b.rules {
+        r.port = 443;
+    }
+    let q = parse(&query(3, &["allowed.test."]));
+    assert_eq!(admitted(&q, addrs.clone(), &e2b), vec![(public, 60)]);
+    // OpenSandbox's unported rules admit what the resolver said, as upstream
+    assert_eq!(admitted(&q, addrs.clone(), &allow_one()), addrs);
+}
+
+#[test]
 fn the_upstream_resolver_is_the_first_nameserver_of_resolv_conf() {
     let text = "# generated\nsearch lan\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n";
     assert_eq!(

@@ -1,9 +1,10 @@
 //! Egress policies from the SDKs' create bodies (pure): OpenSandbox
 //! `networkPolicy` and E2B `allow_internet_access` / `network`, as the
 //! policy the node agent enforces. Destinations are IP addresses and CIDRs,
-//! and for OpenSandbox also domain names and `*.domain` wildcards (the node
-//! agent's DNS proxy enforces them); E2B hostnames are refused with a 400
-//! naming the rule, as is any network option sandpool does not enforce.
+//! and also domain names and `*.domain` wildcards (OpenSandbox targets and
+//! E2B `allowOut` hostnames, which the node agent's DNS proxy enforces; an
+//! E2B hostname only on TCP ports 80 and 443); any network option sandpool
+//! does not enforce is refused naming it.
 
 use sandpool_core::egress::domain::NamePattern;
 use sandpool_core::egress::parse_cidr;
@@ -29,37 +30,17 @@ pub fn new_token() -> String {
     )
 }
 
-/// Whether a rule target may be a domain name: OpenSandbox's rules are
-/// (the node agent's DNS proxy enforces them), E2B's are not.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Targets {
-    Addresses,
-    AddressesAndNames,
-}
-
-fn rule(
-    field: &str,
-    action: pb::EgressAction,
-    target: &Value,
-    kinds: Targets,
-) -> Result<pb::EgressRule> {
+/// An OpenSandbox rule: its target an IP address, CIDR, domain name or
+/// `*.domain` wildcard (not E2B's lone `*`).
+fn rule(field: &str, action: pb::EgressAction, target: &Value) -> Result<pb::EgressRule> {
     let t = target
         .as_str()
         .ok_or_else(|| ApiError::Invalid(format!("{field} must be a string, got {target}")))?;
-    if let Err(e) = parse_cidr(t) {
-        let named = kinds == Targets::AddressesAndNames
-            && !t.contains('/')
-            && NamePattern::parse(t).is_ok();
-        if !named {
-            return Err(ApiError::Invalid(match kinds {
-                Targets::AddressesAndNames => format!(
-                    "{field}: {t:?} is not an IP address, CIDR, domain name or `*.domain` wildcard"
-                ),
-                Targets::Addresses => format!(
-                    "{field}: {e}; only IP addresses and CIDRs are enforced (domain rules are not supported)"
-                ),
-            }));
-        }
+    let named = || !t.contains('/') && t.trim() != "*" && NamePattern::parse(t).is_ok();
+    if parse_cidr(t).is_err() && !named() {
+        return Err(ApiError::Invalid(format!(
+            "{field}: {t:?} is not an IP address, CIDR, domain name or `*.domain` wildcard"
+        )));
     }
     Ok(pb::EgressRule {
         action: action as i32,
@@ -148,7 +129,6 @@ pub fn os_rules(field: &str, v: &Value) -> Result<Vec<pb::EgressRule>> {
                 &format!("{field}.target"),
                 act,
                 r.get("target").unwrap_or(&Value::Null),
-                Targets::AddressesAndNames,
             )
         })
         .collect()
@@ -197,13 +177,17 @@ pub fn delete_targets(p: &mut pb::EgressPolicy, targets: &[String]) {
 }
 
 /// E2B's `network` view of a claim's own policy (sandbox detail).
+/// An E2B hostname is two rules (its ports 80 and 443), shown once.
 pub fn e2b_network(p: &pb::EgressPolicy) -> Value {
     let pick = |deny: bool| -> Vec<&str> {
-        p.rules
-            .iter()
-            .filter(|r| is_deny(r.action) == deny)
-            .map(|r| r.cidr.as_str())
-            .collect()
+        let mut out: Vec<&str> = Vec::new();
+        for r in p.rules.iter().filter(|r| is_deny(r.action) == deny) {
+            let named = parse_cidr(&r.cidr).is_err();
+            if !(named && out.contains(&r.cidr.as_str())) {
+                out.push(r.cidr.as_str());
+            }
+        }
+        out
     };
     let mut deny_out = pick(true);
     if is_deny(p.default_action) {
@@ -222,10 +206,100 @@ fn list<'a>(field: &str, v: Option<&'a Value>) -> Result<&'a [Value]> {
     }
 }
 
+/// E2B's `ALL_TRAFFIC`.
+const ALL_TRAFFIC: &str = "0.0.0.0/0";
+
+/// E2B's answer to a hostname in `allowOut` without `ALL_TRAFFIC` in
+/// `denyOut` (upstream's wording, to the byte).
+pub const DOMAINS_REQUIRE_BLOCK_ALL: &str = "When specifying allowed domains in allow out, you must include 'ALL_TRAFFIC' in deny out to block all other traffic.";
+
+/// The TCP ports an E2B hostname is allowed on: where E2B's egress proxy
+/// matches hostnames (HTTP `Host` on 80, TLS SNI on 443).
+pub const E2B_HOSTNAME_PORTS: [u32; 2] = [80, 443];
+
+/// Upstream's `IsIPOrCIDR`: an address, or an address and a prefix length.
+fn is_ip_or_cidr(s: &str) -> Option<std::net::IpAddr> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => Some(ip),
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u8>().ok().filter(|p| *p <= max).map(|_| ip)
+        }
+        Some(_) => None,
+    }
+}
+
+/// Upstream's `IsSpecifiedIPOrCIDR`: [`is_ip_or_cidr`] and not the
+/// unspecified address (`0.0.0.0`, `::`, `::ffff:0.0.0.0`), but
+/// `0.0.0.0/0` is.
+fn is_specified(s: &str) -> bool {
+    let Some(ip) = is_ip_or_cidr(s) else {
+        return false;
+    };
+    let unspecified = match ip {
+        std::net::IpAddr::V4(a) => a.is_unspecified(),
+        std::net::IpAddr::V6(a) => {
+            a.is_unspecified() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified())
+        }
+    };
+    s == ALL_TRAFFIC || !unspecified
+}
+
+fn strings<'a>(field: &str, v: &'a [Value]) -> Result<Vec<&'a str>> {
+    v.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.as_str()
+                .ok_or_else(|| ApiError::Invalid(format!("{field}[{i}] must be a string, got {t}")))
+        })
+        .collect()
+}
+
+/// E2B's checks of `allowOut`/`denyOut`, its messages to the byte: a
+/// `denyOut` entry must be an IP address or CIDR (`invalid denied CIDR
+/// X`), an `allowOut` address a specified one (`invalid allowed address
+/// X`); anything else in `allowOut` is a hostname, which needs
+/// `ALL_TRAFFIC` in `denyOut`. sandpool also refuses a "hostname" that is
+/// no domain name, `*.domain` or `*` (upstream accepts it; it matches
+/// nothing but the same string).
+fn check_e2b(allow: &[&str], deny: &[&str]) -> Result<bool> {
+    if let Some(d) = deny.iter().find(|d| !is_specified(d)) {
+        return Err(ApiError::Invalid(format!("invalid denied CIDR {d}")));
+    }
+    let mut names = false;
+    for (i, a) in allow.iter().enumerate() {
+        if is_ip_or_cidr(a).is_some() {
+            if !is_specified(a) {
+                return Err(ApiError::Invalid(format!("invalid allowed address {a}")));
+            }
+            continue;
+        }
+        names = true;
+        if let Err(e) = NamePattern::parse(a) {
+            return Err(ApiError::Invalid(format!(
+                "network.allowOut[{i}]: {e} (a hostname, `*.domain` or `*`)"
+            )));
+        }
+    }
+    if names && !deny.contains(&ALL_TRAFFIC) {
+        return Err(ApiError::Invalid(DOMAINS_REQUIRE_BLOCK_ALL.to_string()));
+    }
+    Ok(names)
+}
+
 /// E2B `allow_internet_access` and `network` (`allowOut` before `denyOut`,
 /// as upstream: an allowed address wins over a denied range;
-/// `allow_internet_access: false` denies everything else). Nothing set →
-/// the pool's policy (`None`).
+/// `allow_internet_access: false` denies everything else). A hostname
+/// (with `ALL_TRAFFIC` denied, as upstream requires) becomes two domain
+/// rules, ports 80 and 443 ([`E2B_HOSTNAME_PORTS`]), and the policy denies
+/// by default instead of by a `0.0.0.0/0` rule, so other names get
+/// NXDOMAIN from the node's DNS proxy. Nothing set → the pool's policy
+/// (`None`).
 pub fn from_e2b(
     allow_internet: Option<bool>,
     network: Option<&Value>,
@@ -247,34 +321,42 @@ pub fn from_e2b(
             // allowPublicTraffic is the gateway's, see `private_traffic`
             if !matches!(k.as_str(), "allowOut" | "denyOut" | "allowPublicTraffic") && !unset {
                 return Err(ApiError::Unsupported(format!(
-                    "network.{k} (allowOut, denyOut with IP addresses and CIDRs, and allowPublicTraffic are supported)"
+                    "network.{k} (allowOut, denyOut and allowPublicTraffic are supported)"
                 )));
             }
         }
     }
     let allow = list("network.allowOut", net.and_then(|o| o.get("allowOut")))?;
     let deny = list("network.denyOut", net.and_then(|o| o.get("denyOut")))?;
+    let (allow, deny) = (
+        strings("network.allowOut", allow)?,
+        strings("network.denyOut", deny)?,
+    );
+    let names = check_e2b(&allow, &deny)?;
     if allow_internet != Some(false) && allow.is_empty() && deny.is_empty() {
         return Ok(None);
     }
-    let mut rules = Vec::with_capacity(allow.len() + deny.len());
-    for (i, t) in allow.iter().enumerate() {
-        rules.push(rule(
-            &format!("network.allowOut[{i}]"),
-            pb::EgressAction::Allow,
-            t,
-            Targets::Addresses,
-        )?);
+    let mut rules = Vec::with_capacity(2 * allow.len() + deny.len());
+    let mut push = |action: pb::EgressAction, t: &str, port: u32| {
+        rules.push(pb::EgressRule {
+            action: action as i32,
+            cidr: t.trim().to_string(),
+            port,
+        });
+    };
+    for t in &allow {
+        if is_ip_or_cidr(t).is_some() {
+            push(pb::EgressAction::Allow, t, 0);
+        } else {
+            for port in E2B_HOSTNAME_PORTS {
+                push(pb::EgressAction::Allow, t, port);
+            }
+        }
     }
-    for (i, t) in deny.iter().enumerate() {
-        rules.push(rule(
-            &format!("network.denyOut[{i}]"),
-            pb::EgressAction::Deny,
-            t,
-            Targets::Addresses,
-        )?);
+    for t in deny.iter().filter(|t| !(names && **t == ALL_TRAFFIC)) {
+        push(pb::EgressAction::Deny, t, 0);
     }
-    let default = if allow_internet == Some(false) {
+    let default = if allow_internet == Some(false) || names {
         pb::EgressAction::Deny
     } else {
         pb::EgressAction::Allow
@@ -414,10 +496,6 @@ mod tests {
             ]
         );
         for (bad, names) in [
-            (
-                json!({"allowOut": ["api.example.com"]}),
-                "network.allowOut[0]",
-            ),
             (json!({"dnsServers": ["1.1.1.1"]}), "network.dnsServers"),
             (json!({"maskRequestHost": "x"}), "network.maskRequestHost"),
             (json!({"denyOut": "0.0.0.0/0"}), "network.denyOut"),
@@ -425,6 +503,127 @@ mod tests {
             let e = from_e2b(None, Some(&bad)).expect_err("bad");
             assert!(e.to_string().contains(names), "{bad}: {e}");
         }
+    }
+
+    fn e2b_refusal(net: Value) -> String {
+        match from_e2b(None, Some(&net)) {
+            Err(ApiError::Invalid(m)) => m,
+            other => panic!("{net}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn e2b_allow_and_deny_entries_are_checked_with_upstreams_messages() {
+        for (net, want) in [
+            (
+                json!({"denyOut": ["example.com"]}),
+                "invalid denied CIDR example.com",
+            ),
+            (
+                json!({"denyOut": ["not-a-cidr"]}),
+                "invalid denied CIDR not-a-cidr",
+            ),
+            (json!({"denyOut": ["::/0"]}), "invalid denied CIDR ::/0"),
+            (
+                json!({"denyOut": ["::ffff:0:0/96"]}),
+                "invalid denied CIDR ::ffff:0:0/96",
+            ),
+            (
+                json!({"denyOut": ["0.0.0.0"]}),
+                "invalid denied CIDR 0.0.0.0",
+            ),
+            (
+                json!({"denyOut": ["10.0.0.0/33"]}),
+                "invalid denied CIDR 10.0.0.0/33",
+            ),
+            (
+                json!({"allowOut": ["0.0.0.0/8"]}),
+                "invalid allowed address 0.0.0.0/8",
+            ),
+            (json!({"allowOut": ["::"]}), "invalid allowed address ::"),
+            (
+                json!({"allowOut": ["example.com"]}),
+                DOMAINS_REQUIRE_BLOCK_ALL,
+            ),
+            (
+                json!({"allowOut": ["*.example.com"]}),
+                DOMAINS_REQUIRE_BLOCK_ALL,
+            ),
+            (
+                json!({"allowOut": ["example.com", "8.8.8.8"], "denyOut": ["10.0.0.0/8"]}),
+                DOMAINS_REQUIRE_BLOCK_ALL,
+            ),
+            // the deny list is checked first, as upstream
+            (
+                json!({"allowOut": ["example.com"], "denyOut": ["x.com"]}),
+                "invalid denied CIDR x.com",
+            ),
+        ] {
+            assert_eq!(e2b_refusal(net.clone()), want, "{net}");
+        }
+        let e = e2b_refusal(json!({"allowOut": ["a..b"], "denyOut": ["0.0.0.0/0"]}));
+        assert!(e.starts_with("network.allowOut[0]: "), "{e}");
+        for ok in [
+            json!({"denyOut": ["10.0.0.0/8"]}),
+            json!({"allowOut": ["10.0.0.0/8"], "denyOut": ["192.168.0.0/16"]}),
+            json!({"allowOut": ["8.8.8.8", "0.0.0.0/0"]}),
+            json!({"allowOut": ["*"], "denyOut": ["0.0.0.0/0"]}),
+        ] {
+            assert!(from_e2b(None, Some(&ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn e2b_hostnames_are_ported_domain_rules_under_a_default_deny() {
+        const ALLOW: i32 = pb::EgressAction::Allow as i32;
+        const DENY: i32 = pb::EgressAction::Deny as i32;
+        let net = json!({
+            "allowOut": ["Example.test", "198.18.0.9", "*.sub.test"],
+            "denyOut": ["10.0.0.0/8", "0.0.0.0/0"],
+        });
+        let p = from_e2b(None, Some(&net)).expect("ok").expect("some");
+        assert_eq!(p.default_action, DENY, "other names: NXDOMAIN");
+        let got: Vec<(i32, &str, u32)> = p
+            .rules
+            .iter()
+            .map(|r| (r.action, r.cidr.as_str(), r.port))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (ALLOW, "Example.test", 80),
+                (ALLOW, "Example.test", 443),
+                (ALLOW, "198.18.0.9", 0),
+                (ALLOW, "*.sub.test", 80),
+                (ALLOW, "*.sub.test", 443),
+                (DENY, "10.0.0.0/8", 0),
+            ]
+        );
+        assert!(has_domain_rules(&p));
+        assert_eq!(
+            e2b_network(&p),
+            json!({
+                "allowOut": ["Example.test", "198.18.0.9", "*.sub.test"],
+                "denyOut": ["10.0.0.0/8", "0.0.0.0/0"],
+            })
+        );
+        // without a hostname ALL_TRAFFIC stays a rule under a default allow
+        let p = from_e2b(
+            None,
+            Some(&json!({"allowOut": ["1.2.3.4"], "denyOut": ["0.0.0.0/0"]})),
+        )
+        .expect("ok")
+        .expect("some");
+        assert_eq!((p.default_action, p.rules.len()), (ALLOW, 2));
+        // OpenSandbox targets stay without E2B's lone `*`
+        let e = from_opensandbox(Some(
+            &json!({"egress": [{"action": "allow", "target": "*"}]}),
+        ))
+        .expect_err("*");
+        assert!(
+            e.to_string().contains("networkPolicy.egress[0].target"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -569,7 +569,12 @@ async fn set_network(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
+async fn pause(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    extract::JsonOrEmpty(r, _): JsonBody<snapshots::PauseRequest>,
+) -> Result<StatusCode> {
+    snapshots::check_pause(&r)?;
     let c = get_claim(&gw, &id).await?;
     if c.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is already paused")).into());

@@ -44,6 +44,39 @@ fn refuse_other(other: &BTreeMap<String, Value>, what: &str) -> std::result::Res
     }
 }
 
+/// `POST /sandboxes/{id}/pause`'s body (E2B's `SandboxPauseRequest`).
+#[derive(Deserialize, Default)]
+pub(super) struct PauseRequest {
+    #[serde(default)]
+    memory: Option<bool>,
+    #[serde(default, rename = "requireHealthyGuest")]
+    require_healthy_guest: Option<bool>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// What sandpool's pause (the sandbox frozen in place: memory, processes
+/// and files kept) cannot do: a filesystem-only pause (`memory: false`,
+/// E2B reboots the sandbox on resume) and `requireHealthyGuest: true`
+/// (E2B refuses the pause while envd does not answer); both 501 naming the
+/// field, as is any other field.
+pub(super) fn check_pause(r: &PauseRequest) -> std::result::Result<(), ApiError> {
+    refuse_other(&r.other, "pause")?;
+    if r.memory == Some(false) {
+        return Err(ApiError::Unsupported(
+            "memory: false (a filesystem-only pause, resumed by rebooting): sandpool pauses a sandbox by freezing it with its memory and processes"
+                .into(),
+        ));
+    }
+    if r.require_healthy_guest == Some(true) {
+        return Err(ApiError::Unsupported(
+            "requireHealthyGuest: true (sandpool's pause does not check the guest agent first)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// E2B's `SnapshotInfo` of checkpoint `c`.
 pub(super) fn snapshot_info(c: &pb::CheckpointInfo) -> Value {
     let names: Vec<&str> = if c.name.is_empty() {
@@ -284,6 +317,30 @@ fn fork_error(e: &ApiError) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pause_bodies_sandpool_cannot_honour_are_refused_naming_the_field() {
+        let parse = |v: Value| -> PauseRequest { serde_json::from_value(v).expect("body") };
+        for ok in [
+            serde_json::json!({}),
+            serde_json::json!({"memory": true}),
+            serde_json::json!({"memory": null, "requireHealthyGuest": false}),
+        ] {
+            assert!(check_pause(&parse(ok.clone())).is_ok(), "{ok}");
+        }
+        for (bad, names) in [
+            (serde_json::json!({"memory": false}), "memory: false"),
+            (
+                serde_json::json!({"requireHealthyGuest": true}),
+                "requireHealthyGuest",
+            ),
+            (serde_json::json!({"onResume": "reboot"}), "onResume"),
+        ] {
+            let e = check_pause(&parse(bad.clone())).expect_err("refused");
+            assert!(matches!(e, ApiError::Unsupported(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(names), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]
