@@ -1144,3 +1144,79 @@ async fn template_and_claim_volume_claim_templates_follow_the_templates_policy()
     let (_, vcts) = claim_with_vcts(&api, &ctx, "over", json!([vct("data", "5Gi")])).await;
     assert_eq!(vcts, json!([vct("data", "5Gi")]));
 }
+
+/// A request to the fake as an autoscaler makes it (not the controller's,
+/// so not checked against the chart's Role): status and JSON body.
+async fn call(api: &FakeApi, method: &str, path: &str, ct: &str, body: Value) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", ct)
+        .body(kube::client::Body::from(
+            serde_json::to_vec(&body).expect("json"),
+        ))
+        .expect("request");
+    let resp = api.handle(req).await;
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_warm_pool_scales_through_its_scale_subresource_and_its_sandboxes_follow() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    warm_up(&api, &ctx, "python-pool").await;
+    let scale = format!("{}/python-pool/scale", ext("sandboxwarmpools"));
+    let (code, got) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["apiVersion"], "autoscaling/v1");
+    assert_eq!(got["kind"], "Scale");
+    assert_eq!(got["spec"]["replicas"], 1);
+    assert_eq!(got["status"]["replicas"], 1);
+    // labelSelectorPath: the pool's status.selector (what HPA/KEDA count)
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    assert_eq!(got["status"]["selector"], wp["status"]["selector"]);
+    assert!(got["status"]["selector"].is_string());
+    let stale = got["metadata"]["resourceVersion"].clone();
+
+    // a merge patch of the Scale (as `kubectl scale` and KEDA send)
+    let up = json!({"spec": {"replicas": 3}});
+    let (code, got) = call(&api, "PATCH", &scale, "application/merge-patch+json", up).await;
+    assert_eq!((code, &got["spec"]["replicas"]), (200, &json!(3)), "{got}");
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    assert_eq!(wp["spec"]["replicas"], 3);
+    reconcile_pool(&ctx, "python-pool").await;
+    assert_eq!(
+        members(&api, "python-pool").len(),
+        3,
+        "the Sandboxes follow"
+    );
+
+    // a PUT of the Scale (as the HPA sends): conditional on resourceVersion
+    let put = |rv: Value| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+               "metadata": {"name": "python-pool", "resourceVersion": rv}, "spec": {"replicas": 1}})
+    };
+    let (code, _) = call(&api, "PUT", &scale, "application/json", put(stale)).await;
+    assert_eq!(code, 409, "a stale Scale is refused");
+    let (_, now) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(now["status"]["replicas"], 3);
+    let fresh = now["metadata"]["resourceVersion"].clone();
+    let (code, got) = call(&api, "PUT", &scale, "application/json", put(fresh)).await;
+    assert_eq!(code, 200, "{got}");
+    reconcile_pool(&ctx, "python-pool").await;
+    assert_eq!(members(&api, "python-pool").len(), 1, "scaled down");
+    let (_, got) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(got["status"]["replicas"], 1);
+
+    // a negative count is invalid; a kind without the subresource has none
+    let down = json!({"spec": {"replicas": -1}});
+    let (code, _) = call(&api, "PATCH", &scale, "application/merge-patch+json", down).await;
+    assert_eq!(code, 422);
+    put_claim(&api, "c", json!({"warmPoolRef": {"name": "python-pool"}}));
+    let claim_scale = format!("{}/c/scale", ext("sandboxclaims"));
+    let (code, _) = call(&api, "GET", &claim_scale, "application/json", Value::Null).await;
+    assert_eq!(code, 404);
+}
