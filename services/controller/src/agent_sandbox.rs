@@ -1,8 +1,8 @@
-//! agent-sandbox controllers: `SandboxWarmPool` keeps warm pods of a
-//! template; `SandboxClaim` adopts one (optimistically, by resourceVersion)
-//! from its warm pool (`warmPoolRef`) or any pool of its template
-//! (`sandboxTemplateRef`) into a `Sandbox` annotated
-//! `agents.x-k8s.io/pod-name`, or creates a cold one; `Sandbox`
+//! agent-sandbox controllers: `SandboxWarmPool` ([`warm_pool`]) keeps warm
+//! Sandboxes of a template; `SandboxClaim` adopts a ready one
+//! (optimistically, by resourceVersion) from its warm pool (`warmPoolRef`)
+//! or any pool of its template (`sandboxTemplateRef`), annotating itself
+//! with its name, or creates a cold one named after itself; `Sandbox`
 //! ([`sandbox`]) runs (or tracks) its pod and reports readiness.
 
 mod claim_env;
@@ -11,38 +11,40 @@ mod pod_metadata;
 mod sandbox;
 mod template;
 mod volumes;
+mod warm_pool;
 
 pub use pod_metadata::{ALLOWED_LABEL_DOMAINS, LABEL_DOMAINS_FILE, label_domains};
 pub use sandbox::{CLUSTER_DOMAIN, reconcile_sandbox, service_ports};
 pub use template::{network_policy_name, reconcile_template};
+pub use warm_pool::reconcile_warm_pool;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::context::{
-    Context, delete_ignoring_missing, finalized, list_pods, namespace_of, now, patch_status, until,
-};
+use crate::context::{Context, delete_ignoring_missing, finalized, now, patch_status, until};
 use crate::crd::{
-    CLAIM_FINALIZER, ClaimedSandbox, POD_NAME_ANNOTATION, PodMetadata, SANDBOX_NAME_HASH_LABEL,
+    CLAIM_FINALIZER, CLAIM_SANDBOX_ANNOTATION, CLAIM_UID_LABEL, ClaimedSandbox, LAUNCH_TYPE_LABEL,
     Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSpec, SandboxTemplate, SandboxWarmPool,
-    SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, UpdateStrategyType, WARM_POOL_LABEL,
+    TEMPLATE_HASH_LABEL, WARM_POOL_LABEL,
 };
-use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
-use crate::pods::{self, controller_ref, short_hash};
+use crate::error::{Error, Result, is_already_exists, is_not_found};
+use crate::pods::{controller_ref, short_hash};
+use warm_pool::pool_hash;
 
 const EXT_API: &str = "extensions.agents.x-k8s.io/v1beta1";
 const CORE_API: &str = "agents.x-k8s.io/v1beta1";
 
-pub fn template_hash(ns: &str, template: &str) -> String {
-    short_hash(&format!("{ns}/{template}"))
+/// The template ref hash label value of the template `template`
+/// (upstream's `SandboxTemplateRefHash`: FNV-1a of the name).
+pub fn template_hash(template: &str) -> String {
+    short_hash(template)
 }
 
 async fn get_template(ctx: &Context, ns: &str, name: &str) -> Result<SandboxTemplate> {
@@ -56,121 +58,6 @@ async fn get_template(ctx: &Context, ns: &str, name: &str) -> Result<SandboxTemp
     }
 }
 
-// ------------------------------------------------------------------ warm pool
-
-pub async fn reconcile_warm_pool(wp: Arc<SandboxWarmPool>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = namespace_of(wp.as_ref())?;
-    let name = wp.name_any();
-    if wp.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let tname = &wp.spec.sandbox_template_ref.name;
-    let template = match get_template(&ctx, &ns, tname).await {
-        Ok(t) => t,
-        Err(e @ Error::NotFound { .. }) => {
-            crate::conditions::failed(&ctx, wp.as_ref(), "TemplateNotFound", e.to_string()).await;
-            return Ok(Action::requeue(Duration::from_secs(10)));
-        }
-        Err(e) => return Err(e),
-    };
-    if wp
-        .spec
-        .update_strategy
-        .as_ref()
-        .and_then(|u| u.type_)
-        .is_some_and(|t| t == UpdateStrategyType::Recreate)
-    {
-        ctx.event(
-            wp.as_ref(),
-            true,
-            "UnsupportedField",
-            "spec.updateStrategy.type Recreate is not supported by sandpool; warm pods are replaced on replenish only".into(),
-        )
-        .await;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-    let pool_hash = pool_hash(&ns, &name);
-    let api: Api<Pod> = ctx.api(&ns);
-    let mut live = Vec::new();
-    for p in list_pods(&api, &format!("{WARM_POOL_LABEL}={pool_hash}")).await? {
-        if pods::is_terminating(&p) {
-            continue;
-        }
-        if pods::is_finished(&p) {
-            delete_ignoring_missing(&api, &p.name_any()).await?;
-        } else {
-            live.push(p);
-        }
-    }
-    let want = usize::try_from(wp.spec.replicas).unwrap_or(0);
-    let mut created = 0;
-    if live.len() < want {
-        let owner = controller_ref(
-            EXT_API,
-            "SandboxWarmPool",
-            &name,
-            &wp.uid().unwrap_or_default(),
-        );
-        for _ in live.len()..want {
-            let meta = ObjectMeta {
-                generate_name: Some(format!("{name}-")),
-                namespace: Some(ns.clone()),
-                labels: Some(
-                    [
-                        (WARM_POOL_LABEL.to_string(), pool_hash.clone()),
-                        (TEMPLATE_HASH_LABEL.to_string(), template_hash(&ns, tname)),
-                    ]
-                    .into(),
-                ),
-                owner_references: Some(vec![owner.clone()]),
-                ..Default::default()
-            };
-            let pod = ctx.agent_sandbox_pod(&template.spec.pod_template, meta)?;
-            api.create(&PostParams::default(), &pod).await?;
-            created += 1;
-        }
-    } else if live.len() > want {
-        // not-ready pods go first
-        live.sort_by_key(pods::is_ready);
-        for p in live.drain(..live.len() - want) {
-            delete_ignoring_missing(&api, &p.name_any()).await?;
-        }
-    }
-    let status = warm_pool_status(&wp, &live, created, &pool_hash);
-    if wp.status.as_ref() != Some(&status) {
-        patch_status(
-            &ctx.api::<SandboxWarmPool>(&ns),
-            &name,
-            serde_json::to_value(&status)?,
-        )
-        .await?;
-    }
-    let settling = created > 0 || status.ready_replicas < want as i32;
-    Ok(Action::requeue(if settling {
-        ctx.settle
-    } else {
-        Duration::from_secs(60)
-    }))
-}
-
-/// The warm pool's status: its pods (`live` ones and `created` ones), the
-/// selector the scale subresource reads (HPA/KEDA count these pods), and the
-/// generation it reflects.
-fn warm_pool_status(
-    wp: &SandboxWarmPool,
-    live: &[Pod],
-    created: usize,
-    pool_hash: &str,
-) -> SandboxWarmPoolStatus {
-    SandboxWarmPoolStatus {
-        replicas: (live.len() + created) as i32,
-        ready_replicas: live.iter().filter(|p| pods::is_ready(p)).count() as i32,
-        selector: Some(format!("{WARM_POOL_LABEL}={pool_hash}")),
-        observed_generation: wp.metadata.generation,
-        ..wp.status.clone().unwrap_or_default()
-    }
-}
-
 // ------------------------------------------------------------------ claim
 
 pub async fn reconcile_claim(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -178,7 +65,9 @@ pub async fn reconcile_claim(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Res
         Finalizer::Apply(c) => apply_claim(&c, &ctx, ns).await,
         Finalizer::Cleanup(c) => {
             // the Sandbox (and through owner references its pod) goes first
-            delete_ignoring_missing(&ctx.api::<Sandbox>(ns), &c.name_any()).await?;
+            if let Some(sb) = claim_sandbox(&c, &ctx, ns).await? {
+                delete_ignoring_missing(&ctx.api::<Sandbox>(ns), &sb.name_any()).await?;
+            }
             Ok(Action::await_change())
         }
     })
@@ -230,63 +119,6 @@ fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
         })
 }
 
-/// Adopt a ready warm pod matching `warm_selector` for the sandbox
-/// `sandbox_name`; the pod leaves its warm pool (label removed, so the pool
-/// replenishes) and is owned by `owner` from now on. `None` when no warm pod
-/// could be won.
-pub async fn adopt_warm_pod(
-    api: &Api<Pod>,
-    warm_selector: &str,
-    sandbox_name: &str,
-    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    extra: Option<&PodMetadata>,
-) -> Result<Option<Pod>> {
-    for _round in 0..3 {
-        let candidates: Vec<Pod> = list_pods(api, warm_selector)
-            .await?
-            .into_iter()
-            .filter(pods::is_ready)
-            .collect();
-        if candidates.is_empty() {
-            return Ok(None);
-        }
-        let nodes: Vec<&str> = candidates.iter().map(pods::node_name).collect();
-        for i in pods::spread_pick(&nodes, candidates.len()) {
-            let p = &candidates[i];
-            let mut labels =
-                json!({WARM_POOL_LABEL: null, SANDBOX_NAME_HASH_LABEL: short_hash(sandbox_name)});
-            let mut annotations = json!({});
-            // the claim's additionalPodMetadata (checked against the template)
-            for (k, v) in extra.iter().flat_map(|m| &m.labels) {
-                labels[k] = json!(v);
-            }
-            for (k, v) in extra.iter().flat_map(|m| &m.annotations) {
-                annotations[k] = json!(v);
-            }
-            let patch = json!({"metadata": {
-                "resourceVersion": p.resource_version(),
-                "labels": labels,
-                "annotations": annotations,
-                "ownerReferences": [owner.clone()],
-            }});
-            match api
-                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(pod) => return Ok(Some(pod)),
-                Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The warm pool label value of the pool `name`.
-fn pool_hash(ns: &str, name: &str) -> String {
-    short_hash(&format!("{ns}/{name}"))
-}
-
 /// Where a claim's sandbox comes from: the template, and the label selector
 /// of the warm pods it may adopt (`None`: always cold).
 struct Source {
@@ -311,7 +143,7 @@ async fn claim_source(
         match ctx.api::<SandboxWarmPool>(ns).get_opt(&wp.name).await? {
             Some(pool) => (
                 pool.spec.sandbox_template_ref.name,
-                Some(format!("{WARM_POOL_LABEL}={}", pool_hash(ns, &wp.name))),
+                Some(format!("{WARM_POOL_LABEL}={}", pool_hash(&wp.name))),
             ),
             None => {
                 return Ok(Err((
@@ -325,9 +157,9 @@ async fn claim_source(
             Some("none") => None,
             None | Some("default" | "") => Some(format!(
                 "{TEMPLATE_HASH_LABEL}={},{WARM_POOL_LABEL}",
-                template_hash(ns, &t.name)
+                template_hash(&t.name)
             )),
-            Some(pool) => Some(format!("{WARM_POOL_LABEL}={}", pool_hash(ns, pool))),
+            Some(pool) => Some(format!("{WARM_POOL_LABEL}={}", pool_hash(pool))),
         };
         (t.name.clone(), warm)
     } else {
@@ -371,8 +203,9 @@ async fn claim_source(
             )));
         }
     }
-    // a warm pod has neither the claim's variables nor its volumes: cold
-    let warm = warm.filter(|_| claim.spec.env.is_empty() && volume_claim_templates.is_empty());
+    // a warm Sandbox has neither the claim's variables nor its volumes: cold
+    let warm =
+        warm.filter(|_| claim.spec.env.is_empty() && claim.spec.volume_claim_templates.is_empty());
     if !claim.spec.env.is_empty() {
         let policy = template.spec.env_vars_injection_policy;
         if let Err(msg) =
@@ -391,8 +224,26 @@ async fn claim_source(
     }))
 }
 
-/// The claim's `Sandbox`: on a warm pod adopted for it, else cold; an
-/// existing one (a racing reconcile created it) is returned as is.
+/// The claim's `Sandbox`: the one its `agents.x-k8s.io/sandbox-name`
+/// annotation names (an adopted warm one), else one labelled with its uid
+/// (adopted, annotation not written yet), else the one named after it.
+async fn claim_sandbox(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Option<Sandbox>> {
+    let api: Api<Sandbox> = ctx.api(ns);
+    if let Some(n) = claim.annotations().get(CLAIM_SANDBOX_ANNOTATION) {
+        return Ok(api.get_opt(n).await?);
+    }
+    if let Some(uid) = claim.uid() {
+        let lp = ListParams::default().labels(&format!("{CLAIM_UID_LABEL}={uid}"));
+        if let Some(sb) = api.list(&lp).await?.items.into_iter().next() {
+            return Ok(Some(sb));
+        }
+    }
+    Ok(api.get_opt(&claim.name_any()).await?)
+}
+
+/// The claim's `Sandbox`: a warm one adopted for it (the claim annotated
+/// with its name), else a cold one named after the claim; an existing one
+/// (a racing reconcile created it) is returned as is.
 async fn create_claim_sandbox(
     claim: &SandboxClaim,
     ctx: &Context,
@@ -407,17 +258,29 @@ async fn create_claim_sandbox(
         &name,
         &claim.uid().unwrap_or_default(),
     );
-    let pod_api: Api<Pod> = ctx.api(ns);
-    let adopted = match &source.warm {
-        Some(sel) => {
-            let extra = claim.spec.additional_pod_metadata.as_ref();
-            adopt_warm_pod(&pod_api, sel, &name, claim_owner.clone(), extra).await?
+    if let Some(sel) = &source.warm {
+        let how = warm_pool::Adoption {
+            owner: claim_owner.clone(),
+            claim_uid: claim.uid().unwrap_or_default(),
+            extra: claim.spec.additional_pod_metadata.as_ref(),
+            shutdown_time: claim
+                .spec
+                .shutdown_time()
+                .map(serde_json::to_value)
+                .transpose()?,
+            volume_claim_templates: &source.volume_claim_templates,
+        };
+        // boxed: the adoption's future is large for the reconciler's stack
+        if let Some(sb) = Box::pin(warm_pool::adopt_warm_sandbox(ctx, ns, sel, &how)).await? {
+            let annotate =
+                json!({"metadata": {"annotations": {CLAIM_SANDBOX_ANNOTATION: sb.name_any()}}});
+            ctx.api::<SandboxClaim>(ns)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(annotate))
+                .await?;
+            let msg = format!("sandbox {} adopted from the warm pool", sb.name_any());
+            ctx.event(claim, false, "SandboxAdopted", msg).await;
+            return Ok(sb);
         }
-        None => None,
-    };
-    let mut annotations = std::collections::BTreeMap::new();
-    if let Some(p) = &adopted {
-        annotations.insert(POD_NAME_ANNOTATION.to_string(), p.name_any());
     }
     let mut spec = SandboxSpec::new(source.template.spec.pod_template.clone());
     // the template's NetworkPolicy selects its sandboxes' pods by this label
@@ -428,7 +291,7 @@ async fn create_claim_sandbox(
         .get_or_insert_with(Default::default)
         .insert(
             TEMPLATE_HASH_LABEL.to_string(),
-            template_hash(ns, &source.template.name_any()),
+            template_hash(&source.template.name_any()),
         );
     spec.service = source.template.spec.service;
     spec.volume_claim_templates = source.volume_claim_templates.clone();
@@ -437,27 +300,17 @@ async fn create_claim_sandbox(
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.to_string()),
-            annotations: Some(annotations),
+            labels: Some([(LAUNCH_TYPE_LABEL.to_string(), "cold".to_string())].into()),
             owner_references: Some(vec![claim_owner]),
             ..Default::default()
         },
         spec,
         status: None,
     };
-    let how = if adopted.is_some() {
-        "from the warm pool"
-    } else {
-        "cold (no warm pod)"
-    };
     match sandboxes.create(&PostParams::default(), &sb).await {
         Ok(s) => {
-            ctx.event(
-                claim,
-                false,
-                "SandboxCreated",
-                format!("sandbox {name} {how}"),
-            )
-            .await;
+            let msg = format!("sandbox {name} cold (no warm sandbox)");
+            ctx.event(claim, false, "SandboxCreated", msg).await;
             Ok(s)
         }
         Err(e) if is_already_exists(&e) => Ok(sandboxes.get(&name).await?),
@@ -476,11 +329,10 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     if lifecycle::expire_at(&claim.spec, &old_conditions).is_some_and(|t| t <= now()) {
         return lifecycle::expire(ctx, claim, ns).await;
     }
-    let sandboxes: Api<Sandbox> = ctx.api(ns);
-    let sandbox = match sandboxes.get_opt(&name).await? {
+    let sandbox = match claim_sandbox(claim, ctx, ns).await? {
         Some(s) => s,
         None => match claim_source(claim, ctx, ns).await? {
-            Ok(source) => create_claim_sandbox(claim, ctx, ns, &source).await?,
+            Ok(source) => Box::pin(create_claim_sandbox(claim, ctx, ns, &source)).await?,
             Err((reason, message)) => {
                 let cond = condition(
                     false,
@@ -509,7 +361,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
         None => (
             false,
             "SandboxNotReady".to_string(),
-            format!("sandbox {name} is not ready"),
+            format!("sandbox {} is not ready", sandbox.name_any()),
         ),
     };
     let mut conditions = vec![condition(
@@ -524,7 +376,7 @@ async fn apply_claim(claim: &SandboxClaim, ctx: &Context, ns: &str) -> Result<Ac
     let status = SandboxClaimStatus {
         conditions,
         sandbox: Some(ClaimedSandbox {
-            name: name.clone(),
+            name: sandbox.name_any(),
             pod_ips: sb_status.pod_ips,
         }),
     };

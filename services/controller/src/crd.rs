@@ -40,9 +40,19 @@ pub const BATCH_FINALIZER: &str = "sandbox.opensandbox.io/release-pods";
 
 /// agent-sandbox: the pod a Sandbox runs in (set when adopted from a warm pool).
 pub const POD_NAME_ANNOTATION: &str = "agents.x-k8s.io/pod-name";
-/// agent-sandbox: warm pod label, the hash of the warm pool.
-pub const WARM_POOL_LABEL: &str = "agents.x-k8s.io/pool";
+/// agent-sandbox: label of a warm pool's Sandboxes (and their pods), the
+/// FNV-1a hash of the pool's name (upstream's `SandboxWarmPoolLabel`).
+pub const WARM_POOL_LABEL: &str = "agents.x-k8s.io/warm-pool-sandbox";
+/// agent-sandbox: the FNV-1a hash of the template's name.
 pub const TEMPLATE_HASH_LABEL: &str = "agents.x-k8s.io/sandbox-template-ref-hash";
+/// agent-sandbox: `warm` (adopted from a warm pool) or `cold`.
+pub const LAUNCH_TYPE_LABEL: &str = "agents.x-k8s.io/launch-type";
+/// agent-sandbox: a warm Sandbox's template.
+pub const TEMPLATE_REF_ANNOTATION: &str = "agents.x-k8s.io/sandbox-template-ref";
+/// agent-sandbox: a claim's Sandbox (named after the claim, or a warm one it adopted).
+pub const CLAIM_SANDBOX_ANNOTATION: &str = "agents.x-k8s.io/sandbox-name";
+/// agent-sandbox: the uid of the claim a Sandbox serves.
+pub const CLAIM_UID_LABEL: &str = "agents.x-k8s.io/claim-uid";
 /// agent-sandbox: label of a claimed pod, the hash of its Sandbox name.
 pub const SANDBOX_NAME_HASH_LABEL: &str = "agents.x-k8s.io/sandbox-name-hash";
 pub const CLAIM_FINALIZER: &str = "extensions.agents.x-k8s.io/release-sandbox";

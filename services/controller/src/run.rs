@@ -204,16 +204,8 @@ pub async fn controllers(
         error_policy,
         ctx.clone(),
     );
-    let sb_ns = ns.clone();
     let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
-        // adopted pods are owned by the claim of the same name
-        .watches(pods.clone(), managed.clone(), move |pod: Pod| {
-            pod.owner_references()
-                .iter()
-                .find(|o| o.kind == "SandboxClaim")
-                .map(|o| ObjectRef::new(&o.name).within(&sb_ns))
-        })
         // the headless Services of sandboxes (a deleted one is recreated)
         .owns(
             Api::<Service>::namespaced(client.clone(), &ns),
@@ -225,7 +217,8 @@ pub async fn controllers(
         Api::<SandboxWarmPool>::namespaced(client.clone(), &ns),
         wc.clone(),
     )
-    .owns(pods.clone(), managed.clone())
+    // its warm Sandboxes
+    .owns(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
     .graceful_shutdown_on(shutdown.clone())
     .run(
         |o, c| reported(o, c, crate::agent_sandbox::reconcile_warm_pool),

@@ -101,6 +101,43 @@ async fn reconcile_pool(ctx: &Arc<Context>, name: &str) {
         .expect("warm pool");
 }
 
+/// The pool's Sandboxes (labelled as its members).
+fn members(api: &FakeApi, pool: &str) -> Vec<Value> {
+    let hash = short_hash(pool);
+    api.with_store(|s| s.list(&sandboxes()))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"][WARM_POOL_LABEL] == hash.as_str())
+        .collect()
+}
+
+fn name_of(v: &Value) -> String {
+    v["metadata"]["name"].as_str().expect("name").to_string()
+}
+
+/// Fill the pool `pool` and make its Sandboxes Ready (their pods running
+/// at 10.1.0.10, ...); their names.
+async fn warm_up(api: &FakeApi, ctx: &Arc<Context>, pool: &str) -> Vec<String> {
+    reconcile_pool(ctx, pool).await;
+    let names: Vec<String> = members(api, pool).iter().map(name_of).collect();
+    for (i, n) in names.iter().enumerate() {
+        reconcile_sandbox(ctx, n).await;
+        api.with_store(|s| make_ready(s, NS, n, &format!("10.1.0.{}", 10 + i), "node-a"));
+        reconcile_sandbox(ctx, n).await;
+    }
+    reconcile_pool(ctx, pool).await;
+    names
+}
+
+/// The Sandbox serving the claim `claim` (its status names it).
+fn claimed(api: &FakeApi, claim: &str) -> Option<Value> {
+    let c = obj(api, &ext("sandboxclaims"), claim)?;
+    let name = c["metadata"]["annotations"][CLAIM_SANDBOX_ANNOTATION]
+        .as_str()
+        .unwrap_or(claim)
+        .to_string();
+    obj(api, &sandboxes(), &name)
+}
+
 async fn reconcile_claim(ctx: &Arc<Context>, name: &str) {
     agent_sandbox::reconcile_claim(get::<SandboxClaim>(ctx, name).await, ctx.clone())
         .await
@@ -135,51 +172,126 @@ fn pods(api: &FakeApi) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn a_warm_pool_ref_claim_adopts_from_that_pool_and_reports_the_address() {
+async fn a_warm_pool_holds_sandboxes_and_a_claim_adopts_one() {
     let (api, ctx) = setup();
     fixtures(&api);
     reconcile_pool(&ctx, "python-pool").await;
-    reconcile_pool(&ctx, "other-pool").await;
-    let all = pods(&api);
-    assert_eq!(all.len(), 2);
-    for (i, p) in all.iter().enumerate() {
-        let name = p["metadata"]["name"].as_str().expect("name").to_string();
-        api.with_store(|s| make_ready(s, NS, &name, &format!("10.1.0.{}", 10 + i), "node-a"));
-    }
-    put_claim(&api, "c1", json!({"warmPoolRef": {"name": "python-pool"}}));
-    reconcile_claim(&ctx, "c1").await; // finalizer
-    reconcile_claim(&ctx, "c1").await;
-    let sb = obj(&api, &sandboxes(), "c1").expect("sandbox");
-    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
-        .as_str()
-        .expect("adopted")
-        .to_string();
-    assert!(
-        pod_name.starts_with("python-pool-"),
-        "{pod_name} comes from the named pool"
+    // the pool's members are Sandboxes, as upstream's (the Sandbox
+    // controller runs their pods)
+    assert!(pods(&api).is_empty(), "no pods of the pool's own");
+    let warm = members(&api, "python-pool");
+    assert_eq!(warm.len(), 1);
+    let w = &warm[0];
+    assert_eq!(w["metadata"]["generateName"], "python-pool-");
+    let labels = &w["metadata"]["labels"];
+    assert_eq!(labels[TEMPLATE_HASH_LABEL], short_hash("python-template"));
+    assert_eq!(labels[LAUNCH_TYPE_LABEL], "warm");
+    assert_eq!(
+        w["metadata"]["annotations"][TEMPLATE_REF_ANNOTATION],
+        "python-template"
     );
-    assert_eq!(sb["spec"]["service"], true, "the template's service flag");
-    let owner = &sb["metadata"]["ownerReferences"][0];
-    assert_eq!(owner["apiVersion"], "extensions.agents.x-k8s.io/v1beta1");
+    let owner = &w["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "SandboxWarmPool");
+    assert_eq!(owner["name"], "python-pool");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(w["spec"]["service"], true, "the template's blueprint");
+    let warm_name = name_of(w);
+    warm_up(&api, &ctx, "python-pool").await;
+    warm_up(&api, &ctx, "other-pool").await;
+    let pod = obj(&api, &pods_path(NS), &warm_name).expect("the warm Sandbox's pod");
+    assert_eq!(
+        pod["metadata"]["labels"][WARM_POOL_LABEL],
+        short_hash("python-pool")
+    );
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    assert_eq!(wp["status"]["replicas"], 1);
+    assert_eq!(wp["status"]["readyReplicas"], 1, "its Sandbox is Ready");
 
-    reconcile_sandbox(&ctx, "c1").await;
-    let sb = obj(&api, &sandboxes(), "c1").expect("sandbox");
+    assert_eq!(claim_c1(&api, &ctx).await, warm_name, "the claim names it");
+    assert!(
+        obj(&api, &sandboxes(), "c1").is_none(),
+        "adopted, not created"
+    );
+    let sb = obj(&api, &sandboxes(), &warm_name).expect("sandbox");
+    let owner = &sb["metadata"]["ownerReferences"];
+    assert_eq!(owner.as_array().map(Vec::len), Some(1));
+    assert_eq!(owner[0]["kind"], "SandboxClaim");
+    assert_eq!(owner[0]["name"], "c1");
+    assert_eq!(owner[0]["apiVersion"], "extensions.agents.x-k8s.io/v1beta1");
+    assert!(sb["metadata"]["labels"].get(WARM_POOL_LABEL).is_none());
+    assert!(
+        sb["spec"]["podTemplate"]["metadata"]["labels"]
+            .get(WARM_POOL_LABEL)
+            .is_none()
+    );
+    let pod = obj(&api, &pods_path(NS), &warm_name).expect("pod");
+    assert!(
+        pod["metadata"]["labels"].get(WARM_POOL_LABEL).is_none(),
+        "its pod left the pool too"
+    );
+    let adopt = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.method == http::Method::PATCH && r.path.ends_with(&format!("/sandboxes/{warm_name}"))
+        })
+        .expect("adoption patch");
+    assert!(
+        adopt.body["metadata"]["resourceVersion"].is_string(),
+        "adoption is conditional"
+    );
+    // the pool refills
+    reconcile_pool(&ctx, "python-pool").await;
+    let refill = members(&api, "python-pool");
+    assert_eq!(refill.len(), 1);
+    assert_ne!(name_of(&refill[0]), warm_name);
+}
+
+/// The claim `c1` of `python-pool`, reconciled until it has its Sandbox;
+/// that Sandbox's name (as the claim's annotation gives it).
+async fn claim_c1(api: &FakeApi, ctx: &Arc<Context>) -> String {
+    put_claim(api, "c1", json!({"warmPoolRef": {"name": "python-pool"}}));
+    reconcile_claim(ctx, "c1").await; // finalizer
+    reconcile_claim(ctx, "c1").await;
+    let claim = obj(api, &ext("sandboxclaims"), "c1").expect("claim");
+    claim["metadata"]["annotations"][CLAIM_SANDBOX_ANNOTATION]
+        .as_str()
+        .expect("the claim names its Sandbox")
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_adopted_sandbox_reports_the_address_and_the_claim_forwards_it() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    warm_up(&api, &ctx, "python-pool").await;
+    warm_up(&api, &ctx, "other-pool").await;
+    let warm_name = claim_c1(&api, &ctx).await;
+    assert!(warm_name.starts_with("python-pool-"), "{warm_name}");
+    let c1 = warm_name.as_str();
+    reconcile_sandbox(&ctx, c1).await;
+    let sb = obj(&api, &sandboxes(), c1).expect("sandbox");
+    let pod_name = warm_name.clone();
     let pod = obj(&api, &pods_path(NS), &pod_name).expect("pod");
     let ip = pod["status"]["podIP"].clone();
-    let hash = short_hash("c1");
+    let hash = short_hash(c1);
     assert_eq!(sb["status"]["podIPs"], json!([ip]));
     assert_eq!(sb["status"]["nodeName"], "node-a");
     assert_eq!(
         sb["status"]["selector"],
         format!("agents.x-k8s.io/sandbox-name-hash={hash}")
     );
-    assert_eq!(sb["status"]["service"], "c1");
-    assert_eq!(sb["status"]["serviceFQDN"], "c1.sandpool.svc.cluster.local");
+    assert_eq!(sb["status"]["service"], c1);
+    assert_eq!(
+        sb["status"]["serviceFQDN"],
+        format!("{c1}.sandpool.svc.cluster.local")
+    );
     assert_eq!(sb["status"]["replicas"], 1);
     assert_eq!(ready_condition(&sb)["status"], "True");
     assert_eq!(ready_condition(&sb)["reason"], "DependenciesReady");
     // the headless Service selects the pod by its name-hash label
-    let svc = obj(&api, &services(), "c1").expect("service");
+    let svc = obj(&api, &services(), c1).expect("service");
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert_eq!(
         svc["spec"]["selector"],
@@ -209,7 +321,7 @@ async fn a_warm_pool_ref_claim_adopts_from_that_pool_and_reports_the_address() {
     );
     assert_eq!(
         claim["status"]["sandbox"],
-        json!({"name": "c1", "podIPs": [ip]})
+        json!({"name": c1, "podIPs": [ip]})
     );
     // the controllers spoke v1beta1
     let paths: Vec<String> = api
@@ -310,12 +422,7 @@ fn condition_of(v: &Value, type_: &str) -> Value {
 async fn additional_pod_metadata_reaches_warm_and_cold_pods_and_restricted_keys_are_refused() {
     let (api, ctx) = setup();
     fixtures(&api);
-    reconcile_pool(&ctx, "python-pool").await;
-    let warm = pods(&api)[0]["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_string();
-    api.with_store(|s| make_ready(s, NS, &warm, "10.1.0.10", "node-a"));
+    let warm = warm_up(&api, &ctx, "python-pool").await.remove(0);
     let extra = json!({"labels": {"sandbox.users.io/user": "u1"},
         "annotations": {"note": "for u1", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}});
     put_claim(
@@ -332,7 +439,8 @@ async fn additional_pod_metadata_reaches_warm_and_cold_pods_and_restricted_keys_
     for c in ["warm", "cold"] {
         reconcile_claim(&ctx, c).await; // finalizer
         reconcile_claim(&ctx, c).await;
-        reconcile_sandbox(&ctx, c).await;
+        let sb = name_of(&claimed(&api, c).expect("sandbox"));
+        reconcile_sandbox(&ctx, &sb).await;
     }
     let adopted = obj(&api, &pods_path(NS), &warm).expect("warm pod");
     let cold = obj(&api, &pods_path(NS), "cold").expect("cold pod");
@@ -349,7 +457,7 @@ async fn additional_pod_metadata_reaches_warm_and_cold_pods_and_restricted_keys_
         );
         // the template's own labels stay
         assert_eq!(meta["labels"]["sandbox"], "python-sandbox", "{which}");
-        let sb = obj(&api, &sandboxes(), which).expect("sandbox");
+        let sb = claimed(&api, which).expect("sandbox");
         assert_eq!(
             sb["spec"]["podTemplate"]["metadata"]["labels"]["sandbox.users.io/user"],
             "u1"
@@ -389,7 +497,7 @@ async fn claim_with_sandbox(api: &FakeApi, ctx: &Arc<Context>, name: &str, lifec
     );
     reconcile_claim(ctx, name).await; // finalizer
     reconcile_claim(ctx, name).await;
-    assert!(obj(api, &sandboxes(), name).is_some(), "{name}: sandbox");
+    assert!(claimed(api, name).is_some(), "{name}: sandbox");
 }
 
 fn set_lifecycle(api: &FakeApi, name: &str, lifecycle: Value) {
@@ -508,7 +616,7 @@ async fn a_template_network_policy_becomes_an_owned_network_policy_selecting_its
     reconcile_template(&ctx, "python-template").await;
     let np = obj(&api, &network_policies(), "python-template-network-policy")
         .expect("network policy created");
-    let hash = agent_sandbox::template_hash(NS, "python-template");
+    let hash = agent_sandbox::template_hash("python-template");
     assert_eq!(
         np["spec"]["podSelector"],
         json!({"matchLabels": {TEMPLATE_HASH_LABEL: hash}})
@@ -584,11 +692,7 @@ async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
     // reconciled through the v1beta1 API
     let (api, ctx) = setup();
     fixtures(&api);
-    reconcile_pool(&ctx, "python-pool").await;
-    for p in pods(&api) {
-        let name = p["metadata"]["name"].as_str().expect("name").to_string();
-        api.with_store(|s| make_ready(s, NS, &name, "10.1.0.9", "node-a"));
-    }
+    warm_up(&api, &ctx, "python-pool").await;
     api.with_store(|s| {
         s.put(&support::cr_path("extensions.agents.x-k8s.io", "sandboxclaims", NS),
             json!({"apiVersion": "extensions.agents.x-k8s.io/v1alpha1", "kind": "SandboxClaim",
@@ -599,10 +703,8 @@ async fn objects_written_at_v1alpha1_are_served_at_v1beta1() {
     reconcile_claim(&ctx, "old").await;
     reconcile_claim(&ctx, "old").await;
     let sb = obj(&api, &sandboxes(), "old").expect("sandbox");
-    assert!(
-        sb["metadata"]["annotations"]
-            .get(POD_NAME_ANNOTATION)
-            .is_none(),
+    assert_eq!(
+        sb["metadata"]["labels"][LAUNCH_TYPE_LABEL], "cold",
         "warmpool: none starts cold"
     );
     assert_eq!(pods(&api).len(), 1, "the warm pod stays in its pool");
@@ -619,7 +721,7 @@ fn runtime_command(p: &Value) -> Vec<String> {
 async fn sandpool_serves_the_sdk_runtime_api_on_8888_only_when_the_template_asks() {
     let (api, ctx) = setup();
     fixtures(&api);
-    reconcile_pool(&ctx, "python-pool").await;
+    warm_up(&api, &ctx, "python-pool").await;
     let all = pods(&api);
     assert_eq!(all.len(), 1);
     // the image serves 8888 itself: its container is left alone
@@ -697,7 +799,7 @@ async fn pods_that_bring_their_own_command_keep_it_with_the_runtime_beside_them(
         s.put(&sandboxes(), json!({"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox",
             "metadata": {"name": "own-cold"}, "spec": {"podTemplate": tpl}}));
     });
-    reconcile_pool(&ctx, "own-pool").await;
+    warm_up(&api, &ctx, "own-pool").await;
     reconcile_sandbox(&ctx, "own-cold").await;
     let cold = obj(&api, &pods_path(NS), "own-cold").expect("cold pod");
     let warm = pods(&api)
@@ -757,18 +859,29 @@ async fn a_warm_pool_reports_its_selector_and_observed_generation() {
             o["metadata"]["generation"] = json!(3)
         })
     });
-    reconcile_pool(&ctx, "python-pool").await;
+    warm_up(&api, &ctx, "python-pool").await;
+    warm_up(&api, &ctx, "other-pool").await;
     let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
     let selector = wp["status"]["selector"].as_str().expect("selector");
     assert_eq!(wp["status"]["observedGeneration"], 3);
-    // the selector finds exactly the pool's pods (what HPA/KEDA count)
+    // the selector finds exactly the pool's Sandboxes and their pods (what
+    // HPA/KEDA count), as upstream's
+    assert_eq!(
+        selector,
+        format!(
+            "agents.x-k8s.io/warm-pool-sandbox={}",
+            short_hash("python-pool")
+        )
+    );
     let (key, value) = selector.split_once('=').expect("key=value");
-    let matching: Vec<Value> = pods(&api)
-        .into_iter()
-        .filter(|p| p["metadata"]["labels"][key] == value)
-        .collect();
-    assert_eq!(matching.len(), 1, "{selector}");
-    reconcile_pool(&ctx, "other-pool").await;
+    for coll in [sandboxes(), pods_path(NS)] {
+        let matching: Vec<Value> = api
+            .with_store(|s| s.list(&coll))
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"][key] == value)
+            .collect();
+        assert_eq!(matching.len(), 1, "{coll}: {selector}");
+    }
     let other = obj(&api, &ext("sandboxwarmpools"), "other-pool").expect("pool");
     assert_ne!(other["status"]["selector"], wp["status"]["selector"]);
 }
@@ -886,14 +999,7 @@ fn sandbox_env(api: &FakeApi, name: &str) -> Value {
 async fn claim_env_follows_the_templates_injection_policy() {
     let (api, ctx) = setup();
     fixtures(&api);
-    reconcile_pool(&ctx, "python-pool").await;
-    let warm = pods(&api);
-    assert_eq!(warm.len(), 1);
-    let warm_name = warm[0]["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_string();
-    make_ready_all(&api, &warm_name);
+    let warm_name = warm_up(&api, &ctx, "python-pool").await.remove(0);
 
     // unset policy is Disallowed
     set_env_policy(&api, "Disallowed");
@@ -917,12 +1023,11 @@ async fn claim_env_follows_the_templates_injection_policy() {
         json!([{"name": "MODE", "value": "template"}, {"name": "A", "value": "1"}])
     );
     let sb = obj(&api, &sandboxes(), "add").expect("sandbox");
-    assert!(
-        sb["metadata"]["annotations"]
-            .get(POD_NAME_ANNOTATION)
-            .is_none(),
-        "a claim with env starts cold, the warm pod stays warm"
+    assert_eq!(
+        sb["metadata"]["labels"][LAUNCH_TYPE_LABEL], "cold",
+        "a claim with env starts cold, the warm sandbox stays warm"
     );
+    assert_eq!(members(&api, "python-pool").len(), 1);
     assert!(
         obj(&api, &pods_path(NS), &warm_name)
             .is_some_and(|p| p["metadata"]["labels"].get(WARM_POOL_LABEL).is_some())
@@ -963,10 +1068,6 @@ async fn claim_env_follows_the_templates_injection_policy() {
     assert_eq!(reason, "EnvVarsInjectionRejected");
 }
 
-fn make_ready_all(api: &FakeApi, pod: &str) {
-    api.with_store(|s| make_ready(s, NS, pod, "10.0.0.9", "node-a"));
-}
-
 fn vct(name: &str, size: &str) -> Value {
     json!({"metadata": {"name": name}, "spec": {"resources": {"requests": {"storage": size}}}})
 }
@@ -998,13 +1099,7 @@ async fn claim_with_vcts(
 async fn template_and_claim_volume_claim_templates_follow_the_templates_policy() {
     let (api, ctx) = setup();
     fixtures(&api);
-    reconcile_pool(&ctx, "python-pool").await;
-    let warm = pods(&api);
-    let warm_name = warm[0]["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_string();
-    make_ready_all(&api, &warm_name);
+    warm_up(&api, &ctx, "python-pool").await;
     api.with_store(|s| {
         s.mutate(&ext("sandboxtemplates"), "python-template", |t| {
             t["spec"]["volumeClaimTemplates"] = json!([vct("data", "1Gi")])
@@ -1016,11 +1111,9 @@ async fn template_and_claim_volume_claim_templates_follow_the_templates_policy()
     assert_ne!(reason, "UnsupportedField");
     assert_eq!(vcts, json!([vct("data", "1Gi")]));
     let sb = obj(&api, &sandboxes(), "tpl").expect("sandbox");
-    assert!(
-        sb["metadata"]["annotations"]
-            .get(POD_NAME_ANNOTATION)
-            .is_none(),
-        "cold"
+    assert_eq!(
+        sb["metadata"]["labels"][LAUNCH_TYPE_LABEL], "cold",
+        "the warm Sandbox lacks the template's new volumes: cold"
     );
     reconcile_sandbox(&ctx, "tpl").await;
     assert!(
@@ -1050,4 +1143,80 @@ async fn template_and_claim_volume_claim_templates_follow_the_templates_policy()
     set_policy("Overrides");
     let (_, vcts) = claim_with_vcts(&api, &ctx, "over", json!([vct("data", "5Gi")])).await;
     assert_eq!(vcts, json!([vct("data", "5Gi")]));
+}
+
+/// A request to the fake as an autoscaler makes it (not the controller's,
+/// so not checked against the chart's Role): status and JSON body.
+async fn call(api: &FakeApi, method: &str, path: &str, ct: &str, body: Value) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", ct)
+        .body(kube::client::Body::from(
+            serde_json::to_vec(&body).expect("json"),
+        ))
+        .expect("request");
+    let resp = api.handle(req).await;
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_warm_pool_scales_through_its_scale_subresource_and_its_sandboxes_follow() {
+    let (api, ctx) = setup();
+    fixtures(&api);
+    warm_up(&api, &ctx, "python-pool").await;
+    let scale = format!("{}/python-pool/scale", ext("sandboxwarmpools"));
+    let (code, got) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["apiVersion"], "autoscaling/v1");
+    assert_eq!(got["kind"], "Scale");
+    assert_eq!(got["spec"]["replicas"], 1);
+    assert_eq!(got["status"]["replicas"], 1);
+    // labelSelectorPath: the pool's status.selector (what HPA/KEDA count)
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    assert_eq!(got["status"]["selector"], wp["status"]["selector"]);
+    assert!(got["status"]["selector"].is_string());
+    let stale = got["metadata"]["resourceVersion"].clone();
+
+    // a merge patch of the Scale (as `kubectl scale` and KEDA send)
+    let up = json!({"spec": {"replicas": 3}});
+    let (code, got) = call(&api, "PATCH", &scale, "application/merge-patch+json", up).await;
+    assert_eq!((code, &got["spec"]["replicas"]), (200, &json!(3)), "{got}");
+    let wp = obj(&api, &ext("sandboxwarmpools"), "python-pool").expect("pool");
+    assert_eq!(wp["spec"]["replicas"], 3);
+    reconcile_pool(&ctx, "python-pool").await;
+    assert_eq!(
+        members(&api, "python-pool").len(),
+        3,
+        "the Sandboxes follow"
+    );
+
+    // a PUT of the Scale (as the HPA sends): conditional on resourceVersion
+    let put = |rv: Value| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+               "metadata": {"name": "python-pool", "resourceVersion": rv}, "spec": {"replicas": 1}})
+    };
+    let (code, _) = call(&api, "PUT", &scale, "application/json", put(stale)).await;
+    assert_eq!(code, 409, "a stale Scale is refused");
+    let (_, now) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(now["status"]["replicas"], 3);
+    let fresh = now["metadata"]["resourceVersion"].clone();
+    let (code, got) = call(&api, "PUT", &scale, "application/json", put(fresh)).await;
+    assert_eq!(code, 200, "{got}");
+    reconcile_pool(&ctx, "python-pool").await;
+    assert_eq!(members(&api, "python-pool").len(), 1, "scaled down");
+    let (_, got) = call(&api, "GET", &scale, "application/json", Value::Null).await;
+    assert_eq!(got["status"]["replicas"], 1);
+
+    // a negative count is invalid; a kind without the subresource has none
+    let down = json!({"spec": {"replicas": -1}});
+    let (code, _) = call(&api, "PATCH", &scale, "application/merge-patch+json", down).await;
+    assert_eq!(code, 422);
+    put_claim(&api, "c", json!({"warmPoolRef": {"name": "python-pool"}}));
+    let claim_scale = format!("{}/c/scale", ext("sandboxclaims"));
+    let (code, _) = call(&api, "GET", &claim_scale, "application/json", Value::Null).await;
+    assert_eq!(code, 404);
 }

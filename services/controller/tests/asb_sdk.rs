@@ -207,15 +207,19 @@ async fn the_real_sdk_claims_waits_for_ready_and_runs_a_command() {
         .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
     let claim = seen["claim"].as_str().unwrap();
     assert!(claim.starts_with("sandbox-claim-"), "{seen}");
+    // a warm Sandbox of the pool, adopted (the claim names it), as upstream
+    let sandbox = seen["sandbox"].as_str().unwrap_or_default();
+    assert!(sandbox.starts_with("python-pool-"), "{seen}");
+    let stored = api.with_store(|s| s.get(&ext("sandboxclaims"), claim).cloned());
     assert_eq!(
-        seen["sandbox"], claim,
-        "the claim's Sandbox is named after it"
+        stored.expect("claim")["metadata"]["annotations"][CLAIM_SANDBOX_ANNOTATION],
+        sandbox
     );
     assert_eq!(seen["podIPs"], json!(["127.0.0.1"]));
     assert_eq!(seen["pod_ip"], "127.0.0.1");
     assert_eq!(
         seen["serviceFQDN"],
-        format!("{claim}.{NS}.svc.cluster.local")
+        format!("{sandbox}.{NS}.svc.cluster.local")
     );
     assert_eq!(seen["status"], "SandboxReady");
     assert_eq!(seen["stdout"], "hello from app\n");
@@ -230,20 +234,18 @@ async fn the_real_sdk_claims_waits_for_ready_and_runs_a_command() {
         .expect("the SDK's create");
     assert_eq!(sent.path, ext("sandboxclaims"));
     assert_eq!(sent.body["spec"]["warmPoolRef"]["name"], "python-pool");
-    // it adopted the warm pod of the pool
+    // it adopted the pool's warm Sandbox: now the claim's, out of the pool
     let sb = api
         .with_store(|s| {
             s.get(
                 &format!("/apis/agents.x-k8s.io/v1beta1/namespaces/{NS}/sandboxes"),
-                claim,
+                sandbox,
             )
             .cloned()
         })
         .expect("sandbox");
-    let pod = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
-        .as_str()
-        .unwrap_or_default();
-    assert!(pod.starts_with("python-pool-"), "{sb}");
+    assert_eq!(sb["metadata"]["ownerReferences"][0]["name"], claim, "{sb}");
+    assert!(sb["metadata"]["labels"].get(WARM_POOL_LABEL).is_none());
 }
 
 /// The SDK's `shutdown_after_seconds`, `pod_labels` and `pod_annotations`.
@@ -309,19 +311,20 @@ async fn the_real_sdks_pod_metadata_and_shutdown_reach_the_pod_and_the_claim() {
         "{stored}"
     );
     assert!(stored["spec"]["lifecycle"]["shutdownTime"].is_string());
+    let sb_name = stored["metadata"]["annotations"][CLAIM_SANDBOX_ANNOTATION]
+        .as_str()
+        .unwrap_or(claim);
     let sb = api
         .with_store(|s| {
             s.get(
                 &format!("/apis/agents.x-k8s.io/v1beta1/namespaces/{NS}/sandboxes"),
-                claim,
+                sb_name,
             )
             .cloned()
         })
         .expect("sandbox");
-    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
-        .as_str()
-        .unwrap_or(claim)
-        .to_string();
+    // the pod is named after its Sandbox
+    let pod_name = sb["metadata"]["name"].as_str().unwrap_or(claim).to_string();
     let pod = api
         .with_store(|s| s.get(&pods_path(NS), &pod_name).cloned())
         .expect("pod");

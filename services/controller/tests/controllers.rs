@@ -606,14 +606,35 @@ fn sandbox_obj(api: &FakeApi, name: &str) -> Option<Value> {
     })
 }
 
+/// The names of the warm pool's Sandboxes (its members).
+fn warm_sandboxes(api: &FakeApi) -> Vec<String> {
+    api.with_store(|s| s.list(&cr_path("agents.x-k8s.io", "sandboxes", NS)))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"].get(WARM_POOL_LABEL).is_some())
+        .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+async fn reconcile_sandbox(ctx: &Arc<Context>, name: &str) {
+    agent_sandbox::reconcile_sandbox(get::<Sandbox>(ctx, name).await, ctx.clone())
+        .await
+        .expect("sb");
+}
+
 #[tokio::test]
-async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
+async fn a_template_ref_claim_adopts_a_warm_sandbox_and_the_warm_pool_replenishes() {
     let (api, ctx, _) = setup();
     agent_fixtures(&api);
     reconcile_python_warm_pool(&ctx).await;
-    let warm = pod_names(&api, WARM_POOL_LABEL);
+    let warm = warm_sandboxes(&api);
     assert_eq!(warm.len(), 2);
+    for n in &warm {
+        reconcile_sandbox(&ctx, n).await; // its pod
+    }
     ready_all(&api, WARM_POOL_LABEL);
+    for n in &warm {
+        reconcile_sandbox(&ctx, n).await; // Ready
+    }
     reconcile_python_warm_pool(&ctx).await;
     let wp = api
         .with_store(|s| s.get(&ext("sandboxwarmpools"), "python-warmpool").cloned())
@@ -621,68 +642,44 @@ async fn claim_adopts_a_warm_pod_and_the_warm_pool_replenishes() {
     assert_eq!(wp["status"]["replicas"], 2);
     assert_eq!(wp["status"]["readyReplicas"], 2);
 
+    // v1alpha1's sandboxTemplateRef: any pool of the template
     let claim = || reconcile_claim(&ctx, "warmpool-test");
     claim().await.expect("finalizer");
     claim().await.expect("claim");
-    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
-    let pod_name = sb["metadata"]["annotations"][POD_NAME_ANNOTATION]
+    let c = claim_obj(&api, "warmpool-test").expect("claim");
+    let name = c["metadata"]["annotations"][CLAIM_SANDBOX_ANNOTATION]
         .as_str()
-        .expect("pod-name annotation")
+        .expect("the claim names its Sandbox")
         .to_string();
-    assert!(warm.contains(&pod_name));
+    assert!(warm.contains(&name));
+    let sb = sandbox_obj(&api, &name).expect("sandbox");
     assert_eq!(sb["metadata"]["ownerReferences"][0]["kind"], "SandboxClaim");
     let pod = api
-        .with_store(|s| s.get(&pods_path(NS), &pod_name).cloned())
+        .with_store(|s| s.get(&pods_path(NS), &name).cloned())
         .expect("pod");
     assert!(
         pod["metadata"]["labels"].get(WARM_POOL_LABEL).is_none(),
         "left the pool"
     );
-    assert!(pod["metadata"]["labels"][SANDBOX_NAME_HASH_LABEL].is_string());
-    assert_eq!(
-        pod["metadata"]["ownerReferences"][0]["kind"],
-        "SandboxClaim"
-    );
-    let adopt = api
-        .requests()
-        .into_iter()
-        .find(|r| r.method == Method::PATCH && r.path.ends_with(&pod_name))
-        .expect("adoption patch");
-    assert!(
-        adopt.body["metadata"]["resourceVersion"].is_string(),
-        "adoption is conditional"
-    );
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
 
     // the warm pool makes a replacement
     reconcile_python_warm_pool(&ctx).await;
-    assert_eq!(pod_names(&api, WARM_POOL_LABEL).len(), 2);
+    assert_eq!(warm_sandboxes(&api).len(), 2);
 
-    // the Sandbox reports the adopted pod ready; the claim follows
-    agent_sandbox::reconcile_sandbox(get::<Sandbox>(&ctx, "warmpool-test").await, ctx.clone())
-        .await
-        .expect("sb");
-    let sb = sandbox_obj(&api, "warmpool-test").expect("sandbox");
-    assert_eq!(sb["status"]["podName"], pod_name.as_str());
-    assert_eq!(sb["status"]["conditions"][0]["status"], "True");
     claim().await.expect("claim");
     let c = claim_obj(&api, "warmpool-test").expect("claim");
     assert_eq!(c["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(c["status"]["conditions"][0]["status"], "True");
-    assert_eq!(c["status"]["sandbox"]["name"], "warmpool-test");
+    assert_eq!(c["status"]["sandbox"]["name"], name.as_str());
 
-    // deleting the claim removes the sandbox first, then the claim (and its pod)
+    // deleting the claim removes its sandbox (and the pod), then the claim
     api.with_store(|s| s.delete(&ext("sandboxclaims"), "warmpool-test"));
     claim().await.expect("cleanup");
     assert!(api.with_store(|s| s.get(&ext("sandboxclaims"), "warmpool-test").is_none()));
-    assert!(api.with_store(|s| {
-        s.get(
-            &cr_path("agents.x-k8s.io", "sandboxes", NS),
-            "warmpool-test",
-        )
-        .is_none()
-    }));
+    assert!(sandbox_obj(&api, &name).is_none());
     assert!(
-        api.with_store(|s| s.get(&pods_path(NS), &pod_name).is_none()),
+        api.with_store(|s| s.get(&pods_path(NS), &name).is_none()),
         "the adopted pod went with its claim"
     );
 }

@@ -476,7 +476,8 @@ async fn a_warm_pool_of_a_missing_template_says_so() {
             .iter()
             .any(|(r, _)| r == "TemplateNotFound")
     );
-    // the template appears, but its RuntimeClass does not exist
+    // the template appears, but its RuntimeClass does not exist: the pool
+    // makes its Sandbox, whose pod is refused (the Sandbox says so)
     python_template(&api);
     api.with_store(|s| s.runtime_classes = Some(Vec::new()));
     reported(
@@ -485,10 +486,21 @@ async fn a_warm_pool_of_a_missing_template_says_so() {
         reconcile_warm_pool,
     )
     .await
+    .expect("the warm Sandbox is created");
+    let sandboxes = cr_path("agents.x-k8s.io", "sandboxes", NS);
+    let warm = api.with_store(|s| s.list(&sandboxes));
+    assert_eq!(warm.len(), 1);
+    let name = warm[0]["metadata"]["name"].as_str().expect("name");
+    reported(
+        get::<Sandbox>(&ctx, name).await,
+        ctx.clone(),
+        sandpool_controller::agent_sandbox::reconcile_sandbox,
+    )
+    .await
     .expect_err("no RuntimeClass");
-    let c = ready_condition(&api, &ext("sandboxwarmpools"), "wp").expect("condition");
+    let c = ready_condition(&api, &sandboxes, name).expect("condition");
     assert_eq!(c["reason"], "Forbidden");
-    assert!(status_written_through_subresource(&api, "wp"));
+    assert!(status_written_through_subresource(&api, name));
 }
 
 #[tokio::test]

@@ -93,13 +93,13 @@ pub async fn expire(ctx: &Context, claim: &SandboxClaim, ns: &str) -> Result<Act
 async fn retain(ctx: &Context, claim: &SandboxClaim, ns: &str) -> Result<Action> {
     let name = claim.name_any();
     let sandboxes: Api<Sandbox> = ctx.api(ns);
-    if let Some(sb) = sandboxes.get_opt(&name).await? {
+    if let Some(sb) = super::claim_sandbox(claim, ctx, ns).await? {
         let ours = sb
             .owner_references()
             .iter()
             .any(|r| r.controller == Some(true) && Some(&r.uid) == claim.uid().as_ref());
         if ours && sb.metadata.deletion_timestamp.is_none() {
-            delete_ignoring_missing(&sandboxes, &name).await?;
+            delete_ignoring_missing(&sandboxes, &sb.name_any()).await?;
         }
     }
     let old = claim

@@ -24,13 +24,13 @@ pub fn network_policy_name(template: &str) -> String {
 }
 
 /// The NetworkPolicy spec the template asks for: `None` when it asks for none.
-fn desired_spec(t: &SandboxTemplate, ns: &str) -> Option<Value> {
+fn desired_spec(t: &SandboxTemplate) -> Option<Value> {
     if t.spec.network_policy_management == Some(NetworkPolicyManagement::Unmanaged) {
         return None;
     }
     let np = t.spec.network_policy.as_ref()?;
     let mut spec = json!({
-        "podSelector": {"matchLabels": {TEMPLATE_HASH_LABEL: template_hash(ns, &t.name_any())}},
+        "podSelector": {"matchLabels": {TEMPLATE_HASH_LABEL: template_hash(&t.name_any())}},
         "policyTypes": ["Ingress", "Egress"],
     });
     for key in ["ingress", "egress"] {
@@ -49,7 +49,7 @@ pub async fn reconcile_template(t: Arc<SandboxTemplate>, ctx: Arc<Context>) -> R
     let name = t.name_any();
     let api: Api<NetworkPolicy> = ctx.api(&ns);
     let np_name = network_policy_name(&name);
-    let Some(spec) = desired_spec(&t, &ns) else {
+    let Some(spec) = desired_spec(&t) else {
         // only a policy this template owns is removed
         if let Some(old) = api.get_opt(&np_name).await?
             && old

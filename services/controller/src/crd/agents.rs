@@ -371,7 +371,7 @@ pub struct UpdateStrategy {
     pub type_: Option<UpdateStrategyType>,
 }
 
-/// Pre-warmed pods of one template.
+/// Pre-warmed Sandboxes of one template.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
 #[kube(
     group = "extensions.agents.x-k8s.io",
@@ -381,10 +381,11 @@ pub struct UpdateStrategy {
     annotation("helm.sh/resource-policy", "keep"),
     status = "SandboxWarmPoolStatus",
     shortname = "swp",
-    doc = "Pre-warmed pods of one SandboxTemplate (agent-sandbox API).",
+    doc = "Pre-warmed Sandboxes of one SandboxTemplate (agent-sandbox API).",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(name = "READY", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "DESIRED", type_ = "integer", json_path = ".spec.replicas"),
@@ -400,8 +401,8 @@ pub struct SandboxWarmPoolSpec {
     #[schemars(range(min = 0))]
     pub replicas: i32,
     pub sandbox_template_ref: TemplateRef,
-    /// OnReplenish (what sandpool does: warm pods of an older template stay
-    /// until claimed); Recreate is refused with an event.
+    /// OnReplenish (what sandpool does: warm Sandboxes of an older template
+    /// stay until claimed); Recreate is refused with an event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<UpdateStrategy>,
 }

@@ -2,8 +2,8 @@
 //! service. There is no real apiserver on these machines, so the controllers
 //! are tested against this: objects with uid, resourceVersion (409 on stale
 //! writes), generateName, label selectors, merge and JSON patches, the status
-//! subresource, finalizers with deletionTimestamp, and owner-reference garbage
-//! collection. Every request is logged so tests can assert what was sent.
+//! subresource, the scale subresource ([`scale`]), finalizers with
+//! deletionTimestamp, and owner-reference garbage collection. Every request is logged so tests can assert what was sent.
 //! Collections can be watched (`?watch=true`, from a resourceVersion, with a
 //! label selector): every write is recorded as a watch event, and open
 //! watches stream the events after theirs as JSON lines until the client
@@ -16,6 +16,7 @@
 pub mod node_agent;
 pub mod rbac;
 pub mod rules;
+pub mod scale;
 pub mod schema;
 pub mod webhook;
 
@@ -50,6 +51,8 @@ pub struct Store {
     /// CRD schemas written objects are pruned and defaulted by
     /// ([`FakeApi::enforce_schemas`]; none by default).
     pub schemas: schema::Schemas,
+    /// The scale subresources of those CRDs.
+    pub scales: scale::Scales,
 }
 
 /// The fake's response bodies: whole, or a watch's event stream.
@@ -486,7 +489,10 @@ impl FakeApi {
         &self,
         crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
     ) {
-        self.with_store(|s| s.schemas = schema::schemas_of(crds));
+        self.with_store(|s| {
+            s.schemas = schema::schemas_of(crds);
+            s.scales = scale::scales_of(crds);
+        });
     }
 
     /// Run `hook` before every request (to simulate other writers).
@@ -672,7 +678,12 @@ fn rewrite_api_version(path: &str, out: &mut Value) {
         for o in items.into_iter().flatten() {
             o["apiVersion"] = json!(version);
         }
-        if out.get("kind").is_some_and(|k| k != "Status") && out.get("items").is_none() {
+        // a Status or a Scale (autoscaling/v1) keeps its own
+        if out
+            .get("kind")
+            .is_some_and(|k| k != "Status" && k != "Scale")
+            && out.get("items").is_none()
+        {
             out["apiVersion"] = json!(version);
         }
     }
@@ -840,6 +851,9 @@ fn serve(
     let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
+    if let (Some("scale"), Some(n)) = (sub, &name) {
+        return scale::serve(store, method, &coll, n, ct, body);
+    }
     match (method.clone(), name) {
         (Method::GET, None) => serve_list(store, &coll, plural, &params),
         (Method::GET, Some(n)) => match store.get(&coll, &n) {
