@@ -12,6 +12,8 @@
 # installed), whose variables and working directory persist.
 # SIGINT interrupts the running cell: a kernel interrupt (KeyboardInterrupt
 # in the kernel), or SIGINT to the bash cell's processes.
+# argv[2], when not empty, is Python run once in the kernel when it starts
+# (e2b_kernel.py in E2B contexts), in its own namespace, silently.
 import json, os, queue, selectors, signal, subprocess, shutil, sys
 
 # an interrupt before a cell runs (e.g. while the kernel starts) is a no-op
@@ -29,6 +31,7 @@ if not _jupyter:
     exec(compile(_driver, "<driver>", "exec"))
     sys.exit(0)
 
+_startup = sys.argv[2] if len(sys.argv) > 2 else ""
 del sys.argv[1:]
 _out = os.fdopen(os.dup(1), "w", buffering=1)
 _null = os.open(os.devnull, os.O_RDWR)
@@ -215,6 +218,10 @@ def _restore_env(old):
     code = "import os as __sp_os\n__sp_os.environ.update(%s)\nfor __sp_k in %s: __sp_os.environ.pop(__sp_k, None)\ndel __sp_os" % (json.dumps(keep), json.dumps(drop))
     _run_kernel(code, silent=True)
 
+
+if _startup:
+    _run_kernel("exec(compile(%r, '<sandpool-startup>', 'exec'), {'__name__': '__sandpool_startup__'})" % _startup, silent=True)
+    del _startup
 
 for line in os.fdopen(0, "r"):
     try:

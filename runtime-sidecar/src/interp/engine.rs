@@ -5,6 +5,12 @@
 //! results carry whole MIME bundles (text/plain, text/html, image/png, ...);
 //! elsewhere it runs `driver.py` (a plain Python loop: text/plain results
 //! only). Both speak the same JSON lines (see `bridge.py`).
+//!
+//! An E2B context's kernel also runs `e2b_kernel.py` when it starts: the
+//! formatters behind E2B's `chart` (matplotlib figures, `e2b/chart`) and
+//! `data` (pandas DataFrames, `e2b/data`) results, and PIL's `Image.save`
+//! displaying the image, as E2B's own kernel does. OpenSandbox's `/code`
+//! contexts run without it (upstream's execd has none of these).
 
 use std::{collections::HashMap, process::Stdio};
 
@@ -16,6 +22,27 @@ use tokio::{
 
 const BRIDGE: &str = include_str!("bridge.py");
 const DRIVER: &str = include_str!("driver.py");
+const E2B_KERNEL: &str = include_str!("e2b_kernel.py");
+
+/// Whose code interpreter a context's process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// E2B's (port 49999): the kernel has E2B's formatters.
+    E2b,
+    /// OpenSandbox execd's `/code`: the plain kernel.
+    Execd,
+}
+
+impl Flavour {
+    /// The bridge's arguments after its own code: the plain driver, then
+    /// the kernel's start-up code (empty for none).
+    pub(crate) fn startup_args(self) -> [&'static str; 2] {
+        match self {
+            Flavour::E2b => [DRIVER, E2B_KERNEL],
+            Flavour::Execd => [DRIVER, ""],
+        }
+    }
+}
 
 /// A context's running process.
 pub struct Kernel {
@@ -33,8 +60,12 @@ fn python() -> Option<&'static str> {
 
 impl Kernel {
     /// A context's process in `cwd` (`/` when that is no directory), with
-    /// `env` on top of the runtime's environment.
-    pub async fn spawn(cwd: &str, env: HashMap<String, String>) -> Result<Kernel, String> {
+    /// `env` on top of the runtime's environment, serving `flavour`.
+    pub async fn spawn(
+        cwd: &str,
+        env: HashMap<String, String>,
+        flavour: Flavour,
+    ) -> Result<Kernel, String> {
         let py = python().ok_or(
             "python3 is not installed in this sandbox (use a Python image, e.g. the `code-interpreter` builtin)",
         )?;
@@ -44,7 +75,8 @@ impl Kernel {
             "/"
         };
         let mut child = tokio::process::Command::new(py)
-            .args(["-u", "-c", BRIDGE, DRIVER])
+            .args(["-u", "-c", BRIDGE])
+            .args(flavour.startup_args())
             .envs(env)
             .current_dir(dir)
             .stdin(Stdio::piped())

@@ -284,7 +284,7 @@ async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Send
     }
     if guard.is_none() {
         let env = st.app.sandbox_env.lock().clone();
-        match Kernel::spawn(&ctx.cwd, env).await {
+        match Kernel::spawn(&ctx.cwd, env, engine::Flavour::E2b).await {
             Ok(k) => *guard = Some(k),
             Err(e) => {
                 let _ = tx.send(kernel_error(e)).await;
@@ -357,6 +357,9 @@ const E2B_FIELDS: &[(&str, &str)] = &[
     ("text/latex", "latex"),
     ("application/json", "json"),
     ("application/javascript", "javascript"),
+    // E2B's own types, from the formatters `e2b_kernel.py` adds
+    ("e2b/data", "data"),
+    ("e2b/chart", "chart"),
 ];
 
 /// An engine event as the e2b-code-interpreter SDK reads it: a result's
@@ -434,6 +437,29 @@ mod tests {
             "data": {"text/plain": "'<Figure>'", "image/png": "AA"}}));
         assert_eq!(d["text"], "'<Figure>'");
         assert_eq!(d["is_main_result"], false);
+    }
+
+    #[test]
+    fn e2b_charts_and_data_are_result_fields() {
+        let chart = json!({"type": "bar", "title": null, "elements": [
+            {"label": "a", "group": "g", "value": 1.0}]});
+        let e = e2b_event(json!({"type": "result", "is_main_result": false, "data": {
+            "text/plain": "<Figure>", "image/png": "iVBOR", "e2b/chart": chart.clone()}}));
+        assert_eq!(e["chart"], chart);
+        assert_eq!(e["png"], "iVBOR");
+        assert!(e.get("extra").is_none(), "{e}");
+        let d = e2b_event(json!({"type": "result", "is_main_result": true, "data": {
+            "text/plain": "   a", "text/html": "<table>", "e2b/data": {"a": [1, 2]}}}));
+        assert_eq!(d["data"], json!({"a": [1, 2]}));
+        assert!(d.get("extra").is_none(), "{d}");
+    }
+
+    #[test]
+    fn only_e2b_contexts_start_their_kernel_with_e2bs_formatters() {
+        let [_, e2b] = engine::Flavour::E2b.startup_args();
+        assert!(e2b.contains("e2b/chart") && e2b.contains("e2b/data"));
+        let [_, execd] = engine::Flavour::Execd.startup_args();
+        assert!(execd.is_empty());
     }
 
     #[test]
