@@ -55,7 +55,10 @@ const UPSTREAM_CODE_INTERPRETER: &str = "opensandbox/code-interpreter";
 pub const CODE_INTERPRETER_ENTRYPOINT: &str = "/opt/code-interpreter/code-interpreter.sh";
 
 /// Python packages of the code-interpreter image, from PyPI when it is built.
-pub const CODE_INTERPRETER_PIP: &[&str] = &["ipykernel", "numpy", "pandas", "matplotlib"];
+/// matplotlib stays below 3.11, which removed `boxplot(labels=...)` (renamed
+/// `tick_labels` in 3.9): code written for E2B's and OpenSandbox's
+/// interpreter images, whose matplotlib predates the removal, still runs.
+pub const CODE_INTERPRETER_PIP: &[&str] = &["ipykernel", "numpy", "pandas", "matplotlib<3.11"];
 
 /// A single-layer OCI image ready to import.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
