@@ -9,6 +9,11 @@ the real e2b SDK (2.63) and buildah.
   the host itself; its namespace is gone after the build.
 - **Pids:** a step spawning 2000 processes stops at the build's pids limit
   and the build fails, leaving nothing behind on the host.
+- **User namespace:** a step's uid 0 is host uid 100000 (its
+  ``/proc/self/uid_map``), host root's files are nobody's there and it
+  cannot change the host's ``/dev/null``; the image keeps the ownership the
+  steps gave inside (a ``COPY`` with a user, files a ``RUN`` made or
+  chowned), seen from a sandbox of the built template.
 
 Without the tools the tests skip, unless CI=true or
 SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
@@ -17,6 +22,7 @@ SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
 from __future__ import annotations
 
 import http.server
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import Template
+from e2b import Sandbox, Template
 
 from loopback_registry import busybox_base_registry
 from sandpool_platform import SUBNET, Sandpool
@@ -194,3 +200,57 @@ def test_a_fork_bomb_in_a_build_step_stops_at_the_pids_limit(e2b_env: Sandpool, 
     # the host and the builder are fine: a plain build afterwards succeeds
     logs, err = _build(registry, "after-forky", "echo still building")
     assert err is None, f"{err}\n" + "\n".join(logs[-20:])
+
+
+USERNS_PROBE = (
+    'echo "uid_map: $(cat /proc/self/uid_map)"; '
+    'echo "host root file owner: $(stat -c %u /proc/sys/kernel/ostype)"; '
+    # runc binds the host's /dev/null into a user namespace (without one it
+    # makes the container its own node): host root's, so this is refused
+    "if touch -c -d '2001-01-01 00:00' /dev/null 2>/dev/null; then echo dev-null: changed; "
+    "else echo dev-null: refused; fi"
+)
+
+
+def test_build_steps_run_in_a_user_namespace_and_the_image_keeps_their_ownership(
+        e2b_env: Sandpool, registry: str, tmp_path: Path):
+    (tmp_path / "owned.txt").write_text("owned\n")
+    (tmp_path / "plain.txt").write_text("plain\n")
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_image(f"{registry}/base:1")
+        .copy("plain.txt", "/app/")
+        .copy("owned.txt", "/app/", user="1000:1000")
+        .run_cmd(USERNS_PROBE)
+        .run_cmd("echo made > /made.txt && mkdir /data && chown 1234:1234 /data && chmod 0777 /data")
+        .run_cmd("echo by-user > /data/by-user.txt", user="1000")
+    )
+    logs: list[str] = []
+    try:
+        Template.build(template, "userns", cpu_count=1, memory_mb=256,
+                       on_build_logs=lambda e: logs.append(e.message))
+    except Exception as e:  # the SDK's build error
+        pytest.fail(f"{e}\n" + "\n".join(logs[-20:]))
+    text = "\n".join(logs)
+    m = re.search(r"uid_map:\s*(\d+)\s+(\d+)\s+(\d+)", text)
+    assert m, text
+    assert m.groups() == ("0", "100000", "65536"), f"uid 0 in a build step is host uid 0: {m.group(0)}"
+    assert "host root file owner: 65534" in text, text
+    assert "dev-null: refused" in text, text
+    assert _leftovers(e2b_env) == []
+
+    sbx = Sandbox.create(template="userns", timeout=120)
+    try:
+        r = sbx.commands.run("stat -c '%u:%g %n' /app /app/owned.txt /app/plain.txt /made.txt /data "
+                             "/data/by-user.txt; cat /data/by-user.txt", cwd="/")
+        assert r.stdout.splitlines() == [
+            "0:0 /app",
+            "1000:1000 /app/owned.txt",
+            "0:0 /app/plain.txt",
+            "0:0 /made.txt",
+            "1234:1234 /data",
+            "1000:0 /data/by-user.txt",
+            "by-user",
+        ], r
+    finally:
+        sbx.kill()
