@@ -13,7 +13,8 @@ the real e2b SDK (2.63) and buildah.
   ``/proc/self/uid_map``), host root's files are nobody's there and it
   cannot change the host's ``/dev/null``; the image keeps the ownership the
   steps gave inside (a ``COPY`` with a user, files a ``RUN`` made or
-  chowned), seen from a sandbox of the built template.
+  chowned), seen from a sandbox of the built template; a base whose layer
+  has no ``./`` entry still gives the namespace's root a writable ``/``.
 
 Without the tools the tests skip, unless CI=true or
 SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
@@ -21,11 +22,16 @@ SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import http.server
+import io
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 from pathlib import Path
@@ -34,7 +40,7 @@ import httpx
 import pytest
 from e2b import Sandbox, Template
 
-from loopback_registry import busybox_base_registry
+from loopback_registry import busybox_base_registry, push
 from sandpool_platform import SUBNET, Sandpool
 
 OUTSIDE = "spbldout"  # the test's network namespace, outside the sandbox network
@@ -254,3 +260,54 @@ def test_build_steps_run_in_a_user_namespace_and_the_image_keeps_their_ownership
         ], r
     finally:
         sbx.kill()
+
+
+def _blob(layout: Path, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def _layout_without_a_root_entry(work: Path) -> Path:
+    """An OCI layout (tag ``base``) of one layer holding ``bin/busybox`` and
+    ``bin/sh`` but no ``./`` entry, as some images' first layers are."""
+    layout = work / "noroot"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        d = tarfile.TarInfo("bin")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(d)
+        tar.add("/usr/bin/busybox", "bin/busybox")
+        sh = tarfile.TarInfo("bin/sh")
+        sh.type, sh.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(sh)
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    layer, layer_size = _blob(layout, gzip.compress(raw.getvalue()))
+    config, config_size = _blob(layout, json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+    manifest, manifest_size = _blob(layout, json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer,
+                    "size": layer_size}]}).encode())
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": "base"}}]}))
+    return layout
+
+
+def test_a_base_without_a_root_entry_still_lets_run_steps_write_to_the_root(
+        e2b_env: Sandpool, registry: str, tmp_path: Path):
+    # its root directory would stay host root's, which the user namespace's
+    # root cannot write to; the builder gives it to the namespace's root
+    push(_layout_without_a_root_entry(tmp_path), "base", f"{registry}/noroot:1")
+    logs: list[str] = []
+    template = Template().from_image(f"{registry}/noroot:1").run_cmd("echo at-root > /at-root.txt")
+    try:
+        Template.build(template, "noroot", cpu_count=1, memory_mb=256,
+                       on_build_logs=lambda e: logs.append(e.message))
+    except Exception as e:  # the SDK's build error
+        pytest.fail(f"{e}\n" + "\n".join(logs[-20:]))

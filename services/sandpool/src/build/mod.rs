@@ -64,14 +64,6 @@ fn userns_args() -> [String; 4] {
     ]
 }
 
-/// Whether a build container's root directory owned by host `uid`/`gid`
-/// must be given to the namespace's root: a base whose first layer has no
-/// `./` entry leaves it to host root, which the namespace cannot write.
-pub(crate) fn root_needs_owner(uid: u32, gid: u32) -> bool {
-    let mapped = BUILD_UID_BASE..BUILD_UID_BASE + BUILD_ID_COUNT;
-    !mapped.contains(&uid) || !mapped.contains(&gid)
-}
-
 /// buildah on this host, or why there is none.
 #[derive(Clone)]
 pub struct Buildah {
@@ -307,7 +299,6 @@ impl Buildah {
         s.buildah(&format!("base image {}", req.base), &from)
             .await?;
         let built = async {
-            s.own_root(&ctr).await?;
             for step in &req.steps {
                 log(format!("step {}: {}", step.index, describe(&step.kind)));
                 s.step(&ctr, step, req).await?;
@@ -521,26 +512,6 @@ impl Session<'_> {
                 .buildah("removing the files container", &["rm".into(), name])
                 .await;
         }
-        r
-    }
-
-    /// Give the container's root directory to the user namespace's root
-    /// when the base left it to a host uid (see [`root_needs_owner`]).
-    async fn own_root(&self, ctr: &str) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let what = "the base's root directory";
-        let root = self.buildah(what, &["mount".into(), ctr.into()]).await?;
-        let root = PathBuf::from(root.trim());
-        let m = tokio::fs::metadata(&root)
-            .await
-            .map_err(|e| format!("{what}: {}: {e}", root.display()))?;
-        let r = if root_needs_owner(m.uid(), m.gid()) {
-            std::os::unix::fs::chown(&root, Some(BUILD_UID_BASE), Some(BUILD_UID_BASE))
-                .map_err(|e| format!("{what}: chown {}: {e}", root.display()))
-        } else {
-            Ok(())
-        };
-        let _ = self.buildah(what, &["umount".into(), ctr.into()]).await;
         r
     }
 
@@ -797,22 +768,6 @@ mod tests {
         std::fs::create_dir(&below).unwrap();
         let e = work_dir(&below, "b2").unwrap_err();
         assert!(e.contains(&path(&private)) && e.contains("700"), "{e}");
-    }
-
-    #[test]
-    fn a_root_directory_left_to_a_host_uid_goes_to_the_namespaces_root() {
-        assert!(root_needs_owner(0, 0));
-        assert!(root_needs_owner(BUILD_UID_BASE, 0));
-        assert!(root_needs_owner(61_000, 61_000));
-        assert!(root_needs_owner(
-            BUILD_UID_BASE + BUILD_ID_COUNT,
-            BUILD_UID_BASE
-        ));
-        assert!(!root_needs_owner(BUILD_UID_BASE, BUILD_UID_BASE));
-        assert!(!root_needs_owner(
-            BUILD_UID_BASE + 1000,
-            BUILD_UID_BASE + 1000
-        ));
     }
 
     #[test]
