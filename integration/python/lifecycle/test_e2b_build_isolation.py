@@ -9,6 +9,12 @@ the real e2b SDK (2.63) and buildah.
   the host itself; its namespace is gone after the build.
 - **Pids:** a step spawning 2000 processes stops at the build's pids limit
   and the build fails, leaving nothing behind on the host.
+- **User namespace:** a step's uid 0 is host uid 100000 (its
+  ``/proc/self/uid_map``), host root's files are nobody's there and it
+  cannot change the host's ``/dev/null``; the image keeps the ownership the
+  steps gave inside (a ``COPY`` with a user, files a ``RUN`` made or
+  chowned), seen from a sandbox of the built template; a base whose layer
+  has no ``./`` entry still gives the namespace's root a writable ``/``.
 
 Without the tools the tests skip, unless CI=true or
 SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
@@ -16,19 +22,25 @@ SANDPOOL_REQUIRE_CONTAINERD=1, where a missing tool fails them.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import http.server
+import io
+import json
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
-from e2b import Template
+from e2b import Sandbox, Template
 
-from loopback_registry import busybox_base_registry
+from loopback_registry import busybox_base_registry, push
 from sandpool_platform import SUBNET, Sandpool
 
 OUTSIDE = "spbldout"  # the test's network namespace, outside the sandbox network
@@ -194,3 +206,108 @@ def test_a_fork_bomb_in_a_build_step_stops_at_the_pids_limit(e2b_env: Sandpool, 
     # the host and the builder are fine: a plain build afterwards succeeds
     logs, err = _build(registry, "after-forky", "echo still building")
     assert err is None, f"{err}\n" + "\n".join(logs[-20:])
+
+
+USERNS_PROBE = (
+    'echo "uid_map: $(cat /proc/self/uid_map)"; '
+    'echo "host root file owner: $(stat -c %u /proc/sys/kernel/ostype)"; '
+    # runc binds the host's /dev/null into a user namespace (without one it
+    # makes the container its own node): host root's, so this is refused
+    "if touch -c -d '2001-01-01 00:00' /dev/null 2>/dev/null; then echo dev-null: changed; "
+    "else echo dev-null: refused; fi"
+)
+
+
+def test_build_steps_run_in_a_user_namespace_and_the_image_keeps_their_ownership(
+        e2b_env: Sandpool, registry: str, tmp_path: Path):
+    (tmp_path / "owned.txt").write_text("owned\n")
+    (tmp_path / "plain.txt").write_text("plain\n")
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_image(f"{registry}/base:1")
+        .copy("plain.txt", "/app/")
+        .copy("owned.txt", "/app/", user="1000:1000")
+        .run_cmd(USERNS_PROBE)
+        .run_cmd("echo made > /made.txt && mkdir /data && chown 1234:1234 /data && chmod 0777 /data")
+        .run_cmd("echo by-user > /data/by-user.txt", user="1000")
+    )
+    logs: list[str] = []
+    try:
+        Template.build(template, "userns", cpu_count=1, memory_mb=256,
+                       on_build_logs=lambda e: logs.append(e.message))
+    except Exception as e:  # the SDK's build error
+        pytest.fail(f"{e}\n" + "\n".join(logs[-20:]))
+    text = "\n".join(logs)
+    m = re.search(r"uid_map:\s*(\d+)\s+(\d+)\s+(\d+)", text)
+    assert m, text
+    assert m.groups() == ("0", "100000", "65536"), f"uid 0 in a build step is host uid 0: {m.group(0)}"
+    assert "host root file owner: 65534" in text, text
+    assert "dev-null: refused" in text, text
+    assert _leftovers(e2b_env) == []
+
+    sbx = Sandbox.create(template="userns", timeout=120)
+    try:
+        r = sbx.commands.run("stat -c '%u:%g %n' /app /app/owned.txt /app/plain.txt /made.txt /data "
+                             "/data/by-user.txt; cat /data/by-user.txt", cwd="/")
+        assert r.stdout.splitlines() == [
+            "0:0 /app",
+            "1000:1000 /app/owned.txt",
+            "0:0 /app/plain.txt",
+            "0:0 /made.txt",
+            "1234:1234 /data",
+            "1000:0 /data/by-user.txt",
+            "by-user",
+        ], r
+    finally:
+        sbx.kill()
+
+
+def _blob(layout: Path, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def _layout_without_a_root_entry(work: Path) -> Path:
+    """An OCI layout (tag ``base``) of one layer holding ``bin/busybox`` and
+    ``bin/sh`` but no ``./`` entry, as some images' first layers are."""
+    layout = work / "noroot"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        d = tarfile.TarInfo("bin")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(d)
+        tar.add("/usr/bin/busybox", "bin/busybox")
+        sh = tarfile.TarInfo("bin/sh")
+        sh.type, sh.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(sh)
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    layer, layer_size = _blob(layout, gzip.compress(raw.getvalue()))
+    config, config_size = _blob(layout, json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+    manifest, manifest_size = _blob(layout, json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer,
+                    "size": layer_size}]}).encode())
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": "base"}}]}))
+    return layout
+
+
+def test_a_base_without_a_root_entry_still_lets_run_steps_write_to_the_root(
+        e2b_env: Sandpool, registry: str, tmp_path: Path):
+    # its root directory would stay host root's, which the user namespace's
+    # root cannot write to; the builder gives it to the namespace's root
+    push(_layout_without_a_root_entry(tmp_path), "base", f"{registry}/noroot:1")
+    logs: list[str] = []
+    template = Template().from_image(f"{registry}/noroot:1").run_cmd("echo at-root > /at-root.txt")
+    try:
+        Template.build(template, "noroot", cpu_count=1, memory_mb=256,
+                       on_build_logs=lambda e: logs.append(e.message))
+    except Exception as e:  # the SDK's build error
+        pytest.fail(f"{e}\n" + "\n".join(logs[-20:]))

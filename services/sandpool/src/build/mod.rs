@@ -1,6 +1,7 @@
 //! E2B template builds with `buildah` (Debian's package): the base image is
 //! pulled by buildah from its registry, each step runs as a buildah command
-//! (`RUN` with `--isolation oci` through runc, in its own namespaces and
+//! (`RUN` with `--isolation oci` through runc, in its own namespaces (a
+//! user namespace among them: uid 0 there is host uid 100000) and
 //! cgroup with the limits below, on the sandbox network with a sandbox's
 //! isolation (see [`isolation`]); `COPY` with `buildah copy` from the
 //! uploaded files, `ENV`/`WORKDIR`/`USER` as image config), and the result
@@ -41,6 +42,27 @@ const ERROR_TAIL: usize = 2000;
 const BUILD_MEMORY: &str = "2g";
 const BUILD_CPU_PERIOD_US: u64 = 100_000;
 const BUILD_CPU_QUOTA_US: u64 = 200_000;
+
+/// The host uids (and gids) a build's user namespace maps its 0..65536 to:
+/// uid 0 in a build is host uid 100000, an unprivileged uid no host user,
+/// sandbox (61000) or platform process has, so a `RUN` step has no power
+/// over host files and its capabilities hold only in its own namespace.
+/// The image keeps the in-namespace ownership (buildah maps it back when
+/// it commits).
+pub(crate) const BUILD_UID_BASE: u32 = 100_000;
+pub(crate) const BUILD_ID_COUNT: u32 = 65_536;
+
+/// `buildah from`'s user namespace flags (every later `buildah run`,
+/// `copy` and `commit` of the container uses its maps).
+fn userns_args() -> [String; 4] {
+    let map = format!("0:{BUILD_UID_BASE}:{BUILD_ID_COUNT}");
+    [
+        "--userns-uid-map".into(),
+        map.clone(),
+        "--userns-gid-map".into(),
+        map,
+    ]
+}
 
 /// buildah on this host, or why there is none.
 #[derive(Clone)]
@@ -110,7 +132,10 @@ impl TemplateBuilder for Buildah {
     fn build(&self, req: BuildRequest, log: BuildLog) -> BuildFuture {
         let b = self.clone();
         Box::pin(async move {
-            let work = b.dir.join("work").join(&req.build_id);
+            let work = match work_dir(&work_root(), &req.build_id) {
+                Ok(w) => w,
+                Err(e) => return Err(e),
+            };
             let netns = match b.network(&req).await {
                 Ok(n) => n,
                 Err(e) => return Err(e),
@@ -125,6 +150,48 @@ impl TemplateBuilder for Buildah {
             r
         })
     }
+}
+
+/// Where builds' working directories go: `/var/tmp` (disk, as buildah's
+/// own default), else the process's temporary directory.
+fn work_root() -> PathBuf {
+    let var_tmp = PathBuf::from("/var/tmp");
+    if var_tmp.is_dir() {
+        var_tmp
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// A new working directory of build `id` under `root`: buildah's `TMPDIR`,
+/// where it mounts each `RUN` step's root filesystem. runc opens that as
+/// the user namespace's root (an unprivileged host uid), so the directory
+/// is 0711 and every directory above it must let others through, which a
+/// DATA_DIR under a private directory would not.
+fn work_dir(root: &Path, id: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in root.ancestors() {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("the build's working directory: {}: {e}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "the build's working directory: {} is not searchable by others (mode {:o}), \
+                 which RUN steps' user namespace needs",
+                dir.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("sandpool-build-{id}-"))
+        .tempdir_in(root)
+        .map_err(|e| format!("the build's working directory in {}: {e}", root.display()))?
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("the build's working directory {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// One build's buildah invocations (its storage, its working container).
@@ -313,10 +380,13 @@ fn from_args(
         // RUN steps' cgroup: made with its pids limit before each of them
         "--cgroup-parent".into(),
         isolation::cgroup_parent(&req.build_id),
+    ];
+    a.extend(userns_args());
+    a.extend([
         format!("--tls-verify={}", !plain),
         "--signature-policy".into(),
         path(policy),
-    ];
+    ]);
     if let Some((u, p)) = &req.base_credentials {
         a.push("--creds".into());
         a.push(format!("{u}:{p}"));
@@ -353,8 +423,11 @@ pub(crate) fn step_commands(
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     match kind {
         StepKind::Run { cmd, user } => {
-            // runc: its own pid/ipc/uts/mount namespaces, the build
-            // container's cgroup limits, the build's network namespace
+            // runc: its own user (the container's maps), pid/ipc/uts/mount
+            // namespaces, the build container's cgroup limits, the build's
+            // network namespace. That one belongs to the host's user
+            // namespace, where the kernel refuses a sysfs mount: /sys is
+            // an empty tmpfs (runc mounts the cgroups below it)
             let network = netns.map_or_else(|| "none".to_string(), |n| format!("ns:{}", path(n)));
             let mut a = s(&[
                 "run",
@@ -364,6 +437,8 @@ pub(crate) fn step_commands(
                 "runc",
                 "--network",
                 &network,
+                "--mount",
+                "type=tmpfs,destination=/sys,tmpfs-mode=0555",
             ]);
             if let Some(u) = user {
                 a.extend(s(&["--user", u]));
@@ -605,6 +680,8 @@ mod tests {
                 "runc",
                 "--network",
                 "none",
+                "--mount",
+                "type=tmpfs,destination=/sys,tmpfs-mode=0555",
                 "--user",
                 "root",
                 "c",
@@ -657,6 +734,43 @@ mod tests {
     }
 
     #[test]
+    fn the_build_container_has_a_user_namespace_on_an_unprivileged_range() {
+        let a = from_args(&req("127.0.0.1:5000/base:1"), "c", Path::new("/p"), &[]).unwrap();
+        for flag in [
+            ["--userns-uid-map", "0:100000:65536"],
+            ["--userns-gid-map", "0:100000:65536"],
+        ] {
+            assert!(a.windows(2).any(|w| w == flag), "{flag:?} in {a:?}");
+        }
+        // the image reference stays last
+        assert_eq!(a.last().unwrap(), "docker://127.0.0.1:5000/base:1");
+        // the range holds no sandbox uid (61000) and no host system uid
+        let range = BUILD_UID_BASE..BUILD_UID_BASE + BUILD_ID_COUNT;
+        assert!(!range.contains(&61_000) && !range.contains(&0) && !range.contains(&65_534));
+    }
+
+    #[test]
+    fn the_working_directory_lets_the_user_namespace_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let w = work_dir(d.path(), "b1").unwrap();
+        assert!(w.starts_with(d.path()), "{w:?}");
+        let name = w.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("sandpool-build-b1-"), "{name}");
+        let mode = std::fs::metadata(&w).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o711);
+        // a private directory above it: refused, naming it
+        let private = d.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let below = private.join("below");
+        std::fs::create_dir(&below).unwrap();
+        let e = work_dir(&below, "b2").unwrap_err();
+        assert!(e.contains(&path(&private)) && e.contains("700"), "{e}");
+    }
+
+    #[test]
     fn run_steps_join_the_builds_network_namespace() {
         let run = StepKind::Run {
             cmd: "true".into(),
@@ -668,6 +782,12 @@ mod tests {
         assert!(
             a[0].windows(2)
                 .any(|w| w == ["--network", "ns:/d/builds/netns/build-b"]),
+            "{a:?}"
+        );
+        // that namespace is the host user namespace's: no sysfs for /sys
+        assert!(
+            a[0].windows(2)
+                .any(|w| w == ["--mount", "type=tmpfs,destination=/sys,tmpfs-mode=0555"]),
             "{a:?}"
         );
     }
