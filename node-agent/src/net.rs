@@ -36,6 +36,9 @@ pub struct NetConfig {
     /// enforces domain egress rules ([`crate::dnsproxy`]); 0: no proxy, and
     /// domain rules are refused.
     pub dns_proxy_port: u16,
+    /// TCP port of the node's credential proxy on the bridge address
+    /// ([`crate::credproxy`]); 0: none, and credential vaults are refused.
+    pub cred_proxy_port: u16,
     /// The resolver the DNS proxy asks (`None`: the first nameserver of the
     /// host's /etc/resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
@@ -56,6 +59,7 @@ impl NetConfig {
             isolate: true,
             allow_host_ports: Vec::new(),
             dns_proxy_port: DNS_PROXY_PORT,
+            cred_proxy_port: crate::credproxy::PORT,
             dns_upstream: None,
         }
     }
@@ -106,6 +110,19 @@ impl NetConfig {
                 "udp",
                 "--dport",
                 &self.dns_proxy_port.to_string(),
+                "-j",
+                "ACCEPT",
+            ])?;
+        }
+        if self.cred_proxy_port != 0 {
+            // the credential proxy serves sandboxes with a vault only
+            iptables(&[
+                "-A",
+                &chain,
+                "-p",
+                "tcp",
+                "--dport",
+                &self.cred_proxy_port.to_string(),
                 "-j",
                 "ACCEPT",
             ])?;

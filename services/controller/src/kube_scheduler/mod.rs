@@ -513,6 +513,15 @@ impl Scheduler for KubeScheduler {
         Err(Status::unimplemented(EGRESS_UNSUPPORTED))
     }
 
+    async fn set_claim_credential_vault(
+        &self,
+        _req: Request<pb::SetClaimCredentialVaultRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        Err(Status::unimplemented(
+            "the credential vault is not supported in Kubernetes mode",
+        ))
+    }
+
     async fn create_claim(
         &self,
         req: Request<pb::ClaimRequest>,
