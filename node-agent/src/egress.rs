@@ -70,48 +70,13 @@ pub fn ruleset_with_dns(
     platform: &[(IpAddr, u16)],
     dns: Option<SocketAddrV4>,
 ) -> String {
-    ruleset_full(p, platform, dns, None)
-}
-
-/// [`ruleset_with_dns`], and with `cred` (the node's credential proxy,
-/// [`crate::credproxy`]): new TCP connections to port 80 of any address but
-/// the proxy's are redirected to it, after the filter has judged their
-/// original destination (the NAT chain's priority follows the filter's).
-pub fn ruleset_full(
-    p: Option<&EgressPolicy>,
-    platform: &[(IpAddr, u16)],
-    dns: Option<SocketAddrV4>,
-    cred: Option<SocketAddrV4>,
-) -> String {
     // declaring the table first makes the delete succeed on a fresh netns
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
-    let enforced = p.filter(|p| !p.allows_all());
-    if enforced.is_none() && cred.is_none() {
+    let Some(p) = p.filter(|p| !p.allows_all()) else {
         return s;
-    }
-    s.push_str(&format!("table inet {TABLE} {{\n"));
-    if let Some(c) = cred {
-        s.push_str(&format!(
-            "  chain credproxy {{\n    type nat hook output priority 10; policy accept;\n    oifname \"lo\" accept\n    ip daddr != {ip} tcp dport {http} dnat ip to {c}\n  }}\n",
-            ip = c.ip(),
-            http = crate::credproxy::HTTP_PORT,
-        ));
-    }
-    if let Some(p) = enforced {
-        filter_chains(&mut s, p, platform, dns);
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// The DNS prelude (with `dns`) and the filter chain enforcing `p`.
-fn filter_chains(
-    s: &mut String,
-    p: &EgressPolicy,
-    platform: &[(IpAddr, u16)],
-    dns: Option<SocketAddrV4>,
-) {
+    };
     let dns = dns.filter(|_| has_domain_rules(p));
+    s.push_str(&format!("table inet {TABLE} {{\n"));
     if let Some(proxy) = dns {
         s.push_str(&dns_prelude(proxy));
     }
@@ -158,7 +123,8 @@ fn filter_chains(
     if p.default_action == EgressAction::Deny {
         s.push_str(&format!("    {REJECT}\n"));
     }
-    s.push_str("  }\n");
+    s.push_str("  }\n}\n");
+    s
 }
 
 /// Whether any rule targets a domain name.
@@ -189,18 +155,7 @@ pub fn apply_with_dns(
     platform: &[(IpAddr, u16)],
     dns: Option<SocketAddrV4>,
 ) -> Result<()> {
-    apply_full(netns, p, platform, dns, None)
-}
-
-/// Load [`ruleset_full`] into the network namespace at `netns`.
-pub fn apply_full(
-    netns: &Path,
-    p: Option<&EgressPolicy>,
-    platform: &[(IpAddr, u16)],
-    dns: Option<SocketAddrV4>,
-    cred: Option<SocketAddrV4>,
-) -> Result<()> {
-    run_nft(netns, &ruleset_full(p, platform, dns, cred))
+    run_nft(netns, &ruleset_with_dns(p, platform, dns))
 }
 
 /// Run the nft script `script` in the network namespace at `netns`.
@@ -247,36 +202,6 @@ mod tests {
 
     fn parsed(p: &pb::EgressPolicy) -> EgressPolicy {
         parse(p).expect("valid policy")
-    }
-
-    #[test]
-    fn cred_proxy_redirects_port_80_after_the_filter_even_when_all_is_allowed() {
-        let at = SocketAddrV4::new(Ipv4Addr::new(10, 213, 0, 1), 15380);
-        let chain = [
-            "chain credproxy {",
-            "type nat hook output priority 10; policy accept;",
-            "oifname \"lo\" accept",
-            "ip daddr != 10.213.0.1 tcp dport 80 dnat ip to 10.213.0.1:15380",
-            "}",
-        ];
-        let open = ruleset_full(None, &[], None, Some(at));
-        let body: Vec<&str> = open.lines().skip(3).map(str::trim).collect();
-        assert_eq!(body[..5], chain);
-        assert!(!open.contains("hook output priority filter"), "{open}");
-        let p = pb::EgressPolicy {
-            default_action: pb::EgressAction::Deny as i32,
-            rules: vec![rule(pb::EgressAction::Allow, "10.9.0.0/16", 0)],
-        };
-        let both = ruleset_full(Some(&parsed(&p)), &[], None, Some(at));
-        assert!(
-            both.contains(chain[3]) && both.contains("ip daddr 10.9.0.0/16 accept"),
-            "{both}"
-        );
-        assert_eq!(
-            ruleset_full(Some(&parsed(&p)), &[], None, None),
-            ruleset(Some(&parsed(&p)), &[])
-        );
-        assert!(!ruleset(Some(&parsed(&p)), &[]).contains("credproxy"));
     }
 
     #[test]

@@ -133,12 +133,12 @@ impl NodeAgent for NodeAgentService {
                 if let Some(res) = &r.resources {
                     a.resize(&r.sandbox_id, res).await?;
                 }
-                if !r.credential_vault.is_empty() {
-                    // it loads the egress policy again, with the redirect
-                    a.set_credential_vault(&r.sandbox_id, &r.credential_vault, r.egress)
-                        .await?;
-                } else if let Some(e) = r.egress {
+                if let Some(e) = r.egress {
                     a.set_egress(&r.sandbox_id, Some(e)).await?;
+                }
+                if !r.credential_vault.is_empty() {
+                    a.set_credential_vault(&r.sandbox_id, &r.credential_vault)
+                        .await?;
                 }
                 match r.process {
                     Some(p) => a

@@ -86,9 +86,8 @@ impl Agent {
                 None
             }
         };
-        let cred = self.cred_redirect(id);
         tokio::task::spawn_blocking(move || {
-            egress::apply_full(&netns, policy.as_ref(), &platform, dns, cred)
+            egress::apply_with_dns(&netns, policy.as_ref(), &platform, dns)
         })
         .await
         .map_err(|e| AgentError::network(format!("egress task of {id}"), e))?

@@ -668,7 +668,7 @@ impl Agent {
             };
             let fresh = self.recycle_as(fresh).await?;
             // a claim's own egress policy and vault go with the claim
-            self.forget_cred(id);
+            self.forget_cred(id, fresh.ip).await;
             if !fresh.template.checkpointable {
                 let pools = validate_template(&fresh.template)?.egress;
                 self.apply_egress(id, pools).await?;
@@ -759,7 +759,9 @@ impl Agent {
         self.forget_incarnation(id);
         self.remove_log(id);
         self.forget_dns(id);
-        self.forget_cred(id);
+        if let Ok(sb) = self.get(id) {
+            self.forget_cred(id, sb.ip).await;
+        }
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
             return self.ctr.destroy(id).await;

@@ -1,30 +1,23 @@
 //! A sandbox's credential vault: registered with the node's credential
-//! proxy ([`crate::credproxy`]), and its port-80 traffic redirected there
-//! while the vault has bindings.
+//! proxy ([`crate::credproxy`]), and its new port-80 connections redirected
+//! there (a host nat rule for its address) while the vault has bindings.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use sandpool_core::credential_vault::Vault;
-use sandpool_proto::v1 as pb;
 
 use crate::{
     credproxy::{CredProxy, OriginalDst},
     error::{AgentError, Result},
 };
 
-use super::{Agent, validate_template};
+use super::Agent;
 
 impl Agent {
     /// Give sandbox `id` the vault `json` (a `Vault` as JSON, secrets
-    /// included; one that does not exist removes it), then load its egress
-    /// policy again (`egress`, else its pool's) with or without the redirect.
+    /// included; one without bindings, or that does not exist, removes it).
     #[tracing::instrument(skip_all, fields(sandbox = %id))]
-    pub async fn set_credential_vault(
-        &self,
-        id: &str,
-        json: &[u8],
-        egress: Option<pb::EgressPolicy>,
-    ) -> Result<()> {
+    pub async fn set_credential_vault(&self, id: &str, json: &[u8]) -> Result<()> {
         // the error never quotes the input: it holds secrets
         let vault: Vault = serde_json::from_slice(json).map_err(|e| {
             AgentError::InvalidArgument(format!(
@@ -39,22 +32,39 @@ impl Agent {
                 "sandbox {id} has no network (checkpointable): it has no credential proxy"
             )));
         }
-        if vault.has_bindings() {
-            let proxy = self.cred_proxy(id).await?;
+        let proxy = self.cred_proxy(id).await?;
+        let at = match proxy.local_addr() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => {
+                return Err(AgentError::Network(
+                    "the credential proxy is not IPv4".into(),
+                ));
+            }
+        };
+        let on = vault.has_bindings();
+        if on {
             proxy.set_client(id, IpAddr::V4(sb.ip), vault);
         } else {
-            self.forget_cred(id);
+            proxy.remove_client(id);
         }
-        match egress {
-            Some(p) => self.set_egress(id, Some(p)).await,
-            None => {
-                let pools = validate_template(&sb.template)?.egress;
-                self.apply_egress(id, pools).await
-            }
-        }
+        self.redirect(id, sb.ip, at, on).await
     }
 
-    /// The node's credential proxy, started on first use.
+    async fn redirect(
+        &self,
+        id: &str,
+        ip: std::net::Ipv4Addr,
+        at: SocketAddrV4,
+        on: bool,
+    ) -> Result<()> {
+        let net = self.cfg.net.clone();
+        tokio::task::spawn_blocking(move || net.redirect_http(ip, at, on))
+            .await
+            .map_err(|e| AgentError::network(format!("credential redirect task of {id}"), e))?
+    }
+
+    /// The node's credential proxy, started on first use (with an empty
+    /// redirect chain).
     async fn cred_proxy(&self, id: &str) -> Result<&CredProxy> {
         let net = &self.cfg.net;
         let (Some(gw), port @ 1..) = (net.gateway_ip(), net.cred_proxy_port) else {
@@ -64,24 +74,25 @@ impl Agent {
         };
         self.cred
             .get_or_try_init(|| async {
+                let n = net.clone();
+                tokio::task::spawn_blocking(move || n.reset_cred_chain())
+                    .await
+                    .map_err(|e| AgentError::network("credential redirect chain", e))??;
                 CredProxy::start(SocketAddr::from((gw, port)), Box::new(OriginalDst)).await
             })
             .await
     }
 
-    /// Where sandbox `id`'s port-80 traffic goes (its vault has bindings).
-    pub(super) fn cred_redirect(&self, id: &str) -> Option<SocketAddrV4> {
-        let p = self.cred.get().filter(|p| p.serves(id))?;
-        match p.local_addr() {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        }
-    }
-
-    /// Sandbox `id` no longer has a vault.
-    pub(super) fn forget_cred(&self, id: &str) {
-        if let Some(p) = self.cred.get() {
-            p.remove_client(id);
+    /// Sandbox `id` (address `ip`) no longer has a vault.
+    pub(super) async fn forget_cred(&self, id: &str, ip: std::net::Ipv4Addr) {
+        let Some(p) = self.cred.get().filter(|p| p.serves(id)) else {
+            return;
+        };
+        p.remove_client(id);
+        if let SocketAddr::V4(at) = p.local_addr()
+            && let Err(e) = self.redirect(id, ip, at, false).await
+        {
+            tracing::warn!(sandbox = %id, error = %e, "removing the credential redirect failed");
         }
     }
 }

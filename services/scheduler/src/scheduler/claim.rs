@@ -551,9 +551,8 @@ impl Scheduler {
     }
 
     /// Hand claim `id`'s sandbox its credential vault (`vault`: the JSON of
-    /// a `credential_vault::Vault`, secrets included), with the claim's
-    /// egress policy so the node can redirect its traffic. The vault is
-    /// neither stored nor logged here.
+    /// a `credential_vault::Vault`, secrets included). The vault is neither
+    /// stored nor logged here.
     pub async fn set_credential_vault(&self, id: &str, vault: Vec<u8>) -> Result<ClaimRec> {
         let c = self.get_claim(id)?;
         if c.state.is_terminal() {
@@ -568,10 +567,6 @@ impl Scheduler {
         let mut node = self.node(&c.sandbox.node)?.client.clone();
         node.inject(traced(pb::NodeInjectRequest {
             sandbox_id: c.sandbox.id.clone(),
-            egress: c
-                .egress
-                .as_ref()
-                .map(sandpool_proto::template::egress_to_pb),
             credential_vault: vault,
             ..Default::default()
         }))
