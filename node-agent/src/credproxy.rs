@@ -154,7 +154,10 @@ async fn serve(s: Arc<Shared>, conn: TcpStream, peer: SocketAddr) {
         _ => return,
     };
     let svc = hyper::service::service_fn(move |req| forward(Arc::clone(&client.vault), dest, req));
+    // a client that shuts its write side after the request (`nc`) still
+    // gets the answer
     let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
         .serve_connection(TokioIo::new(conn), svc)
         .with_upgrades();
     if let Err(e) = conn.await {

@@ -270,13 +270,13 @@ impl Vault {
         if !self.exists {
             return Err(VaultError::NotFound);
         }
-        if let Some(expected) = req.expected_revision {
-            if expected != self.revision {
-                return Err(VaultError::RevisionMismatch {
-                    expected,
-                    current: self.revision,
-                });
-            }
+        if let Some(expected) = req.expected_revision
+            && expected != self.revision
+        {
+            return Err(VaultError::RevisionMismatch {
+                expected,
+                current: self.revision,
+            });
         }
         let next = self.revision + 1;
         let mut credentials = self.credentials.clone();
