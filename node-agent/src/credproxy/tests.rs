@@ -108,3 +108,20 @@ async fn a_matching_request_gets_the_secret_and_the_response_hides_it() {
     assert!(!p.serves("sb1"));
     assert_eq!(get(p.local_addr(), "/v1/models").await, "");
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let up = echo_server().await;
+    let p = CredProxy::start((Ipv4Addr::LOCALHOST, 0).into(), Box::new(Fixed(up)))
+        .await
+        .expect("start");
+    p.set_client("sb1", IpAddr::V4(Ipv4Addr::LOCALHOST), vault(up.port()));
+    let mut c = TcpStream::connect(p.local_addr()).await.expect("connect");
+    c.write_all(b"GET /v1/x HTTP/1.1\r\nHost: target.test\r\n\r\n")
+        .await
+        .expect("write");
+    c.shutdown().await.expect("half close, as nc does");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out).await;
+    assert!(out.contains("authorization: Bearer real-secret"), "{out:?}");
+}
