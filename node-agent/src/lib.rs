@@ -16,6 +16,7 @@ pub mod archive;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod containerd;
+pub mod credproxy;
 pub mod cri;
 pub mod daemon;
 pub mod dnsproxy;

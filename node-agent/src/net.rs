@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -36,6 +36,9 @@ pub struct NetConfig {
     /// enforces domain egress rules ([`crate::dnsproxy`]); 0: no proxy, and
     /// domain rules are refused.
     pub dns_proxy_port: u16,
+    /// TCP port of the node's credential proxy on the bridge address
+    /// ([`crate::credproxy`]); 0: none, and credential vaults are refused.
+    pub cred_proxy_port: u16,
     /// The resolver the DNS proxy asks (`None`: the first nameserver of the
     /// host's /etc/resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
@@ -56,6 +59,7 @@ impl NetConfig {
             isolate: true,
             allow_host_ports: Vec::new(),
             dns_proxy_port: DNS_PROXY_PORT,
+            cred_proxy_port: crate::credproxy::PORT,
             dns_upstream: None,
         }
     }
@@ -110,6 +114,19 @@ impl NetConfig {
                 "ACCEPT",
             ])?;
         }
+        if self.cred_proxy_port != 0 {
+            // the credential proxy serves sandboxes with a vault only
+            iptables(&[
+                "-A",
+                &chain,
+                "-p",
+                "tcp",
+                "--dport",
+                &self.cred_proxy_port.to_string(),
+                "-j",
+                "ACCEPT",
+            ])?;
+        }
         iptables(&[
             "-A",
             &chain,
@@ -131,6 +148,8 @@ impl NetConfig {
         if iptables(&["-C", "INPUT", "-i", &self.bridge, "-j", &chain]).is_err() {
             iptables(&["-I", "INPUT", "1", "-i", &self.bridge, "-j", &chain])?;
         }
+        // redirects of a previous run: their vaults are gone
+        let _ = iptables(&["-t", "nat", "-F", &self.cred_chain()]);
         Ok(())
     }
 
@@ -140,6 +159,71 @@ impl NetConfig {
         while iptables(&["-D", "INPUT", "-i", &self.bridge, "-j", &chain]).is_ok() {}
         let _ = iptables(&["-F", &chain]);
         let _ = iptables(&["-X", &chain]);
+        let cred = self.cred_chain();
+        while iptables(&[
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-i",
+            &self.bridge,
+            "-j",
+            &cred,
+        ])
+        .is_ok()
+        {}
+        let _ = iptables(&["-t", "nat", "-F", &cred]);
+        let _ = iptables(&["-t", "nat", "-X", &cred]);
+    }
+
+    /// The nat chain sending sandboxes' port-80 connections to the node's
+    /// credential proxy ([`crate::credproxy`]): on the host, so the proxy's
+    /// socket sees the original destination (`SO_ORIGINAL_DST`), after the
+    /// sandbox's own egress filter has judged that destination.
+    pub fn cred_chain(&self) -> String {
+        format!("SPCRED-{}", self.bridge)
+    }
+
+    /// Make the credential redirect chain, emptied (the proxy that starts
+    /// has no vault yet), and jump to it from PREROUTING for this bridge.
+    pub fn reset_cred_chain(&self) -> Result<()> {
+        let chain = self.cred_chain();
+        let _ = iptables(&["-t", "nat", "-N", &chain]); // exists already: fine
+        iptables(&["-t", "nat", "-F", &chain])?;
+        let jump = ["PREROUTING", "-i", &self.bridge, "-j", &chain];
+        if iptables(&[&["-t", "nat", "-C"][..], &jump].concat()).is_err() {
+            iptables(&[&["-t", "nat", "-I"][..], &jump].concat())?;
+        }
+        Ok(())
+    }
+
+    /// Redirect (`on`) or stop redirecting sandbox address `ip`'s new TCP
+    /// connections to port 80 to `proxy` (idempotent).
+    pub fn redirect_http(&self, ip: Ipv4Addr, proxy: SocketAddrV4, on: bool) -> Result<()> {
+        let chain = self.cred_chain();
+        let (src, to) = (format!("{ip}/32"), proxy.to_string());
+        let rule = [
+            &chain[..],
+            "-s",
+            &src,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
+        let with = |op: &'static str| [&["-t", "nat", op][..], &rule[..]].concat();
+        if on {
+            if iptables(&with("-C")).is_err() {
+                iptables(&with("-A"))?;
+            }
+        } else {
+            while iptables(&with("-D")).is_ok() {}
+        }
+        Ok(())
     }
 
     /// Mark the sandbox's bridge port isolated: isolated ports cannot talk to

@@ -118,9 +118,13 @@ impl NodeAgent for NodeAgentService {
 
     async fn inject(&self, req: Request<pb::NodeInjectRequest>) -> Reply<pb::NodeInjectResponse> {
         let r = req.into_inner();
-        if r.process.is_none() && r.egress.is_none() && r.resources.is_none() {
+        if r.process.is_none()
+            && r.egress.is_none()
+            && r.resources.is_none()
+            && r.credential_vault.is_empty()
+        {
             return Err(Status::invalid_argument(
-                "process, egress or resources is required",
+                "process, egress, resources or credential_vault is required",
             ));
         }
         let (st, took) = self
@@ -131,6 +135,10 @@ impl NodeAgent for NodeAgentService {
                 }
                 if let Some(e) = r.egress {
                     a.set_egress(&r.sandbox_id, Some(e)).await?;
+                }
+                if !r.credential_vault.is_empty() {
+                    a.set_credential_vault(&r.sandbox_id, &r.credential_vault)
+                        .await?;
                 }
                 match r.process {
                     Some(p) => a

@@ -1769,6 +1769,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
                 process: None,
                 egress: Some(deny),
                 resources: None,
+                credential_vault: Vec::new(),
             })
             .await
             .unwrap();
@@ -1805,6 +1806,7 @@ async fn egress_policies_are_enforced_per_sandbox_and_reset_on_recycle() {
             process: None,
             egress: Some(policy(Deny, &[(Allow, "pypi.org/8", 0)])),
             resources: None,
+            credential_vault: Vec::new(),
         })
         .await
         .expect_err("neither a CIDR nor a domain");
@@ -1953,6 +1955,7 @@ async fn domain_egress_rules_allow_what_an_allowed_name_resolves_to_and_nothing_
                 process: None,
                 egress: Some(policy(Deny, &[(Allow, "Example.TEST", 0)])),
                 resources: None,
+                credential_vault: Vec::new(),
             })
             .await
             .unwrap();

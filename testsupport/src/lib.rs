@@ -168,6 +168,13 @@ impl Scheduler for FakeScheduler {
             c.egress = Some(r.egress.unwrap_or_default())
         })
     }
+    async fn set_claim_credential_vault(
+        &self,
+        r: Request<pb::SetClaimCredentialVaultRequest>,
+    ) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |_| {})
+    }
     async fn list_claims(&self, r: Request<pb::ListClaimsRequest>) -> R<pb::ListClaimsResponse> {
         let r = r.into_inner();
         let mut claims: Vec<pb::Claim> = self

@@ -649,7 +649,8 @@ impl Agent {
                 ..sb
             };
             let fresh = self.recycle_as(fresh).await?;
-            // a claim's own egress policy goes with the claim
+            // a claim's own egress policy and vault go with the claim
+            self.forget_cred(id, fresh.ip).await;
             if !fresh.template.checkpointable {
                 let pools = validate_template(&fresh.template)?.egress;
                 self.apply_egress(id, pools).await?;
@@ -740,6 +741,9 @@ impl Agent {
         self.forget_incarnation(id);
         self.remove_log(id);
         self.forget_dns(id);
+        if let Ok(sb) = self.get(id) {
+            self.forget_cred(id, sb.ip).await;
+        }
         if self.close_tunnel(id).await {
             // a network-less sandbox: no netns, no address
             return self.ctr.destroy(id).await;

@@ -29,6 +29,7 @@ mod recovery;
 mod renew;
 mod runsc;
 mod template;
+mod vault;
 
 pub use checkpoint::MAX_FORK;
 pub use disk::{DEFAULT_DISK_LIMIT_BYTES, disk_usage};
@@ -278,6 +279,8 @@ pub struct Agent {
     upperdirs: Mutex<HashMap<String, PathBuf>>,
     /// The node's DNS proxy, started by the first domain egress rule.
     dns: tokio::sync::OnceCell<crate::dnsproxy::server::DnsProxy>,
+    /// The node's credential proxy, started by the first credential vault.
+    cred: tokio::sync::OnceCell<crate::credproxy::CredProxy>,
     /// recycles that renewed a sandbox in place (no fresh start)
     renewed: std::sync::atomic::AtomicU64,
 }
@@ -440,6 +443,7 @@ impl Agent {
             kills: Mutex::new(HashMap::new()),
             upperdirs: Mutex::new(HashMap::new()),
             dns: tokio::sync::OnceCell::new(),
+            cred: tokio::sync::OnceCell::new(),
             renewed: std::sync::atomic::AtomicU64::new(0),
         });
         agent.recover().await?;

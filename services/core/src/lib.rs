@@ -4,6 +4,8 @@
 //!   and O(1) warm-sandbox choice spread across nodes.
 //! * [`claim`]: the claim state machine and TTL.
 //! * [`egress`]: egress policies (what a sandbox may connect to).
+//! * [`credential_vault`]: OpenSandbox's Credential Vault: secrets and the
+//!   bindings that inject them into outbound requests.
 //! * [`busy`]: the guard that marks an id busy while work on it is under way.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
@@ -14,6 +16,7 @@
 pub mod batch;
 pub mod busy;
 pub mod claim;
+pub mod credential_vault;
 pub mod egress;
 pub mod node_sync;
 pub mod page;

@@ -31,7 +31,10 @@ fn claim_ref(id: &str) -> pb::ClaimRef {
 
 /// The metadata keys sandpool reserves (never shown, never the caller's).
 fn reserved(k: &str) -> bool {
-    k == OWNER_KEY || k == traffic::PRIVATE_KEY || k == egress::TOKEN_KEY
+    k == OWNER_KEY
+        || k == traffic::PRIVATE_KEY
+        || k == egress::TOKEN_KEY
+        || k == crate::opensandbox::credential_vault::KEY
 }
 
 /// The reserved metadata of the current caller's new claims: its owner,
@@ -81,12 +84,28 @@ impl Gateway {
     /// `not_found` says what a NOT_FOUND means to this API.
     pub async fn create_claim(
         &self,
+        req: pb::ClaimRequest,
+        private_traffic: bool,
+        not_found: impl FnOnce(String) -> ApiError,
+    ) -> Result<pb::Claim> {
+        self.create_claim_marked(req, private_traffic, &[], not_found)
+            .await
+    }
+
+    /// [`Self::create_claim`] with reserved metadata `marks` the gateway
+    /// itself sets (after the caller's reserved keys are dropped).
+    pub async fn create_claim_marked(
+        &self,
         mut req: pb::ClaimRequest,
         private_traffic: bool,
+        marks: &[(&str, &str)],
         not_found: impl FnOnce(String) -> ApiError,
     ) -> Result<pb::Claim> {
         let _held = self.check_quota(1).await?;
         own(&mut req.metadata, private_traffic);
+        for (k, v) in marks {
+            req.metadata.insert((*k).to_string(), (*v).to_string());
+        }
         self.scheduler_call(req, not_found, rpc!(create_claim))
             .await
             .map(shown)
@@ -182,11 +201,38 @@ impl Gateway {
     pub async fn release_claim(&self, id: &str) -> Result<()> {
         self.on_own_claim(id, claim_ref(id), rpc!(release_claim))
             .await?;
+        self.vaults.lock().remove(id);
         Ok(())
     }
 
-    /// Replace the egress policy of claim `id`'s sandbox, live.
+    /// The claim and whether it was created with `credentialProxy`
+    /// enabled, 404 when it is not the caller's.
+    pub async fn get_claim_credential_proxy(&self, id: &str) -> Result<(pb::Claim, bool)> {
+        let c = self.visible_claim(id).await?;
+        let on = c
+            .metadata
+            .get(crate::opensandbox::credential_vault::KEY)
+            .is_some_and(|v| v == "true");
+        Ok((shown(c), on))
+    }
+
+    /// Hand claim `id`'s sandbox its credential vault (JSON, secrets
+    /// included: never logged).
+    pub async fn set_claim_credential_vault(&self, id: &str, vault: Vec<u8>) -> Result<()> {
+        let req = pb::SetClaimCredentialVaultRequest {
+            claim_id: id.to_string(),
+            vault,
+        };
+        self.on_own_claim(id, req, rpc!(set_claim_credential_vault))
+            .await
+            .map(|_| ())
+    }
+
+    /// Replace the egress policy of claim `id`'s sandbox, live. A policy
+    /// that no longer explicitly allows a host of the sandbox's credential
+    /// vault bindings is refused (400).
     pub async fn set_claim_egress(&self, id: &str, egress: pb::EgressPolicy) -> Result<pb::Claim> {
+        crate::opensandbox::credential_vault::check_policy(self, id, &egress)?;
         let req = pb::SetClaimEgressRequest {
             claim_id: id.to_string(),
             egress: Some(egress),

@@ -32,6 +32,9 @@ pub enum ApiError {
     SandboxNotFound(String),
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
+    /// Something else that does not exist (the message names it).
+    #[error("{0}")]
+    NotFound(String),
     /// The request lacks a credential the sandbox asks for (its traffic token).
     #[error("{0}")]
     Forbidden(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::PoolNotFound(_) => "POOL_NOT_FOUND",
             ApiError::SandboxNotFound(_) => "SANDBOX_NOT_FOUND",
             ApiError::SnapshotNotFound(_) => "SNAPSHOT_NOT_FOUND",
+            ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Exhausted(_) => "POOL_CAPACITY_EXHAUSTED",
@@ -106,7 +110,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PoolNotFound(_)
             | ApiError::SandboxNotFound(_)
-            | ApiError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+            | ApiError::SnapshotNotFound(_)
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Exhausted(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -41,6 +41,13 @@ pub struct Gateway {
     pub limiter: Option<Arc<limit::RateLimiter>>,
     /// E2B template builds and their builder (none: builds answer 501).
     pub builds: Arc<e2b::Builds>,
+    /// OpenSandbox credential vaults by claim id (secrets: in memory only,
+    /// never logged nor returned; see `opensandbox::credential_vault`).
+    pub vaults: Arc<
+        parking_lot::Mutex<
+            std::collections::HashMap<String, sandpool_core::credential_vault::Vault>,
+        >,
+    >,
 }
 
 impl Gateway {
@@ -61,6 +68,7 @@ impl Gateway {
             limiter: limit::RateLimiter::new(DEFAULT_RATE_PER_SEC, DEFAULT_RATE_BURST)
                 .map(Arc::new),
             builds: Arc::default(),
+            vaults: Arc::default(),
         }
     }
 

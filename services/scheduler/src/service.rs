@@ -277,6 +277,19 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(claim_pb(&c)))
     }
 
+    async fn set_claim_credential_vault(
+        &self,
+        req: Request<pb::SetClaimCredentialVaultRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let span = tracing::info_span!("scheduler.set_credential_vault");
+        let c = self
+            .detached(span, req, |s, r| async move {
+                s.set_credential_vault(&r.claim_id, r.vault).await
+            })
+            .await?;
+        Ok(Response::new(claim_pb(&c)))
+    }
+
     async fn patch_claim_metadata(
         &self,
         req: Request<pb::PatchClaimMetadataRequest>,

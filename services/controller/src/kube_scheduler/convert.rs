@@ -9,6 +9,16 @@ use serde_json::json;
 
 use crate::crd::{BatchSandbox, Pool};
 
+pub(super) fn ms(t: &k8s_openapi::jiff::Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+/// Egress policies are enforced by the standalone node agent only.
+pub(super) const EGRESS_UNSUPPORTED: &str = "egress policies (OpenSandbox networkPolicy, E2B network options) are not enforced in Kubernetes mode yet: use a Kubernetes NetworkPolicy";
+/// Credential vaults need the standalone node agent's credential proxy.
+pub(super) const VAULT_UNSUPPORTED: &str =
+    "the credential vault is not supported in Kubernetes mode";
+
 pub(super) fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
     let c = t.spec.as_ref().and_then(|s| s.containers.first());
     pb::SandboxTemplate {

@@ -32,7 +32,7 @@ use sandpool_core::claim::{ClaimEvent, KUBERNETES_CHECKPOINT_UNSUPPORTED};
 
 mod convert;
 mod pause;
-use convert::{batch_to_pb, patched_metadata, pool_to_pb};
+use convert::{EGRESS_UNSUPPORTED, batch_to_pb, ms, patched_metadata, pool_to_pb};
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
 pub use pause::{
@@ -93,13 +93,6 @@ where
 {
     Ok(api.list(params).await.map_err(kube_status)?.items)
 }
-
-fn ms(t: &Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-/// Egress policies are enforced by the standalone node agent only.
-const EGRESS_UNSUPPORTED: &str = "egress policies (OpenSandbox networkPolicy, E2B network options) are not enforced in Kubernetes mode yet: use a Kubernetes NetworkPolicy";
 
 /// A pod template from the proto template (one container).
 pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> {
@@ -506,6 +499,13 @@ impl Scheduler for KubeScheduler {
         _req: Request<pb::SetClaimEgressRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
         Err(Status::unimplemented(EGRESS_UNSUPPORTED))
+    }
+
+    async fn set_claim_credential_vault(
+        &self,
+        _req: Request<pb::SetClaimCredentialVaultRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        Err(Status::unimplemented(convert::VAULT_UNSUPPORTED))
     }
 
     async fn create_claim(

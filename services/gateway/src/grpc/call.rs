@@ -40,7 +40,7 @@ pub fn to_status(e: ApiError) -> Status {
             (Code::InvalidArgument, None)
         }
         E::TooLarge(_) => (Code::OutOfRange, None),
-        E::PoolNotFound(_) | E::SandboxNotFound(_) | E::SnapshotNotFound(_) => {
+        E::PoolNotFound(_) | E::SandboxNotFound(_) | E::SnapshotNotFound(_) | E::NotFound(_) => {
             (Code::NotFound, None)
         }
         E::Forbidden(_) => (Code::PermissionDenied, None),

@@ -123,7 +123,7 @@ fn non_empty_list(body: &str, what: &str) -> Result<Value> {
 /// (its principal, whose view applies), or with the sandbox's egress token
 /// (then just this sandbox). Anything else: 401, also for a sandbox that
 /// does not exist (an unauthenticated caller learns nothing).
-async fn authorize(
+pub(super) async fn authorize(
     gw: &Gateway,
     id: &str,
     headers: &HeaderMap,

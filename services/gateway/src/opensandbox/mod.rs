@@ -2,6 +2,7 @@
 //! sandboxes, snapshots, and endpoints/pools; sandbox traffic goes through
 //! [`crate::proxy`].
 
+pub(crate) mod credential_vault;
 mod egress_api;
 mod endpoints;
 mod network;
@@ -108,6 +109,17 @@ pub fn router(gw: Gateway) -> Router {
                 .put(egress_api::policy)
                 .patch(egress_api::policy)
                 .delete(egress_api::policy),
+        )
+        .route(
+            "/sandboxes/{id}/proxy/18080/credential-vault",
+            get(credential_vault::root)
+                .post(credential_vault::root)
+                .patch(credential_vault::root)
+                .delete(credential_vault::root),
+        )
+        .route(
+            "/sandboxes/{id}/proxy/18080/credential-vault/{*rest}",
+            get(credential_vault::sub),
         );
     Router::new()
         .route(

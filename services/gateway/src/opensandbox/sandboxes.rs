@@ -92,6 +92,8 @@ struct CreateRequest {
     volumes: Option<Vec<Value>>,
     #[serde(default)]
     network_policy: Option<Value>,
+    #[serde(default)]
+    credential_proxy: Option<Value>,
     /// Anything else the body holds: refused unless unset (see [`refuse_unhonoured`]).
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
@@ -159,6 +161,11 @@ pub fn parse_create(body: &[u8]) -> Result<Create> {
 
 /// A create body with a `snapshotId`.
 fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
+    if super::credential_vault::enabled(req.credential_proxy.as_ref())? {
+        return Err(ApiError::Unsupported(
+            "the create field credentialProxy with snapshotId".into(),
+        ));
+    }
     let snapshot = req.snapshot_id.unwrap_or_default();
     if req
         .image
@@ -218,8 +225,23 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
     let image_auth = image_auth(&req, &pool)?;
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
     let env = req.env.clone().unwrap_or_default();
-    let metadata = req.metadata.clone().unwrap_or_default();
+    let mut metadata = req.metadata.clone().unwrap_or_default();
     check_keys(env.keys().chain(metadata.keys()))?;
+    // the mark `create` hands on as reserved metadata
+    metadata.remove(super::credential_vault::KEY);
+    if super::credential_vault::enabled(req.credential_proxy.as_ref())? {
+        if !pool.is_empty() {
+            return Err(ApiError::Invalid(
+                "credentialProxy.enabled cannot be used together with poolRef.".into(),
+            ));
+        }
+        if req.network_policy.as_ref().is_none_or(Value::is_null) {
+            return Err(ApiError::Invalid(
+                "credentialProxy.enabled requires networkPolicy.".into(),
+            ));
+        }
+        metadata.insert(super::credential_vault::KEY.into(), "true".into());
+    }
     let template = if pool.is_empty() {
         let image = req
             .image
@@ -292,8 +314,14 @@ pub async fn create(
         }
     };
     let pool = claim.pool.clone();
+    let mut claim = claim;
+    let cred = claim
+        .metadata
+        .remove(super::credential_vault::KEY)
+        .map(|v| (super::credential_vault::KEY, v));
+    let marks: Vec<(&str, &str)> = cred.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = gw
-        .create_claim(claim, false, move |m| {
+        .create_claim_marked(claim, false, &marks, move |m| {
             if pool.is_empty() {
                 ApiError::Invalid(m)
             } else {
@@ -475,6 +503,36 @@ mod tests {
         ] {
             let e = parse_create(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        }
+    }
+
+    #[test]
+    fn credential_proxy_marks_the_claim_and_is_refused_where_upstream_refuses_it() {
+        use super::super::credential_vault::KEY;
+        let Ok(Create::Claim(c)) = parse_create(
+            br#"{"image":{"uri":"busybox"},"networkPolicy":{"defaultAction":"allow"},"credentialProxy":{"enabled":true}}"#,
+        ) else {
+            panic!("a claim")
+        };
+        assert_eq!(c.metadata.get(KEY).map(String::as_str), Some("true"));
+        let Ok(Create::Claim(c)) = parse_create(
+            br#"{"image":{"uri":"busybox"},"metadata":{"sandpool.io/credential-proxy":"true"},"credentialProxy":{"enabled":false}}"#,
+        ) else {
+            panic!("a claim")
+        };
+        assert!(
+            !c.metadata.contains_key(KEY),
+            "a caller cannot set the mark"
+        );
+        for (bad, status, says) in [
+            (&br#"{"image":{"uri":"busybox"},"credentialProxy":{"enabled":true}}"#[..], StatusCode::BAD_REQUEST, "requires networkPolicy"),
+            (br#"{"extensions":{"poolRef":"p"},"networkPolicy":{},"credentialProxy":{"enabled":true}}"#, StatusCode::BAD_REQUEST, "together with poolRef"),
+            (br#"{"image":{"uri":"busybox"},"networkPolicy":{},"credentialProxy":{"on":true}}"#, StatusCode::BAD_REQUEST, "credentialProxy: unknown field"),
+            (br#"{"snapshotId":"ck-1","credentialProxy":{"enabled":true}}"#, StatusCode::NOT_IMPLEMENTED, "credentialProxy with snapshotId"),
+        ] {
+            let e = parse_create(bad).unwrap_err();
+            assert_eq!(e.status(), status, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
         }
     }
 

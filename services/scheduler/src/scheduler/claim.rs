@@ -371,6 +371,7 @@ impl Scheduler {
                     process: Some(process).filter(|p| !p.argv.is_empty()),
                     egress,
                     resources,
+                    ..Default::default()
                 })),
                 span,
             )
@@ -547,6 +548,31 @@ impl Scheduler {
             c.egress = Some(stored.clone());
             Ok(())
         })
+    }
+
+    /// Hand claim `id`'s sandbox its credential vault (`vault`: the JSON of
+    /// a `credential_vault::Vault`, secrets included). The vault is neither
+    /// stored nor logged here.
+    pub async fn set_credential_vault(&self, id: &str, vault: Vec<u8>) -> Result<ClaimRec> {
+        let c = self.get_claim(id)?;
+        if c.state.is_terminal() {
+            return Err(SchedError::Invalid(format!(
+                "claim {id} is {:?}: its sandbox is gone",
+                c.state
+            )));
+        }
+        if vault.is_empty() {
+            return Err(SchedError::Invalid("the credential vault is empty".into()));
+        }
+        let mut node = self.node(&c.sandbox.node)?.client.clone();
+        node.inject(traced(pb::NodeInjectRequest {
+            sandbox_id: c.sandbox.id.clone(),
+            credential_vault: vault,
+            ..Default::default()
+        }))
+        .await
+        .map_err(node_err(&c.sandbox.node))?;
+        Ok(c)
     }
 
     pub async fn pause(&self, id: &str) -> Result<ClaimRec> {

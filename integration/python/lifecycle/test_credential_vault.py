@@ -1,0 +1,117 @@
+"""OpenSandbox's Credential Vault on the real platform: a sandbox created with
+``credentialProxy`` gets a vault through the port-18080 route, and its plain
+HTTP request to a listener in another network namespace arrives there with
+the binding's header, which the node's credential proxy set. The secret is
+never inside the sandbox: not in its environment, not in what it received,
+not in the vault as read back. (Raw HTTP for the vault API: the 1.1 SDK
+refuses its Credential Vault for sandboxes whose origin is ``template``.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from opensandbox import SandboxSync
+from opensandbox.models.execd import RunCommandOpts
+
+from sandpool_platform import POOL_IMAGE, Sandpool
+
+SECRET = "vault-secret-7c1f"
+HOST = "target.vault.test"
+OUTSIDE = "spcredv"  # a network namespace of this test
+OUTSIDE_HOST, OUTSIDE_ADDR = "10.250.81.1", "10.250.81.2"
+# answers "ok" and records each request's path and Authorization on the host side only
+SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+log = open(sys.argv[1], "a", buffering=1)
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(f"{self.path} {self.headers.get('Authorization')}\\n")
+        self.send_response(200); self.send_header("content-length", "3"); self.end_headers()
+        self.wfile.write(b"ok\\n")
+    def log_message(self, *a): pass
+HTTPServer((sys.argv[2], 80), H).serve_forever()
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """The recording listener on port 80 of its own network namespace."""
+    record = tmp_path_factory.mktemp("credvault") / "requests.log"
+    record.touch()
+    subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
+    _ip("netns", "add", OUTSIDE)
+    _ip("link", "add", f"{OUTSIDE}h", "type", "veth", "peer", "name", f"{OUTSIDE}n")
+    _ip("link", "set", f"{OUTSIDE}n", "netns", OUTSIDE)
+    _ip("addr", "add", f"{OUTSIDE_HOST}/30", "dev", f"{OUTSIDE}h")
+    _ip("link", "set", f"{OUTSIDE}h", "up")
+    _ip("-n", OUTSIDE, "addr", "add", f"{OUTSIDE_ADDR}/30", "dev", f"{OUTSIDE}n")
+    _ip("-n", OUTSIDE, "link", "set", f"{OUTSIDE}n", "up")
+    _ip("-n", OUTSIDE, "route", "add", "default", "via", OUTSIDE_HOST)
+    server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", SERVER, str(record), OUTSIDE_ADDR],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://{OUTSIDE_ADDR}/ready", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the outside listener did not come up"
+            time.sleep(0.2)
+        yield record
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        subprocess.run(["ip", "link", "del", f"{OUTSIDE}h"], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
+
+
+def _get(sandbox: SandboxSync, path: str) -> str:
+    cmd = (f"printf 'GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\nAuthorization: Bearer fake\\r\\nConnection: close\\r\\n\\r\\n'"
+           f" | nc -w 5 {OUTSIDE_ADDR} 80 2>&1; env; true")
+    execution = sandbox.commands.run(cmd, opts=RunCommandOpts(timeout=timedelta(seconds=30)))
+    return "".join(m.text for m in execution.logs.stdout)
+
+
+def test_the_proxy_injects_the_binding_and_the_secret_stays_outside(sandpool: Sandpool, sandboxes, outside: Path):
+    headers = {"OPEN-SANDBOX-API-KEY": sandpool.api_key}
+    base = f"http://{sandpool.domain}/v1/sandboxes"
+    with httpx.Client(timeout=60, headers=headers) as http:
+        created = http.post(base, json={
+            "image": {"uri": POOL_IMAGE}, "entrypoint": ["tail", "-f", "/dev/null"], "timeout": 300,
+            "networkPolicy": {"defaultAction": "allow", "egress": [{"action": "allow", "target": HOST}]},
+            "credentialProxy": {"enabled": True}})
+        assert created.status_code == 202, created.text
+        sandbox = SandboxSync.connect(created.json()["id"], connection_config=sandpool.config())
+        sandboxes.append(sandbox)
+        vault_url = f"{base}/{sandbox.id}/proxy/18080/credential-vault"
+        vault = http.post(vault_url, json={
+            "credentials": [{"name": "tok", "source": {"value": SECRET}}],
+            "bindings": [{"name": "api", "auth": {"type": "bearer", "credential": "tok"},
+                          "match": {"schemes": ["http"], "ports": [80], "hosts": [HOST],
+                                    "methods": ["GET"], "paths": ["/v1/*"]}}]})
+        assert vault.status_code == 201, vault.text
+        assert SECRET not in vault.text and SECRET not in http.get(vault_url).text
+        tls = http.patch(vault_url, json={"bindings": {"add": [
+            {"name": "tls", "auth": {"type": "bearer", "credential": "tok"}, "match": {"hosts": [HOST]}}]}})
+        assert tls.status_code == 501 and "scheme https" in tls.text, tls.text
+
+    inside = _get(sandbox, "/v1/models") + _get(sandbox, "/other")
+    assert inside.count("200 OK") >= 2, (inside, outside.read_text())
+    assert SECRET not in inside, "the sandbox never sees the injected value"
+    recorded = outside.read_text().splitlines()
+    assert f"/v1/models Bearer {SECRET}" in recorded, recorded
+    assert "/other Bearer fake" in recorded, "no binding: the request is left as it was"
