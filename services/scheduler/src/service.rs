@@ -209,6 +209,15 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
+    async fn report_pool_ready(
+        &self,
+        req: Request<pb::PoolReadyReport>,
+    ) -> Result<Response<pb::PoolReadyReportResponse>, Status> {
+        let r = req.into_inner();
+        self.s.report_pool_ready(&r.pool, r.ready, &r.message)?;
+        Ok(Response::new(pb::PoolReadyReportResponse {}))
+    }
+
     async fn delete_pool(
         &self,
         req: Request<pb::PoolRef>,

@@ -6,8 +6,24 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use sandpool_proto::v1 as pb;
 use serde_json::json;
+use tonic::Status;
 
 use crate::crd::{BatchSandbox, Pool};
+
+/// A Kubernetes API error as a gRPC status.
+pub(super) fn kube_status(e: kube::Error) -> Status {
+    match &e {
+        kube::Error::Api(s) if s.is_not_found() => Status::not_found(s.message.clone()),
+        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => {
+            Status::already_exists(s.message.clone())
+        }
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            Status::invalid_argument(s.message.clone())
+        }
+        kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
+        _ => Status::unavailable(format!("kubernetes API: {e}")),
+    }
+}
 
 pub(super) fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
     let c = t.spec.as_ref().and_then(|s| s.containers.first());
