@@ -335,6 +335,11 @@ mod tests {
             ("p", pb::SandboxState::Claimed, sb.ip, 40123, 42)
         );
         assert_eq!(back.template, sb.template);
+        assert_eq!(back.image_command, sb.image_command);
+        let mut none = l.clone();
+        none.remove(labels::IMAGE_COMMAND);
+        let back = Sandbox::from_labels("sb-1", &none).unwrap();
+        assert!(back.image_command.is_empty(), "older labels: none");
         assert!(
             Sandbox::from_labels("x", &HashMap::new()).is_none(),
             "unmanaged containers are ignored"

@@ -389,8 +389,8 @@ async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
             line.push_str(&format!("\tmessage={}", st.message));
         }
         if !st.ready_failure.is_empty() {
-            let at = k8s_openapi::chrono::DateTime::from_timestamp_millis(st.ready_failure_unix_ms)
-                .map(|t| t.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true))
+            let at = k8s_openapi::jiff::Timestamp::from_second(st.ready_failure_unix_ms / 1000)
+                .map(|t| t.to_string())
                 .unwrap_or_default();
             line.push_str(&format!("\tnot-ready={} (at {at})", st.ready_failure));
         }

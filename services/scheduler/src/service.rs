@@ -129,6 +129,8 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
             message: String::new(),
             labels: Default::default(),
             oom_kills: c.oom_kills,
+            // what the claim started is its `entrypoint`
+            image_command: Vec::new(),
         }),
         created_unix_ms: c.created_ms,
         expires_unix_ms: if c.state == ClaimState::Paused && c.paused_remaining_ms > 0 {

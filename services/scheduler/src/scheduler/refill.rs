@@ -12,7 +12,7 @@ use sandpool_core::{
 };
 use sandpool_proto::v1 as pb;
 
-use super::{PoolEntry, PoolRec, Scheduler, State, new_sandbox_id, template_to_pb};
+use super::{PoolEntry, PoolRec, Scheduler, State, new_sandbox_id, now_ms, template_to_pb};
 use crate::{
     error::{Result, SchedError},
     store::Table,
