@@ -111,14 +111,9 @@ impl super::KubeScheduler {
     pub(super) async fn claim_template(
         &self,
         b: &BatchSandbox,
-    ) -> Result<pb::SandboxTemplate, tonic::Status> {
+    ) -> Result<pb::SandboxTemplate, Status> {
         let template = match &b.spec.pool_ref {
-            Some(pool) => match self
-                .pools()
-                .get_opt(pool)
-                .await
-                .map_err(super::kube_status)?
-            {
+            Some(pool) => match self.pools().get_opt(pool).await.map_err(kube_status)? {
                 Some(p) => p.spec.pod_template(),
                 None => None,
             },
