@@ -1,6 +1,8 @@
 //! What a sandbox takes from its image's config: Env, WorkingDir and User,
 //! the user resolved against the image's own `/etc/passwd` and `/etc/group`
-//! (as a container engine resolves `USER app:grp`).
+//! (as a container engine resolves `USER app:grp`), and Entrypoint and Cmd,
+//! the process a claim starts when nothing names one
+//! ([`sandpool_core::start`]).
 
 use crate::error::{AgentError, Result};
 
@@ -13,6 +15,10 @@ pub struct ImageConfig {
     pub working_dir: String,
     /// The config's `User`, as written (empty: none).
     pub user: String,
+    /// `Entrypoint` (exec form, as the config holds it).
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
 }
 
 impl ImageConfig {
@@ -20,18 +26,32 @@ impl ImageConfig {
     pub fn from_config(config: &serde_json::Value) -> Self {
         let c = &config["config"];
         let text = |k: &str| c[k].as_str().unwrap_or_default().trim().to_string();
-        ImageConfig {
-            env: c["Env"]
-                .as_array()
+        let list = |k: &str| {
+            c[k].as_array()
                 .map(|a| {
                     a.iter()
                         .filter_map(|e| e.as_str().map(str::to_string))
                         .collect()
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        };
+        ImageConfig {
+            env: list("Env"),
             working_dir: text("WorkingDir"),
             user: text("User"),
+            entrypoint: list("Entrypoint"),
+            cmd: list("Cmd"),
         }
+    }
+
+    /// The process a sandbox of this image starts when neither its claim
+    /// nor its template names one: `Entrypoint ++ Cmd`, unless the
+    /// template's `labels` turn it off.
+    pub fn default_process<'a>(
+        &self,
+        labels: impl Iterator<Item = (&'a String, &'a String)>,
+    ) -> Vec<String> {
+        sandpool_core::start::image_command(&self.entrypoint, &self.cmd, labels)
     }
 
     /// Whether resolving the user needs the image's passwd and group files.
@@ -148,8 +168,19 @@ mod tests {
     #[test]
     fn config_fields() {
         let c = ImageConfig::from_config(&json!({"config": {
-            "Env": ["A=1", 2], "WorkingDir": " /app ", "User": "app:grp"}}));
+            "Env": ["A=1", 2], "WorkingDir": " /app ", "User": "app:grp",
+            "Entrypoint": ["/entry.sh"], "Cmd": ["serve", "-p", "1"]}}));
         assert_eq!(c.env, vec!["A=1".to_string()]);
+        let none = std::collections::HashMap::new();
+        assert_eq!(
+            c.default_process(none.iter()),
+            ["/entry.sh", "serve", "-p", "1"].map(String::from)
+        );
+        let off = std::collections::HashMap::from([(
+            sandpool_core::start::IMAGE_COMMAND_LABEL.to_string(),
+            "none".to_string(),
+        )]);
+        assert!(c.default_process(off.iter()).is_empty());
         assert_eq!(
             (c.working_dir.as_str(), c.user.as_str()),
             ("/app", "app:grp")

@@ -30,6 +30,8 @@ pub struct FakeScheduler {
     pub pools: Arc<Mutex<BTreeMap<String, pb::Pool>>>,
     /// the names `delete_pool` removed, in order
     pub deleted_pools: Arc<Mutex<Vec<String>>>,
+    /// the pool readiness reports gateways made, in order
+    pub ready_reports: Arc<Mutex<Vec<pb::PoolReadyReport>>>,
     /// the runtime port every sandbox answers on (127.0.0.1)
     pub runtime_port: u32,
     /// how many more sandboxes `restore_checkpoint` may make (None: no
@@ -102,6 +104,13 @@ impl Scheduler for FakeScheduler {
     async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> R<pb::ListPoolsResponse> {
         let pools = self.pools.lock().values().cloned().collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+    async fn report_pool_ready(
+        &self,
+        r: Request<pb::PoolReadyReport>,
+    ) -> R<pb::PoolReadyReportResponse> {
+        self.ready_reports.lock().push(r.into_inner());
+        Ok(Response::new(pb::PoolReadyReportResponse {}))
     }
     async fn delete_pool(&self, r: Request<pb::PoolRef>) -> R<pb::DeletePoolResponse> {
         let name = r.into_inner().name;

@@ -4,7 +4,9 @@ A template built with ``set_start_cmd(start, wait_for_file(...))`` hands a
 sandbox out only once its readyCmd exits 0 in it: the start command creates
 the file after two seconds, and the file is there as soon as
 ``Sandbox.create`` returns. A readyCmd that never succeeds fails the build
-(with a reason naming the command) within the bound, and leaves no template.
+(with a reason naming the command) within the bound, and leaves no template;
+one that never succeeds on a create fails it, and the pool's status
+(``sandpool pool list``) says so.
 The base image is busybox from a loopback ``docker-registry``, as in
 test_e2b_templates.py. Skipped without the tools, unless CI=true or
 SANDPOOL_REQUIRE_CONTAINERD=1 (then they fail).
@@ -20,7 +22,7 @@ from e2b.api.client.api.templates import get_templates_template_id
 from e2b.api.client_sync import get_api_client
 
 from loopback_registry import busybox_base_registry
-from sandpool_platform import Sandpool, cli
+from sandpool_platform import Sandpool, cli, pools
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +76,7 @@ def test_a_create_fails_clearly_when_the_ready_cmd_never_succeeds(e2b_env: Sandp
     assert 25 < time.monotonic() - started < 100, "bounded"
     alive = [s.sandbox_id for s in Sandbox.list().next_items() if s.template_id == "stuck"]
     assert alive == [], "the sandbox was released"
+    # the pool's status says its sandboxes do not become ready, and since when
+    shown = pools(e2b_env)["stuck"].get("not-ready", "")
+    assert 'readyCmd "test -f /never" did not exit 0 within 30s' in shown, shown
+    assert "(at 20" in shown, shown

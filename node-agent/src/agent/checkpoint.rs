@@ -195,6 +195,7 @@ impl Agent {
             port,
             token: meta.token.clone(),
             runtime_class: valid.runtime_class,
+            image_command: image_cfg.default_process(template.labels.iter()),
             template,
             created_ms: unix_ms(),
         };

@@ -13,10 +13,9 @@ use sandpool_proto::v1 as pb;
 use crate::{
     containerd::{NewContainer, TaskState},
     error::{AgentError, Result},
-    image,
-    imageconfig::{ImageConfig, resolve_user},
+    imageconfig::ImageConfig,
     registry::Credentials,
-    spec::{self, SandboxSpec, SandboxUser},
+    spec::{self, SandboxSpec},
 };
 
 use super::{
@@ -25,110 +24,6 @@ use super::{
 };
 
 impl Agent {
-    /// Make sure `name` exists in containerd, building builtin images.
-    pub async fn ensure_image(&self, name: &str) -> Result<(String, String, ImageConfig)> {
-        self.ensure_image_with(name, None).await
-    }
-
-    /// [`Self::ensure_image`], an absent image pulled with `creds` (used
-    /// for that pull only).
-    pub async fn ensure_image_with(
-        &self,
-        name: &str,
-        creds: Option<Credentials>,
-    ) -> Result<(String, String, ImageConfig)> {
-        let Some(builtin) = image::builtin(name) else {
-            if let Some((chain, env)) = self.ctr.image_rootfs(name).await? {
-                return Ok((name.to_string(), chain, env));
-            }
-            if let Some((chain, env)) = self.pull_missing(name, creds).await? {
-                return Ok((name.to_string(), chain, env));
-            }
-            let known = self.ctr.list_images().await.unwrap_or_default().join(", ");
-            return Err(AgentError::UnknownImage(
-                name.to_string(),
-                format!(
-                    "{known} (builtin: {}, {}, {})",
-                    image::BUSYBOX,
-                    image::PYTHON,
-                    image::CODE_INTERPRETER
-                ),
-            ));
-        };
-        if let Some(found) = self.current_builtin(builtin).await? {
-            return Ok(found);
-        }
-        let _g = self.image_lock.lock().await;
-        if let Some(found) = self.current_builtin(builtin).await? {
-            return Ok(found);
-        }
-        let cache = self.cfg.image_cache.clone();
-        let started = Instant::now();
-        let name2 = builtin.to_string();
-        let blobs = tokio::task::spawn_blocking(move || image::build_builtin(&name2, &cache))
-            .await
-            .map_err(|e| AgentError::image("image builder", e))??;
-        self.ctr.import(&blobs).await?;
-        tracing::info!(
-            image = builtin,
-            ms = started.elapsed().as_millis() as u64,
-            "image built and imported"
-        );
-        let (chain, env) =
-            self.ctr.image_rootfs(builtin).await?.ok_or_else(|| {
-                AgentError::Image(format!("{builtin} missing right after import"))
-            })?;
-        Ok((builtin.to_string(), chain, env))
-    }
-
-    /// Pull `name` when the agent pulls missing images and `name` is an
-    /// image reference: its chainID and env once pulled. `None` when the
-    /// agent does not pull or `name` is no reference.
-    async fn pull_missing(
-        &self,
-        name: &str,
-        creds: Option<Credentials>,
-    ) -> Result<Option<(String, ImageConfig)>> {
-        let Some(puller) = &self.puller else {
-            return Ok(None);
-        };
-        if crate::registry::parse_reference(name).is_err() {
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let image = name.to_string();
-        let progress: crate::registry::Progress =
-            Arc::new(move |line: String| tracing::info!(image = %image, "{line}"));
-        let pulled = puller.pull(&self.ctr, name, creds, progress).await?;
-        tracing::info!(
-            image = name,
-            digest = %pulled.digest,
-            ms = started.elapsed().as_millis() as u64,
-            "image pulled for a create"
-        );
-        self.ctr.image_rootfs(name).await
-    }
-
-    /// Builtin image `builtin` if containerd holds it built from the current
-    /// recipe (its `RECIPE_LABEL`); one built from an older recipe is not
-    /// used (it is rebuilt and its record replaced).
-    async fn current_builtin(
-        &self,
-        builtin: &str,
-    ) -> Result<Option<(String, String, ImageConfig)>> {
-        let key = image::recipe_key(builtin);
-        let current = self
-            .ctr
-            .image(builtin)
-            .await?
-            .is_some_and(|i| i.labels.get(image::RECIPE_LABEL) == key.as_ref());
-        if !current {
-            return Ok(None);
-        }
-        let found = self.ctr.image_rootfs(builtin).await?;
-        Ok(found.map(|(chain, env)| (builtin.to_string(), chain, env)))
-    }
-
     /// Create and start a warm sandbox; it is ready when its runtime answers.
     pub async fn create(
         self: &Arc<Self>,
@@ -190,6 +85,7 @@ impl Agent {
             runtime_class: valid.runtime_class,
             template: template.clone(),
             created_ms: unix_ms(),
+            image_command: image_cfg.default_process(template.labels.iter()),
         };
         match self
             .start_container(&sb, &image, &chain, &image_cfg, &valid, None)
@@ -216,31 +112,6 @@ impl Agent {
         self.lock().insert(id.clone(), sb.clone());
         self.emit(&sb);
         Ok(sb)
-    }
-
-    /// Whom a non-root sandbox of `image` runs as: the image's `User`,
-    /// resolved against its own passwd and group files, else (and for a
-    /// `User` that is root: root needs a run-as-root template) sandpool's
-    /// default sandbox user.
-    async fn image_user(&self, image: &str, chain: &str, cfg: &ImageConfig) -> Result<SandboxUser> {
-        if !cfg.needs_user_files() {
-            return Ok(SandboxUser::default_user());
-        }
-        let files = self
-            .ctr
-            .read_image_files(chain, &["etc/passwd", "etc/group"])
-            .await?;
-        let (passwd, group) = (files[0].as_deref(), files[1].as_deref());
-        let u = resolve_user(image, &cfg.user, passwd, group)?;
-        if u.uid == 0 {
-            return Ok(SandboxUser::default_user());
-        }
-        Ok(SandboxUser {
-            uid: u.uid,
-            gid: u.gid,
-            name: u.name,
-            home: u.home,
-        })
     }
 
     /// Refuse a second sandbox `id` or one past the node's maximum.
@@ -456,14 +327,16 @@ impl Agent {
         mut process: pb::InjectRequest,
     ) -> Result<(pb::ProcessState, Duration)> {
         let sb = self.get(id)?;
-        // No argv: the template's command is the default entrypoint.
+        // No argv: the template's command, else the image's default process.
         if process.argv.is_empty() {
-            if sb.template.command.is_empty() {
+            process.argv =
+                sandpool_core::start::start_argv(&[], &sb.template.command, &sb.image_command);
+            if process.argv.is_empty() {
                 return Err(AgentError::InvalidTemplate(
-                    "inject needs argv (the template has no default command)".into(),
+                    "inject needs argv (neither the template nor the image has a default command)"
+                        .into(),
                 ));
             }
-            process.argv = sb.template.command.clone();
             for (k, v) in &sb.template.env {
                 process.env.entry(k.clone()).or_insert_with(|| v.clone());
             }
@@ -701,7 +574,7 @@ impl Agent {
     /// Start `sb` afresh (same id, netns or tunnel): its container is
     /// replaced by one from `sb.template`, and it ends in `sb.state`. A
     /// sandbox that fails to come back is removed.
-    pub(super) async fn restart_as(&self, sb: Sandbox) -> Result<Sandbox> {
+    pub(super) async fn restart_as(&self, mut sb: Sandbox) -> Result<Sandbox> {
         let id = sb.id.clone();
         let valid = validate_template(&sb.template)?;
         if let Some(s) = self.lock().get_mut(&id) {
@@ -711,25 +584,31 @@ impl Agent {
         self.forget_incarnation(&id);
         let started = async {
             self.ctr.destroy(&id).await?;
-            let (image, chain, env) = self.ensure_image(&valid.image).await?;
+            let (image, chain, image_cfg) = self.ensure_image(&valid.image).await?;
+            // an upgrade's new image brings its own default process
             let creating = Sandbox {
                 state: pb::SandboxState::Creating,
+                image_command: image_cfg.default_process(sb.template.labels.iter()),
                 ..sb.clone()
             };
-            self.start_container(&creating, &image, &chain, &env, &valid, None)
+            self.start_container(&creating, &image, &chain, &image_cfg, &valid, None)
                 .await?;
             self.ctr
                 .set_labels(
                     &id,
                     [(labels::STATE.to_string(), state_label(sb.state).to_string())].into(),
                 )
-                .await
+                .await?;
+            Ok::<_, AgentError>(creating.image_command)
         };
-        if let Err(e) = started.await {
-            self.lock().remove(&id);
-            self.cleanup(&id).await;
-            self.emit_removed(&id);
-            return Err(e);
+        match started.await {
+            Ok(cmd) => sb.image_command = cmd,
+            Err(e) => {
+                self.lock().remove(&id);
+                self.cleanup(&id).await;
+                self.emit_removed(&id);
+                return Err(e);
+            }
         }
         self.lock().insert(id, sb.clone());
         self.emit(&sb);

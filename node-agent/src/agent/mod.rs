@@ -23,6 +23,7 @@ use crate::{
 mod checkpoint;
 mod claim;
 mod disk;
+mod images;
 mod lifecycle;
 mod logs;
 mod recovery;
@@ -50,6 +51,8 @@ pub mod labels {
     pub const TEMPLATE: &str = "sandpool.io/template";
     /// The host port of a network-less sandbox's runtime tunnel.
     pub const PORT: &str = "sandpool.io/runtime-port";
+    /// Its image's default process, a JSON array (absent: none).
+    pub const IMAGE_COMMAND: &str = "sandpool.io/image-command";
 }
 
 /// Default cap of a sandbox's host-side log (its runtime's stdout and stderr).
@@ -130,6 +133,9 @@ pub struct Sandbox {
     pub message: String,
     /// How many of its processes the OOM killer has killed.
     pub oom_kills: u32,
+    /// Its image's default process (`Entrypoint ++ Cmd`; see
+    /// [`crate::imageconfig::ImageConfig::default_process`]).
+    pub image_command: Vec<String>,
 }
 
 impl Sandbox {
@@ -147,6 +153,7 @@ impl Sandbox {
             message: self.message.clone(),
             labels: self.template.labels.clone(),
             oom_kills: self.oom_kills,
+            image_command: self.image_command.clone(),
         }
     }
 }

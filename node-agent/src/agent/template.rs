@@ -180,6 +180,12 @@ impl Sandbox {
             (labels::PORT, self.port.to_string()),
         ]
         .into_iter()
+        .chain((!self.image_command.is_empty()).then(|| {
+            (
+                labels::IMAGE_COMMAND,
+                serde_json::Value::from(self.image_command.clone()).to_string(),
+            )
+        }))
         .map(|(k, v)| (k.to_string(), v))
         .collect())
     }
@@ -210,6 +216,10 @@ impl Sandbox {
                 .get(labels::CREATED)
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0),
+            image_command: l
+                .get(labels::IMAGE_COMMAND)
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or_default(),
         })
     }
 }
@@ -306,6 +316,7 @@ mod tests {
                 ..template()
             },
             created_ms: 42,
+            image_command: vec!["/entry.sh".into(), "serve".into()],
         };
         let l = sb.label_map().unwrap();
         assert!(
@@ -324,6 +335,11 @@ mod tests {
             ("p", pb::SandboxState::Claimed, sb.ip, 40123, 42)
         );
         assert_eq!(back.template, sb.template);
+        assert_eq!(back.image_command, sb.image_command);
+        let mut none = l.clone();
+        none.remove(labels::IMAGE_COMMAND);
+        let back = Sandbox::from_labels("sb-1", &none).unwrap();
+        assert!(back.image_command.is_empty(), "older labels: none");
         assert!(
             Sandbox::from_labels("x", &HashMap::new()).is_none(),
             "unmanaged containers are ignored"

@@ -66,6 +66,27 @@ struct Entry {
     insecure: Option<bool>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    // Client certificates (mutual TLS) are not supported: these keys (ours
+    // and containerd's `hosts.toml` spelling) are refused by name.
+    #[serde(default)]
+    client_cert: Option<toml::Value>,
+    #[serde(default)]
+    client_key: Option<toml::Value>,
+    #[serde(default)]
+    client: Option<toml::Value>,
+}
+
+impl Entry {
+    /// The client-certificate key the entry sets, if any.
+    fn client_cert_key(&self) -> Option<&'static str> {
+        [
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+            ("client", &self.client),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.is_some().then_some(k))
+    }
 }
 
 /// The PEM certificates in the CA file at `path` (a bundle may hold several).
@@ -118,6 +139,12 @@ impl RegistryConfig {
         for (host, entry) in file.registries {
             let key = format!("registries.{host:?}");
             check_host(&key, &host).map_err(bad)?;
+            if let Some(k) = entry.client_cert_key() {
+                return Err(bad(format!(
+                    "{key}.{k}: client certificates (mutual TLS) for registries are not supported; \
+                     use credentials (docker_config or OpenSandbox image.auth) instead"
+                )));
+            }
             for m in &entry.mirrors {
                 check_host(&format!("{key}.mirrors"), m).map_err(bad)?;
             }
@@ -280,6 +307,18 @@ insecure = true
                 "registries.\"a b\"",
             ),
             ("not toml at all", "registries.toml"),
+            (
+                "[registries.\"r:1\"]\nclient_cert = \"/c.pem\"\n",
+                "registries.\"r:1\".client_cert: client certificates (mutual TLS) for registries are not supported",
+            ),
+            (
+                "[registries.\"r:1\"]\nclient_key = \"/k.pem\"\n",
+                "registries.\"r:1\".client_key: client certificates",
+            ),
+            (
+                "[registries.\"r:1\"]\nclient = [[\"/c.pem\", \"/k.pem\"]]\n",
+                "registries.\"r:1\".client: client certificates",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(names), "{text:?}: {e}");

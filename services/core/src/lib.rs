@@ -10,6 +10,7 @@
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 //! * [`page`]: paging of ordered lists (ListClaims).
+//! * [`start`]: the process a claim starts (claim, template, image default).
 //! * [`refill`]: refill pacing: a buffer that follows the claim rate, and
 //!   refill concurrency that follows free CPU and yields to claims.
 
@@ -22,6 +23,7 @@ pub mod node_sync;
 pub mod page;
 pub mod pool;
 pub mod refill;
+pub mod start;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CoreError {
@@ -34,6 +36,8 @@ pub enum CoreError {
     },
     #[error("invalid patch: {0}")]
     InvalidPatch(String),
+    #[error("invalid report: {0}")]
+    InvalidReport(String),
     #[error("bad page token {0:?}: not an offset from an earlier page")]
     InvalidPageToken(String),
     #[error("unknown {what} {value:?}: one of {expected}")]

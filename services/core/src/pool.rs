@@ -231,6 +231,37 @@ impl ImagePhase {
     }
 }
 
+/// Whether a pool's sandboxes become ready, as the gateway that waits for
+/// them (an E2B template's readyCmd) reports it: the last failure and when
+/// (unix ms), until a later success clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadyCheck {
+    failure: Option<(String, i64)>,
+}
+
+impl ReadyCheck {
+    /// Record a report made at `at_ms`: a failure needs its reason.
+    pub fn report(&mut self, ready: bool, message: &str, at_ms: i64) -> Result<(), CoreError> {
+        if ready {
+            self.failure = None;
+            return Ok(());
+        }
+        let message = message.trim();
+        if message.is_empty() {
+            return Err(CoreError::InvalidReport(
+                "a report of a sandbox that did not become ready needs its message".into(),
+            ));
+        }
+        self.failure = Some((message.to_string(), at_ms));
+        Ok(())
+    }
+
+    /// The last failure's reason and time, if no success followed it.
+    pub fn failure(&self) -> Option<(&str, i64)> {
+        self.failure.as_ref().map(|(m, at)| (m.as_str(), *at))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +455,29 @@ mod tests {
             }
             prop_assert_eq!(seen, expected);
         }
+    }
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_failure_holds_until_a_success() {
+        let mut r = ReadyCheck::default();
+        assert_eq!(r.failure(), None);
+        r.report(false, " readyCmd \"x\" failed ", 10).unwrap();
+        assert_eq!(r.failure(), Some(("readyCmd \"x\" failed", 10)));
+        r.report(false, "again", 20).unwrap();
+        assert_eq!(r.failure(), Some(("again", 20)), "the latest one");
+        let e = r.report(false, "  ", 30).unwrap_err();
+        assert!(e.to_string().contains("needs its message"), "{e}");
+        assert_eq!(
+            r.failure(),
+            Some(("again", 20)),
+            "a bad report changes nothing"
+        );
+        r.report(true, "", 40).unwrap();
+        assert_eq!(r.failure(), None);
     }
 }

@@ -407,6 +407,25 @@ impl Gateway {
         self.scheduler_call(req, not_found, rpc!(get_pool)).await
     }
 
+    /// Tell the scheduler whether a sandbox of pool `name` became ready (its
+    /// readyCmd; `Err(why)`: it did not): the pool's status shows a failure
+    /// until a later success. A report that cannot be made is logged only:
+    /// the create's own answer does not depend on it.
+    pub async fn report_pool_ready(&self, name: &str, outcome: std::result::Result<(), &str>) {
+        let req = pb::PoolReadyReport {
+            pool: name.to_string(),
+            ready: outcome.is_ok(),
+            message: outcome.err().unwrap_or_default().to_string(),
+        };
+        let not_found = |_| ApiError::PoolNotFound(name.to_string());
+        if let Err(e) = self
+            .scheduler_call(req, not_found, rpc!(report_pool_ready))
+            .await
+        {
+            tracing::debug!(pool = name, error = %e, "pool readiness not reported");
+        }
+    }
+
     /// Remove a pool (an E2B template whose readyCmd never succeeds).
     pub async fn delete_pool(&self, name: &str) -> Result<()> {
         let req = pb::PoolRef {

@@ -388,6 +388,12 @@ async fn pool_list(mut s: Scheduler) -> anyhow::Result<()> {
         if !st.message.is_empty() {
             line.push_str(&format!("\tmessage={}", st.message));
         }
+        if !st.ready_failure.is_empty() {
+            let at = k8s_openapi::jiff::Timestamp::from_second(st.ready_failure_unix_ms / 1000)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            line.push_str(&format!("\tnot-ready={} (at {at})", st.ready_failure));
+        }
         println!("{line}");
     }
     Ok(())

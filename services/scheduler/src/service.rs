@@ -129,6 +129,8 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
             message: String::new(),
             labels: Default::default(),
             oom_kills: c.oom_kills,
+            // what the claim started is its `entrypoint`
+            image_command: Vec::new(),
         }),
         created_unix_ms: c.created_ms,
         expires_unix_ms: if c.state == ClaimState::Paused && c.paused_remaining_ms > 0 {
@@ -207,6 +209,15 @@ impl scheduler_server::Scheduler for SchedulerService {
             .filter_map(|n| pool_pb(&self.s, n).ok())
             .collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn report_pool_ready(
+        &self,
+        req: Request<pb::PoolReadyReport>,
+    ) -> Result<Response<pb::PoolReadyReportResponse>, Status> {
+        let r = req.into_inner();
+        self.s.report_pool_ready(&r.pool, r.ready, &r.message)?;
+        Ok(Response::new(pb::PoolReadyReportResponse {}))
     }
 
     async fn delete_pool(

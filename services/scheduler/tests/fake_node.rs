@@ -69,6 +69,8 @@ struct Books {
     /// refuse an inject whose egress has a domain rule, as a node does for
     /// a network-less (checkpointable) sandbox
     refuse_domains: bool,
+    /// the image's default process each created sandbox reports
+    image_command: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -145,6 +147,7 @@ impl NodeAgent for FakeNode {
             ip: "127.0.0.1".into(),
             runtime_port: 1,
             access_token: format!("token-{id}"),
+            image_command: b.image_command.clone(),
             ..Default::default()
         };
         b.sandboxes.insert(id.clone(), info.clone());
@@ -1300,4 +1303,84 @@ async fn a_pool_whose_image_cannot_be_pulled_says_why_and_creates_nothing() {
         node.books().prepared.last().map(String::as_str),
         Some("python")
     );
+}
+
+/// A claim that names no process, of a pool whose template names none,
+/// starts the image's default process (Entrypoint ++ Cmd) its node reports;
+/// a claim's own argv and a template's command replace it whole.
+#[tokio::test]
+async fn without_a_command_a_claim_starts_the_images_entrypoint_and_cmd() {
+    let (node, s, _store) = platform().await;
+    let image = vec!["/entry.sh".to_string(), "serve".to_string()];
+    node.books().image_command = image.clone();
+    s.apply_pool(support::pool("bare", &[], 1, 1, 4)).unwrap();
+    wait_available(&s, "bare", 1).await;
+
+    let warm = s.claim(claim_req("bare", &[])).await.unwrap();
+    assert!(!warm.cold);
+    assert_eq!(warm.entrypoint, image);
+    let cold = s.claim(claim_req("bare", &[])).await.unwrap();
+    assert_eq!(cold.entrypoint, image, "the refill reports it too");
+    let own = s.claim(claim_req("bare", &["python3", "app.py"])).await;
+    assert_eq!(own.unwrap().entrypoint, vec!["python3", "app.py"]);
+    {
+        let b = node.books();
+        let argv: Vec<&Vec<String>> = b
+            .injected
+            .iter()
+            .map(|r| &r.process.as_ref().unwrap().argv)
+            .collect();
+        assert_eq!(
+            argv,
+            vec![
+                &image,
+                &image,
+                &vec!["python3".to_string(), "app.py".to_string()]
+            ]
+        );
+    }
+
+    // a template's command wins over the image's
+    s.apply_pool(support::pool("cmd", &["sleep", "9"], 0, 0, 4))
+        .unwrap();
+    let c = s.claim(claim_req("cmd", &[])).await.unwrap();
+    assert_eq!(c.entrypoint, vec!["sleep", "9"]);
+}
+
+/// A gateway's report that a pool's sandbox never became ready (its
+/// readyCmd) shows in the pool's status with its time, until a later
+/// success or a new template clears it; a failure without its reason and a
+/// report on an unknown pool are refused.
+#[tokio::test]
+async fn a_ready_failure_shows_in_the_pools_status_until_a_success() {
+    let (_node, s, _store) = platform().await;
+    s.apply_pool(pool("rc", 0, 0, 4)).unwrap();
+    assert_eq!(status(&s, "rc").ready_failure, "");
+    let before = sandpool_scheduler::scheduler::now_ms();
+    let why = "readyCmd \"test -e /ok\" did not exit 0 within 30s (3 runs; last: exit code 1)";
+    s.report_pool_ready("rc", false, why).unwrap();
+    let st = status(&s, "rc");
+    assert_eq!(st.ready_failure, why);
+    assert!(st.ready_failure_unix_ms >= before, "{st:?}");
+
+    let e = s.report_pool_ready("rc", false, " ").unwrap_err();
+    assert!(matches!(e, SchedError::Invalid(_)), "{e}");
+    assert_eq!(status(&s, "rc").ready_failure, why, "unchanged");
+    let e = s.report_pool_ready("nope", false, why).unwrap_err();
+    assert!(matches!(e, SchedError::PoolNotFound(_)), "{e}");
+
+    s.report_pool_ready("rc", true, "").unwrap();
+    let st = status(&s, "rc");
+    assert_eq!(
+        (st.ready_failure.as_str(), st.ready_failure_unix_ms),
+        ("", 0)
+    );
+
+    // a new template starts clean; re-applying the same one keeps it
+    s.report_pool_ready("rc", false, why).unwrap();
+    s.apply_pool(pool("rc", 0, 0, 4)).unwrap();
+    assert_eq!(status(&s, "rc").ready_failure, why);
+    s.apply_pool(support::pool("rc", &["sleep", "2"], 0, 0, 4))
+        .unwrap();
+    assert_eq!(status(&s, "rc").ready_failure, "");
 }

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use sandpool_proto::v1 as pb;
 use serde_json::json;
+use tonic::Status;
 
 use crate::crd::{BatchSandbox, Pool};
 
@@ -18,6 +19,21 @@ pub(super) const EGRESS_UNSUPPORTED: &str = "egress policies (OpenSandbox networ
 /// Credential vaults need the standalone node agent's credential proxy.
 pub(super) const VAULT_UNSUPPORTED: &str =
     "the credential vault is not supported in Kubernetes mode";
+
+/// A Kubernetes API error as a gRPC status.
+pub(super) fn kube_status(e: kube::Error) -> Status {
+    match &e {
+        kube::Error::Api(s) if s.is_not_found() => Status::not_found(s.message.clone()),
+        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => {
+            Status::already_exists(s.message.clone())
+        }
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            Status::invalid_argument(s.message.clone())
+        }
+        kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
+        _ => Status::unavailable(format!("kubernetes API: {e}")),
+    }
+}
 
 pub(super) fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {
     let c = t.spec.as_ref().and_then(|s| s.containers.first());
@@ -105,14 +121,9 @@ impl super::KubeScheduler {
     pub(super) async fn claim_template(
         &self,
         b: &BatchSandbox,
-    ) -> Result<pb::SandboxTemplate, tonic::Status> {
+    ) -> Result<pb::SandboxTemplate, Status> {
         let template = match &b.spec.pool_ref {
-            Some(pool) => match self
-                .pools()
-                .get_opt(pool)
-                .await
-                .map_err(super::kube_status)?
-            {
+            Some(pool) => match self.pools().get_opt(pool).await.map_err(kube_status)? {
                 Some(p) => p.spec.pod_template(),
                 None => None,
             },

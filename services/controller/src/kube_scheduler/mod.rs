@@ -32,7 +32,7 @@ use sandpool_core::claim::{ClaimEvent, KUBERNETES_CHECKPOINT_UNSUPPORTED};
 
 mod convert;
 mod pause;
-use convert::{EGRESS_UNSUPPORTED, batch_to_pb, ms, patched_metadata, pool_to_pb};
+use convert::{EGRESS_UNSUPPORTED, batch_to_pb, kube_status, ms, patched_metadata, pool_to_pb};
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
 pub use pause::{
@@ -56,20 +56,6 @@ pub struct KubeScheduler {
     /// woken by a watch on the claim's pods, and re-reads them at least this
     /// often in case a watch goes quiet without ending.
     pub poll: Duration,
-}
-
-fn kube_status(e: kube::Error) -> Status {
-    match &e {
-        kube::Error::Api(s) if s.is_not_found() => Status::not_found(s.message.clone()),
-        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => {
-            Status::already_exists(s.message.clone())
-        }
-        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
-            Status::invalid_argument(s.message.clone())
-        }
-        kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
-        _ => Status::unavailable(format!("kubernetes API: {e}")),
-    }
 }
 
 /// `what` ("pause is", ...) not supported on Kubernetes pool pods (yet).
@@ -480,6 +466,16 @@ impl Scheduler for KubeScheduler {
             .map(pool_to_pb)
             .collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    /// Pool status lives in the Pool CRD here; E2B readyCmd reports do not reach it.
+    async fn report_pool_ready(
+        &self,
+        _: Request<pb::PoolReadyReport>,
+    ) -> Result<Response<pb::PoolReadyReportResponse>, Status> {
+        Err(not_in_kubernetes_mode(
+            "a pool readiness report (E2B readyCmd) is",
+        ))
     }
 
     async fn delete_pool(

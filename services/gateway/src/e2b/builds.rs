@@ -560,9 +560,17 @@ fn build_pool(rec: &BuildRecord, image: &str, start_cmd: Option<&str>) -> pb::Po
                 memory: templates::memory_quantity(rec.memory_mb),
                 pids: 0,
             }),
-            labels: BTreeMap::from([("sandpool.dev/template-build".into(), rec.build_id.clone())])
-                .into_iter()
-                .collect(),
+            // E2B runs the startCmd or nothing, never the image's own
+            // Entrypoint/Cmd
+            labels: BTreeMap::from([
+                ("sandpool.dev/template-build".into(), rec.build_id.clone()),
+                (
+                    sandpool_core::start::IMAGE_COMMAND_LABEL.into(),
+                    sandpool_core::start::IMAGE_COMMAND_NONE.into(),
+                ),
+            ])
+            .into_iter()
+            .collect(),
             ..Default::default()
         }),
         capacity: Some(pb::CapacitySpec {

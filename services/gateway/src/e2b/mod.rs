@@ -472,9 +472,10 @@ async fn wait_template_ready(gw: &Gateway, c: &pb::Claim) -> std::result::Result
     let (Some(cmd), Some(sb)) = (ready::ready_cmd(&pool), c.sandbox.as_ref()) else {
         return Ok(());
     };
-    ready::wait(sb, &cmd, ready::CREATE_READY_BOUND)
-        .await
-        .map_err(|e| ApiError::BadGateway(format!("template {}: {e}", c.pool)))
+    let waited = ready::wait(sb, &cmd, ready::CREATE_READY_BOUND).await;
+    gw.report_pool_ready(&c.pool, waited.as_ref().map(|_| ()).map_err(String::as_str))
+        .await;
+    waited.map_err(|e| ApiError::BadGateway(format!("template {}: {e}", c.pool)))
 }
 
 async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {

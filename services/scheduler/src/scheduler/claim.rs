@@ -165,12 +165,12 @@ impl Scheduler {
             Ok(up) => up,
             Err(e) => return Err(reservation.fail(e).await),
         };
-        // Inject the entrypoint (request's, else the template's default),
-        // while the claim record is written durably in parallel.
+        // Inject the entrypoint (request's, else the template's default,
+        // else the image's Entrypoint ++ Cmd), while the claim record is
+        // written durably in parallel.
         let mut process = req.process.clone().unwrap_or_default();
-        if process.argv.is_empty() {
-            process.argv = template.command.clone();
-        }
+        process.argv =
+            sandpool_core::start::start_argv(&process.argv, &template.command, &info.image_command);
         let now = now_ms();
         let mut rec = ClaimRec {
             id: claim_id.clone(),

@@ -27,7 +27,7 @@ use std::{
 
 use parking_lot::{Mutex, MutexGuard};
 use sandpool_core::{
-    pool::{ImagePhase, PoolCounts, WarmSet},
+    pool::{ImagePhase, PoolCounts, ReadyCheck, WarmSet},
     refill::{ClaimRate, CpuSampler, CreateTime},
 };
 use sandpool_proto::{
@@ -71,6 +71,8 @@ struct PoolEntry {
     last_error: Option<(Instant, String)>,
     /// The pool's image on the nodes (asked for before its first create).
     image: ImagePhase,
+    /// Whether its sandboxes become ready (a gateway's readyCmd reports).
+    ready: ReadyCheck,
     /// Its recent claims: the buffer follows their rate.
     demand: ClaimRate,
 }
@@ -84,6 +86,7 @@ impl PoolEntry {
             allocated: 0,
             last_error: None,
             image: ImagePhase::Pending,
+            ready: ReadyCheck::default(),
             demand: ClaimRate::default(),
         }
     }

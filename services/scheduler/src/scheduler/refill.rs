@@ -12,7 +12,7 @@ use sandpool_core::{
 };
 use sandpool_proto::v1 as pb;
 
-use super::{PoolEntry, PoolRec, Scheduler, State, new_sandbox_id, template_to_pb};
+use super::{PoolEntry, PoolRec, Scheduler, State, new_sandbox_id, now_ms, template_to_pb};
 use crate::{
     error::{Result, SchedError},
     store::Table,
@@ -104,6 +104,10 @@ impl Scheduler {
                     if p.rec.template.image != rec.template.image {
                         p.image = ImagePhase::Pending;
                     }
+                    if p.rec.template != rec.template {
+                        // a new template's sandboxes have not failed yet
+                        p.ready = Default::default();
+                    }
                     p.rec = rec.clone();
                 }
                 None => {
@@ -123,6 +127,7 @@ impl Scheduler {
             .get(name)
             .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
         let c = p.counts();
+        let (ready_failure, ready_failure_unix_ms) = p.ready.failure().unwrap_or_default();
         Ok((
             p.rec.clone(),
             pb::PoolStatus {
@@ -135,8 +140,29 @@ impl Scheduler {
                     ("", Some((_, e))) => e.clone(),
                     (m, _) => m.to_string(),
                 },
+                ready_failure: ready_failure.to_string(),
+                ready_failure_unix_ms,
             },
         ))
+    }
+
+    /// A gateway's report on whether a sandbox of pool `name` became ready
+    /// (its readyCmd): a failure shows in the pool's status until a later
+    /// success clears it.
+    pub fn report_pool_ready(&self, name: &str, ready: bool, message: &str) -> Result<()> {
+        let mut st = self.lock();
+        let p = st
+            .pools
+            .get_mut(name)
+            .ok_or_else(|| SchedError::PoolNotFound(name.to_string()))?;
+        if !ready {
+            tracing::warn!(
+                pool = name,
+                message,
+                "a sandbox of the pool did not become ready"
+            );
+        }
+        Ok(p.ready.report(ready, message, now_ms())?)
     }
 
     pub fn pools(&self) -> Vec<String> {

@@ -176,7 +176,15 @@ fn a_ready_build_is_a_pool_with_its_command_and_resources() {
     let r = t.resources.unwrap();
     assert_eq!((r.cpu.as_str(), r.memory.as_str()), ("2", "512Mi"));
     let none = build_pool(&record(Status::Ready), "img:1", None);
-    assert!(none.template.unwrap().command.is_empty());
+    let none = none.template.unwrap();
+    assert!(none.command.is_empty());
+    // E2B: no startCmd, no process: the image's Entrypoint/Cmd stay off
+    assert_eq!(
+        none.labels
+            .get(sandpool_core::start::IMAGE_COMMAND_LABEL)
+            .map(String::as_str),
+        Some(sandpool_core::start::IMAGE_COMMAND_NONE)
+    );
 }
 
 #[test]
