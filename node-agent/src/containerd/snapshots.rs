@@ -241,6 +241,10 @@ impl Ctr {
     }
 
     /// Active (non-committed) snapshot keys: one per sandbox, plus any residue.
+    /// An image unpack's snapshot (`extract-…`) is listed only once it is
+    /// older than [`UNPACK_GRACE`]: unpacks (registry pulls for a create, a
+    /// pool or the CLI) run outside the agent's locks, and the sweep must not
+    /// take the snapshot a running unpack is writing.
     pub async fn list_active_snapshots(&self) -> Result<Vec<String>> {
         let mut s = self
             .client
@@ -256,7 +260,7 @@ impl Ctr {
         while let Some(r) = s.next().await {
             for info in r.or_fail("list snapshots")?.info {
                 // kind 2 = active (prepared), 3 = committed
-                if info.kind == 2 {
+                if info.kind == 2 && !unpack_in_grace(&info.name, info.created_at.as_ref()) {
                     out.push(info.name);
                 }
             }
@@ -336,5 +340,49 @@ mod tests {
         ] {
             assert_eq!(stale_snapshot_dir(&bad), None, "{bad}");
         }
+    }
+}
+
+/// How long an image unpack's active snapshot is taken to belong to a running
+/// unpack (the sweep leaves it alone).
+pub const UNPACK_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `key` is an image unpack's snapshot made less than
+/// [`UNPACK_GRACE`] ago (or at an unknown time).
+fn unpack_in_grace(key: &str, created: Option<&prost_types::Timestamp>) -> bool {
+    if !key.starts_with("extract-") {
+        return false;
+    }
+    let Some(t) = created else { return true };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(i64::MAX);
+    now.saturating_sub(t.seconds) < UNPACK_GRACE.as_secs() as i64
+}
+
+#[cfg(test)]
+mod unpack_grace_tests {
+    use super::*;
+
+    fn ago(secs: i64) -> prost_types::Timestamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        prost_types::Timestamp {
+            seconds: now - secs,
+            nanos: 0,
+        }
+    }
+
+    #[test]
+    fn a_running_unpacks_snapshot_is_not_residue_but_an_old_one_is() {
+        let key = "extract-0123 sha256:abc";
+        assert!(unpack_in_grace(key, Some(&ago(5))));
+        assert!(unpack_in_grace(key, None));
+        assert!(!unpack_in_grace(key, Some(&ago(2 * 3600))));
+        // a sandbox's snapshot is never in grace: the sweep decides by owner
+        assert!(!unpack_in_grace("sb-1", Some(&ago(5))));
     }
 }
