@@ -153,7 +153,9 @@ pub fn seccomp_profile() -> Value {
     })
 }
 
-const CAPS: &[&str] = &[
+/// containerd's default capability set for a container (what a sandbox's
+/// root keeps; the CRI test kit gives its containers the same).
+pub(crate) const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",

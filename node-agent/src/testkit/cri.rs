@@ -76,23 +76,8 @@ fn cri_id() -> String {
     )
 }
 
-/// The default capabilities containerd gives a container.
-const CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+// the default capabilities containerd gives a container, as a sandbox has
+use crate::spec::CAPS;
 
 /// A runtime spec for a pod's container: `args` as root, the given
 /// namespaces (joined when they carry a path) and annotations.
