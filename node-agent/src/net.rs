@@ -89,43 +89,20 @@ impl NetConfig {
             "-j",
             "ACCEPT",
         ])?;
+        let accept = |proto: &str, port: u16| {
+            let port = port.to_string();
+            iptables(&["-A", &chain, "-p", proto, "--dport", &port, "-j", "ACCEPT"])
+        };
         for port in &self.allow_host_ports {
-            iptables(&[
-                "-A",
-                &chain,
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "ACCEPT",
-            ])?;
+            accept("tcp", *port)?;
         }
         if self.dns_proxy_port != 0 {
             // the DNS proxy answers registered sandboxes only
-            iptables(&[
-                "-A",
-                &chain,
-                "-p",
-                "udp",
-                "--dport",
-                &self.dns_proxy_port.to_string(),
-                "-j",
-                "ACCEPT",
-            ])?;
+            accept("udp", self.dns_proxy_port)?;
         }
         if self.cred_proxy_port != 0 {
             // the credential proxy serves sandboxes with a vault only
-            iptables(&[
-                "-A",
-                &chain,
-                "-p",
-                "tcp",
-                "--dport",
-                &self.cred_proxy_port.to_string(),
-                "-j",
-                "ACCEPT",
-            ])?;
+            accept("tcp", self.cred_proxy_port)?;
         }
         iptables(&[
             "-A",
