@@ -4,7 +4,8 @@
 # debootstrap, iproute2, iptables; OpenSSL headers for the registry client's
 # TLS; and, for the image-pull tests, a loopback registry (docker-registry),
 # skopeo, umoci, htpasswd and openssl (test certificates); buildah for E2B template builds and the chart image (with binutils, util-linux's
-# nsenter and curl for its check). Sourced by run.sh and test.sh; exports PROTOC.
+# nsenter and curl for its check); redis-server for the opensandbox SDK's
+# client-side pool test. Sourced by run.sh and test.sh; exports PROTOC.
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
@@ -27,6 +28,8 @@ command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+# the opensandbox SDK's client-side pool keeps its state in Redis (its test)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # the chart image check (scripts/chart-image.sh, check-chart-image.py)
 command -v readelf >/dev/null 2>&1 || need+=(binutils)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
