@@ -12,7 +12,8 @@ use super::Agent;
 /// How often logs are checked against their cap.
 pub(super) const CHECK_EVERY: Duration = Duration::from_millis(200);
 
-/// The marker a truncated log starts with.
+/// The marker a truncated log holds: at its start, unless the shim, which
+/// keeps appending, wrote between the truncation and the marker.
 pub const TRUNCATED: &str = "[sandpool: log truncated at its size cap]\n";
 
 impl Agent {
