@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod churn_bench;
 pub mod platform;
+pub mod plot;
 pub mod recycle_bench;
 
 /// Summary of a sample: microseconds from [`summarize`], the input unit from [`summarize_values`].

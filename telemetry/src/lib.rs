@@ -78,6 +78,18 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
     init_with_level(service_name, None)
 }
 
+/// Span events the log shows: `SANDPOOL_LOG_SPANS=close` logs each span as
+/// it closes with its busy and idle time (where a request's time goes),
+/// `full` also its start; unset or anything else, none.
+fn span_events(setting: Option<&str>) -> tracing_subscriber::fmt::format::FmtSpan {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    match setting {
+        Some("close") => FmtSpan::CLOSE,
+        Some("full") => FmtSpan::NEW | FmtSpan::CLOSE,
+        _ => FmtSpan::NONE,
+    }
+}
+
 /// [`init`] with a default log filter (`RUST_LOG` still wins when set).
 pub fn init_with_level(
     service_name: &str,
@@ -91,7 +103,10 @@ pub fn init_with_level(
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_span_events(span_events(
+            std::env::var("SANDPOOL_LOG_SPANS").ok().as_deref(),
+        ));
 
     let provider = if otlp_requested(|k| std::env::var(k).ok()) {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -209,6 +224,15 @@ pub fn grpc_server_span(req: &http::Request<()>) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::fmt::format::FmtSpan;
+
+    #[test]
+    fn span_events_follow_sandpool_log_spans() {
+        assert_eq!(span_events(None), FmtSpan::NONE);
+        assert_eq!(span_events(Some("close")), FmtSpan::CLOSE);
+        assert_eq!(span_events(Some("full")), FmtSpan::NEW | FmtSpan::CLOSE);
+        assert_eq!(span_events(Some("yes")), FmtSpan::NONE);
+    }
 
     #[test]
     fn otlp_is_off_by_default_and_on_with_endpoint() {

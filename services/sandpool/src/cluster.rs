@@ -292,12 +292,14 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
+    // No Nagle on accepted connections: a unary response goes out as two
+    // writes (headers + message, then trailers), and with Nagle the trailers
+    // wait for the peer's delayed ACK, ~40 ms on every call
+    // (`Server::tcp_nodelay` does not reach streams passed in).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     server
         .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
