@@ -58,7 +58,34 @@ pub const CODE_INTERPRETER_ENTRYPOINT: &str = "/opt/code-interpreter/code-interp
 /// matplotlib stays below 3.11, which removed `boxplot(labels=...)` (renamed
 /// `tick_labels` in 3.9): code written for E2B's and OpenSandbox's
 /// interpreter images, whose matplotlib predates the removal, still runs.
-pub const CODE_INTERPRETER_PIP: &[&str] = &["ipykernel", "numpy", "pandas", "matplotlib<3.11"];
+/// `deno` (PyPI's redistribution of the Deno binary) is the JavaScript and
+/// TypeScript kernel (`deno jupyter`), `jjava` the Java kernel (JShell).
+pub const CODE_INTERPRETER_PIP: &[&str] = &[
+    "ipykernel",
+    "numpy",
+    "pandas",
+    "matplotlib<3.11",
+    "deno",
+    "jjava",
+];
+
+/// Debian packages of the code-interpreter image beyond the python
+/// image's: pip, R with its Jupyter kernel (IRkernel), and the JDK whose
+/// JShell the Java kernel runs.
+pub const CODE_INTERPRETER_PACKAGES: &[&str] = &[
+    "python3-pip",
+    "r-base-core",
+    "r-cran-irkernel",
+    "default-jdk-headless",
+];
+
+/// The JavaScript/TypeScript kernelspec the code-interpreter image gets
+/// (named `javascript`, as E2B's): Deno's kernel, without colours, update
+/// checks or permission prompts (it runs with every permission, as
+/// `deno jupyter` does).
+const DENO_KERNELSPEC: &str = r#"{"argv": ["/usr/local/bin/deno", "jupyter", "--kernel", "--conn", "{connection_file}"], "display_name": "JavaScript and TypeScript (Deno)", "language": "typescript", "env": {"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", "DENO_NO_PROMPT": "1"}}
+"#;
+const DENO_KERNELSPEC_PATH: &str = "/usr/local/share/jupyter/kernels/javascript/kernel.json";
 
 /// A single-layer OCI image ready to import.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -102,11 +129,11 @@ const PYTHON_ENV: &[&str] = &[
 const BUSYBOX_ENV: &[&str] = &["PATH=/bin"];
 
 /// The Debian packages of a debootstrapped builtin image: the python
-/// image's, plus pip for the code-interpreter image's PyPI packages.
+/// image's, plus the code-interpreter image's own.
 fn debian_packages(name: &str) -> Vec<&'static str> {
     let mut p = PYTHON_PACKAGES.to_vec();
     if name == CODE_INTERPRETER {
-        p.push("python3-pip");
+        p.extend_from_slice(CODE_INTERPRETER_PACKAGES);
     }
     p
 }
@@ -145,7 +172,7 @@ pub fn recipe(name: &str) -> Option<String> {
             PYTHON_ENV.join(" ")
         )),
         CODE_INTERPRETER => Some(format!(
-            "format {FORMAT}\ndebootstrap minbase {}\npip {}\nentrypoint {CODE_INTERPRETER_ENTRYPOINT}\n{user} no-sudoers-grant\nenv {}\n",
+            "format {FORMAT}\ndebootstrap minbase {}\npip {}\nkernelspec {DENO_KERNELSPEC_PATH} {DENO_KERNELSPEC}entrypoint {CODE_INTERPRETER_ENTRYPOINT}\n{user} no-sudoers-grant\nenv {}\n",
             debian_packages(name).join(","),
             CODE_INTERPRETER_PIP.join(" "),
             PYTHON_ENV.join(" ")
@@ -471,7 +498,8 @@ fn debian_rootfs(name: &str, dir: &Path) -> Result<()> {
 /// The code-interpreter image on top of Debian + python3 + pip: its PyPI
 /// packages (pip in a chroot of the new root, with the host's DNS config and
 /// CA bundle for the download only: a host behind a TLS-inspecting proxy
-/// trusts its CA, the image keeps Debian's) and upstream's entrypoint path.
+/// trusts its CA, the image keeps Debian's), Deno's kernelspec and
+/// upstream's entrypoint path.
 fn code_interpreter_extras(root: &Path) -> Result<()> {
     const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
     const BUILD_CA: &str = "/tmp/sandpool-build-ca.crt";
@@ -511,7 +539,12 @@ fn code_interpreter_extras(root: &Path) -> Result<()> {
         )));
     }
     let script = root.join(CODE_INTERPRETER_ENTRYPOINT.trim_start_matches('/'));
+    let spec = root.join(DENO_KERNELSPEC_PATH.trim_start_matches('/'));
     let write = || -> io::Result<()> {
+        if let Some(dir) = spec.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&spec, DENO_KERNELSPEC)?;
         if let Some(dir) = script.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -637,7 +670,17 @@ mod tests {
         assert!(r.contains(CODE_INTERPRETER_ENTRYPOINT), "{r}");
         assert_ne!(recipe_key(CODE_INTERPRETER), recipe_key(PYTHON));
         let args = debootstrap_args_for(CODE_INTERPRETER, "bookworm", Path::new("/r"), "http://m");
-        assert!(args[1].ends_with(",python3-pip"), "{args:?}");
+        assert!(
+            args[1].ends_with(",python3-pip,r-base-core,r-cran-irkernel,default-jdk-headless"),
+            "{args:?}"
+        );
+        // the kernels of E2B's languages: Deno (JavaScript, TypeScript), R, Java
+        assert!(
+            r.contains(" deno jjava\n") && r.contains(DENO_KERNELSPEC),
+            "{r}"
+        );
+        assert!(DENO_KERNELSPEC.contains("\"{connection_file}\""));
+        serde_json::from_str::<serde_json::Value>(DENO_KERNELSPEC).expect("a JSON kernelspec");
         assert!(!debootstrap_args("bookworm", Path::new("/r"), "http://m")[1].contains("pip"));
     }
 

@@ -356,8 +356,9 @@ async fn a_bang_line_runs_a_shell_command() {
 }
 
 /// `language: "bash"` runs the code in bash, with the execution's env vars
-/// (for that execution only); a bash context is listed as such; other
-/// languages stay a 400 naming the language.
+/// (for that execution only); a bash context is listed as such; a language
+/// without its kernel here is upstream's 500 naming the language (and those
+/// that run here); a run naming both a context and a language is a 400.
 #[tokio::test]
 async fn bash_code_runs_in_bash_with_the_executions_env() {
     let (base, _d) = serve().await;
@@ -377,11 +378,23 @@ async fn bash_code_runs_in_bash_with_the_executions_env() {
     let r = c
         .post(format!("{base}/execute"))
         .header("x-access-token", TOKEN)
-        .json(&json!({"code": "1", "language": "r"}))
+        .json(&json!({"code": "1", "language": "R"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let v: Value = r.json().await.unwrap();
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("\"r\"") && msg.contains("python"), "{v}");
+    let r = create(&c, &base, json!({"language": "cobol"})).await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let both = json!({"code": "1", "language": "python", "context_id": ctx["id"]});
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", TOKEN)
+        .json(&both)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let v: Value = r.json().await.unwrap();
-    assert!(v["error"].as_str().unwrap().contains("\"r\""), "{v}");
 }

@@ -1,6 +1,7 @@
 # sandpool code-interpreter bridge: one process per context, driving a real
-# Jupyter kernel (ipykernel, through jupyter_client) when this Python has
-# both; otherwise it runs the plain driver given as argv[1] instead.
+# Jupyter kernel (through jupyter_client) for the context's language when this
+# Python has jupyter_client and the kernel is installed; a Python context
+# without them runs the plain driver given as argv[1] instead.
 # Reads one JSON request per line on stdin ({"code", "language", "env"}) and
 # writes JSON lines to stdout:
 #   {"type": "stdout"|"stderr", "text": ...}
@@ -9,22 +10,34 @@
 #   {"type": "error", "name": ..., "value": ..., "traceback": [line, ...]}
 #   {"type": "end", "execution_count": n}
 # Bash code runs in one long-lived bash beside the kernel (no bash kernel is
-# installed), whose variables and working directory persist.
+# installed), whose variables and working directory persist; a bash context
+# starts no kernel at all.
 # SIGINT interrupts the running cell: a kernel interrupt (KeyboardInterrupt
 # in the kernel), or SIGINT to the bash cell's processes.
 # argv[2], when not empty, is Python run once in the kernel when it starts
-# (e2b_kernel.py in E2B contexts), in its own namespace, silently.
+# (e2b_kernel.py in E2B Python contexts), in its own namespace, silently.
+# argv[3] is the context's language (python, bash, javascript, typescript,
+# r, java; default python), argv[4] the sandbox-level environment variables
+# as a JSON object (a Java kernel gets them as system properties, as E2B's).
 import json, os, queue, selectors, signal, subprocess, shutil, sys
 
 # an interrupt before a cell runs (e.g. while the kernel starts) is a no-op
 signal.signal(signal.SIGINT, lambda signum, frame: None)
 
+_language = (sys.argv[3] if len(sys.argv) > 3 else "") or "python"
+try:
+    _globals = {str(k): str(v) for k, v in json.loads(sys.argv[4]).items()}
+except (IndexError, ValueError, AttributeError):
+    _globals = {}
+# the Jupyter kernel (its kernelspec name) of each language; bash has none
+_KERNELS = {"python": "python3", "javascript": "javascript", "typescript": "javascript", "r": "ir", "java": "java"}
 try:
     import importlib.util
     from jupyter_client.manager import start_new_kernel
-    _jupyter = importlib.util.find_spec("ipykernel") is not None  # the kernel started below
+    # the kernel started below: ipykernel for Python, a kernelspec otherwise
+    _jupyter = _language == "bash" or (importlib.util.find_spec("ipykernel") is not None if _language == "python" else True)
 except ImportError:
-    _jupyter = False
+    _jupyter = _language == "bash"
 if not _jupyter:
     _driver = sys.argv[1] if len(sys.argv) > 1 else ""
     del sys.argv[1:]
@@ -43,7 +56,14 @@ def _emit(obj):
     _out.flush()
 
 
-_km, _kc = start_new_kernel(kernel_name="python3", stderr=_null, stdout=_null)
+if _language == "bash":
+    _km = _kc = None
+else:
+    try:
+        _km, _kc = start_new_kernel(kernel_name=_KERNELS.get(_language, _language), stderr=_null, stdout=_null)
+    except Exception as e:  # noqa: BLE001 - every cell then says why
+        _km = _kc = None
+        _no_kernel = "the %s kernel did not start: %s" % (_language, e)
 _running = None  # "kernel" or a bash Popen while a cell runs
 _count = 0
 
@@ -197,13 +217,49 @@ def _run_bash(code):
         _emit({"type": "error", "name": "BashExited", "value": "bash exited; the next bash cell starts a new one", "traceback": []})
 
 
+def _set_code(env):
+    """Kernel code setting `env` (name -> value) as the language has it:
+    the process environment, or, in Java, system properties (as E2B's)."""
+    q = json.dumps
+    if _language == "python":
+        return "import os as __sp_os\n__sp_os.environ.update(%s)\ndel __sp_os" % q(env)
+    if _language in ("javascript", "typescript"):
+        return "\n".join("process.env[%s] = %s;" % (q(k), q(v)) for k, v in env.items())
+    if _language == "r":
+        return "\n".join("invisible(do.call(Sys.setenv, setNames(list(%s), %s)))" % (q(v), q(k)) for k, v in env.items())
+    if _language == "java":
+        return "\n".join("System.setProperty(%s, %s);" % (q(k), q(v)) for k, v in env.items())
+    return ""
+
+
+def _unset_code(names):
+    """Kernel code removing the variables `names`."""
+    q = json.dumps
+    if _language == "python":
+        return "import os as __sp_os\nfor __sp_k in %s: __sp_os.environ.pop(__sp_k, None)\ndel __sp_os" % q(names)
+    if _language in ("javascript", "typescript"):
+        return "\n".join("delete process.env[%s];" % q(k) for k in names)
+    if _language == "r":
+        return "\n".join("invisible(Sys.unsetenv(%s))" % q(k) for k in names)
+    if _language == "java":
+        return "\n".join("System.clearProperty(%s);" % q(k) for k in names)
+    return ""
+
+
+def _in_kernel(code):
+    if _kc is not None and code:
+        _run_kernel(code, silent=True)
+
+
 def _set_env(env):
-    """Set `env` in the kernel (and here, for bash); returns the old values."""
+    """Set `env` in the kernel (and here, for bash); returns the old values:
+    the sandbox-level ones (a Java kernel's properties) or this process's."""
     if not env:
         return {}
-    old = {k: os.environ.get(k) for k in env}
+    base = _globals if _language == "java" else os.environ
+    old = {k: base.get(k) for k in env}
     os.environ.update(env)
-    _run_kernel("import os as __sp_os\n__sp_os.environ.update(%s)\ndel __sp_os" % json.dumps(env), silent=True)
+    _in_kernel(_set_code(env))
     return old
 
 
@@ -215,13 +271,14 @@ def _restore_env(old):
     for k in drop:
         os.environ.pop(k, None)
     os.environ.update(keep)
-    code = "import os as __sp_os\n__sp_os.environ.update(%s)\nfor __sp_k in %s: __sp_os.environ.pop(__sp_k, None)\ndel __sp_os" % (json.dumps(keep), json.dumps(drop))
-    _run_kernel(code, silent=True)
+    _in_kernel("\n".join(c for c in (_set_code(keep) if keep else "", _unset_code(drop) if drop else "") if c))
 
 
-if _startup:
+if _startup and _kc is not None and _language == "python":
     _run_kernel("exec(compile(%r, '<sandpool-startup>', 'exec'), {'__name__': '__sandpool_startup__'})" % _startup, silent=True)
-    del _startup
+del _startup
+if _language == "java" and _globals:
+    _in_kernel(_set_code(_globals))
 
 for line in os.fdopen(0, "r"):
     try:
@@ -229,6 +286,10 @@ for line in os.fdopen(0, "r"):
     except ValueError:
         continue
     env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+    if req.get("language") != "bash" and _kc is None:
+        _emit({"type": "error", "name": "KernelError", "value": _no_kernel, "traceback": []})
+        _emit({"type": "end", "execution_count": _count})
+        continue
     old = _set_env(env)
     if req.get("language") == "bash":
         _count += 1

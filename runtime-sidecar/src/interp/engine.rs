@@ -1,10 +1,12 @@
 //! The engine behind both code interpreters (E2B's on 49999, execd's
 //! `/code`): one process per context running `bridge.py`. Where the
 //! sandbox's Python has `jupyter_client` and `ipykernel` (the builtin
-//! code-interpreter image) that process drives a real Jupyter kernel, so
-//! results carry whole MIME bundles (text/plain, text/html, image/png, ...);
-//! elsewhere it runs `driver.py` (a plain Python loop: text/plain results
-//! only). Both speak the same JSON lines (see `bridge.py`).
+//! code-interpreter image) that process drives a real Jupyter kernel of the
+//! context's language (Python; JavaScript/TypeScript, R and Java where the
+//! image has their kernelspecs), so results carry whole MIME bundles
+//! (text/plain, text/html, image/png, ...); elsewhere a Python context runs
+//! `driver.py` (a plain Python loop: text/plain results only). Both speak
+//! the same JSON lines (see `bridge.py`).
 //!
 //! An E2B context's kernel also runs `e2b_kernel.py` when it starts: the
 //! formatters behind E2B's `chart` (matplotlib figures, `e2b/chart`) and
@@ -51,6 +53,43 @@ pub struct Kernel {
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
+/// Where Jupyter looks for kernelspecs in an image (system-wide).
+const KERNELSPEC_DIRS: &[&str] = &[
+    "/usr/local/share/jupyter/kernels",
+    "/usr/share/jupyter/kernels",
+];
+
+/// The kernelspec a context of `language` (canonical name) runs, `None`
+/// for bash (a shell beside the kernel) and Python (ipykernel, or the
+/// plain driver where the image has none).
+pub fn kernelspec(language: &str) -> Option<&'static str> {
+    match language {
+        "javascript" | "typescript" => Some("javascript"),
+        "r" => Some("ir"),
+        "java" => Some("java"),
+        _ => None,
+    }
+}
+
+/// Whether this sandbox can run contexts of `language` (canonical name):
+/// Python and bash with a `python3`, the others where the image installed
+/// their Jupyter kernel (the builtin code-interpreter image has them).
+pub fn available(language: &str) -> bool {
+    let spec = match language {
+        "python" | "bash" => return python().is_some(),
+        other => kernelspec(other),
+    };
+    spec.is_some_and(|name| {
+        python().is_some()
+            && KERNELSPEC_DIRS.iter().any(|d| {
+                std::path::Path::new(d)
+                    .join(name)
+                    .join("kernel.json")
+                    .is_file()
+            })
+    })
+}
+
 /// The sandbox's `python3`, if it has one.
 fn python() -> Option<&'static str> {
     ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
@@ -59,12 +98,14 @@ fn python() -> Option<&'static str> {
 }
 
 impl Kernel {
-    /// A context's process in `cwd` (`/` when that is no directory), with
-    /// `env` on top of the runtime's environment, serving `flavour`.
+    /// A context's process for `language` (canonical name) in `cwd` (`/`
+    /// when that is no directory), with the sandbox-level `env` on top of
+    /// the runtime's environment, serving `flavour`.
     pub async fn spawn(
         cwd: &str,
         env: HashMap<String, String>,
         flavour: Flavour,
+        language: &str,
     ) -> Result<Kernel, String> {
         let py = python().ok_or(
             "python3 is not installed in this sandbox (use a Python image, e.g. the `code-interpreter` builtin)",
@@ -74,9 +115,11 @@ impl Kernel {
         } else {
             "/"
         };
+        let globals = serde_json::to_string(&env).unwrap_or_else(|_| "{}".into());
         let mut child = tokio::process::Command::new(py)
             .args(["-u", "-c", BRIDGE])
             .args(flavour.startup_args())
+            .args([language, globals.as_str()])
             .envs(env)
             .current_dir(dir)
             .stdin(Stdio::piped())

@@ -135,7 +135,7 @@ async fn start_context(st: &AppState, language: &str, cwd: Option<&str>) -> Resu
         None => st.cfg.home(),
     };
     let env = st.sandbox_env.lock().clone();
-    let kernel = Kernel::spawn(&cwd, env, engine::Flavour::Execd)
+    let kernel = Kernel::spawn(&cwd, env, engine::Flavour::Execd, language)
         .await
         .map_err(RuntimeError::Internal)?;
     Ok(CodeContext {

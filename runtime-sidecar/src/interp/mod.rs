@@ -1,9 +1,11 @@
 //! A code interpreter compatible with `e2b-code-interpreter` (port 49999):
 //! `POST /execute` streams JSON lines (stdout, stderr, result, error,
-//! keepalive, number_of_executions); `/contexts` manages contexts, a default
-//! Python one from the start. Each context is one process of the
-//! [`engine`] (a Jupyter kernel where the image has one) whose state
-//! persists between calls.
+//! keepalive, number_of_executions); `/contexts` manages contexts. As
+//! upstream's, a default Python and (where the image has its kernel) a
+//! default JavaScript context exist from the start, and a run that names a
+//! language uses (or makes) that language's default context. Each context is
+//! one process of the [`engine`] (a Jupyter kernel for its language where the
+//! image has one) whose state persists between calls.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -51,17 +53,28 @@ pub struct InterpState {
     /// The id of the default Python context, which exists from the start
     /// (as upstream's) and is what `/execute` uses when it names no context.
     default_id: Arc<str>,
+    /// The default context of each language (by canonical name), used by a
+    /// run that names a language and no context.
+    defaults: Arc<SyncMutex<HashMap<String, String>>>,
 }
 
 impl InterpState {
     pub fn new(app: AppState) -> Self {
         let default = new_context(None, "python", DEFAULT_CWD);
         let default_id: Arc<str> = default.id.as_str().into();
-        let contexts = HashMap::from([(default.id.clone(), default)]);
+        let mut defaults = HashMap::from([("python".to_string(), default.id.clone())]);
+        let mut contexts = HashMap::from([(default.id.clone(), default)]);
+        // upstream starts a JavaScript context beside the Python one
+        if engine::available("javascript") {
+            let js = new_context(None, "javascript", DEFAULT_CWD);
+            defaults.insert("javascript".into(), js.id.clone());
+            contexts.insert(js.id.clone(), js);
+        }
         InterpState {
             app,
             contexts: Arc::new(SyncMutex::new(contexts)),
             default_id,
+            defaults: Arc::new(SyncMutex::new(defaults)),
         }
     }
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Context>>> {
@@ -130,28 +143,59 @@ fn context_json(c: &Context) -> Value {
     json!({"id": c.id, "language": c.language, "cwd": c.cwd})
 }
 
-/// The language a request names, by its canonical name (none: Python), or
-/// the 400 to answer. Bash code runs in a shell started by the context's
-/// process for each execution (shell variables do not persist; the
-/// working directory and environment variables are the context's).
-fn language(lang: &str) -> Result<&'static str, Refusal> {
-    match lang {
-        "python" | "python3" | "" => Ok("python"),
-        "bash" | "sh" => Ok("bash"),
-        other => Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("language {other:?} is not supported (python and bash only)"),
-        )),
+/// Every language a context can have, by canonical name.
+const LANGUAGES: &[&str] = &["python", "javascript", "typescript", "r", "java", "bash"];
+
+/// A language's canonical name, as upstream normalizes it (case and
+/// spaces ignored, `js` and `ts` the short names; none is Python).
+fn canonical(lang: &str) -> String {
+    match lang.trim().to_lowercase().as_str() {
+        "" | "python3" => "python".into(),
+        "js" => "javascript".into(),
+        "ts" => "typescript".into(),
+        "sh" => "bash".into(),
+        other => other.into(),
     }
 }
 
-/// The parts of an `/execute` request: the code, its context (the default
-/// Python one when none is named), the environment variables to set and the
-/// language (the request's, else the context's).
+/// The language a request names, by its canonical name (none: Python), or
+/// the 500 upstream answers when no kernel of that language can start. Bash
+/// code runs in a long-lived shell of the context's process.
+fn language(lang: &str) -> Result<&'static str, Refusal> {
+    let name = canonical(lang);
+    let Some(known) = LANGUAGES.iter().copied().find(|l| *l == name) else {
+        return Err(not_available(&name));
+    };
+    if engine::available(known) {
+        Ok(known)
+    } else {
+        Err(not_available(known))
+    }
+}
+
+/// The refusal of a language this sandbox cannot run, naming those it can.
+fn not_available(lang: &str) -> Refusal {
+    let here: Vec<&str> = LANGUAGES
+        .iter()
+        .copied()
+        .filter(|l| engine::available(l))
+        .collect();
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "Failed to create context: no kernel for language {lang:?} in this sandbox (available here: {})",
+            here.join(", ")
+        ),
+    )
+}
+
+/// The parts of an `/execute` request: the code, its context (the one it
+/// names, else the default context of the language it names, else the
+/// default Python one) and the environment variables to set.
 async fn execute_request(
     st: &InterpState,
     body: Body,
-) -> Result<(String, Arc<Context>, Value, String), Refusal> {
+) -> Result<(String, Arc<Context>, Value), Refusal> {
     let v: Value = axum::body::to_bytes(body, st.app.cfg.max_json_bytes)
         .await
         .ok()
@@ -161,24 +205,49 @@ async fn execute_request(
         return Err(err(StatusCode::BAD_REQUEST, "code is required"));
     };
     let asked = v["language"].as_str().filter(|l| !l.is_empty());
-    let lang = asked.map(language).transpose()?;
+    let named = v["context_id"].as_str().filter(|s| !s.is_empty());
+    if asked.is_some() && named.is_some() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "Only one of context_id or language can be provided",
+        ));
+    }
     let env = v["env_vars"].clone();
     limits::check_env(&env)?;
-    let ctx = match v["context_id"].as_str().filter(|s| !s.is_empty()) {
-        Some(id) => st
+    let ctx = match (named, asked) {
+        (Some(id), _) => st
             .lock()
             .get(id)
             .cloned()
             .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("context {id} not found")))?,
+        (None, Some(lang)) => default_context(st, language(lang)?)?,
         // (made again, with its id, if it was deleted)
-        None => st
+        (None, None) => st
             .lock()
             .entry(st.default_id.to_string())
             .or_insert_with(|| new_context(Some(&st.default_id), "python", DEFAULT_CWD))
             .clone(),
     };
-    let lang = lang.map_or_else(|| ctx.language.clone(), str::to_string);
-    Ok((code, ctx, env, lang))
+    Ok((code, ctx, env))
+}
+
+/// The default context of `lang` (in the user's home), made if there is
+/// none (or it was deleted); the default Python one keeps its id.
+fn default_context(st: &InterpState, lang: &'static str) -> Result<Arc<Context>, Refusal> {
+    let mut defaults = st.defaults.lock();
+    let mut all = st.lock();
+    if let Some(c) = defaults.get(lang).and_then(|id| all.get(id)) {
+        return Ok(c.clone());
+    }
+    let c = if lang == "python" {
+        new_context(Some(&st.default_id), lang, DEFAULT_CWD)
+    } else {
+        limits::check_room(&all, &st.default_id)?;
+        new_context(None, lang, DEFAULT_CWD)
+    };
+    defaults.insert(lang.to_string(), c.id.clone());
+    all.insert(c.id.clone(), c.clone());
+    Ok(c)
 }
 
 async fn create_context(State(st): State<InterpState>, body: Body) -> Response {
@@ -251,13 +320,13 @@ async fn restart_context(State(st): State<InterpState>, Path(id): Path<String>) 
 /// `POST /execute`: run code in a context (the default Python one when none
 /// is named), streaming JSON lines as the code produces output.
 async fn execute(State(st): State<InterpState>, body: Body) -> Response {
-    let (code, ctx, env, lang) = match execute_request(&st, body).await {
+    let (code, ctx, env) = match execute_request(&st, body).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let env = if env.is_object() { env } else { json!({}) };
-    let req = json!({"code": code, "env": env, "language": lang});
+    let req = json!({"code": code, "env": env, "language": ctx.language});
     tokio::spawn(run_cell(st, ctx, req, tx));
     crate::channel_response(rx, "application/x-ndjson")
 }
@@ -284,7 +353,7 @@ async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Send
     }
     if guard.is_none() {
         let env = st.app.sandbox_env.lock().clone();
-        match Kernel::spawn(&ctx.cwd, env, engine::Flavour::E2b).await {
+        match Kernel::spawn(&ctx.cwd, env, engine::Flavour::E2b, &ctx.language).await {
             Ok(k) => *guard = Some(k),
             Err(e) => {
                 let _ = tx.send(kernel_error(e)).await;
@@ -295,13 +364,13 @@ async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Send
     let Some(k) = guard.as_mut() else { return };
     if !k.send(&req).await {
         guard.take();
-        let msg = "the Python process died; it restarts on the next call";
+        let msg = "the context's process died; it restarts on the next call";
         let _ = tx.send(kernel_error(msg)).await;
         return;
     }
     if !stream_cell(k, &tx).await {
         guard.take();
-        let _ = tx.send(kernel_error("the Python process exited")).await;
+        let _ = tx.send(kernel_error("the context's process exited")).await;
     }
 }
 
@@ -460,6 +529,22 @@ mod tests {
         assert!(e2b.contains("e2b/chart") && e2b.contains("e2b/data"));
         let [_, execd] = engine::Flavour::Execd.startup_args();
         assert!(execd.is_empty());
+    }
+
+    #[test]
+    fn languages_are_named_as_upstream_normalizes_them() {
+        assert_eq!(canonical(""), "python");
+        assert_eq!(canonical(" JS "), "javascript");
+        assert_eq!(canonical("ts"), "typescript");
+        assert_eq!(canonical("R"), "r");
+        assert_eq!(canonical("Java"), "java");
+        assert_eq!(canonical("sh"), "bash");
+        assert_eq!(engine::kernelspec("typescript"), Some("javascript"));
+        assert_eq!(engine::kernelspec("r"), Some("ir"));
+        assert_eq!(engine::kernelspec("python"), None);
+        let Refusal(status, msg) = language("cobol").unwrap_err();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(msg.contains("\"cobol\""), "{msg}");
     }
 
     #[test]
