@@ -32,6 +32,8 @@ use crate::pods::{self, controller_ref};
 
 pub mod pause;
 pub mod phase;
+pub mod release;
+pub mod shards;
 
 /// How many times one reconcile re-lists the pool after losing races.
 const ALLOCATION_ROUNDS: usize = 3;
@@ -107,8 +109,12 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         return Ok(action);
     }
     let pod_api: Api<Pod> = ctx.api(ns);
-    let (mine, exhausted) = scale(batch, ctx, &pod_api, ns).await?;
-    let task_states = run_tasks(batch, ctx, &pod_api, &mine).await?;
+    let released = release::Released::of(batch)?;
+    let (mine, exhausted) = scale(batch, ctx, &pod_api, ns, &released).await?;
+    let mut task_states = run_tasks(batch, ctx, &pod_api, &mine, &released).await?;
+    let mine = release::completed(batch, ctx, &pod_api, mine, &task_states).await?;
+    let held: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
+    task_states.extend(released.gone_states(&held));
     let counts = sandpool_core::batch::count_tasks(task_states.iter().copied());
     publish_endpoints(batch, &batches, &mine).await?;
     let want = usize::try_from(batch.spec.replicas).unwrap_or(0);
@@ -145,7 +151,8 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     if let Some(msg) = phase::unsupported(&batch.spec) {
         crate::conditions::failed(ctx, batch, "UnsupportedField", msg).await;
     }
-    let settling = exhausted || ready < want as i32 || counts.running > 0 || counts.unknown > 0;
+    let active = release::target(batch.spec.replicas, &released.shards(), &held);
+    let settling = exhausted || ready < active as i32 || counts.running > 0 || counts.unknown > 0;
     let mut next = if settling {
         ctx.settle
     } else {
@@ -183,6 +190,7 @@ async fn scale(
     ctx: &Context,
     pod_api: &Api<Pod>,
     ns: &str,
+    released: &release::Released,
 ) -> Result<(Vec<Pod>, bool)> {
     let name = batch.name_any();
     let uid = batch.uid().unwrap_or_default();
@@ -196,7 +204,10 @@ async fn scale(
         delete_ignoring_missing(pod_api, &p.name_any()).await?;
     }
     mine.retain(|p| !pods::is_finished(p));
-    let want = usize::try_from(batch.spec.replicas).unwrap_or(0);
+    let gone = released.shards();
+    let mut mine = release::release_pooled(batch, ctx, pod_api, mine, &gone).await?;
+    let held: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
+    let want = release::target(batch.spec.replicas, &gone, &held);
     let mut exhausted = false;
     if mine.len() > want {
         // scale down: highest shards go first
@@ -205,7 +216,7 @@ async fn scale(
             release_pod(ctx, pod_api, &p).await?;
         }
     } else if mine.len() < want {
-        let used: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
+        let used: BTreeSet<usize> = held.union(&gone).copied().collect();
         let shards = free_shards(&used, want - mine.len());
         let got = match &batch.spec.pool_ref {
             Some(pool) => {
@@ -244,6 +255,7 @@ async fn run_tasks(
     ctx: &Context,
     pod_api: &Api<Pod>,
     mine: &[Pod],
+    released: &release::Released,
 ) -> Result<Vec<Option<Option<i32>>>> {
     let mut task_states = Vec::new();
     let Some(tt) = &batch.spec.task_template else {
@@ -255,6 +267,10 @@ async fn run_tasks(
             continue;
         }
         let shard = shard_of(p).unwrap_or(0);
+        if let Some(done) = released.state(shard) {
+            task_states.push(done); // released: its task's recorded end
+            continue;
+        }
         if pods::annotation(p, TASK_ANNOTATION).is_some() {
             task_states.push(ctx.tasks.status(p).await);
             continue;
@@ -402,8 +418,10 @@ async fn create_from_template(
         &name,
         uid,
     );
+    shards::validate(&batch.spec, &name, template)?;
     let mut out = Vec::new();
     for &s in shards {
+        let template = &shards::template(&batch.spec, &name, template, s)?;
         let meta = ObjectMeta {
             name: Some(format!("{name}-{s}")),
             namespace: Some(ns.to_string()),
@@ -428,14 +446,12 @@ async fn create_from_template(
     Ok(out)
 }
 
-/// Give a pod back: stop its task; a pool pod loses its allocation (and is
-/// warm again), a pod created for the batch is deleted.
 /// Release one of a batch's pods: stop its task, then delete it. A used pod
 /// never goes back to its pool, even one the batch took from a pool: its
 /// file system and its runtime token belong to the previous tenant (the
 /// pool controller makes a fresh pod in its place). Upstream returns pooled
 /// pods; docs/compatibility.md says why sandpool does not.
-async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod) -> Result<()> {
+pub(crate) async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod) -> Result<()> {
     if pods::annotation(pod, TASK_ANNOTATION).is_some()
         && let Err(e) = ctx.tasks.stop(pod).await
     {

@@ -459,8 +459,9 @@ pub struct BatchSandboxSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_object_list_schema")]
     pub shard_task_patches: Vec<serde_json::Value>,
-    /// OpenSandbox `shardPatches`: per-shard patches over the pod template.
-    /// Accepted; not honoured yet (an `UnsupportedField` event and condition).
+    /// OpenSandbox `shardPatches`: shard i's pod gets patch i, a strategic
+    /// merge patch over `template` (see `batch::shards`). With `poolRef` it
+    /// is not honoured (an `UnsupportedField` event and condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_value_schema")]
     pub shard_patches: Option<serde_json::Value>,
@@ -469,8 +470,8 @@ pub struct BatchSandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<bool>,
     /// What happens to a sandbox whose task completed: `Retain` (default)
-    /// keeps it until the batch is deleted; `Release` is not honoured yet
-    /// (an `UnsupportedField` event and condition).
+    /// keeps it until the batch is deleted; `Release` releases it once its
+    /// task exited (see `batch::release`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Retain"))]
     pub task_resource_policy_when_completed: Option<TaskResourcePolicy>,

@@ -8,6 +8,7 @@
 //!   bindings that inject them into outbound requests.
 //! * [`busy`]: the guard that marks an id busy while work on it is under way.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
+//! * [`strategic`]: strategic merge patch over a pod (BatchSandbox `shardPatches`).
 //! * [`node_sync`]: what to do when a node's sandbox list and the books disagree.
 //! * [`page`]: paging of ordered lists (ListClaims).
 //! * [`start`]: the process a claim starts (claim, template, image default).
@@ -24,6 +25,7 @@ pub mod page;
 pub mod pool;
 pub mod refill;
 pub mod start;
+pub mod strategic;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CoreError {

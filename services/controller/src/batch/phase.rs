@@ -1,9 +1,9 @@
 //! OpenSandbox `BatchSandbox` `status.phase`, and the spec fields sandpool
-//! accepts but does not honour yet (reported, never silently ignored).
+//! accepts but does not honour (reported, never silently ignored).
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::crd::{BatchSandboxPhase, BatchSandboxSpec, TaskResourcePolicy};
+use crate::crd::{BatchSandboxPhase, BatchSandboxSpec};
 
 /// Container waiting reasons that mean the sandbox will not start by itself.
 const STUCK: [&str; 4] = [
@@ -42,22 +42,9 @@ pub fn phase(pods: &[Pod], ready: i32) -> BatchSandboxPhase {
 
 /// The fields of `spec` that are set but not honoured, and why.
 pub fn unsupported(spec: &BatchSandboxSpec) -> Option<String> {
-    let mut fields = Vec::new();
-    if spec
-        .shard_patches
-        .as_ref()
-        .is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        fields.push("spec.shardPatches");
-    }
-    if spec.task_resource_policy_when_completed == Some(TaskResourcePolicy::Release) {
-        fields.push("spec.taskResourcePolicyWhenCompleted Release");
-    }
-    let verb = if fields.len() == 1 { "is" } else { "are" };
-    (!fields.is_empty()).then(|| {
+    super::shards::unsupported(spec).map(|f| {
         format!(
-            "{} {verb} not supported by sandpool in Kubernetes mode yet; the sandboxes run as if unset",
-            fields.join(", ")
+            "{f} is not supported by sandpool in Kubernetes mode; the sandboxes run as if it were unset"
         )
     })
 }
@@ -112,13 +99,20 @@ mod tests {
             None,
             "spec.pause is honoured"
         );
-        let msg = unsupported(&spec(json!({"shardPatches": [{"metadata": {}}],
-            "taskResourcePolicyWhenCompleted": "Release"})))
-        .expect("two");
+        let msg = unsupported(&spec(
+            json!({"poolRef": "p", "shardPatches": [{"metadata": {}}],
+            "taskResourcePolicyWhenCompleted": "Release"}),
+        ))
+        .expect("pooled shard patches");
         assert!(
-            msg.contains("spec.shardPatches")
-                && msg.contains("taskResourcePolicyWhenCompleted Release"),
+            msg.contains("spec.shardPatches with spec.poolRef") && !msg.contains("Release"),
             "{msg}"
+        );
+        assert_eq!(
+            unsupported(&spec(json!({"shardPatches": [{"metadata": {}}],
+                "taskResourcePolicyWhenCompleted": "Release"}))),
+            None,
+            "both are honoured for a batch made from its template"
         );
     }
 }
