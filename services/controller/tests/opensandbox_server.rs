@@ -274,3 +274,345 @@ async fn no_token_annotation_for_several_replicas() {
         "{b}"
     );
 }
+
+// ------------------------------------------------- the real server, unchanged
+
+/// A Python with upstream's server and SDK (`opensandbox-server`,
+/// `opensandbox`): `SANDPOOL_OSRV_PYTHON`, else none and the test is
+/// skipped (the server's dependencies are not in the CI image).
+fn server_python() -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from(std::env::var_os("SANDPOOL_OSRV_PYTHON")?);
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import opensandbox_server, opensandbox"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "{} cannot import opensandbox_server", python.display());
+    Some(python)
+}
+
+/// The fake apiserver on a loopback HTTP port.
+async fn serve_http(api: FakeApi) -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let api = api.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, 16 << 20)
+                .await
+                .unwrap_or_default();
+            let req = http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+            let (parts, body) = api.handle(req).await.into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+/// The real task runner (the runtime's gRPC `Inject` at `<podIP>:44772`
+/// with the pod's token), where the kubelet's mount of the runtime volume's
+/// `opensandbox` directory at `/opt/opensandbox` is a host directory.
+struct MountedBootstrap {
+    dir: std::path::PathBuf,
+}
+
+#[async_trait::async_trait]
+impl TaskRunner for MountedBootstrap {
+    async fn start(&self, pod: &Pod, task: &ProcessTask) -> sandpool_controller::Result<()> {
+        let mut task = task.clone();
+        let host = format!("{}/", self.dir.display());
+        for a in task.command.iter_mut().chain(task.args.iter_mut()) {
+            *a = a.replace("/opt/opensandbox/", &host);
+        }
+        sandpool_controller::tasks::GrpcTaskRunner
+            .start(pod, &task)
+            .await
+    }
+    async fn status(&self, pod: &Pod) -> Option<Option<i32>> {
+        sandpool_controller::tasks::GrpcTaskRunner.status(pod).await
+    }
+    async fn stop(&self, pod: &Pod) -> sandpool_controller::Result<()> {
+        sandpool_controller::tasks::GrpcTaskRunner.stop(pod).await
+    }
+}
+
+/// The kubelet: each new pool pod gets a loopback "pod IP" where a real
+/// sandpool runtime listens on 44772 with the pod's token; then Ready.
+/// And the controllers' rounds.
+async fn kubelet_and_controllers(
+    api: FakeApi,
+    ctx: Arc<Context>,
+    dir: std::path::PathBuf,
+    runtimes: Arc<Mutex<Vec<sandpool_runtime::AppState>>>,
+) {
+    let mut next = 10;
+    let mut specs = std::collections::BTreeMap::<String, Value>::new();
+    loop {
+        // the apiserver's generation: a new one with each spec change (the
+        // fake does not count them; the server's `spec.pause` patch needs it)
+        for b in api.with_store(|s| s.list(&batches_path(NS))) {
+            let name = b["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let before = specs.insert(name.clone(), b["spec"].clone());
+            if before.is_some_and(|spec| spec != b["spec"]) {
+                api.with_store(|s| {
+                    s.mutate(&batches_path(NS), &name, |o| {
+                        let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
+                        o["metadata"]["generation"] = json!(g + 1);
+                    })
+                });
+            }
+        }
+        for p in api.with_store(|s| s.list(&pods_path(NS))) {
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !p["status"]["podIP"].is_null() || name.starts_with("agent-") {
+                continue;
+            }
+            let pod: Pod = serde_json::from_value(p).expect("pod");
+            let token = sandpool_controller::pods::access_token(&pod).map(str::to_string);
+            let ip = format!("127.0.21.{next}");
+            next += 1;
+            let state = sandpool_runtime::AppState::new(sandpool_runtime::Config {
+                access_token: token,
+                data_dir: dir.join(&name),
+                ..Default::default()
+            })
+            .expect("runtime state");
+            let l = tokio::net::TcpListener::bind((ip.as_str(), 44772))
+                .await
+                .expect("bind the pod's 44772");
+            tokio::spawn(sandpool_runtime::serve(
+                l,
+                state.clone(),
+                std::future::pending(),
+            ));
+            runtimes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(state);
+            api.with_store(|s| make_ready(s, NS, &name, &ip, "node-a"));
+        }
+        for n in names(&api, &pools_path(NS)) {
+            if let Ok(p) = Api::<Pool>::namespaced(ctx.client.clone(), NS)
+                .get(&n)
+                .await
+            {
+                let _ = pool::reconcile(Arc::new(p), ctx.clone()).await;
+            }
+        }
+        for n in names(&api, &batches_path(NS)) {
+            if let Ok(b) = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
+                .get(&n)
+                .await
+            {
+                let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What a user of the server does with its SDK (direct endpoints, the
+/// server's default `ingress.mode`); prints what it saw as JSON.
+const SDK_SCRIPT: &str = r#"
+import json, sys, time
+from datetime import timedelta
+from opensandbox import SandboxSync
+from opensandbox.config import ConnectionConfigSync
+
+cfg = ConnectionConfigSync(domain=sys.argv[1], api_key="k", protocol="http",
+                           request_timeout=timedelta(seconds=30))
+sb = SandboxSync.create("python:3.12-slim", connection_config=cfg,
+                        extensions={"poolRef": "py"}, timeout=timedelta(minutes=10),
+                        ready_timeout=timedelta(seconds=30))
+run = sb.commands.run("echo hello from the pod")
+sb.files.write_file("/tmp/osrv-note.txt", "written through execd")
+out = {"id": sb.id, "stdout": "".join(m.text for m in run.logs.stdout),
+       "state": sb.get_info().status.state,
+       "read": sb.files.read_file("/tmp/osrv-note.txt")}
+def settled(sb, state):
+    for _ in range(100):
+        seen = sb.get_info().status.state
+        if seen == state:
+            break
+        time.sleep(0.1)
+    return seen
+
+sb.pause()
+out["paused"] = settled(sb, "Paused")
+sb = SandboxSync.resume(sb.id, connection_config=cfg)
+out["resumed"] = settled(sb, "Running")
+out["after"] = "".join(m.text for m in sb.commands.run("echo again").logs.stdout)
+sb.kill()
+print(json.dumps(out))
+"#;
+
+/// The real server on a free loopback port, on the fake apiserver at `addr`
+/// (its log in `tmp/server.log`); once it listens.
+async fn start_server(
+    python: &std::path::Path,
+    tmp: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> (tokio::process::Child, u16) {
+    let kubeconfig = tmp.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
+             current-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = tmp.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhost = \"127.0.0.1\"\nport = {port}\napi_key = \"k\"\n\
+             [runtime]\ntype = \"kubernetes\"\nexecd_image = \"opensandbox/execd:v1.1.0\"\n\
+             [store]\ntype = \"sqlite\"\npath = \"{}\"\n\
+             [kubernetes]\nkubeconfig_path = \"{}\"\nnamespace = \"{NS}\"\nworkload_provider = \"batchsandbox\"\n\
+             [ingress]\nmode = \"direct\"\n",
+            tmp.join("server.db").display(),
+            kubeconfig.display()
+        ),
+    )
+    .expect("config");
+    let server = tokio::process::Command::new(python)
+        .args(["-m", "opensandbox_server.cli", "--config"])
+        .arg(&config)
+        .env("HOME", tmp)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.join("server.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server");
+    let mut up = false;
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(tmp.join("server.log")).unwrap_or_default();
+    assert!(up, "the server did not listen:\n{log}");
+    (server, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandbox() {
+    let Some(python) = server_python() else {
+        eprintln!("skipped: set SANDPOOL_OSRV_PYTHON to a Python with opensandbox-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bootstrap = tmp.path().join("vol/opensandbox");
+    sandpool_runtime::opensandbox_bootstrap::install(&bootstrap.join("bootstrap.sh"))
+        .expect("bootstrap");
+    let api = FakeApi::new();
+    let (agent_port, calls) = support::node_agent::serve_agent(None).await;
+    let token = "svc-secret-0123456789";
+    let agents = sandpool_controller::kube_scheduler::DaemonSetAgents::new(
+        api.client(),
+        NS,
+        sandpool_proto::auth::ServiceToken::new(Some(token)).expect("token"),
+    )
+    .at(
+        sandpool_controller::kube_scheduler::NODE_AGENT_SELECTOR,
+        agent_port,
+    );
+    let inj = sandpool_controller::pods::RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Arc::new(
+        Context::new(
+            api.client(),
+            inj,
+            Arc::new(MountedBootstrap { dir: bootstrap }),
+            Some("test".into()),
+        )
+        .with_node_agents(Arc::new(agents)),
+    );
+    api.with_store(|s| {
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
+                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
+        );
+        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        s.put(&pools_path(NS), pool_obj("py"));
+    });
+    let addr = serve_http(api.clone()).await;
+    let runtimes = Arc::new(Mutex::new(Vec::new()));
+    let driver = tokio::spawn(kubelet_and_controllers(
+        api.clone(),
+        ctx,
+        tmp.path().join("runtimes"),
+        runtimes.clone(),
+    ));
+
+    let (mut server, port) = start_server(&python, tmp.path(), addr).await;
+    let log = || std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(&python)
+            .args(["-c", SDK_SCRIPT, &format!("127.0.0.1:{port}")])
+            .env("HOME", tmp.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK finished in time")
+    .expect("the SDK ran");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let _ = server.kill().await;
+    driver.abort();
+    for rt in runtimes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        rt.kill_all();
+    }
+    assert!(
+        out.status.success(),
+        "SDK failed:\n{stderr}\nserver:\n{}",
+        log()
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    // execd's stdout events carry lines without their ending
+    assert_eq!(seen["stdout"], "hello from the pod", "{seen}");
+    assert_eq!(seen["read"], "written through execd", "{seen}");
+    assert_eq!(seen["state"], "Running", "{seen}");
+    assert_eq!(seen["paused"], "Paused", "{seen}");
+    assert_eq!(seen["resumed"], "Running", "{seen}");
+    assert_eq!(seen["after"], "again", "{seen}");
+    // the freeze and the thaw went to the pod's node agent
+    let kinds: Vec<String> = calls.lock().iter().map(|c| c.0.clone()).collect();
+    assert_eq!(kinds, ["pause", "resume"], "{kinds:?}");
+    // killed: the server deleted its BatchSandbox (gone, or its finalizer
+    // still being released when the controllers stopped)
+    let id = seen["id"].as_str().expect("id").to_string();
+    let left = api.with_store(|s| s.get(&batches_path(NS), &id).cloned());
+    assert!(
+        left.as_ref()
+            .is_none_or(|b| !b["metadata"]["deletionTimestamp"].is_null()),
+        "{left:?}"
+    );
+}
