@@ -341,7 +341,8 @@ def check_controller(cd, pod, log, spec):
 
 def check_runtime_install(cd, base, image_cfg, chain, work):
     """The init container the controller adds to pool pods (services/controller/src/pods.rs)."""
-    c = {"name": "sandpool-runtime-install", "command": ["/sandpool-runtime", "--install-to=/opt/sandpool/sandpool-runtime"],
+    c = {"name": "sandpool-runtime-install", "command": ["/sandpool-runtime", "--install-to=/opt/sandpool/sandpool-runtime",
+                                                     "--install-bootstrap-to=/opt/sandpool/opensandbox/bootstrap.sh"],
          "volumeMounts": [{"name": "sandpool-runtime", "mountPath": "/opt/sandpool"}]}
     doc = {"kind": "Pod", "metadata": {"name": "pool-pod", "namespace": "sandpool"},
            "spec": {"template": {"spec": {"containers": [c], "volumes": [{"name": "sandpool-runtime", "emptyDir": {}}],
@@ -354,7 +355,11 @@ def check_runtime_install(cd, base, image_cfg, chain, work):
     installed = os.path.join(pod.dir, "vol-sandpool-runtime", "sandpool-runtime")
     if not os.access(installed, os.X_OK):
         die(f"{pod.id}: no executable {installed}\n{open(os.path.join(pod.dir, 'log')).read()[-2000:]}")
-    print(f"  {pod.id}: installed /opt/sandpool/sandpool-runtime ({os.path.getsize(installed)} bytes)")
+    bootstrap = os.path.join(pod.dir, "vol-sandpool-runtime", "opensandbox", "bootstrap.sh")
+    if not os.access(bootstrap, os.X_OK):
+        die(f"{pod.id}: no executable {bootstrap}\n{open(os.path.join(pod.dir, 'log')).read()[-2000:]}")
+    print(f"  {pod.id}: installed /opt/sandpool/sandpool-runtime ({os.path.getsize(installed)} bytes)"
+          " and opensandbox/bootstrap.sh")
 
 
 def cleanup(cd, work):

@@ -31,6 +31,13 @@ use crate::{
     session, upload,
 };
 
+/// The header in which upstream's `opensandbox-server` has its clients send a
+/// sandbox's secure-access token (the endpoint headers it returns carry the
+/// BatchSandbox's `opensandbox.io/secure-access-token` annotation, which
+/// sandpool's controller sets to the pod's runtime token): the runtime token
+/// is accepted there too, so the unchanged server's SDK calls authenticate.
+pub const SECURE_ACCESS_HEADER: &str = "opensandbox-secure-access";
+
 /// Longest line sent as one event; a longer one is cut (upstream execd has no
 /// limit, this bound keeps a runaway line from using unbounded memory).
 const MAX_LINE_BYTES: usize = 4 << 20;
@@ -71,14 +78,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|req: Request| async move {
             (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": format!("no route {} {}", req.method(), req.uri().path())})))
         });
-    // `X-EXECD-ACCESS-TOKEN`, when a token is configured; `/ping` stays open
-    // (as upstream execd does) so health probes need no secret.
+    // `X-EXECD-ACCESS-TOKEN`, when a token is configured (or the same token
+    // in `OpenSandbox-Secure-Access`, see [`SECURE_ACCESS_HEADER`]); `/ping`
+    // stays open (as upstream execd does) so health probes need no secret.
     TokenGuard {
-        accepted: TokenGuard::accepting(
-            state.cfg.access_token.as_deref(),
-            "x-execd-access-token",
-            None,
-        ),
+        accepted: state.cfg.access_token.as_deref().map(|t| {
+            [
+                ("x-execd-access-token", t.to_string()),
+                (SECURE_ACCESS_HEADER, t.to_string()),
+            ]
+            .into()
+        }),
         guards: |path| path != "/ping",
         refuse: || RuntimeError::Unauthorized.into_response(),
     }

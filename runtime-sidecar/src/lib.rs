@@ -19,6 +19,7 @@ pub mod files;
 pub mod grpc;
 pub mod http_api;
 pub mod interp;
+pub mod opensandbox_bootstrap;
 pub mod ports;
 pub mod privilege;
 pub mod pty;

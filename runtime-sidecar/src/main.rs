@@ -61,6 +61,11 @@ struct Args {
     /// pods get the runtime (an init container copies it into a shared volume).
     #[arg(long, value_name = "PATH")]
     install_to: Option<PathBuf>,
+    /// With --install-to: also write the stand-in for upstream OpenSandbox's
+    /// `bootstrap.sh` to PATH (what the upstream server's tasks run; the
+    /// runtime serves execd's API, so it starts only the command).
+    #[arg(long, value_name = "PATH", requires = "install_to")]
+    install_bootstrap_to: Option<PathBuf>,
     /// Join standard input and output to 127.0.0.1:PORT and exit when the
     /// connection ends: how the node agent reaches the runtime of a sandbox
     /// without a network (checkpointable runsc sandboxes), one exec per
@@ -83,7 +88,13 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(dest) = &args.install_to {
-        return install_to(dest);
+        install_to(dest)?;
+        if let Some(b) = &args.install_bootstrap_to {
+            sandpool_runtime::opensandbox_bootstrap::install(b)
+                .with_context(|| format!("writing {}", b.display()))?;
+            println!("installed {}", b.display());
+        }
+        return Ok(());
     }
     if let Some(port) = args.tunnel {
         return tunnel(port);

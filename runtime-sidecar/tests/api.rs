@@ -183,6 +183,30 @@ async fn wrong_or_missing_token_is_401_but_ping_is_open() {
     );
 }
 
+/// Upstream's `opensandbox-server` hands its SDK the sandbox's token as the
+/// endpoint header `OpenSandbox-Secure-Access`: the runtime token there
+/// passes, another value does not.
+#[tokio::test]
+async fn the_token_in_the_upstream_servers_secure_access_header_passes() {
+    let s = start().await;
+    let plain = reqwest::Client::new();
+    let r = plain
+        .get(format!("{}/files/info?path=/", s.base))
+        .header("OpenSandbox-Secure-Access", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = plain
+        .post(format!("{}/command", s.base))
+        .header("OpenSandbox-Secure-Access", "another-sandboxes-token")
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "UNAUTHORIZED").await;
+}
+
 #[tokio::test]
 async fn bad_json_and_oversize_json() {
     let s = start().await;

@@ -33,6 +33,7 @@ use crate::pods::{self, controller_ref};
 pub mod pause;
 pub mod phase;
 pub mod release;
+pub mod secure_access;
 pub mod shards;
 
 /// How many times one reconcile re-lists the pool after losing races.
@@ -303,7 +304,8 @@ async fn run_tasks(
     Ok(task_states)
 }
 
-/// The endpoints annotation: the ready pods' IPs in shard order.
+/// The endpoints annotation: the ready pods' IPs in shard order (and the
+/// upstream server's access token annotation, see [`secure_access`]).
 async fn publish_endpoints(
     batch: &BatchSandbox,
     batches: &Api<BatchSandbox>,
@@ -315,8 +317,15 @@ async fn publish_endpoints(
         .filter_map(pods::pod_ip)
         .collect();
     let endpoints = serde_json::to_string(&ips)?;
+    let mut changed = serde_json::Map::new();
     if batch.annotations().get(ENDPOINTS_ANNOTATION) != Some(&endpoints) {
-        let patch = json!({"metadata": {"annotations": {ENDPOINTS_ANNOTATION: endpoints}}});
+        changed.insert(ENDPOINTS_ANNOTATION.into(), endpoints.into());
+    }
+    if let Some(token) = secure_access::update(batch, mine) {
+        changed.insert(secure_access::SECURE_ACCESS_ANNOTATION.into(), token.into());
+    }
+    if !changed.is_empty() {
+        let patch = json!({"metadata": {"annotations": changed}});
         batches
             .patch(
                 &batch.name_any(),

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::error::{Error, Result};
 
 mod agent_sandbox;
+pub mod opensandbox_bootstrap;
 pub use agent_sandbox::{RUNTIME_SIDECAR, agent_sandbox_pod, asks_for_sandpool_api};
 
 /// The runtime's port in every sandbox (OpenSandbox execd port).
@@ -126,6 +127,7 @@ fn run_under_runtime(main: &mut Container, token: &str) {
             read_only: Some(true),
             ..Default::default()
         });
+    opensandbox_bootstrap::mount(main);
     if main.readiness_probe.is_none() {
         main.readiness_probe = Some(runtime_readiness_probe());
     }
@@ -199,6 +201,7 @@ fn add_runtime_install(spec: &mut PodSpec, inj: &RuntimeInjection) {
             command: Some(vec![
                 "/sandpool-runtime".into(),
                 format!("--install-to={RUNTIME_PATH}"),
+                opensandbox_bootstrap::install_arg(),
             ]),
             volume_mounts: Some(vec![VolumeMount {
                 name: RUNTIME_VOLUME.into(),
