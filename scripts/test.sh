@@ -32,6 +32,9 @@ venv() { # venv DIR REQUIREMENTS
 VENV="$ROOT/.venv"
 venv "$VENV" "$ROOT/integration/python/requirements.txt"
 venv "$ROOT/.venv-e2b237" "$ROOT/integration/python/requirements-e2b237.txt"
+# .venv-osrv: upstream's opensandbox-server, run by a controller test
+venv "$ROOT/.venv-osrv" "$ROOT/integration/python/requirements-osrv.txt"
+export SANDPOOL_OSRV_PYTHON="$ROOT/.venv-osrv/bin/python"
 
 # --- Rust ---------------------------------------------------------------------
 if [[ "${CI:-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
