@@ -25,6 +25,8 @@ use tonic::{Request, Response, Status};
 use crate::containerd::{Ctr, RuncOptions, TaskState};
 use crate::error::{AgentError, Result};
 
+pub mod reset;
+
 pub const POD_NAME: &str = "io.kubernetes.pod.name";
 pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
@@ -113,6 +115,8 @@ pub struct CriNode {
     /// Host directories whose contents may be mounted into pods (the first
     /// holds the named volumes); none: mounts are refused.
     mount_roots: Vec<PathBuf>,
+    /// Where the host's files are seen from here (a recycle's emptyDirs).
+    host_root: PathBuf,
 }
 
 /// A container run by gVisor: the runsc shim, or the runc shim driving the
@@ -133,6 +137,7 @@ impl CriNode {
             ctr,
             node: node.to_string(),
             mount_roots: Vec::new(),
+            host_root: PathBuf::from("/proc/1/root"),
         }
     }
 
@@ -304,6 +309,12 @@ impl CriNode {
     }
 }
 
+/// A reset's evidence in its answer: the app containers whose processes
+/// were killed, how many processes, and the emptyDir volumes emptied.
+pub const RESET_KILLED: &str = "sandpool.io/reset-killed-containers";
+pub const RESET_PROCESSES: &str = "sandpool.io/reset-killed-processes";
+pub const RESET_WIPED: &str = "sandpool.io/reset-wiped-volumes";
+
 /// The NodeAgent gRPC API over [`CriNode`]. Creating, injecting and
 /// releasing belong to the controller and kubelet in this mode.
 pub struct CriNodeService(pub Arc<CriNode>);
@@ -365,11 +376,27 @@ impl NodeAgent for CriNodeService {
         Err(unsupported("Inject (call the pod's runtime on port 44772)"))
     }
 
+    /// Only `RELEASE_POLICY_RECYCLE`: the pod's reset of a Pool's
+    /// `recycleStrategy: Restart` ([`reset`]); the answer carries the new
+    /// access token and what was reset (labels `sandpool.io/reset-*`).
     async fn release(
         &self,
-        _: Request<pb::ReleaseRequest>,
+        req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::SandboxInfo>, Status> {
-        Err(unsupported("Release"))
+        let r = req.into_inner();
+        if r.policy() != pb::ReleasePolicy::Recycle {
+            return Err(unsupported("Release other than RELEASE_POLICY_RECYCLE"));
+        }
+        let report = self.0.reset(&r.sandbox_id).await?;
+        let pod = self.0.pod(&r.sandbox_id).await?;
+        let mut info = self.0.info(&pod).await?;
+        info.access_token = report.token;
+        info.labels.extend([
+            (RESET_KILLED.to_string(), report.killed.join(",")),
+            (RESET_PROCESSES.to_string(), report.processes.to_string()),
+            (RESET_WIPED.to_string(), report.wiped.join(",")),
+        ]);
+        Ok(Response::new(info))
     }
 
     async fn pause(

@@ -39,6 +39,11 @@ struct Args {
     /// and, for envd, X-Access-Token.
     #[arg(long, env = "EXECD_ACCESS_TOKEN", hide_env_values = true)]
     access_token: Option<String>,
+    /// A file whose content, when it exists, replaces `--access-token`:
+    /// the node agent writes a new token there when it resets a Kubernetes
+    /// pod for its pool's next tenant (`recycleStrategy: Restart`).
+    #[arg(long, env = "EXECD_ACCESS_TOKEN_FILE")]
+    access_token_file: Option<PathBuf>,
     /// State directory (background command logs).
     #[arg(long, env = "SANDPOOL_RUNTIME_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -221,13 +226,31 @@ fn tunnel(port: u16) -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
+/// The token to require: the file's (when it exists and is not empty),
+/// else the flag's; a file that exists but cannot be read is an error (the
+/// runtime must not fall back to a token the previous tenant knew).
+fn access_token(
+    flag: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => return Ok(Some(t.trim().to_string())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
+        }
+    }
+    Ok(flag.filter(|t| !t.is_empty()))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = sandpool_telemetry::init("sandpool-runtime")?;
     let data_dir = args.data_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id()))
     });
     let cfg = Config {
-        access_token: args.access_token.filter(|t| !t.is_empty()),
+        access_token: access_token(args.access_token, args.access_token_file.as_deref())?,
         data_dir: data_dir.clone(),
         max_json_bytes: args.max_json_bytes,
         upload: UploadLimits {
@@ -376,5 +399,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_token;
+
+    #[test]
+    fn the_token_file_wins_over_the_flag_when_it_exists() {
+        let d = tempfile::tempdir().expect("tmp");
+        let f = d.path().join("access-token");
+        let flag = || Some("old".to_string());
+        assert_eq!(
+            access_token(flag(), Some(&f)).expect("ok").as_deref(),
+            Some("old")
+        );
+        std::fs::write(&f, "new\n").expect("write");
+        assert_eq!(
+            access_token(flag(), Some(&f)).expect("ok").as_deref(),
+            Some("new")
+        );
+        assert_eq!(
+            access_token(flag(), None).expect("ok").as_deref(),
+            Some("old")
+        );
+        // a file that cannot be read (a directory) is an error, not the old token
+        assert!(access_token(flag(), Some(d.path())).is_err());
     }
 }

@@ -139,6 +139,19 @@ impl Ctr {
         }
     }
 
+    /// The pids of every process of the container's task (its cgroup).
+    pub async fn list_pids(&self, id: &str) -> Result<Vec<u32>> {
+        let r = self
+            .client
+            .tasks()
+            .list_pids(self.req(api::ListPidsRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            .or_fail("list task pids")?;
+        Ok(r.into_inner().processes.iter().map(|p| p.pid).collect())
+    }
+
     /// Kill the task (SIGKILL to all its processes), wait for it, delete it,
     /// then delete the container and its snapshot. Missing pieces are fine.
     pub async fn destroy(&self, id: &str) -> Result<()> {

@@ -179,6 +179,23 @@ impl CriTestNode {
         labels: &[(&str, &str)],
         containers: &[&str],
     ) -> CriTestPod {
+        let sleep = ["sleep", "2147483647"];
+        self.run_pod_with(namespace, name, labels, containers, &sleep, &[])
+            .await
+    }
+
+    /// [`CriTestNode::run_pod`] whose app containers run `args` with the
+    /// extra runtime spec `mounts` (bind mounts of host directories, as the
+    /// kubelet's volumes are).
+    pub async fn run_pod_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        containers: &[&str],
+        args: &[&str],
+        mounts: &[Value],
+    ) -> CriTestPod {
         let uid = uuid::Uuid::new_v4().to_string();
         self.uids.lock().push(uid.clone());
         let kube: HashMap<String, String> = [
@@ -203,13 +220,12 @@ impl CriTestNode {
             json!(format!("/var/log/pods/{namespace}_{name}_{uid}"));
         let own = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]);
         let cg = |id: &str| format!("/{CGROUP_PARENT}/pod{uid}/{id}");
-        let sandbox_pid = self
-            .run(
-                &sandbox_id,
-                sb_labels,
-                &spec(&["sleep", "2147483647"], own, ann, &cg(&sandbox_id)),
-            )
-            .await;
+        self.run(
+            &sandbox_id,
+            sb_labels,
+            &spec(&["sleep", "2147483647"], own, ann, &cg(&sandbox_id)),
+        )
+        .await;
         let mut pod = CriTestPod {
             namespace: namespace.into(),
             name: name.into(),
@@ -218,25 +234,55 @@ impl CriTestNode {
             containers: Vec::new(),
         };
         for c in containers {
-            let id = cri_id();
-            let mut l = kube.clone();
-            l.insert(CONTAINER_NAME.into(), c.to_string());
-            l.insert(CRI_KIND.into(), "container".into());
-            let mut ann = common.clone();
-            ann["io.kubernetes.cri.container-type"] = json!("container");
-            ann["io.kubernetes.cri.container-name"] = json!(c);
-            ann["io.kubernetes.cri.image-name"] = json!(image::BUSYBOX);
-            let ns = |t: &str| format!("/proc/{sandbox_pid}/ns/{t}");
-            let joined = json!([
-                {"type": "pid"}, {"type": "mount"},
-                {"type": "ipc", "path": ns("ipc")}, {"type": "uts", "path": ns("uts")},
-                {"type": "network", "path": ns("net")}
-            ]);
-            let s = spec(&["sleep", "2147483647"], joined, ann, &cg(&id));
-            self.run(&id, l, &s).await;
+            let id = self.start_container(&pod, c, args, mounts).await;
             pod.containers.push((id, c.to_string()));
         }
         pod
+    }
+
+    /// Create and start app container `name` of `pod` (a new id and a new
+    /// rootfs snapshot from the image), as CRI's `CreateContainer` and
+    /// `StartContainer` do, also when the kubelet restarts a container.
+    /// Returns its id.
+    pub async fn start_container(
+        &self,
+        pod: &CriTestPod,
+        name: &str,
+        args: &[&str],
+        mounts: &[Value],
+    ) -> String {
+        let sandbox_pid = self.pid(&pod.sandbox_id).await;
+        let id = cri_id();
+        let l: HashMap<String, String> = [
+            (POD_NAME.to_string(), pod.name.clone()),
+            (POD_NAMESPACE.to_string(), pod.namespace.clone()),
+            (POD_UID.to_string(), pod.uid.clone()),
+            (CONTAINER_NAME.to_string(), name.to_string()),
+            (CRI_KIND.to_string(), "container".to_string()),
+        ]
+        .into();
+        let ann = json!({
+            "io.kubernetes.cri.sandbox-id": pod.sandbox_id,
+            "io.kubernetes.cri.sandbox-name": pod.name,
+            "io.kubernetes.cri.sandbox-namespace": pod.namespace,
+            "io.kubernetes.cri.sandbox-uid": pod.uid,
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": name,
+            "io.kubernetes.cri.image-name": image::BUSYBOX,
+        });
+        let ns = |t: &str| format!("/proc/{sandbox_pid}/ns/{t}");
+        let joined = json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "ipc", "path": ns("ipc")}, {"type": "uts", "path": ns("uts")},
+            {"type": "network", "path": ns("net")}
+        ]);
+        let cg = format!("/{CGROUP_PARENT}/pod{}/{id}", pod.uid);
+        let mut s = spec(args, joined, ann, &cg);
+        if let Some(m) = s["mounts"].as_array_mut() {
+            m.extend(mounts.iter().cloned());
+        }
+        self.run(&id, l, &s).await;
+        id
     }
 
     /// The pid of container `id`'s task.

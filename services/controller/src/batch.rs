@@ -455,16 +455,20 @@ async fn create_from_template(
     Ok(out)
 }
 
-/// Release one of a batch's pods: stop its task, then delete it. A used pod
-/// never goes back to its pool, even one the batch took from a pool: its
-/// file system and its runtime token belong to the previous tenant (the
-/// pool controller makes a fresh pod in its place). Upstream returns pooled
-/// pods; docs/compatibility.md says why sandpool does not.
+/// Release one of a batch's pods: stop its task, then delete it, unless
+/// its pool recycles (`recycleStrategy: Restart`): then the pool controller
+/// resets it and returns it only once the reset is proven
+/// ([`crate::pool::recycle`]). A used pod never goes back to its pool
+/// otherwise: its file system and its runtime token belong to the previous
+/// tenant. docs/compatibility.md says where this differs from upstream.
 pub(crate) async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod) -> Result<()> {
     if pods::annotation(pod, TASK_ANNOTATION).is_some()
         && let Err(e) = ctx.tasks.stop(pod).await
     {
         tracing::warn!(pod = %pod.name_any(), error = %e, "stopping the task failed");
+    }
+    if crate::pool::recycle::release(ctx, pod_api, pod).await? {
+        return Ok(());
     }
     delete_ignoring_missing(pod_api, &pod.name_any()).await
 }

@@ -193,8 +193,9 @@ pub struct PoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_template: Option<LegacySandboxTemplate>,
     /// OpenSandbox `recycleStrategy`: what happens to a pod returned to the
-    /// pool. Kubernetes mode deletes it (`Delete`, the default); `Restart`
-    /// and `Noop` are refused with an `UnsupportedField` event.
+    /// pool. `Delete` (the default) deletes it; `Restart` resets it in
+    /// place and returns it once the reset is proven (else deletes it);
+    /// `Noop` is refused with an `UnsupportedField` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_strategy: Option<RecycleStrategy>,
     /// OpenSandbox `scaleStrategy`: at most `maxUnavailable` pods are being
@@ -308,16 +309,15 @@ impl PoolSpec {
         })
     }
 
-    /// Why the pool's `recycleStrategy` cannot be honoured here: Kubernetes
-    /// mode deletes a returned pod and never resets one in place.
+    /// Why the pool's `recycleStrategy` cannot be honoured: `Noop` would
+    /// hand a used pod to the next tenant without a reset.
     pub fn unsupported_recycle(&self) -> Option<String> {
         let t = self.recycle_strategy.as_ref()?.type_?;
-        (t != RecycleType::Delete).then(|| {
-            format!(
-                "spec.recycleStrategy.type {t:?} is not supported by sandpool in Kubernetes mode; \
-                 returned pods are deleted (Delete); the standalone platform's pools can recycle \
-                 (`sandpool pool apply --recycle-strategy Restart`)"
-            )
+        (t == RecycleType::Noop).then(|| {
+            "spec.recycleStrategy.type \"Noop\" is not supported by sandpool: a used pod is never \
+             handed to another tenant without a reset; use Restart (reset in place, proven, else \
+             deleted) or Delete"
+                .to_string()
         })
     }
 

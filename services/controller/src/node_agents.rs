@@ -30,6 +30,15 @@ pub trait NodeAgents: Send + Sync {
     /// Bind a node volume (or host path under a mount root) into the pod
     /// `req.sandbox_id` (`<namespace>/<pod>`) on `node`.
     async fn mount(&self, node: &str, req: pb::MountRequest) -> Result<(), Status>;
+
+    /// Reset the pod `sandbox_id` (`<namespace>/<pod>`) on `node` for its
+    /// pool's next tenant (`Release` with `RELEASE_POLICY_RECYCLE`): the
+    /// answer carries the new access token and what was reset.
+    async fn reset(&self, node: &str, _sandbox_id: &str) -> Result<pb::SandboxInfo, Status> {
+        Err(Status::unavailable(format!(
+            "this controller has no node agent access configured (node {node})"
+        )))
+    }
 }
 
 /// The node agents of the chart's DaemonSet, found through the apiserver:
@@ -113,6 +122,19 @@ impl NodeAgents for DaemonSetAgents {
             .mount(sandpool_telemetry::grpc_request(req))
             .await
             .map(drop)
+            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
+    }
+
+    async fn reset(&self, node: &str, sandbox_id: &str) -> Result<pb::SandboxInfo, Status> {
+        let mut agent = self.client(node).await?;
+        let req = pb::ReleaseRequest {
+            sandbox_id: sandbox_id.to_string(),
+            policy: pb::ReleasePolicy::Recycle as i32,
+        };
+        agent
+            .release(sandpool_telemetry::grpc_request(req))
+            .await
+            .map(tonic::Response::into_inner)
             .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
     }
 

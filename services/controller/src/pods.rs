@@ -24,6 +24,8 @@ const RUNTIME_DIR: &str = "/opt/sandpool";
 pub const RUNTIME_PATH: &str = "/opt/sandpool/sandpool-runtime";
 /// The runtime reads its access token from this variable.
 pub const TOKEN_ENV: &str = "EXECD_ACCESS_TOKEN";
+/// The runtime token of a pod after its reset (`pool::recycle`).
+pub const TOKEN_ANNOTATION: &str = "sandpool.io/access-token";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sandpool");
 
 /// How pods get the runtime.
@@ -317,7 +319,12 @@ pub fn node_name(pod: &Pod) -> &str {
 
 /// The runtime access token of a pod built by [`runtime_pod`] (its first
 /// container) or [`agent_sandbox_pod`] (the runtime's sidecar).
+/// A pod reset for its pool's next tenant carries its new token here
+/// (`pool::recycle`); it wins over the one in the spec.
 pub fn access_token(pod: &Pod) -> Option<&str> {
+    if let Some(t) = annotation(pod, TOKEN_ANNOTATION) {
+        return Some(t);
+    }
     let spec = pod.spec.as_ref()?;
     let sidecar = spec
         .init_containers

@@ -16,6 +16,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use sandpool_core::pool::{PoolCounts, scale_decision};
 
+pub mod recycle;
 pub mod rollout;
 
 /// Pods of one pool, sorted by what they are doing.
@@ -34,9 +35,13 @@ pub fn classify(pods: Vec<Pod>) -> PoolPods {
         if pods::is_terminating(&p) {
             continue;
         }
+        let allocation = pods::labels_of(&p).get(ALLOCATED_TO_LABEL).cloned();
         if pods::is_finished(&p) {
             out.finished.push(p);
-        } else if pods::labels_of(&p).contains_key(ALLOCATED_TO_LABEL) {
+        } else if allocation.as_deref() == Some(recycle::RECYCLING) {
+            // being reset: it will be warm again, so no replacement is made
+            out.creating += 1;
+        } else if allocation.is_some() {
             out.allocated += 1;
         } else if pods::is_ready(&p) {
             out.warm.push(p);
@@ -83,6 +88,12 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let revision = rollout::revision(&template);
     let api: Api<Pod> = ctx.api(&ns);
     let all = list_pods(&api, &format!("{POOL_LABEL}={name}")).await?;
+    let (recycling, recycled) = recycle::drive(&ctx, &pool, &api, &all).await?;
+    let all = if recycled > 0 {
+        list_pods(&api, &format!("{POOL_LABEL}={name}")).await?
+    } else {
+        all
+    };
     let updated = all
         .iter()
         .filter(|p| !pods::is_terminating(p) && !pods::is_finished(p))
@@ -129,7 +140,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         patch_status(&ctx.api::<Pool>(&ns), &name, serde_json::to_value(&status)?).await?;
     }
     // pod changes wake us through the watch; this is the resync
-    let settling = creating + created > 0 || delta != 0 || replaced > 0;
+    let settling = creating + created > 0 || delta != 0 || replaced > 0 || recycling > 0;
     Ok(Action::requeue(if settling {
         ctx.settle
     } else {
@@ -201,7 +212,8 @@ async fn create_pods(
             owner_references: Some(vec![owner.clone()]),
             ..Default::default()
         };
-        let pod = ctx.runtime_pod(template, meta)?;
+        let mut pod = ctx.runtime_pod(template, meta)?;
+        recycle::prepare(&pool.spec, &mut pod);
         api.create(&PostParams::default(), &pod).await?;
         created += 1;
     }
@@ -281,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recycle_strategy_other_than_delete_is_refused() {
+    fn a_noop_recycle_strategy_is_refused() {
         let spec = |strategy: serde_json::Value| -> crate::crd::PoolSpec {
             serde_json::from_value(json!({
                 "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 0, "poolMax": 2},
@@ -291,13 +303,11 @@ mod tests {
         };
         assert_eq!(spec(json!({"type": "Delete"})).unsupported_recycle(), None);
         assert_eq!(spec(json!({})).unsupported_recycle(), None);
-        for t in ["Restart", "Noop"] {
-            let msg = spec(json!({ "type": t })).unsupported_recycle().expect(t);
-            assert!(
-                msg.contains(&format!("spec.recycleStrategy.type {t}")),
-                "{msg}"
-            );
-        }
+        assert_eq!(spec(json!({"type": "Restart"})).unsupported_recycle(), None);
+        let msg = spec(json!({"type": "Noop"}))
+            .unsupported_recycle()
+            .expect("Noop");
+        assert!(msg.contains("spec.recycleStrategy.type \"Noop\""), "{msg}");
         assert!(
             serde_json::from_value::<crate::crd::PoolSpec>(
                 json!({"recycleStrategy": {"type": "Bogus"}})

@@ -205,9 +205,9 @@ async fn scale_strategy_limits_pods_being_created() {
 }
 
 #[tokio::test]
-async fn a_recycle_strategy_not_honoured_is_a_condition_and_an_event() {
+async fn a_noop_recycle_strategy_is_a_condition_and_an_event() {
     let (api, ctx) = setup();
-    let extra = json!({"recycleStrategy": {"type": "Restart"}});
+    let extra = json!({"recycleStrategy": {"type": "Noop"}});
     api.with_store(|s| {
         s.put(
             &pools_path(NS),
@@ -221,7 +221,7 @@ async fn a_recycle_strategy_not_honoured_is_a_condition_and_an_event() {
     assert!(
         cond["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.recycleStrategy.type Restart")),
+            .is_some_and(|m| m.contains("spec.recycleStrategy.type \"Noop\"")),
         "{cond}"
     );
     assert!(
