@@ -129,6 +129,57 @@ pub fn source_pod(mut pods: Vec<Pod>) -> Option<Pod> {
     })
 }
 
+/// Why a snapshot fails before its commit: (reason, message).
+type Refusal = (&'static str, String);
+
+/// The batch's pod to commit and the snapshot's containers (their images
+/// named), or why there is none.
+async fn resolve(
+    snap: &SandboxSnapshot,
+    ctx: &Context,
+    ns: &str,
+) -> Result<std::result::Result<(Pod, Vec<ContainerSnapshot>), Refusal>> {
+    let batches: Api<BatchSandbox> = ctx.api(ns);
+    let bname = &snap.spec.sandbox_name;
+    let batch = match batches.get(bname).await {
+        Ok(b) => b,
+        Err(e) if is_not_found(&e) => {
+            let msg = format!("failed to get BatchSandbox {bname}: it does not exist in {ns}");
+            return Ok(Err(("BatchSandboxLookupFailed", msg)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let uid = batch.uid().unwrap_or_default();
+    let mine =
+        crate::context::list_pods(&ctx.api(ns), &format!("{ALLOCATED_TO_LABEL}={uid}")).await?;
+    let Some(pod) = source_pod(mine) else {
+        let msg = format!("source pod not found: no running pod found for BatchSandbox {bname}");
+        return Ok(Err(("SourcePodNotFound", msg)));
+    };
+    let tag = image_tag(snap, batch.meta().generation.unwrap_or(0));
+    let names: Vec<String> = match batch.spec.pod_template().and_then(|t| t.spec) {
+        Some(s) => s.containers.into_iter().map(|c| c.name).collect(),
+        None => pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default(),
+    };
+    if names.is_empty() {
+        let msg = format!("no containers found in BatchSandbox {bname} template");
+        return Ok(Err(("NoContainers", msg)));
+    }
+    let containers = names
+        .iter()
+        .map(|c| ContainerSnapshot {
+            container_name: c.clone(),
+            image_uri: image_uri(bname, c, &tag),
+            image_digest: None,
+        })
+        .collect();
+    Ok(Ok((pod, containers)))
+}
+
 pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace_of(snap.as_ref())?;
     let api: Api<SandboxSnapshot> = ctx.api(&ns);
@@ -154,45 +205,11 @@ pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<
         ctx.event(snap.as_ref(), true, reason, message).await;
         Ok(Action::await_change())
     };
-    let batches: Api<BatchSandbox> = ctx.api(&ns);
-    let bname = &snap.spec.sandbox_name;
-    let batch = match batches.get(bname).await {
-        Ok(b) => b,
-        Err(e) if is_not_found(&e) => {
-            let msg = format!("failed to get BatchSandbox {bname}: it does not exist in {ns}");
-            return fail("BatchSandboxLookupFailed", msg).await;
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let uid = batch.uid().unwrap_or_default();
-    let mine =
-        crate::context::list_pods(&ctx.api(&ns), &format!("{ALLOCATED_TO_LABEL}={uid}")).await?;
-    let Some(pod) = source_pod(mine) else {
-        let msg = format!("source pod not found: no running pod found for BatchSandbox {bname}");
-        return fail("SourcePodNotFound", msg).await;
+    let (pod, mut containers) = match resolve(&snap, &ctx, &ns).await? {
+        Ok(found) => found,
+        Err((reason, message)) => return fail(reason, message).await,
     };
     let node = pods::node_name(&pod).to_string();
-    let tag = image_tag(&snap, batch.meta().generation.unwrap_or(0));
-    let names: Vec<String> = match batch.spec.pod_template().and_then(|t| t.spec) {
-        Some(s) => s.containers.into_iter().map(|c| c.name).collect(),
-        None => pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-            .unwrap_or_default(),
-    };
-    if names.is_empty() {
-        let msg = format!("no containers found in BatchSandbox {bname} template");
-        return fail("NoContainers", msg).await;
-    }
-    let mut containers: Vec<ContainerSnapshot> = names
-        .iter()
-        .map(|c| ContainerSnapshot {
-            container_name: c.clone(),
-            image_uri: image_uri(bname, c, &tag),
-            image_digest: None,
-        })
-        .collect();
     let committing = json!({
         "phase": Phase::Committing,
         "sourcePodName": pod.name_any(),
