@@ -282,10 +282,10 @@ mod tests {
     #[test]
     fn image_tags_follow_upstreams_names() {
         assert_eq!(image_tag(&snap("x", true), 7), "snap-gen7");
-        let hex = "0123456789abcdef0123456789abcdef";
+        let digits = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            image_tag(&snap(&format!("osb-snap-{hex}"), false), 1),
-            format!("snap-{hex}")
+            image_tag(&snap(&format!("osb-snap-{digits}"), false), 1),
+            format!("snap-{digits}")
         );
         let t = image_tag(&snap("my-snap", false), 1);
         let sum = hex(&Sha256::digest(b"my-snap"));
