@@ -23,7 +23,10 @@ use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
 use tonic::{Request, Response, Status};
 
 use crate::containerd::{Ctr, RuncOptions, TaskState};
+
+mod commit;
 use crate::error::{AgentError, Result};
+pub use commit::commit_targets;
 
 pub mod reset;
 
@@ -481,6 +484,29 @@ impl NodeAgent for CriNodeService {
         let r = req.into_inner();
         let pod = self.0.unmount(&r.sandbox_id, &r.mount_path).await?;
         Ok(Response::new(self.0.info(&pod).await?))
+    }
+
+    async fn commit_images(
+        &self,
+        req: Request<pb::CommitImagesRequest>,
+    ) -> Result<Response<pb::CommitImagesResponse>, Status> {
+        let r = req.into_inner();
+        let asked: Vec<(String, String)> = r
+            .containers
+            .into_iter()
+            .map(|c| (c.container_name, c.image))
+            .collect();
+        let done = self.0.commit(&r.sandbox_id, &asked).await?;
+        let containers = asked
+            .into_iter()
+            .zip(done)
+            .map(|((container_name, _), c)| pb::ContainerImage {
+                container_name,
+                image: c.image,
+                digest: c.digest,
+            })
+            .collect();
+        Ok(Response::new(pb::CommitImagesResponse { containers }))
     }
 
     type WatchStream = futures_util::stream::Empty<Result<pb::NodeEvent, Status>>;

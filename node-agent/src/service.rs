@@ -259,6 +259,15 @@ impl NodeAgent for NodeAgentService {
         .await
     }
 
+    async fn commit_images(
+        &self,
+        _: Request<pb::CommitImagesRequest>,
+    ) -> Reply<pb::CommitImagesResponse> {
+        Err(Status::unimplemented(
+            "CommitImages is the Kubernetes mode's (SandboxSnapshot); a standalone sandbox is snapshotted with Checkpoint",
+        ))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
 
     /// A snapshot (capacity + every sandbox), then every change. A watcher

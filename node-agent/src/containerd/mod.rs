@@ -15,8 +15,10 @@ use tonic::{Code, Request};
 use crate::error::{AgentError, BoxError, Result, Step};
 
 pub use archive::{IMPORTED_LABEL, ImageSummary, PULLED_LABEL};
+pub use commit::{Committed, MEDIA_LAYER_TAR, committed_blobs};
 
 mod archive;
+mod commit;
 mod events;
 mod images;
 mod pull;

@@ -1,7 +1,8 @@
 //! Custom resources, generated into CRDs by `crdgen` (committed under
 //! `deploy/helm/sandpool/files/crds/`; a test keeps them equal).
 //!
-//! * OpenSandbox `sandbox.opensandbox.io/v1alpha1`: [`Pool`], [`BatchSandbox`].
+//! * OpenSandbox `sandbox.opensandbox.io/v1alpha1`: [`Pool`], [`BatchSandbox`],
+//!   [`SandboxSnapshot`].
 //! * agent-sandbox `agents.x-k8s.io/v1beta1`: [`Sandbox`]; and
 //!   `extensions.agents.x-k8s.io/v1beta1`: [`SandboxTemplate`],
 //!   [`SandboxClaim`], [`SandboxWarmPool`] (v1alpha1 still served,
@@ -544,6 +545,8 @@ pub struct BatchSandboxStatus {
 
 mod agents;
 pub use agents::*;
+mod snapshot;
+pub use snapshot::*;
 
 /// Every CRD, in a stable order.
 pub fn all_crds()
@@ -553,6 +556,7 @@ pub fn all_crds()
     vec![
         Pool::crd(),
         BatchSandbox::crd(),
+        SandboxSnapshot::crd(),
         served_versions(Sandbox::crd()),
         served_versions(SandboxTemplate::crd()),
         served_versions(SandboxClaim::crd()),

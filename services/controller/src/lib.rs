@@ -1,7 +1,7 @@
 //! sandpool's Kubernetes mode.
 //!
 //! * [`crd`]: the custom resources (OpenSandbox `Pool`/`BatchSandbox`,
-//!   agent-sandbox `Sandbox`/`SandboxTemplate`/`SandboxClaim`/`SandboxWarmPool`).
+//!   `SandboxSnapshot`; agent-sandbox `Sandbox`/`SandboxTemplate`/`SandboxClaim`/`SandboxWarmPool`).
 
 pub mod agent_sandbox;
 pub mod batch;
@@ -16,6 +16,7 @@ pub mod node_agents;
 pub mod pods;
 pub mod pool;
 pub mod run;
+pub mod snapshot;
 pub mod tasks;
 
 pub use error::{Error, Result};

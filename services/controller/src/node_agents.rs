@@ -20,6 +20,9 @@ use crate::pods;
 pub const NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
 /// The chart's default node agent port (`nodeAgent.port`).
 pub const NODE_AGENT_PORT: u16 = 9091;
+/// Longest wait for a node agent's commit of a pod's containers
+/// (upstream's commit Job deadline).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Freezes and thaws pods through the node agent of their node.
 #[async_trait]
@@ -35,6 +38,18 @@ pub trait NodeAgents: Send + Sync {
     /// pool's next tenant (`Release` with `RELEASE_POLICY_RECYCLE`): the
     /// answer carries the new access token and what was reset.
     async fn reset(&self, node: &str, _sandbox_id: &str) -> Result<pb::SandboxInfo, Status> {
+        Err(Status::unavailable(format!(
+            "this controller has no node agent access configured (node {node})"
+        )))
+    }
+
+    /// Commit containers of the pod `req.sandbox_id` on `node` into images
+    /// (a SandboxSnapshot); the images with their digests.
+    async fn commit(
+        &self,
+        node: &str,
+        _req: pb::CommitImagesRequest,
+    ) -> Result<Vec<pb::ContainerImage>, Status> {
         Err(Status::unavailable(format!(
             "this controller has no node agent access configured (node {node})"
         )))
@@ -99,11 +114,16 @@ type AgentClient = NodeAgentClient<
 impl DaemonSetAgents {
     /// A client of the node agent on `node`, with the service token.
     async fn client(&self, node: &str) -> Result<AgentClient, Status> {
+        self.client_within(node, Duration::from_secs(30)).await
+    }
+
+    /// [`Self::client`] whose calls may take up to `timeout`.
+    async fn client_within(&self, node: &str, timeout: Duration) -> Result<AgentClient, Status> {
         let addr = self.address(node).await?;
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())
             .map_err(|e| Status::internal(format!("node agent address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("node agent of {node} at {addr}: {e}")))?;
@@ -135,6 +155,20 @@ impl NodeAgents for DaemonSetAgents {
             .release(sandpool_telemetry::grpc_request(req))
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
+    }
+
+    async fn commit(
+        &self,
+        node: &str,
+        req: pb::CommitImagesRequest,
+    ) -> Result<Vec<pb::ContainerImage>, Status> {
+        // a commit diffs whole root file systems: longer than other calls
+        let mut agent = self.client_within(node, COMMIT_TIMEOUT).await?;
+        agent
+            .commit_images(sandpool_telemetry::grpc_request(req))
+            .await
+            .map(|r| r.into_inner().containers)
             .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))
     }
 

@@ -19,7 +19,7 @@ use crate::conditions::reported;
 use crate::context::{Context, TaskRunner};
 use crate::crd::{
     ALLOCATED_TO_LABEL, BatchSandbox, Pool, SANDBOX_NAME_HASH_LABEL, Sandbox, SandboxClaim,
-    SandboxTemplate, SandboxWarmPool,
+    SandboxSnapshot, SandboxTemplate, SandboxWarmPool,
 };
 use crate::error::Error;
 use crate::leader::{self, LeaseConfig};
@@ -247,8 +247,16 @@ pub async fn controllers(
     .graceful_shutdown_on(shutdown.clone())
     // a template has no status: its errors are only logged
     .run(crate::agent_sandbox::reconcile_template, error_policy, ctx.clone());
+    // a snapshot's status says why it failed (upstream's own conditions)
+    let snapshots = Controller::new(
+        Api::<SandboxSnapshot>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(crate::snapshot::reconcile, error_policy, ctx.clone());
     tokio::join!(
         drain("pool", pools),
+        drain("sandboxsnapshot", snapshots),
         drain("sandboxtemplate", templates),
         drain("batchsandbox", batches),
         drain("sandbox", sandboxes),

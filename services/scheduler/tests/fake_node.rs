@@ -333,6 +333,13 @@ impl NodeAgent for FakeNode {
         self.info(&r.into_inner().sandbox_id).map(Response::new)
     }
 
+    async fn commit_images(
+        &self,
+        _: Request<pb::CommitImagesRequest>,
+    ) -> Reply<pb::CommitImagesResponse> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
 
     /// Capacity first, then open until the node "restarts".

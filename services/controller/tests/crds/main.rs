@@ -261,6 +261,7 @@ fn deserialize(v: &Value) -> Result<(), String> {
     let r = match v["kind"].as_str() {
         Some("Pool") => serde_json::from_value::<Pool>(v.clone()).map(|_| ()),
         Some("BatchSandbox") => serde_json::from_value::<BatchSandbox>(v.clone()).map(|_| ()),
+        Some("SandboxSnapshot") => serde_json::from_value::<SandboxSnapshot>(v.clone()).map(|_| ()),
         Some("Sandbox") => serde_json::from_value::<Sandbox>(v.clone()).map(|_| ()),
         Some("SandboxTemplate") => serde_json::from_value::<SandboxTemplate>(v.clone()).map(|_| ()),
         Some("SandboxClaim") => serde_json::from_value::<SandboxClaim>(v.clone()).map(|_| ()),

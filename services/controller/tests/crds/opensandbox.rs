@@ -53,7 +53,10 @@ fn check(v: &Value, what: &str) {
 
 fn is_ours(v: &Value) -> bool {
     v["apiVersion"] == "sandbox.opensandbox.io/v1alpha1"
-        && matches!(v["kind"].as_str(), Some("Pool" | "BatchSandbox"))
+        && matches!(
+            v["kind"].as_str(),
+            Some("Pool" | "BatchSandbox" | "SandboxSnapshot")
+        )
 }
 
 /// The renderings of an e2e testdata template: every optional part off,
@@ -141,7 +144,7 @@ fn upstream_opensandbox_samples_and_testdata_validate_unchanged() {
         }
     }
     eprintln!(
-        "{checked} upstream Pool/BatchSandbox renderings validated from {files} files; other kinds left out: {other_kinds:?}"
+        "{checked} upstream Pool/BatchSandbox/SandboxSnapshot renderings validated from {files} files; other kinds left out: {other_kinds:?}"
     );
     assert!(files >= 20, "{files} files");
     assert!(checked >= 60, "{checked} resources");
@@ -199,6 +202,10 @@ fn field_sets_and_columns_match_the_upstream_crds() {
     for (kind, file) in [
         ("Pool", "sandbox.opensandbox.io_pools.yaml"),
         ("BatchSandbox", "sandbox.opensandbox.io_batchsandboxes.yaml"),
+        (
+            "SandboxSnapshot",
+            "sandbox.opensandbox.io_sandboxsnapshots.yaml",
+        ),
     ] {
         let text = std::fs::read_to_string(dir.join("crds").join(file)).expect("upstream crd");
         let up = docs(&text, file).remove(0);
@@ -298,6 +305,13 @@ fn fixtures_with_every_upstream_field_validate() {
         "BatchSandbox status.taskRunning",
         "BatchSandbox status.taskSucceed",
         "BatchSandbox status.taskUnknown",
+        "SandboxSnapshot spec.sandboxName",
+        "SandboxSnapshot status.conditions",
+        "SandboxSnapshot status.containers",
+        "SandboxSnapshot status.observedGeneration",
+        "SandboxSnapshot status.phase",
+        "SandboxSnapshot status.sourceNodeName",
+        "SandboxSnapshot status.sourcePodName",
     ];
     let missing: Vec<_> = upstream.iter().filter(|f| !seen.contains(**f)).collect();
     assert!(missing.is_empty(), "fixtures lack {missing:#?}");

@@ -1,5 +1,5 @@
 //! An in-process fake node agent (tonic, on loopback) that records the
-//! `Pause` / `Resume` calls it gets, with their authorization header, and
+//! `Pause` / `Resume` (and `CommitImages`) calls it gets, with their authorization header, and
 //! answers them (or refuses every one with a given status).
 
 use std::sync::Arc;
@@ -105,6 +105,27 @@ impl NodeAgent for FakeAgent {
     }
     async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
         no()
+    }
+    /// Recorded as `commit`; each container gets `sha256:fake-<name>`.
+    async fn commit_images(
+        &self,
+        r: Request<pb::CommitImagesRequest>,
+    ) -> Reply<pb::CommitImagesResponse> {
+        let req = r.get_ref().clone();
+        let mut auth = Request::new(pb::SandboxRef {
+            sandbox_id: req.sandbox_id.clone(),
+        });
+        *auth.metadata_mut() = r.metadata().clone();
+        self.record::<pb::SandboxInfo>("commit", auth)?;
+        let containers = req
+            .containers
+            .into_iter()
+            .map(|c| pb::ContainerImage {
+                digest: format!("sha256:fake-{}", c.container_name),
+                ..c
+            })
+            .collect();
+        Ok(Response::new(pb::CommitImagesResponse { containers }))
     }
     type WatchStream = std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<pb::NodeEvent, Status>> + Send + 'static>,

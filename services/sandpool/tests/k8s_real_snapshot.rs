@@ -1,0 +1,260 @@
+//! OpenSandbox `SandboxSnapshot` against a real node (issue 21): the
+//! snapshot controller over the controller tests' fake apiserver, the real
+//! node agent in Kubernetes mode (`CriNodeService` behind the service token
+//! check, found as the DaemonSet pod of node-a) and a private containerd
+//! whose `k8s.io` namespace holds a pod made as containerd's CRI plugin
+//! makes it (the node agent testkit's `CriTestNode`). What the pod's
+//! container wrote (and deleted) must be in the committed image, on top of
+//! the image it ran; a gVisor pod is refused.
+//!
+//! Needs root and containerd (the node agent containerd tests' gate).
+
+#[path = "../../controller/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use sandpool_controller::context::Context;
+use sandpool_controller::crd::{ALLOCATED_TO_LABEL, SandboxSnapshot, all_crds};
+use sandpool_controller::kube_scheduler::{DaemonSetAgents, NODE_AGENT_SELECTOR};
+use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::snapshot;
+use sandpool_node_agent::containerd::{Ctr, NewContainer};
+use sandpool_node_agent::cri::{CriNode, CriNodeService};
+use sandpool_node_agent::testkit::cri::{CriTestNode, CriTestPod, K8S_NAMESPACE};
+use sandpool_proto::auth::{RequireToken, ServiceToken};
+use sandpool_proto::v1 as pb;
+use serde_json::{Value, json};
+use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path};
+
+const NS: &str = "sandpool";
+const NODE: &str = "node-a";
+const TOKEN: &str = "svc-secret-0123456789";
+const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "sandpool");
+
+/// Serve the Kubernetes-mode node agent of `node` on loopback, behind the
+/// service token check.
+async fn serve_node_agent(node: &CriTestNode) -> u16 {
+    let ctr = Ctr::connect(&node.socket(), K8S_NAMESPACE, Duration::from_secs(10))
+        .await
+        .expect("containerd");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let auth = RequireToken::new(Some(TOKEN)).expect("token");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(auth))
+            .add_service(pb::node_agent_server::NodeAgentServer::new(CriNodeService(
+                Arc::new(CriNode::new(ctr, NODE)),
+            )))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    port
+}
+
+/// The fake apiserver (the generated CRDs enforced) with the node agent pod
+/// of node-a, batch `b` and its one pod `b-0` Running on node-a, and a
+/// snapshot `s` of `b`; the controller's context.
+async fn cluster(agent_port: u16) -> (FakeApi, Arc<Context>) {
+    let api = FakeApi::new();
+    api.enforce_schemas(&all_crds());
+    api.with_store(|s| {
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
+                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
+        );
+        make_ready(s, NS, "agent-a", "127.0.0.1", NODE);
+        let b = s.put(
+            &batches_path(NS),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+                "metadata": {"name": "b"},
+                "spec": {"replicas": 1,
+                    "template": {"spec": {"containers": [{"name": "main", "image": "busybox"}]}}}}),
+        );
+        let uid = b["metadata"]["uid"].clone();
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "b-0", "labels": {ALLOCATED_TO_LABEL: uid, MANAGED.0: MANAGED.1},
+                    "annotations": {"sandbox.opensandbox.io/shard": "0"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}]}}),
+        );
+        make_ready(s, NS, "b-0", "10.2.0.7", NODE);
+        s.put(
+            &cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "SandboxSnapshot",
+                "metadata": {"name": "s", "generation": 1}, "spec": {"sandboxName": "b"}}),
+        );
+    });
+    let agents = DaemonSetAgents::new(
+        api.client(),
+        NS,
+        ServiceToken::new(Some(TOKEN)).expect("token"),
+    )
+    .at(NODE_AGENT_SELECTOR, agent_port);
+    let inj = RuntimeInjection {
+        image: "ghcr.io/sandpool/sandpool:test".into(),
+        image_pull_policy: None,
+    };
+    let ctx = Context::new(api.client(), inj, Arc::new(NoTasks(None)), Some("t".into()));
+    (api, Arc::new(ctx.with_node_agents(Arc::new(agents))))
+}
+
+async fn reconcile_snapshot(ctx: &Arc<Context>) -> Value {
+    let api: Api<SandboxSnapshot> = Api::namespaced(ctx.client.clone(), NS);
+    let s = api.get("s").await.expect("snapshot");
+    snapshot::reconcile(Arc::new(s), ctx.clone())
+        .await
+        .expect("reconcile");
+    let s = api.get("s").await.expect("snapshot");
+    serde_json::to_value(s.status).expect("status")
+}
+
+/// A path inside the root file system of the pod's container.
+fn in_container(pid: u32, rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{pid}/root/{rel}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_commits_what_the_pods_container_wrote_into_a_k8s_io_image() {
+    if sandpool_node_agent::testkit::gate().is_none() {
+        return;
+    }
+    let node = CriTestNode::start().await;
+    let pod: CriTestPod = node.run_pod(NS, "b-0", &[MANAGED], &["main"]).await;
+    let pid = node.pid(&pod.containers[0].0).await;
+    // the container writes a file, changes one and deletes one of its image
+    std::fs::create_dir_all(in_container(pid, "work")).expect("mkdir");
+    std::fs::write(in_container(pid, "work/result.txt"), "written in the pod\n").expect("write");
+    std::fs::write(in_container(pid, "etc/group"), "snap:x:1234:\n").expect("write");
+    std::fs::remove_file(in_container(pid, "etc/hosts")).expect("rm");
+    let port = serve_node_agent(&node).await;
+    let (_api, ctx) = cluster(port).await;
+
+    let st = reconcile_snapshot(&ctx).await;
+    assert_eq!(st["phase"], "Succeed", "{st}");
+    assert_eq!(st["sourcePodName"], "b-0");
+    assert_eq!(st["sourceNodeName"], NODE);
+    let uri = st["containers"][0]["imageUri"]
+        .as_str()
+        .expect("uri")
+        .to_string();
+    let digest = st["containers"][0]["imageDigest"].as_str().expect("digest");
+    assert!(
+        uri.starts_with("sandpool.local/snapshots/b-main:snap-"),
+        "{uri}"
+    );
+
+    // the image is in k8s.io under that name, at that digest, and unpacked
+    let ctr = node.ctr();
+    let img = ctr
+        .image(&uri)
+        .await
+        .expect("image")
+        .expect("committed image");
+    assert_eq!(img.target.expect("target").digest, digest);
+    let (chain, config) = ctr
+        .image_rootfs(&uri)
+        .await
+        .expect("rootfs")
+        .expect("unpacked");
+    let files = ctr
+        .read_image_files(
+            &chain,
+            &["work/result.txt", "etc/group", "etc/hosts", "bin/bash"],
+        )
+        .await
+        .expect("read");
+    assert_eq!(files[0].as_deref(), Some("written in the pod\n"));
+    assert_eq!(files[1].as_deref(), Some("snap:x:1234:\n"));
+    assert_eq!(files[2], None, "the deleted file is whited out");
+    assert!(
+        files[3]
+            .as_deref()
+            .is_some_and(|s| s.contains("exec /bin/sh")),
+        "the image's own layer is below: {:?}",
+        files[3]
+    );
+    // the image config of the base is kept
+    assert!(
+        config.env.iter().any(|e| e.starts_with("PATH=")),
+        "{config:?}"
+    );
+    // the container runs again after the commit
+    let (state, _) = ctr
+        .task_state(&pod.containers[0].0)
+        .await
+        .expect("state")
+        .expect("task");
+    assert_eq!(state, sandpool_node_agent::containerd::TaskState::Running);
+    node.remove_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_gvisor_pod_is_refused_naming_runsc() {
+    if sandpool_node_agent::testkit::gate().is_none() {
+        return;
+    }
+    let node = CriTestNode::start().await;
+    let ctr = node.ctr();
+    let (chain, _) = ctr
+        .image_rootfs(sandpool_node_agent::image::BUSYBOX)
+        .await
+        .expect("rootfs")
+        .expect("busybox");
+    // a pod whose containers the runc shim runs with runsc (never started:
+    // the refusal comes first)
+    let kube = |kind: &str, container: &str| -> HashMap<String, String> {
+        [
+            ("io.kubernetes.pod.name", "b-0"),
+            ("io.kubernetes.pod.namespace", NS),
+            ("io.kubernetes.pod.uid", "uid-gvisor"),
+            ("io.kubernetes.container.name", container),
+            ("io.cri-containerd.kind", kind),
+            MANAGED,
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let spec = json!({"ociVersion": "1.0.2-dev", "process": {"args": ["true"], "cwd": "/"},
+        "root": {"path": "rootfs"}});
+    for (id, kind, name) in [
+        ("gv-sandbox", "sandbox", ""),
+        ("gv-main", "container", "main"),
+    ] {
+        ctr.create_container(NewContainer {
+            id,
+            snapshot_key: id,
+            image: sandpool_node_agent::image::BUSYBOX,
+            parent_snapshot: &chain,
+            labels: kube(kind, name),
+            spec: &spec,
+            runtime_binary: "/usr/local/bin/runsc",
+        })
+        .await
+        .expect("create");
+    }
+    let port = serve_node_agent(&node).await;
+    let (_api, ctx) = cluster(port).await;
+    let st = reconcile_snapshot(&ctx).await;
+    assert_eq!(st["phase"], "Failed", "{st}");
+    let msg = st["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("gVisor (runsc)"), "{msg}");
+    assert_eq!(st["conditions"][0]["reason"], "CommitFailed");
+    let names = ctr.list_images().await.expect("images");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("sandpool.local/snapshots/")),
+        "{names:?}"
+    );
+    node.remove_all().await;
+}
