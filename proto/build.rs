@@ -22,6 +22,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // credentials: a Debug of hand (lib.rs) that hides the password
         .skip_debug(["sandpool.v1.ImageAuth"])
         .compile_protos(&protos, &["proto"])?;
+    // sandboxd's ProcessService (agent-sandbox KEP-539.2), served by the
+    // runtime for the k8s-agent-sandbox SDK: its own package, process.v1.
+    let sandboxd = ["proto/sandboxd/process/v1/process.proto"];
+    for p in sandboxd {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&sandboxd, &["proto"])?;
     // The public API: its own package and a descriptor set of its own (for
     // server reflection and the breaking-change test).
     let public = ["proto/sandpool/v1/public/sandboxes.proto"];

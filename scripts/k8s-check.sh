@@ -268,6 +268,9 @@ expect_not ns-override 'namespace: "?'"$NAMESPACE"'"?$'
 # agent-sandbox data path: 8888 (untokened) limited by a NetworkPolicy by
 # default; the router (unauthenticated) only when asked, as the SDK expects it
 expect_object defaults 'NetworkPolicy/sandpool-agent-sandbox-api'
+# sandboxd's 8080 and 9090 are as untokened as 8888: cut out of the open ranges
+expect defaults '^          endPort: 8079$'
+expect defaults '^          endPort: 9089$'
 expect_no_object defaults 'Service/sandbox-router-svc'
 expect_not defaults 'sandbox-router-listen'
 render asb-router --set agentSandbox.router.enabled=true \

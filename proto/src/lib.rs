@@ -43,6 +43,13 @@ where
         .map_err(Into::into)
 }
 
+/// sandboxd's `process.v1.ProcessService` (kubernetes-sigs/agent-sandbox
+/// KEP-539.2), as the k8s-agent-sandbox SDK calls it on a sandbox's 9090.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+pub mod sandboxd_process {
+    tonic::include_proto!("process.v1");
+}
+
 /// The public API for agent frameworks: `sandpool.v1.public` (see
 /// `proto/sandpool/v1/public/`), kept apart from the internal services.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]

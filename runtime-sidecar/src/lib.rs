@@ -24,6 +24,7 @@ pub mod ports;
 pub mod privilege;
 pub mod pty;
 pub mod request_id;
+pub mod sandboxd;
 pub mod session;
 pub mod sysmetrics;
 pub mod upload;
@@ -249,6 +250,36 @@ pub fn asb_app(state: AppState, root: PathBuf) -> Router {
         router,
         state,
         |req| tracing::info_span!("asb.request", method = %req.method(), path = %req.uri().path()),
+    )
+}
+
+/// sandboxd's REST files API (port 8080), untokened by upstream's design,
+/// its paths confined to the state's root.
+pub fn sandboxd_rest_app(st: sandboxd::SandboxdState) -> Router {
+    let state = st.app.clone();
+    traced(
+        sandboxd::rest::router(st),
+        state,
+        |req| tracing::info_span!("sandboxd.request", method = %req.method(), path = %req.uri().path()),
+    )
+}
+
+/// sandboxd's gRPC `process.v1.ProcessService` (port 9090), untokened by
+/// upstream's design.
+pub fn sandboxd_grpc_app(st: sandboxd::SandboxdState) -> Router {
+    use sandpool_proto::sandboxd_process::process_service_server::ProcessServiceServer;
+    use tonic::server::NamedService;
+    let state = st.app.clone();
+    let grpc = tonic::service::Routes::new(ProcessServiceServer::new(
+        sandboxd::process::ProcessSvc::new(st),
+    ))
+    .prepare();
+    let name = <ProcessServiceServer<sandboxd::process::ProcessSvc> as NamedService>::NAME;
+    let router = Router::new().route_service(&format!("/{name}/{{*method}}"), grpc);
+    traced(
+        router,
+        state,
+        |req| tracing::info_span!("sandboxd.grpc", path = %req.uri().path()),
     )
 }
 

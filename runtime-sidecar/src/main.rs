@@ -34,6 +34,19 @@ struct Args {
     /// commands run here (created when missing).
     #[arg(long, env = "SANDPOOL_ASB_ROOT", default_value = sandpool_runtime::asb::DEFAULT_ROOT)]
     asb_root: PathBuf,
+    /// Also serve sandboxd's REST files API (KEP-539.2: what the
+    /// k8s-agent-sandbox SDK's sandboxd configurations call, /v1/files/*) on
+    /// this address (e.g. 0.0.0.0:8080). NO token, by upstream's design.
+    #[arg(long, env = "SANDPOOL_SANDBOXD_LISTEN")]
+    sandboxd_listen: Option<SocketAddr>,
+    /// Also serve sandboxd's gRPC process.v1.ProcessService on this address
+    /// (e.g. 0.0.0.0:9090). NO token, by upstream's design.
+    #[arg(long, env = "SANDPOOL_SANDBOXD_GRPC_LISTEN")]
+    sandboxd_grpc_listen: Option<SocketAddr>,
+    /// sandboxd's root: its paths and working directories stay inside it
+    /// (created when missing).
+    #[arg(long, env = "SANDPOOL_SANDBOXD_ROOT", default_value = sandpool_runtime::sandboxd::DEFAULT_ROOT)]
+    sandboxd_root: PathBuf,
     /// Require this token in X-EXECD-ACCESS-TOKEN (HTTP) / x-execd-access-token (gRPC)
     /// (write `--access-token=VALUE` for a value that starts with `-`)
     /// and, for envd, X-Access-Token.
@@ -246,11 +259,11 @@ fn access_token(
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = sandpool_telemetry::init("sandpool-runtime")?;
-    let data_dir = args.data_dir.unwrap_or_else(|| {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sandpool-runtime-{}", std::process::id()))
     });
     let cfg = Config {
-        access_token: access_token(args.access_token, args.access_token_file.as_deref())?,
+        access_token: access_token(args.access_token.clone(), args.access_token_file.as_deref())?,
         data_dir: data_dir.clone(),
         max_json_bytes: args.max_json_bytes,
         upload: UploadLimits {
@@ -295,9 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sandpool_runtime::interp_app(state.clone()),
         ),
     ];
-    if let Some(addr) = args.asb_listen {
-        serve_asb(addr, &args.asb_root, &state, &switches).await?;
-    }
+    serve_agent_sandbox_apis(&args, &state, &switches).await?;
     for (addr, what, app) in extra {
         let Some(addr) = addr else { continue };
         let l = match tokio::net::TcpListener::bind(addr).await {
@@ -354,28 +365,81 @@ async fn serve_asb(
     state: &AppState,
     switches: &listening::Switches,
 ) -> anyhow::Result<()> {
-    // a user that may not create /app works in its current directory instead
-    let root = match std::fs::create_dir_all(root) {
+    let app = sandpool_runtime::asb_app(state.clone(), api_root(root, "agent-sandbox API"));
+    serve_untokened(addr, "agent-sandbox runtime API", app, switches).await
+}
+
+/// Serve the agent-sandbox runtime API (8888) and sandboxd's REST files API
+/// and gRPC ProcessService, all without a token, where `--asb-listen`,
+/// `--sandboxd-listen` and `--sandboxd-grpc-listen` say.
+async fn serve_agent_sandbox_apis(
+    args: &Args,
+    state: &AppState,
+    switches: &listening::Switches,
+) -> anyhow::Result<()> {
+    if let Some(addr) = args.asb_listen {
+        serve_asb(addr, &args.asb_root, state, switches).await?;
+    }
+    if args.sandboxd_listen.is_none() && args.sandboxd_grpc_listen.is_none() {
+        return Ok(());
+    }
+    let st = sandpool_runtime::sandboxd::SandboxdState::new(
+        state.clone(),
+        &api_root(&args.sandboxd_root, "sandboxd"),
+    );
+    let apps = [
+        (
+            args.sandboxd_listen,
+            "sandboxd REST files API",
+            sandpool_runtime::sandboxd_rest_app(st.clone()),
+        ),
+        (
+            args.sandboxd_grpc_listen,
+            "sandboxd gRPC ProcessService",
+            sandpool_runtime::sandboxd_grpc_app(st),
+        ),
+    ];
+    for (addr, what, app) in apps {
+        if let Some(addr) = addr {
+            serve_untokened(addr, what, app, switches).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `root`, created when missing; a user that may not create it works in
+/// its current directory instead.
+fn api_root(root: &std::path::Path, what: &str) -> PathBuf {
+    match std::fs::create_dir_all(root) {
         Ok(()) => root.to_path_buf(),
         Err(e) => {
             let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-            tracing::warn!(error = %e, root = %root.display(), fallback = %cwd.display(), "creating the agent-sandbox API root failed");
+            tracing::warn!(error = %e, root = %root.display(), fallback = %cwd.display(), "creating the {what} root failed");
             cwd
         }
-    };
-    let app = sandpool_runtime::asb_app(state.clone(), root);
+    }
+}
+
+/// Serve the untokened API `what` on `addr`. An image serving its own on
+/// this port keeps it: ours steps aside with a warning.
+async fn serve_untokened(
+    addr: SocketAddr,
+    what: &'static str,
+    app: axum::Router,
+    switches: &listening::Switches,
+) -> anyhow::Result<()> {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
-            tracing::info!(addr = %l.local_addr()?, "agent-sandbox runtime API listening (no token)");
+            tracing::info!(addr = %l.local_addr()?, "{what} listening (no token)");
             let sw = switches.clone();
             tokio::spawn(async move {
                 if let Err(e) = sw.serve(l, app).await {
-                    tracing::error!(error = %e, "agent-sandbox API server failed");
+                    tracing::error!(error = %e, "{what} server failed");
                 }
             });
         }
         Err(e) => {
-            tracing::warn!(error = %e, %addr, "agent-sandbox runtime API not served: the port is taken");
+            tracing::warn!(error = %e, %addr, "{what} not served: the port is taken");
         }
     }
     Ok(())

@@ -258,21 +258,7 @@ where
     E: std::fmt::Display,
 {
     let path = resolve(path, to.home);
-    let perm = Permission {
-        mode: Some(644),
-        ..Default::default()
-    };
-    let mut s = stream;
-    let mut staging = Staging::owned_by(to.owner);
-    write_stream(&mut s, &mut staging, &path, &perm, limits, |e| {
-        RuntimeError::InvalidRequest(format!("reading upload: {e}"))
-    })
-    .await?;
-    let written = staging
-        .commit()
-        .await?
-        .pop()
-        .ok_or_else(|| RuntimeError::InvalidRequest("no file in upload".into()))?;
+    let written = receive_file(stream, &path, limits, 644, to.owner).await?;
     if !gzip {
         return Ok(written);
     }
@@ -280,6 +266,36 @@ where
     tokio::task::spawn_blocking(move || gunzip_in_place(&p2, max))
         .await
         .map_err(|e| RuntimeError::failed("gunzip worker", e))?
+}
+
+/// Stream `stream` into the file at the absolute `path` with `mode` (its
+/// octal digits written as decimal, 644 = 0o644): staged next to it and
+/// renamed into place, its directories created (`owner`'s when set).
+pub async fn receive_file<S, E>(
+    mut stream: S,
+    path: &str,
+    limits: &UploadLimits,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<UploadedFile>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let perm = Permission {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    let mut staging = Staging::owned_by(owner);
+    write_stream(&mut stream, &mut staging, path, &perm, limits, |e| {
+        RuntimeError::InvalidRequest(format!("reading upload: {e}"))
+    })
+    .await?;
+    staging
+        .commit()
+        .await?
+        .pop()
+        .ok_or_else(|| RuntimeError::InvalidRequest("no file in upload".into()))
 }
 
 fn gunzip_in_place(path: &str, max: u64) -> Result<UploadedFile> {

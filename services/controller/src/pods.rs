@@ -158,9 +158,15 @@ pub const ASB_PORT: i32 = 8888;
 /// the chart's NetworkPolicy selects them.
 pub const ASB_API_ANNOTATION: &str = "sandpool.io/agent-sandbox-api";
 
+/// sandboxd's REST files API port (the SDK's sandboxd configurations).
+pub const SANDBOXD_REST_PORT: i32 = 8080;
+/// sandboxd's gRPC ProcessService port.
+pub const SANDBOXD_GRPC_PORT: i32 = 9090;
+
 /// Have the runtime of `pod` (built by [`runtime_pod`]) also serve the
-/// agent-sandbox runtime API on 8888 — untokened, as upstream's SDK expects:
-/// only agent-sandbox pods get it, and not when the template's annotation
+/// agent-sandbox runtime API on 8888 and sandboxd (KEP-539.2) on 8080 (REST
+/// files) and 9090 (gRPC processes) — untokened, as upstream's SDK expects:
+/// only agent-sandbox pods get them, and not when the template's annotation
 /// [`ASB_API_ANNOTATION`] says `"false"`.
 pub fn serve_agent_sandbox_api(pod: &mut Pod) {
     if annotation(pod, ASB_API_ANNOTATION) == Some("false") {
@@ -176,17 +182,32 @@ pub fn serve_agent_sandbox_api(pod: &mut Pod) {
         return;
     }
     let at = cmd.iter().position(|a| a == "--").unwrap_or(cmd.len());
-    cmd.insert(at, format!("--asb-listen=0.0.0.0:{ASB_PORT}"));
-    // what the chart's NetworkPolicy selects to limit who reaches 8888
+    let apis = [
+        ("--asb-listen", "sandbox", ASB_PORT),
+        ("--sandboxd-listen", "sandboxd", SANDBOXD_REST_PORT),
+        (
+            "--sandboxd-grpc-listen",
+            "sandboxd-grpc",
+            SANDBOXD_GRPC_PORT,
+        ),
+    ];
+    for (i, (flag, _, port)) in apis.iter().enumerate() {
+        cmd.insert(at + i, format!("{flag}=0.0.0.0:{port}"));
+    }
+    // what the chart's NetworkPolicy selects to limit who reaches these ports
     pod.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
         .insert(ASB_API_ANNOTATION.into(), "true".into());
     let ports = main.ports.get_or_insert_with(Vec::new);
-    if !ports.iter().any(|p| p.container_port == ASB_PORT) {
+    for (_, name, port) in apis {
+        if ports.iter().any(|p| p.container_port == port) {
+            continue;
+        }
+        let taken = ports.iter().any(|p| p.name.as_deref() == Some(name));
         ports.push(ContainerPort {
-            name: Some("sandbox".into()),
-            container_port: ASB_PORT,
+            name: (!taken).then(|| name.into()),
+            container_port: port,
             ..Default::default()
         });
     }
@@ -457,18 +478,29 @@ mod tests {
         serve_agent_sandbox_api(&mut pod);
         let main = &pod.spec.as_ref().expect("spec").containers[0];
         let cmd = main.command.as_deref().expect("command");
-        assert_eq!(cmd[3], "--asb-listen=0.0.0.0:8888", "{cmd:?}");
         assert_eq!(
-            cmd[4..],
+            cmd[3..6],
+            [
+                "--asb-listen=0.0.0.0:8888",
+                "--sandboxd-listen=0.0.0.0:8080",
+                "--sandboxd-grpc-listen=0.0.0.0:9090"
+            ],
+            "{cmd:?}"
+        );
+        assert_eq!(
+            cmd[6..],
             ["--", "sleep", "3600"],
             "the entrypoint stays last"
         );
-        assert!(
-            main.ports
-                .iter()
-                .flatten()
-                .any(|p| p.container_port == 8888)
-        );
+        for port in [8888, 8080, 9090] {
+            assert!(
+                main.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.container_port == port),
+                "{port}"
+            );
+        }
         assert_eq!(
             labels_of(&pod).get(ASB_API_ANNOTATION).map(String::as_str),
             Some("true")
@@ -484,7 +516,8 @@ mod tests {
             .clone()
             .expect("command");
         assert!(
-            !cmd.iter().any(|a| a.starts_with("--asb-listen")),
+            !cmd.iter()
+                .any(|a| a.starts_with("--asb-listen") || a.starts_with("--sandboxd")),
             "{cmd:?}"
         );
     }

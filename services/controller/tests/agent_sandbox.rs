@@ -752,10 +752,14 @@ async fn sandpool_serves_the_sdk_runtime_api_on_8888_only_when_the_template_asks
     for name in ["by-label", "by-annotation"] {
         let p = obj(&api, &pods_path(NS), name).expect("pod");
         let cmd = runtime_command(&p);
-        assert!(
-            cmd.contains(&"--asb-listen=0.0.0.0:8888".to_string()),
-            "{name}: {cmd:?}"
-        );
+        // and sandboxd's two ports (the SDK's sandboxd configurations)
+        for flag in [
+            "--asb-listen=0.0.0.0:8888",
+            "--sandboxd-listen=0.0.0.0:8080",
+            "--sandboxd-grpc-listen=0.0.0.0:9090",
+        ] {
+            assert!(cmd.contains(&flag.to_string()), "{name}: {cmd:?}");
+        }
         assert_eq!(p["metadata"]["labels"][ASB_LABEL], "true", "{name}");
     }
     for name in ["opted-out", "plain"] {
