@@ -1,5 +1,5 @@
 """E2B's filesystem-only pause through the real e2b SDK (2.63.0), unchanged,
-on runc and runsc: ``sandbox.pause(mode="filesystem")`` (sent as
+on runc (runsc is refused, 501): ``sandbox.pause(mode="filesystem")`` (sent as
 ``{"memory": false}``) stops the sandbox's processes and keeps its files;
 ``Sandbox.connect`` boots it again from those files (its processes are not
 restored), with the same id and credentials. The timeout's auto-pause does
@@ -15,9 +15,6 @@ import pytest
 from e2b import Sandbox, SandboxState
 from sandpool_platform import POOL_NAME, RUNSC_POOL_NAME, Sandpool
 
-POOLS = {"runc": POOL_NAME, "runsc": RUNSC_POOL_NAME}
-
-
 def _wait_state(sandbox_id: str, state: SandboxState, within_s: float = 30) -> None:
     deadline = time.monotonic() + within_s
     while Sandbox.get_info(sandbox_id).state != state:
@@ -30,9 +27,8 @@ def _sleeper_running(sbx: Sandbox) -> bool:
     return any(line.strip() == "sleep 1234" for line in out.splitlines())
 
 
-@pytest.mark.parametrize("runtime", sorted(POOLS))
-def test_a_filesystem_pause_keeps_the_files_and_reboots_on_connect(e2b_env: Sandpool, runtime: str):
-    sbx = Sandbox.create(POOLS[runtime], timeout=120)
+def test_a_filesystem_pause_keeps_the_files_and_reboots_on_connect(e2b_env: Sandpool):
+    sbx = Sandbox.create(POOL_NAME, timeout=120)
     try:
         sbx.files.write("/tmp/fs-only-marker.txt", "persisted")
         sbx.commands.run("sleep 1234", background=True)
@@ -47,6 +43,16 @@ def test_a_filesystem_pause_keeps_the_files_and_reboots_on_connect(e2b_env: Sand
         assert resumed.files.read("/tmp/fs-only-marker.txt") == "persisted"
         assert not _sleeper_running(resumed)
         assert resumed.commands.run("echo again").stdout.strip() == "again"
+    finally:
+        sbx.kill()
+
+
+def test_a_runsc_sandbox_is_refused_naming_gvisor(e2b_env: Sandpool):
+    sbx = Sandbox.create(RUNSC_POOL_NAME, timeout=120)
+    try:
+        with pytest.raises(Exception, match="runc sandbox"):
+            sbx.pause(mode="filesystem")
+        assert sbx.is_running()
     finally:
         sbx.kill()
 

@@ -24,14 +24,22 @@ impl Agent {
                 "sandbox {id} is already paused (filesystem only)"
             )));
         }
+        // (a claim that started nothing leaves its sandbox labelled warm)
         if !matches!(
             sb.state,
-            pb::SandboxState::Claimed | pb::SandboxState::Paused
+            pb::SandboxState::Warm | pb::SandboxState::Claimed | pb::SandboxState::Paused
         ) {
             return Err(AgentError::FailedPrecondition(format!(
-                "sandbox {id} is {}: only a claimed sandbox can be paused",
+                "sandbox {id} is {}: it cannot be paused",
                 super::state_label(sb.state)
             )));
+        }
+        if sb.runtime_class == pb::RuntimeClass::Runsc {
+            // measured: a new runsc task on the same rootfs lacks the files
+            // the sandbox wrote (gVisor keeps them in its own overlay)
+            return Err(AgentError::Unsupported(
+                "a filesystem-only pause needs a runc sandbox: gVisor keeps what a runsc sandbox writes to its root file system in its own memory, which ends with its task".into(),
+            ));
         }
         let _busy = self.busy(id);
         // its exit is ours: not a failure
