@@ -404,9 +404,15 @@ impl NodeAgent for CriNodeService {
 
     async fn pause(
         &self,
-        req: Request<pb::SandboxRef>,
+        req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::SandboxInfo>, Status> {
-        let pod = self.0.pause(&req.into_inner().sandbox_id).await?;
+        let req = req.into_inner();
+        if req.filesystem_only {
+            return Err(unsupported(
+                "Pause with filesystem_only (a pod's containers cannot be stopped and started again on the same root file system outside the kubelet)",
+            ));
+        }
+        let pod = self.0.pause(&req.sandbox_id).await?;
         Ok(Response::new(self.0.info(&pod).await?))
     }
 

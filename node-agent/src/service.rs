@@ -175,12 +175,14 @@ impl NodeAgent for NodeAgentService {
         }))
     }
 
-    async fn pause(&self, req: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
-        self.traced_sandbox(
-            "Pause",
-            req,
-            |a, r| async move { a.pause(&r.sandbox_id).await },
-        )
+    async fn pause(&self, req: Request<pb::PauseRequest>) -> Reply<pb::SandboxInfo> {
+        self.traced_sandbox("Pause", req, |a, r| async move {
+            if r.filesystem_only {
+                a.pause_filesystem(&r.sandbox_id).await
+            } else {
+                a.pause(&r.sandbox_id).await
+            }
+        })
         .await
     }
 

@@ -217,14 +217,17 @@ impl Scheduler for FakeScheduler {
         let r = r.into_inner();
         self.with_claim(&r.claim_id, |c| c.expires_unix_ms = r.expires_unix_ms)
     }
-    async fn pause_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
-        self.with_claim(&r.into_inner().claim_id, |c| {
+    async fn pause_claim(&self, r: Request<pb::PauseClaimRequest>) -> R<pb::Claim> {
+        let r = r.into_inner();
+        self.with_claim(&r.claim_id, |c| {
             c.state = pb::ClaimState::Paused as i32;
+            c.paused_filesystem_only = r.filesystem_only;
         })
     }
     async fn resume_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::Claim> {
         self.with_claim(&r.into_inner().claim_id, |c| {
             c.state = pb::ClaimState::Bound as i32;
+            c.paused_filesystem_only = false;
         })
     }
     async fn release_claim(&self, r: Request<pb::ClaimRef>) -> R<pb::ReleaseClaimResponse> {

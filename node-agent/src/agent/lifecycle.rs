@@ -429,6 +429,9 @@ impl Agent {
                 "sandbox {id} is not paused"
             )));
         }
+        if self.is_paused_filesystem(id) {
+            return self.resume_filesystem(sb).await;
+        }
         self.ctr.resume(id).await?;
         self.set_state(id, pb::SandboxState::Claimed).await
     }

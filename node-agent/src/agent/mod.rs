@@ -23,6 +23,7 @@ use crate::{
 mod checkpoint;
 mod claim;
 mod disk;
+mod fspause;
 mod images;
 mod lifecycle;
 mod logs;
@@ -53,6 +54,8 @@ pub mod labels {
     pub const PORT: &str = "sandpool.io/runtime-port";
     /// Its image's default process, a JSON array (absent: none).
     pub const IMAGE_COMMAND: &str = "sandpool.io/image-command";
+    /// `filesystem` while the sandbox is paused filesystem-only (no task).
+    pub const PAUSED: &str = "sandpool.io/paused";
 }
 
 /// Default cap of a sandbox's host-side log (its runtime's stdout and stderr).
@@ -284,6 +287,8 @@ pub struct Agent {
     /// each running sandbox's rootfs upper dir (what the disk check
     /// measures), until its container is replaced or removed
     upperdirs: Mutex<HashMap<String, PathBuf>>,
+    /// sandboxes paused filesystem-only: their task is gone on purpose
+    fs_paused: Mutex<std::collections::HashSet<String>>,
     /// The node's DNS proxy, started by the first domain egress rule.
     dns: tokio::sync::OnceCell<crate::dnsproxy::server::DnsProxy>,
     /// The node's credential proxy, started by the first credential vault.
@@ -329,6 +334,7 @@ impl Agent {
     fn forget_incarnation(&self, id: &str) {
         self.kills.lock().remove(id);
         self.upperdirs.lock().remove(id);
+        self.fs_paused.lock().remove(id);
     }
 
     /// Remember that a limit stopped sandbox `id` (its exit is reported
@@ -449,6 +455,7 @@ impl Agent {
             busy: Mutex::new(Default::default()),
             kills: Mutex::new(HashMap::new()),
             upperdirs: Mutex::new(HashMap::new()),
+            fs_paused: Mutex::new(Default::default()),
             dns: tokio::sync::OnceCell::new(),
             cred: tokio::sync::OnceCell::new(),
             renewed: std::sync::atomic::AtomicU64::new(0),

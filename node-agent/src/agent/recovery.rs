@@ -88,6 +88,10 @@ impl Agent {
 
     /// A sandbox's init exited (`pid` from the event, if any): mark it failed.
     pub(super) async fn on_exit(&self, id: &str, pid: Option<u32>, status: u32) {
+        // paused filesystem-only: its task was stopped on purpose
+        if self.is_paused_filesystem(id) {
+            return;
+        }
         // an exit of an earlier incarnation (recycle) while a new one runs
         if let Some(pid) = pid
             && let Ok(Some((TaskState::Running | TaskState::Paused, current))) =
@@ -171,10 +175,14 @@ impl Agent {
             let Some(mut sb) = Sandbox::from_labels(&c.id, &c.labels) else {
                 continue;
             };
-            let alive = matches!(
-                self.ctr.task_state(&c.id).await?,
-                Some((TaskState::Running | TaskState::Paused, _))
-            );
+            // paused filesystem-only: no task, on purpose
+            let fs_paused =
+                sb.state == pb::SandboxState::Paused && Self::labels_paused_filesystem(&c.labels);
+            let alive = fs_paused
+                || matches!(
+                    self.ctr.task_state(&c.id).await?,
+                    Some((TaskState::Running | TaskState::Paused, _))
+                );
             let netns_ok = self.cfg.net.netns_path(&c.id).exists();
             let reachable = if sb.template.checkpointable && alive {
                 // a new tunnel, on the same port when it is free
@@ -233,6 +241,9 @@ impl Agent {
                             sb.state = pb::SandboxState::Failed;
                         }
                     }
+                }
+                if fs_paused {
+                    self.fs_paused.lock().insert(c.id.clone());
                 }
                 self.lock().insert(c.id.clone(), sb);
                 adopted += 1;

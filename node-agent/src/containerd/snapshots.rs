@@ -111,6 +111,16 @@ impl Ctr {
     /// The overlay upper directory of container `id`'s rootfs snapshot: what
     /// the sandbox wrote to its root file system.
     pub async fn rootfs_upperdir(&self, id: &str) -> Result<PathBuf> {
+        let mounts = self.rootfs_mounts(id).await?;
+        upperdir(&mounts).ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "sandbox {id}'s rootfs has no overlay upper directory"
+            ))
+        })
+    }
+
+    /// The mounts of container `id`'s rootfs snapshot (to start a task on).
+    pub async fn rootfs_mounts(&self, id: &str) -> Result<Vec<Mount>> {
         let req = self.req(api::GetContainerRequest { id: id.to_string() });
         let got = self.client.containers().get(req).await;
         let key = got
@@ -124,17 +134,18 @@ impl Ctr {
             .snapshots()
             .mounts(self.req(MountsRequest {
                 snapshotter: SNAPSHOTTER.into(),
-                key,
+                key: key.clone(),
             }))
             .await
             .or_fail("snapshot mounts")?
             .into_inner()
             .mounts;
-        upperdir(&mounts).ok_or_else(|| {
-            AgentError::FailedPrecondition(format!(
-                "sandbox {id}'s rootfs has no overlay upper directory"
-            ))
-        })
+        if key.is_empty() || mounts.is_empty() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} has no rootfs snapshot"
+            )));
+        }
+        Ok(mounts)
     }
 
     /// Prepare an active snapshot. A containerd killed between renaming a

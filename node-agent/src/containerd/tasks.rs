@@ -171,6 +171,12 @@ impl Ctr {
         }
     }
 
+    /// Stop and delete `id`'s task, keeping the container and its root file
+    /// system (see [`Ctr::stop_and_delete_task`]).
+    pub async fn stop_task(&self, id: &str) -> Result<()> {
+        self.stop_and_delete_task(id).await
+    }
+
     /// Kill `id`'s task (SIGKILL to all its processes), wait for it and
     /// delete it; no task is fine.
     pub(super) async fn stop_and_delete_task(&self, id: &str) -> Result<()> {

@@ -174,13 +174,19 @@ impl NodeAgents for DaemonSetAgents {
 
     async fn set_paused(&self, node: &str, sandbox_id: &str, pause: bool) -> Result<(), Status> {
         let mut agent = self.client(node).await?;
-        let r = sandpool_telemetry::grpc_request(pb::SandboxRef {
-            sandbox_id: sandbox_id.to_string(),
-        });
         let done = if pause {
-            agent.pause(r).await
+            agent
+                .pause(sandpool_telemetry::grpc_request(pb::PauseRequest {
+                    sandbox_id: sandbox_id.to_string(),
+                    filesystem_only: false,
+                }))
+                .await
         } else {
-            agent.resume(r).await
+            agent
+                .resume(sandpool_telemetry::grpc_request(pb::SandboxRef {
+                    sandbox_id: sandbox_id.to_string(),
+                }))
+                .await
         };
         done.map(drop)
             .map_err(|s| Status::new(s.code(), format!("node agent of {node}: {}", s.message())))

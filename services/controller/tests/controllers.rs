@@ -840,8 +840,9 @@ async fn assert_scheduler_errors(
         .expect_err("missing");
     assert_eq!(e.code(), tonic::Code::NotFound);
     let e = sched
-        .pause_claim(tonic::Request::new(pb::ClaimRef {
+        .pause_claim(tonic::Request::new(pb::PauseClaimRequest {
             claim_id: claim_id.to_string(),
+            filesystem_only: false,
         }))
         .await
         .expect_err("pause");

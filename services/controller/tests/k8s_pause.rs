@@ -109,6 +109,13 @@ fn claim_ref(id: &str) -> Request<pb::ClaimRef> {
     })
 }
 
+fn pause_ref(id: &str) -> Request<pb::PauseClaimRequest> {
+    Request::new(pb::PauseClaimRequest {
+        claim_id: id.into(),
+        filesystem_only: false,
+    })
+}
+
 #[tokio::test]
 async fn pause_and_resume_go_to_the_node_agent_of_the_pods_node() {
     let api = FakeApi::new();
@@ -122,7 +129,7 @@ async fn pause_and_resume_go_to_the_node_agent_of_the_pods_node() {
     assert!(ttl_before > 0);
 
     let paused = sched
-        .pause_claim(claim_ref(&id))
+        .pause_claim(pause_ref(&id))
         .await
         .expect("pause")
         .into_inner();
@@ -156,7 +163,7 @@ async fn pause_and_resume_go_to_the_node_agent_of_the_pods_node() {
 
     // a paused claim cannot be paused again (409), and the agent is not called
     let again = sched
-        .pause_claim(claim_ref(&id))
+        .pause_claim(pause_ref(&id))
         .await
         .expect_err("pause twice");
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
@@ -213,7 +220,7 @@ async fn a_pause_the_node_agent_refuses_leaves_the_claim_running() {
     let sched = scheduler(&api, port);
     let (claim, _) = claimed(&api, &ctx, &sched).await;
     let e = sched
-        .pause_claim(claim_ref(&claim.claim_id))
+        .pause_claim(pause_ref(&claim.claim_id))
         .await
         .expect_err("refused");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
@@ -237,7 +244,7 @@ async fn a_node_without_an_agent_is_unavailable() {
     let (claim, _) = claimed(&api, &ctx, &sched).await;
     api.with_store(|s| s.delete(&pods_path(NS), "agent-a"));
     let e = sched
-        .pause_claim(claim_ref(&claim.claim_id))
+        .pause_claim(pause_ref(&claim.claim_id))
         .await
         .expect_err("no agent");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");

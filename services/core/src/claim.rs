@@ -50,6 +50,20 @@ impl ClaimState {
     }
 }
 
+/// The state a filesystem-only pause (the sandbox's processes stopped, its
+/// root file system kept) moves a claim to: a bound claim is paused, and a
+/// frozen paused one (`paused_filesystem` false) may drop its memory and stay
+/// paused; a claim already paused filesystem-only cannot be paused again.
+pub fn on_filesystem_pause(
+    state: ClaimState,
+    paused_filesystem: bool,
+) -> Result<ClaimState, CoreError> {
+    match state {
+        ClaimState::Paused if !paused_filesystem => Ok(ClaimState::Paused),
+        s => s.on(ClaimEvent::Pause),
+    }
+}
+
 /// Whether a claim expiring at `expires_ms` (0 = never) is due at `now_ms`.
 /// Paused claims do not expire (their clock is stopped).
 pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
@@ -62,11 +76,27 @@ pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
 /// sentence the Kubernetes scheduler and the CRI node agent both answer.
 pub const KUBERNETES_CHECKPOINT_UNSUPPORTED: &str = "checkpoints (snapshots, restore, fork) are not supported in Kubernetes mode: every pod has the network its CNI gave it, runc checkpoints need CRIU (which fails on the kernels sandpool runs on) and gVisor cannot checkpoint a sandbox with a network; only standalone checkpointable (network-less) runsc sandboxes can be checkpointed";
 
+/// Why Kubernetes claims are not paused filesystem-only: a pod's containers
+/// cannot be stopped and started again on the same root file system outside
+/// the kubelet.
+pub const KUBERNETES_FS_PAUSE_UNSUPPORTED: &str = "a filesystem-only pause is not supported in Kubernetes mode: a pod's containers cannot be stopped and started again on the same root file system outside the kubelet";
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ClaimEvent as E;
     use ClaimState as S;
+
+    #[test]
+    fn a_filesystem_pause_pauses_a_bound_claim_or_drops_a_frozen_ones_memory() {
+        assert_eq!(on_filesystem_pause(S::Bound, false).unwrap(), S::Paused);
+        // frozen: the memory goes, the claim stays paused
+        assert_eq!(on_filesystem_pause(S::Paused, false).unwrap(), S::Paused);
+        // already filesystem-only, or not paused-able at all
+        assert!(on_filesystem_pause(S::Paused, true).is_err());
+        assert!(on_filesystem_pause(S::Pending, false).is_err());
+        assert!(on_filesystem_pause(S::Released, false).is_err());
+    }
 
     #[test]
     fn legal_paths() {

@@ -266,9 +266,15 @@ impl Gateway {
             .map(shown)
     }
 
-    pub async fn pause_claim(&self, id: &str) -> Result<()> {
-        self.on_own_claim(id, claim_ref(id), rpc!(pause_claim))
-            .await?;
+    /// Pause claim `id`: frozen in place, or with `filesystem_only` its
+    /// processes stopped and only its root file system kept (a frozen
+    /// claim may be paused that way too: its memory is dropped).
+    pub async fn pause_claim(&self, id: &str, filesystem_only: bool) -> Result<()> {
+        let req = pb::PauseClaimRequest {
+            claim_id: id.to_string(),
+            filesystem_only,
+        };
+        self.on_own_claim(id, req, rpc!(pause_claim)).await?;
         Ok(())
     }
 

@@ -72,6 +72,9 @@ pub async fn forward(
     let (mut claim, private) = gw.get_claim_traffic(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32
         && claim.auto_resume
+        // a filesystem-only pause is resumed by an explicit request only
+        // (E2B: traffic cannot cold-boot a sandbox)
+        && !claim.paused_filesystem_only
         && auth == Auth::Passthrough
     {
         claim = auto_resume(&gw, &id).await?;

@@ -424,7 +424,10 @@ async fn the_node_agent_leaves_pods_sandpool_did_not_make_alone() {
         .into_inner();
     assert!(listed.sandboxes.is_empty(), "{listed:?}");
     for p in [&web, &gw] {
-        let r = pb::SandboxRef { sandbox_id: p.id() };
+        let r = pb::PauseRequest {
+            sandbox_id: p.id(),
+            filesystem_only: false,
+        };
         let s = agent.pause(r.clone()).await.expect_err("refused");
         assert_eq!(s.code(), tonic::Code::NotFound, "{}: {s:?}", p.id());
         let m = pb::MountRequest {
@@ -448,8 +451,9 @@ async fn the_node_agent_leaves_pods_sandpool_did_not_make_alone() {
             .await
             .expect("connect");
     let s = NodeAgentClient::new(ch)
-        .pause(pb::SandboxRef {
+        .pause(pb::PauseRequest {
             sandbox_id: web.id(),
+            filesystem_only: false,
         })
         .await
         .expect_err("no token");

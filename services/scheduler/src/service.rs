@@ -152,6 +152,8 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         oom_kills: c.oom_kills,
         auto_resume: c.auto_resume,
         ttl_seconds: c.ttl_seconds,
+        pause_filesystem_only: c.pause_filesystem_only,
+        paused_filesystem_only: c.state == ClaimState::Paused && c.paused_filesystem,
     }
 }
 
@@ -311,9 +313,16 @@ impl scheduler_server::Scheduler for SchedulerService {
         Ok(Response::new(claim_pb(&c)))
     }
 
-    async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        self.change_claim(req, |s, id| async move { s.pause(&id).await })
-            .await
+    async fn pause_claim(
+        &self,
+        req: Request<pb::PauseClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let c = self
+            .detached(Span::none(), req, |s, r| async move {
+                s.pause_as(&r.claim_id, r.filesystem_only).await
+            })
+            .await?;
+        Ok(Response::new(claim_pb(&c)))
     }
 
     async fn resume_claim(

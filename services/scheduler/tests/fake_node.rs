@@ -56,6 +56,8 @@ struct Books {
     fail_pause: bool,
     /// sandbox ids paused, in order
     paused: Vec<String>,
+    /// the sandboxes of those pauses that were filesystem-only
+    paused_filesystem: Vec<String>,
     checkpoints: Vec<pb::CheckpointInfo>,
     /// sandbox ids restored from checkpoints, in order
     restored: Vec<String>,
@@ -247,15 +249,20 @@ impl NodeAgent for FakeNode {
             .ok_or_else(|| Status::not_found(id))
     }
 
-    async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
-        let id = r.get_ref().sandbox_id.clone();
+    async fn pause(&self, r: Request<pb::PauseRequest>) -> Reply<pb::SandboxInfo> {
+        let (meta, ext, r) = r.into_parts();
+        let id = r.sandbox_id.clone();
         if self.books().fail_pause {
             return Err(Status::failed_precondition(format!(
                 "{id} cannot be frozen"
             )));
         }
-        self.books().paused.push(id);
-        self.get_sandbox(r).await
+        if r.filesystem_only {
+            self.books().paused_filesystem.push(id.clone());
+        }
+        self.books().paused.push(id.clone());
+        let r = pb::SandboxRef { sandbox_id: id };
+        self.get_sandbox(Request::from_parts(meta, ext, r)).await
     }
 
     async fn resume(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {

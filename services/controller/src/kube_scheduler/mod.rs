@@ -666,8 +666,11 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(self.claim_of(&b).await?))
     }
 
-    async fn pause_claim(&self, req: Request<pb::ClaimRef>) -> Result<Response<pb::Claim>, Status> {
-        let id = req.into_inner().claim_id;
+    async fn pause_claim(
+        &self,
+        req: Request<pb::PauseClaimRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let id = pause::frozen_only(req.into_inner())?;
         Ok(Response::new(
             self.set_claim_paused(&id, ClaimEvent::Pause).await?,
         ))

@@ -131,3 +131,14 @@ impl KubeScheduler {
         self.claim_of(&b).await
     }
 }
+
+/// The claim a pause asks for, refused when it is filesystem-only (see
+/// [`sandpool_core::claim::KUBERNETES_FS_PAUSE_UNSUPPORTED`]).
+pub(super) fn frozen_only(r: pb::PauseClaimRequest) -> Result<String, Status> {
+    if r.filesystem_only {
+        return Err(Status::unimplemented(
+            sandpool_core::claim::KUBERNETES_FS_PAUSE_UNSUPPORTED,
+        ));
+    }
+    Ok(r.claim_id)
+}

@@ -70,8 +70,12 @@ impl NodeAgent for FakeAgent {
     async fn release(&self, _: Request<pb::ReleaseRequest>) -> Reply<pb::SandboxInfo> {
         no()
     }
-    async fn pause(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
-        self.record("pause", r)
+    async fn pause(&self, r: Request<pb::PauseRequest>) -> Reply<pb::SandboxInfo> {
+        let (meta, ext, r) = r.into_parts();
+        let r = pb::SandboxRef {
+            sandbox_id: r.sandbox_id,
+        };
+        self.record("pause", Request::from_parts(meta, ext, r))
     }
     async fn resume(&self, r: Request<pb::SandboxRef>) -> Reply<pb::SandboxInfo> {
         self.record("resume", r)

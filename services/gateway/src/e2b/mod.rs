@@ -201,11 +201,10 @@ struct NewSandbox {
     /// Pause instead of kill when the timeout ends.
     #[serde(default)]
     auto_pause: Option<bool>,
-    /// Full (memory) or filesystem-only snapshot on auto-pause: a paused
-    /// sandpool sandbox is frozen with its memory either way, which keeps
-    /// more than either asks for.
+    /// Full (memory, the default) or filesystem-only (`false`) pause at the
+    /// timeout, with `autoPause`.
     #[serde(default, rename = "autoPauseMemory")]
-    _auto_pause_memory: Option<bool>,
+    auto_pause_memory: Option<bool>,
     /// `{"enabled": bool}`: a paused sandbox resumes on its next request.
     #[serde(default)]
     auto_resume: Option<Value>,
@@ -346,6 +345,14 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
                 .into(),
         ));
     }
+    let pause_filesystem_only =
+        req.auto_pause == Some(true) && req.auto_pause_memory == Some(false);
+    if pause_filesystem_only && auto_resume {
+        return Err(ApiError::Invalid(
+            "autoResume cannot be combined with autoPauseMemory: false (a filesystem-only snapshot is resumed by connect, not by traffic)"
+                .into(),
+        ));
+    }
     let timeout = match req.timeout {
         None => DEFAULT_TIMEOUT_S,
         Some(t) if t > 0 => t as u64,
@@ -389,6 +396,7 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         egress,
         pause_on_expiry: req.auto_pause.unwrap_or(false),
         auto_resume,
+        pause_filesystem_only,
         ..Default::default()
     };
     Ok(NewClaim {
@@ -496,6 +504,20 @@ struct Timeout {
     duration: Option<i64>,
 }
 
+/// `POST /sandboxes/{id}/connect` and `/resume`'s body: the timeout, and
+/// `memory: false` to resume a paused sandbox by rebooting it from its
+/// files (E2B's `on_resume="reboot"`).
+#[derive(Deserialize, Default)]
+struct Connect {
+    #[serde(default, deserialize_with = "crate::timeout::whole_seconds")]
+    timeout: Option<i64>,
+    #[serde(default)]
+    memory: Option<bool>,
+    /// `/resume`'s deprecated `autoPause`: the create's decides.
+    #[serde(default, rename = "autoPause")]
+    _auto_pause: Option<bool>,
+}
+
 async fn renew_for(gw: &Gateway, id: &str, field: &str, seconds: i64) -> Result<()> {
     let at = gw.timeout_expiry(field, Utc::now().timestamp_millis(), seconds)?;
     gw.renew(id, at).await?;
@@ -522,7 +544,7 @@ async fn set_timeout(
         }
         // its timeout is now: what it does at its timeout happens now, a
         // pause with `autoPause` (connect resumes it), else the end
-        if c.pause_on_expiry && gw.pause_claim(&id).await.is_ok() {
+        if c.pause_on_expiry && gw.pause_claim(&id, c.pause_filesystem_only).await.is_ok() {
             return Ok(StatusCode::NO_CONTENT);
         }
         gw.release_claim(&id).await?;
@@ -575,12 +597,12 @@ async fn pause(
     Path(id): Path<String>,
     extract::JsonOrEmpty(r, _): JsonBody<snapshots::PauseRequest>,
 ) -> Result<StatusCode> {
-    snapshots::check_pause(&r)?;
+    let filesystem_only = snapshots::check_pause(&r)?;
     let c = get_claim(&gw, &id).await?;
     if c.state == pb::ClaimState::Paused as i32 {
         return Err(ApiError::Conflict(format!("sandbox {id} is already paused")).into());
     }
-    gw.pause_claim(&id).await?;
+    gw.pause_claim(&id, filesystem_only).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -590,12 +612,12 @@ async fn connect(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    extract::JsonOrEmpty(t, _): JsonBody<Timeout>,
+    extract::JsonOrEmpty(t, _): JsonBody<Connect>,
 ) -> Result<Response> {
     connect_with(&gw, &id, &headers, t).await
 }
 
-async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -> Result<Response> {
+async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Connect) -> Result<Response> {
     // a bad timeout is refused before the sandbox is resumed
     let expiry = t
         .timeout
@@ -604,6 +626,10 @@ async fn connect_with(gw: &Gateway, id: &str, headers: &HeaderMap, t: Timeout) -
     let c = get_claim(gw, id).await?;
     let resumed = c.state == pb::ClaimState::Paused as i32;
     if resumed {
+        // `memory: false`: reboot from the files, whatever the pause kept
+        if t.memory == Some(false) && !c.paused_filesystem_only {
+            gw.pause_claim(id, true).await?;
+        }
         gw.resume_claim(id).await?;
     }
     // a resumed sandbox runs for the timeout asked for; a running one's end
@@ -632,7 +658,7 @@ async fn resume(
         return Err(ApiError::Conflict(format!("sandbox {id} is not paused")).into());
     }
     // the body is read only for a paused sandbox (as `connect` reads it)
-    let t: Timeout = extract::json_or_empty(&gw, body).await?;
+    let t: Connect = extract::json_or_empty(&gw, body).await?;
     connect_with(&gw, &id, &headers, t).await
 }
 
@@ -762,6 +788,24 @@ mod tests {
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
             assert!(e.to_string().contains("autoResume"), "{e}");
         }
+    }
+
+    #[test]
+    fn auto_pause_memory_false_asks_for_a_filesystem_only_pause_without_auto_resume() {
+        let fs = |body: &[u8]| parse_create(body).map(|n| n.claim.pause_filesystem_only);
+        assert!(fs(br#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#).unwrap());
+        for full in [
+            &br#"{"templateID":"base","autoPause":true}"#[..],
+            br#"{"templateID":"base","autoPause":true,"autoPauseMemory":true}"#,
+            // no pause at the timeout: nothing to be filesystem-only
+            br#"{"templateID":"base","autoPauseMemory":false}"#,
+        ] {
+            assert!(!fs(full).unwrap(), "{}", String::from_utf8_lossy(full));
+        }
+        let e = fs(br#"{"templateID":"base","autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}}"#)
+            .unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+        assert!(e.to_string().contains("autoPauseMemory"), "{e}");
     }
 
     #[test]

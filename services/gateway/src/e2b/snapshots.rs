@@ -55,26 +55,20 @@ pub(super) struct PauseRequest {
     other: BTreeMap<String, Value>,
 }
 
-/// What sandpool's pause (the sandbox frozen in place: memory, processes
-/// and files kept) cannot do: a filesystem-only pause (`memory: false`,
-/// E2B reboots the sandbox on resume) and `requireHealthyGuest: true`
-/// (E2B refuses the pause while envd does not answer); both 501 naming the
+/// Whether pause body `r` asks for a filesystem-only pause (`memory: false`:
+/// the processes stop, the files stay, a resume reboots from them); the
+/// default freezes the sandbox with its memory. `requireHealthyGuest: true`
+/// (E2B refuses the pause while envd does not answer) is 501 naming the
 /// field, as is any other field.
-pub(super) fn check_pause(r: &PauseRequest) -> std::result::Result<(), ApiError> {
+pub(super) fn check_pause(r: &PauseRequest) -> std::result::Result<bool, ApiError> {
     refuse_other(&r.other, "pause")?;
-    if r.memory == Some(false) {
-        return Err(ApiError::Unsupported(
-            "memory: false (a filesystem-only pause, resumed by rebooting): sandpool pauses a sandbox by freezing it with its memory and processes"
-                .into(),
-        ));
-    }
     if r.require_healthy_guest == Some(true) {
         return Err(ApiError::Unsupported(
             "requireHealthyGuest: true (sandpool's pause does not check the guest agent first)"
                 .into(),
         ));
     }
-    Ok(())
+    Ok(r.memory == Some(false))
 }
 
 /// E2B's `SnapshotInfo` of checkpoint `c`.
@@ -320,15 +314,23 @@ mod tests {
     #[test]
     fn pause_bodies_sandpool_cannot_honour_are_refused_naming_the_field() {
         let parse = |v: Value| -> PauseRequest { serde_json::from_value(v).expect("body") };
-        for ok in [
-            serde_json::json!({}),
-            serde_json::json!({"memory": true}),
-            serde_json::json!({"memory": null, "requireHealthyGuest": false}),
+        for (ok, filesystem_only) in [
+            (serde_json::json!({}), false),
+            (serde_json::json!({"memory": true}), false),
+            (
+                serde_json::json!({"memory": null, "requireHealthyGuest": false}),
+                false,
+            ),
+            // a filesystem-only pause
+            (serde_json::json!({"memory": false}), true),
         ] {
-            assert!(check_pause(&parse(ok.clone())).is_ok(), "{ok}");
+            assert_eq!(
+                check_pause(&parse(ok.clone())).expect("accepted"),
+                filesystem_only,
+                "{ok}"
+            );
         }
         for (bad, names) in [
-            (serde_json::json!({"memory": false}), "memory: false"),
             (
                 serde_json::json!({"requireHealthyGuest": true}),
                 "requireHealthyGuest",

@@ -89,7 +89,7 @@ impl Sandboxes for PublicApi {
 
     async fn pause(&self, req: Request<api::PauseSandboxRequest>) -> Reply<api::Sandbox> {
         self.unary(req, |gw, r| async move {
-            gw.pause_claim(&r.id).await?;
+            gw.pause_claim(&r.id, false).await?;
             gw.get_claim(&r.id).await.map(lifecycle::sandbox)
         })
         .await

@@ -295,6 +295,7 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         egress,
         pause_on_expiry: false,
         auto_resume: false,
+        pause_filesystem_only: false,
         image_auth,
     })
 }
@@ -356,7 +357,7 @@ pub async fn delete(State(gw): State<Gateway>, Path(id): Path<String>) -> Result
 }
 
 pub async fn pause(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
-    gw.pause_claim(&id).await?;
+    gw.pause_claim(&id, false).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -269,6 +269,11 @@ fn restored_claim(
         egress: None,
         pause_on_expiry: false,
         auto_resume: false,
+        pause_filesystem_only: false,
+        paused_filesystem: false,
+        // a restored sandbox's processes came with its memory: after a
+        // filesystem-only pause nothing is started again
+        restart: Vec::new(),
         ttl_seconds,
         oom_kills: 0,
     }

@@ -18,6 +18,22 @@ use crate::{
     traced,
 };
 
+/// What a resume after a filesystem-only pause starts again (see
+/// `ClaimRec::restart`): `process` as injected, the request's resources and
+/// mounts; empty when there is none of them.
+fn restart_request(process: &pb::InjectRequest, req: &pb::ClaimRequest) -> Vec<u8> {
+    let r = pb::ClaimRequest {
+        process: Some(process.clone()).filter(|p| !p.argv.is_empty()),
+        resources: req.resources.clone(),
+        mounts: req.mounts.clone(),
+        ..Default::default()
+    };
+    if r == pb::ClaimRequest::default() {
+        return Vec::new();
+    }
+    prost::Message::encode_to_vec(&r)
+}
+
 /// A warm sandbox taken off a pool: node, sandbox id, what the node said about it.
 type Taken = (String, String, Option<pb::SandboxInfo>);
 
@@ -192,6 +208,9 @@ impl Scheduler {
             auto_resume: req.auto_resume && req.pause_on_expiry,
             ttl_seconds: req.ttl_seconds,
             oom_kills: 0,
+            pause_filesystem_only: req.pause_filesystem_only && req.pause_on_expiry,
+            paused_filesystem: false,
+            restart: restart_request(&process, &req),
         };
         reservation.record(&claim_id);
         let started = async {
@@ -579,21 +598,92 @@ impl Scheduler {
         self.freeze_or_thaw(id, ClaimEvent::Pause).await
     }
 
+    /// Pause claim `id`: frozen in place, or with `filesystem_only` its
+    /// sandbox's processes stopped and only its root file system kept (a
+    /// frozen claim may be paused that way too, dropping its memory).
+    pub async fn pause_as(&self, id: &str, filesystem_only: bool) -> Result<ClaimRec> {
+        if !filesystem_only {
+            return self.pause(id).await;
+        }
+        let c = self.get_claim(id)?;
+        let next = sandpool_core::claim::on_filesystem_pause(c.state, c.paused_filesystem)?;
+        let mut node = self.node(&c.sandbox.node)?.client.clone();
+        node.pause(traced(pb::PauseRequest {
+            sandbox_id: c.sandbox.id.clone(),
+            filesystem_only: true,
+        }))
+        .await
+        .map_err(node_err(&c.sandbox.node))?;
+        let was_bound = c.state == ClaimState::Bound;
+        self.update_claim(id, |c| {
+            c.state = next;
+            c.paused_filesystem = true;
+            if was_bound && c.expires_ms > 0 {
+                c.paused_remaining_ms = (c.expires_ms - now_ms()).max(1);
+            }
+            Ok(())
+        })
+    }
+
     /// Resume: thaw the sandbox; the TTL clock restarts with what was left.
+    /// A sandbox paused filesystem-only starts afresh on its root file
+    /// system, and what the claim started in it is started again.
     pub async fn resume(&self, id: &str) -> Result<ClaimRec> {
-        self.freeze_or_thaw(id, ClaimEvent::Resume).await
+        let c = self.freeze_or_thaw(id, ClaimEvent::Resume).await?;
+        if !c.paused_filesystem {
+            return Ok(c);
+        }
+        let c = self.update_claim(id, |c| {
+            c.paused_filesystem = false;
+            Ok(())
+        })?;
+        self.restart_claim(&c).await?;
+        Ok(c)
+    }
+
+    /// Start claim `c`'s process, resources and mounts again in its
+    /// sandbox, which was just started afresh on its root file system.
+    async fn restart_claim(&self, c: &ClaimRec) -> Result<()> {
+        if c.restart.is_empty() {
+            return Ok(());
+        }
+        let r =
+            <pb::ClaimRequest as prost::Message>::decode(c.restart.as_slice()).map_err(|e| {
+                SchedError::Invalid(format!(
+                    "claim {}'s stored start does not decode: {e}",
+                    c.id
+                ))
+            })?;
+        let process = r.process.filter(|p| !p.argv.is_empty());
+        if process.is_some() || r.resources.is_some() {
+            let mut node = self.node(&c.sandbox.node)?.client.clone();
+            node.inject(traced(pb::NodeInjectRequest {
+                sandbox_id: c.sandbox.id.clone(),
+                process,
+                resources: r.resources,
+                ..Default::default()
+            }))
+            .await
+            .map_err(node_err(&c.sandbox.node))?;
+        }
+        self.mount_volumes(&c.sandbox.node, &c.sandbox.id, &r.mounts)
+            .await
     }
 
     pub(super) async fn freeze_or_thaw(&self, id: &str, event: ClaimEvent) -> Result<ClaimRec> {
         let c = self.get_claim(id)?;
         let next = c.state.on(event)?;
         let mut node = self.node(&c.sandbox.node)?.client.clone();
-        let sb = traced(pb::SandboxRef {
-            sandbox_id: c.sandbox.id.clone(),
-        });
+        let sandbox_id = c.sandbox.id.clone();
         match event {
-            ClaimEvent::Pause => node.pause(sb).await,
-            _ => node.resume(sb).await,
+            ClaimEvent::Pause => {
+                node.pause(traced(pb::PauseRequest {
+                    sandbox_id,
+                    filesystem_only: false,
+                }))
+                .await
+            }
+            _ => node.resume(traced(pb::SandboxRef { sandbox_id })).await,
         }
         .map_err(node_err(&c.sandbox.node))?;
         self.update_claim(id, |c| {

@@ -54,13 +54,11 @@ impl Scheduler {
     /// The end of claim `id`'s TTL: paused when it asked for that (and
     /// can be), else released.
     async fn expire(&self, id: &str) {
-        let pause = self
-            .lock()
-            .claims
-            .get(id)
-            .is_some_and(|c| c.pause_on_expiry);
+        let (pause, filesystem_only) = self.lock().claims.get(id).map_or((false, false), |c| {
+            (c.pause_on_expiry, c.pause_filesystem_only)
+        });
         if pause {
-            match self.pause(id).await {
+            match self.pause_as(id, filesystem_only).await {
                 Ok(_) => {
                     tracing::info!(claim = %id, "claim expired: paused");
                     // a later resume without a new TTL gets a fresh one

@@ -78,6 +78,18 @@ pub struct ClaimRec {
     /// Resume when E2B traffic reaches it while paused (E2B `autoResume`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_resume: bool,
+    /// With `pause_on_expiry`: that pause is filesystem-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_filesystem_only: bool,
+    /// Paused filesystem-only: its sandbox's processes are gone, a resume
+    /// starts them again from `restart`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_filesystem: bool,
+    /// What a resume after a filesystem-only pause starts in the sandbox
+    /// again, as a start does: a `pb::ClaimRequest` holding only the
+    /// claim's process (argv resolved), resources and mounts, encoded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<u8>,
     /// The TTL the claim was made with (0 = none).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub ttl_seconds: u64,
