@@ -95,19 +95,39 @@ def _run_kernel(code, silent=False):
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind, c = msg["msg_type"], msg["content"]
-        if silent:
-            pass
-        elif kind == "stream":
-            _emit({"type": c.get("name", "stdout"), "text": c.get("text", "")})
-        elif kind in ("execute_result", "display_data"):
-            ev = {"type": "result", "data": c.get("data", {}), "is_main_result": kind == "execute_result"}
-            if kind == "execute_result":
-                ev["execution_count"] = c.get("execution_count")
-            _emit(ev)
-        elif kind == "error":
-            _emit({"type": "error", "name": c.get("ename", ""), "value": c.get("evalue", ""), "traceback": c.get("traceback", [])})
+        if not silent:
+            _forward(kind, c)
         if kind == "status" and c.get("execution_state") == "idle":
             break
+    n = _reply_count(msg_id)
+    if not silent and _language in ("javascript", "typescript"):
+        # Deno's kernel may publish a cell's result or output just after its
+        # idle status: take what follows for this cell until the stream is quiet
+        while True:
+            try:
+                msg = _kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                break
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                _forward(msg["msg_type"], msg["content"])
+    return n
+
+
+def _forward(kind, c):
+    """Emit one iopub message of the running cell."""
+    if kind == "stream":
+        _emit({"type": c.get("name", "stdout"), "text": c.get("text", "")})
+    elif kind in ("execute_result", "display_data"):
+        ev = {"type": "result", "data": c.get("data", {}), "is_main_result": kind == "execute_result"}
+        if kind == "execute_result":
+            ev["execution_count"] = c.get("execution_count")
+        _emit(ev)
+    elif kind == "error":
+        _emit({"type": "error", "name": c.get("ename", ""), "value": c.get("evalue", ""), "traceback": c.get("traceback", [])})
+
+
+def _reply_count(msg_id):
+    """The execution count of the cell's shell reply (None when there was none)."""
     while True:
         try:
             reply = _kc.get_shell_msg(timeout=5)
