@@ -239,27 +239,7 @@ impl Ctr {
             created_at: None,
             updated_at: None,
         };
-        let create = api::CreateImageRequest {
-            image: Some(image.clone()),
-            source_date_epoch: None,
-        };
-        match self.client.images().create(self.req(create)).await {
-            Ok(_) => Ok(()),
-            Err(s) if is_exists(&s) => {
-                let update = api::UpdateImageRequest {
-                    image: Some(image),
-                    update_mask: None,
-                    source_date_epoch: None,
-                };
-                self.client
-                    .images()
-                    .update(self.req(update))
-                    .await
-                    .or_fail("update image")?;
-                Ok(())
-            }
-            Err(s) => Err(AgentError::containerd("create image", s)),
-        }
+        self.upsert_image(image).await
     }
 
     /// Every image in the namespace, by name.

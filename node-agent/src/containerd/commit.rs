@@ -320,31 +320,7 @@ impl Ctr {
             created_at: None,
             updated_at: None,
         };
-        let created = self
-            .client
-            .images()
-            .create(self.req(api::CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            }))
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(s) if is_exists(&s) => {
-                let req = api::UpdateImageRequest {
-                    image: Some(image),
-                    update_mask: None,
-                    source_date_epoch: None,
-                };
-                self.client
-                    .images()
-                    .update(self.req(req))
-                    .await
-                    .or_fail("update image")?;
-                Ok(())
-            }
-            Err(s) => Err(AgentError::containerd("create image", s)),
-        }
+        self.upsert_image(image).await
     }
 }
 

@@ -262,24 +262,26 @@ impl Ctr {
             created_at: None,
             updated_at: None,
         };
-        match self
-            .client
-            .images()
-            .create(self.req(api::CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            }))
-            .await
-        {
+        self.upsert_image(image).await
+    }
+
+    /// Create the image record, or replace the one of the same name.
+    pub(super) async fn upsert_image(&self, image: api::Image) -> Result<()> {
+        let create = api::CreateImageRequest {
+            image: Some(image.clone()),
+            source_date_epoch: None,
+        };
+        match self.client.images().create(self.req(create)).await {
             Ok(_) => Ok(()),
             Err(s) if is_exists(&s) => {
+                let update = api::UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: None,
+                    source_date_epoch: None,
+                };
                 self.client
                     .images()
-                    .update(self.req(api::UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: None,
-                        source_date_epoch: None,
-                    }))
+                    .update(self.req(update))
                     .await
                     .or_fail("update image")?;
                 Ok(())
