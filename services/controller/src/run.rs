@@ -198,6 +198,11 @@ pub async fn controllers(
         let ns = batch_store_ns.clone();
         uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
     })
+    // a pause waits on the SandboxSnapshot it creates
+    .owns(
+        Api::<SandboxSnapshot>::namespaced(client.clone(), &ns),
+        wc.clone(),
+    )
     .graceful_shutdown_on(shutdown.clone())
     .run(
         |o, c| reported(o, c, crate::batch::reconcile),
