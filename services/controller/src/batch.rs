@@ -136,8 +136,13 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     };
     if resuming && phase == crate::crd::BatchSandboxPhase::Succeed {
         resume::delete_pause_snapshot(batch, ctx, ns).await?;
-        ctx.event(batch, false, "Resumed", "resumed from the pause snapshot".into())
-            .await;
+        ctx.event(
+            batch,
+            false,
+            "Resumed",
+            "resumed from the pause snapshot".into(),
+        )
+        .await;
     }
     let status = BatchSandboxStatus {
         observed_generation: batch.metadata.generation,

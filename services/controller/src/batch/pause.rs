@@ -298,7 +298,7 @@ async fn complete_pause(
     if !batch.annotations().contains_key(PAUSED_ANNOTATION) {
         let ttl = crate::kube_scheduler::ttl_patch(batch, ClaimEvent::Pause)
             .map_err(|s| Error::invalid("BatchSandbox", &name, s.message()))?;
-        sandpool_core::batch::merge_patch(&mut patch, &ttl);
+        combine(&mut patch, ttl);
     }
     if let Some(pool) = &batch.spec.pool_ref {
         // the pool's template is the pod's (before the runtime injection)
@@ -312,7 +312,7 @@ async fn complete_pause(
                 name: pool.clone(),
             })?;
         let detach = json!({"spec": {"template": template, "poolRef": null}});
-        sandpool_core::batch::merge_patch(&mut patch, &detach);
+        combine(&mut patch, detach);
     }
     let after = api
         .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -342,6 +342,24 @@ async fn complete_pause(
     );
     ctx.event(batch, false, PAUSED, msg).await;
     Ok(Action::requeue(ctx.settle))
+}
+
+/// Two merge patches as one: `from`'s members added to `into`'s, objects
+/// combined member by member, nulls (removals) kept.
+pub(super) fn combine(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(old) => combine(old, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
 }
 
 pub(super) fn conditions(batch: &BatchSandbox) -> &[Condition] {
@@ -405,15 +423,34 @@ mod tests {
         assert_eq!(step(&b(json!(true), 2, 2, "Succeed")), Step::None);
         assert_eq!(step(&b(json!(true), 3, 2, "Paused")), Step::Hold);
         assert_eq!(step(&b(json!(false), 3, 2, "Paused")), Step::Resume);
-        assert_eq!(step(&b(json!(false), 3, 3, "Resuming")), Step::ContinueResume);
+        assert_eq!(
+            step(&b(json!(false), 3, 3, "Resuming")),
+            Step::ContinueResume
+        );
         // a resume already under way goes on whatever the spec says now
-        assert_eq!(step(&b(json!(true), 4, 3, "Resuming")), Step::ContinueResume);
+        assert_eq!(
+            step(&b(json!(true), 4, 3, "Resuming")),
+            Step::ContinueResume
+        );
         assert_eq!(step(&b(json!(false), 3, 3, "Paused")), Step::Hold);
         assert_eq!(step(&b(json!(null), 3, 1, "Succeed")), Step::None);
         // unset: no intent; a paused batch stays paused
         assert_eq!(step(&b(json!(null), 4, 3, "Paused")), Step::Hold);
         // a resume of a batch that is not paused: nothing to do
         assert_eq!(step(&b(json!(false), 3, 1, "Succeed")), Step::None);
+    }
+
+    #[test]
+    fn combined_patches_keep_their_removals() {
+        let mut p = json!({"metadata": {"annotations": {"a": "[]"}}});
+        combine(
+            &mut p,
+            json!({"metadata": {"annotations": {"b": null}}, "spec": {"expireTime": null}}),
+        );
+        assert_eq!(
+            p,
+            json!({"metadata": {"annotations": {"a": "[]", "b": null}}, "spec": {"expireTime": null}})
+        );
     }
 
     #[test]

@@ -37,16 +37,28 @@ use crate::kube_scheduler::PAUSED_ANNOTATION;
 use crate::pods;
 
 /// Acknowledge the resume.
-pub(super) async fn handle_resume(batch: &BatchSandbox, ctx: &Context, _ns: &str) -> Result<Action> {
+pub(super) async fn handle_resume(
+    batch: &BatchSandbox,
+    ctx: &Context,
+    _ns: &str,
+) -> Result<Action> {
     let conds = without(&without(conditions(batch), RESUME_FAILED), PAUSED);
     ack(ctx, batch, BatchSandboxPhase::Resuming, &conds).await?;
-    ctx.event(batch, false, "Resuming", "resuming from the pause snapshot".into())
-        .await;
+    ctx.event(
+        batch,
+        false,
+        "Resuming",
+        "resuming from the pause snapshot".into(),
+    )
+    .await;
     Ok(Action::requeue(std::time::Duration::from_secs(1)))
 }
 
 /// `template` resumed from `snap`: the snapshot's images, pinned to its node.
-pub fn resumed_template(template: &PodTemplateSpec, snap: &SandboxSnapshotStatus) -> PodTemplateSpec {
+pub fn resumed_template(
+    template: &PodTemplateSpec,
+    snap: &SandboxSnapshotStatus,
+) -> PodTemplateSpec {
     let mut t = template.clone();
     let spec = t.spec.get_or_insert_with(Default::default);
     for c in &mut spec.containers {
@@ -95,7 +107,9 @@ pub(super) async fn continue_resume(
     };
     let resumed = resumed_template(&template, &status);
     let paused_ttl = batch.annotations().contains_key(PAUSED_ANNOTATION);
-    if batch.spec.template.as_ref() == Some(&resumed) && batch.spec.pool_ref.is_none() && !paused_ttl
+    if batch.spec.template.as_ref() == Some(&resumed)
+        && batch.spec.pool_ref.is_none()
+        && !paused_ttl
     {
         return Ok(None);
     }
@@ -103,7 +117,7 @@ pub(super) async fn continue_resume(
     if paused_ttl {
         let ttl = crate::kube_scheduler::ttl_patch(batch, ClaimEvent::Resume)
             .map_err(|s| Error::invalid("BatchSandbox", &name, s.message()))?;
-        sandpool_core::batch::merge_patch(&mut patch, &ttl);
+        super::pause::combine(&mut patch, ttl);
     }
     ctx.api::<BatchSandbox>(ns)
         .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -120,8 +134,22 @@ async fn rollback(
     msg: String,
 ) -> Result<Option<Action>> {
     let generation = batch.metadata.generation;
-    let conds = with_condition(conditions(batch), RESUME_FAILED, "True", reason, &msg, generation);
-    let conds = with_condition(&conds, PAUSED, "True", "Paused", "Sandbox is paused", generation);
+    let conds = with_condition(
+        conditions(batch),
+        RESUME_FAILED,
+        "True",
+        reason,
+        &msg,
+        generation,
+    );
+    let conds = with_condition(
+        &conds,
+        PAUSED,
+        "True",
+        "Paused",
+        "Sandbox is paused",
+        generation,
+    );
     ack(ctx, batch, BatchSandboxPhase::Paused, &conds).await?;
     ctx.event(batch, true, RESUME_FAILED, format!("resume failed: {msg}"))
         .await;
@@ -200,7 +228,11 @@ fn primary(failed: &[(String, String)]) -> Option<(String, usize)> {
 }
 
 /// A resume ended: the pause snapshot (its images stay on the node) goes.
-pub(super) async fn delete_pause_snapshot(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<()> {
+pub(super) async fn delete_pause_snapshot(
+    batch: &BatchSandbox,
+    ctx: &Context,
+    ns: &str,
+) -> Result<()> {
     let api: Api<SandboxSnapshot> = ctx.api(ns);
     let name = internal_snapshot_name(&batch.name_any());
     let done = api
