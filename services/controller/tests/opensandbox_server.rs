@@ -540,17 +540,12 @@ async fn start_server(
     (server, port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandbox() {
-    let Some(python) = server_python() else {
-        eprintln!("skipped: set SANDPOOL_OSRV_PYTHON to a Python with opensandbox-server");
-        return;
-    };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let bootstrap = tmp.path().join("vol/opensandbox");
-    sandpool_runtime::opensandbox_bootstrap::install(&bootstrap.join("bootstrap.sh"))
-        .expect("bootstrap");
-    let api = FakeApi::new();
+/// The controllers' context, with a fake node agent on loopback as the
+/// node agent DaemonSet pod (the calls it gets).
+async fn with_node_agent(
+    api: &FakeApi,
+    bootstrap: std::path::PathBuf,
+) -> (Arc<Context>, support::node_agent::Calls) {
     let (agent_port, calls) = support::node_agent::serve_agent(None).await;
     let token = "svc-secret-0123456789";
     let agents = sandpool_controller::kube_scheduler::DaemonSetAgents::new(
@@ -566,15 +561,27 @@ async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandb
         image: "ghcr.io/sandpool/sandpool:test".into(),
         image_pull_policy: None,
     };
-    let ctx = Arc::new(
-        Context::new(
-            api.client(),
-            inj,
-            Arc::new(MountedBootstrap { dir: bootstrap }),
-            Some("test".into()),
-        )
-        .with_node_agents(Arc::new(agents)),
+    let ctx = Context::new(
+        api.client(),
+        inj,
+        Arc::new(MountedBootstrap { dir: bootstrap }),
+        Some("test".into()),
     );
+    (Arc::new(ctx.with_node_agents(Arc::new(agents))), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandbox() {
+    let Some(python) = server_python() else {
+        eprintln!("skipped: set SANDPOOL_OSRV_PYTHON to a Python with opensandbox-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bootstrap = tmp.path().join("vol/opensandbox");
+    sandpool_runtime::opensandbox_bootstrap::install(&bootstrap.join("bootstrap.sh"))
+        .expect("bootstrap");
+    let api = FakeApi::new();
+    let (ctx, calls) = with_node_agent(&api, bootstrap).await;
     api.with_store(|s| {
         s.put(
             &pods_path(NS),
