@@ -197,6 +197,31 @@ async fn paused(api: &FakeApi, ctx: &Arc<Context>) -> i64 {
     generation
 }
 
+/// `b` is paused: no pod, no endpoints, `Paused=True`, the TTL set aside.
+fn assert_paused(api: &FakeApi) {
+    let b = stored(api, "b");
+    assert_eq!(b["status"]["phase"], "Paused", "{b}");
+    assert!(
+        pod_names(api).is_empty(),
+        "the pod is deleted: {:?}",
+        pod_names(api)
+    );
+    assert_eq!(condition(&b, "Paused")["status"], "True", "{b}");
+    assert_eq!(b["status"]["ready"], 0, "{b}");
+    assert_eq!(
+        b["metadata"]["annotations"][ENDPOINTS_ANNOTATION], "[]",
+        "{b}"
+    );
+    // the TTL clock stops as for a paused claim
+    assert!(b["spec"]["expireTime"].is_null(), "{b}");
+    assert!(
+        b["metadata"]["annotations"][PAUSED_ANNOTATION]
+            .as_str()
+            .is_some_and(|ms| ms.parse::<i64>().is_ok_and(|ms| ms > 0)),
+        "{b}"
+    );
+}
+
 #[tokio::test]
 async fn pause_commits_a_snapshot_and_deletes_the_pod_and_resume_makes_it_again_from_the_images() {
     let (api, ctx, calls) = setup(None).await;
@@ -238,27 +263,7 @@ async fn pause_commits_a_snapshot_and_deletes_the_pod_and_resume_makes_it_again_
         "committed by the pod's node agent, not frozen"
     );
     reconcile(&ctx, "b").await;
-    let b = stored(&api, "b");
-    assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert!(
-        pod_names(&api).is_empty(),
-        "the pod is deleted: {:?}",
-        pod_names(&api)
-    );
-    assert_eq!(condition(&b, "Paused")["status"], "True", "{b}");
-    assert_eq!(b["status"]["ready"], 0, "{b}");
-    assert_eq!(
-        b["metadata"]["annotations"][ENDPOINTS_ANNOTATION], "[]",
-        "{b}"
-    );
-    // the TTL clock stops as for a paused claim
-    assert!(b["spec"]["expireTime"].is_null(), "{b}");
-    assert!(
-        b["metadata"]["annotations"][PAUSED_ANNOTATION]
-            .as_str()
-            .is_some_and(|ms| ms.parse::<i64>().is_ok_and(|ms| ms > 0)),
-        "{b}"
-    );
+    assert_paused(&api);
     // paused: later reconciles make no pod
     reconcile(&ctx, "b").await;
     assert!(pod_names(&api).is_empty());
