@@ -86,8 +86,9 @@ pub async fn run(
     run_with_agents(client, cfg, tasks, health, Arc::new(agents)).await
 }
 
-/// [`run`], pausing and resuming pods (a BatchSandbox's `spec.pause`)
-/// through `agents` (the node agent DaemonSet with the service token).
+/// [`run`], committing SandboxSnapshots (a BatchSandbox's `spec.pause`
+/// among them) through `agents` (the node agent DaemonSet with the
+/// service token).
 pub async fn run_with_agents(
     client: Client,
     cfg: ControllerConfig,
