@@ -151,15 +151,28 @@ impl CriTestNode {
         &self.ctr
     }
 
-    /// Create and start one container of a pod; returns its task's pid.
+    /// Create and start one container of a pod from busybox; returns its task's pid.
     async fn run(&self, id: &str, labels: HashMap<String, String>, spec: &Value) -> u32 {
+        self.run_image(id, image::BUSYBOX, &self.chain, labels, spec)
+            .await
+    }
+
+    /// [`CriTestNode::run`] from image `image` (its unpacked chain `chain`).
+    async fn run_image(
+        &self,
+        id: &str,
+        image: &str,
+        chain: &str,
+        labels: HashMap<String, String>,
+        spec: &Value,
+    ) -> u32 {
         let mounts = self
             .ctr
             .create_container(NewContainer {
                 id,
                 snapshot_key: id,
-                image: image::BUSYBOX,
-                parent_snapshot: &self.chain,
+                image,
+                parent_snapshot: chain,
                 labels,
                 spec,
                 runtime_binary: "",
@@ -196,6 +209,49 @@ impl CriTestNode {
         args: &[&str],
         mounts: &[Value],
     ) -> CriTestPod {
+        let mut pod = self.run_sandbox(namespace, name, labels).await;
+        for c in containers {
+            let id = self.start_container(&pod, c, args, mounts).await;
+            pod.containers.push((id, c.to_string()));
+        }
+        pod
+    }
+
+    /// [`CriTestNode::run_pod`] whose app containers, (name, image) each,
+    /// run from their own images of `k8s.io` (`sleep`ing).
+    pub async fn run_pod_images(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        containers: &[(&str, &str)],
+    ) -> CriTestPod {
+        let mut pod = self.run_sandbox(namespace, name, labels).await;
+        for (c, image) in containers {
+            let sleep = ["sleep", "2147483647"];
+            let id = self.start_container_from(&pod, c, image, &sleep, &[]).await;
+            pod.containers.push((id, c.to_string()));
+        }
+        pod
+    }
+
+    /// Remove `pod`'s containers (tasks thawed and killed), as the kubelet
+    /// does once the pod is deleted.
+    pub async fn remove_pod(&self, pod: &CriTestPod) {
+        let ids = pod.containers.iter().map(|(id, _)| id);
+        for id in ids.chain([&pod.sandbox_id]) {
+            let _ = self.ctr.resume(id).await;
+            let _ = self.ctr.destroy(id).await;
+        }
+    }
+
+    /// The sandbox (pause) container of a new pod `namespace/name`.
+    async fn run_sandbox(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> CriTestPod {
         let uid = uuid::Uuid::new_v4().to_string();
         self.uids.lock().push(uid.clone());
         let kube: HashMap<String, String> = [
@@ -226,18 +282,13 @@ impl CriTestNode {
             &spec(&["sleep", "2147483647"], own, ann, &cg(&sandbox_id)),
         )
         .await;
-        let mut pod = CriTestPod {
+        CriTestPod {
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.clone(),
             sandbox_id,
             containers: Vec::new(),
-        };
-        for c in containers {
-            let id = self.start_container(&pod, c, args, mounts).await;
-            pod.containers.push((id, c.to_string()));
         }
-        pod
     }
 
     /// Create and start app container `name` of `pod` (a new id and a new
@@ -251,6 +302,28 @@ impl CriTestNode {
         args: &[&str],
         mounts: &[Value],
     ) -> String {
+        self.start_container_from(pod, name, image::BUSYBOX, args, mounts)
+            .await
+    }
+
+    /// [`CriTestNode::start_container`] from image `image` of `k8s.io`
+    /// (unpacked, as the kubelet's pull leaves it), as CRI does for a pod
+    /// spec naming that image: its root file system is a snapshot of the
+    /// image's layers.
+    pub async fn start_container_from(
+        &self,
+        pod: &CriTestPod,
+        name: &str,
+        image: &str,
+        args: &[&str],
+        mounts: &[Value],
+    ) -> String {
+        let (chain, _) = self
+            .ctr
+            .image_rootfs(image)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("image {image} is not unpacked in k8s.io"));
         let sandbox_pid = self.pid(&pod.sandbox_id).await;
         let id = cri_id();
         let l: HashMap<String, String> = [
@@ -268,7 +341,7 @@ impl CriTestNode {
             "io.kubernetes.cri.sandbox-uid": pod.uid,
             "io.kubernetes.cri.container-type": "container",
             "io.kubernetes.cri.container-name": name,
-            "io.kubernetes.cri.image-name": image::BUSYBOX,
+            "io.kubernetes.cri.image-name": image,
         });
         let ns = |t: &str| format!("/proc/{sandbox_pid}/ns/{t}");
         let joined = json!([
@@ -281,7 +354,7 @@ impl CriTestNode {
         if let Some(m) = s["mounts"].as_array_mut() {
             m.extend(mounts.iter().cloned());
         }
-        self.run(&id, l, &s).await;
+        self.run_image(&id, image, &chain, l, &s).await;
         id
     }
 

@@ -33,6 +33,7 @@ use crate::pods::{self, controller_ref};
 pub mod pause;
 pub mod phase;
 pub mod release;
+pub mod resume;
 pub mod secure_access;
 pub mod shards;
 
@@ -72,7 +73,8 @@ pub fn free_shards(used: &BTreeSet<usize>, n: usize) -> Vec<usize> {
 /// When the batch expires: its `expireTime`, or `ttlSecondsAfterFinished`
 /// after its completion, whichever comes first; none while paused.
 fn expiry(batch: &BatchSandbox) -> Option<k8s_openapi::jiff::Timestamp> {
-    if pause::step(batch) == pause::Step::Hold {
+    let phase = batch.status.as_ref().and_then(|s| s.phase);
+    if phase == Some(crate::crd::BatchSandboxPhase::Paused) {
         return None; // a paused batch's TTL clock stops
     }
     let ttl_deadline = match (
@@ -126,6 +128,22 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         && counts.unknown == 0
         && (counts.succeeded + counts.failed) as usize == want;
     let old = batch.status.clone().unwrap_or_default();
+    let resuming = old.phase == Some(crate::crd::BatchSandboxPhase::Resuming);
+    let (phase, conditions) = if resuming {
+        resume::resuming_phase(&mine, ready, &old.conditions, batch.metadata.generation)
+    } else {
+        (phase::phase(&mine, ready), old.conditions.clone())
+    };
+    if resuming && phase == crate::crd::BatchSandboxPhase::Succeed {
+        resume::delete_pause_snapshot(batch, ctx, ns).await?;
+        ctx.event(
+            batch,
+            false,
+            "Resumed",
+            "resumed from the pause snapshot".into(),
+        )
+        .await;
+    }
     let status = BatchSandboxStatus {
         observed_generation: batch.metadata.generation,
         replicas: mine.len() as i32,
@@ -136,15 +154,20 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         task_failed: counts.failed as i32,
         task_unknown: counts.unknown as i32,
         task_pending: task_pending(batch, want, &counts),
-        phase: Some(phase::phase(&mine, ready)),
+        phase: Some(phase),
         // nothing pending for `spec.pause`: this generation is acknowledged
-        pause_observed_generation: batch.metadata.generation,
+        // (while resuming, a newer one may carry a pause for after it)
+        pause_observed_generation: if resuming {
+            old.pause_observed_generation
+        } else {
+            batch.metadata.generation
+        },
         completion_time: if finished {
             old.completion_time.clone().or_else(|| Some(Time(now())))
         } else {
             None
         },
-        conditions: old.conditions.clone(),
+        conditions,
     };
     if batch.status.as_ref() != Some(&status) {
         patch_status(&batches, &name, serde_json::to_value(&status)?).await?;
@@ -477,7 +500,6 @@ async fn cleanup(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action
     let uid = batch.uid().unwrap_or_default();
     let pod_api: Api<Pod> = ctx.api(ns);
     let mine = list_pods(&pod_api, &format!("{ALLOCATED_TO_LABEL}={uid}")).await?;
-    pause::thaw_before_deletion(ctx, batch, &mine).await;
     let n = mine.len();
     for p in &mine {
         release_pod(ctx, &pod_api, p).await?;

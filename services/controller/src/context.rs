@@ -41,7 +41,8 @@ pub struct Context {
     /// Domains a claim's `additionalPodMetadata` labels may use
     /// ([`crate::agent_sandbox::label_domains`]).
     pub label_domains: Vec<String>,
-    /// Pause and resume of pods (a BatchSandbox's `spec.pause`).
+    /// The node agents: SandboxSnapshot commits (a BatchSandbox's
+    /// `spec.pause` among them).
     pub nodes: Arc<dyn NodeAgents>,
 }
 

@@ -467,7 +467,9 @@ pub struct BatchSandboxSpec {
     #[schemars(schema_with = "free_value_schema")]
     pub shard_patches: Option<serde_json::Value>,
     /// OpenSandbox `pause`: pause (`true`) or resume (`false`) the batch's
-    /// sandboxes; sandpool freezes the pods in place through the node agent.
+    /// sandbox. As upstream, a pause commits the pod's root file systems into
+    /// the SandboxSnapshot `<batch>-pause` and deletes the pod; a resume makes
+    /// it again from the snapshot's images, on the node that holds them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<bool>,
     /// What happens to a sandbox whose task completed: `Retain` (default)

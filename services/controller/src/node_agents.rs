@@ -1,8 +1,8 @@
 //! The node agents of the chart's DaemonSet, reached from the controller:
-//! the claim pause of the Kubernetes scheduler and a BatchSandbox's
-//! `spec.pause` both freeze (thaw) a pod through the node agent of the node
-//! it runs on, the DaemonSet pod on that node, at its pod IP with the
-//! service token.
+//! the claim pause of the Kubernetes scheduler freezes (thaws) a pod, and a
+//! SandboxSnapshot (also the one a BatchSandbox's `spec.pause` creates)
+//! commits one, through the node agent of the node it runs on, the
+//! DaemonSet pod on that node, at its pod IP with the service token.
 
 use std::time::Duration;
 

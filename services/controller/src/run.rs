@@ -86,8 +86,9 @@ pub async fn run(
     run_with_agents(client, cfg, tasks, health, Arc::new(agents)).await
 }
 
-/// [`run`], pausing and resuming pods (a BatchSandbox's `spec.pause`)
-/// through `agents` (the node agent DaemonSet with the service token).
+/// [`run`], committing SandboxSnapshots (a BatchSandbox's `spec.pause`
+/// among them) through `agents` (the node agent DaemonSet with the
+/// service token).
 pub async fn run_with_agents(
     client: Client,
     cfg: ControllerConfig,
@@ -162,6 +163,46 @@ fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
     .shared()
 }
 
+/// The BatchSandbox controller. A batch hears about its pods through the
+/// allocation label (pool pods are owned by their Pool, not by the batch),
+/// and about the SandboxSnapshot its pause creates (owned).
+fn batch_controller(
+    client: &Client,
+    ns: &str,
+    ctx: &Arc<Context>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> impl futures_util::Stream<
+    Item = Result<
+        (ObjectRef<BatchSandbox>, Action),
+        kube::runtime::controller::Error<Error, watcher::Error>,
+    >,
+> + use<> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let wc = watcher::Config::default();
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sandpool");
+    let batch_store_ns = ns.to_string();
+    Controller::new(
+        Api::<BatchSandbox>::namespaced(client.clone(), ns),
+        wc.clone(),
+    )
+    .watches(pods, managed, move |pod: Pod| {
+        let uid = pod.labels().get(ALLOCATED_TO_LABEL).cloned();
+        let owner = pod
+            .annotations()
+            .get(crate::crd::BATCH_NAME_ANNOTATION)
+            .cloned();
+        let ns = batch_store_ns.clone();
+        uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
+    })
+    .owns(Api::<SandboxSnapshot>::namespaced(client.clone(), ns), wc)
+    .graceful_shutdown_on(shutdown)
+    .run(
+        |o, c| reported(o, c, crate::batch::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+}
+
 /// The five controllers, each draining its reconcile results, until
 /// `shutdown` completes.
 pub async fn controllers(
@@ -182,28 +223,7 @@ pub async fn controllers(
             error_policy,
             ctx.clone(),
         );
-    // a batch hears about its pods through the allocation label (pool pods
-    // are owned by their Pool, not by the batch)
-    let batch_store_ns = ns.clone();
-    let batches = Controller::new(
-        Api::<BatchSandbox>::namespaced(client.clone(), &ns),
-        wc.clone(),
-    )
-    .watches(pods.clone(), managed.clone(), move |pod: Pod| {
-        let uid = pod.labels().get(ALLOCATED_TO_LABEL).cloned();
-        let owner = pod
-            .annotations()
-            .get(crate::crd::BATCH_NAME_ANNOTATION)
-            .cloned();
-        let ns = batch_store_ns.clone();
-        uid.and(owner).map(|name| ObjectRef::new(&name).within(&ns))
-    })
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |o, c| reported(o, c, crate::batch::reconcile),
-        error_policy,
-        ctx.clone(),
-    );
+    let batches = batch_controller(&client, &ns, &ctx, shutdown.clone());
     let sandboxes = Controller::new(Api::<Sandbox>::namespaced(client.clone(), &ns), wc.clone())
         .owns(pods.clone(), managed.clone())
         // the headless Services of sandboxes (a deleted one is recreated)

@@ -1,8 +1,11 @@
-//! OpenSandbox BatchSandbox `spec.pause` in Kubernetes mode (issue 21): the
-//! batch controller freezes (thaws) every pod of the batch through the node
-//! agent DaemonSet pod of the pod's node (an in-process fake here, reached
-//! through the fake apiserver with the service token), and reports the
-//! phases, `pauseObservedGeneration`, conditions and events as upstream.
+//! OpenSandbox BatchSandbox `spec.pause` in Kubernetes mode (issue 21), as
+//! upstream's controller does it: a pause creates the SandboxSnapshot
+//! `<batch>-pause` (committed by the node agent DaemonSet pod of the pod's
+//! node, an in-process fake here reached through the fake apiserver with
+//! the service token), then deletes the pod (`Paused`); a resume makes the
+//! pod again from the snapshot's images on that node. The phases,
+//! `pauseObservedGeneration`, conditions and events are upstream's; the
+//! writes go through the generated CRDs' schemas.
 
 mod support;
 
@@ -16,10 +19,11 @@ use sandpool_controller::kube_scheduler::{
     DaemonSetAgents, NODE_AGENT_SELECTOR, PAUSED_ANNOTATION,
 };
 use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::snapshot;
 use sandpool_proto::auth::ServiceToken;
 use serde_json::{Value, json};
 use support::node_agent::{Calls, serve_agent};
-use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path};
+use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path, pools_path};
 use tonic::Status;
 
 const NS: &str = "sandpool";
@@ -87,10 +91,33 @@ fn condition(b: &Value, kind: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The node agent pod of node-a (on loopback), a two-pod batch from a
-/// template with an `expireTime`, its pods Ready on node-a and the batch
-/// `Succeed`.
-async fn running_batch(api: &FakeApi, ctx: &Arc<Context>) {
+fn calls_of(calls: &Calls) -> Vec<(String, String, String)> {
+    let mut c = calls.lock().clone();
+    c.sort();
+    c
+}
+
+const SNAP: &str = "b-pause";
+const IMAGE: &str = "sandpool.local/snapshots/b-c:snap-gen2";
+
+fn snapshots_path() -> String {
+    cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS)
+}
+
+/// A fake apiserver enforcing the generated CRDs, and the fake node agent
+/// (refusing every call with `fail`).
+async fn setup(fail: Option<Status>) -> (FakeApi, Arc<Context>, Calls) {
+    let api = FakeApi::new();
+    api.enforce_schemas(&all_crds());
+    let (port, calls) = serve_agent(fail).await;
+    let ctx = context(&api, port);
+    (api, ctx, calls)
+}
+
+/// The node agent pod of node-a (on loopback), and a batch of `replicas`
+/// from a template with an `expireTime`, its pods Ready on node-a and the
+/// batch `Succeed`.
+async fn running_batch(api: &FakeApi, ctx: &Arc<Context>, replicas: usize) {
     api.with_store(|s| {
         s.put(
             &pods_path(NS),
@@ -103,57 +130,88 @@ async fn running_batch(api: &FakeApi, ctx: &Arc<Context>) {
             &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
                 "metadata": {"name": "b"},
-                "spec": {"replicas": 2, "expireTime": EXPIRE,
+                "spec": {"replicas": replicas, "expireTime": EXPIRE,
                     "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}),
         );
     });
     reconcile(ctx, "b").await;
     reconcile(ctx, "b").await;
-    for (i, p) in ["b-0", "b-1"].iter().enumerate() {
-        api.with_store(|s| make_ready(s, NS, p, &format!("10.2.0.{}", i + 1), "node-a"));
+    for i in 0..replicas {
+        api.with_store(|s| {
+            make_ready(
+                s,
+                NS,
+                &format!("b-{i}"),
+                &format!("10.2.0.{}", i + 1),
+                "node-a",
+            )
+        });
     }
     reconcile(ctx, "b").await;
     assert_eq!(stored(api, "b")["status"]["phase"], "Succeed");
 }
 
-/// `spec.pause` set to `pause` by a user (the apiserver bumps the generation).
-fn set_pause(api: &FakeApi, pause: bool, generation: i64) {
+/// `spec.pause` set to `pause` by a user: the apiserver bumps the
+/// generation (returned).
+fn set_pause(api: &FakeApi, pause: Value) -> i64 {
+    let mut generation = 0;
     api.with_store(|s| {
         s.mutate(&batches_path(NS), "b", |b| {
-            b["spec"]["pause"] = json!(pause);
+            generation = b["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            b["spec"]["pause"] = pause.clone();
             b["metadata"]["generation"] = json!(generation);
         })
     });
+    generation
 }
 
-fn calls_of(calls: &Calls) -> Vec<(String, String, String)> {
-    let mut c = calls.lock().clone();
-    c.sort();
-    c
+async fn reconcile_snapshot(ctx: &Arc<Context>) {
+    let s = Api::<SandboxSnapshot>::namespaced(ctx.client.clone(), NS)
+        .get(SNAP)
+        .await
+        .expect("the pause snapshot");
+    snapshot::reconcile(Arc::new(s), ctx.clone())
+        .await
+        .expect("snapshot reconcile");
 }
 
-#[tokio::test]
-async fn pause_freezes_every_pod_and_resume_thaws_them() {
-    let api = FakeApi::new();
-    let (port, calls) = serve_agent(None).await;
-    let ctx = context(&api, port);
-    running_batch(&api, &ctx).await;
-    assert!(calls.lock().is_empty());
+fn pod_names(api: &FakeApi) -> Vec<String> {
+    api.with_store(|s| s.list(&pods_path(NS)))
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n != "agent-a")
+        .collect()
+}
 
-    set_pause(&api, true, 2);
-    reconcile(&ctx, "b").await;
-    let bearer = format!("Bearer {TOKEN}");
-    let want = |call: &str| {
-        ["b-0", "b-1"]
-            .iter()
-            .map(|p| (call.to_string(), format!("{NS}/{p}"), bearer.clone()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(calls_of(&calls), want("pause"));
-    let b = stored(&api, "b");
+fn snapshot_obj(api: &FakeApi) -> Option<Value> {
+    api.with_store(|s| s.get(&snapshots_path(), SNAP).cloned())
+}
+
+/// Pause `b` to `Paused` (snapshot committed by the fake agent).
+async fn paused(api: &FakeApi, ctx: &Arc<Context>) -> i64 {
+    let generation = set_pause(api, json!(true));
+    reconcile(ctx, "b").await;
+    reconcile_snapshot(ctx).await;
+    reconcile(ctx, "b").await;
+    assert_eq!(stored(api, "b")["status"]["phase"], "Paused");
+    generation
+}
+
+/// `b` is paused: no pod, no endpoints, `Paused=True`, the TTL set aside.
+fn assert_paused(api: &FakeApi) {
+    let b = stored(api, "b");
     assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 2, "{b}");
+    assert!(
+        pod_names(api).is_empty(),
+        "the pod is deleted: {:?}",
+        pod_names(api)
+    );
     assert_eq!(condition(&b, "Paused")["status"], "True", "{b}");
+    assert_eq!(b["status"]["ready"], 0, "{b}");
+    assert_eq!(
+        b["metadata"]["annotations"][ENDPOINTS_ANNOTATION], "[]",
+        "{b}"
+    );
     // the TTL clock stops as for a paused claim
     assert!(b["spec"]["expireTime"].is_null(), "{b}");
     assert!(
@@ -162,186 +220,295 @@ async fn pause_freezes_every_pod_and_resume_thaws_them() {
             .is_some_and(|ms| ms.parse::<i64>().is_ok_and(|ms| ms > 0)),
         "{b}"
     );
-    // paused: later reconciles neither call the agents again nor change the phase
+}
+
+#[tokio::test]
+async fn pause_commits_a_snapshot_and_deletes_the_pod_and_resume_makes_it_again_from_the_images() {
+    let (api, ctx, calls) = setup(None).await;
+    running_batch(&api, &ctx, 1).await;
+    let generation = set_pause(&api, json!(true));
     reconcile(&ctx, "b").await;
-    assert_eq!(calls.lock().len(), 2);
+    // acknowledged, and the snapshot asked for, controlled by the batch
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Pausing", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], generation, "{b}");
+    let snap = snapshot_obj(&api).expect("snapshot b-pause");
+    assert_eq!(snap["spec"]["sandboxName"], "b", "{snap}");
+    let owner = &snap["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            &owner["kind"],
+            &owner["name"],
+            &owner["uid"],
+            &owner["controller"]
+        ),
+        (
+            &json!("BatchSandbox"),
+            &json!("b"),
+            &b["metadata"]["uid"],
+            &json!(true)
+        ),
+        "{snap}"
+    );
+    // not committed yet: the batch waits with its pod
+    reconcile(&ctx, "b").await;
+    assert_eq!(stored(&api, "b")["status"]["phase"], "Pausing");
+    assert_eq!(pod_names(&api), ["b-0"]);
+
+    reconcile_snapshot(&ctx).await;
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(
+        calls_of(&calls),
+        [("commit".to_string(), format!("{NS}/b-0"), bearer)],
+        "committed by the pod's node agent, not frozen"
+    );
+    reconcile(&ctx, "b").await;
+    assert_paused(&api);
+    // paused: later reconciles make no pod
+    reconcile(&ctx, "b").await;
+    assert!(pod_names(&api).is_empty());
     assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
 
-    set_pause(&api, false, 3);
-    calls.lock().clear();
+    let generation = set_pause(&api, json!(false));
     reconcile(&ctx, "b").await;
-    assert_eq!(calls_of(&calls), want("resume"));
     let b = stored(&api, "b");
-    assert_eq!(b["status"]["phase"], "Succeed", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
-    assert_eq!(condition(&b, "Paused")["status"], "False", "{b}");
-    assert!(
-        b["metadata"]["annotations"]
-            .get(PAUSED_ANNOTATION)
-            .is_none_or(Value::is_null),
-        "{b}"
-    );
+    assert_eq!(b["status"]["phase"], "Resuming", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], generation, "{b}");
+    assert!(condition(&b, "Paused").is_null(), "{b}");
+    // the template runs the snapshot's image on the node that holds it
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    let t = &b["spec"]["template"]["spec"];
+    assert_eq!(t["containers"][0]["image"], IMAGE, "{b}");
+    assert_eq!(t["containers"][0]["imagePullPolicy"], "IfNotPresent", "{b}");
+    assert_eq!(t["nodeName"], "node-a", "{b}");
     // the TTL restarts with what was left
     assert!(b["spec"]["expireTime"].is_string(), "{b}");
     reconcile(&ctx, "b").await;
-    assert_eq!(calls.lock().len(), 2, "a resumed batch is left running");
-    let evs = events(&api, "b");
-    assert!(
-        evs.iter()
-            .all(|(t, r, _)| t == "Normal" && r != "UnsupportedField"),
-        "{evs:?}"
-    );
-    assert!(evs.iter().any(|(_, r, _)| r == "Paused"), "{evs:?}");
-    assert!(evs.iter().any(|(_, r, _)| r == "Resumed"), "{evs:?}");
-    assert!(
-        condition(&stored(&api, "b"), "Ready").is_null(),
-        "no UnsupportedField condition"
-    );
-}
-
-#[tokio::test]
-async fn a_pause_the_node_agent_refuses_is_reported_not_silently_ignored() {
-    let api = FakeApi::new();
-    let (port, calls) = serve_agent(Some(Status::not_found("no such sandbox"))).await;
-    let ctx = context(&api, port);
-    running_batch(&api, &ctx).await;
-
-    set_pause(&api, true, 2);
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), "b-0").cloned())
+        .expect("the pod made again");
+    assert_eq!(pod["spec"]["containers"][0]["image"], IMAGE, "{pod}");
+    assert_eq!(pod["spec"]["nodeName"], "node-a", "{pod}");
+    assert_eq!(stored(&api, "b")["status"]["phase"], "Resuming");
+    api.with_store(|s| make_ready(s, NS, "b-0", "10.2.0.9", "node-a"));
     reconcile(&ctx, "b").await;
-    assert_eq!(calls.lock().len(), 1, "stops at the first refusal");
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Succeed", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 2, "{b}");
-    let failed = condition(&b, "PauseFailed");
-    assert_eq!(failed["status"], "True", "{b}");
-    let msg = failed["message"].as_str().unwrap_or_default();
-    assert!(
-        msg.contains("node agent of node-a") && msg.contains("no such sandbox"),
-        "{msg}"
+    assert_eq!(
+        b["metadata"]["annotations"][ENDPOINTS_ANNOTATION],
+        "[\"10.2.0.9\"]"
     );
     assert!(
-        b["spec"]["expireTime"].is_string(),
-        "the TTL still runs: {b}"
+        snapshot_obj(&api).is_none(),
+        "the pause snapshot is deleted once resumed"
     );
-    assert!(
-        b["metadata"]["annotations"]
-            .get(PAUSED_ANNOTATION)
-            .is_none_or(Value::is_null)
-    );
+    assert_eq!(calls.lock().len(), 1, "no freeze or thaw");
     let evs = events(&api, "b");
-    assert!(
-        evs.iter()
-            .any(|(t, r, n)| t == "Warning" && r == "PauseFailed" && n.contains("no such sandbox")),
-        "{evs:?}"
-    );
-    // acknowledged: not retried until the spec changes
-    reconcile(&ctx, "b").await;
-    assert_eq!(calls.lock().len(), 1);
-    assert_eq!(stored(&api, "b")["status"]["phase"], "Succeed");
+    assert!(evs.iter().all(|(t, _, _)| t == "Normal"), "{evs:?}");
+    for r in ["Pausing", "Paused", "Resuming", "Resumed"] {
+        assert!(evs.iter().any(|(_, e, _)| e == r), "{r}: {evs:?}");
+    }
 }
 
 #[tokio::test]
-async fn a_node_without_an_agent_fails_the_pause_naming_the_node() {
-    let api = FakeApi::new();
-    let (port, calls) = serve_agent(None).await;
-    let ctx = context(&api, port);
-    running_batch(&api, &ctx).await;
-    api.with_store(|s| s.delete(&pods_path(NS), "agent-a"));
-    set_pause(&api, true, 2);
+async fn a_pause_of_more_than_one_replica_fails_as_upstreams_and_the_pods_stay() {
+    let (api, ctx, calls) = setup(None).await;
+    running_batch(&api, &ctx, 2).await;
+    let generation = set_pause(&api, json!(true));
     reconcile(&ctx, "b").await;
-    assert!(calls.lock().is_empty());
     let b = stored(&api, "b");
-    assert_ne!(b["status"]["phase"], "Paused", "{b}");
-    let msg = condition(&b, "PauseFailed")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        msg.contains("no node agent") && msg.contains("node-a"),
-        "{msg}"
+    assert_eq!(b["status"]["phase"], "Succeed", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], generation, "{b}");
+    let c = condition(&b, "PauseFailed");
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("True"), &json!("UnsupportedReplicas")),
+        "{b}"
     );
-}
-
-#[tokio::test]
-async fn a_paused_batch_is_thawed_before_its_pods_are_deleted() {
-    let api = FakeApi::new();
-    let (port, calls) = serve_agent(None).await;
-    let ctx = context(&api, port);
-    running_batch(&api, &ctx).await;
-    set_pause(&api, true, 2);
-    reconcile(&ctx, "b").await;
-    assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
-    calls.lock().clear();
-    api.with_store(|s| s.delete(&batches_path(NS), "b"));
-    reconcile(&ctx, "b").await;
-    let resumed: Vec<String> = calls_of(&calls)
-        .into_iter()
-        .filter(|(c, _, _)| c == "resume")
-        .map(|(_, id, _)| id)
-        .collect();
-    assert_eq!(resumed, [format!("{NS}/b-0"), format!("{NS}/b-1")]);
-    let live = api
-        .with_store(|s| s.list(&pods_path(NS)))
-        .into_iter()
-        .filter(|p| p["metadata"]["name"] != "agent-a")
-        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
-        .count();
-    assert_eq!(live, 0, "the batch's pods are deleted");
-}
-
-#[tokio::test]
-async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
-    let api = FakeApi::new();
-    let (port, _) = serve_agent(None).await;
-    let ctx = context(&api, port);
-    running_batch(&api, &ctx).await;
-    set_pause(&api, true, 2);
-    reconcile(&ctx, "b").await;
-    assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
-    // the node agent now refuses
-    let (bad_port, calls) = serve_agent(Some(Status::internal("thaw failed"))).await;
-    let bad = context(&api, bad_port);
-    set_pause(&api, false, 3);
-    reconcile(&bad, "b").await;
-    assert_eq!(calls.lock().len(), 1);
-    let b = stored(&api, "b");
-    assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
-    let failed = condition(&b, "ResumeFailed");
-    assert_eq!(failed["status"], "True", "{b}");
     assert!(
-        failed["message"]
+        c["message"]
             .as_str()
-            .is_some_and(|m| m.contains("thaw failed") && m.contains("node-a")),
-        "{failed}"
+            .is_some_and(|m| m.contains("spec.replicas=1; got spec.replicas=2")),
+        "{c}"
     );
+    assert!(snapshot_obj(&api).is_none());
+    // not retried until the spec changes; the pods run on
+    reconcile(&ctx, "b").await;
+    assert_eq!(pod_names(&api).len(), 2);
+    assert!(calls.lock().is_empty());
     assert!(
         events(&api, "b")
             .iter()
-            .any(|(t, r, n)| t == "Warning" && r == "ResumeFailed" && n.contains("thaw failed"))
+            .any(|(t, r, _)| t == "Warning" && r == "PauseFailed")
     );
-    // the TTL stays stopped while the batch is paused
-    assert!(b["spec"]["expireTime"].is_null(), "{b}");
-    // the upstream server's retry: spec.pause unset (no intent: the batch
-    // stays paused, the generation is acknowledged), then false
-    api.with_store(|s| {
-        s.mutate(&batches_path(NS), "b", |b| {
-            b["spec"]["pause"] = Value::Null;
-            b["metadata"]["generation"] = json!(4);
-        })
-    });
-    let (ok_port, ok_calls) = serve_agent(None).await;
-    let ctx = context(&api, ok_port);
+}
+
+#[tokio::test]
+async fn a_snapshot_the_node_agent_refuses_fails_the_pause_and_keeps_the_pod() {
+    let (api, ctx, calls) = setup(Some(Status::failed_precondition("gVisor (runsc) pod"))).await;
+    running_batch(&api, &ctx, 1).await;
+    let generation = set_pause(&api, json!(true));
     reconcile(&ctx, "b").await;
-    assert!(ok_calls.lock().is_empty());
-    let b = stored(&api, "b");
-    assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 4, "{b}");
-    // a later resume that succeeds clears the failure
-    set_pause(&api, false, 5);
+    reconcile_snapshot(&ctx).await;
+    assert_eq!(calls.lock().len(), 1);
     reconcile(&ctx, "b").await;
-    assert_eq!(ok_calls.lock().len(), 2);
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Succeed", "{b}");
-    assert!(condition(&b, "ResumeFailed").is_null(), "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], generation, "{b}");
+    let c = condition(&b, "PauseFailed");
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("True"), &json!("SnapshotFailed")),
+        "{b}"
+    );
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gVisor (runsc) pod")),
+        "{c}"
+    );
+    assert_eq!(pod_names(&api), ["b-0"]);
+    assert!(
+        events(&api, "b")
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "PauseFailed" && n.contains("gVisor")),
+    );
+    // a new pause (the upstream server's retry) deletes the failed snapshot and commits again
+    set_pause(&api, Value::Null);
+    reconcile(&ctx, "b").await;
+    set_pause(&api, json!(true));
+    reconcile(&ctx, "b").await;
+    assert!(
+        snapshot_obj(&api).is_none(),
+        "the failed snapshot is deleted first"
+    );
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Pausing", "{b}");
+    assert!(condition(&b, "PauseFailed").is_null(), "{b}");
+    assert!(snapshot_obj(&api).is_some());
+}
+
+#[tokio::test]
+async fn a_resume_without_its_snapshot_stays_paused_and_says_why() {
+    let (api, ctx, _calls) = setup(None).await;
+    running_batch(&api, &ctx, 1).await;
+    paused(&api, &ctx).await;
+    api.with_store(|s| s.delete(&snapshots_path(), SNAP));
+    let generation = set_pause(&api, json!(false));
+    reconcile(&ctx, "b").await;
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Paused", "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], generation, "{b}");
+    let c = condition(&b, "ResumeFailed");
+    assert_eq!(
+        (&c["status"], &c["reason"], &c["message"]),
+        (
+            &json!("True"),
+            &json!("SnapshotNotFound"),
+            &json!("SandboxSnapshot not found")
+        ),
+        "{b}"
+    );
+    assert_eq!(condition(&b, "Paused")["status"], "True", "{b}");
+    assert!(pod_names(&api).is_empty());
+    // the TTL stays stopped while the batch is paused
+    assert!(b["spec"]["expireTime"].is_null(), "{b}");
+}
+
+#[tokio::test]
+async fn a_resumed_pod_that_cannot_start_fails_the_resume_as_upstreams() {
+    let (api, ctx, _calls) = setup(None).await;
+    running_batch(&api, &ctx, 1).await;
+    paused(&api, &ctx).await;
+    set_pause(&api, json!(false));
+    for _ in 0..3 {
+        reconcile(&ctx, "b").await;
+    }
+    // the image is gone from the node: the kubelet cannot pull it
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), "b-0", |p| {
+            p["spec"]["nodeName"] = json!("node-a");
+            p["status"] = json!({"phase": "Pending", "containerStatuses": [{"name": "c",
+                "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]});
+        })
+    });
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Failed", "{b}");
+    let c = condition(&b, "ResumeFailed");
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("True"), &json!("ErrImagePull")),
+        "{b}"
+    );
+    assert_eq!(
+        c["message"],
+        "1/1 observed pods failed during resume; primary reason=ErrImagePull; sample pod=b-0"
+    );
+    assert_eq!(condition(&b, "PodFailed")["reason"], "ErrImagePull", "{b}");
+    assert!(snapshot_obj(&api).is_some(), "kept: the resume did not end");
+}
+
+#[tokio::test]
+async fn a_pooled_batch_is_detached_from_its_pool_on_pause_and_resumes_from_the_pools_template() {
+    let (api, ctx, calls) = setup(None).await;
+    api.with_store(|s| {
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
+                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
+        );
+        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        s.put(
+            &pools_path(NS),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool",
+                "metadata": {"name": "py"},
+                "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "python:3.12-slim"}]}},
+                    "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 1, "poolMax": 2}}}),
+        );
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "py-abc", "labels": {POOL_LABEL: "py"}},
+                "spec": {"containers": [{"name": "c", "image": "python:3.12-slim"}]}}),
+        );
+        make_ready(s, NS, "py-abc", "10.2.0.5", "node-a");
+        s.put(
+            &batches_path(NS),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+                "metadata": {"name": "b"}, "spec": {"replicas": 1, "poolRef": "py"}}),
+        );
+    });
+    reconcile(&ctx, "b").await;
+    reconcile(&ctx, "b").await;
+    assert_eq!(stored(&api, "b")["status"]["phase"], "Succeed");
+    paused(&api, &ctx).await;
+    assert_eq!(calls.lock()[0].1, format!("{NS}/py-abc"));
+    let b = stored(&api, "b");
+    assert!(b["spec"]["poolRef"].is_null(), "detached: {b}");
+    assert_eq!(
+        b["spec"]["template"]["spec"]["containers"][0]["image"], "python:3.12-slim",
+        "{b}"
+    );
+    assert!(
+        !pod_names(&api).contains(&"py-abc".to_string()),
+        "the used pool pod is released"
+    );
+    set_pause(&api, json!(false));
+    for _ in 0..3 {
+        reconcile(&ctx, "b").await;
+    }
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), "b-0").cloned())
+        .expect("the pod made from the snapshot");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"], "sandpool.local/snapshots/b-c:snap-gen2",
+        "{pod}"
+    );
+    assert!(pod["metadata"]["labels"].get(POOL_LABEL).is_none(), "{pod}");
 }

@@ -355,6 +355,7 @@ async fn kubelet_and_controllers(
     ctx: Arc<Context>,
     dir: std::path::PathBuf,
     runtimes: Arc<Mutex<Vec<sandpool_runtime::AppState>>>,
+    images: Arc<Mutex<Vec<String>>>,
 ) {
     let mut next = 10;
     let mut specs = std::collections::BTreeMap::<String, Value>::new();
@@ -383,6 +384,12 @@ async fn kubelet_and_controllers(
                 .to_string();
             if !p["status"]["podIP"].is_null() || name.starts_with("agent-") {
                 continue;
+            }
+            if let Some(image) = p["spec"]["containers"][0]["image"].as_str() {
+                images
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(image.to_string());
             }
             let pod: Pod = serde_json::from_value(p).expect("pod");
             let token = sandpool_controller::pods::access_token(&pod).map(str::to_string);
@@ -422,6 +429,15 @@ async fn kubelet_and_controllers(
                 .await
             {
                 let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
+            }
+        }
+        let snaps = support::cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS);
+        for n in names(&api, &snaps) {
+            if let Ok(s) = Api::<SandboxSnapshot>::namespaced(ctx.client.clone(), NS)
+                .get(&n)
+                .await
+            {
+                let _ = sandpool_controller::snapshot::reconcile(Arc::new(s), ctx.clone()).await;
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -524,17 +540,12 @@ async fn start_server(
     (server, port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandbox() {
-    let Some(python) = server_python() else {
-        eprintln!("skipped: set SANDPOOL_OSRV_PYTHON to a Python with opensandbox-server");
-        return;
-    };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let bootstrap = tmp.path().join("vol/opensandbox");
-    sandpool_runtime::opensandbox_bootstrap::install(&bootstrap.join("bootstrap.sh"))
-        .expect("bootstrap");
-    let api = FakeApi::new();
+/// The controllers' context, with a fake node agent on loopback as the
+/// node agent DaemonSet pod (the calls it gets).
+async fn with_node_agent(
+    api: &FakeApi,
+    bootstrap: std::path::PathBuf,
+) -> (Arc<Context>, support::node_agent::Calls) {
     let (agent_port, calls) = support::node_agent::serve_agent(None).await;
     let token = "svc-secret-0123456789";
     let agents = sandpool_controller::kube_scheduler::DaemonSetAgents::new(
@@ -550,15 +561,27 @@ async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandb
         image: "ghcr.io/sandpool/sandpool:test".into(),
         image_pull_policy: None,
     };
-    let ctx = Arc::new(
-        Context::new(
-            api.client(),
-            inj,
-            Arc::new(MountedBootstrap { dir: bootstrap }),
-            Some("test".into()),
-        )
-        .with_node_agents(Arc::new(agents)),
+    let ctx = Context::new(
+        api.client(),
+        inj,
+        Arc::new(MountedBootstrap { dir: bootstrap }),
+        Some("test".into()),
     );
+    (Arc::new(ctx.with_node_agents(Arc::new(agents))), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandbox() {
+    let Some(python) = server_python() else {
+        eprintln!("skipped: set SANDPOOL_OSRV_PYTHON to a Python with opensandbox-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bootstrap = tmp.path().join("vol/opensandbox");
+    sandpool_runtime::opensandbox_bootstrap::install(&bootstrap.join("bootstrap.sh"))
+        .expect("bootstrap");
+    let api = FakeApi::new();
+    let (ctx, calls) = with_node_agent(&api, bootstrap).await;
     api.with_store(|s| {
         s.put(
             &pods_path(NS),
@@ -571,11 +594,13 @@ async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandb
     });
     let addr = serve_http(api.clone()).await;
     let runtimes = Arc::new(Mutex::new(Vec::new()));
+    let images = Arc::new(Mutex::new(Vec::new()));
     let driver = tokio::spawn(kubelet_and_controllers(
         api.clone(),
         ctx,
         tmp.path().join("runtimes"),
         runtimes.clone(),
+        images.clone(),
     ));
 
     let (mut server, port) = start_server(&python, tmp.path(), addr).await;
@@ -611,9 +636,18 @@ async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandb
     assert_eq!(seen["paused"], "Paused", "{seen}");
     assert_eq!(seen["resumed"], "Running", "{seen}");
     assert_eq!(seen["after"], "again", "{seen}");
-    // the freeze and the thaw went to the pod's node agent
+    // paused as upstream's controller pauses: the pod's root file system
+    // committed by its node agent (then the pod deleted); resumed in a new
+    // pod from that image, which ran the command after the resume
     let kinds: Vec<String> = calls.lock().iter().map(|c| c.0.clone()).collect();
-    assert_eq!(kinds, ["pause", "resume"], "{kinds:?}");
+    assert_eq!(kinds, ["commit"], "{kinds:?}");
+    let images = images.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        images
+            .iter()
+            .any(|i| i.starts_with("sandpool.local/snapshots/") && i.contains("-sandbox:snap-gen")),
+        "{images:?}"
+    );
     // killed: the server deleted its BatchSandbox (gone, or its finalizer
     // still being released when the controllers stopped)
     let id = seen["id"].as_str().expect("id").to_string();

@@ -6,9 +6,12 @@
 //! holds pods made as containerd's CRI plugin makes them (the node agent
 //! testkit's `CriTestNode`). A small "kubelet" loop here runs every pod the
 //! controller puts in the fake apiserver on that containerd and marks it
-//! Ready on node-a. Pause and resume (REST and `spec.pause`) must really
-//! freeze the pod's app containers; mounts must really appear inside them;
-//! pods sandpool did not make must be left alone.
+//! Ready on node-a (from the image its pod spec names when that is a
+//! snapshot's, else busybox), and removes the containers of pods deleted.
+//! REST pause and resume must really freeze the pod's app containers;
+//! `spec.pause` must commit the pod into an image, delete the pod and make
+//! it again from that image; mounts must really appear inside the pods'
+//! containers; pods sandpool did not make must be left alone.
 //!
 //! Needs root and containerd (the node agent containerd tests' gate).
 
@@ -23,9 +26,10 @@ use kube::api::Api;
 use parking_lot::Mutex;
 use sandpool_controller::batch;
 use sandpool_controller::context::Context;
-use sandpool_controller::crd::BatchSandbox;
+use sandpool_controller::crd::{BatchSandbox, SandboxSnapshot};
 use sandpool_controller::kube_scheduler::{DaemonSetAgents, KubeScheduler, NODE_AGENT_SELECTOR};
 use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::snapshot;
 use sandpool_node_agent::containerd::TaskState;
 use sandpool_node_agent::cri::{CriNode, CriNodeService};
 use sandpool_node_agent::testkit::cri::{CriTestNode, CriTestPod, K8S_NAMESPACE};
@@ -37,6 +41,8 @@ use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path};
 const NS: &str = "sandpool";
 const NODE: &str = "node-a";
 const TOKEN: &str = "svc-secret-0123456789";
+/// Where snapshot images are (node-local, never pulled).
+const SNAPSHOTS: &str = "sandpool.local/snapshots/";
 
 /// The pods the "kubelet" ran, by pod name.
 type Ran = Arc<Mutex<HashMap<String, CriTestPod>>>;
@@ -87,6 +93,21 @@ async fn serve_node_agent(node: &CriTestNode, volumes: &std::path::Path) -> u16 
 /// One round of the "kubelet": every pod the controller made that is not
 /// running yet is run on the CRI node, then marked Ready on node-a.
 async fn kubelet_round(api: &FakeApi, node: &CriTestNode, ran: &Ran) {
+    // the pods deleted from the apiserver are removed from the node
+    let live: Vec<String> = api.with_store(|s| {
+        s.list(&pods_path(NS))
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    });
+    let gone: Vec<CriTestPod> = {
+        let mut ran = ran.lock();
+        let names: Vec<String> = ran.keys().filter(|n| !live.contains(n)).cloned().collect();
+        names.iter().filter_map(|n| ran.remove(n)).collect()
+    };
+    for p in gone {
+        node.remove_pod(&p).await;
+    }
     let pending: Vec<Value> = api.with_store(|s| {
         s.list(&pods_path(NS))
             .into_iter()
@@ -108,14 +129,27 @@ async fn kubelet_round(api: &FakeApi, node: &CriTestNode, ran: &Ran) {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let containers: Vec<String> = p["spec"]["containers"]
+        // each container from its image: a snapshot's is on this node;
+        // any other stands for the testkit's busybox
+        let containers: Vec<(String, String)> = p["spec"]["containers"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .filter_map(|c| {
+                let image = c["image"].as_str().unwrap_or_default();
+                let image = if image.starts_with(SNAPSHOTS) {
+                    image
+                } else {
+                    sandpool_node_agent::image::BUSYBOX
+                };
+                Some((c["name"].as_str()?.to_string(), image.to_string()))
+            })
             .collect();
-        let names: Vec<&str> = containers.iter().map(String::as_str).collect();
-        let pod = node.run_pod(NS, &name, &labels, &names).await;
+        let images: Vec<(&str, &str)> = containers
+            .iter()
+            .map(|(n, i)| (n.as_str(), i.as_str()))
+            .collect();
+        let pod = node.run_pod_images(NS, &name, &labels, &images).await;
         ran.lock().insert(name.clone(), pod);
         api.with_store(|s| make_ready(s, NS, &name, "10.2.0.7", NODE));
     }
@@ -167,6 +201,13 @@ async fn rig() -> Option<Rig> {
                     .expect("list");
                 for b in all.items {
                     let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
+                }
+                let snaps = Api::<SandboxSnapshot>::namespaced(ctx.client.clone(), NS)
+                    .list(&Default::default())
+                    .await
+                    .expect("list");
+                for s in snaps.items {
+                    let _ = snapshot::reconcile(Arc::new(s), ctx.clone()).await;
                 }
                 kubelet_round(&api, &node, &ran).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -338,14 +379,14 @@ async fn rest_pause_and_resume_freeze_and_thaw_the_pods_containers_in_containerd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_spec_pause_freezes_and_thaws_the_batchs_pods_in_containerd() {
+async fn batch_spec_pause_commits_deletes_and_remakes_the_pod_from_its_snapshot_in_containerd() {
     let Some(rig) = rig().await else { return };
     rig.api.with_store(|s| {
         s.put(
             &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
                 "metadata": {"name": "b", "generation": 1},
-                "spec": {"replicas": 2,
+                "spec": {"replicas": 1,
                     "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}),
         )
     });
@@ -363,39 +404,64 @@ async fn batch_spec_pause_freezes_and_thaws_the_batchs_pods_in_containerd() {
         }
     };
     phase("Succeed").await;
-    let pods: Vec<CriTestPod> = ["b-0", "b-1"]
-        .iter()
-        .map(|n| rig.ran.lock().get(*n).cloned().expect("pod ran"))
-        .collect();
-    let set_pause = |pause: bool, generation: i64| {
+    let before = rig.ran.lock().get("b-0").cloned().expect("pod ran");
+    // the sandbox's work, in its container's root file system
+    let pid = rig.node.pid(&before.containers[0].0).await;
+    std::fs::create_dir_all(format!("/proc/{pid}/root/work")).expect("mkdir");
+    std::fs::write(
+        format!("/proc/{pid}/root/work/result.txt"),
+        "kept across the pause\n",
+    )
+    .expect("write");
+    let set_pause = |pause: bool| {
         rig.api.with_store(|s| {
             s.mutate(&batches_path(NS), "b", |b| {
+                let g = b["metadata"]["generation"].as_i64().unwrap_or(1);
                 b["spec"]["pause"] = json!(pause);
-                b["metadata"]["generation"] = json!(generation);
+                b["metadata"]["generation"] = json!(g + 1);
             })
         })
     };
-    set_pause(true, 2);
-    let b = phase("Paused").await;
-    assert_eq!(b["status"]["pauseObservedGeneration"], 2, "{b}");
-    for p in &pods {
-        assert_eq!(
-            states(&rig.node, p).await,
-            (all(p, TaskState::Paused, true), TaskState::Running),
-            "{}",
-            p.id()
-        );
-    }
-    set_pause(false, 3);
-    phase("Succeed").await;
-    for p in &pods {
-        assert_eq!(
-            states(&rig.node, p).await,
-            (all(p, TaskState::Running, false), TaskState::Running),
-            "{}",
-            p.id()
-        );
-    }
+    set_pause(true);
+    phase("Paused").await;
+    // committed into k8s.io, and the pod deleted
+    let uri = "sandpool.local/snapshots/b-c:snap-gen2";
+    assert!(
+        rig.node.ctr().image(uri).await.expect("image").is_some(),
+        "{uri}"
+    );
+    assert!(
+        rig.api
+            .with_store(|s| s.get(&pods_path(NS), "b-0").is_none())
+    );
+
+    set_pause(false);
+    let b = phase("Succeed").await;
+    assert_eq!(b["spec"]["template"]["spec"]["nodeName"], NODE, "{b}");
+    let after = rig.ran.lock().get("b-0").cloned().expect("pod made again");
+    assert_ne!(after.uid, before.uid, "a new pod");
+    // the new pod's container runs from the snapshot: the work is there
+    let (st, pid) = rig
+        .node
+        .ctr()
+        .task_state(&after.containers[0].0)
+        .await
+        .expect("state")
+        .expect("task");
+    assert_eq!(st, TaskState::Running);
+    let got = std::fs::read_to_string(format!("/proc/{pid}/root/work/result.txt"));
+    assert_eq!(got.ok().as_deref(), Some("kept across the pause\n"));
+    let snap = rig.api.with_store(|s| {
+        s.get(
+            &support::cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS),
+            "b-pause",
+        )
+        .cloned()
+    });
+    assert!(
+        snap.is_none(),
+        "the pause snapshot is deleted once resumed: {snap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::crd::{BatchSandboxPhase, BatchSandboxSpec};
 
 /// Container waiting reasons that mean the sandbox will not start by itself.
-const STUCK: [&str; 4] = [
+pub(super) const STUCK: [&str; 4] = [
     "CrashLoopBackOff",
     "ImagePullBackOff",
     "ErrImagePull",
