@@ -12,7 +12,10 @@ E2B (issue 18), with e2b-code-interpreter: ``Sandbox.create(T)`` → first
 ``run_code("1+1")`` from a warm pool ``T`` (``--warm``), against the same from a
 pool of the same image that keeps nothing warm (``--cold``: every create is a
 cold start), plus ``Sandbox.create`` → first ``commands.run("true")`` from the
-warm pool.
+warm pool. ``--warm-baseline P``: also a warm pool ``P`` of the same image
+whose runtime does not pre-start the default kernel (template env
+``SANDPOOL_INTERP_PRESTART=off``), interleaved with the others.
+``--e2b-only`` skips the OpenSandbox rows.
 
     .venv/bin/python integration/python/bench_code_interp.py --url http://127.0.0.1:8080 \\
         --key KEY --warm ci-warm --cold ci-cold -n 20
@@ -119,10 +122,13 @@ def e2b_rows(a, n):
         sbx.commands.run("true")
 
     create_then(a.warm, code)()  # warm-up (image present, pool filled)
-    warm_code, warm_cmd, cold_code = [], [], []
+    warm_code, warm_cmd, cold_code, lazy_code = [], [], [], []
     for _ in range(n):
         warm_code += timed(1, create_then(a.warm, code))
         time.sleep(a.gap)
+        if a.warm_baseline:
+            lazy_code += timed(1, create_then(a.warm_baseline, code))
+            time.sleep(a.gap)
         warm_cmd += timed(1, create_then(a.warm, cmd))
         time.sleep(a.gap)
         cold_code += timed(1, create_then(a.cold, code))
@@ -130,6 +136,8 @@ def e2b_rows(a, n):
     print("\n| E2B (e2b-code-interpreter) | n | p50 ms | p90 ms | p99 ms | vs cold |")
     print("|---|---|---|---|---|---|")
     row("cold start: `Sandbox.create` → first `run_code(\"1+1\")`", cold_code, c50)
+    if lazy_code:
+        row("warm, kernel not pre-started: `Sandbox.create` → first `run_code(\"1+1\")`", lazy_code, c50)
     row("warm: `Sandbox.create` → first `run_code(\"1+1\")`", warm_code, c50)
     row("warm: `Sandbox.create` → first `commands.run(\"true\")`", warm_cmd, c50)
 
@@ -141,11 +149,14 @@ def main() -> None:
     ap.add_argument("--warm", required=True, help="a pool of the code-interpreter image that keeps sandboxes warm")
     ap.add_argument("--cold", required=True, help="a pool of the same image that keeps none warm")
     ap.add_argument("--gap", type=float, default=0.5, help="seconds between warm creates (the pool refills)")
+    ap.add_argument("--warm-baseline", help="a warm pool of the same image that does not pre-start the kernel")
+    ap.add_argument("--e2b-only", action="store_true", help="skip the OpenSandbox rows")
     ap.add_argument("-n", type=int, default=20)
     a = ap.parse_args()
     n = max(3, min(a.n, 100))
     os.environ.setdefault("OPENSANDBOX_DISABLE_METRICS", "1")
-    opensandbox_rows(a, n)
+    if not a.e2b_only:
+        opensandbox_rows(a, n)
     e2b_rows(a, n)
 
 

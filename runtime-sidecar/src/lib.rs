@@ -64,6 +64,9 @@ pub struct Config {
     /// `WatchDir` streams, per runtime: each is an inotify instance (the
     /// kernel's default is 128 per user).
     pub max_watchers: usize,
+    /// Whether the code interpreter starts its default Python context's
+    /// kernel when the runtime starts (while the sandbox waits warm).
+    pub interp_prestart: interp::Prestart,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(3),
             home: None,
             max_watchers: 32,
+            interp_prestart: interp::Prestart::Off,
         }
     }
 }

@@ -72,6 +72,17 @@ struct Args {
     /// Finished commands kept for status and log queries.
     #[arg(long, default_value_t = 1024)]
     max_finished_commands: usize,
+    /// Start the code interpreter's default Python kernel when the runtime
+    /// starts, so a sandbox waiting warm has it up: `auto` where the image
+    /// has a Jupyter Python kernel (the code-interpreter image), `on`, `off`
+    /// (a pool sets it through its template's env).
+    #[arg(
+        long,
+        env = "SANDPOOL_INTERP_PRESTART",
+        value_enum,
+        default_value = "auto"
+    )]
+    interp_prestart: sandpool_runtime::interp::Prestart,
     /// Seconds between ping events on command streams.
     #[arg(long, default_value_t = 3)]
     ping_interval_secs: u64,
@@ -274,6 +285,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_finished_commands: args.max_finished_commands,
         ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
         home: None,
+        interp_prestart: args.interp_prestart,
         ..Config::default()
     };
     let auth = cfg.access_token.is_some();
@@ -298,14 +310,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let extra = [
         (args.envd_listen, "envd", envd),
-        (args.interp_listen, "code interpreter", interp),
+        (args.interp_listen, "code interpreter", interp.clone()),
         // Where a sandbox with the code interpreter has upstream's Jupyter
         // server: the opensandbox-code-interpreter SDK's readiness check
         // connects to it (best effort: a port in use is only logged).
         (
             args.interp_listen.map(|_| jupyter_addr()),
             "Jupyter port",
-            sandpool_runtime::interp_app(state.clone()),
+            // the same interpreter: one default context, one pre-started kernel
+            interp,
         ),
     ];
     serve_agent_sandbox_apis(&args, &state, &switches).await?;

@@ -2,7 +2,8 @@
 on runc (runsc is refused, 501): ``sandbox.pause(mode="filesystem")`` (sent as
 ``{"memory": false}``) stops the sandbox's processes and keeps its files;
 ``Sandbox.connect`` boots it again from those files (its processes are not
-restored), with the same id and credentials. The timeout's auto-pause does
+restored), with the same id and credentials, and its envd gets the create's
+``envs`` again (as E2B's orchestrator hands them to envd on every boot). The timeout's auto-pause does
 the same with ``lifecycle={"on_timeout": {"action": "pause", "mode":
 "filesystem"}}`` (``autoPauseMemory: false``).
 """
@@ -27,8 +28,15 @@ def _sleeper_running(sbx: Sandbox) -> bool:
     return any(line.strip() == "sleep 1234" for line in out.splitlines())
 
 
+ENVS = {"FS_PAUSE_ENV": "kept across a reboot", "FS_PAUSE_OTHER": "2"}
+
+
+def _envs_seen(sbx: Sandbox) -> str:
+    return sbx.commands.run('echo "$FS_PAUSE_ENV|$FS_PAUSE_OTHER"').stdout.strip()
+
+
 def test_a_filesystem_pause_keeps_the_files_and_reboots_on_connect(e2b_env: Sandpool):
-    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    sbx = Sandbox.create(POOL_NAME, timeout=120, envs=ENVS)
     try:
         sbx.files.write("/tmp/fs-only-marker.txt", "persisted")
         sbx.commands.run("sleep 1234", background=True)
@@ -43,6 +51,8 @@ def test_a_filesystem_pause_keeps_the_files_and_reboots_on_connect(e2b_env: Sand
         assert resumed.files.read("/tmp/fs-only-marker.txt") == "persisted"
         assert not _sleeper_running(resumed)
         assert resumed.commands.run("echo again").stdout.strip() == "again"
+        # the create's envs are envd's defaults again after the reboot
+        assert _envs_seen(resumed) == "kept across a reboot|2"
     finally:
         sbx.kill()
 
@@ -58,7 +68,7 @@ def test_a_runsc_sandbox_is_refused_naming_gvisor(e2b_env: Sandpool):
 
 
 def test_a_frozen_sandbox_connected_with_reboot_loses_its_processes(e2b_env: Sandpool):
-    sbx = Sandbox.create(POOL_NAME, timeout=120)
+    sbx = Sandbox.create(POOL_NAME, timeout=120, envs=ENVS)
     try:
         sbx.files.write("/tmp/kept.txt", "kept")
         sbx.commands.run("sleep 1234", background=True)
@@ -66,6 +76,7 @@ def test_a_frozen_sandbox_connected_with_reboot_loses_its_processes(e2b_env: San
         resumed = Sandbox.connect(sbx.sandbox_id, on_resume="reboot")
         assert resumed.files.read("/tmp/kept.txt") == "kept"
         assert not _sleeper_running(resumed)
+        assert _envs_seen(resumed) == "kept across a reboot|2"
     finally:
         sbx.kill()
 

@@ -6,6 +6,8 @@ first use (minutes; cached in target/sandpool-image-cache)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sandpool_platform import PY_POOL_NAME, Sandpool
@@ -13,6 +15,48 @@ from sandpool_pytest_helpers import per_test_watchdog
 
 code_interpreter = pytest.importorskip("e2b_code_interpreter")
 IMAGE_KEY = "e2b.agents.kruise.io/image"
+
+
+
+# the pid of every ipykernel process in the sandbox (the literal is split:
+# this script's own command line must not match)
+_KERNELS = (
+    "python3 -c \"import os\n"
+    "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try: a = open('/proc/%s/cmdline' % p).read()\n"
+    "    except OSError: continue\n"
+    "    if 'ipykernel_' + 'launcher' in a: print(p)\""
+)
+
+
+def _kernel_pids(sbx) -> set[int]:
+    return {int(p) for p in sbx.commands.run(_KERNELS).stdout.split()}
+
+
+def test_the_default_kernel_runs_before_the_first_run_with_the_sandboxs_envs(e2b_env: Sandpool):
+    """The default context's kernel is started with the runtime, not by the
+    first ``run_code``; the first run is served by it and sees the create's
+    ``envs`` (set after the kernel started), the user's home as its cwd and
+    the user a fresh context's kernel has; an execution's envs do not stay."""
+    sbx = code_interpreter.Sandbox.create(PY_POOL_NAME, metadata={IMAGE_KEY: "code-interpreter"},
+                                          envs={"WARM_ENV": "from create"}, timeout=900, request_timeout=900)
+    try:
+        deadline = time.monotonic() + 120
+        while not (before := _kernel_pids(sbx)):
+            assert time.monotonic() < deadline, "no kernel started without a run"
+            time.sleep(0.5)
+        assert [(c.language, c.cwd) for c in sbx.list_code_contexts()][0] == ("python", "/home/user")
+        probe = "import os; (os.getpid(), os.getcwd(), os.getuid(), os.environ.get('WARM_ENV'), os.environ.get('PER_RUN'))"
+        pid, cwd, uid, env, per_run = eval(sbx.run_code(probe).text)
+        assert pid in before, "the first run started a kernel of its own"
+        assert (cwd, env, per_run) == ("/home/user", "from create", None)
+        fresh = sbx.create_code_context()
+        _, fresh_cwd, fresh_uid, fresh_env, _ = eval(sbx.run_code(probe, context=fresh).text)
+        assert (fresh_cwd, fresh_uid, fresh_env) == (cwd, uid, env)
+        assert eval(sbx.run_code(probe, envs={"PER_RUN": "1"}).text)[4] == "1"
+        assert eval(sbx.run_code(probe).text)[3:] == ("from create", None), "an execution's envs stayed"
+    finally:
+        sbx.kill()
 
 
 @pytest.fixture(autouse=True)

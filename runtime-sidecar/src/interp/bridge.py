@@ -19,6 +19,9 @@
 # argv[3] is the context's language (python, bash, javascript, typescript,
 # r, java; default python), argv[4] the sandbox-level environment variables
 # as a JSON object (a Java kernel gets them as system properties, as E2B's).
+# A request's "sandbox_env" (sent only when they changed since this process
+# started: envd's /init after a warm context's kernel was started) replaces
+# those sandbox-level variables for good, before the cell's own "env".
 import json, os, queue, selectors, signal, subprocess, shutil, sys
 
 # an interrupt before a cell runs (e.g. while the kernel starts) is a no-op
@@ -294,6 +297,19 @@ def _restore_env(old):
     _in_kernel("\n".join(c for c in (_set_code(keep) if keep else "", _unset_code(drop) if drop else "") if c))
 
 
+def _set_sandbox_env(new):
+    """Replace the sandbox-level env vars (`_globals`) with `new`, here and in
+    the kernel: those gone are unset, the others set."""
+    global _globals
+    new = {str(k): str(v) for k, v in new.items()}
+    gone = [k for k in _globals if k not in new]
+    for k in gone:
+        os.environ.pop(k, None)
+    os.environ.update(new)
+    _in_kernel("\n".join(c for c in (_unset_code(gone) if gone else "", _set_code(new) if new else "") if c))
+    _globals = new
+
+
 if _startup and _kc is not None and _language == "python":
     _run_kernel("exec(compile(%r, '<sandpool-startup>', 'exec'), {'__name__': '__sandpool_startup__'})" % _startup, silent=True)
 del _startup
@@ -306,6 +322,8 @@ for line in os.fdopen(0, "r"):
     except ValueError:
         continue
     env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+    if isinstance(req.get("sandbox_env"), dict):
+        _set_sandbox_env(req["sandbox_env"])
     if req.get("language") != "bash" and _kc is None:
         _emit({"type": "error", "name": "KernelError", "value": _no_kernel, "traceback": []})
         _emit({"type": "end", "execution_count": _count})

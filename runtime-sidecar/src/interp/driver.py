@@ -8,7 +8,8 @@
 #   {"type": "end", "execution_count": n}
 # A line `!cmd` (IPython's shell escape) runs `cmd` in sh, and a request with
 # "language": "bash" runs its code in bash; their output is the cell's
-# stdout and stderr.
+# stdout and stderr. A request's "sandbox_env" replaces the sandbox-level env
+# vars (the bridge's `_globals`) for good, before the cell's own "env".
 import ast, json, os, re, shutil, signal, subprocess, sys, traceback
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -46,6 +47,8 @@ class _Stream:
 
 _ns = {"__name__": "__main__", "__sandpool_shell__": None}
 _count = 0
+# the sandbox-level env vars this process started with (the bridge's)
+_globals = dict(globals().get("_globals") or {})
 _running = False
 
 
@@ -85,6 +88,12 @@ for line in os.fdopen(0, "r"):
     except ValueError:
         continue
     _count += 1
+    if isinstance(req.get("sandbox_env"), dict):
+        _new = {str(k): str(v) for k, v in req["sandbox_env"].items()}
+        for k in [k for k in _globals if k not in _new]:
+            os.environ.pop(k, None)
+        os.environ.update(_new)
+        _globals = _new
     # this execution's env vars, put back as they were once it is done
     saved = {}
     for k, v in (req.get("env") or {}).items():

@@ -51,6 +51,58 @@ pub struct Kernel {
     child: Child,
     stdin: ChildStdin,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    /// The sandbox-level env vars the process has (those it started with,
+    /// or a later request's `sandbox_env`).
+    pub env: HashMap<String, String>,
+}
+
+/// Names whose value an interpreter (or a library it loads as it starts)
+/// reads only at its start: a process that started without the sandbox's
+/// value of one of them is replaced, never updated in place.
+const START_ONLY_PREFIXES: &[&str] = &["PYTHON", "LD_", "JUPYTER", "IPYTHON", "MPL", "LC_"];
+const START_ONLY_NAMES: &[&str] = &["HOME", "TZ", "LANG", "LANGUAGE", "TMPDIR", "USER"];
+
+/// Whether a process with sandbox-level env vars `had` can take `now` in
+/// place (its `os.environ` set and unset, `sandbox_env` of a request): not
+/// when a name that differs is read only at start-up.
+pub fn env_update_in_place(had: &HashMap<String, String>, now: &HashMap<String, String>) -> bool {
+    let start_only = |k: &str| {
+        START_ONLY_NAMES.contains(&k) || START_ONLY_PREFIXES.iter().any(|p| k.starts_with(p))
+    };
+    had.keys()
+        .chain(now.keys())
+        .filter(|k| had.get(*k) != now.get(*k))
+        .all(|k| !start_only(k))
+}
+
+/// Whether the code interpreter starts its default Python context's
+/// kernel when the runtime starts (`Config::interp_prestart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prestart {
+    /// Where the image has a Jupyter Python kernel (the code-interpreter
+    /// image): there a first run would wait ~1 s for it.
+    Auto,
+    On,
+    Off,
+}
+
+impl Prestart {
+    pub fn enabled(self) -> bool {
+        match self {
+            Prestart::On => true,
+            Prestart::Off => false,
+            Prestart::Auto => python().is_some() && has_kernelspec("python3"),
+        }
+    }
+}
+
+fn has_kernelspec(name: &str) -> bool {
+    KERNELSPEC_DIRS.iter().any(|d| {
+        std::path::Path::new(d)
+            .join(name)
+            .join("kernel.json")
+            .is_file()
+    })
 }
 
 /// Where Jupyter looks for kernelspecs in an image (system-wide).
@@ -79,15 +131,7 @@ pub fn available(language: &str) -> bool {
         "python" | "bash" => return python().is_some(),
         other => kernelspec(other),
     };
-    spec.is_some_and(|name| {
-        python().is_some()
-            && KERNELSPEC_DIRS.iter().any(|d| {
-                std::path::Path::new(d)
-                    .join(name)
-                    .join("kernel.json")
-                    .is_file()
-            })
-    })
+    spec.is_some_and(|name| python().is_some() && has_kernelspec(name))
 }
 
 /// The sandbox's `python3`, if it has one.
@@ -120,7 +164,7 @@ impl Kernel {
             .args(["-u", "-c", BRIDGE])
             .args(flavour.startup_args())
             .args([language, globals.as_str()])
-            .envs(env)
+            .envs(&env)
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -134,6 +178,7 @@ impl Kernel {
             child,
             stdin,
             stdout,
+            env,
         })
     }
 
@@ -179,4 +224,38 @@ pub fn interrupt_pid(pid: i32) {
 /// Whether an engine event ends its cell.
 pub fn is_end(ev: &Value) -> bool {
     ev["type"] == "end"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_names_read_after_start_up_are_updated_in_place() {
+        let had = env(&[("A", "1"), ("PYTHONPATH", "/p")]);
+        assert!(env_update_in_place(&had, &had));
+        // added, changed or removed ordinary names
+        assert!(env_update_in_place(
+            &had,
+            &env(&[("A", "2"), ("PYTHONPATH", "/p"), ("B", "x")])
+        ));
+        assert!(env_update_in_place(&had, &env(&[("PYTHONPATH", "/p")])));
+        // a start-only name added, changed or removed
+        for now in [
+            env(&[("A", "1")]),
+            env(&[("A", "1"), ("PYTHONPATH", "/q")]),
+            env(&[("A", "1"), ("PYTHONPATH", "/p"), ("LD_PRELOAD", "x")]),
+            env(&[("A", "1"), ("PYTHONPATH", "/p"), ("HOME", "/h")]),
+            env(&[("A", "1"), ("PYTHONPATH", "/p"), ("LC_ALL", "C")]),
+        ] {
+            assert!(!env_update_in_place(&had, &now), "{now:?}");
+        }
+    }
 }

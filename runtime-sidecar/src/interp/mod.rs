@@ -29,6 +29,7 @@ pub mod execd;
 mod limits;
 
 use engine::Kernel;
+pub use engine::Prestart;
 
 /// The working directory of the default context (and of a created context
 /// that names none).
@@ -70,12 +71,43 @@ impl InterpState {
             defaults.insert("javascript".into(), js.id.clone());
             contexts.insert(js.id.clone(), js);
         }
-        InterpState {
+        let st = InterpState {
             app,
             contexts: Arc::new(SyncMutex::new(contexts)),
             default_id,
             defaults: Arc::new(SyncMutex::new(defaults)),
+        };
+        if st.app.cfg.interp_prestart.enabled() {
+            st.prestart();
         }
+        st
+    }
+
+    /// Start the default Python context's kernel now (as the runtime
+    /// starts, while the sandbox waits warm), with the sandbox's env vars
+    /// as they are; a run finding them changed since updates or replaces it
+    /// (see [`run_cell`]).
+    fn prestart(&self) {
+        let Some(ctx) = self.lock().get(&*self.default_id).cloned() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let env = self.app.sandbox_env.clone();
+        rt.spawn(async move {
+            let mut guard = ctx.kernel.lock().await;
+            if guard.is_some() {
+                return;
+            }
+            let env = env.lock().clone();
+            match Kernel::spawn(&ctx.cwd, env, engine::Flavour::E2b, &ctx.language).await {
+                Ok(k) => *guard = Some(k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the default context's kernel did not pre-start")
+                }
+            }
+        });
     }
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Context>>> {
         self.contexts.lock()
@@ -344,15 +376,26 @@ fn kernel_error(msg: impl Into<String>) -> Bytes {
 }
 
 /// Run `req` in `ctx`'s process (started if need be), one cell at a time,
-/// sending its output lines to `tx`.
-async fn run_cell(st: InterpState, ctx: Arc<Context>, req: Value, tx: mpsc::Sender<Bytes>) {
+/// sending its output lines to `tx`. A process that has other sandbox-level
+/// env vars than the sandbox now has (started before envd's `/init`: a
+/// pre-started kernel) takes them in place (a Python one, with no name read
+/// only at start-up changed), or is replaced.
+async fn run_cell(st: InterpState, ctx: Arc<Context>, mut req: Value, tx: mpsc::Sender<Bytes>) {
     let mut guard = ctx.kernel.lock().await;
     if tx.is_closed() {
         // the client left while an earlier cell ran: this one never starts
         return;
     }
+    let env = st.app.sandbox_env.lock().clone();
+    if let Some(k) = guard.as_mut().filter(|k| k.env != env) {
+        if ctx.language == "python" && engine::env_update_in_place(&k.env, &env) {
+            req["sandbox_env"] = json!(env);
+            k.env = env.clone();
+        } else {
+            guard.take();
+        }
+    }
     if guard.is_none() {
-        let env = st.app.sandbox_env.lock().clone();
         match Kernel::spawn(&ctx.cwd, env, engine::Flavour::E2b, &ctx.language).await {
             Ok(k) => *guard = Some(k),
             Err(e) => {

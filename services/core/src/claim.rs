@@ -64,6 +64,38 @@ pub fn on_filesystem_pause(
     }
 }
 
+/// Most default env vars a claim keeps for its sandbox (envd `/init`'s bound).
+pub const MAX_SANDBOX_ENV_VARS: usize = 1024;
+/// Largest total size (names and values) of those env vars.
+pub const MAX_SANDBOX_ENV_BYTES: usize = 1 << 20;
+
+/// Check a claim's default env vars (E2B `envVars`): names non-empty and
+/// without `=` or NUL, values without NUL, at most
+/// [`MAX_SANDBOX_ENV_VARS`] entries and [`MAX_SANDBOX_ENV_BYTES`] bytes.
+pub fn check_sandbox_env<'a>(
+    env: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(format!(
+                "env var name {k:?} must be non-empty, without '=' or NUL"
+            ));
+        }
+        if v.contains('\0') {
+            return Err(format!("env var {k:?}'s value has a NUL byte"));
+        }
+        n += 1;
+        bytes += k.len() + v.len();
+    }
+    if n > MAX_SANDBOX_ENV_VARS || bytes > MAX_SANDBOX_ENV_BYTES {
+        return Err(format!(
+            "env vars are {n} entries, {bytes} bytes; at most {MAX_SANDBOX_ENV_VARS} entries and {MAX_SANDBOX_ENV_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a claim expiring at `expires_ms` (0 = never) is due at `now_ms`.
 /// Paused claims do not expire (their clock is stopped).
 pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
@@ -96,6 +128,28 @@ mod tests {
         assert!(on_filesystem_pause(S::Paused, true).is_err());
         assert!(on_filesystem_pause(S::Pending, false).is_err());
         assert!(on_filesystem_pause(S::Released, false).is_err());
+    }
+
+    #[test]
+    fn sandbox_env_names_values_and_bounds() {
+        let m = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = m(&[("A", "1"), ("B_2", "x=y")]);
+        assert!(check_sandbox_env(ok.iter().map(|(k, v)| (k, v))).is_ok());
+        for bad in [m(&[("", "1")]), m(&[("A=B", "1")]), m(&[("A", "a\0b")])] {
+            assert!(check_sandbox_env(bad.iter().map(|(k, v)| (k, v))).is_err());
+        }
+        let many: Vec<_> = (0..=MAX_SANDBOX_ENV_VARS)
+            .map(|i| (format!("K{i}"), String::new()))
+            .collect();
+        let e = check_sandbox_env(many.iter().map(|(k, v)| (k, v))).unwrap_err();
+        assert!(e.contains("1025 entries"), "{e}");
+        let big = m(&[("K", &"x".repeat(MAX_SANDBOX_ENV_BYTES))]);
+        assert!(check_sandbox_env(big.iter().map(|(k, v)| (k, v))).is_err());
     }
 
     #[test]

@@ -54,6 +54,8 @@ fn own(metadata: &mut std::collections::HashMap<String, String>, private_traffic
 /// A claim as callers see it: without the reserved metadata.
 fn shown(mut c: pb::Claim) -> pb::Claim {
     c.metadata.retain(|k, _| !reserved(k));
+    // the sandbox's env vars may hold secrets: its envd answers for them
+    c.sandbox_env.clear();
     c
 }
 
@@ -278,10 +280,19 @@ impl Gateway {
         Ok(())
     }
 
+    /// Resume claim `id`. A sandbox paused filesystem-only starts afresh:
+    /// its envd gets the claim's default env vars again (as E2B's does on
+    /// boot).
     pub async fn resume_claim(&self, id: &str) -> Result<()> {
-        self.on_own_claim(id, claim_ref(id), rpc!(resume_claim))
+        let was_filesystem_only = self.visible_claim(id).await?.paused_filesystem_only;
+        let c = self
+            .scheduler_call(
+                claim_ref(id),
+                ApiError::sandbox_not_found(id),
+                rpc!(resume_claim),
+            )
             .await?;
-        Ok(())
+        crate::e2b::envd_init::after_resume(self, was_filesystem_only, &c).await
     }
 
     /// Move the claim's expiry to `expires_unix_ms`.

@@ -154,6 +154,7 @@ pub fn claim_pb(c: &ClaimRec) -> pb::Claim {
         ttl_seconds: c.ttl_seconds,
         pause_filesystem_only: c.pause_filesystem_only,
         paused_filesystem_only: c.state == ClaimState::Paused && c.paused_filesystem,
+        sandbox_env: c.sandbox_env.clone().into_iter().collect(),
     }
 }
 

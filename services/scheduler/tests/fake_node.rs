@@ -1160,6 +1160,38 @@ async fn a_pause_on_expiry_claim_is_paused_at_its_ttl_and_stays_until_resumed() 
     assert_eq!(s.get_claim(&kept.id).unwrap().state, ClaimState::Bound);
 }
 
+/// A claim's default env vars (E2B `envVars`) are kept with it, through a
+/// filesystem-only pause and resume (what its API sets in the new runtime
+/// again); bad ones are refused before a sandbox is taken.
+#[tokio::test]
+async fn a_claims_sandbox_env_is_kept_through_a_filesystem_pause() {
+    let (node, s, _store) = warm_platform("se", 1, 1, 4).await;
+    let env: HashMap<String, String> = [("A".to_string(), "1".to_string())].into();
+    let bad = pb::ClaimRequest {
+        sandbox_env: [("A=B".to_string(), "1".to_string())].into(),
+        ..claim_req("se", &["true"])
+    };
+    let e = s.claim(bad).await.unwrap_err();
+    assert!(
+        matches!(e, SchedError::Invalid(ref m) if m.contains("sandbox_env")),
+        "{e}"
+    );
+    assert_eq!(status(&s, "se").allocated, 0, "nothing was taken");
+    let c = s
+        .claim(pb::ClaimRequest {
+            sandbox_env: env.clone(),
+            ..claim_req("se", &["true"])
+        })
+        .await
+        .unwrap();
+    s.pause_as(&c.id, true).await.unwrap();
+    assert_eq!(node.books().paused_filesystem, vec![c.sandbox.id.clone()]);
+    let r = s.resume(&c.id).await.unwrap();
+    assert_eq!(r.state, ClaimState::Bound);
+    let shown = sandpool_scheduler::service::claim_pb(&s.get_claim(&c.id).unwrap());
+    assert_eq!(shown.sandbox_env, env);
+}
+
 #[tokio::test]
 async fn a_pause_on_expiry_claim_that_cannot_pause_is_released() {
     let (node, s, _store) = warm_platform("np", 1, 1, 4).await;

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
 
 mod builds;
+pub(crate) mod envd_init;
 mod list;
 mod metrics;
 mod ready;
@@ -387,6 +388,9 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
     };
     let egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
     let private_traffic = crate::egress::private_traffic(req.network.as_ref())?;
+    let envs = req.env_vars.unwrap_or_default();
+    sandpool_core::claim::check_sandbox_env(&envs)
+        .map_err(|e| ApiError::Invalid(format!("envVars: {e}")))?;
     let claim = pb::ClaimRequest {
         pool,
         ttl_seconds: timeout,
@@ -397,12 +401,13 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         pause_on_expiry: req.auto_pause.unwrap_or(false),
         auto_resume,
         pause_filesystem_only,
+        sandbox_env: envs.clone().into_iter().collect(),
         ..Default::default()
     };
     Ok(NewClaim {
         claim,
         template: req.template_id,
-        envs: req.env_vars.unwrap_or_default(),
+        envs,
         private_traffic,
     })
 }
@@ -436,35 +441,14 @@ async fn create(
         let _ = gw.release_claim(&c.claim_id).await;
         return Err(e.into());
     }
-    let envs = new.envs;
-    // E2B env vars are the defaults of every envd process: hand them to envd.
-    if !envs.is_empty() {
+    // E2B env vars are the defaults of every envd process: hand them to
+    // envd (the claim keeps them for a filesystem-only resume)
+    if !new.envs.is_empty() {
         let sb = c.sandbox.clone().unwrap_or_default();
-        let (envd, named) = match crate::opensandbox::sandbox_target(&sb, u32::from(ENVD_PORT)) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = gw.release_claim(&c.claim_id).await;
-                return Err(e.into());
-            }
-        };
-        let mut init = gw.http.post(format!("http://{}:{envd}/init", sb.ip));
-        if let Some(p) = named {
-            init = init.header(crate::opensandbox::PORT_HEADER, p.to_string());
-        }
-        let sent = init
-            .header("x-access-token", &sb.access_token)
-            .json(&json!({"envVars": envs}))
-            .send()
-            .await;
-        if let Err(e) = sent.map_err(|e| e.to_string()).and_then(|r| {
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(r.status().to_string())
-            }
-        }) {
+        let envs = new.envs.into_iter().collect();
+        if let Err(e) = envd_init::send(&gw, &sb, &envs).await {
             let _ = gw.release_claim(&c.claim_id).await;
-            return Err(ApiError::BadGateway(format!("setting env vars in sandbox: {e}")).into());
+            return Err(e.into());
         }
     }
     Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())

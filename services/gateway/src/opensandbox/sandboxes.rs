@@ -297,6 +297,8 @@ fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
         auto_resume: false,
         pause_filesystem_only: false,
         image_auth,
+        // the create's env goes with the process (restarted with it)
+        sandbox_env: Default::default(),
     })
 }
 

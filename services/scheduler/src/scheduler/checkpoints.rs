@@ -274,6 +274,7 @@ fn restored_claim(
         // a restored sandbox's processes came with its memory: after a
         // filesystem-only pause nothing is started again
         restart: Vec::new(),
+        sandbox_env: BTreeMap::new(),
         ttl_seconds,
         oom_kills: 0,
     }

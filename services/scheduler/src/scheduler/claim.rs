@@ -155,6 +155,8 @@ impl Scheduler {
     pub(super) async fn claim_inner(&self, req: pb::ClaimRequest, t0: Instant) -> Result<ClaimRec> {
         // refused before a sandbox is taken
         let egress = req.egress.as_ref().map(egress_from_pb).transpose()?;
+        sandpool_core::claim::check_sandbox_env(&req.sandbox_env)
+            .map_err(|e| SchedError::Invalid(format!("sandbox_env: {e}")))?;
         let (claim_id, _claiming) = match self.begin_claim(&req)? {
             Begin::Existing(c) => return Ok(*c), // idempotent retry
             Begin::New(id, claiming) => (id, claiming),
@@ -211,6 +213,7 @@ impl Scheduler {
             pause_filesystem_only: req.pause_filesystem_only && req.pause_on_expiry,
             paused_filesystem: false,
             restart: restart_request(&process, &req),
+            sandbox_env: req.sandbox_env.clone().into_iter().collect(),
         };
         reservation.record(&claim_id);
         let started = async {

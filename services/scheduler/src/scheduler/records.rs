@@ -90,6 +90,10 @@ pub struct ClaimRec {
     /// claim's process (argv resolved), resources and mounts, encoded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart: Vec<u8>,
+    /// The sandbox's default env vars (E2B `envVars`): its API sets them in
+    /// the runtime again after a filesystem-only resume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sandbox_env: BTreeMap<String, String>,
     /// The TTL the claim was made with (0 = none).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub ttl_seconds: u64,
