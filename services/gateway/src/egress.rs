@@ -318,17 +318,19 @@ pub fn from_e2b(
             let unset = v.is_null()
                 || v.as_array().is_some_and(Vec::is_empty)
                 || v.as_object().is_some_and(serde_json::Map::is_empty);
-            // allowPublicTraffic and maskRequestHost are the gateway's, see
-            // `private_traffic` and `crate::traffic::mask_request_host`
+            // allowPublicTraffic, maskRequestHost and rules are the
+            // gateway's: `private_traffic`, `crate::traffic::mask_request_host`
+            // and `crate::e2b` (its transforms)
             let known = [
                 "allowOut",
                 "denyOut",
                 "allowPublicTraffic",
                 "maskRequestHost",
+                "rules",
             ];
             if !known.contains(&k.as_str()) && !unset {
                 return Err(ApiError::Unsupported(format!(
-                    "network.{k} (allowOut, denyOut, allowPublicTraffic and maskRequestHost are supported)"
+                    "network.{k} (allowOut, denyOut, allowPublicTraffic, maskRequestHost and rules are supported)"
                 )));
             }
         }

@@ -871,3 +871,81 @@ async fn mask_request_host_is_the_host_of_requests_into_the_sandbox() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn network_rules_become_the_sandboxs_vault_for_plain_http_only() {
+    let fake = FakeScheduler::default();
+    let client = support::serve(fake.clone()).await;
+    let gw = Gateway::new(client, &[KEY.to_string()]);
+    let app = sandpool_gateway::app(gw.clone());
+    // the ports the claim's egress policy allows for `name`
+    let allowed_ports = |id: &str, name: &str| {
+        let mut ports = Vec::new();
+        fake.update_claim(id, |c| {
+            let rules = c.egress.iter().flat_map(|e| e.rules.iter());
+            ports = rules.filter(|r| r.cidr == name).map(|r| r.port).collect();
+        });
+        ports
+    };
+    let rules =
+        json!({"api.example.com": [{"transform": {"headers": {"X-Test-Token": "s3cret"}}}]});
+    // the domain must be allowed by name
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        json!({"templateID": "base", "network": {"rules": rules}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("network.allowOut"),
+        "{v}"
+    );
+    let id = create(
+        &app,
+        json!({"templateID": "base", "network": {
+            "allowOut": ["api.example.com"], "denyOut": ["0.0.0.0/0"], "rules": rules}}),
+    )
+    .await;
+    let state = gw
+        .vaults
+        .lock()
+        .get(&id)
+        .map(|v| v.sanitized().expect("state"));
+    let state = state.expect("the rules are the sandbox's vault");
+    assert_eq!(state.bindings.len(), 1);
+    assert_eq!(state.bindings[0].matcher.hosts, ["api.example.com"]);
+    assert_eq!(state.bindings[0].matcher.ports, [80]);
+    // never shown: the values stay out of every answer
+    let v = info(&app, &id).await;
+    assert!(!v.to_string().contains("s3cret"), "{v}");
+    // HTTPS to the domain stays closed after a network update (at create:
+    // `transforms` unit tests; the fake keeps no create-time policy)
+    let (s, v) = call(
+        &app,
+        "PUT",
+        &format!("/sandboxes/{id}/network"),
+        json!({"allowOut": ["api.example.com", "other.example"], "denyOut": ["0.0.0.0/0"]}),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(allowed_ports(&id, "api.example.com"), [80]);
+    assert_eq!(allowed_ports(&id, "other.example"), [80, 443]);
+    // rules and the mask are set at create
+    for body in [json!({"rules": rules}), json!({"maskRequestHost": "h"})] {
+        let (s, v) = call(&app, "PUT", &format!("/sandboxes/{id}/network"), body).await;
+        assert_eq!(s, 501, "{v}");
+    }
+    // a kill forgets the vault
+    assert_eq!(
+        call(&app, "DELETE", &format!("/sandboxes/{id}"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    assert!(gw.vaults.lock().get(&id).is_none());
+}

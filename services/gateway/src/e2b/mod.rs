@@ -29,6 +29,7 @@ mod ready;
 mod routing;
 mod snapshots;
 mod templates;
+mod transforms;
 
 pub use builds::{
     BuildFuture, BuildLog, BuildRequest, BuildStep, BuildStore, Builds, StepKind, TemplateBuilder,
@@ -334,6 +335,9 @@ pub struct NewClaim {
     /// `network.allowPublicTraffic` and `network.maskRequestHost` (see
     /// [`crate::traffic`]).
     pub ingress: Ingress,
+    /// `network.rules`: the headers set on the sandbox's HTTP requests to
+    /// each domain, as a credential vault (see [`transforms`]).
+    pub transforms: Option<sandpool_core::credential_vault::CreateRequest>,
 }
 
 /// An E2B create body as the claim it asks for (pure: the gateway's whole
@@ -400,7 +404,11 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         Some(i) => i.to_string(),
         None => String::new(),
     };
-    let egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
+    let mut egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
+    let transforms = transforms::parse(req.network.as_ref())?;
+    if let Some(t) = &transforms {
+        transforms::fit(egress.as_mut(), t)?;
+    }
     let ingress = Ingress {
         private: crate::egress::private_traffic(req.network.as_ref())?,
         mask_request_host: crate::traffic::mask_request_host(req.network.as_ref())?,
@@ -422,6 +430,7 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         template: req.template_id,
         envs: req.env_vars.unwrap_or_default(),
         ingress,
+        transforms,
     })
 }
 
@@ -484,6 +493,12 @@ async fn create(
             let _ = gw.release_claim(&c.claim_id).await;
             return Err(ApiError::BadGateway(format!("setting env vars in sandbox: {e}")).into());
         }
+    }
+    if let Some(t) = new.transforms
+        && let Err(e) = transforms::apply(&gw, &c.claim_id, new.claim.egress.as_ref(), t).await
+    {
+        let _ = gw.release_claim(&c.claim_id).await;
+        return Err(e.into());
     }
     Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())
 }
@@ -604,8 +619,19 @@ async fn set_network(
             .into());
         }
     };
-    let policy =
+    // set at create only here (upstream: maskRequestHost too; rules are
+    // replaced by an update there)
+    for k in ["maskRequestHost", "rules"] {
+        if body.get(k).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::Unsupported(format!(
+                "network.{k} in PUT /sandboxes/{{id}}/network (give it at create)"
+            ))
+            .into());
+        }
+    }
+    let mut policy =
         crate::egress::from_e2b(allow_internet, Some(&Value::Object(body)))?.unwrap_or_default();
+    transforms::close_https(&mut policy, &transforms::claim_domains(&gw, &id));
     gw.set_claim_egress(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }

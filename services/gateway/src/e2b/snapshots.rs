@@ -228,6 +228,7 @@ pub(super) async fn create_from(
             new.ingress.mask_request_host.is_some(),
             "network.maskRequestHost",
         ),
+        (new.transforms.is_some(), "network.rules"),
         (!c.mounts.is_empty(), super::CSI_VOLUME_KEY),
         (!c.image.is_empty(), super::IMAGE_KEY),
     ];
