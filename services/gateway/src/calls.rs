@@ -33,21 +33,19 @@ fn claim_ref(id: &str) -> pb::ClaimRef {
 fn reserved(k: &str) -> bool {
     k == OWNER_KEY
         || k == traffic::PRIVATE_KEY
+        || k == traffic::MASK_KEY
         || k == egress::TOKEN_KEY
         || k == crate::opensandbox::credential_vault::KEY
 }
 
-/// The reserved metadata of the current caller's new claims: its owner,
-/// whether its traffic is private, and its egress policy token (a caller's
-/// own values for the reserved keys are dropped).
-fn own(metadata: &mut std::collections::HashMap<String, String>, private_traffic: bool) {
+/// The reserved metadata of the current caller's new claims: its owner
+/// and its egress policy token (a caller's own values for the reserved keys
+/// are dropped).
+fn own(metadata: &mut std::collections::HashMap<String, String>) {
     metadata.retain(|k, _| !reserved(k));
     metadata.insert(egress::TOKEN_KEY.to_string(), egress::new_token());
     if let Some(p) = tenancy::current() {
         metadata.insert(OWNER_KEY.to_string(), p.id);
-    }
-    if private_traffic {
-        metadata.insert(traffic::PRIVATE_KEY.to_string(), "true".to_string());
     }
 }
 
@@ -82,29 +80,26 @@ impl Gateway {
             .map_err(|s| ApiError::from_status(s, not_found))
     }
 
-    /// A new claim, its traffic private or not (see [`traffic`]);
-    /// `not_found` says what a NOT_FOUND means to this API.
+    /// A new claim; `not_found` says what a NOT_FOUND means to this API.
     pub async fn create_claim(
         &self,
         req: pb::ClaimRequest,
-        private_traffic: bool,
         not_found: impl FnOnce(String) -> ApiError,
     ) -> Result<pb::Claim> {
-        self.create_claim_marked(req, private_traffic, &[], not_found)
-            .await
+        self.create_claim_marked(req, &[], not_found).await
     }
 
     /// [`Self::create_claim`] with reserved metadata `marks` the gateway
-    /// itself sets (after the caller's reserved keys are dropped).
+    /// itself sets (after the caller's reserved keys are dropped), e.g. its
+    /// E2B ingress ([`traffic::Ingress::marks`]).
     pub async fn create_claim_marked(
         &self,
         mut req: pb::ClaimRequest,
-        private_traffic: bool,
         marks: &[(&str, &str)],
         not_found: impl FnOnce(String) -> ApiError,
     ) -> Result<pb::Claim> {
         let _held = self.check_quota(1).await?;
-        own(&mut req.metadata, private_traffic);
+        own(&mut req.metadata);
         for (k, v) in marks {
             req.metadata.insert((*k).to_string(), (*v).to_string());
         }
@@ -144,12 +139,12 @@ impl Gateway {
         self.get_claim_traffic(id).await.map(|(c, _)| c)
     }
 
-    /// The claim and whether its traffic is private, 404 when it is not the
-    /// caller's (non-admin keys).
-    pub async fn get_claim_traffic(&self, id: &str) -> Result<(pb::Claim, bool)> {
+    /// The claim and its E2B ingress (private traffic, host mask), 404
+    /// when it is not the caller's (non-admin keys).
+    pub async fn get_claim_traffic(&self, id: &str) -> Result<(pb::Claim, traffic::Ingress)> {
         let c = self.visible_claim(id).await?;
-        let private = traffic::is_private(c.metadata.iter());
-        Ok((shown(c), private))
+        let ingress = traffic::Ingress::of(&c.metadata);
+        Ok((shown(c), ingress))
     }
 
     /// The claim and its egress policy token (`None`: it was created
@@ -349,7 +344,7 @@ impl Gateway {
         } else {
             None
         };
-        own(&mut req.metadata, false);
+        own(&mut req.metadata);
         let restored = self
             .scheduler_call(
                 req,

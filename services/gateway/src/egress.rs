@@ -318,10 +318,19 @@ pub fn from_e2b(
             let unset = v.is_null()
                 || v.as_array().is_some_and(Vec::is_empty)
                 || v.as_object().is_some_and(serde_json::Map::is_empty);
-            // allowPublicTraffic is the gateway's, see `private_traffic`
-            if !matches!(k.as_str(), "allowOut" | "denyOut" | "allowPublicTraffic") && !unset {
+            // allowPublicTraffic, maskRequestHost and rules are the
+            // gateway's: `private_traffic`, `crate::traffic::mask_request_host`
+            // and `crate::e2b` (its transforms)
+            let known = [
+                "allowOut",
+                "denyOut",
+                "allowPublicTraffic",
+                "maskRequestHost",
+                "rules",
+            ];
+            if !known.contains(&k.as_str()) && !unset {
                 return Err(ApiError::Unsupported(format!(
-                    "network.{k} (allowOut, denyOut and allowPublicTraffic are supported)"
+                    "network.{k} (allowOut, denyOut, allowPublicTraffic, maskRequestHost and rules are supported)"
                 )));
             }
         }
@@ -497,7 +506,7 @@ mod tests {
         );
         for (bad, names) in [
             (json!({"dnsServers": ["1.1.1.1"]}), "network.dnsServers"),
-            (json!({"maskRequestHost": "x"}), "network.maskRequestHost"),
+            (json!({"httpsPorts": [8443]}), "network.httpsPorts"),
             (json!({"denyOut": "0.0.0.0/0"}), "network.denyOut"),
         ] {
             let e = from_e2b(None, Some(&bad)).expect_err("bad");

@@ -60,6 +60,10 @@ impl Gateway {
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
                 .pool_idle_timeout(std::time::Duration::from_secs(30))
+                // header names as upstream's (Go) proxy writes them into a
+                // sandbox (`Host`, `X-Forwarded-Host`): servers that echo
+                // what they got see E2B's spelling
+                .http1_title_case_headers()
                 .build()
                 .unwrap_or_default(),
             max_body: 1 << 20,

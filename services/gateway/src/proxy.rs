@@ -69,7 +69,7 @@ pub async fn forward(
     // refused before the claim lookup and before a byte of the body is read
     // (a client sending `Expect: 100-continue` never gets its 100)
     check_length(&gw, req.headers())?;
-    let (mut claim, private) = gw.get_claim_traffic(&id).await?;
+    let (mut claim, ingress) = gw.get_claim_traffic(&id).await?;
     if claim.state == pb::ClaimState::Paused as i32
         && claim.auto_resume
         // a filesystem-only pause is resumed by an explicit request only
@@ -93,10 +93,11 @@ pub async fn forward(
         .ok_or_else(|| ApiError::Internal("claim without sandbox".into()))?;
     // the API-key route is the owner's; E2B's routing is anyone's, unless
     // the sandbox's traffic is private
-    if private && auth == Auth::Passthrough {
+    if ingress.private && auth == Auth::Passthrough {
         crate::traffic::check(req.headers(), &sb.access_token, port)?;
     }
-    send(&gw, (&id, &sb), port, &path, req, auth).await
+    let host = ingress.masked_host(port);
+    send(&gw, (&id, &sb), (port, host.as_deref()), &path, req, auth).await
 }
 
 /// E2B `autoResume`: paused claim `id` resumes for a fresh run of the TTL it
@@ -156,11 +157,13 @@ fn is_platform_credential(gw: &Gateway, name: &str, value: &http::HeaderValue) -
 /// The headers the gateway itself authenticates callers with.
 const PLATFORM_KEY_HEADERS: &[&str] = &["open-sandbox-api-key", "x-api-key"];
 
-/// Send `req` to `path` on `port` of claim `id`'s sandbox `sb` and stream the answer back.
+/// Send `req` to `path` on `port` of claim `id`'s sandbox `sb` and stream
+/// the answer back; with `masked_host` (E2B `maskRequestHost`) as its
+/// `Host`, its own `Host` in `X-Forwarded-Host`, as upstream's proxy sends it.
 async fn send(
     gw: &Gateway,
     (id, sb): (&str, &pb::SandboxInfo),
-    port: u32,
+    (port, masked_host): (u32, Option<&str>),
     path: &str,
     req: Request,
     auth: Auth,
@@ -175,8 +178,18 @@ async fn send(
     let mut out = forward_headers(
         gw.http.request(parts.method.clone(), &url),
         &parts.headers,
-        |name, v| name == crate::opensandbox::PORT_HEADER || is_platform_credential(gw, name, v),
+        |name, v| {
+            name == crate::opensandbox::PORT_HEADER
+                || (masked_host.is_some() && name == "x-forwarded-host")
+                || is_platform_credential(gw, name, v)
+        },
     );
+    if let Some(host) = masked_host {
+        out = out.header(http::header::HOST, host);
+        if let Some(orig) = parts.headers.get(http::header::HOST) {
+            out = out.header("x-forwarded-host", orig);
+        }
+    }
     if let Some(p) = named {
         out = out.header(crate::opensandbox::PORT_HEADER, p.to_string());
     }
@@ -289,7 +302,7 @@ mod tests {
             ip: "127.0.0.1".into(),
             ..Default::default()
         };
-        let r = send(gw, ("c1", &sb), u32::from(port), "x", req, auth)
+        let r = send(gw, ("c1", &sb), (u32::from(port), None), "x", req, auth)
             .await
             .expect("proxied");
         let body = axum::body::to_bytes(r.into_body(), 1 << 16)

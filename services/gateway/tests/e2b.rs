@@ -769,3 +769,183 @@ async fn traffic_to_a_paused_auto_resume_sandbox_resumes_it_for_its_timeout() {
     assert_eq!(s, 409, "{v}");
     assert_eq!(info(&app, &id).await["state"], json!("paused"));
 }
+
+/// A sandbox port (on 127.0.0.1) answering each request with its head as
+/// it arrived (`{"head": …}`): header names spelled as sent.
+async fn head_echo() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = json!({"head": String::from_utf8_lossy(&head)}).to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// The header lines of a request head `v["head"]` echoed by [`head_echo`].
+fn head_lines(v: &Value) -> Vec<String> {
+    let head = v["head"].as_str().unwrap_or_default();
+    head.split("\r\n").map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn mask_request_host_is_the_host_of_requests_into_the_sandbox() {
+    // sandboxes on 127.0.0.1 with every port reachable
+    let client = support::serve(FakeScheduler::default()).await;
+    let app = sandpool_gateway::app(Gateway::new(client, &[KEY.to_string()]));
+    let port = head_echo().await;
+    let masked = create(
+        &app,
+        json!({"templateID": "base",
+               "network": {"maskRequestHost": "custom-host.example.com:${PORT}"}}),
+    )
+    .await;
+    let plain = create(&app, json!({"templateID": "base"})).await;
+    let want = format!("Host: custom-host.example.com:{port}");
+    // routed by E2B's headers and by a `{port}-{id}.{domain}` host alike;
+    // a client's own X-Forwarded-Host does not replace the original host
+    let by_headers = http::Request::get("/")
+        .header("Host", "api.sandpool.test")
+        .header("E2b-Sandbox-Id", &masked)
+        .header("E2b-Sandbox-Port", port.to_string());
+    let by_host = http::Request::get("/")
+        .header("Host", format!("{port}-{masked}.sandpool.test"))
+        .header("X-Forwarded-Host", "spoofed.example");
+    for (req, orig) in [
+        (by_headers, "api.sandpool.test".to_string()),
+        (by_host, format!("{port}-{masked}.sandpool.test")),
+    ] {
+        let (s, _, v) = call_full(&app, req, &Value::Null).await;
+        assert_eq!(s, 200, "{v}");
+        let lines = head_lines(&v);
+        // the spelling upstream's proxy writes, which E2B's test looks for
+        assert!(lines.contains(&want), "{v}");
+        assert!(lines.contains(&format!("X-Forwarded-Host: {orig}")), "{v}");
+        let forwarded = lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-host:"))
+            .count();
+        assert_eq!(forwarded, 1, "{v}");
+    }
+    // a sandbox without a mask: not masked
+    let (s, v) = sandbox_call(&app, &plain, port, "/").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!head_lines(&v).contains(&want), "{v}");
+    assert!(!v["head"].to_string().contains("X-Forwarded-Host"), "{v}");
+    // shown back as given, as upstream's GET does
+    let v = info(&app, &masked).await;
+    assert_eq!(
+        v["network"]["maskRequestHost"], "custom-host.example.com:${PORT}",
+        "{v}"
+    );
+    // upstream's message for a malformed one
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        json!({"templateID": "base", "network": {"maskRequestHost": "a:b:c"}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (400, Some("mask request host is not valid: a:b:c")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn network_rules_become_the_sandboxs_vault_for_plain_http_only() {
+    let fake = FakeScheduler::default();
+    let client = support::serve(fake.clone()).await;
+    let gw = Gateway::new(client, &[KEY.to_string()]);
+    let app = sandpool_gateway::app(gw.clone());
+    // the ports the claim's egress policy allows for `name`
+    let allowed_ports = |id: &str, name: &str| {
+        let mut ports = Vec::new();
+        fake.update_claim(id, |c| {
+            let rules = c.egress.iter().flat_map(|e| e.rules.iter());
+            ports = rules.filter(|r| r.cidr == name).map(|r| r.port).collect();
+        });
+        ports
+    };
+    let rules =
+        json!({"api.example.com": [{"transform": {"headers": {"X-Test-Token": "s3cret"}}}]});
+    // the domain must be allowed by name
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        json!({"templateID": "base", "network": {"rules": rules}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("network.allowOut"),
+        "{v}"
+    );
+    let id = create(
+        &app,
+        json!({"templateID": "base", "network": {
+            "allowOut": ["api.example.com"], "denyOut": ["0.0.0.0/0"], "rules": rules}}),
+    )
+    .await;
+    let state = gw
+        .vaults
+        .lock()
+        .get(&id)
+        .map(|v| v.sanitized().expect("state"));
+    let state = state.expect("the rules are the sandbox's vault");
+    assert_eq!(state.bindings.len(), 1);
+    assert_eq!(state.bindings[0].matcher.hosts, ["api.example.com"]);
+    assert_eq!(state.bindings[0].matcher.ports, [80]);
+    // never shown: the values stay out of every answer
+    let v = info(&app, &id).await;
+    assert!(!v.to_string().contains("s3cret"), "{v}");
+    // HTTPS to the domain stays closed after a network update (at create:
+    // `transforms` unit tests; the fake keeps no create-time policy)
+    let (s, v) = call(
+        &app,
+        "PUT",
+        &format!("/sandboxes/{id}/network"),
+        json!({"allowOut": ["api.example.com", "other.example"], "denyOut": ["0.0.0.0/0"]}),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(allowed_ports(&id, "api.example.com"), [80]);
+    assert_eq!(allowed_ports(&id, "other.example"), [80, 443]);
+    // rules and the mask are set at create
+    for body in [json!({"rules": rules}), json!({"maskRequestHost": "h"})] {
+        let (s, v) = call(&app, "PUT", &format!("/sandboxes/{id}/network"), body).await;
+        assert_eq!(s, 501, "{v}");
+    }
+    // a kill forgets the vault
+    assert_eq!(
+        call(&app, "DELETE", &format!("/sandboxes/{id}"), Value::Null)
+            .await
+            .0,
+        204
+    );
+    assert!(gw.vaults.lock().get(&id).is_none());
+}

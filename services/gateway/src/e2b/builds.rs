@@ -516,7 +516,7 @@ async fn check_ready(
         ..Default::default()
     };
     let claim = gw
-        .create_claim(req, false, ApiError::PoolNotFound)
+        .create_claim(req, ApiError::PoolNotFound)
         .await
         .map_err(|e| format!("starting a sandbox of the template: {e}"))?;
     let waited = match claim.sandbox.as_ref() {

@@ -137,7 +137,7 @@ pub(super) async fn list_v1(
 ) -> Result<Json<Value>> {
     let (claims, _) = filtered(&gw, &Filter::parse(&q)?).await?;
     // a listed sandbox has no network (upstream's ListedSandbox)
-    let listed = claims.iter().map(|c| detail_json(c, false));
+    let listed = claims.iter().map(|c| detail_json(c, &Default::default()));
     Ok(Json(Value::Array(listed.collect())))
 }
 
@@ -190,7 +190,7 @@ pub(super) async fn list_v2(
     while page.len() < limit
         && let Some(c) = rest.next()
     {
-        page.push(detail_json(c, false));
+        page.push(detail_json(c, &Default::default()));
         last = Some(c);
     }
     let more = rest.peek().is_some();

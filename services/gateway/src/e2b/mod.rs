@@ -20,7 +20,7 @@ use sandpool_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms};
+use crate::{Gateway, auth, error::ApiError, extract, rfc3339_ms, traffic::Ingress};
 
 mod builds;
 pub(crate) mod envd_init;
@@ -30,6 +30,7 @@ mod ready;
 mod routing;
 mod snapshots;
 mod templates;
+mod transforms;
 
 pub use builds::{
     BuildFuture, BuildLog, BuildRequest, BuildStep, BuildStore, Builds, StepKind, TemplateBuilder,
@@ -209,12 +210,18 @@ struct NewSandbox {
     /// `{"enabled": bool}`: a paused sandbox resumes on its next request.
     #[serde(default)]
     auto_resume: Option<Value>,
+    /// MCP servers (an object). Upstream's API only records their names;
+    /// the SDK itself starts `mcp-gateway --config <mcp>` in the sandbox as
+    /// root once it is created, and kills the sandbox when that fails. Here
+    /// too: the field is checked, and the rest is the SDK's and the image's.
+    #[serde(default)]
+    mcp: Option<Value>,
     /// Anything else: refused unless unset (see [`refuse_unhonoured`]).
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
 
-/// Create fields sandpool does not honour (`mcp`, `iam`, `volumeMounts`, unknown fields), answered 501
+/// Create fields sandpool does not honour (`iam`, `volumeMounts`, unknown fields), answered 501
 /// naming the field instead of being dropped. What the SDKs send when a
 /// caller asks for none of it (null, false, empty, `{"enabled": false}`)
 /// asks for nothing.
@@ -287,8 +294,8 @@ pub(crate) fn state(c: &pb::Claim) -> &'static str {
     }
 }
 
-/// `GET /sandboxes/{id}` of claim `c`, whose traffic is `private` or not.
-pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
+/// `GET /sandboxes/{id}` of claim `c` with its E2B `ingress`.
+pub(crate) fn detail_json(c: &pb::Claim, ingress: &Ingress) -> Value {
     let mut v = json!({
         "templateID": c.pool,
         "sandboxID": c.claim_id,
@@ -309,8 +316,11 @@ pub(crate) fn detail_json(c: &pb::Claim, private: bool) -> Value {
     if let Some(e) = &c.egress {
         v["network"] = crate::egress::e2b_network(e);
     }
-    if private {
+    if ingress.private {
         v["network"]["allowPublicTraffic"] = json!(false);
+    }
+    if let Some(h) = &ingress.mask_request_host {
+        v["network"]["maskRequestHost"] = json!(h);
     }
     v
 }
@@ -323,8 +333,12 @@ pub struct NewClaim {
     pub template: String,
     /// The env vars of every envd process.
     pub envs: BTreeMap<String, String>,
-    /// `network.allowPublicTraffic: false` (see [`crate::traffic`]).
-    pub private_traffic: bool,
+    /// `network.allowPublicTraffic` and `network.maskRequestHost` (see
+    /// [`crate::traffic`]).
+    pub ingress: Ingress,
+    /// `network.rules`: the headers set on the sandbox's HTTP requests to
+    /// each domain, as a credential vault (see [`transforms`]).
+    pub transforms: Option<sandpool_core::credential_vault::CreateRequest>,
 }
 
 /// An E2B create body as the claim it asks for (pure: the gateway's whole
@@ -339,6 +353,11 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         return Err(ApiError::Invalid("templateID is required".into()));
     }
     refuse_unhonoured(&req.other)?;
+    if let Some(m) = req.mcp.as_ref().filter(|m| !(m.is_null() || m.is_object())) {
+        return Err(ApiError::Invalid(format!(
+            "mcp must be an object of MCP server configurations, got {m}"
+        )));
+    }
     let auto_resume = auto_resume(req.auto_resume.as_ref())?;
     if auto_resume && req.auto_pause != Some(true) {
         return Err(ApiError::Invalid(
@@ -386,8 +405,15 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         Some(i) => i.to_string(),
         None => String::new(),
     };
-    let egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
-    let private_traffic = crate::egress::private_traffic(req.network.as_ref())?;
+    let mut egress = crate::egress::from_e2b(req.allow_internet_access, req.network.as_ref())?;
+    let transforms = transforms::parse(req.network.as_ref())?;
+    if let Some(t) = &transforms {
+        transforms::fit(egress.as_mut(), t)?;
+    }
+    let ingress = Ingress {
+        private: crate::egress::private_traffic(req.network.as_ref())?,
+        mask_request_host: crate::traffic::mask_request_host(req.network.as_ref())?,
+    };
     let envs = req.env_vars.unwrap_or_default();
     sandpool_core::claim::check_sandbox_env(&envs)
         .map_err(|e| ApiError::Invalid(format!("envVars: {e}")))?;
@@ -408,7 +434,8 @@ pub fn parse_create(body: &[u8]) -> std::result::Result<NewClaim, ApiError> {
         claim,
         template: req.template_id,
         envs,
-        private_traffic,
+        ingress,
+        transforms,
     })
 }
 
@@ -422,7 +449,7 @@ async fn create(
     builds::tags::check_create_tag(&gw, &new.template)?;
     let pool = new.claim.pool.clone();
     let created = gw
-        .create_claim(new.claim.clone(), new.private_traffic, move |_| {
+        .create_claim_marked(new.claim.clone(), &new.ingress.marks(), move |_| {
             ApiError::PoolNotFound(format!("template {pool}"))
         })
         .await;
@@ -451,6 +478,12 @@ async fn create(
             return Err(e.into());
         }
     }
+    if let Some(t) = new.transforms
+        && let Err(e) = transforms::apply(&gw, &c.claim_id, new.claim.egress.as_ref(), t).await
+    {
+        let _ = gw.release_claim(&c.claim_id).await;
+        return Err(e.into());
+    }
     Ok((StatusCode::CREATED, Json(sandbox_json(&c, &headers))).into_response())
 }
 
@@ -471,8 +504,8 @@ async fn wait_template_ready(gw: &Gateway, c: &pb::Claim) -> std::result::Result
 }
 
 async fn info(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let (c, private) = gw.get_claim_traffic(&id).await?;
-    Ok(Json(detail_json(&c, private)))
+    let (c, ingress) = gw.get_claim_traffic(&id).await?;
+    Ok(Json(detail_json(&c, &ingress)))
 }
 
 async fn kill(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<StatusCode> {
@@ -570,8 +603,19 @@ async fn set_network(
             .into());
         }
     };
-    let policy =
+    // set at create only here (upstream: maskRequestHost too; rules are
+    // replaced by an update there)
+    for k in ["maskRequestHost", "rules"] {
+        if body.get(k).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::Unsupported(format!(
+                "network.{k} in PUT /sandboxes/{{id}}/network (give it at create)"
+            ))
+            .into());
+        }
+    }
+    let mut policy =
         crate::egress::from_e2b(allow_internet, Some(&Value::Object(body)))?.unwrap_or_default();
+    transforms::close_https(&mut policy, &transforms::claim_domains(&gw, &id));
     gw.set_claim_egress(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -716,9 +760,8 @@ mod tests {
     #[test]
     fn create_fields_sandpool_does_not_honour_are_refused_naming_them() {
         for (body, field) in [
-            (&br#"{"templateID":"base","mcp":{"github":{}}}"#[..], "mcp"),
             (
-                br#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
+                &br#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#[..],
                 "volumeMounts",
             ),
             (br#"{"templateID":"base","somethingNew":1}"#, "somethingNew"),
@@ -743,12 +786,54 @@ mod tests {
         // what the SDKs send by default
         assert!(parse_create(br#"{"templateID":"base","secure":true,"autoPause":false,"autoResume":{"enabled":false},"mcp":null,"volumeMounts":[]}"#).is_ok());
         let private = br#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#;
-        assert!(parse_create(private).unwrap().private_traffic);
-        assert!(
-            !parse_create(br#"{"templateID":"base"}"#)
-                .unwrap()
-                .private_traffic
+        assert!(parse_create(private).unwrap().ingress.private);
+        assert_eq!(
+            parse_create(br#"{"templateID":"base"}"#).unwrap().ingress,
+            Ingress::default()
         );
+    }
+
+    #[test]
+    fn mcp_servers_are_the_sdks_to_start_and_must_be_an_object() {
+        // the SDK starts the gateway in the sandbox: the create just takes them
+        for body in [
+            &br#"{"templateID":"base","mcp":{"github":{}}}"#[..],
+            br#"{"templateID":"base","mcp":{"invalid_server":{}}}"#,
+            br#"{"templateID":"base","mcp":{}}"#,
+        ] {
+            assert!(
+                parse_create(body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for bad in [
+            &br#"{"templateID":"base","mcp":"github"}"#[..],
+            br#"{"templateID":"base","mcp":[{"github":{}}]}"#,
+        ] {
+            let e = parse_create(bad).expect_err("not an object");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+            assert!(e.to_string().starts_with("mcp must be an object"), "{e}");
+        }
+    }
+
+    #[test]
+    fn mask_request_host_is_kept_with_the_claim_and_shown_in_its_detail() {
+        let new = parse_create(
+            br#"{"templateID":"base","network":{"maskRequestHost":"custom-host.example.com:${PORT}"}}"#,
+        )
+        .expect("ok");
+        let want = "custom-host.example.com:${PORT}";
+        assert_eq!(new.ingress.mask_request_host.as_deref(), Some(want));
+        assert_eq!(new.ingress.marks(), [(crate::traffic::MASK_KEY, want)]);
+        // no egress policy of its own for a mask alone
+        assert!(new.claim.egress.is_none());
+        let v = detail_json(&pb::Claim::default(), &new.ingress);
+        assert_eq!(v["network"]["maskRequestHost"], want, "{v}");
+        let bad = br#"{"templateID":"base","network":{"maskRequestHost":"a:b:c"}}"#;
+        let e = parse_create(bad).expect_err("bad host");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.to_string(), "mask request host is not valid: a:b:c");
     }
 
     #[test]
@@ -800,10 +885,16 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             ..Default::default()
         };
-        let v = detail_json(&c, false);
+        let v = detail_json(&c, &Ingress::default());
         assert!(v.get("network").is_none(), "no policy, public: no network");
         assert_eq!(
-            detail_json(&c, true)["network"]["allowPublicTraffic"],
+            detail_json(
+                &c,
+                &Ingress {
+                    private: true,
+                    ..Default::default()
+                }
+            )["network"]["allowPublicTraffic"],
             false
         );
         for k in [

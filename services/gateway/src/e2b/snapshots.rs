@@ -223,7 +223,12 @@ pub(super) async fn create_from(
     let refused = [
         (!new.envs.is_empty(), "envVars"),
         (c.egress.is_some(), "network / allow_internet_access"),
-        (new.private_traffic, "network.allowPublicTraffic"),
+        (new.ingress.private, "network.allowPublicTraffic"),
+        (
+            new.ingress.mask_request_host.is_some(),
+            "network.maskRequestHost",
+        ),
+        (new.transforms.is_some(), "network.rules"),
         (!c.mounts.is_empty(), super::CSI_VOLUME_KEY),
         (!c.image.is_empty(), super::IMAGE_KEY),
     ];

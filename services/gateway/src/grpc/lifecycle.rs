@@ -139,7 +139,7 @@ pub async fn create(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<api::S
             ApiError::PoolNotFound(pool)
         }
     };
-    gw.create_claim(req, false, not_found).await.map(sandbox)
+    gw.create_claim(req, not_found).await.map(sandbox)
 }
 
 /// The caller's live sandboxes whose metadata contains `metadata`.

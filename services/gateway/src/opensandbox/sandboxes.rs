@@ -324,7 +324,7 @@ pub async fn create(
         .map(|v| (super::credential_vault::KEY, v));
     let marks: Vec<(&str, &str)> = cred.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = gw
-        .create_claim_marked(claim, false, &marks, move |m| {
+        .create_claim_marked(claim, &marks, move |m| {
             if pool.is_empty() {
                 ApiError::Invalid(m)
             } else {
