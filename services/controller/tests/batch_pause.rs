@@ -116,12 +116,12 @@ async fn running_batch(api: &FakeApi, ctx: &Arc<Context>) {
     assert_eq!(stored(api, "b")["status"]["phase"], "Succeed");
 }
 
-/// `spec.pause` set to `pause` by a user (the apiserver bumps the generation).
-fn set_pause(api: &FakeApi, pause: bool, generation: i64) {
+/// `spec.pause` set to `pause` by a user (the fake bumps the generation, as
+/// the apiserver does).
+fn set_pause(api: &FakeApi, pause: bool) {
     api.with_store(|s| {
         s.mutate(&batches_path(NS), "b", |b| {
             b["spec"]["pause"] = json!(pause);
-            b["metadata"]["generation"] = json!(generation);
         })
     });
 }
@@ -140,7 +140,7 @@ async fn pause_freezes_every_pod_and_resume_thaws_them() {
     running_batch(&api, &ctx).await;
     assert!(calls.lock().is_empty());
 
-    set_pause(&api, true, 2);
+    set_pause(&api, true);
     reconcile(&ctx, "b").await;
     let bearer = format!("Bearer {TOKEN}");
     let want = |call: &str| {
@@ -152,7 +152,11 @@ async fn pause_freezes_every_pod_and_resume_thaws_them() {
     assert_eq!(calls_of(&calls), want("pause"));
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 2, "{b}");
+    // generation 2 asked for the pause; setting the TTL aside (a spec
+    // change: 3) is acknowledged with it, as upstream acknowledges its own
+    // spec change of a pause (a pooled batch's template rewrite)
+    assert_eq!(b["metadata"]["generation"], 3, "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
     assert_eq!(condition(&b, "Paused")["status"], "True", "{b}");
     // the TTL clock stops as for a paused claim
     assert!(b["spec"]["expireTime"].is_null(), "{b}");
@@ -167,13 +171,14 @@ async fn pause_freezes_every_pod_and_resume_thaws_them() {
     assert_eq!(calls.lock().len(), 2);
     assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
 
-    set_pause(&api, false, 3);
+    set_pause(&api, false);
     calls.lock().clear();
     reconcile(&ctx, "b").await;
     assert_eq!(calls_of(&calls), want("resume"));
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Succeed", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
+    // resume asked at 4, the TTL put back at 5
+    assert_eq!(b["status"]["pauseObservedGeneration"], 5, "{b}");
     assert_eq!(condition(&b, "Paused")["status"], "False", "{b}");
     assert!(
         b["metadata"]["annotations"]
@@ -206,7 +211,7 @@ async fn a_pause_the_node_agent_refuses_is_reported_not_silently_ignored() {
     let ctx = context(&api, port);
     running_batch(&api, &ctx).await;
 
-    set_pause(&api, true, 2);
+    set_pause(&api, true);
     reconcile(&ctx, "b").await;
     assert_eq!(calls.lock().len(), 1, "stops at the first refusal");
     let b = stored(&api, "b");
@@ -247,7 +252,7 @@ async fn a_node_without_an_agent_fails_the_pause_naming_the_node() {
     let ctx = context(&api, port);
     running_batch(&api, &ctx).await;
     api.with_store(|s| s.delete(&pods_path(NS), "agent-a"));
-    set_pause(&api, true, 2);
+    set_pause(&api, true);
     reconcile(&ctx, "b").await;
     assert!(calls.lock().is_empty());
     let b = stored(&api, "b");
@@ -268,7 +273,7 @@ async fn a_paused_batch_is_thawed_before_its_pods_are_deleted() {
     let (port, calls) = serve_agent(None).await;
     let ctx = context(&api, port);
     running_batch(&api, &ctx).await;
-    set_pause(&api, true, 2);
+    set_pause(&api, true);
     reconcile(&ctx, "b").await;
     assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
     calls.lock().clear();
@@ -295,18 +300,19 @@ async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
     let (port, _) = serve_agent(None).await;
     let ctx = context(&api, port);
     running_batch(&api, &ctx).await;
-    set_pause(&api, true, 2);
+    set_pause(&api, true);
     reconcile(&ctx, "b").await;
     assert_eq!(stored(&api, "b")["status"]["phase"], "Paused");
     // the node agent now refuses
     let (bad_port, calls) = serve_agent(Some(Status::internal("thaw failed"))).await;
     let bad = context(&api, bad_port);
-    set_pause(&api, false, 3);
+    set_pause(&api, false);
     reconcile(&bad, "b").await;
     assert_eq!(calls.lock().len(), 1);
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 3, "{b}");
+    // paused at 3 (the TTL set aside), the resume asked at 4
+    assert_eq!(b["status"]["pauseObservedGeneration"], 4, "{b}");
     let failed = condition(&b, "ResumeFailed");
     assert_eq!(failed["status"], "True", "{b}");
     assert!(
@@ -327,7 +333,6 @@ async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
     api.with_store(|s| {
         s.mutate(&batches_path(NS), "b", |b| {
             b["spec"]["pause"] = Value::Null;
-            b["metadata"]["generation"] = json!(4);
         })
     });
     let (ok_port, ok_calls) = serve_agent(None).await;
@@ -336,12 +341,45 @@ async fn a_resume_the_node_agent_refuses_keeps_the_batch_paused_and_says_why() {
     assert!(ok_calls.lock().is_empty());
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Paused", "{b}");
-    assert_eq!(b["status"]["pauseObservedGeneration"], 4, "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], 5, "{b}");
     // a later resume that succeeds clears the failure
-    set_pause(&api, false, 5);
+    set_pause(&api, false);
     reconcile(&ctx, "b").await;
     assert_eq!(ok_calls.lock().len(), 2);
     let b = stored(&api, "b");
     assert_eq!(b["status"]["phase"], "Succeed", "{b}");
     assert!(condition(&b, "ResumeFailed").is_null(), "{b}");
+}
+
+#[tokio::test]
+async fn a_resume_asked_while_the_pause_runs_is_not_acknowledged_away() {
+    let api = FakeApi::new();
+    let (port, calls) = serve_agent(None).await;
+    let ctx = context(&api, port);
+    running_batch(&api, &ctx).await;
+    set_pause(&api, true);
+    // the user asks for the resume just before the controller sets the TTL
+    // aside (its patch of the batch itself)
+    let mut asked = false;
+    let main = format!("{}/b", batches_path(NS));
+    api.on_request(Box::new(move |method, path, store| {
+        if !asked && method == http::Method::PATCH && path == main {
+            asked = true;
+            store.mutate(&batches_path(NS), "b", |b| {
+                b["spec"]["pause"] = json!(false)
+            });
+        }
+    }));
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Paused", "{b}");
+    assert_eq!(b["spec"]["pause"], false, "{b}");
+    // acknowledged: the pause (2), not the resume (3) nor the TTL patch (4)
+    assert_eq!(b["metadata"]["generation"], 4, "{b}");
+    assert_eq!(b["status"]["pauseObservedGeneration"], 2, "{b}");
+    // so the next round resumes
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    assert_eq!(b["status"]["phase"], "Succeed", "{b}");
+    assert_eq!(calls.lock().len(), 4, "two pauses, two resumes");
 }

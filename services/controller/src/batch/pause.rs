@@ -145,11 +145,19 @@ pub async fn reconcile(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<
     };
     let msg = format!("{} sandboxes {done} by their node agents", mine.len());
     conds = with_condition(&conds, PAUSED, status, reason, &msg, generation);
+    // the TTL patch is a spec change (a new generation): acknowledged with
+    // the pause, as upstream acknowledges its own spec change of a pause (a
+    // pooled batch's template), unless `spec.pause` changed meanwhile: that
+    // request stays pending
+    let acked = if after.spec.pause == batch.spec.pause {
+        after.metadata.generation
+    } else {
+        generation
+    };
     patch_status(
         &api,
         &name,
-        json!({"phase": phase, "pauseObservedGeneration": after.metadata.generation,
-            "conditions": conds}),
+        json!({"phase": phase, "pauseObservedGeneration": acked, "conditions": conds}),
     )
     .await?;
     ctx.event(batch, false, reason, msg).await;
