@@ -17,6 +17,7 @@ use kube::runtime::controller::Action;
 use sandpool_core::pool::{PoolCounts, scale_decision};
 
 pub mod recycle;
+pub mod restart_config;
 pub mod rollout;
 
 /// Pods of one pool, sorted by what they are doing.
