@@ -353,3 +353,52 @@ async fn batches_report_upstream_phases_and_unhonoured_fields() {
     assert_eq!(status(&api, &batches_path(NS), "t")["phase"], "Pending");
     assert!(warnings(&api, "t").is_empty(), "{:?}", warnings(&api, "t"));
 }
+
+/// Upstream's e2e `batchsandbox-auto-assign.yaml`: `poolRef: "*"` asks
+/// upstream's controller to pick a pool. Not supported: said on the batch
+/// (condition and Warning event naming it), and nothing is allocated
+/// (before, it waited for a pool named "*" without a word).
+#[tokio::test]
+async fn an_auto_assigned_pool_ref_is_refused_naming_it() {
+    let (api, ctx) = setup();
+    let all_at_once = json!({"scaleStrategy": {"maxUnavailable": "100%"}});
+    api.with_store(|s| {
+        s.put(
+            &pools_path(NS),
+            pool_obj("p", "busybox", [1, 1, 1, 3], all_at_once),
+        )
+    });
+    reconcile_pool(&ctx, "p").await;
+    ready_all(&api);
+    api.with_store(|s| {
+        s.put(
+            &batches_path(NS),
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+                "metadata": {"name": "b"}, "spec": {"replicas": 1, "poolRef": "*"}}),
+        )
+    });
+    reconcile_batch(&ctx, "b").await;
+    reconcile_batch(&ctx, "b").await;
+    let ready = ready_condition(&api, &batches_path(NS), "b");
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "UnsupportedField", "{ready}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.poolRef \"*\"")),
+        "{ready}"
+    );
+    assert!(
+        warnings(&api, "b")
+            .iter()
+            .any(|(r, n)| r == "UnsupportedField" && n.contains("poolRef")),
+        "{:?}",
+        warnings(&api, "b")
+    );
+    let taken = api
+        .with_store(|s| s.list(&pods_path(NS)))
+        .iter()
+        .filter(|p| p["metadata"]["labels"].get(ALLOCATED_TO_LABEL).is_some())
+        .count();
+    assert_eq!(taken, 0);
+}
