@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::node_agents::NodeAgents;
-use sandpool_controller::pods::{self, RuntimeInjection};
+use sandpool_controller::pods;
 use sandpool_controller::pool::recycle::{RECORD_ANNOTATION, RECYCLING, RESET_KILLED};
 use sandpool_controller::pool::restart_config::RESTART_CONFIG_ANNOTATION;
 use sandpool_controller::{batch, pool};
@@ -28,7 +28,6 @@ use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path, pools_path}
 use tonic::Status;
 
 const NS: &str = "sandpool";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 
 /// A node agent that answers every reset with `answer` (a new token and
 /// the containers it killed) and records the pods it reset.
@@ -65,18 +64,8 @@ fn setup(answer: Result<pb::SandboxInfo, Status>) -> (FakeApi, Arc<Context>, Arc
         answer,
         calls: Mutex::new(Vec::new()),
     });
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks(Some(None))),
-        Some("test".into()),
-    )
-    .with_node_agents(agents.clone());
-    (api, Arc::new(ctx), agents)
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), agents.clone());
+    (api, ctx, agents)
 }
 
 /// Upstream's e2e `pool-with-recycle.yaml`, rendered (Restart).
@@ -142,14 +131,7 @@ fn kubelet_reports(api: &FakeApi, name: &str, id: &str, restarts: i32) {
 }
 
 fn events(api: &FakeApi) -> Vec<(String, String, String)> {
-    api.with_store(|s| s.list(EVENTS))
-        .iter()
-        .filter(|e| e["regarding"]["name"] == "p")
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (s("type"), s("reason"), s("note"))
-        })
-        .collect()
+    support::events_about(api, NS, "p")
 }
 
 /// A warm pod of the pool, claimed by batch `b` and then released (the

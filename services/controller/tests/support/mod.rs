@@ -958,14 +958,41 @@ impl sandpool_controller::context::TaskRunner for NoTasks {
 
 /// A controller context on `api` with the test runtime image and `tasks`.
 pub fn context(api: &FakeApi, tasks: NoTasks) -> Arc<sandpool_controller::context::Context> {
+    Arc::new(bare_context(api, tasks))
+}
+
+/// [`context`] whose node agents are `agents`.
+pub fn context_with_agents(
+    api: &FakeApi,
+    tasks: NoTasks,
+    agents: Arc<dyn sandpool_controller::node_agents::NodeAgents>,
+) -> Arc<sandpool_controller::context::Context> {
+    Arc::new(bare_context(api, tasks).with_node_agents(agents))
+}
+
+fn bare_context(api: &FakeApi, tasks: NoTasks) -> sandpool_controller::context::Context {
     let inj = sandpool_controller::pods::RuntimeInjection {
         image: "ghcr.io/sandpool/sandpool:test".into(),
         image_pull_policy: None,
     };
-    Arc::new(sandpool_controller::context::Context::new(
+    sandpool_controller::context::Context::new(
         api.client(),
         inj,
         Arc::new(tasks),
         Some("test".into()),
-    ))
+    )
+}
+
+/// The events (events.k8s.io/v1) in `ns` about the object `name`, as
+/// (type, reason, note).
+pub fn events_about(api: &FakeApi, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let coll = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+    api.with_store(|s| s.list(&coll))
+        .iter()
+        .filter(|e| e["regarding"]["name"] == name)
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("type"), s("reason"), s("note"))
+        })
+        .collect()
 }
