@@ -65,6 +65,10 @@ pub fn shard_task(
     Ok(serde_json::from_value(t)?)
 }
 
+/// Upstream's `poolRef` that asks its controller to pick a pool (its
+/// `poolassign` profiles); refused here, naming it.
+pub const AUTO_ASSIGN: &str = "*";
+
 /// Lowest shard indexes not in `used`.
 pub fn free_shards(used: &BTreeSet<usize>, n: usize) -> Vec<usize> {
     (0..).filter(|i| !used.contains(i)).take(n).collect()
@@ -106,6 +110,13 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         ctx.event(batch, false, "Expired", format!("expired at {d}; deleting"))
             .await;
         delete_ignoring_missing(&batches, &name).await?;
+        return Ok(Action::await_change());
+    }
+    if batch.spec.pool_ref.as_deref() == Some(AUTO_ASSIGN) {
+        let msg = format!(
+            "spec.poolRef \"{AUTO_ASSIGN}\" (upstream's pool auto-assignment) is not supported by sandpool in Kubernetes mode; name the pool. No sandbox is allocated"
+        );
+        crate::conditions::failed(ctx, batch, "UnsupportedField", msg).await;
         return Ok(Action::await_change());
     }
     if let Some(action) = pause::reconcile(batch, ctx, ns).await? {

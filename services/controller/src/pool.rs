@@ -17,16 +17,30 @@ use kube::runtime::controller::Action;
 use sandpool_core::pool::{PoolCounts, scale_decision};
 
 pub mod recycle;
+pub mod restart_config;
 pub mod rollout;
 
 /// Pods of one pool, sorted by what they are doing.
 #[derive(Debug, Default)]
 pub struct PoolPods {
     pub warm: Vec<Pod>,
+    /// Pods being made or reset: not Ready and not allocated.
     pub creating: u32,
+    /// Of those, the idle pods being made (not being reset).
+    pub pending: Vec<Pod>,
     pub allocated: u32,
+    /// Allocated pods that are not Ready (they count against
+    /// `maxUnavailable`, as upstream counts every pod not Ready).
+    pub allocated_unready: u32,
     /// Ended pods, to delete.
     pub finished: Vec<Pod>,
+}
+
+impl PoolPods {
+    /// Every pod not Ready.
+    pub fn unready(&self) -> u32 {
+        self.creating + self.allocated_unready
+    }
 }
 
 pub fn classify(pods: Vec<Pod>) -> PoolPods {
@@ -43,10 +57,12 @@ pub fn classify(pods: Vec<Pod>) -> PoolPods {
             out.creating += 1;
         } else if allocation.is_some() {
             out.allocated += 1;
+            out.allocated_unready += u32::from(!pods::is_ready(&p));
         } else if pods::is_ready(&p) {
             out.warm.push(p);
         } else {
             out.creating += 1;
+            out.pending.push(p);
         }
     }
     out
@@ -99,16 +115,18 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
         .filter(|p| !pods::is_terminating(p) && !pods::is_finished(p))
         .filter(|p| rollout::is_current(p, &revision))
         .count() as u32;
+    let mut pods = classify(all);
+    for p in &pods.finished {
+        delete_ignoring_missing(&api, &p.name_any()).await?;
+    }
+    let replaced = replace_stale(&ctx, &pool, &api, &mut pods, &revision).await?;
+    let unready = pods.unready();
     let PoolPods {
         mut warm,
         creating,
         allocated,
-        finished,
-    } = classify(all);
-    for p in &finished {
-        delete_ignoring_missing(&api, &p.name_any()).await?;
-    }
-    let replaced = replace_stale(&ctx, &pool, &api, &mut warm, creating, &revision).await?;
+        ..
+    } = pods;
     let counts = PoolCounts {
         warm: warm.len() as u32,
         creating,
@@ -117,12 +135,9 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let delta = scale_decision(&cap, counts, cap.pool_max);
     let mut created = 0u32;
     if delta > 0 {
-        let n = rollout::to_create(
-            &pool.spec,
-            cap.pool_max,
-            u32::try_from(delta).unwrap_or(0),
-            creating,
-        );
+        let wanted = u32::try_from(delta).unwrap_or(0);
+        let desired_total = counts.total() + wanted;
+        let n = rollout::to_create(&pool.spec, desired_total, wanted, unready);
         created = create_pods(&ctx, &pool, &api, &template, &revision, n).await?;
     } else if delta < 0 {
         scale_down(&ctx, &pool, &api, &mut warm, delta.unsigned_abs() as usize).await?;
@@ -148,27 +163,39 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     }))
 }
 
-/// `updateStrategy`: delete idle pods of an older template revision, within
-/// `maxUnavailable` (the scale-up that follows makes their replacements).
+/// `updateStrategy`, as upstream's recreate update: idle pods of an older
+/// template revision that are not Ready yet are deleted at once; Ready ones
+/// within `maxUnavailable` (of all the pool's pods) less the pods not
+/// Ready. The scale-up that follows makes their replacements.
 async fn replace_stale(
     ctx: &Context,
     pool: &Pool,
     api: &Api<Pod>,
-    warm: &mut Vec<Pod>,
-    creating: u32,
+    pods: &mut PoolPods,
     revision: &str,
 ) -> Result<usize> {
-    let pool_max = pool.spec.capacity().map_or(0, |c| c.to_core().pool_max);
-    let (current, mut stale): (Vec<Pod>, Vec<Pod>) = std::mem::take(warm)
+    let total = pods.warm.len() as u32 + pods.creating + pods.allocated;
+    // counted before the old pods not Ready go, as upstream counts them
+    let unready = pods.unready();
+    let (pending, stale_pending): (Vec<Pod>, Vec<Pod>) = std::mem::take(&mut pods.pending)
         .into_iter()
         .partition(|p| rollout::is_current(p, revision));
-    *warm = current;
-    let n = rollout::to_replace(&pool.spec, pool_max, stale.len(), creating);
+    pods.pending = pending;
+    for p in &stale_pending {
+        delete_ignoring_missing(api, &p.name_any()).await?;
+    }
+    pods.creating -= stale_pending.len() as u32;
+    let (current, mut stale): (Vec<Pod>, Vec<Pod>) = std::mem::take(&mut pods.warm)
+        .into_iter()
+        .partition(|p| rollout::is_current(p, revision));
+    pods.warm = current;
+    let n = rollout::to_replace(&pool.spec, total, stale.len(), unready);
     let keep = stale.split_off(n);
     for p in &stale {
         delete_ignoring_missing(api, &p.name_any()).await?;
     }
-    warm.extend(keep);
+    pods.warm.extend(keep);
+    let n = n + stale_pending.len();
     if n > 0 {
         ctx.event(
             pool,

@@ -354,3 +354,124 @@ fn pruning_keeps_preserved_and_additional_properties_and_defaults_nested_fields(
                      "items": [{"n": 3}, {"n": 5}], "mode": "Auto"}})
     );
 }
+
+// ------------------------------------------------------------------ metadata.generation
+
+/// A raw PATCH of `path` with `content_type`; the stored object's generation.
+async fn patch_generation(
+    api: &FakeApi,
+    client: &kube::Client,
+    coll: &str,
+    path: &str,
+    content_type: &str,
+    body: Value,
+) -> i64 {
+    let req = http::Request::patch(path)
+        .header("content-type", content_type)
+        .body(serde_json::to_vec(&body).expect("body"))
+        .expect("request");
+    client.request::<Value>(req).await.expect("patch");
+    api.with_store(|s| s.get(coll, "b").cloned())
+        .expect("stored")["metadata"]["generation"]
+        .as_i64()
+        .expect("generation")
+}
+
+#[tokio::test]
+async fn the_generation_counts_changes_outside_metadata_and_status() {
+    let api = FakeApi::new();
+    let coll = support::batches_path(NS);
+    let gvk = GroupVersionKind::gvk("sandbox.opensandbox.io", "v1alpha1", "BatchSandbox");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "batchsandboxes");
+    let client = api.client();
+    let batches: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
+    // create: 1, whatever the client sent
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
+        "metadata": {"name": "b", "generation": 7}, "spec": {"poolRef": "p"}}))
+    .expect("object");
+    let out = batches
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    assert_eq!(out.metadata.generation, Some(1));
+    let one = format!("{coll}/b");
+    let status = format!("{coll}/b/status");
+    let merge = "application/merge-patch+json";
+    let json = "application/json-patch+json";
+    let apply = "application/apply-patch+yaml";
+    let at = |path: &str, ct: &'static str, body: Value| {
+        let (api, client, coll) = (api.clone(), client.clone(), coll.clone());
+        let path = path.to_string();
+        async move { patch_generation(&api, &client, &coll, &path, ct, body).await }
+    };
+    // a spec change through each kind of patch: one more each
+    assert_eq!(at(&one, merge, json!({"spec": {"replicas": 2}})).await, 2);
+    let ops = json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]);
+    assert_eq!(at(&one, json, ops).await, 3);
+    assert_eq!(at(&one, apply, json!({"spec": {"replicas": 4}})).await, 4);
+    // no change, metadata only, a status write, a client's generation: none
+    assert_eq!(at(&one, merge, json!({"spec": {"replicas": 4}})).await, 4);
+    let labels = json!({"metadata": {"labels": {"a": "b"}, "annotations": {"c": "d"}}});
+    assert_eq!(at(&one, merge, labels).await, 4);
+    assert_eq!(
+        at(&one, merge, json!({"metadata": {"generation": 9}})).await,
+        4
+    );
+    assert_eq!(
+        at(&status, merge, json!({"status": {"replicas": 1}})).await,
+        4
+    );
+    let ops = json!([{"op": "add", "path": "/status/ready", "value": 1}]);
+    assert_eq!(at(&status, json, ops).await, 4);
+    // a status change sent to the main resource is dropped: none
+    assert_eq!(at(&one, merge, json!({"status": {"ready": 2}})).await, 4);
+    // a replace (PUT): one more only when the spec changed
+    let mut b = batches.get("b").await.expect("get");
+    let unchanged = batches
+        .replace("b", &PostParams::default(), &b)
+        .await
+        .expect("put");
+    assert_eq!(unchanged.metadata.generation, Some(4));
+    b.metadata.resource_version = unchanged.metadata.resource_version;
+    b.data["spec"]["replicas"] = json!(5);
+    let changed = batches
+        .replace("b", &PostParams::default(), &b)
+        .await
+        .expect("put");
+    assert_eq!(changed.metadata.generation, Some(5));
+    // a field the schema prunes is no change
+    assert_eq!(
+        at(&one, merge, json!({"spec": {"noSuchField": 1}})).await,
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_scale_write_is_a_spec_change() {
+    let api = FakeApi::new();
+    let coll = support::cr_path("extensions.agents.x-k8s.io", "sandboxwarmpools", NS)
+        .replace("v1alpha1", "v1beta1");
+    api.with_store(|s| {
+        s.put(
+            &coll,
+            json!({"apiVersion": "extensions.agents.x-k8s.io/v1beta1", "kind": "SandboxWarmPool",
+                "metadata": {"name": "b"},
+                "spec": {"replicas": 1, "sandboxTemplateRef": {"name": "t"}}}),
+        )
+    });
+    // straight to the fake: the controller never scales (its Role does not
+    // grant it, and the fake's client checks that)
+    let req = http::Request::patch(format!("{coll}/b/scale"))
+        .header("content-type", "application/merge-patch+json")
+        .body(kube::client::Body::from(
+            serde_json::to_vec(&json!({"spec": {"replicas": 3}})).expect("body"),
+        ))
+        .expect("request");
+    assert_eq!(api.handle(req).await.status(), 200);
+    let stored = api
+        .with_store(|s| s.get(&coll, "b").cloned())
+        .expect("stored");
+    assert_eq!(stored["spec"]["replicas"], 3);
+    assert_eq!(stored["metadata"]["generation"], 2);
+}

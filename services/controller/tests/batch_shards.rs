@@ -204,7 +204,8 @@ async fn an_invalid_shard_patch_is_a_condition_and_makes_no_pod() {
 async fn ready_pool(api: &FakeApi, ctx: &Arc<Context>, n: i32) {
     let p = json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": "p"},
         "spec": {"template": template(),
-                 "capacitySpec": {"bufferMin": n, "bufferMax": n, "poolMin": n, "poolMax": n + 2}}});
+                 "capacitySpec": {"bufferMin": n, "bufferMax": n, "poolMin": n, "poolMax": n + 2},
+                 "scaleStrategy": {"maxUnavailable": "100%"}}});
     api.with_store(|s| s.put(&pools_path(NS), p));
     let pl = Api::<Pool>::namespaced(ctx.client.clone(), NS)
         .get("p")

@@ -24,10 +24,12 @@ fn setup() -> (FakeApi, Arc<Context>) {
     (api, ctx)
 }
 
+/// A pool that makes all its pods at once (`scaleStrategy` 100%).
 fn pool_obj(name: &str, n: i32) -> Value {
     json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": name},
         "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "python:3.12-slim", "command": ["sleep", "infinity"]}]}},
-                 "capacitySpec": {"bufferMin": n, "bufferMax": n, "poolMin": n, "poolMax": n + 2}}})
+                 "capacitySpec": {"bufferMin": n, "bufferMax": n, "poolMin": n, "poolMax": n + 2},
+                 "scaleStrategy": {"maxUnavailable": "100%"}}})
 }
 
 fn pod_names(api: &FakeApi) -> Vec<String> {

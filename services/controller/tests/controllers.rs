@@ -71,10 +71,13 @@ fn setup() -> (FakeApi, Arc<Context>, Arc<FakeTasks>) {
     (api, ctx, tasks)
 }
 
+/// A pool that makes all its pods at once (`scaleStrategy` 100%; upstream's
+/// default paces them, `opensandbox_fields.rs`).
 fn pool_obj(name: &str, cap: [i32; 4]) -> Value {
     json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": name},
         "spec": {"template": {"spec": {"containers": [{"name": "sandbox-container", "image": "busybox", "command": ["sleep", "infinity"]}]}},
-                 "capacitySpec": {"bufferMin": cap[0], "bufferMax": cap[1], "poolMin": cap[2], "poolMax": cap[3]}}})
+                 "capacitySpec": {"bufferMin": cap[0], "bufferMax": cap[1], "poolMin": cap[2], "poolMax": cap[3]},
+                 "scaleStrategy": {"maxUnavailable": "100%"}}})
 }
 
 async fn get<

@@ -358,25 +358,7 @@ async fn kubelet_and_controllers(
     images: Arc<Mutex<Vec<String>>>,
 ) {
     let mut next = 10;
-    let mut specs = std::collections::BTreeMap::<String, Value>::new();
     loop {
-        // the apiserver's generation: a new one with each spec change (the
-        // fake does not count them; the server's `spec.pause` patch needs it)
-        for b in api.with_store(|s| s.list(&batches_path(NS))) {
-            let name = b["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let before = specs.insert(name.clone(), b["spec"].clone());
-            if before.is_some_and(|spec| spec != b["spec"]) {
-                api.with_store(|s| {
-                    s.mutate(&batches_path(NS), &name, |o| {
-                        let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
-                        o["metadata"]["generation"] = json!(g + 1);
-                    })
-                });
-            }
-        }
         for p in api.with_store(|s| s.list(&pods_path(NS))) {
             let name = p["metadata"]["name"]
                 .as_str()

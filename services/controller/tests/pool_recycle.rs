@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::node_agents::NodeAgents;
-use sandpool_controller::pods::{self, RuntimeInjection};
+use sandpool_controller::pods;
 use sandpool_controller::pool::recycle::{RECORD_ANNOTATION, RECYCLING, RESET_KILLED};
+use sandpool_controller::pool::restart_config::RESTART_CONFIG_ANNOTATION;
 use sandpool_controller::{batch, pool};
 use sandpool_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -27,7 +28,6 @@ use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path, pools_path}
 use tonic::Status;
 
 const NS: &str = "sandpool";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 
 /// A node agent that answers every reset with `answer` (a new token and
 /// the containers it killed) and records the pods it reset.
@@ -64,18 +64,8 @@ fn setup(answer: Result<pb::SandboxInfo, Status>) -> (FakeApi, Arc<Context>, Arc
         answer,
         calls: Mutex::new(Vec::new()),
     });
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks(Some(None))),
-        Some("test".into()),
-    )
-    .with_node_agents(agents.clone());
-    (api, Arc::new(ctx), agents)
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), agents.clone());
+    (api, ctx, agents)
 }
 
 /// Upstream's e2e `pool-with-recycle.yaml`, rendered (Restart).
@@ -141,14 +131,7 @@ fn kubelet_reports(api: &FakeApi, name: &str, id: &str, restarts: i32) {
 }
 
 fn events(api: &FakeApi) -> Vec<(String, String, String)> {
-    api.with_store(|s| s.list(EVENTS))
-        .iter()
-        .filter(|e| e["regarding"]["name"] == "p")
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (s("type"), s("reason"), s("note"))
-        })
-        .collect()
+    support::events_about(api, NS, "p")
 }
 
 /// A warm pod of the pool, claimed by batch `b` and then released (the
@@ -348,5 +331,60 @@ async fn the_upstream_restart_sample_pods_are_deleted_naming_why() {
         events(&api)
             .iter()
             .any(|(_, r, n)| r == "RecycleFailed" && n.contains("emptyDir opensandbox-bin"))
+    );
+}
+
+/// Upstream's Pool annotation `sandbox.opensandbox.io/restart-config`:
+/// `blacklist` cannot be honoured (a container left running keeps the
+/// tenant's processes), so the released pod is deleted naming it.
+#[tokio::test]
+async fn a_restart_config_blacklist_deletes_the_pod_naming_it() {
+    let (api, ctx, agents) = setup(reset_ok("sandbox-container"));
+    let name = claimed_and_released(&api, &ctx).await;
+    api.with_store(|s| {
+        s.mutate(&pools_path(NS), "p", |p| {
+            p["metadata"]["annotations"] =
+                json!({RESTART_CONFIG_ANNOTATION: r#"{"blacklist": ["sandbox-container"]}"#});
+        })
+    });
+    reconcile_pool(&ctx).await;
+    assert!(agents.calls.lock().is_empty(), "no reset is tried");
+    assert!(pod(&api, &name).is_none_or(|p| p["metadata"].get("deletionTimestamp").is_some()));
+    let ev = events(&api);
+    assert!(
+        ev.iter().any(|(t, r, n)| t == "Warning"
+            && r == "RecycleFailed"
+            && n.contains(RESTART_CONFIG_ANNOTATION)
+            && n.contains("blacklist")),
+        "{ev:?}"
+    );
+}
+
+/// Its `maxRetries` × `retryInterval` is the time the reset pod has to come
+/// back (sandpool's reset kills every process once; the kubelet's restart
+/// is what is waited for).
+#[tokio::test]
+async fn a_restart_config_gives_the_reset_pod_its_tries_time() {
+    let (api, ctx, agents) = setup(reset_ok("sandbox-container"));
+    let name = claimed_and_released(&api, &ctx).await;
+    api.with_store(|s| {
+        s.mutate(&pools_path(NS), "p", |p| {
+            p["metadata"]["annotations"] =
+                json!({RESTART_CONFIG_ANNOTATION: r#"{"maxRetries": 2, "retryInterval": "1ms"}"#});
+        })
+    });
+    reconcile_pool(&ctx).await;
+    assert_eq!(agents.calls.lock().len(), 1);
+    let p = pod(&api, &name).expect("pod");
+    assert_eq!(p["metadata"]["labels"][ALLOCATED_TO_LABEL], RECYCLING);
+    // the kubelet has not restarted the containers when the 2 ms are over
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    reconcile_pool(&ctx).await;
+    assert!(pod(&api, &name).is_none_or(|p| p["metadata"].get("deletionTimestamp").is_some()));
+    let ev = events(&api);
+    assert!(
+        ev.iter()
+            .any(|(t, r, n)| t == "Warning" && r == "RecycleFailed" && n.contains("within 2ms")),
+        "{ev:?}"
     );
 }

@@ -22,7 +22,10 @@
 //!    naming why: a pod the reset cannot cover ([`refusal`]: restartPolicy
 //!    not `Always`, an emptyDir that init containers fill and the tenant
 //!    can write), a node agent error or incomplete evidence, the pod not
-//!    back within [`RESTART_WAIT`], or the pod failing meanwhile.
+//!    back within [`RESTART_WAIT`] (or the time the pool's upstream
+//!    `restart-config` annotation gives, [`super::restart_config`]), the
+//!    pod failing meanwhile, or that annotation asking what cannot be
+//!    honoured.
 //!
 //! Upstream restarts the containers with `kill 1` through pod exec and
 //! waits for new container ids, up to 3 tries; it keeps emptyDir contents
@@ -65,6 +68,10 @@ pub struct Record {
     pub started_ms: i64,
     /// App container name → (container id, restart count) before the reset.
     pub containers: BTreeMap<String, (String, i32)>,
+    /// How long the pod has to come back, when not [`RESTART_WAIT`] (the
+    /// pool's [`super::restart_config`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
 }
 
 /// Whether `spec` recycles (`Restart`).
@@ -159,10 +166,10 @@ pub fn verdict(record: &Record, pod: &Pod, now_ms: i64) -> Verdict {
     if back && pods::is_ready(pod) {
         return Verdict::Done;
     }
-    if now_ms.saturating_sub(record.started_ms) > RESTART_WAIT.as_millis() as i64 {
+    let wait = record.wait_ms.map_or(RESTART_WAIT, Duration::from_millis);
+    if now_ms.saturating_sub(record.started_ms) > wait.as_millis() as i64 {
         return Verdict::Failed(format!(
-            "the kubelet did not bring the restarted containers back ready within {} s",
-            RESTART_WAIT.as_secs()
+            "the kubelet did not bring the restarted containers back ready within {wait:?}"
         ));
     }
     Verdict::Wait
@@ -187,6 +194,7 @@ fn record_of(pod: &Pod, now_ms: i64) -> Record {
     Record {
         started_ms: now_ms,
         containers,
+        wait_ms: None,
     }
 }
 
@@ -235,6 +243,7 @@ pub async fn drive(
     all: &[Pod],
 ) -> Result<(usize, usize)> {
     let (mut busy, mut ended) = (0, 0);
+    let wait = super::restart_config::restart_wait(pool.annotations());
     for p in all.iter().filter(|p| {
         !pods::is_terminating(p)
             && pods::labels_of(p)
@@ -243,7 +252,7 @@ pub async fn drive(
                 == Some(RECYCLING)
     }) {
         let step = match pods::annotation(p, RECORD_ANNOTATION) {
-            None => match start(ctx, api, p).await? {
+            None => match start(ctx, api, p, &wait).await? {
                 Ok(()) => Verdict::Wait,
                 Err(why) => Verdict::Failed(why),
             },
@@ -282,9 +291,15 @@ async fn start(
     ctx: &Context,
     api: &Api<Pod>,
     pod: &Pod,
+    wait: &std::result::Result<Duration, String>,
 ) -> Result<std::result::Result<(), String>> {
+    let wait = match wait {
+        Ok(w) => *w,
+        Err(why) => return Ok(Err(why.clone())),
+    };
     match reset(ctx, pod).await {
-        Ok((record, token)) => {
+        Ok((mut record, token)) => {
+            record.wait_ms = (wait != RESTART_WAIT).then_some(wait.as_millis() as u64);
             let patch = json!({"metadata": {"annotations": {
                 RECORD_ANNOTATION: serde_json::to_string(&record)?,
                 pods::TOKEN_ANNOTATION: token,
@@ -373,6 +388,7 @@ mod tests {
         let rec = Record {
             started_ms: 1_000,
             containers: [("sandbox".to_string(), ("containerd://old".to_string(), 0))].into(),
+            wait_ms: None,
         };
         let now = 2_000;
         // not restarted yet, or the same container, or not ready
@@ -406,9 +422,7 @@ mod tests {
         // too late, or ended
         let late = with(json!([status("containerd://old", 0, true, true)]), true);
         let too_late = 1_000 + RESTART_WAIT.as_millis() as i64 + 1;
-        assert!(
-            matches!(verdict(&rec, &late, too_late), Verdict::Failed(m) if m.contains("120 s"))
-        );
+        assert!(matches!(verdict(&rec, &late, too_late), Verdict::Failed(m) if m.contains("120s")));
         let ended = pod(json!({"metadata": {"name": "p"}, "status": {"phase": "Failed"}}));
         assert!(matches!(verdict(&rec, &ended, now), Verdict::Failed(_)));
     }

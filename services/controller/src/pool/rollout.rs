@@ -1,7 +1,8 @@
 //! Pool template revisions and OpenSandbox's `updateStrategy` and
 //! `scaleStrategy`: every pod is labelled with the hash of the template it
 //! was made from; idle pods of an older revision are replaced, and pods are
-//! created, with at most `maxUnavailable` pods not Ready at a time.
+//! created, with at most `maxUnavailable` pods not Ready at a time, as
+//! upstream's pool controller (`pool_update.go`, `scalePool`).
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 
@@ -24,24 +25,21 @@ pub fn is_current(pod: &Pod, revision: &str) -> bool {
         .is_some_and(|r| r == revision)
 }
 
-/// How many idle pods of an older revision to replace now: the update
-/// budget (`updateStrategy.maxUnavailable` of `pool_max`, default 25%)
-/// less the pods not Ready yet.
-pub fn to_replace(spec: &PoolSpec, pool_max: u32, stale: usize, creating: u32) -> usize {
-    let budget = MaxUnavailableStrategy::limit(spec.update_strategy.as_ref(), pool_max);
-    stale.min(budget.saturating_sub(creating) as usize)
+/// How many Ready idle pods of an older revision to replace now, as
+/// upstream: the update budget (`updateStrategy.maxUnavailable` of the
+/// pool's `total` pods, rounded up, default 25%, at least 1) less the
+/// `unready` pods.
+pub fn to_replace(spec: &PoolSpec, total: u32, stale: usize, unready: u32) -> usize {
+    let budget = MaxUnavailableStrategy::limit(spec.update_strategy.as_ref(), total);
+    stale.min(budget.saturating_sub(unready) as usize)
 }
 
-/// How many pods to create of the `wanted`: with a `scaleStrategy`, at most
-/// `maxUnavailable` (of `pool_max`) are not Ready at a time; without one,
-/// all at once.
-pub fn to_create(spec: &PoolSpec, pool_max: u32, wanted: u32, creating: u32) -> u32 {
-    match spec.scale_strategy.as_ref() {
-        None => wanted,
-        Some(s) => {
-            wanted.min(MaxUnavailableStrategy::limit(Some(s), pool_max).saturating_sub(creating))
-        }
-    }
+/// How many pods to create of the `wanted`, as upstream: at most
+/// `scaleStrategy.maxUnavailable` (of the `desired_total` pods, rounded up,
+/// default 25%, at least 1) not Ready at a time, counting the `unready`.
+pub fn to_create(spec: &PoolSpec, desired_total: u32, wanted: u32, unready: u32) -> u32 {
+    let limit = MaxUnavailableStrategy::limit(spec.scale_strategy.as_ref(), desired_total);
+    wanted.min(limit.saturating_sub(unready))
 }
 
 #[cfg(test)]
@@ -70,15 +68,18 @@ mod tests {
     }
 
     #[test]
-    fn updates_replace_within_max_unavailable() {
-        // default 25% of 8 = 2
+    fn updates_replace_within_max_unavailable_of_all_pods() {
+        // default 25% of 8 pods = 2
         assert_eq!(to_replace(&spec(json!({})), 8, 5, 0), 2);
         assert_eq!(to_replace(&spec(json!({})), 8, 5, 1), 1);
         assert_eq!(to_replace(&spec(json!({})), 8, 5, 3), 0);
+        // of the pods there are, rounded up: 25% of 3 = 1
+        assert_eq!(to_replace(&spec(json!({})), 3, 3, 0), 1);
         let s = spec(json!({"updateStrategy": {"maxUnavailable": 3}}));
         assert_eq!(to_replace(&s, 8, 5, 0), 3);
         let s = spec(json!({"updateStrategy": {"maxUnavailable": "50%"}}));
         assert_eq!(to_replace(&s, 8, 5, 0), 4);
+        assert_eq!(to_replace(&s, 3, 3, 0), 2);
         assert_eq!(to_replace(&s, 8, 1, 0), 1);
         // a zero budget still lets one through, else an update never ends
         let s = spec(json!({"updateStrategy": {"maxUnavailable": 0}}));
@@ -86,13 +87,18 @@ mod tests {
     }
 
     #[test]
-    fn scaling_is_unlimited_without_a_scale_strategy() {
-        assert_eq!(to_create(&spec(json!({})), 8, 6, 0), 6);
+    fn scaling_is_paced_by_max_unavailable_of_the_desired_pods() {
+        // upstream's default: 25% of the desired total, at least 1
+        assert_eq!(to_create(&spec(json!({})), 8, 6, 0), 2);
+        assert_eq!(to_create(&spec(json!({})), 2, 2, 0), 1);
+        assert_eq!(to_create(&spec(json!({})), 8, 6, 1), 1);
         let s = spec(json!({"scaleStrategy": {"maxUnavailable": 2}}));
         assert_eq!(to_create(&s, 8, 6, 0), 2);
         assert_eq!(to_create(&s, 8, 6, 1), 1);
         assert_eq!(to_create(&s, 8, 6, 2), 0);
+        let s = spec(json!({"scaleStrategy": {"maxUnavailable": "100%"}}));
+        assert_eq!(to_create(&s, 8, 6, 0), 6);
         let s = spec(json!({"scaleStrategy": {"maxUnavailable": "25%"}}));
-        assert_eq!(to_create(&s, 8, 6, 0), 2);
+        assert_eq!(to_create(&s, 10, 6, 0), 3);
     }
 }

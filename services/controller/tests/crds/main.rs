@@ -5,7 +5,10 @@
 
 mod gotmpl;
 mod opensandbox;
+mod run_upstream;
 mod structural;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 

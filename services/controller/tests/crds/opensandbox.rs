@@ -13,14 +13,14 @@ use super::{crds, deserialize, integral_numbers, repo, validate};
 
 /// Upstream's OpenSandbox CRDs, samples and e2e testdata (reference data
 /// kept outside the repository; absent in a clean clone).
-fn upstream_dir() -> Option<PathBuf> {
+pub(super) fn upstream_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("SANDPOOL_OPENSANDBOX_REFERENCE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("../shared/reference/upstream/opensandbox"));
     dir.join("crds").is_dir().then_some(dir)
 }
 
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -29,7 +29,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn docs(text: &str, what: &str) -> Vec<Value> {
+pub(super) fn docs(text: &str, what: &str) -> Vec<Value> {
     text.split("\n---")
         .filter(|d| {
             !d.trim().is_empty()
@@ -51,7 +51,7 @@ fn check(v: &Value, what: &str) {
     validate(v).unwrap_or_else(|e| panic!("{what}: refused by the CRD schema: {e:#?}"));
 }
 
-fn is_ours(v: &Value) -> bool {
+pub(super) fn is_ours(v: &Value) -> bool {
     v["apiVersion"] == "sandbox.opensandbox.io/v1alpha1"
         && matches!(
             v["kind"].as_str(),
@@ -61,7 +61,7 @@ fn is_ours(v: &Value) -> bool {
 
 /// The renderings of an e2e testdata template: every optional part off,
 /// then on, and each value the e2e suite passes for enums.
-fn renderings() -> Vec<Vars> {
+pub(super) fn renderings() -> Vec<Vars> {
     let mut base = Vars::default();
     for (k, v) in [
         ("Namespace", "e2e"),

@@ -253,6 +253,21 @@ impl Store {
         obj
     }
 
+    /// A client's replace of `name` in `coll` (a PUT, or a patch applied):
+    /// stored as [`Store::write`] does, with the generation the apiserver
+    /// gives it ([`rules::next_generation`]) once pruned and defaulted.
+    fn replace(&mut self, coll: &str, name: &str, mut obj: Value) -> Value {
+        if rules::tracks_generation(coll) {
+            if let Some(s) = schema::schema_for(&self.schemas, &storage_coll(coll)) {
+                schema::prune_and_default(s, &mut obj, true);
+            }
+            let plural = coll.rsplit('/').next().unwrap_or_default();
+            let old = self.get(coll, name);
+            obj["metadata"]["generation"] = json!(rules::next_generation(plural, old, &obj));
+        }
+        self.write(coll, name, obj)
+    }
+
     /// A watch event for `obj`, at the store's current resourceVersion.
     fn record(&mut self, coll: &str, kind: &'static str, obj: &Value) {
         self.events
@@ -319,16 +334,26 @@ impl Store {
         self.write(coll, &name, obj)
     }
 
-    /// Change an object in place (bumps its resourceVersion), as another
+    /// Change an object in place (bumps its resourceVersion, and its
+    /// generation by the apiserver's rule unless `f` sets one), as another
     /// client would.
     pub fn mutate(&mut self, coll: &str, name: &str, f: impl FnOnce(&mut Value)) {
         let rv = self.next_rv();
+        let tracks = rules::tracks_generation(coll);
+        let plural = coll.rsplit('/').next().unwrap_or_default().to_string();
         if let Some(o) = self
             .objects
             .get_mut(&storage_coll(coll))
             .and_then(|m| m.get_mut(name))
         {
+            let before = o.clone();
             f(o);
+            // a fixture that sets the generation itself keeps it; else the
+            // apiserver's rule, as for the user's write this stands for
+            if tracks && o["metadata"]["generation"] == before["metadata"]["generation"] {
+                o["metadata"]["generation"] =
+                    json!(rules::next_generation(&plural, Some(&before), o));
+            }
             o["metadata"]["resourceVersion"] = json!(rv);
             let o = o.clone();
             self.record(coll, "MODIFIED", &o);
@@ -766,6 +791,10 @@ fn serve_create(store: &mut Store, coll: &str, plural: &str, body: Value) -> (u1
         // unique across kinds (a pod and its Sandbox share a name)
         obj["metadata"]["uid"] = json!(format!("uid-{plural}-{name}"));
     }
+    if rules::tracks_generation(coll) {
+        // the apiserver's, whatever the client sent
+        obj["metadata"]["generation"] = json!(rules::next_generation(plural, None, &obj));
+    }
     let obj = store.put(coll, obj);
     (201, obj)
 }
@@ -819,7 +848,7 @@ fn serve_patch(
     if let Err(e) = rules::apply_write_rules(plural, sub, &current, &mut obj) {
         return rules::invalid(&e);
     }
-    let obj = store.write(coll, n, obj);
+    let obj = store.replace(coll, n, obj);
     store.maybe_finish_deletion(coll, n);
     (200, obj)
 }
@@ -880,7 +909,7 @@ fn serve(
             if let Err(e) = rules::apply_write_rules(plural, sub, &cur, &mut obj) {
                 return rules::invalid(&e);
             }
-            let out = store.write(&coll, &n, obj);
+            let out = store.replace(&coll, &n, obj);
             store.maybe_finish_deletion(&coll, &n);
             (200, out)
         }
@@ -929,14 +958,41 @@ impl sandpool_controller::context::TaskRunner for NoTasks {
 
 /// A controller context on `api` with the test runtime image and `tasks`.
 pub fn context(api: &FakeApi, tasks: NoTasks) -> Arc<sandpool_controller::context::Context> {
+    Arc::new(bare_context(api, tasks))
+}
+
+/// [`context`] whose node agents are `agents`.
+pub fn context_with_agents(
+    api: &FakeApi,
+    tasks: NoTasks,
+    agents: Arc<dyn sandpool_controller::node_agents::NodeAgents>,
+) -> Arc<sandpool_controller::context::Context> {
+    Arc::new(bare_context(api, tasks).with_node_agents(agents))
+}
+
+fn bare_context(api: &FakeApi, tasks: NoTasks) -> sandpool_controller::context::Context {
     let inj = sandpool_controller::pods::RuntimeInjection {
         image: "ghcr.io/sandpool/sandpool:test".into(),
         image_pull_policy: None,
     };
-    Arc::new(sandpool_controller::context::Context::new(
+    sandpool_controller::context::Context::new(
         api.client(),
         inj,
         Arc::new(tasks),
         Some("test".into()),
-    ))
+    )
+}
+
+/// The events (events.k8s.io/v1) in `ns` about the object `name`, as
+/// (type, reason, note).
+pub fn events_about(api: &FakeApi, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let coll = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+    api.with_store(|s| s.list(&coll))
+        .iter()
+        .filter(|e| e["regarding"]["name"] == name)
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("type"), s("reason"), s("note"))
+        })
+        .collect()
 }

@@ -8,7 +8,11 @@
 //!   added (422), and `deletionTimestamp` itself cannot be changed by a
 //!   write;
 //! - owner references: garbage collection deletes a dependent once none of
-//!   its owners exists (background propagation: the owner goes first).
+//!   its owners exists (background propagation: the owner goes first);
+//! - `metadata.generation` of a custom resource: 1 on create, one more on
+//!   every write that changes anything outside `metadata` (and outside
+//!   `status` for a kind with the status subresource); a client's own value
+//!   is never kept ([`next_generation`]).
 
 use serde_json::{Value, json};
 
@@ -26,6 +30,45 @@ pub fn has_status_subresource(plural: &str) -> bool {
             | "sandboxclaims"
             | "sandboxwarmpools"
     )
+}
+
+/// Whether the apiserver keeps `metadata.generation` for objects of the
+/// collection `coll`: every custom resource (`/apis/<group>/...` of the
+/// groups the fake serves as CRDs). Built-in kinds the fake serves (pods,
+/// services, PVCs, leases, events) are left as written.
+pub fn tracks_generation(coll: &str) -> bool {
+    [
+        "/apis/sandbox.opensandbox.io/",
+        "/apis/agents.x-k8s.io/",
+        "/apis/extensions.agents.x-k8s.io/",
+    ]
+    .iter()
+    .any(|g| coll.starts_with(g))
+}
+
+/// The generation the apiserver stores for `new` replacing `old` (None: a
+/// create) in the collection `coll` of `plural`: 1 on create; else the
+/// stored one, plus one when anything but `metadata` (and `status`, for a
+/// kind with the status subresource) changed. What the client sent in
+/// `metadata.generation` is ignored.
+pub fn next_generation(plural: &str, old: Option<&Value>, new: &Value) -> i64 {
+    let Some(old) = old else { return 1 };
+    let stored = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let outside = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            if has_status_subresource(plural) {
+                m.remove("status");
+            }
+        }
+        v
+    };
+    if outside(old) == outside(new) {
+        stored
+    } else {
+        stored + 1
+    }
 }
 
 /// `new` as the apiserver stores it when it replaces `current` through the

@@ -151,7 +151,7 @@ pub fn serve(
     if let Err(e) = rules::apply_write_rules(plural_of(coll), None, &cur, &mut obj) {
         return rules::invalid(&e);
     }
-    let out = store.write(coll, name, obj);
+    let out = store.replace(coll, name, obj);
     (200, scale_of(&out, &paths))
 }
 
