@@ -113,10 +113,7 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         return Ok(Action::await_change());
     }
     if batch.spec.pool_ref.as_deref() == Some(AUTO_ASSIGN) {
-        let msg = format!(
-            "spec.poolRef \"{AUTO_ASSIGN}\" (upstream's pool auto-assignment) is not supported by sandpool in Kubernetes mode; name the pool. No sandbox is allocated"
-        );
-        crate::conditions::failed(ctx, batch, "UnsupportedField", msg).await;
+        refuse_auto_assign(batch, ctx).await;
         return Ok(Action::await_change());
     }
     if let Some(action) = pause::reconcile(batch, ctx, ns).await? {
@@ -146,14 +143,7 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         (phase::phase(&mine, ready), old.conditions.clone())
     };
     if resuming && phase == crate::crd::BatchSandboxPhase::Succeed {
-        resume::delete_pause_snapshot(batch, ctx, ns).await?;
-        ctx.event(
-            batch,
-            false,
-            "Resumed",
-            "resumed from the pause snapshot".into(),
-        )
-        .await;
+        resume::finish(batch, ctx, ns).await?;
     }
     let status = BatchSandboxStatus {
         observed_generation: batch.metadata.generation,
@@ -206,6 +196,14 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
         );
     }
     Ok(Action::requeue(next))
+}
+
+/// `spec.poolRef: "*"` (upstream's pool auto-assignment) is refused, naming it.
+async fn refuse_auto_assign(batch: &BatchSandbox, ctx: &Context) {
+    let msg = format!(
+        "spec.poolRef \"{AUTO_ASSIGN}\" (upstream's pool auto-assignment) is not supported by sandpool in Kubernetes mode; name the pool. No sandbox is allocated"
+    );
+    crate::conditions::failed(ctx, batch, "UnsupportedField", msg).await;
 }
 
 /// Tasks not started yet: shards without a task state.

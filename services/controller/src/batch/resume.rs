@@ -227,8 +227,22 @@ fn primary(failed: &[(String, String)]) -> Option<(String, usize)> {
     best
 }
 
+/// A `Resuming` batch reached `Succeed`: its pause snapshot goes, with a
+/// `Resumed` event.
+pub(super) async fn finish(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<()> {
+    delete_pause_snapshot(batch, ctx, ns).await?;
+    ctx.event(
+        batch,
+        false,
+        "Resumed",
+        "resumed from the pause snapshot".into(),
+    )
+    .await;
+    Ok(())
+}
+
 /// A resume ended: the pause snapshot (its images stay on the node) goes.
-pub(super) async fn delete_pause_snapshot(
+async fn delete_pause_snapshot(
     batch: &BatchSandbox,
     ctx: &Context,
     ns: &str,
