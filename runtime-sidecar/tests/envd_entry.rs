@@ -150,6 +150,31 @@ async fn uploads_keep_metadata_and_entries_report_it() {
     assert_eq!(link["type"], "FILE_TYPE_FILE", "{link}");
     assert_eq!(link["isSymlink"], true);
     assert!(link["symlinkTarget"].as_str().unwrap().ends_with("w/m.txt"));
+
+    // a relative link answers the absolute path it resolves to, as envd's
+    // (EvalSymlinks); a dangling one answers its own path
+    std::os::unix::fs::symlink("m.txt", d.path().join("home/w/rel")).unwrap();
+    std::os::unix::fs::symlink("gone.txt", d.path().join("home/w/dangling")).unwrap();
+    let home_w = std::fs::canonicalize(d.path().join("home/w")).unwrap();
+    for (name, target) in [
+        ("rel", home_w.join("m.txt")),
+        ("dangling", d.path().join("home/w/dangling")),
+    ] {
+        let (st, v) = unary(
+            &base,
+            "filesystem.Filesystem/Stat",
+            json!({"path": format!("w/{name}")}),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v["entry"]["symlinkTarget"],
+            target.to_string_lossy().as_ref(),
+            "{v}"
+        );
+        assert_eq!(v["entry"]["isSymlink"], true, "{v}");
+    }
     let file = entries.iter().find(|e| e["name"] == "m.txt").unwrap();
     assert_eq!(file["metadata"], json!({"tag": "t2"}), "{file}");
 }
@@ -235,4 +260,22 @@ async fn envd_calls_run_as_the_user_they_name() {
         (401, Some("unauthenticated")),
         "{v}"
     );
+}
+
+/// `GET /files` reads a file to its end even where the kernel reports a size
+/// of 0 (procfs), as envd's does: E2B's SDK reads `/proc` files this way
+/// (`files.read("/proc/sys/kernel/random/boot_id")`).
+#[tokio::test]
+async fn downloads_read_procfs_files_to_their_end() {
+    let (base, _d) = serve().await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/files"))
+        .query(&[("path", "/proc/sys/kernel/random/boot_id")])
+        .header("x-access-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert_eq!(body.trim().len(), 36, "{body:?}");
 }

@@ -89,8 +89,13 @@ def test_r_runs_in_irkernel(sbx):
 
 
 def test_java_runs_in_jshell_with_envs_as_system_properties(sbx):
-    hello = sbx.run_code('System.out.println("Hello, World!")', language="java")
-    assert "".join(hello.logs.stdout) == "Hello, World!\n", hello
+    hello = sbx.run_code('System.out.println("Hello, World!"); System.err.println("oops")', language="java")
+    # as E2B's kernel (IJava on JDK 11) streams them: a line's text, then its newline
+    assert hello.logs.stdout == ["Hello, World!", "\n"], hello
+    assert hello.logs.stderr == ["oops", "\n"], hello
+    printf = sbx.run_code('System.out.printf("%s!%n", "x")', language="java")
+    assert printf.logs.stdout == ["x", "!", "\n"], printf
+    assert printf.text.startswith("java.io.PrintStream@"), printf
     assert sbx.run_code('System.getProperty("TEST_ENV_VAR")', language="java").text == "supertest"
     once = sbx.run_code('System.getProperty("FOO")', language="java", envs={"FOO": "bar"})
     assert once.text == "bar"

@@ -61,7 +61,10 @@ pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Respo
     };
     let p2 = path.clone();
     match tokio::task::spawn_blocking(move || files::open_for_read(&p2)).await {
-        Ok(Ok((f, size))) => {
+        // streamed to its end without a Content-Length, as envd's (gzip)
+        // answer to the SDK: procfs files report a size of 0 and sysfs ones
+        // 4096, whatever they hold
+        Ok(Ok((f, _size))) => {
             let stream = tokio_util::io::ReaderStream::with_capacity(
                 tokio::fs::File::from_std(f),
                 64 * 1024,
@@ -71,8 +74,6 @@ pub(super) async fn download(State(st): State<EnvdState>, req: Request) -> Respo
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             r
         }
         Ok(Err(e)) => {

@@ -40,10 +40,14 @@ pub(super) fn entry_info(i: &files::FileInfo) -> EntryInfo {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| i.path.clone());
-    let symlink_target = is_symlink
-        .then(|| std::fs::read_link(path).ok())
-        .flatten()
-        .map(|t| t.to_string_lossy().into_owned());
+    // as envd's: the link resolved to the absolute path it ends at (a link to
+    // `test.txt` in /home/user/d answers /home/user/d/test.txt); a link that
+    // does not resolve answers its own path
+    let symlink_target = is_symlink.then(|| {
+        std::fs::canonicalize(path)
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| i.path.clone())
+    });
     EntryInfo {
         group: i.group.clone(),
         is_symlink,

@@ -269,6 +269,26 @@ def _unset_code(names):
     return ""
 
 
+# Java: the kernel's System.out and System.err print a line as E2B's kernel
+# (IJava on JDK 11) does: println's text, then its line separator, each
+# flushed, so each its own stream message (`println("a")` streams "a" and
+# "\n"). JJava's PrintStream (the plain class on the JDK 17 here) writes the
+# two at once, and a PrintStream subclass takes JDK 11's path. Its
+# toString stays a PrintStream's (printf's result shows it).
+_JAVA_STREAMS = """{
+    var io = org.dflib.jjava.jupyter.kernel.BaseKernel.notebookKernel().getIO();
+    for (var names : new String[][] {{"out", "jupyterOut"}, {"err", "jupyterErr"}}) {
+        var sink = org.dflib.jjava.jupyter.kernel.JupyterIO.class.getDeclaredField(names[1]);
+        sink.setAccessible(true);
+        var stream = org.dflib.jjava.jupyter.kernel.JupyterIO.class.getDeclaredField(names[0]);
+        stream.setAccessible(true);
+        stream.set(io, new java.io.PrintStream((java.io.OutputStream) sink.get(io), true, java.nio.charset.StandardCharsets.UTF_8) {
+            public String toString() { return "java.io.PrintStream@" + Integer.toHexString(hashCode()); }
+        });
+    }
+}"""
+
+
 def _in_kernel(code):
     if _kc is not None and code:
         _run_kernel(code, silent=True)
@@ -313,8 +333,8 @@ def _set_sandbox_env(new):
 if _startup and _kc is not None and _language == "python":
     _run_kernel("exec(compile(%r, '<sandpool-startup>', 'exec'), {'__name__': '__sandpool_startup__'})" % _startup, silent=True)
 del _startup
-if _language == "java" and _globals:
-    _in_kernel(_set_code(_globals))
+if _language == "java" and _kc is not None:
+    _in_kernel(_JAVA_STREAMS + "\n" + _set_code(_globals))
 
 for line in os.fdopen(0, "r"):
     try:
