@@ -9,73 +9,27 @@ records what it received on the host side only.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from e2b import ALL_TRAFFIC, Sandbox
 from e2b.exceptions import SandboxException
 
+from netns_listener import recording_listener
 from sandpool_platform import POOL_NAME, Sandpool
 
 HEADER, VALUE = "X-Test-Token", "e2b-transform-value-123"
 HOST = "httpbin.rules.test"
 OUTSIDE = "spe2brul"  # a network namespace of this test
 OUTSIDE_HOST, OUTSIDE_ADDR = "10.250.82.1", "10.250.82.2"
-# answers "ok" and records each request's Host and X-Test-Token
-SERVER = """
-import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-log = open(sys.argv[1], "a", buffering=1)
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        log.write(f"{self.headers.get('Host')} {self.headers.get_all('X-Test-Token')}\\n")
-        self.send_response(200); self.send_header("content-length", "3"); self.end_headers()
-        self.wfile.write(b"ok\\n")
-    def log_message(self, *a): pass
-HTTPServer((sys.argv[2], 80), H).serve_forever()
-"""
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
     """The recording listener on port 80 of its own network namespace."""
     record = tmp_path_factory.mktemp("e2brules") / "requests.log"
-    record.touch()
-    subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
-    _ip("netns", "add", OUTSIDE)
-    _ip("link", "add", f"{OUTSIDE}h", "type", "veth", "peer", "name", f"{OUTSIDE}n")
-    _ip("link", "set", f"{OUTSIDE}n", "netns", OUTSIDE)
-    _ip("addr", "add", f"{OUTSIDE_HOST}/30", "dev", f"{OUTSIDE}h")
-    _ip("link", "set", f"{OUTSIDE}h", "up")
-    _ip("-n", OUTSIDE, "addr", "add", f"{OUTSIDE_ADDR}/30", "dev", f"{OUTSIDE}n")
-    _ip("-n", OUTSIDE, "link", "set", f"{OUTSIDE}n", "up")
-    _ip("-n", OUTSIDE, "route", "add", "default", "via", OUTSIDE_HOST)
-    server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", SERVER, str(record), OUTSIDE_ADDR],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://{OUTSIDE_ADDR}/ready", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the outside listener did not come up"
-            time.sleep(0.2)
+    with recording_listener(record, OUTSIDE, OUTSIDE_HOST, OUTSIDE_ADDR, "{self.headers.get('Host')} {self.headers.get_all('X-Test-Token')}"):
         yield record
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-        subprocess.run(["ip", "link", "del", f"{OUTSIDE}h"], capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", OUTSIDE], capture_output=True, timeout=10)
 
 
 def _get(sbx: Sandbox, host: str, path: str) -> str:
