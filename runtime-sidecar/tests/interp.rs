@@ -160,18 +160,7 @@ async fn contexts_are_bounded_in_number_and_size() {
 
 /// The JSON lines of one `/execute` of `body`.
 async fn exec(c: &reqwest::Client, base: &str, body: Value) -> Vec<Value> {
-    let r = c
-        .post(format!("{base}/execute"))
-        .header("x-access-token", TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let text = r.text().await.unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    support::execute_lines(c, base, TOKEN, body).await
 }
 
 /// What an execution printed on stdout.

@@ -72,19 +72,7 @@ async fn prestarted(marker: &str) -> u32 {
 /// The main result text of one `/execute` of `body` (the value of its last
 /// expression).
 async fn result(c: &reqwest::Client, base: &str, body: Value) -> String {
-    let r = c
-        .post(format!("{base}/execute"))
-        .header("x-access-token", TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let text = r.text().await.unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = support::execute_lines(c, base, TOKEN, body).await;
     lines
         .iter()
         .find(|l| l["type"] == "result")

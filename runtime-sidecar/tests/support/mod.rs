@@ -1,6 +1,7 @@
 //! Shared by the loopback-port integration tests: a runtime config with its
 //! state under a tempdir, an app served on a free loopback port, envd served
-//! that way, a unary Connect call and a request's JSON answer.
+//! that way, a unary Connect call, a request's JSON answer and the JSON lines
+//! of a code interpreter `/execute`.
 
 // shared by several test crates: not every one uses every item
 #![allow(dead_code)]
@@ -71,4 +72,26 @@ pub async fn unary(
 /// Send `req`; its answer's JSON body.
 pub async fn json_of(req: reqwest::RequestBuilder) -> Value {
     req.send().await.unwrap().json().await.unwrap()
+}
+
+/// The JSON lines of one code interpreter `/execute` of `body` at `base`
+/// (asserted 200).
+pub async fn execute_lines(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: Value,
+) -> Vec<Value> {
+    let r = c
+        .post(format!("{base}/execute"))
+        .header("x-access-token", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let text = r.text().await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
