@@ -251,3 +251,58 @@ async fn a_node_without_an_agent_is_unavailable() {
     assert!(e.message().contains("node-a"), "{e:?}");
     assert!(calls.lock().is_empty());
 }
+
+/// A claim paused through its BatchSandbox's `spec.pause` (kubectl,
+/// upstream's server: snapshotted, its pod deleted) reports paused; a REST
+/// pause of it is a conflict, and a REST resume asks the batch controller
+/// through `spec.pause: false` (no node agent freeze or thaw) and answers
+/// once the new pod is ready.
+#[tokio::test]
+async fn a_claim_paused_by_its_spec_is_resumed_through_its_spec() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let (port, calls) = serve_agent(None).await;
+    let sched = Arc::new(scheduler(&api, port));
+    let (claim, pod) = claimed(&api, &ctx, &sched).await;
+    let id = claim.claim_id.clone();
+    // as the batch controller leaves a paused batch: no pod, phase Paused
+    let old_pod = api
+        .with_store(|s| {
+            s.mutate(&batches_path(NS), &id, |b| {
+                b["spec"]["pause"] = json!(true);
+                b["status"]["phase"] = json!("Paused");
+            });
+            s.delete(&pods_path(NS), &pod)
+        })
+        .expect("the claim's pod");
+    let got = sched.get_claim(claim_ref(&id)).await.expect("get");
+    assert_eq!(got.get_ref().state, pb::ClaimState::Paused as i32);
+    let e = sched.pause_claim(pause_ref(&id)).await.expect_err("paused");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    let s = sched.clone();
+    let rid = id.clone();
+    let resume = tokio::spawn(async move { s.resume_claim(claim_ref(&rid)).await });
+    for _ in 0..500 {
+        if stored(&api, &id)["spec"]["pause"] == json!(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(stored(&api, &id)["spec"]["pause"], json!(false));
+    // the batch controller's new pod (same allocation), ready
+    let mut new_pod = old_pod;
+    new_pod["metadata"]["name"] = json!(format!("{pod}-resumed"));
+    new_pod["status"] = json!({});
+    api.with_store(|s| {
+        s.put(&pods_path(NS), new_pod);
+        make_ready(s, NS, &format!("{pod}-resumed"), "10.2.0.8", "node-a");
+    });
+    let resumed = resume.await.expect("joined").expect("resume").into_inner();
+    assert_eq!(resumed.state, pb::ClaimState::Bound as i32, "{resumed:?}");
+    assert_eq!(
+        resumed.sandbox.expect("sandbox").sandbox_id,
+        format!("{pod}-resumed")
+    );
+    assert!(calls.lock().is_empty(), "no freeze or thaw");
+}

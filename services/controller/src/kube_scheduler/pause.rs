@@ -5,7 +5,10 @@
 //! so every scheduler replica reports it; as in standalone mode a paused
 //! claim's TTL clock stops (its `expireTime` is set aside and put back, with
 //! what was left, on resume) and a transition the claim state machine
-//! refuses (pause a paused claim, resume a running one) is a conflict.
+//! refuses (pause a paused claim, resume a running one) is a conflict. A
+//! claim paused through its BatchSandbox's own `spec.pause` (snapshot and
+//! delete, by the batch controller) is paused too, and is resumed through
+//! it (`spec.pause: false`).
 
 use std::time::Duration;
 
@@ -35,13 +38,19 @@ const RESUME_READY_WAIT: Duration = Duration::from_secs(30);
 fn core_state(b: &BatchSandbox, pod: Option<&Pod>) -> ClaimState {
     if b.metadata.deletion_timestamp.is_some() {
         ClaimState::Released
-    } else if b.annotations().contains_key(PAUSED_ANNOTATION) {
+    } else if b.annotations().contains_key(PAUSED_ANNOTATION) || paused_by_spec(b) {
         ClaimState::Paused
     } else if pod.is_some_and(pods::is_ready) {
         ClaimState::Bound
     } else {
         ClaimState::Pending
     }
+}
+
+/// Paused through the BatchSandbox's own `spec.pause` (kubectl, upstream's
+/// server): snapshotted and its pod deleted, or on the way there.
+fn paused_by_spec(b: &BatchSandbox) -> bool {
+    b.spec.pause == Some(true)
 }
 
 /// The claim's public state: released, paused, bound (its pod ready) or pending.
@@ -108,6 +117,9 @@ impl KubeScheduler {
         core_state(&b, pod.as_ref())
             .on(event)
             .map_err(|e| Status::failed_precondition(format!("claim {id}: {e}")))?;
+        if paused_by_spec(&b) {
+            return self.resume_by_spec(id).await;
+        }
         let pod =
             pod.ok_or_else(|| Status::failed_precondition(format!("claim {id} has no pod")))?;
         crate::node_agents::set_pod_paused(self.nodes.as_ref(), &pod, event == ClaimEvent::Pause)
@@ -127,6 +139,26 @@ impl KubeScheduler {
             if let Ok((b, _)) = self.wait_ready(id, RESUME_READY_WAIT).await {
                 return self.claim_of(&b).await;
             }
+        }
+        self.claim_of(&b).await
+    }
+
+    /// Resume claim `id` paused through its `spec.pause`: `spec.pause: false`,
+    /// which the batch controller acts on (a new pod from the pause
+    /// snapshot's images, on the node that holds them); answered once that
+    /// pod is ready, or as it stands after [`RESUME_READY_WAIT`].
+    async fn resume_by_spec(&self, id: &str) -> Result<pb::Claim, Status> {
+        let b = self
+            .batches()
+            .patch(
+                id,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"pause": false}})),
+            )
+            .await
+            .map_err(kube_status)?;
+        if let Ok((b, _)) = self.wait_ready(id, RESUME_READY_WAIT).await {
+            return self.claim_of(&b).await;
         }
         self.claim_of(&b).await
     }
