@@ -242,11 +242,7 @@ pub(super) async fn finish(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Res
 }
 
 /// A resume ended: the pause snapshot (its images stay on the node) goes.
-async fn delete_pause_snapshot(
-    batch: &BatchSandbox,
-    ctx: &Context,
-    ns: &str,
-) -> Result<()> {
+async fn delete_pause_snapshot(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<()> {
     let api: Api<SandboxSnapshot> = ctx.api(ns);
     let name = internal_snapshot_name(&batch.name_any());
     let done = api
