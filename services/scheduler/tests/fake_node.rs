@@ -968,7 +968,7 @@ async fn a_filesystem_only_checkpoint_is_refused_naming_it() {
     let c = s.claim(claim_req("p", &["sleep", "9"])).await.unwrap();
     let svc = sandpool_scheduler::service::SchedulerService::new(s.clone());
     let e = svc
-        .checkpoint_claim(tonic::Request::new(pb::CheckpointClaimRequest {
+        .checkpoint_claim(Request::new(pb::CheckpointClaimRequest {
             claim_id: c.id.clone(),
             leave_running: false,
             name: String::new(),
