@@ -120,8 +120,12 @@ async fn platform(fail: Option<Status>) -> Platform {
     }
 }
 
+/// The gateway's owner key: it shows a non-admin key only the checkpoints
+/// whose `source_metadata` names it.
+const OWNER_KEY: &str = "sandpool.io/owner";
+
 fn owned(owner: &str) -> HashMap<String, String> {
-    HashMap::from([("owner".to_string(), owner.to_string())])
+    HashMap::from([(OWNER_KEY.to_string(), owner.to_string())])
 }
 
 async fn claim(p: &Platform, owner: &str) -> pb::Claim {
@@ -191,7 +195,7 @@ async fn a_filesystem_checkpoint_is_a_sandbox_snapshot_restored_on_its_node() {
     assert_eq!(ck.image, "python:3.12-slim");
     // the claim's metadata (its owner) goes with it: the gateway scopes by it
     assert_eq!(
-        ck.source_metadata.get("owner").map(String::as_str),
+        ck.source_metadata.get(OWNER_KEY).map(String::as_str),
         Some("alice")
     );
     // the node agent committed the pod; the snapshot is owned by nothing
@@ -238,7 +242,7 @@ async fn restore(p: &Platform, ck: &pb::CheckpointInfo, snap: &Value) {
     assert_eq!(r.claim_id, "sbx-restored");
     assert_eq!(r.state, pb::ClaimState::Bound as i32, "{r:?}");
     assert!(r.expires_unix_ms > 0, "{r:?}");
-    assert_eq!(r.metadata.get("owner").map(String::as_str), Some("alice"));
+    assert_eq!(r.metadata.get(OWNER_KEY).map(String::as_str), Some("alice"));
     let b = stored(&p.api, &batches_path(NS), "sbx-restored").expect("batch");
     let image = snap["status"]["containers"][0]["imageUri"].clone();
     assert!(
@@ -272,6 +276,24 @@ async fn restore(p: &Platform, ck: &pb::CheckpointInfo, snap: &Value) {
         2,
         "the source claim and one restored"
     );
+    // a fork: two claims, both on the snapshot's node
+    let forked = p
+        .sched
+        .restore_checkpoint(Request::new(pb::RestoreCheckpointRequest {
+            checkpoint_id: ck.checkpoint_id.clone(),
+            count: 2,
+            ..Default::default()
+        }))
+        .await
+        .expect("fork")
+        .into_inner()
+        .claims;
+    assert_eq!(forked.len(), 2);
+    assert_ne!(forked[0].claim_id, forked[1].claim_id);
+    for c in &forked {
+        let b = stored(&p.api, &batches_path(NS), &c.claim_id).expect("batch");
+        assert_eq!(b["spec"]["template"]["spec"]["nodeName"], "node-a", "{b}");
+    }
 }
 
 /// Delete `ck`: gone from the list, and neither deleted nor restored again.
