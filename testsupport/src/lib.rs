@@ -245,8 +245,9 @@ impl Scheduler for FakeScheduler {
         let r = r.into_inner();
         let id = r.claim_id;
         let c = self.with_claim(&id, |_| {})?.into_inner();
-        // as a node agent answers for a sandbox of a pool that is not checkpointable
-        if c.pool == "runc" {
+        // as a node agent answers for a sandbox of a pool that is not
+        // checkpointable; a filesystem-only one is taken as in Kubernetes mode
+        if c.pool == "runc" && !r.filesystem_only {
             return Err(Status::unimplemented(format!(
                 "checkpoint of sandbox {id} (unsupported on this node: use a checkpointable runsc template)"
             )));
@@ -259,6 +260,7 @@ impl Scheduler for FakeScheduler {
             owner: id,
             name: r.name,
             source_metadata: c.metadata,
+            filesystem_only: r.filesystem_only,
             ..Default::default()
         };
         cks.push(ck.clone());

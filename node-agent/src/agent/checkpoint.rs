@@ -296,6 +296,7 @@ fn checkpoint_info(m: &crate::checkpoint::Meta) -> pb::CheckpointInfo {
         name: m.name.clone(),
         // the scheduler's to fill
         source_metadata: Default::default(),
+        filesystem_only: false,
     }
 }
 

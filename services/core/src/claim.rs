@@ -108,6 +108,10 @@ pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
 /// sentence the Kubernetes scheduler and the CRI node agent both answer.
 pub const KUBERNETES_CHECKPOINT_UNSUPPORTED: &str = "checkpoints (snapshots, restore, fork) are not supported in Kubernetes mode: every pod has the network its CNI gave it, runc checkpoints need CRIU (which fails on the kernels sandpool runs on) and gVisor cannot checkpoint a sandbox with a network; only standalone checkpointable (network-less) runsc sandboxes can be checkpointed";
 
+/// Why a standalone checkpoint is never filesystem-only: the node agent
+/// checkpoints a runsc sandbox whole (memory and files).
+pub const STANDALONE_FS_CHECKPOINT_UNSUPPORTED: &str = "filesystem_only: a filesystem-only checkpoint is supported in Kubernetes mode only; standalone checkpoints always hold the sandbox's memory and files (leave filesystem_only unset)";
+
 /// Why Kubernetes claims are not paused filesystem-only: a pod's containers
 /// cannot be stopped and started again on the same root file system outside
 /// the kubelet.

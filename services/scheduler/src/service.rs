@@ -338,6 +338,11 @@ impl scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
+        if req.get_ref().filesystem_only {
+            return Err(Status::unimplemented(
+                sandpool_core::claim::STANDALONE_FS_CHECKPOINT_UNSUPPORTED,
+            ));
+        }
         let span = tracing::info_span!("scheduler.checkpoint");
         self.detached(span, req, |s, r| async move {
             s.checkpoint_claim(&r.claim_id, r.leave_running, &r.name)

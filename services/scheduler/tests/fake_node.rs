@@ -959,6 +959,28 @@ fn b_pool(node: &FakeNode, id: &str) -> String {
 
 /// A restore under a caller-chosen claim id is made once: a retry gets the
 /// claim the first made, with no second restore on the node.
+/// Standalone checkpoints hold memory and files: a filesystem-only one is
+/// refused naming the field, and the claim goes on.
+#[tokio::test]
+async fn a_filesystem_only_checkpoint_is_refused_naming_it() {
+    use sandpool_proto::v1::scheduler_server::Scheduler as _;
+    let (_node, s, _store) = warm_platform("p", 1, 1, 4).await;
+    let c = s.claim(claim_req("p", &["sleep", "9"])).await.unwrap();
+    let svc = sandpool_scheduler::service::SchedulerService::new(s.clone());
+    let e = svc
+        .checkpoint_claim(Request::new(pb::CheckpointClaimRequest {
+            claim_id: c.id.clone(),
+            leave_running: false,
+            name: String::new(),
+            filesystem_only: true,
+        }))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert!(e.message().starts_with("filesystem_only"), "{e:?}");
+    assert!(s.get_claim(&c.id).is_ok(), "the claim goes on");
+}
+
 #[tokio::test]
 async fn a_restore_under_a_claim_id_is_made_once() {
     let (node, s, _store) = warm_platform("p", 1, 1, 4).await;

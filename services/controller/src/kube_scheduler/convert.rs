@@ -122,13 +122,7 @@ impl super::KubeScheduler {
         &self,
         b: &BatchSandbox,
     ) -> Result<pb::SandboxTemplate, Status> {
-        let template = match &b.spec.pool_ref {
-            Some(pool) => match self.pools().get_opt(pool).await.map_err(kube_status)? {
-                Some(p) => p.spec.pod_template(),
-                None => None,
-            },
-            None => b.spec.pod_template(),
-        };
+        let template = self.claim_pod_template(b).await?;
         Ok(template.as_ref().map(template_of).unwrap_or_default())
     }
 }

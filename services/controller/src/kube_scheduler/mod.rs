@@ -10,15 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::json;
@@ -28,9 +26,12 @@ use crate::context::{TaskRunner, list_pods};
 use crate::crd::*;
 use crate::error::{is_already_exists, is_not_found};
 use crate::pods::{self, RUNTIME_PORT};
-use sandpool_core::claim::{ClaimEvent, KUBERNETES_CHECKPOINT_UNSUPPORTED};
+use sandpool_core::claim::ClaimEvent;
 
+mod checkpoint;
 mod convert;
+pub use checkpoint::CHECKPOINT_LABEL;
+use checkpoint::changed;
 mod pause;
 use convert::{EGRESS_UNSUPPORTED, batch_to_pb, kube_status, ms, patched_metadata, pool_to_pb};
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
@@ -370,7 +371,7 @@ impl KubeScheduler {
             }
             let rv = listed.metadata.resource_version.unwrap_or_default();
             let round_end = deadline.min(now + self.poll);
-            let changed = tokio::time::timeout_at(round_end, self.pods_changed(&selector, &rv))
+            let changed = tokio::time::timeout_at(round_end, changed(&self.pods(), &selector, &rv))
                 .await
                 .unwrap_or(true);
             if !changed {
@@ -380,27 +381,11 @@ impl KubeScheduler {
             }
         }
     }
+}
 
-    /// Watch the pods `selector` picks from `rv` until one changes (true), or
-    /// the watch fails or ends first (false).
-    async fn pods_changed(&self, selector: &str, rv: &str) -> bool {
-        let params = WatchParams::default().labels(selector);
-        let Ok(events) = self.pods().watch(&params, rv).await else {
-            return false;
-        };
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => {
-                    return true;
-                }
-                Ok(WatchEvent::Bookmark(_)) => {}
-                // e.g. 410 Gone: list again
-                Ok(WatchEvent::Error(_)) | Err(_) => return false,
-            }
-        }
-        false
-    }
+/// A new claim's id.
+fn new_claim_id() -> String {
+    format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
 /// Pause before watching again after a watch failed or ended with no change.
@@ -512,7 +497,7 @@ impl Scheduler for KubeScheduler {
         let r = req.into_inner();
         refuse_unsupported(&r)?;
         let id = if r.claim_id.is_empty() {
-            format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+            new_claim_id()
         } else {
             r.claim_id.clone()
         };
@@ -686,35 +671,37 @@ impl Scheduler for KubeScheduler {
         ))
     }
 
+    /// Filesystem-only checkpoints only (see [`checkpoint`]).
     async fn checkpoint_claim(
         &self,
-        _: Request<pb::CheckpointClaimRequest>,
+        req: Request<pb::CheckpointClaimRequest>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented(KUBERNETES_CHECKPOINT_UNSUPPORTED))
+        Ok(Response::new(self.checkpoint(req.into_inner()).await?))
     }
 
     async fn restore_checkpoint(
         &self,
-        _: Request<pb::RestoreCheckpointRequest>,
+        req: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        Err(Status::unimplemented(KUBERNETES_CHECKPOINT_UNSUPPORTED))
+        let claims = self.restore(req.into_inner()).await?;
+        Ok(Response::new(pb::RestoreCheckpointResponse { claims }))
     }
 
     async fn list_checkpoints(
         &self,
         _: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        Ok(Response::new(pb::ListCheckpointsResponse::default()))
+        let checkpoints = self.checkpoints().await?;
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
     }
 
     async fn delete_checkpoint(
         &self,
         r: Request<pb::CheckpointRef>,
     ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
-        Err(Status::not_found(format!(
-            "checkpoint {} not found",
-            r.into_inner().checkpoint_id
-        )))
+        self.delete_checkpoint_snapshot(&r.into_inner().checkpoint_id)
+            .await?;
+        Ok(Response::new(pb::DeleteCheckpointResponse {}))
     }
 
     async fn release_claim(

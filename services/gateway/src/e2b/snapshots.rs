@@ -99,20 +99,29 @@ pub(super) async fn find_snapshot(gw: &Gateway, reference: &str) -> Result<pb::C
         .ok_or_else(|| E2bError(ApiError::SnapshotNotFound(reference.to_string())))
 }
 
-/// Checkpoint claim `id` for `what` (a snapshot or a fork); a sandbox that
-/// cannot be checkpointed is refused with the node's reason and the way out.
+/// Checkpoint claim `id` for `what` (a snapshot or a fork), of its root
+/// file system only when `filesystem_only` (E2B `memory: false`); a sandbox
+/// that cannot be checkpointed is refused with the node's reason and the
+/// way out.
 async fn checkpoint(
     gw: &Gateway,
     id: &str,
     name: String,
     what: &str,
+    filesystem_only: bool,
 ) -> Result<pb::CheckpointInfo> {
     let req = pb::CheckpointClaimRequest {
         claim_id: id.to_string(),
         leave_running: true,
         name,
+        filesystem_only,
     };
     gw.checkpoint_claim(req).await.map_err(|e| match e {
+        ApiError::NotImplemented(why) if filesystem_only => {
+            E2bError(ApiError::NotImplemented(format!(
+                "memory: false (a filesystem-only {what} of sandbox {id}): {why}"
+            )))
+        }
         ApiError::NotImplemented(why) => E2bError(ApiError::NotImplemented(format!(
             "{what} of sandbox {id}: only a sandbox created from a checkpointable runsc template can be snapshotted ({why})"
         ))),
@@ -128,13 +137,6 @@ pub(super) async fn create(
     extract::JsonOrEmpty(r, _): JsonBody<SnapshotRequest>,
 ) -> Result<Response> {
     refuse_other(&r.other, "snapshot")?;
-    if r.memory == Some(false) {
-        return Err(ApiError::Unsupported(
-            "memory: false (a filesystem-only snapshot): sandpool's snapshots always hold memory and files"
-                .into(),
-        )
-        .into());
-    }
     let name = r.name.unwrap_or_default();
     if !name.is_empty() && find_snapshot(&gw, &name).await.is_ok() {
         return Err(ApiError::Unsupported(format!(
@@ -142,7 +144,9 @@ pub(super) async fn create(
         ))
         .into());
     }
-    let info = checkpoint(&gw, &id, name, "snapshot").await?;
+    // memory: false is a filesystem-only checkpoint (Kubernetes mode's)
+    let fs_only = r.memory == Some(false);
+    let info = checkpoint(&gw, &id, name, "snapshot", fs_only).await?;
     Ok((StatusCode::CREATED, Json(snapshot_info(&info))).into_response())
 }
 
@@ -285,7 +289,7 @@ pub(super) async fn fork(
         t if t > 0 => gw.check_timeout("timeout", t as u64)?,
         t => return Err(ApiError::Invalid(format!("timeout must be positive, got {t}")).into()),
     };
-    let info = checkpoint(&gw, &id, format!("fork-of-{id}"), "fork").await?;
+    let info = checkpoint(&gw, &id, format!("fork-of-{id}"), "fork", false).await?;
     // each fork is restored on its own, so one that fails (no room, a node
     // error) leaves the others running: one result per fork, as E2B's
     let restores = (0..count).map(|_| {

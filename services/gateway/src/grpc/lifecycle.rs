@@ -194,6 +194,7 @@ pub async fn snapshot(
             claim_id: r.id.clone(),
             leave_running: r.leave_running,
             name: r.name.clone(),
+            filesystem_only: false,
         };
         let c = gw.checkpoint_claim(req).await?;
         Ok(api::SandboxSnapshot {

@@ -50,6 +50,7 @@ pub async fn create_snapshot(
             claim_id: id,
             leave_running: true,
             name: r.name.unwrap_or_default(),
+            filesystem_only: false,
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(snapshot_json(&info))).into_response())
