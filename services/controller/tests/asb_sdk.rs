@@ -143,6 +143,49 @@ async fn drive(api: FakeApi, ctx: Arc<Context>) {
     }
 }
 
+/// Runs `script` with the real SDK (args: the namespace and the runtime's
+/// port) against the fake apiserver with the fixtures, the controllers and a
+/// real runtime driven meanwhile; the fake and what the script printed.
+async fn run_sdk(script: &str) -> Option<(FakeApi, Value)> {
+    let python = sdk_python()?;
+    let api = FakeApi::new();
+    fixtures(&api);
+    let ctx = support::context(&api, NoTasks(None));
+    let addr = serve_http(api.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = serve_runtime(dir.path()).await;
+    let driver = tokio::spawn(drive(api.clone(), ctx));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&python)
+            .args(["-c", script, NS, &port.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK finished in time")
+    .unwrap();
+    driver.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK failed:\n{stderr}");
+    let seen = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    Some((api, seen))
+}
+
 /// The SDK's quick start, run by the real SDK; prints what it saw as JSON.
 const SCRIPT: &str = r#"
 import json, sys
@@ -166,45 +209,9 @@ print(json.dumps({
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_sdk_claims_waits_for_ready_and_runs_a_command() {
-    let Some(python) = sdk_python() else {
+    let Some((api, seen)) = run_sdk(SCRIPT).await else {
         return;
     };
-    let api = FakeApi::new();
-    fixtures(&api);
-    let ctx = support::context(&api, NoTasks(None));
-    let addr = serve_http(api.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = serve_runtime(dir.path()).await;
-    let driver = tokio::spawn(drive(api.clone(), ctx));
-
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
-             current-context: c\n"
-        ),
-    )
-    .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&python)
-            .args(["-c", SCRIPT, NS, &port.to_string()])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("HOME", dir.path())
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the SDK finished in time")
-    .unwrap();
-    driver.abort();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK failed:\n{stderr}");
-    let seen: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
     let claim = seen["claim"].as_str().unwrap();
     assert!(claim.starts_with("sandbox-claim-"), "{seen}");
     // a warm Sandbox of the pool, adopted (the claim names it), as upstream
@@ -263,44 +270,9 @@ print(json.dumps({"claim": sb.claim_name, "status": sb.status()[0]}))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_sdks_pod_metadata_and_shutdown_reach_the_pod_and_the_claim() {
-    let Some(python) = sdk_python() else {
+    let Some((api, seen)) = run_sdk(METADATA_SCRIPT).await else {
         return;
     };
-    let api = FakeApi::new();
-    fixtures(&api);
-    let ctx = support::context(&api, NoTasks(None));
-    let addr = serve_http(api.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = serve_runtime(dir.path()).await;
-    let driver = tokio::spawn(drive(api.clone(), ctx));
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
-             current-context: c\n"
-        ),
-    )
-    .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&python)
-            .args(["-c", METADATA_SCRIPT, NS, &port.to_string()])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("HOME", dir.path())
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the SDK finished in time")
-    .unwrap();
-    driver.abort();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK failed:\n{stderr}");
-    let seen: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(seen["status"], "SandboxReady", "{seen}");
     let claim = seen["claim"].as_str().unwrap();
     let stored = api

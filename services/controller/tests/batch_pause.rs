@@ -15,45 +15,16 @@ use kube::api::Api;
 use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
-use sandpool_controller::kube_scheduler::{
-    DaemonSetAgents, NODE_AGENT_SELECTOR, PAUSED_ANNOTATION,
-};
-use sandpool_controller::pods::RuntimeInjection;
+use sandpool_controller::kube_scheduler::PAUSED_ANNOTATION;
 use sandpool_controller::snapshot;
-use sandpool_proto::auth::ServiceToken;
 use serde_json::{Value, json};
-use support::node_agent::{Calls, serve_agent};
+use support::node_agent::{AGENT_TOKEN, Calls, context_with_daemonset, put_agent_pod, serve_agent};
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path, pools_path};
 use tonic::Status;
 
 const NS: &str = "sandpool";
-const TOKEN: &str = "svc-secret-0123456789";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 const EXPIRE: &str = "2099-01-01T00:00:00Z";
-
-/// A controller context whose node agents are the chart's DaemonSet pods,
-/// on `port` of loopback, called with [`TOKEN`].
-fn context(api: &FakeApi, port: u16) -> Arc<Context> {
-    let agents = DaemonSetAgents::new(
-        api.client(),
-        NS,
-        ServiceToken::new(Some(TOKEN)).expect("token"),
-    )
-    .at(NODE_AGENT_SELECTOR, port);
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    Arc::new(
-        Context::new(
-            api.client(),
-            inj,
-            Arc::new(NoTasks(Some(None))),
-            Some("test".into()),
-        )
-        .with_node_agents(Arc::new(agents)),
-    )
-}
 
 async fn reconcile(ctx: &Arc<Context>, name: &str) {
     let b = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
@@ -110,7 +81,7 @@ async fn setup(fail: Option<Status>) -> (FakeApi, Arc<Context>, Calls) {
     let api = FakeApi::new();
     api.enforce_schemas(&all_crds());
     let (port, calls) = serve_agent(fail).await;
-    let ctx = context(&api, port);
+    let ctx = context_with_daemonset(&api, NS, port, NoTasks(Some(None)));
     (api, ctx, calls)
 }
 
@@ -119,13 +90,7 @@ async fn setup(fail: Option<Status>) -> (FakeApi, Arc<Context>, Calls) {
 /// batch `Succeed`.
 async fn running_batch(api: &FakeApi, ctx: &Arc<Context>, replicas: usize) {
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
         s.put(
             &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
@@ -256,7 +221,7 @@ async fn pause_commits_a_snapshot_and_deletes_the_pod_and_resume_makes_it_again_
     assert_eq!(pod_names(&api), ["b-0"]);
 
     reconcile_snapshot(&ctx).await;
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {AGENT_TOKEN}");
     assert_eq!(
         calls_of(&calls),
         [("commit".to_string(), format!("{NS}/b-0"), bearer)],
@@ -457,13 +422,7 @@ async fn a_resumed_pod_that_cannot_start_fails_the_resume_as_upstreams() {
 async fn a_pooled_batch_is_detached_from_its_pool_on_pause_and_resumes_from_the_pools_template() {
     let (api, ctx, calls) = setup(None).await;
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
         s.put(
             &pools_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool",

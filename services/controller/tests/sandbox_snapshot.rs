@@ -14,41 +14,17 @@ use kube::api::Api;
 use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
-use sandpool_controller::kube_scheduler::{DaemonSetAgents, NODE_AGENT_SELECTOR};
-use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::snapshot;
-use sandpool_proto::auth::ServiceToken;
 use serde_json::{Value, json};
-use support::node_agent::{Calls, serve_agent};
+use support::node_agent::{AGENT_TOKEN, Calls, context_with_daemonset, put_agent_pod, serve_agent};
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path};
 use tonic::Status;
 
 const NS: &str = "sandpool";
-const TOKEN: &str = "svc-secret-0123456789";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 
 fn snapshots_path() -> String {
     cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS)
-}
-
-fn context(api: &FakeApi, port: u16) -> Arc<Context> {
-    let agents = DaemonSetAgents::new(
-        api.client(),
-        NS,
-        ServiceToken::new(Some(TOKEN)).expect("token"),
-    )
-    .at(NODE_AGENT_SELECTOR, port);
-    let inj = RuntimeInjection {
-        image: "ghcr.io/sandpool/sandpool:test".into(),
-        image_pull_policy: None,
-    };
-    let ctx = Context::new(
-        api.client(),
-        inj,
-        Arc::new(NoTasks(None)),
-        Some("test".into()),
-    );
-    Arc::new(ctx.with_node_agents(Arc::new(agents)))
 }
 
 /// A fake apiserver enforcing the generated CRDs, and a fake node agent.
@@ -56,7 +32,7 @@ async fn setup(fail: Option<Status>) -> (FakeApi, Arc<Context>, Calls) {
     let api = FakeApi::new();
     api.enforce_schemas(&all_crds());
     let (port, calls) = serve_agent(fail).await;
-    let ctx = context(&api, port);
+    let ctx = context_with_daemonset(&api, NS, port, NoTasks(None));
     (api, ctx, calls)
 }
 
@@ -74,13 +50,7 @@ async fn reconcile_batch(ctx: &Arc<Context>) {
 /// whose pods run on node-a (`running` of them Ready and Running).
 async fn batch(api: &FakeApi, ctx: &Arc<Context>, running: usize) {
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
         s.put(
             &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
@@ -179,7 +149,7 @@ async fn a_snapshot_commits_the_batchs_pod_on_its_node_and_reports_the_images() 
         [(
             "commit".to_string(),
             "sandpool/b-0".to_string(),
-            format!("Bearer {TOKEN}")
+            format!("Bearer {AGENT_TOKEN}")
         )]
     );
     assert_eq!(

@@ -161,3 +161,32 @@ pub async fn serve_agent(fail: Option<Status>) -> (u16, Calls) {
     );
     (port, calls)
 }
+
+/// The service token the controller calls the fake node agents with.
+pub const AGENT_TOKEN: &str = "svc-secret-0123456789";
+
+/// The chart's node agent DaemonSet pod `name` in `ns`, Ready at `ip` on
+/// `node`.
+pub fn put_agent_pod(store: &mut super::Store, ns: &str, name: &str, ip: &str, node: &str) {
+    store.put(
+        &super::pods_path(ns),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "node-agent"}},
+            "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
+    );
+    super::make_ready(store, ns, name, ip, node);
+}
+
+/// A controller context on `api` whose node agents are the DaemonSet pods
+/// of `ns`, on `port` of their IP, called with [`AGENT_TOKEN`].
+pub fn context_with_daemonset(
+    api: &super::FakeApi,
+    ns: &str,
+    port: u16,
+    tasks: super::NoTasks,
+) -> Arc<sandpool_controller::context::Context> {
+    use sandpool_controller::kube_scheduler::{DaemonSetAgents, NODE_AGENT_SELECTOR};
+    let token = sandpool_proto::auth::ServiceToken::new(Some(AGENT_TOKEN)).expect("token");
+    let agents = DaemonSetAgents::new(api.client(), ns, token).at(NODE_AGENT_SELECTOR, port);
+    super::context_with_agents(api, tasks, Arc::new(agents))
+}
