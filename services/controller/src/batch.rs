@@ -30,6 +30,7 @@ use crate::crd::{
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref};
 
+pub mod expire;
 pub mod pause;
 pub mod phase;
 pub mod release;
@@ -107,10 +108,7 @@ async fn apply(batch: &BatchSandbox, ctx: &Context, ns: &str) -> Result<Action> 
     if let Some(d) = deadline
         && d <= now()
     {
-        ctx.event(batch, false, "Expired", format!("expired at {d}; deleting"))
-            .await;
-        delete_ignoring_missing(&batches, &name).await?;
-        return Ok(Action::await_change());
+        return expire::expire(batch, ctx, ns, d).await;
     }
     if batch.spec.pool_ref.as_deref() == Some(AUTO_ASSIGN) {
         refuse_auto_assign(batch, ctx).await;

@@ -14,7 +14,7 @@ use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::{
-    DaemonSetAgents, KubeScheduler, NODE_AGENT_SELECTOR, PAUSED_ANNOTATION,
+    DaemonSetAgents, KubeScheduler, NODE_AGENT_SELECTOR, ON_EXPIRY_ANNOTATION, PAUSED_ANNOTATION,
 };
 use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
@@ -30,6 +30,16 @@ const TOKEN: &str = "svc-secret-0123456789";
 /// the test marks ready on node-a; the node agent DaemonSet pod of node-a
 /// (on loopback) and one of another node. The claim has a one-hour TTL.
 async fn claimed(api: &FakeApi, ctx: &Arc<Context>, sched: &KubeScheduler) -> (pb::Claim, String) {
+    claimed_as(api, ctx, sched, pb::ClaimRequest::default()).await
+}
+
+/// [`claimed`] with what `req` asks for besides its template and TTL.
+async fn claimed_as(
+    api: &FakeApi,
+    ctx: &Arc<Context>,
+    sched: &KubeScheduler,
+    req: pb::ClaimRequest,
+) -> (pb::Claim, String) {
     for (name, node, ip) in [
         ("agent-a", "node-a", "127.0.0.1"),
         ("agent-b", "node-b", "10.9.9.9"),
@@ -75,7 +85,7 @@ async fn claimed(api: &FakeApi, ctx: &Arc<Context>, sched: &KubeScheduler) -> (p
                 ..Default::default()
             }),
             ttl_seconds: 3600,
-            ..Default::default()
+            ..req
         }))
         .await
         .expect("claim")
@@ -305,4 +315,175 @@ async fn a_claim_paused_by_its_spec_is_resumed_through_its_spec() {
         format!("{pod}-resumed")
     );
     assert!(calls.lock().is_empty(), "no freeze or thaw");
+}
+
+/// The controller's node agents: the fake one on loopback, with the token.
+fn agents(api: &FakeApi, port: u16) -> Arc<DaemonSetAgents> {
+    let token = ServiceToken::new(Some(TOKEN)).expect("token");
+    Arc::new(DaemonSetAgents::new(api.client(), NS, token).at(NODE_AGENT_SELECTOR, port))
+}
+
+/// The claim's timeout ends now: its `expireTime` moved to the past, and
+/// the batch controller reconciles it once.
+async fn expire_now(api: &FakeApi, ctx: &Arc<Context>, id: &str) {
+    api.with_store(|s| {
+        s.mutate(&batches_path(NS), id, |b| {
+            b["spec"]["expireTime"] = json!("2020-01-01T00:00:00Z");
+        })
+    });
+    let b: BatchSandbox = Api::namespaced(ctx.client.clone(), NS)
+        .get(id)
+        .await
+        .expect("claim");
+    batch::reconcile(Arc::new(b), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+fn pause_at_expiry() -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        pause_on_expiry: true,
+        auto_resume: true,
+        ..Default::default()
+    }
+}
+
+/// E2B `autoPause` in Kubernetes mode (issue 21): at its expiry the batch
+/// controller pauses the claim through the node agent, as a REST pause
+/// does, instead of deleting it; it stays paused with no timeout (a new
+/// timeout is set aside for the resume), and a resume gives it 300 s.
+#[tokio::test]
+async fn a_pause_on_expiry_claim_is_paused_at_its_expiry_not_deleted() {
+    let api = FakeApi::new();
+    let (port, calls) = serve_agent(None).await;
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), agents(&api, port));
+    let sched = scheduler(&api, port);
+    let (claim, pod) = claimed_as(&api, &ctx, &sched, pause_at_expiry()).await;
+    let id = claim.claim_id.clone();
+    assert!(claim.pause_on_expiry && claim.auto_resume, "{claim:?}");
+    assert_eq!(claim.ttl_seconds, 3600);
+    assert_eq!(
+        stored(&api, &id)["metadata"]["annotations"][ON_EXPIRY_ANNOTATION],
+        "pause"
+    );
+
+    expire_now(&api, &ctx, &id).await;
+    assert_eq!(
+        calls.lock().clone(),
+        vec![(
+            "pause".to_string(),
+            format!("{NS}/{pod}"),
+            format!("Bearer {TOKEN}")
+        )]
+    );
+    let b = stored(&api, &id);
+    assert!(b["metadata"]["deletionTimestamp"].is_null(), "{b}");
+    assert!(
+        b["spec"]["expireTime"].is_null(),
+        "no timeout while paused: {b}"
+    );
+    assert_eq!(
+        b["metadata"]["annotations"][PAUSED_ANNOTATION], "300000",
+        "a resume gets E2B's default timeout: {b}"
+    );
+    let events = support::events_about(&api, NS, &id);
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "PausedOnExpiry"),
+        "{events:?}"
+    );
+    let got = sched.get_claim(claim_ref(&id)).await.expect("get");
+    assert_eq!(got.get_ref().state, pb::ClaimState::Paused as i32);
+
+    // reconciled again, paused, it is left alone (no timeout runs)
+    let again: BatchSandbox = Api::namespaced(ctx.client.clone(), NS)
+        .get(&id)
+        .await
+        .expect("claim");
+    batch::reconcile(Arc::new(again), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert!(stored(&api, &id)["metadata"]["deletionTimestamp"].is_null());
+    assert_eq!(calls.lock().len(), 1);
+
+    // a new timeout (E2B set_timeout) of the paused claim is set aside
+    let at = chrono_ms() + 120_000;
+    let renewed = sched
+        .renew(Request::new(pb::RenewRequest {
+            claim_id: id.clone(),
+            expires_unix_ms: at,
+        }))
+        .await
+        .expect("renew")
+        .into_inner();
+    assert_eq!(renewed.state, pb::ClaimState::Paused as i32);
+    let b = stored(&api, &id);
+    assert!(b["spec"]["expireTime"].is_null(), "still no timeout: {b}");
+    let left: i64 = b["metadata"]["annotations"][PAUSED_ANNOTATION]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("set aside");
+    assert!((60_000..=120_000).contains(&left), "{left}");
+
+    let resumed = sched
+        .resume_claim(claim_ref(&id))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.state, pb::ClaimState::Bound as i32, "{resumed:?}");
+    assert_eq!(calls.lock()[1].0, "resume");
+    let ends_in = resumed.expires_unix_ms - chrono_ms();
+    assert!((60_000..=120_000).contains(&ends_in), "{ends_in}");
+}
+
+/// A pause-on-expiry claim whose pause fails (here the node agent refuses
+/// it, as on gVisor) is deleted at its expiry as before, with a Warning
+/// event naming why.
+#[tokio::test]
+async fn a_pause_on_expiry_claim_that_cannot_pause_is_deleted_with_a_warning() {
+    let api = FakeApi::new();
+    let (port, calls) = serve_agent(Some(Status::unimplemented("runsc cannot freeze"))).await;
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), agents(&api, port));
+    let sched = scheduler(&api, port);
+    let (claim, _) = claimed_as(&api, &ctx, &sched, pause_at_expiry()).await;
+    let id = claim.claim_id.clone();
+    expire_now(&api, &ctx, &id).await;
+    assert_eq!(calls.lock().len(), 1);
+    let b = stored(&api, &id);
+    assert!(
+        b["metadata"]["deletionTimestamp"].is_string(),
+        "deleted: {b}"
+    );
+    let events = support::events_about(&api, NS, &id);
+    let warned = events
+        .iter()
+        .find(|(t, r, _)| t == "Warning" && r == "PauseOnExpiryFailed");
+    let (_, _, note) = warned.unwrap_or_else(|| panic!("no warning: {events:?}"));
+    assert!(note.contains("runsc cannot freeze"), "{note}");
+}
+
+/// A filesystem-only pause at expiry is refused at create, naming the field.
+#[tokio::test]
+async fn a_filesystem_pause_on_expiry_is_refused_naming_it() {
+    let api = FakeApi::new();
+    let sched = scheduler(&api, 1);
+    let e = sched
+        .create_claim(Request::new(pb::ClaimRequest {
+            pool: "p".into(),
+            pause_on_expiry: true,
+            pause_filesystem_only: true,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(e.message().contains("pause_filesystem_only"), "{e:?}");
+    assert!(api.with_store(|s| s.list(&batches_path(NS))).is_empty());
+}
+
+fn chrono_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

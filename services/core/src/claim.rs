@@ -104,6 +104,45 @@ pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
         && matches!(state, ClaimState::Pending | ClaimState::Bound)
 }
 
+/// The TTL a claim paused at its expiry (E2B `autoPause`) runs under once
+/// resumed without a new one (E2B's default sandbox timeout, 300 s), in
+/// standalone and Kubernetes mode alike.
+pub const RESUMED_TTL_MS: i64 = 300_000;
+
+/// What the end of a claim's TTL does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExpiry {
+    /// Released (deleted), the default.
+    Release,
+    /// Paused (frozen, memory and files kept) until resumed or released
+    /// (`ClaimRequest.pause_on_expiry`, E2B `autoPause`).
+    Pause,
+}
+
+impl OnExpiry {
+    /// The word Kubernetes mode records on a claim (annotation
+    /// `sandpool.io/on-expiry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExpiry::Release => "delete",
+            OnExpiry::Pause => "pause",
+        }
+    }
+
+    /// A recorded word back (absent: [`OnExpiry::Release`]); anything else
+    /// is an error naming it.
+    pub fn parse(word: Option<&str>) -> Result<OnExpiry, String> {
+        match word {
+            None => Ok(OnExpiry::Release),
+            Some(w) if w == OnExpiry::Release.as_str() => Ok(OnExpiry::Release),
+            Some(w) if w == OnExpiry::Pause.as_str() => Ok(OnExpiry::Pause),
+            Some(w) => Err(format!(
+                "unknown on-expiry action {w:?} (expected \"pause\" or \"delete\")"
+            )),
+        }
+    }
+}
+
 /// Why Kubernetes pods are not checkpointed (snapshots, restore, fork): the
 /// sentence the Kubernetes scheduler and the CRI node agent both answer.
 pub const KUBERNETES_CHECKPOINT_UNSUPPORTED: &str = "checkpoints (snapshots, restore, fork) are not supported in Kubernetes mode: every pod has the network its CNI gave it, runc checkpoints need CRIU (which fails on the kernels sandpool runs on) and gVisor cannot checkpoint a sandbox with a network; only standalone checkpointable (network-less) runsc sandboxes can be checkpointed";
@@ -122,6 +161,16 @@ mod tests {
     use super::*;
     use ClaimEvent as E;
     use ClaimState as S;
+
+    #[test]
+    fn on_expiry_words_round_trip_and_unknown_ones_are_named() {
+        for a in [OnExpiry::Release, OnExpiry::Pause] {
+            assert_eq!(OnExpiry::parse(Some(a.as_str())), Ok(a));
+        }
+        assert_eq!(OnExpiry::parse(None), Ok(OnExpiry::Release));
+        let e = OnExpiry::parse(Some("hibernate")).expect_err("unknown");
+        assert!(e.contains("\"hibernate\""), "{e}");
+    }
 
     #[test]
     fn a_filesystem_pause_pauses_a_bound_claim_or_drops_a_frozen_ones_memory() {

@@ -34,10 +34,12 @@ pub use checkpoint::CHECKPOINT_LABEL;
 use checkpoint::changed;
 mod pause;
 use convert::{EGRESS_UNSUPPORTED, batch_to_pb, kube_status, ms, patched_metadata, pool_to_pb};
+pub(crate) use pause::freeze;
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
 pub use pause::{
-    DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents, PAUSED_ANNOTATION,
+    AUTO_RESUME_ANNOTATION, DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents,
+    ON_EXPIRY_ANNOTATION, PAUSED_ANNOTATION, TTL_SECONDS_ANNOTATION,
 };
 
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";
@@ -138,11 +140,6 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
 fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
     if r.egress.is_some() {
         return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
-    }
-    if r.pause_on_expiry {
-        return Err(not_in_kubernetes_mode(
-            "autoPause (pause instead of delete when the timeout ends) is",
-        ));
     }
     if r.image_auth.is_some() {
         return Err(not_in_kubernetes_mode(
@@ -291,6 +288,7 @@ impl KubeScheduler {
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default();
         let pool = b.spec.pool_ref.clone().unwrap_or_default();
+        let (pause_on_expiry, auto_resume, ttl_seconds) = pause::on_expiry(b);
         let sandbox = pod.as_ref().map(|p| pb::SandboxInfo {
             sandbox_id: p.name_any(),
             pool: pool.clone(),
@@ -329,6 +327,9 @@ impl KubeScheduler {
             cold_start: b.spec.pool_ref.is_none(),
             entrypoint,
             image: self.claim_template(b).await?.image,
+            pause_on_expiry,
+            auto_resume,
+            ttl_seconds,
             ..Default::default()
         })
     }
@@ -496,6 +497,7 @@ impl Scheduler for KubeScheduler {
         let started = Instant::now();
         let r = req.into_inner();
         refuse_unsupported(&r)?;
+        let on_expiry = pause::on_expiry_annotations(&r)?;
         let id = if r.claim_id.is_empty() {
             new_claim_id()
         } else {
@@ -510,7 +512,7 @@ impl Scheduler for KubeScheduler {
         if let Some(p) = &pool_ref {
             labels.insert(CLAIM_POOL_LABEL.to_string(), p.clone());
         }
-        let mut annotations = BTreeMap::new();
+        let mut annotations = on_expiry;
         if !r.metadata.is_empty() {
             let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
             annotations.insert(
@@ -620,10 +622,10 @@ impl Scheduler for KubeScheduler {
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::Claim>, Status> {
         let r = req.into_inner();
-        self.get_claim_batch(&r.claim_id).await?;
+        let b = self.get_claim_batch(&r.claim_id).await?;
         let t = Timestamp::from_millisecond(r.expires_unix_ms)
             .map_err(|e| Status::invalid_argument(format!("expires_unix_ms: {e}")))?;
-        let patch = json!({"spec": {"expireTime": Time(t)}});
+        let patch = pause::renew_patch(&b, t);
         let b = self
             .batches()
             .patch(&r.claim_id, &PatchParams::default(), &Patch::Merge(patch))
@@ -786,15 +788,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pause_on_expiry_is_refused_naming_auto_pause() {
-        let r = pb::ClaimRequest {
-            pool: "p".into(),
-            pause_on_expiry: true,
-            ..Default::default()
-        };
-        let e = refuse_unsupported(&r).expect_err("refused");
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("autoPause"), "{e}");
+    fn image_auth_is_refused_naming_it() {
         assert!(refuse_unsupported(&pb::ClaimRequest::default()).is_ok());
         let r = pb::ClaimRequest {
             image_auth: Some(pb::ImageAuth::default()),

@@ -2,15 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sandpool_core::claim::{ClaimEvent, ClaimState, is_expired};
+use sandpool_core::claim::{ClaimEvent, ClaimState, RESUMED_TTL_MS, is_expired};
 use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ClaimRec, Scheduler, now_ms};
-
-/// The TTL a claim paused at its expiry runs under once resumed without
-/// a new one (E2B's default sandbox timeout, 300 s).
-const RESUMED_TTL_MS: i64 = 300_000;
 
 impl Scheduler {
     pub(super) async fn reap_loop(self: Arc<Self>) {
