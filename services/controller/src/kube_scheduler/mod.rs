@@ -322,7 +322,7 @@ impl KubeScheduler {
                 .as_ref()
                 .map(|t| ms(&t.0))
                 .unwrap_or(0),
-            expires_unix_ms: b.spec.expire_time.as_ref().map(|t| ms(&t.0)).unwrap_or(0),
+            expires_unix_ms: pause::reported_expiry(b),
             metadata: metadata.into_iter().collect(),
             cold_start: b.spec.pool_ref.is_none(),
             entrypoint,

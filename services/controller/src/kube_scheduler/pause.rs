@@ -68,6 +68,25 @@ fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
+/// When claim `b` ends, as the scheduler API reports it (Unix ms, 0 =
+/// never): its `expireTime`, or, while paused, now plus the TTL set aside
+/// (as standalone reports a paused claim).
+pub(super) fn reported_expiry(b: &BatchSandbox) -> i64 {
+    if let Some(t) = &b.spec.expire_time {
+        return t.0.as_millisecond();
+    }
+    let left: i64 = b
+        .annotations()
+        .get(PAUSED_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if left > 0 {
+        now_ms().saturating_add(left)
+    } else {
+        0
+    }
+}
+
 /// The patch that records `event` on the claim: the paused mark with the
 /// TTL left (pause), or the mark gone and the TTL restarted (resume).
 pub fn state_patch(b: &BatchSandbox, event: ClaimEvent) -> Result<serde_json::Value, Status> {
@@ -327,5 +346,18 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("ms left");
         assert!((50_000..=60_000).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn a_paused_claim_reports_now_plus_its_ttl_set_aside() {
+        assert_eq!(reported_expiry(&claim(BTreeMap::new())), 0);
+        let paused = claim(BTreeMap::from([(PAUSED_ANNOTATION.into(), "60000".into())]));
+        let at = reported_expiry(&paused);
+        let now = now_ms();
+        assert!((now + 50_000..=now + 60_000).contains(&at), "{at} vs {now}");
+        let mut running = claim(BTreeMap::new());
+        let t = Timestamp::from_millisecond(now + 5_000).expect("time");
+        running.spec.expire_time = Some(Time(t));
+        assert_eq!(reported_expiry(&running), now + 5_000);
     }
 }
