@@ -361,3 +361,44 @@ async fn a_pooled_pod_given_back_is_no_longer_selected_by_the_claims_policy() {
     );
     assert!(selected(&api, &np).is_empty());
 }
+
+#[tokio::test]
+async fn a_policy_left_by_an_earlier_claim_of_the_id_becomes_the_new_claims() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let sched = scheduler(&api);
+    // not yet collected: its owner, an earlier claim `c-1`, is gone
+    api.with_store(|s| {
+        s.put(
+            &policies_path(),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "c-1-egress", "ownerReferences": [{"apiVersion":
+                    "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox", "name": "c-1",
+                    "uid": "uid-gone", "controller": true}]},
+                "spec": {"podSelector": {"matchLabels": {ALLOCATED_TO_LABEL: "uid-gone"}},
+                    "policyTypes": ["Egress"], "egress": []}}),
+        )
+    });
+    let controller = batch_controller(&api, &ctx);
+    let mut r = claim_request(Some(policy(
+        pb::EgressAction::Deny,
+        vec![rule(pb::EgressAction::Allow, "192.0.2.0/24", 0)],
+    )));
+    r.get_mut().claim_id = "c-1".into();
+    sched.create_claim(r).await.expect("claim");
+    controller.abort();
+    let uid = api
+        .with_store(|s| s.get(&batches_path(NS), "c-1").cloned())
+        .expect("batch")["metadata"]["uid"]
+        .clone();
+    let np = network_policy(&api, "c-1").expect("policy");
+    assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], uid, "{np}");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"][ALLOCATED_TO_LABEL],
+        uid
+    );
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}])
+    );
+}

@@ -123,7 +123,16 @@ impl super::KubeScheduler {
         let name = network_policy_name(&claim);
         let spec = network_policy_spec(&uid, peers);
         let api = self.network_policies();
+        let owner = controller_ref(
+            "sandbox.opensandbox.io/v1alpha1",
+            "BatchSandbox",
+            &claim,
+            &uid,
+        );
         if let Some(mut old) = api.get_opt(&name).await.map_err(kube_status)? {
+            // one left by an earlier claim of this id is this claim's now
+            // (else its collection would take this claim's policy away)
+            old.metadata.owner_references = Some(vec![owner]);
             old.spec = Some(spec);
             api.replace(&name, &PostParams::default(), &old)
                 .await
@@ -134,12 +143,7 @@ impl super::KubeScheduler {
             metadata: ObjectMeta {
                 name: Some(name),
                 namespace: Some(self.ns.clone()),
-                owner_references: Some(vec![controller_ref(
-                    "sandbox.opensandbox.io/v1alpha1",
-                    "BatchSandbox",
-                    &claim,
-                    &uid,
-                )]),
+                owner_references: Some(vec![owner]),
                 ..Default::default()
             },
             spec: Some(spec),
