@@ -184,3 +184,47 @@ async fn an_opensandbox_network_policy_becomes_a_network_policy_and_reads_back()
         "deleted with the sandbox"
     );
 }
+
+#[tokio::test]
+async fn e2b_network_options_become_a_network_policy_or_501_for_hostnames() {
+    let (api, controller, app) = platform().await;
+    let (code, created) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        &json!({"templateID": "py", "allow_internet_access": false}),
+    )
+    .await;
+    assert!(code < 300, "{code} {created}");
+    let id = created["sandboxID"]
+        .as_str()
+        .expect("sandboxID")
+        .to_string();
+    let np = network_policy(&api, &id).expect("the sandbox's NetworkPolicy");
+    assert_eq!(np["spec"]["egress"], json!([]), "nothing allowed: {np}");
+    // allowOut wins over denyOut, as upstream: the address and all IPv6
+    // (E2B's ALL_TRAFFIC is 0.0.0.0/0)
+    let net = format!("/sandboxes/{id}/network");
+    let open = json!({"allowOut": ["10.9.0.1"], "denyOut": ["0.0.0.0/0"]});
+    let (code, body) = call(&app, "PUT", &net, &open).await;
+    assert_eq!(code, 204, "{body}");
+    let np = network_policy(&api, &id).expect("replaced");
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([{"to": [{"ipBlock": {"cidr": "::/0"}}]}, {"to": [{"ipBlock": {"cidr": "10.9.0.1/32"}}]}])
+    );
+    let (_, got) = call(&app, "GET", &format!("/sandboxes/{id}"), &Value::Null).await;
+    assert_eq!(got["network"], open, "{got}");
+    // a hostname is a domain rule: 501 naming it, the policy kept
+    let names = json!({"allowOut": ["pypi.org"], "denyOut": ["0.0.0.0/0"]});
+    let (code, refused) = call(&app, "PUT", &net, &names).await;
+    controller.abort();
+    assert_eq!(code, 501, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("egress[0] (allow pypi.org port 80)"),
+        "{refused}"
+    );
+    assert_eq!(network_policy(&api, &id).expect("kept")["spec"], np["spec"]);
+}
