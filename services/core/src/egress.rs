@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 pub mod domain;
+pub mod netpol;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -46,6 +47,29 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// Whether every address of `other` is in this network (same family).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4()
+            && self.prefix <= other.prefix
+            && masked(other.addr, self.prefix) == self.addr
+    }
+}
+
+/// `addr` with the bits after the first `prefix` cleared.
+fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -73,17 +97,10 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
             .filter(|p| *p <= max)
             .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
     };
-    let addr = match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    };
-    Ok(Cidr { addr, prefix })
+    Ok(Cidr {
+        addr: masked(addr, prefix),
+        prefix,
+    })
 }
 
 impl EgressPolicy {

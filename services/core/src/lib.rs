@@ -48,6 +48,14 @@ pub enum CoreError {
         value: String,
         expected: &'static str,
     },
+    /// An egress rule a Kubernetes NetworkPolicy cannot enforce exactly
+    /// ([`egress::netpol`]): `rule` is its index in the policy's rules.
+    #[error("egress[{rule}] ({target}): {why}")]
+    NotANetworkPolicy {
+        rule: usize,
+        target: String,
+        why: String,
+    },
     /// `field` is not an RFC 1123 DNS label.
     #[error("{field} {value:?} must be a DNS label (RFC 1123): {why}")]
     InvalidName {

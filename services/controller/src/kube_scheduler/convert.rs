@@ -14,8 +14,9 @@ pub(super) fn ms(t: &k8s_openapi::jiff::Timestamp) -> i64 {
     t.as_millisecond()
 }
 
-/// Egress policies are enforced by the standalone node agent only.
-pub(super) const EGRESS_UNSUPPORTED: &str = "egress policies (OpenSandbox networkPolicy, E2B network options) are not enforced in Kubernetes mode yet: use a Kubernetes NetworkPolicy";
+/// A pool's pods share no claim's NetworkPolicy: a pool template's egress
+/// policy is refused (a claim's own is enforced, see `egress`).
+pub(super) const POOL_EGRESS_UNSUPPORTED: &str = "a pool template's egress policy is not supported in Kubernetes mode: give the policy on the claim (OpenSandbox networkPolicy, E2B network options), or use a Kubernetes NetworkPolicy";
 /// Credential vaults need the standalone node agent's credential proxy.
 pub(super) const VAULT_UNSUPPORTED: &str =
     "the credential vault is not supported in Kubernetes mode";
@@ -33,6 +34,35 @@ pub(super) fn kube_status(e: kube::Error) -> Status {
         kube::Error::Api(s) if s.code == 403 => Status::permission_denied(s.message.clone()),
         _ => Status::unavailable(format!("kubernetes API: {e}")),
     }
+}
+
+/// A pool claim's resource limits must be the pool pods' own: Kubernetes
+/// mode does not resize a running pod (empty fields ask for nothing).
+pub(super) fn check_pool_limits(
+    pool: &str,
+    t: Option<&PodTemplateSpec>,
+    asked: &pb::Resources,
+) -> Result<(), Status> {
+    let limits = t
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    for (name, want) in [("cpu", &asked.cpu), ("memory", &asked.memory)] {
+        let have = limits.get(name).map(|q| q.0.as_str());
+        if !want.is_empty() && have != Some(want.as_str()) {
+            return Err(Status::unimplemented(format!(
+                "resourceLimits.{name} {want:?} differs from pool {pool}'s pod limit {have:?}: Kubernetes mode does not resize a pool's pods (ask for the pool's limits, or create from an image)"
+            )));
+        }
+    }
+    if asked.pids > 0 {
+        return Err(Status::unimplemented(
+            "a pids limit on a pool claim is not supported in Kubernetes mode",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn template_of(t: &PodTemplateSpec) -> pb::SandboxTemplate {

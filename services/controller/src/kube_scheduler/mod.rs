@@ -30,10 +30,15 @@ use sandpool_core::claim::ClaimEvent;
 
 mod checkpoint;
 mod convert;
+mod egress;
 pub use checkpoint::CHECKPOINT_LABEL;
 use checkpoint::changed;
+pub use egress::{network_policy_name, network_policy_spec};
 mod pause;
-use convert::{EGRESS_UNSUPPORTED, batch_to_pb, kube_status, ms, patched_metadata, pool_to_pb};
+use convert::{
+    POOL_EGRESS_UNSUPPORTED, batch_to_pb, check_pool_limits, kube_status, ms, patched_metadata,
+    pool_to_pb,
+};
 pub(crate) use pause::freeze;
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
@@ -89,7 +94,7 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
         return Err(Status::invalid_argument("template.image is required"));
     }
     if t.egress.is_some() {
-        return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
+        return Err(Status::unimplemented(POOL_EGRESS_UNSUPPORTED));
     }
     let mut limits = BTreeMap::new();
     if let Some(r) = &t.resources {
@@ -138,41 +143,9 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
 
 /// What a claim asks for that Kubernetes mode does not do.
 fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
-    if r.egress.is_some() {
-        return Err(Status::unimplemented(EGRESS_UNSUPPORTED));
-    }
     if r.image_auth.is_some() {
         return Err(not_in_kubernetes_mode(
             "image.auth (use imagePullSecrets on the pool's pod template) is",
-        ));
-    }
-    Ok(())
-}
-
-/// A pool claim's resource limits must be the pool pods' own: Kubernetes
-/// mode does not resize a running pod (empty fields ask for nothing).
-fn check_pool_limits(
-    pool: &str,
-    t: Option<&PodTemplateSpec>,
-    asked: &pb::Resources,
-) -> Result<(), Status> {
-    let limits = t
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.resources.as_ref())
-        .and_then(|r| r.limits.clone())
-        .unwrap_or_default();
-    for (name, want) in [("cpu", &asked.cpu), ("memory", &asked.memory)] {
-        let have = limits.get(name).map(|q| q.0.as_str());
-        if !want.is_empty() && have != Some(want.as_str()) {
-            return Err(Status::unimplemented(format!(
-                "resourceLimits.{name} {want:?} differs from pool {pool}'s pod limit {have:?}: Kubernetes mode does not resize a pool's pods (ask for the pool's limits, or create from an image)"
-            )));
-        }
-    }
-    if asked.pids > 0 {
-        return Err(Status::unimplemented(
-            "a pids limit on a pool claim is not supported in Kubernetes mode",
         ));
     }
     Ok(())
@@ -330,6 +303,7 @@ impl KubeScheduler {
             pause_on_expiry,
             auto_resume,
             ttl_seconds,
+            egress: egress::read_back(b),
             ..Default::default()
         })
     }
@@ -382,6 +356,29 @@ impl KubeScheduler {
             }
         }
     }
+}
+
+/// A new claim's BatchSandbox annotations: its metadata, entrypoint and
+/// egress policy as given.
+fn claim_annotations(
+    r: &pb::ClaimRequest,
+    egress: Option<&egress::Plan>,
+) -> Result<BTreeMap<String, String>, Status> {
+    let internal = |e: serde_json::Error| Status::internal(e.to_string());
+    let mut annotations = BTreeMap::new();
+    if !r.metadata.is_empty() {
+        let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
+        let m = serde_json::to_string(&m).map_err(internal)?;
+        annotations.insert(METADATA_ANNOTATION.to_string(), m);
+    }
+    if let Some(p) = &r.process {
+        let argv = serde_json::to_string(&p.argv).map_err(internal)?;
+        annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), argv);
+    }
+    if let Some(e) = egress {
+        annotations.insert(egress::EGRESS_ANNOTATION.into(), e.annotation.clone());
+    }
+    Ok(annotations)
 }
 
 /// A new claim's id.
@@ -476,11 +473,12 @@ impl Scheduler for KubeScheduler {
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
+    /// The claim's NetworkPolicy replaced (see [`egress`]).
     async fn set_claim_egress(
         &self,
-        _req: Request<pb::SetClaimEgressRequest>,
+        req: Request<pb::SetClaimEgressRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
-        Err(Status::unimplemented(EGRESS_UNSUPPORTED))
+        Ok(Response::new(self.set_egress(req.into_inner()).await?))
     }
 
     async fn set_claim_credential_vault(
@@ -498,6 +496,8 @@ impl Scheduler for KubeScheduler {
         let r = req.into_inner();
         refuse_unsupported(&r)?;
         let on_expiry = pause::on_expiry_annotations(&r)?;
+        // checked and translated before anything is written
+        let egress = r.egress.as_ref().map(egress::plan).transpose()?;
         let id = if r.claim_id.is_empty() {
             new_claim_id()
         } else {
@@ -512,20 +512,8 @@ impl Scheduler for KubeScheduler {
         if let Some(p) = &pool_ref {
             labels.insert(CLAIM_POOL_LABEL.to_string(), p.clone());
         }
-        let mut annotations = on_expiry;
-        if !r.metadata.is_empty() {
-            let m: BTreeMap<_, _> = r.metadata.clone().into_iter().collect();
-            annotations.insert(
-                METADATA_ANNOTATION.to_string(),
-                serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?,
-            );
-        }
-        if let Some(p) = &r.process {
-            annotations.insert(
-                ENTRYPOINT_ANNOTATION.to_string(),
-                serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?,
-            );
-        }
+        let mut annotations = claim_annotations(&r, egress.as_ref())?;
+        annotations.extend(on_expiry);
         let expire = expire_after(r.ttl_seconds);
         let mut b = BatchSandbox::new(
             &id,
@@ -545,10 +533,17 @@ impl Scheduler for KubeScheduler {
         );
         b.metadata.labels = Some(labels);
         b.metadata.annotations = Some(annotations);
-        match self.batches().create(&PostParams::default(), &b).await {
-            Ok(_) => {}
-            Err(e) if is_already_exists(&e) => {}
+        let b = match self.batches().create(&PostParams::default(), &b).await {
+            Ok(b) => b,
+            Err(e) if is_already_exists(&e) => fetch(&self.batches(), &id).await?,
             Err(e) => return Err(kube_status(e)),
+        };
+        // in place before the pod is ready and its entrypoint starts
+        if let Some(peers) = egress.as_ref().and_then(|e| e.peers.as_deref())
+            && let Err(s) = self.apply_egress(&b, Some(peers)).await
+        {
+            self.discard(&id).await;
+            return Err(s);
         }
         let timeout = if r.pool_only {
             self.claim_timeout.min(Duration::from_secs(5))
@@ -559,21 +554,21 @@ impl Scheduler for KubeScheduler {
             Ok(x) => x,
             Err(s) => {
                 // give the pod back rather than leak a half-made claim
-                let _ = self.batches().delete(&id, &Default::default()).await;
+                self.discard(&id).await;
                 return Err(s);
             }
         };
         if let Err(s) =
             crate::node_agents::mount_pod_volumes(self.nodes.as_ref(), &pod, &r.mounts).await
         {
-            let _ = self.batches().delete(&id, &Default::default()).await;
+            self.discard(&id).await;
             return Err(s);
         }
         if let Some(p) = &r.process
             && !p.argv.is_empty()
             && let Err(e) = self.tasks.start(&pod, &task_of(p)).await
         {
-            let _ = self.batches().delete(&id, &Default::default()).await;
+            self.discard(&id).await;
             return Err(Status::unavailable(format!("starting the entrypoint: {e}")));
         }
         let mut claim = self.claim_of(&b).await?;
@@ -716,6 +711,8 @@ impl Scheduler for KubeScheduler {
             .delete(&id, &Default::default())
             .await
             .map_err(kube_status)?;
+        // also garbage-collected with the BatchSandbox (its owner)
+        self.delete_egress(&id).await?;
         Ok(Response::new(pb::ReleaseClaimResponse {}))
     }
 
