@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::{Client, ResourceExt};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::json;
@@ -31,14 +31,15 @@ use sandpool_core::claim::ClaimEvent;
 mod checkpoint;
 mod convert;
 pub use checkpoint::CHECKPOINT_LABEL;
-use checkpoint::changed;
 mod pause;
+mod watch;
 use convert::{EGRESS_UNSUPPORTED, batch_to_pb, kube_status, ms, patched_metadata, pool_to_pb};
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
 pub use pause::{
     DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents, PAUSED_ANNOTATION,
 };
+use watch::{Round, changed};
 
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";
 pub const CLAIM_POOL_LABEL: &str = "sandpool.io/pool";
@@ -348,8 +349,7 @@ impl KubeScheduler {
     /// ends or fails starts a new round (list, then watch again); `poll` is
     /// only a safety net for a watch that stays open but quiet.
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let read = || async move {
             let b = fetch(&self.batches(), id).await?;
             let selector = format!("{ALLOCATED_TO_LABEL}={}", b.uid().unwrap_or_default());
             let listed = self
@@ -358,28 +358,22 @@ impl KubeScheduler {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let pod = listed.items.into_iter().find(|p| !pods::is_terminating(p));
-            if let Some(p) = pod
-                && pods::is_ready(&p)
-            {
-                return Ok((b, p));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Status::resource_exhausted(format!(
+            Ok(match pod {
+                Some(p) if pods::is_ready(&p) => Round::Done((b, p)),
+                _ => Round::Watch((selector, listed.metadata.resource_version)),
+            })
+        };
+        let watch = |(selector, rv): (String, Option<String>)| async move {
+            let params = WatchParams::default().labels(&selector);
+            changed(&self.pods(), &params, &rv.unwrap_or_default()).await
+        };
+        watch::rounds(timeout, self.poll, read, watch)
+            .await?
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
                     "claim {id}: no sandbox became ready within {timeout:?}"
-                )));
-            }
-            let rv = listed.metadata.resource_version.unwrap_or_default();
-            let round_end = deadline.min(now + self.poll);
-            let changed = tokio::time::timeout_at(round_end, changed(&self.pods(), &selector, &rv))
-                .await
-                .unwrap_or(true);
-            if !changed {
-                // the watch failed or ended with nothing new: do not spin
-                let retry = now + self.poll.min(WATCH_RETRY);
-                tokio::time::sleep_until(round_end.min(retry)).await;
-            }
-        }
+                ))
+            })
     }
 }
 
@@ -387,9 +381,6 @@ impl KubeScheduler {
 fn new_claim_id() -> String {
     format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
-
-/// Pause before watching again after a watch failed or ended with no change.
-const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 #[tonic::async_trait]
 impl Scheduler for KubeScheduler {
@@ -523,6 +514,7 @@ impl Scheduler for KubeScheduler {
                 ENTRYPOINT_ANNOTATION.to_string(),
                 serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?,
             );
+            annotations.extend(checkpoint::process_annotation(&task_of(p))?);
         }
         let expire = expire_after(r.ttl_seconds);
         let mut b = BatchSandbox::new(

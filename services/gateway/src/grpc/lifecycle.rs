@@ -195,6 +195,8 @@ pub async fn snapshot(
             leave_running: r.leave_running,
             name: r.name.clone(),
             filesystem_only: false,
+            // files only where memory cannot be kept (Kubernetes mode)
+            memory_if_supported: true,
         };
         let c = gw.checkpoint_claim(req).await?;
         Ok(api::SandboxSnapshot {
