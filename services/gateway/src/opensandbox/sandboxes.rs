@@ -145,7 +145,7 @@ pub enum Create {
     /// a sandbox from a pool or an image
     Claim(Box<pb::ClaimRequest>),
     /// a sandbox from a snapshot (`snapshotId`)
-    Restore(pb::RestoreCheckpointRequest),
+    Restore(Box<pb::RestoreCheckpointRequest>),
 }
 
 /// An OpenSandbox create body as the claim or restore it asks for (pure: the
@@ -154,7 +154,7 @@ pub fn parse_create(body: &[u8]) -> Result<Create> {
     let req: CreateRequest = extract::parse_json(body)?;
     refuse_unhonoured(&req)?;
     match req.snapshot_id.as_deref() {
-        Some(s) if !s.is_empty() => restore_of(req).map(Create::Restore),
+        Some(s) if !s.is_empty() => restore_of(req).map(|r| Create::Restore(Box::new(r))),
         _ => claim_of(req).map(|c| Create::Claim(Box::new(c))),
     }
 }
@@ -332,7 +332,7 @@ pub async fn create(
         }
         Create::Restore(mut restore) => {
             restore.ttl_seconds = gw.check_timeout("timeout", restore.ttl_seconds)?;
-            return create_from_snapshot(&gw, restore).await;
+            return create_from_snapshot(&gw, *restore).await;
         }
     };
     let pool = claim.pool.clone();
