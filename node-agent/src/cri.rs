@@ -510,6 +510,7 @@ impl NodeAgent for CriNodeService {
                 container_name,
                 image: c.image,
                 digest: c.digest,
+                size_bytes: c.size_bytes,
             })
             .collect();
         Ok(Response::new(pb::CommitImagesResponse { containers }))

@@ -37,6 +37,10 @@ pub struct FakeScheduler {
     /// how many more sandboxes `restore_checkpoint` may make (None: no
     /// limit); past it, a restore fails as the node's capacity would
     pub restores_left: Arc<Mutex<Option<u32>>>,
+    /// every checkpoint request gateways made, in order
+    pub checkpoint_requests: Arc<Mutex<Vec<pb::CheckpointClaimRequest>>>,
+    /// every restore request gateways made, in order
+    pub restore_requests: Arc<Mutex<Vec<pb::RestoreCheckpointRequest>>>,
 }
 
 impl FakeScheduler {
@@ -243,11 +247,14 @@ impl Scheduler for FakeScheduler {
         r: Request<pb::CheckpointClaimRequest>,
     ) -> R<pb::CheckpointInfo> {
         let r = r.into_inner();
+        self.checkpoint_requests.lock().push(r.clone());
         let id = r.claim_id;
         let c = self.with_claim(&id, |_| {})?.into_inner();
         // as a node agent answers for a sandbox of a pool that is not
-        // checkpointable; a filesystem-only one is taken as in Kubernetes mode
-        if c.pool == "runc" && !r.filesystem_only {
+        // checkpointable; a filesystem-only one is taken as in Kubernetes
+        // mode (also for `memory_if_supported`, as there)
+        let filesystem_only = r.filesystem_only || (c.pool == "runc" && r.memory_if_supported);
+        if c.pool == "runc" && !filesystem_only {
             return Err(Status::unimplemented(format!(
                 "checkpoint of sandbox {id} (unsupported on this node: use a checkpointable runsc template)"
             )));
@@ -260,7 +267,7 @@ impl Scheduler for FakeScheduler {
             owner: id,
             name: r.name,
             source_metadata: c.metadata,
-            filesystem_only: r.filesystem_only,
+            filesystem_only,
             ..Default::default()
         };
         cks.push(ck.clone());
@@ -271,6 +278,7 @@ impl Scheduler for FakeScheduler {
         r: Request<pb::RestoreCheckpointRequest>,
     ) -> R<pb::RestoreCheckpointResponse> {
         let r = r.into_inner();
+        self.restore_requests.lock().push(r.clone());
         if !self
             .checkpoints
             .lock()

@@ -31,6 +31,21 @@ pub struct Committed {
     pub image: String,
     /// The digest of its manifest.
     pub digest: String,
+    /// Its content size: manifest, config and layers ([`content_size`]).
+    pub size_bytes: u64,
+}
+
+/// The content size of an image: its manifest's own length plus the sizes
+/// its manifest gives for the config and each layer.
+pub fn content_size(manifest: &Value, manifest_len: usize) -> u64 {
+    let size = |d: &Value| d["size"].as_u64().unwrap_or(0);
+    let layers: u64 = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(size)
+        .sum();
+    manifest_len as u64 + size(&manifest["config"]) + layers
 }
 
 /// The OCI media type of a base image layer (Docker's types mapped).
@@ -155,6 +170,7 @@ impl Ctr {
         Ok(Committed {
             image: name.to_string(),
             digest: man_digest,
+            size_bytes: content_size(&parsed, manifest.len()),
         })
     }
 
@@ -382,6 +398,10 @@ mod tests {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         );
         assert_eq!(man["layers"][1]["digest"], "sha256:bb");
+        // its content size: the manifest, config (its length) and the layers 5 + 7
+        let config_size = man["config"]["size"].as_u64().unwrap_or(0);
+        assert!(config_size > 0, "{man}");
+        assert_eq!(content_size(&man, 100), 100 + config_size + 12);
         assert!(committed_blobs(&json!({}), &manifest, &layer, "t", "x").is_err());
     }
 

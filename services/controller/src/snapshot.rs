@@ -11,8 +11,10 @@
 //! * `Committing`: the node agent of the pod's node (the chart's DaemonSet,
 //!   reached as pause is) commits each container's root file system into
 //!   that image in the node's containerd `k8s.io` namespace (pausing the
-//!   pod meanwhile) and answers the manifest digests: `Succeed`, with
-//!   `imageDigest` set and `Ready=True`. Upstream runs a commit Job with
+//!   pod meanwhile) and answers the manifest digests and content sizes:
+//!   `Succeed`, with `imageDigest` set and `Ready=True`; the images' total
+//!   size goes in annotation [`SIZE_ANNOTATION`] (upstream's CRD has no
+//!   size field), written before the phase. Upstream runs a commit Job with
 //!   `nerdctl` on the node instead; sandpool's node agent is already there.
 //!   A controller restarted mid-commit commits again (the image is
 //!   replaced).
@@ -33,7 +35,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sandpool_proto::v1 as pb;
@@ -52,6 +54,10 @@ use crate::pods;
 /// The repository of snapshot images (they are not pushed anywhere; the
 /// name only has to be a valid reference the kubelet finds locally).
 pub const SNAPSHOT_REPOSITORY: &str = "sandpool.local/snapshots";
+
+/// On a committed snapshot: the total content size in bytes of its images
+/// (manifests, configs and layers, as the node agent reports them).
+pub const SIZE_ANNOTATION: &str = "sandpool.io/size-bytes";
 
 /// The conditions of `phase` as upstream keeps them: only a condition that
 /// is `True` is listed (`Ready` once succeeded, `Failed` with its reason);
@@ -232,6 +238,7 @@ pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<
                 container_name: c.container_name.clone(),
                 image: c.image_uri.clone(),
                 digest: String::new(),
+                size_bytes: 0,
             })
             .collect(),
     };
@@ -245,6 +252,10 @@ pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<
             .find(|d| d.container_name == c.container_name && !d.digest.is_empty())
             .map(|d| d.digest.clone());
     }
+    let size: u64 = done.iter().map(|d| d.size_bytes).sum();
+    let sized = json!({"metadata": {"annotations": {SIZE_ANNOTATION: size.to_string()}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(sized))
+        .await?;
     let conditions = conditions_for(Phase::Succeed, &status.conditions, None, Time(now()));
     let body = json!({"phase": Phase::Succeed, "containers": containers, "conditions": conditions});
     patch_status(&api, &name, body).await?;

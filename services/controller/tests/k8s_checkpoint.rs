@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::Api;
@@ -23,7 +23,7 @@ use sandpool_controller::snapshot;
 use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::node_agent::{Calls, serve_agent};
+use support::node_agent::{Calls, FAKE_IMAGE_SIZE, serve_agent};
 use support::{
     FakeApi, NoTasks, batches_path, context_with_agents, cr_path, make_ready, pods_path,
 };
@@ -47,7 +47,33 @@ struct Platform {
     api: FakeApi,
     sched: KubeScheduler,
     calls: Calls,
+    /// The processes the scheduler started: (pod, task).
+    started: Started,
     controllers: tokio::task::JoinHandle<()>,
+}
+
+type Started = Arc<Mutex<Vec<(String, ProcessTask)>>>;
+
+/// The scheduler's task runner: records each process it starts.
+struct Recording(Started);
+
+#[async_trait::async_trait]
+impl sandpool_controller::context::TaskRunner for Recording {
+    async fn start(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        task: &ProcessTask,
+    ) -> sandpool_controller::Result<()> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.0.lock().expect("lock").push((name, task.clone()));
+        Ok(())
+    }
+    async fn status(&self, _: &k8s_openapi::api::core::v1::Pod) -> Option<Option<i32>> {
+        Some(None)
+    }
+    async fn stop(&self, _: &k8s_openapi::api::core::v1::Pod) -> sandpool_controller::Result<()> {
+        Ok(())
+    }
 }
 
 impl Drop for Platform {
@@ -108,7 +134,8 @@ async fn platform(fail: Option<Status>) -> Platform {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    let mut sched = KubeScheduler::new(api.client(), NS, Arc::new(NoTasks(Some(None))))
+    let started = Started::default();
+    let mut sched = KubeScheduler::new(api.client(), NS, Arc::new(Recording(started.clone())))
         .with_node_agents(agents(&api, port));
     sched.poll = Duration::from_millis(20);
     sched.claim_timeout = Duration::from_secs(20);
@@ -116,6 +143,7 @@ async fn platform(fail: Option<Status>) -> Platform {
         api,
         sched,
         calls,
+        started,
         controllers,
     }
 }
@@ -156,6 +184,7 @@ async fn checkpoint(
             leave_running,
             name: "before".into(),
             filesystem_only,
+            memory_if_supported: false,
         }))
         .await
         .map(|r| r.into_inner())
@@ -232,6 +261,7 @@ async fn restore(p: &Platform, ck: &pb::CheckpointInfo, snap: &Value) {
             ttl_seconds: 600,
             metadata: owned("alice"),
             claim_id: "sbx-restored".into(),
+            ..Default::default()
         }))
         .await
         .expect("restore")
@@ -403,4 +433,188 @@ async fn a_failed_commit_refuses_the_checkpoint_and_leaves_no_snapshot() {
     assert!(p.api.with_store(|s| s.list(&snapshots_path()).is_empty()));
     // a refused checkpoint does not end the claim
     assert!(stored(&p.api, &batches_path(NS), &c.claim_id).is_some());
+}
+
+/// A claim of the image that starts `argv` with an env var and a cwd.
+async fn claim_running(p: &Platform, argv: &[&str]) -> pb::Claim {
+    p.sched
+        .create_claim(Request::new(pb::ClaimRequest {
+            template: Some(pb::SandboxTemplate {
+                image: "python:3.12-slim".into(),
+                ..Default::default()
+            }),
+            ttl_seconds: 3600,
+            metadata: owned("erin"),
+            process: Some(pb::InjectRequest {
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                env: HashMap::from([("STAGE".to_string(), "2".to_string())]),
+                cwd: "/work".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("claim")
+        .into_inner()
+}
+
+/// What OpenSandbox's and sandpool's own snapshot routes ask for: the
+/// best checkpoint the platform can take, here a filesystem-only one,
+/// with its images' size (it was 501, and the size 0).
+#[tokio::test]
+async fn memory_if_supported_takes_a_filesystem_checkpoint_of_the_images_size() {
+    let p = platform(None).await;
+    let c = claim(&p, "frank").await;
+    let ck = p
+        .sched
+        .checkpoint_claim(Request::new(pb::CheckpointClaimRequest {
+            claim_id: c.claim_id.clone(),
+            leave_running: true,
+            memory_if_supported: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    assert!(ck.filesystem_only, "{ck:?}");
+    // one container (the template's) committed by the fake node agent
+    assert_eq!(ck.size_bytes, FAKE_IMAGE_SIZE, "{ck:?}");
+    assert_eq!(listed(&p).await[0].size_bytes, FAKE_IMAGE_SIZE);
+    let snap = stored(&p.api, &snapshots_path(), &ck.checkpoint_id).expect("snapshot");
+    assert_eq!(
+        snap["metadata"]["annotations"][snapshot::SIZE_ANNOTATION],
+        FAKE_IMAGE_SIZE.to_string(),
+        "{snap}"
+    );
+}
+
+/// The commit wait reads the snapshot by its name (a get, a watch with a
+/// field selector on it), not every labelled checkpoint each round.
+#[tokio::test]
+async fn the_commit_wait_reads_only_its_snapshot() {
+    let p = platform(None).await;
+    let c = claim(&p, "gina").await;
+    let before = p.api.requests().len();
+    let ck = checkpoint(&p, &c.claim_id, true, true)
+        .await
+        .expect("checkpoint");
+    let snaps = snapshots_path();
+    let during: Vec<_> = p.api.requests()[before..]
+        .iter()
+        .filter(|r| r.path.starts_with(&snaps))
+        .cloned()
+        .collect();
+    let labelled: Vec<_> = during
+        .iter()
+        .filter(|r| r.query.contains("labelSelector"))
+        .map(|r| (r.method.clone(), r.query.clone()))
+        .collect();
+    assert!(labelled.is_empty(), "{labelled:?}");
+    let by_name = format!("{snaps}/{}", ck.checkpoint_id);
+    assert!(
+        during
+            .iter()
+            .any(|r| r.method == http::Method::GET && r.path == by_name),
+        "no read of {by_name}"
+    );
+}
+
+/// A restore starts what the checkpointed claim started (its entrypoint
+/// with env and cwd), as a create does; a restore's own process and limits
+/// replace the checkpointed claim's (OpenSandbox `entrypoint` and
+/// `resourceLimits` with a `snapshotId`).
+#[tokio::test]
+async fn a_restore_starts_the_checkpointed_claims_process() {
+    let p = platform(None).await;
+    let c = claim_running(&p, &["python3", "-m", "http.server"]).await;
+    let first = p.started.lock().expect("lock").clone();
+    assert_eq!(first.len(), 1, "the create started it: {first:?}");
+    let ck = checkpoint(&p, &c.claim_id, true, true)
+        .await
+        .expect("checkpoint");
+    let r = p
+        .sched
+        .restore_checkpoint(Request::new(pb::RestoreCheckpointRequest {
+            checkpoint_id: ck.checkpoint_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("restore")
+        .into_inner()
+        .claims
+        .remove(0);
+    assert_eq!(r.entrypoint, ["python3", "-m", "http.server"], "{r:?}");
+    let started = p.started.lock().expect("lock").clone();
+    assert_eq!(started.len(), 2, "{started:?}");
+    let pod = r.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    assert_eq!(started[1], (pod, first[0].1.clone()));
+    let task = &started[1].1;
+    assert_eq!(task.command, ["python3", "-m", "http.server"]);
+    assert_eq!(task.working_dir.as_deref(), Some("/work"));
+    assert_eq!(task.env[0].name, "STAGE");
+    // its own process and limits instead
+    let r = p
+        .sched
+        .restore_checkpoint(Request::new(pb::RestoreCheckpointRequest {
+            checkpoint_id: ck.checkpoint_id.clone(),
+            process: Some(pb::InjectRequest {
+                argv: vec!["tail".into(), "-f".into(), "/dev/null".into()],
+                ..Default::default()
+            }),
+            resources: Some(pb::Resources {
+                cpu: "1".into(),
+                memory: "2Gi".into(),
+                pids: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("restore with a process")
+        .into_inner()
+        .claims
+        .remove(0);
+    assert_eq!(r.entrypoint, ["tail", "-f", "/dev/null"]);
+    let started = p.started.lock().expect("lock").clone();
+    assert_eq!(started.len(), 3, "{started:?}");
+    assert_eq!(started[2].1.command, ["tail", "-f", "/dev/null"]);
+    assert!(started[2].1.env.is_empty(), "{started:?}");
+    let b = stored(&p.api, &batches_path(NS), &r.claim_id).expect("batch");
+    let limits = &b["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(
+        (&limits["cpu"], &limits["memory"]),
+        (&json!("1"), &json!("2Gi"))
+    );
+    // what Kubernetes mode cannot do is refused naming it
+    for (process, resources, says) in [
+        (
+            Some(pb::InjectRequest {
+                argv: vec!["id".into()],
+                uid: Some(0),
+                ..Default::default()
+            }),
+            None,
+            "uid",
+        ),
+        (
+            None,
+            Some(pb::Resources {
+                pids: 64,
+                ..Default::default()
+            }),
+            "pids",
+        ),
+    ] {
+        let e = p
+            .sched
+            .restore_checkpoint(Request::new(pb::RestoreCheckpointRequest {
+                checkpoint_id: ck.checkpoint_id.clone(),
+                process,
+                resources,
+                ..Default::default()
+            }))
+            .await
+            .expect_err(says);
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
+    }
 }

@@ -538,6 +538,12 @@ async fn an_idempotent_create_from_a_snapshot_is_made_once() {
         .await
         .expect("snapshot")
         .into_inner();
+    // the best checkpoint the platform can take (files only in Kubernetes mode)
+    let asked = p.fake.checkpoint_requests.lock().clone();
+    assert!(
+        asked.len() == 1 && asked[0].memory_if_supported && !asked[0].filesystem_only,
+        "{asked:?}"
+    );
     let from = |key: &str| api::CreateSandboxRequest {
         source: Some(Source::Snapshot(ck.id.clone())),
         timeout_seconds: 600,
@@ -559,6 +565,31 @@ async fn an_idempotent_create_from_a_snapshot_is_made_once() {
     // another key's same idempotency key reaches nothing of A's
     let e = b.create(from("r-1")).await.expect_err("not B's snapshot");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // the entrypoint (with its env) and limits go with the restore
+    let mut with = from("r-3");
+    with.entrypoint = vec!["python3".into(), "app.py".into()];
+    with.env = [("MODE".to_string(), "x".to_string())].into();
+    with.resources = Some(api::Resources {
+        cpu: "1".into(),
+        memory: "1Gi".into(),
+    });
+    a.create(with.clone()).await.expect("with a process");
+    let last = p
+        .fake
+        .restore_requests
+        .lock()
+        .last()
+        .cloned()
+        .expect("restore");
+    let process = last.process.expect("process");
+    assert_eq!(process.argv, ["python3", "app.py"]);
+    assert_eq!(process.env.get("MODE").map(String::as_str), Some("x"));
+    let l = last.resources.expect("limits");
+    assert_eq!((l.cpu.as_str(), l.memory.as_str()), ("1", "1Gi"));
+    with.entrypoint.clear();
+    with.idempotency_key = "r-4".into();
+    let e = a.create(with).await.expect_err("env without an entrypoint");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 }
 
 #[tokio::test]

@@ -154,6 +154,16 @@ async fn a_snapshot_commits_what_the_pods_container_wrote_into_a_k8s_io_image() 
 
     // the image is in k8s.io under that name, at that digest, and unpacked
     let ctr = node.ctr();
+    // the snapshot's size is the image's content: manifest, config, layers
+    let manifest = ctr.read_content(digest).await.expect("manifest");
+    let m: Value = serde_json::from_slice(&manifest).expect("manifest json");
+    let sizes = std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten());
+    let content: u64 =
+        manifest.len() as u64 + sizes.filter_map(|d| d["size"].as_u64()).sum::<u64>();
+    let snaps: Api<SandboxSnapshot> = Api::namespaced(ctx.client.clone(), NS);
+    let s = snaps.get("s").await.expect("snapshot");
+    let size = s.metadata.annotations.unwrap_or_default()[snapshot::SIZE_ANNOTATION].clone();
+    assert_eq!(size, content.to_string());
     let img = ctr
         .image(&uri)
         .await

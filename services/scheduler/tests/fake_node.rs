@@ -973,6 +973,7 @@ async fn a_filesystem_only_checkpoint_is_refused_naming_it() {
             leave_running: false,
             name: String::new(),
             filesystem_only: true,
+            memory_if_supported: false,
         }))
         .await
         .expect_err("refused");

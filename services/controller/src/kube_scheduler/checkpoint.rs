@@ -1,5 +1,6 @@
-//! Filesystem-only checkpoints in Kubernetes mode (`filesystem_only`; E2B
-//! `memory: false`): a checkpoint is a `SandboxSnapshot` of the claim's
+//! Filesystem-only checkpoints in Kubernetes mode (`filesystem_only`, E2B
+//! `memory: false`; or `memory_if_supported`, OpenSandbox's and sandpool's
+//! own snapshots): a checkpoint is a `SandboxSnapshot` of the claim's
 //! `BatchSandbox`, committed by the snapshot controller and the node agent
 //! of the pod's node (see [`crate::snapshot`]); its id is the snapshot's
 //! name. Memory checkpoints stay refused
@@ -11,34 +12,45 @@
 //!   BatchSandbox pause's, are not checkpoints). Its annotations keep what
 //!   outlives the claim: the claim's id, its metadata (the gateway scopes
 //!   checkpoints to their owner by it, as in standalone mode), its pool, the
-//!   checkpoint's name and the claim's pod template.
+//!   checkpoint's name, the claim's pod template and the process the
+//!   claim started (its entrypoint, env and cwd). The snapshot controller
+//!   adds the committed images' size ([`SIZE_ANNOTATION`]).
 //! * A checkpoint waits (a watch on the snapshot, bounded by the claim
 //!   timeout) for `Succeed`; a `Failed` or timed-out snapshot is deleted and
 //!   the checkpoint refused with why. Without `leave_running` the claim is
 //!   then released.
 //! * A restore makes `count` claims whose template is the stored one with
 //!   the snapshot's images, pinned to the node holding them (the batch
-//!   resume's [`resumed_template`]); all are ready or none is kept.
+//!   resume's [`resumed_template`]; the request's resource limits on its
+//!   sandbox container), and starts in each what the checkpointed claim
+//!   started (or the request's own process instead); all are ready and
+//!   started or none is kept.
 //! * Deleting a checkpoint deletes the snapshot; its images stay on the node
 //!   (as for any SandboxSnapshot).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PostParams, WatchParams};
 use sandpool_core::claim::KUBERNETES_CHECKPOINT_UNSUPPORTED;
 use sandpool_proto::v1 as pb;
 use tonic::Status;
 
 use super::convert::{kube_status, ms, template_of};
-use super::{CLAIM_LABEL, KubeScheduler, METADATA_ANNOTATION, expire_after, fetch, list};
+use super::watch::{self, Round, changed};
+use super::{
+    CLAIM_LABEL, ENTRYPOINT_ANNOTATION, KubeScheduler, METADATA_ANNOTATION, expire_after, fetch,
+    list,
+};
 use crate::batch::resume::resumed_template;
 use crate::crd::{
-    BatchSandbox, BatchSandboxSpec, SandboxSnapshot, SandboxSnapshotPhase, SandboxSnapshotSpec,
+    BatchSandbox, BatchSandboxSpec, ProcessTask, SandboxSnapshot, SandboxSnapshotPhase,
+    SandboxSnapshotSpec,
 };
+pub use crate::snapshot::SIZE_ANNOTATION;
 
 /// On a checkpoint's SandboxSnapshot: `"true"`.
 pub const CHECKPOINT_LABEL: &str = "sandpool.io/checkpoint";
@@ -46,6 +58,15 @@ const SOURCE_ANNOTATION: &str = "sandpool.io/checkpoint-source";
 const POOL_ANNOTATION: &str = "sandpool.io/checkpoint-pool";
 const NAME_ANNOTATION: &str = "sandpool.io/checkpoint-name";
 const TEMPLATE_ANNOTATION: &str = "sandpool.io/checkpoint-template";
+/// On a claim's BatchSandbox and a checkpoint's snapshot: the process the
+/// claim started (a [`ProcessTask`] as JSON).
+const PROCESS_ANNOTATION: &str = "sandpool.io/process";
+
+/// The annotation recording `task` as the process a claim started.
+pub(super) fn process_annotation(task: &ProcessTask) -> Result<[(String, String); 1], Status> {
+    let json = serde_json::to_string(task).map_err(|e| Status::internal(e.to_string()))?;
+    Ok([(PROCESS_ANNOTATION.to_string(), json)])
+}
 
 /// Most claims one restore makes (as in standalone mode).
 const MAX_RESTORE: u32 = 64;
@@ -65,7 +86,7 @@ fn info_of(s: &SandboxSnapshot) -> pb::CheckpointInfo {
     pb::CheckpointInfo {
         checkpoint_id: s.name_any(),
         sandbox_id: status.source_pod_name.unwrap_or_default(),
-        size_bytes: 0,
+        size_bytes: annotation(s, SIZE_ANNOTATION).parse().unwrap_or(0),
         created_unix_ms: s
             .metadata
             .creation_timestamp
@@ -124,7 +145,7 @@ impl KubeScheduler {
         &self,
         r: pb::CheckpointClaimRequest,
     ) -> Result<pb::CheckpointInfo, Status> {
-        if !r.filesystem_only {
+        if !r.filesystem_only && !r.memory_if_supported {
             return Err(Status::unimplemented(KUBERNETES_CHECKPOINT_UNSUPPORTED));
         }
         let id = &r.claim_id;
@@ -161,8 +182,14 @@ impl KubeScheduler {
                 b.spec.pool_ref.clone().unwrap_or_default(),
             ),
         ]);
-        if let Some(m) = b.annotations().get(METADATA_ANNOTATION) {
-            annotations.insert(METADATA_ANNOTATION.to_string(), m.clone());
+        for key in [
+            METADATA_ANNOTATION,
+            PROCESS_ANNOTATION,
+            ENTRYPOINT_ANNOTATION,
+        ] {
+            if let Some(v) = b.annotations().get(key) {
+                annotations.insert(key.to_string(), v.clone());
+            }
         }
         snap.metadata.annotations = Some(annotations);
         self.snapshots()
@@ -185,53 +212,37 @@ impl KubeScheduler {
         Ok(info_of(&done))
     }
 
-    /// Wait for snapshot `name` to succeed: a list, then a watch from its
-    /// resourceVersion until the snapshot changes, again until the timeout.
+    /// Wait for snapshot `name` to succeed: read it, then watch it (a field
+    /// selector on its name) from its resourceVersion until it changes,
+    /// again until the timeout.
     async fn wait_committed(
         &self,
         name: &str,
         timeout: Duration,
     ) -> Result<SandboxSnapshot, Status> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let selector = format!("{CHECKPOINT_LABEL}=true");
-        loop {
-            let listed = self
-                .snapshots()
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(kube_status)?;
-            let s = listed
-                .items
-                .into_iter()
-                .find(|s| s.name_any() == name)
-                .ok_or_else(|| Status::aborted(format!("checkpoint {name} was deleted")))?;
+        let read = || async move {
+            let s = self.snapshots().get_opt(name).await.map_err(kube_status)?;
+            let s = s.ok_or_else(|| Status::aborted(format!("checkpoint {name} was deleted")))?;
             match phase(&s) {
-                Some(SandboxSnapshotPhase::Succeed) => return Ok(s),
-                Some(SandboxSnapshotPhase::Failed) => {
-                    return Err(Status::failed_precondition(format!(
-                        "filesystem checkpoint of claim {}: {}",
-                        s.spec.sandbox_name,
-                        failure(&s)
-                    )));
-                }
-                _ => {}
+                Some(SandboxSnapshotPhase::Succeed) => Ok(Round::Done(s)),
+                Some(SandboxSnapshotPhase::Failed) => Err(Status::failed_precondition(format!(
+                    "filesystem checkpoint of claim {}: {}",
+                    s.spec.sandbox_name,
+                    failure(&s)
+                ))),
+                _ => Ok(Round::Watch(s.resource_version().unwrap_or_default())),
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Status::deadline_exceeded(format!(
+        };
+        let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+        let params = &params;
+        let watch = |rv: String| async move { changed(&self.snapshots(), params, &rv).await };
+        watch::rounds(timeout, self.poll, read, watch)
+            .await?
+            .ok_or_else(|| {
+                Status::deadline_exceeded(format!(
                     "checkpoint {name}: the commit did not finish within {timeout:?}"
-                )));
-            }
-            let rv = listed.metadata.resource_version.unwrap_or_default();
-            let round_end = deadline.min(now + self.poll);
-            let changed =
-                tokio::time::timeout_at(round_end, changed(&self.snapshots(), &selector, &rv))
-                    .await
-                    .unwrap_or(true);
-            if !changed {
-                tokio::time::sleep_until(round_end.min(now + super::WATCH_RETRY)).await;
-            }
-        }
+                ))
+            })
     }
 
     /// Checkpoint `id`'s snapshot (a checkpoint's only).
@@ -303,8 +314,11 @@ impl KubeScheduler {
             .map_err(|e| {
                 Status::internal(format!("checkpoint {}: its template: {e}", r.checkpoint_id))
             })?;
-        let template = resumed_template(&stored, &snap.status.clone().unwrap_or_default());
-        let metadata: BTreeMap<String, String> = r.metadata.clone().into_iter().collect();
+        let mut template = resumed_template(&stored, &snap.status.clone().unwrap_or_default());
+        if let Some(asked) = &r.resources {
+            set_limits(&mut template, asked)?;
+        }
+        let (task, annotations) = restored_annotations(&snap, &r)?;
         let mut ids = Vec::new();
         for i in 0..count {
             let id = if i == 0 && !r.claim_id.is_empty() {
@@ -312,7 +326,7 @@ impl KubeScheduler {
             } else {
                 super::new_claim_id()
             };
-            let b = claim_batch(&id, &template, &metadata, r.ttl_seconds)?;
+            let b = claim_batch(&id, &template, &annotations, r.ttl_seconds);
             match self.batches().create(&PostParams::default(), &b).await {
                 Ok(_) => ids.push(id),
                 Err(e) => {
@@ -323,8 +337,8 @@ impl KubeScheduler {
         }
         let mut claims = Vec::new();
         for id in &ids {
-            match self.wait_ready(id, self.claim_timeout).await {
-                Ok((b, _)) => claims.push(self.claim_of(&b).await?),
+            match self.ready_and_started(id, task.as_ref()).await {
+                Ok(b) => claims.push(self.claim_of(&b).await?),
                 Err(e) => {
                     self.give_back(&ids).await;
                     return Err(e);
@@ -332,6 +346,22 @@ impl KubeScheduler {
             }
         }
         Ok(claims)
+    }
+
+    /// Wait for restored claim `id`'s pod, then start `task` in it (what
+    /// the checkpointed claim started, as a create starts its process).
+    async fn ready_and_started(
+        &self,
+        id: &str,
+        task: Option<&ProcessTask>,
+    ) -> Result<BatchSandbox, Status> {
+        let (b, pod) = self.wait_ready(id, self.claim_timeout).await?;
+        if let Some(t) = task.filter(|t| !t.command.is_empty()) {
+            self.tasks.start(&pod, t).await.map_err(|e| {
+                Status::unavailable(format!("claim {id}: starting the restored process: {e}"))
+            })?;
+        }
+        Ok(b)
     }
 
     /// Delete the claims `ids` (a restore that did not make them all).
@@ -342,37 +372,13 @@ impl KubeScheduler {
     }
 }
 
-/// Watch the objects `selector` picks through `api` from `rv` until one
-/// changes (true), or the watch fails or ends first (false).
-pub(super) async fn changed<K>(api: &Api<K>, selector: &str, rv: &str) -> bool
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let params = WatchParams::default().labels(selector);
-    let Ok(events) = api.watch(&params, rv).await else {
-        return false;
-    };
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => {
-                return true;
-            }
-            Ok(WatchEvent::Bookmark(_)) => {}
-            // e.g. 410 Gone: list again
-            Ok(WatchEvent::Error(_)) | Err(_) => return false,
-        }
-    }
-    false
-}
-
 /// A claim's one-replica BatchSandbox from `template`.
 fn claim_batch(
     id: &str,
     template: &PodTemplateSpec,
-    metadata: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
     ttl_seconds: u64,
-) -> Result<BatchSandbox, Status> {
+) -> BatchSandbox {
     let mut b = BatchSandbox::new(
         id,
         BatchSandboxSpec {
@@ -393,9 +399,86 @@ fn claim_batch(
         CLAIM_LABEL.to_string(),
         "true".to_string(),
     )]));
-    if !metadata.is_empty() {
-        let m = serde_json::to_string(metadata).map_err(|e| Status::internal(e.to_string()))?;
-        b.metadata.annotations = Some(BTreeMap::from([(METADATA_ANNOTATION.to_string(), m)]));
+    if !annotations.is_empty() {
+        b.metadata.annotations = Some(annotations.clone());
     }
-    Ok(b)
+    b
+}
+
+/// The process restored claims start and their annotations: the request's
+/// metadata, and the request's process or else the checkpointed claim's.
+fn restored_annotations(
+    snap: &SandboxSnapshot,
+    r: &pb::RestoreCheckpointRequest,
+) -> Result<(Option<ProcessTask>, BTreeMap<String, String>), Status> {
+    let mut annotations = BTreeMap::new();
+    if !r.metadata.is_empty() {
+        let m: BTreeMap<&String, &String> = r.metadata.iter().collect();
+        let m = serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?;
+        annotations.insert(METADATA_ANNOTATION.to_string(), m);
+    }
+    let task = match &r.process {
+        Some(p) => {
+            if p.uid.is_some() || p.gid.is_some() {
+                return Err(Status::unimplemented(
+                    "a restore's process uid/gid is not supported in Kubernetes mode",
+                ));
+            }
+            if p.argv.is_empty() {
+                return Err(Status::invalid_argument("a restore's process needs argv"));
+            }
+            let argv =
+                serde_json::to_string(&p.argv).map_err(|e| Status::internal(e.to_string()))?;
+            annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), argv);
+            Some(super::task_of(p))
+        }
+        None => {
+            if let Some(argv) = snap.annotations().get(ENTRYPOINT_ANNOTATION) {
+                annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), argv.clone());
+            }
+            match snap.annotations().get(PROCESS_ANNOTATION) {
+                Some(t) => Some(serde_json::from_str(t).map_err(|e| {
+                    Status::internal(format!("checkpoint {}: its process: {e}", snap.name_any()))
+                })?),
+                None => None,
+            }
+        }
+    };
+    if let Some(t) = &task {
+        annotations.extend(process_annotation(t)?);
+    }
+    Ok((task, annotations))
+}
+
+/// The restored pods' limits: `asked`'s non-empty fields on the template's
+/// sandbox container (named `sandbox`, else its first).
+fn set_limits(template: &mut PodTemplateSpec, asked: &pb::Resources) -> Result<(), Status> {
+    if asked.pids > 0 {
+        return Err(Status::unimplemented(
+            "a pids limit on a restore is not supported in Kubernetes mode",
+        ));
+    }
+    let containers = template
+        .spec
+        .as_mut()
+        .map(|s| &mut s.containers)
+        .ok_or_else(|| Status::failed_precondition("the checkpoint's template has no pod spec"))?;
+    let i = containers
+        .iter()
+        .position(|c| c.name == "sandbox")
+        .unwrap_or(0);
+    let c = containers
+        .get_mut(i)
+        .ok_or_else(|| Status::failed_precondition("the checkpoint's template has no container"))?;
+    let limits = c
+        .resources
+        .get_or_insert_with(Default::default)
+        .limits
+        .get_or_insert_with(Default::default);
+    for (name, want) in [("cpu", &asked.cpu), ("memory", &asked.memory)] {
+        if !want.is_empty() {
+            limits.insert(name.to_string(), Quantity(want.clone()));
+        }
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::{Client, ResourceExt};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::json;
@@ -32,9 +32,9 @@ mod checkpoint;
 mod convert;
 mod egress;
 pub use checkpoint::CHECKPOINT_LABEL;
-use checkpoint::changed;
 pub use egress::{network_policy_name, network_policy_spec};
 mod pause;
+mod watch;
 use convert::{
     POOL_EGRESS_UNSUPPORTED, batch_to_pb, check_pool_limits, kube_status, ms, patched_metadata,
     pool_to_pb,
@@ -46,6 +46,7 @@ pub use pause::{
     AUTO_RESUME_ANNOTATION, DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents,
     ON_EXPIRY_ANNOTATION, PAUSED_ANNOTATION, TTL_SECONDS_ANNOTATION,
 };
+use watch::{Round, changed};
 
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";
 pub const CLAIM_POOL_LABEL: &str = "sandpool.io/pool";
@@ -323,8 +324,7 @@ impl KubeScheduler {
     /// ends or fails starts a new round (list, then watch again); `poll` is
     /// only a safety net for a watch that stays open but quiet.
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<(BatchSandbox, Pod), Status> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let read = || async move {
             let b = fetch(&self.batches(), id).await?;
             let selector = format!("{ALLOCATED_TO_LABEL}={}", b.uid().unwrap_or_default());
             let listed = self
@@ -333,28 +333,22 @@ impl KubeScheduler {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let pod = listed.items.into_iter().find(|p| !pods::is_terminating(p));
-            if let Some(p) = pod
-                && pods::is_ready(&p)
-            {
-                return Ok((b, p));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Status::resource_exhausted(format!(
+            Ok(match pod {
+                Some(p) if pods::is_ready(&p) => Round::Done((b, p)),
+                _ => Round::Watch((selector, listed.metadata.resource_version)),
+            })
+        };
+        let watch = |(selector, rv): (String, Option<String>)| async move {
+            let params = WatchParams::default().labels(&selector);
+            changed(&self.pods(), &params, &rv.unwrap_or_default()).await
+        };
+        watch::rounds(timeout, self.poll, read, watch)
+            .await?
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
                     "claim {id}: no sandbox became ready within {timeout:?}"
-                )));
-            }
-            let rv = listed.metadata.resource_version.unwrap_or_default();
-            let round_end = deadline.min(now + self.poll);
-            let changed = tokio::time::timeout_at(round_end, changed(&self.pods(), &selector, &rv))
-                .await
-                .unwrap_or(true);
-            if !changed {
-                // the watch failed or ended with nothing new: do not spin
-                let retry = now + self.poll.min(WATCH_RETRY);
-                tokio::time::sleep_until(round_end.min(retry)).await;
-            }
-        }
+                ))
+            })
     }
 }
 
@@ -374,6 +368,7 @@ fn claim_annotations(
     if let Some(p) = &r.process {
         let argv = serde_json::to_string(&p.argv).map_err(internal)?;
         annotations.insert(ENTRYPOINT_ANNOTATION.to_string(), argv);
+        annotations.extend(checkpoint::process_annotation(&task_of(p))?);
     }
     if let Some(e) = egress {
         annotations.insert(egress::EGRESS_ANNOTATION.into(), e.annotation.clone());
@@ -385,9 +380,6 @@ fn claim_annotations(
 fn new_claim_id() -> String {
     format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
-
-/// Pause before watching again after a watch failed or ended with no change.
-const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 #[tonic::async_trait]
 impl Scheduler for KubeScheduler {

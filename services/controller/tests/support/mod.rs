@@ -147,6 +147,21 @@ fn kind_of_plural(plural: &str) -> &'static str {
 }
 
 /// `a=b`, `a!=b`, `a`, `!a`, comma-separated.
+/// Whether `obj` matches field selector `fields` (`metadata.name=` and
+/// `metadata.namespace=` terms, comma-separated; empty matches all).
+pub fn fields_match(fields: &str, obj: &Value) -> bool {
+    fields.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (key, want) = term.split_once('=').unwrap_or((term, ""));
+        match key {
+            "metadata.name" | "metadata.namespace" => {
+                let field = key.trim_start_matches("metadata.");
+                obj["metadata"][field].as_str() == Some(want)
+            }
+            other => panic!("the fake apiserver has no field selector {other:?}"),
+        }
+    })
+}
+
 pub fn selector_matches(selector: &str, labels: &serde_json::Map<String, Value>) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
@@ -276,7 +291,12 @@ impl Store {
 
     /// The events in `coll` after resourceVersion `after` whose object
     /// matches `selector`, as watch JSON lines; and the last one's rv.
-    fn events_after(&self, coll: &str, selector: &str, after: u64) -> (Vec<Bytes>, u64) {
+    fn events_after(
+        &self,
+        coll: &str,
+        (selector, fields): (&str, &str),
+        after: u64,
+    ) -> (Vec<Bytes>, u64) {
         let empty = serde_json::Map::new();
         let mut last = after;
         let mut out = Vec::new();
@@ -287,7 +307,7 @@ impl Store {
             }
             last = *rv;
             let labels = obj["metadata"]["labels"].as_object().unwrap_or(&empty);
-            if selector_matches(selector, labels) {
+            if selector_matches(selector, labels) && fields_match(fields, obj) {
                 let mut line =
                     serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
                 line.push(b'\n');
@@ -543,9 +563,11 @@ impl FakeApi {
     }
 
     /// A watch on `coll` from `params`' resourceVersion (empty or "0": the
-    /// current objects as ADDED first), filtered by its label selector.
+    /// current objects as ADDED first), filtered by its label and field
+    /// selectors.
     fn watch(&self, coll: String, params: &BTreeMap<String, String>) -> FakeBody {
         let selector = params.get("labelSelector").cloned().unwrap_or_default();
+        let fields = params.get("fieldSelector").cloned().unwrap_or_default();
         let from: u64 = params
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
@@ -558,7 +580,8 @@ impl FakeApi {
                 if selector_matches(
                     &selector,
                     o["metadata"]["labels"].as_object().unwrap_or(&empty),
-                ) {
+                ) && fields_match(&fields, &o)
+                {
                     let mut line = serde_json::to_vec(&json!({"type": "ADDED", "object": o}))
                         .unwrap_or_default();
                     line.push(b'\n');
@@ -572,7 +595,7 @@ impl FakeApi {
             from
         };
         let epoch = self.watch_epoch.load(Ordering::SeqCst);
-        let state = (self.clone(), coll, selector, from, queue);
+        let state = (self.clone(), coll, (selector, fields), from, queue);
         let stream = futures_util::stream::unfold(state, move |mut st| async move {
             loop {
                 if let Some(line) = st.4.pop_front() {
@@ -588,7 +611,7 @@ impl FakeApi {
                     st.0.store
                         .lock()
                         .expect("store")
-                        .events_after(&st.1, &st.2, st.3);
+                        .events_after(&st.1, (&st.2.0, &st.2.1), st.3);
                 st.3 = last;
                 st.4.extend(lines);
                 if st.4.is_empty() {
@@ -731,11 +754,13 @@ fn serve_list(
     params: &BTreeMap<String, String>,
 ) -> (u16, Value) {
     let sel = params.get("labelSelector").cloned().unwrap_or_default();
+    let fields = params.get("fieldSelector").cloned().unwrap_or_default();
     let empty = serde_json::Map::new();
     let items: Vec<Value> = store
         .list(coll)
         .into_iter()
         .filter(|o| selector_matches(&sel, o["metadata"]["labels"].as_object().unwrap_or(&empty)))
+        .filter(|o| fields_match(&fields, o))
         .collect();
     let rv = store.rv.to_string();
     (

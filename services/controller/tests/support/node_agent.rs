@@ -110,7 +110,8 @@ impl NodeAgent for FakeAgent {
     async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
         no()
     }
-    /// Recorded as `commit`; each container gets `sha256:fake-<name>`.
+    /// Recorded as `commit`; each container gets `sha256:fake-<name>` and a
+    /// size of [`FAKE_IMAGE_SIZE`].
     async fn commit_images(
         &self,
         r: Request<pb::CommitImagesRequest>,
@@ -126,6 +127,7 @@ impl NodeAgent for FakeAgent {
             .into_iter()
             .map(|c| pb::ContainerImage {
                 digest: format!("sha256:fake-{}", c.container_name),
+                size_bytes: FAKE_IMAGE_SIZE,
                 ..c
             })
             .collect();
@@ -138,6 +140,9 @@ impl NodeAgent for FakeAgent {
         no()
     }
 }
+
+/// The content size the fake agent gives each committed image.
+pub const FAKE_IMAGE_SIZE: u64 = 4_321_000;
 
 /// Serve a fake node agent on loopback; its port.
 pub async fn serve_agent(fail: Option<Status>) -> (u16, Calls) {

@@ -115,6 +115,8 @@ async fn checkpoint(
         leave_running: true,
         name,
         filesystem_only,
+        // E2B's memory default is an explicit memory snapshot
+        memory_if_supported: false,
     };
     gw.checkpoint_claim(req).await.map_err(|e| match e {
         ApiError::NotImplemented(why) if filesystem_only => {

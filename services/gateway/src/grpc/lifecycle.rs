@@ -116,6 +116,26 @@ pub fn claim_request(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<pb::C
 
 pub async fn create(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<api::Sandbox> {
     if let Some(api::create_sandbox_request::Source::Snapshot(s)) = &r.source {
+        if r.entrypoint.is_empty() && !r.env.is_empty() {
+            return Err(ApiError::Invalid(
+                "env on a create from a snapshot is the env of its entrypoint: give an entrypoint"
+                    .into(),
+            ));
+        }
+        // a filesystem restore starts the entrypoint and takes the limits
+        let process = (!r.entrypoint.is_empty()).then(|| pb::InjectRequest {
+            argv: r.entrypoint,
+            env: r.env,
+            ..Default::default()
+        });
+        let resources = r
+            .resources
+            .filter(|l| !l.cpu.is_empty() || !l.memory.is_empty())
+            .map(|l| pb::Resources {
+                cpu: l.cpu,
+                memory: l.memory,
+                pids: 0,
+            });
         // the same key on a create from a pool and from a snapshot names
         // the same claim: a retry of either returns it
         let req = pb::RestoreCheckpointRequest {
@@ -124,6 +144,8 @@ pub async fn create(gw: &Gateway, r: api::CreateSandboxRequest) -> Result<api::S
             ttl_seconds: gw.check_timeout("timeout_seconds", r.timeout_seconds)?,
             metadata: r.metadata,
             claim_id: scoped_key(&r.idempotency_key, "create")?.unwrap_or_default(),
+            process,
+            resources,
         };
         let c = gw.restore_checkpoint(req).await?.pop();
         return c
@@ -195,6 +217,8 @@ pub async fn snapshot(
             leave_running: r.leave_running,
             name: r.name.clone(),
             filesystem_only: false,
+            // files only where memory cannot be kept (Kubernetes mode)
+            memory_if_supported: true,
         };
         let c = gw.checkpoint_claim(req).await?;
         Ok(api::SandboxSnapshot {

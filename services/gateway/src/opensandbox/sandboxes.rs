@@ -145,7 +145,7 @@ pub enum Create {
     /// a sandbox from a pool or an image
     Claim(Box<pb::ClaimRequest>),
     /// a sandbox from a snapshot (`snapshotId`)
-    Restore(pb::RestoreCheckpointRequest),
+    Restore(Box<pb::RestoreCheckpointRequest>),
 }
 
 /// An OpenSandbox create body as the claim or restore it asks for (pure: the
@@ -154,7 +154,7 @@ pub fn parse_create(body: &[u8]) -> Result<Create> {
     let req: CreateRequest = extract::parse_json(body)?;
     refuse_unhonoured(&req)?;
     match req.snapshot_id.as_deref() {
-        Some(s) if !s.is_empty() => restore_of(req).map(Create::Restore),
+        Some(s) if !s.is_empty() => restore_of(req).map(|r| Create::Restore(Box::new(r))),
         _ => claim_of(req).map(|c| Create::Claim(Box::new(c))),
     }
 }
@@ -198,11 +198,30 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     }
     let metadata = req.metadata.unwrap_or_default();
     check_keys(metadata.keys())?;
+    // a filesystem restore starts the entrypoint and takes the limits (as
+    // upstream's restore of its committed image); see the proto for memory
+    let process = req
+        .entrypoint
+        .filter(|argv| !argv.is_empty())
+        .map(|argv| pb::InjectRequest {
+            argv,
+            ..Default::default()
+        });
+    let resources = req
+        .resource_limits
+        .filter(|l| l.cpu.is_some() || l.memory.is_some())
+        .map(|l| pb::Resources {
+            cpu: l.cpu.unwrap_or_default(),
+            memory: l.memory.unwrap_or_default(),
+            pids: 0,
+        });
     Ok(pb::RestoreCheckpointRequest {
         checkpoint_id: snapshot,
         count: 1,
         ttl_seconds: parse_timeout(&req.timeout)?,
         metadata,
+        process,
+        resources,
         ..Default::default()
     })
 }
@@ -313,7 +332,7 @@ pub async fn create(
         }
         Create::Restore(mut restore) => {
             restore.ttl_seconds = gw.check_timeout("timeout", restore.ttl_seconds)?;
-            return create_from_snapshot(&gw, restore).await;
+            return create_from_snapshot(&gw, *restore).await;
         }
     };
     let pool = claim.pool.clone();
@@ -484,6 +503,21 @@ mod tests {
             ("ck-1", 1, 600)
         );
         assert_eq!(r.metadata.get("a").map(String::as_str), Some("b"));
+        // the entrypoint and limits go with the restore (a filesystem
+        // checkpoint's claim starts and takes them)
+        assert_eq!(
+            r.process.as_ref().map(|p| p.argv.clone()),
+            Some(vec!["tail".into(), "-f".into(), "/dev/null".into()])
+        );
+        assert!(r.resources.is_none());
+        let Ok(Create::Restore(r)) = parse_create(
+            br#"{"snapshotId":"ck-1","resourceLimits":{"cpu":"1","memory":"2Gi"},"entrypoint":[]}"#,
+        ) else {
+            panic!("a restore")
+        };
+        let l = r.resources.expect("limits");
+        assert_eq!((l.cpu.as_str(), l.memory.as_str()), ("1", "2Gi"));
+        assert!(r.process.is_none(), "an empty entrypoint asks for none");
         assert!(
             matches!(
                 parse_create(br#"{"image":{"uri":"python"}}"#),

@@ -1,5 +1,7 @@
 //! `/v1/sandboxes/{id}/snapshots` and `/v1/snapshots`: checkpoints of
-//! running sandboxes (memory and files).
+//! running sandboxes: memory and files where the platform keeps memory
+//! (standalone), else files only (Kubernetes mode: a SandboxSnapshot, which
+//! is what upstream's snapshot is).
 
 use axum::{
     Json,
@@ -39,7 +41,7 @@ fn snapshot_json(c: &pb::CheckpointInfo) -> Value {
 }
 
 /// `POST /sandboxes/{id}/snapshots`: a checkpoint of the running sandbox
-/// (memory and files), which goes on running.
+/// (memory if the platform can, and files), which goes on running.
 pub async fn create_snapshot(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
@@ -51,6 +53,7 @@ pub async fn create_snapshot(
             leave_running: true,
             name: r.name.unwrap_or_default(),
             filesystem_only: false,
+            memory_if_supported: true,
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(snapshot_json(&info))).into_response())
