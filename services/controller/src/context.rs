@@ -29,6 +29,11 @@ pub trait TaskRunner: Send + Sync {
     async fn status(&self, pod: &Pod) -> Option<Option<i32>>;
     /// Stop the task (and everything it started).
     async fn stop(&self, pod: &Pod) -> Result<()>;
+    /// The runtime's health, with its activity (idle auto-pause); `None`
+    /// when it cannot be asked (the default: no runtime to ask).
+    async fn health(&self, _pod: &Pod) -> Option<sandpool_proto::v1::HealthResponse> {
+        None
+    }
 }
 
 pub struct Context {

@@ -10,6 +10,7 @@ pub mod context;
 pub mod conversion;
 pub mod crd;
 pub mod error;
+pub mod idle;
 pub mod kube_scheduler;
 pub mod leader;
 pub mod node_agents;

@@ -35,6 +35,8 @@ pub struct ControllerConfig {
     pub identity: String,
     pub lease_name: String,
     pub lease_duration: Duration,
+    /// Pause claims idle this long ([`crate::idle`]); `None`: never.
+    pub idle_pause: Option<Duration>,
 }
 
 /// Readiness as seen by `/readyz`: true while this replica runs the controllers.
@@ -118,7 +120,19 @@ pub async fn run_with_agents(
         )
         .with_node_agents(agents),
     );
-    let controllers = controllers(client, ns, ctx, shutdown_signal());
+    let idle = async {
+        match cfg.idle_pause {
+            Some(limit) => crate::idle::run(ctx.clone(), ns.clone(), limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let controllers = async {
+        // the idle pauses end with the controllers (at shutdown)
+        tokio::select! {
+            _ = controllers(client, ns.clone(), ctx.clone(), shutdown_signal()) => {}
+            _ = idle => {}
+        }
+    };
     if cfg.leader_elect {
         tokio::select! {
             _ = controllers => {

@@ -98,6 +98,12 @@ impl TaskRunner for GrpcTaskRunner {
         };
         inject(pod, msg, "stopping the task").await
     }
+
+    async fn health(&self, pod: &Pod) -> Option<pb::HealthResponse> {
+        let mut c = client(pod).await.ok()?;
+        let r = request(pod, pb::HealthRequest {}).ok()?;
+        Some(c.health(r).await.ok()?.into_inner())
+    }
 }
 
 /// Inject `msg` as the pod runtime's entrypoint; `call` names it in errors.

@@ -104,6 +104,13 @@ pub fn is_expired(state: ClaimState, expires_ms: i64, now_ms: i64) -> bool {
         && matches!(state, ClaimState::Pending | ClaimState::Bound)
 }
 
+/// Whether a claimed sandbox whose runtime reports `running_commands` and
+/// `idle_ms` (milliseconds since its last request) is idle for `limit`
+/// (idle auto-pause): nothing running and quiet at least that long.
+pub fn is_idle(running_commands: u32, idle_ms: u64, limit: std::time::Duration) -> bool {
+    running_commands == 0 && u128::from(idle_ms) >= limit.as_millis()
+}
+
 /// The TTL a claim paused at its expiry (E2B `autoPause`) runs under once
 /// resumed without a new one (E2B's default sandbox timeout, 300 s), in
 /// standalone and Kubernetes mode alike.
@@ -161,6 +168,15 @@ mod tests {
     use super::*;
     use ClaimEvent as E;
     use ClaimState as S;
+
+    #[test]
+    fn idle_means_nothing_running_and_quiet_for_the_limit() {
+        let limit = std::time::Duration::from_secs(30);
+        assert!(is_idle(0, 30_000, limit));
+        assert!(is_idle(0, 90_000, limit));
+        assert!(!is_idle(0, 29_999, limit));
+        assert!(!is_idle(1, 90_000, limit), "a running command is activity");
+    }
 
     #[test]
     fn on_expiry_words_round_trip_and_unknown_ones_are_named() {

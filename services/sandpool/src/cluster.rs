@@ -64,6 +64,11 @@ pub struct ControllerArgs {
     /// PEM private key of the webhook's certificate.
     #[arg(long, env = "SANDPOOL_WEBHOOK_KEY")]
     webhook_key: Option<PathBuf>,
+    /// Pause a claimed sandbox after this many seconds without runtime
+    /// activity (0 = never), as `sandpool serve --idle-pause-after`; resume it
+    /// with the API (OpenSandbox `resume`, E2B `connect`).
+    #[arg(long, env = "SANDPOOL_IDLE_PAUSE_AFTER", default_value_t = 0)]
+    pub idle_pause_after: u64,
     /// gRPC port of the node agents (the DaemonSet's pods in this namespace,
     /// found by node) that pause and resume claims' pods.
     #[arg(long, env = "SANDPOOL_NODE_AGENT_PORT", default_value_t = sandpool_controller::kube_scheduler::NODE_AGENT_PORT)]
@@ -374,6 +379,7 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
         identity,
         lease_name: a.lease_name.clone(),
         lease_duration: Duration::from_secs(15),
+        idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
     };
     tracing::info!(namespace = %a.namespace, "sandpool controller starting");
     // the batch controller pauses pods (`spec.pause`) through the same agents

@@ -87,26 +87,46 @@ pub async fn expire(
     Ok(Action::await_change())
 }
 
-/// Pause claim `batch` as a REST pause does, setting [`RESUMED_TTL_MS`]
-/// aside for its resume.
-async fn pause(batch: &BatchSandbox, ctx: &Context, ns: &str) -> std::result::Result<(), Status> {
+/// The pod claim `batch` runs in (not terminating), if any.
+pub(crate) async fn claim_pod(
+    batch: &BatchSandbox,
+    ctx: &Context,
+    ns: &str,
+) -> std::result::Result<Option<Pod>, Status> {
     let selector = format!("{ALLOCATED_TO_LABEL}={}", batch.uid().unwrap_or_default());
-    let pod: Option<Pod> = list_pods(&ctx.api(ns), &selector)
+    Ok(list_pods(&ctx.api(ns), &selector)
         .await
         .map_err(|e| Status::unavailable(format!("listing the claim's pod: {e}")))?
         .into_iter()
-        .find(|p| !pods::is_terminating(p));
-    let on = (batch, pod.as_ref());
+        .find(|p| !pods::is_terminating(p)))
+}
+
+/// Pause claim `batch` (running in `pod`) as a REST pause does; `left_ms`
+/// is the TTL set aside for its resume (`None`: what is left of its own).
+pub(crate) async fn pause_claim(
+    batch: &BatchSandbox,
+    pod: Option<&Pod>,
+    ctx: &Context,
+    ns: &str,
+    left_ms: Option<i64>,
+) -> std::result::Result<(), Status> {
     let batches = ctx.api(ns);
     crate::kube_scheduler::freeze(
         ctx.nodes.as_ref(),
         &batches,
-        on,
+        (batch, pod),
         ClaimEvent::Pause,
-        Some(RESUMED_TTL_MS),
+        left_ms,
     )
     .await
     .map(drop)
+}
+
+/// Pause claim `batch` at its expiry, setting [`RESUMED_TTL_MS`] aside for
+/// its resume.
+async fn pause(batch: &BatchSandbox, ctx: &Context, ns: &str) -> std::result::Result<(), Status> {
+    let pod = claim_pod(batch, ctx, ns).await?;
+    pause_claim(batch, pod.as_ref(), ctx, ns, Some(RESUMED_TTL_MS)).await
 }
 
 #[cfg(test)]

@@ -39,13 +39,13 @@ use convert::{
     POOL_EGRESS_UNSUPPORTED, batch_to_pb, check_pool_limits, kube_status, ms, patched_metadata,
     pool_to_pb,
 };
-pub(crate) use pause::freeze;
 /// The TTL patch of a pause (resume): [`PAUSED_ANNOTATION`] and `expireTime`.
 pub use pause::state_patch as ttl_patch;
 pub use pause::{
     AUTO_RESUME_ANNOTATION, DaemonSetAgents, NODE_AGENT_PORT, NODE_AGENT_SELECTOR, NodeAgents,
     ON_EXPIRY_ANNOTATION, PAUSED_ANNOTATION, TTL_SECONDS_ANNOTATION,
 };
+pub(crate) use pause::{core_state, freeze};
 use watch::{Round, changed};
 
 pub const CLAIM_LABEL: &str = "sandpool.io/claim";

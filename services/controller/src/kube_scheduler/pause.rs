@@ -36,7 +36,7 @@ pub const PAUSED_ANNOTATION: &str = "sandpool.io/paused-ttl-remaining-ms";
 const RESUME_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// The claim's state as [`claim_state`] reads it, in the core state machine.
-fn core_state(b: &BatchSandbox, pod: Option<&Pod>) -> ClaimState {
+pub(crate) fn core_state(b: &BatchSandbox, pod: Option<&Pod>) -> ClaimState {
     if b.metadata.deletion_timestamp.is_some() {
         ClaimState::Released
     } else if b.annotations().contains_key(PAUSED_ANNOTATION) || paused_by_spec(b) {

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sandpool_core::claim::{ClaimEvent, ClaimState, RESUMED_TTL_MS, is_expired};
+use sandpool_core::claim::{ClaimEvent, ClaimState, RESUMED_TTL_MS, is_expired, is_idle};
 use sandpool_proto::v1::{self as pb, runtime_client::RuntimeClient};
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,7 +92,7 @@ impl Scheduler {
             let Some(h) = self.runtime_health(&c).await else {
                 continue;
             };
-            if h.running_commands == 0 && h.idle_ms >= limit.as_millis() as u64 {
+            if is_idle(h.running_commands, h.idle_ms, limit) {
                 tracing::info!(claim = %c.id, idle_ms = h.idle_ms, "pausing idle sandbox");
                 if let Err(e) = self.pause(&c.id).await {
                     tracing::warn!(claim = %c.id, error = %e, "idle pause failed");
