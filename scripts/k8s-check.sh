@@ -262,6 +262,11 @@ expect_object names 'Secret/sp-service-token'
 render otel --set otel.endpoint=http://otel-collector:4317
 expect otel "value: \"http://otel-collector:4317\"$"
 
+render idle-pause --set controllerManager.idlePauseAfterSeconds=600
+expect idle-pause '^ *- --idle-pause-after$'
+expect idle-pause '^ *- "600"$'
+expect_not defaults 'idle-pause-after'
+
 render ns-override --set namespaceOverride=sandbox-system
 expect_not ns-override 'namespace: "?'"$NAMESPACE"'"?$'
 
