@@ -25,7 +25,8 @@ use crate::context::{
 };
 use crate::crd::{
     ALLOCATED_TO_LABEL, BATCH_FINALIZER, BATCH_NAME_ANNOTATION, BatchSandbox, BatchSandboxStatus,
-    ENDPOINTS_ANNOTATION, POOL_LABEL, Pool, SHARD_ANNOTATION, TASK_ANNOTATION, TaskTemplateSpec,
+    ENDPOINTS_ANNOTATION, POOL_LABEL, Pool, SHARD_ANNOTATION, TASK_ANNOTATION, TENANT_LABEL,
+    TaskTemplateSpec,
 };
 use crate::error::{Error, Result, is_already_exists, is_conflict, is_not_found};
 use crate::pods::{self, controller_ref};
@@ -235,6 +236,14 @@ async fn scale(
         delete_ignoring_missing(pod_api, &p.name_any()).await?;
     }
     mine.retain(|p| !pods::is_finished(p));
+    // a pod allocated before the tenant label existed gets it (the claim's
+    // egress NetworkPolicy selects its pod by it)
+    for p in mine
+        .iter()
+        .filter(|p| crate::tenant_egress::tenant_of(p).is_none())
+    {
+        crate::tenant_egress::label(pod_api, p, &uid).await?;
+    }
     let gone = released.shards();
     let mut mine = release::release_pooled(batch, ctx, pod_api, mine, &gone).await?;
     let held: BTreeSet<usize> = mine.iter().filter_map(shard_of).collect();
@@ -410,7 +419,7 @@ async fn allocate_from_pool(
             let p = &candidates[i];
             let patch = json!({"metadata": {
                 "resourceVersion": p.resource_version(),
-                "labels": {ALLOCATED_TO_LABEL: uid},
+                "labels": {ALLOCATED_TO_LABEL: uid, TENANT_LABEL: uid},
                 "annotations": {SHARD_ANNOTATION: s.to_string(), BATCH_NAME_ANNOTATION: batch_name},
             }});
             match pod_api
@@ -464,10 +473,10 @@ async fn create_from_template(
         let meta = ObjectMeta {
             name: Some(format!("{name}-{s}")),
             namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([(
-                ALLOCATED_TO_LABEL.to_string(),
-                uid.to_string(),
-            )])),
+            labels: Some(BTreeMap::from([
+                (ALLOCATED_TO_LABEL.to_string(), uid.to_string()),
+                (TENANT_LABEL.to_string(), uid.to_string()),
+            ])),
             annotations: Some(BTreeMap::from([
                 (SHARD_ANNOTATION.to_string(), s.to_string()),
                 (BATCH_NAME_ANNOTATION.to_string(), name.clone()),
@@ -491,7 +500,12 @@ async fn create_from_template(
 /// ([`crate::pool::recycle`]). A used pod never goes back to its pool
 /// otherwise: its file system and its runtime token belong to the previous
 /// tenant. docs/compatibility.md says where this differs from upstream.
+/// The tenant's egress NetworkPolicies are first handed over to the pod
+/// ([`crate::tenant_egress`]): they keep guarding it until it is reset or
+/// gone.
 pub(crate) async fn release_pod(ctx: &Context, pod_api: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let ns = pod.namespace().unwrap_or_default();
+    crate::tenant_egress::hand_over(&ctx.api(&ns), pod).await?;
     if pods::annotation(pod, TASK_ANNOTATION).is_some()
         && let Err(e) = ctx.tasks.stop(pod).await
     {

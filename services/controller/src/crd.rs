@@ -31,6 +31,11 @@ pub const ENDPOINTS_ANNOTATION: &str = "sandbox.opensandbox.io/endpoints";
 pub const POOL_LABEL: &str = "sandbox.opensandbox.io/pool";
 /// Pod label naming the BatchSandbox it is allocated to (absent = available).
 pub const ALLOCATED_TO_LABEL: &str = "sandbox.opensandbox.io/allocated-to";
+/// Pod label naming the BatchSandbox (uid) whose tenant last ran in it: set
+/// with [`ALLOCATED_TO_LABEL`] and kept through a release until the pod is
+/// reset (every process of the tenant proven gone) or deleted. A claim's
+/// egress NetworkPolicy selects its pod by it (`crate::tenant_egress`).
+pub const TENANT_LABEL: &str = "sandpool.io/tenant";
 /// Pod annotation: the name of the BatchSandbox it is allocated to.
 pub const BATCH_NAME_ANNOTATION: &str = "sandbox.opensandbox.io/batch";
 /// Pod annotation: the shard index inside its BatchSandbox.

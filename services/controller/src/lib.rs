@@ -19,6 +19,7 @@ pub mod pool;
 pub mod run;
 pub mod snapshot;
 pub mod tasks;
+pub mod tenant_egress;
 
 pub use error::{Error, Result};
 

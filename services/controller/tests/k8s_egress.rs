@@ -1,8 +1,10 @@
 //! A claim's egress policy in Kubernetes mode (issue 21): a NetworkPolicy
-//! `<claim>-egress` selecting exactly the claim's pod (the allocated-to
+//! `<claim>-egress-<uid>` selecting exactly the claim's pod (the tenant
 //! label, the BatchSandbox's uid), owned by the BatchSandbox, replaced by a
-//! live change, removed for an allow-all policy and on release; the policy
-//! as given is read back from the claim. What a NetworkPolicy cannot
+//! live change, removed for an allow-all policy; the policy as given is
+//! read back from the claim. On release it keeps guarding the released pod
+//! until the pod is gone (owned by it too, then garbage-collected) or reset
+//! (deleted before the pod rejoins its pool). What a NetworkPolicy cannot
 //! enforce exactly is refused (501) before anything is written. There is
 //! no CNI here: this checks what is written, not what a CNI enforces.
 
@@ -11,15 +13,18 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
 use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::KubeScheduler;
+use sandpool_controller::node_agents::NodeAgents;
+use sandpool_controller::pool::recycle::{RECORD_ANNOTATION, RECYCLING, RESET_KILLED};
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
 use support::{FakeApi, NoTasks, batches_path, context, make_ready, pods_path};
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
 
 const NS: &str = "sandpool";
 
@@ -27,8 +32,55 @@ fn policies_path() -> String {
     format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
 }
 
+/// The NetworkPolicies of claims of id `claim` (`<claim>-egress-<uid>`).
+fn policies_of(api: &FakeApi, claim: &str) -> Vec<Value> {
+    let prefix = format!("{claim}-egress-");
+    api.with_store(|s| s.list(&policies_path()))
+        .into_iter()
+        .filter(|np| {
+            np["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// The one NetworkPolicy of claim `claim`, if any.
 fn network_policy(api: &FakeApi, claim: &str) -> Option<Value> {
-    api.with_store(|s| s.get(&policies_path(), &format!("{claim}-egress")).cloned())
+    let mut all = policies_of(api, claim);
+    assert!(all.len() <= 1, "one policy per claim: {all:?}");
+    all.pop()
+}
+
+/// The names of the NetworkPolicies that select pod `pod`.
+fn selecting(api: &FakeApi, pod: &str) -> Vec<Value> {
+    api.with_store(|s| s.list(&policies_path()))
+        .iter()
+        .filter(|np| selected(api, np).iter().any(|p| p == pod))
+        .map(|np| np["metadata"]["name"].clone())
+        .collect()
+}
+
+fn pod(api: &FakeApi, name: &str) -> Option<Value> {
+    api.with_store(|s| s.get(&pods_path(NS), name).cloned())
+}
+
+fn release(id: &str) -> Request<pb::ClaimRef> {
+    Request::new(pb::ClaimRef {
+        claim_id: id.into(),
+    })
+}
+
+/// Wait (bounded) until claim `id`'s BatchSandbox is gone (its pods
+/// released by the batch controller).
+async fn released(api: &FakeApi, id: &str) {
+    for _ in 0..500 {
+        if api.with_store(|s| s.get(&batches_path(NS), id).is_none()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("claim {id} not released");
 }
 
 fn rule(action: pb::EgressAction, cidr: &str, port: u32) -> pb::EgressRule {
@@ -124,10 +176,12 @@ fn check_network_policy(api: &FakeApi, claim: &pb::Claim) {
         .with_store(|s| s.get(&batches_path(NS), id).cloned())
         .expect("batch");
     let uid = batch["metadata"]["uid"].as_str().expect("uid");
+    assert_eq!(np["metadata"]["name"], json!(format!("{id}-egress-{uid}")));
+    assert_eq!(np["metadata"]["labels"][TENANT_LABEL], json!(uid));
     assert_eq!(
         np["spec"],
         json!({
-            "podSelector": {"matchLabels": {ALLOCATED_TO_LABEL: uid}},
+            "podSelector": {"matchLabels": {TENANT_LABEL: uid}},
             "policyTypes": ["Egress"],
             "egress": [{
                 "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
@@ -232,13 +286,11 @@ async fn a_claims_egress_policy_is_a_network_policy_on_its_pod_alone() {
         .await
         .expect("set again");
     assert!(network_policy(&api, &id).is_some());
-    sched
-        .release_claim(Request::new(pb::ClaimRef {
-            claim_id: id.clone(),
-        }))
-        .await
-        .expect("release");
-    assert!(network_policy(&api, &id).is_none(), "deleted on release");
+    sched.release_claim(release(&id)).await.expect("release");
+    // released: kept for the released pod (see the tests below)
+    let np = network_policy(&api, &id).expect("not deleted on release");
+    let pod = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    assert_eq!(selected(&api, &np), vec![pod]);
 }
 
 #[tokio::test]
@@ -293,7 +345,88 @@ async fn the_network_policy_is_garbage_collected_with_its_batch_sandbox() {
     assert!(network_policy(&api, &id).is_none(), "collected");
 }
 
-/// A Restart pool of one ready pod on node-a.
+#[tokio::test]
+async fn a_released_pod_stays_under_the_policy_until_the_pod_object_is_gone() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let sched = scheduler(&api);
+    let controller = batch_controller(&api, &ctx);
+    let closed = policy(pb::EgressAction::Deny, vec![]);
+    let claim = sched
+        .create_claim(claim_request(Some(closed)))
+        .await
+        .expect("claim")
+        .into_inner();
+    let id = claim.claim_id.clone();
+    let name = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    // the termination grace period (its containers still running): the
+    // fake has no kubelet, a finalizer holds the deleted pod here
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &name, |p| {
+            p["metadata"]["finalizers"] = json!(["test/grace-period"]);
+        })
+    });
+    sched.release_claim(release(&id)).await.expect("release");
+    released(&api, &id).await;
+    controller.abort();
+    let p = pod(&api, &name).expect("terminating");
+    assert!(p["metadata"]["deletionTimestamp"].is_string(), "{p}");
+    let np = network_policy(&api, &id).expect("still guarding the terminating pod");
+    assert_eq!(selecting(&api, &name), vec![np["metadata"]["name"].clone()]);
+    let owned_by_pod = np["metadata"]["ownerReferences"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .any(|o| o["kind"] == "Pod" && o["uid"] == p["metadata"]["uid"]);
+    assert!(owned_by_pod, "{np}");
+    // the pod object gone: the policy is collected with it
+    Api::<Pod>::namespaced(ctx.client.clone(), NS)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("grace period over");
+    assert!(pod(&api, &name).is_none());
+    assert!(policies_of(&api, &id).is_empty(), "collected with the pod");
+}
+
+/// A node agent that resets every pod, killing its `sandbox` container.
+struct ResetsAll;
+
+#[async_trait::async_trait]
+impl NodeAgents for ResetsAll {
+    async fn set_paused(&self, _: &str, _: &str, _: bool) -> Result<(), Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn mount(&self, _: &str, _: pb::MountRequest) -> Result<(), Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn reset(&self, _: &str, _: &str) -> Result<pb::SandboxInfo, Status> {
+        Ok(pb::SandboxInfo {
+            access_token: "fresh-token".into(),
+            labels: [(RESET_KILLED.to_string(), "sandbox".to_string())].into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// The kubelet's view of pod `name` (the fake has none): Running and
+/// Ready, its `sandbox` container running as `id` after `restarts`.
+fn kubelet_reports(api: &FakeApi, name: &str, id: &str, restarts: i32) {
+    api.with_store(|s| {
+        make_ready(s, NS, name, "10.2.0.7", "node-a");
+        s.mutate(&pods_path(NS), name, |p| {
+            p["status"]["containerStatuses"] = json!([{"name": "sandbox",
+                "containerID": format!("containerd://{id}"), "restartCount": restarts,
+                "ready": true, "image": "busybox", "imageID": "busybox",
+                "state": {"running": {"startedAt": "2026-12-07T00:00:00Z"}}}]);
+        });
+    });
+}
+
+/// A Restart pool `p` of one pod, reconciled once.
 async fn recycling_pool(api: &FakeApi, ctx: &Arc<Context>) {
     api.with_store(|s| {
         s.put(
@@ -306,6 +439,10 @@ async fn recycling_pool(api: &FakeApi, ctx: &Arc<Context>) {
                     "recycleStrategy": {"type": "Restart"}}}),
         )
     });
+    reconcile_pool(ctx).await;
+}
+
+async fn reconcile_pool(ctx: &Arc<Context>) {
     let p = Api::<Pool>::namespaced(ctx.client.clone(), NS)
         .get("p")
         .await
@@ -315,90 +452,220 @@ async fn recycling_pool(api: &FakeApi, ctx: &Arc<Context>) {
         .expect("pool reconcile");
 }
 
+fn pool_claim(egress: pb::EgressPolicy) -> Request<pb::ClaimRequest> {
+    Request::new(pb::ClaimRequest {
+        pool: "p".into(),
+        egress: Some(egress),
+        ..Default::default()
+    })
+}
+
 #[tokio::test]
-async fn a_pooled_pod_given_back_is_no_longer_selected_by_the_claims_policy() {
+async fn a_recycled_pod_stays_under_the_policy_until_its_reset_then_under_the_next_claims() {
     let api = FakeApi::new();
-    let ctx = context(&api, NoTasks(Some(None)));
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), Arc::new(ResetsAll));
     let sched = scheduler(&api);
     recycling_pool(&api, &ctx).await;
     let controller = batch_controller(&api, &ctx);
     let closed = policy(pb::EgressAction::Deny, vec![]);
-    let claim = sched
-        .create_claim(Request::new(pb::ClaimRequest {
-            pool: "p".into(),
-            egress: Some(closed),
-            ..Default::default()
-        }))
+    let first = sched
+        .create_claim(pool_claim(closed))
         .await
         .expect("pool claim")
         .into_inner();
-    let pod = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
-    let np = network_policy(&api, &claim.claim_id).expect("policy");
-    assert_eq!(selected(&api, &np), vec![pod.clone()], "the allocated pod");
+    let name = first.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    kubelet_reports(&api, &name, "first", 0);
+    let np = network_policy(&api, &first.claim_id).expect("policy");
+    let np_name = np["metadata"]["name"].clone();
+    assert_eq!(selecting(&api, &name), vec![np_name.clone()]);
+
+    // released: the pod is kept for its reset, still under the policy
     sched
-        .release_claim(Request::new(pb::ClaimRef {
-            claim_id: claim.claim_id.clone(),
-        }))
+        .release_claim(release(&first.claim_id))
         .await
         .expect("release");
-    assert!(network_policy(&api, &claim.claim_id).is_none());
-    // the batch controller gives the pod back (relabelled for its reset):
-    // even a policy left behind would select nothing
-    for _ in 0..500 {
-        if api.with_store(|s| s.get(&batches_path(NS), &claim.claim_id).is_none()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    controller.abort();
-    let back = api
-        .with_store(|s| s.get(&pods_path(NS), &pod).cloned())
-        .expect("the pod is kept for its pool");
+    released(&api, &first.claim_id).await;
+    let p = pod(&api, &name).expect("kept for its pool");
     assert_eq!(
-        back["metadata"]["labels"][ALLOCATED_TO_LABEL],
-        json!(sandpool_controller::pool::recycle::RECYCLING),
-        "{back}"
+        p["metadata"]["labels"][ALLOCATED_TO_LABEL],
+        json!(RECYCLING),
+        "{p}"
     );
-    assert!(selected(&api, &np).is_empty());
+    assert_eq!(
+        selecting(&api, &name),
+        vec![np_name.clone()],
+        "released, the tenant's processes may still run"
+    );
+    // the reset started: still under it
+    reconcile_pool(&ctx).await;
+    let p = pod(&api, &name).expect("being reset");
+    assert!(p["metadata"]["annotations"][RECORD_ANNOTATION].is_string());
+    assert_eq!(selecting(&api, &name), vec![np_name.clone()]);
+    // the reset proven (new containers, ready): the policy goes, then the
+    // pod rejoins its pool selected by none
+    kubelet_reports(&api, &name, "second", 1);
+    reconcile_pool(&ctx).await;
+    let p = pod(&api, &name).expect("back in its pool");
+    assert!(
+        p["metadata"]["labels"].get(ALLOCATED_TO_LABEL).is_none(),
+        "{p}"
+    );
+    assert!(p["metadata"]["labels"].get(TENANT_LABEL).is_none(), "{p}");
+    assert!(policies_of(&api, &first.claim_id).is_empty());
+    assert!(selecting(&api, &name).is_empty());
+
+    // claimed again under another policy: selected by that one alone
+    let one = policy(
+        pb::EgressAction::Deny,
+        vec![rule(pb::EgressAction::Allow, "192.0.2.0/24", 0)],
+    );
+    let second = sched
+        .create_claim(pool_claim(one))
+        .await
+        .expect("second claim")
+        .into_inner();
+    controller.abort();
+    assert_eq!(second.sandbox.as_ref().expect("sandbox").sandbox_id, name);
+    let np = network_policy(&api, &second.claim_id).expect("its policy");
+    assert_eq!(selecting(&api, &name), vec![np["metadata"]["name"].clone()]);
 }
 
 #[tokio::test]
-async fn a_policy_left_by_an_earlier_claim_of_the_id_becomes_the_new_claims() {
+async fn an_earlier_claim_of_the_id_keeps_its_policy_on_its_released_pod() {
     let api = FakeApi::new();
     let ctx = context(&api, NoTasks(Some(None)));
     let sched = scheduler(&api);
-    // not yet collected: its owner, an earlier claim `c-1`, is gone
+    // earlier claim `c-1` (uid-gone) released: its pod still terminating,
+    // its policy owned by the pod
     api.with_store(|s| {
+        s.put(
+            &pods_path(NS),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "old", "uid": "uid-old", "finalizers": ["test/grace-period"],
+                    "labels": {TENANT_LABEL: "uid-gone"}},
+                "spec": {"containers": [{"name": "sandbox", "image": "busybox"}]}}),
+        );
+        s.delete(&pods_path(NS), "old");
         s.put(
             &policies_path(),
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                "metadata": {"name": "c-1-egress", "ownerReferences": [{"apiVersion":
-                    "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox", "name": "c-1",
-                    "uid": "uid-gone", "controller": true}]},
-                "spec": {"podSelector": {"matchLabels": {ALLOCATED_TO_LABEL: "uid-gone"}},
+                "metadata": {"name": "c-1-egress-uid-gone", "labels": {TENANT_LABEL: "uid-gone"},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "old",
+                        "uid": "uid-old"}]},
+                "spec": {"podSelector": {"matchLabels": {TENANT_LABEL: "uid-gone"}},
                     "policyTypes": ["Egress"], "egress": []}}),
         )
     });
+    let before = api
+        .with_store(|s| s.get(&policies_path(), "c-1-egress-uid-gone").cloned())
+        .expect("earlier policy");
     let controller = batch_controller(&api, &ctx);
     let mut r = claim_request(Some(policy(
         pb::EgressAction::Deny,
         vec![rule(pb::EgressAction::Allow, "192.0.2.0/24", 0)],
     )));
     r.get_mut().claim_id = "c-1".into();
-    sched.create_claim(r).await.expect("claim");
+    let claim = sched.create_claim(r).await.expect("claim").into_inner();
     controller.abort();
+    let after = api
+        .with_store(|s| s.get(&policies_path(), "c-1-egress-uid-gone").cloned())
+        .expect("earlier policy kept");
+    assert_eq!(after, before, "untouched");
+    assert_eq!(selecting(&api, "old"), vec![json!("c-1-egress-uid-gone")]);
     let uid = api
         .with_store(|s| s.get(&batches_path(NS), "c-1").cloned())
         .expect("batch")["metadata"]["uid"]
         .clone();
-    let np = network_policy(&api, "c-1").expect("policy");
-    assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], uid, "{np}");
-    assert_eq!(
-        np["spec"]["podSelector"]["matchLabels"][ALLOCATED_TO_LABEL],
-        uid
-    );
-    assert_eq!(
-        np["spec"]["egress"],
-        json!([{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}])
-    );
+    let name = format!("c-1-egress-{}", uid.as_str().expect("uid"));
+    let np = api
+        .with_store(|s| s.get(&policies_path(), &name).cloned())
+        .expect("the new claim's own");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"][TENANT_LABEL], uid);
+    let pod = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    assert_eq!(selecting(&api, &pod), vec![json!(name)]);
+}
+
+#[tokio::test]
+async fn a_pod_allocated_before_the_tenant_label_existed_gets_it() {
+    let api = FakeApi::new();
+    let ctx = context(&api, NoTasks(Some(None)));
+    let sched = scheduler(&api);
+    let controller = batch_controller(&api, &ctx);
+    let closed = policy(pb::EgressAction::Deny, vec![]);
+    let claim = sched
+        .create_claim(claim_request(Some(closed)))
+        .await
+        .expect("claim")
+        .into_inner();
+    controller.abort();
+    let _ = controller.await;
+    let name = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    api.with_store(|s| {
+        s.mutate(&pods_path(NS), &name, |p| {
+            if let Some(l) = p["metadata"]["labels"].as_object_mut() {
+                l.remove(TENANT_LABEL);
+            }
+        })
+    });
+    assert!(selecting(&api, &name).is_empty());
+    let b = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
+        .get(&claim.claim_id)
+        .await
+        .expect("batch");
+    batch::reconcile(Arc::new(b), ctx.clone())
+        .await
+        .expect("reconcile");
+    let np = network_policy(&api, &claim.claim_id).expect("policy");
+    assert_eq!(selecting(&api, &name), vec![np["metadata"]["name"].clone()]);
+}
+
+#[tokio::test]
+async fn a_live_claims_policy_outlives_the_reset_of_a_pod_it_gave_back() {
+    let api = FakeApi::new();
+    let ctx = support::context_with_agents(&api, NoTasks(Some(None)), Arc::new(ResetsAll));
+    let sched = scheduler(&api);
+    recycling_pool(&api, &ctx).await;
+    let controller = batch_controller(&api, &ctx);
+    let claim = sched
+        .create_claim(pool_claim(policy(pb::EgressAction::Deny, vec![])))
+        .await
+        .expect("pool claim")
+        .into_inner();
+    let name = claim.sandbox.as_ref().expect("sandbox").sandbox_id.clone();
+    kubelet_reports(&api, &name, "first", 0);
+    // the claim gives its pod back but lives on (as a pause does)
+    api.with_store(|s| {
+        s.mutate(&batches_path(NS), &claim.claim_id, |b| {
+            b["spec"]["replicas"] = json!(0);
+        })
+    });
+    for _ in 0..500 {
+        let p = pod(&api, &name).expect("pod");
+        if p["metadata"]["labels"][ALLOCATED_TO_LABEL] == json!(RECYCLING) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    controller.abort();
+    let _ = controller.await;
+    let np = network_policy(&api, &claim.claim_id).expect("policy");
+    let owners = |np: &Value| -> Vec<Value> {
+        np["metadata"]["ownerReferences"]
+            .as_array()
+            .expect("owners")
+            .iter()
+            .map(|o| o["kind"].clone())
+            .collect()
+    };
+    assert_eq!(owners(&np), vec![json!("BatchSandbox"), json!("Pod")]);
+    assert_eq!(selecting(&api, &name), vec![np["metadata"]["name"].clone()]);
+    reconcile_pool(&ctx).await;
+    kubelet_reports(&api, &name, "second", 1);
+    reconcile_pool(&ctx).await;
+    // reset: the pod is out of it, the claim keeps its policy
+    let np = network_policy(&api, &claim.claim_id).expect("kept for the claim");
+    assert_eq!(owners(&np), vec![json!("BatchSandbox")]);
+    assert!(selecting(&api, &name).is_empty());
+    let p = pod(&api, &name).expect("back in its pool");
+    assert!(p["metadata"]["labels"].get(TENANT_LABEL).is_none(), "{p}");
 }

@@ -115,7 +115,12 @@ async fn an_opensandbox_sandbox_from_a_pool_shows_the_pools_image() {
 
 fn network_policy(api: &FakeApi, id: &str) -> Option<Value> {
     let coll = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies");
-    api.with_store(|s| s.get(&coll, &format!("{id}-egress")).cloned())
+    let prefix = format!("{id}-egress-");
+    api.with_store(|s| s.list(&coll)).into_iter().find(|np| {
+        np["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+    })
 }
 
 #[tokio::test]
@@ -177,11 +182,19 @@ async fn an_opensandbox_network_policy_becomes_a_network_policy_and_reads_back()
     let (code, _) = call(&app, "PUT", &path, &given).await;
     assert_eq!(code, 200);
     let (code, _) = call(&app, "DELETE", &format!("/v1/sandboxes/{id}"), &Value::Null).await;
-    controller.abort();
     assert!(code < 300, "{code}");
+    // kept until the released pod is gone (deleted: no grace period in
+    // the fake), then collected
+    for _ in 0..500 {
+        if network_policy(&api, &id).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    controller.abort();
     assert!(
         network_policy(&api, &id).is_none(),
-        "deleted with the sandbox"
+        "collected with the sandbox's pod"
     );
 }
 

@@ -1,15 +1,17 @@
 //! A claim's egress policy in Kubernetes mode: a `networking.k8s.io/v1`
-//! NetworkPolicy `<claim>-egress`, policy type Egress only, selecting the
-//! claim's pod by the label the batch controller gives a pod allocated to
-//! the claim's BatchSandbox ([`ALLOCATED_TO_LABEL`] = the BatchSandbox's
-//! uid: unique to the claim, and changed when the pod is recycled, so a pod
-//! back in its pool is no longer selected). Its egress peers are the exact
-//! translation of the policy ([`sandpool_core::egress::netpol`]); what a
-//! NetworkPolicy cannot say exactly is refused (`UNIMPLEMENTED`, naming the
-//! rule) before anything is written. The policy as given is kept in the
-//! BatchSandbox's [`EGRESS_ANNOTATION`] and read back from there. The
-//! NetworkPolicy is owned by the BatchSandbox (garbage-collected with it)
-//! and deleted on release; a policy that allows everything has none.
+//! NetworkPolicy `<claim>-egress-<BatchSandbox uid>`, policy type Egress
+//! only, selecting the claim's pods by the tenant label the batch
+//! controller gives a pod allocated to the claim's BatchSandbox
+//! ([`TENANT_LABEL`] = the BatchSandbox's uid, unique to the claim). Its
+//! egress peers are the exact translation of the policy
+//! ([`sandpool_core::egress::netpol`]); what a NetworkPolicy cannot say
+//! exactly is refused (`UNIMPLEMENTED`, naming the rule) before anything is
+//! written. The policy as given is kept in the BatchSandbox's
+//! [`EGRESS_ANNOTATION`] and read back from there. The NetworkPolicy is
+//! owned by the BatchSandbox and, from its release on, by the released
+//! pods too ([`crate::tenant_egress`]): it is not deleted on release but
+//! keeps guarding a released pod until the pod is reset or gone. A policy
+//! that allows everything has none.
 
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -25,7 +27,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::convert::kube_status;
-use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox};
+use crate::crd::{BatchSandbox, TENANT_LABEL};
 use crate::error::is_not_found;
 use crate::pods::controller_ref;
 
@@ -62,9 +64,11 @@ pub(super) fn read_back(b: &BatchSandbox) -> Option<pb::EgressPolicy> {
     Some(sandpool_proto::template::egress_to_pb(&core))
 }
 
-/// The name of claim `claim`'s NetworkPolicy.
-pub fn network_policy_name(claim: &str) -> String {
-    format!("{claim}-egress")
+/// The name of the NetworkPolicy of claim `claim` whose BatchSandbox has
+/// uid `uid` (a later claim of the same id has its own: an earlier one's
+/// may still guard that claim's released pod).
+pub fn network_policy_name(claim: &str, uid: &str) -> String {
+    format!("{claim}-egress-{uid}")
 }
 
 /// The NetworkPolicy spec enforcing `peers` on the pod of the BatchSandbox
@@ -95,7 +99,7 @@ pub fn network_policy_spec(uid: &str, peers: &[netpol::Peer]) -> NetworkPolicySp
         .collect();
     NetworkPolicySpec {
         pod_selector: Some(LabelSelector {
-            match_labels: Some([(ALLOCATED_TO_LABEL.to_string(), uid.to_string())].into()),
+            match_labels: Some([(TENANT_LABEL.to_string(), uid.to_string())].into()),
             ..Default::default()
         }),
         policy_types: Some(vec!["Egress".to_string()]),
@@ -116,33 +120,32 @@ impl super::KubeScheduler {
         peers: Option<&[netpol::Peer]>,
     ) -> Result<(), Status> {
         let claim = b.name_any();
-        let Some(peers) = peers else {
-            return self.delete_egress(&claim).await;
-        };
         let uid = b.uid().unwrap_or_default();
-        let name = network_policy_name(&claim);
+        let Some(peers) = peers else {
+            return self.delete_egress(&claim, &uid).await;
+        };
+        let name = network_policy_name(&claim, &uid);
         let spec = network_policy_spec(&uid, peers);
         let api = self.network_policies();
-        let owner = controller_ref(
-            "sandbox.opensandbox.io/v1alpha1",
-            "BatchSandbox",
-            &claim,
-            &uid,
-        );
         if let Some(mut old) = api.get_opt(&name).await.map_err(kube_status)? {
-            // one left by an earlier claim of this id is this claim's now
-            // (else its collection would take this claim's policy away)
-            old.metadata.owner_references = Some(vec![owner]);
+            // this claim's own (its owners kept: a released pod may own it)
             old.spec = Some(spec);
             api.replace(&name, &PostParams::default(), &old)
                 .await
                 .map_err(kube_status)?;
             return Ok(());
         }
+        let owner = controller_ref(
+            "sandbox.opensandbox.io/v1alpha1",
+            "BatchSandbox",
+            &claim,
+            &uid,
+        );
         let np = NetworkPolicy {
             metadata: ObjectMeta {
                 name: Some(name),
                 namespace: Some(self.ns.clone()),
+                labels: Some([(TENANT_LABEL.to_string(), uid.clone())].into()),
                 owner_references: Some(vec![owner]),
                 ..Default::default()
             },
@@ -156,11 +159,12 @@ impl super::KubeScheduler {
             .map_err(kube_status)
     }
 
-    /// Remove claim `claim`'s NetworkPolicy, if any.
-    pub(super) async fn delete_egress(&self, claim: &str) -> Result<(), Status> {
+    /// Remove claim `claim`'s NetworkPolicy, if any (its tenant asked for
+    /// everything allowed).
+    async fn delete_egress(&self, claim: &str, uid: &str) -> Result<(), Status> {
         match self
             .network_policies()
-            .delete(&network_policy_name(claim), &Default::default())
+            .delete(&network_policy_name(claim, uid), &Default::default())
             .await
         {
             Ok(_) => Ok(()),
@@ -169,11 +173,11 @@ impl super::KubeScheduler {
         }
     }
 
-    /// Give up a claim being made: its BatchSandbox and NetworkPolicy go
-    /// (best effort: the caller reports what failed first).
+    /// Give up a claim being made: its BatchSandbox goes (best effort: the
+    /// caller reports what failed first). Its NetworkPolicy is released
+    /// with its pod, as on any release.
     pub(super) async fn discard(&self, claim: &str) {
         let _ = self.batches().delete(claim, &Default::default()).await;
-        let _ = self.delete_egress(claim).await;
     }
 
     /// `SetClaimEgress`: the NetworkPolicy replaced (or removed), then the
@@ -221,7 +225,7 @@ mod tests {
         assert_eq!(
             spec,
             json!({
-                "podSelector": {"matchLabels": {ALLOCATED_TO_LABEL: "u-1"}},
+                "podSelector": {"matchLabels": {TENANT_LABEL: "u-1"}},
                 "policyTypes": ["Egress"],
                 "egress": [{
                     "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],

@@ -703,8 +703,7 @@ impl Scheduler for KubeScheduler {
             .delete(&id, &Default::default())
             .await
             .map_err(kube_status)?;
-        // also garbage-collected with the BatchSandbox (its owner)
-        self.delete_egress(&id).await?;
+        // its NetworkPolicy stays until its pod is reset or gone (egress)
         Ok(Response::new(pb::ReleaseClaimResponse {}))
     }
 

@@ -17,7 +17,10 @@
 //!    each a new CRI container with a new rootfs from the image. The pod
 //!    rejoins the pool (its allocation label removed) once every recorded
 //!    container has a new container id, a higher restart count, is running
-//!    and ready, and the pod is Ready ([`verdict`]).
+//!    and ready, and the pod is Ready ([`verdict`]). Its tenant's egress
+//!    NetworkPolicies are deleted first and its tenant label goes with the
+//!    allocation label ([`crate::tenant_egress`]): they guard the pod until
+//!    the reset is proven.
 //! 4. Anything else deletes the pod with a Warning `RecycleFailed` event
 //!    naming why: a pod the reset cannot cover ([`refusal`]: restartPolicy
 //!    not `Always`, an emptyDir that init containers fill and the tenant
@@ -44,7 +47,7 @@ use serde_json::json;
 use crate::context::{Context, delete_ignoring_missing};
 use crate::crd::{
     ALLOCATED_TO_LABEL, BATCH_NAME_ANNOTATION, ENDPOINTS_ANNOTATION, POOL_LABEL, Pool, PoolSpec,
-    RecycleType, SHARD_ANNOTATION, TASK_ANNOTATION,
+    RecycleType, SHARD_ANNOTATION, TASK_ANNOTATION, TENANT_LABEL,
 };
 use crate::error::Result;
 use crate::pods;
@@ -265,8 +268,11 @@ pub async fn drive(
             Verdict::Wait => busy += 1,
             Verdict::Done => {
                 ended += 1;
+                // the tenant's processes are gone: its egress policies go,
+                // then the pod rejoins the pool selected by none of them
+                crate::tenant_egress::remove(&ctx.client, p).await?;
                 let patch = json!({"metadata": {
-                    "labels": {ALLOCATED_TO_LABEL: null},
+                    "labels": {ALLOCATED_TO_LABEL: null, TENANT_LABEL: null},
                     "annotations": {RECORD_ANNOTATION: null},
                 }});
                 api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
