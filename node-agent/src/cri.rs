@@ -497,12 +497,21 @@ impl NodeAgent for CriNodeService {
         req: Request<pb::CommitImagesRequest>,
     ) -> Result<Response<pb::CommitImagesResponse>, Status> {
         let r = req.into_inner();
+        if !r.push && (r.push_auth.is_some() || r.push_insecure) {
+            return Err(Status::invalid_argument(
+                "push_auth and push_insecure need push",
+            ));
+        }
+        let push = r.push.then(|| crate::registry::PushTarget {
+            creds: r.push_auth.map(crate::registry::Credentials::from),
+            insecure: r.push_insecure,
+        });
         let asked: Vec<(String, String)> = r
             .containers
             .into_iter()
             .map(|c| (c.container_name, c.image))
             .collect();
-        let done = self.0.commit(&r.sandbox_id, &asked).await?;
+        let done = self.0.commit(&r.sandbox_id, &asked, push.as_ref()).await?;
         let containers = asked
             .into_iter()
             .zip(done)

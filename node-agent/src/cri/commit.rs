@@ -15,6 +15,7 @@
 
 use crate::containerd::{Committed, TaskState};
 use crate::error::{AgentError, Result};
+use crate::registry::{PushTarget, push_image};
 
 use super::{CriNode, CriPod, is_gvisor};
 
@@ -57,8 +58,15 @@ pub fn commit_targets(pod: &CriPod, asked: &[(String, String)]) -> Result<Vec<(S
 
 impl CriNode {
     /// Commit the app containers `asked` (`(container name, image name)`)
-    /// of pod `id` into images (see the module doc).
-    pub async fn commit(&self, id: &str, asked: &[(String, String)]) -> Result<Vec<Committed>> {
+    /// of pod `id` into images (see the module doc), then, with `push`,
+    /// push each to the registry its name gives (after the pod is resumed;
+    /// the digests are the pushed manifests').
+    pub async fn commit(
+        &self,
+        id: &str,
+        asked: &[(String, String)],
+        push: Option<&PushTarget>,
+    ) -> Result<Vec<Committed>> {
         let pod = self.pod(id).await?;
         let targets = commit_targets(&pod, asked)?;
         let all = self.ctr.list_containers().await?;
@@ -99,6 +107,12 @@ impl CriNode {
             return Err(e);
         }
         tracing::info!(pod = %id, images = ?done, "committed");
+        if let Some(to) = push {
+            for img in &mut done {
+                img.digest = push_image(&self.ctr, &img.image, &img.digest, to).await?;
+            }
+            tracing::info!(pod = %id, images = ?done, "pushed");
+        }
         Ok(done)
     }
 }

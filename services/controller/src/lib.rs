@@ -17,6 +17,7 @@ pub mod pods;
 pub mod pool;
 pub mod run;
 pub mod snapshot;
+pub mod snapshot_registry;
 pub mod tasks;
 
 pub use error::{Error, Result};

@@ -35,6 +35,9 @@ pub struct ControllerConfig {
     pub identity: String,
     pub lease_name: String,
     pub lease_duration: Duration,
+    /// Where SandboxSnapshot images go (`--snapshot-registry`; default:
+    /// node-local).
+    pub snapshots: crate::snapshot_registry::SnapshotRegistry,
 }
 
 /// Readiness as seen by `/readyz`: true while this replica runs the controllers.
@@ -116,7 +119,8 @@ pub async fn run_with_agents(
             tasks,
             Some(cfg.identity.clone()),
         )
-        .with_node_agents(agents),
+        .with_node_agents(agents)
+        .with_snapshot_registry(cfg.snapshots.clone()),
     );
     let controllers = controllers(client, ns, ctx, shutdown_signal());
     if cfg.leader_elect {

@@ -97,6 +97,7 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
         identity: "e2e".into(),
         lease_name: "sandpool-controller".into(),
         lease_duration: Duration::from_secs(15),
+        snapshots: Default::default(),
     };
     let controllers = tokio::spawn(sandpool_controller::run::run(
         client.clone(),
