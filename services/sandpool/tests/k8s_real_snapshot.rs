@@ -297,7 +297,6 @@ fn put_push_secret(api: &FakeApi, registry: &str, password: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_with_a_registry_is_pushed_with_the_push_secrets_credentials() {
-    use sandpool_node_agent::registry::{Credentials, Puller, RegistryConfig};
     use sandpool_node_agent::testkit::registry::{Registry, gate_tools, run};
     if sandpool_node_agent::testkit::gate()
         .filter(|_| gate_tools())
@@ -376,8 +375,15 @@ async fn a_snapshot_with_a_registry_is_pushed_with_the_push_secrets_credentials(
     let text = String::from_utf8_lossy(&top);
     assert!(text.contains("pushed.txt") && text.contains("written before the push"));
 
-    // pulled back by the node agent's puller into a fresh namespace of that
-    // containerd: the same manifest, and the file in its root file system
+    check_pulled_back(&node, &uri, &digest).await;
+    node.remove_all().await;
+}
+
+/// Pull `uri` back with the node agent's puller into a fresh namespace of
+/// `node`'s containerd: the same manifest `digest`, and the file the pod
+/// wrote in its root file system.
+async fn check_pulled_back(node: &CriTestNode, uri: &str, digest: &str) {
+    use sandpool_node_agent::registry::{Credentials, Puller, RegistryConfig};
     let fresh = Ctr::connect(&node.socket(), "pushcheck", Duration::from_secs(10))
         .await
         .expect("containerd");
@@ -386,12 +392,12 @@ async fn a_snapshot_with_a_registry_is_pushed_with_the_push_secrets_credentials(
         password: "s3cret".into(),
     };
     let pulled = Puller::new(RegistryConfig::default())
-        .pull(&fresh, &uri, Some(creds), Arc::new(|_| {}))
+        .pull(&fresh, uri, Some(creds), Arc::new(|_| {}))
         .await
         .expect("pull");
     assert_eq!(pulled.digest, digest);
     let (chain, _) = fresh
-        .image_rootfs(&uri)
+        .image_rootfs(uri)
         .await
         .expect("rootfs")
         .expect("unpacked");
@@ -401,7 +407,6 @@ async fn a_snapshot_with_a_registry_is_pushed_with_the_push_secrets_credentials(
         .expect("read");
     assert_eq!(files[0].as_deref(), Some("written before the push\n"));
     assert!(files[1].is_some(), "the base image's layer is below");
-    node.remove_all().await;
 }
 
 fn reg_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
