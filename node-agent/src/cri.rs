@@ -497,15 +497,7 @@ impl NodeAgent for CriNodeService {
         req: Request<pb::CommitImagesRequest>,
     ) -> Result<Response<pb::CommitImagesResponse>, Status> {
         let r = req.into_inner();
-        if !r.push && (r.push_auth.is_some() || r.push_insecure) {
-            return Err(Status::invalid_argument(
-                "push_auth and push_insecure need push",
-            ));
-        }
-        let push = r.push.then(|| crate::registry::PushTarget {
-            creds: r.push_auth.map(crate::registry::Credentials::from),
-            insecure: r.push_insecure,
-        });
+        let push = commit::push_target(r.push, r.push_auth, r.push_insecure)?;
         let asked: Vec<(String, String)> = r
             .containers
             .into_iter()
