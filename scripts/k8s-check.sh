@@ -186,6 +186,20 @@ gateway my-token/tok
 node-agent my-token/tok"
 expect_no_object service-token-existing 'Secret/sandpool-service-token'
 
+# SandboxSnapshot images: node-local by default (no flag); a registry passes
+# upstream's flags, and the Role reads the push Secret only (resourceNames)
+expect_not defaults 'snapshot-registry'
+expect defaults '^    resourceNames: \["sandpool-snapshot-push"\]$'
+render snapshot-registry --set controllerManager.snapshot.registry=reg.example:5000/snaps \
+  --set controllerManager.snapshot.registryInsecure=true
+expect snapshot-registry '^            - --snapshot-registry$'
+expect snapshot-registry '^            - "reg.example:5000/snaps"$'
+expect snapshot-registry '^            - --snapshot-registry-insecure$'
+expect snapshot-registry '^            - "sandpool-snapshot-push"$'
+render snapshot-anonymous --set controllerManager.snapshot.registry=reg.example/snaps \
+  --set controllerManager.snapshot.pushSecret=
+expect_not snapshot-anonymous 'snapshot-push-secret|resourceNames'
+
 render no-crds --set crds.install=false
 expect_not no-crds '^kind: CustomResourceDefinition$'
 
@@ -408,6 +422,7 @@ reject-render() { # reject-render NAME MESSAGE-REGEX HELM-ARGS...
   rejected+=("$name")
 }
 reject-schema replicas-string --set controllerManager.replicas=abc
+reject-schema snapshot-registry-scheme --set controllerManager.snapshot.registry=https://reg.example/snaps
 reject-schema pull-policy --set controllerManager.image.pullPolicy=Sometimes
 reject-schema service-type --set server.service.type=Bogus
 reject-schema port-range --set server.config.server.port=70000

@@ -497,12 +497,13 @@ impl NodeAgent for CriNodeService {
         req: Request<pb::CommitImagesRequest>,
     ) -> Result<Response<pb::CommitImagesResponse>, Status> {
         let r = req.into_inner();
+        let push = commit::push_target(r.push, r.push_auth, r.push_insecure)?;
         let asked: Vec<(String, String)> = r
             .containers
             .into_iter()
             .map(|c| (c.container_name, c.image))
             .collect();
-        let done = self.0.commit(&r.sandbox_id, &asked).await?;
+        let done = self.0.commit(&r.sandbox_id, &asked, push.as_ref()).await?;
         let containers = asked
             .into_iter()
             .zip(done)

@@ -73,6 +73,13 @@ pub enum AgentError {
         failure: PullFailure,
         detail: String,
     },
+    /// Pushing the committed image `reference` to its registry failed.
+    #[error("pushing {reference}: {detail}")]
+    Push {
+        reference: String,
+        failure: PullFailure,
+        detail: String,
+    },
 }
 
 /// Why a pull failed, in the terms a user acts on.
@@ -244,6 +251,7 @@ impl AgentError {
                 PullFailure::Certificate => "registry_certificate",
                 PullFailure::Registry | PullFailure::Store => "pull",
             },
+            AgentError::Push { .. } => "push",
         }
     }
 }
@@ -267,7 +275,7 @@ impl From<AgentError> for tonic::Status {
             AgentError::Failed { step, .. } => step.code(),
             AgentError::Runtime { .. } => Code::Unavailable,
             AgentError::Unsupported(_) => Code::Unimplemented,
-            AgentError::Pull { failure, .. } => match failure {
+            AgentError::Pull { failure, .. } | AgentError::Push { failure, .. } => match failure {
                 PullFailure::NotFound => Code::NotFound,
                 PullFailure::Unauthorized => Code::PermissionDenied,
                 PullFailure::Unreachable | PullFailure::Certificate => Code::Unavailable,

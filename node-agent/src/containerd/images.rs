@@ -60,6 +60,26 @@ impl Ctr {
         Ok(out)
     }
 
+    /// Blob `digest` of the content store, chunk by chunk (a push streams
+    /// it to a registry); a blob the store lacks is `NotFound`.
+    pub async fn content_chunks(
+        &self,
+        digest: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Vec<u8>>>> {
+        let s = self
+            .client
+            .content()
+            .read(self.req(api::ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .or_fail("read content")?
+            .into_inner();
+        Ok(s.map(|c| c.map(|c| c.data).or_fail("read content")).boxed())
+    }
+
     /// Write a blob from `reader` into the content store (skipped when present).
     pub(super) async fn write_content<R: tokio::io::AsyncRead + Unpin>(
         &self,

@@ -15,6 +15,7 @@
 
 use crate::containerd::{Committed, TaskState};
 use crate::error::{AgentError, Result};
+use crate::registry::{PushTarget, push_image};
 
 use super::{CriNode, CriPod, is_gvisor};
 
@@ -55,10 +56,38 @@ pub fn commit_targets(pod: &CriPod, asked: &[(String, String)]) -> Result<Vec<(S
     Ok(out)
 }
 
+/// Where a CommitImages request's images are pushed: none without `push`
+/// (then credentials or the insecure flag are refused, never ignored).
+pub fn push_target(
+    push: bool,
+    auth: Option<sandpool_proto::v1::ImageAuth>,
+    insecure: bool,
+) -> Result<Option<PushTarget>> {
+    if !push {
+        if auth.is_some() || insecure {
+            return Err(AgentError::InvalidArgument(
+                "push_auth and push_insecure need push".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(PushTarget {
+        creds: auth.map(crate::registry::Credentials::from),
+        insecure,
+    }))
+}
+
 impl CriNode {
     /// Commit the app containers `asked` (`(container name, image name)`)
-    /// of pod `id` into images (see the module doc).
-    pub async fn commit(&self, id: &str, asked: &[(String, String)]) -> Result<Vec<Committed>> {
+    /// of pod `id` into images (see the module doc), then, with `push`,
+    /// push each to the registry its name gives (after the pod is resumed;
+    /// the digests are the pushed manifests').
+    pub async fn commit(
+        &self,
+        id: &str,
+        asked: &[(String, String)],
+        push: Option<&PushTarget>,
+    ) -> Result<Vec<Committed>> {
         let pod = self.pod(id).await?;
         let targets = commit_targets(&pod, asked)?;
         let all = self.ctr.list_containers().await?;
@@ -99,6 +128,12 @@ impl CriNode {
             return Err(e);
         }
         tracing::info!(pod = %id, images = ?done, "committed");
+        if let Some(to) = push {
+            for img in &mut done {
+                img.digest = push_image(&self.ctr, &img.image, &img.digest, to).await?;
+            }
+            tracing::info!(pod = %id, images = ?done, "pushed");
+        }
         Ok(done)
     }
 }
@@ -121,6 +156,24 @@ mod tests {
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn push_fields_without_push_are_refused() {
+        let auth = || {
+            Some(sandpool_proto::v1::ImageAuth {
+                username: "u".into(),
+                password: "p".into(),
+            })
+        };
+        assert_eq!(push_target(false, None, false).expect("none"), None);
+        for (a, insecure) in [(auth(), false), (None, true)] {
+            let e = push_target(false, a, insecure).expect_err("refused");
+            assert!(matches!(e, AgentError::InvalidArgument(_)), "{e:?}");
+        }
+        let t = push_target(true, auth(), true).expect("ok").expect("push");
+        assert!(t.insecure);
+        assert_eq!(t.creds.map(|c| c.username), Some("u".to_string()));
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::Engine;
 use oci_client::{
     Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
@@ -23,9 +22,11 @@ use crate::{
 
 mod coalesce;
 mod config;
+mod push;
 
 pub use coalesce::Coalescer;
 pub use config::RegistryConfig;
+pub use push::{PushTarget, push_image};
 
 /// Bound on connecting to a registry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,49 +101,15 @@ pub fn stored_names(given: &str, reference: &Reference) -> Vec<String> {
     }
 }
 
-/// The credentials a docker `config.json` holds for `registry` (its
-/// `auths` entry by host, for Docker Hub also by its v1 URL).
+/// The credentials a docker `config.json` holds for `registry`
+/// ([`sandpool_core::docker_config::credentials`]).
 pub fn docker_config_credentials(
     config: &serde_json::Value,
     registry: &str,
 ) -> Result<Option<Credentials>> {
-    let auths = &config["auths"];
-    let mut keys = vec![
-        registry.to_string(),
-        format!("https://{registry}"),
-        format!("http://{registry}"),
-    ];
-    if registry == "docker.io" || registry == "index.docker.io" {
-        keys.push("https://index.docker.io/v1/".into());
-        keys.push("index.docker.io".into());
-        keys.push("docker.io".into());
-    }
-    let Some(entry) = keys.iter().find_map(|k| auths.get(k)) else {
-        return Ok(None);
-    };
-    if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
-        return Ok(Some(Credentials {
-            username: u.into(),
-            password: p.into(),
-        }));
-    }
-    let Some(auth) = entry["auth"].as_str() else {
-        return Ok(None);
-    };
-    let bad = |why: String| {
-        AgentError::InvalidTemplate(format!("docker config auth of {registry}: {why}"))
-    };
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .map_err(|e| bad(e.to_string()))?;
-    let text = String::from_utf8(raw).map_err(|e| bad(e.to_string()))?;
-    let (u, p) = text
-        .split_once(':')
-        .ok_or_else(|| bad("not user:password".into()))?;
-    Ok(Some(Credentials {
-        username: u.into(),
-        password: p.into(),
-    }))
+    let found = sandpool_core::docker_config::credentials(config, registry)
+        .map_err(|e| AgentError::InvalidTemplate(e.to_string()))?;
+    Ok(found.map(|(username, password)| Credentials { username, password }))
 }
 
 /// A registry client for `reference`: plain HTTP only where allowed,
@@ -429,6 +396,7 @@ mod tests {
 
     #[test]
     fn docker_config_gives_credentials_by_registry() {
+        use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD.encode("ann:s3:cret");
         let cfg = serde_json::json!({"auths": {
             "127.0.0.1:5000": {"auth": b64},

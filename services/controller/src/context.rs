@@ -49,6 +49,8 @@ pub struct Context {
     /// The node agents: SandboxSnapshot commits (a BatchSandbox's
     /// `spec.pause` among them).
     pub nodes: Arc<dyn NodeAgents>,
+    /// Where SandboxSnapshot images go (default: node-local).
+    pub snapshots: crate::snapshot_registry::SnapshotRegistry,
 }
 
 impl Context {
@@ -70,7 +72,17 @@ impl Context {
             settle: Duration::from_secs(2),
             label_domains: crate::agent_sandbox::label_domains(),
             nodes: Arc::new(NoNodeAgents),
+            snapshots: Default::default(),
         }
+    }
+
+    /// Push SandboxSnapshot images as `cfg` says (default: node-local).
+    pub fn with_snapshot_registry(
+        mut self,
+        cfg: crate::snapshot_registry::SnapshotRegistry,
+    ) -> Self {
+        self.snapshots = cfg;
+        self
     }
 
     /// Pause and resume pods through `nodes` (default: refused, naming why).

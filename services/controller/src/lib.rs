@@ -18,6 +18,7 @@ pub mod pods;
 pub mod pool;
 pub mod run;
 pub mod snapshot;
+pub mod snapshot_registry;
 pub mod tasks;
 pub mod tenant_egress;
 

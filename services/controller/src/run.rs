@@ -37,6 +37,9 @@ pub struct ControllerConfig {
     pub lease_duration: Duration,
     /// Pause claims idle this long ([`crate::idle`]); `None`: never.
     pub idle_pause: Option<Duration>,
+    /// Where SandboxSnapshot images go (`--snapshot-registry`; default:
+    /// node-local).
+    pub snapshots: crate::snapshot_registry::SnapshotRegistry,
 }
 
 /// Readiness as seen by `/readyz`: true while this replica runs the controllers.
@@ -118,7 +121,8 @@ pub async fn run_with_agents(
             tasks,
             Some(cfg.identity.clone()),
         )
-        .with_node_agents(agents),
+        .with_node_agents(agents)
+        .with_snapshot_registry(cfg.snapshots.clone()),
     );
     let idle = async {
         match cfg.idle_pause {

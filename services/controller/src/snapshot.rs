@@ -25,11 +25,15 @@
 //!
 //! Images are named as upstream names them, `<repository>/<batch>-<container>:<tag>`
 //! with tag `snap-gen<batch generation>` for a snapshot a BatchSandbox
-//! controls and `snap-<hash of the snapshot's name>` otherwise. They are not
-//! pushed: the repository is [`SNAPSHOT_REPOSITORY`] and the image stays on
-//! the source node (a pod started from it must run there, with
-//! `imagePullPolicy: IfNotPresent` or `Never`). Deleting a snapshot leaves
-//! its images on the node (docs/compatibility.md).
+//! controls and `snap-<hash of the snapshot's name>` otherwise. Where they
+//! go is [`crate::snapshot_registry`]'s: by default they are not pushed
+//! (the repository is [`SNAPSHOT_REPOSITORY`] and the image stays on the
+//! source node, so a pod started from it must run there); with
+//! `--snapshot-registry` the repository is that registry and the node agent
+//! pushes each image after the commit (`imageDigest` is then the pushed
+//! manifest's; a push that fails fails the snapshot, `CommitFailed`; a bad
+//! push secret, `PushSecretInvalid`). Deleting a snapshot leaves its images
+//! where they are (docs/compatibility.md).
 
 use std::sync::Arc;
 
@@ -51,9 +55,7 @@ use crate::crd::{
 use crate::error::{Result, is_not_found};
 use crate::pods;
 
-/// The repository of snapshot images (they are not pushed anywhere; the
-/// name only has to be a valid reference the kubelet finds locally).
-pub const SNAPSHOT_REPOSITORY: &str = "sandpool.local/snapshots";
+pub use crate::snapshot_registry::SNAPSHOT_REPOSITORY;
 
 /// On a committed snapshot: the total content size in bytes of its images
 /// (manifests, configs and layers, as the node agent reports them).
@@ -119,9 +121,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The image container `container` of `batch` is committed into.
-pub fn image_uri(batch: &str, container: &str, tag: &str) -> String {
-    format!("{SNAPSHOT_REPOSITORY}/{batch}-{container}:{tag}")
+/// The image container `container` of `batch` is committed into, under
+/// `repository` ([`SNAPSHOT_REPOSITORY`] or the snapshot registry).
+pub fn image_uri(repository: &str, batch: &str, container: &str, tag: &str) -> String {
+    format!("{repository}/{batch}-{container}:{tag}")
 }
 
 /// The batch's running pod to commit: the lowest shard of those allocated
@@ -179,7 +182,7 @@ async fn resolve(
         .iter()
         .map(|c| ContainerSnapshot {
             container_name: c.clone(),
-            image_uri: image_uri(bname, c, &tag),
+            image_uri: image_uri(ctx.snapshots.repository(), bname, c, &tag),
             image_digest: None,
         })
         .collect();
@@ -230,7 +233,16 @@ pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<
         let msg = format!("pod {} is not scheduled on a node", pod.name_any());
         return fail("CommitFailed", msg).await;
     }
+    let (push, push_auth, push_insecure) =
+        match crate::snapshot_registry::push_fields(&ctx.snapshots, &ctx, &ns).await? {
+            Ok(Some((auth, insecure))) => (true, auth, insecure),
+            Ok(None) => (false, None, false),
+            Err((reason, message)) => return fail(reason, message).await,
+        };
     let req = pb::CommitImagesRequest {
+        push,
+        push_auth,
+        push_insecure,
         sandbox_id: format!("{ns}/{}", pod.name_any()),
         containers: containers
             .iter()
@@ -259,10 +271,16 @@ pub async fn reconcile(snap: Arc<SandboxSnapshot>, ctx: Arc<Context>) -> Result<
     let conditions = conditions_for(Phase::Succeed, &status.conditions, None, Time(now()));
     let body = json!({"phase": Phase::Succeed, "containers": containers, "conditions": conditions});
     patch_status(&api, &name, body).await?;
-    let note = format!(
-        "committed into {} image(s) on node {node}",
-        containers.len()
-    );
+    let note = match &ctx.snapshots.registry {
+        Some(r) => format!(
+            "committed {} image(s) on node {node} and pushed them to {r}",
+            containers.len()
+        ),
+        None => format!(
+            "committed into {} image(s) on node {node}",
+            containers.len()
+        ),
+    };
     ctx.event(snap.as_ref(), false, "Succeed", note).await;
     Ok(Action::await_change())
 }
@@ -302,7 +320,7 @@ mod tests {
         let sum = hex(&Sha256::digest(b"my-snap"));
         assert_eq!(t, format!("snap-{}", &sum[..32]));
         assert_eq!(
-            image_uri("b", "main", "snap-gen1"),
+            image_uri(SNAPSHOT_REPOSITORY, "b", "main", "snap-gen1"),
             "sandpool.local/snapshots/b-main:snap-gen1"
         );
     }

@@ -55,6 +55,7 @@ fn attrs(verb: &str, group: &str, resource: &str, sub: Option<&str>) -> Attrs {
         resource: resource.into(),
         subresource: sub.map(String::from),
         namespace: Some(rbac::CHART_NAMESPACE.into()),
+        name: None,
     }
 }
 
@@ -74,6 +75,7 @@ fn requests_map_to_the_authorizers_verbs_and_resources() {
     assert_eq!(a, {
         let mut x = attrs("patch", "sandbox.opensandbox.io", "pools", Some("status"));
         x.namespace = Some("n".into());
+        x.name = Some("p".into());
         x
     });
     let a = rbac::attrs_of(&http::Method::DELETE, "/api/v1/namespaces/n/pods", "").expect("dc");
@@ -112,7 +114,18 @@ fn the_chart_grants_the_controller_its_calls_and_no_others() {
     nodes.namespace = None;
     assert!(!g.allows(&nodes));
     assert!(!g.allows(&attrs("create", "", "pods", Some("exec"))));
+    // Secrets: the snapshot push secret only (resourceNames), never a list
     assert!(!g.allows(&attrs("get", "", "secrets", None)));
+    assert!(!g.allows(&attrs("list", "", "secrets", None)));
+    let mut other = attrs("get", "", "secrets", None);
+    other.name = Some("sandpool-service-token".into());
+    assert!(!g.allows(&other));
+    let mut push = other.clone();
+    push.name = Some("sandpool-snapshot-push".into());
+    assert!(
+        g.allows(&push),
+        "the chart's default controllerManager.snapshot.pushSecret"
+    );
 }
 
 /// The gateway and the node agent do not call the apiserver: the chart

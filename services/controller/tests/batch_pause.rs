@@ -18,7 +18,10 @@ use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::PAUSED_ANNOTATION;
 use sandpool_controller::snapshot;
 use serde_json::{Value, json};
-use support::node_agent::{AGENT_TOKEN, Calls, context_with_daemonset, put_agent_pod, serve_agent};
+use support::node_agent::{
+    AGENT_TOKEN, Calls, context_with_daemonset, context_with_snapshot_registry, put_agent_pod,
+    serve_agent,
+};
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path, pools_path};
 use tonic::Status;
 
@@ -274,6 +277,43 @@ async fn pause_commits_a_snapshot_and_deletes_the_pod_and_resume_makes_it_again_
     for r in ["Pausing", "Paused", "Resuming", "Resumed"] {
         assert!(evs.iter().any(|(_, e, _)| e == r), "{r}: {evs:?}");
     }
+}
+
+#[tokio::test]
+async fn a_pause_pushed_to_a_registry_resumes_from_it_on_any_node() {
+    let api = FakeApi::new();
+    api.enforce_schemas(&all_crds());
+    let (port, calls) = serve_agent(None).await;
+    let cfg = sandpool_controller::snapshot_registry::SnapshotRegistry::new(
+        Some("reg.example:5000/snaps"),
+        false,
+        None,
+    )
+    .expect("flags");
+    let ctx = context_with_snapshot_registry(&api, NS, port, NoTasks(Some(None)), cfg);
+    running_batch(&api, &ctx, 1).await;
+    paused(&api, &ctx).await;
+    assert_paused(&api);
+    let pushed = "reg.example:5000/snaps/b-c:snap-gen2";
+    assert!(
+        calls_of(&calls)[0].0.contains(&format!("{pushed:?}")),
+        "{:?}",
+        calls_of(&calls)
+    );
+    set_pause(&api, json!(false));
+    reconcile(&ctx, "b").await;
+    reconcile(&ctx, "b").await;
+    let b = stored(&api, "b");
+    let t = &b["spec"]["template"]["spec"];
+    assert_eq!(t["containers"][0]["image"], pushed, "{b}");
+    assert!(t["nodeName"].is_null(), "not pinned: {b}");
+    assert!(t["containers"][0]["imagePullPolicy"].is_null(), "{b}");
+    reconcile(&ctx, "b").await;
+    let pod = api
+        .with_store(|s| s.get(&pods_path(NS), "b-0").cloned())
+        .expect("the pod made again");
+    assert_eq!(pod["spec"]["containers"][0]["image"], pushed, "{pod}");
+    assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
 }
 
 #[tokio::test]

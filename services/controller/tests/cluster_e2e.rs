@@ -98,6 +98,7 @@ async fn pool_batch_and_claim_on_a_real_cluster() {
         lease_name: "sandpool-controller".into(),
         lease_duration: Duration::from_secs(15),
         idle_pause: None,
+        snapshots: Default::default(),
     };
     let controllers = tokio::spawn(sandpool_controller::run::run(
         client.clone(),

@@ -15,12 +15,18 @@ use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::snapshot;
+use sandpool_controller::snapshot_registry::SnapshotRegistry;
 use serde_json::{Value, json};
-use support::node_agent::{AGENT_TOKEN, Calls, context_with_daemonset, put_agent_pod, serve_agent};
+use support::node_agent::{
+    AGENT_TOKEN, Calls, context_with_daemonset, context_with_snapshot_registry, put_agent_pod,
+    serve_agent,
+};
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path};
 use tonic::Status;
 
 const NS: &str = "sandpool";
+/// The chart's push secret (the only Secret its Role lets the controller read).
+const PUSH: &str = "sandpool-snapshot-push";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/sandpool/events";
 
 fn snapshots_path() -> String {
@@ -258,4 +264,95 @@ async fn a_node_without_an_agent_fails_the_snapshot_naming_the_node() {
     reconcile(&ctx, "s").await;
     assert_failed(&api, "CommitFailed", "node-a");
     assert!(calls.lock().is_empty());
+}
+
+/// The push secret (a `kubernetes.io/dockerconfigjson` Secret) giving
+/// `registry`'s credentials.
+fn put_push_secret(api: &FakeApi, name: &str, registry: &str) {
+    use base64::Engine as _;
+    let cfg = json!({"auths": {registry: {"auth":
+        base64::engine::general_purpose::STANDARD.encode("ann:s3cret")}}});
+    let data = base64::engine::general_purpose::STANDARD.encode(cfg.to_string());
+    api.with_store(|s| {
+        s.put(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": data}}),
+        );
+    });
+}
+
+async fn setup_registry(push_secret: Option<&str>) -> (FakeApi, Arc<Context>, Calls) {
+    let api = FakeApi::new();
+    api.enforce_schemas(&all_crds());
+    let (port, calls) = serve_agent(None).await;
+    let cfg =
+        SnapshotRegistry::new(Some("reg.example:5000/snaps"), true, push_secret).expect("flags");
+    let ctx = context_with_snapshot_registry(&api, NS, port, NoTasks(None), cfg);
+    (api, ctx, calls)
+}
+
+#[tokio::test]
+async fn with_a_registry_images_are_named_under_it_and_pushed_with_the_push_secret() {
+    let (api, ctx, calls) = setup_registry(Some(PUSH)).await;
+    put_push_secret(&api, PUSH, "reg.example:5000");
+    batch(&api, &ctx, 2).await;
+    create_snapshot(&api, "s", None);
+    reconcile(&ctx, "s").await;
+
+    let s = stored(&api, "s");
+    let st = &s["status"];
+    assert_eq!(st["phase"], "Succeed", "{s}");
+    let tag = snapshot::image_tag(&serde_json::from_value(s.clone()).expect("snapshot"), 0);
+    let uri = format!("reg.example:5000/snaps/b-c:{tag}");
+    assert_eq!(
+        st["containers"],
+        json!([{"containerName": "c", "imageUri": uri, "imageDigest": "sha256:fake-c"}])
+    );
+    // the node agent is asked to push, with the Secret's credentials for
+    // the registry's host and the insecure flag
+    assert_eq!(
+        calls.lock().clone(),
+        [(
+            format!("commit push ann:s3cret insecure=true [{uri:?}]"),
+            "sandpool/b-0".to_string(),
+            format!("Bearer {AGENT_TOKEN}")
+        )]
+    );
+}
+
+#[tokio::test]
+async fn with_a_registry_and_no_push_secret_the_push_is_anonymous() {
+    let (api, ctx, calls) = setup_registry(None).await;
+    batch(&api, &ctx, 1).await;
+    create_snapshot(&api, "s", None);
+    reconcile(&ctx, "s").await;
+    assert_eq!(stored(&api, "s")["status"]["phase"], "Succeed");
+    let got = calls.lock().clone();
+    assert!(
+        got[0].0.starts_with("commit push : insecure=true"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_push_secret_that_is_missing_or_lacks_the_registry_fails_the_snapshot_uncommitted() {
+    let (api, ctx, calls) = setup_registry(Some(PUSH)).await;
+    batch(&api, &ctx, 1).await;
+    create_snapshot(&api, "s", None);
+    reconcile(&ctx, "s").await;
+    assert_failed(
+        &api,
+        "PushSecretInvalid",
+        "sandpool/sandpool-snapshot-push: not found",
+    );
+    put_push_secret(&api, PUSH, "other.example");
+    create_snapshot(&api, "s2", None);
+    reconcile(&ctx, "s2").await;
+    let st = &stored(&api, "s2")["status"];
+    assert_eq!(st["phase"], "Failed", "{st}");
+    assert_eq!(st["conditions"][0]["reason"], "PushSecretInvalid");
+    let msg = st["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no entry for reg.example:5000"), "{msg}");
+    assert!(calls.lock().is_empty(), "nothing committed");
 }

@@ -6,6 +6,7 @@
 //! * [`egress`]: egress policies (what a sandbox may connect to).
 //! * [`credential_vault`]: OpenSandbox's Credential Vault: secrets and the
 //!   bindings that inject them into outbound requests.
+//! * [`docker_config`]: registry credentials from a docker `config.json`.
 //! * [`busy`]: the guard that marks an id busy while work on it is under way.
 //! * [`batch`]: BatchSandbox shard task patches (JSON merge patch) and task counts.
 //! * [`strategic`]: strategic merge patch over a pod (BatchSandbox `shardPatches`).
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod busy;
 pub mod claim;
 pub mod credential_vault;
+pub mod docker_config;
 pub mod egress;
 pub mod node_sync;
 pub mod page;
@@ -56,6 +58,9 @@ pub enum CoreError {
         target: String,
         why: String,
     },
+    /// A docker config's `auths` entry of `registry` is unreadable.
+    #[error("docker config auth of {registry}: {why}")]
+    DockerConfig { registry: String, why: String },
     /// `field` is not an RFC 1123 DNS label.
     #[error("{field} {value:?} must be a DNS label (RFC 1123): {why}")]
     InvalidName {

@@ -73,6 +73,18 @@ pub struct ControllerArgs {
     /// found by node) that pause and resume claims' pods.
     #[arg(long, env = "SANDPOOL_NODE_AGENT_PORT", default_value_t = sandpool_controller::kube_scheduler::NODE_AGENT_PORT)]
     node_agent_port: u16,
+    /// Push SandboxSnapshot images to this registry (`host[:port]/path`,
+    /// upstream's flag); unset (the default): they stay on the committing
+    /// node and pods made from them are pinned there.
+    #[arg(long, env = "SANDPOOL_SNAPSHOT_REGISTRY")]
+    snapshot_registry: Option<String>,
+    /// Reach the snapshot registry over plain HTTP (loopback ones are anyway).
+    #[arg(long, env = "SANDPOOL_SNAPSHOT_REGISTRY_INSECURE")]
+    snapshot_registry_insecure: bool,
+    /// The `kubernetes.io/dockerconfigjson` Secret (this namespace) with the
+    /// snapshot registry's push credentials; unset: anonymous pushes.
+    #[arg(long, env = "SANDPOOL_SNAPSHOT_PUSH_SECRET")]
+    snapshot_push_secret: Option<String>,
 }
 
 /// Starts the conversion webhook when `--webhook-listen` is set (every
@@ -311,6 +323,12 @@ where
 
 pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> anyhow::Result<()> {
     let auth = require_token(service_token.as_deref(), "scheduler")?;
+    let snapshots = sandpool_controller::snapshot_registry::SnapshotRegistry::new(
+        a.snapshot_registry.as_deref(),
+        a.snapshot_registry_insecure,
+        a.snapshot_push_secret.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -380,6 +398,7 @@ pub async fn controller(a: ControllerArgs, service_token: Option<String>) -> any
         lease_name: a.lease_name.clone(),
         lease_duration: Duration::from_secs(15),
         idle_pause: (a.idle_pause_after > 0).then(|| Duration::from_secs(a.idle_pause_after)),
+        snapshots,
     };
     tracing::info!(namespace = %a.namespace, "sandpool controller starting");
     // the batch controller pauses pods (`spec.pause`) through the same agents

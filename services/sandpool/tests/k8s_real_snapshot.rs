@@ -22,6 +22,7 @@ use sandpool_controller::crd::{ALLOCATED_TO_LABEL, SandboxSnapshot, all_crds};
 use sandpool_controller::kube_scheduler::{DaemonSetAgents, NODE_AGENT_SELECTOR};
 use sandpool_controller::pods::RuntimeInjection;
 use sandpool_controller::snapshot;
+use sandpool_controller::snapshot_registry::SnapshotRegistry;
 use sandpool_node_agent::containerd::{Ctr, NewContainer};
 use sandpool_node_agent::cri::{CriNode, CriNodeService};
 use sandpool_node_agent::testkit::cri::{CriTestNode, CriTestPod, K8S_NAMESPACE};
@@ -61,6 +62,11 @@ async fn serve_node_agent(node: &CriTestNode) -> u16 {
 /// of node-a, batch `b` and its one pod `b-0` Running on node-a, and a
 /// snapshot `s` of `b`; the controller's context.
 async fn cluster(agent_port: u16) -> (FakeApi, Arc<Context>) {
+    cluster_with(agent_port, SnapshotRegistry::default()).await
+}
+
+/// [`cluster`] with snapshot images going where `snapshots` says.
+async fn cluster_with(agent_port: u16, snapshots: SnapshotRegistry) -> (FakeApi, Arc<Context>) {
     let api = FakeApi::new();
     api.enforce_schemas(&all_crds());
     api.with_store(|s| {
@@ -104,7 +110,10 @@ async fn cluster(agent_port: u16) -> (FakeApi, Arc<Context>) {
         image_pull_policy: None,
     };
     let ctx = Context::new(api.client(), inj, Arc::new(NoTasks(None)), Some("t".into()));
-    (api, Arc::new(ctx.with_node_agents(Arc::new(agents))))
+    let ctx = ctx
+        .with_node_agents(Arc::new(agents))
+        .with_snapshot_registry(snapshots);
+    (api, Arc::new(ctx))
 }
 
 async fn reconcile_snapshot(ctx: &Arc<Context>) -> Value {
@@ -267,4 +276,149 @@ async fn a_snapshot_of_a_gvisor_pod_is_refused_naming_runsc() {
         "{names:?}"
     );
     node.remove_all().await;
+}
+
+/// A blob of the registry's storage (`docker-registry`'s filesystem driver).
+fn registry_blob(dir: &std::path::Path, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").expect("sha256");
+    let p = dir.join(format!(
+        "data/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The push secret `sandpool-snapshot-push` (a dockerconfigjson of `registry` for ann with
+/// `password`) in the fake apiserver.
+fn put_push_secret(api: &FakeApi, registry: &str, password: &str) {
+    let auths = json!({"auths": {registry: {"username": "ann", "password": password}}});
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(auths.to_string());
+    api.with_store(|s| {
+        let path = format!("/api/v1/namespaces/{NS}/secrets");
+        s.delete(&path, "sandpool-snapshot-push");
+        s.put(
+            &path,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sandpool-snapshot-push"},
+                "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": data}}),
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_a_registry_is_pushed_with_the_push_secrets_credentials() {
+    use sandpool_node_agent::testkit::registry::{Registry, gate_tools, run};
+    if sandpool_node_agent::testkit::gate()
+        .filter(|_| gate_tools())
+        .is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let htpasswd = dir.path().join("htpasswd");
+    let line = run(std::process::Command::new("htpasswd").args(["-Bbn", "ann", "s3cret"]));
+    std::fs::write(&htpasswd, line).expect("htpasswd");
+    let reg = Registry::start(&dir.path().join("reg"), Some(&htpasswd));
+    let node = CriTestNode::start().await;
+    let pod: CriTestPod = node.run_pod(NS, "b-0", &[MANAGED], &["main"]).await;
+    let pid = node.pid(&pod.containers[0].0).await;
+    std::fs::write(in_container(pid, "pushed.txt"), "written before the push\n").expect("write");
+    let port = serve_node_agent(&node).await;
+    let cfg = SnapshotRegistry::new(
+        Some(&format!("{}/snaps", reg.addr)),
+        false,
+        Some("sandpool-snapshot-push"),
+    )
+    .expect("flags");
+    let (api, ctx) = cluster_with(port, cfg).await;
+
+    // a wrong password: the push fails the snapshot, naming why, never the password
+    put_push_secret(&api, &reg.addr, "wr0ng-pw-77");
+    let st = reconcile_snapshot(&ctx).await;
+    assert_eq!(st["phase"], "Failed", "{st}");
+    let msg = st["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert_eq!(st["conditions"][0]["reason"], "CommitFailed", "{st}");
+    assert!(
+        msg.contains("pushing") && msg.contains("401 Unauthorized"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wr0ng-pw-77"), "{msg}");
+
+    // the right one: pushed, the digest the registry serves
+    put_push_secret(&api, &reg.addr, "s3cret");
+    api.with_store(|s| {
+        let path = cr_path("sandbox.opensandbox.io", "sandboxsnapshots", NS);
+        s.delete(&path, "s");
+        s.put(
+            &path,
+            json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "SandboxSnapshot",
+                "metadata": {"name": "s", "generation": 1}, "spec": {"sandboxName": "b"}}),
+        );
+    });
+    let st = reconcile_snapshot(&ctx).await;
+    assert_eq!(st["phase"], "Succeed", "{st}");
+    let uri = st["containers"][0]["imageUri"]
+        .as_str()
+        .expect("uri")
+        .to_string();
+    let digest = st["containers"][0]["imageDigest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    assert!(
+        uri.starts_with(&format!("{}/snaps/b-main:snap-", reg.addr)),
+        "{uri}"
+    );
+
+    // the registry holds the manifest and its layers: the top layer (an
+    // uncompressed tar) has the file the pod wrote
+    let manifest: Value = serde_json::from_slice(&registry_blob(&reg_dir(&dir), &digest))
+        .expect("manifest in the registry");
+    let layers = manifest["layers"].as_array().expect("layers");
+    for l in layers {
+        registry_blob(&reg_dir(&dir), l["digest"].as_str().expect("digest"));
+    }
+    let top = registry_blob(
+        &reg_dir(&dir),
+        layers.last().expect("top")["digest"].as_str().expect("d"),
+    );
+    let text = String::from_utf8_lossy(&top);
+    assert!(text.contains("pushed.txt") && text.contains("written before the push"));
+
+    check_pulled_back(&node, &uri, &digest).await;
+    node.remove_all().await;
+}
+
+/// Pull `uri` back with the node agent's puller into a fresh namespace of
+/// `node`'s containerd: the same manifest `digest`, and the file the pod
+/// wrote in its root file system.
+async fn check_pulled_back(node: &CriTestNode, uri: &str, digest: &str) {
+    use sandpool_node_agent::registry::{Credentials, Puller, RegistryConfig};
+    let fresh = Ctr::connect(&node.socket(), "pushcheck", Duration::from_secs(10))
+        .await
+        .expect("containerd");
+    let creds = Credentials {
+        username: "ann".into(),
+        password: "s3cret".into(),
+    };
+    let pulled = Puller::new(RegistryConfig::default())
+        .pull(&fresh, uri, Some(creds), Arc::new(|_| {}))
+        .await
+        .expect("pull");
+    assert_eq!(pulled.digest, digest);
+    let (chain, _) = fresh
+        .image_rootfs(uri)
+        .await
+        .expect("rootfs")
+        .expect("unpacked");
+    let files = fresh
+        .read_image_files(&chain, &["pushed.txt", "bin/bash"])
+        .await
+        .expect("read");
+    assert_eq!(files[0].as_deref(), Some("written before the push\n"));
+    assert!(files[1].is_some(), "the base image's layer is below");
+}
+
+fn reg_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("reg")
 }

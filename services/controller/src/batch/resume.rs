@@ -35,6 +35,7 @@ use crate::crd::{
 use crate::error::{Error, Result};
 use crate::kube_scheduler::PAUSED_ANNOTATION;
 use crate::pods;
+use crate::snapshot_registry::is_node_local;
 
 /// Acknowledge the resume.
 pub(super) async fn handle_resume(
@@ -54,20 +55,29 @@ pub(super) async fn handle_resume(
     Ok(Action::requeue(std::time::Duration::from_secs(1)))
 }
 
-/// `template` resumed from `snap`: the snapshot's images, pinned to its node.
+/// `template` resumed from `snap`: the snapshot's images; node-local ones
+/// ([`is_node_local`]: not pushed) pinned to the committing node with
+/// `imagePullPolicy: IfNotPresent`, pushed ones pulled from their registry
+/// on any node.
 pub fn resumed_template(
     template: &PodTemplateSpec,
     snap: &SandboxSnapshotStatus,
 ) -> PodTemplateSpec {
     let mut t = template.clone();
     let spec = t.spec.get_or_insert_with(Default::default);
+    let mut local = false;
     for c in &mut spec.containers {
         if let Some(s) = snap.containers.iter().find(|s| s.container_name == c.name) {
             c.image = Some(s.image_uri.clone());
-            c.image_pull_policy = Some("IfNotPresent".into());
+            if is_node_local(&s.image_uri) {
+                c.image_pull_policy = Some("IfNotPresent".into());
+                local = true;
+            }
         }
     }
-    if let Some(node) = snap.source_node_name.as_ref().filter(|n| !n.is_empty()) {
+    if let Some(node) = snap.source_node_name.as_ref().filter(|n| !n.is_empty())
+        && local
+    {
         spec.node_name = Some(node.clone());
     }
     t
@@ -299,6 +309,30 @@ mod tests {
         // a container the snapshot does not name keeps its image
         assert_eq!(spec.containers[1].image.as_deref(), Some("nginx"));
         assert_eq!(spec.containers[1].image_pull_policy, None);
+    }
+
+    #[test]
+    fn pushed_snapshot_images_are_not_pinned_to_a_node() {
+        let t: PodTemplateSpec = serde_json::from_value(json!({"spec": {"containers": [
+            {"name": "main", "image": "busybox", "imagePullPolicy": "Always"}]}}))
+        .expect("template");
+        let snap = SandboxSnapshotStatus {
+            source_node_name: Some("node-a".into()),
+            containers: vec![ContainerSnapshot {
+                container_name: "main".into(),
+                image_uri: "reg.io:5000/snaps/b-main:snap-gen2".into(),
+                image_digest: Some("sha256:ab".into()),
+            }],
+            ..Default::default()
+        };
+        let spec = resumed_template(&t, &snap).spec.expect("spec");
+        assert_eq!(spec.node_name, None, "any node pulls it");
+        let main = &spec.containers[0];
+        assert_eq!(
+            main.image.as_deref(),
+            Some("reg.io:5000/snaps/b-main:snap-gen2")
+        );
+        assert_eq!(main.image_pull_policy.as_deref(), Some("Always"), "kept");
     }
 
     #[test]

@@ -20,13 +20,13 @@
 //!   the checkpoint refused with why. Without `leave_running` the claim is
 //!   then released.
 //! * A restore makes `count` claims whose template is the stored one with
-//!   the snapshot's images, pinned to the node holding them (the batch
-//!   resume's [`resumed_template`]; the request's resource limits on its
-//!   sandbox container), and starts in each what the checkpointed claim
+//!   the snapshot's images, pinned to the node holding them unless they were
+//!   pushed to a registry (the batch resume's [`resumed_template`]; the
+//!   request's resource limits on its sandbox container), and starts in each what the checkpointed claim
 //!   started (or the request's own process instead); all are ready and
 //!   started or none is kept.
 //! * Deleting a checkpoint deletes the snapshot; its images stay on the node
-//!   (as for any SandboxSnapshot).
+//!   or in the registry (as for any SandboxSnapshot).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

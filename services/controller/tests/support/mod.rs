@@ -995,7 +995,7 @@ pub fn context_with_agents(
     Arc::new(bare_context(api, tasks).with_node_agents(agents))
 }
 
-fn bare_context(api: &FakeApi, tasks: NoTasks) -> sandpool_controller::context::Context {
+pub fn bare_context(api: &FakeApi, tasks: NoTasks) -> sandpool_controller::context::Context {
     let inj = sandpool_controller::pods::RuntimeInjection {
         image: "ghcr.io/sandpool/sandpool:test".into(),
         image_pull_policy: None,

@@ -110,8 +110,9 @@ impl NodeAgent for FakeAgent {
     async fn unmount(&self, _: Request<pb::UnmountRequest>) -> Reply<pb::SandboxInfo> {
         no()
     }
-    /// Recorded as `commit`; each container gets `sha256:fake-<name>` and a
-    /// size of [`FAKE_IMAGE_SIZE`].
+    /// Recorded as `commit` (a push as `commit push <user>:<password>
+    /// insecure=<bool>`, images and all); each container gets
+    /// `sha256:fake-<name>` and a size of [`FAKE_IMAGE_SIZE`].
     async fn commit_images(
         &self,
         r: Request<pb::CommitImagesRequest>,
@@ -121,7 +122,17 @@ impl NodeAgent for FakeAgent {
             sandbox_id: req.sandbox_id.clone(),
         });
         *auth.metadata_mut() = r.metadata().clone();
-        self.record::<pb::SandboxInfo>("commit", auth)?;
+        let call = if req.push {
+            let a = req.push_auth.clone().unwrap_or_default();
+            let images: Vec<&str> = req.containers.iter().map(|c| c.image.as_str()).collect();
+            format!(
+                "commit push {}:{} insecure={} {images:?}",
+                a.username, a.password, req.push_insecure
+            )
+        } else {
+            "commit".to_string()
+        };
+        self.record::<pb::SandboxInfo>(&call, auth)?;
         let containers = req
             .containers
             .into_iter()
@@ -190,8 +201,30 @@ pub fn context_with_daemonset(
     port: u16,
     tasks: super::NoTasks,
 ) -> Arc<sandpool_controller::context::Context> {
+    super::context_with_agents(api, tasks, daemonset_agents(api, ns, port))
+}
+
+fn daemonset_agents(
+    api: &super::FakeApi,
+    ns: &str,
+    port: u16,
+) -> Arc<dyn sandpool_controller::node_agents::NodeAgents> {
     use sandpool_controller::kube_scheduler::{DaemonSetAgents, NODE_AGENT_SELECTOR};
     let token = sandpool_proto::auth::ServiceToken::new(Some(AGENT_TOKEN)).expect("token");
-    let agents = DaemonSetAgents::new(api.client(), ns, token).at(NODE_AGENT_SELECTOR, port);
-    super::context_with_agents(api, tasks, Arc::new(agents))
+    Arc::new(DaemonSetAgents::new(api.client(), ns, token).at(NODE_AGENT_SELECTOR, port))
+}
+
+/// [`context_with_daemonset`] with SandboxSnapshot images going where
+/// `snapshots` says (the controller's `--snapshot-registry` flags).
+pub fn context_with_snapshot_registry(
+    api: &super::FakeApi,
+    ns: &str,
+    port: u16,
+    tasks: super::NoTasks,
+    snapshots: sandpool_controller::snapshot_registry::SnapshotRegistry,
+) -> Arc<sandpool_controller::context::Context> {
+    let ctx = super::bare_context(api, tasks)
+        .with_node_agents(daemonset_agents(api, ns, port))
+        .with_snapshot_registry(snapshots);
+    Arc::new(ctx)
 }

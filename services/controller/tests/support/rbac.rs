@@ -24,6 +24,8 @@ pub struct Rule {
     pub groups: Vec<String>,
     pub resources: Vec<String>,
     pub verbs: Vec<String>,
+    /// `resourceNames`: empty, any object; else only these.
+    pub names: Vec<String>,
 }
 
 /// What the authorizer sees of a request.
@@ -34,6 +36,8 @@ pub struct Attrs {
     pub resource: String,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
+    /// The object's name, when the request names one.
+    pub name: Option<String>,
 }
 
 impl std::fmt::Display for Attrs {
@@ -89,6 +93,7 @@ pub fn attrs_of(method: &http::Method, path: &str, query: &str) -> Option<Attrs>
         resource,
         subresource,
         namespace,
+        name: name.map(|n| n.to_string()),
     })
 }
 
@@ -112,6 +117,7 @@ pub fn allows(rules: &[Rule], role_ns: Option<&str>, a: &Attrs) -> bool {
             && r.resources
                 .iter()
                 .any(|x| x == "*" || *x == res || x.strip_suffix("/*") == Some(&a.resource))
+            && (r.names.is_empty() || a.name.as_ref().is_some_and(|n| r.names.contains(n)))
     })
 }
 
@@ -157,6 +163,7 @@ pub fn grants_of(docs: &[Value], ns: &str, sa: &str) -> Grants {
                 groups: strings(&r["apiGroups"]),
                 resources: strings(&r["resources"]),
                 verbs: strings(&r["verbs"]),
+                names: strings(&r["resourceNames"]),
             })
             .collect()
     };
