@@ -642,64 +642,6 @@ async fn reflection_lists_the_services_and_health_serves() {
 }
 
 #[tokio::test]
-async fn the_callers_trace_context_reaches_the_scheduler() {
-    use opentelemetry::trace::TracerProvider as _;
-    use sandpool_proto::v1::scheduler_server::SchedulerServer;
-    use tracing_subscriber::layer::SubscriberExt;
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    // the scheduler records the traceparent of each call it gets
-    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let record = seen.clone();
-    let fake = FakeScheduler::default();
-    fake.add_claim(sandpool_proto::v1::Claim {
-        claim_id: "sb-t".into(),
-        state: sandpool_proto::v1::ClaimState::Bound as i32,
-        ..Default::default()
-    });
-    let svc = SchedulerServer::with_interceptor(fake, move |r: Request<()>| {
-        let tp = r
-            .metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok());
-        record.lock().push(tp.unwrap_or_default().to_string());
-        Ok(r)
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = format!("http://{}", l.local_addr().expect("addr"));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
-    let ch = tonic::transport::Endpoint::from_shared(addr)
-        .expect("endpoint")
-        .connect_lazy();
-    let client = sandpool_proto::v1::scheduler_client::SchedulerClient::with_interceptor(
-        ch,
-        Default::default(),
-    );
-    let app = sandpool_gateway::app(Gateway::new(client, &[ADMIN.to_string()]));
-    let mut c = SandboxesClient::with_interceptor(app, Key(ADMIN));
-    let mut req = Request::new(api::GetSandboxRequest { id: "sb-t".into() });
-    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    req.metadata_mut()
-        .insert("traceparent", parent.parse().expect("ascii"));
-    c.get(req).await.expect("get");
-    let seen = seen.lock().clone();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert!(
-        seen[0].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && seen[0] != parent,
-        "the scheduler call continues the caller's trace in a span of its own: {seen:?}"
-    );
-}
-
-#[tokio::test]
 async fn over_the_rate_a_grpc_caller_gets_resource_exhausted_with_retry_info() {
     let client = support::serve(FakeScheduler::default()).await;
     // one token per 1000 s: none refills while the test runs
