@@ -10,6 +10,7 @@ from it, each going on on its own.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import httpx
@@ -150,3 +151,42 @@ def test_snapshot_errors_are_clear(sandpool: Sandpool, made):
         r = client.post(f"/v1/sandboxes/{ck.id}/snapshots", json={})
         assert (r.status_code, r.json()["code"]) == (409, "CONFLICT"), r.text
         assert "resume" in r.json()["message"], r.text
+
+
+def _cgroups_with_memory_limit(limit: int) -> list[str]:
+    """The host's cgroups whose memory limit is ``limit`` bytes (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``)."""
+    found = []
+    v1 = "/sys/fs/cgroup/memory"
+    for root, _, files in os.walk(v1 if os.path.isdir(v1) else "/sys/fs/cgroup"):
+        for name in {"memory.max", "memory.limit_in_bytes"} & set(files):
+            try:
+                if open(os.path.join(root, name)).read().strip() == str(limit):
+                    found.append(root)
+            except OSError:
+                pass
+    return found
+
+
+def test_a_restore_takes_its_limits_and_no_other_entrypoint(sandpool: Sandpool, made):
+    """A memory restore sets the create's ``resourceLimits`` on the restored
+    sandbox's cgroup; the SDK's default entrypoint, the checkpointed claim's
+    own, is taken, and another (a second process) is 400 naming it."""
+    config = sandpool.config()
+    sb = SandboxSync.create(POOL_IMAGE, connection_config=config, extensions={"poolRef": CK_POOL_NAME}, timeout=TIMEOUT,
+                            ready_timeout=timedelta(seconds=90))
+    made["sandboxes"].append(sb)
+    snap = sb.create_snapshot(name="limits")
+    made["snapshots"].append(snap.id)
+    limit = 777 * 2**20  # a value no other sandbox has
+    assert _cgroups_with_memory_limit(limit) == []
+    f = SandboxSync.create(snapshot_id=snap.id, connection_config=config, timeout=TIMEOUT,
+                           resource={"cpu": "1", "memory": "777Mi"}, ready_timeout=timedelta(seconds=90))
+    made["sandboxes"].append(f)
+    assert len(_cgroups_with_memory_limit(limit)) == 1, "the restored sandbox's cgroup has the create's limit"
+    assert f.commands.run("echo alive").text.strip() == "alive"
+    with sandpool.client() as client:
+        r = client.post("/v1/sandboxes", json={"snapshotId": snap.id, "timeout": 600, "entrypoint": ["sleep", "99"],
+                                               "resourceLimits": {"cpu": "1", "memory": "2Gi"}})
+        assert (r.status_code, r.json()["code"]) == (400, "INVALID_REQUEST"), r.text
+        assert "entrypoint" in r.json()["message"] and "run two" in r.json()["message"], r.text

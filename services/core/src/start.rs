@@ -38,6 +38,36 @@ pub fn start_argv(claim: &[String], template: &[String], image: &[String]) -> Ve
         .to_vec()
 }
 
+/// Whether a restore of a memory checkpoint, whose processes resume as they
+/// were, can take the start process the restore asks for (`argv`, plus the
+/// names of any other process fields it sets, e.g. `env`, `cwd`): only the
+/// checkpointed claim's own argv (`checkpointed`) with nothing else, which
+/// is then what already runs. `Err` names the field and says why: starting
+/// another process would run two, and the resumed one keeps its env, cwd
+/// and ids.
+pub fn memory_restore_start(
+    argv: &[String],
+    also_set: &[&str],
+    checkpointed: &[String],
+) -> Result<(), String> {
+    if let Some(field) = also_set.first() {
+        return Err(format!(
+            "{field} on a restore from a memory checkpoint: its processes resume with the {field} they had (omit {field})"
+        ));
+    }
+    if argv.is_empty() || argv == checkpointed {
+        return Ok(());
+    }
+    let started = if checkpointed.is_empty() {
+        "the checkpointed claim started none of its own".to_string()
+    } else {
+        format!("the checkpointed claim started {checkpointed:?}")
+    };
+    Err(format!(
+        "entrypoint {argv:?} on a restore from a memory checkpoint: its processes resume as they were ({started}); starting another would run two (omit entrypoint or give the checkpointed one)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -74,5 +104,23 @@ mod tests {
         assert_eq!(start_argv(&[], &template, &image), template);
         assert_eq!(start_argv(&[], &[], &image), image);
         assert!(start_argv(&[], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_memory_restore_takes_only_the_checkpointed_process() {
+        let tail = v(&["tail", "-f", "/dev/null"]);
+        assert_eq!(memory_restore_start(&tail, &[], &tail), Ok(()));
+        assert_eq!(memory_restore_start(&[], &[], &tail), Ok(()));
+        assert_eq!(memory_restore_start(&[], &[], &[]), Ok(()));
+        let e = memory_restore_start(&v(&["python3", "a.py"]), &[], &tail).unwrap_err();
+        assert!(e.starts_with("entrypoint [\"python3\", \"a.py\"]"), "{e}");
+        assert!(
+            e.contains("would run two") && e.contains("[\"tail\""),
+            "{e}"
+        );
+        let e = memory_restore_start(&tail, &[], &[]).unwrap_err();
+        assert!(e.contains("started none"), "{e}");
+        let e = memory_restore_start(&tail, &["env"], &tail).unwrap_err();
+        assert!(e.starts_with("env on a restore"), "{e}");
     }
 }

@@ -66,6 +66,14 @@ async fn a_snapshot_is_the_best_checkpoint_and_a_restore_carries_entrypoint_and_
     );
     let limits = r[0].resources.clone().expect("limits");
     assert_eq!((limits.cpu.as_str(), limits.memory.as_str()), ("1", "2Gi"));
+    // an env goes with the entrypoint (a filesystem restore starts it so;
+    // a memory restore's scheduler refuses it naming env)
+    let restore = json!({"snapshotId": ck, "entrypoint": ["python3", "a.py"], "env": {"A": "1"}});
+    let (s, v) = call(&app, "POST", "/v1/sandboxes", restore).await;
+    assert_eq!(s, 202, "{v}");
+    let r = fake.restore_requests.lock().clone();
+    let p = r.last().and_then(|r| r.process.clone()).expect("process");
+    assert_eq!(p.env.get("A").map(String::as_str), Some("1"), "{p:?}");
     let (s, _) = call(&app, "DELETE", &format!("/v1/snapshots/{ck}"), Value::Null).await;
     assert_eq!(s, 204);
 }

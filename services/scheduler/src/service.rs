@@ -15,7 +15,7 @@ use sandpool_proto::{
 use tonic::{Request, Response, Status};
 use tracing::Span;
 
-use crate::scheduler::{ClaimRec, PoolRec, Scheduler, template_from_pb, template_to_pb};
+use crate::scheduler::{ClaimRec, PoolRec, RestoreAs, Scheduler, template_from_pb, template_to_pb};
 
 pub struct SchedulerService {
     s: Arc<Scheduler>,
@@ -366,6 +366,10 @@ impl scheduler_server::Scheduler for SchedulerService {
                     r.ttl_seconds,
                     metadata,
                     &r.claim_id,
+                    RestoreAs {
+                        process: r.process,
+                        resources: r.resources,
+                    },
                 )
                 .await
             })

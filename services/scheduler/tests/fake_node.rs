@@ -18,7 +18,10 @@ use std::{
 
 use sandpool_core::claim::ClaimState;
 use sandpool_proto::v1::{self as pb, node_agent_server::NodeAgent};
-use sandpool_scheduler::{SchedError, Scheduler, SchedulerConfig, scheduler::PoolRec};
+use sandpool_scheduler::{
+    SchedError, Scheduler, SchedulerConfig,
+    scheduler::{PoolRec, RestoreAs},
+};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -991,7 +994,7 @@ async fn a_restore_under_a_claim_id_is_made_once() {
         let s = s.clone();
         let ck = ck.checkpoint_id.clone();
         async move {
-            s.restore_checkpoint(&ck, count, 60, Default::default(), id)
+            s.restore_checkpoint(&ck, count, 60, Default::default(), id, RestoreAs::default())
                 .await
         }
     };
@@ -1008,6 +1011,64 @@ async fn a_restore_under_a_claim_id_is_made_once() {
         restore("idem-2", 2).await,
         Err(SchedError::Invalid(_))
     ));
+}
+
+/// A memory restore resumes the checkpointed processes: it takes the
+/// checkpointed claim's own entrypoint (what runs) and refuses another, or
+/// an env, naming the field; its limits are set on the restored sandbox.
+#[tokio::test]
+async fn a_memory_restore_takes_its_own_entrypoint_and_sets_limits() {
+    let (node, s, _store) = warm_platform("p", 1, 1, 4).await;
+    let c = s
+        .claim(claim_req("p", &["tail", "-f", "/dev/null"]))
+        .await
+        .unwrap();
+    let ck = s.checkpoint_claim(&c.id, true, "n").await.unwrap();
+    let restore = |argv: &[&str], env: &[(&str, &str)], resources| {
+        let with = RestoreAs {
+            process: Some(support::task(argv, env)),
+            resources,
+        };
+        s.restore_checkpoint(&ck.checkpoint_id, 1, 60, Default::default(), "", with)
+    };
+    let limits = pb::Resources {
+        cpu: "1".into(),
+        memory: "2Gi".into(),
+        pids: 0,
+    };
+    let made = restore(&["tail", "-f", "/dev/null"], &[], Some(limits.clone()))
+        .await
+        .expect("the checkpointed entrypoint is what runs");
+    assert_eq!(made[0].entrypoint, ["tail", "-f", "/dev/null"]);
+    let resized = node
+        .books()
+        .injected
+        .iter()
+        .find(|r| r.sandbox_id == made[0].sandbox.id)
+        .cloned()
+        .expect("the restored sandbox was resized");
+    assert_eq!(resized.resources, Some(limits));
+    assert!(resized.process.is_none(), "nothing is started");
+    let restored = node.books().restored.len();
+    for (argv, env, field) in [
+        (&["python3", "a.py"][..], &[][..], "entrypoint"),
+        (&["tail", "-f", "/dev/null"][..], &[("A", "1")][..], "env"),
+    ] {
+        let e = restore(argv, env, None).await.expect_err(field);
+        assert!(matches!(e, SchedError::Invalid(_)), "{e:?}");
+        assert!(e.to_string().contains(&format!("{field} ")), "{e}");
+    }
+    let pids = pb::Resources {
+        pids: 5,
+        ..Default::default()
+    };
+    let e = restore(&[], &[], Some(pids)).await.expect_err("pids");
+    assert!(e.to_string().contains("pids"), "{e}");
+    assert_eq!(
+        node.books().restored.len(),
+        restored,
+        "nothing was restored"
+    );
 }
 
 #[tokio::test]

@@ -176,20 +176,30 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
             "give either image or snapshotId, not both".into(),
         ));
     }
-    if req
-        .extensions
-        .as_ref()
-        .is_some_and(|e| e.contains_key("poolRef"))
+    if !pool_of(req.extensions.as_ref())?.is_empty()
+        || req
+            .extensions
+            .as_ref()
+            .is_some_and(|e| e.contains_key("poolRef"))
     {
         return Err(ApiError::Invalid(
             "a restore from snapshotId goes to the snapshot's own pool: drop extensions.poolRef"
                 .into(),
         ));
     }
-    if req.env.as_ref().is_some_and(|e| !e.is_empty())
-        || req.volumes.as_ref().is_some_and(|v| !v.is_empty())
-    {
-        return Err(ApiError::Invalid("env and volumes cannot change on a restore from snapshotId (the processes keep theirs)".into()));
+    if req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::Invalid(
+            "volumes cannot change on a restore from snapshotId (the processes keep theirs)".into(),
+        ));
+    }
+    let env = req.env.unwrap_or_default();
+    check_keys(env.keys())?;
+    let argv = req.entrypoint.unwrap_or_default();
+    if argv.is_empty() && !env.is_empty() {
+        return Err(ApiError::Invalid(
+            "env on a restore from snapshotId is the env of its entrypoint: give an entrypoint"
+                .into(),
+        ));
     }
     if req.network_policy.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::Invalid(
@@ -198,15 +208,15 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     }
     let metadata = req.metadata.unwrap_or_default();
     check_keys(metadata.keys())?;
-    // a filesystem restore starts the entrypoint and takes the limits (as
-    // upstream's restore of its committed image); see the proto for memory
-    let process = req
-        .entrypoint
-        .filter(|argv| !argv.is_empty())
-        .map(|argv| pb::InjectRequest {
-            argv,
-            ..Default::default()
-        });
+    // a filesystem restore starts the entrypoint with its env and takes the
+    // limits (as upstream's restore of its committed image); a memory
+    // restore takes only the checkpointed entrypoint and sets the limits on
+    // the restored sandbox (the scheduler decides: see the proto)
+    let process = (!argv.is_empty()).then(|| pb::InjectRequest {
+        argv,
+        env,
+        ..Default::default()
+    });
     let resources = req
         .resource_limits
         .filter(|l| l.cpu.is_some() || l.memory.is_some())
@@ -226,20 +236,49 @@ fn restore_of(req: CreateRequest) -> Result<pb::RestoreCheckpointRequest> {
     })
 }
 
+/// The pool a create's `extensions` names (empty: none). Upstream's server
+/// knows `poolRef`, `access.renew.extend.seconds` (extend the expiry when the
+/// sandbox is accessed) and keys under `opensandbox.extensions.` (Kubernetes
+/// pod annotations), and passes over any other key (an opaque container):
+/// sandpool honours `poolRef`, refuses the other known ones 501 naming them,
+/// and passes over unknown keys as upstream does. Values are strings, as in
+/// upstream's schema (null: unset).
+fn pool_of(extensions: Option<&HashMap<String, Value>>) -> Result<String> {
+    let mut pool = String::new();
+    for (k, v) in extensions.into_iter().flatten() {
+        match (k.as_str(), v) {
+            (_, Value::Null) => {}
+            ("poolRef", Value::String(p)) if !p.is_empty() => pool = p.clone(),
+            ("poolRef", other) => {
+                return Err(ApiError::Invalid(format!(
+                    "extensions.poolRef must be a non-empty string, got {other}"
+                )));
+            }
+            (_, Value::String(_)) if k == RENEW_ON_ACCESS || k.starts_with(ANNOTATION_PREFIX) => {
+                return Err(ApiError::Unsupported(format!("extensions.{k}")));
+            }
+            (_, Value::String(_)) => {}
+            (_, other) => {
+                return Err(ApiError::Invalid(format!(
+                    "extensions.{k} must be a string, got {other}"
+                )));
+            }
+        }
+    }
+    Ok(pool)
+}
+
+/// Upstream's extension key for renew-on-access (`extensions.access.renew.extend.seconds`).
+const RENEW_ON_ACCESS: &str = "access.renew.extend.seconds";
+/// Upstream's prefix of extension keys copied to the pod's annotations.
+const ANNOTATION_PREFIX: &str = "opensandbox.extensions.";
+
 /// A create body without a `snapshotId`.
 fn claim_of(mut req: CreateRequest) -> Result<pb::ClaimRequest> {
     let ttl = parse_timeout(&req.timeout)?;
     let egress = crate::egress::from_opensandbox(req.network_policy.as_ref())?;
     let mut resource_limits = req.resource_limits.take();
-    let pool = match req.extensions.as_ref().and_then(|e| e.get("poolRef")) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(p)) if !p.is_empty() => p.clone(),
-        Some(other) => {
-            return Err(ApiError::Invalid(format!(
-                "extensions.poolRef must be a non-empty string, got {other}"
-            )));
-        }
-    };
+    let pool = pool_of(req.extensions.as_ref())?;
     let mounts = super::volumes::mounts_of(req.volumes.as_deref().unwrap_or_default())?;
     let image_auth = image_auth(&req, &pool)?;
     let entrypoint = req.entrypoint.clone().unwrap_or_default();
@@ -541,6 +580,62 @@ mod tests {
             let e = parse_create(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
         }
+    }
+
+    #[test]
+    fn a_restore_hands_the_entrypoint_its_env() {
+        let Ok(Create::Restore(r)) = parse_create(
+            br#"{"snapshotId":"ck-1","entrypoint":["python3","a.py"],"env":{"A":"1"}}"#,
+        ) else {
+            panic!("a restore")
+        };
+        let p = r.process.expect("process");
+        assert_eq!(p.argv, ["python3", "a.py"]);
+        assert_eq!(p.env.get("A").map(String::as_str), Some("1"));
+        let e = parse_create(br#"{"snapshotId":"ck-1","env":{"A":"1"}}"#).unwrap_err();
+        assert!(e.to_string().contains("give an entrypoint"), "{e}");
+    }
+
+    /// Upstream's known extension keys other than poolRef are refused
+    /// naming them; unknown ones pass as upstream passes over them.
+    #[test]
+    fn extensions_are_honoured_refused_or_passed_over_as_upstream() {
+        for base in [r#""image":{"uri":"busybox"}"#, r#""snapshotId":"ck-1""#] {
+            let body = |ext: &str| format!(r#"{{{base},"extensions":{ext}}}"#);
+            for (ext, status, says) in [
+                (
+                    r#"{"access.renew.extend.seconds":"600"}"#,
+                    StatusCode::NOT_IMPLEMENTED,
+                    "extensions.access.renew.extend.seconds is not supported",
+                ),
+                (
+                    r#"{"opensandbox.extensions.team":"a"}"#,
+                    StatusCode::NOT_IMPLEMENTED,
+                    "extensions.opensandbox.extensions.team is not supported",
+                ),
+                (
+                    r#"{"x":1}"#,
+                    StatusCode::BAD_REQUEST,
+                    "extensions.x must be a string",
+                ),
+            ] {
+                let e = parse_create(body(ext).as_bytes()).expect_err(ext);
+                assert_eq!(e.status(), status, "{ext}: {e}");
+                assert!(e.to_string().contains(says), "{ext}: {e}");
+            }
+            for ok in [
+                r#"{"someVendorKey":"v"}"#,
+                r#"{"access.renew.extend.seconds":null}"#,
+            ] {
+                assert!(parse_create(body(ok).as_bytes()).is_ok(), "{base} {ok}");
+            }
+        }
+        let Ok(Create::Claim(c)) =
+            parse_create(br#"{"extensions":{"poolRef":"p","someVendorKey":"v"}}"#)
+        else {
+            panic!("a claim")
+        };
+        assert_eq!(c.pool, "p");
     }
 
     #[test]

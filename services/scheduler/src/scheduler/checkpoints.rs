@@ -18,11 +18,28 @@ use crate::{
     traced,
 };
 
-/// The metadata of the claim a checkpoint was taken of.
+/// The metadata and start process of the claim a checkpoint was taken of.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointSource {
     checkpoint_id: String,
     metadata: BTreeMap<String, String>,
+    /// The argv the claim started (empty: none, or a checkpoint recorded
+    /// before sandpool kept it).
+    #[serde(default)]
+    entrypoint: Vec<String>,
+}
+
+/// What a restore asks of its claims beyond the checkpoint
+/// (`RestoreCheckpointRequest.process` and `resources`).
+#[derive(Debug, Default, Clone)]
+pub struct RestoreAs {
+    /// The start process: a memory checkpoint's processes resume as they
+    /// were, so only the checkpointed claim's own argv is taken (it is what
+    /// runs); any other is refused naming the field.
+    pub process: Option<pb::InjectRequest>,
+    /// Limits set on each restored sandbox's cgroups once it runs (empty
+    /// fields keep the checkpointed sandbox's; pids refused).
+    pub resources: Option<pb::Resources>,
 }
 
 /// Most claims one restore (fork) makes.
@@ -67,6 +84,7 @@ impl Scheduler {
             &CheckpointSource {
                 checkpoint_id: info.checkpoint_id.clone(),
                 metadata: c.metadata.clone(),
+                entrypoint: c.entrypoint.clone(),
             },
         )?;
         info.source_metadata = c.metadata.clone().into_iter().collect();
@@ -156,6 +174,7 @@ impl Scheduler {
         ttl_seconds: u64,
         metadata: BTreeMap<String, String>,
         claim_id: &str,
+        with: RestoreAs,
     ) -> Result<Vec<ClaimRec>> {
         let count = count.max(1);
         if count > MAX_RESTORE {
@@ -178,6 +197,7 @@ impl Scheduler {
             Begin::Existing(c) => return Ok(vec![*c]),
             Begin::New(id, claiming) => (id, claiming),
         };
+        let entrypoint = self.restore_start(checkpoint_id, &with)?;
         let mut claim_ids = std::iter::once(first_id);
         let (node, client, ck) = self.find_checkpoint(checkpoint_id).await?;
         let ids: Vec<String> = (0..count).map(|_| new_sandbox_id()).collect();
@@ -203,6 +223,9 @@ impl Scheduler {
                 }
             }
         }
+        if failed.is_none() {
+            failed = self.resize_restored(&node, &made, with.resources).await;
+        }
         let recs: Vec<ClaimRec> = made
             .iter()
             .map(|info| {
@@ -211,6 +234,7 @@ impl Scheduler {
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let mut rec = restored_claim(id, &ck, SandboxRef::of(&node, info), ttl_seconds);
                 rec.metadata = metadata.clone();
+                rec.entrypoint = entrypoint.clone();
                 rec
             })
             .collect();
@@ -240,6 +264,72 @@ impl Scheduler {
             st.claims.insert(r.id.clone(), r.clone());
         }
         Ok(recs)
+    }
+
+    /// The argv checkpoint `id`'s claim started, once the restore's own
+    /// process and limits are known to be ones a memory restore can take.
+    fn restore_start(&self, id: &str, with: &RestoreAs) -> Result<Vec<String>> {
+        if with.resources.as_ref().is_some_and(|r| r.pids > 0) {
+            return Err(SchedError::Invalid(
+                "resources.pids on a restore: a restored sandbox keeps its pids limit".into(),
+            ));
+        }
+        let checkpointed = self
+            .store
+            .all::<CheckpointSource>(Table::CheckpointSources)?
+            .into_iter()
+            .find(|s| s.checkpoint_id == id)
+            .map(|s| s.entrypoint)
+            .unwrap_or_default();
+        if let Some(p) = &with.process {
+            let mut also_set = Vec::new();
+            for (set, field) in [
+                (!p.env.is_empty(), "env"),
+                (!p.cwd.is_empty(), "cwd"),
+                (p.uid.is_some(), "uid"),
+                (p.gid.is_some(), "gid"),
+                (p.replace, "replace"),
+            ] {
+                if set {
+                    also_set.push(field);
+                }
+            }
+            sandpool_core::start::memory_restore_start(&p.argv, &also_set, &checkpointed)
+                .map_err(SchedError::Invalid)?;
+        }
+        Ok(checkpointed)
+    }
+
+    /// Set `resources` on each restored sandbox's cgroups (they run
+    /// already); the first failure, if any.
+    async fn resize_restored(
+        &self,
+        node: &str,
+        made: &[pb::SandboxInfo],
+        resources: Option<pb::Resources>,
+    ) -> Option<SchedError> {
+        let resources = resources.filter(|r| !r.cpu.is_empty() || !r.memory.is_empty())?;
+        let client = match self.node(node) {
+            Ok(n) => n.client.clone(),
+            Err(e) => return Some(e),
+        };
+        let resizes = made.iter().map(|info| {
+            let mut c = client.clone();
+            let req = traced(pb::NodeInjectRequest {
+                sandbox_id: info.sandbox_id.clone(),
+                resources: Some(resources.clone()),
+                ..Default::default()
+            });
+            async move { c.inject(req).await }
+        });
+        futures_util::future::join_all(resizes)
+            .await
+            .into_iter()
+            .find_map(|r| r.err())
+            .map(|status| SchedError::Node {
+                node: node.to_string(),
+                status,
+            })
     }
 }
 

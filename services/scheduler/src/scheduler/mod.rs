@@ -12,7 +12,7 @@ mod records;
 mod recycle;
 mod refill;
 
-pub use checkpoints::MAX_RESTORE;
+pub use checkpoints::{MAX_RESTORE, RestoreAs};
 pub use records::{
     ClaimRec, PoolRec, SandboxRef, egress_from_pb, expiry_ms, now_ms, template_from_pb,
     template_to_pb,
