@@ -42,20 +42,10 @@ impl Ctr {
     }
 
     pub async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
-        let mut s = self
-            .client
-            .content()
-            .read(self.req(api::ReadContentRequest {
-                digest: digest.to_string(),
-                offset: 0,
-                size: 0,
-            }))
-            .await
-            .or_fail("read content")?
-            .into_inner();
+        let mut s = self.content_chunks(digest).await?;
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
-            out.extend(chunk.or_fail("read content")?.data);
+            out.extend(chunk?);
         }
         Ok(out)
     }

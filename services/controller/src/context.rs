@@ -181,6 +181,21 @@ where
     }
 }
 
+/// Merge-patch `name` with `patch`; gone already is fine.
+pub async fn merge_patch_ignoring_missing<K>(api: &Api<K>, name: &str, patch: Value) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Merge-patch the status subresource.
 pub async fn patch_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<()>
 where

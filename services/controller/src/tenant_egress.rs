@@ -24,9 +24,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
+use crate::context::merge_patch_ignoring_missing;
 use crate::crd::{BatchSandbox, TENANT_LABEL};
 use crate::error::{Result, is_not_found};
 use crate::pods;
@@ -43,18 +44,7 @@ pub fn tenant_of(pod: &Pod) -> Option<&str> {
 /// label (a pod allocated before the label existed).
 pub async fn label(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<()> {
     let patch = json!({"metadata": {"labels": {TENANT_LABEL: uid}}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch_ignoring_missing(api, &pod.name_any(), patch).await
 }
 
 /// The label selector of tenant `uid`'s NetworkPolicies.
@@ -106,18 +96,7 @@ async fn set_owners(
     // the resourceVersion: a concurrent change of the owners conflicts
     let patch = json!({"metadata": {"ownerReferences": owners,
         "resourceVersion": np.resource_version()}});
-    match api
-        .patch(
-            &np.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch_ignoring_missing(api, &np.name_any(), patch).await
 }
 
 /// Whether the owner `o` (a BatchSandbox or a Pod in `ns`) still exists.

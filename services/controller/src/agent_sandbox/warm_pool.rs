@@ -14,7 +14,9 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::{EXT_API, get_template, template_hash};
-use crate::context::{Context, delete_ignoring_missing, namespace_of, patch_status};
+use crate::context::{
+    Context, delete_ignoring_missing, merge_patch_ignoring_missing, namespace_of, patch_status,
+};
 use crate::crd::{
     CLAIM_UID_LABEL, LAUNCH_TYPE_LABEL, PodMetadata, Sandbox, SandboxSpec, SandboxTemplate,
     SandboxWarmPool, SandboxWarmPoolStatus, TEMPLATE_HASH_LABEL, TEMPLATE_REF_ANNOTATION,
@@ -307,16 +309,5 @@ async fn release_pod(
     }
     let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
     let pod_api: Api<k8s_openapi::api::core::v1::Pod> = ctx.api(ns);
-    match pod_api
-        .patch(
-            &sb.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch_ignoring_missing(&pod_api, &sb.name_any(), patch).await
 }
