@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use sandpool_proto::v1 as pb;
 use serde_json::json;
@@ -20,6 +21,42 @@ pub(super) const POOL_EGRESS_UNSUPPORTED: &str = "a pool template's egress polic
 /// Credential vaults need the standalone node agent's credential proxy.
 pub(super) const VAULT_UNSUPPORTED: &str =
     "the credential vault is not supported in Kubernetes mode";
+
+/// A sandbox container's CPU limit when the template asks for none: one
+/// core, standalone's default (`node-agent` `limits::DEFAULT_CPU_MILLIS`).
+pub(super) const DEFAULT_CPU: &str = "1";
+/// Memory limit when none is asked: 512Mi, standalone's default.
+pub(super) const DEFAULT_MEMORY: &str = "512Mi";
+/// Ephemeral storage limit (the container's writable layer, logs and
+/// emptyDirs; the kubelet evicts the pod beyond it): 4Gi, standalone's
+/// default disk limit (`serve --sandbox-disk-limit`).
+pub(super) const DEFAULT_EPHEMERAL_STORAGE: &str = "4Gi";
+
+/// The limits of a sandbox container made from a template asking for `r`:
+/// its CPU and memory, else the defaults, and the default ephemeral storage,
+/// so that no sandbox runs unlimited. A pids limit is refused naming the
+/// field: Kubernetes limits a pod's pids per node (the kubelet's
+/// `podPidsLimit`), not per pod spec.
+pub(super) fn container_limits(
+    r: Option<&pb::Resources>,
+) -> Result<BTreeMap<String, Quantity>, Status> {
+    let r = r.cloned().unwrap_or_default();
+    if r.pids > 0 {
+        return Err(Status::unimplemented(format!(
+            "resources.pids {} is not supported in Kubernetes mode: a pod's pids are limited per node (the kubelet's podPidsLimit)",
+            r.pids
+        )));
+    }
+    let or = |v: String, d: &str| Quantity(if v.is_empty() { d.to_string() } else { v });
+    Ok(BTreeMap::from([
+        ("cpu".to_string(), or(r.cpu, DEFAULT_CPU)),
+        ("memory".to_string(), or(r.memory, DEFAULT_MEMORY)),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(DEFAULT_EPHEMERAL_STORAGE.to_string()),
+        ),
+    ]))
+}
 
 /// A Kubernetes API error as a gRPC status.
 pub(super) fn kube_status(e: kube::Error) -> Status {
@@ -160,6 +197,31 @@ impl super::KubeScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_sandbox_container_is_unlimited_and_a_pids_limit_is_refused_naming_it() {
+        let q = |l: &BTreeMap<String, Quantity>, k: &str| l.get(k).map(|q| q.0.clone());
+        let none = container_limits(None).expect("defaults");
+        assert_eq!(q(&none, "cpu").as_deref(), Some("1"));
+        assert_eq!(q(&none, "memory").as_deref(), Some("512Mi"));
+        assert_eq!(q(&none, "ephemeral-storage").as_deref(), Some("4Gi"));
+        let asked = pb::Resources {
+            cpu: "250m".into(),
+            memory: "2Gi".into(),
+            pids: 0,
+        };
+        let l = container_limits(Some(&asked)).expect("asked");
+        assert_eq!(q(&l, "cpu").as_deref(), Some("250m"));
+        assert_eq!(q(&l, "memory").as_deref(), Some("2Gi"));
+        assert_eq!(q(&l, "ephemeral-storage").as_deref(), Some("4Gi"));
+        let pids = pb::Resources {
+            pids: 100,
+            ..Default::default()
+        };
+        let e = container_limits(Some(&pids)).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("resources.pids"), "{e}");
+    }
 
     #[test]
     fn a_metadata_patch_merges_into_the_claims_annotation() {

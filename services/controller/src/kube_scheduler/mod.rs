@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
@@ -97,15 +96,7 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
     if t.egress.is_some() {
         return Err(Status::unimplemented(POOL_EGRESS_UNSUPPORTED));
     }
-    let mut limits = BTreeMap::new();
-    if let Some(r) = &t.resources {
-        if !r.cpu.is_empty() {
-            limits.insert("cpu".to_string(), Quantity(r.cpu.clone()));
-        }
-        if !r.memory.is_empty() {
-            limits.insert("memory".to_string(), Quantity(r.memory.clone()));
-        }
-    }
+    let limits = convert::container_limits(t.resources.as_ref())?;
     let env: Vec<EnvVar> = t
         .env
         .iter()
@@ -131,7 +122,7 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
                 image: Some(t.image.clone()),
                 command: (!t.command.is_empty()).then(|| t.command.clone()),
                 env: (!env.is_empty()).then_some(env),
-                resources: (!limits.is_empty()).then(|| ResourceRequirements {
+                resources: Some(ResourceRequirements {
                     limits: Some(limits),
                     ..Default::default()
                 }),
