@@ -23,7 +23,7 @@ use sandpool_controller::snapshot;
 use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::node_agent::{Calls, FAKE_IMAGE_SIZE, serve_agent};
+use support::node_agent::{Calls, FAKE_IMAGE_SIZE, put_agent_pod, serve_agent};
 use support::{
     FakeApi, NoTasks, batches_path, context_with_agents, cr_path, make_ready, pods_path,
 };
@@ -118,13 +118,7 @@ async fn platform(fail: Option<Status>) -> Platform {
     api.enforce_schemas(&all_crds());
     let (port, calls) = serve_agent(fail).await;
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
     });
     let ctx = context_with_agents(&api, NoTasks(Some(None)), agents(&api, port));
     let a = api.clone();

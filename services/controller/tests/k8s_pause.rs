@@ -19,7 +19,7 @@ use sandpool_controller::kube_scheduler::{
 use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
-use support::node_agent::serve_agent;
+use support::node_agent::{put_agent_pod, serve_agent};
 use support::{FakeApi, NoTasks, batches_path, context, make_ready, pods_path};
 use tonic::{Code, Request, Status};
 
@@ -45,13 +45,7 @@ async fn claimed_as(
         ("agent-b", "node-b", "10.9.9.9"),
     ] {
         api.with_store(|s| {
-            s.put(
-                &pods_path(NS),
-                json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "node-agent"}},
-                    "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-            );
-            make_ready(s, NS, name, ip, node);
+            put_agent_pod(s, NS, name, ip, node);
         });
     }
     let c = ctx.clone();

@@ -18,6 +18,7 @@ use sandpool_controller::context::{Context, TaskRunner};
 use sandpool_controller::crd::*;
 use sandpool_controller::{batch, pool};
 use serde_json::{Value, json};
+use support::node_agent::put_agent_pod;
 use support::{FakeApi, batches_path, make_ready, pods_path, pools_path};
 
 const NS: &str = "opensandbox";
@@ -565,13 +566,7 @@ async fn the_real_upstream_server_creates_runs_pauses_and_deletes_a_pooled_sandb
     let api = FakeApi::new();
     let (ctx, calls) = with_node_agent(&api, bootstrap).await;
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
         s.put(&pools_path(NS), pool_obj("py"));
     });
     let addr = serve_http(api.clone()).await;

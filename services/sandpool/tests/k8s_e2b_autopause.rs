@@ -17,7 +17,7 @@ use sandpool_controller::kube_scheduler::{DaemonSetAgents, KubeScheduler, NODE_A
 use sandpool_controller::{batch, pool};
 use sandpool_proto::auth::ServiceToken;
 use serde_json::{Value, json};
-use support::node_agent::{Calls, serve_agent};
+use support::node_agent::{Calls, put_agent_pod, serve_agent};
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
@@ -58,13 +58,7 @@ async fn cluster() -> (FakeApi, axum::Router, Calls, tokio::task::JoinHandle<()>
         s.put(&cr_path("sandbox.opensandbox.io", "pools", NS), json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "Pool", "metadata": {"name": "py"},
             "spec": {"template": {"spec": {"containers": [{"name": "sandbox", "image": "python:3.12-slim"}]}},
                      "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 1, "poolMax": 2}}}));
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", "node-a");
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", "node-a");
     });
     let p: Pool = Api::namespaced(ctx.client.clone(), NS)
         .get("py")

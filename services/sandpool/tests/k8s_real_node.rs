@@ -36,6 +36,7 @@ use sandpool_node_agent::testkit::cri::{CriTestNode, CriTestPod, K8S_NAMESPACE};
 use sandpool_proto::auth::{RequireToken, ServiceToken};
 use sandpool_proto::v1::{self as pb, node_agent_client::NodeAgentClient};
 use serde_json::{Value, json};
+use support::node_agent::put_agent_pod;
 use support::{FakeApi, NoTasks, batches_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
@@ -165,13 +166,7 @@ async fn rig() -> Option<Rig> {
     let agent_port = serve_node_agent(&node, volumes.path()).await;
     let api = FakeApi::new();
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", NODE);
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", NODE);
     });
     let agents = || {
         let token = ServiceToken::new(Some(TOKEN)).expect("token");

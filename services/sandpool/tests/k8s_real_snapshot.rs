@@ -29,6 +29,7 @@ use sandpool_node_agent::testkit::cri::{CriTestNode, CriTestPod, K8S_NAMESPACE};
 use sandpool_proto::auth::{RequireToken, ServiceToken};
 use sandpool_proto::v1 as pb;
 use serde_json::{Value, json};
+use support::node_agent::put_agent_pod;
 use support::{FakeApi, NoTasks, batches_path, cr_path, make_ready, pods_path};
 
 const NS: &str = "sandpool";
@@ -70,13 +71,7 @@ async fn cluster_with(agent_port: u16, snapshots: SnapshotRegistry) -> (FakeApi,
     let api = FakeApi::new();
     api.enforce_schemas(&all_crds());
     api.with_store(|s| {
-        s.put(
-            &pods_path(NS),
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "agent-a", "labels": {"app.kubernetes.io/component": "node-agent"}},
-                "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}),
-        );
-        make_ready(s, NS, "agent-a", "127.0.0.1", NODE);
+        put_agent_pod(s, NS, "agent-a", "127.0.0.1", NODE);
         let b = s.put(
             &batches_path(NS),
             json!({"apiVersion": "sandbox.opensandbox.io/v1alpha1", "kind": "BatchSandbox",
