@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::Api;
-use sandpool_controller::batch;
 use sandpool_controller::context::Context;
 use sandpool_controller::crd::*;
 use sandpool_controller::kube_scheduler::{
@@ -24,9 +23,7 @@ use sandpool_proto::auth::ServiceToken;
 use sandpool_proto::v1::{self as pb, scheduler_server::Scheduler};
 use serde_json::{Value, json};
 use support::node_agent::{Calls, FAKE_IMAGE_SIZE, put_agent_pod, serve_agent};
-use support::{
-    FakeApi, NoTasks, batches_path, context_with_agents, cr_path, make_ready, pods_path,
-};
+use support::{FakeApi, NoTasks, batches_path, context_with_agents, cr_path};
 use tonic::{Code, Request, Status};
 
 const NS: &str = "sandpool";
@@ -85,13 +82,7 @@ impl Drop for Platform {
 /// The batch and snapshot controllers, once; pods without an IP made ready
 /// on node-a.
 async fn reconcile_all(api: &FakeApi, ctx: &Arc<Context>) {
-    let batches = Api::<BatchSandbox>::namespaced(ctx.client.clone(), NS)
-        .list(&Default::default())
-        .await
-        .expect("list batches");
-    for b in batches.items {
-        let _ = batch::reconcile(Arc::new(b), ctx.clone()).await;
-    }
+    support::reconcile_batches(ctx, NS).await;
     let snaps = Api::<SandboxSnapshot>::namespaced(ctx.client.clone(), NS)
         .list(&Default::default())
         .await
@@ -99,16 +90,7 @@ async fn reconcile_all(api: &FakeApi, ctx: &Arc<Context>) {
     for s in snaps.items {
         let _ = snapshot::reconcile(Arc::new(s), ctx.clone()).await;
     }
-    let pending: Vec<String> = api.with_store(|s| {
-        s.list(&pods_path(NS))
-            .iter()
-            .filter(|p| p["status"]["podIP"].is_null())
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-            .collect()
-    });
-    for p in pending {
-        api.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
-    }
+    support::make_pending_ready(api, NS, "10.2.0.7", "node-a");
 }
 
 /// A fake apiserver enforcing the CRDs, the node agent of node-a (refusing

@@ -101,29 +101,7 @@ fn policy(default: pb::EgressAction, rules: Vec<pb::EgressRule>) -> pb::EgressPo
 /// The batch controller, run until aborted: fills claims and marks their
 /// pods ready on node-a.
 fn batch_controller(api: &FakeApi, ctx: &Arc<Context>) -> tokio::task::JoinHandle<()> {
-    let (c, a) = (ctx.clone(), api.clone());
-    tokio::spawn(async move {
-        loop {
-            let all = Api::<BatchSandbox>::namespaced(c.client.clone(), NS)
-                .list(&Default::default())
-                .await
-                .expect("list");
-            for b in all.items {
-                let _ = batch::reconcile(Arc::new(b), c.clone()).await;
-            }
-            let pending: Vec<String> = a.with_store(|s| {
-                s.list(&pods_path(NS))
-                    .iter()
-                    .filter(|p| p["status"]["podIP"].is_null())
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                    .collect()
-            });
-            for p in pending {
-                a.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    support::spawn_batch_controller(api, ctx, NS)
 }
 
 fn claim_request(egress: Option<pb::EgressPolicy>) -> Request<pb::ClaimRequest> {

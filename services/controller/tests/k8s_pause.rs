@@ -48,30 +48,7 @@ async fn claimed_as(
             put_agent_pod(s, NS, name, ip, node);
         });
     }
-    let c = ctx.clone();
-    let a = api.clone();
-    let controller = tokio::spawn(async move {
-        loop {
-            let all = Api::<BatchSandbox>::namespaced(c.client.clone(), NS)
-                .list(&Default::default())
-                .await
-                .expect("list");
-            for b in all.items {
-                let _ = batch::reconcile(Arc::new(b), c.clone()).await;
-            }
-            let pending: Vec<String> = a.with_store(|s| {
-                s.list(&pods_path(NS))
-                    .iter()
-                    .filter(|p| p["status"]["podIP"].is_null())
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                    .collect()
-            });
-            for p in pending {
-                a.with_store(|s| make_ready(s, NS, &p, "10.2.0.7", "node-a"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    let controller = support::spawn_batch_controller(api, ctx, NS);
     let claim = sched
         .create_claim(Request::new(pb::ClaimRequest {
             template: Some(pb::SandboxTemplate {

@@ -1021,3 +1021,47 @@ pub fn events_about(api: &FakeApi, ns: &str, name: &str) -> Vec<(String, String,
         })
         .collect()
 }
+
+/// What the kubelet would do: every pod of `ns` without an IP becomes Ready
+/// at `ip` on `node`.
+pub fn make_pending_ready(api: &FakeApi, ns: &str, ip: &str, node: &str) {
+    let pending: Vec<String> = api.with_store(|s| {
+        s.list(&pods_path(ns))
+            .iter()
+            .filter(|p| p["status"]["podIP"].is_null())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    });
+    for p in pending {
+        api.with_store(|s| make_ready(s, ns, &p, ip, node));
+    }
+}
+
+/// The batch controller, once over every BatchSandbox of `ns`.
+pub async fn reconcile_batches(ctx: &Arc<sandpool_controller::context::Context>, ns: &str) {
+    use sandpool_controller::crd::BatchSandbox;
+    let all = kube::Api::<BatchSandbox>::namespaced(ctx.client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list batches");
+    for b in all.items {
+        let _ = sandpool_controller::batch::reconcile(Arc::new(b), ctx.clone()).await;
+    }
+}
+
+/// The batch controller and the kubelet, every 10 ms until aborted: claims
+/// are filled and their pods made Ready at 10.2.0.7 on node-a.
+pub fn spawn_batch_controller(
+    api: &FakeApi,
+    ctx: &Arc<sandpool_controller::context::Context>,
+    ns: &str,
+) -> tokio::task::JoinHandle<()> {
+    let (api, ctx, ns) = (api.clone(), ctx.clone(), ns.to_string());
+    tokio::spawn(async move {
+        loop {
+            reconcile_batches(&ctx, &ns).await;
+            make_pending_ready(&api, &ns, "10.2.0.7", "node-a");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+}
