@@ -16,11 +16,11 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use sandpool_core::claim::{ClaimState, is_idle};
 
-use crate::batch::expire::{claim_pod, pause_claim};
+use crate::batch::expire::pause_claim;
 use crate::context::Context;
 use crate::crd::BatchSandbox;
 use crate::error::Result;
-use crate::kube_scheduler::{CLAIM_LABEL, core_state};
+use crate::kube_scheduler::{CLAIM_LABEL, claim_pod, core_state};
 
 /// How often the claims' activity is read.
 pub const ROUND: Duration = Duration::from_secs(1);
@@ -46,7 +46,7 @@ pub async fn sweep(ctx: &Context, ns: &str, limit: Duration) -> Result<Vec<Strin
     let mut paused = Vec::new();
     for b in claims.items {
         let name = b.name_any();
-        let pod = match claim_pod(&b, ctx, ns).await {
+        let pod = match claim_pod(&ctx.api(ns), &b).await {
             Ok(Some(pod)) => pod,
             Ok(None) => continue,
             Err(s) => {

@@ -27,9 +27,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use crate::context::merge_patch_ignoring_missing;
+use crate::context::{delete_ignoring_missing, merge_patch_ignoring_missing};
 use crate::crd::{BatchSandbox, TENANT_LABEL};
-use crate::error::{Result, is_not_found};
+use crate::error::Result;
 use crate::pods;
 
 /// The tenant (BatchSandbox uid) `pod` last ran for, if any.
@@ -139,16 +139,15 @@ pub async fn remove(client: &kube::Client, pod: &Pod) -> Result<()> {
             .collect();
         let mut kept = false;
         for o in &others {
-            kept |= exists(client, &ns, o).await?;
+            if exists(client, &ns, o).await? {
+                kept = true;
+                break;
+            }
         }
         if kept {
             set_owners(&api, &np, &others).await?;
-            continue;
-        }
-        match api.delete(&np.name_any(), &Default::default()).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
+        } else {
+            delete_ignoring_missing(&api, &np.name_any()).await?;
         }
     }
     Ok(())

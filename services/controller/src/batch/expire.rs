@@ -15,12 +15,11 @@ use kube::runtime::controller::Action;
 use sandpool_core::claim::{ClaimEvent, OnExpiry, RESUMED_TTL_MS};
 use tonic::Status;
 
-use crate::context::{Context, delete_ignoring_missing, list_pods};
-use crate::crd::{ALLOCATED_TO_LABEL, BatchSandbox};
+use crate::context::{Context, delete_ignoring_missing};
+use crate::crd::BatchSandbox;
 use crate::error::Result;
 use crate::kube_scheduler::CLAIM_LABEL;
 pub use crate::kube_scheduler::ON_EXPIRY_ANNOTATION;
-use crate::pods;
 
 /// What an expired batch's end is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,20 +86,6 @@ pub async fn expire(
     Ok(Action::await_change())
 }
 
-/// The pod claim `batch` runs in (not terminating), if any.
-pub(crate) async fn claim_pod(
-    batch: &BatchSandbox,
-    ctx: &Context,
-    ns: &str,
-) -> std::result::Result<Option<Pod>, Status> {
-    let selector = format!("{ALLOCATED_TO_LABEL}={}", batch.uid().unwrap_or_default());
-    Ok(list_pods(&ctx.api(ns), &selector)
-        .await
-        .map_err(|e| Status::unavailable(format!("listing the claim's pod: {e}")))?
-        .into_iter()
-        .find(|p| !pods::is_terminating(p)))
-}
-
 /// Pause claim `batch` (running in `pod`) as a REST pause does; `left_ms`
 /// is the TTL set aside for its resume (`None`: what is left of its own).
 pub(crate) async fn pause_claim(
@@ -125,7 +110,7 @@ pub(crate) async fn pause_claim(
 /// Pause claim `batch` at its expiry, setting [`RESUMED_TTL_MS`] aside for
 /// its resume.
 async fn pause(batch: &BatchSandbox, ctx: &Context, ns: &str) -> std::result::Result<(), Status> {
-    let pod = claim_pod(batch, ctx, ns).await?;
+    let pod = crate::kube_scheduler::claim_pod(&ctx.api(ns), batch).await?;
     pause_claim(batch, pod.as_ref(), ctx, ns, Some(RESUMED_TTL_MS)).await
 }
 

@@ -133,6 +133,16 @@ pub fn pod_template(t: &pb::SandboxTemplate) -> Result<PodTemplateSpec, Status> 
     })
 }
 
+/// The pod claim `b` runs in (allocated to its BatchSandbox, not
+/// terminating), if any.
+pub(crate) async fn claim_pod(pods: &Api<Pod>, b: &BatchSandbox) -> Result<Option<Pod>, Status> {
+    let uid = b.uid().unwrap_or_default();
+    let all = list_pods(pods, &format!("{ALLOCATED_TO_LABEL}={uid}"))
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(all.into_iter().find(|p| !pods::is_terminating(p)))
+}
+
 /// What a claim asks for that Kubernetes mode does not do.
 fn refuse_unsupported(r: &pb::ClaimRequest) -> Result<(), Status> {
     if r.image_auth.is_some() {
@@ -231,11 +241,7 @@ impl KubeScheduler {
     }
 
     async fn pod_of(&self, b: &BatchSandbox) -> Result<Option<Pod>, Status> {
-        let uid = b.uid().unwrap_or_default();
-        let pods = list_pods(&self.pods(), &format!("{ALLOCATED_TO_LABEL}={uid}"))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(pods.into_iter().find(|p| !pods::is_terminating(p)))
+        claim_pod(&self.pods(), b).await
     }
 
     async fn claim_of(&self, b: &BatchSandbox) -> Result<pb::Claim, Status> {

@@ -68,6 +68,15 @@ fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
+/// The TTL claim `b` set aside while paused ([`PAUSED_ANNOTATION`], ms; 0:
+/// none or not paused).
+fn ttl_set_aside_ms(b: &BatchSandbox) -> i64 {
+    b.annotations()
+        .get(PAUSED_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// When claim `b` ends, as the scheduler API reports it (Unix ms, 0 =
 /// never): its `expireTime`, or, while paused, now plus the TTL set aside
 /// (as standalone reports a paused claim).
@@ -75,11 +84,7 @@ pub(super) fn reported_expiry(b: &BatchSandbox) -> i64 {
     if let Some(t) = &b.spec.expire_time {
         return t.0.as_millisecond();
     }
-    let left: i64 = b
-        .annotations()
-        .get(PAUSED_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let left = ttl_set_aside_ms(b);
     if left > 0 {
         now_ms().saturating_add(left)
     } else {
@@ -98,11 +103,7 @@ pub fn state_patch(b: &BatchSandbox, event: ClaimEvent) -> Result<serde_json::Va
             .map_or(0, |t| (t.0.as_millisecond() - now_ms()).max(1));
         return Ok(paused_patch(left));
     }
-    let left: i64 = b
-        .annotations()
-        .get(PAUSED_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let left = ttl_set_aside_ms(b);
     let expire = if left > 0 {
         let t = Timestamp::from_millisecond(now_ms().saturating_add(left))
             .map_err(|e| Status::internal(format!("restarting the TTL: {e}")))?;
